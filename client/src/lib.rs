@@ -1,0 +1,100 @@
+//! The Prism client library: connects to the control plane (and, with the
+//! sharding issue, to the gateway shard that owns a namespace), attaching
+//! the caller's bearer token to every call.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+pub use prism_proto as proto;
+use prism_proto::control::control_plane_service_client::ControlPlaneServiceClient;
+
+/// The control plane's address when nothing else is said: `prism dev`'s.
+pub const DEFAULT_CONTROL_PLANE: &str = "127.0.0.1:7400";
+
+/// Largest message a client accepts (watch snapshot chunks, big pages).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    #[error("the token cannot be sent as a header: {0}")]
+    InvalidToken(String),
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Adds `authorization: Bearer <token>` to every request when a token is set.
+#[derive(Clone, Debug, Default)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: Option<&str>) -> Result<Self> {
+        let value = token
+            .filter(|t| !t.is_empty())
+            .map(|t| MetadataValue::from_str(&format!("Bearer {t}")))
+            .transpose()
+            .map_err(|e| ClientError::InvalidToken(e.to_string()))?;
+        Ok(Self(value))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type ControlPlaneClient = ControlPlaneServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// `host:port` or a full `http://host:port` URL, as an endpoint.
+pub fn endpoint(address: &str) -> Result<Endpoint> {
+    let url = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+    Endpoint::from_str(&url)
+        .map(|e| e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
+        .map_err(|e| ClientError::InvalidEndpoint { endpoint: address.to_owned(), reason: e.to_string() })
+}
+
+/// Connects to a control plane.
+pub async fn control_plane(address: &str, token: Option<&str>) -> Result<ControlPlaneClient> {
+    let auth = BearerToken::new(token)?;
+    let channel = endpoint(address)?
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect { endpoint: address.to_owned(), source })?;
+    Ok(ControlPlaneServiceClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_accept_host_port_and_urls() {
+        assert!(endpoint("127.0.0.1:7400").is_ok());
+        assert!(endpoint("http://localhost:7400").is_ok());
+        assert!(endpoint("not a host").is_err());
+    }
+
+    #[test]
+    fn tokens_with_newlines_are_refused() {
+        assert!(BearerToken::new(Some("abc")).is_ok());
+        assert!(BearerToken::new(Some("a\nb")).is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! The Prism control plane: the one owner of tenant, namespace and shard
+//! metadata. It validates every change by shape (it holds no backend code
+//! and opens no backend connection), commits it with the next revision,
+//! audits it, and streams it to gateways over `Watch`.
+//!
+//! - [`plane`]: the rules (transport-free).
+//! - [`store`]: where metadata lives ([`store::file`], the default).
+//! - [`watch`]: snapshot + ordered deltas.
+//! - [`service`] / [`server`]: the gRPC edge.
+
+pub mod assign;
+pub mod config;
+pub mod error;
+pub mod page_token;
+pub mod plane;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod validate;
+pub mod watch;
+
+pub use config::ControlPlaneConfig;
+pub use error::{ControlPlaneError, Result};
+pub use plane::ControlPlane;

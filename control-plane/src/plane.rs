@@ -1,0 +1,756 @@
+//! The control plane's rules: validation, lifecycles and optimistic
+//! concurrency over a [`Store`], with an audit event for every change and
+//! every refusal. Transport-free, so tests and benchmarks call it directly;
+//! `service.rs` adapts it to gRPC.
+//!
+//! Every mutation is planned from a fresh read and committed with
+//! conditions on the revisions it read; a lost race is re-planned (up to
+//! [`MAX_ATTEMPTS`]), an `expected_revision` that does not match is
+//! `ABORTED`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use prism_proto::control::{
+    AuditEvent, Delta, Grant, ListAuditEventsRequest, ListAuditEventsResponse, ListNamespacesRequest,
+    ListNamespacesResponse, ListTenantsRequest, ListTenantsResponse, Namespace, NamespaceSpec, NamespaceStatus, Tenant,
+    TenantState, change,
+};
+use prism_proto::quotas;
+
+use crate::assign;
+use crate::config::ControlPlaneConfig;
+use crate::error::{ControlPlaneError, Result};
+use crate::page_token::{self, Listing};
+use crate::store::{AuditFilter, Committed, Condition, Put, Store, Txn};
+use crate::validate;
+
+/// Re-plans of one mutation that lost a race before it gives up.
+pub const MAX_ATTEMPTS: usize = 16;
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+const MAX_REASON_LEN: usize = 1024;
+
+/// The principal of a caller that presented no credentials.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// A planned commit and the audit detail describing it.
+struct Plan {
+    txn: Txn,
+    detail: String,
+}
+
+/// What an audit event is about.
+struct Target<'a> {
+    action: &'static str,
+    tenant: &'a str,
+    target: &'a str,
+}
+
+#[derive(Clone)]
+pub struct ControlPlane {
+    store: Arc<dyn Store>,
+    config: Arc<ControlPlaneConfig>,
+}
+
+fn not_found_tenant(id: &str) -> ControlPlaneError {
+    ControlPlaneError::NotFound(format!("tenant {id} not found"))
+}
+
+fn not_found_namespace(name: &str) -> ControlPlaneError {
+    ControlPlaneError::NotFound(format!("namespace {name} not found"))
+}
+
+fn check_expected(kind: &str, key: &str, expected: u64, current: u64) -> Result<()> {
+    if expected != 0 && expected != current {
+        return Err(ControlPlaneError::Conflict(format!(
+            "{kind} {key} is at revision {current}, not the expected {expected}"
+        )));
+    }
+    Ok(())
+}
+
+fn page_size(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+fn tenant_of(namespace: &str) -> &str {
+    namespace.split_once('/').map_or(namespace, |(t, _)| t)
+}
+
+fn is_live(ns: &Namespace) -> bool {
+    ns.status != NamespaceStatus::Deleted as i32
+}
+
+/// The stored object a commit wrote, found in its delta.
+fn written_tenant(delta: &Delta, id: &str) -> Result<Tenant> {
+    delta
+        .changes
+        .iter()
+        .find_map(|c| match &c.change {
+            Some(change::Change::Tenant(t)) if t.id == id => Some(t.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| ControlPlaneError::Corrupt(format!("commit {} lacks tenant {id}", delta.revision)))
+}
+
+fn written_namespace(delta: &Delta, name: &str) -> Result<Namespace> {
+    delta
+        .changes
+        .iter()
+        .find_map(|c| match &c.change {
+            Some(change::Change::Namespace(n)) if n.name == name => Some(n.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| ControlPlaneError::Corrupt(format!("commit {} lacks namespace {name}", delta.revision)))
+}
+
+/// Resolves the profile of a spec's quota set so the stored spec is
+/// complete.
+fn resolved(mut spec: NamespaceSpec) -> NamespaceSpec {
+    spec.quotas = Some(quotas::resolve(spec.quotas.as_ref()));
+    spec
+}
+
+impl ControlPlane {
+    pub fn new(store: Arc<dyn Store>, config: ControlPlaneConfig) -> Self {
+        Self { store, config: Arc::new(config) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &ControlPlaneConfig {
+        &self.config
+    }
+
+    /// Plans, commits (re-planning lost races) and audits one mutation.
+    /// A refusal is audited with its status and re-raised.
+    async fn mutate<F, Fut>(&self, principal: &str, target: Target<'_>, plan: F) -> Result<Arc<Delta>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Plan>>,
+    {
+        let event = |result: &str, detail: String| AuditEvent {
+            time: Some(SystemTime::now().into()),
+            principal: principal.to_owned(),
+            action: target.action.to_owned(),
+            tenant_id: target.tenant.to_owned(),
+            target: target.target.to_owned(),
+            result: result.to_owned(),
+            detail,
+            ..AuditEvent::default()
+        };
+        let outcome = async {
+            for _ in 0..MAX_ATTEMPTS {
+                let Plan { mut txn, detail } = plan().await?;
+                txn.audit.push(event("ok", detail));
+                match self.store.commit(txn).await? {
+                    Committed::Ok(delta) => return Ok(delta),
+                    Committed::Conflict(condition) => tracing::debug!(?condition, "commit lost a race, re-planning"),
+                }
+            }
+            Err(ControlPlaneError::Conflict(format!(
+                "{} kept changing concurrently; gave up after {MAX_ATTEMPTS} attempts",
+                target.target
+            )))
+        }
+        .await;
+        if let Err(err) = &outcome {
+            let refusal = event(err.kind().as_str(), err.report().message);
+            if let Err(audit_err) = self.store.append_audit(vec![refusal]).await {
+                tracing::error!(error = %audit_err, "could not audit a refused request");
+            }
+        }
+        outcome
+    }
+
+    // -----------------------------------------------------------------
+    // Tenants
+    // -----------------------------------------------------------------
+
+    pub async fn create_tenant(
+        &self,
+        principal: &str,
+        id: &str,
+        display_name: &str,
+        admins: &[String],
+        quota_set: Option<&prism_proto::control::QuotaSet>,
+    ) -> Result<Tenant> {
+        let target = Target { action: "CreateTenant", tenant: id, target: id };
+        let delta = self
+            .mutate(principal, target, || async {
+                validate::tenant_id("tenant_id", id)?;
+                validate::text("display_name", display_name)?;
+                validate::principals("admins", admins.iter().map(String::as_str))?;
+                if let Some(q) = quota_set {
+                    validate::quotas("quotas", q)?;
+                }
+                let existing = self.store.get_tenant(id).await?;
+                if existing.as_ref().is_some_and(|t| t.state != TenantState::Deleted as i32) {
+                    return Err(ControlPlaneError::AlreadyExists(format!("tenant {id} already exists")));
+                }
+                let now = Some(SystemTime::now().into());
+                let tenant = Tenant {
+                    id: id.to_owned(),
+                    display_name: display_name.to_owned(),
+                    quotas: Some(quotas::resolve(quota_set)),
+                    state: TenantState::Active as i32,
+                    admins: admins.to_vec(),
+                    create_time: now,
+                    update_time: now,
+                    ..Tenant::default()
+                };
+                Ok(Plan {
+                    txn: Txn {
+                        conditions: vec![Condition::Tenant {
+                            id: id.to_owned(),
+                            revision: existing.map_or(0, |t| t.revision),
+                        }],
+                        puts: vec![Put::Tenant(tenant)],
+                        ..Txn::default()
+                    },
+                    detail: "created".into(),
+                })
+            })
+            .await?;
+        written_tenant(&delta, id)
+    }
+
+    pub async fn get_tenant(&self, id: &str) -> Result<Tenant> {
+        validate::tenant_id("tenant_id", id)?;
+        self.store.get_tenant(id).await?.ok_or_else(|| not_found_tenant(id))
+    }
+
+    /// The tenant, refused unless it is ACTIVE or SUSPENDED.
+    async fn live_tenant(&self, id: &str) -> Result<Tenant> {
+        let t = self.get_tenant(id).await?;
+        match TenantState::try_from(t.state) {
+            Ok(TenantState::Active | TenantState::Suspended) => Ok(t),
+            Ok(TenantState::Deleted) => Err(not_found_tenant(id)),
+            _ => Err(ControlPlaneError::FailedPrecondition(format!("tenant {id} is being deleted"))),
+        }
+    }
+
+    pub async fn list_tenants(&self, req: &ListTenantsRequest) -> Result<ListTenantsResponse> {
+        let want = page_size(req.page_size);
+        let mut cursor = page_token::decode(Listing::Tenants, &req.page_token)?;
+        let mut tenants = Vec::new();
+        loop {
+            let batch = self.store.list_tenants(&cursor, want + 1).await?;
+            let exhausted = batch.len() <= want;
+            for t in batch {
+                cursor.clone_from(&t.id);
+                if req.include_deleted || t.state != TenantState::Deleted as i32 {
+                    tenants.push(t);
+                }
+            }
+            if tenants.len() > want || exhausted {
+                break;
+            }
+        }
+        let next_page_token = if tenants.len() > want {
+            tenants.truncate(want);
+            tenants.last().map(|t| page_token::encode(Listing::Tenants, &t.id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListTenantsResponse { tenants, next_page_token })
+    }
+
+    /// Replaces display name and admins, and the quotas when given.
+    pub async fn update_tenant(
+        &self,
+        principal: &str,
+        req: &prism_proto::control::UpdateTenantRequest,
+    ) -> Result<Tenant> {
+        let id = req.tenant_id.as_str();
+        let target = Target { action: "UpdateTenant", tenant: id, target: id };
+        let delta = self
+            .mutate(principal, target, || async {
+                validate::text("display_name", &req.display_name)?;
+                validate::principals("admins", req.admins.iter().map(String::as_str))?;
+                if let Some(q) = &req.quotas {
+                    validate::quotas("quotas", q)?;
+                }
+                let mut t = self.live_tenant(id).await?;
+                check_expected("tenant", id, req.expected_revision, t.revision)?;
+                let condition = Condition::Tenant { id: id.to_owned(), revision: t.revision };
+                t.display_name.clone_from(&req.display_name);
+                t.admins.clone_from(&req.admins);
+                if let Some(q) = &req.quotas {
+                    t.quotas = Some(quotas::resolve(Some(q)));
+                }
+                t.update_time = Some(SystemTime::now().into());
+                Ok(Plan {
+                    txn: Txn { conditions: vec![condition], puts: vec![Put::Tenant(t)], ..Txn::default() },
+                    detail: "updated".into(),
+                })
+            })
+            .await?;
+        written_tenant(&delta, id)
+    }
+
+    pub async fn set_tenant_state(
+        &self,
+        principal: &str,
+        req: &prism_proto::control::SetTenantStateRequest,
+    ) -> Result<Tenant> {
+        let id = req.tenant_id.as_str();
+        let action = if req.state == TenantState::Suspended as i32 { "SuspendTenant" } else { "ActivateTenant" };
+        let delta = self
+            .mutate(principal, Target { action, tenant: id, target: id }, || async {
+                let state = match TenantState::try_from(req.state) {
+                    Ok(s @ (TenantState::Active | TenantState::Suspended)) => s,
+                    _ => return Err(ControlPlaneError::invalid("state", "must be ACTIVE or SUSPENDED")),
+                };
+                validate::text("reason", &req.reason)?;
+                let mut t = self.live_tenant(id).await?;
+                check_expected("tenant", id, req.expected_revision, t.revision)?;
+                let condition = Condition::Tenant { id: id.to_owned(), revision: t.revision };
+                t.state = state as i32;
+                t.state_reason.clone_from(&req.reason);
+                t.update_time = Some(SystemTime::now().into());
+                Ok(Plan {
+                    txn: Txn { conditions: vec![condition], puts: vec![Put::Tenant(t)], ..Txn::default() },
+                    detail: format!("state {} ({})", state.as_str_name(), req.reason),
+                })
+            })
+            .await?;
+        written_tenant(&delta, id)
+    }
+
+    /// Marks the tenant and its namespaces for deletion; namespaces no
+    /// shard ever owned are removed at once. The tenant is DELETED when
+    /// its last namespace is.
+    pub async fn delete_tenant(&self, principal: &str, id: &str, expected_revision: u64) -> Result<Tenant> {
+        let delta = self
+            .mutate(principal, Target { action: "DeleteTenant", tenant: id, target: id }, || async {
+                let mut t = self.live_tenant(id).await?;
+                check_expected("tenant", id, expected_revision, t.revision)?;
+                let now = Some(SystemTime::now().into());
+                let mut txn = Txn::default();
+                txn.conditions.push(Condition::Tenant { id: id.to_owned(), revision: t.revision });
+                let mut pending = 0;
+                for mut ns in self.store.list_namespaces(id, "", usize::MAX).await? {
+                    txn.conditions.push(Condition::Namespace { name: ns.name.clone(), revision: ns.revision });
+                    if !is_live(&ns) {
+                        continue;
+                    }
+                    if ns.status != NamespaceStatus::Deleting as i32 {
+                        mark_deleting(&mut ns, "tenant is being deleted");
+                        ns.update_time = now;
+                        txn.puts.push(Put::Namespace(ns.clone()));
+                    }
+                    if is_live(&ns) {
+                        pending += 1;
+                    }
+                }
+                t.state = if pending == 0 { TenantState::Deleted } else { TenantState::Deleting } as i32;
+                t.state_reason = format!("deleted by {principal}");
+                t.update_time = now;
+                txn.puts.push(Put::Tenant(t));
+                Ok(Plan { txn, detail: format!("erasing; {pending} namespaces pending") })
+            })
+            .await?;
+        written_tenant(&delta, id)
+    }
+
+    // -----------------------------------------------------------------
+    // Namespaces
+    // -----------------------------------------------------------------
+
+    /// The shard that owns a new namespace: its pin, or the rendezvous
+    /// choice among the configured shards.
+    fn assign_shard(&self, name: &str, spec: &NamespaceSpec) -> String {
+        match spec.placement.as_ref().map(|p| p.pinned_shard.as_str()) {
+            Some(pin) if !pin.is_empty() => pin.to_owned(),
+            _ => assign::rendezvous(name, self.config.shards.iter().map(String::as_str)).unwrap_or_default().to_owned(),
+        }
+    }
+
+    pub async fn create_namespace(
+        &self,
+        principal: &str,
+        name: &str,
+        spec: Option<&NamespaceSpec>,
+    ) -> Result<Namespace> {
+        let tenant_id = tenant_of(name);
+        let target = Target { action: "CreateNamespace", tenant: tenant_id, target: name };
+        let delta = self
+            .mutate(principal, target, || async {
+                validate::namespace_name("name", name)?;
+                let spec = spec.ok_or_else(|| ControlPlaneError::invalid("spec", "is required"))?;
+                validate::namespace_spec(spec, &self.config.shards)?;
+                let tenant = self.live_tenant(tenant_id).await?;
+                if tenant.state != TenantState::Active as i32 {
+                    return Err(ControlPlaneError::FailedPrecondition(format!("tenant {tenant_id} is suspended")));
+                }
+                let existing = self.store.get_namespace(name).await?;
+                if existing.as_ref().is_some_and(is_live) {
+                    return Err(ControlPlaneError::AlreadyExists(format!("namespace {name} already exists")));
+                }
+                let limit = tenant.quotas.as_ref().and_then(|q| q.max_namespaces).unwrap_or(quotas::UNLIMITED);
+                let conditions = vec![
+                    Condition::Tenant { id: tenant_id.to_owned(), revision: tenant.revision },
+                    Condition::Namespace { name: name.to_owned(), revision: existing.map_or(0, |n| n.revision) },
+                ];
+                let mut puts = Vec::with_capacity(2);
+                if limit != quotas::UNLIMITED {
+                    let siblings = self.store.list_namespaces(tenant_id, "", usize::MAX).await?;
+                    let live = siblings.iter().filter(|n| is_live(n)).count();
+                    if live as i64 >= limit {
+                        return Err(ControlPlaneError::QuotaExceeded {
+                            subject: format!("tenant:{tenant_id}"),
+                            description: format!("max_namespaces is {limit} and the tenant has {live}"),
+                        });
+                    }
+                    // Rewriting the tenant bumps its revision, so two
+                    // concurrent creates conflict on it and the loser
+                    // counts again: the limit is exact.
+                    puts.push(Put::Tenant(tenant.clone()));
+                }
+                let shard_id = self.assign_shard(name, spec);
+                let status_reason = if shard_id.is_empty() {
+                    "no shard is available to own the namespace".to_owned()
+                } else {
+                    format!("waiting for shard {shard_id} to provision the backend")
+                };
+                let now = Some(SystemTime::now().into());
+                let ns = Namespace {
+                    name: name.to_owned(),
+                    spec: Some(resolved(spec.clone())),
+                    shard_id: shard_id.clone(),
+                    status: NamespaceStatus::Provisioning as i32,
+                    status_reason,
+                    create_time: now,
+                    update_time: now,
+                    ..Namespace::default()
+                };
+                puts.push(Put::Namespace(ns));
+                Ok(Plan {
+                    txn: Txn { conditions, puts, ..Txn::default() },
+                    detail: format!("created on shard {shard_id:?}"),
+                })
+            })
+            .await?;
+        written_namespace(&delta, name)
+    }
+
+    pub async fn get_namespace(&self, name: &str) -> Result<Namespace> {
+        validate::namespace_name("name", name)?;
+        self.store.get_namespace(name).await?.ok_or_else(|| not_found_namespace(name))
+    }
+
+    /// The namespace, refused unless it is neither DELETING nor DELETED.
+    async fn live_namespace(&self, name: &str) -> Result<Namespace> {
+        let ns = self.get_namespace(name).await?;
+        match NamespaceStatus::try_from(ns.status) {
+            Ok(NamespaceStatus::Deleted) => Err(not_found_namespace(name)),
+            Ok(NamespaceStatus::Deleting) => {
+                Err(ControlPlaneError::FailedPrecondition(format!("namespace {name} is being deleted")))
+            }
+            _ => Ok(ns),
+        }
+    }
+
+    pub async fn list_namespaces(&self, req: &ListNamespacesRequest) -> Result<ListNamespacesResponse> {
+        if !req.tenant_id.is_empty() {
+            validate::tenant_id("tenant_id", &req.tenant_id)?;
+        }
+        let want = page_size(req.page_size);
+        let mut cursor = page_token::decode(Listing::Namespaces, &req.page_token)?;
+        let mut namespaces = Vec::new();
+        loop {
+            let batch = self.store.list_namespaces(&req.tenant_id, &cursor, want + 1).await?;
+            let exhausted = batch.len() <= want;
+            for ns in batch {
+                cursor.clone_from(&ns.name);
+                if req.include_deleted || is_live(&ns) {
+                    namespaces.push(ns);
+                }
+            }
+            if namespaces.len() > want || exhausted {
+                break;
+            }
+        }
+        let next_page_token = if namespaces.len() > want {
+            namespaces.truncate(want);
+            namespaces.last().map(|n| page_token::encode(Listing::Namespaces, &n.name)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListNamespacesResponse { namespaces, next_page_token })
+    }
+
+    pub async fn update_namespace(
+        &self,
+        principal: &str,
+        req: &prism_proto::control::UpdateNamespaceRequest,
+    ) -> Result<Namespace> {
+        let name = req.name.as_str();
+        let target = Target { action: "UpdateNamespace", tenant: tenant_of(name), target: name };
+        let delta = self
+            .mutate(principal, target, || async {
+                validate::namespace_name("name", name)?;
+                let spec = req.spec.as_ref().ok_or_else(|| ControlPlaneError::invalid("spec", "is required"))?;
+                validate::namespace_spec(spec, &self.config.shards)?;
+                let mut ns = self.live_namespace(name).await?;
+                check_expected("namespace", name, req.expected_revision, ns.revision)?;
+                let old = ns.spec.clone().unwrap_or_default();
+                if old.abstraction != spec.abstraction {
+                    return Err(ControlPlaneError::invalid("spec.abstraction", "cannot change after creation"));
+                }
+                if old.backend != spec.backend {
+                    return Err(ControlPlaneError::invalid("spec.backend", "cannot change after creation"));
+                }
+                if old.placement.unwrap_or_default().pinned_shard
+                    != spec.placement.clone().unwrap_or_default().pinned_shard
+                {
+                    return Err(ControlPlaneError::invalid(
+                        "spec.placement.pinned_shard",
+                        "cannot change after creation: moving a namespace between shards is not supported yet",
+                    ));
+                }
+                let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
+                if old.backend_config != spec.backend_config && !ns.shard_id.is_empty() {
+                    // The owning shard must apply (and check) the new settings.
+                    ns.status = NamespaceStatus::Provisioning as i32;
+                    ns.status_reason = format!("waiting for shard {} to apply new backend settings", ns.shard_id);
+                }
+                ns.spec = Some(resolved(spec.clone()));
+                ns.update_time = Some(SystemTime::now().into());
+                Ok(Plan {
+                    txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
+                    detail: "updated".into(),
+                })
+            })
+            .await?;
+        written_namespace(&delta, name)
+    }
+
+    pub async fn delete_namespace(&self, principal: &str, name: &str, expected_revision: u64) -> Result<Namespace> {
+        let target = Target { action: "DeleteNamespace", tenant: tenant_of(name), target: name };
+        let delta = self
+            .mutate(principal, target, || async {
+                let mut ns = self.live_namespace(name).await?;
+                check_expected("namespace", name, expected_revision, ns.revision)?;
+                let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
+                mark_deleting(&mut ns, &format!("deleted by {principal}"));
+                ns.update_time = Some(SystemTime::now().into());
+                Ok(Plan {
+                    txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
+                    detail: "deletion started".into(),
+                })
+            })
+            .await?;
+        written_namespace(&delta, name)
+    }
+
+    /// A shard reports the outcome of provisioning or removal.
+    pub async fn report_namespace_status(
+        &self,
+        principal: &str,
+        req: &prism_proto::control::ReportNamespaceStatusRequest,
+    ) -> Result<Namespace> {
+        let name = req.name.as_str();
+        let tenant_id = tenant_of(name);
+        let target = Target { action: "ReportNamespaceStatus", tenant: tenant_id, target: name };
+        let delta = self
+            .mutate(principal, target, || async {
+                validate::namespace_name("name", name)?;
+                prism_proto::names::validate_part(&req.shard_id)
+                    .map_err(|e| ControlPlaneError::invalid("shard_id", format!("shard id {e}")))?;
+                let status = match NamespaceStatus::try_from(req.status) {
+                    Ok(s @ (NamespaceStatus::Active | NamespaceStatus::Degraded | NamespaceStatus::Deleted)) => s,
+                    _ => return Err(ControlPlaneError::invalid("status", "must be ACTIVE, DEGRADED or DELETED")),
+                };
+                if req.reason.len() > MAX_REASON_LEN {
+                    return Err(ControlPlaneError::invalid("reason", format!("is longer than {MAX_REASON_LEN} bytes")));
+                }
+                let mut ns = self.get_namespace(name).await?;
+                if ns.shard_id != req.shard_id {
+                    return Err(ControlPlaneError::FailedPrecondition(format!(
+                        "shard {} does not own namespace {name}",
+                        req.shard_id
+                    )));
+                }
+                if ns.create_revision != req.create_revision {
+                    return Err(ControlPlaneError::Conflict(format!(
+                        "namespace {name} was re-created at revision {}; the report is about {}",
+                        ns.create_revision, req.create_revision
+                    )));
+                }
+                let current = NamespaceStatus::try_from(ns.status).unwrap_or(NamespaceStatus::Unspecified);
+                let allowed = match status {
+                    NamespaceStatus::Deleted => current == NamespaceStatus::Deleting,
+                    _ => matches!(
+                        current,
+                        NamespaceStatus::Provisioning | NamespaceStatus::Active | NamespaceStatus::Degraded
+                    ),
+                };
+                if !allowed {
+                    return Err(ControlPlaneError::FailedPrecondition(format!(
+                        "namespace {name} is {}, it cannot become {}",
+                        current.as_str_name(),
+                        status.as_str_name()
+                    )));
+                }
+                let now = Some(SystemTime::now().into());
+                let mut txn = Txn::default();
+                txn.conditions.push(Condition::Namespace { name: name.to_owned(), revision: ns.revision });
+                ns.status = status as i32;
+                ns.status_reason.clone_from(&req.reason);
+                ns.update_time = now;
+                txn.puts.push(Put::Namespace(ns));
+                if status == NamespaceStatus::Deleted {
+                    self.finish_tenant_erasure(tenant_id, name, &mut txn).await?;
+                }
+                Ok(Plan { txn, detail: format!("{} {}", status.as_str_name(), req.reason) })
+            })
+            .await?;
+        written_namespace(&delta, name)
+    }
+
+    /// When `removed` was the last live namespace of a DELETING tenant,
+    /// adds the tenant's move to DELETED to `txn`, conditioned on every
+    /// sibling so two concurrent last reports cannot both miss it.
+    async fn finish_tenant_erasure(&self, tenant_id: &str, removed: &str, txn: &mut Txn) -> Result<()> {
+        let Some(mut tenant) = self.store.get_tenant(tenant_id).await? else {
+            return Ok(());
+        };
+        if tenant.state != TenantState::Deleting as i32 {
+            return Ok(());
+        }
+        let mut pending = 0;
+        for sibling in self.store.list_namespaces(tenant_id, "", usize::MAX).await? {
+            if sibling.name != removed {
+                txn.conditions.push(Condition::Namespace { name: sibling.name.clone(), revision: sibling.revision });
+                pending += usize::from(is_live(&sibling));
+            }
+        }
+        if pending == 0 {
+            txn.conditions.push(Condition::Tenant { id: tenant_id.to_owned(), revision: tenant.revision });
+            tenant.state = TenantState::Deleted as i32;
+            tenant.update_time = Some(SystemTime::now().into());
+            txn.puts.push(Put::Tenant(tenant));
+        }
+        Ok(())
+    }
+
+    pub async fn grant_access(
+        &self,
+        principal: &str,
+        req: &prism_proto::control::GrantAccessRequest,
+    ) -> Result<Namespace> {
+        let name = req.name.as_str();
+        let target = Target { action: "GrantAccess", tenant: tenant_of(name), target: name };
+        let delta = self
+            .mutate(principal, target, || async {
+                validate::principal("principal", &req.principal)?;
+                let level = validate::access_level("level", req.level)?;
+                let mut ns = self.live_namespace(name).await?;
+                check_expected("namespace", name, req.expected_revision, ns.revision)?;
+                let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
+                let spec = ns.spec.get_or_insert_with(NamespaceSpec::default);
+                let access = spec.access.get_or_insert_with(Default::default);
+                access.consumers.retain(|g| g.principal != req.principal);
+                if access.consumers.len() >= validate::MAX_PRINCIPALS {
+                    return Err(ControlPlaneError::invalid(
+                        "principal",
+                        format!("the namespace already has {} consumers", validate::MAX_PRINCIPALS),
+                    ));
+                }
+                access.consumers.push(Grant { principal: req.principal.clone(), level: level as i32 });
+                ns.update_time = Some(SystemTime::now().into());
+                Ok(Plan {
+                    txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
+                    detail: format!("granted {} {}", req.principal, level.as_str_name()),
+                })
+            })
+            .await?;
+        written_namespace(&delta, name)
+    }
+
+    pub async fn revoke_access(
+        &self,
+        principal: &str,
+        req: &prism_proto::control::RevokeAccessRequest,
+    ) -> Result<Namespace> {
+        let name = req.name.as_str();
+        let target = Target { action: "RevokeAccess", tenant: tenant_of(name), target: name };
+        let delta = self
+            .mutate(principal, target, || async {
+                validate::principal("principal", &req.principal)?;
+                let mut ns = self.live_namespace(name).await?;
+                check_expected("namespace", name, req.expected_revision, ns.revision)?;
+                let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
+                let consumers = ns.spec.as_mut().and_then(|s| s.access.as_mut()).map(|a| &mut a.consumers);
+                let Some(consumers) = consumers.filter(|c| c.iter().any(|g| g.principal == req.principal)) else {
+                    return Err(ControlPlaneError::NotFound(format!(
+                        "{} has no grant on namespace {name}",
+                        req.principal
+                    )));
+                };
+                consumers.retain(|g| g.principal != req.principal);
+                ns.update_time = Some(SystemTime::now().into());
+                Ok(Plan {
+                    txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
+                    detail: format!("revoked {}", req.principal),
+                })
+            })
+            .await?;
+        written_namespace(&delta, name)
+    }
+
+    // -----------------------------------------------------------------
+    // Audit
+    // -----------------------------------------------------------------
+
+    pub async fn list_audit_events(&self, req: &ListAuditEventsRequest) -> Result<ListAuditEventsResponse> {
+        let want = page_size(req.page_size);
+        let cursor = page_token::decode(Listing::Audit, &req.page_token)?;
+        let before_sequence = if cursor.is_empty() {
+            None
+        } else {
+            Some(
+                cursor
+                    .parse::<u64>()
+                    .map_err(|_| ControlPlaneError::invalid("page_token", "is not a page token of this listing"))?,
+            )
+        };
+        let filter = AuditFilter {
+            tenant_id: req.tenant_id.clone(),
+            target: req.target.clone(),
+            principal: req.principal.clone(),
+            action: req.action.clone(),
+            since_seconds: req.since.as_ref().map_or(i64::MIN, |t| t.seconds),
+            before_sequence,
+        };
+        let mut events = self.store.list_audit(filter, want + 1).await?;
+        let next_page_token = if events.len() > want {
+            events.truncate(want);
+            events.last().map(|e| page_token::encode(Listing::Audit, &e.sequence.to_string())).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListAuditEventsResponse { events, next_page_token })
+    }
+}
+
+/// Moves a namespace towards deletion: DELETING while a shard must remove
+/// its backend resources, DELETED at once when no shard ever owned it.
+fn mark_deleting(ns: &mut Namespace, reason: &str) {
+    if ns.shard_id.is_empty() {
+        ns.status = NamespaceStatus::Deleted as i32;
+        ns.status_reason = format!("{reason}; no shard held its data");
+    } else {
+        ns.status = NamespaceStatus::Deleting as i32;
+        ns.status_reason = format!("{reason}; waiting for shard {} to remove its data", ns.shard_id);
+    }
+}

@@ -1,0 +1,54 @@
+//! Assembles the control plane's gRPC server: the service, gRPC health and
+//! reflection, on a listener the caller already bound (so tests bind
+//! `127.0.0.1:0` and never race for a port).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use prism_proto::control::control_plane_service_server::ControlPlaneServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::ControlPlaneConfig;
+use crate::error::{ControlPlaneError, Result};
+use crate::plane::ControlPlane;
+use crate::service::Service;
+use crate::store::file::FileStore;
+
+/// Largest message the control plane accepts or sends (snapshot chunks
+/// stay far below it).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Opens the configured store and builds the control plane over it.
+pub fn open(config: ControlPlaneConfig) -> Result<ControlPlane> {
+    config.validate()?;
+    let store = FileStore::open(&config.data_dir, config.watch_buffer, config.change_log_retention)?;
+    Ok(ControlPlane::new(Arc::new(store), config))
+}
+
+/// Serves `plane` on `listener` until `shutdown` completes.
+pub async fn serve(plane: ControlPlane, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ControlPlaneServiceServer<Service>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ControlPlaneError::Corrupt(format!("reflection descriptors: {e}")))?;
+    let (stop_watchers, watchers_stop) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_watchers.send(true);
+    };
+    let service = ControlPlaneServiceServer::new(Service::new(plane, watchers_stop))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tracing::info!(addr = ?listener.local_addr().ok(), "control plane serving");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

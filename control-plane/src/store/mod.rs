@@ -1,0 +1,116 @@
+//! Where the control plane keeps its metadata: behind [`Store`], so the
+//! embedded file store (the default) and the Postgres store (several
+//! replicas on one database) are interchangeable.
+//!
+//! The model is a revisioned, typed key-value store in the manner of etcd:
+//! every commit gets the next global revision, checks its [`Condition`]s
+//! atomically (optimistic concurrency), writes objects, appends one
+//! [`Delta`] to the change log and its audit events, and is announced to
+//! subscribers in revision order.
+
+pub mod file;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use prism_proto::control::{AuditEvent, Delta, Namespace, Tenant};
+use tokio::sync::broadcast;
+
+use crate::error::Result;
+
+/// A precondition of a commit, checked atomically with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The tenant's revision is this one; 0 = the tenant must not exist.
+    Tenant { id: String, revision: u64 },
+    /// The namespace's revision is this one; 0 = it must not exist.
+    Namespace { name: String, revision: u64 },
+}
+
+/// A write of the store's objects.
+// Puts are built once per commit and moved straight into the store: boxing
+// the larger variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Put {
+    Tenant(Tenant),
+    /// A namespace; `create_revision == 0` means it is created by this
+    /// commit and gets the commit's revision.
+    Namespace(Namespace),
+}
+
+/// One atomic commit.
+#[derive(Debug, Clone, Default)]
+pub struct Txn {
+    pub conditions: Vec<Condition>,
+    pub puts: Vec<Put>,
+    /// Recorded with the commit; the store fills `sequence` and `revision`.
+    pub audit: Vec<AuditEvent>,
+}
+
+/// The outcome of a commit.
+#[derive(Debug, Clone)]
+pub enum Committed {
+    /// Written at this revision; the objects as stored.
+    Ok(Arc<Delta>),
+    /// A condition did not hold; nothing was written.
+    Conflict(Condition),
+}
+
+/// Every object at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub revision: u64,
+    pub tenants: Vec<Tenant>,
+    pub namespaces: Vec<Namespace>,
+}
+
+/// The changes after a revision, read from the change log.
+#[derive(Debug, Clone)]
+pub enum Changes {
+    /// Every delta after the requested revision, in order, up to the
+    /// current revision when they were read.
+    Deltas(Vec<Arc<Delta>>),
+    /// The log no longer reaches back that far: read a snapshot instead.
+    Compacted,
+}
+
+/// Filters of an audit listing.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub tenant_id: String,
+    pub target: String,
+    pub principal: String,
+    pub action: String,
+    /// Seconds since the Unix epoch; events earlier than this are skipped.
+    pub since_seconds: i64,
+    /// Only events with a sequence below this one (pagination).
+    pub before_sequence: Option<u64>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The revision of the last commit (0 before any).
+    async fn revision(&self) -> Result<u64>;
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>>;
+    async fn get_namespace(&self, name: &str) -> Result<Option<Namespace>>;
+    /// Tenants with ids greater than `after`, in id order, at most `limit`.
+    async fn list_tenants(&self, after: &str, limit: usize) -> Result<Vec<Tenant>>;
+    /// Namespaces with names greater than `after` (and, when `tenant` is
+    /// not empty, of that tenant), in name order, at most `limit`.
+    async fn list_namespaces(&self, tenant: &str, after: &str, limit: usize) -> Result<Vec<Namespace>>;
+    /// Atomically checks the conditions and applies the transaction.
+    async fn commit(&self, txn: Txn) -> Result<Committed>;
+    /// Every object, read at one revision.
+    async fn snapshot(&self) -> Result<Snapshot>;
+    /// The deltas after `revision`, at most `limit` of them.
+    async fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes>;
+    /// Records audit events that changed nothing (refusals).
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<()>;
+    /// Audit events newest first, at most `limit`.
+    async fn list_audit(&self, filter: AuditFilter, limit: usize) -> Result<Vec<AuditEvent>>;
+    /// Every committed delta, in revision order, from the moment of the
+    /// call. A subscriber that falls more than the buffer behind receives
+    /// `Lagged` and must catch up from the change log.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Delta>>;
+}

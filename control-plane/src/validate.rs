@@ -1,0 +1,283 @@
+//! Complete validation of tenant and namespace specs, by shape only (no
+//! backend code, no backend connection). Every refusal names its field with
+//! the path a client wrote, e.g. `spec.backend_config.postgres.dsn`.
+
+use prism_proto::capabilities;
+use prism_proto::control::{
+    Abstraction, AccessLevel, Backend, BackendConfig, Consistency, KafkaConfig, NamespaceSpec, PostgresConfig,
+    PulsarConfig, QuotaProfile, QuotaSet, backend_config::Config,
+};
+use prism_proto::names;
+use prism_proto::quotas::UNLIMITED;
+
+use crate::error::{ControlPlaneError, Result};
+
+/// Longest principal (a token's `sub`).
+pub const MAX_PRINCIPAL_LEN: usize = 256;
+/// Longest display name or reason.
+pub const MAX_TEXT_LEN: usize = 256;
+/// Most owners or consumers of one namespace, admins of one tenant.
+pub const MAX_PRINCIPALS: usize = 256;
+/// Largest `max_item_size_bytes` a namespace may declare.
+pub const MAX_ITEM_SIZE: i64 = 64 * 1024 * 1024;
+/// Longest cache TTL.
+pub const MAX_CACHE_TTL_SECONDS: i64 = 86_400;
+const MAX_DSN_LEN: usize = 4096;
+
+fn invalid(field: impl Into<String>, description: impl Into<String>) -> ControlPlaneError {
+    ControlPlaneError::invalid(field, description)
+}
+
+pub fn tenant_id(field: &str, id: &str) -> Result<()> {
+    names::validate_part(id).map_err(|e| invalid(field, format!("tenant id {e}")))
+}
+
+pub fn namespace_name(field: &str, name: &str) -> Result<()> {
+    names::NamespaceName::parse(name).map(|_| ()).map_err(|e| invalid(field, format!("namespace name {e}")))
+}
+
+pub fn text(field: &str, value: &str) -> Result<()> {
+    if value.chars().count() > MAX_TEXT_LEN {
+        return Err(invalid(field, format!("is longer than {MAX_TEXT_LEN} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "must not hold control characters"));
+    }
+    Ok(())
+}
+
+pub fn principal(field: &str, p: &str) -> Result<()> {
+    if p.is_empty() {
+        return Err(invalid(field, "principal must not be empty"));
+    }
+    if p.len() > MAX_PRINCIPAL_LEN {
+        return Err(invalid(field, format!("principal is longer than {MAX_PRINCIPAL_LEN} bytes")));
+    }
+    if p.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(field, "principal must not hold spaces or control characters"));
+    }
+    Ok(())
+}
+
+pub fn principals<'a>(field: &str, list: impl ExactSizeIterator<Item = &'a str>) -> Result<()> {
+    if list.len() > MAX_PRINCIPALS {
+        return Err(invalid(field, format!("lists more than {MAX_PRINCIPALS} principals")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in list.enumerate() {
+        principal(&format!("{field}[{i}]"), p)?;
+        if !seen.insert(p) {
+            return Err(invalid(format!("{field}[{i}]"), format!("{p:?} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+pub fn quotas(field: &str, q: &QuotaSet) -> Result<()> {
+    if QuotaProfile::try_from(q.profile).is_err() {
+        return Err(invalid(format!("{field}.profile"), format!("{} is not a known profile", q.profile)));
+    }
+    for (name, value) in prism_proto::quotas::fields(q) {
+        if let Some(v) = value.filter(|v| *v < UNLIMITED) {
+            return Err(invalid(format!("{field}.{name}"), format!("{v} is negative; use -1 for unlimited")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a namespace spec completely.
+pub fn namespace_spec(spec: &NamespaceSpec, known_shards: &[String]) -> Result<()> {
+    let abstraction = match Abstraction::try_from(spec.abstraction) {
+        Ok(a @ (Abstraction::KeyValue | Abstraction::TimeSeries)) => a,
+        _ => return Err(invalid("spec.abstraction", "must be KEY_VALUE or TIME_SERIES")),
+    };
+    let backend = match Backend::try_from(spec.backend) {
+        Ok(Backend::Unspecified) | Err(_) => {
+            return Err(invalid("spec.backend", "must be one of embedded, postgres, kafka, pulsar"));
+        }
+        Ok(b) => b,
+    };
+    if !capabilities::supports(backend, abstraction) {
+        let serves: Vec<_> =
+            capabilities::abstractions(backend).iter().map(|a| capabilities::abstraction_name(*a)).collect();
+        return Err(invalid(
+            "spec.backend",
+            format!(
+                "backend {} cannot serve {}; it serves {}",
+                capabilities::backend_name(backend),
+                capabilities::abstraction_name(abstraction),
+                serves.join(", ")
+            ),
+        ));
+    }
+    backend_config(backend, spec.backend_config.as_ref())?;
+    if let Some(p) = &spec.policies {
+        policies(abstraction, p)?;
+    }
+    if let Some(a) = &spec.access {
+        principals("spec.access.owners", a.owners.iter().map(String::as_str))?;
+        principals("spec.access.consumers", a.consumers.iter().map(|g| g.principal.as_str()))?;
+        for (i, g) in a.consumers.iter().enumerate() {
+            access_level(&format!("spec.access.consumers[{i}].level"), g.level)?;
+        }
+    }
+    if let Some(q) = &spec.quotas {
+        quotas("spec.quotas", q)?;
+    }
+    if let Some(p) = spec.placement.as_ref().filter(|p| !p.pinned_shard.is_empty()) {
+        let field = "spec.placement.pinned_shard";
+        names::validate_part(&p.pinned_shard).map_err(|e| invalid(field, format!("shard id {e}")))?;
+        if !known_shards.is_empty() && !known_shards.contains(&p.pinned_shard) {
+            return Err(invalid(field, format!("shard {:?} does not exist", p.pinned_shard)));
+        }
+    }
+    Ok(())
+}
+
+pub fn access_level(field: &str, level: i32) -> Result<AccessLevel> {
+    match AccessLevel::try_from(level) {
+        Ok(l @ (AccessLevel::Read | AccessLevel::ReadWrite)) => Ok(l),
+        _ => Err(invalid(field, "must be READ or READ_WRITE")),
+    }
+}
+
+fn backend_config(backend: Backend, config: Option<&BackendConfig>) -> Result<()> {
+    const FIELD: &str = "spec.backend_config";
+    let config = config.and_then(|c| c.config.as_ref());
+    match (backend, config) {
+        (Backend::Embedded, None | Some(Config::Embedded(_))) => Ok(()),
+        (Backend::Postgres, Some(Config::Postgres(c))) => postgres(c),
+        (Backend::Kafka, Some(Config::Kafka(c))) => kafka(c),
+        (Backend::Pulsar, Some(Config::Pulsar(c))) => pulsar(c),
+        (b, None) => Err(invalid(
+            format!("{FIELD}.{}", capabilities::backend_name(b)),
+            format!("is required for backend {}", capabilities::backend_name(b)),
+        )),
+        (b, Some(other)) => {
+            let given = match other {
+                Config::Embedded(_) => "embedded",
+                Config::Postgres(_) => "postgres",
+                Config::Kafka(_) => "kafka",
+                Config::Pulsar(_) => "pulsar",
+            };
+            Err(invalid(FIELD, format!("holds {given} settings but the backend is {}", capabilities::backend_name(b))))
+        }
+    }
+}
+
+fn postgres(c: &PostgresConfig) -> Result<()> {
+    let field = "spec.backend_config.postgres";
+    let dsn = c.dsn.trim();
+    if dsn.is_empty() {
+        return Err(invalid(format!("{field}.dsn"), "is required"));
+    }
+    if c.dsn.len() > MAX_DSN_LEN {
+        return Err(invalid(format!("{field}.dsn"), format!("is longer than {MAX_DSN_LEN} bytes")));
+    }
+    let url = dsn.starts_with("postgres://") || dsn.starts_with("postgresql://");
+    if !url && !dsn.contains('=') {
+        return Err(invalid(format!("{field}.dsn"), "must be a postgres:// URL or key=value connection string"));
+    }
+    if c.dsn.chars().any(char::is_control) {
+        return Err(invalid(format!("{field}.dsn"), "must not hold control characters"));
+    }
+    if c.pool_size > 1024 {
+        return Err(invalid(format!("{field}.pool_size"), format!("{} is above 1024", c.pool_size)));
+    }
+    if !c.schema.is_empty() {
+        let ok = c.schema.len() <= 63
+            && c.schema.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '_')
+            && c.schema.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+        if !ok {
+            return Err(invalid(format!("{field}.schema"), "must match [a-z_][a-z0-9_]{0,62}"));
+        }
+    }
+    Ok(())
+}
+
+fn host_port(field: &str, s: &str) -> Result<()> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(invalid(field, format!("{s:?} is not host:port")));
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'));
+    if !host_ok {
+        return Err(invalid(field, format!("{s:?} has no valid host")));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(invalid(field, format!("{s:?} has no valid port"))),
+    }
+}
+
+fn kafka(c: &KafkaConfig) -> Result<()> {
+    let field = "spec.backend_config.kafka";
+    if c.bootstrap_servers.is_empty() {
+        return Err(invalid(format!("{field}.bootstrap_servers"), "needs at least one host:port"));
+    }
+    if c.bootstrap_servers.len() > 64 {
+        return Err(invalid(format!("{field}.bootstrap_servers"), "lists more than 64 servers"));
+    }
+    for (i, s) in c.bootstrap_servers.iter().enumerate() {
+        host_port(&format!("{field}.bootstrap_servers[{i}]"), s)?;
+    }
+    if c.partitions > 1024 {
+        return Err(invalid(format!("{field}.partitions"), format!("{} is above 1024", c.partitions)));
+    }
+    if c.replication_factor > 16 {
+        return Err(invalid(format!("{field}.replication_factor"), format!("{} is above 16", c.replication_factor)));
+    }
+    Ok(())
+}
+
+fn pulsar(c: &PulsarConfig) -> Result<()> {
+    let field = "spec.backend_config.pulsar";
+    let rest = c.service_url.strip_prefix("pulsar://").or_else(|| c.service_url.strip_prefix("pulsar+ssl://"));
+    let Some(rest) = rest else {
+        return Err(invalid(format!("{field}.service_url"), "must be a pulsar:// or pulsar+ssl:// URL"));
+    };
+    host_port(&format!("{field}.service_url"), rest.trim_end_matches('/'))?;
+    if !c.topic.is_empty() {
+        names::validate_part(&c.topic).map_err(|e| invalid(format!("{field}.topic"), format!("topic {e}")))?;
+    }
+    Ok(())
+}
+
+fn duration(field: &str, d: Option<&prost_types::Duration>, max_seconds: Option<i64>) -> Result<()> {
+    let Some(d) = d else { return Ok(()) };
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(invalid(field, "must be a non-negative duration"));
+    }
+    if let Some(max) = max_seconds.filter(|max| d.seconds > *max || (d.seconds == *max && d.nanos > 0)) {
+        return Err(invalid(field, format!("must be at most {max} s")));
+    }
+    Ok(())
+}
+
+fn policies(abstraction: Abstraction, p: &prism_proto::control::Policies) -> Result<()> {
+    duration("spec.policies.retention", p.retention.as_ref(), None)?;
+    duration("spec.policies.cache_ttl", p.cache_ttl.as_ref(), Some(MAX_CACHE_TTL_SECONDS))?;
+    duration("spec.policies.default_item_ttl", p.default_item_ttl.as_ref(), None)?;
+    duration("spec.policies.accept_limit", p.accept_limit.as_ref(), None)?;
+    if Consistency::try_from(p.consistency).is_err() {
+        return Err(invalid("spec.policies.consistency", "must be EVENTUAL or STRONG"));
+    }
+    if !(0..=MAX_ITEM_SIZE).contains(&p.max_item_size_bytes) {
+        return Err(invalid(
+            "spec.policies.max_item_size_bytes",
+            format!("{} is outside 0..={MAX_ITEM_SIZE}", p.max_item_size_bytes),
+        ));
+    }
+    if abstraction != Abstraction::TimeSeries && (p.accept_loss || p.accept_limit.is_some()) {
+        let field = if p.accept_loss { "spec.policies.accept_loss" } else { "spec.policies.accept_limit" };
+        return Err(invalid(field, "applies to TIME_SERIES namespaces only"));
+    }
+    if abstraction != Abstraction::KeyValue && p.cache_enabled {
+        return Err(invalid("spec.policies.cache_enabled", "applies to KEY_VALUE namespaces only"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

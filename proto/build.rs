@@ -1,0 +1,26 @@
+//! Compiles the .proto files with protox (pure Rust), so building Prism
+//! needs no system `protoc`.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] =
+    &["prism/control/v1/control.proto", "prism/kv/v1/kv.proto", "prism/timeseries/v1/timeseries.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let fds = protox::compile(PROTOS, ["."])?;
+    // Served by gRPC reflection.
+    std::fs::write(out_dir.join("prism_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        // RPCs a server does not implement answer UNIMPLEMENTED.
+        .generate_default_stubs(true)
+        .server_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
+        .client_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
+        .compile_fds(fds)?;
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! Prism's wire contracts, generated from `proto/prism/**.proto`, plus the
+//! pure-data rules every crate must agree on (names, backend capabilities,
+//! quota profiles). No I/O lives here.
+
+pub mod capabilities;
+pub mod error;
+pub mod names;
+pub mod quotas;
+
+/// `prism.control.v1`: the control plane.
+pub mod control {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/prism.control.v1.rs"));
+}
+
+/// `prism.kv.v1`: the KeyValue abstraction.
+pub mod kv {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/prism.kv.v1.rs"));
+}
+
+/// `prism.timeseries.v1`: the TimeSeries abstraction.
+pub mod timeseries {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/prism.timeseries.v1.rs"));
+}
+
+/// The encoded `FileDescriptorSet` of every Prism service, for gRPC
+/// server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/prism_descriptor.bin"));
