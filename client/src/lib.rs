@@ -12,12 +12,14 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use prism_proto as proto;
 use prism_proto::control::control_plane_service_client::ControlPlaneServiceClient;
+use prism_proto::kv::key_value_service_client::KeyValueServiceClient;
 
 /// The control plane's address when nothing else is said: `prism dev`'s.
 pub const DEFAULT_CONTROL_PLANE: &str = "127.0.0.1:7400";
 
-/// Largest message a client accepts (watch snapshot chunks, big pages).
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest message a client accepts or sends: the largest item a namespace
+/// may allow (64 MiB) plus room for its request.
+pub const MAX_MESSAGE_BYTES: usize = 72 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -60,6 +62,7 @@ impl Interceptor for BearerToken {
 }
 
 pub type ControlPlaneClient = ControlPlaneServiceClient<InterceptedService<Channel, BearerToken>>;
+pub type KeyValueClient = KeyValueServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// `host:port` or a full `http://host:port` URL, as an endpoint.
 pub fn endpoint(address: &str) -> Result<Endpoint> {
@@ -69,14 +72,28 @@ pub fn endpoint(address: &str) -> Result<Endpoint> {
         .map_err(|e| ClientError::InvalidEndpoint { endpoint: address.to_owned(), reason: e.to_string() })
 }
 
+async fn channel(address: &str) -> Result<Channel> {
+    endpoint(address)?
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect { endpoint: address.to_owned(), source })
+}
+
 /// Connects to a control plane.
 pub async fn control_plane(address: &str, token: Option<&str>) -> Result<ControlPlaneClient> {
     let auth = BearerToken::new(token)?;
-    let channel = endpoint(address)?
-        .connect()
-        .await
-        .map_err(|source| ClientError::Connect { endpoint: address.to_owned(), source })?;
-    Ok(ControlPlaneServiceClient::with_interceptor(channel, auth)
+    Ok(ControlPlaneServiceClient::with_interceptor(channel(address).await?, auth)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Connects to a gateway shard's KeyValue service.
+pub async fn key_value(address: &str, token: Option<&str>) -> Result<KeyValueClient> {
+    let auth = BearerToken::new(token)?;
+    Ok(KeyValueServiceClient::with_interceptor(channel(address).await?, auth)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }

@@ -130,3 +130,157 @@ where
         }
     }
 }
+
+/// The HS256 secret every testkit gateway accepts.
+pub const TEST_SECRET: &str = "prism-testkit-secret-0123456789";
+
+/// A token for `sub` with `roles` (and optionally a tenant), signed with
+/// [`TEST_SECRET`], valid for an hour.
+pub fn token(sub: &str, tenant: Option<&str>, roles: &[&str]) -> String {
+    prism_gateway::auth::mint_hs256(TEST_SECRET, sub, tenant, roles, 3600).unwrap_or_default()
+}
+
+/// A superuser token.
+pub fn admin_token() -> String {
+    token("test-admin", None, &["admin"])
+}
+
+/// An in-process gateway shard on `127.0.0.1:<ephemeral>` with its own
+/// temp data directory.
+pub struct GatewayHandle {
+    pub addr: SocketAddr,
+    pub gateway: prism_gateway::Gateway,
+    _temp: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<prism_gateway::Result<()>>>,
+}
+
+impl GatewayHandle {
+    /// Starts shard `shard_id` watching `control_plane`.
+    pub async fn start(control_plane: &str, shard_id: &str) -> anyhow::Result<Self> {
+        Self::start_with(control_plane, shard_id, |_| {}).await
+    }
+
+    /// As [`start`](Self::start), with `adjust` applied to the config.
+    pub async fn start_with(
+        control_plane: &str,
+        shard_id: &str,
+        adjust: impl FnOnce(&mut prism_gateway::GatewayConfig),
+    ) -> anyhow::Result<Self> {
+        let temp = tempfile::tempdir().context("temp dir")?;
+        let mut config = prism_gateway::GatewayConfig {
+            shard_id: shard_id.into(),
+            control_plane: control_plane.into(),
+            data_dir: Some(temp.path().join(shard_id)),
+            ..Default::default()
+        };
+        config.auth.hs256_secret = Some(TEST_SECRET.into());
+        adjust(&mut config);
+        let gateway = prism_gateway::Gateway::open(config).context("open gateway")?;
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.clone().serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, gateway, _temp: temp, stop: Some(stop), task: Some(task) })
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// A KeyValue client presenting `token`.
+    pub async fn kv(&self, token: Option<&str>) -> anyhow::Result<prism_client::KeyValueClient> {
+        Ok(prism_client::key_value(&self.endpoint(), token).await?)
+    }
+
+    /// Waits until this gateway's snapshot has reached `revision`.
+    pub async fn caught_up(&self, revision: u64) -> anyhow::Result<()> {
+        eventually(Duration::from_secs(10), || async {
+            let have = self.gateway.shared.metadata.load().revision;
+            anyhow::ensure!(have >= revision, "gateway at revision {have}, want {revision}");
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.context("gateway task")?.context("gateway")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A control plane with shards `shard-0` and `shard-1` and one gateway for
+/// each: what `prism dev` runs, on ephemeral ports.
+pub struct Cluster {
+    pub control_plane: ControlPlaneHandle,
+    pub gateways: Vec<GatewayHandle>,
+}
+
+impl Cluster {
+    pub async fn start() -> anyhow::Result<Self> {
+        let config = ControlPlaneConfig { shards: vec!["shard-0".into(), "shard-1".into()], ..Default::default() };
+        let control_plane = ControlPlaneHandle::start_with(config).await?;
+        let mut gateways = Vec::new();
+        for shard in ["shard-0", "shard-1"] {
+            gateways.push(GatewayHandle::start(&control_plane.endpoint(), shard).await?);
+        }
+        Ok(Self { control_plane, gateways })
+    }
+
+    /// The gateway of `shard_id`.
+    pub fn gateway(&self, shard_id: &str) -> Option<&GatewayHandle> {
+        self.gateways.iter().find(|g| g.gateway.shared.config.shard_id == shard_id)
+    }
+
+    /// Creates `name` with `spec`, waits until it is ACTIVE, and returns the
+    /// gateway that owns it, caught up to the ACTIVE revision.
+    pub async fn active_namespace(
+        &self,
+        name: &str,
+        spec: prism_proto::control::NamespaceSpec,
+    ) -> anyhow::Result<&GatewayHandle> {
+        use prism_proto::control::{CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, NamespaceStatus};
+        let mut cp = self.control_plane.client().await?;
+        let tenant = name.split_once('/').map_or(name, |(t, _)| t);
+        let created = cp.create_tenant(CreateTenantRequest { tenant_id: tenant.into(), ..Default::default() }).await;
+        if let Err(s) = created {
+            anyhow::ensure!(s.code() == tonic::Code::AlreadyExists, "create tenant: {s}");
+        }
+        cp.create_namespace(CreateNamespaceRequest { name: name.into(), spec: Some(spec) }).await?;
+        let ns = eventually(Duration::from_secs(20), || {
+            let mut cp = cp.clone();
+            async move {
+                let ns = cp.get_namespace(GetNamespaceRequest { name: name.into() }).await?.into_inner();
+                anyhow::ensure!(
+                    ns.status == NamespaceStatus::Active as i32,
+                    "namespace is {:?}: {}",
+                    NamespaceStatus::try_from(ns.status),
+                    ns.status_reason
+                );
+                Ok(ns)
+            }
+        })
+        .await?;
+        let gateway = self.gateway(&ns.shard_id).context("owning gateway")?;
+        gateway.caught_up(ns.revision).await?;
+        Ok(gateway)
+    }
+}

@@ -1,1 +1,89 @@
-//! placeholder
+//! The contract between the gateway and its backend plugins.
+//!
+//! A plugin serves one backend (embedded, postgres, kafka, pulsar) for every
+//! namespace its gateway shard owns. The gateway does everything that is the
+//! same for all backends — names, sizes, authentication, authorization,
+//! quotas, caching, page tokens, turning TTLs into expiry times, stamping
+//! writes — and hands the plugin normalised, already-validated operations.
+//! The plugin stores them with the semantics of SPEC §3/§4, and declares
+//! which abstractions it serves.
+
+pub mod error;
+pub mod kv;
+pub mod ts;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use async_trait::async_trait;
+use prism_proto::control::{Abstraction, Backend, NamespaceSpec};
+
+pub use error::{PluginError, Result};
+
+/// Microseconds since the Unix epoch: every time a plugin sees.
+pub type Micros = i64;
+
+/// The current time in [`Micros`].
+pub fn now_micros() -> Micros {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// What a plugin knows of a namespace: an incarnation of a name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Namespace {
+    /// `tenant/name`.
+    pub name: String,
+    /// The revision that created this incarnation. A namespace deleted and
+    /// created again has a new one, and must not see the old one's data.
+    pub create_revision: u64,
+    pub spec: NamespaceSpec,
+}
+
+impl Namespace {
+    pub fn tenant(&self) -> &str {
+        self.name.split_once('/').map_or(self.name.as_str(), |(t, _)| t)
+    }
+
+    pub fn local_name(&self) -> &str {
+        self.name.split_once('/').map_or("", |(_, n)| n)
+    }
+}
+
+/// What a plugin declares it can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub backend: Backend,
+    pub abstractions: &'static [Abstraction],
+}
+
+impl Capabilities {
+    pub fn serves(&self, abstraction: Abstraction) -> bool {
+        self.abstractions.contains(&abstraction)
+    }
+}
+
+/// A backend plugin.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates the namespace's backend resources (tables, topics) and checks
+    /// that the backend is reachable with the namespace's settings.
+    /// Idempotent: provisioning an existing namespace succeeds.
+    async fn provision(&self, ns: &Namespace) -> Result<()>;
+
+    /// Removes the namespace's resources and every byte of its data.
+    /// Idempotent: removing what is gone succeeds.
+    async fn deprovision(&self, ns: &Namespace) -> Result<()>;
+
+    /// The KeyValue store, when the plugin serves KEY_VALUE.
+    fn key_value(&self) -> Option<&dyn kv::KeyValue> {
+        None
+    }
+
+    /// The TimeSeries store, when the plugin serves TIME_SERIES.
+    fn time_series(&self) -> Option<&dyn ts::TimeSeries> {
+        None
+    }
+}

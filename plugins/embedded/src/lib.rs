@@ -1,1 +1,150 @@
-//! placeholder
+//! The embedded backend: a persistent store on the gateway's local disk,
+//! the default and the one `prism dev` uses, so nothing else needs to be
+//! installed.
+//!
+//! One [redb](https://docs.rs/redb) file (`<data_dir>/embedded.redb`) holds
+//! every namespace the gateway's shard owns. redb gives ACID transactions
+//! with fsync on commit, MVCC readers that never block the writer, and is
+//! pure Rust. Every redb call runs on tokio's blocking pool. The layout and
+//! the write rules are in [`kv`].
+//!
+//! Serves KeyValue. The capability declaration also lists TimeSeries, as
+//! the control plane's table does ([`prism_proto::capabilities`]), but
+//! [`Plugin::time_series`] returns `None` until the embedded TimeSeries
+//! store exists.
+
+pub mod config;
+pub mod error;
+pub mod kv;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prism_plugin_api::kv::KeyValue;
+use prism_plugin_api::{Capabilities, Namespace, Plugin, now_micros};
+use prism_proto::control::Backend;
+use tokio::sync::Semaphore;
+
+pub use config::EmbeddedConfig;
+pub use error::{EmbeddedError, Result};
+
+use crate::kv::{Incarnation, Store};
+
+/// The embedded backend plugin. Cheap to share behind an `Arc`; one per
+/// data directory (redb locks the file).
+pub struct EmbeddedPlugin {
+    store: Arc<Store>,
+    /// One permit: redb runs one write transaction at a time, so writers
+    /// queue here, asynchronously, rather than each holding a blocking
+    /// thread while it waits for redb's lock.
+    writers: Arc<Semaphore>,
+    /// `max_concurrent_reads` permits.
+    readers: Arc<Semaphore>,
+    config: EmbeddedConfig,
+}
+
+impl std::fmt::Debug for EmbeddedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedPlugin").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedPlugin {
+    /// Validates `config`, creates the data directory if needed and opens
+    /// (or creates) the store in it. Blocking: call it before serving or
+    /// on a blocking thread.
+    pub fn open(config: EmbeddedConfig) -> Result<Self> {
+        config.validate()?;
+        let store = Store::open(&config)?;
+        tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
+        Ok(Self {
+            store: Arc::new(store),
+            writers: Arc::new(Semaphore::new(1)),
+            readers: Arc::new(Semaphore::new(config.max_concurrent_reads)),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &EmbeddedConfig {
+        &self.config
+    }
+
+    /// Reclaims expired items, tombstones and tokens every `every` (first
+    /// at once) until the plugin is dropped or the task is aborted. Failures
+    /// are logged and retried on the next tick.
+    pub fn spawn_reclaimer(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let plugin = Arc::downgrade(self);
+        let every = every.max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                // Holding only a weak reference lets the plugin (and its
+                // file lock) go when its owner drops it.
+                let Some(plugin) = plugin.upgrade() else { return };
+                match plugin.reclaim(now_micros()).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::debug!(removed, "reclaimed expired items"),
+                    Err(error) => tracing::warn!(%error, "reclaiming expired items failed"),
+                }
+            }
+        })
+    }
+
+    /// Runs `f` on the blocking pool once `permits` grants a turn. The
+    /// permit moves with `f`, so a caller that stops waiting (a deadline)
+    /// does not let another start before `f` ends.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        permits: &Arc<Semaphore>,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let permit = permits.clone().acquire_owned().await.map_err(|_| EmbeddedError::ShuttingDown)?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let _turn = permit;
+            f(&store)
+        })
+        .await?
+    }
+
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.blocking(&self.writers, f).await
+    }
+
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.blocking(&self.readers, f).await
+    }
+}
+
+#[async_trait]
+impl Plugin for EmbeddedPlugin {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            backend: Backend::Embedded,
+            abstractions: prism_proto::capabilities::abstractions(Backend::Embedded),
+        }
+    }
+
+    async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+        let ns = Incarnation::of(ns)?;
+        Ok(self.write(move |s| s.provision(&ns)).await?)
+    }
+
+    async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+        let ns = Incarnation::of(ns)?;
+        Ok(self.write(move |s| s.deprovision(&ns)).await?)
+    }
+
+    fn key_value(&self) -> Option<&dyn KeyValue> {
+        Some(self)
+    }
+}

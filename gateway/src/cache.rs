@@ -1,0 +1,182 @@
+//! The read cache of KeyValue records, for namespaces with
+//! `cache_enabled`. The unit is a whole record (when it is at most
+//! `max_record_bytes`), so a write invalidates exactly one entry and any
+//! selector or page of that record is answered from it.
+//!
+//! - Bounded in bytes (moka weigher), per-namespace TTL (`cache_ttl`).
+//! - Concurrent misses on one record make one backend read (moka's
+//!   single-flight `try_get_with`).
+//! - A read that raced a write cannot leave stale data behind: writers bump
+//!   a striped counter after the backend write and then invalidate; every
+//!   reader notes the counter before its load and, if it moved, invalidates
+//!   what it may have inserted.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use prism_plugin_api::PluginError;
+use prism_plugin_api::kv::Item;
+
+use crate::config::CacheConfig;
+use crate::snapshot::NamespaceEntry;
+
+const STRIPES: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RecordKey {
+    namespace: String,
+    create_revision: u64,
+    id: String,
+}
+
+impl RecordKey {
+    fn new(entry: &NamespaceEntry, id: &str) -> Self {
+        Self { namespace: entry.ns.name.clone(), create_revision: entry.ns.create_revision, id: id.to_owned() }
+    }
+}
+
+/// What the cache holds for a record.
+#[derive(Debug, Clone)]
+pub enum Cached {
+    /// Every item of the record, in key order (possibly none).
+    Items(Arc<Vec<Item>>),
+    /// Larger than `max_record_bytes`: read it from the backend.
+    TooLarge,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Cached,
+    ttl: Duration,
+    weight: u32,
+}
+
+struct PerEntryTtl;
+
+impl Expiry<RecordKey, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &RecordKey, value: &Entry, _: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// Hit, miss and eviction counters.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Backend reads made to fill the cache (concurrent misses share one).
+    pub loads: AtomicU64,
+    pub evictions: Arc<AtomicU64>,
+}
+
+pub struct ReadCache {
+    cache: Option<Cache<RecordKey, Entry>>,
+    stripes: Vec<AtomicU64>,
+    max_record_bytes: u64,
+    pub stats: CacheStats,
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCache").field("stats", &self.stats).finish_non_exhaustive()
+    }
+}
+
+impl ReadCache {
+    pub fn new(config: &CacheConfig) -> Self {
+        let stats = CacheStats::default();
+        let evictions = stats.evictions.clone();
+        let cache = (config.max_bytes > 0).then(|| {
+            Cache::builder()
+                .max_capacity(config.max_bytes)
+                .weigher(|_: &RecordKey, e: &Entry| e.weight)
+                .expire_after(PerEntryTtl)
+                .eviction_listener(move |_, _, cause| {
+                    if cause == RemovalCause::Size {
+                        evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .build()
+        });
+        Self {
+            cache,
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            max_record_bytes: config.max_record_bytes,
+            stats,
+        }
+    }
+
+    pub fn max_record_bytes(&self) -> u64 {
+        self.max_record_bytes
+    }
+
+    fn stripe(&self, key: &RecordKey) -> &AtomicU64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % STRIPES]
+    }
+
+    /// The cached record, loading it with `load` on a miss (one load for
+    /// concurrent misses). `None` when the cache is off.
+    pub async fn get_or_load<F, Fut>(
+        &self,
+        entry: &NamespaceEntry,
+        id: &str,
+        ttl: Duration,
+        load: F,
+    ) -> Result<Option<Cached>, Arc<PluginError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Cached, PluginError>>,
+    {
+        let Some(cache) = &self.cache else { return Ok(None) };
+        let key = RecordKey::new(entry, id);
+        if let Some(hit) = cache.get(&key).await {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(hit.value));
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let stripe = self.stripe(&key);
+        let before = stripe.load(Ordering::Acquire);
+        let loaded = cache
+            .try_get_with(key.clone(), async {
+                self.stats.loads.fetch_add(1, Ordering::Relaxed);
+                let value = load().await?;
+                let weight = match &value {
+                    Cached::Items(items) => {
+                        items.iter().map(|i| i.key.len() + i.value.len() + 32).sum::<usize>() + key.id.len() + 64
+                    }
+                    Cached::TooLarge => key.id.len() + 64,
+                };
+                Ok(Entry { value, ttl, weight: u32::try_from(weight).unwrap_or(u32::MAX) })
+            })
+            .await?;
+        if stripe.load(Ordering::Acquire) != before {
+            // A write to this stripe finished while we loaded: what was
+            // inserted may predate it.
+            cache.invalidate(&key).await;
+        }
+        Ok(Some(loaded.value))
+    }
+
+    /// Forgets record `id` after a write to it (call after the backend
+    /// write completes or fails).
+    pub async fn invalidate(&self, entry: &NamespaceEntry, id: &str) {
+        let Some(cache) = &self.cache else { return };
+        let key = RecordKey::new(entry, id);
+        self.stripe(&key).fetch_add(1, Ordering::AcqRel);
+        cache.invalidate(&key).await;
+    }
+
+    /// Drops every entry (e.g. when the shard loses namespaces).
+    pub fn clear(&self) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate_all();
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Gateway configuration (`[gateway]` in the `prism` config file),
+//! overridden by environment and flags in the CLI. `validate` names the
+//! wrong field; parsing has no side effects.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{GatewayError, Result};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The shard this gateway serves. Required; `[a-z0-9][a-z0-9-]{0,62}`.
+    pub shard_id: String,
+    /// `host:port` of the control plane. Default `127.0.0.1:7400`.
+    pub control_plane: String,
+    /// Token the gateway presents to the control plane, if it needs one.
+    pub control_plane_token: Option<String>,
+    /// Directory of the embedded backend's data. Default
+    /// `./prism-data/<shard_id>`.
+    pub data_dir: Option<PathBuf>,
+    pub auth: AuthConfig,
+    pub cache: CacheConfig,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared secret of HS256 bearer tokens. Required unless
+    /// `allow_anonymous` is set.
+    pub hs256_secret: Option<String>,
+    /// Serve callers without a token as the principal `anonymous` with no
+    /// roles (they still need grants). Default false: secure by default.
+    pub allow_anonymous: bool,
+    /// Clock leeway for `exp` and `nbf`, in seconds. Default 30.
+    pub leeway_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Bytes of record data the read cache holds at most. Default 64 MiB;
+    /// 0 disables the cache.
+    pub max_bytes: u64,
+    /// Records larger than this are not cached. Default 1 MiB.
+    pub max_record_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { max_bytes: 64 << 20, max_record_bytes: 1 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Requests in flight at once; more are shed with UNAVAILABLE.
+    /// Default 4096.
+    pub max_in_flight: usize,
+    /// Longest a request may take, in milliseconds. Default 30 000.
+    pub request_timeout_ms: u64,
+    /// How far in the future an idempotency token's generation time may
+    /// be, in milliseconds. Default 5 000.
+    pub max_clock_skew_ms: u64,
+    /// Values above this many bytes are stored in chunks. Default 1 MiB.
+    pub chunk_threshold_bytes: u64,
+    /// How often expired items are reclaimed, in seconds. Default 60.
+    pub reclaim_interval_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 4096,
+            request_timeout_ms: 30_000,
+            max_clock_skew_ms: 5_000,
+            chunk_threshold_bytes: 1 << 20,
+            reclaim_interval_seconds: 60,
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            shard_id: String::new(),
+            control_plane: "127.0.0.1:7400".into(),
+            control_plane_token: None,
+            data_dir: None,
+            auth: AuthConfig::default(),
+            cache: CacheConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text).map_err(|e| GatewayError::Config {
+            field: e.span().map(|s| format!("bytes {}..{}", s.start, s.end)).unwrap_or_default(),
+            description: e.message().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("prism-data").join(&self.shard_id))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.request_timeout_ms)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, description: &str| GatewayError::Config {
+            field: field.into(),
+            description: description.into(),
+        };
+        prism_proto::names::validate_part(&self.shard_id).map_err(|e| bad("shard_id", &format!("shard id {e}")))?;
+        if self.control_plane.is_empty() {
+            return Err(bad("control_plane", "must not be empty"));
+        }
+        match (&self.auth.hs256_secret, self.auth.allow_anonymous) {
+            (None, false) => {
+                return Err(bad(
+                    "auth.hs256_secret",
+                    "is required (or set auth.allow_anonymous for an insecure setup)",
+                ));
+            }
+            (Some(s), _) if s.len() < 16 => return Err(bad("auth.hs256_secret", "must be at least 16 bytes")),
+            _ => {}
+        }
+        if self.cache.max_record_bytes > self.cache.max_bytes && self.cache.max_bytes > 0 {
+            return Err(bad("cache.max_record_bytes", "must not exceed cache.max_bytes"));
+        }
+        if self.limits.max_in_flight == 0 {
+            return Err(bad("limits.max_in_flight", "must be at least 1"));
+        }
+        if self.limits.request_timeout_ms == 0 {
+            return Err(bad("limits.request_timeout_ms", "must be at least 1"));
+        }
+        if !(1024..=64 << 20).contains(&self.limits.chunk_threshold_bytes) {
+            return Err(bad("limits.chunk_threshold_bytes", "must be within 1 KiB..=64 MiB"));
+        }
+        if self.limits.reclaim_interval_seconds == 0 {
+            return Err(bad("limits.reclaim_interval_seconds", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requires_a_secret_unless_anonymous_is_allowed() {
+        let e = GatewayConfig::from_toml("shard_id = \"s0\"").expect_err("no secret");
+        assert!(e.to_string().contains("auth.hs256_secret"), "{e}");
+        let c = GatewayConfig::from_toml("shard_id = \"s0\"\n[auth]\nallow_anonymous = true").expect("valid");
+        assert!(c.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn names_unknown_and_wrong_fields() {
+        let e = GatewayConfig::from_toml("shard = \"s0\"").expect_err("unknown");
+        assert!(e.to_string().contains("unknown field `shard`"), "{e}");
+        let e = GatewayConfig::from_toml("shard_id = \"S0\"").expect_err("bad id");
+        assert!(e.to_string().contains("shard_id"), "{e}");
+    }
+}

@@ -1,0 +1,104 @@
+//! The gateway's one error type and what each variant tells a client.
+
+use prism_plugin_api::PluginError;
+use prism_proto::error::{Detail, ErrorKind, Report};
+
+pub type Result<T, E = GatewayError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{field}: {description}")]
+    InvalidArgument { field: String, description: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The namespace belongs to another shard.
+    #[error("namespace {namespace} is served by shard {owner}")]
+    WrongShard { namespace: String, owner: String },
+    #[error("{subject}: {description}")]
+    QuotaExceeded { subject: String, description: String, retry_after: Option<std::time::Duration> },
+    #[error("the gateway is overloaded")]
+    Overloaded,
+    #[error("the request took longer than {0:?}")]
+    Timeout(std::time::Duration),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// A plugin error shared by the requests that waited on one load.
+    #[error(transparent)]
+    SharedPlugin(std::sync::Arc<PluginError>),
+    #[error("invalid configuration: {field}: {description}")]
+    Config { field: String, description: String },
+    #[error("{0}")]
+    Internal(String),
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl GatewayError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), description: description.into() }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidArgument { .. } | Self::Config { .. } => ErrorKind::InvalidArgument,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            Self::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            Self::FailedPrecondition(_) | Self::WrongShard { .. } => ErrorKind::FailedPrecondition,
+            Self::QuotaExceeded { .. } => ErrorKind::ResourceExhausted,
+            Self::Overloaded | Self::Timeout(_) => ErrorKind::Unavailable,
+            Self::Plugin(e) => e.kind(),
+            Self::SharedPlugin(e) => e.kind(),
+            Self::Internal(_) | Self::Transport(_) => ErrorKind::Internal,
+        }
+    }
+
+    pub fn could_retry(&self) -> bool {
+        self.kind().could_retry()
+    }
+
+    /// What the client is told.
+    pub fn report(&self) -> Report {
+        match self {
+            Self::InvalidArgument { field, description } => Report::bad_field(field.clone(), description.clone()),
+            Self::WrongShard { owner, .. } => Report {
+                kind: ErrorKind::FailedPrecondition,
+                message: self.to_string(),
+                detail: Detail::Info {
+                    reason: "WRONG_SHARD".into(),
+                    metadata: vec![("shard_id".into(), owner.clone())],
+                },
+            },
+            Self::QuotaExceeded { subject, description, retry_after } => Report {
+                kind: ErrorKind::ResourceExhausted,
+                message: self.to_string(),
+                detail: Detail::Quota {
+                    subject: subject.clone(),
+                    description: description.clone(),
+                    retry_after: *retry_after,
+                },
+            },
+            Self::Plugin(e) => e.report(),
+            Self::SharedPlugin(e) => e.report(),
+            Self::Internal(_) | Self::Transport(_) => Report::new(ErrorKind::Internal, "internal error"),
+            other => Report::new(other.kind(), other.to_string()),
+        }
+    }
+
+    /// The one conversion to a gRPC status, logging what the client does
+    /// not see.
+    pub fn into_status(self) -> tonic::Status {
+        match self.kind() {
+            ErrorKind::Internal => tracing::error!(error = %self, "request failed"),
+            ErrorKind::Unavailable => tracing::warn!(error = %self, "request failed"),
+            _ => {}
+        }
+        prism_proto::error::into_status(self.report())
+    }
+}

@@ -1,0 +1,100 @@
+//! Authorization, deny by default, decided on one metadata snapshot:
+//! superusers (`admin`) everything; tenant admins (listed on the tenant,
+//! or `tenant-admin` with the tenant's `tenant` claim) their tenant;
+//! namespace owners read and write; consumers per their grant. Then the
+//! namespace must be this shard's, ACTIVE, of the right abstraction, and
+//! its tenant ACTIVE.
+
+use std::sync::Arc;
+
+use prism_proto::control::{Abstraction, AccessLevel, NamespaceStatus, TenantState};
+
+use super::{CheckLayer, Step};
+use crate::auth::{ADMIN_ROLE, Principal, TENANT_ADMIN_ROLE};
+use crate::call::{Access, Call, InFlight};
+use crate::error::{GatewayError, Result};
+use crate::snapshot::{Metadata, NamespaceEntry, Snapshot};
+
+pub type AuthorizeLayer = CheckLayer<Authorize>;
+
+#[derive(Debug, Clone)]
+pub struct Authorize {
+    metadata: Arc<Metadata>,
+    shard_id: Arc<str>,
+}
+
+impl Authorize {
+    pub fn new(metadata: Arc<Metadata>, shard_id: String) -> Self {
+        Self { metadata, shard_id: shard_id.into() }
+    }
+}
+
+/// Whether `who` may perform `access` on namespace `entry`.
+pub fn allowed(snapshot: &Snapshot, who: &Principal, entry: &NamespaceEntry, access: Access) -> bool {
+    if who.has_role(ADMIN_ROLE) {
+        return true;
+    }
+    let tenant = entry.ns.tenant();
+    let tenant_admin = snapshot.tenant(tenant).is_some_and(|t| t.admins.iter().any(|a| *a == who.sub))
+        || (who.has_role(TENANT_ADMIN_ROLE) && who.tenant.as_deref() == Some(tenant));
+    if tenant_admin {
+        return true;
+    }
+    let Some(spec_access) = entry.ns.spec.access.as_ref() else {
+        return false;
+    };
+    if spec_access.owners.iter().any(|o| *o == who.sub) {
+        return true;
+    }
+    spec_access.consumers.iter().any(|g| {
+        g.principal == who.sub
+            && match access {
+                Access::Read => g.level == AccessLevel::Read as i32 || g.level == AccessLevel::ReadWrite as i32,
+                Access::Write => g.level == AccessLevel::ReadWrite as i32,
+            }
+    })
+}
+
+impl Step for Authorize {
+    fn check(&self, call: &mut Call) -> Result<()> {
+        let snapshot = self.metadata.load();
+        let name = call.request.namespace();
+        let entry = snapshot
+            .namespace(name)
+            .filter(|e| e.status != NamespaceStatus::Deleted)
+            .ok_or_else(|| GatewayError::NotFound(format!("namespace {name} not found")))?;
+        let who = call
+            .principal
+            .as_ref()
+            .ok_or_else(|| GatewayError::Internal("authorization before authentication".into()))?;
+        let access = call.request.access();
+        if !allowed(&snapshot, who, entry, access) {
+            let verb = if access == Access::Read { "read" } else { "write" };
+            return Err(GatewayError::PermissionDenied(format!("{} may not {verb} namespace {name}", who.sub)));
+        }
+        if entry.shard_id != *self.shard_id {
+            return Err(GatewayError::WrongShard { namespace: name.to_owned(), owner: entry.shard_id.clone() });
+        }
+        match snapshot.tenant_state(entry.ns.tenant()) {
+            TenantState::Active => {}
+            TenantState::Suspended => {
+                return Err(GatewayError::FailedPrecondition(format!("tenant {} is suspended", entry.ns.tenant())));
+            }
+            _ => {
+                return Err(GatewayError::FailedPrecondition(format!("tenant {} is being deleted", entry.ns.tenant())));
+            }
+        }
+        if entry.status != NamespaceStatus::Active {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "namespace {name} is {} ({})",
+                entry.status.as_str_name().trim_start_matches("NAMESPACE_STATUS_"),
+                entry.status_reason
+            )));
+        }
+        if entry.ns.spec.abstraction != Abstraction::KeyValue as i32 {
+            return Err(GatewayError::invalid("namespace", format!("{name} is not a KEY_VALUE namespace")));
+        }
+        call.namespace = Some(InFlight::enter(entry.clone()));
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! Provisioning (SPEC §2), done by the shard that owns a namespace: it sees
+//! the namespace on its watch stream, creates the backend resources with
+//! its plugin and reports ACTIVE — or DEGRADED with the reason. For a
+//! DELETING namespace it drains the requests already admitted (new ones
+//! are refused by authorization), removes the resources and reports
+//! DELETED. DEGRADED namespaces are retried periodically.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prism_client::ControlPlaneClient;
+use prism_proto::control::{Backend, NamespaceStatus, ReportNamespaceStatusRequest};
+use tokio::sync::watch;
+
+use crate::server::Shared;
+use crate::snapshot::NamespaceEntry;
+use crate::watcher::Changes;
+
+/// How often DEGRADED namespaces are retried and missed work is redone.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// How often a draining namespace's in-flight count is checked.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch::Receiver<bool>) {
+    let mut provisioner = Provisioner { shared, client: None, handled: HashMap::new() };
+    let mut resync = tokio::time::interval(RESYNC_EVERY);
+    loop {
+        let periodic = tokio::select! {
+            _ = changes.changed() => false,
+            _ = resync.tick() => true,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let (names, all) = changes.take();
+        let snapshot = provisioner.shared.metadata.load_full();
+        let mine = |e: &&Arc<NamespaceEntry>| e.shard_id == provisioner.shared.config.shard_id;
+        let work: Vec<Arc<NamespaceEntry>> = if all || periodic {
+            snapshot.namespaces.values().filter(mine).cloned().collect()
+        } else {
+            names.iter().filter_map(|n| snapshot.namespace(n)).filter(mine).cloned().collect()
+        };
+        for entry in work {
+            if let Err(e) = provisioner.handle(&entry, periodic).await {
+                tracing::warn!(namespace = %entry.ns.name, error = %e, "provisioning step failed; will retry");
+                changes.mark([entry.ns.name.clone()]);
+            }
+        }
+    }
+}
+
+struct Provisioner {
+    shared: Arc<Shared>,
+    client: Option<ControlPlaneClient>,
+    /// The metadata revision of each namespace this shard last acted on,
+    /// so a namespace is not provisioned twice for the same revision.
+    handled: HashMap<String, u64>,
+}
+
+impl Provisioner {
+    async fn handle(&mut self, entry: &NamespaceEntry, periodic: bool) -> Result<(), tonic::Status> {
+        let retry_degraded = periodic && entry.status == NamespaceStatus::Degraded;
+        let pending = matches!(entry.status, NamespaceStatus::Provisioning | NamespaceStatus::Deleting);
+        if !(pending || retry_degraded)
+            || (!retry_degraded && self.handled.get(&entry.ns.name) == Some(&entry.revision))
+        {
+            return Ok(());
+        }
+        let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
+        let plugin = self.shared.plugins.get(backend).cloned();
+        let (status, reason) = match (entry.status, plugin) {
+            (NamespaceStatus::Deleting, Some(plugin)) => {
+                self.drain(entry).await;
+                match plugin.deprovision(&entry.ns).await {
+                    Ok(()) => (NamespaceStatus::Deleted, "backend resources removed".to_owned()),
+                    // Keep DELETING and retry: the data must really go.
+                    Err(e) => return Err(tonic::Status::unavailable(format!("deprovision: {}", e.report().message))),
+                }
+            }
+            (NamespaceStatus::Deleting, None) => {
+                (NamespaceStatus::Deleted, "no backend resources on this shard".to_owned())
+            }
+            (_, None) => (
+                NamespaceStatus::Degraded,
+                format!(
+                    "backend {} is not available on shard {}",
+                    prism_proto::capabilities::backend_name(backend),
+                    self.shared.config.shard_id
+                ),
+            ),
+            (_, Some(plugin)) => match plugin.provision(&entry.ns).await {
+                Ok(()) => (NamespaceStatus::Active, format!("provisioned by shard {}", self.shared.config.shard_id)),
+                Err(e) => {
+                    tracing::warn!(namespace = %entry.ns.name, error = %e, "provisioning failed");
+                    (NamespaceStatus::Degraded, e.report().message)
+                }
+            },
+        };
+        if retry_degraded && status == NamespaceStatus::Degraded {
+            return Ok(()); // still failing: nothing new to report
+        }
+        self.report(entry, status, reason).await?;
+        self.handled.insert(entry.ns.name.clone(), entry.revision);
+        Ok(())
+    }
+
+    /// Waits until requests admitted before the namespace left ACTIVE have
+    /// finished, at most the request timeout (after which they have
+    /// failed anyway).
+    async fn drain(&self, entry: &NamespaceEntry) {
+        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout();
+        while entry.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    async fn report(
+        &mut self,
+        entry: &NamespaceEntry,
+        status: NamespaceStatus,
+        reason: String,
+    ) -> Result<(), tonic::Status> {
+        let config = &self.shared.config;
+        if self.client.is_none() {
+            let client = prism_client::control_plane(&config.control_plane, config.control_plane_token.as_deref())
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            self.client = Some(client);
+        }
+        let Some(client) = self.client.as_mut() else { return Ok(()) };
+        let request = ReportNamespaceStatusRequest {
+            name: entry.ns.name.clone(),
+            shard_id: config.shard_id.clone(),
+            create_revision: entry.ns.create_revision,
+            status: status as i32,
+            reason,
+        };
+        match client.report_namespace_status(request).await {
+            Ok(_) => {
+                tracing::info!(namespace = %entry.ns.name, status = status.as_str_name(), "reported namespace status");
+                Ok(())
+            }
+            // The namespace moved on (re-created, reassigned, already
+            // reported): the next watch delta says what to do.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::Aborted | tonic::Code::NotFound
+                ) =>
+            {
+                tracing::info!(namespace = %entry.ns.name, status = %s.message(), "status report no longer applies");
+                Ok(())
+            }
+            Err(s) => {
+                self.client = None;
+                Err(s)
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Assembles a gateway shard: plugins, the metadata snapshot and its watch
+//! task, the provisioner, the request pipeline, and the gRPC server with
+//! health and reflection, on a listener the caller already bound.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prism_plugin_api::Plugin;
+use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
+use prism_proto::control::Backend;
+use prism_proto::kv::key_value_service_server::KeyValueServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cache::ReadCache;
+use crate::config::GatewayConfig;
+use crate::error::{GatewayError, Result};
+use crate::kv_service::KvService;
+use crate::layers::pipeline;
+use crate::snapshot::Metadata;
+use crate::watcher::Changes;
+use crate::{provision, watcher};
+
+/// Largest message the gateway accepts: the largest item (64 MiB) plus
+/// room for its request.
+pub const MAX_MESSAGE_BYTES: usize = 72 << 20;
+
+/// The backend plugins of this gateway, by backend.
+#[derive(Clone, Default)]
+pub struct Plugins(HashMap<i32, Arc<dyn Plugin>>);
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Plugins {
+    pub fn insert(&mut self, plugin: Arc<dyn Plugin>) {
+        self.0.insert(plugin.capabilities().backend as i32, plugin);
+    }
+
+    pub fn get(&self, backend: Backend) -> Option<&Arc<dyn Plugin>> {
+        self.0.get(&(backend as i32))
+    }
+}
+
+/// What every part of the gateway shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: GatewayConfig,
+    pub metadata: Arc<Metadata>,
+    pub plugins: Plugins,
+    pub cache: ReadCache,
+}
+
+/// A running gateway's handles, for callers that need more than `serve`.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Opens the plugins and builds the shared state (no task started yet).
+    pub fn open(config: GatewayConfig) -> Result<Self> {
+        config.validate()?;
+        let embedded = EmbeddedPlugin::open(EmbeddedConfig {
+            data_dir: config.data_dir(),
+            chunk_threshold_bytes: config.limits.chunk_threshold_bytes,
+            ..EmbeddedConfig::default()
+        })
+        .map_err(|e| GatewayError::Internal(format!("cannot open the embedded store: {e}")))?;
+        let mut plugins = Plugins::default();
+        plugins.insert(Arc::new(embedded));
+        Ok(Self::with_plugins(config, plugins))
+    }
+
+    /// Builds the shared state over the given plugins (tests, other backends).
+    pub fn with_plugins(config: GatewayConfig, plugins: Plugins) -> Self {
+        let cache = ReadCache::new(&config.cache);
+        Self { shared: Arc::new(Shared { config, metadata: Arc::new(Metadata::default()), plugins, cache }) }
+    }
+
+    /// Serves on `listener` until `shutdown` completes, with the watch
+    /// task, the provisioner and expiry reclamation running alongside.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let shared = self.shared;
+        let changes = Arc::new(Changes::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = [
+            tokio::spawn(watcher::run(shared.clone(), changes.clone(), stopped.clone())),
+            tokio::spawn(provision::run(shared.clone(), changes, stopped.clone())),
+            tokio::spawn(reclaim(shared.clone(), stopped)),
+        ];
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<KeyValueServiceServer<KvService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| GatewayError::Internal(format!("reflection descriptors: {e}")))?;
+        let kv = KeyValueServiceServer::new(KvService::new(pipeline(&shared)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        tracing::info!(shard = %shared.config.shard_id, addr = ?listener.local_addr().ok(), "gateway serving");
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(kv)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        let _ = stop.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        Ok(served?)
+    }
+}
+
+/// Removes expired items periodically, in every KeyValue plugin.
+async fn reclaim(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(shared.config.limits.reclaim_interval_seconds));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        for plugin in shared.plugins.0.values() {
+            if let Some(kv) = plugin.key_value() {
+                match kv.reclaim(prism_plugin_api::now_micros()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "reclaimed expired items"),
+                    Err(e) => tracing::warn!(error = %e, "reclaiming expired items failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The gateway's view of metadata: **one** immutable [`Snapshot`] behind
+//! **one** `ArcSwap`. The watch task builds each next snapshot and stores
+//! it; request handlers only load. Maps are persistent (structurally
+//! shared HAMTs), so applying a delta costs O(changes · log n) and the
+//! previous snapshot stays valid for requests still holding it.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use prism_proto::control::{Delta, Namespace, NamespaceStatus, SnapshotChunk, Tenant, TenantState, change};
+
+/// A namespace as the gateway routes it.
+#[derive(Debug)]
+pub struct NamespaceEntry {
+    /// What plugins see: name, incarnation, spec.
+    pub ns: prism_plugin_api::Namespace,
+    pub revision: u64,
+    pub shard_id: String,
+    pub status: NamespaceStatus,
+    pub status_reason: String,
+    /// Requests of this incarnation in flight on this gateway; shared by
+    /// every snapshot's entry of the same incarnation, so deletion can
+    /// drain them.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+impl NamespaceEntry {
+    fn new(meta: Namespace, previous: Option<&NamespaceEntry>) -> Self {
+        let in_flight = previous
+            .filter(|p| p.ns.create_revision == meta.create_revision)
+            .map_or_else(Default::default, |p| p.in_flight.clone());
+        Self {
+            ns: prism_plugin_api::Namespace {
+                name: meta.name,
+                create_revision: meta.create_revision,
+                spec: meta.spec.unwrap_or_default(),
+            },
+            revision: meta.revision,
+            shard_id: meta.shard_id,
+            status: NamespaceStatus::try_from(meta.status).unwrap_or(NamespaceStatus::Unspecified),
+            status_reason: meta.status_reason,
+            in_flight,
+        }
+    }
+}
+
+/// Tenants and namespaces at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub revision: u64,
+    pub tenants: imbl::HashMap<String, Arc<Tenant>>,
+    pub namespaces: imbl::HashMap<String, Arc<NamespaceEntry>>,
+}
+
+impl Snapshot {
+    pub fn namespace(&self, name: &str) -> Option<&Arc<NamespaceEntry>> {
+        self.namespaces.get(name)
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(id)
+    }
+
+    pub fn tenant_state(&self, id: &str) -> TenantState {
+        self.tenant(id).and_then(|t| TenantState::try_from(t.state).ok()).unwrap_or(TenantState::Unspecified)
+    }
+
+    /// The next snapshot: this one with `delta` applied. Returns the names
+    /// of namespaces that changed.
+    pub fn apply(&self, delta: &Delta) -> (Snapshot, Vec<String>) {
+        let mut next = self.clone();
+        next.revision = delta.revision;
+        let mut changed = Vec::new();
+        for c in &delta.changes {
+            match &c.change {
+                Some(change::Change::Tenant(t)) => {
+                    next.tenants.insert(t.id.clone(), Arc::new(t.clone()));
+                }
+                Some(change::Change::Namespace(n)) => {
+                    changed.push(n.name.clone());
+                    let entry = NamespaceEntry::new(n.clone(), self.namespaces.get(&n.name).map(Arc::as_ref));
+                    next.namespaces.insert(n.name.clone(), Arc::new(entry));
+                }
+                // The shard map arrives with the sharding issue.
+                Some(change::Change::Shard(_) | change::Change::ShardRemoved(_)) | None => {}
+            }
+        }
+        (next, changed)
+    }
+}
+
+/// Builds a snapshot from a Watch stream's snapshot chunks.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    revision: u64,
+    tenants: imbl::HashMap<String, Arc<Tenant>>,
+    namespaces: imbl::HashMap<String, Arc<NamespaceEntry>>,
+}
+
+impl SnapshotBuilder {
+    pub fn new(revision: u64) -> Self {
+        Self { revision, tenants: Default::default(), namespaces: Default::default() }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Adds a chunk; entries of `previous` keep their in-flight counters.
+    pub fn add(&mut self, chunk: SnapshotChunk, previous: &Snapshot) {
+        for t in chunk.tenants {
+            self.tenants.insert(t.id.clone(), Arc::new(t));
+        }
+        for n in chunk.namespaces {
+            let prev = previous.namespaces.get(&n.name).map(Arc::as_ref);
+            let entry = NamespaceEntry::new(n, prev);
+            self.namespaces.insert(entry.ns.name.clone(), Arc::new(entry));
+        }
+    }
+
+    pub fn build(self) -> Snapshot {
+        Snapshot { revision: self.revision, tenants: self.tenants, namespaces: self.namespaces }
+    }
+}
+
+/// The shared, hot-swapped snapshot plus how fresh it is.
+#[derive(Debug)]
+pub struct Metadata {
+    current: ArcSwap<Snapshot>,
+    /// When the watch stream was last known healthy; `None` while connected.
+    disconnected_since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            disconnected_since: std::sync::Mutex::new(Some(Instant::now())),
+        }
+    }
+}
+
+impl Metadata {
+    /// The current snapshot (lock-free).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub(crate) fn store(&self, next: Snapshot) {
+        self.current.store(Arc::new(next));
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        if let Ok(mut since) = self.disconnected_since.lock() {
+            match (connected, since.is_some()) {
+                (true, _) => *since = None,
+                (false, false) => *since = Some(Instant::now()),
+                (false, true) => {}
+            }
+        }
+    }
+
+    /// How long the snapshot may have been missing changes: zero while the
+    /// watch stream is connected.
+    pub fn staleness(&self) -> std::time::Duration {
+        self.disconnected_since.lock().ok().and_then(|s| s.map(|t| t.elapsed())).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prism_proto::control::Change;
+
+    fn ns(name: &str, rev: u64, create: u64) -> Namespace {
+        Namespace { name: name.into(), revision: rev, create_revision: create, ..Namespace::default() }
+    }
+
+    fn delta(rev: u64, changes: Vec<change::Change>) -> Delta {
+        Delta {
+            revision: rev,
+            changes: changes.into_iter().map(|c| Change { change: Some(c) }).collect(),
+            commit_time: None,
+        }
+    }
+
+    #[test]
+    fn deltas_replace_objects_and_keep_old_snapshots_intact() {
+        let s0 = Snapshot::default();
+        let (s1, changed) = s0.apply(&delta(1, vec![change::Change::Namespace(ns("a/x", 1, 1))]));
+        assert_eq!(changed, ["a/x"]);
+        let (s2, _) = s1.apply(&delta(2, vec![change::Change::Namespace(ns("a/x", 2, 1))]));
+        assert_eq!(s1.namespace("a/x").map(|e| e.revision), Some(1));
+        assert_eq!(s2.namespace("a/x").map(|e| e.revision), Some(2));
+        assert_eq!(s2.revision, 2);
+        assert!(s0.namespace("a/x").is_none());
+    }
+
+    #[test]
+    fn in_flight_counters_follow_the_incarnation() {
+        let (s1, _) = Snapshot::default().apply(&delta(1, vec![change::Change::Namespace(ns("a/x", 1, 1))]));
+        let (s2, _) = s1.apply(&delta(2, vec![change::Change::Namespace(ns("a/x", 2, 1))]));
+        let (s3, _) = s2.apply(&delta(3, vec![change::Change::Namespace(ns("a/x", 3, 3))]));
+        let [e1, e2, e3] = [&s1, &s2, &s3].map(|s| s.namespace("a/x").cloned().expect("present"));
+        assert!(Arc::ptr_eq(&e1.in_flight, &e2.in_flight));
+        assert!(!Arc::ptr_eq(&e2.in_flight, &e3.in_flight));
+    }
+}

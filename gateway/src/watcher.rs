@@ -1,0 +1,139 @@
+//! The metadata watch task: keeps the gateway's snapshot current from the
+//! control plane's Watch stream, resuming from the last applied revision
+//! after any disconnect (with jittered exponential backoff). It is the only
+//! writer of the snapshot. While disconnected the gateway keeps serving
+//! from the last snapshot; `Metadata::staleness` says for how long.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prism_proto::control::{WatchRequest, watch_response};
+use tokio::sync::{Notify, watch};
+
+use crate::server::Shared;
+use crate::snapshot::SnapshotBuilder;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Namespaces whose metadata changed since the provisioner last looked.
+/// Bounded by the number of namespaces; a snapshot marks everything.
+#[derive(Debug, Default)]
+pub struct Changes {
+    inner: Mutex<(HashSet<String>, bool)>,
+    notify: Notify,
+}
+
+impl Changes {
+    pub fn mark(&self, names: impl IntoIterator<Item = String>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.0.extend(names);
+        }
+        self.notify.notify_one();
+    }
+
+    pub fn mark_all(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.1 = true;
+        }
+        self.notify.notify_one();
+    }
+
+    /// The changed names, and whether everything must be looked at.
+    pub fn take(&self) -> (HashSet<String>, bool) {
+        self.inner
+            .lock()
+            .map(|mut inner| (std::mem::take(&mut inner.0), std::mem::take(&mut inner.1)))
+            .unwrap_or_default()
+    }
+
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error("connect: {0}")]
+    Connect(#[from] prism_client::ClientError),
+    #[error("stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let outcome = tokio::select! {
+            outcome = follow(&shared, &changes, &mut backoff) => outcome,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        shared.metadata.set_connected(false);
+        match outcome {
+            Ok(()) => tracing::info!("metadata watch ended; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %e, revision = shared.metadata.load().revision, "metadata watch failed; reconnecting")
+            }
+        }
+        let jitter = rand::random_range(0.5..1.0);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Follows one Watch stream until it ends or fails.
+async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> Result<(), WatchError> {
+    let config = &shared.config;
+    let mut client = prism_client::control_plane(&config.control_plane, config.control_plane_token.as_deref()).await?;
+    let from_revision = shared.metadata.load().revision;
+    let mut stream = client.watch(WatchRequest { from_revision }).await?.into_inner();
+    shared.metadata.set_connected(true);
+    *backoff = MIN_BACKOFF;
+    tracing::info!(from_revision, "watching metadata");
+    let mut building: Option<SnapshotBuilder> = None;
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(watch_response::Event::Snapshot(chunk)) => {
+                let builder = building.get_or_insert_with(|| SnapshotBuilder::new(chunk.revision));
+                if builder.revision() != chunk.revision {
+                    return Err(WatchError::Protocol("snapshot chunks of different revisions".into()));
+                }
+                let last = chunk.last;
+                builder.add(chunk, &shared.metadata.load());
+                if last {
+                    let snapshot = building.take().map(SnapshotBuilder::build).unwrap_or_default();
+                    tracing::info!(
+                        revision = snapshot.revision,
+                        namespaces = snapshot.namespaces.len(),
+                        "metadata snapshot loaded"
+                    );
+                    shared.metadata.store(snapshot);
+                    changes.mark_all();
+                }
+            }
+            Some(watch_response::Event::Delta(delta)) => {
+                if building.is_some() {
+                    return Err(WatchError::Protocol("delta inside a snapshot".into()));
+                }
+                let current = shared.metadata.load_full();
+                if delta.revision <= current.revision {
+                    continue;
+                }
+                if delta.revision != current.revision + 1 {
+                    return Err(WatchError::Protocol(format!("gap: at {}, got {}", current.revision, delta.revision)));
+                }
+                let (next, changed) = current.apply(&delta);
+                shared.metadata.store(next);
+                changes.mark(changed);
+            }
+            None => return Err(WatchError::Protocol("empty watch message".into())),
+        }
+    }
+    Ok(())
+}

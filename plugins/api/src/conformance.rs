@@ -1,0 +1,180 @@
+//! The one conformance suite every backend plugin must pass (after vector's
+//! `assert_sink_compliance`): a backend crate's tests are one line,
+//!
+//! ```text
+//! prism_plugin_api::key_value_conformance!(async { make_plugin().await });
+//! ```
+//!
+//! which expands to one `#[test]` per case of [`kv`], named after it, so a
+//! failure names the case and the cases run in parallel. The expression is
+//! evaluated once per case, inside the case's tokio runtime, and must be a
+//! future whose output is a [`Fixture`]: an `Arc` of the plugin, or a pair
+//! `(plugin, guard)` whose guard (a temporary directory, a server handle)
+//! lives until the case ends.
+//!
+//! Each case provisions its own fresh namespace (`conf/<case>-<unique>`),
+//! so cases may share one backend server, and deprovisions it at the end.
+//! The suite brings its own multi-threaded tokio runtime (feature
+//! `conformance` enables tokio here): the calling crate needs no tokio.
+//!
+//! Rules the cases keep so that they can share a backend with each other:
+//! generation times are near the real clock (`base + offset`, offsets in
+//! microseconds), [`KeyValue::reclaim`] is only called with the real clock,
+//! and an item a case expects to stay stored expires an hour or more from
+//! now, so one case's reclamation never touches another's data.
+
+pub mod kv;
+pub mod support;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::Plugin;
+
+pub use support::Case;
+
+/// What a conformance case runs against: the plugin, plus whatever must
+/// live as long as the case.
+pub trait Fixture {
+    fn plugin(&self) -> Arc<dyn Plugin>;
+}
+
+impl Fixture for Arc<dyn Plugin> {
+    fn plugin(&self) -> Arc<dyn Plugin> {
+        self.clone()
+    }
+}
+
+impl<P: Plugin> Fixture for Arc<P> {
+    fn plugin(&self) -> Arc<dyn Plugin> {
+        self.clone()
+    }
+}
+
+/// A plugin and a guard dropped after the case (and after the plugin).
+impl<F: Fixture, G> Fixture for (F, G) {
+    fn plugin(&self) -> Arc<dyn Plugin> {
+        self.0.plugin()
+    }
+}
+
+/// Runs one case on a fresh multi-threaded runtime: builds the fixture,
+/// runs the case, then drops the fixture. Used by the macros.
+pub fn run_case<Make, Fix, Run, Done>(make: Make, case: Run)
+where
+    Make: Future<Output = Fix>,
+    Fix: Fixture,
+    Run: FnOnce(Arc<dyn Plugin>) -> Done,
+    Done: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("conformance: cannot build a tokio runtime");
+    runtime.block_on(async move {
+        let fixture = make.await;
+        case(fixture.plugin()).await;
+        drop(fixture);
+    });
+}
+
+/// Expands to one `#[test]` per KeyValue conformance case. The argument is
+/// a future of a [`Fixture`](crate::conformance::Fixture), evaluated once
+/// per case; see the [module docs](crate::conformance).
+#[macro_export]
+macro_rules! key_value_conformance {
+    ($fixture:expr) => {
+        $crate::__key_value_cases! { (tests $fixture) }
+    };
+}
+
+/// The case list, written once: it makes both the tests and [`kv::CASES`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __key_value_cases {
+    ($mode:tt) => {
+        $crate::__key_value_emit! { $mode
+            capabilities_match_static_table
+            put_then_get_one_item
+            record_items_come_back_in_key_order
+            empty_key_is_a_plain_pair
+            empty_value_is_stored
+            upsert_overwrites
+            absent_record_reads_empty
+            keys_selector_skips_absent_keys
+            range_selector_is_half_open
+            reads_continue_after_key
+            delete_keys
+            delete_range
+            delete_whole_record
+            mutate_applies_in_order
+            mutate_applies_everything
+            older_put_is_ignored
+            older_delete_is_ignored
+            newer_put_after_delete_is_visible
+            put_older_than_record_delete_is_ignored
+            put_older_than_range_delete_is_ignored
+            equal_generation_time_keeps_stored
+            concurrent_writers_keep_last_writer
+            same_token_applies_once
+            different_tokens_both_apply
+            tokens_are_per_record
+            expired_items_are_not_returned
+            reclaim_removes_expired_items
+            get_pages_by_bytes
+            get_pages_by_item_count
+            item_larger_than_page_comes_alone
+            last_page_has_no_next
+            scan_returns_every_item_once
+            scan_skips_expired_items
+            scan_of_empty_namespace_is_empty
+            large_values_round_trip
+            large_values_page_whole
+            overwrite_large_with_small_frees_chunks
+            deleting_large_values_frees_storage
+            storage_bytes_counts_data
+            namespaces_are_isolated
+            recreated_namespace_starts_empty
+            deprovision_removes_everything
+            provision_is_idempotent
+            unprovisioned_namespace_is_refused
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __key_value_emit {
+    ((tests $fixture:expr) $($case:ident)*) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::conformance::run_case($fixture, $crate::conformance::kv::$case);
+            }
+        )*
+    };
+    ((names) $($case:ident)*) => {
+        &[$(stringify!($case)),*]
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `pub async fn` of `kv.rs` is a case and every case is listed
+    /// in the macro, so no case is written and then never run.
+    #[test]
+    fn every_case_is_listed() {
+        let source = include_str!("conformance/kv.rs");
+        let written: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("pub async fn "))
+            .filter_map(|rest| rest.split('(').next())
+            .collect();
+        let mut listed: Vec<&str> = super::kv::CASES.to_vec();
+        let mut written_sorted = written.clone();
+        listed.sort_unstable();
+        written_sorted.sort_unstable();
+        assert_eq!(written_sorted, listed);
+    }
+}

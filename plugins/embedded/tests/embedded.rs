@@ -1,0 +1,101 @@
+//! What the embedded backend promises beyond the shared suite: data
+//! survives a restart, one process owns a data directory, and the
+//! background reclaimer frees expired data and stops with the plugin.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prism_plugin_api::conformance::support::{Case, namespace, pairs, pattern, put, put_expiring};
+use prism_plugin_api::kv::{KeyRange, Mutation};
+use prism_plugin_api::{Plugin, PluginError, now_micros};
+use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
+
+fn open(dir: &std::path::Path) -> Arc<dyn Plugin> {
+    Arc::new(EmbeddedPlugin::open(EmbeddedConfig::new(dir)).expect("open the store"))
+}
+
+#[tokio::test]
+async fn data_survives_reopening() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let plugin = open(dir.path());
+    let ns = namespace(plugin.as_ref(), "data_survives_reopening");
+    let c = Case::unprovisioned(plugin, ns.clone());
+    c.plugin.provision(&c.ns).await.expect("provision");
+    let big = pattern(3 << 20, 9);
+    c.mutate("r", &[put("k", "v"), put("big", &big)], &c.token(1, "tok")).await;
+    c.mutate("r", &[Mutation::Delete(b"gone".to_vec())], &c.at(10)).await;
+    c.mutate("s", &[Mutation::DeleteRange(KeyRange::all())], &c.at(10)).await;
+    let stored = c.storage().await;
+    let base = c.base;
+    drop(c);
+
+    let c = Case { plugin: open(dir.path()), ns, base };
+    assert_eq!(c.storage().await, stored);
+    assert_eq!(c.entries("r").await, pairs(&[("big", big.as_slice()), ("k", b"v".as_slice())]));
+    c.mutate("r", &[put("k", "retry")], &c.token(1, "tok")).await;
+    c.put("r", &[("gone", "late")], 5).await;
+    c.put("s", &[("x", "late")], 5).await;
+    assert_eq!(
+        c.entries("r").await,
+        pairs(&[("big", big.as_slice()), ("k", b"v".as_slice())]),
+        "token and tombstone survive"
+    );
+    assert_eq!(c.entries("s").await, vec![], "the record delete survives");
+    c.finish().await;
+}
+
+#[tokio::test]
+async fn one_process_owns_a_data_directory() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let _first = EmbeddedPlugin::open(EmbeddedConfig::new(dir.path())).expect("open");
+    let second = EmbeddedPlugin::open(EmbeddedConfig::new(dir.path())).expect_err("the file is locked");
+    let error = PluginError::from(second);
+    assert!(error.could_retry(), "{error}");
+    assert!(!error.report().message.contains(&dir.path().display().to_string()));
+}
+
+#[tokio::test]
+async fn invalid_config_is_refused() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = EmbeddedConfig { chunk_threshold_bytes: 0, ..EmbeddedConfig::new(dir.path()) };
+    let error = EmbeddedPlugin::open(config).expect_err("threshold 0 is invalid");
+    assert!(error.to_string().contains("chunk_threshold_bytes"), "{error}");
+}
+
+#[tokio::test]
+async fn reclaimer_frees_expired_data_and_stops_with_the_plugin() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let plugin = Arc::new(EmbeddedPlugin::open(EmbeddedConfig::new(dir.path())).expect("open"));
+    let c = Case::provision(plugin.clone(), "reclaimer").await;
+    let value = pattern(64 << 10, 1);
+    c.mutate("r", &[put_expiring("k", &value, now_micros() - 1), put("kept", "x")], &c.at(1)).await;
+    let before = c.storage().await;
+
+    let reclaimer = plugin.spawn_reclaimer(Duration::from_millis(5));
+    // The first tick is at once; poll (each poll is a read of the store),
+    // bounded in time, rather than sleep and hope.
+    let started = std::time::Instant::now();
+    let mut after = c.storage().await;
+    while after >= before && started.elapsed() < Duration::from_secs(30) {
+        tokio::task::yield_now().await;
+        after = c.storage().await;
+    }
+    assert!(after + (64 << 10) <= before, "storage_bytes went from {before} to {after}");
+    assert_eq!(c.entries("r").await, pairs(&[("kept", "x")]));
+
+    c.finish().await;
+    drop(plugin);
+    tokio::time::timeout(Duration::from_secs(30), reclaimer)
+        .await
+        .expect("the reclaimer stops once the plugin is dropped")
+        .expect("the reclaimer does not panic");
+}
+
+#[tokio::test]
+async fn nul_in_a_record_id_is_invalid() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let c = Case::provision(open(dir.path()), "nul_in_a_record_id_is_invalid").await;
+    let result = c.kv().mutate(&c.ns, "a\0b", &[put("k", "v")], &c.at(1)).await;
+    assert!(matches!(result, Err(PluginError::InvalidArgument { .. })), "{result:?}");
+    c.finish().await;
+}
