@@ -11,14 +11,28 @@
 use std::sync::Arc;
 
 use prism_proto::control::{Delta, SnapshotChunk, WatchResponse, watch_response};
+use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ControlPlaneError, Result};
 use crate::store::{Changes, Store};
 
-/// Objects per snapshot message (keeps messages well under 4 MiB).
+/// Most objects per snapshot message.
 pub const SNAPSHOT_CHUNK: usize = 512;
+/// Encoded bytes of objects per snapshot message. A count alone does not
+/// bound a message: 512 of the largest namespaces validation allows
+/// (~135 KiB each) are ~70 MiB, far over any gRPC message limit. A chunk
+/// closes once it reaches this size, so it stays under this plus one
+/// object: well under gRPC's default 4 MiB.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest delta sent as it is. One commit can change more than fits in a
+/// message (deleting a tenant rewrites all its namespaces at once); such a
+/// delta would fail to encode at every attempt, and every watcher would be
+/// stuck before it forever. It is replaced by a snapshot, which is chunked
+/// and which the protocol allows at any point of a stream. Half of the
+/// 16 MiB message limit of Prism's server and client.
+pub const MAX_DELTA_BYTES: usize = 8 * 1024 * 1024;
 /// Deltas read from the change log per store call during catch-up.
 const CATCH_UP_BATCH: usize = 1024;
 /// Messages queued between the watch task and the transport.
@@ -91,6 +105,15 @@ async fn run(store: Arc<dyn Store>, from_revision: u64, tx: &mpsc::Sender<Result
                 continue;
             }
         }
+        if delta.encoded_len() > MAX_DELTA_BYTES {
+            // Too big for one message: a snapshot (at this revision or a
+            // later one) replaces it; live deltas it covers are skipped.
+            match send_snapshot(store.as_ref(), tx).await? {
+                Some(revision) => last = revision,
+                None => return Ok(()),
+            }
+            continue;
+        }
         if !send(tx, watch_response::Event::Delta(Delta::clone(&delta))).await {
             return Ok(());
         }
@@ -106,8 +129,19 @@ async fn send_snapshot(store: &dyn Store, tx: &mpsc::Sender<Result<WatchResponse
     let mut namespaces = snapshot.namespaces.into_iter().peekable();
     loop {
         let mut chunk = SnapshotChunk { revision, ..SnapshotChunk::default() };
-        chunk.tenants.extend(tenants.by_ref().take(SNAPSHOT_CHUNK));
-        chunk.namespaces.extend(namespaces.by_ref().take(SNAPSHOT_CHUNK - chunk.tenants.len()));
+        // Fill by count and by size; every chunk takes at least one object.
+        let mut bytes = 0;
+        while chunk.tenants.len() + chunk.namespaces.len() < SNAPSHOT_CHUNK && bytes < SNAPSHOT_CHUNK_BYTES {
+            if let Some(t) = tenants.next() {
+                bytes += t.encoded_len();
+                chunk.tenants.push(t);
+            } else if let Some(ns) = namespaces.next() {
+                bytes += ns.encoded_len();
+                chunk.namespaces.push(ns);
+            } else {
+                break;
+            }
+        }
         chunk.last = tenants.peek().is_none() && namespaces.peek().is_none();
         let last = chunk.last;
         if !send(tx, watch_response::Event::Snapshot(chunk)).await {
@@ -132,6 +166,11 @@ async fn catch_up(store: &dyn Store, from: u64, tx: &mpsc::Sender<Result<WatchRe
             return Ok(Some(last));
         };
         for delta in deltas {
+            if delta.encoded_len() > MAX_DELTA_BYTES {
+                // Too big for one message (see MAX_DELTA_BYTES): a snapshot
+                // replaces it and everything after it read so far.
+                return send_snapshot(store, tx).await;
+            }
             if !send(tx, watch_response::Event::Delta(Delta::clone(&delta))).await {
                 return Ok(None);
             }

@@ -46,14 +46,14 @@ fn snapshot_benches(c: &mut Criterion) {
             let mut i = 0;
             b.iter(|| {
                 i = (i + 1) % names.len();
-                black_box(snap.namespace(&names[i]).is_some())
+                black_box(snap.namespace(&names[i]).map(Arc::as_ptr))
             })
         });
         group.bench_with_input(BenchmarkId::new("baseline_std_hashmap", n), &n, |b, _| {
             let mut i = 0;
             b.iter(|| {
                 i = (i + 1) % names.len();
-                black_box(plain.get(&names[i]).is_some())
+                black_box(plain.get(&names[i]).map(Arc::as_ptr))
             })
         });
         group.finish();

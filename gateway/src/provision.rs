@@ -61,9 +61,9 @@ impl Provisioner {
     async fn handle(&mut self, entry: &NamespaceEntry, periodic: bool) -> Result<(), tonic::Status> {
         let retry_degraded = periodic && entry.status == NamespaceStatus::Degraded;
         let pending = matches!(entry.status, NamespaceStatus::Provisioning | NamespaceStatus::Deleting);
-        if !(pending || retry_degraded)
-            || (!retry_degraded && self.handled.get(&entry.ns.name) == Some(&entry.revision))
-        {
+        let already_handled = self.handled.get(&entry.ns.name) == Some(&entry.revision);
+        let due = retry_degraded || (pending && !already_handled);
+        if !due {
             return Ok(());
         }
         let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);

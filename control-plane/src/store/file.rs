@@ -150,10 +150,18 @@ impl Inner {
             }
             changes.insert(revision, delta.encode_to_vec().as_slice()).map_err(storage)?;
             // One delta in, one out: the log stays at `retention` entries.
+            // The retention may differ from the previous run's, so the mark
+            // only ever moves forward (a longer retention cannot bring back
+            // dropped deltas; moving the mark back would let a watcher
+            // resume across the hole without a snapshot), and a shorter one
+            // drops every entry it no longer keeps, not just one.
             if revision > self.retention {
                 let drop_through = revision - self.retention;
-                changes.remove(drop_through).map_err(storage)?;
-                meta.insert(COMPACTED, drop_through).map_err(storage)?;
+                let compacted = meta_get(&meta, COMPACTED)?;
+                if drop_through > compacted {
+                    changes.retain_in(compacted + 1..=drop_through, |_, _| false).map_err(storage)?;
+                    meta.insert(COMPACTED, drop_through).map_err(storage)?;
+                }
             }
             let mut sequence = meta_get(&meta, AUDIT_SEQUENCE)?;
             for mut event in txn.audit {

@@ -35,7 +35,7 @@ pub fn allowed(snapshot: &Snapshot, who: &Principal, entry: &NamespaceEntry, acc
         return true;
     }
     let tenant = entry.ns.tenant();
-    let tenant_admin = snapshot.tenant(tenant).is_some_and(|t| t.admins.iter().any(|a| *a == who.sub))
+    let tenant_admin = snapshot.tenant(tenant).is_some_and(|t| t.admins.contains(&who.sub))
         || (who.has_role(TENANT_ADMIN_ROLE) && who.tenant.as_deref() == Some(tenant));
     if tenant_admin {
         return true;
@@ -43,7 +43,7 @@ pub fn allowed(snapshot: &Snapshot, who: &Principal, entry: &NamespaceEntry, acc
     let Some(spec_access) = entry.ns.spec.access.as_ref() else {
         return false;
     };
-    if spec_access.owners.iter().any(|o| *o == who.sub) {
+    if spec_access.owners.contains(&who.sub) {
         return true;
     }
     spec_access.consumers.iter().any(|g| {

@@ -133,10 +133,9 @@ fn item(field: &str, item: &Item) -> Result<()> {
     if item.value.len() > MAX_VALUE_BYTES {
         return Err(invalid(format!("{field}.value"), format!("is larger than {MAX_VALUE_BYTES} bytes")));
     }
-    if let Some(ttl) = &item.ttl {
-        if ttl.seconds < 0 || ttl.nanos < 0 || (ttl.seconds == 0 && ttl.nanos == 0) {
-            return Err(invalid(format!("{field}.ttl"), "must be positive (leave it unset for the default)"));
-        }
+    let positive = |d: &prost_types::Duration| d.seconds >= 0 && d.nanos >= 0 && (d.seconds, d.nanos) != (0, 0);
+    if item.ttl.as_ref().is_some_and(|ttl| !positive(ttl)) {
+        return Err(invalid(format!("{field}.ttl"), "must be positive (leave it unset for the default)"));
     }
     Ok(())
 }
