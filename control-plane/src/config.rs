@@ -2,6 +2,7 @@
 //! `prism` config file), overridden by environment and flags in the CLI.
 //! Parsing has no side effects; `validate` names the wrong field.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -18,6 +19,10 @@ pub struct ControlPlaneConfig {
     /// until gateways register their shards. Default: none (namespaces wait
     /// in PROVISIONING for a shard).
     pub shards: Vec<String>,
+    /// Gateway endpoints (`host:port`) of each static shard, answered by
+    /// `ResolveNamespace` until gateways register themselves. Keys must be
+    /// listed in `shards`. Default: none.
+    pub shard_endpoints: BTreeMap<String, Vec<String>>,
     /// Deltas buffered for each watcher; a watcher further behind is cut
     /// off and resumes from its revision. Default: 1024. Range 1..=1 000 000.
     pub watch_buffer: usize,
@@ -31,6 +36,7 @@ impl Default for ControlPlaneConfig {
         Self {
             data_dir: PathBuf::from("prism-data/control-plane"),
             shards: Vec::new(),
+            shard_endpoints: BTreeMap::new(),
             watch_buffer: 1024,
             change_log_retention: 100_000,
         }
@@ -58,6 +64,18 @@ impl ControlPlaneConfig {
             prism_proto::names::validate_part(shard).map_err(|e| bad(&format!("shards[{i}]"), e.to_string()))?;
             if self.shards[..i].contains(shard) {
                 return Err(bad(&format!("shards[{i}]"), format!("{shard:?} is listed twice")));
+            }
+        }
+        for (shard, endpoints) in &self.shard_endpoints {
+            if !self.shards.contains(shard) {
+                return Err(bad(&format!("shard_endpoints.{shard}"), "names a shard not listed in shards".into()));
+            }
+            for (i, e) in endpoints.iter().enumerate() {
+                let port_ok =
+                    e.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !port_ok {
+                    return Err(bad(&format!("shard_endpoints.{shard}[{i}]"), format!("{e:?} is not host:port")));
+                }
             }
         }
         if !(1..=1_000_000).contains(&self.watch_buffer) {

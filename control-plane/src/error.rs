@@ -25,6 +25,9 @@ pub enum ControlPlaneError {
     WatchLagged { resume_from: u64 },
     #[error("the control plane is shutting down")]
     ShuttingDown,
+    /// Something the request needs is not up (retryable).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("invalid configuration: {field}: {description}")]
     Config { field: String, description: String },
     #[error("metadata store: {0}")]
@@ -50,7 +53,7 @@ impl ControlPlaneError {
             Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Self::Conflict(_) | Self::WatchLagged { .. } => ErrorKind::Aborted,
             Self::QuotaExceeded { .. } => ErrorKind::ResourceExhausted,
-            Self::ShuttingDown => ErrorKind::Unavailable,
+            Self::ShuttingDown | Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Store(_) | Self::Corrupt(_) | Self::Task(_) | Self::Transport(_) => ErrorKind::Internal,
         }
     }

@@ -708,6 +708,27 @@ impl ControlPlane {
         written_namespace(&delta, name)
     }
 
+    /// Which shard serves a namespace, and its endpoints (from the static
+    /// shard map until gateways register).
+    pub async fn resolve_namespace(&self, name: &str) -> Result<prism_proto::control::ResolveNamespaceResponse> {
+        validate::namespace_name("namespace", name)?;
+        let revision = self.store.revision().await?;
+        let ns = self.store.get_namespace(name).await?.filter(is_live).ok_or_else(|| not_found_namespace(name))?;
+        if ns.shard_id.is_empty() {
+            return Err(ControlPlaneError::FailedPrecondition(format!("namespace {name} has no shard yet")));
+        }
+        let endpoints = self.config.shard_endpoints.get(&ns.shard_id).cloned().unwrap_or_default();
+        if endpoints.is_empty() {
+            return Err(ControlPlaneError::Unavailable(format!("no endpoint of shard {} is known", ns.shard_id)));
+        }
+        Ok(prism_proto::control::ResolveNamespaceResponse {
+            namespace: ns.name,
+            shard_id: ns.shard_id,
+            endpoints,
+            revision,
+        })
+    }
+
     // -----------------------------------------------------------------
     // Audit
     // -----------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! `prism.control.v1.ControlPlaneService` over gRPC: unpacks requests, calls
 //! [`ControlPlane`], and turns errors into statuses at this one edge. RPCs
-//! whose issue has not landed yet (shard registry, resolve, usage) keep the
+//! whose issue has not landed yet (shard registry, usage) keep the
 //! generated default: UNIMPLEMENTED.
 
 use prism_proto::control::control_plane_service_server::ControlPlaneService;
@@ -104,6 +104,10 @@ impl ControlPlaneService for Service {
 
     async fn revoke_access(&self, req: Request<RevokeAccessRequest>) -> Reply<Namespace> {
         reply(self.plane.revoke_access(&principal(&req), req.get_ref()).await)
+    }
+
+    async fn resolve_namespace(&self, req: Request<ResolveNamespaceRequest>) -> Reply<ResolveNamespaceResponse> {
+        reply(self.plane.resolve_namespace(&req.get_ref().namespace).await)
     }
 
     async fn watch(&self, req: Request<WatchRequest>) -> Reply<BoxStream<WatchResponse>> {

@@ -774,8 +774,28 @@ async fn rpcs_not_built_yet_are_unimplemented() -> anyhow::Result<()> {
     let (_cp, mut c) = start(&SHARDS).await?;
     let register = RegisterShardRequest { shard_id: "shard-0".into(), endpoint: "127.0.0.1:1".into() };
     refused(c.register_shard(register).await, Code::Unimplemented, None);
-    let resolve = ResolveNamespaceRequest { namespace: "acme/x".into() };
-    refused(c.resolve_namespace(resolve).await, Code::Unimplemented, None);
     refused(c.get_usage(GetUsageRequest { target: "acme".into() }).await, Code::Unimplemented, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_answers_the_owning_shard_and_its_endpoints() -> anyhow::Result<()> {
+    let mut config = prism_control_plane::ControlPlaneConfig {
+        shards: SHARDS.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    };
+    config.shard_endpoints.insert("shard-0".into(), vec!["127.0.0.1:7401".into()]);
+    config.shard_endpoints.insert("shard-1".into(), vec!["127.0.0.1:7402".into()]);
+    let (_cp, mut c) = common::start_with(config).await?;
+    create_tenant(&mut c, "acme").await?;
+    let ns = create_namespace(&mut c, "acme/x").await?;
+    let r = c.resolve_namespace(ResolveNamespaceRequest { namespace: "acme/x".into() }).await?.into_inner();
+    assert_eq!(r.shard_id, ns.shard_id);
+    let want = if ns.shard_id == "shard-0" { "127.0.0.1:7401" } else { "127.0.0.1:7402" };
+    assert_eq!(r.endpoints, [want]);
+    assert!(r.revision >= ns.revision);
+    refused(c.resolve_namespace(ResolveNamespaceRequest { namespace: "acme/nope".into() }).await, Code::NotFound, None);
+    let bad = c.resolve_namespace(ResolveNamespaceRequest { namespace: "Acme".into() }).await;
+    refused(bad, Code::InvalidArgument, Some("namespace"));
     Ok(())
 }
