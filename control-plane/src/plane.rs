@@ -78,8 +78,14 @@ fn page_size(requested: u32) -> usize {
     }
 }
 
+/// The tenant part of a namespace name, or `""` when it is not a valid id
+/// (so the audit log never records an invalid tenant).
 fn tenant_of(namespace: &str) -> &str {
-    namespace.split_once('/').map_or(namespace, |(t, _)| t)
+    valid_tenant(namespace.split_once('/').map_or(namespace, |(t, _)| t))
+}
+
+fn valid_tenant(id: &str) -> &str {
+    if prism_proto::names::validate_part(id).is_ok() { id } else { "" }
 }
 
 fn is_live(ns: &Namespace) -> bool {
@@ -182,7 +188,7 @@ impl ControlPlane {
         admins: &[String],
         quota_set: Option<&prism_proto::control::QuotaSet>,
     ) -> Result<Tenant> {
-        let target = Target { action: "CreateTenant", tenant: id, target: id };
+        let target = Target { action: "CreateTenant", tenant: valid_tenant(id), target: id };
         let delta = self
             .mutate(principal, target, || async {
                 validate::tenant_id("tenant_id", id)?;
@@ -270,7 +276,7 @@ impl ControlPlane {
         req: &prism_proto::control::UpdateTenantRequest,
     ) -> Result<Tenant> {
         let id = req.tenant_id.as_str();
-        let target = Target { action: "UpdateTenant", tenant: id, target: id };
+        let target = Target { action: "UpdateTenant", tenant: valid_tenant(id), target: id };
         let delta = self
             .mutate(principal, target, || async {
                 validate::text("display_name", &req.display_name)?;
@@ -304,7 +310,7 @@ impl ControlPlane {
         let id = req.tenant_id.as_str();
         let action = if req.state == TenantState::Suspended as i32 { "SuspendTenant" } else { "ActivateTenant" };
         let delta = self
-            .mutate(principal, Target { action, tenant: id, target: id }, || async {
+            .mutate(principal, Target { action, tenant: valid_tenant(id), target: id }, || async {
                 let state = match TenantState::try_from(req.state) {
                     Ok(s @ (TenantState::Active | TenantState::Suspended)) => s,
                     _ => return Err(ControlPlaneError::invalid("state", "must be ACTIVE or SUSPENDED")),
@@ -318,7 +324,12 @@ impl ControlPlane {
                 t.update_time = Some(SystemTime::now().into());
                 Ok(Plan {
                     txn: Txn { conditions: vec![condition], puts: vec![Put::Tenant(t)], ..Txn::default() },
-                    detail: format!("state {} ({})", state.as_str_name(), req.reason),
+                    detail: match (state, req.reason.as_str()) {
+                        (TenantState::Suspended, "") => "suspended".to_owned(),
+                        (TenantState::Suspended, reason) => format!("suspended: {reason}"),
+                        (_, "") => "activated".to_owned(),
+                        (_, reason) => format!("activated: {reason}"),
+                    },
                 })
             })
             .await?;
@@ -330,7 +341,7 @@ impl ControlPlane {
     /// its last namespace is.
     pub async fn delete_tenant(&self, principal: &str, id: &str, expected_revision: u64) -> Result<Tenant> {
         let delta = self
-            .mutate(principal, Target { action: "DeleteTenant", tenant: id, target: id }, || async {
+            .mutate(principal, Target { action: "DeleteTenant", tenant: valid_tenant(id), target: id }, || async {
                 let mut t = self.live_tenant(id).await?;
                 check_expected("tenant", id, expected_revision, t.revision)?;
                 let now = Some(SystemTime::now().into());

@@ -669,7 +669,7 @@ async fn audit_records_every_mutation_and_refusal_newest_first() -> anyhow::Resu
         ("UpdateNamespace", "acme", "acme/a", "aborted"),
         ("CreateNamespace", "acme", "acme/a", "already_exists"),
         ("CreateNamespace", "acme", "acme/a", "ok"),
-        ("CreateTenant", "Bad", "Bad", "invalid_argument"),
+        ("CreateTenant", "", "Bad", "invalid_argument"),
         ("CreateTenant", "acme", "acme", "ok"),
     ];
     assert_eq!(events.iter().map(summary).collect::<Vec<_>>(), expected);

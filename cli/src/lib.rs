@@ -1,0 +1,133 @@
+//! The `prism` command line as a library: the flags of every subcommand
+//! (clap derive) and the code behind them, so `main.rs` stays thin and
+//! tests can call the same code.
+//!
+//! - [`serve`]: `prism dev`, `prism control-plane`, `prism gateway`
+//!   (configured by [`config_file`], the environment and flags).
+//! - [`tenant`], [`namespace`], [`audit`]: admin commands over gRPC.
+//! - [`kv`]: KeyValue calls on the gateway that owns a namespace.
+//! - [`spec_file`], [`spec_flags`]: a namespace spec from a file or flags.
+//! - [`output`], [`json`]: tables and JSON; [`error`]: what a failure prints.
+
+pub mod audit;
+pub mod config_file;
+pub mod error;
+pub mod flags;
+pub mod json;
+pub mod kv;
+pub mod namespace;
+pub mod output;
+pub mod serve;
+pub mod spec_file;
+pub mod spec_flags;
+pub mod tenant;
+
+use clap::{Args, Parser, Subcommand};
+use prism_client::ControlPlaneClient;
+
+pub use output::Format;
+
+/// Prism, a sharded data gateway: run its servers and administer its
+/// tenants and namespaces.
+#[derive(Debug, Parser)]
+#[command(name = "prism", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every admin command takes.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Control plane address, host:port or http://host:port
+    #[arg(long, global = true, env = "PRISM_ENDPOINT", default_value = prism_client::DEFAULT_CONTROL_PLANE)]
+    pub endpoint: String,
+    /// Bearer token sent with every request
+    #[arg(long, global = true, env = "PRISM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How results are printed
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+impl Global {
+    /// A client of the control plane at `--endpoint`.
+    pub async fn connect(&self) -> anyhow::Result<ControlPlaneClient> {
+        Ok(prism_client::control_plane(&self.endpoint, self.token.as_deref()).await?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a control plane and two gateway shards in this process (embedded storage)
+    Dev(serve::DevArgs),
+    /// Run the control plane
+    ControlPlane(serve::ControlPlaneArgs),
+    /// Run a gateway shard
+    Gateway(serve::GatewayArgs),
+    /// Manage tenants
+    #[command(subcommand)]
+    Tenant(tenant::TenantCommand),
+    /// Manage namespaces
+    #[command(subcommand)]
+    Namespace(Box<namespace::NamespaceCommand>),
+    /// Read the audit log
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Read and write KeyValue data
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
+}
+
+impl Command {
+    /// Whether the command runs a server (logs at info by default) rather
+    /// than one admin call (logs warnings only).
+    pub fn is_server(&self) -> bool {
+        matches!(self, Self::Dev(_) | Self::ControlPlane(_) | Self::Gateway(_))
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => serve::dev(args).await,
+        Command::ControlPlane(args) => serve::run(args).await,
+        Command::Gateway(args) => serve::gateway(args).await,
+        Command::Tenant(cmd) => tenant::run(&cli.global, cmd).await,
+        Command::Namespace(cmd) => namespace::run(&cli.global, *cmd).await,
+        Command::Audit(cmd) => audit::run(&cli.global, cmd).await,
+        Command::Kv(cmd) => kv::run(&cli.global, cmd).await,
+    }
+}
+
+/// Completes on Ctrl-C (or SIGTERM on Unix). If the signal handlers cannot
+/// be installed it never completes: the process then stops only when
+/// killed, instead of stopping at once.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

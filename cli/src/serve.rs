@@ -1,0 +1,309 @@
+//! The server commands: `prism control-plane`, `prism gateway` and
+//! `prism dev` (a control plane and two gateway shards in one process,
+//! embedded storage, a generated admin token). Configuration comes from the
+//! config file, then the environment, then flags; it is validated last.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use prism_control_plane::{ControlPlaneConfig, server};
+use prism_gateway::{Gateway, GatewayConfig};
+use tokio::net::TcpListener;
+
+use crate::config_file::ConfigFile;
+use crate::error::usage;
+use crate::shutdown_signal;
+
+/// Where the control plane listens when nothing else is said.
+pub const DEFAULT_LISTEN: &str = prism_client::DEFAULT_CONTROL_PLANE;
+/// `prism dev`'s first port: the control plane; the shards take the next two.
+pub const DEV_PORT: u16 = 7400;
+/// Shard ids `prism dev` runs.
+pub const DEV_SHARDS: [&str; 2] = ["shard-0", "shard-1"];
+
+#[derive(Debug, Clone, Args)]
+pub struct ControlPlaneArgs {
+    /// prism config file (its [control_plane] table)
+    #[arg(long, value_name = "FILE", env = "PRISM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve gRPC on
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Directory of the metadata store (overrides the file)
+    #[arg(long, value_name = "DIR", env = "PRISM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A shard id new namespaces are assigned to (repeat for more; replaces the file's list)
+    #[arg(long = "shard", value_name = "ID")]
+    pub shards: Vec<String>,
+}
+
+impl ControlPlaneArgs {
+    /// The configuration: the file's (or defaults), then `PRISM_DATA_DIR`
+    /// and the flags (clap has already let a flag win over the
+    /// environment), validated.
+    pub fn config(&self) -> anyhow::Result<ControlPlaneConfig> {
+        let mut config = ConfigFile::load(self.config.as_deref())?.control_plane.unwrap_or_default();
+        if let Some(dir) = &self.data_dir {
+            config.data_dir.clone_from(dir);
+        }
+        if !self.shards.is_empty() {
+            config.shards.clone_from(&self.shards);
+        }
+        config.validate().map_err(|e| usage(e.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// Serves the control plane until Ctrl-C or SIGTERM.
+pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let data_dir = config.data_dir.clone();
+    let listener =
+        TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("listener address")?;
+    let plane =
+        server::open(config).with_context(|| format!("cannot open the metadata store in {}", data_dir.display()))?;
+    crate::output::print(&format!("control plane serving on {addr}\n"))?;
+    server::serve(plane, listener, shutdown_signal()).await?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// prism config file (its [gateway] table)
+    #[arg(long, value_name = "FILE", env = "PRISM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The shard this gateway serves
+    #[arg(long, value_name = "ID", env = "PRISM_SHARD_ID")]
+    pub shard_id: Option<String>,
+    /// Control plane address
+    #[arg(long, value_name = "ADDR", env = "PRISM_CONTROL_PLANE")]
+    pub control_plane: Option<String>,
+    /// Address to serve gRPC on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7401")]
+    pub listen: String,
+    /// Directory of the embedded backend's data (default ./prism-data/<shard-id>)
+    #[arg(long, value_name = "DIR", env = "PRISM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HS256 secret of bearer tokens
+    #[arg(long, value_name = "SECRET", env = "PRISM_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+    /// Serve callers without a token as `anonymous` (insecure)
+    #[arg(long)]
+    pub allow_anonymous: bool,
+}
+
+impl GatewayArgs {
+    pub fn config(&self) -> anyhow::Result<GatewayConfig> {
+        let mut config = ConfigFile::load(self.config.as_deref())?.gateway.unwrap_or_default();
+        if let Some(id) = &self.shard_id {
+            config.shard_id.clone_from(id);
+        }
+        if let Some(cp) = &self.control_plane {
+            config.control_plane.clone_from(cp);
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = Some(dir.clone());
+        }
+        if let Some(secret) = &self.auth_secret {
+            config.auth.hs256_secret = Some(secret.clone());
+        }
+        config.auth.allow_anonymous |= self.allow_anonymous;
+        config.validate().map_err(|e| usage(e.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// Serves a gateway shard until Ctrl-C or SIGTERM.
+pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let listener =
+        TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("listener address")?;
+    let shard = config.shard_id.clone();
+    let gateway = Gateway::open(config).context("cannot open the gateway")?;
+    crate::output::print(&format!("gateway {shard} serving on {addr}\n"))?;
+    gateway.serve(listener, shutdown_signal()).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Where everything is stored
+    #[arg(long, value_name = "DIR", env = "PRISM_DATA_DIR", default_value = "prism-data")]
+    pub data_dir: PathBuf,
+    /// Address to listen on
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// The control plane's port; shard-0 and shard-1 take the next two
+    #[arg(long, value_name = "PORT", default_value_t = DEV_PORT)]
+    pub port: u16,
+}
+
+/// The dev token's lifetime.
+const DEV_TOKEN_SECONDS: u64 = 30 * 24 * 3600;
+
+/// The dev HS256 secret, made once and kept in the data directory so
+/// tokens stay valid across restarts.
+fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("dev-secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().to_owned()),
+        Ok(_) => anyhow::bail!("{} is too short; delete it to make a new one", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::write(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(secret)
+}
+
+/// Runs a control plane and two gateway shards in this process until
+/// Ctrl-C, printing the endpoints and a dev admin token.
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let port = |offset: u16| {
+        args.port.checked_add(offset).map(|p| SocketAddr::new(args.host, p)).ok_or_else(|| usage("--port is too high"))
+    };
+    let secret = dev_secret(&args.data_dir)?;
+    let token = prism_gateway::auth::mint_hs256(&secret, "dev-admin", None, &["admin"], DEV_TOKEN_SECONDS)?;
+
+    let cp_addr = port(0)?;
+    let shard_addrs = [port(1)?, port(2)?];
+    let mut cp_config = ControlPlaneConfig {
+        data_dir: args.data_dir.join("control-plane"),
+        shards: DEV_SHARDS.map(str::to_owned).to_vec(),
+        ..ControlPlaneConfig::default()
+    };
+    for (shard, addr) in DEV_SHARDS.iter().zip(&shard_addrs) {
+        cp_config.shard_endpoints.insert((*shard).to_owned(), vec![addr.to_string()]);
+    }
+    let cp_listener = TcpListener::bind(cp_addr).await.with_context(|| format!("cannot listen on {cp_addr}"))?;
+    let plane = server::open(cp_config).context("cannot open the control plane's store")?;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        server::serve(plane, cp_listener, until_stopped(stopped.clone())).await.map_err(anyhow::Error::from)
+    });
+    let mut lines = vec![format!("  control plane    {cp_addr:<16} tenants, namespaces, audit (prism.control.v1)")];
+    for (shard, addr) in DEV_SHARDS.iter().zip(shard_addrs) {
+        let mut config = GatewayConfig {
+            shard_id: (*shard).to_owned(),
+            control_plane: cp_addr.to_string(),
+            data_dir: Some(args.data_dir.join(shard)),
+            ..GatewayConfig::default()
+        };
+        config.auth.hs256_secret = Some(secret.clone());
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let gateway = Gateway::open(config).with_context(|| format!("cannot open gateway {shard}"))?;
+        let rx = stop.subscribe();
+        tasks.spawn(async move { gateway.serve(listener, until_stopped(rx)).await.map_err(anyhow::Error::from) });
+        lines.push(format!("  gateway {shard}  {addr:<16} KeyValue (prism.kv.v1)"));
+    }
+
+    let endpoint = if cp_addr.to_string() == DEFAULT_LISTEN {
+        String::new()
+    } else {
+        format!("export PRISM_ENDPOINT={cp_addr}\n")
+    };
+    crate::output::print(&format!(
+        "prism dev is running; data in {}\n{}\n\n{endpoint}export PRISM_TOKEN={token}\n\nthen, in another terminal:\n  \
+         prism tenant create acme\n  \
+         prism namespace create acme/profiles --abstraction key-value --wait\n  \
+         prism kv put acme/profiles user-1 name=Ada && prism kv get acme/profiles user-1\n",
+        args.data_dir.display(),
+        lines.join("\n"),
+    ))?;
+
+    // Run until a signal, or until any server fails.
+    let failed = tokio::select! {
+        () = shutdown_signal() => None,
+        Some(done) = tasks.join_next() => Some(done),
+    };
+    let _ = stop.send(true);
+    while let Some(done) = tasks.join_next().await {
+        done.context("server task")??;
+    }
+    if let Some(done) = failed {
+        done.context("server task")??;
+        anyhow::bail!("a server stopped unexpectedly");
+    }
+    tracing::info!("prism dev stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ControlPlaneArgs {
+        ControlPlaneArgs { config: None, listen: DEFAULT_LISTEN.into(), data_dir: None, shards: Vec::new() }
+    }
+
+    #[test]
+    fn flags_override_the_file() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("prism.toml");
+        std::fs::write(&file, "[control_plane]\ndata_dir = \"from-file\"\nshards = [\"a\"]\nwatch_buffer = 8\n")?;
+        let from_file = ControlPlaneArgs { config: Some(file.clone()), ..args() }.config()?;
+        assert_eq!(
+            (from_file.data_dir, from_file.shards, from_file.watch_buffer),
+            ("from-file".into(), vec!["a".to_owned()], 8)
+        );
+        let flags = ControlPlaneArgs {
+            config: Some(file),
+            data_dir: Some("from-flag".into()),
+            shards: vec!["b".into(), "c".into()],
+            ..args()
+        }
+        .config()?;
+        assert_eq!(
+            (flags.data_dir, flags.shards, flags.watch_buffer),
+            ("from-flag".into(), vec!["b".to_owned(), "c".to_owned()], 8)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_flag_mends_a_bad_file_value() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("prism.toml");
+        std::fs::write(&file, "[control_plane]\nshards = [\"Bad\"]\n")?;
+        let err = ControlPlaneArgs { config: Some(file.clone()), ..args() }.config().expect_err("bad shard");
+        assert!(err.to_string().contains("shards[0]"), "{err}");
+        ControlPlaneArgs { config: Some(file), shards: vec!["good".into()], ..args() }.config()?;
+        Ok(())
+    }
+
+    #[test]
+    fn bad_settings_are_usage_errors_naming_the_field() {
+        let err = ControlPlaneArgs { shards: vec!["Bad".into()], ..args() }.config().expect_err("bad shard id");
+        assert!(err.to_string().contains("shards[0]"), "{err}");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+    }
+
+    #[test]
+    fn gateways_need_a_secret_or_explicit_anonymous_access() {
+        let g = GatewayArgs {
+            config: None,
+            shard_id: Some("shard-0".into()),
+            control_plane: None,
+            listen: "127.0.0.1:0".into(),
+            data_dir: None,
+            auth_secret: None,
+            allow_anonymous: false,
+        };
+        let err = g.config().expect_err("no secret");
+        assert!(err.to_string().contains("auth.hs256_secret"), "{err}");
+        assert!(GatewayArgs { allow_anonymous: true, ..g.clone() }.config().is_ok());
+        assert!(GatewayArgs { auth_secret: Some("0123456789abcdef-secret".into()), ..g }.config().is_ok());
+    }
+}
