@@ -153,8 +153,13 @@ fn item_json(i: &kv::Item) -> Value {
     Value::Object(m)
 }
 
+/// Time left, to the second (`-` when the item does not expire).
 fn ttl_text(i: &kv::Item) -> String {
-    i.ttl.as_ref().and_then(crate::json::humantime_duration).unwrap_or_default()
+    let rounded = i
+        .ttl
+        .as_ref()
+        .map(|d| prost_types::Duration { seconds: d.seconds + i64::from(d.nanos >= 500_000_000), nanos: 0 });
+    rounded.as_ref().and_then(crate::json::humantime_duration).unwrap_or_else(|| "-".into())
 }
 
 fn get_selector(s: &Selection) -> Option<get_items_request::Selector> {
