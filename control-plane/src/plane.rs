@@ -244,28 +244,16 @@ impl ControlPlane {
     }
 
     pub async fn list_tenants(&self, req: &ListTenantsRequest) -> Result<ListTenantsResponse> {
-        let want = page_size(req.page_size);
-        let mut cursor = page_token::decode(Listing::Tenants, &req.page_token)?;
-        let mut tenants = Vec::new();
-        loop {
-            let batch = self.store.list_tenants(&cursor, want + 1).await?;
-            let exhausted = batch.len() <= want;
-            for t in batch {
-                cursor.clone_from(&t.id);
-                if req.include_deleted || t.state != TenantState::Deleted as i32 {
-                    tenants.push(t);
-                }
-            }
-            if tenants.len() > want || exhausted {
-                break;
-            }
-        }
-        let next_page_token = if tenants.len() > want {
-            tenants.truncate(want);
-            tenants.last().map(|t| page_token::encode(Listing::Tenants, &t.id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let after = page_token::decode(Listing::Tenants, &req.page_token)?;
+        let (tenants, next) = page(
+            page_size(req.page_size),
+            after,
+            |after, limit| async move { self.store.list_tenants(&after, limit).await },
+            |t: &Tenant| &t.id,
+            |t| req.include_deleted || t.state != TenantState::Deleted as i32,
+        )
+        .await?;
+        let next_page_token = next.map(|id| page_token::encode(Listing::Tenants, &id)).unwrap_or_default();
         Ok(ListTenantsResponse { tenants, next_page_token })
     }
 
@@ -474,28 +462,17 @@ impl ControlPlane {
         if !req.tenant_id.is_empty() {
             validate::tenant_id("tenant_id", &req.tenant_id)?;
         }
-        let want = page_size(req.page_size);
-        let mut cursor = page_token::decode(Listing::Namespaces, &req.page_token)?;
-        let mut namespaces = Vec::new();
-        loop {
-            let batch = self.store.list_namespaces(&req.tenant_id, &cursor, want + 1).await?;
-            let exhausted = batch.len() <= want;
-            for ns in batch {
-                cursor.clone_from(&ns.name);
-                if req.include_deleted || is_live(&ns) {
-                    namespaces.push(ns);
-                }
-            }
-            if namespaces.len() > want || exhausted {
-                break;
-            }
-        }
-        let next_page_token = if namespaces.len() > want {
-            namespaces.truncate(want);
-            namespaces.last().map(|n| page_token::encode(Listing::Namespaces, &n.name)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let after = page_token::decode(Listing::Namespaces, &req.page_token)?;
+        let tenant = req.tenant_id.as_str();
+        let (namespaces, next) = page(
+            page_size(req.page_size),
+            after,
+            |after, limit| async move { self.store.list_namespaces(tenant, &after, limit).await },
+            |n: &Namespace| &n.name,
+            |n| req.include_deleted || is_live(n),
+        )
+        .await?;
+        let next_page_token = next.map(|name| page_token::encode(Listing::Namespaces, &name)).unwrap_or_default();
         Ok(ListNamespacesResponse { namespaces, next_page_token })
     }
 
@@ -773,6 +750,44 @@ impl ControlPlane {
         };
         Ok(ListAuditEventsResponse { events, next_page_token })
     }
+}
+
+/// One page of at most `want` objects that `keep` accepts, after key
+/// `after`, read from the store in batches (tombstones that are filtered
+/// out do not shorten a page). Returns the page and, when more may follow,
+/// the key to continue after.
+async fn page<T, F, Fut>(
+    want: usize,
+    after: String,
+    fetch: F,
+    key: fn(&T) -> &str,
+    keep: impl Fn(&T) -> bool,
+) -> Result<(Vec<T>, Option<String>)>
+where
+    F: Fn(String, usize) -> Fut,
+    Fut: Future<Output = Result<Vec<T>>>,
+{
+    let mut cursor = after;
+    let mut out = Vec::new();
+    loop {
+        let batch = fetch(cursor.clone(), want + 1).await?;
+        let exhausted = batch.len() <= want;
+        for item in batch {
+            key(&item).clone_into(&mut cursor);
+            if keep(&item) {
+                out.push(item);
+            }
+        }
+        if out.len() > want || exhausted {
+            break;
+        }
+    }
+    if out.len() <= want {
+        return Ok((out, None));
+    }
+    out.truncate(want);
+    let next = out.last().map(|item| key(item).to_owned());
+    Ok((out, next))
 }
 
 /// Moves a namespace towards deletion: DELETING while a shard must remove
