@@ -52,15 +52,18 @@ where
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let permit = self.permits.clone().try_acquire_owned();
-        let fut = permit.map(|_| self.inner.call(call));
-        Box::pin(async move {
-            match fut {
-                // The permit lives as long as the request.
-                Ok(fut) => fut.await,
-                Err(_) => Err(GatewayError::Overloaded),
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let fut = self.inner.call(call);
+                Box::pin(async move {
+                    let response = fut.await;
+                    // Held until the request is done, not just admitted.
+                    drop(permit);
+                    response
+                })
             }
-        })
+            Err(_) => Box::pin(async { Err(GatewayError::Overloaded) }),
+        }
     }
 }
 
@@ -106,5 +109,50 @@ where
         let timeout = self.timeout;
         let fut = self.inner.call(call);
         Box::pin(async move { tokio::time::timeout(timeout, fut).await.map_err(|_| GatewayError::Timeout(timeout))? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use prism_proto::kv::ScanItemsRequest;
+    use tokio::sync::Notify;
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::call::Request;
+
+    fn call() -> Call {
+        Call::new(Request::Scan(ScanItemsRequest { namespace: "a/b".into(), ..Default::default() }), None)
+    }
+
+    #[tokio::test]
+    async fn sheds_while_the_limit_is_held_and_admits_again_after() {
+        let release = Arc::new(Notify::new());
+        let started = Arc::new(Notify::new());
+        let inner = {
+            let (release, started) = (release.clone(), started.clone());
+            tower::service_fn(move |_: Call| {
+                let (release, started) = (release.clone(), started.clone());
+                async move {
+                    started.notify_one();
+                    release.notified().await;
+                    Ok::<_, GatewayError>(Response::Scan(Default::default()))
+                }
+            })
+        };
+        let svc = LoadShedLayer::new(1).layer(inner);
+        let first = tokio::spawn(svc.clone().oneshot(call()));
+        started.notified().await;
+        let refused = svc.clone().oneshot(call()).await;
+        assert!(matches!(refused, Err(GatewayError::Overloaded)), "second request admitted past the limit");
+        release.notify_one();
+        assert!(first.await.is_ok_and(|r| r.is_ok()));
+        // The permit came back with the first response.
+        let again = tokio::spawn(svc.oneshot(call()));
+        started.notified().await;
+        release.notify_one();
+        assert!(again.await.is_ok_and(|r| r.is_ok()));
     }
 }
