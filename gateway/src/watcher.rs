@@ -75,7 +75,12 @@ pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch
         match outcome {
             Ok(()) => tracing::info!("metadata watch ended; reconnecting"),
             Err(e) => {
-                tracing::warn!(error = %e, revision = shared.metadata.load().revision, "metadata watch failed; reconnecting")
+                tracing::warn!(
+                    error = %e,
+                    revision = shared.metadata.load().revision,
+                    stale_for = ?shared.metadata.staleness(),
+                    "metadata watch failed; serving from the last snapshot and reconnecting"
+                )
             }
         }
         let jitter = rand::random_range(0.5..1.0);
