@@ -3,10 +3,13 @@
 //!
 //! ```text
 //! prism_plugin_api::key_value_conformance!(async { make_plugin().await });
+//! prism_plugin_api::time_series_conformance!(async { make_plugin().await });
 //! ```
 //!
-//! which expands to one `#[test]` per case of [`kv`], named after it, so a
-//! failure names the case and the cases run in parallel. The expression is
+//! each of which expands to one `#[test]` per case of [`kv`] or [`ts`],
+//! named after it, so a failure names the case and the cases run in
+//! parallel (the two suites share case names: call them from different
+//! modules). The expression is
 //! evaluated once per case, inside the case's tokio runtime, and must be a
 //! future whose output is a [`Fixture`]: an `Arc` of the plugin, or a pair
 //! `(plugin, guard)` whose guard (a temporary directory, a server handle)
@@ -19,12 +22,16 @@
 //!
 //! Rules the cases keep so that they can share a backend with each other:
 //! generation times are near the real clock (`base + offset`, offsets in
-//! microseconds), [`KeyValue::reclaim`] is only called with the real clock,
-//! and an item a case expects to stay stored expires an hour or more from
-//! now, so one case's reclamation never touches another's data.
+//! microseconds), [`KeyValue::reclaim`](crate::kv::KeyValue::reclaim) is
+//! only called with the real clock, and an item a case expects to stay
+//! stored expires an hour or more from now, so one case's reclamation
+//! never touches another's data. TimeSeries
+//! reclamation ([`TimeSeries::reclaim`](crate::ts::TimeSeries::reclaim))
+//! is per namespace, so its cases pass any `now` they like.
 
 pub mod kv;
 pub mod support;
+pub mod ts;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -94,7 +101,7 @@ macro_rules! key_value_conformance {
 #[macro_export]
 macro_rules! __key_value_cases {
     ($mode:tt) => {
-        $crate::__key_value_emit! { $mode
+        $crate::__conformance_emit! { $mode kv
             capabilities_match_static_table
             put_then_get_one_item
             record_items_come_back_in_key_order
@@ -143,38 +150,97 @@ macro_rules! __key_value_cases {
     };
 }
 
+/// Expands to one `#[test]` per TimeSeries conformance case. The argument
+/// is a future of a [`Fixture`](crate::conformance::Fixture), evaluated
+/// once per case; see the [module docs](crate::conformance).
+#[macro_export]
+macro_rules! time_series_conformance {
+    ($fixture:expr) => {
+        $crate::__time_series_cases! { (tests $fixture) }
+    };
+}
+
+/// The case list, written once: it makes both the tests and [`ts::CASES`].
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __key_value_emit {
-    ((tests $fixture:expr) $($case:ident)*) => {
+macro_rules! __time_series_cases {
+    ($mode:tt) => {
+        $crate::__conformance_emit! { $mode ts
+            capabilities_include_time_series
+            write_then_read_one_event
+            read_is_newest_first
+            search_breaks_ties_by_series_then_event_id
+            interval_is_half_open
+            rewriting_an_event_changes_nothing
+            new_item_key_adds_to_the_event
+            events_come_back_whole
+            same_ids_in_other_series_are_other_events
+            search_without_filter_returns_every_event
+            search_filters_by_tag_equals
+            search_filters_by_tag_in
+            search_combines_filters_with_and_or
+            filter_on_a_missing_tag_matches_nothing
+            read_pages_by_bytes
+            search_pages_by_bytes
+            pages_by_event_count
+            event_larger_than_page_comes_alone
+            last_page_has_no_next
+            reads_continue_after_cursor
+            large_events_round_trip
+            concurrent_writes_of_one_event_store_it_once
+            retention_hides_events_past_it
+            reclaim_removes_events_past_retention
+            no_retention_keeps_everything
+            namespaces_are_isolated
+            recreated_namespace_starts_empty
+            deprovision_removes_everything
+            provision_is_idempotent
+            unprovisioned_namespace_is_refused
+        }
+    };
+}
+
+/// Turns a case list into tests (calling `conformance::<module>::<case>`)
+/// or into the list of names.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_emit {
+    ((tests $fixture:expr) $module:ident $($case:ident)*) => {
         $(
             #[test]
             fn $case() {
-                $crate::conformance::run_case($fixture, $crate::conformance::kv::$case);
+                $crate::conformance::run_case($fixture, $crate::conformance::$module::$case);
             }
         )*
     };
-    ((names) $($case:ident)*) => {
+    ((names) $module:ident $($case:ident)*) => {
         &[$(stringify!($case)),*]
     };
 }
 
 #[cfg(test)]
 mod tests {
-    /// Every `pub async fn` of `kv.rs` is a case and every case is listed
+    /// Every `pub async fn` of `source` is a case and every case is listed
     /// in the macro, so no case is written and then never run.
-    #[test]
-    fn every_case_is_listed() {
-        let source = include_str!("conformance/kv.rs");
-        let written: Vec<&str> = source
+    fn check_listed(source: &str, cases: &[&str]) {
+        let mut written: Vec<&str> = source
             .lines()
             .filter_map(|l| l.trim_start().strip_prefix("pub async fn "))
             .filter_map(|rest| rest.split('(').next())
             .collect();
-        let mut listed: Vec<&str> = super::kv::CASES.to_vec();
-        let mut written_sorted = written.clone();
+        let mut listed: Vec<&str> = cases.to_vec();
         listed.sort_unstable();
-        written_sorted.sort_unstable();
-        assert_eq!(written_sorted, listed);
+        written.sort_unstable();
+        assert_eq!(written, listed);
+    }
+
+    #[test]
+    fn every_key_value_case_is_listed() {
+        check_listed(include_str!("conformance/kv.rs"), super::kv::CASES);
+    }
+
+    #[test]
+    fn every_time_series_case_is_listed() {
+        check_listed(include_str!("conformance/ts.rs"), super::ts::CASES);
     }
 }

@@ -53,12 +53,30 @@ pub struct EventsPage {
     pub next: Option<EventCursor>,
 }
 
+/// What every TimeSeries plugin must give (the conformance suite checks
+/// each):
+///
+/// - **Idempotent writes**: an event item is identified by
+///   (time_series_id, event_time, event_id, key); writing it again changes
+///   nothing (the first write wins).
+/// - **Reads** of one series in `[start, end)`, and **searches** of every
+///   series with an optional tag filter, return events newest first
+///   (event_time descending, then time_series_id, then event_id ascending),
+///   each event whole (all its items and tags), paginated like KeyValue: stop
+///   once the page's bytes (keys, values, tag keys and values) reach
+///   `max_bytes` (the crossing event included) or at `max_items` events;
+///   `next` is the last event returned when more may follow.
+/// - **Retention**: with a namespace retention `r`, events with
+///   `event_time < now - r` are never returned; [`TimeSeries::reclaim`]
+///   removes them (whole time partitions where the backend has them).
 #[async_trait]
 pub trait TimeSeries: Send + Sync {
     /// Writes events; returns when they are durable.
     async fn write(&self, ns: &Namespace, events: &[Event]) -> Result<()>;
 
-    /// Events of one series with `start <= event_time < end`, newest first.
+    /// Events of one series with `start <= event_time < end`, newest first,
+    /// continuing after `after`; nothing past retention at `now`.
+    #[allow(clippy::too_many_arguments)]
     async fn read(
         &self,
         ns: &Namespace,
@@ -67,9 +85,11 @@ pub trait TimeSeries: Send + Sync {
         end: Micros,
         after: Option<&EventCursor>,
         limits: PageLimits,
+        now: Micros,
     ) -> Result<EventsPage>;
 
     /// Events of any series in `[start, end)` matching `filter`, newest first.
+    #[allow(clippy::too_many_arguments)]
     async fn search(
         &self,
         ns: &Namespace,
@@ -78,5 +98,10 @@ pub trait TimeSeries: Send + Sync {
         filter: Option<&TagFilter>,
         after: Option<&EventCursor>,
         limits: PageLimits,
+        now: Micros,
     ) -> Result<EventsPage>;
+
+    /// Removes the namespace's events past its retention at `now`.
+    /// Returns how many events (or an estimate, for partition drops) went.
+    async fn reclaim(&self, ns: &Namespace, now: Micros) -> Result<u64>;
 }

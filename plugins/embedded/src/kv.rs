@@ -8,9 +8,11 @@
 //! empty. Tables:
 //!
 //! - `kv_namespaces`: prefix → bytes stored. A namespace is provisioned
-//!   exactly when it has an entry; the counter is kept in every write
-//!   transaction (keys + values of the four data tables below), so
-//!   `storage_bytes` is one read.
+//!   exactly when it has an entry, whatever its abstraction: TimeSeries
+//!   ([`crate::ts`]) shares this registry, and provisioning and
+//!   deprovisioning here clear its tables too. The counter is kept in every
+//!   write transaction (keys + values of the four data tables below, or of
+//!   the TimeSeries event tables), so `storage_bytes` is one read.
 //! - `kv_items`: `prefix ‖ id ‖ 0x00 ‖ key` → header ‖ inline value. Ids
 //!   never hold NUL (refused as invalid), so byte order is (id, key) order
 //!   and a record is the range `prefix ‖ id ‖ 0x00 ..`. The header holds
@@ -62,7 +64,7 @@
 //! (items with their headers, chunks, range tombstones, tokens), not the
 //! due index nor redb's own pages.
 
-mod codec;
+pub(crate) mod codec;
 #[cfg(test)]
 mod tests;
 
@@ -87,9 +89,10 @@ use crate::error::{EmbeddedError, Result, storage};
 /// File name of the store inside the data directory.
 pub const FILE_NAME: &str = "embedded.redb";
 
-type Bytes = &'static [u8];
+pub(crate) type Bytes = &'static [u8];
 
-const NAMESPACES: TableDefinition<Bytes, u64> = TableDefinition::new("kv_namespaces");
+/// The namespace registry, shared with TimeSeries (see the module docs).
+pub(crate) const NAMESPACES: TableDefinition<Bytes, u64> = TableDefinition::new("kv_namespaces");
 const ITEMS: TableDefinition<Bytes, Bytes> = TableDefinition::new("kv_items");
 const CHUNKS: TableDefinition<Bytes, Bytes> = TableDefinition::new("kv_chunks");
 const RANGES: TableDefinition<Bytes, Bytes> = TableDefinition::new("kv_range_tombstones");
@@ -102,7 +105,7 @@ const RECLAIM_BATCH: usize = 4096;
 
 /// The redb database and the settings the KeyValue code needs.
 pub(crate) struct Store {
-    db: Database,
+    pub(crate) db: Database,
     chunk_threshold: usize,
     tombstone_retention: Micros,
     token_retention: Micros,
@@ -114,8 +117,8 @@ fn micros(d: std::time::Duration) -> Micros {
 
 /// A namespace incarnation as the store addresses it.
 pub(crate) struct Incarnation {
-    prefix: Vec<u8>,
-    name: String,
+    pub(crate) prefix: Vec<u8>,
+    pub(crate) name: String,
     name_prefix: Vec<u8>,
 }
 
@@ -159,14 +162,33 @@ impl<'t> Tables<'t> {
     }
 }
 
-fn purge_range<V: redb::Value + 'static>(table: &mut Table<'_, Bytes, V>, prefix: &[u8]) -> Result<()> {
+/// Removes every key of `table` starting with `prefix`; returns the bytes
+/// (keys and values) it held.
+pub(crate) fn purge_range<V: redb::Value + 'static>(table: &mut Table<'_, Bytes, V>, prefix: &[u8]) -> Result<u64> {
     let end = prefix_end(prefix);
     let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-    table.retain_in::<&[u8], _>((Bound::Included(prefix), upper), |_, _| false).map_err(storage)
+    let mut freed = 0u64;
+    table
+        .retain_in::<&[u8], _>((Bound::Included(prefix), upper), |key, value| {
+            freed += (key.len() + V::as_bytes(&value).as_ref().len()) as u64;
+            false
+        })
+        .map_err(storage)?;
+    Ok(freed)
+}
+
+/// Adds `delta` to the bytes the namespace `prefix` stores.
+pub(crate) fn count_bytes(namespaces: &mut Table<'_, Bytes, u64>, prefix: &[u8], delta: i64) -> Result<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let current = namespaces.get(prefix).map_err(storage)?.map(|g| g.value()).unwrap_or(0);
+    namespaces.insert(prefix, current.saturating_add_signed(delta)).map_err(storage)?;
+    Ok(())
 }
 
 /// The bytes stored in the namespace, or `NotProvisioned`.
-fn registered(table: &impl ReadableTable<Bytes, u64>, ns: &Incarnation) -> Result<u64> {
+pub(crate) fn registered(table: &impl ReadableTable<Bytes, u64>, ns: &Incarnation) -> Result<u64> {
     match table.get(ns.prefix.as_slice()).map_err(storage)? {
         Some(bytes) => Ok(bytes.value()),
         None => Err(EmbeddedError::NotProvisioned(ns.name.clone())),
@@ -213,29 +235,30 @@ fn read_value(
 
 /// Fills one page: stops once the bytes or the item count reach the
 /// limits, with the item that reached them.
-struct Pager {
+pub(crate) struct Pager {
     max_bytes: u64,
     max_items: usize,
     bytes: u64,
     items: usize,
     /// A further item exists past the page.
-    more: bool,
+    pub(crate) more: bool,
 }
 
 impl Pager {
-    fn new(limits: PageLimits) -> Self {
+    pub(crate) fn new(limits: PageLimits) -> Self {
         // A zero limit would make pages that never advance: a page holds
         // at least one item.
         let max_items = limits.max_items.map_or(usize::MAX, |m| (m as usize).max(1));
         Self { max_bytes: limits.max_bytes.max(1), max_items, bytes: 0, items: 0, more: false }
     }
 
-    fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         self.bytes >= self.max_bytes || self.items >= self.max_items
     }
 
-    fn add(&mut self, key: &[u8], value: &[u8]) {
-        self.bytes = self.bytes.saturating_add((key.len() + value.len()) as u64);
+    /// Counts one item (or event) of `bytes` into the page.
+    pub(crate) fn add(&mut self, bytes: usize) {
+        self.bytes = self.bytes.saturating_add(bytes as u64);
         self.items += 1;
     }
 }
@@ -479,12 +502,7 @@ impl<'a, 't> Scope<'a, 't> {
 
     /// Adds the changes to the namespace's byte counter.
     fn finish(self) -> Result<()> {
-        if self.delta == 0 {
-            return Ok(());
-        }
-        let current = self.t.namespaces.get(self.prefix).map_err(storage)?.map(|g| g.value()).unwrap_or(0);
-        self.t.namespaces.insert(self.prefix, current.saturating_add_signed(self.delta)).map_err(storage)?;
-        Ok(())
+        count_bytes(&mut self.t.namespaces, self.prefix, self.delta)
     }
 }
 
@@ -495,7 +513,10 @@ impl Store {
             .map_err(|source| EmbeddedError::DataDir { path: config.data_dir.clone(), source })?;
         let db = Database::create(config.data_dir.join(FILE_NAME)).map_err(storage)?;
         let w = db.begin_write().map_err(storage)?;
+        // Every table exists from the start, so read transactions never
+        // meet a missing one.
         Tables::open(&w)?;
+        crate::ts::create_tables(&w)?;
         w.commit().map_err(storage)?;
         Ok(Self {
             db,
@@ -528,6 +549,7 @@ impl Store {
             for prefix in older {
                 tracing::info!(namespace = %ns.name, "removing the data of an older incarnation");
                 t.purge(&prefix)?;
+                crate::ts::purge(&w, &prefix)?;
             }
             t.namespaces.insert(ns.prefix.as_slice(), 0).map_err(storage)?;
         }
@@ -537,6 +559,7 @@ impl Store {
     pub(crate) fn deprovision(&self, ns: &Incarnation) -> Result<()> {
         let w = self.db.begin_write().map_err(storage)?;
         Tables::open(&w)?.purge(&ns.prefix)?;
+        crate::ts::purge(&w, &ns.prefix)?;
         w.commit().map_err(storage)
     }
 
@@ -591,7 +614,7 @@ impl Store {
             }
             let key = item_key.get(record.len()..).unwrap_or_default().to_vec();
             let value = read_value(&header, inline, item_key, &chunks)?;
-            pager.add(&key, &value);
+            pager.add(key.len() + value.len());
             page.items.push(Item { key, value, expires_at: header.expires_at });
             Ok(true)
         };
@@ -676,7 +699,7 @@ impl Store {
             let item_key = key.value();
             let (id, key) = split_item(item_key.get(ns.prefix.len()..).unwrap_or_default())?;
             let value = read_value(&header, inline, item_key, &chunks)?;
-            pager.add(key, &value);
+            pager.add(key.len() + value.len());
             let item = Item { key: key.to_vec(), value, expires_at: header.expires_at };
             match page.records.last_mut() {
                 Some(record) if record.id == id => record.items.push(item),
@@ -750,7 +773,8 @@ impl Store {
         Ok((removed, more))
     }
 
-    fn storage_bytes(&self, ns: &Incarnation) -> Result<u64> {
+    /// The bytes the namespace stores, or `NotProvisioned`.
+    pub(crate) fn storage_bytes(&self, ns: &Incarnation) -> Result<u64> {
         let r = self.db.begin_read().map_err(storage)?;
         registered(&r.open_table(NAMESPACES).map_err(storage)?, ns)
     }
@@ -766,7 +790,7 @@ impl KeyValue for EmbeddedPlugin {
         stamp: &WriteStamp,
     ) -> prism_plugin_api::Result<()> {
         let (ns, id, mutations, stamp) = (Incarnation::of(ns)?, id.to_owned(), mutations.to_vec(), stamp.clone());
-        Ok(self.write(move |s| s.mutate(&ns, &id, &mutations, &stamp)).await?)
+        Ok(self.write_turn(move |s| s.mutate(&ns, &id, &mutations, &stamp)).await?)
     }
 
     async fn get(
@@ -780,7 +804,7 @@ impl KeyValue for EmbeddedPlugin {
     ) -> prism_plugin_api::Result<ItemsPage> {
         let (ns, id, selector, after) =
             (Incarnation::of(ns)?, id.to_owned(), selector.clone(), after.map(<[u8]>::to_vec));
-        Ok(self.read(move |s| s.get(&ns, &id, &selector, after.as_deref(), limits, now)).await?)
+        Ok(self.read_turn(move |s| s.get(&ns, &id, &selector, after.as_deref(), limits, now)).await?)
     }
 
     async fn scan(
@@ -791,14 +815,14 @@ impl KeyValue for EmbeddedPlugin {
         now: Micros,
     ) -> prism_plugin_api::Result<RecordsPage> {
         let (ns, after) = (Incarnation::of(ns)?, after.cloned());
-        Ok(self.read(move |s| s.scan(&ns, after.as_ref(), limits, now)).await?)
+        Ok(self.read_turn(move |s| s.scan(&ns, after.as_ref(), limits, now)).await?)
     }
 
     async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
         // One transaction per batch, each taking its turn among writers.
         let mut removed = 0;
         loop {
-            let (n, more) = self.write(move |s| s.reclaim_batch(now, RECLAIM_BATCH)).await?;
+            let (n, more) = self.write_turn(move |s| s.reclaim_batch(now, RECLAIM_BATCH)).await?;
             removed += n;
             if !more {
                 return Ok(removed);
@@ -808,6 +832,6 @@ impl KeyValue for EmbeddedPlugin {
 
     async fn storage_bytes(&self, ns: &Namespace) -> prism_plugin_api::Result<u64> {
         let ns = Incarnation::of(ns)?;
-        Ok(self.read(move |s| s.storage_bytes(&ns)).await?)
+        Ok(self.read_turn(move |s| s.storage_bytes(&ns)).await?)
     }
 }

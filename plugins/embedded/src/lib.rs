@@ -5,23 +5,24 @@
 //! One [redb](https://docs.rs/redb) file (`<data_dir>/embedded.redb`) holds
 //! every namespace the gateway's shard owns. redb gives ACID transactions
 //! with fsync on commit, MVCC readers that never block the writer, and is
-//! pure Rust. Every redb call runs on tokio's blocking pool. The layout and
-//! the write rules are in [`kv`].
+//! pure Rust. Every redb call runs on tokio's blocking pool. The layouts
+//! and the write rules are in [`kv`] (which also owns the namespace
+//! registry both abstractions share) and [`ts`].
 //!
-//! Serves KeyValue. The capability declaration also lists TimeSeries, as
-//! the control plane's table does ([`prism_proto::capabilities`]), but
-//! [`Plugin::time_series`] returns `None` until the embedded TimeSeries
-//! store exists.
+//! Serves KeyValue and TimeSeries, as the control plane's table says
+//! ([`prism_proto::capabilities`]).
 
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod ts;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::KeyValue;
+use prism_plugin_api::ts::TimeSeries;
 use prism_plugin_api::{Capabilities, Namespace, Plugin, now_micros};
 use prism_proto::control::Backend;
 use tokio::sync::Semaphore;
@@ -70,9 +71,11 @@ impl EmbeddedPlugin {
         &self.config
     }
 
-    /// Reclaims expired items, tombstones and tokens every `every` (first
-    /// at once) until the plugin is dropped or the task is aborted. Failures
-    /// are logged and retried on the next tick.
+    /// Reclaims expired KeyValue items, tombstones and tokens every `every`
+    /// (first at once) until the plugin is dropped or the task is aborted.
+    /// Failures are logged and retried on the next tick. TimeSeries
+    /// retention is not reclaimed here: it is a namespace policy the store
+    /// does not keep, so the gateway calls [`TimeSeries::reclaim`] with it.
     pub fn spawn_reclaimer(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let plugin = Arc::downgrade(self);
         let every = every.max(Duration::from_millis(1));
@@ -84,7 +87,7 @@ impl EmbeddedPlugin {
                 // Holding only a weak reference lets the plugin (and its
                 // file lock) go when its owner drops it.
                 let Some(plugin) = plugin.upgrade() else { return };
-                match plugin.reclaim(now_micros()).await {
+                match KeyValue::reclaim(plugin.as_ref(), now_micros()).await {
                     Ok(0) => {}
                     Ok(removed) => tracing::debug!(removed, "reclaimed expired items"),
                     Err(error) => tracing::warn!(%error, "reclaiming expired items failed"),
@@ -110,14 +113,16 @@ impl EmbeddedPlugin {
         .await?
     }
 
-    pub(crate) async fn write<T: Send + 'static>(
+    /// Runs `f` when it is this writer's turn (one at a time).
+    pub(crate) async fn write_turn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         self.blocking(&self.writers, f).await
     }
 
-    pub(crate) async fn read<T: Send + 'static>(
+    /// Runs `f` among at most `max_concurrent_reads` readers.
+    pub(crate) async fn read_turn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -136,15 +141,19 @@ impl Plugin for EmbeddedPlugin {
 
     async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
         let ns = Incarnation::of(ns)?;
-        Ok(self.write(move |s| s.provision(&ns)).await?)
+        Ok(self.write_turn(move |s| s.provision(&ns)).await?)
     }
 
     async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
         let ns = Incarnation::of(ns)?;
-        Ok(self.write(move |s| s.deprovision(&ns)).await?)
+        Ok(self.write_turn(move |s| s.deprovision(&ns)).await?)
     }
 
     fn key_value(&self) -> Option<&dyn KeyValue> {
+        Some(self)
+    }
+
+    fn time_series(&self) -> Option<&dyn TimeSeries> {
         Some(self)
     }
 }

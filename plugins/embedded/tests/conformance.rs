@@ -1,6 +1,7 @@
-//! The shared KeyValue conformance suite against the embedded backend:
+//! The shared conformance suites against the embedded backend: KeyValue
 //! with the default 1 MiB chunk threshold, and again with a 1 KiB one so
-//! that most of the suite's values are chunked.
+//! that most of the suite's values are chunked; TimeSeries once (it does
+//! not chunk).
 
 use std::sync::Arc;
 
@@ -17,4 +18,8 @@ prism_plugin_api::key_value_conformance!(open(1 << 20));
 
 mod small_chunks {
     prism_plugin_api::key_value_conformance!(super::open(1024));
+}
+
+mod time_series {
+    prism_plugin_api::time_series_conformance!(super::open(1 << 20));
 }

@@ -1,11 +1,13 @@
-//! What the embedded backend promises beyond the shared suite: data
-//! survives a restart, one process owns a data directory, and the
+//! What the embedded backend promises beyond the shared suites: data and
+//! events survive a restart, one process owns a data directory, and the
 //! background reclaimer frees expired data and stops with the plugin.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use prism_plugin_api::conformance::support::{Case, namespace, pairs, pattern, put, put_expiring};
+use prism_plugin_api::conformance::support::{
+    Case, MINUTE, event, namespace, newest_first, pairs, pattern, put, put_expiring, ts_namespace,
+};
 use prism_plugin_api::kv::{KeyRange, Mutation};
 use prism_plugin_api::{Plugin, PluginError, now_micros};
 use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
@@ -41,6 +43,37 @@ async fn data_survives_reopening() {
         "token and tombstone survive"
     );
     assert_eq!(c.entries("s").await, vec![], "the record delete survives");
+    c.finish().await;
+}
+
+#[tokio::test]
+async fn events_survive_reopening() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let plugin = open(dir.path());
+    let ns = ts_namespace(plugin.as_ref(), "events_survive_reopening", None);
+    let c = Case::provision_ns(plugin, ns.clone()).await;
+    let mut written: Vec<_> = (0..20)
+        .map(|i| {
+            event(&format!("s{}", i % 3), c.base - i * 7 * MINUTE, &format!("e{i}"), &[("k", "v")], &[("tag", "x")])
+        })
+        .collect();
+    written[0].items.push((b"big".to_vec(), pattern(2 << 20, 3)));
+    c.write(&written).await;
+    let stored = c.storage().await;
+    let base = c.base;
+    drop(c);
+
+    let c = Case { plugin: open(dir.path()), ns, base };
+    assert_eq!(c.storage().await, stored);
+    let want = newest_first(&written);
+    assert!(c.matching(None).await == want, "every event comes back after reopening");
+    let series: Vec<_> = want.iter().filter(|e| e.time_series_id == "s1").cloned().collect();
+    assert_eq!(c.series("s1").await, series);
+    // What was written is still what a repeated write cannot change.
+    let mut again = written[1].clone();
+    again.items = vec![(b"k".to_vec(), b"changed".to_vec())];
+    c.write(&[again]).await;
+    assert!(c.matching(None).await == want, "the first write still wins");
     c.finish().await;
 }
 

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use prism_proto::control::{Abstraction, Backend};
+use prism_proto::control::Abstraction;
 
 use super::support::{
-    Case, HOUR, KIB, MIB, UNLIMITED, assert_not_provisioned, delete, namespace, pairs, pattern, put, put_expiring,
+    Case, HOUR, KIB, MIB, UNLIMITED, assert_not_provisioned, check_capabilities, delete, namespace, pairs, pattern,
+    put, put_expiring,
 };
 use crate::kv::{Item, KeyRange, Mutation, PageLimits, Selector};
 use crate::{Plugin, PluginError, now_micros};
@@ -34,10 +35,7 @@ fn key_names(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
 /// The backend's declared abstractions are exactly the control plane's
 /// static table, so the two cannot drift.
 pub async fn capabilities_match_static_table(plugin: Arc<dyn Plugin>) {
-    let caps = plugin.capabilities();
-    assert_ne!(caps.backend, Backend::Unspecified, "a plugin names its backend");
-    assert_eq!(caps.abstractions, prism_proto::capabilities::abstractions(caps.backend));
-    assert!(caps.serves(Abstraction::KeyValue), "a plugin under the KeyValue suite declares KEY_VALUE");
+    check_capabilities(plugin.as_ref(), Abstraction::KeyValue);
     assert!(plugin.key_value().is_some(), "a plugin declaring KEY_VALUE serves it");
 }
 

@@ -1,13 +1,18 @@
 //! What the conformance cases share: a fresh namespace per case, writes
 //! stamped near the real clock, and reads that follow every page and check
-//! each against the pagination rules of [`crate::kv`].
+//! each against the pagination rules of [`crate::kv`] and [`crate::ts`].
 
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prism_proto::control::{Abstraction, NamespaceSpec, Policies};
 
 use crate::kv::{Item, KeyValue, Mutation, NewItem, PageLimits, ScanCursor, Selector, WriteStamp};
+use crate::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries};
 use crate::{Micros, Namespace, Plugin, PluginError, now_micros};
 
 pub const KIB: usize = 1 << 10;
@@ -18,6 +23,10 @@ pub const MAX_ITEM_SIZE: i64 = 4 << 20;
 
 /// An hour in microseconds: how far in the future "not yet expired" is.
 pub const HOUR: Micros = 3_600_000_000;
+
+pub const MINUTE: Micros = 60_000_000;
+
+pub const DAY: Micros = 24 * HOUR;
 
 /// Limits no case's data reaches: one page holds everything.
 pub const UNLIMITED: PageLimits = PageLimits { max_bytes: u64::MAX, max_items: None };
@@ -30,6 +39,26 @@ static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 /// A key-value namespace named after `case` and unique across processes
 /// and runs, not yet provisioned.
 pub fn namespace(plugin: &dyn Plugin, case: &str) -> Namespace {
+    namespace_of(plugin, case, Abstraction::KeyValue)
+}
+
+/// A time-series namespace like [`namespace`], keeping events for
+/// `retention` (`None`: forever).
+pub fn ts_namespace(plugin: &dyn Plugin, case: &str, retention: Option<Micros>) -> Namespace {
+    let mut ns = namespace_of(plugin, case, Abstraction::TimeSeries);
+    if let (Some(retention), Some(policies)) = (retention, ns.spec.policies.as_mut()) {
+        // `unwrap_or_default` names the protobuf Duration type for us: this
+        // crate does not depend on prost-types itself.
+        let mut duration = policies.retention.take().unwrap_or_default();
+        duration.seconds = retention / 1_000_000;
+        duration.nanos = i32::try_from(retention % 1_000_000 * 1_000).unwrap_or_default();
+        policies.retention = Some(duration);
+    }
+    ns
+}
+
+/// A namespace of `abstraction` named after `case`, not yet provisioned.
+pub fn namespace_of(plugin: &dyn Plugin, case: &str, abstraction: Abstraction) -> Namespace {
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let stamp = u64::try_from(now_micros()).unwrap_or_default();
     let mut part: String = case.chars().map(|c| if c == '_' { '-' } else { c }).take(36).collect();
@@ -38,7 +67,7 @@ pub fn namespace(plugin: &dyn Plugin, case: &str) -> Namespace {
         name: format!("conf/{part}-{stamp:x}-{seq}"),
         create_revision: stamp.max(1),
         spec: NamespaceSpec {
-            abstraction: Abstraction::KeyValue as i32,
+            abstraction: abstraction as i32,
             backend: plugin.capabilities().backend as i32,
             policies: Some(Policies { max_item_size_bytes: MAX_ITEM_SIZE, ..Policies::default() }),
             ..NamespaceSpec::default()
@@ -77,22 +106,32 @@ pub fn item_bytes(item: &Item) -> u64 {
 /// follows has reached a bound; no page went on after reaching one; an
 /// empty page is the last.
 pub fn check_page(what: &str, items: &[&Item], limits: PageLimits, has_next: bool) {
-    let total: u64 = items.iter().map(|i| item_bytes(i)).sum();
+    let sizes: Vec<u64> = items.iter().map(|i| item_bytes(i)).collect();
+    check_page_sizes(what, &sizes, limits, has_next);
+}
+
+/// [`check_page`] for a page whose entries (items, events) count `sizes`
+/// bytes each.
+pub fn check_page_sizes(what: &str, sizes: &[u64], limits: PageLimits, has_next: bool) {
+    let total: u64 = sizes.iter().sum();
     if let Some(max) = limits.max_items {
-        assert!(items.len() <= max as usize, "{what}: {} items on a page of at most {max}", items.len());
+        assert!(sizes.len() <= max as usize, "{what}: {} entries on a page of at most {max}", sizes.len());
     }
     if has_next {
-        assert!(!items.is_empty(), "{what}: an empty page says more follows");
-        let full = total >= limits.max_bytes || limits.max_items.is_some_and(|m| items.len() >= m as usize);
-        assert!(full, "{what}: a page of {total} bytes, {} items says more follows but reached no bound", items.len());
+        assert!(!sizes.is_empty(), "{what}: an empty page says more follows");
+        let full = total >= limits.max_bytes || limits.max_items.is_some_and(|m| sizes.len() >= m as usize);
+        assert!(
+            full,
+            "{what}: a page of {total} bytes, {} entries says more follows but reached no bound",
+            sizes.len()
+        );
     }
-    if let Some((last, before)) = items.split_last() {
-        let before_bytes: u64 = before.iter().map(|i| item_bytes(i)).sum();
+    if let Some((last, before)) = sizes.split_last() {
+        let before_bytes: u64 = before.iter().sum();
         assert!(
             before_bytes < limits.max_bytes,
-            "{what}: the page went on after reaching {} bytes ({before_bytes} before its last item of {})",
+            "{what}: the page went on after reaching {} bytes ({before_bytes} before its last entry of {last})",
             limits.max_bytes,
-            item_bytes(last)
         );
     }
 }
@@ -106,9 +145,27 @@ pub struct Case {
 }
 
 impl Case {
-    /// A fresh namespace named after `case`, provisioned.
+    /// A fresh key-value namespace named after `case`, provisioned.
     pub async fn provision(plugin: Arc<dyn Plugin>, case: &str) -> Self {
         let ns = namespace(plugin.as_ref(), case);
+        Self::provision_ns(plugin, ns).await
+    }
+
+    /// A fresh time-series namespace named after `case`, without
+    /// retention, provisioned.
+    pub async fn provision_ts(plugin: Arc<dyn Plugin>, case: &str) -> Self {
+        Self::provision_ts_retaining(plugin, case, None).await
+    }
+
+    /// A fresh time-series namespace named after `case`, keeping events
+    /// for `retention` (`None`: forever), provisioned.
+    pub async fn provision_ts_retaining(plugin: Arc<dyn Plugin>, case: &str, retention: Option<Micros>) -> Self {
+        let ns = ts_namespace(plugin.as_ref(), case, retention);
+        Self::provision_ns(plugin, ns).await
+    }
+
+    /// A case on `ns`, provisioned.
+    pub async fn provision_ns(plugin: Arc<dyn Plugin>, ns: Namespace) -> Self {
         let case = Self::unprovisioned(plugin, ns);
         case.plugin.provision(&case.ns).await.expect("provision");
         case
@@ -232,6 +289,190 @@ impl Case {
     pub async fn finish(self) {
         self.plugin.deprovision(&self.ns).await.expect("deprovision");
     }
+}
+
+/// The TimeSeries side of a case.
+impl Case {
+    pub fn ts(&self) -> &dyn TimeSeries {
+        self.plugin.time_series().expect("a plugin under the TimeSeries suite serves TimeSeries")
+    }
+
+    pub async fn write(&self, events: &[Event]) {
+        self.ts().write(&self.ns, events).await.expect("write");
+    }
+
+    /// Every page of `query` in `[start, end)` at `now`, checked,
+    /// concatenated.
+    pub async fn events(
+        &self,
+        query: Query<'_>,
+        (start, end): (Micros, Micros),
+        limits: PageLimits,
+        now: Micros,
+    ) -> Vec<Event> {
+        let ts = self.ts();
+        let what = match query {
+            Query::Read(_) => "read",
+            Query::Search(_) => "search",
+        };
+        all_pages(what, limits, |after| {
+            Box::pin(async move {
+                match query {
+                    Query::Read(series) => ts.read(&self.ns, series, start, end, after.as_ref(), limits, now).await,
+                    Query::Search(filter) => ts.search(&self.ns, start, end, filter, after.as_ref(), limits, now).await,
+                }
+            })
+        })
+        .await
+    }
+
+    /// [`Self::events`] of one series.
+    pub async fn read_events(
+        &self,
+        series: &str,
+        window: (Micros, Micros),
+        limits: PageLimits,
+        now: Micros,
+    ) -> Vec<Event> {
+        self.events(Query::Read(series), window, limits, now).await
+    }
+
+    /// [`Self::events`] of every series matching `filter`.
+    pub async fn search_events(
+        &self,
+        window: (Micros, Micros),
+        filter: Option<&TagFilter>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> Vec<Event> {
+        self.events(Query::Search(filter), window, limits, now).await
+    }
+
+    /// The whole series, as of the case's start.
+    pub async fn series(&self, series: &str) -> Vec<Event> {
+        self.read_events(series, self.around(), UNLIMITED, self.base).await
+    }
+
+    /// Every event matching `filter`, as of the case's start.
+    pub async fn matching(&self, filter: Option<&TagFilter>) -> Vec<Event> {
+        self.search_events(self.around(), filter, UNLIMITED, self.base).await
+    }
+
+    /// An interval holding every event the cases write: 60 days either
+    /// side of the case's start.
+    pub fn around(&self) -> (Micros, Micros) {
+        (self.base - 60 * DAY, self.base + 60 * DAY)
+    }
+}
+
+/// What a paged TimeSeries query asks for.
+#[derive(Debug, Clone, Copy)]
+pub enum Query<'a> {
+    /// A read of one series.
+    Read(&'a str),
+    /// A search of every series, with an optional filter.
+    Search(Option<&'a TagFilter>),
+}
+
+type PageFuture<'a> = Pin<Box<dyn Future<Output = crate::Result<EventsPage>> + Send + 'a>>;
+
+/// Follows `fetch` from the first page to the last, checking each against
+/// the pagination rules and the newest-first order, and returns the events
+/// with each one's items sorted by key (their order within an event is not
+/// part of the contract).
+async fn all_pages<'a>(
+    what: &str,
+    limits: PageLimits,
+    mut fetch: impl FnMut(Option<EventCursor>) -> PageFuture<'a>,
+) -> Vec<Event> {
+    let mut out: Vec<Event> = Vec::new();
+    let mut after: Option<EventCursor> = None;
+    for _ in 0..MAX_PAGES {
+        let page = fetch(after.clone()).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let sizes: Vec<u64> = page.events.iter().map(event_bytes).collect();
+        check_page_sizes(what, &sizes, limits, page.next.is_some());
+        for event in &page.events {
+            if let Some(after) = &after {
+                assert!(
+                    order(event) > (Reverse(after.event_time), after.time_series_id.as_str(), after.event_id.as_str()),
+                    "{what}: {} is not after the cursor {after:?}",
+                    describe(event)
+                );
+            }
+            if let Some(prev) = out.last() {
+                assert!(order(prev) < order(event), "{what}: {} came after {}", describe(event), describe(prev));
+            }
+            let mut event = event.clone();
+            event.items.sort();
+            out.push(event);
+        }
+        if let Some(next) = &page.next {
+            assert_eq!(Some(next), page.events.last().map(cursor).as_ref(), "{what}: next is not the last event");
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return out,
+        }
+    }
+    panic!("{what}: no end after {MAX_PAGES} pages");
+}
+
+/// An event of `series` at `time` with text items and tags.
+pub fn event(series: &str, time: Micros, id: &str, items: &[(&str, &str)], tags: &[(&str, &str)]) -> Event {
+    Event {
+        time_series_id: series.to_owned(),
+        event_time: time,
+        event_id: id.to_owned(),
+        items: pairs(items),
+        tags: tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// What pagination counts of an event: its items' keys and values and its
+/// tags' keys and values.
+pub fn event_bytes(event: &Event) -> u64 {
+    let items: usize = event.items.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let tags: usize = event.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (items + tags) as u64
+}
+
+/// The contract's order: newest first, then series, then event id.
+pub fn order(event: &Event) -> (Reverse<Micros>, &str, &str) {
+    (Reverse(event.event_time), event.time_series_id.as_str(), event.event_id.as_str())
+}
+
+/// `events` in the contract's order, each with its items sorted by key:
+/// what a read or search of them returns.
+pub fn newest_first(events: &[Event]) -> Vec<Event> {
+    let mut sorted: Vec<Event> = events.to_vec();
+    for event in &mut sorted {
+        event.items.sort();
+    }
+    sorted.sort_by(|a, b| order(a).cmp(&order(b)));
+    sorted
+}
+
+pub fn cursor(event: &Event) -> EventCursor {
+    EventCursor {
+        event_time: event.event_time,
+        time_series_id: event.time_series_id.clone(),
+        event_id: event.event_id.clone(),
+    }
+}
+
+/// `series/id@time`, for messages.
+pub fn describe(event: &Event) -> String {
+    format!("{}/{}@{}", event.time_series_id, event.event_id, event.event_time)
+}
+
+/// Checks that the backend's declared abstractions are exactly the control
+/// plane's static table, so the two cannot drift, and include
+/// `abstraction`.
+pub fn check_capabilities(plugin: &dyn Plugin, abstraction: Abstraction) {
+    let caps = plugin.capabilities();
+    assert_ne!(caps.backend, prism_proto::control::Backend::Unspecified, "a plugin names its backend");
+    assert_eq!(caps.abstractions, prism_proto::capabilities::abstractions(caps.backend));
+    assert!(caps.serves(abstraction), "a plugin under the {abstraction:?} suite declares it");
 }
 
 /// Asserts `result` failed with [`PluginError::NotProvisioned`].
