@@ -3,11 +3,31 @@
 # every check and every test. CI runs exactly this (.ci/run).
 #
 # Test servers: the KeyValue/control-plane suites need none (everything runs
-# in process on 127.0.0.1:0). The backend issues add PostgreSQL, a
-# Kafka-protocol broker and a Pulsar-protocol broker here, each installed
-# only when missing.
+# in process on 127.0.0.1:0); the postgres plugin's need PostgreSQL's
+# binaries (below). The backend issues add a Kafka-protocol broker and a
+# Pulsar-protocol broker here, each installed only when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# PostgreSQL's server binaries (initdb, pg_ctl, postgres) for the postgres
+# plugin's tests, which start their own throwaway server: on PATH or where
+# Debian puts them. Installed only when missing, and only as root (as CI
+# runs); anyone else is told the command.
+have_postgres() {
+    command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 && return 0
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+if ! have_postgres; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "PostgreSQL is missing: run 'apt-get update && apt-get install -y postgresql' as root" >&2
+        exit 1
+    fi
+    echo "== installing postgresql"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    have_postgres || { echo "PostgreSQL was installed but initdb is not where expected" >&2; exit 1; }
+fi
 
 echo "== format"
 cargo fmt --all --check

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use prism_plugin_api::Plugin;
 use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
+use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
 use prism_proto::control::Backend;
 use prism_proto::kv::key_value_service_server::KeyValueServiceServer;
 use tokio::net::TcpListener;
@@ -72,8 +73,16 @@ impl Gateway {
             ..EmbeddedConfig::default()
         })
         .map_err(|e| GatewayError::Internal(format!("cannot open the embedded store: {e}")))?;
+        // Opens no connection: each postgres namespace names its server,
+        // reached when the namespace is provisioned or used.
+        let postgres = PostgresPlugin::new(PostgresPluginConfig {
+            chunk_threshold_bytes: config.limits.chunk_threshold_bytes,
+            ..PostgresPluginConfig::default()
+        })
+        .map_err(|e| GatewayError::Internal(format!("cannot set up the postgres backend: {e}")))?;
         let mut plugins = Plugins::default();
         plugins.insert(Arc::new(embedded));
+        plugins.insert(Arc::new(postgres));
         Ok(Self::with_plugins(config, plugins))
     }
 

@@ -284,3 +284,4 @@ impl Cluster {
         Ok(gateway)
     }
 }
+pub mod postgres;

@@ -1,0 +1,268 @@
+//! Settings: the plugin's own ([`PostgresPluginConfig`]: timeouts,
+//! chunking, retention), the same for every namespace the gateway serves
+//! from PostgreSQL, and each namespace's ([`NamespaceSettings`]: DSN, pool
+//! size, schema), read from its typed `backend_config` and checked without
+//! connecting. Parsing has no side effects; errors name the wrong field and
+//! never quote a DSN.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use prism_plugin_api::Namespace;
+use prism_proto::control::backend_config::Config as BackendConfig;
+use serde::{Deserialize, Deserializer};
+use tokio_postgres::NoTls;
+
+use crate::error::{PostgresError, Result};
+use crate::kv::names::MAX_IDENTIFIER_BYTES;
+
+/// Smallest and largest chunk threshold: small enough to test chunking
+/// cheaply, far below PostgreSQL's 1 GB limit on one `bytea`.
+const CHUNK_THRESHOLD: std::ops::RangeInclusive<u64> = 1024..=(256 << 20);
+
+/// Shortest and longest retention of tombstones and tokens.
+const RETENTION: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// Shortest and longest timeout.
+const TIMEOUT: std::ops::RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresPluginConfig {
+    /// How long opening one connection may take before the backend counts
+    /// as unreachable. A humantime duration (`5s`). Default `5s`.
+    /// Range 10 ms..=1 h.
+    #[serde(deserialize_with = "humantime_duration")]
+    pub connect_timeout: Duration,
+    /// The server cancels a statement running longer than this, waits
+    /// for locks included (its `statement_timeout`). Default `10s`.
+    /// Range 10 ms..=1 h.
+    #[serde(deserialize_with = "humantime_duration")]
+    pub statement_timeout: Duration,
+    /// How long a request waits for a free connection of its namespace's
+    /// pool before it fails as overloaded. Default `5s`. Range 10 ms..=1 h.
+    #[serde(deserialize_with = "humantime_duration")]
+    pub pool_wait_timeout: Duration,
+    /// The whole of one plugin call (connecting, waiting, every statement),
+    /// enforced on the client side too, so a server that stops answering
+    /// cannot hang a request. Default `30s`. Range 10 ms..=1 h.
+    #[serde(deserialize_with = "humantime_duration")]
+    pub request_timeout: Duration,
+    /// Values longer than this many bytes are stored as chunks of this
+    /// size in the namespace's chunks table. Default 1 MiB (1 048 576).
+    /// Range 1 KiB..=256 MiB.
+    pub chunk_threshold_bytes: u64,
+    /// How long a delete is remembered, so that an older write arriving
+    /// later still loses to it: point and range tombstones are reclaimed
+    /// once their generation time is this far in the past. Default `1h`.
+    /// Range 1 s..=10 years.
+    #[serde(deserialize_with = "humantime_duration")]
+    pub tombstone_retention: Duration,
+    /// How long an applied idempotency token is remembered, so that a retry
+    /// is a no-op: from when it was applied (or its generation time, if
+    /// later). Default `24h`. Range 1 s..=10 years.
+    #[serde(deserialize_with = "humantime_duration")]
+    pub token_retention: Duration,
+}
+
+impl Default for PostgresPluginConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+            pool_wait_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            chunk_threshold_bytes: 1 << 20,
+            tombstone_retention: Duration::from_secs(60 * 60),
+            token_retention: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+impl PostgresPluginConfig {
+    /// Checks every field; the error names the first wrong one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, description: String| PostgresError::Config { field: field.into(), description };
+        for (field, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("statement_timeout", self.statement_timeout),
+            ("pool_wait_timeout", self.pool_wait_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if !TIMEOUT.contains(&value) {
+                return Err(bad(field, format!("{} is outside 10ms..=1h", humantime::format_duration(value))));
+            }
+        }
+        if !CHUNK_THRESHOLD.contains(&self.chunk_threshold_bytes) {
+            return Err(bad(
+                "chunk_threshold_bytes",
+                format!(
+                    "{} is outside {}..={}",
+                    self.chunk_threshold_bytes,
+                    CHUNK_THRESHOLD.start(),
+                    CHUNK_THRESHOLD.end()
+                ),
+            ));
+        }
+        for (field, value) in
+            [("tombstone_retention", self.tombstone_retention), ("token_retention", self.token_retention)]
+        {
+            if !RETENTION.contains(&value) {
+                return Err(bad(field, format!("{} is outside 1s..=10 years", humantime::format_duration(value))));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connections of a namespace's pool when its settings say 0.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// The largest pool a namespace may ask for.
+pub const MAX_POOL_SIZE: usize = 1024;
+/// The schema of a namespace whose settings name none.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// A namespace's postgres settings, from its typed `backend_config`,
+/// checked and with defaults applied. `Debug` leaves out the DSN.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NamespaceSettings {
+    dsn: String,
+    pub pool_size: usize,
+    pub schema: String,
+}
+
+impl std::fmt::Debug for NamespaceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamespaceSettings").field("pool_size", &self.pool_size).field("schema", &self.schema).finish()
+    }
+}
+
+impl NamespaceSettings {
+    /// Checks `ns`'s postgres settings without connecting. Errors name the
+    /// field and never quote the DSN.
+    pub fn of(ns: &Namespace) -> Result<Self> {
+        const FIELD: &str = "spec.backend_config.postgres";
+        let pg = match ns.spec.backend_config.as_ref().and_then(|c| c.config.as_ref()) {
+            Some(BackendConfig::Postgres(pg)) => pg,
+            _ => return Err(PostgresError::invalid(FIELD, "is required for a postgres namespace")),
+        };
+        if pg.require_tls {
+            return Err(PostgresError::invalid(format!("{FIELD}.require_tls"), "TLS is not supported yet"));
+        }
+        let parsed = parse_dsn(&pg.dsn)?;
+        if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(PostgresError::invalid(
+                format!("{FIELD}.dsn"),
+                "asks for TLS (sslmode=require): TLS is not supported yet",
+            ));
+        }
+        let pool_size = match usize::try_from(pg.pool_size).unwrap_or(usize::MAX) {
+            0 => DEFAULT_POOL_SIZE,
+            n if n > MAX_POOL_SIZE => {
+                return Err(PostgresError::invalid(format!("{FIELD}.pool_size"), format!("is above {MAX_POOL_SIZE}")));
+            }
+            n => n,
+        };
+        let schema = if pg.schema.is_empty() { DEFAULT_SCHEMA.to_owned() } else { pg.schema.clone() };
+        if schema.len() > MAX_IDENTIFIER_BYTES || schema.contains('\0') {
+            return Err(PostgresError::invalid(
+                format!("{FIELD}.schema"),
+                format!("must be at most {MAX_IDENTIFIER_BYTES} bytes and hold no NUL"),
+            ));
+        }
+        Ok(Self { dsn: pg.dsn.clone(), pool_size, schema })
+    }
+
+    pub(crate) fn pool_key(&self) -> (String, usize) {
+        (self.dsn.clone(), self.pool_size)
+    }
+
+    /// A pool for these settings; connects only when a connection is
+    /// asked for. Every connection carries the plugin's timeouts.
+    pub(crate) fn make_pool(&self, config: &PostgresPluginConfig) -> Result<Pool> {
+        let mut pg = parse_dsn(&self.dsn)?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(config.connect_timeout);
+        }
+        // Statements, and their waits for locks, end at the server too.
+        let timeouts = format!("-c statement_timeout={}", config.statement_timeout.as_millis());
+        let options = match pg.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {timeouts}"),
+            _ => timeouts,
+        };
+        pg.options(options);
+        if pg.get_application_name().is_none() {
+            pg.application_name("prism-gateway");
+        }
+        // A peer that vanished without closing is noticed.
+        pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.pool_wait_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| PostgresError::Config { field: "pool".into(), description: e.to_string() })
+    }
+}
+
+fn parse_dsn(dsn: &str) -> Result<tokio_postgres::Config> {
+    // The parser's message may quote the DSN: it is not kept.
+    dsn.parse::<tokio_postgres::Config>().map_err(|_| {
+        PostgresError::invalid(
+            "spec.backend_config.postgres.dsn",
+            "is not a valid postgres:// URL or key=value connection string",
+        )
+    })
+}
+
+fn humantime_duration<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{e} (examples: 90s, 15m, 1h, 7d)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_defaults() {
+        let c: PostgresPluginConfig =
+            toml::from_str("statement_timeout = \"2s\"\ntoken_retention = \"2h 30m\"").expect("valid config");
+        assert_eq!(c.statement_timeout, Duration::from_secs(2));
+        assert_eq!(c.token_retention, Duration::from_secs(9000));
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.chunk_threshold_bytes, 1 << 20);
+        c.validate().expect("valid");
+        PostgresPluginConfig::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_bad_durations() {
+        assert!(toml::from_str::<PostgresPluginConfig>("dsn = \"postgres://x\"").is_err());
+        assert!(toml::from_str::<PostgresPluginConfig>("connect_timeout = \"soon\"").is_err());
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let field = |c: PostgresPluginConfig| match c.validate() {
+            Err(PostgresError::Config { field, .. }) => field,
+            other => panic!("want a config error, got {other:?}"),
+        };
+        let base = PostgresPluginConfig::default();
+        assert_eq!(field(PostgresPluginConfig { connect_timeout: Duration::ZERO, ..base.clone() }), "connect_timeout");
+        assert_eq!(
+            field(PostgresPluginConfig { request_timeout: Duration::from_secs(7200), ..base.clone() }),
+            "request_timeout"
+        );
+        assert_eq!(field(PostgresPluginConfig { chunk_threshold_bytes: 10, ..base.clone() }), "chunk_threshold_bytes");
+        assert_eq!(
+            field(PostgresPluginConfig { tombstone_retention: Duration::ZERO, ..base.clone() }),
+            "tombstone_retention"
+        );
+        assert_eq!(field(PostgresPluginConfig { token_retention: Duration::MAX, ..base }), "token_retention");
+    }
+}

@@ -1,0 +1,181 @@
+//! The PostgreSQL backend: every namespace in its own tables, on the server
+//! its typed `backend_config` names (DSN, pool size, schema), reached
+//! through one [deadpool](https://docs.rs/deadpool-postgres) connection
+//! pool per DSN and pool size, made on first need.
+//!
+//! Nothing connects until a namespace needs it, so a gateway registers
+//! this plugin whether or not any PostgreSQL server exists. Provisioning
+//! connects, creates the namespace's tables and so checks the settings: an
+//! unreachable server, bad credentials or a missing permission fail it with
+//! a reason that names neither the DSN nor the server. The layout, the
+//! write rules and the locking are in [`kv`].
+//!
+//! Serves KeyValue. The capability declaration also lists TimeSeries, as
+//! the control plane's table does ([`prism_proto::capabilities`]), but
+//! [`Plugin::time_series`] returns `None` until the postgres TimeSeries
+//! store exists.
+//!
+//! TLS to the server is not supported yet: a namespace that sets
+//! `require_tls` (or a DSN with `sslmode=require`) is refused at
+//! provisioning with that reason, never connected in plaintext. Adding it
+//! means a TLS connector (e.g. `tokio-postgres-rustls`) in
+//! [`NamespaceSettings::make_pool`].
+
+pub mod config;
+pub mod error;
+pub mod kv;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use prism_plugin_api::kv::KeyValue;
+use prism_plugin_api::{Capabilities, Namespace, Plugin};
+use prism_proto::control::Backend;
+
+pub use config::{NamespaceSettings, PostgresPluginConfig};
+pub use error::{PostgresError, Result};
+pub use kv::TableNames;
+
+use crate::kv::Target;
+
+/// A pool is shared by the namespaces with the same DSN and pool size.
+type PoolKey = (String, usize);
+
+/// The postgres backend plugin. Cheap to share behind an `Arc`.
+///
+/// Connections run on the tokio runtime that opened them: use one plugin
+/// per runtime.
+pub struct PostgresPlugin {
+    config: PostgresPluginConfig,
+    pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// Namespace incarnations this plugin has provisioned or served, by
+    /// `(name, create_revision)`: what [`KeyValue::reclaim`] visits.
+    known: Mutex<HashMap<(String, i64), Arc<Target>>>,
+}
+
+impl std::fmt::Debug for PostgresPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Pools hold DSNs: not for logs.
+        f.debug_struct("PostgresPlugin").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Locks a map that no panic can leave half-updated (every critical
+/// section is one insert or remove), so a poisoned lock is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl PostgresPlugin {
+    /// Validates `config`. Opens no connection.
+    pub fn new(config: PostgresPluginConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config, pools: Mutex::default(), known: Mutex::default() })
+    }
+
+    pub fn config(&self) -> &PostgresPluginConfig {
+        &self.config
+    }
+
+    /// How `ns` is stored: its settings, pool and tables. Remembered, so
+    /// that later requests and reclamation find it.
+    pub(crate) fn target(&self, ns: &Namespace) -> Result<Arc<Target>> {
+        let settings = NamespaceSettings::of(ns)?;
+        let revision = kv::revision(ns)?;
+        let key = (ns.name.clone(), revision);
+        if let Some(target) = lock(&self.known).get(&key)
+            && target.settings == settings
+        {
+            return Ok(target.clone());
+        }
+        let pool = self.pool(&settings)?;
+        let target = Arc::new(Target::new(ns, revision, settings, pool, &self.config)?);
+        lock(&self.known).insert(key, target.clone());
+        Ok(target)
+    }
+
+    /// The pool for `settings`, made (without connecting) if needed.
+    fn pool(&self, settings: &NamespaceSettings) -> Result<Pool> {
+        let key = settings.pool_key();
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(&key) {
+            return Ok(pool.clone());
+        }
+        let pool = settings.make_pool(&self.config)?;
+        pools.insert(key, pool.clone());
+        Ok(pool)
+    }
+
+    /// Forgets `target` (deprovisioned, or its tables are gone), and its
+    /// pool once no remembered namespace uses it. The pool is not closed:
+    /// calls still using it finish, and its connections go with the last.
+    pub(crate) fn forget(&self, target: &Target) {
+        let mut known = lock(&self.known);
+        known.remove(&(target.name.clone(), target.revision));
+        let key = target.settings.pool_key();
+        if !known.values().any(|t| t.settings.pool_key() == key) {
+            lock(&self.pools).remove(&key);
+        }
+    }
+
+    /// Every remembered namespace incarnation.
+    pub(crate) fn known(&self) -> Vec<Arc<Target>> {
+        lock(&self.known).values().cloned().collect()
+    }
+
+    /// Forgets the incarnations of `name` older than `revision`: their
+    /// tables were dropped.
+    pub(crate) fn forget_older(&self, name: &str, revision: i64) {
+        lock(&self.known).retain(|(n, r), _| n != name || *r >= revision);
+    }
+
+    /// Runs `call`, failing it as timed out after the request timeout: a
+    /// server that stops answering must not hang a request.
+    pub(crate) async fn bounded<T>(&self, what: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(self.config.request_timeout, call).await.map_err(|_| PostgresError::Timeout(what))?
+    }
+}
+
+#[async_trait]
+impl Plugin for PostgresPlugin {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            backend: Backend::Postgres,
+            abstractions: prism_proto::capabilities::abstractions(Backend::Postgres),
+        }
+    }
+
+    async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+        let target = self.target(ns)?;
+        self.bounded("provisioning", kv::provision(self, &target)).await.map_err(|e| {
+            tracing::warn!(namespace = %ns.name, error = %e, "provisioning postgres tables failed");
+            // Not provisioned: nothing for reclamation to visit.
+            self.forget(&target);
+            e.into()
+        })
+    }
+
+    async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+        let target = match self.target(ns) {
+            Ok(target) => target,
+            // Settings that can never connect (no DSN, TLS, a bad name)
+            // never created anything: there is nothing to remove, and the
+            // deletion must not wait forever for it.
+            Err(PostgresError::Invalid { field, .. }) => {
+                tracing::info!(namespace = %ns.name, %field, "nothing to deprovision: the settings never allowed provisioning");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.bounded("deprovisioning", kv::deprovision(&target)).await?;
+        self.forget(&target);
+        Ok(())
+    }
+
+    fn key_value(&self) -> Option<&dyn KeyValue> {
+        Some(self)
+    }
+}

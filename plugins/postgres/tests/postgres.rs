@@ -1,0 +1,503 @@
+//! What the postgres backend promises beyond the shared suite: SQL never
+//! mixes with data (parameters, quoted identifiers, validated names), the
+//! tables are named deterministically and within PostgreSQL's limits and
+//! go with their namespace, large values live in chunks, settings are
+//! checked without leaking the DSN, writers through different gateways
+//! keep the last writer, and an outage fails requests fast and heals by
+//! itself.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prism_plugin_api::conformance::support::{Case, MIB, namespace, pairs, pattern, put};
+use prism_plugin_api::kv::{KeyRange, Mutation, PageLimits, Selector, WriteStamp};
+use prism_plugin_api::{Namespace, Plugin, PluginError, now_micros};
+use prism_plugin_postgres::kv::MAX_ID_AND_KEY_BYTES;
+use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig, TableNames};
+use prism_proto::control::PostgresConfig;
+use prism_testkit::postgres::{PostgresServer, skip_reason};
+use support::{Configured, settings, sql, with_settings};
+
+/// The shared server, or return from the test saying why it is skipped.
+macro_rules! server_or_skip {
+    () => {
+        match support::server_or_skip() {
+            Some(server) => server,
+            None => {
+                println!("{}", skip_reason());
+                return;
+            }
+        }
+    };
+}
+
+const UNLIMITED: PageLimits = PageLimits { max_bytes: u64::MAX, max_items: None };
+
+/// Table names in `schema`, sorted.
+async fn tables_in(client: &tokio_postgres::Client, schema: &str) -> Vec<String> {
+    let rows = client
+        .query("SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1", &[&schema])
+        .await
+        .expect("list tables");
+    rows.iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+/// Ids, keys and values full of SQL are data like any other: stored and
+/// read back byte for byte, by every kind of read, in a schema whose name
+/// is SQL too, and nothing else in the database changes.
+#[tokio::test]
+async fn sql_metacharacters_are_stored_literally() {
+    let server = server_or_skip!();
+    let schema = "odd'schema\"; DROP TABLE pg_class; --";
+    let plugin = Configured::new(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let c = Case::provision(plugin, "sql-metacharacters").await;
+    let nasty: Vec<&[u8]> = vec![
+        b"'",
+        b"\"",
+        b"'; DROP TABLE t; --",
+        b"$1",
+        b"\\x00",
+        b"%_*",
+        b"\0",
+        b"); DELETE FROM prism_kv_namespaces; --",
+        "ünï\u{feff}".as_bytes(),
+    ];
+    let ids = ["'", "\"; DROP SCHEMA public CASCADE; --", "$2", "plain"];
+    for id in ids {
+        let mutations: Vec<Mutation> = nasty.iter().map(|k| put(k, [*k, b"=value".as_slice()].concat())).collect();
+        c.mutate(id, &mutations, &c.at(1)).await;
+    }
+    let mut want: Vec<(Vec<u8>, Vec<u8>)> = nasty.iter().map(|k| (k.to_vec(), [*k, b"=value"].concat())).collect();
+    want.sort();
+    for id in ids {
+        assert_eq!(c.entries(id).await, want, "record {id:?}");
+        let selector = Selector::Keys(vec![b"'".to_vec(), b"$1".to_vec()]);
+        assert_eq!(c.entries_of(id, &selector).await.len(), 2, "record {id:?} by keys");
+        let range = Selector::Range(KeyRange { start: b"'".to_vec(), end: Some(b"(".to_vec()) });
+        assert_eq!(
+            c.entries_of(id, &range).await,
+            pairs(&[("'", "'=value"), ("'; DROP TABLE t; --", "'; DROP TABLE t; --=value")])
+        );
+    }
+    let mut scanned: Vec<String> = c.scan(UNLIMITED, c.base).await.into_iter().map(|(id, _)| id).collect();
+    scanned.dedup();
+    let mut want_ids: Vec<&str> = ids.to_vec();
+    want_ids.sort();
+    assert_eq!(scanned, want_ids);
+    // A token full of SQL still makes a retry a no-op.
+    let token = WriteStamp { generation_time: c.base + 5, token: Some("'); DROP TABLE x; --".into()) };
+    c.mutate("plain", &[put("t", "first")], &token).await;
+    c.mutate("plain", &[put("t", "second")], &token).await;
+    assert_eq!(c.entries_of("plain", &Selector::Keys(vec![b"t".to_vec()])).await, pairs(&[("t", "first")]));
+    c.mutate("plain", &[Mutation::Delete(b"'; DROP TABLE t; --".to_vec())], &c.at(6)).await;
+    assert_eq!(c.entries("plain").await.len(), nasty.len());
+
+    let client = sql(server).await;
+    let names = TableNames::of(&c.ns, schema).expect("names");
+    let mut want_tables: Vec<String> = names.tables().to_vec();
+    want_tables.push("prism_kv_namespaces".into());
+    want_tables.sort();
+    assert_eq!(tables_in(&client, schema).await, want_tables, "exactly the namespace's tables and the registry");
+    let public: i64 = client
+        .query_one("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(public, 1, "the public schema is still there");
+    c.finish().await;
+}
+
+/// The first layer: a namespace name that is not `tenant/name` of
+/// `[a-z0-9-]` is refused before any SQL runs, so nothing is created.
+#[tokio::test]
+async fn namespace_names_with_sql_are_refused_before_any_sql() {
+    let server = server_or_skip!();
+    let schema = "prism-refused-names";
+    let plugin = PostgresPlugin::new(PostgresPluginConfig::default()).expect("plugin");
+    let settings = settings(&server.dsn(), schema);
+    for name in ["conf/x\"; DROP TABLE t; --", "conf/x'; --", "conf/UPPER", "conf/a b", "conf", "conf/x/y", "conf/\0"] {
+        let template = namespace(&plugin, "refused");
+        let ns = with_settings(&Namespace { name: name.into(), ..template }, &settings);
+        match plugin.provision(&ns).await {
+            Err(PluginError::InvalidArgument { field, .. }) => assert_eq!(field, "namespace", "{name:?}"),
+            other => panic!("provision {name:?}: want InvalidArgument, got {other:?}"),
+        }
+        let kv = plugin.key_value().expect("key_value");
+        let got = kv.get(&ns, "r", &Selector::All, None, UNLIMITED, now_micros()).await;
+        assert!(matches!(got, Err(PluginError::InvalidArgument { .. })), "get {name:?}: {got:?}");
+        let got = kv.mutate(&ns, "r", &[put("k", "v")], &WriteStamp { generation_time: 1, token: None }).await;
+        assert!(matches!(got, Err(PluginError::InvalidArgument { .. })), "mutate {name:?}: {got:?}");
+    }
+    let client = sql(server).await;
+    let schemas: i64 = client
+        .query_one("SELECT count(*) FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(schemas, 0, "no SQL ran: not even the schema was created");
+}
+
+/// Tables are named from tenant/name and the incarnation, within 63
+/// bytes, distinct for names that read alike and for each incarnation;
+/// provisioning a newer incarnation drops the older one's tables, and
+/// deprovisioning drops its own.
+#[tokio::test]
+async fn tables_are_named_deterministically_and_go_with_their_namespace() {
+    let server = server_or_skip!();
+    let schema = "prism-table-names";
+    let plugin = Configured::new(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let client = sql(server).await;
+    let stamp = now_micros().unsigned_abs();
+    let long =
+        Namespace { name: format!("{}/{}", "t".repeat(63), "n".repeat(63)), ..namespace(plugin.as_ref(), "long") };
+    let alike = [
+        Namespace { name: format!("a-b/c-{stamp:x}"), ..namespace(plugin.as_ref(), "alike") },
+        Namespace { name: format!("a/b-c-{stamp:x}"), ..namespace(plugin.as_ref(), "alike") },
+    ];
+    let mut want: Vec<String> = vec!["prism_kv_namespaces".into()];
+    for ns in std::iter::once(&long).chain(&alike) {
+        plugin.provision(ns).await.expect("provision");
+        let names = TableNames::of(ns, schema).expect("names");
+        assert_eq!(names, TableNames::of(ns, schema).expect("names"), "deterministic");
+        assert!(names.base.starts_with("kv_"), "{}", names.base);
+        for table in names.tables() {
+            assert!(table.len() <= 63, "{table} is {} bytes", table.len());
+        }
+        want.extend(names.tables());
+    }
+    want.sort();
+    // PostgreSQL would have cut a longer name silently: equal names prove
+    // none was.
+    assert_eq!(tables_in(&client, schema).await, want, "every table, named as computed");
+
+    // A new incarnation of the long name replaces the old one's tables.
+    let next = Namespace { create_revision: long.create_revision + 1, ..long.clone() };
+    plugin.provision(&next).await.expect("provision the next incarnation");
+    let (old, new) = (TableNames::of(&long, schema).expect("names"), TableNames::of(&next, schema).expect("names"));
+    let tables = tables_in(&client, schema).await;
+    assert!(new.tables().iter().all(|t| tables.contains(t)), "the new incarnation's tables exist");
+    assert!(old.tables().iter().all(|t| !tables.contains(t)), "the old incarnation's tables are gone");
+    let registered: i64 = client
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".prism_kv_namespaces WHERE name = $1"), &[&long.name])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(registered, 1, "only the new incarnation is registered");
+
+    for ns in std::iter::once(&next).chain(&alike) {
+        plugin.deprovision(ns).await.expect("deprovision");
+        plugin.deprovision(ns).await.expect("deprovision is idempotent");
+    }
+    assert_eq!(tables_in(&client, schema).await, ["prism_kv_namespaces"], "every namespace table was dropped");
+}
+
+/// Values above the chunk threshold are stored as chunks; overwriting and
+/// deleting them frees every chunk.
+#[tokio::test]
+async fn large_values_live_in_chunks() {
+    let server = server_or_skip!();
+    let schema = "prism-chunks";
+    let plugin = Configured::new(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let c = Case::provision(plugin, "chunks").await;
+    let names = TableNames::of(&c.ns, schema).expect("names");
+    let client = sql(server).await;
+    let chunks_sql = format!("SELECT count(*) FROM {}", names.qualified(&names.chunks()));
+    let chunks = || async { client.query_one(&chunks_sql, &[]).await.expect("count chunks").get::<_, i64>(0) };
+    let big = pattern(3 * MIB + 10, 4);
+    c.mutate("r", &[put("big", &big), put("small", "x")], &c.at(1)).await;
+    assert_eq!(chunks().await, 4, "3 MiB + 10 bytes is four 1 MiB chunks");
+    assert_eq!(c.entries("r").await, vec![(b"big".to_vec(), big.clone()), (b"small".to_vec(), b"x".to_vec())]);
+    c.mutate("r", &[put("big", pattern(MIB + 1, 5))], &c.at(2)).await;
+    assert_eq!(chunks().await, 2, "a shorter value leaves no stale chunk");
+    c.mutate("r", &[put("big", "inline now")], &c.at(3)).await;
+    assert_eq!(chunks().await, 0);
+    c.mutate("r", &[put("big", &big)], &c.at(4)).await;
+    c.mutate("r", &[Mutation::DeleteRange(KeyRange::all())], &c.at(5)).await;
+    assert_eq!(chunks().await, 0, "a record delete frees the chunks");
+    c.finish().await;
+}
+
+/// Bytes no compressor can shrink, so that a limit test meets the real
+/// size.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// The longest id and key together that the backend promises are stored
+/// and read back; one byte more is refused as invalid, never a failure
+/// inside PostgreSQL.
+#[tokio::test]
+async fn the_longest_ids_and_keys_fit_and_longer_are_invalid() {
+    let server = server_or_skip!();
+    let plugin = Configured::new(settings(&server.dsn(), "prism-limits"), PostgresPluginConfig::default());
+    let c = Case::provision(plugin, "limits").await;
+    let id: String = noise(1024, 6).iter().map(|b| char::from(b'a' + b % 26)).collect();
+    let key = noise(MAX_ID_AND_KEY_BYTES - id.len(), 7);
+    let value = noise(3 * MIB / 2, 8); // chunked: the chunks' key holds id and key too
+    c.mutate(&id, &[put(&key, &value)], &c.at(1)).await;
+    c.mutate(&id, &[Mutation::Delete(noise(key.len(), 9))], &c.at(1)).await;
+    let token = WriteStamp { generation_time: c.base + 2, token: Some("t".repeat(128)) };
+    c.mutate(&id, &[put(&key, "small")], &token).await;
+    assert_eq!(c.entries(&id).await, vec![(key.clone(), b"small".to_vec())]);
+
+    let kv = c.kv();
+    let longer = [key.clone(), vec![0]].concat();
+    for mutation in [put(&longer, "v"), Mutation::Delete(longer.clone())] {
+        match kv.mutate(&c.ns, &id, &[mutation], &c.at(3)).await {
+            Err(PluginError::InvalidArgument { field, description }) => {
+                assert_eq!(field, "key");
+                assert!(description.contains(&MAX_ID_AND_KEY_BYTES.to_string()), "{description}");
+            }
+            other => panic!("want InvalidArgument, got {other:?}"),
+        }
+    }
+    assert_eq!(c.entries(&id).await, vec![(key, b"small".to_vec())], "a refused mutate changed nothing");
+    c.finish().await;
+}
+
+/// Settings are checked without connecting where that suffices, and no
+/// error a client sees quotes the DSN, its password or the server address.
+#[tokio::test]
+async fn bad_settings_are_refused_without_leaking_the_dsn() {
+    // A port nothing listens on: bound, read and released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let secret_dsn = format!("postgres://secret-user:secret-password@127.0.0.1:{port}/secret-db");
+    let config = PostgresPluginConfig { connect_timeout: Duration::from_secs(2), ..PostgresPluginConfig::default() };
+    let plugin = PostgresPlugin::new(config).expect("plugin");
+    let ns = |settings: PostgresConfig| with_settings(&namespace(&plugin, "bad-settings"), &settings);
+    let leaks = |message: &str| ["secret", &port.to_string(), "127.0.0.1", "@"].iter().any(|s| message.contains(s));
+
+    let unreachable = ns(settings(&secret_dsn, ""));
+    let error = tokio::time::timeout(Duration::from_secs(30), plugin.provision(&unreachable))
+        .await
+        .expect("provisioning an unreachable server returns")
+        .expect_err("an unreachable server fails provisioning");
+    assert!(matches!(error, PluginError::Unavailable { .. }), "{error:?}");
+    let message = error.report().message;
+    assert!(message.contains("unreachable"), "{message}");
+    assert!(!leaks(&message), "the public message leaks the DSN: {message}");
+
+    let cases = [
+        (PostgresConfig { require_tls: true, ..settings(&secret_dsn, "") }, "require_tls", "TLS is not supported yet"),
+        (settings(&format!("{secret_dsn}?sslmode=require"), ""), "dsn", "TLS is not supported yet"),
+        (settings("postgres://secret-user:secret@[::1", ""), "dsn", "not a valid"),
+        (settings("host=127.0.0.1 port=secret", ""), "dsn", "not a valid"),
+        (PostgresConfig { pool_size: 5000, ..settings(&secret_dsn, "") }, "pool_size", "above"),
+        (settings(&secret_dsn, &"s".repeat(64)), "schema", "at most 63 bytes"),
+    ];
+    for (settings, field, says) in cases {
+        match plugin.provision(&ns(settings.clone())).await {
+            Err(PluginError::InvalidArgument { field: got, description }) => {
+                assert_eq!(got, format!("spec.backend_config.postgres.{field}"), "{description}");
+                assert!(description.contains(says), "{field}: {description}");
+                assert!(!leaks(&description), "the description leaks the DSN: {description}");
+            }
+            other => panic!("{field}: want InvalidArgument, got {other:?}"),
+        }
+    }
+    let missing = namespace(&plugin, "no-settings");
+    assert!(matches!(plugin.provision(&missing).await, Err(PluginError::InvalidArgument { .. })));
+    // What could never be provisioned is deleted at once, so its deletion
+    // cannot hang; what might exist on an unreachable server is not.
+    let tls = ns(PostgresConfig { require_tls: true, ..settings(&secret_dsn, "") });
+    plugin.deprovision(&tls).await.expect("settings that never connected left nothing to remove");
+    plugin.deprovision(&missing).await.expect("no settings left nothing to remove");
+    let error = plugin.deprovision(&unreachable).await.expect_err("an unreachable server may still hold the tables");
+    assert!(error.could_retry(), "{error:?}");
+}
+
+/// Two gateways (two plugins, two pools) writing one record at once,
+/// stamped out of order: the advisory lock and the conditional upsert keep
+/// the newest write of each item, and every write lands whole.
+#[tokio::test]
+async fn writers_through_different_gateways_keep_the_last_writer() {
+    const WRITERS: i64 = 25;
+    let server = server_or_skip!();
+    let settings = settings(&server.dsn(), "prism-two-gateways");
+    let gateways = [
+        Configured::new(settings.clone(), PostgresPluginConfig::default()),
+        Configured::new(settings, PostgresPluginConfig::default()),
+    ];
+    let c = Case::provision(gateways[0].clone(), "two-gateways").await;
+    let mut tasks = Vec::new();
+    for i in 0..WRITERS {
+        let offset = 1 + (i * 7) % WRITERS; // a permutation of 1..=WRITERS
+        let contested = match offset % 6 {
+            0 => Mutation::Delete(b"k".to_vec()),
+            3 => Mutation::DeleteRange(KeyRange { start: b"j".to_vec(), end: Some(b"l".to_vec()) }),
+            _ => put("k", offset.to_string()),
+        };
+        let mutations = vec![contested, put(format!("own-{offset:02}"), "x")];
+        let gateway: Arc<dyn Plugin> = gateways[(i % 2) as usize].clone();
+        let (ns, stamp) = (c.ns.clone(), c.at(offset));
+        tasks.push(tokio::spawn(async move {
+            gateway.key_value().expect("key_value").mutate(&ns, "r", &mutations, &stamp).await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task").expect("mutate");
+    }
+    // WRITERS (25) is a put: the newest write of "k" wins.
+    let mut want: Vec<(Vec<u8>, Vec<u8>)> =
+        (1..=WRITERS).map(|o| (format!("own-{o:02}").into_bytes(), b"x".to_vec())).collect();
+    want.push((b"k".to_vec(), WRITERS.to_string().into_bytes()));
+    want.sort();
+    for gateway in &gateways {
+        let reader = Case { plugin: gateway.clone(), ns: c.ns.clone(), base: c.base };
+        assert_eq!(reader.entries("r").await, want);
+    }
+    c.finish().await;
+}
+
+/// A range delete and an older put of a key in its range, racing through
+/// two gateways: whichever commits first, the put loses (without the
+/// per-record lock, each could miss the other's uncommitted row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_racing_older_put_never_outlives_a_range_delete() {
+    const ROUNDS: usize = 60;
+    let server = server_or_skip!();
+    let settings = settings(&server.dsn(), "prism-racing-ranges");
+    let gateways: [Arc<dyn Plugin>; 2] = [
+        Configured::new(settings.clone(), PostgresPluginConfig::default()),
+        Configured::new(settings, PostgresPluginConfig::default()),
+    ];
+    let c = Case::provision(gateways[0].clone(), "racing-ranges").await;
+    let mut tasks = Vec::new();
+    for round in 0..ROUNDS {
+        let id = format!("r{round:03}");
+        let (deleter, putter) = (gateways[round % 2].clone(), gateways[(round + 1) % 2].clone());
+        let delete_all = vec![Mutation::DeleteRange(KeyRange { start: b"a".to_vec(), end: Some(b"z".to_vec()) })];
+        let (ns, newer, older) = (c.ns.clone(), c.at(10), c.at(5));
+        let (ns2, id2) = (ns.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            deleter.key_value().expect("key_value").mutate(&ns, &id, &delete_all, &newer).await
+        }));
+        tasks.push(tokio::spawn(async move {
+            putter.key_value().expect("key_value").mutate(&ns2, &id2, &[put("k", "older")], &older).await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task").expect("mutate");
+    }
+    let survivors: Vec<String> = c.scan(UNLIMITED, c.base).await.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(survivors, Vec::<String>::new(), "older puts survived a newer range delete");
+    c.finish().await;
+}
+
+/// Through a gateway: the owning shard provisions a postgres namespace,
+/// which then serves KeyValue over gRPC; a namespace whose server is
+/// unreachable ends up DEGRADED with a reason that names neither the DSN
+/// nor the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_serves_postgres_namespaces_and_degrades_unreachable_ones() {
+    use prism_proto::control::backend_config::Config;
+    use prism_proto::control::{
+        Abstraction, Backend, BackendConfig, CreateNamespaceRequest, GetNamespaceRequest, NamespaceSpec,
+        NamespaceStatus,
+    };
+    use prism_proto::kv::{GetItemsRequest, Item, PutItemsRequest};
+    let server = server_or_skip!();
+    // The control plane allows schemas of [a-z_][a-z0-9_]*.
+    let spec = |dsn: &str| NamespaceSpec {
+        abstraction: Abstraction::KeyValue as i32,
+        backend: Backend::Postgres as i32,
+        backend_config: Some(BackendConfig { config: Some(Config::Postgres(settings(dsn, "prism_gateway"))) }),
+        ..NamespaceSpec::default()
+    };
+    let cluster = prism_testkit::Cluster::start().await.expect("start a control plane and two gateways");
+    let name = "acme/pg-profiles";
+    let gateway = cluster.active_namespace(name, spec(&server.dsn())).await.expect("the namespace becomes ACTIVE");
+    let mut kv = gateway.kv(Some(&prism_testkit::admin_token())).await.expect("client");
+    let item = Item { key: b"name".to_vec(), value: b"ada".to_vec(), ttl: None };
+    let put =
+        PutItemsRequest { namespace: name.into(), id: "user-1".into(), items: vec![item], idempotency_token: None };
+    kv.put_items(put).await.expect("put through the gateway");
+    let get = GetItemsRequest { namespace: name.into(), id: "user-1".into(), ..Default::default() };
+    let got = kv.get_items(get).await.expect("get through the gateway").into_inner();
+    let items: Vec<(Vec<u8>, Vec<u8>)> = got.items.into_iter().map(|i| (i.key, i.value)).collect();
+    assert_eq!(items, pairs(&[("name", "ada")]));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let secret_dsn = format!("postgres://secret-user:secret-password@127.0.0.1:{port}/prism");
+    let mut cp = cluster.control_plane.client().await.expect("control plane client");
+    let unreachable = "acme/pg-unreachable";
+    let request = CreateNamespaceRequest { name: unreachable.into(), spec: Some(spec(&secret_dsn)) };
+    cp.create_namespace(request).await.expect("create");
+    let reason = prism_testkit::eventually(Duration::from_secs(30), || {
+        let mut cp = cp.clone();
+        async move {
+            let ns = cp.get_namespace(GetNamespaceRequest { name: unreachable.into() }).await?.into_inner();
+            anyhow::ensure!(ns.status == NamespaceStatus::Degraded as i32, "status {}", ns.status);
+            Ok(ns.status_reason)
+        }
+    })
+    .await
+    .expect("the namespace becomes DEGRADED");
+    assert!(reason.contains("unreachable"), "{reason}");
+    assert!(!reason.contains("secret") && !reason.contains(&port.to_string()), "the reason leaks the DSN: {reason}");
+}
+
+/// While PostgreSQL is down every call fails with Unavailable — within
+/// bounded time, no hang — and once it is back the plugin serves again by
+/// itself, on new connections.
+#[tokio::test]
+async fn an_outage_fails_requests_and_heals_by_itself() {
+    let mut server = match PostgresServer::start_or_skip().expect("start a server of this test's own") {
+        Some(server) => server,
+        None => {
+            println!("{}", skip_reason());
+            return;
+        }
+    };
+    let config = PostgresPluginConfig {
+        connect_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(2),
+        pool_wait_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+        ..PostgresPluginConfig::default()
+    };
+    let plugin = Configured::new(settings(&server.dsn(), ""), config);
+    let c = Case::provision(plugin.clone(), "outage").await;
+    c.put("r", &[("k", "before")], 1).await;
+    assert_eq!(c.entries("r").await, pairs(&[("k", "before")]));
+
+    server.stop().expect("stop the server");
+    let kv = plugin.key_value().expect("key_value");
+    // Bounded: the plugin's own timeouts end every call well before this.
+    let bound = Duration::from_secs(30);
+    let got = tokio::time::timeout(bound, kv.get(&c.ns, "r", &Selector::All, None, UNLIMITED, c.base))
+        .await
+        .expect("a get returns while the server is down");
+    assert!(matches!(got, Err(PluginError::Unavailable { .. })), "get: {got:?}");
+    let got = tokio::time::timeout(bound, kv.mutate(&c.ns, "r", &[put("k", "during")], &c.at(2)))
+        .await
+        .expect("a mutate returns while the server is down");
+    let error = got.expect_err("a mutate fails while the server is down");
+    assert!(error.could_retry(), "{error:?}");
+    assert!(!error.report().message.contains(&server.port().to_string()), "{}", error.report().message);
+    let got = tokio::time::timeout(bound, kv.storage_bytes(&c.ns)).await.expect("storage_bytes returns");
+    assert!(matches!(got, Err(PluginError::Unavailable { .. })), "storage_bytes: {got:?}");
+
+    server.restart().expect("restart the server");
+    let (ns, base) = (&c.ns, c.base);
+    let entries = prism_testkit::eventually(Duration::from_secs(30), || async move {
+        let page = kv.get(ns, "r", &Selector::All, None, UNLIMITED, base).await?;
+        Ok(page.items.into_iter().map(|i| (i.key, i.value)).collect::<Vec<_>>())
+    })
+    .await
+    .expect("the plugin serves again once the server is back");
+    assert_eq!(entries, pairs(&[("k", "before")]), "no write landed during the outage");
+    c.put("r", &[("k", "after")], 3).await;
+    assert_eq!(c.entries("r").await, pairs(&[("k", "after")]));
+    c.finish().await;
+}

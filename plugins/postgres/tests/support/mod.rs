@@ -1,0 +1,149 @@
+//! What the postgres plugin's test binaries share: one PostgreSQL server
+//! per binary, and a plugin wrapper that gives every namespace the
+//! server's settings.
+//!
+//! The conformance suite makes namespaces without a `backend_config` (it
+//! is backend-neutral), while a postgres namespace must name its server:
+//! [`Configured`] fills it in on every call, as the control plane's
+//! metadata would.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use prism_plugin_api::kv::{ItemsPage, KeyValue, Mutation, PageLimits, RecordsPage, ScanCursor, Selector, WriteStamp};
+use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin};
+use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
+use prism_proto::control::backend_config::Config;
+use prism_proto::control::{BackendConfig, PostgresConfig};
+use prism_testkit::postgres::PostgresServer;
+
+/// The server every test of this binary shares, started on first use; it
+/// never lives past the test process (the testkit's watchdog stops it).
+/// Fails the test, with the install command, when PostgreSQL is missing.
+pub fn server() -> &'static PostgresServer {
+    static SERVER: OnceLock<Result<PostgresServer, String>> = OnceLock::new();
+    match SERVER.get_or_init(|| PostgresServer::start().map_err(|e| format!("{e:#}"))) {
+        Ok(server) => server,
+        Err(e) => panic!("cannot start PostgreSQL: {e}"),
+    }
+}
+
+/// As [`server`], but `None` when PostgreSQL is missing and
+/// `PRISM_REQUIRE_SERVERS` is unset: the caller skips.
+pub fn server_or_skip() -> Option<&'static PostgresServer> {
+    static SERVER: OnceLock<Result<Option<PostgresServer>, String>> = OnceLock::new();
+    match SERVER.get_or_init(|| PostgresServer::start_or_skip().map_err(|e| format!("{e:#}"))) {
+        Ok(server) => server.as_ref(),
+        Err(e) => panic!("cannot start PostgreSQL: {e}"),
+    }
+}
+
+/// The namespace settings pointing at `dsn`.
+pub fn settings(dsn: &str, schema: &str) -> PostgresConfig {
+    PostgresConfig { dsn: dsn.to_owned(), pool_size: 0, schema: schema.to_owned(), require_tls: false }
+}
+
+/// `ns` with `settings` as its backend_config.
+pub fn with_settings(ns: &Namespace, settings: &PostgresConfig) -> Namespace {
+    let mut ns = ns.clone();
+    ns.spec.backend_config = Some(BackendConfig { config: Some(Config::Postgres(settings.clone())) });
+    ns
+}
+
+/// A [`PostgresPlugin`] whose namespaces all use `settings`.
+pub struct Configured {
+    pub plugin: PostgresPlugin,
+    pub settings: PostgresConfig,
+}
+
+impl Configured {
+    pub fn new(settings: PostgresConfig, config: PostgresPluginConfig) -> Arc<Self> {
+        let plugin = PostgresPlugin::new(config).expect("valid plugin config");
+        Arc::new(Self { plugin, settings })
+    }
+
+    pub fn ns(&self, ns: &Namespace) -> Namespace {
+        with_settings(ns, &self.settings)
+    }
+}
+
+/// A plugin on the shared server, in `schema`, with `chunk_threshold_bytes`.
+pub async fn fixture(schema: &str, chunk_threshold_bytes: u64) -> Arc<Configured> {
+    let config = PostgresPluginConfig { chunk_threshold_bytes, ..PostgresPluginConfig::default() };
+    Configured::new(settings(&server().dsn(), schema), config)
+}
+
+#[async_trait]
+impl Plugin for Configured {
+    fn capabilities(&self) -> Capabilities {
+        self.plugin.capabilities()
+    }
+
+    async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+        self.plugin.provision(&self.ns(ns)).await
+    }
+
+    async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+        self.plugin.deprovision(&self.ns(ns)).await
+    }
+
+    fn key_value(&self) -> Option<&dyn KeyValue> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl KeyValue for Configured {
+    async fn mutate(
+        &self,
+        ns: &Namespace,
+        id: &str,
+        mutations: &[Mutation],
+        stamp: &WriteStamp,
+    ) -> prism_plugin_api::Result<()> {
+        self.plugin.mutate(&self.ns(ns), id, mutations, stamp).await
+    }
+
+    async fn get(
+        &self,
+        ns: &Namespace,
+        id: &str,
+        selector: &Selector,
+        after: Option<&[u8]>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<ItemsPage> {
+        self.plugin.get(&self.ns(ns), id, selector, after, limits, now).await
+    }
+
+    async fn scan(
+        &self,
+        ns: &Namespace,
+        after: Option<&ScanCursor>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<RecordsPage> {
+        self.plugin.scan(&self.ns(ns), after, limits, now).await
+    }
+
+    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
+        self.plugin.reclaim(now).await
+    }
+
+    async fn storage_bytes(&self, ns: &Namespace) -> prism_plugin_api::Result<u64> {
+        self.plugin.storage_bytes(&self.ns(ns)).await
+    }
+}
+
+/// A plain client of `server`, for checking what the plugin left in it.
+pub async fn sql(server: &PostgresServer) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(&server.dsn(), tokio_postgres::NoTls).await.expect("connect to the test server");
+    tokio::spawn(async move {
+        // Ends when the client is dropped or the server goes away.
+        let _ = connection.await;
+    });
+    client
+}
