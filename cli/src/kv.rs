@@ -100,23 +100,25 @@ pub enum KvCommand {
     },
 }
 
+/// The gateway that serves `target`: `--gateway`, or the first endpoint of
+/// the owning shard, as the control plane resolves it.
+pub async fn gateway_address(global: &Global, target: &Target) -> anyhow::Result<String> {
+    if let Some(address) = &target.gateway {
+        return Ok(address.clone());
+    }
+    let mut cp = global.connect().await?;
+    let resolved =
+        cp.resolve_namespace(ResolveNamespaceRequest { namespace: target.namespace.clone() }).await?.into_inner();
+    resolved
+        .endpoints
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no endpoint of shard {} is known", resolved.shard_id))
+}
+
 /// A KeyValue client of the gateway that serves `target`.
 async fn connect(global: &Global, target: &Target) -> anyhow::Result<KeyValueClient> {
-    let address = match &target.gateway {
-        Some(address) => address.clone(),
-        None => {
-            let mut cp = global.connect().await?;
-            let resolved = cp
-                .resolve_namespace(ResolveNamespaceRequest { namespace: target.namespace.clone() })
-                .await?
-                .into_inner();
-            resolved
-                .endpoints
-                .into_iter()
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("no endpoint of shard {} is known", resolved.shard_id))?
-        }
-    };
+    let address = gateway_address(global, target).await?;
     Ok(prism_client::key_value(&address, global.token.as_deref()).await?)
 }
 
@@ -130,14 +132,14 @@ fn item(text: &str, ttl: Option<Duration>) -> anyhow::Result<kv::Item> {
 }
 
 /// Bytes as text when they are UTF-8, else as base64.
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
         Err(_) => format!("base64:{}", STANDARD.encode(bytes)),
     }
 }
 
-fn bytes_json(name: &str, bytes: &[u8]) -> (String, Value) {
+pub fn bytes_json(name: &str, bytes: &[u8]) -> (String, Value) {
     match std::str::from_utf8(bytes) {
         Ok(s) => (name.to_owned(), json!(s)),
         Err(_) => (format!("{name}_base64"), json!(STANDARD.encode(bytes))),
@@ -281,14 +283,14 @@ pub async fn run(global: &Global, command: KvCommand) -> anyhow::Result<()> {
     }
 }
 
-fn done(format: Format, value: Value, text: &str) -> anyhow::Result<()> {
+pub fn done(format: Format, value: Value, text: &str) -> anyhow::Result<()> {
     match format {
         Format::Json => print_json(&value),
         Format::Table => Ok(print(text)?),
     }
 }
 
-fn next_hint(next: &str) -> anyhow::Result<()> {
+pub fn next_hint(next: &str) -> anyhow::Result<()> {
     if !next.is_empty() {
         eprintln!("more: --page-token {next} (or --all-pages)");
     }

@@ -5,7 +5,8 @@
 //! - [`serve`]: `prism dev`, `prism control-plane`, `prism gateway`
 //!   (configured by [`config_file`], the environment and flags).
 //! - [`tenant`], [`namespace`], [`audit`]: admin commands over gRPC.
-//! - [`kv`]: KeyValue calls on the gateway that owns a namespace.
+//! - [`kv`], [`ts`]: KeyValue and TimeSeries calls on the gateway that owns
+//!   a namespace.
 //! - [`spec_file`], [`spec_flags`]: a namespace spec from a file or flags.
 //! - [`output`], [`json`]: tables and JSON; [`error`]: what a failure prints.
 
@@ -21,6 +22,7 @@ pub mod serve;
 pub mod spec_file;
 pub mod spec_flags;
 pub mod tenant;
+pub mod ts;
 
 use clap::{Args, Parser, Subcommand};
 use prism_client::ControlPlaneClient;
@@ -79,6 +81,9 @@ pub enum Command {
     /// Read and write KeyValue data
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Write, read, search and tail TimeSeries events
+    #[command(subcommand)]
+    Ts(ts::TsCommand),
 }
 
 impl Command {
@@ -99,6 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Namespace(cmd) => namespace::run(&cli.global, *cmd).await,
         Command::Audit(cmd) => audit::run(&cli.global, cmd).await,
         Command::Kv(cmd) => kv::run(&cli.global, cmd).await,
+        Command::Ts(cmd) => ts::run(&cli.global, cmd).await,
     }
 }
 

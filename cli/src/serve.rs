@@ -206,7 +206,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let gateway = Gateway::open(config).with_context(|| format!("cannot open gateway {shard}"))?;
         let rx = stop.subscribe();
         tasks.spawn(async move { gateway.serve(listener, until_stopped(rx)).await.map_err(anyhow::Error::from) });
-        lines.push(format!("  gateway {shard}  {addr:<16} KeyValue (prism.kv.v1)"));
+        lines.push(format!("  gateway {shard}  {addr:<16} KeyValue, TimeSeries (prism.kv.v1, prism.timeseries.v1)"));
     }
 
     let endpoint = if cp_addr.to_string() == DEFAULT_LISTEN {

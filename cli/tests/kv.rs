@@ -74,3 +74,54 @@ async fn a_namespace_created_with_the_cli_is_served_at_once() -> anyhow::Result<
     ensure!(code == 2 && err.contains("KEY=VALUE"), "{code}: {err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prism_ts_writes_reads_and_searches_events() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let cp = cluster.control_plane.endpoint();
+    ok(&cp, &["tenant", "create", "acme"]).await?;
+    ok(&cp, &["namespace", "create", "acme/plays", "--abstraction", "time-series", "--wait", "--timeout", "20s"])
+        .await?;
+    let ns: Value = serde_json::from_str(&ok(&cp, &["namespace", "get", "acme/plays", "-o", "json"]).await?)?;
+    let gateway = cluster.gateway(ns["shard_id"].as_str().context("shard_id")?).context("owner")?.endpoint();
+    let gw = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.extend(["--gateway".to_owned(), gateway.clone()]);
+        all
+    };
+
+    eventually(Duration::from_secs(5), || async {
+        let args = gw(&[
+            "ts",
+            "write",
+            "acme/plays",
+            "user-1",
+            "title=Up",
+            "--event-id",
+            "e1",
+            "--time",
+            "2m",
+            "--tag",
+            "kind=play",
+        ]);
+        ok(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>()).await.map(drop)
+    })
+    .await?;
+    let args = gw(&["ts", "write", "acme/plays", "user-1", "title=Heat", "--event-id", "e2", "--tag", "kind=pause"]);
+    ok(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+
+    let args = gw(&["ts", "read", "acme/plays", "user-1", "--start", "10m", "-o", "json"]);
+    let read: Value = serde_json::from_str(&ok(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?)?;
+    let ids: Vec<&str> =
+        read["events"].as_array().context("events")?.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    assert_eq!(ids, ["e2", "e1"], "newest first");
+
+    let args = gw(&["ts", "search", "acme/plays", "--tag", "kind=play", "-o", "json"]);
+    let found: Value = serde_json::from_str(&ok(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?)?;
+    assert_eq!(found["events"].as_array().map(Vec::len), Some(1));
+
+    let args = gw(&["ts", "write", "acme/plays", "user-1", "x=1", "--time", "3h"]);
+    let (code, _, err) = prism(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    ensure!(code == 1 && err.contains("events[0].event_time"), "{code}: {err}");
+    Ok(())
+}

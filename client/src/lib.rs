@@ -13,6 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use prism_proto as proto;
 use prism_proto::control::control_plane_service_client::ControlPlaneServiceClient;
 use prism_proto::kv::key_value_service_client::KeyValueServiceClient;
+use prism_proto::timeseries::time_series_service_client::TimeSeriesServiceClient;
 
 /// The control plane's address when nothing else is said: `prism dev`'s.
 pub const DEFAULT_CONTROL_PLANE: &str = "127.0.0.1:7400";
@@ -63,6 +64,7 @@ impl Interceptor for BearerToken {
 
 pub type ControlPlaneClient = ControlPlaneServiceClient<InterceptedService<Channel, BearerToken>>;
 pub type KeyValueClient = KeyValueServiceClient<InterceptedService<Channel, BearerToken>>;
+pub type TimeSeriesClient = TimeSeriesServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// `host:port` or a full `http://host:port` URL, as an endpoint.
 pub fn endpoint(address: &str) -> Result<Endpoint> {
@@ -94,6 +96,14 @@ pub async fn control_plane(address: &str, token: Option<&str>) -> Result<Control
 pub async fn key_value(address: &str, token: Option<&str>) -> Result<KeyValueClient> {
     let auth = BearerToken::new(token)?;
     Ok(KeyValueServiceClient::with_interceptor(channel(address).await?, auth)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Connects to a gateway shard's TimeSeries service.
+pub async fn time_series(address: &str, token: Option<&str>) -> Result<TimeSeriesClient> {
+    let auth = BearerToken::new(token)?;
+    Ok(TimeSeriesServiceClient::with_interceptor(channel(address).await?, auth)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use prism_proto::kv;
+use prism_proto::control::Abstraction;
+use prism_proto::{kv, timeseries as ts};
 
 use crate::auth::Principal;
 use crate::snapshot::NamespaceEntry;
 
-/// A KeyValue request as the client sent it.
+/// A KeyValue or TimeSeries request as the client sent it.
 #[derive(Debug, Clone)]
 pub enum Request {
     Put(kv::PutItemsRequest),
@@ -17,15 +18,42 @@ pub enum Request {
     Delete(kv::DeleteItemsRequest),
     Mutate(kv::MutateItemsRequest),
     Scan(kv::ScanItemsRequest),
+    WriteSync(ts::WriteEventRecordsRequest),
+    WriteBuffered(ts::WriteEventRecordsRequest),
+    Read(ts::ReadEventRecordsRequest),
+    Search(ts::SearchEventRecordsRequest),
+    Tail(ts::TailEventRecordsRequest),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// The events a tail streams.
+pub type TailStream = futures_util::stream::BoxStream<'static, Result<ts::TailEventRecordsResponse, tonic::Status>>;
+
 pub enum Response {
     Put(kv::PutItemsResponse),
     Get(kv::GetItemsResponse),
     Delete(kv::DeleteItemsResponse),
     Mutate(kv::MutateItemsResponse),
     Scan(kv::ScanItemsResponse),
+    Write(ts::WriteEventRecordsResponse),
+    Read(ts::ReadEventRecordsResponse),
+    Search(ts::SearchEventRecordsResponse),
+    Tail(TailStream),
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Put(r) => r.fmt(f),
+            Self::Get(r) => r.fmt(f),
+            Self::Delete(r) => r.fmt(f),
+            Self::Mutate(r) => r.fmt(f),
+            Self::Scan(r) => r.fmt(f),
+            Self::Write(r) => r.fmt(f),
+            Self::Read(r) => r.fmt(f),
+            Self::Search(r) => r.fmt(f),
+            Self::Tail(_) => f.write_str("Tail(..)"),
+        }
+    }
 }
 
 /// Whether a request reads or writes.
@@ -43,6 +71,18 @@ impl Request {
             Self::Delete(r) => &r.namespace,
             Self::Mutate(r) => &r.namespace,
             Self::Scan(r) => &r.namespace,
+            Self::WriteSync(r) | Self::WriteBuffered(r) => &r.namespace,
+            Self::Read(r) => &r.namespace,
+            Self::Search(r) => &r.namespace,
+            Self::Tail(r) => &r.namespace,
+        }
+    }
+
+    /// The abstraction the request belongs to.
+    pub fn abstraction(&self) -> Abstraction {
+        match self {
+            Self::Put(_) | Self::Get(_) | Self::Delete(_) | Self::Mutate(_) | Self::Scan(_) => Abstraction::KeyValue,
+            _ => Abstraction::TimeSeries,
         }
     }
 
@@ -54,13 +94,20 @@ impl Request {
             Self::Delete(_) => "DeleteItems",
             Self::Mutate(_) => "MutateItems",
             Self::Scan(_) => "ScanItems",
+            Self::WriteSync(_) => "WriteEventRecordsSync",
+            Self::WriteBuffered(_) => "WriteEventRecords",
+            Self::Read(_) => "ReadEventRecords",
+            Self::Search(_) => "SearchEventRecords",
+            Self::Tail(_) => "TailEventRecords",
         }
     }
 
     pub fn access(&self) -> Access {
         match self {
-            Self::Get(_) | Self::Scan(_) => Access::Read,
-            Self::Put(_) | Self::Delete(_) | Self::Mutate(_) => Access::Write,
+            Self::Get(_) | Self::Scan(_) | Self::Read(_) | Self::Search(_) | Self::Tail(_) => Access::Read,
+            Self::Put(_) | Self::Delete(_) | Self::Mutate(_) | Self::WriteSync(_) | Self::WriteBuffered(_) => {
+                Access::Write
+            }
         }
     }
 }

@@ -70,6 +70,9 @@ pub struct Limits {
     pub chunk_threshold_bytes: u64,
     /// How often expired items are reclaimed, in seconds. Default 60.
     pub reclaim_interval_seconds: u64,
+    /// Events `WriteEventRecords` may hold before they are written; more
+    /// are refused with RESOURCE_EXHAUSTED. Default 65 536.
+    pub write_buffer_events: usize,
 }
 
 impl Default for Limits {
@@ -80,6 +83,7 @@ impl Default for Limits {
             max_clock_skew_ms: 5_000,
             chunk_threshold_bytes: 1 << 20,
             reclaim_interval_seconds: 60,
+            write_buffer_events: 65_536,
         }
     }
 }
@@ -146,6 +150,9 @@ impl GatewayConfig {
         }
         if !(1024..=64 << 20).contains(&self.limits.chunk_threshold_bytes) {
             return Err(bad("limits.chunk_threshold_bytes", "must be within 1 KiB..=64 MiB"));
+        }
+        if self.limits.write_buffer_events == 0 {
+            return Err(bad("limits.write_buffer_events", "must be at least 1"));
         }
         if self.limits.reclaim_interval_seconds == 0 {
             return Err(bad("limits.reclaim_interval_seconds", "must be at least 1"));

@@ -1,14 +1,18 @@
-//! A Prism gateway shard: serves KeyValue (and, with the TimeSeries issue,
-//! TimeSeries) for the namespaces its shard owns.
+//! A Prism gateway shard: serves KeyValue and TimeSeries for the namespaces
+//! its shard owns.
 //!
-//! The life of a request: [`kv_service`] wraps it in a [`call::Call`];
+//! The life of a request: [`kv_service`] / [`ts_service`] wrap it in a
+//! [`call::Call`];
 //! [`layers::pipeline`] sheds load, sets a deadline, validates,
 //! authenticates, authorizes on the [`snapshot`] and applies quotas;
-//! [`router`] runs it on the namespace's plugin (through the [`cache`]).
+//! [`router`] / [`ts_router`] run it on the namespace's plugin (through the
+//! [`cache`]; buffered writes through the [`buffer`]; durable events go to
+//! [`tail`]s).
 //! Alongside: [`watcher`] keeps the snapshot current from the control
 //! plane, [`provision`] creates and removes backend resources.
 
 pub mod auth;
+pub mod buffer;
 pub mod cache;
 pub mod call;
 pub mod config;
@@ -20,6 +24,9 @@ pub mod provision;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod tail;
+pub mod ts_router;
+pub mod ts_service;
 pub mod watcher;
 
 pub use config::GatewayConfig;

@@ -70,6 +70,7 @@ impl Provisioner {
         let plugin = self.shared.plugins.get(backend).cloned();
         let (status, reason) = match (entry.status, plugin) {
             (NamespaceStatus::Deleting, Some(plugin)) => {
+                self.shared.tails.close(&entry.ns.name);
                 self.drain(entry).await;
                 match plugin.deprovision(&entry.ns).await {
                     Ok(()) => (NamespaceStatus::Deleted, "backend resources removed".to_owned()),

@@ -117,8 +117,11 @@ async fn execute(shared: &Shared, call: Call) -> Result<Response> {
     // Held until the response is built: deletion drains these.
     let in_flight = call.namespace.ok_or_else(|| GatewayError::Internal("routing an unauthorized call".into()))?;
     let entry = in_flight.entry();
-    let kv = key_value(shared, entry)?;
     let now = now_micros();
+    if call.request.abstraction() == prism_proto::control::Abstraction::TimeSeries {
+        return crate::ts_router::execute(shared, entry, call.request, now).await;
+    }
+    let kv = key_value(shared, entry)?;
     let policies = entry.ns.spec.policies.as_ref();
     let default_ttl = policies.and_then(|p| p.default_item_ttl.as_ref()).map(micros).filter(|t| *t > 0);
     let skew = Duration::from_millis(shared.config.limits.max_clock_skew_ms);
@@ -155,6 +158,7 @@ async fn execute(shared: &Shared, call: Call) -> Result<Response> {
         }
         Request::Get(r) => get(shared, kv, entry, r, now).await.map(Response::Get),
         Request::Scan(r) => scan(kv, entry, r, now).await.map(Response::Scan),
+        _ => Err(GatewayError::Internal("a TimeSeries request reached the KeyValue router".into())),
     }
 }
 

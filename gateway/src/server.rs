@@ -15,14 +15,18 @@ use prism_proto::kv::key_value_service_server::KeyValueServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::buffer::WriteBuffer;
 use crate::cache::ReadCache;
 use crate::config::GatewayConfig;
 use crate::error::{GatewayError, Result};
 use crate::kv_service::KvService;
 use crate::layers::pipeline;
 use crate::snapshot::Metadata;
+use crate::tail::TailHub;
+use crate::ts_service::TsService;
 use crate::watcher::Changes;
 use crate::{provision, watcher};
+use prism_proto::timeseries::time_series_service_server::TimeSeriesServiceServer;
 
 /// Largest message the gateway accepts: the largest item (64 MiB) plus
 /// room for its request.
@@ -55,6 +59,8 @@ pub struct Shared {
     pub metadata: Arc<Metadata>,
     pub plugins: Plugins,
     pub cache: ReadCache,
+    pub tails: TailHub,
+    pub buffer: WriteBuffer,
 }
 
 /// A running gateway's handles, for callers that need more than `serve`.
@@ -89,7 +95,16 @@ impl Gateway {
     /// Builds the shared state over the given plugins (tests, other backends).
     pub fn with_plugins(config: GatewayConfig, plugins: Plugins) -> Self {
         let cache = ReadCache::new(&config.cache);
-        Self { shared: Arc::new(Shared { config, metadata: Arc::new(Metadata::default()), plugins, cache }) }
+        let buffer = WriteBuffer::new(config.limits.write_buffer_events);
+        let shared = Shared {
+            config,
+            metadata: Arc::new(Metadata::default()),
+            plugins,
+            cache,
+            tails: TailHub::default(),
+            buffer,
+        };
+        Self { shared: Arc::new(shared) }
     }
 
     /// Serves on `listener` until `shutdown` completes, with the watch
@@ -101,7 +116,8 @@ impl Gateway {
         let tasks = [
             tokio::spawn(watcher::run(shared.clone(), changes.clone(), stopped.clone())),
             tokio::spawn(provision::run(shared.clone(), changes, stopped.clone())),
-            tokio::spawn(reclaim(shared.clone(), stopped)),
+            tokio::spawn(reclaim(shared.clone(), stopped.clone())),
+            tokio::spawn(crate::buffer::flush(shared.clone(), stopped)),
         ];
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<KeyValueServiceServer<KvService>>().await;
@@ -110,7 +126,12 @@ impl Gateway {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| GatewayError::Internal(format!("reflection descriptors: {e}")))?;
-        let kv = KeyValueServiceServer::new(KvService::new(pipeline(&shared)))
+        health.set_serving::<TimeSeriesServiceServer<TsService>>().await;
+        let pipeline = pipeline(&shared);
+        let kv = KeyValueServiceServer::new(KvService::new(pipeline.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let ts = TimeSeriesServiceServer::new(TsService::new(pipeline))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         tracing::info!(shard = %shared.config.shard_id, addr = ?listener.local_addr().ok(), "gateway serving");
@@ -118,6 +139,7 @@ impl Gateway {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(kv)
+            .add_service(ts)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         let _ = stop.send(true);
@@ -128,7 +150,8 @@ impl Gateway {
     }
 }
 
-/// Removes expired items periodically, in every KeyValue plugin.
+/// Removes expired items periodically, in every KeyValue plugin, and
+/// events past retention in this shard's TimeSeries namespaces.
 async fn reclaim(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(shared.config.limits.reclaim_interval_seconds));
     loop {
@@ -143,6 +166,20 @@ async fn reclaim(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<
                     Ok(n) => tracing::debug!(removed = n, "reclaimed expired items"),
                     Err(e) => tracing::warn!(error = %e, "reclaiming expired items failed"),
                 }
+            }
+        }
+        let snapshot = shared.metadata.load_full();
+        let now = prism_plugin_api::now_micros();
+        for entry in snapshot.namespaces.values() {
+            let owned_series = entry.shard_id == shared.config.shard_id
+                && entry.status == prism_proto::control::NamespaceStatus::Active
+                && entry.ns.spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32;
+            let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
+            let plugin = shared.plugins.get(backend).and_then(|p| p.time_series());
+            if let (true, Some(ts)) = (owned_series, plugin)
+                && let Err(e) = ts.reclaim(&entry.ns, now).await
+            {
+                tracing::warn!(namespace = %entry.ns.name, error = %e, "dropping events past retention failed");
             }
         }
     }

@@ -236,11 +236,17 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// As [`start`](Self::start), with `adjust` applied to every gateway's
+    /// configuration.
+    pub async fn start_with(adjust: impl Fn(&mut prism_gateway::GatewayConfig)) -> anyhow::Result<Self> {
         let config = ControlPlaneConfig { shards: vec!["shard-0".into(), "shard-1".into()], ..Default::default() };
         let control_plane = ControlPlaneHandle::start_with(config).await?;
         let mut gateways = Vec::new();
         for shard in ["shard-0", "shard-1"] {
-            gateways.push(GatewayHandle::start(&control_plane.endpoint(), shard).await?);
+            gateways.push(GatewayHandle::start_with(&control_plane.endpoint(), shard, &adjust).await?);
         }
         Ok(Self { control_plane, gateways })
     }

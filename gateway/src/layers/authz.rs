@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use prism_proto::control::{Abstraction, AccessLevel, NamespaceStatus, TenantState};
+use prism_proto::control::{AccessLevel, NamespaceStatus, TenantState};
 
 use super::{CheckLayer, Step};
 use crate::auth::{ADMIN_ROLE, Principal, TENANT_ADMIN_ROLE};
@@ -91,8 +91,10 @@ impl Step for Authorize {
                 entry.status_reason
             )));
         }
-        if entry.ns.spec.abstraction != Abstraction::KeyValue as i32 {
-            return Err(GatewayError::invalid("namespace", format!("{name} is not a KEY_VALUE namespace")));
+        let wanted = call.request.abstraction();
+        if entry.ns.spec.abstraction != wanted as i32 {
+            let kind = wanted.as_str_name().trim_start_matches("ABSTRACTION_");
+            return Err(GatewayError::invalid("namespace", format!("{name} is not a {kind} namespace")));
         }
         call.namespace = Some(InFlight::enter(entry.clone()));
         Ok(())

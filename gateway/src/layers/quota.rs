@@ -29,6 +29,12 @@ pub fn max_item_bytes(entry: &NamespaceEntry) -> u64 {
     u64::try_from(max).unwrap_or(0)
 }
 
+/// An event's size: its items' keys and values and its tags.
+pub fn event_bytes(e: &prism_proto::timeseries::Event) -> usize {
+    e.items.iter().map(|i| i.key.len() + i.value.len()).sum::<usize>()
+        + e.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
+
 impl Step for Quota {
     fn check(&self, call: &mut Call) -> Result<()> {
         let Some(entry) = call.namespace.as_ref().map(|f| f.entry()) else {
@@ -55,6 +61,16 @@ impl Step for Quota {
                 });
                 if let Some((i, item)) = oversize {
                     return Err(refuse(format!("mutations[{i}].put.value"), item));
+                }
+            }
+            Request::WriteSync(r) | Request::WriteBuffered(r) => {
+                if let Some((i, size)) =
+                    r.events.iter().map(event_bytes).enumerate().find(|(_, size)| *size as u64 > max)
+                {
+                    return Err(GatewayError::invalid(
+                        format!("events[{i}]"),
+                        format!("event is {size} bytes, the namespace allows {max}"),
+                    ));
                 }
             }
             _ => {}

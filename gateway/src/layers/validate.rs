@@ -21,6 +21,12 @@ pub mod limits {
     pub const DEFAULT_PAGE_BYTES: u64 = 1 << 20;
     pub const MAX_PAGE_ITEMS: u32 = 10_000;
     pub const MAX_TOKEN_BYTES: usize = 128;
+    pub const MAX_SERIES_ID_BYTES: usize = 256;
+    pub const MAX_EVENT_ID_BYTES: usize = 256;
+    pub const MAX_TAGS_PER_EVENT: usize = 64;
+    pub const MAX_TAG_BYTES: usize = 256;
+    pub const MAX_FILTER_PREDICATES: usize = 64;
+    pub const MAX_FILTER_DEPTH: usize = 8;
 }
 use limits::*;
 
@@ -80,7 +86,133 @@ pub fn validate(request: &Request) -> Result<()> {
             token(r.idempotency_token.as_ref())
         }
         Request::Scan(r) => page(r.page_size_bytes, r.limit),
+        Request::WriteSync(r) | Request::WriteBuffered(r) => {
+            count("events", r.events.len())?;
+            if r.events.is_empty() {
+                return Err(invalid("events", "must hold at least one event"));
+            }
+            r.events.iter().enumerate().try_for_each(|(i, e)| event(&format!("events[{i}]"), e))
+        }
+        Request::Read(r) => {
+            name_part("time_series_id", &r.time_series_id, MAX_SERIES_ID_BYTES)?;
+            interval(r.start.as_ref(), r.end.as_ref())?;
+            page(r.page_size_bytes, r.limit)
+        }
+        Request::Search(r) => {
+            interval(r.start.as_ref(), r.end.as_ref())?;
+            if let Some(f) = &r.filter {
+                filter(f)?;
+            }
+            page(r.page_size_bytes, r.limit)
+        }
+        Request::Tail(r) => {
+            if !r.time_series_id.is_empty() {
+                name_part("time_series_id", &r.time_series_id, MAX_SERIES_ID_BYTES)?;
+            }
+            r.filter.as_ref().map_or(Ok(()), filter)
+        }
     }
+}
+
+/// A series or event id: 1..=max bytes, no NUL (a storage separator).
+fn name_part(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() || value.len() > max {
+        return Err(invalid(field, format!("must be 1..={max} bytes")));
+    }
+    if value.contains('\0') {
+        return Err(invalid(field, "must not contain NUL"));
+    }
+    Ok(())
+}
+
+fn timestamp(field: &str, t: &prost_types::Timestamp) -> Result<()> {
+    // Microsecond times must fit in an i64: years 1970..=2262 are plenty.
+    if t.seconds < 0 || t.seconds > 9_000_000_000 || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(invalid(field, "is not a valid time (1970 to 2255)"));
+    }
+    Ok(())
+}
+
+fn interval(start: Option<&prost_types::Timestamp>, end: Option<&prost_types::Timestamp>) -> Result<()> {
+    if let Some(t) = start {
+        timestamp("start", t)?;
+    }
+    if let Some(t) = end {
+        timestamp("end", t)?;
+    }
+    if let (Some(s), Some(e)) = (start, end)
+        && (e.seconds, e.nanos) <= (s.seconds, s.nanos)
+    {
+        return Err(invalid("end", "must be after start"));
+    }
+    Ok(())
+}
+
+fn event(field: &str, e: &prism_proto::timeseries::Event) -> Result<()> {
+    name_part(&format!("{field}.time_series_id"), &e.time_series_id, MAX_SERIES_ID_BYTES)?;
+    name_part(&format!("{field}.event_id"), &e.event_id, MAX_EVENT_ID_BYTES)?;
+    match &e.event_time {
+        None => return Err(invalid(format!("{field}.event_time"), "is required")),
+        Some(t) => timestamp(&format!("{field}.event_time"), t)?,
+    }
+    count(&format!("{field}.items"), e.items.len())?;
+    for (j, item) in e.items.iter().enumerate() {
+        key(&format!("{field}.items[{j}].key"), &item.key)?;
+        if item.value.len() > MAX_VALUE_BYTES {
+            return Err(invalid(
+                format!("{field}.items[{j}].value"),
+                format!("is larger than {MAX_VALUE_BYTES} bytes"),
+            ));
+        }
+    }
+    if e.tags.len() > MAX_TAGS_PER_EVENT {
+        return Err(invalid(format!("{field}.tags"), format!("holds more than {MAX_TAGS_PER_EVENT} tags")));
+    }
+    for (k, v) in &e.tags {
+        if k.is_empty() || k.len() > MAX_TAG_BYTES || v.len() > MAX_TAG_BYTES {
+            return Err(invalid(
+                format!("{field}.tags"),
+                format!("tag keys must be 1..={MAX_TAG_BYTES} bytes, values at most {MAX_TAG_BYTES}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A tag filter: every node set, at most 64 predicates, at most 8 deep.
+fn filter(f: &prism_proto::timeseries::TagFilter) -> Result<()> {
+    use prism_proto::timeseries::tag_filter::Filter;
+    fn walk(f: &prism_proto::timeseries::TagFilter, field: &str, depth: usize, predicates: &mut usize) -> Result<()> {
+        if depth > MAX_FILTER_DEPTH {
+            return Err(invalid(field, format!("nests deeper than {MAX_FILTER_DEPTH}")));
+        }
+        *predicates += 1;
+        if *predicates > MAX_FILTER_PREDICATES {
+            return Err(invalid("filter", format!("holds more than {MAX_FILTER_PREDICATES} predicates")));
+        }
+        match &f.filter {
+            None => Err(invalid(field, "must set equals, in, and or or")),
+            Some(Filter::Equals(e)) if e.key.is_empty() => {
+                Err(invalid(format!("{field}.equals.key"), "must not be empty"))
+            }
+            Some(Filter::In(i)) if i.key.is_empty() => Err(invalid(format!("{field}.in.key"), "must not be empty")),
+            Some(Filter::In(i)) if i.values.is_empty() => {
+                Err(invalid(format!("{field}.in.values"), "must not be empty"))
+            }
+            Some(Filter::Equals(_) | Filter::In(_)) => Ok(()),
+            Some(Filter::And(list)) | Some(Filter::Or(list)) => {
+                let op = if matches!(f.filter, Some(Filter::And(_))) { "and" } else { "or" };
+                if list.filters.is_empty() {
+                    return Err(invalid(format!("{field}.{op}.filters"), "must not be empty"));
+                }
+                list.filters
+                    .iter()
+                    .enumerate()
+                    .try_for_each(|(i, sub)| walk(sub, &format!("{field}.{op}.filters[{i}]"), depth + 1, predicates))
+            }
+        }
+    }
+    walk(f, "filter", 1, &mut 0)
 }
 
 fn id(id: &str) -> Result<()> {

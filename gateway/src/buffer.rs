@@ -1,0 +1,165 @@
+//! The buffer behind `WriteEventRecords` (loss-tolerant namespaces only):
+//! events are acknowledged when accepted here and written by a flusher
+//! task in batches. The buffer is bounded in events (a semaphore of
+//! permits); a full buffer refuses with RESOURCE_EXHAUSTED. While a backend
+//! is down the flusher holds its batch and retries with backoff, so
+//! accepted events wait (bounded) rather than vanish; events that cannot be
+//! written at all are counted in `dropped`, never lost silently.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prism_plugin_api::ts::Event;
+use prism_proto::control::Backend;
+use prism_proto::timeseries as ts;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::error::{GatewayError, Result};
+use crate::server::Shared;
+use crate::snapshot::NamespaceEntry;
+
+/// Events written per backend call at most.
+const FLUSH_BATCH: usize = 1000;
+/// Attempts at a batch whose backend is unavailable before it is dropped.
+const MAX_ATTEMPTS: u32 = 20;
+
+/// Accepted events on their way to the flusher.
+pub struct Pending {
+    entry: Arc<NamespaceEntry>,
+    events: Vec<Event>,
+    /// For tails, when anyone tails the namespace.
+    published: Option<Vec<ts::Event>>,
+    _permits: OwnedSemaphorePermit,
+}
+
+#[derive(Debug, Default)]
+pub struct BufferStats {
+    pub accepted: AtomicU64,
+    pub flushed: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+pub struct WriteBuffer {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    tx: mpsc::UnboundedSender<Pending>,
+    rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Pending>>>,
+    pub stats: BufferStats,
+}
+
+impl std::fmt::Debug for WriteBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBuffer").field("capacity", &self.capacity).field("stats", &self.stats).finish()
+    }
+}
+
+impl WriteBuffer {
+    pub fn new(capacity_events: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            permits: Arc::new(Semaphore::new(capacity_events)),
+            capacity: capacity_events,
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            stats: BufferStats::default(),
+        }
+    }
+
+    /// Accepts events, or refuses when they do not fit.
+    pub fn offer(
+        &self,
+        entry: Arc<NamespaceEntry>,
+        events: Vec<Event>,
+        published: Option<Vec<ts::Event>>,
+    ) -> Result<()> {
+        let n = events.len();
+        let permits = u32::try_from(n)
+            .ok()
+            .and_then(|n| self.permits.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| GatewayError::QuotaExceeded {
+                subject: "gateway:write-buffer".into(),
+                description: format!("the write buffer ({} events) is full", self.capacity),
+                retry_after: Some(Duration::from_millis(100)),
+            })?;
+        self.tx
+            .send(Pending { entry, events, published, _permits: permits })
+            .map_err(|_| GatewayError::Internal("the write buffer's flusher is gone".into()))?;
+        self.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn take_receiver(&self) -> Option<mpsc::UnboundedReceiver<Pending>> {
+        self.rx.lock().ok().and_then(|mut rx| rx.take())
+    }
+}
+
+/// Writes buffered events until the buffer's senders are gone and it is
+/// drained, or `stopped` turns true (then what is left is flushed once).
+pub async fn flush(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let Some(mut rx) = shared.buffer.take_receiver() else { return };
+    let mut stopping = false;
+    loop {
+        let pending = if stopping {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                p = rx.recv() => p,
+                _ = stopped.wait_for(|s| *s) => {
+                    // Accept nothing more; flush what was accepted.
+                    stopping = true;
+                    rx.close();
+                    continue;
+                }
+            }
+        };
+        let Some(first) = pending else { return };
+        let mut batch = vec![first];
+        let mut size = batch[0].events.len();
+        while size < FLUSH_BATCH {
+            match rx.try_recv() {
+                Ok(p) => {
+                    size += p.events.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        for pending in batch {
+            write(&shared, pending).await;
+        }
+    }
+}
+
+async fn write(shared: &Shared, pending: Pending) {
+    let n = pending.events.len() as u64;
+    let entry = &pending.entry;
+    let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
+    let Some(ts) = shared.plugins.get(backend).and_then(|p| p.time_series()) else {
+        shared.buffer.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        tracing::error!(namespace = %entry.ns.name, events = n, "buffered events dropped: no TimeSeries backend");
+        return;
+    };
+    let mut pause = Duration::from_millis(50);
+    for attempt in 1..=MAX_ATTEMPTS {
+        match ts.write(&entry.ns, &pending.events).await {
+            Ok(()) => {
+                shared.buffer.stats.flushed.fetch_add(n, Ordering::Relaxed);
+                if let Some(events) = pending.published {
+                    shared.tails.publish(entry, events);
+                }
+                return;
+            }
+            Err(e) if e.could_retry() && attempt < MAX_ATTEMPTS => {
+                tracing::warn!(namespace = %entry.ns.name, error = %e, attempt, "buffered write failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                shared.buffer.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(namespace = %entry.ns.name, events = n, error = %e, "buffered events dropped");
+                return;
+            }
+        }
+    }
+}

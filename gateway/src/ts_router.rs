@@ -1,0 +1,222 @@
+//! TimeSeries operations on the namespace's plugin: what is the same for
+//! every backend, once — the accept window, buffered versus durable
+//! writes, sealed page tokens, conversions, and handing durable events to
+//! tails.
+
+use std::sync::Arc;
+
+use prism_plugin_api::Micros;
+use prism_plugin_api::kv::PageLimits;
+use prism_plugin_api::ts::{self as pts, EventCursor, TagFilter, TimeSeries};
+use prism_proto::control::Backend;
+use prism_proto::timeseries::{self as ts, tag_filter};
+
+use crate::call::{Request, Response};
+use crate::error::{GatewayError, Result};
+use crate::layers::limits::DEFAULT_PAGE_BYTES;
+use crate::page_token;
+use crate::server::Shared;
+use crate::snapshot::NamespaceEntry;
+
+/// How far back an event may be when a namespace sets no accept limit.
+pub const DEFAULT_ACCEPT_LIMIT_MICROS: i64 = 3_600_000_000;
+
+fn micros(t: &prost_types::Timestamp) -> Micros {
+    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos) / 1_000)
+}
+
+fn timestamp(us: Micros) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: us.div_euclid(1_000_000), nanos: (us.rem_euclid(1_000_000) * 1_000) as i32 }
+}
+
+fn to_plugin(e: &ts::Event) -> pts::Event {
+    pts::Event {
+        time_series_id: e.time_series_id.clone(),
+        event_time: e.event_time.as_ref().map_or(0, micros),
+        event_id: e.event_id.clone(),
+        items: e.items.iter().map(|i| (i.key.clone(), i.value.clone())).collect(),
+        tags: e.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+fn to_proto(e: pts::Event) -> ts::Event {
+    ts::Event {
+        time_series_id: e.time_series_id,
+        event_time: Some(timestamp(e.event_time)),
+        event_id: e.event_id,
+        items: e.items.into_iter().map(|(key, value)| ts::EventItem { key, value }).collect(),
+        tags: e.tags.into_iter().collect(),
+    }
+}
+
+/// A validated proto filter as the plugins' filter.
+pub fn filter(f: &ts::TagFilter) -> Option<TagFilter> {
+    Some(match f.filter.as_ref()? {
+        tag_filter::Filter::Equals(e) => TagFilter::Equals { key: e.key.clone(), value: e.value.clone() },
+        tag_filter::Filter::In(i) => TagFilter::In { key: i.key.clone(), values: i.values.clone() },
+        tag_filter::Filter::And(l) => TagFilter::And(l.filters.iter().filter_map(filter).collect()),
+        tag_filter::Filter::Or(l) => TagFilter::Or(l.filters.iter().filter_map(filter).collect()),
+    })
+}
+
+fn time_series<'a>(shared: &'a Shared, entry: &NamespaceEntry) -> Result<&'a dyn TimeSeries> {
+    let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
+    shared.plugins.get(backend).and_then(|p| p.time_series()).ok_or_else(|| {
+        GatewayError::FailedPrecondition(format!(
+            "backend {} does not serve TIME_SERIES on this gateway",
+            prism_proto::capabilities::backend_name(backend)
+        ))
+    })
+}
+
+/// Refuses events older than the namespace's accept limit.
+fn accept_window(entry: &NamespaceEntry, events: &[ts::Event], now: Micros) -> Result<()> {
+    let limit = entry
+        .ns
+        .spec
+        .policies
+        .as_ref()
+        .and_then(|p| p.accept_limit.as_ref())
+        .map(|d| d.seconds.saturating_mul(1_000_000).saturating_add(i64::from(d.nanos) / 1_000))
+        .filter(|l| *l > 0)
+        .unwrap_or(DEFAULT_ACCEPT_LIMIT_MICROS);
+    let oldest = now.saturating_sub(limit);
+    match events.iter().position(|e| e.event_time.as_ref().map_or(0, micros) < oldest) {
+        Some(i) => Err(GatewayError::invalid(
+            format!("events[{i}].event_time"),
+            format!("is older than the namespace accepts ({} s ago)", limit / 1_000_000),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn limits(page_size_bytes: u64, limit: u32) -> PageLimits {
+    PageLimits {
+        max_bytes: if page_size_bytes == 0 { DEFAULT_PAGE_BYTES } else { page_size_bytes },
+        max_items: (limit > 0).then_some(limit),
+    }
+}
+
+fn cursor_bytes(c: &EventCursor) -> Vec<u8> {
+    let mut out = c.event_time.to_be_bytes().to_vec();
+    out.extend_from_slice(&page_token::scan_position(&c.time_series_id, c.event_id.as_bytes()));
+    out
+}
+
+fn parse_cursor(bytes: &[u8]) -> Result<EventCursor> {
+    let bad = || GatewayError::invalid("page_token", "is not a page token of this request");
+    let (time, rest) = bytes.split_first_chunk::<8>().ok_or_else(bad)?;
+    let (series, event_id) = page_token::parse_scan_position(rest)?;
+    Ok(EventCursor {
+        event_time: i64::from_be_bytes(*time),
+        time_series_id: series,
+        event_id: String::from_utf8(event_id).map_err(|_| bad())?,
+    })
+}
+
+fn interval(start: Option<&prost_types::Timestamp>, end: Option<&prost_types::Timestamp>) -> (Micros, Micros) {
+    (start.map_or(0, micros), end.map_or(i64::MAX, micros))
+}
+
+fn page(binding: u64, page: pts::EventsPage) -> (Vec<ts::Event>, String) {
+    let next = page.next.map(|c| page_token::encode(binding, &cursor_bytes(&c))).unwrap_or_default();
+    (page.events.into_iter().map(to_proto).collect(), next)
+}
+
+pub async fn execute(shared: &Shared, entry: &Arc<NamespaceEntry>, request: Request, now: Micros) -> Result<Response> {
+    let rev = entry.ns.create_revision.to_be_bytes();
+    match request {
+        Request::WriteSync(r) => {
+            let plugin = time_series(shared, entry)?;
+            accept_window(entry, &r.events, now)?;
+            let events: Vec<_> = r.events.iter().map(to_plugin).collect();
+            plugin.write(&entry.ns, &events).await?;
+            if shared.tails.watched(entry) {
+                shared.tails.publish(entry, r.events);
+            }
+            Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: events.len() as u32 }))
+        }
+        Request::WriteBuffered(r) => {
+            time_series(shared, entry)?;
+            if !entry.ns.spec.policies.as_ref().is_some_and(|p| p.accept_loss) {
+                return Err(GatewayError::FailedPrecondition(format!(
+                    "namespace {} does not accept loss; use WriteEventRecordsSync",
+                    entry.ns.name
+                )));
+            }
+            accept_window(entry, &r.events, now)?;
+            let events: Vec<_> = r.events.iter().map(to_plugin).collect();
+            let n = events.len() as u32;
+            let published = shared.tails.watched(entry).then_some(r.events);
+            shared.buffer.offer(entry.clone(), events, published)?;
+            Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: n }))
+        }
+        Request::Read(r) => {
+            let plugin = time_series(shared, entry)?;
+            let (start, end) = interval(r.start.as_ref(), r.end.as_ref());
+            let binding = page_token::binding(&[
+                entry.ns.name.as_bytes(),
+                &rev,
+                b"read",
+                r.time_series_id.as_bytes(),
+                &start.to_be_bytes(),
+                &end.to_be_bytes(),
+            ]);
+            let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
+            let got = plugin
+                .read(&entry.ns, &r.time_series_id, start, end, after.as_ref(), limits(r.page_size_bytes, r.limit), now)
+                .await?;
+            let (events, next_page_token) = page(binding, got);
+            Ok(Response::Read(ts::ReadEventRecordsResponse { events, next_page_token }))
+        }
+        Request::Search(r) => {
+            let plugin = time_series(shared, entry)?;
+            let (start, end) = interval(r.start.as_ref(), r.end.as_ref());
+            let encoded_filter = r.filter.as_ref().map(prost::Message::encode_to_vec).unwrap_or_default();
+            let binding = page_token::binding(&[
+                entry.ns.name.as_bytes(),
+                &rev,
+                b"search",
+                &start.to_be_bytes(),
+                &end.to_be_bytes(),
+                &encoded_filter,
+            ]);
+            let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
+            let tag_filter = r.filter.as_ref().and_then(filter);
+            let got = plugin
+                .search(
+                    &entry.ns,
+                    start,
+                    end,
+                    tag_filter.as_ref(),
+                    after.as_ref(),
+                    limits(r.page_size_bytes, r.limit),
+                    now,
+                )
+                .await?;
+            let (events, next_page_token) = page(binding, got);
+            Ok(Response::Search(ts::SearchEventRecordsResponse { events, next_page_token }))
+        }
+        Request::Tail(r) => {
+            time_series(shared, entry)?;
+            let tag_filter = r.filter.as_ref().and_then(filter);
+            Ok(Response::Tail(shared.tails.subscribe(entry, r.time_series_id, tag_filter)))
+        }
+        _ => Err(GatewayError::Internal("a KeyValue request reached the TimeSeries router".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_and_times_round_trip() {
+        let c = EventCursor { event_time: 1_700_000_000_123_456, time_series_id: "s/1".into(), event_id: "e-9".into() };
+        assert_eq!(parse_cursor(&cursor_bytes(&c)).expect("valid"), c);
+        assert!(parse_cursor(b"short").is_err());
+        let t = timestamp(-1);
+        assert_eq!((t.seconds, t.nanos), (-1, 999_999_000));
+        assert_eq!(micros(&timestamp(1_234_567)), 1_234_567);
+    }
+}
