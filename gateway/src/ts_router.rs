@@ -132,7 +132,8 @@ pub async fn execute(shared: &Shared, entry: &Arc<NamespaceEntry>, request: Requ
             let events: Vec<_> = r.events.iter().map(to_plugin).collect();
             plugin.write(&entry.ns, &events).await?;
             if shared.tails.watched(entry) {
-                shared.tails.publish(entry, r.events);
+                // As stored (microseconds), so a tail and a read agree.
+                shared.tails.publish(entry, events.iter().cloned().map(to_proto).collect());
             }
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: events.len() as u32 }))
         }
@@ -147,7 +148,7 @@ pub async fn execute(shared: &Shared, entry: &Arc<NamespaceEntry>, request: Requ
             accept_window(entry, &r.events, now)?;
             let events: Vec<_> = r.events.iter().map(to_plugin).collect();
             let n = events.len() as u32;
-            let published = shared.tails.watched(entry).then_some(r.events);
+            let published = shared.tails.watched(entry).then(|| events.iter().cloned().map(to_proto).collect());
             shared.buffer.offer(entry.clone(), events, published)?;
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: n }))
         }

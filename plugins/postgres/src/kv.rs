@@ -152,7 +152,11 @@ pub(crate) struct Target {
     pub(crate) revision: i64,
     pub(crate) settings: NamespaceSettings,
     pub(crate) pool: Pool,
-    names: TableNames,
+    /// A TIME_SERIES namespace: its tables are [`crate::ts`]'s, not these.
+    pub(crate) time_series: bool,
+    /// The days whose TimeSeries partitions this plugin knows exist.
+    pub(crate) ts_days: std::sync::Mutex<HashSet<i64>>,
+    pub(crate) names: TableNames,
     /// Quoted, schema-qualified names, ready for SQL.
     items: String,
     chunks: String,
@@ -181,6 +185,8 @@ impl Target {
             ranges: names.qualified(&names.ranges()),
             tokens: names.qualified(&names.tokens()),
             registry: names.qualified(REGISTRY_TABLE),
+            ts_days: std::sync::Mutex::default(),
+            time_series: ns.spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32,
             names,
             settings,
             pool,
@@ -240,7 +246,7 @@ impl Target {
     }
 
     fn drop_tables(names: &TableNames) -> String {
-        let tables: Vec<String> = names.tables().iter().map(|t| names.qualified(t)).collect();
+        let tables: Vec<String> = names.all_tables().iter().map(|t| names.qualified(t)).collect();
         format!("DROP TABLE IF EXISTS {}", tables.join(", "))
     }
 }
@@ -300,12 +306,14 @@ pub(crate) async fn provision(plugin: &PostgresPlugin, t: &Target) -> Result<()>
         }
         None => false,
     };
+    let main = if t.time_series { t.names.qualified(&t.names.ts_events()) } else { t.items.clone() };
     let exists: bool =
-        tx.query_typed_one("SELECT to_regclass($1) IS NOT NULL", &[(&t.items, Type::TEXT)]).await?.try_get(0)?;
+        tx.query_typed_one("SELECT to_regclass($1) IS NOT NULL", &[(&main, Type::TEXT)]).await?.try_get(0)?;
     // Provisioning again leaves a provisioned namespace's tables alone (the
     // ALTERs would lock them against its traffic).
     if !(registered && exists) {
-        tx.batch_execute(&t.ddl()).await?;
+        let ddl = if t.time_series { crate::ts::ddl(&t.names) } else { t.ddl() };
+        tx.batch_execute(&ddl).await?;
         tx.execute_typed(
             &format!(
                 "INSERT INTO {} (name, create_revision, base) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -810,7 +818,8 @@ impl KeyValue for PostgresPlugin {
         // namespaces wait for the next one rather than each time out.
         let mut unreachable = std::collections::HashSet::new();
         // One namespace failing (its server down) does not stop the others.
-        for t in self.known() {
+        // TimeSeries namespaces have no KeyValue tables: `TimeSeries::reclaim`.
+        for t in self.known().into_iter().filter(|t| !t.time_series) {
             let pool = t.settings.pool_key();
             if unreachable.contains(&pool) {
                 continue;
@@ -843,7 +852,7 @@ impl KeyValue for PostgresPlugin {
 impl PostgresPlugin {
     /// Turns "the tables are not there" into `NotProvisioned`, forgetting
     /// the namespace.
-    fn settle<T>(&self, t: &Target, result: Result<T>) -> Result<T> {
+    pub(crate) fn settle<T>(&self, t: &Target, result: Result<T>) -> Result<T> {
         result.map_err(|e| {
             if e.is_missing_table() {
                 self.forget(t);

@@ -10,10 +10,10 @@
 //! a reason that names neither the DSN nor the server. The layout, the
 //! write rules and the locking are in [`kv`].
 //!
-//! Serves KeyValue. The capability declaration also lists TimeSeries, as
-//! the control plane's table does ([`prism_proto::capabilities`]), but
-//! [`Plugin::time_series`] returns `None` until the postgres TimeSeries
-//! store exists.
+//! Serves KeyValue ([`kv`]) and TimeSeries ([`ts`]: time-partitioned
+//! tables), as the control plane's capability table says
+//! ([`prism_proto::capabilities`]). A namespace gets the tables of its
+//! abstraction only.
 //!
 //! TLS to the server is not supported yet: a namespace that sets
 //! `require_tls` (or a DSN with `sslmode=require`) is refused at
@@ -24,6 +24,7 @@
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod ts;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use prism_plugin_api::kv::KeyValue;
+use prism_plugin_api::ts::TimeSeries;
 use prism_plugin_api::{Capabilities, Namespace, Plugin};
 use prism_proto::control::Backend;
 
@@ -176,6 +178,10 @@ impl Plugin for PostgresPlugin {
     }
 
     fn key_value(&self) -> Option<&dyn KeyValue> {
+        Some(self)
+    }
+
+    fn time_series(&self) -> Option<&dyn TimeSeries> {
         Some(self)
     }
 }

@@ -1,7 +1,8 @@
 //! The shared KeyValue conformance suite against a real PostgreSQL server
 //! (one per test binary, started by the testkit): with the default 1 MiB
 //! chunk threshold, and again with a 1 KiB one so that most of the suite's
-//! values are chunked. The schema's name is full of SQL metacharacters, so
+//! values are chunked; and the TimeSeries suite once (it does not chunk).
+//! The schema's name is full of SQL metacharacters, so
 //! every statement of the suite also proves that identifiers are quoted.
 
 mod support;
@@ -12,4 +13,8 @@ prism_plugin_api::key_value_conformance!(support::fixture(SCHEMA, 1 << 20));
 
 mod small_chunks {
     prism_plugin_api::key_value_conformance!(super::support::fixture(super::SCHEMA, 1024));
+}
+
+mod time_series {
+    prism_plugin_api::time_series_conformance!(super::support::fixture(super::SCHEMA, 1 << 20));
 }

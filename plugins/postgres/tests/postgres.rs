@@ -3,16 +3,18 @@
 //! tables are named deterministically and within PostgreSQL's limits and
 //! go with their namespace, large values live in chunks, settings are
 //! checked without leaking the DSN, writers through different gateways
-//! keep the last writer, and an outage fails requests fast and heals by
-//! itself.
+//! keep the last writer, an outage fails requests fast and heals by
+//! itself, and a restart under a write load loses and duplicates nothing.
 
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prism_plugin_api::conformance::support::{Case, MIB, namespace, pairs, pattern, put};
 use prism_plugin_api::kv::{KeyRange, Mutation, PageLimits, Selector, WriteStamp};
+use prism_plugin_api::ts::Event;
 use prism_plugin_api::{Namespace, Plugin, PluginError, now_micros};
 use prism_plugin_postgres::kv::MAX_ID_AND_KEY_BYTES;
 use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig, TableNames};
@@ -500,4 +502,137 @@ async fn an_outage_fails_requests_and_heals_by_itself() {
     c.put("r", &[("k", "after")], 3).await;
     assert_eq!(c.entries("r").await, pairs(&[("k", "after")]));
     c.finish().await;
+}
+
+/// Restarting the server under a write load loses and duplicates nothing:
+/// writers of KeyValue items (each with its idempotency token) and of
+/// TimeSeries events retry what fails, with the same token or event, until
+/// it is acknowledged; afterwards every acknowledged write is there,
+/// exactly once, with its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
+    const WRITERS: usize = 4;
+    const WRITES: usize = 300;
+    let mut server = match PostgresServer::start_or_skip().expect("start a server of this test's own") {
+        Some(server) => server,
+        None => {
+            println!("{}", skip_reason());
+            return;
+        }
+    };
+    let config = PostgresPluginConfig {
+        connect_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(5),
+        pool_wait_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+        ..PostgresPluginConfig::default()
+    };
+    let plugin = Configured::new(settings(&server.dsn(), ""), config);
+    let kv_case = Case::provision(plugin.clone(), "restart-kv").await;
+    let ts_case = Case::provision_ts(plugin.clone(), "restart-ts").await;
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let retried = Arc::new(AtomicUsize::new(0));
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (plugin, kv_ns, ts_ns) = (plugin.clone(), kv_case.ns.clone(), ts_case.ns.clone());
+        let (base, ts_base) = (kv_case.base, ts_case.base);
+        let (acknowledged, retried) = (acknowledged.clone(), retried.clone());
+        writers.push(tokio::spawn(async move {
+            let (kv, ts) = (plugin.key_value().expect("key_value"), plugin.time_series().expect("time_series"));
+            for i in 0..WRITES {
+                let record = format!("r{w}");
+                let mutation = [put(format!("k{i:04}"), format!("v{w}-{i}"))];
+                let stamp = WriteStamp { generation_time: base + i as i64, token: Some(format!("t{w}-{i}")) };
+                let event = restart_event(w, i, ts_base);
+                let (record, mutation, stamp, event) = (&record, &mutation, &stamp, &event);
+                let (retried, kv_ns, ts_ns) = (&retried, &kv_ns, &ts_ns);
+                // Each write is retried as it was until acknowledged: a
+                // write that committed but whose acknowledgement was lost
+                // must not apply twice.
+                prism_testkit::eventually(Duration::from_secs(60), || async move {
+                    let result = kv.mutate(kv_ns, record, mutation, stamp).await;
+                    if result.is_err() {
+                        retried.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(result?)
+                })
+                .await
+                .unwrap_or_else(|e| panic!("writer {w}: put {i} never acknowledged: {e:#}"));
+                prism_testkit::eventually(Duration::from_secs(60), || async move {
+                    let result = ts.write(ts_ns, std::slice::from_ref(event)).await;
+                    if result.is_err() {
+                        retried.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(result?)
+                })
+                .await
+                .unwrap_or_else(|e| panic!("writer {w}: event {i} never acknowledged: {e:#}"));
+                acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // Restart once the load is well under way, while the writers run.
+    let started = acknowledged.clone();
+    prism_testkit::eventually(Duration::from_secs(60), || {
+        let started = started.clone();
+        async move {
+            let done = started.load(Ordering::Relaxed);
+            anyhow::ensure!(done >= WRITERS * WRITES / 4, "{done} writes acknowledged so far");
+            Ok(())
+        }
+    })
+    .await
+    .expect("the writers make progress");
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart().expect("restart the server");
+        server
+    })
+    .await
+    .expect("restart task");
+    let during = acknowledged.load(Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    assert_eq!(acknowledged.load(Ordering::Relaxed), WRITERS * WRITES);
+    assert!(during < WRITERS * WRITES, "the restart came after every write: it tested nothing");
+    println!("restart after {during} writes; {} attempts failed and were retried", retried.load(Ordering::Relaxed));
+
+    let kv = plugin.key_value().expect("key_value");
+    let ts = plugin.time_series().expect("time_series");
+    let roomy = PageLimits { max_bytes: u64::MAX, max_items: None };
+    for w in 0..WRITERS {
+        let page = kv.get(&kv_case.ns, &format!("r{w}"), &Selector::All, None, roomy, kv_case.base).await.expect("get");
+        let got: Vec<(Vec<u8>, Vec<u8>)> = page.items.into_iter().map(|i| (i.key, i.value)).collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> =
+            (0..WRITES).map(|i| (format!("k{i:04}").into_bytes(), format!("v{w}-{i}").into_bytes())).collect();
+        assert!(got == want, "record r{w}: {} items, want each of {} puts once, with its value", got.len(), want.len());
+
+        let base = ts_case.base;
+        let series = format!("s{w}");
+        let page = ts.read(&ts_case.ns, &series, base - DAY, base + DAY, None, roomy, base).await.expect("read");
+        assert_eq!(page.next, None);
+        let mut want: Vec<_> = (0..WRITES).map(|i| restart_event(w, i, base)).collect();
+        want.reverse(); // newest first
+        assert_eq!(page.events.len(), WRITES, "series {series}: each acknowledged event once");
+        assert!(page.events == want, "series {series}: the events differ from those acknowledged");
+    }
+    kv_case.finish().await;
+    ts_case.finish().await;
+    drop(server);
+}
+
+const DAY: i64 = 86_400_000_000;
+
+/// The `i`th event writer `w` writes in the restart test: one a
+/// millisecond, the newest last.
+fn restart_event(w: usize, i: usize, base: i64) -> Event {
+    Event {
+        time_series_id: format!("s{w}"),
+        event_time: base - 60_000_000 + i as i64 * 1000,
+        event_id: format!("e{i:04}"),
+        items: vec![(b"v".to_vec(), format!("{w}-{i}").into_bytes())],
+        tags: [("writer".to_owned(), w.to_string())].into(),
+    }
 }

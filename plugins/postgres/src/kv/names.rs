@@ -31,6 +31,7 @@ pub const REGISTRY_TABLE: &str = "prism_kv_namespaces";
 const TABLE_SEED: u64 = 0x7072_6973_6d2d_6b76; // "prism-kv"
 const RECORD_LOCK_SEED: u64 = 0x7265_636f_7264_6c6b; // "recordlk"
 const SCHEMA_LOCK_SEED: u64 = 0x7363_6865_6d61_6c6b; // "schemalk"
+const PARTITION_LOCK_SEED: u64 = 0x7061_7274_6974_6c6b; // "partitlk"
 
 /// `"identifier"`, with any `"` doubled: safe whatever it holds (a NUL is
 /// refused earlier, as PostgreSQL cannot store one).
@@ -92,9 +93,39 @@ impl TableNames {
         self.name("tokens")
     }
 
-    /// Every table, in the order they may be dropped.
+    /// Every KeyValue table, in the order they may be dropped.
     pub fn tables(&self) -> [String; 4] {
         [self.chunks(), self.items(), self.ranges(), self.tokens()]
+    }
+
+    /// TimeSeries event heads (tags), partitioned by event time.
+    pub fn ts_events(&self) -> String {
+        self.name("tsev")
+    }
+
+    /// TimeSeries event items, partitioned like the heads.
+    pub fn ts_items(&self) -> String {
+        self.name("tsit")
+    }
+
+    /// The partitions of [`Self::ts_events`] (`e`) or [`Self::ts_items`]
+    /// (`i`) for `day` (days since the epoch, `0..100_000`): `_e01234`.
+    pub fn ts_partition(&self, table: char, day: i64) -> String {
+        self.name(&format!("{table}{day:05}"))
+    }
+
+    /// The partitions before the first day (`lo`) or from the last
+    /// (`hi`): `_elo`, `_ihi`.
+    pub fn ts_edge(&self, table: char, edge: &str) -> String {
+        self.name(&format!("{table}{edge}"))
+    }
+
+    /// Every table of both abstractions, in the order they may be dropped
+    /// (a partitioned table goes with its partitions).
+    pub fn all_tables(&self) -> Vec<String> {
+        let mut all = self.tables().to_vec();
+        all.extend([self.ts_events(), self.ts_items()]);
+        all
     }
 
     /// `"schema"."<base>_<suffix>"`.
@@ -114,6 +145,14 @@ impl TableNames {
         data.push(0);
         data.extend_from_slice(id);
         XxHash64::oneshot(RECORD_LOCK_SEED, &data) as i64
+    }
+}
+
+impl TableNames {
+    /// The advisory lock key that serialises creating and dropping the
+    /// TimeSeries partitions of this incarnation.
+    pub(crate) fn partition_lock(&self) -> i64 {
+        XxHash64::oneshot(PARTITION_LOCK_SEED, self.base.as_bytes()) as i64
     }
 }
 
@@ -152,6 +191,12 @@ mod tests {
             assert!(table.len() <= MAX_IDENTIFIER_BYTES, "{table} is {} bytes", table.len());
         }
         assert!(names.base.len() + "_itomb".len() <= MAX_IDENTIFIER_BYTES);
+        for table in names.all_tables() {
+            assert!(table.len() <= MAX_IDENTIFIER_BYTES, "{table} is {} bytes", table.len());
+        }
+        for partition in [names.ts_partition('e', 99_999), names.ts_edge('i', "hi")] {
+            assert!(partition.len() <= MAX_IDENTIFIER_BYTES, "{partition} is {} bytes", partition.len());
+        }
         let other = format!("{}/{}", "t".repeat(63), "n".repeat(62));
         assert_ne!(names.base, base(&other, u64::MAX), "names equal after the cut still differ");
     }

@@ -2,6 +2,8 @@
 //! per binary, and a plugin wrapper that gives every namespace the
 //! server's settings.
 //!
+//! [`Configured`] serves KeyValue and TimeSeries alike.
+//!
 //! The conformance suite makes namespaces without a `backend_config` (it
 //! is backend-neutral), while a postgres namespace must name its server:
 //! [`Configured`] fills it in on every call, as the control plane's
@@ -13,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::{ItemsPage, KeyValue, Mutation, PageLimits, RecordsPage, ScanCursor, Selector, WriteStamp};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries};
 use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin};
 use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
 use prism_proto::control::backend_config::Config;
@@ -92,6 +95,47 @@ impl Plugin for Configured {
     fn key_value(&self) -> Option<&dyn KeyValue> {
         Some(self)
     }
+
+    fn time_series(&self) -> Option<&dyn TimeSeries> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl TimeSeries for Configured {
+    async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
+        self.plugin.write(&self.ns(ns), events).await
+    }
+
+    async fn read(
+        &self,
+        ns: &Namespace,
+        time_series_id: &str,
+        start: Micros,
+        end: Micros,
+        after: Option<&EventCursor>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<EventsPage> {
+        self.plugin.read(&self.ns(ns), time_series_id, start, end, after, limits, now).await
+    }
+
+    async fn search(
+        &self,
+        ns: &Namespace,
+        start: Micros,
+        end: Micros,
+        filter: Option<&TagFilter>,
+        after: Option<&EventCursor>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<EventsPage> {
+        self.plugin.search(&self.ns(ns), start, end, filter, after, limits, now).await
+    }
+
+    async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {
+        TimeSeries::reclaim(&self.plugin, &self.ns(ns), now).await
+    }
 }
 
 #[async_trait]
@@ -129,7 +173,7 @@ impl KeyValue for Configured {
     }
 
     async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
-        self.plugin.reclaim(now).await
+        KeyValue::reclaim(&self.plugin, now).await
     }
 
     async fn storage_bytes(&self, ns: &Namespace) -> prism_plugin_api::Result<u64> {
