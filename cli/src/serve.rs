@@ -37,6 +37,9 @@ pub struct ControlPlaneArgs {
     /// A shard id new namespaces are assigned to (repeat for more; replaces the file's list)
     #[arg(long = "shard", value_name = "ID")]
     pub shards: Vec<String>,
+    /// PostgreSQL DSN of a shared metadata store, instead of the embedded one (overrides the file)
+    #[arg(long = "store", value_name = "DSN", env = "PRISM_CONTROL_PLANE_STORE", hide_env_values = true)]
+    pub store: Option<String>,
 }
 
 impl ControlPlaneArgs {
@@ -51,6 +54,9 @@ impl ControlPlaneArgs {
         if !self.shards.is_empty() {
             config.shards.clone_from(&self.shards);
         }
+        if let Some(dsn) = &self.store {
+            config.store = Some(dsn.clone());
+        }
         config.validate().map_err(|e| usage(e.to_string()))?;
         Ok(config)
     }
@@ -63,8 +69,14 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("listener address")?;
-    let plane =
-        server::open(config).with_context(|| format!("cannot open the metadata store in {}", data_dir.display()))?;
+    let plane = if config.store.is_some() {
+        // The DSN may hold a password: not for messages.
+        server::open(config).await.context("cannot open the metadata store database")?
+    } else {
+        server::open(config)
+            .await
+            .with_context(|| format!("cannot open the metadata store in {}", data_dir.display()))?
+    };
     crate::output::print(&format!("control plane serving on {addr}\n"))?;
     server::serve(plane, listener, shutdown_signal()).await?;
     tracing::info!("control plane stopped");
@@ -183,7 +195,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         cp_config.shard_endpoints.insert((*shard).to_owned(), vec![addr.to_string()]);
     }
     let cp_listener = TcpListener::bind(cp_addr).await.with_context(|| format!("cannot listen on {cp_addr}"))?;
-    let plane = server::open(cp_config).context("cannot open the control plane's store")?;
+    let plane = server::open(cp_config).await.context("cannot open the control plane's store")?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -245,7 +257,13 @@ mod tests {
     use super::*;
 
     fn args() -> ControlPlaneArgs {
-        ControlPlaneArgs { config: None, listen: DEFAULT_LISTEN.into(), data_dir: None, shards: Vec::new() }
+        ControlPlaneArgs {
+            config: None,
+            listen: DEFAULT_LISTEN.into(),
+            data_dir: None,
+            shards: Vec::new(),
+            store: None,
+        }
     }
 
     #[test]

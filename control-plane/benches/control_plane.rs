@@ -48,7 +48,7 @@ fn spec() -> NamespaceSpec {
 
 fn open_plane(dir: &std::path::Path) -> ControlPlane {
     let config = ControlPlaneConfig { data_dir: dir.join("control-plane"), ..ControlPlaneConfig::default() };
-    server::open(config).expect("open control plane")
+    runtime().block_on(server::open(config)).expect("open control plane")
 }
 
 /// A fresh namespace name per call, across every benchmark iteration.

@@ -9,12 +9,22 @@ use serde::Deserialize;
 
 use crate::error::{ControlPlaneError, Result};
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+// `Debug` is written by hand: `store` may hold a password.
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlPlaneConfig {
     /// Directory of the embedded metadata store (created if missing).
-    /// Default: `./prism-data/control-plane`.
+    /// Unused when `store` names a database. Default:
+    /// `./prism-data/control-plane`.
     pub data_dir: PathBuf,
+    /// A PostgreSQL DSN (`postgres://user:password@host:port/db`) to keep
+    /// the metadata in instead of the embedded store; several replicas may
+    /// share one database. Default: none (the embedded store in
+    /// `data_dir`).
+    pub store: Option<String>,
+    /// Schema of the metadata tables in the `store` database (created if
+    /// missing). Default: `prism_control`. At most 63 bytes.
+    pub store_schema: String,
     /// Shard ids new namespaces are assigned to, by rendezvous hashing,
     /// until gateways register their shards. Default: none (namespaces wait
     /// in PROVISIONING for a shard).
@@ -31,10 +41,26 @@ pub struct ControlPlaneConfig {
     pub change_log_retention: u64,
 }
 
+impl std::fmt::Debug for ControlPlaneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneConfig")
+            .field("data_dir", &self.data_dir)
+            .field("store", &self.store.as_ref().map(|_| "<redacted>"))
+            .field("store_schema", &self.store_schema)
+            .field("shards", &self.shards)
+            .field("shard_endpoints", &self.shard_endpoints)
+            .field("watch_buffer", &self.watch_buffer)
+            .field("change_log_retention", &self.change_log_retention)
+            .finish()
+    }
+}
+
 impl Default for ControlPlaneConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("prism-data/control-plane"),
+            store: None,
+            store_schema: crate::store::postgres::DEFAULT_SCHEMA.to_owned(),
             shards: Vec::new(),
             shard_endpoints: BTreeMap::new(),
             watch_buffer: 1024,
@@ -59,6 +85,13 @@ impl ControlPlaneConfig {
         let bad = |field: &str, description: String| ControlPlaneError::Config { field: field.into(), description };
         if self.data_dir.as_os_str().is_empty() {
             return Err(bad("data_dir", "must not be empty".into()));
+        }
+        if let Some(dsn) = &self.store {
+            // Shape only: nothing is connected before the store opens.
+            crate::store::postgres::parse_dsn(dsn)?;
+        }
+        if self.store_schema.is_empty() || self.store_schema.len() > 63 {
+            return Err(bad("store_schema", "must be 1 to 63 bytes".into()));
         }
         for (i, shard) in self.shards.iter().enumerate() {
             prism_proto::names::validate_part(shard).map_err(|e| bad(&format!("shards[{i}]"), e.to_string()))?;
@@ -93,6 +126,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_never_shows_the_store_dsn() {
+        let c = ControlPlaneConfig { store: Some("postgres://u:hunter2@db/x".into()), ..Default::default() };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
     fn parses_and_defaults() {
         let c = ControlPlaneConfig::from_toml("shards = [\"a\", \"b\"]").expect("valid");
         assert_eq!(c.shards, ["a", "b"]);
@@ -107,5 +147,9 @@ mod tests {
         assert!(e.to_string().contains("shards[1]"), "{e}");
         let e = ControlPlaneConfig::from_toml("watch_buffer = 0").expect_err("zero");
         assert!(e.to_string().contains("watch_buffer"), "{e}");
+        let e = ControlPlaneConfig::from_toml("store = \"mysql://u:secret@h/db\"").expect_err("not postgres");
+        assert!(e.to_string().contains("store") && !e.to_string().contains("secret"), "{e}");
+        let c = ControlPlaneConfig::from_toml("store = \"postgres://u@h:5432/db\"").expect("a postgres DSN");
+        assert_eq!(c.store_schema, "prism_control");
     }
 }

@@ -2,6 +2,10 @@
 
 use prism_proto::error::{Detail, ErrorKind, Report};
 
+/// What a client is told when the metadata database cannot serve: no DSN,
+/// no server address, no SQL.
+pub const STORE_UNAVAILABLE: &str = "the metadata store is unavailable";
+
 pub type Result<T, E = ControlPlaneError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,13 @@ pub enum ControlPlaneError {
     Store(#[from] redb::Error),
     #[error("metadata store: {0}")]
     Corrupt(String),
+    /// The metadata database is down, unreachable, overloaded or shutting
+    /// down (retryable). The detail is for the server's log only.
+    #[error("metadata store unavailable: {0}")]
+    StoreUnavailable(String),
+    /// The metadata database refused a statement: a bug or a damaged schema.
+    #[error("metadata database: {0}")]
+    Database(String),
     #[error("metadata store task: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("server: {0}")]
@@ -53,8 +64,10 @@ impl ControlPlaneError {
             Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Self::Conflict(_) | Self::WatchLagged { .. } => ErrorKind::Aborted,
             Self::QuotaExceeded { .. } => ErrorKind::ResourceExhausted,
-            Self::ShuttingDown | Self::Unavailable(_) => ErrorKind::Unavailable,
-            Self::Store(_) | Self::Corrupt(_) | Self::Task(_) | Self::Transport(_) => ErrorKind::Internal,
+            Self::ShuttingDown | Self::Unavailable(_) | Self::StoreUnavailable(_) => ErrorKind::Unavailable,
+            Self::Store(_) | Self::Corrupt(_) | Self::Database(_) | Self::Task(_) | Self::Transport(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 
@@ -80,9 +93,10 @@ impl ControlPlaneError {
                     metadata: vec![("resume_from_revision".into(), resume_from.to_string())],
                 },
             },
-            Self::Store(_) | Self::Corrupt(_) | Self::Task(_) | Self::Transport(_) => {
+            Self::Store(_) | Self::Corrupt(_) | Self::Database(_) | Self::Task(_) | Self::Transport(_) => {
                 Report::new(ErrorKind::Internal, "internal error in the metadata store")
             }
+            Self::StoreUnavailable(_) => Report::new(ErrorKind::Unavailable, STORE_UNAVAILABLE),
             other => Report::new(other.kind(), other.to_string()),
         }
     }
@@ -90,6 +104,8 @@ impl ControlPlaneError {
     pub fn into_status(self) -> tonic::Status {
         if self.kind() == ErrorKind::Internal {
             tracing::error!(error = %self, "request failed");
+        } else if matches!(self, Self::StoreUnavailable(_)) {
+            tracing::warn!(error = %self, "request failed");
         }
         prism_proto::error::into_status(self.report())
     }

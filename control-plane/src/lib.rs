@@ -4,7 +4,8 @@
 //! audits it, and streams it to gateways over `Watch`.
 //!
 //! - [`plane`]: the rules (transport-free).
-//! - [`store`]: where metadata lives ([`store::file`], the default).
+//! - [`store`]: where metadata lives ([`store::file`], the default, or
+//!   [`store::postgres`], shared by several replicas).
 //! - [`watch`]: snapshot + ordered deltas.
 //! - [`service`] / [`server`]: the gRPC edge.
 

@@ -13,17 +13,26 @@ use crate::config::ControlPlaneConfig;
 use crate::error::{ControlPlaneError, Result};
 use crate::plane::ControlPlane;
 use crate::service::Service;
+use crate::store::Store;
 use crate::store::file::FileStore;
+use crate::store::postgres::PgStore;
 
 /// Largest message the control plane accepts or sends (snapshot chunks
 /// stay far below it).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Opens the configured store and builds the control plane over it.
-pub fn open(config: ControlPlaneConfig) -> Result<ControlPlane> {
+/// Opens the configured store (the Postgres database `store` names, else
+/// the embedded file store in `data_dir`) and builds the control plane
+/// over it.
+pub async fn open(config: ControlPlaneConfig) -> Result<ControlPlane> {
     config.validate()?;
-    let store = FileStore::open(&config.data_dir, config.watch_buffer, config.change_log_retention)?;
-    Ok(ControlPlane::new(Arc::new(store), config))
+    let store: Arc<dyn Store> = match &config.store {
+        Some(dsn) => {
+            Arc::new(PgStore::open(dsn, &config.store_schema, config.watch_buffer, config.change_log_retention).await?)
+        }
+        None => Arc::new(FileStore::open(&config.data_dir, config.watch_buffer, config.change_log_retention)?),
+    };
+    Ok(ControlPlane::new(store, config))
 }
 
 /// Serves `plane` on `listener` until `shutdown` completes.

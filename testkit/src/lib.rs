@@ -46,7 +46,7 @@ impl ControlPlaneHandle {
         // the store open for a moment.
         let plane = eventually(Duration::from_secs(10), || {
             let config = config.clone();
-            async move { server::open(config).context("open control plane") }
+            async move { server::open(config).await.context("open control plane") }
         })
         .await?;
         let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;

@@ -9,6 +9,7 @@
 //! subscribers in revision order.
 
 pub mod file;
+pub mod postgres;
 
 use std::sync::Arc;
 
