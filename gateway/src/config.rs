@@ -21,6 +21,12 @@ pub struct GatewayConfig {
     /// Directory of the embedded backend's data. Default
     /// `./prism-data/<shard_id>`.
     pub data_dir: Option<PathBuf>,
+    /// A PEM file of the CA certificates this gateway trusts to sign
+    /// PostgreSQL servers' certificates, for the postgres namespaces that
+    /// require TLS (`require_tls`, or `sslmode=require`/`verify-full` in
+    /// their DSN). Read once at startup. Default: none, and such a
+    /// namespace is DEGRADED ("no CA configured for postgres TLS").
+    pub postgres_tls_ca_file: Option<PathBuf>,
     pub auth: AuthConfig,
     pub cache: CacheConfig,
     pub limits: Limits,
@@ -95,6 +101,7 @@ impl Default for GatewayConfig {
             control_plane: "127.0.0.1:7400".into(),
             control_plane_token: None,
             data_dir: None,
+            postgres_tls_ca_file: None,
             auth: AuthConfig::default(),
             cache: CacheConfig::default(),
             limits: Limits::default(),

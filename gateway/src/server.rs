@@ -80,9 +80,11 @@ impl Gateway {
         })
         .map_err(|e| GatewayError::Internal(format!("cannot open the embedded store: {e}")))?;
         // Opens no connection: each postgres namespace names its server,
-        // reached when the namespace is provisioned or used.
+        // reached when the namespace is provisioned or used. The TLS CA
+        // file is read here, so a bad one stops the gateway at startup.
         let postgres = PostgresPlugin::new(PostgresPluginConfig {
             chunk_threshold_bytes: config.limits.chunk_threshold_bytes,
+            tls_ca_file: config.postgres_tls_ca_file.clone(),
             ..PostgresPluginConfig::default()
         })
         .map_err(|e| GatewayError::Internal(format!("cannot set up the postgres backend: {e}")))?;

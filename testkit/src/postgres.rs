@@ -10,6 +10,11 @@
 //! [`PostgresServer::start_or_skip`] returns `None` instead unless
 //! `PRISM_REQUIRE_SERVERS` is set (CI sets it, so nothing is skipped there).
 //!
+//! [`PostgresServer::start_tls`] starts one that also offers TLS, with a
+//! certificate for `localhost` and `127.0.0.1` signed by a CA made for
+//! that server alone ([`PostgresServer::ca_pem_path`]); plaintext stays
+//! allowed, so a test can connect either way and see which the server saw.
+//!
 //! The calls block (they run `pg_ctl` and wait for it): that keeps the
 //! fixture usable from any runtime or none, e.g. in a `OnceLock` shared by
 //! every test of a binary. A shared server lives in a static and is never
@@ -151,10 +156,13 @@ pub struct PostgresServer {
     port: u16,
     bin: PathBuf,
     run_as: RunAs,
-    /// Holds `data/` (the cluster), `socket/` and `server.log`; removed on drop.
+    /// Holds `data/` (the cluster), `socket/` and `server.log` (and the
+    /// TLS files, `tls/`); removed on drop.
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     running: bool,
+    /// Whether the server offers TLS.
+    tls: bool,
 }
 
 impl PostgresServer {
@@ -162,7 +170,7 @@ impl PostgresServer {
     /// binaries are missing.
     pub fn start() -> anyhow::Result<Self> {
         match find_binaries() {
-            Some(bin) => Self::start_with(bin, free_port),
+            Some(bin) => Self::start_with(bin, free_port, false),
             None => Err(not_installed()),
         }
     }
@@ -172,17 +180,36 @@ impl PostgresServer {
     /// and says so ([`skip_reason`]).
     pub fn start_or_skip() -> anyhow::Result<Option<Self>> {
         match find_binaries() {
-            Some(bin) => Self::start_with(bin, free_port).map(Some),
+            Some(bin) => Self::start_with(bin, free_port, false).map(Some),
+            None => when_missing(servers_required()),
+        }
+    }
+
+    /// As [`start`](Self::start), and the server offers TLS (`ssl = on`)
+    /// with a certificate for `localhost` and `127.0.0.1`, signed by the CA
+    /// at [`ca_pem_path`](Self::ca_pem_path).
+    pub fn start_tls() -> anyhow::Result<Self> {
+        match find_binaries() {
+            Some(bin) => Self::start_with(bin, free_port, true),
+            None => Err(not_installed()),
+        }
+    }
+
+    /// As [`start_tls`](Self::start_tls), but `Ok(None)` when the binaries
+    /// are missing and [`servers_required`] is false.
+    pub fn start_tls_or_skip() -> anyhow::Result<Option<Self>> {
+        match find_binaries() {
+            Some(bin) => Self::start_with(bin, free_port, true).map(Some),
             None => when_missing(servers_required()),
         }
     }
 
     /// Starts on the first port `next_port` gives that the server can bind.
-    fn start_with(bin: PathBuf, mut next_port: impl FnMut() -> anyhow::Result<u16>) -> anyhow::Result<Self> {
+    fn start_with(bin: PathBuf, mut next_port: impl FnMut() -> anyhow::Result<u16>, tls: bool) -> anyhow::Result<Self> {
         let run_as = RunAs::detect()?;
         let dir = tempfile::Builder::new().prefix("prism-postgres-").tempdir().context("temp dir")?;
         let root = dir.path().to_path_buf();
-        let mut server = Self { port: 0, bin, run_as, dir: Some(dir), root, running: false };
+        let mut server = Self { port: 0, bin, run_as, dir: Some(dir), root, running: false, tls };
         server.init()?;
         server.watch();
         let mut last = None;
@@ -241,6 +268,17 @@ impl PostgresServer {
             "max_connections = 200".to_owned(),
             "shared_buffers = 32MB".to_owned(),
         ];
+        let settings = if self.tls {
+            let (cert, key) = self.write_tls_files()?;
+            let tls = [
+                "ssl = on".to_owned(),
+                format!("ssl_cert_file = {}", conf_quote(&cert.display().to_string())),
+                format!("ssl_key_file = {}", conf_quote(&key.display().to_string())),
+            ];
+            [settings.as_slice(), &tls].concat()
+        } else {
+            settings.to_vec()
+        };
         let conf = self.data_dir().join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).context("read postgresql.conf")?;
         text.push_str("\n# prism-testkit\n");
@@ -273,6 +311,56 @@ fi"#;
         if let Err(error) = spawned {
             eprintln!("prism-testkit: no watchdog for the postgres server: {error}");
         }
+    }
+
+    /// A fresh CA, and a server certificate for `localhost` and
+    /// `127.0.0.1` signed by it, into `tls/`: the CA's certificate for
+    /// clients, the server's certificate and key for the server. Returns
+    /// the paths of the server's certificate and key.
+    fn write_tls_files(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let dir = self.root.join("tls");
+        std::fs::create_dir(&dir).context("create tls/")?;
+        let (ca_pem, issuer) = generate_ca()?;
+        let server_key = rcgen::KeyPair::generate().context("generate the server key")?;
+        // rcgen makes an IP address SAN of a name that parses as one.
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .context("server certificate parameters")?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, "prism-testkit postgres");
+        let cert = params.signed_by(&server_key, &issuer).context("sign the server certificate")?;
+        let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(self.ca_pem_path_in(&dir), ca_pem).context("write ca.crt")?;
+        std::fs::write(&cert_path, cert.pem()).context("write server.crt")?;
+        // PostgreSQL refuses a key that its group or others may read.
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key_path)
+                .context("create server.key")?;
+            file.write_all(server_key.serialize_pem().as_bytes()).context("write server.key")?;
+        }
+        if !matches!(self.run_as, RunAs::Me) {
+            let (uid, gid) = unprivileged_ids()?;
+            for path in [&dir, &cert_path, &key_path] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .with_context(|| format!("chown {} to {UNPRIVILEGED_USER}", path.display()))?;
+            }
+        }
+        Ok((cert_path, key_path))
+    }
+
+    fn ca_pem_path_in(&self, tls_dir: &Path) -> PathBuf {
+        tls_dir.join("ca.crt")
+    }
+
+    /// The PEM certificate of the CA that signed this server's certificate,
+    /// for a client's trusted roots; `None` when the server has no TLS
+    /// ([`start`](Self::start)).
+    pub fn ca_pem_path(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.ca_pem_path_in(&self.root.join("tls")))
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -425,6 +513,23 @@ pub fn skip_reason() -> String {
     )
 }
 
+/// A new CA: its certificate (PEM) and the issuer that signs with it.
+fn generate_ca() -> anyhow::Result<(String, rcgen::Issuer<'static, rcgen::KeyPair>)> {
+    let key = rcgen::KeyPair::generate().context("generate the CA key")?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "prism-testkit CA");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let pem = params.self_signed(&key).context("self-sign the CA")?.pem();
+    Ok((pem, rcgen::Issuer::new(params, key)))
+}
+
+/// The PEM certificate of a fresh CA that signed nothing: a trusted root
+/// that no server's certificate chains to.
+pub fn generate_ca_pem() -> anyhow::Result<String> {
+    generate_ca().map(|(pem, _)| pem)
+}
+
 /// A port that was free a moment ago: bind `127.0.0.1:0`, read, release.
 fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
@@ -487,9 +592,34 @@ mod tests {
         };
         let taken = TcpListener::bind("127.0.0.1:0")?;
         let mut ports = vec![taken.local_addr()?.port()].into_iter();
-        let server = PostgresServer::start_with(bin, || ports.next().map_or_else(free_port, Ok))?;
+        let server = PostgresServer::start_with(bin, || ports.next().map_or_else(free_port, Ok), false)?;
         assert_ne!(server.port(), taken.local_addr()?.port());
         TcpStream::connect(server.addr()).context("connect")?;
+        Ok(())
+    }
+
+    /// A TLS server answers the protocol's TLS request with "yes", from a
+    /// key only its user may read, and hands out the CA that signed it.
+    #[test]
+    fn a_tls_server_offers_tls_and_its_ca() -> anyhow::Result<()> {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::PermissionsExt;
+        let Some(server) = PostgresServer::start_tls_or_skip()? else {
+            println!("{}", skip_reason());
+            return Ok(());
+        };
+        let ca = server.ca_pem_path().context("a TLS server has a CA")?;
+        assert!(std::fs::read_to_string(&ca)?.contains("BEGIN CERTIFICATE"), "{}", ca.display());
+        let mode = std::fs::metadata(server.root.join("tls/server.key"))?.permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key is private: {mode:o}");
+        // SSLRequest: length 8, then the code 80877103; the server answers
+        // one byte, `S` (TLS follows) or `N`.
+        let mut stream = TcpStream::connect(server.addr()).context("connect")?;
+        stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer)?;
+        assert_eq!(&answer, b"S", "the server offers TLS");
+        assert!(generate_ca_pem()?.contains("BEGIN CERTIFICATE"));
         Ok(())
     }
 
@@ -504,6 +634,7 @@ mod tests {
         let port = server.port();
         assert!(server.dsn().contains(&format!("127.0.0.1:{port}")), "{}", server.dsn());
         TcpStream::connect(server.addr()).context("connect while running")?;
+        assert_eq!(server.ca_pem_path(), None, "no TLS unless asked for");
         server.stop()?;
         assert!(TcpStream::connect(server.addr()).is_err(), "the port is closed after stop");
         server.restart()?;

@@ -1,10 +1,12 @@
 //! Settings: the plugin's own ([`PostgresPluginConfig`]: timeouts,
-//! chunking, retention), the same for every namespace the gateway serves
-//! from PostgreSQL, and each namespace's ([`NamespaceSettings`]: DSN, pool
-//! size, schema), read from its typed `backend_config` and checked without
+//! chunking, retention, the CAs trusted for TLS), the same for every
+//! namespace the gateway serves from PostgreSQL, and each namespace's
+//! ([`NamespaceSettings`]: DSN, pool size, schema, whether TLS is
+//! required), read from its typed `backend_config` and checked without
 //! connecting. Parsing has no side effects; errors name the wrong field and
 //! never quote a DSN.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -12,6 +14,8 @@ use prism_plugin_api::Namespace;
 use prism_proto::control::backend_config::Config as BackendConfig;
 use serde::{Deserialize, Deserializer};
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{PostgresError, Result};
 use crate::kv::names::MAX_IDENTIFIER_BYTES;
@@ -64,6 +68,15 @@ pub struct PostgresPluginConfig {
     /// later). Default `24h`. Range 1 s..=10 years.
     #[serde(deserialize_with = "humantime_duration")]
     pub token_retention: Duration,
+    /// A PEM file of the CA certificates this gateway trusts to sign
+    /// PostgreSQL servers' certificates, read once when the plugin starts.
+    /// Used only for the namespaces that require TLS (`require_tls`, or
+    /// `sslmode=require` / `verify-full` in the DSN): their server's
+    /// certificate must chain to one of these and name the DSN's host.
+    /// Default: none, and then a namespace that requires TLS is not served
+    /// ("no CA configured for postgres TLS (tls_ca_file)"); the others
+    /// connect in plaintext either way.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for PostgresPluginConfig {
@@ -76,6 +89,7 @@ impl Default for PostgresPluginConfig {
             chunk_threshold_bytes: 1 << 20,
             tombstone_retention: Duration::from_secs(60 * 60),
             token_retention: Duration::from_secs(24 * 60 * 60),
+            tls_ca_file: None,
         }
     }
 }
@@ -112,6 +126,9 @@ impl PostgresPluginConfig {
                 return Err(bad(field, format!("{} is outside 1s..=10 years", humantime::format_duration(value))));
             }
         }
+        if self.tls_ca_file.as_ref().is_some_and(|path| path.as_os_str().is_empty()) {
+            return Err(bad("tls_ca_file", "is empty: name a PEM file, or leave it out".into()));
+        }
         Ok(())
     }
 }
@@ -130,11 +147,24 @@ pub struct NamespaceSettings {
     dsn: String,
     pub pool_size: usize,
     pub schema: String,
+    /// The namespace requires TLS (`require_tls`, or an `sslmode` of
+    /// `require`, `verify-ca` or `verify-full`): its connections are
+    /// verified TLS or nothing. Otherwise they are plaintext: no
+    /// opportunistic TLS, which would protect against nothing that
+    /// matters (it yields to an attacker who says "no TLS").
+    pub require_tls: bool,
 }
+
+/// The key of the pool that serves a namespace's settings.
+pub(crate) type PoolKey = (String, usize, bool);
 
 impl std::fmt::Debug for NamespaceSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NamespaceSettings").field("pool_size", &self.pool_size).field("schema", &self.schema).finish()
+        f.debug_struct("NamespaceSettings")
+            .field("pool_size", &self.pool_size)
+            .field("schema", &self.schema)
+            .field("require_tls", &self.require_tls)
+            .finish()
     }
 }
 
@@ -147,14 +177,11 @@ impl NamespaceSettings {
             Some(BackendConfig::Postgres(pg)) => pg,
             _ => return Err(PostgresError::invalid(FIELD, "is required for a postgres namespace")),
         };
-        if pg.require_tls {
-            return Err(PostgresError::invalid(format!("{FIELD}.require_tls"), "TLS is not supported yet"));
-        }
-        let parsed = parse_dsn(&pg.dsn)?;
-        if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        let (parsed, dsn_requires_tls) = parse_dsn(&pg.dsn)?;
+        if pg.require_tls && parsed.get_ssl_mode() == SslMode::Disable {
             return Err(PostgresError::invalid(
                 format!("{FIELD}.dsn"),
-                "asks for TLS (sslmode=require): TLS is not supported yet",
+                "says sslmode=disable, which contradicts require_tls",
             ));
         }
         let pool_size = match usize::try_from(pg.pool_size).unwrap_or(usize::MAX) {
@@ -171,17 +198,19 @@ impl NamespaceSettings {
                 format!("must be at most {MAX_IDENTIFIER_BYTES} bytes and hold no NUL"),
             ));
         }
-        Ok(Self { dsn: pg.dsn.clone(), pool_size, schema })
+        Ok(Self { dsn: pg.dsn.clone(), pool_size, schema, require_tls: pg.require_tls || dsn_requires_tls })
     }
 
-    pub(crate) fn pool_key(&self) -> (String, usize) {
-        (self.dsn.clone(), self.pool_size)
+    pub(crate) fn pool_key(&self) -> PoolKey {
+        (self.dsn.clone(), self.pool_size, self.require_tls)
     }
 
     /// A pool for these settings; connects only when a connection is
-    /// asked for. Every connection carries the plugin's timeouts.
-    pub(crate) fn make_pool(&self, config: &PostgresPluginConfig) -> Result<Pool> {
-        let mut pg = parse_dsn(&self.dsn)?;
+    /// asked for. Every connection carries the plugin's timeouts, and is
+    /// TLS through `tls` (the gateway's trusted CAs) if the namespace
+    /// requires it; without `tls` such a namespace is not served.
+    pub(crate) fn make_pool(&self, config: &PostgresPluginConfig, tls: Option<&MakeRustlsConnect>) -> Result<Pool> {
+        let (mut pg, _) = parse_dsn(&self.dsn)?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(config.connect_timeout);
         }
@@ -197,7 +226,17 @@ impl NamespaceSettings {
         }
         // A peer that vanished without closing is noticed.
         pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match (self.require_tls, tls) {
+            (false, _) => Manager::from_config(pg, NoTls, recycling),
+            (true, Some(tls)) => {
+                // `verify-*` was read as `require`, and a `prefer` DSN with
+                // `require_tls` must not fall back to plaintext.
+                pg.ssl_mode(SslMode::Require);
+                Manager::from_config(pg, tls.clone(), recycling)
+            }
+            (true, None) => return Err(PostgresError::NoTlsRoots),
+        };
         Pool::builder(manager)
             .max_size(self.pool_size)
             .runtime(Runtime::Tokio1)
@@ -209,14 +248,30 @@ impl NamespaceSettings {
     }
 }
 
-fn parse_dsn(dsn: &str) -> Result<tokio_postgres::Config> {
+/// The `sslmode`s of libpq that tokio-postgres 0.7 does not parse. Both
+/// ask for a verified server, which is what TLS here always is (chain and
+/// host name: stricter than `verify-ca`), so both read as `require`.
+const VERIFYING_SSL_MODES: [&str; 2] = ["sslmode=verify-full", "sslmode=verify-ca"];
+
+/// `dsn` parsed, and whether it asks for TLS.
+fn parse_dsn(dsn: &str) -> Result<(tokio_postgres::Config, bool)> {
+    let mut text = std::borrow::Cow::Borrowed(dsn);
+    let mut verifying = false;
+    for mode in VERIFYING_SSL_MODES {
+        if text.contains(mode) {
+            text = std::borrow::Cow::Owned(text.replace(mode, "sslmode=require"));
+            verifying = true;
+        }
+    }
     // The parser's message may quote the DSN: it is not kept.
-    dsn.parse::<tokio_postgres::Config>().map_err(|_| {
+    let parsed = text.parse::<tokio_postgres::Config>().map_err(|_| {
         PostgresError::invalid(
             "spec.backend_config.postgres.dsn",
             "is not a valid postgres:// URL or key=value connection string",
         )
-    })
+    })?;
+    let requires_tls = verifying || parsed.get_ssl_mode() == SslMode::Require;
+    Ok((parsed, requires_tls))
 }
 
 fn humantime_duration<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Duration, D::Error> {
@@ -238,6 +293,27 @@ mod tests {
         assert_eq!(c.chunk_threshold_bytes, 1 << 20);
         c.validate().expect("valid");
         PostgresPluginConfig::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn reads_the_ca_file_and_which_dsns_require_tls() {
+        let c: PostgresPluginConfig = toml::from_str("tls_ca_file = \"/etc/prism/pg-ca.pem\"").expect("valid config");
+        assert_eq!(c.tls_ca_file, Some(PathBuf::from("/etc/prism/pg-ca.pem")));
+        c.validate().expect("valid");
+        let empty = PostgresPluginConfig { tls_ca_file: Some(PathBuf::new()), ..PostgresPluginConfig::default() };
+        assert!(matches!(empty.validate(), Err(PostgresError::Config { field, .. }) if field == "tls_ca_file"));
+        for (dsn, requires) in [
+            ("postgres://u@db/x", false),
+            ("postgres://u@db/x?sslmode=prefer", false),
+            ("postgres://u@db/x?sslmode=disable", false),
+            ("postgres://u@db/x?sslmode=require", true),
+            ("postgres://u@db/x?application_name=a&sslmode=verify-full", true),
+            ("host=db user=u sslmode=verify-ca", true),
+            ("host=db user=u sslmode=require", true),
+        ] {
+            let (_, got) = parse_dsn(dsn).expect("valid DSN");
+            assert_eq!(got, requires, "{dsn}");
+        }
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! [`PluginError`] whose public message names no DSN, no SQL, no table and
 //! no server address — those stay in the source, for the server log.
 //! Whatever says the server is down, unreachable, overloaded or slow is
-//! `Unavailable`, so the client retries.
+//! `Unavailable`, so the client retries; so is a TLS connection that fails
+//! (an untrusted certificate, a server without TLS) and a namespace that
+//! requires TLS on a gateway without trusted CAs: an operator fixes those,
+//! not the client, and another gateway may already be able to serve.
 
 use deadpool_postgres::{PoolError, TimeoutType};
 use prism_plugin_api::PluginError;
@@ -36,6 +39,10 @@ pub enum PostgresError {
     /// collision): refused rather than shared.
     #[error("table name {0} is already taken by another namespace")]
     NameTaken(String),
+    /// The namespace requires TLS and the plugin has no CA to verify its
+    /// server with (`tls_ca_file` is unset).
+    #[error("{}", crate::tls::NO_CA_MESSAGE)]
+    NoTlsRoots,
 }
 
 impl PostgresError {
@@ -96,6 +103,7 @@ impl From<PostgresError> for PluginError {
             PostgresError::NotProvisioned(name) => return PluginError::NotProvisioned(name.clone()),
             PostgresError::Invalid { field, description } => return PluginError::invalid(field, description),
             PostgresError::Timeout(_) => Some("the postgres backend timed out"),
+            PostgresError::NoTlsRoots => Some(crate::tls::NO_CA_MESSAGE),
             PostgresError::Pool(PoolError::Timeout(TimeoutType::Wait)) => {
                 Some("the postgres backend is overloaded: no free connection")
             }
@@ -103,7 +111,7 @@ impl From<PostgresError> for PluginError {
             // No answer from the server at all: it is down or unreachable.
             PostgresError::Db(db) | PostgresError::Pool(PoolError::Backend(db)) => match db.code() {
                 Some(code) => unavailable_message(code),
-                None => Some(UNREACHABLE),
+                None => Some(crate::tls::failure(db).unwrap_or(UNREACHABLE)),
             },
             PostgresError::Pool(_)
             | PostgresError::Config { .. }

@@ -15,15 +15,17 @@
 //! ([`prism_proto::capabilities`]). A namespace gets the tables of its
 //! abstraction only.
 //!
-//! TLS to the server is not supported yet: a namespace that sets
-//! `require_tls` (or a DSN with `sslmode=require`) is refused at
-//! provisioning with that reason, never connected in plaintext. Adding it
-//! means a TLS connector (e.g. `tokio-postgres-rustls`) in
-//! [`NamespaceSettings::make_pool`].
+//! TLS is the namespace's choice and the gateway's trust ([`tls`]): a
+//! namespace that sets `require_tls` (or a DSN with `sslmode=require`,
+//! `verify-ca` or `verify-full`) is served only over TLS verified against
+//! the CAs of the plugin's `tls_ca_file` and the DSN's host — never in
+//! plaintext; without that file it is not served at all. Every other
+//! namespace connects in plaintext.
 
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod tls;
 pub mod ts;
 
 use std::collections::HashMap;
@@ -40,11 +42,10 @@ use prism_proto::control::Backend;
 pub use config::{NamespaceSettings, PostgresPluginConfig};
 pub use error::{PostgresError, Result};
 pub use kv::TableNames;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::config::PoolKey;
 use crate::kv::Target;
-
-/// A pool is shared by the namespaces with the same DSN and pool size.
-type PoolKey = (String, usize);
 
 /// The postgres backend plugin. Cheap to share behind an `Arc`.
 ///
@@ -52,6 +53,10 @@ type PoolKey = (String, usize);
 /// per runtime.
 pub struct PostgresPlugin {
     config: PostgresPluginConfig,
+    /// TLS trusting the CAs of `tls_ca_file`; `None` without one.
+    tls: Option<MakeRustlsConnect>,
+    /// A pool is shared by the namespaces with the same DSN, pool size and
+    /// TLS requirement.
     pools: Mutex<HashMap<PoolKey, Pool>>,
     /// Namespace incarnations this plugin has provisioned or served, by
     /// `(name, create_revision)`: what [`KeyValue::reclaim`] visits.
@@ -72,10 +77,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PostgresPlugin {
-    /// Validates `config`. Opens no connection.
+    /// Validates `config` and reads its `tls_ca_file`, if any: a file that
+    /// is missing or holds no usable certificate fails here, naming the
+    /// field, not later on a namespace's first connection. Opens no
+    /// connection.
     pub fn new(config: PostgresPluginConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Self { config, pools: Mutex::default(), known: Mutex::default() })
+        let tls = config.tls_ca_file.as_deref().map(tls::connector).transpose()?;
+        Ok(Self { config, tls, pools: Mutex::default(), known: Mutex::default() })
     }
 
     pub fn config(&self) -> &PostgresPluginConfig {
@@ -106,7 +115,7 @@ impl PostgresPlugin {
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
-        let pool = settings.make_pool(&self.config)?;
+        let pool = settings.make_pool(&self.config, self.tls.as_ref())?;
         pools.insert(key, pool.clone());
         Ok(pool)
     }
@@ -163,9 +172,12 @@ impl Plugin for PostgresPlugin {
     async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
         let target = match self.target(ns) {
             Ok(target) => target,
-            // Settings that can never connect (no DSN, TLS, a bad name)
-            // never created anything: there is nothing to remove, and the
-            // deletion must not wait forever for it.
+            // Settings that can never connect (no DSN, a bad name) never
+            // created anything: there is nothing to remove, and the
+            // deletion must not wait forever for it. A namespace that
+            // requires TLS on a gateway without CAs is not one of them:
+            // another gateway may have created its tables, so that error
+            // stays (retryable), like an unreachable server's.
             Err(PostgresError::Invalid { field, .. }) => {
                 tracing::info!(namespace = %ns.name, %field, "nothing to deprovision: the settings never allowed provisioning");
                 return Ok(());

@@ -290,8 +290,11 @@ async fn bad_settings_are_refused_without_leaking_the_dsn() {
     assert!(!leaks(&message), "the public message leaks the DSN: {message}");
 
     let cases = [
-        (PostgresConfig { require_tls: true, ..settings(&secret_dsn, "") }, "require_tls", "TLS is not supported yet"),
-        (settings(&format!("{secret_dsn}?sslmode=require"), ""), "dsn", "TLS is not supported yet"),
+        (
+            PostgresConfig { require_tls: true, ..settings(&format!("{secret_dsn}?sslmode=disable"), "") },
+            "dsn",
+            "contradicts require_tls",
+        ),
         (settings("postgres://secret-user:secret@[::1", ""), "dsn", "not a valid"),
         (settings("host=127.0.0.1 port=secret", ""), "dsn", "not a valid"),
         (PostgresConfig { pool_size: 5000, ..settings(&secret_dsn, "") }, "pool_size", "above"),
@@ -310,12 +313,14 @@ async fn bad_settings_are_refused_without_leaking_the_dsn() {
     let missing = namespace(&plugin, "no-settings");
     assert!(matches!(plugin.provision(&missing).await, Err(PluginError::InvalidArgument { .. })));
     // What could never be provisioned is deleted at once, so its deletion
-    // cannot hang; what might exist on an unreachable server is not.
-    let tls = ns(PostgresConfig { require_tls: true, ..settings(&secret_dsn, "") });
-    plugin.deprovision(&tls).await.expect("settings that never connected left nothing to remove");
+    // cannot hang; what might exist on an unreachable server is not, nor
+    // what requires TLS (a gateway with a CA may have created it).
     plugin.deprovision(&missing).await.expect("no settings left nothing to remove");
     let error = plugin.deprovision(&unreachable).await.expect_err("an unreachable server may still hold the tables");
     assert!(error.could_retry(), "{error:?}");
+    let tls = ns(PostgresConfig { require_tls: true, ..settings(&secret_dsn, "") });
+    let error = plugin.deprovision(&tls).await.expect_err("another gateway may have created the tables");
+    assert!(error.could_retry() && error.report().message.contains("tls_ca_file"), "{error:?}");
 }
 
 /// Two gateways (two plugins, two pools) writing one record at once,
@@ -634,5 +639,141 @@ fn restart_event(w: usize, i: usize, base: i64) -> Event {
         event_id: format!("e{i:04}"),
         items: vec![(b"v".to_vec(), format!("{w}-{i}").into_bytes())],
         tags: [("writer".to_owned(), w.to_string())].into(),
+    }
+}
+
+/// A plugin trusting the CAs in `ca_file`, with a short connect timeout.
+fn tls_plugin(ca_file: Option<std::path::PathBuf>) -> PostgresPlugin {
+    let config = PostgresPluginConfig {
+        connect_timeout: Duration::from_secs(5),
+        tls_ca_file: ca_file,
+        ..PostgresPluginConfig::default()
+    };
+    PostgresPlugin::new(config).expect("plugin")
+}
+
+/// Whether `message` quotes anything of `dsn`'s connection details.
+fn leaks_dsn(message: &str, port: u16) -> bool {
+    ["secret", &port.to_string(), "127.0.0.1", "localhost", "@"].iter().any(|s| message.contains(s))
+}
+
+/// A namespace that requires TLS — by `require_tls` or by its DSN's
+/// `sslmode` — is served over TLS verified against the gateway's CA and
+/// the host name (the server says its connections are TLS), and a server
+/// without TLS is refused rather than used in plaintext.
+#[tokio::test]
+async fn a_namespace_that_requires_tls_is_served_over_verified_tls() {
+    let Some(server) = support::tls_server_or_skip() else {
+        println!("{}", skip_reason());
+        return;
+    };
+    let ca = server.ca_pem_path().expect("a TLS server has a CA");
+    // The application name marks the plugin's connections for pg_stat_ssl.
+    let app = "prism-tls-test";
+    let dsns = [
+        (format!("{}?application_name={app}", server.dsn()), true),
+        (format!("{}?application_name={app}&sslmode=verify-full", server.dsn()), false),
+        (
+            format!("postgres://postgres@localhost:{}/postgres?application_name={app}&sslmode=require", server.port()),
+            false,
+        ),
+    ];
+    for (i, (dsn, require_tls)) in dsns.into_iter().enumerate() {
+        let settings = PostgresConfig { require_tls, ..settings(&dsn, "prism_tls") };
+        let plugin =
+            Configured::new(settings, PostgresPluginConfig { tls_ca_file: Some(ca.clone()), ..Default::default() });
+        let c = Case::provision(plugin, &format!("tls-{i}")).await;
+        c.mutate("r", &[put("k", "over tls")], &c.at(1)).await;
+        assert_eq!(c.entries("r").await, pairs(&[("k", "over tls")]), "DSN {i}");
+        // The pool keeps its connections open: the server lists them.
+        let client = sql(server).await;
+        let rows = client
+            .query(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+                &[&app],
+            )
+            .await
+            .expect("query pg_stat_ssl");
+        let ssl: Vec<bool> = rows.iter().map(|r| r.get(0)).collect();
+        assert!(!ssl.is_empty() && ssl.iter().all(|s| *s), "DSN {i}: the plugin's connections are TLS: {ssl:?}");
+        c.finish().await;
+    }
+
+    // A server that offers no TLS is refused, whatever the CA.
+    let plain = support::server_or_skip().expect("PostgreSQL is there");
+    let plugin = tls_plugin(Some(ca));
+    let ns = with_settings(
+        &namespace(&plugin, "tls-plaintext"),
+        &PostgresConfig { require_tls: true, ..settings(&plain.dsn(), "prism_tls") },
+    );
+    let error = plugin.provision(&ns).await.expect_err("a server without TLS is refused");
+    assert!(matches!(error, PluginError::Unavailable { .. }), "{error:?}");
+    let message = error.report().message;
+    assert!(message.contains("does not offer TLS"), "{message}");
+    assert!(!leaks_dsn(&message, plain.port()), "the message leaks the DSN: {message}");
+}
+
+/// A namespace that requires TLS on a gateway without `tls_ca_file` is not
+/// served — never in plaintext — and the reason names the setting.
+#[tokio::test]
+async fn requiring_tls_without_a_ca_names_tls_ca_file() {
+    let Some(server) = support::tls_server_or_skip() else {
+        println!("{}", skip_reason());
+        return;
+    };
+    let plugin = tls_plugin(None);
+    let secret_dsn = format!("postgres://postgres:secret@127.0.0.1:{}/postgres", server.port());
+    for (dsn, require_tls) in [(secret_dsn.clone(), true), (format!("{secret_dsn}?sslmode=require"), false)] {
+        let ns = with_settings(
+            &namespace(&plugin, "tls-no-ca"),
+            &PostgresConfig { require_tls, ..settings(&dsn, "prism_tls_no_ca") },
+        );
+        let error = plugin.provision(&ns).await.expect_err("no CA, no TLS namespace");
+        assert!(matches!(error, PluginError::Unavailable { .. }), "{error:?}");
+        let message = error.report().message;
+        assert_eq!(message, "no CA configured for postgres TLS (tls_ca_file)");
+        assert!(!leaks_dsn(&message, server.port()), "the message leaks the DSN: {message}");
+    }
+    // Nothing was created: the plugin never connected.
+    let client = sql(server).await;
+    let schemas: i64 = client
+        .query_one("SELECT count(*) FROM pg_namespace WHERE nspname = 'prism_tls_no_ca'", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(schemas, 0);
+}
+
+/// A server whose certificate does not chain to the gateway's CA is
+/// refused as untrusted, and so is one whose certificate does not name
+/// the host the DSN gives; neither reason names the server.
+#[tokio::test]
+async fn an_untrusted_server_certificate_is_refused() {
+    let Some(server) = support::tls_server_or_skip() else {
+        println!("{}", skip_reason());
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, prism_testkit::postgres::generate_ca_pem().expect("a CA")).expect("write the CA");
+    let secret_dsn = format!("postgres://postgres:secret@127.0.0.1:{}/postgres", server.port());
+    let ca = server.ca_pem_path().expect("a TLS server has a CA");
+    // The same server (hostaddr) under a host name its certificate does
+    // not carry: TLS checks the name, not the address connected to.
+    let wrong_host = format!(
+        "postgres://postgres:secret@secret-host.invalid:{}/postgres?hostaddr=127.0.0.1&sslmode=require",
+        server.port()
+    );
+    for (ca_file, dsn, what) in [(other_ca, secret_dsn, "another CA"), (ca, wrong_host, "another host name")] {
+        let plugin = tls_plugin(Some(ca_file));
+        let ns = with_settings(
+            &namespace(&plugin, "tls-wrong-ca"),
+            &PostgresConfig { require_tls: true, ..settings(&dsn, "prism_tls_wrong_ca") },
+        );
+        let error = plugin.provision(&ns).await.expect_err(what);
+        assert!(matches!(error, PluginError::Unavailable { .. }), "{what}: {error:?}");
+        let message = error.report().message;
+        assert!(message.contains("TLS verification failed") && message.contains("not trusted"), "{what}: {message}");
+        assert!(!leaks_dsn(&message, server.port()), "{what}: the message leaks the DSN: {message}");
     }
 }

@@ -43,6 +43,17 @@ pub fn server_or_skip() -> Option<&'static PostgresServer> {
     }
 }
 
+/// A server that also offers TLS ([`PostgresServer::start_tls`]), shared
+/// by every test of this binary; `None` when PostgreSQL is missing and
+/// `PRISM_REQUIRE_SERVERS` is unset: the caller skips.
+pub fn tls_server_or_skip() -> Option<&'static PostgresServer> {
+    static SERVER: OnceLock<Result<Option<PostgresServer>, String>> = OnceLock::new();
+    match SERVER.get_or_init(|| PostgresServer::start_tls_or_skip().map_err(|e| format!("{e:#}"))) {
+        Ok(server) => server.as_ref(),
+        Err(e) => panic!("cannot start PostgreSQL with TLS: {e}"),
+    }
+}
+
 /// The namespace settings pointing at `dsn`.
 pub fn settings(dsn: &str, schema: &str) -> PostgresConfig {
     PostgresConfig { dsn: dsn.to_owned(), pool_size: 0, schema: schema.to_owned(), require_tls: false }
