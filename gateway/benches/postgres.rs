@@ -15,7 +15,7 @@
 //! (`cargo test --benches`) it runs once, briefly, as a smoke test, and
 //! skips when PostgreSQL is not installed (unless `PRISM_REQUIRE_SERVERS`).
 
-use std::collections::HashSet;
+use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,8 +112,8 @@ impl Direct {
         let items = names.qualified(&names.items());
         let ranges = names.qualified(&names.ranges());
         let chunks = names.qualified(&names.chunks());
-        // Byte for byte the plugin's statements (`kv.rs` `write_items`,
-        // `kv/read.rs` `get` with `Selector::All` and no cursor).
+        // Byte for byte the plugin's statements (`kv.rs` `Statements::new`,
+        // `kv/read.rs` `GetStatements` for `Selector::All`, no cursor).
         let upsert = format!(
             "WITH won AS (
                     INSERT INTO {items} AS s (id, key, generation, tombstone, expires_at, value, chunks, len)
@@ -142,12 +142,13 @@ impl Direct {
         Ok(Self { pool, base: names.base.clone(), upsert, get })
     }
 
-    /// `TableNames::record_lock`.
+    /// `TableNames::record_lock`: the hash of `base ‖ 0x00 ‖ id`, streamed.
     fn record_lock(&self, id: &[u8]) -> i64 {
-        let mut data = self.base.as_bytes().to_vec();
-        data.push(0);
-        data.extend_from_slice(id);
-        XxHash64::oneshot(RECORD_LOCK_SEED, &data) as i64
+        let mut hasher = XxHash64::with_seed(RECORD_LOCK_SEED);
+        hasher.write(self.base.as_bytes());
+        hasher.write(&[0]);
+        hasher.write(id);
+        hasher.finish() as i64
     }
 
     /// A put of one item, as `mutate_once` runs it: a READ COMMITTED
@@ -179,8 +180,7 @@ impl Direct {
                 ],
             )
             .await?;
-        // The plugin collects the winners to decide which chunks to write.
-        let won: HashSet<Vec<u8>> = won.iter().map(|row| row.try_get::<_, Vec<u8>>(0)).collect::<Result<_, _>>()?;
+        // The plugin reads the winners only when a value is chunked.
         tx.commit().await?;
         Ok(won.len())
     }

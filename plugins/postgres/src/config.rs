@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use prism_plugin_api::Namespace;
+use prism_proto::control::PostgresConfig;
 use prism_proto::control::backend_config::Config as BackendConfig;
 use serde::{Deserialize, Deserializer};
 use tokio_postgres::NoTls;
@@ -173,9 +174,8 @@ impl NamespaceSettings {
     /// field and never quote the DSN.
     pub fn of(ns: &Namespace) -> Result<Self> {
         const FIELD: &str = "spec.backend_config.postgres";
-        let pg = match ns.spec.backend_config.as_ref().and_then(|c| c.config.as_ref()) {
-            Some(BackendConfig::Postgres(pg)) => pg,
-            _ => return Err(PostgresError::invalid(FIELD, "is required for a postgres namespace")),
+        let Some(pg) = postgres_config(ns) else {
+            return Err(PostgresError::invalid(FIELD, "is required for a postgres namespace"));
         };
         let (parsed, dsn_requires_tls) = parse_dsn(&pg.dsn)?;
         if pg.require_tls && parsed.get_ssl_mode() == SslMode::Disable {
@@ -245,6 +245,14 @@ impl NamespaceSettings {
             .recycle_timeout(Some(config.connect_timeout))
             .build()
             .map_err(|e| PostgresError::Config { field: "pool".into(), description: e.to_string() })
+    }
+}
+
+/// `ns`'s postgres `backend_config` as given, if it has one.
+pub(crate) fn postgres_config(ns: &Namespace) -> Option<&PostgresConfig> {
+    match ns.spec.backend_config.as_ref().and_then(|c| c.config.as_ref()) {
+        Some(BackendConfig::Postgres(pg)) => Some(pg),
+        _ => None,
     }
 }
 

@@ -96,7 +96,8 @@
 //! All SQL is parameterised with explicit types (`query_typed`: one round
 //! trip, nothing prepared per connection, so the many namespaces' texts do
 //! not pile up in statement caches); only quoted identifiers are formatted
-//! into it.
+//! into it. The texts of the put and get paths (`Statements`) are
+//! formatted once per incarnation, when its target is made, not per call.
 
 pub mod names;
 mod read;
@@ -113,6 +114,7 @@ use prism_plugin_api::kv::{
     ItemsPage, KeyRange, KeyValue, Mutation, NewItem, PageLimits, RecordsPage, ScanCursor, Selector, WriteStamp,
 };
 use prism_plugin_api::{Micros, Namespace, now_micros};
+use prism_proto::control::PostgresConfig;
 use tokio_postgres::types::Type;
 
 pub use self::names::TableNames;
@@ -146,11 +148,62 @@ pub(crate) fn revision(ns: &Namespace) -> Result<i64> {
         .map_err(|_| PostgresError::invalid("namespace.create_revision", "is larger than 2^63 - 1"))
 }
 
+/// The texts of the statements a mutate or a get runs, for one
+/// incarnation: formatted once, when its [`Target`] is made.
+pub(crate) struct Statements {
+    /// Records an idempotency token (step 1 of the module docs).
+    token: String,
+    /// The last-writer-wins upsert (step 3).
+    upsert: String,
+    /// The metadata reads of [`read::get`].
+    pub(crate) get: read::GetStatements,
+}
+
+impl Statements {
+    fn new(items: &str, chunks: &str, ranges: &str, tokens: &str) -> Self {
+        Self {
+            token: format!(
+                "INSERT INTO {tokens} (id, token, forget_after) VALUES ($1, $2, $3)
+                     ON CONFLICT (id, token) DO NOTHING RETURNING 1"
+            ),
+            // Last-writer-wins in SQL: a row is written only where no stored
+            // range delete at least as new covers its key and the stored
+            // version is strictly older. The old chunks of the rows that won
+            // go in the same statement (a data-modifying CTE sees the rows as
+            // they were before).
+            upsert: format!(
+                "WITH won AS (
+                    INSERT INTO {items} AS s (id, key, generation, tombstone, expires_at, value, chunks, len)
+                    SELECT $1, w.key, $2, w.tombstone, w.expires_at, w.value, w.chunks, w.len
+                    FROM unnest($3::bytea[], $4::bool[], $5::int8[], $6::bytea[], $7::int4[], $8::int8[])
+                        AS w (key, tombstone, expires_at, value, chunks, len)
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM {ranges} r
+                        WHERE r.id = $1 AND r.generation >= $2
+                          AND r.start_key <= w.key AND (r.end_key IS NULL OR w.key < r.end_key))
+                    ON CONFLICT (id, key) DO UPDATE
+                    SET generation = EXCLUDED.generation, tombstone = EXCLUDED.tombstone,
+                        expires_at = EXCLUDED.expires_at, value = EXCLUDED.value,
+                        chunks = EXCLUDED.chunks, len = EXCLUDED.len
+                    WHERE s.generation < EXCLUDED.generation
+                    RETURNING key),
+                freed AS (
+                    DELETE FROM {chunks} c USING won WHERE c.id = $1 AND c.key = won.key)
+                SELECT key FROM won"
+            ),
+            get: read::GetStatements::new(items),
+        }
+    }
+}
+
 /// One namespace incarnation as the plugin reaches it.
 pub(crate) struct Target {
     pub(crate) name: String,
     pub(crate) revision: i64,
     pub(crate) settings: NamespaceSettings,
+    /// The `backend_config` `settings` were read from, as given: a call
+    /// with the same one reuses this target without parsing it again.
+    pub(crate) backend: PostgresConfig,
     pub(crate) pool: Pool,
     /// A TIME_SERIES namespace: its tables are [`crate::ts`]'s, not these.
     pub(crate) time_series: bool,
@@ -163,6 +216,9 @@ pub(crate) struct Target {
     ranges: String,
     tokens: String,
     registry: String,
+    /// The statements of the hot paths, built once per incarnation (only
+    /// the quoted names vary): the texts are the same on every call.
+    sql: Statements,
     chunk_threshold: usize,
     tombstone_retention: Micros,
     token_retention: Micros,
@@ -173,22 +229,31 @@ impl Target {
         ns: &Namespace,
         revision: i64,
         settings: NamespaceSettings,
+        backend: PostgresConfig,
         pool: Pool,
         config: &PostgresPluginConfig,
     ) -> Result<Self> {
         let names = TableNames::of(ns, &settings.schema)?;
+        let (items, chunks, ranges, tokens) = (
+            names.qualified(&names.items()),
+            names.qualified(&names.chunks()),
+            names.qualified(&names.ranges()),
+            names.qualified(&names.tokens()),
+        );
         Ok(Self {
             name: ns.name.clone(),
             revision,
-            items: names.qualified(&names.items()),
-            chunks: names.qualified(&names.chunks()),
-            ranges: names.qualified(&names.ranges()),
-            tokens: names.qualified(&names.tokens()),
+            sql: Statements::new(&items, &chunks, &ranges, &tokens),
+            items,
+            chunks,
+            ranges,
+            tokens,
             registry: names.qualified(REGISTRY_TABLE),
             ts_days: std::sync::Mutex::default(),
             time_series: ns.spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32,
             names,
             settings,
+            backend,
             pool,
             chunk_threshold: usize::try_from(config.chunk_threshold_bytes).unwrap_or(usize::MAX).max(1),
             tombstone_retention: micros(config.tombstone_retention),
@@ -485,11 +550,7 @@ async fn mutate_once(t: &Target, id: &str, plan: &Plan<'_>, stamp: &WriteStamp) 
         let forget_after = now_micros().max(generation).saturating_add(t.token_retention);
         let fresh = tx
             .query_typed(
-                &format!(
-                    "INSERT INTO {} (id, token, forget_after) VALUES ($1, $2, $3)
-                     ON CONFLICT (id, token) DO NOTHING RETURNING 1",
-                    t.tokens
-                ),
+                &t.sql.token,
                 &[(&id, Type::BYTEA), (&token.as_bytes(), Type::BYTEA), (&forget_after, Type::INT8)],
             )
             .await?;
@@ -551,35 +612,10 @@ async fn write_items(
             }
         }
     }
-    // Last-writer-wins in SQL: a row is written only where no stored range
-    // delete at least as new covers its key and the stored version is
-    // strictly older. The old chunks of the rows that won go in the same
-    // statement (a data-modifying CTE sees the rows as they were before).
+    // Last-writer-wins in SQL (`Statements::upsert`).
     let won = tx
         .query_typed(
-            &format!(
-                "WITH won AS (
-                    INSERT INTO {items} AS s (id, key, generation, tombstone, expires_at, value, chunks, len)
-                    SELECT $1, w.key, $2, w.tombstone, w.expires_at, w.value, w.chunks, w.len
-                    FROM unnest($3::bytea[], $4::bool[], $5::int8[], $6::bytea[], $7::int4[], $8::int8[])
-                        AS w (key, tombstone, expires_at, value, chunks, len)
-                    WHERE NOT EXISTS (
-                        SELECT 1 FROM {ranges} r
-                        WHERE r.id = $1 AND r.generation >= $2
-                          AND r.start_key <= w.key AND (r.end_key IS NULL OR w.key < r.end_key))
-                    ON CONFLICT (id, key) DO UPDATE
-                    SET generation = EXCLUDED.generation, tombstone = EXCLUDED.tombstone,
-                        expires_at = EXCLUDED.expires_at, value = EXCLUDED.value,
-                        chunks = EXCLUDED.chunks, len = EXCLUDED.len
-                    WHERE s.generation < EXCLUDED.generation
-                    RETURNING key),
-                freed AS (
-                    DELETE FROM {chunks} c USING won WHERE c.id = $1 AND c.key = won.key)
-                SELECT key FROM won",
-                items = t.items,
-                ranges = t.ranges,
-                chunks = t.chunks,
-            ),
+            &t.sql.upsert,
             &[
                 (&id, Type::BYTEA),
                 (&generation, Type::INT8),
@@ -592,6 +628,10 @@ async fn write_items(
             ],
         )
         .await?;
+    // Only chunked values need to know which keys won.
+    if chunk_counts.iter().all(|&count| count == 0) {
+        return Ok(());
+    }
     let won: HashSet<Vec<u8>> =
         won.iter().map(|row| row.try_get::<_, Vec<u8>>(0)).collect::<std::result::Result<_, _>>()?;
     let mut chunk_keys: Vec<&[u8]> = Vec::new();

@@ -93,17 +93,25 @@ impl PostgresPlugin {
 
     /// How `ns` is stored: its settings, pool and tables. Remembered, so
     /// that later requests and reclamation find it.
+    ///
+    /// A remembered incarnation is reused while the namespace's
+    /// `backend_config` is the one it was made from (compared as given,
+    /// field by field: no parsing): settings, pool, tables and statement
+    /// texts are worked out once per incarnation and settings, not per
+    /// call. Different settings (an update) make a new one.
     pub(crate) fn target(&self, ns: &Namespace) -> Result<Arc<Target>> {
-        let settings = NamespaceSettings::of(ns)?;
         let revision = kv::revision(ns)?;
         let key = (ns.name.clone(), revision);
-        if let Some(target) = lock(&self.known).get(&key)
-            && target.settings == settings
+        if let Some(given) = config::postgres_config(ns)
+            && let Some(target) = lock(&self.known).get(&key)
+            && target.backend == *given
         {
             return Ok(target.clone());
         }
+        let settings = NamespaceSettings::of(ns)?;
+        let backend = config::postgres_config(ns).cloned().unwrap_or_default();
         let pool = self.pool(&settings)?;
-        let target = Arc::new(Target::new(ns, revision, settings, pool, &self.config)?);
+        let target = Arc::new(Target::new(ns, revision, settings, backend, pool, &self.config)?);
         lock(&self.known).insert(key, target.clone());
         Ok(target)
     }
@@ -195,5 +203,45 @@ impl Plugin for PostgresPlugin {
 
     fn time_series(&self) -> Option<&dyn TimeSeries> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prism_proto::control::backend_config::Config;
+    use prism_proto::control::{BackendConfig, NamespaceSpec, PostgresConfig};
+
+    use super::*;
+
+    fn ns(pg: PostgresConfig) -> Namespace {
+        Namespace {
+            name: "acme/cache".into(),
+            create_revision: 3,
+            spec: NamespaceSpec {
+                backend_config: Some(BackendConfig { config: Some(Config::Postgres(pg)) }),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn targets_are_reused_until_the_settings_change() {
+        let plugin = PostgresPlugin::new(PostgresPluginConfig::default()).expect("valid config");
+        let first = PostgresConfig { dsn: "postgres://u@db/x".into(), ..Default::default() };
+        let a = plugin.target(&ns(first.clone())).expect("valid settings");
+        let again = plugin.target(&ns(first.clone())).expect("valid settings");
+        assert!(Arc::ptr_eq(&a, &again), "same settings: the remembered target");
+        assert_eq!(a.settings.schema, "public");
+
+        let moved = PostgresConfig { schema: "other".into(), ..first.clone() };
+        let b = plugin.target(&ns(moved)).expect("valid settings");
+        assert!(!Arc::ptr_eq(&a, &b), "new settings: a new target");
+        assert_eq!(b.settings.schema, "other");
+        assert_eq!(b.names.schema, "other");
+
+        let bad = PostgresConfig { pool_size: 5000, ..first };
+        assert!(matches!(plugin.target(&ns(bad)), Err(PostgresError::Invalid { .. })), "checked again, not reused");
+        let none = Namespace { spec: NamespaceSpec::default(), ..ns(PostgresConfig::default()) };
+        assert!(matches!(plugin.target(&none), Err(PostgresError::Invalid { .. })));
     }
 }

@@ -11,6 +11,8 @@
 //! A hash collision is refused at provisioning (the registry's `base` is
 //! unique), never shared.
 
+use std::hash::Hasher;
+
 use prism_plugin_api::Namespace;
 use prism_proto::names::NamespaceName;
 use twox_hash::XxHash64;
@@ -141,10 +143,12 @@ impl TableNames {
     /// The advisory lock key that serialises writes to record `id`. A
     /// collision only makes two records wait for each other.
     pub(crate) fn record_lock(&self, id: &[u8]) -> i64 {
-        let mut data = self.base.as_bytes().to_vec();
-        data.push(0);
-        data.extend_from_slice(id);
-        XxHash64::oneshot(RECORD_LOCK_SEED, &data) as i64
+        // Streamed: the hash of `base ‖ 0x00 ‖ id`, as one buffer would give.
+        let mut hasher = XxHash64::with_seed(RECORD_LOCK_SEED);
+        hasher.write(self.base.as_bytes());
+        hasher.write(&[0]);
+        hasher.write(id);
+        hasher.finish() as i64
     }
 }
 
@@ -208,6 +212,16 @@ mod tests {
                 Err(PostgresError::Invalid { field, .. }) => assert_eq!(field, "namespace"),
                 other => panic!("{bad:?}: want Invalid, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn record_locks_hash_base_nul_and_id() {
+        let names = TableNames::from_base("public", "kv_x".into());
+        for id in [&b""[..], b"r", b"record-000123"] {
+            let mut data = b"kv_x\0".to_vec();
+            data.extend_from_slice(id);
+            assert_eq!(names.record_lock(id), XxHash64::oneshot(RECORD_LOCK_SEED, &data) as i64);
         }
     }
 

@@ -102,6 +102,53 @@ fn meta_columns() -> String {
     format!("len, chunks, expires_at, CASE WHEN chunks = 0 AND len <= {SMALL_VALUE} THEN value END")
 }
 
+/// The texts of [`get`]'s metadata reads for one incarnation, formatted
+/// once: by a list of keys, and by a key range in each of its four shapes
+/// (with or without an end, with or without a cursor).
+pub(crate) struct GetStatements {
+    keys: String,
+    /// Indexed by [`GetStatements::shape`].
+    range: [String; 4],
+}
+
+impl GetStatements {
+    pub(super) fn new(items: &str) -> Self {
+        let visible = format!(
+            "SELECT key, {} FROM {} WHERE id = $1 AND NOT tombstone AND (expires_at IS NULL OR expires_at > $2)",
+            meta_columns(),
+            items
+        );
+        let range = |end: bool, cursor: bool| {
+            // Placeholders in the order `get` binds: id, now, start, then
+            // the end and the cursor if present, then the limit.
+            let mut next = 3;
+            let mut placeholder = || {
+                let p = format!("${next}");
+                next += 1;
+                p
+            };
+            let mut sql = visible.clone();
+            sql.push_str(&format!(" AND key >= {}", placeholder()));
+            if end {
+                sql.push_str(&format!(" AND key < {}", placeholder()));
+            }
+            if cursor {
+                sql.push_str(&format!(" AND key > {}", placeholder()));
+            }
+            sql.push_str(&format!(" ORDER BY key LIMIT {}", placeholder()));
+            sql
+        };
+        Self {
+            keys: format!("{visible} AND key = ANY($3) ORDER BY key"),
+            range: [range(false, false), range(true, false), range(false, true), range(true, true)],
+        }
+    }
+
+    fn shape(end: bool, cursor: bool) -> usize {
+        usize::from(end) + 2 * usize::from(cursor)
+    }
+}
+
 /// Builds a statement's parameters as its text is written.
 struct Params<'a> {
     params: Vec<Param<'a>>,
@@ -198,11 +245,7 @@ pub(super) async fn get(
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
     let mut pager = Pager::new(limits);
     let mut metas: Vec<Meta> = Vec::new();
-    let visible = format!(
-        "SELECT key, {} FROM {} WHERE id = $1 AND NOT tombstone AND (expires_at IS NULL OR expires_at > $2)",
-        meta_columns(),
-        t.items
-    );
+    let sql = &t.sql.get;
     match selector {
         Selector::Keys(keys) => {
             // Each key is sent once, in sorted slices of a batch: a long
@@ -213,10 +256,7 @@ pub(super) async fn get(
             wanted.dedup();
             'keys: for slice in wanted.chunks(BATCH) {
                 let rows = tx
-                    .query_typed(
-                        &format!("{visible} AND key = ANY($3) ORDER BY key"),
-                        &[(&id, Type::BYTEA), (&now, Type::INT8), (&slice, Type::BYTEA_ARRAY)],
-                    )
+                    .query_typed(&sql.keys, &[(&id, Type::BYTEA), (&now, Type::INT8), (&slice, Type::BYTEA_ARRAY)])
                     .await?;
                 for row in &rows {
                     let meta = Meta::from_row(row, Some(id))?;
@@ -236,19 +276,20 @@ pub(super) async fn get(
             let limit = batch as i64;
             let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
             'batches: loop {
-                let mut p = Params::new();
-                let mut sql = visible.clone();
-                p.bind(&id, Type::BYTEA);
-                p.bind(&now, Type::INT8);
-                sql.push_str(&format!(" AND key >= {}", p.bind(&start, Type::BYTEA)));
+                // Bound in the order of `GetStatements::new`'s placeholders.
+                let mut params: Vec<Param<'_>> = Vec::with_capacity(6);
+                params.push((&id, Type::BYTEA));
+                params.push((&now, Type::INT8));
+                params.push((&start, Type::BYTEA));
                 if let Some(end) = &end {
-                    sql.push_str(&format!(" AND key < {}", p.bind(end, Type::BYTEA)));
+                    params.push((end, Type::BYTEA));
                 }
                 if let Some(cursor) = &cursor {
-                    sql.push_str(&format!(" AND key > {}", p.bind(cursor, Type::BYTEA)));
+                    params.push((cursor, Type::BYTEA));
                 }
-                sql.push_str(&format!(" ORDER BY key LIMIT {}", p.bind(&limit, Type::INT8)));
-                let rows = tx.query_typed(&sql, &p.params).await?;
+                params.push((&limit, Type::INT8));
+                let text = &sql.range[GetStatements::shape(end.is_some(), cursor.is_some())];
+                let rows = tx.query_typed(text, &params).await?;
                 for row in &rows {
                     let meta = Meta::from_row(row, Some(id))?;
                     if !pager.offer(&meta) {
@@ -334,4 +375,26 @@ pub(super) async fn scan(
             .and_then(|r| r.items.last().map(|i| ScanCursor { id: r.id.clone(), key: i.key.clone() }));
     }
     Ok(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_statements_number_their_placeholders_as_bound() {
+        let sql = GetStatements::new("\"s\".\"t\"");
+        let visible = "SELECT key, len, chunks, expires_at, CASE WHEN chunks = 0 AND len <= 8192 THEN value END \
+                       FROM \"s\".\"t\" WHERE id = $1 AND NOT tombstone AND (expires_at IS NULL OR expires_at > $2)";
+        assert_eq!(sql.keys, format!("{visible} AND key = ANY($3) ORDER BY key"));
+        let shapes = [
+            ((false, false), " AND key >= $3 ORDER BY key LIMIT $4"),
+            ((true, false), " AND key >= $3 AND key < $4 ORDER BY key LIMIT $5"),
+            ((false, true), " AND key >= $3 AND key > $4 ORDER BY key LIMIT $5"),
+            ((true, true), " AND key >= $3 AND key < $4 AND key > $5 ORDER BY key LIMIT $6"),
+        ];
+        for ((end, cursor), tail) in shapes {
+            assert_eq!(sql.range[GetStatements::shape(end, cursor)], format!("{visible}{tail}"), "{end} {cursor}");
+        }
+    }
 }
