@@ -191,6 +191,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         shards: DEV_SHARDS.map(str::to_owned).to_vec(),
         ..ControlPlaneConfig::default()
     };
+    cp_config.auth.hs256_secret = Some(secret.clone());
     for (shard, addr) in DEV_SHARDS.iter().zip(&shard_addrs) {
         cp_config.shard_endpoints.insert((*shard).to_owned(), vec![addr.to_string()]);
     }
@@ -214,6 +215,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             ..GatewayConfig::default()
         };
         config.auth.hs256_secret = Some(secret.clone());
+        // Each shard calls the control plane (watch, status reports) as itself.
+        config.control_plane_token =
+            Some(prism_gateway::auth::mint_hs256(&secret, shard, None, &["shard"], DEV_TOKEN_SECONDS)?);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let gateway = Gateway::open(config).with_context(|| format!("cannot open gateway {shard}"))?;
         let rx = stop.subscribe();

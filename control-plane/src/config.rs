@@ -39,6 +39,11 @@ pub struct ControlPlaneConfig {
     /// Revisions kept in the change log, so a reconnecting watcher can
     /// resume without a full snapshot. Default: 100 000. At least 1.
     pub change_log_retention: u64,
+    /// Bearer-token authentication of every call. With `hs256_secret` set,
+    /// a call needs a valid token unless `allow_anonymous`; with none,
+    /// every caller is `anonymous` (tests, local experiments). What each
+    /// principal may do is the tenancy issue's.
+    pub auth: prism_auth::AuthConfig,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -51,6 +56,8 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("shard_endpoints", &self.shard_endpoints)
             .field("watch_buffer", &self.watch_buffer)
             .field("change_log_retention", &self.change_log_retention)
+            .field("auth.hs256_secret", &self.auth.hs256_secret.as_ref().map(|_| "<redacted>"))
+            .field("auth.allow_anonymous", &self.auth.allow_anonymous)
             .finish()
     }
 }
@@ -65,6 +72,7 @@ impl Default for ControlPlaneConfig {
             shard_endpoints: BTreeMap::new(),
             watch_buffer: 1024,
             change_log_retention: 100_000,
+            auth: prism_auth::AuthConfig::default(),
         }
     }
 }
@@ -113,6 +121,9 @@ impl ControlPlaneConfig {
         }
         if !(1..=1_000_000).contains(&self.watch_buffer) {
             return Err(bad("watch_buffer", format!("{} is outside 1..=1000000", self.watch_buffer)));
+        }
+        if self.auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(bad("auth.hs256_secret", "must be at least 16 bytes".into()));
         }
         if self.change_log_retention == 0 {
             return Err(bad("change_log_retention", "must be at least 1".into()));

@@ -37,6 +37,9 @@ pub async fn open(config: ControlPlaneConfig) -> Result<ControlPlane> {
 
 /// Serves `plane` on `listener` until `shutdown` completes.
 pub async fn serve(plane: ControlPlane, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    if plane.config().auth.hs256_secret.is_none() {
+        tracing::warn!("no auth.hs256_secret is configured: every caller is anonymous");
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ControlPlaneServiceServer<Service>>().await;
     let reflection = tonic_reflection::server::Builder::configure()

@@ -799,3 +799,27 @@ async fn resolve_answers_the_owning_shard_and_its_endpoints() -> anyhow::Result<
     refused(bad, Code::InvalidArgument, Some("namespace"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_secret_every_call_needs_a_valid_token_and_audit_names_the_caller() -> anyhow::Result<()> {
+    const SECRET: &str = "control-plane-test-secret-0123";
+    let mut config = prism_control_plane::ControlPlaneConfig::default();
+    config.auth.hs256_secret = Some(SECRET.into());
+    let cp = prism_testkit::ControlPlaneHandle::start_with(config).await?;
+
+    let mut anonymous = prism_client::control_plane(&cp.endpoint(), None).await?;
+    let e = anonymous.list_tenants(ListTenantsRequest::default()).await.expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let forged = prism_auth::mint_hs256("another-secret-of-16-bytes", "mallory", None, &["admin"], 60)?;
+    let mut mallory = prism_client::control_plane(&cp.endpoint(), Some(&forged)).await?;
+    let e = mallory.create_tenant(CreateTenantRequest { tenant_id: "evil".into(), ..Default::default() }).await;
+    assert_eq!(e.expect_err("forged token").code(), Code::Unauthenticated);
+
+    let token = prism_auth::mint_hs256(SECRET, "alice", None, &["admin"], 60)?;
+    let mut alice = prism_client::control_plane(&cp.endpoint(), Some(&token)).await?;
+    alice.create_tenant(CreateTenantRequest { tenant_id: "acme".into(), ..Default::default() }).await?;
+    let events = alice.list_audit_events(ListAuditEventsRequest::default()).await?.into_inner().events;
+    assert_eq!(events.len(), 1, "refused calls without a principal commit and audit nothing here");
+    assert_eq!((events[0].principal.as_str(), events[0].action.as_str()), ("alice", "CreateTenant"));
+    Ok(())
+}

@@ -32,18 +32,10 @@ pub struct GatewayConfig {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Shared secret of HS256 bearer tokens. Required unless
-    /// `allow_anonymous` is set.
-    pub hs256_secret: Option<String>,
-    /// Serve callers without a token as the principal `anonymous` with no
-    /// roles (they still need grants). Default false: secure by default.
-    pub allow_anonymous: bool,
-    /// Clock leeway for `exp` and `nbf`, in seconds. Default 30.
-    pub leeway_seconds: Option<u64>,
-}
+/// The `[gateway.auth]` table: a secret is required unless
+/// `allow_anonymous` is set (callers without a token are then `anonymous`
+/// with no roles, and still need grants).
+pub use prism_auth::AuthConfig;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

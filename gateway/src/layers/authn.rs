@@ -5,7 +5,7 @@ use super::{CheckLayer, Step};
 use crate::auth::Authenticator;
 use crate::call::Call;
 use crate::config::AuthConfig;
-use crate::error::Result;
+use crate::error::{GatewayError, Result};
 
 pub type AuthenticateLayer = CheckLayer<Authenticate>;
 
@@ -20,7 +20,11 @@ impl Authenticate {
 
 impl Step for Authenticate {
     fn check(&self, call: &mut Call) -> Result<()> {
-        call.principal = Some(self.0.authenticate(call.authorization.as_deref())?);
+        let principal = self.0.authenticate(call.authorization.as_deref()).map_err(|e| match e {
+            prism_auth::AuthError::Unauthenticated(why) => GatewayError::Unauthenticated(why),
+            other => GatewayError::Internal(other.to_string()),
+        })?;
+        call.principal = Some(principal);
         Ok(())
     }
 }
