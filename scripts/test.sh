@@ -34,4 +34,4 @@ cargo fmt --all --check
 echo "== lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
