@@ -53,6 +53,38 @@ pub struct EventsPage {
     pub next: Option<EventCursor>,
 }
 
+/// The namespace's retention in microseconds; `None` = keep forever
+/// (unset or zero, as the namespace spec says). Every backend applies it
+/// the same way: events with `event_time < now - retention` are gone.
+pub fn retention(ns: &Namespace) -> Option<Micros> {
+    let d = ns.spec.policies.as_ref()?.retention.as_ref()?;
+    let micros = d.seconds.saturating_mul(1_000_000).saturating_add(i64::from(d.nanos) / 1_000);
+    // A positive retention under a microsecond still retains something.
+    match (micros > 0, d.seconds > 0 || d.nanos > 0) {
+        (true, _) => Some(micros),
+        (false, true) => Some(1),
+        (false, false) => None,
+    }
+}
+
+/// The event times a newest-first read may return, inclusive
+/// `(oldest, newest)`: `[start, end)` cut to retention at `now` and to the
+/// cursor's time. `None` when nothing is left.
+pub fn read_window(
+    start: Micros,
+    end: Micros,
+    after: Option<&EventCursor>,
+    now: Micros,
+    retention: Option<Micros>,
+) -> Option<(Micros, Micros)> {
+    let oldest = retention.map_or(start, |r| start.max(now.saturating_sub(r)));
+    let mut newest = end.checked_sub(1)?;
+    if let Some(cursor) = after {
+        newest = newest.min(cursor.event_time);
+    }
+    (oldest <= newest).then_some((oldest, newest))
+}
+
 /// What every TimeSeries plugin must give (the conformance suite checks
 /// each):
 ///

@@ -98,36 +98,7 @@ pub(crate) fn purge(w: &WriteTransaction, prefix: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The namespace's retention in microseconds; `None` = keep forever
-/// (unset or zero, as the namespace spec says).
-pub(crate) fn retention(ns: &Namespace) -> Option<Micros> {
-    let d = ns.spec.policies.as_ref()?.retention.as_ref()?;
-    let micros = d.seconds.saturating_mul(1_000_000).saturating_add(i64::from(d.nanos) / 1_000);
-    // A positive retention under a microsecond still retains something.
-    match (micros > 0, d.seconds > 0 || d.nanos > 0) {
-        (true, _) => Some(micros),
-        (false, true) => Some(1),
-        (false, false) => None,
-    }
-}
-
-/// The event times a read may return, inclusive `(oldest, newest)`:
-/// `[start, end)` cut to retention at `now` and to what follows `after`.
-/// `None` when nothing is left.
-fn window(
-    start: Micros,
-    end: Micros,
-    after: Option<&EventCursor>,
-    now: Micros,
-    retention: Option<Micros>,
-) -> Option<(Micros, Micros)> {
-    let oldest = retention.map_or(start, |r| start.max(now.saturating_sub(r)));
-    let mut newest = end.checked_sub(1)?;
-    if let Some(cursor) = after {
-        newest = newest.min(cursor.event_time);
-    }
-    (oldest <= newest).then_some((oldest, newest))
-}
+pub(crate) use prism_plugin_api::ts::{read_window as window, retention};
 
 fn check_cursor(after: Option<&EventCursor>) -> Result<()> {
     if let Some(cursor) = after {
