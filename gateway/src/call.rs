@@ -151,3 +151,21 @@ impl Call {
         Self { request, authorization, principal: None, namespace: None }
     }
 }
+
+/// Runs one gRPC request through the pipeline: the shared edge of the
+/// KeyValue and TimeSeries services, where errors become statuses.
+pub async fn run<T>(
+    pipeline: &crate::layers::Pipeline,
+    req: tonic::Request<T>,
+    wrap: fn(T) -> Request,
+) -> Result<Response, tonic::Status> {
+    use tower::ServiceExt;
+    let authorization = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let call = Call::new(wrap(req.into_inner()), authorization);
+    pipeline.clone().oneshot(call).await.map_err(crate::error::GatewayError::into_status)
+}
+
+/// The status for a pipeline that answered a different RPC (a bug).
+pub fn unexpected() -> tonic::Status {
+    crate::error::GatewayError::Internal("the pipeline answered another rpc".into()).into_status()
+}

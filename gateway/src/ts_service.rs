@@ -1,14 +1,12 @@
 //! `prism.timeseries.v1.TimeSeriesService` over gRPC: wraps each request in
-//! a [`Call`] and runs it through the same pipeline as KeyValue. Errors
+//! a [`call::Call`] and runs it through the same pipeline as KeyValue. Errors
 //! become statuses here, at the edge.
 
 use prism_proto::timeseries::time_series_service_server::TimeSeriesService;
 use prism_proto::timeseries::*;
 use tonic::{Request, Response, Status};
-use tower::ServiceExt;
 
-use crate::call::{self, Call, TailStream};
-use crate::error::GatewayError;
+use crate::call::{self, TailStream};
 use crate::layers::Pipeline;
 
 #[derive(Clone)]
@@ -20,16 +18,6 @@ impl TsService {
     pub fn new(pipeline: Pipeline) -> Self {
         Self { pipeline }
     }
-
-    async fn run<T>(&self, req: Request<T>, wrap: fn(T) -> call::Request) -> Result<call::Response, Status> {
-        let authorization = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let call = Call::new(wrap(req.into_inner()), authorization);
-        self.pipeline.clone().oneshot(call).await.map_err(GatewayError::into_status)
-    }
-}
-
-fn unexpected() -> Status {
-    GatewayError::Internal("the pipeline answered another rpc".into()).into_status()
 }
 
 #[tonic::async_trait]
@@ -38,9 +26,9 @@ impl TimeSeriesService for TsService {
         &self,
         req: Request<WriteEventRecordsRequest>,
     ) -> Result<Response<WriteEventRecordsResponse>, Status> {
-        match self.run(req, call::Request::WriteSync).await? {
+        match call::run(&self.pipeline, req, call::Request::WriteSync).await? {
             call::Response::Write(r) => Ok(Response::new(r)),
-            _ => Err(unexpected()),
+            _ => Err(call::unexpected()),
         }
     }
 
@@ -48,9 +36,9 @@ impl TimeSeriesService for TsService {
         &self,
         req: Request<WriteEventRecordsRequest>,
     ) -> Result<Response<WriteEventRecordsResponse>, Status> {
-        match self.run(req, call::Request::WriteBuffered).await? {
+        match call::run(&self.pipeline, req, call::Request::WriteBuffered).await? {
             call::Response::Write(r) => Ok(Response::new(r)),
-            _ => Err(unexpected()),
+            _ => Err(call::unexpected()),
         }
     }
 
@@ -58,9 +46,9 @@ impl TimeSeriesService for TsService {
         &self,
         req: Request<ReadEventRecordsRequest>,
     ) -> Result<Response<ReadEventRecordsResponse>, Status> {
-        match self.run(req, call::Request::Read).await? {
+        match call::run(&self.pipeline, req, call::Request::Read).await? {
             call::Response::Read(r) => Ok(Response::new(r)),
-            _ => Err(unexpected()),
+            _ => Err(call::unexpected()),
         }
     }
 
@@ -68,16 +56,16 @@ impl TimeSeriesService for TsService {
         &self,
         req: Request<SearchEventRecordsRequest>,
     ) -> Result<Response<SearchEventRecordsResponse>, Status> {
-        match self.run(req, call::Request::Search).await? {
+        match call::run(&self.pipeline, req, call::Request::Search).await? {
             call::Response::Search(r) => Ok(Response::new(r)),
-            _ => Err(unexpected()),
+            _ => Err(call::unexpected()),
         }
     }
 
     async fn tail_event_records(&self, req: Request<TailEventRecordsRequest>) -> Result<Response<TailStream>, Status> {
-        match self.run(req, call::Request::Tail).await? {
+        match call::run(&self.pipeline, req, call::Request::Tail).await? {
             call::Response::Tail(stream) => Ok(Response::new(stream)),
-            _ => Err(unexpected()),
+            _ => Err(call::unexpected()),
         }
     }
 }
