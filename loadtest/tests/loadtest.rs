@@ -1,0 +1,273 @@
+//! prism-loadtest end to end: every scenario briefly against a real gateway
+//! (a testkit cluster), `compare` against the echo baseline, and the bad
+//! arguments that must fail with a message and a non-zero exit.
+
+use std::process::Command as Process;
+
+use clap::Parser;
+use prism_loadtest::{Cli, Outcome, run};
+use prism_proto::control::{Abstraction, Backend, NamespaceSpec};
+use prism_testkit::{Cluster, admin_token};
+
+fn spec(abstraction: Abstraction) -> NamespaceSpec {
+    NamespaceSpec { abstraction: abstraction as i32, backend: Backend::Embedded as i32, ..Default::default() }
+}
+
+fn argv(words: &[&str]) -> Vec<String> {
+    std::iter::once("prism-loadtest").chain(words.iter().copied()).map(String::from).collect()
+}
+
+async fn run_words(words: &[&str]) -> anyhow::Result<Outcome> {
+    run(Cli::try_parse_from(argv(words))?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_checks_and_writes_results_then_compares() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let kv_gw = cluster.active_namespace("lt/kv", spec(Abstraction::KeyValue)).await?;
+    let ts_gw = cluster.active_namespace("lt/ts", spec(Abstraction::TimeSeries)).await?;
+    let out = tempfile::tempdir()?;
+    let out_dir = out.path().to_string_lossy().into_owned();
+    let token = admin_token();
+
+    let cases = [
+        ("kv-get", "lt/kv", kv_gw.endpoint(), None),
+        ("kv-put", "lt/kv", kv_gw.endpoint(), None),
+        ("kv-mixed", "lt/kv", kv_gw.endpoint(), None),
+        ("kv-get", "lt/kv", kv_gw.endpoint(), Some("200")),
+        ("ts-write", "lt/ts", ts_gw.endpoint(), None),
+        ("ts-read", "lt/ts", ts_gw.endpoint(), Some("100")),
+    ];
+    for (i, (scenario, ns, target, rate)) in cases.iter().enumerate() {
+        let label = format!("{scenario}-{i}");
+        let mut words = vec![
+            "run",
+            "--target",
+            target,
+            "--scenario",
+            scenario,
+            "--namespace",
+            ns,
+            "--token",
+            &token,
+            "--duration",
+            "500ms",
+            "--warmup",
+            "100ms",
+            "--keys",
+            "50",
+            "--concurrency",
+            "4",
+            "--value-size",
+            "64",
+            "--out",
+            &out_dir,
+            "--label",
+            &label,
+            "--quiet",
+        ];
+        if let Some(rate) = rate {
+            words.extend(["--rate", rate]);
+        }
+        if i == 2 {
+            words.extend(["--distribution", "zipf"]);
+        }
+        let Outcome::Run(result) = run_words(&words).await? else { anyhow::bail!("not a run") };
+        assert!(result.ok > 0, "{label}: no requests answered");
+        assert_eq!(result.errors + result.warmup_errors, 0, "{label}: {:?}", result.errors_by_code);
+        assert!(result.latency.p50_us > 0.0, "{label}");
+        let json = std::fs::read_to_string(out.path().join(format!("{label}.json")))?;
+        let parsed: serde_json::Value = serde_json::from_str(&json)?;
+        assert_eq!(parsed["scenario"], *scenario);
+        assert_eq!(parsed["ok"].as_u64(), Some(result.ok));
+        let svg = std::fs::read_to_string(out.path().join(format!("{label}.svg")))?;
+        assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{label}");
+        if let Some(rate) = rate {
+            // Open loop: the schedule, not the latency, sets the count.
+            let expected = rate.parse::<f64>()? * 0.5;
+            assert!((result.requests as f64 - expected).abs() <= 2.0, "{label}: {} requests", result.requests);
+        }
+    }
+
+    // A wrong response counts as an error: read, without preloading, keys
+    // that hold 64-byte values while expecting 32-byte ones.
+    let e = run_words(&[
+        "run",
+        "--target",
+        &kv_gw.endpoint(),
+        "--scenario",
+        "kv-get",
+        "--namespace",
+        "lt/kv",
+        "--token",
+        &token,
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+        "--keys",
+        "50",
+        "--value-size",
+        "32",
+        "--no-preload",
+        "--quiet",
+    ])
+    .await
+    .expect_err("wrong values");
+    assert!(format!("{e:#}").contains("WrongResponse"), "{e:#}");
+    // Unwritten keys are wrong responses too, tolerated up to --max-error-rate.
+    let Outcome::Run(result) = run_words(&[
+        "run",
+        "--target",
+        &kv_gw.endpoint(),
+        "--scenario",
+        "kv-get",
+        "--namespace",
+        "lt/kv",
+        "--token",
+        &token,
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+        "--keys",
+        "100",
+        "--value-size",
+        "64",
+        "--no-preload",
+        "--quiet",
+        "--max-error-rate",
+        "1",
+    ])
+    .await?
+    else {
+        anyhow::bail!("not a run")
+    };
+    assert!(result.errors > 0 && result.ok > 0, "{result:?}");
+    assert_eq!(result.errors_by_code.keys().collect::<Vec<_>>(), ["WrongResponse"]);
+    let Outcome::Run(result) = run_words(&[
+        "run",
+        "--target",
+        &kv_gw.endpoint(),
+        "--scenario",
+        "kv-mixed",
+        "--namespace",
+        "lt/kv",
+        "--token",
+        &token,
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+        "--keys",
+        "50",
+        "--quiet",
+    ])
+    .await?
+    else {
+        anyhow::bail!("not a run")
+    };
+    assert_eq!(result.errors, 0, "{:?}", result.errors_by_code);
+    // No token: every request fails, reported by its status code.
+    let e = run_words(&[
+        "run",
+        "--target",
+        &kv_gw.endpoint(),
+        "--scenario",
+        "kv-put",
+        "--namespace",
+        "lt/kv",
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--token",
+        "",
+    ])
+    .await
+    .expect_err("unauthenticated");
+    assert!(format!("{e:#}").contains("Unauthenticated"), "{e:#}");
+
+    // compare: the gateway vs the echo baseline, 2 short rounds.
+    let Outcome::Compare(cmp) = run_words(&[
+        "compare",
+        "--target",
+        &kv_gw.endpoint(),
+        "--scenario",
+        "kv-get",
+        "--namespace",
+        "lt/kv",
+        "--token",
+        &token,
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--keys",
+        "50",
+        "--rounds",
+        "2",
+        "--out",
+        &out_dir,
+        "--quiet",
+    ])
+    .await?
+    else {
+        anyhow::bail!("not a comparison")
+    };
+    assert_eq!(cmp.rounds.len(), 2);
+    assert_eq!(cmp.throughput_ratio.values.len(), 2);
+    assert!(cmp.throughput_ratio.mean > 0.0 && cmp.throughput_ratio.mean.is_finite());
+    assert!(cmp.p99_ratio.mean > 0.0 && cmp.p99_ratio.mean.is_finite());
+    for round in &cmp.rounds {
+        assert!(round.target.ok > 0 && round.baseline.ok > 0);
+        assert_eq!(round.target.errors + round.baseline.errors, 0);
+    }
+    assert!(cmp.table().contains("throughput ratio"));
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("kv-get-compare.json"))?)?;
+    assert_eq!(parsed["rounds"].as_array().map(Vec::len), Some(2));
+    assert!(out.path().join("kv-get-compare.svg").exists());
+    Ok(())
+}
+
+/// A port nothing listens on: bound, read, released.
+fn closed_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn binary(words: &[&str]) -> anyhow::Result<(i32, String)> {
+    let out = Process::new(env!("CARGO_BIN_EXE_prism-loadtest")).args(words).env_remove("PRISM_TOKEN").output()?;
+    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+#[test]
+fn bad_arguments_say_what_is_wrong_and_exit_non_zero() -> anyhow::Result<()> {
+    let target = format!("127.0.0.1:{}", closed_port()?);
+    let cases: [(&[&str], &str); 5] = [
+        (&["run", "--target", &target, "--scenario", "kv-get", "--rate", "0"], "--rate must be at least 1"),
+        (&["run", "--target", &target, "--scenario", "kv-fly"], "invalid value 'kv-fly' for '--scenario"),
+        (&["run", "--target", &target, "--scenario", "kv-get", "--duration", "1s"], "is unreachable"),
+        (&["run", "--target", &target, "--scenario", "kv-get", "--max-error-rate", "2"], "--max-error-rate"),
+        (&["compare", "--target", &target, "--scenario", "ts-read"], "echo baseline only serves KeyValue"),
+    ];
+    for (words, message) in cases {
+        let (code, stderr) = binary(words)?;
+        assert_ne!(code, 0, "{words:?} succeeded");
+        assert!(stderr.contains(message), "{words:?}: {stderr}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_refuses_bad_arguments_too() -> anyhow::Result<()> {
+    let target = format!("127.0.0.1:{}", closed_port()?);
+    let e = run_words(&["run", "--target", &target, "--scenario", "kv-get", "--rate", "0"]).await.expect_err("rate 0");
+    assert!(e.to_string().contains("--rate"), "{e}");
+    let e = run_words(&["run", "--target", &target, "--scenario", "kv-get"]).await.expect_err("unreachable");
+    assert!(format!("{e:#}").contains("unreachable"), "{e:#}");
+    assert!(Cli::try_parse_from(argv(&["run", "--target", &target, "--scenario", "nope"])).is_err());
+    Ok(())
+}
