@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use prism_proto::control::control_plane_service_server::ControlPlaneServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::ControlPlaneConfig;
 use crate::error::{ControlPlaneError, Result};
@@ -60,7 +59,14 @@ pub async fn serve(plane: ControlPlane, listener: TcpListener, shutdown: impl Fu
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// Accepted connections with `TCP_NODELAY`: tonic sets it only on
+/// listeners it binds itself, and without it small responses wait for the
+/// peer's delayed ACK (≈ 40 ms tails).
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -13,7 +13,6 @@ use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
 use prism_proto::control::Backend;
 use prism_proto::kv::key_value_service_server::KeyValueServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::buffer::WriteBuffer;
 use crate::cache::ReadCache;
@@ -142,7 +141,7 @@ impl Gateway {
             .add_service(reflection)
             .add_service(kv)
             .add_service(ts)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await;
         let _ = stop.send(true);
         for task in tasks {
@@ -185,4 +184,11 @@ async fn reclaim(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<
             }
         }
     }
+}
+
+/// Accepted connections with `TCP_NODELAY`: tonic sets it only on
+/// listeners it binds itself, and without it small responses wait for the
+/// peer's delayed ACK (≈ 40 ms tails).
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
