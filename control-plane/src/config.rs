@@ -33,6 +33,10 @@ pub struct ControlPlaneConfig {
     /// `ResolveNamespace` until gateways register themselves. Keys must be
     /// listed in `shards`. Default: none.
     pub shard_endpoints: BTreeMap<String, Vec<String>>,
+    /// Lease of a registered gateway instance, in milliseconds: an instance
+    /// that has not heartbeat for this long is removed. Gateways heartbeat
+    /// every quarter of it. Default 10 000; range 200..=600 000.
+    pub shard_lease_ttl_ms: u64,
     /// Deltas buffered for each watcher; a watcher further behind is cut
     /// off and resumes from its revision. Default: 1024. Range 1..=1 000 000.
     pub watch_buffer: usize,
@@ -54,6 +58,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("store_schema", &self.store_schema)
             .field("shards", &self.shards)
             .field("shard_endpoints", &self.shard_endpoints)
+            .field("shard_lease_ttl_ms", &self.shard_lease_ttl_ms)
             .field("watch_buffer", &self.watch_buffer)
             .field("change_log_retention", &self.change_log_retention)
             .field("auth.hs256_secret", &self.auth.hs256_secret.as_ref().map(|_| "<redacted>"))
@@ -70,6 +75,7 @@ impl Default for ControlPlaneConfig {
             store_schema: crate::store::postgres::DEFAULT_SCHEMA.to_owned(),
             shards: Vec::new(),
             shard_endpoints: BTreeMap::new(),
+            shard_lease_ttl_ms: 10_000,
             watch_buffer: 1024,
             change_log_retention: 100_000,
             auth: prism_auth::AuthConfig::default(),
@@ -112,12 +118,12 @@ impl ControlPlaneConfig {
                 return Err(bad(&format!("shard_endpoints.{shard}"), "names a shard not listed in shards".into()));
             }
             for (i, e) in endpoints.iter().enumerate() {
-                let port_ok =
-                    e.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-                if !port_ok {
-                    return Err(bad(&format!("shard_endpoints.{shard}[{i}]"), format!("{e:?} is not host:port")));
-                }
+                crate::validate::endpoint("", e)
+                    .map_err(|_| bad(&format!("shard_endpoints.{shard}[{i}]"), format!("{e:?} is not host:port")))?;
             }
+        }
+        if !(200..=600_000).contains(&self.shard_lease_ttl_ms) {
+            return Err(bad("shard_lease_ttl_ms", format!("{} is outside 200..=600000", self.shard_lease_ttl_ms)));
         }
         if !(1..=1_000_000).contains(&self.watch_buffer) {
             return Err(bad("watch_buffer", format!("{} is outside 1..=1000000", self.watch_buffer)));

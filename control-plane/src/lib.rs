@@ -4,6 +4,7 @@
 //! audits it, and streams it to gateways over `Watch`.
 //!
 //! - [`plane`]: the rules (transport-free).
+//! - [`registry`]: shard instances, leases, and the assignment they drive.
 //! - [`store`]: where metadata lives ([`store::file`], the default, or
 //!   [`store::postgres`], shared by several replicas).
 //! - [`watch`]: snapshot + ordered deltas.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod page_token;
 pub mod plane;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -19,7 +19,6 @@ use prism_proto::control::{
 };
 use prism_proto::quotas;
 
-use crate::assign;
 use crate::config::ControlPlaneConfig;
 use crate::error::{ControlPlaneError, Result};
 use crate::page_token::{self, Listing};
@@ -36,16 +35,16 @@ const MAX_REASON_LEN: usize = 1024;
 pub const ANONYMOUS: &str = "anonymous";
 
 /// A planned commit and the audit detail describing it.
-struct Plan {
-    txn: Txn,
-    detail: String,
+pub(crate) struct Plan {
+    pub(crate) txn: Txn,
+    pub(crate) detail: String,
 }
 
 /// What an audit event is about.
-struct Target<'a> {
-    action: &'static str,
-    tenant: &'a str,
-    target: &'a str,
+pub(crate) struct Target<'a> {
+    pub(crate) action: &'static str,
+    pub(crate) tenant: &'a str,
+    pub(crate) target: &'a str,
 }
 
 #[derive(Clone)]
@@ -137,7 +136,7 @@ impl ControlPlane {
 
     /// Plans, commits (re-planning lost races) and audits one mutation.
     /// A refusal is audited with its status and re-raised.
-    async fn mutate<F, Fut>(&self, principal: &str, target: Target<'_>, plan: F) -> Result<Arc<Delta>>
+    pub(crate) async fn mutate<F, Fut>(&self, principal: &str, target: Target<'_>, plan: F) -> Result<Arc<Delta>>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Plan>>,
@@ -364,15 +363,6 @@ impl ControlPlane {
     // Namespaces
     // -----------------------------------------------------------------
 
-    /// The shard that owns a new namespace: its pin, or the rendezvous
-    /// choice among the configured shards.
-    fn assign_shard(&self, name: &str, spec: &NamespaceSpec) -> String {
-        match spec.placement.as_ref().map(|p| p.pinned_shard.as_str()) {
-            Some(pin) if !pin.is_empty() => pin.to_owned(),
-            _ => assign::rendezvous(name, self.config.shards.iter().map(String::as_str)).unwrap_or_default().to_owned(),
-        }
-    }
-
     pub async fn create_namespace(
         &self,
         principal: &str,
@@ -385,7 +375,7 @@ impl ControlPlane {
             .mutate(principal, target, || async {
                 validate::namespace_name("name", name)?;
                 let spec = spec.ok_or_else(|| ControlPlaneError::invalid("spec", "is required"))?;
-                validate::namespace_spec(spec, &self.config.shards)?;
+                validate::namespace_spec(spec, &self.known_shards().await?)?;
                 let tenant = self.live_tenant(tenant_id).await?;
                 if tenant.state != TenantState::Active as i32 {
                     return Err(ControlPlaneError::FailedPrecondition(format!("tenant {tenant_id} is suspended")));
@@ -414,7 +404,7 @@ impl ControlPlane {
                     // counts again: the limit is exact.
                     puts.push(Put::Tenant(tenant.clone()));
                 }
-                let shard_id = self.assign_shard(name, spec);
+                let shard_id = self.assign_new(name, spec).await?;
                 let status_reason = if shard_id.is_empty() {
                     "no shard is available to own the namespace".to_owned()
                 } else {
@@ -487,7 +477,7 @@ impl ControlPlane {
             .mutate(principal, target, || async {
                 validate::namespace_name("name", name)?;
                 let spec = req.spec.as_ref().ok_or_else(|| ControlPlaneError::invalid("spec", "is required"))?;
-                validate::namespace_spec(spec, &self.config.shards)?;
+                validate::namespace_spec(spec, &self.known_shards().await?)?;
                 let mut ns = self.live_namespace(name).await?;
                 check_expected("namespace", name, req.expected_revision, ns.revision)?;
                 let old = ns.spec.clone().unwrap_or_default();
@@ -694,27 +684,6 @@ impl ControlPlane {
             })
             .await?;
         written_namespace(&delta, name)
-    }
-
-    /// Which shard serves a namespace, and its endpoints (from the static
-    /// shard map until gateways register).
-    pub async fn resolve_namespace(&self, name: &str) -> Result<prism_proto::control::ResolveNamespaceResponse> {
-        validate::namespace_name("namespace", name)?;
-        let revision = self.store.revision().await?;
-        let ns = self.store.get_namespace(name).await?.filter(is_live).ok_or_else(|| not_found_namespace(name))?;
-        if ns.shard_id.is_empty() {
-            return Err(ControlPlaneError::FailedPrecondition(format!("namespace {name} has no shard yet")));
-        }
-        let endpoints = self.config.shard_endpoints.get(&ns.shard_id).cloned().unwrap_or_default();
-        if endpoints.is_empty() {
-            return Err(ControlPlaneError::Unavailable(format!("no endpoint of shard {} is known", ns.shard_id)));
-        }
-        Ok(prism_proto::control::ResolveNamespaceResponse {
-            namespace: ns.name,
-            shard_id: ns.shard_id,
-            endpoints,
-            revision,
-        })
     }
 
     // -----------------------------------------------------------------

@@ -47,6 +47,7 @@ pub async fn serve(plane: ControlPlane, listener: TcpListener, shutdown: impl Fu
         .build_v1()
         .map_err(|e| ControlPlaneError::Corrupt(format!("reflection descriptors: {e}")))?;
     let (stop_watchers, watchers_stop) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(sweep_leases(plane.clone(), watchers_stop.clone()));
     let shutdown = async move {
         shutdown.await;
         let _ = stop_watchers.send(true);
@@ -61,7 +62,27 @@ pub async fn serve(plane: ControlPlane, listener: TcpListener, shutdown: impl Fu
         .add_service(service)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
+    let _ = sweeper.await;
     Ok(())
+}
+
+/// Removes instances whose lease expired, every quarter lease, until
+/// shutdown.
+async fn sweep_leases(plane: ControlPlane, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let period = std::time::Duration::from_millis(plane.config().shard_lease_ttl_ms / 4);
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        match plane.expire_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(shards = n, "removed gateway instances whose lease expired"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired shard leases failed"),
+        }
+    }
 }
 
 /// Accepted connections with `TCP_NODELAY`: tonic sets it only on

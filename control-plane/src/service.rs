@@ -1,7 +1,7 @@
 //! `prism.control.v1.ControlPlaneService` over gRPC: unpacks requests, calls
 //! [`ControlPlane`], and turns errors into statuses at this one edge. RPCs
-//! whose issue has not landed yet (shard registry, usage) keep the
-//! generated default: UNIMPLEMENTED.
+//! whose issue has not landed yet (usage) keep the generated default:
+//! UNIMPLEMENTED.
 
 use prism_proto::control::control_plane_service_server::ControlPlaneService;
 use prism_proto::control::*;
@@ -124,6 +124,29 @@ impl ControlPlaneService for Service {
 
     async fn revoke_access(&self, req: Request<RevokeAccessRequest>) -> Reply<Namespace> {
         reply(self.plane.revoke_access(&self.who(&req)?, req.get_ref()).await)
+    }
+
+    async fn register_shard(&self, req: Request<RegisterShardRequest>) -> Reply<RegisterShardResponse> {
+        let who = self.who(&req)?;
+        let r = req.get_ref();
+        reply(self.plane.register_shard(&who, &r.shard_id, &r.endpoint).await)
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Reply<HeartbeatResponse> {
+        self.who(&req)?;
+        let r = req.get_ref();
+        reply(self.plane.heartbeat(&r.shard_id, &r.instance_id).await)
+    }
+
+    async fn deregister_shard(&self, req: Request<DeregisterShardRequest>) -> Reply<DeregisterShardResponse> {
+        let who = self.who(&req)?;
+        let r = req.get_ref();
+        reply(self.plane.deregister_shard(&who, &r.shard_id, &r.instance_id).await.map(|()| DeregisterShardResponse {}))
+    }
+
+    async fn list_shards(&self, req: Request<ListShardsRequest>) -> Reply<ListShardsResponse> {
+        self.who(&req)?;
+        reply(self.plane.list_shards().await.map(|shards| ListShardsResponse { shards }))
     }
 
     async fn resolve_namespace(&self, req: Request<ResolveNamespaceRequest>) -> Reply<ResolveNamespaceResponse> {

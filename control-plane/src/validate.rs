@@ -127,9 +127,34 @@ pub fn namespace_spec(spec: &NamespaceSpec, known_shards: &[String]) -> Result<(
     if let Some(p) = spec.placement.as_ref().filter(|p| !p.pinned_shard.is_empty()) {
         let field = "spec.placement.pinned_shard";
         names::validate_part(&p.pinned_shard).map_err(|e| invalid(field, format!("shard id {e}")))?;
-        if !known_shards.is_empty() && !known_shards.contains(&p.pinned_shard) {
+        if !known_shards.contains(&p.pinned_shard) {
             return Err(invalid(field, format!("shard {:?} does not exist", p.pinned_shard)));
         }
+    }
+    Ok(())
+}
+
+/// A `host:port` endpoint with a non-zero port.
+pub fn endpoint(field: &str, endpoint: &str) -> Result<()> {
+    if endpoint.len() > 255 {
+        return Err(invalid(field, "is longer than 255 bytes"));
+    }
+    let ok = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(char::is_whitespace)
+            && !host.contains('/')
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if !ok {
+        return Err(invalid(field, format!("{endpoint:?} is not host:port")));
+    }
+    Ok(())
+}
+
+/// An instance id the registry handed out: 1 to 64 printable ASCII bytes.
+pub fn instance_id(field: &str, id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(field, "is not an instance id this control plane issued"));
     }
     Ok(())
 }

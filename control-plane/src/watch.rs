@@ -127,8 +127,12 @@ async fn send_snapshot(store: &dyn Store, tx: &mpsc::Sender<Result<WatchResponse
     let revision = snapshot.revision;
     let mut tenants = snapshot.tenants.into_iter().peekable();
     let mut namespaces = snapshot.namespaces.into_iter().peekable();
+    // The shard map is small (shards × instances): it rides in the first
+    // chunk.
+    let mut shards = Some(snapshot.shards);
     loop {
-        let mut chunk = SnapshotChunk { revision, ..SnapshotChunk::default() };
+        let mut chunk =
+            SnapshotChunk { revision, shards: shards.take().unwrap_or_default(), ..SnapshotChunk::default() };
         // Fill by count and by size; every chunk takes at least one object.
         let mut bytes = 0;
         while chunk.tenants.len() + chunk.namespaces.len() < SNAPSHOT_CHUNK && bytes < SNAPSHOT_CHUNK_BYTES {

@@ -16,9 +16,8 @@ use prism_proto::control::{
     Abstraction, AuditEvent, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest,
     DeleteNamespaceRequest, DeleteTenantRequest, GetNamespaceRequest, GetTenantRequest, GetUsageRequest,
     GrantAccessRequest, ListAuditEventsRequest, ListNamespacesRequest, ListTenantsRequest, Namespace, NamespaceStatus,
-    PostgresConfig, QuotaProfile, QuotaSet, RegisterShardRequest, ReportNamespaceStatusRequest,
-    ResolveNamespaceRequest, RevokeAccessRequest, SetTenantStateRequest, TenantState, UpdateNamespaceRequest,
-    UpdateTenantRequest, backend_config::Config,
+    PostgresConfig, QuotaProfile, QuotaSet, ReportNamespaceStatusRequest, ResolveNamespaceRequest, RevokeAccessRequest,
+    SetTenantStateRequest, TenantState, UpdateNamespaceRequest, UpdateTenantRequest, backend_config::Config,
 };
 use tonic::{Code, Response, Status};
 use tonic_types::StatusExt;
@@ -772,8 +771,6 @@ async fn serves_health_and_reflection() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpcs_not_built_yet_are_unimplemented() -> anyhow::Result<()> {
     let (_cp, mut c) = start(&SHARDS).await?;
-    let register = RegisterShardRequest { shard_id: "shard-0".into(), endpoint: "127.0.0.1:1".into() };
-    refused(c.register_shard(register).await, Code::Unimplemented, None);
     refused(c.get_usage(GetUsageRequest { target: "acme".into() }).await, Code::Unimplemented, None);
     Ok(())
 }

@@ -17,8 +17,8 @@ use prism_control_plane::store::postgres::PgStore;
 use prism_control_plane::store::{AuditFilter, Changes, Committed, Condition, Put, Store, Txn};
 use prism_proto::control::{
     Abstraction, AuditEvent, Backend, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, Namespace,
-    NamespaceSpec, Tenant, UpdateNamespaceRequest, UpdateTenantRequest, WatchRequest, WatchResponse, change,
-    watch_response::Event,
+    NamespaceSpec, Shard, ShardInstance, Tenant, UpdateNamespaceRequest, UpdateTenantRequest, WatchRequest,
+    WatchResponse, change, watch_response::Event,
 };
 use prism_testkit::postgres::{PostgresServer, skip_reason};
 use prism_testkit::{ControlPlaneHandle, eventually};
@@ -190,6 +190,37 @@ async fn store_behaves(store: Arc<dyn Store>, broadcast_lags: bool) -> anyhow::R
     assert_eq!(by(AuditFilter { before_sequence: Some(3), ..Default::default() }).await?, 2);
     assert_eq!(by(AuditFilter { since_seconds: i64::MAX, ..Default::default() }).await?, 0);
     assert_eq!(s.list_audit(AuditFilter::default(), 2).await?.len(), 2);
+
+    // Shards: conditioned like the rest, listed in id order, in the
+    // snapshot, and removed (with `shard_removed`) when their last
+    // instance goes.
+    let shard = |id: &str, endpoints: &[&str]| {
+        Put::Shard(Shard {
+            shard_id: id.into(),
+            instances: endpoints
+                .iter()
+                .map(|e| ShardInstance { instance_id: format!("i-{e}"), endpoint: (*e).into(), ..Default::default() })
+                .collect(),
+            revision: 0,
+        })
+    };
+    let cond_shard = |id: &str, revision| Condition::Shard { id: id.into(), revision };
+    assert_eq!(committed(s, vec![cond_shard("s-b", 0)], vec![shard("s-b", &["h:2"])], vec![]).await, 9);
+    assert_eq!(committed(s, vec![cond_shard("s-a", 0)], vec![shard("s-a", &["h:1", "h:3"])], vec![]).await, 10);
+    match commit(s, vec![cond_shard("s-a", 0)], vec![shard("s-a", &["h:9"])], vec![]).await {
+        Committed::Conflict(c) => assert_eq!(c, cond_shard("s-a", 0)),
+        Committed::Ok(d) => bail!("registering over a newer shard must conflict, got {d:?}"),
+    }
+    let listed = s.list_shards().await?;
+    assert_eq!(listed.iter().map(|x| (x.shard_id.as_str(), x.revision)).collect::<Vec<_>>(), [("s-a", 10), ("s-b", 9)]);
+    assert_eq!(listed[0].instances.len(), 2);
+    assert_eq!(s.snapshot().await?.shards, listed);
+    let Committed::Ok(delta) = commit(s, vec![cond_shard("s-b", 9)], vec![shard("s-b", &[])], vec![]).await else {
+        bail!("removing s-b at its revision must commit")
+    };
+    assert!(matches!(&delta.changes[0].change, Some(change::Change::ShardRemoved(id)) if id == "s-b"));
+    assert_eq!(s.list_shards().await?.len(), 1);
+    assert_eq!(s.get_namespace("acme/a").await?.map(|n| n.revision), Some(3), "shards touch no namespace");
     Ok(())
 }
 
@@ -205,8 +236,9 @@ async fn the_postgres_store_passes_the_store_checks() -> anyhow::Result<()> {
     store_behaves(Arc::new(PgStore::open(&server.dsn(), "store \"checks\"", 64, 5).await?), true).await?;
     // Reopened, it finds everything; the broadcast starts after it.
     let store = PgStore::open(&server.dsn(), "store \"checks\"", 64, 5).await?;
-    assert_eq!(store.revision().await?, 8);
+    assert_eq!(store.revision().await?, 11);
     assert_eq!(store.snapshot().await?.namespaces.len(), 3);
+    assert_eq!(store.snapshot().await?.shards.len(), 1);
     Ok(())
 }
 

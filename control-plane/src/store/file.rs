@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use prism_proto::control::{AuditEvent, Change, Delta, Namespace, Tenant, change};
+use prism_proto::control::{AuditEvent, Change, Delta, Namespace, Shard, Tenant, change};
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
@@ -23,6 +23,7 @@ use crate::error::{ControlPlaneError, Result};
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespaces");
+const SHARDS: TableDefinition<&str, &[u8]> = TableDefinition::new("shards");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
@@ -68,6 +69,7 @@ impl FileStore {
             w.open_table(META).map_err(storage)?;
             w.open_table(TENANTS).map_err(storage)?;
             w.open_table(NAMESPACES).map_err(storage)?;
+            w.open_table(SHARDS).map_err(storage)?;
             w.open_table(CHANGES).map_err(storage)?;
             w.open_table(AUDIT).map_err(storage)?;
         }
@@ -94,6 +96,10 @@ fn decode_namespace(bytes: &[u8]) -> Result<Namespace> {
     Namespace::decode(bytes).map_err(|e| corrupt("namespace", e))
 }
 
+fn decode_shard(bytes: &[u8]) -> Result<Shard> {
+    Shard::decode(bytes).map_err(|e| corrupt("shard", e))
+}
+
 impl Inner {
     fn commit(&self, txn: Txn) -> Result<Committed> {
         let _serialised =
@@ -103,6 +109,7 @@ impl Inner {
             let mut meta = w.open_table(META).map_err(storage)?;
             let mut tenants = w.open_table(TENANTS).map_err(storage)?;
             let mut namespaces = w.open_table(NAMESPACES).map_err(storage)?;
+            let mut shards = w.open_table(SHARDS).map_err(storage)?;
             let mut changes = w.open_table(CHANGES).map_err(storage)?;
             let mut audit = w.open_table(AUDIT).map_err(storage)?;
 
@@ -116,12 +123,13 @@ impl Inner {
                         Some(v) => decode_namespace(v.value())?.revision,
                         None => 0,
                     },
+                    Condition::Shard { id, .. } => match shards.get(id.as_str()).map_err(storage)? {
+                        Some(v) => decode_shard(v.value())?.revision,
+                        None => 0,
+                    },
                 };
-                let expected = match condition {
-                    Condition::Tenant { revision, .. } | Condition::Namespace { revision, .. } => *revision,
-                };
-                if current != expected {
-                    drop((meta, tenants, namespaces, changes, audit));
+                if current != condition.revision() {
+                    drop((meta, tenants, namespaces, shards, changes, audit));
                     w.abort().map_err(storage)?;
                     return Ok(Committed::Conflict(condition.clone()));
                 }
@@ -145,6 +153,16 @@ impl Inner {
                         }
                         namespaces.insert(ns.name.as_str(), ns.encode_to_vec().as_slice()).map_err(storage)?;
                         delta.changes.push(Change { change: Some(change::Change::Namespace(ns)) });
+                    }
+                    Put::Shard(mut shard) if shard.instances.is_empty() => {
+                        shards.remove(shard.shard_id.as_str()).map_err(storage)?;
+                        let id = std::mem::take(&mut shard.shard_id);
+                        delta.changes.push(Change { change: Some(change::Change::ShardRemoved(id)) });
+                    }
+                    Put::Shard(mut shard) => {
+                        shard.revision = revision;
+                        shards.insert(shard.shard_id.as_str(), shard.encode_to_vec().as_slice()).map_err(storage)?;
+                        delta.changes.push(Change { change: Some(change::Change::Shard(shard)) });
                     }
                 }
             }
@@ -206,6 +224,7 @@ impl Inner {
         for entry in r.open_table(NAMESPACES).map_err(storage)?.iter().map_err(storage)? {
             snapshot.namespaces.push(decode_namespace(entry.map_err(storage)?.1.value())?);
         }
+        snapshot.shards = list_shards(&r)?;
         Ok(snapshot)
     }
 
@@ -275,6 +294,14 @@ impl Inner {
     }
 }
 
+fn list_shards(r: &redb::ReadTransaction) -> Result<Vec<Shard>> {
+    let mut out = Vec::new();
+    for entry in r.open_table(SHARDS).map_err(storage)?.iter().map_err(storage)? {
+        out.push(decode_shard(entry.map_err(storage)?.1.value())?);
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Store for FileStore {
     async fn revision(&self) -> Result<u64> {
@@ -323,6 +350,10 @@ impl Store for FileStore {
     async fn list_namespaces(&self, tenant: &str, after: &str, limit: usize) -> Result<Vec<Namespace>> {
         let (tenant, after) = (tenant.to_owned(), after.to_owned());
         self.blocking(move |s| s.list_namespaces(&tenant, &after, limit)).await
+    }
+
+    async fn list_shards(&self) -> Result<Vec<Shard>> {
+        self.blocking(|s| list_shards(&s.db.begin_read().map_err(storage)?)).await
     }
 
     async fn commit(&self, txn: Txn) -> Result<Committed> {

@@ -14,7 +14,7 @@ pub mod postgres;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use prism_proto::control::{AuditEvent, Delta, Namespace, Tenant};
+use prism_proto::control::{AuditEvent, Delta, Namespace, Shard, Tenant};
 use tokio::sync::broadcast;
 
 use crate::error::Result;
@@ -26,6 +26,19 @@ pub enum Condition {
     Tenant { id: String, revision: u64 },
     /// The namespace's revision is this one; 0 = it must not exist.
     Namespace { name: String, revision: u64 },
+    /// The shard's revision is this one; 0 = it must not exist.
+    Shard { id: String, revision: u64 },
+}
+
+impl Condition {
+    /// The revision the condition expects.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Self::Tenant { revision, .. } | Self::Namespace { revision, .. } | Self::Shard { revision, .. } => {
+                *revision
+            }
+        }
+    }
 }
 
 /// A write of the store's objects.
@@ -38,6 +51,9 @@ pub enum Put {
     /// A namespace; `create_revision == 0` means it is created by this
     /// commit and gets the commit's revision.
     Namespace(Namespace),
+    /// A shard of the registry; one without instances is removed (the
+    /// delta says `shard_removed`).
+    Shard(Shard),
 }
 
 /// One atomic commit.
@@ -64,6 +80,7 @@ pub struct Snapshot {
     pub revision: u64,
     pub tenants: Vec<Tenant>,
     pub namespaces: Vec<Namespace>,
+    pub shards: Vec<Shard>,
 }
 
 /// The changes after a revision, read from the change log.
@@ -100,6 +117,8 @@ pub trait Store: Send + Sync + 'static {
     /// Namespaces with names greater than `after` (and, when `tenant` is
     /// not empty, of that tenant), in name order, at most `limit`.
     async fn list_namespaces(&self, tenant: &str, after: &str, limit: usize) -> Result<Vec<Namespace>>;
+    /// Every registered shard (with at least one instance), in id order.
+    async fn list_shards(&self) -> Result<Vec<Shard>>;
     /// Atomically checks the conditions and applies the transaction.
     async fn commit(&self, txn: Txn) -> Result<Committed>;
     /// Every object, read at one revision.

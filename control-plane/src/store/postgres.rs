@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use prism_proto::control::{AuditEvent, Change, Delta, Namespace, Tenant, change};
+use prism_proto::control::{AuditEvent, Change, Delta, Namespace, Shard, Tenant, change};
 use prost::Message;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
@@ -96,6 +96,7 @@ struct Tables {
     meta: String,
     tenants: String,
     namespaces: String,
+    shards: String,
     changes: String,
     audit: String,
 }
@@ -108,6 +109,7 @@ impl Tables {
             meta: t("meta"),
             tenants: t("tenants"),
             namespaces: t("namespaces"),
+            shards: t("shards"),
             changes: t("changes"),
             audit: t("audit"),
             schema: q,
@@ -115,7 +117,7 @@ impl Tables {
     }
 
     fn ddl(&self) -> String {
-        let Self { schema, meta, tenants, namespaces, changes, audit } = self;
+        let Self { schema, meta, tenants, namespaces, shards, changes, audit } = self;
         format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};
             CREATE TABLE IF NOT EXISTS {meta} (
@@ -133,6 +135,11 @@ impl Tables {
             );
             CREATE TABLE IF NOT EXISTS {namespaces} (
                 name text COLLATE \"C\" PRIMARY KEY,
+                revision bigint NOT NULL,
+                body bytea NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS {shards} (
+                id text COLLATE \"C\" PRIMARY KEY,
                 revision bigint NOT NULL,
                 body bytea NOT NULL
             );
@@ -203,6 +210,10 @@ fn decode_tenant(bytes: &[u8]) -> Result<Tenant> {
 
 fn decode_namespace(bytes: &[u8]) -> Result<Namespace> {
     Namespace::decode(bytes).map_err(|e| corrupt("namespace", e))
+}
+
+fn decode_shard(bytes: &[u8]) -> Result<Shard> {
+    Shard::decode(bytes).map_err(|e| corrupt("shard", e))
 }
 
 fn decode_delta(bytes: &[u8]) -> Result<Delta> {
@@ -383,7 +394,7 @@ impl Broadcaster {
 
 impl PgStore {
     async fn commit_txn(&self, txn: Txn) -> Result<Committed> {
-        let Tables { meta, tenants, namespaces, changes, audit, .. } = &self.inner.tables;
+        let Tables { meta, tenants, namespaces, shards, changes, audit, .. } = &self.inner.tables;
         let mut client = self.client().await?;
         let t = client.transaction().await.map_err(db)?;
         // The row lock serialises every commit of every replica.
@@ -405,6 +416,9 @@ impl PgStore {
                 }
                 Condition::Namespace { name, revision } => {
                     (format!("SELECT revision FROM {namespaces} WHERE name = $1"), name, *revision)
+                }
+                Condition::Shard { id, revision } => {
+                    (format!("SELECT revision FROM {shards} WHERE id = $1"), id, *revision)
                 }
             };
             let current = match t.query_opt(&sql, &[key]).await.map_err(db)? {
@@ -428,6 +442,10 @@ impl PgStore {
             "INSERT INTO {namespaces} (name, revision, body) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET revision = EXCLUDED.revision, body = EXCLUDED.body"
         );
+        let put_shard = format!(
+            "INSERT INTO {shards} (id, revision, body) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET revision = EXCLUDED.revision, body = EXCLUDED.body"
+        );
         for put in txn.puts {
             match put {
                 Put::Tenant(mut tenant) => {
@@ -442,6 +460,17 @@ impl PgStore {
                     }
                     t.execute(&put_namespace, &[&ns.name, &db_revision, &ns.encode_to_vec()]).await.map_err(db)?;
                     delta.changes.push(Change { change: Some(change::Change::Namespace(ns)) });
+                }
+                Put::Shard(shard) if shard.instances.is_empty() => {
+                    t.execute(&format!("DELETE FROM {shards} WHERE id = $1"), &[&shard.shard_id]).await.map_err(db)?;
+                    delta.changes.push(Change { change: Some(change::Change::ShardRemoved(shard.shard_id)) });
+                }
+                Put::Shard(mut shard) => {
+                    shard.revision = revision;
+                    t.execute(&put_shard, &[&shard.shard_id, &db_revision, &shard.encode_to_vec()])
+                        .await
+                        .map_err(db)?;
+                    delta.changes.push(Change { change: Some(change::Change::Shard(shard)) });
                 }
             }
         }
@@ -555,12 +584,19 @@ impl Store for PgStore {
         rows.iter().map(|row| decode_namespace(row.get(0))).collect()
     }
 
+    async fn list_shards(&self) -> Result<Vec<Shard>> {
+        let client = self.client().await?;
+        let sql = format!("SELECT body FROM {} ORDER BY id", self.inner.tables.shards);
+        let rows = client.query(&sql, &[]).await.map_err(db)?;
+        rows.iter().map(|row| decode_shard(row.get(0))).collect()
+    }
+
     async fn commit(&self, txn: Txn) -> Result<Committed> {
         self.commit_txn(txn).await
     }
 
     async fn snapshot(&self) -> Result<Snapshot> {
-        let Tables { meta, tenants, namespaces, .. } = &self.inner.tables;
+        let Tables { meta, tenants, namespaces, shards, .. } = &self.inner.tables;
         let mut client = self.client().await?;
         // One MVCC snapshot for every read: the objects at one revision.
         let t = client
@@ -578,6 +614,9 @@ impl Store for PgStore {
         }
         for row in t.query(&format!("SELECT body FROM {namespaces} ORDER BY name"), &[]).await.map_err(db)? {
             snapshot.namespaces.push(decode_namespace(row.get(0))?);
+        }
+        for row in t.query(&format!("SELECT body FROM {shards} ORDER BY id"), &[]).await.map_err(db)? {
+            snapshot.shards.push(decode_shard(row.get(0))?);
         }
         t.commit().await.map_err(db)?;
         Ok(snapshot)

@@ -407,10 +407,9 @@ fn pinned_shards() {
     namespace_spec(&pinned("shard-1"), &known).expect("known shard");
     namespace_spec(&pinned(""), &known).expect("empty = hash");
     assert_eq!(field_of(namespace_spec(&pinned("shard-9"), &known)), "spec.placement.pinned_shard");
-    // Without a configured shard list any well-formed id is accepted (the
-    // shard may register later) ...
-    namespace_spec(&pinned("shard-9"), &[]).expect("unknown shards are allowed when none are known");
-    // ... but a malformed one never is.
+    // A pin must name a shard that exists (static or registered) ...
+    assert_eq!(field_of(namespace_spec(&pinned("shard-9"), &[])), "spec.placement.pinned_shard");
+    // ... and a malformed one is refused as such.
     for bad in ["Shard-0", "shard_0", "-a", &"s".repeat(64)] {
         assert_eq!(field_of(namespace_spec(&pinned(bad), &[])), "spec.placement.pinned_shard", "{bad:?}");
         assert_eq!(field_of(namespace_spec(&pinned(bad), &known)), "spec.placement.pinned_shard", "{bad:?}");

@@ -1,0 +1,254 @@
+//! The shard registry over gRPC: registration, leases, heartbeats, the
+//! shard map on the watch stream, and the assignment it drives.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{create_tenant, refused, start_with};
+use prism_client::ControlPlaneClient;
+use prism_control_plane::ControlPlaneConfig;
+use prism_proto::control::backend_config::Config;
+use prism_proto::control::{
+    Abstraction, Backend, BackendConfig, CreateNamespaceRequest, DeregisterShardRequest, GetNamespaceRequest,
+    HeartbeatRequest, ListShardsRequest, Namespace, NamespaceSpec, NamespaceStatus, Placement, PostgresConfig,
+    RegisterShardRequest, ReportNamespaceStatusRequest, ResolveNamespaceRequest, WatchRequest, change,
+    watch_response::Event,
+};
+use prism_testkit::eventually;
+use tonic::Code;
+
+/// A KEY_VALUE namespace on a shared backend (Postgres; the control plane
+/// never connects to it), which moves when shards change.
+fn shared_spec() -> NamespaceSpec {
+    NamespaceSpec {
+        abstraction: Abstraction::KeyValue as i32,
+        backend: Backend::Postgres as i32,
+        backend_config: Some(BackendConfig {
+            config: Some(Config::Postgres(PostgresConfig {
+                dsn: "postgres://db.invalid/prism".into(),
+                ..Default::default()
+            })),
+        }),
+        ..NamespaceSpec::default()
+    }
+}
+
+fn embedded_spec() -> NamespaceSpec {
+    NamespaceSpec { abstraction: Abstraction::KeyValue as i32, backend: Backend::Embedded as i32, ..Default::default() }
+}
+
+async fn register(c: &mut ControlPlaneClient, shard: &str, endpoint: &str) -> anyhow::Result<String> {
+    let r = c.register_shard(RegisterShardRequest { shard_id: shard.into(), endpoint: endpoint.into() }).await?;
+    Ok(r.into_inner().instance_id)
+}
+
+async fn create(c: &mut ControlPlaneClient, name: &str, spec: NamespaceSpec) -> anyhow::Result<Namespace> {
+    Ok(c.create_namespace(CreateNamespaceRequest { name: name.into(), spec: Some(spec) }).await?.into_inner())
+}
+
+/// Every namespace's shard, by name.
+async fn owners(c: &mut ControlPlaneClient) -> anyhow::Result<BTreeMap<String, String>> {
+    let req = prism_proto::control::ListNamespacesRequest { page_size: 1000, ..Default::default() };
+    let list = c.list_namespaces(req).await?.into_inner();
+    Ok(list.namespaces.into_iter().map(|n| (n.name, n.shard_id)).collect())
+}
+
+fn config(lease_ms: u64) -> ControlPlaneConfig {
+    ControlPlaneConfig { shard_lease_ttl_ms: lease_ms, ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_shards_own_namespaces_and_resolve_to_their_instances() -> anyhow::Result<()> {
+    let (_cp, mut c) = start_with(config(60_000)).await?;
+    create_tenant(&mut c, "acme").await?;
+    // No shard yet: the namespace waits, unassigned.
+    let early = create(&mut c, "acme/early", shared_spec()).await?;
+    assert_eq!(early.shard_id, "");
+    refused(
+        c.resolve_namespace(ResolveNamespaceRequest { namespace: "acme/early".into() }).await,
+        Code::FailedPrecondition,
+        None,
+    );
+
+    let a1 = register(&mut c, "shard-a", "10.0.0.1:7401").await?;
+    let a2 = register(&mut c, "shard-a", "10.0.0.2:7401").await?;
+    assert_ne!(a1, a2);
+    // The first live shard takes the waiting namespace, in the same commit.
+    let early = c.get_namespace(GetNamespaceRequest { name: "acme/early".into() }).await?.into_inner();
+    assert_eq!(early.shard_id, "shard-a");
+    assert_eq!(early.status, NamespaceStatus::Provisioning as i32);
+    let r = c.resolve_namespace(ResolveNamespaceRequest { namespace: "acme/early".into() }).await?.into_inner();
+    assert_eq!(r.shard_id, "shard-a");
+    assert_eq!(r.endpoints, ["10.0.0.1:7401", "10.0.0.2:7401"]);
+
+    let shards = c.list_shards(ListShardsRequest {}).await?.into_inner().shards;
+    assert_eq!(shards.len(), 1);
+    assert_eq!(shards[0].instances.len(), 2);
+    assert!(shards[0].instances.iter().all(|i| i.lease_expire_time.is_some() && i.register_time.is_some()));
+
+    // A clean shutdown removes the instance at once.
+    c.deregister_shard(DeregisterShardRequest { shard_id: "shard-a".into(), instance_id: a1.clone() }).await?;
+    let r = c.resolve_namespace(ResolveNamespaceRequest { namespace: "acme/early".into() }).await?.into_inner();
+    assert_eq!(r.endpoints, ["10.0.0.2:7401"]);
+    let again = c.deregister_shard(DeregisterShardRequest { shard_id: "shard-a".into(), instance_id: a1 }).await;
+    refused(again, Code::NotFound, None);
+    // A heartbeat of a removed instance says so: the gateway registers again.
+    let hb = c.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: "nope".into() }).await;
+    refused(hb, Code::NotFound, None);
+    let hb = c.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: a2 }).await?.into_inner();
+    assert!(hb.lease_expire_time.is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_shard_takes_its_rendezvous_share_and_embedded_data_stays() -> anyhow::Result<()> {
+    let (_cp, mut c) = start_with(config(60_000)).await?;
+    create_tenant(&mut c, "acme").await?;
+    register(&mut c, "shard-a", "10.0.0.1:7401").await?;
+    register(&mut c, "shard-b", "10.0.0.2:7401").await?;
+    for i in 0..60 {
+        create(&mut c, &format!("acme/shared-{i}"), shared_spec()).await?;
+    }
+    let local = create(&mut c, "acme/local", embedded_spec()).await?;
+    let report = ReportNamespaceStatusRequest {
+        name: "acme/local".into(),
+        shard_id: local.shard_id.clone(),
+        create_revision: local.create_revision,
+        status: NamespaceStatus::Active as i32,
+        reason: String::new(),
+    };
+    c.report_namespace_status(report).await?;
+    let pinned = create(
+        &mut c,
+        "acme/pinned",
+        NamespaceSpec { placement: Some(Placement { pinned_shard: "shard-a".into() }), ..shared_spec() },
+    )
+    .await?;
+    assert_eq!(pinned.shard_id, "shard-a");
+    let before = owners(&mut c).await?;
+
+    register(&mut c, "shard-c", "10.0.0.3:7401").await?;
+    let after = owners(&mut c).await?;
+    let moved: Vec<&String> = before.keys().filter(|n| before[*n] != after[*n]).collect();
+    // Only to the new shard, about a third of the hashed ones, never the
+    // pinned one nor the one whose data is on a shard's disk.
+    assert!(moved.iter().all(|n| after[*n] == "shard-c"), "{moved:?}");
+    assert!((8..=35).contains(&moved.len()), "{} of 60 moved", moved.len());
+    assert_eq!(after["acme/pinned"], "shard-a");
+    assert_eq!(after["acme/local"], local.shard_id);
+    let moved_ns = c.get_namespace(GetNamespaceRequest { name: moved[0].clone() }).await?.into_inner();
+    assert!(moved_ns.status_reason.contains("shard-c"), "{}", moved_ns.status_reason);
+
+    // The watch stream carries the shard map: a snapshot holds it, and a
+    // pin to a shard outside it is refused by name.
+    let mut stream = c.watch(WatchRequest { from_revision: 0 }).await?.into_inner();
+    let Some(Event::Snapshot(first)) = stream.message().await?.and_then(|m| m.event) else {
+        anyhow::bail!("a watch from 0 starts with a snapshot");
+    };
+    let ids: Vec<&str> = first.shards.iter().map(|s| s.shard_id.as_str()).collect();
+    assert_eq!(ids, ["shard-a", "shard-b", "shard-c"]);
+    let bad = NamespaceSpec { placement: Some(Placement { pinned_shard: "shard-z".into() }), ..shared_spec() };
+    let e = c.create_namespace(CreateNamespaceRequest { name: "acme/p2".into(), spec: Some(bad) }).await;
+    refused(e, Code::InvalidArgument, Some("spec.placement.pinned_shard"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_removes_the_instance_and_its_namespaces_move() -> anyhow::Result<()> {
+    let (_cp, mut c) = start_with(config(400)).await?;
+    create_tenant(&mut c, "acme").await?;
+    let kept = register(&mut c, "shard-a", "10.0.0.1:7401").await?;
+    let from = common::revision(&mut c).await?;
+    register(&mut c, "shard-b", "10.0.0.2:7401").await?;
+    for i in 0..20 {
+        create(&mut c, &format!("acme/ns-{i}"), shared_spec()).await?;
+    }
+    assert!(owners(&mut c).await?.values().any(|s| s == "shard-b"));
+    // shard-a heartbeats; shard-b falls silent and is swept.
+    let mut watch = c.watch(WatchRequest { from_revision: from }).await?.into_inner();
+    let mut hb = c.clone();
+    eventually(Duration::from_secs(10), || {
+        let (mut c, mut hb, kept) = (c.clone(), hb.clone(), kept.clone());
+        async move {
+            hb.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: kept }).await?;
+            let shards = c.list_shards(ListShardsRequest {}).await?.into_inner().shards;
+            let ids: Vec<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+            anyhow::ensure!(ids == ["shard-a"], "shards {ids:?}");
+            Ok(())
+        }
+    })
+    .await?;
+    hb.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: kept }).await?;
+    assert!(owners(&mut c).await?.values().all(|s| s == "shard-a"));
+    // Watchers saw shard-b come and go.
+    let mut removed = false;
+    while !removed {
+        let Some(Event::Delta(d)) = stream_next(&mut watch).await? else { continue };
+        removed =
+            d.changes.iter().any(|ch| matches!(&ch.change, Some(change::Change::ShardRemoved(id)) if id == "shard-b"));
+    }
+    Ok(())
+}
+
+async fn stream_next(s: &mut tonic::Streaming<prism_proto::control::WatchResponse>) -> anyhow::Result<Option<Event>> {
+    let m = tokio::time::timeout(Duration::from_secs(10), s.message()).await??;
+    Ok(m.and_then(|m| m.event))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_replaces_its_stale_instance() -> anyhow::Result<()> {
+    let (_cp, mut c) = start_with(config(60_000)).await?;
+    register(&mut c, "shard-a", "10.0.0.1:7401").await?;
+    register(&mut c, "shard-a", "10.0.0.1:7401").await?;
+    let shards = c.list_shards(ListShardsRequest {}).await?.into_inner().shards;
+    assert_eq!(shards[0].instances.len(), 1);
+    // Same address, new shard id: the old shard loses it (and, empty, goes).
+    register(&mut c, "shard-b", "10.0.0.1:7401").await?;
+    let shards = c.list_shards(ListShardsRequest {}).await?.into_inner().shards;
+    let ids: Vec<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+    assert_eq!(ids, ["shard-b"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_registrations_name_their_field() -> anyhow::Result<()> {
+    let (_cp, mut c) = start_with(config(60_000)).await?;
+    for (shard, endpoint, field) in [
+        ("Shard-A", "10.0.0.1:7401", "shard_id"),
+        ("", "10.0.0.1:7401", "shard_id"),
+        (&"s".repeat(64) as &str, "10.0.0.1:7401", "shard_id"),
+        ("shard-a", "", "endpoint"),
+        ("shard-a", "10.0.0.1", "endpoint"),
+        ("shard-a", "10.0.0.1:0", "endpoint"),
+        ("shard-a", "10.0.0.1:99999", "endpoint"),
+        ("shard-a", "http://x/:1", "endpoint"),
+        ("shard-a", "a b:1", "endpoint"),
+    ] {
+        let r = c.register_shard(RegisterShardRequest { shard_id: shard.into(), endpoint: endpoint.into() }).await;
+        refused(r, Code::InvalidArgument, Some(field));
+    }
+    let hb = c.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: String::new() }).await;
+    refused(hb, Code::InvalidArgument, Some("instance_id"));
+    let hb = c.heartbeat(HeartbeatRequest { shard_id: "bad id".into(), instance_id: "x".into() }).await;
+    refused(hb, Code::InvalidArgument, Some("shard_id"));
+    let d = c.deregister_shard(DeregisterShardRequest { shard_id: "shard-a".into(), instance_id: "\n".into() }).await;
+    refused(d, Code::InvalidArgument, Some("instance_id"));
+    assert!(c.list_shards(ListShardsRequest {}).await?.into_inner().shards.is_empty());
+    let r = c.resolve_namespace(ResolveNamespaceRequest { namespace: "acme/none".into() }).await;
+    refused(r, Code::NotFound, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_survive_a_restart() -> anyhow::Result<()> {
+    let (cp, mut c) = start_with(config(60_000)).await?;
+    let id = register(&mut c, "shard-a", "10.0.0.1:7401").await?;
+    let cp = cp.restart(config(60_000)).await?;
+    let mut c = cp.client().await?;
+    let shards = c.list_shards(ListShardsRequest {}).await?.into_inner().shards;
+    assert_eq!(shards[0].instances[0].instance_id, id);
+    c.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: id }).await?;
+    Ok(())
+}
