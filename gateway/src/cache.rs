@@ -31,12 +31,18 @@ const STRIPES: usize = 256;
 struct RecordKey {
     namespace: String,
     create_revision: u64,
+    owner_since: u64,
     id: String,
 }
 
 impl RecordKey {
     fn new(entry: &NamespaceEntry, id: &str) -> Self {
-        Self { namespace: entry.ns.name.clone(), create_revision: entry.ns.create_revision, id: id.to_owned() }
+        Self {
+            namespace: entry.ns.name.clone(),
+            create_revision: entry.ns.create_revision,
+            owner_since: entry.owner_since,
+            id: id.to_owned(),
+        }
     }
 }
 
@@ -96,6 +102,7 @@ impl ReadCache {
                 .max_capacity(config.max_bytes)
                 .weigher(|_: &RecordKey, e: &Entry| e.weight)
                 .expire_after(PerEntryTtl)
+                .support_invalidation_closures()
                 .eviction_listener(move |_, _, cause| {
                     if cause == RemovalCause::Size {
                         evictions.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +181,16 @@ impl ReadCache {
     }
 
     /// Drops every entry (e.g. when the shard loses namespaces).
+    /// Drops every cached record of `namespace` (this shard lost it).
+    pub fn drop_namespace(&self, namespace: &str) {
+        if let Some(cache) = &self.cache {
+            let namespace = namespace.to_owned();
+            if let Err(e) = cache.invalidate_entries_if(move |k, _| k.namespace == namespace) {
+                tracing::warn!(error = %e, "could not drop a lost namespace's cached records; they expire by TTL");
+            }
+        }
+    }
+
     pub fn clear(&self) {
         if let Some(cache) = &self.cache {
             cache.invalidate_all();

@@ -16,6 +16,10 @@ pub struct GatewayConfig {
     pub shard_id: String,
     /// `host:port` of the control plane. Default `127.0.0.1:7400`.
     pub control_plane: String,
+    /// `host:port` clients reach this gateway at, registered with the
+    /// control plane. Default: the address it listens on (a loopback
+    /// address when it listens on every interface).
+    pub advertise_endpoint: Option<String>,
     /// Token the gateway presents to the control plane, if it needs one.
     pub control_plane_token: Option<String>,
     /// Directory of the embedded backend's data. Default
@@ -91,6 +95,7 @@ impl Default for GatewayConfig {
         Self {
             shard_id: String::new(),
             control_plane: "127.0.0.1:7400".into(),
+            advertise_endpoint: None,
             control_plane_token: None,
             data_dir: None,
             postgres_tls_ca_file: None,
@@ -127,6 +132,14 @@ impl GatewayConfig {
         prism_proto::names::validate_part(&self.shard_id).map_err(|e| bad("shard_id", &format!("shard id {e}")))?;
         if self.control_plane.is_empty() {
             return Err(bad("control_plane", "must not be empty"));
+        }
+        if let Some(e) = &self.advertise_endpoint {
+            let ok = e.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(bad("advertise_endpoint", "must be host:port"));
+            }
         }
         match (&self.auth.hs256_secret, self.auth.allow_anonymous) {
             (None, false) => {

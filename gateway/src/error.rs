@@ -19,7 +19,7 @@ pub enum GatewayError {
     FailedPrecondition(String),
     /// The namespace belongs to another shard.
     #[error("namespace {namespace} is served by shard {owner}")]
-    WrongShard { namespace: String, owner: String },
+    WrongShard { namespace: String, owner: String, endpoints: Vec<String>, revision: u64 },
     #[error("{subject}: {description}")]
     QuotaExceeded { subject: String, description: String, retry_after: Option<std::time::Duration> },
     #[error("the gateway is overloaded")]
@@ -67,12 +67,16 @@ impl GatewayError {
     pub fn report(&self) -> Report {
         match self {
             Self::InvalidArgument { field, description } => Report::bad_field(field.clone(), description.clone()),
-            Self::WrongShard { owner, .. } => Report {
+            Self::WrongShard { owner, endpoints, revision, .. } => Report {
                 kind: ErrorKind::FailedPrecondition,
                 message: self.to_string(),
                 detail: Detail::Info {
                     reason: "WRONG_SHARD".into(),
-                    metadata: vec![("shard_id".into(), owner.clone())],
+                    metadata: vec![
+                        ("shard_id".into(), owner.clone()),
+                        ("endpoints".into(), endpoints.join(",")),
+                        ("revision".into(), revision.to_string()),
+                    ],
                 },
             },
             Self::QuotaExceeded { subject, description, retry_after } => Report {

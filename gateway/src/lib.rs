@@ -9,7 +9,9 @@
 //! [`cache`]; buffered writes through the [`buffer`]; durable events go to
 //! [`tail`]s).
 //! Alongside: [`watcher`] keeps the snapshot current from the control
-//! plane, [`provision`] creates and removes backend resources.
+//! plane, [`provision`] creates and removes backend resources, and
+//! [`registration`] keeps this instance in the control plane's shard
+//! registry.
 
 pub mod auth;
 pub mod buffer;
@@ -21,6 +23,7 @@ pub mod kv_service;
 pub mod layers;
 pub mod page_token;
 pub mod provision;
+pub mod registration;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -24,7 +24,7 @@ const RESYNC_EVERY: Duration = Duration::from_secs(30);
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch::Receiver<bool>) {
-    let mut provisioner = Provisioner { shared, client: None, handled: HashMap::new() };
+    let mut provisioner = Provisioner { shared, client: None, handled: HashMap::new(), adopted: HashMap::new() };
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     loop {
         let periodic = tokio::select! {
@@ -55,6 +55,10 @@ struct Provisioner {
     /// The metadata revision of each namespace this shard last acted on,
     /// so a namespace is not provisioned twice for the same revision.
     handled: HashMap<String, u64>,
+    /// The owner epoch (`owner_since`) at which this shard last made sure
+    /// a namespace's backend resources are there: a namespace that moves
+    /// here ACTIVE (another shard provisioned it) is checked once.
+    adopted: HashMap<String, u64>,
 }
 
 impl Provisioner {
@@ -62,9 +66,16 @@ impl Provisioner {
         let retry_degraded = periodic && entry.status == NamespaceStatus::Degraded;
         let pending = matches!(entry.status, NamespaceStatus::Provisioning | NamespaceStatus::Deleting);
         let already_handled = self.handled.get(&entry.ns.name) == Some(&entry.revision);
-        let due = retry_degraded || (pending && !already_handled);
+        let adopting =
+            entry.status == NamespaceStatus::Active && self.adopted.get(&entry.ns.name) != Some(&entry.owner_since);
+        let due = retry_degraded || adopting || (pending && !already_handled);
         if !due {
             return Ok(());
+        }
+        if entry.status != NamespaceStatus::Deleting {
+            self.adopted.insert(entry.ns.name.clone(), entry.owner_since);
+        } else {
+            self.adopted.remove(&entry.ns.name);
         }
         let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
         let plugin = self.shared.plugins.get(backend).cloned();
@@ -99,6 +110,10 @@ impl Provisioner {
         };
         if retry_degraded && status == NamespaceStatus::Degraded {
             return Ok(()); // still failing: nothing new to report
+        }
+        if adopting && status == NamespaceStatus::Active {
+            tracing::info!(namespace = %entry.ns.name, "took over namespace; backend resources are in place");
+            return Ok(()); // already ACTIVE: nothing to report
         }
         self.report(entry, status, reason).await?;
         self.handled.insert(entry.ns.name.clone(), entry.revision);

@@ -60,6 +60,7 @@ pub struct Shared {
     pub cache: ReadCache,
     pub tails: TailHub,
     pub buffer: WriteBuffer,
+    pub registration: crate::registration::Registration,
 }
 
 /// A running gateway's handles, for callers that need more than `serve`.
@@ -104,6 +105,7 @@ impl Gateway {
             cache,
             tails: TailHub::default(),
             buffer,
+            registration: Default::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -112,8 +114,18 @@ impl Gateway {
     /// task, the provisioner and expiry reclamation running alongside.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
         let shared = self.shared;
+        let endpoint = advertised_endpoint(&shared.config, &listener)?;
         let changes = Arc::new(Changes::default());
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        // Deregistration comes first on shutdown, while this gateway still
+        // serves, so clients move on before connections are refused.
+        let (leave, leaving) = tokio::sync::watch::channel(false);
+        let membership = tokio::spawn(crate::registration::run(shared.clone(), endpoint, leaving));
+        let shutdown = async move {
+            shutdown.await;
+            let _ = leave.send(true);
+            let _ = membership.await;
+        };
         let tasks = [
             tokio::spawn(watcher::run(shared.clone(), changes.clone(), stopped.clone())),
             tokio::spawn(provision::run(shared.clone(), changes, stopped.clone())),
@@ -184,6 +196,29 @@ async fn reclaim(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<
             }
         }
     }
+}
+
+/// The `host:port` this gateway registers: `advertise_endpoint`, else the
+/// listener's address (with a loopback host when it listens on every
+/// interface, which suits one machine only).
+fn advertised_endpoint(config: &crate::GatewayConfig, listener: &TcpListener) -> Result<String> {
+    if let Some(endpoint) = &config.advertise_endpoint {
+        return Ok(endpoint.clone());
+    }
+    let mut addr = listener.local_addr().map_err(|e| GatewayError::Internal(format!("listener address: {e}")))?;
+    if addr.ip().is_unspecified() {
+        tracing::warn!(
+            %addr,
+            "listening on every interface without advertise_endpoint: registering a loopback address, \
+             which other machines cannot reach"
+        );
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Ok(addr.to_string())
 }
 
 /// Accepted connections with `TCP_NODELAY`: tonic sets it only on

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use prism_proto::control::{Delta, Namespace, NamespaceStatus, SnapshotChunk, Tenant, TenantState, change};
+use prism_proto::control::{Delta, Namespace, NamespaceStatus, Shard, SnapshotChunk, Tenant, TenantState, change};
 
 /// A namespace as the gateway routes it.
 #[derive(Debug)]
@@ -18,6 +18,11 @@ pub struct NamespaceEntry {
     pub ns: prism_plugin_api::Namespace,
     pub revision: u64,
     pub shard_id: String,
+    /// The revision at which the namespace came to its current shard (of
+    /// this incarnation). Cached reads are keyed by it, so a shard that
+    /// loses a namespace and later gets it back never serves what it
+    /// cached before.
+    pub owner_since: u64,
     pub status: NamespaceStatus,
     pub status_reason: String,
     /// Requests of this incarnation in flight on this gateway; shared by
@@ -28,9 +33,10 @@ pub struct NamespaceEntry {
 
 impl NamespaceEntry {
     fn new(meta: Namespace, previous: Option<&NamespaceEntry>) -> Self {
-        let in_flight = previous
-            .filter(|p| p.ns.create_revision == meta.create_revision)
-            .map_or_else(Default::default, |p| p.in_flight.clone());
+        let same_incarnation = previous.filter(|p| p.ns.create_revision == meta.create_revision);
+        let in_flight = same_incarnation.map_or_else(Default::default, |p| p.in_flight.clone());
+        let owner_since =
+            same_incarnation.filter(|p| p.shard_id == meta.shard_id).map_or(meta.revision, |p| p.owner_since);
         Self {
             ns: prism_plugin_api::Namespace {
                 name: meta.name,
@@ -39,6 +45,7 @@ impl NamespaceEntry {
             },
             revision: meta.revision,
             shard_id: meta.shard_id,
+            owner_since,
             status: NamespaceStatus::try_from(meta.status).unwrap_or(NamespaceStatus::Unspecified),
             status_reason: meta.status_reason,
             in_flight,
@@ -46,12 +53,13 @@ impl NamespaceEntry {
     }
 }
 
-/// Tenants and namespaces at one revision.
+/// Tenants, namespaces and the shard map at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub revision: u64,
     pub tenants: imbl::HashMap<String, Arc<Tenant>>,
     pub namespaces: imbl::HashMap<String, Arc<NamespaceEntry>>,
+    pub shards: imbl::HashMap<String, Arc<Shard>>,
 }
 
 impl Snapshot {
@@ -61,6 +69,11 @@ impl Snapshot {
 
     pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
         self.tenants.get(id)
+    }
+
+    /// `host:port` of every registered instance of `shard_id`.
+    pub fn endpoints(&self, shard_id: &str) -> Vec<String> {
+        self.shards.get(shard_id).map(|s| s.instances.iter().map(|i| i.endpoint.clone()).collect()).unwrap_or_default()
     }
 
     pub fn tenant_state(&self, id: &str) -> TenantState {
@@ -83,8 +96,13 @@ impl Snapshot {
                     let entry = NamespaceEntry::new(n.clone(), self.namespaces.get(&n.name).map(Arc::as_ref));
                     next.namespaces.insert(n.name.clone(), Arc::new(entry));
                 }
-                // The shard map arrives with the sharding issue.
-                Some(change::Change::Shard(_) | change::Change::ShardRemoved(_)) | None => {}
+                Some(change::Change::Shard(s)) => {
+                    next.shards.insert(s.shard_id.clone(), Arc::new(s.clone()));
+                }
+                Some(change::Change::ShardRemoved(id)) => {
+                    next.shards.remove(id);
+                }
+                None => {}
             }
         }
         (next, changed)
@@ -97,11 +115,12 @@ pub struct SnapshotBuilder {
     revision: u64,
     tenants: imbl::HashMap<String, Arc<Tenant>>,
     namespaces: imbl::HashMap<String, Arc<NamespaceEntry>>,
+    shards: imbl::HashMap<String, Arc<Shard>>,
 }
 
 impl SnapshotBuilder {
     pub fn new(revision: u64) -> Self {
-        Self { revision, tenants: Default::default(), namespaces: Default::default() }
+        Self { revision, tenants: Default::default(), namespaces: Default::default(), shards: Default::default() }
     }
 
     pub fn revision(&self) -> u64 {
@@ -113,6 +132,9 @@ impl SnapshotBuilder {
         for t in chunk.tenants {
             self.tenants.insert(t.id.clone(), Arc::new(t));
         }
+        for s in chunk.shards {
+            self.shards.insert(s.shard_id.clone(), Arc::new(s));
+        }
         for n in chunk.namespaces {
             let prev = previous.namespaces.get(&n.name).map(Arc::as_ref);
             let entry = NamespaceEntry::new(n, prev);
@@ -121,7 +143,7 @@ impl SnapshotBuilder {
     }
 
     pub fn build(self) -> Snapshot {
-        Snapshot { revision: self.revision, tenants: self.tenants, namespaces: self.namespaces }
+        Snapshot { revision: self.revision, tenants: self.tenants, namespaces: self.namespaces, shards: self.shards }
     }
 }
 
@@ -210,5 +232,37 @@ mod tests {
         let [e1, e2, e3] = [&s1, &s2, &s3].map(|s| s.namespace("a/x").cloned().expect("present"));
         assert!(Arc::ptr_eq(&e1.in_flight, &e2.in_flight));
         assert!(!Arc::ptr_eq(&e2.in_flight, &e3.in_flight));
+    }
+
+    #[test]
+    fn the_owner_epoch_moves_only_with_the_shard() {
+        let on = |rev: u64, create: u64, shard: &str| {
+            change::Change::Namespace(Namespace { shard_id: shard.into(), ..ns("a/x", rev, create) })
+        };
+        let (s1, _) = Snapshot::default().apply(&delta(1, vec![on(1, 1, "s-0")]));
+        let (s2, _) = s1.apply(&delta(2, vec![on(2, 1, "s-0")]));
+        let (s3, _) = s2.apply(&delta(3, vec![on(3, 1, "s-1")]));
+        let (s4, _) = s3.apply(&delta(4, vec![on(4, 1, "s-0")]));
+        let epoch = |s: &Snapshot| s.namespace("a/x").map(|e| e.owner_since);
+        assert_eq!([epoch(&s1), epoch(&s2), epoch(&s3), epoch(&s4)], [Some(1), Some(1), Some(3), Some(4)]);
+    }
+
+    #[test]
+    fn shard_changes_maintain_the_shard_map() {
+        let shard = |id: &str, endpoint: &str| {
+            change::Change::Shard(Shard {
+                shard_id: id.into(),
+                instances: vec![prism_proto::control::ShardInstance {
+                    endpoint: endpoint.into(),
+                    ..Default::default()
+                }],
+                revision: 0,
+            })
+        };
+        let (s1, _) = Snapshot::default().apply(&delta(1, vec![shard("s-0", "h:1"), shard("s-1", "h:2")]));
+        assert_eq!(s1.endpoints("s-1"), ["h:2"]);
+        let (s2, _) = s1.apply(&delta(2, vec![change::Change::ShardRemoved("s-1".into())]));
+        assert!(s2.endpoints("s-1").is_empty());
+        assert_eq!(s2.endpoints("s-0"), ["h:1"]);
     }
 }

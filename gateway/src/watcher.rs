@@ -12,7 +12,7 @@ use prism_proto::control::{WatchRequest, watch_response};
 use tokio::sync::{Notify, watch};
 
 use crate::server::Shared;
-use crate::snapshot::SnapshotBuilder;
+use crate::snapshot::{Snapshot, SnapshotBuilder};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -118,6 +118,9 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                         namespaces = snapshot.namespaces.len(),
                         "metadata snapshot loaded"
                     );
+                    let previous = shared.metadata.load_full();
+                    let names: Vec<String> = previous.namespaces.keys().cloned().collect();
+                    release_lost(shared, &previous, &snapshot, &names);
                     shared.metadata.store(snapshot);
                     changes.mark_all();
                 }
@@ -134,6 +137,7 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                     return Err(WatchError::Protocol(format!("gap: at {}, got {}", current.revision, delta.revision)));
                 }
                 let (next, changed) = current.apply(&delta);
+                release_lost(shared, &current, &next, &changed);
                 shared.metadata.store(next);
                 changes.mark(changed);
             }
@@ -141,4 +145,22 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
         }
     }
     Ok(())
+}
+
+/// Namespaces among `names` this shard owned in `before` but not in
+/// `after` (moved to another shard, or gone): their cached records are
+/// dropped and their tails closed, so nothing this shard no longer owns is
+/// served from memory. New requests are already refused with WRONG_SHARD by
+/// authorization once `after` is stored.
+fn release_lost(shared: &Shared, before: &Snapshot, after: &Snapshot, names: &[String]) {
+    let me = shared.config.shard_id.as_str();
+    for name in names {
+        let owned_before = before.namespace(name).is_some_and(|e| e.shard_id == me);
+        let owned_after = after.namespace(name).is_some_and(|e| e.shard_id == me);
+        if owned_before && !owned_after {
+            tracing::info!(namespace = %name, "namespace left this shard; dropping its cache and tails");
+            shared.cache.drop_namespace(name);
+            shared.tails.close(name);
+        }
+    }
 }

@@ -73,7 +73,12 @@ impl Step for Authorize {
             return Err(GatewayError::PermissionDenied(format!("{} may not {verb} namespace {name}", who.sub)));
         }
         if entry.shard_id != *self.shard_id {
-            return Err(GatewayError::WrongShard { namespace: name.to_owned(), owner: entry.shard_id.clone() });
+            return Err(GatewayError::WrongShard {
+                namespace: name.to_owned(),
+                owner: entry.shard_id.clone(),
+                endpoints: snapshot.endpoints(&entry.shard_id),
+                revision: snapshot.revision,
+            });
         }
         match snapshot.tenant_state(entry.ns.tenant()) {
             TenantState::Active => {}

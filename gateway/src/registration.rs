@@ -1,0 +1,143 @@
+//! The gateway's membership in the shard registry (SPEC §5): it registers
+//! `{shard_id, advertised endpoint}` with the control plane, heartbeats a
+//! quarter of the lease apart, registers again when the control plane no
+//! longer knows the instance (its lease expired while the two could not
+//! talk), and deregisters on a clean shutdown so clients stop being sent
+//! here at once instead of after a lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use prism_client::ControlPlaneClient;
+use prism_proto::control::{DeregisterShardRequest, HeartbeatRequest, RegisterShardRequest};
+use tokio::sync::watch;
+
+use crate::server::Shared;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a clean shutdown waits for its deregistration.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// This instance's registration, as far as it is known.
+#[derive(Debug, Default)]
+pub struct Registration {
+    instance_id: ArcSwapOption<String>,
+}
+
+impl Registration {
+    /// The instance id the control plane gave this gateway; `None` while
+    /// unregistered.
+    pub fn instance_id(&self) -> Option<Arc<String>> {
+        self.instance_id.load_full()
+    }
+}
+
+struct Member {
+    shared: Arc<Shared>,
+    endpoint: String,
+    client: Option<ControlPlaneClient>,
+}
+
+impl Member {
+    async fn client(&mut self) -> Result<&mut ControlPlaneClient, tonic::Status> {
+        if self.client.is_none() {
+            let config = &self.shared.config;
+            let client = prism_client::control_plane(&config.control_plane, config.control_plane_token.as_deref())
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            self.client = Some(client);
+        }
+        self.client.as_mut().ok_or_else(|| tonic::Status::unavailable("no control plane client"))
+    }
+
+    /// Registers; returns the heartbeat period (a quarter lease).
+    async fn register(&mut self) -> Result<Duration, tonic::Status> {
+        let request =
+            RegisterShardRequest { shard_id: self.shared.config.shard_id.clone(), endpoint: self.endpoint.clone() };
+        let response = self.client().await?.register_shard(request).await?.into_inner();
+        let lease = response.lease_ttl.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(10));
+        tracing::info!(
+            shard = %self.shared.config.shard_id,
+            endpoint = %self.endpoint,
+            instance = %response.instance_id,
+            ?lease,
+            "registered with the control plane"
+        );
+        self.shared.registration.instance_id.store(Some(Arc::new(response.instance_id)));
+        Ok((lease / 4).max(Duration::from_millis(50)))
+    }
+
+    async fn heartbeat(&mut self, instance_id: String) -> Result<(), tonic::Status> {
+        let request = HeartbeatRequest { shard_id: self.shared.config.shard_id.clone(), instance_id };
+        self.client().await?.heartbeat(request).await.map(|_| ())
+    }
+
+    async fn deregister(&mut self) {
+        let Some(instance_id) = self.shared.registration.instance_id.swap(None) else { return };
+        let request = DeregisterShardRequest {
+            shard_id: self.shared.config.shard_id.clone(),
+            instance_id: (*instance_id).clone(),
+        };
+        let done = async {
+            match self.client().await {
+                Ok(client) => client.deregister_shard(request).await.map(|_| ()),
+                Err(e) => Err(e),
+            }
+        };
+        match tokio::time::timeout(DEREGISTER_TIMEOUT, done).await {
+            Ok(Ok(())) => tracing::info!(instance = %instance_id, "deregistered from the control plane"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "deregistering failed; the lease will expire"),
+            Err(_) => tracing::warn!("deregistering timed out; the lease will expire"),
+        }
+    }
+}
+
+/// Keeps this gateway registered as `endpoint` until `shutdown`, then
+/// deregisters it.
+pub async fn run(shared: Arc<Shared>, endpoint: String, mut shutdown: watch::Receiver<bool>) {
+    let mut member = Member { shared, endpoint, client: None };
+    let mut backoff = MIN_BACKOFF;
+    // The heartbeat period while registered.
+    let mut registered: Option<Duration> = None;
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+        let instance = member.shared.registration.instance_id();
+        match (registered, instance) {
+            (Some(period), Some(id)) => match member.heartbeat((*id).clone()).await {
+                Ok(()) => wait = period,
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    tracing::warn!(instance = %id, "the control plane no longer knows this instance; registering again");
+                    member.shared.registration.instance_id.store(None);
+                    registered = None;
+                    wait = Duration::ZERO;
+                }
+                Err(s) => {
+                    // The lease has three more periods: try again sooner.
+                    tracing::warn!(error = %s, "heartbeat failed");
+                    member.client = None;
+                    wait = (period / 2).max(MIN_BACKOFF);
+                }
+            },
+            _ => match member.register().await {
+                Ok(period) => {
+                    registered = Some(period);
+                    backoff = MIN_BACKOFF;
+                    wait = period;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot register with the control plane");
+                    member.client = None;
+                    wait = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            },
+        }
+    }
+    member.deregister().await;
+}
