@@ -61,7 +61,11 @@ pub fn render(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut violations = Vec::new();
     for cause in err.chain() {
-        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+        // The routing client's final answer is a status too.
+        let status = cause
+            .downcast_ref::<tonic::Status>()
+            .or_else(|| cause.downcast_ref::<prism_client::ClientError>().and_then(|e| e.status()));
+        if let Some(status) = status {
             let code = code_name(status.code());
             parts.push(if status.message().is_empty() {
                 code.to_owned()
@@ -115,6 +119,8 @@ mod tests {
         assert_eq!(exit_code(&err), EXIT_FAILURE);
         let err = anyhow::Error::new(tonic::Status::not_found("tenant x not found")).context("reading tenant x");
         assert_eq!(render(&err), "error: reading tenant x: NOT_FOUND: tenant x not found");
+        let routed = prism_client::ClientError::Status(tonic::Status::unavailable("no live instance"));
+        assert_eq!(render(&anyhow::Error::new(routed)), "error: UNAVAILABLE: no live instance");
     }
 
     #[test]

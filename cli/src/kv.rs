@@ -1,15 +1,14 @@
-//! `prism kv put|get|delete|scan`: KeyValue calls on the gateway shard
-//! that owns the namespace (found with `ResolveNamespace`, or given with
-//! `--gateway`). Keys and values are UTF-8 text on the command line;
-//! output shows bytes that are not UTF-8 as base64.
+//! `prism kv put|get|delete|scan`: KeyValue calls through `prism-client`,
+//! which finds the gateway shard that owns the namespace (asking the
+//! control plane, or starting at `--gateway`), follows a WRONG_SHARD
+//! redirect and retries on UNAVAILABLE. Keys and values are UTF-8 text on
+//! the command line; output shows bytes that are not UTF-8 as base64.
 
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Subcommand};
-use prism_client::KeyValueClient;
-use prism_proto::control::ResolveNamespaceRequest;
 use prism_proto::kv::{self, delete_items_request, get_items_request};
 use serde_json::{Value, json};
 
@@ -22,7 +21,7 @@ use crate::output::{Format, Table, print, print_json};
 pub struct Target {
     /// Namespace, tenant/name
     pub namespace: String,
-    /// Gateway to call instead of asking the control plane which shard owns the namespace
+    /// Gateway to call first instead of asking the control plane which shard owns the namespace (a WRONG_SHARD answer is still followed)
     #[arg(long, value_name = "ADDR", env = "PRISM_GATEWAY")]
     pub gateway: Option<String>,
 }
@@ -100,26 +99,11 @@ pub enum KvCommand {
     },
 }
 
-/// The gateway that serves `target`: `--gateway`, or the first endpoint of
-/// the owning shard, as the control plane resolves it.
-pub async fn gateway_address(global: &Global, target: &Target) -> anyhow::Result<String> {
-    if let Some(address) = &target.gateway {
-        return Ok(address.clone());
+impl Target {
+    /// A routing client for this target's calls.
+    pub fn prism(&self, global: &Global) -> anyhow::Result<prism_client::Prism> {
+        global.prism(self.gateway.as_deref())
     }
-    let mut cp = global.connect().await?;
-    let resolved =
-        cp.resolve_namespace(ResolveNamespaceRequest { namespace: target.namespace.clone() }).await?.into_inner();
-    resolved
-        .endpoints
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no endpoint of shard {} is known", resolved.shard_id))
-}
-
-/// A KeyValue client of the gateway that serves `target`.
-async fn connect(global: &Global, target: &Target) -> anyhow::Result<KeyValueClient> {
-    let address = gateway_address(global, target).await?;
-    Ok(prism_client::key_value(&address, global.token.as_deref()).await?)
 }
 
 fn item(text: &str, ttl: Option<Duration>) -> anyhow::Result<kv::Item> {
@@ -182,7 +166,7 @@ pub async fn run(global: &Global, command: KvCommand) -> anyhow::Result<()> {
         KvCommand::Put { target, id, items, ttl } => {
             let items = items.iter().map(|i| item(i, ttl)).collect::<anyhow::Result<Vec<_>>>()?;
             let n = items.len();
-            let mut client = connect(global, &target).await?;
+            let client = target.prism(global)?.kv();
             client
                 .put_items(kv::PutItemsRequest {
                     namespace: target.namespace.clone(),
@@ -198,7 +182,7 @@ pub async fn run(global: &Global, command: KvCommand) -> anyhow::Result<()> {
                 get_items_request::Selector::Keys(k) => delete_items_request::Selector::Keys(k),
                 get_items_request::Selector::Range(r) => delete_items_request::Selector::Range(r),
             });
-            let mut client = connect(global, &target).await?;
+            let client = target.prism(global)?.kv();
             client
                 .delete_items(kv::DeleteItemsRequest {
                     namespace: target.namespace.clone(),
@@ -210,7 +194,7 @@ pub async fn run(global: &Global, command: KvCommand) -> anyhow::Result<()> {
             done(global.output, json!({ "deleted": true }), "deleted\n")
         }
         KvCommand::Get { target, id, selection, paging } => {
-            let mut client = connect(global, &target).await?;
+            let client = target.prism(global)?.kv();
             let mut request = kv::GetItemsRequest {
                 namespace: target.namespace.clone(),
                 id,
@@ -221,7 +205,7 @@ pub async fn run(global: &Global, command: KvCommand) -> anyhow::Result<()> {
             };
             let mut items = Vec::new();
             let next = loop {
-                let page = client.get_items(request.clone()).await?.into_inner();
+                let page = client.get_items(request.clone()).await?;
                 items.extend(page.items);
                 if !paging.all_pages || page.next_page_token.is_empty() {
                     break page.next_page_token;
@@ -244,7 +228,7 @@ pub async fn run(global: &Global, command: KvCommand) -> anyhow::Result<()> {
             }
         }
         KvCommand::Scan { target, paging } => {
-            let mut client = connect(global, &target).await?;
+            let client = target.prism(global)?.kv();
             let mut request = kv::ScanItemsRequest {
                 namespace: target.namespace.clone(),
                 page_size_bytes: paging.page_size_bytes,
@@ -253,7 +237,7 @@ pub async fn run(global: &Global, command: KvCommand) -> anyhow::Result<()> {
             };
             let mut records = Vec::new();
             let next = loop {
-                let page = client.scan_items(request.clone()).await?.into_inner();
+                let page = client.scan_items(request.clone()).await?;
                 records.extend(page.records);
                 if !paging.all_pages || page.next_page_token.is_empty() {
                     break page.next_page_token;

@@ -4,9 +4,10 @@
 //!
 //! - [`serve`]: `prism dev`, `prism control-plane`, `prism gateway`
 //!   (configured by [`config_file`], the environment and flags).
-//! - [`tenant`], [`namespace`], [`audit`]: admin commands over gRPC.
-//! - [`kv`], [`ts`]: KeyValue and TimeSeries calls on the gateway that owns
-//!   a namespace.
+//! - [`tenant`], [`namespace`], [`shard`], [`audit`]: admin commands over
+//!   gRPC.
+//! - [`kv`], [`ts`]: KeyValue and TimeSeries calls, routed by
+//!   `prism-client` to the gateway shard that owns the namespace.
 //! - [`spec_file`], [`spec_flags`]: a namespace spec from a file or flags.
 //! - [`output`], [`json`]: tables and JSON; [`error`]: what a failure prints.
 
@@ -19,6 +20,7 @@ pub mod kv;
 pub mod namespace;
 pub mod output;
 pub mod serve;
+pub mod shard;
 pub mod spec_file;
 pub mod spec_flags;
 pub mod tenant;
@@ -59,6 +61,18 @@ impl Global {
     pub async fn connect(&self) -> anyhow::Result<ControlPlaneClient> {
         Ok(prism_client::control_plane(&self.endpoint, self.token.as_deref()).await?)
     }
+
+    /// A routing client for data calls: it asks the control plane at
+    /// `--endpoint` which shard owns a namespace (or starts at `gateway`
+    /// when given), follows redirects and retries. One command makes few
+    /// calls, so it resolves on demand instead of watching.
+    pub fn prism(&self, gateway: Option<&str>) -> anyhow::Result<prism_client::Prism> {
+        Ok(prism_client::Prism::builder(&self.endpoint)
+            .token(self.token.as_deref())
+            .watch(false)
+            .gateway(gateway)
+            .build()?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +89,9 @@ pub enum Command {
     /// Manage namespaces
     #[command(subcommand)]
     Namespace(Box<namespace::NamespaceCommand>),
+    /// Show the shards, their gateway instances and namespaces
+    #[command(subcommand)]
+    Shard(shard::ShardCommand),
     /// Read the audit log
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -102,6 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => serve::gateway(args).await,
         Command::Tenant(cmd) => tenant::run(&cli.global, cmd).await,
         Command::Namespace(cmd) => namespace::run(&cli.global, *cmd).await,
+        Command::Shard(cmd) => shard::run(&cli.global, cmd).await,
         Command::Audit(cmd) => audit::run(&cli.global, cmd).await,
         Command::Kv(cmd) => kv::run(&cli.global, cmd).await,
         Command::Ts(cmd) => ts::run(&cli.global, cmd).await,

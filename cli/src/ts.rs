@@ -1,5 +1,6 @@
-//! `prism ts write|read|search|tail`: TimeSeries calls on the gateway shard
-//! that owns the namespace (resolved like `prism kv`). Times are RFC 3339
+//! `prism ts write|read|search|tail`: TimeSeries calls through
+//! `prism-client`, routed to the gateway shard that owns the namespace
+//! like `prism kv`. Times are RFC 3339
 //! (`2026-11-22T10:00:00Z`), `now`, or an age (`15m` = 15 minutes ago).
 
 use std::time::SystemTime;
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::Global;
 use crate::error::usage;
-use crate::kv::{Paging, Target, bytes_json, done, gateway_address, next_hint, text};
+use crate::kv::{Paging, Target, bytes_json, done, next_hint, text};
 use crate::output::{Format, Table, print, print_json, print_json_line};
 
 /// A point in time: RFC 3339, `now`, or an age such as `15m`.
@@ -186,8 +187,7 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
         | TsCommand::Search { target, .. }
         | TsCommand::Tail { target, .. } => target.clone(),
     };
-    let address = gateway_address(global, &target).await?;
-    let mut client = prism_client::time_series(&address, global.token.as_deref()).await?;
+    let client = target.prism(global)?.ts();
     let namespace = target.namespace.clone();
     match command {
         TsCommand::Write { series, items, event_id, time, tags, buffered, .. } => {
@@ -212,9 +212,9 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
             };
             let request = ts::WriteEventRecordsRequest { namespace, events: vec![event] };
             let accepted = if buffered {
-                client.write_event_records(request).await?.into_inner().accepted
+                client.write_event_records(request).await?.accepted
             } else {
-                client.write_event_records_sync(request).await?.into_inner().accepted
+                client.write_event_records_sync(request).await?.accepted
             };
             done(
                 global.output,
@@ -234,7 +234,7 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
             };
             let mut events = Vec::new();
             let next = loop {
-                let page = client.read_event_records(request.clone()).await?.into_inner();
+                let page = client.read_event_records(request.clone()).await?;
                 events.extend(page.events);
                 if !paging.all_pages || page.next_page_token.is_empty() {
                     break page.next_page_token;
@@ -255,7 +255,7 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
             };
             let mut events = Vec::new();
             let next = loop {
-                let page = client.search_event_records(request.clone()).await?.into_inner();
+                let page = client.search_event_records(request.clone()).await?;
                 events.extend(page.events);
                 if !paging.all_pages || page.next_page_token.is_empty() {
                     break page.next_page_token;
@@ -270,7 +270,7 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
                 time_series_id: series.unwrap_or_default(),
                 filter: filter.to_proto(),
             };
-            let mut stream = client.tail_event_records(request).await?.into_inner();
+            let mut stream = client.tail_event_records(request).await?;
             loop {
                 let message = tokio::select! {
                     m = stream.message() => m?,

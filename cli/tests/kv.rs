@@ -125,3 +125,56 @@ async fn prism_ts_writes_reads_and_searches_events() -> anyhow::Result<()> {
     ensure!(code == 1 && err.contains("events[0].event_time"), "{code}: {err}");
     Ok(())
 }
+
+/// `prism kv` without `--gateway`: the control plane says which shard owns
+/// each namespace and the client routes there. Gateways do not register
+/// themselves yet, so the control plane is restarted with static
+/// `shard_endpoints` naming them (the gateways keep serving from their
+/// last snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prism_kv_reaches_whichever_shard_owns_the_namespace() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let cp = cluster.control_plane.endpoint();
+    ok(&cp, &["tenant", "create", "acme"]).await?;
+    let mut revision = 0;
+    for shard in ["shard-0", "shard-1"] {
+        let name = format!("acme/on-{shard}");
+        let args = ["namespace", "create", &name, "--abstraction", "key-value", "--pin", shard, "--wait", "-o", "json"];
+        let ns: Value = serde_json::from_str(&ok(&cp, &args).await?)?;
+        revision = revision.max(ns["revision"].as_u64().context("revision")?);
+    }
+    for g in &cluster.gateways {
+        g.caught_up(revision).await?;
+    }
+    let endpoints = ["shard-0", "shard-1"]
+        .into_iter()
+        .map(|s| Ok((s.to_owned(), vec![cluster.gateway(s).context("gateway")?.endpoint()])))
+        .collect::<anyhow::Result<_>>()?;
+    let config = prism_control_plane::ControlPlaneConfig {
+        shards: vec!["shard-0".into(), "shard-1".into()],
+        shard_endpoints: endpoints,
+        ..Default::default()
+    };
+    let Cluster { control_plane, gateways } = cluster;
+    let cluster = Cluster { control_plane: control_plane.restart(config).await?, gateways };
+    let cp = cluster.control_plane.endpoint();
+
+    for shard in ["shard-0", "shard-1"] {
+        let name = format!("acme/on-{shard}");
+        ok(&cp, &["kv", "put", &name, "r", &format!("v={shard}")]).await?;
+        let got: Value = serde_json::from_str(&ok(&cp, &["kv", "get", &name, "r", "-o", "json"]).await?)?;
+        assert_eq!(got["items"][0]["value"], shard, "{got}");
+        let table = ok(&cp, &["kv", "scan", &name]).await?;
+        assert!(table.contains(shard), "{table}");
+    }
+    // `--gateway` naming the other shard's gateway: the redirect is followed.
+    let shard_0 = cluster.gateway("shard-0").context("gateway")?.endpoint();
+    let got: Value = serde_json::from_str(
+        &ok(&cp, &["kv", "get", "acme/on-shard-1", "r", "--gateway", &shard_0, "-o", "json"]).await?,
+    )?;
+    assert_eq!(got["items"][0]["value"], "shard-1", "{got}");
+
+    let (code, _, err) = prism(&cp, &["kv", "get", "acme/nope", "r"]).await?;
+    ensure!(code == 1 && err.contains("NOT_FOUND"), "{code}: {err}");
+    Ok(())
+}

@@ -1,6 +1,23 @@
-//! The Prism client library: connects to the control plane (and, with the
-//! sharding issue, to the gateway shard that owns a namespace), attaching
-//! the caller's bearer token to every call.
+//! The Prism client library.
+//!
+//! - [`Prism`]: a client of a whole deployment. It learns which gateway
+//!   shard owns each namespace (the control plane's Watch stream and
+//!   `ResolveNamespace`), spreads calls over a shard's replicas, follows
+//!   WRONG_SHARD redirects and retries idempotent calls on UNAVAILABLE.
+//!   [`Prism::kv`] and [`Prism::ts`] are the typed KeyValue and TimeSeries
+//!   APIs on top ([`kv`], [`ts`]); [`retry`] and [`routing`] hold the rules.
+//! - [`control_plane`], [`key_value`], [`time_series`]: plain connections
+//!   to one server, for servers and tools that address it directly.
+//!
+//! Every call carries the caller's bearer token.
+
+pub mod error;
+pub mod kv;
+pub mod prism;
+pub mod retry;
+pub mod routing;
+pub mod ts;
+mod watch;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,21 +39,11 @@ pub const DEFAULT_CONTROL_PLANE: &str = "127.0.0.1:7400";
 /// may allow (64 MiB) plus room for its request.
 pub const MAX_MESSAGE_BYTES: usize = 72 << 20;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid endpoint {endpoint:?}: {reason}")]
-    InvalidEndpoint { endpoint: String, reason: String },
-    #[error("the token cannot be sent as a header: {0}")]
-    InvalidToken(String),
-    #[error("cannot connect to {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-}
-
-pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+pub use error::{ClientError, Result};
+pub use kv::Kv;
+pub use prism::{Builder, Options, Prism, Retry};
+pub use retry::RetryPolicy;
+pub use ts::Ts;
 
 /// Adds `authorization: Bearer <token>` to every request when a token is set.
 #[derive(Clone, Debug, Default)]
