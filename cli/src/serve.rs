@@ -97,6 +97,9 @@ pub struct GatewayArgs {
     /// Address to serve gRPC on
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7401")]
     pub listen: String,
+    /// host:port clients reach this gateway at, registered with the control plane (default: the listen address)
+    #[arg(long, value_name = "HOST:PORT", env = "PRISM_ADVERTISE_ENDPOINT")]
+    pub advertise_endpoint: Option<String>,
     /// Directory of the embedded backend's data (default ./prism-data/<shard-id>)
     #[arg(long, value_name = "DIR", env = "PRISM_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -119,6 +122,9 @@ impl GatewayArgs {
         }
         if let Some(dir) = &self.data_dir {
             config.data_dir = Some(dir.clone());
+        }
+        if let Some(endpoint) = &self.advertise_endpoint {
+            config.advertise_endpoint = Some(endpoint.clone());
         }
         if let Some(secret) = &self.auth_secret {
             config.auth.hs256_secret = Some(secret.clone());
@@ -191,10 +197,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         shards: DEV_SHARDS.map(str::to_owned).to_vec(),
         ..ControlPlaneConfig::default()
     };
+    // The shards are static (namespaces are assigned to them even before
+    // the gateways are up); their endpoints come from registration.
     cp_config.auth.hs256_secret = Some(secret.clone());
-    for (shard, addr) in DEV_SHARDS.iter().zip(&shard_addrs) {
-        cp_config.shard_endpoints.insert((*shard).to_owned(), vec![addr.to_string()]);
-    }
     let cp_listener = TcpListener::bind(cp_addr).await.with_context(|| format!("cannot listen on {cp_addr}"))?;
     let plane = server::open(cp_config).await.context("cannot open the control plane's store")?;
 
@@ -319,6 +324,7 @@ mod tests {
             shard_id: Some("shard-0".into()),
             control_plane: None,
             listen: "127.0.0.1:0".into(),
+            advertise_endpoint: None,
             data_dir: None,
             auth_secret: None,
             allow_anonymous: false,

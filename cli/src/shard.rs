@@ -63,7 +63,7 @@ pub fn shard_rows(shards: &[Shard], namespaces: &[Namespace]) -> Vec<ShardRow> {
         }
         rows.entry(ns.shard_id.clone())
             .or_insert_with(|| ShardRow {
-                shard: Shard { shard_id: ns.shard_id.clone(), instances: vec![] },
+                shard: Shard { shard_id: ns.shard_id.clone(), ..Default::default() },
                 namespaces: 0,
             })
             .namespaces += 1;
@@ -149,10 +149,11 @@ mod tests {
             lease_expire_time: at(now + Duration::from_secs(lease_secs)),
         };
         let shards = vec![
-            Shard { shard_id: "shard-1".into(), instances: vec![instance("i-3", "10.0.0.3:7401", 30, 9)] },
+            Shard { shard_id: "shard-1".into(), instances: vec![instance("i-3", "10.0.0.3:7401", 30, 9)], revision: 0 },
             Shard {
                 shard_id: "shard-0".into(),
                 instances: vec![instance("i-1", "10.0.0.1:7401", 3_725, 4), instance("i-2", "10.0.0.2:7401", 65, 10)],
+                revision: 0,
             },
         ];
         let namespaces = vec![

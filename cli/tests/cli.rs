@@ -280,16 +280,14 @@ async fn pins_round_trip_and_shard_list_prints_the_servers_answer() -> anyhow::R
         ensure!(table.lines().nth(1).is_some_and(|l| l.contains(shard)), "the SHARD column: {table}");
     }
 
-    // ListShards is the shard registry's; until it lands the control plane
-    // answers UNIMPLEMENTED and the CLI prints that. Either way the command
-    // reports what the server said.
-    let listed = prism(ep(), &["shard", "list"]).await?;
-    if listed.code == Some(0) {
-        ensure!(listed.stdout.starts_with("SHARD"), "a table: {}", listed.stdout);
-        let json = prism(ep(), &["shard", "list", "-o", "json"]).await?.ok()?.json()?;
-        ensure!(json["shards"].is_array(), "{json}");
-    } else {
-        listed.failed(1, "error: UNIMPLEMENTED")?;
+    // The configured (static) shards are listed, each owning its pinned
+    // namespace.
+    let listed = prism(ep(), &["shard", "list"]).await?.ok()?.stdout;
+    ensure!(listed.starts_with("SHARD"), "a table: {listed}");
+    for shard in ["shard-0", "shard-1"] {
+        ensure!(listed.lines().any(|l| l.starts_with(shard)), "{shard} listed: {listed}");
     }
+    let json = prism(ep(), &["shard", "list", "-o", "json"]).await?.ok()?.json()?;
+    assert_eq!(json["shards"].as_array().map(Vec::len), Some(2), "{json}");
     Ok(())
 }

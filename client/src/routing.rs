@@ -253,6 +253,7 @@ mod tests {
         let shard = Shard {
             shard_id: "shard-1".into(),
             instances: vec![ShardInstance { endpoint: "e9".into(), ..Default::default() }],
+            revision: 0,
         };
         t.apply_snapshot(&[namespace("a/x", "shard-1", 5, NamespaceStatus::Active)], &[shard]);
         assert_eq!(t.shard_of("a/stale", now), None, "not in the snapshot");
@@ -266,7 +267,7 @@ mod tests {
 
         // A shard listed without instances leaves resolved endpoints alone.
         t.learn_shard("shard-0", endpoints(&["e1"]), expiry(now, Duration::from_secs(30)));
-        t.apply_shard(&Shard { shard_id: "shard-0".into(), instances: vec![] });
+        t.apply_shard(&Shard { shard_id: "shard-0".into(), ..Default::default() });
         assert!(t.knows_shard("shard-0", now));
         t.forget_shard("shard-0");
         assert!(!t.knows_shard("shard-0", now));

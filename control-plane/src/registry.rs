@@ -303,14 +303,19 @@ impl ControlPlane {
         let mut shards: Vec<Shard> = self.store().list_shards().await?;
         for id in &self.config().shards {
             let endpoints = self.config().shard_endpoints.get(id).map(Vec::as_slice).unwrap_or_default();
-            let static_instances = endpoints.iter().enumerate().map(|(n, e)| ShardInstance {
-                instance_id: format!("static-{n}"),
-                endpoint: e.clone(),
-                ..ShardInstance::default()
+            let registered = shards.iter().position(|s| &s.shard_id == id);
+            let i = registered.unwrap_or_else(|| {
+                shards.push(Shard { shard_id: id.clone(), ..Shard::default() });
+                shards.len() - 1
             });
-            match shards.iter_mut().find(|s| &s.shard_id == id) {
-                Some(s) => s.instances.extend(static_instances),
-                None => shards.push(Shard { shard_id: id.clone(), instances: static_instances.collect(), revision: 0 }),
+            for (n, e) in endpoints.iter().enumerate() {
+                if !shards[i].instances.iter().any(|inst| &inst.endpoint == e) {
+                    shards[i].instances.push(ShardInstance {
+                        instance_id: format!("static-{n}"),
+                        endpoint: e.clone(),
+                        ..ShardInstance::default()
+                    });
+                }
             }
         }
         shards.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
@@ -341,6 +346,8 @@ impl ControlPlane {
                     .map(|i| i.endpoint),
             );
         }
+        endpoints.sort();
+        endpoints.dedup();
         if endpoints.is_empty() {
             return Err(ControlPlaneError::Unavailable(format!("no instance of shard {} is live", ns.shard_id)));
         }
