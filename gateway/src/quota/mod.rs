@@ -146,15 +146,24 @@ pub struct Tracker {
     share: AtomicU64,
     /// The namespace's `create_revision`; 0 for tenants.
     incarnation: u64,
+    /// A namespace's tenant's tracker, fixed when the namespace's tracker is
+    /// created: a request finds both with one lookup and holds both with
+    /// one reference.
+    tenant: Option<Arc<Tracker>>,
 }
 
 impl Tracker {
     pub fn new(incarnation: u64, share: f64) -> Self {
+        Self::with_tenant(incarnation, share, None)
+    }
+
+    fn with_tenant(incarnation: u64, share: f64, tenant: Option<Arc<Tracker>>) -> Self {
         let t = Self {
             window: Window::default(),
             concurrent: AtomicU32::new(0),
             share: AtomicU64::new(1f64.to_bits()),
             incarnation,
+            tenant,
         };
         t.set_share(share);
         t
@@ -269,8 +278,8 @@ impl Checked<'_> {
 /// Charges read bytes to a namespace and its tenant.
 #[derive(Debug, Clone)]
 pub struct ReadCharge {
+    /// The namespace's tracker, which holds its tenant's.
     namespace: Arc<Tracker>,
-    tenant: Arc<Tracker>,
     clock: Clock,
 }
 
@@ -282,7 +291,9 @@ impl ReadCharge {
         }
         let slot = Window::slot(self.clock.now_ms());
         self.namespace.window.add(slot, 0, bytes, 0);
-        self.tenant.window.add(slot, 0, bytes, 0);
+        if let Some(tenant) = &self.namespace.tenant {
+            tenant.window.add(slot, 0, bytes, 0);
+        }
     }
 }
 
@@ -306,7 +317,9 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.0.namespace.leave();
-        self.0.tenant.leave();
+        if let Some(tenant) = &self.0.namespace.tenant {
+            tenant.leave();
+        }
     }
 }
 
@@ -386,22 +399,33 @@ impl QuotaRegistry {
         }
     }
 
-    /// The tracker of `name` (of `incarnation`), created if missing or of
-    /// an older incarnation.
-    fn get_or_create(&self, kind: Kind, name: &str, incarnation: u64) -> Arc<Tracker> {
-        if let Some(t) = self.map(kind).load().get(name).filter(|t| t.incarnation == incarnation) {
+    /// The tracker of namespace `name` (of `incarnation`, of `tenant`),
+    /// created with its tenant's if missing or of an older incarnation.
+    fn namespace_tracker(&self, name: &str, incarnation: u64, tenant: &str) -> Arc<Tracker> {
+        if let Some(t) = self.namespaces.load().get(name).filter(|t| t.incarnation == incarnation) {
             return t.clone();
         }
         let shares = self.writer();
-        let map = self.map(kind);
-        let current = map.load_full();
+        let current = self.namespaces.load_full();
         if let Some(t) = current.get(name).filter(|t| t.incarnation == incarnation) {
             return t.clone();
         }
-        let tracker = Arc::new(Tracker::new(incarnation, shares.of(kind, name)));
+        let tenants = self.tenants.load_full();
+        let tenant_tracker = match tenants.get(tenant) {
+            Some(t) => t.clone(),
+            None => {
+                let t = Arc::new(Tracker::new(0, shares.of(Kind::Tenant, tenant)));
+                let mut next = (*tenants).clone();
+                next.insert(tenant.into(), t.clone());
+                self.tenants.store(Arc::new(next));
+                t
+            }
+        };
+        let share = shares.of(Kind::Namespace, name);
+        let tracker = Arc::new(Tracker::with_tenant(incarnation, share, Some(tenant_tracker)));
         let mut next = (*current).clone();
         next.insert(name.into(), tracker.clone());
-        map.store(Arc::new(next));
+        self.namespaces.store(Arc::new(next));
         tracker
     }
 
@@ -448,15 +472,17 @@ impl QuotaRegistry {
     ) -> Result<Admission, GatewayError> {
         let now_ms = self.clock.now_ms();
         let tenant = entry.ns.tenant();
-        let namespace = self.get_or_create(Kind::Namespace, &entry.ns.name, entry.ns.create_revision);
-        let tenant_tracker = self.get_or_create(Kind::Tenant, tenant, 0);
+        let namespace = self.namespace_tracker(&entry.ns.name, entry.ns.create_revision, tenant);
+        let Some(tenant_tracker) = namespace.tenant.as_deref() else {
+            return Err(GatewayError::Internal("a namespace tracker without its tenant's".into()));
+        };
         let ns = Checked {
             subject: Subject::Namespace(&entry.ns.name),
             tracker: &namespace,
             limits: Limits::of(entry.ns.spec.quotas.as_ref()),
         };
         let tn =
-            Checked { subject: Subject::Tenant(tenant), tracker: &tenant_tracker, limits: Limits::of(tenant_quotas) };
+            Checked { subject: Subject::Tenant(tenant), tracker: tenant_tracker, limits: Limits::of(tenant_quotas) };
         ns.rates(now_ms, access, write_bytes)?;
         tn.rates(now_ms, access, write_bytes)?;
         ns.enter()?;
@@ -467,7 +493,7 @@ impl QuotaRegistry {
         let slot = Window::slot(now_ms);
         namespace.window.add(slot, 1, 0, write_bytes);
         tenant_tracker.window.add(slot, 1, 0, write_bytes);
-        Ok(Admission(ReadCharge { namespace, tenant: tenant_tracker, clock: self.clock }))
+        Ok(Admission(ReadCharge { namespace, clock: self.clock }))
     }
 
     /// Drops the trackers whose subject left `snapshot` (or is deleted, or
@@ -489,12 +515,17 @@ impl QuotaRegistry {
             dropped += usize::from(!keep);
             keep
         });
+        // Tenant trackers the remaining namespace trackers hold.
+        let held: std::collections::HashSet<*const Tracker> =
+            next.values().filter_map(|t| t.tenant.as_ref().map(Arc::as_ptr)).collect();
         self.namespaces.store(Arc::new(next));
         let tenants = self.tenants.load_full();
         let mut next = (*tenants).clone();
         next.retain(|id, t| {
             let live = snapshot.tenant(id).is_some() && snapshot.tenant_state(id) != TenantState::Deleted;
-            let keep = live && !t.idle_since(slot);
+            // A tenant's tracker stays while a namespace tracker holds it,
+            // so all of a tenant's namespaces count on the same tracker.
+            let keep = (live && !t.idle_since(slot)) || held.contains(&Arc::as_ptr(t));
             dropped += usize::from(!keep);
             keep
         });

@@ -179,8 +179,10 @@ fn sweep_drops_trackers_of_gone_subjects_and_new_incarnations() {
     // The new incarnation gets a fresh tracker on its first request.
     assert!(registry.admit(&entry(&s2, "acme/x"), None, Access::Read, 0).is_ok());
     assert_eq!(registry.tracker(Subject::Namespace("acme/x")).map(|t| t.incarnation), Some(7));
-    // The tenant left too.
-    assert_eq!(registry.sweep(&snapshot(&[("acme/x", 7, q)], &[])), 1);
+    // A tenant's tracker stays while one of its namespaces' does.
+    assert_eq!(registry.sweep(&snapshot(&[("acme/x", 7, q)], &[])), 0);
+    assert_eq!(registry.sweep(&snapshot(&[], &[])), 2);
+    assert!(registry.is_empty());
 }
 
 #[test]
