@@ -22,8 +22,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
 
 pub use authn::{Authenticate, AuthenticateLayer};
-pub use authz::{Authorize, AuthorizeLayer};
-pub use quota::{Quota, QuotaLayer};
+pub use authz::{Authorize, AuthorizeLayer, allowed as authz_allowed};
+pub use quota::{Admitted, Quota, QuotaLayer};
 pub use shed::{DeadlineLayer, LoadShedLayer};
 pub use trace::TraceLayer;
 pub use validate::{Validate, ValidateLayer, limits};
