@@ -4,7 +4,7 @@
 //! The life of a request: [`kv_service`] / [`ts_service`] wrap it in a
 //! [`call::Call`];
 //! [`layers::pipeline`] sheds load, sets a deadline, validates,
-//! authenticates, authorizes on the [`snapshot`] and applies quotas;
+//! authenticates, authorizes on the [`snapshot`] and applies [`quota`]s;
 //! [`router`] / [`ts_router`] run it on the namespace's plugin (through the
 //! [`cache`]; buffered writes through the [`buffer`]; durable events go to
 //! [`tail`]s).
@@ -23,6 +23,7 @@ pub mod kv_service;
 pub mod layers;
 pub mod page_token;
 pub mod provision;
+pub mod quota;
 pub mod registration;
 pub mod router;
 pub mod server;

@@ -61,6 +61,9 @@ pub struct Shared {
     pub tails: TailHub,
     pub buffer: WriteBuffer,
     pub registration: crate::registration::Registration,
+    /// Rate and concurrency trackers; `quotas.set_share` is where this
+    /// gateway's share of each limit is set.
+    pub quotas: Arc<crate::quota::QuotaRegistry>,
 }
 
 /// A running gateway's handles, for callers that need more than `serve`.
@@ -106,6 +109,7 @@ impl Gateway {
             tails: TailHub::default(),
             buffer,
             registration: Default::default(),
+            quotas: Default::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -130,6 +134,7 @@ impl Gateway {
             tokio::spawn(watcher::run(shared.clone(), changes.clone(), stopped.clone())),
             tokio::spawn(provision::run(shared.clone(), changes, stopped.clone())),
             tokio::spawn(reclaim(shared.clone(), stopped.clone())),
+            tokio::spawn(crate::quota::sweeper(shared.quotas.clone(), shared.metadata.clone(), stopped.clone())),
             tokio::spawn(crate::buffer::flush(shared.clone(), stopped)),
         ];
         let (health, health_service) = tonic_health::server::health_reporter();

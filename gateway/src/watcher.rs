@@ -121,6 +121,7 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                     let previous = shared.metadata.load_full();
                     let names: Vec<String> = previous.namespaces.keys().cloned().collect();
                     release_lost(shared, &previous, &snapshot, &names);
+                    share_among_replicas(shared, &previous, &snapshot);
                     shared.metadata.store(snapshot);
                     changes.mark_all();
                 }
@@ -138,6 +139,7 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                 }
                 let (next, changed) = current.apply(&delta);
                 release_lost(shared, &current, &next, &changed);
+                share_among_replicas(shared, &current, &next);
                 shared.metadata.store(next);
                 changes.mark(changed);
             }
@@ -162,5 +164,19 @@ fn release_lost(shared: &Shared, before: &Snapshot, after: &Snapshot, names: &[S
             shared.cache.drop_namespace(name);
             shared.tails.close(name);
         }
+    }
+}
+
+/// A namespace's rate and concurrency quotas are split evenly among the
+/// replicas of the shard serving it (clients spread calls over them in
+/// turn): each enforces 1/replicas of every namespace limit. Set whenever
+/// the number of this shard's registered instances changes.
+fn share_among_replicas(shared: &Shared, before: &Snapshot, after: &Snapshot) {
+    let me = shared.config.shard_id.as_str();
+    let replicas = |s: &Snapshot| s.shards.get(me).map_or(1, |s| s.instances.len().max(1));
+    let (was, now) = (replicas(before), replicas(after));
+    if was != now || before.revision == 0 {
+        tracing::info!(replicas = now, "namespace quotas split among this shard's replicas");
+        shared.quotas.set_default_share(crate::quota::Kind::Namespace, 1.0 / now as f64);
     }
 }

@@ -1,9 +1,11 @@
 //! The request pipeline: one tower `Layer` per cross-cutting concern,
 //! assembled in [`pipeline`] and nowhere else.
 //!
-//! The synchronous checks (validate, authenticate, authorize, quota) share
-//! one service type, [`Check`], parameterised by the check: it runs the
-//! check and either refuses at once or passes the call on, with no boxing.
+//! The synchronous checks (validate, authenticate, authorize) share one
+//! service type, [`Check`], parameterised by the check: it runs the check
+//! and either refuses at once or passes the call on, with no boxing. The
+//! quota layer also needs the response (read bytes, concurrency), so it is
+//! its own service, equally without boxing.
 
 mod authn;
 mod authz;
@@ -20,8 +22,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
 
 pub use authn::{Authenticate, AuthenticateLayer};
-pub use authz::{Authorize, AuthorizeLayer};
-pub use quota::{Quota, QuotaLayer};
+pub use authz::{Authorize, AuthorizeLayer, allowed as authz_allowed};
+pub use quota::{Admitted, Quota, QuotaLayer};
 pub use shed::{DeadlineLayer, LoadShedLayer};
 pub use trace::TraceLayer;
 pub use validate::{Validate, ValidateLayer, limits};
@@ -55,8 +57,12 @@ pub fn pipeline(shared: &Arc<Shared>) -> Pipeline {
         // Loads the metadata snapshot once: namespace, tenant, shard,
         // status, grants. Everything below reads the namespace it found.
         .layer(AuthorizeLayer::new(Authorize::new(shared.metadata.clone(), config.shard_id.clone())))
-        // Limits that depend on the namespace and tenant.
-        .layer(QuotaLayer::new(Quota))
+        // Limits that depend on the namespace and tenant. After
+        // authorization, so an unauthorized caller cannot spend a tenant's
+        // quota; innermost, so the admission (a concurrency slot) is held
+        // exactly while the backend works and read bytes are charged from
+        // the response.
+        .layer(QuotaLayer::new(shared.quotas.clone(), shared.metadata.clone()))
         .service(Router::new(shared.clone()));
     BoxCloneSyncService::new(stack)
 }

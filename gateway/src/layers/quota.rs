@@ -1,24 +1,67 @@
-//! Quotas that depend on the namespace: the largest item (the namespace's
-//! `max_item_size_bytes` policy, capped by the namespace's and the tenant's
-//! `max_item_size_bytes` quotas). Rates, storage and concurrency quotas
-//! arrive with the tenancy issue, in this layer.
+//! Quotas that depend on the namespace and its tenant, after
+//! authorization found both:
+//!
+//! 1. the largest item: the namespace's `max_item_size_bytes` policy,
+//!    capped by the namespace's and the tenant's `max_item_size_bytes`
+//!    quotas → `INVALID_ARGUMENT` with the field;
+//! 2. rates and concurrency, by the [`QuotaRegistry`] → `RESOURCE_EXHAUSTED`
+//!    with `RetryInfo` and `QuotaFailure`. The admission is held until the
+//!    response is ready (concurrency), and the bytes the response returns
+//!    are charged to the read rate then.
+//!
+//! Storage bytes and namespaces per tenant are not enforced here: the
+//! control plane refuses a tenant's namespace past `max_namespaces`, and
+//! storage needs usage reports from the plugins (not built yet).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::StreamExt;
+use futures_util::future::{Either, Ready, ready};
+use prism_proto::control::QuotaSet;
 use prism_proto::kv::mutation;
+use tower::{Layer, Service};
 
-use super::{CheckLayer, Step};
-use crate::call::{Call, Request};
+use crate::call::{Call, Request, Response};
 use crate::error::{GatewayError, Result};
-use crate::snapshot::NamespaceEntry;
-
-pub type QuotaLayer = CheckLayer<Quota>;
+use crate::quota::{Admission, QuotaRegistry};
+use crate::snapshot::{Metadata, NamespaceEntry};
 
 /// A namespace's item size when its policy says 0.
 pub const DEFAULT_MAX_ITEM_BYTES: i64 = 1 << 20;
 
-#[derive(Debug, Clone, Copy)]
-pub struct Quota;
+/// Builds [`Quota`] services sharing one registry.
+#[derive(Debug, Clone)]
+pub struct QuotaLayer {
+    registry: Arc<QuotaRegistry>,
+    metadata: Arc<Metadata>,
+}
 
-/// The largest key + value the namespace accepts.
+impl QuotaLayer {
+    pub fn new(registry: Arc<QuotaRegistry>, metadata: Arc<Metadata>) -> Self {
+        Self { registry, metadata }
+    }
+}
+
+impl<I> Layer<I> for QuotaLayer {
+    type Service = Quota<I>;
+
+    fn layer(&self, inner: I) -> Self::Service {
+        Quota { registry: self.registry.clone(), metadata: self.metadata.clone(), inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Quota<I> {
+    registry: Arc<QuotaRegistry>,
+    metadata: Arc<Metadata>,
+    inner: I,
+}
+
+/// The largest key + value the namespace accepts (the tenant's quota is
+/// applied by the layer, which knows the tenant).
 pub fn max_item_bytes(entry: &NamespaceEntry) -> u64 {
     let spec = &entry.ns.spec;
     let policy = spec.policies.as_ref().map_or(0, |p| p.max_item_size_bytes);
@@ -35,46 +78,163 @@ pub fn event_bytes(e: &prism_proto::timeseries::Event) -> usize {
         + e.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
-impl Step for Quota {
-    fn check(&self, call: &mut Call) -> Result<()> {
-        let Some(entry) = call.namespace.as_ref().map(|f| f.entry()) else {
-            return Err(GatewayError::Internal("quota before authorization".into()));
-        };
-        let max = max_item_bytes(entry);
-        let fits = |item: &prism_proto::kv::Item| (item.key.len() + item.value.len()) as u64 <= max;
-        // Field names are formatted only for a refusal: nothing is
-        // allocated on the accepted path.
-        let refuse = |field: String, item: &prism_proto::kv::Item| {
-            let size = item.key.len() + item.value.len();
-            GatewayError::invalid(field, format!("item is {size} bytes, the namespace allows {max}"))
-        };
-        match &call.request {
-            Request::Put(r) => {
-                if let Some((i, item)) = r.items.iter().enumerate().find(|(_, it)| !fits(it)) {
-                    return Err(refuse(format!("items[{i}].value"), item));
-                }
+fn item_bytes(item: &prism_proto::kv::Item) -> usize {
+    item.key.len() + item.value.len()
+}
+
+/// The bytes a request writes: keys and values put, events written.
+pub fn write_bytes(request: &Request) -> u64 {
+    let bytes = match request {
+        Request::Put(r) => r.items.iter().map(item_bytes).sum(),
+        Request::Mutate(r) => r
+            .mutations
+            .iter()
+            .map(|m| match &m.operation {
+                Some(mutation::Operation::Put(it)) => item_bytes(it),
+                _ => 0,
+            })
+            .sum(),
+        Request::WriteSync(r) | Request::WriteBuffered(r) => r.events.iter().map(event_bytes).sum(),
+        _ => 0,
+    };
+    bytes as u64
+}
+
+/// The bytes a response returns: keys and values, events.
+pub fn read_bytes(response: &Response) -> u64 {
+    let bytes: usize = match response {
+        Response::Get(r) => r.items.iter().map(item_bytes).sum(),
+        Response::Scan(r) => r.records.iter().flat_map(|rec| rec.items.iter()).map(item_bytes).sum(),
+        Response::Read(r) => r.events.iter().map(event_bytes).sum(),
+        Response::Search(r) => r.events.iter().map(event_bytes).sum(),
+        _ => 0,
+    };
+    bytes as u64
+}
+
+/// Refuses an item or event over the size limit, with its field.
+fn check_item_sizes(request: &Request, max: u64) -> Result<()> {
+    let fits = |item: &prism_proto::kv::Item| item_bytes(item) as u64 <= max;
+    // Field names are formatted only for a refusal: nothing is allocated
+    // on the accepted path.
+    let refuse = |field: String, item: &prism_proto::kv::Item| {
+        let size = item_bytes(item);
+        GatewayError::invalid(field, format!("item is {size} bytes, the namespace allows {max}"))
+    };
+    match request {
+        Request::Put(r) => {
+            if let Some((i, item)) = r.items.iter().enumerate().find(|(_, it)| !fits(it)) {
+                return Err(refuse(format!("items[{i}].value"), item));
             }
-            Request::Mutate(r) => {
-                let oversize = r.mutations.iter().enumerate().find_map(|(i, m)| match &m.operation {
-                    Some(mutation::Operation::Put(it)) if !fits(it) => Some((i, it)),
-                    _ => None,
-                });
-                if let Some((i, item)) = oversize {
-                    return Err(refuse(format!("mutations[{i}].put.value"), item));
-                }
-            }
-            Request::WriteSync(r) | Request::WriteBuffered(r) => {
-                if let Some((i, size)) =
-                    r.events.iter().map(event_bytes).enumerate().find(|(_, size)| *size as u64 > max)
-                {
-                    return Err(GatewayError::invalid(
-                        format!("events[{i}]"),
-                        format!("event is {size} bytes, the namespace allows {max}"),
-                    ));
-                }
-            }
-            _ => {}
         }
-        Ok(())
+        Request::Mutate(r) => {
+            let oversize = r.mutations.iter().enumerate().find_map(|(i, m)| match &m.operation {
+                Some(mutation::Operation::Put(it)) if !fits(it) => Some((i, it)),
+                _ => None,
+            });
+            if let Some((i, item)) = oversize {
+                return Err(refuse(format!("mutations[{i}].put.value"), item));
+            }
+        }
+        Request::WriteSync(r) | Request::WriteBuffered(r) => {
+            if let Some((i, size)) = r.events.iter().map(event_bytes).enumerate().find(|(_, size)| *size as u64 > max) {
+                return Err(GatewayError::invalid(
+                    format!("events[{i}]"),
+                    format!("event is {size} bytes, the namespace allows {max}"),
+                ));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The checks before the call: item sizes, then rates and concurrency.
+pub fn admit(
+    registry: &QuotaRegistry,
+    entry: &NamespaceEntry,
+    tenant_quotas: Option<&QuotaSet>,
+    call: &Call,
+) -> Result<Admission> {
+    let mut max = max_item_bytes(entry);
+    if let Some(q) = tenant_quotas.and_then(|q| q.max_item_size_bytes).and_then(|q| u64::try_from(q).ok()) {
+        max = max.min(q);
+    }
+    check_item_sizes(&call.request, max)?;
+    registry.admit(entry, tenant_quotas, call.request.access(), write_bytes(&call.request))
+}
+
+impl<I> Service<Call> for Quota<I>
+where
+    I: Service<Call, Response = Response, Error = GatewayError>,
+    I::Future: Unpin,
+{
+    type Response = Response;
+    type Error = GatewayError;
+    type Future = Either<Ready<Result<Response>>, Admitted<I::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let Some(entry) = call.namespace.as_ref().map(|f| f.entry()) else {
+            return Either::Left(ready(Err(GatewayError::Internal("quota before authorization".into()))));
+        };
+        let snapshot = self.metadata.load();
+        let tenant_quotas = snapshot.tenant(entry.ns.tenant()).and_then(|t| t.quotas.as_ref());
+        match admit(&self.registry, entry, tenant_quotas, &call) {
+            Ok(admission) => Either::Right(Admitted { inner: self.inner.call(call), admission: Some(admission) }),
+            Err(e) => Either::Left(ready(Err(e))),
+        }
     }
 }
+
+/// The inner call of an admitted request; charges what the response read
+/// and releases the admission when it is ready.
+#[derive(Debug)]
+pub struct Admitted<F> {
+    inner: F,
+    admission: Option<Admission>,
+}
+
+impl<F> Future for Admitted<F>
+where
+    F: Future<Output = Result<Response>> + Unpin,
+{
+    type Output = Result<Response>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let out = std::task::ready!(Pin::new(&mut this.inner).poll(cx));
+        let Some(admission) = this.admission.take() else {
+            return Poll::Ready(out);
+        };
+        Poll::Ready(match out {
+            Ok(Response::Tail(stream)) => {
+                // A tail's events are charged as they stream; its
+                // concurrency slot, like its load-shedding permit, is
+                // released once the stream is set up.
+                let charge = admission.reader();
+                drop(admission);
+                Ok(Response::Tail(
+                    stream
+                        .inspect(move |r| {
+                            if let Ok(r) = r {
+                                charge.charge_read(r.events.iter().map(event_bytes).sum::<usize>() as u64);
+                            }
+                        })
+                        .boxed(),
+                ))
+            }
+            Ok(response) => {
+                admission.charge_read(read_bytes(&response));
+                Ok(response)
+            }
+            Err(e) => Err(e),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

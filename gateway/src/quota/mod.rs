@@ -1,0 +1,568 @@
+//! The quota engine: rate and concurrency trackers per tenant and per
+//! namespace, and the one place where a gateway's *share* of a limit is
+//! set.
+//!
+//! - Rates (requests, read bytes, write bytes per second) are counted in a
+//!   sliding one-second [`Window`] of ten buckets. A request is admitted
+//!   while the last second's count plus its cost fits the limit; a write's
+//!   bytes are known up front and charged with the admission, a read's
+//!   bytes only after the backend answered ([`Admission::charge_read`]), so
+//!   reads are refused while the window is already over and one response
+//!   may overshoot.
+//! - Concurrency is a counter per tracker, held by the [`Admission`] until
+//!   the response is ready.
+//! - Both the namespace's and its tenant's quotas apply; nothing is charged
+//!   to either when one of them refuses.
+//! - Each gateway enforces `ceil(limit × share)`, share in `[0, 1]`
+//!   (default 1). [`QuotaRegistry::set_share`] is the hook the shard
+//!   registry (replicas of a namespace) and the control plane's usage
+//!   reports (a tenant's split across shards) will call. ARCHITECTURE.md
+//!   ("Quotas") gives the model and its error bound.
+//!
+//! Trackers are created on a subject's first request (namespaces keyed by
+//! name and incarnation) and dropped by [`QuotaRegistry::sweep`] once their
+//! subject has left the snapshot or they have been idle for
+//! [`IDLE_MS`]. Lookups are lock-free (`ArcSwap` over persistent maps); a
+//! mutex is taken only to create or drop trackers and to set shares.
+
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prism_proto::control::{NamespaceStatus, QuotaSet, TenantState};
+
+pub use window::{BUCKET_MS, BUCKETS, Metric, Usage, WINDOW_MS, Window};
+
+use crate::call::Access;
+use crate::error::GatewayError;
+use crate::snapshot::{Metadata, NamespaceEntry, Snapshot};
+
+/// A tracker unused for this long, with nothing in flight, is dropped.
+pub const IDLE_MS: u64 = 60_000;
+/// How often [`sweeper`] looks for trackers to drop.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// What a refusal for concurrency suggests: requests usually finish within
+/// milliseconds, and the gateway cannot know when one will.
+pub const CONCURRENCY_RETRY: Duration = Duration::from_millis(10);
+
+/// Milliseconds on the gateway's monotonic clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self { base: Instant::now() }
+    }
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Whose quota: the subject of a `QuotaFailure` violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject<'a> {
+    Tenant(&'a str),
+    Namespace(&'a str),
+}
+
+impl std::fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tenant(t) => write!(f, "tenant:{t}"),
+            Self::Namespace(n) => write!(f, "namespace:{n}"),
+        }
+    }
+}
+
+/// Which kind of subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Tenant,
+    Namespace,
+}
+
+/// A quota set's rate and concurrency limits; `u64::MAX` is unlimited
+/// (`-1` or unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub requests_per_second: u64,
+    pub read_bytes_per_second: u64,
+    pub write_bytes_per_second: u64,
+    pub concurrent_requests: u64,
+}
+
+pub const UNLIMITED: u64 = u64::MAX;
+
+fn limit(v: Option<i64>) -> u64 {
+    v.and_then(|v| u64::try_from(v).ok()).unwrap_or(UNLIMITED)
+}
+
+impl Limits {
+    pub fn of(quotas: Option<&QuotaSet>) -> Self {
+        let q = quotas.cloned().unwrap_or_default();
+        Self {
+            requests_per_second: limit(q.requests_per_second),
+            read_bytes_per_second: limit(q.read_bytes_per_second),
+            write_bytes_per_second: limit(q.write_bytes_per_second),
+            concurrent_requests: limit(q.concurrent_requests),
+        }
+    }
+
+    fn get(&self, metric: Metric) -> u64 {
+        match metric {
+            Metric::Requests => self.requests_per_second,
+            Metric::ReadBytes => self.read_bytes_per_second,
+            Metric::WriteBytes => self.write_bytes_per_second,
+        }
+    }
+}
+
+fn quota_name(metric: Metric) -> &'static str {
+    match metric {
+        Metric::Requests => "requests_per_second",
+        Metric::ReadBytes => "read_bytes_per_second",
+        Metric::WriteBytes => "write_bytes_per_second",
+    }
+}
+
+/// The usage of one tenant or namespace on this gateway.
+///
+/// 192 bytes (208 with its `Arc`), no heap: the window is 160 of them. See
+/// `docs/benchmarks.md` for the measured figure including the registry.
+#[derive(Debug)]
+pub struct Tracker {
+    window: Window,
+    concurrent: AtomicU32,
+    /// The share of the limits this gateway enforces, as `f64` bits.
+    share: AtomicU64,
+    /// The namespace's `create_revision`; 0 for tenants.
+    incarnation: u64,
+    /// A namespace's tenant's tracker, fixed when the namespace's tracker is
+    /// created: a request finds both with one lookup and holds both with
+    /// one reference.
+    tenant: Option<Arc<Tracker>>,
+}
+
+impl Tracker {
+    pub fn new(incarnation: u64, share: f64) -> Self {
+        Self::with_tenant(incarnation, share, None)
+    }
+
+    fn with_tenant(incarnation: u64, share: f64, tenant: Option<Arc<Tracker>>) -> Self {
+        let t = Self {
+            window: Window::default(),
+            concurrent: AtomicU32::new(0),
+            share: AtomicU64::new(1f64.to_bits()),
+            incarnation,
+            tenant,
+        };
+        t.set_share(share);
+        t
+    }
+
+    pub fn window(&self) -> &Window {
+        &self.window
+    }
+
+    /// Requests admitted and not yet answered.
+    pub fn concurrent(&self) -> u32 {
+        self.concurrent.load(Ordering::Acquire)
+    }
+
+    pub fn share(&self) -> f64 {
+        f64::from_bits(self.share.load(Ordering::Relaxed))
+    }
+
+    /// Sets the share, clamped to `[0, 1]` (NaN counts as 1).
+    pub fn set_share(&self, share: f64) {
+        let share = if share.is_nan() { 1.0 } else { share.clamp(0.0, 1.0) };
+        self.share.store(share.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The part of `limit` this gateway enforces.
+    pub fn effective(&self, limit: u64) -> u64 {
+        let share = self.share();
+        if limit == UNLIMITED || share >= 1.0 {
+            return limit;
+        }
+        (limit as f64 * share).ceil() as u64
+    }
+
+    fn try_enter(&self, limit: u64) -> bool {
+        let before = self.concurrent.fetch_add(1, Ordering::AcqRel);
+        if u64::from(before) >= limit {
+            self.leave();
+            return false;
+        }
+        true
+    }
+
+    fn leave(&self) {
+        self.concurrent.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn idle_since(&self, slot: u32) -> bool {
+        let idle_slots = (IDLE_MS / BUCKET_MS) as u32;
+        self.concurrent() == 0 && self.window.last_slot().is_none_or(|last| slot.wrapping_sub(last) >= idle_slots)
+    }
+}
+
+/// A tracker and the limits that apply to it, for one request.
+struct Checked<'a> {
+    subject: Subject<'a>,
+    tracker: &'a Tracker,
+    limits: Limits,
+}
+
+impl Checked<'_> {
+    fn refuse(&self, quota: &str, configured: u64, effective: u64, retry: Duration) -> GatewayError {
+        let mut description = format!("{quota} quota of {configured} exceeded");
+        if effective != configured {
+            description.push_str(&format!(" ({effective} enforced on this gateway)"));
+        }
+        GatewayError::QuotaExceeded { subject: self.subject.to_string(), description, retry_after: Some(retry) }
+    }
+
+    /// The rate checks, which change nothing.
+    fn rates(&self, now_ms: u64, access: Access, write_bytes: u64) -> Result<(), GatewayError> {
+        let usage = self.tracker.window.usage(Window::slot(now_ms));
+        let over = |metric: Metric, cost: u64| {
+            let configured = self.limits.get(metric);
+            let effective = self.tracker.effective(configured);
+            let used = usage.get(metric);
+            // A cost larger than the whole limit passes once the window is
+            // empty (or it never could): the overshoot of one request.
+            let refused = effective != UNLIMITED && (effective == 0 || (used > 0 && used + cost > effective));
+            refused.then(|| {
+                let retry = self.tracker.window.retry_after(now_ms, metric, effective, cost);
+                self.refuse(quota_name(metric), configured, effective, retry)
+            })
+        };
+        if let Some(e) = over(Metric::Requests, 1) {
+            return Err(e);
+        }
+        let refusal = match access {
+            // Read bytes are charged after the response: refuse while the
+            // window is already full.
+            Access::Read => over(Metric::ReadBytes, 1),
+            Access::Write if write_bytes > 0 => over(Metric::WriteBytes, write_bytes),
+            Access::Write => None,
+        };
+        refusal.map_or(Ok(()), Err)
+    }
+
+    fn enter(&self) -> Result<(), GatewayError> {
+        let configured = self.limits.concurrent_requests;
+        let effective = self.tracker.effective(configured);
+        if configured == UNLIMITED {
+            self.tracker.concurrent.fetch_add(1, Ordering::AcqRel);
+            return Ok(());
+        }
+        if self.tracker.try_enter(effective) {
+            Ok(())
+        } else {
+            Err(self.refuse("concurrent_requests", configured, effective, CONCURRENCY_RETRY))
+        }
+    }
+}
+
+/// Charges read bytes to a namespace and its tenant.
+#[derive(Debug, Clone)]
+pub struct ReadCharge {
+    /// The namespace's tracker, which holds its tenant's.
+    namespace: Arc<Tracker>,
+    clock: Clock,
+}
+
+impl ReadCharge {
+    /// Charges the bytes a response returned.
+    pub fn charge_read(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let slot = Window::slot(self.clock.now_ms());
+        self.namespace.window.add(slot, 0, bytes, 0);
+        if let Some(tenant) = &self.namespace.tenant {
+            tenant.window.add(slot, 0, bytes, 0);
+        }
+    }
+}
+
+/// An admitted request: holds its concurrency slots until dropped, and
+/// charges its read bytes once they are known.
+#[derive(Debug)]
+pub struct Admission(ReadCharge);
+
+impl Admission {
+    /// Charges the bytes a response returned to the namespace and tenant.
+    pub fn charge_read(&self, bytes: u64) {
+        self.0.charge_read(bytes);
+    }
+
+    /// What charges reads after the admission is released (a stream).
+    pub fn reader(&self) -> ReadCharge {
+        self.0.clone()
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.namespace.leave();
+        if let Some(tenant) = &self.0.namespace.tenant {
+            tenant.leave();
+        }
+    }
+}
+
+type Map = imbl::GenericHashMap<Arc<str>, Arc<Tracker>, twox_hash::xxhash64::State, imbl::shared_ptr::DefaultSharedPtr>;
+
+fn empty_map() -> Map {
+    Map::with_hasher(twox_hash::xxhash64::State::with_seed(0x9e37_79b9_7f4a_7c15))
+}
+
+/// Shares set through the hook. Consulted when a tracker is created.
+#[derive(Debug)]
+struct Shares {
+    default_tenant: f64,
+    default_namespace: f64,
+    by_subject: HashMap<(Kind, String), f64>,
+}
+
+impl Shares {
+    fn of(&self, kind: Kind, name: &str) -> f64 {
+        // Looked up only when a tracker is created, so the key may allocate.
+        self.by_subject.get(&(kind, name.to_owned())).copied().unwrap_or(match kind {
+            Kind::Tenant => self.default_tenant,
+            Kind::Namespace => self.default_namespace,
+        })
+    }
+}
+
+/// The trackers of one gateway.
+#[derive(Debug)]
+pub struct QuotaRegistry {
+    clock: Clock,
+    namespaces: ArcSwap<Map>,
+    tenants: ArcSwap<Map>,
+    /// Serialises creating and dropping trackers and setting shares;
+    /// never taken by a request whose trackers exist.
+    writer: Mutex<Shares>,
+}
+
+impl Default for QuotaRegistry {
+    fn default() -> Self {
+        Self::new(Clock::default())
+    }
+}
+
+impl QuotaRegistry {
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            clock,
+            namespaces: ArcSwap::from_pointee(empty_map()),
+            tenants: ArcSwap::from_pointee(empty_map()),
+            writer: Mutex::new(Shares { default_tenant: 1.0, default_namespace: 1.0, by_subject: HashMap::new() }),
+        }
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Shares> {
+        // A panic while holding it cannot leave the maps half-updated
+        // (they are swapped whole), so a poisoned lock is still good.
+        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn map(&self, kind: Kind) -> &ArcSwap<Map> {
+        match kind {
+            Kind::Tenant => &self.tenants,
+            Kind::Namespace => &self.namespaces,
+        }
+    }
+
+    /// The tracker of a subject, if it has one now.
+    pub fn tracker(&self, subject: Subject<'_>) -> Option<Arc<Tracker>> {
+        match subject {
+            Subject::Tenant(t) => self.tenants.load().get(t).cloned(),
+            Subject::Namespace(n) => self.namespaces.load().get(n).cloned(),
+        }
+    }
+
+    /// The tracker of namespace `name` (of `incarnation`, of `tenant`),
+    /// created with its tenant's if missing or of an older incarnation.
+    fn namespace_tracker(&self, name: &str, incarnation: u64, tenant: &str) -> Arc<Tracker> {
+        if let Some(t) = self.namespaces.load().get(name).filter(|t| t.incarnation == incarnation) {
+            return t.clone();
+        }
+        let shares = self.writer();
+        let current = self.namespaces.load_full();
+        if let Some(t) = current.get(name).filter(|t| t.incarnation == incarnation) {
+            return t.clone();
+        }
+        let tenants = self.tenants.load_full();
+        let tenant_tracker = match tenants.get(tenant) {
+            Some(t) => t.clone(),
+            None => {
+                let t = Arc::new(Tracker::new(0, shares.of(Kind::Tenant, tenant)));
+                let mut next = (*tenants).clone();
+                next.insert(tenant.into(), t.clone());
+                self.tenants.store(Arc::new(next));
+                t
+            }
+        };
+        let share = shares.of(Kind::Namespace, name);
+        let tracker = Arc::new(Tracker::with_tenant(incarnation, share, Some(tenant_tracker)));
+        let mut next = (*current).clone();
+        next.insert(name.into(), tracker.clone());
+        self.namespaces.store(Arc::new(next));
+        tracker
+    }
+
+    /// **The hook**: the fraction of `subject`'s limits this gateway
+    /// enforces, in `[0, 1]`. The shard registry sets a namespace's share
+    /// to 1/replicas serving it, usage reports set a tenant's share to its
+    /// part of the tenant's recent usage. Kept across idle periods.
+    pub fn set_share(&self, subject: Subject<'_>, share: f64) {
+        let mut shares = self.writer();
+        let (kind, name) = match subject {
+            Subject::Tenant(t) => (Kind::Tenant, t),
+            Subject::Namespace(n) => (Kind::Namespace, n),
+        };
+        shares.by_subject.insert((kind, name.to_owned()), share);
+        if let Some(t) = self.map(kind).load().get(name) {
+            t.set_share(share);
+        }
+    }
+
+    /// The share of subjects of `kind` that have none of their own
+    /// (default 1).
+    pub fn set_default_share(&self, kind: Kind, share: f64) {
+        let mut shares = self.writer();
+        match kind {
+            Kind::Tenant => shares.default_tenant = share,
+            Kind::Namespace => shares.default_namespace = share,
+        }
+        for (name, t) in self.map(kind).load().iter() {
+            if !shares.by_subject.contains_key(&(kind, name.to_string())) {
+                t.set_share(share);
+            }
+        }
+    }
+
+    /// Admits a request to `entry` (whose tenant has `tenant_quotas`) or
+    /// refuses it with `QuotaExceeded`. `write_bytes` is what the request
+    /// writes.
+    pub fn admit(
+        &self,
+        entry: &NamespaceEntry,
+        tenant_quotas: Option<&QuotaSet>,
+        access: Access,
+        write_bytes: u64,
+    ) -> Result<Admission, GatewayError> {
+        let now_ms = self.clock.now_ms();
+        let tenant = entry.ns.tenant();
+        let namespace = self.namespace_tracker(&entry.ns.name, entry.ns.create_revision, tenant);
+        let Some(tenant_tracker) = namespace.tenant.as_deref() else {
+            return Err(GatewayError::Internal("a namespace tracker without its tenant's".into()));
+        };
+        let ns = Checked {
+            subject: Subject::Namespace(&entry.ns.name),
+            tracker: &namespace,
+            limits: Limits::of(entry.ns.spec.quotas.as_ref()),
+        };
+        let tn =
+            Checked { subject: Subject::Tenant(tenant), tracker: tenant_tracker, limits: Limits::of(tenant_quotas) };
+        ns.rates(now_ms, access, write_bytes)?;
+        tn.rates(now_ms, access, write_bytes)?;
+        ns.enter()?;
+        if let Err(e) = tn.enter() {
+            namespace.leave();
+            return Err(e);
+        }
+        let slot = Window::slot(now_ms);
+        namespace.window.add(slot, 1, 0, write_bytes);
+        tenant_tracker.window.add(slot, 1, 0, write_bytes);
+        Ok(Admission(ReadCharge { namespace, clock: self.clock }))
+    }
+
+    /// Drops the trackers whose subject left `snapshot` (or is deleted, or
+    /// is a new incarnation) and those idle for [`IDLE_MS`] with nothing in
+    /// flight. A request that fetched a tracker just before it is dropped
+    /// counts on the dropped one: its counts are lost, which an idle
+    /// tracker can afford. Returns how many were dropped.
+    pub fn sweep(&self, snapshot: &Snapshot) -> usize {
+        let slot = Window::slot(self.clock.now_ms());
+        let _writer = self.writer();
+        let mut dropped = 0;
+        let namespaces = self.namespaces.load_full();
+        let mut next = (*namespaces).clone();
+        next.retain(|name, t| {
+            let live = snapshot
+                .namespace(name)
+                .is_some_and(|e| e.ns.create_revision == t.incarnation && e.status != NamespaceStatus::Deleted);
+            let keep = live && !t.idle_since(slot);
+            dropped += usize::from(!keep);
+            keep
+        });
+        // Tenant trackers the remaining namespace trackers hold.
+        let held: std::collections::HashSet<*const Tracker> =
+            next.values().filter_map(|t| t.tenant.as_ref().map(Arc::as_ptr)).collect();
+        self.namespaces.store(Arc::new(next));
+        let tenants = self.tenants.load_full();
+        let mut next = (*tenants).clone();
+        next.retain(|id, t| {
+            let live = snapshot.tenant(id).is_some() && snapshot.tenant_state(id) != TenantState::Deleted;
+            // A tenant's tracker stays while a namespace tracker holds it,
+            // so all of a tenant's namespaces count on the same tracker.
+            let keep = (live && !t.idle_since(slot)) || held.contains(&Arc::as_ptr(t));
+            dropped += usize::from(!keep);
+            keep
+        });
+        self.tenants.store(Arc::new(next));
+        dropped
+    }
+
+    /// How many trackers exist: (tenants, namespaces).
+    pub fn len(&self) -> (usize, usize) {
+        (self.tenants.load().len(), self.namespaces.load().len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == (0, 0)
+    }
+}
+
+/// Sweeps `registry` against the current snapshot every
+/// [`SWEEP_INTERVAL`] until `stopped`.
+pub async fn sweeper(
+    registry: Arc<QuotaRegistry>,
+    metadata: Arc<Metadata>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(SWEEP_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let dropped = registry.sweep(&metadata.load());
+        if dropped > 0 {
+            tracing::debug!(dropped, "quota trackers dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
