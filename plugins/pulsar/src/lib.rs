@@ -29,6 +29,11 @@
 //! same holds for reclamation: a `Reclaimed` marker hides events past
 //! retention; Pulsar's namespace retention policy is what frees the space.
 //!
+//! **Relay.** The client reaches a `pulsar://` broker through an
+//! in-process loopback relay (`src/relay.rs`) that adds the payload checksum the
+//! `pulsar` crate requires and the protocol does not (pulsar-lite delivers
+//! stored messages without it).
+//!
 //! Nothing connects until a namespace needs it: a gateway registers this
 //! plugin whether or not any broker exists. One client per service URL,
 //! one producer per data topic, both made on first need and dropped after
@@ -37,6 +42,7 @@
 pub mod codec;
 pub mod config;
 pub mod error;
+mod relay;
 pub mod ts;
 
 use std::collections::HashMap;
@@ -75,6 +81,8 @@ pub struct PulsarPlugin {
     states: Mutex<HashMap<String, State>>,
     /// Makes reader subscription names unique within the process.
     readers: AtomicU64,
+    /// Between the client and plain-TCP brokers ([`relay`]).
+    relays: relay::Relays,
 }
 
 impl std::fmt::Debug for PulsarPlugin {
@@ -131,6 +139,7 @@ impl PulsarPlugin {
     /// Opens no connection.
     pub fn new(config: PulsarPluginConfig) -> Self {
         Self {
+            relays: relay::Relays::new(config.connect_timeout),
             config,
             clients: Mutex::default(),
             producers: Mutex::default(),
@@ -168,7 +177,8 @@ impl PulsarPlugin {
             retry_delay: Duration::from_millis(100),
             max_retries: Some(3),
         };
-        let client = Pulsar::builder(service_url, TokioExecutor)
+        let url = self.relays.url(service_url).map_err(|e| pulsar::Error::Custom(format!("relay: {e}")))?;
+        let client = Pulsar::builder(url, TokioExecutor)
             .with_connection_retry_options(connection)
             .with_operation_retry_options(operation)
             .build()
@@ -239,11 +249,11 @@ impl PulsarPlugin {
     /// Visits every message of `topic` from the earliest up to now, in
     /// publish order, skipping fences.
     ///
-    /// Where "now" ends: pulsar-lite's answer to GetLastMessageId (and to
-    /// ConsumerStats) breaks the connection of this client, so the scan
-    /// publishes a fence first and reads until it. Every message published
-    /// before the fence was acknowledged is seen; the fence also means the
-    /// read never waits for a message that will not come.
+    /// Where "now" ends: the scan publishes a fence first and reads until
+    /// it. Every message published before the fence was acknowledged is
+    /// seen; the fence also means the read never waits for a message that
+    /// will not come. (GetLastMessageId was no help before the relay:
+    /// the backlog's messages broke the connection it was asked on.)
     pub(crate) async fn scan(
         &self,
         service_url: &str,
