@@ -95,9 +95,9 @@ impl Provisioner {
             (_, None) => (
                 NamespaceStatus::Degraded,
                 format!(
-                    "backend {} is not available on shard {}",
-                    prism_proto::capabilities::backend_name(backend),
-                    self.shared.config.shard_id
+                    "backend {name} is not available on shard {}: this gateway was built without the {name} plugin",
+                    self.shared.config.shard_id,
+                    name = prism_proto::capabilities::backend_name(backend),
                 ),
             ),
             (_, Some(plugin)) => match plugin.provision(&entry.ns).await {

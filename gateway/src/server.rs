@@ -94,6 +94,13 @@ impl Gateway {
         let mut plugins = Plugins::default();
         plugins.insert(Arc::new(embedded));
         plugins.insert(Arc::new(postgres));
+        // Built with feature `pulsar` only (its client needs protoc). Opens
+        // no connection: each pulsar namespace names its broker.
+        #[cfg(feature = "pulsar")]
+        plugins.insert(Arc::new(prism_plugin_pulsar::PulsarPlugin::new(prism_plugin_pulsar::PulsarPluginConfig {
+            request_timeout: config.request_timeout(),
+            ..prism_plugin_pulsar::PulsarPluginConfig::default()
+        })));
         Ok(Self::with_plugins(config, plugins))
     }
 

@@ -1,0 +1,425 @@
+//! The Pulsar backend for TimeSeries, over Pulsar's native protocol (the
+//! [`pulsar`](https://docs.rs/pulsar) crate on tokio; TLS for
+//! `pulsar+ssl://` through rustls on ring, the build's one TLS stack).
+//!
+//! **Layout.** A namespace `tenant/name` is Pulsar's `tenant/namespace` of
+//! the same name (`seeds/000_*`); each incarnation has two persistent
+//! topics there ([`config::Topics`]): `{topic}-i{create_revision}` with one
+//! message per event (key = time_series_id, `event_time` metadata = the
+//! event time, payload = the whole event as protobuf, [`codec`]) and
+//! `{topic}-i{create_revision}-lifecycle` with its provisioned /
+//! deprovisioned / reclaimed markers. A recreated namespace has a new
+//! `create_revision`, hence new topics: it never sees the old data.
+//!
+//! **Semantics** ([`ts`]): writes publish one message per event and return
+//! once the broker has acknowledged every one. Events are immutable and
+//! writes idempotent by *first write wins on read*: a read folds the
+//! topic in publish order and keeps, per (series, event time, event id,
+//! item key), the first value published. Reads and searches scan the
+//! topic up to a fence they publish, filter by window, retention, series
+//! and tags, and page newest first.
+//!
+//! **Deletion.** pulsar-lite (the broker the tests run) has no admin HTTP
+//! API, and the binary protocol has no command that deletes a topic, so
+//! deprovisioning cannot remove bytes from the broker. It publishes a
+//! `Deprovisioned` marker instead: from then on the incarnation's events
+//! are unreachable through Prism (a namespace provisioned again starts a
+//! new epoch, and reads take only the current epoch's events), but they
+//! stay on the broker's disk until its own retention removes them. The
+//! same holds for reclamation: a `Reclaimed` marker hides events past
+//! retention; Pulsar's namespace retention policy is what frees the space.
+//!
+//! **Relay.** The client reaches a `pulsar://` broker through an
+//! in-process loopback relay (`src/relay.rs`) that adds the payload checksum the
+//! `pulsar` crate requires and the protocol does not (pulsar-lite delivers
+//! stored messages without it).
+//!
+//! Nothing connects until a namespace needs it: a gateway registers this
+//! plugin whether or not any broker exists. One client per service URL,
+//! one producer per data topic, both made on first need and dropped after
+//! a failure so the next call reconnects.
+
+pub mod codec;
+pub mod config;
+pub mod error;
+mod relay;
+pub mod ts;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use prism_plugin_api::ts::TimeSeries;
+use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin};
+use prism_proto::control::Backend;
+use pulsar::consumer::{ConsumerOptions, InitialPosition, Message};
+use pulsar::proto::MessageIdData;
+use pulsar::reader::Reader;
+use pulsar::{ConnectionRetryOptions, OperationRetryOptions, Producer, Pulsar, TokioExecutor, producer};
+
+pub use config::{PulsarPluginConfig, Topics};
+pub use error::{PulsarError, Result};
+
+use crate::codec::{Lifecycle, LifecycleKind, record};
+
+type Client = Pulsar<TokioExecutor>;
+type SharedProducer = Arc<tokio::sync::Mutex<Producer<TokioExecutor>>>;
+
+/// The pulsar backend plugin. Cheap to share behind an `Arc`.
+///
+/// Connections run on the tokio runtime that opened them: use one plugin
+/// per runtime.
+pub struct PulsarPlugin {
+    config: PulsarPluginConfig,
+    clients: Mutex<HashMap<String, Client>>,
+    producers: Mutex<HashMap<String, SharedProducer>>,
+    /// Each incarnation's lifecycle as last folded, by lifecycle topic.
+    states: Mutex<HashMap<String, State>>,
+    /// Makes reader subscription names unique within the process.
+    readers: AtomicU64,
+    /// Between the client and plain-TCP brokers ([`relay`]).
+    relays: relay::Relays,
+}
+
+impl std::fmt::Debug for PulsarPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Clients hold broker addresses: not for logs.
+        f.debug_struct("PulsarPlugin").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// An incarnation's lifecycle: the fold of its lifecycle topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct State {
+    /// `Provisioned` markers that started an epoch so far.
+    provisions: u64,
+    /// The current epoch while provisioned.
+    epoch: Option<u64>,
+    /// Events of the current epoch older than this are reclaimed.
+    cutoff: Option<Micros>,
+}
+
+impl State {
+    fn apply(&mut self, marker: &Lifecycle) {
+        match LifecycleKind::try_from(marker.kind) {
+            Ok(LifecycleKind::Provisioned) if self.epoch.is_none() => {
+                self.provisions += 1;
+                self.epoch = Some(self.provisions);
+                self.cutoff = None;
+            }
+            Ok(LifecycleKind::Deprovisioned) => {
+                self.epoch = None;
+                self.cutoff = None;
+            }
+            Ok(LifecycleKind::Reclaimed) if self.epoch.is_some() => {
+                self.cutoff = Some(self.cutoff.map_or(marker.before, |c| c.max(marker.before)));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Locks a map that no panic can leave half-updated (every critical
+/// section is one insert, get or remove), so a poisoned lock is still
+/// usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `(ledger, entry)`: the order of messages of a non-partitioned topic.
+fn position(id: &MessageIdData) -> (u64, u64) {
+    (id.ledger_id, id.entry_id)
+}
+
+impl PulsarPlugin {
+    /// Opens no connection.
+    pub fn new(config: PulsarPluginConfig) -> Self {
+        Self {
+            relays: relay::Relays::new(config.connect_timeout),
+            config,
+            clients: Mutex::default(),
+            producers: Mutex::default(),
+            states: Mutex::default(),
+            readers: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &PulsarPluginConfig {
+        &self.config
+    }
+
+    /// Runs `call`, failing it as timed out after the request timeout: a
+    /// broker that is down or stops answering must not hang a request.
+    pub(crate) async fn bounded<T>(&self, what: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(self.config.request_timeout, call).await.map_err(|_| PulsarError::Timeout(what))?
+    }
+
+    /// The client of `service_url`, connected on first need.
+    async fn client(&self, service_url: &str) -> Result<Client> {
+        if let Some(client) = lock(&self.clients).get(service_url) {
+            return Ok(client.clone());
+        }
+        // Few, quick connection retries: the request timeout bounds the
+        // call anyway, and the caller (or the write buffer) retries later.
+        let connection = ConnectionRetryOptions {
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(500),
+            max_retries: 3,
+            connection_timeout: self.config.connect_timeout,
+            ..ConnectionRetryOptions::default()
+        };
+        let operation = OperationRetryOptions {
+            operation_timeout: self.config.request_timeout,
+            retry_delay: Duration::from_millis(100),
+            max_retries: Some(3),
+        };
+        let url = self.relays.url(service_url).map_err(|e| pulsar::Error::Custom(format!("relay: {e}")))?;
+        let client = Pulsar::builder(url, TokioExecutor)
+            .with_connection_retry_options(connection)
+            .with_operation_retry_options(operation)
+            .build()
+            .await?;
+        lock(&self.clients).insert(service_url.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Forgets the client of `service_url` and the producers made with it,
+    /// after a failure: the next call connects afresh.
+    fn reset(&self, service_url: &str, topic: &str) {
+        lock(&self.producers).remove(topic);
+        lock(&self.clients).remove(service_url);
+    }
+
+    async fn producer(&self, service_url: &str, topic: &str) -> Result<SharedProducer> {
+        if let Some(producer) = lock(&self.producers).get(topic) {
+            return Ok(producer.clone());
+        }
+        let client = self.client(service_url).await?;
+        let producer = client.producer().with_topic(topic).build().await?;
+        let producer = Arc::new(tokio::sync::Mutex::new(producer));
+        lock(&self.producers).insert(topic.to_owned(), producer.clone());
+        Ok(producer)
+    }
+
+    /// Publishes `messages` to `topic` in order and waits until the broker
+    /// has acknowledged every one; returns their ids.
+    pub(crate) async fn publish(
+        &self,
+        service_url: &str,
+        topic: &str,
+        messages: Vec<producer::Message>,
+    ) -> Result<Vec<MessageIdData>> {
+        let result = self.publish_once(service_url, topic, messages).await;
+        if result.is_err() {
+            self.reset(service_url, topic);
+        }
+        result
+    }
+
+    async fn publish_once(
+        &self,
+        service_url: &str,
+        topic: &str,
+        messages: Vec<producer::Message>,
+    ) -> Result<Vec<MessageIdData>> {
+        let producer = self.producer(service_url, topic).await?;
+        let mut receipts = Vec::with_capacity(messages.len());
+        {
+            // Queued under the lock, in order; acknowledged without it.
+            let mut producer = producer.lock().await;
+            for message in messages {
+                receipts.push(producer.send_non_blocking(message).await?);
+            }
+        }
+        let mut ids = Vec::with_capacity(receipts.len());
+        for receipt in receipts {
+            let receipt = receipt.await?;
+            let id = receipt.message_id.ok_or_else(|| {
+                PulsarError::Client(pulsar::Error::Custom("a send receipt without a message id".into()))
+            })?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Visits every message of `topic` from the earliest up to now, in
+    /// publish order, skipping fences.
+    ///
+    /// Where "now" ends: the scan publishes a fence first and reads until
+    /// it. Every message published before the fence was acknowledged is
+    /// seen; the fence also means the read never waits for a message that
+    /// will not come. (GetLastMessageId was no help before the relay:
+    /// the backlog's messages broke the connection it was asked on.)
+    pub(crate) async fn scan(
+        &self,
+        service_url: &str,
+        topic: &str,
+        mut visit: impl FnMut(&Message<Vec<u8>>, record::Body) -> Result<()>,
+    ) -> Result<()> {
+        let fence = codec::encode(record::Body::Fence(codec::Fence {}));
+        let ids =
+            self.publish(service_url, topic, vec![producer::Message { payload: fence, ..Default::default() }]).await?;
+        let end = ids.first().map(position).ok_or_else(|| PulsarError::Corrupt("no receipt for the fence".into()))?;
+        let result = self.read_until(service_url, topic, end, &mut visit).await;
+        if result.is_err() {
+            self.reset(service_url, topic);
+        }
+        result
+    }
+
+    async fn read_until(
+        &self,
+        service_url: &str,
+        topic: &str,
+        end: (u64, u64),
+        visit: &mut impl FnMut(&Message<Vec<u8>>, record::Body) -> Result<()>,
+    ) -> Result<()> {
+        let client = self.client(service_url).await?;
+        let n = self.readers.fetch_add(1, Ordering::Relaxed);
+        let name = format!("prism-scan-{}-{n}", std::process::id());
+        // A reader: an exclusive, non-durable subscription of its own.
+        let mut reader: Reader<Vec<u8>, TokioExecutor> = client
+            .reader()
+            .with_topic(topic)
+            .with_subscription(name.clone())
+            .with_consumer_name(name)
+            .with_options(ConsumerOptions::default().durable(false).with_initial_position(InitialPosition::Earliest))
+            .into_reader()
+            .await?;
+        while let Some(message) = reader.try_next().await? {
+            let at = position(message.message_id());
+            if at >= end {
+                break;
+            }
+            let body = codec::decode(&message.payload.data).map_err(PulsarError::Corrupt)?;
+            if !matches!(body, record::Body::Fence(_)) {
+                visit(&message, body)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The incarnation's lifecycle: remembered, or folded from its topic.
+    pub(crate) async fn state(&self, topics: &Topics) -> Result<State> {
+        if let Some(state) = lock(&self.states).get(&topics.lifecycle) {
+            return Ok(*state);
+        }
+        self.reload(topics).await
+    }
+
+    /// Folds the lifecycle topic afresh and remembers the result.
+    async fn reload(&self, topics: &Topics) -> Result<State> {
+        let mut state = State::default();
+        self.scan(&topics.service_url, &topics.lifecycle, |_, body| {
+            if let record::Body::Lifecycle(marker) = body {
+                state.apply(&marker);
+            }
+            Ok(())
+        })
+        .await?;
+        lock(&self.states).insert(topics.lifecycle.clone(), state);
+        Ok(state)
+    }
+
+    /// Publishes a lifecycle marker and folds the topic again: what other
+    /// gateways published in between counts too.
+    pub(crate) async fn mark(&self, topics: &Topics, kind: LifecycleKind, before: Micros) -> Result<State> {
+        let payload = codec::encode(record::Body::Lifecycle(Lifecycle { kind: kind as i32, before }));
+        self.publish(&topics.service_url, &topics.lifecycle, vec![producer::Message { payload, ..Default::default() }])
+            .await?;
+        self.reload(topics).await
+    }
+
+    /// The current epoch, or NotProvisioned.
+    pub(crate) async fn epoch(&self, ns: &Namespace, topics: &Topics) -> Result<(u64, State)> {
+        let state = self.state(topics).await?;
+        state.epoch.map(|e| (e, state)).ok_or_else(|| PulsarError::NotProvisioned(ns.name.clone()))
+    }
+}
+
+#[async_trait]
+impl Plugin for PulsarPlugin {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            backend: Backend::Pulsar,
+            abstractions: prism_proto::capabilities::abstractions(Backend::Pulsar),
+        }
+    }
+
+    /// Checks the broker is reachable and marks the incarnation
+    /// provisioned (once: provisioning again changes nothing). Pulsar
+    /// creates topics on first use; with pulsar-lite, tenants and
+    /// namespaces need no creation either.
+    async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+        let topics = Topics::of(ns)?;
+        let provision = async {
+            let state = self.reload(&topics).await?;
+            if state.epoch.is_none() {
+                self.mark(&topics, LifecycleKind::Provisioned, 0).await?;
+            }
+            Ok(())
+        };
+        self.bounded("provisioning", provision).await.map_err(|e: PulsarError| {
+            tracing::warn!(namespace = %ns.name, error = %e, "provisioning pulsar topics failed");
+            e.into()
+        })
+    }
+
+    /// Marks the incarnation deprovisioned: its events are never read
+    /// again. The bytes stay on the broker (see the crate docs).
+    async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+        let topics = match Topics::of(ns) {
+            Ok(topics) => topics,
+            // Settings that never allowed provisioning created nothing.
+            Err(PulsarError::Invalid { field, .. }) => {
+                tracing::info!(namespace = %ns.name, %field, "nothing to deprovision: the settings never allowed provisioning");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let deprovision = async {
+            let state = self.reload(&topics).await?;
+            if state.epoch.is_some() {
+                self.mark(&topics, LifecycleKind::Deprovisioned, 0).await?;
+            }
+            lock(&self.producers).remove(&topics.data);
+            Ok(())
+        };
+        Ok(self.bounded("deprovisioning", deprovision).await?)
+    }
+
+    fn time_series(&self) -> Option<&dyn TimeSeries> {
+        Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(kind: LifecycleKind, before: Micros) -> Lifecycle {
+        Lifecycle { kind: kind as i32, before }
+    }
+
+    #[test]
+    fn lifecycle_folds_into_epochs() {
+        let mut s = State::default();
+        assert_eq!(s.epoch, None);
+        s.apply(&marker(LifecycleKind::Reclaimed, 5));
+        assert_eq!(s.cutoff, None, "nothing to reclaim while not provisioned");
+        s.apply(&marker(LifecycleKind::Provisioned, 0));
+        s.apply(&marker(LifecycleKind::Provisioned, 0));
+        assert_eq!(s.epoch, Some(1), "provisioning twice is one epoch");
+        s.apply(&marker(LifecycleKind::Reclaimed, 5));
+        s.apply(&marker(LifecycleKind::Reclaimed, 3));
+        assert_eq!(s.cutoff, Some(5), "the cutoff only moves forward");
+        s.apply(&marker(LifecycleKind::Deprovisioned, 0));
+        assert_eq!((s.epoch, s.cutoff), (None, None));
+        s.apply(&marker(LifecycleKind::Provisioned, 0));
+        assert_eq!((s.epoch, s.cutoff), (Some(2), None), "a new epoch starts empty");
+    }
+}
