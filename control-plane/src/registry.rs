@@ -346,8 +346,9 @@ impl ControlPlane {
                     .map(|i| i.endpoint),
             );
         }
-        endpoints.sort();
-        endpoints.dedup();
+        // Static endpoints first, then registered ones; each once.
+        let mut seen = std::collections::HashSet::new();
+        endpoints.retain(|e| seen.insert(e.clone()));
         if endpoints.is_empty() {
             return Err(ControlPlaneError::Unavailable(format!("no instance of shard {} is live", ns.shard_id)));
         }
