@@ -25,6 +25,7 @@ pub mod spec_file;
 pub mod spec_flags;
 pub mod tenant;
 pub mod ts;
+pub mod usage;
 
 use clap::{Args, Parser, Subcommand};
 use prism_client::ControlPlaneClient;
@@ -92,6 +93,8 @@ pub enum Command {
     /// Show the shards, their gateway instances and namespaces
     #[command(subcommand)]
     Shard(shard::ShardCommand),
+    /// Show current usage and quota utilization of tenants and namespaces
+    Usage(usage::UsageArgs),
     /// Read the audit log
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -120,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(cmd) => tenant::run(&cli.global, cmd).await,
         Command::Namespace(cmd) => namespace::run(&cli.global, *cmd).await,
         Command::Shard(cmd) => shard::run(&cli.global, cmd).await,
+        Command::Usage(args) => usage::run(&cli.global, args).await,
         Command::Audit(cmd) => audit::run(&cli.global, cmd).await,
         Command::Kv(cmd) => kv::run(&cli.global, cmd).await,
         Command::Ts(cmd) => ts::run(&cli.global, cmd).await,

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod usage;
 pub mod validate;
 pub mod watch;
 

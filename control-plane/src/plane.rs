@@ -51,6 +51,7 @@ pub(crate) struct Target<'a> {
 pub struct ControlPlane {
     store: Arc<dyn Store>,
     config: Arc<ControlPlaneConfig>,
+    usage: Arc<crate::usage::UsageBook>,
 }
 
 fn not_found_tenant(id: &str) -> ControlPlaneError {
@@ -123,7 +124,7 @@ fn resolved(mut spec: NamespaceSpec) -> NamespaceSpec {
 
 impl ControlPlane {
     pub fn new(store: Arc<dyn Store>, config: ControlPlaneConfig) -> Self {
-        Self { store, config: Arc::new(config) }
+        Self { store, config: Arc::new(config), usage: Arc::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -132,6 +133,11 @@ impl ControlPlane {
 
     pub fn config(&self) -> &ControlPlaneConfig {
         &self.config
+    }
+
+    /// The latest usage report of every gateway instance (in memory).
+    pub(crate) fn usage_book(&self) -> &crate::usage::UsageBook {
+        &self.usage
     }
 
     /// Plans, commits (re-planning lost races) and audits one mutation.

@@ -1,7 +1,5 @@
 //! `prism.control.v1.ControlPlaneService` over gRPC: unpacks requests, calls
-//! [`ControlPlane`], and turns errors into statuses at this one edge. RPCs
-//! whose issue has not landed yet (usage) keep the generated default:
-//! UNIMPLEMENTED.
+//! [`ControlPlane`], and turns errors into statuses at this one edge.
 
 use prism_proto::control::control_plane_service_server::ControlPlaneService;
 use prism_proto::control::*;
@@ -147,6 +145,16 @@ impl ControlPlaneService for Service {
     async fn list_shards(&self, req: Request<ListShardsRequest>) -> Reply<ListShardsResponse> {
         self.who(&req)?;
         reply(self.plane.list_shards().await.map(|shards| ListShardsResponse { shards }))
+    }
+
+    async fn report_usage(&self, req: Request<ReportUsageRequest>) -> Reply<ReportUsageResponse> {
+        self.who(&req)?;
+        reply(self.plane.report_usage(req.get_ref()).await)
+    }
+
+    async fn get_usage(&self, req: Request<GetUsageRequest>) -> Reply<GetUsageResponse> {
+        self.who(&req)?;
+        reply(self.plane.get_usage(&req.get_ref().target).await)
     }
 
     async fn resolve_namespace(&self, req: Request<ResolveNamespaceRequest>) -> Reply<ResolveNamespaceResponse> {

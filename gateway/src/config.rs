@@ -20,6 +20,10 @@ pub struct GatewayConfig {
     /// control plane. Default: the address it listens on (a loopback
     /// address when it listens on every interface).
     pub advertise_endpoint: Option<String>,
+    /// How often usage is reported to the control plane (which answers this
+    /// instance's share of each tenant's limits), in milliseconds. Default
+    /// 5 000; range 100..=600 000.
+    pub usage_report_interval_ms: u64,
     /// Token the gateway presents to the control plane, if it needs one.
     pub control_plane_token: Option<String>,
     /// Directory of the embedded backend's data. Default
@@ -96,6 +100,7 @@ impl Default for GatewayConfig {
             shard_id: String::new(),
             control_plane: "127.0.0.1:7400".into(),
             advertise_endpoint: None,
+            usage_report_interval_ms: 5_000,
             control_plane_token: None,
             data_dir: None,
             postgres_tls_ca_file: None,
@@ -132,6 +137,9 @@ impl GatewayConfig {
         prism_proto::names::validate_part(&self.shard_id).map_err(|e| bad("shard_id", &format!("shard id {e}")))?;
         if self.control_plane.is_empty() {
             return Err(bad("control_plane", "must not be empty"));
+        }
+        if !(100..=600_000).contains(&self.usage_report_interval_ms) {
+            return Err(bad("usage_report_interval_ms", "must be within 100..=600000"));
         }
         if let Some(e) = &self.advertise_endpoint {
             let ok = e.rsplit_once(':').is_some_and(|(host, port)| {

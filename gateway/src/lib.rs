@@ -31,6 +31,7 @@ pub mod snapshot;
 pub mod tail;
 pub mod ts_router;
 pub mod ts_service;
+pub mod usage;
 pub mod watcher;
 
 pub use config::GatewayConfig;

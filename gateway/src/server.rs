@@ -142,6 +142,7 @@ impl Gateway {
             tokio::spawn(provision::run(shared.clone(), changes, stopped.clone())),
             tokio::spawn(reclaim(shared.clone(), stopped.clone())),
             tokio::spawn(crate::quota::sweeper(shared.quotas.clone(), shared.metadata.clone(), stopped.clone())),
+            tokio::spawn(crate::usage::run(shared.clone(), stopped.clone())),
             tokio::spawn(crate::buffer::flush(shared.clone(), stopped)),
         ];
         let (health, health_service) = tonic_health::server::health_reporter();

@@ -391,6 +391,11 @@ impl QuotaRegistry {
         }
     }
 
+    /// Every namespace tracker now, by namespace name.
+    pub fn namespaces(&self) -> Vec<(String, Arc<Tracker>)> {
+        self.namespaces.load().iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
     /// The tracker of a subject, if it has one now.
     pub fn tracker(&self, subject: Subject<'_>) -> Option<Arc<Tracker>> {
         match subject {

@@ -1,0 +1,259 @@
+//! Usage (SPEC §6): gateways report what each namespace used over their
+//! last one-second window; the control plane keeps the latest report of
+//! every instance in memory, answers `GetUsage` with the sum over fresh
+//! reports against the quotas, and tells each reporting instance its share
+//! of every tenant's limits, in proportion to recent usage.
+//!
+//! Usage is deliberately not metadata: it changes every few seconds, is
+//! worthless after a minute, and committing it would flood every watcher.
+//! With several control-plane replicas each one knows the reports its own
+//! gateways sent it; shares are then computed from what that replica
+//! knows (documented in ARCHITECTURE.md).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prism_proto::control::{
+    GetUsageResponse, NamespaceStatus, NamespaceUsage, QuotaSet, QuotaUtilization, ReportUsageRequest,
+    ReportUsageResponse, TenantShare,
+};
+
+use crate::error::{ControlPlaneError, Result};
+use crate::plane::ControlPlane;
+use crate::validate;
+
+/// Reports older than this are ignored (and dropped).
+pub const FRESH_FOR: Duration = Duration::from_secs(30);
+/// Namespaces in one report at most.
+pub const MAX_NAMESPACES_PER_REPORT: usize = 100_000;
+/// Of a tenant's limit, the part spread evenly over its instances before
+/// the rest follows usage, so an instance whose traffic for the tenant is
+/// just starting is not starved.
+const EVEN_PART: f64 = 0.1;
+
+#[derive(Debug, Clone)]
+struct Report {
+    at: Instant,
+    namespaces: Vec<NamespaceUsage>,
+}
+
+/// The latest report of every instance.
+#[derive(Debug, Default)]
+pub struct UsageBook {
+    reports: Mutex<HashMap<String, Report>>,
+}
+
+impl UsageBook {
+    fn reports(&self) -> std::sync::MutexGuard<'_, HashMap<String, Report>> {
+        self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stores `namespaces` as `instance`'s latest report and returns every
+    /// fresh report (this one included).
+    fn record(&self, instance: &str, namespaces: Vec<NamespaceUsage>, now: Instant) -> Vec<(String, Report)> {
+        let mut reports = self.reports();
+        reports.retain(|_, r| now.duration_since(r.at) < FRESH_FOR);
+        reports.insert(instance.to_owned(), Report { at: now, namespaces });
+        reports.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn fresh(&self, now: Instant) -> Vec<Report> {
+        self.reports().values().filter(|r| now.duration_since(r.at) < FRESH_FOR).cloned().collect()
+    }
+}
+
+fn tenant_of(namespace: &str) -> &str {
+    namespace.split_once('/').map_or(namespace, |(t, _)| t)
+}
+
+/// Each instance's share of every tenant in `reporter`'s report: an even
+/// tenth over the instances reporting the tenant, the rest in proportion to
+/// their requests per second (evenly while nobody has any).
+pub fn tenant_shares(reports: &[(String, Vec<NamespaceUsage>)], reporter: &str) -> Vec<TenantShare> {
+    let mut by_tenant: BTreeMap<&str, HashMap<&str, f64>> = BTreeMap::new();
+    for (instance, namespaces) in reports {
+        for ns in namespaces {
+            *by_tenant.entry(tenant_of(&ns.namespace)).or_default().entry(instance.as_str()).or_default() +=
+                ns.requests_per_second;
+        }
+    }
+    by_tenant
+        .into_iter()
+        .filter_map(|(tenant, per_instance)| {
+            let mine = *per_instance.get(reporter)?;
+            let n = per_instance.len() as f64;
+            let total: f64 = per_instance.values().sum();
+            let share = if total > 0.0 { EVEN_PART / n + (1.0 - EVEN_PART) * mine / total } else { 1.0 / n };
+            Some(TenantShare { tenant_id: tenant.to_owned(), share: share.clamp(0.0, 1.0) })
+        })
+        .collect()
+}
+
+fn check_usage(i: usize, u: &NamespaceUsage) -> Result<()> {
+    validate::namespace_name(&format!("namespaces[{i}].namespace"), &u.namespace)?;
+    let rates = [
+        ("requests_per_second", u.requests_per_second),
+        ("read_bytes_per_second", u.read_bytes_per_second),
+        ("write_bytes_per_second", u.write_bytes_per_second),
+    ];
+    for (field, v) in rates {
+        if !v.is_finite() || v < 0.0 {
+            return Err(ControlPlaneError::invalid(format!("namespaces[{i}].{field}"), "must be a finite rate ≥ 0"));
+        }
+    }
+    for (field, v) in [("storage_bytes", u.storage_bytes), ("concurrent_requests", u.concurrent_requests)] {
+        if v < 0 {
+            return Err(ControlPlaneError::invalid(format!("namespaces[{i}].{field}"), "must be ≥ 0"));
+        }
+    }
+    Ok(())
+}
+
+/// Adds `u` into `sum` (same namespace or a tenant's total).
+fn add(sum: &mut NamespaceUsage, u: &NamespaceUsage) {
+    sum.requests_per_second += u.requests_per_second;
+    sum.read_bytes_per_second += u.read_bytes_per_second;
+    sum.write_bytes_per_second += u.write_bytes_per_second;
+    sum.storage_bytes = sum.storage_bytes.saturating_add(u.storage_bytes);
+    sum.concurrent_requests = sum.concurrent_requests.saturating_add(u.concurrent_requests);
+}
+
+fn utilization(quota: &str, used: f64, limit: Option<i64>) -> QuotaUtilization {
+    let limit = limit.filter(|l| *l >= 0).unwrap_or(-1);
+    let utilization_percent = if limit > 0 {
+        used / limit as f64 * 100.0
+    } else if limit == 0 && used > 0.0 {
+        100.0
+    } else {
+        0.0
+    };
+    QuotaUtilization { quota: quota.to_owned(), used, limit, utilization_percent }
+}
+
+fn utilizations(total: &NamespaceUsage, q: &QuotaSet) -> Vec<QuotaUtilization> {
+    vec![
+        utilization("requests_per_second", total.requests_per_second, q.requests_per_second),
+        utilization("read_bytes_per_second", total.read_bytes_per_second, q.read_bytes_per_second),
+        utilization("write_bytes_per_second", total.write_bytes_per_second, q.write_bytes_per_second),
+        utilization("storage_bytes", total.storage_bytes as f64, q.storage_bytes),
+        utilization("concurrent_requests", total.concurrent_requests as f64, q.concurrent_requests),
+    ]
+}
+
+impl ControlPlane {
+    /// Records a gateway instance's report; answers its tenant shares.
+    /// NOT_FOUND when the instance is not registered (it registers again).
+    pub async fn report_usage(&self, req: &ReportUsageRequest) -> Result<ReportUsageResponse> {
+        prism_proto::names::validate_part(&req.shard_id)
+            .map_err(|e| ControlPlaneError::invalid("shard_id", format!("shard id {e}")))?;
+        validate::instance_id("instance_id", &req.instance_id)?;
+        if req.namespaces.len() > MAX_NAMESPACES_PER_REPORT {
+            return Err(ControlPlaneError::invalid(
+                "namespaces",
+                format!("at most {MAX_NAMESPACES_PER_REPORT} namespaces per report"),
+            ));
+        }
+        for (i, u) in req.namespaces.iter().enumerate() {
+            check_usage(i, u)?;
+        }
+        let registered = self
+            .store()
+            .list_shards()
+            .await?
+            .into_iter()
+            .any(|s| s.shard_id == req.shard_id && s.instances.iter().any(|i| i.instance_id == req.instance_id));
+        if !registered {
+            return Err(ControlPlaneError::NotFound(format!(
+                "instance {} of shard {} is not registered; register again",
+                req.instance_id, req.shard_id
+            )));
+        }
+        let all = self.usage_book().record(&req.instance_id, req.namespaces.clone(), Instant::now());
+        let reports: Vec<(String, Vec<NamespaceUsage>)> = all.into_iter().map(|(k, r)| (k, r.namespaces)).collect();
+        Ok(ReportUsageResponse { tenant_shares: tenant_shares(&reports, &req.instance_id) })
+    }
+
+    /// Usage of a tenant (`acme`) or a namespace (`acme/orders`) summed over
+    /// fresh reports, with the utilization of every quota.
+    pub async fn get_usage(&self, target: &str) -> Result<GetUsageResponse> {
+        let fresh = self.usage_book().fresh(Instant::now());
+        let mut per_namespace: BTreeMap<String, NamespaceUsage> = BTreeMap::new();
+        let wanted = |name: &str| if target.contains('/') { name == target } else { tenant_of(name) == target };
+        for u in fresh.iter().flat_map(|r| r.namespaces.iter()).filter(|u| wanted(&u.namespace)) {
+            let sum = per_namespace
+                .entry(u.namespace.clone())
+                .or_insert_with(|| NamespaceUsage { namespace: u.namespace.clone(), ..Default::default() });
+            add(sum, u);
+        }
+        let mut total = NamespaceUsage { namespace: target.to_owned(), ..Default::default() };
+        per_namespace.values().for_each(|u| add(&mut total, u));
+        let quotas = if target.contains('/') {
+            validate::namespace_name("target", target)?;
+            let ns = self
+                .store()
+                .get_namespace(target)
+                .await?
+                .filter(|n| n.status != NamespaceStatus::Deleted as i32)
+                .ok_or_else(|| ControlPlaneError::NotFound(format!("namespace {target} not found")))?;
+            utilizations(&total, &ns.spec.and_then(|s| s.quotas).unwrap_or_default())
+        } else {
+            validate::tenant_id("target", target)?;
+            let tenant = self
+                .store()
+                .get_tenant(target)
+                .await?
+                .filter(|t| t.state != prism_proto::control::TenantState::Deleted as i32)
+                .ok_or_else(|| ControlPlaneError::NotFound(format!("tenant {target} not found")))?;
+            let q = tenant.quotas.unwrap_or_default();
+            let mut out = utilizations(&total, &q);
+            let live = self
+                .store()
+                .list_namespaces(target, "", usize::MAX)
+                .await?
+                .iter()
+                .filter(|n| n.status != NamespaceStatus::Deleted as i32)
+                .count();
+            out.push(utilization("max_namespaces", live as f64, q.max_namespaces));
+            out
+        };
+        Ok(GetUsageResponse { target: target.to_owned(), quotas, namespaces: per_namespace.into_values().collect() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(ns: &str, rps: f64) -> NamespaceUsage {
+        NamespaceUsage { namespace: ns.into(), requests_per_second: rps, ..Default::default() }
+    }
+
+    #[test]
+    fn shares_follow_usage_with_an_even_floor_and_sum_to_one() {
+        let reports = vec![
+            ("i-1".to_owned(), vec![usage("acme/a", 90.0), usage("globex/x", 0.0)]),
+            ("i-2".to_owned(), vec![usage("acme/b", 10.0)]),
+            ("i-3".to_owned(), vec![usage("initech/z", 5.0)]),
+        ];
+        let share = |instance: &str, tenant: &str| {
+            tenant_shares(&reports, instance).into_iter().find(|s| s.tenant_id == tenant).map(|s| s.share)
+        };
+        let (a1, a2) = (share("i-1", "acme").unwrap_or(0.0), share("i-2", "acme").unwrap_or(0.0));
+        assert!((a1 - (0.05 + 0.9 * 0.9)).abs() < 1e-9, "{a1}");
+        assert!((a1 + a2 - 1.0).abs() < 1e-9, "{a1} + {a2}");
+        // Alone with a tenant: the whole limit; idle everywhere: even.
+        assert_eq!(share("i-3", "initech"), Some(1.0));
+        assert_eq!(share("i-1", "globex"), Some(1.0));
+        // Only tenants in the reporter's own report are answered.
+        assert_eq!(share("i-3", "acme"), None);
+    }
+
+    #[test]
+    fn utilization_is_a_percentage_of_a_set_limit() {
+        assert_eq!(utilization("q", 50.0, Some(200)).utilization_percent, 25.0);
+        let unlimited = utilization("q", 50.0, Some(-1));
+        assert_eq!((unlimited.limit, unlimited.utilization_percent), (-1, 0.0));
+        assert_eq!(utilization("q", 0.0, None).limit, -1);
+    }
+}
