@@ -29,12 +29,16 @@ pub struct NamespaceEntry {
     /// every snapshot's entry of the same incarnation, so deletion can
     /// drain them.
     pub in_flight: Arc<AtomicUsize>,
+    /// This incarnation's quota tracker once a request has looked it up;
+    /// shared like `in_flight`, so a new snapshot does not lose it.
+    pub quota_tracker: Arc<arc_swap::ArcSwapOption<crate::quota::Tracker>>,
 }
 
 impl NamespaceEntry {
     fn new(meta: Namespace, previous: Option<&NamespaceEntry>) -> Self {
         let same_incarnation = previous.filter(|p| p.ns.create_revision == meta.create_revision);
         let in_flight = same_incarnation.map_or_else(Default::default, |p| p.in_flight.clone());
+        let quota_tracker = same_incarnation.map_or_else(Default::default, |p| p.quota_tracker.clone());
         let owner_since =
             same_incarnation.filter(|p| p.shard_id == meta.shard_id).map_or(meta.revision, |p| p.owner_since);
         Self {
@@ -49,6 +53,7 @@ impl NamespaceEntry {
             status: NamespaceStatus::try_from(meta.status).unwrap_or(NamespaceStatus::Unspecified),
             status_reason: meta.status_reason,
             in_flight,
+            quota_tracker,
         }
     }
 }

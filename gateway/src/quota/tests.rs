@@ -100,6 +100,10 @@ fn write_bytes_are_charged_up_front_and_one_oversize_write_passes_an_empty_windo
     // Reads and deletes (no bytes) are not held back by the write rate.
     assert!(registry.admit(&e, None, Access::Write, 0).is_ok());
     assert!(registry.admit(&e, None, Access::Read, 0).is_ok());
+    // A snapshot entry caches its gateway's tracker: another registry
+    // needs entries of its own.
+    let s = snapshot(&[("acme/w", 1, quotas(-1, -1, 1000, -1))], &["acme"]);
+    let e = entry(&s, "acme/w");
     let other = QuotaRegistry::default();
     assert!(other.admit(&e, None, Access::Write, 5000).is_ok(), "an empty window admits one oversize write");
     assert!(other.admit(&e, None, Access::Write, 1).is_err());
