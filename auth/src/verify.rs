@@ -147,8 +147,11 @@ impl Authenticator {
                 &self.inner.hs256_rules,
             ),
             alg @ (Algorithm::RS256 | Algorithm::ES256) => {
-                let store =
-                    self.inner.jwks.as_ref().ok_or_else(|| unauthenticated(format!("{alg:?} tokens are not accepted here")))?;
+                let store = self
+                    .inner
+                    .jwks
+                    .as_ref()
+                    .ok_or_else(|| unauthenticated(format!("{alg:?} tokens are not accepted here")))?;
                 fetched = match store.lookup(head.kid.as_deref(), alg) {
                     Lookup::Found(key) => key,
                     Lookup::UnknownKid => {

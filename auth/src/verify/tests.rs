@@ -191,8 +191,8 @@ fn algorithm_confusion_is_refused() {
     let public_n = rsa.jwk["n"].as_str().expect("n").to_owned();
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("r1".into());
-    let forged =
-        jsonwebtoken::encode(&header, &claims("mallory"), &EncodingKey::from_secret(public_n.as_bytes())).expect("sign");
+    let forged = jsonwebtoken::encode(&header, &claims("mallory"), &EncodingKey::from_secret(public_n.as_bytes()))
+        .expect("sign");
     refused(&a, Some(&bearer(&forged)));
     // An RS256 header on an ES256 signature, and the ES key's kid under RS256.
     let es = ec.sign(&claims("mallory"));
@@ -278,7 +278,9 @@ impl JwksServer {
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
                         b.len()
                     ),
-                    None => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+                    None => {
+                        "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
+                    }
                 };
                 let _ = conn.write_all(response.as_bytes()).await;
                 let _ = conn.shutdown().await;
