@@ -1,13 +1,23 @@
 //! Authentication shared by the gateway and the control plane: bearer JWTs
-//! (HS256 with a shared secret) carrying `sub`, `tenant` and `roles`, with
-//! `exp`/`nbf` checked within a leeway. No transport here: callers hand in
-//! the `authorization` header's value. The tenancy issue adds RS256/ES256
-//! from a JWKS and mTLS principals.
+//! carrying `sub`, `tenant` and `roles`, signed with HS256 (a shared
+//! secret) or RS256/ES256 (public keys from a JWKS file or URL, refreshed
+//! in the background), with `exp`/`nbf` checked within a leeway and
+//! `iss`/`aud` when configured. No gRPC here: callers hand in the
+//! `authorization` header's value. The only I/O is reading the JWKS.
+//!
+//! - [`verify`]: the [`Authenticator`] and its algorithm rules.
+//! - [`jwks`]: key sets, their sources and the refresher.
 
+pub mod jwks;
+pub mod verify;
+
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
+
+pub use verify::Authenticator;
 
 /// Why a caller was not authenticated (or a token could not be made).
 #[derive(Debug, thiserror::Error)]
@@ -16,28 +26,103 @@ pub enum AuthError {
     Unauthenticated(String),
     #[error("cannot sign token: {0}")]
     Sign(String),
+    #[error("auth.{field}: {description}")]
+    Config { field: &'static str, description: String },
 }
 
 pub type Result<T, E = AuthError> = std::result::Result<T, E>;
 
 /// Authentication settings (the `[gateway.auth]` and
-/// `[control_plane.auth]` tables).
+/// `[control_plane.auth]` tables). Tokens are accepted when signed with
+/// `hs256_secret` (alg HS256) or with a key of the JWKS (alg RS256 or
+/// ES256); each algorithm is only ever checked against its own kind of
+/// key.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Shared secret of HS256 bearer tokens, at least 16 bytes.
+    /// Shared secret of HS256 bearer tokens, at least 16 bytes. Default:
+    /// none.
     pub hs256_secret: Option<String>,
+    /// A JWKS file (RFC 7517 `{"keys": [...]}`) of RSA and P-256 public
+    /// keys for RS256/ES256 tokens; read at start and re-read every
+    /// `jwks_refresh_seconds`. Default: none.
+    pub jwks_file: Option<PathBuf>,
+    /// An `http://` URL serving the JWKS, fetched at start, every
+    /// `jwks_refresh_seconds`, and when a token names an unknown `kid`
+    /// (at most once per `jwks_min_refresh_seconds`). A failed fetch
+    /// keeps the last good key set. At most one of `jwks_file` and
+    /// `jwks_url`. Default: none.
+    pub jwks_url: Option<String>,
+    /// Period of JWKS re-reads, in seconds. Default 300; range 1..=86 400.
+    pub jwks_refresh_seconds: Option<u64>,
+    /// Least time between two JWKS reads triggered by unknown `kid`s, in
+    /// seconds. Default 10; range 0..=3 600.
+    pub jwks_min_refresh_seconds: Option<u64>,
+    /// Required `iss` claim. Default: not checked.
+    pub issuer: Option<String>,
+    /// Required `aud` claim (one of the token's audiences). Default: not
+    /// checked, and a token with an `aud` is still accepted.
+    pub audience: Option<String>,
     /// Serve callers without a token as the principal `anonymous` with no
     /// roles. Default false: secure by default.
     pub allow_anonymous: bool,
-    /// Clock leeway for `exp` and `nbf`, in seconds. Default 30.
+    /// Clock leeway for `exp` and `nbf`, in seconds. Default 30; at most
+    /// 300.
     pub leeway_seconds: Option<u64>,
+}
+
+/// Default of [`AuthConfig::jwks_refresh_seconds`].
+pub const DEFAULT_JWKS_REFRESH_SECONDS: u64 = 300;
+/// Default of [`AuthConfig::jwks_min_refresh_seconds`].
+pub const DEFAULT_JWKS_MIN_REFRESH_SECONDS: u64 = 10;
+/// Default of [`AuthConfig::leeway_seconds`].
+pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+
+impl AuthConfig {
+    /// Whether any token can be verified (a secret or a JWKS source).
+    pub fn verifies_tokens(&self) -> bool {
+        self.hs256_secret.is_some() || self.jwks_file.is_some() || self.jwks_url.is_some()
+    }
+
+    /// Checks the shape of every field (nothing is read or fetched); the
+    /// error names the first wrong one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, description: &str| Err(AuthError::Config { field, description: description.to_owned() });
+        if self.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return bad("hs256_secret", "must be at least 16 bytes");
+        }
+        if self.jwks_file.is_some() && self.jwks_url.is_some() {
+            return bad("jwks_url", "cannot be set together with jwks_file");
+        }
+        if let Some(url) = &self.jwks_url {
+            jwks::HttpSource::parse(url).map_err(|description| AuthError::Config { field: "jwks_url", description })?;
+        }
+        if self.jwks_refresh_seconds.is_some_and(|s| !(1..=86_400).contains(&s)) {
+            return bad("jwks_refresh_seconds", "must be within 1..=86400");
+        }
+        if self.jwks_min_refresh_seconds.is_some_and(|s| s > 3600) {
+            return bad("jwks_min_refresh_seconds", "must be at most 3600");
+        }
+        if self.leeway_seconds.is_some_and(|s| s > 300) {
+            return bad("leeway_seconds", "must be at most 300");
+        }
+        if self.issuer.as_ref().is_some_and(String::is_empty) {
+            return bad("issuer", "must not be empty");
+        }
+        if self.audience.as_ref().is_some_and(String::is_empty) {
+            return bad("audience", "must not be empty");
+        }
+        Ok(())
+    }
 }
 
 /// The superuser role.
 pub const ADMIN_ROLE: &str = "admin";
 /// Administers the tenant named in the token's `tenant` claim.
 pub const TENANT_ADMIN_ROLE: &str = "tenant-admin";
+/// A gateway shard talking to the control plane (registration, watch,
+/// status and usage reports).
+pub const SHARD_ROLE: &str = "shard";
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +140,21 @@ impl Principal {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
+
+    pub fn is_admin(&self) -> bool {
+        self.has_role(ADMIN_ROLE)
+    }
+
+    /// Whether the token itself makes this principal an admin of `tenant`
+    /// (role `tenant-admin` with that `tenant` claim). A tenant's own
+    /// `admins` list is the other way, checked by whoever holds the tenant.
+    pub fn claims_tenant_admin(&self, tenant: &str) -> bool {
+        self.has_role(TENANT_ADMIN_ROLE) && self.tenant.as_deref() == Some(tenant)
+    }
 }
 
 /// The claims Prism reads and writes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Claims {
     pub sub: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,62 +166,35 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
-/// Verifies bearer tokens.
-#[derive(Clone)]
-pub struct Authenticator {
-    key: Option<DecodingKey>,
-    validation: Validation,
-    allow_anonymous: bool,
-}
-
-impl std::fmt::Debug for Authenticator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("allow_anonymous", &self.allow_anonymous).finish_non_exhaustive()
-    }
-}
-
-impl Authenticator {
-    pub fn new(config: &AuthConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = config.leeway_seconds.unwrap_or(30);
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+impl Claims {
+    /// Claims of `sub` valid from now for `valid_for_seconds`.
+    pub fn new(sub: &str, tenant: Option<&str>, roles: &[&str], valid_for_seconds: u64) -> Self {
+        let now = unix_now();
         Self {
-            key: config.hs256_secret.as_deref().map(|s| DecodingKey::from_secret(s.as_bytes())),
-            validation,
-            allow_anonymous: config.allow_anonymous,
+            sub: sub.into(),
+            tenant: tenant.map(Into::into),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            exp: now + valid_for_seconds,
+            iat: Some(now),
+            ..Self::default()
         }
-    }
-
-    /// The principal of an `authorization` header value (or its absence).
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
-        let Some(header) = authorization else {
-            return if self.allow_anonymous {
-                Ok(Principal::anonymous())
-            } else {
-                Err(AuthError::Unauthenticated("a bearer token is required".into()))
-            };
-        };
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| AuthError::Unauthenticated("the authorization header is not a bearer token".into()))?;
-        let key =
-            self.key.as_ref().ok_or_else(|| AuthError::Unauthenticated("this server accepts no tokens".into()))?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
-            .map_err(|e| AuthError::Unauthenticated(format!("invalid token: {e}")))?;
-        let c = data.claims;
-        if c.sub.is_empty() {
-            return Err(AuthError::Unauthenticated("invalid token: empty sub".into()));
-        }
-        Ok(Principal { sub: c.sub, tenant: c.tenant, roles: c.roles })
     }
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// Signs `claims` with HS256.
+pub fn sign_hs256(secret: &str, claims: &Claims) -> Result<String> {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .map_err(|e| AuthError::Sign(e.to_string()))
 }
 
 /// Mints an HS256 token (for `prism dev` and tests).
@@ -136,60 +205,5 @@ pub fn mint_hs256(
     roles: &[&str],
     valid_for_seconds: u64,
 ) -> Result<String> {
-    let now = unix_now();
-    let claims = Claims {
-        sub: sub.into(),
-        tenant: tenant.map(Into::into),
-        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-        exp: now + valid_for_seconds,
-        nbf: None,
-        iat: Some(now),
-    };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .map_err(|e| AuthError::Sign(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
-
-    fn auth() -> Authenticator {
-        Authenticator::new(&AuthConfig { hs256_secret: Some(SECRET.into()), ..AuthConfig::default() })
-    }
-
-    #[test]
-    fn accepts_a_valid_token() {
-        let t = mint_hs256(SECRET, "alice", Some("acme"), &["admin"], 60).expect("mint");
-        let p = auth().authenticate(Some(&format!("Bearer {t}"))).expect("valid");
-        assert_eq!(p, Principal { sub: "alice".into(), tenant: Some("acme".into()), roles: vec!["admin".into()] });
-    }
-
-    #[test]
-    fn refuses_missing_forged_expired_and_unsigned_tokens() {
-        let a = auth();
-        assert!(matches!(a.authenticate(None), Err(AuthError::Unauthenticated(_))));
-        assert!(a.authenticate(Some("Basic abc")).is_err());
-        let other = mint_hs256("another-secret-of-16-bytes", "alice", None, &[], 60).expect("mint");
-        assert!(a.authenticate(Some(&format!("Bearer {other}"))).is_err());
-        let now = unix_now();
-        let expired = Claims { sub: "a".into(), tenant: None, roles: vec![], exp: now - 3600, nbf: None, iat: None };
-        let t = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &expired,
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .expect("encode");
-        assert!(a.authenticate(Some(&format!("Bearer {t}"))).is_err());
-        // alg: none — header {"alg":"none"}, no signature.
-        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo0MTAyNDQ0ODAwfQ.";
-        assert!(a.authenticate(Some(&format!("Bearer {none}"))).is_err());
-    }
-
-    #[test]
-    fn anonymous_only_when_allowed() {
-        let a = Authenticator::new(&AuthConfig { allow_anonymous: true, ..AuthConfig::default() });
-        assert_eq!(a.authenticate(None).expect("anonymous").sub, "anonymous");
-    }
+    sign_hs256(secret, &Claims::new(sub, tenant, roles, valid_for_seconds))
 }

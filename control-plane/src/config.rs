@@ -43,10 +43,11 @@ pub struct ControlPlaneConfig {
     /// Revisions kept in the change log, so a reconnecting watcher can
     /// resume without a full snapshot. Default: 100 000. At least 1.
     pub change_log_retention: u64,
-    /// Bearer-token authentication of every call. With `hs256_secret` set,
-    /// a call needs a valid token unless `allow_anonymous`; with none,
-    /// every caller is `anonymous` (tests, local experiments). What each
-    /// principal may do is the tenancy issue's.
+    /// Bearer-token authentication of every call. With `hs256_secret` or a
+    /// JWKS set, a call needs a valid token unless `allow_anonymous`, and
+    /// each RPC is authorized (see ARCHITECTURE.md); with neither, every
+    /// caller is an unchecked `anonymous` that may do everything (tests,
+    /// local experiments; warned at startup).
     pub auth: prism_auth::AuthConfig,
 }
 
@@ -62,6 +63,10 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("watch_buffer", &self.watch_buffer)
             .field("change_log_retention", &self.change_log_retention)
             .field("auth.hs256_secret", &self.auth.hs256_secret.as_ref().map(|_| "<redacted>"))
+            .field("auth.jwks_file", &self.auth.jwks_file)
+            .field("auth.jwks_url", &self.auth.jwks_url)
+            .field("auth.issuer", &self.auth.issuer)
+            .field("auth.audience", &self.auth.audience)
             .field("auth.allow_anonymous", &self.auth.allow_anonymous)
             .finish()
     }
@@ -128,8 +133,8 @@ impl ControlPlaneConfig {
         if !(1..=1_000_000).contains(&self.watch_buffer) {
             return Err(bad("watch_buffer", format!("{} is outside 1..=1000000", self.watch_buffer)));
         }
-        if self.auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err(bad("auth.hs256_secret", "must be at least 16 bytes".into()));
+        if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.validate() {
+            return Err(bad(&format!("auth.{field}"), description));
         }
         if self.change_log_retention == 0 {
             return Err(bad("change_log_retention", "must be at least 1".into()));

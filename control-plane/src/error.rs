@@ -16,6 +16,9 @@ pub enum ControlPlaneError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// The caller is authenticated but not allowed this call.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
     /// An `expected_revision` that is not the current one, or a commit that
@@ -61,6 +64,7 @@ impl ControlPlaneError {
             Self::InvalidArgument { .. } | Self::Config { .. } => ErrorKind::InvalidArgument,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Self::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Self::Conflict(_) | Self::WatchLagged { .. } => ErrorKind::Aborted,
             Self::QuotaExceeded { .. } => ErrorKind::ResourceExhausted,

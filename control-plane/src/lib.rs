@@ -4,6 +4,7 @@
 //! audits it, and streams it to gateways over `Watch`.
 //!
 //! - [`plane`]: the rules (transport-free).
+//! - [`authz`]: who may call what.
 //! - [`registry`]: shard instances, leases, and the assignment they drive.
 //! - [`store`]: where metadata lives ([`store::file`], the default, or
 //!   [`store::postgres`], shared by several replicas).
@@ -11,6 +12,7 @@
 //! - [`service`] / [`server`]: the gRPC edge.
 
 pub mod assign;
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod page_token;

@@ -248,14 +248,19 @@ impl ControlPlane {
         }
     }
 
-    pub async fn list_tenants(&self, req: &ListTenantsRequest) -> Result<ListTenantsResponse> {
+    /// A page of the tenants `visible` accepts (tombstones only when asked).
+    pub async fn list_tenants(
+        &self,
+        req: &ListTenantsRequest,
+        visible: impl Fn(&Tenant) -> bool,
+    ) -> Result<ListTenantsResponse> {
         let after = page_token::decode(Listing::Tenants, &req.page_token)?;
         let (tenants, next) = page(
             page_size(req.page_size),
             after,
             |after, limit| async move { self.store.list_tenants(&after, limit).await },
             |t: &Tenant| &t.id,
-            |t| req.include_deleted || t.state != TenantState::Deleted as i32,
+            |t| (req.include_deleted || t.state != TenantState::Deleted as i32) && visible(t),
         )
         .await?;
         let next_page_token = next.map(|id| page_token::encode(Listing::Tenants, &id)).unwrap_or_default();
@@ -454,7 +459,13 @@ impl ControlPlane {
         }
     }
 
-    pub async fn list_namespaces(&self, req: &ListNamespacesRequest) -> Result<ListNamespacesResponse> {
+    /// A page of the namespaces `visible` accepts (tombstones only when
+    /// asked).
+    pub async fn list_namespaces(
+        &self,
+        req: &ListNamespacesRequest,
+        visible: impl Fn(&Namespace) -> bool,
+    ) -> Result<ListNamespacesResponse> {
         if !req.tenant_id.is_empty() {
             validate::tenant_id("tenant_id", &req.tenant_id)?;
         }
@@ -465,7 +476,7 @@ impl ControlPlane {
             after,
             |after, limit| async move { self.store.list_namespaces(tenant, &after, limit).await },
             |n: &Namespace| &n.name,
-            |n| req.include_deleted || is_live(n),
+            |n| (req.include_deleted || is_live(n)) && visible(n),
         )
         .await?;
         let next_page_token = next.map(|name| page_token::encode(Listing::Namespaces, &name)).unwrap_or_default();

@@ -36,8 +36,11 @@ pub async fn open(config: ControlPlaneConfig) -> Result<ControlPlane> {
 
 /// Serves `plane` on `listener` until `shutdown` completes.
 pub async fn serve(plane: ControlPlane, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
-    if plane.config().auth.hs256_secret.is_none() {
-        tracing::warn!("no auth.hs256_secret is configured: every caller is anonymous");
+    if !plane.config().auth.verifies_tokens() {
+        tracing::warn!(
+            "no auth.hs256_secret, auth.jwks_file or auth.jwks_url is configured: every caller is anonymous \
+             and may do everything"
+        );
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ControlPlaneServiceServer<Service>>().await;

@@ -40,7 +40,7 @@ pub struct GatewayConfig {
     pub limits: Limits,
 }
 
-/// The `[gateway.auth]` table: a secret is required unless
+/// The `[gateway.auth]` table: a secret or a JWKS is required unless
 /// `allow_anonymous` is set (callers without a token are then `anonymous`
 /// with no roles, and still need grants).
 pub use prism_auth::AuthConfig;
@@ -149,15 +149,14 @@ impl GatewayConfig {
                 return Err(bad("advertise_endpoint", "must be host:port"));
             }
         }
-        match (&self.auth.hs256_secret, self.auth.allow_anonymous) {
-            (None, false) => {
-                return Err(bad(
-                    "auth.hs256_secret",
-                    "is required (or set auth.allow_anonymous for an insecure setup)",
-                ));
-            }
-            (Some(s), _) if s.len() < 16 => return Err(bad("auth.hs256_secret", "must be at least 16 bytes")),
-            _ => {}
+        if !self.auth.verifies_tokens() && !self.auth.allow_anonymous {
+            return Err(bad(
+                "auth.hs256_secret",
+                "is required, or auth.jwks_file / auth.jwks_url (or set auth.allow_anonymous for an insecure setup)",
+            ));
+        }
+        if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.validate() {
+            return Err(bad(&format!("auth.{field}"), &description));
         }
         if self.cache.max_record_bytes > self.cache.max_bytes && self.cache.max_bytes > 0 {
             return Err(bad("cache.max_record_bytes", "must not exceed cache.max_bytes"));

@@ -19,6 +19,8 @@ pub struct ControlPlaneHandle {
     pub addr: SocketAddr,
     pub plane: ControlPlane,
     data_dir: PathBuf,
+    /// A superuser token when the control plane checks tokens.
+    token: Option<String>,
     _temp: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<prism_control_plane::Result<()>>>,
@@ -42,6 +44,10 @@ impl ControlPlaneHandle {
     /// Starts on `config.data_dir` as given (e.g. to restart on the same data).
     pub async fn start_in(config: ControlPlaneConfig) -> anyhow::Result<Self> {
         let data_dir = config.data_dir.clone();
+        let token = match &config.auth.hs256_secret {
+            Some(secret) => Some(prism_auth::sign_hs256(secret, &claims("test-admin", None, &["admin"]))?),
+            None => None,
+        };
         // After a restart the previous server's last tasks may still hold
         // the store open for a moment.
         let plane = eventually(Duration::from_secs(10), || {
@@ -55,7 +61,7 @@ impl ControlPlaneHandle {
         let task = tokio::spawn(server::serve(plane.clone(), listener, async {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, plane, data_dir, _temp: None, stop: Some(stop), task: Some(task) })
+        Ok(Self { addr, plane, data_dir, token, _temp: None, stop: Some(stop), task: Some(task) })
     }
 
     pub fn endpoint(&self) -> String {
@@ -66,9 +72,15 @@ impl ControlPlaneHandle {
         &self.data_dir
     }
 
-    /// A gRPC client of this control plane.
+    /// A gRPC client of this control plane, as the superuser when it
+    /// checks tokens.
     pub async fn client(&self) -> anyhow::Result<ControlPlaneClient> {
-        Ok(prism_client::control_plane(&self.endpoint(), None).await?)
+        Ok(prism_client::control_plane(&self.endpoint(), self.token.as_deref()).await?)
+    }
+
+    /// A gRPC client of this control plane presenting `token`.
+    pub async fn client_as(&self, token: Option<&str>) -> anyhow::Result<ControlPlaneClient> {
+        Ok(prism_client::control_plane(&self.endpoint(), token).await?)
     }
 
     /// Stops serving and waits for the server to finish; the data
@@ -134,10 +146,25 @@ where
 /// The HS256 secret every testkit gateway accepts.
 pub const TEST_SECRET: &str = "prism-testkit-secret-0123456789";
 
+/// The `iss` of every testkit token (checked only where configured).
+pub const TEST_ISSUER: &str = "prism-testkit";
+/// The `aud` of every testkit token (checked only where configured).
+pub const TEST_AUDIENCE: &str = "prism";
+
+/// The claims of [`token`]: an hour from now, with [`TEST_ISSUER`] and
+/// [`TEST_AUDIENCE`].
+pub fn claims(sub: &str, tenant: Option<&str>, roles: &[&str]) -> prism_auth::Claims {
+    prism_auth::Claims {
+        iss: Some(TEST_ISSUER.into()),
+        aud: Some(TEST_AUDIENCE.into()),
+        ..prism_auth::Claims::new(sub, tenant, roles, 3600)
+    }
+}
+
 /// A token for `sub` with `roles` (and optionally a tenant), signed with
 /// [`TEST_SECRET`], valid for an hour.
 pub fn token(sub: &str, tenant: Option<&str>, roles: &[&str]) -> String {
-    prism_gateway::auth::mint_hs256(TEST_SECRET, sub, tenant, roles, 3600).unwrap_or_default()
+    prism_auth::sign_hs256(TEST_SECRET, &claims(sub, tenant, roles)).unwrap_or_default()
 }
 
 /// A superuser token.
@@ -175,6 +202,8 @@ impl GatewayHandle {
             ..Default::default()
         };
         config.auth.hs256_secret = Some(TEST_SECRET.into());
+        // What `prism dev` gives its gateways: a `shard` token.
+        config.control_plane_token = Some(token(shard_id, None, &[prism_auth::SHARD_ROLE]));
         adjust(&mut config);
         let gateway = prism_gateway::Gateway::open(config).context("open gateway")?;
         let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;
@@ -228,7 +257,10 @@ impl Drop for GatewayHandle {
 }
 
 /// A control plane with shards `shard-0` and `shard-1` and one gateway for
-/// each: what `prism dev` runs, on ephemeral ports.
+/// each: what `prism dev` runs, on ephemeral ports, with authentication
+/// on everywhere ([`TEST_SECRET`]): the control plane's own
+/// [`client`](ControlPlaneHandle::client) is the superuser, gateways
+/// present `shard` tokens.
 pub struct Cluster {
     pub control_plane: ControlPlaneHandle,
     pub gateways: Vec<GatewayHandle>,
@@ -242,7 +274,18 @@ impl Cluster {
     /// As [`start`](Self::start), with `adjust` applied to every gateway's
     /// configuration.
     pub async fn start_with(adjust: impl Fn(&mut prism_gateway::GatewayConfig)) -> anyhow::Result<Self> {
-        let config = ControlPlaneConfig { shards: vec!["shard-0".into(), "shard-1".into()], ..Default::default() };
+        Self::start_configured(|_| {}, adjust).await
+    }
+
+    /// As [`start_with`](Self::start_with), with `adjust_control_plane`
+    /// applied to the control plane's configuration too.
+    pub async fn start_configured(
+        adjust_control_plane: impl FnOnce(&mut ControlPlaneConfig),
+        adjust: impl Fn(&mut prism_gateway::GatewayConfig),
+    ) -> anyhow::Result<Self> {
+        let mut config = ControlPlaneConfig { shards: vec!["shard-0".into(), "shard-1".into()], ..Default::default() };
+        config.auth.hs256_secret = Some(TEST_SECRET.into());
+        adjust_control_plane(&mut config);
         let control_plane = ControlPlaneHandle::start_with(config).await?;
         let mut gateways = Vec::new();
         for shard in ["shard-0", "shard-1"] {

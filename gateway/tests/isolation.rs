@@ -1,0 +1,626 @@
+//! The isolation matrix: three tenants × a principal of every role (and
+//! every kind of bad credential) × every KeyValue, TimeSeries and control
+//! plane RPC, through real gRPC servers with authentication on everywhere
+//! (HS256 with issuer and audience checks). Exactly the allowed
+//! combinations get past authorization (they may still fail for other
+//! reasons, e.g. NOT_FOUND or a deliberately stale revision, so nothing is
+//! changed by an admin call); every other one is PERMISSION_DENIED, or
+//! UNAUTHENTICATED for bad credentials.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use prism_auth::{ADMIN_ROLE, Claims, SHARD_ROLE, TENANT_ADMIN_ROLE};
+use prism_proto::control::control_plane_service_client::ControlPlaneServiceClient;
+use prism_proto::control::{
+    Abstraction, Access, AccessLevel, Backend, CreateNamespaceRequest, CreateTenantRequest, DeleteNamespaceRequest,
+    DeleteTenantRequest, DeregisterShardRequest, GetNamespaceRequest, GetTenantRequest, Grant, GrantAccessRequest,
+    HeartbeatRequest, ListAuditEventsRequest, ListNamespacesRequest, ListShardsRequest, ListTenantsRequest,
+    NamespaceSpec, Policies, QuotaSet, RegisterShardRequest, ReportNamespaceStatusRequest, ResolveNamespaceRequest,
+    RevokeAccessRequest, SetTenantStateRequest, TenantState, UpdateNamespaceRequest, UpdateTenantRequest, WatchRequest,
+};
+use prism_proto::kv::key_value_service_client::KeyValueServiceClient;
+use prism_proto::kv::{self, mutation};
+use prism_proto::timeseries as ts;
+use prism_proto::timeseries::time_series_service_client::TimeSeriesServiceClient;
+use prism_testkit::{Cluster, TEST_AUDIENCE, TEST_ISSUER, TEST_SECRET, claims, token};
+use tonic::Code;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+const TENANTS: [&str; 3] = ["t1", "t2", "t3"];
+
+/// A principal, relative to the tenant under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Admin,
+    /// Role `tenant-admin` with this tenant's claim.
+    TenantAdmin,
+    /// Role `tenant-admin` of the next tenant.
+    OtherTenantAdmin,
+    /// Listed in this tenant's `admins`, with no role.
+    ListedAdmin,
+    Owner,
+    Reader,
+    Writer,
+    /// This tenant's claim, no role, no grant.
+    Stranger,
+    Shard,
+}
+
+const EVERYONE: [Who; 9] = [
+    Who::Admin,
+    Who::TenantAdmin,
+    Who::OtherTenantAdmin,
+    Who::ListedAdmin,
+    Who::Owner,
+    Who::Reader,
+    Who::Writer,
+    Who::Stranger,
+    Who::Shard,
+];
+
+fn next_tenant(tenant: &str) -> &'static str {
+    let i = TENANTS.iter().position(|t| *t == tenant).unwrap_or(0);
+    TENANTS[(i + 1) % TENANTS.len()]
+}
+
+/// The token of `who` for `tenant`.
+fn token_of(who: Who, tenant: &str) -> String {
+    match who {
+        Who::Admin => token("root", None, &[ADMIN_ROLE]),
+        Who::TenantAdmin => token(&format!("ta-{tenant}"), Some(tenant), &[TENANT_ADMIN_ROLE]),
+        Who::OtherTenantAdmin => {
+            let other = next_tenant(tenant);
+            token(&format!("ta-{other}"), Some(other), &[TENANT_ADMIN_ROLE])
+        }
+        Who::ListedAdmin => token(&format!("boss-{tenant}"), None, &[]),
+        Who::Owner => token(&format!("owner-{tenant}"), None, &[]),
+        Who::Reader => token(&format!("reader-{tenant}"), None, &[]),
+        Who::Writer => token(&format!("writer-{tenant}"), None, &[]),
+        Who::Stranger => token("stranger", Some(tenant), &[]),
+        Who::Shard => token("shard-0", None, &[SHARD_ROLE]),
+    }
+}
+
+/// Every way of not being authenticated, as raw `authorization` values.
+fn bad_credentials() -> Vec<(&'static str, Option<String>)> {
+    let now = prism_auth::unix_now();
+    let admin = || claims("root", None, &[ADMIN_ROLE]);
+    let signed = |c: Claims| format!("Bearer {}", prism_auth::sign_hs256(TEST_SECRET, &c).unwrap_or_default());
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    };
+    let body = b64(&format!(
+        r#"{{"sub":"root","roles":["admin"],"exp":{},"iss":"{TEST_ISSUER}","aud":"{TEST_AUDIENCE}"}}"#,
+        now + 600
+    ));
+    vec![
+        ("missing", None),
+        ("basic auth", Some("Basic cm9vdDpodW50ZXIy".into())),
+        ("not a JWT", Some("Bearer not-a-jwt".into())),
+        ("empty bearer", Some("Bearer ".into())),
+        ("expired", Some(signed(Claims { exp: now - 3600, ..admin() }))),
+        ("not yet valid", Some(signed(Claims { nbf: Some(now + 3600), ..admin() }))),
+        (
+            "wrong signature",
+            Some(format!(
+                "Bearer {}",
+                prism_auth::sign_hs256("some-other-secret-0123456789", &admin()).unwrap_or_default()
+            )),
+        ),
+        ("wrong issuer", Some(signed(Claims { iss: Some("someone-else".into()), ..admin() }))),
+        ("wrong audience", Some(signed(Claims { aud: Some("another-service".into()), ..admin() }))),
+        ("no issuer", Some(signed(Claims { iss: None, ..admin() }))),
+        ("alg none", Some(format!("Bearer {}.{body}.", b64(r#"{"alg":"none","typ":"JWT"}"#)))),
+    ]
+}
+
+/// Sets a raw `authorization` value (or none).
+#[derive(Clone)]
+struct Raw(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Raw {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+struct Clients {
+    cp: ControlPlaneServiceClient<InterceptedService<Channel, Raw>>,
+    kv: KeyValueServiceClient<InterceptedService<Channel, Raw>>,
+    ts: TimeSeriesServiceClient<InterceptedService<Channel, Raw>>,
+}
+
+/// Channels to the control plane and each tenant's namespace owners.
+struct World {
+    cp: Channel,
+    kv: HashMap<&'static str, Channel>,
+    ts: HashMap<&'static str, Channel>,
+}
+
+impl World {
+    fn clients(&self, tenant: &str, authorization: Option<&str>) -> anyhow::Result<Clients> {
+        let raw = Raw(authorization.map(MetadataValue::from_str).transpose().context("header")?);
+        Ok(Clients {
+            cp: ControlPlaneServiceClient::with_interceptor(self.cp.clone(), raw.clone()),
+            kv: KeyValueServiceClient::with_interceptor(self.kv[tenant].clone(), raw.clone()),
+            ts: TimeSeriesServiceClient::with_interceptor(self.ts[tenant].clone(), raw),
+        })
+    }
+}
+
+/// Every RPC of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    // KeyValue.
+    Put,
+    Get,
+    Delete,
+    Mutate,
+    Scan,
+    // TimeSeries.
+    WriteSync,
+    Write,
+    Read,
+    Search,
+    Tail,
+    // Control plane.
+    CreateTenant,
+    GetTenant,
+    ListTenants,
+    UpdateTenant,
+    UpdateTenantQuotas,
+    SetTenantState,
+    DeleteTenant,
+    CreateNamespace,
+    GetNamespace,
+    ListNamespaces,
+    UpdateNamespace,
+    DeleteNamespace,
+    GrantAccess,
+    RevokeAccess,
+    ReportNamespaceStatus,
+    RegisterShard,
+    Heartbeat,
+    DeregisterShard,
+    ListShards,
+    ResolveNamespace,
+    Watch,
+    ListAuditEvents,
+}
+
+const OPS: [Op; 32] = [
+    Op::Put,
+    Op::Get,
+    Op::Delete,
+    Op::Mutate,
+    Op::Scan,
+    Op::WriteSync,
+    Op::Write,
+    Op::Read,
+    Op::Search,
+    Op::Tail,
+    Op::CreateTenant,
+    Op::GetTenant,
+    Op::ListTenants,
+    Op::UpdateTenant,
+    Op::UpdateTenantQuotas,
+    Op::SetTenantState,
+    Op::DeleteTenant,
+    Op::CreateNamespace,
+    Op::GetNamespace,
+    Op::ListNamespaces,
+    Op::UpdateNamespace,
+    Op::DeleteNamespace,
+    Op::GrantAccess,
+    Op::RevokeAccess,
+    Op::ReportNamespaceStatus,
+    Op::RegisterShard,
+    Op::Heartbeat,
+    Op::DeregisterShard,
+    Op::ListShards,
+    Op::ResolveNamespace,
+    Op::Watch,
+    Op::ListAuditEvents,
+];
+
+/// The specification: whether `who` may call `op` on the tenant under test.
+fn allowed(op: Op, who: Who) -> bool {
+    use Who::*;
+    let tenant_admin = matches!(who, Admin | TenantAdmin | ListedAdmin);
+    match op {
+        Op::Get | Op::Scan | Op::Read | Op::Search | Op::Tail => tenant_admin || matches!(who, Owner | Reader | Writer),
+        Op::Put | Op::Delete | Op::Mutate | Op::WriteSync | Op::Write => tenant_admin || matches!(who, Owner | Writer),
+        Op::CreateTenant | Op::SetTenantState | Op::DeleteTenant | Op::UpdateTenantQuotas => who == Admin,
+        Op::GetTenant | Op::UpdateTenant | Op::CreateNamespace | Op::DeleteNamespace | Op::ListAuditEvents => {
+            tenant_admin
+        }
+        Op::UpdateNamespace | Op::GrantAccess | Op::RevokeAccess => tenant_admin || who == Owner,
+        Op::GetNamespace | Op::ResolveNamespace => tenant_admin || matches!(who, Owner | Reader | Writer | Shard),
+        Op::ReportNamespaceStatus | Op::RegisterShard | Op::Heartbeat | Op::DeregisterShard | Op::Watch => {
+            matches!(who, Admin | Shard)
+        }
+        Op::ListTenants | Op::ListNamespaces | Op::ListShards => true,
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    prost_types::Timestamp { seconds: secs, nanos: 0 }
+}
+
+fn event() -> ts::Event {
+    ts::Event {
+        time_series_id: "s".into(),
+        event_time: Some(now()),
+        event_id: "e".into(),
+        items: vec![ts::EventItem { key: b"v".to_vec(), value: b"1".to_vec() }],
+        tags: HashMap::new(),
+    }
+}
+
+fn item() -> kv::Item {
+    kv::Item { key: b"k".to_vec(), value: b"v".to_vec(), ttl: None }
+}
+
+/// Calls `op` on `tenant`'s namespaces; the outcome's code. Admin calls
+/// are shaped to change nothing when allowed: a stale
+/// `expected_revision`, a missing spec, an unknown instance.
+async fn call(c: &mut Clients, op: Op, tenant: &str) -> Code {
+    let kv_ns = format!("{tenant}/kv");
+    let ts_ns = format!("{tenant}/ts");
+    let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
+    // No object ever reaches this revision.
+    const STALE: u64 = u64::MAX;
+    match op {
+        Op::Put => code(
+            c.kv.put_items(kv::PutItemsRequest {
+                namespace: kv_ns,
+                id: "r".into(),
+                items: vec![item()],
+                idempotency_token: None,
+            })
+            .await
+            .map(drop),
+        ),
+        Op::Get => code(
+            c.kv.get_items(kv::GetItemsRequest { namespace: kv_ns, id: "r".into(), ..Default::default() })
+                .await
+                .map(drop),
+        ),
+        Op::Delete => code(
+            c.kv.delete_items(kv::DeleteItemsRequest { namespace: kv_ns, id: "gone".into(), ..Default::default() })
+                .await
+                .map(drop),
+        ),
+        Op::Mutate => code(
+            c.kv.mutate_items(kv::MutateItemsRequest {
+                namespace: kv_ns,
+                id: "r".into(),
+                mutations: vec![kv::Mutation { operation: Some(mutation::Operation::Put(item())) }],
+                idempotency_token: None,
+            })
+            .await
+            .map(drop),
+        ),
+        Op::Scan => {
+            code(c.kv.scan_items(kv::ScanItemsRequest { namespace: kv_ns, ..Default::default() }).await.map(drop))
+        }
+        Op::WriteSync => code(
+            c.ts.write_event_records_sync(ts::WriteEventRecordsRequest { namespace: ts_ns, events: vec![event()] })
+                .await
+                .map(drop),
+        ),
+        Op::Write => code(
+            c.ts.write_event_records(ts::WriteEventRecordsRequest { namespace: ts_ns, events: vec![event()] })
+                .await
+                .map(drop),
+        ),
+        Op::Read => code(
+            c.ts.read_event_records(ts::ReadEventRecordsRequest {
+                namespace: ts_ns,
+                time_series_id: "s".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        ),
+        Op::Search => code(
+            c.ts.search_event_records(ts::SearchEventRecordsRequest { namespace: ts_ns, ..Default::default() })
+                .await
+                .map(drop),
+        ),
+        Op::Tail => code(
+            c.ts.tail_event_records(ts::TailEventRecordsRequest { namespace: ts_ns, ..Default::default() })
+                .await
+                .map(drop),
+        ),
+        Op::CreateTenant => code(
+            // An invalid id: INVALID_ARGUMENT once allowed.
+            c.cp.create_tenant(CreateTenantRequest { tenant_id: "Not_Valid".into(), ..Default::default() })
+                .await
+                .map(drop),
+        ),
+        Op::GetTenant => code(c.cp.get_tenant(GetTenantRequest { tenant_id: tenant.into() }).await.map(drop)),
+        Op::ListTenants => code(c.cp.list_tenants(ListTenantsRequest::default()).await.map(drop)),
+        Op::UpdateTenant => code(
+            c.cp.update_tenant(UpdateTenantRequest {
+                tenant_id: tenant.into(),
+                expected_revision: STALE,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        ),
+        Op::UpdateTenantQuotas => code(
+            c.cp.update_tenant(UpdateTenantRequest {
+                tenant_id: tenant.into(),
+                quotas: Some(QuotaSet { requests_per_second: Some(-1), ..Default::default() }),
+                expected_revision: STALE,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        ),
+        Op::SetTenantState => code(
+            c.cp.set_tenant_state(SetTenantStateRequest {
+                tenant_id: tenant.into(),
+                state: TenantState::Suspended as i32,
+                expected_revision: STALE,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        ),
+        Op::DeleteTenant => code(
+            c.cp.delete_tenant(DeleteTenantRequest { tenant_id: tenant.into(), expected_revision: STALE })
+                .await
+                .map(drop),
+        ),
+        Op::CreateNamespace => code(
+            // No spec: INVALID_ARGUMENT once allowed.
+            c.cp.create_namespace(CreateNamespaceRequest { name: format!("{tenant}/new"), spec: None }).await.map(drop),
+        ),
+        Op::GetNamespace => code(c.cp.get_namespace(GetNamespaceRequest { name: kv_ns }).await.map(drop)),
+        Op::ListNamespaces => code(
+            c.cp.list_namespaces(ListNamespacesRequest { tenant_id: tenant.into(), ..Default::default() })
+                .await
+                .map(drop),
+        ),
+        Op::UpdateNamespace => code(
+            c.cp.update_namespace(UpdateNamespaceRequest { name: kv_ns, spec: None, expected_revision: STALE })
+                .await
+                .map(drop),
+        ),
+        Op::DeleteNamespace => code(
+            c.cp.delete_namespace(DeleteNamespaceRequest { name: kv_ns, expected_revision: STALE }).await.map(drop),
+        ),
+        Op::GrantAccess => code(
+            c.cp.grant_access(GrantAccessRequest {
+                name: kv_ns,
+                principal: "mallory".into(),
+                level: AccessLevel::ReadWrite as i32,
+                expected_revision: STALE,
+            })
+            .await
+            .map(drop),
+        ),
+        Op::RevokeAccess => code(
+            c.cp.revoke_access(RevokeAccessRequest {
+                name: kv_ns,
+                principal: format!("reader-{tenant}"),
+                expected_revision: STALE,
+            })
+            .await
+            .map(drop),
+        ),
+        Op::ReportNamespaceStatus => code(
+            c.cp.report_namespace_status(ReportNamespaceStatusRequest {
+                name: kv_ns,
+                shard_id: "no-such-shard".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        ),
+        Op::RegisterShard => code(
+            c.cp.register_shard(RegisterShardRequest {
+                shard_id: "shard-9".into(),
+                endpoint: "not an endpoint".into(),
+            })
+            .await
+            .map(drop),
+        ),
+        Op::Heartbeat => code(
+            c.cp.heartbeat(HeartbeatRequest { shard_id: "shard-9".into(), instance_id: "nobody".into() })
+                .await
+                .map(drop),
+        ),
+        Op::DeregisterShard => code(
+            c.cp.deregister_shard(DeregisterShardRequest { shard_id: "shard-9".into(), instance_id: "nobody".into() })
+                .await
+                .map(drop),
+        ),
+        Op::ListShards => code(c.cp.list_shards(ListShardsRequest {}).await.map(drop)),
+        Op::ResolveNamespace => {
+            code(c.cp.resolve_namespace(ResolveNamespaceRequest { namespace: kv_ns }).await.map(drop))
+        }
+        Op::Watch => code(c.cp.watch(WatchRequest { from_revision: 0 }).await.map(drop)),
+        Op::ListAuditEvents => code(
+            c.cp.list_audit_events(ListAuditEventsRequest { tenant_id: tenant.into(), ..Default::default() })
+                .await
+                .map(drop),
+        ),
+    }
+}
+
+fn spec(tenant: &str, abstraction: Abstraction) -> NamespaceSpec {
+    NamespaceSpec {
+        abstraction: abstraction as i32,
+        backend: Backend::Embedded as i32,
+        // Loss-tolerant, so the buffered TimeSeries write is allowed.
+        policies: (abstraction == Abstraction::TimeSeries)
+            .then(|| Policies { accept_loss: true, ..Default::default() }),
+        access: Some(Access {
+            owners: vec![format!("owner-{tenant}")],
+            consumers: vec![
+                Grant { principal: format!("reader-{tenant}"), level: AccessLevel::Read as i32 },
+                Grant { principal: format!("writer-{tenant}"), level: AccessLevel::ReadWrite as i32 },
+            ],
+        }),
+        ..Default::default()
+    }
+}
+
+/// Three tenants, each with a KEY_VALUE and a TIME_SERIES namespace, on a
+/// cluster that checks issuer and audience everywhere.
+async fn world() -> anyhow::Result<(Cluster, World)> {
+    let cluster = Cluster::start_configured(
+        |cp| {
+            cp.auth.issuer = Some(TEST_ISSUER.into());
+            cp.auth.audience = Some(TEST_AUDIENCE.into());
+        },
+        |gw| {
+            gw.auth.issuer = Some(TEST_ISSUER.into());
+            gw.auth.audience = Some(TEST_AUDIENCE.into());
+        },
+    )
+    .await?;
+    let mut admin = cluster.control_plane.client().await?;
+    let mut kv = HashMap::new();
+    let mut ts = HashMap::new();
+    for tenant in TENANTS {
+        let req = CreateTenantRequest {
+            tenant_id: tenant.into(),
+            admins: vec![format!("boss-{tenant}")],
+            ..Default::default()
+        };
+        admin.create_tenant(req).await?;
+        let kv_gw = cluster.active_namespace(&format!("{tenant}/kv"), spec(tenant, Abstraction::KeyValue)).await?;
+        kv.insert(tenant, prism_client::endpoint(&kv_gw.endpoint())?.connect().await?);
+        let ts_gw = cluster.active_namespace(&format!("{tenant}/ts"), spec(tenant, Abstraction::TimeSeries)).await?;
+        ts.insert(tenant, prism_client::endpoint(&ts_gw.endpoint())?.connect().await?);
+    }
+    // Every gateway must hold every grant before the matrix runs.
+    let revision = {
+        let mut watch = admin.watch(WatchRequest { from_revision: 0 }).await?.into_inner();
+        let mut revision = 0;
+        while let Some(m) = watch.message().await? {
+            if let Some(prism_proto::control::watch_response::Event::Snapshot(chunk)) = m.event {
+                revision = chunk.revision;
+                if chunk.last {
+                    break;
+                }
+            }
+        }
+        revision
+    };
+    for gw in &cluster.gateways {
+        gw.caught_up(revision).await?;
+    }
+    let cp = prism_client::endpoint(&cluster.control_plane.endpoint())?.connect().await?;
+    Ok((cluster, World { cp, kv, ts }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_allowed_combinations_pass_authorization() -> anyhow::Result<()> {
+    let (_cluster, world) = world().await?;
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for tenant in TENANTS {
+        for who in EVERYONE {
+            let header = format!("Bearer {}", token_of(who, tenant));
+            let mut c = world.clients(tenant, Some(&header))?;
+            for op in OPS {
+                let got = call(&mut c, op, tenant).await;
+                checked += 1;
+                let ok = if allowed(op, who) {
+                    !matches!(got, Code::PermissionDenied | Code::Unauthenticated)
+                } else {
+                    got == Code::PermissionDenied
+                };
+                if !ok {
+                    wrong.push(format!("{tenant} {who:?} {op:?}: {got:?} (allowed: {})", allowed(op, who)));
+                }
+            }
+        }
+        for (what, header) in bad_credentials() {
+            let mut c = world.clients(tenant, header.as_deref())?;
+            for op in OPS {
+                let got = call(&mut c, op, tenant).await;
+                checked += 1;
+                if got != Code::Unauthenticated {
+                    wrong.push(format!("{tenant} [{what}] {op:?}: {got:?}, want Unauthenticated"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {checked} combinations are wrong:\n{}", wrong.len(), wrong.join("\n"));
+    assert_eq!(checked, TENANTS.len() * (EVERYONE.len() + bad_credentials().len()) * OPS.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_only_what_the_caller_may_see_and_refusals_are_audited() -> anyhow::Result<()> {
+    let (_cluster, world) = world().await?;
+    let names =
+        |r: prism_proto::control::ListNamespacesResponse| r.namespaces.into_iter().map(|n| n.name).collect::<Vec<_>>();
+    let as_who = |who: Who| world.clients("t1", Some(&format!("Bearer {}", token_of(who, "t1"))));
+
+    let all = ListNamespacesRequest::default();
+    assert_eq!(names(as_who(Who::Admin)?.cp.list_namespaces(all.clone()).await?.into_inner()).len(), 6);
+    assert_eq!(
+        names(as_who(Who::TenantAdmin)?.cp.list_namespaces(all.clone()).await?.into_inner()),
+        ["t1/kv", "t1/ts"]
+    );
+    assert_eq!(
+        names(as_who(Who::ListedAdmin)?.cp.list_namespaces(all.clone()).await?.into_inner()),
+        ["t1/kv", "t1/ts"]
+    );
+    assert_eq!(names(as_who(Who::Reader)?.cp.list_namespaces(all.clone()).await?.into_inner()), ["t1/kv", "t1/ts"]);
+    assert!(names(as_who(Who::Stranger)?.cp.list_namespaces(all.clone()).await?.into_inner()).is_empty());
+    let t2 = ListNamespacesRequest { tenant_id: "t2".into(), ..Default::default() };
+    assert!(names(as_who(Who::TenantAdmin)?.cp.list_namespaces(t2).await?.into_inner()).is_empty());
+
+    let tenants =
+        |r: prism_proto::control::ListTenantsResponse| r.tenants.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        tenants(as_who(Who::Admin)?.cp.list_tenants(ListTenantsRequest::default()).await?.into_inner()).len(),
+        3
+    );
+    assert_eq!(
+        tenants(as_who(Who::TenantAdmin)?.cp.list_tenants(ListTenantsRequest::default()).await?.into_inner()),
+        ["t1"]
+    );
+    assert!(
+        tenants(as_who(Who::Writer)?.cp.list_tenants(ListTenantsRequest::default()).await?.into_inner()).is_empty()
+    );
+
+    // A refusal is audited with who, what and on which tenant.
+    let denied = as_who(Who::Stranger)?
+        .cp
+        .delete_tenant(DeleteTenantRequest { tenant_id: "t1".into(), expected_revision: 0 })
+        .await;
+    assert_eq!(denied.err().map(|s| s.code()), Some(Code::PermissionDenied));
+    let mut ta = as_who(Who::TenantAdmin)?;
+    // A tenant admin reads its own tenant's trail (by default), not another's.
+    let events = ta.cp.list_audit_events(ListAuditEventsRequest::default()).await?.into_inner().events;
+    let refusal = events.iter().find(|e| e.principal == "stranger" && e.action == "DeleteTenant").context("audited")?;
+    assert_eq!((refusal.tenant_id.as_str(), refusal.result.as_str()), ("t1", "permission_denied"));
+    assert!(events.iter().all(|e| e.tenant_id == "t1"), "only t1's trail");
+    let other = ta.cp.list_audit_events(ListAuditEventsRequest { tenant_id: "t2".into(), ..Default::default() }).await;
+    assert_eq!(other.err().map(|s| s.code()), Some(Code::PermissionDenied));
+    let mut reader = as_who(Who::Reader)?;
+    let none = reader.cp.list_audit_events(ListAuditEventsRequest::default()).await;
+    assert_eq!(none.err().map(|s| s.code()), Some(Code::PermissionDenied));
+    Ok(())
+}
