@@ -61,7 +61,11 @@ impl Configured {
 
 /// A plugin on the shared broker.
 pub async fn fixture() -> Arc<Configured> {
-    Configured::new(settings(&broker().service_url()), PulsarPluginConfig::default())
+    // The suite checks semantics, not latency: on a loaded 2-core CI
+    // machine a whole-topic read of the large-event case can take longer
+    // than the production default of 10 s.
+    let config = PulsarPluginConfig { request_timeout: std::time::Duration::from_secs(60), ..Default::default() };
+    Configured::new(settings(&broker().service_url()), config)
 }
 
 #[async_trait]
