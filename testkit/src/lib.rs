@@ -291,3 +291,4 @@ impl Cluster {
     }
 }
 pub mod postgres;
+pub mod kafka;
