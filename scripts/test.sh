@@ -29,6 +29,20 @@ if ! have_postgres; then
     have_postgres || { echo "PostgreSQL was installed but initdb is not where expected" >&2; exit 1; }
 fi
 
+# A Kafka-protocol broker (tansu, in-memory storage) for the kafka plugin's
+# tests, which start their own on an ephemeral port: on PATH or in cargo's
+# bin directory. Built from source when missing (8-15 minutes on a fresh
+# machine; CI's budget allows it).
+have_tansu() {
+    command -v tansu >/dev/null 2>&1 && return 0
+    [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]
+}
+if ! have_tansu; then
+    echo "== installing tansu (a Kafka-protocol broker)"
+    cargo install tansu --locked --features dynostore
+    have_tansu || { echo "tansu was installed but is not on PATH nor in cargo's bin directory" >&2; exit 1; }
+fi
+
 echo "== format"
 cargo fmt --all --check
 echo "== lints"
