@@ -39,8 +39,6 @@ pub struct KafkaPluginConfig {
     /// How long the producer waits to batch messages (`linger.ms`).
     /// Default 1 ms: synchronous writes pay it in latency.
     pub linger: Duration,
-    /// Idle readers (consumers) kept per broker list. Default 8.
-    pub idle_readers: usize,
 }
 
 impl Default for KafkaPluginConfig {
@@ -49,7 +47,6 @@ impl Default for KafkaPluginConfig {
             message_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             linger: Duration::from_millis(1),
-            idle_readers: 8,
         }
     }
 }

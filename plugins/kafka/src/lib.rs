@@ -6,7 +6,7 @@
 //!
 //! Nothing connects until a namespace needs it, so a gateway registers
 //! this plugin whether or not a broker exists. Clients (one idempotent
-//! producer, one admin client and a few idle readers) are made per broker
+//! producer and one admin client) are made per broker
 //! list on first use and shared by its namespaces.
 //!
 //! librdkafka is built from its bundled source without TLS, SASL or
@@ -75,8 +75,6 @@ pub(crate) struct Clients {
     /// producer whose broker lost its producer state, say).
     producer: Mutex<Arc<FutureProducer>>,
     pub(crate) admin: AdminClient<DefaultClientContext>,
-    /// Idle readers, assigned nothing.
-    pub(crate) readers: Mutex<Vec<BaseConsumer>>,
 }
 
 /// Locks a map that no panic can leave half-updated (every critical
@@ -100,7 +98,6 @@ impl Clients {
             bootstrap: bootstrap.to_owned(),
             producer: Mutex::new(Arc::new(Self::producer(bootstrap, config)?)),
             admin,
-            readers: Mutex::default(),
         })
     }
 
@@ -135,11 +132,12 @@ impl Clients {
         }
     }
 
-    /// An idle reader, or a new one.
+    /// A new reader. Readers are not reused: a reused one can still hold
+    /// fetched messages and end-of-partition events of its previous
+    /// assignment, and closing one after each read makes sure no fetch of
+    /// it is in flight when its topic is deleted (tansu answers such a
+    /// fetch with leader hints that librdkafka 2.12 crashes on).
     pub(crate) fn reader(&self, config: &KafkaPluginConfig) -> Result<BaseConsumer> {
-        if let Some(reader) = lock(&self.readers).pop() {
-            return Ok(reader);
-        }
         ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             // Readers are assigned partitions and offsets; they never join
@@ -147,6 +145,8 @@ impl Clients {
             .set("group.id", "prism-reader")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // A read ends at each partition's end as the fetches see it:
+            // some brokers' (tansu's) ListOffsets "latest" lags behind.
             .set("enable.partition.eof", "true")
             .set("allow.auto.create.topics", "false")
             .set("isolation.level", "read_uncommitted")
@@ -158,26 +158,13 @@ impl Clients {
             .create()
             .map_err(KafkaError::client("create a reader"))
     }
-
-    /// Gives back a reader that finished cleanly (assigned nothing).
-    pub(crate) fn give_back(&self, reader: BaseConsumer, config: &KafkaPluginConfig) {
-        let mut idle = lock(&self.readers);
-        if idle.len() < config.idle_readers {
-            idle.push(reader);
-        }
-    }
 }
 
 impl KafkaPlugin {
     /// Validates `config`. Opens no connection.
     pub fn new(config: KafkaPluginConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Self {
-            config,
-            clients: Mutex::default(),
-            topics: Mutex::default(),
-            floors: Mutex::default(),
-        })
+        Ok(Self { config, clients: Mutex::default(), topics: Mutex::default(), floors: Mutex::default() })
     }
 
     pub fn config(&self) -> &KafkaPluginConfig {

@@ -69,7 +69,9 @@ impl TimeSeries for KafkaPlugin {
         let partitions = self.partitions(ns, &settings, &clients).await?;
         let topic = codec::topic(ns);
         let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
-        if let Some(i) = payloads.iter().zip(events).position(|(p, e)| p.len() + e.time_series_id.len() > MAX_MESSAGE_BYTES) {
+        if let Some(i) =
+            payloads.iter().zip(events).position(|(p, e)| p.len() + e.time_series_id.len() > MAX_MESSAGE_BYTES)
+        {
             return Err(KafkaError::invalid(
                 format!("events[{i}]"),
                 format!("is larger than the kafka backend's {MAX_MESSAGE_BYTES} bytes"),
@@ -191,14 +193,11 @@ struct Scan {
 }
 
 impl Scan {
-    /// Blocking: runs on the blocking pool. A reader that fails is
-    /// dropped, not given back.
+    /// Blocking: runs on the blocking pool, with a reader of its own,
+    /// closed at the end.
     fn run(&self, clients: &Clients, config: &KafkaPluginConfig) -> Result<Vec<Raw>> {
         let reader = clients.reader(config)?;
-        let raw = self.read(&reader, config.request_timeout)?;
-        reader.unassign().map_err(KafkaError::client("unassign"))?;
-        clients.give_back(reader, config);
-        Ok(raw)
+        self.read(&reader, config.request_timeout)
     }
 
     fn read(&self, reader: &BaseConsumer, timeout: Duration) -> Result<Vec<Raw>> {
@@ -239,7 +238,9 @@ impl Scan {
             let start = starts.get(&p).copied().unwrap_or(0);
             if start < high {
                 next.insert(p, start);
-                assignment.add_partition_offset(&self.topic, p, Offset::Offset(start)).map_err(KafkaError::client("assign"))?;
+                assignment
+                    .add_partition_offset(&self.topic, p, Offset::Offset(start))
+                    .map_err(KafkaError::client("assign"))?;
             }
         }
         let mut out = Vec::new();
@@ -247,8 +248,12 @@ impl Scan {
             return Ok(out);
         }
         reader.assign(&assignment).map_err(KafkaError::client("assign"))?;
-        // The timeout bounds the wait for the next message, not the read:
-        // a long read that makes progress goes on.
+        // A partition is done at its end as the fetch sees it (the
+        // end-of-partition event), not at the watermark read above: a
+        // message appended since is only newer, and tansu's "latest"
+        // offset lags behind its log. The timeout bounds the wait for the
+        // next message or event, not the read: a long read that makes
+        // progress goes on.
         let mut idle_since = Instant::now();
         while !next.is_empty() {
             if idle_since.elapsed() > timeout {
@@ -263,17 +268,11 @@ impl Scan {
                         continue;
                     }
                     idle_since = Instant::now();
-                    let high = ends.get(&p).map_or(0, |e| e.1);
-                    if message.offset() < high {
-                        out.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
-                    }
-                    if message.offset() + 1 >= high {
-                        next.remove(&p);
-                    } else {
-                        next.insert(p, message.offset() + 1);
-                    }
+                    out.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
+                    next.insert(p, message.offset() + 1);
                 }
                 Some(Err(ClientError::PartitionEOF(p))) => {
+                    idle_since = Instant::now();
                     next.remove(&p);
                 }
                 // Fetch errors while a broker is away: librdkafka retries;
@@ -338,7 +337,12 @@ fn event_bytes(e: &Event) -> u64 {
 }
 
 /// Filters, orders, cuts after the cursor and pages `events`.
-fn page(mut events: Vec<Event>, filter: Option<&TagFilter>, after: Option<&EventCursor>, limits: PageLimits) -> EventsPage {
+fn page(
+    mut events: Vec<Event>,
+    filter: Option<&TagFilter>,
+    after: Option<&EventCursor>,
+    limits: PageLimits,
+) -> EventsPage {
     if let Some(filter) = filter {
         events.retain(|e| filter.matches(&e.tags));
     }

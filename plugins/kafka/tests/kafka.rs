@@ -222,7 +222,8 @@ async fn a_gateway_serves_a_kafka_namespace() {
         .await
         .expect_err("buffered writes need a loss-tolerant namespace");
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let read3 = ts::ReadEventRecordsRequest { namespace: ns.into(), time_series_id: "user-3".into(), ..Default::default() };
+    let read3 =
+        ts::ReadEventRecordsRequest { namespace: ns.into(), time_series_id: "user-3".into(), ..Default::default() };
     assert!(c.read_event_records(authed(read3)).await.expect("read").into_inner().events.is_empty());
 }
 
