@@ -121,14 +121,24 @@ impl Clients {
         lock(&self.producer).clone()
     }
 
-    /// Replaces `used` if librdkafka has given up on it.
-    pub(crate) fn after_failure(&self, used: &FutureProducer, config: &KafkaPluginConfig) {
+    /// Replaces `used` after a failed write, unless another write has
+    /// already replaced it. Not only after a fatal error: an idempotent
+    /// producer whose broker came back without its state (a restart that
+    /// lost the log, a topic created again) can keep timing out on its old
+    /// producer id and sequence numbers instead of failing fatally; a
+    /// fresh producer starts clean. Writes still holding the old one
+    /// finish (or time out) on it.
+    pub(crate) fn after_failure(&self, used: &Arc<FutureProducer>, config: &KafkaPluginConfig) {
         if let Some((code, reason)) = used.client().fatal_error() {
-            tracing::warn!(?code, %reason, "kafka producer failed fatally; making a new one");
-            match Self::producer(&self.bootstrap, config) {
-                Ok(fresh) => *lock(&self.producer) = Arc::new(fresh),
-                Err(error) => tracing::error!(%error, "cannot make a new kafka producer"),
-            }
+            tracing::warn!(?code, %reason, "kafka producer failed fatally");
+        }
+        let mut current = lock(&self.producer);
+        if !Arc::ptr_eq(&current, used) {
+            return;
+        }
+        match Self::producer(&self.bootstrap, config) {
+            Ok(fresh) => *current = Arc::new(fresh),
+            Err(error) => tracing::error!(%error, "cannot make a new kafka producer"),
         }
     }
 
