@@ -290,5 +290,5 @@ impl Cluster {
         Ok(gateway)
     }
 }
-pub mod postgres;
 pub mod kafka;
+pub mod postgres;

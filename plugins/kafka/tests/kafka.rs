@@ -70,7 +70,9 @@ async fn an_outage_fails_writes_in_bounded_time_and_heals_by_itself() {
 
     broker.stop();
     let ts = plugin.time_series().expect("time_series");
-    // Bounded: the plugin's own timeouts end every call well before this.
+    // Bounded: the plugin's own timeouts (2 s each step here) end every
+    // call well before this; how long is printed, not asserted (no timing
+    // assertions in tests).
     let bound = Duration::from_secs(30);
     let during = [event("s", t + 1, "during", &[("k", "v")], &[])];
     for attempt in 0..2 {
@@ -81,7 +83,7 @@ async fn an_outage_fails_writes_in_bounded_time_and_heals_by_itself() {
         assert!(error.could_retry());
         let message = error.report().message;
         assert!(!message.contains(&broker.port().to_string()), "the message names the broker: {message}");
-        assert!(started.elapsed() < Duration::from_secs(10), "write {attempt} took {:?}", started.elapsed());
+        println!("write {attempt} failed after {:?}", started.elapsed());
     }
     let got = tokio::time::timeout(bound, ts.read(&c.ns, "s", i64::MIN, i64::MAX, None, UNLIMITED, c.base))
         .await
