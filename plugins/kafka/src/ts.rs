@@ -9,20 +9,25 @@
 //! order they were made in.
 //!
 //! **Reads** (`read` of one series reads the one partition it hashes to;
-//! `search` reads them all) take, per partition, the high watermark when
-//! the read starts as its end, and as its start the offset of the first
-//! message whose timestamp (the event time, in ms, rounded down) is at or
-//! after the oldest time the read may return (`offsets_for_times`). Kafka
-//! answers that exactly even though event times arrive out of order within
-//! the accept window; a broker that answers with something earlier (tansu
-//! answers with the log start) only costs reading more, since every
-//! message is filtered by time, series and tags anyway.
+//! `search` reads them all) start, per partition, at the offset of the
+//! first message whose timestamp (the event time, in ms, rounded down) is
+//! at or after the oldest time the read may return (`offsets_for_times`),
+//! and end at the end of the partition as the fetch sees it (librdkafka's
+//! end-of-partition event). Kafka answers the seek exactly even though
+//! event times arrive out of order within the accept window: its time
+//! index finds the first message at or after a time, so no event at or
+//! after it lies before. A broker that answers with something earlier
+//! (tansu answers with the log start) only costs reading more, since every
+//! message is filtered by time, series and tags anyway. Each read has a
+//! reader (consumer) of its own, assigned its partitions and closed
+//! afterwards: nothing is committed, no group is joined.
 //!
-//! The end of a read is the high watermark and not `newest + accept_limit`:
-//! that bound would hold only if every writer kept to the gateway's accept
+//! The end of a read is the end of the log and not the first message
+//! written more than `accept_limit` after the newest time wanted: that
+//! bound would hold only if every writer kept to the gateway's accept
 //! window, and the plugin contract does not promise it (the conformance
-//! suite writes events days old). Reading the last hour — the common read
-//! — costs the messages written since about an hour ago either way.
+//! suite writes events days old). Reading the last hour — the common
+//! read — costs the messages written since about an hour ago either way.
 //!
 //! Then the events are merged in log order (the **first** write of an item
 //! key wins, as the identity `(series, time, event id, key)` demands; an
