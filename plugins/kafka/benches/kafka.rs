@@ -197,8 +197,19 @@ async fn run(
         "gateway → kafka, WriteEventRecordsSync of one {VALUE_BYTES}-byte event, C = {concurrency}, {ops} ops per phase"
     );
     println!(
-        "{:<6} {:>12} {:>12} {:>8} {:>10} {:>10} {:>10} {:>10}",
-        "round", "gateway/s", "direct/s", "ratio", "gw p50", "gw p99", "dir p50", "dir p99"
+        "{:<6} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "round",
+        "gateway/s",
+        "plugin/s",
+        "direct/s",
+        "gw/dir",
+        "plug/dir",
+        "gw p50",
+        "gw p99",
+        "plug p50",
+        "plug p99",
+        "dir p50",
+        "dir p99"
     );
     let mut ratios = Vec::new();
     for round in 0..rounds {
@@ -233,23 +244,42 @@ async fn run(
                 }
             })
         };
-        let (g, d) = if round % 2 == 0 {
+        // The plugin called directly, without the gateway: what the
+        // plugin adds to the bare producer.
+        let plugin_phase = || {
+            let (plugin, ns) = (plugin.clone(), direct_ns.clone());
+            drive(concurrency, ops, move |task, i| {
+                let (plugin, ns) = (plugin.clone(), ns.clone());
+                async move {
+                    let e = event(&format!("s-{task}-{}", i % 10), now_micros(), format!("p{round}-{task}-{i}"));
+                    plugin.write(&ns, &[e]).await?;
+                    Ok(())
+                }
+            })
+        };
+        let (g, p, d) = if round % 2 == 0 {
             let g = gateway_phase().await?;
-            (g, direct_phase().await?)
+            let p = plugin_phase().await?;
+            (g, p, direct_phase().await?)
         } else {
             let d = direct_phase().await?;
-            (gateway_phase().await?, d)
+            let p = plugin_phase().await?;
+            (gateway_phase().await?, p, d)
         };
         let ratio = g.ops_per_s / d.ops_per_s;
         ratios.push(ratio);
         println!(
-            "{:<6} {:>12.0} {:>12.0} {:>8.3} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+            "{:<6} {:>10.0} {:>10.0} {:>10.0} {:>8.3} {:>8.3} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
             round + 1,
             g.ops_per_s,
+            p.ops_per_s,
             d.ops_per_s,
             ratio,
+            p.ops_per_s / d.ops_per_s,
             g.p50_us,
             g.p99_us,
+            p.p50_us,
+            p.p99_us,
             d.p50_us,
             d.p99_us
         );
