@@ -271,3 +271,30 @@ async fn buffered_writes_wait_out_an_outage() {
     assert_eq!(stats.flushed.load(Ordering::Relaxed), 2);
     assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
 }
+
+/// A namespace whose brokers cannot be reached ends up DEGRADED, with a
+/// reason that does not name the brokers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_degrades_the_namespace_without_naming_it() {
+    use prism_proto::control::{CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, NamespaceStatus};
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let cluster = Cluster::start().await.expect("start a control plane and two gateways");
+    let mut cp = cluster.control_plane.client().await.expect("control plane client");
+    cp.create_tenant(CreateTenantRequest { tenant_id: "acme".into(), ..Default::default() }).await.expect("tenant");
+    let name = "acme/kafka-unreachable";
+    let spec = kafka_spec(&format!("127.0.0.1:{port}"), false);
+    cp.create_namespace(CreateNamespaceRequest { name: name.into(), spec: Some(spec) }).await.expect("create");
+    let reason = eventually(Duration::from_secs(60), || {
+        let mut cp = cp.clone();
+        async move {
+            let ns = cp.get_namespace(GetNamespaceRequest { name: name.into() }).await?.into_inner();
+            anyhow::ensure!(ns.status == NamespaceStatus::Degraded as i32, "status {}", ns.status);
+            Ok(ns.status_reason)
+        }
+    })
+    .await
+    .expect("the namespace becomes DEGRADED");
+    assert!(reason.contains("unavailable"), "{reason}");
+    assert!(!reason.contains(&port.to_string()), "the reason names the broker: {reason}");
+}
