@@ -48,6 +48,19 @@ if ! command -v pulsar-lite >/dev/null 2>&1 && ! python3 -c 'import pulsar_lite'
     echo "== installing pulsar-lite"
     python3 -m pip install -q pulsar-lite
 fi
+# A Kafka-protocol broker (tansu, in-memory storage) for the kafka plugin's
+# tests, which start their own on an ephemeral port: on PATH or in cargo's
+# bin directory. Built from source when missing (8-15 minutes on a fresh
+# machine; CI's budget allows it).
+have_tansu() {
+    command -v tansu >/dev/null 2>&1 && return 0
+    [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]
+}
+if ! have_tansu; then
+    echo "== installing tansu (a Kafka-protocol broker)"
+    cargo install tansu --locked --features dynostore
+    have_tansu || { echo "tansu was installed but is not on PATH nor in cargo's bin directory" >&2; exit 1; }
+fi
 
 echo "== format"
 cargo fmt --all --check

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use prism_plugin_api::Plugin;
 use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
+use prism_plugin_kafka::{KafkaPlugin, KafkaPluginConfig};
 use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
 use prism_proto::control::Backend;
 use prism_proto::kv::key_value_service_server::KeyValueServiceServer;
@@ -91,9 +92,13 @@ impl Gateway {
             ..PostgresPluginConfig::default()
         })
         .map_err(|e| GatewayError::Internal(format!("cannot set up the postgres backend: {e}")))?;
+        // Opens no connection either: brokers are reached per namespace.
+        let kafka = KafkaPlugin::new(KafkaPluginConfig::default())
+            .map_err(|e| GatewayError::Internal(format!("cannot set up the kafka backend: {e}")))?;
         let mut plugins = Plugins::default();
         plugins.insert(Arc::new(embedded));
         plugins.insert(Arc::new(postgres));
+        plugins.insert(Arc::new(kafka));
         // Built with feature `pulsar` only (its client needs protoc). Opens
         // no connection: each pulsar namespace names its broker.
         #[cfg(feature = "pulsar")]

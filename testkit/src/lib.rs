@@ -333,5 +333,6 @@ impl Cluster {
         Ok(gateway)
     }
 }
+pub mod kafka;
 pub mod postgres;
 pub mod pulsar;

@@ -1,0 +1,350 @@
+//! Gateway → Kafka: `WriteEventRecordsSync` throughput through the gateway
+//! (gRPC, every layer, the kafka plugin) against a baseline measured in the
+//! same run: the same messages (key, partition, timestamp, encoded value)
+//! sent directly with an rdkafka `FutureProducer` configured like the
+//! plugin's (idempotent, `acks=all`, the same `linger.ms`), one message per
+//! operation, at the same concurrency. Then the latency of reading the last
+//! hour of one series: `ReadEventRecords` through the gateway against the
+//! plugin's `read` called directly on an identical topic. See
+//! `docs/benchmarks.md`, "Gateway → Kafka".
+//!
+//! `cargo bench -p prism-plugin-kafka --bench kafka`
+//!
+//! `PRISM_BENCH_OPS` (writes per phase, default 8 000),
+//! `PRISM_BENCH_ROUNDS` (default 3) and `PRISM_BENCH_CONCURRENCY`
+//! (default 16) change the sample. Without `--bench` (`cargo test
+//! --benches`) it runs once, briefly, as a smoke test, and skips when tansu
+//! is not installed (unless `PRISM_REQUIRE_SERVERS`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use prism_plugin_api::kv::PageLimits;
+use prism_plugin_api::ts::{Event, TimeSeries};
+use prism_plugin_api::{Namespace, Plugin, now_micros};
+use prism_plugin_kafka::{KafkaPlugin, KafkaPluginConfig, codec};
+use prism_proto::control::backend_config::Config;
+use prism_proto::control::{Abstraction, Backend, BackendConfig, KafkaConfig, NamespaceSpec};
+use prism_proto::timeseries as ts;
+use prism_testkit::kafka::{KafkaBroker, skip_reason};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+const NAMESPACE: &str = "bench/kafka";
+const PARTITIONS: u32 = 4;
+const VALUE_BYTES: usize = 100;
+/// Series in the read phase's topic besides the one read, each with one
+/// event a second over the last hour, like the one read.
+const NEIGHBOURS: usize = 3;
+const HOUR_SECS: i64 = 3600;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let broker = match KafkaBroker::start_or_skip()? {
+        Some(broker) => broker,
+        None => {
+            println!("{}", skip_reason());
+            return Ok(());
+        }
+    };
+    let (ops, rounds, reads) =
+        if bench { (env("PRISM_BENCH_OPS", 8000), env("PRISM_BENCH_ROUNDS", 3), 50) } else { (64, 1, 2) };
+    let concurrency = env("PRISM_BENCH_CONCURRENCY", 16);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(run(&broker, ops, rounds, concurrency, reads, bench))
+}
+
+fn spec(bootstrap: &str) -> NamespaceSpec {
+    NamespaceSpec {
+        abstraction: Abstraction::TimeSeries as i32,
+        backend: Backend::Kafka as i32,
+        backend_config: Some(BackendConfig {
+            config: Some(Config::Kafka(KafkaConfig {
+                bootstrap_servers: vec![bootstrap.to_owned()],
+                partitions: PARTITIONS,
+                replication_factor: 1,
+            })),
+        }),
+        ..NamespaceSpec::default()
+    }
+}
+
+fn value(series: &str) -> Vec<u8> {
+    let mut v = series.as_bytes().to_vec();
+    v.resize(VALUE_BYTES, b'.');
+    v
+}
+
+fn event(series: &str, time: i64, id: String) -> Event {
+    Event {
+        time_series_id: series.to_owned(),
+        event_time: time,
+        event_id: id,
+        items: vec![(b"v".to_vec(), value(series))],
+        tags: Default::default(),
+    }
+}
+
+fn to_proto(e: &Event) -> ts::Event {
+    ts::Event {
+        time_series_id: e.time_series_id.clone(),
+        event_time: Some(prost_types::Timestamp {
+            seconds: e.event_time.div_euclid(1_000_000),
+            nanos: (e.event_time.rem_euclid(1_000_000) * 1000) as i32,
+        }),
+        event_id: e.event_id.clone(),
+        items: e.items.iter().map(|(k, v)| ts::EventItem { key: k.clone(), value: v.clone() }).collect(),
+        tags: Default::default(),
+    }
+}
+
+struct Phase {
+    ops_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn summary(h: &Histogram<u64>, ops: usize, wall: Duration) -> Phase {
+    Phase {
+        ops_per_s: ops as f64 / wall.as_secs_f64(),
+        p50_us: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
+    }
+}
+
+type TsClient = ts::time_series_service_client::TimeSeriesServiceClient<tonic::transport::Channel>;
+
+fn authed<T>(message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Ok(v) = format!("Bearer {}", prism_testkit::admin_token()).parse() {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+/// `concurrency` tasks, `ops / concurrency` operations each, one in flight
+/// per task; `op(task, i)` does one.
+async fn drive<F, Fut>(concurrency: usize, ops: usize, op: F) -> anyhow::Result<Phase>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let per = ops / concurrency;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..concurrency {
+        let op = op.clone();
+        tasks.spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+            for i in 0..per {
+                let t = Instant::now();
+                op(task, i).await?;
+                h.saturating_record(t.elapsed().as_nanos() as u64);
+            }
+            anyhow::Ok(h)
+        });
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    while let Some(done) = tasks.join_next().await {
+        all.add(done??)?;
+    }
+    Ok(summary(&all, per * concurrency, started.elapsed()))
+}
+
+async fn run(
+    broker: &KafkaBroker,
+    ops: usize,
+    rounds: usize,
+    concurrency: usize,
+    reads: usize,
+    bench: bool,
+) -> anyhow::Result<()> {
+    let cluster = prism_testkit::Cluster::start().await?;
+    let gw = cluster.active_namespace(NAMESPACE, spec(&broker.bootstrap())).await?;
+    let mut clients: Vec<TsClient> = Vec::new();
+    for _ in 0..concurrency {
+        let channel = prism_client::endpoint(&gw.endpoint())?.connect().await?;
+        clients.push(TsClient::new(channel));
+    }
+    let clients = Arc::new(clients);
+
+    // The baseline's topic: a namespace of its own, provisioned by the
+    // plugin (same partitions), written by a bare producer.
+    let plugin = Arc::new(KafkaPlugin::new(KafkaPluginConfig::default())?);
+    let direct_ns =
+        Namespace { name: "bench/kafka-direct".into(), create_revision: 1, spec: spec(&broker.bootstrap()) };
+    plugin.provision(&direct_ns).await?;
+    let config = KafkaPluginConfig::default();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", config.message_timeout.as_millis().to_string())
+        .set("linger.ms", config.linger.as_millis().max(1).to_string())
+        .create()?;
+    let producer = Arc::new(producer);
+    let topic = Arc::new(codec::topic(&direct_ns));
+
+    println!(
+        "gateway → kafka, WriteEventRecordsSync of one {VALUE_BYTES}-byte event, C = {concurrency}, {ops} ops per phase"
+    );
+    println!(
+        "{:<6} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "round",
+        "gateway/s",
+        "plugin/s",
+        "direct/s",
+        "gw/dir",
+        "plug/dir",
+        "gw p50",
+        "gw p99",
+        "plug p50",
+        "plug p99",
+        "dir p50",
+        "dir p99"
+    );
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let gateway_phase = || {
+            let clients = clients.clone();
+            drive(concurrency, ops, move |task, i| {
+                let mut c = clients[task].clone();
+                async move {
+                    let e = event(&format!("s-{task}-{}", i % 10), now_micros(), format!("g{round}-{task}-{i}"));
+                    let request =
+                        ts::WriteEventRecordsRequest { namespace: NAMESPACE.into(), events: vec![to_proto(&e)] };
+                    let r = c.write_event_records_sync(authed(request)).await?.into_inner();
+                    anyhow::ensure!(r.accepted == 1, "accepted {}", r.accepted);
+                    Ok(())
+                }
+            })
+        };
+        let direct_phase = || {
+            let (producer, topic) = (producer.clone(), topic.clone());
+            drive(concurrency, ops, move |task, i| {
+                let (producer, topic) = (producer.clone(), topic.clone());
+                async move {
+                    let e = event(&format!("s-{task}-{}", i % 10), now_micros(), format!("d{round}-{task}-{i}"));
+                    let payload = codec::encode(&e);
+                    let record = FutureRecord::to(&topic)
+                        .key(e.time_series_id.as_bytes())
+                        .payload(payload.as_slice())
+                        .partition(codec::partition(&e.time_series_id, PARTITIONS as i32))
+                        .timestamp(codec::timestamp_ms(e.event_time));
+                    producer.send(record, Timeout::After(Duration::from_secs(5))).await.map_err(|(e, _)| e)?;
+                    Ok(())
+                }
+            })
+        };
+        // The plugin called directly, without the gateway: what the
+        // plugin adds to the bare producer.
+        let plugin_phase = || {
+            let (plugin, ns) = (plugin.clone(), direct_ns.clone());
+            drive(concurrency, ops, move |task, i| {
+                let (plugin, ns) = (plugin.clone(), ns.clone());
+                async move {
+                    let e = event(&format!("s-{task}-{}", i % 10), now_micros(), format!("p{round}-{task}-{i}"));
+                    plugin.write(&ns, &[e]).await?;
+                    Ok(())
+                }
+            })
+        };
+        let (g, p, d) = if round % 2 == 0 {
+            let g = gateway_phase().await?;
+            let p = plugin_phase().await?;
+            (g, p, direct_phase().await?)
+        } else {
+            let d = direct_phase().await?;
+            let p = plugin_phase().await?;
+            (gateway_phase().await?, p, d)
+        };
+        let ratio = g.ops_per_s / d.ops_per_s;
+        ratios.push(ratio);
+        println!(
+            "{:<6} {:>10.0} {:>10.0} {:>10.0} {:>8.3} {:>8.3} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+            round + 1,
+            g.ops_per_s,
+            p.ops_per_s,
+            d.ops_per_s,
+            ratio,
+            p.ops_per_s / d.ops_per_s,
+            g.p50_us,
+            g.p99_us,
+            p.p50_us,
+            p.p99_us,
+            d.p50_us,
+            d.p99_us
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "write throughput gateway / direct: median {:.3}, range {:.3}–{:.3}",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+
+    // Reads: one event a second over the last hour for the series read
+    // and its neighbours, in both topics, then the last hour of the one.
+    let now = now_micros();
+    let per_series = if bench { HOUR_SECS as usize } else { 60 };
+    let mut c = clients[0].clone();
+    for s in 0..=NEIGHBOURS {
+        let series = format!("read-{s}");
+        let events: Vec<Event> =
+            (0..per_series).map(|i| event(&series, now - (i as i64) * 1_000_000 - 1, format!("r{i}"))).collect();
+        for batch in events.chunks(500) {
+            let request = ts::WriteEventRecordsRequest {
+                namespace: NAMESPACE.into(),
+                events: batch.iter().map(to_proto).collect(),
+            };
+            c.write_event_records_sync(authed(request)).await.context("preload through the gateway")?;
+            plugin.write(&direct_ns, batch).await.context("preload directly")?;
+        }
+    }
+    let start = now - HOUR_SECS * 1_000_000;
+    let mut gateway_h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut direct_h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let everything = PageLimits { max_bytes: 64 << 20, max_items: None };
+    for _ in 0..reads {
+        let request = ts::ReadEventRecordsRequest {
+            namespace: NAMESPACE.into(),
+            time_series_id: "read-0".into(),
+            start: Some(prost_types::Timestamp { seconds: start.div_euclid(1_000_000), nanos: 0 }),
+            page_size_bytes: 16 << 20,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let got = c.read_event_records(authed(request)).await?.into_inner();
+        gateway_h.saturating_record(t.elapsed().as_nanos() as u64);
+        anyhow::ensure!(got.events.len() == per_series, "gateway read {} of {per_series}", got.events.len());
+        let t = Instant::now();
+        let page =
+            TimeSeries::read(plugin.as_ref(), &direct_ns, "read-0", start, i64::MAX, None, everything, now_micros())
+                .await?;
+        direct_h.saturating_record(t.elapsed().as_nanos() as u64);
+        anyhow::ensure!(page.events.len() == per_series, "direct read {} of {per_series}", page.events.len());
+    }
+    let g = summary(&gateway_h, reads, Duration::from_secs(1));
+    let d = summary(&direct_h, reads, Duration::from_secs(1));
+    println!(
+        "read last hour of one series ({per_series} events; {} series in {PARTITIONS} partitions), {reads} reads: \
+         gateway p50 {:.0} µs p99 {:.0} µs; plugin direct p50 {:.0} µs p99 {:.0} µs; p50 ratio {:.3}",
+        NEIGHBOURS + 1,
+        g.p50_us,
+        g.p99_us,
+        d.p50_us,
+        d.p99_us,
+        g.p50_us / d.p50_us
+    );
+    plugin.deprovision(&direct_ns).await?;
+    Ok(())
+}

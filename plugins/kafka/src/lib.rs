@@ -1,0 +1,365 @@
+//! The Kafka backend for TimeSeries: one topic per namespace incarnation,
+//! on the brokers its typed `backend_config` names, with its partitions,
+//! replication factor and retention. Events are keyed by series and
+//! stamped with their event time; reads seek by time and filter. The
+//! layout is in [`codec`], reads and writes in [`ts`].
+//!
+//! Nothing connects until a namespace needs it, so a gateway registers
+//! this plugin whether or not a broker exists. Clients (one idempotent
+//! producer and one admin client) are made per broker
+//! list on first use and shared by its namespaces.
+//!
+//! librdkafka is built from its bundled source without TLS, SASL or
+//! compression libraries: the gateway's one TLS stack is rustls, and a
+//! namespace that needs TLS to its brokers is not served yet.
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod ts;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prism_plugin_api::ts::TimeSeries;
+use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin};
+use prism_proto::control::{Abstraction, Backend};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+pub use config::{KafkaPluginConfig, NamespaceSettings};
+pub use error::{KafkaError, Result};
+
+/// The kafka backend plugin. Cheap to share behind an `Arc`.
+pub struct KafkaPlugin {
+    config: KafkaPluginConfig,
+    /// Clients per broker list (`bootstrap.servers`).
+    clients: Mutex<HashMap<String, Arc<Clients>>>,
+    /// Topics this plugin has provisioned or found, by name.
+    topics: Mutex<HashMap<String, TopicState>>,
+    /// Per topic, the retention cutoff of the last [`TimeSeries::reclaim`]:
+    /// events older are hidden from reads at once, whatever clock a read
+    /// passes, while the broker removes them by `retention.ms` (see
+    /// [`ts`]).
+    floors: Mutex<HashMap<String, Micros>>,
+}
+
+impl std::fmt::Debug for KafkaPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Clients hold broker addresses: not for logs.
+        f.debug_struct("KafkaPlugin").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// What the plugin knows of one topic.
+#[derive(Debug, Clone, Copy)]
+struct TopicState {
+    partitions: i32,
+    /// Seen in the broker's metadata since the last failure. A topic not
+    /// verified is looked up before use; if it is gone (a broker that lost
+    /// its data, an operator), it is created again empty, because this
+    /// plugin provisioned or served it and the namespace is still alive.
+    verified: bool,
+}
+
+/// The clients of one broker list.
+pub(crate) struct Clients {
+    pub(crate) bootstrap: String,
+    /// Replaced when librdkafka reports a fatal error (an idempotent
+    /// producer whose broker lost its producer state, say).
+    producer: Mutex<Arc<FutureProducer>>,
+    pub(crate) admin: AdminClient<DefaultClientContext>,
+}
+
+/// Locks a map that no panic can leave half-updated (every critical
+/// section is one insert, remove or swap), so a poisoned lock is usable.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
+impl Clients {
+    fn new(bootstrap: &str, config: &KafkaPluginConfig) -> Result<Self> {
+        let admin = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("socket.timeout.ms", ms(config.request_timeout.max(Duration::from_millis(10))))
+            .create()
+            .map_err(KafkaError::client("create an admin client"))?;
+        Ok(Self {
+            bootstrap: bootstrap.to_owned(),
+            producer: Mutex::new(Arc::new(Self::producer(bootstrap, config)?)),
+            admin,
+        })
+    }
+
+    fn producer(bootstrap: &str, config: &KafkaPluginConfig) -> Result<FutureProducer> {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            // Every message is on every in-sync replica before a write
+            // returns, and a retried batch is never stored twice.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", ms(config.message_timeout))
+            .set("linger.ms", ms(config.linger))
+            .set("message.max.bytes", config::MAX_MESSAGE_BYTES.to_string())
+            // A topic appears only by provisioning, never by a write.
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(KafkaError::client("create a producer"))
+    }
+
+    pub(crate) fn producer_now(&self) -> Arc<FutureProducer> {
+        lock(&self.producer).clone()
+    }
+
+    /// Replaces `used` after a failed write, unless another write has
+    /// already replaced it. Not only after a fatal error: an idempotent
+    /// producer whose broker came back without its state (a restart that
+    /// lost the log, a topic created again) can keep timing out on its old
+    /// producer id and sequence numbers instead of failing fatally; a
+    /// fresh producer starts clean. Writes still holding the old one
+    /// finish (or time out) on it.
+    pub(crate) fn after_failure(&self, used: &Arc<FutureProducer>, config: &KafkaPluginConfig) {
+        if let Some((code, reason)) = used.client().fatal_error() {
+            tracing::warn!(?code, %reason, "kafka producer failed fatally");
+        }
+        let mut current = lock(&self.producer);
+        if !Arc::ptr_eq(&current, used) {
+            return;
+        }
+        match Self::producer(&self.bootstrap, config) {
+            Ok(fresh) => *current = Arc::new(fresh),
+            Err(error) => tracing::error!(%error, "cannot make a new kafka producer"),
+        }
+    }
+
+    /// A new reader. Readers are not reused: a reused one can still hold
+    /// fetched messages and end-of-partition events of its previous
+    /// assignment, and closing one after each read makes sure no fetch of
+    /// it is in flight when its topic is deleted (tansu answers such a
+    /// fetch with leader hints that librdkafka 2.12 crashes on).
+    pub(crate) fn reader(&self, config: &KafkaPluginConfig) -> Result<BaseConsumer> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            // Readers are assigned partitions and offsets; they never join
+            // a group or commit, but librdkafka wants a group id.
+            .set("group.id", "prism-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A read ends at each partition's end as the fetches see it:
+            // some brokers' (tansu's) ListOffsets "latest" lags behind.
+            .set("enable.partition.eof", "true")
+            .set("allow.auto.create.topics", "false")
+            .set("isolation.level", "read_uncommitted")
+            .set("fetch.wait.max.ms", "10")
+            .set("max.partition.fetch.bytes", config::MAX_MESSAGE_BYTES.to_string())
+            .set("fetch.max.bytes", (2 * config::MAX_MESSAGE_BYTES).to_string())
+            .set("receive.message.max.bytes", (2 * config::MAX_MESSAGE_BYTES + 4096).to_string())
+            .set("socket.timeout.ms", ms(config.request_timeout.max(Duration::from_millis(10))))
+            .create()
+            .map_err(KafkaError::client("create a reader"))
+    }
+}
+
+impl KafkaPlugin {
+    /// Validates `config`. Opens no connection.
+    pub fn new(config: KafkaPluginConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config, clients: Mutex::default(), topics: Mutex::default(), floors: Mutex::default() })
+    }
+
+    pub fn config(&self) -> &KafkaPluginConfig {
+        &self.config
+    }
+
+    /// The clients of `settings`' brokers, made (without connecting) if
+    /// needed.
+    pub(crate) fn clients(&self, settings: &NamespaceSettings) -> Result<Arc<Clients>> {
+        if let Some(clients) = lock(&self.clients).get(&settings.bootstrap) {
+            return Ok(clients.clone());
+        }
+        let made = Arc::new(Clients::new(&settings.bootstrap, &self.config)?);
+        Ok(lock(&self.clients).entry(settings.bootstrap.clone()).or_insert(made).clone())
+    }
+
+    fn admin_options(&self) -> AdminOptions {
+        AdminOptions::new()
+            .request_timeout(Some(self.config.request_timeout))
+            .operation_timeout(Some(self.config.request_timeout))
+    }
+
+    /// The partitions of `topic` as the brokers say; `None` when it does
+    /// not exist.
+    async fn lookup(&self, clients: &Arc<Clients>, topic: &str) -> Result<Option<i32>> {
+        let clients = clients.clone();
+        let topic = topic.to_owned();
+        let timeout = self.config.request_timeout;
+        let metadata = tokio::task::spawn_blocking(move || {
+            clients.admin.inner().fetch_metadata(Some(&topic), timeout).map(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| t.partitions().len() as i32)
+            })
+        })
+        .await
+        .map_err(|_| KafkaError::Timeout("metadata lookup"))?;
+        metadata.map_err(KafkaError::client("fetch metadata"))
+    }
+
+    /// Creates the topic of `ns` (an existing one is fine) and waits until
+    /// the brokers list it; returns its partitions.
+    async fn create_topic(&self, ns: &Namespace, settings: &NamespaceSettings, clients: &Arc<Clients>) -> Result<i32> {
+        let topic = codec::topic(ns);
+        let retention = settings.retention_ms();
+        let max_bytes = (config::MAX_MESSAGE_BYTES + 1024).to_string();
+        let new = NewTopic::new(&topic, settings.partitions, TopicReplication::Fixed(settings.replication))
+            .set("retention.ms", &retention)
+            .set("max.message.bytes", &max_bytes)
+            // Whole segments are what retention drops: an hour each keeps
+            // the events past retention that linger small.
+            .set("segment.ms", "3600000")
+            .set("message.timestamp.type", "CreateTime");
+        let created = tokio::time::timeout(
+            self.config.request_timeout * 2,
+            clients.admin.create_topics([&new], &self.admin_options()),
+        )
+        .await
+        .map_err(|_| KafkaError::Timeout("create topic"))?
+        .map_err(KafkaError::client("create topic"))?;
+        for result in created {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(KafkaError::Client {
+                        what: "create topic",
+                        source: rdkafka::error::KafkaError::AdminOp(code),
+                    });
+                }
+            }
+        }
+        // Creation is asynchronous on some brokers: wait (bounded) until
+        // the metadata lists the topic, so the first write finds it.
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if let Some(partitions) = self.lookup(clients, &topic).await? {
+                self.remember(&topic, partitions);
+                return Ok(partitions);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(KafkaError::Timeout("topic creation"));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    fn remember(&self, topic: &str, partitions: i32) {
+        lock(&self.topics).insert(topic.to_owned(), TopicState { partitions, verified: true });
+    }
+
+    /// After a failure, the topic is looked up again before its next use.
+    pub(crate) fn suspect(&self, topic: &str) {
+        if let Some(state) = lock(&self.topics).get_mut(topic) {
+            state.verified = false;
+        }
+    }
+
+    /// The partitions of `ns`' topic, checking that it exists (once, and
+    /// again after a failure): `NotProvisioned` when it does not and this
+    /// plugin never had it; created again when it had it (see
+    /// [`TopicState::verified`]).
+    pub(crate) async fn partitions(
+        &self,
+        ns: &Namespace,
+        settings: &NamespaceSettings,
+        clients: &Arc<Clients>,
+    ) -> Result<i32> {
+        let topic = codec::topic(ns);
+        let known = lock(&self.topics).get(&topic).copied();
+        if let Some(TopicState { partitions, verified: true }) = known {
+            return Ok(partitions);
+        }
+        match (self.lookup(clients, &topic).await?, known) {
+            (Some(partitions), _) => {
+                self.remember(&topic, partitions);
+                Ok(partitions)
+            }
+            (None, Some(_)) => {
+                tracing::warn!(namespace = %ns.name, "the namespace's kafka topic is gone; creating it again");
+                self.create_topic(ns, settings, clients).await
+            }
+            (None, None) => Err(KafkaError::NotProvisioned(ns.name.clone())),
+        }
+    }
+
+    pub(crate) fn floor(&self, topic: &str) -> Option<Micros> {
+        lock(&self.floors).get(topic).copied()
+    }
+
+    pub(crate) fn raise_floor(&self, topic: &str, cutoff: Micros) {
+        let mut floors = lock(&self.floors);
+        let floor = floors.entry(topic.to_owned()).or_insert(cutoff);
+        *floor = (*floor).max(cutoff);
+    }
+}
+
+#[async_trait]
+impl Plugin for KafkaPlugin {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { backend: Backend::Kafka, abstractions: &[Abstraction::TimeSeries] }
+    }
+
+    async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+        let settings = NamespaceSettings::of(ns)?;
+        let clients = self.clients(&settings)?;
+        self.create_topic(ns, &settings, &clients).await?;
+        Ok(())
+    }
+
+    async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+        let settings = NamespaceSettings::of(ns)?;
+        let clients = self.clients(&settings)?;
+        let topic = codec::topic(ns);
+        // Forget first: a write racing the deletion must not create the
+        // topic again.
+        lock(&self.topics).remove(&topic);
+        let deleted = tokio::time::timeout(
+            self.config.request_timeout * 2,
+            clients.admin.delete_topics(&[&topic], &self.admin_options()),
+        )
+        .await
+        .map_err(|_| KafkaError::Timeout("delete topic"))?
+        .map_err(KafkaError::client("delete topic"))?;
+        for result in deleted {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((_, code)) => {
+                    return Err(KafkaError::Client {
+                        what: "delete topic",
+                        source: rdkafka::error::KafkaError::AdminOp(code),
+                    }
+                    .into());
+                }
+            }
+        }
+        lock(&self.floors).remove(&topic);
+        Ok(())
+    }
+
+    fn time_series(&self) -> Option<&dyn TimeSeries> {
+        Some(self)
+    }
+}

@@ -1,0 +1,423 @@
+//! TimeSeries on Kafka: writes produce one message per event; reads seek
+//! by time and filter.
+//!
+//! **Writes** go through one idempotent producer per broker list with
+//! `acks=all`: `write` returns when every message of the call is
+//! acknowledged by all in-sync replicas, and fails (UNAVAILABLE) when one
+//! is not within `message_timeout`. Messages of one series go to one
+//! partition in call order, so the log order of an event's writes is the
+//! order they were made in.
+//!
+//! **Reads** (`read` of one series reads the one partition it hashes to;
+//! `search` reads them all) start, per partition, at the offset of the
+//! first message whose timestamp (the event time, in ms, rounded down) is
+//! at or after the oldest time the read may return (`offsets_for_times`),
+//! and end at the end of the partition as the fetch sees it (librdkafka's
+//! end-of-partition event). Kafka answers the seek exactly even though
+//! event times arrive out of order within the accept window: its time
+//! index finds the first message at or after a time, so no event at or
+//! after it lies before. A broker that answers with something earlier
+//! (tansu answers with the log start) only costs reading more, since every
+//! message is filtered by time, series and tags anyway. Each read has a
+//! reader (consumer) of its own, assigned its partitions and closed
+//! afterwards: nothing is committed, no group is joined.
+//!
+//! The end of a read is the end of the log and not the first message
+//! written more than `accept_limit` after the newest time wanted: that
+//! bound would hold only if every writer kept to the gateway's accept
+//! window, and the plugin contract does not promise it (the conformance
+//! suite writes events days old). Reading the last hour — the common
+//! read — costs the messages written since about an hour ago either way.
+//!
+//! Then the events are merged in log order (the **first** write of an item
+//! key wins, as the identity `(series, time, event id, key)` demands; an
+//! event's tags are its first write's), sorted newest first, cut at the
+//! cursor and paged as [`prism_plugin_api::ts`] says. Each page reads its
+//! window again: pages are not cached.
+//!
+//! **Retention** is enforced on read (`now - retention`), by the topic's
+//! `retention.ms` (the broker drops whole segments, Kafka's time
+//! partitions), and by [`TimeSeries::reclaim`], which raises this
+//! gateway's floor so reclaimed events stay hidden whatever clock a read
+//! passes. Kafka cannot delete single messages, and `DeleteRecords` (a
+//! prefix) is not offered by every broker, so nothing is deleted earlier
+//! than the broker's segment retention; `reclaim` returns 0 for that
+//! reason.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use prism_plugin_api::kv::PageLimits;
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries, read_window, retention};
+use prism_plugin_api::{Micros, Namespace};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError as ClientError;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+
+use crate::config::{KafkaPluginConfig, MAX_MESSAGE_BYTES, NamespaceSettings};
+use crate::error::{KafkaError, Result};
+use crate::{Clients, KafkaPlugin, codec};
+
+/// One message as read: its key and value.
+type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+#[async_trait]
+impl TimeSeries for KafkaPlugin {
+    async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
+        let settings = NamespaceSettings::of(ns)?;
+        let clients = self.clients(&settings)?;
+        let partitions = self.partitions(ns, &settings, &clients).await?;
+        let topic = codec::topic(ns);
+        let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
+        if let Some(i) =
+            payloads.iter().zip(events).position(|(p, e)| p.len() + e.time_series_id.len() > MAX_MESSAGE_BYTES)
+        {
+            return Err(KafkaError::invalid(
+                format!("events[{i}]"),
+                format!("is larger than the kafka backend's {MAX_MESSAGE_BYTES} bytes"),
+            )
+            .into());
+        }
+        let producer = clients.producer_now();
+        let sends = events.iter().zip(&payloads).map(|(event, payload)| {
+            let record = FutureRecord::to(&topic)
+                .key(event.time_series_id.as_bytes())
+                .payload(payload.as_slice())
+                .partition(codec::partition(&event.time_series_id, partitions))
+                .timestamp(codec::timestamp_ms(event.event_time));
+            producer.send(record, Timeout::After(self.config.message_timeout))
+        });
+        let results = join_all(sends).await;
+        if let Some(Err((error, _))) = results.into_iter().find(Result::is_err) {
+            self.suspect(&topic);
+            clients.after_failure(&producer, &self.config);
+            tracing::debug!(namespace = %ns.name, %error, "kafka write failed");
+            return Err(KafkaError::client("produce")(error).into());
+        }
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        ns: &Namespace,
+        time_series_id: &str,
+        start: Micros,
+        end: Micros,
+        after: Option<&EventCursor>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<EventsPage> {
+        let query = Query { series: Some(time_series_id), filter: None, start, end, after, limits, now };
+        Ok(self.query(ns, query).await?)
+    }
+
+    async fn search(
+        &self,
+        ns: &Namespace,
+        start: Micros,
+        end: Micros,
+        filter: Option<&TagFilter>,
+        after: Option<&EventCursor>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<EventsPage> {
+        let query = Query { series: None, filter, start, end, after, limits, now };
+        Ok(self.query(ns, query).await?)
+    }
+
+    async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {
+        let settings = NamespaceSettings::of(ns)?;
+        let clients = self.clients(&settings)?;
+        self.partitions(ns, &settings, &clients).await?;
+        if let Some(r) = settings.retention {
+            self.raise_floor(&codec::topic(ns), now.saturating_sub(r));
+        }
+        Ok(0)
+    }
+}
+
+/// A read or a search.
+struct Query<'a> {
+    /// `Some` for a read of one series.
+    series: Option<&'a str>,
+    filter: Option<&'a TagFilter>,
+    start: Micros,
+    end: Micros,
+    after: Option<&'a EventCursor>,
+    limits: PageLimits,
+    now: Micros,
+}
+
+impl KafkaPlugin {
+    async fn query(&self, ns: &Namespace, q: Query<'_>) -> Result<EventsPage> {
+        let settings = NamespaceSettings::of(ns)?;
+        let clients = self.clients(&settings)?;
+        let partitions = self.partitions(ns, &settings, &clients).await?;
+        let topic = codec::topic(ns);
+        let Some((mut oldest, newest)) = read_window(q.start, q.end, q.after, q.now, retention(ns)) else {
+            return Ok(EventsPage::default());
+        };
+        if let Some(floor) = self.floor(&topic) {
+            oldest = oldest.max(floor);
+        }
+        if oldest > newest {
+            return Ok(EventsPage::default());
+        }
+        let wanted: Vec<i32> = match q.series {
+            Some(series) => vec![codec::partition(series, partitions)],
+            None => (0..partitions).collect(),
+        };
+        let scan = Scan { topic: topic.clone(), partitions: wanted, oldest_ms: codec::timestamp_ms(oldest) };
+        let config = self.config.clone();
+        let reader_clients = clients.clone();
+        let raw = tokio::task::spawn_blocking(move || scan.run(&reader_clients, &config))
+            .await
+            .map_err(|_| KafkaError::Timeout("read"))?;
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.suspect(&topic);
+                return Err(e);
+            }
+        };
+        let events = merge(raw, q.series, (oldest, newest))?;
+        Ok(page(events, q.filter, q.after, q.limits))
+    }
+}
+
+/// The messages of some partitions of a topic from a time on.
+struct Scan {
+    topic: String,
+    partitions: Vec<i32>,
+    oldest_ms: i64,
+}
+
+impl Scan {
+    /// Blocking: runs on the blocking pool, with a reader of its own,
+    /// closed at the end.
+    fn run(&self, clients: &Clients, config: &KafkaPluginConfig) -> Result<Vec<Raw>> {
+        let reader = clients.reader(config)?;
+        self.read(&reader, config.request_timeout)
+    }
+
+    fn read(&self, reader: &BaseConsumer, timeout: Duration) -> Result<Vec<Raw>> {
+        // Where each partition ends now, and where it starts.
+        let mut ends: HashMap<i32, (i64, i64)> = HashMap::new();
+        for &p in &self.partitions {
+            let (low, high) =
+                reader.fetch_watermarks(&self.topic, p, timeout).map_err(KafkaError::client("fetch watermarks"))?;
+            if high > low {
+                ends.insert(p, (low, high));
+            }
+        }
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut starts: HashMap<i32, i64> = ends.iter().map(|(&p, &(low, _))| (p, low)).collect();
+        if self.oldest_ms > 0 {
+            let mut seek = TopicPartitionList::new();
+            for &p in ends.keys() {
+                seek.add_partition_offset(&self.topic, p, Offset::Offset(self.oldest_ms))
+                    .map_err(KafkaError::client("offsets for times"))?;
+            }
+            let found = reader.offsets_for_times(seek, timeout).map_err(KafkaError::client("offsets for times"))?;
+            for element in found.elements() {
+                let Some(start) = starts.get_mut(&element.partition()) else { continue };
+                match element.offset() {
+                    // Nothing at or after the time: nothing to read.
+                    Offset::End => *start = i64::MAX,
+                    Offset::Offset(o) => *start = (*start).max(o),
+                    _ => {}
+                }
+            }
+        }
+        // `next` is the next offset wanted per partition still being read.
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for (&p, &(_, high)) in &ends {
+            let start = starts.get(&p).copied().unwrap_or(0);
+            if start < high {
+                next.insert(p, start);
+                assignment
+                    .add_partition_offset(&self.topic, p, Offset::Offset(start))
+                    .map_err(KafkaError::client("assign"))?;
+            }
+        }
+        let mut out = Vec::new();
+        if next.is_empty() {
+            return Ok(out);
+        }
+        reader.assign(&assignment).map_err(KafkaError::client("assign"))?;
+        // A partition is done at its end as the fetch sees it (the
+        // end-of-partition event), not at the watermark read above: a
+        // message appended since is only newer, and tansu's "latest"
+        // offset lags behind its log. The timeout bounds the wait for the
+        // next message or event, not the read: a long read that makes
+        // progress goes on.
+        let mut idle_since = Instant::now();
+        while !next.is_empty() {
+            if idle_since.elapsed() > timeout {
+                return Err(KafkaError::Timeout("read"));
+            }
+            match reader.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(message)) => {
+                    let p = message.partition();
+                    let Some(&want) = next.get(&p) else { continue };
+                    if message.topic() != self.topic || message.offset() < want {
+                        continue;
+                    }
+                    idle_since = Instant::now();
+                    out.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
+                    next.insert(p, message.offset() + 1);
+                }
+                Some(Err(ClientError::PartitionEOF(p))) => {
+                    idle_since = Instant::now();
+                    next.remove(&p);
+                }
+                // Fetch errors while a broker is away: librdkafka retries;
+                // the idle timeout decides when to give up.
+                Some(Err(error)) => tracing::debug!(%error, "kafka read"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The events of `raw` (in log order) within `[oldest, newest]` (and of
+/// `series`, for a read), merged by identity: the first write of an item
+/// key wins.
+fn merge(raw: Vec<Raw>, series: Option<&str>, (oldest, newest): (Micros, Micros)) -> Result<Vec<Event>> {
+    let mut events: Vec<Event> = Vec::new();
+    let mut index: HashMap<(String, Micros, String), usize> = HashMap::new();
+    for (key, value) in raw {
+        if let (Some(series), Some(key)) = (series, &key)
+            && key.as_slice() != series.as_bytes()
+        {
+            continue;
+        }
+        let event = codec::decode(key.as_deref(), value.as_deref())?;
+        if event.event_time < oldest || event.event_time > newest {
+            continue;
+        }
+        let identity = (event.time_series_id.clone(), event.event_time, event.event_id.clone());
+        match index.get(&identity) {
+            Some(&i) => {
+                let merged = &mut events[i];
+                for (k, v) in event.items {
+                    if !merged.items.iter().any(|(have, _)| *have == k) {
+                        merged.items.push((k, v));
+                    }
+                }
+            }
+            None => {
+                let mut first = Event { items: Vec::with_capacity(event.items.len()), ..event.clone() };
+                for (k, v) in event.items {
+                    if !first.items.iter().any(|(have, _)| *have == k) {
+                        first.items.push((k, v));
+                    }
+                }
+                index.insert(identity, events.len());
+                events.push(first);
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// The contract's order: newest first, then series, then event id.
+fn order(e: &Event) -> (std::cmp::Reverse<Micros>, &str, &str) {
+    (std::cmp::Reverse(e.event_time), e.time_series_id.as_str(), e.event_id.as_str())
+}
+
+fn event_bytes(e: &Event) -> u64 {
+    let items: usize = e.items.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let tags: usize = e.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (items + tags) as u64
+}
+
+/// Filters, orders, cuts after the cursor and pages `events`.
+fn page(
+    mut events: Vec<Event>,
+    filter: Option<&TagFilter>,
+    after: Option<&EventCursor>,
+    limits: PageLimits,
+) -> EventsPage {
+    if let Some(filter) = filter {
+        events.retain(|e| filter.matches(&e.tags));
+    }
+    if let Some(c) = after {
+        let cut = (std::cmp::Reverse(c.event_time), c.time_series_id.as_str(), c.event_id.as_str());
+        events.retain(|e| order(e) > cut);
+    }
+    events.sort_by(|a, b| order(a).cmp(&order(b)));
+    let mut bytes = 0_u64;
+    let mut taken = 0_usize;
+    for e in &events {
+        taken += 1;
+        bytes = bytes.saturating_add(event_bytes(e));
+        let full = bytes >= limits.max_bytes || limits.max_items.is_some_and(|m| taken >= m as usize);
+        if full {
+            break;
+        }
+    }
+    let more = taken < events.len();
+    events.truncate(taken);
+    let next = if more {
+        events.last().map(|e| EventCursor {
+            event_time: e.event_time,
+            time_series_id: e.time_series_id.clone(),
+            event_id: e.event_id.clone(),
+        })
+    } else {
+        None
+    };
+    EventsPage { events, next }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(series: &str, time: Micros, id: &str, items: &[(&str, &str)]) -> Event {
+        Event {
+            time_series_id: series.into(),
+            event_time: time,
+            event_id: id.into(),
+            items: items.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
+            tags: Default::default(),
+        }
+    }
+
+    fn raw(e: &Event) -> Raw {
+        (Some(e.time_series_id.as_bytes().to_vec()), Some(codec::encode(e)))
+    }
+
+    #[test]
+    fn first_write_of_an_item_wins() {
+        let writes = [
+            ev("s", 5, "e", &[("a", "1"), ("a", "2")]),
+            ev("s", 5, "e", &[("a", "3"), ("b", "4")]),
+            ev("t", 5, "e", &[("a", "x")]),
+            ev("s", 50, "late", &[]),
+        ];
+        let merged = merge(writes.iter().map(raw).collect(), Some("s"), (0, 10)).expect("merge");
+        assert_eq!(merged, vec![ev("s", 5, "e", &[("a", "1"), ("b", "4")])]);
+    }
+
+    #[test]
+    fn pages_stop_at_a_bound() {
+        let events: Vec<Event> = (0..5).map(|i| ev("s", i, &i.to_string(), &[("k", "vv")])).collect();
+        let p = page(events.clone(), None, None, PageLimits { max_bytes: 6, max_items: None });
+        assert_eq!(p.events.iter().map(|e| e.event_time).collect::<Vec<_>>(), [4, 3]);
+        assert_eq!(p.next.as_ref().map(|c| c.event_time), Some(3));
+        let p = page(events, None, p.next.as_ref(), PageLimits { max_bytes: u64::MAX, max_items: Some(3) });
+        assert_eq!(p.events.iter().map(|e| e.event_time).collect::<Vec<_>>(), [2, 1, 0]);
+        assert_eq!(p.next, None);
+    }
+}
