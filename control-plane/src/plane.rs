@@ -707,6 +707,47 @@ impl ControlPlane {
     // Audit
     // -----------------------------------------------------------------
 
+    /// Records events a gateway reports (the data requests it refused).
+    /// Each is checked by shape; `sequence` and `revision` are assigned
+    /// here.
+    pub async fn append_audit(&self, mut events: Vec<AuditEvent>) -> Result<()> {
+        const MAX_EVENTS: usize = 1000;
+        const MAX_FIELD: usize = 1024;
+        if events.len() > MAX_EVENTS {
+            return Err(ControlPlaneError::invalid("events", format!("at most {MAX_EVENTS} per call")));
+        }
+        for (i, e) in events.iter_mut().enumerate() {
+            let fields = [
+                ("principal", &e.principal),
+                ("action", &e.action),
+                ("tenant_id", &e.tenant_id),
+                ("target", &e.target),
+                ("result", &e.result),
+                ("detail", &e.detail),
+            ];
+            for (name, value) in fields {
+                if value.len() > MAX_FIELD || value.chars().any(char::is_control) {
+                    return Err(ControlPlaneError::invalid(
+                        format!("events[{i}].{name}"),
+                        format!("must be at most {MAX_FIELD} bytes without control characters"),
+                    ));
+                }
+            }
+            if e.action.is_empty() {
+                return Err(ControlPlaneError::invalid(format!("events[{i}].action"), "is required"));
+            }
+            if e.time.is_none() {
+                e.time = Some(SystemTime::now().into());
+            }
+            e.sequence = 0;
+            e.revision = 0;
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.store.append_audit(events).await
+    }
+
     pub async fn list_audit_events(&self, req: &ListAuditEventsRequest) -> Result<ListAuditEventsResponse> {
         let want = page_size(req.page_size);
         let cursor = page_token::decode(Listing::Audit, &req.page_token)?;

@@ -239,4 +239,9 @@ impl ControlPlaneService for Service {
         }
         reply(self.plane.list_audit_events(&r).await)
     }
+
+    async fn append_audit(&self, req: Request<AppendAuditRequest>) -> Reply<AppendAuditResponse> {
+        self.allow(&req, "AppendAudit", "", Need::Shard).await?;
+        reply(self.plane.append_audit(req.into_inner().events).await.map(|()| AppendAuditResponse {}))
+    }
 }

@@ -13,6 +13,7 @@
 //! [`registration`] keeps this instance in the control plane's shard
 //! registry.
 
+pub mod audit;
 pub mod auth;
 pub mod buffer;
 pub mod cache;

@@ -62,6 +62,8 @@ pub struct Shared {
     pub tails: TailHub,
     pub buffer: WriteBuffer,
     pub registration: crate::registration::Registration,
+    /// Refused data requests on their way to the audit log.
+    pub audit: Arc<crate::audit::AuditSink>,
     /// Rate and concurrency trackers; `quotas.set_share` is where this
     /// gateway's share of each limit is set.
     pub quotas: Arc<crate::quota::QuotaRegistry>,
@@ -121,6 +123,7 @@ impl Gateway {
             tails: TailHub::default(),
             buffer,
             registration: Default::default(),
+            audit: Default::default(),
             quotas: Default::default(),
         };
         Self { shared: Arc::new(shared) }
@@ -148,6 +151,7 @@ impl Gateway {
             tokio::spawn(reclaim(shared.clone(), stopped.clone())),
             tokio::spawn(crate::quota::sweeper(shared.quotas.clone(), shared.metadata.clone(), stopped.clone())),
             tokio::spawn(crate::usage::run(shared.clone(), stopped.clone())),
+            tokio::spawn(crate::audit::run(shared.clone(), stopped.clone())),
             tokio::spawn(crate::buffer::flush(shared.clone(), stopped)),
         ];
         let (health, health_service) = tonic_health::server::health_reporter();

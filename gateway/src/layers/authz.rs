@@ -10,6 +10,7 @@ use std::sync::Arc;
 use prism_proto::control::{AccessLevel, NamespaceStatus, TenantState};
 
 use super::{CheckLayer, Step};
+use crate::audit::AuditSink;
 use crate::auth::{ADMIN_ROLE, Principal, TENANT_ADMIN_ROLE};
 use crate::call::{Access, Call, InFlight};
 use crate::error::{GatewayError, Result};
@@ -21,11 +22,12 @@ pub type AuthorizeLayer = CheckLayer<Authorize>;
 pub struct Authorize {
     metadata: Arc<Metadata>,
     shard_id: Arc<str>,
+    audit: Arc<AuditSink>,
 }
 
 impl Authorize {
-    pub fn new(metadata: Arc<Metadata>, shard_id: String) -> Self {
-        Self { metadata, shard_id: shard_id.into() }
+    pub fn new(metadata: Arc<Metadata>, shard_id: String, audit: Arc<AuditSink>) -> Self {
+        Self { metadata, shard_id: shard_id.into(), audit }
     }
 }
 
@@ -70,7 +72,9 @@ impl Step for Authorize {
         let access = call.request.access();
         if !allowed(&snapshot, who, entry, access) {
             let verb = if access == Access::Read { "read" } else { "write" };
-            return Err(GatewayError::PermissionDenied(format!("{} may not {verb} namespace {name}", who.sub)));
+            let why = format!("{} may not {verb} namespace {name}", who.sub);
+            self.audit.refused(&who.sub, call.request.rpc(), name, "PERMISSION_DENIED", why.clone());
+            return Err(GatewayError::PermissionDenied(why));
         }
         if entry.shard_id != *self.shard_id {
             return Err(GatewayError::WrongShard {

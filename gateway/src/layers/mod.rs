@@ -53,10 +53,14 @@ pub fn pipeline(shared: &Arc<Shared>) -> Pipeline {
         // request is refused before any token is verified.
         .layer(ValidateLayer::new(Validate))
         // Who is calling (signature verification, the first real CPU cost).
-        .layer(AuthenticateLayer::new(Authenticate::new(&config.auth)))
+        .layer(AuthenticateLayer::new(Authenticate::new(&config.auth, shared.audit.clone())))
         // Loads the metadata snapshot once: namespace, tenant, shard,
         // status, grants. Everything below reads the namespace it found.
-        .layer(AuthorizeLayer::new(Authorize::new(shared.metadata.clone(), config.shard_id.clone())))
+        .layer(AuthorizeLayer::new(Authorize::new(
+            shared.metadata.clone(),
+            config.shard_id.clone(),
+            shared.audit.clone(),
+        )))
         // Limits that depend on the namespace and tenant. After
         // authorization, so an unauthorized caller cannot spend a tenant's
         // quota; innermost, so the admission (a concurrency slot) is held
