@@ -85,9 +85,22 @@ pub fn tenant_shares(reports: &[(String, Vec<NamespaceUsage>)], reporter: &str) 
             let n = per_instance.len() as f64;
             let total: f64 = per_instance.values().sum();
             let share = if total > 0.0 { EVEN_PART / n + (1.0 - EVEN_PART) * mine / total } else { 1.0 / n };
-            Some(TenantShare { tenant_id: tenant.to_owned(), share: share.clamp(0.0, 1.0) })
+            Some(TenantShare { tenant_id: tenant.to_owned(), share: share.clamp(0.0, 1.0), storage_full: false })
         })
         .collect()
+}
+
+/// The bytes a tenant's namespaces store, from the latest report of each
+/// instance (a namespace is measured by the instance that owns it; a
+/// replica that reports it too reports the same storage, so the largest
+/// figure per namespace counts once).
+fn tenant_storage(reports: &[(String, Vec<NamespaceUsage>)], tenant: &str) -> i64 {
+    let mut per_namespace: HashMap<&str, i64> = HashMap::new();
+    for u in reports.iter().flat_map(|(_, r)| r.iter()).filter(|u| tenant_of(&u.namespace) == tenant) {
+        let e = per_namespace.entry(u.namespace.as_str()).or_default();
+        *e = (*e).max(u.storage_bytes);
+    }
+    per_namespace.values().sum()
 }
 
 fn check_usage(i: usize, u: &NamespaceUsage) -> Result<()> {
@@ -110,12 +123,18 @@ fn check_usage(i: usize, u: &NamespaceUsage) -> Result<()> {
     Ok(())
 }
 
-/// Adds `u` into `sum` (same namespace or a tenant's total).
+/// Adds `u` into `sum`: rates add up over instances; storage does not (the
+/// replicas of a shard report the same bytes), so one namespace's is the
+/// largest report and a tenant's the sum of its namespaces'.
 fn add(sum: &mut NamespaceUsage, u: &NamespaceUsage) {
     sum.requests_per_second += u.requests_per_second;
     sum.read_bytes_per_second += u.read_bytes_per_second;
     sum.write_bytes_per_second += u.write_bytes_per_second;
-    sum.storage_bytes = sum.storage_bytes.saturating_add(u.storage_bytes);
+    sum.storage_bytes = if sum.namespace == u.namespace {
+        sum.storage_bytes.max(u.storage_bytes)
+    } else {
+        sum.storage_bytes.saturating_add(u.storage_bytes)
+    };
     sum.concurrent_requests = sum.concurrent_requests.saturating_add(u.concurrent_requests);
 }
 
@@ -171,7 +190,14 @@ impl ControlPlane {
         }
         let all = self.usage_book().record(&req.instance_id, req.namespaces.clone(), Instant::now());
         let reports: Vec<(String, Vec<NamespaceUsage>)> = all.into_iter().map(|(k, r)| (k, r.namespaces)).collect();
-        Ok(ReportUsageResponse { tenant_shares: tenant_shares(&reports, &req.instance_id) })
+        let mut shares = tenant_shares(&reports, &req.instance_id);
+        for share in &mut shares {
+            let limit = self.store().get_tenant(&share.tenant_id).await?.and_then(|t| t.quotas?.storage_bytes);
+            if let Some(limit) = limit.filter(|l| *l >= 0) {
+                share.storage_full = tenant_storage(&reports, &share.tenant_id) >= limit;
+            }
+        }
+        Ok(ReportUsageResponse { tenant_shares: shares })
     }
 
     /// Usage of a tenant (`acme`) or a namespace (`acme/orders`) summed over

@@ -24,6 +24,11 @@ pub struct GatewayConfig {
     /// instance's share of each tenant's limits), in milliseconds. Default
     /// 5 000; range 100..=600 000.
     pub usage_report_interval_ms: u64,
+    /// How often the storage of namespaces with a `storage_bytes` quota
+    /// (their own or their tenant's) is measured, in milliseconds. A
+    /// measurement may read the whole namespace. Default 30 000; range
+    /// 100..=3 600 000.
+    pub storage_measure_interval_ms: u64,
     /// Token the gateway presents to the control plane, if it needs one.
     pub control_plane_token: Option<String>,
     /// Directory of the embedded backend's data. Default
@@ -101,6 +106,7 @@ impl Default for GatewayConfig {
             control_plane: "127.0.0.1:7400".into(),
             advertise_endpoint: None,
             usage_report_interval_ms: 5_000,
+            storage_measure_interval_ms: 30_000,
             control_plane_token: None,
             data_dir: None,
             postgres_tls_ca_file: None,
@@ -140,6 +146,9 @@ impl GatewayConfig {
         }
         if !(100..=600_000).contains(&self.usage_report_interval_ms) {
             return Err(bad("usage_report_interval_ms", "must be within 100..=600000"));
+        }
+        if !(100..=3_600_000).contains(&self.storage_measure_interval_ms) {
+            return Err(bad("storage_measure_interval_ms", "must be within 100..=3600000"));
         }
         if let Some(e) = &self.advertise_endpoint {
             let ok = e.rsplit_once(':').is_some_and(|(host, port)| {

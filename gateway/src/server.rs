@@ -62,6 +62,8 @@ pub struct Shared {
     pub tails: TailHub,
     pub buffer: WriteBuffer,
     pub registration: crate::registration::Registration,
+    /// Measured storage of this shard's namespaces with a storage quota.
+    pub storage: crate::usage::StorageBook,
     /// Refused data requests on their way to the audit log.
     pub audit: Arc<crate::audit::AuditSink>,
     /// Rate and concurrency trackers; `quotas.set_share` is where this
@@ -124,6 +126,7 @@ impl Gateway {
             buffer,
             registration: Default::default(),
             audit: Default::default(),
+            storage: Default::default(),
             quotas: Default::default(),
         };
         Self { shared: Arc::new(shared) }

@@ -2,22 +2,43 @@
 //! gateway sends the control plane what each namespace it tracks used over
 //! its last one-second window, and applies the tenant shares the control
 //! plane answers — its part of each tenant's limits, in proportion to where
-//! the tenant's traffic is.
+//! the tenant's traffic is — and whether each tenant's storage quota is
+//! reached. Every `storage_measure_interval_ms` it also measures the
+//! storage of its namespaces that have a storage quota.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prism_client::ControlPlaneClient;
-use prism_proto::control::{NamespaceUsage, ReportUsageRequest};
+use prism_proto::control::{Backend, NamespaceStatus, NamespaceUsage, ReportUsageRequest};
 use tokio::sync::watch;
 
 use crate::quota::{Metric, Subject, Window};
 use crate::server::Shared;
 
-/// What this gateway's namespaces used over the last second.
+/// The stored bytes of this shard's namespaces that have a storage quota
+/// (their own or their tenant's), as last measured: namespace →
+/// (incarnation, bytes).
+#[derive(Debug, Default)]
+pub struct StorageBook(std::sync::Mutex<HashMap<String, (u64, u64)>>);
+
+impl StorageBook {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The last measurement of `namespace`, if any.
+    pub fn get(&self, namespace: &str) -> Option<u64> {
+        self.lock().get(namespace).map(|(_, bytes)| *bytes)
+    }
+}
+
+/// What this gateway's namespaces used over the last second, and what the
+/// measured ones store.
 pub fn current(shared: &Shared) -> Vec<NamespaceUsage> {
     let slot = Window::slot(shared.quotas.clock().now_ms());
-    shared
+    let mut out: BTreeMap<String, NamespaceUsage> = shared
         .quotas
         .namespaces()
         .into_iter()
@@ -25,21 +46,63 @@ pub fn current(shared: &Shared) -> Vec<NamespaceUsage> {
             let used = tracker.window().usage(slot);
             let concurrent = i64::from(tracker.concurrent());
             let requests = used.get(Metric::Requests);
-            (requests > 0 || concurrent > 0).then(|| NamespaceUsage {
-                namespace: name,
-                requests_per_second: requests as f64,
-                read_bytes_per_second: used.get(Metric::ReadBytes) as f64,
-                write_bytes_per_second: used.get(Metric::WriteBytes) as f64,
-                storage_bytes: 0,
-                concurrent_requests: concurrent,
+            (requests > 0 || concurrent > 0).then(|| {
+                let usage = NamespaceUsage {
+                    namespace: name.clone(),
+                    requests_per_second: requests as f64,
+                    read_bytes_per_second: used.get(Metric::ReadBytes) as f64,
+                    write_bytes_per_second: used.get(Metric::WriteBytes) as f64,
+                    storage_bytes: 0,
+                    concurrent_requests: concurrent,
+                };
+                (name, usage)
             })
         })
-        .collect()
+        .collect();
+    for (name, (_, bytes)) in shared.storage.lock().iter() {
+        let entry =
+            out.entry(name.clone()).or_insert_with(|| NamespaceUsage { namespace: name.clone(), ..Default::default() });
+        entry.storage_bytes = i64::try_from(*bytes).unwrap_or(i64::MAX);
+    }
+    out.into_values().collect()
+}
+
+/// Measures the storage of this shard's ACTIVE namespaces that have a
+/// storage quota (a full measurement can be costly: a backend may have to
+/// read the namespace), and hands it to their quota trackers.
+pub async fn measure_storage(shared: &Shared) {
+    let snapshot = shared.metadata.load_full();
+    let me = shared.config.shard_id.as_str();
+    let mut seen = HashMap::new();
+    for entry in snapshot.namespaces.values() {
+        if entry.shard_id != me || entry.status != NamespaceStatus::Active {
+            continue;
+        }
+        let tenant_limit = snapshot.tenant(entry.ns.tenant()).and_then(|t| t.quotas.as_ref()?.storage_bytes);
+        let own_limit = entry.ns.spec.quotas.as_ref().and_then(|q| q.storage_bytes);
+        if ![tenant_limit, own_limit].iter().any(|l| l.is_some_and(|l| l >= 0)) {
+            continue;
+        }
+        let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
+        let Some(kv) = shared.plugins.get(backend).and_then(|p| p.key_value()) else { continue };
+        match kv.storage_bytes(&entry.ns).await {
+            Ok(bytes) => {
+                if let Some(t) = shared.quotas.tracker(Subject::Namespace(&entry.ns.name)) {
+                    t.set_storage(bytes);
+                }
+                seen.insert(entry.ns.name.clone(), (entry.ns.create_revision, bytes));
+            }
+            Err(e) => tracing::debug!(namespace = %entry.ns.name, error = %e, "cannot measure storage"),
+        }
+    }
+    *shared.storage.lock() = seen;
 }
 
 /// Reports usage until `shutdown`.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let every = Duration::from_millis(shared.config.usage_report_interval_ms);
+    let measure_every = Duration::from_millis(shared.config.storage_measure_interval_ms);
+    let mut measured: Option<tokio::time::Instant> = None;
     let mut client: Option<ControlPlaneClient> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -47,6 +110,10 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if measured.is_none_or(|at| at.elapsed() >= measure_every) {
+            measure_storage(&shared).await;
+            measured = Some(tokio::time::Instant::now());
         }
         let Some(instance_id) = shared.registration.instance_id() else { continue };
         if client.is_none() {
@@ -69,6 +136,9 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             Ok(response) => {
                 for s in response.into_inner().tenant_shares {
                     shared.quotas.set_share(Subject::Tenant(&s.tenant_id), s.share);
+                    if let Some(t) = shared.quotas.tracker(Subject::Tenant(&s.tenant_id)) {
+                        t.set_storage(u64::from(s.storage_full));
+                    }
                 }
             }
             Err(s) => {

@@ -143,3 +143,56 @@ async fn bad_reports_and_targets_are_refused_by_field() -> anyhow::Result<()> {
     assert_eq!(e.code(), Code::NotFound);
     Ok(())
 }
+
+/// Puts `bytes` bytes into record `id`; the refusal, if any.
+async fn put_bytes(gw: &GatewayHandle, ns: &str, id: &str, bytes: usize) -> Result<(), tonic::Status> {
+    let req = kv::PutItemsRequest {
+        namespace: ns.into(),
+        id: id.into(),
+        items: vec![kv::Item { key: b"k".to_vec(), value: vec![b'x'; bytes], ..Default::default() }],
+        ..Default::default()
+    };
+    let mut c = gw.kv(Some(&admin_token())).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    c.put_items(req).await.map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_quotas_refuse_writes_that_add_bytes_until_space_is_freed() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(|c| {
+        c.usage_report_interval_ms = 100;
+        c.storage_measure_interval_ms = 100;
+    })
+    .await?;
+    let mut cp = cluster.control_plane.client().await?;
+    let small = QuotaSet { profile: QuotaProfile::Custom as i32, storage_bytes: Some(1000), ..Default::default() };
+    cp.create_tenant(CreateTenantRequest { tenant_id: "acme".into(), ..Default::default() }).await?;
+    cp.create_tenant(CreateTenantRequest { tenant_id: "tiny".into(), quotas: Some(small), ..Default::default() })
+        .await?;
+    // A namespace quota, and a tenant quota over namespaces without one.
+    let ns_quota = NamespaceSpec { quotas: Some(small), ..on("shard-0") };
+    let gw = cluster.active_namespace("acme/capped", ns_quota).await?;
+    let tgw = cluster.active_namespace("tiny/data", on("shard-1")).await?;
+
+    for (gw, ns, subject) in [(gw, "acme/capped", "namespace:acme/capped"), (tgw, "tiny/data", "tenant:tiny")] {
+        put_bytes(gw, ns, "big", 1500).await?;
+        // Once measured (and, for the tenant, reported), writes that add
+        // bytes are refused with the quota named ...
+        let refusal = eventually(Duration::from_secs(20), || async {
+            match put_bytes(gw, ns, "more", 10).await {
+                Err(s) if s.code() == Code::ResourceExhausted => Ok(s),
+                other => anyhow::bail!("not refused yet: {other:?}"),
+            }
+        })
+        .await?;
+        let failure = refusal.get_details_quota_failure().context("QuotaFailure")?;
+        assert_eq!(failure.violations[0].subject, subject);
+        assert!(failure.violations[0].description.contains("storage_bytes quota of 1000"), "{failure:?}");
+        assert!(refusal.get_details_retry_info().is_some());
+        // ... deletes still pass, and once the space is measured free,
+        // writes do again.
+        let delete = kv::DeleteItemsRequest { namespace: ns.into(), id: "big".into(), ..Default::default() };
+        gw.kv(Some(&admin_token())).await?.delete_items(delete).await?;
+        eventually(Duration::from_secs(20), || async { Ok(put_bytes(gw, ns, "more", 10).await?) }).await?;
+    }
+    Ok(())
+}

@@ -48,6 +48,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// What a refusal for concurrency suggests: requests usually finish within
 /// milliseconds, and the gateway cannot know when one will.
 pub const CONCURRENCY_RETRY: Duration = Duration::from_millis(10);
+/// What a storage refusal suggests: space comes back only when data is
+/// deleted or expires, and it is measured again about this often.
+pub const STORAGE_RETRY: Duration = Duration::from_secs(30);
 
 /// Milliseconds on a process-wide coarse monotonic clock. One thread
 /// advances it every millisecond, so a read is one atomic load: reading the
@@ -130,6 +133,7 @@ pub struct Limits {
     pub read_bytes_per_second: u64,
     pub write_bytes_per_second: u64,
     pub concurrent_requests: u64,
+    pub storage_bytes: u64,
 }
 
 pub const UNLIMITED: u64 = u64::MAX;
@@ -146,6 +150,7 @@ impl Limits {
                 read_bytes_per_second: UNLIMITED,
                 write_bytes_per_second: UNLIMITED,
                 concurrent_requests: UNLIMITED,
+                storage_bytes: UNLIMITED,
             };
         };
         Self {
@@ -153,6 +158,7 @@ impl Limits {
             read_bytes_per_second: limit(q.read_bytes_per_second),
             write_bytes_per_second: limit(q.write_bytes_per_second),
             concurrent_requests: limit(q.concurrent_requests),
+            storage_bytes: limit(q.storage_bytes),
         }
     }
 
@@ -175,7 +181,7 @@ fn quota_name(metric: Metric) -> &'static str {
 
 /// The usage of one tenant or namespace on this gateway.
 ///
-/// 192 bytes (208 with its `Arc`), no heap: the window is 160 of them. See
+/// 200 bytes (216 with its `Arc`), no heap: the window is 160 of them. See
 /// `docs/benchmarks.md` for the measured figure including the registry.
 #[derive(Debug)]
 pub struct Tracker {
@@ -192,7 +198,14 @@ pub struct Tracker {
     /// Set when the sweeper drops the tracker from the registry: a snapshot
     /// entry still caching it must look it up again.
     dropped: std::sync::atomic::AtomicBool,
+    /// A namespace's stored bytes as last measured ([`UNKNOWN_STORAGE`]
+    /// until then); for a tenant, 1 when its storage quota is reached
+    /// (the control plane sums its namespaces over every shard), else 0.
+    storage: AtomicU64,
 }
+
+/// A namespace whose storage has not been measured yet.
+pub const UNKNOWN_STORAGE: u64 = u64::MAX;
 
 impl Tracker {
     pub fn new(incarnation: u64, share: f64) -> Self {
@@ -207,6 +220,7 @@ impl Tracker {
             incarnation,
             tenant,
             dropped: std::sync::atomic::AtomicBool::new(false),
+            storage: AtomicU64::new(if incarnation == 0 { 0 } else { UNKNOWN_STORAGE }),
         };
         t.set_share(share);
         t
@@ -214,6 +228,16 @@ impl Tracker {
 
     pub fn window(&self) -> &Window {
         &self.window
+    }
+
+    /// Records a namespace's measured storage, or a tenant's "storage
+    /// quota reached" (`1`) / "not reached" (`0`).
+    pub fn set_storage(&self, value: u64) {
+        self.storage.store(value, Ordering::Relaxed);
+    }
+
+    pub fn storage(&self) -> u64 {
+        self.storage.load(Ordering::Relaxed)
     }
 
     /// Requests admitted and not yet answered.
@@ -297,10 +321,33 @@ impl Checked<'_> {
             // Read bytes are charged after the response: refuse while the
             // window is already full.
             Access::Read => over(Metric::ReadBytes, 1),
-            Access::Write if write_bytes > 0 => over(Metric::WriteBytes, write_bytes),
+            Access::Write if write_bytes > 0 => over(Metric::WriteBytes, write_bytes).or_else(|| self.storage_full()),
             Access::Write => None,
         };
         refusal.map_or(Ok(()), Err)
+    }
+
+    /// A write that adds bytes while the storage quota is reached (deletes,
+    /// which add none, still pass so space can be freed). Storage is
+    /// measured periodically, so the quota can be overshot by what is
+    /// written between two measurements.
+    fn storage_full(&self) -> Option<GatewayError> {
+        let limit = self.limits.storage_bytes;
+        if limit == UNLIMITED {
+            return None;
+        }
+        let stored = self.tracker.storage();
+        let full = match self.subject {
+            Subject::Namespace(_) => stored != UNKNOWN_STORAGE && stored >= limit,
+            Subject::Tenant(_) => stored == 1,
+        };
+        full.then(|| {
+            let mut e = self.refuse("storage_bytes", limit, limit, STORAGE_RETRY);
+            if let (GatewayError::QuotaExceeded { description, .. }, Subject::Namespace(_)) = (&mut e, self.subject) {
+                description.push_str(&format!(" ({stored} bytes stored)"));
+            }
+            e
+        })
     }
 
     /// Takes a concurrency slot when a limit is set; returns whether it
