@@ -140,6 +140,8 @@ pub struct Call {
     pub request: Request,
     /// The `authorization` metadata, if any.
     pub authorization: Option<String>,
+    /// The common name of the verified client certificate (mTLS), if any.
+    pub client_cert: Option<String>,
     /// Set by authentication.
     pub principal: Option<Principal>,
     /// Set by authorization: the namespace, counted in flight.
@@ -148,7 +150,7 @@ pub struct Call {
 
 impl Call {
     pub fn new(request: Request, authorization: Option<String>) -> Self {
-        Self { request, authorization, principal: None, namespace: None }
+        Self { request, authorization, client_cert: None, principal: None, namespace: None }
     }
 }
 
@@ -161,8 +163,27 @@ pub async fn run<T>(
 ) -> Result<Response, tonic::Status> {
     use tower::ServiceExt;
     let authorization = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let call = Call::new(wrap(req.into_inner()), authorization);
+    // Certificates are there only when TLS verified them against the
+    // configured client CA.
+    let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+    let mut call = Call::new(wrap(req.into_inner()), authorization);
+    call.client_cert = client_cert;
     pipeline.clone().oneshot(call).await.map_err(crate::error::GatewayError::into_status)
+}
+
+/// The subject common name of a DER certificate, if it has one.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    use x509_cert::der::Decode;
+    use x509_cert::der::asn1::{PrintableStringRef, Utf8StringRef};
+    const CN: x509_cert::der::oid::ObjectIdentifier = x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.4.3");
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    cert.tbs_certificate.subject.0.iter().flat_map(|rdn| rdn.0.iter()).find(|atv| atv.oid == CN).and_then(|atv| {
+        atv.value
+            .decode_as::<Utf8StringRef<'_>>()
+            .map(|s| s.as_str().to_owned())
+            .or_else(|_| atv.value.decode_as::<PrintableStringRef<'_>>().map(|s| s.as_str().to_owned()))
+            .ok()
+    })
 }
 
 /// The status for a pipeline that answered a different RPC (a bug).

@@ -41,8 +41,29 @@ pub struct GatewayConfig {
     /// namespace is DEGRADED ("no CA configured for postgres TLS").
     pub postgres_tls_ca_file: Option<PathBuf>,
     pub auth: AuthConfig,
+    /// TLS on the gateway's gRPC port, and optionally mutual TLS. Default:
+    /// none (plaintext).
+    pub tls: Option<TlsConfig>,
     pub cache: CacheConfig,
     pub limits: Limits,
+}
+
+/// The `[gateway.tls]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain the gateway presents.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate.
+    pub key_file: PathBuf,
+    /// PEM CA certificates that sign client certificates. With it a client
+    /// may present a certificate; a verified one names the principal (its
+    /// subject's common name) of calls that carry no bearer token.
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse connections without a client certificate the CA signed.
+    /// Default false. Needs `client_ca_file`.
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 /// The `[gateway.auth]` table: a secret or a JWKS is required unless
@@ -111,6 +132,7 @@ impl Default for GatewayConfig {
             data_dir: None,
             postgres_tls_ca_file: None,
             auth: AuthConfig::default(),
+            tls: None,
             cache: CacheConfig::default(),
             limits: Limits::default(),
         }
@@ -146,6 +168,12 @@ impl GatewayConfig {
         }
         if !(100..=600_000).contains(&self.usage_report_interval_ms) {
             return Err(bad("usage_report_interval_ms", "must be within 100..=600000"));
+        }
+        if let Some(tls) = &self.tls
+            && tls.require_client_cert
+            && tls.client_ca_file.is_none()
+        {
+            return Err(bad("tls.require_client_cert", "needs tls.client_ca_file"));
         }
         if !(100..=3_600_000).contains(&self.storage_measure_interval_ms) {
             return Err(bad("storage_measure_interval_ms", "must be within 100..=3600000"));

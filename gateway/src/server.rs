@@ -173,7 +173,7 @@ impl Gateway {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         tracing::info!(shard = %shared.config.shard_id, addr = ?listener.local_addr().ok(), "gateway serving");
-        let served = tonic::transport::Server::builder()
+        let served = server_builder(&shared.config)?
             .add_service(health_service)
             .add_service(reflection)
             .add_service(kv)
@@ -221,6 +221,28 @@ async fn reclaim(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<
             }
         }
     }
+}
+
+/// A server builder with the configured TLS (read from its files now, so a
+/// bad file stops the gateway at startup).
+fn server_builder(config: &crate::GatewayConfig) -> Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder();
+    let Some(tls) = &config.tls else { return Ok(builder) };
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| GatewayError::Config {
+            field: format!("tls.{field}"),
+            description: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read("cert_file", &tls.cert_file)?, read("key_file", &tls.key_file)?);
+    let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        server_tls = server_tls
+            .client_ca_root(tonic::transport::Certificate::from_pem(read("client_ca_file", ca)?))
+            .client_auth_optional(!tls.require_client_cert);
+    }
+    builder.tls_config(server_tls).map_err(|e| GatewayError::Config { field: "tls".into(), description: e.to_string() })
 }
 
 /// The `host:port` this gateway registers: `advertise_endpoint`, else the

@@ -23,6 +23,15 @@ impl Authenticate {
 
 impl Step for Authenticate {
     fn check(&self, call: &mut Call) -> Result<()> {
+        // mTLS: a verified client certificate names the principal of a call
+        // without a bearer token (no roles: grants decide). A token, when
+        // present, is what authenticates.
+        if call.authorization.is_none()
+            && let Some(cn) = call.client_cert.as_ref().filter(|cn| !cn.is_empty())
+        {
+            call.principal = Some(crate::auth::Principal { sub: cn.clone(), tenant: None, roles: Vec::new() });
+            return Ok(());
+        }
         let principal = self.0.authenticate(call.authorization.as_deref()).map_err(|e| match e {
             prism_auth::AuthError::Unauthenticated(why) => {
                 // Audited as refused; who it was is what failed to be shown.
