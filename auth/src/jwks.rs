@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::sync::Notify;
 
 /// Largest JWKS document read, in bytes.
@@ -167,30 +169,68 @@ pub fn read_file(path: &Path) -> Result<KeySet, String> {
     KeySet::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// A JWKS served over plain HTTP/1.1.
-#[derive(Debug, Clone)]
+/// Where the system's CA bundle is on Debian-like systems: the default
+/// roots of an `https://` JWKS URL.
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A JWKS served over HTTP/1.1, plain or over TLS (rustls on ring; roots
+/// only from the configured CA file).
+#[derive(Clone)]
 pub struct HttpSource {
     uri: hyper::Uri,
     host: String,
     port: u16,
+    /// Set for `https://` once [`HttpSource::with_roots`] read the CAs.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    https: bool,
+}
+
+impl std::fmt::Debug for HttpSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSource").field("uri", &self.uri).field("https", &self.https).finish_non_exhaustive()
+    }
 }
 
 impl HttpSource {
+    /// Checks the URL's shape (nothing is read or fetched).
     pub fn parse(url: &str) -> Result<Self, String> {
         let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err("https is not supported yet: serve the JWKS over http:// on a trusted network, \
-                            or mirror it to a file and use jwks_file"
-                    .into());
-            }
-            _ => return Err(format!("{url:?} is not an http:// URL")),
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("{url:?} is not an http:// or https:// URL")),
+        };
         let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("{url:?} names no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let port = uri.port_u16().unwrap_or(80);
-        Ok(Self { uri, host, port })
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        Ok(Self { uri, host, port, tls: None, https })
+    }
+
+    /// For an `https://` URL, trusts the CA certificates of `ca_file`
+    /// (default [`SYSTEM_CA_FILE`]); a plain URL is returned as is.
+    pub fn with_roots(mut self, ca_file: Option<&Path>) -> Result<Self, String> {
+        if !self.https {
+            return Ok(self);
+        }
+        let path = ca_file.unwrap_or(Path::new(SYSTEM_CA_FILE));
+        let certificates = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read PEM certificates from {}: {e}", path.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in certificates {
+            roots.add(certificate).map_err(|e| format!("{} holds an unusable CA certificate: {e}", path.display()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("{} holds no CA certificate", path.display()));
+        }
+        // The provider is explicit, whatever another crate installed.
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("no TLS protocol version available: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.tls = Some(Arc::new(config));
+        Ok(self)
     }
 
     /// One GET over a fresh connection; the body when the status is 200.
@@ -199,6 +239,26 @@ impl HttpSource {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        match (&self.tls, self.https) {
+            (Some(tls), _) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| format!("{url}: {e}"))?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("{url}: TLS: {e}"))?;
+                self.exchange(stream).await
+            }
+            (None, true) => Err(format!("{url}: no CA certificates to verify the server with")),
+            (None, false) => self.exchange(stream).await,
+        }
+    }
+
+    async fn exchange<S>(&self, stream: S) -> Result<Vec<u8>, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let url = &self.uri;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| format!("{url}: {e}"))?;

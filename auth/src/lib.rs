@@ -47,12 +47,16 @@ pub struct AuthConfig {
     /// keys for RS256/ES256 tokens; read at start and re-read every
     /// `jwks_refresh_seconds`. Default: none.
     pub jwks_file: Option<PathBuf>,
-    /// An `http://` URL serving the JWKS, fetched at start, every
+    /// An `http://` or `https://` URL serving the JWKS, fetched at start, every
     /// `jwks_refresh_seconds`, and when a token names an unknown `kid`
     /// (at most once per `jwks_min_refresh_seconds`). A failed fetch
     /// keeps the last good key set. At most one of `jwks_file` and
     /// `jwks_url`. Default: none.
     pub jwks_url: Option<String>,
+    /// PEM CA certificates that sign an `https://` `jwks_url`'s server
+    /// certificate. Default: the system bundle
+    /// `/etc/ssl/certs/ca-certificates.crt`.
+    pub jwks_ca_file: Option<PathBuf>,
     /// Period of JWKS re-reads, in seconds. Default 300; range 1..=86 400.
     pub jwks_refresh_seconds: Option<u64>,
     /// Least time between two JWKS reads triggered by unknown `kid`s, in

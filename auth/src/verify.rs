@@ -74,13 +74,15 @@ impl Authenticator {
     pub fn new(config: &AuthConfig) -> Self {
         let source = match (&config.jwks_file, &config.jwks_url) {
             (Some(path), _) => Some(jwks::Source::File(path.clone())),
-            (None, Some(url)) => match jwks::HttpSource::parse(url) {
-                Ok(http) => Some(jwks::Source::Http(http)),
-                Err(e) => {
-                    tracing::error!(error = %e, "auth.jwks_url is unusable: no RS256/ES256 token will verify");
-                    None
+            (None, Some(url)) => {
+                match jwks::HttpSource::parse(url).and_then(|h| h.with_roots(config.jwks_ca_file.as_deref())) {
+                    Ok(http) => Some(jwks::Source::Http(http)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "auth.jwks_url is unusable: no RS256/ES256 token will verify");
+                        None
+                    }
                 }
-            },
+            }
             (None, None) => None,
         };
         let (jwks, refresher) = match source {

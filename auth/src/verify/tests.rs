@@ -245,8 +245,8 @@ fn config_validation_names_the_field() {
         .expect("valid");
 }
 
-/// A tiny HTTP/1.1 server answering every request with `document` (or
-/// 500 when it is `None`), counting requests.
+/// A tiny HTTP/1.1 server (optionally over TLS) answering every request
+/// with `document` (or 500 when it is `None`), counting connections.
 struct JwksServer {
     url: String,
     document: Arc<Mutex<Option<String>>>,
@@ -256,34 +256,57 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(document: String) -> Self {
+        Self::start_with(document, None).await
+    }
+
+    /// As [`start`](Self::start), over TLS with a certificate for
+    /// `localhost`; returns the CA certificate (PEM) that signed it.
+    async fn start_tls(document: String) -> (Self, String) {
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("sign");
+        let der_key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], der_key)
+            .expect("server config");
+        let server = Self::start_with(document, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+        (server, ca_pem)
+    }
+
+    async fn start_with(document: String, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().expect("addr"));
+        let port = listener.local_addr().expect("addr").port();
+        let url = match tls {
+            Some(_) => format!("https://localhost:{port}/.well-known/jwks.json"),
+            None => format!("http://127.0.0.1:{port}/.well-known/jwks.json"),
+        };
         let document = Arc::new(Mutex::new(Some(document)));
         let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (doc, count) = (document.clone(), hits.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let mut buf = vec![0u8; 4096];
-                let mut read = 0;
-                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf[read..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => read += n,
-                    }
-                }
+            while let Ok((conn, _)) = listener.accept().await {
+                // One request per connection: a connection is a hit, even
+                // one whose TLS handshake then fails.
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let body = doc.lock().expect("lock").clone();
-                let response = match body {
-                    Some(b) => format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
-                        b.len()
-                    ),
-                    None => {
-                        "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
+                match &tls {
+                    Some(acceptor) => {
+                        if let Ok(conn) = acceptor.accept(conn).await {
+                            answer(conn, &doc).await;
+                        }
                     }
-                };
-                let _ = conn.write_all(response.as_bytes()).await;
-                let _ = conn.shutdown().await;
+                    None => answer(conn, &doc).await,
+                }
             }
         });
         Self { url, document, hits, task }
@@ -296,6 +319,59 @@ impl JwksServer {
     fn hits(&self) -> usize {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// Reads one request and answers it with `doc` (500 when `None`).
+async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut conn: S, doc: &Mutex<Option<String>>) {
+    let mut buf = vec![0u8; 4096];
+    let mut read = 0;
+    while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf[read..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+    }
+    let body = doc.lock().expect("lock").clone();
+    let response = match body {
+        Some(b) => format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+            b.len()
+        ),
+        None => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+    };
+    let _ = conn.write_all(response.as_bytes()).await;
+    let _ = conn.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_jwks_url_is_verified_against_the_configured_ca() {
+    let key = TestKey::ec("tls");
+    let (server, ca_pem) = JwksServer::start_tls(jwks(&[&key])).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, &ca_pem).expect("write ca");
+    let a = Authenticator::new(&AuthConfig {
+        jwks_url: Some(server.url.clone()),
+        jwks_ca_file: Some(ca_file),
+        ..AuthConfig::default()
+    });
+    let token = bearer(&key.sign(&claims("svc")));
+    eventually(|| a.authenticate(Some(&token)).is_ok()).await;
+
+    // Another CA: the server is not trusted, nothing is fetched, and no
+    // token verifies.
+    let (_, other_ca) = JwksServer::start_tls(jwks(&[&key])).await;
+    let other_file = dir.path().join("other.crt");
+    std::fs::write(&other_file, &other_ca).expect("write ca");
+    let b = Authenticator::new(&AuthConfig {
+        jwks_url: Some(server.url.clone()),
+        jwks_ca_file: Some(other_file),
+        jwks_refresh_seconds: Some(1),
+        ..AuthConfig::default()
+    });
+    let served = server.hits();
+    eventually(|| server.hits() > served).await;
+    assert!(b.authenticate(Some(&token)).is_err(), "a JWKS from an untrusted server must not be used");
 }
 
 impl Drop for JwksServer {
