@@ -94,10 +94,15 @@ impl Phases {
 pub async fn run_load(args: &RunArgs) -> anyhow::Result<RunResult> {
     args.validate()?;
     let workload = Arc::new(Workload::new(args));
-    let mut clients = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        clients.push(Clients::connect(args.scenario, &args.target, args.token.as_deref()).await?);
-    }
+    let clients = Clients::connect_all(
+        args.scenario,
+        &args.target,
+        args.token.as_deref(),
+        &args.namespace,
+        args.connections,
+        args.pool_size,
+    )
+    .await?;
     if workload.needs_preload() && !args.no_preload {
         preload(&workload, &clients, args.keys, args.concurrency).await?;
     }
