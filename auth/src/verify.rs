@@ -126,9 +126,16 @@ impl Authenticator {
 
     /// The principal of an `authorization` header value (or its absence).
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
+        self.authenticate_until(authorization).map(|(principal, _)| principal)
+    }
+
+    /// As [`authenticate`](Self::authenticate), with the token's `exp`
+    /// (seconds since the epoch; `None` for an anonymous caller): how long
+    /// a cache of verified tokens may remember the answer at most.
+    pub fn authenticate_until(&self, authorization: Option<&str>) -> Result<(Principal, Option<u64>)> {
         let Some(header) = authorization else {
             return if self.inner.allow_anonymous {
-                Ok(Principal::anonymous())
+                Ok((Principal::anonymous(), None))
             } else {
                 Err(unauthenticated("a bearer token is required"))
             };
@@ -177,7 +184,7 @@ impl Authenticator {
         if c.sub.is_empty() {
             return Err(unauthenticated("invalid token: empty sub"));
         }
-        Ok(Principal { sub: c.sub, tenant: c.tenant, roles: c.roles })
+        Ok((Principal { sub: c.sub, tenant: c.tenant, roles: c.roles }, Some(c.exp)))
     }
 }
 

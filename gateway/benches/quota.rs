@@ -12,6 +12,11 @@
 //!   and dropping the admission. Limits are set but never reached.
 //! - `quota/admit_and_charge_read` — the same plus charging read bytes
 //!   after the response.
+//! - `authenticate_verify_hs256` — verifying a bearer HS256 token, as every
+//!   request did before the gateway remembered verified tokens, against
+//!   `authenticate_cached` — the authentication step on a call whose token
+//!   verified before (the verified-token cache's hit: a lookup and a
+//!   principal clone).
 //!
 //! `cargo bench -p prism-gateway --bench quota -- --measurement-time 3 --warm-up-time 1`
 
@@ -22,7 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use prism_gateway::auth::Principal;
-use prism_gateway::call::Access;
+use prism_gateway::call::{Access, Call, Request};
+use prism_gateway::layers::Step;
 use prism_gateway::layers::authz_allowed;
 use prism_gateway::quota::{QuotaRegistry, Tracker};
 use prism_gateway::snapshot::Snapshot;
@@ -116,6 +122,24 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
+    let secret = "a-secret-of-the-bench";
+    let auth_config = prism_gateway::config::AuthConfig { hs256_secret: Some(secret.into()), ..Default::default() };
+    let claims = prism_gateway::auth::Claims::new("svc-b", Some("acme"), &["reader"], 3600);
+    if let Ok(token) = prism_gateway::auth::sign_hs256(secret, &claims) {
+        let header = format!("Bearer {token}");
+        let authenticator = prism_gateway::auth::Authenticator::new(&auth_config);
+        group.bench_function("authenticate_verify_hs256", |b| {
+            b.iter(|| black_box(authenticator.authenticate(Some(black_box(header.as_str()))).is_ok()))
+        });
+        let step = prism_gateway::layers::Authenticate::new(&auth_config, Default::default());
+        let mut call = Call::new(Request::Get(Default::default()), Some(header.clone()));
+        group.bench_function("authenticate_cached", |b| {
+            b.iter(|| {
+                call.principal = None;
+                black_box(step.check(black_box(&mut call)).is_ok())
+            })
+        });
+    }
     // Its parts, to see where the time goes.
     let slot = prism_gateway::quota::Window::slot(clock.now_ms());
     group.bench_function("part_tracker_lookup", |b| {

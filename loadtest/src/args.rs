@@ -9,6 +9,23 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::scenario::Scenario;
+use crate::target::Target;
+
+fn parse_target(s: &str) -> anyhow::Result<Target> {
+    s.parse()
+}
+
+/// What `compare` measures the target against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Baseline {
+    /// The bare echo server, started in process.
+    Echo,
+    Target(Target),
+}
+
+fn parse_baseline(s: &str) -> anyhow::Result<Baseline> {
+    Ok(if s.trim() == "echo" { Baseline::Echo } else { Baseline::Target(s.parse()?) })
+}
 
 /// Largest key space the zipf sampler precomputes a CDF for (8 bytes a key).
 pub const MAX_KEYS: u64 = 10_000_000;
@@ -44,9 +61,14 @@ pub enum Distribution {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Gateway endpoint, `host:port` or `http://host:port`.
-    #[arg(long)]
-    pub target: String,
+    /// Where the load goes: a gateway endpoint (`host:port` or
+    /// `http://host:port`); `control-plane:ADDR` to route every call
+    /// through the `prism-client` routing client (resolve, watch,
+    /// redirects, retries); or `pg:DSN` for the PostgreSQL baseline (the
+    /// postgres plugin's KeyValue SQL sent directly; a DSN of PgBouncer
+    /// makes the PgBouncer baseline). kv-* scenarios only for `pg:`.
+    #[arg(long, value_parser = parse_target)]
+    pub target: Target,
     /// What to send: kv-get, kv-put, kv-mixed, ts-write, ts-read.
     #[arg(long, value_enum)]
     pub scenario: Scenario,
@@ -65,9 +87,14 @@ pub struct RunArgs {
     /// flight (a late request still counts from its intended send time).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// HTTP/2 connections the requests are spread over.
+    /// HTTP/2 connections the requests are spread over (per gateway with
+    /// `control-plane:`). Not used by `pg:`.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
+    /// `pg:` targets: connections of the pool (as a postgres namespace's
+    /// `pool_size`, default 16).
+    #[arg(long, default_value_t = 16)]
+    pub pool_size: usize,
     /// Measured time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -117,10 +144,11 @@ pub struct RunArgs {
 pub struct CompareArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// Baseline endpoint, or `echo` for the bare echo server started in
-    /// process on 127.0.0.1 (KeyValue scenarios only).
-    #[arg(long, default_value = "echo")]
-    pub baseline: String,
+    /// Baseline: `echo` for the bare echo server started in process on
+    /// 127.0.0.1 (KeyValue scenarios only), or anything `--target` takes
+    /// (a gateway or echo endpoint, `control-plane:ADDR`, `pg:DSN`).
+    #[arg(long, default_value = "echo", value_parser = parse_baseline)]
+    pub baseline: Baseline,
     /// Rounds; each runs the target and the baseline once, alternating
     /// which goes first.
     #[arg(long, default_value_t = 3)]
@@ -148,6 +176,11 @@ impl RunArgs {
         }
         ensure!(self.concurrency > 0, "--concurrency must be at least 1");
         ensure!(self.connections > 0, "--connections must be at least 1");
+        ensure!(self.pool_size > 0, "--pool-size must be at least 1");
+        ensure!(
+            self.target.serves_time_series() || self.scenario.is_kv(),
+            "a pg: target serves KeyValue only; use a kv-* scenario"
+        );
         ensure!(!self.duration.is_zero(), "--duration must be longer than 0");
         ensure!(self.keys > 0, "--keys must be at least 1");
         ensure!(self.keys <= MAX_KEYS, "--keys must be at most {MAX_KEYS}");
@@ -180,11 +213,15 @@ impl CompareArgs {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.run.validate()?;
         anyhow::ensure!(self.rounds > 0, "--rounds must be at least 1");
-        if self.baseline == "echo" {
-            anyhow::ensure!(
+        match &self.baseline {
+            Baseline::Echo => anyhow::ensure!(
                 self.run.scenario.is_kv(),
                 "the echo baseline only serves KeyValue; use a kv-* scenario or --baseline <endpoint>"
-            );
+            ),
+            Baseline::Target(t) => anyhow::ensure!(
+                t.serves_time_series() || self.run.scenario.is_kv(),
+                "a pg: baseline serves KeyValue only; use a kv-* scenario"
+            ),
         }
         Ok(())
     }

@@ -8,10 +8,11 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::args::CompareArgs;
+use crate::args::{Baseline, CompareArgs};
 use crate::echo::EchoHandle;
 use crate::report::{self, RunResult};
 use crate::runner::run_load;
+use crate::target::Target;
 
 /// Mean, extremes and sample standard deviation of one ratio over rounds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,8 +92,12 @@ impl CompareResult {
 /// a ratio over failed requests would mean nothing.
 pub async fn compare(args: &CompareArgs) -> anyhow::Result<CompareResult> {
     args.validate()?;
-    let echo = if args.baseline == "echo" { Some(EchoHandle::start(args.run.value_size).await?) } else { None };
-    let baseline = echo.as_ref().map_or_else(|| args.baseline.clone(), EchoHandle::endpoint);
+    let echo = if args.baseline == Baseline::Echo { Some(EchoHandle::start(args.run.value_size).await?) } else { None };
+    let baseline = match (&args.baseline, &echo) {
+        (Baseline::Target(t), _) => t.clone(),
+        (Baseline::Echo, Some(echo)) => Target::Gateway(echo.endpoint()),
+        (Baseline::Echo, None) => anyhow::bail!("the echo baseline did not start"),
+    };
     let mut rounds = Vec::with_capacity(args.rounds);
     for round in 0..args.rounds {
         let mut target_args = args.run.clone();
@@ -122,8 +127,8 @@ pub async fn compare(args: &CompareArgs) -> anyhow::Result<CompareResult> {
     };
     let result = CompareResult {
         scenario: args.run.scenario.name().into(),
-        target: args.run.target.clone(),
-        baseline: if echo.is_some() { format!("echo ({baseline})") } else { baseline },
+        target: args.run.target.to_string(),
+        baseline: if echo.is_some() { format!("echo ({baseline})") } else { baseline.to_string() },
         throughput_ratio: ratio(|r| r.throughput_ops_per_s),
         p50_ratio: ratio(|r| r.latency.p50_us),
         p99_ratio: ratio(|r| r.latency.p99_us),

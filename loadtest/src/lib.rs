@@ -9,14 +9,17 @@
 pub mod args;
 pub mod compare;
 pub mod echo;
+pub mod pg;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod target;
 
 pub use args::{Cli, Command, CompareArgs, RunArgs};
 pub use compare::{CompareResult, compare};
 pub use report::RunResult;
 pub use runner::run_load;
+pub use target::Target;
 
 /// What a command produced.
 #[derive(Debug)]

@@ -119,7 +119,7 @@ pub fn build(args: &RunArgs, warmup: &Recorder, measured: &Recorder) -> anyhow::
     let q = |p: f64| us(h.value_at_quantile(p));
     Ok(RunResult {
         scenario: args.scenario.name().into(),
-        target: args.target.clone(),
+        target: args.target.to_string(),
         namespace: args.namespace.clone(),
         mode: if args.rate.is_some() { "open" } else { "closed" }.into(),
         rate: args.rate,

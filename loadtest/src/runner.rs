@@ -94,10 +94,15 @@ impl Phases {
 pub async fn run_load(args: &RunArgs) -> anyhow::Result<RunResult> {
     args.validate()?;
     let workload = Arc::new(Workload::new(args));
-    let mut clients = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        clients.push(Clients::connect(args.scenario, &args.target, args.token.as_deref()).await?);
-    }
+    let clients = Clients::connect_all(
+        args.scenario,
+        &args.target,
+        args.token.as_deref(),
+        &args.namespace,
+        args.connections,
+        args.pool_size,
+    )
+    .await?;
     if workload.needs_preload() && !args.no_preload {
         preload(&workload, &clients, args.keys, args.concurrency).await?;
     }
@@ -178,14 +183,36 @@ async fn open_loop(
     let in_flight = Arc::new(Semaphore::new(args.concurrency));
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut requests = JoinSet::new();
-    for i in 0u64.. {
-        // From the start time, not from the previous send: no drift.
-        let offset = Duration::from_nanos(u64::try_from(u128::from(i) * 1_000_000_000 / u128::from(rate))?);
-        let intended = start + offset;
-        if intended >= phases.end {
-            break;
-        }
-        tokio::time::sleep_until(intended).await;
+    // The schedule is kept by a thread of its own: tokio's timers tick in
+    // milliseconds, so above ~1000/s a timer per request would send in
+    // bursts once a millisecond and charge every request up to 1 ms of the
+    // generator's own lateness. `std::thread::sleep` wakes within tens of
+    // microseconds; what is due is handed to the runtime at once.
+    let (due, mut sends) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let (start_std, end_std) = (start.into_std(), phases.end.into_std());
+    let scheduler = std::thread::Builder::new()
+        .name("loadtest-schedule".into())
+        .spawn(move || {
+            for i in 0u64.. {
+                // From the start time, not from the previous send: no drift.
+                let offset = Duration::from_nanos(
+                    u64::try_from(u128::from(i) * 1_000_000_000 / u128::from(rate)).unwrap_or(u64::MAX),
+                );
+                let intended = start_std + offset;
+                if intended >= end_std {
+                    break;
+                }
+                let now = std::time::Instant::now();
+                if intended > now {
+                    std::thread::sleep(intended - now);
+                }
+                if due.send((i, Instant::from_std(intended))).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("start the schedule thread")?;
+    while let Some((i, intended)) = sends.recv().await {
         // Waiting here for a slot delays the send, not the clock: the
         // request is still timed from `intended`.
         let permit = in_flight.clone().acquire_owned().await.context("in-flight limit")?;
@@ -201,6 +228,7 @@ async fn open_loop(
             done.context("request task")?;
         }
     }
+    scheduler.join().map_err(|_| anyhow::anyhow!("the schedule thread panicked"))?;
     while let Some(done) = requests.join_next().await {
         done.context("request task")?;
     }

@@ -16,6 +16,8 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::args::{Distribution, RunArgs};
+use crate::pg::PgKv;
+use crate::target::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 pub enum Scenario {
@@ -108,22 +110,67 @@ pub struct Op {
     pub get: bool,
 }
 
-/// The clients of one connection.
+/// The clients of one connection (or, for PostgreSQL, the shared pool).
 #[derive(Clone)]
 pub enum Clients {
     Kv(KeyValueClient),
     Ts(TimeSeriesClient),
+    /// Through `prism_client::Prism` (`--target control-plane:ADDR`).
+    RoutedKv(prism_client::Kv),
+    RoutedTs(prism_client::Ts),
+    /// The plugin's SQL sent directly (`--target pg:DSN`).
+    Pg(Arc<PgKv>),
 }
 
 impl Clients {
-    /// Connects to `target` with the client the scenario needs.
-    pub async fn connect(scenario: Scenario, target: &str, token: Option<&str>) -> anyhow::Result<Self> {
+    /// Connects `count` clients to `target` with the client the scenario
+    /// needs. A PostgreSQL target has one pool (`pool_size` connections)
+    /// that every worker shares, like a namespace's pool in the gateway.
+    pub async fn connect_all(
+        scenario: Scenario,
+        target: &Target,
+        token: Option<&str>,
+        namespace: &str,
+        count: usize,
+        pool_size: usize,
+    ) -> anyhow::Result<Vec<Self>> {
         let unreachable = || format!("target {target} is unreachable");
-        Ok(if scenario.is_kv() {
-            Self::Kv(prism_client::key_value(target, token).await.with_context(unreachable)?)
-        } else {
-            Self::Ts(prism_client::time_series(target, token).await.with_context(unreachable)?)
-        })
+        let mut clients = Vec::with_capacity(count);
+        match target {
+            Target::Gateway(address) => {
+                for _ in 0..count {
+                    clients.push(if scenario.is_kv() {
+                        Self::Kv(prism_client::key_value(address, token).await.with_context(unreachable)?)
+                    } else {
+                        Self::Ts(prism_client::time_series(address, token).await.with_context(unreachable)?)
+                    });
+                }
+            }
+            Target::ControlPlane(address) => {
+                for _ in 0..count {
+                    // One client per connection: each keeps its own channel
+                    // per gateway, so `--connections` means the same thing
+                    // as against one gateway.
+                    let prism = prism_client::Prism::builder(address).token(token).build()?;
+                    // Resolve before the clock starts: an unreachable control
+                    // plane or an unknown namespace fails here, once.
+                    prism.route(namespace).await.map_err(|s| {
+                        anyhow::anyhow!("{}: cannot resolve namespace {namespace}: {}", unreachable(), s.message())
+                    })?;
+                    clients.push(if scenario.is_kv() {
+                        Self::RoutedKv(prism.kv())
+                    } else {
+                        Self::RoutedTs(prism.ts())
+                    });
+                }
+            }
+            Target::Postgres(dsn) => {
+                anyhow::ensure!(scenario.is_kv(), "a pg: target serves KeyValue scenarios only");
+                let pg = Arc::new(PgKv::connect(dsn, pool_size).await.with_context(unreachable)?);
+                clients.extend(std::iter::repeat_n(Self::Pg(pg), count));
+            }
+        }
+        Ok(clients)
     }
 }
 
@@ -147,6 +194,20 @@ const WRONG: &str = "WrongResponse";
 
 fn status_label(status: &tonic::Status) -> ErrorLabel {
     format!("{:?}", status.code())
+}
+
+/// A routed call's final status, after its redirects and retries.
+fn client_label(error: &prism_client::ClientError) -> ErrorLabel {
+    format!("{:?}", error.code())
+}
+
+/// A PostgreSQL failure: its SQLSTATE when the server sent one.
+fn pg_label(error: &anyhow::Error) -> ErrorLabel {
+    let state = error.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.code());
+    match state {
+        Some(code) => format!("Postgres{}", code.code()),
+        None => "PostgresError".to_owned(),
+    }
 }
 
 fn now_timestamp() -> prost_types::Timestamp {
@@ -213,33 +274,44 @@ impl Workload {
     }
 
     async fn kv_get(&self, clients: &mut Clients, key: u64) -> Result<(), ErrorLabel> {
-        let Clients::Kv(kv) = clients else { return Err(WRONG.into()) };
         let id = record_id(key);
-        let request = kv::GetItemsRequest { namespace: self.namespace.clone(), id, ..Default::default() };
-        let response = kv.get_items(request).await.map_err(|s| status_label(&s))?.into_inner();
-        let id = record_id(key);
-        match response.items.as_slice() {
-            [item] if item.key.is_empty() && item.value == value_for(&id, self.value_size) => Ok(()),
-            _ => Err(WRONG.into()),
-        }
+        let expected = value_for(&id, self.value_size);
+        let request =
+            || kv::GetItemsRequest { namespace: self.namespace.clone(), id: id.clone(), ..Default::default() };
+        let is_expected = |items: &[kv::Item]| matches!(items, [item] if item.key.is_empty() && item.value == expected);
+        let right = match clients {
+            Clients::Kv(kv) => {
+                is_expected(&kv.get_items(request()).await.map_err(|s| status_label(&s))?.into_inner().items)
+            }
+            Clients::RoutedKv(kv) => is_expected(&kv.get_items(request()).await.map_err(|e| client_label(&e))?.items),
+            Clients::Pg(pg) => {
+                let items = pg.get(&id).await.map_err(|e| pg_label(&e))?;
+                matches!(items.as_slice(), [(k, v)] if k.is_empty() && *v == expected)
+            }
+            Clients::Ts(_) | Clients::RoutedTs(_) => false,
+        };
+        if right { Ok(()) } else { Err(WRONG.into()) }
     }
 
     async fn kv_put(&self, clients: &mut Clients, key: u64) -> Result<(), ErrorLabel> {
-        let Clients::Kv(kv) = clients else { return Err(WRONG.into()) };
         let id = record_id(key);
         let value = value_for(&id, self.value_size);
-        let request = kv::PutItemsRequest {
+        let request = |value: Vec<u8>| kv::PutItemsRequest {
             namespace: self.namespace.clone(),
-            id,
+            id: id.clone(),
             items: vec![kv::Item { key: Vec::new(), value, ttl: None }],
             idempotency_token: None,
         };
-        kv.put_items(request).await.map_err(|s| status_label(&s))?;
+        match clients {
+            Clients::Kv(kv) => drop(kv.put_items(request(value)).await.map_err(|s| status_label(&s))?),
+            Clients::RoutedKv(kv) => drop(kv.put_items(request(value)).await.map_err(|e| client_label(&e))?),
+            Clients::Pg(pg) => pg.put(&id, &[], &value).await.map_err(|e| pg_label(&e))?,
+            Clients::Ts(_) | Clients::RoutedTs(_) => return Err(WRONG.into()),
+        }
         Ok(())
     }
 
     async fn ts_write(&self, clients: &mut Clients, key: u64, event_id: Option<&str>) -> Result<(), ErrorLabel> {
-        let Clients::Ts(client) = clients else { return Err(WRONG.into()) };
         let series = record_id(key);
         let event_id = match event_id {
             Some(id) => id.to_owned(),
@@ -253,19 +325,26 @@ impl Workload {
             tags: Default::default(),
         };
         let request = ts::WriteEventRecordsRequest { namespace: self.namespace.clone(), events: vec![event] };
-        let response = client.write_event_records_sync(request).await.map_err(|s| status_label(&s))?.into_inner();
+        let response = match clients {
+            Clients::Ts(c) => c.write_event_records_sync(request).await.map_err(|s| status_label(&s))?.into_inner(),
+            Clients::RoutedTs(c) => c.write_event_records_sync(request).await.map_err(|e| client_label(&e))?,
+            _ => return Err(WRONG.into()),
+        };
         if response.accepted == 1 { Ok(()) } else { Err(WRONG.into()) }
     }
 
     async fn ts_read(&self, clients: &mut Clients, key: u64) -> Result<(), ErrorLabel> {
-        let Clients::Ts(client) = clients else { return Err(WRONG.into()) };
         let series = record_id(key);
         let request = ts::ReadEventRecordsRequest {
             namespace: self.namespace.clone(),
             time_series_id: series.clone(),
             ..Default::default()
         };
-        let response = client.read_event_records(request).await.map_err(|s| status_label(&s))?.into_inner();
+        let response = match clients {
+            Clients::Ts(c) => c.read_event_records(request).await.map_err(|s| status_label(&s))?.into_inner(),
+            Clients::RoutedTs(c) => c.read_event_records(request).await.map_err(|e| client_label(&e))?,
+            _ => return Err(WRONG.into()),
+        };
         let expected = value_for(&series, self.value_size);
         let all_of_series = response.events.iter().all(|e| e.time_series_id == series);
         let seed = response.events.iter().any(|e| {

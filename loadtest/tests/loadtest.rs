@@ -246,7 +246,15 @@ fn binary(words: &[&str]) -> anyhow::Result<(i32, String)> {
 #[test]
 fn bad_arguments_say_what_is_wrong_and_exit_non_zero() -> anyhow::Result<()> {
     let target = format!("127.0.0.1:{}", closed_port()?);
-    let cases: [(&[&str], &str); 5] = [
+    let cp = format!("control-plane:{target}");
+    let pg = format!("pg:postgres://postgres@{target}/postgres");
+    let cases: [(&[&str], &str); 11] = [
+        (&["run", "--target", &cp, "--scenario", "kv-get", "--duration", "1s"], "is unreachable"),
+        (&["run", "--target", &pg, "--scenario", "kv-get", "--duration", "1s"], "is unreachable"),
+        (&["run", "--target", "pg:host=x port=notaport", "--scenario", "kv-get"], "PostgreSQL DSN is invalid"),
+        (&["run", "--target", "control-plane:", "--scenario", "kv-get"], "control-plane address is empty"),
+        (&["run", "--target", &pg, "--scenario", "kv-get", "--pool-size", "0"], "--pool-size must be at least 1"),
+        (&["compare", "--target", &target, "--baseline", &pg, "--scenario", "ts-write"], "KeyValue only"),
         (&["run", "--target", &target, "--scenario", "kv-get", "--rate", "0"], "--rate must be at least 1"),
         (&["run", "--target", &target, "--scenario", "kv-fly"], "invalid value 'kv-fly' for '--scenario"),
         (&["run", "--target", &target, "--scenario", "kv-get", "--duration", "1s"], "is unreachable"),
@@ -269,5 +277,170 @@ async fn the_library_refuses_bad_arguments_too() -> anyhow::Result<()> {
     let e = run_words(&["run", "--target", &target, "--scenario", "kv-get"]).await.expect_err("unreachable");
     assert!(format!("{e:#}").contains("unreachable"), "{e:#}");
     assert!(Cli::try_parse_from(argv(&["run", "--target", &target, "--scenario", "nope"])).is_err());
+    Ok(())
+}
+
+/// `--target control-plane:ADDR`: every call through the routing client,
+/// which finds the owning gateway itself (resolve + watch). No errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_through_the_routing_client_via_the_control_plane() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    cluster.active_namespace("lt/routed", spec(Abstraction::KeyValue)).await?;
+    cluster.active_namespace("lt/routed-ts", spec(Abstraction::TimeSeries)).await?;
+    let token = admin_token();
+    let target = format!("control-plane:{}", cluster.control_plane.endpoint());
+    for (scenario, ns) in [("kv-mixed", "lt/routed"), ("ts-write", "lt/routed-ts")] {
+        let Outcome::Run(result) = run_words(&[
+            "run",
+            "--target",
+            &target,
+            "--scenario",
+            scenario,
+            "--namespace",
+            ns,
+            "--token",
+            &token,
+            "--duration",
+            "500ms",
+            "--warmup",
+            "100ms",
+            "--keys",
+            "50",
+            "--concurrency",
+            "4",
+            "--connections",
+            "2",
+            "--quiet",
+        ])
+        .await?
+        else {
+            anyhow::bail!("not a run")
+        };
+        assert!(result.ok > 0, "{scenario}: no requests answered");
+        assert_eq!(result.errors + result.warmup_errors, 0, "{scenario}: {:?}", result.errors_by_code);
+        assert_eq!(result.target, target);
+    }
+    // A namespace the control plane does not know fails before the clock
+    // starts, naming it.
+    let e = run_words(&[
+        "run",
+        "--target",
+        &target,
+        "--scenario",
+        "kv-get",
+        "--namespace",
+        "lt/missing",
+        "--token",
+        &token,
+        "--quiet",
+    ])
+    .await
+    .expect_err("unknown namespace");
+    assert!(format!("{e:#}").contains("cannot resolve namespace lt/missing"), "{e:#}");
+    Ok(())
+}
+
+/// Stops the PgBouncer that `scripts/pgbouncer.sh` started, and removes its dir.
+struct PgBouncer {
+    dsn: String,
+    pid: String,
+    dir: String,
+}
+
+impl PgBouncer {
+    fn start(port: u16) -> anyhow::Result<Self> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pgbouncer.sh");
+        let out = Process::new("bash").args([script, "127.0.0.1", &port.to_string(), "4"]).output()?;
+        anyhow::ensure!(out.status.success(), "pgbouncer.sh: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout)?;
+        let mut lines = stdout.lines().map(str::to_owned);
+        let (Some(dsn), Some(pid), Some(dir)) = (lines.next(), lines.next(), lines.next()) else {
+            anyhow::bail!("pgbouncer.sh printed {stdout:?}")
+        };
+        Ok(Self { dsn, pid, dir })
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = Process::new("kill").arg(&self.pid).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `pg:DSN`: the postgres plugin's get and put sent directly, to
+/// PostgreSQL and through PgBouncer in transaction mode, checked like any
+/// target; and `compare` takes either as its baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_and_pgbouncer_baselines_run_and_compare() -> anyhow::Result<()> {
+    let Some(server) = tokio::task::spawn_blocking(prism_testkit::postgres::PostgresServer::start_or_skip).await??
+    else {
+        eprintln!("skipped: {}", prism_testkit::postgres::skip_reason());
+        return Ok(());
+    };
+    let direct = format!("pg:{}", server.dsn());
+    let pgbouncer_installed = std::path::Path::new("/usr/sbin/pgbouncer").exists();
+    let bouncer = if pgbouncer_installed { Some(PgBouncer::start(server.port())?) } else { None };
+    let mut targets = vec![direct.clone()];
+    targets.extend(bouncer.as_ref().map(|b| format!("pg:{}", b.dsn)));
+    for target in &targets {
+        for scenario in ["kv-put", "kv-mixed", "kv-get"] {
+            let Outcome::Run(result) = run_words(&[
+                "run",
+                "--target",
+                target,
+                "--scenario",
+                scenario,
+                "--duration",
+                "400ms",
+                "--warmup",
+                "100ms",
+                "--keys",
+                "50",
+                "--concurrency",
+                "8",
+                "--pool-size",
+                "4",
+                "--quiet",
+            ])
+            .await?
+            else {
+                anyhow::bail!("not a run")
+            };
+            assert!(result.ok > 0, "{target} {scenario}: no requests answered");
+            assert_eq!(result.errors + result.warmup_errors, 0, "{target} {scenario}: {:?}", result.errors_by_code);
+            assert!(!result.target.contains("postgres@"), "the DSN is not echoed: {}", result.target);
+        }
+    }
+    let baseline = targets.last().cloned().unwrap_or_default();
+    let Outcome::Compare(cmp) = run_words(&[
+        "compare",
+        "--target",
+        &direct,
+        "--baseline",
+        &baseline,
+        "--scenario",
+        "kv-get",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--keys",
+        "20",
+        "--pool-size",
+        "4",
+        "--rounds",
+        "2",
+        "--quiet",
+    ])
+    .await?
+    else {
+        anyhow::bail!("not a comparison")
+    };
+    assert_eq!(cmp.rounds.len(), 2);
+    assert!(cmp.throughput_ratio.mean > 0.0 && cmp.throughput_ratio.mean.is_finite());
+    // KeyValue only.
+    let e = run_words(&["run", "--target", &direct, "--scenario", "ts-read", "--quiet"]).await.expect_err("ts on pg");
+    assert!(e.to_string().contains("KeyValue only"), "{e}");
     Ok(())
 }
