@@ -17,7 +17,7 @@
 //! so a gateway heartbeating every quarter lease commits about once per
 //! half lease, and a lost heartbeat still leaves two more before expiry.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -138,10 +138,10 @@ impl ControlPlane {
     ) -> Result<Plan> {
         let mut registered = self.store().list_shards().await?;
         let before = live_shards(&self.config().shards, &registered);
-        let revisions: HashMap<String, u64> = registered.iter().map(|s| (s.shard_id.clone(), s.revision)).collect();
+        let read_at = registered.iter().find(|s| s.shard_id == id).map_or(0, |s| s.revision);
         let (shard, detail) = edit(&mut registered)?;
         let mut txn = Txn::default();
-        txn.conditions.push(Condition::Shard { id: id.to_owned(), revision: revisions.get(id).copied().unwrap_or(0) });
+        txn.conditions.push(Condition::Shard { id: id.to_owned(), revision: read_at });
         registered.retain(|s| s.shard_id != id);
         registered.push(shard.clone());
         let after = live_shards(&self.config().shards, &registered);

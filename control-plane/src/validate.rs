@@ -134,21 +134,9 @@ pub fn namespace_spec(spec: &NamespaceSpec, known_shards: &[String]) -> Result<(
     Ok(())
 }
 
-/// A `host:port` endpoint with a non-zero port.
+/// A gateway's `host:port` endpoint.
 pub fn endpoint(field: &str, endpoint: &str) -> Result<()> {
-    if endpoint.len() > 255 {
-        return Err(invalid(field, "is longer than 255 bytes"));
-    }
-    let ok = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty()
-            && !host.contains(char::is_whitespace)
-            && !host.contains('/')
-            && port.parse::<u16>().is_ok_and(|p| p > 0)
-    });
-    if !ok {
-        return Err(invalid(field, format!("{endpoint:?} is not host:port")));
-    }
-    Ok(())
+    host_port(field, endpoint)
 }
 
 /// An instance id the registry handed out: 1 to 64 printable ASCII bytes.
@@ -221,19 +209,7 @@ fn postgres(c: &PostgresConfig) -> Result<()> {
 }
 
 fn host_port(field: &str, s: &str) -> Result<()> {
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(invalid(field, format!("{s:?} is not host:port")));
-    };
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'));
-    if !host_ok {
-        return Err(invalid(field, format!("{s:?} has no valid host")));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err(invalid(field, format!("{s:?} has no valid port"))),
-    }
+    names::validate_host_port(s).map_err(|e| invalid(field, e))
 }
 
 fn kafka(c: &KafkaConfig) -> Result<()> {

@@ -179,12 +179,7 @@ impl GatewayConfig {
             return Err(bad("storage_measure_interval_ms", "must be within 100..=3600000"));
         }
         if let Some(e) = &self.advertise_endpoint {
-            let ok = e.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
-            if !ok {
-                return Err(bad("advertise_endpoint", "must be host:port"));
-            }
+            prism_proto::names::validate_host_port(e).map_err(|d| bad("advertise_endpoint", &d))?;
         }
         if !self.auth.verifies_tokens() && !self.auth.allow_anonymous {
             return Err(bad(

@@ -18,19 +18,13 @@ use crate::quota::{Metric, Subject, Window};
 use crate::server::Shared;
 
 /// The stored bytes of this shard's namespaces that have a storage quota
-/// (their own or their tenant's), as last measured: namespace →
-/// (incarnation, bytes).
+/// (their own or their tenant's), as last measured, by namespace.
 #[derive(Debug, Default)]
-pub struct StorageBook(std::sync::Mutex<HashMap<String, (u64, u64)>>);
+pub struct StorageBook(std::sync::Mutex<HashMap<String, u64>>);
 
 impl StorageBook {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The last measurement of `namespace`, if any.
-    pub fn get(&self, namespace: &str) -> Option<u64> {
-        self.lock().get(namespace).map(|(_, bytes)| *bytes)
     }
 }
 
@@ -59,7 +53,7 @@ pub fn current(shared: &Shared) -> Vec<NamespaceUsage> {
             })
         })
         .collect();
-    for (name, (_, bytes)) in shared.storage.lock().iter() {
+    for (name, bytes) in shared.storage.lock().iter() {
         let entry =
             out.entry(name.clone()).or_insert_with(|| NamespaceUsage { namespace: name.clone(), ..Default::default() });
         entry.storage_bytes = i64::try_from(*bytes).unwrap_or(i64::MAX);
@@ -90,7 +84,7 @@ pub async fn measure_storage(shared: &Shared) {
                 if let Some(t) = shared.quotas.tracker(Subject::Namespace(&entry.ns.name)) {
                     t.set_storage(bytes);
                 }
-                seen.insert(entry.ns.name.clone(), (entry.ns.create_revision, bytes));
+                seen.insert(entry.ns.name.clone(), bytes);
             }
             Err(e) => tracing::debug!(namespace = %entry.ns.name, error = %e, "cannot measure storage"),
         }

@@ -48,6 +48,25 @@ pub fn validate_part(part: &str) -> Result<(), NameError> {
     }
 }
 
+/// Checks a `host:port` address (a broker, a gateway's endpoint): a host of
+/// letters, digits and `.-_[]:` (IPv6 in brackets), at most 253 bytes, and a
+/// non-zero port. The error says what is wrong, quoting `s`.
+pub fn validate_host_port(s: &str) -> Result<(), String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} is not host:port"));
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'));
+    if !host_ok {
+        return Err(format!("{s:?} has no valid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{s:?} has no valid port")),
+    }
+}
+
 /// A validated `tenant/name`, borrowed from the string it was parsed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NamespaceName<'a> {
