@@ -29,6 +29,20 @@ if ! have_postgres; then
     have_postgres || { echo "PostgreSQL was installed but initdb is not where expected" >&2; exit 1; }
 fi
 
+# PgBouncer, for the postgres plugin's test behind a pooler in transaction
+# mode (it starts its own with scripts/pgbouncer.sh). As root only, like
+# PostgreSQL; anyone else is told the command.
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "PgBouncer is missing: run 'apt-get update && apt-get install -y pgbouncer' as root" >&2
+        exit 1
+    fi
+    echo "== installing pgbouncer"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null
+fi
+
 # Pulsar (gateway/CLI feature `pulsar`, crate plugins/pulsar): its client's
 # build script needs a system protoc, and its tests a pulsar-lite broker.
 # `--workspace` below builds the crate (its dev-dependencies turn the

@@ -154,6 +154,11 @@ pub struct NamespaceSettings {
     /// opportunistic TLS, which would protect against nothing that
     /// matters (it yields to an attacker who says "no TLS").
     pub require_tls: bool,
+    /// The hot statements are prepared once per connection (the default),
+    /// unless the DSN says `prepared_statements=false`: for a server
+    /// behind a pooler in transaction mode that does not keep them (see
+    /// [`crate::kv`], "Statements on the wire").
+    pub prepared_statements: bool,
 }
 
 /// The key of the pool that serves a namespace's settings.
@@ -165,6 +170,7 @@ impl std::fmt::Debug for NamespaceSettings {
             .field("pool_size", &self.pool_size)
             .field("schema", &self.schema)
             .field("require_tls", &self.require_tls)
+            .field("prepared_statements", &self.prepared_statements)
             .finish()
     }
 }
@@ -177,7 +183,7 @@ impl NamespaceSettings {
         let Some(pg) = postgres_config(ns) else {
             return Err(PostgresError::invalid(FIELD, "is required for a postgres namespace"));
         };
-        let (parsed, dsn_requires_tls) = parse_dsn(&pg.dsn)?;
+        let Dsn { config: parsed, requires_tls: dsn_requires_tls, prepared_statements } = parse_dsn(&pg.dsn)?;
         if pg.require_tls && parsed.get_ssl_mode() == SslMode::Disable {
             return Err(PostgresError::invalid(
                 format!("{FIELD}.dsn"),
@@ -198,7 +204,13 @@ impl NamespaceSettings {
                 format!("must be at most {MAX_IDENTIFIER_BYTES} bytes and hold no NUL"),
             ));
         }
-        Ok(Self { dsn: pg.dsn.clone(), pool_size, schema, require_tls: pg.require_tls || dsn_requires_tls })
+        Ok(Self {
+            dsn: pg.dsn.clone(),
+            pool_size,
+            schema,
+            require_tls: pg.require_tls || dsn_requires_tls,
+            prepared_statements,
+        })
     }
 
     pub(crate) fn pool_key(&self) -> PoolKey {
@@ -210,7 +222,7 @@ impl NamespaceSettings {
     /// TLS through `tls` (the gateway's trusted CAs) if the namespace
     /// requires it; without `tls` such a namespace is not served.
     pub(crate) fn make_pool(&self, config: &PostgresPluginConfig, tls: Option<&MakeRustlsConnect>) -> Result<Pool> {
-        let (mut pg, _) = parse_dsn(&self.dsn)?;
+        let mut pg = parse_dsn(&self.dsn)?.config;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(config.connect_timeout);
         }
@@ -261,13 +273,62 @@ pub(crate) fn postgres_config(ns: &Namespace) -> Option<&PostgresConfig> {
 /// host name: stricter than `verify-ca`), so both read as `require`.
 const VERIFYING_SSL_MODES: [&str; 2] = ["sslmode=verify-full", "sslmode=verify-ca"];
 
-/// `dsn` parsed, and whether it asks for TLS.
-fn parse_dsn(dsn: &str) -> Result<(tokio_postgres::Config, bool)> {
-    let mut text = std::borrow::Cow::Borrowed(dsn);
+/// A namespace's DSN as the plugin reads it.
+struct Dsn {
+    config: tokio_postgres::Config,
+    /// It asks for TLS.
+    requires_tls: bool,
+    /// It does not say `prepared_statements=false`.
+    prepared_statements: bool,
+}
+
+/// The DSN parameter, Prism's own, that turns prepared statements off.
+const PREPARED_STATEMENTS: &str = "prepared_statements";
+
+/// `dsn` without the [`PREPARED_STATEMENTS`] parameter (which
+/// tokio-postgres would refuse), and its value: true unless it says
+/// `false`, `off` or `0`. Both DSN forms: a `postgres://` URL's query
+/// (`?…&prepared_statements=false`) and a `key=value` string.
+fn take_prepared_statements(dsn: &str) -> Result<(String, bool)> {
+    let mut value = None;
+    let mut keep = |pair: &str| match pair.split_once('=') {
+        Some((key, v)) if key.trim() == PREPARED_STATEMENTS => {
+            value = Some(v.trim().to_ascii_lowercase());
+            false
+        }
+        _ => true,
+    };
+    let rest = if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
+        match dsn.split_once('?') {
+            Some((base, query)) => {
+                let query: Vec<&str> = query.split('&').filter(|pair| keep(pair)).collect();
+                if query.is_empty() { base.to_owned() } else { format!("{base}?{}", query.join("&")) }
+            }
+            None => dsn.to_owned(),
+        }
+    } else {
+        dsn.split_whitespace().filter(|pair| keep(pair)).collect::<Vec<_>>().join(" ")
+    };
+    let prepared = match value.as_deref() {
+        None | Some("true" | "on" | "1") => true,
+        Some("false" | "off" | "0") => false,
+        Some(_) => {
+            return Err(PostgresError::invalid(
+                "spec.backend_config.postgres.dsn",
+                format!("{PREPARED_STATEMENTS} must be true or false"),
+            ));
+        }
+    };
+    Ok((rest, prepared))
+}
+
+/// `dsn` parsed: what it asks of TLS and of prepared statements.
+fn parse_dsn(dsn: &str) -> Result<Dsn> {
+    let (mut text, prepared_statements) = take_prepared_statements(dsn)?;
     let mut verifying = false;
     for mode in VERIFYING_SSL_MODES {
         if text.contains(mode) {
-            text = std::borrow::Cow::Owned(text.replace(mode, "sslmode=require"));
+            text = text.replace(mode, "sslmode=require");
             verifying = true;
         }
     }
@@ -279,7 +340,7 @@ fn parse_dsn(dsn: &str) -> Result<(tokio_postgres::Config, bool)> {
         )
     })?;
     let requires_tls = verifying || parsed.get_ssl_mode() == SslMode::Require;
-    Ok((parsed, requires_tls))
+    Ok(Dsn { config: parsed, requires_tls, prepared_statements })
 }
 
 fn humantime_duration<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Duration, D::Error> {
@@ -319,8 +380,36 @@ mod tests {
             ("host=db user=u sslmode=verify-ca", true),
             ("host=db user=u sslmode=require", true),
         ] {
-            let (_, got) = parse_dsn(dsn).expect("valid DSN");
-            assert_eq!(got, requires, "{dsn}");
+            let got = parse_dsn(dsn).expect("valid DSN");
+            assert_eq!(got.requires_tls, requires, "{dsn}");
+        }
+    }
+
+    #[test]
+    fn the_dsn_can_turn_prepared_statements_off() {
+        for (dsn, prepared, host) in [
+            ("postgres://u@db/x", true, "db"),
+            ("postgres://u@bouncer:6432/x?prepared_statements=false", false, "bouncer"),
+            ("postgresql://u@db/x?sslmode=disable&prepared_statements=off&application_name=a", false, "db"),
+            ("postgres://u@db/x?prepared_statements=true", true, "db"),
+            ("host=bouncer port=6432 prepared_statements=0 user=u", false, "bouncer"),
+            ("host=db user=u", true, "db"),
+        ] {
+            let got = parse_dsn(dsn).expect("valid DSN");
+            assert_eq!(got.prepared_statements, prepared, "{dsn}");
+            let hosts = got.config.get_hosts();
+            assert!(matches!(hosts.first(), Some(tokio_postgres::config::Host::Tcp(h)) if h == host), "{dsn}");
+        }
+        let url = parse_dsn("postgresql://u@db/x?sslmode=disable&prepared_statements=off&application_name=a")
+            .expect("valid DSN");
+        assert_eq!(url.config.get_application_name(), Some("a"), "the other parameters stay");
+        assert_eq!(url.config.get_ssl_mode(), SslMode::Disable);
+        match parse_dsn("postgres://u:secret@db/x?prepared_statements=maybe") {
+            Err(PostgresError::Invalid { field, description }) => {
+                assert_eq!(field, "spec.backend_config.postgres.dsn");
+                assert!(!description.contains("secret"), "{description}");
+            }
+            other => panic!("want an invalid DSN, got {:?}", other.map(|d| d.prepared_statements)),
         }
     }
 

@@ -63,6 +63,14 @@ impl PostgresError {
         matches!(self.code(), Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME)
     }
 
+    /// The server lost or confused a prepared statement: "does not exist"
+    /// (26000) or "already exists" (42P05). Only a pooler between the
+    /// plugin and the server that moves sessions' statements around
+    /// (transaction pooling) causes that; the statement did not run.
+    pub(crate) fn is_unprepared(&self) -> bool {
+        matches!(self.code(), Some(c) if *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::DUPLICATE_PSTATEMENT)
+    }
+
     /// A conflict between concurrent transactions that running the
     /// transaction again resolves.
     pub(crate) fn is_transient(&self) -> bool {

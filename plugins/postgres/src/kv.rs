@@ -1,5 +1,6 @@
 //! KeyValue on PostgreSQL: four tables per namespace incarnation, one
-//! transaction per mutate, last-writer-wins enforced by the SQL itself.
+//! transaction per mutate, last-writer-wins enforced by the SQL itself, and
+//! the common calls in one round trip each.
 //!
 //! # Layout
 //!
@@ -43,7 +44,7 @@
 //! for each other. Then:
 //!
 //! 1. The token, if any: `INSERT … ON CONFLICT DO NOTHING RETURNING`; no
-//!    row back means it was applied before, and the transaction rolls back.
+//!    row back means it was applied before, and nothing is written.
 //! 2. The mutation list is reduced in memory to its net effect ([`Plan`]):
 //!    all its mutations share one generation time and apply in order, so
 //!    per key only the last put or delete counts, and a range delete of the
@@ -68,15 +69,86 @@
 //! A deadlock (possible only when a deprovisioning `DROP` races a write)
 //! runs the whole transaction again, a few times at most.
 //!
+//! ## A put in one round trip
+//!
+//! The common mutate — puts and point deletes with inline values, with or
+//! without a token — is one pipeline: `BEGIN`, the lock, the upsert and
+//! `COMMIT` are written to the connection together and answered together
+//! (`put_pipelined`). That needs no statement's parameters to depend on
+//! an earlier statement's answer, so step 1 moves into step 3's statement
+//! ([`KvStatements::upsert_once`]: a data-modifying CTE records the token,
+//! and the items are written only if it returned a row). The server runs
+//! the four statements in order, exactly as if they had come one by one:
+//!
+//! - **Isolation is unchanged.** Under `READ COMMITTED` each statement
+//!   takes its snapshot when it starts. The lock statement blocks, on the
+//!   server, until the record's previous writer has committed; the upsert
+//!   starts after it returns, so its snapshot holds that commit, as in the
+//!   interactive transaction. The lock cannot be folded into the upsert
+//!   itself: one statement has one snapshot, taken before the lock would be
+//!   granted, and it would miss a range delete committed while it waited
+//!   (the race `a_racing_older_put_never_outlives_a_range_delete` runs).
+//!   Nor can the lock go: the row lock of `ON CONFLICT DO UPDATE` orders
+//!   two puts of a key, but a put and a range delete touch different rows
+//!   and each would miss the other's uncommitted one.
+//! - **Failure is atomic.** A failed statement (a timeout, a deadlock)
+//!   aborts the transaction: the statements after it fail without effect
+//!   and `COMMIT` rolls back. The first error is the call's; a deadlock
+//!   runs the pipeline again.
+//! - **Abandoning the call is harmless.** All four requests are written
+//!   when the call's future is first polled, so a call given up later (the
+//!   request timeout) still leaves the server a whole transaction that ends
+//!   with its `COMMIT`; the connection goes back to the pool, and the next
+//!   user's statements queue behind it on the wire.
+//! - **The lock is held for server time only.** Between `BEGIN` and
+//!   `COMMIT` nothing waits for the network or for a gateway thread, so
+//!   writers of one record queue for each other's execution, not for round
+//!   trips.
+//!
+//! Mutates with range deletes or chunked values keep the interactive
+//! transaction: what they send next depends on what came back (which keys
+//! won, which ranges are stored).
+//!
 //! # Reads
 //!
-//! A get or scan is one `REPEATABLE READ READ ONLY` transaction, so a page
-//! is one snapshot. Rows are read in key (or id, key) order in batches of
-//! metadata — with the value only when it is small — and the page is cut
-//! in Rust by bytes and count, the item that crosses the bound included;
-//! one row past the page says whether more follows. Then the values of the
-//! page's larger items and chunks are fetched by key: memory holds a batch
-//! of metadata and small values, and the page's large values, never more.
+//! A page is one snapshot. Rows are read in key (or id, key) order in
+//! batches of metadata — with the value only when it is small — and the
+//! page is cut in Rust by bytes and count, the item that crosses the bound
+//! included; one row past the page says whether more follows. Memory holds
+//! a batch of metadata and small values, and the page's large values,
+//! never more.
+//!
+//! A page that one statement answers — one batch that ends the data or
+//! fills the page, every value in it inline — is that statement alone, in
+//! no transaction: in PostgreSQL one statement reads one snapshot at any
+//! isolation level. That is the common read (a record's items, a few
+//! keys), and it is one round trip on a prepared statement. Any other page
+//! is read again, from the start, in one `REPEATABLE READ READ ONLY`
+//! transaction: the metadata batch by batch, then the values of the page's
+//! larger items and chunks by key. Nothing of the first statement's answer
+//! is kept — its snapshot cannot be extended, and mixing it with the
+//! transaction's rows would mix two snapshots. That costs one statement
+//! more on pages that span batches or hold large values, which cost
+//! several anyway.
+//!
+//! # Statements on the wire
+//!
+//! The statements of the hot paths ([`KvStatements`], formatted once per
+//! incarnation when its target is made) are prepared once per pooled
+//! connection and kept with it (`prepared.rs`): a call pays no parse or
+//! plan, and preparing happens on a connection's first use of a statement
+//! only. The rest (transactions, reclamation, provisioning) are sent
+//! unnamed with explicit types (`query_typed`: one round trip, nothing
+//! kept). Only quoted identifiers are formatted into SQL.
+//!
+//! A pooler in transaction mode that does not track prepared statements
+//! (PgBouncer before 1.21, or without `max_prepared_statements`) sends
+//! each transaction to any server connection, where a statement of the
+//! same name may be another client's, or missing. A namespace behind one
+//! says `prepared_statements=false` in its DSN, and its statements go
+//! unnamed. A server that answers "prepared statement does not exist" or
+//! "already exists" switches the namespace to unnamed statements on this
+//! gateway (with a warning) and the call runs again; nothing was applied.
 //!
 //! # Reclamation
 //!
@@ -92,33 +164,34 @@
 //! range and token (plus a small per-row overhead) at the time of the call:
 //! exact and never stale, at the cost of reading the namespace's rows; a
 //! counter would make every writer of a namespace wait on one row.
-//!
-//! All SQL is parameterised with explicit types (`query_typed`: one round
-//! trip, nothing prepared per connection, so the many namespaces' texts do
-//! not pile up in statement caches); only quoted identifiers are formatted
-//! into it. The texts of the put and get paths (`Statements`) are
-//! formatted once per incarnation, when its target is made, not per call.
 
 pub mod names;
+pub(crate) mod prepared;
 mod read;
+pub mod statements;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
+use futures_util::future::{join4, try_join};
 use prism_plugin_api::kv::{
     ItemsPage, KeyRange, KeyValue, Mutation, NewItem, PageLimits, RecordsPage, ScanCursor, Selector, WriteStamp,
 };
 use prism_plugin_api::{Micros, Namespace, now_micros};
 use prism_proto::control::PostgresConfig;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
 pub use self::names::TableNames;
 use self::names::{REGISTRY_TABLE, quote_ident, schema_lock};
+use self::prepared::Stmt;
+pub use self::statements::KvStatements;
+use self::statements::{LOCK, LOCK_TYPES, UPSERT_ONCE_TYPES, UPSERT_TYPES};
 use crate::PostgresPlugin;
 use crate::config::{NamespaceSettings, PostgresPluginConfig};
 use crate::error::{PostgresError, Result};
@@ -148,54 +221,6 @@ pub(crate) fn revision(ns: &Namespace) -> Result<i64> {
         .map_err(|_| PostgresError::invalid("namespace.create_revision", "is larger than 2^63 - 1"))
 }
 
-/// The texts of the statements a mutate or a get runs, for one
-/// incarnation: formatted once, when its [`Target`] is made.
-pub(crate) struct Statements {
-    /// Records an idempotency token (step 1 of the module docs).
-    token: String,
-    /// The last-writer-wins upsert (step 3).
-    upsert: String,
-    /// The metadata reads of [`read::get`].
-    pub(crate) get: read::GetStatements,
-}
-
-impl Statements {
-    fn new(items: &str, chunks: &str, ranges: &str, tokens: &str) -> Self {
-        Self {
-            token: format!(
-                "INSERT INTO {tokens} (id, token, forget_after) VALUES ($1, $2, $3)
-                     ON CONFLICT (id, token) DO NOTHING RETURNING 1"
-            ),
-            // Last-writer-wins in SQL: a row is written only where no stored
-            // range delete at least as new covers its key and the stored
-            // version is strictly older. The old chunks of the rows that won
-            // go in the same statement (a data-modifying CTE sees the rows as
-            // they were before).
-            upsert: format!(
-                "WITH won AS (
-                    INSERT INTO {items} AS s (id, key, generation, tombstone, expires_at, value, chunks, len)
-                    SELECT $1, w.key, $2, w.tombstone, w.expires_at, w.value, w.chunks, w.len
-                    FROM unnest($3::bytea[], $4::bool[], $5::int8[], $6::bytea[], $7::int4[], $8::int8[])
-                        AS w (key, tombstone, expires_at, value, chunks, len)
-                    WHERE NOT EXISTS (
-                        SELECT 1 FROM {ranges} r
-                        WHERE r.id = $1 AND r.generation >= $2
-                          AND r.start_key <= w.key AND (r.end_key IS NULL OR w.key < r.end_key))
-                    ON CONFLICT (id, key) DO UPDATE
-                    SET generation = EXCLUDED.generation, tombstone = EXCLUDED.tombstone,
-                        expires_at = EXCLUDED.expires_at, value = EXCLUDED.value,
-                        chunks = EXCLUDED.chunks, len = EXCLUDED.len
-                    WHERE s.generation < EXCLUDED.generation
-                    RETURNING key),
-                freed AS (
-                    DELETE FROM {chunks} c USING won WHERE c.id = $1 AND c.key = won.key)
-                SELECT key FROM won"
-            ),
-            get: read::GetStatements::new(items),
-        }
-    }
-}
-
 /// One namespace incarnation as the plugin reaches it.
 pub(crate) struct Target {
     pub(crate) name: String,
@@ -210,15 +235,15 @@ pub(crate) struct Target {
     /// The days whose TimeSeries partitions this plugin knows exist.
     pub(crate) ts_days: std::sync::Mutex<HashSet<i64>>,
     pub(crate) names: TableNames,
-    /// Quoted, schema-qualified names, ready for SQL.
-    items: String,
-    chunks: String,
-    ranges: String,
-    tokens: String,
+    /// Quoted, schema-qualified name of the registry, ready for SQL.
     registry: String,
-    /// The statements of the hot paths, built once per incarnation (only
-    /// the quoted names vary): the texts are the same on every call.
-    sql: Statements,
+    /// Every statement of the incarnation, built once (only the quoted
+    /// names vary): the texts are the same on every call.
+    pub(crate) sql: KvStatements,
+    /// The hot statements are prepared per connection (see the module
+    /// docs): on unless the DSN says otherwise, and off for good once the
+    /// server has lost or confused one (a pooler in transaction mode).
+    named: AtomicBool,
     chunk_threshold: usize,
     tombstone_retention: Micros,
     token_retention: Micros,
@@ -234,23 +259,14 @@ impl Target {
         config: &PostgresPluginConfig,
     ) -> Result<Self> {
         let names = TableNames::of(ns, &settings.schema)?;
-        let (items, chunks, ranges, tokens) = (
-            names.qualified(&names.items()),
-            names.qualified(&names.chunks()),
-            names.qualified(&names.ranges()),
-            names.qualified(&names.tokens()),
-        );
         Ok(Self {
             name: ns.name.clone(),
             revision,
-            sql: Statements::new(&items, &chunks, &ranges, &tokens),
-            items,
-            chunks,
-            ranges,
-            tokens,
+            sql: KvStatements::new(&names),
             registry: names.qualified(REGISTRY_TABLE),
             ts_days: std::sync::Mutex::default(),
             time_series: ns.spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32,
+            named: AtomicBool::new(settings.prepared_statements),
             names,
             settings,
             backend,
@@ -261,53 +277,38 @@ impl Target {
         })
     }
 
-    /// The statements that create the tables (idempotent).
-    fn ddl(&self) -> String {
-        let (items, chunks, ranges, tokens) = (&self.items, &self.chunks, &self.ranges, &self.tokens);
-        let object = |suffix: &str| self.names.object(suffix);
-        format!(
-            "CREATE TABLE IF NOT EXISTS {items} (
-                id bytea NOT NULL,
-                key bytea NOT NULL,
-                generation int8 NOT NULL,
-                tombstone bool NOT NULL,
-                expires_at int8,
-                value bytea,
-                chunks int4 NOT NULL,
-                len int8 NOT NULL,
-                CONSTRAINT {ipk} PRIMARY KEY (id, key));
-            ALTER TABLE {items} ALTER COLUMN value SET STORAGE EXTERNAL;
-            CREATE INDEX IF NOT EXISTS {iexp} ON {items} (expires_at) WHERE NOT tombstone AND expires_at IS NOT NULL;
-            CREATE INDEX IF NOT EXISTS {itomb} ON {items} (generation) WHERE tombstone;
-            CREATE TABLE IF NOT EXISTS {chunks} (
-                id bytea NOT NULL,
-                key bytea NOT NULL,
-                idx int4 NOT NULL,
-                data bytea NOT NULL,
-                CONSTRAINT {cpk} PRIMARY KEY (id, key, idx),
-                CONSTRAINT {cfk} FOREIGN KEY (id, key) REFERENCES {items} (id, key) ON DELETE CASCADE);
-            ALTER TABLE {chunks} ALTER COLUMN data SET STORAGE EXTERNAL;
-            CREATE TABLE IF NOT EXISTS {ranges} (
-                id bytea NOT NULL,
-                start_key bytea NOT NULL,
-                end_key bytea,
-                generation int8 NOT NULL);
-            CREATE INDEX IF NOT EXISTS {rid} ON {ranges} (id);
-            CREATE TABLE IF NOT EXISTS {tokens} (
-                id bytea NOT NULL,
-                token bytea NOT NULL,
-                forget_after int8 NOT NULL,
-                CONSTRAINT {tpk} PRIMARY KEY (id, token));
-            CREATE INDEX IF NOT EXISTS {texp} ON {tokens} (forget_after);",
-            ipk = object("ipk"),
-            iexp = object("iexp"),
-            itomb = object("itomb"),
-            cpk = object("cpk"),
-            cfk = object("cfk"),
-            rid = object("rid"),
-            tpk = object("tpk"),
-            texp = object("texp"),
-        )
+    /// Whether the hot statements go prepared.
+    pub(crate) fn named(&self) -> bool {
+        self.named.load(Ordering::Relaxed)
+    }
+
+    /// Runs `call` (which sends prepared statements while [`Self::named`]),
+    /// and once more with unnamed ones if the server lost or confused a
+    /// prepared statement: a pooler in transaction mode between this
+    /// gateway and the server. Such an error comes before anything is
+    /// applied (the statement never ran), so running the call again is
+    /// safe.
+    pub(crate) async fn unless_unprepared<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match call().await {
+            // Calls that started before the switch may meet the error too:
+            // each runs again, unnamed.
+            Err(e) if e.is_unprepared() => {
+                if self.named.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        namespace = %self.name,
+                        error = %e,
+                        "the postgres server lost a prepared statement (a pooler in transaction mode?); \
+                         sending this namespace's statements unnamed from now on (prepared_statements=false in the DSN says so up front)"
+                    );
+                }
+                call().await
+            }
+            other => other,
+        }
     }
 
     fn drop_tables(names: &TableNames) -> String {
@@ -322,7 +323,7 @@ pub(crate) async fn provision(plugin: &PostgresPlugin, t: &Target) -> Result<()>
     let mut client = t.pool.get().await?;
     let tx = client.build_transaction().start().await?;
     let schema = &t.settings.schema;
-    tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&schema_lock(schema), Type::INT8)]).await?;
+    tx.execute_typed(LOCK, &[(&schema_lock(schema), Type::INT8)]).await?;
     // Checked first: CREATE SCHEMA IF NOT EXISTS needs a privilege that
     // using an existing schema does not.
     let found = tx.query_typed("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[(schema, Type::TEXT)]).await?;
@@ -371,13 +372,13 @@ pub(crate) async fn provision(plugin: &PostgresPlugin, t: &Target) -> Result<()>
         }
         None => false,
     };
-    let main = if t.time_series { t.names.qualified(&t.names.ts_events()) } else { t.items.clone() };
+    let main = t.names.qualified(&if t.time_series { t.names.ts_events() } else { t.names.items() });
     let exists: bool =
         tx.query_typed_one("SELECT to_regclass($1) IS NOT NULL", &[(&main, Type::TEXT)]).await?.try_get(0)?;
     // Provisioning again leaves a provisioned namespace's tables alone (the
     // ALTERs would lock them against its traffic).
     if !(registered && exists) {
-        let ddl = if t.time_series { crate::ts::ddl(&t.names) } else { t.ddl() };
+        let ddl = if t.time_series { crate::ts::ddl(&t.names) } else { t.sql.ddl.clone() };
         tx.batch_execute(&ddl).await?;
         tx.execute_typed(
             &format!(
@@ -398,7 +399,7 @@ pub(crate) async fn deprovision(t: &Target) -> Result<()> {
     let mut client = t.pool.get().await?;
     let tx = client.build_transaction().start().await?;
     let schema = &t.settings.schema;
-    tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&schema_lock(schema), Type::INT8)]).await?;
+    tx.execute_typed(LOCK, &[(&schema_lock(schema), Type::INT8)]).await?;
     tx.batch_execute(&Target::drop_tables(&t.names)).await?;
     let registry: bool =
         tx.query_typed_one("SELECT to_regclass($1) IS NOT NULL", &[(&t.registry, Type::TEXT)]).await?.try_get(0)?;
@@ -526,9 +527,10 @@ fn check_sizes(id: &str, mutations: &[Mutation], stamp: &WriteStamp) -> Result<(
 async fn mutate(t: &Target, id: &str, mutations: &[Mutation], stamp: &WriteStamp) -> Result<()> {
     check_sizes(id, mutations, stamp)?;
     let plan = Plan::new(mutations);
+    let columns = Columns::of(&plan, t.chunk_threshold)?;
     let mut attempt = 1;
     loop {
-        match mutate_once(t, id, &plan, stamp).await {
+        match t.unless_unprepared(|| mutate_once(t, id, &plan, &columns, stamp)).await {
             Err(e) if e.is_transient() && attempt < MUTATE_ATTEMPTS => {
                 tracing::debug!(namespace = %t.name, error = %e, attempt, "mutate conflicted; running it again");
                 attempt += 1;
@@ -538,30 +540,91 @@ async fn mutate(t: &Target, id: &str, mutations: &[Mutation], stamp: &WriteStamp
     }
 }
 
-async fn mutate_once(t: &Target, id: &str, plan: &Plan<'_>, stamp: &WriteStamp) -> Result<()> {
+/// The columns of step 3's upsert: one entry per surviving put or point
+/// delete, in key order, and the puts whose values are chunked.
+struct Columns<'a> {
+    keys: Vec<&'a [u8]>,
+    tombstones: Vec<bool>,
+    expires: Vec<Option<i64>>,
+    /// `None` for a delete and for a chunked value (it goes to `_chunks`).
+    values: Vec<Option<&'a [u8]>>,
+    chunk_counts: Vec<i32>,
+    lens: Vec<i64>,
+    /// `(key, value)` of each put stored in chunks.
+    chunked: Vec<(&'a [u8], &'a [u8])>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(plan: &Plan<'a>, threshold: usize) -> Result<Self> {
+        let n = plan.writes.len();
+        let mut c = Self {
+            keys: Vec::with_capacity(n),
+            tombstones: Vec::with_capacity(n),
+            expires: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+            chunk_counts: Vec::with_capacity(n),
+            lens: Vec::with_capacity(n),
+            chunked: Vec::new(),
+        };
+        for (key, write) in plan.writes.iter().filter_map(|(k, w)| w.map(|w| (*k, w))) {
+            c.keys.push(key);
+            match write {
+                Write::Put(item) => {
+                    let chunked = item.value.len() > threshold;
+                    let count = if chunked {
+                        c.chunked.push((key, item.value.as_slice()));
+                        i32::try_from(item.value.len().div_ceil(threshold))
+                            .map_err(|_| PostgresError::invalid("value", "is too large to store"))?
+                    } else {
+                        0
+                    };
+                    c.tombstones.push(false);
+                    c.expires.push(item.expires_at);
+                    c.values.push((!chunked).then_some(item.value.as_slice()));
+                    c.chunk_counts.push(count);
+                    c.lens.push(i64::try_from(item.value.len()).unwrap_or(i64::MAX));
+                }
+                Write::Delete => {
+                    c.tombstones.push(true);
+                    c.expires.push(None);
+                    c.values.push(None);
+                    c.chunk_counts.push(0);
+                    c.lens.push(0);
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// The upsert's parameters after the id and generation.
+    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [&self.keys, &self.tombstones, &self.expires, &self.values, &self.chunk_counts, &self.lens]
+    }
+}
+
+async fn mutate_once(t: &Target, id: &str, plan: &Plan<'_>, columns: &Columns<'_>, stamp: &WriteStamp) -> Result<()> {
     let generation = stamp.generation_time;
     let id = id.as_bytes();
-    let mut client = t.pool.get().await?;
-    let tx = client.build_transaction().start().await?;
-    tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&t.names.record_lock(id), Type::INT8)]).await?;
-
     // An empty token is no token: it could never tell retries apart.
-    if let Some(token) = stamp.token.as_deref().filter(|t| !t.is_empty()) {
-        let forget_after = now_micros().max(generation).saturating_add(t.token_retention);
+    let token = stamp.token.as_deref().filter(|t| !t.is_empty()).map(str::as_bytes);
+    let forget_after = now_micros().max(generation).saturating_add(t.token_retention);
+    let mut client = prepared::connection(&t.pool).await?;
+    if plan.ranges.is_empty() && columns.chunked.is_empty() && !columns.keys.is_empty() {
+        return put_pipelined(&client, t, id, generation, token.map(|token| (token, forget_after)), columns).await;
+    }
+    let tx = client.build_transaction().start().await?;
+    tx.execute_typed(LOCK, &[(&t.names.record_lock(id), Type::INT8)]).await?;
+    if let Some(token) = token {
         let fresh = tx
-            .query_typed(
-                &t.sql.token,
-                &[(&id, Type::BYTEA), (&token.as_bytes(), Type::BYTEA), (&forget_after, Type::INT8)],
-            )
+            .query_typed(&t.sql.token, &[(&id, Type::BYTEA), (&token, Type::BYTEA), (&forget_after, Type::INT8)])
             .await?;
         if fresh.is_empty() {
             tx.rollback().await?;
             return Ok(()); // applied before
         }
     }
-    let writes: Vec<(&[u8], Write<'_>)> = plan.writes.iter().filter_map(|(k, w)| w.map(|w| (*k, w))).collect();
-    if !writes.is_empty() {
-        write_items(&tx, t, id, generation, &writes).await?;
+    if !columns.keys.is_empty() {
+        write_items(&tx, t, id, generation, columns).await?;
     }
     if !plan.ranges.is_empty() {
         delete_ranges(&tx, t, id, generation, &plan.ranges).await?;
@@ -570,92 +633,84 @@ async fn mutate_once(t: &Target, id: &str, plan: &Plan<'_>, stamp: &WriteStamp) 
     Ok(())
 }
 
-/// Step 3 of the module docs: every put and point delete in one
-/// conditional upsert, then the chunks of the values that won.
+/// Steps 1 and 3 of the module docs in one round trip: `BEGIN`, the
+/// record's lock, the (token-gated) upsert and `COMMIT`, pipelined. See
+/// "A put in one round trip" for why that is the same transaction as the
+/// interactive one.
+async fn put_pipelined(
+    client: &deadpool_postgres::ClientWrapper,
+    t: &Target,
+    id: &[u8],
+    generation: Micros,
+    token: Option<(&[u8], Micros)>,
+    columns: &Columns<'_>,
+) -> Result<()> {
+    let lock_key = t.names.record_lock(id);
+    let (sql, types) = match token {
+        Some(_) => (t.sql.upsert_once.as_str(), UPSERT_ONCE_TYPES),
+        None => (t.sql.upsert.as_str(), UPSERT_TYPES),
+    };
+    let named = t.named();
+    // Cached after a connection's first put: no round trip.
+    let (lock, upsert) =
+        try_join(Stmt::on(client, named, LOCK, LOCK_TYPES), Stmt::on(client, named, sql, types)).await?;
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(UPSERT_ONCE_TYPES.len());
+    params.extend([&id as &(dyn ToSql + Sync), &generation]);
+    params.extend(columns.params());
+    if let Some((token, forget_after)) = &token {
+        params.extend([token as &(dyn ToSql + Sync), forget_after]);
+    }
+    // Written in this order on the first poll; answered in this order.
+    let (begun, locked, upserted, committed) = join4(
+        client.batch_execute("BEGIN"),
+        lock.query(client, &[&lock_key]),
+        upsert.query(client, &params),
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    // The first failure is the cause; the ones after it say the
+    // transaction was aborted, and COMMIT rolled it back.
+    begun?;
+    locked?;
+    upserted?;
+    committed?;
+    Ok(())
+}
+
+/// Step 3 of the module docs inside an interactive transaction (a mutate
+/// with chunked values or range deletes): every put and point delete in
+/// one conditional upsert, then the chunks of the values that won.
 async fn write_items(
     tx: &tokio_postgres::Transaction<'_>,
     t: &Target,
     id: &[u8],
     generation: Micros,
-    writes: &[(&[u8], Write<'_>)],
+    columns: &Columns<'_>,
 ) -> Result<()> {
-    let threshold = t.chunk_threshold;
-    let mut keys: Vec<&[u8]> = Vec::with_capacity(writes.len());
-    let mut tombstones: Vec<bool> = Vec::with_capacity(writes.len());
-    let mut expires: Vec<Option<i64>> = Vec::with_capacity(writes.len());
-    let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(writes.len());
-    let mut chunk_counts: Vec<i32> = Vec::with_capacity(writes.len());
-    let mut lens: Vec<i64> = Vec::with_capacity(writes.len());
-    for (key, write) in writes {
-        keys.push(key);
-        match write {
-            Write::Put(item) => {
-                let chunked = item.value.len() > threshold;
-                let count = if chunked {
-                    i32::try_from(item.value.len().div_ceil(threshold))
-                        .map_err(|_| PostgresError::invalid("value", "is too large to store"))?
-                } else {
-                    0
-                };
-                tombstones.push(false);
-                expires.push(item.expires_at);
-                values.push((!chunked).then_some(item.value.as_slice()));
-                chunk_counts.push(count);
-                lens.push(i64::try_from(item.value.len()).unwrap_or(i64::MAX));
-            }
-            Write::Delete => {
-                tombstones.push(true);
-                expires.push(None);
-                values.push(None);
-                chunk_counts.push(0);
-                lens.push(0);
-            }
-        }
-    }
-    // Last-writer-wins in SQL (`Statements::upsert`).
-    let won = tx
-        .query_typed(
-            &t.sql.upsert,
-            &[
-                (&id, Type::BYTEA),
-                (&generation, Type::INT8),
-                (&keys, Type::BYTEA_ARRAY),
-                (&tombstones, Type::BOOL_ARRAY),
-                (&expires, Type::INT8_ARRAY),
-                (&values, Type::BYTEA_ARRAY),
-                (&chunk_counts, Type::INT4_ARRAY),
-                (&lens, Type::INT8_ARRAY),
-            ],
-        )
-        .await?;
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&id, Type::BYTEA), (&generation, Type::INT8)];
+    params.extend(columns.params().into_iter().zip(UPSERT_TYPES[2..].iter().cloned()));
+    // Last-writer-wins in SQL (`KvStatements::upsert`).
+    let won = tx.query_typed(&t.sql.upsert, &params).await?;
     // Only chunked values need to know which keys won.
-    if chunk_counts.iter().all(|&count| count == 0) {
+    if columns.chunked.is_empty() {
         return Ok(());
     }
     let won: HashSet<Vec<u8>> =
         won.iter().map(|row| row.try_get::<_, Vec<u8>>(0)).collect::<std::result::Result<_, _>>()?;
+    let threshold = t.chunk_threshold;
     let mut chunk_keys: Vec<&[u8]> = Vec::new();
     let mut chunk_indexes: Vec<i32> = Vec::new();
     let mut chunk_data: Vec<&[u8]> = Vec::new();
-    for (key, write) in writes {
-        if let Write::Put(item) = write
-            && item.value.len() > threshold
-            && won.contains(*key)
-        {
-            for (index, part) in (0i32..).zip(item.value.chunks(threshold)) {
-                chunk_keys.push(key);
-                chunk_indexes.push(index);
-                chunk_data.push(part);
-            }
+    for (key, value) in columns.chunked.iter().filter(|(key, _)| won.contains(*key)) {
+        for (index, part) in (0i32..).zip(value.chunks(threshold)) {
+            chunk_keys.push(key);
+            chunk_indexes.push(index);
+            chunk_data.push(part);
         }
     }
     if !chunk_keys.is_empty() {
         tx.execute_typed(
-            &format!(
-                "INSERT INTO {} (id, key, idx, data)
-                 SELECT $1, c.key, c.idx, c.data FROM unnest($2::bytea[], $3::int4[], $4::bytea[]) AS c (key, idx, data)",
-                t.chunks
-            ),
+            &t.sql.insert_chunks,
             &[
                 (&id, Type::BYTEA),
                 (&chunk_keys, Type::BYTEA_ARRAY),
@@ -681,21 +736,13 @@ async fn delete_ranges(
     let starts: Vec<&[u8]> = ranges.iter().map(|r| r.start.as_slice()).collect();
     let ends: Vec<Option<&[u8]>> = ranges.iter().map(|r| r.end.as_deref()).collect();
     tx.execute_typed(
-        &format!(
-            "DELETE FROM {} i USING unnest($2::bytea[], $3::bytea[]) AS r (start_key, end_key)
-             WHERE i.id = $1 AND i.key >= r.start_key AND (r.end_key IS NULL OR i.key < r.end_key)
-               AND i.generation < $4",
-            t.items
-        ),
+        &t.sql.delete_range_items,
         &[(&id, Type::BYTEA), (&starts, Type::BYTEA_ARRAY), (&ends, Type::BYTEA_ARRAY), (&generation, Type::INT8)],
     )
     .await?;
     // The record lock keeps this list stable until the commit.
     let stored = tx
-        .query_typed(
-            &format!("SELECT start_key, end_key, generation FROM {} WHERE id = $1", t.ranges),
-            &[(&id, Type::BYTEA)],
-        )
+        .query_typed(&t.sql.select_ranges, &[(&id, Type::BYTEA)])
         .await?
         .iter()
         .map(|row| Ok(RangeTombstone { start: row.try_get(0)?, end: row.try_get(1)?, generation: row.try_get(2)? }))
@@ -708,14 +755,9 @@ async fn delete_ranges(
     let starts: Vec<&[u8]> = list.iter().map(|r| r.start.as_slice()).collect();
     let ends: Vec<Option<&[u8]>> = list.iter().map(|r| r.end.as_deref()).collect();
     let generations: Vec<i64> = list.iter().map(|r| r.generation).collect();
-    tx.execute_typed(&format!("DELETE FROM {} WHERE id = $1", t.ranges), &[(&id, Type::BYTEA)]).await?;
+    tx.execute_typed(&t.sql.delete_ranges, &[(&id, Type::BYTEA)]).await?;
     tx.execute_typed(
-        &format!(
-            "INSERT INTO {} (id, start_key, end_key, generation)
-             SELECT $1, r.start_key, r.end_key, r.generation
-             FROM unnest($2::bytea[], $3::bytea[], $4::int8[]) AS r (start_key, end_key, generation)",
-            t.ranges
-        ),
+        &t.sql.insert_ranges,
         &[
             (&id, Type::BYTEA),
             (&starts, Type::BYTEA_ARRAY),
@@ -737,24 +779,7 @@ async fn reclaim_one(t: &Target, now: Micros) -> Result<u64> {
     loop {
         let row = client
             .query_typed_one(
-                &format!(
-                    "WITH due AS (
-                        SELECT id, key, generation FROM {items}
-                        WHERE NOT tombstone AND expires_at <= $1
-                        LIMIT $3 FOR UPDATE SKIP LOCKED),
-                    kept AS (
-                        UPDATE {items} i SET tombstone = true, value = NULL, chunks = 0, len = 0, expires_at = NULL
-                        FROM due WHERE i.id = due.id AND i.key = due.key AND due.generation > $2
-                        RETURNING i.id, i.key),
-                    freed AS (
-                        DELETE FROM {chunks} c USING kept WHERE c.id = kept.id AND c.key = kept.key),
-                    gone AS (
-                        DELETE FROM {items} i USING due
-                        WHERE i.id = due.id AND i.key = due.key AND due.generation <= $2)
-                    SELECT count(*) FROM due",
-                    items = t.items,
-                    chunks = t.chunks,
-                ),
+                &t.sql.reclaim_expired,
                 &[(&now, Type::INT8), (&tombstone_cut, Type::INT8), (&RECLAIM_BATCH, Type::INT8)],
             )
             .await?;
@@ -764,22 +789,11 @@ async fn reclaim_one(t: &Target, now: Micros) -> Result<u64> {
             break;
         }
     }
-    let sweeps = [
-        (t.items.as_str(), "tombstone AND generation <= $1", tombstone_cut),
-        (t.ranges.as_str(), "generation <= $1", tombstone_cut),
-        (t.tokens.as_str(), "forget_after <= $1", now),
-    ];
-    for (table, condition, cut) in sweeps {
+    let sweeps =
+        [(&t.sql.sweep_tombstones, tombstone_cut), (&t.sql.sweep_ranges, tombstone_cut), (&t.sql.sweep_tokens, now)];
+    for (sweep, cut) in sweeps {
         loop {
-            let deleted = client
-                .execute_typed(
-                    &format!(
-                        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
-                            SELECT ctid FROM {table} WHERE {condition} LIMIT $2 FOR UPDATE SKIP LOCKED))"
-                    ),
-                    &[(&cut, Type::INT8), (&RECLAIM_BATCH, Type::INT8)],
-                )
-                .await?;
+            let deleted = client.execute_typed(sweep, &[(&cut, Type::INT8), (&RECLAIM_BATCH, Type::INT8)]).await?;
             if deleted < RECLAIM_BATCH.unsigned_abs() {
                 break;
             }
@@ -791,22 +805,7 @@ async fn reclaim_one(t: &Target, now: Micros) -> Result<u64> {
 async fn storage_bytes(t: &Target) -> Result<u64> {
     let client = t.pool.get().await?;
     // Each sum is numeric in SQL; a namespace stores far below 2^63 bytes.
-    let row = client
-        .query_typed_one(
-            &format!(
-                "SELECT
-                    (SELECT coalesce(sum(octet_length(id) + octet_length(key) + coalesce(octet_length(value), 0) + $1), 0)::int8 FROM {items})
-                  + (SELECT coalesce(sum(octet_length(id) + octet_length(key) + octet_length(data) + $1), 0)::int8 FROM {chunks})
-                  + (SELECT coalesce(sum(octet_length(id) + octet_length(start_key) + coalesce(octet_length(end_key), 0) + $1), 0)::int8 FROM {ranges})
-                  + (SELECT coalesce(sum(octet_length(id) + octet_length(token) + $1), 0)::int8 FROM {tokens})",
-                items = t.items,
-                chunks = t.chunks,
-                ranges = t.ranges,
-                tokens = t.tokens,
-            ),
-            &[(&ROW_OVERHEAD, Type::INT8)],
-        )
-        .await?;
+    let row = client.query_typed_one(&t.sql.storage_bytes, &[(&ROW_OVERHEAD, Type::INT8)]).await?;
     let total: i64 = row.try_get(0)?;
     Ok(total.unsigned_abs())
 }
@@ -835,7 +834,7 @@ impl KeyValue for PostgresPlugin {
         now: Micros,
     ) -> prism_plugin_api::Result<ItemsPage> {
         let t = self.target(ns)?;
-        let result = self.bounded("get", read::get(&t, id, selector, after, limits, now)).await;
+        let result = self.bounded("get", t.unless_unprepared(|| read::get(&t, id, selector, after, limits, now))).await;
         Ok(self.settle(&t, result)?)
     }
 
@@ -847,7 +846,7 @@ impl KeyValue for PostgresPlugin {
         now: Micros,
     ) -> prism_plugin_api::Result<RecordsPage> {
         let t = self.target(ns)?;
-        let result = self.bounded("scan", read::scan(&t, after, limits, now)).await;
+        let result = self.bounded("scan", t.unless_unprepared(|| read::scan(&t, after, limits, now))).await;
         Ok(self.settle(&t, result)?)
     }
 

@@ -41,7 +41,7 @@ use prism_proto::control::Backend;
 
 pub use config::{NamespaceSettings, PostgresPluginConfig};
 pub use error::{PostgresError, Result};
-pub use kv::TableNames;
+pub use kv::{KvStatements, TableNames};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::PoolKey;

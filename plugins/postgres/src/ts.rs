@@ -187,7 +187,7 @@ async fn ensure_partitions(t: &Target, days: &HashSet<i64>) -> Result<()> {
     let mut client = t.pool.get().await?;
     for day in missing {
         let tx = client.build_transaction().start().await?;
-        tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&t.names.partition_lock(), Type::INT8)]).await?;
+        tx.execute_typed(crate::kv::statements::LOCK, &[(&t.names.partition_lock(), Type::INT8)]).await?;
         let (from, to) = (day * DAY, (day + 1) * DAY);
         let names = &t.names;
         tx.batch_execute(&format!(
@@ -555,7 +555,7 @@ async fn reclaim(t: &Target, now: Micros, retention: Option<Micros>) -> Result<u
     }
     for (day, estimate) in due {
         let tx = client.build_transaction().start().await?;
-        tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&t.names.partition_lock(), Type::INT8)]).await?;
+        tx.execute_typed(crate::kv::statements::LOCK, &[(&t.names.partition_lock(), Type::INT8)]).await?;
         tx.batch_execute(&format!(
             "DROP TABLE IF EXISTS {}, {}",
             t.names.qualified(&t.names.ts_partition('e', day)),

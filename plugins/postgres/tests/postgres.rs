@@ -401,6 +401,140 @@ async fn a_racing_older_put_never_outlives_a_range_delete() {
     c.finish().await;
 }
 
+/// Version `v` of every item of records `small` (600 items: a page of
+/// them spans three read batches) and `large` (24 items of 9 to 12 KiB,
+/// whose values are read after the metadata; the length depends on `v`).
+fn versioned(v: usize) -> [(&'static str, Vec<Mutation>); 2] {
+    let small = (0..600).map(|i| put(format!("k{i:04}"), format!("v{v:06}"))).collect();
+    let large = (0..24)
+        .map(|i| {
+            let mut value = format!("v{v:06}").into_bytes();
+            value.resize(9 * 1024 + (v % 7) * 512, b'.');
+            put(format!("k{i:02}"), value)
+        })
+        .collect();
+    [("small", small), ("large", large)]
+}
+
+/// The version every item of `items` carries, and how many items; panics
+/// if two items carry different versions (two snapshots in one page) or a
+/// value's length does not match its version.
+fn one_version(what: &str, items: &[prism_plugin_api::kv::Item]) -> (String, usize) {
+    let version = |value: &[u8]| String::from_utf8_lossy(&value[..7.min(value.len())]).into_owned();
+    let first = items.first().map(|i| version(&i.value)).unwrap_or_default();
+    for item in items {
+        assert_eq!(version(&item.value), first, "{what}: one page mixes two versions of the record");
+        if item.value.len() > 7 {
+            let v: usize = first[1..].parse().expect("a version number");
+            assert_eq!(item.value.len(), 9 * 1024 + (v % 7) * 512, "{what}: a value of another version");
+        }
+    }
+    (first, items.len())
+}
+
+/// A page read in several statements (metadata in three batches, or the
+/// values after the metadata) is one snapshot: a writer rewriting every
+/// item of a record in one mutate, racing the reads, is seen wholly or not
+/// at all — by gets and by scans, through both kinds of statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_across_batches_sees_one_snapshot_while_a_writer_races_it() {
+    const VERSIONS: usize = 30;
+    let server = server_or_skip!();
+    for dsn in [server.dsn(), format!("{}?prepared_statements=false", server.dsn())] {
+        let plugin = Configured::new(settings(&dsn, "prism-snapshots"), PostgresPluginConfig::default());
+        let c = Arc::new(Case::provision(plugin, "snapshots").await);
+        for (id, mutations) in versioned(0) {
+            c.mutate(id, &mutations, &c.at(0)).await;
+        }
+        let writer = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for v in 1..=VERSIONS {
+                    for (id, mutations) in versioned(v) {
+                        c.mutate(id, &mutations, &c.at(v as i64)).await;
+                    }
+                }
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() || reads < 3 {
+            for (id, count) in [("small", 600), ("large", 24)] {
+                let page = c.kv().get(&c.ns, id, &Selector::All, None, UNLIMITED, c.base).await.expect("get");
+                assert!(page.next.is_none(), "one page holds the record");
+                let (_, items) = one_version(id, &page.items);
+                assert_eq!(items, count, "{id}: every item, once");
+            }
+            let page = c.kv().scan(&c.ns, None, UNLIMITED, c.base).await.expect("scan");
+            assert!(page.next.is_none(), "one page holds the namespace");
+            for record in &page.records {
+                one_version(&format!("scan of {}", record.id), &record.items);
+            }
+            reads += 1;
+        }
+        writer.await.expect("writer task");
+        for id in ["small", "large"] {
+            let page = c.kv().get(&c.ns, id, &Selector::All, None, UNLIMITED, c.base).await.expect("get");
+            assert_eq!(one_version(id, &page.items).0, format!("v{VERSIONS:06}"), "{id}: the last version");
+        }
+        // Small pages of the same records: one statement each.
+        let limits = PageLimits { max_bytes: u64::MAX, max_items: Some(10) };
+        assert_eq!(c.read("small", &Selector::All, limits, c.base).await.len(), 600);
+        let keys = Selector::Keys(vec![b"k0001".to_vec(), b"k0599".to_vec(), b"nope".to_vec()]);
+        let got = c.entries_of("small", &keys).await;
+        assert_eq!(got, pairs(&[("k0001", format!("v{VERSIONS:06}")), ("k0599", format!("v{VERSIONS:06}"))]));
+        Arc::into_inner(c).expect("the writer is done").finish().await;
+    }
+}
+
+/// Behind PgBouncer in transaction mode, which keeps no prepared
+/// statements: with `prepared_statements=false` in the DSN every call
+/// works from the first; without it, a call that meets a lost statement
+/// switches the namespace to unnamed statements and runs again. Either way
+/// every write of two gateways lands once and reads see it, tokens
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_transaction_pooler_statements_go_unnamed() {
+    let server = server_or_skip!();
+    let Some(bouncer) = support::Bouncer::start(server, 2) else { return };
+    for (dsn, schema) in [
+        (format!("{}?prepared_statements=false", bouncer.dsn), "prism-bouncer-unnamed"),
+        (bouncer.dsn.clone(), "prism-bouncer-detected"),
+    ] {
+        let settings = PostgresConfig { pool_size: 4, ..settings(&dsn, schema) };
+        let gateways: [Arc<dyn Plugin>; 2] = [
+            Configured::new(settings.clone(), PostgresPluginConfig::default()),
+            Configured::new(settings, PostgresPluginConfig::default()),
+        ];
+        let c = Case::provision(gateways[0].clone(), "bouncer").await;
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let (gateway, ns, base) = (gateways[w % 2].clone(), c.ns.clone(), c.base);
+            tasks.push(tokio::spawn(async move {
+                let kv = gateway.key_value().expect("key_value");
+                for n in 0..20i64 {
+                    let id = format!("r{w}");
+                    let stamp = WriteStamp { generation_time: base + n, token: Some(format!("t{w}-{n}")) };
+                    let mutations = [put(format!("k{n:02}"), n.to_string())];
+                    kv.mutate(&ns, &id, &mutations, &stamp).await?;
+                    // The same token again: applied once.
+                    kv.mutate(&ns, &id, &[put(format!("k{n:02}"), "retried")], &stamp).await?;
+                    let page = kv.get(&ns, &id, &Selector::All, None, UNLIMITED, base).await?;
+                    assert_eq!(page.items.len(), n as usize + 1, "{id}: every write so far, once");
+                }
+                Ok::<(), PluginError>(())
+            }));
+        }
+        for task in tasks {
+            task.await.expect("writer task").expect("every call works behind the pooler");
+        }
+        for w in 0..8 {
+            let want: Vec<(String, String)> = (0..20).map(|n| (format!("k{n:02}"), n.to_string())).collect();
+            assert_eq!(c.entries(&format!("r{w}")).await, pairs(&want));
+        }
+        c.finish().await;
+    }
+}
+
 /// Through a gateway: the owning shard provisions a postgres namespace,
 /// which then serves KeyValue over gRPC; a namespace whose server is
 /// unreachable ends up DEGRADED with a reason that names neither the DSN

@@ -140,9 +140,10 @@ impl TableNames {
         quote_ident(&self.name(suffix))
     }
 
-    /// The advisory lock key that serialises writes to record `id`. A
-    /// collision only makes two records wait for each other.
-    pub(crate) fn record_lock(&self, id: &[u8]) -> i64 {
+    /// The advisory lock key that serialises writes to record `id`
+    /// (the parameter of [`super::statements::LOCK`]). A collision only
+    /// makes two records wait for each other.
+    pub fn record_lock(&self, id: &[u8]) -> i64 {
         // Streamed: the hash of `base ‖ 0x00 ‖ id`, as one buffer would give.
         let mut hasher = XxHash64::with_seed(RECORD_LOCK_SEED);
         hasher.write(self.base.as_bytes());

@@ -1,24 +1,23 @@
-//! Reads: one `REPEATABLE READ READ ONLY` transaction per page. Metadata
-//! in key order, batch by batch, the page cut in Rust; then the values the
-//! metadata left out (see the [module docs](super)).
+//! Reads: a page that one statement answers is that statement alone, on
+//! a prepared statement and in no transaction; any other page is one
+//! `REPEATABLE READ READ ONLY` transaction: metadata in key order, batch by
+//! batch, the page cut in Rust, then the values the metadata left out (see
+//! the [module docs](super)).
 
 use std::collections::HashMap;
 
+use deadpool_postgres::ClientWrapper;
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::{Item, ItemsPage, PageLimits, Record, RecordsPage, ScanCursor, Selector};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::Target;
+use super::prepared::{self, Stmt};
+use super::statements::{GET_KEYS_TYPES, READ_BATCH};
 use crate::error::{PostgresError, Result};
 
-/// Rows of metadata one read statement fetches at most.
-const BATCH: usize = 256;
-/// Values up to this many bytes come with their metadata; longer ones are
-/// fetched once the page is cut, so a batch holds at most `BATCH` of these.
-const SMALL_VALUE: i64 = 8 << 10;
-
-type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+type Param<'a> = &'a (dyn ToSql + Sync);
 
 /// Fills one page: stops once the bytes or the item count reach the
 /// limits, with the item that reached them.
@@ -41,7 +40,7 @@ impl Pager {
 
     /// Rows to fetch per statement: the page's item bound and one more.
     fn batch(&self) -> usize {
-        self.max_items.saturating_add(1).min(BATCH)
+        self.max_items.saturating_add(1).min(READ_BATCH)
     }
 
     fn full(&self) -> bool {
@@ -97,75 +96,6 @@ impl Meta {
     }
 }
 
-/// The columns [`Meta::from_row`] reads after the id and key.
-fn meta_columns() -> String {
-    format!("len, chunks, expires_at, CASE WHEN chunks = 0 AND len <= {SMALL_VALUE} THEN value END")
-}
-
-/// The texts of [`get`]'s metadata reads for one incarnation, formatted
-/// once: by a list of keys, and by a key range in each of its four shapes
-/// (with or without an end, with or without a cursor).
-pub(crate) struct GetStatements {
-    keys: String,
-    /// Indexed by [`GetStatements::shape`].
-    range: [String; 4],
-}
-
-impl GetStatements {
-    pub(super) fn new(items: &str) -> Self {
-        let visible = format!(
-            "SELECT key, {} FROM {} WHERE id = $1 AND NOT tombstone AND (expires_at IS NULL OR expires_at > $2)",
-            meta_columns(),
-            items
-        );
-        let range = |end: bool, cursor: bool| {
-            // Placeholders in the order `get` binds: id, now, start, then
-            // the end and the cursor if present, then the limit.
-            let mut next = 3;
-            let mut placeholder = || {
-                let p = format!("${next}");
-                next += 1;
-                p
-            };
-            let mut sql = visible.clone();
-            sql.push_str(&format!(" AND key >= {}", placeholder()));
-            if end {
-                sql.push_str(&format!(" AND key < {}", placeholder()));
-            }
-            if cursor {
-                sql.push_str(&format!(" AND key > {}", placeholder()));
-            }
-            sql.push_str(&format!(" ORDER BY key LIMIT {}", placeholder()));
-            sql
-        };
-        Self {
-            keys: format!("{visible} AND key = ANY($3) ORDER BY key"),
-            range: [range(false, false), range(true, false), range(false, true), range(true, true)],
-        }
-    }
-
-    fn shape(end: bool, cursor: bool) -> usize {
-        usize::from(end) + 2 * usize::from(cursor)
-    }
-}
-
-/// Builds a statement's parameters as its text is written.
-struct Params<'a> {
-    params: Vec<Param<'a>>,
-}
-
-impl<'a> Params<'a> {
-    fn new() -> Self {
-        Self { params: Vec::new() }
-    }
-
-    /// Adds a parameter; returns its placeholder.
-    fn bind(&mut self, value: &'a (dyn ToSql + Sync), ty: Type) -> String {
-        self.params.push((value, ty));
-        format!("${}", self.params.len())
-    }
-}
-
 /// Reads the values the metadata rows left out: larger inline values by
 /// key, chunked ones from their chunks.
 async fn fill_values(tx: &tokio_postgres::Transaction<'_>, t: &Target, metas: &mut [Meta]) -> Result<()> {
@@ -179,14 +109,7 @@ async fn fill_values(tx: &tokio_postgres::Transaction<'_>, t: &Target, metas: &m
     let mut found: HashMap<(Vec<u8>, Vec<u8>), Vec<u8>> = HashMap::new();
     if !inline_keys.is_empty() {
         let rows = tx
-            .query_typed(
-                &format!(
-                    "SELECT i.id, i.key, i.value FROM {} i
-                     JOIN unnest($1::bytea[], $2::bytea[]) AS w (id, key) ON i.id = w.id AND i.key = w.key",
-                    t.items
-                ),
-                &[(&inline_ids, Type::BYTEA_ARRAY), (&inline_keys, Type::BYTEA_ARRAY)],
-            )
+            .query_typed(&t.sql.fill_inline, &[(&inline_ids, Type::BYTEA_ARRAY), (&inline_keys, Type::BYTEA_ARRAY)])
             .await?;
         for row in rows {
             let value: Option<Vec<u8>> = row.try_get(2)?;
@@ -195,15 +118,7 @@ async fn fill_values(tx: &tokio_postgres::Transaction<'_>, t: &Target, metas: &m
     }
     if !chunk_keys.is_empty() {
         let rows = tx
-            .query_typed(
-                &format!(
-                    "SELECT c.id, c.key, c.idx, c.data FROM {} c
-                     JOIN unnest($1::bytea[], $2::bytea[]) AS w (id, key) ON c.id = w.id AND c.key = w.key
-                     ORDER BY c.id, c.key, c.idx",
-                    t.chunks
-                ),
-                &[(&chunk_ids, Type::BYTEA_ARRAY), (&chunk_keys, Type::BYTEA_ARRAY)],
-            )
+            .query_typed(&t.sql.fill_chunks, &[(&chunk_ids, Type::BYTEA_ARRAY), (&chunk_keys, Type::BYTEA_ARRAY)])
             .await?;
         let mut next_index: HashMap<(Vec<u8>, Vec<u8>), i32> = HashMap::new();
         for row in rows {
@@ -229,6 +144,76 @@ async fn fill_values(tx: &tokio_postgres::Transaction<'_>, t: &Target, metas: &m
     Ok(())
 }
 
+/// The keys of a `Selector::Keys` read past `after`, sorted, each once.
+fn wanted<'a>(keys: &'a [Vec<u8>], after: Option<&[u8]>) -> Vec<&'a [u8]> {
+    let mut wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).filter(|k| after.is_none_or(|a| *k > a)).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    wanted
+}
+
+/// The bounds of a `Selector::All` or `Selector::Range` read.
+fn bounds(selector: &Selector) -> (&[u8], Option<&[u8]>) {
+    match selector {
+        Selector::Range(range) => (range.start.as_slice(), range.end.as_deref()),
+        _ => (&[][..], None),
+    }
+}
+
+/// The parameters of a range read, in the order of
+/// `KvStatements::get_range`'s placeholders.
+fn range_params<'a>(
+    id: &'a &'a [u8],
+    now: &'a Micros,
+    (start, end): &'a (&'a [u8], Option<&'a [u8]>),
+    cursor: Option<&'a Vec<u8>>,
+    limit: &'a i64,
+) -> Vec<Param<'a>> {
+    let mut params: Vec<Param<'a>> = Vec::with_capacity(6);
+    params.push(id);
+    params.push(now);
+    params.push(start);
+    if let Some(end) = end {
+        params.push(end);
+    }
+    if let Some(cursor) = cursor {
+        params.push(cursor);
+    }
+    params.push(limit);
+    params
+}
+
+/// A page's items once its metadata is complete and every value is
+/// read.
+fn items_page(metas: Vec<Meta>, more: bool) -> Result<ItemsPage> {
+    let mut page = ItemsPage::default();
+    for meta in metas {
+        page.items.push(meta.into_item()?);
+    }
+    if more {
+        page.next = page.items.last().map(|i| i.key.clone());
+    }
+    Ok(page)
+}
+
+/// Offers `rows` to `pager` until the page is complete; `Some(metas)` when
+/// one statement answered the page: it is complete within these rows (or
+/// they are all there is: `ended`) and every value came inline.
+fn whole(rows: &[Row], id: Option<&[u8]>, pager: &mut Pager, ended: bool) -> Result<Option<Vec<Meta>>> {
+    let mut metas = Vec::with_capacity(rows.len());
+    for row in rows {
+        let meta = Meta::from_row(row, id)?;
+        if !pager.offer(&meta) {
+            break;
+        }
+        if meta.value.is_none() {
+            return Ok(None);
+        }
+        metas.push(meta);
+    }
+    Ok((pager.more || ended).then_some(metas))
+}
+
 pub(super) async fn get(
     t: &Target,
     id: &str,
@@ -241,22 +226,23 @@ pub(super) async fn get(
         return Ok(ItemsPage::default());
     }
     let id = id.as_bytes();
-    let mut client = t.pool.get().await?;
+    let mut client = prepared::connection(&t.pool).await?;
+    if let Some(page) = get_in_one_statement(&client, t, id, selector, after, limits, now).await? {
+        return Ok(page);
+    }
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
     let mut pager = Pager::new(limits);
     let mut metas: Vec<Meta> = Vec::new();
-    let sql = &t.sql.get;
     match selector {
         Selector::Keys(keys) => {
             // Each key is sent once, in sorted slices of a batch: a long
             // list costs its own size, not that times the batches.
-            let mut wanted: Vec<&[u8]> =
-                keys.iter().map(Vec::as_slice).filter(|k| after.is_none_or(|a| *k > a)).collect();
-            wanted.sort_unstable();
-            wanted.dedup();
-            'keys: for slice in wanted.chunks(BATCH) {
+            'keys: for slice in wanted(keys, after).chunks(READ_BATCH) {
                 let rows = tx
-                    .query_typed(&sql.keys, &[(&id, Type::BYTEA), (&now, Type::INT8), (&slice, Type::BYTEA_ARRAY)])
+                    .query_typed(
+                        &t.sql.get_keys,
+                        &[(&id, Type::BYTEA), (&now, Type::INT8), (&slice, Type::BYTEA_ARRAY)],
+                    )
                     .await?;
                 for row in &rows {
                     let meta = Meta::from_row(row, Some(id))?;
@@ -268,28 +254,15 @@ pub(super) async fn get(
             }
         }
         Selector::All | Selector::Range(_) => {
-            let (start, end) = match selector {
-                Selector::Range(range) => (range.start.as_slice(), range.end.as_deref()),
-                _ => (&[][..], None),
-            };
+            let bounds = bounds(selector);
             let batch = pager.batch();
             let limit = batch as i64;
             let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
             'batches: loop {
-                // Bound in the order of `GetStatements::new`'s placeholders.
-                let mut params: Vec<Param<'_>> = Vec::with_capacity(6);
-                params.push((&id, Type::BYTEA));
-                params.push((&now, Type::INT8));
-                params.push((&start, Type::BYTEA));
-                if let Some(end) = &end {
-                    params.push((end, Type::BYTEA));
-                }
-                if let Some(cursor) = &cursor {
-                    params.push((cursor, Type::BYTEA));
-                }
-                params.push((&limit, Type::INT8));
-                let text = &sql.range[GetStatements::shape(end.is_some(), cursor.is_some())];
-                let rows = tx.query_typed(text, &params).await?;
+                let (text, types) = t.sql.get_range(bounds.1.is_some(), cursor.is_some());
+                let params = range_params(&id, &now, &bounds, cursor.as_ref(), &limit);
+                let typed: Vec<(Param<'_>, Type)> = params.into_iter().zip(types.iter().cloned()).collect();
+                let rows = tx.query_typed(text, &typed).await?;
                 for row in &rows {
                     let meta = Meta::from_row(row, Some(id))?;
                     if !pager.offer(&meta) {
@@ -306,14 +279,80 @@ pub(super) async fn get(
     }
     fill_values(&tx, t, &mut metas).await?;
     tx.commit().await?;
-    let mut page = ItemsPage::default();
+    items_page(metas, pager.more)
+}
+
+/// The page in one statement, outside any transaction, if one statement
+/// answers it; `None` when it takes several (the answer is dropped: see
+/// the module docs).
+async fn get_in_one_statement(
+    client: &ClientWrapper,
+    t: &Target,
+    id: &[u8],
+    selector: &Selector,
+    after: Option<&[u8]>,
+    limits: PageLimits,
+    now: Micros,
+) -> Result<Option<ItemsPage>> {
+    let mut pager = Pager::new(limits);
+    let named = t.named();
+    let metas = match selector {
+        Selector::Keys(keys) => {
+            let wanted = wanted(keys, after);
+            if wanted.len() > READ_BATCH {
+                return Ok(None);
+            }
+            if wanted.is_empty() {
+                return Ok(Some(ItemsPage::default()));
+            }
+            let statement = Stmt::on(client, named, &t.sql.get_keys, GET_KEYS_TYPES).await?;
+            let rows = statement.query(client, &[&id, &now, &wanted]).await?;
+            // No limit: the rows are every wanted key there is.
+            whole(&rows, Some(id), &mut pager, true)?
+        }
+        Selector::All | Selector::Range(_) => {
+            let bounds = bounds(selector);
+            let cursor = after.map(<[u8]>::to_vec);
+            let batch = pager.batch();
+            let limit = batch as i64;
+            let (text, types) = t.sql.get_range(bounds.1.is_some(), cursor.is_some());
+            let statement = Stmt::on(client, named, text, types).await?;
+            let rows = statement.query(client, &range_params(&id, &now, &bounds, cursor.as_ref(), &limit)).await?;
+            whole(&rows, Some(id), &mut pager, rows.len() < batch)?
+        }
+    };
+    metas.map(|metas| items_page(metas, pager.more)).transpose()
+}
+
+/// A page of records once its metadata is complete and every value is
+/// read.
+fn records_page(metas: Vec<Meta>, more: bool) -> Result<RecordsPage> {
+    let mut page = RecordsPage::default();
     for meta in metas {
-        page.items.push(meta.into_item()?);
+        let id = String::from_utf8(meta.id.clone())
+            .map_err(|_| PostgresError::Corrupt("a record id is not UTF-8".into()))?;
+        let item = meta.into_item()?;
+        match page.records.last_mut() {
+            Some(record) if record.id == id => record.items.push(item),
+            _ => page.records.push(Record { id, items: vec![item] }),
+        }
     }
-    if pager.more {
-        page.next = page.items.last().map(|i| i.key.clone());
+    if more {
+        page.next = page
+            .records
+            .last()
+            .and_then(|r| r.items.last().map(|i| ScanCursor { id: r.id.clone(), key: i.key.clone() }));
     }
     Ok(page)
+}
+
+/// The parameters of a scan read, in the order of `KvStatements::scan`'s
+/// placeholders.
+fn scan_params<'a>(now: &'a Micros, cursor: Option<&'a (Vec<u8>, Vec<u8>)>, limit: &'a i64) -> Vec<Param<'a>> {
+    match cursor {
+        Some((id, key)) => vec![now, id, key, limit],
+        None => vec![now, limit],
+    }
 }
 
 pub(super) async fn scan(
@@ -322,27 +361,26 @@ pub(super) async fn scan(
     limits: PageLimits,
     now: Micros,
 ) -> Result<RecordsPage> {
-    let mut client = t.pool.get().await?;
-    let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+    let mut client = prepared::connection(&t.pool).await?;
     let mut pager = Pager::new(limits);
     let batch = pager.batch();
     let limit = batch as i64;
-    let mut metas: Vec<Meta> = Vec::new();
     let mut cursor: Option<(Vec<u8>, Vec<u8>)> = after.map(|c| (c.id.as_bytes().to_vec(), c.key.clone()));
+    // One statement, in no transaction, when that answers the page.
+    let (text, types) = t.sql.scan(cursor.is_some());
+    let statement = Stmt::on(&client, t.named(), text, types).await?;
+    let rows = statement.query(&client, &scan_params(&now, cursor.as_ref(), &limit)).await?;
+    if let Some(metas) = whole(&rows, None, &mut pager, rows.len() < batch)? {
+        return records_page(metas, pager.more);
+    }
+    let mut pager = Pager::new(limits);
+    let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+    let mut metas: Vec<Meta> = Vec::new();
     'pages: loop {
-        let mut p = Params::new();
-        let mut sql = format!(
-            "SELECT id, key, {} FROM {} WHERE NOT tombstone AND (expires_at IS NULL OR expires_at > {})",
-            meta_columns(),
-            t.items,
-            p.bind(&now, Type::INT8),
-        );
-        if let Some((id, key)) = &cursor {
-            let (id, key) = (p.bind(id, Type::BYTEA), p.bind(key, Type::BYTEA));
-            sql.push_str(&format!(" AND (id, key) > ({id}, {key})"));
-        }
-        sql.push_str(&format!(" ORDER BY id, key LIMIT {}", p.bind(&limit, Type::INT8)));
-        let rows = tx.query_typed(&sql, &p.params).await?;
+        let (text, types) = t.sql.scan(cursor.is_some());
+        let params = scan_params(&now, cursor.as_ref(), &limit);
+        let typed: Vec<(Param<'_>, Type)> = params.into_iter().zip(types.iter().cloned()).collect();
+        let rows = tx.query_typed(text, &typed).await?;
         let fetched = rows.len();
         for row in &rows {
             let meta = Meta::from_row(row, None)?;
@@ -358,43 +396,5 @@ pub(super) async fn scan(
     }
     fill_values(&tx, t, &mut metas).await?;
     tx.commit().await?;
-    let mut page = RecordsPage::default();
-    for meta in metas {
-        let id = String::from_utf8(meta.id.clone())
-            .map_err(|_| PostgresError::Corrupt("a record id is not UTF-8".into()))?;
-        let item = meta.into_item()?;
-        match page.records.last_mut() {
-            Some(record) if record.id == id => record.items.push(item),
-            _ => page.records.push(Record { id, items: vec![item] }),
-        }
-    }
-    if pager.more {
-        page.next = page
-            .records
-            .last()
-            .and_then(|r| r.items.last().map(|i| ScanCursor { id: r.id.clone(), key: i.key.clone() }));
-    }
-    Ok(page)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn get_statements_number_their_placeholders_as_bound() {
-        let sql = GetStatements::new("\"s\".\"t\"");
-        let visible = "SELECT key, len, chunks, expires_at, CASE WHEN chunks = 0 AND len <= 8192 THEN value END \
-                       FROM \"s\".\"t\" WHERE id = $1 AND NOT tombstone AND (expires_at IS NULL OR expires_at > $2)";
-        assert_eq!(sql.keys, format!("{visible} AND key = ANY($3) ORDER BY key"));
-        let shapes = [
-            ((false, false), " AND key >= $3 ORDER BY key LIMIT $4"),
-            ((true, false), " AND key >= $3 AND key < $4 ORDER BY key LIMIT $5"),
-            ((false, true), " AND key >= $3 AND key > $4 ORDER BY key LIMIT $5"),
-            ((true, true), " AND key >= $3 AND key < $4 AND key > $5 ORDER BY key LIMIT $6"),
-        ];
-        for ((end, cursor), tail) in shapes {
-            assert_eq!(sql.range[GetStatements::shape(end, cursor)], format!("{visible}{tail}"), "{end} {cursor}");
-        }
-    }
+    records_page(metas, pager.more)
 }

@@ -89,6 +89,13 @@ pub async fn fixture(schema: &str, chunk_threshold_bytes: u64) -> Arc<Configured
     Configured::new(settings(&server().dsn(), schema), config)
 }
 
+/// As [`fixture`], on a DSN that says `prepared_statements=false`: every
+/// statement unnamed, as behind a pooler in transaction mode.
+pub async fn fixture_unnamed(schema: &str) -> Arc<Configured> {
+    let dsn = format!("{}?prepared_statements=false", server().dsn());
+    Configured::new(settings(&dsn, schema), PostgresPluginConfig::default())
+}
+
 #[async_trait]
 impl Plugin for Configured {
     fn capabilities(&self) -> Capabilities {
@@ -201,4 +208,59 @@ pub async fn sql(server: &PostgresServer) -> tokio_postgres::Client {
         let _ = connection.await;
     });
     client
+}
+
+/// PgBouncer in transaction pooling mode in front of a server, started by
+/// `scripts/pgbouncer.sh` (a temp dir, an ephemeral port) and stopped on
+/// drop: a pooler that does not keep prepared statements, between the
+/// plugin and PostgreSQL.
+pub struct Bouncer {
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub dsn: String,
+    pid: String,
+    dir: std::path::PathBuf,
+}
+
+/// The command that installs PgBouncer.
+pub const PGBOUNCER_INSTALL: &str = "apt-get install -y pgbouncer";
+
+impl Bouncer {
+    /// In front of `server`, with `pool` server connections. `None` when
+    /// PgBouncer is not installed and `PRISM_REQUIRE_SERVERS` is unset
+    /// (the caller skips); a failure to start fails the test.
+    pub fn start(server: &PostgresServer, pool: usize) -> Option<Self> {
+        let installed = std::process::Command::new("sh")
+            .args(["-c", "command -v pgbouncer || test -x /usr/sbin/pgbouncer"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            assert!(
+                !prism_testkit::postgres::servers_required(),
+                "PgBouncer is not installed: run `{PGBOUNCER_INSTALL}`"
+            );
+            println!("skipped: PgBouncer is not installed (install it with `{PGBOUNCER_INSTALL}`)");
+            return None;
+        }
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pgbouncer.sh");
+        let out = std::process::Command::new(&script)
+            .args(["127.0.0.1", &server.port().to_string(), &pool.to_string()])
+            .output()
+            .expect("run scripts/pgbouncer.sh");
+        assert!(out.status.success(), "pgbouncer.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).expect("pgbouncer.sh prints text");
+        let mut lines = text.lines();
+        let (Some(dsn), Some(pid), Some(dir)) = (lines.next(), lines.next(), lines.next()) else {
+            panic!("pgbouncer.sh printed {text:?}, not a DSN, a PID and a directory");
+        };
+        Some(Self { dsn: dsn.to_owned(), pid: pid.trim().to_owned(), dir: dir.into() })
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        // The PgBouncer this fixture started, by its PID.
+        let _ = std::process::Command::new("kill").arg(&self.pid).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
