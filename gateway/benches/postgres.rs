@@ -1,8 +1,9 @@
 //! Gateway → Postgres: PutItems and GetItems throughput through the gateway
 //! (gRPC, every layer, the postgres plugin) against a baseline measured in
-//! the same run: the same SQL the plugin issues for a put and a get, sent
-//! directly with tokio-postgres through a deadpool pool of the same size,
-//! at the same concurrency. The ratio is what the gateway costs on top of
+//! the same run: the plugin's own statements (`KvStatements`, imported)
+//! for a put and a get, sent the way the plugin sends them, directly with
+//! tokio-postgres through a deadpool pool of the same size, at the same
+//! concurrency. The ratio is what the gateway costs on top of
 //! the database work (goal: gateway / direct ≥ 0.9). See
 //! `docs/benchmarks.md`, "Gateway → Postgres".
 //!
@@ -15,23 +16,23 @@
 //! (`cargo test --benches`) it runs once, briefly, as a smoke test, and
 //! skips when PostgreSQL is not installed (unless `PRISM_REQUIRE_SERVERS`).
 
-use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::future::join4;
 use hdrhistogram::Histogram;
 use prism_client::KeyValueClient;
 use prism_plugin_api::now_micros;
-use prism_plugin_postgres::TableNames;
+use prism_plugin_postgres::kv::statements::{LOCK, LOCK_TYPES, READ_BATCH, UPSERT_TYPES};
+use prism_plugin_postgres::{KvStatements, TableNames};
 use prism_proto::control::backend_config::Config as BackendConfigKind;
 use prism_proto::control::{Abstraction, Backend, BackendConfig, GetNamespaceRequest, NamespaceSpec, PostgresConfig};
 use prism_proto::kv;
 use prism_testkit::postgres::PostgresServer;
-use tokio_postgres::types::Type;
-use tokio_postgres::{IsolationLevel, NoTls};
-use twox_hash::XxHash64;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
 
 /// Connections of the namespace's pool, and of the baseline's.
 const POOL_SIZE: usize = 16;
@@ -42,15 +43,6 @@ const SCHEMA: &str = "public";
 /// One item per record: this key, a value of this many bytes.
 const KEY: &[u8] = b"field";
 const VALUE_BYTES: usize = 100;
-
-// What the plugin's SQL depends on, copied from `prism-plugin-postgres`
-// (`kv/names.rs`, `kv/read.rs`): private there.
-/// Seed of the per-record advisory lock key.
-const RECORD_LOCK_SEED: u64 = 0x7265_636f_7264_6c6b;
-/// Values up to this many bytes come with their row's metadata.
-const SMALL_VALUE: i64 = 8 << 10;
-/// Rows one read statement fetches at most (the `LIMIT` of a whole-record get).
-const READ_BATCH: i64 = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -82,14 +74,13 @@ impl SideKind {
     }
 }
 
-/// The baseline: the plugin's statements, prepared as text once, on a pool
-/// built like the plugin's.
+/// The baseline: the plugin's statements (imported from the plugin, not
+/// copied), sent the way the plugin sends them, on a pool built like the
+/// plugin's.
 struct Direct {
     pool: Pool,
-    /// Table base name: what the record lock key hashes.
-    base: String,
-    upsert: String,
-    get: String,
+    names: TableNames,
+    sql: KvStatements,
 }
 
 impl Direct {
@@ -109,97 +100,53 @@ impl Direct {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .context("pool")?;
-        let items = names.qualified(&names.items());
-        let ranges = names.qualified(&names.ranges());
-        let chunks = names.qualified(&names.chunks());
-        // Byte for byte the plugin's statements (`kv.rs` `Statements::new`,
-        // `kv/read.rs` `GetStatements` for `Selector::All`, no cursor).
-        let upsert = format!(
-            "WITH won AS (
-                    INSERT INTO {items} AS s (id, key, generation, tombstone, expires_at, value, chunks, len)
-                    SELECT $1, w.key, $2, w.tombstone, w.expires_at, w.value, w.chunks, w.len
-                    FROM unnest($3::bytea[], $4::bool[], $5::int8[], $6::bytea[], $7::int4[], $8::int8[])
-                        AS w (key, tombstone, expires_at, value, chunks, len)
-                    WHERE NOT EXISTS (
-                        SELECT 1 FROM {ranges} r
-                        WHERE r.id = $1 AND r.generation >= $2
-                          AND r.start_key <= w.key AND (r.end_key IS NULL OR w.key < r.end_key))
-                    ON CONFLICT (id, key) DO UPDATE
-                    SET generation = EXCLUDED.generation, tombstone = EXCLUDED.tombstone,
-                        expires_at = EXCLUDED.expires_at, value = EXCLUDED.value,
-                        chunks = EXCLUDED.chunks, len = EXCLUDED.len
-                    WHERE s.generation < EXCLUDED.generation
-                    RETURNING key),
-                freed AS (
-                    DELETE FROM {chunks} c USING won WHERE c.id = $1 AND c.key = won.key)
-                SELECT key FROM won"
-        );
-        let get = format!(
-            "SELECT key, len, chunks, expires_at, CASE WHEN chunks = 0 AND len <= {SMALL_VALUE} THEN value END \
-             FROM {items} WHERE id = $1 AND NOT tombstone AND (expires_at IS NULL OR expires_at > $2) \
-             AND key >= $3 ORDER BY key LIMIT $4"
-        );
-        Ok(Self { pool, base: names.base.clone(), upsert, get })
+        Ok(Self { pool, names: names.clone(), sql: KvStatements::new(names) })
     }
 
-    /// `TableNames::record_lock`: the hash of `base ‖ 0x00 ‖ id`, streamed.
-    fn record_lock(&self, id: &[u8]) -> i64 {
-        let mut hasher = XxHash64::with_seed(RECORD_LOCK_SEED);
-        hasher.write(self.base.as_bytes());
-        hasher.write(&[0]);
-        hasher.write(id);
-        hasher.finish() as i64
-    }
-
-    /// A put of one item, as `mutate_once` runs it: a READ COMMITTED
-    /// transaction, the record's advisory lock, the LWW upsert, commit.
+    /// A put of one item, as the plugin's `put_pipelined` sends it: a READ
+    /// COMMITTED transaction of the record's advisory lock and the LWW
+    /// upsert, all four statements pipelined in one round trip, the lock
+    /// and the upsert prepared once per connection.
     async fn put(&self, id: &str, value: &[u8]) -> anyhow::Result<usize> {
         let generation = now_micros();
         let id = id.as_bytes();
-        let mut client = self.pool.get().await?;
-        let tx = client.build_transaction().start().await?;
-        tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&self.record_lock(id), Type::INT8)]).await?;
+        let client = self.pool.get().await?;
+        let lock = client.prepare_typed_cached(LOCK, LOCK_TYPES).await?;
+        let upsert = client.prepare_typed_cached(&self.sql.upsert, UPSERT_TYPES).await?;
+        let lock_key = self.names.record_lock(id);
         let keys: Vec<&[u8]> = vec![KEY];
         let tombstones = vec![false];
         let expires: Vec<Option<i64>> = vec![None];
         let values: Vec<Option<&[u8]>> = vec![Some(value)];
         let chunk_counts = vec![0i32];
         let lens = vec![i64::try_from(value.len())?];
-        let won = tx
-            .query_typed(
-                &self.upsert,
-                &[
-                    (&id, Type::BYTEA),
-                    (&generation, Type::INT8),
-                    (&keys, Type::BYTEA_ARRAY),
-                    (&tombstones, Type::BOOL_ARRAY),
-                    (&expires, Type::INT8_ARRAY),
-                    (&values, Type::BYTEA_ARRAY),
-                    (&chunk_counts, Type::INT4_ARRAY),
-                    (&lens, Type::INT8_ARRAY),
-                ],
-            )
-            .await?;
-        // The plugin reads the winners only when a value is chunked.
-        tx.commit().await?;
+        let params: [&(dyn ToSql + Sync); 8] =
+            [&id, &generation, &keys, &tombstones, &expires, &values, &chunk_counts, &lens];
+        let (begun, locked, won, committed) = join4(
+            client.batch_execute("BEGIN"),
+            client.query(&lock, &[&lock_key]),
+            client.query(&upsert, &params),
+            client.batch_execute("COMMIT"),
+        )
+        .await;
+        begun?;
+        locked?;
+        let won = won?;
+        committed?;
         Ok(won.len())
     }
 
-    /// A whole-record get, as `read::get` runs it: a REPEATABLE READ READ
-    /// ONLY transaction, one metadata-and-small-values batch, commit.
+    /// A whole-record get, as the plugin's `read::get` sends it when one
+    /// statement answers the page: one prepared statement, no transaction.
     async fn get(&self, id: &str) -> anyhow::Result<usize> {
         let id = id.as_bytes();
         let now = now_micros();
         let start: &[u8] = &[];
-        let mut client = self.pool.get().await?;
-        let tx =
-            client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
-        let rows = tx
-            .query_typed(
-                &self.get,
-                &[(&id, Type::BYTEA), (&now, Type::INT8), (&start, Type::BYTEA), (&READ_BATCH, Type::INT8)],
-            )
-            .await?;
+        let limit = READ_BATCH as i64;
+        let client = self.pool.get().await?;
+        let (text, types) = self.sql.get_range(false, false);
+        let get = client.prepare_typed_cached(text, types).await?;
+        let rows = client.query(&get, &[&id, &now, &start, &limit]).await?;
         let mut found = 0;
         for row in &rows {
             let (_key, _len, _chunks, _expires): (Vec<u8>, i64, i32, Option<i64>) =
@@ -207,7 +154,6 @@ impl Direct {
             let value: Option<Vec<u8>> = row.try_get(4)?;
             found += usize::from(value.is_some_and(|v| v.len() == VALUE_BYTES));
         }
-        tx.commit().await?;
         Ok(found)
     }
 }

@@ -50,6 +50,11 @@ pub enum Command {
     Compare(CompareArgs),
     /// Serves the bare echo baseline (KeyValue GetItems/PutItems, no work).
     Echo(EchoArgs),
+    /// Writes a pgbench script of the postgres plugin's read or write
+    /// statement, and prints its `-D` variables.
+    PgbenchScript(crate::pgbench::PgbenchArgs),
+    /// Writes one gRPC request body for `h2load -d`, and prints its path.
+    GrpcFrame(crate::frame::FrameArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]

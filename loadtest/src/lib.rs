@@ -9,7 +9,9 @@
 pub mod args;
 pub mod compare;
 pub mod echo;
+pub mod frame;
 pub mod pg;
+pub mod pgbench;
 pub mod report;
 pub mod runner;
 pub mod scenario;
@@ -27,6 +29,8 @@ pub enum Outcome {
     Run(Box<RunResult>),
     Compare(Box<CompareResult>),
     Echo,
+    /// A baseline's input was written (`pgbench-script`, `grpc-frame`).
+    Written,
 }
 
 /// Runs a `run`: the load, the summary on stdout, the files, then the
@@ -65,6 +69,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             )
             .await?;
             Ok(Outcome::Echo)
+        }
+        Command::PgbenchScript(args) => {
+            pgbench::run(&args)?;
+            Ok(Outcome::Written)
+        }
+        Command::GrpcFrame(args) => {
+            frame::run(&args).await?;
+            Ok(Outcome::Written)
         }
     }
 }

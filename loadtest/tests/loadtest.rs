@@ -444,3 +444,103 @@ async fn postgres_and_pgbouncer_baselines_run_and_compare() -> anyhow::Result<()
     assert!(e.to_string().contains("KeyValue only"), "{e}");
     Ok(())
 }
+
+/// `grpc-frame --check`: the request is sent once through a client and
+/// must succeed (a namespace the gateway does not serve fails), and the
+/// file is the prefixed request h2load sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_frames_are_checked_requests() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let gw = cluster.active_namespace("lt/frames", spec(Abstraction::KeyValue)).await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("put.grpc");
+    let (endpoint, token, path) = (gw.endpoint(), admin_token(), file.to_string_lossy().into_owned());
+    let frame = |call: &'static str, ns: &'static str| {
+        let (endpoint, token, path) = (endpoint.clone(), token.clone(), path.clone());
+        async move {
+            run_words(&[
+                "grpc-frame",
+                "--call",
+                call,
+                "--namespace",
+                ns,
+                "--id",
+                "7",
+                "--out",
+                &path,
+                "--check",
+                &endpoint,
+                "--token",
+                &token,
+            ])
+            .await
+        }
+    };
+    assert!(matches!(frame("put-items", "lt/frames").await?, Outcome::Written));
+    let body = std::fs::read(&file)?;
+    assert_eq!(body[0], 0, "not compressed");
+    assert_eq!(u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize, body.len() - 5);
+    assert!(matches!(frame("get-items", "lt/frames").await?, Outcome::Written));
+    let e = frame("get-items", "lt/nowhere").await.expect_err("an unknown namespace");
+    assert!(format!("{e:#}").contains("check"), "{e:#}");
+    Ok(())
+}
+
+/// `pgbench-script`: the plugin's read and upsert run by pgbench as single
+/// statements, against the tables the `pg:` baseline creates; the upsert
+/// writes one record per client, each write newer than the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_the_plugins_statements() -> anyhow::Result<()> {
+    let Some(server) = tokio::task::spawn_blocking(prism_testkit::postgres::PostgresServer::start_or_skip).await??
+    else {
+        eprintln!("skipped: {}", prism_testkit::postgres::skip_reason());
+        return Ok(());
+    };
+    // On PATH (Debian's wrapper), else beside the server's binaries.
+    let on_path = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("pgbench")).find(|p| p.is_file()));
+    let pgbench = on_path
+        .or_else(|| prism_testkit::postgres::find_binaries().map(|dir| dir.join("pgbench")).filter(|p| p.is_file()));
+    let Some(pgbench) = pgbench else {
+        anyhow::ensure!(
+            !prism_testkit::postgres::servers_required(),
+            "pgbench is missing: apt-get install -y postgresql-client"
+        );
+        eprintln!("skipped: pgbench is not installed");
+        return Ok(());
+    };
+    let dsn = server.dsn();
+    // Creates the tables, and the record the read reads.
+    prism_loadtest::pg::PgKv::connect(&dsn, 1).await?.put("0", b"", b"value").await?;
+    let dir = tempfile::tempdir()?;
+    for scenario in ["kv-get", "kv-put"] {
+        let script = dir.path().join(format!("{scenario}.sql"));
+        let out = Process::new(env!("CARGO_BIN_EXE_prism-loadtest"))
+            .args(["pgbench-script", "--scenario", scenario, "--out"])
+            .arg(&script)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let defines: Vec<String> = String::from_utf8(out.stdout)?.lines().map(str::to_owned).collect();
+        let run = Process::new(&pgbench)
+            .args(["-n", "-M", "extended", "-c", "2", "-t", "20", "-f"])
+            .arg(&script)
+            .args(&defines)
+            .args(["-h", "127.0.0.1", "-p", &server.port().to_string(), "-U", "postgres", "postgres"])
+            .output()?;
+        let report = String::from_utf8_lossy(&run.stdout);
+        anyhow::ensure!(
+            run.status.success() && report.contains("number of failed transactions: 0"),
+            "{scenario}: {report} {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let (client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let rows = client
+        .query("SELECT id, value FROM prism_loadtest_items WHERE id IN ('1000'::bytea, '1001'::bytea) ORDER BY id", &[])
+        .await?;
+    let written: Vec<(Vec<u8>, Vec<u8>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(written.len(), 2, "one record per pgbench client");
+    assert!(written.iter().all(|(_, v)| v.len() == 100), "the value of --value-size bytes");
+    Ok(())
+}
