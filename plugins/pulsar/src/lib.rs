@@ -29,15 +29,18 @@
 //! same holds for reclamation: a `Reclaimed` marker hides events past
 //! retention; Pulsar's namespace retention policy is what frees the space.
 //!
-//! **Relay.** The client reaches a `pulsar://` broker through an
-//! in-process loopback relay (`src/relay.rs`) that adds the payload checksum the
+//! **Relay.** Readers reach a `pulsar://` broker through an in-process
+//! loopback relay (`src/relay.rs`) that adds the payload checksum the
 //! `pulsar` crate requires and the protocol does not (pulsar-lite delivers
-//! stored messages without it).
+//! stored messages without it). Producers connect straight to the broker:
+//! they receive no messages, and a write through the relay paid a second
+//! loopback hop and a decode of every receipt (about a fifth of a bare
+//! producer's throughput; `docs/benchmarks.md`, "Gateway → Pulsar").
 //!
 //! Nothing connects until a namespace needs it: a gateway registers this
-//! plugin whether or not any broker exists. One client per service URL,
-//! one producer per data topic, both made on first need and dropped after
-//! a failure so the next call reconnects.
+//! plugin whether or not any broker exists. Two clients per service URL
+//! (one reads, one publishes), one producer per data topic, all made on
+//! first need and dropped after a failure so the next call reconnects.
 
 pub mod codec;
 pub mod config;
@@ -75,7 +78,12 @@ type SharedProducer = Arc<tokio::sync::Mutex<Producer<TokioExecutor>>>;
 /// per runtime.
 pub struct PulsarPlugin {
     config: PulsarPluginConfig,
+    /// Per service URL, the client that reads: through the [`relay`].
     clients: Mutex<HashMap<String, Client>>,
+    /// Per service URL, the client that publishes: straight to the broker.
+    /// Only delivered messages need the relay, and a publish that crosses
+    /// it pays a second loopback hop and a decode of every receipt.
+    writers: Mutex<HashMap<String, Client>>,
     producers: Mutex<HashMap<String, SharedProducer>>,
     /// Each incarnation's lifecycle as last folded, by lifecycle topic.
     states: Mutex<HashMap<String, State>>,
@@ -142,6 +150,7 @@ impl PulsarPlugin {
             relays: relay::Relays::new(config.connect_timeout),
             config,
             clients: Mutex::default(),
+            writers: Mutex::default(),
             producers: Mutex::default(),
             states: Mutex::default(),
             readers: AtomicU64::new(0),
@@ -158,9 +167,25 @@ impl PulsarPlugin {
         tokio::time::timeout(self.config.request_timeout, call).await.map_err(|_| PulsarError::Timeout(what))?
     }
 
-    /// The client of `service_url`, connected on first need.
+    /// The client that reads from `service_url`, through its relay,
+    /// connected on first need.
     async fn client(&self, service_url: &str) -> Result<Client> {
-        if let Some(client) = lock(&self.clients).get(service_url) {
+        self.client_of(&self.clients, service_url, true).await
+    }
+
+    /// The client that publishes to `service_url`, straight to the broker,
+    /// connected on first need.
+    async fn writer(&self, service_url: &str) -> Result<Client> {
+        self.client_of(&self.writers, service_url, false).await
+    }
+
+    async fn client_of(
+        &self,
+        clients: &Mutex<HashMap<String, Client>>,
+        service_url: &str,
+        relayed: bool,
+    ) -> Result<Client> {
+        if let Some(client) = lock(clients).get(service_url) {
             return Ok(client.clone());
         }
         // Few, quick connection retries: the request timeout bounds the
@@ -177,13 +202,17 @@ impl PulsarPlugin {
             retry_delay: Duration::from_millis(100),
             max_retries: Some(3),
         };
-        let url = self.relays.url(service_url).map_err(|e| pulsar::Error::Custom(format!("relay: {e}")))?;
+        let url = if relayed {
+            self.relays.url(service_url).map_err(|e| pulsar::Error::Custom(format!("relay: {e}")))?
+        } else {
+            service_url.to_owned()
+        };
         let client = Pulsar::builder(url, TokioExecutor)
             .with_connection_retry_options(connection)
             .with_operation_retry_options(operation)
             .build()
             .await?;
-        lock(&self.clients).insert(service_url.to_owned(), client.clone());
+        lock(clients).insert(service_url.to_owned(), client.clone());
         Ok(client)
     }
 
@@ -192,13 +221,14 @@ impl PulsarPlugin {
     fn reset(&self, service_url: &str, topic: &str) {
         lock(&self.producers).remove(topic);
         lock(&self.clients).remove(service_url);
+        lock(&self.writers).remove(service_url);
     }
 
     async fn producer(&self, service_url: &str, topic: &str) -> Result<SharedProducer> {
         if let Some(producer) = lock(&self.producers).get(topic) {
             return Ok(producer.clone());
         }
-        let client = self.client(service_url).await?;
+        let client = self.writer(service_url).await?;
         let producer = client.producer().with_topic(topic).build().await?;
         let producer = Arc::new(tokio::sync::Mutex::new(producer));
         lock(&self.producers).insert(topic.to_owned(), producer.clone());
