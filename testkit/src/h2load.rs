@@ -121,6 +121,35 @@ pub fn run(load: &Load<'_>) -> anyhow::Result<Outcome> {
     Ok(Outcome { succeeded, failed, per_second, mean_latency, cpu: Duration::from_millis(ticks * 10) })
 }
 
+/// Runs every load at once, one h2load process each (so each can send its
+/// own body: one client per series or record), and adds them up: requests
+/// per second over the wall time of the whole, the mean of the means
+/// weighted by requests, the CPU of all.
+pub fn run_all(loads: &[Load<'_>]) -> anyhow::Result<Outcome> {
+    let started = std::time::Instant::now();
+    let outcomes: Vec<anyhow::Result<Outcome>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = loads.iter().map(|load| scope.spawn(move || run(load))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("an h2load thread panicked"))))
+            .collect()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let mut total =
+        Outcome { succeeded: 0, failed: 0, per_second: 0.0, mean_latency: Duration::ZERO, cpu: Duration::ZERO };
+    let mut latency_sum = 0.0;
+    for outcome in outcomes {
+        let outcome = outcome?;
+        total.succeeded += outcome.succeeded;
+        total.failed += outcome.failed;
+        total.cpu += outcome.cpu;
+        latency_sum += outcome.mean_latency.as_secs_f64() * outcome.succeeded as f64;
+    }
+    total.per_second = total.succeeded as f64 / wall;
+    total.mean_latency = Duration::from_secs_f64(latency_sum / total.succeeded.max(1) as f64);
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -333,6 +333,7 @@ impl Cluster {
         Ok(gateway)
     }
 }
+pub mod cpu;
 pub mod h2load;
 pub mod kafka;
 pub mod postgres;
