@@ -122,7 +122,8 @@
 //! fills the page, every value in it inline — is that statement alone, in
 //! no transaction: in PostgreSQL one statement reads one snapshot at any
 //! isolation level. That is the common read (a record's items, a few
-//! keys), and it is one round trip on a prepared statement. Any other page
+//! keys), and it is one round trip on a prepared statement, pipelined with
+//! other such reads on a connection they share (`lanes.rs`). Any other page
 //! is read again, from the start, in one `REPEATABLE READ READ ONLY`
 //! transaction: the metadata batch by batch, then the values of the page's
 //! larger items and chunks by key. Nothing of the first statement's answer
@@ -165,6 +166,7 @@
 //! exact and never stale, at the cost of reading the namespace's rows; a
 //! counter would make every writer of a namespace wait on one row.
 
+pub(crate) mod lanes;
 pub mod names;
 pub(crate) mod prepared;
 mod read;
@@ -174,6 +176,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -187,6 +190,7 @@ use prism_plugin_api::{Micros, Namespace, now_micros};
 use prism_proto::control::PostgresConfig;
 use tokio_postgres::types::{ToSql, Type};
 
+use self::lanes::Lanes;
 pub use self::names::TableNames;
 use self::names::{REGISTRY_TABLE, quote_ident, schema_lock};
 use self::prepared::Stmt;
@@ -230,6 +234,8 @@ pub(crate) struct Target {
     /// with the same one reuses this target without parsing it again.
     pub(crate) backend: PostgresConfig,
     pub(crate) pool: Pool,
+    /// The pool's connections that one-statement reads share.
+    pub(crate) lanes: Arc<Lanes>,
     /// A TIME_SERIES namespace: its tables are [`crate::ts`]'s, not these.
     pub(crate) time_series: bool,
     /// The days whose TimeSeries partitions this plugin knows exist.
@@ -256,6 +262,7 @@ impl Target {
         settings: NamespaceSettings,
         backend: PostgresConfig,
         pool: Pool,
+        lanes: Arc<Lanes>,
         config: &PostgresPluginConfig,
     ) -> Result<Self> {
         let names = TableNames::of(ns, &settings.schema)?;
@@ -271,6 +278,7 @@ impl Target {
             settings,
             backend,
             pool,
+            lanes,
             chunk_threshold: usize::try_from(config.chunk_threshold_bytes).unwrap_or(usize::MAX).max(1),
             tombstone_retention: micros(config.tombstone_retention),
             token_retention: micros(config.token_retention),

@@ -46,6 +46,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::PoolKey;
 use crate::kv::Target;
+use crate::kv::lanes::Lanes;
 
 /// The postgres backend plugin. Cheap to share behind an `Arc`.
 ///
@@ -56,8 +57,8 @@ pub struct PostgresPlugin {
     /// TLS trusting the CAs of `tls_ca_file`; `None` without one.
     tls: Option<MakeRustlsConnect>,
     /// A pool is shared by the namespaces with the same DSN, pool size and
-    /// TLS requirement.
-    pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// TLS requirement, and so are its lanes ([`kv::lanes`]).
+    pools: Mutex<HashMap<PoolKey, (Pool, Arc<Lanes>)>>,
     /// Namespace incarnations this plugin has provisioned or served, by
     /// `(name, create_revision)`: what [`KeyValue::reclaim`] visits.
     known: Mutex<HashMap<(String, i64), Arc<Target>>>,
@@ -110,22 +111,24 @@ impl PostgresPlugin {
         }
         let settings = NamespaceSettings::of(ns)?;
         let backend = config::postgres_config(ns).cloned().unwrap_or_default();
-        let pool = self.pool(&settings)?;
-        let target = Arc::new(Target::new(ns, revision, settings, backend, pool, &self.config)?);
+        let (pool, lanes) = self.pool(&settings)?;
+        let target = Arc::new(Target::new(ns, revision, settings, backend, pool, lanes, &self.config)?);
         lock(&self.known).insert(key, target.clone());
         Ok(target)
     }
 
-    /// The pool for `settings`, made (without connecting) if needed.
-    fn pool(&self, settings: &NamespaceSettings) -> Result<Pool> {
+    /// The pool for `settings` and its lanes, made (without connecting)
+    /// if needed.
+    fn pool(&self, settings: &NamespaceSettings) -> Result<(Pool, Arc<Lanes>)> {
         let key = settings.pool_key();
         let mut pools = lock(&self.pools);
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
         let pool = settings.make_pool(&self.config, self.tls.as_ref())?;
-        pools.insert(key, pool.clone());
-        Ok(pool)
+        let lanes = Arc::new(Lanes::new(pool.clone(), Lanes::count(settings.pool_size)));
+        pools.insert(key, (pool.clone(), lanes.clone()));
+        Ok((pool, lanes))
     }
 
     /// Forgets `target` (deprovisioned, or its tables are gone), and its

@@ -226,8 +226,18 @@ pub(super) async fn get(
         return Ok(ItemsPage::default());
     }
     let id = id.as_bytes();
+    // One statement, on a shared lane if the pool has some, else on the
+    // connection the transaction would use.
+    let lane = t.lanes.get().await?;
+    if let Some(lane) = &lane
+        && let Some(page) = get_in_one_statement(lane, t, id, selector, after, limits, now).await?
+    {
+        return Ok(page);
+    }
     let mut client = prepared::connection(&t.pool).await?;
-    if let Some(page) = get_in_one_statement(&client, t, id, selector, after, limits, now).await? {
+    if lane.is_none()
+        && let Some(page) = get_in_one_statement(&client, t, id, selector, after, limits, now).await?
+    {
         return Ok(page);
     }
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
@@ -355,25 +365,51 @@ fn scan_params<'a>(now: &'a Micros, cursor: Option<&'a (Vec<u8>, Vec<u8>)>, limi
     }
 }
 
+/// The page of records in one statement, outside any transaction, if one
+/// statement answers it.
+async fn scan_in_one_statement(
+    client: &ClientWrapper,
+    t: &Target,
+    cursor: Option<&(Vec<u8>, Vec<u8>)>,
+    limits: PageLimits,
+    now: Micros,
+) -> Result<Option<RecordsPage>> {
+    let mut pager = Pager::new(limits);
+    let batch = pager.batch();
+    let limit = batch as i64;
+    let (text, types) = t.sql.scan(cursor.is_some());
+    let statement = Stmt::on(client, t.named(), text, types).await?;
+    let rows = statement.query(client, &scan_params(&now, cursor, &limit)).await?;
+    match whole(&rows, None, &mut pager, rows.len() < batch)? {
+        Some(metas) => records_page(metas, pager.more).map(Some),
+        None => Ok(None),
+    }
+}
+
 pub(super) async fn scan(
     t: &Target,
     after: Option<&ScanCursor>,
     limits: PageLimits,
     now: Micros,
 ) -> Result<RecordsPage> {
+    let mut cursor: Option<(Vec<u8>, Vec<u8>)> = after.map(|c| (c.id.as_bytes().to_vec(), c.key.clone()));
+    // One statement, on a shared lane if the pool has some, else on the
+    // connection the transaction would use.
+    let lane = t.lanes.get().await?;
+    if let Some(lane) = &lane
+        && let Some(page) = scan_in_one_statement(lane, t, cursor.as_ref(), limits, now).await?
+    {
+        return Ok(page);
+    }
     let mut client = prepared::connection(&t.pool).await?;
+    if lane.is_none()
+        && let Some(page) = scan_in_one_statement(&client, t, cursor.as_ref(), limits, now).await?
+    {
+        return Ok(page);
+    }
     let mut pager = Pager::new(limits);
     let batch = pager.batch();
     let limit = batch as i64;
-    let mut cursor: Option<(Vec<u8>, Vec<u8>)> = after.map(|c| (c.id.as_bytes().to_vec(), c.key.clone()));
-    // One statement, in no transaction, when that answers the page.
-    let (text, types) = t.sql.scan(cursor.is_some());
-    let statement = Stmt::on(&client, t.named(), text, types).await?;
-    let rows = statement.query(&client, &scan_params(&now, cursor.as_ref(), &limit)).await?;
-    if let Some(metas) = whole(&rows, None, &mut pager, rows.len() < batch)? {
-        return records_page(metas, pager.more);
-    }
-    let mut pager = Pager::new(limits);
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
     let mut metas: Vec<Meta> = Vec::new();
     'pages: loop {
