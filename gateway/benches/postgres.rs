@@ -137,7 +137,10 @@ impl Direct {
     }
 
     /// A whole-record get, as the plugin's `read::get` sends it when one
-    /// statement answers the page: one prepared statement, no transaction.
+    /// statement answers the page: one prepared statement, no transaction
+    /// (on a pooled connection of its own; the plugin pipelines such reads
+    /// on a few shared connections, `kv/lanes.rs`, which this baseline does
+    /// not).
     async fn get(&self, id: &str) -> anyhow::Result<usize> {
         let id = id.as_bytes();
         let now = now_micros();
