@@ -112,6 +112,16 @@ impl Command {
     pub fn is_server(&self) -> bool {
         matches!(self, Self::Dev(_) | Self::ControlPlane(_) | Self::Gateway(_))
     }
+
+    /// The OpenTelemetry `service.name` of a server command, unless
+    /// `OTEL_SERVICE_NAME` says otherwise.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Self::ControlPlane(_) => "prism-control-plane",
+            Self::Gateway(_) => "prism-gateway",
+            _ => "prism",
+        }
+    }
 }
 
 /// Runs one command.

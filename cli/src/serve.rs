@@ -40,6 +40,9 @@ pub struct ControlPlaneArgs {
     /// PostgreSQL DSN of a shared metadata store, instead of the embedded one (overrides the file)
     #[arg(long = "store", value_name = "DSN", env = "PRISM_CONTROL_PLANE_STORE", hide_env_values = true)]
     pub store: Option<String>,
+    /// Address (ip:port) to serve /metrics, /healthz and /readyz on (overrides the file)
+    #[arg(long, value_name = "ADDR", env = "PRISM_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 impl ControlPlaneArgs {
@@ -57,6 +60,9 @@ impl ControlPlaneArgs {
         if let Some(dsn) = &self.store {
             config.store = Some(dsn.clone());
         }
+        if let Some(addr) = &self.metrics_listen {
+            config.metrics_listen = Some(addr.clone());
+        }
         config.validate().map_err(|e| usage(e.to_string()))?;
         Ok(config)
     }
@@ -69,6 +75,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("listener address")?;
+    let metrics = bind_metrics(config.metrics_listen.as_deref()).await?;
     let plane = if config.store.is_some() {
         // The DSN may hold a password: not for messages.
         server::open(config).await.context("cannot open the metadata store database")?
@@ -77,8 +84,8 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot open the metadata store in {}", data_dir.display()))?
     };
-    crate::output::print(&format!("control plane serving on {addr}\n"))?;
-    server::serve(plane, listener, shutdown_signal()).await?;
+    crate::output::print(&format!("control plane serving on {addr}\n{}", metrics_line(metrics.as_ref())))?;
+    server::serve_with_metrics(plane, listener, metrics, shutdown_signal()).await?;
     tracing::info!("control plane stopped");
     Ok(())
 }
@@ -109,6 +116,9 @@ pub struct GatewayArgs {
     /// Serve callers without a token as `anonymous` (insecure)
     #[arg(long)]
     pub allow_anonymous: bool,
+    /// Address (ip:port) to serve /metrics, /healthz and /readyz on (overrides the file)
+    #[arg(long, value_name = "ADDR", env = "PRISM_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 impl GatewayArgs {
@@ -130,6 +140,9 @@ impl GatewayArgs {
             config.auth.hs256_secret = Some(secret.clone());
         }
         config.auth.allow_anonymous |= self.allow_anonymous;
+        if let Some(addr) = &self.metrics_listen {
+            config.metrics_listen = Some(addr.clone());
+        }
         config.validate().map_err(|e| usage(e.to_string()))?;
         Ok(config)
     }
@@ -141,12 +154,29 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("listener address")?;
+    let metrics = bind_metrics(config.metrics_listen.as_deref()).await?;
     let shard = config.shard_id.clone();
     let gateway = Gateway::open(config).context("cannot open the gateway")?;
-    crate::output::print(&format!("gateway {shard} serving on {addr}\n"))?;
-    gateway.serve(listener, shutdown_signal()).await?;
+    crate::output::print(&format!("gateway {shard} serving on {addr}\n{}", metrics_line(metrics.as_ref())))?;
+    gateway.serve_with_metrics(listener, metrics, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Binds the metrics listener a configuration names, if any.
+async fn bind_metrics(addr: Option<&str>) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener =
+        TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+    Ok(Some(listener))
+}
+
+/// "metrics on …" for a server's start-up lines.
+fn metrics_line(listener: Option<&TcpListener>) -> String {
+    match listener.and_then(|l| l.local_addr().ok()) {
+        Some(addr) => format!("metrics on http://{addr}/metrics (and /healthz, /readyz)\n"),
+        None => String::new(),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -160,6 +190,12 @@ pub struct DevArgs {
     /// The control plane's port; shard-0 and shard-1 take the next two
     #[arg(long, value_name = "PORT", default_value_t = DEV_PORT)]
     pub port: u16,
+    /// The control plane's metrics port (/metrics, /healthz, /readyz); the shards' take the next two (default: --port + 3)
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+    /// Serve no metrics (and count no requests per namespace)
+    #[arg(long, conflicts_with = "metrics_port")]
+    pub no_metrics: bool,
 }
 
 /// The dev token's lifetime.
@@ -192,6 +228,32 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
     let cp_addr = port(0)?;
     let shard_addrs = [port(1)?, port(2)?];
+    // Metrics listeners next to the gRPC ones: control plane, shard-0, shard-1.
+    let metrics_addrs = match (args.no_metrics, args.metrics_port) {
+        (true, _) => None,
+        (false, first) => {
+            let first =
+                first.map_or_else(|| args.port.checked_add(3), Some).ok_or_else(|| usage("--port is too high"))?;
+            let at = |offset: u16| {
+                first
+                    .checked_add(offset)
+                    .map(|p| SocketAddr::new(args.host, p))
+                    .ok_or_else(|| usage("--metrics-port is too high"))
+            };
+            Some([at(0)?, at(1)?, at(2)?])
+        }
+    };
+    let metrics_listener = |i: usize| {
+        let addr = metrics_addrs.map(|a| a[i]);
+        async move {
+            match addr {
+                Some(addr) => Ok::<_, anyhow::Error>(Some(
+                    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (metrics)"))?,
+                )),
+                None => Ok(None),
+            }
+        }
+    };
     let mut cp_config = ControlPlaneConfig {
         data_dir: args.data_dir.join("control-plane"),
         shards: DEV_SHARDS.map(str::to_owned).to_vec(),
@@ -201,6 +263,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     // the gateways are up); their endpoints come from registration.
     cp_config.auth.hs256_secret = Some(secret.clone());
     let cp_listener = TcpListener::bind(cp_addr).await.with_context(|| format!("cannot listen on {cp_addr}"))?;
+    let cp_metrics = metrics_listener(0).await?;
     let plane = server::open(cp_config).await.context("cannot open the control plane's store")?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -209,10 +272,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move {
-        server::serve(plane, cp_listener, until_stopped(stopped.clone())).await.map_err(anyhow::Error::from)
+        server::serve_with_metrics(plane, cp_listener, cp_metrics, until_stopped(stopped.clone()))
+            .await
+            .map_err(anyhow::Error::from)
     });
     let mut lines = vec![format!("  control plane    {cp_addr:<16} tenants, namespaces, audit (prism.control.v1)")];
-    for (shard, addr) in DEV_SHARDS.iter().zip(shard_addrs) {
+    for (i, (shard, addr)) in DEV_SHARDS.iter().zip(shard_addrs).enumerate() {
         let mut config = GatewayConfig {
             shard_id: (*shard).to_owned(),
             control_plane: cp_addr.to_string(),
@@ -225,11 +290,20 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             Some(prism_gateway::auth::mint_hs256(&secret, shard, None, &["shard"], DEV_TOKEN_SECONDS)?);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let gateway = Gateway::open(config).with_context(|| format!("cannot open gateway {shard}"))?;
+        let metrics = metrics_listener(i + 1).await?;
         let rx = stop.subscribe();
-        tasks.spawn(async move { gateway.serve(listener, until_stopped(rx)).await.map_err(anyhow::Error::from) });
+        tasks.spawn(async move {
+            gateway.serve_with_metrics(listener, metrics, until_stopped(rx)).await.map_err(anyhow::Error::from)
+        });
         lines.push(format!("  gateway {shard}  {addr:<16} KeyValue, TimeSeries (prism.kv.v1, prism.timeseries.v1)"));
     }
 
+    if let Some([cp, s0, s1]) = metrics_addrs {
+        lines.push(format!(
+            "  metrics          http://{cp}/metrics (control plane), http://{s0}/metrics (shard-0), \
+             http://{s1}/metrics (shard-1); /healthz and /readyz on each"
+        ));
+    }
     let endpoint = if cp_addr.to_string() == DEFAULT_LISTEN {
         String::new()
     } else {
@@ -272,6 +346,7 @@ mod tests {
             data_dir: None,
             shards: Vec::new(),
             store: None,
+            metrics_listen: None,
         }
     }
 
@@ -318,6 +393,14 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_metrics_address_is_a_usage_error_naming_it() {
+        let err =
+            ControlPlaneArgs { metrics_listen: Some("not-an-address".into()), ..args() }.config().expect_err("bad");
+        assert!(err.to_string().contains("metrics_listen"), "{err}");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+    }
+
+    #[test]
     fn gateways_need_a_secret_or_explicit_anonymous_access() {
         let g = GatewayArgs {
             config: None,
@@ -328,6 +411,7 @@ mod tests {
             data_dir: None,
             auth_secret: None,
             allow_anonymous: false,
+            metrics_listen: None,
         };
         let err = g.config().expect_err("no secret");
         assert!(err.to_string().contains("auth.hs256_secret"), "{err}");

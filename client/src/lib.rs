@@ -65,7 +65,24 @@ impl Interceptor for BearerToken {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        inject_trace_context(&mut req);
         Ok(req)
+    }
+}
+
+/// Adds the caller's trace context (`traceparent`, `tracestate`: W3C
+/// Trace Context) when the current `tracing` span belongs to an
+/// OpenTelemetry trace, so the gateway's spans join the caller's trace.
+/// Without an OpenTelemetry layer nothing is added (and nothing but a
+/// thread-local read is spent).
+fn inject_trace_context(req: &mut tonic::Request<()>) {
+    use prism_telemetry::trace::{TRACEPARENT, TRACESTATE, traceparent_of};
+    let Some((parent, state)) = traceparent_of(&tracing::Span::current()) else { return };
+    if let Ok(v) = MetadataValue::from_str(&parent) {
+        req.metadata_mut().insert(TRACEPARENT, v);
+    }
+    if let Some(v) = state.and_then(|s| MetadataValue::from_str(&s).ok()) {
+        req.metadata_mut().insert(TRACESTATE, v);
     }
 }
 

@@ -49,6 +49,9 @@ pub struct ControlPlaneConfig {
     /// caller is an unchecked `anonymous` that may do everything (tests,
     /// local experiments; warned at startup).
     pub auth: prism_auth::AuthConfig,
+    /// `ip:port` of the metrics listener: `/metrics` (Prometheus text
+    /// format), `/healthz`, `/readyz`. Default: none.
+    pub metrics_listen: Option<String>,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("auth.issuer", &self.auth.issuer)
             .field("auth.audience", &self.auth.audience)
             .field("auth.allow_anonymous", &self.auth.allow_anonymous)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -84,6 +88,7 @@ impl Default for ControlPlaneConfig {
             watch_buffer: 1024,
             change_log_retention: 100_000,
             auth: prism_auth::AuthConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -139,6 +144,9 @@ impl ControlPlaneConfig {
         if self.change_log_retention == 0 {
             return Err(bad("change_log_retention", "must be at least 1".into()));
         }
+        if let Some(addr) = &self.metrics_listen {
+            prism_telemetry::http::parse_listen(addr).map_err(|d| bad("metrics_listen", d))?;
+        }
         Ok(())
     }
 }
@@ -167,6 +175,8 @@ mod tests {
         assert!(e.to_string().contains("unknown field `shard`"), "{e}");
         let e = ControlPlaneConfig::from_toml("shards = [\"ok\", \"Bad\"]").expect_err("bad shard");
         assert!(e.to_string().contains("shards[1]"), "{e}");
+        let e = ControlPlaneConfig::from_toml("metrics_listen = \"localhost\"").expect_err("no port");
+        assert!(e.to_string().contains("metrics_listen"), "{e}");
         let e = ControlPlaneConfig::from_toml("watch_buffer = 0").expect_err("zero");
         assert!(e.to_string().contains("watch_buffer"), "{e}");
         let e = ControlPlaneConfig::from_toml("store = \"mysql://u:secret@h/db\"").expect_err("not postgres");

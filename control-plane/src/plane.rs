@@ -52,6 +52,7 @@ pub struct ControlPlane {
     store: Arc<dyn Store>,
     config: Arc<ControlPlaneConfig>,
     usage: Arc<crate::usage::UsageBook>,
+    metrics: Arc<crate::metrics::ControlPlaneMetrics>,
 }
 
 fn not_found_tenant(id: &str) -> ControlPlaneError {
@@ -124,7 +125,15 @@ fn resolved(mut spec: NamespaceSpec) -> NamespaceSpec {
 
 impl ControlPlane {
     pub fn new(store: Arc<dyn Store>, config: ControlPlaneConfig) -> Self {
-        Self { store, config: Arc::new(config), usage: Arc::default() }
+        let metrics = Arc::new(crate::metrics::ControlPlaneMetrics::default());
+        // Every store operation is counted (errors, commit latency).
+        let store: Arc<dyn Store> = Arc::new(crate::metrics::ObservedStore::new(store, metrics.clone()));
+        Self { store, config: Arc::new(config), usage: Arc::default(), metrics }
+    }
+
+    /// What this control plane counts for `/metrics`.
+    pub fn metrics(&self) -> &Arc<crate::metrics::ControlPlaneMetrics> {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -36,6 +36,18 @@ pub async fn open(config: ControlPlaneConfig) -> Result<ControlPlane> {
 
 /// Serves `plane` on `listener` until `shutdown` completes.
 pub async fn serve(plane: ControlPlane, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    serve_with_metrics(plane, listener, None, shutdown).await
+}
+
+/// As [`serve`], and `/metrics`, `/healthz` and `/readyz` on `metrics`
+/// when given. Ready while serving; NOT_SERVING (gRPC health and
+/// `/readyz`) from the moment shutdown begins.
+pub async fn serve_with_metrics(
+    plane: ControlPlane,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     if !plane.config().auth.verifies_tokens() {
         tracing::warn!(
             "no auth.hs256_secret, auth.jwks_file or auth.jwks_url is configured: every caller is anonymous \
@@ -51,22 +63,55 @@ pub async fn serve(plane: ControlPlane, listener: TcpListener, shutdown: impl Fu
         .map_err(|e| ControlPlaneError::Corrupt(format!("reflection descriptors: {e}")))?;
     let (stop_watchers, watchers_stop) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_leases(plane.clone(), watchers_stop.clone()));
+    let follower =
+        tokio::spawn(crate::metrics::follow(plane.store().clone(), plane.metrics().clone(), watchers_stop.clone()));
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = metrics.map(|metrics_listener| {
+        tracing::info!(addr = ?metrics_listener.local_addr().ok(), "control plane metrics serving");
+        let registry = Arc::new(crate::metrics::registry(plane.metrics()));
+        let ready = ready.clone();
+        let mut until = metrics_stopped;
+        tokio::spawn(prism_telemetry::http::serve(
+            metrics_listener,
+            registry,
+            Arc::new(move || ready.load(std::sync::atomic::Ordering::Relaxed)),
+            async move {
+                let _ = until.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let draining = health.clone();
     let shutdown = async move {
         shutdown.await;
+        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        draining.set_not_serving::<ControlPlaneServiceServer<Service>>().await;
+        draining.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         let _ = stop_watchers.send(true);
     };
+    let rpc_metrics = crate::metrics::RpcMetricsLayer::new(plane.metrics().clone());
     let service = ControlPlaneServiceServer::new(Service::new(plane, watchers_stop))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(addr = ?listener.local_addr().ok(), "control plane serving");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
+        .layer(rpc_metrics)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await?;
+        .await;
     let _ = sweeper.await;
-    Ok(())
+    let _ = follower.await;
+    let _ = metrics_stop.send(true);
+    if let Some(server) = metrics_server {
+        match server.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the metrics listener task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    Ok(served?)
 }
 
 /// Removes instances whose lease expired, every quarter lease, until
@@ -82,7 +127,10 @@ async fn sweep_leases(plane: ControlPlane, mut stop: tokio::sync::watch::Receive
         }
         match plane.expire_leases().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(shards = n, "removed gateway instances whose lease expired"),
+            Ok(n) => {
+                plane.metrics().leases_expired(n);
+                tracing::info!(shards = n, "removed gateway instances whose lease expired");
+            }
             Err(e) => tracing::warn!(error = %e, "sweeping expired shard leases failed"),
         }
     }

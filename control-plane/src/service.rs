@@ -214,8 +214,14 @@ impl ControlPlaneService for Service {
     async fn watch(&self, req: Request<WatchRequest>) -> Reply<BoxStream<WatchResponse>> {
         // The stream carries every tenant's metadata: shards only.
         self.allow(&req, "Watch", "", Need::Shard).await?;
-        let stream = watch::watch(self.plane.store().clone(), req.get_ref().from_revision, self.shutdown.clone())
-            .map(|item| item.map_err(ControlPlaneError::into_status));
+        // Counted as a connected watcher while the stream lives.
+        let watcher = self.plane.metrics().watcher();
+        let stream = watch::watch(self.plane.store().clone(), req.get_ref().from_revision, self.shutdown.clone()).map(
+            move |item| {
+                let _ = &watcher;
+                item.map_err(ControlPlaneError::into_status)
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 

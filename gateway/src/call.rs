@@ -102,6 +102,22 @@ impl Request {
         }
     }
 
+    /// The RPC as an index of [`crate::metrics::RPCS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Self::Put(_) => 0,
+            Self::Get(_) => 1,
+            Self::Delete(_) => 2,
+            Self::Mutate(_) => 3,
+            Self::Scan(_) => 4,
+            Self::WriteSync(_) => 5,
+            Self::WriteBuffered(_) => 6,
+            Self::Read(_) => 7,
+            Self::Search(_) => 8,
+            Self::Tail(_) => 9,
+        }
+    }
+
     pub fn access(&self) -> Access {
         match self {
             Self::Get(_) | Self::Scan(_) | Self::Read(_) | Self::Search(_) | Self::Tail(_) => Access::Read,
@@ -146,11 +162,14 @@ pub struct Call {
     pub principal: Option<Principal>,
     /// Set by authorization: the namespace, counted in flight.
     pub namespace: Option<InFlight>,
+    /// The caller's W3C trace context (`traceparent`, `tracestate`), if
+    /// it sent a valid one: the request's span continues that trace.
+    pub trace: Option<prism_telemetry::trace::TraceParent>,
 }
 
 impl Call {
     pub fn new(request: Request, authorization: Option<String>) -> Self {
-        Self { request, authorization, client_cert: None, principal: None, namespace: None }
+        Self { request, authorization, client_cert: None, principal: None, namespace: None, trace: None }
     }
 }
 
@@ -166,9 +185,19 @@ pub async fn run<T>(
     // Certificates are there only when TLS verified them against the
     // configured client CA.
     let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+    let trace = trace_context(req.metadata());
     let mut call = Call::new(wrap(req.into_inner()), authorization);
     call.client_cert = client_cert;
+    call.trace = trace;
     pipeline.clone().oneshot(call).await.map_err(crate::error::GatewayError::into_status)
+}
+
+/// The caller's `traceparent` / `tracestate`, when valid (an invalid one
+/// is ignored: the request starts a trace of its own, as W3C asks).
+fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Option<prism_telemetry::trace::TraceParent> {
+    use prism_telemetry::trace::{TRACEPARENT, TRACESTATE, TraceParent};
+    let parent = metadata.get(TRACEPARENT)?.to_str().ok()?;
+    TraceParent::parse(parent, metadata.get(TRACESTATE).and_then(|v| v.to_str().ok()))
 }
 
 /// The subject common name of a DER certificate, if it has one.

@@ -46,6 +46,20 @@ pub struct GatewayConfig {
     pub tls: Option<TlsConfig>,
     pub cache: CacheConfig,
     pub limits: Limits,
+    /// `ip:port` of the metrics listener: `/metrics` (Prometheus text
+    /// format), `/healthz`, `/readyz`. Default: none (no listener, and
+    /// requests are not counted per namespace).
+    pub metrics_listen: Option<String>,
+    /// Namespaces whose requests get series of their own (`tenant` and
+    /// `namespace` labels); requests of the others are counted under
+    /// `namespace="_other"`. Bounds the metrics' cardinality. Default
+    /// 1 000; range 0..=100 000.
+    pub metrics_max_namespaces: usize,
+    /// How long a gateway that is shutting down keeps serving after it
+    /// turned NOT_SERVING (gRPC health, `/readyz`) and deregistered, so
+    /// load balancers and clients notice before connections close, in
+    /// milliseconds. Default 0; at most 600 000.
+    pub drain_delay_ms: u64,
 }
 
 /// The `[gateway.tls]` table.
@@ -135,6 +149,9 @@ impl Default for GatewayConfig {
             tls: None,
             cache: CacheConfig::default(),
             limits: Limits::default(),
+            metrics_listen: None,
+            metrics_max_namespaces: 1000,
+            drain_delay_ms: 0,
         }
     }
 }
@@ -155,6 +172,10 @@ impl GatewayConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.limits.request_timeout_ms)
+    }
+
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -208,6 +229,15 @@ impl GatewayConfig {
         if self.limits.reclaim_interval_seconds == 0 {
             return Err(bad("limits.reclaim_interval_seconds", "must be at least 1"));
         }
+        if let Some(addr) = &self.metrics_listen {
+            prism_telemetry::http::parse_listen(addr).map_err(|d| bad("metrics_listen", &d))?;
+        }
+        if self.metrics_max_namespaces > 100_000 {
+            return Err(bad("metrics_max_namespaces", "must be within 0..=100000"));
+        }
+        if self.drain_delay_ms > 600_000 {
+            return Err(bad("drain_delay_ms", "must be within 0..=600000"));
+        }
         Ok(())
     }
 }
@@ -222,6 +252,20 @@ mod tests {
         assert!(e.to_string().contains("auth.hs256_secret"), "{e}");
         let c = GatewayConfig::from_toml("shard_id = \"s0\"\n[auth]\nallow_anonymous = true").expect("valid");
         assert!(c.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn metrics_settings_are_checked() {
+        let ok = "shard_id = \"s0\"\nmetrics_listen = \"127.0.0.1:9464\"\n[auth]\nallow_anonymous = true";
+        let c = GatewayConfig::from_toml(ok).expect("valid");
+        assert_eq!((c.metrics_listen.as_deref(), c.metrics_max_namespaces), (Some("127.0.0.1:9464"), 1000));
+        for bad in
+            ["metrics_listen = \"localhost\"", "metrics_listen = \"1.2.3.4:x\"", "metrics_max_namespaces = 100001"]
+        {
+            let text = format!("shard_id = \"s0\"\n{bad}\n[auth]\nallow_anonymous = true");
+            let e = GatewayConfig::from_toml(&text).expect_err(bad);
+            assert!(e.to_string().contains(bad.split(' ').next().unwrap_or_default()), "{e}");
+        }
     }
 
     #[test]

@@ -66,6 +66,7 @@ impl Member {
             "registered with the control plane"
         );
         self.shared.registration.instance_id.store(Some(Arc::new(response.instance_id)));
+        self.shared.readiness.registered();
         Ok((lease / 4).max(Duration::from_millis(50)))
     }
 

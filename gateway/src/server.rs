@@ -69,6 +69,10 @@ pub struct Shared {
     /// Rate and concurrency trackers; `quotas.set_share` is where this
     /// gateway's share of each limit is set.
     pub quotas: Arc<crate::quota::QuotaRegistry>,
+    /// What the request path and the tasks count for `/metrics`.
+    pub metrics: Arc<crate::metrics::GatewayMetrics>,
+    /// Snapshot held, registered, not draining: gRPC health and `/readyz`.
+    pub readiness: crate::health::Readiness,
 }
 
 /// A running gateway's handles, for callers that need more than `serve`.
@@ -117,6 +121,7 @@ impl Gateway {
     pub fn with_plugins(config: GatewayConfig, plugins: Plugins) -> Self {
         let cache = ReadCache::new(&config.cache);
         let buffer = WriteBuffer::new(config.limits.write_buffer_events);
+        let config_max_namespaces = config.metrics_max_namespaces;
         let shared = Shared {
             config,
             metadata: Arc::new(Metadata::default()),
@@ -128,6 +133,8 @@ impl Gateway {
             audit: Default::default(),
             storage: Default::default(),
             quotas: Default::default(),
+            metrics: Arc::new(crate::metrics::GatewayMetrics::new(config_max_namespaces)),
+            readiness: Default::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -135,18 +142,56 @@ impl Gateway {
     /// Serves on `listener` until `shutdown` completes, with the watch
     /// task, the provisioner and expiry reclamation running alongside.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.serve_with_metrics(listener, None, shutdown).await
+    }
+
+    /// As [`serve`](Self::serve), and `/metrics`, `/healthz` and `/readyz`
+    /// on `metrics` when given (then every request is also counted per
+    /// namespace).
+    pub async fn serve_with_metrics(
+        self,
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
         let shared = self.shared;
         let endpoint = advertised_endpoint(&shared.config, &listener)?;
         let changes = Arc::new(Changes::default());
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let metrics_server = match metrics {
+            Some(metrics_listener) => {
+                shared.metrics.count_requests();
+                let addr = metrics_listener.local_addr().ok();
+                tracing::info!(shard = %shared.config.shard_id, addr = ?addr, "gateway metrics serving");
+                let registry = Arc::new(crate::metrics::registry(&shared));
+                let ready_of = shared.clone();
+                let mut until = stopped.clone();
+                Some(tokio::spawn(prism_telemetry::http::serve(
+                    metrics_listener,
+                    registry,
+                    Arc::new(move || ready_of.readiness.ready()),
+                    async move {
+                        let _ = until.wait_for(|s| *s).await;
+                    },
+                )))
+            }
+            None => None,
+        };
         // Deregistration comes first on shutdown, while this gateway still
-        // serves, so clients move on before connections are refused.
+        // serves, so clients move on before connections are refused; and
+        // before it, health says NOT_SERVING, so load balancers (probes of
+        // gRPC health or /readyz) stop sending first. `drain_delay_ms`
+        // gives them time to notice.
         let (leave, leaving) = tokio::sync::watch::channel(false);
         let membership = tokio::spawn(crate::registration::run(shared.clone(), endpoint, leaving));
+        let draining = shared.clone();
         let shutdown = async move {
             shutdown.await;
+            draining.readiness.draining();
+            tracing::info!(delay = ?draining.config.drain_delay(), "gateway draining");
             let _ = leave.send(true);
             let _ = membership.await;
+            tokio::time::sleep(draining.config.drain_delay()).await;
         };
         let tasks = [
             tokio::spawn(watcher::run(shared.clone(), changes.clone(), stopped.clone())),
@@ -155,16 +200,15 @@ impl Gateway {
             tokio::spawn(crate::quota::sweeper(shared.quotas.clone(), shared.metadata.clone(), stopped.clone())),
             tokio::spawn(crate::usage::run(shared.clone(), stopped.clone())),
             tokio::spawn(crate::audit::run(shared.clone(), stopped.clone())),
-            tokio::spawn(crate::buffer::flush(shared.clone(), stopped)),
+            tokio::spawn(crate::buffer::flush(shared.clone(), stopped.clone())),
         ];
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<KeyValueServiceServer<KvService>>().await;
+        let health_task = tokio::spawn(crate::health::report(shared.clone(), health, stopped));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| GatewayError::Internal(format!("reflection descriptors: {e}")))?;
-        health.set_serving::<TimeSeriesServiceServer<TsService>>().await;
         let pipeline = pipeline(&shared);
         let kv = KeyValueServiceServer::new(KvService::new(pipeline.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -183,6 +227,14 @@ impl Gateway {
         let _ = stop.send(true);
         for task in tasks {
             let _ = task.await;
+        }
+        let _ = health_task.await;
+        if let Some(server) = metrics_server {
+            match server.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener failed"),
+                Err(e) => tracing::warn!(error = %e, "the metrics listener task failed"),
+                Ok(Ok(())) => {}
+            }
         }
         Ok(served?)
     }

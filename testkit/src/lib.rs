@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 /// An in-process control plane on `127.0.0.1:<ephemeral>`.
 pub struct ControlPlaneHandle {
     pub addr: SocketAddr,
+    /// Where its `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
     pub plane: ControlPlane,
     data_dir: PathBuf,
     /// A superuser token when the control plane checks tokens.
@@ -43,6 +45,14 @@ impl ControlPlaneHandle {
 
     /// Starts on `config.data_dir` as given (e.g. to restart on the same data).
     pub async fn start_in(config: ControlPlaneConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;
+        Self::start_on(config, listener).await
+    }
+
+    /// Starts serving on `listener` (bound by the caller, e.g. before a
+    /// gateway that must wait for it is started), on `config.data_dir` as
+    /// given.
+    pub async fn start_on(config: ControlPlaneConfig, listener: TcpListener) -> anyhow::Result<Self> {
         let data_dir = config.data_dir.clone();
         let token = match &config.auth.hs256_secret {
             Some(secret) => Some(prism_auth::sign_hs256(secret, &claims("test-admin", None, &["admin"]))?),
@@ -55,13 +65,14 @@ impl ControlPlaneHandle {
             async move { server::open(config).await.context("open control plane") }
         })
         .await?;
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;
         let addr = listener.local_addr()?;
+        let metrics = TcpListener::bind("127.0.0.1:0").await.context("bind metrics")?;
+        let metrics_addr = metrics.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(plane.clone(), listener, async {
+        let task = tokio::spawn(server::serve_with_metrics(plane.clone(), listener, Some(metrics), async {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, plane, data_dir, token, _temp: None, stop: Some(stop), task: Some(task) })
+        Ok(Self { addr, metrics_addr, plane, data_dir, token, _temp: None, stop: Some(stop), task: Some(task) })
     }
 
     pub fn endpoint(&self) -> String {
@@ -93,6 +104,26 @@ impl ControlPlaneHandle {
             task.await.context("server task")?.context("server")?;
         }
         Ok(())
+    }
+
+    /// Stops the server and starts a new one on the same data directory
+    /// and the same port, so gateways watching it reconnect to it;
+    /// `config` supplies everything but the directory.
+    pub async fn restart_on_same_port(mut self, mut config: ControlPlaneConfig) -> anyhow::Result<Self> {
+        let addr = self.addr;
+        self.stop().await?;
+        let temp = self._temp.take();
+        config.data_dir = self.data_dir.clone();
+        drop(self);
+        // The port was just released; binding it again can only fail if
+        // another process took it meanwhile.
+        let listener = eventually(Duration::from_secs(10), || async move {
+            TcpListener::bind(addr).await.with_context(|| format!("bind {addr} again"))
+        })
+        .await?;
+        let mut next = Self::start_on(config, listener).await?;
+        next._temp = temp;
+        Ok(next)
     }
 
     /// Stops the server and starts a new one on the same data directory
@@ -176,6 +207,8 @@ pub fn admin_token() -> String {
 /// temp data directory.
 pub struct GatewayHandle {
     pub addr: SocketAddr,
+    /// Where its `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
     pub gateway: prism_gateway::Gateway,
     _temp: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -208,11 +241,13 @@ impl GatewayHandle {
         let gateway = prism_gateway::Gateway::open(config).context("open gateway")?;
         let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;
         let addr = listener.local_addr()?;
+        let metrics = TcpListener::bind("127.0.0.1:0").await.context("bind metrics")?;
+        let metrics_addr = metrics.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.clone().serve(listener, async {
+        let task = tokio::spawn(gateway.clone().serve_with_metrics(listener, Some(metrics), async {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, gateway, _temp: temp, stop: Some(stop), task: Some(task) })
+        Ok(Self { addr, metrics_addr, gateway, _temp: temp, stop: Some(stop), task: Some(task) })
     }
 
     pub fn endpoint(&self) -> String {
@@ -222,6 +257,22 @@ impl GatewayHandle {
     /// A KeyValue client presenting `token`.
     pub async fn kv(&self, token: Option<&str>) -> anyhow::Result<prism_client::KeyValueClient> {
         Ok(prism_client::key_value(&self.endpoint(), token).await?)
+    }
+
+    /// The text of its `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = http::get(&self.metrics_addr.to_string(), "/metrics").await?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+        Ok(body)
+    }
+
+    /// Asks it to stop (as a signal would) without waiting: it drains
+    /// (`drain_delay_ms`) while the caller watches. [`stop`](Self::stop)
+    /// waits for the end.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 
     /// Waits until this gateway's snapshot has reached `revision`.
@@ -333,6 +384,9 @@ impl Cluster {
         Ok(gateway)
     }
 }
+pub mod http;
 pub mod kafka;
+pub mod otlp;
 pub mod postgres;
+pub mod prometheus;
 pub mod pulsar;

@@ -167,6 +167,19 @@ impl Plugin for PostgresPlugin {
         }
     }
 
+    fn client_stats(&self) -> prism_plugin_api::ClientStats {
+        let mut stats = prism_plugin_api::PoolStats::default();
+        for pool in lock(&self.pools).values() {
+            let status = pool.status();
+            stats.pools += 1;
+            stats.max_connections += status.max_size as u64;
+            stats.connections += status.size as u64;
+            stats.idle += status.available as u64;
+            stats.waiting += status.waiting as u64;
+        }
+        prism_plugin_api::ClientStats { pools: Some(stats), producers: None }
+    }
+
     async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
         let target = self.target(ns)?;
         self.bounded("provisioning", kv::provision(self, &target)).await.map_err(|e| {
