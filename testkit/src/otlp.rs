@@ -103,7 +103,12 @@ impl std::fmt::Debug for OtlpReceiver {
 
 impl OtlpReceiver {
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind")?;
+        Self::start_on("127.0.0.1:0".parse()?).await
+    }
+
+    /// Starts on `addr` (a benchmark's fixed collector address).
+    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
         let addr = listener.local_addr()?;
         let collector = Collector::default();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -120,6 +125,11 @@ impl OtlpReceiver {
     /// What `OTEL_EXPORTER_OTLP_ENDPOINT` should say to reach it.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// How many spans were received so far.
+    pub fn count(&self) -> usize {
+        self.collector.spans.lock().map(|s| s.len()).unwrap_or(0)
     }
 
     /// Every span received so far.
