@@ -39,8 +39,16 @@ use crate::server::Shared;
 /// The assembled pipeline, cheap to clone per request.
 pub type Pipeline = BoxCloneSyncService<Call, Response, GatewayError>;
 
-/// Builds the pipeline. The order is the design:
+/// Builds the pipeline; requests are counted per namespace when a metrics
+/// listener serves them.
 pub fn pipeline(shared: &Arc<Shared>) -> Pipeline {
+    pipeline_counting(shared, shared.metrics.counts_requests())
+}
+
+/// Builds the pipeline, with the per-namespace request counting of
+/// [`MetricsLayer`] or without (benchmarks compare the two). The order is
+/// the design:
+pub fn pipeline_counting(shared: &Arc<Shared>, count_requests: bool) -> Pipeline {
     let config = &shared.config;
     let refusals = shared.metrics.refusals.clone();
     let authenticate = Authenticate::new(&config.auth, shared.audit.clone());
@@ -51,7 +59,7 @@ pub fn pipeline(shared: &Arc<Shared>) -> Pipeline {
         // Outermost, so every request is counted whatever refuses it, and
         // its latency is the whole pipeline's. Only when a metrics listener
         // serves the counts.
-        .option_layer(shared.metrics.counts_requests().then(|| MetricsLayer::new(shared.clone())))
+        .option_layer(count_requests.then(|| MetricsLayer::new(shared.clone())))
         // Then the span, so it and its outcome cover every refusal below,
         // including load shedding.
         .layer(TraceLayer)
