@@ -10,7 +10,10 @@
 #   otel-off  metrics on, OTEL_TRACES_EXPORTER=none (variables set, export off)
 #   otel-1%   metrics on, OTLP export to a local receiver at 1 % sampling
 #             (parentbased_traceidratio 0.01)
+#   otel-0%   (only when named in BENCH_CONFIGS) the exporter installed,
+#             sampling nothing (always_off): its cost without any span
 #
+# BENCH_CONFIGS="off metrics otel-0% otel-1%" picks others (off first).
 # Usage: scripts/bench-observability.sh [ROUNDS] [SECONDS]   (default 4, 10)
 # Needs h2load (apt-get install -y nghttp2-client). Builds release
 # binaries. Pins prism dev to CPU 1 and h2load to CPU 0 (taskset).
@@ -24,7 +27,8 @@ WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 command -v h2load >/dev/null || { echo "h2load is missing: apt-get install -y nghttp2-client" >&2; exit 1; }
-cargo build -q --release -p prism-cli -p prism-testkit --example otlp_sink
+cargo build -q --release -p prism-cli
+cargo build -q --release -p prism-testkit --example otlp_sink
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 PRISM="$TARGET_DIR/release/prism"
 SINK="$TARGET_DIR/release/examples/otlp_sink"
@@ -38,10 +42,12 @@ start_dev() { # $1 = configuration
         metrics) ;;
         otel-off) env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://$OTLP" OTEL_TRACES_EXPORTER=none) ;;
         otel-1%) env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://$OTLP" OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01) ;;
+        otel-0%) env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://$OTLP" OTEL_TRACES_SAMPLER=always_off) ;;
     esac
     env "${env[@]}" RUST_LOG=warn taskset -c 1 "$PRISM" dev --port "$PORT" --data-dir "$WORK/data" "${extra[@]}" > "$WORK/dev.out" 2> "$WORK/dev.err" &
     DEV=$!
-    for _ in $(seq 100); do grep -q PRISM_TOKEN "$WORK/dev.out" 2>/dev/null && break; sleep 0.1; done
+    for _ in $(seq 300); do grep -q PRISM_TOKEN "$WORK/dev.out" 2>/dev/null && break; sleep 0.1; done
+    grep -q PRISM_TOKEN "$WORK/dev.out" || { echo "prism dev did not start ($1):" >&2; cat "$WORK/dev.out" "$WORK/dev.err" >&2; exit 1; }
     export PRISM_TOKEN=$(sed -n 's/^export PRISM_TOKEN=//p' "$WORK/dev.out")
     export PRISM_ENDPOINT=127.0.0.1:$PORT
 }
@@ -66,7 +72,7 @@ msg = field(1, "bench/cached") + field(2, "k1")
 open(sys.argv[1], "wb").write(b"\0" + struct.pack(">I", len(msg)) + msg)
 EOF
 
-run() { # $1 = configuration; prints requests/s
+run() { # $1 = configuration; sets RPS[$1] (requests/s)
     start_dev "$1"
     local url="http://127.0.0.1:$GW_PORT/prism.kv.v1.KeyValueService/GetItems"
     local h=(-H 'content-type: application/grpc' -H 'te: trailers' -H "authorization: Bearer $PRISM_TOKEN")
@@ -75,21 +81,26 @@ run() { # $1 = configuration; prints requests/s
     taskset -c 0 h2load -D "$SECONDS_PER" -c 16 -m 8 "${h[@]}" -d "$WORK/get.bin" "$url" > "$WORK/h2load.out"
     if [ "$1" != off ]; then
         # What was measured was served: OK answers of GetItems counted.
-        curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q 'prism_gateway_requests_total{rpc="GetItems",tenant="bench",namespace="bench/cached",code="OK"}' \
-            || { echo "no OK GetItems counted in $1" >&2; exit 1; }
+        curl -s "http://127.0.0.1:$METRICS_PORT/metrics" > "$WORK/metrics.txt"
+        grep -q 'prism_gateway_requests_total{rpc="GetItems",tenant="bench",namespace="bench/cached",code="OK"}' "$WORK/metrics.txt" \
+            || { echo "no OK GetItems counted in $1" >&2; cat "$WORK/h2load.out" "$WORK/dev.err" >&2; stop_dev; exit 1; }
     fi
     stop_dev
-    awk '/^finished in/ { for (i = 1; i <= NF; i++) if ($(i+1) == "req/s,") print $i }' "$WORK/h2load.out"
+    RPS[$1]=$(awk '/^finished in/ { for (i = 1; i <= NF; i++) if ($(i+1) == "req/s,") print $i }' "$WORK/h2load.out")
 }
 
-CONFIGS=(off metrics otel-off otel-1%)
+read -r -a CONFIGS <<< "${BENCH_CONFIGS:-off metrics otel-off otel-1%}"
 declare -A SUM
 for r in $(seq "$ROUNDS"); do
     line="round $r:"
     # Alternate which configuration goes first.
-    if [ $((r % 2)) -eq 0 ]; then order=(otel-1% otel-off metrics off); else order=("${CONFIGS[@]}"); fi
+    order=("${CONFIGS[@]}")
+    if [ $((r % 2)) -eq 0 ]; then
+        order=()
+        for ((i = ${#CONFIGS[@]} - 1; i >= 0; i--)); do order+=("${CONFIGS[$i]}"); done
+    fi
     declare -A RPS
-    for c in "${order[@]}"; do RPS[$c]=$(run "$c"); done
+    for c in "${order[@]}"; do run "$c"; done
     for c in "${CONFIGS[@]}"; do
         line+=" $c=${RPS[$c]}"
         ratio=$(python3 -c "print(${RPS[$c]} / ${RPS[off]})")

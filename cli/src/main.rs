@@ -60,6 +60,12 @@ fn tracing(cli: &Cli) -> Result<Option<OtelGuard>, prism_telemetry::TelemetryErr
         Some(config) => {
             let (export, guard) = config.install()?;
             let _ = tracing_subscriber::registry().with(logs).with(export).try_init();
+            tracing::info!(
+                endpoint = %config.endpoint,
+                service = %config.service_name,
+                sampler = ?config.sampler,
+                "exporting traces over OTLP"
+            );
             Ok(Some(guard))
         }
         None => {

@@ -185,7 +185,6 @@ impl OtelConfig {
                     .with_target(BACKEND_TARGET, tracing::Level::DEBUG),
             );
         crate::trace::install_sampler(self.sampler);
-        tracing::info!(endpoint = %self.endpoint, service = %self.service_name, sampler = ?self.sampler, "exporting traces");
         Ok((layer, OtelGuard { provider }))
     }
 }
