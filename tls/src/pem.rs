@@ -19,8 +19,8 @@ pub(crate) struct File {
 
 impl File {
     pub fn read(field: &'static str, path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| TlsError::config(field, format!("cannot read {}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| TlsError::config(field, format!("cannot read {}: {e}", path.display())))?;
         Ok(Self { field, path: path.to_owned(), bytes })
     }
 

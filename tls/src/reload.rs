@@ -108,9 +108,9 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     async fn read(&self) -> Result<Vec<File>> {
         let mut files = Vec::with_capacity(self.sources.len());
         for (field, path) in &self.sources {
-            let bytes = tokio::fs::read(path).await.map_err(|e| {
-                crate::error::TlsError::config(field, format!("cannot read {}: {e}", path.display()))
-            })?;
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|e| crate::error::TlsError::config(field, format!("cannot read {}: {e}", path.display())))?;
             files.push(File { field, path: path.clone(), bytes });
         }
         Ok(files)

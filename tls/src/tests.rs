@@ -92,13 +92,8 @@ async fn serve(tls: &ServerTls) -> anyhow::Result<u16> {
 /// reason the connection failed.
 async fn ask(client: &ClientTls, port: u16) -> anyhow::Result<(String, String)> {
     let mut stream = client.connect("127.0.0.1", port).await.context("handshake")?;
-    let server = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| common_name(c))
-        .unwrap_or_default();
+    let server =
+        stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| common_name(c)).unwrap_or_default();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.context("read")?;
     anyhow::ensure!(!answer.is_empty(), "the server closed the connection without answering");
@@ -272,7 +267,8 @@ async fn bad_files_are_errors_naming_the_setting_and_the_file() -> anyhow::Resul
         assert!(error.to_string().contains(needle), "{error}");
         let named = [&settings.cert_file, &settings.key_file].into_iter().chain(settings.client_ca_file.as_ref());
         assert!(
-            field == "require_client_cert" || named.into_iter().any(|p| error.to_string().contains(&p.display().to_string())),
+            field == "require_client_cert"
+                || named.into_iter().any(|p| error.to_string().contains(&p.display().to_string())),
             "the error names the file: {error}"
         );
     }
