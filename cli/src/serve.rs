@@ -400,6 +400,28 @@ mod tests {
     }
 
     #[test]
+    fn a_control_plane_without_a_key_needs_the_insecure_flag() {
+        let err = ControlPlaneArgs { insecure_no_auth: false, ..args() }.config().expect_err("no key");
+        assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+    }
+
+    #[test]
+    fn tls_flags_override_the_file_field_by_field() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("prism.toml");
+        std::fs::write(&file, "[control_plane]\ntls = { cert_file = \"file.crt\", key_file = \"file.key\" }\n")?;
+        let tls = ServerTlsArgs { tls_cert: Some("flag.crt".into()), ..ServerTlsArgs::default() };
+        let config = ControlPlaneArgs { config: Some(file), tls, ..args() }.config()?;
+        let tls = config.tls.context("tls")?;
+        assert_eq!((tls.cert_file, tls.key_file), ("flag.crt".into(), "file.key".into()));
+        let half = ServerTlsArgs { tls_key: Some("k".into()), ..ServerTlsArgs::default() };
+        let err = ControlPlaneArgs { tls: half, ..args() }.config().expect_err("a key without a certificate");
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        Ok(())
+    }
+
+    #[test]
     fn gateways_need_a_secret_or_explicit_anonymous_access() {
         let g = GatewayArgs {
             config: None,
