@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,23 +27,25 @@ use crate::error::{ClientError, Result};
 /// How a client reaches `https://` endpoints: the CAs it trusts and the
 /// certificate it presents, if any. [`Tls::default`] trusts the system CA
 /// bundle ([`prism_tls::SYSTEM_CA_FILE`]) and presents no certificate.
-/// Cheap to clone; clones share the loaded files.
+/// Cheap to clone; clones share the loaded files (the defaults are read
+/// when the first `https://` endpoint needs them).
 #[derive(Clone, Debug, Default)]
-pub struct Tls(Option<prism_tls::ClientTls>);
+pub struct Tls(Arc<OnceLock<prism_tls::ClientTls>>);
 
 impl Tls {
     /// Reads the files now (a bad one is an error naming the setting and
     /// the file); they are re-read when they change.
     pub fn new(config: &ClientTlsConfig) -> Result<Self> {
-        Ok(Self(Some(prism_tls::ClientTls::new(config)?)))
+        Ok(Self(Arc::new(OnceLock::from(prism_tls::ClientTls::new(config)?))))
     }
 
-    /// The loaded TLS, or the defaults read now.
+    /// The loaded TLS, or the defaults, read once.
     fn client(&self) -> Result<prism_tls::ClientTls> {
-        match &self.0 {
-            Some(tls) => Ok(tls.clone()),
-            None => Ok(prism_tls::ClientTls::new(&ClientTlsConfig::default())?),
+        if let Some(tls) = self.0.get() {
+            return Ok(tls.clone());
         }
+        let defaults = prism_tls::ClientTls::new(&ClientTlsConfig::default())?;
+        Ok(self.0.get_or_init(|| defaults).clone())
     }
 }
 

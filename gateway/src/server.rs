@@ -140,11 +140,17 @@ impl Gateway {
             GatewayError::Config { field: e.field().to_owned(), description: e.description().to_owned() }
         };
         let tls = config.tls.as_ref().map(prism_tls::ServerTls::new).transpose().map_err(|e| tls_error(e, "tls"))?;
-        let control_plane_tls = match &config.control_plane_tls {
-            Some(settings) => prism_client::Tls::new(settings).map_err(|e| match e {
+        let client_tls = |settings: &prism_client::ClientTlsConfig| {
+            prism_client::Tls::new(settings).map_err(|e| match e {
                 prism_client::ClientError::Tls(e) => tls_error(e, "control_plane_tls"),
                 other => GatewayError::Internal(other.to_string()),
-            })?,
+            })
+        };
+        let control_plane_tls = match &config.control_plane_tls {
+            Some(settings) => client_tls(settings)?,
+            // An https:// control plane without settings: the system CAs,
+            // read now so a missing bundle stops the gateway at startup.
+            None if config.control_plane.starts_with("https://") => client_tls(&Default::default())?,
             None => prism_client::Tls::default(),
         };
         let cache = ReadCache::new(&config.cache);
