@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use prism_control_plane::{ControlPlaneConfig, server};
 use prism_gateway::{Gateway, GatewayConfig};
+use prism_tls::ServerTlsConfig;
 use tokio::net::TcpListener;
 
 use crate::config_file::ConfigFile;
@@ -43,6 +44,53 @@ pub struct ControlPlaneArgs {
     /// Address (ip:port) to serve /metrics, /healthz and /readyz on (overrides the file)
     #[arg(long, value_name = "ADDR", env = "PRISM_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Serve without any key: every caller may do everything (INSECURE; tests and experiments only)
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+}
+
+/// TLS on a server's gRPC port: the flags of `prism control-plane` and
+/// `prism gateway`, overriding the file's `tls` table field by field.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerTlsArgs {
+    /// Serve TLS with this PEM certificate chain (with --tls-key; re-read when it changes)
+    #[arg(long, value_name = "FILE", env = "PRISM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", env = "PRISM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept client certificates signed by these PEM CA certificates (mutual TLS)
+    #[arg(long, value_name = "FILE", env = "PRISM_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse connections without such a client certificate
+    #[arg(long)]
+    pub tls_require_client_cert: bool,
+}
+
+impl ServerTlsArgs {
+    /// `file`'s TLS table with the flags applied.
+    fn apply(&self, file: Option<ServerTlsConfig>) -> anyhow::Result<Option<ServerTlsConfig>> {
+        let given = self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_client_ca.is_some()
+            || self.tls_require_client_cert;
+        if !given {
+            return Ok(file);
+        }
+        let cert_file = self.tls_cert.clone().or_else(|| file.as_ref().map(|t| t.cert_file.clone()));
+        let key_file = self.tls_key.clone().or_else(|| file.as_ref().map(|t| t.key_file.clone()));
+        let (Some(cert_file), Some(key_file)) = (cert_file, key_file) else {
+            return Err(usage("TLS needs both --tls-cert and --tls-key (or tls.cert_file and tls.key_file)"));
+        };
+        Ok(Some(ServerTlsConfig {
+            cert_file,
+            key_file,
+            client_ca_file: self.tls_client_ca.clone().or_else(|| file.as_ref().and_then(|t| t.client_ca_file.clone())),
+            require_client_cert: self.tls_require_client_cert || file.is_some_and(|t| t.require_client_cert),
+        }))
+    }
 }
 
 impl ControlPlaneArgs {
@@ -63,6 +111,8 @@ impl ControlPlaneArgs {
         if let Some(addr) = &self.metrics_listen {
             config.metrics_listen = Some(addr.clone());
         }
+        config.insecure_no_auth |= self.insecure_no_auth;
+        config.tls = self.tls.apply(config.tls.take())?;
         config.validate().map_err(|e| usage(e.to_string()))?;
         Ok(config)
     }
@@ -76,6 +126,8 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("listener address")?;
     let metrics = bind_metrics(config.metrics_listen.as_deref()).await?;
+    // Read before saying where it serves: a bad file stops it here.
+    let tls = server::load_tls(&config).map_err(|e| usage(e.to_string()))?;
     let plane = if config.store.is_some() {
         // The DSN may hold a password: not for messages.
         server::open(config).await.context("cannot open the metadata store database")?
@@ -84,8 +136,9 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot open the metadata store in {}", data_dir.display()))?
     };
-    crate::output::print(&format!("control plane serving on {addr}\n{}", metrics_line(metrics.as_ref())))?;
-    server::serve_with_metrics(plane, listener, metrics, shutdown_signal()).await?;
+    let scheme = if tls.is_some() { "https://" } else { "" };
+    crate::output::print(&format!("control plane serving on {scheme}{addr}\n{}", metrics_line(metrics.as_ref())))?;
+    server::serve_with(plane, listener, tls, metrics, shutdown_signal()).await?;
     tracing::info!("control plane stopped");
     Ok(())
 }
@@ -119,6 +172,17 @@ pub struct GatewayArgs {
     /// Address (ip:port) to serve /metrics, /healthz and /readyz on (overrides the file)
     #[arg(long, value_name = "ADDR", env = "PRISM_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// PEM CA certificates an https:// control plane must chain to (default: the system bundle)
+    #[arg(long, value_name = "FILE", env = "PRISM_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+    /// PEM client certificate presented to an https:// control plane (with --control-plane-key)
+    #[arg(long, value_name = "FILE", env = "PRISM_CONTROL_PLANE_CERT")]
+    pub control_plane_cert: Option<PathBuf>,
+    /// PEM private key of --control-plane-cert
+    #[arg(long, value_name = "FILE", env = "PRISM_CONTROL_PLANE_KEY")]
+    pub control_plane_key: Option<PathBuf>,
 }
 
 impl GatewayArgs {
@@ -143,6 +207,17 @@ impl GatewayArgs {
         if let Some(addr) = &self.metrics_listen {
             config.metrics_listen = Some(addr.clone());
         }
+        config.tls = self.tls.apply(config.tls.take())?;
+        let flags = [&self.control_plane_ca, &self.control_plane_cert, &self.control_plane_key];
+        if flags.iter().any(|f| f.is_some()) {
+            let mut tls = config.control_plane_tls.take().unwrap_or_default();
+            for (flag, field) in flags.into_iter().zip([&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file]) {
+                if flag.is_some() {
+                    field.clone_from(flag);
+                }
+            }
+            config.control_plane_tls = Some(tls);
+        }
         config.validate().map_err(|e| usage(e.to_string()))?;
         Ok(config)
     }
@@ -156,8 +231,13 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("listener address")?;
     let metrics = bind_metrics(config.metrics_listen.as_deref()).await?;
     let shard = config.shard_id.clone();
-    let gateway = Gateway::open(config).context("cannot open the gateway")?;
-    crate::output::print(&format!("gateway {shard} serving on {addr}\n{}", metrics_line(metrics.as_ref())))?;
+    let gateway = Gateway::open(config).map_err(|e| match e {
+        // A TLS file the gateway cannot use is the operator's to fix.
+        prism_gateway::GatewayError::Config { .. } => usage(e.to_string()),
+        e => anyhow::Error::new(e).context("cannot open the gateway"),
+    })?;
+    let scheme = if gateway.shared.tls.is_some() { "https://" } else { "" };
+    crate::output::print(&format!("gateway {shard} serving on {scheme}{addr}\n{}", metrics_line(metrics.as_ref())))?;
     gateway.serve_with_metrics(listener, metrics, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
     Ok(())
@@ -347,6 +427,8 @@ mod tests {
             shards: Vec::new(),
             store: None,
             metrics_listen: None,
+            insecure_no_auth: true,
+            tls: ServerTlsArgs::default(),
         }
     }
 
@@ -401,6 +483,28 @@ mod tests {
     }
 
     #[test]
+    fn a_control_plane_without_a_key_needs_the_insecure_flag() {
+        let err = ControlPlaneArgs { insecure_no_auth: false, ..args() }.config().expect_err("no key");
+        assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+    }
+
+    #[test]
+    fn tls_flags_override_the_file_field_by_field() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("prism.toml");
+        std::fs::write(&file, "[control_plane]\ntls = { cert_file = \"file.crt\", key_file = \"file.key\" }\n")?;
+        let tls = ServerTlsArgs { tls_cert: Some("flag.crt".into()), ..ServerTlsArgs::default() };
+        let config = ControlPlaneArgs { config: Some(file), tls, ..args() }.config()?;
+        let tls = config.tls.context("tls")?;
+        assert_eq!((tls.cert_file, tls.key_file), ("flag.crt".into(), "file.key".into()));
+        let half = ServerTlsArgs { tls_key: Some("k".into()), ..ServerTlsArgs::default() };
+        let err = ControlPlaneArgs { tls: half, ..args() }.config().expect_err("a key without a certificate");
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        Ok(())
+    }
+
+    #[test]
     fn gateways_need_a_secret_or_explicit_anonymous_access() {
         let g = GatewayArgs {
             config: None,
@@ -412,6 +516,10 @@ mod tests {
             auth_secret: None,
             allow_anonymous: false,
             metrics_listen: None,
+            tls: ServerTlsArgs::default(),
+            control_plane_ca: None,
+            control_plane_cert: None,
+            control_plane_key: None,
         };
         let err = g.config().expect_err("no secret");
         assert!(err.to_string().contains("auth.hs256_secret"), "{err}");

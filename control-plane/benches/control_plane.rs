@@ -47,7 +47,12 @@ fn spec() -> NamespaceSpec {
 }
 
 fn open_plane(dir: &std::path::Path) -> ControlPlane {
-    let config = ControlPlaneConfig { data_dir: dir.join("control-plane"), ..ControlPlaneConfig::default() };
+    // The rules, not authentication, are measured: no key.
+    let config = ControlPlaneConfig {
+        data_dir: dir.join("control-plane"),
+        insecure_no_auth: true,
+        ..ControlPlaneConfig::default()
+    };
     runtime().block_on(server::open(config)).expect("open control plane")
 }
 

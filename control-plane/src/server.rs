@@ -34,9 +34,20 @@ pub async fn open(config: ControlPlaneConfig) -> Result<ControlPlane> {
     Ok(ControlPlane::new(store, config))
 }
 
-/// Serves `plane` on `listener` until `shutdown` completes.
+/// The TLS of `config` with its files read now (a bad file is an error
+/// naming the setting and the file), or `None` for plain text.
+pub fn load_tls(config: &ControlPlaneConfig) -> Result<Option<prism_tls::ServerTls>> {
+    config.tls.as_ref().map(prism_tls::ServerTls::new).transpose().map_err(|e| {
+        let e = e.within("tls");
+        ControlPlaneError::Config { field: e.field().to_owned(), description: e.description().to_owned() }
+    })
+}
+
+/// Serves `plane` on `listener` until `shutdown` completes, with the TLS
+/// of its configuration.
 pub async fn serve(plane: ControlPlane, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
-    serve_with_metrics(plane, listener, None, shutdown).await
+    let tls = load_tls(plane.config())?;
+    serve_with(plane, listener, tls, None, shutdown).await
 }
 
 /// As [`serve`], and `/metrics`, `/healthz` and `/readyz` on `metrics`
@@ -48,19 +59,26 @@ pub async fn serve_with_metrics(
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let tls = load_tls(plane.config())?;
+    serve_with(plane, listener, tls, metrics, shutdown).await
+}
+
+/// As [`serve_with_metrics`], over `tls` (from [`load_tls`]) when given.
+pub async fn serve_with(
+    plane: ControlPlane,
+    listener: TcpListener,
+    tls: Option<prism_tls::ServerTls>,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     if !plane.config().auth.verifies_tokens() {
         tracing::warn!(
-            "no auth.hs256_secret, auth.jwks_file or auth.jwks_url is configured: every caller is anonymous \
-             and may do everything"
+            "insecure_no_auth: no auth.hs256_secret, auth.jwks_file or auth.jwks_url is configured, every \
+             caller is anonymous and may do everything"
         );
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ControlPlaneServiceServer<Service>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ControlPlaneError::Corrupt(format!("reflection descriptors: {e}")))?;
     let (stop_watchers, watchers_stop) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_leases(plane.clone(), watchers_stop.clone()));
     let follower =
@@ -93,14 +111,25 @@ pub async fn serve_with_metrics(
     let service = ControlPlaneServiceServer::new(Service::new(plane, watchers_stop))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tracing::info!(addr = ?listener.local_addr().ok(), "control plane serving");
-    let served = tonic::transport::Server::builder()
+    // Reflection lists exactly what this server answers.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(service_name(&health_service))
+        .with_service_name(service_name(&service))
+        .with_service_name(REFLECTION_SERVICE)
+        .build_v1()
+        .map_err(|e| ControlPlaneError::Corrupt(format!("reflection descriptors: {e}")))?;
+    tracing::info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "control plane serving");
+    let router = tonic::transport::Server::builder()
         .layer(rpc_metrics)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await;
+        .add_service(service);
+    let served = match tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
+        None => router.serve_with_incoming_shutdown(incoming(listener), shutdown).await,
+    };
     let _ = sweeper.await;
     let _ = follower.await;
     let _ = metrics_stop.send(true);
@@ -113,6 +142,15 @@ pub async fn serve_with_metrics(
     }
     Ok(served?)
 }
+
+/// The name a gRPC service is served under.
+fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
+}
+
+/// The reflection service's own name (tonic-reflection registers its
+/// descriptors but lists it only when asked to).
+pub const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
 
 /// Removes instances whose lease expired, every quarter lease, until
 /// shutdown.

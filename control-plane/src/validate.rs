@@ -134,9 +134,10 @@ pub fn namespace_spec(spec: &NamespaceSpec, known_shards: &[String]) -> Result<(
     Ok(())
 }
 
-/// A gateway's `host:port` endpoint.
+/// A gateway's endpoint: `host:port`, or `https://host:port` for one that
+/// serves TLS (clients dial what they are told).
 pub fn endpoint(field: &str, endpoint: &str) -> Result<()> {
-    host_port(field, endpoint)
+    names::validate_endpoint(endpoint).map_err(|e| invalid(field, e))
 }
 
 /// An instance id the registry handed out: 1 to 64 printable ASCII bytes.

@@ -116,10 +116,7 @@ async fn send(
     batch: &[AuditEvent],
 ) -> Result<(), tonic::Status> {
     if client.is_none() {
-        let config = &shared.config;
-        let c = prism_client::control_plane(&config.control_plane, config.control_plane_token.as_deref())
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let c = shared.control_plane().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         *client = Some(c);
     }
     let Some(c) = client.as_mut() else { return Err(tonic::Status::unavailable("no control plane client")) };

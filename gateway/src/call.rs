@@ -184,7 +184,7 @@ pub async fn run<T>(
     let authorization = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     // Certificates are there only when TLS verified them against the
     // configured client CA.
-    let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+    let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| prism_tls::common_name(c.as_ref())));
     let trace = trace_context(req.metadata());
     let mut call = Call::new(wrap(req.into_inner()), authorization);
     call.client_cert = client_cert;
@@ -198,21 +198,6 @@ fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Option<prism_teleme
     use prism_telemetry::trace::{TRACEPARENT, TRACESTATE, TraceParent};
     let parent = metadata.get(TRACEPARENT)?.to_str().ok()?;
     TraceParent::parse(parent, metadata.get(TRACESTATE).and_then(|v| v.to_str().ok()))
-}
-
-/// The subject common name of a DER certificate, if it has one.
-pub fn common_name(der: &[u8]) -> Option<String> {
-    use x509_cert::der::Decode;
-    use x509_cert::der::asn1::{PrintableStringRef, Utf8StringRef};
-    const CN: x509_cert::der::oid::ObjectIdentifier = x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.4.3");
-    let cert = x509_cert::Certificate::from_der(der).ok()?;
-    cert.tbs_certificate.subject.0.iter().flat_map(|rdn| rdn.0.iter()).find(|atv| atv.oid == CN).and_then(|atv| {
-        atv.value
-            .decode_as::<Utf8StringRef<'_>>()
-            .map(|s| s.as_str().to_owned())
-            .or_else(|_| atv.value.decode_as::<PrintableStringRef<'_>>().map(|s| s.as_str().to_owned()))
-            .ok()
-    })
 }
 
 /// The status for a pipeline that answered a different RPC (a bug).

@@ -14,11 +14,13 @@ use crate::error::{GatewayError, Result};
 pub struct GatewayConfig {
     /// The shard this gateway serves. Required; `[a-z0-9][a-z0-9-]{0,62}`.
     pub shard_id: String,
-    /// `host:port` of the control plane. Default `127.0.0.1:7400`.
+    /// `host:port` of the control plane, or `https://host:port` to reach it
+    /// over TLS (see `control_plane_tls`). Default `127.0.0.1:7400`.
     pub control_plane: String,
     /// `host:port` clients reach this gateway at, registered with the
-    /// control plane. Default: the address it listens on (a loopback
-    /// address when it listens on every interface).
+    /// control plane (as `https://host:port` when it serves TLS, so
+    /// clients know to use it). Default: the address it listens on (a
+    /// loopback address when it listens on every interface).
     pub advertise_endpoint: Option<String>,
     /// How often usage is reported to the control plane (which answers this
     /// instance's share of each tenant's limits), in milliseconds. Default
@@ -31,6 +33,11 @@ pub struct GatewayConfig {
     pub storage_measure_interval_ms: u64,
     /// Token the gateway presents to the control plane, if it needs one.
     pub control_plane_token: Option<String>,
+    /// How the gateway reaches an `https://` control plane: the CAs its
+    /// certificate must chain to (default: the system bundle) and the
+    /// client certificate to present when it asks for one. Only with an
+    /// `https://` `control_plane`. Default: none.
+    pub control_plane_tls: Option<ClientTlsConfig>,
     /// Directory of the embedded backend's data. Default
     /// `./prism-data/<shard_id>`.
     pub data_dir: Option<PathBuf>,
@@ -62,23 +69,11 @@ pub struct GatewayConfig {
     pub drain_delay_ms: u64,
 }
 
-/// The `[gateway.tls]` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain the gateway presents.
-    pub cert_file: PathBuf,
-    /// PEM private key of that certificate.
-    pub key_file: PathBuf,
-    /// PEM CA certificates that sign client certificates. With it a client
-    /// may present a certificate; a verified one names the principal (its
-    /// subject's common name) of calls that carry no bearer token.
-    pub client_ca_file: Option<PathBuf>,
-    /// Refuse connections without a client certificate the CA signed.
-    /// Default false. Needs `client_ca_file`.
-    #[serde(default)]
-    pub require_client_cert: bool,
-}
+/// The `[gateway.control_plane_tls]` table.
+pub use prism_tls::ClientTlsConfig;
+/// The `[gateway.tls]` table: certificate, key and optionally the client
+/// CA bundle (mutual TLS), all re-read when their files change.
+pub use prism_tls::ServerTlsConfig as TlsConfig;
 
 /// The `[gateway.auth]` table: a secret or a JWKS is required unless
 /// `allow_anonymous` is set (callers without a token are then `anonymous`
@@ -143,6 +138,7 @@ impl Default for GatewayConfig {
             usage_report_interval_ms: 5_000,
             storage_measure_interval_ms: 30_000,
             control_plane_token: None,
+            control_plane_tls: None,
             data_dir: None,
             postgres_tls_ca_file: None,
             auth: AuthConfig::default(),
@@ -184,23 +180,28 @@ impl GatewayConfig {
             description: description.into(),
         };
         prism_proto::names::validate_part(&self.shard_id).map_err(|e| bad("shard_id", &format!("shard id {e}")))?;
-        if self.control_plane.is_empty() {
-            return Err(bad("control_plane", "must not be empty"));
-        }
+        prism_proto::names::validate_endpoint(&self.control_plane).map_err(|d| bad("control_plane", &d))?;
         if !(100..=600_000).contains(&self.usage_report_interval_ms) {
             return Err(bad("usage_report_interval_ms", "must be within 100..=600000"));
         }
-        if let Some(tls) = &self.tls
-            && tls.require_client_cert
-            && tls.client_ca_file.is_none()
-        {
-            return Err(bad("tls.require_client_cert", "needs tls.client_ca_file"));
+        let tls_error = |e: prism_tls::TlsError, table: &str| {
+            let e = e.within(table);
+            GatewayError::Config { field: e.field().to_owned(), description: e.description().to_owned() }
+        };
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| tls_error(e, "tls"))?;
+        }
+        if let Some(tls) = &self.control_plane_tls {
+            tls.validate().map_err(|e| tls_error(e, "control_plane_tls"))?;
+            if !self.control_plane.starts_with("https://") {
+                return Err(bad("control_plane_tls", "is set but control_plane is not an https:// address"));
+            }
         }
         if !(100..=3_600_000).contains(&self.storage_measure_interval_ms) {
             return Err(bad("storage_measure_interval_ms", "must be within 100..=3600000"));
         }
         if let Some(e) = &self.advertise_endpoint {
-            prism_proto::names::validate_host_port(e).map_err(|d| bad("advertise_endpoint", &d))?;
+            prism_proto::names::validate_endpoint(e).map_err(|d| bad("advertise_endpoint", &d))?;
         }
         if !self.auth.verifies_tokens() && !self.auth.allow_anonymous {
             return Err(bad(
@@ -266,6 +267,28 @@ mod tests {
             let e = GatewayConfig::from_toml(&text).expect_err(bad);
             assert!(e.to_string().contains(bad.split(' ').next().unwrap_or_default()), "{e}");
         }
+    }
+
+    #[test]
+    fn tls_settings_are_checked_by_shape() {
+        let base = "shard_id = \"s0\"\n[auth]\nallow_anonymous = true\n";
+        let e = GatewayConfig::from_toml(&format!(
+            "{base}[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nrequire_client_cert = true"
+        ))
+        .expect_err("no client CA");
+        assert!(e.to_string().contains("tls.require_client_cert"), "{e}");
+        let e = GatewayConfig::from_toml(&format!("control_plane_tls = {{ ca_file = \"ca\" }}\n{base}"))
+            .expect_err("plain control plane");
+        assert!(e.to_string().contains("control_plane_tls") && e.to_string().contains("https://"), "{e}");
+        let e = GatewayConfig::from_toml(&format!(
+            "control_plane = \"https://cp:7400\"\ncontrol_plane_tls = {{ cert_file = \"c\" }}\n{base}"
+        ))
+        .expect_err("a certificate without its key");
+        assert!(e.to_string().contains("control_plane_tls.cert_file"), "{e}");
+        GatewayConfig::from_toml(&format!(
+            "control_plane = \"https://cp:7400\"\ncontrol_plane_tls = {{ ca_file = \"ca\" }}\n{base}"
+        ))
+        .expect("valid");
     }
 
     #[test]

@@ -95,8 +95,7 @@ pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch
 
 /// Follows one Watch stream until it ends or fails.
 async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> Result<(), WatchError> {
-    let config = &shared.config;
-    let mut client = prism_client::control_plane(&config.control_plane, config.control_plane_token.as_deref()).await?;
+    let mut client = shared.control_plane().await?;
     let from_revision = shared.metadata.load().revision;
     let mut stream = client.watch(WatchRequest { from_revision }).await?.into_inner();
     shared.metadata.set_connected(true);

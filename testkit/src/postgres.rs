@@ -320,16 +320,11 @@ fi"#;
     fn write_tls_files(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
         let dir = self.root.join("tls");
         std::fs::create_dir(&dir).context("create tls/")?;
-        let (ca_pem, issuer) = generate_ca()?;
-        let server_key = rcgen::KeyPair::generate().context("generate the server key")?;
-        // rcgen makes an IP address SAN of a name that parses as one.
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .context("server certificate parameters")?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, "prism-testkit postgres");
-        let cert = params.signed_by(&server_key, &issuer).context("sign the server certificate")?;
+        let ca = crate::tls::Ca::new("prism-testkit CA")?;
+        let (cert, server_key) = ca.leaf("prism-testkit postgres", false)?;
         let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
-        std::fs::write(self.ca_pem_path_in(&dir), ca_pem).context("write ca.crt")?;
-        std::fs::write(&cert_path, cert.pem()).context("write server.crt")?;
+        std::fs::write(self.ca_pem_path_in(&dir), ca.pem()).context("write ca.crt")?;
+        std::fs::write(&cert_path, cert).context("write server.crt")?;
         // PostgreSQL refuses a key that its group or others may read.
         {
             use std::io::Write;
@@ -340,7 +335,7 @@ fi"#;
                 .mode(0o600)
                 .open(&key_path)
                 .context("create server.key")?;
-            file.write_all(server_key.serialize_pem().as_bytes()).context("write server.key")?;
+            file.write_all(server_key.as_bytes()).context("write server.key")?;
         }
         if !matches!(self.run_as, RunAs::Me) {
             let (uid, gid) = unprivileged_ids()?;
@@ -513,21 +508,10 @@ pub fn skip_reason() -> String {
     )
 }
 
-/// A new CA: its certificate (PEM) and the issuer that signs with it.
-fn generate_ca() -> anyhow::Result<(String, rcgen::Issuer<'static, rcgen::KeyPair>)> {
-    let key = rcgen::KeyPair::generate().context("generate the CA key")?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "prism-testkit CA");
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
-    let pem = params.self_signed(&key).context("self-sign the CA")?.pem();
-    Ok((pem, rcgen::Issuer::new(params, key)))
-}
-
 /// The PEM certificate of a fresh CA that signed nothing: a trusted root
 /// that no server's certificate chains to.
 pub fn generate_ca_pem() -> anyhow::Result<String> {
-    generate_ca().map(|(pem, _)| pem)
+    crate::tls::Ca::new("prism-testkit CA").map(|ca| ca.pem().to_owned())
 }
 
 /// A port that was free a moment ago: bind `127.0.0.1:0`, read, release.
