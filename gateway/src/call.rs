@@ -142,6 +142,8 @@ pub struct Call {
     pub authorization: Option<String>,
     /// The common name of the verified client certificate (mTLS), if any.
     pub client_cert: Option<String>,
+    /// Where the call came from (the TCP peer), for the audit log.
+    pub client_addr: Option<std::net::SocketAddr>,
     /// Set by authentication.
     pub principal: Option<Principal>,
     /// Set by authorization: the namespace, counted in flight.
@@ -150,7 +152,7 @@ pub struct Call {
 
 impl Call {
     pub fn new(request: Request, authorization: Option<String>) -> Self {
-        Self { request, authorization, client_cert: None, principal: None, namespace: None }
+        Self { request, authorization, client_cert: None, client_addr: None, principal: None, namespace: None }
     }
 }
 
@@ -166,8 +168,10 @@ pub async fn run<T>(
     // Certificates are there only when TLS verified them against the
     // configured client CA.
     let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+    let client_addr = req.remote_addr();
     let mut call = Call::new(wrap(req.into_inner()), authorization);
     call.client_cert = client_cert;
+    call.client_addr = client_addr;
     pipeline.clone().oneshot(call).await.map_err(crate::error::GatewayError::into_status)
 }
 

@@ -2,9 +2,12 @@
 //! overridden by environment and flags in the CLI. `validate` names the
 //! wrong field; parsing has no side effects.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use prism_auth::SecretString;
+use prism_plugin_api::secrets::{SecretEntry, Secrets};
 use serde::Deserialize;
 
 use crate::error::{GatewayError, Result};
@@ -29,8 +32,13 @@ pub struct GatewayConfig {
     /// measurement may read the whole namespace. Default 30 000; range
     /// 100..=3 600 000.
     pub storage_measure_interval_ms: u64,
-    /// Token the gateway presents to the control plane, if it needs one.
-    pub control_plane_token: Option<String>,
+    /// Token the gateway presents to the control plane (one with role
+    /// `shard`), if it needs one. Default: none.
+    pub control_plane_token: Option<SecretString>,
+    /// A file holding that token instead (read once at startup, one
+    /// trailing line ending ignored; not with `control_plane_token`).
+    /// Default: none.
+    pub control_plane_token_file: Option<PathBuf>,
     /// Directory of the embedded backend's data. Default
     /// `./prism-data/<shard_id>`.
     pub data_dir: Option<PathBuf>,
@@ -41,6 +49,12 @@ pub struct GatewayConfig {
     /// namespace is DEGRADED ("no CA configured for postgres TLS").
     pub postgres_tls_ca_file: Option<PathBuf>,
     pub auth: AuthConfig,
+    /// The secrets this gateway may hand to backend plugins, by name
+    /// (`[gateway.secrets.NAME]`: `env` or `file`, and the `tenants` that
+    /// may use it): what a namespace's `password_ref` can name (see
+    /// `prism_plugin_api::secrets`). Default: none, and every reference is
+    /// refused (the namespace is DEGRADED, naming it).
+    pub secrets: BTreeMap<String, SecretEntry>,
     /// TLS on the gateway's gRPC port, and optionally mutual TLS. Default:
     /// none (plaintext).
     pub tls: Option<TlsConfig>,
@@ -129,9 +143,11 @@ impl Default for GatewayConfig {
             usage_report_interval_ms: 5_000,
             storage_measure_interval_ms: 30_000,
             control_plane_token: None,
+            control_plane_token_file: None,
             data_dir: None,
             postgres_tls_ca_file: None,
             auth: AuthConfig::default(),
+            secrets: BTreeMap::new(),
             tls: None,
             cache: CacheConfig::default(),
             limits: Limits::default(),
@@ -157,11 +173,38 @@ impl GatewayConfig {
         Duration::from_millis(self.limits.request_timeout_ms)
     }
 
+    /// Reads the secret settings that name a file (`auth.hs256_secret_file`,
+    /// `control_plane_token_file`) into their values; a gateway does it
+    /// once, when it opens. Errors name the setting and the file, never
+    /// the secret.
+    pub fn read_secret_files(&mut self) -> Result<()> {
+        if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.read_secret_file() {
+            return Err(GatewayError::Config { field: format!("auth.{field}"), description });
+        }
+        if let Some(path) = self.control_plane_token_file.take() {
+            let token = prism_auth::read_secret(&path).map_err(|description| GatewayError::Config {
+                field: "control_plane_token_file".into(),
+                description,
+            })?;
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(GatewayError::Config {
+                    field: "control_plane_token_file".into(),
+                    description: format!("{} does not hold a bearer token (printable ASCII)", path.display()),
+                });
+            }
+            self.control_plane_token = Some(token);
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, description: &str| GatewayError::Config {
             field: field.into(),
             description: description.into(),
         };
+        if self.control_plane_token.is_some() && self.control_plane_token_file.is_some() {
+            return Err(bad("control_plane_token_file", "cannot be set together with control_plane_token"));
+        }
         prism_proto::names::validate_part(&self.shard_id).map_err(|e| bad("shard_id", &format!("shard id {e}")))?;
         if self.control_plane.is_empty() {
             return Err(bad("control_plane", "must not be empty"));
@@ -189,6 +232,9 @@ impl GatewayConfig {
         }
         if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.validate() {
             return Err(bad(&format!("auth.{field}"), &description));
+        }
+        if let Err((field, description)) = Secrets::validate(&self.secrets) {
+            return Err(bad(&format!("secrets.{field}"), &description));
         }
         if self.cache.max_record_bytes > self.cache.max_bytes && self.cache.max_bytes > 0 {
             return Err(bad("cache.max_record_bytes", "must not exceed cache.max_bytes"));
@@ -222,6 +268,26 @@ mod tests {
         assert!(e.to_string().contains("auth.hs256_secret"), "{e}");
         let c = GatewayConfig::from_toml("shard_id = \"s0\"\n[auth]\nallow_anonymous = true").expect("valid");
         assert!(c.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn reads_the_secrets_table() {
+        let base = "shard_id = \"s0\"\n[auth]\nallow_anonymous = true\n";
+        let c = GatewayConfig::from_toml(&format!(
+            "{base}[secrets.pg-acme]\nenv = \"PG_ACME_PASSWORD\"\ntenants = [\"acme\"]\n\
+             [secrets.shared]\nfile = \"/run/secrets/pg\"\ntenants = [\"*\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.secrets.len(), 2);
+        assert_eq!(c.secrets["pg-acme"].env.as_deref(), Some("PG_ACME_PASSWORD"));
+        let e = GatewayConfig::from_toml(&format!("{base}[secrets.x]\nenv = \"PG\"\n")).expect_err("no tenants");
+        assert!(e.to_string().contains("tenants"), "{e}");
+        let e = GatewayConfig::from_toml(&format!("{base}[secrets.x]\nenv = \"PG\"\ntenants = []\n"))
+            .expect_err("empty tenants");
+        assert!(e.to_string().contains("secrets.x.tenants"), "{e}");
+        let e = GatewayConfig::from_toml(&format!("{base}[secrets.x]\nvalue = \"hunter2\"\ntenants = [\"*\"]\n"))
+            .expect_err("inline values are not a source");
+        assert!(e.to_string().contains("unknown field `value`"), "{e}");
     }
 
     #[test]
