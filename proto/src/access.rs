@@ -219,7 +219,14 @@ pub fn namespace_standing(
     if access.owners.iter().any(|o| names(o, who, tenant)) {
         return Some(Standing::Owner);
     }
-    access.consumers.iter().filter(|g| names(&g.principal, who, tenant)).filter_map(|g| level(g.level)).max()
+    let mut best = None;
+    for grant in access.consumers.iter().filter(|g| names(&g.principal, who, tenant)) {
+        best = best.max(level(grant.level));
+        if best == Some(Standing::ReadWrite) {
+            break; // the most a consumer can have
+        }
+    }
+    best
 }
 
 fn level(level: i32) -> Option<Standing> {
