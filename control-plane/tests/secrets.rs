@@ -124,3 +124,21 @@ async fn passwords_stored_before_are_removed_when_the_control_plane_opens() -> a
     assert_eq!(e.code(), Code::NotFound);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unreadable_or_weak_secret_file_stops_the_start_naming_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "short-secret\n")?;
+    for (file, needle) in [(dir.path().join("missing"), "cannot read"), (weak, "12-byte secret")] {
+        let mut config = ControlPlaneConfig { data_dir: dir.path().join("data"), ..Default::default() };
+        config.auth.hs256_secret_file = Some(file.clone());
+        let Err(e) = prism_control_plane::server::open(config).await else {
+            anyhow::bail!("opened with {}", file.display());
+        };
+        let text = e.to_string();
+        assert!(text.contains("auth.hs256_secret_file") && text.contains(&file.display().to_string()), "{text}");
+        assert!(text.contains(needle) && !text.contains("short-secret"), "{text}");
+    }
+    Ok(())
+}
