@@ -8,6 +8,7 @@
 //!   gRPC.
 //! - [`kv`], [`ts`]: KeyValue and TimeSeries calls, routed by
 //!   `prism-client` to the gateway shard that owns the namespace.
+//! - [`token`]: `prism token create`, signing HS256 tokens locally.
 //! - [`spec_file`], [`spec_flags`]: a namespace spec from a file or flags.
 //! - [`output`], [`json`]: tables and JSON; [`error`]: what a failure prints.
 
@@ -24,6 +25,7 @@ pub mod shard;
 pub mod spec_file;
 pub mod spec_flags;
 pub mod tenant;
+pub mod token;
 pub mod ts;
 pub mod usage;
 
@@ -140,6 +142,9 @@ pub enum Command {
     /// Write, read, search and tail TimeSeries events
     #[command(subcommand)]
     Ts(ts::TsCommand),
+    /// Sign bearer tokens with the deployment's HS256 secret
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 impl Command {
@@ -173,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::run(&cli.global, cmd).await,
         Command::Kv(cmd) => kv::run(&cli.global, cmd).await,
         Command::Ts(cmd) => ts::run(&cli.global, cmd).await,
+        Command::Token(cmd) => token::run(cli.global.output, cmd),
     }
 }
 

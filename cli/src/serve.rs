@@ -49,6 +49,8 @@ pub struct ControlPlaneArgs {
     pub insecure_no_auth: bool,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    #[command(flatten)]
+    pub secret: AuthSecretArgs,
 }
 
 /// TLS on a server's gRPC port: the flags of `prism control-plane` and
@@ -93,6 +95,31 @@ impl ServerTlsArgs {
     }
 }
 
+/// Where a server's HS256 secret comes from, besides the config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AuthSecretArgs {
+    /// HS256 secret of bearer tokens, at least 32 bytes (prefer the env var or --auth-secret-file: flags show in `ps`)
+    #[arg(long, value_name = "SECRET", env = "PRISM_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+    /// A file holding the HS256 secret (read at startup)
+    #[arg(long, value_name = "FILE", env = "PRISM_AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
+    pub auth_secret_file: Option<PathBuf>,
+}
+
+impl AuthSecretArgs {
+    /// Replaces the file's secret setting, if a flag or variable gives one.
+    fn apply(&self, auth: &mut prism_gateway::config::AuthConfig) {
+        if let Some(secret) = &self.auth_secret {
+            auth.hs256_secret = Some(secret.as_str().into());
+            auth.hs256_secret_file = None;
+        }
+        if let Some(path) = &self.auth_secret_file {
+            auth.hs256_secret_file = Some(path.clone());
+            auth.hs256_secret = None;
+        }
+    }
+}
+
 impl ControlPlaneArgs {
     /// The configuration: the file's (or defaults), then `PRISM_DATA_DIR`
     /// and the flags (clap has already let a flag win over the
@@ -113,6 +140,7 @@ impl ControlPlaneArgs {
         }
         config.insecure_no_auth |= self.insecure_no_auth;
         config.tls = self.tls.apply(config.tls.take())?;
+        self.secret.apply(&mut config.auth);
         config.validate().map_err(|e| usage(e.to_string()))?;
         Ok(config)
     }
@@ -163,9 +191,14 @@ pub struct GatewayArgs {
     /// Directory of the embedded backend's data (default ./prism-data/<shard-id>)
     #[arg(long, value_name = "DIR", env = "PRISM_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// HS256 secret of bearer tokens
-    #[arg(long, value_name = "SECRET", env = "PRISM_AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: Option<String>,
+    #[command(flatten)]
+    pub secret: AuthSecretArgs,
+    /// Token presented to the control plane, with role `shard` (prefer the env var or the file)
+    #[arg(long, value_name = "TOKEN", env = "PRISM_CONTROL_PLANE_TOKEN", hide_env_values = true)]
+    pub control_plane_token: Option<String>,
+    /// A file holding the token presented to the control plane (read at startup)
+    #[arg(long, value_name = "FILE", env = "PRISM_CONTROL_PLANE_TOKEN_FILE", conflicts_with = "control_plane_token")]
+    pub control_plane_token_file: Option<PathBuf>,
     /// Serve callers without a token as `anonymous` (insecure)
     #[arg(long)]
     pub allow_anonymous: bool,
@@ -200,8 +233,14 @@ impl GatewayArgs {
         if let Some(endpoint) = &self.advertise_endpoint {
             config.advertise_endpoint = Some(endpoint.clone());
         }
-        if let Some(secret) = &self.auth_secret {
-            config.auth.hs256_secret = Some(secret.clone());
+        self.secret.apply(&mut config.auth);
+        if let Some(token) = &self.control_plane_token {
+            config.control_plane_token = Some(token.as_str().into());
+            config.control_plane_token_file = None;
+        }
+        if let Some(path) = &self.control_plane_token_file {
+            config.control_plane_token_file = Some(path.clone());
+            config.control_plane_token = None;
         }
         config.auth.allow_anonymous |= self.allow_anonymous;
         if let Some(addr) = &self.metrics_listen {
@@ -341,7 +380,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     };
     // The shards are static (namespaces are assigned to them even before
     // the gateways are up); their endpoints come from registration.
-    cp_config.auth.hs256_secret = Some(secret.clone());
+    cp_config.auth.hs256_secret = Some(secret.as_str().into());
     let cp_listener = TcpListener::bind(cp_addr).await.with_context(|| format!("cannot listen on {cp_addr}"))?;
     let cp_metrics = metrics_listener(0).await?;
     let plane = server::open(cp_config).await.context("cannot open the control plane's store")?;
@@ -364,10 +403,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             data_dir: Some(args.data_dir.join(shard)),
             ..GatewayConfig::default()
         };
-        config.auth.hs256_secret = Some(secret.clone());
+        config.auth.hs256_secret = Some(secret.as_str().into());
         // Each shard calls the control plane (watch, status reports) as itself.
         config.control_plane_token =
-            Some(prism_gateway::auth::mint_hs256(&secret, shard, None, &["shard"], DEV_TOKEN_SECONDS)?);
+            Some(prism_gateway::auth::mint_hs256(&secret, shard, None, &["shard"], DEV_TOKEN_SECONDS)?.into());
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let gateway = Gateway::open(config).with_context(|| format!("cannot open gateway {shard}"))?;
         let metrics = metrics_listener(i + 1).await?;
@@ -389,13 +428,17 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     } else {
         format!("export PRISM_ENDPOINT={cp_addr}\n")
     };
+    let secret_file = args.data_dir.join("dev-secret");
     crate::output::print(&format!(
         "prism dev is running; data in {}\n{}\n\n{endpoint}export PRISM_TOKEN={token}\n\nthen, in another terminal:\n  \
          prism tenant create acme\n  \
          prism namespace create acme/profiles --abstraction key-value --wait\n  \
-         prism kv put acme/profiles user-1 name=Ada && prism kv get acme/profiles user-1\n",
+         prism kv put acme/profiles user-1 name=Ada && prism kv get acme/profiles user-1\n\n\
+         tokens for other principals, e.g. svc-a of tenant acme (grant it with prism namespace grant acme/profiles acme:svc-a):\n  \
+         prism token create --secret-file {} --sub svc-a --tenant acme --ttl 24h\n",
         args.data_dir.display(),
         lines.join("\n"),
+        secret_file.display(),
     ))?;
 
     // Run until a signal, or until any server fails.
@@ -429,6 +472,7 @@ mod tests {
             metrics_listen: None,
             insecure_no_auth: true,
             tls: ServerTlsArgs::default(),
+            secret: AuthSecretArgs::default(),
         }
     }
 
@@ -513,7 +557,9 @@ mod tests {
             listen: "127.0.0.1:0".into(),
             advertise_endpoint: None,
             data_dir: None,
-            auth_secret: None,
+            secret: AuthSecretArgs::default(),
+            control_plane_token: None,
+            control_plane_token_file: None,
             allow_anonymous: false,
             metrics_listen: None,
             tls: ServerTlsArgs::default(),
@@ -524,6 +570,40 @@ mod tests {
         let err = g.config().expect_err("no secret");
         assert!(err.to_string().contains("auth.hs256_secret"), "{err}");
         assert!(GatewayArgs { allow_anonymous: true, ..g.clone() }.config().is_ok());
-        assert!(GatewayArgs { auth_secret: Some("0123456789abcdef-secret".into()), ..g }.config().is_ok());
+        let secret = |s: &str| AuthSecretArgs { auth_secret: Some(s.into()), auth_secret_file: None };
+        let err = GatewayArgs { secret: secret("0123456789abcdef-secret"), ..g.clone() }.config().expect_err("weak");
+        assert!(err.to_string().contains("auth.hs256_secret: is a 23-byte secret"), "{err}");
+        assert!(GatewayArgs { secret: secret("0123456789abcdef0123456789abcdef"), ..g }.config().is_ok());
+    }
+
+    #[test]
+    fn secret_settings_come_from_files_named_by_flags() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (secret, token) = (dir.path().join("secret"), dir.path().join("token"));
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n")?;
+        std::fs::write(&token, "eyJhbGciOiJIUzI1NiJ9.e30.sig\n")?;
+        let file = dir.path().join("prism.toml");
+        std::fs::write(&file, "[gateway]\nshard_id = \"shard-0\"\ncontrol_plane_token = \"from-the-file\"\n")?;
+        let g = GatewayArgs {
+            config: Some(file),
+            shard_id: None,
+            control_plane: None,
+            listen: "127.0.0.1:0".into(),
+            advertise_endpoint: None,
+            data_dir: Some(dir.path().join("data")),
+            secret: AuthSecretArgs { auth_secret: None, auth_secret_file: Some(secret) },
+            control_plane_token: None,
+            control_plane_token_file: Some(token),
+            allow_anonymous: false,
+        };
+        let mut config = g.config()?;
+        assert_eq!(config.control_plane_token, None, "the flag's file replaces the file's token");
+        config.read_secret_files()?;
+        assert_eq!(config.auth.hs256_secret.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(config.control_plane_token.as_deref(), Some("eyJhbGciOiJIUzI1NiJ9.e30.sig"));
+        let missing = GatewayArgs { control_plane_token_file: Some(dir.path().join("nope")), ..g };
+        let err = missing.config()?.read_secret_files().expect_err("unreadable");
+        assert!(err.to_string().contains("control_plane_token_file") && err.to_string().contains("nope"), "{err}");
+        Ok(())
     }
 }

@@ -75,7 +75,16 @@ async fn servers_serve_metrics_and_export_traces_as_the_environment_says() -> an
     let dir = tempfile::tempdir()?;
     let receiver = OtlpReceiver::start().await?;
     let cp = Process::start(
-        &["control-plane", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--shard", "shard-0"],
+        &[
+            "control-plane",
+            "--insecure-no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--shard",
+            "shard-0",
+        ],
         &[],
         &dir.path().join("cp"),
         2,
@@ -186,7 +195,16 @@ fn unusable_settings_stop_a_server_at_start_naming_them() -> anyhow::Result<()> 
         assert_eq!(code, 2, "{name}={value}: {stderr}");
         assert!(stderr.contains(name), "{name}={value}: {stderr}");
     }
-    let cp = ["control-plane", "--listen", "127.0.0.1:0", "--data-dir", &data, "--metrics-listen", "localhost"];
+    let cp = [
+        "control-plane",
+        "--insecure-no-auth",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--metrics-listen",
+        "localhost",
+    ];
     let (code, stderr) = run(&cp, &[])?;
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("metrics_listen"), "{stderr}");

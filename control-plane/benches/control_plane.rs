@@ -81,6 +81,7 @@ fn create_records(ns: &Namespace) -> [Vec<u8>; 3] {
         result: "ok".into(),
         detail: "created on shard \"\"".into(),
         revision: ns.revision,
+        client_address: String::new(),
     };
     [ns.encode_to_vec(), delta.encode_to_vec(), audit.encode_to_vec()]
 }

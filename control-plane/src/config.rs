@@ -74,6 +74,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("watch_buffer", &self.watch_buffer)
             .field("change_log_retention", &self.change_log_retention)
             .field("auth.hs256_secret", &self.auth.hs256_secret.as_ref().map(|_| "<redacted>"))
+            .field("auth.hs256_secret_file", &self.auth.hs256_secret_file)
             .field("auth.jwks_file", &self.auth.jwks_file)
             .field("auth.jwks_url", &self.auth.jwks_url)
             .field("auth.issuer", &self.auth.issuer)

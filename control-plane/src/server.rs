@@ -23,15 +23,22 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Opens the configured store (the Postgres database `store` names, else
 /// the embedded file store in `data_dir`) and builds the control plane
 /// over it.
-pub async fn open(config: ControlPlaneConfig) -> Result<ControlPlane> {
+pub async fn open(mut config: ControlPlaneConfig) -> Result<ControlPlane> {
     config.validate()?;
+    // Secret files are read once, here: an unreadable or weak one stops
+    // the start, naming the setting.
+    if let Err(prism_auth::AuthError::Config { field, description }) = config.auth.read_secret_file() {
+        return Err(ControlPlaneError::Config { field: format!("auth.{field}"), description });
+    }
     let store: Arc<dyn Store> = match &config.store {
         Some(dsn) => {
             Arc::new(PgStore::open(dsn, &config.store_schema, config.watch_buffer, config.change_log_retention).await?)
         }
         None => Arc::new(FileStore::open(&config.data_dir, config.watch_buffer, config.change_log_retention)?),
     };
-    Ok(ControlPlane::new(store, config))
+    let plane = ControlPlane::new(store, config);
+    plane.redact_stored_passwords().await?;
+    Ok(plane)
 }
 
 /// The TLS of `config` with its files read now (a bad file is an error

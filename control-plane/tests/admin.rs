@@ -795,7 +795,7 @@ async fn resolve_answers_the_owning_shard_and_its_endpoints() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_secret_every_call_needs_a_valid_token_and_audit_names_the_caller() -> anyhow::Result<()> {
-    const SECRET: &str = "control-plane-test-secret-0123";
+    const SECRET: &str = "control-plane-test-secret-0123456789";
     let mut config = prism_control_plane::ControlPlaneConfig::default();
     config.auth.hs256_secret = Some(SECRET.into());
     let cp = prism_testkit::ControlPlaneHandle::start_with(config).await?;

@@ -158,6 +158,8 @@ pub struct Call {
     pub authorization: Option<String>,
     /// The common name of the verified client certificate (mTLS), if any.
     pub client_cert: Option<String>,
+    /// Where the call came from (the TCP peer), for the audit log.
+    pub client_addr: Option<std::net::SocketAddr>,
     /// Set by authentication.
     pub principal: Option<Principal>,
     /// Set by authorization: the namespace, counted in flight.
@@ -169,7 +171,7 @@ pub struct Call {
 
 impl Call {
     pub fn new(request: Request, authorization: Option<String>) -> Self {
-        Self { request, authorization, client_cert: None, principal: None, namespace: None, trace: None }
+        Self { request, authorization, client_cert: None, client_addr: None, principal: None, namespace: None, trace: None }
     }
 }
 
@@ -186,9 +188,11 @@ pub async fn run<T>(
     // configured client CA.
     let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| prism_tls::common_name(c.as_ref())));
     let trace = trace_context(req.metadata());
+    let client_addr = req.remote_addr();
     let mut call = Call::new(wrap(req.into_inner()), authorization);
     call.client_cert = client_cert;
     call.trace = trace;
+    call.client_addr = client_addr;
     pipeline.clone().oneshot(call).await.map_err(crate::error::GatewayError::into_status)
 }
 

@@ -2,9 +2,12 @@
 //! overridden by environment and flags in the CLI. `validate` names the
 //! wrong field; parsing has no side effects.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use prism_auth::SecretString;
+use prism_plugin_api::secrets::{SecretEntry, Secrets};
 use serde::Deserialize;
 
 use crate::error::{GatewayError, Result};
@@ -31,8 +34,13 @@ pub struct GatewayConfig {
     /// measurement may read the whole namespace. Default 30 000; range
     /// 100..=3 600 000.
     pub storage_measure_interval_ms: u64,
-    /// Token the gateway presents to the control plane, if it needs one.
-    pub control_plane_token: Option<String>,
+    /// Token the gateway presents to the control plane (one with role
+    /// `shard`), if it needs one. Default: none.
+    pub control_plane_token: Option<SecretString>,
+    /// A file holding that token instead (read once at startup, one
+    /// trailing line ending ignored; not with `control_plane_token`).
+    /// Default: none.
+    pub control_plane_token_file: Option<PathBuf>,
     /// How the gateway reaches an `https://` control plane: the CAs its
     /// certificate must chain to (default: the system bundle) and the
     /// client certificate to present when it asks for one. Only with an
@@ -48,6 +56,12 @@ pub struct GatewayConfig {
     /// namespace is DEGRADED ("no CA configured for postgres TLS").
     pub postgres_tls_ca_file: Option<PathBuf>,
     pub auth: AuthConfig,
+    /// The secrets this gateway may hand to backend plugins, by name
+    /// (`[gateway.secrets.NAME]`: `env` or `file`, and the `tenants` that
+    /// may use it): what a namespace's `password_ref` can name (see
+    /// `prism_plugin_api::secrets`). Default: none, and every reference is
+    /// refused (the namespace is DEGRADED, naming it).
+    pub secrets: BTreeMap<String, SecretEntry>,
     /// TLS on the gateway's gRPC port, and optionally mutual TLS. Default:
     /// none (plaintext).
     pub tls: Option<TlsConfig>,
@@ -139,9 +153,11 @@ impl Default for GatewayConfig {
             storage_measure_interval_ms: 30_000,
             control_plane_token: None,
             control_plane_tls: None,
+            control_plane_token_file: None,
             data_dir: None,
             postgres_tls_ca_file: None,
             auth: AuthConfig::default(),
+            secrets: BTreeMap::new(),
             tls: None,
             cache: CacheConfig::default(),
             limits: Limits::default(),
@@ -174,11 +190,38 @@ impl GatewayConfig {
         Duration::from_millis(self.drain_delay_ms)
     }
 
+    /// Reads the secret settings that name a file (`auth.hs256_secret_file`,
+    /// `control_plane_token_file`) into their values; a gateway does it
+    /// once, when it opens. Errors name the setting and the file, never
+    /// the secret.
+    pub fn read_secret_files(&mut self) -> Result<()> {
+        if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.read_secret_file() {
+            return Err(GatewayError::Config { field: format!("auth.{field}"), description });
+        }
+        if let Some(path) = self.control_plane_token_file.take() {
+            let token = prism_auth::read_secret(&path).map_err(|description| GatewayError::Config {
+                field: "control_plane_token_file".into(),
+                description,
+            })?;
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(GatewayError::Config {
+                    field: "control_plane_token_file".into(),
+                    description: format!("{} does not hold a bearer token (printable ASCII)", path.display()),
+                });
+            }
+            self.control_plane_token = Some(token);
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, description: &str| GatewayError::Config {
             field: field.into(),
             description: description.into(),
         };
+        if self.control_plane_token.is_some() && self.control_plane_token_file.is_some() {
+            return Err(bad("control_plane_token_file", "cannot be set together with control_plane_token"));
+        }
         prism_proto::names::validate_part(&self.shard_id).map_err(|e| bad("shard_id", &format!("shard id {e}")))?;
         prism_proto::names::validate_endpoint(&self.control_plane).map_err(|d| bad("control_plane", &d))?;
         if !(100..=600_000).contains(&self.usage_report_interval_ms) {
@@ -211,6 +254,9 @@ impl GatewayConfig {
         }
         if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.validate() {
             return Err(bad(&format!("auth.{field}"), &description));
+        }
+        if let Err((field, description)) = Secrets::validate(&self.secrets) {
+            return Err(bad(&format!("secrets.{field}"), &description));
         }
         if self.cache.max_record_bytes > self.cache.max_bytes && self.cache.max_bytes > 0 {
             return Err(bad("cache.max_record_bytes", "must not exceed cache.max_bytes"));
@@ -289,6 +335,26 @@ mod tests {
             "control_plane = \"https://cp:7400\"\ncontrol_plane_tls = {{ ca_file = \"ca\" }}\n{base}"
         ))
         .expect("valid");
+    }
+
+    #[test]
+    fn reads_the_secrets_table() {
+        let base = "shard_id = \"s0\"\n[auth]\nallow_anonymous = true\n";
+        let c = GatewayConfig::from_toml(&format!(
+            "{base}[secrets.pg-acme]\nenv = \"PG_ACME_PASSWORD\"\ntenants = [\"acme\"]\n\
+             [secrets.shared]\nfile = \"/run/secrets/pg\"\ntenants = [\"*\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.secrets.len(), 2);
+        assert_eq!(c.secrets["pg-acme"].env.as_deref(), Some("PG_ACME_PASSWORD"));
+        let e = GatewayConfig::from_toml(&format!("{base}[secrets.x]\nenv = \"PG\"\n")).expect_err("no tenants");
+        assert!(e.to_string().contains("tenants"), "{e}");
+        let e = GatewayConfig::from_toml(&format!("{base}[secrets.x]\nenv = \"PG\"\ntenants = []\n"))
+            .expect_err("empty tenants");
+        assert!(e.to_string().contains("secrets.x.tenants"), "{e}");
+        let e = GatewayConfig::from_toml(&format!("{base}[secrets.x]\nvalue = \"hunter2\"\ntenants = [\"*\"]\n"))
+            .expect_err("inline values are not a source");
+        assert!(e.to_string().contains("unknown field `value`"), "{e}");
     }
 
     #[test]

@@ -101,8 +101,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Opens the plugins and builds the shared state (no task started yet).
-    pub fn open(config: GatewayConfig) -> Result<Self> {
+    pub fn open(mut config: GatewayConfig) -> Result<Self> {
         config.validate()?;
+        // Secret files are read once, here: an unreadable or weak one stops
+        // the start, naming the setting.
+        config.read_secret_files()?;
         let embedded = EmbeddedPlugin::open(EmbeddedConfig {
             data_dir: config.data_dir(),
             chunk_threshold_bytes: config.limits.chunk_threshold_bytes,
@@ -117,7 +120,9 @@ impl Gateway {
             tls_ca_file: config.postgres_tls_ca_file.clone(),
             ..PostgresPluginConfig::default()
         })
-        .map_err(|e| GatewayError::Internal(format!("cannot set up the postgres backend: {e}")))?;
+        .map_err(|e| GatewayError::Internal(format!("cannot set up the postgres backend: {e}")))?
+        // A namespace's `password_ref` resolves only to what is declared here.
+        .with_secrets(Arc::new(prism_plugin_api::secrets::Secrets::new(config.secrets.clone())));
         // Opens no connection either: brokers are reached per namespace.
         let kafka = KafkaPlugin::new(KafkaPluginConfig::default())
             .map_err(|e| GatewayError::Internal(format!("cannot set up the kafka backend: {e}")))?;

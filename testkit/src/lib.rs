@@ -207,7 +207,7 @@ where
 }
 
 /// The HS256 secret every testkit gateway accepts.
-pub const TEST_SECRET: &str = "prism-testkit-secret-0123456789";
+pub const TEST_SECRET: &str = "prism-testkit-secret-0123456789abcdef";
 
 /// The `iss` of every testkit token (checked only where configured).
 pub const TEST_ISSUER: &str = "prism-testkit";
@@ -270,7 +270,7 @@ impl GatewayHandle {
         };
         config.auth.hs256_secret = Some(TEST_SECRET.into());
         // What `prism dev` gives its gateways: a `shard` token.
-        config.control_plane_token = Some(token(shard_id, None, &[prism_auth::SHARD_ROLE]));
+        config.control_plane_token = Some(token(shard_id, None, &[prism_proto::access::SHARD_ROLE]).into());
         adjust(&mut config);
         let gateway = prism_gateway::Gateway::open(config).context("open gateway")?;
         let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;

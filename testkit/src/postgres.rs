@@ -367,11 +367,12 @@ fi"#;
     }
 
     fn run(&self, program: &str, args: &[String]) -> anyhow::Result<()> {
-        let output = self
-            .run_as
-            .command(&self.bin.join(program), args, &self.root)
-            .output()
-            .with_context(|| format!("run {program}"))?;
+        self.run_program(&self.bin.join(program), args)
+    }
+
+    fn run_program(&self, path: &Path, args: &[String]) -> anyhow::Result<()> {
+        let program = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let output = self.run_as.command(path, args, &self.root).output().with_context(|| format!("run {program}"))?;
         if !output.status.success() {
             bail!(
                 "{program} failed ({}): {}{}",
@@ -459,6 +460,60 @@ fi"#;
             self.running = false;
         }
         Ok(())
+    }
+
+    /// Creates a role that logs in with `password` only (SCRAM over TCP;
+    /// every other role keeps trust authentication) and owns a database of
+    /// its name, and returns the DSN of that database — without the
+    /// password, which the caller hands over some other way (a secret
+    /// reference). `role` is `[a-z_][a-z0-9_]*`.
+    pub fn add_password_role(&self, role: &str, password: &str) -> anyhow::Result<String> {
+        let simple = role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && role.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        anyhow::ensure!(simple, "role {role:?} is not [a-z_][a-z0-9_]*");
+        let literal = format!("'{}'", password.replace('\'', "''"));
+        let socket = self.root.join("socket").display().to_string();
+        let mut args: Vec<String> = vec![
+            "-X".into(),
+            "-q".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "-h".into(),
+            socket,
+            "-p".into(),
+            self.port.to_string(),
+            "-U".into(),
+            SUPERUSER.into(),
+            "-d".into(),
+            "postgres".into(),
+        ];
+        for statement in
+            [format!("CREATE ROLE {role} LOGIN PASSWORD {literal}"), format!("CREATE DATABASE {role} OWNER {role}")]
+        {
+            args.push("-c".into());
+            args.push(statement);
+        }
+        self.run_program(&self.psql()?, &args).context("create the role")?;
+        // First match wins: this role's TCP logins need the password.
+        let hba = self.data_dir().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).context("read pg_hba.conf")?;
+        std::fs::write(&hba, format!("host all {role} 127.0.0.1/32 scram-sha-256\n{text}"))
+            .context("write pg_hba.conf")?;
+        let reload: Vec<String> = vec!["-D".into(), self.data_dir().display().to_string(), "reload".into()];
+        self.run("pg_ctl", &reload)?;
+        Ok(format!("postgres://{role}@127.0.0.1:{}/{role}", self.port))
+    }
+
+    /// `psql`: beside `initdb` (following its link), else on `PATH`.
+    fn psql(&self) -> anyhow::Result<PathBuf> {
+        let beside = |dir: &Path| Some(dir.join("psql")).filter(|p| p.is_file());
+        let linked = std::fs::canonicalize(self.bin.join("initdb")).ok();
+        beside(&self.bin)
+            .or_else(|| linked.as_deref().and_then(Path::parent).and_then(beside))
+            .or_else(|| find_on_path("psql"))
+            .with_context(|| {
+                format!("no psql beside {} nor on PATH; install it with `{INSTALL_COMMAND}`", self.bin.display())
+            })
     }
 
     /// Starts the server again on the same data and port (after

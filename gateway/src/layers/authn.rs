@@ -99,6 +99,7 @@ impl Step for Authenticate {
                         "",
                         call.request.rpc(),
                         call.request.namespace(),
+                        call.client_addr,
                         "UNAUTHENTICATED",
                         why.clone(),
                     );

@@ -7,6 +7,7 @@
 //! quota layer also needs the response (read bytes, concurrency), so it is
 //! its own service, equally without boxing.
 
+mod access_audit;
 mod authn;
 mod authz;
 mod metrics;
@@ -22,6 +23,7 @@ use futures_util::future::{Either, Ready, ready};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
 
+pub use access_audit::{AccessAudit, AccessAuditLayer};
 pub use authn::{Authenticate, AuthenticateLayer, VerifiedTokens};
 pub use authz::{Authorize, AuthorizeLayer, allowed as authz_allowed};
 pub use metrics::{Metrics, MetricsLayer};
@@ -80,6 +82,9 @@ pub fn pipeline_counting(shared: &Arc<Shared>, count_requests: bool) -> Pipeline
             AuthorizeLayer::new(Authorize::new(shared.metadata.clone(), config.shard_id.clone(), shared.audit.clone()))
                 .counting(RefusingLayer::Authz, refusals),
         )
+        // Needs the principal and the namespace (its audit rate); wraps
+        // quota and backend, so only requests that succeeded are recorded.
+        .layer(AccessAuditLayer::new(shared.audit.clone()))
         // Limits that depend on the namespace and tenant. After
         // authorization, so an unauthorized caller cannot spend a tenant's
         // quota; innermost, so the admission (a concurrency slot) is held

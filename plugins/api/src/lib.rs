@@ -6,10 +6,12 @@
 //! quotas, caching, page tokens, turning TTLs into expiry times, stamping
 //! writes — and hands the plugin normalised, already-validated operations.
 //! The plugin stores them with the semantics of SPEC §3/§4, and declares
-//! which abstractions it serves.
+//! which abstractions it serves. Credentials a namespace names by
+//! reference reach a plugin through [`secrets`].
 
 pub mod error;
 pub mod kv;
+pub mod secrets;
 pub mod ts;
 
 #[cfg(feature = "conformance")]
