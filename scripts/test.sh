@@ -76,6 +76,20 @@ if ! have_tansu; then
     have_tansu || { echo "tansu was installed but is not on PATH nor in cargo's bin directory" >&2; exit 1; }
 fi
 
+# Prometheus (the server and promtool) for the observability tests: a
+# real Prometheus scrapes a test cluster, and promtool checks the shipped
+# rules and scrape configuration (deploy/prometheus).
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "Prometheus is missing: run 'apt-get update && apt-get install -y prometheus' as root" >&2
+        exit 1
+    fi
+    echo "== installing prometheus"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 echo "== format"
 cargo fmt --all --check
 echo "== lints"

@@ -11,7 +11,7 @@
 pub mod jwks;
 pub mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -32,6 +32,86 @@ pub enum AuthError {
 
 pub type Result<T, E = AuthError> = std::result::Result<T, E>;
 
+/// The fewest bytes an HS256 secret may have: RFC 7518 §3.2 requires a
+/// key at least as long as the hash output (256 bits). Shorter secrets
+/// are refused everywhere one is read: server settings, secret files and
+/// `prism token create`.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// A secret setting (an HS256 secret, a bearer token): a string whose
+/// `Debug` shows nothing, so a configuration printed into a log never
+/// carries it. Dereferences to the `str`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::ops::Deref for SecretString {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for SecretString {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// Reads a secret from `path`: its whole content but the line ending
+/// after it (files written with `echo` have one). Errors say which file
+/// and why, never what it holds.
+pub fn read_secret(path: &Path) -> std::result::Result<SecretString, String> {
+    const MAX_BYTES: u64 = 64 * 1024;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.len() > MAX_BYTES {
+        return Err(format!(
+            "{} is {} bytes long; a secret file holds at most {MAX_BYTES}",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(SecretString(secret.to_owned()))
+}
+
+/// Reads an HS256 secret from `path` ([`read_secret`]) and refuses one
+/// shorter than [`MIN_HS256_SECRET_BYTES`].
+pub fn read_hs256_secret(path: &Path) -> std::result::Result<SecretString, String> {
+    let secret = read_secret(path)?;
+    check_hs256_secret(&secret).map_err(|e| format!("{} holds {e}", path.display()))?;
+    Ok(secret)
+}
+
+/// Refuses an HS256 secret shorter than [`MIN_HS256_SECRET_BYTES`]; the
+/// error says how long it is, never what it is.
+pub fn check_hs256_secret(secret: &str) -> std::result::Result<(), String> {
+    if secret.len() < MIN_HS256_SECRET_BYTES {
+        return Err(format!(
+            "a {}-byte secret; HS256 needs at least {MIN_HS256_SECRET_BYTES} bytes (RFC 7518 §3.2)",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Authentication settings (the `[gateway.auth]` and
 /// `[control_plane.auth]` tables). Tokens are accepted when signed with
 /// `hs256_secret` (alg HS256) or with a key of the JWKS (alg RS256 or
@@ -40,9 +120,13 @@ pub type Result<T, E = AuthError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Shared secret of HS256 bearer tokens, at least 16 bytes. Default:
+    /// Shared secret of HS256 bearer tokens, at least 32 bytes
+    /// ([`MIN_HS256_SECRET_BYTES`]). Default: none.
+    pub hs256_secret: Option<SecretString>,
+    /// A file holding the HS256 secret instead (read once at startup, one
+    /// trailing line ending ignored; not with `hs256_secret`). Default:
     /// none.
-    pub hs256_secret: Option<String>,
+    pub hs256_secret_file: Option<PathBuf>,
     /// A JWKS file (RFC 7517 `{"keys": [...]}`) of RSA and P-256 public
     /// keys for RS256/ES256 tokens; read at start and re-read every
     /// `jwks_refresh_seconds`. Default: none.
@@ -85,15 +169,37 @@ pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 impl AuthConfig {
     /// Whether any token can be verified (a secret or a JWKS source).
     pub fn verifies_tokens(&self) -> bool {
-        self.hs256_secret.is_some() || self.jwks_file.is_some() || self.jwks_url.is_some()
+        self.hs256_secret.is_some()
+            || self.hs256_secret_file.is_some()
+            || self.jwks_file.is_some()
+            || self.jwks_url.is_some()
+    }
+
+    /// Reads `hs256_secret_file` into `hs256_secret` (a server does it
+    /// once, at startup); afterwards the file is no longer named. The
+    /// error names the setting and the file, never the secret.
+    pub fn read_secret_file(&mut self) -> Result<()> {
+        if let Some(path) = self.hs256_secret_file.take() {
+            let secret = read_hs256_secret(&path)
+                .map_err(|description| AuthError::Config { field: "hs256_secret_file", description })?;
+            self.hs256_secret = Some(secret);
+        }
+        Ok(())
     }
 
     /// Checks the shape of every field (nothing is read or fetched); the
     /// error names the first wrong one.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, description: &str| Err(AuthError::Config { field, description: description.to_owned() });
-        if self.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return bad("hs256_secret", "must be at least 16 bytes");
+        if let Some(secret) = &self.hs256_secret {
+            check_hs256_secret(secret)
+                .map_err(|e| AuthError::Config { field: "hs256_secret", description: format!("is {e}") })?;
+        }
+        if self.hs256_secret.is_some() && self.hs256_secret_file.is_some() {
+            return bad("hs256_secret_file", "cannot be set together with hs256_secret");
+        }
+        if self.hs256_secret_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return bad("hs256_secret_file", "is empty: name a file, or leave it out");
         }
         if self.jwks_file.is_some() && self.jwks_url.is_some() {
             return bad("jwks_url", "cannot be set together with jwks_file");
@@ -120,15 +226,10 @@ impl AuthConfig {
     }
 }
 
-/// The superuser role.
-pub const ADMIN_ROLE: &str = "admin";
-/// Administers the tenant named in the token's `tenant` claim.
-pub const TENANT_ADMIN_ROLE: &str = "tenant-admin";
-/// A gateway shard talking to the control plane (registration, watch,
-/// status and usage reports).
-pub const SHARD_ROLE: &str = "shard";
-
-/// Who is calling.
+/// Who is calling: a verified token's `sub`, `tenant` claim and roles.
+/// What they may do is not decided here: the access rule, role names
+/// included, is `prism_proto::access` (this crate knows no other Prism
+/// crate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub sub: String,
@@ -143,17 +244,6 @@ impl Principal {
 
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
-    }
-
-    pub fn is_admin(&self) -> bool {
-        self.has_role(ADMIN_ROLE)
-    }
-
-    /// Whether the token itself makes this principal an admin of `tenant`
-    /// (role `tenant-admin` with that `tenant` claim). A tenant's own
-    /// `admins` list is the other way, checked by whoever holds the tenant.
-    pub fn claims_tenant_admin(&self, tenant: &str) -> bool {
-        self.has_role(TENANT_ADMIN_ROLE) && self.tenant.as_deref() == Some(tenant)
     }
 }
 

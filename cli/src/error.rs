@@ -75,6 +75,16 @@ pub fn render(err: &anyhow::Error) -> String {
             if let Some(bad) = status.get_details_bad_request() {
                 violations = bad.field_violations;
             }
+            // A transport failure says why only in its sources (a TLS
+            // alert: no client certificate, an unknown CA).
+            let mut source = std::error::Error::source(status);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !parts.iter().any(|p| p.contains(&text)) {
+                    parts.push(text);
+                }
+                source = cause.source();
+            }
             break;
         }
         let text = cause.to_string();

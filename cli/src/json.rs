@@ -140,6 +140,7 @@ pub fn backend_config(c: &BackendConfig) -> Value {
             "pool_size": p.pool_size,
             "schema": p.schema,
             "require_tls": p.require_tls,
+            "password_ref": p.password_ref,
         }}),
         Some(backend_config::Config::Kafka(k)) => json!({ "kafka": {
             "bootstrap_servers": k.bootstrap_servers,
@@ -171,6 +172,7 @@ pub fn policies(p: &Policies) -> Value {
         "max_item_size_bytes": p.max_item_size_bytes,
         "accept_limit": duration(p.accept_limit.as_ref()),
         "accept_loss": p.accept_loss,
+        "data_access_audit_rate": p.data_access_audit_rate,
     })
 }
 
@@ -230,6 +232,7 @@ pub fn audit_event(e: &AuditEvent) -> Value {
         "result": e.result,
         "detail": e.detail,
         "revision": e.revision,
+        "client_address": e.client_address,
     })
 }
 

@@ -8,6 +8,7 @@
 //!   gRPC.
 //! - [`kv`], [`ts`]: KeyValue and TimeSeries calls, routed by
 //!   `prism-client` to the gateway shard that owns the namespace.
+//! - [`token`]: `prism token create`, signing HS256 tokens locally.
 //! - [`spec_file`], [`spec_flags`]: a namespace spec from a file or flags.
 //! - [`output`], [`json`]: tables and JSON; [`error`]: what a failure prints.
 
@@ -24,6 +25,7 @@ pub mod shard;
 pub mod spec_file;
 pub mod spec_flags;
 pub mod tenant;
+pub mod token;
 pub mod ts;
 pub mod usage;
 
@@ -46,21 +48,56 @@ pub struct Cli {
 /// Flags every admin command takes.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// Control plane address, host:port or http://host:port
+    /// Control plane address: host:port, http://host:port, or https://host:port for TLS
     #[arg(long, global = true, env = "PRISM_ENDPOINT", default_value = prism_client::DEFAULT_CONTROL_PLANE)]
     pub endpoint: String,
     /// Bearer token sent with every request
     #[arg(long, global = true, env = "PRISM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificates that https:// servers must chain to (default: the system bundle)
+    #[arg(long, global = true, value_name = "FILE", env = "PRISM_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate presented to https:// servers that ask for one (with --client-key)
+    #[arg(long, global = true, value_name = "FILE", env = "PRISM_CLIENT_CERT")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert
+    #[arg(long, global = true, value_name = "FILE", env = "PRISM_CLIENT_KEY")]
+    pub client_key: Option<std::path::PathBuf>,
     /// How results are printed
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
 }
 
 impl Global {
+    /// How `https://` endpoints are reached: `--ca-file`, `--client-cert`
+    /// and `--client-key`, read now (a bad file is a usage error naming
+    /// the flag and the file).
+    pub fn tls(&self) -> anyhow::Result<prism_client::Tls> {
+        let config = prism_client::ClientTlsConfig {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.client_cert.clone(),
+            key_file: self.client_key.clone(),
+        };
+        if config == prism_client::ClientTlsConfig::default() {
+            // The system bundle, read only if an https:// endpoint is used.
+            return Ok(prism_client::Tls::default());
+        }
+        prism_client::Tls::new(&config).map_err(|e| match e {
+            prism_client::ClientError::Tls(e) => {
+                let flag = match e.field() {
+                    "ca_file" => "--ca-file",
+                    "cert_file" => "--client-cert",
+                    _ => "--client-key",
+                };
+                error::usage(format!("{flag}: {}", e.description()))
+            }
+            other => other.into(),
+        })
+    }
+
     /// A client of the control plane at `--endpoint`.
     pub async fn connect(&self) -> anyhow::Result<ControlPlaneClient> {
-        Ok(prism_client::control_plane(&self.endpoint, self.token.as_deref()).await?)
+        Ok(prism_client::control_plane_with(&self.endpoint, self.token.as_deref(), &self.tls()?).await?)
     }
 
     /// A routing client for data calls: it asks the control plane at
@@ -70,6 +107,7 @@ impl Global {
     pub fn prism(&self, gateway: Option<&str>) -> anyhow::Result<prism_client::Prism> {
         Ok(prism_client::Prism::builder(&self.endpoint)
             .token(self.token.as_deref())
+            .tls(self.tls()?)
             .watch(false)
             .gateway(gateway)
             .build()?)
@@ -104,6 +142,9 @@ pub enum Command {
     /// Write, read, search and tail TimeSeries events
     #[command(subcommand)]
     Ts(ts::TsCommand),
+    /// Sign bearer tokens with the deployment's HS256 secret
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 impl Command {
@@ -111,6 +152,16 @@ impl Command {
     /// than one admin call (logs warnings only).
     pub fn is_server(&self) -> bool {
         matches!(self, Self::Dev(_) | Self::ControlPlane(_) | Self::Gateway(_))
+    }
+
+    /// The OpenTelemetry `service.name` of a server command, unless
+    /// `OTEL_SERVICE_NAME` says otherwise.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Self::ControlPlane(_) => "prism-control-plane",
+            Self::Gateway(_) => "prism-gateway",
+            _ => "prism",
+        }
     }
 }
 
@@ -127,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::run(&cli.global, cmd).await,
         Command::Kv(cmd) => kv::run(&cli.global, cmd).await,
         Command::Ts(cmd) => ts::run(&cli.global, cmd).await,
+        Command::Token(cmd) => token::run(cli.global.output, cmd),
     }
 }
 

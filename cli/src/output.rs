@@ -150,12 +150,13 @@ pub fn namespaces_table(namespaces: &[Namespace]) -> Table {
 }
 
 pub fn audit_table(events: &[AuditEvent]) -> Table {
-    let mut t = Table::new(&["SEQ", "TIME", "PRINCIPAL", "ACTION", "TARGET", "RESULT", "REVISION", "DETAIL"]);
+    let mut t = Table::new(&["SEQ", "TIME", "PRINCIPAL", "CLIENT", "ACTION", "TARGET", "RESULT", "REVISION", "DETAIL"]);
     for e in events {
         t.push(vec![
             e.sequence.to_string(),
             e.time.as_ref().and_then(|ts| json::rfc3339(ts, false)).unwrap_or_default(),
             e.principal.clone(),
+            if e.client_address.is_empty() { "-".to_owned() } else { e.client_address.clone() },
             e.action.clone(),
             e.target.clone(),
             e.result.clone(),

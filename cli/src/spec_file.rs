@@ -16,7 +16,7 @@
 //! quotas: { profile: pro, requests_per_second: 1000 }
 //! placement: { pinned_shard: shard-1 }
 //! backend_config:
-//!   postgres: { dsn: "postgres://prod-postgres-1/prism", pool_size: 20, schema: public }
+//!   postgres: { dsn: "postgres://prism@prod-postgres-1/prism", password_ref: "env:PG_PASSWORD", pool_size: 20 }
 //! ```
 
 use std::path::Path;
@@ -139,6 +139,9 @@ pub struct PoliciesFile {
     pub accept_limit_seconds: Option<u64>,
     /// TimeSeries: acknowledged events may be lost (allows buffered writes).
     pub accept_loss: Option<bool>,
+    /// Fraction (0 to 1) of successful data requests written to the audit
+    /// log. Default 0.
+    pub data_access_audit_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -225,6 +228,11 @@ pub struct PostgresFile {
     pub schema: String,
     #[serde(default)]
     pub require_tls: bool,
+    /// Where the owning gateway finds the password: `env:NAME`,
+    /// `file:/path` or `secret:NAME`. Never the password itself (a `dsn`
+    /// with one is refused).
+    #[serde(default)]
+    pub password_ref: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -374,6 +382,7 @@ impl PoliciesFile {
             max_item_size_bytes: self.max_item_size_bytes.unwrap_or(0),
             accept_limit: self.accept_limit_seconds.map(seconds),
             accept_loss: self.accept_loss.unwrap_or(false),
+            data_access_audit_rate: self.data_access_audit_rate.unwrap_or(0.0),
         }
     }
 }
@@ -410,6 +419,7 @@ impl BackendConfigFile {
                 pool_size: p.pool_size,
                 schema: p.schema.clone(),
                 require_tls: p.require_tls,
+                password_ref: p.password_ref.clone(),
             };
             configs.push(("postgres", backend_config::Config::Postgres(config)));
         }

@@ -79,6 +79,9 @@ pub struct SpecArgs {
     /// Require TLS to the server (`--require-tls=false` to turn off)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Postgres backend")]
     pub require_tls: Option<bool>,
+    /// Where the owning gateway finds the password: env:NAME, file:/path or secret:NAME ("" for none); never the password itself
+    #[arg(long = "password-from", value_name = "REF", help_heading = "Postgres backend")]
+    pub password_ref: Option<String>,
 
     /// A broker's host:port (repeat for more; replaces the list on update)
     #[arg(long = "bootstrap-server", value_name = "HOST:PORT", help_heading = "Kafka backend")]
@@ -131,6 +134,9 @@ pub struct SpecArgs {
     /// Read consistency
     #[arg(long, value_enum, help_heading = "Policies")]
     pub consistency: Option<ConsistencyArg>,
+    /// Fraction of successful data requests written to the audit log, 0 to 1 (default 0: none)
+    #[arg(long, value_name = "RATE", help_heading = "Policies")]
+    pub data_access_audit_rate: Option<f64>,
 
     /// An owning principal (repeat for more; replaces the owners on update)
     #[arg(long = "owner", value_name = "PRINCIPAL", help_heading = "Access")]
@@ -186,14 +192,17 @@ impl SpecArgs {
     }
 
     fn apply_backend_config(&self, spec: &mut NamespaceSpec) -> anyhow::Result<()> {
-        let postgres =
-            self.dsn.is_some() || self.pool_size.is_some() || self.schema.is_some() || self.require_tls.is_some();
+        let postgres = self.dsn.is_some()
+            || self.pool_size.is_some()
+            || self.schema.is_some()
+            || self.require_tls.is_some()
+            || self.password_ref.is_some();
         let kafka =
             !self.bootstrap_servers.is_empty() || self.partitions.is_some() || self.replication_factor.is_some();
         let pulsar = self.service_url.is_some() || self.topic.is_some();
         let backend = Backend::try_from(spec.backend).unwrap_or(Backend::Unspecified);
         for (given, wanted, flags) in [
-            (postgres, Backend::Postgres, "--dsn, --pool-size, --schema and --require-tls apply"),
+            (postgres, Backend::Postgres, "--dsn, --pool-size, --schema, --require-tls and --password-from apply"),
             (kafka, Backend::Kafka, "--bootstrap-server, --partitions and --replication-factor apply"),
             (pulsar, Backend::Pulsar, "--service-url and --topic apply"),
         ] {
@@ -223,6 +232,9 @@ impl SpecArgs {
                     }
                     if let Some(tls) = self.require_tls {
                         c.require_tls = tls;
+                    }
+                    if let Some(r) = &self.password_ref {
+                        c.password_ref.clone_from(r);
                     }
                 }
             }
@@ -298,7 +310,8 @@ impl SpecArgs {
             || self.max_item_size_bytes.is_some()
             || self.accept_limit.is_some()
             || self.accept_loss.is_some()
-            || self.consistency.is_some();
+            || self.consistency.is_some()
+            || self.data_access_audit_rate.is_some();
         if !given {
             return;
         }
@@ -323,6 +336,9 @@ impl SpecArgs {
         }
         if let Some(on) = self.accept_loss {
             p.accept_loss = on;
+        }
+        if let Some(rate) = self.data_access_audit_rate {
+            p.data_access_audit_rate = rate;
         }
         if let Some(c) = self.consistency {
             p.consistency = match c {

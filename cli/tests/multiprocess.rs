@@ -177,7 +177,16 @@ async fn clients_keep_working_while_a_replica_dies_and_a_shard_joins() -> anyhow
     // A short lease, so the killed replica leaves the registry quickly.
     std::fs::write(&config, "[control_plane]\nshard_lease_ttl_ms = 1500\n")?;
     let cp_proc = Process::start(
-        &["control-plane", "--listen", "127.0.0.1:0", "--config", config.to_str().context("utf-8 path")?],
+        // Sharding is under test, not authentication: the gateways carry no
+        // control-plane token, so the control plane runs explicitly open.
+        &[
+            "control-plane",
+            "--insecure-no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().context("utf-8 path")?,
+        ],
         &dir.path().join("control-plane"),
     )?;
     let cp = cp_proc.addr.clone();

@@ -27,6 +27,7 @@ policies:
   max_item_size_bytes: 0
   accept_limit_seconds: 3600
   accept_loss: false
+  data_access_audit_rate: 0.01
 access:
   owners: [ user-service-team ]
   consumers:
@@ -35,7 +36,7 @@ access:
 quotas: { profile: pro, requests_per_second: 1000 }
 placement: { pinned_shard: shard-1 }
 backend_config:
-  postgres: { dsn: "postgres://prod-postgres-1/prism", pool_size: 20, schema: public }
+  postgres: { dsn: "postgres://prism@prod-postgres-1/prism", password_ref: "secret:pg-acme", pool_size: 20, schema: public }
 "#;
 
 fn seconds(s: i64) -> prost_types::Duration {
@@ -48,10 +49,11 @@ fn expected() -> NamespaceSpec {
         backend: Backend::Postgres as i32,
         backend_config: Some(BackendConfig {
             config: Some(backend_config::Config::Postgres(PostgresConfig {
-                dsn: "postgres://prod-postgres-1/prism".into(),
+                dsn: "postgres://prism@prod-postgres-1/prism".into(),
                 pool_size: 20,
                 schema: "public".into(),
                 require_tls: false,
+                password_ref: "secret:pg-acme".into(),
             })),
         }),
         capacity: Some(Capacity {
@@ -68,6 +70,7 @@ fn expected() -> NamespaceSpec {
             max_item_size_bytes: 0,
             accept_limit: Some(seconds(3600)),
             accept_loss: false,
+            data_access_audit_rate: 0.01,
         }),
         access: Some(Access {
             owners: vec!["user-service-team".into()],

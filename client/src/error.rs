@@ -17,6 +17,9 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A TLS setting or file that cannot be used (names both).
+    #[error("tls {0}")]
+    Tls(#[from] prism_tls::TlsError),
     /// The routing client needs a tokio runtime for its channels and its
     /// watch task.
     #[error("the client must be built inside a tokio runtime")]
@@ -45,7 +48,7 @@ impl ClientError {
     /// connect).
     pub fn code(&self) -> Code {
         match self {
-            Self::InvalidEndpoint { .. } | Self::InvalidToken(_) => Code::InvalidArgument,
+            Self::InvalidEndpoint { .. } | Self::InvalidToken(_) | Self::Tls(_) => Code::InvalidArgument,
             Self::Connect { .. } => Code::Unavailable,
             Self::NoRuntime => Code::Internal,
             Self::Status(s) => s.code(),

@@ -9,13 +9,16 @@
 //! - [`control_plane`], [`key_value`], [`time_series`]: plain connections
 //!   to one server, for servers and tools that address it directly.
 //!
-//! Every call carries the caller's bearer token.
+//! Every call carries the caller's bearer token. Endpoints are `host:port`
+//! or `http://host:port` (plain text) or `https://host:port` (TLS, trusting
+//! the CAs of a [`Tls`]: the system bundle by default; [`tls`]).
 
 pub mod error;
 pub mod kv;
 pub mod prism;
 pub mod retry;
 pub mod routing;
+pub mod tls;
 pub mod ts;
 mod watch;
 
@@ -43,6 +46,7 @@ pub use error::{ClientError, Result};
 pub use kv::Kv;
 pub use prism::{Builder, Options, Prism, Retry};
 pub use retry::RetryPolicy;
+pub use tls::{ClientTlsConfig, Tls};
 pub use ts::Ts;
 
 /// Adds `authorization: Bearer <token>` to every request when a token is set.
@@ -65,7 +69,24 @@ impl Interceptor for BearerToken {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        inject_trace_context(&mut req);
         Ok(req)
+    }
+}
+
+/// Adds the caller's trace context (`traceparent`, `tracestate`: W3C
+/// Trace Context) when the current `tracing` span belongs to an
+/// OpenTelemetry trace, so the gateway's spans join the caller's trace.
+/// Without an OpenTelemetry layer nothing is added (and nothing but a
+/// thread-local read is spent).
+fn inject_trace_context(req: &mut tonic::Request<()>) {
+    use prism_telemetry::trace::{TRACEPARENT, TRACESTATE, traceparent_of};
+    let Some((parent, state)) = traceparent_of(&tracing::Span::current()) else { return };
+    if let Ok(v) = MetadataValue::from_str(&parent) {
+        req.metadata_mut().insert(TRACEPARENT, v);
+    }
+    if let Some(v) = state.and_then(|s| MetadataValue::from_str(&s).ok()) {
+        req.metadata_mut().insert(TRACESTATE, v);
     }
 }
 
@@ -73,44 +94,67 @@ pub type ControlPlaneClient = ControlPlaneServiceClient<InterceptedService<Chann
 pub type KeyValueClient = KeyValueServiceClient<InterceptedService<Channel, BearerToken>>;
 pub type TimeSeriesClient = TimeSeriesServiceClient<InterceptedService<Channel, BearerToken>>;
 
-/// `host:port` or a full `http://host:port` URL, as an endpoint.
+/// `host:port` or a full `http://host:port` URL, as a plain-text tonic
+/// endpoint (for tests and tools that build their own clients). An
+/// `https://` endpoint needs a connector: use [`channel`].
 pub fn endpoint(address: &str) -> Result<Endpoint> {
+    if address.starts_with("https://") {
+        return Err(ClientError::InvalidEndpoint {
+            endpoint: address.to_owned(),
+            reason: "an https:// endpoint is reached with prism_client::channel".into(),
+        });
+    }
     let url = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
     Endpoint::from_str(&url)
         .map(|e| e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
         .map_err(|e| ClientError::InvalidEndpoint { endpoint: address.to_owned(), reason: e.to_string() })
 }
 
-async fn channel(address: &str) -> Result<Channel> {
-    endpoint(address)?
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .map_err(|source| ClientError::Connect { endpoint: address.to_owned(), source })
+/// A channel to one server, connected now: plain text, or TLS with `tls`
+/// for an `https://` address.
+pub async fn channel(address: &str, tls: &Tls) -> Result<Channel> {
+    tls::channel(address, tls).await
 }
 
-/// Connects to a control plane.
+/// Connects to a control plane (an `https://` one is verified against the
+/// system CA bundle; see [`control_plane_with`]).
 pub async fn control_plane(address: &str, token: Option<&str>) -> Result<ControlPlaneClient> {
+    control_plane_with(address, token, &Tls::default()).await
+}
+
+/// Connects to a control plane, over TLS with `tls` when `address` is
+/// `https://`.
+pub async fn control_plane_with(address: &str, token: Option<&str>, tls: &Tls) -> Result<ControlPlaneClient> {
     let auth = BearerToken::new(token)?;
-    Ok(ControlPlaneServiceClient::with_interceptor(channel(address).await?, auth)
+    Ok(ControlPlaneServiceClient::with_interceptor(channel(address, tls).await?, auth)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Connects to a gateway shard's KeyValue service.
 pub async fn key_value(address: &str, token: Option<&str>) -> Result<KeyValueClient> {
+    key_value_with(address, token, &Tls::default()).await
+}
+
+/// Connects to a gateway shard's KeyValue service, over TLS with `tls`
+/// when `address` is `https://`.
+pub async fn key_value_with(address: &str, token: Option<&str>, tls: &Tls) -> Result<KeyValueClient> {
     let auth = BearerToken::new(token)?;
-    Ok(KeyValueServiceClient::with_interceptor(channel(address).await?, auth)
+    Ok(KeyValueServiceClient::with_interceptor(channel(address, tls).await?, auth)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Connects to a gateway shard's TimeSeries service.
 pub async fn time_series(address: &str, token: Option<&str>) -> Result<TimeSeriesClient> {
+    time_series_with(address, token, &Tls::default()).await
+}
+
+/// Connects to a gateway shard's TimeSeries service, over TLS with `tls`
+/// when `address` is `https://`.
+pub async fn time_series_with(address: &str, token: Option<&str>, tls: &Tls) -> Result<TimeSeriesClient> {
     let auth = BearerToken::new(token)?;
-    Ok(TimeSeriesServiceClient::with_interceptor(channel(address).await?, auth)
+    Ok(TimeSeriesServiceClient::with_interceptor(channel(address, tls).await?, auth)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
@@ -124,6 +168,7 @@ mod tests {
         assert!(endpoint("127.0.0.1:7400").is_ok());
         assert!(endpoint("http://localhost:7400").is_ok());
         assert!(endpoint("not a host").is_err());
+        assert!(endpoint("https://localhost:7400").is_err(), "needs a connector");
     }
 
     #[test]

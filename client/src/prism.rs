@@ -36,7 +36,7 @@ use crate::kv::Kv;
 use crate::retry::{Failure, Misroute, RetryPolicy};
 use crate::routing::{Route, RoutingTable, expiry};
 use crate::ts::Ts;
-use crate::{BearerToken, ControlPlaneClient, MAX_MESSAGE_BYTES, endpoint};
+use crate::{BearerToken, ControlPlaneClient, MAX_MESSAGE_BYTES, Tls};
 
 /// How a [`Prism`] client behaves; [`Builder`] sets it.
 #[derive(Debug, Clone)]
@@ -75,10 +75,19 @@ impl Default for Options {
 pub struct Builder {
     control_plane: String,
     token: Option<String>,
+    tls: Tls,
     options: Options,
 }
 
 impl Builder {
+    /// How `https://` endpoints (the control plane's, gateways') are
+    /// reached: trusted CAs and a client certificate. Default: the system
+    /// CA bundle, no certificate.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// The bearer token sent to the control plane and every gateway.
     pub fn token(mut self, token: Option<&str>) -> Self {
         self.token = token.map(str::to_owned);
@@ -120,7 +129,7 @@ impl Builder {
     pub fn build(self) -> Result<Prism> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
         let auth = BearerToken::new(self.token.as_deref())?;
-        let channels = Channels::default();
+        let channels = Channels { tls: self.tls, open: Mutex::default() };
         let control_plane =
             ControlPlaneServiceClient::with_interceptor(channels.get(&self.control_plane)?, auth.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -149,20 +158,19 @@ impl Drop for WatchTask {
 
 /// One lazily connected channel per endpoint: a tonic `Channel` is a
 /// cheap handle to one HTTP/2 connection that reconnects by itself.
-#[derive(Default)]
-struct Channels(Mutex<HashMap<String, Channel>>);
+struct Channels {
+    /// For `https://` endpoints.
+    tls: Tls,
+    open: Mutex<HashMap<String, Channel>>,
+}
 
 impl Channels {
     fn get(&self, address: &str) -> Result<Channel> {
-        if let Some(c) = self.0.lock().ok().and_then(|m| m.get(address).cloned()) {
+        if let Some(c) = self.open.lock().ok().and_then(|m| m.get(address).cloned()) {
             return Ok(c);
         }
-        let channel = endpoint(address)?
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        if let Ok(mut m) = self.0.lock() {
+        let channel = crate::tls::lazy_channel(address, &self.tls)?;
+        if let Ok(mut m) = self.open.lock() {
             return Ok(m.entry(address.to_owned()).or_insert(channel).clone());
         }
         Ok(channel)
@@ -205,7 +213,12 @@ impl Prism {
     /// A builder for a client of the control plane at `control_plane`
     /// (`host:port` or a URL).
     pub fn builder(control_plane: &str) -> Builder {
-        Builder { control_plane: control_plane.to_owned(), token: None, options: Options::default() }
+        Builder {
+            control_plane: control_plane.to_owned(),
+            token: None,
+            tls: Tls::default(),
+            options: Options::default(),
+        }
     }
 
     /// A client with default options.

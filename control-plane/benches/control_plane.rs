@@ -47,7 +47,12 @@ fn spec() -> NamespaceSpec {
 }
 
 fn open_plane(dir: &std::path::Path) -> ControlPlane {
-    let config = ControlPlaneConfig { data_dir: dir.join("control-plane"), ..ControlPlaneConfig::default() };
+    // The rules, not authentication, are measured: no key.
+    let config = ControlPlaneConfig {
+        data_dir: dir.join("control-plane"),
+        insecure_no_auth: true,
+        ..ControlPlaneConfig::default()
+    };
     runtime().block_on(server::open(config)).expect("open control plane")
 }
 
@@ -76,6 +81,7 @@ fn create_records(ns: &Namespace) -> [Vec<u8>; 3] {
         result: "ok".into(),
         detail: "created on shard \"\"".into(),
         revision: ns.revision,
+        client_address: String::new(),
     };
     [ns.encode_to_vec(), delta.encode_to_vec(), audit.encode_to_vec()]
 }

@@ -8,8 +8,11 @@
 //! - consumers read and resolve the namespaces they were granted;
 //! - shards (role `shard`) register, heartbeat, watch and report.
 //!
-//! The table in ARCHITECTURE.md is this file's summary. Every refusal is
-//! audited (who, action, tenant, target, `permission_denied`).
+//! Who is a tenant's admin, owner or consumer is decided by the one access
+//! rule, [`prism_proto::access`], which the gateway applies too; this file
+//! maps each RPC to the standing it needs. The table in ARCHITECTURE.md is
+//! its summary. Every refusal is audited (who, action, tenant, target,
+//! `permission_denied`).
 //!
 //! Without any key configured there is nothing to verify a principal
 //! with: every caller is [`Caller::Open`] and may do everything, as before
@@ -18,11 +21,17 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use prism_auth::{Principal, SHARD_ROLE};
-use prism_proto::control::{AuditEvent, Namespace, Tenant};
+use prism_auth::Principal;
+use prism_proto::access::{self, Standing};
+use prism_proto::control::{AuditEvent, Namespace};
 
 use crate::error::{ControlPlaneError, Result};
 use crate::plane::{ANONYMOUS, ControlPlane};
+
+/// The access rule's view of a verified principal.
+pub fn caller(p: &Principal) -> access::Caller<'_> {
+    access::Caller::new(&p.sub, p.tenant.as_deref(), &p.roles)
+}
 
 /// Who is calling the control plane.
 #[derive(Debug, Clone)]
@@ -34,11 +43,12 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The principal recorded in the audit log.
-    pub fn sub(&self) -> &str {
+    /// The principal recorded in the audit log: `tenant:sub` for a
+    /// token with a tenant claim, else `sub` ([`access::Caller::name`]).
+    pub fn name(&self) -> String {
         match self {
-            Self::Open => ANONYMOUS,
-            Self::Verified(p) => &p.sub,
+            Self::Open => ANONYMOUS.to_owned(),
+            Self::Verified(p) => caller(p).name().to_string(),
         }
     }
 
@@ -51,7 +61,7 @@ impl Caller {
 
     /// A superuser, or unchecked.
     pub fn is_admin(&self) -> bool {
-        self.principal().is_none_or(Principal::is_admin)
+        self.principal().is_none_or(|p| caller(p).is_superuser())
     }
 }
 
@@ -73,18 +83,11 @@ pub enum Need<'a> {
     NamespaceUser(&'a str),
 }
 
-/// Whether `who` administers `tenant` (`None` when it does not exist).
-pub fn administers(who: &Principal, tenant: &str, record: Option<&Tenant>) -> bool {
-    who.claims_tenant_admin(tenant) || record.is_some_and(|t| t.admins.contains(&who.sub))
-}
-
-/// Whether `who` owns (`owner_only`) or may use namespace `ns`, by its
-/// grants alone.
-fn granted(who: &Principal, ns: &Namespace, owner_only: bool) -> bool {
-    let Some(access) = ns.spec.as_ref().and_then(|s| s.access.as_ref()) else {
-        return false;
-    };
-    access.owners.contains(&who.sub) || (!owner_only && access.consumers.iter().any(|g| g.principal == who.sub))
+/// What `who` may do with namespace `ns` of a tenant whose admins are
+/// `admins` (the one access rule).
+fn standing(who: &Principal, ns: &Namespace, admins: &[String]) -> Option<Standing> {
+    let tenant = ns.name.split_once('/').map_or("", |(t, _)| t);
+    access::namespace_standing(&caller(who), tenant, admins, ns.spec.as_ref().and_then(|s| s.access.as_ref()))
 }
 
 impl ControlPlane {
@@ -95,20 +98,21 @@ impl ControlPlane {
         let Some(who) = caller.principal() else {
             return Ok(());
         };
-        if who.is_admin() || self.allows(who, need).await? {
+        if self::caller(who).is_superuser() || self.allows(who, need).await? {
             return Ok(());
         }
+        let name = self::caller(who).name().to_string();
         let message = match target {
-            "" => format!("{} may not call {action}", who.sub),
-            t => format!("{} may not call {action} on {t}", who.sub),
+            "" => format!("{name} may not call {action}"),
+            t => format!("{name} may not call {action} on {t}"),
         };
         let tenant = target.split_once('/').map_or(target, |(t, _)| t);
-        self.audit_denied(&who.sub, action, tenant, target, &message).await;
+        self.audit_denied(&name, action, tenant, target, &message).await;
         Err(ControlPlaneError::PermissionDenied(message))
     }
 
     async fn allows(&self, who: &Principal, need: Need<'_>) -> Result<bool> {
-        let is_shard = who.has_role(SHARD_ROLE);
+        let is_shard = caller(who).is_shard();
         Ok(match need {
             Need::Admin => false,
             Need::Shard => is_shard,
@@ -120,43 +124,53 @@ impl ControlPlane {
                     return Ok(true);
                 }
                 let tenant = name.split_once('/').map_or("", |(t, _)| t);
-                if self.is_tenant_admin(who, tenant).await? {
-                    return Ok(true);
-                }
                 // Names that are not valid are refused by the call itself
                 // (INVALID_ARGUMENT) only for those allowed to make it.
                 let ns = match prism_proto::names::NamespaceName::parse(name) {
                     Ok(_) => self.store().get_namespace(name).await?,
                     Err(_) => None,
                 };
-                ns.is_some_and(|ns| granted(who, &ns, !user))
+                let admins = self.tenant_admins(tenant).await?;
+                let least = if user { Standing::Read } else { Standing::Owner };
+                match ns {
+                    Some(ns) => standing(who, &ns, &admins) >= Some(least),
+                    None => access::administers(&caller(who), tenant, &admins),
+                }
             }
         })
     }
 
+    /// The `admins` of `tenant`; none when it does not exist (or the id
+    /// is not valid).
+    async fn tenant_admins(&self, tenant: &str) -> Result<Vec<String>> {
+        if prism_proto::names::validate_part(tenant).is_err() {
+            return Ok(Vec::new());
+        }
+        Ok(self.store().get_tenant(tenant).await?.map(|t| t.admins).unwrap_or_default())
+    }
+
     async fn is_tenant_admin(&self, who: &Principal, tenant: &str) -> Result<bool> {
-        if who.claims_tenant_admin(tenant) {
+        if caller(who).claims_tenant_admin(tenant) {
             return Ok(true);
         }
-        if prism_proto::names::validate_part(tenant).is_err() {
-            return Ok(false);
-        }
-        Ok(self.store().get_tenant(tenant).await?.is_some_and(|t| t.admins.contains(&who.sub)))
+        Ok(access::administers(&caller(who), tenant, &self.tenant_admins(tenant).await?))
     }
 
     /// The tenants `caller` administers (`None`: all of them).
     pub async fn administered_tenants(&self, caller: &Caller) -> Result<Option<BTreeSet<String>>> {
-        let Some(who) = caller.principal().filter(|p| !p.is_admin()) else {
+        let Some(who) = caller.principal().filter(|p| !self::caller(p).is_superuser()) else {
             return Ok(None);
         };
+        let who = self::caller(who);
         let mut out = BTreeSet::new();
-        if let (Some(t), true) = (&who.tenant, who.has_role(prism_auth::TENANT_ADMIN_ROLE)) {
-            out.insert(t.clone());
-        }
         for t in self.store().list_tenants("", usize::MAX).await? {
-            if t.admins.contains(&who.sub) {
+            if access::administers(&who, &t.id, &t.admins) {
                 out.insert(t.id);
             }
+        }
+        // A `tenant-admin` claim counts even before its tenant exists.
+        if let (Some(t), true) = (who.tenant, who.has_role(access::TENANT_ADMIN_ROLE)) {
+            out.insert(t.to_owned());
         }
         Ok(Some(out))
     }
@@ -170,7 +184,9 @@ impl ControlPlane {
             (None, _) | (_, None) => true,
             (Some(tenants), Some(who)) => {
                 let tenant = ns.name.split_once('/').map_or("", |(t, _)| t);
-                tenants.contains(tenant) || granted(who, ns, false)
+                // Tenants it administers were found above; the grants of
+                // the namespace itself decide the rest.
+                tenants.contains(tenant) || standing(who, ns, &[]).is_some()
             }
         })
     }

@@ -45,10 +45,21 @@ pub struct ControlPlaneConfig {
     pub change_log_retention: u64,
     /// Bearer-token authentication of every call. With `hs256_secret` or a
     /// JWKS set, a call needs a valid token unless `allow_anonymous`, and
-    /// each RPC is authorized (see ARCHITECTURE.md); with neither, every
-    /// caller is an unchecked `anonymous` that may do everything (tests,
-    /// local experiments; warned at startup).
+    /// each RPC is authorized (see ARCHITECTURE.md). Without either the
+    /// control plane refuses to start, unless `insecure_no_auth`.
     pub auth: prism_auth::AuthConfig,
+    /// `ip:port` of the metrics listener: `/metrics` (Prometheus text
+    /// format), `/healthz`, `/readyz`. Default: none.
+    pub metrics_listen: Option<String>,
+    /// Serve without any key: every caller, token or not, is an unchecked
+    /// `anonymous` that may do everything (tests, local experiments;
+    /// warned at startup). Default false. Ignored when a key is configured.
+    pub insecure_no_auth: bool,
+    /// TLS on the gRPC port, and optionally mutual TLS (only clients with
+    /// a certificate the client CA signed may connect; the bearer token
+    /// still says who calls). Files are re-read when they change. Default:
+    /// none (plain text).
+    pub tls: Option<prism_tls::ServerTlsConfig>,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -63,14 +74,22 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("watch_buffer", &self.watch_buffer)
             .field("change_log_retention", &self.change_log_retention)
             .field("auth.hs256_secret", &self.auth.hs256_secret.as_ref().map(|_| "<redacted>"))
+            .field("auth.hs256_secret_file", &self.auth.hs256_secret_file)
             .field("auth.jwks_file", &self.auth.jwks_file)
             .field("auth.jwks_url", &self.auth.jwks_url)
             .field("auth.issuer", &self.auth.issuer)
             .field("auth.audience", &self.auth.audience)
             .field("auth.allow_anonymous", &self.auth.allow_anonymous)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("tls", &self.tls)
             .finish()
     }
 }
+
+/// The setting that lets a control plane serve without a key; its flag is
+/// `--insecure-no-auth`.
+pub const INSECURE_NO_AUTH: &str = "insecure_no_auth";
 
 impl Default for ControlPlaneConfig {
     fn default() -> Self {
@@ -84,6 +103,9 @@ impl Default for ControlPlaneConfig {
             watch_buffer: 1024,
             change_log_retention: 100_000,
             auth: prism_auth::AuthConfig::default(),
+            metrics_listen: None,
+            insecure_no_auth: false,
+            tls: None,
         }
     }
 }
@@ -123,8 +145,12 @@ impl ControlPlaneConfig {
                 return Err(bad(&format!("shard_endpoints.{shard}"), "names a shard not listed in shards".into()));
             }
             for (i, e) in endpoints.iter().enumerate() {
-                crate::validate::endpoint("", e)
-                    .map_err(|_| bad(&format!("shard_endpoints.{shard}[{i}]"), format!("{e:?} is not host:port")))?;
+                crate::validate::endpoint("", e).map_err(|_| {
+                    bad(
+                        &format!("shard_endpoints.{shard}[{i}]"),
+                        format!("{e:?} is not host:port or https://host:port"),
+                    )
+                })?;
             }
         }
         if !(200..=600_000).contains(&self.shard_lease_ttl_ms) {
@@ -136,8 +162,27 @@ impl ControlPlaneConfig {
         if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.validate() {
             return Err(bad(&format!("auth.{field}"), description));
         }
+        if !self.auth.verifies_tokens() && !self.insecure_no_auth {
+            return Err(bad(
+                "auth",
+                format!(
+                    "no key is configured (auth.hs256_secret, auth.jwks_file or auth.jwks_url), so no caller \
+                     could be checked; refusing to let every caller act as superuser. Set a key, or start \
+                     with --insecure-no-auth ({INSECURE_NO_AUTH} = true) to serve without one"
+                ),
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| {
+                let e = e.within("tls");
+                bad(e.field(), e.description().to_owned())
+            })?;
+        }
         if self.change_log_retention == 0 {
             return Err(bad("change_log_retention", "must be at least 1".into()));
+        }
+        if let Some(addr) = &self.metrics_listen {
+            prism_telemetry::http::parse_listen(addr).map_err(|d| bad("metrics_listen", d))?;
         }
         Ok(())
     }
@@ -155,8 +200,21 @@ mod tests {
     }
 
     #[test]
+    fn refuses_to_serve_without_a_key_unless_told_it_is_insecure() {
+        let e = ControlPlaneConfig::from_toml("").expect_err("no key");
+        assert!(e.to_string().contains("--insecure-no-auth"), "{e}");
+        ControlPlaneConfig::from_toml("insecure_no_auth = true").expect("explicitly open");
+        ControlPlaneConfig::from_toml("[auth]\nhs256_secret = \"0123456789abcdef0123\"").expect("a key");
+        let e = ControlPlaneConfig::from_toml(
+            "insecure_no_auth = true\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nrequire_client_cert = true",
+        )
+        .expect_err("no client CA");
+        assert!(e.to_string().contains("tls.require_client_cert"), "{e}");
+    }
+
+    #[test]
     fn parses_and_defaults() {
-        let c = ControlPlaneConfig::from_toml("shards = [\"a\", \"b\"]").expect("valid");
+        let c = ControlPlaneConfig::from_toml("insecure_no_auth = true\nshards = [\"a\", \"b\"]").expect("valid");
         assert_eq!(c.shards, ["a", "b"]);
         assert_eq!(c.watch_buffer, 1024);
     }
@@ -167,11 +225,14 @@ mod tests {
         assert!(e.to_string().contains("unknown field `shard`"), "{e}");
         let e = ControlPlaneConfig::from_toml("shards = [\"ok\", \"Bad\"]").expect_err("bad shard");
         assert!(e.to_string().contains("shards[1]"), "{e}");
+        let e = ControlPlaneConfig::from_toml("metrics_listen = \"localhost\"").expect_err("no port");
+        assert!(e.to_string().contains("metrics_listen"), "{e}");
         let e = ControlPlaneConfig::from_toml("watch_buffer = 0").expect_err("zero");
         assert!(e.to_string().contains("watch_buffer"), "{e}");
         let e = ControlPlaneConfig::from_toml("store = \"mysql://u:secret@h/db\"").expect_err("not postgres");
         assert!(e.to_string().contains("store") && !e.to_string().contains("secret"), "{e}");
-        let c = ControlPlaneConfig::from_toml("store = \"postgres://u@h:5432/db\"").expect("a postgres DSN");
+        let c = ControlPlaneConfig::from_toml("insecure_no_auth = true\nstore = \"postgres://u@h:5432/db\"")
+            .expect("a postgres DSN");
         assert_eq!(c.store_schema, "prism_control");
     }
 }

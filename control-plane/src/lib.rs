@@ -10,11 +10,13 @@
 //!   [`store::postgres`], shared by several replicas).
 //! - [`watch`]: snapshot + ordered deltas.
 //! - [`service`] / [`server`]: the gRPC edge.
+//! - [`metrics`]: what `/metrics` shows.
 
 pub mod assign;
 pub mod authz;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod page_token;
 pub mod plane;
 pub mod registry;

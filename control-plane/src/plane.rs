@@ -52,6 +52,7 @@ pub struct ControlPlane {
     store: Arc<dyn Store>,
     config: Arc<ControlPlaneConfig>,
     usage: Arc<crate::usage::UsageBook>,
+    metrics: Arc<crate::metrics::ControlPlaneMetrics>,
 }
 
 fn not_found_tenant(id: &str) -> ControlPlaneError {
@@ -115,6 +116,21 @@ fn written_namespace(delta: &Delta, name: &str) -> Result<Namespace> {
         .ok_or_else(|| ControlPlaneError::Corrupt(format!("commit {} lacks namespace {name}", delta.revision)))
 }
 
+/// `detail`, plus the cross-tenant principals of `written` (grants held by
+/// tenant `home` that name another tenant's principal), which the audit
+/// log calls out.
+fn with_cross_tenant<'a>(detail: String, home: &str, written: impl IntoIterator<Item = &'a str>) -> String {
+    let foreign = prism_proto::access::cross_tenant(written, home);
+    if foreign.is_empty() { detail } else { format!("{detail}; cross-tenant: {}", foreign.join(", ")) }
+}
+
+/// Every principal a spec's access names.
+fn spec_principals(spec: &NamespaceSpec) -> impl Iterator<Item = &str> {
+    let access = spec.access.as_ref();
+    let owners = access.into_iter().flat_map(|a| a.owners.iter().map(String::as_str));
+    owners.chain(access.into_iter().flat_map(|a| a.consumers.iter().map(|g| g.principal.as_str())))
+}
+
 /// Resolves the profile of a spec's quota set so the stored spec is
 /// complete.
 fn resolved(mut spec: NamespaceSpec) -> NamespaceSpec {
@@ -124,7 +140,15 @@ fn resolved(mut spec: NamespaceSpec) -> NamespaceSpec {
 
 impl ControlPlane {
     pub fn new(store: Arc<dyn Store>, config: ControlPlaneConfig) -> Self {
-        Self { store, config: Arc::new(config), usage: Arc::default() }
+        let metrics = Arc::new(crate::metrics::ControlPlaneMetrics::default());
+        // Every store operation is counted (errors, commit latency).
+        let store: Arc<dyn Store> = Arc::new(crate::metrics::ObservedStore::new(store, metrics.clone()));
+        Self { store, config: Arc::new(config), usage: Arc::default(), metrics }
+    }
+
+    /// What this control plane counts for `/metrics`.
+    pub fn metrics(&self) -> &Arc<crate::metrics::ControlPlaneMetrics> {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -226,7 +250,7 @@ impl ControlPlane {
                         puts: vec![Put::Tenant(tenant)],
                         ..Txn::default()
                     },
-                    detail: "created".into(),
+                    detail: with_cross_tenant("created".into(), id, admins.iter().map(String::as_str)),
                 })
             })
             .await?;
@@ -292,8 +316,8 @@ impl ControlPlane {
                 }
                 t.update_time = Some(SystemTime::now().into());
                 Ok(Plan {
+                    detail: with_cross_tenant("updated".into(), id, t.admins.iter().map(String::as_str)),
                     txn: Txn { conditions: vec![condition], puts: vec![Put::Tenant(t)], ..Txn::default() },
-                    detail: "updated".into(),
                 })
             })
             .await?;
@@ -435,7 +459,11 @@ impl ControlPlane {
                 puts.push(Put::Namespace(ns));
                 Ok(Plan {
                     txn: Txn { conditions, puts, ..Txn::default() },
-                    detail: format!("created on shard {shard_id:?}"),
+                    detail: with_cross_tenant(
+                        format!("created on shard {shard_id:?}"),
+                        tenant_id,
+                        spec_principals(spec),
+                    ),
                 })
             })
             .await?;
@@ -522,7 +550,7 @@ impl ControlPlane {
                 ns.update_time = Some(SystemTime::now().into());
                 Ok(Plan {
                     txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
-                    detail: "updated".into(),
+                    detail: with_cross_tenant("updated".into(), tenant_of(name), spec_principals(spec)),
                 })
             })
             .await?;
@@ -665,7 +693,11 @@ impl ControlPlane {
                 ns.update_time = Some(SystemTime::now().into());
                 Ok(Plan {
                     txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
-                    detail: format!("granted {} {}", req.principal, level.as_str_name()),
+                    detail: with_cross_tenant(
+                        format!("granted {} {}", req.principal, level.as_str_name()),
+                        tenant_of(name),
+                        [req.principal.as_str()],
+                    ),
                 })
             })
             .await?;
@@ -703,11 +735,59 @@ impl ControlPlane {
         written_namespace(&delta, name)
     }
 
+    /// Namespaces stored before inline passwords were refused may still
+    /// hold one in their DSN. Each is rewritten with the password blanked
+    /// ([`prism_proto::secrets::REDACTED`]), audited (principal
+    /// `control-plane`, action `RedactSecret`), and sent back to its shard
+    /// to be provisioned again — which leaves it DEGRADED until an owner
+    /// names the password with `password_ref`: a credential that was
+    /// streamed to every gateway is not quietly kept in use. Runs when the
+    /// control plane opens; returns how many namespaces it rewrote.
+    pub async fn redact_stored_passwords(&self) -> Result<usize> {
+        let holding: Vec<String> = self
+            .store
+            .list_namespaces("", "", usize::MAX)
+            .await?
+            .into_iter()
+            .filter(|ns| prism_proto::secrets::redact_namespace(&mut ns.clone()))
+            .map(|ns| ns.name)
+            .collect();
+        for name in &holding {
+            let target = Target { action: "RedactSecret", tenant: tenant_of(name), target: name };
+            self.mutate(crate::registry::SYSTEM_PRINCIPAL, target, || async {
+                let mut ns = self.get_namespace(name).await?;
+                let condition = Condition::Namespace { name: name.clone(), revision: ns.revision };
+                prism_proto::secrets::redact_namespace(&mut ns);
+                let live = matches!(
+                    NamespaceStatus::try_from(ns.status),
+                    Ok(NamespaceStatus::Provisioning | NamespaceStatus::Active | NamespaceStatus::Degraded)
+                );
+                if live && !ns.shard_id.is_empty() {
+                    ns.status = NamespaceStatus::Provisioning as i32;
+                    ns.status_reason = format!(
+                        "an inline password was removed from spec.backend_config.postgres.dsn; waiting for shard {} \
+                         (set password_ref to name where it finds the password)",
+                        ns.shard_id
+                    );
+                }
+                ns.update_time = Some(SystemTime::now().into());
+                Ok(Plan {
+                    txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
+                    detail: "removed an inline password from spec.backend_config.postgres.dsn".into(),
+                })
+            })
+            .await?;
+            tracing::warn!(namespace = %name, "removed an inline password from the stored dsn; the namespace needs password_ref");
+        }
+        Ok(holding.len())
+    }
+
     // -----------------------------------------------------------------
     // Audit
     // -----------------------------------------------------------------
 
-    /// Records events a gateway reports (the data requests it refused).
+    /// Records events a gateway reports (the data requests it refused, and
+    /// the sampled ones it served).
     /// Each is checked by shape; `sequence` and `revision` are assigned
     /// here.
     pub async fn append_audit(&self, mut events: Vec<AuditEvent>) -> Result<()> {
@@ -724,6 +804,7 @@ impl ControlPlane {
                 ("target", &e.target),
                 ("result", &e.result),
                 ("detail", &e.detail),
+                ("client_address", &e.client_address),
             ];
             for (name, value) in fields {
                 if value.len() > MAX_FIELD || value.chars().any(char::is_control) {

@@ -23,51 +23,141 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Opens the configured store (the Postgres database `store` names, else
 /// the embedded file store in `data_dir`) and builds the control plane
 /// over it.
-pub async fn open(config: ControlPlaneConfig) -> Result<ControlPlane> {
+pub async fn open(mut config: ControlPlaneConfig) -> Result<ControlPlane> {
     config.validate()?;
+    // Secret files are read once, here: an unreadable or weak one stops
+    // the start, naming the setting.
+    if let Err(prism_auth::AuthError::Config { field, description }) = config.auth.read_secret_file() {
+        return Err(ControlPlaneError::Config { field: format!("auth.{field}"), description });
+    }
     let store: Arc<dyn Store> = match &config.store {
         Some(dsn) => {
             Arc::new(PgStore::open(dsn, &config.store_schema, config.watch_buffer, config.change_log_retention).await?)
         }
         None => Arc::new(FileStore::open(&config.data_dir, config.watch_buffer, config.change_log_retention)?),
     };
-    Ok(ControlPlane::new(store, config))
+    let plane = ControlPlane::new(store, config);
+    plane.redact_stored_passwords().await?;
+    Ok(plane)
 }
 
-/// Serves `plane` on `listener` until `shutdown` completes.
+/// The TLS of `config` with its files read now (a bad file is an error
+/// naming the setting and the file), or `None` for plain text.
+pub fn load_tls(config: &ControlPlaneConfig) -> Result<Option<prism_tls::ServerTls>> {
+    config.tls.as_ref().map(prism_tls::ServerTls::new).transpose().map_err(|e| {
+        let e = e.within("tls");
+        ControlPlaneError::Config { field: e.field().to_owned(), description: e.description().to_owned() }
+    })
+}
+
+/// Serves `plane` on `listener` until `shutdown` completes, with the TLS
+/// of its configuration.
 pub async fn serve(plane: ControlPlane, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let tls = load_tls(plane.config())?;
+    serve_with(plane, listener, tls, None, shutdown).await
+}
+
+/// As [`serve`], and `/metrics`, `/healthz` and `/readyz` on `metrics`
+/// when given. Ready while serving; NOT_SERVING (gRPC health and
+/// `/readyz`) from the moment shutdown begins.
+pub async fn serve_with_metrics(
+    plane: ControlPlane,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let tls = load_tls(plane.config())?;
+    serve_with(plane, listener, tls, metrics, shutdown).await
+}
+
+/// As [`serve_with_metrics`], over `tls` (from [`load_tls`]) when given.
+pub async fn serve_with(
+    plane: ControlPlane,
+    listener: TcpListener,
+    tls: Option<prism_tls::ServerTls>,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     if !plane.config().auth.verifies_tokens() {
         tracing::warn!(
-            "no auth.hs256_secret, auth.jwks_file or auth.jwks_url is configured: every caller is anonymous \
-             and may do everything"
+            "insecure_no_auth: no auth.hs256_secret, auth.jwks_file or auth.jwks_url is configured, every \
+             caller is anonymous and may do everything"
         );
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ControlPlaneServiceServer<Service>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ControlPlaneError::Corrupt(format!("reflection descriptors: {e}")))?;
     let (stop_watchers, watchers_stop) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_leases(plane.clone(), watchers_stop.clone()));
+    let follower =
+        tokio::spawn(crate::metrics::follow(plane.store().clone(), plane.metrics().clone(), watchers_stop.clone()));
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = metrics.map(|metrics_listener| {
+        tracing::info!(addr = ?metrics_listener.local_addr().ok(), "control plane metrics serving");
+        let registry = Arc::new(crate::metrics::registry(plane.metrics()));
+        let ready = ready.clone();
+        let mut until = metrics_stopped;
+        tokio::spawn(prism_telemetry::http::serve(
+            metrics_listener,
+            registry,
+            Arc::new(move || ready.load(std::sync::atomic::Ordering::Relaxed)),
+            async move {
+                let _ = until.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let draining = health.clone();
     let shutdown = async move {
         shutdown.await;
+        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        draining.set_not_serving::<ControlPlaneServiceServer<Service>>().await;
+        draining.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         let _ = stop_watchers.send(true);
     };
+    let rpc_metrics = crate::metrics::RpcMetricsLayer::new(plane.metrics().clone());
     let service = ControlPlaneServiceServer::new(Service::new(plane, watchers_stop))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tracing::info!(addr = ?listener.local_addr().ok(), "control plane serving");
-    tonic::transport::Server::builder()
+    // Reflection lists exactly what this server answers.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(service_name(&health_service))
+        .with_service_name(service_name(&service))
+        .with_service_name(REFLECTION_SERVICE)
+        .build_v1()
+        .map_err(|e| ControlPlaneError::Corrupt(format!("reflection descriptors: {e}")))?;
+    tracing::info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "control plane serving");
+    let router = tonic::transport::Server::builder()
+        .layer(rpc_metrics)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await?;
+        .add_service(service);
+    let served = match tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
+        None => router.serve_with_incoming_shutdown(incoming(listener), shutdown).await,
+    };
     let _ = sweeper.await;
-    Ok(())
+    let _ = follower.await;
+    let _ = metrics_stop.send(true);
+    if let Some(server) = metrics_server {
+        match server.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the metrics listener task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    Ok(served?)
 }
+
+/// The name a gRPC service is served under.
+fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
+}
+
+/// The reflection service's own name (tonic-reflection registers its
+/// descriptors but lists it only when asked to).
+pub const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
 
 /// Removes instances whose lease expired, every quarter lease, until
 /// shutdown.
@@ -82,7 +172,10 @@ async fn sweep_leases(plane: ControlPlane, mut stop: tokio::sync::watch::Receive
         }
         match plane.expire_leases().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(shards = n, "removed gateway instances whose lease expired"),
+            Ok(n) => {
+                plane.metrics().leases_expired(n);
+                tracing::info!(shards = n, "removed gateway instances whose lease expired");
+            }
             Err(e) => tracing::warn!(error = %e, "sweeping expired shard leases failed"),
         }
     }

@@ -35,6 +35,29 @@ fn tenant_of(namespace: &str) -> &str {
     namespace.split_once('/').map_or(namespace, |(t, _)| t)
 }
 
+/// Blanks inline passwords in what a Watch sends. Stored namespaces hold
+/// none (refused on write, removed from older ones when the control plane
+/// opens), but the change log may still hold deltas written before: a
+/// watcher resuming from an old revision must not receive them.
+fn redact(mut response: WatchResponse) -> WatchResponse {
+    let namespaces: Vec<&mut Namespace> = match &mut response.event {
+        Some(watch_response::Event::Snapshot(chunk)) => chunk.namespaces.iter_mut().collect(),
+        Some(watch_response::Event::Delta(delta)) => delta
+            .changes
+            .iter_mut()
+            .filter_map(|c| match &mut c.change {
+                Some(change::Change::Namespace(ns)) => Some(ns),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    for ns in namespaces {
+        prism_proto::secrets::redact_namespace(ns);
+    }
+    response
+}
+
 #[derive(Clone)]
 pub struct Service {
     plane: ControlPlane,
@@ -79,7 +102,7 @@ impl ControlPlaneService for Service {
     async fn create_tenant(&self, req: Request<CreateTenantRequest>) -> Reply<Tenant> {
         let r = req.get_ref();
         let who = self.allow(&req, "CreateTenant", &r.tenant_id, Need::Admin).await?;
-        reply(self.plane.create_tenant(who.sub(), &r.tenant_id, &r.display_name, &r.admins, r.quotas.as_ref()).await)
+        reply(self.plane.create_tenant(&who.name(), &r.tenant_id, &r.display_name, &r.admins, r.quotas.as_ref()).await)
     }
 
     async fn get_tenant(&self, req: Request<GetTenantRequest>) -> Reply<Tenant> {
@@ -101,25 +124,25 @@ impl ControlPlaneService for Service {
         // superuser sets them.
         let need = if r.quotas.is_some() { Need::Admin } else { Need::TenantAdmin(&r.tenant_id) };
         let who = self.allow(&req, "UpdateTenant", &r.tenant_id, need).await?;
-        reply(self.plane.update_tenant(who.sub(), r).await)
+        reply(self.plane.update_tenant(&who.name(), r).await)
     }
 
     async fn set_tenant_state(&self, req: Request<SetTenantStateRequest>) -> Reply<Tenant> {
         // Suspension is the operator's lever against a tenant.
         let who = self.allow(&req, "SetTenantState", &req.get_ref().tenant_id, Need::Admin).await?;
-        reply(self.plane.set_tenant_state(who.sub(), req.get_ref()).await)
+        reply(self.plane.set_tenant_state(&who.name(), req.get_ref()).await)
     }
 
     async fn delete_tenant(&self, req: Request<DeleteTenantRequest>) -> Reply<Tenant> {
         let r = req.get_ref();
         let who = self.allow(&req, "DeleteTenant", &r.tenant_id, Need::Admin).await?;
-        reply(self.plane.delete_tenant(who.sub(), &r.tenant_id, r.expected_revision).await)
+        reply(self.plane.delete_tenant(&who.name(), &r.tenant_id, r.expected_revision).await)
     }
 
     async fn create_namespace(&self, req: Request<CreateNamespaceRequest>) -> Reply<Namespace> {
         let r = req.get_ref();
         let who = self.allow(&req, "CreateNamespace", &r.name, Need::TenantAdmin(tenant_of(&r.name))).await?;
-        reply(self.plane.create_namespace(who.sub(), &r.name, r.spec.as_ref()).await)
+        reply(self.plane.create_namespace(&who.name(), &r.name, r.spec.as_ref()).await)
     }
 
     async fn get_namespace(&self, req: Request<GetNamespaceRequest>) -> Reply<Namespace> {
@@ -138,36 +161,36 @@ impl ControlPlaneService for Service {
     async fn update_namespace(&self, req: Request<UpdateNamespaceRequest>) -> Reply<Namespace> {
         let who =
             self.allow(&req, "UpdateNamespace", &req.get_ref().name, Need::NamespaceAdmin(&req.get_ref().name)).await?;
-        reply(self.plane.update_namespace(who.sub(), req.get_ref()).await)
+        reply(self.plane.update_namespace(&who.name(), req.get_ref()).await)
     }
 
     async fn delete_namespace(&self, req: Request<DeleteNamespaceRequest>) -> Reply<Namespace> {
         let r = req.get_ref();
         let who = self.allow(&req, "DeleteNamespace", &r.name, Need::TenantAdmin(tenant_of(&r.name))).await?;
-        reply(self.plane.delete_namespace(who.sub(), &r.name, r.expected_revision).await)
+        reply(self.plane.delete_namespace(&who.name(), &r.name, r.expected_revision).await)
     }
 
     async fn report_namespace_status(&self, req: Request<ReportNamespaceStatusRequest>) -> Reply<Namespace> {
         let who = self.allow(&req, "ReportNamespaceStatus", &req.get_ref().name, Need::Shard).await?;
-        reply(self.plane.report_namespace_status(who.sub(), req.get_ref()).await)
+        reply(self.plane.report_namespace_status(&who.name(), req.get_ref()).await)
     }
 
     async fn grant_access(&self, req: Request<GrantAccessRequest>) -> Reply<Namespace> {
         let who =
             self.allow(&req, "GrantAccess", &req.get_ref().name, Need::NamespaceAdmin(&req.get_ref().name)).await?;
-        reply(self.plane.grant_access(who.sub(), req.get_ref()).await)
+        reply(self.plane.grant_access(&who.name(), req.get_ref()).await)
     }
 
     async fn revoke_access(&self, req: Request<RevokeAccessRequest>) -> Reply<Namespace> {
         let who =
             self.allow(&req, "RevokeAccess", &req.get_ref().name, Need::NamespaceAdmin(&req.get_ref().name)).await?;
-        reply(self.plane.revoke_access(who.sub(), req.get_ref()).await)
+        reply(self.plane.revoke_access(&who.name(), req.get_ref()).await)
     }
 
     async fn register_shard(&self, req: Request<RegisterShardRequest>) -> Reply<RegisterShardResponse> {
         let who = self.allow(&req, "RegisterShard", "", Need::Shard).await?;
         let r = req.get_ref();
-        reply(self.plane.register_shard(who.sub(), &r.shard_id, &r.endpoint).await)
+        reply(self.plane.register_shard(&who.name(), &r.shard_id, &r.endpoint).await)
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Reply<HeartbeatResponse> {
@@ -181,7 +204,7 @@ impl ControlPlaneService for Service {
         let r = req.get_ref();
         reply(
             self.plane
-                .deregister_shard(who.sub(), &r.shard_id, &r.instance_id)
+                .deregister_shard(&who.name(), &r.shard_id, &r.instance_id)
                 .await
                 .map(|()| DeregisterShardResponse {}),
         )
@@ -214,8 +237,14 @@ impl ControlPlaneService for Service {
     async fn watch(&self, req: Request<WatchRequest>) -> Reply<BoxStream<WatchResponse>> {
         // The stream carries every tenant's metadata: shards only.
         self.allow(&req, "Watch", "", Need::Shard).await?;
-        let stream = watch::watch(self.plane.store().clone(), req.get_ref().from_revision, self.shutdown.clone())
-            .map(|item| item.map_err(ControlPlaneError::into_status));
+        // Counted as a connected watcher while the stream lives.
+        let watcher = self.plane.metrics().watcher();
+        let stream = watch::watch(self.plane.store().clone(), req.get_ref().from_revision, self.shutdown.clone()).map(
+            move |item| {
+                let _ = &watcher;
+                item.map(redact).map_err(ControlPlaneError::into_status)
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -227,7 +256,7 @@ impl ControlPlaneService for Service {
             // tenant named, the one its token's claim names.
             if r.tenant_id.is_empty()
                 && let Caller::Verified(p) = &who
-                && let (Some(t), true) = (&p.tenant, p.has_role(prism_auth::TENANT_ADMIN_ROLE))
+                && let (Some(t), true) = (&p.tenant, p.has_role(prism_proto::access::TENANT_ADMIN_ROLE))
             {
                 r.tenant_id.clone_from(t);
             }

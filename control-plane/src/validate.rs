@@ -46,10 +46,10 @@ pub fn text(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// A principal as grants and tenant admins write it: `sub`,
+/// `tenant:sub` or `:sub` (see [`prism_proto::access`]).
 pub fn principal(field: &str, p: &str) -> Result<()> {
-    if p.is_empty() {
-        return Err(invalid(field, "principal must not be empty"));
-    }
+    prism_proto::access::check_written(p).map_err(|e| invalid(field, e))?;
     if p.len() > MAX_PRINCIPAL_LEN {
         return Err(invalid(field, format!("principal is longer than {MAX_PRINCIPAL_LEN} bytes")));
     }
@@ -134,9 +134,10 @@ pub fn namespace_spec(spec: &NamespaceSpec, known_shards: &[String]) -> Result<(
     Ok(())
 }
 
-/// A gateway's `host:port` endpoint.
+/// A gateway's endpoint: `host:port`, or `https://host:port` for one that
+/// serves TLS (clients dial what they are told).
 pub fn endpoint(field: &str, endpoint: &str) -> Result<()> {
-    host_port(field, endpoint)
+    names::validate_endpoint(endpoint).map_err(|e| invalid(field, e))
 }
 
 /// An instance id the registry handed out: 1 to 64 printable ASCII bytes.
@@ -193,6 +194,18 @@ fn postgres(c: &PostgresConfig) -> Result<()> {
     }
     if c.dsn.chars().any(char::is_control) {
         return Err(invalid(format!("{field}.dsn"), "must not hold control characters"));
+    }
+    // Never quoted back: the message names where the password was, not it.
+    if prism_proto::secrets::dsn_has_password(dsn) {
+        return Err(invalid(
+            format!("{field}.dsn"),
+            "holds a password, which would be stored and shown as metadata; remove it and name where the \
+             gateway finds it with password_ref (env:NAME, file:/path or secret:NAME)",
+        ));
+    }
+    if !c.password_ref.is_empty() {
+        prism_proto::secrets::SecretRef::parse(&c.password_ref)
+            .map_err(|e| invalid(format!("{field}.password_ref"), e))?;
     }
     if c.pool_size > 1024 {
         return Err(invalid(format!("{field}.pool_size"), format!("{} is above 1024", c.pool_size)));
@@ -263,6 +276,12 @@ fn policies(abstraction: Abstraction, p: &prism_proto::control::Policies) -> Res
     duration("spec.policies.accept_limit", p.accept_limit.as_ref(), None)?;
     if Consistency::try_from(p.consistency).is_err() {
         return Err(invalid("spec.policies.consistency", "must be EVENTUAL or STRONG"));
+    }
+    if !(0.0..=1.0).contains(&p.data_access_audit_rate) {
+        return Err(invalid(
+            "spec.policies.data_access_audit_rate",
+            format!("{} is outside [0, 1]", p.data_access_audit_rate),
+        ));
     }
     if !(0..=MAX_ITEM_SIZE).contains(&p.max_item_size_bytes) {
         return Err(invalid(

@@ -2,7 +2,9 @@
 //! 100 K / 1 M namespaces, against baselines measured in the same run
 //! (`std::collections::HashMap` lookup; applying a delta by copying a plain
 //! map, which is what a non-persistent snapshot would cost), and the
-//! page-token codec.
+//! page-token codec; the pipeline's cost per cache-hit request with and
+//! without request metrics; and the request span before and after issue
+//! 12.
 //!
 //! `cargo bench -p prism-gateway --bench gateway`
 
@@ -130,7 +132,11 @@ fn pipeline_benches(c: &mut Criterion) {
                     idempotency_token: None,
                 })
                 .await?;
-            pipelines.push((name, prism_gateway::layers::pipeline(&gw.gateway.shared)));
+            pipelines.push((name, true, prism_gateway::layers::pipeline_counting(&gw.gateway.shared, true)));
+            if cached {
+                // The same, without the per-namespace request metrics.
+                pipelines.push((name, false, prism_gateway::layers::pipeline_counting(&gw.gateway.shared, false)));
+            }
         }
         anyhow::Ok((cluster, pipelines))
     });
@@ -142,8 +148,12 @@ fn pipeline_benches(c: &mut Criterion) {
     };
 
     let mut group = c.benchmark_group("get_items_pipeline");
-    for (name, pipeline) in &pipelines {
-        let label = if name.ends_with("uncached") { "cache_off_embedded_read" } else { "cache_hit" };
+    for (name, counted, pipeline) in &pipelines {
+        let label = match (name.ends_with("uncached"), counted) {
+            (true, _) => "cache_off_embedded_read",
+            (false, true) => "cache_hit",
+            (false, false) => "cache_hit_no_request_metrics",
+        };
         group.bench_function(label, |b| {
             b.to_async(&rt).iter(|| {
                 let pipeline = pipeline.clone();
@@ -164,5 +174,53 @@ fn pipeline_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// The request span as it was (an INFO span whose fields the log
+/// subscriber formats on every request) against what the trace layer does
+/// now (the sampling decision and a DEBUG span, disabled at INFO), under
+/// the subscriber `prism dev` installs (fmt at INFO, output to a sink
+/// here), with an empty closure as the baseline.
+fn span_benches(c: &mut Criterion) {
+    let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(std::io::sink).finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut group = c.benchmark_group("request_span_at_info");
+        let namespace = black_box("acme/user-profiles");
+        group.bench_function("before_info_span_formatted", |b| {
+            b.iter(|| {
+                let tenant = namespace.split_once('/').map_or("", |(t, _)| t);
+                let span = tracing::info_span!(
+                    "request",
+                    rpc = "GetItems",
+                    tenant = %tenant,
+                    namespace = %namespace,
+                    status = tracing::field::Empty,
+                );
+                let _entered = span.enter();
+                span.record("status", "ok");
+                tracing::debug!("request done");
+            })
+        });
+        group.bench_function("now_sampling_decision_and_debug_span", |b| {
+            b.iter(|| {
+                if !prism_telemetry::trace::should_trace(None) {
+                    return;
+                }
+                let tenant = namespace.split_once('/').map_or("", |(t, _)| t);
+                let span = tracing::debug_span!(
+                    target: prism_telemetry::trace::REQUEST_TARGET,
+                    "request",
+                    rpc.method = "GetItems",
+                    prism.tenant = %tenant,
+                    prism.namespace = %namespace,
+                    rpc.grpc.status_code = tracing::field::Empty,
+                );
+                black_box(span.is_disabled());
+            })
+        });
+        group.bench_function("baseline_nothing", |b| b.iter(|| black_box(namespace.len())));
+        group.finish();
+    });
+}
+
 criterion_group!(pipeline, pipeline_benches);
-criterion_main!(benches, pipeline);
+criterion_group!(spans, span_benches);
+criterion_main!(benches, pipeline, spans);

@@ -444,7 +444,7 @@ async fn start_cluster(dsn: &str) -> anyhow::Result<(prism_testkit::Cluster, Str
                 dsn: dsn.to_owned(),
                 pool_size: u32::try_from(POOL_SIZE)?,
                 schema: SCHEMA.into(),
-                require_tls: false,
+                ..PostgresConfig::default()
             })),
         }),
         ..Default::default()

@@ -1,10 +1,13 @@
-//! Refused data requests go to the control plane's audit log (SPEC §2,
-//! §6): authentication and authorization record each refusal here without
-//! waiting; one task sends them to `AppendAudit` in batches. The queue is
-//! bounded: when the control plane is unreachable long enough to fill it,
-//! further events are dropped and counted in `dropped`, never buffered
-//! without bound and never blocking a request.
+//! Data requests go to the control plane's audit log (SPEC §2, §6): every
+//! refused one, and a sample of the successful ones of namespaces that ask
+//! for it (`policies.data_access_audit_rate`, seeds/001's data-access
+//! audit). Authentication, authorization and the access-audit layer record
+//! each event here without waiting; one task sends them to `AppendAudit`
+//! in batches. The queue is bounded: when the control plane is unreachable
+//! long enough to fill it, further events are dropped and counted in
+//! `dropped`, never buffered without bound and never blocking a request.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -15,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::server::Shared;
 
-/// Refusals waiting to be sent, at most.
+/// Events waiting to be sent, at most.
 pub const QUEUE: usize = 10_000;
 /// Events per `AppendAudit` call, at most.
 const BATCH: usize = 500;
@@ -25,6 +28,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct AuditSink {
     tx: mpsc::Sender<AuditEvent>,
     rx: std::sync::Mutex<Option<mpsc::Receiver<AuditEvent>>>,
+    /// Events queued (neither sent nor dropped yet, or since).
+    pub recorded: AtomicU64,
     /// Events sent to the control plane.
     pub sent: AtomicU64,
     /// Events dropped because the queue was full.
@@ -34,14 +39,45 @@ pub struct AuditSink {
 impl Default for AuditSink {
     fn default() -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        Self { tx, rx: std::sync::Mutex::new(Some(rx)), sent: AtomicU64::new(0), dropped: AtomicU64::new(0) }
+        Self {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            recorded: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
     }
 }
 
 impl AuditSink {
-    /// Records a refused data request: who, what, on which namespace, and
-    /// the status code name.
-    pub fn refused(&self, principal: &str, action: &str, namespace: &str, result: &str, detail: String) {
+    /// Records a refused data request: who, what, on which namespace, from
+    /// where, and the status code name.
+    pub fn refused(
+        &self,
+        principal: &str,
+        action: &str,
+        namespace: &str,
+        client: Option<SocketAddr>,
+        result: &str,
+        detail: String,
+    ) {
+        self.record(principal, action, namespace, client, result, truncate(detail, 1024));
+    }
+
+    /// Records a data request that succeeded (sampled by the caller).
+    pub fn accessed(&self, principal: &str, action: &str, namespace: &str, client: Option<SocketAddr>) {
+        self.record(principal, action, namespace, client, "ok", String::new());
+    }
+
+    fn record(
+        &self,
+        principal: &str,
+        action: &str,
+        namespace: &str,
+        client: Option<SocketAddr>,
+        result: &str,
+        detail: String,
+    ) {
         let tenant = namespace.split_once('/').map_or("", |(t, _)| t);
         let event = AuditEvent {
             time: Some(SystemTime::now().into()),
@@ -50,16 +86,18 @@ impl AuditSink {
             tenant_id: tenant.to_owned(),
             target: namespace.to_owned(),
             result: result.to_owned(),
-            detail: truncate(detail, 1024),
+            detail,
+            client_address: client.map(|a| a.to_string()).unwrap_or_default(),
             ..AuditEvent::default()
         };
-        if self.tx.try_send(event).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        match self.tx.try_send(event) {
+            Ok(()) => self.recorded.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.dropped.fetch_add(1, Ordering::Relaxed),
+        };
     }
 }
 
-/// Sends recorded refusals until `shutdown` (then what is queued, once).
+/// Sends recorded events until `shutdown` (then what is queued, once).
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let Some(mut rx) = shared.audit.rx.lock().ok().and_then(|mut r| r.take()) else { return };
     let mut client: Option<ControlPlaneClient> = None;
@@ -90,12 +128,12 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             }
             Err(e) if matches!(e.code(), tonic::Code::InvalidArgument | tonic::Code::PermissionDenied) => {
                 // Retrying cannot help: count them lost, loudly.
-                tracing::error!(error = %e, events = batch.len(), "the audit log refused refusals; dropping them");
+                tracing::error!(error = %e, events = batch.len(), "the audit log refused these events; dropping them");
                 shared.audit.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 batch.clear();
             }
             Err(e) => {
-                tracing::warn!(error = %e, events = batch.len(), "cannot send refusals to the audit log; holding them");
+                tracing::warn!(error = %e, events = batch.len(), "cannot send events to the audit log; holding them");
                 client = None;
                 let stopping = tokio::select! {
                     _ = tokio::time::sleep(backoff) => false,
@@ -116,10 +154,7 @@ async fn send(
     batch: &[AuditEvent],
 ) -> Result<(), tonic::Status> {
     if client.is_none() {
-        let config = &shared.config;
-        let c = prism_client::control_plane(&config.control_plane, config.control_plane_token.as_deref())
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let c = shared.control_plane().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         *client = Some(c);
     }
     let Some(c) = client.as_mut() else { return Err(tonic::Status::unavailable("no control plane client")) };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prism_plugin_api::ts::Event;
+use prism_plugin_api::ts::{Event, WriteContext};
 use prism_proto::control::Backend;
 use prism_proto::timeseries as ts;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -30,6 +30,8 @@ pub struct Pending {
     events: Vec<Event>,
     /// For tails, when anyone tails the namespace.
     published: Option<Vec<ts::Event>>,
+    /// The trace context of the request that wrote them.
+    context: WriteContext,
     _permits: OwnedSemaphorePermit,
 }
 
@@ -72,6 +74,7 @@ impl WriteBuffer {
         entry: Arc<NamespaceEntry>,
         events: Vec<Event>,
         published: Option<Vec<ts::Event>>,
+        context: WriteContext,
     ) -> Result<()> {
         let n = events.len();
         let permits = u32::try_from(n)
@@ -81,12 +84,22 @@ impl WriteBuffer {
                 subject: "gateway:write-buffer".into(),
                 description: format!("the write buffer ({} events) is full", self.capacity),
                 retry_after: Some(Duration::from_millis(100)),
+                quota: "write_buffer",
             })?;
         self.tx
-            .send(Pending { entry, events, published, _permits: permits })
+            .send(Pending { entry, events, published, context, _permits: permits })
             .map_err(|_| GatewayError::Internal("the write buffer's flusher is gone".into()))?;
         self.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Events accepted and not yet written.
+    pub fn depth(&self) -> usize {
+        self.capacity.saturating_sub(self.permits.available_permits())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     fn take_receiver(&self) -> Option<mpsc::UnboundedReceiver<Pending>> {
@@ -142,7 +155,10 @@ async fn write(shared: &Shared, pending: Pending) {
     };
     let mut pause = Duration::from_millis(50);
     for attempt in 1..=MAX_ATTEMPTS {
-        match ts.write(&entry.ns, &pending.events).await {
+        let written = crate::backend::observed(shared, entry, crate::metrics::Op::Write, |_| {
+            ts.write_with(&entry.ns, &pending.events, &pending.context)
+        });
+        match written.await {
             Ok(()) => {
                 shared.buffer.stats.flushed.fetch_add(n, Ordering::Relaxed);
                 if let Some(events) = pending.published {

@@ -118,6 +118,16 @@ impl ReadCache {
         }
     }
 
+    /// Bytes the cache holds, as weighed (an estimate moka keeps).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.weighted_size())
+    }
+
+    /// Records the cache holds.
+    pub fn entry_count(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.entry_count())
+    }
+
     pub fn max_record_bytes(&self) -> u64 {
         self.max_record_bytes
     }

@@ -102,6 +102,22 @@ impl Request {
         }
     }
 
+    /// The RPC as an index of [`crate::metrics::RPCS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Self::Put(_) => 0,
+            Self::Get(_) => 1,
+            Self::Delete(_) => 2,
+            Self::Mutate(_) => 3,
+            Self::Scan(_) => 4,
+            Self::WriteSync(_) => 5,
+            Self::WriteBuffered(_) => 6,
+            Self::Read(_) => 7,
+            Self::Search(_) => 8,
+            Self::Tail(_) => 9,
+        }
+    }
+
     pub fn access(&self) -> Access {
         match self {
             Self::Get(_) | Self::Scan(_) | Self::Read(_) | Self::Search(_) | Self::Tail(_) => Access::Read,
@@ -142,15 +158,20 @@ pub struct Call {
     pub authorization: Option<String>,
     /// The common name of the verified client certificate (mTLS), if any.
     pub client_cert: Option<String>,
+    /// Where the call came from (the TCP peer), for the audit log.
+    pub client_addr: Option<std::net::SocketAddr>,
     /// Set by authentication.
     pub principal: Option<Principal>,
     /// Set by authorization: the namespace, counted in flight.
     pub namespace: Option<InFlight>,
+    /// The caller's W3C trace context (`traceparent`, `tracestate`), if
+    /// it sent a valid one: the request's span continues that trace.
+    pub trace: Option<prism_telemetry::trace::TraceParent>,
 }
 
 impl Call {
     pub fn new(request: Request, authorization: Option<String>) -> Self {
-        Self { request, authorization, client_cert: None, principal: None, namespace: None }
+        Self { request, authorization, client_cert: None, client_addr: None, principal: None, namespace: None, trace: None }
     }
 }
 
@@ -165,25 +186,22 @@ pub async fn run<T>(
     let authorization = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     // Certificates are there only when TLS verified them against the
     // configured client CA.
-    let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+    let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| prism_tls::common_name(c.as_ref())));
+    let trace = trace_context(req.metadata());
+    let client_addr = req.remote_addr();
     let mut call = Call::new(wrap(req.into_inner()), authorization);
     call.client_cert = client_cert;
+    call.trace = trace;
+    call.client_addr = client_addr;
     pipeline.clone().oneshot(call).await.map_err(crate::error::GatewayError::into_status)
 }
 
-/// The subject common name of a DER certificate, if it has one.
-pub fn common_name(der: &[u8]) -> Option<String> {
-    use x509_cert::der::Decode;
-    use x509_cert::der::asn1::{PrintableStringRef, Utf8StringRef};
-    const CN: x509_cert::der::oid::ObjectIdentifier = x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.4.3");
-    let cert = x509_cert::Certificate::from_der(der).ok()?;
-    cert.tbs_certificate.subject.0.iter().flat_map(|rdn| rdn.0.iter()).find(|atv| atv.oid == CN).and_then(|atv| {
-        atv.value
-            .decode_as::<Utf8StringRef<'_>>()
-            .map(|s| s.as_str().to_owned())
-            .or_else(|_| atv.value.decode_as::<PrintableStringRef<'_>>().map(|s| s.as_str().to_owned()))
-            .ok()
-    })
+/// The caller's `traceparent` / `tracestate`, when valid (an invalid one
+/// is ignored: the request starts a trace of its own, as W3C asks).
+fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Option<prism_telemetry::trace::TraceParent> {
+    use prism_telemetry::trace::{TRACEPARENT, TRACESTATE, TraceParent};
+    let parent = metadata.get(TRACEPARENT)?.to_str().ok()?;
+    TraceParent::parse(parent, metadata.get(TRACESTATE).and_then(|v| v.to_str().ok()))
 }
 
 /// The status for a pipeline that answered a different RPC (a bug).

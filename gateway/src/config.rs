@@ -2,9 +2,12 @@
 //! overridden by environment and flags in the CLI. `validate` names the
 //! wrong field; parsing has no side effects.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use prism_auth::SecretString;
+use prism_plugin_api::secrets::{SecretEntry, Secrets};
 use serde::Deserialize;
 
 use crate::error::{GatewayError, Result};
@@ -14,11 +17,13 @@ use crate::error::{GatewayError, Result};
 pub struct GatewayConfig {
     /// The shard this gateway serves. Required; `[a-z0-9][a-z0-9-]{0,62}`.
     pub shard_id: String,
-    /// `host:port` of the control plane. Default `127.0.0.1:7400`.
+    /// `host:port` of the control plane, or `https://host:port` to reach it
+    /// over TLS (see `control_plane_tls`). Default `127.0.0.1:7400`.
     pub control_plane: String,
     /// `host:port` clients reach this gateway at, registered with the
-    /// control plane. Default: the address it listens on (a loopback
-    /// address when it listens on every interface).
+    /// control plane (as `https://host:port` when it serves TLS, so
+    /// clients know to use it). Default: the address it listens on (a
+    /// loopback address when it listens on every interface).
     pub advertise_endpoint: Option<String>,
     /// How often usage is reported to the control plane (which answers this
     /// instance's share of each tenant's limits), in milliseconds. Default
@@ -29,8 +34,18 @@ pub struct GatewayConfig {
     /// measurement may read the whole namespace. Default 30 000; range
     /// 100..=3 600 000.
     pub storage_measure_interval_ms: u64,
-    /// Token the gateway presents to the control plane, if it needs one.
-    pub control_plane_token: Option<String>,
+    /// Token the gateway presents to the control plane (one with role
+    /// `shard`), if it needs one. Default: none.
+    pub control_plane_token: Option<SecretString>,
+    /// A file holding that token instead (read once at startup, one
+    /// trailing line ending ignored; not with `control_plane_token`).
+    /// Default: none.
+    pub control_plane_token_file: Option<PathBuf>,
+    /// How the gateway reaches an `https://` control plane: the CAs its
+    /// certificate must chain to (default: the system bundle) and the
+    /// client certificate to present when it asks for one. Only with an
+    /// `https://` `control_plane`. Default: none.
+    pub control_plane_tls: Option<ClientTlsConfig>,
     /// Directory of the embedded backend's data. Default
     /// `./prism-data/<shard_id>`.
     pub data_dir: Option<PathBuf>,
@@ -41,30 +56,38 @@ pub struct GatewayConfig {
     /// namespace is DEGRADED ("no CA configured for postgres TLS").
     pub postgres_tls_ca_file: Option<PathBuf>,
     pub auth: AuthConfig,
+    /// The secrets this gateway may hand to backend plugins, by name
+    /// (`[gateway.secrets.NAME]`: `env` or `file`, and the `tenants` that
+    /// may use it): what a namespace's `password_ref` can name (see
+    /// `prism_plugin_api::secrets`). Default: none, and every reference is
+    /// refused (the namespace is DEGRADED, naming it).
+    pub secrets: BTreeMap<String, SecretEntry>,
     /// TLS on the gateway's gRPC port, and optionally mutual TLS. Default:
     /// none (plaintext).
     pub tls: Option<TlsConfig>,
     pub cache: CacheConfig,
     pub limits: Limits,
+    /// `ip:port` of the metrics listener: `/metrics` (Prometheus text
+    /// format), `/healthz`, `/readyz`. Default: none (no listener, and
+    /// requests are not counted per namespace).
+    pub metrics_listen: Option<String>,
+    /// Namespaces whose requests get series of their own (`tenant` and
+    /// `namespace` labels); requests of the others are counted under
+    /// `namespace="_other"`. Bounds the metrics' cardinality. Default
+    /// 1 000; range 0..=100 000.
+    pub metrics_max_namespaces: usize,
+    /// How long a gateway that is shutting down keeps serving after it
+    /// turned NOT_SERVING (gRPC health, `/readyz`) and deregistered, so
+    /// load balancers and clients notice before connections close, in
+    /// milliseconds. Default 0; at most 600 000.
+    pub drain_delay_ms: u64,
 }
 
-/// The `[gateway.tls]` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain the gateway presents.
-    pub cert_file: PathBuf,
-    /// PEM private key of that certificate.
-    pub key_file: PathBuf,
-    /// PEM CA certificates that sign client certificates. With it a client
-    /// may present a certificate; a verified one names the principal (its
-    /// subject's common name) of calls that carry no bearer token.
-    pub client_ca_file: Option<PathBuf>,
-    /// Refuse connections without a client certificate the CA signed.
-    /// Default false. Needs `client_ca_file`.
-    #[serde(default)]
-    pub require_client_cert: bool,
-}
+/// The `[gateway.control_plane_tls]` table.
+pub use prism_tls::ClientTlsConfig;
+/// The `[gateway.tls]` table: certificate, key and optionally the client
+/// CA bundle (mutual TLS), all re-read when their files change.
+pub use prism_tls::ServerTlsConfig as TlsConfig;
 
 /// The `[gateway.auth]` table: a secret or a JWKS is required unless
 /// `allow_anonymous` is set (callers without a token are then `anonymous`
@@ -129,12 +152,18 @@ impl Default for GatewayConfig {
             usage_report_interval_ms: 5_000,
             storage_measure_interval_ms: 30_000,
             control_plane_token: None,
+            control_plane_tls: None,
+            control_plane_token_file: None,
             data_dir: None,
             postgres_tls_ca_file: None,
             auth: AuthConfig::default(),
+            secrets: BTreeMap::new(),
             tls: None,
             cache: CacheConfig::default(),
             limits: Limits::default(),
+            metrics_listen: None,
+            metrics_max_namespaces: 1000,
+            drain_delay_ms: 0,
         }
     }
 }
@@ -157,29 +186,65 @@ impl GatewayConfig {
         Duration::from_millis(self.limits.request_timeout_ms)
     }
 
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
+    }
+
+    /// Reads the secret settings that name a file (`auth.hs256_secret_file`,
+    /// `control_plane_token_file`) into their values; a gateway does it
+    /// once, when it opens. Errors name the setting and the file, never
+    /// the secret.
+    pub fn read_secret_files(&mut self) -> Result<()> {
+        if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.read_secret_file() {
+            return Err(GatewayError::Config { field: format!("auth.{field}"), description });
+        }
+        if let Some(path) = self.control_plane_token_file.take() {
+            let token = prism_auth::read_secret(&path).map_err(|description| GatewayError::Config {
+                field: "control_plane_token_file".into(),
+                description,
+            })?;
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(GatewayError::Config {
+                    field: "control_plane_token_file".into(),
+                    description: format!("{} does not hold a bearer token (printable ASCII)", path.display()),
+                });
+            }
+            self.control_plane_token = Some(token);
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, description: &str| GatewayError::Config {
             field: field.into(),
             description: description.into(),
         };
-        prism_proto::names::validate_part(&self.shard_id).map_err(|e| bad("shard_id", &format!("shard id {e}")))?;
-        if self.control_plane.is_empty() {
-            return Err(bad("control_plane", "must not be empty"));
+        if self.control_plane_token.is_some() && self.control_plane_token_file.is_some() {
+            return Err(bad("control_plane_token_file", "cannot be set together with control_plane_token"));
         }
+        prism_proto::names::validate_part(&self.shard_id).map_err(|e| bad("shard_id", &format!("shard id {e}")))?;
+        prism_proto::names::validate_endpoint(&self.control_plane).map_err(|d| bad("control_plane", &d))?;
         if !(100..=600_000).contains(&self.usage_report_interval_ms) {
             return Err(bad("usage_report_interval_ms", "must be within 100..=600000"));
         }
-        if let Some(tls) = &self.tls
-            && tls.require_client_cert
-            && tls.client_ca_file.is_none()
-        {
-            return Err(bad("tls.require_client_cert", "needs tls.client_ca_file"));
+        let tls_error = |e: prism_tls::TlsError, table: &str| {
+            let e = e.within(table);
+            GatewayError::Config { field: e.field().to_owned(), description: e.description().to_owned() }
+        };
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| tls_error(e, "tls"))?;
+        }
+        if let Some(tls) = &self.control_plane_tls {
+            tls.validate().map_err(|e| tls_error(e, "control_plane_tls"))?;
+            if !self.control_plane.starts_with("https://") {
+                return Err(bad("control_plane_tls", "is set but control_plane is not an https:// address"));
+            }
         }
         if !(100..=3_600_000).contains(&self.storage_measure_interval_ms) {
             return Err(bad("storage_measure_interval_ms", "must be within 100..=3600000"));
         }
         if let Some(e) = &self.advertise_endpoint {
-            prism_proto::names::validate_host_port(e).map_err(|d| bad("advertise_endpoint", &d))?;
+            prism_proto::names::validate_endpoint(e).map_err(|d| bad("advertise_endpoint", &d))?;
         }
         if !self.auth.verifies_tokens() && !self.auth.allow_anonymous {
             return Err(bad(
@@ -189,6 +254,9 @@ impl GatewayConfig {
         }
         if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.validate() {
             return Err(bad(&format!("auth.{field}"), &description));
+        }
+        if let Err((field, description)) = Secrets::validate(&self.secrets) {
+            return Err(bad(&format!("secrets.{field}"), &description));
         }
         if self.cache.max_record_bytes > self.cache.max_bytes && self.cache.max_bytes > 0 {
             return Err(bad("cache.max_record_bytes", "must not exceed cache.max_bytes"));
@@ -208,6 +276,15 @@ impl GatewayConfig {
         if self.limits.reclaim_interval_seconds == 0 {
             return Err(bad("limits.reclaim_interval_seconds", "must be at least 1"));
         }
+        if let Some(addr) = &self.metrics_listen {
+            prism_telemetry::http::parse_listen(addr).map_err(|d| bad("metrics_listen", &d))?;
+        }
+        if self.metrics_max_namespaces > 100_000 {
+            return Err(bad("metrics_max_namespaces", "must be within 0..=100000"));
+        }
+        if self.drain_delay_ms > 600_000 {
+            return Err(bad("drain_delay_ms", "must be within 0..=600000"));
+        }
         Ok(())
     }
 }
@@ -222,6 +299,62 @@ mod tests {
         assert!(e.to_string().contains("auth.hs256_secret"), "{e}");
         let c = GatewayConfig::from_toml("shard_id = \"s0\"\n[auth]\nallow_anonymous = true").expect("valid");
         assert!(c.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn metrics_settings_are_checked() {
+        let ok = "shard_id = \"s0\"\nmetrics_listen = \"127.0.0.1:9464\"\n[auth]\nallow_anonymous = true";
+        let c = GatewayConfig::from_toml(ok).expect("valid");
+        assert_eq!((c.metrics_listen.as_deref(), c.metrics_max_namespaces), (Some("127.0.0.1:9464"), 1000));
+        for bad in
+            ["metrics_listen = \"localhost\"", "metrics_listen = \"1.2.3.4:x\"", "metrics_max_namespaces = 100001"]
+        {
+            let text = format!("shard_id = \"s0\"\n{bad}\n[auth]\nallow_anonymous = true");
+            let e = GatewayConfig::from_toml(&text).expect_err(bad);
+            assert!(e.to_string().contains(bad.split(' ').next().unwrap_or_default()), "{e}");
+        }
+    }
+
+    #[test]
+    fn tls_settings_are_checked_by_shape() {
+        let base = "shard_id = \"s0\"\n[auth]\nallow_anonymous = true\n";
+        let e = GatewayConfig::from_toml(&format!(
+            "{base}[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nrequire_client_cert = true"
+        ))
+        .expect_err("no client CA");
+        assert!(e.to_string().contains("tls.require_client_cert"), "{e}");
+        let e = GatewayConfig::from_toml(&format!("control_plane_tls = {{ ca_file = \"ca\" }}\n{base}"))
+            .expect_err("plain control plane");
+        assert!(e.to_string().contains("control_plane_tls") && e.to_string().contains("https://"), "{e}");
+        let e = GatewayConfig::from_toml(&format!(
+            "control_plane = \"https://cp:7400\"\ncontrol_plane_tls = {{ cert_file = \"c\" }}\n{base}"
+        ))
+        .expect_err("a certificate without its key");
+        assert!(e.to_string().contains("control_plane_tls.cert_file"), "{e}");
+        GatewayConfig::from_toml(&format!(
+            "control_plane = \"https://cp:7400\"\ncontrol_plane_tls = {{ ca_file = \"ca\" }}\n{base}"
+        ))
+        .expect("valid");
+    }
+
+    #[test]
+    fn reads_the_secrets_table() {
+        let base = "shard_id = \"s0\"\n[auth]\nallow_anonymous = true\n";
+        let c = GatewayConfig::from_toml(&format!(
+            "{base}[secrets.pg-acme]\nenv = \"PG_ACME_PASSWORD\"\ntenants = [\"acme\"]\n\
+             [secrets.shared]\nfile = \"/run/secrets/pg\"\ntenants = [\"*\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.secrets.len(), 2);
+        assert_eq!(c.secrets["pg-acme"].env.as_deref(), Some("PG_ACME_PASSWORD"));
+        let e = GatewayConfig::from_toml(&format!("{base}[secrets.x]\nenv = \"PG\"\n")).expect_err("no tenants");
+        assert!(e.to_string().contains("tenants"), "{e}");
+        let e = GatewayConfig::from_toml(&format!("{base}[secrets.x]\nenv = \"PG\"\ntenants = []\n"))
+            .expect_err("empty tenants");
+        assert!(e.to_string().contains("secrets.x.tenants"), "{e}");
+        let e = GatewayConfig::from_toml(&format!("{base}[secrets.x]\nvalue = \"hunter2\"\ntenants = [\"*\"]\n"))
+            .expect_err("inline values are not a source");
+        assert!(e.to_string().contains("unknown field `value`"), "{e}");
     }
 
     #[test]

@@ -20,8 +20,15 @@ pub enum GatewayError {
     /// The namespace belongs to another shard.
     #[error("namespace {namespace} is served by shard {owner}")]
     WrongShard { namespace: String, owner: String, endpoints: Vec<String>, revision: u64 },
+    /// `quota` names the limit (`requests_per_second`, …, or
+    /// `write_buffer`): the metric label of the refusal.
     #[error("{subject}: {description}")]
-    QuotaExceeded { subject: String, description: String, retry_after: Option<std::time::Duration> },
+    QuotaExceeded {
+        subject: String,
+        description: String,
+        retry_after: Option<std::time::Duration>,
+        quota: &'static str,
+    },
     #[error("the gateway is overloaded")]
     Overloaded,
     #[error("the request took longer than {0:?}")]
@@ -79,7 +86,7 @@ impl GatewayError {
                     ],
                 },
             },
-            Self::QuotaExceeded { subject, description, retry_after } => Report {
+            Self::QuotaExceeded { subject, description, retry_after, .. } => Report {
                 kind: ErrorKind::ResourceExhausted,
                 message: self.to_string(),
                 detail: Detail::Quota {

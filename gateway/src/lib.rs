@@ -11,17 +11,21 @@
 //! Alongside: [`watcher`] keeps the snapshot current from the control
 //! plane, [`provision`] creates and removes backend resources, and
 //! [`registration`] keeps this instance in the control plane's shard
-//! registry.
+//! registry. [`metrics`] and [`health`] say how it is doing; every plugin
+//! call goes through [`backend`] (timed, traced).
 
 pub mod audit;
 pub mod auth;
+pub mod backend;
 pub mod buffer;
 pub mod cache;
 pub mod call;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod kv_service;
 pub mod layers;
+pub mod metrics;
 pub mod page_token;
 pub mod provision;
 pub mod quota;

@@ -138,9 +138,7 @@ impl Provisioner {
     ) -> Result<(), tonic::Status> {
         let config = &self.shared.config;
         if self.client.is_none() {
-            let client = prism_client::control_plane(&config.control_plane, config.control_plane_token.as_deref())
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let client = self.shared.control_plane().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             self.client = Some(client);
         }
         let Some(client) = self.client.as_mut() else { return Ok(()) };

@@ -43,10 +43,7 @@ struct Member {
 impl Member {
     async fn client(&mut self) -> Result<&mut ControlPlaneClient, tonic::Status> {
         if self.client.is_none() {
-            let config = &self.shared.config;
-            let client = prism_client::control_plane(&config.control_plane, config.control_plane_token.as_deref())
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let client = self.shared.control_plane().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             self.client = Some(client);
         }
         self.client.as_mut().ok_or_else(|| tonic::Status::unavailable("no control plane client"))
@@ -66,6 +63,7 @@ impl Member {
             "registered with the control plane"
         );
         self.shared.registration.instance_id.store(Some(Arc::new(response.instance_id)));
+        self.shared.readiness.registered();
         Ok((lease / 4).max(Duration::from_millis(50)))
     }
 

@@ -18,10 +18,12 @@ use prism_proto::control::Backend;
 use prism_proto::kv;
 use tower::Service;
 
+use crate::backend::observed;
 use crate::cache::Cached;
 use crate::call::{Call, Request, Response};
 use crate::error::{GatewayError, Result};
 use crate::layers::limits::DEFAULT_PAGE_BYTES;
+use crate::metrics::Op;
 use crate::page_token;
 use crate::server::Shared;
 use crate::snapshot::NamespaceEntry;
@@ -119,7 +121,7 @@ async fn execute(shared: &Shared, call: Call) -> Result<Response> {
     let entry = in_flight.entry();
     let now = now_micros();
     if call.request.abstraction() == prism_proto::control::Abstraction::TimeSeries {
-        return crate::ts_router::execute(shared, entry, call.request, now).await;
+        return crate::ts_router::execute(shared, entry, call.request, call.trace.as_ref(), now).await;
     }
     let kv = key_value(shared, entry)?;
     let policies = entry.ns.spec.policies.as_ref();
@@ -157,7 +159,7 @@ async fn execute(shared: &Shared, call: Call) -> Result<Response> {
             Ok(Response::Mutate(kv::MutateItemsResponse {}))
         }
         Request::Get(r) => get(shared, kv, entry, r, now).await.map(Response::Get),
-        Request::Scan(r) => scan(kv, entry, r, now).await.map(Response::Scan),
+        Request::Scan(r) => scan(shared, kv, entry, r, now).await.map(Response::Scan),
         _ => Err(GatewayError::Internal("a TimeSeries request reached the KeyValue router".into())),
     }
 }
@@ -172,7 +174,7 @@ async fn write(
     mutations: &[Mutation],
     stamp: &WriteStamp,
 ) -> Result<()> {
-    let outcome = kv.mutate(&entry.ns, id, mutations, stamp).await;
+    let outcome = observed(shared, entry, Op::Mutate, |_| kv.mutate(&entry.ns, id, mutations, stamp)).await;
     if entry.ns.spec.policies.as_ref().is_some_and(|p| p.cache_enabled) {
         shared.cache.invalidate(entry, id).await;
     }
@@ -228,7 +230,10 @@ async fn get(
                 .cache
                 .get_or_load(entry, &r.id, ttl, || async {
                     let whole = PageLimits { max_bytes: max_record, max_items: None };
-                    let page = kv.get(&entry.ns, &r.id, &Selector::All, None, whole, now).await?;
+                    let page = observed(shared, entry, Op::Get, |_| {
+                        kv.get(&entry.ns, &r.id, &Selector::All, None, whole, now)
+                    })
+                    .await?;
                     Ok(if page.next.is_some() { Cached::TooLarge } else { Cached::Items(Arc::new(page.items)) })
                 })
                 .await
@@ -236,11 +241,17 @@ async fn get(
             match cached {
                 Some(Cached::Items(items)) => select_page(&items, &selector, after.as_deref(), limits, now),
                 Some(Cached::TooLarge) | None => {
-                    kv.get(&entry.ns, &r.id, &selector, after.as_deref(), limits, now).await?
+                    observed(shared, entry, Op::Get, |_| {
+                        kv.get(&entry.ns, &r.id, &selector, after.as_deref(), limits, now)
+                    })
+                    .await?
                 }
             }
         }
-        None => kv.get(&entry.ns, &r.id, &selector, after.as_deref(), limits, now).await?,
+        None => {
+            observed(shared, entry, Op::Get, |_| kv.get(&entry.ns, &r.id, &selector, after.as_deref(), limits, now))
+                .await?
+        }
     };
     Ok(kv::GetItemsResponse {
         next_page_token: page.next.map(|k| page_token::encode(binding, &k)).unwrap_or_default(),
@@ -285,6 +296,7 @@ pub fn select_page(
 }
 
 async fn scan(
+    shared: &Shared,
     kv: &dyn KeyValue,
     entry: &NamespaceEntry,
     r: kv::ScanItemsRequest,
@@ -295,7 +307,8 @@ async fn scan(
     let after = page_token::decode(binding, &r.page_token)?
         .map(|p| page_token::parse_scan_position(&p).map(|(id, key)| pkv::ScanCursor { id, key }))
         .transpose()?;
-    let page = kv.scan(&entry.ns, after.as_ref(), limits(r.page_size_bytes, r.limit), now).await?;
+    let limits = limits(r.page_size_bytes, r.limit);
+    let page = observed(shared, entry, Op::Scan, |_| kv.scan(&entry.ns, after.as_ref(), limits, now)).await?;
     Ok(kv::ScanItemsResponse {
         next_page_token: page
             .next

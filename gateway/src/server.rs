@@ -69,6 +69,28 @@ pub struct Shared {
     /// Rate and concurrency trackers; `quotas.set_share` is where this
     /// gateway's share of each limit is set.
     pub quotas: Arc<crate::quota::QuotaRegistry>,
+    /// What the request path and the tasks count for `/metrics`.
+    pub metrics: Arc<crate::metrics::GatewayMetrics>,
+    /// Snapshot held, registered, not draining: gRPC health and `/readyz`.
+    pub readiness: crate::health::Readiness,
+    /// TLS of the gRPC port (`[gateway.tls]`), its files loaded at open.
+    pub tls: Option<prism_tls::ServerTls>,
+    /// How an `https://` control plane is reached (`control_plane_tls`).
+    pub control_plane_tls: prism_client::Tls,
+}
+
+impl Shared {
+    /// A new connection to the control plane, as this gateway (its token,
+    /// its TLS).
+    pub async fn control_plane(&self) -> prism_client::Result<prism_client::ControlPlaneClient> {
+        let config = &self.config;
+        prism_client::control_plane_with(
+            &config.control_plane,
+            config.control_plane_token.as_deref(),
+            &self.control_plane_tls,
+        )
+        .await
+    }
 }
 
 /// A running gateway's handles, for callers that need more than `serve`.
@@ -79,8 +101,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Opens the plugins and builds the shared state (no task started yet).
-    pub fn open(config: GatewayConfig) -> Result<Self> {
+    pub fn open(mut config: GatewayConfig) -> Result<Self> {
         config.validate()?;
+        // Secret files are read once, here: an unreadable or weak one stops
+        // the start, naming the setting.
+        config.read_secret_files()?;
         let embedded = EmbeddedPlugin::open(EmbeddedConfig {
             data_dir: config.data_dir(),
             chunk_threshold_bytes: config.limits.chunk_threshold_bytes,
@@ -95,7 +120,9 @@ impl Gateway {
             tls_ca_file: config.postgres_tls_ca_file.clone(),
             ..PostgresPluginConfig::default()
         })
-        .map_err(|e| GatewayError::Internal(format!("cannot set up the postgres backend: {e}")))?;
+        .map_err(|e| GatewayError::Internal(format!("cannot set up the postgres backend: {e}")))?
+        // A namespace's `password_ref` resolves only to what is declared here.
+        .with_secrets(Arc::new(prism_plugin_api::secrets::Secrets::new(config.secrets.clone())));
         // Opens no connection either: brokers are reached per namespace.
         let kafka = KafkaPlugin::new(KafkaPluginConfig::default())
             .map_err(|e| GatewayError::Internal(format!("cannot set up the kafka backend: {e}")))?;
@@ -110,13 +137,34 @@ impl Gateway {
             request_timeout: config.request_timeout(),
             ..prism_plugin_pulsar::PulsarPluginConfig::default()
         })));
-        Ok(Self::with_plugins(config, plugins))
+        Self::with_plugins(config, plugins)
     }
 
-    /// Builds the shared state over the given plugins (tests, other backends).
-    pub fn with_plugins(config: GatewayConfig, plugins: Plugins) -> Self {
+    /// Builds the shared state over the given plugins (tests, other
+    /// backends), reading the TLS files (a bad one stops the gateway here,
+    /// naming the setting and the file).
+    pub fn with_plugins(config: GatewayConfig, plugins: Plugins) -> Result<Self> {
+        let tls_error = |e: prism_tls::TlsError, table: &str| {
+            let e = e.within(table);
+            GatewayError::Config { field: e.field().to_owned(), description: e.description().to_owned() }
+        };
+        let tls = config.tls.as_ref().map(prism_tls::ServerTls::new).transpose().map_err(|e| tls_error(e, "tls"))?;
+        let client_tls = |settings: &prism_client::ClientTlsConfig| {
+            prism_client::Tls::new(settings).map_err(|e| match e {
+                prism_client::ClientError::Tls(e) => tls_error(e, "control_plane_tls"),
+                other => GatewayError::Internal(other.to_string()),
+            })
+        };
+        let control_plane_tls = match &config.control_plane_tls {
+            Some(settings) => client_tls(settings)?,
+            // An https:// control plane without settings: the system CAs,
+            // read now so a missing bundle stops the gateway at startup.
+            None if config.control_plane.starts_with("https://") => client_tls(&Default::default())?,
+            None => prism_client::Tls::default(),
+        };
         let cache = ReadCache::new(&config.cache);
         let buffer = WriteBuffer::new(config.limits.write_buffer_events);
+        let config_max_namespaces = config.metrics_max_namespaces;
         let shared = Shared {
             config,
             metadata: Arc::new(Metadata::default()),
@@ -128,25 +176,67 @@ impl Gateway {
             audit: Default::default(),
             storage: Default::default(),
             quotas: Default::default(),
+            metrics: Arc::new(crate::metrics::GatewayMetrics::new(config_max_namespaces)),
+            readiness: Default::default(),
+            tls,
+            control_plane_tls,
         };
-        Self { shared: Arc::new(shared) }
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// Serves on `listener` until `shutdown` completes, with the watch
     /// task, the provisioner and expiry reclamation running alongside.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.serve_with_metrics(listener, None, shutdown).await
+    }
+
+    /// As [`serve`](Self::serve), and `/metrics`, `/healthz` and `/readyz`
+    /// on `metrics` when given (then every request is also counted per
+    /// namespace).
+    pub async fn serve_with_metrics(
+        self,
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
         let shared = self.shared;
-        let endpoint = advertised_endpoint(&shared.config, &listener)?;
+        let endpoint = advertised_endpoint(&shared, &listener)?;
         let changes = Arc::new(Changes::default());
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let metrics_server = match metrics {
+            Some(metrics_listener) => {
+                shared.metrics.count_requests();
+                let addr = metrics_listener.local_addr().ok();
+                tracing::info!(shard = %shared.config.shard_id, addr = ?addr, "gateway metrics serving");
+                let registry = Arc::new(crate::metrics::registry(&shared));
+                let ready_of = shared.clone();
+                let mut until = stopped.clone();
+                Some(tokio::spawn(prism_telemetry::http::serve(
+                    metrics_listener,
+                    registry,
+                    Arc::new(move || ready_of.readiness.ready()),
+                    async move {
+                        let _ = until.wait_for(|s| *s).await;
+                    },
+                )))
+            }
+            None => None,
+        };
         // Deregistration comes first on shutdown, while this gateway still
-        // serves, so clients move on before connections are refused.
+        // serves, so clients move on before connections are refused; and
+        // before it, health says NOT_SERVING, so load balancers (probes of
+        // gRPC health or /readyz) stop sending first. `drain_delay_ms`
+        // gives them time to notice.
         let (leave, leaving) = tokio::sync::watch::channel(false);
         let membership = tokio::spawn(crate::registration::run(shared.clone(), endpoint, leaving));
+        let draining = shared.clone();
         let shutdown = async move {
             shutdown.await;
+            draining.readiness.draining();
+            tracing::info!(delay = ?draining.config.drain_delay(), "gateway draining");
             let _ = leave.send(true);
             let _ = membership.await;
+            tokio::time::sleep(draining.config.drain_delay()).await;
         };
         let tasks = [
             tokio::spawn(watcher::run(shared.clone(), changes.clone(), stopped.clone())),
@@ -155,16 +245,10 @@ impl Gateway {
             tokio::spawn(crate::quota::sweeper(shared.quotas.clone(), shared.metadata.clone(), stopped.clone())),
             tokio::spawn(crate::usage::run(shared.clone(), stopped.clone())),
             tokio::spawn(crate::audit::run(shared.clone(), stopped.clone())),
-            tokio::spawn(crate::buffer::flush(shared.clone(), stopped)),
+            tokio::spawn(crate::buffer::flush(shared.clone(), stopped.clone())),
         ];
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<KeyValueServiceServer<KvService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| GatewayError::Internal(format!("reflection descriptors: {e}")))?;
-        health.set_serving::<TimeSeriesServiceServer<TsService>>().await;
+        let health_task = tokio::spawn(crate::health::report(shared.clone(), health, stopped));
         let pipeline = pipeline(&shared);
         let kv = KeyValueServiceServer::new(KvService::new(pipeline.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -172,17 +256,34 @@ impl Gateway {
         let ts = TimeSeriesServiceServer::new(TsService::new(pipeline))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        tracing::info!(shard = %shared.config.shard_id, addr = ?listener.local_addr().ok(), "gateway serving");
-        let served = server_builder(&shared.config)?
+        // Reflection lists exactly what this server answers.
+        let reflection = reflection([service_name(&health_service), service_name(&kv), service_name(&ts)])?;
+        tracing::info!(
+            shard = %shared.config.shard_id,
+            addr = ?listener.local_addr().ok(),
+            tls = shared.tls.is_some(),
+            "gateway serving"
+        );
+        let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(kv)
-            .add_service(ts)
-            .serve_with_incoming_shutdown(incoming(listener), shutdown)
-            .await;
+            .add_service(ts);
+        let served = match &shared.tls {
+            Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
+            None => router.serve_with_incoming_shutdown(incoming(listener), shutdown).await,
+        };
         let _ = stop.send(true);
         for task in tasks {
             let _ = task.await;
+        }
+        let _ = health_task.await;
+        if let Some(server) = metrics_server {
+            match server.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener failed"),
+                Err(e) => tracing::warn!(error = %e, "the metrics listener task failed"),
+                Ok(Ok(())) => {}
+            }
         }
         Ok(served?)
     }
@@ -223,32 +324,42 @@ async fn reclaim(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<
     }
 }
 
-/// A server builder with the configured TLS (read from its files now, so a
-/// bad file stops the gateway at startup).
-fn server_builder(config: &crate::GatewayConfig) -> Result<tonic::transport::Server> {
-    let builder = tonic::transport::Server::builder();
-    let Some(tls) = &config.tls else { return Ok(builder) };
-    let read = |field: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| GatewayError::Config {
-            field: format!("tls.{field}"),
-            description: format!("cannot read {}: {e}", path.display()),
-        })
-    };
-    let identity =
-        tonic::transport::Identity::from_pem(read("cert_file", &tls.cert_file)?, read("key_file", &tls.key_file)?);
-    let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca_file {
-        server_tls = server_tls
-            .client_ca_root(tonic::transport::Certificate::from_pem(read("client_ca_file", ca)?))
-            .client_auth_optional(!tls.require_client_cert);
-    }
-    builder.tls_config(server_tls).map_err(|e| GatewayError::Config { field: "tls".into(), description: e.to_string() })
+/// The name a gRPC service is served under.
+fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
 }
 
-/// The `host:port` this gateway registers: `advertise_endpoint`, else the
+/// A reflection service that lists `services` and itself, and describes
+/// every Prism message (so a client can decode what it gets).
+fn reflection(
+    services: [&'static str; 3],
+) -> Result<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for name in services.into_iter().chain([REFLECTION_SERVICE]) {
+        builder = builder.with_service_name(name);
+    }
+    builder.build_v1().map_err(|e| GatewayError::Internal(format!("reflection descriptors: {e}")))
+}
+
+/// The reflection service's own name (tonic-reflection registers its
+/// descriptors but lists it only when asked to).
+pub const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
+
+/// The endpoint this gateway registers: `advertise_endpoint`, else the
 /// listener's address (with a loopback host when it listens on every
-/// interface, which suits one machine only).
-fn advertised_endpoint(config: &crate::GatewayConfig, listener: &TcpListener) -> Result<String> {
+/// interface, which suits one machine only); as `https://host:port` when
+/// it serves TLS, so clients dial it with TLS.
+fn advertised_endpoint(shared: &Shared, listener: &TcpListener) -> Result<String> {
+    let endpoint = host_port(&shared.config, listener)?;
+    Ok(match &shared.tls {
+        Some(_) if !endpoint.contains("://") => format!("https://{endpoint}"),
+        _ => endpoint,
+    })
+}
+
+fn host_port(config: &crate::GatewayConfig, listener: &TcpListener) -> Result<String> {
     if let Some(endpoint) = &config.advertise_endpoint {
         return Ok(endpoint.clone());
     }

@@ -32,6 +32,9 @@ pub struct NamespaceEntry {
     /// This incarnation's quota tracker once a request has looked it up;
     /// shared like `in_flight`, so a new snapshot does not lose it.
     pub quota_tracker: Arc<arc_swap::ArcSwapOption<crate::quota::Tracker>>,
+    /// This namespace's request metrics once a request has counted into
+    /// them; shared like `quota_tracker` (see `metrics::NamespaceBook`).
+    pub metrics: Arc<arc_swap::ArcSwapOption<crate::metrics::RequestSeries>>,
 }
 
 impl NamespaceEntry {
@@ -39,6 +42,7 @@ impl NamespaceEntry {
         let same_incarnation = previous.filter(|p| p.ns.create_revision == meta.create_revision);
         let in_flight = same_incarnation.map_or_else(Default::default, |p| p.in_flight.clone());
         let quota_tracker = same_incarnation.map_or_else(Default::default, |p| p.quota_tracker.clone());
+        let metrics = same_incarnation.map_or_else(Default::default, |p| p.metrics.clone());
         let owner_since =
             same_incarnation.filter(|p| p.shard_id == meta.shard_id).map_or(meta.revision, |p| p.owner_since);
         Self {
@@ -54,7 +58,21 @@ impl NamespaceEntry {
             status_reason: meta.status_reason,
             in_flight,
             quota_tracker,
+            metrics,
         }
+    }
+
+    /// An ACTIVE entry of no shard, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str, create_revision: u64) -> Self {
+        let ns = Namespace {
+            name: name.into(),
+            revision: create_revision,
+            create_revision,
+            status: NamespaceStatus::Active as i32,
+            ..Namespace::default()
+        };
+        Self::new(ns, None)
     }
 }
 
@@ -156,8 +174,11 @@ impl SnapshotBuilder {
 #[derive(Debug)]
 pub struct Metadata {
     current: ArcSwap<Snapshot>,
-    /// When the watch stream was last known healthy; `None` while connected.
+    /// When the watch stream was last known healthy (its last message);
+    /// `None` while connected.
     disconnected_since: std::sync::Mutex<Option<Instant>>,
+    /// When the last message of the watch stream arrived.
+    last_message: std::sync::Mutex<Instant>,
 }
 
 impl Default for Metadata {
@@ -165,6 +186,7 @@ impl Default for Metadata {
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
             disconnected_since: std::sync::Mutex::new(Some(Instant::now())),
+            last_message: std::sync::Mutex::new(Instant::now()),
         }
     }
 }
@@ -184,17 +206,28 @@ impl Metadata {
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {
+        let last = self.last_message.lock().map_or_else(|_| Instant::now(), |t| *t);
         if let Ok(mut since) = self.disconnected_since.lock() {
             match (connected, since.is_some()) {
                 (true, _) => *since = None,
-                (false, false) => *since = Some(Instant::now()),
+                // Stale since the last message heard, not since the loss
+                // was noticed (a dead connection can take a keep-alive
+                // timeout to notice).
+                (false, false) => *since = Some(last),
                 (false, true) => {}
             }
         }
     }
 
+    /// Notes a message from the control plane (the stream is alive).
+    pub(crate) fn heard(&self) {
+        if let Ok(mut last) = self.last_message.lock() {
+            *last = Instant::now();
+        }
+    }
+
     /// How long the snapshot may have been missing changes: zero while the
-    /// watch stream is connected.
+    /// watch stream is connected, else the time since its last message.
     pub fn staleness(&self) -> std::time::Duration {
         self.disconnected_since.lock().ok().and_then(|s| s.map(|t| t.elapsed())).unwrap_or_default()
     }

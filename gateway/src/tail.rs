@@ -39,6 +39,11 @@ impl TailHub {
         self.channels.lock().is_ok_and(|c| c.get(&key(entry)).is_some_and(|tx| tx.receiver_count() > 0))
     }
 
+    /// Tail streams open now.
+    pub fn open(&self) -> usize {
+        self.channels.lock().map_or(0, |c| c.values().map(|tx| tx.receiver_count()).sum())
+    }
+
     /// Hands durable events to the namespace's tails.
     pub fn publish(&self, entry: &NamespaceEntry, events: Vec<ts::Event>) {
         let Ok(mut channels) = self.channels.lock() else { return };

@@ -10,10 +10,13 @@ use prism_plugin_api::kv::PageLimits;
 use prism_plugin_api::ts::{self as pts, EventCursor, TagFilter, TimeSeries};
 use prism_proto::control::Backend;
 use prism_proto::timeseries::{self as ts, tag_filter};
+use prism_telemetry::trace::TraceParent;
 
+use crate::backend::{observed, write_context};
 use crate::call::{Request, Response};
 use crate::error::{GatewayError, Result};
 use crate::layers::limits::DEFAULT_PAGE_BYTES;
+use crate::metrics::Op;
 use crate::page_token;
 use crate::server::Shared;
 use crate::snapshot::NamespaceEntry;
@@ -123,14 +126,25 @@ fn page(binding: u64, page: pts::EventsPage) -> (Vec<ts::Event>, String) {
     (page.events.into_iter().map(to_proto).collect(), next)
 }
 
-pub async fn execute(shared: &Shared, entry: &Arc<NamespaceEntry>, request: Request, now: Micros) -> Result<Response> {
+pub async fn execute(
+    shared: &Shared,
+    entry: &Arc<NamespaceEntry>,
+    request: Request,
+    caller: Option<&TraceParent>,
+    now: Micros,
+) -> Result<Response> {
     let rev = entry.ns.create_revision.to_be_bytes();
     match request {
         Request::WriteSync(r) => {
             let plugin = time_series(shared, entry)?;
             accept_window(entry, &r.events, now)?;
             let events: Vec<_> = r.events.iter().map(to_plugin).collect();
-            plugin.write(&entry.ns, &events).await?;
+            let events = &events;
+            observed(shared, entry, Op::Write, |span| {
+                let context = write_context(span, caller);
+                async move { plugin.write_with(&entry.ns, events, &context).await }
+            })
+            .await?;
             if shared.tails.watched(entry) {
                 // As stored (microseconds), so a tail and a read agree.
                 shared.tails.publish(entry, events.iter().cloned().map(to_proto).collect());
@@ -149,7 +163,12 @@ pub async fn execute(shared: &Shared, entry: &Arc<NamespaceEntry>, request: Requ
             let events: Vec<_> = r.events.iter().map(to_plugin).collect();
             let n = events.len() as u32;
             let published = shared.tails.watched(entry).then(|| events.iter().cloned().map(to_proto).collect());
-            shared.buffer.offer(entry.clone(), events, published)?;
+            // Written later, outside this request: the events keep its
+            // trace context (the request span's when exported).
+            let context = write_context(&tracing::Span::current(), caller);
+            shared.buffer.offer(entry.clone(), events, published, context).inspect_err(|_| {
+                shared.metrics.refusals.record(crate::metrics::Layer::Buffer, "write_buffer_full");
+            })?;
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: n }))
         }
         Request::Read(r) => {
@@ -164,9 +183,11 @@ pub async fn execute(shared: &Shared, entry: &Arc<NamespaceEntry>, request: Requ
                 &end.to_be_bytes(),
             ]);
             let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
-            let got = plugin
-                .read(&entry.ns, &r.time_series_id, start, end, after.as_ref(), limits(r.page_size_bytes, r.limit), now)
-                .await?;
+            let limits = limits(r.page_size_bytes, r.limit);
+            let got = observed(shared, entry, Op::Read, |_| {
+                plugin.read(&entry.ns, &r.time_series_id, start, end, after.as_ref(), limits, now)
+            })
+            .await?;
             let (events, next_page_token) = page(binding, got);
             Ok(Response::Read(ts::ReadEventRecordsResponse { events, next_page_token }))
         }
@@ -184,17 +205,11 @@ pub async fn execute(shared: &Shared, entry: &Arc<NamespaceEntry>, request: Requ
             ]);
             let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
             let tag_filter = r.filter.as_ref().and_then(filter);
-            let got = plugin
-                .search(
-                    &entry.ns,
-                    start,
-                    end,
-                    tag_filter.as_ref(),
-                    after.as_ref(),
-                    limits(r.page_size_bytes, r.limit),
-                    now,
-                )
-                .await?;
+            let limits = limits(r.page_size_bytes, r.limit);
+            let got = observed(shared, entry, Op::Search, |_| {
+                plugin.search(&entry.ns, start, end, tag_filter.as_ref(), after.as_ref(), limits, now)
+            })
+            .await?;
             let (events, next_page_token) = page(binding, got);
             Ok(Response::Search(ts::SearchEventRecordsResponse { events, next_page_token }))
         }

@@ -111,8 +111,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
         let Some(instance_id) = shared.registration.instance_id() else { continue };
         if client.is_none() {
-            let config = &shared.config;
-            match prism_client::control_plane(&config.control_plane, config.control_plane_token.as_deref()).await {
+            match shared.control_plane().await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot reach the control plane to report usage");

@@ -72,6 +72,7 @@ pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         shared.metadata.set_connected(false);
+        shared.metrics.watch_reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match outcome {
             Ok(()) => tracing::info!("metadata watch ended; reconnecting"),
             Err(e) => {
@@ -94,8 +95,7 @@ pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch
 
 /// Follows one Watch stream until it ends or fails.
 async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> Result<(), WatchError> {
-    let config = &shared.config;
-    let mut client = prism_client::control_plane(&config.control_plane, config.control_plane_token.as_deref()).await?;
+    let mut client = shared.control_plane().await?;
     let from_revision = shared.metadata.load().revision;
     let mut stream = client.watch(WatchRequest { from_revision }).await?.into_inner();
     shared.metadata.set_connected(true);
@@ -103,6 +103,7 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
     tracing::info!(from_revision, "watching metadata");
     let mut building: Option<SnapshotBuilder> = None;
     while let Some(message) = stream.message().await? {
+        shared.metadata.heard();
         match message.event {
             Some(watch_response::Event::Snapshot(chunk)) => {
                 let builder = building.get_or_insert_with(|| SnapshotBuilder::new(chunk.revision));
@@ -123,6 +124,7 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                     release_lost(shared, &previous, &snapshot, &names);
                     share_among_replicas(shared, &previous, &snapshot);
                     shared.metadata.store(snapshot);
+                    shared.readiness.snapshot_loaded();
                     changes.mark_all();
                 }
             }
@@ -130,6 +132,7 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                 if building.is_some() {
                     return Err(WatchError::Protocol("delta inside a snapshot".into()));
                 }
+                let started = std::time::Instant::now();
                 let current = shared.metadata.load_full();
                 if delta.revision <= current.revision {
                     continue;
@@ -141,6 +144,7 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                 release_lost(shared, &current, &next, &changed);
                 share_among_replicas(shared, &current, &next);
                 shared.metadata.store(next);
+                shared.metrics.delta_apply.observe(started.elapsed());
                 changes.mark(changed);
             }
             None => return Err(WatchError::Protocol("empty watch message".into())),

@@ -12,7 +12,8 @@ use std::str::FromStr;
 use std::time::SystemTime;
 
 use anyhow::Context;
-use prism_auth::{ADMIN_ROLE, Claims, SHARD_ROLE, TENANT_ADMIN_ROLE};
+use prism_auth::Claims;
+use prism_proto::access::{ADMIN_ROLE, SHARD_ROLE, TENANT_ADMIN_ROLE};
 use prism_proto::control::control_plane_service_client::ControlPlaneServiceClient;
 use prism_proto::control::{
     Abstraction, Access, AccessLevel, Backend, CreateNamespaceRequest, CreateTenantRequest, DeleteNamespaceRequest,
@@ -50,9 +51,26 @@ enum Who {
     /// This tenant's claim, no role, no grant.
     Stranger,
     Shard,
+    /// The reader's `sub` with this tenant's claim: the grant's bare name
+    /// means this tenant's principal too.
+    ScopedReader,
+    /// The same `sub`s as the reader, owner and listed admin, with the
+    /// next tenant's claim: other principals, granted nothing here.
+    ForeignReader,
+    ForeignOwner,
+    ForeignListedAdmin,
+    /// Roles `admin` and `shard` on a token with this tenant's claim: a
+    /// tenant's token carries no platform role.
+    ScopedAdminRole,
+    ScopedShardRole,
+    /// `partner` of the next tenant, granted READ_WRITE here by its full
+    /// name (`next:partner`): the explicit cross-tenant grant.
+    Partner,
+    /// `partner` of this tenant: not the one granted.
+    PartnerAtHome,
 }
 
-const EVERYONE: [Who; 9] = [
+const EVERYONE: [Who; 17] = [
     Who::Admin,
     Who::TenantAdmin,
     Who::OtherTenantAdmin,
@@ -62,6 +80,14 @@ const EVERYONE: [Who; 9] = [
     Who::Writer,
     Who::Stranger,
     Who::Shard,
+    Who::ScopedReader,
+    Who::ForeignReader,
+    Who::ForeignOwner,
+    Who::ForeignListedAdmin,
+    Who::ScopedAdminRole,
+    Who::ScopedShardRole,
+    Who::Partner,
+    Who::PartnerAtHome,
 ];
 
 fn next_tenant(tenant: &str) -> &'static str {
@@ -84,6 +110,14 @@ fn token_of(who: Who, tenant: &str) -> String {
         Who::Writer => token(&format!("writer-{tenant}"), None, &[]),
         Who::Stranger => token("stranger", Some(tenant), &[]),
         Who::Shard => token("shard-0", None, &[SHARD_ROLE]),
+        Who::ScopedReader => token(&format!("reader-{tenant}"), Some(tenant), &[]),
+        Who::ForeignReader => token(&format!("reader-{tenant}"), Some(next_tenant(tenant)), &[]),
+        Who::ForeignOwner => token(&format!("owner-{tenant}"), Some(next_tenant(tenant)), &[]),
+        Who::ForeignListedAdmin => token(&format!("boss-{tenant}"), Some(next_tenant(tenant)), &[]),
+        Who::ScopedAdminRole => token("root", Some(tenant), &[ADMIN_ROLE]),
+        Who::ScopedShardRole => token("shard-0", Some(tenant), &[SHARD_ROLE]),
+        Who::Partner => token("partner", Some(next_tenant(tenant)), &[]),
+        Who::PartnerAtHome => token("partner", Some(tenant), &[]),
     }
 }
 
@@ -237,15 +271,17 @@ const OPS: [Op; 32] = [
 fn allowed(op: Op, who: Who) -> bool {
     use Who::*;
     let tenant_admin = matches!(who, Admin | TenantAdmin | ListedAdmin);
+    let reader = matches!(who, Reader | ScopedReader);
+    let writer = matches!(who, Writer | Partner);
     match op {
-        Op::Get | Op::Scan | Op::Read | Op::Search | Op::Tail => tenant_admin || matches!(who, Owner | Reader | Writer),
-        Op::Put | Op::Delete | Op::Mutate | Op::WriteSync | Op::Write => tenant_admin || matches!(who, Owner | Writer),
+        Op::Get | Op::Scan | Op::Read | Op::Search | Op::Tail => tenant_admin || who == Owner || reader || writer,
+        Op::Put | Op::Delete | Op::Mutate | Op::WriteSync | Op::Write => tenant_admin || who == Owner || writer,
         Op::CreateTenant | Op::SetTenantState | Op::DeleteTenant | Op::UpdateTenantQuotas => who == Admin,
         Op::GetTenant | Op::UpdateTenant | Op::CreateNamespace | Op::DeleteNamespace | Op::ListAuditEvents => {
             tenant_admin
         }
         Op::UpdateNamespace | Op::GrantAccess | Op::RevokeAccess => tenant_admin || who == Owner,
-        Op::GetNamespace | Op::ResolveNamespace => tenant_admin || matches!(who, Owner | Reader | Writer | Shard),
+        Op::GetNamespace | Op::ResolveNamespace => tenant_admin || reader || writer || matches!(who, Owner | Shard),
         Op::ReportNamespaceStatus | Op::RegisterShard | Op::Heartbeat | Op::DeregisterShard | Op::Watch => {
             matches!(who, Admin | Shard)
         }
@@ -475,6 +511,7 @@ fn spec(tenant: &str, abstraction: Abstraction) -> NamespaceSpec {
             consumers: vec![
                 Grant { principal: format!("reader-{tenant}"), level: AccessLevel::Read as i32 },
                 Grant { principal: format!("writer-{tenant}"), level: AccessLevel::ReadWrite as i32 },
+                Grant { principal: format!("{}:partner", next_tenant(tenant)), level: AccessLevel::ReadWrite as i32 },
             ],
         }),
         ..Default::default()
@@ -614,7 +651,9 @@ async fn listings_show_only_what_the_caller_may_see_and_refusals_are_audited() -
     let mut ta = as_who(Who::TenantAdmin)?;
     // A tenant admin reads its own tenant's trail (by default), not another's.
     let events = ta.cp.list_audit_events(ListAuditEventsRequest::default()).await?.into_inner().events;
-    let refusal = events.iter().find(|e| e.principal == "stranger" && e.action == "DeleteTenant").context("audited")?;
+    // Named as the audit log names every principal: `tenant:sub`.
+    let refusal =
+        events.iter().find(|e| e.principal == "t1:stranger" && e.action == "DeleteTenant").context("audited")?;
     assert_eq!((refusal.tenant_id.as_str(), refusal.result.as_str()), ("t1", "permission_denied"));
     assert!(events.iter().all(|e| e.tenant_id == "t1"), "only t1's trail");
     let other = ta.cp.list_audit_events(ListAuditEventsRequest { tenant_id: "t2".into(), ..Default::default() }).await;
@@ -622,5 +661,73 @@ async fn listings_show_only_what_the_caller_may_see_and_refusals_are_audited() -
     let mut reader = as_who(Who::Reader)?;
     let none = reader.cp.list_audit_events(ListAuditEventsRequest::default()).await;
     assert_eq!(none.err().map(|s| s.code()), Some(Code::PermissionDenied));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_sub_in_two_tenants_is_two_principals_and_cross_tenant_grants_are_audited() -> anyhow::Result<()> {
+    let (cluster, world) = world().await?;
+    let get = |c: &mut Clients| {
+        let req = kv::GetItemsRequest { namespace: "t1/kv".into(), id: "r".into(), ..Default::default() };
+        let mut kv = c.kv.clone();
+        async move { kv.get_items(req).await.err().map_or(Code::Ok, |s| s.code()) }
+    };
+    let as_token = |t: String| world.clients("t1", Some(&format!("Bearer {t}")));
+
+    // The owner grants `guest` of t2, by its full name, and `local` by a
+    // bare name, which means t1's (or a global) `local` only.
+    let mut owner = as_token(token("owner-t1", None, &[]))?;
+    for (principal, level) in [("t2:guest", AccessLevel::Read), ("local", AccessLevel::Read)] {
+        let req = GrantAccessRequest {
+            name: "t1/kv".into(),
+            principal: principal.into(),
+            level: level as i32,
+            expected_revision: 0,
+        };
+        owner.cp.grant_access(req).await?;
+    }
+    let revision = owner.cp.get_namespace(GetNamespaceRequest { name: "t1/kv".into() }).await?.into_inner().revision;
+    for gw in &cluster.gateways {
+        gw.caught_up(revision).await?;
+    }
+
+    for (sub, tenant, want) in [
+        ("guest", Some("t2"), Code::Ok),
+        ("guest", Some("t1"), Code::PermissionDenied),
+        ("guest", Some("t3"), Code::PermissionDenied),
+        ("guest", None, Code::PermissionDenied),
+        ("local", Some("t1"), Code::Ok),
+        ("local", None, Code::Ok),
+        ("local", Some("t2"), Code::PermissionDenied),
+        ("local", Some("t3"), Code::PermissionDenied),
+    ] {
+        let mut c = as_token(token(sub, tenant, &[]))?;
+        assert_eq!(get(&mut c).await, want, "{sub} of {tenant:?}");
+    }
+
+    // The grant is in t1's audit trail, called out as cross-tenant; the
+    // refusal of t3's `guest` names it fully.
+    let mut admin = as_token(token("root", None, &[ADMIN_ROLE]))?;
+    let trail = |action: &str| ListAuditEventsRequest {
+        tenant_id: "t1".into(),
+        target: "t1/kv".into(),
+        action: action.into(),
+        ..Default::default()
+    };
+    let grants = admin.cp.list_audit_events(trail("GrantAccess")).await?.into_inner().events;
+    let cross = grants.iter().find(|e| e.detail.starts_with("granted t2:guest")).context("the grant is audited")?;
+    assert_eq!((cross.principal.as_str(), cross.result.as_str()), ("owner-t1", "ok"));
+    assert!(cross.detail.ends_with("cross-tenant: t2:guest"), "{}", cross.detail);
+    let local = grants.iter().find(|e| e.detail.starts_with("granted local")).context("the bare grant is audited")?;
+    assert!(!local.detail.contains("cross-tenant"), "{}", local.detail);
+    let refused = prism_testkit::eventually(std::time::Duration::from_secs(10), || {
+        let mut admin = admin.cp.clone();
+        async move {
+            let events = admin.list_audit_events(trail("GetItems")).await?.into_inner().events;
+            events.into_iter().find(|e| e.principal == "t3:guest").context("refusal not audited yet")
+        }
+    })
+    .await?;
+    assert_eq!(refused.result, "PERMISSION_DENIED");
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! Prism's wire contracts, generated from `proto/prism/**.proto`, plus the
 //! pure-data rules every crate must agree on (names, backend capabilities,
-//! quota profiles). No I/O lives here.
+//! quota profiles, the access rule, secret references). No I/O lives here.
 
+pub mod access;
 pub mod capabilities;
 pub mod error;
 pub mod names;
 pub mod quotas;
+pub mod secrets;
 
 /// `prism.control.v1`: the control plane.
 pub mod control {

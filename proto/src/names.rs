@@ -67,6 +67,16 @@ pub fn validate_host_port(s: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a server's endpoint as clients dial it: `host:port` or
+/// `http://host:port` (plain text), or `https://host:port` (TLS).
+pub fn validate_endpoint(s: &str) -> Result<(), String> {
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+    if rest.contains("://") {
+        return Err(format!("{s:?} is not host:port, http://host:port or https://host:port"));
+    }
+    validate_host_port(rest).map_err(|_| format!("{s:?} is not host:port, http://host:port or https://host:port"))
+}
+
 /// A validated `tenant/name`, borrowed from the string it was parsed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NamespaceName<'a> {
@@ -96,6 +106,16 @@ impl fmt::Display for NamespaceName<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_may_name_their_scheme() {
+        for ok in ["127.0.0.1:7401", "http://gw:7401", "https://gw.example.com:443", "https://[::1]:7401"] {
+            assert_eq!(validate_endpoint(ok), Ok(()), "{ok}");
+        }
+        for bad in ["gw", "ftp://gw:21", "https://gw", "https://https://gw:1", "https://gw:1/path", ""] {
+            assert!(validate_endpoint(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn accepts_valid_names() {

@@ -17,7 +17,13 @@ use tokio::task::JoinHandle;
 /// An in-process control plane on `127.0.0.1:<ephemeral>`.
 pub struct ControlPlaneHandle {
     pub addr: SocketAddr,
+    /// Where its `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
     pub plane: ControlPlane,
+    /// Whether it serves TLS (its endpoint is then `https://…`).
+    tls: bool,
+    /// How this handle's clients reach it over TLS.
+    client_tls: prism_client::Tls,
     data_dir: PathBuf,
     /// A superuser token when the control plane checks tokens.
     token: Option<String>,
@@ -41,9 +47,23 @@ impl ControlPlaneHandle {
         Ok(handle)
     }
 
-    /// Starts on `config.data_dir` as given (e.g. to restart on the same data).
+    /// Starts on `config.data_dir` as given (e.g. to restart on the same
+    /// data). A configuration without a key is started explicitly open
+    /// (`insecure_no_auth`), as tests of the rules without tokens need.
     pub async fn start_in(config: ControlPlaneConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;
+        Self::start_on(config, listener).await
+    }
+
+    /// Starts serving on `listener` (bound by the caller, e.g. before a
+    /// gateway that must wait for it is started), on `config.data_dir` as
+    /// given.
+    pub async fn start_on(mut config: ControlPlaneConfig, listener: TcpListener) -> anyhow::Result<Self> {
+        if !config.auth.verifies_tokens() {
+            config.insecure_no_auth = true;
+        }
         let data_dir = config.data_dir.clone();
+        let tls = config.tls.is_some();
         let token = match &config.auth.hs256_secret {
             Some(secret) => Some(prism_auth::sign_hs256(secret, &claims("test-admin", None, &["admin"]))?),
             None => None,
@@ -55,17 +75,38 @@ impl ControlPlaneHandle {
             async move { server::open(config).await.context("open control plane") }
         })
         .await?;
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;
         let addr = listener.local_addr()?;
+        let metrics = TcpListener::bind("127.0.0.1:0").await.context("bind metrics")?;
+        let metrics_addr = metrics.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(plane.clone(), listener, async {
+        let task = tokio::spawn(server::serve_with_metrics(plane.clone(), listener, Some(metrics), async {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, plane, data_dir, token, _temp: None, stop: Some(stop), task: Some(task) })
+        Ok(Self {
+            addr,
+            metrics_addr,
+            plane,
+            tls,
+            client_tls: prism_client::Tls::default(),
+            data_dir,
+            token,
+            _temp: None,
+            stop: Some(stop),
+            task: Some(task),
+        })
     }
 
+    /// How [`client`](Self::client) and [`client_as`](Self::client_as)
+    /// reach a control plane that serves TLS (e.g. a client of
+    /// [`tls::Pki::trust`]).
+    pub fn with_client_tls(mut self, tls: prism_client::Tls) -> Self {
+        self.client_tls = tls;
+        self
+    }
+
+    /// `127.0.0.1:port`, or `https://127.0.0.1:port` when it serves TLS.
     pub fn endpoint(&self) -> String {
-        self.addr.to_string()
+        if self.tls { format!("https://{}", self.addr) } else { self.addr.to_string() }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -75,12 +116,12 @@ impl ControlPlaneHandle {
     /// A gRPC client of this control plane, as the superuser when it
     /// checks tokens.
     pub async fn client(&self) -> anyhow::Result<ControlPlaneClient> {
-        Ok(prism_client::control_plane(&self.endpoint(), self.token.as_deref()).await?)
+        self.client_as(self.token.as_deref()).await
     }
 
     /// A gRPC client of this control plane presenting `token`.
     pub async fn client_as(&self, token: Option<&str>) -> anyhow::Result<ControlPlaneClient> {
-        Ok(prism_client::control_plane(&self.endpoint(), token).await?)
+        Ok(prism_client::control_plane_with(&self.endpoint(), token, &self.client_tls).await?)
     }
 
     /// Stops serving and waits for the server to finish; the data
@@ -96,15 +137,37 @@ impl ControlPlaneHandle {
     }
 
     /// Stops the server and starts a new one on the same data directory
+    /// and the same port, so gateways watching it reconnect to it;
+    /// `config` supplies everything but the directory.
+    pub async fn restart_on_same_port(mut self, mut config: ControlPlaneConfig) -> anyhow::Result<Self> {
+        let addr = self.addr;
+        self.stop().await?;
+        let temp = self._temp.take();
+        config.data_dir = self.data_dir.clone();
+        drop(self);
+        // The port was just released; binding it again can only fail if
+        // another process took it meanwhile.
+        let listener = eventually(Duration::from_secs(10), || async move {
+            TcpListener::bind(addr).await.with_context(|| format!("bind {addr} again"))
+        })
+        .await?;
+        let mut next = Self::start_on(config, listener).await?;
+        next._temp = temp;
+        Ok(next)
+    }
+
+    /// Stops the server and starts a new one on the same data directory
     /// (on a new port); `config` supplies everything but the directory.
     pub async fn restart(mut self, mut config: ControlPlaneConfig) -> anyhow::Result<Self> {
         self.stop().await?;
         // The store's file must be closed before it is opened again.
         let temp = self._temp.take();
         config.data_dir = self.data_dir.clone();
+        let client_tls = self.client_tls.clone();
         drop(self);
         let mut next = Self::start_in(config).await?;
         next._temp = temp;
+        next.client_tls = client_tls;
         Ok(next)
     }
 }
@@ -144,7 +207,7 @@ where
 }
 
 /// The HS256 secret every testkit gateway accepts.
-pub const TEST_SECRET: &str = "prism-testkit-secret-0123456789";
+pub const TEST_SECRET: &str = "prism-testkit-secret-0123456789abcdef";
 
 /// The `iss` of every testkit token (checked only where configured).
 pub const TEST_ISSUER: &str = "prism-testkit";
@@ -176,7 +239,11 @@ pub fn admin_token() -> String {
 /// temp data directory.
 pub struct GatewayHandle {
     pub addr: SocketAddr,
+    /// Where its `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
     pub gateway: prism_gateway::Gateway,
+    /// How this handle's clients reach it when it serves TLS.
+    client_tls: prism_client::Tls,
     _temp: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<prism_gateway::Result<()>>>,
@@ -203,25 +270,59 @@ impl GatewayHandle {
         };
         config.auth.hs256_secret = Some(TEST_SECRET.into());
         // What `prism dev` gives its gateways: a `shard` token.
-        config.control_plane_token = Some(token(shard_id, None, &[prism_auth::SHARD_ROLE]));
+        config.control_plane_token = Some(token(shard_id, None, &[prism_proto::access::SHARD_ROLE]).into());
         adjust(&mut config);
         let gateway = prism_gateway::Gateway::open(config).context("open gateway")?;
         let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;
         let addr = listener.local_addr()?;
+        let metrics = TcpListener::bind("127.0.0.1:0").await.context("bind metrics")?;
+        let metrics_addr = metrics.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.clone().serve(listener, async {
+        let task = tokio::spawn(gateway.clone().serve_with_metrics(listener, Some(metrics), async {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, gateway, _temp: temp, stop: Some(stop), task: Some(task) })
+        Ok(Self {
+            addr,
+            metrics_addr,
+            gateway,
+            client_tls: prism_client::Tls::default(),
+            _temp: temp,
+            stop: Some(stop),
+            task: Some(task),
+        })
     }
 
+    /// How [`kv`](Self::kv) reaches this gateway when it serves TLS.
+    pub fn with_client_tls(mut self, tls: prism_client::Tls) -> Self {
+        self.client_tls = tls;
+        self
+    }
+
+    /// `127.0.0.1:port`, or `https://127.0.0.1:port` when it serves TLS
+    /// (what it registers).
     pub fn endpoint(&self) -> String {
-        self.addr.to_string()
+        if self.gateway.shared.tls.is_some() { format!("https://{}", self.addr) } else { self.addr.to_string() }
     }
 
     /// A KeyValue client presenting `token`.
     pub async fn kv(&self, token: Option<&str>) -> anyhow::Result<prism_client::KeyValueClient> {
-        Ok(prism_client::key_value(&self.endpoint(), token).await?)
+        Ok(prism_client::key_value_with(&self.endpoint(), token, &self.client_tls).await?)
+    }
+
+    /// The text of its `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = http::get(&self.metrics_addr.to_string(), "/metrics").await?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+        Ok(body)
+    }
+
+    /// Asks it to stop (as a signal would) without waiting: it drains
+    /// (`drain_delay_ms`) while the caller watches. [`stop`](Self::stop)
+    /// waits for the end.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 
     /// Waits until this gateway's snapshot has reached `revision`.
@@ -294,6 +395,35 @@ impl Cluster {
         Ok(Self { control_plane, gateways })
     }
 
+    /// What `prism dev` runs, with TLS on every hop: the control plane and
+    /// the gateways serve certificates of `servers`; the control plane
+    /// requires client certificates of `clients`, and each gateway presents
+    /// one named after its shard; the handles' clients trust `servers`
+    /// (and present `test-admin` certificates to the control plane).
+    pub async fn start_tls(servers: &tls::Pki, clients: &tls::Pki) -> anyhow::Result<Self> {
+        let cp_tls = servers.server("control-plane", Some((clients, true)))?;
+        let client = prism_client::Tls::new(&servers.client(clients, "test-admin", false)?)?;
+        let mut config = ControlPlaneConfig {
+            shards: vec!["shard-0".into(), "shard-1".into()],
+            tls: Some(cp_tls),
+            ..Default::default()
+        };
+        config.auth.hs256_secret = Some(TEST_SECRET.into());
+        let control_plane = ControlPlaneHandle::start_with(config).await?.with_client_tls(client.clone());
+        let mut gateways = Vec::new();
+        for shard in ["shard-0", "shard-1"] {
+            let tls = servers.server(shard, None)?;
+            let to_control_plane = servers.client(clients, shard, false)?;
+            let gateway = GatewayHandle::start_with(&control_plane.endpoint(), shard, |c| {
+                c.tls = Some(tls);
+                c.control_plane_tls = Some(to_control_plane);
+            })
+            .await?;
+            gateways.push(gateway.with_client_tls(client.clone()));
+        }
+        Ok(Self { control_plane, gateways })
+    }
+
     /// The gateway of `shard_id`.
     pub fn gateway(&self, shard_id: &str) -> Option<&GatewayHandle> {
         self.gateways.iter().find(|g| g.gateway.shared.config.shard_id == shard_id)
@@ -335,6 +465,10 @@ impl Cluster {
 }
 pub mod cpu;
 pub mod h2load;
+pub mod http;
 pub mod kafka;
+pub mod otlp;
 pub mod postgres;
+pub mod prometheus;
 pub mod pulsar;
+pub mod tls;

@@ -320,16 +320,11 @@ fi"#;
     fn write_tls_files(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
         let dir = self.root.join("tls");
         std::fs::create_dir(&dir).context("create tls/")?;
-        let (ca_pem, issuer) = generate_ca()?;
-        let server_key = rcgen::KeyPair::generate().context("generate the server key")?;
-        // rcgen makes an IP address SAN of a name that parses as one.
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .context("server certificate parameters")?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, "prism-testkit postgres");
-        let cert = params.signed_by(&server_key, &issuer).context("sign the server certificate")?;
+        let ca = crate::tls::Ca::new("prism-testkit CA")?;
+        let (cert, server_key) = ca.leaf("prism-testkit postgres", false)?;
         let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
-        std::fs::write(self.ca_pem_path_in(&dir), ca_pem).context("write ca.crt")?;
-        std::fs::write(&cert_path, cert.pem()).context("write server.crt")?;
+        std::fs::write(self.ca_pem_path_in(&dir), ca.pem()).context("write ca.crt")?;
+        std::fs::write(&cert_path, cert).context("write server.crt")?;
         // PostgreSQL refuses a key that its group or others may read.
         {
             use std::io::Write;
@@ -340,7 +335,7 @@ fi"#;
                 .mode(0o600)
                 .open(&key_path)
                 .context("create server.key")?;
-            file.write_all(server_key.serialize_pem().as_bytes()).context("write server.key")?;
+            file.write_all(server_key.as_bytes()).context("write server.key")?;
         }
         if !matches!(self.run_as, RunAs::Me) {
             let (uid, gid) = unprivileged_ids()?;
@@ -372,11 +367,12 @@ fi"#;
     }
 
     fn run(&self, program: &str, args: &[String]) -> anyhow::Result<()> {
-        let output = self
-            .run_as
-            .command(&self.bin.join(program), args, &self.root)
-            .output()
-            .with_context(|| format!("run {program}"))?;
+        self.run_program(&self.bin.join(program), args)
+    }
+
+    fn run_program(&self, path: &Path, args: &[String]) -> anyhow::Result<()> {
+        let program = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let output = self.run_as.command(path, args, &self.root).output().with_context(|| format!("run {program}"))?;
         if !output.status.success() {
             bail!(
                 "{program} failed ({}): {}{}",
@@ -466,6 +462,60 @@ fi"#;
         Ok(())
     }
 
+    /// Creates a role that logs in with `password` only (SCRAM over TCP;
+    /// every other role keeps trust authentication) and owns a database of
+    /// its name, and returns the DSN of that database — without the
+    /// password, which the caller hands over some other way (a secret
+    /// reference). `role` is `[a-z_][a-z0-9_]*`.
+    pub fn add_password_role(&self, role: &str, password: &str) -> anyhow::Result<String> {
+        let simple = role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && role.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        anyhow::ensure!(simple, "role {role:?} is not [a-z_][a-z0-9_]*");
+        let literal = format!("'{}'", password.replace('\'', "''"));
+        let socket = self.root.join("socket").display().to_string();
+        let mut args: Vec<String> = vec![
+            "-X".into(),
+            "-q".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "-h".into(),
+            socket,
+            "-p".into(),
+            self.port.to_string(),
+            "-U".into(),
+            SUPERUSER.into(),
+            "-d".into(),
+            "postgres".into(),
+        ];
+        for statement in
+            [format!("CREATE ROLE {role} LOGIN PASSWORD {literal}"), format!("CREATE DATABASE {role} OWNER {role}")]
+        {
+            args.push("-c".into());
+            args.push(statement);
+        }
+        self.run_program(&self.psql()?, &args).context("create the role")?;
+        // First match wins: this role's TCP logins need the password.
+        let hba = self.data_dir().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).context("read pg_hba.conf")?;
+        std::fs::write(&hba, format!("host all {role} 127.0.0.1/32 scram-sha-256\n{text}"))
+            .context("write pg_hba.conf")?;
+        let reload: Vec<String> = vec!["-D".into(), self.data_dir().display().to_string(), "reload".into()];
+        self.run("pg_ctl", &reload)?;
+        Ok(format!("postgres://{role}@127.0.0.1:{}/{role}", self.port))
+    }
+
+    /// `psql`: beside `initdb` (following its link), else on `PATH`.
+    fn psql(&self) -> anyhow::Result<PathBuf> {
+        let beside = |dir: &Path| Some(dir.join("psql")).filter(|p| p.is_file());
+        let linked = std::fs::canonicalize(self.bin.join("initdb")).ok();
+        beside(&self.bin)
+            .or_else(|| linked.as_deref().and_then(Path::parent).and_then(beside))
+            .or_else(|| find_on_path("psql"))
+            .with_context(|| {
+                format!("no psql beside {} nor on PATH; install it with `{INSTALL_COMMAND}`", self.bin.display())
+            })
+    }
+
     /// Starts the server again on the same data and port (after
     /// [`stop`](Self::stop)), and waits until it accepts connections.
     pub fn restart(&mut self) -> anyhow::Result<()> {
@@ -513,21 +563,10 @@ pub fn skip_reason() -> String {
     )
 }
 
-/// A new CA: its certificate (PEM) and the issuer that signs with it.
-fn generate_ca() -> anyhow::Result<(String, rcgen::Issuer<'static, rcgen::KeyPair>)> {
-    let key = rcgen::KeyPair::generate().context("generate the CA key")?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "prism-testkit CA");
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
-    let pem = params.self_signed(&key).context("self-sign the CA")?.pem();
-    Ok((pem, rcgen::Issuer::new(params, key)))
-}
-
 /// The PEM certificate of a fresh CA that signed nothing: a trusted root
 /// that no server's certificate chains to.
 pub fn generate_ca_pem() -> anyhow::Result<String> {
-    generate_ca().map(|(pem, _)| pem)
+    crate::tls::Ca::new("prism-testkit CA").map(|ca| ca.pem().to_owned())
 }
 
 /// A port that was free a moment ago: bind `127.0.0.1:0`, read, release.

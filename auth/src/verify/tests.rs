@@ -228,6 +228,11 @@ fn config_validation_names_the_field() {
         other => panic!("expected a config error, got {other:?}"),
     };
     assert_eq!(field(AuthConfig { hs256_secret: Some("short".into()), ..Default::default() }), "hs256_secret");
+    // 31 bytes: below RFC 7518's 256 bits.
+    let weak = AuthConfig { hs256_secret: Some("0123456789abcdef0123456789abcde".into()), ..Default::default() };
+    assert_eq!(field(weak), "hs256_secret");
+    let both = AuthConfig { hs256_secret_file: Some("s".into()), ..hs_config() };
+    assert_eq!(field(both), "hs256_secret_file");
     assert_eq!(field(AuthConfig { jwks_url: Some("ftp://x/y".into()), ..Default::default() }), "jwks_url");
     assert_eq!(
         field(AuthConfig {
@@ -453,4 +458,37 @@ async fn jwks_file_is_re_read() {
     // A broken file keeps the last good keys.
     std::fs::write(&path, "{broken").expect("rewrite");
     a.authenticate(Some(&token)).expect("still the last good keys");
+}
+
+#[test]
+fn the_secret_can_come_from_a_file_and_a_bad_one_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = dir.path().join("good");
+    std::fs::write(&good, format!("{SECRET}\n")).expect("write");
+    let mut config = AuthConfig { hs256_secret_file: Some(good), ..AuthConfig::default() };
+    assert!(config.verifies_tokens());
+    config.validate().expect("valid shape");
+    config.read_secret_file().expect("readable");
+    assert_eq!(config.hs256_secret.as_deref(), Some(SECRET), "the line ending is not part of it");
+    assert_eq!(config.hs256_secret_file, None);
+    let token = mint_hs256(SECRET, "ada", None, &[], 60).expect("sign");
+    Authenticator::new(&config).authenticate(Some(&bearer(&token))).expect("verifies with the file's secret");
+    assert_eq!(format!("{:?}", config.hs256_secret), "Some(<redacted>)");
+
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "too-short-a-secret").expect("write");
+    for (path, needle) in [(weak, "18-byte"), (dir.path().join("missing"), "cannot read")] {
+        let mut config = AuthConfig { hs256_secret_file: Some(path.clone()), ..AuthConfig::default() };
+        match config.read_secret_file() {
+            Err(AuthError::Config { field, description }) => {
+                assert_eq!(field, "hs256_secret_file");
+                assert!(
+                    description.contains(&path.display().to_string()) && description.contains(needle),
+                    "{description}"
+                );
+                assert!(!description.contains("too-short"), "the secret is not quoted: {description}");
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
 }

@@ -79,6 +79,7 @@ fn a_complete_valid_spec_passes() {
         max_item_size_bytes: MAX_ITEM_SIZE,
         accept_limit: None,
         accept_loss: false,
+        data_access_audit_rate: 0.25,
     });
     spec.access = Some(Access {
         owners: vec!["alice".into(), "svc:billing@acme".into()],
@@ -175,8 +176,33 @@ fn postgres_settings() {
     {
         assert_eq!(field_of(check(&dsn(bad))), "spec.backend_config.postgres.dsn", "{bad:?}");
     }
-    for good in ["postgres://u:p@db:5432/x", "postgresql://db/x?sslmode=require", "host=db user=u dbname=x"] {
+    for good in ["postgres://u@db:5432/x", "postgresql://db/x?sslmode=require", "host=db user=u dbname=x"] {
         check(&dsn(good)).expect(good);
+    }
+    // A password in the DSN would be metadata: refused, without quoting it.
+    for inline in
+        ["postgres://u:planted-pw@db:5432/x", "postgres://u@db/x?password=planted-pw", "host=db password=planted-pw"]
+    {
+        match check(&dsn(inline)) {
+            Err(ControlPlaneError::InvalidArgument { field, description }) => {
+                assert_eq!(field, "spec.backend_config.postgres.dsn", "{inline}");
+                assert!(description.contains("password_ref") && !description.contains("planted"), "{description}");
+            }
+            other => panic!("{inline}: expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+    let with_ref = |password_ref: &str| {
+        postgres_spec(PostgresConfig {
+            dsn: "postgres://u@db/x".into(),
+            password_ref: password_ref.into(),
+            ..PostgresConfig::default()
+        })
+    };
+    for good in ["env:PG_ACME_PASSWORD", "file:/run/secrets/pg", "secret:pg-acme"] {
+        check(&with_ref(good)).expect(good);
+    }
+    for bad in ["PG_PASSWORD", "env:PG-X", "file:relative/path", "secret:", "hunter2"] {
+        assert_eq!(field_of(check(&with_ref(bad))), "spec.backend_config.postgres.password_ref", "{bad:?}");
     }
 
     let pool = |pool_size| {
@@ -283,6 +309,30 @@ fn cache_ttl_is_at_most_one_day() {
     // Other durations have no upper bound.
     let retention = with_policies(kv_embedded(), Policies { retention: secs(i64::MAX, 0), ..Policies::default() });
     check(&retention).expect("retention is unbounded");
+}
+
+#[test]
+fn the_data_access_audit_rate_is_a_fraction() {
+    let rate = |r| with_policies(kv_embedded(), Policies { data_access_audit_rate: r, ..Policies::default() });
+    for good in [0.0, 0.001, 1.0] {
+        check(&rate(good)).expect("a fraction");
+    }
+    for bad in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+        assert_eq!(field_of(check(&rate(bad))), "spec.policies.data_access_audit_rate", "{bad}");
+    }
+}
+
+#[test]
+fn principals_are_written_sub_tenant_sub_or_colon_sub() {
+    let owners = |o: &[&str]| {
+        let mut spec = kv_embedded();
+        spec.access = Some(Access { owners: o.iter().map(|s| (*s).to_owned()).collect(), consumers: vec![] });
+        spec
+    };
+    check(&owners(&["svc-a", "acme:svc-a", ":system:sa", "globex:svc:x"])).expect("valid principals");
+    for bad in ["acme:", ":", ""] {
+        assert_eq!(field_of(check(&owners(&[bad]))), "spec.access.owners[0]", "{bad:?}");
+    }
 }
 
 #[test]

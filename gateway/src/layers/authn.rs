@@ -62,6 +62,11 @@ impl Authenticate {
     pub fn verified_tokens(&self) -> &VerifiedTokens {
         &self.tokens
     }
+
+    /// The cache of verified tokens, shared (for the gateway's metrics).
+    pub fn tokens(&self) -> Arc<VerifiedTokens> {
+        self.tokens.clone()
+    }
 }
 
 fn unix_now() -> u64 {
@@ -94,6 +99,7 @@ impl Step for Authenticate {
                         "",
                         call.request.rpc(),
                         call.request.namespace(),
+                        call.client_addr,
                         "UNAUTHENTICATED",
                         why.clone(),
                     );

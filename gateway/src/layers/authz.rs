@@ -1,17 +1,19 @@
-//! Authorization, deny by default, decided on one metadata snapshot:
-//! superusers (`admin`) everything; tenant admins (listed on the tenant,
-//! or `tenant-admin` with the tenant's `tenant` claim) their tenant;
-//! namespace owners read and write; consumers per their grant. Then the
-//! namespace must be this shard's, ACTIVE, of the right abstraction, and
-//! its tenant ACTIVE.
+//! Authorization, deny by default, decided on one metadata snapshot by the
+//! one access rule ([`prism_proto::access`], which the control plane
+//! applies too): superusers (`admin`) everything; tenant admins (listed on
+//! the tenant, or `tenant-admin` with the tenant's `tenant` claim) their
+//! tenant; namespace owners read and write; consumers per their grant.
+//! Then the namespace must be this shard's, ACTIVE, of the right
+//! abstraction, and its tenant ACTIVE.
 
 use std::sync::Arc;
 
-use prism_proto::control::{AccessLevel, NamespaceStatus, TenantState};
+use prism_proto::access::{self, Standing};
+use prism_proto::control::{NamespaceStatus, TenantState};
 
 use super::{CheckLayer, Step};
 use crate::audit::AuditSink;
-use crate::auth::{ADMIN_ROLE, Principal, TENANT_ADMIN_ROLE};
+use crate::auth::{Principal, caller};
 use crate::call::{Access, Call, InFlight};
 use crate::error::{GatewayError, Result};
 use crate::snapshot::{Metadata, NamespaceEntry, Snapshot};
@@ -31,30 +33,19 @@ impl Authorize {
     }
 }
 
-/// Whether `who` may perform `access` on namespace `entry`.
-pub fn allowed(snapshot: &Snapshot, who: &Principal, entry: &NamespaceEntry, access: Access) -> bool {
-    if who.has_role(ADMIN_ROLE) {
+/// Whether `who` may perform `wanted` on namespace `entry`.
+pub fn allowed(snapshot: &Snapshot, who: &Principal, entry: &NamespaceEntry, wanted: Access) -> bool {
+    let who = caller(who);
+    if who.is_superuser() {
         return true;
     }
     let tenant = entry.ns.tenant();
-    let tenant_admin = snapshot.tenant(tenant).is_some_and(|t| t.admins.contains(&who.sub))
-        || (who.has_role(TENANT_ADMIN_ROLE) && who.tenant.as_deref() == Some(tenant));
-    if tenant_admin {
-        return true;
-    }
-    let Some(spec_access) = entry.ns.spec.access.as_ref() else {
-        return false;
+    let admins = snapshot.tenant(tenant).map_or(&[][..], |t| t.admins.as_slice());
+    let least = match wanted {
+        Access::Read => Standing::Read,
+        Access::Write => Standing::ReadWrite,
     };
-    if spec_access.owners.contains(&who.sub) {
-        return true;
-    }
-    spec_access.consumers.iter().any(|g| {
-        g.principal == who.sub
-            && match access {
-                Access::Read => g.level == AccessLevel::Read as i32 || g.level == AccessLevel::ReadWrite as i32,
-                Access::Write => g.level == AccessLevel::ReadWrite as i32,
-            }
-    })
+    access::namespace_standing(&who, tenant, admins, entry.ns.spec.access.as_ref()) >= Some(least)
 }
 
 impl Step for Authorize {
@@ -72,8 +63,9 @@ impl Step for Authorize {
         let access = call.request.access();
         if !allowed(&snapshot, who, entry, access) {
             let verb = if access == Access::Read { "read" } else { "write" };
-            let why = format!("{} may not {verb} namespace {name}", who.sub);
-            self.audit.refused(&who.sub, call.request.rpc(), name, "PERMISSION_DENIED", why.clone());
+            let who = caller(who).name().to_string();
+            let why = format!("{who} may not {verb} namespace {name}");
+            self.audit.refused(&who, call.request.rpc(), name, call.client_addr, "PERMISSION_DENIED", why.clone());
             return Err(GatewayError::PermissionDenied(why));
         }
         if entry.shard_id != *self.shard_id {

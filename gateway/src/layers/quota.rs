@@ -26,6 +26,7 @@ use tower::{Layer, Service};
 
 use crate::call::{Call, Request, Response};
 use crate::error::{GatewayError, Result};
+use crate::metrics::{GatewayMetrics, Layer as RefusingLayer};
 use crate::quota::{Admission, QuotaRegistry};
 use crate::snapshot::{Metadata, NamespaceEntry};
 
@@ -37,11 +38,18 @@ pub const DEFAULT_MAX_ITEM_BYTES: i64 = 1 << 20;
 pub struct QuotaLayer {
     registry: Arc<QuotaRegistry>,
     metadata: Arc<Metadata>,
+    metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl QuotaLayer {
     pub fn new(registry: Arc<QuotaRegistry>, metadata: Arc<Metadata>) -> Self {
-        Self { registry, metadata }
+        Self { registry, metadata, metrics: None }
+    }
+
+    /// Counts refusals, by quota, into the gateway's metrics.
+    pub fn counting(mut self, metrics: Arc<GatewayMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -49,7 +57,7 @@ impl<I> Layer<I> for QuotaLayer {
     type Service = Quota<I>;
 
     fn layer(&self, inner: I) -> Self::Service {
-        Quota { registry: self.registry.clone(), metadata: self.metadata.clone(), inner }
+        Quota { registry: self.registry.clone(), metadata: self.metadata.clone(), metrics: self.metrics.clone(), inner }
     }
 }
 
@@ -57,7 +65,21 @@ impl<I> Layer<I> for QuotaLayer {
 pub struct Quota<I> {
     registry: Arc<QuotaRegistry>,
     metadata: Arc<Metadata>,
+    metrics: Option<Arc<GatewayMetrics>>,
     inner: I,
+}
+
+/// Counts a refusal by the layer and in the namespace's series: by quota,
+/// and whose limit it was (the namespace's or its tenant's).
+fn count_refusal(metrics: &GatewayMetrics, entry: &NamespaceEntry, e: &GatewayError) {
+    let (quota, tenant) = match e {
+        // Item sizes are the only INVALID_ARGUMENT of this layer.
+        GatewayError::InvalidArgument { .. } => ("max_item_size_bytes", false),
+        GatewayError::QuotaExceeded { quota, subject, .. } => (*quota, subject.starts_with("tenant:")),
+        _ => return,
+    };
+    metrics.refusals.record(RefusingLayer::Quota, quota);
+    metrics.namespaces.of(entry).quota_refused(quota, tenant);
 }
 
 /// The largest key + value the namespace accepts (the tenant's quota is
@@ -185,7 +207,12 @@ where
         let tenant_quotas = snapshot.tenant(entry.ns.tenant()).and_then(|t| t.quotas.as_ref());
         match admit(&self.registry, entry, tenant_quotas, &call) {
             Ok(admission) => Either::Right(Admitted { inner: self.inner.call(call), admission: Some(admission) }),
-            Err(e) => Either::Left(ready(Err(e))),
+            Err(e) => {
+                if let Some(metrics) = &self.metrics {
+                    count_refusal(metrics, entry, &e);
+                }
+                Either::Left(ready(Err(e)))
+            }
         }
     }
 }

@@ -12,15 +12,23 @@ use tower::{Layer, Service};
 
 use crate::call::{Call, Response};
 use crate::error::{GatewayError, Result};
+use crate::metrics::{Layer as Refuser, Refusals};
 
 #[derive(Debug, Clone)]
 pub struct LoadShedLayer {
     permits: Arc<Semaphore>,
+    refusals: Arc<Refusals>,
 }
 
 impl LoadShedLayer {
     pub fn new(max_in_flight: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(max_in_flight)) }
+        Self { permits: Arc::new(Semaphore::new(max_in_flight)), refusals: Arc::default() }
+    }
+
+    /// Counts refusals into `refusals` (the gateway's metrics).
+    pub fn counting(mut self, refusals: Arc<Refusals>) -> Self {
+        self.refusals = refusals;
+        self
     }
 }
 
@@ -28,13 +36,14 @@ impl<I> Layer<I> for LoadShedLayer {
     type Service = LoadShed<I>;
 
     fn layer(&self, inner: I) -> Self::Service {
-        LoadShed { permits: self.permits.clone(), inner }
+        LoadShed { permits: self.permits.clone(), refusals: self.refusals.clone(), inner }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct LoadShed<I> {
     permits: Arc<Semaphore>,
+    refusals: Arc<Refusals>,
     inner: I,
 }
 
@@ -62,7 +71,10 @@ where
                     response
                 })
             }
-            Err(_) => Box::pin(async { Err(GatewayError::Overloaded) }),
+            Err(_) => {
+                self.refusals.record(Refuser::Shed, "overloaded");
+                Box::pin(async { Err(GatewayError::Overloaded) })
+            }
         }
     }
 }
@@ -70,11 +82,18 @@ where
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     timeout: Duration,
+    refusals: Arc<Refusals>,
 }
 
 impl DeadlineLayer {
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
+        Self { timeout, refusals: Arc::default() }
+    }
+
+    /// Counts requests cut off into `refusals` (the gateway's metrics).
+    pub fn counting(mut self, refusals: Arc<Refusals>) -> Self {
+        self.refusals = refusals;
+        self
     }
 }
 
@@ -82,13 +101,14 @@ impl<I> Layer<I> for DeadlineLayer {
     type Service = Deadline<I>;
 
     fn layer(&self, inner: I) -> Self::Service {
-        Deadline { timeout: self.timeout, inner }
+        Deadline { timeout: self.timeout, refusals: self.refusals.clone(), inner }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Deadline<I> {
     timeout: Duration,
+    refusals: Arc<Refusals>,
     inner: I,
 }
 
@@ -107,8 +127,14 @@ where
 
     fn call(&mut self, call: Call) -> Self::Future {
         let timeout = self.timeout;
+        let refusals = self.refusals.clone();
         let fut = self.inner.call(call);
-        Box::pin(async move { tokio::time::timeout(timeout, fut).await.map_err(|_| GatewayError::Timeout(timeout))? })
+        Box::pin(async move {
+            tokio::time::timeout(timeout, fut).await.map_err(|_| {
+                refusals.record(Refuser::Deadline, "timeout");
+                GatewayError::Timeout(timeout)
+            })?
+        })
     }
 }
 

@@ -162,7 +162,7 @@ impl Limits {
         }
     }
 
-    fn get(&self, metric: Metric) -> u64 {
+    pub fn get(&self, metric: Metric) -> u64 {
         match metric {
             Metric::Requests => self.requests_per_second,
             Metric::ReadBytes => self.read_bytes_per_second,
@@ -228,6 +228,11 @@ impl Tracker {
 
     pub fn window(&self) -> &Window {
         &self.window
+    }
+
+    /// The namespace's `create_revision` (0 for a tenant's tracker).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// Records a namespace's measured storage, or a tenant's "storage
@@ -296,7 +301,12 @@ impl Checked<'_> {
         if effective != configured {
             description.push_str(&format!(" ({effective} enforced on this gateway)"));
         }
-        GatewayError::QuotaExceeded { subject: self.subject.to_string(), description, retry_after: Some(retry) }
+        GatewayError::QuotaExceeded {
+            subject: self.subject.to_string(),
+            description,
+            retry_after: Some(retry),
+            quota: crate::metrics::QUOTAS.iter().find(|q| **q == quota).copied().unwrap_or("resource_exhausted"),
+        }
     }
 
     /// The rate checks, which change nothing.

@@ -45,7 +45,7 @@ fn entry(s: &Snapshot, name: &str) -> Arc<NamespaceEntry> {
 
 fn refusal(r: Result<Admission, GatewayError>) -> (String, String, Duration) {
     match r {
-        Err(GatewayError::QuotaExceeded { subject, description, retry_after: Some(after) }) => {
+        Err(GatewayError::QuotaExceeded { subject, description, retry_after: Some(after), .. }) => {
             (subject, description, after)
         }
         other => panic!("expected a quota refusal, got {other:?}"),

@@ -6,10 +6,12 @@
 //! quotas, caching, page tokens, turning TTLs into expiry times, stamping
 //! writes — and hands the plugin normalised, already-validated operations.
 //! The plugin stores them with the semantics of SPEC §3/§4, and declares
-//! which abstractions it serves.
+//! which abstractions it serves. Credentials a namespace names by
+//! reference reach a plugin through [`secrets`].
 
 pub mod error;
 pub mod kv;
+pub mod secrets;
 pub mod ts;
 
 #[cfg(feature = "conformance")]
@@ -86,4 +88,44 @@ pub trait Plugin: Send + Sync + 'static {
     fn time_series(&self) -> Option<&dyn ts::TimeSeries> {
         None
     }
+
+    /// The state of the plugin's clients now (connection pools, producer
+    /// queues), read when the gateway's metrics are scraped. Plugins know
+    /// no metrics library: the gateway turns this into metrics.
+    fn client_stats(&self) -> ClientStats {
+        ClientStats::default()
+    }
+}
+
+/// What a plugin says about its clients, summed over all of them (a
+/// pool per DSN, a producer per broker list): totals carry no connection
+/// string or broker address, and their number is bounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Connection pools, for backends that pool connections.
+    pub pools: Option<PoolStats>,
+    /// Producers, for message brokers.
+    pub producers: Option<ProducerStats>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Pools open.
+    pub pools: u64,
+    /// Connections the pools may open at most.
+    pub max_connections: u64,
+    /// Connections open.
+    pub connections: u64,
+    /// Open connections not lent to a call.
+    pub idle: u64,
+    /// Calls waiting for a connection.
+    pub waiting: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProducerStats {
+    /// Messages handed to a producer and not yet acknowledged by the broker.
+    pub queued_messages: u64,
+    /// Messages whose send failed, since the plugin started.
+    pub send_errors: u64,
 }

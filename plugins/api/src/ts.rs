@@ -19,6 +19,29 @@ pub struct Event {
     pub tags: BTreeMap<String, String>,
 }
 
+/// What travels with a write besides its events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteContext {
+    /// The W3C `traceparent` of the write (the gateway's backend span, or
+    /// the caller's when nothing is exported), stored with every event
+    /// where the backend keeps per-message metadata — Kafka record
+    /// headers, Pulsar message properties, both named `traceparent` — so
+    /// a consumer continues the trace.
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` that goes with it (`tracestate`).
+    pub tracestate: Option<String>,
+}
+
+impl WriteContext {
+    /// The `(name, value)` pairs to store with each message.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let parent = self.traceparent.as_deref().map(|v| ("traceparent", v));
+        parent
+            .into_iter()
+            .chain(self.tracestate.as_deref().filter(|_| self.traceparent.is_some()).map(|v| ("tracestate", v)))
+    }
+}
+
 /// A predicate over an event's tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagFilter {
@@ -105,6 +128,14 @@ pub fn read_window(
 pub trait TimeSeries: Send + Sync {
     /// Writes events; returns when they are durable.
     async fn write(&self, ns: &Namespace, events: &[Event]) -> Result<()>;
+
+    /// As [`write`](Self::write), storing `context` with the events where
+    /// the backend keeps per-message metadata. Backends without any write
+    /// as `write` does.
+    async fn write_with(&self, ns: &Namespace, events: &[Event], context: &WriteContext) -> Result<()> {
+        let _ = context;
+        self.write(ns, events).await
+    }
 
     /// Events of one series with `start <= event_time < end`, newest first,
     /// continuing after `after`; nothing past retention at `now`.

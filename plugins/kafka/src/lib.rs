@@ -48,6 +48,8 @@ pub struct KafkaPlugin {
     /// passes, while the broker removes them by `retention.ms` (see
     /// [`ts`]).
     floors: Mutex<HashMap<String, Micros>>,
+    /// Messages whose send failed (metrics: [`Plugin::client_stats`]).
+    send_errors: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for KafkaPlugin {
@@ -174,7 +176,13 @@ impl KafkaPlugin {
     /// Validates `config`. Opens no connection.
     pub fn new(config: KafkaPluginConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Self { config, clients: Mutex::default(), topics: Mutex::default(), floors: Mutex::default() })
+        Ok(Self {
+            config,
+            clients: Mutex::default(),
+            topics: Mutex::default(),
+            floors: Mutex::default(),
+            send_errors: Default::default(),
+        })
     }
 
     pub fn config(&self) -> &KafkaPluginConfig {
@@ -309,6 +317,10 @@ impl KafkaPlugin {
         lock(&self.floors).get(topic).copied()
     }
 
+    pub(crate) fn count_send_errors(&self, n: usize) {
+        self.send_errors.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn raise_floor(&self, topic: &str, cutoff: Micros) {
         let mut floors = lock(&self.floors);
         let floor = floors.entry(topic.to_owned()).or_insert(cutoff);
@@ -320,6 +332,19 @@ impl KafkaPlugin {
 impl Plugin for KafkaPlugin {
     fn capabilities(&self) -> Capabilities {
         Capabilities { backend: Backend::Kafka, abstractions: &[Abstraction::TimeSeries] }
+    }
+
+    fn client_stats(&self) -> prism_plugin_api::ClientStats {
+        // librdkafka's own count: messages and requests queued or in flight
+        // to the brokers, not yet acknowledged.
+        let queued: i64 = lock(&self.clients).values().map(|c| i64::from(c.producer_now().in_flight_count())).sum();
+        prism_plugin_api::ClientStats {
+            pools: None,
+            producers: Some(prism_plugin_api::ProducerStats {
+                queued_messages: u64::try_from(queued).unwrap_or(0),
+                send_errors: self.send_errors.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+        }
     }
 
     async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {

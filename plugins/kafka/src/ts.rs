@@ -50,11 +50,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries, read_window, retention};
+use prism_plugin_api::ts::{
+    Event, EventCursor, EventsPage, TagFilter, TimeSeries, WriteContext, read_window, retention,
+};
 use prism_plugin_api::{Micros, Namespace};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as ClientError;
 use rdkafka::message::Message;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
@@ -69,6 +72,15 @@ type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
 #[async_trait]
 impl TimeSeries for KafkaPlugin {
     async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
+        self.write_with(ns, events, &WriteContext::default()).await
+    }
+
+    async fn write_with(
+        &self,
+        ns: &Namespace,
+        events: &[Event],
+        context: &WriteContext,
+    ) -> prism_plugin_api::Result<()> {
         let settings = NamespaceSettings::of(ns)?;
         let clients = self.clients(&settings)?;
         let partitions = self.partitions(ns, &settings, &clients).await?;
@@ -84,15 +96,28 @@ impl TimeSeries for KafkaPlugin {
             .into());
         }
         let producer = clients.producer_now();
+        // The trace context as record headers (`traceparent`,
+        // `tracestate`), the names OpenTelemetry's Kafka instrumentations
+        // read.
+        let headers = context.headers().fold(None::<OwnedHeaders>, |headers, (key, value)| {
+            Some(headers.unwrap_or_default().insert(Header { key, value: Some(value) }))
+        });
         let sends = events.iter().zip(&payloads).map(|(event, payload)| {
-            let record = FutureRecord::to(&topic)
+            let mut record = FutureRecord::to(&topic)
                 .key(event.time_series_id.as_bytes())
                 .payload(payload.as_slice())
                 .partition(codec::partition(&event.time_series_id, partitions))
                 .timestamp(codec::timestamp_ms(event.event_time));
+            if let Some(headers) = &headers {
+                record = record.headers(headers.clone());
+            }
             producer.send(record, Timeout::After(self.config.message_timeout))
         });
         let results = join_all(sends).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            self.count_send_errors(failed);
+        }
         if let Some(Err((error, _))) = results.into_iter().find(Result::is_err) {
             self.suspect(&topic);
             clients.after_failure(&producer, &self.config);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use prism_plugin_api::Namespace;
+use prism_plugin_api::secrets::{Secret, Secrets};
 use prism_proto::control::PostgresConfig;
 use prism_proto::control::backend_config::Config as BackendConfig;
 use serde::{Deserialize, Deserializer};
@@ -142,10 +143,13 @@ pub const MAX_POOL_SIZE: usize = 1024;
 pub const DEFAULT_SCHEMA: &str = "public";
 
 /// A namespace's postgres settings, from its typed `backend_config`,
-/// checked and with defaults applied. `Debug` leaves out the DSN.
+/// checked and with defaults applied, and its password resolved from
+/// `password_ref`. `Debug` leaves out the DSN and the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NamespaceSettings {
     dsn: String,
+    /// Resolved on this gateway from `password_ref`; never in the DSN.
+    password: Option<Secret>,
     pub pool_size: usize,
     pub schema: String,
     /// The namespace requires TLS (`require_tls`, or an `sslmode` of
@@ -161,8 +165,9 @@ pub struct NamespaceSettings {
     pub prepared_statements: bool,
 }
 
-/// The key of the pool that serves a namespace's settings.
-pub(crate) type PoolKey = (String, usize, bool);
+/// The key of the pool that serves a namespace's settings: namespaces
+/// share a pool only when they connect with the same credentials.
+pub(crate) type PoolKey = (String, usize, bool, Option<Secret>);
 
 impl std::fmt::Debug for NamespaceSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,14 +181,21 @@ impl std::fmt::Debug for NamespaceSettings {
 }
 
 impl NamespaceSettings {
-    /// Checks `ns`'s postgres settings without connecting. Errors name the
-    /// field and never quote the DSN.
-    pub fn of(ns: &Namespace) -> Result<Self> {
+    /// Checks `ns`'s postgres settings without connecting, and resolves
+    /// its `password_ref` through `secrets`. Errors name the field (and
+    /// the reference) and never quote the DSN or a secret.
+    pub fn of(ns: &Namespace, secrets: &Secrets) -> Result<Self> {
         const FIELD: &str = "spec.backend_config.postgres";
         let Some(pg) = postgres_config(ns) else {
             return Err(PostgresError::invalid(FIELD, "is required for a postgres namespace"));
         };
         let Dsn { config: parsed, requires_tls: dsn_requires_tls, prepared_statements } = parse_dsn(&pg.dsn)?;
+        // A namespace stored before inline passwords were refused: its
+        // password was metadata, streamed to every gateway; not used.
+        if parsed.get_password().is_some() {
+            return Err(PostgresError::InlinePassword);
+        }
+        let password = secrets.resolve(&format!("{FIELD}.password_ref"), ns.tenant(), &pg.password_ref)?;
         if pg.require_tls && parsed.get_ssl_mode() == SslMode::Disable {
             return Err(PostgresError::invalid(
                 format!("{FIELD}.dsn"),
@@ -206,6 +218,7 @@ impl NamespaceSettings {
         }
         Ok(Self {
             dsn: pg.dsn.clone(),
+            password,
             pool_size,
             schema,
             require_tls: pg.require_tls || dsn_requires_tls,
@@ -214,7 +227,7 @@ impl NamespaceSettings {
     }
 
     pub(crate) fn pool_key(&self) -> PoolKey {
-        (self.dsn.clone(), self.pool_size, self.require_tls)
+        (self.dsn.clone(), self.pool_size, self.require_tls, self.password.clone())
     }
 
     /// A pool for these settings; connects only when a connection is
@@ -223,6 +236,9 @@ impl NamespaceSettings {
     /// requires it; without `tls` such a namespace is not served.
     pub(crate) fn make_pool(&self, config: &PostgresPluginConfig, tls: Option<&MakeRustlsConnect>) -> Result<Pool> {
         let mut pg = parse_dsn(&self.dsn)?.config;
+        if let Some(password) = &self.password {
+            pg.password(password.as_bytes());
+        }
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(config.connect_timeout);
         }

@@ -43,7 +43,21 @@ pub enum PostgresError {
     /// server with (`tls_ca_file` is unset).
     #[error("{}", crate::tls::NO_CA_MESSAGE)]
     NoTlsRoots,
+    /// The namespace's `password_ref` does not resolve on this gateway;
+    /// the message names the reference, never a value.
+    #[error(transparent)]
+    Secret(#[from] prism_plugin_api::secrets::SecretError),
+    /// The DSN holds a password (a namespace stored before that was
+    /// refused). Not `Invalid`, which means "never provisioned": such a
+    /// namespace may well have tables (deprovisioning says so).
+    #[error("spec.backend_config.postgres.dsn holds a password")]
+    InlinePassword,
 }
+
+/// Why a DSN with a password is not served.
+pub(crate) const INLINE_PASSWORD: &str = "holds a password, which a namespace may no longer store: remove it and \
+                                          name where the gateway finds it with password_ref (env:NAME, file:/path \
+                                          or secret:NAME)";
 
 impl PostgresError {
     pub(crate) fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
@@ -104,12 +118,28 @@ fn unavailable_message(code: &SqlState) -> Option<&'static str> {
     })
 }
 
+/// The server asked for a password and the namespace names none: the
+/// client library says so in words only ("password missing").
+fn missing_password(db: &tokio_postgres::Error) -> Option<&'static str> {
+    std::error::Error::source(db)
+        .is_some_and(|e| e.to_string() == "password missing")
+        .then_some("the postgres server asks for a password and the namespace names none: set its password_ref")
+}
+
 impl From<PostgresError> for PluginError {
     fn from(e: PostgresError) -> Self {
         const UNREACHABLE: &str = "the postgres backend is unreachable";
         let public = match &e {
             PostgresError::NotProvisioned(name) => return PluginError::NotProvisioned(name.clone()),
             PostgresError::Invalid { field, description } => return PluginError::invalid(field, description),
+            PostgresError::InlinePassword => {
+                return PluginError::invalid("spec.backend_config.postgres.dsn", INLINE_PASSWORD);
+            }
+            // An operator declares the secret (or a file appears): retry.
+            PostgresError::Secret(secret) => {
+                let public = secret.to_string();
+                return PluginError::unavailable(public, e);
+            }
             PostgresError::Timeout(_) => Some("the postgres backend timed out"),
             PostgresError::NoTlsRoots => Some(crate::tls::NO_CA_MESSAGE),
             PostgresError::Pool(PoolError::Timeout(TimeoutType::Wait)) => {
@@ -119,7 +149,7 @@ impl From<PostgresError> for PluginError {
             // No answer from the server at all: it is down or unreachable.
             PostgresError::Db(db) | PostgresError::Pool(PoolError::Backend(db)) => match db.code() {
                 Some(code) => unavailable_message(code),
-                None => Some(crate::tls::failure(db).unwrap_or(UNREACHABLE)),
+                None => Some(missing_password(db).or_else(|| crate::tls::failure(db)).unwrap_or(UNREACHABLE)),
             },
             PostgresError::Pool(_)
             | PostgresError::Config { .. }

@@ -15,6 +15,12 @@
 //! ([`prism_proto::capabilities`]). A namespace gets the tables of its
 //! abstraction only.
 //!
+//! The password is never in the DSN (a DSN with one is not served): the
+//! namespace's `password_ref` names where this gateway finds it, resolved
+//! through the gateway's declared secrets
+//! ([`prism_plugin_api::secrets`]); pools are shared only by namespaces
+//! with the same credentials.
+//!
 //! TLS is the namespace's choice and the gateway's trust ([`tls`]): a
 //! namespace that sets `require_tls` (or a DSN with `sslmode=require`,
 //! `verify-ca` or `verify-full`) is served only over TLS verified against
@@ -35,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use prism_plugin_api::kv::KeyValue;
+use prism_plugin_api::secrets::Secrets;
 use prism_plugin_api::ts::TimeSeries;
 use prism_plugin_api::{Capabilities, Namespace, Plugin};
 use prism_proto::control::Backend;
@@ -62,6 +69,8 @@ pub struct PostgresPlugin {
     /// Namespace incarnations this plugin has provisioned or served, by
     /// `(name, create_revision)`: what [`KeyValue::reclaim`] visits.
     known: Mutex<HashMap<(String, i64), Arc<Target>>>,
+    /// The secrets namespaces may name as their `password_ref`.
+    secrets: Arc<Secrets>,
 }
 
 impl std::fmt::Debug for PostgresPlugin {
@@ -85,7 +94,14 @@ impl PostgresPlugin {
     pub fn new(config: PostgresPluginConfig) -> Result<Self> {
         config.validate()?;
         let tls = config.tls_ca_file.as_deref().map(tls::connector).transpose()?;
-        Ok(Self { config, tls, pools: Mutex::default(), known: Mutex::default() })
+        Ok(Self { config, tls, pools: Mutex::default(), known: Mutex::default(), secrets: Arc::default() })
+    }
+
+    /// The secrets namespaces may name as their password (the gateway's
+    /// `[gateway.secrets]`); without, every `password_ref` is refused.
+    pub fn with_secrets(mut self, secrets: Arc<Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     pub fn config(&self) -> &PostgresPluginConfig {
@@ -109,7 +125,7 @@ impl PostgresPlugin {
         {
             return Ok(target.clone());
         }
-        let settings = NamespaceSettings::of(ns)?;
+        let settings = NamespaceSettings::of(ns, &self.secrets)?;
         let backend = config::postgres_config(ns).cloned().unwrap_or_default();
         let (pool, lanes) = self.pool(&settings)?;
         let target = Arc::new(Target::new(ns, revision, settings, backend, pool, lanes, &self.config)?);
@@ -170,6 +186,20 @@ impl Plugin for PostgresPlugin {
         }
     }
 
+    fn client_stats(&self) -> prism_plugin_api::ClientStats {
+        let mut stats = prism_plugin_api::PoolStats::default();
+        for pool in lock(&self.pools).values() {
+            // The lanes are connections of the pool, counted with it.
+            let status = pool.0.status();
+            stats.pools += 1;
+            stats.max_connections += status.max_size as u64;
+            stats.connections += status.size as u64;
+            stats.idle += status.available as u64;
+            stats.waiting += status.waiting as u64;
+        }
+        prism_plugin_api::ClientStats { pools: Some(stats), producers: None }
+    }
+
     async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
         let target = self.target(ns)?;
         self.bounded("provisioning", kv::provision(self, &target)).await.map_err(|e| {
@@ -193,6 +223,18 @@ impl Plugin for PostgresPlugin {
                 tracing::info!(namespace = %ns.name, %field, "nothing to deprovision: the settings never allowed provisioning");
                 return Ok(());
             }
+            // Stored before inline passwords were refused, and blanked
+            // since: no credentials to remove the tables with. Waiting
+            // would hold the deletion forever (a deleting namespace cannot
+            // be updated), so its tables are left, loudly.
+            Err(PostgresError::InlinePassword) => {
+                tracing::warn!(
+                    namespace = %ns.name,
+                    create_revision = ns.create_revision,
+                    "cannot remove the namespace's postgres tables: its dsn held a password, which is no longer used; drop them by hand"
+                );
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         };
         self.bounded("deprovisioning", kv::deprovision(&target)).await?;
@@ -211,6 +253,7 @@ impl Plugin for PostgresPlugin {
 
 #[cfg(test)]
 mod tests {
+    use prism_plugin_api::PluginError;
     use prism_proto::control::backend_config::Config;
     use prism_proto::control::{BackendConfig, NamespaceSpec, PostgresConfig};
 
@@ -246,5 +289,37 @@ mod tests {
         assert!(matches!(plugin.target(&ns(bad)), Err(PostgresError::Invalid { .. })), "checked again, not reused");
         let none = Namespace { spec: NamespaceSpec::default(), ..ns(PostgresConfig::default()) };
         assert!(matches!(plugin.target(&none), Err(PostgresError::Invalid { .. })));
+    }
+
+    #[tokio::test]
+    async fn passwords_come_only_from_declared_references() {
+        use prism_plugin_api::secrets::SecretEntry;
+        let shared = |tenants: &[&str]| SecretEntry {
+            env: Some("PATH".into()),
+            file: None,
+            tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        let secrets = Secrets::new(
+            [("mine".to_owned(), shared(&["acme"])), ("theirs".to_owned(), shared(&["globex"]))].into_iter().collect(),
+        );
+        let plugin =
+            PostgresPlugin::new(PostgresPluginConfig::default()).expect("valid config").with_secrets(secrets.into());
+        let pg = |dsn: &str, password_ref: &str| {
+            ns(PostgresConfig { dsn: dsn.into(), password_ref: password_ref.into(), ..Default::default() })
+        };
+
+        let inline = plugin.target(&pg("postgres://u:hunter2@db/x", "")).err().expect("inline password");
+        assert!(matches!(inline, PostgresError::InlinePassword));
+        let reason = PluginError::from(inline).report().message;
+        assert!(reason.contains("password_ref") && !reason.contains("hunter2"), "{reason}");
+
+        let theirs = plugin.target(&pg("postgres://u@db/x", "secret:theirs")).err().expect("another tenant's");
+        let reason = PluginError::from(theirs).report().message;
+        assert!(reason.contains("secret:theirs") && reason.contains("not declared for tenant acme"), "{reason}");
+
+        let with = plugin.target(&pg("postgres://u@db/x", "secret:mine")).expect("declared for acme");
+        let without = plugin.target(&pg("postgres://u@db/y", "")).expect("no password");
+        assert!(with.settings.pool_key().3.is_some() && without.settings.pool_key().3.is_none());
+        assert!(!format!("{:?}", with.settings).contains(&std::env::var("PATH").unwrap_or_else(|_| "no PATH".into())));
     }
 }

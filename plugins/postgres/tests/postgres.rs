@@ -273,7 +273,7 @@ async fn the_longest_ids_and_keys_fit_and_longer_are_invalid() {
 async fn bad_settings_are_refused_without_leaking_the_dsn() {
     // A port nothing listens on: bound, read and released.
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let secret_dsn = format!("postgres://secret-user:secret-password@127.0.0.1:{port}/secret-db");
+    let secret_dsn = format!("postgres://secret-user@127.0.0.1:{port}/secret-db");
     let config = PostgresPluginConfig { connect_timeout: Duration::from_secs(2), ..PostgresPluginConfig::default() };
     let plugin = PostgresPlugin::new(config).expect("plugin");
     let ns = |settings: PostgresConfig| with_settings(&namespace(&plugin, "bad-settings"), &settings);
@@ -569,7 +569,7 @@ async fn a_gateway_serves_postgres_namespaces_and_degrades_unreachable_ones() {
     assert_eq!(items, pairs(&[("name", "ada")]));
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let secret_dsn = format!("postgres://secret-user:secret-password@127.0.0.1:{port}/prism");
+    let secret_dsn = format!("postgres://secret-user@127.0.0.1:{port}/prism");
     let mut cp = cluster.control_plane.client().await.expect("control plane client");
     let unreachable = "acme/pg-unreachable";
     let request = CreateNamespaceRequest { name: unreachable.into(), spec: Some(spec(&secret_dsn)) };
@@ -856,8 +856,8 @@ async fn requiring_tls_without_a_ca_names_tls_ca_file() {
         return;
     };
     let plugin = tls_plugin(None);
-    let secret_dsn = format!("postgres://postgres:secret@127.0.0.1:{}/postgres", server.port());
-    for (dsn, require_tls) in [(secret_dsn.clone(), true), (format!("{secret_dsn}?sslmode=require"), false)] {
+    let secret_dsn = format!("postgres://postgres@127.0.0.1:{}/postgres?application_name=secret", server.port());
+    for (dsn, require_tls) in [(secret_dsn.clone(), true), (format!("{secret_dsn}&sslmode=require"), false)] {
         let ns = with_settings(
             &namespace(&plugin, "tls-no-ca"),
             &PostgresConfig { require_tls, ..settings(&dsn, "prism_tls_no_ca") },
@@ -890,12 +890,12 @@ async fn an_untrusted_server_certificate_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let other_ca = dir.path().join("other-ca.pem");
     std::fs::write(&other_ca, prism_testkit::postgres::generate_ca_pem().expect("a CA")).expect("write the CA");
-    let secret_dsn = format!("postgres://postgres:secret@127.0.0.1:{}/postgres", server.port());
+    let secret_dsn = format!("postgres://postgres@127.0.0.1:{}/postgres?application_name=secret", server.port());
     let ca = server.ca_pem_path().expect("a TLS server has a CA");
     // The same server (hostaddr) under a host name its certificate does
     // not carry: TLS checks the name, not the address connected to.
     let wrong_host = format!(
-        "postgres://postgres:secret@secret-host.invalid:{}/postgres?hostaddr=127.0.0.1&sslmode=require",
+        "postgres://postgres@secret-host.invalid:{}/postgres?hostaddr=127.0.0.1&sslmode=require",
         server.port()
     );
     for (ca_file, dsn, what) in [(other_ca, secret_dsn, "another CA"), (ca, wrong_host, "another host name")] {

@@ -91,12 +91,32 @@ pub struct PulsarPlugin {
     readers: AtomicU64,
     /// Between the client and plain-TCP brokers ([`relay`]).
     relays: relay::Relays,
+    /// Messages handed to a producer and not yet acknowledged, and sends
+    /// that failed (metrics: [`Plugin::client_stats`]).
+    queued: AtomicU64,
+    send_errors: AtomicU64,
 }
 
 impl std::fmt::Debug for PulsarPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Clients hold broker addresses: not for logs.
         f.debug_struct("PulsarPlugin").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Messages counted in a queue gauge while this lives.
+struct Queued<'a>(&'a AtomicU64, u64);
+
+impl<'a> Queued<'a> {
+    fn enter(gauge: &'a AtomicU64, n: u64) -> Self {
+        gauge.fetch_add(n, Ordering::Relaxed);
+        Self(gauge, n)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -154,6 +174,8 @@ impl PulsarPlugin {
             producers: Mutex::default(),
             states: Mutex::default(),
             readers: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
         }
     }
 
@@ -257,23 +279,35 @@ impl PulsarPlugin {
         messages: Vec<producer::Message>,
     ) -> Result<Vec<MessageIdData>> {
         let producer = self.producer(service_url, topic).await?;
-        let mut receipts = Vec::with_capacity(messages.len());
-        {
-            // Queued under the lock, in order; acknowledged without it.
-            let mut producer = producer.lock().await;
-            for message in messages {
-                receipts.push(producer.send_non_blocking(message).await?);
+        let n = messages.len() as u64;
+        // Counted as queued until this call is done with them, acknowledged
+        // or failed (a guard, so a cancelled call uncounts them too).
+        let queued = Queued::enter(&self.queued, n);
+        let sent = async {
+            let mut receipts = Vec::with_capacity(messages.len());
+            {
+                // Queued under the lock, in order; acknowledged without it.
+                let mut producer = producer.lock().await;
+                for message in messages {
+                    receipts.push(producer.send_non_blocking(message).await?);
+                }
             }
+            let mut ids = Vec::with_capacity(receipts.len());
+            for receipt in receipts {
+                let receipt = receipt.await?;
+                let id = receipt.message_id.ok_or_else(|| {
+                    PulsarError::Client(pulsar::Error::Custom("a send receipt without a message id".into()))
+                })?;
+                ids.push(id);
+            }
+            Ok(ids)
         }
-        let mut ids = Vec::with_capacity(receipts.len());
-        for receipt in receipts {
-            let receipt = receipt.await?;
-            let id = receipt.message_id.ok_or_else(|| {
-                PulsarError::Client(pulsar::Error::Custom("a send receipt without a message id".into()))
-            })?;
-            ids.push(id);
+        .await;
+        drop(queued);
+        if sent.is_err() {
+            self.send_errors.fetch_add(n, Ordering::Relaxed);
         }
-        Ok(ids)
+        sent
     }
 
     /// Visits every message of `topic` from the earliest up to now, in
@@ -377,6 +411,16 @@ impl Plugin for PulsarPlugin {
         Capabilities {
             backend: Backend::Pulsar,
             abstractions: prism_proto::capabilities::abstractions(Backend::Pulsar),
+        }
+    }
+
+    fn client_stats(&self) -> prism_plugin_api::ClientStats {
+        prism_plugin_api::ClientStats {
+            pools: None,
+            producers: Some(prism_plugin_api::ProducerStats {
+                queued_messages: self.queued.load(Ordering::Relaxed),
+                send_errors: self.send_errors.load(Ordering::Relaxed),
+            }),
         }
     }
 

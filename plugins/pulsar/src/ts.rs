@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{self, Event, EventCursor, EventsPage, TagFilter, TimeSeries};
+use prism_plugin_api::ts::{self, Event, EventCursor, EventsPage, TagFilter, TimeSeries, WriteContext};
 use prism_plugin_api::{Micros, Namespace};
 use pulsar::producer;
 
@@ -84,7 +84,7 @@ struct Query<'a> {
 }
 
 impl PulsarPlugin {
-    async fn write_events(&self, ns: &Namespace, events: &[Event]) -> Result<()> {
+    async fn write_events(&self, ns: &Namespace, events: &[Event], context: &WriteContext) -> Result<()> {
         let topics = Topics::of(ns)?;
         let (epoch, _) = self.epoch(ns, &topics).await?;
         if events.is_empty() {
@@ -105,7 +105,11 @@ impl PulsarPlugin {
                 payload,
                 partition_key: Some(event.time_series_id.clone()),
                 event_time,
-                properties: [(EPOCH_PROPERTY.to_owned(), epoch.to_string())].into(),
+                // The trace context rides along as properties
+                // (`traceparent`, `tracestate`) for consumers to continue.
+                properties: std::iter::once((EPOCH_PROPERTY.to_owned(), epoch.to_string()))
+                    .chain(context.headers().map(|(k, v)| (k.to_owned(), v.to_owned())))
+                    .collect(),
                 ..Default::default()
             });
         }
@@ -208,7 +212,16 @@ fn page(folded: BTreeMap<Order, Folded>, filter: Option<&TagFilter>, limits: Pag
 #[async_trait]
 impl TimeSeries for PulsarPlugin {
     async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
-        Ok(self.bounded("writing events", self.write_events(ns, events)).await?)
+        self.write_with(ns, events, &WriteContext::default()).await
+    }
+
+    async fn write_with(
+        &self,
+        ns: &Namespace,
+        events: &[Event],
+        context: &WriteContext,
+    ) -> prism_plugin_api::Result<()> {
+        Ok(self.bounded("writing events", self.write_events(ns, events, context)).await?)
     }
 
     async fn read(

@@ -57,7 +57,7 @@ async fn concurrent_requests_are_held_until_their_response_and_read_bytes_charge
     started.notified().await;
     let refused = svc.clone().oneshot(call(&metadata)).await;
     match refused {
-        Err(GatewayError::QuotaExceeded { subject, description, retry_after }) => {
+        Err(GatewayError::QuotaExceeded { subject, description, retry_after, .. }) => {
             assert_eq!(subject, "namespace:acme/held");
             assert!(description.contains("concurrent_requests"), "{description}");
             assert!(retry_after.is_some());

@@ -56,7 +56,7 @@ pub fn tls_server_or_skip() -> Option<&'static PostgresServer> {
 
 /// The namespace settings pointing at `dsn`.
 pub fn settings(dsn: &str, schema: &str) -> PostgresConfig {
-    PostgresConfig { dsn: dsn.to_owned(), pool_size: 0, schema: schema.to_owned(), require_tls: false }
+    PostgresConfig { dsn: dsn.to_owned(), schema: schema.to_owned(), ..PostgresConfig::default() }
 }
 
 /// `ns` with `settings` as its backend_config.
