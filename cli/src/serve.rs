@@ -595,6 +595,11 @@ mod tests {
             control_plane_token: None,
             control_plane_token_file: Some(token),
             allow_anonymous: false,
+            metrics_listen: None,
+            tls: ServerTlsArgs::default(),
+            control_plane_ca: None,
+            control_plane_cert: None,
+            control_plane_key: None,
         };
         let mut config = g.config()?;
         assert_eq!(config.control_plane_token, None, "the flag's file replaces the file's token");
