@@ -171,7 +171,15 @@ pub struct Call {
 
 impl Call {
     pub fn new(request: Request, authorization: Option<String>) -> Self {
-        Self { request, authorization, client_cert: None, client_addr: None, principal: None, namespace: None, trace: None }
+        Self {
+            request,
+            authorization,
+            client_cert: None,
+            client_addr: None,
+            principal: None,
+            namespace: None,
+            trace: None,
+        }
     }
 }
 

@@ -128,7 +128,13 @@ mod tests {
             println!("{}", skip_reason());
             return;
         };
-        let pg = PostgresConfig { dsn: server.dsn(), pool_size: 8, schema: "prism-lanes".into(), require_tls: false };
+        let pg = PostgresConfig {
+            dsn: server.dsn(),
+            pool_size: 8,
+            schema: "prism-lanes".into(),
+            require_tls: false,
+            ..Default::default()
+        };
         let ns = Namespace {
             name: "acme/lanes".into(),
             create_revision: 1,

@@ -85,7 +85,7 @@ mod tests {
     use crate::{PostgresPlugin, PostgresPluginConfig};
 
     fn namespace(dsn: String, schema: &str) -> Namespace {
-        let pg = PostgresConfig { dsn, pool_size: 1, schema: schema.into(), require_tls: false };
+        let pg = PostgresConfig { dsn, pool_size: 1, schema: schema.into(), require_tls: false, ..Default::default() };
         Namespace {
             name: "acme/prepared".into(),
             create_revision: 1,
