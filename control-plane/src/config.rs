@@ -204,7 +204,7 @@ mod tests {
         let e = ControlPlaneConfig::from_toml("").expect_err("no key");
         assert!(e.to_string().contains("--insecure-no-auth"), "{e}");
         ControlPlaneConfig::from_toml("insecure_no_auth = true").expect("explicitly open");
-        ControlPlaneConfig::from_toml("[auth]\nhs256_secret = \"0123456789abcdef0123\"").expect("a key");
+        ControlPlaneConfig::from_toml("[auth]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"").expect("a key");
         let e = ControlPlaneConfig::from_toml(
             "insecure_no_auth = true\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nrequire_client_cert = true",
         )
@@ -225,7 +225,7 @@ mod tests {
         assert!(e.to_string().contains("unknown field `shard`"), "{e}");
         let e = ControlPlaneConfig::from_toml("shards = [\"ok\", \"Bad\"]").expect_err("bad shard");
         assert!(e.to_string().contains("shards[1]"), "{e}");
-        let e = ControlPlaneConfig::from_toml("metrics_listen = \"localhost\"").expect_err("no port");
+        let e = ControlPlaneConfig::from_toml("insecure_no_auth = true\nmetrics_listen = \"localhost\"").expect_err("no port");
         assert!(e.to_string().contains("metrics_listen"), "{e}");
         let e = ControlPlaneConfig::from_toml("watch_buffer = 0").expect_err("zero");
         assert!(e.to_string().contains("watch_buffer"), "{e}");
