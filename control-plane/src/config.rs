@@ -225,7 +225,8 @@ mod tests {
         assert!(e.to_string().contains("unknown field `shard`"), "{e}");
         let e = ControlPlaneConfig::from_toml("shards = [\"ok\", \"Bad\"]").expect_err("bad shard");
         assert!(e.to_string().contains("shards[1]"), "{e}");
-        let e = ControlPlaneConfig::from_toml("insecure_no_auth = true\nmetrics_listen = \"localhost\"").expect_err("no port");
+        let e = ControlPlaneConfig::from_toml("insecure_no_auth = true\nmetrics_listen = \"localhost\"")
+            .expect_err("no port");
         assert!(e.to_string().contains("metrics_listen"), "{e}");
         let e = ControlPlaneConfig::from_toml("watch_buffer = 0").expect_err("zero");
         assert!(e.to_string().contains("watch_buffer"), "{e}");
