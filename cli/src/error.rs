@@ -107,15 +107,29 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 /// Whether `err` is stdout having been closed by its reader (`| head`):
-/// not a failure of the command.
+/// not a failure of the command. Only a failed write to stdout counts: a
+/// connection the server closed (e.g. refusing a TLS client without a
+/// certificate) can also end in "broken pipe", and is a failure.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+    err.chain().any(|c| c.downcast_ref::<crate::output::StdoutError>().is_some_and(|e| e.reader_gone()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tonic_types::ErrorDetails;
+
+    #[test]
+    fn only_a_closed_stdout_is_a_broken_pipe() {
+        let pipe = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let stdout = anyhow::Error::new(crate::output::StdoutError(pipe())).context("printing");
+        assert!(is_broken_pipe(&stdout));
+        // A server closing the connection (a TLS refusal) is a failure.
+        let connection = anyhow::Error::new(pipe()).context("transport error");
+        assert!(!is_broken_pipe(&connection));
+        let other = anyhow::Error::new(crate::output::StdoutError(std::io::Error::other("disk full")));
+        assert!(!is_broken_pipe(&other));
+    }
 
     #[test]
     fn statuses_print_code_message_and_violations() {

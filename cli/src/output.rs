@@ -25,10 +25,34 @@ pub enum Format {
 }
 
 /// Writes `text` to stdout and flushes it.
-pub fn print(text: &str) -> std::io::Result<()> {
+pub fn print(text: &str) -> Result<(), StdoutError> {
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(StdoutError)
+}
+
+/// Writing a command's result to stdout failed. Its own type, so that a
+/// closed stdout (`| head`) is told apart from a broken connection to a
+/// server, whose error may also say "broken pipe".
+#[derive(Debug)]
+pub struct StdoutError(pub std::io::Error);
+
+impl StdoutError {
+    /// Whether the reader of stdout went away.
+    pub fn reader_gone(&self) -> bool {
+        self.0.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write to stdout: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 /// Pretty-printed JSON and a newline.

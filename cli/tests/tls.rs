@@ -98,11 +98,11 @@ async fn admin_and_data_commands_over_https() -> anyhow::Result<()> {
     // Refused: no client certificate (the control plane requires one), a
     // CA that did not sign the server (here the system bundle), a CA file
     // that is not there (a usage error naming the flag and the file).
-    let (code, _, err) = prism(&["--endpoint", &cp, "--ca-file", ca, "tenant", "list"], &env[1..2]).await?;
+    let (code, out, err) = prism(&["--endpoint", &cp, "--ca-file", ca, "tenant", "list"], &env[1..2]).await?;
     // TLS 1.3 completes the client's side of the handshake before the
     // server checks its certificate: the refusal arrives as the connection
     // closing (with or without the alert), so only the outcome is checked.
-    ensure!(code == 1, "no client certificate: exited {code}: {err}");
+    ensure!(code == 1, "no client certificate: exited {code}: {out}{err}");
     let (code, _, err) =
         prism(&["--endpoint", &cp, "--client-cert", cert, "--client-key", key, "tenant", "list"], &env[1..2]).await?;
     // The client's own verification says why.
