@@ -45,12 +45,12 @@ async fn refused_data_requests_are_audited() -> anyhow::Result<()> {
         }
     })
     .await?;
-    let denied = events.iter().find(|e| e.result == "PERMISSION_DENIED").expect("the denial");
+    let denied = events.iter().find(|e| e.result == "permission_denied").expect("the denial");
     // The principal as the log names it: its tenant, then its sub.
     assert_eq!((denied.principal.as_str(), denied.tenant_id.as_str()), ("globex:mallory", "acme"));
     assert!(denied.client_address.starts_with("127.0.0.1:"), "{}", denied.client_address);
     assert!(denied.detail.contains("may not read"), "{}", denied.detail);
-    let unauthenticated = events.iter().find(|e| e.result == "UNAUTHENTICATED").expect("the unauthenticated call");
+    let unauthenticated = events.iter().find(|e| e.result == "unauthenticated").expect("the unauthenticated call");
     assert_eq!(unauthenticated.principal, "");
     // The gateway counts them once the control plane has answered.
     eventually(Duration::from_secs(10), || async {

@@ -728,6 +728,6 @@ async fn the_same_sub_in_two_tenants_is_two_principals_and_cross_tenant_grants_a
         }
     })
     .await?;
-    assert_eq!(refused.result, "PERMISSION_DENIED");
+    assert_eq!(refused.result, "permission_denied");
     Ok(())
 }

@@ -100,7 +100,7 @@ impl Step for Authenticate {
                         call.request.rpc(),
                         call.request.namespace(),
                         call.client_addr,
-                        "UNAUTHENTICATED",
+                        prism_proto::error::ErrorKind::Unauthenticated.as_str(),
                         why.clone(),
                     );
                     GatewayError::Unauthenticated(why)

@@ -65,7 +65,14 @@ impl Step for Authorize {
             let verb = if access == Access::Read { "read" } else { "write" };
             let who = caller(who).name().to_string();
             let why = format!("{who} may not {verb} namespace {name}");
-            self.audit.refused(&who, call.request.rpc(), name, call.client_addr, "PERMISSION_DENIED", why.clone());
+            self.audit.refused(
+                &who,
+                call.request.rpc(),
+                name,
+                call.client_addr,
+                prism_proto::error::ErrorKind::PermissionDenied.as_str(),
+                why.clone(),
+            );
             return Err(GatewayError::PermissionDenied(why));
         }
         if entry.shard_id != *self.shard_id {
