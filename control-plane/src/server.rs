@@ -118,20 +118,29 @@ pub async fn serve_with(
     let service = ControlPlaneServiceServer::new(Service::new(plane, watchers_stop))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    // Reflection lists exactly what this server answers.
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name(service_name(&health_service))
-        .with_service_name(service_name(&service))
-        .with_service_name(REFLECTION_SERVICE)
-        .build_v1()
-        .map_err(|e| ControlPlaneError::Corrupt(format!("reflection descriptors: {e}")))?;
+    // Reflection (v1, and v1alpha for the tools that still ask it first)
+    // lists exactly what this server answers.
+    let health_name = service_name(&health_service);
+    let control_name = service_name(&service);
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in [health_name, control_name].into_iter().chain(REFLECTION_SERVICES) {
+            builder = builder.with_service_name(name);
+        }
+        builder
+    };
+    let failed =
+        |e: tonic_reflection::server::Error| ControlPlaneError::Corrupt(format!("reflection descriptors: {e}"));
+    let reflection = builder().build_v1().map_err(failed)?;
+    let reflection_v1alpha = builder().build_v1alpha().map_err(failed)?;
     tracing::info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "control plane serving");
     let router = tonic::transport::Server::builder()
         .layer(rpc_metrics)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(service);
     let served = match tls {
         Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
@@ -155,9 +164,10 @@ fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
     S::NAME
 }
 
-/// The reflection service's own name (tonic-reflection registers its
-/// descriptors but lists it only when asked to).
-pub const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
+/// The reflection services' own names (tonic-reflection registers their
+/// descriptors but lists them only when asked to).
+pub const REFLECTION_SERVICES: [&str; 2] =
+    ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
 /// Removes instances whose lease expired, every quarter lease, until
 /// shutdown.

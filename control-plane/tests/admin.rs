@@ -766,7 +766,12 @@ async fn serves_health_and_reflection() -> anyhow::Result<()> {
     services.sort_unstable();
     assert_eq!(
         services,
-        ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "prism.control.v1.ControlPlaneService"]
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "prism.control.v1.ControlPlaneService"
+        ]
     );
     Ok(())
 }

@@ -257,7 +257,8 @@ impl Gateway {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         // Reflection lists exactly what this server answers.
-        let reflection = reflection([service_name(&health_service), service_name(&kv), service_name(&ts)])?;
+        let (reflection, reflection_v1alpha) =
+            reflection([service_name(&health_service), service_name(&kv), service_name(&ts)])?;
         tracing::info!(
             shard = %shared.config.shard_id,
             addr = ?listener.local_addr().ok(),
@@ -267,6 +268,7 @@ impl Gateway {
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(kv)
             .add_service(ts);
         let served = match &shared.tls {
@@ -329,23 +331,33 @@ fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
     S::NAME
 }
 
-/// A reflection service that lists `services` and itself, and describes
-/// every Prism message (so a client can decode what it gets).
+/// The reflection services, `grpc.reflection.v1` and the older `v1alpha`
+/// that many tools still ask first (Python's grpcio-reflection, Evans,
+/// older grpcurl), each listing `services` and both reflection services,
+/// and describing Prism's and the health service's types.
 fn reflection(
     services: [&'static str; 3],
-) -> Result<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>> {
-    let mut builder = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    for name in services.into_iter().chain([REFLECTION_SERVICE]) {
-        builder = builder.with_service_name(name);
-    }
-    builder.build_v1().map_err(|e| GatewayError::Internal(format!("reflection descriptors: {e}")))
+) -> Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+)> {
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(prism_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in services.into_iter().chain(REFLECTION_SERVICES) {
+            builder = builder.with_service_name(name);
+        }
+        builder
+    };
+    let failed = |e: tonic_reflection::server::Error| GatewayError::Internal(format!("reflection descriptors: {e}"));
+    Ok((builder().build_v1().map_err(failed)?, builder().build_v1alpha().map_err(failed)?))
 }
 
-/// The reflection service's own name (tonic-reflection registers its
-/// descriptors but lists it only when asked to).
-pub const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
+/// The reflection services' own names (tonic-reflection registers their
+/// descriptors but lists them only when asked to).
+pub const REFLECTION_SERVICES: [&str; 2] =
+    ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
 /// The endpoint this gateway registers: `advertise_endpoint`, else the
 /// listener's address (with a loopback host when it listens on every

@@ -60,6 +60,27 @@ async fn reflected(channel: tonic::transport::Channel) -> anyhow::Result<Vec<Str
     Ok(names)
 }
 
+/// The same through `grpc.reflection.v1alpha`, which many tools ask first.
+async fn reflected_v1alpha(channel: tonic::transport::Channel) -> anyhow::Result<Vec<String>> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses =
+        ServerReflectionClient::new(channel).server_reflection_info(tokio_stream::iter([req])).await?.into_inner();
+    let response = responses.message().await?.context("one response")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        anyhow::bail!("unexpected reflection response {response:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort_unstable();
+    Ok(names)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hop_speaks_tls() -> anyhow::Result<()> {
     let (servers, clients, rogue) = (Pki::new("servers")?, Pki::new("clients")?, Pki::new("rogue")?);
@@ -87,11 +108,13 @@ async fn every_hop_speaks_tls() -> anyhow::Result<()> {
 
     // Reflection over TLS lists exactly what the gateway answers.
     let channel = prism_client::channel(&gw.endpoint(), &tls).await?;
+    assert_eq!(reflected_v1alpha(channel.clone()).await?, reflected(channel.clone()).await?);
     assert_eq!(
         reflected(channel).await?,
         [
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
             "prism.kv.v1.KeyValueService",
             "prism.timeseries.v1.TimeSeriesService"
         ]
