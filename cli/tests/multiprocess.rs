@@ -24,7 +24,7 @@ use prism_client::proto::control::{
 use prism_client::proto::kv;
 use prism_client::{Prism, RetryPolicy};
 use prism_testkit::postgres::{PostgresServer, skip_reason};
-use prism_testkit::{TEST_SECRET, admin_token, eventually};
+use prism_testkit::{TEST_SECRET, admin_token, eventually, token};
 
 const PRISM: &str = env!("CARGO_BIN_EXE_prism");
 const NAMESPACES: usize = 200;
@@ -71,9 +71,20 @@ impl Drop for Process {
     }
 }
 
+/// The deployment's HS256 secret, in a file as an operator keeps it.
+fn secret_file(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("hs256-secret");
+    std::fs::write(&path, format!("{TEST_SECRET}\n"))?;
+    Ok(path.to_str().context("utf-8 path")?.to_owned())
+}
+
+/// A gateway of `shard`, calling the control plane with a shard token read
+/// from a file (`prism token create … --role shard > file`).
 fn gateway(cp: &str, shard: &str, dir: &Path) -> anyhow::Result<Process> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let data = dir.join(format!("{shard}-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let token_file = dir.join(format!("{shard}.token"));
+    std::fs::write(&token_file, format!("{}\n", token(shard, None, &["shard"])))?;
     Process::start(
         &[
             "gateway",
@@ -83,8 +94,10 @@ fn gateway(cp: &str, shard: &str, dir: &Path) -> anyhow::Result<Process> {
             cp,
             "--listen",
             "127.0.0.1:0",
-            "--auth-secret",
-            TEST_SECRET,
+            "--auth-secret-file",
+            &secret_file(dir)?,
+            "--control-plane-token-file",
+            token_file.to_str().context("utf-8 path")?,
         ],
         &data,
     )
@@ -177,11 +190,12 @@ async fn clients_keep_working_while_a_replica_dies_and_a_shard_joins() -> anyhow
     // A short lease, so the killed replica leaves the registry quickly.
     std::fs::write(&config, "[control_plane]\nshard_lease_ttl_ms = 1500\n")?;
     let cp_proc = Process::start(
-        // Sharding is under test, not authentication: the gateways carry no
-        // control-plane token, so the control plane runs explicitly open.
+        // Deployed as an operator would: one secret file, each gateway
+        // with a shard token of its own.
         &[
             "control-plane",
-            "--insecure-no-auth",
+            "--auth-secret-file",
+            &secret_file(dir.path())?,
             "--listen",
             "127.0.0.1:0",
             "--config",
