@@ -1,7 +1,8 @@
 //! A gateway built with the `pulsar` feature serves Pulsar namespaces end
 //! to end, against a pulsar-lite broker the test starts. It lives here, not
 //! in `plugins/pulsar`, because plugins know only the plugin API (their
-//! tests included): what drives a gateway is the gateway's test.
+//! tests included): a test that needs the gateway itself, or one of its
+//! features, is the gateway's.
 //!
 //! `cargo test -p prism-gateway --features pulsar --test pulsar`
 //! (`scripts/test.sh` runs it); without the feature the binary is empty

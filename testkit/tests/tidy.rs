@@ -14,7 +14,8 @@
 //!     `prism-plugin-api` and `prism-proto`, dev-dependencies included,
 //!     except that its tests may use `prism-testkit` for real servers
 //!     ("plugins' *tests* use `testkit`": a dev-dependency cycle only).
-//!     What drives a gateway is the gateway's test;
+//!     A test that needs the gateway itself, or one of its features,
+//!     is the gateway's;
 //!   - the control plane depends on no plugin and not on the gateway, of
 //!     any kind (its tests reach servers through `prism-testkit`);
 //!   - the client is a pure gRPC client: no gateway, control-plane or
@@ -149,7 +150,7 @@ fn the_crate_graph_keeps_the_architecture_invariants() {
             } else if krate.dir.starts_with("plugins") {
                 (is_prism(dep) && dep != PLUGIN_API && dep != PROTO && !(dev && dep == TESTKIT)).then_some(
                     "a plugin knows only prism-plugin-api and prism-proto, dev-dependencies included \
-                     (its tests may use prism-testkit); what drives a gateway is the gateway's test",
+                     (its tests may use prism-testkit); a test that needs the gateway itself belongs in gateway/tests",
                 )
             } else if krate.name == CONTROL_PLANE {
                 (is_plugin(&ws, dep) || dep == GATEWAY).then_some(
