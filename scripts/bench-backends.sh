@@ -16,7 +16,7 @@
 #             Every phase is counted on the server too (pg_stat_statements):
 #             h2load sees HTTP statuses only, and gRPC errors are 200s.
 #   kafka     cargo bench -p prism-plugin-kafka --bench kafka
-#   pulsar    cargo bench -p prism-plugin-pulsar --bench pulsar
+#   pulsar    cargo bench -p prism-gateway --features pulsar --bench pulsar
 #
 #   scripts/bench-backends.sh [postgres|kafka|pulsar|all]     (default all)
 #
@@ -229,10 +229,10 @@ trap cleanup EXIT
 case $what in
     postgres) bench_postgres ;;
     kafka) PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c cargo bench -q -p prism-plugin-kafka --bench kafka ;;
-    pulsar) PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c cargo bench -q -p prism-plugin-pulsar --bench pulsar ;;
+    pulsar) PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c cargo bench -q -p prism-gateway --features pulsar --bench pulsar ;;
     all)
         bench_postgres
         PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c cargo bench -q -p prism-plugin-kafka --bench kafka
-        PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c cargo bench -q -p prism-plugin-pulsar --bench pulsar ;;
+        PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c cargo bench -q -p prism-gateway --features pulsar --bench pulsar ;;
     *) echo "usage: $0 [postgres|kafka|pulsar|all]" >&2; exit 2 ;;
 esac

@@ -309,6 +309,13 @@ impl GatewayHandle {
         Ok(prism_client::key_value_with(&self.endpoint(), token, &self.client_tls).await?)
     }
 
+    /// A connected channel to it, for tests and benches that make their
+    /// own tonic clients (plugins' tests reach a gateway through the
+    /// testkit, never through `prism-client` themselves).
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(prism_client::channel(&self.endpoint(), &self.client_tls).await?)
+    }
+
     /// The text of its `/metrics`.
     pub async fn metrics(&self) -> anyhow::Result<String> {
         let (status, body) = http::get(&self.metrics_addr.to_string(), "/metrics").await?;

@@ -1,3 +1,7 @@
+//! Unit tests of token verification: HS256 and RS256/ES256 keys from a
+//! JWKS file or URL, refused tokens and algorithm confusion, and the
+//! configuration's validation.
+
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;

@@ -1,3 +1,6 @@
+//! Unit tests of the quota engine on hand-made snapshots: rates, bytes and
+//! concurrency of namespaces and tenants, shares, the sweep of trackers.
+
 use std::sync::Arc;
 
 use prism_proto::control::{Change, Delta, Namespace, NamespaceSpec, NamespaceStatus, QuotaSet, Tenant, change};

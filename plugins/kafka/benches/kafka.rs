@@ -253,7 +253,7 @@ async fn run(
     let gw = cluster.active_namespace(NAMESPACE, spec(&broker.bootstrap())).await?;
     let mut clients: Vec<TsClient> = Vec::new();
     for _ in 0..concurrency {
-        let channel = prism_client::endpoint(&gw.endpoint())?.connect().await?;
+        let channel = gw.channel().await?;
         clients.push(TsClient::new(channel));
     }
     let clients = Arc::new(clients);

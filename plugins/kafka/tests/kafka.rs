@@ -155,7 +155,7 @@ fn proto_ids(events: &[ts::Event]) -> Vec<&str> {
 type Client = ts::time_series_service_client::TimeSeriesServiceClient<tonic::transport::Channel>;
 
 async fn client(gw: &GatewayHandle) -> Client {
-    let channel = prism_client::endpoint(&gw.endpoint()).expect("endpoint").connect().await.expect("connect");
+    let channel = gw.channel().await.expect("connect");
     ts::time_series_service_client::TimeSeriesServiceClient::new(channel)
 }
 

@@ -66,6 +66,10 @@ use pulsar::{ConnectionRetryOptions, OperationRetryOptions, Producer, Pulsar, To
 
 pub use config::{PulsarPluginConfig, Topics};
 pub use error::{PulsarError, Result};
+/// The client crate, at the version this plugin uses: the gateway's bench
+/// (`gateway/benches/pulsar.rs`) measures a bare producer of it beside the
+/// plugin.
+pub use pulsar;
 
 use crate::codec::{Lifecycle, LifecycleKind, record};
 

@@ -1,3 +1,6 @@
+//! Unit tests of the quota layer: admissions held until the response is
+//! ready with read bytes charged then, and the largest item allowed.
+
 use std::sync::Arc;
 
 use prism_proto::control::{Change, Delta, Namespace, NamespaceSpec, NamespaceStatus, QuotaSet, change};

@@ -8,9 +8,11 @@
 //! per topic). The gateway is driven by tonic clients in this process and
 //! by h2load (far cheaper per request; skipped, saying so, when not
 //! installed); the plugin is also called directly, without the gateway.
-//! See `docs/benchmarks.md`, "Gateway → Pulsar".
+//! See `docs/benchmarks.md`, "Gateway → Pulsar". It is the gateway's
+//! bench (feature `pulsar`), not the plugin's: plugins know only the plugin
+//! API, and this one drives a whole gateway.
 //!
-//! `cargo bench -p prism-plugin-pulsar --bench pulsar`
+//! `cargo bench -p prism-gateway --features pulsar --bench pulsar`
 //!
 //! `PRISM_BENCH_OPS` (writes per phase, default 4 000), `PRISM_BENCH_ROUNDS`
 //! (default 3) and `PRISM_BENCH_CONCURRENCY` (default 16) change the sample.
@@ -25,6 +27,7 @@ use hdrhistogram::Histogram;
 use prism_plugin_api::ts::{Event, TimeSeries};
 use prism_plugin_api::{Namespace, Plugin, now_micros};
 use prism_plugin_pulsar::codec::{self, StoredEvent, record};
+use prism_plugin_pulsar::pulsar::{Producer, Pulsar, TokioExecutor, producer};
 use prism_plugin_pulsar::{PulsarPlugin, PulsarPluginConfig, Topics};
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{Abstraction, Backend, BackendConfig, NamespaceSpec, PulsarConfig};
@@ -33,7 +36,6 @@ use prism_testkit::cpu::Cpu;
 use prism_testkit::h2load;
 use prism_testkit::pulsar::PulsarBroker;
 use prost::Message as _;
-use pulsar::{Producer, Pulsar, TokioExecutor, producer};
 
 const NAMESPACE: &str = "bench/pulsar";
 const VALUE_BYTES: usize = 100;
