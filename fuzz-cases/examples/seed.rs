@@ -74,7 +74,7 @@ fn spec(text: &str, format: prism_cli::spec_file::Format) -> anyhow::Result<cont
 }
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     let ns = "acme/profiles".to_owned();
     let item = |k: &str, v: &str| kv::Item { key: k.into(), value: v.into(), ttl: None };
     let token = Some(kv::IdempotencyToken { generation_time: time(1_700_000_000), token: "0b5e-7c1d".into() });
