@@ -289,7 +289,12 @@ fn main() -> anyhow::Result<()> {
     }
 
     let mut c = Corpus::new(&root, "jwt")?;
-    let mut claims = prism_auth::Claims::new("alice", Some("acme"), &["admin"], 3600);
+    // Fixed times (valid until 2100), so that the seeds are the same on
+    // every run and the bearer seeds keep passing the signature and time
+    // checks, reaching the claim checks behind them.
+    let mut claims = prism_auth::Claims::new("alice", Some("acme"), &["admin"], 0);
+    claims.iat = Some(1_700_000_000);
+    claims.exp = 4_102_444_800;
     claims.iss = Some("prism-fuzz".into());
     claims.aud = Some("prism".into());
     let signed = prism_auth::sign_hs256(JWT_SECRET, &claims)?;
