@@ -2,7 +2,9 @@
 //! a few real inputs of each format, made by the code that makes them in
 //! production (prost encodings of requests, the page-token encoders,
 //! `sign_hs256`, the spec-file parser, the stores' encoders), each prefixed
-//! by the selector byte its target reads. Run it after a format changes:
+//! by the selector byte its target reads. A seed is accepted by its target
+//! (decoded and valid) unless its name says `refused`; the replay test
+//! checks both. Run it after a format changes:
 //! `cargo run -p prism-fuzz-cases --example seed`.
 
 use std::collections::BTreeMap;
@@ -89,7 +91,10 @@ fn main() -> anyhow::Result<()> {
         filter: Some(ts::tag_filter::Filter::And(ts::TagFilterList {
             filters: vec![
                 ts::TagFilter {
-                    filter: Some(ts::tag_filter::Filter::Equals(ts::TagEquals { key: "region".into(), value: "eu".into() })),
+                    filter: Some(ts::tag_filter::Filter::Equals(ts::TagEquals {
+                        key: "region".into(),
+                        value: "eu".into(),
+                    })),
                 },
                 ts::TagFilter {
                     filter: Some(ts::tag_filter::Filter::In(ts::TagIn {
@@ -300,7 +305,7 @@ fn main() -> anyhow::Result<()> {
     let signed = prism_auth::sign_hs256(JWT_SECRET, &claims)?;
     c.put("bearer", Some(0), format!("Bearer {signed}").as_bytes())?;
     c.put("bare", Some(0), signed.as_bytes())?;
-    c.put("wrong-secret", Some(0), prism_auth::sign_hs256(&"x".repeat(32), &claims)?.as_bytes())?;
+    c.put("refused-wrong-secret", Some(0), prism_auth::sign_hs256(&"x".repeat(32), &claims)?.as_bytes())?;
     c.put("claims", Some(1), &serde_json::to_vec(&claims)?)?;
     c.put(
         "claims-odd",
@@ -320,7 +325,7 @@ fn main() -> anyhow::Result<()> {
         None,
         br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k2","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#,
     )?;
-    c.put("empty", None, br#"{"keys":[]}"#)?;
+    c.put("refused-empty", None, br#"{"keys":[]}"#)?;
 
     let mut c = Corpus::new(&root, "spec_file")?;
     c.put("adr-006.yaml", Some(0), SPEC_YAML.as_bytes())?;
@@ -332,7 +337,8 @@ fn main() -> anyhow::Result<()> {
         use prism_plugin_embedded::kv::codec::{Header, RangeTombstone};
         use prism_plugin_embedded::ts::codec as tsc;
         let e = |name| index(&EMBEDDED_CODECS, name);
-        let header = Header { generation: 1_700_000_000_000_000, expires_at: None, tombstone: false, chunks: 0, len: 3 };
+        let header =
+            Header { generation: 1_700_000_000_000_000, expires_at: None, tombstone: false, chunks: 0, len: 3 };
         c.put("header", e("item header"), &header.encode(b"ada"))?;
         let expiring = Header { expires_at: Some(1_800_000_000_000_000), chunks: 2, len: 1 << 20, ..header };
         c.put("header-chunked", e("item header"), &expiring.encode(&[]))?;

@@ -11,8 +11,7 @@ fn fuzz_dir() -> PathBuf {
 
 fn inputs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> =
-        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
     files.sort();
     files
 }
@@ -22,7 +21,10 @@ fn every_corpus_and_kept_crash_replays_without_a_panic() {
     let mut replayed = 0;
     for (target, body) in prism_fuzz_cases::TARGETS {
         let corpus = inputs(&fuzz_dir().join("corpus").join(target));
-        assert!(!corpus.is_empty(), "fuzz/corpus/{target} has no seeds (run `cargo run -p prism-fuzz-cases --example seed`)");
+        assert!(
+            !corpus.is_empty(),
+            "fuzz/corpus/{target} has no seeds (run `cargo run -p prism-fuzz-cases --example seed`)"
+        );
         for path in corpus.iter().chain(&inputs(&fuzz_dir().join("artifacts").join(target))) {
             let data = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
             // The path in the panic message says which input failed.
@@ -32,6 +34,25 @@ fn every_corpus_and_kept_crash_replays_without_a_panic() {
         }
     }
     assert!(replayed >= prism_fuzz_cases::TARGETS.len());
+}
+
+/// The seeds still reach past the decoders: a format change that makes
+/// them all refused would leave the fuzzer exploring only error paths.
+#[test]
+fn every_seed_is_accepted_unless_it_is_meant_to_be_refused() {
+    let mut wrong = Vec::new();
+    for (target, body) in prism_fuzz_cases::TARGETS {
+        for path in inputs(&fuzz_dir().join("corpus").join(target)) {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let Some(seed) = name.strip_prefix("seed-") else { continue };
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            let refused = seed.starts_with("refused-");
+            if body(&data) == refused {
+                wrong.push(format!("{target}/{name} is {}", if refused { "accepted" } else { "refused" }));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "seeds that changed (re-run the seed example?):\n  {}", wrong.join("\n  "));
 }
 
 #[test]
