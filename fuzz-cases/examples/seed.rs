@@ -236,7 +236,7 @@ fn main() -> anyhow::Result<()> {
         &control::CreateTenantRequest {
             tenant_id: "acme".into(),
             display_name: "Acme Corp".into(),
-            quotas: pg.quotas.clone(),
+            quotas: pg.quotas,
             admins: vec!["acme:alice".into(), "bob".into()],
         }
         .encode_to_vec(),

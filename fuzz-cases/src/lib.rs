@@ -20,8 +20,11 @@ use prism_gateway::error::GatewayError;
 use prism_proto::{control, kv, timeseries as ts};
 use prost::Message;
 
+/// A target's body: the input, and whether it was accepted.
+pub type Body = fn(&[u8]) -> bool;
+
 /// Every target: its name (the directory of its corpus) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("gateway_request", gateway_request),
     ("control_request", control_request),
     ("page_token", page_token),
