@@ -14,7 +14,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::jwks::{self, KeyStore, Lookup, Refresher};
-use crate::{AuthConfig, AuthError, Claims, DEFAULT_LEEWAY_SECONDS, Principal, Result};
+use crate::{AuthConfig, AuthError, DEFAULT_LEEWAY_SECONDS, Principal, Result};
 
 /// Verifies bearer tokens. Cheap to clone; the JWKS refresher (if any)
 /// stops when the last clone is dropped.
@@ -60,6 +60,20 @@ fn rules(config: &AuthConfig, alg: Algorithm) -> Validation {
         None => v.validate_aud = false,
     }
     v
+}
+
+/// What a verified token's claims give the principal. Not [`crate::Claims`]:
+/// `aud` may be one string or an array of them (RFC 7519 §4.1.3), and
+/// `iss`, `aud`, `nbf` are checked by `jsonwebtoken` on the raw claims, so
+/// only what is read here must have Prism's shape.
+#[derive(serde::Deserialize)]
+struct Verified {
+    sub: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    exp: u64,
 }
 
 fn unauthenticated(why: impl Into<String>) -> AuthError {
@@ -178,7 +192,7 @@ impl Authenticator {
             }
             other => return Err(unauthenticated(format!("invalid token: algorithm {other:?} is not accepted"))),
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, rules)
+        let data = jsonwebtoken::decode::<Verified>(token, key, rules)
             .map_err(|e| unauthenticated(format!("invalid token: {e}")))?;
         let c = data.claims;
         if c.sub.is_empty() {

@@ -10,7 +10,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use crate::{mint_hs256, sign_hs256, unix_now};
+use crate::{Claims, mint_hs256, sign_hs256, unix_now};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -156,6 +156,30 @@ fn issuer_and_audience_are_required_when_configured() {
     // Without an audience configured, a token that has one still passes.
     let plain = Authenticator::new(&hs_config());
     plain.authenticate(Some(&bearer(&sign_hs256(SECRET, &good).expect("sign")))).expect("aud not checked");
+}
+
+/// Found by the fuzz seeds (fuzz/corpus/jwt/seed-claims-odd): identity
+/// providers send `aud` as an array; one of its audiences is the
+/// configured one, so the token is accepted.
+#[test]
+fn an_audience_array_naming_the_audience_is_accepted() {
+    let a = Authenticator::new(&AuthConfig { audience: Some("prism".into()), ..hs_config() });
+    let sign = |aud: &str| {
+        let claims = format!(r#"{{"sub":"svc","exp":{},"aud":{aud},"roles":["reader"]}}"#, unix_now() + 60);
+        let claims: serde_json::Value = serde_json::from_str(&claims).expect("json");
+        bearer(
+            &jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .expect("sign"),
+        )
+    };
+    let p = a.authenticate(Some(&sign(r#"["other","prism"]"#))).expect("an array naming prism");
+    assert_eq!((p.sub.as_str(), p.roles.as_slice()), ("svc", ["reader".to_owned()].as_slice()));
+    refused(&a, Some(&sign(r#"["other","another"]"#)));
+    refused(&a, Some(&sign("[]")));
 }
 
 fn jwks_file_config(dir: &tempfile::TempDir, document: &str) -> AuthConfig {

@@ -30,7 +30,7 @@ pub use metrics::{Metrics, MetricsLayer};
 pub use quota::{Admitted, Quota, QuotaLayer};
 pub use shed::{DeadlineLayer, LoadShedLayer};
 pub use trace::TraceLayer;
-pub use validate::{Validate, ValidateLayer, limits};
+pub use validate::{Validate, ValidateLayer, limits, validate as validate_request};
 
 use crate::call::{Call, Response};
 use crate::error::{GatewayError, Result};

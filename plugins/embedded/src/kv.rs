@@ -64,7 +64,10 @@
 //! (items with their headers, chunks, range tombstones, tokens), not the
 //! due index nor redb's own pages.
 
-pub(crate) mod codec;
+// Public, hidden, for the fuzz targets (fuzz/cases): they decode arbitrary
+// bytes with the store's own codecs. Not an API.
+#[doc(hidden)]
+pub mod codec;
 #[cfg(test)]
 mod tests;
 

@@ -53,7 +53,10 @@
 //! [`crate::kv`] (keys and values of `ts_events` and `ts_index`), so
 //! `KeyValue::storage_bytes` counts TimeSeries namespaces too.
 
-mod codec;
+// Public, hidden, for the fuzz targets (fuzz/cases): they decode arbitrary
+// bytes with the store's own codecs. Not an API.
+#[doc(hidden)]
+pub mod codec;
 #[cfg(test)]
 mod tests;
 

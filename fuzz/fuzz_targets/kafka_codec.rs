@@ -1,0 +1,6 @@
+//! Fuzz target `kafka_codec`: see `prism_fuzz_cases::kafka_codec`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    prism_fuzz_cases::kafka_codec(data);
+});
