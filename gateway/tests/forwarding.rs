@@ -299,3 +299,56 @@ async fn with_forwarding_off_a_misrouted_call_names_the_owner() -> anyhow::Resul
     assert_eq!((info.reason.as_str(), info.metadata.get("endpoints")), ("WRONG_SHARD", Some(&owner.endpoint())));
     Ok(())
 }
+
+/// Whether `python3` with grpcio and grpcio-tools is here; `Err` when it
+/// must be (CI) and is not.
+fn python_with_grpc() -> anyhow::Result<bool> {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found && prism_testkit::postgres::servers_required() {
+        anyhow::bail!(
+            "python3 with grpcio and grpcio-tools is required: pip install -r examples/python/requirements.txt"
+        );
+    }
+    Ok(found)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_uses_one_address_for_every_namespace() -> anyhow::Result<()> {
+    if !python_with_grpc()? {
+        println!("skipped: no python3 with grpcio (pip install -r examples/python/requirements.txt)");
+        return Ok(());
+    }
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python");
+    let stubs = tempfile::tempdir()?;
+    let generated = std::process::Command::new(example.join("generate.sh")).arg(stubs.path()).output()?;
+    anyhow::ensure!(generated.status.success(), "generate.sh: {}", String::from_utf8_lossy(&generated.stderr));
+
+    let (cluster, kv_names, ts_names) = deployment().await?;
+    let proxy = TcpProxy::round_robin(cluster.gateways.iter().map(|g| g.addr).collect()).await?;
+    let mut args = vec!["--target".to_owned(), proxy.endpoint()];
+    args.extend(kv_names.iter().flat_map(|n| ["--kv".to_owned(), n.clone()]));
+    args.extend(ts_names.iter().flat_map(|n| ["--ts".to_owned(), n.clone()]));
+    // Each run's channel is one connection: the proxy sends the first to
+    // one gateway and the second to the other.
+    for run in 0..2 {
+        let (script, args, stubs) = (example.join("example.py"), args.clone(), stubs.path().to_owned());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("python3")
+                .arg(script)
+                .args(args)
+                .env("PRISM_STUBS", stubs)
+                .env("PRISM_TOKEN", admin_token())
+                .output()
+        })
+        .await??;
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(out.status.success(), "run {run}: {}\n{stdout}\n{stderr}", out.status);
+        assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+        assert_eq!(stdout.matches("tail delivered them in order").count(), ts_names.len(), "{stdout}");
+    }
+    assert_eq!(proxy.connections(), [1, 1], "one connection per run, one run per gateway");
+    Ok(())
+}
