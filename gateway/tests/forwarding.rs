@@ -352,3 +352,126 @@ async fn the_python_example_uses_one_address_for_every_namespace() -> anyhow::Re
     assert_eq!(proxy.connections(), [1, 1], "one connection per run, one run per gateway");
     Ok(())
 }
+
+/// A KeyValue namespace on a PostgreSQL server every shard reaches, so it
+/// moves when shards come and go.
+fn shared(dsn: &str) -> NamespaceSpec {
+    use prism_proto::control::backend_config::Config;
+    use prism_proto::control::{BackendConfig, PostgresConfig};
+    NamespaceSpec {
+        abstraction: Abstraction::KeyValue as i32,
+        backend: Backend::Postgres as i32,
+        backend_config: Some(BackendConfig {
+            config: Some(Config::Postgres(PostgresConfig { dsn: dsn.into(), ..Default::default() })),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Where each of `names` lives, as the control plane says.
+async fn owners(cp: &prism_testkit::ControlPlaneHandle, names: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut c = cp.client().await?;
+    let mut out = Vec::new();
+    for name in names {
+        let ns = c.get_namespace(prism_proto::control::GetNamespaceRequest { name: name.clone() }).await?;
+        out.push((name.clone(), ns.into_inner().shard_id));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_that_disagree_about_the_owner_answer_unavailable_and_never_loop() -> anyhow::Result<()> {
+    let Some(server) = prism_testkit::postgres::PostgresServer::start_or_skip()? else {
+        println!("{}", prism_testkit::postgres::skip_reason());
+        return Ok(());
+    };
+    let cp = prism_testkit::ControlPlaneHandle::start_with(prism_control_plane::ControlPlaneConfig::default()).await?;
+    // shard-b hears the control plane through a link the test can cut.
+    let link = TcpProxy::round_robin(vec![cp.addr]).await?;
+    let a = GatewayHandle::start(&cp.endpoint(), "shard-a").await?;
+    let b = GatewayHandle::start(&link.endpoint(), "shard-b").await?;
+    let mut c = GatewayHandle::start(&cp.endpoint(), "shard-c").await?;
+    eventually(Duration::from_secs(30), || async {
+        let mut client = cp.client().await?;
+        let shards = client.list_shards(prism_proto::control::ListShardsRequest {}).await?.into_inner().shards;
+        anyhow::ensure!(shards.iter().filter(|s| !s.instances.is_empty()).count() == 3, "{shards:?}");
+        Ok(())
+    })
+    .await?;
+    let mut admin = cp.client().await?;
+    admin
+        .create_tenant(prism_proto::control::CreateTenantRequest { tenant_id: "acme".into(), ..Default::default() })
+        .await?;
+    let names: Vec<String> = (0..24).map(|i| format!("acme/pg-{i}")).collect();
+    for name in &names {
+        let request =
+            prism_proto::control::CreateNamespaceRequest { name: name.clone(), spec: Some(shared(&server.dsn())) };
+        admin.create_namespace(request).await?;
+    }
+    let on_c: Vec<String> = eventually(Duration::from_secs(30), || async {
+        let mut client = cp.client().await?;
+        let mut on_c = Vec::new();
+        for name in &names {
+            let ns = client.get_namespace(prism_proto::control::GetNamespaceRequest { name: name.clone() }).await?;
+            let ns = ns.into_inner();
+            anyhow::ensure!(ns.status == prism_proto::control::NamespaceStatus::Active as i32, "{name} not active");
+            if ns.shard_id == "shard-c" {
+                on_c.push(ns.name);
+            }
+        }
+        Ok(on_c)
+    })
+    .await?;
+    anyhow::ensure!(!on_c.is_empty(), "no namespace landed on shard-c");
+    let revision = a.gateway.shared.metadata.load().revision;
+    b.caught_up(revision).await?;
+
+    // shard-b stops hearing the control plane; then shard-c leaves, and its
+    // namespaces move to shard-a and shard-b. shard-a learns it; shard-b
+    // still places them on shard-c.
+    link.cut();
+    c.stop().await?;
+    let moved = eventually(Duration::from_secs(30), || async {
+        let now = owners(&cp, &on_c).await?;
+        anyhow::ensure!(now.iter().all(|(_, s)| s != "shard-c"), "{now:?}");
+        Ok(now)
+    })
+    .await?;
+    // Names and shard ids are fixed, so rendezvous always moves some here.
+    let x = moved.iter().find(|(_, s)| s == "shard-b").map(|(n, _)| n.as_str()).context("none moved to shard-b")?;
+    eventually(Duration::from_secs(10), || async {
+        let on = a.gateway.shared.metadata.load().namespace(x).map(|e| e.shard_id.clone());
+        anyhow::ensure!(on.as_deref() == Some("shard-b"), "shard-a places {x} on {on:?}");
+        Ok(())
+    })
+    .await?;
+    let on_b = b.gateway.shared.metadata.load().namespace(x).map(|e| e.shard_id.clone());
+    assert_eq!(on_b.as_deref(), Some("shard-c"), "shard-b's view is stale");
+
+    // shard-a forwards to shard-b, which places it elsewhere: UNAVAILABLE,
+    // at once, not another hop. shard-b forwards to the shard-c it
+    // remembers, which is gone: UNAVAILABLE too. Neither waits out the
+    // deadline.
+    let deadline = Duration::from_secs(3);
+    for (entry, why) in [(&a, "disagreeing owner"), (&b, "departed owner")] {
+        let mut request = authed(get(x, "r"), &admin_token());
+        request.set_timeout(deadline);
+        let started = Instant::now();
+        let e = KeyValueServiceClient::new(connect(&entry.endpoint()).await?).get_items(request).await.expect_err(why);
+        assert_eq!(e.code(), Code::Unavailable, "{why}: {e:?}");
+        assert!(started.elapsed() < deadline, "{why}: answered after {:?}", started.elapsed());
+    }
+
+    // The link comes back: shard-b catches up, and the call through
+    // shard-a is served by shard-b.
+    link.restore();
+    eventually(Duration::from_secs(30), || async {
+        let mut kv = KeyValueServiceClient::new(connect(&a.endpoint()).await?);
+        kv.put_items(authed(put(x, "r", "v", 1), &admin_token())).await?;
+        let got = kv.get_items(authed(get(x, "r"), &admin_token())).await?.into_inner();
+        anyhow::ensure!(got.items.len() == 1, "{got:?}");
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
