@@ -64,6 +64,12 @@ if ! command -v pulsar-lite >/dev/null 2>&1 && ! python3 -c 'import pulsar_lite'
     echo "== installing pulsar-lite"
     python3 -m pip install -q pulsar-lite
 fi
+# grpcio and grpcio-tools for the Python client example (examples/python),
+# which a gateway test generates stubs for and runs against a test cluster.
+if ! python3 -c 'import grpc, grpc_tools' >/dev/null 2>&1; then
+    echo "== installing grpcio and grpcio-tools"
+    python3 -m pip install -q -r examples/python/requirements.txt
+fi
 # A Kafka-protocol broker (tansu, in-memory storage) for the kafka plugin's
 # tests, which start their own on an ephemeral port: on PATH or in cargo's
 # bin directory. Built from source when missing (8-15 minutes on a fresh

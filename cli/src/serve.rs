@@ -216,6 +216,9 @@ pub struct GatewayArgs {
     /// PEM private key of --control-plane-cert
     #[arg(long, value_name = "FILE", env = "PRISM_CONTROL_PLANE_KEY")]
     pub control_plane_key: Option<PathBuf>,
+    /// Forward calls for namespaces of other shards to their owner (false: refuse them with WRONG_SHARD) [default: true]
+    #[arg(long, value_name = "BOOL", env = "PRISM_FORWARDING")]
+    pub forwarding: Option<bool>,
 }
 
 impl GatewayArgs {
@@ -245,6 +248,9 @@ impl GatewayArgs {
         config.auth.allow_anonymous |= self.allow_anonymous;
         if let Some(addr) = &self.metrics_listen {
             config.metrics_listen = Some(addr.clone());
+        }
+        if let Some(on) = self.forwarding {
+            config.forwarding.enabled = on;
         }
         config.tls = self.tls.apply(config.tls.take())?;
         let flags = [&self.control_plane_ca, &self.control_plane_cert, &self.control_plane_key];
@@ -566,6 +572,7 @@ mod tests {
             control_plane_ca: None,
             control_plane_cert: None,
             control_plane_key: None,
+            forwarding: None,
         };
         let err = g.config().expect_err("no secret");
         assert!(err.to_string().contains("auth.hs256_secret"), "{err}");
@@ -573,7 +580,10 @@ mod tests {
         let secret = |s: &str| AuthSecretArgs { auth_secret: Some(s.into()), auth_secret_file: None };
         let err = GatewayArgs { secret: secret("0123456789abcdef-secret"), ..g.clone() }.config().expect_err("weak");
         assert!(err.to_string().contains("auth.hs256_secret: is a 23-byte secret"), "{err}");
-        assert!(GatewayArgs { secret: secret("0123456789abcdef0123456789abcdef"), ..g }.config().is_ok());
+        let good = GatewayArgs { secret: secret("0123456789abcdef0123456789abcdef"), ..g };
+        assert!(good.config().is_ok_and(|c| c.forwarding.enabled), "forwarding is on by default");
+        let off = GatewayArgs { forwarding: Some(false), ..good }.config();
+        assert!(off.is_ok_and(|c| !c.forwarding.enabled), "--forwarding false turns it off");
     }
 
     #[test]
@@ -600,6 +610,7 @@ mod tests {
             control_plane_ca: None,
             control_plane_cert: None,
             control_plane_key: None,
+            forwarding: None,
         };
         let mut config = g.config()?;
         assert_eq!(config.control_plane_token, None, "the flag's file replaces the file's token");

@@ -42,7 +42,52 @@ pub struct RoutingTable {
     namespaces: HashMap<String, NamespaceRoute>,
     shards: HashMap<String, ShardRoute>,
     /// Endpoints that failed to connect, and until when they are skipped.
-    down: HashMap<String, Instant>,
+    down: Cooldowns,
+}
+
+/// Endpoints that recently could not be reached, each skipped until its
+/// pause ends; and the rule that picks a replica around them. Shared by
+/// the client's routing table and the gateway's forwarding, so both choose
+/// alike.
+#[derive(Debug, Default)]
+pub struct Cooldowns(HashMap<String, Instant>);
+
+impl Cooldowns {
+    /// Skips `endpoint` until `until`.
+    pub fn mark_down(&mut self, endpoint: &str, until: Instant) {
+        self.0.insert(endpoint.to_owned(), until);
+    }
+
+    /// `endpoint` answered: it is not skipped any more.
+    pub fn mark_up(&mut self, endpoint: &str) {
+        if !self.0.is_empty() {
+            self.0.remove(endpoint);
+        }
+    }
+
+    /// Forgets pauses that ended.
+    pub fn purge(&mut self, now: Instant) {
+        self.0.retain(|_, until| now < *until);
+    }
+
+    fn paused_until(&self, endpoint: &str, now: Instant) -> Option<Instant> {
+        self.0.get(endpoint).copied().filter(|until| now < *until)
+    }
+
+    /// Which of `endpoints` to call next, taking turns from `start`: the
+    /// first not paused at `now`, or, when all are, the one whose pause
+    /// ends first (rather than none). `None` only for an empty list.
+    pub fn choose(&self, endpoints: &[String], start: usize, now: Instant) -> Option<usize> {
+        let n = endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let start = start % n;
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.paused_until(&endpoints[i], now).is_none())
+            .or_else(|| (0..n).min_by_key(|&i| self.paused_until(&endpoints[i], now)))
+    }
 }
 
 fn live(expires: Option<Instant>, now: Instant) -> bool {
@@ -58,13 +103,7 @@ impl RoutingTable {
         let ns = self.namespaces.get(namespace).filter(|r| live(r.expires, now))?;
         let shard_id = ns.shard_id.clone();
         let shard = self.shards.get_mut(&shard_id).filter(|s| live(s.expires, now) && !s.endpoints.is_empty())?;
-        let n = shard.endpoints.len();
-        let start = shard.next % n;
-        let down_until = |e: &String| self.down.get(e).copied().filter(|until| now < *until);
-        let chosen = (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| down_until(&shard.endpoints[i]).is_none())
-            .or_else(|| (0..n).min_by_key(|&i| down_until(&shard.endpoints[i])))?;
+        let chosen = self.down.choose(&shard.endpoints, shard.next, now)?;
         shard.next = chosen + 1;
         Some(Route { shard_id, endpoint: shard.endpoints[chosen].clone() })
     }
@@ -121,12 +160,12 @@ impl RoutingTable {
 
     /// Skips `endpoint` until `until`.
     pub fn mark_down(&mut self, endpoint: &str, until: Instant) {
-        self.down.insert(endpoint.to_owned(), until);
+        self.down.mark_down(endpoint, until);
     }
 
     /// `endpoint` answered: it is not skipped any more.
     pub fn mark_up(&mut self, endpoint: &str) {
-        self.down.remove(endpoint);
+        self.down.mark_up(endpoint);
     }
 
     /// Applies one namespace's state from the watch stream: live
@@ -167,7 +206,7 @@ impl RoutingTable {
     pub fn purge(&mut self, now: Instant) {
         self.namespaces.retain(|_, r| live(r.expires, now));
         self.shards.retain(|_, s| live(s.expires, now));
-        self.down.retain(|_, until| now < *until);
+        self.down.purge(now);
     }
 }
 

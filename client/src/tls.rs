@@ -89,8 +89,9 @@ fn configure(endpoint: Endpoint) -> Endpoint {
         .keep_alive_while_idle(true)
 }
 
-/// A channel to `address`, connected when first used.
-pub(crate) fn lazy_channel(address: &str, tls: &Tls) -> Result<Channel> {
+/// A channel to `address`, connected when first used (and again after its
+/// connection breaks): plain text, or TLS with `tls` for `https://`.
+pub fn lazy_channel(address: &str, tls: &Tls) -> Result<Channel> {
     Ok(match target(address)? {
         Target::Plain(endpoint) => configure(endpoint).connect_lazy(),
         Target::Tls { endpoint, host, port } => {

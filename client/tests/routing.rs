@@ -53,7 +53,9 @@ impl Deployment {
     /// `shard_endpoints`: each shard's gateway, after the `extra`
     /// endpoints given for it.
     async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let cluster = Cluster::start().await?;
+        // Gateways that redirect (forwarding off): the client's own
+        // routing is what these tests look at.
+        let cluster = Cluster::start_with(|c| c.forwarding.enabled = false).await?;
         let mut revision = 0;
         let mut cp = cluster.control_plane.client().await?;
         for (name, shard) in KV {

@@ -167,6 +167,14 @@ pub struct Call {
     /// The caller's W3C trace context (`traceparent`, `tracestate`), if
     /// it sent a valid one: the request's span continues that trace.
     pub trace: Option<prism_telemetry::trace::TraceParent>,
+    /// When the caller stops waiting (its `grpc-timeout`), if it said.
+    pub deadline: Option<tokio::time::Instant>,
+    /// Whether another gateway forwarded this call here
+    /// ([`crate::forward::FORWARDED_BY`]): it is not forwarded again.
+    pub forwarded: bool,
+    /// Set by authorization when another shard owns the namespace and the
+    /// call goes there ([`crate::layers::Forward`]).
+    pub forward: Option<crate::forward::Destination>,
 }
 
 impl Call {
@@ -179,6 +187,9 @@ impl Call {
             principal: None,
             namespace: None,
             trace: None,
+            deadline: None,
+            forwarded: false,
+            forward: None,
         }
     }
 }
@@ -197,11 +208,41 @@ pub async fn run<T>(
     let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| prism_tls::common_name(c.as_ref())));
     let trace = trace_context(req.metadata());
     let client_addr = req.remote_addr();
+    let deadline = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .and_then(|t| tokio::time::Instant::now().checked_add(t));
+    let forwarded = req.metadata().contains_key(crate::forward::FORWARDED_BY);
     let mut call = Call::new(wrap(req.into_inner()), authorization);
     call.client_cert = client_cert;
     call.trace = trace;
     call.client_addr = client_addr;
+    call.deadline = deadline;
+    call.forwarded = forwarded;
     pipeline.clone().oneshot(call).await.map_err(crate::error::GatewayError::into_status)
+}
+
+/// A `grpc-timeout` value (at most 8 digits and a unit: `H`, `M`, `S`,
+/// `m`, `u`, `n`), as gRPC over HTTP/2 defines it; `None` when malformed.
+pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let unit = value.chars().last()?;
+    let digits = &value[..value.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        'H' => Duration::from_secs(n * 3600),
+        'M' => Duration::from_secs(n * 60),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The caller's `traceparent` / `tracestate`, when valid (an invalid one
@@ -215,4 +256,24 @@ fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Option<prism_teleme
 /// The status for a pipeline that answered a different RPC (a bug).
 pub fn unexpected() -> tonic::Status {
     crate::error::GatewayError::Internal("the pipeline answered another rpc".into()).into_status()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_grpc_timeout;
+
+    #[test]
+    fn reads_grpc_timeouts_and_refuses_malformed_ones() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "123456789S", "5s", "-5S", "5 S", "5", "é", "5é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -81,6 +81,28 @@ pub struct GatewayConfig {
     /// load balancers and clients notice before connections close, in
     /// milliseconds. Default 0; at most 600 000.
     pub drain_delay_ms: u64,
+    pub forwarding: ForwardingConfig,
+}
+
+/// The `[gateway.forwarding]` table: what this gateway does with a call for
+/// a namespace that another shard owns.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    /// Forward such a call to one of the owner's instances and relay its
+    /// answer (`true`), or refuse it with FAILED_PRECONDITION / WRONG_SHARD
+    /// naming the owner (`false`). Default `true`.
+    pub enabled: bool,
+    /// How `https://` peer gateways are reached: the CAs their
+    /// certificates must chain to and the client certificate to present.
+    /// Default: `control_plane_tls` when set, else the system CA bundle.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        Self { enabled: true, tls: None }
+    }
 }
 
 /// The `[gateway.control_plane_tls]` table.
@@ -164,6 +186,7 @@ impl Default for GatewayConfig {
             metrics_listen: None,
             metrics_max_namespaces: 1000,
             drain_delay_ms: 0,
+            forwarding: ForwardingConfig::default(),
         }
     }
 }
@@ -233,6 +256,9 @@ impl GatewayConfig {
         };
         if let Some(tls) = &self.tls {
             tls.validate().map_err(|e| tls_error(e, "tls"))?;
+        }
+        if let Some(tls) = &self.forwarding.tls {
+            tls.validate().map_err(|e| tls_error(e, "forwarding.tls"))?;
         }
         if let Some(tls) = &self.control_plane_tls {
             tls.validate().map_err(|e| tls_error(e, "control_plane_tls"))?;
@@ -355,6 +381,20 @@ mod tests {
         let e = GatewayConfig::from_toml(&format!("{base}[secrets.x]\nvalue = \"hunter2\"\ntenants = [\"*\"]\n"))
             .expect_err("inline values are not a source");
         assert!(e.to_string().contains("unknown field `value`"), "{e}");
+    }
+
+    #[test]
+    fn forwarding_is_on_by_default_and_can_be_turned_off() {
+        let base = "shard_id = \"s0\"\n[auth]\nallow_anonymous = true\n";
+        let c = GatewayConfig::from_toml(base).expect("valid");
+        assert!(c.forwarding.enabled && c.forwarding.tls.is_none());
+        let c = GatewayConfig::from_toml(&format!("{base}[forwarding]\nenabled = false\n")).expect("valid");
+        assert!(!c.forwarding.enabled);
+        let e = GatewayConfig::from_toml(&format!("{base}[forwarding]\ntls = {{ cert_file = \"c\" }}\n"))
+            .expect_err("a certificate without its key");
+        assert!(e.to_string().contains("forwarding.tls.cert_file"), "{e}");
+        let e = GatewayConfig::from_toml(&format!("{base}[forwarding]\nhops = 2\n")).expect_err("unknown");
+        assert!(e.to_string().contains("unknown field `hops`"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,13 @@ pub enum GatewayError {
     },
     #[error("the gateway is overloaded")]
     Overloaded,
+    /// Try again later (a forwarded call whose owner could not be reached,
+    /// or that reached a gateway with another view of the owner).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The owning gateway's answer to a forwarded call, relayed as it is.
+    #[error("{}", .0.message())]
+    Relayed(tonic::Status),
     #[error("the request took longer than {0:?}")]
     Timeout(std::time::Duration),
     #[error(transparent)]
@@ -59,7 +66,8 @@ impl GatewayError {
             Self::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Self::FailedPrecondition(_) | Self::WrongShard { .. } => ErrorKind::FailedPrecondition,
             Self::QuotaExceeded { .. } => ErrorKind::ResourceExhausted,
-            Self::Overloaded | Self::Timeout(_) => ErrorKind::Unavailable,
+            Self::Overloaded | Self::Timeout(_) | Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Relayed(status) => kind_of(status.code()),
             Self::Plugin(e) => e.kind(),
             Self::SharedPlugin(e) => e.kind(),
             Self::Internal(_) | Self::Transport(_) => ErrorKind::Internal,
@@ -102,14 +110,44 @@ impl GatewayError {
         }
     }
 
+    /// The gRPC code the client gets.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Self::Relayed(status) => status.code(),
+            other => prism_proto::error::code(other.kind()),
+        }
+    }
+
     /// The one conversion to a gRPC status, logging what the client does
     /// not see.
     pub fn into_status(self) -> tonic::Status {
+        if let Self::Relayed(status) = self {
+            // The owner logged it; the client gets its code, message and
+            // details (not its other trailers).
+            return tonic::Status::with_details(status.code(), status.message(), status.details().to_vec().into());
+        }
         match self.kind() {
             ErrorKind::Internal => tracing::error!(error = %self, "request failed"),
             ErrorKind::Unavailable => tracing::warn!(error = %self, "request failed"),
             _ => {}
         }
         prism_proto::error::into_status(self.report())
+    }
+}
+
+/// The kind of a status another server answered.
+fn kind_of(code: tonic::Code) -> ErrorKind {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
+        Code::NotFound => ErrorKind::NotFound,
+        Code::AlreadyExists => ErrorKind::AlreadyExists,
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::PermissionDenied => ErrorKind::PermissionDenied,
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        Code::Aborted => ErrorKind::Aborted,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Unavailable,
+        Code::Ok | Code::Unknown | Code::Unimplemented | Code::Internal | Code::DataLoss => ErrorKind::Internal,
     }
 }

@@ -22,6 +22,7 @@ pub mod cache;
 pub mod call;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod health;
 pub mod kv_service;
 pub mod layers;

@@ -83,6 +83,8 @@ pub struct RequestSeries {
     latency: [LatencyHistogram; RPCS.len()],
     /// By scope (0 namespace, 1 tenant) and quota.
     quota_refusals: [[AtomicU64; QUOTAS.len()]; 2],
+    /// Calls this gateway forwarded to the namespace's owner, by RPC.
+    forwarded: [AtomicU64; RPCS.len()],
 }
 
 impl RequestSeries {
@@ -105,6 +107,18 @@ impl RequestSeries {
         if let Some(i) = quota_index(quota) {
             self.quota_refusals[usize::from(tenant)][i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a call of `rpc` forwarded to the namespace's owner.
+    pub fn forwarded(&self, rpc: usize) {
+        if let Some(n) = self.forwarded.get(rpc) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls of `rpc` forwarded to the namespace's owner.
+    pub fn forwarded_calls(&self, rpc: usize) -> u64 {
+        self.forwarded.get(rpc).map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// Requests of `rpc` (an index of [`RPCS`]) answered with `code`.
@@ -368,6 +382,31 @@ pub struct GatewayMetrics {
     requests: AtomicBool,
     /// The verified-token cache of the pipeline, once built.
     pub(crate) tokens: OnceLock<Arc<crate::layers::VerifiedTokens>>,
+    /// Forwarded calls that got no answer from the owner, by why.
+    forward_failures: [AtomicU64; ForwardFailure::ALL.len()],
+}
+
+/// Why a forwarded call got no answer from its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardFailure {
+    /// The owning shard has no registered instance.
+    NoInstance,
+    /// No instance could be connected to.
+    Unreachable,
+    /// No answer before the call's deadline.
+    Timeout,
+}
+
+impl ForwardFailure {
+    pub const ALL: [Self; 3] = [Self::NoInstance, Self::Unreachable, Self::Timeout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoInstance => "no_instance",
+            Self::Unreachable => "unreachable",
+            Self::Timeout => "timeout",
+        }
+    }
 }
 
 impl GatewayMetrics {
@@ -380,7 +419,13 @@ impl GatewayMetrics {
             delta_apply: LatencyHistogram::default(),
             requests: AtomicBool::new(false),
             tokens: OnceLock::new(),
+            forward_failures: Default::default(),
         }
+    }
+
+    /// Counts a forwarded call that got no answer.
+    pub fn forward_failed(&self, why: ForwardFailure) {
+        self.forward_failures[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the pipeline counts every request per namespace.
@@ -611,6 +656,33 @@ impl GatewayCollector {
                     latency.histogram([("rpc", rpc), ("tenant", &s.tenant), ("namespace", &s.namespace)], h)?;
                 }
             }
+        }
+        let mut forwarded = family(
+            encoder,
+            "prism_gateway_forwarded_requests",
+            "Calls this gateway forwarded to the shard that owns their namespace, by RPC, tenant and namespace \
+             (clients that route directly make none)",
+            MetricType::Counter,
+        )?;
+        for s in &all {
+            for (rpc, n) in RPCS.iter().zip(&s.forwarded) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    forwarded.counter([("rpc", rpc), ("tenant", &s.tenant), ("namespace", &s.namespace)], n)?;
+                }
+            }
+        }
+        let mut failed = family(
+            encoder,
+            "prism_gateway_forward_failures",
+            "Forwarded calls the owning shard did not answer (answered UNAVAILABLE here), by reason",
+            MetricType::Counter,
+        )?;
+        for why in ForwardFailure::ALL {
+            failed.counter(
+                [("reason", why.as_str())],
+                self.shared.metrics.forward_failures[why as usize].load(Ordering::Relaxed),
+            )?;
         }
         let mut quota = family(
             encoder,

@@ -77,6 +77,8 @@ pub struct Shared {
     pub tls: Option<prism_tls::ServerTls>,
     /// How an `https://` control plane is reached (`control_plane_tls`).
     pub control_plane_tls: prism_client::Tls,
+    /// Sends calls for other shards' namespaces to their owners.
+    pub forwarder: Arc<crate::forward::Forwarder>,
 }
 
 impl Shared {
@@ -164,7 +166,19 @@ impl Gateway {
         };
         let cache = ReadCache::new(&config.cache);
         let buffer = WriteBuffer::new(config.limits.write_buffer_events);
-        let config_max_namespaces = config.metrics_max_namespaces;
+        let metrics = Arc::new(crate::metrics::GatewayMetrics::new(config.metrics_max_namespaces));
+        // Peers are reached like the control plane unless told otherwise
+        // (one internal CA, this gateway's one client certificate).
+        let peer_tls = config.forwarding.tls.as_ref().or(config.control_plane_tls.as_ref());
+        let forwarder =
+            crate::forward::Forwarder::new(&config.shard_id, peer_tls, config.request_timeout(), metrics.clone())
+                .map_err(|e| match e {
+                    prism_client::ClientError::Tls(e) => tls_error(
+                        e,
+                        if config.forwarding.tls.is_some() { "forwarding.tls" } else { "control_plane_tls" },
+                    ),
+                    other => GatewayError::Internal(other.to_string()),
+                })?;
         let shared = Shared {
             config,
             metadata: Arc::new(Metadata::default()),
@@ -176,10 +190,11 @@ impl Gateway {
             audit: Default::default(),
             storage: Default::default(),
             quotas: Default::default(),
-            metrics: Arc::new(crate::metrics::GatewayMetrics::new(config_max_namespaces)),
+            metrics,
             readiness: Default::default(),
             tls,
             control_plane_tls,
+            forwarder: Arc::new(forwarder),
         };
         Ok(Self { shared: Arc::new(shared) })
     }

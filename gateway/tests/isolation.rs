@@ -518,9 +518,19 @@ fn spec(tenant: &str, abstraction: Abstraction) -> NamespaceSpec {
     }
 }
 
+/// Which gateway a tenant's data calls enter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// The one that owns the namespace.
+    Owner,
+    /// The other one, which forwards them to the owner.
+    OtherShard,
+}
+
 /// Three tenants, each with a KEY_VALUE and a TIME_SERIES namespace, on a
-/// cluster that checks issuer and audience everywhere.
-async fn world() -> anyhow::Result<(Cluster, World)> {
+/// cluster that checks issuer and audience everywhere; data calls enter
+/// through `entry`.
+async fn world(entry: Entry) -> anyhow::Result<(Cluster, World)> {
     let cluster = Cluster::start_configured(
         |cp| {
             cp.auth.issuer = Some(TEST_ISSUER.into());
@@ -543,9 +553,9 @@ async fn world() -> anyhow::Result<(Cluster, World)> {
         };
         admin.create_tenant(req).await?;
         let kv_gw = cluster.active_namespace(&format!("{tenant}/kv"), spec(tenant, Abstraction::KeyValue)).await?;
-        kv.insert(tenant, prism_client::endpoint(&kv_gw.endpoint())?.connect().await?);
+        kv.insert(tenant, prism_client::endpoint(&enter(&cluster, kv_gw, entry)?)?.connect().await?);
         let ts_gw = cluster.active_namespace(&format!("{tenant}/ts"), spec(tenant, Abstraction::TimeSeries)).await?;
-        ts.insert(tenant, prism_client::endpoint(&ts_gw.endpoint())?.connect().await?);
+        ts.insert(tenant, prism_client::endpoint(&enter(&cluster, ts_gw, entry)?)?.connect().await?);
     }
     // Every gateway must hold every grant before the matrix runs.
     let revision = {
@@ -568,9 +578,29 @@ async fn world() -> anyhow::Result<(Cluster, World)> {
     Ok((cluster, World { cp, kv, ts }))
 }
 
+/// The endpoint `entry` names for a namespace that `owner` serves.
+fn enter(cluster: &Cluster, owner: &prism_testkit::GatewayHandle, entry: Entry) -> anyhow::Result<String> {
+    let gateway = match entry {
+        Entry::Owner => owner,
+        Entry::OtherShard => cluster.gateways.iter().find(|g| g.addr != owner.addr).context("a second gateway")?,
+    };
+    Ok(gateway.endpoint())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_the_allowed_combinations_pass_authorization() -> anyhow::Result<()> {
-    let (_cluster, world) = world().await?;
+    matrix(Entry::Owner).await
+}
+
+/// The same matrix with every data call entering the gateway that does not
+/// own its namespace: forwarding changes no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_same_combinations_pass_when_calls_enter_through_the_wrong_shard() -> anyhow::Result<()> {
+    matrix(Entry::OtherShard).await
+}
+
+async fn matrix(entry: Entry) -> anyhow::Result<()> {
+    let (_cluster, world) = world(entry).await?;
     let mut wrong = Vec::new();
     let mut checked = 0;
     for tenant in TENANTS {
@@ -608,7 +638,7 @@ async fn exactly_the_allowed_combinations_pass_authorization() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_show_only_what_the_caller_may_see_and_refusals_are_audited() -> anyhow::Result<()> {
-    let (_cluster, world) = world().await?;
+    let (_cluster, world) = world(Entry::Owner).await?;
     let names =
         |r: prism_proto::control::ListNamespacesResponse| r.namespaces.into_iter().map(|n| n.name).collect::<Vec<_>>();
     let as_who = |who: Who| world.clients("t1", Some(&format!("Bearer {}", token_of(who, "t1"))));
@@ -666,7 +696,7 @@ async fn listings_show_only_what_the_caller_may_see_and_refusals_are_audited() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_sub_in_two_tenants_is_two_principals_and_cross_tenant_grants_are_audited() -> anyhow::Result<()> {
-    let (cluster, world) = world().await?;
+    let (cluster, world) = world(Entry::Owner).await?;
     let get = |c: &mut Clients| {
         let req = kv::GetItemsRequest { namespace: "t1/kv".into(), id: "r".into(), ..Default::default() };
         let mut kv = c.kv.clone();

@@ -244,14 +244,17 @@ async fn authentication_authorization_and_routing() -> anyhow::Result<()> {
     let acme_admin = token("bob", Some("acme"), &["tenant-admin"]);
     gw.kv(Some(&acme_admin)).await?.get_items(get_all(ns, "r")).await?;
 
-    // The other shard refuses, naming the owner.
+    // The other shard forwards to the owner: the same answers, refusals
+    // included (forwarding off, it names the owner: tests/sharding.rs).
     let other = cluster.gateways.iter().find(|g| g.addr != gw.addr).context("second gateway")?;
     other.caught_up(gw.gateway.shared.metadata.load().revision).await?;
-    let e = other.kv(Some(&admin_token())).await?.get_items(get_all(ns, "r")).await.expect_err("wrong shard");
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    let info = e.get_details_error_info().context("error info")?;
-    assert_eq!(info.reason, "WRONG_SHARD");
-    assert_eq!(info.metadata.get("shard_id"), Some(&gw.gateway.shared.config.shard_id));
+    assert_eq!(other.kv(Some(&reader)).await?.get_items(get_all(ns, "r")).await?.into_inner().items.len(), 1);
+    let e = other.kv(Some(&reader)).await?.put_items(put(ns, "r", vec![item("k", "w")])).await.expect_err("read only");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = other.kv(Some(&stranger)).await?.get_items(get_all(ns, "r")).await.expect_err("other tenant");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = other.kv(None).await?.get_items(get_all(ns, "r")).await.expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated);
 
     // A suspended tenant's requests are refused.
     let mut cp = cluster.control_plane.client().await?;

@@ -59,6 +59,12 @@ async fn value_at(gw: &GatewayHandle, ns: &str, id: &str) -> Result<String, toni
     Ok(items.first().map(|i| String::from_utf8_lossy(&i.value).into_owned()).unwrap_or_default())
 }
 
+/// A gateway with forwarding off: a misrouted call is refused with
+/// WRONG_SHARD, which these tests look at (forwarding: tests/forwarding.rs).
+async fn redirecting(cp: &ControlPlaneHandle, shard: &str) -> anyhow::Result<GatewayHandle> {
+    GatewayHandle::start_with(&cp.endpoint(), shard, |c| c.forwarding.enabled = false).await
+}
+
 /// The shard ids the control plane lists, with their endpoints.
 async fn shards(cp: &ControlPlaneHandle) -> anyhow::Result<Vec<(String, Vec<String>)>> {
     let mut c = cp.client().await?;
@@ -87,8 +93,8 @@ async fn active(cp: &ControlPlaneHandle, name: &str) -> anyhow::Result<prism_pro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_register_and_misroutes_name_the_owners_endpoints() -> anyhow::Result<()> {
     let cp = ControlPlaneHandle::start_with(ControlPlaneConfig::default()).await?;
-    let mut a = GatewayHandle::start(&cp.endpoint(), "shard-a").await?;
-    let b = GatewayHandle::start(&cp.endpoint(), "shard-b").await?;
+    let mut a = redirecting(&cp, "shard-a").await?;
+    let b = redirecting(&cp, "shard-b").await?;
     eventually(CONVERGE, || async {
         let got = shards(&cp).await?;
         let want = vec![("shard-a".to_owned(), vec![a.endpoint()]), ("shard-b".to_owned(), vec![b.endpoint()])];
@@ -137,7 +143,7 @@ async fn shared_namespaces_move_with_the_shards_and_the_loser_forgets_its_cache(
         return Ok(());
     };
     let cp = ControlPlaneHandle::start_with(ControlPlaneConfig::default()).await?;
-    let a = GatewayHandle::start(&cp.endpoint(), "shard-a").await?;
+    let a = redirecting(&cp, "shard-a").await?;
     eventually(CONVERGE, || async {
         anyhow::ensure!(shards(&cp).await?.len() == 1, "shard-a not registered yet");
         Ok(())
@@ -161,7 +167,7 @@ async fn shared_namespaces_move_with_the_shards_and_the_loser_forgets_its_cache(
 
     // shard-b joins: about half the namespaces move to it, ACTIVE, and it
     // serves them from the shared backend; shard-a refuses them.
-    let mut b = GatewayHandle::start(&cp.endpoint(), "shard-b").await?;
+    let mut b = redirecting(&cp, "shard-b").await?;
     let moved: Vec<String> = eventually(CONVERGE, || async {
         let mut c = cp.client().await?;
         let mut moved = Vec::new();

@@ -107,6 +107,14 @@ async fn every_hop_speaks_tls() -> anyhow::Result<()> {
     assert_eq!(got.items.len(), 1);
 
     // Reflection over TLS lists exactly what the gateway answers.
+    // Any gateway forwards to the owner over TLS, presenting the
+    // certificate it presents to the control plane.
+    let other = cluster.gateways.iter().find(|g| g.addr != gw.addr).context("second gateway")?;
+    other.caught_up(gw.gateway.shared.metadata.load().revision).await?;
+    let mut c = prism_client::key_value_with(&other.endpoint(), Some(&token), &tls).await?;
+    let get = kv::GetItemsRequest { namespace: "acme/orders".into(), id: "o-1".into(), ..Default::default() };
+    assert_eq!(c.get_items(get).await.context("forwarded over TLS")?.into_inner().items.len(), 1);
+
     let channel = prism_client::channel(&gw.endpoint(), &tls).await?;
     assert_eq!(reflected_v1alpha(channel.clone()).await?, reflected(channel.clone()).await?);
     assert_eq!(
@@ -150,7 +158,12 @@ async fn every_hop_speaks_tls() -> anyhow::Result<()> {
 async fn a_verified_client_certificate_names_the_principal() -> anyhow::Result<()> {
     let (servers, clients, rogue) = (Pki::new("servers")?, Pki::new("clients")?, Pki::new("rogue")?);
     let tls = servers.server("gateway", Some((&clients, false)))?;
-    let cluster = Cluster::start_with(|c| c.tls = Some(tls.clone())).await?;
+    // Gateways reach each other (forwarding) trusting the servers' CA.
+    let cluster = Cluster::start_with(|c| {
+        c.tls = Some(tls.clone());
+        c.forwarding.tls = Some(servers.trust());
+    })
+    .await?;
     let gw = cluster.active_namespace("acme/orders", spec()).await?;
     let mut cp = cluster.control_plane.client().await?;
     let grant = GrantAccessRequest {
@@ -181,6 +194,21 @@ async fn a_verified_client_certificate_names_the_principal() -> anyhow::Result<(
     assert_eq!(c.put_items(put("acme/orders", "o-1")).await.expect_err("anonymous").code(), Code::Unauthenticated);
     let mut c = prism_client::key_value_with(&addr, Some(&admin_token()), &Tls::new(&servers.trust())?).await?;
     c.put_items(put("acme/orders", "o-1")).await.context("a bearer token over TLS")?;
+
+    // Through the other gateway a token is forwarded to the owner (over
+    // TLS); a caller known only by its certificate cannot be vouched for
+    // to another gateway, and is sent to the owner instead.
+    let other = cluster.gateways.iter().find(|g| g.addr != gw.addr).context("second gateway")?;
+    other.caught_up(granted.revision).await?;
+    let trust = Tls::new(&servers.trust())?;
+    let mut c = prism_client::key_value_with(&other.endpoint(), Some(&admin_token()), &trust).await?;
+    c.put_items(put("acme/orders", "o-2")).await.context("a token forwarded over TLS")?;
+    let billing = Tls::new(&servers.client(&clients, "svc-billing", false)?)?;
+    let mut c = prism_client::key_value_with(&other.endpoint(), None, &billing).await?;
+    let e = c.put_items(put("acme/orders", "o-3")).await.expect_err("a certificate is not forwarded");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let info = tonic_types::StatusExt::get_details_error_info(&e).context("error info")?;
+    assert_eq!((info.reason.as_str(), info.metadata.get("endpoints")), ("WRONG_SHARD", Some(&gw.endpoint())));
 
     // Certificates of an untrusted CA, or expired ones, never connect.
     for (why, tls) in [

@@ -477,5 +477,6 @@ pub mod kafka;
 pub mod otlp;
 pub mod postgres;
 pub mod prometheus;
+pub mod proxy;
 pub mod pulsar;
 pub mod tls;

@@ -4,7 +4,10 @@
 //! the tenant, or `tenant-admin` with the tenant's `tenant` claim) their
 //! tenant; namespace owners read and write; consumers per their grant.
 //! Then the namespace must be this shard's, ACTIVE, of the right
-//! abstraction, and its tenant ACTIVE.
+//! abstraction, and its tenant ACTIVE. A namespace of another shard is
+//! refused with WRONG_SHARD, or, with forwarding on, marked to be
+//! forwarded there ([`super::Forward`]), where the owner checks it all
+//! again on its own snapshot.
 
 use std::sync::Arc;
 
@@ -25,11 +28,20 @@ pub struct Authorize {
     metadata: Arc<Metadata>,
     shard_id: Arc<str>,
     audit: Arc<AuditSink>,
+    /// Whether calls for another shard's namespaces are forwarded.
+    forwarding: bool,
 }
 
 impl Authorize {
     pub fn new(metadata: Arc<Metadata>, shard_id: String, audit: Arc<AuditSink>) -> Self {
-        Self { metadata, shard_id: shard_id.into(), audit }
+        Self { metadata, shard_id: shard_id.into(), audit, forwarding: false }
+    }
+
+    /// Marks calls for another shard's namespaces to be forwarded there
+    /// instead of refusing them with WRONG_SHARD.
+    pub fn forwarding(mut self, on: bool) -> Self {
+        self.forwarding = on;
+        self
     }
 }
 
@@ -76,6 +88,26 @@ impl Step for Authorize {
             return Err(GatewayError::PermissionDenied(why));
         }
         if entry.shard_id != *self.shard_id {
+            // One hop at most: a gateway that forwarded this call saw the
+            // namespace here; two views disagree while a move propagates.
+            if call.forwarded {
+                return Err(GatewayError::Unavailable(format!(
+                    "namespace {name} was forwarded to shard {}, which places it on shard {} (metadata revision {}); \
+                     retry",
+                    self.shard_id, entry.shard_id, snapshot.revision
+                )));
+            }
+            // A caller known only by its TLS certificate cannot be vouched
+            // for to another gateway: it is redirected instead.
+            let forwardable = call.authorization.is_some() || call.client_cert.is_none();
+            if self.forwarding && forwardable {
+                call.forward = Some(crate::forward::Destination {
+                    entry: entry.clone(),
+                    endpoints: snapshot.endpoints(&entry.shard_id),
+                    revision: snapshot.revision,
+                });
+                return Ok(());
+            }
             return Err(GatewayError::WrongShard {
                 namespace: name.to_owned(),
                 owner: entry.shard_id.clone(),

@@ -107,7 +107,7 @@ where
         let out = std::task::ready!(Pin::new(&mut this.inner).poll(cx));
         this.pending.code = match &out {
             Ok(_) => 0,
-            Err(e) => prism_proto::error::code(e.kind()) as i32,
+            Err(e) => e.code() as i32,
         };
         Poll::Ready(out)
     }

@@ -10,6 +10,7 @@
 mod access_audit;
 mod authn;
 mod authz;
+mod forward;
 mod metrics;
 mod quota;
 mod shed;
@@ -26,6 +27,7 @@ use tower::{Layer, Service, ServiceBuilder};
 pub use access_audit::{AccessAudit, AccessAuditLayer};
 pub use authn::{Authenticate, AuthenticateLayer, VerifiedTokens};
 pub use authz::{Authorize, AuthorizeLayer, allowed as authz_allowed};
+pub use forward::{Forward, ForwardLayer};
 pub use metrics::{Metrics, MetricsLayer};
 pub use quota::{Admitted, Quota, QuotaLayer};
 pub use shed::{DeadlineLayer, LoadShedLayer};
@@ -79,9 +81,16 @@ pub fn pipeline_counting(shared: &Arc<Shared>, count_requests: bool) -> Pipeline
         // Loads the metadata snapshot once: namespace, tenant, shard,
         // status, grants. Everything below reads the namespace it found.
         .layer(
-            AuthorizeLayer::new(Authorize::new(shared.metadata.clone(), config.shard_id.clone(), shared.audit.clone()))
-                .counting(RefusingLayer::Authz, refusals),
+            AuthorizeLayer::new(
+                Authorize::new(shared.metadata.clone(), config.shard_id.clone(), shared.audit.clone())
+                    .forwarding(config.forwarding.enabled),
+            )
+            .counting(RefusingLayer::Authz, refusals),
         )
+        // A call authorization marked for another shard goes there, with
+        // the caller's token, and comes back with the owner's answer; the
+        // owner audits it and charges its quotas.
+        .layer(ForwardLayer::new(shared.forwarder.clone()))
         // Needs the principal and the namespace (its audit rate); wraps
         // quota and backend, so only requests that succeeded are recorded.
         .layer(AccessAuditLayer::new(shared.audit.clone()))

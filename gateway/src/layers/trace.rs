@@ -102,7 +102,7 @@ where
                     }
                     Err(e) => {
                         let kind = e.kind();
-                        span.record("rpc.grpc.status_code", prism_proto::error::code(kind) as i32);
+                        span.record("rpc.grpc.status_code", e.code() as i32);
                         span.record("prism.error_kind", kind.as_str());
                         // OpenTelemetry's server-span rule: only server
                         // faults are errors, not the caller's mistakes.
