@@ -216,8 +216,10 @@ async fn get(
     r: kv::GetItemsRequest,
     now: Micros,
 ) -> Result<kv::GetItemsResponse> {
-    let binding = get_binding(entry, &r);
-    let after = page_token::decode(binding, &r.page_token)?;
+    // The fingerprint is needed only to check a page token or to seal the
+    // next one: most reads have neither, and hashing it was ~1.6 K
+    // instructions of a cache hit's ~80 K.
+    let after = if r.page_token.is_empty() { None } else { page_token::decode(get_binding(entry, &r), &r.page_token)? };
     let selector = selector(&r);
     let limits = limits(r.page_size_bytes, r.limit);
     let policies = entry.ns.spec.policies.as_ref();
@@ -254,7 +256,7 @@ async fn get(
         }
     };
     Ok(kv::GetItemsResponse {
-        next_page_token: page.next.map(|k| page_token::encode(binding, &k)).unwrap_or_default(),
+        next_page_token: page.next.map(|k| page_token::encode(get_binding(entry, &r), &k)).unwrap_or_default(),
         items: page.items.into_iter().map(|i| to_proto(i, now)).collect(),
     })
 }
