@@ -80,8 +80,13 @@ pub struct CacheStats {
     pub evictions: Arc<AtomicU64>,
 }
 
+/// Keys are hashed with xxhash64 under a per-process random seed: the id
+/// is the client's, so the hash must be keyed (no crafted collisions), and
+/// it costs less than std's SipHash on every cached read (issue 14).
+type KeyHasher = twox_hash::xxhash64::State;
+
 pub struct ReadCache {
-    cache: Option<Cache<RecordKey, Entry>>,
+    cache: Option<Cache<RecordKey, Entry, KeyHasher>>,
     stripes: Vec<AtomicU64>,
     max_record_bytes: u64,
     pub stats: CacheStats,
@@ -108,7 +113,7 @@ impl ReadCache {
                         evictions.fetch_add(1, Ordering::Relaxed);
                     }
                 })
-                .build()
+                .build_with_hasher(KeyHasher::with_seed(rand::random()))
         });
         Self {
             cache,
