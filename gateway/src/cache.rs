@@ -163,6 +163,24 @@ impl ReadCache {
             return Ok(Some(hit.value));
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        // Boxed: moka's loading future is large, and inline it would make
+        // every caller's future (a hit's too) that large to allocate and
+        // copy.
+        Box::pin(self.load(cache, key, ttl, load)).await
+    }
+
+    /// A miss: one load for concurrent misses, then the race check.
+    async fn load<F, Fut>(
+        &self,
+        cache: &Cache<RecordKey, Entry, KeyHasher>,
+        key: RecordKey,
+        ttl: Duration,
+        load: F,
+    ) -> Result<Option<Cached>, Arc<PluginError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Cached, PluginError>>,
+    {
         let stripe = self.stripe(&key);
         let before = stripe.load(Ordering::Acquire);
         let loaded = cache
