@@ -80,8 +80,13 @@ pub struct CacheStats {
     pub evictions: Arc<AtomicU64>,
 }
 
+/// Keys are hashed with xxhash64 under a per-process random seed: the id
+/// is the client's, so the hash must be keyed (no crafted collisions), and
+/// it costs less than std's SipHash on every cached read (issue 14).
+type KeyHasher = twox_hash::xxhash64::State;
+
 pub struct ReadCache {
-    cache: Option<Cache<RecordKey, Entry>>,
+    cache: Option<Cache<RecordKey, Entry, KeyHasher>>,
     stripes: Vec<AtomicU64>,
     max_record_bytes: u64,
     pub stats: CacheStats,
@@ -108,7 +113,7 @@ impl ReadCache {
                         evictions.fetch_add(1, Ordering::Relaxed);
                     }
                 })
-                .build()
+                .build_with_hasher(KeyHasher::with_seed(rand::random()))
         });
         Self {
             cache,
@@ -158,6 +163,24 @@ impl ReadCache {
             return Ok(Some(hit.value));
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        // Boxed: moka's loading future is large, and inline it would make
+        // every caller's future (a hit's too) that large to allocate and
+        // copy.
+        Box::pin(self.load(cache, key, ttl, load)).await
+    }
+
+    /// A miss: one load for concurrent misses, then the race check.
+    async fn load<F, Fut>(
+        &self,
+        cache: &Cache<RecordKey, Entry, KeyHasher>,
+        key: RecordKey,
+        ttl: Duration,
+        load: F,
+    ) -> Result<Option<Cached>, Arc<PluginError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Cached, PluginError>>,
+    {
         let stripe = self.stripe(&key);
         let before = stripe.load(Ordering::Acquire);
         let loaded = cache

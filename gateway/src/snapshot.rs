@@ -76,6 +76,11 @@ impl NamespaceEntry {
     }
 }
 
+/// The state of a tenant as the snapshot has it (`None`: not in it).
+pub fn state_of(tenant: Option<&Tenant>) -> TenantState {
+    tenant.and_then(|t| TenantState::try_from(t.state).ok()).unwrap_or(TenantState::Unspecified)
+}
+
 /// Tenants, namespaces and the shard map at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -100,7 +105,7 @@ impl Snapshot {
     }
 
     pub fn tenant_state(&self, id: &str) -> TenantState {
-        self.tenant(id).and_then(|t| TenantState::try_from(t.state).ok()).unwrap_or(TenantState::Unspecified)
+        state_of(self.tenant(id).map(Arc::as_ref))
     }
 
     /// The next snapshot: this one with `delta` applied. Returns the names

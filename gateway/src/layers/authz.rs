@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use prism_proto::access::{self, Standing};
-use prism_proto::control::{NamespaceStatus, TenantState};
+use prism_proto::control::{NamespaceStatus, Tenant, TenantState};
 
 use super::{CheckLayer, Step};
 use crate::audit::AuditSink;
@@ -47,12 +47,18 @@ impl Authorize {
 
 /// Whether `who` may perform `wanted` on namespace `entry`.
 pub fn allowed(snapshot: &Snapshot, who: &Principal, entry: &NamespaceEntry, wanted: Access) -> bool {
+    allowed_in(snapshot.tenant(entry.ns.tenant()).map(Arc::as_ref), who, entry, wanted)
+}
+
+/// [`allowed`], given the namespace's tenant as the snapshot has it (the
+/// caller looked it up already).
+fn allowed_in(tenant_meta: Option<&Tenant>, who: &Principal, entry: &NamespaceEntry, wanted: Access) -> bool {
     let who = caller(who);
     if who.is_superuser() {
         return true;
     }
     let tenant = entry.ns.tenant();
-    let admins = snapshot.tenant(tenant).map_or(&[][..], |t| t.admins.as_slice());
+    let admins = tenant_meta.map_or(&[][..], |t| t.admins.as_slice());
     let least = match wanted {
         Access::Read => Standing::Read,
         Access::Write => Standing::ReadWrite,
@@ -73,7 +79,9 @@ impl Step for Authorize {
             .as_ref()
             .ok_or_else(|| GatewayError::Internal("authorization before authentication".into()))?;
         let access = call.request.access();
-        if !allowed(&snapshot, who, entry, access) {
+        // One lookup of the tenant for both the access rule and its state.
+        let tenant = snapshot.tenant(entry.ns.tenant()).map(Arc::as_ref);
+        if !allowed_in(tenant, who, entry, access) {
             let verb = if access == Access::Read { "read" } else { "write" };
             let who = caller(who).name().to_string();
             let why = format!("{who} may not {verb} namespace {name}");
@@ -115,7 +123,7 @@ impl Step for Authorize {
                 revision: snapshot.revision,
             });
         }
-        match snapshot.tenant_state(entry.ns.tenant()) {
+        match crate::snapshot::state_of(tenant) {
             TenantState::Active => {}
             TenantState::Suspended => {
                 return Err(GatewayError::FailedPrecondition(format!("tenant {} is suspended", entry.ns.tenant())));

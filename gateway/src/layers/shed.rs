@@ -1,13 +1,21 @@
 //! Load shedding and deadlines. A full gateway refuses at once with
 //! UNAVAILABLE (retryable) rather than queueing: the concurrency limit is a
 //! semaphore whose permits are tried, never awaited.
+//!
+//! Neither layer boxes its future (two allocations per request, issue 14),
+//! and a deadline arms a timer only once the request has had to wait: a
+//! request answered on its first poll (a cache hit) never touches the
+//! timer wheel.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-use tokio::sync::Semaphore;
+use futures_util::future::{Either, Ready, ready};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use crate::call::{Call, Response};
@@ -49,12 +57,11 @@ pub struct LoadShed<I> {
 
 impl<I> Service<Call> for LoadShed<I>
 where
-    I: Service<Call, Response = Response, Error = GatewayError> + Send + 'static,
-    I::Future: Send + 'static,
+    I: Service<Call, Response = Response, Error = GatewayError>,
 {
     type Response = Response;
     type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response>>;
+    type Future = Either<Ready<Result<Response>>, Permitted<I::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.inner.poll_ready(cx)
@@ -62,20 +69,34 @@ where
 
     fn call(&mut self, call: Call) -> Self::Future {
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let fut = self.inner.call(call);
-                Box::pin(async move {
-                    let response = fut.await;
-                    // Held until the request is done, not just admitted.
-                    drop(permit);
-                    response
-                })
-            }
+            Ok(permit) => Either::Right(Permitted { inner: self.inner.call(call), permit: Some(permit) }),
             Err(_) => {
                 self.refusals.record(Refuser::Shed, "overloaded");
-                Box::pin(async { Err(GatewayError::Overloaded) })
+                Either::Left(ready(Err(GatewayError::Overloaded)))
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An admitted request; holds its permit until the request is done,
+    /// not just admitted (or until it is dropped).
+    #[derive(Debug)]
+    pub struct Permitted<F> {
+        #[pin]
+        inner: F,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<F: Future<Output = Result<Response>>> Future for Permitted<F> {
+    type Output = Result<Response>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        this.permit.take();
+        Poll::Ready(out)
     }
 }
 
@@ -114,27 +135,56 @@ pub struct Deadline<I> {
 
 impl<I> Service<Call> for Deadline<I>
 where
-    I: Service<Call, Response = Response, Error = GatewayError> + Send + 'static,
-    I::Future: Send + 'static,
+    I: Service<Call, Response = Response, Error = GatewayError>,
 {
     type Response = Response;
     type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response>>;
+    type Future = Deadlined<I::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let timeout = self.timeout;
-        let refusals = self.refusals.clone();
-        let fut = self.inner.call(call);
-        Box::pin(async move {
-            tokio::time::timeout(timeout, fut).await.map_err(|_| {
-                refusals.record(Refuser::Deadline, "timeout");
-                GatewayError::Timeout(timeout)
-            })?
-        })
+        // The deadline counts from admission, as `tokio::time::timeout` did.
+        let deadline = Instant::now() + self.timeout;
+        Deadlined {
+            inner: self.inner.call(call),
+            timeout: self.timeout,
+            deadline,
+            sleep: None,
+            refusals: self.refusals.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request with a deadline: the inner future is polled first, and a
+    /// timer is armed only when it is still pending.
+    #[derive(Debug)]
+    pub struct Deadlined<F> {
+        #[pin]
+        inner: F,
+        timeout: Duration,
+        deadline: Instant,
+        sleep: Option<Pin<Box<Sleep>>>,
+        refusals: Arc<Refusals>,
+    }
+}
+
+impl<F: Future<Output = Result<Response>>> Future for Deadlined<F> {
+    type Output = Result<Response>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.inner.poll(cx) {
+            return Poll::Ready(out);
+        }
+        let deadline = *this.deadline;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        this.refusals.record(Refuser::Deadline, "timeout");
+        Poll::Ready(Err(GatewayError::Timeout(*this.timeout)))
     }
 }
 
