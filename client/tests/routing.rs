@@ -1,11 +1,13 @@
 //! The routing client against real servers: a control plane and two
 //! gateway shards in process (testkit), namespaces pinned to each shard.
 //!
-//! Gateways do not register themselves yet, so each test restarts the
-//! control plane with static `shard_endpoints` naming the gateways' real
-//! addresses (and, where a test says so, an address where nothing
-//! listens). Namespaces are created and ACTIVE on both gateways before the
-//! restart: the gateways keep serving from their last snapshot.
+//! Each test restarts the control plane with static `shard_endpoints`
+//! naming the gateways' real addresses (and, where a test says so, an
+//! address where nothing listens), so the routing table holds exactly
+//! what the test wants. Namespaces are created and ACTIVE on both gateways
+//! before the restart: the gateways keep serving from their last snapshot.
+//! The gateways redirect rather than forward (forwarding off): the
+//! client's own routing is what is tested here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
