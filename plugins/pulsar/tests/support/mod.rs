@@ -47,11 +47,13 @@ pub fn with_settings(ns: &Namespace, settings: &PulsarConfig) -> Namespace {
 pub struct Configured {
     pub plugin: PulsarPlugin,
     pub settings: PulsarConfig,
+    /// The conformance suite's turn on the shared broker (see [`fixture`]).
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 impl Configured {
     pub fn new(settings: PulsarConfig, config: PulsarPluginConfig) -> Arc<Self> {
-        Arc::new(Self { plugin: PulsarPlugin::new(config), settings })
+        Arc::new(Self { plugin: PulsarPlugin::new(config), settings, _turn: None })
     }
 
     pub fn ns(&self, ns: &Namespace) -> Namespace {
@@ -59,13 +61,27 @@ impl Configured {
     }
 }
 
-/// A plugin on the shared broker.
+/// A plugin on the shared broker, for one conformance case at a time.
+///
+/// The cases take turns (the plugin holds the turn until the case drops
+/// it): `large_events_round_trip` scanning its 3 MB of events while any
+/// other case reads the same pulsar-lite broker stalls its search for the
+/// whole 60 s timeout — every time with two test threads, never alone or
+/// with one (30 of 30 in 22 s). Whether pulsar-lite or the checksum relay
+/// stalls is not known yet (see the closing notes of 2026-12-03); until
+/// then the suite checks semantics one case at a time.
 pub async fn fixture() -> Arc<Configured> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let turn = TURN.lock().await;
     // The suite checks semantics, not latency: on a loaded 2-core CI
     // machine a whole-topic read of the large-event case can take longer
     // than the production default of 10 s.
     let config = PulsarPluginConfig { request_timeout: std::time::Duration::from_secs(60), ..Default::default() };
-    Configured::new(settings(&broker().service_url()), config)
+    Arc::new(Configured {
+        plugin: PulsarPlugin::new(config),
+        settings: settings(&broker().service_url()),
+        _turn: Some(turn),
+    })
 }
 
 #[async_trait]
