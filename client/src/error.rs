@@ -57,18 +57,7 @@ impl ClientError {
 
     /// The kind, as every Prism crate names failures.
     pub fn kind(&self) -> ErrorKind {
-        match self.code() {
-            Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
-            Code::NotFound => ErrorKind::NotFound,
-            Code::AlreadyExists => ErrorKind::AlreadyExists,
-            Code::Unauthenticated => ErrorKind::Unauthenticated,
-            Code::PermissionDenied => ErrorKind::PermissionDenied,
-            Code::ResourceExhausted => ErrorKind::ResourceExhausted,
-            Code::FailedPrecondition => ErrorKind::FailedPrecondition,
-            Code::Aborted => ErrorKind::Aborted,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Unavailable,
-            Code::Ok | Code::Unknown | Code::Unimplemented | Code::Internal | Code::DataLoss => ErrorKind::Internal,
-        }
+        prism_proto::error::kind_of(self.code())
     }
 
     /// Whether the same call may succeed later. The client has already

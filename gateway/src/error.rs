@@ -67,7 +67,7 @@ impl GatewayError {
             Self::FailedPrecondition(_) | Self::WrongShard { .. } => ErrorKind::FailedPrecondition,
             Self::QuotaExceeded { .. } => ErrorKind::ResourceExhausted,
             Self::Overloaded | Self::Timeout(_) | Self::Unavailable(_) => ErrorKind::Unavailable,
-            Self::Relayed(status) => kind_of(status.code()),
+            Self::Relayed(status) => prism_proto::error::kind_of(status.code()),
             Self::Plugin(e) => e.kind(),
             Self::SharedPlugin(e) => e.kind(),
             Self::Internal(_) | Self::Transport(_) => ErrorKind::Internal,
@@ -132,22 +132,5 @@ impl GatewayError {
             _ => {}
         }
         prism_proto::error::into_status(self.report())
-    }
-}
-
-/// The kind of a status another server answered.
-fn kind_of(code: tonic::Code) -> ErrorKind {
-    use tonic::Code;
-    match code {
-        Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
-        Code::NotFound => ErrorKind::NotFound,
-        Code::AlreadyExists => ErrorKind::AlreadyExists,
-        Code::Unauthenticated => ErrorKind::Unauthenticated,
-        Code::PermissionDenied => ErrorKind::PermissionDenied,
-        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
-        Code::FailedPrecondition => ErrorKind::FailedPrecondition,
-        Code::Aborted => ErrorKind::Aborted,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Unavailable,
-        Code::Ok | Code::Unknown | Code::Unimplemented | Code::Internal | Code::DataLoss => ErrorKind::Internal,
     }
 }

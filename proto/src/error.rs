@@ -112,6 +112,25 @@ pub fn code(kind: ErrorKind) -> tonic::Code {
     }
 }
 
+/// The kind of a gRPC status another server answered: the inverse of
+/// [`code`] (where several codes mean one kind, the kind).
+#[cfg(feature = "grpc")]
+pub fn kind_of(code: tonic::Code) -> ErrorKind {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
+        Code::NotFound => ErrorKind::NotFound,
+        Code::AlreadyExists => ErrorKind::AlreadyExists,
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::PermissionDenied => ErrorKind::PermissionDenied,
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        Code::Aborted => ErrorKind::Aborted,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Unavailable,
+        Code::Ok | Code::Unknown | Code::Unimplemented | Code::Internal | Code::DataLoss => ErrorKind::Internal,
+    }
+}
+
 /// The one function that turns a [`Report`] into a `tonic::Status`, with
 /// its `google.rpc` details.
 #[cfg(feature = "grpc")]
@@ -134,4 +153,30 @@ pub fn into_status(report: Report) -> tonic::Status {
         ),
     };
     tonic::Status::with_error_details(code(report.kind), report.message, details)
+}
+
+#[cfg(all(test, feature = "grpc"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_of_inverts_code() {
+        use ErrorKind::*;
+        for kind in [
+            InvalidArgument,
+            NotFound,
+            AlreadyExists,
+            Unauthenticated,
+            PermissionDenied,
+            ResourceExhausted,
+            FailedPrecondition,
+            Aborted,
+            Unavailable,
+            Internal,
+        ] {
+            assert_eq!(kind_of(code(kind)), kind, "{kind:?}");
+        }
+        assert_eq!(kind_of(tonic::Code::DeadlineExceeded), Unavailable);
+        assert_eq!(kind_of(tonic::Code::Unimplemented), Internal);
+    }
 }
