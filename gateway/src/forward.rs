@@ -34,8 +34,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prism_client::Tls;
 use prism_client::routing::Cooldowns;
-use prism_client::{ClientTlsConfig, Tls};
 use prism_proto::kv::key_value_service_client::KeyValueServiceClient;
 use prism_proto::timeseries::time_series_service_client::TimeSeriesServiceClient;
 use tonic::transport::Channel;
@@ -87,24 +87,15 @@ pub struct Forwarder {
 impl Forwarder {
     /// `tls` reaches `https://` peers (their CAs, this gateway's client
     /// certificate).
-    pub fn new(
-        shard_id: &str,
-        tls: Option<&ClientTlsConfig>,
-        request_timeout: Duration,
-        metrics: Arc<GatewayMetrics>,
-    ) -> prism_client::Result<Self> {
-        let tls = match tls {
-            Some(settings) => Tls::new(settings)?,
-            None => Tls::default(),
-        };
-        Ok(Self {
+    pub fn new(shard_id: &str, tls: Tls, request_timeout: Duration, metrics: Arc<GatewayMetrics>) -> Self {
+        Self {
             shard_id: shard_id.to_owned(),
             tls,
             request_timeout,
             cooldown: prism_client::Options::default().endpoint_cooldown,
             metrics,
             peers: Mutex::default(),
-        })
+        }
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, Peers> {

@@ -151,34 +151,32 @@ impl Gateway {
             GatewayError::Config { field: e.field().to_owned(), description: e.description().to_owned() }
         };
         let tls = config.tls.as_ref().map(prism_tls::ServerTls::new).transpose().map_err(|e| tls_error(e, "tls"))?;
-        let client_tls = |settings: &prism_client::ClientTlsConfig| {
+        let client_tls = |settings: &prism_client::ClientTlsConfig, table: &str| {
             prism_client::Tls::new(settings).map_err(|e| match e {
-                prism_client::ClientError::Tls(e) => tls_error(e, "control_plane_tls"),
+                prism_client::ClientError::Tls(e) => tls_error(e, table),
                 other => GatewayError::Internal(other.to_string()),
             })
         };
         let control_plane_tls = match &config.control_plane_tls {
-            Some(settings) => client_tls(settings)?,
+            Some(settings) => client_tls(settings, "control_plane_tls")?,
             // An https:// control plane without settings: the system CAs,
             // read now so a missing bundle stops the gateway at startup.
-            None if config.control_plane.starts_with("https://") => client_tls(&Default::default())?,
+            None if config.control_plane.starts_with("https://") => {
+                client_tls(&Default::default(), "control_plane_tls")?
+            }
             None => prism_client::Tls::default(),
+        };
+        // Peers are reached like the control plane unless told otherwise
+        // (one internal CA, this gateway's one client certificate).
+        let peer_tls = match &config.forwarding.tls {
+            Some(settings) => client_tls(settings, "forwarding.tls")?,
+            None => control_plane_tls.clone(),
         };
         let cache = ReadCache::new(&config.cache);
         let buffer = WriteBuffer::new(config.limits.write_buffer_events);
         let metrics = Arc::new(crate::metrics::GatewayMetrics::new(config.metrics_max_namespaces));
-        // Peers are reached like the control plane unless told otherwise
-        // (one internal CA, this gateway's one client certificate).
-        let peer_tls = config.forwarding.tls.as_ref().or(config.control_plane_tls.as_ref());
         let forwarder =
-            crate::forward::Forwarder::new(&config.shard_id, peer_tls, config.request_timeout(), metrics.clone())
-                .map_err(|e| match e {
-                    prism_client::ClientError::Tls(e) => tls_error(
-                        e,
-                        if config.forwarding.tls.is_some() { "forwarding.tls" } else { "control_plane_tls" },
-                    ),
-                    other => GatewayError::Internal(other.to_string()),
-                })?;
+            crate::forward::Forwarder::new(&config.shard_id, peer_tls, config.request_timeout(), metrics.clone());
         let shared = Shared {
             config,
             metadata: Arc::new(Metadata::default()),
