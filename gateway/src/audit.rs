@@ -50,35 +50,42 @@ impl Default for AuditSink {
 }
 
 impl AuditSink {
-    /// Records a refused data request: who, what, on which namespace, from
-    /// where, and the status code name.
+    /// Records a refused data request: who, what, on which namespace (a
+    /// validated name, and its tenant), from where, and the status code
+    /// name.
     pub fn refused(
         &self,
         principal: &str,
         action: &str,
-        namespace: &str,
+        namespace: crate::call::Name<'_>,
         client: Option<SocketAddr>,
         result: &str,
         detail: String,
     ) {
-        self.record(principal, action, namespace, client, result, truncate(detail, 1024));
+        self.record(principal, action, (namespace.tenant(), namespace.as_str()), client, result, truncate(detail, 1024));
     }
 
     /// Records a data request that succeeded (sampled by the caller).
-    pub fn accessed(&self, principal: &str, action: &str, namespace: &str, client: Option<SocketAddr>) {
-        self.record(principal, action, namespace, client, "ok", String::new());
+    pub fn accessed(
+        &self,
+        principal: &str,
+        action: &str,
+        tenant: &str,
+        namespace: &str,
+        client: Option<SocketAddr>,
+    ) {
+        self.record(principal, action, (tenant, namespace), client, "ok", String::new());
     }
 
     fn record(
         &self,
         principal: &str,
         action: &str,
-        namespace: &str,
+        (tenant, namespace): (&str, &str),
         client: Option<SocketAddr>,
         result: &str,
         detail: String,
     ) {
-        let tenant = namespace.split_once('/').map_or("", |(t, _)| t);
         let event = AuditEvent {
             time: Some(SystemTime::now().into()),
             principal: principal.to_owned(),

@@ -161,7 +161,7 @@ impl NamespaceBook {
             match all.get(entry.ns.name.as_str()) {
                 Some(s) => s.clone(),
                 None if all.len() < self.cap => {
-                    let s = Arc::new(RequestSeries::new(entry.ns.tenant(), &entry.ns.name));
+                    let s = Arc::new(RequestSeries::new(entry.tenant(), &entry.ns.name));
                     all.insert(entry.ns.name.as_str().into(), s.clone());
                     s
                 }
@@ -175,11 +175,10 @@ impl NamespaceBook {
         series
     }
 
-    /// The series of the namespace named `name` in the current snapshot,
-    /// or the unattributed one.
-    pub fn lookup(&self, metadata: &Metadata, name: &str) -> Arc<RequestSeries> {
-        let snapshot = metadata.load();
-        match snapshot.namespace(name).filter(|e| e.status != NamespaceStatus::Deleted) {
+    /// The series of a request's namespace as its snapshot has it (not
+    /// deleted), or the unattributed one.
+    pub fn lookup(&self, entry: Option<&NamespaceEntry>) -> Arc<RequestSeries> {
+        match entry {
             Some(entry) => self.of(entry),
             None => self.unattributed.clone(),
         }
@@ -848,7 +847,7 @@ impl GatewayCollector {
             else {
                 continue;
             };
-            let tenant = entry.ns.tenant();
+            let tenant = entry.tenant();
             tenants.insert(tenant.to_owned());
             if !shared.metrics.namespaces.tracks(&name) {
                 continue;

@@ -20,7 +20,7 @@ use tower::Service;
 
 use crate::backend::observed;
 use crate::cache::Cached;
-use crate::call::{Call, InFlight, Request, Response};
+use crate::call::{Call, Request, Resolved, Response};
 use crate::error::{GatewayError, Result};
 use crate::layers::limits::DEFAULT_PAGE_BYTES;
 use crate::metrics::Op;
@@ -122,22 +122,21 @@ fn key_value<'a>(shared: &'a Shared, entry: &NamespaceEntry) -> Result<&'a dyn K
     })
 }
 
-/// The namespace an authorized call holds in flight.
-fn in_flight(namespace: Option<InFlight>) -> Result<InFlight> {
-    namespace.ok_or_else(|| GatewayError::Internal("routing an unauthorized call".into()))
+/// What authorization resolved for the call; held until the response is
+/// built (its namespace is counted in flight: deletion drains these).
+fn resolved(resolved: Option<Resolved>) -> Result<Resolved> {
+    resolved.ok_or_else(|| GatewayError::Internal("routing an unauthorized call".into()))
 }
 
 async fn execute_ts(shared: Arc<Shared>, call: Call) -> Result<Response> {
-    // Held until the response is built: deletion drains these.
-    let in_flight = in_flight(call.namespace)?;
-    crate::ts_router::execute(&shared, in_flight.entry(), call.request, call.trace.as_ref(), now_micros()).await
+    let resolved = resolved(call.resolved)?;
+    crate::ts_router::execute(&shared, &resolved, call.request, call.trace.as_ref(), now_micros()).await
 }
 
 async fn execute(shared: Arc<Shared>, call: Call) -> Result<Response> {
     let shared = &*shared;
-    // Held until the response is built: deletion drains these.
-    let in_flight = in_flight(call.namespace)?;
-    let entry = in_flight.entry();
+    let resolved = resolved(call.resolved)?;
+    let entry = resolved.entry();
     let now = now_micros();
     let kv = key_value(shared, entry)?;
     let policies = entry.ns.spec.policies.as_ref();

@@ -16,6 +16,9 @@ use prism_proto::control::{Delta, Namespace, NamespaceStatus, Shard, SnapshotChu
 pub struct NamespaceEntry {
     /// What plugins see: name, incarnation, spec.
     pub ns: prism_plugin_api::Namespace,
+    /// Where the name's `/` is, found once when the entry is built: the
+    /// request path reads the tenant without splitting the name.
+    slash: usize,
     pub revision: u64,
     pub shard_id: String,
     /// The revision at which the namespace came to its current shard (of
@@ -45,7 +48,11 @@ impl NamespaceEntry {
         let metrics = same_incarnation.map_or_else(Default::default, |p| p.metrics.clone());
         let owner_since =
             same_incarnation.filter(|p| p.shard_id == meta.shard_id).map_or(meta.revision, |p| p.owner_since);
+        // Names come validated from the control plane; one without a `/`
+        // is its own tenant, as `prism_plugin_api::Namespace::tenant` says.
+        let slash = meta.name.find('/').unwrap_or(meta.name.len());
         Self {
+            slash,
             ns: prism_plugin_api::Namespace {
                 name: meta.name,
                 create_revision: meta.create_revision,
@@ -60,6 +67,11 @@ impl NamespaceEntry {
             quota_tracker,
             metrics,
         }
+    }
+
+    /// The namespace's tenant id.
+    pub fn tenant(&self) -> &str {
+        self.ns.name.get(..self.slash).unwrap_or_default()
     }
 
     /// An ACTIVE entry of no shard, for unit tests.

@@ -3,7 +3,6 @@
 //! writes, sealed page tokens, conversions, and handing durable events to
 //! tails.
 
-use std::sync::Arc;
 
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::PageLimits;
@@ -13,7 +12,7 @@ use prism_proto::timeseries::{self as ts, tag_filter};
 use prism_telemetry::trace::TraceParent;
 
 use crate::backend::{observed, write_context};
-use crate::call::{Request, Response};
+use crate::call::{Request, Resolved, Response};
 use crate::error::{GatewayError, Result};
 use crate::layers::limits::DEFAULT_PAGE_BYTES;
 use crate::metrics::Op;
@@ -128,11 +127,12 @@ fn page(binding: u64, page: pts::EventsPage) -> (Vec<ts::Event>, String) {
 
 pub async fn execute(
     shared: &Shared,
-    entry: &Arc<NamespaceEntry>,
+    resolved: &Resolved,
     request: Request,
     caller: Option<&TraceParent>,
     now: Micros,
 ) -> Result<Response> {
+    let entry = resolved.entry();
     let rev = entry.ns.create_revision.to_be_bytes();
     match request {
         Request::WriteSync(r) => {

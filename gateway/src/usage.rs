@@ -72,7 +72,7 @@ pub async fn measure_storage(shared: &Shared) {
         if entry.shard_id != me || entry.status != NamespaceStatus::Active {
             continue;
         }
-        let tenant_limit = snapshot.tenant(entry.ns.tenant()).and_then(|t| t.quotas.as_ref()?.storage_bytes);
+        let tenant_limit = snapshot.tenant(entry.tenant()).and_then(|t| t.quotas.as_ref()?.storage_bytes);
         let own_limit = entry.ns.spec.quotas.as_ref().and_then(|q| q.storage_bytes);
         if ![tenant_limit, own_limit].iter().any(|l| l.is_some_and(|l| l >= 0)) {
             continue;

@@ -22,6 +22,7 @@ use crate::audit::AuditSink;
 use crate::auth::caller;
 use crate::call::{Call, Response};
 use crate::error::{GatewayError, Result};
+use crate::snapshot::NamespaceEntry;
 
 /// Builds [`AccessAudit`] services sharing one sink.
 #[derive(Debug, Clone)]
@@ -69,17 +70,16 @@ where
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let rate = call
-            .namespace
-            .as_ref()
-            .and_then(|n| n.entry().ns.spec.policies.as_ref())
+        let resolved = call.resolved.as_ref();
+        let rate = resolved
+            .and_then(|c| c.entry().ns.spec.policies.as_ref())
             .map_or(0.0, |p| p.data_access_audit_rate);
-        let record = match (&call.principal, sampled(rate)) {
-            (Some(who), true) => Some(Record {
+        let record = match resolved {
+            Some(c) if sampled(rate) => Some(Record {
                 audit: self.audit.clone(),
-                principal: caller(who).name().to_string(),
+                principal: caller(&c.principal).name().to_string(),
                 action: call.request.rpc(),
-                namespace: call.request.namespace().to_owned(),
+                namespace: c.entry().clone(),
                 client: call.client_addr,
             }),
             _ => None,
@@ -94,7 +94,7 @@ struct Record {
     audit: Arc<AuditSink>,
     principal: String,
     action: &'static str,
-    namespace: String,
+    namespace: Arc<NamespaceEntry>,
     client: Option<SocketAddr>,
 }
 
@@ -115,7 +115,7 @@ where
         let this = &mut *self;
         let out = std::task::ready!(Pin::new(&mut this.inner).poll(cx));
         if let (Ok(_), Some(r)) = (&out, this.record.take()) {
-            r.audit.accessed(&r.principal, r.action, &r.namespace, r.client);
+            r.audit.accessed(&r.principal, r.action, r.namespace.tenant(), &r.namespace.ns.name, r.client);
         }
         Poll::Ready(out)
     }

@@ -94,15 +94,18 @@ impl Step for Authenticate {
         let (principal, exp) =
             self.authenticator.authenticate_until(call.authorization.as_deref()).map_err(|e| match e {
                 prism_auth::AuthError::Unauthenticated(why) => {
-                    // Audited as refused; who it was is what failed to be shown.
-                    self.audit.refused(
-                        "",
-                        call.request.rpc(),
-                        call.request.namespace(),
-                        call.client_addr,
-                        prism_proto::error::ErrorKind::Unauthenticated.as_str(),
-                        why.clone(),
-                    );
+                    // Audited as refused; who it was is what failed to be
+                    // shown. (Validation accepted the name before.)
+                    if let Some(namespace) = call.namespace() {
+                        self.audit.refused(
+                            "",
+                            call.request.rpc(),
+                            namespace,
+                            call.client_addr,
+                            prism_proto::error::ErrorKind::Unauthenticated.as_str(),
+                            why.clone(),
+                        );
+                    }
                     GatewayError::Unauthenticated(why)
                 }
                 other => GatewayError::Internal(other.to_string()),

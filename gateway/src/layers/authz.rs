@@ -17,7 +17,7 @@ use prism_proto::control::{NamespaceStatus, Tenant, TenantState};
 use super::{CheckLayer, Step};
 use crate::audit::AuditSink;
 use crate::auth::{Principal, caller};
-use crate::call::{Access, Call, InFlight};
+use crate::call::{Access, Call, InFlight, Loaded, Resolved};
 use crate::error::{GatewayError, Result};
 use crate::snapshot::{Metadata, NamespaceEntry, Snapshot};
 
@@ -47,7 +47,7 @@ impl Authorize {
 
 /// Whether `who` may perform `wanted` on namespace `entry`.
 pub fn allowed(snapshot: &Snapshot, who: &Principal, entry: &NamespaceEntry, wanted: Access) -> bool {
-    allowed_in(snapshot.tenant(entry.ns.tenant()).map(Arc::as_ref), who, entry, wanted)
+    allowed_in(snapshot.tenant(entry.tenant()).map(Arc::as_ref), who, entry, wanted)
 }
 
 /// [`allowed`], given the namespace's tenant as the snapshot has it (the
@@ -57,7 +57,7 @@ fn allowed_in(tenant_meta: Option<&Tenant>, who: &Principal, entry: &NamespaceEn
     if who.is_superuser() {
         return true;
     }
-    let tenant = entry.ns.tenant();
+    let tenant = entry.tenant();
     let admins = tenant_meta.map_or(&[][..], |t| t.admins.as_slice());
     let least = match wanted {
         Access::Read => Standing::Read,
@@ -68,20 +68,23 @@ fn allowed_in(tenant_meta: Option<&Tenant>, who: &Principal, entry: &NamespaceEn
 
 impl Step for Authorize {
     fn check(&self, call: &mut Call) -> Result<()> {
-        let snapshot = self.metadata.load();
-        let name = call.request.namespace();
-        let entry = snapshot
-            .namespace(name)
-            .filter(|e| e.status != NamespaceStatus::Deleted)
-            .ok_or_else(|| GatewayError::NotFound(format!("namespace {name} not found")))?;
+        // The snapshot a layer above loaded for this call, else loaded
+        // now: one load per request, and dropped when this check ends.
+        let Loaded { snapshot, entry } = match call.loaded.take() {
+            Some(loaded) => loaded,
+            None => Loaded::new(&self.metadata, call.request.namespace()),
+        };
+        let name = call.name()?;
+        let entry = entry.ok_or_else(|| GatewayError::NotFound(format!("namespace {name} not found")))?;
         let who = call
             .principal
             .as_ref()
             .ok_or_else(|| GatewayError::Internal("authorization before authentication".into()))?;
         let access = call.request.access();
-        // One lookup of the tenant for both the access rule and its state.
-        let tenant = snapshot.tenant(entry.ns.tenant()).map(Arc::as_ref);
-        if !allowed_in(tenant, who, entry, access) {
+        // One lookup of the tenant for the access rule, its state and
+        // everything after this layer.
+        let tenant = snapshot.tenant(name.tenant());
+        if !allowed_in(tenant.map(Arc::as_ref), who, &entry, access) {
             let verb = if access == Access::Read { "read" } else { "write" };
             let who = caller(who).name().to_string();
             let why = format!("{who} may not {verb} namespace {name}");
@@ -109,29 +112,26 @@ impl Step for Authorize {
             // for to another gateway: it is redirected instead.
             let forwardable = call.authorization.is_some() || call.client_cert.is_none();
             if self.forwarding && forwardable {
-                call.forward = Some(crate::forward::Destination {
-                    entry: entry.clone(),
-                    endpoints: snapshot.endpoints(&entry.shard_id),
-                    revision: snapshot.revision,
-                });
+                let endpoints = snapshot.endpoints(&entry.shard_id);
+                call.forward = Some(crate::forward::Destination { entry, endpoints, revision: snapshot.revision });
                 return Ok(());
             }
             return Err(GatewayError::WrongShard {
-                namespace: name.to_owned(),
+                namespace: name.as_str().to_owned(),
                 owner: entry.shard_id.clone(),
                 endpoints: snapshot.endpoints(&entry.shard_id),
                 revision: snapshot.revision,
             });
         }
-        match crate::snapshot::state_of(tenant) {
-            TenantState::Active => {}
-            TenantState::Suspended => {
-                return Err(GatewayError::FailedPrecondition(format!("tenant {} is suspended", entry.ns.tenant())));
+        let tenant = match (crate::snapshot::state_of(tenant.map(Arc::as_ref)), tenant) {
+            (TenantState::Active, Some(tenant)) => tenant.clone(),
+            (TenantState::Suspended, _) => {
+                return Err(GatewayError::FailedPrecondition(format!("tenant {} is suspended", name.tenant())));
             }
             _ => {
-                return Err(GatewayError::FailedPrecondition(format!("tenant {} is being deleted", entry.ns.tenant())));
+                return Err(GatewayError::FailedPrecondition(format!("tenant {} is being deleted", name.tenant())));
             }
-        }
+        };
         if entry.status != NamespaceStatus::Active {
             return Err(GatewayError::FailedPrecondition(format!(
                 "namespace {name} is {} ({})",
@@ -144,7 +144,9 @@ impl Step for Authorize {
             let kind = wanted.as_str_name().trim_start_matches("ABSTRACTION_");
             return Err(GatewayError::invalid("namespace", format!("{name} is not a {kind} namespace")));
         }
-        call.namespace = Some(InFlight::enter(entry.clone()));
+        let principal =
+            call.principal.take().ok_or_else(|| GatewayError::Internal("authorization before authentication".into()))?;
+        call.resolved = Some(Resolved { namespace: InFlight::enter(entry), tenant, principal });
         Ok(())
     }
 }

@@ -3,10 +3,11 @@
 //! namespace's [`RequestSeries`].
 //!
 //! Outermost, so it sees every refusal, and it measures the whole
-//! pipeline. It finds the namespace's series with its own snapshot lookup
-//! (the label must be known even when an earlier layer refuses); the
-//! series is cached on the snapshot entry, so that is one map lookup and
-//! no label hashing. When the request's future is dropped before it
+//! pipeline. The label must be known even when an earlier layer refuses,
+//! so it loads the call's snapshot itself ([`Call::load`]) and the layers
+//! below, authorization first, decide on that same load; the series is
+//! cached on the snapshot entry, so that is one map lookup and no label
+//! hashing. When the request's future is dropped before it
 //! finished (the client went away) it is counted as CANCELLED.
 
 use std::future::Future;
@@ -67,8 +68,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> Self::Future {
-        let series = book(&self.shared).lookup(&self.shared.metadata, call.request.namespace());
+    fn call(&mut self, mut call: Call) -> Self::Future {
+        // The snapshot is loaded for the call here, and authorization
+        // decides on the same load.
+        let loaded = call.load(&self.shared.metadata);
+        let series = book(&self.shared).lookup(loaded.entry.as_deref());
         let pending = Pending { series, rpc: call.request.index(), start: Instant::now(), code: CANCELLED };
         Counted { inner: self.inner.call(call), pending }
     }

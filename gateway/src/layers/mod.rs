@@ -99,7 +99,7 @@ pub fn pipeline_counting(shared: &Arc<Shared>, count_requests: bool) -> Pipeline
         // quota; innermost, so the admission (a concurrency slot) is held
         // exactly while the backend works and read bytes are charged from
         // the response.
-        .layer(QuotaLayer::new(shared.quotas.clone(), shared.metadata.clone()).counting(shared.metrics.clone()))
+        .layer(QuotaLayer::new(shared.quotas.clone()).counting(shared.metrics.clone()))
         .service(Router::new(shared.clone()));
     BoxCloneSyncService::new(stack)
 }

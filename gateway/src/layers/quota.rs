@@ -28,7 +28,7 @@ use crate::call::{Call, Request, Response};
 use crate::error::{GatewayError, Result};
 use crate::metrics::{GatewayMetrics, Layer as RefusingLayer};
 use crate::quota::{Admission, QuotaRegistry};
-use crate::snapshot::{Metadata, NamespaceEntry};
+use crate::snapshot::NamespaceEntry;
 
 /// A namespace's item size when its policy says 0.
 pub const DEFAULT_MAX_ITEM_BYTES: i64 = 1 << 20;
@@ -37,13 +37,12 @@ pub const DEFAULT_MAX_ITEM_BYTES: i64 = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct QuotaLayer {
     registry: Arc<QuotaRegistry>,
-    metadata: Arc<Metadata>,
     metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl QuotaLayer {
-    pub fn new(registry: Arc<QuotaRegistry>, metadata: Arc<Metadata>) -> Self {
-        Self { registry, metadata, metrics: None }
+    pub fn new(registry: Arc<QuotaRegistry>) -> Self {
+        Self { registry, metrics: None }
     }
 
     /// Counts refusals, by quota, into the gateway's metrics.
@@ -57,14 +56,13 @@ impl<I> Layer<I> for QuotaLayer {
     type Service = Quota<I>;
 
     fn layer(&self, inner: I) -> Self::Service {
-        Quota { registry: self.registry.clone(), metadata: self.metadata.clone(), metrics: self.metrics.clone(), inner }
+        Quota { registry: self.registry.clone(), metrics: self.metrics.clone(), inner }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Quota<I> {
     registry: Arc<QuotaRegistry>,
-    metadata: Arc<Metadata>,
     metrics: Option<Arc<GatewayMetrics>>,
     inner: I,
 }
@@ -200,12 +198,13 @@ where
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let Some(entry) = call.namespace.as_ref().map(|f| f.entry()) else {
-            return Either::Left(ready(Err(GatewayError::Internal("quota before authorization".into()))));
+        // The namespace and tenant authorization found, from its snapshot.
+        let resolved = match call.resolved() {
+            Ok(resolved) => resolved,
+            Err(e) => return Either::Left(ready(Err(e))),
         };
-        let snapshot = self.metadata.load();
-        let tenant_quotas = snapshot.tenant(entry.ns.tenant()).and_then(|t| t.quotas.as_ref());
-        match admit(&self.registry, entry, tenant_quotas, &call) {
+        let entry = resolved.entry();
+        match admit(&self.registry, entry, resolved.tenant.quotas.as_ref(), &call) {
             Ok(admission) => Either::Right(Admitted { inner: self.inner.call(call), admission: Some(admission) }),
             Err(e) => {
                 if let Some(metrics) = &self.metrics {

@@ -37,17 +37,29 @@ pub struct Validate;
 
 impl Step for Validate {
     fn check(&self, call: &mut Call) -> Result<()> {
-        validate(&call.request)
+        // The name is parsed once, here, and kept on the call: nothing
+        // after validation splits it again.
+        call.validate_namespace().map_err(bad_namespace)?;
+        fields(&call.request)
     }
+}
+
+fn bad_namespace(e: prism_proto::names::NameError) -> GatewayError {
+    invalid("namespace", format!("namespace name {e}"))
 }
 
 fn invalid(field: impl Into<String>, description: impl Into<String>) -> GatewayError {
     GatewayError::invalid(field, description)
 }
 
+/// Every shape check of a request, its namespace name included.
 pub fn validate(request: &Request) -> Result<()> {
-    prism_proto::names::NamespaceName::parse(request.namespace())
-        .map_err(|e| invalid("namespace", format!("namespace name {e}")))?;
+    prism_proto::names::NamespaceName::parse(request.namespace()).map_err(bad_namespace)?;
+    fields(request)
+}
+
+/// The shape checks of everything but the namespace name.
+fn fields(request: &Request) -> Result<()> {
     match request {
         Request::Put(r) => {
             id(&r.id)?;

@@ -584,7 +584,7 @@ impl QuotaRegistry {
         write_bytes: u64,
     ) -> Result<Admission, GatewayError> {
         let now_ms = self.clock.now_ms();
-        let tenant = entry.ns.tenant();
+        let tenant = entry.tenant();
         // The snapshot entry caches its tracker: no map lookup per request.
         let cached = entry.quota_tracker.load();
         let namespace = match cached.as_ref().filter(|t| !t.dropped.load(Ordering::Relaxed)) {

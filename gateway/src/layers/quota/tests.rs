@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 
 use super::*;
-use crate::call::InFlight;
-use crate::snapshot::Snapshot;
+use crate::call::{InFlight, Resolved};
+use crate::snapshot::{Metadata, Snapshot};
 
 fn metadata(quotas: QuotaSet) -> Arc<Metadata> {
     let ns = Namespace {
@@ -32,7 +32,13 @@ fn call(metadata: &Metadata) -> Call {
         Request::Get(GetItemsRequest { namespace: "acme/held".into(), id: "x".into(), ..Default::default() }),
         None,
     );
-    call.namespace = metadata.load().namespace("acme/held").cloned().map(InFlight::enter);
+    let snapshot = metadata.load();
+    call.resolved = snapshot.namespace("acme/held").cloned().map(|entry| Resolved {
+        namespace: InFlight::enter(entry),
+        // No tenant in the snapshot: no tenant quotas.
+        tenant: snapshot.tenant("acme").cloned().unwrap_or_default(),
+        principal: crate::auth::Principal { sub: "ada".into(), tenant: None, roles: Vec::new() },
+    });
     call
 }
 
@@ -55,7 +61,7 @@ async fn concurrent_requests_are_held_until_their_response_and_read_bytes_charge
             })
         })
     };
-    let svc = QuotaLayer::new(registry.clone(), metadata.clone()).layer(inner);
+    let svc = QuotaLayer::new(registry.clone()).layer(inner);
     let first = tokio::spawn(svc.clone().oneshot(call(&metadata)));
     started.notified().await;
     let refused = svc.clone().oneshot(call(&metadata)).await;
