@@ -281,7 +281,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         prism_gateway::GatewayError::Config { .. } => usage(e.to_string()),
         e => anyhow::Error::new(e).context("cannot open the gateway"),
     })?;
-    let scheme = if gateway.shared.tls.is_some() { "https://" } else { "" };
+    let scheme = if gateway.tls.is_some() { "https://" } else { "" };
     crate::output::print(&format!("gateway {shard} serving on {scheme}{addr}\n{}", metrics_line(metrics.as_ref())))?;
     gateway.serve_with_metrics(listener, metrics, shutdown_signal()).await?;
     tracing::info!("gateway stopped");

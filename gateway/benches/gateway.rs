@@ -132,10 +132,10 @@ fn pipeline_benches(c: &mut Criterion) {
                     idempotency_token: None,
                 })
                 .await?;
-            pipelines.push((name, true, prism_gateway::layers::pipeline_counting(&gw.gateway.shared, true)));
+            pipelines.push((name, true, gw.gateway.pipeline_counting(true)));
             if cached {
                 // The same, without the per-namespace request metrics.
-                pipelines.push((name, false, prism_gateway::layers::pipeline_counting(&gw.gateway.shared, false)));
+                pipelines.push((name, false, gw.gateway.pipeline_counting(false)));
             }
         }
         anyhow::Ok((cluster, pipelines))

@@ -15,9 +15,11 @@ use prism_proto::control::Backend;
 use prism_proto::timeseries as ts;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use crate::backend::Plugins;
 use crate::error::{GatewayError, Result};
-use crate::server::Shared;
+use crate::metrics::GatewayMetrics;
 use crate::snapshot::NamespaceEntry;
+use crate::tail::TailHub;
 
 /// Events written per backend call at most.
 const FLUSH_BATCH: usize = 1000;
@@ -107,10 +109,20 @@ impl WriteBuffer {
     }
 }
 
+/// What the flusher writes with: the plugins, the tails that get the
+/// events once durable, and the metrics its plugin calls are timed into.
+#[derive(Debug, Clone)]
+pub struct Flusher {
+    pub buffer: Arc<WriteBuffer>,
+    pub plugins: Plugins,
+    pub tails: Arc<TailHub>,
+    pub metrics: Arc<GatewayMetrics>,
+}
+
 /// Writes buffered events until the buffer's senders are gone and it is
 /// drained, or `stopped` turns true (then what is left is flushed once).
-pub async fn flush(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let Some(mut rx) = shared.buffer.take_receiver() else { return };
+pub async fn flush(flusher: Flusher, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let Some(mut rx) = flusher.buffer.take_receiver() else { return };
     let mut stopping = false;
     loop {
         let pending = if stopping {
@@ -139,30 +151,30 @@ pub async fn flush(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receive
             }
         }
         for pending in batch {
-            write(&shared, pending).await;
+            write(&flusher, pending).await;
         }
     }
 }
 
-async fn write(shared: &Shared, pending: Pending) {
+async fn write(flusher: &Flusher, pending: Pending) {
     let n = pending.events.len() as u64;
     let entry = &pending.entry;
     let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-    let Some(ts) = shared.plugins.get(backend).and_then(|p| p.time_series()) else {
-        shared.buffer.stats.dropped.fetch_add(n, Ordering::Relaxed);
+    let Some(ts) = flusher.plugins.get(backend).and_then(|p| p.time_series()) else {
+        flusher.buffer.stats.dropped.fetch_add(n, Ordering::Relaxed);
         tracing::error!(namespace = %entry.ns.name, events = n, "buffered events dropped: no TimeSeries backend");
         return;
     };
     let mut pause = Duration::from_millis(50);
     for attempt in 1..=MAX_ATTEMPTS {
-        let written = crate::backend::observed(shared, entry, crate::metrics::Op::Write, |_| {
+        let written = crate::backend::observed(&flusher.metrics, entry, crate::metrics::Op::Write, |_| {
             ts.write_with(&entry.ns, &pending.events, &pending.context)
         });
         match written.await {
             Ok(()) => {
-                shared.buffer.stats.flushed.fetch_add(n, Ordering::Relaxed);
+                flusher.buffer.stats.flushed.fetch_add(n, Ordering::Relaxed);
                 if let Some(events) = pending.published {
-                    shared.tails.publish(entry, events);
+                    flusher.tails.publish(entry, events);
                 }
                 return;
             }
@@ -172,7 +184,7 @@ async fn write(shared: &Shared, pending: Pending) {
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                shared.buffer.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                flusher.buffer.stats.dropped.fetch_add(n, Ordering::Relaxed);
                 tracing::error!(namespace = %entry.ns.name, events = n, error = %e, "buffered events dropped");
                 return;
             }

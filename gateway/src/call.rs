@@ -1,132 +1,29 @@
 //! What flows through the request pipeline: a [`Call`] carrying the
-//! client's request, and what each layer learned about it.
+//! client's request, and what each layer learned about it — the parsed
+//! namespace name, the snapshot load, the resolved context, or where to
+//! forward it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use prism_proto::control::{Abstraction, NamespaceStatus, Tenant};
-use prism_proto::{kv, timeseries as ts};
+use prism_proto::control::{NamespaceStatus, Tenant};
+
+pub use crate::request::{Access, Request, Response, TailStream};
 
 use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::snapshot::{Metadata, NamespaceEntry, Snapshot};
 
-/// A KeyValue or TimeSeries request as the client sent it.
+/// Where authorization decided a call goes: another shard owns its
+/// namespace ([`crate::forward`]).
 #[derive(Debug, Clone)]
-pub enum Request {
-    Put(kv::PutItemsRequest),
-    Get(kv::GetItemsRequest),
-    Delete(kv::DeleteItemsRequest),
-    Mutate(kv::MutateItemsRequest),
-    Scan(kv::ScanItemsRequest),
-    WriteSync(ts::WriteEventRecordsRequest),
-    WriteBuffered(ts::WriteEventRecordsRequest),
-    Read(ts::ReadEventRecordsRequest),
-    Search(ts::SearchEventRecordsRequest),
-    Tail(ts::TailEventRecordsRequest),
-}
-
-/// The events a tail streams.
-pub type TailStream = futures_util::stream::BoxStream<'static, Result<ts::TailEventRecordsResponse, tonic::Status>>;
-
-pub enum Response {
-    Put(kv::PutItemsResponse),
-    Get(kv::GetItemsResponse),
-    Delete(kv::DeleteItemsResponse),
-    Mutate(kv::MutateItemsResponse),
-    Scan(kv::ScanItemsResponse),
-    Write(ts::WriteEventRecordsResponse),
-    Read(ts::ReadEventRecordsResponse),
-    Search(ts::SearchEventRecordsResponse),
-    Tail(TailStream),
-}
-
-impl std::fmt::Debug for Response {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Put(r) => r.fmt(f),
-            Self::Get(r) => r.fmt(f),
-            Self::Delete(r) => r.fmt(f),
-            Self::Mutate(r) => r.fmt(f),
-            Self::Scan(r) => r.fmt(f),
-            Self::Write(r) => r.fmt(f),
-            Self::Read(r) => r.fmt(f),
-            Self::Search(r) => r.fmt(f),
-            Self::Tail(_) => f.write_str("Tail(..)"),
-        }
-    }
-}
-
-/// Whether a request reads or writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-}
-
-impl Request {
-    pub fn namespace(&self) -> &str {
-        match self {
-            Self::Put(r) => &r.namespace,
-            Self::Get(r) => &r.namespace,
-            Self::Delete(r) => &r.namespace,
-            Self::Mutate(r) => &r.namespace,
-            Self::Scan(r) => &r.namespace,
-            Self::WriteSync(r) | Self::WriteBuffered(r) => &r.namespace,
-            Self::Read(r) => &r.namespace,
-            Self::Search(r) => &r.namespace,
-            Self::Tail(r) => &r.namespace,
-        }
-    }
-
-    /// The abstraction the request belongs to.
-    pub fn abstraction(&self) -> Abstraction {
-        match self {
-            Self::Put(_) | Self::Get(_) | Self::Delete(_) | Self::Mutate(_) | Self::Scan(_) => Abstraction::KeyValue,
-            _ => Abstraction::TimeSeries,
-        }
-    }
-
-    /// The RPC name (a bounded label for spans, metrics and audit).
-    pub fn rpc(&self) -> &'static str {
-        match self {
-            Self::Put(_) => "PutItems",
-            Self::Get(_) => "GetItems",
-            Self::Delete(_) => "DeleteItems",
-            Self::Mutate(_) => "MutateItems",
-            Self::Scan(_) => "ScanItems",
-            Self::WriteSync(_) => "WriteEventRecordsSync",
-            Self::WriteBuffered(_) => "WriteEventRecords",
-            Self::Read(_) => "ReadEventRecords",
-            Self::Search(_) => "SearchEventRecords",
-            Self::Tail(_) => "TailEventRecords",
-        }
-    }
-
-    /// The RPC as an index of [`crate::metrics::RPCS`].
-    pub fn index(&self) -> usize {
-        match self {
-            Self::Put(_) => 0,
-            Self::Get(_) => 1,
-            Self::Delete(_) => 2,
-            Self::Mutate(_) => 3,
-            Self::Scan(_) => 4,
-            Self::WriteSync(_) => 5,
-            Self::WriteBuffered(_) => 6,
-            Self::Read(_) => 7,
-            Self::Search(_) => 8,
-            Self::Tail(_) => 9,
-        }
-    }
-
-    pub fn access(&self) -> Access {
-        match self {
-            Self::Get(_) | Self::Scan(_) | Self::Read(_) | Self::Search(_) | Self::Tail(_) => Access::Read,
-            Self::Put(_) | Self::Delete(_) | Self::Mutate(_) | Self::WriteSync(_) | Self::WriteBuffered(_) => {
-                Access::Write
-            }
-        }
-    }
+pub struct Destination {
+    /// The namespace, as this gateway's snapshot has it.
+    pub entry: Arc<NamespaceEntry>,
+    /// The owner's registered instances.
+    pub endpoints: Vec<String>,
+    /// The snapshot's revision.
+    pub revision: u64,
 }
 
 /// Counts a request against its namespace's in-flight total until dropped,
@@ -260,7 +157,7 @@ pub struct Call {
     pub forwarded: bool,
     /// Set by authorization when another shard owns the namespace and the
     /// call goes there ([`crate::layers::Forward`]).
-    pub forward: Option<crate::forward::Destination>,
+    pub forward: Option<Destination>,
 }
 
 impl Call {
@@ -284,7 +181,8 @@ impl Call {
     /// Parses and checks the namespace name, once: validation's first step.
     pub fn validate_namespace(&mut self) -> Result<(), prism_proto::names::NameError> {
         let name = prism_proto::names::NamespaceName::parse(self.request.namespace())?;
-        let slash = u8::try_from(name.tenant.len()).map_err(|_| prism_proto::names::NameError::TooLong(name.tenant.len()))?;
+        let slash =
+            u8::try_from(name.tenant.len()).map_err(|_| prism_proto::names::NameError::TooLong(name.tenant.len()))?;
         self.validated = Some(Validated { slash });
         Ok(())
     }
@@ -309,89 +207,5 @@ impl Call {
     /// runs before it (a bug).
     pub fn resolved(&self) -> crate::error::Result<&Resolved> {
         self.resolved.as_ref().ok_or_else(|| GatewayError::Internal("a layer ran before authorization".into()))
-    }
-}
-
-/// Runs one gRPC request through the pipeline: the shared edge of the
-/// KeyValue and TimeSeries services, where errors become statuses.
-pub async fn run<T>(
-    pipeline: &crate::layers::Pipeline,
-    req: tonic::Request<T>,
-    wrap: fn(T) -> Request,
-) -> Result<Response, tonic::Status> {
-    use tower::ServiceExt;
-    let authorization = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    // Certificates are there only when TLS verified them against the
-    // configured client CA.
-    let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| prism_tls::common_name(c.as_ref())));
-    let trace = trace_context(req.metadata());
-    let client_addr = req.remote_addr();
-    let deadline = req
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .and_then(|t| tokio::time::Instant::now().checked_add(t));
-    let forwarded = req.metadata().contains_key(crate::forward::FORWARDED_BY);
-    let mut call = Call::new(wrap(req.into_inner()), authorization);
-    call.client_cert = client_cert;
-    call.trace = trace;
-    call.client_addr = client_addr;
-    call.deadline = deadline;
-    call.forwarded = forwarded;
-    pipeline.clone().oneshot(call).await.map_err(crate::error::GatewayError::into_status)
-}
-
-/// A `grpc-timeout` value (at most 8 digits and a unit: `H`, `M`, `S`,
-/// `m`, `u`, `n`), as gRPC over HTTP/2 defines it; `None` when malformed.
-pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    let unit = value.chars().last()?;
-    let digits = &value[..value.len() - unit.len_utf8()];
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        'H' => Duration::from_secs(n * 3600),
-        'M' => Duration::from_secs(n * 60),
-        'S' => Duration::from_secs(n),
-        'm' => Duration::from_millis(n),
-        'u' => Duration::from_micros(n),
-        'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// The caller's `traceparent` / `tracestate`, when valid (an invalid one
-/// is ignored: the request starts a trace of its own, as W3C asks).
-fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Option<prism_telemetry::trace::TraceParent> {
-    use prism_telemetry::trace::{TRACEPARENT, TRACESTATE, TraceParent};
-    let parent = metadata.get(TRACEPARENT)?.to_str().ok()?;
-    TraceParent::parse(parent, metadata.get(TRACESTATE).and_then(|v| v.to_str().ok()))
-}
-
-/// The status for a pipeline that answered a different RPC (a bug).
-pub fn unexpected() -> tonic::Status {
-    crate::error::GatewayError::Internal("the pipeline answered another rpc".into()).into_status()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::parse_grpc_timeout;
-
-    #[test]
-    fn reads_grpc_timeouts_and_refuses_malformed_ones() {
-        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
-        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_grpc_timeout("1M"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
-        for bad in ["", "S", "123456789S", "5s", "-5S", "5 S", "5", "é", "5é"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
-        }
     }
 }

@@ -40,11 +40,10 @@ use prism_proto::kv::key_value_service_client::KeyValueServiceClient;
 use prism_proto::timeseries::time_series_service_client::TimeSeriesServiceClient;
 use tonic::transport::Channel;
 
-use crate::call::{Access, Call, Request, Response};
+use crate::call::{Access, Call, Destination, Request, Response};
 use crate::error::{GatewayError, Result};
+use crate::limits::MAX_MESSAGE_BYTES;
 use crate::metrics::GatewayMetrics;
-use crate::server::MAX_MESSAGE_BYTES;
-use crate::snapshot::NamespaceEntry;
 
 /// The metadata key that marks a forwarded call; its value is the shard of
 /// the gateway that forwarded it.
@@ -53,17 +52,6 @@ pub const FORWARDED_BY: &str = "prism-forwarded-by";
 /// Channels kept at most; past it they are all dropped and reconnected on
 /// use (endpoints come and go with instances).
 const MAX_CHANNELS: usize = 1024;
-
-/// Where authorization decided a call goes.
-#[derive(Debug, Clone)]
-pub struct Destination {
-    /// The namespace, as this gateway's snapshot has it.
-    pub entry: Arc<NamespaceEntry>,
-    /// The owner's registered instances.
-    pub endpoints: Vec<String>,
-    /// The snapshot's revision.
-    pub revision: u64,
-}
 
 #[derive(Debug, Default)]
 struct Peers {

@@ -74,11 +74,11 @@ impl Readiness {
 /// Keeps gRPC health in step with `readiness` (the overall `""` service
 /// and both data services) until `stopped`.
 pub async fn report(
-    readiness: Arc<crate::server::Shared>,
+    readiness: Arc<Readiness>,
     reporter: tonic_health::server::HealthReporter,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut state = readiness.readiness.subscribe();
+    let mut state = readiness.subscribe();
     loop {
         let ready = state.borrow_and_update().ready();
         if ready {

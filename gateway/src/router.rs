@@ -22,10 +22,10 @@ use crate::backend::observed;
 use crate::cache::Cached;
 use crate::call::{Call, Request, Resolved, Response};
 use crate::error::{GatewayError, Result};
-use crate::layers::limits::DEFAULT_PAGE_BYTES;
+use crate::limits::DEFAULT_PAGE_BYTES;
 use crate::metrics::Op;
+use crate::operations::Operations;
 use crate::page_token;
-use crate::server::Shared;
 use crate::snapshot::NamespaceEntry;
 
 /// Cache TTL when a namespace enables the cache without one.
@@ -33,12 +33,12 @@ const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Router {
-    shared: Arc<Shared>,
+    ops: Arc<Operations>,
 }
 
 impl Router {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(ops: Arc<Operations>) -> Self {
+        Self { ops }
     }
 }
 
@@ -55,11 +55,11 @@ impl Service<Call> for Router {
         // One box per call, sized to its own path: a KeyValue call does not
         // carry the TimeSeries path's state, nor the other way round (a
         // smaller allocation and smaller copies on every request).
-        let shared = self.shared.clone();
+        let ops = self.ops.clone();
         if call.request.abstraction() == prism_proto::control::Abstraction::TimeSeries {
-            Box::pin(execute_ts(shared, call))
+            Box::pin(execute_ts(ops, call))
         } else {
-            Box::pin(execute(shared, call))
+            Box::pin(execute(ops, call))
         }
     }
 }
@@ -112,9 +112,9 @@ fn limits(page_size_bytes: u64, limit: u32) -> PageLimits {
     }
 }
 
-fn key_value<'a>(shared: &'a Shared, entry: &NamespaceEntry) -> Result<&'a dyn KeyValue> {
+fn key_value<'a>(ops: &'a Operations, entry: &NamespaceEntry) -> Result<&'a dyn KeyValue> {
     let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-    shared.plugins.get(backend).and_then(|p| p.key_value()).ok_or_else(|| {
+    ops.plugins.get(backend).and_then(|p| p.key_value()).ok_or_else(|| {
         GatewayError::FailedPrecondition(format!(
             "backend {} does not serve KEY_VALUE on this gateway",
             prism_proto::capabilities::backend_name(backend)
@@ -128,25 +128,25 @@ fn resolved(resolved: Option<Resolved>) -> Result<Resolved> {
     resolved.ok_or_else(|| GatewayError::Internal("routing an unauthorized call".into()))
 }
 
-async fn execute_ts(shared: Arc<Shared>, call: Call) -> Result<Response> {
+async fn execute_ts(ops: Arc<Operations>, call: Call) -> Result<Response> {
     let resolved = resolved(call.resolved)?;
-    crate::ts_router::execute(&shared, &resolved, call.request, call.trace.as_ref(), now_micros()).await
+    crate::ts_router::execute(&ops, &resolved, call.request, call.trace.as_ref(), now_micros()).await
 }
 
-async fn execute(shared: Arc<Shared>, call: Call) -> Result<Response> {
-    let shared = &*shared;
+async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
+    let ops = &*ops;
     let resolved = resolved(call.resolved)?;
     let entry = resolved.entry();
     let now = now_micros();
-    let kv = key_value(shared, entry)?;
+    let kv = key_value(ops, entry)?;
     let policies = entry.ns.spec.policies.as_ref();
     let default_ttl = policies.and_then(|p| p.default_item_ttl.as_ref()).map(micros).filter(|t| *t > 0);
-    let skew = Duration::from_millis(shared.config.limits.max_clock_skew_ms);
+    let skew = ops.max_clock_skew;
     match call.request {
         Request::Put(r) => {
             let stamp = stamp(r.idempotency_token, now, skew)?;
             let mutations: Vec<_> = r.items.into_iter().map(|i| Mutation::Put(new_item(i, now, default_ttl))).collect();
-            write(shared, kv, entry, &r.id, &mutations, &stamp).await?;
+            write(ops, kv, entry, &r.id, &mutations, &stamp).await?;
             Ok(Response::Put(kv::PutItemsResponse {}))
         }
         Request::Delete(r) => {
@@ -156,7 +156,7 @@ async fn execute(shared: Arc<Shared>, call: Call) -> Result<Response> {
                 Some(kv::delete_items_request::Selector::Range(rg)) => vec![Mutation::DeleteRange(range(rg))],
                 None => vec![Mutation::DeleteRange(KeyRange::all())],
             };
-            write(shared, kv, entry, &r.id, &mutations, &stamp).await?;
+            write(ops, kv, entry, &r.id, &mutations, &stamp).await?;
             Ok(Response::Delete(kv::DeleteItemsResponse {}))
         }
         Request::Mutate(r) => {
@@ -170,11 +170,11 @@ async fn execute(shared: Arc<Shared>, call: Call) -> Result<Response> {
                     kv::mutation::Operation::DeleteRange(rg) => Some(Mutation::DeleteRange(range(rg))),
                 })
                 .collect();
-            write(shared, kv, entry, &r.id, &mutations, &stamp).await?;
+            write(ops, kv, entry, &r.id, &mutations, &stamp).await?;
             Ok(Response::Mutate(kv::MutateItemsResponse {}))
         }
-        Request::Get(r) => get(shared, kv, entry, r, now).await.map(Response::Get),
-        Request::Scan(r) => scan(shared, kv, entry, r, now).await.map(Response::Scan),
+        Request::Get(r) => get(ops, kv, entry, r, now).await.map(Response::Get),
+        Request::Scan(r) => scan(ops, kv, entry, r, now).await.map(Response::Scan),
         _ => Err(GatewayError::Internal("a TimeSeries request reached the KeyValue router".into())),
     }
 }
@@ -182,16 +182,16 @@ async fn execute(shared: Arc<Shared>, call: Call) -> Result<Response> {
 /// Writes, then invalidates the cached record whatever the outcome (a
 /// timed-out write may still have been applied).
 async fn write(
-    shared: &Shared,
+    ops: &Operations,
     kv: &dyn KeyValue,
     entry: &NamespaceEntry,
     id: &str,
     mutations: &[Mutation],
     stamp: &WriteStamp,
 ) -> Result<()> {
-    let outcome = observed(shared, entry, Op::Mutate, |_| kv.mutate(&entry.ns, id, mutations, stamp)).await;
+    let outcome = observed(&ops.metrics, entry, Op::Mutate, |_| kv.mutate(&entry.ns, id, mutations, stamp)).await;
     if entry.ns.spec.policies.as_ref().is_some_and(|p| p.cache_enabled) {
-        shared.cache.invalidate(entry, id).await;
+        ops.cache.invalidate(entry, id).await;
     }
     Ok(outcome?)
 }
@@ -225,7 +225,7 @@ fn get_binding(entry: &NamespaceEntry, r: &kv::GetItemsRequest) -> u64 {
 }
 
 async fn get(
-    shared: &Shared,
+    ops: &Operations,
     kv: &dyn KeyValue,
     entry: &NamespaceEntry,
     r: kv::GetItemsRequest,
@@ -242,12 +242,12 @@ async fn get(
         Some(p) => {
             let ttl = p.cache_ttl.as_ref().map(|d| Duration::from_micros(micros(d).max(0) as u64));
             let ttl = ttl.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_CACHE_TTL);
-            let max_record = shared.cache.max_record_bytes();
-            let cached = shared
+            let max_record = ops.cache.max_record_bytes();
+            let cached = ops
                 .cache
                 .get_or_load(entry, &r.id, ttl, || async {
                     let whole = PageLimits { max_bytes: max_record, max_items: None };
-                    let page = observed(shared, entry, Op::Get, |_| {
+                    let page = observed(&ops.metrics, entry, Op::Get, |_| {
                         kv.get(&entry.ns, &r.id, &Selector::All, None, whole, now)
                     })
                     .await?;
@@ -258,7 +258,7 @@ async fn get(
             match cached {
                 Some(Cached::Items(items)) => select_page(&items, &selector, after.as_deref(), limits, now),
                 Some(Cached::TooLarge) | None => {
-                    observed(shared, entry, Op::Get, |_| {
+                    observed(&ops.metrics, entry, Op::Get, |_| {
                         kv.get(&entry.ns, &r.id, &selector, after.as_deref(), limits, now)
                     })
                     .await?
@@ -266,8 +266,10 @@ async fn get(
             }
         }
         None => {
-            observed(shared, entry, Op::Get, |_| kv.get(&entry.ns, &r.id, &selector, after.as_deref(), limits, now))
-                .await?
+            observed(&ops.metrics, entry, Op::Get, |_| {
+                kv.get(&entry.ns, &r.id, &selector, after.as_deref(), limits, now)
+            })
+            .await?
         }
     };
     Ok(kv::GetItemsResponse {
@@ -313,7 +315,7 @@ pub fn select_page(
 }
 
 async fn scan(
-    shared: &Shared,
+    ops: &Operations,
     kv: &dyn KeyValue,
     entry: &NamespaceEntry,
     r: kv::ScanItemsRequest,
@@ -325,7 +327,7 @@ async fn scan(
         .map(|p| page_token::parse_scan_position(&p).map(|(id, key)| pkv::ScanCursor { id, key }))
         .transpose()?;
     let limits = limits(r.page_size_bytes, r.limit);
-    let page = observed(shared, entry, Op::Scan, |_| kv.scan(&entry.ns, after.as_ref(), limits, now)).await?;
+    let page = observed(&ops.metrics, entry, Op::Scan, |_| kv.scan(&entry.ns, after.as_ref(), limits, now)).await?;
     Ok(kv::ScanItemsResponse {
         next_page_token: page
             .next

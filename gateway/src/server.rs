@@ -1,108 +1,82 @@
-//! Assembles a gateway shard: plugins, the metadata snapshot and its watch
-//! task, the provisioner, the request pipeline, and the gRPC server with
-//! health and reflection, on a listener the caller already bound.
+//! Assembles a gateway shard — plugins, the metadata snapshot, the
+//! request pipeline, the background tasks and the gRPC server with health
+//! and reflection, on a listener the caller already bound — and is the
+//! only module that sees all of it.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prism_plugin_api::Plugin;
 use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
 use prism_plugin_kafka::{KafkaPlugin, KafkaPluginConfig};
 use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
-use prism_proto::control::Backend;
 use prism_proto::kv::key_value_service_server::KeyValueServiceServer;
+use prism_proto::timeseries::time_series_service_server::TimeSeriesServiceServer;
 use tokio::net::TcpListener;
 
-use crate::buffer::WriteBuffer;
+use crate::audit::AuditSink;
+use crate::background::provision::{self, Provisioning};
+use crate::background::reclaim::{self, Reclaim};
+use crate::background::registration::{self, Member, Registration};
+use crate::background::usage::{self, StorageBook, Usage};
+use crate::background::watcher::{self, Changes, Watcher};
+use crate::background::{ControlPlane, audit};
+use crate::buffer::{Flusher, WriteBuffer};
 use crate::cache::ReadCache;
 use crate::config::GatewayConfig;
 use crate::error::{GatewayError, Result};
+use crate::forward::Forwarder;
+use crate::health::Readiness;
 use crate::kv_service::KvService;
-use crate::layers::pipeline;
+use crate::layers::{Parts, Pipeline, VerifiedTokens};
+use crate::metrics::GatewayMetrics;
+use crate::metrics::collector::Sources;
+use crate::operations::Operations;
+use crate::quota::QuotaRegistry;
 use crate::snapshot::Metadata;
 use crate::tail::TailHub;
 use crate::ts_service::TsService;
-use crate::watcher::Changes;
-use crate::{provision, watcher};
-use prism_proto::timeseries::time_series_service_server::TimeSeriesServiceServer;
 
-/// Largest message the gateway accepts: the largest item (64 MiB) plus
-/// room for its request.
-pub const MAX_MESSAGE_BYTES: usize = 72 << 20;
+pub use crate::backend::Plugins;
+pub use crate::limits::MAX_MESSAGE_BYTES;
 
-/// The backend plugins of this gateway, by backend.
-#[derive(Clone, Default)]
-pub struct Plugins(HashMap<i32, Arc<dyn Plugin>>);
-
-impl std::fmt::Debug for Plugins {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.keys()).finish()
-    }
-}
-
-impl Plugins {
-    pub fn insert(&mut self, plugin: Arc<dyn Plugin>) {
-        self.0.insert(plugin.capabilities().backend as i32, plugin);
-    }
-
-    pub fn get(&self, backend: Backend) -> Option<&Arc<dyn Plugin>> {
-        self.0.get(&(backend as i32))
-    }
-}
-
-/// What every part of the gateway shares.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: GatewayConfig,
-    pub metadata: Arc<Metadata>,
-    pub plugins: Plugins,
-    pub cache: ReadCache,
-    pub tails: TailHub,
-    pub buffer: WriteBuffer,
-    pub registration: crate::registration::Registration,
-    /// Measured storage of this shard's namespaces with a storage quota.
-    pub storage: crate::usage::StorageBook,
-    /// Refused data requests on their way to the audit log.
-    pub audit: Arc<crate::audit::AuditSink>,
-    /// Rate and concurrency trackers; `quotas.set_share` is where this
-    /// gateway's share of each limit is set.
-    pub quotas: Arc<crate::quota::QuotaRegistry>,
-    /// What the request path and the tasks count for `/metrics`.
-    pub metrics: Arc<crate::metrics::GatewayMetrics>,
-    /// Snapshot held, registered, not draining: gRPC health and `/readyz`.
-    pub readiness: crate::health::Readiness,
-    /// TLS of the gRPC port (`[gateway.tls]`), its files loaded at open.
-    pub tls: Option<prism_tls::ServerTls>,
-    /// How an `https://` control plane is reached (`control_plane_tls`).
-    pub control_plane_tls: prism_client::Tls,
-    /// Sends calls for other shards' namespaces to their owners.
-    pub forwarder: Arc<crate::forward::Forwarder>,
-}
-
-impl Shared {
-    /// A new connection to the control plane, as this gateway (its token,
-    /// its TLS).
-    pub async fn control_plane(&self) -> prism_client::Result<prism_client::ControlPlaneClient> {
-        let config = &self.config;
-        prism_client::control_plane_with(
-            &config.control_plane,
-            config.control_plane_token.as_deref(),
-            &self.control_plane_tls,
-        )
-        .await
-    }
-}
-
-/// A running gateway's handles, for callers that need more than `serve`.
+/// A gateway shard, assembled: every part, each behind its own handle.
+/// Only this module wires them: each background task and the pipeline is
+/// given the parts it uses ([`crate::background`], [`Gateway::pipeline`]),
+/// and no other module imports this one.
 #[derive(Debug, Clone)]
 pub struct Gateway {
-    pub shared: Arc<Shared>,
+    pub config: Arc<GatewayConfig>,
+    pub metadata: Arc<Metadata>,
+    pub plugins: Plugins,
+    pub cache: Arc<ReadCache>,
+    pub tails: Arc<TailHub>,
+    pub buffer: Arc<WriteBuffer>,
+    pub registration: Arc<Registration>,
+    /// Measured storage of this shard's namespaces with a storage quota.
+    pub storage: Arc<StorageBook>,
+    /// Refused data requests on their way to the audit log.
+    pub audit: Arc<AuditSink>,
+    /// Rate and concurrency trackers; `quotas.set_share` is where this
+    /// gateway's share of each limit is set.
+    pub quotas: Arc<QuotaRegistry>,
+    /// What the request path and the tasks count for `/metrics`.
+    pub metrics: Arc<GatewayMetrics>,
+    /// The verified bearer tokens every pipeline of this gateway shares.
+    pub tokens: Arc<VerifiedTokens>,
+    /// Snapshot held, registered, not draining: gRPC health and `/readyz`.
+    pub readiness: Arc<Readiness>,
+    /// TLS of the gRPC port (`[gateway.tls]`), its files loaded at open.
+    pub tls: Option<prism_tls::ServerTls>,
+    /// The one link to the control plane the background tasks share (its
+    /// address, token and `control_plane_tls`).
+    pub control_plane: Arc<ControlPlane>,
+    /// Sends calls for other shards' namespaces to their owners.
+    pub forwarder: Arc<Forwarder>,
 }
 
 impl Gateway {
-    /// Opens the plugins and builds the shared state (no task started yet).
+    /// Opens the plugins and builds the gateway's parts (no task started yet).
     pub fn open(mut config: GatewayConfig) -> Result<Self> {
         config.validate()?;
         // Secret files are read once, here: an unreadable or weak one stops
@@ -142,7 +116,7 @@ impl Gateway {
         Self::with_plugins(config, plugins)
     }
 
-    /// Builds the shared state over the given plugins (tests, other
+    /// Builds the gateway's parts over the given plugins (tests, other
     /// backends), reading the TLS files (a bad one stops the gateway here,
     /// naming the setting and the file).
     pub fn with_plugins(config: GatewayConfig, plugins: Plugins) -> Result<Self> {
@@ -172,29 +146,58 @@ impl Gateway {
             Some(settings) => client_tls(settings, "forwarding.tls")?,
             None => control_plane_tls.clone(),
         };
-        let cache = ReadCache::new(&config.cache);
-        let buffer = WriteBuffer::new(config.limits.write_buffer_events);
-        let metrics = Arc::new(crate::metrics::GatewayMetrics::new(config.metrics_max_namespaces));
-        let forwarder =
-            crate::forward::Forwarder::new(&config.shard_id, peer_tls, config.request_timeout(), metrics.clone());
-        let shared = Shared {
-            config,
+        let metrics = Arc::new(GatewayMetrics::new(config.metrics_max_namespaces));
+        let forwarder = Forwarder::new(&config.shard_id, peer_tls, config.request_timeout(), metrics.clone());
+        let control_plane =
+            ControlPlane::new(config.control_plane.clone(), config.control_plane_token.clone(), control_plane_tls);
+        Ok(Self {
             metadata: Arc::new(Metadata::default()),
             plugins,
-            cache,
-            tails: TailHub::default(),
-            buffer,
-            registration: Default::default(),
-            audit: Default::default(),
-            storage: Default::default(),
-            quotas: Default::default(),
+            cache: Arc::new(ReadCache::new(&config.cache)),
+            tails: Arc::default(),
+            buffer: Arc::new(WriteBuffer::new(config.limits.write_buffer_events)),
+            registration: Arc::default(),
+            audit: Arc::default(),
+            storage: Arc::default(),
+            quotas: Arc::default(),
             metrics,
-            readiness: Default::default(),
+            tokens: Arc::default(),
+            readiness: Arc::default(),
             tls,
-            control_plane_tls,
+            control_plane: Arc::new(control_plane),
             forwarder: Arc::new(forwarder),
+            config: Arc::new(config),
+        })
+    }
+
+    /// The request pipeline over this gateway's parts; requests are
+    /// counted per namespace when a metrics listener serves them.
+    pub fn pipeline(&self) -> Pipeline {
+        self.pipeline_counting(self.metrics.counts_requests())
+    }
+
+    /// [`pipeline`](Self::pipeline), with per-namespace counting or
+    /// without (benchmarks compare the two).
+    pub fn pipeline_counting(&self, count_requests: bool) -> Pipeline {
+        let operations = Operations {
+            plugins: self.plugins.clone(),
+            cache: self.cache.clone(),
+            buffer: self.buffer.clone(),
+            tails: self.tails.clone(),
+            metrics: self.metrics.clone(),
+            max_clock_skew: Duration::from_millis(self.config.limits.max_clock_skew_ms),
         };
-        Ok(Self { shared: Arc::new(shared) })
+        let parts = Parts {
+            config: &self.config,
+            metadata: self.metadata.clone(),
+            metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
+            tokens: self.tokens.clone(),
+            quotas: self.quotas.clone(),
+            forwarder: self.forwarder.clone(),
+            operations: Arc::new(operations),
+        };
+        crate::layers::pipeline_counting(parts, count_requests)
     }
 
     /// Serves on `listener` until `shutdown` completes, with the watch
@@ -212,22 +215,33 @@ impl Gateway {
         metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        let shared = self.shared;
-        let endpoint = advertised_endpoint(&shared, &listener)?;
+        let gw = self;
+        let endpoint = advertised_endpoint(&gw, &listener)?;
         let changes = Arc::new(Changes::default());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let metrics_server = match metrics {
             Some(metrics_listener) => {
-                shared.metrics.count_requests();
+                gw.metrics.count_requests();
                 let addr = metrics_listener.local_addr().ok();
-                tracing::info!(shard = %shared.config.shard_id, addr = ?addr, "gateway metrics serving");
-                let registry = Arc::new(crate::metrics::registry(&shared));
-                let ready_of = shared.clone();
+                tracing::info!(shard = %gw.config.shard_id, addr = ?addr, "gateway metrics serving");
+                let registry = Arc::new(crate::metrics::collector::registry(Sources {
+                    shard_id: gw.config.shard_id.clone(),
+                    metrics: gw.metrics.clone(),
+                    metadata: gw.metadata.clone(),
+                    plugins: gw.plugins.clone(),
+                    cache: gw.cache.clone(),
+                    buffer: gw.buffer.clone(),
+                    tails: gw.tails.clone(),
+                    tokens: gw.tokens.clone(),
+                    quotas: gw.quotas.clone(),
+                    readiness: gw.readiness.clone(),
+                }));
+                let ready_of = gw.readiness.clone();
                 let mut until = stopped.clone();
                 Some(tokio::spawn(prism_telemetry::http::serve(
                     metrics_listener,
                     registry,
-                    Arc::new(move || ready_of.readiness.ready()),
+                    Arc::new(move || ready_of.ready()),
                     async move {
                         let _ = until.wait_for(|s| *s).await;
                     },
@@ -235,34 +249,84 @@ impl Gateway {
             }
             None => None,
         };
+        let config = &gw.config;
+        let shard_id = || config.shard_id.clone();
         // Deregistration comes first on shutdown, while this gateway still
         // serves, so clients move on before connections are refused; and
         // before it, health says NOT_SERVING, so load balancers (probes of
         // gRPC health or /readyz) stop sending first. `drain_delay_ms`
         // gives them time to notice.
         let (leave, leaving) = tokio::sync::watch::channel(false);
-        let membership = tokio::spawn(crate::registration::run(shared.clone(), endpoint, leaving));
-        let draining = shared.clone();
+        let member = Member {
+            link: gw.control_plane.clone(),
+            shard_id: shard_id(),
+            endpoint,
+            registration: gw.registration.clone(),
+            readiness: gw.readiness.clone(),
+        };
+        let membership = tokio::spawn(registration::run(member, leaving));
+        let (readiness, drain_delay) = (gw.readiness.clone(), config.drain_delay());
         let shutdown = async move {
             shutdown.await;
-            draining.readiness.draining();
-            tracing::info!(delay = ?draining.config.drain_delay(), "gateway draining");
+            readiness.draining();
+            tracing::info!(delay = ?drain_delay, "gateway draining");
             let _ = leave.send(true);
             let _ = membership.await;
-            tokio::time::sleep(draining.config.drain_delay()).await;
+            tokio::time::sleep(drain_delay).await;
+        };
+        let watcher = Watcher {
+            link: gw.control_plane.clone(),
+            metadata: gw.metadata.clone(),
+            shard_id: shard_id(),
+            cache: gw.cache.clone(),
+            tails: gw.tails.clone(),
+            quotas: gw.quotas.clone(),
+            metrics: gw.metrics.clone(),
+            readiness: gw.readiness.clone(),
+        };
+        let provisioning = Provisioning {
+            link: gw.control_plane.clone(),
+            metadata: gw.metadata.clone(),
+            shard_id: shard_id(),
+            plugins: gw.plugins.clone(),
+            tails: gw.tails.clone(),
+            request_timeout: config.request_timeout(),
+        };
+        let reclaim = Reclaim {
+            metadata: gw.metadata.clone(),
+            shard_id: shard_id(),
+            plugins: gw.plugins.clone(),
+            every: Duration::from_secs(config.limits.reclaim_interval_seconds),
+        };
+        let usage = Usage {
+            link: gw.control_plane.clone(),
+            metadata: gw.metadata.clone(),
+            shard_id: shard_id(),
+            plugins: gw.plugins.clone(),
+            quotas: gw.quotas.clone(),
+            storage: gw.storage.clone(),
+            registration: gw.registration.clone(),
+            report_every: Duration::from_millis(config.usage_report_interval_ms),
+            measure_every: Duration::from_millis(config.storage_measure_interval_ms),
+        };
+        let flusher = Flusher {
+            buffer: gw.buffer.clone(),
+            plugins: gw.plugins.clone(),
+            tails: gw.tails.clone(),
+            metrics: gw.metrics.clone(),
         };
         let tasks = [
-            tokio::spawn(watcher::run(shared.clone(), changes.clone(), stopped.clone())),
-            tokio::spawn(provision::run(shared.clone(), changes, stopped.clone())),
-            tokio::spawn(reclaim(shared.clone(), stopped.clone())),
-            tokio::spawn(crate::quota::sweeper(shared.quotas.clone(), shared.metadata.clone(), stopped.clone())),
-            tokio::spawn(crate::usage::run(shared.clone(), stopped.clone())),
-            tokio::spawn(crate::audit::run(shared.clone(), stopped.clone())),
-            tokio::spawn(crate::buffer::flush(shared.clone(), stopped.clone())),
+            tokio::spawn(watcher::run(watcher, changes.clone(), stopped.clone())),
+            tokio::spawn(provision::run(provisioning, changes, stopped.clone())),
+            tokio::spawn(reclaim::run(reclaim, stopped.clone())),
+            tokio::spawn(crate::quota::sweeper(gw.quotas.clone(), gw.metadata.clone(), stopped.clone())),
+            tokio::spawn(usage::run(usage, stopped.clone())),
+            tokio::spawn(audit::run(gw.audit.clone(), gw.control_plane.clone(), stopped.clone())),
+            tokio::spawn(crate::buffer::flush(flusher, stopped.clone())),
         ];
         let (health, health_service) = tonic_health::server::health_reporter();
-        let health_task = tokio::spawn(crate::health::report(shared.clone(), health, stopped));
-        let pipeline = pipeline(&shared);
+        let health_task = tokio::spawn(crate::health::report(gw.readiness.clone(), health, stopped));
+        let pipeline = gw.pipeline();
         let kv = KeyValueServiceServer::new(KvService::new(pipeline.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -273,9 +337,9 @@ impl Gateway {
         let (reflection, reflection_v1alpha) =
             reflection([service_name(&health_service), service_name(&kv), service_name(&ts)])?;
         tracing::info!(
-            shard = %shared.config.shard_id,
+            shard = %gw.config.shard_id,
             addr = ?listener.local_addr().ok(),
-            tls = shared.tls.is_some(),
+            tls = gw.tls.is_some(),
             "gateway serving"
         );
         let services = Services {
@@ -287,7 +351,7 @@ impl Gateway {
                 .prepare(),
         };
         let server = tonic::transport::Server::builder();
-        let served = match &shared.tls {
+        let served = match &gw.tls {
             Some(tls) => server.serve_with_incoming_shutdown(services, tls.incoming(listener), shutdown).await,
             None => server.serve_with_incoming_shutdown(services, incoming(listener), shutdown).await,
         };
@@ -353,41 +417,6 @@ impl tower::Service<HttpRequest> for Services {
     }
 }
 
-/// Removes expired items periodically, in every KeyValue plugin, and
-/// events past retention in this shard's TimeSeries namespaces.
-async fn reclaim(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(Duration::from_secs(shared.config.limits.reclaim_interval_seconds));
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            _ = stopped.wait_for(|stop| *stop) => return,
-        }
-        for plugin in shared.plugins.0.values() {
-            if let Some(kv) = plugin.key_value() {
-                match kv.reclaim(prism_plugin_api::now_micros()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(removed = n, "reclaimed expired items"),
-                    Err(e) => tracing::warn!(error = %e, "reclaiming expired items failed"),
-                }
-            }
-        }
-        let snapshot = shared.metadata.load_full();
-        let now = prism_plugin_api::now_micros();
-        for entry in snapshot.namespaces.values() {
-            let owned_series = entry.shard_id == shared.config.shard_id
-                && entry.status == prism_proto::control::NamespaceStatus::Active
-                && entry.ns.spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32;
-            let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-            let plugin = shared.plugins.get(backend).and_then(|p| p.time_series());
-            if let (true, Some(ts)) = (owned_series, plugin)
-                && let Err(e) = ts.reclaim(&entry.ns, now).await
-            {
-                tracing::warn!(namespace = %entry.ns.name, error = %e, "dropping events past retention failed");
-            }
-        }
-    }
-}
-
 /// The name a gRPC service is served under.
 fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
     S::NAME
@@ -425,9 +454,9 @@ pub const REFLECTION_SERVICES: [&str; 2] =
 /// listener's address (with a loopback host when it listens on every
 /// interface, which suits one machine only); as `https://host:port` when
 /// it serves TLS, so clients dial it with TLS.
-fn advertised_endpoint(shared: &Shared, listener: &TcpListener) -> Result<String> {
-    let endpoint = host_port(&shared.config, listener)?;
-    Ok(match &shared.tls {
+fn advertised_endpoint(gw: &Gateway, listener: &TcpListener) -> Result<String> {
+    let endpoint = host_port(&gw.config, listener)?;
+    Ok(match &gw.tls {
         Some(_) if !endpoint.contains("://") => format!("https://{endpoint}"),
         _ => endpoint,
     })

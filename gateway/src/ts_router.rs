@@ -3,7 +3,6 @@
 //! writes, sealed page tokens, conversions, and handing durable events to
 //! tails.
 
-
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::PageLimits;
 use prism_plugin_api::ts::{self as pts, EventCursor, TagFilter, TimeSeries};
@@ -14,10 +13,10 @@ use prism_telemetry::trace::TraceParent;
 use crate::backend::{observed, write_context};
 use crate::call::{Request, Resolved, Response};
 use crate::error::{GatewayError, Result};
-use crate::layers::limits::DEFAULT_PAGE_BYTES;
+use crate::limits::DEFAULT_PAGE_BYTES;
 use crate::metrics::Op;
+use crate::operations::Operations;
 use crate::page_token;
-use crate::server::Shared;
 use crate::snapshot::NamespaceEntry;
 
 /// How far back an event may be when a namespace sets no accept limit.
@@ -61,9 +60,9 @@ pub fn filter(f: &ts::TagFilter) -> Option<TagFilter> {
     })
 }
 
-fn time_series<'a>(shared: &'a Shared, entry: &NamespaceEntry) -> Result<&'a dyn TimeSeries> {
+fn time_series<'a>(ops: &'a Operations, entry: &NamespaceEntry) -> Result<&'a dyn TimeSeries> {
     let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-    shared.plugins.get(backend).and_then(|p| p.time_series()).ok_or_else(|| {
+    ops.plugins.get(backend).and_then(|p| p.time_series()).ok_or_else(|| {
         GatewayError::FailedPrecondition(format!(
             "backend {} does not serve TIME_SERIES on this gateway",
             prism_proto::capabilities::backend_name(backend)
@@ -126,7 +125,7 @@ fn page(binding: u64, page: pts::EventsPage) -> (Vec<ts::Event>, String) {
 }
 
 pub async fn execute(
-    shared: &Shared,
+    ops: &Operations,
     resolved: &Resolved,
     request: Request,
     caller: Option<&TraceParent>,
@@ -136,23 +135,23 @@ pub async fn execute(
     let rev = entry.ns.create_revision.to_be_bytes();
     match request {
         Request::WriteSync(r) => {
-            let plugin = time_series(shared, entry)?;
+            let plugin = time_series(ops, entry)?;
             accept_window(entry, &r.events, now)?;
             let events: Vec<_> = r.events.iter().map(to_plugin).collect();
             let events = &events;
-            observed(shared, entry, Op::Write, |span| {
+            observed(&ops.metrics, entry, Op::Write, |span| {
                 let context = write_context(span, caller);
                 async move { plugin.write_with(&entry.ns, events, &context).await }
             })
             .await?;
-            if shared.tails.watched(entry) {
+            if ops.tails.watched(entry) {
                 // As stored (microseconds), so a tail and a read agree.
-                shared.tails.publish(entry, events.iter().cloned().map(to_proto).collect());
+                ops.tails.publish(entry, events.iter().cloned().map(to_proto).collect());
             }
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: events.len() as u32 }))
         }
         Request::WriteBuffered(r) => {
-            time_series(shared, entry)?;
+            time_series(ops, entry)?;
             if !entry.ns.spec.policies.as_ref().is_some_and(|p| p.accept_loss) {
                 return Err(GatewayError::FailedPrecondition(format!(
                     "namespace {} does not accept loss; use WriteEventRecordsSync",
@@ -162,17 +161,17 @@ pub async fn execute(
             accept_window(entry, &r.events, now)?;
             let events: Vec<_> = r.events.iter().map(to_plugin).collect();
             let n = events.len() as u32;
-            let published = shared.tails.watched(entry).then(|| events.iter().cloned().map(to_proto).collect());
+            let published = ops.tails.watched(entry).then(|| events.iter().cloned().map(to_proto).collect());
             // Written later, outside this request: the events keep its
             // trace context (the request span's when exported).
             let context = write_context(&tracing::Span::current(), caller);
-            shared.buffer.offer(entry.clone(), events, published, context).inspect_err(|_| {
-                shared.metrics.refusals.record(crate::metrics::Layer::Buffer, "write_buffer_full");
+            ops.buffer.offer(entry.clone(), events, published, context).inspect_err(|_| {
+                ops.metrics.refusals.record(crate::metrics::Layer::Buffer, "write_buffer_full");
             })?;
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: n }))
         }
         Request::Read(r) => {
-            let plugin = time_series(shared, entry)?;
+            let plugin = time_series(ops, entry)?;
             let (start, end) = interval(r.start.as_ref(), r.end.as_ref());
             let binding = page_token::binding(&[
                 entry.ns.name.as_bytes(),
@@ -184,7 +183,7 @@ pub async fn execute(
             ]);
             let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
             let limits = limits(r.page_size_bytes, r.limit);
-            let got = observed(shared, entry, Op::Read, |_| {
+            let got = observed(&ops.metrics, entry, Op::Read, |_| {
                 plugin.read(&entry.ns, &r.time_series_id, start, end, after.as_ref(), limits, now)
             })
             .await?;
@@ -192,7 +191,7 @@ pub async fn execute(
             Ok(Response::Read(ts::ReadEventRecordsResponse { events, next_page_token }))
         }
         Request::Search(r) => {
-            let plugin = time_series(shared, entry)?;
+            let plugin = time_series(ops, entry)?;
             let (start, end) = interval(r.start.as_ref(), r.end.as_ref());
             let encoded_filter = r.filter.as_ref().map(prost::Message::encode_to_vec).unwrap_or_default();
             let binding = page_token::binding(&[
@@ -206,7 +205,7 @@ pub async fn execute(
             let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
             let tag_filter = r.filter.as_ref().and_then(filter);
             let limits = limits(r.page_size_bytes, r.limit);
-            let got = observed(shared, entry, Op::Search, |_| {
+            let got = observed(&ops.metrics, entry, Op::Search, |_| {
                 plugin.search(&entry.ns, start, end, tag_filter.as_ref(), after.as_ref(), limits, now)
             })
             .await?;
@@ -214,9 +213,9 @@ pub async fn execute(
             Ok(Response::Search(ts::SearchEventRecordsResponse { events, next_page_token }))
         }
         Request::Tail(r) => {
-            time_series(shared, entry)?;
+            time_series(ops, entry)?;
             let tag_filter = r.filter.as_ref().and_then(filter);
-            Ok(Response::Tail(shared.tails.subscribe(entry, r.time_series_id, tag_filter)))
+            Ok(Response::Tail(ops.tails.subscribe(entry, r.time_series_id, tag_filter)))
         }
         _ => Err(GatewayError::Internal("a KeyValue request reached the TimeSeries router".into())),
     }

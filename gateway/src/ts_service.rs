@@ -7,6 +7,7 @@ use prism_proto::timeseries::*;
 use tonic::{Request, Response, Status};
 
 use crate::call::{self, TailStream};
+use crate::edge;
 use crate::layers::Pipeline;
 
 #[derive(Clone)]
@@ -26,9 +27,9 @@ impl TimeSeriesService for TsService {
         &self,
         req: Request<WriteEventRecordsRequest>,
     ) -> Result<Response<WriteEventRecordsResponse>, Status> {
-        match call::run(&self.pipeline, req, call::Request::WriteSync).await? {
+        match edge::run(&self.pipeline, req, call::Request::WriteSync).await? {
             call::Response::Write(r) => Ok(Response::new(r)),
-            _ => Err(call::unexpected()),
+            _ => Err(edge::unexpected()),
         }
     }
 
@@ -36,9 +37,9 @@ impl TimeSeriesService for TsService {
         &self,
         req: Request<WriteEventRecordsRequest>,
     ) -> Result<Response<WriteEventRecordsResponse>, Status> {
-        match call::run(&self.pipeline, req, call::Request::WriteBuffered).await? {
+        match edge::run(&self.pipeline, req, call::Request::WriteBuffered).await? {
             call::Response::Write(r) => Ok(Response::new(r)),
-            _ => Err(call::unexpected()),
+            _ => Err(edge::unexpected()),
         }
     }
 
@@ -46,9 +47,9 @@ impl TimeSeriesService for TsService {
         &self,
         req: Request<ReadEventRecordsRequest>,
     ) -> Result<Response<ReadEventRecordsResponse>, Status> {
-        match call::run(&self.pipeline, req, call::Request::Read).await? {
+        match edge::run(&self.pipeline, req, call::Request::Read).await? {
             call::Response::Read(r) => Ok(Response::new(r)),
-            _ => Err(call::unexpected()),
+            _ => Err(edge::unexpected()),
         }
     }
 
@@ -56,16 +57,16 @@ impl TimeSeriesService for TsService {
         &self,
         req: Request<SearchEventRecordsRequest>,
     ) -> Result<Response<SearchEventRecordsResponse>, Status> {
-        match call::run(&self.pipeline, req, call::Request::Search).await? {
+        match edge::run(&self.pipeline, req, call::Request::Search).await? {
             call::Response::Search(r) => Ok(Response::new(r)),
-            _ => Err(call::unexpected()),
+            _ => Err(edge::unexpected()),
         }
     }
 
     async fn tail_event_records(&self, req: Request<TailEventRecordsRequest>) -> Result<Response<TailStream>, Status> {
-        match call::run(&self.pipeline, req, call::Request::Tail).await? {
+        match edge::run(&self.pipeline, req, call::Request::Tail).await? {
             call::Response::Tail(stream) => Ok(Response::new(stream)),
-            _ => Err(call::unexpected()),
+            _ => Err(edge::unexpected()),
         }
     }
 }

@@ -54,7 +54,7 @@ async fn refused_data_requests_are_audited() -> anyhow::Result<()> {
     assert_eq!(unauthenticated.principal, "");
     // The gateway counts them once the control plane has answered.
     eventually(Duration::from_secs(10), || async {
-        let sent = gw.gateway.shared.audit.sent.load(std::sync::atomic::Ordering::Relaxed);
+        let sent = gw.gateway.audit.sent.load(std::sync::atomic::Ordering::Relaxed);
         anyhow::ensure!(sent >= 2, "{sent} sent");
         Ok(())
     })
@@ -132,7 +132,7 @@ async fn namespaces_can_have_their_successful_requests_audited() -> anyhow::Resu
     for gw in &cluster.gateways {
         eventually(Duration::from_secs(10), || async {
             use std::sync::atomic::Ordering::Relaxed;
-            let sink = &gw.gateway.shared.audit;
+            let sink = &gw.gateway.audit;
             let (recorded, sent) = (sink.recorded.load(Relaxed), sink.sent.load(Relaxed));
             anyhow::ensure!(sent == recorded && sink.dropped.load(Relaxed) == 0, "{sent} of {recorded} sent");
             Ok(())

@@ -85,7 +85,7 @@ async fn deployment() -> anyhow::Result<(Cluster, Vec<String>, Vec<String>)> {
         cluster.active_namespace(&name, spec(Abstraction::TimeSeries, shard)).await?;
         ts_names.push(name);
     }
-    let revision = cluster.gateways.iter().map(|g| g.gateway.shared.metadata.load().revision).max().unwrap_or(0);
+    let revision = cluster.gateways.iter().map(|g| g.gateway.metadata.load().revision).max().unwrap_or(0);
     for gw in &cluster.gateways {
         gw.caught_up(revision).await?;
     }
@@ -170,7 +170,7 @@ async fn every_call_through_one_round_robin_address_reaches_its_namespace() -> a
     assert!(proxy.connections().iter().all(|n| *n > 10), "{:?}", proxy.connections());
     for gw in &cluster.gateways {
         let metrics = gw.metrics().await?;
-        assert!(forwarded_total(&metrics) > 0, "{} forwarded nothing", gw.gateway.shared.config.shard_id);
+        assert!(forwarded_total(&metrics) > 0, "{} forwarded nothing", gw.gateway.config.shard_id);
     }
     Ok(())
 }
@@ -188,7 +188,7 @@ async fn the_owner_decides_who_may_call_and_forwarding_grants_nothing() -> anyho
     });
     let owner = cluster.active_namespace("acme/private", ns_spec).await?;
     let entry = cluster.gateway("shard-0").context("shard-0")?;
-    entry.caught_up(owner.gateway.shared.metadata.load().revision).await?;
+    entry.caught_up(owner.gateway.metadata.load().revision).await?;
     let ns = "acme/private";
     let mut c = KeyValueServiceClient::new(connect(&entry.endpoint()).await?);
 
@@ -219,7 +219,7 @@ async fn a_forwarded_call_is_never_forwarded_again() -> anyhow::Result<()> {
     cluster.active_namespace("acme/kv", spec(Abstraction::KeyValue, "shard-1")).await?;
     let owner = cluster.gateway("shard-1").context("shard-1")?;
     let other = cluster.gateway("shard-0").context("shard-0")?;
-    other.caught_up(owner.gateway.shared.metadata.load().revision).await?;
+    other.caught_up(owner.gateway.metadata.load().revision).await?;
     // What a gateway whose snapshot disagrees would send here: a call
     // already forwarded once, for a namespace this gateway places
     // elsewhere. It is answered at once, retryably, not sent on.
@@ -241,7 +241,7 @@ async fn an_owner_that_cannot_be_reached_is_unavailable_within_the_deadline() ->
     // shard-1's gateway leaves; in its place the registry lists an address
     // where nothing listens and one that accepts connections but never
     // answers (a hung host).
-    let index = cluster.gateways.iter().position(|g| g.gateway.shared.config.shard_id == "shard-1").context("gw")?;
+    let index = cluster.gateways.iter().position(|g| g.gateway.config.shard_id == "shard-1").context("gw")?;
     let mut gone: GatewayHandle = cluster.gateways.remove(index);
     gone.stop().await?;
     let dead = {
@@ -255,7 +255,7 @@ async fn an_owner_that_cannot_be_reached_is_unavailable_within_the_deadline() ->
     }
     let entry = cluster.gateway("shard-0").context("shard-0")?;
     eventually(Duration::from_secs(10), || async {
-        let snapshot = entry.gateway.shared.metadata.load();
+        let snapshot = entry.gateway.metadata.load();
         let endpoints = snapshot.endpoints("shard-1");
         anyhow::ensure!(endpoints.len() == 2, "shard-1 at {endpoints:?}");
         Ok(())
@@ -291,7 +291,7 @@ async fn with_forwarding_off_a_misrouted_call_names_the_owner() -> anyhow::Resul
     let cluster = Cluster::start_with(|c| c.forwarding.enabled = false).await?;
     let owner = cluster.active_namespace("acme/kv", spec(Abstraction::KeyValue, "shard-1")).await?;
     let other = cluster.gateway("shard-0").context("shard-0")?;
-    other.caught_up(owner.gateway.shared.metadata.load().revision).await?;
+    other.caught_up(owner.gateway.metadata.load().revision).await?;
     let mut c = KeyValueServiceClient::new(connect(&other.endpoint()).await?);
     let e = c.get_items(authed(get("acme/kv", "r"), &admin_token())).await.expect_err("misrouted");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
@@ -423,7 +423,7 @@ async fn gateways_that_disagree_about_the_owner_answer_unavailable_and_never_loo
     })
     .await?;
     anyhow::ensure!(!on_c.is_empty(), "no namespace landed on shard-c");
-    let revision = a.gateway.shared.metadata.load().revision;
+    let revision = a.gateway.metadata.load().revision;
     b.caught_up(revision).await?;
 
     // shard-b stops hearing the control plane; then shard-c leaves, and its
@@ -440,12 +440,12 @@ async fn gateways_that_disagree_about_the_owner_answer_unavailable_and_never_loo
     // Names and shard ids are fixed, so rendezvous always moves some here.
     let x = moved.iter().find(|(_, s)| s == "shard-b").map(|(n, _)| n.as_str()).context("none moved to shard-b")?;
     eventually(Duration::from_secs(10), || async {
-        let on = a.gateway.shared.metadata.load().namespace(x).map(|e| e.shard_id.clone());
+        let on = a.gateway.metadata.load().namespace(x).map(|e| e.shard_id.clone());
         anyhow::ensure!(on.as_deref() == Some("shard-b"), "shard-a places {x} on {on:?}");
         Ok(())
     })
     .await?;
-    let on_b = b.gateway.shared.metadata.load().namespace(x).map(|e| e.shard_id.clone());
+    let on_b = b.gateway.metadata.load().namespace(x).map(|e| e.shard_id.clone());
     assert_eq!(on_b.as_deref(), Some("shard-c"), "shard-b's view is stale");
 
     // shard-a forwards to shard-b, which places it elsewhere: UNAVAILABLE,

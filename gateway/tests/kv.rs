@@ -247,7 +247,7 @@ async fn authentication_authorization_and_routing() -> anyhow::Result<()> {
     // The other shard forwards to the owner: the same answers, refusals
     // included (forwarding off, it names the owner: tests/sharding.rs).
     let other = cluster.gateways.iter().find(|g| g.addr != gw.addr).context("second gateway")?;
-    other.caught_up(gw.gateway.shared.metadata.load().revision).await?;
+    other.caught_up(gw.gateway.metadata.load().revision).await?;
     assert_eq!(other.kv(Some(&reader)).await?.get_items(get_all(ns, "r")).await?.into_inner().items.len(), 1);
     let e = other.kv(Some(&reader)).await?.put_items(put(ns, "r", vec![item("k", "w")])).await.expect_err("read only");
     assert_eq!(e.code(), Code::PermissionDenied);
@@ -347,7 +347,7 @@ async fn cached_reads_hit_and_writes_invalidate() -> anyhow::Result<()> {
     let gw = cluster.active_namespace("acme/cached", spec).await?;
     let mut kv = gw.kv(Some(&admin_token())).await?;
     let ns = "acme/cached";
-    let stats = &gw.gateway.shared.cache.stats;
+    let stats = &gw.gateway.cache.stats;
     let hits = || stats.hits.load(std::sync::atomic::Ordering::Relaxed);
 
     kv.put_items(put(ns, "r", vec![item("k", "one")])).await?;

@@ -16,11 +16,11 @@ async fn serves_from_the_last_snapshot_while_the_control_plane_is_down() -> anyh
         ..Default::default()
     };
     let gw_addr = cluster.active_namespace("acme/steady", spec).await?.endpoint();
-    assert_eq!(cluster.gateways[0].gateway.shared.metadata.staleness(), Duration::ZERO, "connected: not stale");
+    assert_eq!(cluster.gateways[0].gateway.metadata.staleness(), Duration::ZERO, "connected: not stale");
 
     cluster.control_plane.stop().await?;
     let gw = cluster.gateways.iter().find(|g| g.endpoint() == gw_addr).ok_or_else(|| anyhow::anyhow!("gateway"))?;
-    let metadata = &gw.gateway.shared.metadata;
+    let metadata = &gw.gateway.metadata;
     eventually(Duration::from_secs(10), || async {
         anyhow::ensure!(metadata.staleness() > Duration::ZERO, "still reports a live watch");
         Ok(())

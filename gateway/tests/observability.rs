@@ -256,7 +256,7 @@ async fn health_tells_the_truth_through_a_gateways_life() -> anyhow::Result<()> 
 
     cp.stop().await?;
     eventually(WAIT, || async {
-        anyhow::ensure!(!gw.gateway.shared.metadata.staleness().is_zero(), "the watch has not noticed yet");
+        anyhow::ensure!(!gw.gateway.metadata.staleness().is_zero(), "the watch has not noticed yet");
         Ok(())
     })
     .await?;

@@ -102,7 +102,7 @@ async fn gateways_register_and_misroutes_name_the_owners_endpoints() -> anyhow::
         Ok(())
     })
     .await?;
-    assert!(a.gateway.shared.registration.instance_id().is_some());
+    assert!(a.gateway.registration.instance_id().is_some());
 
     let mut c = cp.client().await?;
     c.create_tenant(CreateTenantRequest { tenant_id: "acme".into(), ..Default::default() }).await?;

@@ -110,7 +110,7 @@ async fn every_hop_speaks_tls() -> anyhow::Result<()> {
     // Any gateway forwards to the owner over TLS, presenting the
     // certificate it presents to the control plane.
     let other = cluster.gateways.iter().find(|g| g.addr != gw.addr).context("second gateway")?;
-    other.caught_up(gw.gateway.shared.metadata.load().revision).await?;
+    other.caught_up(gw.gateway.metadata.load().revision).await?;
     let mut c = prism_client::key_value_with(&other.endpoint(), Some(&token), &tls).await?;
     let get = kv::GetItemsRequest { namespace: "acme/orders".into(), id: "o-1".into(), ..Default::default() };
     assert_eq!(c.get_items(get).await.context("forwarded over TLS")?.into_inner().items.len(), 1);
@@ -238,11 +238,11 @@ async fn a_rotated_certificate_is_served_without_a_restart() -> anyhow::Result<(
     let cluster = Cluster::start_tls(&servers, &clients).await?;
     let gw = cluster.active_namespace("acme/orders", spec()).await?;
     let trust = prism_tls::ClientTls::new(&servers.trust())?;
-    let shard = gw.gateway.shared.config.shard_id.clone();
+    let shard = gw.gateway.config.shard_id.clone();
     assert_eq!(presented(gw.addr, &trust).await?, shard);
 
     // The operator replaces the certificate and key files in place.
-    let tls = gw.gateway.shared.config.tls.clone().context("tls")?;
+    let tls = gw.gateway.config.tls.clone().context("tls")?;
     let (cert, key) = servers.ca().leaf("rotated", false)?;
     std::fs::write(&tls.cert_file, cert)?;
     std::fs::write(&tls.key_file, key)?;

@@ -195,7 +195,7 @@ async fn buffered_writes_are_flushed_and_a_full_buffer_refuses() -> anyhow::Resu
     let e = c.write_event_records(authed(write(ns, too_many))).await.expect_err("buffer full");
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(e.get_details_retry_info().is_some(), "says when to retry");
-    let stats = &gw.gateway.shared.buffer.stats;
+    let stats = &gw.gateway.buffer.stats;
     assert_eq!(stats.flushed.load(std::sync::atomic::Ordering::Relaxed), 2);
     assert_eq!(stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
     Ok(())

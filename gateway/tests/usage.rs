@@ -95,7 +95,7 @@ async fn reports_show_usage_and_split_tenant_limits_by_traffic() -> anyhow::Resu
     // Three requests on shard-0 for every one on shard-1: the tenant's
     // limits are split about 0.05 + 0.9·¾ ≈ 0.73 to 0.27, summing to one.
     let share = |gw: &GatewayHandle| {
-        gw.gateway.shared.quotas.tracker(prism_gateway::quota::Subject::Tenant("acme")).map(|t| t.share())
+        gw.gateway.quotas.tracker(prism_gateway::quota::Subject::Tenant("acme")).map(|t| t.share())
     };
     eventually(Duration::from_secs(20), || async {
         let (s0, s1) = (share(g0).unwrap_or(1.0), share(g1).unwrap_or(1.0));

@@ -301,7 +301,7 @@ impl GatewayHandle {
     /// `127.0.0.1:port`, or `https://127.0.0.1:port` when it serves TLS
     /// (what it registers).
     pub fn endpoint(&self) -> String {
-        if self.gateway.shared.tls.is_some() { format!("https://{}", self.addr) } else { self.addr.to_string() }
+        if self.gateway.tls.is_some() { format!("https://{}", self.addr) } else { self.addr.to_string() }
     }
 
     /// A KeyValue client presenting `token`.
@@ -335,7 +335,7 @@ impl GatewayHandle {
     /// Waits until this gateway's snapshot has reached `revision`.
     pub async fn caught_up(&self, revision: u64) -> anyhow::Result<()> {
         eventually(Duration::from_secs(10), || async {
-            let have = self.gateway.shared.metadata.load().revision;
+            let have = self.gateway.metadata.load().revision;
             anyhow::ensure!(have >= revision, "gateway at revision {have}, want {revision}");
             Ok(())
         })
@@ -433,7 +433,7 @@ impl Cluster {
 
     /// The gateway of `shard_id`.
     pub fn gateway(&self, shard_id: &str) -> Option<&GatewayHandle> {
-        self.gateways.iter().find(|g| g.gateway.shared.config.shard_id == shard_id)
+        self.gateways.iter().find(|g| g.gateway.config.shard_id == shard_id)
     }
 
     /// Creates `name` with `spec`, waits until it is ACTIVE, and returns the

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use super::{CheckLayer, Step};
+use super::check::{CheckLayer, Step};
 use crate::audit::AuditSink;
 use crate::auth::{Authenticator, Principal};
 use crate::call::Call;
@@ -56,6 +56,13 @@ pub struct Authenticate {
 impl Authenticate {
     pub fn new(config: &AuthConfig, audit: Arc<AuditSink>) -> Self {
         Self { authenticator: Authenticator::new(config), tokens: Arc::default(), audit }
+    }
+
+    /// Remembers verified tokens in `tokens` (shared with other pipelines
+    /// and read by the metrics) instead of a cache of its own.
+    pub fn sharing(mut self, tokens: Arc<VerifiedTokens>) -> Self {
+        self.tokens = tokens;
+        self
     }
 
     /// The cache of verified tokens (for tests and metrics).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use prism_proto::access::{self, Standing};
 use prism_proto::control::{NamespaceStatus, Tenant, TenantState};
 
-use super::{CheckLayer, Step};
+use super::check::{CheckLayer, Step};
 use crate::audit::AuditSink;
 use crate::auth::{Principal, caller};
 use crate::call::{Access, Call, InFlight, Loaded, Resolved};
@@ -113,7 +113,7 @@ impl Step for Authorize {
             let forwardable = call.authorization.is_some() || call.client_cert.is_none();
             if self.forwarding && forwardable {
                 let endpoints = snapshot.endpoints(&entry.shard_id);
-                call.forward = Some(crate::forward::Destination { entry, endpoints, revision: snapshot.revision });
+                call.forward = Some(crate::call::Destination { entry, endpoints, revision: snapshot.revision });
                 return Ok(());
             }
             return Err(GatewayError::WrongShard {
@@ -144,8 +144,10 @@ impl Step for Authorize {
             let kind = wanted.as_str_name().trim_start_matches("ABSTRACTION_");
             return Err(GatewayError::invalid("namespace", format!("{name} is not a {kind} namespace")));
         }
-        let principal =
-            call.principal.take().ok_or_else(|| GatewayError::Internal("authorization before authentication".into()))?;
+        let principal = call
+            .principal
+            .take()
+            .ok_or_else(|| GatewayError::Internal("authorization before authentication".into()))?;
         call.resolved = Some(Resolved { namespace: InFlight::enter(entry), tenant, principal });
         Ok(())
     }

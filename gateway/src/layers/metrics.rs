@@ -20,20 +20,21 @@ use tower::{Layer, Service};
 
 use crate::call::{Call, Response};
 use crate::error::{GatewayError, Result};
-use crate::metrics::{NamespaceBook, RequestSeries};
-use crate::server::Shared;
+use crate::metrics::{GatewayMetrics, RequestSeries};
+use crate::snapshot::Metadata;
 
 /// gRPC's CANCELLED: the caller went away first.
 const CANCELLED: i32 = 1;
 
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
-    shared: Arc<Shared>,
+    metadata: Arc<Metadata>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl MetricsLayer {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(metadata: Arc<Metadata>, metrics: Arc<GatewayMetrics>) -> Self {
+        Self { metadata, metrics }
     }
 }
 
@@ -41,18 +42,15 @@ impl<I> Layer<I> for MetricsLayer {
     type Service = Metrics<I>;
 
     fn layer(&self, inner: I) -> Self::Service {
-        Metrics { shared: self.shared.clone(), inner }
+        Metrics { metadata: self.metadata.clone(), metrics: self.metrics.clone(), inner }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Metrics<I> {
-    shared: Arc<Shared>,
+    metadata: Arc<Metadata>,
+    metrics: Arc<GatewayMetrics>,
     inner: I,
-}
-
-fn book(shared: &Shared) -> &NamespaceBook {
-    &shared.metrics.namespaces
 }
 
 impl<I> Service<Call> for Metrics<I>
@@ -71,8 +69,8 @@ where
     fn call(&mut self, mut call: Call) -> Self::Future {
         // The snapshot is loaded for the call here, and authorization
         // decides on the same load.
-        let loaded = call.load(&self.shared.metadata);
-        let series = book(&self.shared).lookup(loaded.entry.as_deref());
+        let loaded = call.load(&self.metadata);
+        let series = self.metrics.namespaces.lookup(loaded.entry.as_deref());
         let pending = Pending { series, rpc: call.request.index(), start: Instant::now(), code: CANCELLED };
         Counted { inner: self.inner.call(call), pending }
     }

@@ -10,6 +10,7 @@
 mod access_audit;
 mod authn;
 mod authz;
+mod check;
 mod forward;
 mod metrics;
 mod quota;
@@ -18,52 +19,69 @@ mod trace;
 mod validate;
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
+use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceBuilder};
 
 pub use access_audit::{AccessAudit, AccessAuditLayer};
 pub use authn::{Authenticate, AuthenticateLayer, VerifiedTokens};
 pub use authz::{Authorize, AuthorizeLayer, allowed as authz_allowed};
+pub use check::{Check, CheckLayer, Step};
 pub use forward::{Forward, ForwardLayer};
 pub use metrics::{Metrics, MetricsLayer};
 pub use quota::{Admitted, Quota, QuotaLayer};
 pub use shed::{DeadlineLayer, LoadShedLayer};
 pub use trace::TraceLayer;
-pub use validate::{Validate, ValidateLayer, limits, validate as validate_request};
+pub use validate::{Validate, ValidateLayer, validate as validate_request};
 
+use crate::audit::AuditSink;
 use crate::call::{Call, Response};
-use crate::error::{GatewayError, Result};
-use crate::metrics::{Layer as RefusingLayer, Refusals};
+use crate::config::GatewayConfig;
+use crate::error::GatewayError;
+use crate::forward::Forwarder;
+use crate::metrics::{GatewayMetrics, Layer as RefusingLayer};
+use crate::operations::Operations;
+use crate::quota::QuotaRegistry;
 use crate::router::Router;
-use crate::server::Shared;
+use crate::snapshot::Metadata;
 
 /// The assembled pipeline, cheap to clone per request.
 pub type Pipeline = BoxCloneSyncService<Call, Response, GatewayError>;
 
+/// What the pipeline is built from; each layer is given its part.
+#[derive(Debug, Clone)]
+pub struct Parts<'a> {
+    pub config: &'a GatewayConfig,
+    pub metadata: Arc<Metadata>,
+    pub metrics: Arc<GatewayMetrics>,
+    pub audit: Arc<AuditSink>,
+    /// The verified-token cache every pipeline of the gateway shares.
+    pub tokens: Arc<VerifiedTokens>,
+    pub quotas: Arc<QuotaRegistry>,
+    pub forwarder: Arc<Forwarder>,
+    pub operations: Arc<Operations>,
+}
+
 /// Builds the pipeline; requests are counted per namespace when a metrics
 /// listener serves them.
-pub fn pipeline(shared: &Arc<Shared>) -> Pipeline {
-    pipeline_counting(shared, shared.metrics.counts_requests())
+pub fn pipeline(parts: Parts<'_>) -> Pipeline {
+    let count_requests = parts.metrics.counts_requests();
+    pipeline_counting(parts, count_requests)
 }
 
 /// Builds the pipeline, with the per-namespace request counting of
 /// [`MetricsLayer`] or without (benchmarks compare the two). The order is
 /// the design:
-pub fn pipeline_counting(shared: &Arc<Shared>, count_requests: bool) -> Pipeline {
-    let config = &shared.config;
-    let refusals = shared.metrics.refusals.clone();
-    let authenticate = Authenticate::new(&config.auth, shared.audit.clone());
-    // The token cache's hits and misses are metrics; the first pipeline's
-    // cache is the one that serves.
-    let _ = shared.metrics.tokens.set(authenticate.tokens());
+pub fn pipeline_counting(parts: Parts<'_>, count_requests: bool) -> Pipeline {
+    let Parts { config, metadata, metrics, audit, tokens, quotas, forwarder, operations } = parts;
+    let refusals = metrics.refusals.clone();
+    let authenticate = Authenticate::new(&config.auth, audit.clone()).sharing(tokens);
     let stack = ServiceBuilder::new()
         // Outermost, so every request is counted whatever refuses it, and
         // its latency is the whole pipeline's. Only when a metrics listener
-        // serves the counts.
-        .option_layer(count_requests.then(|| MetricsLayer::new(shared.clone())))
+        // serves the counts. It loads the call's snapshot for its label;
+        // authorization decides on that same load.
+        .option_layer(count_requests.then(|| MetricsLayer::new(metadata.clone(), metrics.clone())))
         // Then the span, so it and its outcome cover every refusal below,
         // including load shedding.
         .layer(TraceLayer)
@@ -74,99 +92,33 @@ pub fn pipeline_counting(shared: &Arc<Shared>, count_requests: bool) -> Pipeline
         // concurrency slot forever.
         .layer(DeadlineLayer::new(config.request_timeout()).counting(refusals.clone()))
         // Shape checks cost nothing and need no metadata: a malformed
-        // request is refused before any token is verified.
+        // request is refused before any token is verified. The namespace
+        // name is parsed here, once.
         .layer(ValidateLayer::new(Validate).counting(RefusingLayer::Validate, refusals.clone()))
         // Who is calling (signature verification, the first real CPU cost).
         .layer(AuthenticateLayer::new(authenticate).counting(RefusingLayer::Authn, refusals.clone()))
-        // Loads the metadata snapshot once: namespace, tenant, shard,
-        // status, grants. Everything below reads the namespace it found.
+        // Decides on the call's one snapshot load: namespace, tenant,
+        // shard, status, grants. Everything below reads the context it
+        // attaches (entry, tenant, principal).
         .layer(
             AuthorizeLayer::new(
-                Authorize::new(shared.metadata.clone(), config.shard_id.clone(), shared.audit.clone())
-                    .forwarding(config.forwarding.enabled),
+                Authorize::new(metadata, config.shard_id.clone(), audit.clone()).forwarding(config.forwarding.enabled),
             )
             .counting(RefusingLayer::Authz, refusals),
         )
         // A call authorization marked for another shard goes there, with
         // the caller's token, and comes back with the owner's answer; the
         // owner audits it and charges its quotas.
-        .layer(ForwardLayer::new(shared.forwarder.clone()))
+        .layer(ForwardLayer::new(forwarder))
         // Needs the principal and the namespace (its audit rate); wraps
         // quota and backend, so only requests that succeeded are recorded.
-        .layer(AccessAuditLayer::new(shared.audit.clone()))
+        .layer(AccessAuditLayer::new(audit))
         // Limits that depend on the namespace and tenant. After
         // authorization, so an unauthorized caller cannot spend a tenant's
         // quota; innermost, so the admission (a concurrency slot) is held
         // exactly while the backend works and read bytes are charged from
         // the response.
-        .layer(QuotaLayer::new(shared.quotas.clone()).counting(shared.metrics.clone()))
-        .service(Router::new(shared.clone()));
+        .layer(QuotaLayer::new(quotas).counting(metrics))
+        .service(Router::new(operations));
     BoxCloneSyncService::new(stack)
-}
-
-/// A synchronous step of the pipeline.
-pub trait Step: Clone + Send + Sync + 'static {
-    fn check(&self, call: &mut Call) -> Result<()>;
-}
-
-/// Builds [`Check`] services for one step.
-#[derive(Debug, Clone)]
-pub struct CheckLayer<S> {
-    step: S,
-    /// Which layer the step is, and where its refusals are counted.
-    counted: Option<(RefusingLayer, Arc<Refusals>)>,
-}
-
-impl<S> CheckLayer<S> {
-    pub fn new(step: S) -> Self {
-        Self { step, counted: None }
-    }
-
-    /// Counts the step's refusals as `layer`'s into `refusals`.
-    pub fn counting(mut self, layer: RefusingLayer, refusals: Arc<Refusals>) -> Self {
-        self.counted = Some((layer, refusals));
-        self
-    }
-}
-
-impl<S: Clone, I> Layer<I> for CheckLayer<S> {
-    type Service = Check<S, I>;
-
-    fn layer(&self, inner: I) -> Self::Service {
-        Check { step: self.step.clone(), counted: self.counted.clone(), inner }
-    }
-}
-
-/// Runs a [`Step`], then the inner service.
-#[derive(Debug, Clone)]
-pub struct Check<S, I> {
-    step: S,
-    counted: Option<(RefusingLayer, Arc<Refusals>)>,
-    inner: I,
-}
-
-impl<S, I> Service<Call> for Check<S, I>
-where
-    S: Step,
-    I: Service<Call, Response = Response, Error = GatewayError>,
-{
-    type Response = Response;
-    type Error = GatewayError;
-    type Future = Either<Ready<Result<Response>>, I::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut call: Call) -> Self::Future {
-        match self.step.check(&mut call) {
-            Ok(()) => Either::Right(self.inner.call(call)),
-            Err(e) => {
-                if let Some((layer, refusals)) = &self.counted {
-                    refusals.record(*layer, crate::metrics::reason(&e));
-                }
-                Either::Left(ready(Err(e)))
-            }
-        }
-    }
 }

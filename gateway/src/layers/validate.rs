@@ -1,34 +1,16 @@
 //! Shape checks that need no metadata: names, sizes and counts against the
-//! absolute limits below, page sizes, well-formed selectors and tokens.
-//! Every refusal names the field as the client wrote it.
+//! absolute limits of [`crate::limits`], page sizes, well-formed selectors
+//! and tokens. Every refusal names the field as the client wrote it.
 
 use prism_proto::kv::{
     GetItemsRequest, IdempotencyToken, Item, KeyRange, Mutation, delete_items_request, get_items_request, mutation,
 };
 
-use super::{CheckLayer, Step};
+use super::check::{CheckLayer, Step};
 use crate::call::{Call, Request};
 use crate::error::{GatewayError, Result};
 
-/// The documented absolute limits (proto/prism/kv/v1/kv.proto).
-pub mod limits {
-    pub const MAX_ID_BYTES: usize = 1024;
-    pub const MAX_KEY_BYTES: usize = 4096;
-    /// The largest value any namespace may allow (its own limit is lower).
-    pub const MAX_VALUE_BYTES: usize = 64 << 20;
-    pub const MAX_ITEMS_PER_REQUEST: usize = 10_000;
-    pub const MAX_PAGE_BYTES: u64 = 16 << 20;
-    pub const DEFAULT_PAGE_BYTES: u64 = 1 << 20;
-    pub const MAX_PAGE_ITEMS: u32 = 10_000;
-    pub const MAX_TOKEN_BYTES: usize = 128;
-    pub const MAX_SERIES_ID_BYTES: usize = 256;
-    pub const MAX_EVENT_ID_BYTES: usize = 256;
-    pub const MAX_TAGS_PER_EVENT: usize = 64;
-    pub const MAX_TAG_BYTES: usize = 256;
-    pub const MAX_FILTER_PREDICATES: usize = 64;
-    pub const MAX_FILTER_DEPTH: usize = 8;
-}
-use limits::*;
+use crate::limits::*;
 
 pub type ValidateLayer = CheckLayer<Validate>;
 

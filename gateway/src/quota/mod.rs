@@ -37,8 +37,8 @@ use prism_proto::control::{NamespaceStatus, QuotaSet, TenantState};
 
 pub use window::{BUCKET_MS, BUCKETS, Metric, Usage, WINDOW_MS, Window};
 
-use crate::call::Access;
 use crate::error::GatewayError;
+use crate::request::Access;
 use crate::snapshot::{Metadata, NamespaceEntry, Snapshot};
 
 /// A tracker unused for this long, with nothing in flight, is dropped.

@@ -252,7 +252,7 @@ async fn buffered_writes_wait_out_an_outage() {
     let held = vec![proto_event("s", 3, "held-1", &[]), proto_event("s", 2, "held-2", &[])];
     let accepted = c.write_event_records(authed(write(ns, held))).await.expect("accepted into the buffer");
     assert_eq!(accepted.into_inner().accepted, 2);
-    let stats = &gw.gateway.shared.buffer.stats;
+    let stats = &gw.gateway.buffer.stats;
     assert_eq!(stats.flushed.load(Ordering::Relaxed), 0, "nothing can be flushed while the broker is down");
 
     broker.restart().expect("restart the broker");

@@ -11,8 +11,13 @@ use std::time::Duration;
 use prism_proto::control::{WatchRequest, watch_response};
 use tokio::sync::{Notify, watch};
 
-use crate::server::Shared;
-use crate::snapshot::{Snapshot, SnapshotBuilder};
+use super::ControlPlane;
+use crate::cache::ReadCache;
+use crate::health::Readiness;
+use crate::metrics::GatewayMetrics;
+use crate::quota::QuotaRegistry;
+use crate::snapshot::{Metadata, Snapshot, SnapshotBuilder};
+use crate::tail::TailHub;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -63,23 +68,41 @@ enum WatchError {
     Protocol(String),
 }
 
+/// What the watch task uses: the snapshot it writes, what it releases
+/// when a namespace leaves this shard (cached records, tails), the quota
+/// share it sets, and what it tells (readiness, metrics).
+#[derive(Debug)]
+pub struct Watcher {
+    pub link: Arc<ControlPlane>,
+    pub metadata: Arc<Metadata>,
+    pub shard_id: String,
+    pub cache: Arc<ReadCache>,
+    pub tails: Arc<TailHub>,
+    pub quotas: Arc<QuotaRegistry>,
+    pub metrics: Arc<GatewayMetrics>,
+    pub readiness: Arc<Readiness>,
+}
+
 /// Runs until `shutdown` turns true.
-pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(watcher: Watcher, changes: Arc<Changes>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let outcome = tokio::select! {
-            outcome = follow(&shared, &changes, &mut backoff) => outcome,
+            outcome = follow(&watcher, &changes, &mut backoff) => outcome,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
-        shared.metadata.set_connected(false);
-        shared.metrics.watch_reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        watcher.metadata.set_connected(false);
+        // The stream is followed again on a new connection, as it always
+        // was: a broken one must not be reused.
+        watcher.link.reset().await;
+        watcher.metrics.watch_reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match outcome {
             Ok(()) => tracing::info!("metadata watch ended; reconnecting"),
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    revision = shared.metadata.load().revision,
-                    stale_for = ?shared.metadata.staleness(),
+                    revision = watcher.metadata.load().revision,
+                    stale_for = ?watcher.metadata.staleness(),
                     "metadata watch failed; serving from the last snapshot and reconnecting"
                 )
             }
@@ -94,16 +117,16 @@ pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch
 }
 
 /// Follows one Watch stream until it ends or fails.
-async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> Result<(), WatchError> {
-    let mut client = shared.control_plane().await?;
-    let from_revision = shared.metadata.load().revision;
+async fn follow(watcher: &Watcher, changes: &Changes, backoff: &mut Duration) -> Result<(), WatchError> {
+    let mut client = watcher.link.client().await?;
+    let from_revision = watcher.metadata.load().revision;
     let mut stream = client.watch(WatchRequest { from_revision }).await?.into_inner();
-    shared.metadata.set_connected(true);
+    watcher.metadata.set_connected(true);
     *backoff = MIN_BACKOFF;
     tracing::info!(from_revision, "watching metadata");
     let mut building: Option<SnapshotBuilder> = None;
     while let Some(message) = stream.message().await? {
-        shared.metadata.heard();
+        watcher.metadata.heard();
         match message.event {
             Some(watch_response::Event::Snapshot(chunk)) => {
                 let builder = building.get_or_insert_with(|| SnapshotBuilder::new(chunk.revision));
@@ -111,7 +134,7 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                     return Err(WatchError::Protocol("snapshot chunks of different revisions".into()));
                 }
                 let last = chunk.last;
-                builder.add(chunk, &shared.metadata.load());
+                builder.add(chunk, &watcher.metadata.load());
                 if last {
                     let snapshot = building.take().map(SnapshotBuilder::build).unwrap_or_default();
                     tracing::info!(
@@ -119,12 +142,12 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                         namespaces = snapshot.namespaces.len(),
                         "metadata snapshot loaded"
                     );
-                    let previous = shared.metadata.load_full();
+                    let previous = watcher.metadata.load_full();
                     let names: Vec<String> = previous.namespaces.keys().cloned().collect();
-                    release_lost(shared, &previous, &snapshot, &names);
-                    share_among_replicas(shared, &previous, &snapshot);
-                    shared.metadata.store(snapshot);
-                    shared.readiness.snapshot_loaded();
+                    release_lost(watcher, &previous, &snapshot, &names);
+                    share_among_replicas(watcher, &previous, &snapshot);
+                    watcher.metadata.store(snapshot);
+                    watcher.readiness.snapshot_loaded();
                     changes.mark_all();
                 }
             }
@@ -133,7 +156,7 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                     return Err(WatchError::Protocol("delta inside a snapshot".into()));
                 }
                 let started = std::time::Instant::now();
-                let current = shared.metadata.load_full();
+                let current = watcher.metadata.load_full();
                 if delta.revision <= current.revision {
                     continue;
                 }
@@ -141,10 +164,10 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
                     return Err(WatchError::Protocol(format!("gap: at {}, got {}", current.revision, delta.revision)));
                 }
                 let (next, changed) = current.apply(&delta);
-                release_lost(shared, &current, &next, &changed);
-                share_among_replicas(shared, &current, &next);
-                shared.metadata.store(next);
-                shared.metrics.delta_apply.observe(started.elapsed());
+                release_lost(watcher, &current, &next, &changed);
+                share_among_replicas(watcher, &current, &next);
+                watcher.metadata.store(next);
+                watcher.metrics.delta_apply.observe(started.elapsed());
                 changes.mark(changed);
             }
             None => return Err(WatchError::Protocol("empty watch message".into())),
@@ -158,15 +181,15 @@ async fn follow(shared: &Shared, changes: &Changes, backoff: &mut Duration) -> R
 /// dropped and their tails closed, so nothing this shard no longer owns is
 /// served from memory. New requests are already refused with WRONG_SHARD by
 /// authorization once `after` is stored.
-fn release_lost(shared: &Shared, before: &Snapshot, after: &Snapshot, names: &[String]) {
-    let me = shared.config.shard_id.as_str();
+fn release_lost(watcher: &Watcher, before: &Snapshot, after: &Snapshot, names: &[String]) {
+    let me = watcher.shard_id.as_str();
     for name in names {
         let owned_before = before.namespace(name).is_some_and(|e| e.shard_id == me);
         let owned_after = after.namespace(name).is_some_and(|e| e.shard_id == me);
         if owned_before && !owned_after {
             tracing::info!(namespace = %name, "namespace left this shard; dropping its cache and tails");
-            shared.cache.drop_namespace(name);
-            shared.tails.close(name);
+            watcher.cache.drop_namespace(name);
+            watcher.tails.close(name);
         }
     }
 }
@@ -175,12 +198,12 @@ fn release_lost(shared: &Shared, before: &Snapshot, after: &Snapshot, names: &[S
 /// replicas of the shard serving it (clients spread calls over them in
 /// turn): each enforces 1/replicas of every namespace limit. Set whenever
 /// the number of this shard's registered instances changes.
-fn share_among_replicas(shared: &Shared, before: &Snapshot, after: &Snapshot) {
-    let me = shared.config.shard_id.as_str();
+fn share_among_replicas(watcher: &Watcher, before: &Snapshot, after: &Snapshot) {
+    let me = watcher.shard_id.as_str();
     let replicas = |s: &Snapshot| s.shards.get(me).map_or(1, |s| s.instances.len().max(1));
     let (was, now) = (replicas(before), replicas(after));
     if was != now || before.revision == 0 {
         tracing::info!(replicas = now, "namespace quotas split among this shard's replicas");
-        shared.quotas.set_default_share(crate::quota::Kind::Namespace, 1.0 / now as f64);
+        watcher.quotas.set_default_share(crate::quota::Kind::Namespace, 1.0 / now as f64);
     }
 }

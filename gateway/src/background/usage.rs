@@ -10,12 +10,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prism_client::ControlPlaneClient;
 use prism_proto::control::{Backend, NamespaceStatus, NamespaceUsage, ReportUsageRequest};
 use tokio::sync::watch;
 
-use crate::quota::{Metric, Subject, Window};
-use crate::server::Shared;
+use super::ControlPlane;
+use super::registration::Registration;
+use crate::backend::Plugins;
+use crate::quota::{Metric, QuotaRegistry, Subject, Window};
+use crate::snapshot::Metadata;
 
 /// The stored bytes of this shard's namespaces that have a storage quota
 /// (their own or their tenant's), as last measured, by namespace.
@@ -28,11 +30,29 @@ impl StorageBook {
     }
 }
 
+/// What the usage task uses: the quota trackers it reads and whose
+/// shares it sets, the storage it measures with the plugins, and this
+/// instance's registration (it reports only while registered).
+#[derive(Debug)]
+pub struct Usage {
+    pub link: Arc<ControlPlane>,
+    pub metadata: Arc<Metadata>,
+    pub shard_id: String,
+    pub plugins: Plugins,
+    pub quotas: Arc<QuotaRegistry>,
+    pub storage: Arc<StorageBook>,
+    pub registration: Arc<Registration>,
+    /// `usage_report_interval_ms`.
+    pub report_every: Duration,
+    /// `storage_measure_interval_ms`.
+    pub measure_every: Duration,
+}
+
 /// What this gateway's namespaces used over the last second, and what the
 /// measured ones store.
-pub fn current(shared: &Shared) -> Vec<NamespaceUsage> {
-    let slot = Window::slot(shared.quotas.clock().now_ms());
-    let mut out: BTreeMap<String, NamespaceUsage> = shared
+pub fn current(task: &Usage) -> Vec<NamespaceUsage> {
+    let slot = Window::slot(task.quotas.clock().now_ms());
+    let mut out: BTreeMap<String, NamespaceUsage> = task
         .quotas
         .namespaces()
         .into_iter()
@@ -53,7 +73,7 @@ pub fn current(shared: &Shared) -> Vec<NamespaceUsage> {
             })
         })
         .collect();
-    for (name, bytes) in shared.storage.lock().iter() {
+    for (name, bytes) in task.storage.lock().iter() {
         let entry =
             out.entry(name.clone()).or_insert_with(|| NamespaceUsage { namespace: name.clone(), ..Default::default() });
         entry.storage_bytes = i64::try_from(*bytes).unwrap_or(i64::MAX);
@@ -64,9 +84,9 @@ pub fn current(shared: &Shared) -> Vec<NamespaceUsage> {
 /// Measures the storage of this shard's ACTIVE namespaces that have a
 /// storage quota (a full measurement can be costly: a backend may have to
 /// read the namespace), and hands it to their quota trackers.
-pub async fn measure_storage(shared: &Shared) {
-    let snapshot = shared.metadata.load_full();
-    let me = shared.config.shard_id.as_str();
+pub async fn measure_storage(task: &Usage) {
+    let snapshot = task.metadata.load_full();
+    let me = task.shard_id.as_str();
     let mut seen = HashMap::new();
     for entry in snapshot.namespaces.values() {
         if entry.shard_id != me || entry.status != NamespaceStatus::Active {
@@ -78,10 +98,10 @@ pub async fn measure_storage(shared: &Shared) {
             continue;
         }
         let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-        let Some(kv) = shared.plugins.get(backend).and_then(|p| p.key_value()) else { continue };
+        let Some(kv) = task.plugins.get(backend).and_then(|p| p.key_value()) else { continue };
         match kv.storage_bytes(&entry.ns).await {
             Ok(bytes) => {
-                if let Some(t) = shared.quotas.tracker(Subject::Namespace(&entry.ns.name)) {
+                if let Some(t) = task.quotas.tracker(Subject::Namespace(&entry.ns.name)) {
                     t.set_storage(bytes);
                 }
                 seen.insert(entry.ns.name.clone(), bytes);
@@ -89,15 +109,14 @@ pub async fn measure_storage(shared: &Shared) {
             Err(e) => tracing::debug!(namespace = %entry.ns.name, error = %e, "cannot measure storage"),
         }
     }
-    *shared.storage.lock() = seen;
+    *task.storage.lock() = seen;
 }
 
 /// Reports usage until `shutdown`.
-pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let every = Duration::from_millis(shared.config.usage_report_interval_ms);
-    let measure_every = Duration::from_millis(shared.config.storage_measure_interval_ms);
+pub async fn run(task: Usage, mut shutdown: watch::Receiver<bool>) {
+    let every = task.report_every;
+    let measure_every = task.measure_every;
     let mut measured: Option<tokio::time::Instant> = None;
-    let mut client: Option<ControlPlaneClient> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -106,30 +125,27 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         if measured.is_none_or(|at| at.elapsed() >= measure_every) {
-            measure_storage(&shared).await;
+            measure_storage(&task).await;
             measured = Some(tokio::time::Instant::now());
         }
-        let Some(instance_id) = shared.registration.instance_id() else { continue };
-        if client.is_none() {
-            match shared.control_plane().await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot reach the control plane to report usage");
-                    continue;
-                }
+        let Some(instance_id) = task.registration.instance_id() else { continue };
+        let mut c = match task.link.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot reach the control plane to report usage");
+                continue;
             }
-        }
-        let Some(c) = client.as_mut() else { continue };
+        };
         let request = ReportUsageRequest {
-            shard_id: shared.config.shard_id.clone(),
+            shard_id: task.shard_id.clone(),
             instance_id: (*instance_id).clone(),
-            namespaces: current(&shared),
+            namespaces: current(&task),
         };
         match c.report_usage(request).await {
             Ok(response) => {
                 for s in response.into_inner().tenant_shares {
-                    shared.quotas.set_share(Subject::Tenant(&s.tenant_id), s.share);
-                    if let Some(t) = shared.quotas.tracker(Subject::Tenant(&s.tenant_id)) {
+                    task.quotas.set_share(Subject::Tenant(&s.tenant_id), s.share);
+                    if let Some(t) = task.quotas.tracker(Subject::Tenant(&s.tenant_id)) {
                         t.set_storage(u64::from(s.storage_full));
                     }
                 }
@@ -138,7 +154,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 // NOT_FOUND: registration will notice and register again.
                 tracing::debug!(status = %s, "usage report refused");
                 if s.code() != tonic::Code::NotFound {
-                    client = None;
+                    task.link.reset().await;
                 }
             }
         }

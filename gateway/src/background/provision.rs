@@ -10,21 +10,36 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use prism_client::ControlPlaneClient;
 use prism_proto::control::{Backend, NamespaceStatus, ReportNamespaceStatusRequest};
 use tokio::sync::watch;
 
-use crate::server::Shared;
-use crate::snapshot::NamespaceEntry;
-use crate::watcher::Changes;
+use super::ControlPlane;
+use super::watcher::Changes;
+use crate::backend::Plugins;
+use crate::snapshot::{Metadata, NamespaceEntry};
+use crate::tail::TailHub;
 
 /// How often DEGRADED namespaces are retried and missed work is redone.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// How often a draining namespace's in-flight count is checked.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
-pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch::Receiver<bool>) {
-    let mut provisioner = Provisioner { shared, client: None, handled: HashMap::new(), adopted: HashMap::new() };
+/// What the provisioner uses: the snapshot it follows, the plugins that
+/// create and remove resources, the tails it closes, and how long to wait
+/// for a deleted namespace's requests to drain.
+#[derive(Debug)]
+pub struct Provisioning {
+    pub link: Arc<ControlPlane>,
+    pub metadata: Arc<Metadata>,
+    pub shard_id: String,
+    pub plugins: Plugins,
+    pub tails: Arc<TailHub>,
+    /// `request_timeout_ms`: a drain waits at most this long.
+    pub request_timeout: Duration,
+}
+
+pub async fn run(parts: Provisioning, changes: Arc<Changes>, mut shutdown: watch::Receiver<bool>) {
+    let mut provisioner = Provisioner { parts, handled: HashMap::new(), adopted: HashMap::new() };
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     loop {
         let periodic = tokio::select! {
@@ -33,8 +48,8 @@ pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let (names, all) = changes.take();
-        let snapshot = provisioner.shared.metadata.load_full();
-        let mine = |e: &&Arc<NamespaceEntry>| e.shard_id == provisioner.shared.config.shard_id;
+        let snapshot = provisioner.parts.metadata.load_full();
+        let mine = |e: &&Arc<NamespaceEntry>| e.shard_id == provisioner.parts.shard_id;
         let work: Vec<Arc<NamespaceEntry>> = if all || periodic {
             snapshot.namespaces.values().filter(mine).cloned().collect()
         } else {
@@ -50,8 +65,7 @@ pub async fn run(shared: Arc<Shared>, changes: Arc<Changes>, mut shutdown: watch
 }
 
 struct Provisioner {
-    shared: Arc<Shared>,
-    client: Option<ControlPlaneClient>,
+    parts: Provisioning,
     /// The metadata revision of each namespace this shard last acted on,
     /// so a namespace is not provisioned twice for the same revision.
     handled: HashMap<String, u64>,
@@ -78,10 +92,10 @@ impl Provisioner {
             self.adopted.remove(&entry.ns.name);
         }
         let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-        let plugin = self.shared.plugins.get(backend).cloned();
+        let plugin = self.parts.plugins.get(backend).cloned();
         let (status, reason) = match (entry.status, plugin) {
             (NamespaceStatus::Deleting, Some(plugin)) => {
-                self.shared.tails.close(&entry.ns.name);
+                self.parts.tails.close(&entry.ns.name);
                 self.drain(entry).await;
                 match plugin.deprovision(&entry.ns).await {
                     Ok(()) => (NamespaceStatus::Deleted, "backend resources removed".to_owned()),
@@ -96,12 +110,12 @@ impl Provisioner {
                 NamespaceStatus::Degraded,
                 format!(
                     "backend {name} is not available on shard {}: this gateway was built without the {name} plugin",
-                    self.shared.config.shard_id,
+                    self.parts.shard_id,
                     name = prism_proto::capabilities::backend_name(backend),
                 ),
             ),
             (_, Some(plugin)) => match plugin.provision(&entry.ns).await {
-                Ok(()) => (NamespaceStatus::Active, format!("provisioned by shard {}", self.shared.config.shard_id)),
+                Ok(()) => (NamespaceStatus::Active, format!("provisioned by shard {}", self.parts.shard_id)),
                 Err(e) => {
                     tracing::warn!(namespace = %entry.ns.name, error = %e, "provisioning failed");
                     (NamespaceStatus::Degraded, e.report().message)
@@ -124,7 +138,7 @@ impl Provisioner {
     /// finished, at most the request timeout (after which they have
     /// failed anyway).
     async fn drain(&self, entry: &NamespaceEntry) {
-        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout();
+        let deadline = tokio::time::Instant::now() + self.parts.request_timeout;
         while entry.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(DRAIN_POLL).await;
         }
@@ -136,15 +150,10 @@ impl Provisioner {
         status: NamespaceStatus,
         reason: String,
     ) -> Result<(), tonic::Status> {
-        let config = &self.shared.config;
-        if self.client.is_none() {
-            let client = self.shared.control_plane().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            self.client = Some(client);
-        }
-        let Some(client) = self.client.as_mut() else { return Ok(()) };
+        let mut client = self.parts.link.client().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let request = ReportNamespaceStatusRequest {
             name: entry.ns.name.clone(),
-            shard_id: config.shard_id.clone(),
+            shard_id: self.parts.shard_id.clone(),
             create_revision: entry.ns.create_revision,
             status: status as i32,
             reason,
@@ -166,7 +175,7 @@ impl Provisioner {
                 Ok(())
             }
             Err(s) => {
-                self.client = None;
+                self.parts.link.reset().await;
                 Err(s)
             }
         }

@@ -13,7 +13,8 @@ use prism_client::ControlPlaneClient;
 use prism_proto::control::{DeregisterShardRequest, HeartbeatRequest, RegisterShardRequest};
 use tokio::sync::watch;
 
-use crate::server::Shared;
+use super::ControlPlane;
+use crate::health::Readiness;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -34,53 +35,50 @@ impl Registration {
     }
 }
 
-struct Member {
-    shared: Arc<Shared>,
-    endpoint: String,
-    client: Option<ControlPlaneClient>,
+/// What the registration task uses.
+#[derive(Debug)]
+pub struct Member {
+    pub link: Arc<ControlPlane>,
+    pub shard_id: String,
+    /// The endpoint it registers.
+    pub endpoint: String,
+    pub registration: Arc<Registration>,
+    pub readiness: Arc<Readiness>,
 }
 
 impl Member {
-    async fn client(&mut self) -> Result<&mut ControlPlaneClient, tonic::Status> {
-        if self.client.is_none() {
-            let client = self.shared.control_plane().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            self.client = Some(client);
-        }
-        self.client.as_mut().ok_or_else(|| tonic::Status::unavailable("no control plane client"))
+    async fn client(&self) -> Result<ControlPlaneClient, tonic::Status> {
+        self.link.client().await.map_err(|e| tonic::Status::unavailable(e.to_string()))
     }
 
     /// Registers; returns the heartbeat period (a quarter lease).
-    async fn register(&mut self) -> Result<Duration, tonic::Status> {
-        let request =
-            RegisterShardRequest { shard_id: self.shared.config.shard_id.clone(), endpoint: self.endpoint.clone() };
+    async fn register(&self) -> Result<Duration, tonic::Status> {
+        let request = RegisterShardRequest { shard_id: self.shard_id.clone(), endpoint: self.endpoint.clone() };
         let response = self.client().await?.register_shard(request).await?.into_inner();
         let lease = response.lease_ttl.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(10));
         tracing::info!(
-            shard = %self.shared.config.shard_id,
+            shard = %self.shard_id,
             endpoint = %self.endpoint,
             instance = %response.instance_id,
             ?lease,
             "registered with the control plane"
         );
-        self.shared.registration.instance_id.store(Some(Arc::new(response.instance_id)));
-        self.shared.readiness.registered();
+        self.registration.instance_id.store(Some(Arc::new(response.instance_id)));
+        self.readiness.registered();
         Ok((lease / 4).max(Duration::from_millis(50)))
     }
 
-    async fn heartbeat(&mut self, instance_id: String) -> Result<(), tonic::Status> {
-        let request = HeartbeatRequest { shard_id: self.shared.config.shard_id.clone(), instance_id };
+    async fn heartbeat(&self, instance_id: String) -> Result<(), tonic::Status> {
+        let request = HeartbeatRequest { shard_id: self.shard_id.clone(), instance_id };
         self.client().await?.heartbeat(request).await.map(|_| ())
     }
 
-    async fn deregister(&mut self) {
-        let Some(instance_id) = self.shared.registration.instance_id.swap(None) else { return };
-        let request = DeregisterShardRequest {
-            shard_id: self.shared.config.shard_id.clone(),
-            instance_id: (*instance_id).clone(),
-        };
+    async fn deregister(&self) {
+        let Some(instance_id) = self.registration.instance_id.swap(None) else { return };
+        let request = DeregisterShardRequest { shard_id: self.shard_id.clone(), instance_id: (*instance_id).clone() };
         let done = async {
             match self.client().await {
-                Ok(client) => client.deregister_shard(request).await.map(|_| ()),
+                Ok(mut client) => client.deregister_shard(request).await.map(|_| ()),
                 Err(e) => Err(e),
             }
         };
@@ -94,8 +92,7 @@ impl Member {
 
 /// Keeps this gateway registered as `endpoint` until `shutdown`, then
 /// deregisters it.
-pub async fn run(shared: Arc<Shared>, endpoint: String, mut shutdown: watch::Receiver<bool>) {
-    let mut member = Member { shared, endpoint, client: None };
+pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = MIN_BACKOFF;
     // The heartbeat period while registered.
     let mut registered: Option<Duration> = None;
@@ -105,20 +102,20 @@ pub async fn run(shared: Arc<Shared>, endpoint: String, mut shutdown: watch::Rec
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
-        let instance = member.shared.registration.instance_id();
+        let instance = member.registration.instance_id();
         match (registered, instance) {
             (Some(period), Some(id)) => match member.heartbeat((*id).clone()).await {
                 Ok(()) => wait = period,
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     tracing::warn!(instance = %id, "the control plane no longer knows this instance; registering again");
-                    member.shared.registration.instance_id.store(None);
+                    member.registration.instance_id.store(None);
                     registered = None;
                     wait = Duration::ZERO;
                 }
                 Err(s) => {
                     // The lease has three more periods: try again sooner.
                     tracing::warn!(error = %s, "heartbeat failed");
-                    member.client = None;
+                    member.link.reset().await;
                     wait = (period / 2).max(MIN_BACKOFF);
                 }
             },
@@ -130,7 +127,7 @@ pub async fn run(shared: Arc<Shared>, endpoint: String, mut shutdown: watch::Rec
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot register with the control plane");
-                    member.client = None;
+                    member.link.reset().await;
                     wait = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

@@ -1,0 +1,55 @@
+//! Reclamation: removes expired items periodically, in every KeyValue
+//! plugin, and events past retention in this shard's TimeSeries
+//! namespaces.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prism_proto::control::Backend;
+
+use crate::backend::Plugins;
+use crate::snapshot::Metadata;
+
+/// What reclamation uses.
+#[derive(Debug)]
+pub struct Reclaim {
+    pub metadata: Arc<Metadata>,
+    pub shard_id: String,
+    pub plugins: Plugins,
+    /// `limits.reclaim_interval_seconds`.
+    pub every: Duration,
+}
+
+/// Reclaims every [`Reclaim::every`] until `stopped`.
+pub async fn run(task: Reclaim, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(task.every);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        for plugin in task.plugins.all() {
+            if let Some(kv) = plugin.key_value() {
+                match kv.reclaim(prism_plugin_api::now_micros()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "reclaimed expired items"),
+                    Err(e) => tracing::warn!(error = %e, "reclaiming expired items failed"),
+                }
+            }
+        }
+        let snapshot = task.metadata.load_full();
+        let now = prism_plugin_api::now_micros();
+        for entry in snapshot.namespaces.values() {
+            let owned_series = entry.shard_id == task.shard_id
+                && entry.status == prism_proto::control::NamespaceStatus::Active
+                && entry.ns.spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32;
+            let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
+            let plugin = task.plugins.get(backend).and_then(|p| p.time_series());
+            if let (true, Some(ts)) = (owned_series, plugin)
+                && let Err(e) = ts.reclaim(&entry.ns, now).await
+            {
+                tracing::warn!(namespace = %entry.ns.name, error = %e, "dropping events past retention failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! The gateway's Prometheus metrics: what the request path counts (in
+//! atomics, with no lock and no label lookup per request) and the
+//! collector that turns it, and the state of every other part, into the
+//! exposition when `/metrics` is scraped.
+//!
+//! Cost on the request path, and why it stays small:
+//! - per-namespace request counts and latencies live in a
+//!   [`RequestSeries`] cached on the namespace's snapshot entry (like its
+//!   quota tracker), found once and then reached by a pointer: no label
+//!   hashing per request, three to four relaxed atomic adds;
+//! - refusals, backend calls and everything else are counted where they
+//!   happen in fixed arrays indexed by small enums;
+//! - gauges (cache size, buffer depth, pools, quota utilization,
+//!   staleness…) are read only when scraped.
+//!
+//! Cardinality is bounded and documented in README.md: labels are RPC
+//! names, gRPC codes, error kinds, backends, operations, layers and quota
+//! names (closed sets), plus `tenant`/`namespace` of namespaces that exist
+//! in the snapshot — at most `metrics_max_namespaces` of them per gateway;
+//! the rest are counted under [`OVERFLOW`], and requests naming no known
+//! namespace under [`UNATTRIBUTED`].
+
+pub mod collector;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prism_proto::control::{Backend, NamespaceStatus};
+use prism_proto::error::ErrorKind;
+use prism_telemetry::histogram::LatencyHistogram;
+
+use crate::error::GatewayError;
+use crate::snapshot::{Metadata, NamespaceEntry};
+
+/// `tenant` and `namespace` of the namespaces past the cap.
+pub const OVERFLOW: &str = "_other";
+/// `tenant` and `namespace` of requests for no namespace of the snapshot
+/// (a typo, a deleted one): what the client wrote is never a label.
+pub const UNATTRIBUTED: &str = "_unknown";
+
+/// The RPCs, in the order of [`crate::call::Request::index`].
+pub const RPCS: [&str; 10] = [
+    "PutItems",
+    "GetItems",
+    "DeleteItems",
+    "MutateItems",
+    "ScanItems",
+    "WriteEventRecordsSync",
+    "WriteEventRecords",
+    "ReadEventRecords",
+    "SearchEventRecords",
+    "TailEventRecords",
+];
+
+const CODES: usize = prism_telemetry::GRPC_CODES.len();
+
+/// The quotas a refusal can name, as the `quota` label.
+pub const QUOTAS: [&str; 6] = [
+    "requests_per_second",
+    "read_bytes_per_second",
+    "write_bytes_per_second",
+    "concurrent_requests",
+    "storage_bytes",
+    "max_item_size_bytes",
+];
+
+fn quota_index(quota: &str) -> Option<usize> {
+    QUOTAS.iter().position(|q| *q == quota)
+}
+
+/// Requests, latencies and quota refusals of one namespace (or of the
+/// overflow, or of the unattributed).
+#[derive(Debug, Default)]
+pub struct RequestSeries {
+    tenant: Box<str>,
+    namespace: Box<str>,
+    requests: [[AtomicU64; CODES]; RPCS.len()],
+    latency: [LatencyHistogram; RPCS.len()],
+    /// By scope (0 namespace, 1 tenant) and quota.
+    quota_refusals: [[AtomicU64; QUOTAS.len()]; 2],
+    /// Calls this gateway forwarded to the namespace's owner, by RPC.
+    forwarded: [AtomicU64; RPCS.len()],
+}
+
+impl RequestSeries {
+    fn new(tenant: &str, namespace: &str) -> Self {
+        Self { tenant: tenant.into(), namespace: namespace.into(), ..Self::default() }
+    }
+
+    /// Counts a finished request.
+    pub fn record(&self, rpc: usize, code: i32, elapsed: Duration) {
+        let code = usize::try_from(code).ok().filter(|c| *c < CODES).unwrap_or(2);
+        if let (Some(counts), Some(latency)) = (self.requests.get(rpc), self.latency.get(rpc)) {
+            counts[code].fetch_add(1, Ordering::Relaxed);
+            latency.observe(elapsed);
+        }
+    }
+
+    /// Counts a refusal by `quota`, of the namespace's (`tenant: false`)
+    /// or its tenant's limit.
+    pub fn quota_refused(&self, quota: &str, tenant: bool) {
+        if let Some(i) = quota_index(quota) {
+            self.quota_refusals[usize::from(tenant)][i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a call of `rpc` forwarded to the namespace's owner.
+    pub fn forwarded(&self, rpc: usize) {
+        if let Some(n) = self.forwarded.get(rpc) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls of `rpc` forwarded to the namespace's owner.
+    pub fn forwarded_calls(&self, rpc: usize) -> u64 {
+        self.forwarded.get(rpc).map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// Requests of `rpc` (an index of [`RPCS`]) answered with `code`.
+    pub fn requests(&self, rpc: usize, code: i32) -> u64 {
+        let code = usize::try_from(code).unwrap_or(2);
+        self.requests.get(rpc).and_then(|c| c.get(code)).map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+}
+
+/// Every namespace's [`RequestSeries`], at most `cap` of them.
+#[derive(Debug)]
+pub struct NamespaceBook {
+    cap: usize,
+    series: Mutex<HashMap<Box<str>, Arc<RequestSeries>>>,
+    overflow: Arc<RequestSeries>,
+    unattributed: Arc<RequestSeries>,
+    /// Namespaces whose requests went to the overflow series.
+    overflowed: AtomicU64,
+}
+
+impl NamespaceBook {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            series: Mutex::default(),
+            overflow: Arc::new(RequestSeries::new(OVERFLOW, OVERFLOW)),
+            unattributed: Arc::new(RequestSeries::new(UNATTRIBUTED, UNATTRIBUTED)),
+            overflowed: AtomicU64::new(0),
+        }
+    }
+
+    /// The series of `entry`'s namespace: the one cached on the entry, else
+    /// made (or the overflow, past the cap) and cached there.
+    pub fn of(&self, entry: &NamespaceEntry) -> Arc<RequestSeries> {
+        if let Some(series) = &*entry.metrics.load() {
+            return series.clone();
+        }
+        let series = {
+            let mut all = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match all.get(entry.ns.name.as_str()) {
+                Some(s) => s.clone(),
+                None if all.len() < self.cap => {
+                    let s = Arc::new(RequestSeries::new(entry.tenant(), &entry.ns.name));
+                    all.insert(entry.ns.name.as_str().into(), s.clone());
+                    s
+                }
+                None => {
+                    self.overflowed.fetch_add(1, Ordering::Relaxed);
+                    self.overflow.clone()
+                }
+            }
+        };
+        entry.metrics.store(Some(series.clone()));
+        series
+    }
+
+    /// The series of a request's namespace as its snapshot has it (not
+    /// deleted), or the unattributed one.
+    pub fn lookup(&self, entry: Option<&NamespaceEntry>) -> Arc<RequestSeries> {
+        match entry {
+            Some(entry) => self.of(entry),
+            None => self.unattributed.clone(),
+        }
+    }
+
+    /// Forgets the series of namespaces that left the snapshot (deleted),
+    /// so their series stop being exposed and make room under the cap.
+    fn sweep(&self, metadata: &Metadata) {
+        let snapshot = metadata.load();
+        let mut all = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.retain(|name, _| snapshot.namespace(name).is_some_and(|e| e.status != NamespaceStatus::Deleted));
+    }
+
+    fn all(&self) -> Vec<Arc<RequestSeries>> {
+        let all = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut series: Vec<_> = all.values().cloned().collect();
+        series.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        series.push(self.overflow.clone());
+        series.push(self.unattributed.clone());
+        series
+    }
+
+    /// Whether `namespace` has a series of its own (under the cap).
+    pub fn tracks(&self, namespace: &str) -> bool {
+        self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(namespace)
+    }
+}
+
+/// The layer of the pipeline that refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    Validate,
+    Authn,
+    Authz,
+    Quota,
+    Shed,
+    Deadline,
+    /// `WriteEventRecords`' buffer was full.
+    Buffer,
+}
+
+impl Layer {
+    pub const ALL: [Layer; 7] =
+        [Self::Validate, Self::Authn, Self::Authz, Self::Quota, Self::Shed, Self::Deadline, Self::Buffer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Validate => "validate",
+            Self::Authn => "authn",
+            Self::Authz => "authz",
+            Self::Quota => "quota",
+            Self::Shed => "shed",
+            Self::Deadline => "deadline",
+            Self::Buffer => "buffer",
+        }
+    }
+}
+
+/// Why a layer refused: the error kind, the quota, or one of a few names.
+/// Indices into [`REASONS`].
+pub const REASONS: [&str; 20] = [
+    "invalid_argument",
+    "not_found",
+    "already_exists",
+    "unauthenticated",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "unavailable",
+    "internal",
+    "wrong_shard",
+    "overloaded",
+    "timeout",
+    "requests_per_second",
+    "read_bytes_per_second",
+    "write_bytes_per_second",
+    "concurrent_requests",
+    "storage_bytes",
+    "max_item_size_bytes",
+    "write_buffer_full",
+];
+
+fn reason_index(reason: &str) -> usize {
+    REASONS.iter().position(|r| *r == reason).unwrap_or(9)
+}
+
+/// The reason label of a refusal.
+pub fn reason(e: &GatewayError) -> &'static str {
+    match e {
+        GatewayError::WrongShard { .. } => "wrong_shard",
+        GatewayError::Overloaded => "overloaded",
+        GatewayError::Timeout(_) => "timeout",
+        GatewayError::QuotaExceeded { quota, .. } => quota_index(quota)
+            .map_or(if *quota == "write_buffer" { "write_buffer_full" } else { "resource_exhausted" }, |i| QUOTAS[i]),
+        other => other.kind().as_str(),
+    }
+}
+
+/// Refusals by layer and reason.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: [[AtomicU64; REASONS.len()]; Layer::ALL.len()],
+}
+
+impl Refusals {
+    pub fn record(&self, layer: Layer, reason: &str) {
+        self.counts[layer as usize][reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+        // The request span (when one is open) says which layer refused.
+        let span = tracing::Span::current();
+        if !span.is_none() {
+            span.record("prism.refused_by", layer.as_str());
+        }
+    }
+
+    pub fn get(&self, layer: Layer, reason: &str) -> u64 {
+        self.counts[layer as usize][reason_index(reason)].load(Ordering::Relaxed)
+    }
+}
+
+/// A backend operation, as the `operation` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Mutate,
+    Get,
+    Scan,
+    Write,
+    Read,
+    Search,
+}
+
+impl Op {
+    pub const ALL: [Op; 6] = [Self::Mutate, Self::Get, Self::Scan, Self::Write, Self::Read, Self::Search];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mutate => "mutate",
+            Self::Get => "get",
+            Self::Scan => "scan",
+            Self::Write => "write",
+            Self::Read => "read",
+            Self::Search => "search",
+        }
+    }
+}
+
+const BACKENDS: [Backend; 4] = [Backend::Embedded, Backend::Postgres, Backend::Kafka, Backend::Pulsar];
+
+const KINDS: [ErrorKind; 10] = [
+    ErrorKind::InvalidArgument,
+    ErrorKind::NotFound,
+    ErrorKind::AlreadyExists,
+    ErrorKind::Unauthenticated,
+    ErrorKind::PermissionDenied,
+    ErrorKind::ResourceExhausted,
+    ErrorKind::FailedPrecondition,
+    ErrorKind::Aborted,
+    ErrorKind::Unavailable,
+    ErrorKind::Internal,
+];
+
+fn backend_index(backend: Backend) -> Option<usize> {
+    BACKENDS.iter().position(|b| *b == backend)
+}
+
+/// Latency and errors of backend (plugin) calls by backend and operation.
+#[derive(Debug, Default)]
+pub struct BackendMetrics {
+    latency: [[LatencyHistogram; Op::ALL.len()]; BACKENDS.len()],
+    errors: [[[AtomicU64; KINDS.len()]; Op::ALL.len()]; BACKENDS.len()],
+}
+
+impl BackendMetrics {
+    pub fn record(&self, backend: Backend, op: Op, elapsed: Duration, error: Option<ErrorKind>) {
+        let Some(b) = backend_index(backend) else { return };
+        self.latency[b][op as usize].observe(elapsed);
+        if let Some(kind) = error {
+            let k = KINDS.iter().position(|x| *x == kind).unwrap_or(KINDS.len() - 1);
+            self.errors[b][op as usize][k].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn calls(&self, backend: Backend, op: Op) -> u64 {
+        backend_index(backend).map_or(0, |b| self.latency[b][op as usize].count())
+    }
+}
+
+/// The metrics the gateway's parts count into.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    pub namespaces: NamespaceBook,
+    pub refusals: Arc<Refusals>,
+    pub backend: BackendMetrics,
+    /// Times the watch stream was opened again after it ended or failed.
+    pub watch_reconnects: AtomicU64,
+    /// From a delta's arrival to its snapshot being stored.
+    pub delta_apply: LatencyHistogram,
+    /// Whether requests are counted per namespace: on when a metrics
+    /// listener serves them (`Gateway::serve_with_metrics`).
+    requests: AtomicBool,
+    /// Forwarded calls that got no answer from the owner, by why.
+    forward_failures: [AtomicU64; ForwardFailure::ALL.len()],
+}
+
+/// Why a forwarded call got no answer from its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardFailure {
+    /// The owning shard has no registered instance.
+    NoInstance,
+    /// No instance could be connected to.
+    Unreachable,
+    /// No answer before the call's deadline.
+    Timeout,
+}
+
+impl ForwardFailure {
+    pub const ALL: [Self; 3] = [Self::NoInstance, Self::Unreachable, Self::Timeout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoInstance => "no_instance",
+            Self::Unreachable => "unreachable",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl GatewayMetrics {
+    pub fn new(max_namespaces: usize) -> Self {
+        Self {
+            namespaces: NamespaceBook::new(max_namespaces),
+            refusals: Arc::default(),
+            backend: BackendMetrics::default(),
+            watch_reconnects: AtomicU64::new(0),
+            delta_apply: LatencyHistogram::default(),
+            requests: AtomicBool::new(false),
+            forward_failures: Default::default(),
+        }
+    }
+
+    /// Counts a forwarded call that got no answer.
+    pub fn forward_failed(&self, why: ForwardFailure) {
+        self.forward_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the pipeline counts every request per namespace.
+    pub fn counts_requests(&self) -> bool {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_requests(&self) {
+        self.requests.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_refusals_are_read_from_the_error() {
+        let e = GatewayError::QuotaExceeded {
+            subject: "namespace:a/b".into(),
+            description: "requests_per_second quota of 5 exceeded".into(),
+            retry_after: None,
+            quota: "requests_per_second",
+        };
+        assert_eq!(reason(&e), "requests_per_second");
+        assert_eq!(reason(&GatewayError::Overloaded), "overloaded");
+        assert_eq!(reason(&GatewayError::Unauthenticated("x".into())), "unauthenticated");
+        for r in REASONS {
+            assert_eq!(REASONS[reason_index(r)], r);
+        }
+    }
+
+    #[test]
+    fn the_book_caps_namespaces_and_counts_the_overflow() {
+        let book = NamespaceBook::new(1);
+        let entry = |name: &str| crate::snapshot::NamespaceEntry::for_tests(name, 1);
+        let (a, b) = (entry("t/a"), entry("t/b"));
+        let sa = book.of(&a);
+        assert_eq!(&*sa.namespace, "t/a");
+        assert!(Arc::ptr_eq(&book.of(&a), &sa), "cached on the entry");
+        let sb = book.of(&b);
+        assert_eq!(&*sb.namespace, OVERFLOW);
+        assert_eq!(book.overflowed.load(Ordering::Relaxed), 1);
+        sb.record(1, 0, Duration::from_micros(50));
+        assert_eq!(book.overflow.requests(1, 0), 1);
+    }
+}
