@@ -12,7 +12,8 @@
 //! plane, [`provision`] creates and removes backend resources, and
 //! [`registration`] keeps this instance in the control plane's shard
 //! registry. [`metrics`] and [`health`] say how it is doing; every plugin
-//! call goes through [`backend`] (timed, traced).
+//! call goes through [`backend`] (timed, traced); [`plugins`] is the one
+//! list of the plugins a gateway opens.
 
 pub mod audit;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod kv_service;
 pub mod layers;
 pub mod metrics;
 pub mod page_token;
+pub mod plugins;
 pub mod provision;
 pub mod quota;
 pub mod registration;
