@@ -9,8 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use prism_proto::control::{
     Abstraction, AccessLevel, AuditEvent, Backend, BackendConfig, Capacity, Change, Consistency, Delta,
     ListAuditEventsResponse, ListNamespacesResponse, ListTenantsResponse, Namespace, NamespaceSpec, NamespaceStatus,
-    Policies, QuotaProfile, QuotaSet, Shard, SnapshotChunk, Tenant, TenantState, WatchResponse, backend_config, change,
-    watch_response,
+    Policies, QuotaProfile, QuotaSet, Shard, SnapshotChunk, Tenant, TenantState, WatchResponse, change, watch_response,
 };
 use serde_json::{Map, Value, json};
 
@@ -132,26 +131,7 @@ pub fn tenant(t: &Tenant) -> Value {
 }
 
 pub fn backend_config(c: &BackendConfig) -> Value {
-    match &c.config {
-        None => Value::Null,
-        Some(backend_config::Config::Embedded(_)) => json!({ "embedded": {} }),
-        Some(backend_config::Config::Postgres(p)) => json!({ "postgres": {
-            "dsn": p.dsn,
-            "pool_size": p.pool_size,
-            "schema": p.schema,
-            "require_tls": p.require_tls,
-            "password_ref": p.password_ref,
-        }}),
-        Some(backend_config::Config::Kafka(k)) => json!({ "kafka": {
-            "bootstrap_servers": k.bootstrap_servers,
-            "partitions": k.partitions,
-            "replication_factor": k.replication_factor,
-        }}),
-        Some(backend_config::Config::Pulsar(p)) => json!({ "pulsar": {
-            "service_url": p.service_url,
-            "topic": p.topic,
-        }}),
-    }
+    crate::backend_settings::to_json(c)
 }
 
 pub fn capacity(c: &Capacity) -> Value {

@@ -9,10 +9,13 @@
 //! - [`kv`], [`ts`]: KeyValue and TimeSeries calls, routed by
 //!   `prism-client` to the gateway shard that owns the namespace.
 //! - [`token`]: `prism token create`, signing HS256 tokens locally.
-//! - [`spec_file`], [`spec_flags`]: a namespace spec from a file or flags.
+//! - [`spec_file`], [`spec_flags`]: a namespace spec from a file or flags;
+//!   [`backend_settings`]: their per-backend parts (and JSON's), from the
+//!   backends' descriptions.
 //! - [`output`], [`json`]: tables and JSON; [`error`]: what a failure prints.
 
 pub mod audit;
+pub mod backend_settings;
 pub mod config_file;
 pub mod error;
 pub mod flags;

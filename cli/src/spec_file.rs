@@ -6,7 +6,7 @@
 //! ```yaml
 //! namespace: acme/user-profiles   # optional; must match the CLI argument
 //! abstraction: key-value          # key-value | time-series (keyvalue, timeseries)
-//! backend: postgres               # embedded | postgres | kafka | pulsar
+//! backend: postgres               # a backend's name: embedded | postgres | kafka | pulsar
 //! capacity: { estimated_read_rps: 5000, estimated_write_rps: 500, estimated_data_size_gb: 100 }
 //! policies: { retention_days: null, consistency: strong, cache_enabled: true, cache_ttl_seconds: 300 }
 //! access:
@@ -23,11 +23,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use prism_proto::control::{
-    Abstraction, AccessLevel, Backend, BackendConfig, Capacity, Consistency, EmbeddedConfig, Grant, KafkaConfig,
-    NamespaceSpec, Placement, Policies, PostgresConfig, PulsarConfig, QuotaProfile, QuotaSet, backend_config,
+    Abstraction, AccessLevel, Backend, Capacity, Consistency, Grant, NamespaceSpec, Placement, Policies, QuotaProfile,
+    QuotaSet,
 };
 use serde::Deserialize;
 
+pub use crate::backend_settings::{BackendConfigFile, BackendName};
 use crate::error::usage;
 use crate::flags::proto_duration;
 
@@ -77,7 +78,8 @@ pub struct SpecFile {
     pub quotas: Option<QuotasFile>,
     #[serde(default)]
     pub placement: Option<PlacementFile>,
-    /// Settings of the backend: a map with one key, the backend's name.
+    /// Settings of the backend: a map with one key, the backend's name
+    /// (see [`BackendConfigFile`]).
     #[serde(default)]
     pub backend_config: Option<BackendConfigFile>,
 }
@@ -88,15 +90,6 @@ pub enum AbstractionName {
     KeyValue,
     #[serde(rename = "time-series", alias = "timeseries", alias = "time_series", alias = "TIME_SERIES")]
     TimeSeries,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendName {
-    Embedded,
-    Postgres,
-    Kafka,
-    Pulsar,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -198,66 +191,6 @@ pub struct PlacementFile {
     pub pinned_shard: Option<String>,
 }
 
-/// Settings of one backend, under its name (`postgres: {…}`). A struct
-/// rather than an enum so YAML needs no `!tag`; at most one may be set.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfigFile {
-    pub embedded: Option<EmbeddedFile>,
-    pub postgres: Option<PostgresFile>,
-    pub kafka: Option<KafkaFile>,
-    pub pulsar: Option<PulsarFile>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmbeddedFile {}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresFile {
-    /// libpq connection string or `postgres://` URL (ADR-006:
-    /// `connection_string`). Required.
-    #[serde(default)]
-    pub dsn: String,
-    /// Connections in the pool; 0 = default (16).
-    #[serde(default)]
-    pub pool_size: u32,
-    /// Schema of the namespace's tables; empty = `public`.
-    #[serde(default)]
-    pub schema: String,
-    #[serde(default)]
-    pub require_tls: bool,
-    /// Where the owning gateway finds the password: `env:NAME`,
-    /// `file:/path` or `secret:NAME`. Never the password itself (a `dsn`
-    /// with one is refused).
-    #[serde(default)]
-    pub password_ref: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaFile {
-    /// `host:port` of at least one broker.
-    #[serde(default)]
-    pub bootstrap_servers: Vec<String>,
-    #[serde(default)]
-    pub partitions: u32,
-    #[serde(default)]
-    pub replication_factor: u32,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PulsarFile {
-    /// `pulsar://host:port`.
-    #[serde(default)]
-    pub service_url: String,
-    /// Topic under `persistent://{tenant}/{namespace}/`; empty = `events`.
-    #[serde(default)]
-    pub topic: String,
-}
-
 /// Parses a spec file's text. Errors are usage errors naming the field
 /// (and, where the parser knows it, the line).
 pub fn parse(text: &str, format: Format) -> anyhow::Result<SpecFile> {
@@ -312,12 +245,7 @@ impl SpecFile {
             AbstractionName::KeyValue => Abstraction::KeyValue,
             AbstractionName::TimeSeries => Abstraction::TimeSeries,
         };
-        let backend = match self.backend {
-            BackendName::Embedded => Backend::Embedded,
-            BackendName::Postgres => Backend::Postgres,
-            BackendName::Kafka => Backend::Kafka,
-            BackendName::Pulsar => Backend::Pulsar,
-        };
+        let backend = Backend::from(self.backend);
         let capacity = self.capacity.as_ref().map(CapacityFile::to_proto).transpose()?;
         Ok(NamespaceSpec {
             abstraction: abstraction as i32,
@@ -403,47 +331,6 @@ impl QuotasFile {
             concurrent_requests: self.concurrent_requests,
             max_namespaces: None,
             max_item_size_bytes: self.max_item_size_bytes,
-        }
-    }
-}
-
-impl BackendConfigFile {
-    fn to_proto(&self) -> anyhow::Result<Option<BackendConfig>> {
-        let mut configs = Vec::new();
-        if let Some(EmbeddedFile {}) = &self.embedded {
-            configs.push(("embedded", backend_config::Config::Embedded(EmbeddedConfig {})));
-        }
-        if let Some(p) = &self.postgres {
-            let config = PostgresConfig {
-                dsn: p.dsn.clone(),
-                pool_size: p.pool_size,
-                schema: p.schema.clone(),
-                require_tls: p.require_tls,
-                password_ref: p.password_ref.clone(),
-            };
-            configs.push(("postgres", backend_config::Config::Postgres(config)));
-        }
-        if let Some(k) = &self.kafka {
-            let config = KafkaConfig {
-                bootstrap_servers: k.bootstrap_servers.clone(),
-                partitions: k.partitions,
-                replication_factor: k.replication_factor,
-            };
-            configs.push(("kafka", backend_config::Config::Kafka(config)));
-        }
-        if let Some(p) = &self.pulsar {
-            let config = PulsarConfig { service_url: p.service_url.clone(), topic: p.topic.clone() };
-            configs.push(("pulsar", backend_config::Config::Pulsar(config)));
-        }
-        match configs.len() {
-            0 | 1 => Ok(configs.pop().map(|(_, config)| BackendConfig { config: Some(config) })),
-            _ => {
-                let given: Vec<&str> = configs.iter().map(|(name, _)| *name).collect();
-                Err(usage(format!(
-                    "backend_config: holds settings of {}; give those of one backend",
-                    given.join(" and ")
-                )))
-            }
         }
     }
 }

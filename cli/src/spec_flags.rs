@@ -4,12 +4,9 @@
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use prism_proto::capabilities;
-use prism_proto::control::{
-    Abstraction, Backend, Consistency, Grant, KafkaConfig, NamespaceSpec, Placement, PostgresConfig, PulsarConfig,
-    backend_config::Config,
-};
+use prism_proto::control::{Abstraction, Backend, Consistency, Grant, NamespaceSpec, Placement};
 
+pub use crate::backend_settings::{BackendArgs, BackendName as BackendArg};
 use crate::error::usage;
 use crate::flags::{NamespaceQuotaArgs, parse_duration, parse_grant, proto_duration};
 use crate::spec_file::BYTES_PER_GB;
@@ -32,25 +29,6 @@ impl From<AbstractionArg> for Abstraction {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendArg {
-    Embedded,
-    Postgres,
-    Kafka,
-    Pulsar,
-}
-
-impl From<BackendArg> for Backend {
-    fn from(b: BackendArg) -> Self {
-        match b {
-            BackendArg::Embedded => Self::Embedded,
-            BackendArg::Postgres => Self::Postgres,
-            BackendArg::Kafka => Self::Kafka,
-            BackendArg::Pulsar => Self::Pulsar,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ConsistencyArg {
     Eventual,
     Strong,
@@ -67,38 +45,10 @@ pub struct SpecArgs {
     #[arg(long, value_enum)]
     pub backend: Option<BackendArg>,
 
-    /// PostgreSQL connection string or postgres:// URL
-    #[arg(long, help_heading = "Postgres backend")]
-    pub dsn: Option<String>,
-    /// Connections in the owning gateway's pool (0 = default 16)
-    #[arg(long, value_name = "N", help_heading = "Postgres backend")]
-    pub pool_size: Option<u32>,
-    /// Schema of the namespace's tables (default public)
-    #[arg(long, help_heading = "Postgres backend")]
-    pub schema: Option<String>,
-    /// Require TLS to the server (`--require-tls=false` to turn off)
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Postgres backend")]
-    pub require_tls: Option<bool>,
-    /// Where the owning gateway finds the password: env:NAME, file:/path or secret:NAME ("" for none); never the password itself
-    #[arg(long = "password-from", value_name = "REF", help_heading = "Postgres backend")]
-    pub password_ref: Option<String>,
-
-    /// A broker's host:port (repeat for more; replaces the list on update)
-    #[arg(long = "bootstrap-server", value_name = "HOST:PORT", help_heading = "Kafka backend")]
-    pub bootstrap_servers: Vec<String>,
-    /// Partitions of the namespace's topic (0 = default 1)
-    #[arg(long, value_name = "N", help_heading = "Kafka backend")]
-    pub partitions: Option<u32>,
-    /// Replication factor of the topic (0 = default 1)
-    #[arg(long, value_name = "N", help_heading = "Kafka backend")]
-    pub replication_factor: Option<u32>,
-
-    /// pulsar://host:port
-    #[arg(long, value_name = "URL", help_heading = "Pulsar backend")]
-    pub service_url: Option<String>,
-    /// Local topic under persistent://{tenant}/{namespace}/ (default events)
-    #[arg(long, help_heading = "Pulsar backend")]
-    pub topic: Option<String>,
+    /// Each backend's settings (`--dsn`, `--bootstrap-server`, …), as the
+    /// backends' descriptions say.
+    #[command(flatten)]
+    pub backend_config: BackendArgs,
 
     /// Estimated reads per second
     #[arg(long, value_name = "N", help_heading = "Capacity")]
@@ -173,7 +123,7 @@ impl SpecArgs {
         if let Some(b) = self.backend {
             spec.backend = Backend::from(b) as i32;
         }
-        self.apply_backend_config(spec)?;
+        self.backend_config.apply(spec)?;
         self.apply_capacity(spec)?;
         self.apply_policies(spec);
         if !self.owners.is_empty() {
@@ -187,92 +137,6 @@ impl SpecArgs {
         }
         if let Some(q) = self.quotas.to_quotas(spec.quotas.as_ref()) {
             spec.quotas = Some(q);
-        }
-        Ok(())
-    }
-
-    fn apply_backend_config(&self, spec: &mut NamespaceSpec) -> anyhow::Result<()> {
-        let postgres = self.dsn.is_some()
-            || self.pool_size.is_some()
-            || self.schema.is_some()
-            || self.require_tls.is_some()
-            || self.password_ref.is_some();
-        let kafka =
-            !self.bootstrap_servers.is_empty() || self.partitions.is_some() || self.replication_factor.is_some();
-        let pulsar = self.service_url.is_some() || self.topic.is_some();
-        let backend = Backend::try_from(spec.backend).unwrap_or(Backend::Unspecified);
-        for (given, wanted, flags) in [
-            (postgres, Backend::Postgres, "--dsn, --pool-size, --schema, --require-tls and --password-from apply"),
-            (kafka, Backend::Kafka, "--bootstrap-server, --partitions and --replication-factor apply"),
-            (pulsar, Backend::Pulsar, "--service-url and --topic apply"),
-        ] {
-            if given && backend != wanted {
-                return Err(usage(format!(
-                    "{flags} to backend {} only, not {}",
-                    capabilities::backend_name(wanted),
-                    capabilities::backend_name(backend)
-                )));
-            }
-        }
-        let config = &mut spec.backend_config.get_or_insert_default().config;
-        match backend {
-            Backend::Postgres if postgres => {
-                if !matches!(config, Some(Config::Postgres(_))) {
-                    *config = Some(Config::Postgres(PostgresConfig::default()));
-                }
-                if let Some(Config::Postgres(c)) = config {
-                    if let Some(dsn) = &self.dsn {
-                        c.dsn.clone_from(dsn);
-                    }
-                    if let Some(n) = self.pool_size {
-                        c.pool_size = n;
-                    }
-                    if let Some(s) = &self.schema {
-                        c.schema.clone_from(s);
-                    }
-                    if let Some(tls) = self.require_tls {
-                        c.require_tls = tls;
-                    }
-                    if let Some(r) = &self.password_ref {
-                        c.password_ref.clone_from(r);
-                    }
-                }
-            }
-            Backend::Kafka if kafka => {
-                if !matches!(config, Some(Config::Kafka(_))) {
-                    *config = Some(Config::Kafka(KafkaConfig::default()));
-                }
-                if let Some(Config::Kafka(c)) = config {
-                    if !self.bootstrap_servers.is_empty() {
-                        c.bootstrap_servers.clone_from(&self.bootstrap_servers);
-                    }
-                    if let Some(n) = self.partitions {
-                        c.partitions = n;
-                    }
-                    if let Some(n) = self.replication_factor {
-                        c.replication_factor = n;
-                    }
-                }
-            }
-            Backend::Pulsar if pulsar => {
-                if !matches!(config, Some(Config::Pulsar(_))) {
-                    *config = Some(Config::Pulsar(PulsarConfig::default()));
-                }
-                if let Some(Config::Pulsar(c)) = config {
-                    if let Some(url) = &self.service_url {
-                        c.service_url.clone_from(url);
-                    }
-                    if let Some(topic) = &self.topic {
-                        c.topic.clone_from(topic);
-                    }
-                }
-            }
-            _ => {}
-        }
-        // An empty `BackendConfig` says nothing; omit it (the control plane
-        // then asks for the backend's settings by their field name).
-        if spec.backend_config.as_ref().is_some_and(|c| c.config.is_none()) {
-            spec.backend_config = None;
         }
         Ok(())
     }
@@ -362,16 +226,18 @@ mod tests {
         assert_eq!(spec.backend_config, None);
     }
 
+    use prism_proto::control::PostgresConfig;
+    use prism_proto::control::backend_config::Config;
+
     #[test]
     fn backend_flags_must_match_the_backend() {
-        let args = SpecArgs {
-            abstraction: Some(AbstractionArg::KeyValue),
-            dsn: Some("postgres://db/prism".into()),
-            ..SpecArgs::default()
-        };
+        let backend_config = BackendArgs::default()
+            .with("dsn", prism_proto::backends::Value::Text("postgres://db/prism".into()))
+            .expect("--dsn is a flag");
+        let args = SpecArgs { abstraction: Some(AbstractionArg::KeyValue), backend_config, ..SpecArgs::default() };
         let err = args.to_new_spec().expect_err("dsn on embedded");
         assert!(err.to_string().contains("--dsn"), "{err}");
-        let args = SpecArgs { backend: Some(BackendArg::Postgres), ..args };
+        let args = SpecArgs { backend: Some(BackendArg(Backend::Postgres)), ..args };
         let spec = args.to_new_spec().expect("valid");
         assert!(matches!(
             spec.backend_config.and_then(|c| c.config),

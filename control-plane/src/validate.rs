@@ -1,14 +1,12 @@
 //! Complete validation of tenant and namespace specs, by shape only (no
 //! backend code, no backend connection). Every refusal names its field with
 //! the path a client wrote, e.g. `spec.backend_config.postgres.dsn`.
+//! A backend's settings are checked as its description says
+//! ([`prism_proto::backends`]): this module names no backend.
 
-use prism_proto::capabilities;
-use prism_proto::control::{
-    Abstraction, AccessLevel, Backend, BackendConfig, Consistency, KafkaConfig, NamespaceSpec, PostgresConfig,
-    PulsarConfig, QuotaProfile, QuotaSet, backend_config::Config,
-};
-use prism_proto::names;
+use prism_proto::control::{Abstraction, AccessLevel, Backend, Consistency, NamespaceSpec, QuotaProfile, QuotaSet};
 use prism_proto::quotas::UNLIMITED;
+use prism_proto::{backends, capabilities, names};
 
 use crate::error::{ControlPlaneError, Result};
 
@@ -22,7 +20,6 @@ pub const MAX_PRINCIPALS: usize = 256;
 pub const MAX_ITEM_SIZE: i64 = 64 * 1024 * 1024;
 /// Longest cache TTL.
 pub const MAX_CACHE_TTL_SECONDS: i64 = 86_400;
-const MAX_DSN_LEN: usize = 4096;
 
 fn invalid(field: impl Into<String>, description: impl Into<String>) -> ControlPlaneError {
     ControlPlaneError::invalid(field, description)
@@ -91,26 +88,25 @@ pub fn namespace_spec(spec: &NamespaceSpec, known_shards: &[String]) -> Result<(
         Ok(a @ (Abstraction::KeyValue | Abstraction::TimeSeries)) => a,
         _ => return Err(invalid("spec.abstraction", "must be KEY_VALUE or TIME_SERIES")),
     };
-    let backend = match Backend::try_from(spec.backend) {
-        Ok(Backend::Unspecified) | Err(_) => {
-            return Err(invalid("spec.backend", "must be one of embedded, postgres, kafka, pulsar"));
-        }
-        Ok(b) => b,
+    let Some(backend) = Backend::try_from(spec.backend).ok().and_then(backends::describe) else {
+        return Err(invalid("spec.backend", format!("must be one of {}", backends::names())));
     };
-    if !capabilities::supports(backend, abstraction) {
-        let serves: Vec<_> =
-            capabilities::abstractions(backend).iter().map(|a| capabilities::abstraction_name(*a)).collect();
+    if !backend.abstractions.contains(&abstraction) {
+        let serves: Vec<_> = backend.abstractions.iter().map(|a| capabilities::abstraction_name(*a)).collect();
         return Err(invalid(
             "spec.backend",
             format!(
                 "backend {} cannot serve {}; it serves {}",
-                capabilities::backend_name(backend),
+                backend.name,
                 capabilities::abstraction_name(abstraction),
                 serves.join(", ")
             ),
         ));
     }
-    backend_config(backend, spec.backend_config.as_ref())?;
+    // Each backend's settings, by shape, as its description says.
+    backend
+        .check_config(spec.backend_config.as_ref(), "spec.backend_config")
+        .map_err(|e| invalid(e.field, e.description))?;
     if let Some(p) = &spec.policies {
         policies(abstraction, p)?;
     }
@@ -153,109 +149,6 @@ pub fn access_level(field: &str, level: i32) -> Result<AccessLevel> {
         Ok(l @ (AccessLevel::Read | AccessLevel::ReadWrite)) => Ok(l),
         _ => Err(invalid(field, "must be READ or READ_WRITE")),
     }
-}
-
-fn backend_config(backend: Backend, config: Option<&BackendConfig>) -> Result<()> {
-    const FIELD: &str = "spec.backend_config";
-    let config = config.and_then(|c| c.config.as_ref());
-    match (backend, config) {
-        (Backend::Embedded, None | Some(Config::Embedded(_))) => Ok(()),
-        (Backend::Postgres, Some(Config::Postgres(c))) => postgres(c),
-        (Backend::Kafka, Some(Config::Kafka(c))) => kafka(c),
-        (Backend::Pulsar, Some(Config::Pulsar(c))) => pulsar(c),
-        (b, None) => Err(invalid(
-            format!("{FIELD}.{}", capabilities::backend_name(b)),
-            format!("is required for backend {}", capabilities::backend_name(b)),
-        )),
-        (b, Some(other)) => {
-            let given = match other {
-                Config::Embedded(_) => "embedded",
-                Config::Postgres(_) => "postgres",
-                Config::Kafka(_) => "kafka",
-                Config::Pulsar(_) => "pulsar",
-            };
-            Err(invalid(FIELD, format!("holds {given} settings but the backend is {}", capabilities::backend_name(b))))
-        }
-    }
-}
-
-fn postgres(c: &PostgresConfig) -> Result<()> {
-    let field = "spec.backend_config.postgres";
-    let dsn = c.dsn.trim();
-    if dsn.is_empty() {
-        return Err(invalid(format!("{field}.dsn"), "is required"));
-    }
-    if c.dsn.len() > MAX_DSN_LEN {
-        return Err(invalid(format!("{field}.dsn"), format!("is longer than {MAX_DSN_LEN} bytes")));
-    }
-    let url = dsn.starts_with("postgres://") || dsn.starts_with("postgresql://");
-    if !url && !dsn.contains('=') {
-        return Err(invalid(format!("{field}.dsn"), "must be a postgres:// URL or key=value connection string"));
-    }
-    if c.dsn.chars().any(char::is_control) {
-        return Err(invalid(format!("{field}.dsn"), "must not hold control characters"));
-    }
-    // Never quoted back: the message names where the password was, not it.
-    if prism_proto::secrets::dsn_has_password(dsn) {
-        return Err(invalid(
-            format!("{field}.dsn"),
-            "holds a password, which would be stored and shown as metadata; remove it and name where the \
-             gateway finds it with password_ref (env:NAME, file:/path or secret:NAME)",
-        ));
-    }
-    if !c.password_ref.is_empty() {
-        prism_proto::secrets::SecretRef::parse(&c.password_ref)
-            .map_err(|e| invalid(format!("{field}.password_ref"), e))?;
-    }
-    if c.pool_size > 1024 {
-        return Err(invalid(format!("{field}.pool_size"), format!("{} is above 1024", c.pool_size)));
-    }
-    if !c.schema.is_empty() {
-        let ok = c.schema.len() <= 63
-            && c.schema.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '_')
-            && c.schema.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
-        if !ok {
-            return Err(invalid(format!("{field}.schema"), "must match [a-z_][a-z0-9_]{0,62}"));
-        }
-    }
-    Ok(())
-}
-
-fn host_port(field: &str, s: &str) -> Result<()> {
-    names::validate_host_port(s).map_err(|e| invalid(field, e))
-}
-
-fn kafka(c: &KafkaConfig) -> Result<()> {
-    let field = "spec.backend_config.kafka";
-    if c.bootstrap_servers.is_empty() {
-        return Err(invalid(format!("{field}.bootstrap_servers"), "needs at least one host:port"));
-    }
-    if c.bootstrap_servers.len() > 64 {
-        return Err(invalid(format!("{field}.bootstrap_servers"), "lists more than 64 servers"));
-    }
-    for (i, s) in c.bootstrap_servers.iter().enumerate() {
-        host_port(&format!("{field}.bootstrap_servers[{i}]"), s)?;
-    }
-    if c.partitions > 1024 {
-        return Err(invalid(format!("{field}.partitions"), format!("{} is above 1024", c.partitions)));
-    }
-    if c.replication_factor > 16 {
-        return Err(invalid(format!("{field}.replication_factor"), format!("{} is above 16", c.replication_factor)));
-    }
-    Ok(())
-}
-
-fn pulsar(c: &PulsarConfig) -> Result<()> {
-    let field = "spec.backend_config.pulsar";
-    let rest = c.service_url.strip_prefix("pulsar://").or_else(|| c.service_url.strip_prefix("pulsar+ssl://"));
-    let Some(rest) = rest else {
-        return Err(invalid(format!("{field}.service_url"), "must be a pulsar:// or pulsar+ssl:// URL"));
-    };
-    host_port(&format!("{field}.service_url"), rest.trim_end_matches('/'))?;
-    if !c.topic.is_empty() {
-        names::validate_part(&c.topic).map_err(|e| invalid(format!("{field}.topic"), format!("topic {e}")))?;
-    }
-    Ok(())
 }
 
 fn duration(field: &str, d: Option<&prost_types::Duration>, max_seconds: Option<i64>) -> Result<()> {

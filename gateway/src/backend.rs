@@ -54,15 +54,9 @@ pub fn backend_of(entry: &NamespaceEntry) -> Backend {
 }
 
 /// `db.system` / `messaging.system` of a backend, and whether it is a
-/// message broker.
+/// message broker, as its description says.
 fn system(backend: Backend) -> (&'static str, bool) {
-    match backend {
-        Backend::Postgres => ("postgresql", false),
-        Backend::Kafka => ("kafka", true),
-        Backend::Pulsar => ("pulsar", true),
-        Backend::Embedded => ("redb", false),
-        Backend::Unspecified => ("other", false),
-    }
+    prism_proto::backends::describe(backend).map_or(("other", false), |d| (d.telemetry.system, d.telemetry.messaging))
 }
 
 /// The span of one backend call, a child of the request's; none when the

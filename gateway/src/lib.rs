@@ -16,7 +16,8 @@
 //! removes backend resources, registration keeps this instance in the
 //! shard registry, and usage and [`audit`] events are reported.
 //! [`metrics`] and [`health`] say how it is doing; [`server`] wires it all
-//! and is the only module that sees every part.
+//! and is the only module that sees every part; [`plugins`] is the one
+//! list of the plugins a gateway opens.
 
 pub mod audit;
 pub mod auth;
@@ -36,6 +37,7 @@ pub mod limits;
 pub mod metrics;
 pub mod operations;
 pub mod page_token;
+pub mod plugins;
 pub mod quota;
 pub mod request;
 pub mod router;

@@ -7,9 +7,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
-use prism_plugin_kafka::{KafkaPlugin, KafkaPluginConfig};
-use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
 use prism_proto::kv::key_value_service_server::KeyValueServiceServer;
 use prism_proto::timeseries::time_series_service_server::TimeSeriesServiceServer;
 use tokio::net::TcpListener;
@@ -82,37 +79,8 @@ impl Gateway {
         // Secret files are read once, here: an unreadable or weak one stops
         // the start, naming the setting.
         config.read_secret_files()?;
-        let embedded = EmbeddedPlugin::open(EmbeddedConfig {
-            data_dir: config.data_dir(),
-            chunk_threshold_bytes: config.limits.chunk_threshold_bytes,
-            ..EmbeddedConfig::default()
-        })
-        .map_err(|e| GatewayError::Internal(format!("cannot open the embedded store: {e}")))?;
-        // Opens no connection: each postgres namespace names its server,
-        // reached when the namespace is provisioned or used. The TLS CA
-        // file is read here, so a bad one stops the gateway at startup.
-        let postgres = PostgresPlugin::new(PostgresPluginConfig {
-            chunk_threshold_bytes: config.limits.chunk_threshold_bytes,
-            tls_ca_file: config.postgres_tls_ca_file.clone(),
-            ..PostgresPluginConfig::default()
-        })
-        .map_err(|e| GatewayError::Internal(format!("cannot set up the postgres backend: {e}")))?
-        // A namespace's `password_ref` resolves only to what is declared here.
-        .with_secrets(Arc::new(prism_plugin_api::secrets::Secrets::new(config.secrets.clone())));
-        // Opens no connection either: brokers are reached per namespace.
-        let kafka = KafkaPlugin::new(KafkaPluginConfig::default())
-            .map_err(|e| GatewayError::Internal(format!("cannot set up the kafka backend: {e}")))?;
-        let mut plugins = Plugins::default();
-        plugins.insert(Arc::new(embedded));
-        plugins.insert(Arc::new(postgres));
-        plugins.insert(Arc::new(kafka));
-        // Built with feature `pulsar` only (its client needs protoc). Opens
-        // no connection: each pulsar namespace names its broker.
-        #[cfg(feature = "pulsar")]
-        plugins.insert(Arc::new(prism_plugin_pulsar::PulsarPlugin::new(prism_plugin_pulsar::PulsarPluginConfig {
-            request_timeout: config.request_timeout(),
-            ..prism_plugin_pulsar::PulsarPluginConfig::default()
-        })));
+        // The one list of plugins (`plugins::REGISTERED`).
+        let plugins = crate::plugins::open(&config)?;
         Self::with_plugins(config, plugins)
     }
 

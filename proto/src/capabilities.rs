@@ -1,17 +1,15 @@
-//! Which abstractions each backend serves. The control plane refuses a
+//! Which abstractions each backend serves, and the names users write, as
+//! [`crate::backends`] describes them. The control plane refuses a
 //! namespace whose backend lacks the capability without loading any backend
-//! code; every plugin crate has a test that its own declaration matches this
-//! table, so the two cannot drift apart.
+//! code; the conformance suite checks that every plugin declares what the
+//! description says, so the two cannot drift apart.
 
+use crate::backends;
 use crate::control::{Abstraction, Backend};
 
 /// The abstractions `backend` can serve.
 pub fn abstractions(backend: Backend) -> &'static [Abstraction] {
-    match backend {
-        Backend::Unspecified => &[],
-        Backend::Embedded | Backend::Postgres => &[Abstraction::KeyValue, Abstraction::TimeSeries],
-        Backend::Kafka | Backend::Pulsar => &[Abstraction::TimeSeries],
-    }
+    backends::describe(backend).map_or(&[], |d| d.abstractions)
 }
 
 /// Whether `backend` can serve `abstraction`.
@@ -21,13 +19,7 @@ pub fn supports(backend: Backend, abstraction: Abstraction) -> bool {
 
 /// The name users write for a backend (`embedded`, `postgres`, …).
 pub fn backend_name(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Unspecified => "unspecified",
-        Backend::Embedded => "embedded",
-        Backend::Postgres => "postgres",
-        Backend::Kafka => "kafka",
-        Backend::Pulsar => "pulsar",
-    }
+    backends::describe(backend).map_or("unspecified", |d| d.name)
 }
 
 /// The name users write for an abstraction (`key-value`, `time-series`).

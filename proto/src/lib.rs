@@ -1,8 +1,10 @@
 //! Prism's wire contracts, generated from `proto/prism/**.proto`, plus the
-//! pure-data rules every crate must agree on (names, backend capabilities,
-//! quota profiles, the access rule, secret references). No I/O lives here.
+//! pure-data rules every crate must agree on (names, one description per
+//! backend and its capabilities, quota profiles, the access rule, secret
+//! references). No I/O lives here.
 
 pub mod access;
+pub mod backends;
 pub mod capabilities;
 pub mod error;
 pub mod names;

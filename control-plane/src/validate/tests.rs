@@ -2,7 +2,11 @@
 //! field path a client wrote, and the boundary values just inside each
 //! limit must pass.
 
-use prism_proto::control::{Access, Grant, Placement, Policies};
+use prism_proto::backends::postgres::MAX_DSN_LEN;
+use prism_proto::control::backend_config::Config;
+use prism_proto::control::{
+    Access, BackendConfig, Grant, KafkaConfig, Placement, Policies, PostgresConfig, PulsarConfig,
+};
 
 use super::*;
 

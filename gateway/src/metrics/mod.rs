@@ -322,7 +322,16 @@ impl Op {
     }
 }
 
-const BACKENDS: [Backend; 4] = [Backend::Embedded, Backend::Postgres, Backend::Kafka, Backend::Pulsar];
+/// Every described backend (`prism_proto::backends::BACKENDS`), in order.
+const BACKENDS: [Backend; prism_proto::backends::BACKENDS.len()] = {
+    let mut all = [Backend::Unspecified; prism_proto::backends::BACKENDS.len()];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] = prism_proto::backends::BACKENDS[i].backend;
+        i += 1;
+    }
+    all
+};
 
 const KINDS: [ErrorKind; 10] = [
     ErrorKind::InvalidArgument,

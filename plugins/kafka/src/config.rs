@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use prism_plugin_api::{Micros, Namespace};
+use prism_proto::backends::{Count, kafka};
 use prism_proto::control::backend_config::Config as BackendConfig;
 
 use crate::error::{KafkaError, Result};
@@ -15,9 +16,10 @@ use crate::error::{KafkaError, Result};
 /// Shortest and longest timeout.
 const TIMEOUT: std::ops::RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(3600);
 
-/// Partitions and replication factor when the namespace leaves them 0.
-pub const DEFAULT_PARTITIONS: i32 = 1;
-pub const DEFAULT_REPLICATION: i32 = 1;
+/// Partitions and replication factor when the namespace leaves them 0
+/// (the backend's description, shared with the control plane and the CLI).
+pub const DEFAULT_PARTITIONS: i32 = kafka::PARTITIONS.default as i32;
+pub const DEFAULT_REPLICATION: i32 = kafka::REPLICATION_FACTOR.default as i32;
 
 /// The largest event (its encoded payload) the plugin produces. Kafka's
 /// own default (1 MB) is below the gateway's largest events, so the
@@ -86,17 +88,17 @@ impl NamespaceSettings {
         if c.bootstrap_servers.is_empty() || c.bootstrap_servers.iter().any(|s| s.is_empty() || s.contains(',')) {
             return Err(KafkaError::invalid(format!("{field}.bootstrap_servers"), "needs host:port entries"));
         }
-        let count = |value: u32, default: i32, max: u32, name: &str| -> Result<i32> {
-            match value {
-                0 => Ok(default),
-                v if v <= max => Ok(v as i32),
-                v => Err(KafkaError::invalid(format!("{field}.{name}"), format!("{v} is above {max}"))),
+        // The limits are at most 1024, so every count fits an i32.
+        let count = |value: u32, limits: &Count, name: &str| -> Result<i32> {
+            match limits.resolve(value).map(i32::try_from) {
+                Some(Ok(n)) => Ok(n),
+                _ => Err(KafkaError::invalid(format!("{field}.{name}"), format!("{value} is above {}", limits.max))),
             }
         };
         Ok(Self {
             bootstrap: c.bootstrap_servers.join(","),
-            partitions: count(c.partitions, DEFAULT_PARTITIONS, 1024, "partitions")?,
-            replication: count(c.replication_factor, DEFAULT_REPLICATION, 16, "replication_factor")?,
+            partitions: count(c.partitions, &kafka::PARTITIONS, "partitions")?,
+            replication: count(c.replication_factor, &kafka::REPLICATION_FACTOR, "replication_factor")?,
             retention: prism_plugin_api::ts::retention(ns),
         })
     }

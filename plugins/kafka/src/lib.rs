@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prism_plugin_api::ts::TimeSeries;
 use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin};
-use prism_proto::control::{Abstraction, Backend};
+use prism_proto::control::Backend;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -331,7 +331,7 @@ impl KafkaPlugin {
 #[async_trait]
 impl Plugin for KafkaPlugin {
     fn capabilities(&self) -> Capabilities {
-        Capabilities { backend: Backend::Kafka, abstractions: &[Abstraction::TimeSeries] }
+        Capabilities { backend: Backend::Kafka, abstractions: prism_proto::capabilities::abstractions(Backend::Kafka) }
     }
 
     fn client_stats(&self) -> prism_plugin_api::ClientStats {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use prism_plugin_api::Namespace;
 use prism_plugin_api::secrets::{Secret, Secrets};
+use prism_proto::backends::postgres;
 use prism_proto::control::PostgresConfig;
 use prism_proto::control::backend_config::Config as BackendConfig;
 use serde::{Deserialize, Deserializer};
@@ -135,12 +136,13 @@ impl PostgresPluginConfig {
     }
 }
 
-/// Connections of a namespace's pool when its settings say 0.
-pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Connections of a namespace's pool when its settings say 0 (the
+/// backend's description, shared with the control plane and the CLI).
+pub const DEFAULT_POOL_SIZE: usize = postgres::POOL_SIZE.default as usize;
 /// The largest pool a namespace may ask for.
-pub const MAX_POOL_SIZE: usize = 1024;
+pub const MAX_POOL_SIZE: usize = postgres::POOL_SIZE.max as usize;
 /// The schema of a namespace whose settings name none.
-pub const DEFAULT_SCHEMA: &str = "public";
+pub const DEFAULT_SCHEMA: &str = postgres::DEFAULT_SCHEMA;
 
 /// A namespace's postgres settings, from its typed `backend_config`,
 /// checked and with defaults applied, and its password resolved from

@@ -10,8 +10,9 @@ use prism_proto::control::backend_config::Config;
 
 use crate::error::{PulsarError, Result};
 
-/// The local topic name when a namespace names none.
-pub const DEFAULT_TOPIC: &str = "events";
+/// The local topic name when a namespace names none (the backend's
+/// description, shared with the control plane and the CLI).
+pub const DEFAULT_TOPIC: &str = prism_proto::backends::pulsar::DEFAULT_TOPIC;
 
 /// Settings of the plugin (the gateway's, for every namespace).
 #[derive(Debug, Clone)]
