@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{self as pts, EventCursor, TagFilter, TimeSeries};
+use prism_plugin_api::ts::{self as pts, EventCursor, Query, TagFilter, TimeSeries};
 use prism_proto::control::Backend;
 use prism_proto::timeseries::{self as ts, tag_filter};
 use prism_telemetry::trace::TraceParent;
@@ -183,11 +183,9 @@ pub async fn execute(
                 &end.to_be_bytes(),
             ]);
             let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
-            let limits = limits(r.page_size_bytes, r.limit);
-            let got = observed(shared, entry, Op::Read, |_| {
-                plugin.read(&entry.ns, &r.time_series_id, start, end, after.as_ref(), limits, now)
-            })
-            .await?;
+            let query =
+                Query { after, ..Query::series(r.time_series_id, (start, end), limits(r.page_size_bytes, r.limit)) };
+            let got = observed(shared, entry, Op::Read, |_| plugin.query(&entry.ns, &query, now)).await?;
             let (events, next_page_token) = page(binding, got);
             Ok(Response::Read(ts::ReadEventRecordsResponse { events, next_page_token }))
         }
@@ -205,11 +203,8 @@ pub async fn execute(
             ]);
             let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
             let tag_filter = r.filter.as_ref().and_then(filter);
-            let limits = limits(r.page_size_bytes, r.limit);
-            let got = observed(shared, entry, Op::Search, |_| {
-                plugin.search(&entry.ns, start, end, tag_filter.as_ref(), after.as_ref(), limits, now)
-            })
-            .await?;
+            let query = Query { after, ..Query::search(tag_filter, (start, end), limits(r.page_size_bytes, r.limit)) };
+            let got = observed(shared, entry, Op::Search, |_| plugin.query(&entry.ns, &query, now)).await?;
             let (events, next_page_token) = page(binding, got);
             Ok(Response::Search(ts::SearchEventRecordsResponse { events, next_page_token }))
         }

@@ -65,7 +65,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeries};
 use prism_plugin_api::{Micros, Namespace};
 use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -101,7 +101,7 @@ pub(crate) fn purge(w: &WriteTransaction, prefix: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) use prism_plugin_api::ts::{read_window as window, retention};
+pub(crate) use prism_plugin_api::ts::retention;
 
 fn check_cursor(after: Option<&EventCursor>) -> Result<()> {
     if let Some(cursor) = after {
@@ -295,11 +295,22 @@ impl Store {
         Ok(out)
     }
 
+    /// One page of `query` within `window`: by the series' own keys for
+    /// one series, by the time index for every series.
+    fn query(&self, ns: &Incarnation, query: &Query, window: (Micros, Micros)) -> Result<EventsPage> {
+        let (filter, after, limits) = (query.filter.as_ref(), query.after.as_ref(), query.limits);
+        match &query.series {
+            Some(series) => self.read_series(ns, series, window, filter, after, limits),
+            None => self.search(ns, window, filter, after, limits),
+        }
+    }
+
     fn read_series(
         &self,
         ns: &Incarnation,
         series: &str,
         (oldest, newest): (Micros, Micros),
+        filter: Option<&TagFilter>,
         after: Option<&EventCursor>,
         limits: PageLimits,
     ) -> Result<EventsPage> {
@@ -331,22 +342,30 @@ impl Store {
             let Some(bounds) = span(Bound::Included(lower), prefix_end(&series_time_key(&base, oldest))) else {
                 continue;
             };
+            // The items of an event the filter skipped are skipped too.
+            let mut skipping = false;
             for row in events.range::<&[u8]>(as_slices(&bounds)).map_err(storage)? {
                 let (key, value) = row.map_err(storage)?;
                 let (time, id, row) = split_row(key.value().get(base.len()..).unwrap_or_default())?;
                 match row {
                     Row::Head => {
+                        let tags = decode_tags(value.value())?;
+                        skipping = filter.is_some_and(|f| !f.matches(&tags));
+                        if skipping {
+                            continue;
+                        }
                         let event = Event {
                             time_series_id: series.to_owned(),
                             event_time: time,
                             event_id: event_id_text(id)?,
                             items: Vec::new(),
-                            tags: decode_tags(value.value())?,
+                            tags,
                         };
                         if !page.begin(event) {
                             break 'partitions;
                         }
                     }
+                    Row::Item(_) if skipping => {}
                     Row::Item(item) => page.item(time, id, item, value.value())?,
                 }
             }
@@ -466,31 +485,6 @@ impl Store {
     }
 }
 
-impl EmbeddedPlugin {
-    /// Runs `fill` on a reader over the times `[start, end)` leaves after
-    /// retention at `now` and the cursor; when none are left, only checks
-    /// that the namespace is provisioned.
-    async fn page(
-        &self,
-        ns: &Namespace,
-        (start, end): (Micros, Micros),
-        after: Option<&EventCursor>,
-        now: Micros,
-        fill: impl FnOnce(&Store, &Incarnation, (Micros, Micros), Option<&EventCursor>) -> Result<EventsPage>
-        + Send
-        + 'static,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let window = window(start, end, after, now, retention(ns));
-        let (ns, after) = (Incarnation::of(ns)?, after.cloned());
-        Ok(self
-            .read_turn(move |s| match window {
-                Some(window) => fill(s, &ns, window, after.as_ref()),
-                None => s.storage_bytes(&ns).map(|_| EventsPage::default()),
-            })
-            .await?)
-    }
-}
-
 #[async_trait]
 impl TimeSeries for EmbeddedPlugin {
     async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
@@ -504,38 +498,18 @@ impl TimeSeries for EmbeddedPlugin {
         Ok(self.write_turn(move |s| s.write_events(&ns, &events)).await?)
     }
 
-    async fn read(
-        &self,
-        ns: &Namespace,
-        time_series_id: &str,
-        start: Micros,
-        end: Micros,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let series = time_series_id.to_owned();
-        self.page(ns, (start, end), after, now, move |s, ns, window, after| {
-            s.read_series(ns, &series, window, after, limits)
-        })
-        .await
-    }
-
-    async fn search(
-        &self,
-        ns: &Namespace,
-        start: Micros,
-        end: Micros,
-        filter: Option<&TagFilter>,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let filter = filter.cloned();
-        self.page(ns, (start, end), after, now, move |s, ns, window, after| {
-            s.search(ns, window, filter.as_ref(), after, limits)
-        })
-        .await
+    async fn query(&self, ns: &Namespace, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
+        // The times `[start, end)` leaves after retention at `now` and the
+        // cursor; when none are left, only a check that the namespace is
+        // provisioned.
+        let window = query.window(now, retention(ns));
+        let (ns, query) = (Incarnation::of(ns)?, query.clone());
+        Ok(self
+            .read_turn(move |s| match window {
+                Some(window) => s.query(&ns, &query, window),
+                None => s.storage_bytes(&ns).map(|_| EventsPage::default()),
+            })
+            .await?)
     }
 
     async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {

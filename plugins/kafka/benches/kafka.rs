@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{Event, TimeSeries};
+use prism_plugin_api::ts::{Event, Query, TimeSeries};
 use prism_plugin_api::{Namespace, Plugin, now_micros};
 use prism_plugin_kafka::{KafkaPlugin, KafkaPluginConfig, codec};
 use prism_proto::control::backend_config::Config;
@@ -535,9 +535,8 @@ async fn run(
         gateway_h.saturating_record(t.elapsed().as_nanos() as u64);
         anyhow::ensure!(got.events.len() == per_series, "gateway read {} of {per_series}", got.events.len());
         let t = Instant::now();
-        let page =
-            TimeSeries::read(plugin.as_ref(), &direct_ns, "read-0", start, i64::MAX, None, everything, now_micros())
-                .await?;
+        let query = Query::series("read-0", (start, i64::MAX), everything);
+        let page = TimeSeries::query(plugin.as_ref(), &direct_ns, &query, now_micros()).await?;
         direct_h.saturating_record(t.elapsed().as_nanos() as u64);
         anyhow::ensure!(page.events.len() == per_series, "direct read {} of {per_series}", page.events.len());
     }

@@ -50,9 +50,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{
-    Event, EventCursor, EventsPage, TagFilter, TimeSeries, WriteContext, read_window, retention,
-};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeries, WriteContext, retention};
 use prism_plugin_api::{Micros, Namespace};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as ClientError;
@@ -127,32 +125,8 @@ impl TimeSeries for KafkaPlugin {
         Ok(())
     }
 
-    async fn read(
-        &self,
-        ns: &Namespace,
-        time_series_id: &str,
-        start: Micros,
-        end: Micros,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let query = Query { series: Some(time_series_id), filter: None, start, end, after, limits, now };
-        Ok(self.query(ns, query).await?)
-    }
-
-    async fn search(
-        &self,
-        ns: &Namespace,
-        start: Micros,
-        end: Micros,
-        filter: Option<&TagFilter>,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let query = Query { series: None, filter, start, end, after, limits, now };
-        Ok(self.query(ns, query).await?)
+    async fn query(&self, ns: &Namespace, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
+        Ok(self.query_topic(ns, query, now).await?)
     }
 
     async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {
@@ -166,25 +140,14 @@ impl TimeSeries for KafkaPlugin {
     }
 }
 
-/// A read or a search.
-struct Query<'a> {
-    /// `Some` for a read of one series.
-    series: Option<&'a str>,
-    filter: Option<&'a TagFilter>,
-    start: Micros,
-    end: Micros,
-    after: Option<&'a EventCursor>,
-    limits: PageLimits,
-    now: Micros,
-}
-
 impl KafkaPlugin {
-    async fn query(&self, ns: &Namespace, q: Query<'_>) -> Result<EventsPage> {
+    /// The page `q` selects: a read of one series reads its one partition.
+    async fn query_topic(&self, ns: &Namespace, q: &Query, now: Micros) -> Result<EventsPage> {
         let settings = NamespaceSettings::of(ns)?;
         let clients = self.clients(&settings)?;
         let partitions = self.partitions(ns, &settings, &clients).await?;
         let topic = codec::topic(ns);
-        let Some((mut oldest, newest)) = read_window(q.start, q.end, q.after, q.now, retention(ns)) else {
+        let Some((mut oldest, newest)) = q.window(now, retention(ns)) else {
             return Ok(EventsPage::default());
         };
         if let Some(floor) = self.floor(&topic) {
@@ -193,7 +156,7 @@ impl KafkaPlugin {
         if oldest > newest {
             return Ok(EventsPage::default());
         }
-        let wanted: Vec<i32> = match q.series {
+        let wanted: Vec<i32> = match q.series.as_deref() {
             Some(series) => vec![codec::partition(series, partitions)],
             None => (0..partitions).collect(),
         };
@@ -210,8 +173,8 @@ impl KafkaPlugin {
                 return Err(e);
             }
         };
-        let events = merge(raw, q.series, (oldest, newest))?;
-        Ok(page(events, q.filter, q.after, q.limits))
+        let events = merge(raw, q.series.as_deref(), (oldest, newest))?;
+        Ok(page(events, q.filter.as_ref(), q.after.as_ref(), q.limits))
     }
 }
 

@@ -61,8 +61,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::PoisonError;
 
 use async_trait::async_trait;
-use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TimeSeries};
 use prism_plugin_api::{Micros, Namespace};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -126,7 +125,7 @@ pub(crate) fn ddl(names: &TableNames) -> String {
     )
 }
 
-use prism_plugin_api::ts::{read_window as window, retention};
+use prism_plugin_api::ts::retention;
 
 /// The day partition holding `time`; `None` for the edge partitions.
 fn day_of(time: Micros) -> Option<i64> {
@@ -329,12 +328,6 @@ async fn write_once(t: &Target, rows: &Rows<'_>) -> Result<()> {
     Ok(())
 }
 
-/// What a page query selects besides the window and the cursor.
-enum Query<'a> {
-    Read(&'a str),
-    Search(Option<&'a TagFilter>),
-}
-
 /// One head as read, with its items' bytes.
 struct Head {
     event: Event,
@@ -369,18 +362,11 @@ impl Head {
     }
 }
 
-async fn page(
-    t: &Target,
-    query: Query<'_>,
-    (start, end): (Micros, Micros),
-    after: Option<&EventCursor>,
-    limits: PageLimits,
-    now: Micros,
-    retention: Option<Micros>,
-) -> Result<EventsPage> {
+async fn page(t: &Target, query: &Query, now: Micros, retention: Option<Micros>) -> Result<EventsPage> {
     let mut client = t.pool.get().await?;
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
-    let Some((oldest, newest)) = window(start, end, after, now, retention) else {
+    let limits = query.limits;
+    let Some((oldest, newest)) = query.window(now, retention) else {
         // Nothing to read, but the namespace must exist.
         tx.query_typed(&format!("SELECT 1 FROM {} WHERE false", t.ts_events()), &[]).await?;
         return Ok(EventsPage::default());
@@ -391,9 +377,9 @@ async fn page(
     let batch = max_items.saturating_add(1).min(BATCH);
     let (mut bytes, mut page, mut more) = (0u64, Vec::<Head>::new(), false);
     // Where the next batch continues: the cursor, then the last head read.
-    let mut from = after.cloned();
+    let mut from = query.after.clone();
     'batches: loop {
-        let heads = heads(&tx, t, &query, (oldest, newest), from.as_ref(), batch).await?;
+        let heads = heads(&tx, t, query, (oldest, newest), from.as_ref(), batch).await?;
         let full_batch = heads.len() >= batch;
         for head in heads {
             if bytes >= max_bytes || page.len() >= max_items {
@@ -423,7 +409,7 @@ async fn page(
 async fn heads(
     tx: &Transaction<'_>,
     t: &Target,
-    query: &Query<'_>,
+    query: &Query,
     (oldest, newest): (Micros, Micros),
     after: Option<&EventCursor>,
     limit: usize,
@@ -446,17 +432,12 @@ async fn heads(
         ));
     }
     let mut args = Vec::new();
-    let series;
-    match query {
-        Query::Read(id) => {
-            series = (*id).to_owned();
-            params.push((&series, Type::TEXT));
-            conditions.push(format!("e.time_series_id = ${} COLLATE \"C\"", params.len()));
-        }
-        Query::Search(Some(tag_filter)) => {
-            conditions.push(filter::condition(tag_filter, "e", params.len() + 1, &mut args));
-        }
-        Query::Search(None) => {}
+    if let Some(series) = &query.series {
+        params.push((series, Type::TEXT));
+        conditions.push(format!("e.time_series_id = ${} COLLATE \"C\"", params.len()));
+    }
+    if let Some(tag_filter) = &query.filter {
+        conditions.push(filter::condition(tag_filter, "e", params.len() + 1, &mut args));
     }
     for arg in &args {
         params.push(match arg {
@@ -601,35 +582,10 @@ impl TimeSeries for PostgresPlugin {
         Ok(self.settle(&t, result)?)
     }
 
-    async fn read(
-        &self,
-        ns: &Namespace,
-        time_series_id: &str,
-        start: Micros,
-        end: Micros,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
+    async fn query(&self, ns: &Namespace, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
         let t = self.target(ns)?;
-        let query = Query::Read(time_series_id);
-        let result = self.bounded("read", page(&t, query, (start, end), after, limits, now, retention(ns))).await;
-        Ok(self.settle(&t, result)?)
-    }
-
-    async fn search(
-        &self,
-        ns: &Namespace,
-        start: Micros,
-        end: Micros,
-        filter: Option<&TagFilter>,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let t = self.target(ns)?;
-        let query = Query::Search(filter);
-        let result = self.bounded("search", page(&t, query, (start, end), after, limits, now, retention(ns))).await;
+        let what = if query.series.is_some() { "read" } else { "search" };
+        let result = self.bounded(what, page(&t, query, now, retention(ns))).await;
         Ok(self.settle(&t, result)?)
     }
 
@@ -642,6 +598,8 @@ impl TimeSeries for PostgresPlugin {
 
 #[cfg(test)]
 mod tests {
+    use prism_plugin_api::ts::read_window as window;
+
     use super::*;
 
     #[test]

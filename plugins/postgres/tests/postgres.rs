@@ -12,15 +12,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prism_plugin_api::conformance::Subject;
 use prism_plugin_api::conformance::support::{Case, MIB, namespace, pairs, pattern, put};
 use prism_plugin_api::kv::{KeyRange, Mutation, PageLimits, Selector, WriteStamp};
-use prism_plugin_api::ts::Event;
+use prism_plugin_api::ts::{Event, Query};
 use prism_plugin_api::{Namespace, Plugin, PluginError, now_micros};
 use prism_plugin_postgres::kv::MAX_ID_AND_KEY_BYTES;
 use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig, TableNames};
 use prism_proto::control::PostgresConfig;
 use prism_testkit::postgres::{PostgresServer, skip_reason};
-use support::{Configured, settings, sql, with_settings};
+use support::{settings, sql, subject, with_settings};
 
 /// The shared server, or return from the test saying why it is skipped.
 macro_rules! server_or_skip {
@@ -53,8 +54,8 @@ async fn tables_in(client: &tokio_postgres::Client, schema: &str) -> Vec<String>
 async fn sql_metacharacters_are_stored_literally() {
     let server = server_or_skip!();
     let schema = "odd'schema\"; DROP TABLE pg_class; --";
-    let plugin = Configured::new(settings(&server.dsn(), schema), PostgresPluginConfig::default());
-    let c = Case::provision(plugin, "sql-metacharacters").await;
+    let plugin = subject(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let c = Case::provision(&plugin, "sql-metacharacters").await;
     let nasty: Vec<&[u8]> = vec![
         b"'",
         b"\"",
@@ -117,10 +118,10 @@ async fn sql_metacharacters_are_stored_literally() {
 async fn namespace_names_with_sql_are_refused_before_any_sql() {
     let server = server_or_skip!();
     let schema = "prism-refused-names";
-    let plugin = PostgresPlugin::new(PostgresPluginConfig::default()).expect("plugin");
+    let plugin = Arc::new(PostgresPlugin::new(PostgresPluginConfig::default()).expect("plugin"));
     let settings = settings(&server.dsn(), schema);
     for name in ["conf/x\"; DROP TABLE t; --", "conf/x'; --", "conf/UPPER", "conf/a b", "conf", "conf/x/y", "conf/\0"] {
-        let template = namespace(&plugin, "refused");
+        let template = namespace(&Subject::new(plugin.clone()), "refused");
         let ns = with_settings(&Namespace { name: name.into(), ..template }, &settings);
         match plugin.provision(&ns).await {
             Err(PluginError::InvalidArgument { field, .. }) => assert_eq!(field, "namespace", "{name:?}"),
@@ -149,14 +150,14 @@ async fn namespace_names_with_sql_are_refused_before_any_sql() {
 async fn tables_are_named_deterministically_and_go_with_their_namespace() {
     let server = server_or_skip!();
     let schema = "prism-table-names";
-    let plugin = Configured::new(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let subject = subject(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let plugin = &subject.plugin;
     let client = sql(server).await;
     let stamp = now_micros().unsigned_abs();
-    let long =
-        Namespace { name: format!("{}/{}", "t".repeat(63), "n".repeat(63)), ..namespace(plugin.as_ref(), "long") };
+    let long = Namespace { name: format!("{}/{}", "t".repeat(63), "n".repeat(63)), ..namespace(&subject, "long") };
     let alike = [
-        Namespace { name: format!("a-b/c-{stamp:x}"), ..namespace(plugin.as_ref(), "alike") },
-        Namespace { name: format!("a/b-c-{stamp:x}"), ..namespace(plugin.as_ref(), "alike") },
+        Namespace { name: format!("a-b/c-{stamp:x}"), ..namespace(&subject, "alike") },
+        Namespace { name: format!("a/b-c-{stamp:x}"), ..namespace(&subject, "alike") },
     ];
     let mut want: Vec<String> = vec!["prism_kv_namespaces".into()];
     for ns in std::iter::once(&long).chain(&alike) {
@@ -201,8 +202,8 @@ async fn tables_are_named_deterministically_and_go_with_their_namespace() {
 async fn large_values_live_in_chunks() {
     let server = server_or_skip!();
     let schema = "prism-chunks";
-    let plugin = Configured::new(settings(&server.dsn(), schema), PostgresPluginConfig::default());
-    let c = Case::provision(plugin, "chunks").await;
+    let plugin = subject(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let c = Case::provision(&plugin, "chunks").await;
     let names = TableNames::of(&c.ns, schema).expect("names");
     let client = sql(server).await;
     let chunks_sql = format!("SELECT count(*) FROM {}", names.qualified(&names.chunks()));
@@ -241,8 +242,8 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 #[tokio::test]
 async fn the_longest_ids_and_keys_fit_and_longer_are_invalid() {
     let server = server_or_skip!();
-    let plugin = Configured::new(settings(&server.dsn(), "prism-limits"), PostgresPluginConfig::default());
-    let c = Case::provision(plugin, "limits").await;
+    let plugin = subject(settings(&server.dsn(), "prism-limits"), PostgresPluginConfig::default());
+    let c = Case::provision(&plugin, "limits").await;
     let id: String = noise(1024, 6).iter().map(|b| char::from(b'a' + b % 26)).collect();
     let key = noise(MAX_ID_AND_KEY_BYTES - id.len(), 7);
     let value = noise(3 * MIB / 2, 8); // chunked: the chunks' key holds id and key too
@@ -275,8 +276,9 @@ async fn bad_settings_are_refused_without_leaking_the_dsn() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let secret_dsn = format!("postgres://secret-user@127.0.0.1:{port}/secret-db");
     let config = PostgresPluginConfig { connect_timeout: Duration::from_secs(2), ..PostgresPluginConfig::default() };
-    let plugin = PostgresPlugin::new(config).expect("plugin");
-    let ns = |settings: PostgresConfig| with_settings(&namespace(&plugin, "bad-settings"), &settings);
+    let plugin = Arc::new(PostgresPlugin::new(config).expect("plugin"));
+    let ns =
+        |settings: PostgresConfig| with_settings(&namespace(&Subject::new(plugin.clone()), "bad-settings"), &settings);
     let leaks = |message: &str| ["secret", &port.to_string(), "127.0.0.1", "@"].iter().any(|s| message.contains(s));
 
     let unreachable = ns(settings(&secret_dsn, ""));
@@ -310,7 +312,7 @@ async fn bad_settings_are_refused_without_leaking_the_dsn() {
             other => panic!("{field}: want InvalidArgument, got {other:?}"),
         }
     }
-    let missing = namespace(&plugin, "no-settings");
+    let missing = namespace(&Subject::new(plugin.clone()), "no-settings");
     assert!(matches!(plugin.provision(&missing).await, Err(PluginError::InvalidArgument { .. })));
     // What could never be provisioned is deleted at once, so its deletion
     // cannot hang; what might exist on an unreachable server is not, nor
@@ -332,10 +334,10 @@ async fn writers_through_different_gateways_keep_the_last_writer() {
     let server = server_or_skip!();
     let settings = settings(&server.dsn(), "prism-two-gateways");
     let gateways = [
-        Configured::new(settings.clone(), PostgresPluginConfig::default()),
-        Configured::new(settings, PostgresPluginConfig::default()),
+        subject(settings.clone(), PostgresPluginConfig::default()),
+        subject(settings, PostgresPluginConfig::default()),
     ];
-    let c = Case::provision(gateways[0].clone(), "two-gateways").await;
+    let c = Case::provision(&gateways[0], "two-gateways").await;
     let mut tasks = Vec::new();
     for i in 0..WRITERS {
         let offset = 1 + (i * 7) % WRITERS; // a permutation of 1..=WRITERS
@@ -345,7 +347,7 @@ async fn writers_through_different_gateways_keep_the_last_writer() {
             _ => put("k", offset.to_string()),
         };
         let mutations = vec![contested, put(format!("own-{offset:02}"), "x")];
-        let gateway: Arc<dyn Plugin> = gateways[(i % 2) as usize].clone();
+        let gateway = gateways[(i % 2) as usize].plugin.clone();
         let (ns, stamp) = (c.ns.clone(), c.at(offset));
         tasks.push(tokio::spawn(async move {
             gateway.key_value().expect("key_value").mutate(&ns, "r", &mutations, &stamp).await
@@ -360,7 +362,7 @@ async fn writers_through_different_gateways_keep_the_last_writer() {
     want.push((b"k".to_vec(), WRITERS.to_string().into_bytes()));
     want.sort();
     for gateway in &gateways {
-        let reader = Case { plugin: gateway.clone(), ns: c.ns.clone(), base: c.base };
+        let reader = Case { plugin: gateway.plugin.clone(), ns: c.ns.clone(), base: c.base };
         assert_eq!(reader.entries("r").await, want);
     }
     c.finish().await;
@@ -374,15 +376,15 @@ async fn a_racing_older_put_never_outlives_a_range_delete() {
     const ROUNDS: usize = 60;
     let server = server_or_skip!();
     let settings = settings(&server.dsn(), "prism-racing-ranges");
-    let gateways: [Arc<dyn Plugin>; 2] = [
-        Configured::new(settings.clone(), PostgresPluginConfig::default()),
-        Configured::new(settings, PostgresPluginConfig::default()),
+    let gateways = [
+        subject(settings.clone(), PostgresPluginConfig::default()),
+        subject(settings, PostgresPluginConfig::default()),
     ];
-    let c = Case::provision(gateways[0].clone(), "racing-ranges").await;
+    let c = Case::provision(&gateways[0], "racing-ranges").await;
     let mut tasks = Vec::new();
     for round in 0..ROUNDS {
         let id = format!("r{round:03}");
-        let (deleter, putter) = (gateways[round % 2].clone(), gateways[(round + 1) % 2].clone());
+        let (deleter, putter) = (gateways[round % 2].plugin.clone(), gateways[(round + 1) % 2].plugin.clone());
         let delete_all = vec![Mutation::DeleteRange(KeyRange { start: b"a".to_vec(), end: Some(b"z".to_vec()) })];
         let (ns, newer, older) = (c.ns.clone(), c.at(10), c.at(5));
         let (ns2, id2) = (ns.clone(), id.clone());
@@ -441,8 +443,8 @@ async fn a_read_across_batches_sees_one_snapshot_while_a_writer_races_it() {
     const VERSIONS: usize = 30;
     let server = server_or_skip!();
     for dsn in [server.dsn(), format!("{}?prepared_statements=false", server.dsn())] {
-        let plugin = Configured::new(settings(&dsn, "prism-snapshots"), PostgresPluginConfig::default());
-        let c = Arc::new(Case::provision(plugin, "snapshots").await);
+        let plugin = subject(settings(&dsn, "prism-snapshots"), PostgresPluginConfig::default());
+        let c = Arc::new(Case::provision(&plugin, "snapshots").await);
         for (id, mutations) in versioned(0) {
             c.mutate(id, &mutations, &c.at(0)).await;
         }
@@ -501,14 +503,14 @@ async fn behind_a_transaction_pooler_statements_go_unnamed() {
         (bouncer.dsn.clone(), "prism-bouncer-detected"),
     ] {
         let settings = PostgresConfig { pool_size: 4, ..settings(&dsn, schema) };
-        let gateways: [Arc<dyn Plugin>; 2] = [
-            Configured::new(settings.clone(), PostgresPluginConfig::default()),
-            Configured::new(settings, PostgresPluginConfig::default()),
+        let gateways = [
+            subject(settings.clone(), PostgresPluginConfig::default()),
+            subject(settings, PostgresPluginConfig::default()),
         ];
-        let c = Case::provision(gateways[0].clone(), "bouncer").await;
+        let c = Case::provision(&gateways[0], "bouncer").await;
         let mut tasks = Vec::new();
         for w in 0..8 {
-            let (gateway, ns, base) = (gateways[w % 2].clone(), c.ns.clone(), c.base);
+            let (gateway, ns, base) = (gateways[w % 2].plugin.clone(), c.ns.clone(), c.base);
             tasks.push(tokio::spawn(async move {
                 let kv = gateway.key_value().expect("key_value");
                 for n in 0..20i64 {
@@ -607,13 +609,13 @@ async fn an_outage_fails_requests_and_heals_by_itself() {
         request_timeout: Duration::from_secs(5),
         ..PostgresPluginConfig::default()
     };
-    let plugin = Configured::new(settings(&server.dsn(), ""), config);
-    let c = Case::provision(plugin.clone(), "outage").await;
+    let plugin = subject(settings(&server.dsn(), ""), config);
+    let c = Case::provision(&plugin, "outage").await;
     c.put("r", &[("k", "before")], 1).await;
     assert_eq!(c.entries("r").await, pairs(&[("k", "before")]));
 
     server.stop().expect("stop the server");
-    let kv = plugin.key_value().expect("key_value");
+    let kv = plugin.plugin.key_value().expect("key_value");
     // Bounded: the plugin's own timeouts end every call well before this.
     let bound = Duration::from_secs(30);
     let got = tokio::time::timeout(bound, kv.get(&c.ns, "r", &Selector::All, None, UNLIMITED, c.base))
@@ -666,9 +668,9 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
         request_timeout: Duration::from_secs(10),
         ..PostgresPluginConfig::default()
     };
-    let plugin = Configured::new(settings(&server.dsn(), ""), config);
-    let kv_case = Case::provision(plugin.clone(), "restart-kv").await;
-    let ts_case = Case::provision_ts(plugin.clone(), "restart-ts").await;
+    let plugin = subject(settings(&server.dsn(), ""), config);
+    let kv_case = Case::provision(&plugin, "restart-kv").await;
+    let ts_case = Case::provision_ts(&plugin, "restart-ts").await;
     let acknowledged = Arc::new(AtomicUsize::new(0));
     let retried = Arc::new(AtomicUsize::new(0));
 
@@ -678,7 +680,8 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
         let (base, ts_base) = (kv_case.base, ts_case.base);
         let (acknowledged, retried) = (acknowledged.clone(), retried.clone());
         writers.push(tokio::spawn(async move {
-            let (kv, ts) = (plugin.key_value().expect("key_value"), plugin.time_series().expect("time_series"));
+            let (kv, ts) =
+                (plugin.plugin.key_value().expect("key_value"), plugin.plugin.time_series().expect("time_series"));
             for i in 0..WRITES {
                 let record = format!("r{w}");
                 let mutation = [put(format!("k{i:04}"), format!("v{w}-{i}"))];
@@ -738,8 +741,8 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
     assert!(during < WRITERS * WRITES, "the restart came after every write: it tested nothing");
     println!("restart after {during} writes; {} attempts failed and were retried", retried.load(Ordering::Relaxed));
 
-    let kv = plugin.key_value().expect("key_value");
-    let ts = plugin.time_series().expect("time_series");
+    let kv = plugin.plugin.key_value().expect("key_value");
+    let ts = plugin.plugin.time_series().expect("time_series");
     let roomy = PageLimits { max_bytes: u64::MAX, max_items: None };
     for w in 0..WRITERS {
         let page = kv.get(&kv_case.ns, &format!("r{w}"), &Selector::All, None, roomy, kv_case.base).await.expect("get");
@@ -750,7 +753,8 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
 
         let base = ts_case.base;
         let series = format!("s{w}");
-        let page = ts.read(&ts_case.ns, &series, base - DAY, base + DAY, None, roomy, base).await.expect("read");
+        let query = Query::series(&series, (base - DAY, base + DAY), roomy);
+        let page = ts.query(&ts_case.ns, &query, base).await.expect("read");
         assert_eq!(page.next, None);
         let mut want: Vec<_> = (0..WRITES).map(|i| restart_event(w, i, base)).collect();
         want.reverse(); // newest first
@@ -777,13 +781,13 @@ fn restart_event(w: usize, i: usize, base: i64) -> Event {
 }
 
 /// A plugin trusting the CAs in `ca_file`, with a short connect timeout.
-fn tls_plugin(ca_file: Option<std::path::PathBuf>) -> PostgresPlugin {
+fn tls_plugin(ca_file: Option<std::path::PathBuf>) -> Arc<PostgresPlugin> {
     let config = PostgresPluginConfig {
         connect_timeout: Duration::from_secs(5),
         tls_ca_file: ca_file,
         ..PostgresPluginConfig::default()
     };
-    PostgresPlugin::new(config).expect("plugin")
+    Arc::new(PostgresPlugin::new(config).expect("plugin"))
 }
 
 /// Whether `message` quotes anything of `dsn`'s connection details.
@@ -814,9 +818,8 @@ async fn a_namespace_that_requires_tls_is_served_over_verified_tls() {
     ];
     for (i, (dsn, require_tls)) in dsns.into_iter().enumerate() {
         let settings = PostgresConfig { require_tls, ..settings(&dsn, "prism_tls") };
-        let plugin =
-            Configured::new(settings, PostgresPluginConfig { tls_ca_file: Some(ca.clone()), ..Default::default() });
-        let c = Case::provision(plugin, &format!("tls-{i}")).await;
+        let plugin = subject(settings, PostgresPluginConfig { tls_ca_file: Some(ca.clone()), ..Default::default() });
+        let c = Case::provision(&plugin, &format!("tls-{i}")).await;
         c.mutate("r", &[put("k", "over tls")], &c.at(1)).await;
         assert_eq!(c.entries("r").await, pairs(&[("k", "over tls")]), "DSN {i}");
         // The pool keeps its connections open: the server lists them.
@@ -837,7 +840,7 @@ async fn a_namespace_that_requires_tls_is_served_over_verified_tls() {
     let plain = support::server_or_skip().expect("PostgreSQL is there");
     let plugin = tls_plugin(Some(ca));
     let ns = with_settings(
-        &namespace(&plugin, "tls-plaintext"),
+        &namespace(&Subject::new(plugin.clone()), "tls-plaintext"),
         &PostgresConfig { require_tls: true, ..settings(&plain.dsn(), "prism_tls") },
     );
     let error = plugin.provision(&ns).await.expect_err("a server without TLS is refused");
@@ -859,7 +862,7 @@ async fn requiring_tls_without_a_ca_names_tls_ca_file() {
     let secret_dsn = format!("postgres://postgres@127.0.0.1:{}/postgres?application_name=secret", server.port());
     for (dsn, require_tls) in [(secret_dsn.clone(), true), (format!("{secret_dsn}&sslmode=require"), false)] {
         let ns = with_settings(
-            &namespace(&plugin, "tls-no-ca"),
+            &namespace(&Subject::new(plugin.clone()), "tls-no-ca"),
             &PostgresConfig { require_tls, ..settings(&dsn, "prism_tls_no_ca") },
         );
         let error = plugin.provision(&ns).await.expect_err("no CA, no TLS namespace");
@@ -901,7 +904,7 @@ async fn an_untrusted_server_certificate_is_refused() {
     for (ca_file, dsn, what) in [(other_ca, secret_dsn, "another CA"), (ca, wrong_host, "another host name")] {
         let plugin = tls_plugin(Some(ca_file));
         let ns = with_settings(
-            &namespace(&plugin, "tls-wrong-ca"),
+            &namespace(&Subject::new(plugin.clone()), "tls-wrong-ca"),
             &PostgresConfig { require_tls: true, ..settings(&dsn, "prism_tls_wrong_ca") },
         );
         let error = plugin.provision(&ns).await.expect_err(what);

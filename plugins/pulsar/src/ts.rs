@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{self, Event, EventCursor, EventsPage, TagFilter, TimeSeries, WriteContext};
+use prism_plugin_api::ts::{self, Event, EventCursor, EventsPage, Query, TagFilter, TimeSeries, WriteContext};
 use prism_plugin_api::{Micros, Namespace};
 use pulsar::producer;
 
@@ -70,17 +70,6 @@ impl Folded {
         let tags: usize = self.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
         (items + tags) as u64
     }
-}
-
-/// What a read or search selects.
-struct Query<'a> {
-    series: Option<&'a str>,
-    start: Micros,
-    end: Micros,
-    filter: Option<&'a TagFilter>,
-    after: Option<&'a EventCursor>,
-    limits: PageLimits,
-    now: Micros,
 }
 
 impl PulsarPlugin {
@@ -117,10 +106,10 @@ impl PulsarPlugin {
         Ok(())
     }
 
-    async fn query(&self, ns: &Namespace, q: Query<'_>) -> Result<EventsPage> {
+    async fn query_topic(&self, ns: &Namespace, q: &Query, now: Micros) -> Result<EventsPage> {
         let topics = Topics::of(ns)?;
         let (epoch, state) = self.epoch(ns, &topics).await?;
-        let Some((oldest, newest)) = ts::read_window(q.start, q.end, q.after, q.now, ts::retention(ns)) else {
+        let Some((oldest, newest)) = q.window(now, ts::retention(ns)) else {
             return Ok(EventsPage::default());
         };
         let oldest = state.cutoff.map_or(oldest, |cutoff| oldest.max(cutoff));
@@ -131,7 +120,7 @@ impl PulsarPlugin {
         let mut folded: BTreeMap<Order, Folded> = BTreeMap::new();
         self.scan(&topics.service_url, &topics.data, |message, body| {
             let meta = message.metadata();
-            if let Some(series) = q.series
+            if let Some(series) = q.series.as_deref()
                 && meta.partition_key.as_deref() != Some(series)
             {
                 return Ok(());
@@ -143,11 +132,11 @@ impl PulsarPlugin {
             if event.epoch != epoch || event.event_time < oldest || event.event_time > newest {
                 return Ok(());
             }
-            if q.series.is_some_and(|s| s != event.time_series_id) {
+            if !q.wants_series(&event.time_series_id) {
                 return Ok(());
             }
             let key: Order = (Reverse(event.event_time), event.time_series_id, event.event_id);
-            if let Some(after) = q.after
+            if let Some(after) = &q.after
                 && key <= (Reverse(after.event_time), after.time_series_id.clone(), after.event_id.clone())
             {
                 return Ok(());
@@ -166,7 +155,7 @@ impl PulsarPlugin {
             Ok(())
         })
         .await?;
-        Ok(page(folded, q.filter, q.limits))
+        Ok(page(folded, q.filter.as_ref(), q.limits))
     }
 
     async fn reclaim_events(&self, ns: &Namespace, now: Micros) -> Result<u64> {
@@ -224,32 +213,9 @@ impl TimeSeries for PulsarPlugin {
         Ok(self.bounded("writing events", self.write_events(ns, events, context)).await?)
     }
 
-    async fn read(
-        &self,
-        ns: &Namespace,
-        time_series_id: &str,
-        start: Micros,
-        end: Micros,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let q = Query { series: Some(time_series_id), start, end, filter: None, after, limits, now };
-        Ok(self.bounded("reading events", self.query(ns, q)).await?)
-    }
-
-    async fn search(
-        &self,
-        ns: &Namespace,
-        start: Micros,
-        end: Micros,
-        filter: Option<&TagFilter>,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let q = Query { series: None, start, end, filter, after, limits, now };
-        Ok(self.bounded("searching events", self.query(ns, q)).await?)
+    async fn query(&self, ns: &Namespace, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
+        let what = if query.series.is_some() { "reading events" } else { "searching events" };
+        Ok(self.bounded(what, self.query_topic(ns, query, now)).await?)
     }
 
     async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prism_proto::control::{Abstraction, NamespaceSpec, Policies};
 
+use super::Subject;
 use crate::kv::{Item, KeyValue, Mutation, NewItem, PageLimits, ScanCursor, Selector, WriteStamp};
-use crate::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries};
+use crate::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeries};
 use crate::{Micros, Namespace, Plugin, PluginError, now_micros};
 
 pub const KIB: usize = 1 << 10;
@@ -36,16 +37,16 @@ const MAX_PAGES: usize = 100_000;
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
-/// A key-value namespace named after `case` and unique across processes
-/// and runs, not yet provisioned.
-pub fn namespace(plugin: &dyn Plugin, case: &str) -> Namespace {
-    namespace_of(plugin, case, Abstraction::KeyValue)
+/// A key-value namespace of `subject` named after `case` and unique across
+/// processes and runs, not yet provisioned.
+pub fn namespace(subject: &Subject, case: &str) -> Namespace {
+    namespace_of(subject, case, Abstraction::KeyValue)
 }
 
 /// A time-series namespace like [`namespace`], keeping events for
 /// `retention` (`None`: forever).
-pub fn ts_namespace(plugin: &dyn Plugin, case: &str, retention: Option<Micros>) -> Namespace {
-    let mut ns = namespace_of(plugin, case, Abstraction::TimeSeries);
+pub fn ts_namespace(subject: &Subject, case: &str, retention: Option<Micros>) -> Namespace {
+    let mut ns = namespace_of(subject, case, Abstraction::TimeSeries);
     if let (Some(retention), Some(policies)) = (retention, ns.spec.policies.as_mut()) {
         // `unwrap_or_default` names the protobuf Duration type for us: this
         // crate does not depend on prost-types itself.
@@ -57,8 +58,9 @@ pub fn ts_namespace(plugin: &dyn Plugin, case: &str, retention: Option<Micros>) 
     ns
 }
 
-/// A namespace of `abstraction` named after `case`, not yet provisioned.
-pub fn namespace_of(plugin: &dyn Plugin, case: &str, abstraction: Abstraction) -> Namespace {
+/// A namespace of `abstraction` named after `case`, with the subject's
+/// backend settings, not yet provisioned.
+pub fn namespace_of(subject: &Subject, case: &str, abstraction: Abstraction) -> Namespace {
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let stamp = u64::try_from(now_micros()).unwrap_or_default();
     let mut part: String = case.chars().map(|c| if c == '_' { '-' } else { c }).take(36).collect();
@@ -68,7 +70,8 @@ pub fn namespace_of(plugin: &dyn Plugin, case: &str, abstraction: Abstraction) -
         create_revision: stamp.max(1),
         spec: NamespaceSpec {
             abstraction: abstraction as i32,
-            backend: plugin.capabilities().backend as i32,
+            backend: subject.plugin.capabilities().backend as i32,
+            backend_config: subject.backend_config.clone(),
             policies: Some(Policies { max_item_size_bytes: MAX_ITEM_SIZE, ..Policies::default() }),
             ..NamespaceSpec::default()
         },
@@ -146,34 +149,32 @@ pub struct Case {
 
 impl Case {
     /// A fresh key-value namespace named after `case`, provisioned.
-    pub async fn provision(plugin: Arc<dyn Plugin>, case: &str) -> Self {
-        let ns = namespace(plugin.as_ref(), case);
-        Self::provision_ns(plugin, ns).await
+    pub async fn provision(subject: &Subject, case: &str) -> Self {
+        Self::provision_ns(subject, namespace(subject, case)).await
     }
 
     /// A fresh time-series namespace named after `case`, without
     /// retention, provisioned.
-    pub async fn provision_ts(plugin: Arc<dyn Plugin>, case: &str) -> Self {
-        Self::provision_ts_retaining(plugin, case, None).await
+    pub async fn provision_ts(subject: &Subject, case: &str) -> Self {
+        Self::provision_ts_retaining(subject, case, None).await
     }
 
     /// A fresh time-series namespace named after `case`, keeping events
     /// for `retention` (`None`: forever), provisioned.
-    pub async fn provision_ts_retaining(plugin: Arc<dyn Plugin>, case: &str, retention: Option<Micros>) -> Self {
-        let ns = ts_namespace(plugin.as_ref(), case, retention);
-        Self::provision_ns(plugin, ns).await
+    pub async fn provision_ts_retaining(subject: &Subject, case: &str, retention: Option<Micros>) -> Self {
+        Self::provision_ns(subject, ts_namespace(subject, case, retention)).await
     }
 
-    /// A case on `ns`, provisioned.
-    pub async fn provision_ns(plugin: Arc<dyn Plugin>, ns: Namespace) -> Self {
-        let case = Self::unprovisioned(plugin, ns);
+    /// A case on `ns` (made by [`namespace_of`] or its kin), provisioned.
+    pub async fn provision_ns(subject: &Subject, ns: Namespace) -> Self {
+        let case = Self::unprovisioned(subject, ns);
         case.plugin.provision(&case.ns).await.expect("provision");
         case
     }
 
     /// A case on `ns`, which the caller provisions (or not).
-    pub fn unprovisioned(plugin: Arc<dyn Plugin>, ns: Namespace) -> Self {
-        Self { plugin, ns, base: now_micros() }
+    pub fn unprovisioned(subject: &Subject, ns: Namespace) -> Self {
+        Self { plugin: subject.plugin.clone(), ns, base: now_micros() }
     }
 
     pub fn kv(&self) -> &dyn KeyValue {
@@ -301,27 +302,15 @@ impl Case {
         self.ts().write(&self.ns, events).await.expect("write");
     }
 
-    /// Every page of `query` in `[start, end)` at `now`, checked,
+    /// Every page of `query` at `now` (from its first page), checked,
     /// concatenated.
-    pub async fn events(
-        &self,
-        query: Query<'_>,
-        (start, end): (Micros, Micros),
-        limits: PageLimits,
-        now: Micros,
-    ) -> Vec<Event> {
+    pub async fn events(&self, query: Query, now: Micros) -> Vec<Event> {
         let ts = self.ts();
-        let what = match query {
-            Query::Read(_) => "read",
-            Query::Search(_) => "search",
-        };
+        let what = if query.series.is_some() { "read" } else { "search" };
+        let limits = query.limits;
+        let query = &query;
         all_pages(what, limits, |after| {
-            Box::pin(async move {
-                match query {
-                    Query::Read(series) => ts.read(&self.ns, series, start, end, after.as_ref(), limits, now).await,
-                    Query::Search(filter) => ts.search(&self.ns, start, end, filter, after.as_ref(), limits, now).await,
-                }
-            })
+            Box::pin(async move { ts.query(&self.ns, &Query { after, ..query.clone() }, now).await })
         })
         .await
     }
@@ -334,7 +323,7 @@ impl Case {
         limits: PageLimits,
         now: Micros,
     ) -> Vec<Event> {
-        self.events(Query::Read(series), window, limits, now).await
+        self.events(Query::series(series, window, limits), now).await
     }
 
     /// [`Self::events`] of every series matching `filter`.
@@ -345,7 +334,7 @@ impl Case {
         limits: PageLimits,
         now: Micros,
     ) -> Vec<Event> {
-        self.events(Query::Search(filter), window, limits, now).await
+        self.events(Query::search(filter.cloned(), window, limits), now).await
     }
 
     /// The whole series, as of the case's start.
@@ -363,15 +352,6 @@ impl Case {
     pub fn around(&self) -> (Micros, Micros) {
         (self.base - 60 * DAY, self.base + 60 * DAY)
     }
-}
-
-/// What a paged TimeSeries query asks for.
-#[derive(Debug, Clone, Copy)]
-pub enum Query<'a> {
-    /// A read of one series.
-    Read(&'a str),
-    /// A search of every series, with an optional filter.
-    Search(Option<&'a TagFilter>),
 }
 
 type PageFuture<'a> = Pin<Box<dyn Future<Output = crate::Result<EventsPage>> + Send + 'a>>;

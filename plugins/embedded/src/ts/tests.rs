@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use prism_plugin_api::kv::KeyValue;
+use prism_plugin_api::ts::Query;
 use prism_plugin_api::{Plugin, PluginError};
 use prism_proto::control::{NamespaceSpec, Policies};
 
@@ -48,7 +49,8 @@ fn event(series: &str, time: Micros, id: &str) -> Event {
 }
 
 async fn search_ids(plugin: &EmbeddedPlugin, ns: &Namespace, now: Micros) -> Vec<String> {
-    let page = TimeSeries::search(plugin, ns, i64::MIN, i64::MAX, None, None, ALL, now).await.expect("search");
+    let page =
+        TimeSeries::query(plugin, ns, &Query::search(None, (i64::MIN, i64::MAX), ALL), now).await.expect("search");
     assert_eq!(page.next, None);
     page.events.into_iter().map(|e| e.event_id).collect()
 }
@@ -150,7 +152,8 @@ async fn extreme_times_and_windows_do_not_panic() {
     let times = [i64::MIN, i64::MIN + 1, -PARTITION - 1, -1, 0, i64::MAX - 1, i64::MAX];
     let events: Vec<Event> = times.iter().enumerate().map(|(i, t)| event("s", *t, &format!("e{i}"))).collect();
     TimeSeries::write(&plugin, &ns, &events).await.expect("write");
-    let read = |start, end, now| TimeSeries::read(&plugin, &ns, "s", start, end, None, ALL, now);
+    let read =
+        async |start, end, now| TimeSeries::query(&plugin, &ns, &Query::series("s", (start, end), ALL), now).await;
     let ids = |page: EventsPage| page.events.into_iter().map(|e| e.event_id).collect::<Vec<_>>();
     // `now` at the very start: nothing is past retention.
     assert_eq!(ids(read(i64::MIN, i64::MAX, i64::MIN).await.expect("read")), ["e5", "e4", "e3", "e2", "e1", "e0"]);
@@ -182,17 +185,19 @@ async fn ids_with_nul_are_refused_and_long_ids_work() {
     assert!(invalid(TimeSeries::write(&plugin, &ns, &[good.clone(), event("a\0b", 1, "e")]).await));
     assert!(invalid(TimeSeries::write(&plugin, &ns, &[event("s", 1, "e\0")]).await));
     assert_eq!(search_ids(&plugin, &ns, 0).await, Vec::<String>::new());
-    let read = TimeSeries::read(&plugin, &ns, "\0", 0, 10, None, ALL, 0).await;
+    let read = TimeSeries::query(&plugin, &ns, &Query::series("\0", (0, 10), ALL), 0).await;
     assert!(matches!(read, Err(PluginError::InvalidArgument { .. })), "{read:?}");
     let after = EventCursor { event_time: 1, time_series_id: "s\0".into(), event_id: "e".into() };
-    let search = TimeSeries::search(&plugin, &ns, 0, 10, None, Some(&after), ALL, 0).await;
+    let search =
+        TimeSeries::query(&plugin, &ns, &Query { after: Some(after.clone()), ..Query::search(None, (0, 10), ALL) }, 0)
+            .await;
     assert!(matches!(search, Err(PluginError::InvalidArgument { .. })), "{search:?}");
 
     let long_series = "s".repeat(256);
     let long_id = "é".repeat(5000);
     let events = [event(&long_series, 1, &long_id), event(&long_series, 1, "short"), good];
     TimeSeries::write(&plugin, &ns, &events).await.expect("write");
-    let page = TimeSeries::read(&plugin, &ns, &long_series, 0, 10, None, ALL, 0).await.expect("read");
+    let page = TimeSeries::query(&plugin, &ns, &Query::series(&long_series, (0, 10), ALL), 0).await.expect("read");
     assert_eq!(page.events.len(), 2);
     assert_eq!(page.events[0].event_id, "short");
     assert_eq!(page.events[1].event_id, long_id);
@@ -204,10 +209,13 @@ async fn zero_limits_still_make_progress() {
     let ns = namespace(&plugin, "t/limits", None).await;
     TimeSeries::write(&plugin, &ns, &[event("s", 2, "a"), event("s", 1, "b")]).await.expect("write");
     let limits = PageLimits { max_bytes: 0, max_items: Some(0) };
-    let page = TimeSeries::read(&plugin, &ns, "s", 0, 10, None, limits, 0).await.expect("read");
+    let page = TimeSeries::query(&plugin, &ns, &Query::series("s", (0, 10), limits), 0).await.expect("read");
     assert_eq!(page.events.len(), 1);
     assert_eq!(page.next.as_ref().map(|c| c.event_id.as_str()), Some("a"));
-    let page = TimeSeries::search(&plugin, &ns, 0, 10, None, page.next.as_ref(), limits, 0).await.expect("search");
+    let page =
+        TimeSeries::query(&plugin, &ns, &Query { after: page.next.clone(), ..Query::search(None, (0, 10), limits) }, 0)
+            .await
+            .expect("search");
     assert_eq!(page.events.len(), 1);
     assert_eq!(page.next, None);
 }
@@ -225,9 +233,9 @@ async fn damaged_rows_are_errors_not_panics() {
         events.insert(head.as_slice(), b"\xff\xff".as_slice()).expect("insert");
     }
     w.commit().expect("commit");
-    let read = TimeSeries::read(&plugin, &ns, "s", 0, 10, None, ALL, 0).await;
+    let read = TimeSeries::query(&plugin, &ns, &Query::series("s", (0, 10), ALL), 0).await;
     assert!(matches!(read, Err(PluginError::Internal { .. })), "{read:?}");
-    let search = TimeSeries::search(&plugin, &ns, 0, 10, None, None, ALL, 0).await;
+    let search = TimeSeries::query(&plugin, &ns, &Query::search(None, (0, 10), ALL), 0).await;
     assert!(matches!(search, Err(PluginError::Internal { .. })), "{search:?}");
 }
 
