@@ -28,7 +28,7 @@
 //! only called with the real clock, and an item a case expects to stay
 //! stored expires an hour or more from now, so one case's reclamation
 //! never touches another's data. TimeSeries
-//! reclamation ([`TimeSeries::reclaim`](crate::ts::TimeSeries::reclaim))
+//! reclamation ([`TimeSeriesHandle::reclaim`](crate::ts::TimeSeriesHandle::reclaim))
 //! is per namespace, so its cases pass any `now` they like.
 
 pub mod kv;

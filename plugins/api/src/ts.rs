@@ -3,6 +3,7 @@
 //! event_time, event_id, key): writing it again is a no-op.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -174,26 +175,34 @@ pub fn read_window(
 ///   `max_bytes` (the crossing event included) or at `max_items` events;
 ///   `next` is the last event returned when more may follow.
 /// - **Retention**: with a namespace retention `r`, events with
-///   `event_time < now - r` are never returned; [`TimeSeries::reclaim`]
+///   `event_time < now - r` are never returned; [`TimeSeriesHandle::reclaim`]
 ///   removes them (whole time partitions where the backend has them).
-#[async_trait]
 pub trait TimeSeries: Send + Sync {
+    /// Opens namespace `ns`, as [`KeyValue::open`](crate::kv::KeyValue::open)
+    /// does: once, without I/O; a handle stays valid for the incarnation
+    /// and spec it was opened with.
+    fn open(&self, ns: &Namespace) -> Result<Arc<dyn TimeSeriesHandle>>;
+}
+
+/// One namespace of a [`TimeSeries`] store, opened.
+#[async_trait]
+pub trait TimeSeriesHandle: Send + Sync {
     /// Writes events; returns when they are durable.
-    async fn write(&self, ns: &Namespace, events: &[Event]) -> Result<()>;
+    async fn write(&self, events: &[Event]) -> Result<()>;
 
     /// As [`write`](Self::write), storing `context` with the events where
     /// the backend keeps per-message metadata. Backends without any write
     /// as `write` does.
-    async fn write_with(&self, ns: &Namespace, events: &[Event], context: &WriteContext) -> Result<()> {
+    async fn write_with(&self, events: &[Event], context: &WriteContext) -> Result<()> {
         let _ = context;
-        self.write(ns, events).await
+        self.write(events).await
     }
 
     /// The page of events `query` selects at `now`, newest first;
     /// nothing past retention at `now`.
-    async fn query(&self, ns: &Namespace, query: &Query, now: Micros) -> Result<EventsPage>;
+    async fn query(&self, query: &Query, now: Micros) -> Result<EventsPage>;
 
     /// Removes the namespace's events past its retention at `now`.
     /// Returns how many events (or an estimate, for partition drops) went.
-    async fn reclaim(&self, ns: &Namespace, now: Micros) -> Result<u64>;
+    async fn reclaim(&self, now: Micros) -> Result<u64>;
 }

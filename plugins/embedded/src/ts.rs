@@ -44,7 +44,7 @@
 //! # Retention
 //!
 //! Reads and searches never return events older than `now - retention`:
-//! the interval is cut before any key is read. [`TimeSeries::reclaim`]
+//! the interval is cut before any key is read. [`TimeSeriesHandle::reclaim`]
 //! drops every partition wholly older than that cutoff, one transaction
 //! each, then removes the older events of the one partition the cutoff
 //! falls in, in batches, so that after it nothing past retention is kept.
@@ -65,7 +65,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeries};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeries, TimeSeriesHandle};
 use prism_plugin_api::{Micros, Namespace};
 use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -73,10 +73,10 @@ use self::codec::{
     Row, check_id, decode_tags, encode_tags, event_key, head_key, index_key, index_time_key, item_key, items_key,
     partition, partition_key, series_key, series_time_key, split_index, split_row,
 };
-use crate::EmbeddedPlugin;
 use crate::error::{EmbeddedError, Result, storage};
 use crate::kv::codec::prefix_end;
 use crate::kv::{Bytes, Incarnation, NAMESPACES, Pager, Store, count_bytes, purge_range, registered};
+use crate::{EmbeddedPlugin, Opened};
 
 const EVENTS: TableDefinition<Bytes, Bytes> = TableDefinition::new("ts_events");
 const INDEX: TableDefinition<Bytes, ()> = TableDefinition::new("ts_index");
@@ -485,26 +485,33 @@ impl Store {
     }
 }
 
-#[async_trait]
 impl TimeSeries for EmbeddedPlugin {
-    async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
-        let ns = Incarnation::of(ns)?;
+    fn open(&self, ns: &Namespace) -> prism_plugin_api::Result<Arc<dyn TimeSeriesHandle>> {
+        Ok(Arc::new(Opened::of(&self.turns, ns)?))
+    }
+}
+
+#[async_trait]
+impl TimeSeriesHandle for Opened {
+    async fn write(&self, events: &[Event]) -> prism_plugin_api::Result<()> {
+        let ns = self.ns.clone();
         if events.is_empty() {
             // No transaction to commit, but the namespace must exist.
-            self.read_turn(move |s| s.storage_bytes(&ns)).await?;
+            self.turns.read_turn(move |s| s.storage_bytes(&ns)).await?;
             return Ok(());
         }
         let events = events.to_vec();
-        Ok(self.write_turn(move |s| s.write_events(&ns, &events)).await?)
+        Ok(self.turns.write_turn(move |s| s.write_events(&ns, &events)).await?)
     }
 
-    async fn query(&self, ns: &Namespace, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
+    async fn query(&self, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
         // The times `[start, end)` leaves after retention at `now` and the
         // cursor; when none are left, only a check that the namespace is
         // provisioned.
-        let window = query.window(now, retention(ns));
-        let (ns, query) = (Incarnation::of(ns)?, query.clone());
+        let window = query.window(now, self.retention);
+        let (ns, query) = (self.ns.clone(), query.clone());
         Ok(self
+            .turns
             .read_turn(move |s| match window {
                 Some(window) => s.query(&ns, &query, window),
                 None => s.storage_bytes(&ns).map(|_| EventsPage::default()),
@@ -512,12 +519,11 @@ impl TimeSeries for EmbeddedPlugin {
             .await?)
     }
 
-    async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {
-        let retention = retention(ns);
-        let ns = Arc::new(Incarnation::of(ns)?);
-        let Some(retention) = retention else {
+    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
+        let Some(retention) = self.retention else {
             // Nothing is past retention, but the namespace must exist.
-            self.read_turn(move |s| s.storage_bytes(&ns)).await?;
+            let ns = self.ns.clone();
+            self.turns.read_turn(move |s| s.storage_bytes(&ns)).await?;
             return Ok(0);
         };
         let cutoff = now.saturating_sub(retention);
@@ -525,15 +531,15 @@ impl TimeSeries for EmbeddedPlugin {
         // One transaction per partition or batch, each taking its turn
         // among writers.
         loop {
-            let ns = ns.clone();
-            match self.write_turn(move |s| s.drop_partition(&ns, cutoff)).await? {
+            let ns = self.ns.clone();
+            match self.turns.write_turn(move |s| s.drop_partition(&ns, cutoff)).await? {
                 Some(events) => removed += events,
                 None => break,
             }
         }
         loop {
-            let ns = ns.clone();
-            let (events, more) = self.write_turn(move |s| s.trim_partition(&ns, cutoff, TRIM_BATCH)).await?;
+            let ns = self.ns.clone();
+            let (events, more) = self.turns.write_turn(move |s| s.trim_partition(&ns, cutoff, TRIM_BATCH)).await?;
             removed += events;
             if !more {
                 return Ok(removed);

@@ -34,7 +34,7 @@ async fn data_survives_reopening() {
     drop(c);
 
     drop(subject);
-    let c = Case { plugin: open(dir.path()).plugin, ns, base };
+    let c = Case::resume(open(dir.path()).plugin, ns, base);
     assert_eq!(c.storage().await, stored);
     assert_eq!(c.entries("r").await, pairs(&[("big", big.as_slice()), ("k", b"v".as_slice())]));
     c.mutate("r", &[put("k", "retry")], &c.token(1, "tok")).await;
@@ -67,7 +67,7 @@ async fn events_survive_reopening() {
     drop(c);
 
     drop(subject);
-    let c = Case { plugin: open(dir.path()).plugin, ns, base };
+    let c = Case::resume(open(dir.path()).plugin, ns, base);
     assert_eq!(c.storage().await, stored);
     let want = newest_first(&written);
     assert!(c.matching(None).await == want, "every event comes back after reopening");
@@ -132,7 +132,7 @@ async fn reclaimer_frees_expired_data_and_stops_with_the_plugin() {
 async fn nul_in_a_record_id_is_invalid() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let c = Case::provision(&open(dir.path()), "nul_in_a_record_id_is_invalid").await;
-    let result = c.kv().mutate(&c.ns, "a\0b", &[put("k", "v")], &c.at(1)).await;
+    let result = c.kv().mutate("a\0b", &[put("k", "v")], &c.at(1)).await;
     assert!(matches!(result, Err(PluginError::InvalidArgument { .. })), "{result:?}");
     c.finish().await;
 }

@@ -70,7 +70,7 @@ async fn an_outage_fails_writes_in_bounded_time_and_heals_by_itself() {
     assert_eq!(ids(&c.series("s").await), ["before"]);
 
     broker.stop();
-    let ts = subject.plugin.time_series().expect("time_series");
+    let ts = c.ts();
     // Bounded: the plugin's own timeouts (2 s each step here) end every
     // call well before this; how long is printed, not asserted (no timing
     // assertions in tests).
@@ -78,7 +78,7 @@ async fn an_outage_fails_writes_in_bounded_time_and_heals_by_itself() {
     let during = [event("s", t + 1, "during", &[("k", "v")], &[])];
     for attempt in 0..2 {
         let started = std::time::Instant::now();
-        let got = tokio::time::timeout(bound, ts.write(&c.ns, &during)).await.expect("a write returns");
+        let got = tokio::time::timeout(bound, ts.write(&during)).await.expect("a write returns");
         let error = got.expect_err("a write fails while the broker is down");
         assert!(matches!(error, PluginError::Unavailable { .. }), "write {attempt}: {error:?}");
         assert!(error.could_retry());
@@ -86,16 +86,15 @@ async fn an_outage_fails_writes_in_bounded_time_and_heals_by_itself() {
         assert!(!message.contains(&broker.port().to_string()), "the message names the broker: {message}");
         println!("write {attempt} failed after {:?}", started.elapsed());
     }
-    let got =
-        tokio::time::timeout(bound, ts.query(&c.ns, &Query::series("s", (i64::MIN, i64::MAX), UNLIMITED), c.base))
-            .await
-            .expect("a read returns");
+    let got = tokio::time::timeout(bound, ts.query(&Query::series("s", (i64::MIN, i64::MAX), UNLIMITED), c.base))
+        .await
+        .expect("a read returns");
     assert!(matches!(got, Err(PluginError::Unavailable { .. })), "read: {got:?}");
 
     broker.restart().expect("restart the broker");
     let after = [event("s", t + 2, "after", &[("k", "v")], &[])];
-    let (ns, after_ref) = (&c.ns, &after);
-    eventually(Duration::from_secs(60), || async move { Ok(ts.write(ns, after_ref).await?) })
+    let after_ref = &after;
+    eventually(Duration::from_secs(60), || async move { Ok(ts.write(after_ref).await?) })
         .await
         .expect("writes work again once the broker is back");
     assert_eq!(ids(&c.series("s").await), ["after"], "the restarted (in-memory) broker kept nothing else");

@@ -61,14 +61,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::PoisonError;
 
 use async_trait::async_trait;
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TimeSeries};
-use prism_plugin_api::{Micros, Namespace};
+use prism_plugin_api::Micros;
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TimeSeriesHandle};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, Row, Transaction};
 
 use self::filter::Arg;
-use crate::PostgresPlugin;
+use crate::Opened;
 use crate::error::{PostgresError, Result};
 use crate::kv::{TableNames, Target};
 
@@ -124,8 +124,6 @@ pub(crate) fn ddl(names: &TableNames) -> String {
         ihi = part('i', "hi"),
     )
 }
-
-use prism_plugin_api::ts::retention;
 
 /// The day partition holding `time`; `None` for the edge partitions.
 fn day_of(time: Micros) -> Option<i64> {
@@ -575,24 +573,18 @@ async fn reclaim(t: &Target, now: Micros, retention: Option<Micros>) -> Result<u
 }
 
 #[async_trait]
-impl TimeSeries for PostgresPlugin {
-    async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
-        let t = self.target(ns)?;
-        let result = self.bounded("write", write(&t, events)).await;
-        Ok(self.settle(&t, result)?)
+impl TimeSeriesHandle for Opened {
+    async fn write(&self, events: &[Event]) -> prism_plugin_api::Result<()> {
+        self.run("write", write(&self.target, events)).await
     }
 
-    async fn query(&self, ns: &Namespace, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
-        let t = self.target(ns)?;
+    async fn query(&self, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
         let what = if query.series.is_some() { "read" } else { "search" };
-        let result = self.bounded(what, page(&t, query, now, retention(ns))).await;
-        Ok(self.settle(&t, result)?)
+        self.run(what, page(&self.target, query, now, self.retention)).await
     }
 
-    async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {
-        let t = self.target(ns)?;
-        let result = self.bounded("reclaim", reclaim(&t, now, retention(ns))).await;
-        Ok(self.settle(&t, result)?)
+    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
+        self.run("reclaim", reclaim(&self.target, now, self.retention)).await
     }
 }
 

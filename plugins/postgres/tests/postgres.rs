@@ -127,11 +127,9 @@ async fn namespace_names_with_sql_are_refused_before_any_sql() {
             Err(PluginError::InvalidArgument { field, .. }) => assert_eq!(field, "namespace", "{name:?}"),
             other => panic!("provision {name:?}: want InvalidArgument, got {other:?}"),
         }
-        let kv = plugin.key_value().expect("key_value");
-        let got = kv.get(&ns, "r", &Selector::All, None, UNLIMITED, now_micros()).await;
-        assert!(matches!(got, Err(PluginError::InvalidArgument { .. })), "get {name:?}: {got:?}");
-        let got = kv.mutate(&ns, "r", &[put("k", "v")], &WriteStamp { generation_time: 1, token: None }).await;
-        assert!(matches!(got, Err(PluginError::InvalidArgument { .. })), "mutate {name:?}: {got:?}");
+        // Nor is it served: opening it, before any get or mutate, fails.
+        let got = plugin.key_value().expect("key_value").open(&ns).err();
+        assert!(matches!(got, Some(PluginError::InvalidArgument { .. })), "open {name:?}: {got:?}");
     }
     let client = sql(server).await;
     let schemas: i64 = client
@@ -256,7 +254,7 @@ async fn the_longest_ids_and_keys_fit_and_longer_are_invalid() {
     let kv = c.kv();
     let longer = [key.clone(), vec![0]].concat();
     for mutation in [put(&longer, "v"), Mutation::Delete(longer.clone())] {
-        match kv.mutate(&c.ns, &id, &[mutation], &c.at(3)).await {
+        match kv.mutate(&id, &[mutation], &c.at(3)).await {
             Err(PluginError::InvalidArgument { field, description }) => {
                 assert_eq!(field, "key");
                 assert!(description.contains(&MAX_ID_AND_KEY_BYTES.to_string()), "{description}");
@@ -338,6 +336,7 @@ async fn writers_through_different_gateways_keep_the_last_writer() {
         subject(settings, PostgresPluginConfig::default()),
     ];
     let c = Case::provision(&gateways[0], "two-gateways").await;
+    let opened = gateways.each_ref().map(|g| Case::resume(g.plugin.clone(), c.ns.clone(), c.base));
     let mut tasks = Vec::new();
     for i in 0..WRITERS {
         let offset = 1 + (i * 7) % WRITERS; // a permutation of 1..=WRITERS
@@ -347,11 +346,8 @@ async fn writers_through_different_gateways_keep_the_last_writer() {
             _ => put("k", offset.to_string()),
         };
         let mutations = vec![contested, put(format!("own-{offset:02}"), "x")];
-        let gateway = gateways[(i % 2) as usize].plugin.clone();
-        let (ns, stamp) = (c.ns.clone(), c.at(offset));
-        tasks.push(tokio::spawn(async move {
-            gateway.key_value().expect("key_value").mutate(&ns, "r", &mutations, &stamp).await
-        }));
+        let (gateway, stamp) = (opened[(i % 2) as usize].kv().clone(), c.at(offset));
+        tasks.push(tokio::spawn(async move { gateway.mutate("r", &mutations, &stamp).await }));
     }
     for task in tasks {
         task.await.expect("writer task").expect("mutate");
@@ -361,8 +357,7 @@ async fn writers_through_different_gateways_keep_the_last_writer() {
         (1..=WRITERS).map(|o| (format!("own-{o:02}").into_bytes(), b"x".to_vec())).collect();
     want.push((b"k".to_vec(), WRITERS.to_string().into_bytes()));
     want.sort();
-    for gateway in &gateways {
-        let reader = Case { plugin: gateway.plugin.clone(), ns: c.ns.clone(), base: c.base };
+    for reader in &opened {
         assert_eq!(reader.entries("r").await, want);
     }
     c.finish().await;
@@ -381,19 +376,16 @@ async fn a_racing_older_put_never_outlives_a_range_delete() {
         subject(settings, PostgresPluginConfig::default()),
     ];
     let c = Case::provision(&gateways[0], "racing-ranges").await;
+    let opened = gateways.each_ref().map(|g| Case::resume(g.plugin.clone(), c.ns.clone(), c.base));
     let mut tasks = Vec::new();
     for round in 0..ROUNDS {
         let id = format!("r{round:03}");
-        let (deleter, putter) = (gateways[round % 2].plugin.clone(), gateways[(round + 1) % 2].plugin.clone());
+        let (deleter, putter) = (opened[round % 2].kv().clone(), opened[(round + 1) % 2].kv().clone());
         let delete_all = vec![Mutation::DeleteRange(KeyRange { start: b"a".to_vec(), end: Some(b"z".to_vec()) })];
-        let (ns, newer, older) = (c.ns.clone(), c.at(10), c.at(5));
-        let (ns2, id2) = (ns.clone(), id.clone());
-        tasks.push(tokio::spawn(async move {
-            deleter.key_value().expect("key_value").mutate(&ns, &id, &delete_all, &newer).await
-        }));
-        tasks.push(tokio::spawn(async move {
-            putter.key_value().expect("key_value").mutate(&ns2, &id2, &[put("k", "older")], &older).await
-        }));
+        let (newer, older) = (c.at(10), c.at(5));
+        let id2 = id.clone();
+        tasks.push(tokio::spawn(async move { deleter.mutate(&id, &delete_all, &newer).await }));
+        tasks.push(tokio::spawn(async move { putter.mutate(&id2, &[put("k", "older")], &older).await }));
     }
     for task in tasks {
         task.await.expect("writer task").expect("mutate");
@@ -461,12 +453,12 @@ async fn a_read_across_batches_sees_one_snapshot_while_a_writer_races_it() {
         let mut reads = 0;
         while !writer.is_finished() || reads < 3 {
             for (id, count) in [("small", 600), ("large", 24)] {
-                let page = c.kv().get(&c.ns, id, &Selector::All, None, UNLIMITED, c.base).await.expect("get");
+                let page = c.kv().get(id, &Selector::All, None, UNLIMITED, c.base).await.expect("get");
                 assert!(page.next.is_none(), "one page holds the record");
                 let (_, items) = one_version(id, &page.items);
                 assert_eq!(items, count, "{id}: every item, once");
             }
-            let page = c.kv().scan(&c.ns, None, UNLIMITED, c.base).await.expect("scan");
+            let page = c.kv().scan(None, UNLIMITED, c.base).await.expect("scan");
             assert!(page.next.is_none(), "one page holds the namespace");
             for record in &page.records {
                 one_version(&format!("scan of {}", record.id), &record.items);
@@ -475,7 +467,7 @@ async fn a_read_across_batches_sees_one_snapshot_while_a_writer_races_it() {
         }
         writer.await.expect("writer task");
         for id in ["small", "large"] {
-            let page = c.kv().get(&c.ns, id, &Selector::All, None, UNLIMITED, c.base).await.expect("get");
+            let page = c.kv().get(id, &Selector::All, None, UNLIMITED, c.base).await.expect("get");
             assert_eq!(one_version(id, &page.items).0, format!("v{VERSIONS:06}"), "{id}: the last version");
         }
         // Small pages of the same records: one statement each.
@@ -508,19 +500,19 @@ async fn behind_a_transaction_pooler_statements_go_unnamed() {
             subject(settings, PostgresPluginConfig::default()),
         ];
         let c = Case::provision(&gateways[0], "bouncer").await;
+        let opened = gateways.each_ref().map(|g| Case::resume(g.plugin.clone(), c.ns.clone(), c.base));
         let mut tasks = Vec::new();
         for w in 0..8 {
-            let (gateway, ns, base) = (gateways[w % 2].plugin.clone(), c.ns.clone(), c.base);
+            let (kv, base) = (opened[w % 2].kv().clone(), c.base);
             tasks.push(tokio::spawn(async move {
-                let kv = gateway.key_value().expect("key_value");
                 for n in 0..20i64 {
                     let id = format!("r{w}");
                     let stamp = WriteStamp { generation_time: base + n, token: Some(format!("t{w}-{n}")) };
                     let mutations = [put(format!("k{n:02}"), n.to_string())];
-                    kv.mutate(&ns, &id, &mutations, &stamp).await?;
+                    kv.mutate(&id, &mutations, &stamp).await?;
                     // The same token again: applied once.
-                    kv.mutate(&ns, &id, &[put(format!("k{n:02}"), "retried")], &stamp).await?;
-                    let page = kv.get(&ns, &id, &Selector::All, None, UNLIMITED, base).await?;
+                    kv.mutate(&id, &[put(format!("k{n:02}"), "retried")], &stamp).await?;
+                    let page = kv.get(&id, &Selector::All, None, UNLIMITED, base).await?;
                     assert_eq!(page.items.len(), n as usize + 1, "{id}: every write so far, once");
                 }
                 Ok::<(), PluginError>(())
@@ -615,26 +607,26 @@ async fn an_outage_fails_requests_and_heals_by_itself() {
     assert_eq!(c.entries("r").await, pairs(&[("k", "before")]));
 
     server.stop().expect("stop the server");
-    let kv = plugin.plugin.key_value().expect("key_value");
+    let kv = c.kv();
     // Bounded: the plugin's own timeouts end every call well before this.
     let bound = Duration::from_secs(30);
-    let got = tokio::time::timeout(bound, kv.get(&c.ns, "r", &Selector::All, None, UNLIMITED, c.base))
+    let got = tokio::time::timeout(bound, kv.get("r", &Selector::All, None, UNLIMITED, c.base))
         .await
         .expect("a get returns while the server is down");
     assert!(matches!(got, Err(PluginError::Unavailable { .. })), "get: {got:?}");
-    let got = tokio::time::timeout(bound, kv.mutate(&c.ns, "r", &[put("k", "during")], &c.at(2)))
+    let got = tokio::time::timeout(bound, kv.mutate("r", &[put("k", "during")], &c.at(2)))
         .await
         .expect("a mutate returns while the server is down");
     let error = got.expect_err("a mutate fails while the server is down");
     assert!(error.could_retry(), "{error:?}");
     assert!(!error.report().message.contains(&server.port().to_string()), "{}", error.report().message);
-    let got = tokio::time::timeout(bound, kv.storage_bytes(&c.ns)).await.expect("storage_bytes returns");
+    let got = tokio::time::timeout(bound, kv.storage_bytes()).await.expect("storage_bytes returns");
     assert!(matches!(got, Err(PluginError::Unavailable { .. })), "storage_bytes: {got:?}");
 
     server.restart().expect("restart the server");
-    let (ns, base) = (&c.ns, c.base);
+    let base = c.base;
     let entries = prism_testkit::eventually(Duration::from_secs(30), || async move {
-        let page = kv.get(ns, "r", &Selector::All, None, UNLIMITED, base).await?;
+        let page = kv.get("r", &Selector::All, None, UNLIMITED, base).await?;
         Ok(page.items.into_iter().map(|i| (i.key, i.value)).collect::<Vec<_>>())
     })
     .await
@@ -676,24 +668,23 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
 
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let (plugin, kv_ns, ts_ns) = (plugin.clone(), kv_case.ns.clone(), ts_case.ns.clone());
+        let (kv, ts) = (kv_case.kv().clone(), ts_case.ts().clone());
         let (base, ts_base) = (kv_case.base, ts_case.base);
         let (acknowledged, retried) = (acknowledged.clone(), retried.clone());
         writers.push(tokio::spawn(async move {
-            let (kv, ts) =
-                (plugin.plugin.key_value().expect("key_value"), plugin.plugin.time_series().expect("time_series"));
+            let (kv, ts) = (&kv, &ts);
             for i in 0..WRITES {
                 let record = format!("r{w}");
                 let mutation = [put(format!("k{i:04}"), format!("v{w}-{i}"))];
                 let stamp = WriteStamp { generation_time: base + i as i64, token: Some(format!("t{w}-{i}")) };
                 let event = restart_event(w, i, ts_base);
                 let (record, mutation, stamp, event) = (&record, &mutation, &stamp, &event);
-                let (retried, kv_ns, ts_ns) = (&retried, &kv_ns, &ts_ns);
+                let retried = &retried;
                 // Each write is retried as it was until acknowledged: a
                 // write that committed but whose acknowledgement was lost
                 // must not apply twice.
                 prism_testkit::eventually(Duration::from_secs(60), || async move {
-                    let result = kv.mutate(kv_ns, record, mutation, stamp).await;
+                    let result = kv.mutate(record, mutation, stamp).await;
                     if result.is_err() {
                         retried.fetch_add(1, Ordering::Relaxed);
                     }
@@ -702,7 +693,7 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
                 .await
                 .unwrap_or_else(|e| panic!("writer {w}: put {i} never acknowledged: {e:#}"));
                 prism_testkit::eventually(Duration::from_secs(60), || async move {
-                    let result = ts.write(ts_ns, std::slice::from_ref(event)).await;
+                    let result = ts.write(std::slice::from_ref(event)).await;
                     if result.is_err() {
                         retried.fetch_add(1, Ordering::Relaxed);
                     }
@@ -741,11 +732,10 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
     assert!(during < WRITERS * WRITES, "the restart came after every write: it tested nothing");
     println!("restart after {during} writes; {} attempts failed and were retried", retried.load(Ordering::Relaxed));
 
-    let kv = plugin.plugin.key_value().expect("key_value");
-    let ts = plugin.plugin.time_series().expect("time_series");
+    let (kv, ts) = (kv_case.kv(), ts_case.ts());
     let roomy = PageLimits { max_bytes: u64::MAX, max_items: None };
     for w in 0..WRITERS {
-        let page = kv.get(&kv_case.ns, &format!("r{w}"), &Selector::All, None, roomy, kv_case.base).await.expect("get");
+        let page = kv.get(&format!("r{w}"), &Selector::All, None, roomy, kv_case.base).await.expect("get");
         let got: Vec<(Vec<u8>, Vec<u8>)> = page.items.into_iter().map(|i| (i.key, i.value)).collect();
         let want: Vec<(Vec<u8>, Vec<u8>)> =
             (0..WRITES).map(|i| (format!("k{i:04}").into_bytes(), format!("v{w}-{i}").into_bytes())).collect();
@@ -754,7 +744,7 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
         let base = ts_case.base;
         let series = format!("s{w}");
         let query = Query::series(&series, (base - DAY, base + DAY), roomy);
-        let page = ts.query(&ts_case.ns, &query, base).await.expect("read");
+        let page = ts.query(&query, base).await.expect("read");
         assert_eq!(page.next, None);
         let mut want: Vec<_> = (0..WRITES).map(|i| restart_event(w, i, base)).collect();
         want.reverse(); // newest first

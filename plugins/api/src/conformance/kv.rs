@@ -101,7 +101,7 @@ pub async fn absent_record_reads_empty(subject: Subject) {
     let c = Case::provision(&subject, "absent_record_reads_empty").await;
     c.put("present", &[("k", "v")], 1).await;
     for selector in [Selector::All, keys(&["k"]), Selector::Range(KeyRange::all())] {
-        let page = c.kv().get(&c.ns, "absent", &selector, None, UNLIMITED, c.base).await.expect("get");
+        let page = c.kv().get("absent", &selector, None, UNLIMITED, c.base).await.expect("get");
         assert_eq!(page.items, vec![], "{selector:?}");
         assert_eq!(page.next, None, "{selector:?}");
     }
@@ -139,7 +139,7 @@ pub async fn range_selector_is_half_open(subject: Subject) {
         assert_eq!(key_names(&got), want, "{r:?}");
     }
     let inverted = Selector::Range(range("d", Some("b")));
-    match c.kv().get(&c.ns, "r", &inverted, None, UNLIMITED, c.base).await {
+    match c.kv().get("r", &inverted, None, UNLIMITED, c.base).await {
         Ok(page) => assert_eq!(page.items, vec![], "an inverted range selects nothing"),
         Err(PluginError::InvalidArgument { .. }) => {}
         Err(e) => panic!("an inverted range: want nothing or InvalidArgument, got {e:?}"),
@@ -162,7 +162,7 @@ pub async fn reads_continue_after_key(subject: Subject) {
         (Selector::Range(range("c", None)), "a", vec!["c", "d", "e"]),
     ];
     for (selector, after, want) in cases {
-        let page = c.kv().get(&c.ns, "r", &selector, Some(after.as_bytes()), UNLIMITED, c.base).await.expect("get");
+        let page = c.kv().get("r", &selector, Some(after.as_bytes()), UNLIMITED, c.base).await.expect("get");
         let got: Vec<String> = page.items.iter().map(|i| String::from_utf8_lossy(&i.key).into_owned()).collect();
         assert_eq!(got, want, "{selector:?} after {after:?}");
         assert_eq!(page.next, None);
@@ -350,11 +350,8 @@ pub async fn concurrent_writers_keep_last_writer(subject: Subject) {
             let offset = 1 + (i * 7 + record.len() as i64) % WRITERS;
             let contested = if offset % 5 == 0 { delete("k") } else { put("k", offset.to_string()) };
             let mutations = vec![contested, put(format!("own-{offset:02}"), "x")];
-            let (plugin, ns, stamp) = (c.plugin.clone(), c.ns.clone(), c.at(offset));
-            tasks.push(tokio::spawn(async move {
-                let kv = plugin.key_value().expect("key_value");
-                kv.mutate(&ns, record, &mutations, &stamp).await
-            }));
+            let (kv, stamp) = (c.kv().clone(), c.at(offset));
+            tasks.push(tokio::spawn(async move { kv.mutate(record, &mutations, &stamp).await }));
         }
     }
     for task in tasks {
@@ -448,14 +445,14 @@ pub async fn reclaim_removes_expired_items(subject: Subject) {
     c.mutate("gone", &[put_expiring("x", &value, now - 1)], &c.at(1)).await;
     let before = c.storage().await;
     assert!(before >= 20 * KIB as u64, "storage_bytes {before} counts five 4 KiB values");
-    let removed = c.kv().reclaim(now_micros()).await.expect("reclaim");
+    let removed = c.reclaim_expired(now_micros()).await;
     assert!(removed >= 3, "reclaim removed {removed} items, want at least this case's 3");
     let after = c.storage().await;
     assert!(before - after.min(before) >= 12 * KIB as u64, "storage_bytes went from {before} to {after}");
     assert_eq!(key_names(&c.entries("r").await), ["c", "d"]);
     assert_eq!(c.entries("r").await[0].1, value);
     assert_eq!(c.entries("gone").await, vec![]);
-    c.kv().reclaim(now_micros()).await.expect("reclaim again");
+    c.reclaim_expired(now_micros()).await;
     assert!(c.storage().await >= 8 * KIB as u64, "the live values are still counted");
     assert_eq!(key_names(&c.entries("r").await), ["c", "d"]);
     c.finish().await;
@@ -504,7 +501,7 @@ pub async fn get_pages_by_item_count(subject: Subject) {
     }
     let page = c
         .kv()
-        .get(&c.ns, "r", &Selector::All, None, PageLimits { max_bytes: u64::MAX, max_items: Some(7) }, c.base)
+        .get("r", &Selector::All, None, PageLimits { max_bytes: u64::MAX, max_items: Some(7) }, c.base)
         .await
         .expect("get");
     assert_eq!(page.items.len(), 7);
@@ -521,8 +518,7 @@ pub async fn item_larger_than_page_comes_alone(subject: Subject) {
     let mut after: Option<Vec<u8>> = None;
     let mut pages = Vec::new();
     loop {
-        let page =
-            c.kv().get(&c.ns, "r", &Selector::All, after.as_deref(), bytes_limit(10), c.base).await.expect("get");
+        let page = c.kv().get("r", &Selector::All, after.as_deref(), bytes_limit(10), c.base).await.expect("get");
         if !page.items.is_empty() {
             pages.push(page.items.clone());
         }
@@ -540,7 +536,7 @@ pub async fn item_larger_than_page_comes_alone(subject: Subject) {
     // A big item after small ones crosses the bound and is included.
     c.put("mixed", &[("a", "12345"), ("b", "12345")], 1).await;
     c.mutate("mixed", &[put("c", pattern(1000, 9)), put("d", "12345")], &c.at(1)).await;
-    let page = c.kv().get(&c.ns, "mixed", &Selector::All, None, bytes_limit(20), c.base).await.expect("get");
+    let page = c.kv().get("mixed", &Selector::All, None, bytes_limit(20), c.base).await.expect("get");
     assert_eq!(page.items.iter().map(|i| i.key.clone()).collect::<Vec<_>>(), [b"a", b"b", b"c"]);
     assert_eq!(page.next, Some(b"c".to_vec()));
     c.finish().await;
@@ -553,14 +549,14 @@ pub async fn last_page_has_no_next(subject: Subject) {
     c.put("r", &[("a", "1"), ("b", "2"), ("c", "3")], 1).await;
     let roomy = PageLimits { max_bytes: 1000, max_items: Some(10) };
     for selector in [Selector::All, keys(&["a", "c"]), Selector::Range(range("b", None))] {
-        let page = c.kv().get(&c.ns, "r", &selector, None, roomy, c.base).await.expect("get");
+        let page = c.kv().get("r", &selector, None, roomy, c.base).await.expect("get");
         assert!(!page.items.is_empty());
         assert_eq!(page.next, None, "{selector:?}");
     }
-    let page = c.kv().get(&c.ns, "r", &Selector::All, Some(b"a"), roomy, c.base).await.expect("get");
+    let page = c.kv().get("r", &Selector::All, Some(b"a"), roomy, c.base).await.expect("get");
     assert_eq!(page.items.len(), 2);
     assert_eq!(page.next, None);
-    let page = c.kv().scan(&c.ns, None, roomy, c.base).await.expect("scan");
+    let page = c.kv().scan(None, roomy, c.base).await.expect("scan");
     assert_eq!(page.records.len(), 1);
     assert_eq!(page.next, None);
     c.finish().await;
@@ -623,7 +619,7 @@ pub async fn scan_skips_expired_items(subject: Subject) {
 
 pub async fn scan_of_empty_namespace_is_empty(subject: Subject) {
     let c = Case::provision(&subject, "scan_of_empty_namespace_is_empty").await;
-    let page = c.kv().scan(&c.ns, None, UNLIMITED, c.base).await.expect("scan");
+    let page = c.kv().scan(None, UNLIMITED, c.base).await.expect("scan");
     assert_eq!(page.records, vec![]);
     assert_eq!(page.next, None);
     // Deleted items leave nothing a scan returns.
@@ -815,10 +811,10 @@ pub async fn deprovision_removes_everything(subject: Subject) {
     c.plugin.deprovision(&c.ns).await.expect("deprovision");
 
     let kv = c.kv();
-    assert_not_provisioned("get", kv.get(&c.ns, "r", &Selector::All, None, UNLIMITED, c.base).await);
-    assert_not_provisioned("scan", kv.scan(&c.ns, None, UNLIMITED, c.base).await);
-    assert_not_provisioned("mutate", kv.mutate(&c.ns, "r", &[put("k", "v")], &c.at(20)).await);
-    match kv.storage_bytes(&c.ns).await {
+    assert_not_provisioned("get", kv.get("r", &Selector::All, None, UNLIMITED, c.base).await);
+    assert_not_provisioned("scan", kv.scan(None, UNLIMITED, c.base).await);
+    assert_not_provisioned("mutate", kv.mutate("r", &[put("k", "v")], &c.at(20)).await);
+    match kv.storage_bytes().await {
         Ok(0) | Err(PluginError::NotProvisioned(_)) => {}
         other => panic!("storage_bytes after deprovision: want 0 or NotProvisioned, got {other:?}"),
     }
@@ -848,10 +844,10 @@ pub async fn unprovisioned_namespace_is_refused(subject: Subject) {
     let ns = namespace(&subject, "unprovisioned_namespace_is_refused");
     let c = Case::unprovisioned(&subject, ns);
     let kv = c.kv();
-    assert_not_provisioned("mutate", kv.mutate(&c.ns, "r", &[put("k", "v")], &c.at(1)).await);
-    assert_not_provisioned("get", kv.get(&c.ns, "r", &Selector::All, None, UNLIMITED, c.base).await);
-    assert_not_provisioned("scan", kv.scan(&c.ns, None, UNLIMITED, c.base).await);
-    match kv.storage_bytes(&c.ns).await {
+    assert_not_provisioned("mutate", kv.mutate("r", &[put("k", "v")], &c.at(1)).await);
+    assert_not_provisioned("get", kv.get("r", &Selector::All, None, UNLIMITED, c.base).await);
+    assert_not_provisioned("scan", kv.scan(None, UNLIMITED, c.base).await);
+    match kv.storage_bytes().await {
         Ok(0) | Err(PluginError::NotProvisioned(_)) => {}
         other => panic!("storage_bytes of an unprovisioned namespace: want 0 or NotProvisioned, got {other:?}"),
     }

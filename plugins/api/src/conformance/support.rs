@@ -6,14 +6,14 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use prism_proto::control::{Abstraction, NamespaceSpec, Policies};
 
 use super::Subject;
-use crate::kv::{Item, KeyValue, Mutation, NewItem, PageLimits, ScanCursor, Selector, WriteStamp};
-use crate::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeries};
+use crate::kv::{Item, KeyValueHandle, Mutation, NewItem, PageLimits, ScanCursor, Selector, WriteStamp};
+use crate::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeriesHandle};
 use crate::{Micros, Namespace, Plugin, PluginError, now_micros};
 
 pub const KIB: usize = 1 << 10;
@@ -140,11 +140,18 @@ pub fn check_page_sizes(what: &str, sizes: &[u64], limits: PageLimits, has_next:
 }
 
 /// One case's namespace on one plugin.
+///
+/// The namespace is opened on first use and the handle kept for the whole
+/// case, as the gateway keeps it with the namespace's snapshot entry: so
+/// the cases also check that a handle keeps serving across deprovisioning
+/// and provisioning again.
 pub struct Case {
     pub plugin: Arc<dyn Plugin>,
     pub ns: Namespace,
     /// The case's clock: generation times are `base + offset`.
     pub base: Micros,
+    kv: OnceLock<Arc<dyn KeyValueHandle>>,
+    ts: OnceLock<Arc<dyn TimeSeriesHandle>>,
 }
 
 impl Case {
@@ -174,11 +181,27 @@ impl Case {
 
     /// A case on `ns`, which the caller provisions (or not).
     pub fn unprovisioned(subject: &Subject, ns: Namespace) -> Self {
-        Self { plugin: subject.plugin.clone(), ns, base: now_micros() }
+        Self::resume(subject.plugin.clone(), ns, now_micros())
     }
 
-    pub fn kv(&self) -> &dyn KeyValue {
-        self.plugin.key_value().expect("a plugin under the KeyValue suite serves KeyValue")
+    /// A case on `ns` of `plugin` that an earlier case (of another plugin
+    /// on the same storage, say) began at `base`.
+    pub fn resume(plugin: Arc<dyn Plugin>, ns: Namespace, base: Micros) -> Self {
+        Self { plugin, ns, base, kv: OnceLock::new(), ts: OnceLock::new() }
+    }
+
+    /// The namespace, opened as KeyValue.
+    pub fn kv(&self) -> &Arc<dyn KeyValueHandle> {
+        self.kv.get_or_init(|| {
+            let kv = self.plugin.key_value().expect("a plugin under the KeyValue suite serves KeyValue");
+            kv.open(&self.ns).expect("open the namespace")
+        })
+    }
+
+    /// Reclaims expired items in every namespace of the plugin, at `now`.
+    pub async fn reclaim_expired(&self, now: Micros) -> u64 {
+        let kv = self.plugin.key_value().expect("a plugin under the KeyValue suite serves KeyValue");
+        kv.reclaim(now).await.expect("reclaim")
     }
 
     /// A write stamped `base + offset`, without a token.
@@ -192,7 +215,7 @@ impl Case {
     }
 
     pub async fn mutate(&self, id: &str, mutations: &[Mutation], stamp: &WriteStamp) {
-        self.kv().mutate(&self.ns, id, mutations, stamp).await.expect("mutate");
+        self.kv().mutate(id, mutations, stamp).await.expect("mutate");
     }
 
     /// Puts `items` into record `id` at `base + offset`.
@@ -206,7 +229,7 @@ impl Case {
         let mut out: Vec<Item> = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         for _ in 0..MAX_PAGES {
-            let page = self.kv().get(&self.ns, id, selector, after.as_deref(), limits, now).await.expect("get");
+            let page = self.kv().get(id, selector, after.as_deref(), limits, now).await.expect("get");
             let refs: Vec<&Item> = page.items.iter().collect();
             check_page("get", &refs, limits, page.next.is_some());
             for item in &page.items {
@@ -244,7 +267,7 @@ impl Case {
         let mut out: Vec<(String, Item)> = Vec::new();
         let mut after: Option<ScanCursor> = None;
         for _ in 0..MAX_PAGES {
-            let page = self.kv().scan(&self.ns, after.as_ref(), limits, now).await.expect("scan");
+            let page = self.kv().scan(after.as_ref(), limits, now).await.expect("scan");
             let refs: Vec<&Item> = page.records.iter().flat_map(|r| r.items.iter()).collect();
             check_page("scan", &refs, limits, page.next.is_some());
             for pair in page.records.windows(2) {
@@ -283,7 +306,7 @@ impl Case {
     }
 
     pub async fn storage(&self) -> u64 {
-        self.kv().storage_bytes(&self.ns).await.expect("storage_bytes")
+        self.kv().storage_bytes().await.expect("storage_bytes")
     }
 
     /// Deprovisions the namespace.
@@ -294,12 +317,16 @@ impl Case {
 
 /// The TimeSeries side of a case.
 impl Case {
-    pub fn ts(&self) -> &dyn TimeSeries {
-        self.plugin.time_series().expect("a plugin under the TimeSeries suite serves TimeSeries")
+    /// The namespace, opened as TimeSeries.
+    pub fn ts(&self) -> &Arc<dyn TimeSeriesHandle> {
+        self.ts.get_or_init(|| {
+            let ts = self.plugin.time_series().expect("a plugin under the TimeSeries suite serves TimeSeries");
+            ts.open(&self.ns).expect("open the namespace")
+        })
     }
 
     pub async fn write(&self, events: &[Event]) {
-        self.ts().write(&self.ns, events).await.expect("write");
+        self.ts().write(events).await.expect("write");
     }
 
     /// Every page of `query` at `now` (from its first page), checked,
@@ -309,10 +336,8 @@ impl Case {
         let what = if query.series.is_some() { "read" } else { "search" };
         let limits = query.limits;
         let query = &query;
-        all_pages(what, limits, |after| {
-            Box::pin(async move { ts.query(&self.ns, &Query { after, ..query.clone() }, now).await })
-        })
-        .await
+        all_pages(what, limits, |after| Box::pin(async move { ts.query(&Query { after, ..query.clone() }, now).await }))
+            .await
     }
 
     /// [`Self::events`] of one series.

@@ -186,13 +186,13 @@ pub async fn interval_is_half_open(subject: Subject) {
     assert_eq!(names(&other), ["other/x", "s/e2"]);
 
     let ts = c.ts();
-    let inverted = ts.query(&c.ns, &read("s", (t + 2, t), None, UNLIMITED), c.base).await;
+    let inverted = ts.query(&read("s", (t + 2, t), None, UNLIMITED), c.base).await;
     match inverted {
         Ok(page) => assert!(page.events.is_empty() && page.next.is_none(), "an inverted interval selects nothing"),
         Err(PluginError::InvalidArgument { .. }) => {}
         Err(e) => panic!("an inverted read: want nothing or InvalidArgument, got {e:?}"),
     }
-    match ts.query(&c.ns, &search((t + 2, t), None, None, UNLIMITED), c.base).await {
+    match ts.query(&search((t + 2, t), None, None, UNLIMITED), c.base).await {
         Ok(page) => assert!(page.events.is_empty() && page.next.is_none(), "an inverted interval selects nothing"),
         Err(PluginError::InvalidArgument { .. }) => {}
         Err(e) => panic!("an inverted search: want nothing or InvalidArgument, got {e:?}"),
@@ -483,10 +483,10 @@ pub async fn pages_by_event_count(subject: Subject) {
         assert_eq!(c.search_events(c.around(), None, limits, c.base).await, all, "{limits:?}");
     }
     let (start, end) = c.around();
-    let page = c.ts().query(&c.ns, &read("s", (start, end), None, count_limit(7)), c.base).await.expect("read");
+    let page = c.ts().query(&read("s", (start, end), None, count_limit(7)), c.base).await.expect("read");
     assert_eq!(page.events.len(), 7);
     assert_eq!(page.next, Some(cursor(&series[6])));
-    let page = c.ts().query(&c.ns, &search((start, end), None, None, count_limit(7)), c.base).await.expect("search");
+    let page = c.ts().query(&search((start, end), None, None, count_limit(7)), c.base).await.expect("search");
     assert_eq!(page.events.len(), 7);
     assert_eq!(page.next, Some(cursor(&all[6])));
     c.finish().await;
@@ -510,11 +510,8 @@ pub async fn event_larger_than_page_comes_alone(subject: Subject) {
     let mut after: Option<EventCursor> = None;
     let mut pages = Vec::new();
     loop {
-        let page = c
-            .ts()
-            .query(&c.ns, &read("big", (start, end), after.as_ref(), bytes_limit(10)), c.base)
-            .await
-            .expect("read");
+        let page =
+            c.ts().query(&read("big", (start, end), after.as_ref(), bytes_limit(10)), c.base).await.expect("read");
         if !page.events.is_empty() {
             pages.push(ids(&page.events).join(","));
         }
@@ -535,10 +532,10 @@ pub async fn event_larger_than_page_comes_alone(subject: Subject) {
         event("mixed", t - 3, "d", &[("d", "123456789")], &[]),
     ];
     c.write(&mixed).await;
-    let page = c.ts().query(&c.ns, &read("mixed", (start, end), None, bytes_limit(25)), c.base).await.expect("read");
+    let page = c.ts().query(&read("mixed", (start, end), None, bytes_limit(25)), c.base).await.expect("read");
     assert_eq!(ids(&page.events), ["a", "b", "c"]);
     assert_eq!(page.next, Some(cursor(&mixed[2])));
-    let page = c.ts().query(&c.ns, &search((t - 3, t + 1), None, None, bytes_limit(25)), c.base).await.expect("search");
+    let page = c.ts().query(&search((t - 3, t + 1), None, None, bytes_limit(25)), c.base).await.expect("search");
     assert_eq!(ids(&page.events), ["a", "b", "c"]);
     assert_eq!(page.next, Some(cursor(&mixed[2])));
     c.finish().await;
@@ -558,16 +555,15 @@ pub async fn last_page_has_no_next(subject: Subject) {
     let roomy = PageLimits { max_bytes: 1000, max_items: Some(10) };
     let (start, end) = c.around();
     let ts = c.ts();
-    let page = ts.query(&c.ns, &read("s", (start, end), None, roomy), c.base).await.expect("read");
+    let page = ts.query(&read("s", (start, end), None, roomy), c.base).await.expect("read");
     assert_eq!((page.events.len(), page.next), (3, None));
-    let page =
-        ts.query(&c.ns, &read("s", (start, end), Some(&cursor(&written[0])), roomy), c.base).await.expect("read");
+    let page = ts.query(&read("s", (start, end), Some(&cursor(&written[0])), roomy), c.base).await.expect("read");
     assert_eq!((page.events.len(), page.next), (2, None));
-    let page = ts.query(&c.ns, &search((start, end), None, None, roomy), c.base).await.expect("search");
+    let page = ts.query(&search((start, end), None, None, roomy), c.base).await.expect("search");
     assert_eq!((page.events.len(), page.next), (3, None));
-    let page = ts.query(&c.ns, &search((start, end), Some(&eq("x", "1")), None, roomy), c.base).await.expect("search");
+    let page = ts.query(&search((start, end), Some(&eq("x", "1")), None, roomy), c.base).await.expect("search");
     assert_eq!((page.events.len(), page.next), (2, None));
-    let page = ts.query(&c.ns, &read("empty", (start, end), None, roomy), c.base).await.expect("read");
+    let page = ts.query(&read("empty", (start, end), None, roomy), c.base).await.expect("read");
     assert_eq!((page.events.len(), page.next), (0, None));
     c.finish().await;
 }
@@ -596,7 +592,7 @@ pub async fn reads_continue_after_cursor(subject: Subject) {
         (at(t - 2, "", ""), vec![]),
     ];
     for (after, want) in searches {
-        let page = ts.query(&c.ns, &search((start, end), None, Some(&after), UNLIMITED), c.base).await.expect("search");
+        let page = ts.query(&search((start, end), None, Some(&after), UNLIMITED), c.base).await.expect("search");
         assert_eq!(names(&page.events), want, "search after {after:?}");
         assert_eq!(page.next, None);
     }
@@ -609,7 +605,7 @@ pub async fn reads_continue_after_cursor(subject: Subject) {
         (at(t - 1, "a", "1"), vec![]),
     ];
     for (after, want) in reads {
-        let page = ts.query(&c.ns, &read("a", (start, end), Some(&after), UNLIMITED), c.base).await.expect("read");
+        let page = ts.query(&read("a", (start, end), Some(&after), UNLIMITED), c.base).await.expect("read");
         assert_eq!(names(&page.events), want, "read after {after:?}");
         assert_eq!(page.next, None);
     }
@@ -660,8 +656,8 @@ pub async fn concurrent_writes_of_one_event_store_it_once(subject: Subject) {
             event("s", t, "shared", &[("k", &n), (&format!("own-{i}"), "x")], &[("tag", "v")]),
             event("s", t - 1 - i, &format!("own-{i}"), &[("k", &n)], &[]),
         ];
-        let (plugin, ns) = (c.plugin.clone(), c.ns.clone());
-        tasks.push(tokio::spawn(async move { plugin.time_series().expect("time_series").write(&ns, &events).await }));
+        let ts = c.ts().clone();
+        tasks.push(tokio::spawn(async move { ts.write(&events).await }));
     }
     for task in tasks {
         task.await.expect("writer task").expect("write");
@@ -733,11 +729,11 @@ pub async fn reclaim_removes_events_past_retention(subject: Subject) {
     let early = now - 4 * DAY;
     let search = || c.search_events(c.around(), None, UNLIMITED, early);
     assert_eq!(ids(&search().await), ["now", "recent", "half-hour", "old-3", "old-1", "old-2"]);
-    c.ts().reclaim(&c.ns, now).await.expect("reclaim");
+    c.ts().reclaim(now).await.expect("reclaim");
     assert_eq!(ids(&search().await), ["now", "recent", "half-hour"]);
     assert_eq!(ids(&c.read_events("s", c.around(), UNLIMITED, early).await), ["recent", "half-hour"]);
     assert_eq!(c.read_events("t", c.around(), bytes_limit(1), now).await, newest_first(&kept[2..]));
-    c.ts().reclaim(&c.ns, now).await.expect("reclaim again");
+    c.ts().reclaim(now).await.expect("reclaim again");
     assert_eq!(search().await, newest_first(&kept));
     // The store takes new events after reclaiming.
     c.write(&[plain("s", now - MINUTE, "later")]).await;
@@ -756,8 +752,8 @@ pub async fn no_retention_keeps_everything(subject: Subject) {
         c.write(&written).await;
         let window = (now - 500 * DAY, now + DAY);
         assert_eq!(c.search_events(window, None, UNLIMITED, now).await, newest_first(&written), "{retention:?}");
-        c.ts().reclaim(&c.ns, now).await.expect("reclaim");
-        c.ts().reclaim(&c.ns, now + 1000 * DAY).await.expect("reclaim");
+        c.ts().reclaim(now).await.expect("reclaim");
+        c.ts().reclaim(now + 1000 * DAY).await.expect("reclaim");
         assert_eq!(
             c.search_events(window, None, UNLIMITED, now + 1000 * DAY).await,
             newest_first(&written),
@@ -830,10 +826,10 @@ pub async fn deprovision_removes_everything(subject: Subject) {
 
     let ts = c.ts();
     let (start, end) = c.around();
-    assert_not_provisioned("read", ts.query(&c.ns, &read("s", (start, end), None, UNLIMITED), c.base).await);
-    assert_not_provisioned("search", ts.query(&c.ns, &search((start, end), None, None, UNLIMITED), c.base).await);
-    assert_not_provisioned("write", ts.write(&c.ns, &written).await);
-    assert_not_provisioned("reclaim", ts.reclaim(&c.ns, c.base).await);
+    assert_not_provisioned("read", ts.query(&read("s", (start, end), None, UNLIMITED), c.base).await);
+    assert_not_provisioned("search", ts.query(&search((start, end), None, None, UNLIMITED), c.base).await);
+    assert_not_provisioned("write", ts.write(&written).await);
+    assert_not_provisioned("reclaim", ts.reclaim(c.base).await);
     c.plugin.deprovision(&c.ns).await.expect("deprovision is idempotent");
 
     c.plugin.provision(&c.ns).await.expect("provision again");
@@ -860,12 +856,12 @@ pub async fn unprovisioned_namespace_is_refused(subject: Subject) {
     let ts = c.ts();
     let (start, end) = c.around();
     let written = [plain("s", c.base, "e")];
-    assert_not_provisioned("write", ts.write(&c.ns, &written).await);
-    assert_not_provisioned("read", ts.query(&c.ns, &read("s", (start, end), None, UNLIMITED), c.base).await);
+    assert_not_provisioned("write", ts.write(&written).await);
+    assert_not_provisioned("read", ts.query(&read("s", (start, end), None, UNLIMITED), c.base).await);
     assert_not_provisioned(
         "search",
-        ts.query(&c.ns, &search((start, end), Some(&eq("k", "v")), None, UNLIMITED), c.base).await,
+        ts.query(&search((start, end), Some(&eq("k", "v")), None, UNLIMITED), c.base).await,
     );
-    assert_not_provisioned("reclaim", ts.reclaim(&c.ns, c.base).await);
+    assert_not_provisioned("reclaim", ts.reclaim(c.base).await);
     c.plugin.deprovision(&c.ns).await.expect("deprovisioning what never was succeeds");
 }
