@@ -203,6 +203,8 @@ async fn run(broker: &PulsarBroker, ops: usize, rounds: usize, concurrency: usiz
     let direct_ns =
         Namespace { name: "bench/pulsar-direct".into(), create_revision: 1, spec: spec(&broker.service_url()) };
     plugin.provision(&direct_ns).await?;
+    // Opened once, as the gateway keeps it with the namespace's entry.
+    let direct = TimeSeries::open(plugin.as_ref(), &direct_ns)?;
     let topics = Topics::of(&direct_ns)?;
     let client: Pulsar<TokioExecutor> = Pulsar::builder(broker.service_url(), TokioExecutor).build().await?;
     let bare: Producer<TokioExecutor> = client.producer().with_topic(&topics.data).build().await?;
@@ -246,12 +248,12 @@ async fn run(broker: &PulsarBroker, ops: usize, rounds: usize, concurrency: usiz
             })
         };
         let plugin_phase = || {
-            let (plugin, ns) = (plugin.clone(), direct_ns.clone());
+            let direct = direct.clone();
             drive(concurrency, ops, move |task, i| {
-                let (plugin, ns) = (plugin.clone(), ns.clone());
+                let direct = direct.clone();
                 async move {
                     let e = event(&format!("s-{task}"), now_micros(), format!("p{round}-{task}-{i}"));
-                    plugin.write(&ns, &[e]).await?;
+                    direct.write(&[e]).await?;
                     Ok(())
                 }
             })

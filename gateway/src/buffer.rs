@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prism_plugin_api::ts::{Event, WriteContext};
-use prism_proto::control::Backend;
 use prism_proto::timeseries as ts;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -159,18 +158,25 @@ pub async fn flush(flusher: Flusher, mut stopped: tokio::sync::watch::Receiver<b
 async fn write(flusher: &Flusher, pending: Pending) {
     let n = pending.events.len() as u64;
     let entry = &pending.entry;
-    let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-    let Some(ts) = flusher.plugins.get(backend).and_then(|p| p.time_series()) else {
+    let backend = entry.backend();
+    if flusher.plugins.get(backend).and_then(|p| p.time_series()).is_none() {
         flusher.buffer.stats.dropped.fetch_add(n, Ordering::Relaxed);
         tracing::error!(namespace = %entry.ns.name, events = n, "buffered events dropped: no TimeSeries backend");
         return;
-    };
+    }
     let mut pause = Duration::from_millis(50);
     for attempt in 1..=MAX_ATTEMPTS {
-        let written = crate::backend::observed(&flusher.metrics, entry, crate::metrics::Op::Write, |_| {
-            ts.write_with(&entry.ns, &pending.events, &pending.context)
-        });
-        match written.await {
+        // Opened once per metadata change, kept with the entry; a failure
+        // to open is tried again like a failed write.
+        let written = match entry.time_series(&flusher.plugins) {
+            Ok(ts) => crate::backend::observed(&flusher.metrics, entry, crate::metrics::Op::Write, |_| {
+                ts.write_with(&pending.events, &pending.context)
+            })
+            .await
+            .map_err(GatewayError::from),
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(()) => {
                 flusher.buffer.stats.flushed.fetch_add(n, Ordering::Relaxed);
                 if let Some(events) = pending.published {

@@ -12,9 +12,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use prism_plugin_api::kv::{self as pkv, KeyRange, KeyValue, Mutation, NewItem, PageLimits, Selector, WriteStamp};
+use prism_plugin_api::kv::{
+    self as pkv, KeyRange, KeyValueHandle, Mutation, NewItem, PageLimits, Selector, WriteStamp,
+};
 use prism_plugin_api::{Micros, now_micros};
-use prism_proto::control::Backend;
 use prism_proto::kv;
 use tower::Service;
 
@@ -112,16 +113,6 @@ fn limits(page_size_bytes: u64, limit: u32) -> PageLimits {
     }
 }
 
-fn key_value<'a>(ops: &'a Operations, entry: &NamespaceEntry) -> Result<&'a dyn KeyValue> {
-    let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-    ops.plugins.get(backend).and_then(|p| p.key_value()).ok_or_else(|| {
-        GatewayError::FailedPrecondition(format!(
-            "backend {} does not serve KEY_VALUE on this gateway",
-            prism_proto::capabilities::backend_name(backend)
-        ))
-    })
-}
-
 /// What authorization resolved for the call; held until the response is
 /// built (its namespace is counted in flight: deletion drains these).
 fn resolved(resolved: Option<Resolved>) -> Result<Resolved> {
@@ -138,7 +129,8 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
     let resolved = resolved(call.resolved)?;
     let entry = resolved.entry();
     let now = now_micros();
-    let kv = key_value(ops, entry)?;
+    // Opened once per metadata change, kept with the entry.
+    let kv = entry.key_value(&ops.plugins)?;
     let policies = entry.ns.spec.policies.as_ref();
     let default_ttl = policies.and_then(|p| p.default_item_ttl.as_ref()).map(micros).filter(|t| *t > 0);
     let skew = ops.max_clock_skew;
@@ -183,13 +175,13 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
 /// timed-out write may still have been applied).
 async fn write(
     ops: &Operations,
-    kv: &dyn KeyValue,
+    kv: &dyn KeyValueHandle,
     entry: &NamespaceEntry,
     id: &str,
     mutations: &[Mutation],
     stamp: &WriteStamp,
 ) -> Result<()> {
-    let outcome = observed(&ops.metrics, entry, Op::Mutate, |_| kv.mutate(&entry.ns, id, mutations, stamp)).await;
+    let outcome = observed(&ops.metrics, entry, Op::Mutate, |_| kv.mutate(id, mutations, stamp)).await;
     if entry.ns.spec.policies.as_ref().is_some_and(|p| p.cache_enabled) {
         ops.cache.invalidate(entry, id).await;
     }
@@ -226,7 +218,7 @@ fn get_binding(entry: &NamespaceEntry, r: &kv::GetItemsRequest) -> u64 {
 
 async fn get(
     ops: &Operations,
-    kv: &dyn KeyValue,
+    kv: &dyn KeyValueHandle,
     entry: &NamespaceEntry,
     r: kv::GetItemsRequest,
     now: Micros,
@@ -247,10 +239,9 @@ async fn get(
                 .cache
                 .get_or_load(entry, &r.id, ttl, || async {
                     let whole = PageLimits { max_bytes: max_record, max_items: None };
-                    let page = observed(&ops.metrics, entry, Op::Get, |_| {
-                        kv.get(&entry.ns, &r.id, &Selector::All, None, whole, now)
-                    })
-                    .await?;
+                    let page =
+                        observed(&ops.metrics, entry, Op::Get, |_| kv.get(&r.id, &Selector::All, None, whole, now))
+                            .await?;
                     Ok(if page.next.is_some() { Cached::TooLarge } else { Cached::Items(Arc::new(page.items)) })
                 })
                 .await
@@ -258,18 +249,13 @@ async fn get(
             match cached {
                 Some(Cached::Items(items)) => select_page(&items, &selector, after.as_deref(), limits, now),
                 Some(Cached::TooLarge) | None => {
-                    observed(&ops.metrics, entry, Op::Get, |_| {
-                        kv.get(&entry.ns, &r.id, &selector, after.as_deref(), limits, now)
-                    })
-                    .await?
+                    observed(&ops.metrics, entry, Op::Get, |_| kv.get(&r.id, &selector, after.as_deref(), limits, now))
+                        .await?
                 }
             }
         }
         None => {
-            observed(&ops.metrics, entry, Op::Get, |_| {
-                kv.get(&entry.ns, &r.id, &selector, after.as_deref(), limits, now)
-            })
-            .await?
+            observed(&ops.metrics, entry, Op::Get, |_| kv.get(&r.id, &selector, after.as_deref(), limits, now)).await?
         }
     };
     Ok(kv::GetItemsResponse {
@@ -316,7 +302,7 @@ pub fn select_page(
 
 async fn scan(
     ops: &Operations,
-    kv: &dyn KeyValue,
+    kv: &dyn KeyValueHandle,
     entry: &NamespaceEntry,
     r: kv::ScanItemsRequest,
     now: Micros,
@@ -327,7 +313,7 @@ async fn scan(
         .map(|p| page_token::parse_scan_position(&p).map(|(id, key)| pkv::ScanCursor { id, key }))
         .transpose()?;
     let limits = limits(r.page_size_bytes, r.limit);
-    let page = observed(&ops.metrics, entry, Op::Scan, |_| kv.scan(&entry.ns, after.as_ref(), limits, now)).await?;
+    let page = observed(&ops.metrics, entry, Op::Scan, |_| kv.scan(after.as_ref(), limits, now)).await?;
     Ok(kv::ScanItemsResponse {
         next_page_token: page
             .next

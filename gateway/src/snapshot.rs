@@ -4,12 +4,28 @@
 //! shared HAMTs), so applying a delta costs O(changes · log n) and the
 //! previous snapshot stays valid for requests still holding it.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use prism_proto::control::{Delta, Namespace, NamespaceStatus, Shard, SnapshotChunk, Tenant, TenantState, change};
+use prism_plugin_api::kv::KeyValueHandle;
+use prism_plugin_api::ts::TimeSeriesHandle;
+use prism_proto::control::{
+    Backend, Delta, Namespace, NamespaceStatus, Shard, SnapshotChunk, Tenant, TenantState, change,
+};
+
+use crate::backend::Plugins;
+use crate::error::{GatewayError, Result};
+
+/// The refusal of a namespace whose backend has no plugin serving
+/// `abstraction` on this gateway.
+fn not_served(backend: Backend, abstraction: &str) -> GatewayError {
+    GatewayError::FailedPrecondition(format!(
+        "backend {} does not serve {abstraction} on this gateway",
+        prism_proto::capabilities::backend_name(backend)
+    ))
+}
 
 /// A namespace as the gateway routes it.
 #[derive(Debug)]
@@ -38,6 +54,28 @@ pub struct NamespaceEntry {
     /// This namespace's request metrics once a request has counted into
     /// them; shared like `quota_tracker` (see `metrics::NamespaceBook`).
     pub metrics: Arc<arc_swap::ArcSwapOption<crate::metrics::RequestSeries>>,
+    /// The namespace opened on its plugin, once a call has needed it: the
+    /// plugin's per-namespace state (settings, pool, names, statements),
+    /// worked out once per metadata change, not per call. Not shared with
+    /// the next snapshot's entry, which may carry another spec: that one
+    /// opens its own on first use. Lazily, because a gateway holds every
+    /// namespace and calls few of them (see `prism_plugin_api`'s docs).
+    opened: OnceLock<Opened>,
+}
+
+/// A namespace opened on its plugin, as the abstraction it was opened for.
+enum Opened {
+    KeyValue(Arc<dyn KeyValueHandle>),
+    TimeSeries(Arc<dyn TimeSeriesHandle>),
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::KeyValue(_) => "KeyValue",
+            Self::TimeSeries(_) => "TimeSeries",
+        })
+    }
 }
 
 impl NamespaceEntry {
@@ -66,6 +104,43 @@ impl NamespaceEntry {
             in_flight,
             quota_tracker,
             metrics,
+            opened: OnceLock::new(),
+        }
+    }
+
+    /// The namespace's backend.
+    pub fn backend(&self) -> Backend {
+        Backend::try_from(self.ns.spec.backend).unwrap_or(Backend::Unspecified)
+    }
+
+    /// The namespace opened as KeyValue on its plugin of `plugins`: opened
+    /// by the first call, kept for the calls after. A failure to open is
+    /// not kept: each call tries again, and answers it.
+    pub fn key_value(&self, plugins: &Plugins) -> Result<&dyn KeyValueHandle> {
+        if self.opened.get().is_none() {
+            let backend = self.backend();
+            let plugin = plugins.get(backend).and_then(|p| p.key_value());
+            let handle = plugin.ok_or_else(|| not_served(backend, "KEY_VALUE"))?.open(&self.ns)?;
+            // A racing call may have opened it too: either handle serves.
+            let _ = self.opened.set(Opened::KeyValue(handle));
+        }
+        match self.opened.get() {
+            Some(Opened::KeyValue(handle)) => Ok(handle.as_ref()),
+            _ => Err(GatewayError::Internal(format!("namespace {} is not open as KEY_VALUE", self.ns.name))),
+        }
+    }
+
+    /// As [`Self::key_value`], as TimeSeries.
+    pub fn time_series(&self, plugins: &Plugins) -> Result<&dyn TimeSeriesHandle> {
+        if self.opened.get().is_none() {
+            let backend = self.backend();
+            let plugin = plugins.get(backend).and_then(|p| p.time_series());
+            let handle = plugin.ok_or_else(|| not_served(backend, "TIME_SERIES"))?.open(&self.ns)?;
+            let _ = self.opened.set(Opened::TimeSeries(handle));
+        }
+        match self.opened.get() {
+            Some(Opened::TimeSeries(handle)) => Ok(handle.as_ref()),
+            _ => Err(GatewayError::Internal(format!("namespace {} is not open as TIME_SERIES", self.ns.name))),
         }
     }
 
@@ -300,6 +375,33 @@ mod tests {
         let (s4, _) = s3.apply(&delta(4, vec![on(4, 1, "s-0")]));
         let epoch = |s: &Snapshot| s.namespace("a/x").map(|e| e.owner_since);
         assert_eq!([epoch(&s1), epoch(&s2), epoch(&s3), epoch(&s4)], [Some(1), Some(1), Some(3), Some(4)]);
+    }
+
+    #[test]
+    fn a_namespace_is_opened_once_per_entry() {
+        use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
+        use prism_proto::control::{Abstraction, NamespaceSpec};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut plugins = Plugins::default();
+        plugins.insert(Arc::new(EmbeddedPlugin::open(EmbeddedConfig::new(dir.path())).expect("open the store")));
+        let spec = NamespaceSpec {
+            abstraction: Abstraction::KeyValue as i32,
+            backend: Backend::Embedded as i32,
+            ..NamespaceSpec::default()
+        };
+        let at = |rev: u64| change::Change::Namespace(Namespace { spec: Some(spec.clone()), ..ns("a/x", rev, 1) });
+        let (s1, _) = Snapshot::default().apply(&delta(1, vec![at(1)]));
+        let (s2, _) = s1.apply(&delta(2, vec![at(2)]));
+        let [e1, e2] = [&s1, &s2].map(|s| s.namespace("a/x").cloned().expect("present"));
+        let first = e1.key_value(&plugins).expect("opened");
+        let again = e1.key_value(&plugins).expect("kept");
+        assert!(std::ptr::addr_eq(first, again), "one handle per entry");
+        let next = e2.key_value(&plugins).expect("opened");
+        assert!(!std::ptr::addr_eq(first, next), "a metadata change opens anew");
+        assert!(matches!(e1.time_series(&plugins), Err(GatewayError::Internal(_))), "opened as KeyValue");
+        let none = Snapshot::default().apply(&delta(1, vec![at(1)])).0;
+        let refused = none.namespace("a/x").expect("present").key_value(&Plugins::default()).err();
+        assert!(matches!(refused, Some(GatewayError::FailedPrecondition(_))), "no plugin for the backend");
     }
 
     #[test]

@@ -5,8 +5,7 @@
 
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{self as pts, EventCursor, TagFilter, TimeSeries};
-use prism_proto::control::Backend;
+use prism_plugin_api::ts::{self as pts, EventCursor, Query, TagFilter};
 use prism_proto::timeseries::{self as ts, tag_filter};
 use prism_telemetry::trace::TraceParent;
 
@@ -57,16 +56,6 @@ pub fn filter(f: &ts::TagFilter) -> Option<TagFilter> {
         tag_filter::Filter::In(i) => TagFilter::In { key: i.key.clone(), values: i.values.clone() },
         tag_filter::Filter::And(l) => TagFilter::And(l.filters.iter().filter_map(filter).collect()),
         tag_filter::Filter::Or(l) => TagFilter::Or(l.filters.iter().filter_map(filter).collect()),
-    })
-}
-
-fn time_series<'a>(ops: &'a Operations, entry: &NamespaceEntry) -> Result<&'a dyn TimeSeries> {
-    let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-    ops.plugins.get(backend).and_then(|p| p.time_series()).ok_or_else(|| {
-        GatewayError::FailedPrecondition(format!(
-            "backend {} does not serve TIME_SERIES on this gateway",
-            prism_proto::capabilities::backend_name(backend)
-        ))
     })
 }
 
@@ -135,13 +124,13 @@ pub async fn execute(
     let rev = entry.ns.create_revision.to_be_bytes();
     match request {
         Request::WriteSync(r) => {
-            let plugin = time_series(ops, entry)?;
+            let plugin = entry.time_series(&ops.plugins)?;
             accept_window(entry, &r.events, now)?;
             let events: Vec<_> = r.events.iter().map(to_plugin).collect();
             let events = &events;
             observed(&ops.metrics, entry, Op::Write, |span| {
                 let context = write_context(span, caller);
-                async move { plugin.write_with(&entry.ns, events, &context).await }
+                async move { plugin.write_with(events, &context).await }
             })
             .await?;
             if ops.tails.watched(entry) {
@@ -151,7 +140,7 @@ pub async fn execute(
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: events.len() as u32 }))
         }
         Request::WriteBuffered(r) => {
-            time_series(ops, entry)?;
+            entry.time_series(&ops.plugins)?;
             if !entry.ns.spec.policies.as_ref().is_some_and(|p| p.accept_loss) {
                 return Err(GatewayError::FailedPrecondition(format!(
                     "namespace {} does not accept loss; use WriteEventRecordsSync",
@@ -171,7 +160,7 @@ pub async fn execute(
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: n }))
         }
         Request::Read(r) => {
-            let plugin = time_series(ops, entry)?;
+            let plugin = entry.time_series(&ops.plugins)?;
             let (start, end) = interval(r.start.as_ref(), r.end.as_ref());
             let binding = page_token::binding(&[
                 entry.ns.name.as_bytes(),
@@ -182,16 +171,14 @@ pub async fn execute(
                 &end.to_be_bytes(),
             ]);
             let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
-            let limits = limits(r.page_size_bytes, r.limit);
-            let got = observed(&ops.metrics, entry, Op::Read, |_| {
-                plugin.read(&entry.ns, &r.time_series_id, start, end, after.as_ref(), limits, now)
-            })
-            .await?;
+            let query =
+                Query { after, ..Query::series(r.time_series_id, (start, end), limits(r.page_size_bytes, r.limit)) };
+            let got = observed(&ops.metrics, entry, Op::Read, |_| plugin.query(&query, now)).await?;
             let (events, next_page_token) = page(binding, got);
             Ok(Response::Read(ts::ReadEventRecordsResponse { events, next_page_token }))
         }
         Request::Search(r) => {
-            let plugin = time_series(ops, entry)?;
+            let plugin = entry.time_series(&ops.plugins)?;
             let (start, end) = interval(r.start.as_ref(), r.end.as_ref());
             let encoded_filter = r.filter.as_ref().map(prost::Message::encode_to_vec).unwrap_or_default();
             let binding = page_token::binding(&[
@@ -204,16 +191,13 @@ pub async fn execute(
             ]);
             let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
             let tag_filter = r.filter.as_ref().and_then(filter);
-            let limits = limits(r.page_size_bytes, r.limit);
-            let got = observed(&ops.metrics, entry, Op::Search, |_| {
-                plugin.search(&entry.ns, start, end, tag_filter.as_ref(), after.as_ref(), limits, now)
-            })
-            .await?;
+            let query = Query { after, ..Query::search(tag_filter, (start, end), limits(r.page_size_bytes, r.limit)) };
+            let got = observed(&ops.metrics, entry, Op::Search, |_| plugin.query(&query, now)).await?;
             let (events, next_page_token) = page(binding, got);
             Ok(Response::Search(ts::SearchEventRecordsResponse { events, next_page_token }))
         }
         Request::Tail(r) => {
-            time_series(ops, entry)?;
+            entry.time_series(&ops.plugins)?;
             let tag_filter = r.filter.as_ref().and_then(filter);
             Ok(Response::Tail(ops.tails.subscribe(entry, r.time_series_id, tag_filter)))
         }

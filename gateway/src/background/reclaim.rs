@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prism_proto::control::Backend;
-
 use crate::backend::Plugins;
+use crate::error::GatewayError;
 use crate::snapshot::Metadata;
 
 /// What reclamation uses.
@@ -43,11 +42,15 @@ pub async fn run(task: Reclaim, mut stopped: tokio::sync::watch::Receiver<bool>)
             let owned_series = entry.shard_id == task.shard_id
                 && entry.status == prism_proto::control::NamespaceStatus::Active
                 && entry.ns.spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32;
-            let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-            let plugin = task.plugins.get(backend).and_then(|p| p.time_series());
-            if let (true, Some(ts)) = (owned_series, plugin)
-                && let Err(e) = ts.reclaim(&entry.ns, now).await
-            {
+            let served = task.plugins.get(entry.backend()).and_then(|p| p.time_series()).is_some();
+            if !(owned_series && served) {
+                continue;
+            }
+            let reclaimed = match entry.time_series(&task.plugins) {
+                Ok(ts) => ts.reclaim(now).await.map_err(GatewayError::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = reclaimed {
                 tracing::warn!(namespace = %entry.ns.name, error = %e, "dropping events past retention failed");
             }
         }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prism_proto::control::{Backend, NamespaceStatus, NamespaceUsage, ReportUsageRequest};
+use prism_proto::control::{NamespaceStatus, NamespaceUsage, ReportUsageRequest};
 use tokio::sync::watch;
 
 use super::ControlPlane;
@@ -97,9 +97,14 @@ pub async fn measure_storage(task: &Usage) {
         if ![tenant_limit, own_limit].iter().any(|l| l.is_some_and(|l| l >= 0)) {
             continue;
         }
-        let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
-        let Some(kv) = task.plugins.get(backend).and_then(|p| p.key_value()) else { continue };
-        match kv.storage_bytes(&entry.ns).await {
+        if task.plugins.get(entry.backend()).and_then(|p| p.key_value()).is_none() {
+            continue;
+        }
+        let measured = match entry.key_value(&task.plugins) {
+            Ok(kv) => kv.storage_bytes().await.map_err(crate::error::GatewayError::from),
+            Err(e) => Err(e),
+        };
+        match measured {
             Ok(bytes) => {
                 if let Some(t) = task.quotas.tracker(Subject::Namespace(&entry.ns.name)) {
                     t.set_storage(bytes);

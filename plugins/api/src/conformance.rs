@@ -11,9 +11,11 @@
 //! parallel (the two suites share case names: call them from different
 //! modules). The expression is
 //! evaluated once per case, inside the case's tokio runtime, and must be a
-//! future whose output is a [`Fixture`]: an `Arc` of the plugin, or a pair
-//! `(plugin, guard)` whose guard (a temporary directory, a server handle)
-//! lives until the case ends.
+//! future whose output is a [`Fixture`]: an `Arc` of the plugin, a
+//! [`Subject`] (the plugin and the `backend_config` its namespaces carry:
+//! the test server's address, say), or a pair `(fixture, guard)` whose
+//! guard (a temporary directory, a server handle, a turn on a shared
+//! broker) lives until the case ends.
 //!
 //! Each case provisions its own fresh namespace (`conf/<case>-<unique>`),
 //! so cases may share one backend server, and deprovisions it at the end.
@@ -26,7 +28,7 @@
 //! only called with the real clock, and an item a case expects to stay
 //! stored expires an hour or more from now, so one case's reclamation
 //! never touches another's data. TimeSeries
-//! reclamation ([`TimeSeries::reclaim`](crate::ts::TimeSeries::reclaim))
+//! reclamation ([`TimeSeriesHandle::reclaim`](crate::ts::TimeSeriesHandle::reclaim))
 //! is per namespace, so its cases pass any `now` they like.
 
 pub mod kv;
@@ -36,32 +38,67 @@ pub mod ts;
 use std::future::Future;
 use std::sync::Arc;
 
+use prism_proto::control::BackendConfig;
+use prism_proto::control::backend_config::Config;
+
 use crate::Plugin;
 
 pub use support::Case;
 
-/// What a conformance case runs against: the plugin, plus whatever must
-/// live as long as the case.
+/// What the cases run against: a plugin, and the backend settings every
+/// namespace they make carries — the server, brokers or topics the
+/// control plane's metadata would name. The suite is backend-neutral; the
+/// fixture, which knows its backend, says what a namespace of it holds,
+/// so the plugin under test sees namespaces exactly as the gateway hands
+/// them over, and needs no wrapper.
+#[derive(Clone)]
+pub struct Subject {
+    pub plugin: Arc<dyn Plugin>,
+    /// Every namespace's `spec.backend_config`; `None` for a backend that
+    /// needs none (embedded).
+    pub backend_config: Option<BackendConfig>,
+}
+
+impl Subject {
+    /// `plugin`, with namespaces that carry no backend settings.
+    pub fn new(plugin: Arc<dyn Plugin>) -> Self {
+        Self { plugin, backend_config: None }
+    }
+
+    /// `plugin`, with namespaces whose backend settings are `config`.
+    pub fn configured(plugin: Arc<dyn Plugin>, config: Config) -> Self {
+        Self { plugin, backend_config: Some(BackendConfig { config: Some(config) }) }
+    }
+}
+
+/// What a conformance case runs against: the [`Subject`], plus whatever
+/// must live as long as the case.
 pub trait Fixture {
-    fn plugin(&self) -> Arc<dyn Plugin>;
+    fn subject(&self) -> Subject;
+}
+
+impl Fixture for Subject {
+    fn subject(&self) -> Subject {
+        self.clone()
+    }
 }
 
 impl Fixture for Arc<dyn Plugin> {
-    fn plugin(&self) -> Arc<dyn Plugin> {
-        self.clone()
+    fn subject(&self) -> Subject {
+        Subject::new(self.clone())
     }
 }
 
 impl<P: Plugin> Fixture for Arc<P> {
-    fn plugin(&self) -> Arc<dyn Plugin> {
-        self.clone()
+    fn subject(&self) -> Subject {
+        Subject::new(self.clone())
     }
 }
 
-/// A plugin and a guard dropped after the case (and after the plugin).
+/// A fixture and a guard dropped after the case (and after the plugin).
 impl<F: Fixture, G> Fixture for (F, G) {
-    fn plugin(&self) -> Arc<dyn Plugin> {
-        self.0.plugin()
+    fn subject(&self) -> Subject {
+        self.0.subject()
     }
 }
 
@@ -71,7 +108,7 @@ pub fn run_case<Make, Fix, Run, Done>(make: Make, case: Run)
 where
     Make: Future<Output = Fix>,
     Fix: Fixture,
-    Run: FnOnce(Arc<dyn Plugin>) -> Done,
+    Run: FnOnce(Subject) -> Done,
     Done: Future<Output = ()>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -81,7 +118,7 @@ where
         .expect("conformance: cannot build a tokio runtime");
     runtime.block_on(async move {
         let fixture = make.await;
-        case(fixture.plugin()).await;
+        case(fixture.subject()).await;
         drop(fixture);
     });
 }

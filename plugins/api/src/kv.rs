@@ -1,7 +1,10 @@
 //! The KeyValue plugin trait (SPEC §3): namespace → record `id` → sorted
 //! map of `key` → `value`.
 //!
-//! Every write — put, delete, mutate — is one [`KeyValue::mutate`] of one
+//! A plugin's [`KeyValue`] opens each namespace once into a
+//! [`KeyValueHandle`], which serves the namespace's calls.
+//!
+//! Every write — put, delete, mutate — is one [`KeyValueHandle::mutate`] of one
 //! record: atomic, stamped with a [`WriteStamp`]. Semantics every plugin
 //! must give (the conformance suite checks each):
 //!
@@ -21,6 +24,8 @@
 //! - **Chunking**: values of any size up to the namespace's max item size
 //!   are stored and returned whole; the plugin splits large ones as its
 //!   backend needs.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -124,16 +129,39 @@ pub struct RecordsPage {
     pub next: Option<ScanCursor>,
 }
 
+/// A backend's KeyValue store: opens namespaces, and keeps every one of
+/// them tidy.
 #[async_trait]
 pub trait KeyValue: Send + Sync {
+    /// Opens namespace `ns`: works out once what every call on it needs
+    /// (its resolved settings, its pool or client, its table names and
+    /// statements), so that calls on the handle derive nothing again.
+    /// Cheap and without I/O: a namespace's resources are checked by
+    /// provisioning, and a handle of a namespace that is not provisioned
+    /// answers [`PluginError::NotProvisioned`](crate::PluginError) when
+    /// called. Settings that can never serve (a bad name, an invalid
+    /// setting) fail here, as they would fail every call.
+    ///
+    /// A handle stays valid for the incarnation and the spec it was
+    /// opened with, also across deprovisioning and provisioning again;
+    /// a changed spec is opened anew.
+    fn open(&self, ns: &Namespace) -> Result<Arc<dyn KeyValueHandle>>;
+
+    /// Removes items expired at `now`, tombstones and idempotency tokens
+    /// past their retention, in every namespace. Returns the items removed.
+    async fn reclaim(&self, now: Micros) -> Result<u64>;
+}
+
+/// One namespace of a [`KeyValue`] store, opened.
+#[async_trait]
+pub trait KeyValueHandle: Send + Sync {
     /// Applies `mutations`, in order, to record `id`: all or none.
-    async fn mutate(&self, ns: &Namespace, id: &str, mutations: &[Mutation], stamp: &WriteStamp) -> Result<()>;
+    async fn mutate(&self, id: &str, mutations: &[Mutation], stamp: &WriteStamp) -> Result<()>;
 
     /// Items of record `id` chosen by `selector`, in key order, starting
     /// after key `after` when given; items expired at `now` are skipped.
     async fn get(
         &self,
-        ns: &Namespace,
         id: &str,
         selector: &Selector,
         after: Option<&[u8]>,
@@ -143,18 +171,8 @@ pub trait KeyValue: Send + Sync {
 
     /// Every record of the namespace, in id then key order, starting after
     /// `after` when given.
-    async fn scan(
-        &self,
-        ns: &Namespace,
-        after: Option<&ScanCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> Result<RecordsPage>;
-
-    /// Removes items expired at `now`, tombstones and idempotency tokens
-    /// past their retention, in every namespace. Returns the items removed.
-    async fn reclaim(&self, now: Micros) -> Result<u64>;
+    async fn scan(&self, after: Option<&ScanCursor>, limits: PageLimits, now: Micros) -> Result<RecordsPage>;
 
     /// Bytes the namespace stores (for the storage quota).
-    async fn storage_bytes(&self, ns: &Namespace) -> Result<u64>;
+    async fn storage_bytes(&self) -> Result<u64>;
 }

@@ -8,6 +8,31 @@
 //! The plugin stores them with the semantics of SPEC §3/§4, and declares
 //! which abstractions it serves. Credentials a namespace names by
 //! reference reach a plugin through [`secrets`].
+//!
+//! # Namespaces are opened once
+//!
+//! A plugin is called with a namespace's metadata ([`Namespace`]) only to
+//! provision, deprovision and *open* it ([`kv::KeyValue::open`],
+//! [`ts::TimeSeries::open`]). Opening works out what every call needs —
+//! resolved settings and credentials, the pool or client, table and topic
+//! names, statement texts, retention — and returns a handle
+//! ([`kv::KeyValueHandle`], [`ts::TimeSeriesHandle`]) whose calls derive
+//! nothing again. The gateway opens a namespace the first time a request
+//! needs it and keeps the handle with the namespace's snapshot entry, which
+//! is rebuilt when the namespace's metadata changes, so a changed spec is
+//! opened anew and an unchanged one costs nothing per request.
+//!
+//! Why lazily, on first use, rather than when the metadata arrives: a
+//! gateway holds every namespace of the system (10⁵ of them) and serves the
+//! few its shard owns and its callers use; a handle holds statement texts
+//! and names worth kilobytes, and opening every namespace at each snapshot
+//! would cost that memory for namespaces never called, and the time on the
+//! watch path. Opening is without I/O, so doing it on a request's path
+//! costs one allocation of the handle, once.
+//!
+//! Why a handle per abstraction rather than one per namespace: a
+//! namespace has one abstraction, and the caller knows which it wants; the
+//! typed handle saves a check on every call.
 
 pub mod error;
 pub mod kv;

@@ -3,6 +3,7 @@
 //! event_time, event_id, key): writing it again is a no-op.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -62,12 +63,64 @@ impl TagFilter {
     }
 }
 
-/// Where a newest-first read continues: after this event.
+/// Where a newest-first query continues: after this event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventCursor {
     pub event_time: Micros,
     pub time_series_id: String,
     pub event_id: String,
+}
+
+/// What a TimeSeries query selects: the events with `start <= event_time <
+/// end`, of one series or of all, matching a tag filter or not, newest
+/// first, one page after the cursor.
+///
+/// One type for both RPCs: `ReadEventRecords` is a query of one series,
+/// `SearchEventRecords` a query of every series with an optional filter.
+/// A backend has one code path, and the two cannot drift apart; a query
+/// may name a series *and* a filter (no RPC asks for that yet, every
+/// backend answers it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// `Some`: only this series; `None`: every series.
+    pub series: Option<String>,
+    /// Only events whose tags match; `None`: every event.
+    pub filter: Option<TagFilter>,
+    /// The first event time wanted.
+    pub start: Micros,
+    /// The event time past the last one wanted.
+    pub end: Micros,
+    /// Where the previous page ended: this page starts after it.
+    pub after: Option<EventCursor>,
+    pub limits: PageLimits,
+}
+
+impl Query {
+    /// One series in `[start, end)`, unfiltered, from the first page.
+    pub fn series(series: impl Into<String>, (start, end): (Micros, Micros), limits: PageLimits) -> Self {
+        Self { series: Some(series.into()), filter: None, start, end, after: None, limits }
+    }
+
+    /// Every series in `[start, end)` matching `filter`, from the first page.
+    pub fn search(filter: Option<TagFilter>, (start, end): (Micros, Micros), limits: PageLimits) -> Self {
+        Self { series: None, filter, start, end, after: None, limits }
+    }
+
+    /// Whether `series` is wanted.
+    pub fn wants_series(&self, series: &str) -> bool {
+        self.series.as_deref().is_none_or(|s| s == series)
+    }
+
+    /// Whether an event with `tags` is wanted.
+    pub fn wants_tags(&self, tags: &BTreeMap<String, String>) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(tags))
+    }
+
+    /// The event times this query may return at `now`, inclusive `(oldest,
+    /// newest)` ([`read_window`]); `None` when nothing is left.
+    pub fn window(&self, now: Micros, retention: Option<Micros>) -> Option<(Micros, Micros)> {
+        read_window(self.start, self.end, self.after.as_ref(), now, retention)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -114,57 +167,42 @@ pub fn read_window(
 /// - **Idempotent writes**: an event item is identified by
 ///   (time_series_id, event_time, event_id, key); writing it again changes
 ///   nothing (the first write wins).
-/// - **Reads** of one series in `[start, end)`, and **searches** of every
-///   series with an optional tag filter, return events newest first
+/// - **Queries** ([`Query`]: one series or every series, in `[start, end)`,
+///   with an optional tag filter) return events newest first
 ///   (event_time descending, then time_series_id, then event_id ascending),
 ///   each event whole (all its items and tags), paginated like KeyValue: stop
 ///   once the page's bytes (keys, values, tag keys and values) reach
 ///   `max_bytes` (the crossing event included) or at `max_items` events;
 ///   `next` is the last event returned when more may follow.
 /// - **Retention**: with a namespace retention `r`, events with
-///   `event_time < now - r` are never returned; [`TimeSeries::reclaim`]
+///   `event_time < now - r` are never returned; [`TimeSeriesHandle::reclaim`]
 ///   removes them (whole time partitions where the backend has them).
-#[async_trait]
 pub trait TimeSeries: Send + Sync {
+    /// Opens namespace `ns`, as [`KeyValue::open`](crate::kv::KeyValue::open)
+    /// does: once, without I/O; a handle stays valid for the incarnation
+    /// and spec it was opened with.
+    fn open(&self, ns: &Namespace) -> Result<Arc<dyn TimeSeriesHandle>>;
+}
+
+/// One namespace of a [`TimeSeries`] store, opened.
+#[async_trait]
+pub trait TimeSeriesHandle: Send + Sync {
     /// Writes events; returns when they are durable.
-    async fn write(&self, ns: &Namespace, events: &[Event]) -> Result<()>;
+    async fn write(&self, events: &[Event]) -> Result<()>;
 
     /// As [`write`](Self::write), storing `context` with the events where
     /// the backend keeps per-message metadata. Backends without any write
     /// as `write` does.
-    async fn write_with(&self, ns: &Namespace, events: &[Event], context: &WriteContext) -> Result<()> {
+    async fn write_with(&self, events: &[Event], context: &WriteContext) -> Result<()> {
         let _ = context;
-        self.write(ns, events).await
+        self.write(events).await
     }
 
-    /// Events of one series with `start <= event_time < end`, newest first,
-    /// continuing after `after`; nothing past retention at `now`.
-    #[allow(clippy::too_many_arguments)]
-    async fn read(
-        &self,
-        ns: &Namespace,
-        time_series_id: &str,
-        start: Micros,
-        end: Micros,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> Result<EventsPage>;
-
-    /// Events of any series in `[start, end)` matching `filter`, newest first.
-    #[allow(clippy::too_many_arguments)]
-    async fn search(
-        &self,
-        ns: &Namespace,
-        start: Micros,
-        end: Micros,
-        filter: Option<&TagFilter>,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> Result<EventsPage>;
+    /// The page of events `query` selects at `now`, newest first;
+    /// nothing past retention at `now`.
+    async fn query(&self, query: &Query, now: Micros) -> Result<EventsPage>;
 
     /// Removes the namespace's events past its retention at `now`.
     /// Returns how many events (or an estimate, for partition drops) went.
-    async fn reclaim(&self, ns: &Namespace, now: Micros) -> Result<u64>;
+    async fn reclaim(&self, now: Micros) -> Result<u64>;
 }

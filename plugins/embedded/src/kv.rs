@@ -73,10 +73,12 @@ mod tests;
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::{
-    Item, ItemsPage, KeyValue, Mutation, PageLimits, Record, RecordsPage, ScanCursor, Selector, WriteStamp,
+    Item, ItemsPage, KeyValue, KeyValueHandle, Mutation, PageLimits, Record, RecordsPage, ScanCursor, Selector,
+    WriteStamp,
 };
 use prism_plugin_api::{Micros, Namespace, now_micros};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -85,9 +87,9 @@ use self::codec::{
     Due, Header, RangeTombstone, chunk_key, due_key, due_rest, join, name_prefix, namespace_prefix, prefix_end,
     record_key, split_item,
 };
-use crate::EmbeddedPlugin;
 use crate::config::EmbeddedConfig;
 use crate::error::{EmbeddedError, Result, storage};
+use crate::{EmbeddedPlugin, Opened};
 
 /// File name of the store inside the data directory.
 pub const FILE_NAME: &str = "embedded.redb";
@@ -785,40 +787,8 @@ impl Store {
 
 #[async_trait]
 impl KeyValue for EmbeddedPlugin {
-    async fn mutate(
-        &self,
-        ns: &Namespace,
-        id: &str,
-        mutations: &[Mutation],
-        stamp: &WriteStamp,
-    ) -> prism_plugin_api::Result<()> {
-        let (ns, id, mutations, stamp) = (Incarnation::of(ns)?, id.to_owned(), mutations.to_vec(), stamp.clone());
-        Ok(self.write_turn(move |s| s.mutate(&ns, &id, &mutations, &stamp)).await?)
-    }
-
-    async fn get(
-        &self,
-        ns: &Namespace,
-        id: &str,
-        selector: &Selector,
-        after: Option<&[u8]>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<ItemsPage> {
-        let (ns, id, selector, after) =
-            (Incarnation::of(ns)?, id.to_owned(), selector.clone(), after.map(<[u8]>::to_vec));
-        Ok(self.read_turn(move |s| s.get(&ns, &id, &selector, after.as_deref(), limits, now)).await?)
-    }
-
-    async fn scan(
-        &self,
-        ns: &Namespace,
-        after: Option<&ScanCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<RecordsPage> {
-        let (ns, after) = (Incarnation::of(ns)?, after.cloned());
-        Ok(self.read_turn(move |s| s.scan(&ns, after.as_ref(), limits, now)).await?)
+    fn open(&self, ns: &Namespace) -> prism_plugin_api::Result<Arc<dyn KeyValueHandle>> {
+        Ok(Arc::new(Opened::of(&self.turns, ns)?))
     }
 
     async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
@@ -832,9 +802,39 @@ impl KeyValue for EmbeddedPlugin {
             }
         }
     }
+}
 
-    async fn storage_bytes(&self, ns: &Namespace) -> prism_plugin_api::Result<u64> {
-        let ns = Incarnation::of(ns)?;
-        Ok(self.read_turn(move |s| s.storage_bytes(&ns)).await?)
+#[async_trait]
+impl KeyValueHandle for Opened {
+    async fn mutate(&self, id: &str, mutations: &[Mutation], stamp: &WriteStamp) -> prism_plugin_api::Result<()> {
+        let (ns, id, mutations, stamp) = (self.ns.clone(), id.to_owned(), mutations.to_vec(), stamp.clone());
+        Ok(self.turns.write_turn(move |s| s.mutate(&ns, &id, &mutations, &stamp)).await?)
+    }
+
+    async fn get(
+        &self,
+        id: &str,
+        selector: &Selector,
+        after: Option<&[u8]>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<ItemsPage> {
+        let (ns, id, selector, after) = (self.ns.clone(), id.to_owned(), selector.clone(), after.map(<[u8]>::to_vec));
+        Ok(self.turns.read_turn(move |s| s.get(&ns, &id, &selector, after.as_deref(), limits, now)).await?)
+    }
+
+    async fn scan(
+        &self,
+        after: Option<&ScanCursor>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<RecordsPage> {
+        let (ns, after) = (self.ns.clone(), after.cloned());
+        Ok(self.turns.read_turn(move |s| s.scan(&ns, after.as_ref(), limits, now)).await?)
+    }
+
+    async fn storage_bytes(&self) -> prism_plugin_api::Result<u64> {
+        let ns = self.ns.clone();
+        Ok(self.turns.read_turn(move |s| s.storage_bytes(&ns)).await?)
     }
 }

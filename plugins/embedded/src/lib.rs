@@ -35,6 +35,14 @@ use crate::kv::{Incarnation, Store};
 /// The embedded backend plugin. Cheap to share behind an `Arc`; one per
 /// data directory (redb locks the file).
 pub struct EmbeddedPlugin {
+    turns: Turns,
+    config: EmbeddedConfig,
+}
+
+/// The store and the turns its callers take on it: what the plugin and
+/// every namespace opened on it share.
+#[derive(Clone)]
+pub(crate) struct Turns {
     store: Arc<Store>,
     /// One permit: redb runs one write transaction at a time, so writers
     /// queue here, asynchronously, rather than each holding a blocking
@@ -42,7 +50,22 @@ pub struct EmbeddedPlugin {
     writers: Arc<Semaphore>,
     /// `max_concurrent_reads` permits.
     readers: Arc<Semaphore>,
-    config: EmbeddedConfig,
+}
+
+/// A namespace opened on the store ([`prism_plugin_api::kv::KeyValue::open`],
+/// [`prism_plugin_api::ts::TimeSeries::open`]): its keys' prefix and its
+/// retention, worked out once.
+pub(crate) struct Opened {
+    turns: Turns,
+    ns: Arc<Incarnation>,
+    /// The TimeSeries retention of the spec it was opened with.
+    retention: Option<prism_plugin_api::Micros>,
+}
+
+impl Opened {
+    fn of(turns: &Turns, ns: &Namespace) -> Result<Self> {
+        Ok(Self { turns: turns.clone(), ns: Arc::new(Incarnation::of(ns)?), retention: ts::retention(ns) })
+    }
 }
 
 impl std::fmt::Debug for EmbeddedPlugin {
@@ -59,12 +82,12 @@ impl EmbeddedPlugin {
         config.validate()?;
         let store = Store::open(&config)?;
         tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
-        Ok(Self {
+        let turns = Turns {
             store: Arc::new(store),
             writers: Arc::new(Semaphore::new(1)),
             readers: Arc::new(Semaphore::new(config.max_concurrent_reads)),
-            config,
-        })
+        };
+        Ok(Self { turns, config })
     }
 
     pub fn config(&self) -> &EmbeddedConfig {
@@ -75,7 +98,8 @@ impl EmbeddedPlugin {
     /// (first at once) until the plugin is dropped or the task is aborted.
     /// Failures are logged and retried on the next tick. TimeSeries
     /// retention is not reclaimed here: it is a namespace policy the store
-    /// does not keep, so the gateway calls [`TimeSeries::reclaim`] with it.
+    /// does not keep, so the gateway reclaims each opened namespace
+    /// ([`prism_plugin_api::ts::TimeSeriesHandle::reclaim`]).
     pub fn spawn_reclaimer(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let plugin = Arc::downgrade(self);
         let every = every.max(Duration::from_millis(1));
@@ -96,6 +120,16 @@ impl EmbeddedPlugin {
         })
     }
 
+    /// Runs `f` when it is this writer's turn (one at a time).
+    pub(crate) async fn write_turn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.turns.write_turn(f).await
+    }
+}
+
+impl Turns {
     /// Runs `f` on the blocking pool once `permits` grants a turn. The
     /// permit moves with `f`, so a caller that stops waiting (a deadline)
     /// does not let another start before `f` ends.

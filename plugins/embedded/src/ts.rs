@@ -44,7 +44,7 @@
 //! # Retention
 //!
 //! Reads and searches never return events older than `now - retention`:
-//! the interval is cut before any key is read. [`TimeSeries::reclaim`]
+//! the interval is cut before any key is read. [`TimeSeriesHandle::reclaim`]
 //! drops every partition wholly older than that cutoff, one transaction
 //! each, then removes the older events of the one partition the cutoff
 //! falls in, in batches, so that after it nothing past retention is kept.
@@ -65,7 +65,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeries, TimeSeriesHandle};
 use prism_plugin_api::{Micros, Namespace};
 use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -73,10 +73,10 @@ use self::codec::{
     Row, check_id, decode_tags, encode_tags, event_key, head_key, index_key, index_time_key, item_key, items_key,
     partition, partition_key, series_key, series_time_key, split_index, split_row,
 };
-use crate::EmbeddedPlugin;
 use crate::error::{EmbeddedError, Result, storage};
 use crate::kv::codec::prefix_end;
 use crate::kv::{Bytes, Incarnation, NAMESPACES, Pager, Store, count_bytes, purge_range, registered};
+use crate::{EmbeddedPlugin, Opened};
 
 const EVENTS: TableDefinition<Bytes, Bytes> = TableDefinition::new("ts_events");
 const INDEX: TableDefinition<Bytes, ()> = TableDefinition::new("ts_index");
@@ -101,7 +101,7 @@ pub(crate) fn purge(w: &WriteTransaction, prefix: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) use prism_plugin_api::ts::{read_window as window, retention};
+pub(crate) use prism_plugin_api::ts::retention;
 
 fn check_cursor(after: Option<&EventCursor>) -> Result<()> {
     if let Some(cursor) = after {
@@ -295,11 +295,22 @@ impl Store {
         Ok(out)
     }
 
+    /// One page of `query` within `window`: by the series' own keys for
+    /// one series, by the time index for every series.
+    fn query(&self, ns: &Incarnation, query: &Query, window: (Micros, Micros)) -> Result<EventsPage> {
+        let (filter, after, limits) = (query.filter.as_ref(), query.after.as_ref(), query.limits);
+        match &query.series {
+            Some(series) => self.read_series(ns, series, window, filter, after, limits),
+            None => self.search(ns, window, filter, after, limits),
+        }
+    }
+
     fn read_series(
         &self,
         ns: &Incarnation,
         series: &str,
         (oldest, newest): (Micros, Micros),
+        filter: Option<&TagFilter>,
         after: Option<&EventCursor>,
         limits: PageLimits,
     ) -> Result<EventsPage> {
@@ -331,22 +342,30 @@ impl Store {
             let Some(bounds) = span(Bound::Included(lower), prefix_end(&series_time_key(&base, oldest))) else {
                 continue;
             };
+            // The items of an event the filter skipped are skipped too.
+            let mut skipping = false;
             for row in events.range::<&[u8]>(as_slices(&bounds)).map_err(storage)? {
                 let (key, value) = row.map_err(storage)?;
                 let (time, id, row) = split_row(key.value().get(base.len()..).unwrap_or_default())?;
                 match row {
                     Row::Head => {
+                        let tags = decode_tags(value.value())?;
+                        skipping = filter.is_some_and(|f| !f.matches(&tags));
+                        if skipping {
+                            continue;
+                        }
                         let event = Event {
                             time_series_id: series.to_owned(),
                             event_time: time,
                             event_id: event_id_text(id)?,
                             items: Vec::new(),
-                            tags: decode_tags(value.value())?,
+                            tags,
                         };
                         if !page.begin(event) {
                             break 'partitions;
                         }
                     }
+                    Row::Item(_) if skipping => {}
                     Row::Item(item) => page.item(time, id, item, value.value())?,
                 }
             }
@@ -466,84 +485,45 @@ impl Store {
     }
 }
 
-impl EmbeddedPlugin {
-    /// Runs `fill` on a reader over the times `[start, end)` leaves after
-    /// retention at `now` and the cursor; when none are left, only checks
-    /// that the namespace is provisioned.
-    async fn page(
-        &self,
-        ns: &Namespace,
-        (start, end): (Micros, Micros),
-        after: Option<&EventCursor>,
-        now: Micros,
-        fill: impl FnOnce(&Store, &Incarnation, (Micros, Micros), Option<&EventCursor>) -> Result<EventsPage>
-        + Send
-        + 'static,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let window = window(start, end, after, now, retention(ns));
-        let (ns, after) = (Incarnation::of(ns)?, after.cloned());
-        Ok(self
-            .read_turn(move |s| match window {
-                Some(window) => fill(s, &ns, window, after.as_ref()),
-                None => s.storage_bytes(&ns).map(|_| EventsPage::default()),
-            })
-            .await?)
+impl TimeSeries for EmbeddedPlugin {
+    fn open(&self, ns: &Namespace) -> prism_plugin_api::Result<Arc<dyn TimeSeriesHandle>> {
+        Ok(Arc::new(Opened::of(&self.turns, ns)?))
     }
 }
 
 #[async_trait]
-impl TimeSeries for EmbeddedPlugin {
-    async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
-        let ns = Incarnation::of(ns)?;
+impl TimeSeriesHandle for Opened {
+    async fn write(&self, events: &[Event]) -> prism_plugin_api::Result<()> {
+        let ns = self.ns.clone();
         if events.is_empty() {
             // No transaction to commit, but the namespace must exist.
-            self.read_turn(move |s| s.storage_bytes(&ns)).await?;
+            self.turns.read_turn(move |s| s.storage_bytes(&ns)).await?;
             return Ok(());
         }
         let events = events.to_vec();
-        Ok(self.write_turn(move |s| s.write_events(&ns, &events)).await?)
+        Ok(self.turns.write_turn(move |s| s.write_events(&ns, &events)).await?)
     }
 
-    async fn read(
-        &self,
-        ns: &Namespace,
-        time_series_id: &str,
-        start: Micros,
-        end: Micros,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let series = time_series_id.to_owned();
-        self.page(ns, (start, end), after, now, move |s, ns, window, after| {
-            s.read_series(ns, &series, window, after, limits)
-        })
-        .await
+    async fn query(&self, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
+        // The times `[start, end)` leaves after retention at `now` and the
+        // cursor; when none are left, only a check that the namespace is
+        // provisioned.
+        let window = query.window(now, self.retention);
+        let (ns, query) = (self.ns.clone(), query.clone());
+        Ok(self
+            .turns
+            .read_turn(move |s| match window {
+                Some(window) => s.query(&ns, &query, window),
+                None => s.storage_bytes(&ns).map(|_| EventsPage::default()),
+            })
+            .await?)
     }
 
-    async fn search(
-        &self,
-        ns: &Namespace,
-        start: Micros,
-        end: Micros,
-        filter: Option<&TagFilter>,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let filter = filter.cloned();
-        self.page(ns, (start, end), after, now, move |s, ns, window, after| {
-            s.search(ns, window, filter.as_ref(), after, limits)
-        })
-        .await
-    }
-
-    async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {
-        let retention = retention(ns);
-        let ns = Arc::new(Incarnation::of(ns)?);
-        let Some(retention) = retention else {
+    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
+        let Some(retention) = self.retention else {
             // Nothing is past retention, but the namespace must exist.
-            self.read_turn(move |s| s.storage_bytes(&ns)).await?;
+            let ns = self.ns.clone();
+            self.turns.read_turn(move |s| s.storage_bytes(&ns)).await?;
             return Ok(0);
         };
         let cutoff = now.saturating_sub(retention);
@@ -551,15 +531,15 @@ impl TimeSeries for EmbeddedPlugin {
         // One transaction per partition or batch, each taking its turn
         // among writers.
         loop {
-            let ns = ns.clone();
-            match self.write_turn(move |s| s.drop_partition(&ns, cutoff)).await? {
+            let ns = self.ns.clone();
+            match self.turns.write_turn(move |s| s.drop_partition(&ns, cutoff)).await? {
                 Some(events) => removed += events,
                 None => break,
             }
         }
         loop {
-            let ns = ns.clone();
-            let (events, more) = self.write_turn(move |s| s.trim_partition(&ns, cutoff, TRIM_BATCH)).await?;
+            let ns = self.ns.clone();
+            let (events, more) = self.turns.write_turn(move |s| s.trim_partition(&ns, cutoff, TRIM_BATCH)).await?;
             removed += events;
             if !more {
                 return Ok(removed);

@@ -5,23 +5,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prism_plugin_api::conformance::Subject;
 use prism_plugin_api::conformance::support::{
     Case, MINUTE, event, namespace, newest_first, pairs, pattern, put, put_expiring, ts_namespace,
 };
 use prism_plugin_api::kv::{KeyRange, Mutation};
-use prism_plugin_api::{Plugin, PluginError, now_micros};
+use prism_plugin_api::{PluginError, now_micros};
 use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
 
-fn open(dir: &std::path::Path) -> Arc<dyn Plugin> {
-    Arc::new(EmbeddedPlugin::open(EmbeddedConfig::new(dir)).expect("open the store"))
+/// A plugin on `dir`; embedded namespaces need no backend settings.
+fn open(dir: &std::path::Path) -> Subject {
+    Subject::new(Arc::new(EmbeddedPlugin::open(EmbeddedConfig::new(dir)).expect("open the store")))
 }
 
 #[tokio::test]
 async fn data_survives_reopening() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let plugin = open(dir.path());
-    let ns = namespace(plugin.as_ref(), "data_survives_reopening");
-    let c = Case::unprovisioned(plugin, ns.clone());
+    let subject = open(dir.path());
+    let ns = namespace(&subject, "data_survives_reopening");
+    let c = Case::unprovisioned(&subject, ns.clone());
     c.plugin.provision(&c.ns).await.expect("provision");
     let big = pattern(3 << 20, 9);
     c.mutate("r", &[put("k", "v"), put("big", &big)], &c.token(1, "tok")).await;
@@ -31,7 +33,8 @@ async fn data_survives_reopening() {
     let base = c.base;
     drop(c);
 
-    let c = Case { plugin: open(dir.path()), ns, base };
+    drop(subject);
+    let c = Case::resume(open(dir.path()).plugin, ns, base);
     assert_eq!(c.storage().await, stored);
     assert_eq!(c.entries("r").await, pairs(&[("big", big.as_slice()), ("k", b"v".as_slice())]));
     c.mutate("r", &[put("k", "retry")], &c.token(1, "tok")).await;
@@ -49,9 +52,9 @@ async fn data_survives_reopening() {
 #[tokio::test]
 async fn events_survive_reopening() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let plugin = open(dir.path());
-    let ns = ts_namespace(plugin.as_ref(), "events_survive_reopening", None);
-    let c = Case::provision_ns(plugin, ns.clone()).await;
+    let subject = open(dir.path());
+    let ns = ts_namespace(&subject, "events_survive_reopening", None);
+    let c = Case::provision_ns(&subject, ns.clone()).await;
     let mut written: Vec<_> = (0..20)
         .map(|i| {
             event(&format!("s{}", i % 3), c.base - i * 7 * MINUTE, &format!("e{i}"), &[("k", "v")], &[("tag", "x")])
@@ -63,7 +66,8 @@ async fn events_survive_reopening() {
     let base = c.base;
     drop(c);
 
-    let c = Case { plugin: open(dir.path()), ns, base };
+    drop(subject);
+    let c = Case::resume(open(dir.path()).plugin, ns, base);
     assert_eq!(c.storage().await, stored);
     let want = newest_first(&written);
     assert!(c.matching(None).await == want, "every event comes back after reopening");
@@ -99,7 +103,7 @@ async fn invalid_config_is_refused() {
 async fn reclaimer_frees_expired_data_and_stops_with_the_plugin() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let plugin = Arc::new(EmbeddedPlugin::open(EmbeddedConfig::new(dir.path())).expect("open"));
-    let c = Case::provision(plugin.clone(), "reclaimer").await;
+    let c = Case::provision(&Subject::new(plugin.clone()), "reclaimer").await;
     let value = pattern(64 << 10, 1);
     c.mutate("r", &[put_expiring("k", &value, now_micros() - 1), put("kept", "x")], &c.at(1)).await;
     let before = c.storage().await;
@@ -127,8 +131,8 @@ async fn reclaimer_frees_expired_data_and_stops_with_the_plugin() {
 #[tokio::test]
 async fn nul_in_a_record_id_is_invalid() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let c = Case::provision(open(dir.path()), "nul_in_a_record_id_is_invalid").await;
-    let result = c.kv().mutate(&c.ns, "a\0b", &[put("k", "v")], &c.at(1)).await;
+    let c = Case::provision(&open(dir.path()), "nul_in_a_record_id_is_invalid").await;
+    let result = c.kv().mutate("a\0b", &[put("k", "v")], &c.at(1)).await;
     assert!(matches!(result, Err(PluginError::InvalidArgument { .. })), "{result:?}");
     c.finish().await;
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{Event, TimeSeries};
+use prism_plugin_api::ts::{Event, Query, TimeSeries};
 use prism_plugin_api::{Namespace, Plugin, now_micros};
 use prism_plugin_kafka::{KafkaPlugin, KafkaPluginConfig, codec};
 use prism_proto::control::backend_config::Config;
@@ -287,6 +287,8 @@ async fn run(
     let direct_ns =
         Namespace { name: "bench/kafka-direct".into(), create_revision: 1, spec: spec(&broker.bootstrap()) };
     plugin.provision(&direct_ns).await?;
+    // Opened once, as the gateway keeps it with the namespace's entry.
+    let direct = TimeSeries::open(plugin.as_ref(), &direct_ns)?;
     let config = KafkaPluginConfig::default();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
@@ -364,12 +366,12 @@ async fn run(
         // The plugin called directly, without the gateway: what the
         // plugin adds to the bare producer.
         let plugin_phase = || {
-            let (plugin, ns, series) = (plugin.clone(), direct_ns.clone(), series.clone());
+            let (direct, series) = (direct.clone(), series.clone());
             drive(concurrency, ops, move |task, i| {
-                let (plugin, ns) = (plugin.clone(), ns.clone());
+                let direct = direct.clone();
                 let e = event(&series[task % series.len()], now_micros(), format!("p{round}-{task}-{i}"));
                 async move {
-                    plugin.write(&ns, &[e]).await?;
+                    direct.write(&[e]).await?;
                     Ok(())
                 }
             })
@@ -515,7 +517,7 @@ async fn run(
                 events: batch.iter().map(to_proto).collect(),
             };
             c.write_event_records_sync(authed(request)).await.context("preload through the gateway")?;
-            plugin.write(&direct_ns, batch).await.context("preload directly")?;
+            direct.write(batch).await.context("preload directly")?;
         }
     }
     let start = now - HOUR_SECS * 1_000_000;
@@ -535,9 +537,7 @@ async fn run(
         gateway_h.saturating_record(t.elapsed().as_nanos() as u64);
         anyhow::ensure!(got.events.len() == per_series, "gateway read {} of {per_series}", got.events.len());
         let t = Instant::now();
-        let page =
-            TimeSeries::read(plugin.as_ref(), &direct_ns, "read-0", start, i64::MAX, None, everything, now_micros())
-                .await?;
+        let page = direct.query(&Query::series("read-0", (start, i64::MAX), everything), now_micros()).await?;
         direct_h.saturating_record(t.elapsed().as_nanos() as u64);
         anyhow::ensure!(page.events.len() == per_series, "direct read {} of {per_series}", page.events.len());
     }

@@ -38,12 +38,18 @@ pub use error::{KafkaError, Result};
 
 /// The kafka backend plugin. Cheap to share behind an `Arc`.
 pub struct KafkaPlugin {
+    /// Shared with every namespace opened on the plugin.
+    kafka: Arc<Kafka>,
+}
+
+/// The plugin's clients and what it knows of its topics.
+pub(crate) struct Kafka {
     config: KafkaPluginConfig,
     /// Clients per broker list (`bootstrap.servers`).
     clients: Mutex<HashMap<String, Arc<Clients>>>,
     /// Topics this plugin has provisioned or found, by name.
     topics: Mutex<HashMap<String, TopicState>>,
-    /// Per topic, the retention cutoff of the last [`TimeSeries::reclaim`]:
+    /// Per topic, the retention cutoff of the last [`TimeSeriesHandle::reclaim`](prism_plugin_api::ts::TimeSeriesHandle::reclaim):
     /// events older are hidden from reads at once, whatever clock a read
     /// passes, while the broker removes them by `retention.ms` (see
     /// [`ts`]).
@@ -55,7 +61,7 @@ pub struct KafkaPlugin {
 impl std::fmt::Debug for KafkaPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Clients hold broker addresses: not for logs.
-        f.debug_struct("KafkaPlugin").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("KafkaPlugin").field("config", &self.kafka.config).finish_non_exhaustive()
     }
 }
 
@@ -176,19 +182,22 @@ impl KafkaPlugin {
     /// Validates `config`. Opens no connection.
     pub fn new(config: KafkaPluginConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Self {
+        let kafka = Kafka {
             config,
             clients: Mutex::default(),
             topics: Mutex::default(),
             floors: Mutex::default(),
             send_errors: Default::default(),
-        })
+        };
+        Ok(Self { kafka: Arc::new(kafka) })
     }
 
     pub fn config(&self) -> &KafkaPluginConfig {
-        &self.config
+        &self.kafka.config
     }
+}
 
+impl Kafka {
     /// The clients of `settings`' brokers, made (without connecting) if
     /// needed.
     pub(crate) fn clients(&self, settings: &NamespaceSettings) -> Result<Arc<Clients>> {
@@ -292,17 +301,17 @@ impl KafkaPlugin {
     pub(crate) async fn partitions(
         &self,
         ns: &Namespace,
+        topic: &str,
         settings: &NamespaceSettings,
         clients: &Arc<Clients>,
     ) -> Result<i32> {
-        let topic = codec::topic(ns);
-        let known = lock(&self.topics).get(&topic).copied();
+        let known = lock(&self.topics).get(topic).copied();
         if let Some(TopicState { partitions, verified: true }) = known {
             return Ok(partitions);
         }
-        match (self.lookup(clients, &topic).await?, known) {
+        match (self.lookup(clients, topic).await?, known) {
             (Some(partitions), _) => {
-                self.remember(&topic, partitions);
+                self.remember(topic, partitions);
                 Ok(partitions)
             }
             (None, Some(_)) => {
@@ -337,33 +346,34 @@ impl Plugin for KafkaPlugin {
     fn client_stats(&self) -> prism_plugin_api::ClientStats {
         // librdkafka's own count: messages and requests queued or in flight
         // to the brokers, not yet acknowledged.
-        let queued: i64 = lock(&self.clients).values().map(|c| i64::from(c.producer_now().in_flight_count())).sum();
+        let queued: i64 =
+            lock(&self.kafka.clients).values().map(|c| i64::from(c.producer_now().in_flight_count())).sum();
         prism_plugin_api::ClientStats {
             pools: None,
             producers: Some(prism_plugin_api::ProducerStats {
                 queued_messages: u64::try_from(queued).unwrap_or(0),
-                send_errors: self.send_errors.load(std::sync::atomic::Ordering::Relaxed),
+                send_errors: self.kafka.send_errors.load(std::sync::atomic::Ordering::Relaxed),
             }),
         }
     }
 
     async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
         let settings = NamespaceSettings::of(ns)?;
-        let clients = self.clients(&settings)?;
-        self.create_topic(ns, &settings, &clients).await?;
+        let clients = self.kafka.clients(&settings)?;
+        self.kafka.create_topic(ns, &settings, &clients).await?;
         Ok(())
     }
 
     async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
         let settings = NamespaceSettings::of(ns)?;
-        let clients = self.clients(&settings)?;
+        let clients = self.kafka.clients(&settings)?;
         let topic = codec::topic(ns);
         // Forget first: a write racing the deletion must not create the
         // topic again.
-        lock(&self.topics).remove(&topic);
+        lock(&self.kafka.topics).remove(&topic);
         let deleted = tokio::time::timeout(
-            self.config.request_timeout * 2,
-            clients.admin.delete_topics(&[&topic], &self.admin_options()),
+            self.kafka.config.request_timeout * 2,
+            clients.admin.delete_topics(&[&topic], &self.kafka.admin_options()),
         )
         .await
         .map_err(|_| KafkaError::Timeout("delete topic"))?
@@ -380,11 +390,20 @@ impl Plugin for KafkaPlugin {
                 }
             }
         }
-        lock(&self.floors).remove(&topic);
+        lock(&self.kafka.floors).remove(&topic);
         Ok(())
     }
 
     fn time_series(&self) -> Option<&dyn TimeSeries> {
         Some(self)
+    }
+}
+
+impl TimeSeries for KafkaPlugin {
+    fn open(&self, ns: &Namespace) -> prism_plugin_api::Result<Arc<dyn prism_plugin_api::ts::TimeSeriesHandle>> {
+        let settings = NamespaceSettings::of(ns)?;
+        let clients = self.kafka.clients(&settings)?;
+        let topic = codec::topic(ns);
+        Ok(Arc::new(ts::Opened { kafka: self.kafka.clone(), ns: ns.clone(), settings, clients, topic }))
     }
 }

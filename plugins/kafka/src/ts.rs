@@ -37,7 +37,7 @@
 //!
 //! **Retention** is enforced on read (`now - retention`), by the topic's
 //! `retention.ms` (the broker drops whole segments, Kafka's time
-//! partitions), and by [`TimeSeries::reclaim`], which raises this
+//! partitions), and by [`TimeSeriesHandle::reclaim`], which raises this
 //! gateway's floor so reclaimed events stay hidden whatever clock a read
 //! passes. Kafka cannot delete single messages, and `DeleteRecords` (a
 //! prefix) is not offered by every broker, so nothing is deleted earlier
@@ -45,14 +45,13 @@
 //! reason.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{
-    Event, EventCursor, EventsPage, TagFilter, TimeSeries, WriteContext, read_window, retention,
-};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeriesHandle, WriteContext};
 use prism_plugin_api::{Micros, Namespace};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as ClientError;
@@ -64,27 +63,72 @@ use rdkafka::util::Timeout;
 
 use crate::config::{KafkaPluginConfig, MAX_MESSAGE_BYTES, NamespaceSettings};
 use crate::error::{KafkaError, Result};
-use crate::{Clients, KafkaPlugin, codec};
+use crate::{Clients, Kafka, codec};
 
 /// One message as read: its key and value.
 type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-#[async_trait]
-impl TimeSeries for KafkaPlugin {
-    async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
-        self.write_with(ns, events, &WriteContext::default()).await
+/// A namespace opened ([`TimeSeries::open`](prism_plugin_api::ts::TimeSeries::open)):
+/// its settings, its brokers' clients and its topic, worked out once.
+pub(crate) struct Opened {
+    pub(crate) kafka: Arc<Kafka>,
+    /// What the topic is made from if it has to be made again.
+    pub(crate) ns: Namespace,
+    pub(crate) settings: NamespaceSettings,
+    pub(crate) clients: Arc<Clients>,
+    pub(crate) topic: String,
+}
+
+impl Opened {
+    /// The topic's partition count, checking that it exists.
+    async fn partitions(&self) -> Result<i32> {
+        self.kafka.partitions(&self.ns, &self.topic, &self.settings, &self.clients).await
     }
 
-    async fn write_with(
-        &self,
-        ns: &Namespace,
-        events: &[Event],
-        context: &WriteContext,
-    ) -> prism_plugin_api::Result<()> {
-        let settings = NamespaceSettings::of(ns)?;
-        let clients = self.clients(&settings)?;
-        let partitions = self.partitions(ns, &settings, &clients).await?;
-        let topic = codec::topic(ns);
+    /// The page `q` selects: a read of one series reads its one partition.
+    async fn query_topic(&self, q: &Query, now: Micros) -> Result<EventsPage> {
+        let partitions = self.partitions().await?;
+        let topic = &self.topic;
+        let Some((mut oldest, newest)) = q.window(now, self.settings.retention) else {
+            return Ok(EventsPage::default());
+        };
+        if let Some(floor) = self.kafka.floor(topic) {
+            oldest = oldest.max(floor);
+        }
+        if oldest > newest {
+            return Ok(EventsPage::default());
+        }
+        let wanted: Vec<i32> = match q.series.as_deref() {
+            Some(series) => vec![codec::partition(series, partitions)],
+            None => (0..partitions).collect(),
+        };
+        let scan = Scan { topic: topic.clone(), partitions: wanted, oldest_ms: codec::timestamp_ms(oldest) };
+        let config = self.kafka.config.clone();
+        let reader_clients = self.clients.clone();
+        let raw = tokio::task::spawn_blocking(move || scan.run(&reader_clients, &config))
+            .await
+            .map_err(|_| KafkaError::Timeout("read"))?;
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.kafka.suspect(topic);
+                return Err(e);
+            }
+        };
+        let events = merge(raw, q.series.as_deref(), (oldest, newest))?;
+        Ok(page(events, q.filter.as_ref(), q.after.as_ref(), q.limits))
+    }
+}
+
+#[async_trait]
+impl TimeSeriesHandle for Opened {
+    async fn write(&self, events: &[Event]) -> prism_plugin_api::Result<()> {
+        self.write_with(events, &WriteContext::default()).await
+    }
+
+    async fn write_with(&self, events: &[Event], context: &WriteContext) -> prism_plugin_api::Result<()> {
+        let partitions = self.partitions().await?;
+        let (topic, config) = (&self.topic, &self.kafka.config);
         let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
         if let Some(i) =
             payloads.iter().zip(events).position(|(p, e)| p.len() + e.time_series_id.len() > MAX_MESSAGE_BYTES)
@@ -95,7 +139,7 @@ impl TimeSeries for KafkaPlugin {
             )
             .into());
         }
-        let producer = clients.producer_now();
+        let producer = self.clients.producer_now();
         // The trace context as record headers (`traceparent`,
         // `tracestate`), the names OpenTelemetry's Kafka instrumentations
         // read.
@@ -103,7 +147,7 @@ impl TimeSeries for KafkaPlugin {
             Some(headers.unwrap_or_default().insert(Header { key, value: Some(value) }))
         });
         let sends = events.iter().zip(&payloads).map(|(event, payload)| {
-            let mut record = FutureRecord::to(&topic)
+            let mut record = FutureRecord::to(topic)
                 .key(event.time_series_id.as_bytes())
                 .payload(payload.as_slice())
                 .partition(codec::partition(&event.time_series_id, partitions))
@@ -111,107 +155,32 @@ impl TimeSeries for KafkaPlugin {
             if let Some(headers) = &headers {
                 record = record.headers(headers.clone());
             }
-            producer.send(record, Timeout::After(self.config.message_timeout))
+            producer.send(record, Timeout::After(config.message_timeout))
         });
         let results = join_all(sends).await;
         let failed = results.iter().filter(|r| r.is_err()).count();
         if failed > 0 {
-            self.count_send_errors(failed);
+            self.kafka.count_send_errors(failed);
         }
         if let Some(Err((error, _))) = results.into_iter().find(Result::is_err) {
-            self.suspect(&topic);
-            clients.after_failure(&producer, &self.config);
-            tracing::debug!(namespace = %ns.name, %error, "kafka write failed");
+            self.kafka.suspect(topic);
+            self.clients.after_failure(&producer, config);
+            tracing::debug!(namespace = %self.ns.name, %error, "kafka write failed");
             return Err(KafkaError::client("produce")(error).into());
         }
         Ok(())
     }
 
-    async fn read(
-        &self,
-        ns: &Namespace,
-        time_series_id: &str,
-        start: Micros,
-        end: Micros,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let query = Query { series: Some(time_series_id), filter: None, start, end, after, limits, now };
-        Ok(self.query(ns, query).await?)
+    async fn query(&self, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
+        Ok(self.query_topic(query, now).await?)
     }
 
-    async fn search(
-        &self,
-        ns: &Namespace,
-        start: Micros,
-        end: Micros,
-        filter: Option<&TagFilter>,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let query = Query { series: None, filter, start, end, after, limits, now };
-        Ok(self.query(ns, query).await?)
-    }
-
-    async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {
-        let settings = NamespaceSettings::of(ns)?;
-        let clients = self.clients(&settings)?;
-        self.partitions(ns, &settings, &clients).await?;
-        if let Some(r) = settings.retention {
-            self.raise_floor(&codec::topic(ns), now.saturating_sub(r));
+    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
+        self.partitions().await?;
+        if let Some(r) = self.settings.retention {
+            self.kafka.raise_floor(&self.topic, now.saturating_sub(r));
         }
         Ok(0)
-    }
-}
-
-/// A read or a search.
-struct Query<'a> {
-    /// `Some` for a read of one series.
-    series: Option<&'a str>,
-    filter: Option<&'a TagFilter>,
-    start: Micros,
-    end: Micros,
-    after: Option<&'a EventCursor>,
-    limits: PageLimits,
-    now: Micros,
-}
-
-impl KafkaPlugin {
-    async fn query(&self, ns: &Namespace, q: Query<'_>) -> Result<EventsPage> {
-        let settings = NamespaceSettings::of(ns)?;
-        let clients = self.clients(&settings)?;
-        let partitions = self.partitions(ns, &settings, &clients).await?;
-        let topic = codec::topic(ns);
-        let Some((mut oldest, newest)) = read_window(q.start, q.end, q.after, q.now, retention(ns)) else {
-            return Ok(EventsPage::default());
-        };
-        if let Some(floor) = self.floor(&topic) {
-            oldest = oldest.max(floor);
-        }
-        if oldest > newest {
-            return Ok(EventsPage::default());
-        }
-        let wanted: Vec<i32> = match q.series {
-            Some(series) => vec![codec::partition(series, partitions)],
-            None => (0..partitions).collect(),
-        };
-        let scan = Scan { topic: topic.clone(), partitions: wanted, oldest_ms: codec::timestamp_ms(oldest) };
-        let config = self.config.clone();
-        let reader_clients = clients.clone();
-        let raw = tokio::task::spawn_blocking(move || scan.run(&reader_clients, &config))
-            .await
-            .map_err(|_| KafkaError::Timeout("read"))?;
-        let raw = match raw {
-            Ok(raw) => raw,
-            Err(e) => {
-                self.suspect(&topic);
-                return Err(e);
-            }
-        };
-        let events = merge(raw, q.series, (oldest, newest))?;
-        Ok(page(events, q.filter, q.after, q.limits))
     }
 }
 

@@ -7,16 +7,17 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use prism_plugin_api::PluginError;
 use prism_plugin_api::conformance::Case;
 use prism_plugin_api::conformance::support::{MINUTE, UNLIMITED, event};
-use prism_plugin_api::{Plugin, PluginError};
+use prism_plugin_api::ts::Query;
 use prism_plugin_kafka::KafkaPluginConfig;
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{Abstraction, Backend, BackendConfig, NamespaceSpec, Policies};
 use prism_proto::timeseries as ts;
 use prism_testkit::kafka::{KafkaBroker, skip_reason};
 use prism_testkit::{Cluster, GatewayHandle, admin_token, eventually};
-use support::{Configured, broker_or_skip, settings};
+use support::{broker_or_skip, settings, subject};
 use tonic::Code;
 
 /// The broker shared by this binary, or return after saying why not.
@@ -62,14 +63,14 @@ async fn an_outage_fails_writes_in_bounded_time_and_heals_by_itself() {
         request_timeout: Duration::from_secs(2),
         ..KafkaPluginConfig::default()
     };
-    let plugin = Configured::new(settings(&broker.bootstrap(), 2), config);
-    let c = Case::provision_ts(plugin.clone(), "outage").await;
+    let subject = subject(settings(&broker.bootstrap(), 2), config);
+    let c = Case::provision_ts(&subject, "outage").await;
     let t = c.base - MINUTE;
     c.write(&[event("s", t, "before", &[("k", "v")], &[])]).await;
     assert_eq!(ids(&c.series("s").await), ["before"]);
 
     broker.stop();
-    let ts = plugin.time_series().expect("time_series");
+    let ts = c.ts();
     // Bounded: the plugin's own timeouts (2 s each step here) end every
     // call well before this; how long is printed, not asserted (no timing
     // assertions in tests).
@@ -77,7 +78,7 @@ async fn an_outage_fails_writes_in_bounded_time_and_heals_by_itself() {
     let during = [event("s", t + 1, "during", &[("k", "v")], &[])];
     for attempt in 0..2 {
         let started = std::time::Instant::now();
-        let got = tokio::time::timeout(bound, ts.write(&c.ns, &during)).await.expect("a write returns");
+        let got = tokio::time::timeout(bound, ts.write(&during)).await.expect("a write returns");
         let error = got.expect_err("a write fails while the broker is down");
         assert!(matches!(error, PluginError::Unavailable { .. }), "write {attempt}: {error:?}");
         assert!(error.could_retry());
@@ -85,15 +86,15 @@ async fn an_outage_fails_writes_in_bounded_time_and_heals_by_itself() {
         assert!(!message.contains(&broker.port().to_string()), "the message names the broker: {message}");
         println!("write {attempt} failed after {:?}", started.elapsed());
     }
-    let got = tokio::time::timeout(bound, ts.read(&c.ns, "s", i64::MIN, i64::MAX, None, UNLIMITED, c.base))
+    let got = tokio::time::timeout(bound, ts.query(&Query::series("s", (i64::MIN, i64::MAX), UNLIMITED), c.base))
         .await
         .expect("a read returns");
     assert!(matches!(got, Err(PluginError::Unavailable { .. })), "read: {got:?}");
 
     broker.restart().expect("restart the broker");
     let after = [event("s", t + 2, "after", &[("k", "v")], &[])];
-    let (ns, after_ref) = (&c.ns, &after);
-    eventually(Duration::from_secs(60), || async move { Ok(ts.write(ns, after_ref).await?) })
+    let after_ref = &after;
+    eventually(Duration::from_secs(60), || async move { Ok(ts.write(after_ref).await?) })
         .await
         .expect("writes work again once the broker is back");
     assert_eq!(ids(&c.series("s").await), ["after"], "the restarted (in-memory) broker kept nothing else");
@@ -105,8 +106,8 @@ async fn an_outage_fails_writes_in_bounded_time_and_heals_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_of_one_series_finds_it_in_its_partition_among_many() {
     let broker = broker_or_skip!();
-    let plugin = Configured::new(settings(&broker.bootstrap(), 8), KafkaPluginConfig::default());
-    let c = Case::provision_ts(plugin.clone(), "partitions").await;
+    let subject = subject(settings(&broker.bootstrap(), 8), KafkaPluginConfig::default());
+    let c = Case::provision_ts(&subject, "partitions").await;
     let events: Vec<_> = (0..40)
         .map(|i| event(&format!("series-{}", i % 10), c.base - i * MINUTE, &format!("e{i}"), &[("i", "x")], &[]))
         .collect();

@@ -184,7 +184,8 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use futures_util::future::{join4, try_join};
 use prism_plugin_api::kv::{
-    ItemsPage, KeyRange, KeyValue, Mutation, NewItem, PageLimits, RecordsPage, ScanCursor, Selector, WriteStamp,
+    ItemsPage, KeyRange, KeyValue, KeyValueHandle, Mutation, NewItem, PageLimits, RecordsPage, ScanCursor, Selector,
+    WriteStamp,
 };
 use prism_plugin_api::{Micros, Namespace, now_micros};
 use prism_proto::control::PostgresConfig;
@@ -196,9 +197,9 @@ use self::names::{REGISTRY_TABLE, quote_ident, schema_lock};
 use self::prepared::Stmt;
 pub use self::statements::KvStatements;
 use self::statements::{LOCK, LOCK_TYPES, UPSERT_ONCE_TYPES, UPSERT_TYPES};
-use crate::PostgresPlugin;
 use crate::config::{NamespaceSettings, PostgresPluginConfig};
 use crate::error::{PostgresError, Result};
+use crate::{Opened, PostgresPlugin};
 
 /// Rows one reclamation statement handles at most, so that it never holds
 /// many row locks for long.
@@ -419,6 +420,9 @@ pub(crate) async fn deprovision(t: &Target) -> Result<()> {
         .await?;
     }
     tx.commit().await?;
+    // A handle that keeps this target must make its partitions again if
+    // the namespace is provisioned again.
+    t.ts_days.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     Ok(())
 }
 
@@ -820,42 +824,8 @@ async fn storage_bytes(t: &Target) -> Result<u64> {
 
 #[async_trait]
 impl KeyValue for PostgresPlugin {
-    async fn mutate(
-        &self,
-        ns: &Namespace,
-        id: &str,
-        mutations: &[Mutation],
-        stamp: &WriteStamp,
-    ) -> prism_plugin_api::Result<()> {
-        let t = self.target(ns)?;
-        let result = self.bounded("mutate", mutate(&t, id, mutations, stamp)).await;
-        Ok(self.settle(&t, result)?)
-    }
-
-    async fn get(
-        &self,
-        ns: &Namespace,
-        id: &str,
-        selector: &Selector,
-        after: Option<&[u8]>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<ItemsPage> {
-        let t = self.target(ns)?;
-        let result = self.bounded("get", t.unless_unprepared(|| read::get(&t, id, selector, after, limits, now))).await;
-        Ok(self.settle(&t, result)?)
-    }
-
-    async fn scan(
-        &self,
-        ns: &Namespace,
-        after: Option<&ScanCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<RecordsPage> {
-        let t = self.target(ns)?;
-        let result = self.bounded("scan", t.unless_unprepared(|| read::scan(&t, after, limits, now))).await;
-        Ok(self.settle(&t, result)?)
+    fn open(&self, ns: &Namespace) -> prism_plugin_api::Result<Arc<dyn KeyValueHandle>> {
+        Ok(Arc::new(self.opened(ns)?))
     }
 
     async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
@@ -865,7 +835,7 @@ impl KeyValue for PostgresPlugin {
         // namespaces wait for the next one rather than each time out.
         let mut unreachable = std::collections::HashSet::new();
         // One namespace failing (its server down) does not stop the others.
-        // TimeSeries namespaces have no KeyValue tables: `TimeSeries::reclaim`.
+        // TimeSeries namespaces have no KeyValue tables: `TimeSeriesHandle::reclaim`.
         for t in self.known().into_iter().filter(|t| !t.time_series) {
             let pool = t.settings.pool_key();
             if unreachable.contains(&pool) {
@@ -888,25 +858,37 @@ impl KeyValue for PostgresPlugin {
             None => Ok(removed),
         }
     }
-
-    async fn storage_bytes(&self, ns: &Namespace) -> prism_plugin_api::Result<u64> {
-        let t = self.target(ns)?;
-        let result = self.bounded("storage_bytes", storage_bytes(&t)).await;
-        Ok(self.settle(&t, result)?)
-    }
 }
 
-impl PostgresPlugin {
-    /// Turns "the tables are not there" into `NotProvisioned`, forgetting
-    /// the namespace.
-    pub(crate) fn settle<T>(&self, t: &Target, result: Result<T>) -> Result<T> {
-        result.map_err(|e| {
-            if e.is_missing_table() {
-                self.forget(t);
-                PostgresError::NotProvisioned(t.name.clone())
-            } else {
-                e
-            }
-        })
+#[async_trait]
+impl KeyValueHandle for Opened {
+    async fn mutate(&self, id: &str, mutations: &[Mutation], stamp: &WriteStamp) -> prism_plugin_api::Result<()> {
+        self.run("mutate", mutate(&self.target, id, mutations, stamp)).await
+    }
+
+    async fn get(
+        &self,
+        id: &str,
+        selector: &Selector,
+        after: Option<&[u8]>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<ItemsPage> {
+        let t = &self.target;
+        self.run("get", t.unless_unprepared(|| read::get(t, id, selector, after, limits, now))).await
+    }
+
+    async fn scan(
+        &self,
+        after: Option<&ScanCursor>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<RecordsPage> {
+        let t = &self.target;
+        self.run("scan", t.unless_unprepared(|| read::scan(t, after, limits, now))).await
+    }
+
+    async fn storage_bytes(&self) -> prism_plugin_api::Result<u64> {
+        self.run("storage_bytes", storage_bytes(&self.target)).await
     }
 }

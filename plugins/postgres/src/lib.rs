@@ -63,14 +63,85 @@ pub struct PostgresPlugin {
     config: PostgresPluginConfig,
     /// TLS trusting the CAs of `tls_ca_file`; `None` without one.
     tls: Option<MakeRustlsConnect>,
+    /// Pools and namespaces; shared with every opened namespace, which
+    /// forgets itself when it finds its tables gone.
+    registry: Arc<Registry>,
+    /// The secrets namespaces may name as their `password_ref`.
+    secrets: Arc<Secrets>,
+}
+
+/// What the plugin has made and met.
+#[derive(Default)]
+pub(crate) struct Registry {
     /// A pool is shared by the namespaces with the same DSN, pool size and
     /// TLS requirement, and so are its lanes ([`kv::lanes`]).
     pools: Mutex<HashMap<PoolKey, (Pool, Arc<Lanes>)>>,
     /// Namespace incarnations this plugin has provisioned or served, by
     /// `(name, create_revision)`: what [`KeyValue::reclaim`] visits.
     known: Mutex<HashMap<(String, i64), Arc<Target>>>,
-    /// The secrets namespaces may name as their `password_ref`.
-    secrets: Arc<Secrets>,
+}
+
+impl Registry {
+    /// Forgets `target` (deprovisioned, or its tables are gone), and its
+    /// pool once no remembered namespace uses it. The pool is not closed:
+    /// calls still using it finish, and its connections go with the last.
+    pub(crate) fn forget(&self, target: &Target) {
+        let mut known = lock(&self.known);
+        known.remove(&(target.name.clone(), target.revision));
+        let key = target.settings.pool_key();
+        if !known.values().any(|t| t.settings.pool_key() == key) {
+            lock(&self.pools).remove(&key);
+        }
+    }
+
+    /// Turns "the tables are not there" into `NotProvisioned`, forgetting
+    /// the namespace.
+    pub(crate) fn settle<T>(&self, t: &Target, result: Result<T>) -> Result<T> {
+        result.map_err(|e| {
+            if e.is_missing_table() {
+                self.forget(t);
+                PostgresError::NotProvisioned(t.name.clone())
+            } else {
+                e
+            }
+        })
+    }
+}
+
+/// A namespace opened ([`KeyValue::open`], [`TimeSeries::open`]): its
+/// [`Target`] — settings, pool, names, statements — and its retention,
+/// worked out once. It keeps its target when the plugin forgets it (the
+/// namespace was deprovisioned): provisioned again, the same tables are
+/// there, and the target's remembered partitions are forgotten with them.
+pub(crate) struct Opened {
+    pub(crate) target: Arc<Target>,
+    registry: Arc<Registry>,
+    request_timeout: std::time::Duration,
+    /// The TimeSeries retention of the spec it was opened with.
+    pub(crate) retention: Option<prism_plugin_api::Micros>,
+}
+
+impl Opened {
+    /// Runs `call` within the request timeout, then settles a missing
+    /// table as `NotProvisioned`.
+    pub(crate) async fn run<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = Result<T>>,
+    ) -> prism_plugin_api::Result<T> {
+        let result = bounded(self.request_timeout, what, call).await;
+        Ok(self.registry.settle(&self.target, result)?)
+    }
+}
+
+/// Runs `call`, failing it as timed out after `timeout`: a server that
+/// stops answering must not hang a request.
+async fn bounded<T>(
+    timeout: std::time::Duration,
+    what: &'static str,
+    call: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(timeout, call).await.map_err(|_| PostgresError::Timeout(what))?
 }
 
 impl std::fmt::Debug for PostgresPlugin {
@@ -94,7 +165,7 @@ impl PostgresPlugin {
     pub fn new(config: PostgresPluginConfig) -> Result<Self> {
         config.validate()?;
         let tls = config.tls_ca_file.as_deref().map(tls::connector).transpose()?;
-        Ok(Self { config, tls, pools: Mutex::default(), known: Mutex::default(), secrets: Arc::default() })
+        Ok(Self { config, tls, registry: Arc::default(), secrets: Arc::default() })
     }
 
     /// The secrets namespaces may name as their password (the gateway's
@@ -120,7 +191,7 @@ impl PostgresPlugin {
         let revision = kv::revision(ns)?;
         let key = (ns.name.clone(), revision);
         if let Some(given) = config::postgres_config(ns)
-            && let Some(target) = lock(&self.known).get(&key)
+            && let Some(target) = lock(&self.registry.known).get(&key)
             && target.backend == *given
         {
             return Ok(target.clone());
@@ -129,15 +200,25 @@ impl PostgresPlugin {
         let backend = config::postgres_config(ns).cloned().unwrap_or_default();
         let (pool, lanes) = self.pool(&settings)?;
         let target = Arc::new(Target::new(ns, revision, settings, backend, pool, lanes, &self.config)?);
-        lock(&self.known).insert(key, target.clone());
+        lock(&self.registry.known).insert(key, target.clone());
         Ok(target)
+    }
+
+    /// `ns` opened: its target, remembered, and its retention.
+    fn opened(&self, ns: &Namespace) -> Result<Opened> {
+        Ok(Opened {
+            target: self.target(ns)?,
+            registry: self.registry.clone(),
+            request_timeout: self.config.request_timeout,
+            retention: prism_plugin_api::ts::retention(ns),
+        })
     }
 
     /// The pool for `settings` and its lanes, made (without connecting)
     /// if needed.
     fn pool(&self, settings: &NamespaceSettings) -> Result<(Pool, Arc<Lanes>)> {
         let key = settings.pool_key();
-        let mut pools = lock(&self.pools);
+        let mut pools = lock(&self.registry.pools);
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
@@ -147,33 +228,26 @@ impl PostgresPlugin {
         Ok((pool, lanes))
     }
 
-    /// Forgets `target` (deprovisioned, or its tables are gone), and its
-    /// pool once no remembered namespace uses it. The pool is not closed:
-    /// calls still using it finish, and its connections go with the last.
+    /// See [`Registry::forget`].
     pub(crate) fn forget(&self, target: &Target) {
-        let mut known = lock(&self.known);
-        known.remove(&(target.name.clone(), target.revision));
-        let key = target.settings.pool_key();
-        if !known.values().any(|t| t.settings.pool_key() == key) {
-            lock(&self.pools).remove(&key);
-        }
+        self.registry.forget(target);
     }
 
     /// Every remembered namespace incarnation.
     pub(crate) fn known(&self) -> Vec<Arc<Target>> {
-        lock(&self.known).values().cloned().collect()
+        lock(&self.registry.known).values().cloned().collect()
     }
 
     /// Forgets the incarnations of `name` older than `revision`: their
     /// tables were dropped.
     pub(crate) fn forget_older(&self, name: &str, revision: i64) {
-        lock(&self.known).retain(|(n, r), _| n != name || *r >= revision);
+        lock(&self.registry.known).retain(|(n, r), _| n != name || *r >= revision);
     }
 
     /// Runs `call`, failing it as timed out after the request timeout: a
     /// server that stops answering must not hang a request.
     pub(crate) async fn bounded<T>(&self, what: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
-        tokio::time::timeout(self.config.request_timeout, call).await.map_err(|_| PostgresError::Timeout(what))?
+        bounded(self.config.request_timeout, what, call).await
     }
 }
 
@@ -188,7 +262,7 @@ impl Plugin for PostgresPlugin {
 
     fn client_stats(&self) -> prism_plugin_api::ClientStats {
         let mut stats = prism_plugin_api::PoolStats::default();
-        for pool in lock(&self.pools).values() {
+        for pool in lock(&self.registry.pools).values() {
             // The lanes are connections of the pool, counted with it.
             let status = pool.0.status();
             stats.pools += 1;
@@ -248,6 +322,12 @@ impl Plugin for PostgresPlugin {
 
     fn time_series(&self) -> Option<&dyn TimeSeries> {
         Some(self)
+    }
+}
+
+impl TimeSeries for PostgresPlugin {
+    fn open(&self, ns: &Namespace) -> prism_plugin_api::Result<Arc<dyn prism_plugin_api::ts::TimeSeriesHandle>> {
+        Ok(Arc::new(self.opened(ns)?))
     }
 }
 

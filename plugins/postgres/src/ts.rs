@@ -61,15 +61,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::PoisonError;
 
 use async_trait::async_trait;
-use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries};
-use prism_plugin_api::{Micros, Namespace};
+use prism_plugin_api::Micros;
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TimeSeriesHandle};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, Row, Transaction};
 
 use self::filter::Arg;
-use crate::PostgresPlugin;
+use crate::Opened;
 use crate::error::{PostgresError, Result};
 use crate::kv::{TableNames, Target};
 
@@ -125,8 +124,6 @@ pub(crate) fn ddl(names: &TableNames) -> String {
         ihi = part('i', "hi"),
     )
 }
-
-use prism_plugin_api::ts::{read_window as window, retention};
 
 /// The day partition holding `time`; `None` for the edge partitions.
 fn day_of(time: Micros) -> Option<i64> {
@@ -329,12 +326,6 @@ async fn write_once(t: &Target, rows: &Rows<'_>) -> Result<()> {
     Ok(())
 }
 
-/// What a page query selects besides the window and the cursor.
-enum Query<'a> {
-    Read(&'a str),
-    Search(Option<&'a TagFilter>),
-}
-
 /// One head as read, with its items' bytes.
 struct Head {
     event: Event,
@@ -369,18 +360,11 @@ impl Head {
     }
 }
 
-async fn page(
-    t: &Target,
-    query: Query<'_>,
-    (start, end): (Micros, Micros),
-    after: Option<&EventCursor>,
-    limits: PageLimits,
-    now: Micros,
-    retention: Option<Micros>,
-) -> Result<EventsPage> {
+async fn page(t: &Target, query: &Query, now: Micros, retention: Option<Micros>) -> Result<EventsPage> {
     let mut client = t.pool.get().await?;
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
-    let Some((oldest, newest)) = window(start, end, after, now, retention) else {
+    let limits = query.limits;
+    let Some((oldest, newest)) = query.window(now, retention) else {
         // Nothing to read, but the namespace must exist.
         tx.query_typed(&format!("SELECT 1 FROM {} WHERE false", t.ts_events()), &[]).await?;
         return Ok(EventsPage::default());
@@ -391,9 +375,9 @@ async fn page(
     let batch = max_items.saturating_add(1).min(BATCH);
     let (mut bytes, mut page, mut more) = (0u64, Vec::<Head>::new(), false);
     // Where the next batch continues: the cursor, then the last head read.
-    let mut from = after.cloned();
+    let mut from = query.after.clone();
     'batches: loop {
-        let heads = heads(&tx, t, &query, (oldest, newest), from.as_ref(), batch).await?;
+        let heads = heads(&tx, t, query, (oldest, newest), from.as_ref(), batch).await?;
         let full_batch = heads.len() >= batch;
         for head in heads {
             if bytes >= max_bytes || page.len() >= max_items {
@@ -423,7 +407,7 @@ async fn page(
 async fn heads(
     tx: &Transaction<'_>,
     t: &Target,
-    query: &Query<'_>,
+    query: &Query,
     (oldest, newest): (Micros, Micros),
     after: Option<&EventCursor>,
     limit: usize,
@@ -446,17 +430,12 @@ async fn heads(
         ));
     }
     let mut args = Vec::new();
-    let series;
-    match query {
-        Query::Read(id) => {
-            series = (*id).to_owned();
-            params.push((&series, Type::TEXT));
-            conditions.push(format!("e.time_series_id = ${} COLLATE \"C\"", params.len()));
-        }
-        Query::Search(Some(tag_filter)) => {
-            conditions.push(filter::condition(tag_filter, "e", params.len() + 1, &mut args));
-        }
-        Query::Search(None) => {}
+    if let Some(series) = &query.series {
+        params.push((series, Type::TEXT));
+        conditions.push(format!("e.time_series_id = ${} COLLATE \"C\"", params.len()));
+    }
+    if let Some(tag_filter) = &query.filter {
+        conditions.push(filter::condition(tag_filter, "e", params.len() + 1, &mut args));
     }
     for arg in &args {
         params.push(match arg {
@@ -594,54 +573,25 @@ async fn reclaim(t: &Target, now: Micros, retention: Option<Micros>) -> Result<u
 }
 
 #[async_trait]
-impl TimeSeries for PostgresPlugin {
-    async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
-        let t = self.target(ns)?;
-        let result = self.bounded("write", write(&t, events)).await;
-        Ok(self.settle(&t, result)?)
+impl TimeSeriesHandle for Opened {
+    async fn write(&self, events: &[Event]) -> prism_plugin_api::Result<()> {
+        self.run("write", write(&self.target, events)).await
     }
 
-    async fn read(
-        &self,
-        ns: &Namespace,
-        time_series_id: &str,
-        start: Micros,
-        end: Micros,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let t = self.target(ns)?;
-        let query = Query::Read(time_series_id);
-        let result = self.bounded("read", page(&t, query, (start, end), after, limits, now, retention(ns))).await;
-        Ok(self.settle(&t, result)?)
+    async fn query(&self, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
+        let what = if query.series.is_some() { "read" } else { "search" };
+        self.run(what, page(&self.target, query, now, self.retention)).await
     }
 
-    async fn search(
-        &self,
-        ns: &Namespace,
-        start: Micros,
-        end: Micros,
-        filter: Option<&TagFilter>,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let t = self.target(ns)?;
-        let query = Query::Search(filter);
-        let result = self.bounded("search", page(&t, query, (start, end), after, limits, now, retention(ns))).await;
-        Ok(self.settle(&t, result)?)
-    }
-
-    async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {
-        let t = self.target(ns)?;
-        let result = self.bounded("reclaim", reclaim(&t, now, retention(ns))).await;
-        Ok(self.settle(&t, result)?)
+    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
+        self.run("reclaim", reclaim(&self.target, now, self.retention)).await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use prism_plugin_api::ts::read_window as window;
+
     use super::*;
 
     #[test]

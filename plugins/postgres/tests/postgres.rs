@@ -12,15 +12,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prism_plugin_api::conformance::Subject;
 use prism_plugin_api::conformance::support::{Case, MIB, namespace, pairs, pattern, put};
 use prism_plugin_api::kv::{KeyRange, Mutation, PageLimits, Selector, WriteStamp};
-use prism_plugin_api::ts::Event;
+use prism_plugin_api::ts::{Event, Query};
 use prism_plugin_api::{Namespace, Plugin, PluginError, now_micros};
 use prism_plugin_postgres::kv::MAX_ID_AND_KEY_BYTES;
 use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig, TableNames};
 use prism_proto::control::PostgresConfig;
 use prism_testkit::postgres::{PostgresServer, skip_reason};
-use support::{Configured, settings, sql, with_settings};
+use support::{settings, sql, subject, with_settings};
 
 /// The shared server, or return from the test saying why it is skipped.
 macro_rules! server_or_skip {
@@ -53,8 +54,8 @@ async fn tables_in(client: &tokio_postgres::Client, schema: &str) -> Vec<String>
 async fn sql_metacharacters_are_stored_literally() {
     let server = server_or_skip!();
     let schema = "odd'schema\"; DROP TABLE pg_class; --";
-    let plugin = Configured::new(settings(&server.dsn(), schema), PostgresPluginConfig::default());
-    let c = Case::provision(plugin, "sql-metacharacters").await;
+    let plugin = subject(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let c = Case::provision(&plugin, "sql-metacharacters").await;
     let nasty: Vec<&[u8]> = vec![
         b"'",
         b"\"",
@@ -117,20 +118,18 @@ async fn sql_metacharacters_are_stored_literally() {
 async fn namespace_names_with_sql_are_refused_before_any_sql() {
     let server = server_or_skip!();
     let schema = "prism-refused-names";
-    let plugin = PostgresPlugin::new(PostgresPluginConfig::default()).expect("plugin");
+    let plugin = Arc::new(PostgresPlugin::new(PostgresPluginConfig::default()).expect("plugin"));
     let settings = settings(&server.dsn(), schema);
     for name in ["conf/x\"; DROP TABLE t; --", "conf/x'; --", "conf/UPPER", "conf/a b", "conf", "conf/x/y", "conf/\0"] {
-        let template = namespace(&plugin, "refused");
+        let template = namespace(&Subject::new(plugin.clone()), "refused");
         let ns = with_settings(&Namespace { name: name.into(), ..template }, &settings);
         match plugin.provision(&ns).await {
             Err(PluginError::InvalidArgument { field, .. }) => assert_eq!(field, "namespace", "{name:?}"),
             other => panic!("provision {name:?}: want InvalidArgument, got {other:?}"),
         }
-        let kv = plugin.key_value().expect("key_value");
-        let got = kv.get(&ns, "r", &Selector::All, None, UNLIMITED, now_micros()).await;
-        assert!(matches!(got, Err(PluginError::InvalidArgument { .. })), "get {name:?}: {got:?}");
-        let got = kv.mutate(&ns, "r", &[put("k", "v")], &WriteStamp { generation_time: 1, token: None }).await;
-        assert!(matches!(got, Err(PluginError::InvalidArgument { .. })), "mutate {name:?}: {got:?}");
+        // Nor is it served: opening it, before any get or mutate, fails.
+        let got = plugin.key_value().expect("key_value").open(&ns).err();
+        assert!(matches!(got, Some(PluginError::InvalidArgument { .. })), "open {name:?}: {got:?}");
     }
     let client = sql(server).await;
     let schemas: i64 = client
@@ -149,14 +148,14 @@ async fn namespace_names_with_sql_are_refused_before_any_sql() {
 async fn tables_are_named_deterministically_and_go_with_their_namespace() {
     let server = server_or_skip!();
     let schema = "prism-table-names";
-    let plugin = Configured::new(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let subject = subject(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let plugin = &subject.plugin;
     let client = sql(server).await;
     let stamp = now_micros().unsigned_abs();
-    let long =
-        Namespace { name: format!("{}/{}", "t".repeat(63), "n".repeat(63)), ..namespace(plugin.as_ref(), "long") };
+    let long = Namespace { name: format!("{}/{}", "t".repeat(63), "n".repeat(63)), ..namespace(&subject, "long") };
     let alike = [
-        Namespace { name: format!("a-b/c-{stamp:x}"), ..namespace(plugin.as_ref(), "alike") },
-        Namespace { name: format!("a/b-c-{stamp:x}"), ..namespace(plugin.as_ref(), "alike") },
+        Namespace { name: format!("a-b/c-{stamp:x}"), ..namespace(&subject, "alike") },
+        Namespace { name: format!("a/b-c-{stamp:x}"), ..namespace(&subject, "alike") },
     ];
     let mut want: Vec<String> = vec!["prism_kv_namespaces".into()];
     for ns in std::iter::once(&long).chain(&alike) {
@@ -201,8 +200,8 @@ async fn tables_are_named_deterministically_and_go_with_their_namespace() {
 async fn large_values_live_in_chunks() {
     let server = server_or_skip!();
     let schema = "prism-chunks";
-    let plugin = Configured::new(settings(&server.dsn(), schema), PostgresPluginConfig::default());
-    let c = Case::provision(plugin, "chunks").await;
+    let plugin = subject(settings(&server.dsn(), schema), PostgresPluginConfig::default());
+    let c = Case::provision(&plugin, "chunks").await;
     let names = TableNames::of(&c.ns, schema).expect("names");
     let client = sql(server).await;
     let chunks_sql = format!("SELECT count(*) FROM {}", names.qualified(&names.chunks()));
@@ -241,8 +240,8 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 #[tokio::test]
 async fn the_longest_ids_and_keys_fit_and_longer_are_invalid() {
     let server = server_or_skip!();
-    let plugin = Configured::new(settings(&server.dsn(), "prism-limits"), PostgresPluginConfig::default());
-    let c = Case::provision(plugin, "limits").await;
+    let plugin = subject(settings(&server.dsn(), "prism-limits"), PostgresPluginConfig::default());
+    let c = Case::provision(&plugin, "limits").await;
     let id: String = noise(1024, 6).iter().map(|b| char::from(b'a' + b % 26)).collect();
     let key = noise(MAX_ID_AND_KEY_BYTES - id.len(), 7);
     let value = noise(3 * MIB / 2, 8); // chunked: the chunks' key holds id and key too
@@ -255,7 +254,7 @@ async fn the_longest_ids_and_keys_fit_and_longer_are_invalid() {
     let kv = c.kv();
     let longer = [key.clone(), vec![0]].concat();
     for mutation in [put(&longer, "v"), Mutation::Delete(longer.clone())] {
-        match kv.mutate(&c.ns, &id, &[mutation], &c.at(3)).await {
+        match kv.mutate(&id, &[mutation], &c.at(3)).await {
             Err(PluginError::InvalidArgument { field, description }) => {
                 assert_eq!(field, "key");
                 assert!(description.contains(&MAX_ID_AND_KEY_BYTES.to_string()), "{description}");
@@ -275,8 +274,9 @@ async fn bad_settings_are_refused_without_leaking_the_dsn() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let secret_dsn = format!("postgres://secret-user@127.0.0.1:{port}/secret-db");
     let config = PostgresPluginConfig { connect_timeout: Duration::from_secs(2), ..PostgresPluginConfig::default() };
-    let plugin = PostgresPlugin::new(config).expect("plugin");
-    let ns = |settings: PostgresConfig| with_settings(&namespace(&plugin, "bad-settings"), &settings);
+    let plugin = Arc::new(PostgresPlugin::new(config).expect("plugin"));
+    let ns =
+        |settings: PostgresConfig| with_settings(&namespace(&Subject::new(plugin.clone()), "bad-settings"), &settings);
     let leaks = |message: &str| ["secret", &port.to_string(), "127.0.0.1", "@"].iter().any(|s| message.contains(s));
 
     let unreachable = ns(settings(&secret_dsn, ""));
@@ -310,7 +310,7 @@ async fn bad_settings_are_refused_without_leaking_the_dsn() {
             other => panic!("{field}: want InvalidArgument, got {other:?}"),
         }
     }
-    let missing = namespace(&plugin, "no-settings");
+    let missing = namespace(&Subject::new(plugin.clone()), "no-settings");
     assert!(matches!(plugin.provision(&missing).await, Err(PluginError::InvalidArgument { .. })));
     // What could never be provisioned is deleted at once, so its deletion
     // cannot hang; what might exist on an unreachable server is not, nor
@@ -332,10 +332,11 @@ async fn writers_through_different_gateways_keep_the_last_writer() {
     let server = server_or_skip!();
     let settings = settings(&server.dsn(), "prism-two-gateways");
     let gateways = [
-        Configured::new(settings.clone(), PostgresPluginConfig::default()),
-        Configured::new(settings, PostgresPluginConfig::default()),
+        subject(settings.clone(), PostgresPluginConfig::default()),
+        subject(settings, PostgresPluginConfig::default()),
     ];
-    let c = Case::provision(gateways[0].clone(), "two-gateways").await;
+    let c = Case::provision(&gateways[0], "two-gateways").await;
+    let opened = gateways.each_ref().map(|g| Case::resume(g.plugin.clone(), c.ns.clone(), c.base));
     let mut tasks = Vec::new();
     for i in 0..WRITERS {
         let offset = 1 + (i * 7) % WRITERS; // a permutation of 1..=WRITERS
@@ -345,11 +346,8 @@ async fn writers_through_different_gateways_keep_the_last_writer() {
             _ => put("k", offset.to_string()),
         };
         let mutations = vec![contested, put(format!("own-{offset:02}"), "x")];
-        let gateway: Arc<dyn Plugin> = gateways[(i % 2) as usize].clone();
-        let (ns, stamp) = (c.ns.clone(), c.at(offset));
-        tasks.push(tokio::spawn(async move {
-            gateway.key_value().expect("key_value").mutate(&ns, "r", &mutations, &stamp).await
-        }));
+        let (gateway, stamp) = (opened[(i % 2) as usize].kv().clone(), c.at(offset));
+        tasks.push(tokio::spawn(async move { gateway.mutate("r", &mutations, &stamp).await }));
     }
     for task in tasks {
         task.await.expect("writer task").expect("mutate");
@@ -359,8 +357,7 @@ async fn writers_through_different_gateways_keep_the_last_writer() {
         (1..=WRITERS).map(|o| (format!("own-{o:02}").into_bytes(), b"x".to_vec())).collect();
     want.push((b"k".to_vec(), WRITERS.to_string().into_bytes()));
     want.sort();
-    for gateway in &gateways {
-        let reader = Case { plugin: gateway.clone(), ns: c.ns.clone(), base: c.base };
+    for reader in &opened {
         assert_eq!(reader.entries("r").await, want);
     }
     c.finish().await;
@@ -374,24 +371,21 @@ async fn a_racing_older_put_never_outlives_a_range_delete() {
     const ROUNDS: usize = 60;
     let server = server_or_skip!();
     let settings = settings(&server.dsn(), "prism-racing-ranges");
-    let gateways: [Arc<dyn Plugin>; 2] = [
-        Configured::new(settings.clone(), PostgresPluginConfig::default()),
-        Configured::new(settings, PostgresPluginConfig::default()),
+    let gateways = [
+        subject(settings.clone(), PostgresPluginConfig::default()),
+        subject(settings, PostgresPluginConfig::default()),
     ];
-    let c = Case::provision(gateways[0].clone(), "racing-ranges").await;
+    let c = Case::provision(&gateways[0], "racing-ranges").await;
+    let opened = gateways.each_ref().map(|g| Case::resume(g.plugin.clone(), c.ns.clone(), c.base));
     let mut tasks = Vec::new();
     for round in 0..ROUNDS {
         let id = format!("r{round:03}");
-        let (deleter, putter) = (gateways[round % 2].clone(), gateways[(round + 1) % 2].clone());
+        let (deleter, putter) = (opened[round % 2].kv().clone(), opened[(round + 1) % 2].kv().clone());
         let delete_all = vec![Mutation::DeleteRange(KeyRange { start: b"a".to_vec(), end: Some(b"z".to_vec()) })];
-        let (ns, newer, older) = (c.ns.clone(), c.at(10), c.at(5));
-        let (ns2, id2) = (ns.clone(), id.clone());
-        tasks.push(tokio::spawn(async move {
-            deleter.key_value().expect("key_value").mutate(&ns, &id, &delete_all, &newer).await
-        }));
-        tasks.push(tokio::spawn(async move {
-            putter.key_value().expect("key_value").mutate(&ns2, &id2, &[put("k", "older")], &older).await
-        }));
+        let (newer, older) = (c.at(10), c.at(5));
+        let id2 = id.clone();
+        tasks.push(tokio::spawn(async move { deleter.mutate(&id, &delete_all, &newer).await }));
+        tasks.push(tokio::spawn(async move { putter.mutate(&id2, &[put("k", "older")], &older).await }));
     }
     for task in tasks {
         task.await.expect("writer task").expect("mutate");
@@ -441,8 +435,8 @@ async fn a_read_across_batches_sees_one_snapshot_while_a_writer_races_it() {
     const VERSIONS: usize = 30;
     let server = server_or_skip!();
     for dsn in [server.dsn(), format!("{}?prepared_statements=false", server.dsn())] {
-        let plugin = Configured::new(settings(&dsn, "prism-snapshots"), PostgresPluginConfig::default());
-        let c = Arc::new(Case::provision(plugin, "snapshots").await);
+        let plugin = subject(settings(&dsn, "prism-snapshots"), PostgresPluginConfig::default());
+        let c = Arc::new(Case::provision(&plugin, "snapshots").await);
         for (id, mutations) in versioned(0) {
             c.mutate(id, &mutations, &c.at(0)).await;
         }
@@ -459,12 +453,12 @@ async fn a_read_across_batches_sees_one_snapshot_while_a_writer_races_it() {
         let mut reads = 0;
         while !writer.is_finished() || reads < 3 {
             for (id, count) in [("small", 600), ("large", 24)] {
-                let page = c.kv().get(&c.ns, id, &Selector::All, None, UNLIMITED, c.base).await.expect("get");
+                let page = c.kv().get(id, &Selector::All, None, UNLIMITED, c.base).await.expect("get");
                 assert!(page.next.is_none(), "one page holds the record");
                 let (_, items) = one_version(id, &page.items);
                 assert_eq!(items, count, "{id}: every item, once");
             }
-            let page = c.kv().scan(&c.ns, None, UNLIMITED, c.base).await.expect("scan");
+            let page = c.kv().scan(None, UNLIMITED, c.base).await.expect("scan");
             assert!(page.next.is_none(), "one page holds the namespace");
             for record in &page.records {
                 one_version(&format!("scan of {}", record.id), &record.items);
@@ -473,7 +467,7 @@ async fn a_read_across_batches_sees_one_snapshot_while_a_writer_races_it() {
         }
         writer.await.expect("writer task");
         for id in ["small", "large"] {
-            let page = c.kv().get(&c.ns, id, &Selector::All, None, UNLIMITED, c.base).await.expect("get");
+            let page = c.kv().get(id, &Selector::All, None, UNLIMITED, c.base).await.expect("get");
             assert_eq!(one_version(id, &page.items).0, format!("v{VERSIONS:06}"), "{id}: the last version");
         }
         // Small pages of the same records: one statement each.
@@ -501,24 +495,24 @@ async fn behind_a_transaction_pooler_statements_go_unnamed() {
         (bouncer.dsn.clone(), "prism-bouncer-detected"),
     ] {
         let settings = PostgresConfig { pool_size: 4, ..settings(&dsn, schema) };
-        let gateways: [Arc<dyn Plugin>; 2] = [
-            Configured::new(settings.clone(), PostgresPluginConfig::default()),
-            Configured::new(settings, PostgresPluginConfig::default()),
+        let gateways = [
+            subject(settings.clone(), PostgresPluginConfig::default()),
+            subject(settings, PostgresPluginConfig::default()),
         ];
-        let c = Case::provision(gateways[0].clone(), "bouncer").await;
+        let c = Case::provision(&gateways[0], "bouncer").await;
+        let opened = gateways.each_ref().map(|g| Case::resume(g.plugin.clone(), c.ns.clone(), c.base));
         let mut tasks = Vec::new();
         for w in 0..8 {
-            let (gateway, ns, base) = (gateways[w % 2].clone(), c.ns.clone(), c.base);
+            let (kv, base) = (opened[w % 2].kv().clone(), c.base);
             tasks.push(tokio::spawn(async move {
-                let kv = gateway.key_value().expect("key_value");
                 for n in 0..20i64 {
                     let id = format!("r{w}");
                     let stamp = WriteStamp { generation_time: base + n, token: Some(format!("t{w}-{n}")) };
                     let mutations = [put(format!("k{n:02}"), n.to_string())];
-                    kv.mutate(&ns, &id, &mutations, &stamp).await?;
+                    kv.mutate(&id, &mutations, &stamp).await?;
                     // The same token again: applied once.
-                    kv.mutate(&ns, &id, &[put(format!("k{n:02}"), "retried")], &stamp).await?;
-                    let page = kv.get(&ns, &id, &Selector::All, None, UNLIMITED, base).await?;
+                    kv.mutate(&id, &[put(format!("k{n:02}"), "retried")], &stamp).await?;
+                    let page = kv.get(&id, &Selector::All, None, UNLIMITED, base).await?;
                     assert_eq!(page.items.len(), n as usize + 1, "{id}: every write so far, once");
                 }
                 Ok::<(), PluginError>(())
@@ -607,32 +601,32 @@ async fn an_outage_fails_requests_and_heals_by_itself() {
         request_timeout: Duration::from_secs(5),
         ..PostgresPluginConfig::default()
     };
-    let plugin = Configured::new(settings(&server.dsn(), ""), config);
-    let c = Case::provision(plugin.clone(), "outage").await;
+    let plugin = subject(settings(&server.dsn(), ""), config);
+    let c = Case::provision(&plugin, "outage").await;
     c.put("r", &[("k", "before")], 1).await;
     assert_eq!(c.entries("r").await, pairs(&[("k", "before")]));
 
     server.stop().expect("stop the server");
-    let kv = plugin.key_value().expect("key_value");
+    let kv = c.kv();
     // Bounded: the plugin's own timeouts end every call well before this.
     let bound = Duration::from_secs(30);
-    let got = tokio::time::timeout(bound, kv.get(&c.ns, "r", &Selector::All, None, UNLIMITED, c.base))
+    let got = tokio::time::timeout(bound, kv.get("r", &Selector::All, None, UNLIMITED, c.base))
         .await
         .expect("a get returns while the server is down");
     assert!(matches!(got, Err(PluginError::Unavailable { .. })), "get: {got:?}");
-    let got = tokio::time::timeout(bound, kv.mutate(&c.ns, "r", &[put("k", "during")], &c.at(2)))
+    let got = tokio::time::timeout(bound, kv.mutate("r", &[put("k", "during")], &c.at(2)))
         .await
         .expect("a mutate returns while the server is down");
     let error = got.expect_err("a mutate fails while the server is down");
     assert!(error.could_retry(), "{error:?}");
     assert!(!error.report().message.contains(&server.port().to_string()), "{}", error.report().message);
-    let got = tokio::time::timeout(bound, kv.storage_bytes(&c.ns)).await.expect("storage_bytes returns");
+    let got = tokio::time::timeout(bound, kv.storage_bytes()).await.expect("storage_bytes returns");
     assert!(matches!(got, Err(PluginError::Unavailable { .. })), "storage_bytes: {got:?}");
 
     server.restart().expect("restart the server");
-    let (ns, base) = (&c.ns, c.base);
+    let base = c.base;
     let entries = prism_testkit::eventually(Duration::from_secs(30), || async move {
-        let page = kv.get(ns, "r", &Selector::All, None, UNLIMITED, base).await?;
+        let page = kv.get("r", &Selector::All, None, UNLIMITED, base).await?;
         Ok(page.items.into_iter().map(|i| (i.key, i.value)).collect::<Vec<_>>())
     })
     .await
@@ -666,31 +660,31 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
         request_timeout: Duration::from_secs(10),
         ..PostgresPluginConfig::default()
     };
-    let plugin = Configured::new(settings(&server.dsn(), ""), config);
-    let kv_case = Case::provision(plugin.clone(), "restart-kv").await;
-    let ts_case = Case::provision_ts(plugin.clone(), "restart-ts").await;
+    let plugin = subject(settings(&server.dsn(), ""), config);
+    let kv_case = Case::provision(&plugin, "restart-kv").await;
+    let ts_case = Case::provision_ts(&plugin, "restart-ts").await;
     let acknowledged = Arc::new(AtomicUsize::new(0));
     let retried = Arc::new(AtomicUsize::new(0));
 
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let (plugin, kv_ns, ts_ns) = (plugin.clone(), kv_case.ns.clone(), ts_case.ns.clone());
+        let (kv, ts) = (kv_case.kv().clone(), ts_case.ts().clone());
         let (base, ts_base) = (kv_case.base, ts_case.base);
         let (acknowledged, retried) = (acknowledged.clone(), retried.clone());
         writers.push(tokio::spawn(async move {
-            let (kv, ts) = (plugin.key_value().expect("key_value"), plugin.time_series().expect("time_series"));
+            let (kv, ts) = (&kv, &ts);
             for i in 0..WRITES {
                 let record = format!("r{w}");
                 let mutation = [put(format!("k{i:04}"), format!("v{w}-{i}"))];
                 let stamp = WriteStamp { generation_time: base + i as i64, token: Some(format!("t{w}-{i}")) };
                 let event = restart_event(w, i, ts_base);
                 let (record, mutation, stamp, event) = (&record, &mutation, &stamp, &event);
-                let (retried, kv_ns, ts_ns) = (&retried, &kv_ns, &ts_ns);
+                let retried = &retried;
                 // Each write is retried as it was until acknowledged: a
                 // write that committed but whose acknowledgement was lost
                 // must not apply twice.
                 prism_testkit::eventually(Duration::from_secs(60), || async move {
-                    let result = kv.mutate(kv_ns, record, mutation, stamp).await;
+                    let result = kv.mutate(record, mutation, stamp).await;
                     if result.is_err() {
                         retried.fetch_add(1, Ordering::Relaxed);
                     }
@@ -699,7 +693,7 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
                 .await
                 .unwrap_or_else(|e| panic!("writer {w}: put {i} never acknowledged: {e:#}"));
                 prism_testkit::eventually(Duration::from_secs(60), || async move {
-                    let result = ts.write(ts_ns, std::slice::from_ref(event)).await;
+                    let result = ts.write(std::slice::from_ref(event)).await;
                     if result.is_err() {
                         retried.fetch_add(1, Ordering::Relaxed);
                     }
@@ -738,11 +732,10 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
     assert!(during < WRITERS * WRITES, "the restart came after every write: it tested nothing");
     println!("restart after {during} writes; {} attempts failed and were retried", retried.load(Ordering::Relaxed));
 
-    let kv = plugin.key_value().expect("key_value");
-    let ts = plugin.time_series().expect("time_series");
+    let (kv, ts) = (kv_case.kv(), ts_case.ts());
     let roomy = PageLimits { max_bytes: u64::MAX, max_items: None };
     for w in 0..WRITERS {
-        let page = kv.get(&kv_case.ns, &format!("r{w}"), &Selector::All, None, roomy, kv_case.base).await.expect("get");
+        let page = kv.get(&format!("r{w}"), &Selector::All, None, roomy, kv_case.base).await.expect("get");
         let got: Vec<(Vec<u8>, Vec<u8>)> = page.items.into_iter().map(|i| (i.key, i.value)).collect();
         let want: Vec<(Vec<u8>, Vec<u8>)> =
             (0..WRITES).map(|i| (format!("k{i:04}").into_bytes(), format!("v{w}-{i}").into_bytes())).collect();
@@ -750,7 +743,8 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
 
         let base = ts_case.base;
         let series = format!("s{w}");
-        let page = ts.read(&ts_case.ns, &series, base - DAY, base + DAY, None, roomy, base).await.expect("read");
+        let query = Query::series(&series, (base - DAY, base + DAY), roomy);
+        let page = ts.query(&query, base).await.expect("read");
         assert_eq!(page.next, None);
         let mut want: Vec<_> = (0..WRITES).map(|i| restart_event(w, i, base)).collect();
         want.reverse(); // newest first
@@ -777,13 +771,13 @@ fn restart_event(w: usize, i: usize, base: i64) -> Event {
 }
 
 /// A plugin trusting the CAs in `ca_file`, with a short connect timeout.
-fn tls_plugin(ca_file: Option<std::path::PathBuf>) -> PostgresPlugin {
+fn tls_plugin(ca_file: Option<std::path::PathBuf>) -> Arc<PostgresPlugin> {
     let config = PostgresPluginConfig {
         connect_timeout: Duration::from_secs(5),
         tls_ca_file: ca_file,
         ..PostgresPluginConfig::default()
     };
-    PostgresPlugin::new(config).expect("plugin")
+    Arc::new(PostgresPlugin::new(config).expect("plugin"))
 }
 
 /// Whether `message` quotes anything of `dsn`'s connection details.
@@ -814,9 +808,8 @@ async fn a_namespace_that_requires_tls_is_served_over_verified_tls() {
     ];
     for (i, (dsn, require_tls)) in dsns.into_iter().enumerate() {
         let settings = PostgresConfig { require_tls, ..settings(&dsn, "prism_tls") };
-        let plugin =
-            Configured::new(settings, PostgresPluginConfig { tls_ca_file: Some(ca.clone()), ..Default::default() });
-        let c = Case::provision(plugin, &format!("tls-{i}")).await;
+        let plugin = subject(settings, PostgresPluginConfig { tls_ca_file: Some(ca.clone()), ..Default::default() });
+        let c = Case::provision(&plugin, &format!("tls-{i}")).await;
         c.mutate("r", &[put("k", "over tls")], &c.at(1)).await;
         assert_eq!(c.entries("r").await, pairs(&[("k", "over tls")]), "DSN {i}");
         // The pool keeps its connections open: the server lists them.
@@ -837,7 +830,7 @@ async fn a_namespace_that_requires_tls_is_served_over_verified_tls() {
     let plain = support::server_or_skip().expect("PostgreSQL is there");
     let plugin = tls_plugin(Some(ca));
     let ns = with_settings(
-        &namespace(&plugin, "tls-plaintext"),
+        &namespace(&Subject::new(plugin.clone()), "tls-plaintext"),
         &PostgresConfig { require_tls: true, ..settings(&plain.dsn(), "prism_tls") },
     );
     let error = plugin.provision(&ns).await.expect_err("a server without TLS is refused");
@@ -859,7 +852,7 @@ async fn requiring_tls_without_a_ca_names_tls_ca_file() {
     let secret_dsn = format!("postgres://postgres@127.0.0.1:{}/postgres?application_name=secret", server.port());
     for (dsn, require_tls) in [(secret_dsn.clone(), true), (format!("{secret_dsn}&sslmode=require"), false)] {
         let ns = with_settings(
-            &namespace(&plugin, "tls-no-ca"),
+            &namespace(&Subject::new(plugin.clone()), "tls-no-ca"),
             &PostgresConfig { require_tls, ..settings(&dsn, "prism_tls_no_ca") },
         );
         let error = plugin.provision(&ns).await.expect_err("no CA, no TLS namespace");
@@ -901,7 +894,7 @@ async fn an_untrusted_server_certificate_is_refused() {
     for (ca_file, dsn, what) in [(other_ca, secret_dsn, "another CA"), (ca, wrong_host, "another host name")] {
         let plugin = tls_plugin(Some(ca_file));
         let ns = with_settings(
-            &namespace(&plugin, "tls-wrong-ca"),
+            &namespace(&Subject::new(plugin.clone()), "tls-wrong-ca"),
             &PostgresConfig { require_tls: true, ..settings(&dsn, "prism_tls_wrong_ca") },
         );
         let error = plugin.provision(&ns).await.expect_err(what);

@@ -52,12 +52,12 @@ async fn the_password_comes_from_the_declared_secret_only() {
 
     let served = namespace("acme/served", &dsn, "secret:app");
     plugin.provision(&served).await.expect("the role logs in with the declared secret");
-    let kv = plugin.key_value().expect("key-value");
+    let kv = plugin.key_value().expect("key-value").open(&served).expect("open");
     let put = Mutation::Put(NewItem { key: b"k".to_vec(), value: b"v".to_vec(), expires_at: None });
     let stamp = WriteStamp { generation_time: prism_plugin_api::now_micros(), token: None };
-    kv.mutate(&served, "r", &[put], &stamp).await.expect("a write through the password-protected role");
+    kv.mutate("r", &[put], &stamp).await.expect("a write through the password-protected role");
     let limits = PageLimits { max_bytes: 1 << 20, max_items: None };
-    let page = kv.get(&served, "r", &Selector::All, None, limits, prism_plugin_api::now_micros()).await.expect("read");
+    let page = kv.get("r", &Selector::All, None, limits, prism_plugin_api::now_micros()).await.expect("read");
     assert_eq!(page.items.len(), 1);
 
     for (name, reference, reason) in [

@@ -81,6 +81,12 @@ type SharedProducer = Arc<tokio::sync::Mutex<Producer<TokioExecutor>>>;
 /// Connections run on the tokio runtime that opened them: use one plugin
 /// per runtime.
 pub struct PulsarPlugin {
+    /// Shared with every namespace opened on the plugin.
+    pulsar: Arc<PulsarState>,
+}
+
+/// The plugin's clients, producers and what it knows of each incarnation.
+pub(crate) struct PulsarState {
     config: PulsarPluginConfig,
     /// Per service URL, the client that reads: through the [`relay`].
     clients: Mutex<HashMap<String, Client>>,
@@ -104,7 +110,7 @@ pub struct PulsarPlugin {
 impl std::fmt::Debug for PulsarPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Clients hold broker addresses: not for logs.
-        f.debug_struct("PulsarPlugin").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("PulsarPlugin").field("config", &self.pulsar.config).finish_non_exhaustive()
     }
 }
 
@@ -170,7 +176,7 @@ fn position(id: &MessageIdData) -> (u64, u64) {
 impl PulsarPlugin {
     /// Opens no connection.
     pub fn new(config: PulsarPluginConfig) -> Self {
-        Self {
+        let pulsar = PulsarState {
             relays: relay::Relays::new(config.connect_timeout),
             config,
             clients: Mutex::default(),
@@ -180,13 +186,16 @@ impl PulsarPlugin {
             readers: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
-        }
+        };
+        Self { pulsar: Arc::new(pulsar) }
     }
 
     pub fn config(&self) -> &PulsarPluginConfig {
-        &self.config
+        &self.pulsar.config
     }
+}
 
+impl PulsarState {
     /// Runs `call`, failing it as timed out after the request timeout: a
     /// broker that is down or stops answering must not hang a request.
     pub(crate) async fn bounded<T>(&self, what: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
@@ -402,10 +411,10 @@ impl PulsarPlugin {
         self.reload(topics).await
     }
 
-    /// The current epoch, or NotProvisioned.
-    pub(crate) async fn epoch(&self, ns: &Namespace, topics: &Topics) -> Result<(u64, State)> {
+    /// The current epoch of namespace `name`, or NotProvisioned.
+    pub(crate) async fn epoch(&self, name: &str, topics: &Topics) -> Result<(u64, State)> {
         let state = self.state(topics).await?;
-        state.epoch.map(|e| (e, state)).ok_or_else(|| PulsarError::NotProvisioned(ns.name.clone()))
+        state.epoch.map(|e| (e, state)).ok_or_else(|| PulsarError::NotProvisioned(name.to_owned()))
     }
 }
 
@@ -422,8 +431,8 @@ impl Plugin for PulsarPlugin {
         prism_plugin_api::ClientStats {
             pools: None,
             producers: Some(prism_plugin_api::ProducerStats {
-                queued_messages: self.queued.load(Ordering::Relaxed),
-                send_errors: self.send_errors.load(Ordering::Relaxed),
+                queued_messages: self.pulsar.queued.load(Ordering::Relaxed),
+                send_errors: self.pulsar.send_errors.load(Ordering::Relaxed),
             }),
         }
     }
@@ -435,13 +444,13 @@ impl Plugin for PulsarPlugin {
     async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
         let topics = Topics::of(ns)?;
         let provision = async {
-            let state = self.reload(&topics).await?;
+            let state = self.pulsar.reload(&topics).await?;
             if state.epoch.is_none() {
-                self.mark(&topics, LifecycleKind::Provisioned, 0).await?;
+                self.pulsar.mark(&topics, LifecycleKind::Provisioned, 0).await?;
             }
             Ok(())
         };
-        self.bounded("provisioning", provision).await.map_err(|e: PulsarError| {
+        self.pulsar.bounded("provisioning", provision).await.map_err(|e: PulsarError| {
             tracing::warn!(namespace = %ns.name, error = %e, "provisioning pulsar topics failed");
             e.into()
         })
@@ -460,18 +469,30 @@ impl Plugin for PulsarPlugin {
             Err(e) => return Err(e.into()),
         };
         let deprovision = async {
-            let state = self.reload(&topics).await?;
+            let state = self.pulsar.reload(&topics).await?;
             if state.epoch.is_some() {
-                self.mark(&topics, LifecycleKind::Deprovisioned, 0).await?;
+                self.pulsar.mark(&topics, LifecycleKind::Deprovisioned, 0).await?;
             }
-            lock(&self.producers).remove(&topics.data);
+            lock(&self.pulsar.producers).remove(&topics.data);
             Ok(())
         };
-        Ok(self.bounded("deprovisioning", deprovision).await?)
+        Ok(self.pulsar.bounded("deprovisioning", deprovision).await?)
     }
 
     fn time_series(&self) -> Option<&dyn TimeSeries> {
         Some(self)
+    }
+}
+
+impl TimeSeries for PulsarPlugin {
+    fn open(&self, ns: &Namespace) -> prism_plugin_api::Result<Arc<dyn prism_plugin_api::ts::TimeSeriesHandle>> {
+        let opened = ts::Opened {
+            pulsar: self.pulsar.clone(),
+            name: ns.name.clone(),
+            topics: Topics::of(ns)?,
+            retention: prism_plugin_api::ts::retention(ns),
+        };
+        Ok(Arc::new(opened))
     }
 }
 

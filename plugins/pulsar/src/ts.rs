@@ -7,7 +7,7 @@
 //! limit ([`MAX_MESSAGE_BYTES`]): Prism does not chunk.
 //!
 //! **Reads and searches** scan the data topic from its start up to a fence
-//! they publish (`PulsarPlugin::scan`), so they see every acknowledged
+//! they publish (`PulsarState::scan`), so they see every acknowledged
 //! write. Each message is filtered before its payload is decoded — by key
 //! (= series) for a read — then by epoch, read window, retention and the
 //! reclaim cutoff. Events are folded in topic order, keeping per
@@ -27,23 +27,24 @@
 //! Pulsar's own retention policy bounds.
 //!
 //! **Retention** is applied on every read (`event_time < now − retention`
-//! is never returned). [`TimeSeries::reclaim`] publishes a `Reclaimed`
+//! is never returned). [`TimeSeriesHandle::reclaim`] publishes a `Reclaimed`
 //! marker with the cutoff rounded down to the hour (so at most one marker
 //! per hour), which hides older events from reads at any clock; the bytes
 //! go with Pulsar's retention policy, not with Prism's.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use prism_plugin_api::Micros;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{self, Event, EventCursor, EventsPage, TagFilter, TimeSeries, WriteContext};
-use prism_plugin_api::{Micros, Namespace};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeriesHandle, WriteContext};
 use pulsar::producer;
 
 use crate::codec::{self, LifecycleKind, StoredEvent, record};
 use crate::error::{PulsarError, Result};
-use crate::{PulsarPlugin, Topics};
+use crate::{PulsarState, Topics};
 
 /// The largest message Prism publishes: Pulsar's (and pulsar-lite's)
 /// default `maxMessageSize` of 5 MiB, less room for the message metadata.
@@ -72,21 +73,19 @@ impl Folded {
     }
 }
 
-/// What a read or search selects.
-struct Query<'a> {
-    series: Option<&'a str>,
-    start: Micros,
-    end: Micros,
-    filter: Option<&'a TagFilter>,
-    after: Option<&'a EventCursor>,
-    limits: PageLimits,
-    now: Micros,
+/// A namespace opened ([`TimeSeries::open`](prism_plugin_api::ts::TimeSeries::open)):
+/// its topics and retention, worked out once.
+pub(crate) struct Opened {
+    pub(crate) pulsar: Arc<PulsarState>,
+    pub(crate) name: String,
+    pub(crate) topics: Topics,
+    pub(crate) retention: Option<Micros>,
 }
 
-impl PulsarPlugin {
-    async fn write_events(&self, ns: &Namespace, events: &[Event], context: &WriteContext) -> Result<()> {
-        let topics = Topics::of(ns)?;
-        let (epoch, _) = self.epoch(ns, &topics).await?;
+impl Opened {
+    async fn write_events(&self, events: &[Event], context: &WriteContext) -> Result<()> {
+        let topics = &self.topics;
+        let (epoch, _) = self.pulsar.epoch(&self.name, topics).await?;
         if events.is_empty() {
             return Ok(());
         }
@@ -113,14 +112,14 @@ impl PulsarPlugin {
                 ..Default::default()
             });
         }
-        self.publish(&topics.service_url, &topics.data, messages).await?;
+        self.pulsar.publish(&topics.service_url, &topics.data, messages).await?;
         Ok(())
     }
 
-    async fn query(&self, ns: &Namespace, q: Query<'_>) -> Result<EventsPage> {
-        let topics = Topics::of(ns)?;
-        let (epoch, state) = self.epoch(ns, &topics).await?;
-        let Some((oldest, newest)) = ts::read_window(q.start, q.end, q.after, q.now, ts::retention(ns)) else {
+    async fn query_topic(&self, q: &Query, now: Micros) -> Result<EventsPage> {
+        let topics = &self.topics;
+        let (epoch, state) = self.pulsar.epoch(&self.name, topics).await?;
+        let Some((oldest, newest)) = q.window(now, self.retention) else {
             return Ok(EventsPage::default());
         };
         let oldest = state.cutoff.map_or(oldest, |cutoff| oldest.max(cutoff));
@@ -129,57 +128,58 @@ impl PulsarPlugin {
         }
         let epoch_text = epoch.to_string();
         let mut folded: BTreeMap<Order, Folded> = BTreeMap::new();
-        self.scan(&topics.service_url, &topics.data, |message, body| {
-            let meta = message.metadata();
-            if let Some(series) = q.series
-                && meta.partition_key.as_deref() != Some(series)
-            {
-                return Ok(());
-            }
-            if meta.properties.iter().any(|p| p.key == EPOCH_PROPERTY && p.value != epoch_text) {
-                return Ok(());
-            }
-            let record::Body::Event(event) = body else { return Ok(()) };
-            if event.epoch != epoch || event.event_time < oldest || event.event_time > newest {
-                return Ok(());
-            }
-            if q.series.is_some_and(|s| s != event.time_series_id) {
-                return Ok(());
-            }
-            let key: Order = (Reverse(event.event_time), event.time_series_id, event.event_id);
-            if let Some(after) = q.after
-                && key <= (Reverse(after.event_time), after.time_series_id.clone(), after.event_id.clone())
-            {
-                return Ok(());
-            }
-            let entry = folded.entry(key).or_insert_with(|| Folded {
-                items: Vec::new(),
-                keys: HashSet::new(),
-                tags: event.tags,
-            });
-            for item in event.items {
-                // First write wins, per item key.
-                if entry.keys.insert(item.key.clone()) {
-                    entry.items.push((item.key, item.value));
+        self.pulsar
+            .scan(&topics.service_url, &topics.data, |message, body| {
+                let meta = message.metadata();
+                if let Some(series) = q.series.as_deref()
+                    && meta.partition_key.as_deref() != Some(series)
+                {
+                    return Ok(());
                 }
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(page(folded, q.filter, q.limits))
+                if meta.properties.iter().any(|p| p.key == EPOCH_PROPERTY && p.value != epoch_text) {
+                    return Ok(());
+                }
+                let record::Body::Event(event) = body else { return Ok(()) };
+                if event.epoch != epoch || event.event_time < oldest || event.event_time > newest {
+                    return Ok(());
+                }
+                if !q.wants_series(&event.time_series_id) {
+                    return Ok(());
+                }
+                let key: Order = (Reverse(event.event_time), event.time_series_id, event.event_id);
+                if let Some(after) = &q.after
+                    && key <= (Reverse(after.event_time), after.time_series_id.clone(), after.event_id.clone())
+                {
+                    return Ok(());
+                }
+                let entry = folded.entry(key).or_insert_with(|| Folded {
+                    items: Vec::new(),
+                    keys: HashSet::new(),
+                    tags: event.tags,
+                });
+                for item in event.items {
+                    // First write wins, per item key.
+                    if entry.keys.insert(item.key.clone()) {
+                        entry.items.push((item.key, item.value));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(page(folded, q.filter.as_ref(), q.limits))
     }
 
-    async fn reclaim_events(&self, ns: &Namespace, now: Micros) -> Result<u64> {
-        let topics = Topics::of(ns)?;
-        let (_, state) = self.epoch(ns, &topics).await?;
-        let Some(retention) = ts::retention(ns) else { return Ok(0) };
+    async fn reclaim_events(&self, now: Micros) -> Result<u64> {
+        let topics = &self.topics;
+        let (_, state) = self.pulsar.epoch(&self.name, topics).await?;
+        let Some(retention) = self.retention else { return Ok(0) };
         let cutoff = now.saturating_sub(retention);
         // Whole hours: at most one marker per hour and namespace.
         let cutoff = cutoff - cutoff.rem_euclid(HOUR);
         if state.cutoff.is_some_and(|c| c >= cutoff) {
             return Ok(0);
         }
-        self.mark(&topics, LifecycleKind::Reclaimed, cutoff).await?;
+        self.pulsar.mark(topics, LifecycleKind::Reclaimed, cutoff).await?;
         // Nothing is counted: the events stay in the topic, hidden.
         Ok(0)
     }
@@ -210,50 +210,22 @@ fn page(folded: BTreeMap<Order, Folded>, filter: Option<&TagFilter>, limits: Pag
 }
 
 #[async_trait]
-impl TimeSeries for PulsarPlugin {
-    async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
-        self.write_with(ns, events, &WriteContext::default()).await
+impl TimeSeriesHandle for Opened {
+    async fn write(&self, events: &[Event]) -> prism_plugin_api::Result<()> {
+        self.write_with(events, &WriteContext::default()).await
     }
 
-    async fn write_with(
-        &self,
-        ns: &Namespace,
-        events: &[Event],
-        context: &WriteContext,
-    ) -> prism_plugin_api::Result<()> {
-        Ok(self.bounded("writing events", self.write_events(ns, events, context)).await?)
+    async fn write_with(&self, events: &[Event], context: &WriteContext) -> prism_plugin_api::Result<()> {
+        Ok(self.pulsar.bounded("writing events", self.write_events(events, context)).await?)
     }
 
-    async fn read(
-        &self,
-        ns: &Namespace,
-        time_series_id: &str,
-        start: Micros,
-        end: Micros,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let q = Query { series: Some(time_series_id), start, end, filter: None, after, limits, now };
-        Ok(self.bounded("reading events", self.query(ns, q)).await?)
+    async fn query(&self, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
+        let what = if query.series.is_some() { "reading events" } else { "searching events" };
+        Ok(self.pulsar.bounded(what, self.query_topic(query, now)).await?)
     }
 
-    async fn search(
-        &self,
-        ns: &Namespace,
-        start: Micros,
-        end: Micros,
-        filter: Option<&TagFilter>,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        let q = Query { series: None, start, end, filter, after, limits, now };
-        Ok(self.bounded("searching events", self.query(ns, q)).await?)
-    }
-
-    async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {
-        Ok(self.bounded("reclaiming events", self.reclaim_events(ns, now)).await?)
+    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
+        Ok(self.pulsar.bounded("reclaiming events", self.reclaim_events(now)).await?)
     }
 }
 

@@ -2,16 +2,15 @@
 //! [`crate::kv`], one `pub async fn` per case (only cases are `pub async
 //! fn` here: a unit test checks each is listed in the macro).
 
-use std::sync::Arc;
-
 use prism_proto::control::Abstraction;
 
+use super::Subject;
 use super::support::{
     Case, HOUR, KIB, MIB, UNLIMITED, assert_not_provisioned, check_capabilities, delete, namespace, pairs, pattern,
     put, put_expiring,
 };
 use crate::kv::{Item, KeyRange, Mutation, PageLimits, Selector};
-use crate::{Plugin, PluginError, now_micros};
+use crate::{PluginError, now_micros};
 
 /// Every case's name, in the macro's order.
 pub const CASES: &[&str] = crate::__key_value_cases!((names));
@@ -34,13 +33,13 @@ fn key_names(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
 
 /// The backend's declared abstractions are exactly the control plane's
 /// static table, so the two cannot drift.
-pub async fn capabilities_match_static_table(plugin: Arc<dyn Plugin>) {
-    check_capabilities(plugin.as_ref(), Abstraction::KeyValue);
-    assert!(plugin.key_value().is_some(), "a plugin declaring KEY_VALUE serves it");
+pub async fn capabilities_match_static_table(subject: Subject) {
+    check_capabilities(subject.plugin.as_ref(), Abstraction::KeyValue);
+    assert!(subject.plugin.key_value().is_some(), "a plugin declaring KEY_VALUE serves it");
 }
 
-pub async fn put_then_get_one_item(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "put_then_get_one_item").await;
+pub async fn put_then_get_one_item(subject: Subject) {
+    let c = Case::provision(&subject, "put_then_get_one_item").await;
     c.put("user-1", &[("name", "ada")], 1).await;
     let items = c.read("user-1", &Selector::All, UNLIMITED, c.base).await;
     assert_eq!(items, vec![Item { key: b"name".to_vec(), value: b"ada".to_vec(), expires_at: None }]);
@@ -48,8 +47,8 @@ pub async fn put_then_get_one_item(plugin: Arc<dyn Plugin>) {
 }
 
 /// Keys are compared as bytes: NUL and 0xff included, a prefix first.
-pub async fn record_items_come_back_in_key_order(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "record_items_come_back_in_key_order").await;
+pub async fn record_items_come_back_in_key_order(subject: Subject) {
+    let c = Case::provision(&subject, "record_items_come_back_in_key_order").await;
     let odd: Vec<&[u8]> = vec![b"m", b"a", b"\xff", b"\x00", b"\x00\x00", b"", b"a\x00", b"Z", b"zz", b"\x7f\xff"];
     let first: Vec<Mutation> = odd[..5].iter().map(|k| put(k, *k)).collect();
     let second: Vec<Mutation> = odd[5..].iter().map(|k| put(k, *k)).collect();
@@ -70,8 +69,8 @@ pub async fn record_items_come_back_in_key_order(plugin: Arc<dyn Plugin>) {
 }
 
 /// A plain key-value pair is a record with one empty key.
-pub async fn empty_key_is_a_plain_pair(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "empty_key_is_a_plain_pair").await;
+pub async fn empty_key_is_a_plain_pair(subject: Subject) {
+    let c = Case::provision(&subject, "empty_key_is_a_plain_pair").await;
     c.put("config", &[("", "v1")], 1).await;
     assert_eq!(c.entries("config").await, pairs(&[("", "v1")]));
     assert_eq!(c.entries_of("config", &keys(&[""])).await, pairs(&[("", "v1")]));
@@ -82,35 +81,35 @@ pub async fn empty_key_is_a_plain_pair(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn empty_value_is_stored(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "empty_value_is_stored").await;
+pub async fn empty_value_is_stored(subject: Subject) {
+    let c = Case::provision(&subject, "empty_value_is_stored").await;
     c.put("r", &[("k", "")], 1).await;
     assert_eq!(c.entries("r").await, pairs(&[("k", "")]));
     assert_eq!(c.entries_of("r", &keys(&["k"])).await, pairs(&[("k", "")]));
     c.finish().await;
 }
 
-pub async fn upsert_overwrites(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "upsert_overwrites").await;
+pub async fn upsert_overwrites(subject: Subject) {
+    let c = Case::provision(&subject, "upsert_overwrites").await;
     c.put("r", &[("a", "1"), ("b", "2")], 1).await;
     c.put("r", &[("b", "3"), ("c", "4")], 2).await;
     assert_eq!(c.entries("r").await, pairs(&[("a", "1"), ("b", "3"), ("c", "4")]));
     c.finish().await;
 }
 
-pub async fn absent_record_reads_empty(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "absent_record_reads_empty").await;
+pub async fn absent_record_reads_empty(subject: Subject) {
+    let c = Case::provision(&subject, "absent_record_reads_empty").await;
     c.put("present", &[("k", "v")], 1).await;
     for selector in [Selector::All, keys(&["k"]), Selector::Range(KeyRange::all())] {
-        let page = c.kv().get(&c.ns, "absent", &selector, None, UNLIMITED, c.base).await.expect("get");
+        let page = c.kv().get("absent", &selector, None, UNLIMITED, c.base).await.expect("get");
         assert_eq!(page.items, vec![], "{selector:?}");
         assert_eq!(page.next, None, "{selector:?}");
     }
     c.finish().await;
 }
 
-pub async fn keys_selector_skips_absent_keys(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "keys_selector_skips_absent_keys").await;
+pub async fn keys_selector_skips_absent_keys(subject: Subject) {
+    let c = Case::provision(&subject, "keys_selector_skips_absent_keys").await;
     c.put("r", &[("a", "1"), ("c", "3"), ("e", "5")], 1).await;
     let got = c.entries_of("r", &keys(&["a", "b", "c", "d", "e", "f"])).await;
     assert_eq!(got, pairs(&[("a", "1"), ("c", "3"), ("e", "5")]));
@@ -122,8 +121,8 @@ pub async fn keys_selector_skips_absent_keys(plugin: Arc<dyn Plugin>) {
 
 /// `[start, end)`: start included, end excluded, `None` unbounded; an
 /// empty or inverted range selects nothing (or is refused as invalid).
-pub async fn range_selector_is_half_open(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "range_selector_is_half_open").await;
+pub async fn range_selector_is_half_open(subject: Subject) {
+    let c = Case::provision(&subject, "range_selector_is_half_open").await;
     c.put("r", &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")], 1).await;
     let cases: Vec<(KeyRange, Vec<&str>)> = vec![
         (range("b", Some("d")), vec!["b", "c"]),
@@ -140,7 +139,7 @@ pub async fn range_selector_is_half_open(plugin: Arc<dyn Plugin>) {
         assert_eq!(key_names(&got), want, "{r:?}");
     }
     let inverted = Selector::Range(range("d", Some("b")));
-    match c.kv().get(&c.ns, "r", &inverted, None, UNLIMITED, c.base).await {
+    match c.kv().get("r", &inverted, None, UNLIMITED, c.base).await {
         Ok(page) => assert_eq!(page.items, vec![], "an inverted range selects nothing"),
         Err(PluginError::InvalidArgument { .. }) => {}
         Err(e) => panic!("an inverted range: want nothing or InvalidArgument, got {e:?}"),
@@ -149,8 +148,8 @@ pub async fn range_selector_is_half_open(plugin: Arc<dyn Plugin>) {
 }
 
 /// `after` skips every key up to and including it, with any selector.
-pub async fn reads_continue_after_key(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "reads_continue_after_key").await;
+pub async fn reads_continue_after_key(subject: Subject) {
+    let c = Case::provision(&subject, "reads_continue_after_key").await;
     c.put("r", &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")], 1).await;
     let cases: Vec<(Selector, &str, Vec<&str>)> = vec![
         (Selector::All, "b", vec!["c", "d", "e"]),
@@ -163,7 +162,7 @@ pub async fn reads_continue_after_key(plugin: Arc<dyn Plugin>) {
         (Selector::Range(range("c", None)), "a", vec!["c", "d", "e"]),
     ];
     for (selector, after, want) in cases {
-        let page = c.kv().get(&c.ns, "r", &selector, Some(after.as_bytes()), UNLIMITED, c.base).await.expect("get");
+        let page = c.kv().get("r", &selector, Some(after.as_bytes()), UNLIMITED, c.base).await.expect("get");
         let got: Vec<String> = page.items.iter().map(|i| String::from_utf8_lossy(&i.key).into_owned()).collect();
         assert_eq!(got, want, "{selector:?} after {after:?}");
         assert_eq!(page.next, None);
@@ -171,16 +170,16 @@ pub async fn reads_continue_after_key(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn delete_keys(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "delete_keys").await;
+pub async fn delete_keys(subject: Subject) {
+    let c = Case::provision(&subject, "delete_keys").await;
     c.put("r", &[("a", "1"), ("b", "2"), ("c", "3")], 1).await;
     c.mutate("r", &[delete("a"), delete("c"), delete("never-written")], &c.at(2)).await;
     assert_eq!(c.entries("r").await, pairs(&[("b", "2")]));
     c.finish().await;
 }
 
-pub async fn delete_range(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "delete_range").await;
+pub async fn delete_range(subject: Subject) {
+    let c = Case::provision(&subject, "delete_range").await;
     c.put("r", &[("a", "1"), ("b", "2"), ("bb", "x"), ("c", "3"), ("d", "4"), ("e", "5")], 1).await;
     c.put("other", &[("b", "kept")], 1).await;
     c.mutate("r", &[Mutation::DeleteRange(range("b", Some("d")))], &c.at(2)).await;
@@ -191,8 +190,8 @@ pub async fn delete_range(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn delete_whole_record(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "delete_whole_record").await;
+pub async fn delete_whole_record(subject: Subject) {
+    let c = Case::provision(&subject, "delete_whole_record").await;
     c.put("r1", &[("", "0"), ("a", "1"), ("b", "2")], 1).await;
     c.put("r2", &[("a", "x")], 1).await;
     c.put("r10", &[("a", "y")], 1).await;
@@ -207,8 +206,8 @@ pub async fn delete_whole_record(plugin: Arc<dyn Plugin>) {
 
 /// One stamp for the whole list, applied in order: a later mutation of
 /// the list overrides an earlier one at the same generation time.
-pub async fn mutate_applies_in_order(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "mutate_applies_in_order").await;
+pub async fn mutate_applies_in_order(subject: Subject) {
+    let c = Case::provision(&subject, "mutate_applies_in_order").await;
     c.put("r", &[("x", "old"), ("y", "old")], 1).await;
     let mutations = vec![
         put("a", "1"),
@@ -234,8 +233,8 @@ pub async fn mutate_applies_in_order(plugin: Arc<dyn Plugin>) {
 /// A mutate that succeeds applied every one of its mutations (all or
 /// nothing: a failed one applied none, which only a backend's own tests
 /// can provoke).
-pub async fn mutate_applies_everything(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "mutate_applies_everything").await;
+pub async fn mutate_applies_everything(subject: Subject) {
+    let c = Case::provision(&subject, "mutate_applies_everything").await;
     let first: Vec<Mutation> = (0..100).map(|i| put(format!("k{i:03}"), "old")).collect();
     c.mutate("r", &first, &c.at(1)).await;
     let mut second: Vec<Mutation> = (0..50).map(|i| delete(format!("k{i:03}"))).collect();
@@ -249,16 +248,16 @@ pub async fn mutate_applies_everything(plugin: Arc<dyn Plugin>) {
 
 /// Last writer wins per item: an older put loses to what is stored, and
 /// only for the items it is older than.
-pub async fn older_put_is_ignored(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "older_put_is_ignored").await;
+pub async fn older_put_is_ignored(subject: Subject) {
+    let c = Case::provision(&subject, "older_put_is_ignored").await;
     c.put("r", &[("k", "v2")], 10).await;
     c.put("r", &[("k", "v1"), ("j", "late")], 5).await;
     assert_eq!(c.entries("r").await, pairs(&[("j", "late"), ("k", "v2")]));
     c.finish().await;
 }
 
-pub async fn older_delete_is_ignored(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "older_delete_is_ignored").await;
+pub async fn older_delete_is_ignored(subject: Subject) {
+    let c = Case::provision(&subject, "older_delete_is_ignored").await;
     c.put("r", &[("k", "v"), ("old", "o")], 10).await;
     c.put("r", &[("old", "o1")], 1).await; // older: ignored
     c.mutate("r", &[delete("k")], &c.at(5)).await;
@@ -272,8 +271,8 @@ pub async fn older_delete_is_ignored(plugin: Arc<dyn Plugin>) {
 
 /// A delete leaves its generation time behind: an older put arriving
 /// later stays deleted, a newer one is visible.
-pub async fn newer_put_after_delete_is_visible(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "newer_put_after_delete_is_visible").await;
+pub async fn newer_put_after_delete_is_visible(subject: Subject) {
+    let c = Case::provision(&subject, "newer_put_after_delete_is_visible").await;
     c.put("r", &[("k", "v1")], 1).await;
     c.mutate("r", &[delete("k")], &c.at(5)).await;
     assert_eq!(c.entries("r").await, vec![]);
@@ -292,8 +291,8 @@ pub async fn newer_put_after_delete_is_visible(plugin: Arc<dyn Plugin>) {
 }
 
 /// A whole-record delete covers every key, also keys it never saw.
-pub async fn put_older_than_record_delete_is_ignored(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "put_older_than_record_delete_is_ignored").await;
+pub async fn put_older_than_record_delete_is_ignored(subject: Subject) {
+    let c = Case::provision(&subject, "put_older_than_record_delete_is_ignored").await;
     c.put("r", &[("a", "1"), ("b", "2")], 1).await;
     c.mutate("r", &[Mutation::DeleteRange(KeyRange::all())], &c.at(5)).await;
     c.put("r", &[("a", "3")], 3).await;
@@ -310,8 +309,8 @@ pub async fn put_older_than_record_delete_is_ignored(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn put_older_than_range_delete_is_ignored(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "put_older_than_range_delete_is_ignored").await;
+pub async fn put_older_than_range_delete_is_ignored(subject: Subject) {
+    let c = Case::provision(&subject, "put_older_than_range_delete_is_ignored").await;
     c.put("r", &[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")], 1).await;
     c.mutate("r", &[Mutation::DeleteRange(range("b", Some("d")))], &c.at(5)).await;
     c.put("r", &[("b", "3"), ("bb", "3"), ("d", "3"), ("a", "3")], 3).await;
@@ -323,8 +322,8 @@ pub async fn put_older_than_range_delete_is_ignored(plugin: Arc<dyn Plugin>) {
 
 /// Equal generation times: what is stored wins, whether a value, a point
 /// delete or a range delete.
-pub async fn equal_generation_time_keeps_stored(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "equal_generation_time_keeps_stored").await;
+pub async fn equal_generation_time_keeps_stored(subject: Subject) {
+    let c = Case::provision(&subject, "equal_generation_time_keeps_stored").await;
     c.put("r", &[("k", "first")], 7).await;
     c.put("r", &[("k", "second")], 7).await;
     assert_eq!(c.entries("r").await, pairs(&[("k", "first")]));
@@ -341,9 +340,9 @@ pub async fn equal_generation_time_keeps_stored(plugin: Arc<dyn Plugin>) {
 
 /// Writers racing on one record, stamped out of order: every write lands
 /// whole and the newest wins each item.
-pub async fn concurrent_writers_keep_last_writer(plugin: Arc<dyn Plugin>) {
+pub async fn concurrent_writers_keep_last_writer(subject: Subject) {
     const WRITERS: i64 = 16;
-    let c = Case::provision(plugin, "concurrent_writers_keep_last_writer").await;
+    let c = Case::provision(&subject, "concurrent_writers_keep_last_writer").await;
     let mut tasks = Vec::new();
     for record in ["r0", "r1", "r2"] {
         for i in 0..WRITERS {
@@ -351,11 +350,8 @@ pub async fn concurrent_writers_keep_last_writer(plugin: Arc<dyn Plugin>) {
             let offset = 1 + (i * 7 + record.len() as i64) % WRITERS;
             let contested = if offset % 5 == 0 { delete("k") } else { put("k", offset.to_string()) };
             let mutations = vec![contested, put(format!("own-{offset:02}"), "x")];
-            let (plugin, ns, stamp) = (c.plugin.clone(), c.ns.clone(), c.at(offset));
-            tasks.push(tokio::spawn(async move {
-                let kv = plugin.key_value().expect("key_value");
-                kv.mutate(&ns, record, &mutations, &stamp).await
-            }));
+            let (kv, stamp) = (c.kv().clone(), c.at(offset));
+            tasks.push(tokio::spawn(async move { kv.mutate(record, &mutations, &stamp).await }));
         }
     }
     for task in tasks {
@@ -373,8 +369,8 @@ pub async fn concurrent_writers_keep_last_writer(plugin: Arc<dyn Plugin>) {
 }
 
 /// A retry with the same token is applied once, whatever it carries.
-pub async fn same_token_applies_once(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "same_token_applies_once").await;
+pub async fn same_token_applies_once(subject: Subject) {
+    let c = Case::provision(&subject, "same_token_applies_once").await;
     c.mutate("r", &[put("k", "first")], &c.token(1, "t-1")).await;
     c.mutate("r", &[put("k", "second")], &c.token(1, "t-1")).await;
     assert_eq!(c.entries("r").await, pairs(&[("k", "first")]));
@@ -384,8 +380,8 @@ pub async fn same_token_applies_once(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn different_tokens_both_apply(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "different_tokens_both_apply").await;
+pub async fn different_tokens_both_apply(subject: Subject) {
+    let c = Case::provision(&subject, "different_tokens_both_apply").await;
     c.mutate("r", &[put("a", "1")], &c.token(1, "t-a")).await;
     c.mutate("r", &[put("b", "2")], &c.token(2, "t-b")).await;
     assert_eq!(c.entries("r").await, pairs(&[("a", "1"), ("b", "2")]));
@@ -395,8 +391,8 @@ pub async fn different_tokens_both_apply(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn tokens_are_per_record(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "tokens_are_per_record").await;
+pub async fn tokens_are_per_record(subject: Subject) {
+    let c = Case::provision(&subject, "tokens_are_per_record").await;
     c.mutate("r1", &[put("k", "1")], &c.token(1, "shared")).await;
     c.mutate("r2", &[put("k", "2")], &c.token(1, "shared")).await;
     assert_eq!(c.entries("r1").await, pairs(&[("k", "1")]));
@@ -405,8 +401,8 @@ pub async fn tokens_are_per_record(plugin: Arc<dyn Plugin>) {
 }
 
 /// An item is visible while `now < expires_at`, by the reader's `now`.
-pub async fn expired_items_are_not_returned(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "expired_items_are_not_returned").await;
+pub async fn expired_items_are_not_returned(subject: Subject) {
+    let c = Case::provision(&subject, "expired_items_are_not_returned").await;
     let t = c.base + HOUR;
     c.mutate("r", &[put_expiring("a", "1", t), put("b", "2"), put_expiring("c", "3", t + 10)], &c.at(1)).await;
     let at = |now| c.read("r", &Selector::All, UNLIMITED, now);
@@ -431,8 +427,8 @@ pub async fn expired_items_are_not_returned(plugin: Arc<dyn Plugin>) {
 }
 
 /// `reclaim(now)` frees what expired by `now` and keeps everything else.
-pub async fn reclaim_removes_expired_items(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "reclaim_removes_expired_items").await;
+pub async fn reclaim_removes_expired_items(subject: Subject) {
+    let c = Case::provision(&subject, "reclaim_removes_expired_items").await;
     let value = pattern(4 * KIB, 1);
     let now = now_micros();
     c.mutate(
@@ -449,14 +445,14 @@ pub async fn reclaim_removes_expired_items(plugin: Arc<dyn Plugin>) {
     c.mutate("gone", &[put_expiring("x", &value, now - 1)], &c.at(1)).await;
     let before = c.storage().await;
     assert!(before >= 20 * KIB as u64, "storage_bytes {before} counts five 4 KiB values");
-    let removed = c.kv().reclaim(now_micros()).await.expect("reclaim");
+    let removed = c.reclaim_expired(now_micros()).await;
     assert!(removed >= 3, "reclaim removed {removed} items, want at least this case's 3");
     let after = c.storage().await;
     assert!(before - after.min(before) >= 12 * KIB as u64, "storage_bytes went from {before} to {after}");
     assert_eq!(key_names(&c.entries("r").await), ["c", "d"]);
     assert_eq!(c.entries("r").await[0].1, value);
     assert_eq!(c.entries("gone").await, vec![]);
-    c.kv().reclaim(now_micros()).await.expect("reclaim again");
+    c.reclaim_expired(now_micros()).await;
     assert!(c.storage().await >= 8 * KIB as u64, "the live values are still counted");
     assert_eq!(key_names(&c.entries("r").await), ["c", "d"]);
     c.finish().await;
@@ -468,8 +464,8 @@ fn sized_items(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Pages by bytes: each stops once it reaches the bound, with the item
 /// that crossed it; together they are every item once.
-pub async fn get_pages_by_bytes(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "get_pages_by_bytes").await;
+pub async fn get_pages_by_bytes(subject: Subject) {
+    let c = Case::provision(&subject, "get_pages_by_bytes").await;
     let all = sized_items(60);
     let mutations: Vec<Mutation> = all.iter().map(|(k, v)| put(k, v)).collect();
     c.mutate("r", &mutations, &c.at(1)).await;
@@ -489,8 +485,8 @@ pub async fn get_pages_by_bytes(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn get_pages_by_item_count(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "get_pages_by_item_count").await;
+pub async fn get_pages_by_item_count(subject: Subject) {
+    let c = Case::provision(&subject, "get_pages_by_item_count").await;
     let all = sized_items(25);
     let mutations: Vec<Mutation> = all.iter().map(|(k, v)| put(k, v)).collect();
     c.mutate("r", &mutations, &c.at(1)).await;
@@ -505,7 +501,7 @@ pub async fn get_pages_by_item_count(plugin: Arc<dyn Plugin>) {
     }
     let page = c
         .kv()
-        .get(&c.ns, "r", &Selector::All, None, PageLimits { max_bytes: u64::MAX, max_items: Some(7) }, c.base)
+        .get("r", &Selector::All, None, PageLimits { max_bytes: u64::MAX, max_items: Some(7) }, c.base)
         .await
         .expect("get");
     assert_eq!(page.items.len(), 7);
@@ -514,16 +510,15 @@ pub async fn get_pages_by_item_count(plugin: Arc<dyn Plugin>) {
 }
 
 /// An item bigger than the page bound is never split: it comes alone.
-pub async fn item_larger_than_page_comes_alone(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "item_larger_than_page_comes_alone").await;
+pub async fn item_larger_than_page_comes_alone(subject: Subject) {
+    let c = Case::provision(&subject, "item_larger_than_page_comes_alone").await;
     let big: Vec<(String, Vec<u8>)> = (0..5).map(|i| (format!("big{i}"), pattern(1000, i))).collect();
     let mutations: Vec<Mutation> = big.iter().map(|(k, v)| put(k, v)).collect();
     c.mutate("r", &mutations, &c.at(1)).await;
     let mut after: Option<Vec<u8>> = None;
     let mut pages = Vec::new();
     loop {
-        let page =
-            c.kv().get(&c.ns, "r", &Selector::All, after.as_deref(), bytes_limit(10), c.base).await.expect("get");
+        let page = c.kv().get("r", &Selector::All, after.as_deref(), bytes_limit(10), c.base).await.expect("get");
         if !page.items.is_empty() {
             pages.push(page.items.clone());
         }
@@ -541,7 +536,7 @@ pub async fn item_larger_than_page_comes_alone(plugin: Arc<dyn Plugin>) {
     // A big item after small ones crosses the bound and is included.
     c.put("mixed", &[("a", "12345"), ("b", "12345")], 1).await;
     c.mutate("mixed", &[put("c", pattern(1000, 9)), put("d", "12345")], &c.at(1)).await;
-    let page = c.kv().get(&c.ns, "mixed", &Selector::All, None, bytes_limit(20), c.base).await.expect("get");
+    let page = c.kv().get("mixed", &Selector::All, None, bytes_limit(20), c.base).await.expect("get");
     assert_eq!(page.items.iter().map(|i| i.key.clone()).collect::<Vec<_>>(), [b"a", b"b", b"c"]);
     assert_eq!(page.next, Some(b"c".to_vec()));
     c.finish().await;
@@ -549,19 +544,19 @@ pub async fn item_larger_than_page_comes_alone(plugin: Arc<dyn Plugin>) {
 
 /// A read whose items all fit without reaching a bound says nothing
 /// follows.
-pub async fn last_page_has_no_next(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "last_page_has_no_next").await;
+pub async fn last_page_has_no_next(subject: Subject) {
+    let c = Case::provision(&subject, "last_page_has_no_next").await;
     c.put("r", &[("a", "1"), ("b", "2"), ("c", "3")], 1).await;
     let roomy = PageLimits { max_bytes: 1000, max_items: Some(10) };
     for selector in [Selector::All, keys(&["a", "c"]), Selector::Range(range("b", None))] {
-        let page = c.kv().get(&c.ns, "r", &selector, None, roomy, c.base).await.expect("get");
+        let page = c.kv().get("r", &selector, None, roomy, c.base).await.expect("get");
         assert!(!page.items.is_empty());
         assert_eq!(page.next, None, "{selector:?}");
     }
-    let page = c.kv().get(&c.ns, "r", &Selector::All, Some(b"a"), roomy, c.base).await.expect("get");
+    let page = c.kv().get("r", &Selector::All, Some(b"a"), roomy, c.base).await.expect("get");
     assert_eq!(page.items.len(), 2);
     assert_eq!(page.next, None);
-    let page = c.kv().scan(&c.ns, None, roomy, c.base).await.expect("scan");
+    let page = c.kv().scan(None, roomy, c.base).await.expect("scan");
     assert_eq!(page.records.len(), 1);
     assert_eq!(page.next, None);
     c.finish().await;
@@ -583,8 +578,8 @@ fn scan_fixture() -> Vec<(String, Pairs)> {
     ]
 }
 
-pub async fn scan_returns_every_item_once(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "scan_returns_every_item_once").await;
+pub async fn scan_returns_every_item_once(subject: Subject) {
+    let c = Case::provision(&subject, "scan_returns_every_item_once").await;
     let records = scan_fixture();
     for (id, items) in &records {
         let mutations: Vec<Mutation> = items.iter().map(|(k, v)| put(k, v)).collect();
@@ -607,8 +602,8 @@ pub async fn scan_returns_every_item_once(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn scan_skips_expired_items(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "scan_skips_expired_items").await;
+pub async fn scan_skips_expired_items(subject: Subject) {
+    let c = Case::provision(&subject, "scan_skips_expired_items").await;
     let t = c.base + HOUR;
     c.mutate("r1", &[put_expiring("a", "1", t), put("b", "2")], &c.at(1)).await;
     c.mutate("r2", &[put_expiring("c", "3", t)], &c.at(1)).await;
@@ -622,9 +617,9 @@ pub async fn scan_skips_expired_items(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn scan_of_empty_namespace_is_empty(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "scan_of_empty_namespace_is_empty").await;
-    let page = c.kv().scan(&c.ns, None, UNLIMITED, c.base).await.expect("scan");
+pub async fn scan_of_empty_namespace_is_empty(subject: Subject) {
+    let c = Case::provision(&subject, "scan_of_empty_namespace_is_empty").await;
+    let page = c.kv().scan(None, UNLIMITED, c.base).await.expect("scan");
     assert_eq!(page.records, vec![]);
     assert_eq!(page.next, None);
     // Deleted items leave nothing a scan returns.
@@ -639,8 +634,8 @@ pub async fn scan_of_empty_namespace_is_empty(plugin: Arc<dyn Plugin>) {
 
 /// Values around the 1 MiB default chunk threshold and well above it come
 /// back byte for byte, by get and by scan.
-pub async fn large_values_round_trip(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "large_values_round_trip").await;
+pub async fn large_values_round_trip(subject: Subject) {
+    let c = Case::provision(&subject, "large_values_round_trip").await;
     let values: Vec<(&str, Vec<u8>)> = vec![
         ("a-small", pattern(10, 0)),
         ("b-below", pattern(MIB - 1, 1)),
@@ -671,8 +666,8 @@ pub async fn large_values_round_trip(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn large_values_page_whole(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "large_values_page_whole").await;
+pub async fn large_values_page_whole(subject: Subject) {
+    let c = Case::provision(&subject, "large_values_page_whole").await;
     let values: Vec<Vec<u8>> = (0..3).map(|i| pattern(3 * MIB / 2, i)).collect();
     for (i, value) in values.iter().enumerate() {
         c.mutate("r", &[put(format!("k{i}"), value)], &c.at(1)).await;
@@ -694,8 +689,8 @@ pub async fn large_values_page_whole(plugin: Arc<dyn Plugin>) {
 
 /// Overwriting a chunked value with a smaller one leaves no stale chunk:
 /// neither in what is read nor in what is stored.
-pub async fn overwrite_large_with_small_frees_chunks(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "overwrite_large_with_small_frees_chunks").await;
+pub async fn overwrite_large_with_small_frees_chunks(subject: Subject) {
+    let c = Case::provision(&subject, "overwrite_large_with_small_frees_chunks").await;
     let three = pattern(3 * MIB, 1);
     c.mutate("r", &[put("k", &three)], &c.at(1)).await;
     let large = c.storage().await;
@@ -717,8 +712,8 @@ pub async fn overwrite_large_with_small_frees_chunks(plugin: Arc<dyn Plugin>) {
 }
 
 /// Point, range and whole-record deletes of chunked values free them.
-pub async fn deleting_large_values_frees_storage(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "deleting_large_values_frees_storage").await;
+pub async fn deleting_large_values_frees_storage(subject: Subject) {
+    let c = Case::provision(&subject, "deleting_large_values_frees_storage").await;
     let three = pattern(3 * MIB, 7);
     for id in ["point", "range", "record"] {
         c.mutate(id, &[put("k", &three), put("small", "x")], &c.at(1)).await;
@@ -743,8 +738,8 @@ pub async fn deleting_large_values_frees_storage(plugin: Arc<dyn Plugin>) {
 
 /// `storage_bytes` counts at least every live key and value, and drops
 /// when they are deleted.
-pub async fn storage_bytes_counts_data(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "storage_bytes_counts_data").await;
+pub async fn storage_bytes_counts_data(subject: Subject) {
+    let c = Case::provision(&subject, "storage_bytes_counts_data").await;
     let empty = c.storage().await;
     let value = pattern(KIB, 0);
     let mutations: Vec<Mutation> = (0..10).map(|i| put(format!("k{i}"), &value)).collect();
@@ -758,9 +753,9 @@ pub async fn storage_bytes_counts_data(plugin: Arc<dyn Plugin>) {
 }
 
 /// Same record ids in two namespaces are two records.
-pub async fn namespaces_are_isolated(plugin: Arc<dyn Plugin>) {
-    let a = Case::provision(plugin.clone(), "namespaces_are_isolated").await;
-    let b = Case::provision(plugin, "namespaces_are_isolated").await;
+pub async fn namespaces_are_isolated(subject: Subject) {
+    let a = Case::provision(&subject, "namespaces_are_isolated").await;
+    let b = Case::provision(&subject, "namespaces_are_isolated").await;
     assert_ne!(a.ns.name, b.ns.name);
     a.put("r", &[("k", "from-a"), ("only-a", "1")], 1).await;
     b.put("r", &[("k", "from-b")], 1).await;
@@ -780,15 +775,15 @@ pub async fn namespaces_are_isolated(plugin: Arc<dyn Plugin>) {
 
 /// A namespace deleted and created again (same name, new create
 /// revision) sees nothing of the old incarnation.
-pub async fn recreated_namespace_starts_empty(plugin: Arc<dyn Plugin>) {
-    let first = Case::provision(plugin.clone(), "recreated_namespace_starts_empty").await;
+pub async fn recreated_namespace_starts_empty(subject: Subject) {
+    let first = Case::provision(&subject, "recreated_namespace_starts_empty").await;
     first.put("r", &[("k", "old")], 1).await;
     first.mutate("r", &[delete("tombstoned")], &first.at(5)).await;
     first.plugin.deprovision(&first.ns).await.expect("deprovision");
 
     let mut ns = first.ns.clone();
     ns.create_revision += 1;
-    let second = Case::unprovisioned(plugin.clone(), ns.clone());
+    let second = Case::unprovisioned(&subject, ns.clone());
     second.plugin.provision(&second.ns).await.expect("provision");
     assert_eq!(second.entries("r").await, vec![]);
     assert_eq!(second.scan(UNLIMITED, second.base).await, vec![]);
@@ -798,7 +793,7 @@ pub async fn recreated_namespace_starts_empty(plugin: Arc<dyn Plugin>) {
 
     // Created again without the previous one being deprovisioned first.
     ns.create_revision += 1;
-    let third = Case::unprovisioned(plugin, ns);
+    let third = Case::unprovisioned(&subject, ns);
     third.plugin.provision(&third.ns).await.expect("provision");
     assert_eq!(third.entries("r").await, vec![]);
     assert_eq!(third.scan(UNLIMITED, third.base).await, vec![]);
@@ -808,18 +803,18 @@ pub async fn recreated_namespace_starts_empty(plugin: Arc<dyn Plugin>) {
 
 /// Deprovisioning removes every byte: data, tombstones, tokens. It is
 /// idempotent, and a namespace provisioned again starts empty.
-pub async fn deprovision_removes_everything(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "deprovision_removes_everything").await;
+pub async fn deprovision_removes_everything(subject: Subject) {
+    let c = Case::provision(&subject, "deprovision_removes_everything").await;
     c.mutate("r", &[put("k", "v"), put("big", pattern(2 * MIB, 1))], &c.token(1, "tok")).await;
     c.mutate("r", &[delete("gone")], &c.at(10)).await;
     c.mutate("s", &[Mutation::DeleteRange(KeyRange::all())], &c.at(10)).await;
     c.plugin.deprovision(&c.ns).await.expect("deprovision");
 
     let kv = c.kv();
-    assert_not_provisioned("get", kv.get(&c.ns, "r", &Selector::All, None, UNLIMITED, c.base).await);
-    assert_not_provisioned("scan", kv.scan(&c.ns, None, UNLIMITED, c.base).await);
-    assert_not_provisioned("mutate", kv.mutate(&c.ns, "r", &[put("k", "v")], &c.at(20)).await);
-    match kv.storage_bytes(&c.ns).await {
+    assert_not_provisioned("get", kv.get("r", &Selector::All, None, UNLIMITED, c.base).await);
+    assert_not_provisioned("scan", kv.scan(None, UNLIMITED, c.base).await);
+    assert_not_provisioned("mutate", kv.mutate("r", &[put("k", "v")], &c.at(20)).await);
+    match kv.storage_bytes().await {
         Ok(0) | Err(PluginError::NotProvisioned(_)) => {}
         other => panic!("storage_bytes after deprovision: want 0 or NotProvisioned, got {other:?}"),
     }
@@ -836,8 +831,8 @@ pub async fn deprovision_removes_everything(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn provision_is_idempotent(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision(plugin, "provision_is_idempotent").await;
+pub async fn provision_is_idempotent(subject: Subject) {
+    let c = Case::provision(&subject, "provision_is_idempotent").await;
     c.plugin.provision(&c.ns).await.expect("provision twice");
     c.put("r", &[("k", "v")], 1).await;
     c.plugin.provision(&c.ns).await.expect("provision with data");
@@ -845,14 +840,14 @@ pub async fn provision_is_idempotent(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn unprovisioned_namespace_is_refused(plugin: Arc<dyn Plugin>) {
-    let ns = namespace(plugin.as_ref(), "unprovisioned_namespace_is_refused");
-    let c = Case::unprovisioned(plugin, ns);
+pub async fn unprovisioned_namespace_is_refused(subject: Subject) {
+    let ns = namespace(&subject, "unprovisioned_namespace_is_refused");
+    let c = Case::unprovisioned(&subject, ns);
     let kv = c.kv();
-    assert_not_provisioned("mutate", kv.mutate(&c.ns, "r", &[put("k", "v")], &c.at(1)).await);
-    assert_not_provisioned("get", kv.get(&c.ns, "r", &Selector::All, None, UNLIMITED, c.base).await);
-    assert_not_provisioned("scan", kv.scan(&c.ns, None, UNLIMITED, c.base).await);
-    match kv.storage_bytes(&c.ns).await {
+    assert_not_provisioned("mutate", kv.mutate("r", &[put("k", "v")], &c.at(1)).await);
+    assert_not_provisioned("get", kv.get("r", &Selector::All, None, UNLIMITED, c.base).await);
+    assert_not_provisioned("scan", kv.scan(None, UNLIMITED, c.base).await);
+    match kv.storage_bytes().await {
         Ok(0) | Err(PluginError::NotProvisioned(_)) => {}
         other => panic!("storage_bytes of an unprovisioned namespace: want 0 or NotProvisioned, got {other:?}"),
     }

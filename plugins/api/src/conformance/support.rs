@@ -6,13 +6,14 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use prism_proto::control::{Abstraction, NamespaceSpec, Policies};
 
-use crate::kv::{Item, KeyValue, Mutation, NewItem, PageLimits, ScanCursor, Selector, WriteStamp};
-use crate::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries};
+use super::Subject;
+use crate::kv::{Item, KeyValueHandle, Mutation, NewItem, PageLimits, ScanCursor, Selector, WriteStamp};
+use crate::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeriesHandle};
 use crate::{Micros, Namespace, Plugin, PluginError, now_micros};
 
 pub const KIB: usize = 1 << 10;
@@ -36,16 +37,16 @@ const MAX_PAGES: usize = 100_000;
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
-/// A key-value namespace named after `case` and unique across processes
-/// and runs, not yet provisioned.
-pub fn namespace(plugin: &dyn Plugin, case: &str) -> Namespace {
-    namespace_of(plugin, case, Abstraction::KeyValue)
+/// A key-value namespace of `subject` named after `case` and unique across
+/// processes and runs, not yet provisioned.
+pub fn namespace(subject: &Subject, case: &str) -> Namespace {
+    namespace_of(subject, case, Abstraction::KeyValue)
 }
 
 /// A time-series namespace like [`namespace`], keeping events for
 /// `retention` (`None`: forever).
-pub fn ts_namespace(plugin: &dyn Plugin, case: &str, retention: Option<Micros>) -> Namespace {
-    let mut ns = namespace_of(plugin, case, Abstraction::TimeSeries);
+pub fn ts_namespace(subject: &Subject, case: &str, retention: Option<Micros>) -> Namespace {
+    let mut ns = namespace_of(subject, case, Abstraction::TimeSeries);
     if let (Some(retention), Some(policies)) = (retention, ns.spec.policies.as_mut()) {
         // `unwrap_or_default` names the protobuf Duration type for us: this
         // crate does not depend on prost-types itself.
@@ -57,8 +58,9 @@ pub fn ts_namespace(plugin: &dyn Plugin, case: &str, retention: Option<Micros>) 
     ns
 }
 
-/// A namespace of `abstraction` named after `case`, not yet provisioned.
-pub fn namespace_of(plugin: &dyn Plugin, case: &str, abstraction: Abstraction) -> Namespace {
+/// A namespace of `abstraction` named after `case`, with the subject's
+/// backend settings, not yet provisioned.
+pub fn namespace_of(subject: &Subject, case: &str, abstraction: Abstraction) -> Namespace {
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let stamp = u64::try_from(now_micros()).unwrap_or_default();
     let mut part: String = case.chars().map(|c| if c == '_' { '-' } else { c }).take(36).collect();
@@ -68,7 +70,8 @@ pub fn namespace_of(plugin: &dyn Plugin, case: &str, abstraction: Abstraction) -
         create_revision: stamp.max(1),
         spec: NamespaceSpec {
             abstraction: abstraction as i32,
-            backend: plugin.capabilities().backend as i32,
+            backend: subject.plugin.capabilities().backend as i32,
+            backend_config: subject.backend_config.clone(),
             policies: Some(Policies { max_item_size_bytes: MAX_ITEM_SIZE, ..Policies::default() }),
             ..NamespaceSpec::default()
         },
@@ -137,47 +140,68 @@ pub fn check_page_sizes(what: &str, sizes: &[u64], limits: PageLimits, has_next:
 }
 
 /// One case's namespace on one plugin.
+///
+/// The namespace is opened on first use and the handle kept for the whole
+/// case, as the gateway keeps it with the namespace's snapshot entry: so
+/// the cases also check that a handle keeps serving across deprovisioning
+/// and provisioning again.
 pub struct Case {
     pub plugin: Arc<dyn Plugin>,
     pub ns: Namespace,
     /// The case's clock: generation times are `base + offset`.
     pub base: Micros,
+    kv: OnceLock<Arc<dyn KeyValueHandle>>,
+    ts: OnceLock<Arc<dyn TimeSeriesHandle>>,
 }
 
 impl Case {
     /// A fresh key-value namespace named after `case`, provisioned.
-    pub async fn provision(plugin: Arc<dyn Plugin>, case: &str) -> Self {
-        let ns = namespace(plugin.as_ref(), case);
-        Self::provision_ns(plugin, ns).await
+    pub async fn provision(subject: &Subject, case: &str) -> Self {
+        Self::provision_ns(subject, namespace(subject, case)).await
     }
 
     /// A fresh time-series namespace named after `case`, without
     /// retention, provisioned.
-    pub async fn provision_ts(plugin: Arc<dyn Plugin>, case: &str) -> Self {
-        Self::provision_ts_retaining(plugin, case, None).await
+    pub async fn provision_ts(subject: &Subject, case: &str) -> Self {
+        Self::provision_ts_retaining(subject, case, None).await
     }
 
     /// A fresh time-series namespace named after `case`, keeping events
     /// for `retention` (`None`: forever), provisioned.
-    pub async fn provision_ts_retaining(plugin: Arc<dyn Plugin>, case: &str, retention: Option<Micros>) -> Self {
-        let ns = ts_namespace(plugin.as_ref(), case, retention);
-        Self::provision_ns(plugin, ns).await
+    pub async fn provision_ts_retaining(subject: &Subject, case: &str, retention: Option<Micros>) -> Self {
+        Self::provision_ns(subject, ts_namespace(subject, case, retention)).await
     }
 
-    /// A case on `ns`, provisioned.
-    pub async fn provision_ns(plugin: Arc<dyn Plugin>, ns: Namespace) -> Self {
-        let case = Self::unprovisioned(plugin, ns);
+    /// A case on `ns` (made by [`namespace_of`] or its kin), provisioned.
+    pub async fn provision_ns(subject: &Subject, ns: Namespace) -> Self {
+        let case = Self::unprovisioned(subject, ns);
         case.plugin.provision(&case.ns).await.expect("provision");
         case
     }
 
     /// A case on `ns`, which the caller provisions (or not).
-    pub fn unprovisioned(plugin: Arc<dyn Plugin>, ns: Namespace) -> Self {
-        Self { plugin, ns, base: now_micros() }
+    pub fn unprovisioned(subject: &Subject, ns: Namespace) -> Self {
+        Self::resume(subject.plugin.clone(), ns, now_micros())
     }
 
-    pub fn kv(&self) -> &dyn KeyValue {
-        self.plugin.key_value().expect("a plugin under the KeyValue suite serves KeyValue")
+    /// A case on `ns` of `plugin` that an earlier case (of another plugin
+    /// on the same storage, say) began at `base`.
+    pub fn resume(plugin: Arc<dyn Plugin>, ns: Namespace, base: Micros) -> Self {
+        Self { plugin, ns, base, kv: OnceLock::new(), ts: OnceLock::new() }
+    }
+
+    /// The namespace, opened as KeyValue.
+    pub fn kv(&self) -> &Arc<dyn KeyValueHandle> {
+        self.kv.get_or_init(|| {
+            let kv = self.plugin.key_value().expect("a plugin under the KeyValue suite serves KeyValue");
+            kv.open(&self.ns).expect("open the namespace")
+        })
+    }
+
+    /// Reclaims expired items in every namespace of the plugin, at `now`.
+    pub async fn reclaim_expired(&self, now: Micros) -> u64 {
+        let kv = self.plugin.key_value().expect("a plugin under the KeyValue suite serves KeyValue");
+        kv.reclaim(now).await.expect("reclaim")
     }
 
     /// A write stamped `base + offset`, without a token.
@@ -191,7 +215,7 @@ impl Case {
     }
 
     pub async fn mutate(&self, id: &str, mutations: &[Mutation], stamp: &WriteStamp) {
-        self.kv().mutate(&self.ns, id, mutations, stamp).await.expect("mutate");
+        self.kv().mutate(id, mutations, stamp).await.expect("mutate");
     }
 
     /// Puts `items` into record `id` at `base + offset`.
@@ -205,7 +229,7 @@ impl Case {
         let mut out: Vec<Item> = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         for _ in 0..MAX_PAGES {
-            let page = self.kv().get(&self.ns, id, selector, after.as_deref(), limits, now).await.expect("get");
+            let page = self.kv().get(id, selector, after.as_deref(), limits, now).await.expect("get");
             let refs: Vec<&Item> = page.items.iter().collect();
             check_page("get", &refs, limits, page.next.is_some());
             for item in &page.items {
@@ -243,7 +267,7 @@ impl Case {
         let mut out: Vec<(String, Item)> = Vec::new();
         let mut after: Option<ScanCursor> = None;
         for _ in 0..MAX_PAGES {
-            let page = self.kv().scan(&self.ns, after.as_ref(), limits, now).await.expect("scan");
+            let page = self.kv().scan(after.as_ref(), limits, now).await.expect("scan");
             let refs: Vec<&Item> = page.records.iter().flat_map(|r| r.items.iter()).collect();
             check_page("scan", &refs, limits, page.next.is_some());
             for pair in page.records.windows(2) {
@@ -282,7 +306,7 @@ impl Case {
     }
 
     pub async fn storage(&self) -> u64 {
-        self.kv().storage_bytes(&self.ns).await.expect("storage_bytes")
+        self.kv().storage_bytes().await.expect("storage_bytes")
     }
 
     /// Deprovisions the namespace.
@@ -293,37 +317,27 @@ impl Case {
 
 /// The TimeSeries side of a case.
 impl Case {
-    pub fn ts(&self) -> &dyn TimeSeries {
-        self.plugin.time_series().expect("a plugin under the TimeSeries suite serves TimeSeries")
+    /// The namespace, opened as TimeSeries.
+    pub fn ts(&self) -> &Arc<dyn TimeSeriesHandle> {
+        self.ts.get_or_init(|| {
+            let ts = self.plugin.time_series().expect("a plugin under the TimeSeries suite serves TimeSeries");
+            ts.open(&self.ns).expect("open the namespace")
+        })
     }
 
     pub async fn write(&self, events: &[Event]) {
-        self.ts().write(&self.ns, events).await.expect("write");
+        self.ts().write(events).await.expect("write");
     }
 
-    /// Every page of `query` in `[start, end)` at `now`, checked,
+    /// Every page of `query` at `now` (from its first page), checked,
     /// concatenated.
-    pub async fn events(
-        &self,
-        query: Query<'_>,
-        (start, end): (Micros, Micros),
-        limits: PageLimits,
-        now: Micros,
-    ) -> Vec<Event> {
+    pub async fn events(&self, query: Query, now: Micros) -> Vec<Event> {
         let ts = self.ts();
-        let what = match query {
-            Query::Read(_) => "read",
-            Query::Search(_) => "search",
-        };
-        all_pages(what, limits, |after| {
-            Box::pin(async move {
-                match query {
-                    Query::Read(series) => ts.read(&self.ns, series, start, end, after.as_ref(), limits, now).await,
-                    Query::Search(filter) => ts.search(&self.ns, start, end, filter, after.as_ref(), limits, now).await,
-                }
-            })
-        })
-        .await
+        let what = if query.series.is_some() { "read" } else { "search" };
+        let limits = query.limits;
+        let query = &query;
+        all_pages(what, limits, |after| Box::pin(async move { ts.query(&Query { after, ..query.clone() }, now).await }))
+            .await
     }
 
     /// [`Self::events`] of one series.
@@ -334,7 +348,7 @@ impl Case {
         limits: PageLimits,
         now: Micros,
     ) -> Vec<Event> {
-        self.events(Query::Read(series), window, limits, now).await
+        self.events(Query::series(series, window, limits), now).await
     }
 
     /// [`Self::events`] of every series matching `filter`.
@@ -345,7 +359,7 @@ impl Case {
         limits: PageLimits,
         now: Micros,
     ) -> Vec<Event> {
-        self.events(Query::Search(filter), window, limits, now).await
+        self.events(Query::search(filter.cloned(), window, limits), now).await
     }
 
     /// The whole series, as of the case's start.
@@ -363,15 +377,6 @@ impl Case {
     pub fn around(&self) -> (Micros, Micros) {
         (self.base - 60 * DAY, self.base + 60 * DAY)
     }
-}
-
-/// What a paged TimeSeries query asks for.
-#[derive(Debug, Clone, Copy)]
-pub enum Query<'a> {
-    /// A read of one series.
-    Read(&'a str),
-    /// A search of every series, with an optional filter.
-    Search(Option<&'a TagFilter>),
 }
 
 type PageFuture<'a> = Pin<Box<dyn Future<Output = crate::Result<EventsPage>> + Send + 'a>>;

@@ -6,23 +6,38 @@
 //! by key, since their order within an event is not part of the contract.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use prism_proto::control::Abstraction;
 
+use super::Subject;
 use super::support::{
     Case, DAY, HOUR, MIB, MINUTE, UNLIMITED, assert_not_provisioned, check_capabilities, cursor, event, event_bytes,
     newest_first, pattern, ts_namespace,
 };
 use crate::kv::PageLimits;
-use crate::ts::{Event, EventCursor, TagFilter};
-use crate::{Micros, Plugin, PluginError};
+use crate::ts::{Event, EventCursor, Query, TagFilter};
+use crate::{Micros, PluginError};
 
 /// Every case's name, in the macro's order.
 pub const CASES: &[&str] = crate::__time_series_cases!((names));
 
 fn bytes_limit(max_bytes: u64) -> PageLimits {
     PageLimits { max_bytes, max_items: None }
+}
+
+/// One page of one series, as `ReadEventRecords` asks for it.
+fn read(series: &str, window: (Micros, Micros), after: Option<&EventCursor>, limits: PageLimits) -> Query {
+    Query { after: after.cloned(), ..Query::series(series, window, limits) }
+}
+
+/// One page of every series, as `SearchEventRecords` asks for it.
+fn search(
+    window: (Micros, Micros),
+    filter: Option<&TagFilter>,
+    after: Option<&EventCursor>,
+    limits: PageLimits,
+) -> Query {
+    Query { after: after.cloned(), ..Query::search(filter.cloned(), window, limits) }
 }
 
 fn count_limit(max_items: u32) -> PageLimits {
@@ -66,13 +81,13 @@ fn at(event_time: Micros, series: &str, id: &str) -> EventCursor {
 
 /// The backend's declared abstractions are exactly the control plane's
 /// static table, and include TIME_SERIES.
-pub async fn capabilities_include_time_series(plugin: Arc<dyn Plugin>) {
-    check_capabilities(plugin.as_ref(), Abstraction::TimeSeries);
-    assert!(plugin.time_series().is_some(), "a plugin declaring TIME_SERIES serves it");
+pub async fn capabilities_include_time_series(subject: Subject) {
+    check_capabilities(subject.plugin.as_ref(), Abstraction::TimeSeries);
+    assert!(subject.plugin.time_series().is_some(), "a plugin declaring TIME_SERIES serves it");
 }
 
-pub async fn write_then_read_one_event(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "write_then_read_one_event").await;
+pub async fn write_then_read_one_event(subject: Subject) {
+    let c = Case::provision_ts(&subject, "write_then_read_one_event").await;
     let written = [event(
         "sensor-1",
         c.base - MINUTE,
@@ -91,8 +106,8 @@ pub async fn write_then_read_one_event(plugin: Arc<dyn Plugin>) {
 
 /// One series comes back newest first, across hours, whatever the write
 /// order; equal times are ordered by event id, as bytes.
-pub async fn read_is_newest_first(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "read_is_newest_first").await;
+pub async fn read_is_newest_first(subject: Subject) {
+    let c = Case::provision_ts(&subject, "read_is_newest_first").await;
     let mut written: Vec<Event> = (0..12)
         .map(|i| (i * 5) % 12)
         .map(|k| event("s", c.base - k * 25 * MINUTE, &format!("e{k:02}"), &[("n", &k.to_string())], &[]))
@@ -114,8 +129,8 @@ pub async fn read_is_newest_first(plugin: Arc<dyn Plugin>) {
 
 /// A search orders equal times by series, then event id (as bytes); a
 /// read of one series keeps the same order.
-pub async fn search_breaks_ties_by_series_then_event_id(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "search_breaks_ties_by_series_then_event_id").await;
+pub async fn search_breaks_ties_by_series_then_event_id(subject: Subject) {
+    let c = Case::provision_ts(&subject, "search_breaks_ties_by_series_then_event_id").await;
     let t = c.base - 10 * MINUTE;
     let mut written = Vec::new();
     for series in ["b", "a", "ab", "a-", "B"] {
@@ -141,8 +156,8 @@ pub async fn search_breaks_ties_by_series_then_event_id(plugin: Arc<dyn Plugin>)
 /// `[start, end)`: an event at `start` is in, one at `end` is out, the
 /// widest interval holds everything, an empty or inverted one nothing (or
 /// is refused as invalid).
-pub async fn interval_is_half_open(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "interval_is_half_open").await;
+pub async fn interval_is_half_open(subject: Subject) {
+    let c = Case::provision_ts(&subject, "interval_is_half_open").await;
     let t = c.base - HOUR;
     let mut written: Vec<Event> =
         (0..5).map(|i| event("s", t - 2 + i, &format!("e{i}"), &[("i", &i.to_string())], &[("in", "s")])).collect();
@@ -171,13 +186,13 @@ pub async fn interval_is_half_open(plugin: Arc<dyn Plugin>) {
     assert_eq!(names(&other), ["other/x", "s/e2"]);
 
     let ts = c.ts();
-    let inverted = ts.read(&c.ns, "s", t + 2, t, None, UNLIMITED, c.base).await;
+    let inverted = ts.query(&read("s", (t + 2, t), None, UNLIMITED), c.base).await;
     match inverted {
         Ok(page) => assert!(page.events.is_empty() && page.next.is_none(), "an inverted interval selects nothing"),
         Err(PluginError::InvalidArgument { .. }) => {}
         Err(e) => panic!("an inverted read: want nothing or InvalidArgument, got {e:?}"),
     }
-    match ts.search(&c.ns, t + 2, t, None, None, UNLIMITED, c.base).await {
+    match ts.query(&search((t + 2, t), None, None, UNLIMITED), c.base).await {
         Ok(page) => assert!(page.events.is_empty() && page.next.is_none(), "an inverted interval selects nothing"),
         Err(PluginError::InvalidArgument { .. }) => {}
         Err(e) => panic!("an inverted search: want nothing or InvalidArgument, got {e:?}"),
@@ -198,8 +213,8 @@ pub async fn interval_is_half_open(plugin: Arc<dyn Plugin>) {
 
 /// Writing an event again — whatever its values — changes nothing: the
 /// first write wins, also within one write and within one event.
-pub async fn rewriting_an_event_changes_nothing(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "rewriting_an_event_changes_nothing").await;
+pub async fn rewriting_an_event_changes_nothing(subject: Subject) {
+    let c = Case::provision_ts(&subject, "rewriting_an_event_changes_nothing").await;
     let t = c.base - MINUTE;
     let first = event("s", t, "e", &[("a", "1"), ("b", "2")], &[("k", "v")]);
     c.write(std::slice::from_ref(&first)).await;
@@ -221,8 +236,8 @@ pub async fn rewriting_an_event_changes_nothing(plugin: Arc<dyn Plugin>) {
 /// The same event (series, time, id) written with a new item key gains
 /// that item and stays one event; the same id at another time or in
 /// another series is another event.
-pub async fn new_item_key_adds_to_the_event(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "new_item_key_adds_to_the_event").await;
+pub async fn new_item_key_adds_to_the_event(subject: Subject) {
+    let c = Case::provision_ts(&subject, "new_item_key_adds_to_the_event").await;
     let t = c.base - MINUTE;
     c.write(&[event("s", t, "e", &[("a", "1")], &[("k", "v")])]).await;
     c.write(&[event("s", t, "e", &[("a", "other"), ("b", "2")], &[("k", "v")])]).await;
@@ -237,8 +252,8 @@ pub async fn new_item_key_adds_to_the_event(plugin: Arc<dyn Plugin>) {
 
 /// Every item and every tag comes back, by read and by search (filtered
 /// on one tag or not), on a page of any size.
-pub async fn events_come_back_whole(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "events_come_back_whole").await;
+pub async fn events_come_back_whole(subject: Subject) {
+    let c = Case::provision_ts(&subject, "events_come_back_whole").await;
     let t = c.base - MINUTE;
     let mut items: Vec<(Vec<u8>, Vec<u8>)> =
         (0..40).map(|i| (format!("item-{i:02}").into_bytes(), pattern(i * 53 % 2000, i as u8))).collect();
@@ -261,8 +276,8 @@ pub async fn events_come_back_whole(plugin: Arc<dyn Plugin>) {
 
 /// Series are compared whole: one that another's id prefixes, or that
 /// differs in case, is another series.
-pub async fn same_ids_in_other_series_are_other_events(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "same_ids_in_other_series_are_other_events").await;
+pub async fn same_ids_in_other_series_are_other_events(subject: Subject) {
+    let c = Case::provision_ts(&subject, "same_ids_in_other_series_are_other_events").await;
     let t = c.base - MINUTE;
     let series = ["s", "s1", "s-", "S", "s s", "ss"];
     let written: Vec<Event> = series.iter().map(|s| event(s, t, "e", &[("from", s)], &[("series", s)])).collect();
@@ -288,8 +303,8 @@ fn three_series(base: Micros) -> Vec<Event> {
     written
 }
 
-pub async fn search_without_filter_returns_every_event(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "search_without_filter_returns_every_event").await;
+pub async fn search_without_filter_returns_every_event(subject: Subject) {
+    let c = Case::provision_ts(&subject, "search_without_filter_returns_every_event").await;
     let written = three_series(c.base);
     c.write(&written).await;
     assert_eq!(c.matching(None).await, newest_first(&written));
@@ -324,8 +339,8 @@ fn tagged(base: Micros) -> Vec<Event> {
 
 /// Runs each filter over [`tagged`] events: the ids must be `want`, and
 /// agree with [`TagFilter::matches`], on one page or many.
-async fn check_filters(plugin: Arc<dyn Plugin>, case: &str, filters: Vec<(TagFilter, Vec<&str>)>) {
-    let c = Case::provision_ts(plugin, case).await;
+async fn check_filters(subject: &Subject, case: &str, filters: Vec<(TagFilter, Vec<&str>)>) {
+    let c = Case::provision_ts(subject, case).await;
     let written = tagged(c.base - HOUR);
     c.write(&written).await;
     for (filter, want) in filters {
@@ -339,7 +354,7 @@ async fn check_filters(plugin: Arc<dyn Plugin>, case: &str, filters: Vec<(TagFil
     c.finish().await;
 }
 
-pub async fn search_filters_by_tag_equals(plugin: Arc<dyn Plugin>) {
+pub async fn search_filters_by_tag_equals(subject: Subject) {
     let filters = vec![
         (eq("env", "prod"), vec!["e1", "e2"]),
         (eq("region", "eu"), vec!["e1", "e3", "e7"]),
@@ -352,10 +367,10 @@ pub async fn search_filters_by_tag_equals(plugin: Arc<dyn Plugin>) {
         (eq("region", "EU"), vec!["e8"]),
         (eq("env", "prod "), vec![]),
     ];
-    check_filters(plugin, "search_filters_by_tag_equals", filters).await;
+    check_filters(&subject, "search_filters_by_tag_equals", filters).await;
 }
 
-pub async fn search_filters_by_tag_in(plugin: Arc<dyn Plugin>) {
+pub async fn search_filters_by_tag_in(subject: Subject) {
     let filters = vec![
         (any_of("env", &["prod", "test"]), vec!["e1", "e2", "e5"]),
         (any_of("region", &["us"]), vec!["e2", "e5"]),
@@ -364,11 +379,11 @@ pub async fn search_filters_by_tag_in(plugin: Arc<dyn Plugin>) {
         (any_of("env", &[]), vec![]),
         (any_of("env", &["prod", "prod", "dev"]), vec!["e1", "e2", "e3", "e4"]),
     ];
-    check_filters(plugin, "search_filters_by_tag_in", filters).await;
+    check_filters(&subject, "search_filters_by_tag_in", filters).await;
 }
 
 /// `and` and `or`, nested.
-pub async fn search_combines_filters_with_and_or(plugin: Arc<dyn Plugin>) {
+pub async fn search_combines_filters_with_and_or(subject: Subject) {
     let filters = vec![
         (and(vec![eq("env", "prod"), eq("region", "eu")]), vec!["e1"]),
         (or(vec![eq("env", "dev"), eq("team", "core")]), vec!["e1", "e3", "e4", "e5"]),
@@ -387,11 +402,11 @@ pub async fn search_combines_filters_with_and_or(plugin: Arc<dyn Plugin>) {
         (or(vec![eq("nope", "x"), eq("team", "core")]), vec!["e1", "e5"]),
         (and(vec![or(vec![eq("region", "eu")])]), vec!["e1", "e3", "e7"]),
     ];
-    check_filters(plugin, "search_combines_filters_with_and_or", filters).await;
+    check_filters(&subject, "search_combines_filters_with_and_or", filters).await;
 }
 
 /// A predicate on a tag an event lacks is false, even `= ""`.
-pub async fn filter_on_a_missing_tag_matches_nothing(plugin: Arc<dyn Plugin>) {
+pub async fn filter_on_a_missing_tag_matches_nothing(subject: Subject) {
     let filters = vec![
         (eq("missing", ""), vec![]),
         (eq("missing", "x"), vec![]),
@@ -401,7 +416,7 @@ pub async fn filter_on_a_missing_tag_matches_nothing(plugin: Arc<dyn Plugin>) {
         (or(vec![eq("missing", "x"), eq("team", "")]), vec![]),
         (and(vec![eq("env", "prod"), eq("team", "")]), vec![]),
     ];
-    check_filters(plugin, "filter_on_a_missing_tag_matches_nothing", filters).await;
+    check_filters(&subject, "filter_on_a_missing_tag_matches_nothing", filters).await;
 }
 
 /// An event of a size that varies with `i`: one to three items, zero to
@@ -419,8 +434,8 @@ fn sized_event(series: &str, time: Micros, i: usize) -> Event {
 /// Pages by bytes: each stops once it reaches the bound, with the event
 /// that crossed it; together they are every event once, equal times
 /// included.
-pub async fn read_pages_by_bytes(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "read_pages_by_bytes").await;
+pub async fn read_pages_by_bytes(subject: Subject) {
+    let c = Case::provision_ts(&subject, "read_pages_by_bytes").await;
     // Three events at each time, so pages also end between equal times.
     let written: Vec<Event> = (0..40).map(|i| sized_event("s", c.base - (i as i64 / 3) * MINUTE, i)).collect();
     c.write(&written).await;
@@ -432,8 +447,8 @@ pub async fn read_pages_by_bytes(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn search_pages_by_bytes(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "search_pages_by_bytes").await;
+pub async fn search_pages_by_bytes(subject: Subject) {
+    let c = Case::provision_ts(&subject, "search_pages_by_bytes").await;
     // Equal times across series, so pages also end between them.
     let written: Vec<Event> = ["a", "b", "c"]
         .iter()
@@ -456,8 +471,8 @@ pub async fn search_pages_by_bytes(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn pages_by_event_count(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "pages_by_event_count").await;
+pub async fn pages_by_event_count(subject: Subject) {
+    let c = Case::provision_ts(&subject, "pages_by_event_count").await;
     let mut written: Vec<Event> = (0..25).map(|i| sized_event("s", c.base - (i as i64 / 2) * MINUTE, i)).collect();
     written.extend((0..10).map(|i| sized_event("t", c.base - i as i64 * MINUTE, i)));
     c.write(&written).await;
@@ -468,10 +483,10 @@ pub async fn pages_by_event_count(plugin: Arc<dyn Plugin>) {
         assert_eq!(c.search_events(c.around(), None, limits, c.base).await, all, "{limits:?}");
     }
     let (start, end) = c.around();
-    let page = c.ts().read(&c.ns, "s", start, end, None, count_limit(7), c.base).await.expect("read");
+    let page = c.ts().query(&read("s", (start, end), None, count_limit(7)), c.base).await.expect("read");
     assert_eq!(page.events.len(), 7);
     assert_eq!(page.next, Some(cursor(&series[6])));
-    let page = c.ts().search(&c.ns, start, end, None, None, count_limit(7), c.base).await.expect("search");
+    let page = c.ts().query(&search((start, end), None, None, count_limit(7)), c.base).await.expect("search");
     assert_eq!(page.events.len(), 7);
     assert_eq!(page.next, Some(cursor(&all[6])));
     c.finish().await;
@@ -479,8 +494,8 @@ pub async fn pages_by_event_count(plugin: Arc<dyn Plugin>) {
 
 /// An event bigger than the page bound is never split: it comes alone;
 /// after smaller ones, it is the one that crosses the bound.
-pub async fn event_larger_than_page_comes_alone(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "event_larger_than_page_comes_alone").await;
+pub async fn event_larger_than_page_comes_alone(subject: Subject) {
+    let c = Case::provision_ts(&subject, "event_larger_than_page_comes_alone").await;
     let big: Vec<Event> = (0..5_i64)
         .map(|i| Event {
             time_series_id: "big".into(),
@@ -495,7 +510,8 @@ pub async fn event_larger_than_page_comes_alone(plugin: Arc<dyn Plugin>) {
     let mut after: Option<EventCursor> = None;
     let mut pages = Vec::new();
     loop {
-        let page = c.ts().read(&c.ns, "big", start, end, after.as_ref(), bytes_limit(10), c.base).await.expect("read");
+        let page =
+            c.ts().query(&read("big", (start, end), after.as_ref(), bytes_limit(10)), c.base).await.expect("read");
         if !page.events.is_empty() {
             pages.push(ids(&page.events).join(","));
         }
@@ -516,10 +532,10 @@ pub async fn event_larger_than_page_comes_alone(plugin: Arc<dyn Plugin>) {
         event("mixed", t - 3, "d", &[("d", "123456789")], &[]),
     ];
     c.write(&mixed).await;
-    let page = c.ts().read(&c.ns, "mixed", start, end, None, bytes_limit(25), c.base).await.expect("read");
+    let page = c.ts().query(&read("mixed", (start, end), None, bytes_limit(25)), c.base).await.expect("read");
     assert_eq!(ids(&page.events), ["a", "b", "c"]);
     assert_eq!(page.next, Some(cursor(&mixed[2])));
-    let page = c.ts().search(&c.ns, t - 3, t + 1, None, None, bytes_limit(25), c.base).await.expect("search");
+    let page = c.ts().query(&search((t - 3, t + 1), None, None, bytes_limit(25)), c.base).await.expect("search");
     assert_eq!(ids(&page.events), ["a", "b", "c"]);
     assert_eq!(page.next, Some(cursor(&mixed[2])));
     c.finish().await;
@@ -527,8 +543,8 @@ pub async fn event_larger_than_page_comes_alone(plugin: Arc<dyn Plugin>) {
 
 /// A page whose events all fit without reaching a bound says nothing
 /// follows.
-pub async fn last_page_has_no_next(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "last_page_has_no_next").await;
+pub async fn last_page_has_no_next(subject: Subject) {
+    let c = Case::provision_ts(&subject, "last_page_has_no_next").await;
     let t = c.base - MINUTE;
     let written = [
         event("s", t, "1", &[("k", "v")], &[("x", "1")]),
@@ -539,23 +555,23 @@ pub async fn last_page_has_no_next(plugin: Arc<dyn Plugin>) {
     let roomy = PageLimits { max_bytes: 1000, max_items: Some(10) };
     let (start, end) = c.around();
     let ts = c.ts();
-    let page = ts.read(&c.ns, "s", start, end, None, roomy, c.base).await.expect("read");
+    let page = ts.query(&read("s", (start, end), None, roomy), c.base).await.expect("read");
     assert_eq!((page.events.len(), page.next), (3, None));
-    let page = ts.read(&c.ns, "s", start, end, Some(&cursor(&written[0])), roomy, c.base).await.expect("read");
+    let page = ts.query(&read("s", (start, end), Some(&cursor(&written[0])), roomy), c.base).await.expect("read");
     assert_eq!((page.events.len(), page.next), (2, None));
-    let page = ts.search(&c.ns, start, end, None, None, roomy, c.base).await.expect("search");
+    let page = ts.query(&search((start, end), None, None, roomy), c.base).await.expect("search");
     assert_eq!((page.events.len(), page.next), (3, None));
-    let page = ts.search(&c.ns, start, end, Some(&eq("x", "1")), None, roomy, c.base).await.expect("search");
+    let page = ts.query(&search((start, end), Some(&eq("x", "1")), None, roomy), c.base).await.expect("search");
     assert_eq!((page.events.len(), page.next), (2, None));
-    let page = ts.read(&c.ns, "empty", start, end, None, roomy, c.base).await.expect("read");
+    let page = ts.query(&read("empty", (start, end), None, roomy), c.base).await.expect("read");
     assert_eq!((page.events.len(), page.next), (0, None));
     c.finish().await;
 }
 
 /// `after` skips every event up to and including it in the contract's
 /// order, whether or not an event is stored at the cursor.
-pub async fn reads_continue_after_cursor(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "reads_continue_after_cursor").await;
+pub async fn reads_continue_after_cursor(subject: Subject) {
+    let c = Case::provision_ts(&subject, "reads_continue_after_cursor").await;
     let t = c.base - HOUR;
     let written: Vec<Event> = [("a", t, "1"), ("a", t, "2"), ("a", t, "3"), ("b", t, "1"), ("b", t, "2")]
         .into_iter()
@@ -576,7 +592,7 @@ pub async fn reads_continue_after_cursor(plugin: Arc<dyn Plugin>) {
         (at(t - 2, "", ""), vec![]),
     ];
     for (after, want) in searches {
-        let page = ts.search(&c.ns, start, end, None, Some(&after), UNLIMITED, c.base).await.expect("search");
+        let page = ts.query(&search((start, end), None, Some(&after), UNLIMITED), c.base).await.expect("search");
         assert_eq!(names(&page.events), want, "search after {after:?}");
         assert_eq!(page.next, None);
     }
@@ -589,7 +605,7 @@ pub async fn reads_continue_after_cursor(plugin: Arc<dyn Plugin>) {
         (at(t - 1, "a", "1"), vec![]),
     ];
     for (after, want) in reads {
-        let page = ts.read(&c.ns, "a", start, end, Some(&after), UNLIMITED, c.base).await.expect("read");
+        let page = ts.query(&read("a", (start, end), Some(&after), UNLIMITED), c.base).await.expect("read");
         assert_eq!(names(&page.events), want, "read after {after:?}");
         assert_eq!(page.next, None);
     }
@@ -598,8 +614,8 @@ pub async fn reads_continue_after_cursor(plugin: Arc<dyn Plugin>) {
 
 /// Events of megabytes come back byte for byte, whole, on pages of any
 /// size.
-pub async fn large_events_round_trip(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "large_events_round_trip").await;
+pub async fn large_events_round_trip(subject: Subject) {
+    let c = Case::provision_ts(&subject, "large_events_round_trip").await;
     let t = c.base - MINUTE;
     let tags: BTreeMap<String, String> = [("size".to_owned(), "large".to_owned())].into();
     let one = Event {
@@ -629,9 +645,9 @@ pub async fn large_events_round_trip(plugin: Arc<dyn Plugin>) {
 
 /// Writers racing to write one event: it is stored once, each item with
 /// one writer's value, and gains every writer's new items.
-pub async fn concurrent_writes_of_one_event_store_it_once(plugin: Arc<dyn Plugin>) {
+pub async fn concurrent_writes_of_one_event_store_it_once(subject: Subject) {
     const WRITERS: i64 = 8;
-    let c = Case::provision_ts(plugin, "concurrent_writes_of_one_event_store_it_once").await;
+    let c = Case::provision_ts(&subject, "concurrent_writes_of_one_event_store_it_once").await;
     let t = c.base - MINUTE;
     let mut tasks = Vec::new();
     for i in 0..WRITERS {
@@ -640,8 +656,8 @@ pub async fn concurrent_writes_of_one_event_store_it_once(plugin: Arc<dyn Plugin
             event("s", t, "shared", &[("k", &n), (&format!("own-{i}"), "x")], &[("tag", "v")]),
             event("s", t - 1 - i, &format!("own-{i}"), &[("k", &n)], &[]),
         ];
-        let (plugin, ns) = (c.plugin.clone(), c.ns.clone());
-        tasks.push(tokio::spawn(async move { plugin.time_series().expect("time_series").write(&ns, &events).await }));
+        let ts = c.ts().clone();
+        tasks.push(tokio::spawn(async move { ts.write(&events).await }));
     }
     for task in tasks {
         task.await.expect("writer task").expect("write");
@@ -664,8 +680,8 @@ pub async fn concurrent_writes_of_one_event_store_it_once(plugin: Arc<dyn Plugin
 
 /// With a retention `r`, an event with `event_time < now - r` is never
 /// returned, by `now` as the caller gives it.
-pub async fn retention_hides_events_past_it(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts_retaining(plugin, "retention_hides_events_past_it", Some(HOUR)).await;
+pub async fn retention_hides_events_past_it(subject: Subject) {
+    let c = Case::provision_ts_retaining(&subject, "retention_hides_events_past_it", Some(HOUR)).await;
     let now = c.base;
     let written = [
         plain("s", now - 3 * HOUR, "old"),
@@ -698,8 +714,8 @@ pub async fn retention_hides_events_past_it(plugin: Arc<dyn Plugin>) {
 /// older clock does not see them either; events within retention stay.
 /// (Only events more than a day past the cutoff are checked gone: a
 /// backend may keep the rest of a partially expired partition a while.)
-pub async fn reclaim_removes_events_past_retention(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts_retaining(plugin, "reclaim_removes_events_past_retention", Some(HOUR)).await;
+pub async fn reclaim_removes_events_past_retention(subject: Subject) {
+    let c = Case::provision_ts_retaining(&subject, "reclaim_removes_events_past_retention", Some(HOUR)).await;
     let now = c.base;
     let old = [
         plain("s", now - 3 * DAY, "old-1"),
@@ -713,11 +729,11 @@ pub async fn reclaim_removes_events_past_retention(plugin: Arc<dyn Plugin>) {
     let early = now - 4 * DAY;
     let search = || c.search_events(c.around(), None, UNLIMITED, early);
     assert_eq!(ids(&search().await), ["now", "recent", "half-hour", "old-3", "old-1", "old-2"]);
-    c.ts().reclaim(&c.ns, now).await.expect("reclaim");
+    c.ts().reclaim(now).await.expect("reclaim");
     assert_eq!(ids(&search().await), ["now", "recent", "half-hour"]);
     assert_eq!(ids(&c.read_events("s", c.around(), UNLIMITED, early).await), ["recent", "half-hour"]);
     assert_eq!(c.read_events("t", c.around(), bytes_limit(1), now).await, newest_first(&kept[2..]));
-    c.ts().reclaim(&c.ns, now).await.expect("reclaim again");
+    c.ts().reclaim(now).await.expect("reclaim again");
     assert_eq!(search().await, newest_first(&kept));
     // The store takes new events after reclaiming.
     c.write(&[plain("s", now - MINUTE, "later")]).await;
@@ -727,17 +743,17 @@ pub async fn reclaim_removes_events_past_retention(plugin: Arc<dyn Plugin>) {
 
 /// Without retention — unset or zero — nothing is hidden or reclaimed,
 /// however old.
-pub async fn no_retention_keeps_everything(plugin: Arc<dyn Plugin>) {
+pub async fn no_retention_keeps_everything(subject: Subject) {
     for retention in [None, Some(0)] {
-        let c = Case::provision_ts_retaining(plugin.clone(), "no_retention_keeps_everything", retention).await;
+        let c = Case::provision_ts_retaining(&subject, "no_retention_keeps_everything", retention).await;
         let now = c.base;
         let written =
             [plain("s", now - 400 * DAY, "ancient"), plain("s", now - 3 * DAY, "old"), plain("t", now, "now")];
         c.write(&written).await;
         let window = (now - 500 * DAY, now + DAY);
         assert_eq!(c.search_events(window, None, UNLIMITED, now).await, newest_first(&written), "{retention:?}");
-        c.ts().reclaim(&c.ns, now).await.expect("reclaim");
-        c.ts().reclaim(&c.ns, now + 1000 * DAY).await.expect("reclaim");
+        c.ts().reclaim(now).await.expect("reclaim");
+        c.ts().reclaim(now + 1000 * DAY).await.expect("reclaim");
         assert_eq!(
             c.search_events(window, None, UNLIMITED, now + 1000 * DAY).await,
             newest_first(&written),
@@ -749,9 +765,9 @@ pub async fn no_retention_keeps_everything(plugin: Arc<dyn Plugin>) {
 }
 
 /// Same series and event ids in two namespaces are two events.
-pub async fn namespaces_are_isolated(plugin: Arc<dyn Plugin>) {
-    let a = Case::provision_ts(plugin.clone(), "namespaces_are_isolated").await;
-    let b = Case::provision_ts(plugin, "namespaces_are_isolated").await;
+pub async fn namespaces_are_isolated(subject: Subject) {
+    let a = Case::provision_ts(&subject, "namespaces_are_isolated").await;
+    let b = Case::provision_ts(&subject, "namespaces_are_isolated").await;
     assert_ne!(a.ns.name, b.ns.name);
     let t = a.base - MINUTE;
     let in_a = [event("s", t, "e", &[("k", "from-a")], &[("ns", "a")]), event("only-a", t, "e", &[("k", "a")], &[])];
@@ -771,15 +787,15 @@ pub async fn namespaces_are_isolated(plugin: Arc<dyn Plugin>) {
 /// A namespace deleted and created again (same name, new create
 /// revision) sees nothing of the old incarnation, and the old events do
 /// not make the same identities no-ops.
-pub async fn recreated_namespace_starts_empty(plugin: Arc<dyn Plugin>) {
-    let first = Case::provision_ts(plugin.clone(), "recreated_namespace_starts_empty").await;
+pub async fn recreated_namespace_starts_empty(subject: Subject) {
+    let first = Case::provision_ts(&subject, "recreated_namespace_starts_empty").await;
     let t = first.base - MINUTE;
     first.write(&[event("s", t, "e", &[("k", "old")], &[("v", "old")])]).await;
     first.plugin.deprovision(&first.ns).await.expect("deprovision");
 
     let mut ns = first.ns.clone();
     ns.create_revision += 1;
-    let second = Case::provision_ns(plugin.clone(), ns.clone()).await;
+    let second = Case::provision_ns(&subject, ns.clone()).await;
     assert_eq!(second.series("s").await, vec![]);
     assert_eq!(second.matching(None).await, vec![]);
     let new = [event("s", t, "e", &[("k", "new")], &[("v", "new")])];
@@ -788,7 +804,7 @@ pub async fn recreated_namespace_starts_empty(plugin: Arc<dyn Plugin>) {
 
     // Created again without the previous one being deprovisioned first.
     ns.create_revision += 1;
-    let third = Case::provision_ns(plugin, ns).await;
+    let third = Case::provision_ns(&subject, ns).await;
     assert_eq!(third.series("s").await, vec![]);
     assert_eq!(third.matching(None).await, vec![]);
     third.finish().await;
@@ -797,8 +813,8 @@ pub async fn recreated_namespace_starts_empty(plugin: Arc<dyn Plugin>) {
 
 /// Deprovisioning removes every event; it is idempotent, and a namespace
 /// provisioned again starts empty.
-pub async fn deprovision_removes_everything(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "deprovision_removes_everything").await;
+pub async fn deprovision_removes_everything(subject: Subject) {
+    let c = Case::provision_ts(&subject, "deprovision_removes_everything").await;
     let t = c.base - MINUTE;
     let written = [
         event("s", t, "e", &[("k", "v"), ("big", "x".repeat(100_000).as_str())], &[("tag", "v")]),
@@ -810,10 +826,10 @@ pub async fn deprovision_removes_everything(plugin: Arc<dyn Plugin>) {
 
     let ts = c.ts();
     let (start, end) = c.around();
-    assert_not_provisioned("read", ts.read(&c.ns, "s", start, end, None, UNLIMITED, c.base).await);
-    assert_not_provisioned("search", ts.search(&c.ns, start, end, None, None, UNLIMITED, c.base).await);
-    assert_not_provisioned("write", ts.write(&c.ns, &written).await);
-    assert_not_provisioned("reclaim", ts.reclaim(&c.ns, c.base).await);
+    assert_not_provisioned("read", ts.query(&read("s", (start, end), None, UNLIMITED), c.base).await);
+    assert_not_provisioned("search", ts.query(&search((start, end), None, None, UNLIMITED), c.base).await);
+    assert_not_provisioned("write", ts.write(&written).await);
+    assert_not_provisioned("reclaim", ts.reclaim(c.base).await);
     c.plugin.deprovision(&c.ns).await.expect("deprovision is idempotent");
 
     c.plugin.provision(&c.ns).await.expect("provision again");
@@ -824,8 +840,8 @@ pub async fn deprovision_removes_everything(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn provision_is_idempotent(plugin: Arc<dyn Plugin>) {
-    let c = Case::provision_ts(plugin, "provision_is_idempotent").await;
+pub async fn provision_is_idempotent(subject: Subject) {
+    let c = Case::provision_ts(&subject, "provision_is_idempotent").await;
     c.plugin.provision(&c.ns).await.expect("provision twice");
     let written = [plain("s", c.base - MINUTE, "e")];
     c.write(&written).await;
@@ -834,15 +850,18 @@ pub async fn provision_is_idempotent(plugin: Arc<dyn Plugin>) {
     c.finish().await;
 }
 
-pub async fn unprovisioned_namespace_is_refused(plugin: Arc<dyn Plugin>) {
-    let ns = ts_namespace(plugin.as_ref(), "unprovisioned_namespace_is_refused", Some(HOUR));
-    let c = Case::unprovisioned(plugin, ns);
+pub async fn unprovisioned_namespace_is_refused(subject: Subject) {
+    let ns = ts_namespace(&subject, "unprovisioned_namespace_is_refused", Some(HOUR));
+    let c = Case::unprovisioned(&subject, ns);
     let ts = c.ts();
     let (start, end) = c.around();
     let written = [plain("s", c.base, "e")];
-    assert_not_provisioned("write", ts.write(&c.ns, &written).await);
-    assert_not_provisioned("read", ts.read(&c.ns, "s", start, end, None, UNLIMITED, c.base).await);
-    assert_not_provisioned("search", ts.search(&c.ns, start, end, Some(&eq("k", "v")), None, UNLIMITED, c.base).await);
-    assert_not_provisioned("reclaim", ts.reclaim(&c.ns, c.base).await);
+    assert_not_provisioned("write", ts.write(&written).await);
+    assert_not_provisioned("read", ts.query(&read("s", (start, end), None, UNLIMITED), c.base).await);
+    assert_not_provisioned(
+        "search",
+        ts.query(&search((start, end), Some(&eq("k", "v")), None, UNLIMITED), c.base).await,
+    );
+    assert_not_provisioned("reclaim", ts.reclaim(c.base).await);
     c.plugin.deprovision(&c.ns).await.expect("deprovisioning what never was succeeds");
 }

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use prism_plugin_api::kv::KeyValue;
+use prism_plugin_api::kv::{KeyValue, KeyValueHandle};
+use prism_plugin_api::ts::Query;
 use prism_plugin_api::{Plugin, PluginError};
 use prism_proto::control::{NamespaceSpec, Policies};
 
@@ -37,6 +38,16 @@ async fn namespace(plugin: &EmbeddedPlugin, name: &str, retention: Option<Micros
     ns
 }
 
+/// `ns` opened as TimeSeries.
+fn ts(plugin: &EmbeddedPlugin, ns: &Namespace) -> Arc<dyn TimeSeriesHandle> {
+    TimeSeries::open(plugin, ns).expect("open")
+}
+
+/// `ns` opened as KeyValue, for its byte count.
+fn kv(plugin: &EmbeddedPlugin, ns: &Namespace) -> Arc<dyn KeyValueHandle> {
+    KeyValue::open(plugin, ns).expect("open")
+}
+
 fn event(series: &str, time: Micros, id: &str) -> Event {
     Event {
         time_series_id: series.into(),
@@ -48,7 +59,7 @@ fn event(series: &str, time: Micros, id: &str) -> Event {
 }
 
 async fn search_ids(plugin: &EmbeddedPlugin, ns: &Namespace, now: Micros) -> Vec<String> {
-    let page = TimeSeries::search(plugin, ns, i64::MIN, i64::MAX, None, None, ALL, now).await.expect("search");
+    let page = ts(plugin, ns).query(&Query::search(None, (i64::MIN, i64::MAX), ALL), now).await.expect("search");
     assert_eq!(page.next, None);
     page.events.into_iter().map(|e| e.event_id).collect()
 }
@@ -56,7 +67,7 @@ async fn search_ids(plugin: &EmbeddedPlugin, ns: &Namespace, now: Micros) -> Vec
 /// Rows of a TimeSeries table under the namespace prefix.
 fn rows<V: redb::Value + 'static>(plugin: &EmbeddedPlugin, table: TableDefinition<Bytes, V>, ns: &Namespace) -> usize {
     let prefix = Incarnation::of(ns).expect("valid name").prefix;
-    let r = plugin.store.db.begin_read().expect("read");
+    let r = plugin.turns.store.db.begin_read().expect("read");
     let table = r.open_table(table).expect("table");
     let end = prefix_end(&prefix);
     let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
@@ -67,7 +78,7 @@ fn rows<V: redb::Value + 'static>(plugin: &EmbeddedPlugin, table: TableDefinitio
 /// index tables.
 fn counted(plugin: &EmbeddedPlugin, ns: &Namespace) -> u64 {
     let prefix = Incarnation::of(ns).expect("valid name").prefix;
-    let r = plugin.store.db.begin_read().expect("read");
+    let r = plugin.turns.store.db.begin_read().expect("read");
     let end = prefix_end(&prefix);
     let bounds = || (Bound::Included(prefix.as_slice()), end.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
     let mut total = 0;
@@ -98,25 +109,25 @@ async fn reclaim_drops_old_partitions_and_trims_the_cutoffs() {
         event("b", cutoff + 1, "after"),
         event("a", now, "now"),
     ];
-    TimeSeries::write(&plugin, &ns, &events).await.expect("write");
+    ts(&plugin, &ns).write(&events).await.expect("write");
     assert_eq!(rows(&plugin, PARTITIONS, &ns), 4);
-    let stored = KeyValue::storage_bytes(&plugin, &ns).await.expect("storage");
+    let stored = kv(&plugin, &ns).storage_bytes().await.expect("storage");
     assert_eq!(stored, counted(&plugin, &ns));
 
-    assert_eq!(TimeSeries::reclaim(&plugin, &ns, now).await.expect("reclaim"), 5);
+    assert_eq!(ts(&plugin, &ns).reclaim(now).await.expect("reclaim"), 5);
     assert_eq!(search_ids(&plugin, &ns, i64::MIN).await, ["now", "after", "at-cutoff"]);
     assert_eq!(rows(&plugin, PARTITIONS, &ns), 2, "the cutoff's partition and now's");
     assert_eq!(rows(&plugin, INDEX, &ns), 3);
     assert_eq!(rows(&plugin, EVENTS, &ns), 6, "a head and an item per event");
-    assert_eq!(KeyValue::storage_bytes(&plugin, &ns).await.expect("storage"), counted(&plugin, &ns));
-    assert_eq!(TimeSeries::reclaim(&plugin, &ns, now).await.expect("reclaim"), 0);
+    assert_eq!(kv(&plugin, &ns).storage_bytes().await.expect("storage"), counted(&plugin, &ns));
+    assert_eq!(ts(&plugin, &ns).reclaim(now).await.expect("reclaim"), 0);
 
     // The partition counts stay exact: trimming the last events of a
     // partition drops its entry.
-    assert_eq!(TimeSeries::reclaim(&plugin, &ns, now + 2).await.expect("reclaim"), 2);
+    assert_eq!(ts(&plugin, &ns).reclaim(now + 2).await.expect("reclaim"), 2);
     assert_eq!(search_ids(&plugin, &ns, i64::MIN).await, ["now"]);
     assert_eq!(rows(&plugin, PARTITIONS, &ns), 1);
-    assert_eq!(KeyValue::storage_bytes(&plugin, &ns).await.expect("storage"), counted(&plugin, &ns));
+    assert_eq!(kv(&plugin, &ns).storage_bytes().await.expect("storage"), counted(&plugin, &ns));
 }
 
 #[tokio::test]
@@ -125,13 +136,13 @@ async fn trimming_works_through_many_batches() {
     let ns = namespace(&plugin, "t/batches", Some(HOUR)).await;
     let cutoff = 10 * PARTITION + PARTITION / 2;
     let events: Vec<Event> = (0..25).map(|i| event(&format!("s{}", i % 4), cutoff - 1 - i, &format!("e{i}"))).collect();
-    TimeSeries::write(&plugin, &ns, &events).await.expect("write");
-    TimeSeries::write(&plugin, &ns, &[event("s", cutoff, "kept")]).await.expect("write");
+    ts(&plugin, &ns).write(&events).await.expect("write");
+    ts(&plugin, &ns).write(&[event("s", cutoff, "kept")]).await.expect("write");
     let inc = Incarnation::of(&ns).expect("valid name");
     let mut removed = 0;
     let mut rounds = 0;
     loop {
-        let (n, more) = plugin.store.trim_partition(&inc, cutoff, 4).expect("trim");
+        let (n, more) = plugin.turns.store.trim_partition(&inc, cutoff, 4).expect("trim");
         removed += n;
         rounds += 1;
         if !more {
@@ -140,7 +151,7 @@ async fn trimming_works_through_many_batches() {
     }
     assert_eq!((removed, rounds), (25, 7));
     assert_eq!(search_ids(&plugin, &ns, i64::MIN).await, ["kept"]);
-    assert_eq!(KeyValue::storage_bytes(&plugin, &ns).await.expect("storage"), counted(&plugin, &ns));
+    assert_eq!(kv(&plugin, &ns).storage_bytes().await.expect("storage"), counted(&plugin, &ns));
 }
 
 #[tokio::test]
@@ -149,8 +160,8 @@ async fn extreme_times_and_windows_do_not_panic() {
     let ns = namespace(&plugin, "t/extremes", Some(HOUR)).await;
     let times = [i64::MIN, i64::MIN + 1, -PARTITION - 1, -1, 0, i64::MAX - 1, i64::MAX];
     let events: Vec<Event> = times.iter().enumerate().map(|(i, t)| event("s", *t, &format!("e{i}"))).collect();
-    TimeSeries::write(&plugin, &ns, &events).await.expect("write");
-    let read = |start, end, now| TimeSeries::read(&plugin, &ns, "s", start, end, None, ALL, now);
+    ts(&plugin, &ns).write(&events).await.expect("write");
+    let read = async |start, end, now| ts(&plugin, &ns).query(&Query::series("s", (start, end), ALL), now).await;
     let ids = |page: EventsPage| page.events.into_iter().map(|e| e.event_id).collect::<Vec<_>>();
     // `now` at the very start: nothing is past retention.
     assert_eq!(ids(read(i64::MIN, i64::MAX, i64::MIN).await.expect("read")), ["e5", "e4", "e3", "e2", "e1", "e0"]);
@@ -164,12 +175,12 @@ async fn extreme_times_and_windows_do_not_panic() {
     }
     // The event at i64::MAX is past every interval's (exclusive) end.
     assert_eq!(search_ids_at, [6, 3, 1]);
-    TimeSeries::reclaim(&plugin, &ns, i64::MIN).await.expect("reclaim");
+    ts(&plugin, &ns).reclaim(i64::MIN).await.expect("reclaim");
     assert_eq!(rows(&plugin, INDEX, &ns), 7);
-    TimeSeries::reclaim(&plugin, &ns, i64::MAX).await.expect("reclaim");
+    ts(&plugin, &ns).reclaim(i64::MAX).await.expect("reclaim");
     assert_eq!(rows(&plugin, INDEX, &ns), 2);
     assert_eq!(search_ids(&plugin, &ns, i64::MIN).await, ["e5"]);
-    assert_eq!(KeyValue::storage_bytes(&plugin, &ns).await.expect("storage"), counted(&plugin, &ns));
+    assert_eq!(kv(&plugin, &ns).storage_bytes().await.expect("storage"), counted(&plugin, &ns));
 }
 
 #[tokio::test]
@@ -179,20 +190,21 @@ async fn ids_with_nul_are_refused_and_long_ids_work() {
     let invalid = |r: prism_plugin_api::Result<()>| matches!(r, Err(PluginError::InvalidArgument { .. }));
     let good = event("s", 1, "fine");
     // One bad event refuses the whole write: nothing of it is stored.
-    assert!(invalid(TimeSeries::write(&plugin, &ns, &[good.clone(), event("a\0b", 1, "e")]).await));
-    assert!(invalid(TimeSeries::write(&plugin, &ns, &[event("s", 1, "e\0")]).await));
+    assert!(invalid(ts(&plugin, &ns).write(&[good.clone(), event("a\0b", 1, "e")]).await));
+    assert!(invalid(ts(&plugin, &ns).write(&[event("s", 1, "e\0")]).await));
     assert_eq!(search_ids(&plugin, &ns, 0).await, Vec::<String>::new());
-    let read = TimeSeries::read(&plugin, &ns, "\0", 0, 10, None, ALL, 0).await;
+    let read = ts(&plugin, &ns).query(&Query::series("\0", (0, 10), ALL), 0).await;
     assert!(matches!(read, Err(PluginError::InvalidArgument { .. })), "{read:?}");
     let after = EventCursor { event_time: 1, time_series_id: "s\0".into(), event_id: "e".into() };
-    let search = TimeSeries::search(&plugin, &ns, 0, 10, None, Some(&after), ALL, 0).await;
+    let search =
+        ts(&plugin, &ns).query(&Query { after: Some(after.clone()), ..Query::search(None, (0, 10), ALL) }, 0).await;
     assert!(matches!(search, Err(PluginError::InvalidArgument { .. })), "{search:?}");
 
     let long_series = "s".repeat(256);
     let long_id = "é".repeat(5000);
     let events = [event(&long_series, 1, &long_id), event(&long_series, 1, "short"), good];
-    TimeSeries::write(&plugin, &ns, &events).await.expect("write");
-    let page = TimeSeries::read(&plugin, &ns, &long_series, 0, 10, None, ALL, 0).await.expect("read");
+    ts(&plugin, &ns).write(&events).await.expect("write");
+    let page = ts(&plugin, &ns).query(&Query::series(&long_series, (0, 10), ALL), 0).await.expect("read");
     assert_eq!(page.events.len(), 2);
     assert_eq!(page.events[0].event_id, "short");
     assert_eq!(page.events[1].event_id, long_id);
@@ -202,12 +214,15 @@ async fn ids_with_nul_are_refused_and_long_ids_work() {
 async fn zero_limits_still_make_progress() {
     let (plugin, _dir) = open();
     let ns = namespace(&plugin, "t/limits", None).await;
-    TimeSeries::write(&plugin, &ns, &[event("s", 2, "a"), event("s", 1, "b")]).await.expect("write");
+    ts(&plugin, &ns).write(&[event("s", 2, "a"), event("s", 1, "b")]).await.expect("write");
     let limits = PageLimits { max_bytes: 0, max_items: Some(0) };
-    let page = TimeSeries::read(&plugin, &ns, "s", 0, 10, None, limits, 0).await.expect("read");
+    let page = ts(&plugin, &ns).query(&Query::series("s", (0, 10), limits), 0).await.expect("read");
     assert_eq!(page.events.len(), 1);
     assert_eq!(page.next.as_ref().map(|c| c.event_id.as_str()), Some("a"));
-    let page = TimeSeries::search(&plugin, &ns, 0, 10, None, page.next.as_ref(), limits, 0).await.expect("search");
+    let page = ts(&plugin, &ns)
+        .query(&Query { after: page.next.clone(), ..Query::search(None, (0, 10), limits) }, 0)
+        .await
+        .expect("search");
     assert_eq!(page.events.len(), 1);
     assert_eq!(page.next, None);
 }
@@ -216,18 +231,18 @@ async fn zero_limits_still_make_progress() {
 async fn damaged_rows_are_errors_not_panics() {
     let (plugin, _dir) = open();
     let ns = namespace(&plugin, "t/damaged", None).await;
-    TimeSeries::write(&plugin, &ns, &[event("s", 1, "e")]).await.expect("write");
+    ts(&plugin, &ns).write(&[event("s", 1, "e")]).await.expect("write");
     let prefix = Incarnation::of(&ns).expect("valid name").prefix;
     let head = head_key(&event_key(&series_key(&partition_key(&prefix, 0), "s"), 1, "e"));
-    let w = plugin.store.db.begin_write().expect("write");
+    let w = plugin.turns.store.db.begin_write().expect("write");
     {
         let mut events = w.open_table(EVENTS).expect("events");
         events.insert(head.as_slice(), b"\xff\xff".as_slice()).expect("insert");
     }
     w.commit().expect("commit");
-    let read = TimeSeries::read(&plugin, &ns, "s", 0, 10, None, ALL, 0).await;
+    let read = ts(&plugin, &ns).query(&Query::series("s", (0, 10), ALL), 0).await;
     assert!(matches!(read, Err(PluginError::Internal { .. })), "{read:?}");
-    let search = TimeSeries::search(&plugin, &ns, 0, 10, None, None, ALL, 0).await;
+    let search = ts(&plugin, &ns).query(&Query::search(None, (0, 10), ALL), 0).await;
     assert!(matches!(search, Err(PluginError::Internal { .. })), "{search:?}");
 }
 

@@ -145,21 +145,22 @@ mod tests {
         };
         let plugin = std::sync::Arc::new(PostgresPlugin::new(PostgresPluginConfig::default()).expect("valid config"));
         plugin.provision(&ns).await.expect("provision");
+        let kv = KeyValue::open(plugin.as_ref(), &ns).expect("open");
         let base = now_micros();
         let limits = PageLimits { max_bytes: u64::MAX, max_items: None };
         let round = |n: i64| {
-            let (plugin, ns) = (plugin.clone(), ns.clone());
+            let kv = kv.clone();
             async move {
                 let mut tasks = Vec::new();
                 for r in 0..16 {
-                    let (plugin, ns) = (plugin.clone(), ns.clone());
+                    let kv = kv.clone();
                     tasks.push(tokio::spawn(async move {
                         let id = format!("r{r}");
                         let value = format!("{n}").into_bytes();
                         let put = Mutation::Put(NewItem { key: b"k".to_vec(), value: value.clone(), expires_at: None });
                         let stamp = WriteStamp { generation_time: base + n, token: None };
-                        plugin.mutate(&ns, &id, &[put], &stamp).await.expect("mutate");
-                        let page = plugin.get(&ns, &id, &Selector::All, None, limits, base).await.expect("get");
+                        kv.mutate(&id, &[put], &stamp).await.expect("mutate");
+                        let page = kv.get(&id, &Selector::All, None, limits, base).await.expect("get");
                         assert_eq!(page.items.iter().map(|i| i.value.clone()).collect::<Vec<_>>(), vec![value]);
                     }));
                 }

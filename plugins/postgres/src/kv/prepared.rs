@@ -127,14 +127,15 @@ mod tests {
             let plugin = PostgresPlugin::new(PostgresPluginConfig::default()).expect("valid config");
             let ns = namespace(dsn, schema);
             plugin.provision(&ns).await.expect("provision");
+            let kv = KeyValue::open(&plugin, &ns).expect("open");
             let base = now_micros();
             for n in 0..5 {
                 let put =
                     Mutation::Put(NewItem { key: b"k".to_vec(), value: n.to_string().into_bytes(), expires_at: None });
                 let stamp = WriteStamp { generation_time: base + n, token: None };
-                plugin.mutate(&ns, "r", &[put], &stamp).await.expect("mutate");
+                kv.mutate("r", &[put], &stamp).await.expect("mutate");
                 let limits = PageLimits { max_bytes: u64::MAX, max_items: None };
-                let page = plugin.get(&ns, "r", &Selector::All, None, limits, base + n).await.expect("get");
+                let page = kv.get("r", &Selector::All, None, limits, base + n).await.expect("get");
                 assert_eq!(page.items.first().map(|i| i.value.clone()), Some(n.to_string().into_bytes()));
             }
             let target = plugin.target(&ns).expect("target");

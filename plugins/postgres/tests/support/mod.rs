@@ -1,22 +1,14 @@
 //! What the postgres plugin's test binaries share: one PostgreSQL server
-//! per binary, and a plugin wrapper that gives every namespace the
-//! server's settings.
-//!
-//! [`Configured`] serves KeyValue and TimeSeries alike.
-//!
-//! The conformance suite makes namespaces without a `backend_config` (it
-//! is backend-neutral), while a postgres namespace must name its server:
-//! [`Configured`] fills it in on every call, as the control plane's
-//! metadata would.
+//! per binary, and plugins whose namespaces name it ([`subject`]: the
+//! conformance suite's [`Subject`], whose `backend_config` every namespace
+//! a case makes carries).
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::sync::{Arc, OnceLock};
 
-use async_trait::async_trait;
-use prism_plugin_api::kv::{ItemsPage, KeyValue, Mutation, PageLimits, RecordsPage, ScanCursor, Selector, WriteStamp};
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, TagFilter, TimeSeries};
-use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin};
+use prism_plugin_api::Namespace;
+use prism_plugin_api::conformance::Subject;
 use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{BackendConfig, PostgresConfig};
@@ -66,137 +58,24 @@ pub fn with_settings(ns: &Namespace, settings: &PostgresConfig) -> Namespace {
     ns
 }
 
-/// A [`PostgresPlugin`] whose namespaces all use `settings`.
-pub struct Configured {
-    pub plugin: PostgresPlugin,
-    pub settings: PostgresConfig,
-}
-
-impl Configured {
-    pub fn new(settings: PostgresConfig, config: PostgresPluginConfig) -> Arc<Self> {
-        let plugin = PostgresPlugin::new(config).expect("valid plugin config");
-        Arc::new(Self { plugin, settings })
-    }
-
-    pub fn ns(&self, ns: &Namespace) -> Namespace {
-        with_settings(ns, &self.settings)
-    }
+/// A [`PostgresPlugin`] of `config` whose namespaces carry `settings`, as
+/// the control plane's metadata would give them.
+pub fn subject(settings: PostgresConfig, config: PostgresPluginConfig) -> Subject {
+    let plugin = PostgresPlugin::new(config).expect("valid plugin config");
+    Subject::configured(Arc::new(plugin), Config::Postgres(settings))
 }
 
 /// A plugin on the shared server, in `schema`, with `chunk_threshold_bytes`.
-pub async fn fixture(schema: &str, chunk_threshold_bytes: u64) -> Arc<Configured> {
+pub async fn fixture(schema: &str, chunk_threshold_bytes: u64) -> Subject {
     let config = PostgresPluginConfig { chunk_threshold_bytes, ..PostgresPluginConfig::default() };
-    Configured::new(settings(&server().dsn(), schema), config)
+    subject(settings(&server().dsn(), schema), config)
 }
 
 /// As [`fixture`], on a DSN that says `prepared_statements=false`: every
 /// statement unnamed, as behind a pooler in transaction mode.
-pub async fn fixture_unnamed(schema: &str) -> Arc<Configured> {
+pub async fn fixture_unnamed(schema: &str) -> Subject {
     let dsn = format!("{}?prepared_statements=false", server().dsn());
-    Configured::new(settings(&dsn, schema), PostgresPluginConfig::default())
-}
-
-#[async_trait]
-impl Plugin for Configured {
-    fn capabilities(&self) -> Capabilities {
-        self.plugin.capabilities()
-    }
-
-    async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
-        self.plugin.provision(&self.ns(ns)).await
-    }
-
-    async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
-        self.plugin.deprovision(&self.ns(ns)).await
-    }
-
-    fn key_value(&self) -> Option<&dyn KeyValue> {
-        Some(self)
-    }
-
-    fn time_series(&self) -> Option<&dyn TimeSeries> {
-        Some(self)
-    }
-}
-
-#[async_trait]
-impl TimeSeries for Configured {
-    async fn write(&self, ns: &Namespace, events: &[Event]) -> prism_plugin_api::Result<()> {
-        self.plugin.write(&self.ns(ns), events).await
-    }
-
-    async fn read(
-        &self,
-        ns: &Namespace,
-        time_series_id: &str,
-        start: Micros,
-        end: Micros,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        self.plugin.read(&self.ns(ns), time_series_id, start, end, after, limits, now).await
-    }
-
-    async fn search(
-        &self,
-        ns: &Namespace,
-        start: Micros,
-        end: Micros,
-        filter: Option<&TagFilter>,
-        after: Option<&EventCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<EventsPage> {
-        self.plugin.search(&self.ns(ns), start, end, filter, after, limits, now).await
-    }
-
-    async fn reclaim(&self, ns: &Namespace, now: Micros) -> prism_plugin_api::Result<u64> {
-        TimeSeries::reclaim(&self.plugin, &self.ns(ns), now).await
-    }
-}
-
-#[async_trait]
-impl KeyValue for Configured {
-    async fn mutate(
-        &self,
-        ns: &Namespace,
-        id: &str,
-        mutations: &[Mutation],
-        stamp: &WriteStamp,
-    ) -> prism_plugin_api::Result<()> {
-        self.plugin.mutate(&self.ns(ns), id, mutations, stamp).await
-    }
-
-    async fn get(
-        &self,
-        ns: &Namespace,
-        id: &str,
-        selector: &Selector,
-        after: Option<&[u8]>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<ItemsPage> {
-        self.plugin.get(&self.ns(ns), id, selector, after, limits, now).await
-    }
-
-    async fn scan(
-        &self,
-        ns: &Namespace,
-        after: Option<&ScanCursor>,
-        limits: PageLimits,
-        now: Micros,
-    ) -> prism_plugin_api::Result<RecordsPage> {
-        self.plugin.scan(&self.ns(ns), after, limits, now).await
-    }
-
-    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
-        KeyValue::reclaim(&self.plugin, now).await
-    }
-
-    async fn storage_bytes(&self, ns: &Namespace) -> prism_plugin_api::Result<u64> {
-        self.plugin.storage_bytes(&self.ns(ns)).await
-    }
+    subject(settings(&dsn, schema), PostgresPluginConfig::default())
 }
 
 /// A plain client of `server`, for checking what the plugin left in it.
