@@ -52,22 +52,18 @@ echo "empty gateway: ${empty} KiB resident"
 
 "$bin/prism-loadtest" namespaces --control-plane "127.0.0.1:$cp_port" --count "$count" --tenants 100 --concurrency 32
 
-# Seen: the snapshot holds every namespace. Provisioned: each owned one
-# was reported ACTIVE.
+# Seen: the snapshot holds every namespace. Provisioned: none of this
+# shard's is PROVISIONING any more.
 metric() { curl -fsS "http://127.0.0.1:$gw_metrics/metrics" 2>/dev/null | awk -v m="$1" 'index($0, m) == 1 { print $2 }' || true; }
 while :; do
     held="$(metric 'prism_gateway_metadata_namespaces{owner="any"}')"
     [ "${held%.*}" -ge "$count" ] 2>/dev/null && break
     sleep 1
 done
-# 100 tenants, COUNT creations and one status report per owned namespace
-# are one commit each (heartbeats add more, so this is a lower bound).
-owned="$(metric 'prism_gateway_metadata_namespaces{owner="this_shard"}')"
-want=$((100 + count + ${owned%.*}))
 while :; do
-    rev="$(metric prism_gateway_metadata_revision)"
-    [ "${rev%.*}" -ge "$want" ] 2>/dev/null && break
-    sleep 2
+    pending="$(metric 'prism_gateway_owned_namespaces{status="provisioning"}')"
+    [ "${pending%.*}" = 0 ] && break
+    sleep 1
 done
 sleep 5
 full="$(rss_kib)"
