@@ -33,7 +33,7 @@ pub struct InFlight(Arc<NamespaceEntry>);
 
 impl InFlight {
     pub fn enter(entry: Arc<NamespaceEntry>) -> Self {
-        entry.in_flight.fetch_add(1, Ordering::AcqRel);
+        entry.local.in_flight.fetch_add(1, Ordering::AcqRel);
         Self(entry)
     }
 
@@ -44,7 +44,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.local.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -4,7 +4,7 @@
 //! shared HAMTs), so applying a delta costs O(changes · log n) and the
 //! previous snapshot stays valid for requests still holding it.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -27,6 +27,27 @@ fn not_served(backend: Backend, abstraction: &str) -> GatewayError {
     ))
 }
 
+/// What the gateway keeps for one incarnation of a namespace, across the
+/// snapshots that hold it: one allocation per namespace, built empty and
+/// filled by whoever needs its part.
+#[derive(Debug, Default)]
+pub struct Local {
+    /// Requests in flight on this gateway, so deletion can drain them.
+    pub in_flight: AtomicUsize,
+    /// The quota tracker, once a request has looked it up.
+    pub quota_tracker: arc_swap::ArcSwapOption<crate::quota::Tracker>,
+    /// The request metrics, once a request has counted into them (see
+    /// `metrics::NamespaceBook`).
+    pub metrics: arc_swap::ArcSwapOption<crate::metrics::RequestSeries>,
+    /// The metadata revision the provisioner last acted on (0: none), so
+    /// it does not provision twice for the same revision.
+    pub handled_revision: AtomicU64,
+    /// The owner epoch (`owner_since`) at which this shard last made sure
+    /// the backend resources are there (0: never): a namespace that moves
+    /// here ACTIVE (another shard provisioned it) is checked once.
+    pub adopted_epoch: AtomicU64,
+}
+
 /// A namespace as the gateway routes it.
 #[derive(Debug)]
 pub struct NamespaceEntry {
@@ -44,16 +65,9 @@ pub struct NamespaceEntry {
     pub owner_since: u64,
     pub status: NamespaceStatus,
     pub status_reason: String,
-    /// Requests of this incarnation in flight on this gateway; shared by
-    /// every snapshot's entry of the same incarnation, so deletion can
-    /// drain them.
-    pub in_flight: Arc<AtomicUsize>,
-    /// This incarnation's quota tracker once a request has looked it up;
-    /// shared like `in_flight`, so a new snapshot does not lose it.
-    pub quota_tracker: Arc<arc_swap::ArcSwapOption<crate::quota::Tracker>>,
-    /// This namespace's request metrics once a request has counted into
-    /// them; shared like `quota_tracker` (see `metrics::NamespaceBook`).
-    pub metrics: Arc<arc_swap::ArcSwapOption<crate::metrics::RequestSeries>>,
+    /// What this gateway keeps for the namespace's incarnation, shared by
+    /// every snapshot's entry of it (a new snapshot does not lose it).
+    pub local: Arc<Local>,
     /// The namespace opened on its plugin, once a call has needed it: the
     /// plugin's per-namespace state (settings, pool, names, statements),
     /// worked out once per metadata change, not per call. Not shared with
@@ -81,9 +95,7 @@ impl std::fmt::Debug for Opened {
 impl NamespaceEntry {
     fn new(meta: Namespace, previous: Option<&NamespaceEntry>) -> Self {
         let same_incarnation = previous.filter(|p| p.ns.create_revision == meta.create_revision);
-        let in_flight = same_incarnation.map_or_else(Default::default, |p| p.in_flight.clone());
-        let quota_tracker = same_incarnation.map_or_else(Default::default, |p| p.quota_tracker.clone());
-        let metrics = same_incarnation.map_or_else(Default::default, |p| p.metrics.clone());
+        let local = same_incarnation.map_or_else(Default::default, |p| p.local.clone());
         let owner_since =
             same_incarnation.filter(|p| p.shard_id == meta.shard_id).map_or(meta.revision, |p| p.owner_since);
         // Names come validated from the control plane; one without a `/`
@@ -101,9 +113,7 @@ impl NamespaceEntry {
             owner_since,
             status: NamespaceStatus::try_from(meta.status).unwrap_or(NamespaceStatus::Unspecified),
             status_reason: meta.status_reason,
-            in_flight,
-            quota_tracker,
-            metrics,
+            local,
             opened: OnceLock::new(),
         }
     }
@@ -168,12 +178,72 @@ pub fn state_of(tenant: Option<&Tenant>) -> TenantState {
     tenant.and_then(|t| TenantState::try_from(t.state).ok()).unwrap_or(TenantState::Unspecified)
 }
 
+/// The namespaces of a snapshot, by name. The key is the entry itself
+/// (hashed and compared by its name), so a name is stored once, in its
+/// entry, and a map slot is one pointer.
+#[derive(Debug, Clone, Default)]
+pub struct Namespaces(imbl::HashMap<ByName, ()>);
+
+/// An entry as its own key.
+#[derive(Debug, Clone)]
+struct ByName(Arc<NamespaceEntry>);
+
+impl std::hash::Hash for ByName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so lookups by `&str` find it (`Borrow`).
+        self.0.ns.name.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ns.name == other.0.ns.name
+    }
+}
+
+impl Eq for ByName {}
+
+impl std::borrow::Borrow<str> for ByName {
+    fn borrow(&self) -> &str {
+        &self.0.ns.name
+    }
+}
+
+impl Namespaces {
+    pub fn get(&self, name: &str) -> Option<&Arc<NamespaceEntry>> {
+        self.0.get_key_value(name).map(|(k, ())| &k.0)
+    }
+
+    /// Adds `entry`, replacing the entry of the same name.
+    pub fn insert(&mut self, entry: Arc<NamespaceEntry>) {
+        // `insert` would keep the old key, which is the old entry.
+        self.0.remove(entry.ns.name.as_str());
+        self.0.insert(ByName(entry), ());
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Arc<NamespaceEntry>> {
+        self.0.keys().map(|k| &k.0)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(|k| k.0.ns.name.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Tenants, namespaces and the shard map at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub revision: u64,
     pub tenants: imbl::HashMap<String, Arc<Tenant>>,
-    pub namespaces: imbl::HashMap<String, Arc<NamespaceEntry>>,
+    pub namespaces: Namespaces,
     pub shards: imbl::HashMap<String, Arc<Shard>>,
 }
 
@@ -209,7 +279,7 @@ impl Snapshot {
                 Some(change::Change::Namespace(n)) => {
                     changed.push(n.name.clone());
                     let entry = NamespaceEntry::new(n.clone(), self.namespaces.get(&n.name).map(Arc::as_ref));
-                    next.namespaces.insert(n.name.clone(), Arc::new(entry));
+                    next.namespaces.insert(Arc::new(entry));
                 }
                 Some(change::Change::Shard(s)) => {
                     next.shards.insert(s.shard_id.clone(), Arc::new(s.clone()));
@@ -229,7 +299,7 @@ impl Snapshot {
 pub struct SnapshotBuilder {
     revision: u64,
     tenants: imbl::HashMap<String, Arc<Tenant>>,
-    namespaces: imbl::HashMap<String, Arc<NamespaceEntry>>,
+    namespaces: Namespaces,
     shards: imbl::HashMap<String, Arc<Shard>>,
 }
 
@@ -253,7 +323,7 @@ impl SnapshotBuilder {
         for n in chunk.namespaces {
             let prev = previous.namespaces.get(&n.name).map(Arc::as_ref);
             let entry = NamespaceEntry::new(n, prev);
-            self.namespaces.insert(entry.ns.name.clone(), Arc::new(entry));
+            self.namespaces.insert(Arc::new(entry));
         }
     }
 
@@ -355,13 +425,13 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_counters_follow_the_incarnation() {
+    fn local_state_follows_the_incarnation() {
         let (s1, _) = Snapshot::default().apply(&delta(1, vec![change::Change::Namespace(ns("a/x", 1, 1))]));
         let (s2, _) = s1.apply(&delta(2, vec![change::Change::Namespace(ns("a/x", 2, 1))]));
         let (s3, _) = s2.apply(&delta(3, vec![change::Change::Namespace(ns("a/x", 3, 3))]));
         let [e1, e2, e3] = [&s1, &s2, &s3].map(|s| s.namespace("a/x").cloned().expect("present"));
-        assert!(Arc::ptr_eq(&e1.in_flight, &e2.in_flight));
-        assert!(!Arc::ptr_eq(&e2.in_flight, &e3.in_flight));
+        assert!(Arc::ptr_eq(&e1.local, &e2.local));
+        assert!(!Arc::ptr_eq(&e2.local, &e3.local));
     }
 
     #[test]

@@ -197,6 +197,12 @@ async fn metrics_endpoints_expose_the_documented_families() -> anyhow::Result<()
         assert!(text.contains(&format!("\n{family}")), "{family} missing from\n{text}");
     }
     assert_eq!(http::sample(&text, "prism_gateway_ready", &[]), Some(1.0));
+    // The namespace the test wrote to is this shard's and ACTIVE.
+    assert!(
+        http::sample(&text, "prism_gateway_owned_namespaces", &[("status", "active")]).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(http::sample(&text, "prism_gateway_owned_namespaces", &[("status", "deleting")]), Some(0.0));
     let addr = gw.metrics_addr.to_string();
     assert_eq!(http::get(&addr, "/readyz").await?.0, 200);
     assert_eq!(http::get(&addr, "/healthz").await?.0, 200);

@@ -55,6 +55,9 @@ pub enum Command {
     PgbenchScript(crate::pgbench::PgbenchArgs),
     /// Writes one gRPC request body for `h2load -d`, and prints its path.
     GrpcFrame(crate::frame::FrameArgs),
+    /// Creates many (embedded) namespaces through the control plane, for
+    /// measuring what each costs.
+    Namespaces(crate::namespaces::NamespacesArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]

@@ -10,6 +10,7 @@ pub mod args;
 pub mod compare;
 pub mod echo;
 pub mod frame;
+pub mod namespaces;
 pub mod pg;
 pub mod pgbench;
 pub mod report;
@@ -76,6 +77,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::GrpcFrame(args) => {
             frame::run(&args).await?;
+            Ok(Outcome::Written)
+        }
+        Command::Namespaces(args) => {
+            namespaces::run(&args).await?;
             Ok(Outcome::Written)
         }
     }

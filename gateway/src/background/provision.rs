@@ -5,7 +5,6 @@
 //! are refused by authorization), removes the resources and reports
 //! DELETED. DEGRADED namespaces are retried periodically.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,7 +38,7 @@ pub struct Provisioning {
 }
 
 pub async fn run(parts: Provisioning, changes: Arc<Changes>, mut shutdown: watch::Receiver<bool>) {
-    let mut provisioner = Provisioner { parts, handled: HashMap::new(), adopted: HashMap::new() };
+    let provisioner = Provisioner { parts };
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     loop {
         let periodic = tokio::select! {
@@ -48,14 +47,22 @@ pub async fn run(parts: Provisioning, changes: Arc<Changes>, mut shutdown: watch
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let (names, all) = changes.take();
-        let snapshot = provisioner.parts.metadata.load_full();
-        let mine = |e: &&Arc<NamespaceEntry>| e.shard_id == provisioner.parts.shard_id;
-        let work: Vec<Arc<NamespaceEntry>> = if all || periodic {
-            snapshot.namespaces.values().filter(mine).cloned().collect()
-        } else {
-            names.iter().filter_map(|n| snapshot.namespace(n)).filter(mine).cloned().collect()
+        // Only the names of what is due, picked on one snapshot that is
+        // let go at once: a long batch holds no old snapshot (with every
+        // entry of its revision) while the watcher moves on.
+        let work: Vec<String> = {
+            let snapshot = provisioner.parts.metadata.load();
+            let wanted = |e: &&Arc<NamespaceEntry>| provisioner.mine(e) && due(e, periodic);
+            if all || periodic {
+                snapshot.namespaces.values().filter(wanted).map(|e| e.ns.name.clone()).collect()
+            } else {
+                names.into_iter().filter(|n| snapshot.namespace(n).is_some_and(|e| wanted(&e))).collect()
+            }
         };
-        for entry in work {
+        for name in work {
+            // The freshest entry of each: it may have moved on meanwhile.
+            let entry = provisioner.parts.metadata.load().namespace(&name).filter(|e| provisioner.mine(e)).cloned();
+            let Some(entry) = entry.filter(|e| due(e, periodic)) else { continue };
             if let Err(e) = provisioner.handle(&entry, periodic).await {
                 tracing::warn!(namespace = %entry.ns.name, error = %e, "provisioning step failed; will retry");
                 changes.mark([entry.ns.name.clone()]);
@@ -64,33 +71,43 @@ pub async fn run(parts: Provisioning, changes: Arc<Changes>, mut shutdown: watch
     }
 }
 
+/// Whether `entry` needs the provisioner: pending (PROVISIONING or
+/// DELETING) at a revision not acted on yet, ACTIVE at an owner epoch not
+/// checked yet (it moved here), or DEGRADED at a periodic retry.
+fn due(entry: &NamespaceEntry, periodic: bool) -> bool {
+    let local = &entry.local;
+    let retry_degraded = periodic && entry.status == NamespaceStatus::Degraded;
+    let pending = matches!(entry.status, NamespaceStatus::Provisioning | NamespaceStatus::Deleting);
+    let already_handled = local.handled_revision.load(Ordering::Acquire) == entry.revision;
+    let adopting = entry.status == NamespaceStatus::Active && !adopted(entry);
+    retry_degraded || adopting || (pending && !already_handled)
+}
+
+/// Whether this shard made sure of `entry`'s resources at its owner epoch.
+fn adopted(entry: &NamespaceEntry) -> bool {
+    entry.local.adopted_epoch.load(Ordering::Acquire) == entry.owner_since
+}
+
+/// What the provisioner remembers of each namespace (the revision it acted
+/// on, the owner epoch it checked) is kept with the namespace
+/// ([`crate::snapshot::Local`]), so it goes when the namespace goes.
 struct Provisioner {
     parts: Provisioning,
-    /// The metadata revision of each namespace this shard last acted on,
-    /// so a namespace is not provisioned twice for the same revision.
-    handled: HashMap<String, u64>,
-    /// The owner epoch (`owner_since`) at which this shard last made sure
-    /// a namespace's backend resources are there: a namespace that moves
-    /// here ACTIVE (another shard provisioned it) is checked once.
-    adopted: HashMap<String, u64>,
 }
 
 impl Provisioner {
-    async fn handle(&mut self, entry: &NamespaceEntry, periodic: bool) -> Result<(), tonic::Status> {
+    fn mine(&self, entry: &NamespaceEntry) -> bool {
+        entry.shard_id == self.parts.shard_id
+    }
+
+    async fn handle(&self, entry: &NamespaceEntry, periodic: bool) -> Result<(), tonic::Status> {
         let retry_degraded = periodic && entry.status == NamespaceStatus::Degraded;
-        let pending = matches!(entry.status, NamespaceStatus::Provisioning | NamespaceStatus::Deleting);
-        let already_handled = self.handled.get(&entry.ns.name) == Some(&entry.revision);
-        let adopting =
-            entry.status == NamespaceStatus::Active && self.adopted.get(&entry.ns.name) != Some(&entry.owner_since);
-        let due = retry_degraded || adopting || (pending && !already_handled);
-        if !due {
+        let adopting = entry.status == NamespaceStatus::Active && !adopted(entry);
+        if !due(entry, periodic) {
             return Ok(());
         }
-        if entry.status != NamespaceStatus::Deleting {
-            self.adopted.insert(entry.ns.name.clone(), entry.owner_since);
-        } else {
-            self.adopted.remove(&entry.ns.name);
-        }
+        let epoch = if entry.status != NamespaceStatus::Deleting { entry.owner_since } else { 0 };
+        entry.local.adopted_epoch.store(epoch, Ordering::Release);
         let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
         let plugin = self.parts.plugins.get(backend).cloned();
         let (status, reason) = match (entry.status, plugin) {
@@ -130,7 +147,7 @@ impl Provisioner {
             return Ok(()); // already ACTIVE: nothing to report
         }
         self.report(entry, status, reason).await?;
-        self.handled.insert(entry.ns.name.clone(), entry.revision);
+        entry.local.handled_revision.store(entry.revision, Ordering::Release);
         Ok(())
     }
 
@@ -139,13 +156,13 @@ impl Provisioner {
     /// failed anyway).
     async fn drain(&self, entry: &NamespaceEntry) {
         let deadline = tokio::time::Instant::now() + self.parts.request_timeout;
-        while entry.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        while entry.local.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(DRAIN_POLL).await;
         }
     }
 
     async fn report(
-        &mut self,
+        &self,
         entry: &NamespaceEntry,
         status: NamespaceStatus,
         reason: String,

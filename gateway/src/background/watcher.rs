@@ -143,7 +143,7 @@ async fn follow(watcher: &Watcher, changes: &Changes, backoff: &mut Duration) ->
                         "metadata snapshot loaded"
                     );
                     let previous = watcher.metadata.load_full();
-                    let names: Vec<String> = previous.namespaces.keys().cloned().collect();
+                    let names: Vec<String> = previous.namespaces.keys().map(str::to_owned).collect();
                     release_lost(watcher, &previous, &snapshot, &names);
                     share_among_replicas(watcher, &previous, &snapshot);
                     watcher.metadata.store(snapshot);

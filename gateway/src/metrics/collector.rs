@@ -25,6 +25,15 @@ use crate::quota::QuotaRegistry;
 use crate::snapshot::Metadata;
 use crate::tail::TailHub;
 
+/// The statuses of `prism_gateway_owned_namespaces`, with their labels
+/// (DELETED ones are gone from the shard).
+const OWNED_STATUSES: [(NamespaceStatus, &str); 4] = [
+    (NamespaceStatus::Provisioning, "provisioning"),
+    (NamespaceStatus::Active, "active"),
+    (NamespaceStatus::Degraded, "degraded"),
+    (NamespaceStatus::Deleting, "deleting"),
+];
+
 /// What a scrape reads: the counters and every part whose state is
 /// exposed.
 #[derive(Debug, Clone)]
@@ -146,11 +155,14 @@ impl Collector for GatewayCollector {
         tokens.counter([("result", "miss")], misses)?;
 
         let snapshot = shared.metadata.load();
-        let owned = snapshot
-            .namespaces
-            .values()
-            .filter(|e| e.shard_id == shard && e.status != NamespaceStatus::Deleted)
-            .count();
+        // This shard's namespaces by status, in one pass.
+        let mut by_status = [0u64; OWNED_STATUSES.len()];
+        for e in snapshot.namespaces.values().filter(|e| e.shard_id == shard) {
+            if let Some(i) = OWNED_STATUSES.iter().position(|(s, _)| *s == e.status) {
+                by_status[i] += 1;
+            }
+        }
+        let owned: u64 = by_status.iter().sum();
         let gauges: [(&str, &str, f64); 8] = [
             (
                 "prism_gateway_cache_bytes",
@@ -196,6 +208,15 @@ impl Collector for GatewayCollector {
         )?;
         held.gauge([("owner", "any")], snapshot.namespaces.len() as f64)?;
         held.gauge([("owner", "this_shard")], owned as f64)?;
+        let mut statuses = family(
+            &mut encoder,
+            "prism_gateway_owned_namespaces",
+            "Namespaces this gateway's shard owns, by status (PROVISIONING ones are not served yet; DEGRADED ones say why in the control plane)",
+            MetricType::Gauge,
+        )?;
+        for ((_, label), n) in OWNED_STATUSES.iter().zip(by_status) {
+            statuses.gauge([("status", label)], n as f64)?;
+        }
         family(
             &mut encoder,
             "prism_gateway_metadata_watch_reconnects",

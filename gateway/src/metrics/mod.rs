@@ -150,7 +150,7 @@ impl NamespaceBook {
     /// The series of `entry`'s namespace: the one cached on the entry, else
     /// made (or the overflow, past the cap) and cached there.
     pub fn of(&self, entry: &NamespaceEntry) -> Arc<RequestSeries> {
-        if let Some(series) = &*entry.metrics.load() {
+        if let Some(series) = &*entry.local.metrics.load() {
             return series.clone();
         }
         let series = {
@@ -168,7 +168,7 @@ impl NamespaceBook {
                 }
             }
         };
-        entry.metrics.store(Some(series.clone()));
+        entry.local.metrics.store(Some(series.clone()));
         series
     }
 

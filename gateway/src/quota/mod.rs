@@ -586,12 +586,12 @@ impl QuotaRegistry {
         let now_ms = self.clock.now_ms();
         let tenant = entry.tenant();
         // The snapshot entry caches its tracker: no map lookup per request.
-        let cached = entry.quota_tracker.load();
+        let cached = entry.local.quota_tracker.load();
         let namespace = match cached.as_ref().filter(|t| !t.dropped.load(Ordering::Relaxed)) {
             Some(t) => t.clone(),
             None => {
                 let t = self.namespace_tracker(&entry.ns.name, entry.ns.create_revision, tenant);
-                entry.quota_tracker.store(Some(t.clone()));
+                entry.local.quota_tracker.store(Some(t.clone()));
                 t
             }
         };
