@@ -84,7 +84,8 @@ pub async fn run(args: &NamespacesArgs) -> anyhow::Result<()> {
     let token = args.token.as_deref();
     let per_tenant = args.count.div_ceil(args.tenants);
     for t in 0..args.tenants {
-        let quotas = QuotaSet { max_namespaces: Some(i64::try_from(per_tenant).unwrap_or(i64::MAX)), ..Default::default() };
+        let quotas =
+            QuotaSet { max_namespaces: Some(i64::try_from(per_tenant).unwrap_or(i64::MAX)), ..Default::default() };
         let message = CreateTenantRequest {
             tenant_id: format!("{}-{t}", args.tenant_prefix),
             quotas: Some(quotas),
