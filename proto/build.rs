@@ -16,6 +16,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // RPCs a server does not implement answer UNIMPLEMENTED.
         .generate_default_stubs(true)
+        // A namespace spec's optional parts are boxed: prost stores an
+        // unset message inline at its full size, and a gateway holds every
+        // namespace's spec (a typical one sets only its quotas). Measured
+        // in docs/benchmarks.md, "Gateway: memory per namespace".
+        .boxed(".prism.control.v1.NamespaceSpec.backend_config")
+        .boxed(".prism.control.v1.NamespaceSpec.capacity")
+        .boxed(".prism.control.v1.NamespaceSpec.policies")
+        .boxed(".prism.control.v1.NamespaceSpec.access")
+        .boxed(".prism.control.v1.NamespaceSpec.placement")
         .server_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
         .client_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
         .compile_fds(fds)?;

@@ -139,7 +139,7 @@ impl BackendArgs {
         }
         // An empty `BackendConfig` says nothing; omit it (the control plane
         // then asks for the backend's settings by their field name).
-        if spec.backend_config.as_ref().is_some_and(|c| c.config.is_none()) {
+        if spec.backend_config.as_deref().is_some_and(|c| c.config.is_none()) {
             spec.backend_config = None;
         }
         Ok(())
@@ -391,7 +391,7 @@ mod tests {
         flags.backend.apply(&mut spec).expect("kafka flags on kafka");
         let want =
             KafkaConfig { bootstrap_servers: vec!["a:1".into(), "b:2".into()], partitions: 3, ..Default::default() };
-        assert_eq!(spec.backend_config, Some(BackendConfig { config: Some(Config::Kafka(want)) }));
+        assert_eq!(spec.backend_config, Some(Box::new(BackendConfig { config: Some(Config::Kafka(want)) })));
         assert!(Flags::try_parse_from(["x", "--partitions", "-1"]).is_err());
         let tls = Flags::try_parse_from(["x", "--require-tls"]).expect("a bare switch");
         assert_eq!(tls.backend, BackendArgs::default().with("require-tls", Value::Switch(true)).expect("a flag"));

@@ -160,10 +160,10 @@ pub fn spec(s: &NamespaceSpec) -> Value {
     json!({
         "abstraction": enum_value(names::abstraction(s.abstraction), s.abstraction),
         "backend": enum_value(names::backend(s.backend), s.backend),
-        "backend_config": s.backend_config.as_ref().map_or(Value::Null, backend_config),
-        "capacity": s.capacity.as_ref().map_or(Value::Null, capacity),
-        "policies": s.policies.as_ref().map_or(Value::Null, policies),
-        "access": s.access.as_ref().map_or(Value::Null, |a| json!({
+        "backend_config": s.backend_config.as_deref().map_or(Value::Null, backend_config),
+        "capacity": s.capacity.as_deref().map_or(Value::Null, capacity),
+        "policies": s.policies.as_deref().map_or(Value::Null, policies),
+        "access": s.access.as_deref().map_or(Value::Null, |a| json!({
             "owners": a.owners,
             "consumers": a.consumers.iter().map(|g| json!({
                 "principal": g.principal,
@@ -171,7 +171,7 @@ pub fn spec(s: &NamespaceSpec) -> Value {
             })).collect::<Vec<_>>(),
         })),
         "quotas": s.quotas.as_ref().map_or(Value::Null, quotas),
-        "placement": s.placement.as_ref().map_or(Value::Null, |p| json!({ "pinned_shard": p.pinned_shard })),
+        "placement": s.placement.as_deref().map_or(Value::Null, |p| json!({ "pinned_shard": p.pinned_shard })),
     })
 }
 

@@ -246,35 +246,37 @@ impl SpecFile {
             AbstractionName::TimeSeries => Abstraction::TimeSeries,
         };
         let backend = Backend::from(self.backend);
-        let capacity = self.capacity.as_ref().map(CapacityFile::to_proto).transpose()?;
+        let capacity = self.capacity.as_ref().map(CapacityFile::to_proto).transpose()?.map(Box::new);
         Ok(NamespaceSpec {
             abstraction: abstraction as i32,
             backend: backend as i32,
             backend_config: match &self.backend_config {
-                Some(c) => c.to_proto()?,
+                Some(c) => c.to_proto()?.map(Box::new),
                 None => None,
             },
             capacity,
-            policies: self.policies.as_ref().map(PoliciesFile::to_proto),
-            access: self.access.as_ref().map(|a| prism_proto::control::Access {
-                owners: a.owners.clone(),
-                consumers: a
-                    .consumers
-                    .iter()
-                    .map(|c| Grant {
-                        principal: c.principal.clone(),
-                        level: match c.access {
-                            AccessName::Read => AccessLevel::Read,
-                            AccessName::ReadWrite => AccessLevel::ReadWrite,
-                        } as i32,
-                    })
-                    .collect(),
+            policies: self.policies.as_ref().map(PoliciesFile::to_proto).map(Box::new),
+            access: self.access.as_ref().map(|a| {
+                Box::new(prism_proto::control::Access {
+                    owners: a.owners.clone(),
+                    consumers: a
+                        .consumers
+                        .iter()
+                        .map(|c| Grant {
+                            principal: c.principal.clone(),
+                            level: match c.access {
+                                AccessName::Read => AccessLevel::Read,
+                                AccessName::ReadWrite => AccessLevel::ReadWrite,
+                            } as i32,
+                        })
+                        .collect(),
+                })
             }),
             quotas: self.quotas.as_ref().map(QuotasFile::to_proto),
             placement: self
                 .placement
                 .as_ref()
-                .map(|p| Placement { pinned_shard: p.pinned_shard.clone().unwrap_or_default() }),
+                .map(|p| Box::new(Placement { pinned_shard: p.pinned_shard.clone().unwrap_or_default() })),
         })
     }
 }

@@ -107,9 +107,9 @@ fn spec(dsn: &str) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(Config::Postgres(PostgresConfig { dsn: dsn.into(), pool_size: 4, ..Default::default() })),
-        }),
+        })),
         ..Default::default()
     }
 }

@@ -79,14 +79,14 @@ fn postgres_spec(dsn: &str, password_ref: &str) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(Config::Postgres(PostgresConfig {
                 dsn: dsn.into(),
                 password_ref: password_ref.into(),
                 pool_size: 2,
                 ..Default::default()
             })),
-        }),
+        })),
         ..Default::default()
     }
 }

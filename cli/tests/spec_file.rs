@@ -47,7 +47,7 @@ fn expected() -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(backend_config::Config::Postgres(PostgresConfig {
                 dsn: "postgres://prism@prod-postgres-1/prism".into(),
                 pool_size: 20,
@@ -55,13 +55,13 @@ fn expected() -> NamespaceSpec {
                 require_tls: false,
                 password_ref: "secret:pg-acme".into(),
             })),
-        }),
-        capacity: Some(Capacity {
+        })),
+        capacity: Some(Box::new(Capacity {
             estimated_read_rps: 5000,
             estimated_write_rps: 500,
             estimated_data_size_bytes: 100 << 30,
-        }),
-        policies: Some(Policies {
+        })),
+        policies: Some(Box::new(Policies {
             retention: None,
             consistency: Consistency::Strong as i32,
             cache_enabled: true,
@@ -71,20 +71,20 @@ fn expected() -> NamespaceSpec {
             accept_limit: Some(seconds(3600)),
             accept_loss: false,
             data_access_audit_rate: 0.01,
-        }),
-        access: Some(Access {
+        })),
+        access: Some(Box::new(Access {
             owners: vec!["user-service-team".into()],
             consumers: vec![
                 Grant { principal: "user-api".into(), level: AccessLevel::ReadWrite as i32 },
                 Grant { principal: "analytics-pipeline".into(), level: AccessLevel::Read as i32 },
             ],
-        }),
+        })),
         quotas: Some(QuotaSet {
             profile: QuotaProfile::Pro as i32,
             requests_per_second: Some(1000),
             ..QuotaSet::default()
         }),
-        placement: Some(Placement { pinned_shard: "shard-1".into() }),
+        placement: Some(Box::new(Placement { pinned_shard: "shard-1".into() })),
     }
 }
 

@@ -87,7 +87,7 @@ pub enum Need<'a> {
 /// `admins` (the one access rule).
 fn standing(who: &Principal, ns: &Namespace, admins: &[String]) -> Option<Standing> {
     let tenant = ns.name.split_once('/').map_or("", |(t, _)| t);
-    access::namespace_standing(&caller(who), tenant, admins, ns.spec.as_ref().and_then(|s| s.access.as_ref()))
+    access::namespace_standing(&caller(who), tenant, admins, ns.spec.as_ref().and_then(|s| s.access.as_deref()))
 }
 
 impl ControlPlane {

@@ -126,7 +126,7 @@ fn with_cross_tenant<'a>(detail: String, home: &str, written: impl IntoIterator<
 
 /// Every principal a spec's access names.
 fn spec_principals(spec: &NamespaceSpec) -> impl Iterator<Item = &str> {
-    let access = spec.access.as_ref();
+    let access = spec.access.as_deref();
     let owners = access.into_iter().flat_map(|a| a.owners.iter().map(String::as_str));
     owners.chain(access.into_iter().flat_map(|a| a.consumers.iter().map(|g| g.principal.as_str())))
 }

@@ -64,7 +64,7 @@ fn live_shards(static_shards: &[String], registered: &[Shard]) -> BTreeSet<Strin
 /// Where `ns` belongs among `live` shards, or `None` to leave it be.
 pub fn placement(ns: &Namespace, live: &BTreeSet<String>) -> Option<String> {
     let spec = ns.spec.as_ref();
-    let pin = spec.and_then(|s| s.placement.as_ref()).map(|p| p.pinned_shard.as_str()).unwrap_or_default();
+    let pin = spec.and_then(|s| s.placement.as_deref()).map(|p| p.pinned_shard.as_str()).unwrap_or_default();
     if !pin.is_empty() {
         return Some(pin.to_owned());
     }
@@ -92,7 +92,7 @@ impl ControlPlane {
     /// The shard a new namespace goes to: its pin, or the rendezvous choice
     /// among live shards (empty while there is none).
     pub(crate) async fn assign_new(&self, name: &str, spec: &prism_proto::control::NamespaceSpec) -> Result<String> {
-        let pin = spec.placement.as_ref().map(|p| p.pinned_shard.as_str()).unwrap_or_default();
+        let pin = spec.placement.as_deref().map(|p| p.pinned_shard.as_str()).unwrap_or_default();
         if !pin.is_empty() {
             return Ok(pin.to_owned());
         }

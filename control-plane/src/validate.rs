@@ -105,7 +105,7 @@ pub fn namespace_spec(spec: &NamespaceSpec, known_shards: &[String]) -> Result<(
     }
     // Each backend's settings, by shape, as its description says.
     backend
-        .check_config(spec.backend_config.as_ref(), "spec.backend_config")
+        .check_config(spec.backend_config.as_deref(), "spec.backend_config")
         .map_err(|e| invalid(e.field, e.description))?;
     if let Some(p) = &spec.policies {
         policies(abstraction, p)?;
@@ -120,7 +120,7 @@ pub fn namespace_spec(spec: &NamespaceSpec, known_shards: &[String]) -> Result<(
     if let Some(q) = &spec.quotas {
         quotas("spec.quotas", q)?;
     }
-    if let Some(p) = spec.placement.as_ref().filter(|p| !p.pinned_shard.is_empty()) {
+    if let Some(p) = spec.placement.as_deref().filter(|p| !p.pinned_shard.is_empty()) {
         let field = "spec.placement.pinned_shard";
         names::validate_part(&p.pinned_shard).map_err(|e| invalid(field, format!("shard id {e}")))?;
         if !known_shards.contains(&p.pinned_shard) {

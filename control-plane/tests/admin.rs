@@ -139,12 +139,12 @@ async fn bad_input_is_refused_with_its_field_and_writes_nothing() -> anyhow::Res
         (
             spec(|s| {
                 s.backend = Backend::Kafka as i32;
-                s.backend_config = Some(BackendConfig {
+                s.backend_config = Some(Box::new(BackendConfig {
                     config: Some(Config::Kafka(prism_proto::control::KafkaConfig {
                         bootstrap_servers: vec!["broker:9092".into()],
                         ..Default::default()
                     })),
-                });
+                }));
             }),
             invalid("spec.backend"),
         ),
@@ -159,7 +159,8 @@ async fn bad_input_is_refused_with_its_field_and_writes_nothing() -> anyhow::Res
         (
             spec(|s| {
                 s.backend = Backend::Postgres as i32;
-                s.backend_config = Some(BackendConfig { config: Some(Config::Postgres(PostgresConfig::default())) });
+                s.backend_config =
+                    Some(Box::new(BackendConfig { config: Some(Config::Postgres(PostgresConfig::default())) }));
             }),
             invalid("spec.backend_config.postgres.dsn"),
         ),
@@ -375,13 +376,13 @@ async fn pinned_namespaces_go_to_their_shard() -> anyhow::Result<()> {
     // Pin to the shard the hash would not choose.
     let hashed = assign::rendezvous("acme/pinned", SHARDS).expect("shards");
     let pin = other_shard(hashed);
-    spec.placement = Some(prism_proto::control::Placement { pinned_shard: pin.into() });
+    spec.placement = Some(Box::new(prism_proto::control::Placement { pinned_shard: pin.into() }));
     let ns = c
         .create_namespace(CreateNamespaceRequest { name: "acme/pinned".into(), spec: Some(spec.clone()) })
         .await?
         .into_inner();
     assert_eq!(ns.shard_id, pin);
-    spec.placement = Some(prism_proto::control::Placement { pinned_shard: "shard-7".into() });
+    spec.placement = Some(Box::new(prism_proto::control::Placement { pinned_shard: "shard-7".into() }));
     let req = CreateNamespaceRequest { name: "acme/nowhere".into(), spec: Some(spec) };
     refused(c.create_namespace(req).await, Code::InvalidArgument, Some("spec.placement.pinned_shard"));
     Ok(())

@@ -373,7 +373,7 @@ fn kv_spec(read_rps: u64) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Embedded as i32,
-        capacity: Some(prism_proto::control::Capacity { estimated_read_rps: read_rps, ..Default::default() }),
+        capacity: Some(Box::new(prism_proto::control::Capacity { estimated_read_rps: read_rps, ..Default::default() })),
         ..NamespaceSpec::default()
     }
 }

@@ -25,12 +25,12 @@ fn shared_spec() -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(Config::Postgres(PostgresConfig {
                 dsn: "postgres://db.invalid/prism".into(),
                 ..Default::default()
             })),
-        }),
+        })),
         ..NamespaceSpec::default()
     }
 }
@@ -123,7 +123,7 @@ async fn a_joining_shard_takes_its_rendezvous_share_and_embedded_data_stays() ->
     let pinned = create(
         &mut c,
         "acme/pinned",
-        NamespaceSpec { placement: Some(Placement { pinned_shard: "shard-a".into() }), ..shared_spec() },
+        NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: "shard-a".into() })), ..shared_spec() },
     )
     .await?;
     assert_eq!(pinned.shard_id, "shard-a");
@@ -149,7 +149,8 @@ async fn a_joining_shard_takes_its_rendezvous_share_and_embedded_data_stays() ->
     };
     let ids: Vec<&str> = first.shards.iter().map(|s| s.shard_id.as_str()).collect();
     assert_eq!(ids, ["shard-a", "shard-b", "shard-c"]);
-    let bad = NamespaceSpec { placement: Some(Placement { pinned_shard: "shard-z".into() }), ..shared_spec() };
+    let bad =
+        NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: "shard-z".into() })), ..shared_spec() };
     let e = c.create_namespace(CreateNamespaceRequest { name: "acme/p2".into(), spec: Some(bad) }).await;
     refused(e, Code::InvalidArgument, Some("spec.placement.pinned_shard"));
     Ok(())

@@ -25,15 +25,15 @@ fn postgres(dsn: &str) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(Config::Postgres(PostgresConfig { dsn: dsn.into(), ..Default::default() })),
-        }),
+        })),
         ..Default::default()
     }
 }
 
 fn dsn_of(ns: &Namespace) -> &str {
-    match ns.spec.as_ref().and_then(|s| s.backend_config.as_ref()).and_then(|c| c.config.as_ref()) {
+    match ns.spec.as_ref().and_then(|s| s.backend_config.as_deref()).and_then(|c| c.config.as_ref()) {
         Some(Config::Postgres(pg)) => &pg.dsn,
         _ => "",
     }

@@ -174,7 +174,8 @@ async fn writer(endpoint: String, id: usize, seed: u64) -> anyhow::Result<usize>
         let name = names[rng.random_range(0..names.len())].clone();
         let Some(&rev) = live.get(&name) else {
             let mut spec = kv_spec();
-            spec.capacity = Some(Capacity { estimated_read_rps: rng.random_range(0..1000), ..Capacity::default() });
+            spec.capacity =
+                Some(Box::new(Capacity { estimated_read_rps: rng.random_range(0..1000), ..Capacity::default() }));
             let ns = c.create_namespace(CreateNamespaceRequest { name: name.clone(), spec: Some(spec) }).await?;
             live.insert(name, ns.into_inner().revision);
             continue;
@@ -192,7 +193,7 @@ async fn writer(endpoint: String, id: usize, seed: u64) -> anyhow::Result<usize>
             1..=3 => {
                 let mut spec = kv_spec();
                 spec.capacity =
-                    Some(Capacity { estimated_write_rps: rng.random_range(0..1000), ..Capacity::default() });
+                    Some(Box::new(Capacity { estimated_write_rps: rng.random_range(0..1000), ..Capacity::default() }));
                 let req = UpdateNamespaceRequest { name: name.clone(), spec: Some(spec), expected_revision: rev };
                 live.insert(name, c.update_namespace(req).await?.into_inner().revision);
             }
@@ -357,10 +358,10 @@ async fn a_slow_watcher_is_cut_off_without_blocking_writers_and_resumes() -> any
     // so that the transport's buffers (HTTP/2 windows, socket buffers) fill
     // long before the writers are done; small ones would all fit in them.
     let mut spec = kv_spec();
-    spec.access = Some(Access {
+    spec.access = Some(Box::new(Access {
         owners: (0..256).map(|i| format!("owner-{i:03}-{}", "x".repeat(190))).collect(),
         consumers: vec![],
-    });
+    }));
     let ns =
         c.create_namespace(CreateNamespaceRequest { name: "acme/big".into(), spec: Some(spec) }).await?.into_inner();
     let start = ns.revision;
@@ -607,12 +608,12 @@ async fn a_restart_keeps_every_object_and_revision_and_watchers_resume_exactly()
 fn largest_spec() -> prism_proto::control::NamespaceSpec {
     let principal = |kind: &str, i: usize| format!("{kind}-{i:03}-{}", "p".repeat(256 - kind.len() - 5));
     let mut spec = kv_spec();
-    spec.access = Some(Access {
+    spec.access = Some(Box::new(Access {
         owners: (0..256).map(|i| principal("owner", i)).collect(),
         consumers: (0..256)
             .map(|i| prism_proto::control::Grant { principal: principal("reader", i), level: AccessLevel::Read as i32 })
             .collect(),
-    });
+    }));
     spec
 }
 

@@ -116,7 +116,7 @@ fn pipeline_benches(c: &mut Criterion) {
             let spec = NamespaceSpec {
                 abstraction: Abstraction::KeyValue as i32,
                 backend: Backend::Embedded as i32,
-                policies: Some(Policies { cache_enabled: cached, ..Default::default() }),
+                policies: Some(Box::new(Policies { cache_enabled: cached, ..Default::default() })),
                 ..Default::default()
             };
             let gw = cluster.active_namespace(name, spec).await?;

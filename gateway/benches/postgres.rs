@@ -439,14 +439,14 @@ async fn start_cluster(dsn: &str) -> anyhow::Result<(prism_testkit::Cluster, Str
     let spec = NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(BackendConfigKind::Postgres(PostgresConfig {
                 dsn: dsn.to_owned(),
                 pool_size: u32::try_from(POOL_SIZE)?,
                 schema: SCHEMA.into(),
                 ..PostgresConfig::default()
             })),
-        }),
+        })),
         ..Default::default()
     };
     let endpoint = cluster.active_namespace(NAMESPACE, spec).await?.endpoint();

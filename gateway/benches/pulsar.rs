@@ -62,9 +62,9 @@ fn spec(service_url: &str) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::TimeSeries as i32,
         backend: Backend::Pulsar as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(Config::Pulsar(PulsarConfig { service_url: service_url.to_owned(), topic: String::new() })),
-        }),
+        })),
         ..NamespaceSpec::default()
     }
 }

@@ -70,7 +70,7 @@ fn snapshot() -> Snapshot {
         create_revision: 1,
         status: NamespaceStatus::Active as i32,
         shard_id: "shard-0".into(),
-        spec: Some(NamespaceSpec { quotas: Some(quotas()), access: Some(access), ..Default::default() }),
+        spec: Some(NamespaceSpec { quotas: Some(quotas()), access: Some(Box::new(access)), ..Default::default() }),
         ..Default::default()
     };
     let changes = vec![change::Change::Tenant(tenant), change::Change::Namespace(ns)];

@@ -131,7 +131,7 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
     let now = now_micros();
     // Opened once per metadata change, kept with the entry.
     let kv = entry.key_value(&ops.plugins)?;
-    let policies = entry.ns.spec.policies.as_ref();
+    let policies = entry.ns.spec.policies.as_deref();
     let default_ttl = policies.and_then(|p| p.default_item_ttl.as_ref()).map(micros).filter(|t| *t > 0);
     let skew = ops.max_clock_skew;
     match call.request {
@@ -182,7 +182,7 @@ async fn write(
     stamp: &WriteStamp,
 ) -> Result<()> {
     let outcome = observed(&ops.metrics, entry, Op::Mutate, |_| kv.mutate(id, mutations, stamp)).await;
-    if entry.ns.spec.policies.as_ref().is_some_and(|p| p.cache_enabled) {
+    if entry.ns.spec.policies.as_deref().is_some_and(|p| p.cache_enabled) {
         ops.cache.invalidate(entry, id).await;
     }
     Ok(outcome?)
@@ -229,7 +229,7 @@ async fn get(
     let after = if r.page_token.is_empty() { None } else { page_token::decode(get_binding(entry, &r), &r.page_token)? };
     let selector = selector(&r);
     let limits = limits(r.page_size_bytes, r.limit);
-    let policies = entry.ns.spec.policies.as_ref();
+    let policies = entry.ns.spec.policies.as_deref();
     let page = match policies.filter(|p| p.cache_enabled) {
         Some(p) => {
             let ttl = p.cache_ttl.as_ref().map(|d| Duration::from_micros(micros(d).max(0) as u64));

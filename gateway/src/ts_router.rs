@@ -141,7 +141,7 @@ pub async fn execute(
         }
         Request::WriteBuffered(r) => {
             entry.time_series(&ops.plugins)?;
-            if !entry.ns.spec.policies.as_ref().is_some_and(|p| p.accept_loss) {
+            if !entry.ns.spec.policies.as_deref().is_some_and(|p| p.accept_loss) {
                 return Err(GatewayError::FailedPrecondition(format!(
                     "namespace {} does not accept loss; use WriteEventRecordsSync",
                     entry.ns.name

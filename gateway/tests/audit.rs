@@ -79,11 +79,11 @@ async fn namespaces_can_have_their_successful_requests_audited() -> anyhow::Resu
     let spec = |rate: f64| NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Embedded as i32,
-        policies: Some(Policies { data_access_audit_rate: rate, ..Default::default() }),
-        access: Some(Access {
+        policies: Some(Box::new(Policies { data_access_audit_rate: rate, ..Default::default() })),
+        access: Some(Box::new(Access {
             owners: vec![],
             consumers: vec![Grant { principal: "app".into(), level: AccessLevel::ReadWrite as i32 }],
-        }),
+        })),
         ..Default::default()
     };
     let audited = cluster.active_namespace("acme/audited", spec(1.0)).await?;

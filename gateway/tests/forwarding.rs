@@ -24,8 +24,8 @@ fn spec(abstraction: Abstraction, shard: &str) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: abstraction as i32,
         backend: Backend::Embedded as i32,
-        placement: Some(Placement { pinned_shard: shard.into() }),
-        policies: Some(Policies { accept_loss, ..Default::default() }),
+        placement: Some(Box::new(Placement { pinned_shard: shard.into() })),
+        policies: Some(Box::new(Policies { accept_loss, ..Default::default() })),
         ..Default::default()
     }
 }
@@ -179,13 +179,13 @@ async fn every_call_through_one_round_robin_address_reaches_its_namespace() -> a
 async fn the_owner_decides_who_may_call_and_forwarding_grants_nothing() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let mut ns_spec = spec(Abstraction::KeyValue, "shard-1");
-    ns_spec.access = Some(prism_proto::control::Access {
+    ns_spec.access = Some(Box::new(prism_proto::control::Access {
         owners: vec!["alice".into()],
         consumers: vec![prism_proto::control::Grant {
             principal: "reader".into(),
             level: prism_proto::control::AccessLevel::Read as i32,
         }],
-    });
+    }));
     let owner = cluster.active_namespace("acme/private", ns_spec).await?;
     let entry = cluster.gateway("shard-0").context("shard-0")?;
     entry.caught_up(owner.gateway.metadata.load().revision).await?;
@@ -361,9 +361,9 @@ fn shared(dsn: &str) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(Config::Postgres(PostgresConfig { dsn: dsn.into(), ..Default::default() })),
-        }),
+        })),
         ..Default::default()
     }
 }

@@ -505,15 +505,15 @@ fn spec(tenant: &str, abstraction: Abstraction) -> NamespaceSpec {
         backend: Backend::Embedded as i32,
         // Loss-tolerant, so the buffered TimeSeries write is allowed.
         policies: (abstraction == Abstraction::TimeSeries)
-            .then(|| Policies { accept_loss: true, ..Default::default() }),
-        access: Some(Access {
+            .then(|| Box::new(Policies { accept_loss: true, ..Default::default() })),
+        access: Some(Box::new(Access {
             owners: vec![format!("owner-{tenant}")],
             consumers: vec![
                 Grant { principal: format!("reader-{tenant}"), level: AccessLevel::Read as i32 },
                 Grant { principal: format!("writer-{tenant}"), level: AccessLevel::ReadWrite as i32 },
                 Grant { principal: format!("{}:partner", next_tenant(tenant)), level: AccessLevel::ReadWrite as i32 },
             ],
-        }),
+        })),
         ..Default::default()
     }
 }

@@ -173,7 +173,7 @@ async fn idempotency_last_writer_wins_and_ttl() -> anyhow::Result<()> {
 async fn bad_input_is_refused_with_the_field_and_changes_nothing() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let mut spec = kv_spec();
-    spec.policies = Some(Policies { max_item_size_bytes: 1024, ..Default::default() });
+    spec.policies = Some(Box::new(Policies { max_item_size_bytes: 1024, ..Default::default() }));
     let gw = cluster.active_namespace("acme/strict", spec).await?;
     let mut kv = gw.kv(Some(&admin_token())).await?;
     let ns = "acme/strict";
@@ -219,10 +219,10 @@ async fn bad_input_is_refused_with_the_field_and_changes_nothing() -> anyhow::Re
 async fn authentication_authorization_and_routing() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let mut spec = kv_spec();
-    spec.access = Some(Access {
+    spec.access = Some(Box::new(Access {
         owners: vec!["alice".into()],
         consumers: vec![Grant { principal: "reader".into(), level: AccessLevel::Read as i32 }],
-    });
+    }));
     let gw = cluster.active_namespace("acme/private", spec).await?;
     let ns = "acme/private";
 
@@ -280,12 +280,12 @@ async fn namespaces_that_cannot_be_provisioned_are_degraded_and_refused() -> any
         .await?;
     let spec = NamespaceSpec {
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(backend_config::Config::Postgres(PostgresConfig {
                 dsn: "postgres://db/prism".into(),
                 ..Default::default()
             })),
-        }),
+        })),
         ..kv_spec()
     };
     let created = cp
@@ -343,7 +343,7 @@ async fn deletion_drains_removes_data_and_reports_deleted() -> anyhow::Result<()
 async fn cached_reads_hit_and_writes_invalidate() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let mut spec = kv_spec();
-    spec.policies = Some(Policies { cache_enabled: true, ..Default::default() });
+    spec.policies = Some(Box::new(Policies { cache_enabled: true, ..Default::default() }));
     let gw = cluster.active_namespace("acme/cached", spec).await?;
     let mut kv = gw.kv(Some(&admin_token())).await?;
     let ns = "acme/cached";
@@ -380,7 +380,7 @@ async fn cached_reads_hit_and_writes_invalidate() -> anyhow::Result<()> {
 async fn large_values_and_scans_page_through_the_gateway() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let mut spec = kv_spec();
-    spec.policies = Some(Policies { max_item_size_bytes: 4 << 20, ..Default::default() });
+    spec.policies = Some(Box::new(Policies { max_item_size_bytes: 4 << 20, ..Default::default() }));
     let gw = cluster.active_namespace("acme/blobs", spec).await?;
     let mut kv = gw.kv(Some(&admin_token())).await?;
     let ns = "acme/blobs";

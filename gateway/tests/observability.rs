@@ -155,7 +155,7 @@ async fn metrics_endpoints_expose_the_documented_families() -> anyhow::Result<()
     let cluster = Cluster::start().await?;
     let token = admin_token();
     let cached = NamespaceSpec {
-        policies: Some(prism_proto::control::Policies { cache_enabled: true, ..Default::default() }),
+        policies: Some(Box::new(prism_proto::control::Policies { cache_enabled: true, ..Default::default() })),
         ..kv_spec()
     };
     let gw = cluster.active_namespace("acme/seen", cached).await?;
@@ -402,13 +402,13 @@ async fn a_writes_trace_context_reaches_kafka_record_headers() -> anyhow::Result
     let spec = NamespaceSpec {
         abstraction: Abstraction::TimeSeries as i32,
         backend: Backend::Kafka as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(Config::Kafka(KafkaConfig {
                 bootstrap_servers: vec![broker.bootstrap()],
                 partitions: 1,
                 replication_factor: 1,
             })),
-        }),
+        })),
         ..Default::default()
     };
     let gw = cluster.active_namespace("acme/stream", spec).await?;

@@ -25,7 +25,7 @@ async fn a_gateway_serves_a_pulsar_namespace() {
     let spec = NamespaceSpec {
         abstraction: Abstraction::TimeSeries as i32,
         backend: Backend::Pulsar as i32,
-        backend_config: Some(BackendConfig { config: Some(Config::Pulsar(settings)) }),
+        backend_config: Some(Box::new(BackendConfig { config: Some(Config::Pulsar(settings)) })),
         ..NamespaceSpec::default()
     };
     let cluster = prism_testkit::Cluster::start().await.expect("start a control plane and two gateways");

@@ -28,14 +28,14 @@ fn postgres(dsn: &str) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(Config::Postgres(PostgresConfig { dsn: dsn.into(), ..Default::default() })),
-        }),
-        policies: Some(Policies {
+        })),
+        policies: Some(Box::new(Policies {
             cache_enabled: true,
             cache_ttl: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     }
 }

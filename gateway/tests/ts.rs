@@ -16,7 +16,7 @@ fn ts_spec(accept_loss: bool) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::TimeSeries as i32,
         backend: Backend::Embedded as i32,
-        policies: Some(Policies { accept_loss, ..Default::default() }),
+        policies: Some(Box::new(Policies { accept_loss, ..Default::default() })),
         ..Default::default()
     }
 }

@@ -19,12 +19,12 @@ async fn a_pulsar_namespace_is_degraded_without_the_plugin() -> anyhow::Result<(
     let spec = NamespaceSpec {
         abstraction: Abstraction::TimeSeries as i32,
         backend: Backend::Pulsar as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(backend_config::Config::Pulsar(PulsarConfig {
                 service_url: "pulsar://broker:6650".into(),
                 topic: String::new(),
             })),
-        }),
+        })),
         ..Default::default()
     };
     cp.create_namespace(CreateNamespaceRequest { name: "acme/events".into(), spec: Some(spec) }).await?;

@@ -30,7 +30,7 @@ fn ts(backend: Backend, config: Config) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::TimeSeries as i32,
         backend: backend as i32,
-        backend_config: Some(BackendConfig { config: Some(config) }),
+        backend_config: Some(Box::new(BackendConfig { config: Some(config) })),
         ..NamespaceSpec::default()
     }
 }
@@ -39,7 +39,7 @@ fn postgres_spec(config: PostgresConfig) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig { config: Some(Config::Postgres(config)) }),
+        backend_config: Some(Box::new(BackendConfig { config: Some(Config::Postgres(config)) })),
         ..NamespaceSpec::default()
     }
 }
@@ -59,7 +59,7 @@ fn pulsar_spec(url: &str) -> NamespaceSpec {
 }
 
 fn with_policies(mut spec: NamespaceSpec, policies: Policies) -> NamespaceSpec {
-    spec.policies = Some(policies);
+    spec.policies = Some(Box::new(policies));
     spec
 }
 
@@ -74,7 +74,7 @@ fn check(spec: &NamespaceSpec) -> Result<()> {
 #[test]
 fn a_complete_valid_spec_passes() {
     let mut spec = kv_embedded();
-    spec.policies = Some(Policies {
+    spec.policies = Some(Box::new(Policies {
         retention: secs(86_400 * 30, 0),
         consistency: Consistency::Eventual as i32,
         cache_enabled: true,
@@ -84,21 +84,21 @@ fn a_complete_valid_spec_passes() {
         accept_limit: None,
         accept_loss: false,
         data_access_audit_rate: 0.25,
-    });
-    spec.access = Some(Access {
+    }));
+    spec.access = Some(Box::new(Access {
         owners: vec!["alice".into(), "svc:billing@acme".into()],
         consumers: vec![
             Grant { principal: "bob".into(), level: AccessLevel::Read as i32 },
             Grant { principal: "carol".into(), level: AccessLevel::ReadWrite as i32 },
         ],
-    });
+    }));
     spec.quotas =
         Some(QuotaSet { requests_per_second: Some(UNLIMITED), storage_bytes: Some(0), ..QuotaSet::default() });
-    spec.placement = Some(Placement { pinned_shard: "shard-1".into() });
+    spec.placement = Some(Box::new(Placement { pinned_shard: "shard-1".into() }));
     let shards = ["shard-0".to_owned(), "shard-1".to_owned()];
     namespace_spec(&spec, &shards).expect("valid spec");
     // Embedded may be given its (empty) settings explicitly too.
-    spec.backend_config = Some(BackendConfig { config: Some(Config::Embedded(Default::default())) });
+    spec.backend_config = Some(Box::new(BackendConfig { config: Some(Config::Embedded(Default::default())) }));
     namespace_spec(&spec, &shards).expect("explicit embedded settings");
 }
 
@@ -138,15 +138,15 @@ fn a_backend_must_serve_the_abstraction() {
 fn backend_config_case_must_match_the_backend() {
     // Kafka settings on a postgres namespace.
     let mut spec = postgres_spec(PostgresConfig::default());
-    spec.backend_config = Some(BackendConfig {
+    spec.backend_config = Some(Box::new(BackendConfig {
         config: Some(Config::Kafka(KafkaConfig { bootstrap_servers: vec!["b:9092".into()], ..KafkaConfig::default() })),
-    });
+    }));
     assert_eq!(field_of(check(&spec)), "spec.backend_config");
     // Postgres settings on an embedded namespace.
     let mut spec = kv_embedded();
-    spec.backend_config = Some(BackendConfig {
+    spec.backend_config = Some(Box::new(BackendConfig {
         config: Some(Config::Postgres(PostgresConfig { dsn: "postgres://db".into(), ..PostgresConfig::default() })),
-    });
+    }));
     assert_eq!(field_of(check(&spec)), "spec.backend_config");
     // Pulsar settings on a kafka namespace.
     let mut spec = kafka_spec(&["b:9092"]);
@@ -160,7 +160,7 @@ fn backends_with_required_settings_need_them() {
     spec.backend_config = None;
     assert_eq!(field_of(check(&spec)), "spec.backend_config.postgres");
     // An empty oneof is the same as no settings.
-    spec.backend_config = Some(BackendConfig { config: None });
+    spec.backend_config = Some(Box::new(BackendConfig { config: None }));
     assert_eq!(field_of(check(&spec)), "spec.backend_config.postgres");
     let mut spec = kafka_spec(&[]);
     spec.backend_config = None;
@@ -330,7 +330,7 @@ fn the_data_access_audit_rate_is_a_fraction() {
 fn principals_are_written_sub_tenant_sub_or_colon_sub() {
     let owners = |o: &[&str]| {
         let mut spec = kv_embedded();
-        spec.access = Some(Access { owners: o.iter().map(|s| (*s).to_owned()).collect(), consumers: vec![] });
+        spec.access = Some(Box::new(Access { owners: o.iter().map(|s| (*s).to_owned()).collect(), consumers: vec![] }));
         spec
     };
     check(&owners(&["svc-a", "acme:svc-a", ":system:sa", "globex:svc:x"])).expect("valid principals");
@@ -358,9 +358,9 @@ fn policies_of_the_other_abstraction_are_refused() {
     assert_eq!(field_of(check(&kv(limit))), "spec.policies.accept_limit");
 
     let mut series = kafka_spec(&["b:9092"]);
-    series.policies = Some(Policies { accept_loss: true, accept_limit: secs(60, 0), ..Policies::default() });
+    series.policies = Some(Box::new(Policies { accept_loss: true, accept_limit: secs(60, 0), ..Policies::default() }));
     check(&series).expect("time-series may accept loss");
-    series.policies = Some(Policies { cache_enabled: true, ..Policies::default() });
+    series.policies = Some(Box::new(Policies { cache_enabled: true, ..Policies::default() }));
     assert_eq!(field_of(check(&series)), "spec.policies.cache_enabled");
 
     let consistency = Policies { consistency: 7, ..Policies::default() };
@@ -419,7 +419,7 @@ fn unknown_quota_profiles_are_refused() {
 fn owners_and_consumers_are_unique_valid_principals() {
     let with = |access: Access| {
         let mut s = kv_embedded();
-        s.access = Some(access);
+        s.access = Some(Box::new(access));
         s
     };
     let owners =
@@ -454,7 +454,7 @@ fn owners_and_consumers_are_unique_valid_principals() {
 fn pinned_shards() {
     let pinned = |shard: &str| {
         let mut s = kv_embedded();
-        s.placement = Some(Placement { pinned_shard: shard.into() });
+        s.placement = Some(Box::new(Placement { pinned_shard: shard.into() }));
         s
     };
     let known = ["shard-0".to_owned(), "shard-1".to_owned()];

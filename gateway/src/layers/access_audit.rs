@@ -71,7 +71,8 @@ where
 
     fn call(&mut self, call: Call) -> Self::Future {
         let resolved = call.resolved.as_ref();
-        let rate = resolved.and_then(|c| c.entry().ns.spec.policies.as_ref()).map_or(0.0, |p| p.data_access_audit_rate);
+        let rate =
+            resolved.and_then(|c| c.entry().ns.spec.policies.as_deref()).map_or(0.0, |p| p.data_access_audit_rate);
         let record = match resolved {
             Some(c) if sampled(rate) => Some(Record {
                 audit: self.audit.clone(),

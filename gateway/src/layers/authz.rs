@@ -63,7 +63,7 @@ fn allowed_in(tenant_meta: Option<&Tenant>, who: &Principal, entry: &NamespaceEn
         Access::Read => Standing::Read,
         Access::Write => Standing::ReadWrite,
     };
-    access::namespace_standing(&who, tenant, admins, entry.ns.spec.access.as_ref()) >= Some(least)
+    access::namespace_standing(&who, tenant, admins, entry.ns.spec.access.as_deref()) >= Some(least)
 }
 
 impl Step for Authorize {

@@ -84,7 +84,7 @@ fn count_refusal(metrics: &GatewayMetrics, entry: &NamespaceEntry, e: &GatewayEr
 /// applied by the layer, which knows the tenant).
 pub fn max_item_bytes(entry: &NamespaceEntry) -> u64 {
     let spec = &entry.ns.spec;
-    let policy = spec.policies.as_ref().map_or(0, |p| p.max_item_size_bytes);
+    let policy = spec.policies.as_deref().map_or(0, |p| p.max_item_size_bytes);
     let mut max = if policy > 0 { policy } else { DEFAULT_MAX_ITEM_BYTES };
     if let Some(q) = spec.quotas.as_ref().and_then(|q| q.max_item_size_bytes).filter(|q| *q >= 0) {
         max = max.min(q);

@@ -133,7 +133,7 @@ pub struct EventsPage {
 /// (unset or zero, as the namespace spec says). Every backend applies it
 /// the same way: events with `event_time < now - retention` are gone.
 pub fn retention(ns: &Namespace) -> Option<Micros> {
-    let d = ns.spec.policies.as_ref()?.retention.as_ref()?;
+    let d = ns.spec.policies.as_deref()?.retention.as_ref()?;
     let micros = d.seconds.saturating_mul(1_000_000).saturating_add(i64::from(d.nanos) / 1_000);
     // A positive retention under a microsecond still retains something.
     match (micros > 0, d.seconds > 0 || d.nanos > 0) {

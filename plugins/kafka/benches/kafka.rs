@@ -74,13 +74,13 @@ fn spec(bootstrap: &str) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::TimeSeries as i32,
         backend: Backend::Kafka as i32,
-        backend_config: Some(BackendConfig {
+        backend_config: Some(Box::new(BackendConfig {
             config: Some(Config::Kafka(KafkaConfig {
                 bootstrap_servers: vec![bootstrap.to_owned()],
                 partitions: PARTITIONS,
                 replication_factor: 1,
             })),
-        }),
+        })),
         ..NamespaceSpec::default()
     }
 }

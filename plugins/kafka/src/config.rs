@@ -82,7 +82,7 @@ pub struct NamespaceSettings {
 impl NamespaceSettings {
     pub fn of(ns: &Namespace) -> Result<Self> {
         let field = "spec.backend_config.kafka";
-        let Some(BackendConfig::Kafka(c)) = ns.spec.backend_config.as_ref().and_then(|b| b.config.as_ref()) else {
+        let Some(BackendConfig::Kafka(c)) = ns.spec.backend_config.as_deref().and_then(|b| b.config.as_ref()) else {
             return Err(KafkaError::invalid(field, "is required for a kafka namespace"));
         };
         if c.bootstrap_servers.is_empty() || c.bootstrap_servers.iter().any(|s| s.is_empty() || s.contains(',')) {
@@ -125,7 +125,7 @@ mod tests {
             name: "t/n".into(),
             create_revision: 1,
             spec: NamespaceSpec {
-                backend_config: Some(Bc { config: Some(BackendConfig::Kafka(c)) }),
+                backend_config: Some(Box::new(Bc { config: Some(BackendConfig::Kafka(c)) })),
                 ..NamespaceSpec::default()
             },
         }

@@ -125,8 +125,8 @@ fn kafka_spec(bootstrap: &str, accept_loss: bool) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::TimeSeries as i32,
         backend: Backend::Kafka as i32,
-        backend_config: Some(BackendConfig { config: Some(Config::Kafka(settings(bootstrap, 3))) }),
-        policies: Some(Policies { accept_loss, ..Default::default() }),
+        backend_config: Some(Box::new(BackendConfig { config: Some(Config::Kafka(settings(bootstrap, 3))) })),
+        policies: Some(Box::new(Policies { accept_loss, ..Default::default() })),
         ..Default::default()
     }
 }

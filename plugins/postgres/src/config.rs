@@ -280,7 +280,7 @@ impl NamespaceSettings {
 
 /// `ns`'s postgres `backend_config` as given, if it has one.
 pub(crate) fn postgres_config(ns: &Namespace) -> Option<&PostgresConfig> {
-    match ns.spec.backend_config.as_ref().and_then(|c| c.config.as_ref()) {
+    match ns.spec.backend_config.as_deref().and_then(|c| c.config.as_ref()) {
         Some(BackendConfig::Postgres(pg)) => Some(pg),
         _ => None,
     }

@@ -344,7 +344,7 @@ mod tests {
             name: "acme/cache".into(),
             create_revision: 3,
             spec: NamespaceSpec {
-                backend_config: Some(BackendConfig { config: Some(Config::Postgres(pg)) }),
+                backend_config: Some(Box::new(BackendConfig { config: Some(Config::Postgres(pg)) })),
                 ..Default::default()
             },
         }

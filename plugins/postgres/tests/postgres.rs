@@ -546,7 +546,9 @@ async fn a_gateway_serves_postgres_namespaces_and_degrades_unreachable_ones() {
     let spec = |dsn: &str| NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Postgres as i32,
-        backend_config: Some(BackendConfig { config: Some(Config::Postgres(settings(dsn, "prism_gateway"))) }),
+        backend_config: Some(Box::new(BackendConfig {
+            config: Some(Config::Postgres(settings(dsn, "prism_gateway"))),
+        })),
         ..NamespaceSpec::default()
     };
     let cluster = prism_testkit::Cluster::start().await.expect("start a control plane and two gateways");

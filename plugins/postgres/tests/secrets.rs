@@ -23,9 +23,9 @@ fn namespace(name: &str, dsn: &str, password_ref: &str) -> Namespace {
         spec: NamespaceSpec { abstraction: Abstraction::KeyValue as i32, ..Default::default() },
     };
     let pg = PostgresConfig { dsn: dsn.into(), password_ref: password_ref.into(), ..Default::default() };
-    ns.spec.backend_config = Some(prism_proto::control::BackendConfig {
+    ns.spec.backend_config = Some(Box::new(prism_proto::control::BackendConfig {
         config: Some(prism_proto::control::backend_config::Config::Postgres(pg)),
-    });
+    }));
     ns
 }
 

@@ -72,7 +72,7 @@ impl Topics {
 
 /// The namespace's typed Pulsar settings; the service URL is required.
 fn settings(ns: &Namespace) -> Result<&PulsarConfig> {
-    let config = ns.spec.backend_config.as_ref().and_then(|c| c.config.as_ref());
+    let config = ns.spec.backend_config.as_deref().and_then(|c| c.config.as_ref());
     let Some(Config::Pulsar(settings)) = config else {
         return Err(PulsarError::invalid("spec.backend_config.pulsar", "is required for a pulsar namespace"));
     };
@@ -98,7 +98,7 @@ mod tests {
             name: "acme/orders".into(),
             create_revision: revision,
             spec: NamespaceSpec {
-                backend_config: Some(BackendConfig { config: Some(Config::Pulsar(pulsar)) }),
+                backend_config: Some(Box::new(BackendConfig { config: Some(Config::Pulsar(pulsar)) })),
                 ..NamespaceSpec::default()
             },
         }

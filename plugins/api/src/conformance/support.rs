@@ -71,8 +71,8 @@ pub fn namespace_of(subject: &Subject, case: &str, abstraction: Abstraction) -> 
         spec: NamespaceSpec {
             abstraction: abstraction as i32,
             backend: subject.plugin.capabilities().backend as i32,
-            backend_config: subject.backend_config.clone(),
-            policies: Some(Policies { max_item_size_bytes: MAX_ITEM_SIZE, ..Policies::default() }),
+            backend_config: subject.backend_config.clone().map(Box::new),
+            policies: Some(Box::new(Policies { max_item_size_bytes: MAX_ITEM_SIZE, ..Policies::default() })),
             ..NamespaceSpec::default()
         },
     }

@@ -32,7 +32,7 @@ async fn namespace(plugin: &EmbeddedPlugin, name: &str, retention: Option<Micros
     let ns = Namespace {
         name: name.into(),
         create_revision: 1,
-        spec: NamespaceSpec { policies: Some(policies), ..NamespaceSpec::default() },
+        spec: NamespaceSpec { policies: Some(Box::new(policies)), ..NamespaceSpec::default() },
     };
     plugin.provision(&ns).await.expect("provision");
     ns
@@ -256,7 +256,7 @@ fn retention_reads_the_namespace_policy() {
         Namespace {
             name: "t/r".into(),
             create_revision: 1,
-            spec: NamespaceSpec { policies: Some(policies), ..NamespaceSpec::default() },
+            spec: NamespaceSpec { policies: Some(Box::new(policies)), ..NamespaceSpec::default() },
         }
     };
     assert_eq!(retention(&with(3600, 0)), Some(HOUR));

@@ -90,7 +90,7 @@ mod tests {
             name: "acme/prepared".into(),
             create_revision: 1,
             spec: NamespaceSpec {
-                backend_config: Some(BackendConfig { config: Some(Config::Postgres(pg)) }),
+                backend_config: Some(Box::new(BackendConfig { config: Some(Config::Postgres(pg)) })),
                 ..Default::default()
             },
         }

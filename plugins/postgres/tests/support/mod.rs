@@ -54,7 +54,7 @@ pub fn settings(dsn: &str, schema: &str) -> PostgresConfig {
 /// `ns` with `settings` as its backend_config.
 pub fn with_settings(ns: &Namespace, settings: &PostgresConfig) -> Namespace {
     let mut ns = ns.clone();
-    ns.spec.backend_config = Some(BackendConfig { config: Some(Config::Postgres(settings.clone())) });
+    ns.spec.backend_config = Some(Box::new(BackendConfig { config: Some(Config::Postgres(settings.clone())) }));
     ns
 }
 
