@@ -216,8 +216,8 @@ impl Namespaces {
 
     /// Adds `entry`, replacing the entry of the same name.
     pub fn insert(&mut self, entry: Arc<NamespaceEntry>) {
-        // `insert` would keep the old key, which is the old entry.
-        self.0.remove(entry.ns.name.as_str());
+        // imbl's `insert` replaces the key as well as the value (unlike
+        // std's), so the map holds the new entry.
         self.0.insert(ByName(entry), ());
     }
 

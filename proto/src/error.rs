@@ -25,6 +25,22 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order (metric label sets, tests).
+    pub const ALL: [ErrorKind; 10] = [
+        Self::InvalidArgument,
+        Self::NotFound,
+        Self::AlreadyExists,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
+        Self::ResourceExhausted,
+        Self::FailedPrecondition,
+        Self::Aborted,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+}
+
+impl ErrorKind {
     /// Whether the same request may succeed if sent again unchanged.
     pub fn could_retry(self) -> bool {
         matches!(self, Self::Unavailable | Self::ResourceExhausted | Self::Aborted)
@@ -161,22 +177,10 @@ mod tests {
 
     #[test]
     fn kind_of_inverts_code() {
-        use ErrorKind::*;
-        for kind in [
-            InvalidArgument,
-            NotFound,
-            AlreadyExists,
-            Unauthenticated,
-            PermissionDenied,
-            ResourceExhausted,
-            FailedPrecondition,
-            Aborted,
-            Unavailable,
-            Internal,
-        ] {
+        for kind in ErrorKind::ALL {
             assert_eq!(kind_of(code(kind)), kind, "{kind:?}");
         }
-        assert_eq!(kind_of(tonic::Code::DeadlineExceeded), Unavailable);
-        assert_eq!(kind_of(tonic::Code::Unimplemented), Internal);
+        assert_eq!(kind_of(tonic::Code::DeadlineExceeded), ErrorKind::Unavailable);
+        assert_eq!(kind_of(tonic::Code::Unimplemented), ErrorKind::Internal);
     }
 }

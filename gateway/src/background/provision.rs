@@ -100,12 +100,10 @@ impl Provisioner {
         entry.shard_id == self.parts.shard_id
     }
 
+    /// Acts on `entry`, which [`due`] says needs it.
     async fn handle(&self, entry: &NamespaceEntry, periodic: bool) -> Result<(), tonic::Status> {
         let retry_degraded = periodic && entry.status == NamespaceStatus::Degraded;
         let adopting = entry.status == NamespaceStatus::Active && !adopted(entry);
-        if !due(entry, periodic) {
-            return Ok(());
-        }
         let epoch = if entry.status != NamespaceStatus::Deleting { entry.owner_since } else { 0 };
         entry.local.adopted_epoch.store(epoch, Ordering::Release);
         let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);

@@ -333,18 +333,7 @@ const BACKENDS: [Backend; prism_proto::backends::BACKENDS.len()] = {
     all
 };
 
-const KINDS: [ErrorKind; 10] = [
-    ErrorKind::InvalidArgument,
-    ErrorKind::NotFound,
-    ErrorKind::AlreadyExists,
-    ErrorKind::Unauthenticated,
-    ErrorKind::PermissionDenied,
-    ErrorKind::ResourceExhausted,
-    ErrorKind::FailedPrecondition,
-    ErrorKind::Aborted,
-    ErrorKind::Unavailable,
-    ErrorKind::Internal,
-];
+const KINDS: [ErrorKind; 10] = ErrorKind::ALL;
 
 fn backend_index(backend: Backend) -> Option<usize> {
     BACKENDS.iter().position(|b| *b == backend)
