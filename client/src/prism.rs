@@ -11,7 +11,8 @@
 //! 3. on WRONG_SHARD, the first time: route to the owner the gateway named
 //!    and send again at once; after that: forget the route, back off, and
 //!    resolve again;
-//! 4. on UNAVAILABLE (retryable calls only): if the endpoint could not be
+//! 4. on UNAVAILABLE (retryable calls only), or a call the transport
+//!    cancelled when its connection closed: if the endpoint could not be
 //!    reached, skip it for `endpoint_cooldown`; back off and send again —
 //!    the next replica in turn gets it;
 //! 5. anything else is the answer.

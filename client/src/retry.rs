@@ -148,6 +148,10 @@ impl Failure {
             // tonic reports some connection failures (e.g. the peer went
             // away mid-stream) as UNKNOWN with a transport source.
             Code::Unknown if status.source().is_some_and(is_transport) => Self::Unreachable,
+            // hyper cancels the requests still queued on a connection that
+            // closes under them (a replica killed): they never left this
+            // process. A CANCELLED a server sent has no source.
+            Code::Cancelled if status.source().is_some() => Self::Unreachable,
             _ => Self::Final,
         }
     }
@@ -246,8 +250,19 @@ mod tests {
             Status::resource_exhausted("quota"),
             Status::unauthenticated("token"),
             Status::internal("bug"),
+            Status::cancelled("the server gave up"),
         ] {
             assert_eq!(Failure::of(&s), Failure::Final, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_the_transport_made_mean_the_endpoint_is_unreachable() {
+        let cause: std::sync::Arc<dyn std::error::Error + Send + Sync> =
+            std::sync::Arc::new(std::io::Error::other("connection closed"));
+        for mut s in [Status::unavailable("connection refused"), Status::cancelled("operation was canceled")] {
+            s.set_source(cause.clone());
+            assert_eq!(Failure::of(&s), Failure::Unreachable, "{s:?}");
         }
     }
 }
