@@ -35,14 +35,39 @@ struct RecordKey {
     id: String,
 }
 
-impl RecordKey {
-    fn new(entry: &NamespaceEntry, id: &str) -> Self {
-        Self {
-            namespace: entry.ns.name.clone(),
-            create_revision: entry.ns.create_revision,
-            owner_since: entry.owner_since,
-            id: id.to_owned(),
+/// A [`RecordKey`] borrowed from the request: a hit looks the record up
+/// without copying the namespace name and id (issue 14, item 8). Its
+/// fields hash in the same order as the key's, and `str` hashes as
+/// `String` does, so both find the same entry.
+#[derive(Debug, Clone, Copy, Hash)]
+struct RecordRef<'a> {
+    namespace: &'a str,
+    create_revision: u64,
+    owner_since: u64,
+    id: &'a str,
+}
+
+impl<'a> RecordRef<'a> {
+    fn new(entry: &'a NamespaceEntry, id: &'a str) -> Self {
+        Self { namespace: &entry.ns.name, create_revision: entry.ns.create_revision, owner_since: entry.owner_since, id }
+    }
+
+    fn to_key(self) -> RecordKey {
+        RecordKey {
+            namespace: self.namespace.to_owned(),
+            create_revision: self.create_revision,
+            owner_since: self.owner_since,
+            id: self.id.to_owned(),
         }
+    }
+}
+
+impl equivalent::Equivalent<RecordKey> for RecordRef<'_> {
+    fn equivalent(&self, key: &RecordKey) -> bool {
+        self.id == key.id
+            && self.create_revision == key.create_revision
+            && self.owner_since == key.owner_since
+            && self.namespace == key.namespace
     }
 }
 
@@ -137,7 +162,7 @@ impl ReadCache {
         self.max_record_bytes
     }
 
-    fn stripe(&self, key: &RecordKey) -> &AtomicU64 {
+    fn stripe(&self, key: RecordRef<'_>) -> &AtomicU64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         &self.stripes[(h.finish() as usize) % STRIPES]
@@ -157,7 +182,7 @@ impl ReadCache {
         Fut: Future<Output = Result<Cached, PluginError>>,
     {
         let Some(cache) = &self.cache else { return Ok(None) };
-        let key = RecordKey::new(entry, id);
+        let key = RecordRef::new(entry, id);
         if let Some(hit) = cache.get(&key).await {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(hit.value));
@@ -173,7 +198,7 @@ impl ReadCache {
     async fn load<F, Fut>(
         &self,
         cache: &Cache<RecordKey, Entry, KeyHasher>,
-        key: RecordKey,
+        key: RecordRef<'_>,
         ttl: Duration,
         load: F,
     ) -> Result<Option<Cached>, Arc<PluginError>>
@@ -181,10 +206,10 @@ impl ReadCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Cached, PluginError>>,
     {
-        let stripe = self.stripe(&key);
+        let stripe = self.stripe(key);
         let before = stripe.load(Ordering::Acquire);
         let loaded = cache
-            .try_get_with(key.clone(), async {
+            .try_get_with(key.to_key(), async {
                 self.stats.loads.fetch_add(1, Ordering::Relaxed);
                 let value = load().await?;
                 let weight = match &value {
@@ -208,12 +233,11 @@ impl ReadCache {
     /// write completes or fails).
     pub async fn invalidate(&self, entry: &NamespaceEntry, id: &str) {
         let Some(cache) = &self.cache else { return };
-        let key = RecordKey::new(entry, id);
-        self.stripe(&key).fetch_add(1, Ordering::AcqRel);
+        let key = RecordRef::new(entry, id);
+        self.stripe(key).fetch_add(1, Ordering::AcqRel);
         cache.invalidate(&key).await;
     }
 
-    /// Drops every entry (e.g. when the shard loses namespaces).
     /// Drops every cached record of `namespace` (this shard lost it).
     pub fn drop_namespace(&self, namespace: &str) {
         if let Some(cache) = &self.cache {
@@ -224,9 +248,34 @@ impl ReadCache {
         }
     }
 
+    /// Drops every entry.
     pub fn clear(&self) {
         if let Some(cache) = &self.cache {
             cache.invalidate_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn a_borrowed_key_hashes_and_compares_as_its_owned_key() {
+        let hasher = KeyHasher::with_seed(7);
+        let borrowed = RecordRef { namespace: "acme/users", create_revision: 3, owner_since: 9, id: "ada" };
+        let owned = borrowed.to_key();
+        assert_eq!(hasher.hash_one(borrowed), hasher.hash_one(&owned));
+        assert!(equivalent::Equivalent::equivalent(&borrowed, &owned));
+        for other in [
+            RecordRef { id: "bob", ..borrowed },
+            RecordRef { namespace: "acme/other", ..borrowed },
+            RecordRef { create_revision: 4, ..borrowed },
+            RecordRef { owner_since: 10, ..borrowed },
+        ] {
+            assert!(!equivalent::Equivalent::equivalent(&other, &owned), "{other:?}");
         }
     }
 }

@@ -119,8 +119,9 @@ pub struct Resolved {
     pub namespace: InFlight,
     /// Its tenant (ACTIVE: authorization refused any other state).
     pub tenant: Arc<Tenant>,
-    /// Who is calling.
-    pub principal: Principal,
+    /// Who is calling (shared with the verified-token cache: no copy per
+    /// request).
+    pub principal: Arc<Principal>,
 }
 
 impl Resolved {
@@ -142,7 +143,7 @@ pub struct Call {
     /// Set by validation: the namespace name is valid ([`Call::namespace`]).
     validated: Option<Validated>,
     /// Set by authentication; authorization moves it into the context.
-    pub principal: Option<Principal>,
+    pub principal: Option<Arc<Principal>>,
     /// The snapshot, once a layer has loaded it ([`Call::load`]).
     pub loaded: Option<Loaded>,
     /// Set by authorization for a call this shard serves.

@@ -88,7 +88,7 @@ impl Step for Authenticate {
         if call.authorization.is_none()
             && let Some(cn) = call.client_cert.as_ref().filter(|cn| !cn.is_empty())
         {
-            call.principal = Some(Principal { sub: cn.clone(), tenant: None, roles: Vec::new() });
+            call.principal = Some(Arc::new(Principal { sub: cn.clone(), tenant: None, roles: Vec::new() }));
             return Ok(());
         }
         let now = unix_now();
@@ -117,6 +117,7 @@ impl Step for Authenticate {
                 }
                 other => GatewayError::Internal(other.to_string()),
             })?;
+        let principal = Arc::new(principal);
         if let (Some(header), Some(exp)) = (call.authorization.as_deref(), exp) {
             self.tokens.insert(header, principal.clone(), exp.min(now.saturating_add(MAX_AGE_SECS)), now);
         }
@@ -129,14 +130,14 @@ impl Step for Authenticate {
 /// (unix seconds, exclusive) that may be reused. See the module docs.
 #[derive(Debug, Default)]
 pub struct VerifiedTokens {
-    map: RwLock<HashMap<Box<str>, (Principal, u64)>>,
+    map: RwLock<HashMap<Box<str>, (Arc<Principal>, u64)>>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
 
 impl VerifiedTokens {
     /// The principal of `header` if it verified and may still be reused at `now`.
-    pub fn get(&self, header: &str, now: u64) -> Option<Principal> {
+    pub fn get(&self, header: &str, now: u64) -> Option<Arc<Principal>> {
         let found = self
             .map
             .read()
@@ -148,7 +149,7 @@ impl VerifiedTokens {
     }
 
     /// Remembers that `header` verified as `principal`, reusable until `until`.
-    pub fn insert(&self, header: &str, principal: Principal, until: u64, now: u64) {
+    pub fn insert(&self, header: &str, principal: Arc<Principal>, until: u64, now: u64) {
         if until <= now {
             return;
         }
@@ -179,8 +180,8 @@ mod tests {
         Call::new(crate::call::Request::Get(Default::default()), Some(header.to_owned()))
     }
 
-    fn principal(sub: &str) -> Principal {
-        Principal { sub: sub.into(), tenant: None, roles: Vec::new() }
+    fn principal(sub: &str) -> Arc<Principal> {
+        Arc::new(Principal { sub: sub.into(), tenant: None, roles: Vec::new() })
     }
 
     #[test]
@@ -218,6 +219,10 @@ mod tests {
         let mut again = call_with(&header);
         step.check(&mut again)?;
         assert_eq!(again.principal, call.principal);
+        assert!(
+            again.principal.as_ref().zip(call.principal.as_ref()).is_some_and(|(a, b)| Arc::ptr_eq(a, b)),
+            "a cached token's principal is shared, not copied"
+        );
         assert_eq!(step.verified_tokens().hits.load(Ordering::Relaxed), 1);
         // A tampered signature is verified (and refused), never served from the cache.
         let mut tampered = header.clone();

@@ -37,7 +37,7 @@ fn call(metadata: &Metadata) -> Call {
         namespace: InFlight::enter(entry),
         // No tenant in the snapshot: no tenant quotas.
         tenant: snapshot.tenant("acme").cloned().unwrap_or_default(),
-        principal: crate::auth::Principal { sub: "ada".into(), tenant: None, roles: Vec::new() },
+        principal: Arc::new(crate::auth::Principal { sub: "ada".into(), tenant: None, roles: Vec::new() }),
     });
     call
 }
