@@ -7,6 +7,40 @@
 //!
 //! - [`verify`]: the [`Authenticator`] and its algorithm rules.
 //! - [`jwks`]: key sets, their sources and the refresher.
+//! - [`AuthConfig`]: the table both servers read, and token minting.
+//!
+//! What a principal may do, role names included, is not here but in
+//! `prism_proto::access`.
+//!
+//! **Secrets.** Secret settings are [`SecretString`]s (a `Debug` that shows
+//! nothing) and may come from files (`hs256_secret_file`, [`read_secret`]),
+//! read once when a server opens; an HS256 secret under
+//! [`MIN_HS256_SECRET_BYTES`] (RFC 7518 §3.2) is refused wherever one is
+//! read.
+//!
+//! **Keys.** HS256 tokens are checked against `hs256_secret`; RS256/ES256
+//! tokens against the RSA / P-256 keys of a JWKS: `jwks_file`, re-read
+//! periodically, or `jwks_url`, fetched with hyper's HTTP/1 client
+//! connection (the hyper tonic already brings) over TLS for `https://`
+//! (tokio-rustls on ring, roots only from `jwks_ca_file`), periodically
+//! and, rate-limited, on an unknown `kid`. A failed read keeps the last
+//! good set.
+//!
+//! **Without keys.** A control plane without a secret or JWKS refuses to
+//! start unless told `insecure_no_auth` (`--insecure-no-auth`): then every
+//! caller is an unchecked `anonymous` that may do everything, with a
+//! warning at startup (tests, experiments). `prism dev` gives both servers
+//! the same generated secret and each gateway its own `shard` token, so the
+//! audit log names `dev-admin` and `shard-0`.
+//!
+//! **Client certificates.** On the gateway, with `[gateway.tls]
+//! client_ca_file`, a client may (or, with `require_client_cert`, must)
+//! present a certificate that CA signed; a call without a bearer token is
+//! then the principal named by the certificate subject's common name, with
+//! no roles (its grants decide). A bearer token, when present, is what
+//! authenticates. On the control plane a client certificate only admits
+//! the connection: its RPCs need roles (`shard`, `admin`) that
+//! certificates do not carry, so the bearer token always says who calls.
 
 pub mod jwks;
 pub mod verify;

@@ -13,6 +13,16 @@
 //!   [`backend_settings`]: their per-backend parts (and JSON's), from the
 //!   backends' descriptions.
 //! - [`output`], [`json`]: tables and JSON; [`error`]: what a failure prints.
+//!
+//! Spec files in the ADR-006 shape map to `NamespaceSpec` (unknown fields
+//! are errors); a test runs clap's `debug_assert`, so no backend's flag
+//! collides with another. Data commands resolve on demand, with no watch
+//! (one command makes few calls; `--gateway` is where routing starts).
+//! `prism shard list` joins ListShards with ListNamespaces counts per
+//! `shard_id`; `prism token create` signs locally from the deployment's
+//! secret file (nothing is sent). The server commands take every secret
+//! setting from the file, the environment or a flag, by value or by file
+//! (`--auth-secret-file`, `--control-plane-token-file`, `PRISM_*_FILE`).
 
 pub mod audit;
 pub mod backend_settings;

@@ -19,6 +19,37 @@
 //!
 //! Attempts are bounded by [`RetryPolicy::max_attempts`] and the whole call
 //! by [`RetryPolicy::deadline`].
+//!
+//! # What a caller of a moving namespace sees
+//!
+//! - **Stale route.** The namespace moved (a shard joined or left): the
+//!   call reaches a gateway of the old shard, which forwards it to the new
+//!   owner (one hop; a slightly slower call). With forwarding off it
+//!   refuses it before doing anything — `FAILED_PRECONDITION` with
+//!   `ErrorInfo{reason: WRONG_SHARD, shard_id, endpoints, revision}` — and
+//!   the client routes the namespace to the named shard and sends again at
+//!   once. A second misroute in the same call means the metadata is still
+//!   settling: forget the route, back off, resolve again, within the
+//!   call's attempt budget. The caller sees one slower call.
+//! - **Killed replica.** The connection fails (`UNAVAILABLE` from the
+//!   transport): the endpoint is skipped for `endpoint_cooldown` and the
+//!   call goes, after a short jittered pause, to the next replica in turn.
+//!   If every replica fails in turn the client resolves again (the shard
+//!   may have moved while the watch was away). The caller sees an error
+//!   only when the attempts or the deadline run out, and then it is the
+//!   last `UNAVAILABLE`.
+//! - **Server says UNAVAILABLE** (overloaded, backend down): retried with
+//!   backoff like a dead replica, without skipping the endpoint.
+//! - **Anything else** (`INVALID_ARGUMENT`, `NOT_FOUND`,
+//!   `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED`, …) is the answer, at once.
+//!
+//! Only UNAVAILABLE (and transport failures) are retried, and only for
+//! idempotent calls — every KeyValue and TimeSeries call is, because a
+//! KeyValue write without an idempotency token gets one (time + unique
+//! token) once per call, before the first attempt, and a TimeSeries event
+//! is identified by its contents. A WRONG_SHARD refusal is followed
+//! whatever the call (nothing was applied). Tails are routed, never
+//! retried once open.
 
 use std::collections::HashMap;
 use std::future::Future;

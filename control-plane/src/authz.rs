@@ -10,8 +10,8 @@
 //!
 //! Who is a tenant's admin, owner or consumer is decided by the one access
 //! rule, [`prism_proto::access`], which the gateway applies too; this file
-//! maps each RPC to the standing it needs. The table in ARCHITECTURE.md is
-//! its summary. Every refusal is audited (who, action, tenant, target,
+//! maps each RPC to the standing it needs. The table in
+//! [`prism_proto::access`] ("Who may call what") is its summary. Every refusal is audited (who, action, tenant, target,
 //! `permission_denied`).
 //!
 //! Without any key configured there is nothing to verify a principal

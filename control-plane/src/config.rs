@@ -45,8 +45,9 @@ pub struct ControlPlaneConfig {
     pub change_log_retention: u64,
     /// Bearer-token authentication of every call. With `hs256_secret` or a
     /// JWKS set, a call needs a valid token unless `allow_anonymous`, and
-    /// each RPC is authorized (see ARCHITECTURE.md). Without either the
-    /// control plane refuses to start, unless `insecure_no_auth`.
+    /// each RPC is authorized (the table in `prism_proto::access`, "Who
+    /// may call what"). Without either the control plane refuses to start,
+    /// unless `insecure_no_auth`.
     pub auth: prism_auth::AuthConfig,
     /// `ip:port` of the metrics listener: `/metrics` (Prometheus text
     /// format), `/healthz`, `/readyz`. Default: none.

@@ -2,7 +2,8 @@
 //! (an HTTP-level layer on the server, [`RpcMetricsLayer`], reading
 //! `grpc-status` from the response headers or trailers), connected
 //! watchers, commits and store errors ([`ObservedStore`], a [`Store`]
-//! that counts what it delegates), the current revision and the live
+//! that counts what it delegates; `ControlPlane::new` wraps every store in
+//! one), the current revision and the live
 //! shard instances (followed from the store's delta stream, so with
 //! several replicas each sees every replica's commits), and expired
 //! leases.

@@ -16,6 +16,44 @@
 //! Renewals are committed only when less than half of the lease is left,
 //! so a gateway heartbeating every quarter lease commits about once per
 //! half lease, and a lost heartbeat still leaves two more before expiry.
+//! Several instances of one shard id are replicas. A snapshot carries the
+//! shard map in its first chunk. Lease times are wall-clock: replicas of
+//! the control plane need roughly synchronised clocks. `ResolveNamespace`
+//! answers the static endpoints and the registered instances whose lease
+//! has not expired.
+//!
+//! # Assignment
+//!
+//! A new namespace goes to its pin, else to the rendezvous winner among
+//! live shards ([`crate::assign`]); with none live it waits unassigned in
+//! PROVISIONING. When a shard joins N others about 1/(N+1) of the
+//! namespaces move (measured in `docs/benchmarks.md`); when one leaves,
+//! only its own. Pins always win. A moved namespace keeps its status
+//! (ACTIVE stays ACTIVE: a shared backend already has its resources); one
+//! still PROVISIONING is provisioned by its new owner. That embedded
+//! namespaces wait for their shard to come back is also why a replicated
+//! shard should use a shared backend. A rebalance rewrites every moved
+//! namespace in one commit, a cost linear in the number of namespaces
+//! (fine at 10⁵). A namespace's `shard_id` therefore changes only in a
+//! commit that also changes the set of live shards (or in its creation):
+//! the assignment is a function of the published metadata, never of a
+//! replica's memory.
+//!
+//! # Handover
+//!
+//! When the delta arrives, the losing gateway's authorization forwards
+//! the namespace's calls to the new owner (or, with forwarding off,
+//! refuses them with WRONG_SHARD naming the new owner's endpoints), drops
+//! its cached records and closes its tails; cache keys carry the revision
+//! at which the namespace came to its shard, so a namespace that leaves
+//! and returns is never answered from before. The winner checks the
+//! backend once (the plugin's idempotent `provision`) and serves. Between
+//! the two deltas — each gateway applies the commit when its own watch
+//! delivers it, typically within a millisecond of the other — both may
+//! serve the namespace: on a shared backend that is harmless for writes
+//! (last writer wins by generation time), but a read served by the
+//! loser's cache in that window can be stale by at most that window. A
+//! `prism-client` sees at most one redirect per move.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};

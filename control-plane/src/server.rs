@@ -1,6 +1,18 @@
 //! Assembles the control plane's gRPC server: the service, gRPC health and
 //! reflection, on a listener the caller already bound (so tests bind
 //! `127.0.0.1:0` and never race for a port).
+//!
+//! Reflection lists exactly the services served. The server also runs the
+//! lease sweeper (every quarter lease: any replica's sweep removes expired
+//! shard instances, and conditions make concurrent sweeps harmless), serves
+//! TLS when `tls` is configured ([`load_tls`] reads the files before
+//! anything is served) and, given a metrics listener, `/metrics`,
+//! `/healthz` and `/readyz`. [`open`] reads secret files
+//! (`auth.hs256_secret_file`) and blanks passwords that namespaces stored
+//! by older versions still hold in their DSN
+//! ([`ControlPlane::redact_stored_passwords`](crate::plane::ControlPlane::redact_stored_passwords));
+//! `Watch` blanks them in what it sends too, since the change log may hold
+//! deltas from before.
 
 use std::future::Future;
 use std::sync::Arc;

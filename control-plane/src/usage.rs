@@ -8,7 +8,24 @@
 //! worthless after a minute, and committing it would flood every watcher.
 //! With several control-plane replicas each one knows the reports its own
 //! gateways sent it; shares are then computed from what that replica
-//! knows (documented in ARCHITECTURE.md).
+//! knows.
+//!
+//! - **Reports.** Every `usage_report_interval_ms` (5 s) a registered
+//!   gateway sends `ReportUsage`: each namespace it tracks, with what it
+//!   used in its last one-second window and, where measured, its storage.
+//!   Reports older than [`FRESH_FOR`] are ignored.
+//! - **Shares.** The answer to a report is the reporter's share of each
+//!   tenant in it: a tenth of the limit spread evenly over the instances
+//!   reporting the tenant, the rest in proportion to their requests per
+//!   second. A tenant's shares sum to 1 over the instances that serve it,
+//!   up to one report interval of lag; an instance where the tenant's
+//!   traffic just began enforces the whole limit until its first report
+//!   (over-admission bounded by one interval of that instance's traffic).
+//! - **Storage.** A tenant's storage is the sum of its namespaces over
+//!   every instance's latest report (a namespace's largest figure counting
+//!   once); the answer says `storage_full` when that reaches the tenant's
+//!   `storage_bytes` quota, and the gateway refuses writes that add bytes
+//!   (`prism_gateway::quota` has the bound).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

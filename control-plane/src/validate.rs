@@ -2,7 +2,10 @@
 //! backend code, no backend connection). Every refusal names its field with
 //! the path a client wrote, e.g. `spec.backend_config.postgres.dsn`.
 //! A backend's settings are checked as its description says
-//! ([`prism_proto::backends`]): this module names no backend.
+//! ([`prism_proto::backends`]): this module names no backend. A
+//! PostgreSQL DSN holding a password is refused there (the message names
+//! the field, never the password): credentials are named by
+//! `password_ref` only, so no secret becomes metadata.
 
 use prism_proto::control::{Abstraction, AccessLevel, Backend, Consistency, NamespaceSpec, QuotaProfile, QuotaSet};
 use prism_proto::quotas::UNLIMITED;

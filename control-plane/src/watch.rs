@@ -7,6 +7,11 @@
 //! skipped by revision). A subscriber that falls a whole buffer behind is
 //! cut off with ABORTED and the revision to resume from: a slow watcher
 //! never blocks writers or other watchers, and memory stays bounded.
+//!
+//! So a watcher that resumes from revision *r* receives exactly the deltas
+//! after *r* (or a snapshot when the log no longer reaches back): nothing
+//! missed, nothing twice. "A whole buffer" is `watch_buffer` deltas
+//! (default 1 024); the refusal's `ErrorInfo` reason is `WATCH_LAGGED`.
 
 use std::sync::Arc;
 

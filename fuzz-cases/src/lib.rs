@@ -6,7 +6,11 @@
 //! `fuzz/fuzz_targets/*.rs` (cargo-fuzz, nightly) call these functions;
 //! `tests/replay.rs` feeds them every file of `fuzz/corpus/<target>/` and
 //! `fuzz/artifacts/<target>/` on stable, so a crash once found stays fixed
-//! and the two never drift apart.
+//! and the two never drift apart. The crate is a member of the main
+//! workspace but not a default member (it decodes Pulsar records, whose
+//! crate needs a system `protoc`). The seeds are written by the production
+//! encoders (`examples/seed.rs`); how to run and what was run is in
+//! `docs/benchmarks.md`, "Fuzzing".
 //!
 //! Where one target covers several formats, its first byte picks the format
 //! and the rest is the input. Every body returns whether the input was

@@ -2,7 +2,8 @@
 //! of the owner's instances, and its answer comes back as the owner gave
 //! it — so any gateway is an entry point for every namespace, and a client
 //! behind one load-balanced address (or written in any language) needs no
-//! routing of its own.
+//! routing of its own. On by default (`[gateway.forwarding] enabled`);
+//! `--forwarding false` restores the WRONG_SHARD refusal.
 //!
 //! - **Where the owner comes from.** Authorization finds the namespace in
 //!   this gateway's snapshot; when its shard is another, it records the
@@ -29,6 +30,13 @@
 //! - **Bounded.** An owner that cannot be reached answers UNAVAILABLE
 //!   before the caller's deadline: the attempt gets nine tenths of what
 //!   is left, the rest is for the answer to travel back.
+//! - **Counted.** `prism_gateway_forwarded_requests_total{rpc,tenant,namespace}`
+//!   on the entry gateway says which callers should route directly;
+//!   `prism_gateway_forward_failures_total{reason}` what got no answer. The
+//!   entry's own request series count the call too, with the owner's code.
+//! - **Cost.** One extra loopback round trip through a second gateway
+//!   (`docs/benchmarks.md`, "Forwarding"). `prism-client` routes directly
+//!   (zero hops); forwarding is its safety net during moves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

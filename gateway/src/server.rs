@@ -2,6 +2,14 @@
 //! request pipeline, the background tasks and the gRPC server with health
 //! and reflection, on a listener the caller already bound — and is the
 //! only module that sees all of it.
+//!
+//! Every part sits behind its own handle (snapshot, plugins, cache,
+//! buffer, tails, quotas, metrics, audit sink, the control-plane link);
+//! [`Gateway::pipeline`] gives each layer its part and the operations an
+//! `Operations`, and each background task gets a struct of exactly what it
+//! uses. It also holds the TLS of the gRPC port (read at open): a gateway
+//! serving TLS registers `https://host:port`, so clients dial it with TLS.
+//! Reflection lists exactly health, reflection, KeyValue and TimeSeries.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -3,6 +3,17 @@
 //! it; request handlers only load. Maps are persistent (structurally
 //! shared HAMTs), so applying a delta costs O(changes · log n) and the
 //! previous snapshot stays valid for requests still holding it.
+//!
+//! A snapshot holds the revision, tenants, namespaces and the shard map.
+//! The namespace map ([`Namespaces`]) is keyed by the entry itself, hashed
+//! by its name, so a name is stored once. A [`NamespaceEntry`] caches its
+//! tenant id and its plugin handle, opened by the first call that needs it
+//! ([`NamespaceEntry::key_value`] / [`NamespaceEntry::time_series`]): a new
+//! entry — a metadata change — opens anew, and no call re-derives settings.
+//! What lives as long as the namespace's incarnation (in-flight count, quota
+//! tracker, request series, what the provisioner did) is one [`Local`],
+//! shared by that incarnation's entries. Memory per namespace is measured by
+//! `scripts/bench-namespace-memory.sh` (`docs/benchmarks.md`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock};

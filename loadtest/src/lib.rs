@@ -5,6 +5,30 @@
 //!
 //! The binary only parses flags and calls [`run`]; tests call the same
 //! functions.
+//!
+//! - **Targets** ([`target`]): one gateway endpoint; `control-plane:ADDR`,
+//!   every call through the routing client `prism_client::Prism`; or
+//!   `pg:DSN`, the postgres plugin's own statements (imported from
+//!   `prism-plugin-postgres`) as single statements over tokio-postgres
+//!   ([`pg`]; a PgBouncer DSN makes the PgBouncer baseline,
+//!   `scripts/pgbouncer.sh` starts one). `pgbench-script` writes the same
+//!   statements as a pgbench script and `grpc-frame` one gRPC request body
+//!   for h2load; `scripts/bench-backends.sh` runs the backends against what
+//!   a user would run instead.
+//! - **Scenarios** ([`scenario`]): `kv-get`, `kv-put`, `kv-mixed`,
+//!   `ts-write`, `ts-read`, with uniform or zipf keys.
+//! - **Load** ([`runner`]): open loop at a fixed rate (a thread of its own
+//!   keeps the schedule in microseconds; each request is timed from its
+//!   scheduled send time, so no coordinated omission) or closed loop at a
+//!   fixed concurrency, after a warm-up. Every response is checked (a get
+//!   must return the value written for that key); failures are counted by
+//!   status code, and the run fails above `--max-error-rate`.
+//! - **Results** ([`report`]): HDR histograms, a summary, `<label>.json`
+//!   and a hand-drawn `<label>.svg` percentile curve.
+//! - **Baseline** ([`echo`], also `prism-loadtest echo`): a bare tonic
+//!   server of the KeyValue GetItems/PutItems that does no work;
+//!   `compare` runs target and baseline alternately for several rounds
+//!   and reports ratios with their spread.
 
 pub mod args;
 pub mod compare;

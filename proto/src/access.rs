@@ -36,6 +36,50 @@
 //! `admin` (superuser) and `shard` count only on global principals: a
 //! tenant's tokens can never carry platform power, whoever issued them.
 //! `tenant-admin` administers the tenant of the token's `tenant` claim.
+//!
+//! # Who may call what
+//!
+//! Deny by default. [`namespace_standing`] (Read < ReadWrite < Owner <
+//! TenantAdmin) is the one pure function that decides what a caller may do
+//! with a namespace; the gateway applies it on its snapshot
+//! (`gateway/src/layers/authz.rs`), the control plane on its store
+//! (`control-plane/src/authz.rs`), each mapping its calls to the standing
+//! they need. A grant naming another tenant's principal is the only way
+//! across tenants; its audit entry ends in `cross-tenant: …`. The isolation
+//! matrix test (`gateway/tests/isolation.rs`) checks every cell below for 3
+//! tenants and 17 principals — the same `sub` under two tenants' claims,
+//! platform roles on tenant tokens, a cross-tenant grantee — through real
+//! servers.
+//!
+//! | | admin | tenant admin | other tenant's admin | owner | consumer READ_WRITE | consumer READ | shard | anyone else |
+//! |---|---|---|---|---|---|---|---|---|
+//! | KV Get/Scan, TS Read/Search/Tail | ✓ | ✓ | | ✓ | ✓ | ✓ | | |
+//! | KV Put/Delete/Mutate, TS WriteSync/Write | ✓ | ✓ | | ✓ | ✓ | | | |
+//! | CreateTenant, DeleteTenant, SetTenantState, UpdateTenant with quotas | ✓ | | | | | | | |
+//! | GetTenant, UpdateTenant, CreateNamespace, DeleteNamespace, ListAuditEvents of the tenant | ✓ | ✓ | | | | | | |
+//! | UpdateNamespace, GrantAccess, RevokeAccess | ✓ | ✓ | | ✓ | | | | |
+//! | GetNamespace, ResolveNamespace | ✓ | ✓ | | ✓ | ✓ | ✓ | ✓ | |
+//! | RegisterShard, Heartbeat, DeregisterShard, ReportNamespaceStatus, Watch, ReportUsage, AppendAudit | ✓ | | | | | | ✓ | |
+//! | GetUsage of a tenant (of a namespace) | ✓ | ✓ | | (✓) | | | | |
+//! | ListTenants, ListNamespaces, ListShards | all | filtered | filtered | filtered | filtered | filtered | filtered | filtered |
+//!
+//! Listings show what the caller may see (tenants it administers;
+//! namespaces of those tenants and those it owns or consumes).
+//! `ListAuditEvents` without a tenant is the superuser's; a `tenant-admin`
+//! token defaults to its claim's tenant. Suspension and quotas are
+//! superuser levers: a tenant admin cannot lift its own limits. Owners
+//! administer their namespace, including its quotas (still bounded by the
+//! tenant's).
+//!
+//! Every control-plane refusal is audited (`permission_denied`, with
+//! principal, action, tenant and target); a bad or missing token is
+//! `UNAUTHENTICATED` and audits nothing, since there is no principal to
+//! name. A gateway's refused data requests (result `permission_denied`
+//! with the principal; `unauthenticated` with an empty principal, the RPC
+//! and the namespace, each with the client's address) go to the same log,
+//! through a bounded queue that never blocks a request; namespaces with
+//! `policies.data_access_audit_rate` > 0 also have that fraction of their
+//! successful data requests recorded (result `ok`).
 
 use std::fmt;
 

@@ -1,6 +1,30 @@
 //! Test fixtures: Prism's servers started in-process on ephemeral ports in
 //! temp dirs, each behind a handle that shuts it down, and a bounded
 //! [`eventually`] poll instead of sleeps.
+//!
+//! - Here: the control plane, gateways and a two-shard `Cluster`, in
+//!   process on `127.0.0.1:0`; every server also serves its metrics
+//!   listener on port 0. A control plane started without a key is started
+//!   explicitly open (`insecure_no_auth`). `Cluster::start_tls` runs the
+//!   cluster with TLS on every hop (the control plane requiring client
+//!   certificates, gateways presenting one per shard).
+//! - Real backend servers: `postgres` (initdb + pg_ctl as an unprivileged
+//!   user on an ephemeral port, `add_password_role` for a role that must
+//!   log in with a password, restart for outage tests), `pulsar` (a
+//!   pulsar-lite broker, stopped and restarted on the same port and
+//!   `--db-path`), `kafka` (a tansu broker with in-memory storage, stopped
+//!   and restarted on the same port, coming back empty).
+//! - Observability: `prometheus` (Debian's Prometheus scraping the targets
+//!   a test names, its query API, and `promtool`), `otlp` (an OTLP/gRPC
+//!   trace receiver).
+//! - `tls` (test PKIs: a CA, server and client certificates, expired ones,
+//!   as PEM files), `proxy` (a TCP proxy: round-robin over several
+//!   backends, like an L4 balancer in front of gateways, and a link a test
+//!   can cut), `h2load` (drives a gateway with h2load for the benches).
+//!
+//! A test whose server binary is missing fails with the install command
+//! when `PRISM_REQUIRE_SERVERS` is set (CI sets it), and skips, saying why,
+//! otherwise. `tests/tidy.rs` is the tidy test.
 
 use std::future::Future;
 use std::net::SocketAddr;

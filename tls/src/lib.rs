@@ -22,6 +22,18 @@
 //! `Connected` impl for these streams carries the client's certificates
 //! into each request, and `prism-client` wraps [`ClientTls::connect`] in a
 //! connector.
+//!
+//! A bad file — unreadable, not PEM, a certificate where the key should
+//! be, a key that does not fit the certificate or that ring cannot use —
+//! is an error naming the setting and the file. [`ServerTls::incoming`]
+//! runs handshakes concurrently (at most [`MAX_HANDSHAKES`], each within
+//! [`HANDSHAKE_TIMEOUT`]); failures are logged at debug and dropped. ALPN
+//! is `h2` on both ends.
+//!
+//! Invariants: no gRPC and no other Prism crate; rustls on ring is the only
+//! TLS stack, and the provider is explicit, never the process default; a
+//! handshake never touches the file system (it loads the configuration the
+//! reload task stored).
 
 mod client;
 mod config;

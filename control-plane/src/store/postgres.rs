@@ -32,6 +32,8 @@
 //! yet stops the run until it is; nothing is sent twice or out of order.
 //! A broadcaster that fell behind the compacted log jumps over the hole:
 //! watchers see the gap and rebuild from the log or a snapshot (watch.rs).
+//!
+//! Connection failures are UNAVAILABLE and never name the DSN.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -4,14 +4,15 @@
 //! 1. the largest item: the namespace's `max_item_size_bytes` policy,
 //!    capped by the namespace's and the tenant's `max_item_size_bytes`
 //!    quotas → `INVALID_ARGUMENT` with the field;
-//! 2. rates and concurrency, by the [`QuotaRegistry`] → `RESOURCE_EXHAUSTED`
-//!    with `RetryInfo` and `QuotaFailure`. The admission is held until the
-//!    response is ready (concurrency), and the bytes the response returns
-//!    are charged to the read rate then.
+//! 2. rates, concurrency and storage, by the [`QuotaRegistry`] →
+//!    `RESOURCE_EXHAUSTED` with `RetryInfo` and `QuotaFailure`. The
+//!    admission is held until the response is ready (concurrency), and the
+//!    bytes the response returns are charged to the read rate then. A
+//!    write that adds bytes is refused while the namespace's or its
+//!    tenant's last storage measurement is at its quota ([`crate::quota`]).
 //!
-//! Storage bytes and namespaces per tenant are not enforced here: the
-//! control plane refuses a tenant's namespace past `max_namespaces`, and
-//! storage needs usage reports from the plugins (not built yet).
+//! Namespaces per tenant are not enforced here: the control plane refuses
+//! a tenant's namespace past `max_namespaces` at creation.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -2,28 +2,82 @@
 //! namespace, and the one place where a gateway's *share* of a limit is
 //! set.
 //!
+//! # Model
+//!
 //! - Rates (requests, read bytes, write bytes per second) are counted in a
-//!   sliding one-second [`Window`] of ten buckets. A request is admitted
-//!   while the last second's count plus its cost fits the limit; a write's
-//!   bytes are known up front and charged with the admission, a read's
-//!   bytes only after the backend answered ([`Admission::charge_read`]), so
+//!   sliding one-second [`Window`] of ten 100 ms buckets. A request is
+//!   admitted while the last second's count plus its cost fits the limit; a
+//!   write's bytes are known up front and charged with the admission, a
+//!   read's bytes only after the backend answered ([`Admission::charge_read`]), so
 //!   reads are refused while the window is already over and one response
 //!   may overshoot.
 //! - Concurrency is a counter per tracker, held by the [`Admission`] until
 //!   the response is ready.
-//! - Both the namespace's and its tenant's quotas apply; nothing is charged
-//!   to either when one of them refuses.
-//! - Each gateway enforces `ceil(limit × share)`, share in `[0, 1]`
-//!   (default 1). [`QuotaRegistry::set_share`] is the hook the shard
-//!   registry (replicas of a namespace) and the control plane's usage
-//!   reports (a tenant's split across shards) will call. ARCHITECTURE.md
-//!   ("Quotas") gives the model and its error bound.
+//! - Both the namespace's and its tenant's quotas apply (a namespace's
+//!   tracker holds its tenant's, so one lookup finds both); nothing is
+//!   charged to either when one of them refuses.
+//! - A refusal names the subject (`namespace:acme/orders`, `tenant:acme`),
+//!   the quota and its limit; its `RetryInfo` is when enough of the oldest
+//!   buckets leave the window to make room ([`CONCURRENCY_RETRY`] for
+//!   concurrency). A write larger than the whole limit passes once the
+//!   window is empty, or it never could.
+//! - Storage: every `storage_measure_interval_ms` the usage task
+//!   ([`crate::background::usage`]) measures the namespaces this shard owns
+//!   that have a `storage_bytes` quota, their own or their tenant's
+//!   (`KeyValue::storage_bytes`: embedded keeps a running count, Postgres
+//!   sums its rows — a read of the namespace, hence only where a quota asks
+//!   for it), and hands the figure to the namespace's tracker; a tenant's
+//!   comes back from the control plane as `storage_full`. While either is
+//!   at its quota, writes that add bytes are refused (`storage_bytes`,
+//!   `RetryInfo` [`STORAGE_RETRY`]); deletes still pass, so space can be
+//!   freed. Namespaces on Kafka and Pulsar (no `KeyValue`) are not
+//!   measured: their brokers' retention bounds them.
 //!
-//! Trackers are created on a subject's first request (namespaces keyed by
-//! name and incarnation) and dropped by [`QuotaRegistry::sweep`] once their
-//! subject has left the snapshot or they have been idle for
-//! [`IDLE_MS`]. Lookups are lock-free (`ArcSwap` over persistent maps); a
-//! mutex is taken only to create or drop trackers and to set shares.
+//! A tracker is the window plus the concurrency counter and the last
+//! storage measurement: 200 bytes, 216 with its `Arc`, no heap
+//! (`docs/benchmarks.md`). Trackers are created on a subject's first
+//! request (namespaces keyed by name and incarnation) and dropped by
+//! [`QuotaRegistry::sweep`] (every [`SWEEP_INTERVAL`]) once their subject
+//! has left the snapshot or they have been idle for [`IDLE_MS`] with
+//! nothing in flight. Lookups are lock-free (`ArcSwap` over persistent
+//! maps); a mutex is taken only to create or drop trackers and to set
+//! shares.
+//!
+//! # Distribution
+//!
+//! Each gateway enforces `ceil(limit × share)` of every rate and
+//! concurrency quota, `share` in `[0, 1]` (default 1), set only through
+//! [`QuotaRegistry::set_share`] (or `set_default_share`):
+//!
+//! - a namespace's share is 1/(replicas of its shard): the watcher sets it
+//!   whenever the shard map changes the number of this shard's registered
+//!   instances (clients spread calls over replicas in turn, so the split
+//!   is even);
+//! - a tenant's share is what the control plane answers each usage report
+//!   with (`prism_control_plane::usage`: a tenth of the limit spread evenly
+//!   over the instances reporting the tenant, the rest in proportion to
+//!   their requests per second), so a tenant's shares sum to 1 over the
+//!   instances that serve it, up to one report interval of lag. An
+//!   instance where the tenant's traffic just began enforces the whole
+//!   limit until its first report.
+//!
+//! # Error bound
+//!
+//! Over any whole number *N* of seconds of sustained over-demand on one
+//! gateway, admitted requests are within `[N·L, N·L + b]`, where `b` is
+//! what arrives in one 100 ms bucket (each run of ten buckets holds at most
+//! `L`; the measurement can span one extra bucket) plus the requests racing
+//! between the window check and the charge (at most the number of threads
+//! serving the namespace at that instant). Read bytes may overshoot by the
+//! responses already admitted when the window fills (one response per
+//! concurrent reader). Byte counts added at the instant a bucket rolls over
+//! may be lost (undercount, [`window`]). Across gateways the error adds up:
+//! shares that do not match the real split of traffic admit less (a
+//! gateway idle with its share) or more (shares summing above 1). Storage
+//! can overshoot by what is written between two measurements (plus one
+//! report interval for tenants); a tracker created after a measurement
+//! knows nothing until the next one. The end-to-end test measures 1.03 × L
+//! accepted at 3 × L offered.
 
 pub mod window;
 

@@ -33,6 +33,26 @@
 //! Why a handle per abstraction rather than one per namespace: a
 //! namespace has one abstraction, and the caller knows which it wants; the
 //! typed handle saves a check on every call.
+//!
+//! # What else is here
+//!
+//! - [`Plugin`]: capabilities, `provision`, `deprovision`, and
+//!   [`Plugin::client_stats`] (pool and producer-queue gauges the gateway
+//!   turns into metrics: plugins know no metrics library).
+//! - [`kv`]: every KeyValue write is one `mutate` of one record: atomic,
+//!   stamped with a generation time and an optional idempotency token.
+//!   Time is passed in (`now`), so TTL is testable without sleeping.
+//! - [`ts`]: one [`ts::Query`] — a series or all, a window, a tag filter, a
+//!   cursor — serves both reads and searches;
+//!   [`ts::TimeSeriesHandle::write_with`] takes a [`ts::WriteContext`] (the
+//!   write's trace context, stored as Kafka headers / Pulsar properties).
+//! - [`PluginError`]: each plugin converts its own error into it.
+//! - [`secrets`]: credentials on the owning gateway, only what the operator
+//!   declared in `[gateway.secrets]`.
+//! - `conformance` (feature `conformance`): the suite every backend must
+//!   pass; a backend's fixture is a `conformance::Subject`, the plugin and
+//!   the `backend_config` every namespace of a case carries (its test
+//!   server), so plugins are tested unwrapped.
 
 pub mod error;
 pub mod kv;

@@ -11,6 +11,11 @@
 //!
 //! Serves KeyValue and TimeSeries, as the control plane's table says
 //! ([`prism_proto::capabilities`]).
+//!
+//! Each gateway has its own store: replicas of a shard do not share
+//! embedded data, and an embedded namespace keeps its shard once
+//! provisioned (the control plane never moves it), since its data is on
+//! that shard's disk.
 
 pub mod config;
 pub mod error;

@@ -9,9 +9,17 @@
 //! producer and one admin client) are made per broker
 //! list on first use and shared by its namespaces.
 //!
-//! librdkafka is built from its bundled source without TLS, SASL or
-//! compression libraries: the gateway's one TLS stack is rustls, and a
-//! namespace that needs TLS to its brokers is not served yet.
+//! librdkafka is built from its bundled source with `make` (no cmake),
+//! without OpenSSL, SASL or compression libraries (zlib, zstd): the
+//! gateway's one TLS stack is rustls, and a namespace that needs TLS to
+//! its brokers is not served yet.
+//!
+//! Provisioning creates the incarnation's topic with the namespace's
+//! partitions, replication factor and `retention.ms` (−1 without
+//! retention; an existing topic is fine); deprovisioning deletes it (a
+//! missing one is fine). A topic the plugin had that vanishes (a broker
+//! that lost its data) is created again, empty, on next use; one it never
+//! had is `NotProvisioned`.
 
 pub mod codec;
 pub mod config;

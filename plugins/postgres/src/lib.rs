@@ -10,12 +10,20 @@
 //! a reason that names neither the DSN nor the server. The layout, the
 //! write rules and the locking are in [`kv`].
 //!
+//! Connection failures and timeouts are UNAVAILABLE; what a client sees
+//! never carries the DSN or SQL. Every SQL text lives in
+//! `src/kv/statements.rs` ([`kv::KvStatements`]), which the loadtest and
+//! the benches import; hot statements are prepared once per pooled
+//! connection, and one-statement reads share a few pipelined connections
+//! of their pool (`src/kv/lanes.rs`: N/8 of a pool of N, at most 4).
+//!
 //! Serves KeyValue ([`kv`]) and TimeSeries ([`ts`]: time-partitioned
 //! tables), as the control plane's capability table says
 //! ([`prism_proto::capabilities`]). A namespace gets the tables of its
 //! abstraction only.
 //!
-//! The password is never in the DSN (a DSN with one is not served): the
+//! The password is never in the DSN (a DSN with one is not served: the
+//! namespace is DEGRADED, naming the field): the
 //! namespace's `password_ref` names where this gateway finds it, resolved
 //! through the gateway's declared secrets
 //! ([`prism_plugin_api::secrets`]); pools are shared only by namespaces
@@ -26,7 +34,8 @@
 //! `verify-ca` or `verify-full`) is served only over TLS verified against
 //! the CAs of the plugin's `tls_ca_file` and the DSN's host — never in
 //! plaintext; without that file it is not served at all. Every other
-//! namespace connects in plaintext.
+//! namespace connects in plaintext: there is no opportunistic TLS and no
+//! fallback to plaintext.
 
 pub mod config;
 pub mod error;

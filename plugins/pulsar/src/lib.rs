@@ -37,6 +37,17 @@
 //! loopback hop and a decode of every receipt (about a fifth of a bare
 //! producer's throughput; `docs/benchmarks.md`, "Gateway → Pulsar").
 //!
+//! **Feature gating.** The `pulsar` crate's build needs a system `protoc`,
+//! so this crate is not in the workspace's `default-members` and the
+//! gateway takes it only with its feature `pulsar` (`cargo build -p
+//! prism-cli --features pulsar`); without it a Pulsar namespace is
+//! DEGRADED, "built without the pulsar plugin". The TimeSeries conformance
+//! suite and the restart and outage tests (`plugins/pulsar/tests/`) run
+//! against pulsar-lite; what drives a gateway — the end-to-end test
+//! (`gateway/tests/pulsar.rs`) and the bench (`gateway/benches/pulsar.rs`)
+//! — is the gateway's, behind its `pulsar` feature (`scripts/test.sh` runs
+//! it with the feature).
+//!
 //! Nothing connects until a namespace needs it: a gateway registers this
 //! plugin whether or not any broker exists. Two clients per service URL
 //! (one reads, one publishes), one producer per data topic, all made on
