@@ -53,7 +53,11 @@ impl Member {
 
     /// Registers; returns the heartbeat period (a quarter lease).
     async fn register(&self) -> Result<Duration, tonic::Status> {
-        let request = RegisterShardRequest { shard_id: self.shard_id.clone(), endpoint: self.endpoint.clone() };
+        let request = RegisterShardRequest {
+            shard_id: self.shard_id.clone(),
+            endpoint: self.endpoint.clone(),
+            ..Default::default()
+        };
         let response = self.client().await?.register_shard(request).await?.into_inner();
         let lease = response.lease_ttl.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(10));
         tracing::info!(
