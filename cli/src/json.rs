@@ -182,6 +182,7 @@ pub fn namespace(n: &Namespace) -> Value {
         "revision": n.revision,
         "create_revision": n.create_revision,
         "shard_id": n.shard_id,
+        "owner_store_id": n.owner_store_id,
         "status": enum_value(names::namespace_status(n.status), n.status),
         "status_reason": n.status_reason,
         "create_time": timestamp(n.create_time.as_ref()),
@@ -195,6 +196,7 @@ pub fn shard(s: &Shard) -> Value {
         "instances": s.instances.iter().map(|i| json!({
             "instance_id": i.instance_id,
             "endpoint": i.endpoint,
+            "store_id": i.store_id,
             "lease_expire_time": timestamp(i.lease_expire_time.as_ref()),
             "register_time": timestamp(i.register_time.as_ref()),
         })).collect::<Vec<_>>(),

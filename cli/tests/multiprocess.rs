@@ -5,7 +5,9 @@
 //! and takes its share. Every call the driver makes must succeed — the
 //! client retries what was in flight on the killed process, follows
 //! redirects of namespaces that moved — and every read must return the
-//! value last written.
+//! value last written. And an embedded namespace on a shard of two
+//! replicas: served by its owner alone, UNAVAILABLE (never empty) while
+//! the owner is killed, whole again when it restarts on its directory.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -18,8 +20,8 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use prism_client::proto::control::backend_config::Config;
 use prism_client::proto::control::{
-    Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, ListNamespacesRequest,
-    ListShardsRequest, NamespaceSpec, NamespaceStatus, PostgresConfig,
+    Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest,
+    ListNamespacesRequest, ListShardsRequest, Namespace, NamespaceSpec, NamespaceStatus, PostgresConfig,
 };
 use prism_client::proto::kv;
 use prism_client::{Prism, RetryPolicy};
@@ -83,6 +85,12 @@ fn secret_file(dir: &Path) -> anyhow::Result<String> {
 fn gateway(cp: &str, shard: &str, dir: &Path) -> anyhow::Result<Process> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let data = dir.join(format!("{shard}-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    gateway_on(cp, shard, dir, &data)
+}
+
+/// A gateway of `shard` on the data directory `data` (its embedded store
+/// and its store id).
+fn gateway_on(cp: &str, shard: &str, dir: &Path, data: &Path) -> anyhow::Result<Process> {
     let token_file = dir.join(format!("{shard}.token"));
     std::fs::write(&token_file, format!("{}\n", token(shard, None, &["shard"])))?;
     Process::start(
@@ -99,7 +107,7 @@ fn gateway(cp: &str, shard: &str, dir: &Path) -> anyhow::Result<Process> {
             "--control-plane-token-file",
             token_file.to_str().context("utf-8 path")?,
         ],
-        &data,
+        data,
     )
 }
 
@@ -292,5 +300,116 @@ async fn clients_keep_working_while_a_replica_dies_and_a_shard_joins() -> anyhow
     // ≈ 1/3 of 200 move to the third shard.
     assert!((35..=100).contains(&moved), "{moved} namespaces moved to shard-c: {before:?} → {after:?}");
     println!("{} operations; placement {before:?} → {after:?}", ops.load(Ordering::Relaxed));
+    Ok(())
+}
+
+/// A control plane process with a short lease, so a killed gateway leaves
+/// the registry quickly.
+fn control_plane(dir: &Path) -> anyhow::Result<Process> {
+    let config = dir.join("prism.toml");
+    std::fs::write(&config, "[control_plane]\nshard_lease_ttl_ms = 1500\n")?;
+    Process::start(
+        &[
+            "control-plane",
+            "--auth-secret-file",
+            &secret_file(dir)?,
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().context("utf-8 path")?,
+        ],
+        &dir.join("control-plane"),
+    )
+}
+
+async fn embedded_namespace(client: &Prism, name: &str) -> anyhow::Result<Namespace> {
+    Ok(client.control_plane().get_namespace(GetNamespaceRequest { name: name.into() }).await?.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_namespace_is_served_by_its_owner_replica_through_a_kill_and_a_restart() -> anyhow::Result<()> {
+    const NS: &str = "acme/sessions";
+    const KEYS: usize = 100;
+    let dir = tempfile::tempdir()?;
+    let cp_proc = control_plane(dir.path())?;
+    let cp = cp_proc.addr.clone();
+    let data = [dir.path().join("replica-0"), dir.path().join("replica-1")];
+    let mut replicas =
+        vec![gateway_on(&cp, "shard-a", dir.path(), &data[0])?, gateway_on(&cp, "shard-a", dir.path(), &data[1])?];
+    let token = admin_token();
+    let retry = RetryPolicy { max_attempts: 8, deadline: Duration::from_secs(30), ..RetryPolicy::default() };
+    // Resolving on demand, the client takes the replicas in turn: half its
+    // calls reach the replica that does not hold the data.
+    let spreading = Prism::builder(&cp).token(Some(&token)).retry(retry).watch(false).build()?;
+    eventually(CONVERGE, || async {
+        let got = instances(&spreading).await?;
+        ensure!(got == BTreeMap::from([("shard-a".into(), 2)]), "registry {got:?}");
+        Ok(())
+    })
+    .await?;
+    let mut admin = spreading.control_plane();
+    admin.create_tenant(CreateTenantRequest { tenant_id: "acme".into(), ..Default::default() }).await?;
+    let spec = NamespaceSpec {
+        abstraction: Abstraction::KeyValue as i32,
+        backend: Backend::Embedded as i32,
+        ..Default::default()
+    };
+    admin.create_namespace(CreateNamespaceRequest { name: NS.into(), spec: Some(spec) }).await?;
+    let ns = eventually(CONVERGE, || async {
+        let ns = embedded_namespace(&spreading, NS).await?;
+        ensure!(ns.status == NamespaceStatus::Active as i32, "{NS}: {}", ns.status_reason);
+        Ok(ns)
+    })
+    .await?;
+    let store_of = |data: &Path| std::fs::read_to_string(data.join("store-id")).map(|s| s.trim().to_owned());
+    let owner = (0..2).find(|&i| store_of(&data[i]).is_ok_and(|s| s == ns.owner_store_id)).context("owner replica")?;
+
+    let put = |id: String, value: String| kv::PutItemsRequest {
+        namespace: NS.into(),
+        id,
+        items: vec![kv::Item { key: Vec::new(), value: value.into_bytes(), ..Default::default() }],
+        ..Default::default()
+    };
+    let get = |id: String| kv::GetItemsRequest { namespace: NS.into(), id, ..Default::default() };
+    for round in 0..2 {
+        for i in 0..KEYS {
+            let value = format!("{round}-{i}");
+            spreading.kv().put_items(put(format!("id-{i}"), value.clone())).await?;
+            let got = value_of(&spreading.kv().get_items(get(format!("id-{i}"))).await?.items);
+            ensure!(got == value, "id-{i}: read {got:?} after writing {value:?}");
+        }
+    }
+
+    // SIGKILL: no deregistration, the lease expires. Meanwhile and after,
+    // the other replica answers UNAVAILABLE, and the status says why.
+    replicas[owner].kill();
+    let degraded = eventually(CONVERGE, || async {
+        let ns = embedded_namespace(&spreading, NS).await?;
+        ensure!(ns.status == NamespaceStatus::Degraded as i32, "{NS} is still {}", ns.status_reason);
+        Ok(ns)
+    })
+    .await?;
+    ensure!(degraded.status_reason.contains(&ns.owner_store_id), "reason: {}", degraded.status_reason);
+    let brief = RetryPolicy { max_attempts: 2, deadline: Duration::from_secs(3), ..RetryPolicy::default() };
+    let impatient = Prism::builder(&cp).token(Some(&token)).retry(brief).watch(false).build()?;
+    let refused = impatient.kv().get_items(get("id-1".into())).await.expect_err("no owner, no answer");
+    let status = refused.status().context("a status")?;
+    ensure!(status.code() == tonic::Code::Unavailable, "{status:?}");
+    ensure!(status.message().contains(&ns.owner_store_id), "{}", status.message());
+
+    // The owner restarts on its directory (on another port): ACTIVE again,
+    // every key as last written, through either replica.
+    replicas[owner] = gateway_on(&cp, "shard-a", dir.path(), &data[owner])?;
+    eventually(CONVERGE, || async {
+        let ns = embedded_namespace(&spreading, NS).await?;
+        ensure!(ns.status == NamespaceStatus::Active as i32, "{NS}: {}", ns.status_reason);
+        Ok(())
+    })
+    .await?;
+    for i in 0..KEYS {
+        let got = value_of(&spreading.kv().get_items(get(format!("id-{i}"))).await?.items);
+        ensure!(got == format!("1-{i}"), "id-{i} after the restart: {got:?}");
+    }
+    drop(replicas);
     Ok(())
 }

@@ -6,6 +6,12 @@
 //! Entries come from four sources, newest revision first: the Watch stream
 //! (current while the stream is), `ResolveNamespace` answers and WRONG_SHARD
 //! redirects (both current for `resolve_ttl`).
+//!
+//! An embedded namespace is served by one instance of its shard, its owner
+//! store (`Namespace.owner_store_id`): when the watch has told the table
+//! both the owner and the store of each of the shard's instances, calls
+//! go straight to the owner; otherwise replicas take turns and the others
+//! forward to it (one hop).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,6 +21,9 @@ use prism_proto::control::{Namespace, NamespaceStatus, Shard};
 #[derive(Debug, Clone)]
 struct NamespaceRoute {
     shard_id: String,
+    /// The store id of the one instance that serves the namespace (empty:
+    /// every instance of the shard does).
+    owner_store: String,
     /// The metadata revision the entry was learned at: an older answer
     /// never replaces a newer one.
     revision: u64,
@@ -25,6 +34,9 @@ struct NamespaceRoute {
 #[derive(Debug, Clone)]
 struct ShardRoute {
     endpoints: Vec<String>,
+    /// Each endpoint's store id, in the same order, when the watch said
+    /// (empty otherwise).
+    stores: Vec<String>,
     expires: Option<Instant>,
     /// Round-robin position.
     next: usize,
@@ -103,6 +115,13 @@ impl RoutingTable {
         let ns = self.namespaces.get(namespace).filter(|r| live(r.expires, now))?;
         let shard_id = ns.shard_id.clone();
         let shard = self.shards.get_mut(&shard_id).filter(|s| live(s.expires, now) && !s.endpoints.is_empty())?;
+        // The one instance that holds the namespace, when known: any other
+        // would forward there.
+        if !ns.owner_store.is_empty()
+            && let Some(i) = shard.stores.iter().position(|s| *s == ns.owner_store)
+        {
+            return Some(Route { shard_id, endpoint: shard.endpoints[i].clone() });
+        }
         let chosen = self.down.choose(&shard.endpoints, shard.next, now)?;
         shard.next = chosen + 1;
         Some(Route { shard_id, endpoint: shard.endpoints[chosen].clone() })
@@ -128,25 +147,63 @@ impl RoutingTable {
     /// until `expires` (`None`: until the watch says otherwise). Ignored
     /// when the table holds a newer answer.
     pub fn learn_namespace(&mut self, namespace: &str, shard_id: &str, revision: u64, expires: Option<Instant>) {
-        if let Some(old) = self.namespaces.get(namespace)
+        self.learn(namespace, shard_id, None, revision, expires);
+    }
+
+    /// Routes `namespace` to `shard_id`; `owner_store` is what the watch
+    /// says of its owner store (`None`: a resolve answer or redirect,
+    /// which do not say, so an owner known for the same shard stays).
+    fn learn(
+        &mut self,
+        namespace: &str,
+        shard_id: &str,
+        owner_store: Option<&str>,
+        revision: u64,
+        expires: Option<Instant>,
+    ) {
+        let old = self.namespaces.get_mut(namespace);
+        let same_shard = old.as_ref().is_some_and(|o| o.shard_id == shard_id);
+        if let Some(old) = old
             && revision != 0
             && revision < old.revision
         {
+            // Resolve answers carry the global revision, the watch the
+            // namespace's own, and only the watch names the owner store:
+            // its owner for the same shard is taken whatever the revisions.
+            if let Some(owner) = owner_store.filter(|_| same_shard) {
+                owner.clone_into(&mut old.owner_store);
+            }
             return;
         }
-        let route = NamespaceRoute { shard_id: shard_id.to_owned(), revision, expires };
+        let owner_store = match (owner_store, self.namespaces.get(namespace)) {
+            (Some(owner), _) => owner.to_owned(),
+            (None, Some(old)) if same_shard => old.owner_store.clone(),
+            (None, _) => String::new(),
+        };
+        let route = NamespaceRoute { shard_id: shard_id.to_owned(), owner_store, revision, expires };
         self.namespaces.insert(namespace.to_owned(), route);
     }
 
     /// Sets `shard_id`'s endpoints (kept in the order given, so replicas
     /// are tried in turn). An empty list forgets the shard.
     pub fn learn_shard(&mut self, shard_id: &str, endpoints: Vec<String>, expires: Option<Instant>) {
+        self.learn_instances(shard_id, endpoints, Vec::new(), expires);
+    }
+
+    /// [`learn_shard`](Self::learn_shard), with each endpoint's store id.
+    fn learn_instances(
+        &mut self,
+        shard_id: &str,
+        endpoints: Vec<String>,
+        stores: Vec<String>,
+        expires: Option<Instant>,
+    ) {
         if endpoints.is_empty() {
             self.shards.remove(shard_id);
             return;
         }
         let next = self.shards.get(shard_id).map_or(0, |s| s.next);
-        self.shards.insert(shard_id.to_owned(), ShardRoute { endpoints, expires, next });
+        self.shards.insert(shard_id.to_owned(), ShardRoute { endpoints, stores, expires, next });
     }
 
     /// Forgets where `namespace` lives, so the next call asks again.
@@ -177,7 +234,7 @@ impl RoutingTable {
                 self.namespaces.remove(&ns.name);
             }
         } else {
-            self.learn_namespace(&ns.name, &ns.shard_id, ns.revision, None);
+            self.learn(&ns.name, &ns.shard_id, Some(&ns.owner_store_id), ns.revision, None);
         }
     }
 
@@ -185,10 +242,14 @@ impl RoutingTable {
     /// lists without instances is left to `ResolveNamespace` (the control
     /// plane may know endpoints it does not stream, e.g. static ones).
     pub fn apply_shard(&mut self, shard: &Shard) {
-        let endpoints: Vec<String> =
-            shard.instances.iter().map(|i| i.endpoint.clone()).filter(|e| !e.is_empty()).collect();
+        let (endpoints, stores): (Vec<String>, Vec<String>) = shard
+            .instances
+            .iter()
+            .filter(|i| !i.endpoint.is_empty())
+            .map(|i| (i.endpoint.clone(), i.store_id.clone()))
+            .unzip();
         if !endpoints.is_empty() {
-            self.learn_shard(&shard.shard_id, endpoints, None);
+            self.learn_instances(&shard.shard_id, endpoints, stores, None);
         }
     }
 
@@ -274,6 +335,20 @@ mod tests {
         t.learn_namespace("a/x", "shard-1", 10, None);
         t.learn_namespace("a/x", "shard-0", 9, None);
         assert_eq!(t.shard_of("a/x", now), Some("shard-1"));
+        // The owner store the watch names is taken for the same shard, even
+        // at an older revision (resolve answers carry the global one).
+        let owner = |t: &RoutingTable| t.namespaces.get("a/x").map(|r| r.owner_store.clone());
+        t.learn("a/x", "shard-1", Some("s1"), 5, None);
+        assert_eq!(owner(&t).as_deref(), Some("s1"));
+        assert_eq!(t.namespaces.get("a/x").map(|r| r.revision), Some(10));
+        t.learn("a/x", "shard-0", Some("s2"), 5, None);
+        assert_eq!(owner(&t).as_deref(), Some("s1"), "another shard's is not");
+        // A newer resolve answer for the same shard does not forget it.
+        t.learn_namespace("a/x", "shard-1", 11, None);
+        assert_eq!(owner(&t).as_deref(), Some("s1"));
+        // The watch may: it says what the owner is now.
+        t.learn("a/x", "shard-1", Some(""), 4, None);
+        assert_eq!(owner(&t).as_deref(), Some(""));
         // A redirect without a revision is direct evidence: taken.
         t.learn_namespace("a/x", "shard-0", 0, None);
         assert_eq!(t.shard_of("a/x", now), Some("shard-0"));
@@ -303,6 +378,29 @@ mod tests {
         assert_eq!(t.shard_of("a/x", now), Some("shard-0"));
         t.apply_namespace(&namespace("a/x", "shard-0", 7, NamespaceStatus::Deleted));
         assert_eq!(t.shard_of("a/x", now), None);
+
+        // An embedded namespace goes to its owner store's instance, once
+        // the watch names both; to the replicas in turn until then.
+        let instance = |endpoint: &str, store: &str| ShardInstance {
+            endpoint: endpoint.into(),
+            store_id: store.into(),
+            ..Default::default()
+        };
+        let owned =
+            Namespace { owner_store_id: "s2".into(), ..namespace("a/own", "shard-2", 8, NamespaceStatus::Active) };
+        t.apply_namespace(&owned);
+        t.learn_shard("shard-2", endpoints(&["e1", "e2"]), None);
+        assert_eq!(picks(&mut t, "a/own", 2, now), ["e1", "e2"]);
+        let shard = Shard {
+            shard_id: "shard-2".into(),
+            instances: vec![instance("e1", "s1"), instance("e2", "s2")],
+            revision: 9,
+        };
+        t.apply_shard(&shard);
+        assert_eq!(picks(&mut t, "a/own", 3, now), ["e2", "e2", "e2"]);
+        // Its owner gone from the shard: replicas in turn (they answer why).
+        t.apply_shard(&Shard { shard_id: "shard-2".into(), instances: vec![instance("e1", "s1")], revision: 10 });
+        assert_eq!(picks(&mut t, "a/own", 1, now), ["e1"]);
 
         // A shard listed without instances leaves resolved endpoints alone.
         t.learn_shard("shard-0", endpoints(&["e1"]), expiry(now, Duration::from_secs(30)));

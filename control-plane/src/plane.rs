@@ -440,6 +440,7 @@ impl ControlPlane {
                     puts.push(Put::Tenant(tenant.clone()));
                 }
                 let shard_id = self.assign_new(name, spec).await?;
+                let owner_store_id = self.owner_store(name, spec, &shard_id).await?;
                 let status_reason = if shard_id.is_empty() {
                     "no shard is available to own the namespace".to_owned()
                 } else {
@@ -454,6 +455,7 @@ impl ControlPlane {
                     status_reason,
                     create_time: now,
                     update_time: now,
+                    owner_store_id,
                     ..Namespace::default()
                 };
                 puts.push(Put::Namespace(ns));

@@ -54,14 +54,36 @@
 //! (last writer wins by generation time), but a read served by the
 //! loser's cache in that window can be stale by at most that window. A
 //! `prism-client` sees at most one redirect per move.
+//!
+//! # One writer per embedded namespace
+//!
+//! A shard's instances are replicas, but an embedded namespace's data is on one instance's disk: if each
+//! replica served it from its own store, a client spreading its calls
+//! over them would read whichever store it reached. So an embedded
+//! namespace has an *owner store* (`Namespace.owner_store_id`): the
+//! `store_id` an instance registers, which names its data directory (kept
+//! in it, so a gateway restarted on the same directory — at any address —
+//! is the same owner, and a fresh directory never is). An endpoint would
+//! not do: it names an address, not the disk, and a restart elsewhere or
+//! a new gateway on a reused address would get it wrong. The owner is
+//! decided here, in commits, as a pure function of the metadata
+//! ([`settle_owner`]): picked by rendezvous hashing over the shard's
+//! registered store ids when the namespace is placed (or, for namespaces
+//! placed before the shard had any, by the commit that registers the
+//! first), re-picked only while the namespace is still PROVISIONING (no
+//! data yet). While the owner is not registered — stopped, or its lease
+//! expired — an ACTIVE namespace is DEGRADED with a reason naming it, and
+//! ACTIVE again in the commit that registers it back. Gateways serve an
+//! owned namespace only on its owner; the others forward to it, or answer
+//! UNAVAILABLE while it is away: never from their own, empty store.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use prism_proto::control::{
-    Backend, HeartbeatResponse, Namespace, NamespaceStatus, RegisterShardResponse, ResolveNamespaceResponse, Shard,
-    ShardInstance,
+    Backend, HeartbeatResponse, Namespace, NamespaceSpec, NamespaceStatus, RegisterShardResponse,
+    ResolveNamespaceResponse, Shard, ShardInstance,
 };
 
 use crate::assign;
@@ -97,6 +119,84 @@ fn live_shards(static_shards: &[String], registered: &[Shard]) -> BTreeSet<Strin
         .cloned()
         .chain(registered.iter().filter(|s| !s.instances.is_empty()).map(|s| s.shard_id.clone()))
         .collect()
+}
+
+/// The store ids registered for each shard.
+type Stores = std::collections::BTreeMap<String, Vec<String>>;
+
+fn stores_of(registered: &[Shard]) -> Stores {
+    registered
+        .iter()
+        .map(|s| {
+            let mut ids: Vec<String> =
+                s.instances.iter().filter(|i| !i.store_id.is_empty()).map(|i| i.store_id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            (s.shard_id.clone(), ids)
+        })
+        .filter(|(_, ids)| !ids.is_empty())
+        .collect()
+}
+
+/// The start of the reason of an ACTIVE namespace made DEGRADED because its
+/// owner store is not registered: only such a namespace is made ACTIVE
+/// again when the store comes back (one DEGRADED by its backend stays so
+/// until its gateway says otherwise).
+pub const OWNER_AWAY: &str = "its data is on instance store ";
+
+fn owner_away_reason(store: &str, shard: &str, last_endpoint: Option<&str>) -> String {
+    let at = last_endpoint.map(|e| format!(", last at {e}")).unwrap_or_default();
+    format!(
+        "{OWNER_AWAY}{store} of shard {shard}{at}, which is not registered (stopped, or its lease expired); \
+         it is served again when that instance is back"
+    )
+}
+
+/// Whether `ns` keeps its data on one gateway's disk.
+fn local_data(ns: &Namespace) -> bool {
+    ns.spec.as_ref().is_some_and(|s| s.backend == Backend::Embedded as i32)
+}
+
+/// The owner store a new namespace of `shard` gets: the rendezvous winner
+/// among the shard's registered store ids, empty when it has none.
+fn pick_owner(name: &str, shard: &str, stores: &Stores) -> String {
+    let here = stores.get(shard).map(Vec::as_slice).unwrap_or_default();
+    assign::rendezvous(name, here.iter().map(String::as_str)).unwrap_or_default().to_owned()
+}
+
+/// Brings `ns`'s owner store and status in line with the registered
+/// `stores` (see the module docs); returns whether it changed.
+/// `last_endpoint` says where a store was last registered, for the reason.
+pub fn settle_owner<'a>(ns: &mut Namespace, stores: &Stores, last_endpoint: impl Fn(&str) -> Option<&'a str>) -> bool {
+    let status = NamespaceStatus::try_from(ns.status).unwrap_or(NamespaceStatus::Unspecified);
+    if !local_data(ns) || ns.shard_id.is_empty() || status == NamespaceStatus::Deleted {
+        return false;
+    }
+    let here = stores.get(&ns.shard_id).map(Vec::as_slice).unwrap_or_default();
+    let present = here.contains(&ns.owner_store_id);
+    // Unowned (placed before the shard had a store id), or nothing
+    // provisioned yet: the owner may still be chosen.
+    if ns.owner_store_id.is_empty() || (status == NamespaceStatus::Provisioning && !present) {
+        let pick = pick_owner(&ns.name, &ns.shard_id, stores);
+        if pick == ns.owner_store_id {
+            return false;
+        }
+        ns.owner_store_id = pick;
+        return true;
+    }
+    match status {
+        NamespaceStatus::Active if !present => {
+            ns.status = NamespaceStatus::Degraded as i32;
+            ns.status_reason = owner_away_reason(&ns.owner_store_id, &ns.shard_id, last_endpoint(&ns.owner_store_id));
+            true
+        }
+        NamespaceStatus::Degraded if present && ns.status_reason.starts_with(OWNER_AWAY) => {
+            ns.status = NamespaceStatus::Active as i32;
+            ns.status_reason = format!("instance store {} of shard {} is back", ns.owner_store_id, ns.shard_id);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Where `ns` belongs among `live` shards, or `None` to leave it be.
@@ -139,61 +239,104 @@ impl ControlPlane {
         Ok(assign::rendezvous(name, live.iter().map(String::as_str)).unwrap_or_default().to_owned())
     }
 
-    /// Adds to `txn` the reassignment of every namespace whose owner changes
-    /// when the live shards go from `before` to `after`.
-    async fn rebalance(&self, before: &BTreeSet<String>, after: &BTreeSet<String>, txn: &mut Txn) -> Result<usize> {
-        if before == after || after.is_empty() {
-            return Ok(0);
+    /// The owner store of a new namespace placed on `shard`: empty unless
+    /// it keeps its data on one gateway's disk (see the module docs).
+    pub(crate) async fn owner_store(&self, name: &str, spec: &NamespaceSpec, shard: &str) -> Result<String> {
+        if spec.backend != Backend::Embedded as i32 || shard.is_empty() {
+            return Ok(String::new());
         }
+        let stores = stores_of(&self.store().list_shards().await?);
+        Ok(pick_owner(name, shard, &stores))
+    }
+
+    /// Adds to `txn` what the shard map going from `before` to `after`
+    /// changes in namespaces: the reassignment of every namespace whose
+    /// shard changes with the live shards, and the owner stores (and their
+    /// ACTIVE / DEGRADED status) of embedded namespaces ([`settle_owner`]).
+    /// Returns how many namespaces moved and how many changed owner store
+    /// or status.
+    async fn settle(&self, before: &[Shard], after: &[Shard], txn: &mut Txn) -> Result<(usize, usize)> {
+        let (live_before, live_after) =
+            (live_shards(&self.config().shards, before), live_shards(&self.config().shards, after));
+        let placing = live_before != live_after && !live_after.is_empty();
+        let stores = stores_of(after);
+        if !placing && stores == stores_of(before) {
+            return Ok((0, 0));
+        }
+        let last_endpoint = |store: &str| {
+            before.iter().flat_map(|s| &s.instances).find(|i| i.store_id == store).map(|i| i.endpoint.as_str())
+        };
         let now = Some(SystemTime::now().into());
-        let mut moved = 0;
+        let (mut moved, mut owners) = (0, 0);
         for mut ns in self.store().list_namespaces("", "", usize::MAX).await? {
-            let Some(owner) = placement(&ns, after) else { continue };
-            if owner == ns.shard_id {
-                continue;
+            let read_at = ns.revision;
+            let mut changed = false;
+            if let Some(owner) = placement(&ns, &live_after).filter(|o| placing && *o != ns.shard_id) {
+                let from = std::mem::replace(&mut ns.shard_id, owner);
+                ns.status_reason = if ns.status == NamespaceStatus::Provisioning as i32 {
+                    format!("waiting for shard {} to provision the backend", ns.shard_id)
+                } else {
+                    format!("moved from shard {from:?} to {} as shards changed", ns.shard_id)
+                };
+                moved += 1;
+                changed = true;
             }
-            txn.conditions.push(Condition::Namespace { name: ns.name.clone(), revision: ns.revision });
-            let from = std::mem::replace(&mut ns.shard_id, owner);
-            ns.status_reason = if ns.status == NamespaceStatus::Provisioning as i32 {
-                format!("waiting for shard {} to provision the backend", ns.shard_id)
-            } else {
-                format!("moved from shard {from:?} to {} as shards changed", ns.shard_id)
-            };
-            ns.update_time = now;
-            txn.puts.push(Put::Namespace(ns));
-            moved += 1;
+            if settle_owner(&mut ns, &stores, last_endpoint) {
+                owners += 1;
+                changed = true;
+            }
+            if changed {
+                txn.conditions.push(Condition::Namespace { name: ns.name.clone(), revision: read_at });
+                ns.update_time = now;
+                txn.puts.push(Put::Namespace(ns));
+            }
         }
-        Ok(moved)
+        Ok((moved, owners))
     }
 
     /// Plans a change of the shard map: `edit` gets every registered shard
-    /// and returns the shard to write (no instances = remove it); live-set
-    /// changes reassign namespaces in the same commit.
+    /// and returns the shard to write (no instances = remove it); what that
+    /// changes in namespaces (placement, owner stores) is in the same
+    /// commit.
     async fn plan_shard_change(
         &self,
         id: &str,
         edit: impl FnOnce(&mut Vec<Shard>) -> Result<(Shard, String)>,
     ) -> Result<Plan> {
         let mut registered = self.store().list_shards().await?;
-        let before = live_shards(&self.config().shards, &registered);
+        let before = registered.clone();
         let read_at = registered.iter().find(|s| s.shard_id == id).map_or(0, |s| s.revision);
         let (shard, detail) = edit(&mut registered)?;
         let mut txn = Txn::default();
         txn.conditions.push(Condition::Shard { id: id.to_owned(), revision: read_at });
         registered.retain(|s| s.shard_id != id);
         registered.push(shard.clone());
-        let after = live_shards(&self.config().shards, &registered);
         txn.puts.push(Put::Shard(shard));
-        let moved = self.rebalance(&before, &after, &mut txn).await?;
-        let detail = if moved > 0 { format!("{detail}; {moved} namespaces moved") } else { detail };
+        let (moved, owners) = self.settle(&before, &registered, &mut txn).await?;
+        let mut detail = detail;
+        if moved > 0 {
+            detail = format!("{detail}; {moved} namespaces moved");
+        }
+        if owners > 0 {
+            detail = format!("{detail}; {owners} embedded namespaces changed owner store or status");
+        }
         Ok(Plan { txn, detail })
     }
 
-    /// Registers an instance of `shard` at `endpoint`. An instance already
-    /// registered at that endpoint (a restarted gateway) is replaced, in
-    /// whatever shard it was.
-    pub async fn register_shard(&self, principal: &str, shard: &str, endpoint: &str) -> Result<RegisterShardResponse> {
-        let valid = shard_id("shard_id", shard).is_ok() && validate::endpoint("endpoint", endpoint).is_ok();
+    /// Registers an instance of `shard` at `endpoint` with its `store_id`
+    /// (may be empty). An instance already registered at that endpoint (a
+    /// restarted gateway) is replaced, in whatever shard it was; so is one
+    /// of the shard with the same store id (restarted at another address).
+    pub async fn register_shard(
+        &self,
+        principal: &str,
+        shard: &str,
+        endpoint: &str,
+        store_id: &str,
+    ) -> Result<RegisterShardResponse> {
+        let valid = shard_id("shard_id", shard).is_ok()
+            && validate::endpoint("endpoint", endpoint).is_ok()
+            && validate::store_id("store_id", store_id).is_ok();
         if valid {
             let elsewhere = self
                 .store()
@@ -219,18 +362,21 @@ impl ControlPlane {
         self.mutate(principal, target, || async {
             shard_id("shard_id", shard)?;
             validate::endpoint("endpoint", endpoint)?;
+            validate::store_id("store_id", store_id)?;
             self.plan_shard_change(shard, |all| {
                 let mut s = take(all, shard);
-                s.instances.retain(|i| i.endpoint != endpoint);
+                s.instances.retain(|i| i.endpoint != endpoint && (store_id.is_empty() || i.store_id != store_id));
                 let now = SystemTime::now();
                 s.instances.push(ShardInstance {
                     instance_id: instance_id.clone(),
                     endpoint: endpoint.to_owned(),
                     lease_expire_time: Some((now + ttl).into()),
                     register_time: Some(now.into()),
+                    store_id: store_id.to_owned(),
                 });
                 s.instances.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
-                Ok((s, format!("instance {instance_id} at {endpoint}")))
+                let store = if store_id.is_empty() { String::new() } else { format!(", store {store_id}") };
+                Ok((s, format!("instance {instance_id} at {endpoint}{store}")))
             })
             .await
         })
@@ -403,5 +549,92 @@ fn take(all: &mut Vec<Shard>, id: &str) -> Shard {
     match all.iter().position(|s| s.shard_id == id) {
         Some(i) => all.remove(i),
         None => Shard { shard_id: id.to_owned(), ..Shard::default() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prism_proto::control::{Backend, Namespace, NamespaceSpec, NamespaceStatus};
+
+    use super::*;
+
+    fn ns(backend: Backend, status: NamespaceStatus, owner: &str) -> Namespace {
+        Namespace {
+            name: "acme/profiles".into(),
+            spec: Some(NamespaceSpec { backend: backend as i32, ..Default::default() }),
+            shard_id: "shard-a".into(),
+            status: status as i32,
+            status_reason: "provisioned by shard shard-a".into(),
+            owner_store_id: owner.into(),
+            ..Default::default()
+        }
+    }
+
+    fn stores(ids: &[&str]) -> Stores {
+        let mut ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+        ids.sort();
+        if ids.is_empty() { Stores::new() } else { Stores::from([("shard-a".to_owned(), ids)]) }
+    }
+
+    fn nowhere(_: &str) -> Option<&'static str> {
+        None
+    }
+
+    #[test]
+    fn a_shared_backend_never_gets_an_owner() {
+        let mut n = ns(Backend::Postgres, NamespaceStatus::Active, "");
+        assert!(!settle_owner(&mut n, &stores(&["s1", "s2"]), nowhere));
+        assert_eq!(n.owner_store_id, "");
+    }
+
+    #[test]
+    fn an_unowned_namespace_is_claimed_by_a_rendezvous_pick_that_does_not_depend_on_order() {
+        let mut n = ns(Backend::Embedded, NamespaceStatus::Active, "");
+        assert!(settle_owner(&mut n, &stores(&["s1", "s2", "s3"]), nowhere));
+        let mut again = ns(Backend::Embedded, NamespaceStatus::Active, "");
+        settle_owner(&mut again, &stores(&["s3", "s1", "s2"]), nowhere);
+        assert_eq!(n.owner_store_id, again.owner_store_id);
+        assert_eq!(n.status, NamespaceStatus::Active as i32);
+        // No store on the shard: nothing to claim with.
+        let mut n = ns(Backend::Embedded, NamespaceStatus::Active, "");
+        assert!(!settle_owner(&mut n, &stores(&[]), nowhere));
+    }
+
+    #[test]
+    fn an_active_namespace_whose_owner_left_is_degraded_and_restored_when_it_is_back() {
+        let mut n = ns(Backend::Embedded, NamespaceStatus::Active, "s1");
+        assert!(settle_owner(&mut n, &stores(&["s2"]), |_| Some("10.0.0.1:7401")));
+        assert_eq!(n.status, NamespaceStatus::Degraded as i32);
+        assert_eq!(n.owner_store_id, "s1", "its data is there: the owner is kept");
+        assert!(n.status_reason.starts_with(OWNER_AWAY), "{}", n.status_reason);
+        assert!(n.status_reason.contains("s1 of shard shard-a, last at 10.0.0.1:7401"), "{}", n.status_reason);
+        assert!(!settle_owner(&mut n, &stores(&["s2"]), nowhere), "settled");
+        assert!(settle_owner(&mut n, &stores(&["s1", "s2"]), nowhere));
+        assert_eq!(n.status, NamespaceStatus::Active as i32);
+        assert_eq!(n.owner_store_id, "s1");
+    }
+
+    #[test]
+    fn only_an_absence_is_undone_by_the_owner_coming_back() {
+        let mut n = ns(Backend::Embedded, NamespaceStatus::Degraded, "s1");
+        n.status_reason = "disk full".into();
+        assert!(!settle_owner(&mut n, &stores(&["s1"]), nowhere));
+        assert_eq!(n.status, NamespaceStatus::Degraded as i32);
+        for status in [NamespaceStatus::Deleting, NamespaceStatus::Deleted] {
+            let mut n = ns(Backend::Embedded, status, "s1");
+            assert!(!settle_owner(&mut n, &stores(&["s2"]), nowhere), "{status:?} waits for its owner");
+            assert_eq!(n.owner_store_id, "s1");
+        }
+    }
+
+    #[test]
+    fn a_namespace_with_no_data_yet_is_given_to_a_registered_store() {
+        let mut n = ns(Backend::Embedded, NamespaceStatus::Provisioning, "gone");
+        assert!(settle_owner(&mut n, &stores(&["s2"]), nowhere));
+        assert_eq!(n.owner_store_id, "s2");
+        assert_eq!(n.status, NamespaceStatus::Provisioning as i32);
+        let mut n = ns(Backend::Embedded, NamespaceStatus::Provisioning, "gone");
+        assert!(settle_owner(&mut n, &stores(&[]), nowhere), "no store: unowned until one registers");
+        assert_eq!(n.owner_store_id, "");
     }
 }

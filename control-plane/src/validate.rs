@@ -139,6 +139,15 @@ pub fn endpoint(field: &str, endpoint: &str) -> Result<()> {
     names::validate_endpoint(endpoint).map_err(|e| invalid(field, e))
 }
 
+/// A gateway's store id: empty (a gateway that sends none) or a name part,
+/// `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn store_id(field: &str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Ok(());
+    }
+    names::validate_part(id).map_err(|e| invalid(field, format!("store id {e}")))
+}
+
 /// An instance id the registry handed out: 1 to 64 printable ASCII bytes.
 pub fn instance_id(field: &str, id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {

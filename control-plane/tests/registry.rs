@@ -40,7 +40,13 @@ fn embedded_spec() -> NamespaceSpec {
 }
 
 async fn register(c: &mut ControlPlaneClient, shard: &str, endpoint: &str) -> anyhow::Result<String> {
-    let r = c.register_shard(RegisterShardRequest { shard_id: shard.into(), endpoint: endpoint.into() }).await?;
+    let r = c
+        .register_shard(RegisterShardRequest {
+            shard_id: shard.into(),
+            endpoint: endpoint.into(),
+            ..Default::default()
+        })
+        .await?;
     Ok(r.into_inner().instance_id)
 }
 
@@ -227,7 +233,13 @@ async fn bad_registrations_name_their_field() -> anyhow::Result<()> {
         ("shard-a", "http://x/:1", "endpoint"),
         ("shard-a", "a b:1", "endpoint"),
     ] {
-        let r = c.register_shard(RegisterShardRequest { shard_id: shard.into(), endpoint: endpoint.into() }).await;
+        let r = c
+            .register_shard(RegisterShardRequest {
+                shard_id: shard.into(),
+                endpoint: endpoint.into(),
+                ..Default::default()
+            })
+            .await;
         refused(r, Code::InvalidArgument, Some(field));
     }
     let hb = c.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: String::new() }).await;
@@ -251,5 +263,133 @@ async fn registrations_survive_a_restart() -> anyhow::Result<()> {
     let shards = c.list_shards(ListShardsRequest {}).await?.into_inner().shards;
     assert_eq!(shards[0].instances[0].instance_id, id);
     c.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: id }).await?;
+    Ok(())
+}
+
+async fn register_store(
+    c: &mut ControlPlaneClient,
+    shard: &str,
+    endpoint: &str,
+    store: &str,
+) -> anyhow::Result<String> {
+    let req = RegisterShardRequest { shard_id: shard.into(), endpoint: endpoint.into(), store_id: store.into() };
+    Ok(c.register_shard(req).await?.into_inner().instance_id)
+}
+
+async fn get(c: &mut ControlPlaneClient, name: &str) -> anyhow::Result<Namespace> {
+    Ok(c.get_namespace(GetNamespaceRequest { name: name.into() }).await?.into_inner())
+}
+
+async fn report_active(c: &mut ControlPlaneClient, ns: &Namespace) -> anyhow::Result<()> {
+    c.report_namespace_status(ReportNamespaceStatusRequest {
+        name: ns.name.clone(),
+        shard_id: ns.shard_id.clone(),
+        create_revision: ns.create_revision,
+        status: NamespaceStatus::Active as i32,
+        reason: "provisioned".into(),
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_namespace_has_one_owner_store_and_is_degraded_while_it_is_away() -> anyhow::Result<()> {
+    let (_cp, mut c) = start_with(config(60_000)).await?;
+    create_tenant(&mut c, "acme").await?;
+    let first = register_store(&mut c, "shard-a", "10.0.0.1:7401", "store-1").await?;
+    register_store(&mut c, "shard-a", "10.0.0.2:7401", "store-2").await?;
+    let shards = c.list_shards(ListShardsRequest {}).await?.into_inner().shards;
+    let stores: Vec<&str> = shards[0].instances.iter().map(|i| i.store_id.as_str()).collect();
+    assert_eq!(stores, ["store-1", "store-2"]);
+
+    // Each embedded namespace is given one of the shard's stores, both
+    // are used; a shared backend gets none.
+    let mut by_store: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in 0..8 {
+        let ns = create(&mut c, &format!("acme/e{i}"), embedded_spec()).await?;
+        report_active(&mut c, &ns).await?;
+        by_store.entry(ns.owner_store_id).or_default().push(ns.name);
+    }
+    assert_eq!(by_store.keys().map(String::as_str).collect::<Vec<_>>(), ["store-1", "store-2"], "{by_store:?}");
+    assert_eq!(create(&mut c, "acme/shared", shared_spec()).await?.owner_store_id, "");
+
+    // store-1 leaves: its namespaces are DEGRADED, naming it and where it
+    // was; store-2's stay ACTIVE.
+    c.deregister_shard(DeregisterShardRequest { shard_id: "shard-a".into(), instance_id: first }).await?;
+    for name in &by_store["store-1"] {
+        let ns = get(&mut c, name).await?;
+        assert_eq!(ns.status, NamespaceStatus::Degraded as i32, "{name}");
+        assert_eq!(ns.owner_store_id, "store-1", "{name}");
+        assert!(ns.status_reason.contains("store-1 of shard shard-a, last at 10.0.0.1:7401"), "{}", ns.status_reason);
+    }
+    for name in &by_store["store-2"] {
+        assert_eq!(get(&mut c, name).await?.status, NamespaceStatus::Active as i32, "{name}");
+    }
+
+    // It comes back at another address: ACTIVE again, same owner. The
+    // same store registered again replaces its instance.
+    register_store(&mut c, "shard-a", "10.0.0.3:7401", "store-1").await?;
+    register_store(&mut c, "shard-a", "10.0.0.4:7401", "store-1").await?;
+    for name in &by_store["store-1"] {
+        let ns = get(&mut c, name).await?;
+        assert_eq!((ns.status, ns.owner_store_id.as_str()), (NamespaceStatus::Active as i32, "store-1"), "{name}");
+    }
+    let shards = c.list_shards(ListShardsRequest {}).await?.into_inner().shards;
+    let endpoints: Vec<&str> = shards[0].instances.iter().map(|i| i.endpoint.as_str()).collect();
+    assert_eq!(endpoints, ["10.0.0.2:7401", "10.0.0.4:7401"]);
+
+    // A namespace placed where no instance has a store id is unowned
+    // until one registers; with no data yet, its owner may change.
+    register(&mut c, "shard-b", "10.0.1.1:7401").await?;
+    let pinned =
+        NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: "shard-b".into() })), ..embedded_spec() };
+    assert_eq!(create(&mut c, "acme/late", pinned).await?.owner_store_id, "");
+    let b9 = register_store(&mut c, "shard-b", "10.0.1.9:7401", "store-9").await?;
+    assert_eq!(get(&mut c, "acme/late").await?.owner_store_id, "store-9");
+    c.deregister_shard(DeregisterShardRequest { shard_id: "shard-b".into(), instance_id: b9 }).await?;
+    let late = get(&mut c, "acme/late").await?;
+    assert_eq!((late.owner_store_id.as_str(), late.status), ("", NamespaceStatus::Provisioning as i32));
+
+    // Bad store ids name their field.
+    let r = c
+        .register_shard(RegisterShardRequest {
+            shard_id: "shard-a".into(),
+            endpoint: "10.0.0.5:7401".into(),
+            store_id: "Not An Id".into(),
+        })
+        .await;
+    refused(r, Code::InvalidArgument, Some("store_id"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_lease_expires_leaves_its_namespaces_degraded() -> anyhow::Result<()> {
+    let (_cp, mut c) = start_with(config(400)).await?;
+    create_tenant(&mut c, "acme").await?;
+    let kept = register_store(&mut c, "shard-a", "10.0.0.1:7401", "store-1").await?;
+    register_store(&mut c, "shard-a", "10.0.0.2:7401", "store-2").await?;
+    let mut lost = Vec::new();
+    for i in 0..8 {
+        let ns = create(&mut c, &format!("acme/e{i}"), embedded_spec()).await?;
+        report_active(&mut c, &ns).await?;
+        if ns.owner_store_id == "store-2" {
+            lost.push(ns.name);
+        }
+    }
+    assert!(!lost.is_empty());
+    // store-1 heartbeats; store-2 falls silent and is swept.
+    eventually(Duration::from_secs(10), || {
+        let (mut c, kept, lost) = (c.clone(), kept.clone(), lost.clone());
+        async move {
+            c.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: kept }).await?;
+            for name in &lost {
+                let ns = get(&mut c, name).await?;
+                anyhow::ensure!(ns.status == NamespaceStatus::Degraded as i32, "{name}: {}", ns.status_reason);
+                anyhow::ensure!(ns.status_reason.contains("store-2"), "{name}: {}", ns.status_reason);
+            }
+            Ok(())
+        }
+    })
+    .await?;
     Ok(())
 }

@@ -27,6 +27,10 @@
 //!   owner instance could not be reached tries the next instance; a write
 //!   is not sent twice (the caller's retry, with its idempotency token,
 //!   decides).
+//! - **One instance's namespaces.** An embedded namespace is held by one
+//!   instance of its shard (its owner store): authorization gives that
+//!   instance's endpoint alone, so the shard's other replicas forward to
+//!   it too — one hop, as between shards.
 //! - **Bounded.** An owner that cannot be reached answers UNAVAILABLE
 //!   before the caller's deadline: the attempt gets nine tenths of what
 //!   is left, the rest is for the answer to travel back.
@@ -160,7 +164,10 @@ impl Forwarder {
         let mut request = Some(call.request);
         for attempt in 1..=tries {
             let Some(this) = (if attempt < tries { request.clone() } else { request.take() }) else { break };
-            let (endpoint, channel) = self.pick(owner, &to.endpoints)?;
+            // Turns are kept per shard, or per owner store for a namespace
+            // held by one instance (its one endpoint must not move the
+            // shard's turn).
+            let (endpoint, channel) = self.pick(to.entry.owner().unwrap_or(owner), &to.endpoints)?;
             let timeout = give_up.map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
             let sent = send(channel, this, &metadata, timeout);
             let answer = match give_up {

@@ -43,6 +43,7 @@ pub mod request;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod store_id;
 pub mod tail;
 pub mod ts_router;
 pub mod ts_service;

@@ -52,6 +52,10 @@ pub use crate::limits::MAX_MESSAGE_BYTES;
 #[derive(Debug, Clone)]
 pub struct Gateway {
     pub config: Arc<GatewayConfig>,
+    /// This instance's store id (`crate::store_id`): what makes it the one
+    /// instance of its shard that serves the embedded namespaces it owns.
+    /// Empty for a gateway built over given plugins, which owns none.
+    pub store_id: Arc<str>,
     pub metadata: Arc<Metadata>,
     pub plugins: Plugins,
     pub cache: Arc<ReadCache>,
@@ -89,7 +93,10 @@ impl Gateway {
         config.read_secret_files()?;
         // The one list of plugins (`plugins::REGISTERED`).
         let plugins = crate::plugins::open(&config)?;
-        Self::with_plugins(config, plugins)
+        // Read after the embedded store is open: its file lock makes this
+        // gateway the only one running on the directory.
+        let store_id = crate::store_id::load_or_create(&config.data_dir())?;
+        Ok(Self { store_id: store_id.into(), ..Self::with_plugins(config, plugins)? })
     }
 
     /// Builds the gateway's parts over the given plugins (tests, other
@@ -127,6 +134,7 @@ impl Gateway {
         let control_plane =
             ControlPlane::new(config.control_plane.clone(), config.control_plane_token.clone(), control_plane_tls);
         Ok(Self {
+            store_id: Arc::from(""),
             metadata: Arc::new(Metadata::default()),
             plugins,
             cache: Arc::new(ReadCache::new(&config.cache)),
@@ -165,6 +173,7 @@ impl Gateway {
         };
         let parts = Parts {
             config: &self.config,
+            store_id: self.store_id.clone(),
             metadata: self.metadata.clone(),
             metrics: self.metrics.clone(),
             audit: self.audit.clone(),
@@ -236,6 +245,7 @@ impl Gateway {
         let member = Member {
             link: gw.control_plane.clone(),
             shard_id: shard_id(),
+            store_id: gw.store_id.to_string(),
             endpoint,
             registration: gw.registration.clone(),
             readiness: gw.readiness.clone(),
@@ -254,6 +264,7 @@ impl Gateway {
             link: gw.control_plane.clone(),
             metadata: gw.metadata.clone(),
             shard_id: shard_id(),
+            store_id: gw.store_id.clone(),
             cache: gw.cache.clone(),
             tails: gw.tails.clone(),
             quotas: gw.quotas.clone(),
@@ -264,6 +275,7 @@ impl Gateway {
             link: gw.control_plane.clone(),
             metadata: gw.metadata.clone(),
             shard_id: shard_id(),
+            store_id: gw.store_id.clone(),
             plugins: gw.plugins.clone(),
             tails: gw.tails.clone(),
             request_timeout: config.request_timeout(),
@@ -271,6 +283,7 @@ impl Gateway {
         let reclaim = Reclaim {
             metadata: gw.metadata.clone(),
             shard_id: shard_id(),
+            store_id: gw.store_id.clone(),
             plugins: gw.plugins.clone(),
             every: Duration::from_secs(config.limits.reclaim_interval_seconds),
         };
@@ -278,6 +291,7 @@ impl Gateway {
             link: gw.control_plane.clone(),
             metadata: gw.metadata.clone(),
             shard_id: shard_id(),
+            store_id: gw.store_id.clone(),
             plugins: gw.plugins.clone(),
             quotas: gw.quotas.clone(),
             storage: gw.storage.clone(),

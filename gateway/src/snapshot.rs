@@ -76,6 +76,11 @@ pub struct NamespaceEntry {
     pub owner_since: u64,
     pub status: NamespaceStatus,
     pub status_reason: String,
+    /// The store id of the one instance of the shard that holds the
+    /// namespace's data (embedded namespaces; `Namespace.owner_store_id`),
+    /// empty when every instance serves it. A boxed `str`: no heap and 16
+    /// bytes for the many namespaces without one.
+    pub owner_store: Box<str>,
     /// What this gateway keeps for the namespace's incarnation, shared by
     /// every snapshot's entry of it (a new snapshot does not lose it).
     pub local: Arc<Local>,
@@ -124,9 +129,23 @@ impl NamespaceEntry {
             owner_since,
             status: NamespaceStatus::try_from(meta.status).unwrap_or(NamespaceStatus::Unspecified),
             status_reason: meta.status_reason,
+            owner_store: meta.owner_store_id.into_boxed_str(),
             local,
             opened: OnceLock::new(),
         }
+    }
+
+    /// The store id of the one instance that holds the namespace's data,
+    /// if one does (see [`Self::owner_store`]).
+    pub fn owner(&self) -> Option<&str> {
+        Some(&*self.owner_store).filter(|s| !s.is_empty())
+    }
+
+    /// Whether the instance `store_id` of shard `shard_id` serves, provisions
+    /// and deletes this namespace: its shard's, and its owner when it has
+    /// one (the other instances forward to the owner).
+    pub fn held_by(&self, shard_id: &str, store_id: &str) -> bool {
+        self.shard_id == shard_id && self.owner().is_none_or(|owner| owner == store_id)
     }
 
     /// The namespace's backend.
@@ -270,6 +289,13 @@ impl Snapshot {
     /// `host:port` of every registered instance of `shard_id`.
     pub fn endpoints(&self, shard_id: &str) -> Vec<String> {
         self.shards.get(shard_id).map(|s| s.instances.iter().map(|i| i.endpoint.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The endpoint of the registered instance of `shard_id` whose store is
+    /// `store_id`, if it is registered.
+    pub fn store_endpoint(&self, shard_id: &str, store_id: &str) -> Option<String> {
+        let shard = self.shards.get(shard_id)?;
+        shard.instances.iter().find(|i| i.store_id == store_id).map(|i| i.endpoint.clone())
     }
 
     pub fn tenant_state(&self, id: &str) -> TenantState {

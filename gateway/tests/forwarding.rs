@@ -251,7 +251,7 @@ async fn an_owner_that_cannot_be_reached_is_unavailable_within_the_deadline() ->
     let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mut cp = cluster.control_plane.client().await?;
     for endpoint in [dead.clone(), hung.local_addr()?.to_string()] {
-        cp.register_shard(RegisterShardRequest { shard_id: "shard-1".into(), endpoint }).await?;
+        cp.register_shard(RegisterShardRequest { shard_id: "shard-1".into(), endpoint, ..Default::default() }).await?;
     }
     let entry = cluster.gateway("shard-0").context("shard-0")?;
     eventually(Duration::from_secs(10), || async {

@@ -472,6 +472,7 @@ async fn call(c: &mut Clients, op: Op, tenant: &str) -> Code {
             c.cp.register_shard(RegisterShardRequest {
                 shard_id: "shard-9".into(),
                 endpoint: "not an endpoint".into(),
+                ..Default::default()
             })
             .await
             .map(drop),

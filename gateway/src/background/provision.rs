@@ -31,6 +31,9 @@ pub struct Provisioning {
     pub link: Arc<ControlPlane>,
     pub metadata: Arc<Metadata>,
     pub shard_id: String,
+    /// This instance's store id: of an embedded namespace, only the owner
+    /// instance provisions and deletes.
+    pub store_id: Arc<str>,
     pub plugins: Plugins,
     pub tails: Arc<TailHub>,
     /// `request_timeout_ms`: a drain waits at most this long.
@@ -97,7 +100,7 @@ struct Provisioner {
 
 impl Provisioner {
     fn mine(&self, entry: &NamespaceEntry) -> bool {
-        entry.shard_id == self.parts.shard_id
+        entry.held_by(&self.parts.shard_id, &self.parts.store_id)
     }
 
     /// Acts on `entry`, which [`due`] says needs it.

@@ -14,6 +14,8 @@ use crate::snapshot::Metadata;
 pub struct Reclaim {
     pub metadata: Arc<Metadata>,
     pub shard_id: String,
+    /// Embedded namespaces are reclaimed only by their owner instance.
+    pub store_id: Arc<str>,
     pub plugins: Plugins,
     /// `limits.reclaim_interval_seconds`.
     pub every: Duration,
@@ -39,7 +41,7 @@ pub async fn run(task: Reclaim, mut stopped: tokio::sync::watch::Receiver<bool>)
         let snapshot = task.metadata.load_full();
         let now = prism_plugin_api::now_micros();
         for entry in snapshot.namespaces.values() {
-            let owned_series = entry.shard_id == task.shard_id
+            let owned_series = entry.held_by(&task.shard_id, &task.store_id)
                 && entry.status == prism_proto::control::NamespaceStatus::Active
                 && entry.ns.spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32;
             let served = task.plugins.get(entry.backend()).and_then(|p| p.time_series()).is_some();

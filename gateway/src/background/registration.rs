@@ -1,5 +1,5 @@
 //! The gateway's membership in the shard registry (SPEC §5): it registers
-//! `{shard_id, advertised endpoint}` with the control plane, heartbeats a
+//! `{shard_id, advertised endpoint, store id}` with the control plane, heartbeats a
 //! quarter of the lease apart, registers again when the control plane no
 //! longer knows the instance (its lease expired while the two could not
 //! talk), and deregisters on a clean shutdown so clients stop being sent
@@ -40,6 +40,8 @@ impl Registration {
 pub struct Member {
     pub link: Arc<ControlPlane>,
     pub shard_id: String,
+    /// Its store id (`crate::store_id`), sent with every registration.
+    pub store_id: String,
     /// The endpoint it registers.
     pub endpoint: String,
     pub registration: Arc<Registration>,
@@ -53,12 +55,17 @@ impl Member {
 
     /// Registers; returns the heartbeat period (a quarter lease).
     async fn register(&self) -> Result<Duration, tonic::Status> {
-        let request = RegisterShardRequest { shard_id: self.shard_id.clone(), endpoint: self.endpoint.clone() };
+        let request = RegisterShardRequest {
+            shard_id: self.shard_id.clone(),
+            endpoint: self.endpoint.clone(),
+            store_id: self.store_id.clone(),
+        };
         let response = self.client().await?.register_shard(request).await?.into_inner();
         let lease = response.lease_ttl.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(10));
         tracing::info!(
             shard = %self.shard_id,
             endpoint = %self.endpoint,
+            store = %self.store_id,
             instance = %response.instance_id,
             ?lease,
             "registered with the control plane"

@@ -38,6 +38,8 @@ pub struct Usage {
     pub link: Arc<ControlPlane>,
     pub metadata: Arc<Metadata>,
     pub shard_id: String,
+    /// Embedded namespaces are measured only by their owner instance.
+    pub store_id: Arc<str>,
     pub plugins: Plugins,
     pub quotas: Arc<QuotaRegistry>,
     pub storage: Arc<StorageBook>,
@@ -89,7 +91,7 @@ pub async fn measure_storage(task: &Usage) {
     let me = task.shard_id.as_str();
     let mut seen = HashMap::new();
     for entry in snapshot.namespaces.values() {
-        if entry.shard_id != me || entry.status != NamespaceStatus::Active {
+        if !entry.held_by(me, &task.store_id) || entry.status != NamespaceStatus::Active {
             continue;
         }
         let tenant_limit = snapshot.tenant(entry.tenant()).and_then(|t| t.quotas.as_ref()?.storage_bytes);

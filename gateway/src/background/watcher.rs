@@ -76,6 +76,9 @@ pub struct Watcher {
     pub link: Arc<ControlPlane>,
     pub metadata: Arc<Metadata>,
     pub shard_id: String,
+    /// This instance's store id: an embedded namespace another store owns
+    /// is not served here.
+    pub store_id: Arc<str>,
     pub cache: Arc<ReadCache>,
     pub tails: Arc<TailHub>,
     pub quotas: Arc<QuotaRegistry>,
@@ -176,18 +179,19 @@ async fn follow(watcher: &Watcher, changes: &Changes, backoff: &mut Duration) ->
     Ok(())
 }
 
-/// Namespaces among `names` this shard owned in `before` but not in
-/// `after` (moved to another shard, or gone): their cached records are
-/// dropped and their tails closed, so nothing this shard no longer owns is
-/// served from memory. New requests are already refused with WRONG_SHARD by
-/// authorization once `after` is stored.
+/// Namespaces among `names` this instance served in `before` but not in
+/// `after` (moved to another shard, gone, or given to another instance's
+/// store): their cached records are dropped and their tails closed, so
+/// nothing this instance no longer serves is served from memory. New
+/// requests are already forwarded (or refused) by authorization once
+/// `after` is stored.
 fn release_lost(watcher: &Watcher, before: &Snapshot, after: &Snapshot, names: &[String]) {
-    let me = watcher.shard_id.as_str();
+    let (me, store) = (watcher.shard_id.as_str(), &*watcher.store_id);
     for name in names {
-        let owned_before = before.namespace(name).is_some_and(|e| e.shard_id == me);
-        let owned_after = after.namespace(name).is_some_and(|e| e.shard_id == me);
+        let owned_before = before.namespace(name).is_some_and(|e| e.held_by(me, store));
+        let owned_after = after.namespace(name).is_some_and(|e| e.held_by(me, store));
         if owned_before && !owned_after {
-            tracing::info!(namespace = %name, "namespace left this shard; dropping its cache and tails");
+            tracing::info!(namespace = %name, "namespace no longer served here; dropping its cache and tails");
             watcher.cache.drop_namespace(name);
             watcher.tails.close(name);
         }

@@ -8,6 +8,13 @@
 //! refused with WRONG_SHARD, or, with forwarding on, marked to be
 //! forwarded there ([`super::Forward`]), where the owner checks it all
 //! again on its own snapshot.
+//!
+//! An embedded namespace is held by one instance of its shard, its owner
+//! store (`NamespaceEntry::owner`; why, in `control-plane/src/registry.rs`):
+//! every other instance, of this shard or another, sends its calls to that
+//! instance alone — forwarded, or redirected with WRONG_SHARD naming its
+//! endpoint — and while it is not registered answers UNAVAILABLE naming
+//! it. Never from this instance's own store, which does not have the data.
 
 use std::sync::Arc;
 
@@ -27,6 +34,8 @@ pub type AuthorizeLayer = CheckLayer<Authorize>;
 pub struct Authorize {
     metadata: Arc<Metadata>,
     shard_id: Arc<str>,
+    /// This instance's store id (empty: it owns no embedded namespace).
+    store_id: Arc<str>,
     audit: Arc<AuditSink>,
     /// Whether calls for another shard's namespaces are forwarded.
     forwarding: bool,
@@ -34,7 +43,14 @@ pub struct Authorize {
 
 impl Authorize {
     pub fn new(metadata: Arc<Metadata>, shard_id: String, audit: Arc<AuditSink>) -> Self {
-        Self { metadata, shard_id: shard_id.into(), audit, forwarding: false }
+        Self { metadata, shard_id: shard_id.into(), store_id: Arc::from(""), audit, forwarding: false }
+    }
+
+    /// This instance's store id: the embedded namespaces it owns are served
+    /// here, those another instance owns go there.
+    pub fn store(mut self, store_id: Arc<str>) -> Self {
+        self.store_id = store_id;
+        self
     }
 
     /// Marks calls for another shard's namespaces to be forwarded there
@@ -98,28 +114,47 @@ impl Step for Authorize {
             );
             return Err(GatewayError::PermissionDenied(why));
         }
-        if entry.shard_id != *self.shard_id {
+        if !entry.held_by(&self.shard_id, &self.store_id) {
+            // Where the namespace is served: its shard's instances, or the
+            // one that holds its data.
+            let endpoints = match entry.owner() {
+                None => snapshot.endpoints(&entry.shard_id),
+                Some(store) => match snapshot.store_endpoint(&entry.shard_id, store) {
+                    Some(endpoint) => vec![endpoint],
+                    None => {
+                        return Err(GatewayError::Unavailable(format!(
+                            "namespace {name} keeps its data on instance store {store} of shard {}, which is not \
+                             registered (stopped, or its lease expired); no other instance has its data: retry \
+                             when it is back",
+                            entry.shard_id
+                        )));
+                    }
+                },
+            };
             // One hop at most: a gateway that forwarded this call saw the
             // namespace here; two views disagree while a move propagates.
             if call.forwarded {
+                let held_at = match entry.owner() {
+                    Some(store) => format!("instance store {store} of shard {}", entry.shard_id),
+                    None => format!("shard {}", entry.shard_id),
+                };
                 return Err(GatewayError::Unavailable(format!(
-                    "namespace {name} was forwarded to shard {}, which places it on shard {} (metadata revision {}); \
-                     retry",
-                    self.shard_id, entry.shard_id, snapshot.revision
+                    "namespace {name} was forwarded to shard {}, which places it on {held_at} (metadata revision \
+                     {}); retry",
+                    self.shard_id, snapshot.revision
                 )));
             }
             // A caller known only by its TLS certificate cannot be vouched
             // for to another gateway: it is redirected instead.
             let forwardable = call.authorization.is_some() || call.client_cert.is_none();
             if self.forwarding && forwardable {
-                let endpoints = snapshot.endpoints(&entry.shard_id);
                 call.forward = Some(crate::call::Destination { entry, endpoints, revision: snapshot.revision });
                 return Ok(());
             }
             return Err(GatewayError::WrongShard {
                 namespace: name.as_str().to_owned(),
                 owner: entry.shard_id.clone(),
-                endpoints: snapshot.endpoints(&entry.shard_id),
+                endpoints,
                 revision: snapshot.revision,
             });
         }

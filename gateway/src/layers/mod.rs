@@ -52,6 +52,9 @@ pub type Pipeline = BoxCloneSyncService<Call, Response, GatewayError>;
 #[derive(Debug, Clone)]
 pub struct Parts<'a> {
     pub config: &'a GatewayConfig,
+    /// This instance's store id: authorization forwards an embedded
+    /// namespace another instance owns to it.
+    pub store_id: Arc<str>,
     pub metadata: Arc<Metadata>,
     pub metrics: Arc<GatewayMetrics>,
     pub audit: Arc<AuditSink>,
@@ -73,7 +76,7 @@ pub fn pipeline(parts: Parts<'_>) -> Pipeline {
 /// [`MetricsLayer`] or without (benchmarks compare the two). The order is
 /// the design:
 pub fn pipeline_counting(parts: Parts<'_>, count_requests: bool) -> Pipeline {
-    let Parts { config, metadata, metrics, audit, tokens, quotas, forwarder, operations } = parts;
+    let Parts { config, store_id, metadata, metrics, audit, tokens, quotas, forwarder, operations } = parts;
     let refusals = metrics.refusals.clone();
     let authenticate = Authenticate::new(&config.auth, audit.clone()).sharing(tokens);
     let stack = ServiceBuilder::new()
@@ -102,7 +105,9 @@ pub fn pipeline_counting(parts: Parts<'_>, count_requests: bool) -> Pipeline {
         // attaches (entry, tenant, principal).
         .layer(
             AuthorizeLayer::new(
-                Authorize::new(metadata, config.shard_id.clone(), audit.clone()).forwarding(config.forwarding.enabled),
+                Authorize::new(metadata, config.shard_id.clone(), audit.clone())
+                    .store(store_id)
+                    .forwarding(config.forwarding.enabled),
             )
             .counting(RefusingLayer::Authz, refusals),
         )

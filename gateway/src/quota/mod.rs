@@ -252,6 +252,11 @@ pub struct Tracker {
     /// Set when the sweeper drops the tracker from the registry: a snapshot
     /// entry still caching it must look it up again.
     dropped: std::sync::atomic::AtomicBool,
+    /// A namespace that one instance of its shard serves alone (an embedded
+    /// namespace, on its owner store): every call reaches that instance,
+    /// so it enforces the whole limit however many replicas the shard has
+    /// (`set_default_share` leaves it be).
+    alone: bool,
     /// A namespace's stored bytes as last measured ([`UNKNOWN_STORAGE`]
     /// until then); for a tenant, 1 when its storage quota is reached
     /// (the control plane sums its namespaces over every shard), else 0.
@@ -263,10 +268,10 @@ pub const UNKNOWN_STORAGE: u64 = u64::MAX;
 
 impl Tracker {
     pub fn new(incarnation: u64, share: f64) -> Self {
-        Self::with_tenant(incarnation, share, None)
+        Self::with_tenant(incarnation, share, None, false)
     }
 
-    fn with_tenant(incarnation: u64, share: f64, tenant: Option<Arc<Tracker>>) -> Self {
+    fn with_tenant(incarnation: u64, share: f64, tenant: Option<Arc<Tracker>>, alone: bool) -> Self {
         let t = Self {
             window: Window::default(),
             concurrent: AtomicU32::new(0),
@@ -274,6 +279,7 @@ impl Tracker {
             incarnation,
             tenant,
             dropped: std::sync::atomic::AtomicBool::new(false),
+            alone,
             storage: AtomicU64::new(if incarnation == 0 { 0 } else { UNKNOWN_STORAGE }),
         };
         t.set_share(share);
@@ -567,8 +573,9 @@ impl QuotaRegistry {
     }
 
     /// The tracker of namespace `name` (of `incarnation`, of `tenant`),
-    /// created with its tenant's if missing or of an older incarnation.
-    fn namespace_tracker(&self, name: &str, incarnation: u64, tenant: &str) -> Arc<Tracker> {
+    /// created with its tenant's if missing or of an older incarnation;
+    /// `alone`: served by this instance only (whole share unless set).
+    fn namespace_tracker(&self, name: &str, incarnation: u64, tenant: &str, alone: bool) -> Arc<Tracker> {
         if let Some(t) = self.namespaces.load().get(name).filter(|t| t.incarnation == incarnation) {
             return t.clone();
         }
@@ -588,8 +595,11 @@ impl QuotaRegistry {
                 t
             }
         };
-        let share = shares.of(Kind::Namespace, name);
-        let tracker = Arc::new(Tracker::with_tenant(incarnation, share, Some(tenant_tracker)));
+        let share = match shares.by_subject.get(&(Kind::Namespace, name.to_owned())) {
+            None if alone => 1.0,
+            _ => shares.of(Kind::Namespace, name),
+        };
+        let tracker = Arc::new(Tracker::with_tenant(incarnation, share, Some(tenant_tracker), alone));
         let mut next = (*current).clone();
         next.insert(name.into(), tracker.clone());
         self.namespaces.store(Arc::new(next));
@@ -621,7 +631,7 @@ impl QuotaRegistry {
             Kind::Namespace => shares.default_namespace = share,
         }
         for (name, t) in self.map(kind).load().iter() {
-            if !shares.by_subject.contains_key(&(kind, name.to_string())) {
+            if !t.alone && !shares.by_subject.contains_key(&(kind, name.to_string())) {
                 t.set_share(share);
             }
         }
@@ -644,7 +654,8 @@ impl QuotaRegistry {
         let namespace = match cached.as_ref().filter(|t| !t.dropped.load(Ordering::Relaxed)) {
             Some(t) => t.clone(),
             None => {
-                let t = self.namespace_tracker(&entry.ns.name, entry.ns.create_revision, tenant);
+                let alone = entry.owner().is_some();
+                let t = self.namespace_tracker(&entry.ns.name, entry.ns.create_revision, tenant, alone);
                 entry.local.quota_tracker.store(Some(t.clone()));
                 t
             }

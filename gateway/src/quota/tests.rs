@@ -170,6 +170,33 @@ fn a_share_divides_the_limit_and_survives_the_tracker() {
 }
 
 #[test]
+fn a_namespace_one_instance_serves_alone_keeps_its_whole_limit_whatever_the_replicas() {
+    let s = snapshot(&[("acme/shared", 1, quotas(10, -1, -1, -1))], &["acme"]);
+    let owned = Namespace {
+        name: "acme/owned".into(),
+        create_revision: 1,
+        status: NamespaceStatus::Active as i32,
+        spec: Some(NamespaceSpec { quotas: Some(quotas(10, -1, -1, -1)), ..Default::default() }),
+        owner_store_id: "store-1".into(),
+        ..Default::default()
+    };
+    let delta = Delta {
+        revision: 2,
+        changes: vec![Change { change: Some(change::Change::Namespace(owned)) }],
+        commit_time: None,
+    };
+    let s = s.apply(&delta).0;
+    let registry = QuotaRegistry::default();
+    // Two replicas: namespaces get half, except the one served alone.
+    registry.set_default_share(Kind::Namespace, 0.5);
+    drop(registry.admit(&entry(&s, "acme/shared"), None, Access::Read, 0));
+    drop(registry.admit(&entry(&s, "acme/owned"), None, Access::Read, 0));
+    registry.set_default_share(Kind::Namespace, 1.0 / 3.0);
+    let effective = |name| registry.tracker(Subject::Namespace(name)).map(|t| t.effective(10));
+    assert_eq!((effective("acme/shared"), effective("acme/owned")), (Some(4), Some(10)));
+}
+
+#[test]
 fn sweep_drops_trackers_of_gone_subjects_and_new_incarnations() {
     let q = quotas(-1, -1, -1, -1);
     let s1 = snapshot(&[("acme/x", 1, q), ("acme/y", 1, q)], &["acme"]);
