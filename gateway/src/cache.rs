@@ -49,7 +49,12 @@ struct RecordRef<'a> {
 
 impl<'a> RecordRef<'a> {
     fn new(entry: &'a NamespaceEntry, id: &'a str) -> Self {
-        Self { namespace: &entry.ns.name, create_revision: entry.ns.create_revision, owner_since: entry.owner_since, id }
+        Self {
+            namespace: &entry.ns.name,
+            create_revision: entry.ns.create_revision,
+            owner_since: entry.owner_since,
+            id,
+        }
     }
 
     fn to_key(self) -> RecordKey {
