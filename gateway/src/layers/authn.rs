@@ -126,11 +126,18 @@ impl Step for Authenticate {
     }
 }
 
-/// `authorization` header → the principal it verified as, and until when
-/// (unix seconds, exclusive) that may be reused. See the module docs.
+/// What a verified `authorization` header gave: its principal, and until
+/// when (unix seconds, exclusive) that may be reused.
+#[derive(Debug)]
+struct Verified {
+    principal: Arc<Principal>,
+    until: u64,
+}
+
+/// `authorization` header → what verifying it gave. See the module docs.
 #[derive(Debug, Default)]
 pub struct VerifiedTokens {
-    map: RwLock<HashMap<Box<str>, (Arc<Principal>, u64)>>,
+    map: RwLock<HashMap<Box<str>, Verified>>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
@@ -138,11 +145,8 @@ pub struct VerifiedTokens {
 impl VerifiedTokens {
     /// The principal of `header` if it verified and may still be reused at `now`.
     pub fn get(&self, header: &str, now: u64) -> Option<Arc<Principal>> {
-        let found = self
-            .map
-            .read()
-            .ok()
-            .and_then(|map| map.get(header).filter(|(_, until)| now < *until).map(|(p, _)| p.clone()));
+        let found =
+            self.map.read().ok().and_then(|map| map.get(header).filter(|v| now < v.until).map(|v| v.principal.clone()));
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
@@ -155,12 +159,12 @@ impl VerifiedTokens {
         }
         let Ok(mut map) = self.map.write() else { return };
         if map.len() >= CAPACITY {
-            map.retain(|_, (_, u)| now < *u);
+            map.retain(|_, v| now < v.until);
             if map.len() >= CAPACITY {
                 map.clear();
             }
         }
-        map.insert(header.into(), (principal, until));
+        map.insert(header.into(), Verified { principal, until });
     }
 
     pub fn len(&self) -> usize {
