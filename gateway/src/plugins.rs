@@ -4,17 +4,17 @@
 //! limits — is its description in `prism_proto::backends`, and what it
 //! takes from the gateway is its crate's business: every plugin is opened
 //! from the same [`PluginSettings`], built here once from the gateway's
-//! configuration. The gateway finds plugins by backend through [`Plugins`]
-//! and names them from the description. No plugin connects to anything
-//! when opened: backends are reached per namespace.
+//! configuration. The gateway finds the opened plugins by backend through
+//! [`Plugins`] and names them from the description. No plugin connects to
+//! anything when opened: backends are reached per namespace.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prism_plugin_api::secrets::Secrets;
-use prism_plugin_api::{Open, PluginSettings};
+use prism_plugin_api::{Open, Plugin, PluginSettings};
 use prism_proto::control::Backend;
 
-use crate::backend::Plugins;
 use crate::config::GatewayConfig;
 use crate::error::{GatewayError, Result};
 
@@ -28,6 +28,31 @@ pub const REGISTERED: &[(Backend, Open)] = &[
     #[cfg(feature = "pulsar")]
     (Backend::Pulsar, prism_plugin_pulsar::open),
 ];
+
+/// The backend plugins of this gateway, by backend.
+#[derive(Clone, Default)]
+pub struct Plugins(HashMap<i32, Arc<dyn Plugin>>);
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Plugins {
+    pub fn insert(&mut self, plugin: Arc<dyn Plugin>) {
+        self.0.insert(plugin.capabilities().backend as i32, plugin);
+    }
+
+    pub fn get(&self, backend: Backend) -> Option<&Arc<dyn Plugin>> {
+        self.0.get(&(backend as i32))
+    }
+
+    /// Every plugin of this gateway.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Plugin>> {
+        self.0.values()
+    }
+}
 
 /// Opens every registered plugin. A bad setting (an unreadable CA file, a
 /// data directory that cannot be opened) stops the gateway here, with the
