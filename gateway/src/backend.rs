@@ -1,20 +1,17 @@
-//! The backend plugins of this gateway ([`Plugins`]), and how they are
-//! called: every call to a plugin goes through [`observed`], timed into the
-//! backend metrics (by backend and operation, errors by kind), and, when
-//! the request is traced, inside a child span with OpenTelemetry's
-//! database or messaging attributes (`db.system`, `db.operation`,
-//! `messaging.system`, `messaging.operation`, …).
+//! How this gateway's backend plugins are called: every call to a plugin
+//! goes through [`observed`], timed into the backend metrics (by backend
+//! and operation, errors by kind), and, when the request is traced,
+//! inside a child span with OpenTelemetry's database or messaging
+//! attributes (`db.system`, `db.operation`, `messaging.system`,
+//! `messaging.operation`, …).
 //!
 //! [`write_context`] is what a TimeSeries write stores with its events
 //! for consumers: the backend span's trace context when it is exported,
 //! else the caller's `traceparent` as it came.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Instant;
 
-use prism_plugin_api::Plugin;
 use prism_plugin_api::ts::WriteContext;
 use prism_proto::control::Backend;
 use prism_telemetry::trace::{BACKEND_TARGET, TraceParent, traceparent_of};
@@ -22,31 +19,6 @@ use tracing::Instrument;
 
 use crate::metrics::{GatewayMetrics, Op};
 use crate::snapshot::NamespaceEntry;
-
-/// The backend plugins of this gateway, by backend.
-#[derive(Clone, Default)]
-pub struct Plugins(HashMap<i32, Arc<dyn Plugin>>);
-
-impl std::fmt::Debug for Plugins {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.keys()).finish()
-    }
-}
-
-impl Plugins {
-    pub fn insert(&mut self, plugin: Arc<dyn Plugin>) {
-        self.0.insert(plugin.capabilities().backend as i32, plugin);
-    }
-
-    pub fn get(&self, backend: Backend) -> Option<&Arc<dyn Plugin>> {
-        self.0.get(&(backend as i32))
-    }
-
-    /// Every plugin of this gateway.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Plugin>> {
-        self.0.values()
-    }
-}
 
 /// The backend of `entry`'s namespace.
 pub fn backend_of(entry: &NamespaceEntry) -> Backend {

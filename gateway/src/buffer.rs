@@ -14,9 +14,9 @@ use prism_plugin_api::ts::{Event, WriteContext};
 use prism_proto::timeseries as ts;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::backend::Plugins;
 use crate::error::{GatewayError, Result};
 use crate::metrics::GatewayMetrics;
+use crate::plugins::Plugins;
 use crate::snapshot::NamespaceEntry;
 use crate::tail::TailHub;
 

@@ -143,7 +143,7 @@ impl Forwarder {
     /// Sends `call` to the owner `to` names and relays its answer.
     pub async fn forward(self: Arc<Self>, call: Call, to: Destination) -> Result<Response> {
         let owner = to.entry.shard_id.as_str();
-        self.metrics.namespaces.of(&to.entry).forwarded(call.request.index());
+        to.entry.request_series(&self.metrics.namespaces).forwarded(call.request.index());
         if to.endpoints.is_empty() {
             self.metrics.forward_failed(crate::metrics::ForwardFailure::NoInstance);
             return Err(GatewayError::Unavailable(format!(

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::Plugins;
 use crate::buffer::WriteBuffer;
 use crate::cache::ReadCache;
 use crate::metrics::GatewayMetrics;
+use crate::plugins::Plugins;
 use crate::tail::TailHub;
 
 #[derive(Debug)]

@@ -1,45 +1,67 @@
 //! The one list of this gateway's backend plugins, [`REGISTERED`]: one
-//! line per backend, naming the backend and the function that opens its
-//! plugin from the gateway's settings. Everything else about a backend —
-//! its name, abstractions, settings and their limits — is its description
-//! in `prism_proto::backends`; the gateway finds plugins by backend
-//! through [`Plugins`] and names them from the description.
-//!
-//! The openers are here rather than in each plugin crate because what a
-//! plugin takes from the gateway (its data directory, the chunk
-//! threshold, the request timeout, the declared secrets, a CA file) is the
-//! gateway's configuration, which plugins do not depend on. None of them
-//! connects to anything: backends are reached per namespace.
+//! line per backend, naming the backend and its crate's `open`. Everything
+//! else about a backend — its name, abstractions, settings and their
+//! limits — is its description in `prism_proto::backends`, and what it
+//! takes from the gateway is its crate's business: every plugin is opened
+//! from the same [`PluginSettings`], built here once from the gateway's
+//! configuration. The gateway finds the opened plugins by backend through
+//! [`Plugins`] and names them from the description. No plugin connects to
+//! anything when opened: backends are reached per namespace.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use prism_plugin_api::Plugin;
+use prism_plugin_api::secrets::Secrets;
+use prism_plugin_api::{Open, Plugin, PluginSettings};
 use prism_proto::control::Backend;
 
-use crate::backend::Plugins;
 use crate::config::GatewayConfig;
 use crate::error::{GatewayError, Result};
 
-/// Opens one backend's plugin from the gateway's settings.
-type Open = fn(&GatewayConfig) -> Result<Arc<dyn Plugin>>;
-
 /// Every plugin this gateway is built with, one line per backend.
 pub const REGISTERED: &[(Backend, Open)] = &[
-    (Backend::Embedded, embedded),
-    (Backend::Postgres, postgres),
-    (Backend::Kafka, kafka),
+    (Backend::Embedded, prism_plugin_embedded::open),
+    (Backend::Postgres, prism_plugin_postgres::open),
+    (Backend::Kafka, prism_plugin_kafka::open),
     // Built with feature `pulsar` only (its client needs protoc); without
     // it a pulsar namespace is DEGRADED, "built without the pulsar plugin".
     #[cfg(feature = "pulsar")]
-    (Backend::Pulsar, pulsar),
+    (Backend::Pulsar, prism_plugin_pulsar::open),
 ];
 
+/// The backend plugins of this gateway, by backend.
+#[derive(Clone, Default)]
+pub struct Plugins(HashMap<i32, Arc<dyn Plugin>>);
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Plugins {
+    pub fn insert(&mut self, plugin: Arc<dyn Plugin>) {
+        self.0.insert(plugin.capabilities().backend as i32, plugin);
+    }
+
+    pub fn get(&self, backend: Backend) -> Option<&Arc<dyn Plugin>> {
+        self.0.get(&(backend as i32))
+    }
+
+    /// Every plugin of this gateway.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Plugin>> {
+        self.0.values()
+    }
+}
+
 /// Opens every registered plugin. A bad setting (an unreadable CA file, a
-/// data directory that cannot be opened) stops the gateway here.
+/// data directory that cannot be opened) stops the gateway here, with the
+/// plugin's message ("cannot open the embedded store: …").
 pub fn open(config: &GatewayConfig) -> Result<Plugins> {
+    let settings = settings(config);
     let mut plugins = Plugins::default();
     for (backend, open) in REGISTERED {
-        let plugin = open(config)?;
+        let plugin = open(&settings).map_err(|e| GatewayError::Internal(e.to_string()))?;
         let declared = plugin.capabilities().backend;
         if declared != *backend {
             return Err(GatewayError::Internal(format!(
@@ -53,46 +75,16 @@ pub fn open(config: &GatewayConfig) -> Result<Plugins> {
     Ok(plugins)
 }
 
-fn embedded(config: &GatewayConfig) -> Result<Arc<dyn Plugin>> {
-    use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
-    let plugin = EmbeddedPlugin::open(EmbeddedConfig {
+/// What this gateway gives every plugin.
+fn settings(config: &GatewayConfig) -> PluginSettings {
+    PluginSettings {
         data_dir: config.data_dir(),
         chunk_threshold_bytes: config.limits.chunk_threshold_bytes,
-        ..EmbeddedConfig::default()
-    })
-    .map_err(|e| GatewayError::Internal(format!("cannot open the embedded store: {e}")))?;
-    Ok(Arc::new(plugin))
-}
-
-fn postgres(config: &GatewayConfig) -> Result<Arc<dyn Plugin>> {
-    use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
-    // The TLS CA file is read here, so a bad one stops the gateway at
-    // startup.
-    let plugin = PostgresPlugin::new(PostgresPluginConfig {
-        chunk_threshold_bytes: config.limits.chunk_threshold_bytes,
-        tls_ca_file: config.postgres_tls_ca_file.clone(),
-        ..PostgresPluginConfig::default()
-    })
-    .map_err(|e| GatewayError::Internal(format!("cannot set up the postgres backend: {e}")))?
-    // A namespace's `password_ref` resolves only to what is declared here.
-    .with_secrets(Arc::new(prism_plugin_api::secrets::Secrets::new(config.secrets.clone())));
-    Ok(Arc::new(plugin))
-}
-
-fn kafka(_: &GatewayConfig) -> Result<Arc<dyn Plugin>> {
-    use prism_plugin_kafka::{KafkaPlugin, KafkaPluginConfig};
-    let plugin = KafkaPlugin::new(KafkaPluginConfig::default())
-        .map_err(|e| GatewayError::Internal(format!("cannot set up the kafka backend: {e}")))?;
-    Ok(Arc::new(plugin))
-}
-
-#[cfg(feature = "pulsar")]
-fn pulsar(config: &GatewayConfig) -> Result<Arc<dyn Plugin>> {
-    use prism_plugin_pulsar::{PulsarPlugin, PulsarPluginConfig};
-    Ok(Arc::new(PulsarPlugin::new(PulsarPluginConfig {
         request_timeout: config.request_timeout(),
-        ..PulsarPluginConfig::default()
-    })))
+        // A namespace's secret reference resolves only to what is declared.
+        secrets: Arc::new(Secrets::new(config.secrets.clone())),
+        tls_ca_file: config.postgres_tls_ca_file.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -107,5 +99,21 @@ mod tests {
         let described: Vec<Backend> =
             BACKENDS.iter().map(|d| d.backend).filter(|b| cfg!(feature = "pulsar") || *b != Backend::Pulsar).collect();
         assert_eq!(registered, described);
+    }
+
+    #[test]
+    fn every_plugin_opens_and_a_bad_setting_says_which_plugin() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = GatewayConfig { data_dir: Some(dir.path().join("data")), ..GatewayConfig::default() };
+        let plugins = open(&config).expect("every plugin opens with the defaults");
+        for (backend, _) in REGISTERED {
+            assert!(plugins.get(*backend).is_some(), "{backend:?} is open");
+        }
+        drop(plugins);
+
+        let config = GatewayConfig { postgres_tls_ca_file: Some(dir.path().join("missing.pem")), ..config };
+        let message = open(&config).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.starts_with("cannot set up the postgres backend: "), "{message}");
+        assert!(message.contains("tls_ca_file"), "{message}");
     }
 }

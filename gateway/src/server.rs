@@ -42,8 +42,8 @@ use crate::snapshot::Metadata;
 use crate::tail::TailHub;
 use crate::ts_service::TsService;
 
-pub use crate::backend::Plugins;
 pub use crate::limits::MAX_MESSAGE_BYTES;
+pub use crate::plugins::Plugins;
 
 /// A gateway shard, assembled: every part, each behind its own handle.
 /// Only this module wires them: each background task and the pipeline is
@@ -309,7 +309,14 @@ impl Gateway {
             tokio::spawn(watcher::run(watcher, changes.clone(), stopped.clone())),
             tokio::spawn(provision::run(provisioning, changes, stopped.clone())),
             tokio::spawn(reclaim::run(reclaim, stopped.clone())),
-            tokio::spawn(crate::quota::sweeper(gw.quotas.clone(), gw.metadata.clone(), stopped.clone())),
+            tokio::spawn(crate::quota::sweeper(
+                gw.quotas.clone(),
+                {
+                    let metadata = gw.metadata.clone();
+                    move || metadata.load_full()
+                },
+                stopped.clone(),
+            )),
             tokio::spawn(usage::run(usage, stopped.clone())),
             tokio::spawn(audit::run(gw.audit.clone(), gw.control_plane.clone(), stopped.clone())),
             tokio::spawn(crate::buffer::flush(flusher, stopped.clone())),

@@ -26,8 +26,10 @@ use prism_proto::control::{
     Backend, Delta, Namespace, NamespaceStatus, Shard, SnapshotChunk, Tenant, TenantState, change,
 };
 
-use crate::backend::Plugins;
 use crate::error::{GatewayError, Result};
+use crate::metrics::{NamespaceBook, RequestSeries, SeriesSlot};
+use crate::plugins::Plugins;
+use crate::quota::{Live, TrackerSlot};
 
 /// The refusal of a namespace whose backend has no plugin serving
 /// `abstraction` on this gateway.
@@ -46,10 +48,10 @@ pub struct Local {
     /// Requests in flight on this gateway, so deletion can drain them.
     pub in_flight: AtomicUsize,
     /// The quota tracker, once a request has looked it up.
-    pub quota_tracker: arc_swap::ArcSwapOption<crate::quota::Tracker>,
+    pub quota_tracker: TrackerSlot,
     /// The request metrics, once a request has counted into them (see
     /// `metrics::NamespaceBook`).
-    pub metrics: arc_swap::ArcSwapOption<crate::metrics::RequestSeries>,
+    pub metrics: SeriesSlot,
     /// The metadata revision the provisioner last acted on (0: none), so
     /// it does not provision twice for the same revision.
     pub handled_revision: AtomicU64,
@@ -187,6 +189,12 @@ impl NamespaceEntry {
     /// The namespace's tenant id.
     pub fn tenant(&self) -> &str {
         self.ns.name.get(..self.slash).unwrap_or_default()
+    }
+
+    /// The namespace's request series in `book`: the one cached in its
+    /// [`Local`], else made there.
+    pub fn request_series(&self, book: &NamespaceBook) -> Arc<RequestSeries> {
+        book.of(&self.ns.name, self.tenant(), &self.local.metrics)
     }
 
     /// An ACTIVE entry of no shard, for unit tests.
@@ -328,6 +336,18 @@ impl Snapshot {
             }
         }
         (next, changed)
+    }
+}
+
+/// The quota sweep's question: is a tracker's subject still served here.
+impl Live for Snapshot {
+    fn namespace_live(&self, name: &str, incarnation: u64) -> bool {
+        self.namespace(name)
+            .is_some_and(|e| e.ns.create_revision == incarnation && e.status != NamespaceStatus::Deleted)
+    }
+
+    fn tenant_live(&self, id: &str) -> bool {
+        self.tenant(id).is_some() && self.tenant_state(id) != TenantState::Deleted
     }
 }
 

@@ -43,12 +43,15 @@
 //! 4. `plugins/<name>/` (new crate, `prism-plugin-<name>`): the plugin,
 //!    with the same files as its siblings (`config.rs`, `kv.rs` / `ts.rs`,
 //!    `error.rs`, a conformance test), taking its defaults and limits from
-//!    `prism_proto::backends::<name>`.
+//!    `prism_proto::backends::<name>`, and exporting `pub fn
+//!    open(&PluginSettings)` (`prism_plugin_api::Open`): its own
+//!    configuration from what the gateway gives every plugin, failures
+//!    named (`cannot set up the <name> backend: …`).
 //! 5. `Cargo.toml`: the crate in `members` (and `default-members`) and in
 //!    `[workspace.dependencies]`.
 //! 6. `gateway/Cargo.toml`: the dependency.
-//! 7. `gateway/src/plugins.rs`: its line in `REGISTERED` and the function
-//!    that opens it from the gateway's settings.
+//! 7. `gateway/src/plugins.rs`: its one line in `REGISTERED`,
+//!    `(Backend::<Name>, prism_plugin_<name>::open)`.
 //!
 //! And its paragraph in ARCHITECTURE.md's code map; a backend whose tests
 //! need a real server adds that server's starter to `testkit/src/`.

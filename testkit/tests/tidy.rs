@@ -22,13 +22,20 @@
 //!     plugin crate among its dependencies (its tests start servers);
 //!   - `prism-auth`, `prism-tls` and `prism-telemetry` know no other Prism
 //!     crate.
+//! - **Module graph.** The gateway's modules (one per `.rs` file of
+//!   `gateway/src`) import each other in no cycle (ARCHITECTURE.md,
+//!   `gateway/`): a module that needs a type of one that needs it back is
+//!   a layer split wrongly. An edge is any `crate::`, `super::` or
+//!   `self::` path, or a path through a child module the file declares,
+//!   outside comments and the file's trailing `#[cfg(test)] mod tests`
+//!   (tests may reach anything), resolved to the deepest module it names.
 //! - **Paths.** Every repository path ARCHITECTURE.md names in backticks
 //!   (a name with a file extension, or ending in `/`) exists. A relative
 //!   name (`store/file.rs`) is found at the root, in the crate whose
 //!   section names it (`control-plane/` or `control-plane/src/`), or under
 //!   some crate's `src/`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -230,5 +237,242 @@ fn every_path_architecture_md_names_exists() {
         missing.is_empty(),
         "every path ARCHITECTURE.md names must exist (fix the name, or the map):\n  {}",
         missing.join("\n  ")
+    );
+}
+
+/// A module of a crate, as its path from the crate root (`["layers", "quota"]`).
+type Module = Vec<String>;
+
+/// The module `file` is, under the crate's `src`: `quota/mod.rs` is
+/// `quota`, `layers/quota.rs` is `layers::quota`, `lib.rs` the root.
+fn module_of(src: &Path, file: &Path) -> Module {
+    let rel = file.strip_prefix(src).expect("a file under src").with_extension("");
+    let mut module: Module = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    if module.last().is_some_and(|last| last == "mod" || last == "lib" || last == "main") {
+        module.pop();
+    }
+    module
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Reads the use tree at `code[*at..]` (`a::b`, `a::{b, c::d as e}`,
+/// `a::*`), adding every path it names to `out`, each after `prefix`.
+fn use_tree(code: &[u8], at: &mut usize, prefix: &[String], out: &mut Vec<Module>) {
+    let skip_space = |at: &mut usize| {
+        while code.get(*at).is_some_and(u8::is_ascii_whitespace) {
+            *at += 1;
+        }
+    };
+    let ident = |at: &mut usize| {
+        let start = *at;
+        while code.get(*at).copied().is_some_and(is_ident) {
+            *at += 1;
+        }
+        String::from_utf8_lossy(&code[start..*at]).into_owned()
+    };
+    let mut path = prefix.to_vec();
+    loop {
+        skip_space(at);
+        if code.get(*at) == Some(&b'{') {
+            *at += 1;
+            loop {
+                use_tree(code, at, &path, out);
+                skip_space(at);
+                if code.get(*at) == Some(&b',') {
+                    *at += 1;
+                    skip_space(at);
+                }
+                match code.get(*at) {
+                    Some(b'}') => {
+                        *at += 1;
+                        return;
+                    }
+                    Some(_) => continue,
+                    None => return,
+                }
+            }
+        }
+        if code.get(*at) == Some(&b'*') {
+            *at += 1;
+            out.push(path);
+            return;
+        }
+        let name = ident(at);
+        if name.is_empty() {
+            // Not a path after all (`crate::` in a string): skip a byte.
+            *at += 1;
+            return;
+        }
+        if name != "self" {
+            path.push(name);
+        }
+        if code[*at..].starts_with(b"::") {
+            *at += 2;
+            continue;
+        }
+        // `a as b`: the rename names nothing more.
+        let mut after = *at;
+        skip_space(&mut after);
+        if code[after..].starts_with(b"as") && code.get(after + 2).is_some_and(u8::is_ascii_whitespace) {
+            after += 2;
+            skip_space(&mut after);
+            ident(&mut after);
+            *at = after;
+        }
+        out.push(path);
+        return;
+    }
+}
+
+/// The paths `code` (of module `module`, declaring child modules
+/// `children`) names inside its crate, resolved from the crate root.
+fn crate_paths(module: &Module, children: &BTreeSet<String>, code: &str) -> Vec<Module> {
+    let bytes = code.as_bytes();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let boundary = at == 0 || !(is_ident(bytes[at - 1]) || bytes[at - 1] == b':');
+        let word_end = bytes[at..].iter().position(|b| !is_ident(*b)).map_or(bytes.len(), |n| at + n);
+        let word = &code[at..word_end];
+        if !boundary || word.is_empty() || !bytes[word_end..].starts_with(b"::") {
+            at = word_end.max(at + 1);
+            continue;
+        }
+        let base: Option<Module> = match word {
+            "crate" => Some(Vec::new()),
+            "self" | "super" => Some(module.clone()),
+            child if children.contains(child) => Some(module.clone()),
+            _ => None,
+        };
+        let Some(base) = base else {
+            at = word_end;
+            continue;
+        };
+        let mut found = Vec::new();
+        let mut cursor = if word == "crate" || word == "self" { word_end + 2 } else { at };
+        use_tree(bytes, &mut cursor, &[], &mut found);
+        for path in found {
+            let mut resolved = base.clone();
+            let mut rest = path.into_iter().peekable();
+            while rest.peek().is_some_and(|s| s == "super") {
+                rest.next();
+                resolved.pop();
+            }
+            resolved.extend(rest);
+            out.push(resolved);
+        }
+        at = cursor.max(word_end);
+    }
+    out
+}
+
+/// The code of a module file that counts for its imports: no comment
+/// lines, nothing from its `#[cfg(test)] mod tests` on.
+fn import_code(text: &str) -> String {
+    let end = text.find("#[cfg(test)]\nmod tests").unwrap_or(text.len());
+    text[..end].lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+}
+
+/// The cycles of a module graph (its strongly connected components of
+/// more than one module), each sorted.
+fn cycles(graph: &BTreeMap<Module, BTreeSet<Module>>) -> Vec<Vec<Module>> {
+    // Kosaraju: finish order on the graph, then components on its reverse.
+    fn finish(
+        v: &Module,
+        g: &BTreeMap<Module, BTreeSet<Module>>,
+        seen: &mut BTreeSet<Module>,
+        order: &mut Vec<Module>,
+    ) {
+        if !seen.insert(v.clone()) {
+            return;
+        }
+        for w in g.get(v).into_iter().flatten() {
+            finish(w, g, seen, order);
+        }
+        order.push(v.clone());
+    }
+    let mut seen = BTreeSet::new();
+    let mut order = Vec::new();
+    for v in graph.keys() {
+        finish(v, graph, &mut seen, &mut order);
+    }
+    let mut reverse: BTreeMap<Module, BTreeSet<Module>> = BTreeMap::new();
+    for (v, ws) in graph {
+        for w in ws {
+            reverse.entry(w.clone()).or_default().insert(v.clone());
+        }
+    }
+    let mut assigned = BTreeSet::new();
+    let mut found = Vec::new();
+    for v in order.iter().rev() {
+        let mut component = Vec::new();
+        finish(v, &reverse, &mut assigned, &mut component);
+        if component.len() > 1 {
+            component.sort();
+            found.push(component);
+        }
+    }
+    found
+}
+
+#[test]
+fn the_gateway_modules_import_each_other_in_no_cycle() {
+    let ws = workspace();
+    let gateway = ws.crates.iter().find(|c| c.name == GATEWAY).expect("the gateway is in `cargo metadata`");
+    let src = ws.root.join(&gateway.dir).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let modules: BTreeMap<Module, PathBuf> = files
+        .into_iter()
+        .map(|f| (module_of(&src, &f), f))
+        .filter(|(m, _)| m.last().is_none_or(|last| last != "tests"))
+        .collect();
+    let mut graph: BTreeMap<Module, BTreeSet<Module>> = BTreeMap::new();
+    let mut edges = 0;
+    for (module, file) in &modules {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        let code = import_code(&text);
+        let children: BTreeSet<String> = code
+            .lines()
+            .filter_map(|l| l.trim().trim_start_matches("pub ").strip_prefix("mod ")?.strip_suffix(';'))
+            .map(str::to_owned)
+            .collect();
+        let targets = graph.entry(module.clone()).or_default();
+        for path in crate_paths(module, &children, &code) {
+            // The deepest module the path names; the root is no layer.
+            let target = (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|m| modules.contains_key(m));
+            if let Some(target) = target.filter(|t| t != module) {
+                edges += usize::from(targets.insert(target));
+            }
+        }
+    }
+    assert!(
+        modules.len() > 30 && edges > 100,
+        "found {} modules, {edges} imports: is the parser broken?",
+        modules.len()
+    );
+    let name = |m: &Module| if m.is_empty() { "crate".to_owned() } else { m.join("::") };
+    let found: Vec<String> = cycles(&graph)
+        .iter()
+        .map(|cycle| {
+            let members: BTreeSet<&Module> = cycle.iter().collect();
+            cycle
+                .iter()
+                .map(|m| {
+                    let into: Vec<String> = graph[m].iter().filter(|t| members.contains(t)).map(&name).collect();
+                    format!("{} → {}", name(m), into.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the gateway's modules import each other in a circle (ARCHITECTURE.md, `gateway/`): move the \
+         shared type below both, or pass what the lower module needs:\n  {}",
+        found.join("\n  ")
     );
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::ControlPlane;
 use super::watcher::Changes;
-use crate::backend::Plugins;
+use crate::plugins::Plugins;
 use crate::snapshot::{Metadata, NamespaceEntry};
 use crate::tail::TailHub;
 

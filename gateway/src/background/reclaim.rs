@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::Plugins;
 use crate::error::GatewayError;
+use crate::plugins::Plugins;
 use crate::snapshot::Metadata;
 
 /// What reclamation uses.

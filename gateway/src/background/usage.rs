@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::ControlPlane;
 use super::registration::Registration;
-use crate::backend::Plugins;
+use crate::plugins::Plugins;
 use crate::quota::{Metric, QuotaRegistry, Subject, Window};
 use crate::snapshot::Metadata;
 

@@ -70,7 +70,8 @@ where
         // The snapshot is loaded for the call here, and authorization
         // decides on the same load.
         let loaded = call.load(&self.metadata);
-        let series = self.metrics.namespaces.lookup(loaded.entry.as_deref());
+        let book = &self.metrics.namespaces;
+        let series = loaded.entry.as_deref().map_or_else(|| book.unattributed(), |e| e.request_series(book));
         let pending = Pending { series, rpc: call.request.index(), start: Instant::now(), code: CANCELLED };
         Counted { inner: self.inner.call(call), pending }
     }

@@ -78,7 +78,7 @@ fn count_refusal(metrics: &GatewayMetrics, entry: &NamespaceEntry, e: &GatewayEr
         _ => return,
     };
     metrics.refusals.record(RefusingLayer::Quota, quota);
-    metrics.namespaces.of(entry).quota_refused(quota, tenant);
+    entry.request_series(&metrics.namespaces).quota_refused(quota, tenant);
 }
 
 /// The largest key + value the namespace accepts (the tenant's quota is
@@ -182,7 +182,16 @@ pub fn admit(
         max = max.min(q);
     }
     check_item_sizes(&call.request, max)?;
-    registry.admit(entry, tenant_quotas, call.request.access(), write_bytes(&call.request))
+    let (access, bytes) = (call.request.access(), write_bytes(&call.request));
+    registry.admit(
+        &entry.ns,
+        entry.tenant(),
+        &entry.local.quota_tracker,
+        entry.owner().is_some(),
+        tenant_quotas,
+        access,
+        bytes,
+    )
 }
 
 impl<I> Service<Call> for Quota<I>

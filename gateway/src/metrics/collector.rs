@@ -16,11 +16,11 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::*;
-use crate::backend::Plugins;
 use crate::buffer::WriteBuffer;
 use crate::cache::ReadCache;
 use crate::health::Readiness;
 use crate::layers::VerifiedTokens;
+use crate::plugins::Plugins;
 use crate::quota::QuotaRegistry;
 use crate::snapshot::Metadata;
 use crate::tail::TailHub;
@@ -247,7 +247,8 @@ impl Collector for GatewayCollector {
 impl GatewayCollector {
     fn requests(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let book = &self.sources.metrics.namespaces;
-        book.sweep(&self.sources.metadata);
+        let snapshot = self.sources.metadata.load();
+        book.sweep(|name| snapshot.namespace(name).is_some_and(|e| e.status != NamespaceStatus::Deleted));
         let all = book.all();
         let mut requests = family(
             encoder,

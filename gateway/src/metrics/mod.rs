@@ -27,12 +27,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prism_proto::control::{Backend, NamespaceStatus};
+use arc_swap::ArcSwapOption;
+use prism_proto::control::Backend;
 use prism_proto::error::ErrorKind;
 use prism_telemetry::histogram::LatencyHistogram;
 
 use crate::error::GatewayError;
-use crate::snapshot::{Metadata, NamespaceEntry};
 
 /// `tenant` and `namespace` of the namespaces past the cap.
 pub const OVERFLOW: &str = "_other";
@@ -69,6 +69,12 @@ pub const QUOTAS: [&str; 6] = [
 fn quota_index(quota: &str) -> Option<usize> {
     QUOTAS.iter().position(|q| *q == quota)
 }
+
+/// Where a namespace's snapshot entry keeps its series (empty until a
+/// request counts into it), so the next request finds it without the
+/// book's lock. The slot is the entry's; this module reads no snapshot
+/// type, so the entry can hold it without the two importing each other.
+pub type SeriesSlot = ArcSwapOption<RequestSeries>;
 
 /// Requests, latencies and quota refusals of one namespace (or of the
 /// overflow, or of the unattributed).
@@ -147,19 +153,20 @@ impl NamespaceBook {
         }
     }
 
-    /// The series of `entry`'s namespace: the one cached on the entry, else
-    /// made (or the overflow, past the cap) and cached there.
-    pub fn of(&self, entry: &NamespaceEntry) -> Arc<RequestSeries> {
-        if let Some(series) = &*entry.local.metrics.load() {
+    /// The series of namespace `name` (of `tenant`): the one cached in
+    /// `slot` (its snapshot entry's), else made (or the overflow, past the
+    /// cap) and cached there.
+    pub fn of(&self, name: &str, tenant: &str, slot: &SeriesSlot) -> Arc<RequestSeries> {
+        if let Some(series) = &*slot.load() {
             return series.clone();
         }
         let series = {
             let mut all = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match all.get(entry.ns.name.as_str()) {
+            match all.get(name) {
                 Some(s) => s.clone(),
                 None if all.len() < self.cap => {
-                    let s = Arc::new(RequestSeries::new(entry.tenant(), &entry.ns.name));
-                    all.insert(entry.ns.name.as_str().into(), s.clone());
+                    let s = Arc::new(RequestSeries::new(tenant, name));
+                    all.insert(name.into(), s.clone());
                     s
                 }
                 None => {
@@ -168,25 +175,21 @@ impl NamespaceBook {
                 }
             }
         };
-        entry.local.metrics.store(Some(series.clone()));
+        slot.store(Some(series.clone()));
         series
     }
 
-    /// The series of a request's namespace as its snapshot has it (not
-    /// deleted), or the unattributed one.
-    pub fn lookup(&self, entry: Option<&NamespaceEntry>) -> Arc<RequestSeries> {
-        match entry {
-            Some(entry) => self.of(entry),
-            None => self.unattributed.clone(),
-        }
+    /// The series of requests for no namespace of the snapshot.
+    pub fn unattributed(&self) -> Arc<RequestSeries> {
+        self.unattributed.clone()
     }
 
-    /// Forgets the series of namespaces that left the snapshot (deleted),
-    /// so their series stop being exposed and make room under the cap.
-    fn sweep(&self, metadata: &Metadata) {
-        let snapshot = metadata.load();
+    /// Forgets the series of namespaces that are no longer `live` (left
+    /// the snapshot, or deleted), so their series stop being exposed and
+    /// make room under the cap.
+    fn sweep(&self, live: impl Fn(&str) -> bool) {
         let mut all = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        all.retain(|name, _| snapshot.namespace(name).is_some_and(|e| e.status != NamespaceStatus::Deleted));
+        all.retain(|name, _| live(name));
     }
 
     fn all(&self) -> Vec<Arc<RequestSeries>> {
@@ -454,10 +457,10 @@ mod tests {
         let book = NamespaceBook::new(1);
         let entry = |name: &str| crate::snapshot::NamespaceEntry::for_tests(name, 1);
         let (a, b) = (entry("t/a"), entry("t/b"));
-        let sa = book.of(&a);
+        let sa = a.request_series(&book);
         assert_eq!(&*sa.namespace, "t/a");
-        assert!(Arc::ptr_eq(&book.of(&a), &sa), "cached on the entry");
-        let sb = book.of(&b);
+        assert!(Arc::ptr_eq(&a.request_series(&book), &sa), "cached on the entry");
+        let sb = b.request_series(&book);
         assert_eq!(&*sb.namespace, OVERFLOW);
         assert_eq!(book.overflowed.load(Ordering::Relaxed), 1);
         sb.record(1, 0, Duration::from_micros(50));

@@ -86,14 +86,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use prism_proto::control::{NamespaceStatus, QuotaSet, TenantState};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use prism_plugin_api::Namespace;
+use prism_proto::control::QuotaSet;
 
 pub use window::{BUCKET_MS, BUCKETS, Metric, Usage, WINDOW_MS, Window};
 
 use crate::error::GatewayError;
 use crate::request::Access;
-use crate::snapshot::{Metadata, NamespaceEntry, Snapshot};
 
 /// A tracker unused for this long, with nothing in flight, is dropped.
 pub const IDLE_MS: u64 = 60_000;
@@ -105,6 +105,23 @@ pub const CONCURRENCY_RETRY: Duration = Duration::from_millis(10);
 /// What a storage refusal suggests: space comes back only when data is
 /// deleted or expires, and it is measured again about this often.
 pub const STORAGE_RETRY: Duration = Duration::from_secs(30);
+
+/// Where a namespace's snapshot entry keeps its tracker (empty until a
+/// request is admitted), so the next request finds it without a map
+/// lookup. The slot is the entry's; the tracker in it is the registry's.
+pub type TrackerSlot = ArcSwapOption<Tracker>;
+
+/// What the sweep asks of the metadata: whether a tracker's subject is
+/// still served. The snapshot answers (`crate::snapshot`): the quota engine
+/// reads no snapshot type, so a snapshot entry can hold its tracker
+/// without the two modules importing each other.
+pub trait Live {
+    /// Whether namespace `name`, in its incarnation `incarnation` (its
+    /// create revision), is in the metadata and not deleted.
+    fn namespace_live(&self, name: &str, incarnation: u64) -> bool;
+    /// Whether tenant `id` is in the metadata and not deleted.
+    fn tenant_live(&self, id: &str) -> bool;
+}
 
 /// Milliseconds on a process-wide coarse monotonic clock. One thread
 /// advances it every millisecond, so a read is one atomic load: reading the
@@ -637,43 +654,48 @@ impl QuotaRegistry {
         }
     }
 
-    /// Admits a request to `entry` (whose tenant has `tenant_quotas`) or
-    /// refuses it with `QuotaExceeded`. `write_bytes` is what the request
-    /// writes.
+    /// Admits a request to `ns` (of `tenant`, which has `tenant_quotas`)
+    /// or refuses it with `QuotaExceeded`. `tracker_slot` is where the
+    /// namespace's snapshot entry keeps its tracker; `alone` says this
+    /// instance serves the namespace alone (an embedded namespace on its
+    /// owner store), so its tracker keeps the whole limit. `write_bytes` is
+    /// what the request writes.
+    #[allow(clippy::too_many_arguments)]
     pub fn admit(
         &self,
-        entry: &NamespaceEntry,
+        ns: &Namespace,
+        tenant: &str,
+        tracker_slot: &TrackerSlot,
+        alone: bool,
         tenant_quotas: Option<&QuotaSet>,
         access: Access,
         write_bytes: u64,
     ) -> Result<Admission, GatewayError> {
         let now_ms = self.clock.now_ms();
-        let tenant = entry.tenant();
         // The snapshot entry caches its tracker: no map lookup per request.
-        let cached = entry.local.quota_tracker.load();
+        let cached = tracker_slot.load();
         let namespace = match cached.as_ref().filter(|t| !t.dropped.load(Ordering::Relaxed)) {
             Some(t) => t.clone(),
             None => {
-                let alone = entry.owner().is_some();
-                let t = self.namespace_tracker(&entry.ns.name, entry.ns.create_revision, tenant, alone);
-                entry.local.quota_tracker.store(Some(t.clone()));
+                let t = self.namespace_tracker(&ns.name, ns.create_revision, tenant, alone);
+                tracker_slot.store(Some(t.clone()));
                 t
             }
         };
         let Some(tenant_tracker) = namespace.tenant.as_deref() else {
             return Err(GatewayError::Internal("a namespace tracker without its tenant's".into()));
         };
-        let ns = Checked {
-            subject: Subject::Namespace(&entry.ns.name),
+        let ns_check = Checked {
+            subject: Subject::Namespace(&ns.name),
             tracker: &namespace,
-            limits: Limits::of(entry.ns.spec.quotas.as_ref()),
+            limits: Limits::of(ns.spec.quotas.as_ref()),
         };
-        let tn =
+        let tn_check =
             Checked { subject: Subject::Tenant(tenant), tracker: tenant_tracker, limits: Limits::of(tenant_quotas) };
-        ns.rates(now_ms, access, write_bytes)?;
-        tn.rates(now_ms, access, write_bytes)?;
-        let ns_slot = ns.enter()?;
-        let tenant_slot = match tn.enter() {
+        ns_check.rates(now_ms, access, write_bytes)?;
+        tn_check.rates(now_ms, access, write_bytes)?;
+        let ns_slot = ns_check.enter()?;
+        let tenant_slot = match tn_check.enter() {
             Ok(taken) => taken,
             Err(e) => {
                 if ns_slot {
@@ -688,22 +710,20 @@ impl QuotaRegistry {
         Ok(Admission { charge: ReadCharge { namespace, clock: self.clock }, slots: (ns_slot, tenant_slot) })
     }
 
-    /// Drops the trackers whose subject left `snapshot` (or is deleted, or
-    /// is a new incarnation) and those idle for [`IDLE_MS`] with nothing in
-    /// flight. A request that fetched a tracker just before it is dropped
-    /// counts on the dropped one: its counts are lost, which an idle
-    /// tracker can afford. Returns how many were dropped.
-    pub fn sweep(&self, snapshot: &Snapshot) -> usize {
+    /// Drops the trackers whose subject is no longer `live` (it left the
+    /// metadata, is deleted, or is a new incarnation) and those idle for
+    /// [`IDLE_MS`] with nothing in flight. A request that fetched a tracker
+    /// just before it is dropped counts on the dropped one: its counts are
+    /// lost, which an idle tracker can afford. Returns how many were
+    /// dropped.
+    pub fn sweep(&self, live: &impl Live) -> usize {
         let slot = Window::slot(self.clock.now_ms());
         let _writer = self.writer();
         let mut dropped = 0;
         let namespaces = self.namespaces.load_full();
         let mut next = (*namespaces).clone();
         next.retain(|name, t| {
-            let live = snapshot
-                .namespace(name)
-                .is_some_and(|e| e.ns.create_revision == t.incarnation && e.status != NamespaceStatus::Deleted);
-            let keep = live && !t.idle_since(slot);
+            let keep = live.namespace_live(name, t.incarnation) && !t.idle_since(slot);
             if !keep {
                 t.dropped.store(true, Ordering::Relaxed);
             }
@@ -717,10 +737,9 @@ impl QuotaRegistry {
         let tenants = self.tenants.load_full();
         let mut next = (*tenants).clone();
         next.retain(|id, t| {
-            let live = snapshot.tenant(id).is_some() && snapshot.tenant_state(id) != TenantState::Deleted;
             // A tenant's tracker stays while a namespace tracker holds it,
             // so all of a tenant's namespaces count on the same tracker.
-            let keep = (live && !t.idle_since(slot)) || held.contains(&Arc::as_ptr(t));
+            let keep = (live.tenant_live(id) && !t.idle_since(slot)) || held.contains(&Arc::as_ptr(t));
             dropped += usize::from(!keep);
             keep
         });
@@ -738,11 +757,11 @@ impl QuotaRegistry {
     }
 }
 
-/// Sweeps `registry` against the current snapshot every
-/// [`SWEEP_INTERVAL`] until `stopped`.
-pub async fn sweeper(
+/// Sweeps `registry` against the `current` metadata (the snapshot of
+/// the moment) every [`SWEEP_INTERVAL`] until `stopped`.
+pub async fn sweeper<L: Live>(
     registry: Arc<QuotaRegistry>,
-    metadata: Arc<Metadata>,
+    current: impl Fn() -> Arc<L>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut every = tokio::time::interval(SWEEP_INTERVAL);
@@ -752,7 +771,7 @@ pub async fn sweeper(
             _ = every.tick() => {}
             _ = stopped.changed() => return,
         }
-        let dropped = registry.sweep(&metadata.load());
+        let dropped = registry.sweep(&*current());
         if dropped > 0 {
             tracing::debug!(dropped, "quota trackers dropped");
         }

@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
-use prism_proto::control::{Change, Delta, Namespace, NamespaceSpec, NamespaceStatus, QuotaSet, Tenant, change};
+use prism_proto::control::{
+    Change, Delta, Namespace, NamespaceSpec, NamespaceStatus, QuotaSet, Tenant, TenantState, change,
+};
 
 use super::*;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{NamespaceEntry, Snapshot};
 
 fn quotas(rps: i64, read: i64, write: i64, concurrent: i64) -> QuotaSet {
     QuotaSet {
@@ -46,6 +48,18 @@ fn entry(s: &Snapshot, name: &str) -> Arc<NamespaceEntry> {
     s.namespace(name).cloned().unwrap_or_else(|| panic!("{name} in the snapshot"))
 }
 
+/// Admits a request to `e` as the quota layer does, with the tracker
+/// slot of its entry.
+fn admit(
+    registry: &QuotaRegistry,
+    e: &NamespaceEntry,
+    tenant: Option<&QuotaSet>,
+    access: Access,
+    write_bytes: u64,
+) -> Result<Admission, GatewayError> {
+    registry.admit(&e.ns, e.tenant(), &e.local.quota_tracker, e.owner().is_some(), tenant, access, write_bytes)
+}
+
 fn refusal(r: Result<Admission, GatewayError>) -> (String, String, Duration) {
     match r {
         Err(GatewayError::QuotaExceeded { subject, description, retry_after: Some(after), .. }) => {
@@ -69,9 +83,9 @@ fn the_namespace_rate_is_enforced_with_subject_limit_and_retry() {
     let e = entry(&s, "acme/orders");
     let registry = QuotaRegistry::default();
     for _ in 0..5 {
-        assert!(registry.admit(&e, None, Access::Write, 0).is_ok());
+        assert!(admit(&registry, &e, None, Access::Write, 0).is_ok());
     }
-    let (subject, description, after) = refusal(registry.admit(&e, None, Access::Write, 0));
+    let (subject, description, after) = refusal(admit(&registry, &e, None, Access::Write, 0));
     assert_eq!(subject, "namespace:acme/orders");
     assert!(description.contains("requests_per_second") && description.contains('5'), "{description}");
     assert!(after > Duration::ZERO && after <= Duration::from_millis(WINDOW_MS), "{after:?}");
@@ -83,9 +97,9 @@ fn the_tenant_quota_spans_its_namespaces_and_a_refusal_charges_nothing() {
     let tenant = quotas(4, -1, -1, -1);
     let registry = QuotaRegistry::default();
     for name in ["acme/a", "acme/b", "acme/a", "acme/b"] {
-        assert!(registry.admit(&entry(&s, name), Some(&tenant), Access::Read, 0).is_ok());
+        assert!(admit(&registry, &entry(&s, name), Some(&tenant), Access::Read, 0).is_ok());
     }
-    let (subject, _, _) = refusal(registry.admit(&entry(&s, "acme/a"), Some(&tenant), Access::Read, 0));
+    let (subject, _, _) = refusal(admit(&registry, &entry(&s, "acme/a"), Some(&tenant), Access::Read, 0));
     assert_eq!(subject, "tenant:acme");
     let slot = Window::slot(registry.clock().now_ms());
     let a = registry.tracker(Subject::Namespace("acme/a")).map(|t| t.window().usage(slot).requests);
@@ -97,19 +111,19 @@ fn write_bytes_are_charged_up_front_and_one_oversize_write_passes_an_empty_windo
     let s = snapshot(&[("acme/w", 1, quotas(-1, -1, 1000, -1))], &["acme"]);
     let e = entry(&s, "acme/w");
     let registry = QuotaRegistry::default();
-    assert!(registry.admit(&e, None, Access::Write, 600).is_ok());
-    let (_, description, _) = refusal(registry.admit(&e, None, Access::Write, 600));
+    assert!(admit(&registry, &e, None, Access::Write, 600).is_ok());
+    let (_, description, _) = refusal(admit(&registry, &e, None, Access::Write, 600));
     assert!(description.contains("write_bytes_per_second quota of 1000"), "{description}");
     // Reads and deletes (no bytes) are not held back by the write rate.
-    assert!(registry.admit(&e, None, Access::Write, 0).is_ok());
-    assert!(registry.admit(&e, None, Access::Read, 0).is_ok());
+    assert!(admit(&registry, &e, None, Access::Write, 0).is_ok());
+    assert!(admit(&registry, &e, None, Access::Read, 0).is_ok());
     // A snapshot entry caches its gateway's tracker: another registry
     // needs entries of its own.
     let s = snapshot(&[("acme/w", 1, quotas(-1, -1, 1000, -1))], &["acme"]);
     let e = entry(&s, "acme/w");
     let other = QuotaRegistry::default();
-    assert!(other.admit(&e, None, Access::Write, 5000).is_ok(), "an empty window admits one oversize write");
-    assert!(other.admit(&e, None, Access::Write, 1).is_err());
+    assert!(admit(&other, &e, None, Access::Write, 5000).is_ok(), "an empty window admits one oversize write");
+    assert!(admit(&other, &e, None, Access::Write, 1).is_err());
 }
 
 #[test]
@@ -117,15 +131,15 @@ fn read_bytes_are_charged_after_the_response_and_then_refuse() {
     let s = snapshot(&[("acme/r", 1, quotas(-1, 100, -1, -1))], &["acme"]);
     let e = entry(&s, "acme/r");
     let registry = QuotaRegistry::default();
-    let first = registry.admit(&e, None, Access::Read, 0);
-    let second = registry.admit(&e, None, Access::Read, 0);
+    let first = admit(&registry, &e, None, Access::Read, 0);
+    let second = admit(&registry, &e, None, Access::Read, 0);
     // Both admitted: nothing was read yet. Their responses overshoot.
     first.as_ref().map(|a| a.charge_read(80)).ok();
     second.as_ref().map(|a| a.charge_read(80)).ok();
     assert!(first.is_ok() && second.is_ok());
-    let (_, description, _) = refusal(registry.admit(&e, None, Access::Read, 0));
+    let (_, description, _) = refusal(admit(&registry, &e, None, Access::Read, 0));
     assert!(description.contains("read_bytes_per_second quota of 100"), "{description}");
-    assert!(registry.admit(&e, None, Access::Write, 0).is_ok(), "writes do not wait for reads");
+    assert!(admit(&registry, &e, None, Access::Write, 0).is_ok(), "writes do not wait for reads");
 }
 
 #[test]
@@ -134,18 +148,18 @@ fn concurrency_is_held_by_the_admission() {
     let e = entry(&s, "acme/c");
     let tenant = quotas(-1, -1, -1, -1);
     let registry = QuotaRegistry::default();
-    let a = registry.admit(&e, Some(&tenant), Access::Read, 0);
-    let b = registry.admit(&e, Some(&tenant), Access::Read, 0);
+    let a = admit(&registry, &e, Some(&tenant), Access::Read, 0);
+    let b = admit(&registry, &e, Some(&tenant), Access::Read, 0);
     assert!(a.is_ok() && b.is_ok());
-    let (subject, description, after) = refusal(registry.admit(&e, Some(&tenant), Access::Read, 0));
+    let (subject, description, after) = refusal(admit(&registry, &e, Some(&tenant), Access::Read, 0));
     assert_eq!((subject.as_str(), after), ("namespace:acme/c", CONCURRENCY_RETRY));
     assert!(description.contains("concurrent_requests quota of 2"), "{description}");
     drop(a);
-    assert!(registry.admit(&e, Some(&tenant), Access::Read, 0).is_ok());
+    assert!(admit(&registry, &e, Some(&tenant), Access::Read, 0).is_ok());
     drop(b);
     // A tenant refusal gives back the namespace's slot it had taken.
     let tight = quotas(-1, -1, -1, 0);
-    assert!(registry.admit(&e, Some(&tight), Access::Read, 0).is_err());
+    assert!(admit(&registry, &e, Some(&tight), Access::Read, 0).is_err());
     assert_eq!(registry.tracker(Subject::Namespace("acme/c")).map(|t| t.concurrent()), Some(0));
 }
 
@@ -156,9 +170,9 @@ fn a_share_divides_the_limit_and_survives_the_tracker() {
     let registry = QuotaRegistry::default();
     registry.set_share(Subject::Namespace("acme/s"), 0.5);
     for _ in 0..5 {
-        assert!(registry.admit(&e, None, Access::Read, 0).is_ok());
+        assert!(admit(&registry, &e, None, Access::Read, 0).is_ok());
     }
-    let (_, description, _) = refusal(registry.admit(&e, None, Access::Read, 0));
+    let (_, description, _) = refusal(admit(&registry, &e, None, Access::Read, 0));
     assert!(description.contains("quota of 10 exceeded (5 enforced on this gateway)"), "{description}");
     // Shares set before a tracker exists, and defaults, apply on creation.
     registry.set_default_share(Kind::Tenant, 0.25);
@@ -189,8 +203,8 @@ fn a_namespace_one_instance_serves_alone_keeps_its_whole_limit_whatever_the_repl
     let registry = QuotaRegistry::default();
     // Two replicas: namespaces get half, except the one served alone.
     registry.set_default_share(Kind::Namespace, 0.5);
-    drop(registry.admit(&entry(&s, "acme/shared"), None, Access::Read, 0));
-    drop(registry.admit(&entry(&s, "acme/owned"), None, Access::Read, 0));
+    drop(admit(&registry, &entry(&s, "acme/shared"), None, Access::Read, 0));
+    drop(admit(&registry, &entry(&s, "acme/owned"), None, Access::Read, 0));
     registry.set_default_share(Kind::Namespace, 1.0 / 3.0);
     let effective = |name| registry.tracker(Subject::Namespace(name)).map(|t| t.effective(10));
     assert_eq!((effective("acme/shared"), effective("acme/owned")), (Some(4), Some(10)));
@@ -201,9 +215,9 @@ fn sweep_drops_trackers_of_gone_subjects_and_new_incarnations() {
     let q = quotas(-1, -1, -1, -1);
     let s1 = snapshot(&[("acme/x", 1, q), ("acme/y", 1, q)], &["acme"]);
     let registry = QuotaRegistry::default();
-    let held = registry.admit(&entry(&s1, "acme/x"), None, Access::Read, 0);
+    let held = admit(&registry, &entry(&s1, "acme/x"), None, Access::Read, 0);
     assert!(held.is_ok());
-    drop(registry.admit(&entry(&s1, "acme/y"), None, Access::Read, 0));
+    drop(admit(&registry, &entry(&s1, "acme/y"), None, Access::Read, 0));
     assert_eq!(registry.len(), (1, 2));
     assert_eq!(registry.sweep(&s1), 0, "active trackers stay");
     // acme/y is gone and acme/x is a new incarnation.
@@ -211,7 +225,7 @@ fn sweep_drops_trackers_of_gone_subjects_and_new_incarnations() {
     assert_eq!(registry.sweep(&s2), 2);
     assert_eq!(registry.len(), (1, 0));
     // The new incarnation gets a fresh tracker on its first request.
-    assert!(registry.admit(&entry(&s2, "acme/x"), None, Access::Read, 0).is_ok());
+    assert!(admit(&registry, &entry(&s2, "acme/x"), None, Access::Read, 0).is_ok());
     assert_eq!(registry.tracker(Subject::Namespace("acme/x")).map(|t| t.incarnation), Some(7));
     // A tenant's tracker stays while one of its namespaces' does.
     assert_eq!(registry.sweep(&snapshot(&[("acme/x", 7, q)], &[])), 0);

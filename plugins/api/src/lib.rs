@@ -9,6 +9,18 @@
 //! which abstractions it serves. Credentials a namespace names by
 //! reference reach a plugin through [`secrets`].
 //!
+//! # A plugin is opened from the gateway's settings
+//!
+//! Every plugin crate exports `pub fn open(&PluginSettings) ->
+//! Result<Arc<dyn Plugin>>` (the [`Open`] type). [`PluginSettings`] is what
+//! a gateway gives every plugin — its data directory, the chunk threshold,
+//! the request timeout, the secrets it may hand out, the CA file its
+//! backends' TLS is checked against — and each plugin takes what it uses
+//! and keeps its own defaults for the rest. So a gateway registers a
+//! backend with one line, `(Backend::Kafka, prism_plugin_kafka::open)`,
+//! and never names a plugin's own configuration type; a plugin never
+//! sees the gateway's configuration either, only these settings.
+//!
 //! # Namespaces are opened once
 //!
 //! A plugin is called with a namespace's metadata ([`Namespace`]) only to
@@ -57,6 +69,7 @@
 pub mod error;
 pub mod kv;
 pub mod secrets;
+pub mod settings;
 pub mod ts;
 
 #[cfg(feature = "conformance")]
@@ -66,6 +79,7 @@ use async_trait::async_trait;
 use prism_proto::control::{Abstraction, Backend, NamespaceSpec};
 
 pub use error::{PluginError, Result};
+pub use settings::{Open, PluginSettings};
 
 /// Microseconds since the Unix epoch: every time a plugin sees.
 pub type Micros = i64;

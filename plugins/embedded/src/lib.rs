@@ -28,7 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prism_plugin_api::kv::KeyValue;
 use prism_plugin_api::ts::TimeSeries;
-use prism_plugin_api::{Capabilities, Namespace, Plugin, now_micros};
+use prism_plugin_api::{Capabilities, Namespace, Plugin, PluginError, PluginSettings, now_micros};
 use prism_proto::control::Backend;
 use tokio::sync::Semaphore;
 
@@ -36,6 +36,21 @@ pub use config::EmbeddedConfig;
 pub use error::{EmbeddedError, Result};
 
 use crate::kv::{Incarnation, Store};
+
+/// Opens the plugin for a gateway (its line in the gateway's `REGISTERED`):
+/// the store in the gateway's data directory, values chunked at the
+/// gateway's threshold, this crate's defaults for the rest. Blocking, like
+/// [`EmbeddedPlugin::open`].
+pub fn open(settings: &PluginSettings) -> prism_plugin_api::Result<Arc<dyn Plugin>> {
+    let config = EmbeddedConfig {
+        data_dir: settings.data_dir.clone(),
+        chunk_threshold_bytes: settings.chunk_threshold_bytes,
+        ..EmbeddedConfig::default()
+    };
+    let plugin =
+        EmbeddedPlugin::open(config).map_err(|e| PluginError::internal("cannot open the embedded store", e))?;
+    Ok(Arc::new(plugin))
+}
 
 /// The embedded backend plugin. Cheap to share behind an `Arc`; one per
 /// data directory (redb locks the file).

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prism_plugin_api::ts::TimeSeries;
-use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin};
+use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin, PluginError, PluginSettings};
 use prism_proto::control::Backend;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -43,6 +43,16 @@ use rdkafka::types::RDKafkaErrorCode;
 
 pub use config::{KafkaPluginConfig, NamespaceSettings};
 pub use error::{KafkaError, Result};
+
+/// Opens the plugin for a gateway (its line in the gateway's `REGISTERED`)
+/// with this crate's defaults: none of the gateway's settings applies to
+/// Kafka yet (its timeouts are its own and shorter than a request's; it
+/// stores no values and speaks no TLS). Opens no connection.
+pub fn open(_settings: &PluginSettings) -> prism_plugin_api::Result<Arc<dyn Plugin>> {
+    let plugin = KafkaPlugin::new(KafkaPluginConfig::default())
+        .map_err(|e| PluginError::internal("cannot set up the kafka backend", e))?;
+    Ok(Arc::new(plugin))
+}
 
 /// The kafka backend plugin. Cheap to share behind an `Arc`.
 pub struct KafkaPlugin {

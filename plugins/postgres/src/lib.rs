@@ -52,7 +52,7 @@ use deadpool_postgres::Pool;
 use prism_plugin_api::kv::KeyValue;
 use prism_plugin_api::secrets::Secrets;
 use prism_plugin_api::ts::TimeSeries;
-use prism_plugin_api::{Capabilities, Namespace, Plugin};
+use prism_plugin_api::{Capabilities, Namespace, Plugin, PluginError, PluginSettings};
 use prism_proto::control::Backend;
 
 pub use config::{NamespaceSettings, PostgresPluginConfig};
@@ -63,6 +63,24 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::config::PoolKey;
 use crate::kv::Target;
 use crate::kv::lanes::Lanes;
+
+/// Opens the plugin for a gateway (its line in the gateway's `REGISTERED`):
+/// values chunked at the gateway's threshold, TLS checked against the
+/// gateway's CA file (read here, so a bad one stops the gateway at
+/// startup), a namespace's `password_ref` resolved only to the gateway's
+/// declared secrets, this crate's defaults for the rest (its timeouts
+/// among them). Opens no connection.
+pub fn open(settings: &PluginSettings) -> prism_plugin_api::Result<Arc<dyn Plugin>> {
+    let config = PostgresPluginConfig {
+        chunk_threshold_bytes: settings.chunk_threshold_bytes,
+        tls_ca_file: settings.tls_ca_file.clone(),
+        ..PostgresPluginConfig::default()
+    };
+    let plugin = PostgresPlugin::new(config)
+        .map_err(|e| PluginError::internal("cannot set up the postgres backend", e))?
+        .with_secrets(settings.secrets.clone());
+    Ok(Arc::new(plugin))
+}
 
 /// The postgres backend plugin. Cheap to share behind an `Arc`.
 ///

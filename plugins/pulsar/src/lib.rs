@@ -68,7 +68,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use prism_plugin_api::ts::TimeSeries;
-use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin};
+use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin, PluginSettings};
 use prism_proto::control::Backend;
 use pulsar::consumer::{ConsumerOptions, InitialPosition, Message};
 use pulsar::proto::MessageIdData;
@@ -83,6 +83,16 @@ pub use error::{PulsarError, Result};
 pub use pulsar;
 
 use crate::codec::{Lifecycle, LifecycleKind, record};
+
+/// Opens the plugin for a gateway (its line in the gateway's `REGISTERED`):
+/// every call bounded by the gateway's request timeout, this crate's
+/// defaults for the rest. Opens no connection, and cannot fail.
+pub fn open(settings: &PluginSettings) -> prism_plugin_api::Result<Arc<dyn Plugin>> {
+    Ok(Arc::new(PulsarPlugin::new(PulsarPluginConfig {
+        request_timeout: settings.request_timeout,
+        ..PulsarPluginConfig::default()
+    })))
+}
 
 type Client = Pulsar<TokioExecutor>;
 type SharedProducer = Arc<tokio::sync::Mutex<Producer<TokioExecutor>>>;
