@@ -45,7 +45,7 @@
 pub mod codec;
 pub mod config;
 pub mod error;
-mod relay;
+pub mod relay;
 pub mod ts;
 
 use std::collections::HashMap;
