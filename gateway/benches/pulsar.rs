@@ -386,8 +386,11 @@ async fn run(broker: &PulsarBroker, ops: usize, rounds: usize, concurrency: usiz
         );
     }
     plugin.deprovision(&direct_ns).await?;
-    let (events, reads) =
-        if bench { (env("PRISM_BENCH_EVENTS", 1000), env("PRISM_BENCH_READS", 160)) } else { (400, concurrency * 2) };
+    let (events, reads) = if bench {
+        (env("PRISM_BENCH_EVENTS", 1000), env("PRISM_BENCH_READS", 160))
+    } else {
+        (READ_SERIES * PAGE, concurrency)
+    };
     read_rounds(&cluster, broker, &plugin, &Reading { events, reads, rounds, concurrency, use_h2load }).await
 }
 
@@ -395,8 +398,6 @@ async fn run(broker: &PulsarBroker, ops: usize, rounds: usize, concurrency: usiz
 const READ_SERIES: usize = 8;
 /// Events a read asks for: one page.
 const PAGE: usize = 100;
-/// Messages the bare reader lets the broker send before it asks for more.
-const BARE_PERMITS: u32 = 1 << 20;
 
 struct Reading {
     /// Events preloaded into the read namespace.
@@ -428,11 +429,6 @@ async fn bare_read(
         .reader()
         .with_topic(topic)
         .with_subscription(subscription)
-        // Permits for the whole topic at once: with the default 1 000 the
-        // reader asks for more after 500 messages, and after a
-        // GetLastMessageId pulsar-lite sometimes never answers that Flow
-        // (the read stalls at message 500).
-        .with_batch_size(BARE_PERMITS)
         .with_options(ConsumerOptions::default().durable(false).with_initial_position(InitialPosition::Earliest))
         .into_reader()
         .await?;
