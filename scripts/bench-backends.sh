@@ -16,12 +16,17 @@
 #             Every phase is counted on the server too (pg_stat_statements):
 #             h2load sees HTTP statuses only, and gRPC errors are 200s.
 #   kafka     cargo bench -p prism-plugin-kafka --bench kafka
-#   pulsar    cargo bench -p prism-gateway --features pulsar --bench pulsar
+#   pulsar    cargo bench -p prism-gateway --features pulsar --bench pulsar:
+#             WriteEventRecordsSync, then ReadEventRecords of one page of
+#             100 events from a topic preloaded with $EVENTS events, each
+#             through the gateway (tonic clients; h2load), the plugin
+#             directly and a bare `pulsar` client (producer; reader)
 #
 #   scripts/bench-backends.sh [postgres|kafka|pulsar|all]     (default all)
 #
 # Environment: ROUNDS (3), PHASE_SECONDS (8), CONCURRENCY (16), OPS
-# ("get put": which PostgreSQL operations), CARGO_TARGET_DIR. Needs PostgreSQL 15's binaries, pgbench, PgBouncer and
+# ("get put": which PostgreSQL operations), EVENTS (1000) and READS (160,
+# per phase) for the Pulsar reads, CARGO_TARGET_DIR. Needs PostgreSQL 15's binaries, pgbench, PgBouncer and
 # h2load (installed with apt-get when missing, as root); tansu and
 # pulsar-lite for the Kafka and Pulsar benches (scripts/test.sh installs
 # them). Everything runs on this machine in a temp dir and is stopped at
@@ -216,6 +221,11 @@ CONF
     echo "results: $out"
 }
 
+bench_pulsar() {
+    PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c PRISM_BENCH_EVENTS=${EVENTS:-1000} \
+        PRISM_BENCH_READS=${READS:-160} cargo bench -q -p prism-gateway --features pulsar --bench pulsar
+}
+
 cleanup() {
     [ -n "${dev_pid:-}" ] && kill "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null
     [ -n "${bouncer_pid:-}" ] && kill "$bouncer_pid" 2>/dev/null
@@ -229,10 +239,10 @@ trap cleanup EXIT
 case $what in
     postgres) bench_postgres ;;
     kafka) PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c cargo bench -q -p prism-plugin-kafka --bench kafka ;;
-    pulsar) PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c cargo bench -q -p prism-gateway --features pulsar --bench pulsar ;;
+    pulsar) bench_pulsar ;;
     all)
         bench_postgres
         PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c cargo bench -q -p prism-plugin-kafka --bench kafka
-        PRISM_BENCH_ROUNDS=$rounds PRISM_BENCH_CONCURRENCY=$c cargo bench -q -p prism-gateway --features pulsar --bench pulsar ;;
+        bench_pulsar ;;
     *) echo "usage: $0 [postgres|kafka|pulsar|all]" >&2; exit 2 ;;
 esac

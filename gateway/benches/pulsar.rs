@@ -12,10 +12,19 @@
 //! bench (feature `pulsar`), not the plugin's: plugins know only the plugin
 //! API, and this one drives a whole gateway.
 //!
+//! Then `ReadEventRecords` the same way: a namespace preloaded with
+//! `PRISM_BENCH_EVENTS` events over 8 series, one page of 100 events of a
+//! series per read, through the gateway (tonic clients; h2load, every
+//! answer's size checked), through the plugin directly, and by a bare
+//! `pulsar` reader doing what a user would to get the same page
+//! ([`bare_read`]); every answer is checked to be the page.
+//!
 //! `cargo bench -p prism-gateway --features pulsar --bench pulsar`
 //!
-//! `PRISM_BENCH_OPS` (writes per phase, default 4 000), `PRISM_BENCH_ROUNDS`
-//! (default 3) and `PRISM_BENCH_CONCURRENCY` (default 16) change the sample.
+//! `PRISM_BENCH_OPS` (writes per phase, default 4 000), `PRISM_BENCH_READS`
+//! (reads per phase, default 160), `PRISM_BENCH_EVENTS` (default 1 000),
+//! `PRISM_BENCH_ROUNDS` (default 3) and `PRISM_BENCH_CONCURRENCY` (default
+//! 16) change the sample.
 //! Without `--bench` (`cargo test --benches`) it runs once, briefly, as a
 //! smoke test, and skips when pulsar-lite is not installed (unless
 //! `PRISM_REQUIRE_SERVERS`).
@@ -377,5 +386,362 @@ async fn run(broker: &PulsarBroker, ops: usize, rounds: usize, concurrency: usiz
         );
     }
     plugin.deprovision(&direct_ns).await?;
+    let (events, reads) = if bench {
+        (env("PRISM_BENCH_EVENTS", 1000), env("PRISM_BENCH_READS", 160))
+    } else {
+        (READ_SERIES * PAGE, concurrency)
+    };
+    read_rounds(&cluster, broker, &plugin, &Reading { events, reads, rounds, concurrency, use_h2load }).await
+}
+
+/// Series of the read namespace; its events are spread over them evenly.
+const READ_SERIES: usize = 8;
+/// Events a read asks for: one page.
+const PAGE: usize = 100;
+
+struct Reading {
+    /// Events preloaded into the read namespace.
+    events: usize,
+    /// Reads per phase.
+    reads: usize,
+    rounds: usize,
+    concurrency: usize,
+    use_h2load: bool,
+}
+
+/// One page of a series, newest first, as a user of a bare `pulsar`
+/// client gets it: a reader of its own (non-durable, from the earliest
+/// message), the topic's last message id asked once, then every message up
+/// to it read; a message of another key skipped undecoded, the others
+/// decoded and kept when they are events of the window; the newest `PAGE`
+/// of them returned. Returns them and the messages read.
+async fn bare_read(
+    client: &Pulsar<TokioExecutor>,
+    topic: &str,
+    subscription: String,
+    series: &str,
+    (start, end): (i64, i64),
+) -> anyhow::Result<(Vec<StoredEvent>, usize)> {
+    use futures_util::TryStreamExt as _;
+    use prism_plugin_pulsar::pulsar::consumer::{ConsumerOptions, InitialPosition};
+    use prism_plugin_pulsar::pulsar::reader::Reader;
+    let mut reader: Reader<Vec<u8>, TokioExecutor> = client
+        .reader()
+        .with_topic(topic)
+        .with_subscription(subscription)
+        .with_options(ConsumerOptions::default().durable(false).with_initial_position(InitialPosition::Earliest))
+        .into_reader()
+        .await?;
+    let last = reader.get_last_message_id().await?;
+    let last = (last.ledger_id, last.entry_id);
+    let (mut found, mut read) = (Vec::new(), 0);
+    // Bounded as the plugin's reads are (its request timeout).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Some(message) = tokio::time::timeout_at(deadline, reader.try_next())
+        .await
+        .map_err(|_| anyhow::anyhow!("bare: no message {last:?} after {read} messages"))??
+    {
+        read += 1;
+        let id = message.message_id();
+        let at = (id.ledger_id, id.entry_id);
+        if message.metadata().partition_key.as_deref() == Some(series)
+            && let Ok(record::Body::Event(e)) = codec::decode(&message.payload.data)
+            && e.event_time >= start
+            && e.event_time < end
+        {
+            found.push(e);
+        }
+        if at >= last {
+            break;
+        }
+    }
+    found.sort_by(|a, b| b.event_time.cmp(&a.event_time).then_with(|| a.event_id.cmp(&b.event_id)));
+    found.truncate(PAGE);
+    Ok((found, read))
+}
+
+/// The read phases: ReadEventRecords of one page of a series, through the
+/// gateway (tonic clients; h2load), through the plugin called directly,
+/// and by a bare `pulsar` reader, rounds alternating; every answer is
+/// checked to hold `PAGE` events.
+async fn read_rounds(
+    cluster: &prism_testkit::Cluster,
+    broker: &PulsarBroker,
+    plugin: &Arc<PulsarPlugin>,
+    r: &Reading,
+) -> anyhow::Result<()> {
+    use prism_plugin_api::kv::PageLimits;
+    use prism_plugin_api::ts::Query;
+    use prism_plugin_pulsar::relay::Relays;
+    use prism_proto::control::GetNamespaceRequest;
+
+    const READ_NAMESPACE: &str = "bench/pulsar-read";
+    let concurrency = r.concurrency;
+    let gw = cluster.active_namespace(READ_NAMESPACE, spec(&broker.service_url())).await?;
+    let mut clients: Vec<TsClient> = Vec::new();
+    for _ in 0..concurrency {
+        let channel = prism_client::endpoint(&gw.endpoint())?.connect().await?;
+        clients.push(TsClient::new(channel));
+    }
+    let clients = Arc::new(clients);
+    // The same incarnation opened in this process's plugin, for the direct
+    // phase, and its data topic for the bare reader.
+    let created = cluster
+        .control_plane
+        .client()
+        .await?
+        .get_namespace(GetNamespaceRequest { name: READ_NAMESPACE.into() })
+        .await?
+        .into_inner();
+    let read_ns = Namespace {
+        name: READ_NAMESPACE.into(),
+        create_revision: created.create_revision,
+        spec: spec(&broker.service_url()),
+    };
+    let direct = TimeSeries::open(plugin.as_ref(), &read_ns)?;
+    let topic = Topics::of(&read_ns)?.data;
+    // The bare reader needs a relay against pulsar-lite as the plugin does
+    // (`plugins/pulsar/src/relay.rs`): a relay of its own.
+    let relays = Relays::new(std::time::Duration::from_secs(5));
+    let bare_client: Pulsar<TokioExecutor> =
+        Pulsar::builder(relays.url(&broker.service_url())?, TokioExecutor).build().await?;
+
+    // Preload: `events` events, a millisecond apart, over READ_SERIES
+    // series, through the gateway in writes of up to 100 events.
+    let base = now_micros() - r.events as i64 * 1000;
+    let all: Vec<Event> = (0..r.events)
+        .map(|i| event(&format!("r-{}", i % READ_SERIES), base + i as i64 * 1000, format!("r{i}")))
+        .collect();
+    let mut writer = clients[0].clone();
+    for chunk in all.chunks(100) {
+        let request = ts::WriteEventRecordsRequest {
+            namespace: READ_NAMESPACE.into(),
+            events: chunk.iter().map(to_proto).collect(),
+        };
+        let w = writer.write_event_records_sync(authed(request)).await?.into_inner();
+        anyhow::ensure!(w.accepted as usize == chunk.len(), "preload: accepted {} of {}", w.accepted, chunk.len());
+    }
+    anyhow::ensure!(r.events / READ_SERIES >= PAGE, "{} events are too few for pages of {PAGE}", r.events);
+    let window = (base, base + r.events as i64 * 1000);
+    let series = |task: usize| format!("r-{}", task % READ_SERIES);
+    let request = move |series: String| ts::ReadEventRecordsRequest {
+        namespace: READ_NAMESPACE.into(),
+        time_series_id: series,
+        start: Some(to_proto(&event("", window.0, String::new())).event_time.unwrap_or_default()),
+        end: Some(to_proto(&event("", window.1, String::new())).event_time.unwrap_or_default()),
+        page_size_bytes: 0,
+        limit: PAGE as u32,
+        page_token: String::new(),
+    };
+    // The newest event of each series, which every answer starts with.
+    let newest = |series: &str| all.iter().rev().find(|e| e.time_series_id == series).map(|e| e.event_time);
+    let newest: Arc<Vec<i64>> = Arc::new((0..READ_SERIES).filter_map(|s| newest(&format!("r-{s}"))).collect());
+    let scanned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let subscriptions = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let body_dir = std::env::temp_dir().join(format!("prism-pulsar-read-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&body_dir)?;
+
+    println!(
+        "\ngateway → pulsar, ReadEventRecords of one page ({PAGE} of {} events of a series) from a topic of {} {VALUE_BYTES}-byte events, C = {concurrency}, {} reads per phase",
+        r.events / READ_SERIES,
+        r.events,
+        r.reads
+    );
+    println!(
+        "{:<6} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "round",
+        "gw pages/s",
+        "h2l pg/s",
+        "plug pg/s",
+        "bare pg/s",
+        "gw/bare",
+        "h2l/bare",
+        "plug/bare",
+        "gw p50",
+        "plug p50",
+        "bare p50",
+        "bare p99",
+        "msgs/read"
+    );
+    let mut ratios: [Vec<f64>; 3] = Default::default();
+    let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut cpu_lines = Vec::new();
+    for round in 0..r.rounds {
+        let gateway_phase = || {
+            let (clients, newest) = (clients.clone(), newest.clone());
+            drive(concurrency, r.reads, move |task, _| {
+                let (mut c, newest) = (clients[task].clone(), newest.clone());
+                let request = request(series(task));
+                async move {
+                    let page = c.read_event_records(authed(request)).await?.into_inner();
+                    let first = page
+                        .events
+                        .first()
+                        .and_then(|e| e.event_time)
+                        .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
+                    anyhow::ensure!(page.events.len() == PAGE, "gateway: {} events, not {PAGE}", page.events.len());
+                    anyhow::ensure!(first == Some(newest[task % READ_SERIES]), "gateway: not the newest event first");
+                    Ok(())
+                }
+            })
+        };
+        let plugin_phase = || {
+            let (direct, newest) = (direct.clone(), newest.clone());
+            drive(concurrency, r.reads, move |task, _| {
+                let (direct, newest) = (direct.clone(), newest.clone());
+                let query = Query::series(
+                    series(task),
+                    window,
+                    PageLimits { max_bytes: 1 << 20, max_items: Some(PAGE as u32) },
+                );
+                async move {
+                    let page = direct.query(&query, now_micros()).await?;
+                    anyhow::ensure!(page.events.len() == PAGE, "plugin: {} events, not {PAGE}", page.events.len());
+                    anyhow::ensure!(
+                        page.events[0].event_time == newest[task % READ_SERIES],
+                        "plugin: not the newest event first"
+                    );
+                    Ok(())
+                }
+            })
+        };
+        let bare_phase = || {
+            let (client, topic, newest) = (bare_client.clone(), topic.clone(), newest.clone());
+            let (scanned, subscriptions) = (scanned.clone(), subscriptions.clone());
+            scanned.store(0, std::sync::atomic::Ordering::Relaxed);
+            drive(concurrency, r.reads, move |task, _| {
+                let (client, topic, newest, scanned) = (client.clone(), topic.clone(), newest.clone(), scanned.clone());
+                let n = subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    let (page, read) =
+                        bare_read(&client, &topic, format!("bare-read-{n}"), &series(task), window).await?;
+                    scanned.fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+                    anyhow::ensure!(page.len() == PAGE, "bare: {} events, not {PAGE}", page.len());
+                    anyhow::ensure!(
+                        page[0].event_time == newest[task % READ_SERIES],
+                        "bare: not the newest event first"
+                    );
+                    Ok(())
+                }
+            })
+        };
+        // The same read sent by h2load (series r-0 on every connection): h2load
+        // sees HTTP statuses only, so the answer's size is checked instead.
+        // Every answer is the same page, and a gRPC error has no body.
+        let h2load_phase = || {
+            let (endpoint, token) = (gw.endpoint(), prism_testkit::admin_token());
+            let body = body_dir.join("read.grpc");
+            let mut probe = clients[0].clone();
+            let request = request(series(0));
+            async move {
+                if !r.use_h2load {
+                    return anyhow::Ok(None);
+                }
+                let answer = probe.read_event_records(authed(request.clone())).await?.into_inner();
+                anyhow::ensure!(answer.events.len() == PAGE, "the probe read {} events", answer.events.len());
+                let answer_bytes = 5 + answer.encoded_len() as u64;
+                std::fs::write(&body, h2load::grpc_body(&request.encode_to_vec()))?;
+                let sent = r.reads / concurrency * concurrency;
+                let outcome = tokio::task::spawn_blocking(move || {
+                    h2load::run(&h2load::Load {
+                        endpoint: &endpoint,
+                        path: "/prism.timeseries.v1.TimeSeriesService/ReadEventRecords",
+                        body: &body,
+                        token: &token,
+                        connections: concurrency,
+                        requests: sent,
+                    })
+                })
+                .await??;
+                anyhow::ensure!(outcome.succeeded as usize == sent, "h2load: {} of {sent} answered", outcome.succeeded);
+                anyhow::ensure!(
+                    outcome.data_bytes == sent as u64 * answer_bytes,
+                    "h2load: {} bytes of answers, not {sent} × {answer_bytes}: some reads failed",
+                    outcome.data_bytes
+                );
+                Ok(Some(Phase {
+                    ops_per_s: outcome.per_second,
+                    p50_us: outcome.mean_latency.as_secs_f64() * 1e6,
+                    p99_us: f64::NAN,
+                    process_us: 0.0,
+                    rest_us: 0.0,
+                }))
+            }
+        };
+        let some = |phase: anyhow::Result<Phase>| phase.map(Some);
+        let reads = r.reads;
+        let (g, h, p, d) = if round % 2 == 0 {
+            let g = measured(reads, async { some(gateway_phase().await) }).await?;
+            let h = measured(reads, h2load_phase()).await?;
+            let p = measured(reads, async { some(plugin_phase().await) }).await?;
+            (g, h, p, measured(reads, async { some(bare_phase().await) }).await?)
+        } else {
+            let d = measured(reads, async { some(bare_phase().await) }).await?;
+            let p = measured(reads, async { some(plugin_phase().await) }).await?;
+            let h = measured(reads, h2load_phase()).await?;
+            (measured(reads, async { some(gateway_phase().await) }).await?, h, p, d)
+        };
+        let (Some(g), Some(p), Some(d)) = (g, p, d) else { anyhow::bail!("a read phase did not run") };
+        let per_read =
+            scanned.load(std::sync::atomic::Ordering::Relaxed) as f64 / (reads / concurrency * concurrency) as f64;
+        for (label, phase) in [("gateway", Some(&g)), ("h2load", h.as_ref()), ("plugin", Some(&p)), ("bare", Some(&d))]
+        {
+            if let Some(phase) = phase {
+                cpu_lines.push(format!(
+                    "round {} {label:<8} CPU µs/read: this process {:>7.0}, rest of the machine (broker, h2load, others) {:>7.0}",
+                    round + 1,
+                    phase.process_us,
+                    phase.rest_us
+                ));
+            }
+        }
+        let h_rate = h.as_ref().map_or(f64::NAN, |h| h.ops_per_s);
+        ratios[0].push(g.ops_per_s / d.ops_per_s);
+        if h.is_some() {
+            ratios[1].push(h_rate / d.ops_per_s);
+        }
+        ratios[2].push(p.ops_per_s / d.ops_per_s);
+        for (i, rate) in [g.ops_per_s, h_rate, p.ops_per_s, d.ops_per_s].into_iter().enumerate() {
+            if rate.is_finite() {
+                rates[i].push(rate);
+            }
+        }
+        println!(
+            "{:<6} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>8.3} {:>8.3} {:>8.3} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+            round + 1,
+            g.ops_per_s,
+            h_rate,
+            p.ops_per_s,
+            d.ops_per_s,
+            g.ops_per_s / d.ops_per_s,
+            h_rate / d.ops_per_s,
+            p.ops_per_s / d.ops_per_s,
+            g.p50_us,
+            p.p50_us,
+            d.p50_us,
+            d.p99_us,
+            per_read
+        );
+    }
+    let _ = std::fs::remove_dir_all(&body_dir);
+    for line in &cpu_lines {
+        println!("{line}");
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    for (i, what) in ["gateway (tonic clients)", "gateway (h2load)", "plugin", "bare reader"].into_iter().enumerate() {
+        if rates[i].is_empty() {
+            continue;
+        }
+        let pages = mean(&rates[i]);
+        let ratio = match i {
+            0..=2 => {
+                let v = &ratios[i];
+                let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+                format!(", / bare reader: mean {:.3} ({lo:.3}–{hi:.3})", mean(v))
+            }
+            _ => String::new(),
+        };
+        println!("read {what}: {pages:.1} pages/s, {:.0} events/s{ratio}", pages * PAGE as f64);
+    }
     Ok(())
 }

@@ -28,6 +28,9 @@ pub enum Call {
     PutItems,
     /// WriteEventRecordsSync of one event of series `--id`, stamped now.
     WriteEvent,
+    /// ReadEventRecords of series `--id`, every event time, one page of
+    /// at most `--limit` events.
+    ReadEvents,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -46,6 +49,10 @@ pub struct FrameArgs {
     /// Bytes of the value written.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
+    /// Events a read-events page holds at most (0: no limit but the
+    /// page's bytes).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
     /// Where to write the frame.
     #[arg(long)]
     pub out: PathBuf,
@@ -62,6 +69,7 @@ enum Request {
     Get(kv::GetItemsRequest),
     Put(kv::PutItemsRequest),
     Write(ts::WriteEventRecordsRequest),
+    Read(ts::ReadEventRecordsRequest),
 }
 
 fn request(args: &FrameArgs) -> Request {
@@ -94,6 +102,12 @@ fn request(args: &FrameArgs) -> Request {
                 }],
             })
         }
+        Call::ReadEvents => Request::Read(ts::ReadEventRecordsRequest {
+            namespace: args.namespace.clone(),
+            time_series_id: args.id.clone(),
+            limit: args.limit,
+            ..Default::default()
+        }),
     }
 }
 
@@ -103,6 +117,7 @@ fn frame(request: &Request) -> (&'static str, Vec<u8>) {
         Request::Get(r) => ("/prism.kv.v1.KeyValueService/GetItems", r.encode_to_vec()),
         Request::Put(r) => ("/prism.kv.v1.KeyValueService/PutItems", r.encode_to_vec()),
         Request::Write(r) => ("/prism.timeseries.v1.TimeSeriesService/WriteEventRecordsSync", r.encode_to_vec()),
+        Request::Read(r) => ("/prism.timeseries.v1.TimeSeriesService/ReadEventRecords", r.encode_to_vec()),
     };
     let mut body = Vec::with_capacity(5 + message.len());
     body.push(0); // not compressed
@@ -131,6 +146,9 @@ async fn check(address: &str, token: Option<&str>, request: Request) -> anyhow::
                 .into_inner();
             anyhow::ensure!(answer.accepted == 1, "the event was not accepted");
         }
+        Request::Read(r) => {
+            prism_client::time_series(address, token).await.with_context(unreachable)?.read_event_records(r).await?;
+        }
     }
     Ok(())
 }
@@ -158,6 +176,7 @@ mod tests {
             id: "0".into(),
             key: String::new(),
             value_size: 100,
+            limit: 100,
             out: PathBuf::new(),
             check: None,
             token: None,
@@ -169,5 +188,11 @@ mod tests {
         assert_eq!(len, body.len() - 5);
         let decoded = kv::GetItemsRequest::decode(&body[5..]).expect("a GetItemsRequest");
         assert_eq!((decoded.namespace.as_str(), decoded.id.as_str()), ("bench/pg", "0"));
+
+        let read = FrameArgs { call: Call::ReadEvents, id: "s".into(), limit: 7, ..args };
+        let (path, body) = frame(&request(&read));
+        assert_eq!(path, "/prism.timeseries.v1.TimeSeriesService/ReadEventRecords");
+        let decoded = ts::ReadEventRecordsRequest::decode(&body[5..]).expect("a ReadEventRecordsRequest");
+        assert_eq!((decoded.time_series_id.as_str(), decoded.limit, decoded.start), ("s", 7, None));
     }
 }

@@ -54,6 +54,9 @@ pub struct Outcome {
     pub failed: u64,
     pub per_second: f64,
     pub mean_latency: Duration,
+    /// Bytes of response bodies (HTTP/2 DATA payload) received: a check
+    /// of answers whose size is known (a gRPC error has no body).
+    pub data_bytes: u64,
     /// h2load's own CPU time (user + system).
     pub cpu: Duration,
 }
@@ -71,8 +74,9 @@ fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds))
 }
 
-/// The numbers of h2load's report.
-fn parse(report: &str) -> anyhow::Result<(u64, u64, f64, Duration)> {
+/// The numbers of h2load's report: succeeded, failed, requests per second,
+/// mean latency, data bytes.
+fn parse(report: &str) -> anyhow::Result<(u64, u64, f64, Duration, u64)> {
     let line = |start: &str| report.lines().find(|l| l.trim_start().starts_with(start));
     let finished = line("finished in").context("no 'finished in' line")?;
     let per_second = finished
@@ -92,7 +96,14 @@ fn parse(report: &str) -> anyhow::Result<(u64, u64, f64, Duration)> {
         .and_then(|(_, rest)| rest.split_whitespace().nth(2))
         .and_then(parse_duration)
         .context("no mean time for request")?;
-    Ok((succeeded, failed, per_second, mean))
+    // `traffic: 1.2MB (1234567) total, 12KB (12345) headers (space savings 90%), 1.1MB (1100000) data`
+    let traffic = line("traffic:").context("no 'traffic:' line")?;
+    let data = traffic
+        .rsplit_once(") data")
+        .and_then(|(before, _)| before.rsplit_once('('))
+        .and_then(|(_, n)| n.parse().ok())
+        .context("no data bytes")?;
+    Ok((succeeded, failed, per_second, mean, data))
 }
 
 /// Runs h2load (blocking) and reads its report; fails unless it ran.
@@ -113,12 +124,12 @@ pub fn run(load: &Load<'_>) -> anyhow::Result<Outcome> {
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(out.status.success(), "h2load failed: {text} {}", String::from_utf8_lossy(&out.stderr));
     let (report, stat) = text.trim_end().rsplit_once('\n').context("no stat line after h2load's report")?;
-    let (succeeded, failed, per_second, mean_latency) =
+    let (succeeded, failed, per_second, mean_latency, data_bytes) =
         parse(report).with_context(|| format!("unexpected h2load report: {report}"))?;
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, f)| f.split_whitespace().collect()).unwrap_or_default();
     // Fields after the name: state is the 3rd, cutime the 16th, cstime the 17th.
     let ticks: u64 = [13, 14].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-    Ok(Outcome { succeeded, failed, per_second, mean_latency, cpu: Duration::from_millis(ticks * 10) })
+    Ok(Outcome { succeeded, failed, per_second, mean_latency, data_bytes, cpu: Duration::from_millis(ticks * 10) })
 }
 
 /// Runs every load at once, one h2load process each (so each can send its
@@ -135,13 +146,20 @@ pub fn run_all(loads: &[Load<'_>]) -> anyhow::Result<Outcome> {
             .collect()
     });
     let wall = started.elapsed().as_secs_f64();
-    let mut total =
-        Outcome { succeeded: 0, failed: 0, per_second: 0.0, mean_latency: Duration::ZERO, cpu: Duration::ZERO };
+    let mut total = Outcome {
+        succeeded: 0,
+        failed: 0,
+        per_second: 0.0,
+        mean_latency: Duration::ZERO,
+        data_bytes: 0,
+        cpu: Duration::ZERO,
+    };
     let mut latency_sum = 0.0;
     for outcome in outcomes {
         let outcome = outcome?;
         total.succeeded += outcome.succeeded;
         total.failed += outcome.failed;
+        total.data_bytes += outcome.data_bytes;
         total.cpu += outcome.cpu;
         latency_sum += outcome.mean_latency.as_secs_f64() * outcome.succeeded as f64;
     }
@@ -159,9 +177,10 @@ mod tests {
         let report = "finished in 1.02s, 7843.14 req/s, 1.01MB/s\n\
                       requests: 8000 total, 8000 started, 8000 done, 7990 succeeded, 10 failed, 0 errored, 0 timeout\n\
                       status codes: 7990 2xx, 0 3xx, 0 4xx, 10 5xx\n\
+                      traffic: 1.03MB (1082153) total, 122.38KB (125315) headers (space savings 95.61%), 824.22KB (844000) data\n\
                       time for request:      612us     12.04ms      2.03ms       845us    71.23%\n";
-        let (succeeded, failed, per_second, mean) = parse(report)?;
-        assert_eq!((succeeded, failed), (7990, 10));
+        let (succeeded, failed, per_second, mean, data) = parse(report)?;
+        assert_eq!((succeeded, failed, data), (7990, 10, 844000));
         assert!((per_second - 7843.14).abs() < 1e-6);
         assert_eq!(mean, Duration::from_micros(2030));
         assert_eq!(parse_duration("845us"), Some(Duration::from_micros(845)));

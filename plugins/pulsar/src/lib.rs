@@ -56,7 +56,7 @@
 pub mod codec;
 pub mod config;
 pub mod error;
-mod relay;
+pub mod relay;
 pub mod ts;
 
 use std::collections::HashMap;
@@ -118,7 +118,11 @@ pub(crate) struct PulsarState {
     producers: Mutex<HashMap<String, SharedProducer>>,
     /// Each incarnation's lifecycle as last folded, by lifecycle topic.
     states: Mutex<HashMap<String, State>>,
-    /// Makes reader subscription names unique within the process.
+    /// Random, drawn once: makes reader subscription names unique across
+    /// plugins and processes (a process id is not: every gateway in a
+    /// container is process 1, and one process may hold several plugins).
+    instance: u64,
+    /// Makes reader subscription names unique within the plugin.
     readers: AtomicU64,
     /// Between the client and plain-TCP brokers ([`relay`]).
     relays: relay::Relays,
@@ -204,6 +208,7 @@ impl PulsarPlugin {
             writers: Mutex::default(),
             producers: Mutex::default(),
             states: Mutex::default(),
+            instance: rand::random(),
             readers: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
@@ -378,7 +383,9 @@ impl PulsarState {
     ) -> Result<()> {
         let client = self.client(service_url).await?;
         let n = self.readers.fetch_add(1, Ordering::Relaxed);
-        let name = format!("prism-scan-{}-{n}", std::process::id());
+        // Two readers of one name on one topic would share a subscription
+        // (or be refused as busy): each must be the only one of its name.
+        let name = format!("prism-scan-{:016x}-{n}", self.instance);
         // A reader: an exclusive, non-durable subscription of its own.
         let mut reader: Reader<Vec<u8>, TokioExecutor> = client
             .reader()

@@ -35,6 +35,10 @@
 //!
 //! The relay can go once the `pulsar` crate's decoder accepts payloads
 //! without the checksum.
+//!
+//! Public for the gateway's bench (`gateway/benches/pulsar.rs`): its bare
+//! `pulsar` reader needs the relay against pulsar-lite as much as the
+//! plugin does.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,7 +65,7 @@ const MAX_FRAME: usize = 64 << 20;
 /// stops the listeners; connections already relayed end with the
 /// client's.
 #[derive(Debug)]
-pub(crate) struct Relays {
+pub struct Relays {
     inner: Arc<Inner>,
 }
 
@@ -81,13 +85,13 @@ impl Drop for Relays {
 }
 
 impl Relays {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration) -> Self {
         Self { inner: Arc::new(Inner { connect_timeout, listeners: Mutex::default() }) }
     }
 
     /// The URL the client should use for `service_url`: a relay's for a
     /// `pulsar://` broker, `service_url` itself otherwise.
-    pub(crate) fn url(&self, service_url: &str) -> std::io::Result<String> {
+    pub fn url(&self, service_url: &str) -> std::io::Result<String> {
         match broker_address(service_url) {
             Some(broker) => Ok(format!("pulsar://{}", relay_for(&self.inner, broker)?)),
             None => Ok(service_url.to_owned()),
