@@ -111,33 +111,13 @@ fn benches(c: &mut Criterion) {
     group.bench_function("quota_admit", |b| {
         b.iter(|| {
             let tenant_quotas = snap.tenant(entry.ns.tenant()).and_then(|t| t.quotas.as_ref());
-            black_box(
-                registry
-                    .admit(
-                        &entry.ns,
-                        entry.tenant(),
-                        &entry.local.quota_tracker,
-                        entry.owner().is_some(),
-                        tenant_quotas,
-                        Access::Read,
-                        0,
-                    )
-                    .is_ok(),
-            )
+            black_box(registry.admit(entry.admitting(), tenant_quotas, Access::Read, 0).is_ok())
         })
     });
     group.bench_function("quota_admit_and_charge_read", |b| {
         b.iter(|| {
             let tenant_quotas = snap.tenant(entry.ns.tenant()).and_then(|t| t.quotas.as_ref());
-            if let Ok(a) = registry.admit(
-                &entry.ns,
-                entry.tenant(),
-                &entry.local.quota_tracker,
-                entry.owner().is_some(),
-                tenant_quotas,
-                Access::Read,
-                0,
-            ) {
+            if let Ok(a) = registry.admit(entry.admitting(), tenant_quotas, Access::Read, 0) {
                 a.charge_read(black_box(512));
             }
         })

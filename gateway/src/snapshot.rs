@@ -186,6 +186,16 @@ impl NamespaceEntry {
         }
     }
 
+    /// What quota admission needs of this namespace.
+    pub fn admitting(&self) -> crate::quota::Admitting<'_> {
+        crate::quota::Admitting {
+            ns: &self.ns,
+            tenant: self.tenant(),
+            tracker_slot: &self.local.quota_tracker,
+            alone: self.owner().is_some(),
+        }
+    }
+
     /// The namespace's tenant id.
     pub fn tenant(&self) -> &str {
         self.ns.name.get(..self.slash).unwrap_or_default()

@@ -183,15 +183,7 @@ pub fn admit(
     }
     check_item_sizes(&call.request, max)?;
     let (access, bytes) = (call.request.access(), write_bytes(&call.request));
-    registry.admit(
-        &entry.ns,
-        entry.tenant(),
-        &entry.local.quota_tracker,
-        entry.owner().is_some(),
-        tenant_quotas,
-        access,
-        bytes,
-    )
+    registry.admit(entry.admitting(), tenant_quotas, access, bytes)
 }
 
 impl<I> Service<Call> for Quota<I>

@@ -111,6 +111,20 @@ pub const STORAGE_RETRY: Duration = Duration::from_secs(30);
 /// lookup. The slot is the entry's; the tracker in it is the registry's.
 pub type TrackerSlot = ArcSwapOption<Tracker>;
 
+/// The namespace a request is admitted to, as its snapshot entry gives it
+/// (`NamespaceEntry::admitting`).
+#[derive(Debug, Clone, Copy)]
+pub struct Admitting<'a> {
+    pub ns: &'a Namespace,
+    /// Its tenant's id.
+    pub tenant: &'a str,
+    /// Where the entry keeps the namespace's tracker.
+    pub tracker_slot: &'a TrackerSlot,
+    /// This instance serves the namespace alone (an embedded namespace on
+    /// its owner store), so its tracker keeps the whole limit.
+    pub alone: bool,
+}
+
 /// What the sweep asks of the metadata: whether a tracker's subject is
 /// still served. The snapshot answers (`crate::snapshot`): the quota engine
 /// reads no snapshot type, so a snapshot entry can hold its tracker
@@ -654,23 +668,17 @@ impl QuotaRegistry {
         }
     }
 
-    /// Admits a request to `ns` (of `tenant`, which has `tenant_quotas`)
-    /// or refuses it with `QuotaExceeded`. `tracker_slot` is where the
-    /// namespace's snapshot entry keeps its tracker; `alone` says this
-    /// instance serves the namespace alone (an embedded namespace on its
-    /// owner store), so its tracker keeps the whole limit. `write_bytes` is
-    /// what the request writes.
-    #[allow(clippy::too_many_arguments)]
+    /// Admits a request to `namespace` (whose tenant has `tenant_quotas`)
+    /// or refuses it with `QuotaExceeded`. `write_bytes` is what the
+    /// request writes.
     pub fn admit(
         &self,
-        ns: &Namespace,
-        tenant: &str,
-        tracker_slot: &TrackerSlot,
-        alone: bool,
+        namespace: Admitting<'_>,
         tenant_quotas: Option<&QuotaSet>,
         access: Access,
         write_bytes: u64,
     ) -> Result<Admission, GatewayError> {
+        let Admitting { ns, tenant, tracker_slot, alone } = namespace;
         let now_ms = self.clock.now_ms();
         // The snapshot entry caches its tracker: no map lookup per request.
         let cached = tracker_slot.load();

@@ -57,7 +57,7 @@ fn admit(
     access: Access,
     write_bytes: u64,
 ) -> Result<Admission, GatewayError> {
-    registry.admit(&e.ns, e.tenant(), &e.local.quota_tracker, e.owner().is_some(), tenant, access, write_bytes)
+    registry.admit(e.admitting(), tenant, access, write_bytes)
 }
 
 fn refusal(r: Result<Admission, GatewayError>) -> (String, String, Duration) {
