@@ -1,6 +1,9 @@
 //! Load shedding and deadlines. A full gateway refuses at once with
 //! UNAVAILABLE (retryable) rather than queueing: the concurrency limit is a
-//! semaphore whose permits are tried, never awaited.
+//! semaphore whose permits are tried, never awaited. An admitted request
+//! gets `request_timeout_ms`, or less when its caller waits less (its
+//! `grpc-timeout`), and is answered UNAVAILABLE when that runs out,
+//! whatever its backend is doing.
 //!
 //! Neither layer boxes its future (two allocations per request, issue 14),
 //! and a deadline arms a timer only once the request has had to wait: a
@@ -100,6 +103,14 @@ impl<F: Future<Output = Result<Response>>> Future for Permitted<F> {
     }
 }
 
+/// How much sooner than the caller's own deadline (its `grpc-timeout`) a
+/// request is given up. tonic's server also stops at the caller's
+/// deadline, counted from a moment just before the gateway saw the
+/// request, and answers CANCELLED, which says nothing of why; a gateway
+/// that gives up first answers UNAVAILABLE, as for any backend that did
+/// not answer in time, and stops the backend call either way.
+const BEFORE_CALLER: Duration = Duration::from_millis(5);
+
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     timeout: Duration,
@@ -146,15 +157,14 @@ where
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        // The deadline counts from admission, as `tokio::time::timeout` did.
-        let deadline = Instant::now() + self.timeout;
-        Deadlined {
-            inner: self.inner.call(call),
-            timeout: self.timeout,
-            deadline,
-            sleep: None,
-            refusals: self.refusals.clone(),
-        }
+        // The deadline counts from admission, as `tokio::time::timeout` did,
+        // unless the caller stops waiting sooner.
+        let now = Instant::now();
+        let (deadline, timeout) = match call.deadline.and_then(|theirs| theirs.checked_sub(BEFORE_CALLER)) {
+            Some(theirs) if theirs < now + self.timeout => (theirs, theirs.saturating_duration_since(now)),
+            _ => (now + self.timeout, self.timeout),
+        };
+        Deadlined { inner: self.inner.call(call), timeout, deadline, sleep: None, refusals: self.refusals.clone() }
     }
 }
 
@@ -230,5 +240,21 @@ mod tests {
         started.notified().await;
         release.notify_one();
         assert!(again.await.is_ok_and(|r| r.is_ok()));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_waits_less_is_answered_before_it_gives_up() {
+        let never = tower::service_fn(|_: Call| std::future::pending::<Result<Response>>());
+        let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(never);
+        let mut waiting = call();
+        waiting.deadline = Some(Instant::now() + Duration::from_millis(100));
+        // A hang detector, not a timing assertion.
+        let answered = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(waiting)).await;
+        match answered {
+            Ok(Err(GatewayError::Timeout(granted))) => {
+                assert!(granted < Duration::from_millis(100), "granted {granted:?}, past the caller's deadline");
+            }
+            other => panic!("want the caller's deadline to end the request, got {other:?}"),
+        }
     }
 }

@@ -51,7 +51,9 @@
 //! Nothing connects until a namespace needs it: a gateway registers this
 //! plugin whether or not any broker exists. Two clients per service URL
 //! (one reads, one publishes), one producer per data topic, all made on
-//! first need and dropped after a failure so the next call reconnects.
+//! first need and dropped after a failure, or after a call that was
+//! abandoned before it finished (its connection may be dead without being
+//! closed: `Abandoned`), so the next call reconnects.
 
 pub mod codec;
 pub mod config;
@@ -136,6 +138,37 @@ impl std::fmt::Debug for PulsarPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Clients hold broker addresses: not for logs.
         f.debug_struct("PulsarPlugin").field("config", &self.pulsar.config).finish_non_exhaustive()
+    }
+}
+
+/// Resets the clients of a call dropped before it finished (its caller's
+/// deadline, the request timeout): the broker may have stopped answering
+/// on their connections without closing them, and a producer or reader
+/// kept on such a connection would hang every later call until the
+/// `pulsar` crate's keepalive gives up on it (a minute and more). The
+/// next call connects afresh; a connection that was only slow costs one
+/// reconnect.
+struct Abandoned<'a> {
+    state: Option<(&'a PulsarState, &'a str, &'a str)>,
+}
+
+impl<'a> Abandoned<'a> {
+    fn arm(state: &'a PulsarState, service_url: &'a str, topic: &'a str) -> Self {
+        Self { state: Some((state, service_url, topic)) }
+    }
+
+    /// The call finished, one way or the other.
+    fn disarm(mut self) {
+        self.state = None;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some((state, service_url, topic)) = self.state.take() {
+            tracing::debug!("a pulsar call was abandoned; its clients will connect afresh");
+            state.reset(service_url, topic);
+        }
     }
 }
 
@@ -304,7 +337,9 @@ impl PulsarState {
         topic: &str,
         messages: Vec<producer::Message>,
     ) -> Result<Vec<MessageIdData>> {
+        let abandoned = Abandoned::arm(self, service_url, topic);
         let result = self.publish_once(service_url, topic, messages).await;
+        abandoned.disarm();
         if result.is_err() {
             self.reset(service_url, topic);
         }
@@ -367,7 +402,9 @@ impl PulsarState {
         let ids =
             self.publish(service_url, topic, vec![producer::Message { payload: fence, ..Default::default() }]).await?;
         let end = ids.first().map(position).ok_or_else(|| PulsarError::Corrupt("no receipt for the fence".into()))?;
+        let abandoned = Abandoned::arm(self, service_url, topic);
         let result = self.read_until(service_url, topic, end, &mut visit).await;
+        abandoned.disarm();
         if result.is_err() {
             self.reset(service_url, topic);
         }
