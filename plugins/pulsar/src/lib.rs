@@ -73,6 +73,7 @@ use prism_plugin_api::ts::TimeSeries;
 use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin, PluginSettings};
 use prism_proto::control::Backend;
 use pulsar::consumer::{ConsumerOptions, InitialPosition, Message};
+use pulsar::producer::ProducerOptions;
 use pulsar::proto::MessageIdData;
 use pulsar::reader::Reader;
 use pulsar::{ConnectionRetryOptions, OperationRetryOptions, Producer, Pulsar, TokioExecutor, producer};
@@ -390,7 +391,11 @@ impl PulsarState {
             return Ok(producer.clone());
         }
         let client = self.writer(service_url).await?;
-let producer = client.producer().with_topic(topic).build().await?;
+        // A send waits for room in the connection's outbound queue (100
+        // messages in the client) rather than failing: a write of more
+        // events than that failed whole, as UNAVAILABLE ("SlowDown").
+        let options = ProducerOptions { block_queue_if_full: true, ..ProducerOptions::default() };
+        let producer = client.producer().with_topic(topic).with_options(options).build().await?;
         let producer = Arc::new(tokio::sync::Mutex::new(producer));
         lock(&self.producers).insert(topic.to_owned(), producer.clone());
         Ok(producer)

@@ -167,3 +167,21 @@ async fn many_concurrent_reads_all_answer_with_their_events_and_add_nothing() {
     let after = last_message_id(&broker.service_url(), &topic).await.expect("last message id");
     assert_eq!(after, before, "reads published nothing to the data topic");
 }
+
+/// One write of more events than the client queues per connection (100):
+/// each send waits for room, the write is acknowledged whole (it used to
+/// fail as UNAVAILABLE, "SlowDown").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_of_many_events_is_acknowledged_whole() {
+    let broker = PulsarBroker::start().expect("start pulsar-lite");
+    let subject = subject(settings(&broker.service_url()), config());
+    let ns = ts_namespace(&subject, "many-events", None);
+    subject.plugin.provision(&ns).await.expect("provision");
+    let plugin = open(&subject, &ns);
+    let now = now_micros();
+    let written: Vec<Event> =
+        (0..500).map(|i| event("s", now - i * 1_000, &format!("e{i}"), &[("k", "v")], &[])).collect();
+    plugin.write(&written).await.expect("one write of 500 events");
+    let events = read_all(plugin.as_ref(), "s", now).await.expect("read");
+    assert_eq!(events.len(), written.len());
+}
