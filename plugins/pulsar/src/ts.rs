@@ -6,9 +6,10 @@
 //! INVALID_ARGUMENT when its message would pass the broker's message size
 //! limit ([`MAX_MESSAGE_BYTES`]): Prism does not chunk.
 //!
-//! **Reads and searches** scan the data topic from its start up to a fence
-//! they publish (`PulsarState::scan`), so they see every acknowledged
-//! write. Each message is filtered before its payload is decoded — by key
+//! **Reads and searches** scan the data topic from its start up to the
+//! broker's last message id, asked once the scan's reader is subscribed
+//! (`PulsarState::scan`), so they see every acknowledged write and add
+//! nothing to the topic. Each message is filtered before its payload is decoded — by key
 //! (= series) for a read — then by epoch, read window, retention and the
 //! reclaim cutoff. Events are folded in topic order, keeping per
 //! (series, event time, event id, item key) the first value published
