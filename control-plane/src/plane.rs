@@ -53,6 +53,9 @@ pub struct ControlPlane {
     config: Arc<ControlPlaneConfig>,
     usage: Arc<crate::usage::UsageBook>,
     metrics: Arc<crate::metrics::ControlPlaneMetrics>,
+    /// When this replica started: no lease ends before a lease after it
+    /// (`crate::registry`, "Leases across a restart").
+    started: SystemTime,
 }
 
 fn not_found_tenant(id: &str) -> ControlPlaneError {
@@ -143,7 +146,12 @@ impl ControlPlane {
         let metrics = Arc::new(crate::metrics::ControlPlaneMetrics::default());
         // Every store operation is counted (errors, commit latency).
         let store: Arc<dyn Store> = Arc::new(crate::metrics::ObservedStore::new(store, metrics.clone()));
-        Self { store, config: Arc::new(config), usage: Arc::default(), metrics }
+        Self { store, config: Arc::new(config), usage: Arc::default(), metrics, started: SystemTime::now() }
+    }
+
+    /// When this replica started.
+    pub(crate) fn started(&self) -> SystemTime {
+        self.started
     }
 
     /// What this control plane counts for `/metrics`.
