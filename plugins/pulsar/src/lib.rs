@@ -368,7 +368,9 @@ impl PulsarState {
             self.publish(service_url, topic, vec![producer::Message { payload: fence, ..Default::default() }]).await?;
         let end = ids.first().map(position).ok_or_else(|| PulsarError::Corrupt("no receipt for the fence".into()))?;
         let result = self.read_until(service_url, topic, end, &mut visit).await;
-        if result.is_err() {
+        // A visitor that gave up (a read past its deadline) says nothing
+        // about the connection.
+        if result.as_ref().is_err_and(|e| !matches!(e, PulsarError::GaveUp(_))) {
             self.reset(service_url, topic);
         }
         result
