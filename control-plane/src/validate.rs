@@ -100,7 +100,7 @@ pub fn quotas(field: &str, q: &QuotaSet) -> Result<()> {
 /// tenant never keeps events forever by default.
 pub fn within_quotas(name: &str, spec: &mut NamespaceSpec, tenant_quotas: Option<&QuotaSet>) -> Result<()> {
     let tenant = name.split_once('/').map_or(name, |(t, _)| t);
-    let own = spec.quotas.clone();
+    let own = spec.quotas;
     let caps = [(format!("namespace:{name}"), own.as_ref()), (format!("tenant:{tenant}"), tenant_quotas)];
     let limit = |v: Option<i64>| v.filter(|v| *v != UNLIMITED && *v >= 0);
     let refuse = |subject: &str, description: String| ControlPlaneError::QuotaExceeded {
