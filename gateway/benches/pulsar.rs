@@ -601,11 +601,7 @@ async fn read_rounds(
             let (direct, newest) = (direct.clone(), newest.clone());
             drive(concurrency, r.reads, move |task, _| {
                 let (direct, newest) = (direct.clone(), newest.clone());
-                let query = Query::series(
-                    series(task),
-                    window,
-                    PageLimits { max_bytes: 1 << 20, max_items: Some(PAGE as u32) },
-                );
+                let query = Query::series(series(task), window, PageLimits::new(1 << 20, Some(PAGE as u32)));
                 async move {
                     let page = direct.query(&query, now_micros()).await?;
                     anyhow::ensure!(page.events.len() == PAGE, "plugin: {} events, not {PAGE}", page.events.len());

@@ -150,6 +150,12 @@ pub struct Limits {
     /// Events `WriteEventRecords` may hold before they are written; more
     /// are refused with RESOURCE_EXHAUSTED. Default 65 536.
     pub write_buffer_events: usize,
+    /// Tests only, never read from a file: time charged for every item a
+    /// read puts on its page, as if the backend had taken that long
+    /// (`prism_plugin_api::pace`), so a test makes pages end at their
+    /// deadline the same way on any machine. Zero.
+    #[serde(skip)]
+    pub read_charge_per_item: Duration,
 }
 
 impl Default for Limits {
@@ -161,6 +167,7 @@ impl Default for Limits {
             chunk_threshold_bytes: 1 << 20,
             reclaim_interval_seconds: 60,
             write_buffer_events: 65_536,
+            read_charge_per_item: Duration::ZERO,
         }
     }
 }

@@ -50,6 +50,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::KeyValue;
+use prism_plugin_api::pace::{CancelOnDrop, Cancelled};
 use prism_plugin_api::ts::TimeSeries;
 use prism_plugin_api::{Capabilities, Namespace, Plugin, PluginError, PluginSettings, now_micros};
 use prism_proto::control::Backend;
@@ -204,6 +205,18 @@ impl Turns {
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         self.blocking(&self.readers, f).await
+    }
+
+    /// As [`Self::read_turn`], for a read loop that stops when its caller
+    /// stops waiting: `f` is given a flag raised when this future is
+    /// dropped (the request was cancelled or timed out), which a blocking
+    /// thread would otherwise never learn.
+    pub(crate) async fn read_turn_cancellable<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store, &Cancelled) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (_guard, cancelled) = CancelOnDrop::new();
+        self.blocking(&self.readers, move |s| f(s, &cancelled)).await
     }
 }
 

@@ -478,8 +478,10 @@ impl PulsarState {
     ) -> Result<()> {
         let client = self.reader_client(service_url).await?;
         let result = self.read_all(&client, service_url, topic, &mut visit).await;
-        match result {
-            Ok(()) => self.readers_idle.put(service_url, client),
+        match &result {
+            // A visitor that gave up (a read past its deadline) says nothing
+            // about the connection: the reader closed when it was dropped.
+            Ok(()) | Err(PulsarError::GaveUp(_)) => self.readers_idle.put(service_url, client),
             Err(_) => self.reset(service_url, topic),
         }
         result

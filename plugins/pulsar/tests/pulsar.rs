@@ -21,7 +21,7 @@ use prism_testkit::pulsar::PulsarBroker;
 use std::sync::Arc;
 use support::{settings, subject};
 
-const LIMITS: PageLimits = PageLimits { max_bytes: u64::MAX, max_items: None };
+const LIMITS: PageLimits = PageLimits::new(u64::MAX, None);
 
 fn config() -> PulsarPluginConfig {
     PulsarPluginConfig { request_timeout: Duration::from_secs(3), connect_timeout: Duration::from_millis(500) }
