@@ -24,6 +24,7 @@ use crate::plugins::Plugins;
 use crate::quota::QuotaRegistry;
 use crate::snapshot::Metadata;
 use crate::tail::TailHub;
+use crate::transport::ConnectionStats;
 
 /// The statuses of `prism_gateway_owned_namespaces`, with their labels
 /// (DELETED ones are gone from the shard).
@@ -48,6 +49,7 @@ pub struct Sources {
     pub tokens: Arc<VerifiedTokens>,
     pub quotas: Arc<QuotaRegistry>,
     pub readiness: Arc<Readiness>,
+    pub connections: Arc<ConnectionStats>,
 }
 
 /// Encodes one metric family (a descriptor and its samples).
@@ -143,6 +145,7 @@ impl Collector for GatewayCollector {
         for (name, help, value) in counters {
             family(&mut encoder, name, help, MetricType::Counter)?.counter([], value)?;
         }
+        self.connections(&mut encoder)?;
         let t = &shared.tokens;
         let (hits, misses) = (t.hits.load(Ordering::Relaxed), t.misses.load(Ordering::Relaxed));
         let mut tokens = family(
@@ -383,6 +386,37 @@ impl GatewayCollector {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Client connections and what the connection and message limits
+    /// refused (`transport.rs`).
+    fn connections(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.sources.connections;
+        let mut f = family(
+            encoder,
+            "prism_gateway_connections",
+            "Client connections open now, and the most that may be (limits.max_connections)",
+            MetricType::Gauge,
+        )?;
+        f.gauge([("state", "open")], c.open() as f64)?;
+        f.gauge([("state", "max")], c.max() as f64)?;
+        let mut f = family(
+            encoder,
+            "prism_gateway_connections_closed",
+            "Client connections the gateway closed: over limits.max_connections, or no HTTP/2 preface within limits.handshake_timeout_ms",
+            MetricType::Counter,
+        )?;
+        f.counter([("reason", "max_connections")], c.refused.load(Ordering::Relaxed))?;
+        f.counter([("reason", "handshake_timeout")], c.handshake_timeouts.load(Ordering::Relaxed))?;
+        let mut f = family(
+            encoder,
+            "prism_gateway_request_bodies_refused",
+            "Requests refused before decoding: a message above limits.max_message_bytes, or a body not in within limits.request_read_timeout_ms",
+            MetricType::Counter,
+        )?;
+        f.counter([("reason", "max_message_bytes")], c.oversized.load(Ordering::Relaxed))?;
+        f.counter([("reason", "request_read_timeout")], c.read_timeouts.load(Ordering::Relaxed))?;
         Ok(())
     }
 
