@@ -219,11 +219,7 @@ pub type Schedule = (std::thread::JoinHandle<()>, tokio::sync::mpsc::UnboundedRe
 /// generator's own lateness. `std::thread::sleep` wakes within tens of
 /// microseconds; what is due is handed to the runtime at once. The thread
 /// ends at `end` or when the receiver is dropped.
-pub fn schedule(
-    start: Instant,
-    end: Instant,
-    rate: u64,
-) -> anyhow::Result<Schedule> {
+pub fn schedule(start: Instant, end: Instant, rate: u64) -> anyhow::Result<Schedule> {
     let (due, sends) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
     let (start_std, end_std) = (start.into_std(), end.into_std());
     let rate = rate.max(1);
