@@ -5,6 +5,23 @@
 //! restart finds every acknowledged commit. Commits are serialised by a
 //! mutex held from `begin_write` to the broadcast, so subscribers receive
 //! deltas in exactly revision order.
+//!
+//! # Durability
+//!
+//! A commit is one redb transaction at redb's default
+//! `Durability::Immediate` (pages and a checksummed header slot written,
+//! the header switched, the file fsynced before `commit` returns) holding
+//! the objects, the delta in the change log, the audit events and the new
+//! revision. The RPC is answered, and the delta broadcast to watchers,
+//! only after it returns: what a client or a watcher has seen survives
+//! the process being killed and the machine losing power, so revisions
+//! never go back and a watcher resuming from the last revision it applied
+//! gets exactly the deltas after it. A commit in flight when the process
+//! dies is there wholly or not at all. After a crash redb rebuilds its
+//! allocator state on open, losing nothing committed.
+//! `cli/tests/crash.rs` kills a control plane in the middle of commits and
+//! checks all of this (a kill, not a power cut: that rests on the disk
+//! honouring fsync).
 
 use std::ops::Bound;
 use std::path::Path;

@@ -1,9 +1,16 @@
 //! Load shedding and deadlines. A full gateway refuses at once with
 //! UNAVAILABLE (retryable) rather than queueing: the concurrency limit is a
-//! semaphore whose permits are tried, never awaited. An admitted request
-//! gets `request_timeout_ms`, or less when its caller waits less (its
-//! `grpc-timeout`), and is answered UNAVAILABLE when that runs out,
-//! whatever its backend is doing.
+//! semaphore whose permits are tried, never awaited.
+//!
+//! A request's deadline is the caller's (`grpc-timeout`) or the gateway's
+//! `request_timeout_ms` from admission, whichever comes first. The layer
+//! gives the call a [`StopBy`]: reads end their page early at its soft
+//! instant, [`response_margin`] before the deadline, and return what they
+//! have with a continuation token (SPEC §3, [`prism_plugin_api::pace`]);
+//! at the deadline itself whatever is still running is cut off (dropped,
+//! so backend work stops) with UNAVAILABLE. The caller's deadline is kept
+//! [`BEFORE_CALLER`] early, so the gateway's UNAVAILABLE is what the
+//! caller gets, not tonic's CANCELLED.
 //!
 //! Neither layer boxes its future (two allocations per request, issue 14),
 //! and a deadline arms a timer only once the request has had to wait: a
@@ -17,6 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::{Either, Ready, ready};
+use prism_plugin_api::pace::StopBy;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
@@ -106,20 +114,49 @@ impl<F: Future<Output = Result<Response>>> Future for Permitted<F> {
 /// How much sooner than the caller's own deadline (its `grpc-timeout`) a
 /// request is given up. tonic's server also stops at the caller's
 /// deadline, counted from a moment just before the gateway saw the
-/// request, and answers CANCELLED, which says nothing of why; a gateway
+/// request, and answers CANCELLED ("Timeout expired"), which is neither
+/// of the codes a client retries on or reads as "too late"; a gateway
 /// that gives up first answers UNAVAILABLE, as for any backend that did
 /// not answer in time, and stops the backend call either way.
-const BEFORE_CALLER: Duration = Duration::from_millis(5);
+pub const BEFORE_CALLER: Duration = Duration::from_millis(5);
+
+/// The longest margin kept for a response: a read's page ends at most this
+/// long before the deadline.
+pub const MAX_RESPONSE_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long before its deadline a read ends its page, for a request with
+/// `budget` left: a fifth of it, at most [`MAX_RESPONSE_MARGIN`] — the
+/// time for the page to be encoded, to travel back (through a forwarding
+/// gateway, too) and to be decoded.
+pub fn response_margin(budget: Duration) -> Duration {
+    (budget / 5).min(MAX_RESPONSE_MARGIN)
+}
+
+/// The [`StopBy`] of a request admitted at `now` whose deadline is
+/// `hard`.
+pub fn stop_by(now: Instant, hard: Instant, charge_per_item: Duration) -> StopBy {
+    let margin = response_margin(hard.saturating_duration_since(now));
+    let hard = hard.into_std();
+    StopBy { soft: hard.checked_sub(margin).unwrap_or(hard), hard, charge_per_item }
+}
 
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     timeout: Duration,
+    charge_per_item: Duration,
     refusals: Arc<Refusals>,
 }
 
 impl DeadlineLayer {
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout, refusals: Arc::default() }
+        Self { timeout, charge_per_item: Duration::ZERO, refusals: Arc::default() }
+    }
+
+    /// Charges reads this much per item ([`StopBy::charge_per_item`]):
+    /// tests only (`limits.read_charge_per_item`).
+    pub fn charging(mut self, per_item: Duration) -> Self {
+        self.charge_per_item = per_item;
+        self
     }
 
     /// Counts requests cut off into `refusals` (the gateway's metrics).
@@ -133,13 +170,19 @@ impl<I> Layer<I> for DeadlineLayer {
     type Service = Deadline<I>;
 
     fn layer(&self, inner: I) -> Self::Service {
-        Deadline { timeout: self.timeout, refusals: self.refusals.clone(), inner }
+        Deadline {
+            timeout: self.timeout,
+            charge_per_item: self.charge_per_item,
+            refusals: self.refusals.clone(),
+            inner,
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Deadline<I> {
     timeout: Duration,
+    charge_per_item: Duration,
     refusals: Arc<Refusals>,
     inner: I,
 }
@@ -156,15 +199,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> Self::Future {
-        // The deadline counts from admission, as `tokio::time::timeout` did,
-        // unless the caller stops waiting sooner.
+    fn call(&mut self, mut call: Call) -> Self::Future {
+        // The gateway's own bound counts from admission, as
+        // `tokio::time::timeout` did; the caller's may come first.
         let now = Instant::now();
-        let (deadline, timeout) = match call.deadline.and_then(|theirs| theirs.checked_sub(BEFORE_CALLER)) {
-            Some(theirs) if theirs < now + self.timeout => (theirs, theirs.saturating_duration_since(now)),
-            _ => (now + self.timeout, self.timeout),
-        };
-        Deadlined { inner: self.inner.call(call), timeout, deadline, sleep: None, refusals: self.refusals.clone() }
+        let own = now + self.timeout;
+        let caller = call.deadline.map(|theirs| theirs.checked_sub(BEFORE_CALLER).unwrap_or(now));
+        let deadline = caller.map_or(own, |caller| caller.min(own));
+        call.stop_by = Some(stop_by(now, deadline, self.charge_per_item));
+        Deadlined {
+            inner: self.inner.call(call),
+            timeout: deadline.saturating_duration_since(now),
+            deadline,
+            sleep: None,
+            refusals: self.refusals.clone(),
+        }
     }
 }
 
@@ -213,6 +262,53 @@ mod tests {
         Call::new(Request::Scan(ScanItemsRequest { namespace: "a/b".into(), ..Default::default() }), None)
     }
 
+    #[test]
+    fn reads_stop_a_margin_before_the_deadline() {
+        let now = Instant::now();
+        let s = stop_by(now, now + Duration::from_secs(1), Duration::ZERO);
+        assert_eq!(s.hard - s.soft, Duration::from_millis(200), "a fifth of a second");
+        let s = stop_by(now, now + Duration::from_secs(30), Duration::ZERO);
+        assert_eq!(s.hard - s.soft, MAX_RESPONSE_MARGIN);
+        let s = stop_by(now, now, Duration::ZERO);
+        assert_eq!(s.soft, s.hard, "no time left: both have passed");
+    }
+
+    #[tokio::test]
+    async fn the_callers_deadline_applies_when_it_comes_first() {
+        let inner = tower::service_fn(|call: Call| async move {
+            let stop_by = call.stop_by.ok_or_else(|| GatewayError::Internal("no stop-by".into()))?;
+            Ok::<_, GatewayError>(Response::Scan(prism_proto::kv::ScanItemsResponse {
+                next_page_token: format!("{}", (stop_by.hard - std::time::Instant::now()).as_millis()),
+                ..Default::default()
+            }))
+        });
+        let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(inner);
+        let mut short = call();
+        short.deadline = Some(Instant::now() + Duration::from_secs(2));
+        let Ok(Response::Scan(r)) = svc.clone().oneshot(short).await else { panic!("scan") };
+        let left: u64 = r.next_page_token.parse().expect("millis");
+        assert!(left <= 2_000, "the caller's 2 s, not the gateway's 30 s: {left} ms");
+        let Ok(Response::Scan(r)) = svc.oneshot(call()).await else { panic!("scan") };
+        let left: u64 = r.next_page_token.parse().expect("millis");
+        assert!(left > 2_000 && left <= 30_000, "the gateway's own bound: {left} ms");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_waits_less_is_answered_before_it_gives_up() {
+        let never = tower::service_fn(|_: Call| std::future::pending::<Result<Response>>());
+        let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(never);
+        let mut waiting = call();
+        waiting.deadline = Some(Instant::now() + Duration::from_millis(100));
+        // A hang detector, not a timing assertion.
+        let answered = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(waiting)).await;
+        match answered {
+            Ok(Err(GatewayError::Timeout(granted))) => {
+                assert!(granted < Duration::from_millis(100), "granted {granted:?}, past the caller's deadline");
+            }
+            other => panic!("want the caller's deadline to end the request, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn sheds_while_the_limit_is_held_and_admits_again_after() {
         let release = Arc::new(Notify::new());
@@ -240,21 +336,5 @@ mod tests {
         started.notified().await;
         release.notify_one();
         assert!(again.await.is_ok_and(|r| r.is_ok()));
-    }
-
-    #[tokio::test]
-    async fn a_caller_that_waits_less_is_answered_before_it_gives_up() {
-        let never = tower::service_fn(|_: Call| std::future::pending::<Result<Response>>());
-        let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(never);
-        let mut waiting = call();
-        waiting.deadline = Some(Instant::now() + Duration::from_millis(100));
-        // A hang detector, not a timing assertion.
-        let answered = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(waiting)).await;
-        match answered {
-            Ok(Err(GatewayError::Timeout(granted))) => {
-                assert!(granted < Duration::from_millis(100), "granted {granted:?}, past the caller's deadline");
-            }
-            other => panic!("want the caller's deadline to end the request, got {other:?}"),
-        }
     }
 }
