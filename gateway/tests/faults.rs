@@ -177,6 +177,23 @@ async fn returns<T>(what: &str, deadline: Duration, call: impl Future<Output = T
         .map_err(|_| anyhow::anyhow!("{what} hung: no answer {HANG:?} after its {deadline:?} deadline"))
 }
 
+/// [`returns`], saying what the request got and when (the test's output,
+/// for the record: not asserted).
+async fn reported<T>(
+    what: &str,
+    deadline: Duration,
+    call: impl Future<Output = Result<T, Status>>,
+) -> anyhow::Result<Result<T, Status>> {
+    let started = tokio::time::Instant::now();
+    let out = returns(what, deadline, call).await?;
+    let got = match &out {
+        Ok(_) => "OK".to_owned(),
+        Err(status) => format!("{:?} ({})", status.code(), status.message()),
+    };
+    println!("  {what}: {got} after {:?} (deadline {deadline:?})", started.elapsed());
+    Ok(out)
+}
+
 /// That a request under `fault` failed as a client must be able to rely
 /// on (or succeeded, where the fault allows it).
 fn failed_in_time<T: std::fmt::Debug>(
@@ -199,6 +216,7 @@ async fn every_fault(subject: &mut Subject, proxy: &TcpProxy) -> anyhow::Result<
     let mut acked = BTreeSet::new();
     let mut next = 0;
     for fault in FAULTS {
+        println!("{fault:?}:");
         next += 1;
         subject.write(next, 8, HEALTHY).await.with_context(|| format!("a write before {fault:?}"))?;
         acked.insert(next);
@@ -208,19 +226,20 @@ async fn every_fault(subject: &mut Subject, proxy: &TcpProxy) -> anyhow::Result<
         // may.
         let small_may_succeed = matches!(fault, Fault::Bandwidth(_));
         next += 1;
-        let written = returns("a write", DEADLINE, subject.write(next, 8, DEADLINE)).await?;
+        let written = reported("a write", DEADLINE, subject.write(next, 8, DEADLINE)).await?;
         failed_in_time("a write", fault, &written, small_may_succeed)?;
         if written.is_ok() {
             acked.insert(next);
         }
-        let read = returns("a read", DEADLINE, subject.read(DEADLINE)).await?;
+        let read = reported("a read", DEADLINE, subject.read(DEADLINE)).await?;
         failed_in_time("a read", fault, &read, small_may_succeed)?;
         if small_may_succeed {
             next += 1;
-            let large = returns("a large write", DEADLINE, subject.write(next, LARGE, DEADLINE)).await?;
+            let large = reported("a large write", DEADLINE, subject.write(next, LARGE, DEADLINE)).await?;
             failed_in_time("a large write", fault, &large, false)?;
         }
         proxy.heal();
+        let healed = tokio::time::Instant::now();
 
         // Back by itself: a write is acknowledged, and every acknowledged
         // write is there.
@@ -235,6 +254,7 @@ async fn every_fault(subject: &mut Subject, proxy: &TcpProxy) -> anyhow::Result<
         })
         .await
         .with_context(|| format!("service did not come back after {fault:?}"))?;
+        println!("  back {:?} after the fault ended", healed.elapsed());
         acked.insert(n);
         let lost: Vec<_> = acked.difference(&seen).collect();
         anyhow::ensure!(lost.is_empty(), "acknowledged writes lost after {fault:?}: {lost:?}");
@@ -369,6 +389,7 @@ async fn a_gateway_serves_from_its_snapshot_while_the_control_plane_is_unreachab
             anyhow::ensure!(seen == acked, "under {fault:?}: read {seen:?}, acknowledged {acked:?}");
         }
         link.heal();
+        let healed = tokio::time::Instant::now();
 
         // The gateway hears of it, provisions it and serves it.
         let revision = eventually(RECOVERY, || {
@@ -390,6 +411,7 @@ async fn a_gateway_serves_from_its_snapshot_while_the_control_plane_is_unreachab
         .await?;
         let mut fresh = Subject::Kv { client: kv.clone(), ns: created };
         fresh.write(1, 8, HEALTHY).await.with_context(|| format!("the namespace created during {fault:?}"))?;
+        println!("{fault:?}: served throughout; caught up and serving the new namespace {:?} after", healed.elapsed());
     }
     Ok(())
 }
