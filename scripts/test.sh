@@ -107,3 +107,5 @@ cargo test --workspace --locked --no-fail-fast
 echo "== lints and tests with the pulsar feature"
 cargo clippy -p prism-gateway --features pulsar --all-targets --locked -- -D warnings
 cargo test -p prism-gateway --features pulsar --locked --test pulsar
+# The Pulsar case of the network-fault tests (the others ran above).
+cargo test -p prism-gateway --features pulsar --locked --test faults pulsar

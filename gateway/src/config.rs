@@ -138,7 +138,9 @@ pub struct Limits {
     /// Requests in flight at once; more are shed with UNAVAILABLE.
     /// Default 4096.
     pub max_in_flight: usize,
-    /// Longest a request may take, in milliseconds. Default 30 000.
+    /// Longest a request may take, in milliseconds (less when its caller's
+    /// `grpc-timeout` is shorter); it is then answered UNAVAILABLE.
+    /// Default 30 000.
     pub request_timeout_ms: u64,
     /// How far in the future an idempotency token's generation time may
     /// be, in milliseconds. Default 5 000.

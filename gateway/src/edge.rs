@@ -19,12 +19,15 @@ pub async fn run<T>(
     let client_cert = req.peer_certs().and_then(|certs| certs.first().and_then(|c| prism_tls::common_name(c.as_ref())));
     let trace = trace_context(req.metadata());
     let client_addr = req.remote_addr();
+    // Counted from when the request arrived, as tonic's own timer is
+    // (`Arrived`), not from here: the body may have taken a while.
+    let arrived = req.extensions().get::<Arrived>().map_or_else(tokio::time::Instant::now, |a| a.0);
     let deadline = req
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .and_then(|t| tokio::time::Instant::now().checked_add(t));
+        .and_then(|t| arrived.checked_add(t));
     let forwarded = req.metadata().contains_key(crate::forward::FORWARDED_BY);
     let mut call = Call::new(wrap(req.into_inner()), authorization);
     call.client_cert = client_cert;
@@ -34,6 +37,12 @@ pub async fn run<T>(
     call.forwarded = forwarded;
     pipeline.clone().oneshot(call).await.map_err(crate::error::GatewayError::into_status)
 }
+
+/// When a request with a `grpc-timeout` reached the gateway's services
+/// (`server.rs` stamps it), the instant tonic starts its own timer for
+/// that deadline: the caller's deadline counts from here.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub tokio::time::Instant);
 
 /// A `grpc-timeout` value (at most 8 digits and a unit: `H`, `M`, `S`,
 /// `m`, `u`, `n`), as gRPC over HTTP/2 defines it; `None` when malformed.

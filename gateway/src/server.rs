@@ -447,10 +447,15 @@ impl tower::Service<HttpRequest> for Services {
         tower::Service::<HttpRequest>::poll_ready(&mut self.rest, cx)
     }
 
-    fn call(&mut self, req: HttpRequest) -> Self::Future {
+    fn call(&mut self, mut req: HttpRequest) -> Self::Future {
         use futures_util::TryFutureExt;
         use futures_util::future::Either;
         use tonic::server::NamedService;
+        // The caller's deadline counts from now, as tonic's timer for it
+        // does (`edge::Arrived`); only requests that carry one pay for it.
+        if req.headers().contains_key("grpc-timeout") {
+            req.extensions_mut().insert(crate::edge::Arrived(tokio::time::Instant::now()));
+        }
         let refine: fn(HttpResponse) -> HttpResponse = crate::transport::malformed_is_invalid_argument;
         match service_of(req.uri().path()) {
             KeyValueServiceServer::<KvService>::NAME => {

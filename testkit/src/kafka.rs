@@ -9,7 +9,10 @@
 //! `PRISM_REQUIRE_SERVERS` is set (CI sets it, so nothing is skipped there).
 //!
 //! [`KafkaBroker::stop`] and [`KafkaBroker::restart`] take the broker away
-//! and bring it back on the same port, for outage tests. The storage is in
+//! and bring it back on the same port, for outage tests.
+//! [`KafkaBroker::start_or_skip_advertising`] starts one that tells clients
+//! to reach it at another address (a [`proxy`](crate::proxy) in front of
+//! it), so they never go around the proxy. The storage is in
 //! memory, so a restarted broker is **empty**: no topics, no messages.
 //!
 //! The calls block (they spawn the process and poll its port), so the
@@ -55,6 +58,8 @@ pub fn find_binary() -> Option<PathBuf> {
 pub struct KafkaBroker {
     bin: PathBuf,
     port: u16,
+    /// Where clients are told to reach it, when not at its own port.
+    advertised: Option<SocketAddr>,
     child: Option<Child>,
     /// Holds the broker's log; removed on drop.
     dir: tempfile::TempDir,
@@ -71,7 +76,7 @@ impl KafkaBroker {
     /// binary is missing.
     pub fn start() -> anyhow::Result<Self> {
         match find_binary() {
-            Some(bin) => Self::start_with(bin),
+            Some(bin) => Self::start_with(bin, None),
             None => Err(not_installed()),
         }
     }
@@ -80,16 +85,23 @@ impl KafkaBroker {
     /// missing and [`servers_required`] is false: the caller skips its test
     /// and says so ([`skip_reason`]).
     pub fn start_or_skip() -> anyhow::Result<Option<Self>> {
+        Self::start_or_skip_advertising(None)
+    }
+
+    /// As [`start_or_skip`](Self::start_or_skip), with the broker telling
+    /// clients (its advertised listener) to reach it at `advertised`, e.g.
+    /// a proxy in front of it, when given.
+    pub fn start_or_skip_advertising(advertised: Option<SocketAddr>) -> anyhow::Result<Option<Self>> {
         match find_binary() {
-            Some(bin) => Self::start_with(bin).map(Some),
+            Some(bin) => Self::start_with(bin, advertised).map(Some),
             None if servers_required() => Err(not_installed()),
             None => Ok(None),
         }
     }
 
-    fn start_with(bin: PathBuf) -> anyhow::Result<Self> {
+    fn start_with(bin: PathBuf, advertised: Option<SocketAddr>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("prism-kafka-").tempdir().context("temp dir")?;
-        let mut broker = Self { bin, port: 0, child: None, dir };
+        let mut broker = Self { bin, port: 0, advertised, child: None, dir };
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
             broker.port = free_port()?;
@@ -114,9 +126,10 @@ impl KafkaBroker {
             .open(self.log_path())
             .context("open the broker log")?;
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = self.advertised.map_or_else(|| url.clone(), |addr| format!("tcp://{addr}"));
         let child = Command::new(&self.bin)
             .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
             .env_remove("STORAGE_ENGINE")
             .env("RUST_LOG", "warn")

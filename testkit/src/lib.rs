@@ -19,8 +19,12 @@
 //!   trace receiver).
 //! - `tls` (test PKIs: a CA, server and client certificates, expired ones,
 //!   as PEM files), `proxy` (a TCP proxy: round-robin over several
-//!   backends, like an L4 balancer in front of gateways, and a link a test
-//!   can cut), `h2load` (drives a gateway with h2load for the benches).
+//!   backends, like an L4 balancer in front of gateways, a link a test
+//!   can cut, and network faults switched on and off: latency, a slow
+//!   link, a blackhole, half-open connections, resets), `grpc` (gRPC
+//!   clients that send a deadline without enforcing it, to see what a
+//!   server answers and when), `h2load` (drives a gateway with h2load for
+//!   the benches).
 //!
 //! A test whose server binary is missing fails with the install command
 //! when `PRISM_REQUIRE_SERVERS` is set (CI sets it), and skips, saying why,
@@ -495,6 +499,7 @@ impl Cluster {
     }
 }
 pub mod cpu;
+pub mod grpc;
 pub mod h2load;
 pub mod http;
 pub mod kafka;

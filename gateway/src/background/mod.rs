@@ -26,18 +26,28 @@ use prism_client::ControlPlaneClient;
 /// its TLS): connected on first use and shared by every task — one
 /// HTTP/2 connection that the watch stream, heartbeats and reports
 /// multiplex — until a task finds it broken and drops it; the next use
-/// connects again.
+/// connects again, and the watch stream follows on the new connection
+/// ([`resets`](Self::resets)): a connection that stopped answering one
+/// task (a heartbeat past its period) answers none, and the stream would
+/// otherwise wait on it for HTTP/2 keepalive to give up.
 #[derive(Debug)]
 pub struct ControlPlane {
     address: String,
     token: Option<prism_auth::SecretString>,
     tls: prism_client::Tls,
     client: tokio::sync::Mutex<Option<ControlPlaneClient>>,
+    /// How many times the connection was dropped.
+    resets: tokio::sync::watch::Sender<u64>,
 }
 
 impl ControlPlane {
     pub fn new(address: String, token: Option<prism_auth::SecretString>, tls: prism_client::Tls) -> Self {
-        Self { address, token, tls, client: tokio::sync::Mutex::new(None) }
+        Self { address, token, tls, client: tokio::sync::Mutex::new(None), resets: tokio::sync::watch::Sender::new(0) }
+    }
+
+    /// Changes when a task drops the connection (from now on).
+    pub fn resets(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.resets.subscribe()
     }
 
     /// A client on the shared connection, connecting it first if there is
@@ -56,5 +66,6 @@ impl ControlPlane {
     /// the next [`client`](Self::client) connects again.
     pub async fn reset(&self) {
         *self.client.lock().await = None;
+        self.resets.send_modify(|n| *n += 1);
     }
 }

@@ -20,6 +20,11 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a clean shutdown waits for its deregistration.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a registration may wait for its answer before it is tried
+/// again on a new connection. (A heartbeat waits at most its period.)
+/// Without a bound, a call on a connection that stopped answering waits
+/// for HTTP/2 keepalive to give up on it: longer than a lease.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// This instance's registration, as far as it is known.
 #[derive(Debug, Default)]
@@ -60,7 +65,8 @@ impl Member {
             endpoint: self.endpoint.clone(),
             store_id: self.store_id.clone(),
         };
-        let response = self.client().await?.register_shard(request).await?.into_inner();
+        let mut client = self.client().await?;
+        let response = answered(REGISTER_TIMEOUT, client.register_shard(request)).await?.into_inner();
         let lease = response.lease_ttl.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(10));
         tracing::info!(
             shard = %self.shard_id,
@@ -75,9 +81,12 @@ impl Member {
         Ok((lease / 4).max(Duration::from_millis(50)))
     }
 
-    async fn heartbeat(&self, instance_id: String) -> Result<(), tonic::Status> {
+    /// One heartbeat, answered within `period`: a later answer leaves too
+    /// little of the lease to try again.
+    async fn heartbeat(&self, instance_id: String, period: Duration) -> Result<(), tonic::Status> {
         let request = HeartbeatRequest { shard_id: self.shard_id.clone(), instance_id };
-        self.client().await?.heartbeat(request).await.map(|_| ())
+        let mut client = self.client().await?;
+        answered(period, client.heartbeat(request)).await.map(|_| ())
     }
 
     async fn deregister(&self) {
@@ -97,6 +106,16 @@ impl Member {
     }
 }
 
+/// `call`'s answer, or DEADLINE_EXCEEDED after `within`.
+async fn answered<T>(
+    within: Duration,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(within, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("the control plane did not answer in time")))
+}
+
 /// Keeps this gateway registered as `endpoint` until `shutdown`, then
 /// deregisters it.
 pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
@@ -111,7 +130,7 @@ pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
         }
         let instance = member.registration.instance_id();
         match (registered, instance) {
-            (Some(period), Some(id)) => match member.heartbeat((*id).clone()).await {
+            (Some(period), Some(id)) => match member.heartbeat((*id).clone(), period).await {
                 Ok(()) => wait = period,
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     tracing::warn!(instance = %id, "the control plane no longer knows this instance; registering again");

@@ -66,6 +66,8 @@ enum WatchError {
     Status(#[from] tonic::Status),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("another task dropped the connection")]
+    Dropped,
 }
 
 /// What the watch task uses: the snapshot it writes, what it releases
@@ -121,14 +123,25 @@ pub async fn run(watcher: Watcher, changes: Arc<Changes>, mut shutdown: watch::R
 
 /// Follows one Watch stream until it ends or fails.
 async fn follow(watcher: &Watcher, changes: &Changes, backoff: &mut Duration) -> Result<(), WatchError> {
+    // The stream lives on the shared connection: when another task drops
+    // it as broken, the stream moves too.
+    let mut resets = watcher.link.resets();
     let mut client = watcher.link.client().await?;
     let from_revision = watcher.metadata.load().revision;
-    let mut stream = client.watch(WatchRequest { from_revision }).await?.into_inner();
+    let mut stream = tokio::select! {
+        stream = client.watch(WatchRequest { from_revision }) => stream?.into_inner(),
+        _ = resets.changed() => return Err(WatchError::Dropped),
+    };
     watcher.metadata.set_connected(true);
     *backoff = MIN_BACKOFF;
     tracing::info!(from_revision, "watching metadata");
     let mut building: Option<SnapshotBuilder> = None;
-    while let Some(message) = stream.message().await? {
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message?,
+            _ = resets.changed() => return Err(WatchError::Dropped),
+        };
+        let Some(message) = message else { break };
         watcher.metadata.heard();
         match message.event {
             Some(watch_response::Event::Snapshot(chunk)) => {

@@ -8,7 +8,9 @@
 //! instant, [`response_margin`] before the deadline, and return what they
 //! have with a continuation token (SPEC §3, [`prism_plugin_api::pace`]);
 //! at the deadline itself whatever is still running is cut off (dropped,
-//! so backend work stops) with UNAVAILABLE.
+//! so backend work stops) with UNAVAILABLE. The caller's deadline is kept
+//! [`BEFORE_CALLER`] early, so the gateway's UNAVAILABLE is what the
+//! caller gets, not tonic's CANCELLED.
 //!
 //! Neither layer boxes its future (two allocations per request, issue 14),
 //! and a deadline arms a timer only once the request has had to wait: a
@@ -109,6 +111,15 @@ impl<F: Future<Output = Result<Response>>> Future for Permitted<F> {
     }
 }
 
+/// How much sooner than the caller's own deadline (its `grpc-timeout`) a
+/// request is given up. tonic's server also stops at the caller's
+/// deadline, counted from a moment just before the gateway saw the
+/// request, and answers CANCELLED ("Timeout expired"), which is neither
+/// of the codes a client retries on or reads as "too late"; a gateway
+/// that gives up first answers UNAVAILABLE, as for any backend that did
+/// not answer in time, and stops the backend call either way.
+pub const BEFORE_CALLER: Duration = Duration::from_millis(5);
+
 /// The longest margin kept for a response: a read's page ends at most this
 /// long before the deadline.
 pub const MAX_RESPONSE_MARGIN: Duration = Duration::from_millis(500);
@@ -193,7 +204,8 @@ where
         // `tokio::time::timeout` did; the caller's may come first.
         let now = Instant::now();
         let own = now + self.timeout;
-        let deadline = call.deadline.map_or(own, |caller| caller.min(own));
+        let caller = call.deadline.map(|theirs| theirs.checked_sub(BEFORE_CALLER).unwrap_or(now));
+        let deadline = caller.map_or(own, |caller| caller.min(own));
         call.stop_by = Some(stop_by(now, deadline, self.charge_per_item));
         Deadlined {
             inner: self.inner.call(call),
@@ -279,6 +291,22 @@ mod tests {
         let Ok(Response::Scan(r)) = svc.oneshot(call()).await else { panic!("scan") };
         let left: u64 = r.next_page_token.parse().expect("millis");
         assert!(left > 2_000 && left <= 30_000, "the gateway's own bound: {left} ms");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_waits_less_is_answered_before_it_gives_up() {
+        let never = tower::service_fn(|_: Call| std::future::pending::<Result<Response>>());
+        let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(never);
+        let mut waiting = call();
+        waiting.deadline = Some(Instant::now() + Duration::from_millis(100));
+        // A hang detector, not a timing assertion.
+        let answered = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(waiting)).await;
+        match answered {
+            Ok(Err(GatewayError::Timeout(granted))) => {
+                assert!(granted < Duration::from_millis(100), "granted {granted:?}, past the caller's deadline");
+            }
+            other => panic!("want the caller's deadline to end the request, got {other:?}"),
+        }
     }
 
     #[tokio::test]

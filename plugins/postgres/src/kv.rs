@@ -337,7 +337,7 @@ impl Target {
 /// Creates the incarnation's tables (and its schema and the registry if
 /// needed), dropping older incarnations of the same name.
 pub(crate) async fn provision(plugin: &PostgresPlugin, t: &Target) -> Result<()> {
-    let mut client = t.pool.get().await?;
+    let mut client = crate::lease::lease(&t.pool).await?;
     let tx = client.build_transaction().start().await?;
     let schema = &t.settings.schema;
     tx.execute_typed(LOCK, &[(&schema_lock(schema), Type::INT8)]).await?;
@@ -413,7 +413,7 @@ pub(crate) async fn provision(plugin: &PostgresPlugin, t: &Target) -> Result<()>
 
 /// Drops the incarnation's tables and its registration.
 pub(crate) async fn deprovision(t: &Target) -> Result<()> {
-    let mut client = t.pool.get().await?;
+    let mut client = crate::lease::lease(&t.pool).await?;
     let tx = client.build_transaction().start().await?;
     let schema = &t.settings.schema;
     tx.execute_typed(LOCK, &[(&schema_lock(schema), Type::INT8)]).await?;
@@ -791,7 +791,7 @@ async fn delete_ranges(
 
 /// Reclaims one incarnation; returns the expired items removed.
 async fn reclaim_one(t: &Target, now: Micros) -> Result<u64> {
-    let client = t.pool.get().await?;
+    let client = crate::lease::lease(&t.pool).await?;
     let tombstone_cut = now.saturating_sub(t.tombstone_retention);
     let mut removed = 0u64;
     // Expired items: a tombstone with the item's generation while that is
@@ -823,7 +823,7 @@ async fn reclaim_one(t: &Target, now: Micros) -> Result<u64> {
 }
 
 async fn storage_bytes(t: &Target) -> Result<u64> {
-    let client = t.pool.get().await?;
+    let client = crate::lease::lease(&t.pool).await?;
     // Each sum is numeric in SQL; a namespace stores far below 2^63 bytes.
     let row = client.query_typed_one(&t.sql.storage_bytes, &[(&ROW_OVERHEAD, Type::INT8)]).await?;
     let total: i64 = row.try_get(0)?;

@@ -11,7 +11,9 @@
 //! write rules and the locking are in [`kv`].
 //!
 //! Connection failures and timeouts are UNAVAILABLE; what a client sees
-//! never carries the DSN or SQL. Every SQL text lives in
+//! never carries the DSN or SQL. A call that does not finish (its
+//! deadline passed) closes the connections it held instead of pooling
+//! them: they may be dead without being closed (`src/lease.rs`). Every SQL text lives in
 //! `src/kv/statements.rs` ([`kv::KvStatements`]), which the loadtest and
 //! the benches import; hot statements are prepared once per pooled
 //! connection, and one-statement reads share a few pipelined connections
@@ -40,6 +42,7 @@
 pub mod config;
 pub mod error;
 pub mod kv;
+mod lease;
 pub mod tls;
 pub mod ts;
 
@@ -161,14 +164,15 @@ impl Opened {
     }
 }
 
-/// Runs `call`, failing it as timed out after `timeout`: a server that
-/// stops answering must not hang a request.
+/// Runs `call` as one operation (its connections are closed if it does
+/// not finish, `src/lease.rs`), failing it as timed out after `timeout`: a
+/// server that stops answering must not hang a request.
 async fn bounded<T>(
     timeout: std::time::Duration,
     what: &'static str,
     call: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    tokio::time::timeout(timeout, call).await.map_err(|_| PostgresError::Timeout(what))?
+    tokio::time::timeout(timeout, lease::operation(call)).await.map_err(|_| PostgresError::Timeout(what))?
 }
 
 impl std::fmt::Debug for PostgresPlugin {

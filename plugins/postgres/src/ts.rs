@@ -184,7 +184,7 @@ async fn ensure_partitions(t: &Target, days: &HashSet<i64>) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let mut client = t.pool.get().await?;
+    let mut client = crate::lease::lease(&t.pool).await?;
     for day in missing {
         let tx = client.build_transaction().start().await?;
         tx.execute_typed(crate::kv::statements::LOCK, &[(&t.names.partition_lock(), Type::INT8)]).await?;
@@ -261,7 +261,7 @@ impl<'a> Rows<'a> {
 async fn write(t: &Target, events: &[Event]) -> Result<()> {
     if events.is_empty() {
         // Nothing to store, but the namespace must exist.
-        let client = t.pool.get().await?;
+        let client = crate::lease::lease(&t.pool).await?;
         client.query_typed(&format!("SELECT 1 FROM {} WHERE false", t.ts_events()), &[]).await?;
         return Ok(());
     }
@@ -289,7 +289,7 @@ async fn write(t: &Target, events: &[Event]) -> Result<()> {
 }
 
 async fn write_once(t: &Target, rows: &Rows<'_>) -> Result<()> {
-    let mut client = t.pool.get().await?;
+    let mut client = crate::lease::lease(&t.pool).await?;
     let tx = client.build_transaction().start().await?;
     tx.execute_typed(
         &format!(
@@ -367,7 +367,7 @@ async fn page(t: &Target, query: &Query, now: Micros, retention: Option<Micros>)
     let mut pace = query.limits.pace();
     let check = |pace: &Pace| pace.check().map_err(PostgresError::GaveUp);
     check(&pace)?;
-    let mut client = t.pool.get().await?;
+    let mut client = crate::lease::lease(&t.pool).await?;
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
     let limits = query.limits;
     let Some((oldest, newest)) = query.window(now, retention) else {
@@ -522,7 +522,7 @@ fn partition_day(names: &TableNames, relname: &str) -> Option<i64> {
 }
 
 async fn reclaim(t: &Target, now: Micros, retention: Option<Micros>) -> Result<u64> {
-    let mut client = t.pool.get().await?;
+    let mut client = crate::lease::lease(&t.pool).await?;
     // Also checks the namespace exists.
     client.query_typed(&format!("SELECT 1 FROM {} WHERE false", t.ts_events()), &[]).await?;
     let Some(retention) = retention else {

@@ -52,8 +52,10 @@
 //! plugin whether or not any broker exists. Per service URL one client
 //! publishes, and each running scan reads through a client of its own
 //! (kept idle for the next scans: `ReaderPool` says why); one producer per
-//! data topic; all made on first need and dropped after a failure so the
-//! next call reconnects.
+//! data topic; all made on first need and dropped after a failure, or
+//! after a call that was abandoned before it finished (its connection may
+//! be dead without being closed: `Abandoned`), so the next call
+//! reconnects.
 
 pub mod codec;
 pub mod config;
@@ -140,6 +142,37 @@ impl std::fmt::Debug for PulsarPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Clients hold broker addresses: not for logs.
         f.debug_struct("PulsarPlugin").field("config", &self.pulsar.config).finish_non_exhaustive()
+    }
+}
+
+/// Resets the clients of a call dropped before it finished (its caller's
+/// deadline, the request timeout): the broker may have stopped answering
+/// on their connections without closing them, and a producer or reader
+/// kept on such a connection would hang every later call until the
+/// `pulsar` crate's keepalive gives up on it (a minute and more). The
+/// next call connects afresh; a connection that was only slow costs one
+/// reconnect.
+struct Abandoned<'a> {
+    state: Option<(&'a PulsarState, &'a str, &'a str)>,
+}
+
+impl<'a> Abandoned<'a> {
+    fn arm(state: &'a PulsarState, service_url: &'a str, topic: &'a str) -> Self {
+        Self { state: Some((state, service_url, topic)) }
+    }
+
+    /// The call finished, one way or the other.
+    fn disarm(mut self) {
+        self.state = None;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some((state, service_url, topic)) = self.state.take() {
+            tracing::debug!("a pulsar call was abandoned; its clients will connect afresh");
+            state.reset(service_url, topic);
+        }
     }
 }
 
@@ -409,7 +442,9 @@ impl PulsarState {
         topic: &str,
         messages: Vec<producer::Message>,
     ) -> Result<Vec<MessageIdData>> {
+        let abandoned = Abandoned::arm(self, service_url, topic);
         let result = self.publish_once(service_url, topic, messages).await;
+        abandoned.disarm();
         if result.is_err() {
             self.reset(service_url, topic);
         }
@@ -476,8 +511,10 @@ impl PulsarState {
         topic: &str,
         mut visit: impl FnMut(&Message<Vec<u8>>, record::Body) -> Result<()>,
     ) -> Result<()> {
+        let abandoned = Abandoned::arm(self, service_url, topic);
         let client = self.reader_client(service_url).await?;
         let result = self.read_all(&client, service_url, topic, &mut visit).await;
+        abandoned.disarm();
         match &result {
             // A visitor that gave up (a read past its deadline) says nothing
             // about the connection: the reader closed when it was dropped.

@@ -24,17 +24,19 @@
 //! fails only its own request (each ends with its own Sync). Lanes use
 //! the same prepared statements, cached with the connection, bounded like
 //! any pooled connection's. A lane whose connection closed is replaced on
-//! its next use. A slow read delays the reads queued behind it on its
+//! its next use, and so is one a read was abandoned on (its answer never
+//! came in time, so the connection may be dead: `src/lease.rs`). A slow read delays the reads queued behind it on its
 //! lane, which is why only reads one statement answers (at most a batch
 //! of metadata and small values) go there.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::Pool;
 
 use super::prepared::{self, MAX_PREPARED};
 use crate::error::Result;
+use crate::lease::{LaneLease, Shared};
 
 /// Lane uses between two looks at a lane's statement cache.
 const CHECK_EVERY: usize = 256;
@@ -43,7 +45,7 @@ const CHECK_EVERY: usize = 256;
 pub(crate) struct Lanes {
     pool: Pool,
     /// Each lane's connection once opened; `None` until then.
-    lanes: Vec<RwLock<Option<Arc<Object>>>>,
+    lanes: Vec<RwLock<Option<Arc<Shared>>>>,
     next: AtomicUsize,
 }
 
@@ -68,30 +70,30 @@ impl Lanes {
 
     /// A connection to send one read on, shared with other reads; `None`
     /// when this pool has no lanes.
-    pub(crate) async fn get(&self) -> Result<Option<Arc<Object>>> {
+    pub(crate) async fn get(&self) -> Result<Option<LaneLease>> {
         if self.lanes.is_empty() {
             return Ok(None);
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         let lane = &self.lanes[turn % self.lanes.len()];
-        let open = read(lane).as_ref().filter(|c| !c.is_closed()).cloned();
+        let open = read(lane).as_ref().filter(|c| c.usable()).cloned();
         if let Some(connection) = open {
             if turn % CHECK_EVERY < self.lanes.len() && connection.statement_cache.size() > MAX_PREPARED {
                 connection.statement_cache.clear();
             }
-            return Ok(Some(connection));
+            return Ok(Some(LaneLease::new(connection)));
         }
-        // Not opened yet, or its connection closed: a fresh one from the
-        // pool (a closed one goes back and is discarded when the last read
-        // on it lets go).
-        let fresh = Arc::new(prepared::connection(&self.pool).await?);
+        // Not opened yet, or its connection closed or retired: a fresh one
+        // from the pool (a closed one goes back and is discarded, a retired
+        // one closed, when the last read on it lets go).
+        let fresh = Arc::new(Shared::new(prepared::lane(&self.pool).await?));
         let mut slot = lane.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match slot.as_ref().filter(|c| !c.is_closed()) {
+        match slot.as_ref().filter(|c| c.usable()) {
             // Another read opened it meanwhile: ours goes back to the pool.
-            Some(current) => Ok(Some(current.clone())),
+            Some(current) => Ok(Some(LaneLease::new(current.clone()))),
             None => {
                 *slot = Some(fresh.clone());
-                Ok(Some(fresh))
+                Ok(Some(LaneLease::new(fresh)))
             }
         }
     }
@@ -99,7 +101,7 @@ impl Lanes {
 
 /// Reads a lane; a panic never leaves one half-written (every write is one
 /// assignment), so a poisoned lock is still good.
-fn read(lane: &RwLock<Option<Arc<Object>>>) -> std::sync::RwLockReadGuard<'_, Option<Arc<Object>>> {
+fn read(lane: &RwLock<Option<Arc<Shared>>>) -> std::sync::RwLockReadGuard<'_, Option<Arc<Shared>>> {
     lane.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

@@ -16,6 +16,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Row, Statement};
 
 use crate::error::Result;
+use crate::lease::Lease;
 
 /// Prepared statements one pooled connection keeps at most (a namespace in
 /// use needs about three: its read, its upsert and the shared lock).
@@ -24,15 +25,25 @@ pub(crate) const MAX_PREPARED: usize = 128;
 /// connection, so the bound is soft by at most that many calls' worth.
 const CHECK_EVERY: usize = 32;
 
-/// A connection of `pool`, its statement cache within bounds.
-pub(crate) async fn connection(pool: &Pool) -> Result<Object> {
-    let client = pool.get().await?;
+/// A connection of `pool` for one operation ([`Lease`]), its statement
+/// cache within bounds.
+pub(crate) async fn connection(pool: &Pool) -> Result<Lease> {
+    Ok(Lease::new(bounded_cache(pool.get().await?)))
+}
+
+/// A connection of `pool` to share as a lane, its statement cache within
+/// bounds.
+pub(crate) async fn lane(pool: &Pool) -> Result<Object> {
+    Ok(bounded_cache(pool.get().await?))
+}
+
+fn bounded_cache(client: Object) -> Object {
     if Object::metrics(&client).recycle_count.is_multiple_of(CHECK_EVERY)
         && client.statement_cache.size() > MAX_PREPARED
     {
         client.statement_cache.clear();
     }
-    Ok(client)
+    client
 }
 
 /// A statement ready to run on one connection.
