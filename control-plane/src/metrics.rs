@@ -40,13 +40,14 @@ const SERVICE_PREFIX: &str = "/prism.control.v1.ControlPlaneService/";
 const OTHER: &str = "other";
 
 /// The store operations, as the `operation` label of store errors.
-const STORE_OPS: [&str; 12] = [
+const STORE_OPS: [&str; 13] = [
     "revision",
     "get_tenant",
     "get_namespace",
     "list_tenants",
     "list_namespaces",
     "list_shards",
+    "live_namespaces",
     "commit",
     "snapshot",
     "changes_since",
@@ -262,6 +263,10 @@ impl Store for ObservedStore {
 
     async fn list_shards(&self) -> Result<Vec<Shard>> {
         self.counted("list_shards", self.inner.list_shards().await)
+    }
+
+    async fn live_namespaces(&self, tenant: &str) -> Result<u64> {
+        self.counted("live_namespaces", self.inner.live_namespaces(tenant).await)
     }
 
     async fn commit(&self, txn: Txn) -> Result<Committed> {

@@ -250,13 +250,7 @@ impl ControlPlane {
                 .ok_or_else(|| ControlPlaneError::NotFound(format!("tenant {target} not found")))?;
             let q = tenant.quotas.unwrap_or_default();
             let mut out = utilizations(&total, &q);
-            let live = self
-                .store()
-                .list_namespaces(target, "", usize::MAX)
-                .await?
-                .iter()
-                .filter(|n| n.status != NamespaceStatus::Deleted as i32)
-                .count();
+            let live = self.store().live_namespaces(target).await?;
             out.push(utilization("max_namespaces", live as f64, q.max_namespaces));
             out
         };
