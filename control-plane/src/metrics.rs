@@ -29,10 +29,10 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::error::Result;
-use crate::store::{AuditFilter, Changes, Committed, Snapshot, Store, Txn};
+use crate::store::{AuditFilter, Changes, Committed, SnapshotPart, Store, Txn};
 
 const CODES: usize = prism_telemetry::GRPC_CODES.len();
 const SERVICE_PREFIX: &str = "/prism.control.v1.ControlPlaneService/";
@@ -276,8 +276,8 @@ impl Store for ObservedStore {
         self.counted("commit", result)
     }
 
-    async fn snapshot(&self) -> Result<Snapshot> {
-        self.counted("snapshot", self.inner.snapshot().await)
+    async fn stream_snapshot(&self, parts: mpsc::Sender<SnapshotPart>) -> Result<()> {
+        self.counted("snapshot", self.inner.stream_snapshot(parts).await)
     }
 
     async fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes> {

@@ -23,10 +23,10 @@ use async_trait::async_trait;
 use prism_proto::control::{AuditEvent, Change, Delta, Namespace, Shard, Tenant, change};
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use super::group::{self, Failure, Groups, Queue, Write};
-use super::{AuditFilter, Changes, Committed, Condition, Options, Put, Snapshot, Store, Txn};
+use super::{AuditFilter, Changes, Committed, Condition, Options, Put, SNAPSHOT_PART, SnapshotPart, Store, Txn};
 use crate::error::{ControlPlaneError, Result};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -375,18 +375,34 @@ impl Inner {
         Ok(Changes::Deltas(out))
     }
 
-    fn snapshot(&self) -> Result<Snapshot> {
+    /// Reads every object at one revision into `parts` (blocking while the
+    /// channel is full); stops quietly when the receiver is gone.
+    fn stream_snapshot(&self, parts: &mpsc::Sender<SnapshotPart>) -> Result<()> {
         let r = self.db.begin_read().map_err(storage)?;
         let revision = meta_get(&r.open_table(META).map_err(storage)?, REVISION)?;
-        let mut snapshot = Snapshot { revision, ..Snapshot::default() };
+        let mut tenants = Vec::new();
         for entry in r.open_table(TENANTS).map_err(storage)?.iter().map_err(storage)? {
-            snapshot.tenants.push(decode_tenant(entry.map_err(storage)?.1.value())?);
+            tenants.push(decode_tenant(entry.map_err(storage)?.1.value())?);
         }
+        let first = SnapshotPart { revision, tenants, shards: list_shards(&r)?, namespaces: Vec::new() };
+        if parts.blocking_send(first).is_err() {
+            return Ok(());
+        }
+        let mut namespaces = Vec::with_capacity(SNAPSHOT_PART);
         for entry in r.open_table(NAMESPACES).map_err(storage)?.iter().map_err(storage)? {
-            snapshot.namespaces.push(decode_namespace(entry.map_err(storage)?.1.value())?);
+            namespaces.push(decode_namespace(entry.map_err(storage)?.1.value())?);
+            if namespaces.len() == SNAPSHOT_PART {
+                let part = SnapshotPart { revision, namespaces, ..SnapshotPart::default() };
+                if parts.blocking_send(part).is_err() {
+                    return Ok(());
+                }
+                namespaces = Vec::with_capacity(SNAPSHOT_PART);
+            }
         }
-        snapshot.shards = list_shards(&r)?;
-        Ok(snapshot)
+        if !namespaces.is_empty() {
+            let _ = parts.blocking_send(SnapshotPart { revision, namespaces, ..SnapshotPart::default() });
+        }
+        Ok(())
     }
 
     fn list_namespaces(&self, tenant: &str, after: &str, limit: usize) -> Result<Vec<Namespace>> {
@@ -513,8 +529,8 @@ impl Store for FileStore {
         self.writes.commit(txn).await
     }
 
-    async fn snapshot(&self) -> Result<Snapshot> {
-        self.blocking(|s| s.snapshot()).await
+    async fn stream_snapshot(&self, parts: mpsc::Sender<SnapshotPart>) -> Result<()> {
+        self.blocking(move |s| s.stream_snapshot(&parts)).await
     }
 
     async fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes> {

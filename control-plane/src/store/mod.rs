@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_proto::control::{AuditEvent, Delta, Namespace, Shard, Tenant};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::error::Result;
 
@@ -145,6 +145,20 @@ pub struct Snapshot {
     pub shards: Vec<Shard>,
 }
 
+/// Namespaces per [`SnapshotPart`].
+pub const SNAPSHOT_PART: usize = 512;
+
+/// A snapshot as it is read ([`Store::stream_snapshot`]): the first part
+/// holds the revision, every tenant and every shard; the others hold the
+/// namespaces, at most [`SNAPSHOT_PART`] each, in name order.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotPart {
+    pub revision: u64,
+    pub tenants: Vec<Tenant>,
+    pub shards: Vec<Shard>,
+    pub namespaces: Vec<Namespace>,
+}
+
 /// The changes after a revision, read from the change log.
 #[derive(Debug, Clone)]
 pub enum Changes {
@@ -188,8 +202,28 @@ pub trait Store: Send + Sync + 'static {
     /// returns once it is durable (it may share that with concurrent
     /// commits, see [`group`]).
     async fn commit(&self, txn: Txn) -> Result<Committed>;
-    /// Every object, read at one revision.
-    async fn snapshot(&self) -> Result<Snapshot>;
+    /// Every object, read at one revision, sent on `parts` as it is read
+    /// (see [`SnapshotPart`]): a snapshot of a million namespaces is never
+    /// whole in memory, only the parts the bounded channel holds. The read
+    /// view is held until the last part is taken (or the receiver is
+    /// dropped, which ends the read without an error).
+    async fn stream_snapshot(&self, parts: mpsc::Sender<SnapshotPart>) -> Result<()>;
+    /// Every object, read at one revision, whole.
+    async fn snapshot(&self) -> Result<Snapshot> {
+        let (tx, mut parts) = mpsc::channel(2);
+        let collect = async {
+            let mut snapshot = Snapshot::default();
+            while let Some(part) = parts.recv().await {
+                snapshot.revision = part.revision;
+                snapshot.tenants.extend(part.tenants);
+                snapshot.shards.extend(part.shards);
+                snapshot.namespaces.extend(part.namespaces);
+            }
+            snapshot
+        };
+        let (read, snapshot) = tokio::join!(self.stream_snapshot(tx), collect);
+        read.map(|()| snapshot)
+    }
     /// The deltas after `revision`, at most `limit` of them.
     async fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes>;
     /// Records audit events that changed nothing (refusals).

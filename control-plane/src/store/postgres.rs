@@ -57,13 +57,13 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use prism_proto::control::{AuditEvent, Change, Delta, Namespace, Shard, Tenant, change};
 use prost::Message;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
 
 use super::group::{self, Failure, Groups, Queue, Write};
-use super::{AuditFilter, Changes, Committed, Condition, Options, Put, Snapshot, Store, Txn};
+use super::{AuditFilter, Changes, Committed, Condition, Options, Put, SNAPSHOT_PART, SnapshotPart, Store, Txn};
 use crate::error::{ControlPlaneError, Result};
 
 /// The schema when the configuration names none.
@@ -873,7 +873,7 @@ impl Store for PgStore {
         self.inner.writes.commit(txn).await
     }
 
-    async fn snapshot(&self) -> Result<Snapshot> {
+    async fn stream_snapshot(&self, parts: mpsc::Sender<SnapshotPart>) -> Result<()> {
         let Tables { meta, tenants, namespaces, shards, .. } = &self.inner.tables;
         let mut client = self.client().await?;
         // One MVCC snapshot for every read: the objects at one revision.
@@ -886,18 +886,34 @@ impl Store for PgStore {
             .map_err(db)?;
         let revision =
             from_db(t.query_one(&format!("SELECT revision FROM {meta} WHERE id = 1"), &[]).await.map_err(db)?.get(0))?;
-        let mut snapshot = Snapshot { revision, ..Snapshot::default() };
+        let mut first = SnapshotPart { revision, ..SnapshotPart::default() };
         for row in t.query(&format!("SELECT body FROM {tenants} ORDER BY id"), &[]).await.map_err(db)? {
-            snapshot.tenants.push(decode_tenant(row.get(0))?);
-        }
-        for row in t.query(&format!("SELECT body FROM {namespaces} ORDER BY name"), &[]).await.map_err(db)? {
-            snapshot.namespaces.push(decode_namespace(row.get(0))?);
+            first.tenants.push(decode_tenant(row.get(0))?);
         }
         for row in t.query(&format!("SELECT body FROM {shards} ORDER BY id"), &[]).await.map_err(db)? {
-            snapshot.shards.push(decode_shard(row.get(0))?);
+            first.shards.push(decode_shard(row.get(0))?);
         }
-        t.commit().await.map_err(db)?;
-        Ok(snapshot)
+        if parts.send(first).await.is_err() {
+            return Ok(());
+        }
+        // A portal reads the namespaces a part at a time.
+        let statement = t.prepare(&format!("SELECT body FROM {namespaces} ORDER BY name")).await.map_err(db)?;
+        let portal = t.bind(&statement, &[]).await.map_err(db)?;
+        let page = i32::try_from(SNAPSHOT_PART).unwrap_or(i32::MAX);
+        loop {
+            let rows = t.query_portal(&portal, page).await.map_err(db)?;
+            let done = rows.len() < SNAPSHOT_PART;
+            if !rows.is_empty() {
+                let namespaces = rows.iter().map(|row| decode_namespace(row.get(0))).collect::<Result<_>>()?;
+                if parts.send(SnapshotPart { revision, namespaces, ..SnapshotPart::default() }).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        t.commit().await.map_err(db)
     }
 
     async fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes> {
