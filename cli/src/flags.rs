@@ -78,7 +78,7 @@ type QuotaField = fn(&mut QuotaSet) -> &mut Option<i64>;
 ///   create) with the given fields replaced.
 fn quota_set(
     profile: Option<ProfileArg>,
-    given: [(QuotaField, Option<i64>); 7],
+    given: [(QuotaField, Option<i64>); 12],
     current: Option<&QuotaSet>,
 ) -> Option<QuotaSet> {
     if profile.is_none() && given.iter().all(|(_, v)| v.is_none()) {
@@ -124,6 +124,21 @@ pub struct TenantQuotaArgs {
     /// Largest item or event, in bytes
     #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
     pub max_item_size_bytes: Option<i64>,
+    /// TimeSeries events written per second (a write of N events counts N)
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
+    pub events_per_second: Option<i64>,
+    /// TimeSeries event bytes written per second
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
+    pub event_bytes_per_second: Option<i64>,
+    /// TimeSeries tails open at once
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
+    pub open_tails: Option<i64>,
+    /// Partitions a namespace may ask for
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
+    pub max_partitions: Option<i64>,
+    /// Longest TimeSeries retention a namespace may ask for, in seconds
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
+    pub max_retention_seconds: Option<i64>,
 }
 
 impl TenantQuotaArgs {
@@ -138,6 +153,11 @@ impl TenantQuotaArgs {
                 (|q| &mut q.concurrent_requests, self.concurrent_requests),
                 (|q| &mut q.max_namespaces, self.max_namespaces),
                 (|q| &mut q.max_item_size_bytes, self.max_item_size_bytes),
+                (|q| &mut q.events_per_second, self.events_per_second),
+                (|q| &mut q.event_bytes_per_second, self.event_bytes_per_second),
+                (|q| &mut q.open_tails, self.open_tails),
+                (|q| &mut q.max_partitions, self.max_partitions),
+                (|q| &mut q.max_retention_seconds, self.max_retention_seconds),
             ],
             current,
         )
@@ -171,6 +191,21 @@ pub struct NamespaceQuotaArgs {
     /// Largest item or event, in bytes (quota)
     #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
     pub quota_max_item_size_bytes: Option<i64>,
+    /// TimeSeries events written per second (a write of N events counts N)
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
+    pub events_per_second: Option<i64>,
+    /// TimeSeries event bytes written per second
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
+    pub event_bytes_per_second: Option<i64>,
+    /// TimeSeries tails open at once
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
+    pub open_tails: Option<i64>,
+    /// Partitions a namespace may ask for
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
+    pub max_partitions: Option<i64>,
+    /// Longest TimeSeries retention a namespace may ask for, in seconds
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
+    pub max_retention_seconds: Option<i64>,
 }
 
 impl NamespaceQuotaArgs {
@@ -185,6 +220,11 @@ impl NamespaceQuotaArgs {
                 (|q| &mut q.concurrent_requests, self.concurrent_requests),
                 (|q| &mut q.max_namespaces, None),
                 (|q| &mut q.max_item_size_bytes, self.quota_max_item_size_bytes),
+                (|q| &mut q.events_per_second, self.events_per_second),
+                (|q| &mut q.event_bytes_per_second, self.event_bytes_per_second),
+                (|q| &mut q.open_tails, self.open_tails),
+                (|q| &mut q.max_partitions, self.max_partitions),
+                (|q| &mut q.max_retention_seconds, self.max_retention_seconds),
             ],
             current,
         )

@@ -182,6 +182,16 @@ pub struct QuotasFile {
     pub storage_bytes: Option<i64>,
     pub concurrent_requests: Option<i64>,
     pub max_item_size_bytes: Option<i64>,
+    /// TimeSeries events written per second.
+    pub events_per_second: Option<i64>,
+    /// TimeSeries event bytes written per second.
+    pub event_bytes_per_second: Option<i64>,
+    /// TimeSeries tails open at once.
+    pub open_tails: Option<i64>,
+    /// Partitions the namespace may ask for.
+    pub max_partitions: Option<i64>,
+    /// Longest TimeSeries retention, in seconds.
+    pub max_retention_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -333,6 +343,11 @@ impl QuotasFile {
             concurrent_requests: self.concurrent_requests,
             max_namespaces: None,
             max_item_size_bytes: self.max_item_size_bytes,
+            events_per_second: self.events_per_second,
+            event_bytes_per_second: self.event_bytes_per_second,
+            open_tails: self.open_tails,
+            max_partitions: self.max_partitions,
+            max_retention_seconds: self.max_retention_seconds,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! `prism usage [TENANT|NAMESPACE]`: current rates, concurrency and
-//! utilization of every quota, from the gateways' latest reports. Without a
-//! target, one line per tenant.
+//! `prism usage [TENANT|NAMESPACE]`: current rates, concurrency, open
+//! tails and utilization of every quota, from the gateways' latest reports
+//! (and, for partitions and retention, from the namespaces' specs).
+//! Without a target, one line per tenant.
 
 use clap::Args;
 use prism_proto::control::{GetUsageRequest, GetUsageResponse, ListTenantsRequest, QuotaUtilization, TenantState};
@@ -49,11 +50,22 @@ fn limit(l: i64) -> String {
 }
 
 fn percent(q: &QuotaUtilization) -> String {
-    if q.limit < 0 { "-".into() } else { format!("{:.1}%", q.utilization_percent) }
+    match (q.limit < 0, q.utilization_percent.is_finite()) {
+        (true, _) => "-".into(),
+        (false, true) => format!("{:.1}%", q.utilization_percent),
+        // A namespace keeping events forever, under a retention limit.
+        (false, false) => "over".into(),
+    }
 }
 
 fn number(v: f64) -> String {
-    if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+    if v.is_infinite() {
+        "forever".into()
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
 }
 
 /// Every quota of the target, then its namespaces' usage.
@@ -62,7 +74,16 @@ pub fn usage_tables(u: &GetUsageResponse) -> String {
     for q in &u.quotas {
         quotas.push(vec![q.quota.clone(), number(q.used), limit(q.limit), percent(q)]);
     }
-    let mut namespaces = Table::new(&["NAMESPACE", "REQUESTS/S", "READ B/S", "WRITE B/S", "CONCURRENT"]);
+    let mut namespaces = Table::new(&[
+        "NAMESPACE",
+        "REQUESTS/S",
+        "READ B/S",
+        "WRITE B/S",
+        "CONCURRENT",
+        "EVENTS/S",
+        "EVENT B/S",
+        "TAILS",
+    ]);
     for n in &u.namespaces {
         namespaces.push(vec![
             n.namespace.clone(),
@@ -70,6 +91,9 @@ pub fn usage_tables(u: &GetUsageResponse) -> String {
             number(n.read_bytes_per_second),
             number(n.write_bytes_per_second),
             n.concurrent_requests.to_string(),
+            number(n.events_per_second),
+            number(n.event_bytes_per_second),
+            n.open_tails.to_string(),
         ]);
     }
     let mut out = quotas.render();
@@ -116,6 +140,9 @@ pub fn usage_json(u: &GetUsageResponse) -> Value {
             "write_bytes_per_second": n.write_bytes_per_second,
             "storage_bytes": n.storage_bytes,
             "concurrent_requests": n.concurrent_requests,
+            "events_per_second": n.events_per_second,
+            "event_bytes_per_second": n.event_bytes_per_second,
+            "open_tails": n.open_tails,
         })).collect::<Vec<_>>(),
     })
 }
@@ -142,6 +169,8 @@ mod tests {
                 namespace: "acme/orders".into(),
                 requests_per_second: 50.0,
                 read_bytes_per_second: 1024.5,
+                events_per_second: 900.0,
+                open_tails: 2,
                 ..Default::default()
             }],
         }
@@ -153,7 +182,25 @@ mod tests {
         assert!(text.contains("requests_per_second  50    200        25.0%"), "{text}");
         assert!(text.contains("storage_bytes        0     unlimited  -"), "{text}");
         assert!(text.contains("acme/orders  50          1024.5"), "{text}");
+        assert!(text.contains("900       0          2"), "events and tails: {text}");
         let summary = summary_table(&[sample()]).render();
         assert!(summary.contains("acme    50          3           max_namespaces  75.0%"), "{summary}");
+    }
+
+    #[test]
+    fn a_namespace_kept_forever_is_over_a_retention_limit() {
+        let forever = GetUsageResponse {
+            target: "acme/old".into(),
+            quotas: vec![QuotaUtilization {
+                quota: "max_retention_seconds".into(),
+                used: f64::INFINITY,
+                limit: 86_400,
+                utilization_percent: f64::INFINITY,
+            }],
+            namespaces: vec![],
+        };
+        let text = usage_tables(&forever);
+        assert!(text.contains("max_retention_seconds  forever  86400  over"), "{text}");
+        assert!(usage_json(&forever)["quotas"][0]["used"].is_null(), "JSON has no infinity");
     }
 }

@@ -9,15 +9,15 @@
 //! replicas: served by its owner alone, UNAVAILABLE (never empty) while
 //! the owner is killed, whole again when it restarts on its directory.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use prism_client::proto::control::backend_config::Config;
 use prism_client::proto::control::{
     Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest,
@@ -26,89 +26,20 @@ use prism_client::proto::control::{
 use prism_client::proto::kv;
 use prism_client::{Prism, RetryPolicy};
 use prism_testkit::postgres::{PostgresServer, skip_reason};
-use prism_testkit::{TEST_SECRET, admin_token, eventually, token};
+use prism_testkit::{admin_token, eventually};
 
-const PRISM: &str = env!("CARGO_BIN_EXE_prism");
+use crate::common::{Process, control_plane, gateway_on};
+
 const NAMESPACES: usize = 200;
 const DRIVERS: usize = 8;
 const CONVERGE: Duration = Duration::from_secs(60);
-
-/// A `prism` server process, killed when dropped.
-struct Process {
-    child: Child,
-    addr: String,
-}
-
-impl Process {
-    /// Starts `prism args…` and waits for its "serving on ADDR" line.
-    fn start(args: &[&str], data_dir: &Path) -> anyhow::Result<Self> {
-        let mut child = Command::new(PRISM)
-            .args(args)
-            .env("PRISM_DATA_DIR", data_dir)
-            .env("RUST_LOG", "warn")
-            .env_remove("PRISM_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawn prism")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let Some(addr) = line.trim().rsplit_once(" serving on ").map(|(_, a)| a.to_owned()) else {
-            let _ = child.kill();
-            bail!("prism {args:?} did not say where it serves: {line:?}");
-        };
-        Ok(Self { child, addr })
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The deployment's HS256 secret, in a file as an operator keeps it.
-fn secret_file(dir: &Path) -> anyhow::Result<String> {
-    let path = dir.join("hs256-secret");
-    std::fs::write(&path, format!("{TEST_SECRET}\n"))?;
-    Ok(path.to_str().context("utf-8 path")?.to_owned())
-}
 
 /// A gateway of `shard`, calling the control plane with a shard token read
 /// from a file (`prism token create … --role shard > file`).
 fn gateway(cp: &str, shard: &str, dir: &Path) -> anyhow::Result<Process> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let data = dir.join(format!("{shard}-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-    gateway_on(cp, shard, dir, &data)
-}
-
-/// A gateway of `shard` on the data directory `data` (its embedded store
-/// and its store id).
-fn gateway_on(cp: &str, shard: &str, dir: &Path, data: &Path) -> anyhow::Result<Process> {
-    let token_file = dir.join(format!("{shard}.token"));
-    std::fs::write(&token_file, format!("{}\n", token(shard, None, &["shard"])))?;
-    Process::start(
-        &[
-            "gateway",
-            "--shard-id",
-            shard,
-            "--control-plane",
-            cp,
-            "--listen",
-            "127.0.0.1:0",
-            "--auth-secret-file",
-            &secret_file(dir)?,
-            "--control-plane-token-file",
-            token_file.to_str().context("utf-8 path")?,
-        ],
-        data,
-    )
+    gateway_on(cp, shard, dir, &data, "warn")
 }
 
 fn spec(dsn: &str) -> NamespaceSpec {
@@ -194,23 +125,10 @@ async fn clients_keep_working_while_a_replica_dies_and_a_shard_joins() -> anyhow
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("prism.toml");
-    // A short lease, so the killed replica leaves the registry quickly.
-    std::fs::write(&config, "[control_plane]\nshard_lease_ttl_ms = 1500\n")?;
-    let cp_proc = Process::start(
-        // Deployed as an operator would: one secret file, each gateway
-        // with a shard token of its own.
-        &[
-            "control-plane",
-            "--auth-secret-file",
-            &secret_file(dir.path())?,
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().context("utf-8 path")?,
-        ],
-        &dir.path().join("control-plane"),
-    )?;
+    // Deployed as an operator would: one secret file, each gateway with a
+    // shard token of its own; a short lease, so the killed replica leaves
+    // the registry quickly.
+    let cp_proc = control_plane(dir.path(), "127.0.0.1:0", "warn")?;
     let cp = cp_proc.addr.clone();
     let mut a1 = gateway(&cp, "shard-a", dir.path())?;
     let _a2 = gateway(&cp, "shard-a", dir.path())?;
@@ -303,25 +221,6 @@ async fn clients_keep_working_while_a_replica_dies_and_a_shard_joins() -> anyhow
     Ok(())
 }
 
-/// A control plane process with a short lease, so a killed gateway leaves
-/// the registry quickly.
-fn control_plane(dir: &Path) -> anyhow::Result<Process> {
-    let config = dir.join("prism.toml");
-    std::fs::write(&config, "[control_plane]\nshard_lease_ttl_ms = 1500\n")?;
-    Process::start(
-        &[
-            "control-plane",
-            "--auth-secret-file",
-            &secret_file(dir)?,
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().context("utf-8 path")?,
-        ],
-        &dir.join("control-plane"),
-    )
-}
-
 async fn embedded_namespace(client: &Prism, name: &str) -> anyhow::Result<Namespace> {
     Ok(client.control_plane().get_namespace(GetNamespaceRequest { name: name.into() }).await?.into_inner())
 }
@@ -331,11 +230,13 @@ async fn an_embedded_namespace_is_served_by_its_owner_replica_through_a_kill_and
     const NS: &str = "acme/sessions";
     const KEYS: usize = 100;
     let dir = tempfile::tempdir()?;
-    let cp_proc = control_plane(dir.path())?;
+    let cp_proc = control_plane(dir.path(), "127.0.0.1:0", "warn")?;
     let cp = cp_proc.addr.clone();
     let data = [dir.path().join("replica-0"), dir.path().join("replica-1")];
-    let mut replicas =
-        vec![gateway_on(&cp, "shard-a", dir.path(), &data[0])?, gateway_on(&cp, "shard-a", dir.path(), &data[1])?];
+    let mut replicas = vec![
+        gateway_on(&cp, "shard-a", dir.path(), &data[0], "warn")?,
+        gateway_on(&cp, "shard-a", dir.path(), &data[1], "warn")?,
+    ];
     let token = admin_token();
     let retry = RetryPolicy { max_attempts: 8, deadline: Duration::from_secs(30), ..RetryPolicy::default() };
     // Resolving on demand, the client takes the replicas in turn: half its
@@ -399,7 +300,7 @@ async fn an_embedded_namespace_is_served_by_its_owner_replica_through_a_kill_and
 
     // The owner restarts on its directory (on another port): ACTIVE again,
     // every key as last written, through either replica.
-    replicas[owner] = gateway_on(&cp, "shard-a", dir.path(), &data[owner])?;
+    replicas[owner] = gateway_on(&cp, "shard-a", dir.path(), &data[owner], "warn")?;
     eventually(CONVERGE, || async {
         let ns = embedded_namespace(&spreading, NS).await?;
         ensure!(ns.status == NamespaceStatus::Active as i32, "{NS}: {}", ns.status_reason);

@@ -57,6 +57,9 @@ pub struct ControlPlane {
     config: Arc<ControlPlaneConfig>,
     usage: Arc<crate::usage::UsageBook>,
     metrics: Arc<crate::metrics::ControlPlaneMetrics>,
+    /// When this replica started: no lease ends before a lease after it
+    /// (`crate::registry`, "Leases across a restart").
+    started: SystemTime,
 }
 
 fn not_found_tenant(id: &str) -> ControlPlaneError {
@@ -143,7 +146,12 @@ impl ControlPlane {
         let metrics = Arc::new(crate::metrics::ControlPlaneMetrics::default());
         // Every store operation is counted (errors, commit latency).
         let store: Arc<dyn Store> = Arc::new(crate::metrics::ObservedStore::new(store, metrics.clone()));
-        Self { store, config: Arc::new(config), usage: Arc::default(), metrics }
+        Self { store, config: Arc::new(config), usage: Arc::default(), metrics, started: SystemTime::now() }
+    }
+
+    /// When this replica started.
+    pub(crate) fn started(&self) -> SystemTime {
+        self.started
     }
 
     /// What this control plane counts for `/metrics`.
@@ -446,6 +454,8 @@ impl ControlPlane {
                     let limit = u64::try_from(limit).unwrap_or(0);
                     conditions.push(Condition::NamespaceRoom { tenant: tenant_id.to_owned(), limit });
                 }
+                let mut stored = resolved(spec.clone());
+                validate::within_quotas(name, &mut stored, tenant.quotas.as_ref())?;
                 let (shard_id, owner_store_id) = self.place_new(name, spec, &registered);
                 let status_reason = if shard_id.is_empty() {
                     "no shard is available to own the namespace".to_owned()
@@ -455,7 +465,7 @@ impl ControlPlane {
                 let now = Some(SystemTime::now().into());
                 let ns = Namespace {
                     name: name.to_owned(),
-                    spec: Some(resolved(spec.clone())),
+                    spec: Some(stored),
                     shard_id: shard_id.clone(),
                     status: NamespaceStatus::Provisioning as i32,
                     status_reason,
@@ -547,13 +557,19 @@ impl ControlPlane {
                         "cannot change after creation: moving a namespace between shards is not supported yet",
                     ));
                 }
+                // The tenant's quotas cap what the spec asks for (read
+                // without a condition: a quota changed meanwhile applies
+                // from the next update on).
+                let tenant = self.get_tenant(tenant_of(name)).await?;
+                let mut stored = resolved(spec.clone());
+                validate::within_quotas(name, &mut stored, tenant.quotas.as_ref())?;
                 let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
                 if old.backend_config != spec.backend_config && !ns.shard_id.is_empty() {
                     // The owning shard must apply (and check) the new settings.
                     ns.status = NamespaceStatus::Provisioning as i32;
                     ns.status_reason = format!("waiting for shard {} to apply new backend settings", ns.shard_id);
                 }
-                ns.spec = Some(resolved(spec.clone()));
+                ns.spec = Some(stored);
                 ns.update_time = Some(SystemTime::now().into());
                 Ok(Plan {
                     txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },

@@ -22,6 +22,20 @@
 //! answers the static endpoints and the registered instances whose lease
 //! has not expired.
 //!
+//! # Leases across a restart
+//!
+//! A stored lease end says when the instance last renewed, but a gateway
+//! cannot renew while the control plane is down: it keeps serving from
+//! its snapshot and heartbeats again as soon as it can (every eighth of a
+//! lease after a failure). So a replica does not hold its own absence
+//! against anyone: to it, no lease ends before one whole lease after it
+//! started (`ControlPlane::lease_end`). Sweeping at start what expired
+//! during the outage would instead remove every gateway that outlived it:
+//! their embedded namespaces DEGRADED and refused, their shards gone from
+//! the live set and every shared namespace moved away, then all of it
+//! undone by the next heartbeats. A gateway that really died goes one
+//! lease after the restart.
+//!
 //! # Assignment
 //!
 //! A new namespace goes to its pin, else to the rendezvous winner among
@@ -219,6 +233,13 @@ pub fn placement(ns: &Namespace, live: &BTreeSet<String>) -> Option<String> {
 impl ControlPlane {
     fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.config().shard_lease_ttl_ms)
+    }
+
+    /// When `instance`'s lease ends for this replica: as stored, but never
+    /// before a whole lease after the replica started (see "Leases across
+    /// a restart").
+    pub(crate) fn lease_end(&self, instance: &ShardInstance) -> SystemTime {
+        to_system_time(instance.lease_expire_time.as_ref()).max(self.started() + self.lease_ttl())
     }
 
     /// Static and registered shard ids: what a pin may name.
@@ -465,7 +486,7 @@ impl ControlPlane {
     /// concurrent sweeps harmless.
     pub async fn expire_leases(&self) -> Result<usize> {
         let now = SystemTime::now();
-        let expired = |i: &ShardInstance| to_system_time(i.lease_expire_time.as_ref()) <= now;
+        let expired = |i: &ShardInstance| self.lease_end(i) <= now;
         let mut swept = 0;
         for s in self.store().list_shards().await? {
             if !s.instances.iter().any(expired) {
@@ -526,12 +547,7 @@ impl ControlPlane {
         let now = SystemTime::now();
         let mut endpoints = self.config().shard_endpoints.get(&ns.shard_id).cloned().unwrap_or_default();
         for s in self.store().list_shards().await?.into_iter().filter(|s| s.shard_id == ns.shard_id) {
-            endpoints.extend(
-                s.instances
-                    .into_iter()
-                    .filter(|i| to_system_time(i.lease_expire_time.as_ref()) > now)
-                    .map(|i| i.endpoint),
-            );
+            endpoints.extend(s.instances.into_iter().filter(|i| self.lease_end(i) > now).map(|i| i.endpoint));
         }
         // Static endpoints first, then registered ones; each once.
         let mut seen = std::collections::HashSet::new();

@@ -32,8 +32,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prism_proto::control::{
-    GetUsageResponse, NamespaceStatus, NamespaceUsage, QuotaSet, QuotaUtilization, ReportUsageRequest,
-    ReportUsageResponse, TenantShare,
+    Abstraction, Backend, GetUsageResponse, NamespaceSpec, NamespaceStatus, NamespaceUsage, QuotaSet, QuotaUtilization,
+    ReportUsageRequest, ReportUsageResponse, TenantShare,
 };
 
 use crate::error::{ControlPlaneError, Result};
@@ -126,13 +126,20 @@ fn check_usage(i: usize, u: &NamespaceUsage) -> Result<()> {
         ("requests_per_second", u.requests_per_second),
         ("read_bytes_per_second", u.read_bytes_per_second),
         ("write_bytes_per_second", u.write_bytes_per_second),
+        ("events_per_second", u.events_per_second),
+        ("event_bytes_per_second", u.event_bytes_per_second),
     ];
     for (field, v) in rates {
         if !v.is_finite() || v < 0.0 {
             return Err(ControlPlaneError::invalid(format!("namespaces[{i}].{field}"), "must be a finite rate ≥ 0"));
         }
     }
-    for (field, v) in [("storage_bytes", u.storage_bytes), ("concurrent_requests", u.concurrent_requests)] {
+    let counts = [
+        ("storage_bytes", u.storage_bytes),
+        ("concurrent_requests", u.concurrent_requests),
+        ("open_tails", u.open_tails),
+    ];
+    for (field, v) in counts {
         if v < 0 {
             return Err(ControlPlaneError::invalid(format!("namespaces[{i}].{field}"), "must be ≥ 0"));
         }
@@ -153,6 +160,9 @@ fn add(sum: &mut NamespaceUsage, u: &NamespaceUsage) {
         sum.storage_bytes.saturating_add(u.storage_bytes)
     };
     sum.concurrent_requests = sum.concurrent_requests.saturating_add(u.concurrent_requests);
+    sum.events_per_second += u.events_per_second;
+    sum.event_bytes_per_second += u.event_bytes_per_second;
+    sum.open_tails = sum.open_tails.saturating_add(u.open_tails);
 }
 
 fn utilization(quota: &str, used: f64, limit: Option<i64>) -> QuotaUtilization {
@@ -174,6 +184,30 @@ fn utilizations(total: &NamespaceUsage, q: &QuotaSet) -> Vec<QuotaUtilization> {
         utilization("write_bytes_per_second", total.write_bytes_per_second, q.write_bytes_per_second),
         utilization("storage_bytes", total.storage_bytes as f64, q.storage_bytes),
         utilization("concurrent_requests", total.concurrent_requests as f64, q.concurrent_requests),
+        utilization("events_per_second", total.events_per_second, q.events_per_second),
+        utilization("event_bytes_per_second", total.event_bytes_per_second, q.event_bytes_per_second),
+        utilization("open_tails", total.open_tails as f64, q.open_tails),
+    ]
+}
+
+/// What the largest of `specs` asks for that quotas cap, against `q`:
+/// partitions, and TimeSeries retention in seconds (a namespace keeping
+/// events forever counts as infinitely long). Metadata, not usage: the
+/// same whatever the gateways report.
+fn spec_utilizations<'a>(specs: impl Iterator<Item = &'a NamespaceSpec>, q: &QuotaSet) -> Vec<QuotaUtilization> {
+    let (mut partitions, mut retention) = (0u32, 0f64);
+    for spec in specs {
+        let backend = Backend::try_from(spec.backend).ok().and_then(prism_proto::backends::describe);
+        partitions = partitions.max(backend.map_or(1, |b| b.partitions(spec.backend_config.as_deref()).0));
+        if spec.abstraction == Abstraction::TimeSeries as i32 {
+            let kept =
+                spec.policies.as_deref().and_then(|p| p.retention.as_ref()).filter(|d| d.seconds > 0 || d.nanos > 0);
+            retention = retention.max(kept.map_or(f64::INFINITY, |d| d.seconds as f64));
+        }
+    }
+    vec![
+        utilization("max_partitions", f64::from(partitions), q.max_partitions),
+        utilization("max_retention_seconds", retention, q.max_retention_seconds),
     ]
 }
 
@@ -239,7 +273,11 @@ impl ControlPlane {
                 .await?
                 .filter(|n| n.status != NamespaceStatus::Deleted as i32)
                 .ok_or_else(|| ControlPlaneError::NotFound(format!("namespace {target} not found")))?;
-            utilizations(&total, &ns.spec.and_then(|s| s.quotas).unwrap_or_default())
+            let spec = ns.spec.unwrap_or_default();
+            let q = spec.quotas.unwrap_or_default();
+            let mut out = utilizations(&total, &q);
+            out.extend(spec_utilizations(std::iter::once(&spec), &q));
+            out
         } else {
             validate::tenant_id("target", target)?;
             let tenant = self
@@ -250,8 +288,17 @@ impl ControlPlane {
                 .ok_or_else(|| ControlPlaneError::NotFound(format!("tenant {target} not found")))?;
             let q = tenant.quotas.unwrap_or_default();
             let mut out = utilizations(&total, &q);
-            let live = self.store().live_namespaces(target).await?;
-            out.push(utilization("max_namespaces", live as f64, q.max_namespaces));
+            // The count the creates check; the specs for their sums.
+            let count = self.store().live_namespaces(target).await?;
+            out.push(utilization("max_namespaces", count as f64, q.max_namespaces));
+            let live: Vec<_> = self
+                .store()
+                .list_namespaces(target, "", usize::MAX)
+                .await?
+                .into_iter()
+                .filter(crate::store::is_live)
+                .collect();
+            out.extend(spec_utilizations(live.iter().filter_map(|n| n.spec.as_ref()), &q));
             out
         };
         Ok(GetUsageResponse { target: target.to_owned(), quotas, namespaces: per_namespace.into_values().collect() })

@@ -82,6 +82,74 @@ pub fn quotas(field: &str, q: &QuotaSet) -> Result<()> {
             return Err(invalid(format!("{field}.{name}"), format!("{v} is negative; use -1 for unlimited")));
         }
     }
+    // No retention at all is not a retention: a namespace without one
+    // would keep its events forever.
+    if q.max_retention_seconds == Some(0) {
+        return Err(invalid(format!("{field}.max_retention_seconds"), "must be at least 1 s, or -1 for unlimited"));
+    }
+    Ok(())
+}
+
+/// Checks what a namespace spec asks for against the quotas that cap it,
+/// its own (`spec.quotas`, resolved) and then its tenant's: the partitions
+/// its backend settings ask for (`max_partitions`) and, for a TIME_SERIES
+/// namespace, its retention (`max_retention_seconds`). A refusal is
+/// RESOURCE_EXHAUSTED with a `QuotaFailure` naming whose quota, its
+/// description naming the spec's field. A TIME_SERIES namespace that sets
+/// no retention (forever) gets the smallest maximum instead, so a capped
+/// tenant never keeps events forever by default.
+pub fn within_quotas(name: &str, spec: &mut NamespaceSpec, tenant_quotas: Option<&QuotaSet>) -> Result<()> {
+    let tenant = name.split_once('/').map_or(name, |(t, _)| t);
+    let own = spec.quotas;
+    let caps = [(format!("namespace:{name}"), own.as_ref()), (format!("tenant:{tenant}"), tenant_quotas)];
+    let limit = |v: Option<i64>| v.filter(|v| *v != UNLIMITED && *v >= 0);
+    let refuse = |subject: &str, description: String| ControlPlaneError::QuotaExceeded {
+        subject: subject.to_owned(),
+        description,
+    };
+    let backend = Backend::try_from(spec.backend).ok().and_then(backends::describe);
+    if let Some(backend) = backend {
+        let (partitions, setting) = backend.partitions(spec.backend_config.as_deref());
+        for (subject, quotas) in &caps {
+            if let Some(max) = limit(quotas.and_then(|q| q.max_partitions))
+                && i64::from(partitions) > max
+            {
+                let field = setting
+                    .map_or_else(|| "spec.backend".to_owned(), |s| format!("spec.backend_config.{}.{s}", backend.name));
+                return Err(refuse(
+                    subject,
+                    format!("{field} asks for {partitions} partitions; the max_partitions quota is {max}"),
+                ));
+            }
+        }
+    }
+    if spec.abstraction != Abstraction::TimeSeries as i32 {
+        return Ok(());
+    }
+    let field = "spec.policies.retention";
+    let asked = spec.policies.as_deref().and_then(|p| p.retention.as_ref()).filter(|d| d.seconds > 0 || d.nanos > 0);
+    match asked {
+        Some(d) => {
+            for (subject, quotas) in &caps {
+                if let Some(max) = limit(quotas.and_then(|q| q.max_retention_seconds))
+                    && (d.seconds > max || (d.seconds == max && d.nanos > 0))
+                {
+                    return Err(refuse(
+                        subject,
+                        format!("{field} asks for {} s; the max_retention_seconds quota is {max}", d.seconds),
+                    ));
+                }
+            }
+        }
+        None => {
+            let smallest =
+                caps.iter().filter_map(|(_, quotas)| limit(quotas.and_then(|q| q.max_retention_seconds))).min();
+            if let Some(max) = smallest {
+                let policies = spec.policies.get_or_insert_with(Default::default);
+                policies.retention = Some(prost_types::Duration { seconds: max, nanos: 0 });
+            }
+        }
+    }
     Ok(())
 }
 

@@ -15,9 +15,10 @@ use prism_control_plane::assign;
 use prism_proto::control::{
     Abstraction, AuditEvent, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest,
     DeleteNamespaceRequest, DeleteTenantRequest, GetNamespaceRequest, GetTenantRequest, GrantAccessRequest,
-    ListAuditEventsRequest, ListNamespacesRequest, ListTenantsRequest, Namespace, NamespaceStatus, PostgresConfig,
-    QuotaProfile, QuotaSet, ReportNamespaceStatusRequest, ResolveNamespaceRequest, RevokeAccessRequest,
-    SetTenantStateRequest, TenantState, UpdateNamespaceRequest, UpdateTenantRequest, backend_config::Config,
+    KafkaConfig, ListAuditEventsRequest, ListNamespacesRequest, ListTenantsRequest, Namespace, NamespaceSpec,
+    NamespaceStatus, Policies, PostgresConfig, QuotaProfile, QuotaSet, ReportNamespaceStatusRequest,
+    ResolveNamespaceRequest, RevokeAccessRequest, SetTenantStateRequest, TenantState, UpdateNamespaceRequest,
+    UpdateTenantRequest, backend_config::Config,
 };
 use tonic::{Code, Response, Status};
 use tonic_types::StatusExt;
@@ -280,6 +281,92 @@ async fn max_namespaces_is_enforced_with_quota_failure() -> anyhow::Result<()> {
     }
     let sixth = CreateNamespaceRequest { name: "free/ns-5".into(), spec: Some(kv_spec()) };
     refused_unwritten(&mut probe, c.create_namespace(sixth), Code::ResourceExhausted, None).await?;
+    Ok(())
+}
+
+/// A namespace spec asking for more partitions or a longer retention than
+/// its tenant's (or its own) quota allows is refused with QuotaFailure
+/// naming the field, on create and on update; a TimeSeries namespace that
+/// asks for no retention gets the tenant's longest instead of forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_and_retention_are_capped_by_quotas() -> anyhow::Result<()> {
+    let (_cp, mut probe) = start(&[]).await?;
+    let mut c = probe.clone();
+    let quotas = QuotaSet {
+        profile: QuotaProfile::Custom as i32,
+        max_partitions: Some(4),
+        max_retention_seconds: Some(86_400),
+        ..Default::default()
+    };
+    c.create_tenant(CreateTenantRequest { tenant_id: "capped".into(), quotas: Some(quotas), ..Default::default() })
+        .await?;
+    let kafka = |partitions: u32, retention: Option<i64>| NamespaceSpec {
+        abstraction: Abstraction::TimeSeries as i32,
+        backend: Backend::Kafka as i32,
+        backend_config: Some(Box::new(BackendConfig {
+            config: Some(Config::Kafka(KafkaConfig {
+                bootstrap_servers: vec!["broker:9092".into()],
+                partitions,
+                replication_factor: 0,
+            })),
+        })),
+        policies: retention.map(|seconds| {
+            Box::new(Policies { retention: Some(prost_types::Duration { seconds, nanos: 0 }), ..Default::default() })
+        }),
+        ..Default::default()
+    };
+    let violation = |status: &Status| {
+        let failure = status.get_details_quota_failure().expect("QuotaFailure detail");
+        let v = failure.violations.first().expect("a violation").clone();
+        (v.subject, v.description)
+    };
+
+    let wide = CreateNamespaceRequest { name: "capped/wide".into(), spec: Some(kafka(8, Some(3600))) };
+    let status = refused_unwritten(&mut probe, c.create_namespace(wide), Code::ResourceExhausted, None).await?;
+    let (subject, description) = violation(&status);
+    assert_eq!(subject, "tenant:capped");
+    assert!(description.contains("spec.backend_config.kafka.partitions"), "{description}");
+    assert!(description.contains("max_partitions"), "{description}");
+
+    let long = CreateNamespaceRequest { name: "capped/long".into(), spec: Some(kafka(4, Some(2 * 86_400))) };
+    let status = refused_unwritten(&mut probe, c.create_namespace(long), Code::ResourceExhausted, None).await?;
+    let (subject, description) = violation(&status);
+    assert_eq!(subject, "tenant:capped");
+    assert!(description.contains("spec.policies.retention"), "{description}");
+
+    // Within the quotas: created. Without a retention: the tenant's
+    // longest, not forever.
+    let ok = c
+        .create_namespace(CreateNamespaceRequest { name: "capped/ok".into(), spec: Some(kafka(4, None)) })
+        .await?
+        .into_inner();
+    let kept = ok.spec.as_ref().and_then(|s| s.policies.as_ref()).and_then(|p| p.retention.as_ref());
+    assert_eq!(kept.map(|d| d.seconds), Some(86_400));
+
+    // An update is held to them too.
+    let update = |spec| UpdateNamespaceRequest { name: "capped/ok".into(), spec: Some(spec), expected_revision: 0 };
+    let status =
+        refused_unwritten(&mut probe, c.update_namespace(update(kafka(16, None))), Code::ResourceExhausted, None)
+            .await?;
+    assert!(violation(&status).1.contains("spec.backend_config.kafka.partitions"));
+    c.update_namespace(update(kafka(2, Some(3600)))).await?;
+
+    // A namespace's own quota caps it as well.
+    let mut own = kafka(4, Some(7200));
+    own.quotas = Some(QuotaSet { max_retention_seconds: Some(3600), ..Default::default() });
+    let status = refused_unwritten(
+        &mut probe,
+        c.create_namespace(CreateNamespaceRequest { name: "capped/own".into(), spec: Some(own) }),
+        Code::ResourceExhausted,
+        None,
+    )
+    .await?;
+    assert_eq!(violation(&status).0, "namespace:capped/own");
+
+    // Zero is no retention limit at all: refused as a quota value.
+    let zero = QuotaSet { max_retention_seconds: Some(0), ..Default::default() };
+    let req = CreateTenantRequest { tenant_id: "zero".into(), quotas: Some(zero), ..Default::default() };
+    refused(c.create_tenant(req).await, Code::InvalidArgument, Some("quotas.max_retention_seconds"));
     Ok(())
 }
 

@@ -393,3 +393,66 @@ async fn an_owner_whose_lease_expires_leaves_its_namespaces_degraded() -> anyhow
     .await?;
     Ok(())
 }
+
+/// A control plane down for longer than a lease does not hold its absence
+/// against the gateways, which could not heartbeat meanwhile: right after
+/// it restarts nothing is swept (their embedded namespaces stay ACTIVE,
+/// their endpoints resolve), heartbeats renew, and an instance that stays
+/// silent goes one lease later. (Found by `cli/tests/crash.rs`: the
+/// sweep at start removed every instance of a killed control plane's
+/// gateways.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_leases_that_ran_out_while_it_was_down() -> anyhow::Result<()> {
+    const LEASE_MS: u64 = 400;
+    let (mut cp, mut c) = start_with(config(LEASE_MS)).await?;
+    create_tenant(&mut c, "acme").await?;
+    let alive = register_store(&mut c, "shard-a", "10.0.0.1:7401", "store-1").await?;
+    register_store(&mut c, "shard-b", "10.0.0.2:7401", "store-2").await?;
+    let pinned =
+        NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: "shard-a".into() })), ..embedded_spec() };
+    let ns = create(&mut c, "acme/local", pinned).await?;
+    report_active(&mut c, &ns).await?;
+    let ends: Vec<std::time::SystemTime> = c
+        .list_shards(ListShardsRequest {})
+        .await?
+        .into_inner()
+        .shards
+        .iter()
+        .flat_map(|s| &s.instances)
+        .filter_map(|i| i.lease_expire_time.and_then(|t| t.try_into().ok()))
+        .collect();
+    assert_eq!(ends.len(), 2);
+
+    // Down until every stored lease has run out.
+    cp.stop().await?;
+    let last = ends.iter().max().copied().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+    eventually(Duration::from_secs(10), || async move {
+        anyhow::ensure!(std::time::SystemTime::now() > last, "the leases have not run out yet");
+        Ok(())
+    })
+    .await?;
+    let cp = cp.restart(config(LEASE_MS)).await?;
+    let mut c = cp.client().await?;
+    assert_eq!(cp.plane.expire_leases().await?, 0, "nothing is swept right after a restart");
+    let shards = c.list_shards(ListShardsRequest {}).await?.into_inner().shards;
+    let ids: Vec<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+    assert_eq!(ids, ["shard-a", "shard-b"]);
+    assert_eq!(get(&mut c, "acme/local").await?.status, NamespaceStatus::Active as i32);
+    let r = c.resolve_namespace(ResolveNamespaceRequest { namespace: "acme/local".into() }).await?.into_inner();
+    assert_eq!(r.endpoints, ["10.0.0.1:7401"]);
+
+    // shard-a heartbeats again; shard-b stays silent and goes.
+    eventually(Duration::from_secs(10), || {
+        let (mut c, alive) = (c.clone(), alive.clone());
+        async move {
+            c.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: alive }).await?;
+            let shards = c.list_shards(ListShardsRequest {}).await?.into_inner().shards;
+            let ids: Vec<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+            anyhow::ensure!(ids == ["shard-a"], "shards {ids:?}");
+            Ok(())
+        }
+    })
+    .await?;
+    assert_eq!(get(&mut c, "acme/local").await?.status, NamespaceStatus::Active as i32);
+    Ok(())
+}

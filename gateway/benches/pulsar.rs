@@ -414,7 +414,9 @@ struct Reading {
 /// message), the topic's last message id asked once, then every message up
 /// to it read; a message of another key skipped undecoded, the others
 /// decoded and kept when they are events of the window; the newest `PAGE`
-/// of them returned. Returns them and the messages read.
+/// of them returned. Returns them and the messages read (each once: what
+/// pulsar-lite delivers again, at or before the newest message seen, is
+/// skipped, as the plugin does; see `Delivered` in the plugin).
 async fn bare_read(
     client: &Pulsar<TokioExecutor>,
     topic: &str,
@@ -434,16 +436,20 @@ async fn bare_read(
         .await?;
     let last = reader.get_last_message_id().await?;
     let last = (last.ledger_id, last.entry_id);
-    let (mut found, mut read) = (Vec::new(), 0);
+    let (mut found, mut read, mut newest) = (Vec::new(), 0, None);
     // Bounded as the plugin's reads are (its request timeout).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while let Some(message) = tokio::time::timeout_at(deadline, reader.try_next())
         .await
         .map_err(|_| anyhow::anyhow!("bare: no message {last:?} after {read} messages"))??
     {
-        read += 1;
         let id = message.message_id();
         let at = (id.ledger_id, id.entry_id);
+        if newest.is_some_and(|newest| at <= newest) {
+            continue;
+        }
+        newest = Some(at);
+        read += 1;
         if message.metadata().partition_key.as_deref() == Some(series)
             && let Ok(record::Body::Event(e)) = codec::decode(&message.payload.data)
             && e.event_time >= start
@@ -501,10 +507,16 @@ async fn read_rounds(
     let direct = TimeSeries::open(plugin.as_ref(), &read_ns)?;
     let topic = Topics::of(&read_ns)?.data;
     // The bare reader needs a relay against pulsar-lite as the plugin does
-    // (`plugins/pulsar/src/relay.rs`): a relay of its own.
+    // (`plugins/pulsar/src/relay.rs`): a relay of its own. And a client
+    // (so a connection) per task, as the plugin has one per running scan:
+    // pulsar-lite stops delivering to readers that share a connection
+    // with too many others (`ReaderPool` in the plugin says why).
     let relays = Relays::new(std::time::Duration::from_secs(5));
-    let bare_client: Pulsar<TokioExecutor> =
-        Pulsar::builder(relays.url(&broker.service_url())?, TokioExecutor).build().await?;
+    let mut bare_clients: Vec<Pulsar<TokioExecutor>> = Vec::new();
+    for _ in 0..concurrency {
+        bare_clients.push(Pulsar::builder(relays.url(&broker.service_url())?, TokioExecutor).build().await?);
+    }
+    let bare_clients = Arc::new(bare_clients);
 
     // Preload: `events` events, a millisecond apart, over READ_SERIES
     // series, through the gateway in writes of up to 100 events.
@@ -589,11 +601,7 @@ async fn read_rounds(
             let (direct, newest) = (direct.clone(), newest.clone());
             drive(concurrency, r.reads, move |task, _| {
                 let (direct, newest) = (direct.clone(), newest.clone());
-                let query = Query::series(
-                    series(task),
-                    window,
-                    PageLimits { max_bytes: 1 << 20, max_items: Some(PAGE as u32) },
-                );
+                let query = Query::series(series(task), window, PageLimits::new(1 << 20, Some(PAGE as u32)));
                 async move {
                     let page = direct.query(&query, now_micros()).await?;
                     anyhow::ensure!(page.events.len() == PAGE, "plugin: {} events, not {PAGE}", page.events.len());
@@ -606,11 +614,12 @@ async fn read_rounds(
             })
         };
         let bare_phase = || {
-            let (client, topic, newest) = (bare_client.clone(), topic.clone(), newest.clone());
+            let (clients, topic, newest) = (bare_clients.clone(), topic.clone(), newest.clone());
             let (scanned, subscriptions) = (scanned.clone(), subscriptions.clone());
             scanned.store(0, std::sync::atomic::Ordering::Relaxed);
             drive(concurrency, r.reads, move |task, _| {
-                let (client, topic, newest, scanned) = (client.clone(), topic.clone(), newest.clone(), scanned.clone());
+                let (client, topic, newest, scanned) =
+                    (clients[task].clone(), topic.clone(), newest.clone(), scanned.clone());
                 let n = subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 async move {
                     let (page, read) =

@@ -30,7 +30,7 @@ use prism_gateway::auth::Principal;
 use prism_gateway::call::{Access, Call, Request};
 use prism_gateway::layers::Step;
 use prism_gateway::layers::authz_allowed;
-use prism_gateway::quota::{QuotaRegistry, Tracker};
+use prism_gateway::quota::{Cost, QuotaRegistry, Tracker};
 use prism_gateway::snapshot::Snapshot;
 use prism_proto::control::{
     Access as NsAccess, AccessLevel, Change, Delta, Grant, Namespace, NamespaceSpec, NamespaceStatus, QuotaSet, Tenant,
@@ -111,13 +111,13 @@ fn benches(c: &mut Criterion) {
     group.bench_function("quota_admit", |b| {
         b.iter(|| {
             let tenant_quotas = snap.tenant(entry.ns.tenant()).and_then(|t| t.quotas.as_ref());
-            black_box(registry.admit(entry.admitting(), tenant_quotas, Access::Read, 0).is_ok())
+            black_box(registry.admit(entry.admitting(), tenant_quotas, Access::Read, Cost::default()).is_ok())
         })
     });
     group.bench_function("quota_admit_and_charge_read", |b| {
         b.iter(|| {
             let tenant_quotas = snap.tenant(entry.ns.tenant()).and_then(|t| t.quotas.as_ref());
-            if let Ok(a) = registry.admit(entry.admitting(), tenant_quotas, Access::Read, 0) {
+            if let Ok(a) = registry.admit(entry.admitting(), tenant_quotas, Access::Read, Cost::default()) {
                 a.charge_read(black_box(512));
             }
         })

@@ -153,6 +153,10 @@ pub struct Call {
     pub trace: Option<prism_telemetry::trace::TraceParent>,
     /// When the caller stops waiting (its `grpc-timeout`), if it said.
     pub deadline: Option<tokio::time::Instant>,
+    /// Set by the deadline layer: when a read ends its page early, and
+    /// when the request is cut off (the caller's deadline or the gateway's
+    /// own bound, whichever comes first).
+    pub stop_by: Option<prism_plugin_api::pace::StopBy>,
     /// Whether another gateway forwarded this call here
     /// ([`crate::forward::FORWARDED_BY`]): it is not forwarded again.
     pub forwarded: bool,
@@ -174,6 +178,7 @@ impl Call {
             resolved: None,
             trace: None,
             deadline: None,
+            stop_by: None,
             forwarded: false,
             forward: None,
         }

@@ -150,6 +150,60 @@ pub struct Limits {
     /// Events `WriteEventRecords` may hold before they are written; more
     /// are refused with RESOURCE_EXHAUSTED. Default 65 536.
     pub write_buffer_events: usize,
+    /// Tests only, never read from a file: time charged for every item a
+    /// read puts on its page, as if the backend had taken that long
+    /// (`prism_plugin_api::pace`), so a test makes pages end at their
+    /// deadline the same way on any machine. Zero.
+    #[serde(skip)]
+    pub read_charge_per_item: Duration,
+    /// Largest request message (its length as the gRPC frame declares it),
+    /// in bytes. A larger one is refused with RESOURCE_EXHAUSTED naming
+    /// this setting as soon as its 5-byte frame header arrives, before
+    /// anything of it is buffered. A request in flight can hold up to this
+    /// much memory while it arrives, so with `max_concurrent_streams` and
+    /// `max_connections` it bounds what senders can pin. Default 75 497 472
+    /// (72 MiB: the largest item, 64 MiB, and room for its request); range
+    /// 65 536..=75 497 472.
+    pub max_message_bytes: usize,
+    /// Client connections open at once (counted once their TLS handshake,
+    /// if any, completed; handshakes in progress are bounded on their own,
+    /// 1 024 at most, each within 10 s). A connection over the limit is
+    /// closed as soon as it is accepted: the client sees the connection
+    /// fail (UNAVAILABLE) at once rather than wait. Keep it below the
+    /// process's open-file limit (`ulimit -n`) less what the backends use.
+    /// Default 10 000; range 1..=1 000 000.
+    pub max_connections: usize,
+    /// HTTP/2 streams (requests, tails) one connection may have open at
+    /// once (`SETTINGS_MAX_CONCURRENT_STREAMS`). A client opening more gets
+    /// those streams refused (`REFUSED_STREAM`, which gRPC clients retry
+    /// or queue); well-behaved clients queue them. Default 256; range
+    /// 1..=65 535.
+    pub max_concurrent_streams: u32,
+    /// Largest header block of one request (`SETTINGS_MAX_HEADER_LIST_SIZE`),
+    /// in bytes: path, metadata, bearer token. A larger one is refused.
+    /// Default 16 384; range 1 024..=1 048 576.
+    pub max_header_list_bytes: u32,
+    /// Longest a new connection may take to send the HTTP/2 connection
+    /// preface (after its TLS handshake, if any), in milliseconds; a
+    /// connection that says nothing, or too little, is closed then.
+    /// Default 10 000; range 1..=600 000.
+    pub handshake_timeout_ms: u64,
+    /// Longest a request's message may take to arrive in full, counted from
+    /// when the gateway first waits for it, in milliseconds. A request
+    /// whose body stalls is answered UNAVAILABLE naming this setting and
+    /// its stream released (slow or stalled senders cannot hold streams).
+    /// Default 10 000; range 1..=600 000.
+    pub request_read_timeout_ms: u64,
+    /// How long a connection may stay silent before the gateway sends an
+    /// HTTP/2 PING, in milliseconds. A client that does not answer within
+    /// `keepalive_timeout_ms` is disconnected, so a peer that vanished, or
+    /// one that opened a connection and went quiet, holds it about
+    /// `keepalive_interval_ms + keepalive_timeout_ms`. Default 30 000;
+    /// range 100..=86 400 000.
+    pub keepalive_interval_ms: u64,
+    /// How long the gateway waits for the answer to its PING, in
+    /// milliseconds. Default 10 000; range 100..=600 000.
+    pub keepalive_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -161,7 +215,60 @@ impl Default for Limits {
             chunk_threshold_bytes: 1 << 20,
             reclaim_interval_seconds: 60,
             write_buffer_events: 65_536,
+            read_charge_per_item: Duration::ZERO,
+            max_message_bytes: crate::limits::MAX_MESSAGE_BYTES,
+            max_connections: 10_000,
+            max_concurrent_streams: 256,
+            max_header_list_bytes: 16 << 10,
+            handshake_timeout_ms: 10_000,
+            request_read_timeout_ms: 10_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
         }
+    }
+}
+
+impl Limits {
+    /// The connection and message limits' ranges: the wrong field and the
+    /// range it must be within.
+    fn validate_transport(&self) -> std::result::Result<(), (&'static str, &'static str)> {
+        let within = |ok: bool, field, range| if ok { Ok(()) } else { Err((field, range)) };
+        within(
+            (64 << 10..=crate::limits::MAX_MESSAGE_BYTES).contains(&self.max_message_bytes),
+            "max_message_bytes",
+            "must be within 65536..=75497472",
+        )?;
+        within((1..=1_000_000).contains(&self.max_connections), "max_connections", "must be within 1..=1000000")?;
+        within(
+            (1..=65_535).contains(&self.max_concurrent_streams),
+            "max_concurrent_streams",
+            "must be within 1..=65535",
+        )?;
+        within(
+            (1024..=1 << 20).contains(&self.max_header_list_bytes),
+            "max_header_list_bytes",
+            "must be within 1024..=1048576",
+        )?;
+        within(
+            (1..=600_000).contains(&self.handshake_timeout_ms),
+            "handshake_timeout_ms",
+            "must be within 1..=600000",
+        )?;
+        within(
+            (1..=600_000).contains(&self.request_read_timeout_ms),
+            "request_read_timeout_ms",
+            "must be within 1..=600000",
+        )?;
+        within(
+            (100..=86_400_000).contains(&self.keepalive_interval_ms),
+            "keepalive_interval_ms",
+            "must be within 100..=86400000",
+        )?;
+        within(
+            (100..=600_000).contains(&self.keepalive_timeout_ms),
+            "keepalive_timeout_ms",
+            "must be within 100..=600000",
+        )
     }
 }
 
@@ -302,6 +409,7 @@ impl GatewayConfig {
         if self.limits.reclaim_interval_seconds == 0 {
             return Err(bad("limits.reclaim_interval_seconds", "must be at least 1"));
         }
+        self.limits.validate_transport().map_err(|(field, range)| bad(&format!("limits.{field}"), range))?;
         if let Some(addr) = &self.metrics_listen {
             prism_telemetry::http::parse_listen(addr).map_err(|d| bad("metrics_listen", &d))?;
         }
@@ -395,6 +503,40 @@ mod tests {
         assert!(e.to_string().contains("forwarding.tls.cert_file"), "{e}");
         let e = GatewayConfig::from_toml(&format!("{base}[forwarding]\nhops = 2\n")).expect_err("unknown");
         assert!(e.to_string().contains("unknown field `hops`"), "{e}");
+    }
+
+    #[test]
+    fn connection_and_message_limits_have_defaults_and_ranges() {
+        let base = "shard_id = \"s0\"\n[auth]\nallow_anonymous = true\n";
+        let c = GatewayConfig::from_toml(base).expect("valid");
+        let l = &c.limits;
+        assert_eq!((l.max_message_bytes, l.max_connections, l.max_concurrent_streams), (72 << 20, 10_000, 256));
+        assert_eq!(
+            (l.max_header_list_bytes, l.handshake_timeout_ms, l.request_read_timeout_ms),
+            (16384, 10_000, 10_000)
+        );
+        assert_eq!((l.keepalive_interval_ms, l.keepalive_timeout_ms), (30_000, 10_000));
+        let c = GatewayConfig::from_toml(&format!(
+            "{base}[limits]\nmax_message_bytes = 4194304\nmax_concurrent_streams = 100\n"
+        ))
+        .expect("valid");
+        assert_eq!((c.limits.max_message_bytes, c.limits.max_concurrent_streams), (4 << 20, 100));
+        for bad in [
+            "max_message_bytes = 1024",
+            "max_message_bytes = 75497473",
+            "max_connections = 0",
+            "max_concurrent_streams = 0",
+            "max_concurrent_streams = 65536",
+            "max_header_list_bytes = 100",
+            "handshake_timeout_ms = 0",
+            "request_read_timeout_ms = 600001",
+            "keepalive_interval_ms = 10",
+            "keepalive_timeout_ms = 0",
+        ] {
+            let e = GatewayConfig::from_toml(&format!("{base}[limits]\n{bad}\n")).expect_err(bad);
+            let field = bad.split(' ').next().unwrap_or_default();
+            assert!(e.to_string().contains(&format!("limits.{field}")), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub enum GatewayError {
     Relayed(tonic::Status),
     #[error("the request took longer than {0:?}")]
     Timeout(std::time::Duration),
+    /// A request message declared larger than `limits.max_message_bytes`.
+    #[error("the request message is {size} bytes, above the gateway's limits.max_message_bytes of {limit}")]
+    MessageTooLarge { size: u64, limit: usize },
+    /// A request body that did not arrive in full in time.
+    #[error("the request message did not arrive in full within {0:?} (limits.request_read_timeout_ms)")]
+    ReadTimeout(std::time::Duration),
     #[error(transparent)]
     Plugin(#[from] PluginError),
     /// A plugin error shared by the requests that waited on one load.
@@ -65,8 +71,8 @@ impl GatewayError {
             Self::Unauthenticated(_) => ErrorKind::Unauthenticated,
             Self::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Self::FailedPrecondition(_) | Self::WrongShard { .. } => ErrorKind::FailedPrecondition,
-            Self::QuotaExceeded { .. } => ErrorKind::ResourceExhausted,
-            Self::Overloaded | Self::Timeout(_) | Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::QuotaExceeded { .. } | Self::MessageTooLarge { .. } => ErrorKind::ResourceExhausted,
+            Self::Overloaded | Self::Timeout(_) | Self::ReadTimeout(_) | Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Relayed(status) => prism_proto::error::kind_of(status.code()),
             Self::Plugin(e) => e.kind(),
             Self::SharedPlugin(e) => e.kind(),
@@ -101,6 +107,17 @@ impl GatewayError {
                     subject: subject.clone(),
                     description: description.clone(),
                     retry_after: *retry_after,
+                },
+            },
+            // Which limit, as a QuotaFailure; no RetryInfo: the same
+            // message will never fit.
+            Self::MessageTooLarge { .. } => Report {
+                kind: ErrorKind::ResourceExhausted,
+                message: self.to_string(),
+                detail: Detail::Quota {
+                    subject: "limits.max_message_bytes".into(),
+                    description: self.to_string(),
+                    retry_after: None,
                 },
             },
             Self::Plugin(e) => e.report(),

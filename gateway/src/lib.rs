@@ -15,6 +15,8 @@
 //! the watcher keeps the snapshot current, provisioning creates and
 //! removes backend resources, registration keeps this instance in the
 //! shard registry, and usage and [`audit`] events are reported.
+//! Below gRPC, [`transport`] holds connections and request bodies to the
+//! configured limits.
 //! [`metrics`] and [`health`] say how it is doing; [`server`] wires it all
 //! and is the only module that sees every part; [`plugins`] is the one
 //! list of the plugins a gateway opens.
@@ -45,6 +47,7 @@ pub mod server;
 pub mod snapshot;
 pub mod store_id;
 pub mod tail;
+pub mod transport;
 pub mod ts_router;
 pub mod ts_service;
 

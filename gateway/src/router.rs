@@ -5,7 +5,9 @@
 //! What is the same for every backend happens here, once: TTLs become
 //! expiry times, writes are stamped (idempotency token or the gateway's
 //! clock, bounded by the clock-skew limit), page tokens are sealed and
-//! checked, and deletes and puts become one atomic mutation list.
+//! checked, reads get the call's deadline (a page ends early before it,
+//! with a token, [`prism_plugin_api::pace`]), and deletes and puts become
+//! one atomic mutation list.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,6 +17,7 @@ use futures_util::future::BoxFuture;
 use prism_plugin_api::kv::{
     self as pkv, KeyRange, KeyValueHandle, Mutation, NewItem, PageLimits, Selector, WriteStamp,
 };
+use prism_plugin_api::pace::StopBy;
 use prism_plugin_api::{Micros, now_micros};
 use prism_proto::kv;
 use tower::Service;
@@ -106,11 +109,14 @@ fn to_proto(item: pkv::Item, now: Micros) -> kv::Item {
     kv::Item { key: item.key, value: item.value, ttl: item.expires_at.map(|at| proto_duration((at - now).max(0))) }
 }
 
-fn limits(page_size_bytes: u64, limit: u32) -> PageLimits {
-    PageLimits {
-        max_bytes: if page_size_bytes == 0 { DEFAULT_PAGE_BYTES } else { page_size_bytes },
-        max_items: (limit > 0).then_some(limit),
-    }
+/// A page's limits: its bytes and count, and when it ends early
+/// (`stop_by`, from the deadline layer).
+fn limits(page_size_bytes: u64, limit: u32, stop_by: Option<StopBy>) -> PageLimits {
+    PageLimits::new(
+        if page_size_bytes == 0 { DEFAULT_PAGE_BYTES } else { page_size_bytes },
+        (limit > 0).then_some(limit),
+    )
+    .stopping(stop_by)
 }
 
 /// What authorization resolved for the call; held until the response is
@@ -121,7 +127,7 @@ fn resolved(resolved: Option<Resolved>) -> Result<Resolved> {
 
 async fn execute_ts(ops: Arc<Operations>, call: Call) -> Result<Response> {
     let resolved = resolved(call.resolved)?;
-    crate::ts_router::execute(&ops, &resolved, call.request, call.trace.as_ref(), now_micros()).await
+    crate::ts_router::execute(&ops, &resolved, call.request, call.trace.as_ref(), call.stop_by, now_micros()).await
 }
 
 async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
@@ -165,8 +171,8 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
             write(ops, kv, entry, &r.id, &mutations, &stamp).await?;
             Ok(Response::Mutate(kv::MutateItemsResponse {}))
         }
-        Request::Get(r) => get(ops, kv, entry, r, now).await.map(Response::Get),
-        Request::Scan(r) => scan(ops, kv, entry, r, now).await.map(Response::Scan),
+        Request::Get(r) => get(ops, kv, entry, r, call.stop_by, now).await.map(Response::Get),
+        Request::Scan(r) => scan(ops, kv, entry, r, call.stop_by, now).await.map(Response::Scan),
         _ => Err(GatewayError::Internal("a TimeSeries request reached the KeyValue router".into())),
     }
 }
@@ -221,6 +227,7 @@ async fn get(
     kv: &dyn KeyValueHandle,
     entry: &NamespaceEntry,
     r: kv::GetItemsRequest,
+    stop_by: Option<StopBy>,
     now: Micros,
 ) -> Result<kv::GetItemsResponse> {
     // The fingerprint is needed only to check a page token or to seal the
@@ -228,7 +235,7 @@ async fn get(
     // instructions of a cache hit's ~80 K.
     let after = if r.page_token.is_empty() { None } else { page_token::decode(get_binding(entry, &r), &r.page_token)? };
     let selector = selector(&r);
-    let limits = limits(r.page_size_bytes, r.limit);
+    let limits = limits(r.page_size_bytes, r.limit, stop_by);
     let policies = entry.ns.spec.policies.as_deref();
     let page = match policies.filter(|p| p.cache_enabled) {
         Some(p) => {
@@ -238,7 +245,9 @@ async fn get(
             let cached = ops
                 .cache
                 .get_or_load(entry, &r.id, ttl, || async {
-                    let whole = PageLimits { max_bytes: max_record, max_items: None };
+                    // The whole record, for every waiter: not cut by this
+                    // caller's deadline (the deadline layer cuts it off).
+                    let whole = PageLimits::new(max_record, None);
                     let page =
                         observed(&ops.metrics, entry, Op::Get, |_| kv.get(&r.id, &Selector::All, None, whole, now))
                             .await?;
@@ -305,6 +314,7 @@ async fn scan(
     kv: &dyn KeyValueHandle,
     entry: &NamespaceEntry,
     r: kv::ScanItemsRequest,
+    stop_by: Option<StopBy>,
     now: Micros,
 ) -> Result<kv::ScanItemsResponse> {
     let rev = entry.ns.create_revision.to_be_bytes();
@@ -312,7 +322,7 @@ async fn scan(
     let after = page_token::decode(binding, &r.page_token)?
         .map(|p| page_token::parse_scan_position(&p).map(|(id, key)| pkv::ScanCursor { id, key }))
         .transpose()?;
-    let limits = limits(r.page_size_bytes, r.limit);
+    let limits = limits(r.page_size_bytes, r.limit, stop_by);
     let page = observed(&ops.metrics, entry, Op::Scan, |_| kv.scan(after.as_ref(), limits, now)).await?;
     Ok(kv::ScanItemsResponse {
         next_page_token: page
@@ -338,7 +348,7 @@ mod tests {
     #[test]
     fn cached_pages_follow_the_paging_rules() {
         let items = vec![item("a", 10, None), item("b", 10, Some(5)), item("c", 10, None), item("d", 10, None)];
-        let lim = |b, n| PageLimits { max_bytes: b, max_items: n };
+        let lim = |b, n| PageLimits::new(b, n);
         // b expired at now = 5; crossing item included; next only when more follow.
         let p = select_page(&items, &Selector::All, None, lim(12, None), 5);
         assert_eq!(p.items.iter().map(|i| i.key[0]).collect::<Vec<_>>(), b"ac");

@@ -40,9 +40,17 @@ use crate::operations::Operations;
 use crate::quota::QuotaRegistry;
 use crate::snapshot::Metadata;
 use crate::tail::TailHub;
+use crate::transport::{Accepted, ConnectionStats, ReadLimits};
 use crate::ts_service::TsService;
 
 pub use crate::limits::MAX_MESSAGE_BYTES;
+
+/// Streams a client may reset before the gateway accepted them, per
+/// connection, before it gets GOAWAY (h2's default; CVE-2023-44487).
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the gateway may reset for a client's protocol errors, per
+/// connection, before it gets GOAWAY (hyper's default).
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 pub use crate::plugins::Plugins;
 
 /// A gateway shard, assembled: every part, each behind its own handle.
@@ -82,6 +90,9 @@ pub struct Gateway {
     pub control_plane: Arc<ControlPlane>,
     /// Sends calls for other shards' namespaces to their owners.
     pub forwarder: Arc<Forwarder>,
+    /// Connections open and what the connection and message limits
+    /// (`[gateway.limits]`, `transport.rs`) refused.
+    pub connections: Arc<ConnectionStats>,
 }
 
 impl Gateway {
@@ -150,6 +161,7 @@ impl Gateway {
             tls,
             control_plane: Arc::new(control_plane),
             forwarder: Arc::new(forwarder),
+            connections: Arc::new(ConnectionStats::new(config.limits.max_connections)),
             config: Arc::new(config),
         })
     }
@@ -220,6 +232,7 @@ impl Gateway {
                     tokens: gw.tokens.clone(),
                     quotas: gw.quotas.clone(),
                     readiness: gw.readiness.clone(),
+                    connections: gw.connections.clone(),
                 }));
                 let ready_of = gw.readiness.clone();
                 let mut until = stopped.clone();
@@ -324,11 +337,15 @@ impl Gateway {
         let (health, health_service) = tonic_health::server::health_reporter();
         let health_task = tokio::spawn(crate::health::report(gw.readiness.clone(), health, stopped));
         let pipeline = gw.pipeline();
+        let limits = &config.limits;
+        // Requests are held to `max_message_bytes` by `ReadLimits` (which
+        // answers RESOURCE_EXHAUSTED naming it); tonic's own check stays
+        // as a backstop. Answers are bounded by the page limits.
         let kv = KeyValueServiceServer::new(KvService::new(pipeline.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(limits.max_message_bytes)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let ts = TimeSeriesServiceServer::new(TsService::new(pipeline))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(limits.max_message_bytes)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         // Reflection lists exactly what this server answers.
         let (reflection, reflection_v1alpha) =
@@ -346,11 +363,31 @@ impl Gateway {
                 .add_service(reflection)
                 .add_service(reflection_v1alpha)
                 .prepare(),
+            read: ReadLimits::new(limits, gw.connections.clone()),
         };
-        let server = tonic::transport::Server::builder();
+        // The limits hyper enforces for us; the rest are `transport.rs`'s.
+        // HTTP/2 frames stay at the protocol's 16 KiB. The reset-flood
+        // bounds are h2's and hyper's defaults, said here because tonic
+        // passes `None` for the second, which turns it off: streams a
+        // client resets before they are accepted ("rapid reset"), and
+        // streams the gateway had to reset for a client's protocol error,
+        // past which the connection gets GOAWAY.
+        let server = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_header_list_size(limits.max_header_list_bytes)
+            .http2_keepalive_interval(Some(Duration::from_millis(limits.keepalive_interval_ms)))
+            .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
         let served = match &gw.tls {
-            Some(tls) => server.serve_with_incoming_shutdown(services, tls.incoming(listener), shutdown).await,
-            None => server.serve_with_incoming_shutdown(services, incoming(listener), shutdown).await,
+            Some(tls) => {
+                let incoming = Accepted::new(tls.incoming(listener), limits, gw.connections.clone());
+                server.serve_with_incoming_shutdown(services, incoming, shutdown).await
+            }
+            None => {
+                let incoming = Accepted::new(incoming(listener), limits, gw.connections.clone());
+                server.serve_with_incoming_shutdown(services, incoming, shutdown).await
+            }
         };
         let _ = stop.send(true);
         for task in tasks {
@@ -380,6 +417,10 @@ struct Services {
     kv: KeyValueServiceServer<KvService>,
     ts: TimeSeriesServiceServer<TsService>,
     rest: tonic::service::Routes,
+    /// Every request body is held to the message limits; the generated
+    /// servers take any body, so KeyValue and TimeSeries bodies are not
+    /// boxed again for it.
+    read: ReadLimits,
 }
 
 type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
@@ -394,7 +435,10 @@ impl tower::Service<HttpRequest> for Services {
     type Response = HttpResponse;
     type Error = std::convert::Infallible;
     type Future = futures_util::future::Either<
-        tonic::codegen::BoxFuture<HttpResponse, std::convert::Infallible>,
+        futures_util::future::MapOk<
+            tonic::codegen::BoxFuture<HttpResponse, std::convert::Infallible>,
+            fn(HttpResponse) -> HttpResponse,
+        >,
         <tonic::service::Routes as tower::Service<HttpRequest>>::Future,
     >;
 
@@ -404,12 +448,18 @@ impl tower::Service<HttpRequest> for Services {
     }
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
+        use futures_util::TryFutureExt;
         use futures_util::future::Either;
         use tonic::server::NamedService;
+        let refine: fn(HttpResponse) -> HttpResponse = crate::transport::malformed_is_invalid_argument;
         match service_of(req.uri().path()) {
-            KeyValueServiceServer::<KvService>::NAME => Either::Left(self.kv.call(req)),
-            TimeSeriesServiceServer::<TsService>::NAME => Either::Left(self.ts.call(req)),
-            _ => Either::Right(self.rest.call(req)),
+            KeyValueServiceServer::<KvService>::NAME => {
+                Either::Left(self.kv.call(req.map(|body| self.read.limit(body))).map_ok(refine))
+            }
+            TimeSeriesServiceServer::<TsService>::NAME => {
+                Either::Left(self.ts.call(req.map(|body| self.read.limit(body))).map_ok(refine))
+            }
+            _ => Either::Right(self.rest.call(req.map(|body| tonic::body::Body::new(self.read.limit(body))))),
         }
     }
 }

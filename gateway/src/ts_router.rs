@@ -1,10 +1,11 @@
 //! TimeSeries operations on the namespace's plugin: what is the same for
 //! every backend, once — the accept window, buffered versus durable
-//! writes, sealed page tokens, conversions, and handing durable events to
-//! tails.
+//! writes, sealed page tokens, reads ended early before the call's
+//! deadline, conversions, and handing durable events to tails.
 
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::PageLimits;
+use prism_plugin_api::pace::StopBy;
 use prism_plugin_api::ts::{self as pts, EventCursor, Query, TagFilter};
 use prism_proto::timeseries::{self as ts, tag_filter};
 use prism_telemetry::trace::TraceParent;
@@ -80,11 +81,14 @@ fn accept_window(entry: &NamespaceEntry, events: &[ts::Event], now: Micros) -> R
     }
 }
 
-fn limits(page_size_bytes: u64, limit: u32) -> PageLimits {
-    PageLimits {
-        max_bytes: if page_size_bytes == 0 { DEFAULT_PAGE_BYTES } else { page_size_bytes },
-        max_items: (limit > 0).then_some(limit),
-    }
+/// A page's limits: its bytes and count, and when it ends early
+/// (`stop_by`, from the deadline layer).
+fn limits(page_size_bytes: u64, limit: u32, stop_by: Option<StopBy>) -> PageLimits {
+    PageLimits::new(
+        if page_size_bytes == 0 { DEFAULT_PAGE_BYTES } else { page_size_bytes },
+        (limit > 0).then_some(limit),
+    )
+    .stopping(stop_by)
 }
 
 fn cursor_bytes(c: &EventCursor) -> Vec<u8> {
@@ -118,6 +122,7 @@ pub async fn execute(
     resolved: &Resolved,
     request: Request,
     caller: Option<&TraceParent>,
+    stop_by: Option<StopBy>,
     now: Micros,
 ) -> Result<Response> {
     let entry = resolved.entry();
@@ -171,8 +176,10 @@ pub async fn execute(
                 &end.to_be_bytes(),
             ]);
             let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
-            let query =
-                Query { after, ..Query::series(r.time_series_id, (start, end), limits(r.page_size_bytes, r.limit)) };
+            let query = Query {
+                after,
+                ..Query::series(r.time_series_id, (start, end), limits(r.page_size_bytes, r.limit, stop_by))
+            };
             let got = observed(&ops.metrics, entry, Op::Read, |_| plugin.query(&query, now)).await?;
             let (events, next_page_token) = page(binding, got);
             Ok(Response::Read(ts::ReadEventRecordsResponse { events, next_page_token }))
@@ -191,7 +198,8 @@ pub async fn execute(
             ]);
             let after = page_token::decode(binding, &r.page_token)?.map(|b| parse_cursor(&b)).transpose()?;
             let tag_filter = r.filter.as_ref().and_then(filter);
-            let query = Query { after, ..Query::search(tag_filter, (start, end), limits(r.page_size_bytes, r.limit)) };
+            let query =
+                Query { after, ..Query::search(tag_filter, (start, end), limits(r.page_size_bytes, r.limit, stop_by)) };
             let got = observed(&ops.metrics, entry, Op::Search, |_| plugin.query(&query, now)).await?;
             let (events, next_page_token) = page(binding, got);
             Ok(Response::Search(ts::SearchEventRecordsResponse { events, next_page_token }))

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use prism_proto::control::{Abstraction, Backend, CreateTenantRequest, NamespaceSpec, QuotaProfile, QuotaSet};
 use prism_proto::kv;
-use prism_testkit::{Cluster, admin_token};
+use prism_proto::timeseries as ts;
+use prism_testkit::{Cluster, admin_token, eventually};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -182,5 +183,132 @@ async fn the_tenant_quota_applies_across_its_namespaces() -> anyhow::Result<()> 
     assert!(accepted >= 3, "refused after {accepted}: {refusal:?}");
     let retry = quota_refusal(&refusal, "tenant:small", "requests_per_second quota of 3")?;
     assert!(retry > Duration::ZERO && retry <= Duration::from_secs(1), "{retry:?}");
+    Ok(())
+}
+
+/// The events per second of the accuracy test, and the events of a batch.
+const EVENTS_LIMIT: u64 = 300;
+const BATCH: u64 = 10;
+
+fn ts_spec(quotas: QuotaSet) -> NamespaceSpec {
+    NamespaceSpec {
+        abstraction: Abstraction::TimeSeries as i32,
+        backend: Backend::Embedded as i32,
+        // Buffered writes are acknowledged at once, so the client can
+        // offer three times the limit on a loaded machine; the quota
+        // counts them as it counts durable ones.
+        policies: Some(Box::new(prism_proto::control::Policies { accept_loss: true, ..Default::default() })),
+        quotas: Some(QuotaSet { profile: QuotaProfile::Custom as i32, ..quotas }),
+        ..Default::default()
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64
+}
+
+fn batch(ns: &str, n: u64, first: u64) -> ts::WriteEventRecordsRequest {
+    let events = (first..first + n)
+        .map(|i| ts::Event {
+            time_series_id: format!("s{}", i % 7),
+            event_time: Some(prost_types::Timestamp { seconds: now_secs(), nanos: 0 }),
+            event_id: format!("e{i}"),
+            items: vec![ts::EventItem { key: b"v".to_vec(), value: b"1".to_vec() }],
+            tags: Default::default(),
+        })
+        .collect();
+    ts::WriteEventRecordsRequest { namespace: ns.into(), events }
+}
+
+/// An events-per-second quota holds within ±10 % against a client sending
+/// batches of [`BATCH`] events at three times the limit for [`SECONDS`]:
+/// a batch counts its events, not one request. The bound is the one of the
+/// requests test above, with events for requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_per_second_hold_against_batches_at_three_times_the_limit() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let ns = "acme/events";
+    let quotas = QuotaSet { events_per_second: Some(EVENTS_LIMIT as i64), ..Default::default() };
+    let gw = cluster.active_namespace(ns, ts_spec(quotas)).await?;
+    let mut c = prism_client::time_series(&gw.endpoint(), Some(&admin_token())).await?;
+
+    let period = Duration::from_secs(1) / (3 * (EVENTS_LIMIT / BATCH) as u32);
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(SECONDS);
+    let (mut sent, mut accepted, mut refused) = (0u64, 0u64, 0u64);
+    loop {
+        ticks.tick().await;
+        if Instant::now() >= end {
+            break;
+        }
+        match c.write_event_records(batch(ns, BATCH, sent * BATCH)).await {
+            Ok(r) => accepted += u64::from(r.into_inner().accepted),
+            Err(status) => {
+                quota_refusal(&status, &format!("namespace:{ns}"), "events_per_second")?;
+                refused += 1;
+            }
+        }
+        sent += 1;
+    }
+    let offered = (sent * BATCH) as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "events: sent {sent} batches ({offered:.0} events/s), accepted {accepted} events, refused {refused} batches"
+    );
+    assert!(offered > 1.5 * EVENTS_LIMIT as f64, "the client could not offer over the limit: {offered:.0}/s");
+    let ratio = accepted as f64 / (EVENTS_LIMIT * SECONDS) as f64;
+    assert!((0.9..=1.1).contains(&ratio), "accepted {accepted} events in {SECONDS} s, {ratio:.3} of the limit");
+    Ok(())
+}
+
+async fn tail(
+    c: &mut prism_client::TimeSeriesClient,
+    ns: &str,
+) -> Result<tonic::Streaming<ts::TailEventRecordsResponse>, tonic::Status> {
+    let req = ts::TailEventRecordsRequest { namespace: ns.into(), ..Default::default() };
+    c.tail_event_records(req).await.map(tonic::Response::into_inner)
+}
+
+/// Tails beyond the `open_tails` quota (the namespace's, then its
+/// tenant's) are refused with QuotaFailure, and a closed tail frees its
+/// slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tails_beyond_the_quota_are_refused_until_one_closes() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let mut cp = cluster.control_plane.client().await?;
+    let tenant = QuotaSet { profile: QuotaProfile::Custom as i32, open_tails: Some(3), ..Default::default() };
+    cp.create_tenant(CreateTenantRequest { tenant_id: "acme".into(), quotas: Some(tenant), ..Default::default() })
+        .await?;
+    let gw =
+        cluster.active_namespace("acme/a", ts_spec(QuotaSet { open_tails: Some(2), ..Default::default() })).await?;
+    let mut c = prism_client::time_series(&gw.endpoint(), Some(&admin_token())).await?;
+    let first = tail(&mut c, "acme/a").await?;
+    let _second = tail(&mut c, "acme/a").await?;
+    let status = tail(&mut c, "acme/a").await.err().ok_or_else(|| anyhow::anyhow!("a third tail was opened"))?;
+    let retry = quota_refusal(&status, "namespace:acme/a", "open_tails quota of 2")?;
+    assert!(retry > Duration::ZERO, "{retry:?}");
+
+    // Closing a tail frees its slot once the gateway sees the stream go.
+    drop(first);
+    let _again = eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move { Ok(tail(&mut c, "acme/a").await?) }
+    })
+    .await?;
+
+    // The tenant's limit counts the tails of all its namespaces (on the
+    // gateway that serves them: both here).
+    let mut b = "acme/b".to_owned();
+    for i in 0.. {
+        let g = cluster.active_namespace(&b, ts_spec(QuotaSet::default())).await?;
+        if g.addr == gw.addr {
+            break;
+        }
+        b = format!("acme/b{i}");
+    }
+    let _third = tail(&mut c, &b).await?;
+    let status = tail(&mut c, &b).await.err().ok_or_else(|| anyhow::anyhow!("a fourth tail of the tenant"))?;
+    quota_refusal(&status, "tenant:acme", "open_tails quota of 3")?;
     Ok(())
 }

@@ -58,6 +58,15 @@ pub enum Command {
     /// Creates many (embedded) namespaces through the control plane, for
     /// measuring what each costs.
     Namespaces(crate::namespaces::NamespacesArgs),
+    /// Measures capacity, then holds mixed KeyValue and TimeSeries load at
+    /// 80 % of it (10 minutes by default), every response checked, sampling
+    /// the gateway's memory, descriptors and latency; passes with no error
+    /// and steady memory.
+    Soak(crate::soak::SoakArgs),
+    /// Runs bad input against a gateway (oversized and deeply nested
+    /// messages, a stream flood, slowloris connections), one attack a
+    /// phase, measuring another tenant's requests during each.
+    Abuse(crate::abuse::AbuseArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]

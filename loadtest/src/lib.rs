@@ -25,11 +25,20 @@
 //!   status code, and the run fails above `--max-error-rate`.
 //! - **Results** ([`report`]): HDR histograms, a summary, `<label>.json`
 //!   and a hand-drawn `<label>.svg` percentile curve.
+//! - **Soak** ([`soak`]): capacity measured by a closed loop, then mixed
+//!   KeyValue and TimeSeries load at 80 % of it for minutes, reads checked
+//!   against the newest acknowledged write, the gateway's resident memory,
+//!   open descriptors and the latency of each 10 s window sampled into the
+//!   JSON and an SVG over time; pass or fail printed.
+//! - **Abuse** ([`abuse`]): oversized and deeply nested messages, a stream
+//!   flood and slowloris connections against a gateway, one a phase, while
+//!   another tenant's checked requests are measured.
 //! - **Baseline** ([`echo`], also `prism-loadtest echo`): a bare tonic
 //!   server of the KeyValue GetItems/PutItems that does no work;
 //!   `compare` runs target and baseline alternately for several rounds
 //!   and reports ratios with their spread.
 
+pub mod abuse;
 pub mod args;
 pub mod compare;
 pub mod echo;
@@ -40,6 +49,7 @@ pub mod pgbench;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod soak;
 pub mod target;
 
 pub use args::{Cli, Command, CompareArgs, RunArgs};
@@ -56,6 +66,8 @@ pub enum Outcome {
     Echo,
     /// A baseline's input was written (`pgbench-script`, `grpc-frame`).
     Written,
+    Soak(Box<soak::SoakResult>),
+    Abuse(Box<abuse::AbuseResult>),
 }
 
 /// Runs a `run`: the load, the summary on stdout, the files, then the
@@ -107,5 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             namespaces::run(&args).await?;
             Ok(Outcome::Written)
         }
+        Command::Soak(args) => Ok(Outcome::Soak(Box::new(soak::run(&args).await?))),
+        Command::Abuse(args) => Ok(Outcome::Abuse(Box::new(abuse::run(&args).await?))),
     }
 }

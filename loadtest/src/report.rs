@@ -186,6 +186,140 @@ pub fn write(dir: &Path, label: &str, result: &RunResult) -> anyhow::Result<(Pat
     Ok((json, svg))
 }
 
+/// Writes a soak's `<label>.json` and `<label>.svg` (its samples over
+/// time) into `dir` (created if missing); returns their paths.
+pub fn write_soak(dir: &Path, label: &str, result: &crate::soak::SoakResult) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let json = dir.join(format!("{label}.json"));
+    let svg = dir.join(format!("{label}.svg"));
+    let text = serde_json::to_string_pretty(result).context("encode results")?;
+    std::fs::write(&json, text).with_context(|| format!("write {}", json.display()))?;
+    // The first sample is taken at the start, before any response.
+    let samples: Vec<&crate::soak::Sample> = result.samples.iter().filter(|s| s.t_s > 0.0).collect();
+    let points = |f: &dyn Fn(&crate::soak::Sample) -> Option<f64>| -> Vec<(f64, f64)> {
+        samples.iter().filter_map(|s| f(s).map(|v| (s.t_s, v))).collect()
+    };
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let band = result.verdict.memory_reference_bytes.map_or_else(Vec::new, |r| {
+        let t = result.verdict.memory_tolerance;
+        vec![mib(r) * (1.0 - t), mib(r) * (1.0 + t)]
+    });
+    let all = |f: &dyn Fn(&crate::soak::Sample) -> Option<f64>| -> Vec<(f64, f64)> {
+        result.samples.iter().filter_map(|s| f(s).map(|v| (s.t_s, v))).collect()
+    };
+    let panels = [
+        Panel { y_label: "ok/s", series: vec![("ok/s", points(&|s| Some(s.ok_per_s)))], guides: vec![] },
+        Panel {
+            y_label: "latency (µs)",
+            series: vec![("p50", points(&|s| Some(s.p50_us))), ("p99", points(&|s| Some(s.p99_us)))],
+            guides: vec![],
+        },
+        Panel {
+            y_label: "resident (MiB)",
+            series: vec![("resident memory", all(&|s| s.resident_bytes.map(mib)))],
+            guides: band,
+        },
+        Panel {
+            y_label: "open fds",
+            series: vec![("open fds", all(&|s| s.open_fds.map(|n| n as f64)))],
+            guides: vec![],
+        },
+    ];
+    let verdict = if result.verdict.pass { "PASS" } else { "FAIL" };
+    let title = format!("soak — {} at {}/s — {verdict}", result.target, result.rate);
+    std::fs::write(&svg, timeline(&title, result.duration_s, Some(result.warmup_s), &panels))
+        .with_context(|| format!("write {}", svg.display()))?;
+    Ok((json, svg))
+}
+
+/// One panel of [`timeline`]: its series over time, and horizontal guide
+/// lines (the memory tolerance band).
+#[derive(Debug, Clone)]
+pub struct Panel<'a> {
+    pub y_label: &'a str,
+    pub series: Vec<(&'a str, Vec<(f64, f64)>)>,
+    pub guides: Vec<f64>,
+}
+
+/// Panels stacked over one time axis (seconds, 0 … `x_max`), with a
+/// dashed vertical line at `marker` (the end of warm-up).
+pub fn timeline(title: &str, x_max: f64, marker: Option<f64>, panels: &[Panel]) -> String {
+    let (w, left, right, top, panel_h, gap, bottom) = (720.0, 80.0, 20.0, 40.0, 130.0, 24.0, 40.0);
+    let h = top + panels.len() as f64 * (panel_h + gap) - gap + bottom;
+    let pw = w - left - right;
+    let x_max = x_max.max(1e-9);
+    let x_of = |t: f64| left + pw * (t / x_max).clamp(0.0, 1.0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{}</text>"#, w / 2.0, escape(title));
+    for (p, panel) in panels.iter().enumerate() {
+        let y0 = top + p as f64 * (panel_h + gap);
+        let values = panel.series.iter().flat_map(|(_, pts)| pts.iter().map(|(_, v)| *v)).chain(panel.guides.clone());
+        let max_y = values.fold(1e-9f64, f64::max) * 1.1;
+        let y_of = |v: f64| y0 + panel_h * (1.0 - (v / max_y).clamp(0.0, 1.0));
+        for i in 0..=4 {
+            let v = max_y * f64::from(i) / 4.0;
+            let y = y_of(v);
+            let _ = writeln!(s, r##"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/>"##, left + pw);
+            let _ = writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{v:.0}</text>"#, left - 6.0, y + 4.0);
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="14" y="{0:.1}" text-anchor="middle" transform="rotate(-90 14 {0:.1})">{1}</text>"#,
+            y0 + panel_h / 2.0,
+            escape(panel.y_label)
+        );
+        let _ =
+            writeln!(s, r##"<rect x="{left}" y="{y0}" width="{pw}" height="{panel_h}" fill="none" stroke="#444"/>"##);
+        for g in &panel.guides {
+            let y = y_of(*g);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#888" stroke-dasharray="4 3"/>"##,
+                left + pw
+            );
+        }
+        if let Some(m) = marker {
+            let x = x_of(m);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{}" stroke="#888" stroke-dasharray="2 3"/>"##,
+                y0 + panel_h
+            );
+        }
+        for (i, (name, points)) in panel.series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let pts: Vec<String> = points.iter().map(|(t, v)| format!("{:.1},{:.1}", x_of(*t), y_of(*v))).collect();
+            let _ =
+                writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, pts.join(" "));
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" fill="{color}">{}</text>"#,
+                left + 8.0 + 120.0 * i as f64,
+                y0 + 14.0,
+                escape(name)
+            );
+        }
+    }
+    let axis_y = top + panels.len() as f64 * (panel_h + gap) - gap;
+    for i in 0..=5 {
+        let t = x_max * f64::from(i) / 5.0;
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{t:.0}</text>"#, x_of(t), axis_y + 16.0);
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">seconds into the soak</text>"#,
+        left + pw / 2.0,
+        h - 6.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
 const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 
 fn escape(s: &str) -> String {
@@ -253,5 +387,19 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("a &lt;b&gt;"));
+    }
+
+    #[test]
+    fn the_timeline_has_a_polyline_per_series_and_the_guides() {
+        let pts = vec![(1.0, 10.0), (2.0, 12.0)];
+        let panels = [
+            Panel { y_label: "a", series: vec![("x", pts.clone()), ("y", pts.clone())], guides: vec![] },
+            Panel { y_label: "b", series: vec![("z", pts)], guides: vec![9.0, 11.0] },
+        ];
+        let svg = timeline("t & u", 2.0, Some(1.0), &panels);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert_eq!(svg.matches("stroke-dasharray=\"4 3\"").count(), 2);
+        assert!(svg.contains("t &amp; u"));
     }
 }

@@ -23,7 +23,7 @@ use crate::report::{self, RunResult};
 use crate::scenario::{Clients, ErrorLabel, Workload};
 
 /// Latencies are recorded in nanoseconds, up to an hour, 3 significant digits.
-const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
+pub const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
 
 /// What one phase (warm-up or measurement) saw: the latency of every
 /// correct response, and the failures by label.
@@ -183,13 +183,46 @@ async fn open_loop(
     let in_flight = Arc::new(Semaphore::new(args.concurrency));
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut requests = JoinSet::new();
-    // The schedule is kept by a thread of its own: tokio's timers tick in
-    // milliseconds, so above ~1000/s a timer per request would send in
-    // bursts once a millisecond and charge every request up to 1 ms of the
-    // generator's own lateness. `std::thread::sleep` wakes within tens of
-    // microseconds; what is due is handed to the runtime at once.
-    let (due, mut sends) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
-    let (start_std, end_std) = (start.into_std(), phases.end.into_std());
+    let (scheduler, mut sends) = schedule(start, phases.end, rate)?;
+    while let Some((i, intended)) = sends.recv().await {
+        // Waiting here for a slot delays the send, not the clock: the
+        // request is still timed from `intended`.
+        let permit = in_flight.clone().acquire_owned().await.context("in-flight limit")?;
+        let op = workload.next_op(&mut rng);
+        let (workload, phases) = (workload.clone(), phases.clone());
+        let mut c = clients[(i % clients.len() as u64) as usize].clone();
+        requests.spawn(async move {
+            let result = workload.execute(&mut c, op).await;
+            phases.record(intended, result);
+            drop(permit);
+        });
+        while let Some(done) = requests.try_join_next() {
+            done.context("request task")?;
+        }
+    }
+    scheduler.join().map_err(|_| anyhow::anyhow!("the schedule thread panicked"))?;
+    while let Some(done) = requests.join_next().await {
+        done.context("request task")?;
+    }
+    Ok(())
+}
+
+/// What [`schedule`] hands back: the thread keeping it, and what is due.
+pub type Schedule = (std::thread::JoinHandle<()>, tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)>);
+
+/// The schedule of an open loop: `(i, intended send time)` of request `i`
+/// at `rate` per second from `start` until `end`, each sent when due.
+///
+/// It is kept by a thread of its own: tokio's timers tick in
+/// milliseconds, so above ~1000/s a timer per request would send in
+/// bursts once a millisecond and charge every request up to 1 ms of the
+/// generator's own lateness. `std::thread::sleep` wakes within tens of
+/// microseconds; what is due is handed to the runtime at once. The thread
+/// ends at `end` or when the receiver is dropped.
+pub fn schedule(start: Instant, end: Instant, rate: u64) -> anyhow::Result<Schedule> {
+    let (due, sends) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let (start_std, end_std) = (start.into_std(), end.into_std());
+    let rate = rate.max(1);
     let scheduler = std::thread::Builder::new()
         .name("loadtest-schedule".into())
         .spawn(move || {
@@ -212,27 +245,7 @@ async fn open_loop(
             }
         })
         .context("start the schedule thread")?;
-    while let Some((i, intended)) = sends.recv().await {
-        // Waiting here for a slot delays the send, not the clock: the
-        // request is still timed from `intended`.
-        let permit = in_flight.clone().acquire_owned().await.context("in-flight limit")?;
-        let op = workload.next_op(&mut rng);
-        let (workload, phases) = (workload.clone(), phases.clone());
-        let mut c = clients[(i % clients.len() as u64) as usize].clone();
-        requests.spawn(async move {
-            let result = workload.execute(&mut c, op).await;
-            phases.record(intended, result);
-            drop(permit);
-        });
-        while let Some(done) = requests.try_join_next() {
-            done.context("request task")?;
-        }
-    }
-    scheduler.join().map_err(|_| anyhow::anyhow!("the schedule thread panicked"))?;
-    while let Some(done) = requests.join_next().await {
-        done.context("request task")?;
-    }
-    Ok(())
+    Ok((scheduler, sends))
 }
 
 /// Rewrites one line on stderr every second until `done`.

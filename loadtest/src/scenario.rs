@@ -190,14 +190,14 @@ pub struct Workload {
 /// The label an operation failed with.
 pub type ErrorLabel = String;
 
-const WRONG: &str = "WrongResponse";
+pub(crate) const WRONG: &str = "WrongResponse";
 
-fn status_label(status: &tonic::Status) -> ErrorLabel {
+pub(crate) fn status_label(status: &tonic::Status) -> ErrorLabel {
     format!("{:?}", status.code())
 }
 
 /// A routed call's final status, after its redirects and retries.
-fn client_label(error: &prism_client::ClientError) -> ErrorLabel {
+pub(crate) fn client_label(error: &prism_client::ClientError) -> ErrorLabel {
     format!("{:?}", error.code())
 }
 

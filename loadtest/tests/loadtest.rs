@@ -232,6 +232,107 @@ async fn every_scenario_runs_checks_and_writes_results_then_compares() -> anyhow
     Ok(())
 }
 
+/// `soak`, for a few seconds: capacity measured, then the open loop at
+/// 80 % of it over a KeyValue and a TimeSeries namespace, every response
+/// checked; the gateway's memory and descriptors (its `/metrics`, or
+/// `/proc/PID`) and each window's latency sampled into the JSON and the
+/// SVG; the verdict computed. (Memory over seconds of an in-process
+/// cluster says nothing, so the tolerance is wide here: the verdict's
+/// arithmetic is unit-tested in `soak.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_checks_every_response_and_samples_the_gateway() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let gw = cluster.active_namespace("soak/kv", spec(Abstraction::KeyValue)).await?;
+    cluster.active_namespace("soak/ts", spec(Abstraction::TimeSeries)).await?;
+    let out = tempfile::tempdir()?;
+    let out_dir = out.path().to_string_lossy().into_owned();
+    let (token, endpoint) = (admin_token(), gw.endpoint());
+    let metrics = format!("http://{}/metrics", gw.metrics_addr);
+    let common = [
+        "soak",
+        "--target",
+        &endpoint,
+        "--kv-namespace",
+        "soak/kv",
+        "--ts-namespace",
+        "soak/ts",
+        "--token",
+        &token,
+        "--capacity-concurrency",
+        "4",
+        "--concurrency",
+        "16",
+        "--keys",
+        "50",
+        "--memory-tolerance",
+        "10",
+        "--quiet",
+    ];
+    let mut words = common.to_vec();
+    words.extend([
+        "--duration",
+        "3s",
+        "--capacity-duration",
+        "500ms",
+        "--sample-every",
+        "500ms",
+        "--warmup",
+        "1s",
+        "--metrics",
+        &metrics,
+        "--out",
+        &out_dir,
+    ]);
+    let Outcome::Soak(result) = run_words(&words).await? else { anyhow::bail!("not a soak") };
+    assert!(result.capacity.ok > 0 && result.ok > 0, "{result:?}");
+    assert_eq!(
+        result.capacity.errors + result.errors,
+        0,
+        "{:?} {:?}",
+        result.capacity.errors_by_code,
+        result.errors_by_code
+    );
+    assert_eq!(result.rate, (result.capacity.ok_per_s * 0.8).floor() as u64);
+    assert!(result.samples.len() >= 6, "{} samples", result.samples.len());
+    for s in &result.samples {
+        assert!(s.resident_bytes.is_some_and(|b| b > 0) && s.open_fds.is_some_and(|n| n > 0), "{s:?}");
+    }
+    assert!(result.samples.iter().skip(1).any(|s| s.ok > 0 && s.p99_us > 0.0 && s.p99_us >= s.p50_us));
+    assert!(result.verdict.pass, "{:?}", result.verdict);
+    assert!(result.verdict.memory_reference_bytes.is_some() && result.verdict.memory_max_deviation.is_some());
+    assert!(result.summary().contains("PASS"));
+    let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("soak.json"))?)?;
+    assert_eq!(parsed["samples"].as_array().map(Vec::len), Some(result.samples.len()));
+    assert_eq!(parsed["verdict"]["pass"], true);
+    let svg = std::fs::read_to_string(out.path().join("soak.svg"))?;
+    // ok/s, p50, p99, resident memory, open fds.
+    assert_eq!(svg.matches("<polyline").count(), 5, "{svg}");
+
+    // The same through /proc/PID (this process: the gateway is in it).
+    let pid = std::process::id().to_string();
+    let mut words = common.to_vec();
+    words.extend([
+        "--duration",
+        "1s",
+        "--capacity-duration",
+        "200ms",
+        "--sample-every",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--pid",
+        &pid,
+    ]);
+    let Outcome::Soak(result) = run_words(&words).await? else { anyhow::bail!("not a soak") };
+    assert!(result.verdict.pass, "{:?}", result.verdict);
+    assert!(result.samples.iter().all(|s| s.resident_bytes.is_some_and(|b| b > 0)));
+
+    // Whose memory to sample must be said.
+    let e = run_words(&["soak", "--target", &endpoint, "--token", &token]).await.expect_err("no probe");
+    assert!(e.to_string().contains("--metrics URL or --pid PID"), "{e}");
+    Ok(())
+}
+
 /// A port nothing listens on: bound, read, released.
 fn closed_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -279,6 +279,18 @@ impl BackendDescription {
         self.settings.iter().find(|s| s.field == field)
     }
 
+    /// The partitions a namespace with `config` asks for, and the name of
+    /// the setting that says so: a backend's `partitions` count (its
+    /// default when 0), or 1, and no setting, for a backend without one
+    /// (the `max_partitions` quota).
+    pub fn partitions(&self, config: Option<&BackendConfig>) -> (u32, Option<&'static str>) {
+        let Some(Setting { field, kind: Kind::Count(count), .. }) = self.setting("partitions") else {
+            return (1, None);
+        };
+        let given = config.and_then(|c| c.config.as_ref()).and_then(|c| (count.field.get)(c)).copied();
+        (count.resolve(given.unwrap_or(0)).unwrap_or(count.max), Some(*field))
+    }
+
     /// Checks that `config` (the spec's `backend_config`, at `path`, e.g.
     /// `spec.backend_config`) fits this backend: its case, then every
     /// setting by shape. Errors name the field as the client wrote it

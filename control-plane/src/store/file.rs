@@ -4,15 +4,27 @@
 //! snapshot is consistent at one revision without blocking writers, and a
 //! restart finds every acknowledged commit. Writes are grouped
 //! ([`super::group`]): one committer thread applies each group in one
-//! write transaction, commits it with one fsync (`Durability::Immediate`,
-//! redb's default), broadcasts its deltas in revision order and then
-//! answers the callers. Being the only writer, it is what orders commits;
-//! readers never wait for it.
+//! write transaction, commits it with one fsync, broadcasts its deltas in
+//! revision order and then answers the callers. Being the only writer, it
+//! is what orders commits, so subscribers receive deltas in exactly
+//! revision order; readers never wait for it.
 //!
-//! Crash safety rests on redb's commit protocol and on the disk honouring
-//! fsync: a commit that returned is on disk, one that did not is rolled
-//! back on open. A group being one write transaction, it is all there or
-//! not at all.
+//! # Durability
+//!
+//! A group is one redb transaction at redb's default
+//! `Durability::Immediate` (pages and a checksummed header slot written,
+//! the header switched, the file fsynced before `commit` returns) holding,
+//! for each of its commits, the objects, the delta in the change log, the
+//! audit events and the new revision. The RPCs are answered, and the
+//! deltas broadcast to watchers, only after it returns: what a client or a
+//! watcher has seen survives the process being killed and the machine
+//! losing power, so revisions never go back and a watcher resuming from
+//! the last revision it applied gets exactly the deltas after it. A group
+//! in flight when the process dies is there wholly or not at all, and none
+//! of it was acknowledged. After a crash redb rebuilds its allocator state
+//! on open, losing nothing committed. `cli/tests/crash.rs` kills a control
+//! plane in the middle of commits and checks all of this (a kill, not a
+//! power cut: that rests on the disk honouring fsync).
 
 use std::ops::Bound;
 use std::path::Path;

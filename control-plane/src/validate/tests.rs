@@ -383,9 +383,22 @@ fn quotas_below_minus_one_are_refused() {
     // Every field is checked and named.
     let all = prism_proto::quotas::fields(&QuotaSet::default()).map(|(name, _)| name);
     for (i, name) in all.iter().enumerate() {
-        let mut values = [None; 7];
+        let mut values = [None; 12];
         values[i] = Some(i64::MIN);
-        let [rps, read, write, storage, concurrent, namespaces, item] = values;
+        let [
+            rps,
+            read,
+            write,
+            storage,
+            concurrent,
+            namespaces,
+            item,
+            events,
+            event_bytes,
+            tails,
+            partitions,
+            retention,
+        ] = values;
         let q = QuotaSet {
             profile: 0,
             requests_per_second: rps,
@@ -395,6 +408,11 @@ fn quotas_below_minus_one_are_refused() {
             concurrent_requests: concurrent,
             max_namespaces: namespaces,
             max_item_size_bytes: item,
+            events_per_second: events,
+            event_bytes_per_second: event_bytes,
+            open_tails: tails,
+            max_partitions: partitions,
+            max_retention_seconds: retention,
         };
         assert_eq!(field_of(quotas("quotas", &q)), format!("quotas.{name}"));
         assert_eq!(field_of(check(&with(q))), format!("spec.quotas.{name}"));
@@ -491,4 +509,61 @@ fn names_text_and_principals() {
     assert_eq!(field_of(principals("admins", ["a", "b", "a"].into_iter())), "admins[2]");
     assert_eq!(field_of(access_level("level", AccessLevel::Unspecified as i32)), "level");
     assert_eq!(access_level("level", AccessLevel::ReadWrite as i32).expect("valid"), AccessLevel::ReadWrite);
+}
+
+/// Partitions and retention against the quotas that cap them: the
+/// namespace's own first, then its tenant's; the refusal names the field
+/// and whose quota; an unset retention of a TimeSeries namespace becomes
+/// the smallest maximum.
+#[test]
+fn partitions_and_retention_are_capped_by_quotas() {
+    let kafka = |partitions| {
+        ts(
+            Backend::Kafka,
+            Config::Kafka(KafkaConfig { bootstrap_servers: vec!["b:9092".into()], partitions, replication_factor: 0 }),
+        )
+    };
+    let caps = |partitions, retention| QuotaSet {
+        max_partitions: Some(partitions),
+        max_retention_seconds: Some(retention),
+        ..QuotaSet::default()
+    };
+    let refused = |result: Result<()>| match result {
+        Err(ControlPlaneError::QuotaExceeded { subject, description }) => (subject, description),
+        other => panic!("expected a quota refusal, got {other:?}"),
+    };
+    let tenant = caps(4, 3600);
+    let (subject, description) = refused(within_quotas("acme/x", &mut kafka(8), Some(&tenant)));
+    assert_eq!(subject, "tenant:acme");
+    assert!(description.starts_with("spec.backend_config.kafka.partitions asks for 8"), "{description}");
+    // 0 partitions means the backend's default, 1.
+    let mut spec = kafka(0);
+    within_quotas("acme/x", &mut spec, Some(&caps(1, 3600))).expect("the default fits");
+    let retention = spec.policies.as_ref().and_then(|p| p.retention.as_ref()).map(|d| d.seconds);
+    assert_eq!(retention, Some(3600), "no retention becomes the tenant's longest");
+
+    let mut long = kafka(4);
+    long.policies = Some(Box::new(Policies {
+        retention: Some(prost_types::Duration { seconds: 3600, nanos: 1 }),
+        ..Policies::default()
+    }));
+    let (_, description) = refused(within_quotas("acme/x", &mut long.clone(), Some(&tenant)));
+    assert!(description.starts_with("spec.policies.retention"), "{description}");
+    long.quotas = Some(caps(-1, 60));
+    let (subject, _) = refused(within_quotas("acme/x", &mut long.clone(), None));
+    assert_eq!(subject, "namespace:acme/x");
+
+    // The smaller of the two maxima fills an unset retention; KeyValue
+    // namespaces have none, and a backend without partitions counts one.
+    let mut spec = kafka(2);
+    spec.quotas = Some(caps(-1, 60));
+    within_quotas("acme/x", &mut spec, Some(&tenant)).expect("within both");
+    assert_eq!(spec.policies.and_then(|p| p.retention).map(|d| d.seconds), Some(60));
+    let mut kv = kv_embedded();
+    within_quotas("acme/kv", &mut kv, Some(&caps(1, 60))).expect("one partition, no retention");
+    assert_eq!(kv.policies, None);
+    let (_, description) = refused(within_quotas("acme/kv", &mut kv_embedded(), Some(&caps(0, 60))));
+    assert!(description.starts_with("spec.backend asks for 1 partitions"), "{description}");
+    // Unlimited caps nothing.
+    within_quotas("acme/x", &mut kafka(1024), Some(&caps(-1, -1))).expect("unlimited");
 }

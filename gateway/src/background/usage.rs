@@ -1,6 +1,7 @@
 //! Usage reports (SPEC §6): every `usage_report_interval_ms` a registered
 //! gateway sends the control plane what each namespace it tracks used over
-//! its last one-second window, and applies the tenant shares the control
+//! its last one-second window (requests, bytes, TimeSeries events and
+//! their bytes) and holds now (requests in flight, open tails), and applies the tenant shares the control
 //! plane answers — its part of each tenant's limits, in proportion to where
 //! the tenant's traffic is — and whether each tenant's storage quota is
 //! reached. Every `storage_measure_interval_ms` it also measures the
@@ -60,9 +61,11 @@ pub fn current(task: &Usage) -> Vec<NamespaceUsage> {
         .into_iter()
         .filter_map(|(name, tracker)| {
             let used = tracker.window().usage(slot);
+            let events = tracker.events().map(|w| w.usage(slot)).unwrap_or_default();
             let concurrent = i64::from(tracker.concurrent());
+            let tails = i64::from(tracker.tails());
             let requests = used.get(Metric::Requests);
-            (requests > 0 || concurrent > 0).then(|| {
+            (requests > 0 || concurrent > 0 || tails > 0).then(|| {
                 let usage = NamespaceUsage {
                     namespace: name.clone(),
                     requests_per_second: requests as f64,
@@ -70,6 +73,9 @@ pub fn current(task: &Usage) -> Vec<NamespaceUsage> {
                     write_bytes_per_second: used.get(Metric::WriteBytes) as f64,
                     storage_bytes: 0,
                     concurrent_requests: concurrent,
+                    events_per_second: events.get(Metric::Requests) as f64,
+                    event_bytes_per_second: events.get(Metric::WriteBytes) as f64,
+                    open_tails: tails,
                 };
                 (name, usage)
             })

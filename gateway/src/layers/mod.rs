@@ -91,9 +91,14 @@ pub fn pipeline_counting(parts: Parts<'_>, count_requests: bool) -> Pipeline {
         // Shed before any work is done: overload answers UNAVAILABLE at once
         // instead of queueing without bound.
         .layer(LoadShedLayer::new(config.limits.max_in_flight).counting(refusals.clone()))
-        // Admitted requests get a deadline; a stuck backend cannot hold a
-        // concurrency slot forever.
-        .layer(DeadlineLayer::new(config.request_timeout()).counting(refusals.clone()))
+        // Admitted requests get a deadline (the caller's, or the gateway's
+        // own bound): reads end their page early before it, and a stuck
+        // backend cannot hold a concurrency slot forever.
+        .layer(
+            DeadlineLayer::new(config.request_timeout())
+                .charging(config.limits.read_charge_per_item)
+                .counting(refusals.clone()),
+        )
         // Shape checks cost nothing and need no metadata: a malformed
         // request is refused before any token is verified. The namespace
         // name is parsed here, once.

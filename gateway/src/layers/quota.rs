@@ -10,6 +10,9 @@
 //!    bytes the response returns are charged to the read rate then. A
 //!    write that adds bytes is refused while the namespace's or its
 //!    tenant's last storage measurement is at its quota ([`crate::quota`]).
+//!    A TimeSeries write also counts its events and their bytes
+//!    (`events_per_second`, `event_bytes_per_second`), and a tail holds an
+//!    `open_tails` slot for as long as its stream lives.
 //!
 //! Namespaces per tenant are not enforced here: the control plane refuses
 //! a tenant's namespace past `max_namespaces` at creation.
@@ -28,7 +31,7 @@ use tower::{Layer, Service};
 use crate::call::{Call, Request, Response};
 use crate::error::{GatewayError, Result};
 use crate::metrics::{GatewayMetrics, Layer as RefusingLayer};
-use crate::quota::{Admission, QuotaRegistry};
+use crate::quota::{Admission, Cost, QuotaRegistry};
 use crate::snapshot::NamespaceEntry;
 
 /// A namespace's item size when its policy says 0.
@@ -121,6 +124,16 @@ pub fn write_bytes(request: &Request) -> u64 {
     bytes as u64
 }
 
+/// What a request costs the quotas up front: the bytes it writes, the
+/// events it writes, whether it opens a tail.
+pub fn cost(request: &Request) -> Cost {
+    let events = match request {
+        Request::WriteSync(r) | Request::WriteBuffered(r) => r.events.len() as u64,
+        _ => 0,
+    };
+    Cost { write_bytes: write_bytes(request), events, tail: matches!(request, Request::Tail(_)) }
+}
+
 /// The bytes a response returns: keys and values, events.
 pub fn read_bytes(response: &Response) -> u64 {
     let bytes: usize = match response {
@@ -182,8 +195,7 @@ pub fn admit(
         max = max.min(q);
     }
     check_item_sizes(&call.request, max)?;
-    let (access, bytes) = (call.request.access(), write_bytes(&call.request));
-    registry.admit(entry.admitting(), tenant_quotas, access, bytes)
+    registry.admit(entry.admitting(), tenant_quotas, call.request.access(), cost(&call.request))
 }
 
 impl<I> Service<Call> for Quota<I>
@@ -235,19 +247,23 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let out = std::task::ready!(Pin::new(&mut this.inner).poll(cx));
-        let Some(admission) = this.admission.take() else {
+        let Some(mut admission) = this.admission.take() else {
             return Poll::Ready(out);
         };
         Poll::Ready(match out {
             Ok(Response::Tail(stream)) => {
                 // A tail's events are charged as they stream; its
                 // concurrency slot, like its load-shedding permit, is
-                // released once the stream is set up.
+                // released once the stream is set up. Its `open_tails`
+                // slots go with the stream, and are freed when it is
+                // dropped.
                 let charge = admission.reader();
+                let slots = admission.take_tail();
                 drop(admission);
                 Ok(Response::Tail(
                     stream
                         .inspect(move |r| {
+                            let _held = &slots;
                             if let Ok(r) = r {
                                 charge.charge_read(r.events.iter().map(event_bytes).sum::<usize>() as u64);
                             }

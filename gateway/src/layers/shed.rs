@@ -2,6 +2,14 @@
 //! UNAVAILABLE (retryable) rather than queueing: the concurrency limit is a
 //! semaphore whose permits are tried, never awaited.
 //!
+//! A request's deadline is the caller's (`grpc-timeout`) or the gateway's
+//! `request_timeout_ms` from admission, whichever comes first. The layer
+//! gives the call a [`StopBy`]: reads end their page early at its soft
+//! instant, [`response_margin`] before the deadline, and return what they
+//! have with a continuation token (SPEC §3, [`prism_plugin_api::pace`]);
+//! at the deadline itself whatever is still running is cut off (dropped,
+//! so backend work stops) with UNAVAILABLE.
+//!
 //! Neither layer boxes its future (two allocations per request, issue 14),
 //! and a deadline arms a timer only once the request has had to wait: a
 //! request answered on its first poll (a cache hit) never touches the
@@ -14,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::{Either, Ready, ready};
+use prism_plugin_api::pace::StopBy;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
@@ -100,15 +109,43 @@ impl<F: Future<Output = Result<Response>>> Future for Permitted<F> {
     }
 }
 
+/// The longest margin kept for a response: a read's page ends at most this
+/// long before the deadline.
+pub const MAX_RESPONSE_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long before its deadline a read ends its page, for a request with
+/// `budget` left: a fifth of it, at most [`MAX_RESPONSE_MARGIN`] — the
+/// time for the page to be encoded, to travel back (through a forwarding
+/// gateway, too) and to be decoded.
+pub fn response_margin(budget: Duration) -> Duration {
+    (budget / 5).min(MAX_RESPONSE_MARGIN)
+}
+
+/// The [`StopBy`] of a request admitted at `now` whose deadline is
+/// `hard`.
+pub fn stop_by(now: Instant, hard: Instant, charge_per_item: Duration) -> StopBy {
+    let margin = response_margin(hard.saturating_duration_since(now));
+    let hard = hard.into_std();
+    StopBy { soft: hard.checked_sub(margin).unwrap_or(hard), hard, charge_per_item }
+}
+
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     timeout: Duration,
+    charge_per_item: Duration,
     refusals: Arc<Refusals>,
 }
 
 impl DeadlineLayer {
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout, refusals: Arc::default() }
+        Self { timeout, charge_per_item: Duration::ZERO, refusals: Arc::default() }
+    }
+
+    /// Charges reads this much per item ([`StopBy::charge_per_item`]):
+    /// tests only (`limits.read_charge_per_item`).
+    pub fn charging(mut self, per_item: Duration) -> Self {
+        self.charge_per_item = per_item;
+        self
     }
 
     /// Counts requests cut off into `refusals` (the gateway's metrics).
@@ -122,13 +159,19 @@ impl<I> Layer<I> for DeadlineLayer {
     type Service = Deadline<I>;
 
     fn layer(&self, inner: I) -> Self::Service {
-        Deadline { timeout: self.timeout, refusals: self.refusals.clone(), inner }
+        Deadline {
+            timeout: self.timeout,
+            charge_per_item: self.charge_per_item,
+            refusals: self.refusals.clone(),
+            inner,
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Deadline<I> {
     timeout: Duration,
+    charge_per_item: Duration,
     refusals: Arc<Refusals>,
     inner: I,
 }
@@ -145,12 +188,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> Self::Future {
-        // The deadline counts from admission, as `tokio::time::timeout` did.
-        let deadline = Instant::now() + self.timeout;
+    fn call(&mut self, mut call: Call) -> Self::Future {
+        // The gateway's own bound counts from admission, as
+        // `tokio::time::timeout` did; the caller's may come first.
+        let now = Instant::now();
+        let own = now + self.timeout;
+        let deadline = call.deadline.map_or(own, |caller| caller.min(own));
+        call.stop_by = Some(stop_by(now, deadline, self.charge_per_item));
         Deadlined {
             inner: self.inner.call(call),
-            timeout: self.timeout,
+            timeout: deadline.saturating_duration_since(now),
             deadline,
             sleep: None,
             refusals: self.refusals.clone(),
@@ -201,6 +248,37 @@ mod tests {
 
     fn call() -> Call {
         Call::new(Request::Scan(ScanItemsRequest { namespace: "a/b".into(), ..Default::default() }), None)
+    }
+
+    #[test]
+    fn reads_stop_a_margin_before_the_deadline() {
+        let now = Instant::now();
+        let s = stop_by(now, now + Duration::from_secs(1), Duration::ZERO);
+        assert_eq!(s.hard - s.soft, Duration::from_millis(200), "a fifth of a second");
+        let s = stop_by(now, now + Duration::from_secs(30), Duration::ZERO);
+        assert_eq!(s.hard - s.soft, MAX_RESPONSE_MARGIN);
+        let s = stop_by(now, now, Duration::ZERO);
+        assert_eq!(s.soft, s.hard, "no time left: both have passed");
+    }
+
+    #[tokio::test]
+    async fn the_callers_deadline_applies_when_it_comes_first() {
+        let inner = tower::service_fn(|call: Call| async move {
+            let stop_by = call.stop_by.ok_or_else(|| GatewayError::Internal("no stop-by".into()))?;
+            Ok::<_, GatewayError>(Response::Scan(prism_proto::kv::ScanItemsResponse {
+                next_page_token: format!("{}", (stop_by.hard - std::time::Instant::now()).as_millis()),
+                ..Default::default()
+            }))
+        });
+        let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(inner);
+        let mut short = call();
+        short.deadline = Some(Instant::now() + Duration::from_secs(2));
+        let Ok(Response::Scan(r)) = svc.clone().oneshot(short).await else { panic!("scan") };
+        let left: u64 = r.next_page_token.parse().expect("millis");
+        assert!(left <= 2_000, "the caller's 2 s, not the gateway's 30 s: {left} ms");
+        let Ok(Response::Scan(r)) = svc.oneshot(call()).await else { panic!("scan") };
+        let left: u64 = r.next_page_token.parse().expect("millis");
+        assert!(left > 2_000 && left <= 30_000, "the gateway's own bound: {left} ms");
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ use crate::plugins::Plugins;
 use crate::quota::QuotaRegistry;
 use crate::snapshot::Metadata;
 use crate::tail::TailHub;
+use crate::transport::ConnectionStats;
 
 /// The statuses of `prism_gateway_owned_namespaces`, with their labels
 /// (DELETED ones are gone from the shard).
@@ -48,6 +49,7 @@ pub struct Sources {
     pub tokens: Arc<VerifiedTokens>,
     pub quotas: Arc<QuotaRegistry>,
     pub readiness: Arc<Readiness>,
+    pub connections: Arc<ConnectionStats>,
 }
 
 /// Encodes one metric family (a descriptor and its samples).
@@ -143,6 +145,7 @@ impl Collector for GatewayCollector {
         for (name, help, value) in counters {
             family(&mut encoder, name, help, MetricType::Counter)?.counter([], value)?;
         }
+        self.connections(&mut encoder)?;
         let t = &shared.tokens;
         let (hits, misses) = (t.hits.load(Ordering::Relaxed), t.misses.load(Ordering::Relaxed));
         let mut tokens = family(
@@ -386,6 +389,37 @@ impl GatewayCollector {
         Ok(())
     }
 
+    /// Client connections and what the connection and message limits
+    /// refused (`transport.rs`).
+    fn connections(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.sources.connections;
+        let mut f = family(
+            encoder,
+            "prism_gateway_connections",
+            "Client connections open now, and the most that may be (limits.max_connections)",
+            MetricType::Gauge,
+        )?;
+        f.gauge([("state", "open")], c.open() as f64)?;
+        f.gauge([("state", "max")], c.max() as f64)?;
+        let mut f = family(
+            encoder,
+            "prism_gateway_connections_closed",
+            "Client connections the gateway closed: over limits.max_connections, or no HTTP/2 preface within limits.handshake_timeout_ms",
+            MetricType::Counter,
+        )?;
+        f.counter([("reason", "max_connections")], c.refused.load(Ordering::Relaxed))?;
+        f.counter([("reason", "handshake_timeout")], c.handshake_timeouts.load(Ordering::Relaxed))?;
+        let mut f = family(
+            encoder,
+            "prism_gateway_request_bodies_refused",
+            "Requests refused before decoding: a message above limits.max_message_bytes, or a body not in within limits.request_read_timeout_ms",
+            MetricType::Counter,
+        )?;
+        f.counter([("reason", "max_message_bytes")], c.oversized.load(Ordering::Relaxed))?;
+        f.counter([("reason", "request_read_timeout")], c.read_timeouts.load(Ordering::Relaxed))?;
+        Ok(())
+    }
+
     /// Pools and producers, as the plugins report them.
     fn clients(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats: Vec<_> = BACKENDS
@@ -457,7 +491,7 @@ impl GatewayCollector {
         let mut f = family(
             encoder,
             "prism_gateway_quota_utilization_ratio",
-            "Used fraction of a quota over the last second (rates), now (concurrency) or as last measured (storage), of the limit this gateway enforces",
+            "Used fraction of a quota over the last second (rates), now (concurrency, open tails), as last measured (storage) or as the namespace's spec asks (partitions, retention), of the limit this gateway enforces",
             MetricType::Gauge,
         )?;
         let rates = [
@@ -490,6 +524,25 @@ impl GatewayCollector {
             if let Some(r) = ratio(u64::from(tracker.concurrent()), tracker.effective(limits.concurrent_requests)) {
                 f.gauge(labels("concurrent_requests"), r)?;
             }
+            streams(&mut f, ["namespace", tenant, name.as_str()], &tracker, &limits, slot)?;
+            // What the spec asks for against what the namespace's and its
+            // tenant's quotas allow (checked by the control plane when the
+            // spec is written), labelled with the namespace either way.
+            let tenant_quotas = snapshot.tenant(tenant).and_then(|t| t.quotas.as_ref());
+            let (partitions, retention) = spec_asks(&entry.ns.spec);
+            for (scope, quotas) in [("namespace", entry.ns.spec.quotas.as_ref()), ("tenant", tenant_quotas)] {
+                let labels =
+                    |quota| [("scope", scope), ("tenant", tenant), ("namespace", name.as_str()), ("quota", quota)];
+                if let Some(r) = quotas.and_then(|q| limited(q.max_partitions)).and_then(|l| ratio(partitions, l)) {
+                    f.gauge(labels("max_partitions"), r)?;
+                }
+                let max_retention = quotas.and_then(|q| limited(q.max_retention_seconds));
+                if let (Some(retention), Some(limit)) = (retention, max_retention)
+                    && let Some(r) = ratio(retention, limit)
+                {
+                    f.gauge(labels("max_retention_seconds"), r)?;
+                }
+            }
             if tracker.storage() != UNKNOWN_STORAGE
                 && limits.storage_bytes != UNLIMITED
                 && let Some(r) = ratio(tracker.storage(), limits.storage_bytes)
@@ -514,9 +567,54 @@ impl GatewayCollector {
             if let Some(r) = ratio(u64::from(tracker.concurrent()), tracker.effective(limits.concurrent_requests)) {
                 f.gauge(labels("concurrent_requests"), r)?;
             }
+            streams(&mut f, ["tenant", tenant.as_str(), ""], &tracker, &limits, slot)?;
         }
         Ok(())
     }
+}
+
+/// The StreamBus quotas a tracker counts, labelled `[scope, tenant,
+/// namespace]`: events and event bytes per second (TimeSeries writes),
+/// and open tails.
+fn streams(
+    f: &mut Family<'_>,
+    [scope, tenant, namespace]: [&str; 3],
+    tracker: &crate::quota::Tracker,
+    limits: &crate::quota::Limits,
+    slot: u32,
+) -> Result<(), std::fmt::Error> {
+    use crate::quota::Metric;
+    let labels = |quota| [("scope", scope), ("tenant", tenant), ("namespace", namespace), ("quota", quota)];
+    let events = tracker.events().map(|w| w.usage(slot)).unwrap_or_default();
+    for (metric, quota) in [(Metric::Requests, "events_per_second"), (Metric::WriteBytes, "event_bytes_per_second")] {
+        if let Some(r) = ratio(events.get(metric), tracker.effective(limits.events(metric))) {
+            f.gauge(labels(quota), r)?;
+        }
+    }
+    if let Some(r) = ratio(u64::from(tracker.tails()), tracker.effective(limits.open_tails)) {
+        f.gauge(labels("open_tails"), r)?;
+    }
+    Ok(())
+}
+
+/// A quota field's limit, `None` when unlimited or unset.
+fn limited(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+/// What a namespace spec asks for that quotas cap: its partitions, and its
+/// TimeSeries retention in seconds (`None`: kept forever, or KeyValue).
+fn spec_asks(spec: &prism_proto::control::NamespaceSpec) -> (u64, Option<u64>) {
+    let backend = prism_proto::control::Backend::try_from(spec.backend).ok().and_then(prism_proto::backends::describe);
+    let partitions = backend.map_or(1, |b| b.partitions(spec.backend_config.as_deref()).0);
+    let time_series = spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32;
+    let retention = spec
+        .policies
+        .as_deref()
+        .and_then(|p| p.retention.as_ref())
+        .filter(|d| time_series && d.seconds > 0)
+        .and_then(|d| u64::try_from(d.seconds).ok());
+    (u64::from(partitions), retention)
 }
 
 /// `used / limit`, or `None` for an unlimited quota. A zero limit (all

@@ -57,13 +57,16 @@ pub const RPCS: [&str; 10] = [
 const CODES: usize = prism_telemetry::GRPC_CODES.len();
 
 /// The quotas a refusal can name, as the `quota` label.
-pub const QUOTAS: [&str; 6] = [
+pub const QUOTAS: [&str; 9] = [
     "requests_per_second",
     "read_bytes_per_second",
     "write_bytes_per_second",
     "concurrent_requests",
     "storage_bytes",
     "max_item_size_bytes",
+    "events_per_second",
+    "event_bytes_per_second",
+    "open_tails",
 ];
 
 fn quota_index(quota: &str) -> Option<usize> {
@@ -239,7 +242,7 @@ impl Layer {
 
 /// Why a layer refused: the error kind, the quota, or one of a few names.
 /// Indices into [`REASONS`].
-pub const REASONS: [&str; 20] = [
+pub const REASONS: [&str; 23] = [
     "invalid_argument",
     "not_found",
     "already_exists",
@@ -260,6 +263,9 @@ pub const REASONS: [&str; 20] = [
     "storage_bytes",
     "max_item_size_bytes",
     "write_buffer_full",
+    "events_per_second",
+    "event_bytes_per_second",
+    "open_tails",
 ];
 
 fn reason_index(reason: &str) -> usize {

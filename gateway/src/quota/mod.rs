@@ -13,6 +13,19 @@
 //!   may overshoot.
 //! - Concurrency is a counter per tracker, held by the [`Admission`] until
 //!   the response is ready.
+//! - TimeSeries writes also count their events and event bytes (seeds/004's
+//!   messages and bytes per second: a write of 10 000 events counts 10 000
+//!   against `events_per_second`), in a second window of the same kind that
+//!   a tracker makes on its first TimeSeries write, so trackers of
+//!   KeyValue namespaces do not pay for it. The same rules apply: admitted
+//!   while the last second's events plus the write's fit, a write larger
+//!   than the whole limit passes an empty window.
+//! - Open tails (seeds/004's consumers) are a counter per tracker like
+//!   concurrency, always counted (for usage) and checked against
+//!   `open_tails`; the slot is held by the tail's stream ([`TailSlots`])
+//!   and freed when it ends, however it ends.
+//! - Partitions and retention are not the gateway's: the control plane
+//!   checks them when a namespace is created or updated.
 //! - Both the namespace's and its tenant's quotas apply (a namespace's
 //!   tracker holds its tenant's, so one lookup finds both); nothing is
 //!   charged to either when one of them refuses.
@@ -33,8 +46,9 @@
 //!   freed. Namespaces on Kafka and Pulsar (no `KeyValue`) are not
 //!   measured: their brokers' retention bounds them.
 //!
-//! A tracker is the window plus the concurrency counter and the last
-//! storage measurement: 200 bytes, 216 with its `Arc`, no heap
+//! A tracker is the window plus the concurrency and tail counters and the
+//! last storage measurement: 224 bytes, 240 with its `Arc`, no heap but
+//! the event window of a TimeSeries writer (160 bytes, boxed)
 //! (`docs/benchmarks.md`). Trackers are created on a subject's first
 //! request (namespaces keyed by name and incarnation) and dropped by
 //! [`QuotaRegistry::sweep`] (every [`SWEEP_INTERVAL`]) once their subject
@@ -105,6 +119,22 @@ pub const CONCURRENCY_RETRY: Duration = Duration::from_millis(10);
 /// What a storage refusal suggests: space comes back only when data is
 /// deleted or expires, and it is measured again about this often.
 pub const STORAGE_RETRY: Duration = Duration::from_secs(30);
+/// What a refusal for open tails suggests: a tail ends when its reader
+/// leaves, which the gateway cannot foresee.
+pub const TAIL_RETRY: Duration = Duration::from_secs(1);
+
+/// What a request costs the quotas, known before it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Bytes it writes: keys and values put, events written.
+    pub write_bytes: u64,
+    /// Events a TimeSeries write writes: each counts against
+    /// `events_per_second`, and the write's bytes against
+    /// `event_bytes_per_second`.
+    pub events: u64,
+    /// It opens a tail, which holds an `open_tails` slot while it streams.
+    pub tail: bool,
+}
 
 /// Where a namespace's snapshot entry keeps its tracker (empty until a
 /// request is admitted), so the next request finds it without a map
@@ -219,6 +249,9 @@ pub struct Limits {
     pub write_bytes_per_second: u64,
     pub concurrent_requests: u64,
     pub storage_bytes: u64,
+    pub events_per_second: u64,
+    pub event_bytes_per_second: u64,
+    pub open_tails: u64,
 }
 
 pub const UNLIMITED: u64 = u64::MAX;
@@ -236,6 +269,9 @@ impl Limits {
                 write_bytes_per_second: UNLIMITED,
                 concurrent_requests: UNLIMITED,
                 storage_bytes: UNLIMITED,
+                events_per_second: UNLIMITED,
+                event_bytes_per_second: UNLIMITED,
+                open_tails: UNLIMITED,
             };
         };
         Self {
@@ -244,6 +280,19 @@ impl Limits {
             write_bytes_per_second: limit(q.write_bytes_per_second),
             concurrent_requests: limit(q.concurrent_requests),
             storage_bytes: limit(q.storage_bytes),
+            events_per_second: limit(q.events_per_second),
+            event_bytes_per_second: limit(q.event_bytes_per_second),
+            open_tails: limit(q.open_tails),
+        }
+    }
+
+    /// The limit of `metric` of the event window: events (counted as its
+    /// requests) and event bytes (counted as its write bytes).
+    pub fn events(&self, metric: Metric) -> u64 {
+        match metric {
+            Metric::Requests => self.events_per_second,
+            Metric::WriteBytes => self.event_bytes_per_second,
+            Metric::ReadBytes => UNLIMITED,
         }
     }
 
@@ -264,14 +313,28 @@ fn quota_name(metric: Metric) -> &'static str {
     }
 }
 
+/// The quota of `metric` of the event window.
+fn event_quota_name(metric: Metric) -> &'static str {
+    match metric {
+        Metric::WriteBytes => "event_bytes_per_second",
+        _ => "events_per_second",
+    }
+}
+
 /// The usage of one tenant or namespace on this gateway.
 ///
-/// 200 bytes (216 with its `Arc`), no heap: the window is 160 of them. See
-/// `docs/benchmarks.md` for the measured figure including the registry.
+/// 224 bytes (240 with its `Arc`), no heap but a TimeSeries writer's event
+/// window: the window is 160 of them. See `docs/benchmarks.md` for the
+/// measured figure including the registry.
 #[derive(Debug)]
 pub struct Tracker {
     window: Window,
     concurrent: AtomicU32,
+    /// Tails open now.
+    tails: AtomicU32,
+    /// Events (as its requests) and event bytes (as its write bytes) of
+    /// TimeSeries writes, made by the first one.
+    events: std::sync::OnceLock<Box<Window>>,
     /// The share of the limits this gateway enforces, as `f64` bits.
     share: AtomicU64,
     /// The namespace's `create_revision`; 0 for tenants.
@@ -306,6 +369,8 @@ impl Tracker {
         let t = Self {
             window: Window::default(),
             concurrent: AtomicU32::new(0),
+            tails: AtomicU32::new(0),
+            events: std::sync::OnceLock::new(),
             share: AtomicU64::new(1f64.to_bits()),
             incarnation,
             tenant,
@@ -319,6 +384,21 @@ impl Tracker {
 
     pub fn window(&self) -> &Window {
         &self.window
+    }
+
+    /// The window of TimeSeries writes (events as its requests, event
+    /// bytes as its write bytes), if any was made.
+    pub fn events(&self) -> Option<&Window> {
+        self.events.get().map(|w| &**w)
+    }
+
+    fn events_window(&self) -> &Window {
+        self.events.get_or_init(Box::default)
+    }
+
+    /// Tails open now.
+    pub fn tails(&self) -> u32 {
+        self.tails.load(Ordering::Acquire)
     }
 
     /// The namespace's `create_revision` (0 for a tenant's tracker).
@@ -373,9 +453,25 @@ impl Tracker {
         self.concurrent.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Takes a tail slot, counted always; refused past `limit`.
+    fn try_open_tail(&self, limit: u64) -> bool {
+        let before = self.tails.fetch_add(1, Ordering::AcqRel);
+        if u64::from(before) >= limit {
+            self.close_tail();
+            return false;
+        }
+        true
+    }
+
+    fn close_tail(&self) {
+        self.tails.fetch_sub(1, Ordering::AcqRel);
+    }
+
     fn idle_since(&self, slot: u32) -> bool {
         let idle_slots = (IDLE_MS / BUCKET_MS) as u32;
-        self.concurrent() == 0 && self.window.last_slot().is_none_or(|last| slot.wrapping_sub(last) >= idle_slots)
+        self.concurrent() == 0
+            && self.tails() == 0
+            && self.window.last_slot().is_none_or(|last| slot.wrapping_sub(last) >= idle_slots)
     }
 }
 
@@ -401,31 +497,50 @@ impl Checked<'_> {
     }
 
     /// The rate checks, which change nothing.
-    fn rates(&self, now_ms: u64, access: Access, write_bytes: u64) -> Result<(), GatewayError> {
-        let usage = self.tracker.window.usage(Window::slot(now_ms));
-        let over = |metric: Metric, cost: u64| {
-            let configured = self.limits.get(metric);
+    fn rates(&self, now_ms: u64, access: Access, cost: Cost) -> Result<(), GatewayError> {
+        let slot = Window::slot(now_ms);
+        let usage = self.tracker.window.usage(slot);
+        let over = |window: &Window, used: u64, configured: u64, metric: Metric, cost: u64, quota: &'static str| {
             let effective = self.tracker.effective(configured);
-            let used = usage.get(metric);
             // A cost larger than the whole limit passes once the window is
             // empty (or it never could): the overshoot of one request.
             let refused = effective != UNLIMITED && (effective == 0 || (used > 0 && used + cost > effective));
             refused.then(|| {
-                let retry = self.tracker.window.retry_after(now_ms, metric, effective, cost);
-                self.refuse(quota_name(metric), configured, effective, retry)
+                let retry = window.retry_after(now_ms, metric, effective, cost);
+                self.refuse(quota, configured, effective, retry)
             })
         };
-        if let Some(e) = over(Metric::Requests, 1) {
+        let main = |metric: Metric, cost: u64| {
+            over(&self.tracker.window, usage.get(metric), self.limits.get(metric), metric, cost, quota_name(metric))
+        };
+        if let Some(e) = main(Metric::Requests, 1) {
             return Err(e);
         }
         let refusal = match access {
             // Read bytes are charged after the response: refuse while the
             // window is already full.
-            Access::Read => over(Metric::ReadBytes, 1),
-            Access::Write if write_bytes > 0 => over(Metric::WriteBytes, write_bytes).or_else(|| self.storage_full()),
+            Access::Read => main(Metric::ReadBytes, 1),
+            Access::Write if cost.write_bytes > 0 => {
+                main(Metric::WriteBytes, cost.write_bytes).or_else(|| self.storage_full())
+            }
             Access::Write => None,
         };
-        refusal.map_or(Ok(()), Err)
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        if cost.events > 0 {
+            // A tracker that never counted an event has an empty window.
+            let window = self.tracker.events();
+            let events = window.map(|w| w.usage(slot)).unwrap_or_default();
+            for (metric, cost) in [(Metric::Requests, cost.events), (Metric::WriteBytes, cost.write_bytes)] {
+                let configured = self.limits.events(metric);
+                let window = window.unwrap_or(&self.tracker.window);
+                if let Some(e) = over(window, events.get(metric), configured, metric, cost, event_quota_name(metric)) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A write that adds bytes while the storage quota is reached (deletes,
@@ -449,6 +564,18 @@ impl Checked<'_> {
             }
             e
         })
+    }
+
+    /// Takes a tail slot (always: open tails are reported), refused past
+    /// the `open_tails` limit.
+    fn open_tail(&self) -> Result<(), GatewayError> {
+        let configured = self.limits.open_tails;
+        let effective = self.tracker.effective(configured);
+        if self.tracker.try_open_tail(effective) {
+            Ok(())
+        } else {
+            Err(self.refuse("open_tails", configured, effective, TAIL_RETRY))
+        }
     }
 
     /// Takes a concurrency slot when a limit is set; returns whether it
@@ -490,6 +617,24 @@ impl ReadCharge {
     }
 }
 
+/// A tail's slots of the namespace's and the tenant's `open_tails`: held by
+/// the tail's stream, freed when it is dropped (the reader left, the tail
+/// was cut off, the namespace went away).
+#[derive(Debug)]
+pub struct TailSlots {
+    /// The namespace's tracker, which holds its tenant's.
+    namespace: Arc<Tracker>,
+}
+
+impl Drop for TailSlots {
+    fn drop(&mut self) {
+        self.namespace.close_tail();
+        if let Some(tenant) = &self.namespace.tenant {
+            tenant.close_tail();
+        }
+    }
+}
+
 /// An admitted request: holds its concurrency slots until dropped, and
 /// charges its read bytes once they are known.
 #[derive(Debug)]
@@ -497,9 +642,16 @@ pub struct Admission {
     charge: ReadCharge,
     /// Which concurrency slots were taken: (namespace, tenant).
     slots: (bool, bool),
+    /// A tail's slots, for its stream to hold.
+    tail: Option<TailSlots>,
 }
 
 impl Admission {
+    /// A tail's `open_tails` slots, to be held as long as it streams.
+    pub fn take_tail(&mut self) -> Option<TailSlots> {
+        self.tail.take()
+    }
+
     /// Charges the bytes a response returned to the namespace and tenant.
     pub fn charge_read(&self, bytes: u64) {
         self.charge.charge_read(bytes);
@@ -669,14 +821,14 @@ impl QuotaRegistry {
     }
 
     /// Admits a request to `namespace` (whose tenant has `tenant_quotas`)
-    /// or refuses it with `QuotaExceeded`. `write_bytes` is what the
-    /// request writes.
+    /// or refuses it with `QuotaExceeded`; `cost` is what it writes, the
+    /// events it writes, whether it opens a tail.
     pub fn admit(
         &self,
         namespace: Admitting<'_>,
         tenant_quotas: Option<&QuotaSet>,
         access: Access,
-        write_bytes: u64,
+        cost: Cost,
     ) -> Result<Admission, GatewayError> {
         let Admitting { ns, tenant, tracker_slot, alone } = namespace;
         let now_ms = self.clock.now_ms();
@@ -700,22 +852,44 @@ impl QuotaRegistry {
         };
         let tn_check =
             Checked { subject: Subject::Tenant(tenant), tracker: tenant_tracker, limits: Limits::of(tenant_quotas) };
-        ns_check.rates(now_ms, access, write_bytes)?;
-        tn_check.rates(now_ms, access, write_bytes)?;
+        ns_check.rates(now_ms, access, cost)?;
+        tn_check.rates(now_ms, access, cost)?;
         let ns_slot = ns_check.enter()?;
+        let leave = |ns_slot: bool| {
+            if ns_slot {
+                namespace.leave();
+            }
+        };
         let tenant_slot = match tn_check.enter() {
             Ok(taken) => taken,
             Err(e) => {
-                if ns_slot {
-                    namespace.leave();
-                }
+                leave(ns_slot);
                 return Err(e);
             }
         };
+        let tail = if cost.tail {
+            let opened =
+                ns_check.open_tail().and_then(|()| tn_check.open_tail().inspect_err(|_| namespace.close_tail()));
+            if let Err(e) = opened {
+                leave(ns_slot);
+                if tenant_slot {
+                    tenant_tracker.leave();
+                }
+                return Err(e);
+            }
+            Some(TailSlots { namespace: namespace.clone() })
+        } else {
+            None
+        };
         let slot = Window::slot(now_ms);
-        namespace.window.add(slot, 1, 0, write_bytes);
-        tenant_tracker.window.add(slot, 1, 0, write_bytes);
-        Ok(Admission { charge: ReadCharge { namespace, clock: self.clock }, slots: (ns_slot, tenant_slot) })
+        namespace.window.add(slot, 1, 0, cost.write_bytes);
+        tenant_tracker.window.add(slot, 1, 0, cost.write_bytes);
+        if cost.events > 0 {
+            let events = u32::try_from(cost.events).unwrap_or(u32::MAX);
+            namespace.events_window().add(slot, events, 0, cost.write_bytes);
+            tenant_tracker.events_window().add(slot, events, 0, cost.write_bytes);
+        }
+        Ok(Admission { charge: ReadCharge { namespace, clock: self.clock }, slots: (ns_slot, tenant_slot), tail })
     }
 
     /// Drops the trackers whose subject is no longer `live` (it left the

@@ -170,6 +170,8 @@ macro_rules! __key_value_cases {
             get_pages_by_item_count
             item_larger_than_page_comes_alone
             last_page_has_no_next
+            pages_end_early_at_the_soft_deadline
+            reads_past_the_hard_deadline_give_up
             scan_returns_every_item_once
             scan_skips_expired_items
             scan_of_empty_namespace_is_empty
@@ -222,6 +224,8 @@ macro_rules! __time_series_cases {
             pages_by_event_count
             event_larger_than_page_comes_alone
             last_page_has_no_next
+            pages_end_early_at_the_soft_deadline
+            reads_past_the_hard_deadline_give_up
             reads_continue_after_cursor
             large_events_round_trip
             concurrent_writes_of_one_event_store_it_once

@@ -20,7 +20,9 @@
 //!   returned; [`KeyValue::reclaim`] removes it from storage.
 //! - **Pagination** by bytes (key + value) and optionally item count; a page
 //!   never splits an item (the item that crosses the byte bound is
-//!   included); `next` is where to continue.
+//!   included); `next` is where to continue. A page also ends early, at an
+//!   item boundary, once its [`PageLimits::stop_by`] soft instant has passed
+//!   and it holds an item ([`crate::pace`]), with `next` set the same way.
 //! - **Chunking**: values of any size up to the namespace's max item size
 //!   are stored and returned whole; the plugin splits large ones as its
 //!   backend needs.
@@ -29,6 +31,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::pace::{Pace, StopBy};
 use crate::{Micros, Namespace, Result};
 
 /// When and as what a write was made. The gateway fills `generation_time`
@@ -83,13 +86,33 @@ pub enum Selector {
     Range(KeyRange),
 }
 
-/// How much one page may hold.
+/// How much one page may hold, and until when it may be filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageLimits {
     /// Stop once the page's keys and values reach this many bytes (> 0).
     pub max_bytes: u64,
     /// Stop at this many items.
     pub max_items: Option<u32>,
+    /// Stop early once this says so ([`crate::pace`]); `None`: no
+    /// deadline (the gateway always gives one).
+    pub stop_by: Option<StopBy>,
+}
+
+impl PageLimits {
+    /// `max_bytes` and `max_items`, no deadline.
+    pub const fn new(max_bytes: u64, max_items: Option<u32>) -> Self {
+        Self { max_bytes, max_items, stop_by: None }
+    }
+
+    /// These limits, stopping early as `stop_by` says.
+    pub fn stopping(self, stop_by: Option<StopBy>) -> Self {
+        Self { stop_by, ..self }
+    }
+
+    /// The read's [`Pace`], from `stop_by`.
+    pub fn pace(&self) -> Pace {
+        Pace::new(self.stop_by)
+    }
 }
 
 /// A stored item as read.
@@ -101,7 +124,8 @@ pub struct Item {
 }
 
 /// One page of a record's items. `next` is the last key returned, when
-/// more may follow: the next page starts after it.
+/// more may follow (a bound or the soft deadline ended the page): the next
+/// page starts after it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ItemsPage {
     pub items: Vec<Item>,

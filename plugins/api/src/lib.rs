@@ -58,6 +58,10 @@
 //!   cursor — serves both reads and searches;
 //!   [`ts::TimeSeriesHandle::write_with`] takes a [`ts::WriteContext`] (the
 //!   write's trace context, stored as Kafka headers / Pulsar properties).
+//! - [`pace`]: deadline-aware pages. Every read's [`kv::PageLimits`]
+//!   carries a [`pace::StopBy`] (a soft instant before the caller's
+//!   deadline, and the deadline), and a backend's read loop ends its page
+//!   early, with a token, once the soft instant passes (SPEC §3).
 //! - [`PluginError`]: each plugin converts its own error into it.
 //! - [`secrets`]: credentials on the owning gateway, only what the operator
 //!   declared in `[gateway.secrets]`.
@@ -68,6 +72,7 @@
 
 pub mod error;
 pub mod kv;
+pub mod pace;
 pub mod secrets;
 pub mod settings;
 pub mod ts;

@@ -172,8 +172,11 @@ pub fn read_window(
 ///   (event_time descending, then time_series_id, then event_id ascending),
 ///   each event whole (all its items and tags), paginated like KeyValue: stop
 ///   once the page's bytes (keys, values, tag keys and values) reach
-///   `max_bytes` (the crossing event included) or at `max_items` events;
-///   `next` is the last event returned when more may follow.
+///   `max_bytes` (the crossing event included) or at `max_items` events,
+///   or early, between events, once the soft instant of
+///   [`PageLimits::stop_by`] has passed and the page holds an event
+///   ([`crate::pace`]); `next` is the last event returned when more may
+///   follow.
 /// - **Retention**: with a namespace retention `r`, events with
 ///   `event_time < now - r` are never returned; [`TimeSeriesHandle::reclaim`]
 ///   removes them (whole time partitions where the backend has them).

@@ -33,6 +33,10 @@ pub enum EmbeddedError {
     /// The plugin is being dropped.
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// A read gave up: its caller dropped it or its deadline passed
+    /// ([`prism_plugin_api::pace`]); already the error the gateway sees.
+    #[error("{0}")]
+    GaveUp(PluginError),
 }
 
 /// Any redb error as an [`EmbeddedError`].
@@ -43,6 +47,7 @@ pub(crate) fn storage(e: impl Into<redb::Error>) -> EmbeddedError {
 impl From<EmbeddedError> for PluginError {
     fn from(e: EmbeddedError) -> Self {
         match e {
+            EmbeddedError::GaveUp(e) => e,
             EmbeddedError::NotProvisioned(name) => PluginError::NotProvisioned(name),
             EmbeddedError::Invalid { field, description } => PluginError::invalid(field, description),
             // The disk failed, or another process holds the file: retrying

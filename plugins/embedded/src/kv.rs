@@ -80,6 +80,7 @@ use prism_plugin_api::kv::{
     Item, ItemsPage, KeyValue, KeyValueHandle, Mutation, PageLimits, Record, RecordsPage, ScanCursor, Selector,
     WriteStamp,
 };
+use prism_plugin_api::pace::{Cancelled, Pace};
 use prism_plugin_api::{Micros, Namespace, now_micros};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -239,32 +240,47 @@ fn read_value(
 }
 
 /// Fills one page: stops once the bytes or the item count reach the
-/// limits, with the item that reached them.
+/// limits, with the item that reached them, or once the soft deadline has
+/// passed with an item on the page ([`prism_plugin_api::pace`]).
 pub(crate) struct Pager {
     max_bytes: u64,
     max_items: usize,
     bytes: u64,
     items: usize,
+    pace: Pace,
     /// A further item exists past the page.
     pub(crate) more: bool,
 }
 
 impl Pager {
-    pub(crate) fn new(limits: PageLimits) -> Self {
+    /// A page of `limits`; the read gives up once `cancelled` is raised
+    /// (its caller dropped it) or its hard deadline passes.
+    pub(crate) fn new(limits: PageLimits, cancelled: &Cancelled) -> Self {
         // A zero limit would make pages that never advance: a page holds
         // at least one item.
         let max_items = limits.max_items.map_or(usize::MAX, |m| (m as usize).max(1));
-        Self { max_bytes: limits.max_bytes.max(1), max_items, bytes: 0, items: 0, more: false }
+        let pace = limits.pace().cancelled_by(cancelled.clone());
+        Self { max_bytes: limits.max_bytes.max(1), max_items, bytes: 0, items: 0, pace, more: false }
     }
 
+    /// Whether the page takes no further item: a bound is reached, or the
+    /// soft deadline has passed.
     pub(crate) fn full(&self) -> bool {
-        self.bytes >= self.max_bytes || self.items >= self.max_items
+        self.bytes >= self.max_bytes || self.items >= self.max_items || self.pace.should_end(self.items)
     }
 
     /// Counts one item (or event) of `bytes` into the page.
     pub(crate) fn add(&mut self, bytes: usize) {
         self.bytes = self.bytes.saturating_add(bytes as u64);
         self.items += 1;
+        self.pace.added();
+    }
+
+    /// Asked before each record the read looks at, visible or not: an
+    /// error once the read should give up (a loop over expired items or a
+    /// selective filter stops too).
+    pub(crate) fn check(&self) -> Result<()> {
+        self.pace.check().map_err(EmbeddedError::GaveUp)
     }
 }
 
@@ -591,6 +607,7 @@ impl Store {
         w.commit().map_err(storage)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn get(
         &self,
         ns: &Incarnation,
@@ -599,16 +616,19 @@ impl Store {
         after: Option<&[u8]>,
         limits: PageLimits,
         now: Micros,
+        cancelled: &Cancelled,
     ) -> Result<ItemsPage> {
         let record = record_key(&ns.prefix, id)?;
+        let mut pager = Pager::new(limits, cancelled);
+        pager.check()?;
         let r = self.db.begin_read().map_err(storage)?;
         registered(&r.open_table(NAMESPACES).map_err(storage)?, ns)?;
         let items = r.open_table(ITEMS).map_err(storage)?;
         let chunks = r.open_table(CHUNKS).map_err(storage)?;
-        let mut pager = Pager::new(limits);
         let mut page = ItemsPage::default();
         // Offers one stored item; false once the page is complete.
         let mut offer = |item_key: &[u8], stored: &[u8], pager: &mut Pager| -> Result<bool> {
+            pager.check()?;
             let (header, inline) = Header::decode(stored)?;
             if !header.visible(now) {
                 return Ok(true);
@@ -678,7 +698,10 @@ impl Store {
         after: Option<&ScanCursor>,
         limits: PageLimits,
         now: Micros,
+        cancelled: &Cancelled,
     ) -> Result<RecordsPage> {
+        let mut pager = Pager::new(limits, cancelled);
+        pager.check()?;
         let r = self.db.begin_read().map_err(storage)?;
         registered(&r.open_table(NAMESPACES).map_err(storage)?, ns)?;
         let items = r.open_table(ITEMS).map_err(storage)?;
@@ -689,9 +712,9 @@ impl Store {
         };
         let end = prefix_end(&ns.prefix);
         let bounds = (lower.as_ref().map(Vec::as_slice), end.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
-        let mut pager = Pager::new(limits);
         let mut page = RecordsPage::default();
         for entry in items.range::<&[u8]>(bounds).map_err(storage)? {
+            pager.check()?;
             let (key, stored) = entry.map_err(storage)?;
             let (header, inline) = Header::decode(stored.value())?;
             if !header.visible(now) {
@@ -820,7 +843,12 @@ impl KeyValueHandle for Opened {
         now: Micros,
     ) -> prism_plugin_api::Result<ItemsPage> {
         let (ns, id, selector, after) = (self.ns.clone(), id.to_owned(), selector.clone(), after.map(<[u8]>::to_vec));
-        Ok(self.turns.read_turn(move |s| s.get(&ns, &id, &selector, after.as_deref(), limits, now)).await?)
+        Ok(self
+            .turns
+            .read_turn_cancellable(move |s, cancelled| {
+                s.get(&ns, &id, &selector, after.as_deref(), limits, now, cancelled)
+            })
+            .await?)
     }
 
     async fn scan(
@@ -830,7 +858,10 @@ impl KeyValueHandle for Opened {
         now: Micros,
     ) -> prism_plugin_api::Result<RecordsPage> {
         let (ns, after) = (self.ns.clone(), after.cloned());
-        Ok(self.turns.read_turn(move |s| s.scan(&ns, after.as_ref(), limits, now)).await?)
+        Ok(self
+            .turns
+            .read_turn_cancellable(move |s, cancelled| s.scan(&ns, after.as_ref(), limits, now, cancelled))
+            .await?)
     }
 
     async fn storage_bytes(&self) -> prism_plugin_api::Result<u64> {

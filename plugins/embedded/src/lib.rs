@@ -16,6 +16,29 @@
 //! embedded data, and an embedded namespace keeps its shard once
 //! provisioned (the control plane never moves it), since its data is on
 //! that shard's disk.
+//!
+//! # Durability
+//!
+//! A write returns (and the gateway acknowledges it) only after its redb
+//! transaction committed, and every commit is redb's default
+//! `Durability::Immediate`: the pages and a new checksummed header slot are
+//! written, the header is switched to them and the file is fsynced before
+//! `commit` returns. So an acknowledged `PutItems`, `DeleteItems`,
+//! `MutateItems` or `WriteEventRecordsSync` survives the process being
+//! killed and the machine losing power. A write in flight when the process
+//! dies is in the file wholly or not at all (one transaction), and its
+//! idempotency token is committed in the same transaction as its effect,
+//! so the client's retry with the same token applies it exactly once; a
+//! TimeSeries event is its own identity, so a retried event is stored once.
+//! Nothing is acknowledged from memory: a write that finds everything
+//! already there (a repeated token, a repeated event) commits nothing, and
+//! what it found was committed, hence durable, before. After a crash redb
+//! opens the file by rebuilding its allocator state from the last commit
+//! (a repair whose time grows with the file), losing nothing committed.
+//! Buffered `WriteEventRecords` are the gateway's, in memory, and only
+//! namespaces that accept loss take them. `cli/tests/crash.rs` kills a
+//! gateway in the middle of writes and checks all of this (a kill, not a
+//! power cut: that rests on the disk honouring fsync).
 
 pub mod config;
 pub mod error;
@@ -27,6 +50,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::KeyValue;
+use prism_plugin_api::pace::{CancelOnDrop, Cancelled};
 use prism_plugin_api::ts::TimeSeries;
 use prism_plugin_api::{Capabilities, Namespace, Plugin, PluginError, PluginSettings, now_micros};
 use prism_proto::control::Backend;
@@ -181,6 +205,18 @@ impl Turns {
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         self.blocking(&self.readers, f).await
+    }
+
+    /// As [`Self::read_turn`], for a read loop that stops when its caller
+    /// stops waiting: `f` is given a flag raised when this future is
+    /// dropped (the request was cancelled or timed out), which a blocking
+    /// thread would otherwise never learn.
+    pub(crate) async fn read_turn_cancellable<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store, &Cancelled) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (_guard, cancelled) = CancelOnDrop::new();
+        self.blocking(&self.readers, move |s| f(s, &cancelled)).await
     }
 }
 

@@ -65,6 +65,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::PageLimits;
+use prism_plugin_api::pace::Cancelled;
 use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeries, TimeSeriesHandle};
 use prism_plugin_api::{Micros, Namespace};
 use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -183,8 +184,8 @@ struct Page {
 }
 
 impl Page {
-    fn new(limits: PageLimits) -> Self {
-        Self { pager: Pager::new(limits), events: Vec::new(), open: None }
+    fn new(limits: PageLimits, cancelled: &Cancelled) -> Self {
+        Self { pager: Pager::new(limits, cancelled), events: Vec::new(), open: None }
     }
 
     fn close(&mut self) {
@@ -297,11 +298,19 @@ impl Store {
 
     /// One page of `query` within `window`: by the series' own keys for
     /// one series, by the time index for every series.
-    fn query(&self, ns: &Incarnation, query: &Query, window: (Micros, Micros)) -> Result<EventsPage> {
-        let (filter, after, limits) = (query.filter.as_ref(), query.after.as_ref(), query.limits);
+    fn query(
+        &self,
+        ns: &Incarnation,
+        query: &Query,
+        window: (Micros, Micros),
+        cancelled: &Cancelled,
+    ) -> Result<EventsPage> {
+        let (filter, after) = (query.filter.as_ref(), query.after.as_ref());
+        let page = Page::new(query.limits, cancelled);
+        page.pager.check()?;
         match &query.series {
-            Some(series) => self.read_series(ns, series, window, filter, after, limits),
-            None => self.search(ns, window, filter, after, limits),
+            Some(series) => self.read_series(ns, series, window, filter, after, page),
+            None => self.search(ns, window, filter, after, page),
         }
     }
 
@@ -312,7 +321,7 @@ impl Store {
         (oldest, newest): (Micros, Micros),
         filter: Option<&TagFilter>,
         after: Option<&EventCursor>,
-        limits: PageLimits,
+        mut page: Page,
     ) -> Result<EventsPage> {
         check_id("time_series_id", series)?;
         check_cursor(after)?;
@@ -322,7 +331,6 @@ impl Store {
         let partitions = r.open_table(PARTITIONS).map_err(storage)?;
         let newest_part = partition_key(&ns.prefix, partition(newest));
         let oldest_part = partition_key(&ns.prefix, partition(oldest));
-        let mut page = Page::new(limits);
         'partitions: for entry in
             partitions.range::<&[u8]>(newest_part.as_slice()..=oldest_part.as_slice()).map_err(storage)?
         {
@@ -345,6 +353,7 @@ impl Store {
             // The items of an event the filter skipped are skipped too.
             let mut skipping = false;
             for row in events.range::<&[u8]>(as_slices(&bounds)).map_err(storage)? {
+                page.pager.check()?;
                 let (key, value) = row.map_err(storage)?;
                 let (time, id, row) = split_row(key.value().get(base.len()..).unwrap_or_default())?;
                 match row {
@@ -379,7 +388,7 @@ impl Store {
         (oldest, newest): (Micros, Micros),
         filter: Option<&TagFilter>,
         after: Option<&EventCursor>,
-        limits: PageLimits,
+        mut page: Page,
     ) -> Result<EventsPage> {
         check_cursor(after)?;
         let r = self.db.begin_read().map_err(storage)?;
@@ -394,11 +403,11 @@ impl Store {
             }
             None => Bound::Included(first),
         };
-        let mut page = Page::new(limits);
         let Some(bounds) = span(lower, prefix_end(&index_time_key(&ns.prefix, oldest))) else {
             return Ok(page.finish());
         };
         for entry in index.range::<&[u8]>(as_slices(&bounds)).map_err(storage)? {
+            page.pager.check()?;
             let entry = entry.map_err(storage)?;
             let (time, series, id) = split_index(entry.0.value().get(ns.prefix.len()..).unwrap_or_default())?;
             let key = event_key(&series_key(&partition_key(&ns.prefix, partition(time)), &series), time, &id);
@@ -512,8 +521,8 @@ impl TimeSeriesHandle for Opened {
         let (ns, query) = (self.ns.clone(), query.clone());
         Ok(self
             .turns
-            .read_turn(move |s| match window {
-                Some(window) => s.query(&ns, &query, window),
+            .read_turn_cancellable(move |s, cancelled| match window {
+                Some(window) => s.query(&ns, &query, window, cancelled),
                 None => s.storage_bytes(&ns).map(|_| EventsPage::default()),
             })
             .await?)

@@ -523,7 +523,7 @@ async fn run(
     let start = now - HOUR_SECS * 1_000_000;
     let mut gateway_h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut direct_h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let everything = PageLimits { max_bytes: 64 << 20, max_items: None };
+    let everything = PageLimits::new(64 << 20, None);
     for _ in 0..reads {
         let request = ts::ReadEventRecordsRequest {
             namespace: NAMESPACE.into(),

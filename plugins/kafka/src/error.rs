@@ -33,6 +33,10 @@ pub enum KafkaError {
     /// A message that is not one of ours: a bug or someone else's producer.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A read gave up: its caller dropped it or its deadline passed
+    /// ([`prism_plugin_api::pace`]); already the error the gateway sees.
+    #[error("{0}")]
+    GaveUp(PluginError),
 }
 
 impl KafkaError {
@@ -71,6 +75,7 @@ fn invalid_message(code: RDKafkaErrorCode) -> Option<&'static str> {
 impl From<KafkaError> for PluginError {
     fn from(e: KafkaError) -> Self {
         match e {
+            KafkaError::GaveUp(e) => e,
             KafkaError::Invalid { field, description } | KafkaError::Config { field, description } => {
                 PluginError::invalid(field, description)
             }

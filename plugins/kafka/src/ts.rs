@@ -35,6 +35,18 @@
 //! cursor and paged as [`prism_plugin_api::ts`] says. Each page reads its
 //! window again: pages are not cached.
 //!
+//! **Deadlines** ([`prism_plugin_api::pace`]): the log is read in write
+//! order, and an event read last may be the newest, so no page can be cut
+//! before the scan ends. The scan is one unsplittable step; it polls its
+//! caller's hard deadline and cancellation (it runs on a blocking thread,
+//! which a dropped future would not stop) and gives up past it. Once it
+//! has ended, the page ends early, between events, past the soft deadline.
+//! Reading a log backwards in time slices (a seek by time per slice, each
+//! slice's events complete before the next) would let a long scan end a
+//! page early too, on brokers whose time index answers a seek exactly;
+//! tansu answers every seek with the log start, so there it would read
+//! everything in its first slice anyway.
+//!
 //! **Retention** is enforced on read (`now - retention`), by the topic's
 //! `retention.ms` (the broker drops whole segments, Kafka's time
 //! partitions), and by [`TimeSeriesHandle::reclaim`], which raises this
@@ -51,6 +63,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use prism_plugin_api::kv::PageLimits;
+use prism_plugin_api::pace::{CancelOnDrop, Pace};
 use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeriesHandle, WriteContext};
 use prism_plugin_api::{Micros, Namespace};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -87,6 +100,8 @@ impl Opened {
 
     /// The page `q` selects: a read of one series reads its one partition.
     async fn query_topic(&self, q: &Query, now: Micros) -> Result<EventsPage> {
+        let pace = q.limits.pace();
+        pace.check().map_err(KafkaError::GaveUp)?;
         let partitions = self.partitions().await?;
         let topic = &self.topic;
         let Some((mut oldest, newest)) = q.window(now, self.settings.retention) else {
@@ -105,11 +120,16 @@ impl Opened {
         let scan = Scan { topic: topic.clone(), partitions: wanted, oldest_ms: codec::timestamp_ms(oldest) };
         let config = self.kafka.config.clone();
         let reader_clients = self.clients.clone();
-        let raw = tokio::task::spawn_blocking(move || scan.run(&reader_clients, &config))
+        // The scan runs on a blocking thread: dropping this future (the
+        // request was cancelled or cut off) raises the flag it polls.
+        let (_guard, cancelled) = CancelOnDrop::new();
+        let scan_pace = pace.cancelled_by(cancelled);
+        let raw = tokio::task::spawn_blocking(move || scan.run(&reader_clients, &config, &scan_pace))
             .await
             .map_err(|_| KafkaError::Timeout("read"))?;
         let raw = match raw {
             Ok(raw) => raw,
+            Err(e @ KafkaError::GaveUp(_)) => return Err(e),
             Err(e) => {
                 self.kafka.suspect(topic);
                 return Err(e);
@@ -194,12 +214,16 @@ struct Scan {
 impl Scan {
     /// Blocking: runs on the blocking pool, with a reader of its own,
     /// closed at the end.
-    fn run(&self, clients: &Clients, config: &KafkaPluginConfig) -> Result<Vec<Raw>> {
+    fn run(&self, clients: &Clients, config: &KafkaPluginConfig, pace: &Pace) -> Result<Vec<Raw>> {
         let reader = clients.reader(config)?;
-        self.read(&reader, config.request_timeout)
+        self.read(&reader, config.request_timeout, pace)
     }
 
-    fn read(&self, reader: &BaseConsumer, timeout: Duration) -> Result<Vec<Raw>> {
+    /// Every message from the seek to the end. `pace` is asked before
+    /// every poll: the scan stops when its caller dropped it or its hard
+    /// deadline passed (its soft one cannot end it: see the module docs).
+    fn read(&self, reader: &BaseConsumer, timeout: Duration, pace: &Pace) -> Result<Vec<Raw>> {
+        let gave_up = || pace.check().map_err(KafkaError::GaveUp);
         // Where each partition ends now, and where it starts.
         let mut ends: HashMap<i32, (i64, i64)> = HashMap::new();
         for &p in &self.partitions {
@@ -255,6 +279,7 @@ impl Scan {
         // progress goes on.
         let mut idle_since = Instant::now();
         while !next.is_empty() {
+            gave_up()?;
             if idle_since.elapsed() > timeout {
                 return Err(KafkaError::Timeout("read"));
             }
@@ -350,10 +375,16 @@ fn page(
         events.retain(|e| order(e) > cut);
     }
     events.sort_by(|a, b| order(a).cmp(&order(b)));
+    let mut pace = limits.pace();
     let mut bytes = 0_u64;
     let mut taken = 0_usize;
     for e in &events {
+        // Past the soft deadline, the page ends before taking another.
+        if pace.should_end(taken) {
+            break;
+        }
         taken += 1;
+        pace.added();
         bytes = bytes.saturating_add(event_bytes(e));
         let full = bytes >= limits.max_bytes || limits.max_items.is_some_and(|m| taken >= m as usize);
         if full {
@@ -407,10 +438,10 @@ mod tests {
     #[test]
     fn pages_stop_at_a_bound() {
         let events: Vec<Event> = (0..5).map(|i| ev("s", i, &i.to_string(), &[("k", "vv")])).collect();
-        let p = page(events.clone(), None, None, PageLimits { max_bytes: 6, max_items: None });
+        let p = page(events.clone(), None, None, PageLimits::new(6, None));
         assert_eq!(p.events.iter().map(|e| e.event_time).collect::<Vec<_>>(), [4, 3]);
         assert_eq!(p.next.as_ref().map(|c| c.event_time), Some(3));
-        let p = page(events, None, p.next.as_ref(), PageLimits { max_bytes: u64::MAX, max_items: Some(3) });
+        let p = page(events, None, p.next.as_ref(), PageLimits::new(u64::MAX, Some(3)));
         assert_eq!(p.events.iter().map(|e| e.event_time).collect::<Vec<_>>(), [2, 1, 0]);
         assert_eq!(p.next, None);
     }

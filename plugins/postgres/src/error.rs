@@ -52,6 +52,10 @@ pub enum PostgresError {
     /// namespace may well have tables (deprovisioning says so).
     #[error("spec.backend_config.postgres.dsn holds a password")]
     InlinePassword,
+    /// A read gave up at its deadline ([`prism_plugin_api::pace`]);
+    /// already the error the gateway sees.
+    #[error("{0}")]
+    GaveUp(PluginError),
 }
 
 /// Why a DSN with a password is not served.
@@ -129,6 +133,10 @@ fn missing_password(db: &tokio_postgres::Error) -> Option<&'static str> {
 impl From<PostgresError> for PluginError {
     fn from(e: PostgresError) -> Self {
         const UNREACHABLE: &str = "the postgres backend is unreachable";
+        let e = match e {
+            PostgresError::GaveUp(gave_up) => return gave_up,
+            other => other,
+        };
         let public = match &e {
             PostgresError::NotProvisioned(name) => return PluginError::NotProvisioned(name.clone()),
             PostgresError::Invalid { field, description } => return PluginError::invalid(field, description),
@@ -151,7 +159,8 @@ impl From<PostgresError> for PluginError {
                 Some(code) => unavailable_message(code),
                 None => Some(missing_password(db).or_else(|| crate::tls::failure(db)).unwrap_or(UNREACHABLE)),
             },
-            PostgresError::Pool(_)
+            PostgresError::GaveUp(_)
+            | PostgresError::Pool(_)
             | PostgresError::Config { .. }
             | PostgresError::Corrupt(_)
             | PostgresError::NameTaken(_) => None,

@@ -118,6 +118,14 @@
 //! a batch of metadata and small values, and the page's large values,
 //! never more.
 //!
+//! A page also ends early once its soft deadline has passed and it holds
+//! an item ([`prism_plugin_api::pace`]: checked per row, with `next` its
+//! last item), and a read whose hard deadline has passed gives up before
+//! its next statement. A read dropped by its caller (cancelled, or cut off
+//! at the deadline) stops at once; the one statement it had in flight — a
+//! batch of at most `READ_BATCH` rows — finishes on its connection, whose
+//! transaction is rolled back when dropped.
+//!
 //! A page that one statement answers — one batch that ends the data or
 //! fills the page, every value in it inline — is that statement alone, in
 //! no transaction: in PostgreSQL one statement reads one snapshot at any

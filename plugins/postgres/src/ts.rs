@@ -45,8 +45,10 @@
 //! row is read, so events past retention never come back. Heads come in
 //! the contract's order in batches, each with its items' byte count
 //! (`octet_length`, which does not detoast); the page is cut in Rust by
-//! bytes and count, whole events, the crossing one included; then the
-//! items of the page's events are fetched.
+//! bytes and count, whole events, the crossing one included, and ended
+//! early past the soft deadline ([`prism_plugin_api::pace`]; the hard one
+//! is checked before every statement); then the items of the page's
+//! events are fetched.
 //!
 //! # Retention
 //!
@@ -62,6 +64,7 @@ use std::sync::PoisonError;
 
 use async_trait::async_trait;
 use prism_plugin_api::Micros;
+use prism_plugin_api::pace::Pace;
 use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TimeSeriesHandle};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -361,6 +364,9 @@ impl Head {
 }
 
 async fn page(t: &Target, query: &Query, now: Micros, retention: Option<Micros>) -> Result<EventsPage> {
+    let mut pace = query.limits.pace();
+    let check = |pace: &Pace| pace.check().map_err(PostgresError::GaveUp);
+    check(&pace)?;
     let mut client = t.pool.get().await?;
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
     let limits = query.limits;
@@ -376,22 +382,30 @@ async fn page(t: &Target, query: &Query, now: Micros, retention: Option<Micros>)
     let (mut bytes, mut page, mut more) = (0u64, Vec::<Head>::new(), false);
     // Where the next batch continues: the cursor, then the last head read.
     let mut from = query.after.clone();
+    // Full: a bound is reached, or the soft deadline has passed with an
+    // event on the page (checked per head; the hard deadline before every
+    // statement).
+    let full = |bytes: u64, page: &[Head], pace: &Pace| {
+        bytes >= max_bytes || page.len() >= max_items || pace.should_end(page.len())
+    };
     'batches: loop {
+        check(&pace)?;
         let heads = heads(&tx, t, query, (oldest, newest), from.as_ref(), batch).await?;
         let full_batch = heads.len() >= batch;
         for head in heads {
-            if bytes >= max_bytes || page.len() >= max_items {
+            if full(bytes, &page, &pace) {
                 more = true;
                 break 'batches;
             }
             bytes = bytes.saturating_add(head.bytes);
             from = Some(head.cursor());
             page.push(head);
+            pace.added();
         }
         if !full_batch {
             break;
         }
-        if bytes >= max_bytes || page.len() >= max_items {
+        if full(bytes, &page, &pace) {
             // Full at a batch's end: more may follow.
             more = true;
             break;

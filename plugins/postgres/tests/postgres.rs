@@ -36,7 +36,7 @@ macro_rules! server_or_skip {
     };
 }
 
-const UNLIMITED: PageLimits = PageLimits { max_bytes: u64::MAX, max_items: None };
+const UNLIMITED: PageLimits = PageLimits::new(u64::MAX, None);
 
 /// Table names in `schema`, sorted.
 async fn tables_in(client: &tokio_postgres::Client, schema: &str) -> Vec<String> {
@@ -471,7 +471,7 @@ async fn a_read_across_batches_sees_one_snapshot_while_a_writer_races_it() {
             assert_eq!(one_version(id, &page.items).0, format!("v{VERSIONS:06}"), "{id}: the last version");
         }
         // Small pages of the same records: one statement each.
-        let limits = PageLimits { max_bytes: u64::MAX, max_items: Some(10) };
+        let limits = PageLimits::new(u64::MAX, Some(10));
         assert_eq!(c.read("small", &Selector::All, limits, c.base).await.len(), 600);
         let keys = Selector::Keys(vec![b"k0001".to_vec(), b"k0599".to_vec(), b"nope".to_vec()]);
         let got = c.entries_of("small", &keys).await;
@@ -735,7 +735,7 @@ async fn a_restart_under_write_load_loses_and_duplicates_nothing() {
     println!("restart after {during} writes; {} attempts failed and were retried", retried.load(Ordering::Relaxed));
 
     let (kv, ts) = (kv_case.kv(), ts_case.ts());
-    let roomy = PageLimits { max_bytes: u64::MAX, max_items: None };
+    let roomy = PageLimits::new(u64::MAX, None);
     for w in 0..WRITERS {
         let page = kv.get(&format!("r{w}"), &Selector::All, None, roomy, kv_case.base).await.expect("get");
         let got: Vec<(Vec<u8>, Vec<u8>)> = page.items.into_iter().map(|i| (i.key, i.value)).collect();

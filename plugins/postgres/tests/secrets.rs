@@ -56,7 +56,7 @@ async fn the_password_comes_from_the_declared_secret_only() {
     let put = Mutation::Put(NewItem { key: b"k".to_vec(), value: b"v".to_vec(), expires_at: None });
     let stamp = WriteStamp { generation_time: prism_plugin_api::now_micros(), token: None };
     kv.mutate("r", &[put], &stamp).await.expect("a write through the password-protected role");
-    let limits = PageLimits { max_bytes: 1 << 20, max_items: None };
+    let limits = PageLimits::new(1 << 20, None);
     let page = kv.get("r", &Selector::All, None, limits, prism_plugin_api::now_micros()).await.expect("read");
     assert_eq!(page.items.len(), 1);
 

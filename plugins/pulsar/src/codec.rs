@@ -4,7 +4,9 @@
 //! - on the data topic, `Record::Event`: one whole event as written (its
 //!   series, event time in microseconds, id, items and tags), or
 //!   `Record::Fence`: an empty marker a read publishes to learn where the
-//!   topic ends (see `ts.rs`);
+//!   topic ends when the broker cannot say (an empty topic; see
+//!   `PulsarState::scan` in `lib.rs`), and every read published before
+//!   reads used the broker's last message id;
 //! - on the lifecycle topic, `Record::Lifecycle`.
 //!
 //! Data messages also carry, for other Pulsar tools, the message key

@@ -24,6 +24,10 @@ pub enum PulsarError {
     /// A message of ours that does not decode: a bug or a foreign writer.
     #[error("stored message is corrupt: {0}")]
     Corrupt(String),
+    /// A read gave up at its deadline ([`prism_plugin_api::pace`]);
+    /// already the error the gateway sees.
+    #[error("{0}")]
+    GaveUp(PluginError),
 }
 
 impl PulsarError {
@@ -35,6 +39,7 @@ impl PulsarError {
 impl From<PulsarError> for PluginError {
     fn from(e: PulsarError) -> Self {
         match e {
+            PulsarError::GaveUp(e) => e,
             PulsarError::Invalid { field, description } => PluginError::invalid(field, description),
             PulsarError::NotProvisioned(name) => PluginError::NotProvisioned(name),
             e @ (PulsarError::Client(_) | PulsarError::Timeout(_)) => {

@@ -16,8 +16,8 @@
 //! writes idempotent by *first write wins on read*: a read folds the
 //! topic in publish order and keeps, per (series, event time, event id,
 //! item key), the first value published. Reads and searches scan the
-//! topic up to a fence they publish, filter by window, retention, series
-//! and tags, and page newest first.
+//! topic up to the broker's last message id (`PulsarState::scan`), filter
+//! by window, retention, series and tags, and page newest first.
 //!
 //! **Deletion.** pulsar-lite (the broker the tests run) has no admin HTTP
 //! API, and the binary protocol has no command that deletes a topic, so
@@ -49,9 +49,11 @@
 //! it with the feature).
 //!
 //! Nothing connects until a namespace needs it: a gateway registers this
-//! plugin whether or not any broker exists. Two clients per service URL
-//! (one reads, one publishes), one producer per data topic, all made on
-//! first need and dropped after a failure so the next call reconnects.
+//! plugin whether or not any broker exists. Per service URL one client
+//! publishes, and each running scan reads through a client of its own
+//! (kept idle for the next scans: `ReaderPool` says why); one producer per
+//! data topic; all made on first need and dropped after a failure so the
+//! next call reconnects.
 
 pub mod codec;
 pub mod config;
@@ -71,6 +73,7 @@ use prism_plugin_api::ts::TimeSeries;
 use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin, PluginSettings};
 use prism_proto::control::Backend;
 use pulsar::consumer::{ConsumerOptions, InitialPosition, Message};
+use pulsar::producer::ProducerOptions;
 use pulsar::proto::MessageIdData;
 use pulsar::reader::Reader;
 use pulsar::{ConnectionRetryOptions, OperationRetryOptions, Producer, Pulsar, TokioExecutor, producer};
@@ -109,8 +112,9 @@ pub struct PulsarPlugin {
 /// The plugin's clients, producers and what it knows of each incarnation.
 pub(crate) struct PulsarState {
     config: PulsarPluginConfig,
-    /// Per service URL, the client that reads: through the [`relay`].
-    clients: Mutex<HashMap<String, Client>>,
+    /// Per service URL, reader clients not in use: each scan has one to
+    /// itself, through the [`relay`] ([`ReaderPool`] says why).
+    readers_idle: ReaderPool,
     /// Per service URL, the client that publishes: straight to the broker.
     /// Only delivered messages need the relay, and a publish that crosses
     /// it pays a second loopback hop and a decode of every receipt.
@@ -198,13 +202,111 @@ fn position(id: &MessageIdData) -> (u64, u64) {
     (id.ledger_id, id.entry_id)
 }
 
+/// Where a scan stops.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// After the message at this position: the broker's last message id.
+    Through((u64, u64)),
+    /// Before this position: the fence the scan published.
+    Before((u64, u64)),
+}
+
+/// Whether `message` is the last of its entry: a message published alone
+/// is; of a batch, the last index is.
+fn last_of_entry(message: &Message<Vec<u8>>) -> bool {
+    let batch = message.metadata().num_messages_in_batch.unwrap_or(1);
+    message.message_id().batch_index.is_none_or(|i| i.saturating_add(1) >= batch)
+}
+
+/// What one reader has been delivered so far, to skip what comes again.
+///
+/// pulsar-lite (0.2) delivers messages again, and goes back: when two
+/// dispatches of one subscription overlap (two Flow commands close
+/// together, in its debug log), both read from the same position, both
+/// send, and the later one to finish moves the position back. Its own
+/// client sees it too: 2 % to 24 % of deliveries in the runs of
+/// `scripts/pulsar-lite-stall.py`, a reader alone on its connection
+/// included. Each copy goes on in topic order from where it started, so a
+/// message at or before the newest one seen has been visited already:
+/// skipping those keeps every message once and in publish order, which
+/// the first-write-wins fold needs. Nothing is skipped forward (no run
+/// missed a message), so nothing is lost. Apache Pulsar delivers a
+/// reader each message once, and this changes nothing there.
+#[derive(Debug, Default)]
+struct Delivered {
+    /// `(ledger, entry, batch index or −1)` of the newest message seen.
+    newest: Option<(u64, u64, i32)>,
+}
+
+impl Delivered {
+    /// Whether `message` comes after every message seen so far (and
+    /// remembers it if so).
+    fn is_new(&mut self, message: &Message<Vec<u8>>) -> bool {
+        let id = message.message_id();
+        let at = (id.ledger_id, id.entry_id, id.batch_index.unwrap_or(-1));
+        if self.newest.is_some_and(|newest| at <= newest) {
+            return false;
+        }
+        self.newest = Some(at);
+        true
+    }
+}
+
+/// Idle reader clients, by service URL: a scan takes one (or connects a
+/// new one) and puts it back when it read to the end.
+///
+/// *Why a connection per scan.* pulsar-lite (0.2) stops delivering to a
+/// consumer for good when the outbound queue of its connection is full:
+/// one queue of 8 192 messages per connection, shared by every consumer
+/// on it. A dispatch that finds it full gives its permits back and is not
+/// tried again until that consumer's next Flow, which the client sends
+/// only once it received half of what it asked for: both wait. A `pulsar`
+/// reader asks for 1 000 messages at a time, so 16 scans on one
+/// connection (16 000) stalled and 4 (4 000) did not, as the read
+/// benchmark saw at C = 16 and C = 4. In the broker's debug log the
+/// stalled consumer's last dispatch is rolled back ("Acked tracked
+/// message" without an Ack) and nothing follows; the broker's own client
+/// stalls the same way without this plugin or its relay
+/// (`scripts/pulsar-lite-stall.py`: 32 readers × 250 permits on one
+/// connection never, × 500 and 16 × 1 000 do, a connection each never).
+/// One reader per connection keeps a queue under 1 000 whatever the
+/// concurrency, at the cost of a connection (and its relay) per running
+/// scan; at most [`ReaderPool::IDLE`] per broker wait for the next scans.
+#[derive(Default)]
+struct ReaderPool {
+    idle: Mutex<HashMap<String, Vec<Client>>>,
+}
+
+impl ReaderPool {
+    /// Idle reader clients kept per service URL; more are closed.
+    const IDLE: usize = 64;
+
+    fn take(&self, service_url: &str) -> Option<Client> {
+        lock(&self.idle).get_mut(service_url).and_then(Vec::pop)
+    }
+
+    fn put(&self, service_url: &str, client: Client) {
+        let mut idle = lock(&self.idle);
+        let clients = idle.entry(service_url.to_owned()).or_default();
+        if clients.len() < Self::IDLE {
+            clients.push(client);
+        }
+    }
+
+    /// Forgets the idle clients of `service_url`, after a failure: their
+    /// connections may be broken too.
+    fn clear(&self, service_url: &str) {
+        lock(&self.idle).remove(service_url);
+    }
+}
+
 impl PulsarPlugin {
     /// Opens no connection.
     pub fn new(config: PulsarPluginConfig) -> Self {
         let pulsar = PulsarState {
             relays: relay::Relays::new(config.connect_timeout),
             config,
-            clients: Mutex::default(),
+            readers_idle: ReaderPool::default(),
             writers: Mutex::default(),
             producers: Mutex::default(),
             states: Mutex::default(),
@@ -228,27 +330,28 @@ impl PulsarState {
         tokio::time::timeout(self.config.request_timeout, call).await.map_err(|_| PulsarError::Timeout(what))?
     }
 
-    /// The client that reads from `service_url`, through its relay,
-    /// connected on first need.
-    async fn client(&self, service_url: &str) -> Result<Client> {
-        self.client_of(&self.clients, service_url, true).await
+    /// A reader client of `service_url` for one scan, through its relay:
+    /// an idle one, or a new one (a connection of its own).
+    async fn reader_client(&self, service_url: &str) -> Result<Client> {
+        match self.readers_idle.take(service_url) {
+            Some(client) => Ok(client),
+            None => self.connect(service_url, true).await,
+        }
     }
 
     /// The client that publishes to `service_url`, straight to the broker,
     /// connected on first need.
     async fn writer(&self, service_url: &str) -> Result<Client> {
-        self.client_of(&self.writers, service_url, false).await
-    }
-
-    async fn client_of(
-        &self,
-        clients: &Mutex<HashMap<String, Client>>,
-        service_url: &str,
-        relayed: bool,
-    ) -> Result<Client> {
-        if let Some(client) = lock(clients).get(service_url) {
+        if let Some(client) = lock(&self.writers).get(service_url) {
             return Ok(client.clone());
         }
+        let client = self.connect(service_url, false).await?;
+        lock(&self.writers).insert(service_url.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// A new client of `service_url`, through its relay when `relayed`.
+    async fn connect(&self, service_url: &str, relayed: bool) -> Result<Client> {
         // Few, quick connection retries: the request timeout bounds the
         // call anyway, and the caller (or the write buffer) retries later.
         let connection = ConnectionRetryOptions {
@@ -268,20 +371,18 @@ impl PulsarState {
         } else {
             service_url.to_owned()
         };
-        let client = Pulsar::builder(url, TokioExecutor)
+        Ok(Pulsar::builder(url, TokioExecutor)
             .with_connection_retry_options(connection)
             .with_operation_retry_options(operation)
             .build()
-            .await?;
-        lock(clients).insert(service_url.to_owned(), client.clone());
-        Ok(client)
+            .await?)
     }
 
     /// Forgets the client of `service_url` and the producers made with it,
     /// after a failure: the next call connects afresh.
     fn reset(&self, service_url: &str, topic: &str) {
         lock(&self.producers).remove(topic);
-        lock(&self.clients).remove(service_url);
+        self.readers_idle.clear(service_url);
         lock(&self.writers).remove(service_url);
     }
 
@@ -290,7 +391,11 @@ impl PulsarState {
             return Ok(producer.clone());
         }
         let client = self.writer(service_url).await?;
-        let producer = client.producer().with_topic(topic).build().await?;
+        // A send waits for room in the connection's outbound queue (100
+        // messages in the client) rather than failing: a write of more
+        // events than that failed whole, as UNAVAILABLE ("SlowDown").
+        let options = ProducerOptions { block_queue_if_full: true, ..ProducerOptions::default() };
+        let producer = client.producer().with_topic(topic).with_options(options).build().await?;
         let producer = Arc::new(tokio::sync::Mutex::new(producer));
         lock(&self.producers).insert(topic.to_owned(), producer.clone());
         Ok(producer)
@@ -349,39 +454,46 @@ impl PulsarState {
         sent
     }
 
-    /// Visits every message of `topic` from the earliest up to now, in
-    /// publish order, skipping fences.
+    /// Visits every message of `topic` from the earliest up to now, once
+    /// each, in publish order, skipping fences.
     ///
-    /// Where "now" ends: the scan publishes a fence first and reads until
-    /// it. Every message published before the fence was acknowledged is
-    /// seen; the fence also means the read never waits for a message that
-    /// will not come. (GetLastMessageId was no help before the relay:
-    /// the backlog's messages broke the connection it was asked on.)
+    /// Where "now" ends: the broker's last message id, asked through the
+    /// reader (GetLastMessageId) once it is subscribed. Every message
+    /// acknowledged before the call is at or before it, so the read sees
+    /// every acknowledged write, and it never waits for a message that will
+    /// not come. Two answers give no position to stop at: an empty topic
+    /// (pulsar-lite answers with an error, Apache Pulsar with entry −1) and
+    /// an empty last ledger (entry −1, after a rollover: the last message
+    /// is in an earlier ledger, which one is not said). Then the scan
+    /// publishes a fence, as every scan did before, and reads until it: at
+    /// most once per topic in pulsar-lite, rarely with Apache Pulsar.
+    ///
+    /// Each scan has a reader connection to itself ([`ReaderPool`]), and
+    /// skips what the broker delivers again (see [`Delivered`]).
     pub(crate) async fn scan(
         &self,
         service_url: &str,
         topic: &str,
         mut visit: impl FnMut(&Message<Vec<u8>>, record::Body) -> Result<()>,
     ) -> Result<()> {
-        let fence = codec::encode(record::Body::Fence(codec::Fence {}));
-        let ids =
-            self.publish(service_url, topic, vec![producer::Message { payload: fence, ..Default::default() }]).await?;
-        let end = ids.first().map(position).ok_or_else(|| PulsarError::Corrupt("no receipt for the fence".into()))?;
-        let result = self.read_until(service_url, topic, end, &mut visit).await;
-        if result.is_err() {
-            self.reset(service_url, topic);
+        let client = self.reader_client(service_url).await?;
+        let result = self.read_all(&client, service_url, topic, &mut visit).await;
+        match &result {
+            // A visitor that gave up (a read past its deadline) says nothing
+            // about the connection: the reader closed when it was dropped.
+            Ok(()) | Err(PulsarError::GaveUp(_)) => self.readers_idle.put(service_url, client),
+            Err(_) => self.reset(service_url, topic),
         }
         result
     }
 
-    async fn read_until(
+    async fn read_all(
         &self,
+        client: &Client,
         service_url: &str,
         topic: &str,
-        end: (u64, u64),
         visit: &mut impl FnMut(&Message<Vec<u8>>, record::Body) -> Result<()>,
     ) -> Result<()> {
-        let client = self.client(service_url).await?;
         let n = self.readers.fetch_add(1, Ordering::Relaxed);
         // Two readers of one name on one topic would share a subscription
         // (or be refused as busy): each must be the only one of its name.
@@ -395,17 +507,44 @@ impl PulsarState {
             .with_options(ConsumerOptions::default().durable(false).with_initial_position(InitialPosition::Earliest))
             .into_reader()
             .await?;
-        while let Some(message) = reader.try_next().await? {
+        let end = match reader.get_last_message_id().await {
+            Ok(last) if last.ledger_id != u64::MAX && last.entry_id != u64::MAX => End::Through(position(&last)),
+            // The broker answered, without a position to stop at (above).
+            Ok(_) | Err(pulsar::Error::Connection(pulsar::error::ConnectionError::PulsarError(..))) => {
+                let fence = codec::encode(record::Body::Fence(codec::Fence {}));
+                let fence = producer::Message { payload: fence, ..Default::default() };
+                let ids = self.publish(service_url, topic, vec![fence]).await?;
+                let fence =
+                    ids.first().map(position).ok_or_else(|| PulsarError::Corrupt("no receipt for the fence".into()))?;
+                End::Before(fence)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut delivered = Delivered::default();
+        loop {
+            let Some(message) = reader.try_next().await? else {
+                return Err(PulsarError::Client(pulsar::Error::Custom(
+                    "the reader ended before the end of the topic".into(),
+                )));
+            };
+            if !delivered.is_new(&message) {
+                continue;
+            }
             let at = position(message.message_id());
-            if at >= end {
-                break;
+            if match end {
+                End::Through(last) => at > last,
+                End::Before(fence) => at >= fence,
+            } {
+                return Ok(());
             }
             let body = codec::decode(&message.payload.data).map_err(PulsarError::Corrupt)?;
             if !matches!(body, record::Body::Fence(_)) {
                 visit(&message, body)?;
             }
+            if matches!(end, End::Through(last) if at == last && last_of_entry(&message)) {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// The incarnation's lifecycle: remembered, or folded from its topic.

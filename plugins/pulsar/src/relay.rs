@@ -20,7 +20,8 @@
 //! listener on `127.0.0.1`; the client connects there instead. Each
 //! accepted connection is joined to a fresh connection to the broker.
 //! Client to broker, the bytes pass untouched. Broker to client, frames are
-//! passed one by one, and two kinds are changed:
+//! read (buffered), passed in order, gathered into one write per read, and
+//! two kinds are changed:
 //! - a `CommandMessage` payload without the checksum gets magic and CRC32C
 //!   (broker entry metadata, magic `0x0e02`, which this client never asked
 //!   for, is dropped first); a payload with a checksum passes as is, for
@@ -48,7 +49,7 @@ use std::time::Duration;
 use pulsar::proto::BaseCommand;
 use pulsar::proto::base_command::Type;
 use pulsar_prost::Message as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -60,6 +61,8 @@ const BROKER_ENTRY_MAGIC: [u8; 2] = [0x0e, 0x02];
 /// Larger frames are refused: Pulsar's own limit is the 5 MiB message plus
 /// a little framing.
 const MAX_FRAME: usize = 64 << 20;
+/// Bytes read from the broker at a time, and gathered before a write.
+const BUFFER: usize = 64 << 10;
 
 /// The relays of one plugin: one listener per broker address. Dropping it
 /// stops the listeners; connections already relayed end with the
@@ -175,12 +178,24 @@ async fn relay(inner: Weak<Inner>, client: TcpStream, upstream: TcpStream) {
 }
 
 /// Passes the broker's frames to the client, amended (see the module).
+///
+/// Reads are buffered and writes gathered: the frames one read brought in
+/// leave in one write, sent before the relay waits for more, so a backlog
+/// costs a few system calls per buffer, not two per frame each way, and
+/// no frame waits for a later one.
 async fn frames(
     inner: &Weak<Inner>,
     from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
 ) -> std::io::Result<()> {
+    let mut from = BufReader::with_capacity(BUFFER, from);
+    let mut out = Vec::with_capacity(BUFFER);
+    let mut frame = Vec::new();
     loop {
+        if !out.is_empty() && !whole_frame(from.buffer()) {
+            to.write_all(&out).await?;
+            out.clear();
+        }
         let mut size = [0u8; 4];
         match from.read_exact(&mut size).await {
             Ok(_) => {}
@@ -191,11 +206,11 @@ async fn frames(
         if size > MAX_FRAME {
             return Err(invalid(format!("a frame of {size} bytes")));
         }
-        let mut frame = vec![0u8; size];
+        frame.resize(size, 0);
         from.read_exact(&mut frame).await?;
-        let frame = match amend(&frame)? {
-            Amended::Same => frame,
-            Amended::Message(frame) => frame,
+        match amend(&frame)? {
+            Amended::Same => put_frame(&mut out, &frame),
+            Amended::Message(amended) => put_frame(&mut out, &amended),
             Amended::Lookup(mut command, broker) => {
                 let address = match inner.upgrade() {
                     Some(inner) => relay_for(&inner, &broker)?,
@@ -204,14 +219,31 @@ async fn frames(
                 if let Some(lookup) = command.lookup_topic_response.as_mut() {
                     lookup.broker_service_url = Some(format!("pulsar://{address}"));
                 }
-                let mut frame = Vec::with_capacity(size + 16);
-                put_command(&mut frame, &command);
-                frame
+                let mut amended = Vec::with_capacity(size + 16);
+                put_command(&mut amended, &command);
+                put_frame(&mut out, &amended);
             }
-        };
-        to.write_all(&(frame.len() as u32).to_be_bytes()).await?;
-        to.write_all(&frame).await?;
+        }
+        if out.len() >= BUFFER {
+            to.write_all(&out).await?;
+            out.clear();
+        }
     }
+}
+
+/// Whether `buffered` starts with a whole frame: one that can be read
+/// without waiting.
+fn whole_frame(buffered: &[u8]) -> bool {
+    match buffered.get(..4) {
+        Some(size) => buffered.len() - 4 >= u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize,
+        None => false,
+    }
+}
+
+/// `frame` with its leading total size.
+fn put_frame(out: &mut Vec<u8>, frame: &[u8]) {
+    out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    out.extend_from_slice(frame);
 }
 
 /// What becomes of one frame (without its leading total size).

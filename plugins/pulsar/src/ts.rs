@@ -6,9 +6,10 @@
 //! INVALID_ARGUMENT when its message would pass the broker's message size
 //! limit ([`MAX_MESSAGE_BYTES`]): Prism does not chunk.
 //!
-//! **Reads and searches** scan the data topic from its start up to a fence
-//! they publish (`PulsarState::scan`), so they see every acknowledged
-//! write. Each message is filtered before its payload is decoded — by key
+//! **Reads and searches** scan the data topic from its start up to the
+//! broker's last message id, asked once the scan's reader is subscribed
+//! (`PulsarState::scan`), so they see every acknowledged write and add
+//! nothing to the topic. Each message is filtered before its payload is decoded — by key
 //! (= series) for a read — then by epoch, read window, retention and the
 //! reclaim cutoff. Events are folded in topic order, keeping per
 //! (series, event time, event id, item key) the first value published
@@ -25,6 +26,12 @@
 //! before the target. The scan reads from the earliest message and always
 //! filters, so no event is missed; its cost is the topic's length, which
 //! Pulsar's own retention policy bounds.
+//!
+//! **Deadlines** ([`prism_plugin_api::pace`]): the scan gives up once its
+//! hard deadline passes (and stops when its caller drops it, being async);
+//! it cannot end a page early, since the newest event may be the last one
+//! it reads. Once it has ended, the page ends early, between events, past
+//! the soft deadline.
 //!
 //! **Retention** is applied on every read (`event_time < now − retention`
 //! is never returned). [`TimeSeriesHandle::reclaim`] publishes a `Reclaimed`
@@ -117,6 +124,9 @@ impl Opened {
     }
 
     async fn query_topic(&self, q: &Query, now: Micros) -> Result<EventsPage> {
+        let pace = q.limits.pace();
+        let gave_up = || pace.check().map_err(PulsarError::GaveUp);
+        gave_up()?;
         let topics = &self.topics;
         let (epoch, state) = self.pulsar.epoch(&self.name, topics).await?;
         let Some((oldest, newest)) = q.window(now, self.retention) else {
@@ -130,6 +140,7 @@ impl Opened {
         let mut folded: BTreeMap<Order, Folded> = BTreeMap::new();
         self.pulsar
             .scan(&topics.service_url, &topics.data, |message, body| {
+                gave_up()?;
                 let meta = message.metadata();
                 if let Some(series) = q.series.as_deref()
                     && meta.partition_key.as_deref() != Some(series)
@@ -189,8 +200,13 @@ impl Opened {
 fn page(folded: BTreeMap<Order, Folded>, filter: Option<&TagFilter>, limits: PageLimits) -> EventsPage {
     let mut events = Vec::new();
     let mut bytes = 0u64;
-    let mut matching = folded.into_iter().filter(|(_, f)| filter.is_none_or(|filter| filter.matches(&f.tags)));
-    for ((Reverse(event_time), time_series_id, event_id), f) in matching.by_ref() {
+    let mut pace = limits.pace();
+    let mut matching =
+        folded.into_iter().filter(|(_, f)| filter.is_none_or(|filter| filter.matches(&f.tags))).peekable();
+    while let Some(((Reverse(event_time), time_series_id, event_id), f)) =
+        matching.next_if(|_| !pace.should_end(events.len()))
+    {
+        pace.added();
         bytes = bytes.saturating_add(f.bytes());
         let mut items = f.items;
         items.sort();
@@ -246,12 +262,12 @@ mod tests {
 
     #[test]
     fn pages_stop_at_a_bound_and_say_whether_more_follow() {
-        let p = page(folded(3), None, PageLimits { max_bytes: u64::MAX, max_items: Some(2) });
+        let p = page(folded(3), None, PageLimits::new(u64::MAX, Some(2)));
         assert_eq!(p.events.len(), 2);
         assert_eq!(p.next.map(|c| c.event_id), Some("e1".to_owned()));
-        let p = page(folded(2), None, PageLimits { max_bytes: u64::MAX, max_items: Some(2) });
+        let p = page(folded(2), None, PageLimits::new(u64::MAX, Some(2)));
         assert_eq!((p.events.len(), p.next), (2, None), "nothing follows a full last page");
-        let p = page(folded(3), None, PageLimits { max_bytes: 1, max_items: None });
+        let p = page(folded(3), None, PageLimits::new(1, None));
         assert_eq!(p.events.len(), 1, "the event crossing the byte bound comes alone");
     }
 }

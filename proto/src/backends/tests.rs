@@ -117,3 +117,17 @@ fn capabilities_come_from_the_table() {
     assert_eq!(and_list(&["a"]), "a");
     assert_eq!(and_list(&["a", "b", "c"]), "a, b and c");
 }
+
+#[test]
+fn partitions_come_from_the_partitions_setting() {
+    let kafka = |partitions| BackendConfig {
+        config: Some(Config::Kafka(KafkaConfig { bootstrap_servers: vec![], partitions, replication_factor: 0 })),
+    };
+    let d = describe(Backend::Kafka).expect("kafka");
+    assert_eq!(d.partitions(Some(&kafka(8))), (8, Some("partitions")));
+    assert_eq!(d.partitions(Some(&kafka(0))), (1, Some("partitions")), "0 is the default");
+    assert_eq!(d.partitions(None), (1, Some("partitions")));
+    for other in [Backend::Embedded, Backend::Postgres, Backend::Pulsar] {
+        assert_eq!(describe(other).map(|d| d.partitions(None)), Some((1, None)), "{other:?}");
+    }
+}

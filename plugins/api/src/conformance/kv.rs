@@ -6,8 +6,8 @@ use prism_proto::control::Abstraction;
 
 use super::Subject;
 use super::support::{
-    Case, HOUR, KIB, MIB, UNLIMITED, assert_not_provisioned, check_capabilities, delete, namespace, pairs, pattern,
-    put, put_expiring,
+    Case, HOUR, KIB, MIB, UNLIMITED, assert_gave_up, assert_not_provisioned, check_capabilities, check_paced, delete,
+    namespace, overdue, paced, pairs, pattern, put, put_expiring,
 };
 use crate::kv::{Item, KeyRange, Mutation, PageLimits, Selector};
 use crate::{PluginError, now_micros};
@@ -24,7 +24,7 @@ fn keys(keys: &[&str]) -> Selector {
 }
 
 fn bytes_limit(max_bytes: u64) -> PageLimits {
-    PageLimits { max_bytes, max_items: None }
+    PageLimits::new(max_bytes, None)
 }
 
 fn key_names(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
@@ -419,7 +419,7 @@ pub async fn expired_items_are_not_returned(subject: Subject) {
     assert_eq!(names(at(t + 10).await), ["b"]);
     assert_eq!(names(c.read("r", &keys(&["a", "b"]), UNLIMITED, t).await), ["b"]);
     assert_eq!(names(c.read("r", &Selector::Range(range("a", Some("c"))), UNLIMITED, t).await), ["b"]);
-    assert_eq!(names(c.read("r", &Selector::All, PageLimits { max_bytes: 1, max_items: None }, t).await), ["b", "c"]);
+    assert_eq!(names(c.read("r", &Selector::All, PageLimits::new(1, None), t).await), ["b", "c"]);
     // A newer put without expiry makes the key live again.
     c.put("r", &[("a", "again")], 2).await;
     assert_eq!(names(at(t + 20).await), ["a", "b"]);
@@ -491,21 +491,78 @@ pub async fn get_pages_by_item_count(subject: Subject) {
     let mutations: Vec<Mutation> = all.iter().map(|(k, v)| put(k, v)).collect();
     c.mutate("r", &mutations, &c.at(1)).await;
     for limits in [
-        PageLimits { max_bytes: u64::MAX, max_items: Some(7) },
-        PageLimits { max_bytes: u64::MAX, max_items: Some(1) },
-        PageLimits { max_bytes: 100, max_items: Some(3) },
-        PageLimits { max_bytes: u64::MAX, max_items: Some(25) },
+        PageLimits::new(u64::MAX, Some(7)),
+        PageLimits::new(u64::MAX, Some(1)),
+        PageLimits::new(100, Some(3)),
+        PageLimits::new(u64::MAX, Some(25)),
     ] {
         let items = c.read("r", &Selector::All, limits, c.base).await;
         assert_eq!(items.into_iter().map(|i| (i.key, i.value)).collect::<Vec<_>>(), all, "{limits:?}");
     }
-    let page = c
-        .kv()
-        .get("r", &Selector::All, None, PageLimits { max_bytes: u64::MAX, max_items: Some(7) }, c.base)
-        .await
-        .expect("get");
+    let page = c.kv().get("r", &Selector::All, None, PageLimits::new(u64::MAX, Some(7)), c.base).await.expect("get");
     assert_eq!(page.items.len(), 7);
     assert_eq!(page.next, Some(b"k006".to_vec()));
+    c.finish().await;
+}
+
+/// Past its soft deadline a page ends early, between items, with `next`
+/// its last item, so the pages that follow yield every item once: a get
+/// (every selector) and a scan, each with items charged so that three
+/// reach the deadline ([`crate::pace`]).
+pub async fn pages_end_early_at_the_soft_deadline(subject: Subject) {
+    let c = Case::provision(&subject, "pages_end_early_at_the_soft_deadline").await;
+    let all = sized_items(10);
+    let mutations: Vec<Mutation> = all.iter().map(|(k, v)| put(k, v)).collect();
+    c.mutate("r", &mutations, &c.at(1)).await;
+    c.put("s", &[("a", "1"), ("b", "2")], 1).await;
+    let limits = paced(UNLIMITED);
+    let mut sizes = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = c.kv().get("r", &Selector::All, after.as_deref(), limits, c.base).await.expect("get");
+        sizes.push(page.items.len());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    check_paced("get", &sizes);
+    assert_eq!(sizes.len(), 4, "10 items in pages of 3: {sizes:?}");
+    let entries = |items: Vec<Item>| items.into_iter().map(|i| (i.key, i.value)).collect::<Vec<_>>();
+    assert_eq!(entries(c.read("r", &Selector::All, limits, c.base).await), all);
+    let some = keys(&["k001", "k002", "k004", "k005", "k007"]);
+    assert_eq!(key_names(&entries(c.read("r", &some, limits, c.base).await)), ["k001", "k002", "k004", "k005", "k007"]);
+    let within = Selector::Range(range("k002", Some("k009")));
+    assert_eq!(entries(c.read("r", &within, limits, c.base).await), all[2..9].to_vec());
+    let mut sizes = Vec::new();
+    let mut after = None;
+    loop {
+        let page = c.kv().scan(after.as_ref(), limits, c.base).await.expect("scan");
+        sizes.push(page.records.iter().map(|r| r.items.len()).sum());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    check_paced("scan", &sizes);
+    let scanned: Vec<(String, Vec<u8>)> = c.scan(limits, c.base).await.into_iter().map(|(id, i)| (id, i.key)).collect();
+    let mut want: Vec<(String, Vec<u8>)> = all.iter().map(|(k, _)| ("r".to_owned(), k.clone())).collect();
+    want.extend([("s".to_owned(), b"a".to_vec()), ("s".to_owned(), b"b".to_vec())]);
+    assert_eq!(scanned, want);
+    c.finish().await;
+}
+
+/// A read whose hard deadline has passed gives up with UNAVAILABLE:
+/// nobody waits for its answer.
+pub async fn reads_past_the_hard_deadline_give_up(subject: Subject) {
+    let c = Case::provision(&subject, "reads_past_the_hard_deadline_give_up").await;
+    let all = sized_items(5);
+    let mutations: Vec<Mutation> = all.iter().map(|(k, v)| put(k, v)).collect();
+    c.mutate("r", &mutations, &c.at(1)).await;
+    let late = overdue(UNLIMITED);
+    assert_gave_up("get", c.kv().get("r", &Selector::All, None, late, c.base).await);
+    assert_gave_up("get of keys", c.kv().get("r", &keys(&["k001"]), None, late, c.base).await);
+    assert_gave_up("scan", c.kv().scan(None, late, c.base).await);
     c.finish().await;
 }
 
@@ -547,7 +604,7 @@ pub async fn item_larger_than_page_comes_alone(subject: Subject) {
 pub async fn last_page_has_no_next(subject: Subject) {
     let c = Case::provision(&subject, "last_page_has_no_next").await;
     c.put("r", &[("a", "1"), ("b", "2"), ("c", "3")], 1).await;
-    let roomy = PageLimits { max_bytes: 1000, max_items: Some(10) };
+    let roomy = PageLimits::new(1000, Some(10));
     for selector in [Selector::All, keys(&["a", "c"]), Selector::Range(range("b", None))] {
         let page = c.kv().get("r", &selector, None, roomy, c.base).await.expect("get");
         assert!(!page.items.is_empty());
@@ -592,8 +649,8 @@ pub async fn scan_returns_every_item_once(subject: Subject) {
         bytes_limit(1),
         bytes_limit(64),
         bytes_limit(256),
-        PageLimits { max_bytes: u64::MAX, max_items: Some(3) },
-        PageLimits { max_bytes: 100, max_items: Some(4) },
+        PageLimits::new(u64::MAX, Some(3)),
+        PageLimits::new(100, Some(4)),
     ] {
         let got: Vec<(String, Vec<u8>, Vec<u8>)> =
             c.scan(limits, c.base).await.into_iter().map(|(id, i)| (id, i.key, i.value)).collect();

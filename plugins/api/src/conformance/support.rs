@@ -13,6 +13,7 @@ use prism_proto::control::{Abstraction, NamespaceSpec, Policies};
 
 use super::Subject;
 use crate::kv::{Item, KeyValueHandle, Mutation, NewItem, PageLimits, ScanCursor, Selector, WriteStamp};
+use crate::pace::StopBy;
 use crate::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeriesHandle};
 use crate::{Micros, Namespace, Plugin, PluginError, now_micros};
 
@@ -30,7 +31,45 @@ pub const MINUTE: Micros = 60_000_000;
 pub const DAY: Micros = 24 * HOUR;
 
 /// Limits no case's data reaches: one page holds everything.
-pub const UNLIMITED: PageLimits = PageLimits { max_bytes: u64::MAX, max_items: None };
+pub const UNLIMITED: PageLimits = PageLimits::new(u64::MAX, None);
+
+/// Items a page holds under [`paced`] limits.
+pub const PACED_ITEMS: usize = 3;
+
+/// `limits` with a soft deadline an hour away that is reached after
+/// [`PACED_ITEMS`] items: each item a read puts on its page is charged 25
+/// minutes ([`StopBy::charge_per_item`]), so pages end early the same way
+/// on any machine. The hard deadline is two hours away.
+pub fn paced(limits: PageLimits) -> PageLimits {
+    let now = std::time::Instant::now();
+    limits.stopping(Some(StopBy {
+        soft: now + std::time::Duration::from_secs(3600),
+        hard: now + std::time::Duration::from_secs(7200),
+        charge_per_item: std::time::Duration::from_secs(25 * 60),
+    }))
+}
+
+/// `limits` whose hard deadline has passed.
+pub fn overdue(limits: PageLimits) -> PageLimits {
+    let past = std::time::Instant::now();
+    limits.stopping(Some(StopBy::new(past, past)))
+}
+
+/// Checks the sizes of the pages of a [`paced`] read: each but the last
+/// holds exactly [`PACED_ITEMS`], the last at most that and at least one.
+pub fn check_paced(what: &str, pages: &[usize]) {
+    let Some((last, full)) = pages.split_last() else { panic!("{what}: no page") };
+    assert!(full.iter().all(|n| *n == PACED_ITEMS), "{what}: pages of {pages:?}, want {PACED_ITEMS} each");
+    assert!((1..=PACED_ITEMS).contains(last), "{what}: a last page of {last} (pages {pages:?})");
+}
+
+/// Asserts `result` failed with UNAVAILABLE (a read past its deadline).
+pub fn assert_gave_up<T: std::fmt::Debug>(what: &str, result: crate::Result<T>) {
+    match result {
+        Err(e) if e.kind() == prism_proto::error::ErrorKind::Unavailable => {}
+        other => panic!("{what}: want UNAVAILABLE past the deadline, got {other:?}"),
+    }
+}
 
 /// Pages a read may take before the suite calls it an endless loop.
 const MAX_PAGES: usize = 100_000;
@@ -106,8 +145,8 @@ pub fn item_bytes(item: &Item) -> u64 {
 }
 
 /// Checks one page of items against `limits`: a page that says more
-/// follows has reached a bound; no page went on after reaching one; an
-/// empty page is the last.
+/// follows has reached a bound (or, with a deadline, may have ended
+/// early); no page went on after reaching one; an empty page is the last.
 pub fn check_page(what: &str, items: &[&Item], limits: PageLimits, has_next: bool) {
     let sizes: Vec<u64> = items.iter().map(|i| item_bytes(i)).collect();
     check_page_sizes(what, &sizes, limits, has_next);
@@ -122,6 +161,9 @@ pub fn check_page_sizes(what: &str, sizes: &[u64], limits: PageLimits, has_next:
     }
     if has_next {
         assert!(!sizes.is_empty(), "{what}: an empty page says more follows");
+    }
+    // A page may also end early at its soft deadline ([`crate::pace`]).
+    if has_next && limits.stop_by.is_none() {
         let full = total >= limits.max_bytes || limits.max_items.is_some_and(|m| sizes.len() >= m as usize);
         assert!(
             full,

@@ -11,8 +11,8 @@ use prism_proto::control::Abstraction;
 
 use super::Subject;
 use super::support::{
-    Case, DAY, HOUR, MIB, MINUTE, UNLIMITED, assert_not_provisioned, check_capabilities, cursor, event, event_bytes,
-    newest_first, pattern, ts_namespace,
+    Case, DAY, HOUR, MIB, MINUTE, UNLIMITED, assert_gave_up, assert_not_provisioned, check_capabilities, check_paced,
+    cursor, event, event_bytes, newest_first, overdue, paced, pattern, ts_namespace,
 };
 use crate::kv::PageLimits;
 use crate::ts::{Event, EventCursor, Query, TagFilter};
@@ -22,7 +22,7 @@ use crate::{Micros, PluginError};
 pub const CASES: &[&str] = crate::__time_series_cases!((names));
 
 fn bytes_limit(max_bytes: u64) -> PageLimits {
-    PageLimits { max_bytes, max_items: None }
+    PageLimits::new(max_bytes, None)
 }
 
 /// One page of one series, as `ReadEventRecords` asks for it.
@@ -41,7 +41,7 @@ fn search(
 }
 
 fn count_limit(max_items: u32) -> PageLimits {
-    PageLimits { max_bytes: u64::MAX, max_items: Some(max_items) }
+    PageLimits::new(u64::MAX, Some(max_items))
 }
 
 fn eq(key: &str, value: &str) -> TagFilter {
@@ -458,13 +458,8 @@ pub async fn search_pages_by_bytes(subject: Subject) {
     c.write(&written).await;
     let want = newest_first(&written);
     let even: Vec<Event> = want.iter().filter(|e| e.tags.get("parity").is_some_and(|p| p == "0")).cloned().collect();
-    for limits in [
-        bytes_limit(1),
-        bytes_limit(64),
-        bytes_limit(256),
-        bytes_limit(1000),
-        PageLimits { max_bytes: 100, max_items: Some(4) },
-    ] {
+    for limits in [bytes_limit(1), bytes_limit(64), bytes_limit(256), bytes_limit(1000), PageLimits::new(100, Some(4))]
+    {
         assert_eq!(c.search_events(c.around(), None, limits, c.base).await, want, "{limits:?}");
         assert_eq!(c.search_events(c.around(), Some(&eq("parity", "0")), limits, c.base).await, even, "{limits:?}");
     }
@@ -478,7 +473,7 @@ pub async fn pages_by_event_count(subject: Subject) {
     c.write(&written).await;
     let all = newest_first(&written);
     let series: Vec<Event> = all.iter().filter(|e| e.time_series_id == "s").cloned().collect();
-    for limits in [count_limit(7), count_limit(1), PageLimits { max_bytes: 100, max_items: Some(3) }, count_limit(25)] {
+    for limits in [count_limit(7), count_limit(1), PageLimits::new(100, Some(3)), count_limit(25)] {
         assert_eq!(c.read_events("s", c.around(), limits, c.base).await, series, "{limits:?}");
         assert_eq!(c.search_events(c.around(), None, limits, c.base).await, all, "{limits:?}");
     }
@@ -541,6 +536,54 @@ pub async fn event_larger_than_page_comes_alone(subject: Subject) {
     c.finish().await;
 }
 
+/// Past its soft deadline a page ends early, between events, with `next`
+/// its last event, so the pages that follow yield every event once, in
+/// order: reads and searches (with a filter too), each with events charged
+/// so that three reach the deadline ([`crate::pace`]).
+pub async fn pages_end_early_at_the_soft_deadline(subject: Subject) {
+    let c = Case::provision_ts(&subject, "pages_end_early_at_the_soft_deadline").await;
+    let mut written: Vec<Event> = (0..10).map(|i| sized_event("s", c.base - (i as i64 / 2) * MINUTE, i)).collect();
+    written.extend((0..4).map(|i| sized_event("t", c.base - i as i64 * MINUTE, i)));
+    c.write(&written).await;
+    let all = newest_first(&written);
+    let series: Vec<Event> = all.iter().filter(|e| e.time_series_id == "s").cloned().collect();
+    let limits = paced(UNLIMITED);
+    let (start, end) = c.around();
+    for (what, query) in
+        [("read", read("s", (start, end), None, limits)), ("search", search((start, end), None, None, limits))]
+    {
+        let mut sizes = Vec::new();
+        let mut after: Option<EventCursor> = None;
+        loop {
+            let page = c.ts().query(&Query { after: after.clone(), ..query.clone() }, c.base).await.expect(what);
+            sizes.push(page.events.len());
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        check_paced(what, &sizes);
+    }
+    assert_eq!(c.read_events("s", c.around(), limits, c.base).await, series);
+    assert_eq!(c.search_events(c.around(), None, limits, c.base).await, all);
+    let even = eq("parity", "0");
+    let matching: Vec<Event> = all.iter().filter(|e| even.matches(&e.tags)).cloned().collect();
+    assert_eq!(c.search_events(c.around(), Some(&even), limits, c.base).await, matching);
+    c.finish().await;
+}
+
+/// A read or search whose hard deadline has passed gives up with
+/// UNAVAILABLE: nobody waits for its answer.
+pub async fn reads_past_the_hard_deadline_give_up(subject: Subject) {
+    let c = Case::provision_ts(&subject, "reads_past_the_hard_deadline_give_up").await;
+    c.write(&(0..3).map(|i| sized_event("s", c.base - i as i64 * MINUTE, i)).collect::<Vec<_>>()).await;
+    let (start, end) = c.around();
+    let late = overdue(UNLIMITED);
+    assert_gave_up("read", c.ts().query(&read("s", (start, end), None, late), c.base).await);
+    assert_gave_up("search", c.ts().query(&search((start, end), None, None, late), c.base).await);
+    c.finish().await;
+}
+
 /// A page whose events all fit without reaching a bound says nothing
 /// follows.
 pub async fn last_page_has_no_next(subject: Subject) {
@@ -552,7 +595,7 @@ pub async fn last_page_has_no_next(subject: Subject) {
         event("s", t - 2, "3", &[("k", "v")], &[("x", "1")]),
     ];
     c.write(&written).await;
-    let roomy = PageLimits { max_bytes: 1000, max_items: Some(10) };
+    let roomy = PageLimits::new(1000, Some(10));
     let (start, end) = c.around();
     let ts = c.ts();
     let page = ts.query(&read("s", (start, end), None, roomy), c.base).await.expect("read");

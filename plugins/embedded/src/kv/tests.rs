@@ -3,6 +3,7 @@
 //! index staying exact, and the byte counter matching the tables.
 
 use prism_plugin_api::kv::{KeyRange, NewItem};
+use prism_plugin_api::pace::CancelOnDrop;
 use prism_proto::control::NamespaceSpec;
 
 use super::*;
@@ -29,8 +30,8 @@ fn at(generation: Micros) -> WriteStamp {
 }
 
 fn keys(store: &Store, ns: &Incarnation, id: &str, now: Micros) -> Vec<String> {
-    let limits = PageLimits { max_bytes: u64::MAX, max_items: None };
-    let page = store.get(ns, id, &Selector::All, None, limits, now).expect("get");
+    let limits = PageLimits::new(u64::MAX, None);
+    let page = store.get(ns, id, &Selector::All, None, limits, now, &Cancelled::default()).expect("get");
     page.items.iter().map(|i| String::from_utf8_lossy(&i.key).into_owned()).collect()
 }
 
@@ -197,11 +198,31 @@ fn zero_limits_still_make_progress() {
     let ns = incarnation("t/limits", 1);
     store.provision(&ns).expect("provision");
     store.mutate(&ns, "r", &[put("a", b"1", None), put("b", b"2", None)], &at(1)).expect("mutate");
-    let limits = PageLimits { max_bytes: 0, max_items: Some(0) };
-    let page = store.get(&ns, "r", &Selector::All, None, limits, 0).expect("get");
+    let limits = PageLimits::new(0, Some(0));
+    let page = store.get(&ns, "r", &Selector::All, None, limits, 0, &Cancelled::default()).expect("get");
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.next, Some(b"a".to_vec()));
-    let page = store.scan(&ns, None, limits, 0).expect("scan");
+    let page = store.scan(&ns, None, limits, 0, &Cancelled::default()).expect("scan");
     assert_eq!(page.records.len(), 1);
     assert!(page.next.is_some());
+}
+
+/// A read whose caller dropped it (the request was cancelled or timed
+/// out) stops on its blocking thread instead of reading on: the flag its
+/// future raised when dropped is read before every record.
+#[test]
+fn a_dropped_read_stops() {
+    let (store, _dir) = open();
+    let ns = incarnation("t/cancel", 1);
+    store.provision(&ns).expect("provision");
+    let items: Vec<Mutation> = (0..100).map(|i| put(&format!("k{i:03}"), b"v", None)).collect();
+    store.mutate(&ns, "r", &items, &at(1)).expect("mutate");
+    let (guard, cancelled) = CancelOnDrop::new();
+    let limits = PageLimits::new(u64::MAX, None);
+    let page = store.get(&ns, "r", &Selector::All, None, limits, 0, &cancelled).expect("get while waited for");
+    assert_eq!(page.items.len(), 100);
+    drop(guard);
+    let gave_up = |r: Result<_>| matches!(r, Err(EmbeddedError::GaveUp(_)));
+    assert!(gave_up(store.get(&ns, "r", &Selector::All, None, limits, 0, &cancelled).map(drop)));
+    assert!(gave_up(store.scan(&ns, None, limits, 0, &cancelled).map(drop)));
 }

@@ -14,7 +14,7 @@ use super::*;
 use crate::config::EmbeddedConfig;
 
 const HOUR: Micros = 3_600_000_000;
-const ALL: PageLimits = PageLimits { max_bytes: u64::MAX, max_items: None };
+const ALL: PageLimits = PageLimits::new(u64::MAX, None);
 
 fn open() -> (EmbeddedPlugin, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -215,7 +215,7 @@ async fn zero_limits_still_make_progress() {
     let (plugin, _dir) = open();
     let ns = namespace(&plugin, "t/limits", None).await;
     ts(&plugin, &ns).write(&[event("s", 2, "a"), event("s", 1, "b")]).await.expect("write");
-    let limits = PageLimits { max_bytes: 0, max_items: Some(0) };
+    let limits = PageLimits::new(0, Some(0));
     let page = ts(&plugin, &ns).query(&Query::series("s", (0, 10), limits), 0).await.expect("read");
     assert_eq!(page.events.len(), 1);
     assert_eq!(page.next.as_ref().map(|c| c.event_id.as_str()), Some("a"));

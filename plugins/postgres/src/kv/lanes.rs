@@ -147,7 +147,7 @@ mod tests {
         plugin.provision(&ns).await.expect("provision");
         let kv = KeyValue::open(plugin.as_ref(), &ns).expect("open");
         let base = now_micros();
-        let limits = PageLimits { max_bytes: u64::MAX, max_items: None };
+        let limits = PageLimits::new(u64::MAX, None);
         let round = |n: i64| {
             let kv = kv.clone();
             async move {

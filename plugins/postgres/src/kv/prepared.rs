@@ -134,7 +134,7 @@ mod tests {
                     Mutation::Put(NewItem { key: b"k".to_vec(), value: n.to_string().into_bytes(), expires_at: None });
                 let stamp = WriteStamp { generation_time: base + n, token: None };
                 kv.mutate("r", &[put], &stamp).await.expect("mutate");
-                let limits = PageLimits { max_bytes: u64::MAX, max_items: None };
+                let limits = PageLimits::new(u64::MAX, None);
                 let page = kv.get("r", &Selector::All, None, limits, base + n).await.expect("get");
                 assert_eq!(page.items.first().map(|i| i.value.clone()), Some(n.to_string().into_bytes()));
             }

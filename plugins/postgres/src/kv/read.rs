@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use deadpool_postgres::ClientWrapper;
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::{Item, ItemsPage, PageLimits, Record, RecordsPage, ScanCursor, Selector};
+use prism_plugin_api::pace::Pace;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, Row};
 
@@ -20,12 +21,15 @@ use crate::error::{PostgresError, Result};
 type Param<'a> = &'a (dyn ToSql + Sync);
 
 /// Fills one page: stops once the bytes or the item count reach the
-/// limits, with the item that reached them.
+/// limits, with the item that reached them, or once the soft deadline has
+/// passed with an item on the page ([`prism_plugin_api::pace`]: checked
+/// per row, and the hard deadline before every statement).
 struct Pager {
     max_bytes: u64,
     max_items: usize,
     bytes: u64,
     items: usize,
+    pace: Pace,
     /// A further item exists past the page.
     more: bool,
 }
@@ -35,7 +39,13 @@ impl Pager {
         // A zero limit would make pages that never advance: a page holds
         // at least one item.
         let max_items = limits.max_items.map_or(usize::MAX, |m| (m as usize).max(1));
-        Self { max_bytes: limits.max_bytes.max(1), max_items, bytes: 0, items: 0, more: false }
+        Self { max_bytes: limits.max_bytes.max(1), max_items, bytes: 0, items: 0, pace: limits.pace(), more: false }
+    }
+
+    /// Asked before each statement: an error once the hard deadline has
+    /// passed (nobody waits for the answer).
+    fn check(&self) -> Result<()> {
+        self.pace.check().map_err(PostgresError::GaveUp)
     }
 
     /// Rows to fetch per statement: the page's item bound and one more.
@@ -44,7 +54,7 @@ impl Pager {
     }
 
     fn full(&self) -> bool {
-        self.bytes >= self.max_bytes || self.items >= self.max_items
+        self.bytes >= self.max_bytes || self.items >= self.max_items || self.pace.should_end(self.items)
     }
 
     /// Offers one row; false (and `more`) once the page is complete.
@@ -55,6 +65,7 @@ impl Pager {
         }
         self.bytes = self.bytes.saturating_add(meta.key.len() as u64).saturating_add(meta.len.unsigned_abs());
         self.items += 1;
+        self.pace.added();
         true
     }
 }
@@ -222,6 +233,7 @@ pub(super) async fn get(
     limits: PageLimits,
     now: Micros,
 ) -> Result<ItemsPage> {
+    Pager::new(limits).check()?;
     if matches!(selector, Selector::Keys(keys) if keys.is_empty()) {
         return Ok(ItemsPage::default());
     }
@@ -248,6 +260,7 @@ pub(super) async fn get(
             // Each key is sent once, in sorted slices of a batch: a long
             // list costs its own size, not that times the batches.
             'keys: for slice in wanted(keys, after).chunks(READ_BATCH) {
+                pager.check()?;
                 let rows = tx
                     .query_typed(
                         &t.sql.get_keys,
@@ -269,6 +282,7 @@ pub(super) async fn get(
             let limit = batch as i64;
             let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
             'batches: loop {
+                pager.check()?;
                 let (text, types) = t.sql.get_range(bounds.1.is_some(), cursor.is_some());
                 let params = range_params(&id, &now, &bounds, cursor.as_ref(), &limit);
                 let typed: Vec<(Param<'_>, Type)> = params.into_iter().zip(types.iter().cloned()).collect();
@@ -392,6 +406,7 @@ pub(super) async fn scan(
     limits: PageLimits,
     now: Micros,
 ) -> Result<RecordsPage> {
+    Pager::new(limits).check()?;
     let mut cursor: Option<(Vec<u8>, Vec<u8>)> = after.map(|c| (c.id.as_bytes().to_vec(), c.key.clone()));
     // One statement, on a shared lane if the pool has some, else on the
     // connection the transaction would use.
@@ -413,6 +428,7 @@ pub(super) async fn scan(
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
     let mut metas: Vec<Meta> = Vec::new();
     'pages: loop {
+        pager.check()?;
         let (text, types) = t.sql.scan(cursor.is_some());
         let params = scan_params(&now, cursor.as_ref(), &limit);
         let typed: Vec<(Param<'_>, Type)> = params.into_iter().zip(types.iter().cloned()).collect();
