@@ -17,7 +17,9 @@ use prism_client::ControlPlaneClient;
 use prism_control_plane::ControlPlaneConfig;
 use prism_control_plane::store::file::FileStore;
 use prism_control_plane::store::postgres::PgStore;
-use prism_control_plane::store::{AuditFilter, Changes, Committed, Condition, Options, Put, Store, Txn};
+use prism_control_plane::store::{
+    AuditFilter, Changes, Committed, Condition, Options, Put, SNAPSHOT_PART, SnapshotPart, Store, Txn,
+};
 use prism_proto::control::{
     Abstraction, AuditEvent, Backend, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, Namespace,
     NamespaceSpec, NamespaceStatus, Shard, ShardInstance, Tenant, UpdateNamespaceRequest, UpdateTenantRequest,
@@ -27,7 +29,7 @@ use prism_testkit::postgres::{PostgresServer, skip_reason};
 use prism_testkit::{ControlPlaneHandle, eventually};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// How long anything may take to converge.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -434,6 +436,78 @@ async fn an_unreachable_database_is_unavailable_and_names_no_dsn() -> anyhow::Re
     let report = e.report();
     assert!(!report.message.contains("secret") && !report.message.contains(&port.to_string()), "{report:?}");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Streamed snapshots, shared by both stores
+// ---------------------------------------------------------------------------
+
+/// Namespaces in the streamed-snapshot checks: more than two parts.
+const STREAMED: usize = 2 * SNAPSHOT_PART + 7;
+
+/// A snapshot larger than a part is streamed in parts at one revision: the
+/// first holds the revision, tenants and shards; the others at most
+/// [`SNAPSHOT_PART`] namespaces each, in name order; commits made while
+/// it is read are not in it; a receiver that goes away ends the read
+/// without an error.
+async fn snapshot_streams_in_parts(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let s = store.as_ref();
+    committed(s, vec![], vec![tenant("big", "Big")], vec![]).await;
+    for chunk in (0..STREAMED).collect::<Vec<_>>().chunks(100) {
+        let puts = chunk.iter().map(|i| namespace(&format!("big/ns-{i:05}"), 0)).collect();
+        committed(s, vec![], puts, vec![]).await;
+    }
+    let at = store.revision().await?;
+
+    // A channel of one part: the read waits for the receiver after each.
+    let (tx, mut parts) = mpsc::channel::<SnapshotPart>(1);
+    let read = tokio::spawn({
+        let store = store.clone();
+        async move { store.stream_snapshot(tx).await }
+    });
+    let first = parts.recv().await.context("a first part")?;
+    assert_eq!((first.revision, first.tenants.len(), first.namespaces.len()), (at, 1, 0));
+    // Written while the snapshot is read: not in it.
+    committed(s, vec![], vec![namespace("big/ns-late", 0)], vec![]).await;
+    let mut names = Vec::new();
+    let mut sizes = Vec::new();
+    while let Some(part) = parts.recv().await {
+        assert_eq!(part.revision, at);
+        assert!(part.tenants.is_empty() && part.shards.is_empty());
+        sizes.push(part.namespaces.len());
+        names.extend(part.namespaces.into_iter().map(|n| n.name));
+    }
+    read.await??;
+    assert!(sizes.iter().all(|n| (1..=SNAPSHOT_PART).contains(n)), "{sizes:?}");
+    assert_eq!(sizes.len(), STREAMED.div_ceil(SNAPSHOT_PART));
+    assert_eq!(names, (0..STREAMED).map(|i| format!("big/ns-{i:05}")).collect::<Vec<_>>());
+
+    // The whole snapshot, collected from the parts, has the late one.
+    let whole = store.snapshot().await?;
+    assert_eq!((whole.revision, whole.namespaces.len()), (at + 1, STREAMED + 1));
+
+    // A receiver that leaves after the first part ends the read quietly.
+    let (tx, mut parts) = mpsc::channel::<SnapshotPart>(1);
+    let read = tokio::spawn({
+        let store = store.clone();
+        async move { store.stream_snapshot(tx).await }
+    });
+    parts.recv().await.context("a first part")?;
+    drop(parts);
+    tokio::time::timeout(CONVERGE, read).await.context("the read ends")???;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_store_streams_a_snapshot_in_parts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    snapshot_streams_in_parts(Arc::new(FileStore::open_with(dir.path(), &group_options())?)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_streams_a_snapshot_in_parts() -> anyhow::Result<()> {
+    let server = server_or_skip!();
+    snapshot_streams_in_parts(Arc::new(PgStore::open_with(&server.dsn(), "streamed", &group_options()).await?)).await
 }
 
 // ---------------------------------------------------------------------------

@@ -210,7 +210,7 @@ pub trait Store: Send + Sync + 'static {
     async fn stream_snapshot(&self, parts: mpsc::Sender<SnapshotPart>) -> Result<()>;
     /// Every object, read at one revision, whole.
     async fn snapshot(&self) -> Result<Snapshot> {
-        let (tx, mut parts) = mpsc::channel(2);
+        let (tx, mut parts) = mpsc::channel::<SnapshotPart>(2);
         let collect = async {
             let mut snapshot = Snapshot::default();
             while let Some(part) = parts.recv().await {
