@@ -43,6 +43,11 @@ pub struct ControlPlaneConfig {
     /// Revisions kept in the change log, so a reconnecting watcher can
     /// resume without a full snapshot. Default: 100 000. At least 1.
     pub change_log_retention: u64,
+    /// Most commits written together: the commits that arrive while the
+    /// store makes one group durable share the next fsync (embedded store)
+    /// or database transaction (PostgreSQL). 1 writes every commit on its
+    /// own. Default: 256. Range 1..=10 000.
+    pub max_commit_group: usize,
     /// Bearer-token authentication of every call. With `hs256_secret` or a
     /// JWKS set, a call needs a valid token unless `allow_anonymous`, and
     /// each RPC is authorized (the table in `prism_proto::access`, "Who
@@ -74,6 +79,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("shard_lease_ttl_ms", &self.shard_lease_ttl_ms)
             .field("watch_buffer", &self.watch_buffer)
             .field("change_log_retention", &self.change_log_retention)
+            .field("max_commit_group", &self.max_commit_group)
             .field("auth.hs256_secret", &self.auth.hs256_secret.as_ref().map(|_| "<redacted>"))
             .field("auth.hs256_secret_file", &self.auth.hs256_secret_file)
             .field("auth.jwks_file", &self.auth.jwks_file)
@@ -103,6 +109,7 @@ impl Default for ControlPlaneConfig {
             shard_lease_ttl_ms: 10_000,
             watch_buffer: 1024,
             change_log_retention: 100_000,
+            max_commit_group: crate::store::group::DEFAULT_MAX_GROUP,
             auth: prism_auth::AuthConfig::default(),
             metrics_listen: None,
             insecure_no_auth: false,
@@ -182,6 +189,9 @@ impl ControlPlaneConfig {
         if self.change_log_retention == 0 {
             return Err(bad("change_log_retention", "must be at least 1".into()));
         }
+        if !(1..=10_000).contains(&self.max_commit_group) {
+            return Err(bad("max_commit_group", format!("{} is outside 1..=10000", self.max_commit_group)));
+        }
         if let Some(addr) = &self.metrics_listen {
             prism_telemetry::http::parse_listen(addr).map_err(|d| bad("metrics_listen", d))?;
         }
@@ -218,6 +228,7 @@ mod tests {
         let c = ControlPlaneConfig::from_toml("insecure_no_auth = true\nshards = [\"a\", \"b\"]").expect("valid");
         assert_eq!(c.shards, ["a", "b"]);
         assert_eq!(c.watch_buffer, 1024);
+        assert_eq!(c.max_commit_group, 256);
     }
 
     #[test]
@@ -231,6 +242,8 @@ mod tests {
         assert!(e.to_string().contains("metrics_listen"), "{e}");
         let e = ControlPlaneConfig::from_toml("watch_buffer = 0").expect_err("zero");
         assert!(e.to_string().contains("watch_buffer"), "{e}");
+        let e = ControlPlaneConfig::from_toml("insecure_no_auth = true\nmax_commit_group = 0").expect_err("zero");
+        assert!(e.to_string().contains("max_commit_group"), "{e}");
         let e = ControlPlaneConfig::from_toml("store = \"mysql://u:secret@h/db\"").expect_err("not postgres");
         assert!(e.to_string().contains("store") && !e.to_string().contains("secret"), "{e}");
         let c = ControlPlaneConfig::from_toml("insecure_no_auth = true\nstore = \"postgres://u@h:5432/db\"")

@@ -29,10 +29,10 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::error::Result;
-use crate::store::{AuditFilter, Changes, Committed, Snapshot, Store, Txn};
+use crate::store::{AuditFilter, Changes, Committed, SnapshotPart, Store, Txn};
 
 const CODES: usize = prism_telemetry::GRPC_CODES.len();
 const SERVICE_PREFIX: &str = "/prism.control.v1.ControlPlaneService/";
@@ -40,13 +40,14 @@ const SERVICE_PREFIX: &str = "/prism.control.v1.ControlPlaneService/";
 const OTHER: &str = "other";
 
 /// The store operations, as the `operation` label of store errors.
-const STORE_OPS: [&str; 12] = [
+const STORE_OPS: [&str; 13] = [
     "revision",
     "get_tenant",
     "get_namespace",
     "list_tenants",
     "list_namespaces",
     "list_shards",
+    "live_namespaces",
     "commit",
     "snapshot",
     "changes_since",
@@ -264,6 +265,10 @@ impl Store for ObservedStore {
         self.counted("list_shards", self.inner.list_shards().await)
     }
 
+    async fn live_namespaces(&self, tenant: &str) -> Result<u64> {
+        self.counted("live_namespaces", self.inner.live_namespaces(tenant).await)
+    }
+
     async fn commit(&self, txn: Txn) -> Result<Committed> {
         let start = Instant::now();
         let result = self.inner.commit(txn).await;
@@ -271,8 +276,8 @@ impl Store for ObservedStore {
         self.counted("commit", result)
     }
 
-    async fn snapshot(&self) -> Result<Snapshot> {
-        self.counted("snapshot", self.inner.snapshot().await)
+    async fn stream_snapshot(&self, parts: mpsc::Sender<SnapshotPart>) -> Result<()> {
+        self.counted("snapshot", self.inner.stream_snapshot(parts).await)
     }
 
     async fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes> {

@@ -6,7 +6,11 @@
 //! Every mutation is planned from a fresh read and committed with
 //! conditions on the revisions it read; a lost race is re-planned (up to
 //! [`MAX_ATTEMPTS`]), an `expected_revision` that does not match is
-//! `ABORTED`.
+//! `ABORTED`. A namespace create conditions on its tenant's revision, its
+//! name and, under a `max_namespaces` quota, on room in the tenant's live
+//! count ([`Condition::NamespaceRoom`]); it does not rewrite the tenant,
+//! so concurrent creates in one tenant conflict only on the same name or
+//! the last place, never on each other.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use prism_proto::quotas;
 use crate::config::ControlPlaneConfig;
 use crate::error::{ControlPlaneError, Result};
 use crate::page_token::{self, Listing};
-use crate::store::{AuditFilter, Committed, Condition, Put, Store, Txn};
+use crate::store::{AuditFilter, Committed, Condition, Put, Store, Txn, is_live};
 use crate::validate;
 
 /// Re-plans of one mutation that lost a race before it gives up.
@@ -90,10 +94,6 @@ fn tenant_of(namespace: &str) -> &str {
 
 fn valid_tenant(id: &str) -> &str {
     if prism_proto::names::validate_part(id).is_ok() { id } else { "" }
-}
-
-fn is_live(ns: &Namespace) -> bool {
-    ns.status != NamespaceStatus::Deleted as i32
 }
 
 /// The stored object a commit wrote, found in its delta.
@@ -377,12 +377,13 @@ impl ControlPlane {
                 let now = Some(SystemTime::now().into());
                 let mut txn = Txn::default();
                 txn.conditions.push(Condition::Tenant { id: id.to_owned(), revision: t.revision });
-                let mut pending = 0;
+                let (mut pending, mut live) = (0, 0);
                 for mut ns in self.store.list_namespaces(id, "", usize::MAX).await? {
                     txn.conditions.push(Condition::Namespace { name: ns.name.clone(), revision: ns.revision });
                     if !is_live(&ns) {
                         continue;
                     }
+                    live += 1;
                     if ns.status != NamespaceStatus::Deleting as i32 {
                         mark_deleting(&mut ns, "tenant is being deleted");
                         ns.update_time = now;
@@ -392,6 +393,9 @@ impl ControlPlane {
                         pending += 1;
                     }
                 }
+                // Creates do not touch the tenant: this is what makes one
+                // that commits after the listing conflict.
+                txn.conditions.push(Condition::LiveNamespaces { tenant: id.to_owned(), count: live });
                 t.state = if pending == 0 { TenantState::Deleted } else { TenantState::Deleting } as i32;
                 t.state_reason = format!("deleted by {principal}");
                 t.update_time = now;
@@ -418,7 +422,10 @@ impl ControlPlane {
             .mutate(principal, target, || async {
                 validate::namespace_name("name", name)?;
                 let spec = spec.ok_or_else(|| ControlPlaneError::invalid("spec", "is required"))?;
-                validate::namespace_spec(spec, &self.known_shards().await?)?;
+                // One read of the shard map serves the pin's check, the
+                // placement and the owner store.
+                let registered = self.store.list_shards().await?;
+                validate::namespace_spec(spec, &self.known_shards_of(&registered))?;
                 let tenant = self.live_tenant(tenant_id).await?;
                 if tenant.state != TenantState::Active as i32 {
                     return Err(ControlPlaneError::FailedPrecondition(format!("tenant {tenant_id} is suspended")));
@@ -428,29 +435,28 @@ impl ControlPlane {
                     return Err(ControlPlaneError::AlreadyExists(format!("namespace {name} already exists")));
                 }
                 let limit = tenant.quotas.as_ref().and_then(|q| q.max_namespaces).unwrap_or(quotas::UNLIMITED);
-                let conditions = vec![
+                let mut conditions = vec![
                     Condition::Tenant { id: tenant_id.to_owned(), revision: tenant.revision },
                     Condition::Namespace { name: name.to_owned(), revision: existing.map_or(0, |n| n.revision) },
                 ];
-                let mut puts = Vec::with_capacity(2);
                 if limit != quotas::UNLIMITED {
-                    let siblings = self.store.list_namespaces(tenant_id, "", usize::MAX).await?;
-                    let live = siblings.iter().filter(|n| is_live(n)).count();
-                    if live as i64 >= limit {
+                    let live = self.store.live_namespaces(tenant_id).await?;
+                    if i64::try_from(live).unwrap_or(i64::MAX) >= limit {
                         return Err(ControlPlaneError::QuotaExceeded {
                             subject: format!("tenant:{tenant_id}"),
                             description: format!("max_namespaces is {limit} and the tenant has {live}"),
                         });
                     }
-                    // Rewriting the tenant bumps its revision, so two
-                    // concurrent creates conflict on it and the loser
-                    // counts again: the limit is exact.
-                    puts.push(Put::Tenant(tenant.clone()));
+                    // Counted again in the commit: of concurrent creates
+                    // for the last place one wins, the others are
+                    // re-planned into the refusal above. Creates below the
+                    // limit do not conflict with each other.
+                    let limit = u64::try_from(limit).unwrap_or(0);
+                    conditions.push(Condition::NamespaceRoom { tenant: tenant_id.to_owned(), limit });
                 }
                 let mut stored = resolved(spec.clone());
                 validate::within_quotas(name, &mut stored, tenant.quotas.as_ref())?;
-                let shard_id = self.assign_new(name, spec).await?;
-                let owner_store_id = self.owner_store(name, spec, &shard_id).await?;
+                let (shard_id, owner_store_id) = self.place_new(name, spec, &registered);
                 let status_reason = if shard_id.is_empty() {
                     "no shard is available to own the namespace".to_owned()
                 } else {
@@ -468,9 +474,8 @@ impl ControlPlane {
                     owner_store_id,
                     ..Namespace::default()
                 };
-                puts.push(Put::Namespace(ns));
                 Ok(Plan {
-                    txn: Txn { conditions, puts, ..Txn::default() },
+                    txn: Txn { conditions, puts: vec![Put::Namespace(ns)], ..Txn::default() },
                     detail: with_cross_tenant(
                         format!("created on shard {shard_id:?}"),
                         tenant_id,

@@ -245,29 +245,32 @@ impl ControlPlane {
     /// Static and registered shard ids: what a pin may name.
     pub(crate) async fn known_shards(&self) -> Result<Vec<String>> {
         let registered = self.store().list_shards().await?;
-        Ok(live_shards(&self.config().shards, &registered).into_iter().collect())
+        Ok(self.known_shards_of(&registered))
     }
 
-    /// The shard a new namespace goes to: its pin, or the rendezvous choice
-    /// among live shards (empty while there is none).
-    pub(crate) async fn assign_new(&self, name: &str, spec: &prism_proto::control::NamespaceSpec) -> Result<String> {
+    /// [`known_shards`](Self::known_shards), given the registered shards.
+    pub(crate) fn known_shards_of(&self, registered: &[Shard]) -> Vec<String> {
+        live_shards(&self.config().shards, registered).into_iter().collect()
+    }
+
+    /// Where a new namespace goes, given the registered shards: its pin,
+    /// or the rendezvous choice among live shards (empty while there is
+    /// none); and its owner store, empty unless it keeps its data on one
+    /// gateway's disk (see the module docs).
+    pub(crate) fn place_new(&self, name: &str, spec: &NamespaceSpec, registered: &[Shard]) -> (String, String) {
         let pin = spec.placement.as_deref().map(|p| p.pinned_shard.as_str()).unwrap_or_default();
-        if !pin.is_empty() {
-            return Ok(pin.to_owned());
-        }
-        let registered = self.store().list_shards().await?;
-        let live = live_shards(&self.config().shards, &registered);
-        Ok(assign::rendezvous(name, live.iter().map(String::as_str)).unwrap_or_default().to_owned())
-    }
-
-    /// The owner store of a new namespace placed on `shard`: empty unless
-    /// it keeps its data on one gateway's disk (see the module docs).
-    pub(crate) async fn owner_store(&self, name: &str, spec: &NamespaceSpec, shard: &str) -> Result<String> {
-        if spec.backend != Backend::Embedded as i32 || shard.is_empty() {
-            return Ok(String::new());
-        }
-        let stores = stores_of(&self.store().list_shards().await?);
-        Ok(pick_owner(name, shard, &stores))
+        let shard = if pin.is_empty() {
+            let live = live_shards(&self.config().shards, registered);
+            assign::rendezvous(name, live.iter().map(String::as_str)).unwrap_or_default().to_owned()
+        } else {
+            pin.to_owned()
+        };
+        let owner = if spec.backend != Backend::Embedded as i32 || shard.is_empty() {
+            String::new()
+        } else {
+            pick_owner(name, &shard, &stores_of(registered))
+        };
+        (shard, owner)
     }
 
     /// Adds to `txn` what the shard map going from `before` to `after`

@@ -24,6 +24,7 @@ use crate::config::ControlPlaneConfig;
 use crate::error::{ControlPlaneError, Result};
 use crate::plane::ControlPlane;
 use crate::service::Service;
+use crate::store::Options;
 use crate::store::Store;
 use crate::store::file::FileStore;
 use crate::store::postgres::PgStore;
@@ -43,10 +44,8 @@ pub async fn open(mut config: ControlPlaneConfig) -> Result<ControlPlane> {
         return Err(ControlPlaneError::Config { field: format!("auth.{field}"), description });
     }
     let store: Arc<dyn Store> = match &config.store {
-        Some(dsn) => {
-            Arc::new(PgStore::open(dsn, &config.store_schema, config.watch_buffer, config.change_log_retention).await?)
-        }
-        None => Arc::new(FileStore::open(&config.data_dir, config.watch_buffer, config.change_log_retention)?),
+        Some(dsn) => Arc::new(PgStore::open_with(dsn, &config.store_schema, &Options::from_config(&config)).await?),
+        None => Arc::new(FileStore::open_with(&config.data_dir, &Options::from_config(&config))?),
     };
     let plane = ControlPlane::new(store, config);
     plane.redact_stored_passwords().await?;

@@ -288,14 +288,16 @@ impl ControlPlane {
                 .ok_or_else(|| ControlPlaneError::NotFound(format!("tenant {target} not found")))?;
             let q = tenant.quotas.unwrap_or_default();
             let mut out = utilizations(&total, &q);
+            // The count the creates check; the specs for their sums.
+            let count = self.store().live_namespaces(target).await?;
+            out.push(utilization("max_namespaces", count as f64, q.max_namespaces));
             let live: Vec<_> = self
                 .store()
                 .list_namespaces(target, "", usize::MAX)
                 .await?
                 .into_iter()
-                .filter(|n| n.status != NamespaceStatus::Deleted as i32)
+                .filter(crate::store::is_live)
                 .collect();
-            out.push(utilization("max_namespaces", live.len() as f64, q.max_namespaces));
             out.extend(spec_utilizations(live.iter().filter_map(|n| n.spec.as_ref()), &q));
             out
         };

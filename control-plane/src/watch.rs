@@ -8,6 +8,11 @@
 //! cut off with ABORTED and the revision to resume from: a slow watcher
 //! never blocks writers or other watchers, and memory stays bounded.
 //!
+//! A snapshot is streamed from the store's read view at one revision
+//! ([`Store::stream_snapshot`]) a part at a time, into chunks bounded by
+//! count and size, so a snapshot of a million namespaces is never whole in
+//! the control plane's memory and no message nears gRPC's limit.
+//!
 //! So a watcher that resumes from revision *r* receives exactly the deltas
 //! after *r* (or a snapshot when the log no longer reaches back): nothing
 //! missed, nothing twice. "A whole buffer" is `watch_buffer` deltas
@@ -15,13 +20,13 @@
 
 use std::sync::Arc;
 
-use prism_proto::control::{Delta, SnapshotChunk, WatchResponse, watch_response};
+use prism_proto::control::{Delta, Namespace, SnapshotChunk, Tenant, WatchResponse, watch_response};
 use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ControlPlaneError, Result};
-use crate::store::{Changes, Store};
+use crate::store::{Changes, SnapshotPart, Store};
 
 /// Most objects per snapshot message.
 pub const SNAPSHOT_CHUNK: usize = 512;
@@ -126,38 +131,108 @@ async fn run(store: Arc<dyn Store>, from_revision: u64, tx: &mpsc::Sender<Result
     }
 }
 
-/// Sends a full snapshot; returns its revision, or `None` if the watcher left.
-async fn send_snapshot(store: &dyn Store, tx: &mpsc::Sender<Result<WatchResponse>>) -> Result<Option<u64>> {
-    let snapshot = store.snapshot().await?;
-    let revision = snapshot.revision;
-    let mut tenants = snapshot.tenants.into_iter().peekable();
-    let mut namespaces = snapshot.namespaces.into_iter().peekable();
-    // The shard map is small (shards × instances): it rides in the first
-    // chunk.
-    let mut shards = Some(snapshot.shards);
-    loop {
-        let mut chunk =
-            SnapshotChunk { revision, shards: shards.take().unwrap_or_default(), ..SnapshotChunk::default() };
-        // Fill by count and by size; every chunk takes at least one object.
-        let mut bytes = 0;
-        while chunk.tenants.len() + chunk.namespaces.len() < SNAPSHOT_CHUNK && bytes < SNAPSHOT_CHUNK_BYTES {
-            if let Some(t) = tenants.next() {
-                bytes += t.encoded_len();
-                chunk.tenants.push(t);
-            } else if let Some(ns) = namespaces.next() {
-                bytes += ns.encoded_len();
-                chunk.namespaces.push(ns);
-            } else {
-                break;
+/// Snapshot parts read ahead of the watcher (see [`crate::store::SnapshotPart`]).
+const PARTS_AHEAD: usize = 2;
+
+/// Fills snapshot chunks by count and by size; every chunk takes at
+/// least one object.
+struct Chunker {
+    chunk: SnapshotChunk,
+    bytes: usize,
+}
+
+enum Object {
+    Tenant(Tenant),
+    Namespace(Namespace),
+}
+
+impl Chunker {
+    fn new(revision: u64, shards: Vec<prism_proto::control::Shard>) -> Self {
+        Self { chunk: SnapshotChunk { revision, shards, ..SnapshotChunk::default() }, bytes: 0 }
+    }
+
+    /// Adds `object`; returns the full chunk it did not fit in.
+    fn add(&mut self, object: Object) -> Option<SnapshotChunk> {
+        let full = self.chunk.tenants.len() + self.chunk.namespaces.len() >= SNAPSHOT_CHUNK
+            || self.bytes >= SNAPSHOT_CHUNK_BYTES;
+        let done = full.then(|| {
+            self.bytes = 0;
+            let next = SnapshotChunk { revision: self.chunk.revision, ..SnapshotChunk::default() };
+            std::mem::replace(&mut self.chunk, next)
+        });
+        match object {
+            Object::Tenant(t) => {
+                self.bytes += t.encoded_len();
+                self.chunk.tenants.push(t);
+            }
+            Object::Namespace(ns) => {
+                self.bytes += ns.encoded_len();
+                self.chunk.namespaces.push(ns);
             }
         }
-        chunk.last = tenants.peek().is_none() && namespaces.peek().is_none();
-        let last = chunk.last;
-        if !send(tx, watch_response::Event::Snapshot(chunk)).await {
-            return Ok(None);
+        done
+    }
+}
+
+/// How reading a snapshot into chunks ended.
+enum Read {
+    /// The store sent nothing (its read failed).
+    Nothing,
+    /// The watcher went away.
+    Left,
+    /// Every object was read; this chunk, the last, is not sent yet.
+    Last(SnapshotChunk),
+}
+
+/// Adds `object` to `chunker`, sending the chunk it closes; `false` when
+/// the watcher has gone away.
+async fn offer(tx: &mpsc::Sender<Result<WatchResponse>>, chunker: &mut Chunker, object: Object) -> bool {
+    match chunker.add(object) {
+        Some(full) => send(tx, watch_response::Event::Snapshot(full)).await,
+        None => true,
+    }
+}
+
+/// Sends a full snapshot, read from the store while it is sent (so a
+/// snapshot of a million namespaces is never whole in memory); returns
+/// its revision, or `None` if the watcher left. A chunk is sent only once
+/// the next object is in hand, so the last one is known to be last; a
+/// read that fails ends the stream with its error, never with a `last`
+/// chunk.
+async fn send_snapshot(store: &dyn Store, tx: &mpsc::Sender<Result<WatchResponse>>) -> Result<Option<u64>> {
+    let (parts_tx, mut parts) = mpsc::channel::<SnapshotPart>(PARTS_AHEAD);
+    let chunks = async move {
+        let Some(first) = parts.recv().await else {
+            return Read::Nothing;
+        };
+        // The shard map is small (shards × instances): it rides in the
+        // first chunk.
+        let mut chunker = Chunker::new(first.revision, first.shards);
+        for t in first.tenants {
+            if !offer(tx, &mut chunker, Object::Tenant(t)).await {
+                return Read::Left;
+            }
         }
-        if last {
-            return Ok(Some(revision));
+        while let Some(part) = parts.recv().await {
+            for ns in part.namespaces {
+                if !offer(tx, &mut chunker, Object::Namespace(ns)).await {
+                    return Read::Left;
+                }
+            }
+        }
+        Read::Last(chunker.chunk)
+    };
+    // When the watcher leaves, `chunks` drops the receiver, which ends
+    // the store's read too.
+    let (read, chunks) = tokio::join!(store.stream_snapshot(parts_tx), chunks);
+    read?;
+    match chunks {
+        Read::Nothing => Err(ControlPlaneError::Corrupt("the store's snapshot had no first part".into())),
+        Read::Left => Ok(None),
+        Read::Last(mut last) => {
+            last.last = true;
+            let revision = last.revision;
+            Ok(send(tx, watch_response::Event::Snapshot(last)).await.then_some(revision))
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The Postgres metadata store against a real PostgreSQL server: the same
 //! store-level behaviour as the embedded file store (one set of checks run
-//! against both), and several control-plane replicas on one database whose
-//! watchers all see every change exactly once, in revision order, while one
-//! replica restarts mid-run.
+//! against both, group commit under concurrency included), and several
+//! control-plane replicas on one database whose watchers all see every
+//! change exactly once, in revision order, while one replica restarts
+//! mid-run.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -14,17 +17,19 @@ use prism_client::ControlPlaneClient;
 use prism_control_plane::ControlPlaneConfig;
 use prism_control_plane::store::file::FileStore;
 use prism_control_plane::store::postgres::PgStore;
-use prism_control_plane::store::{AuditFilter, Changes, Committed, Condition, Put, Store, Txn};
+use prism_control_plane::store::{
+    AuditFilter, Changes, Committed, Condition, Options, Put, SNAPSHOT_PART, SnapshotPart, Store, Txn,
+};
 use prism_proto::control::{
     Abstraction, AuditEvent, Backend, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, Namespace,
-    NamespaceSpec, Shard, ShardInstance, Tenant, UpdateNamespaceRequest, UpdateTenantRequest, WatchRequest,
-    WatchResponse, change, watch_response::Event,
+    NamespaceSpec, NamespaceStatus, Shard, ShardInstance, Tenant, UpdateNamespaceRequest, UpdateTenantRequest,
+    WatchRequest, WatchResponse, change, watch_response::Event,
 };
 use prism_testkit::postgres::{PostgresServer, skip_reason};
 use prism_testkit::{ControlPlaneHandle, eventually};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// How long anything may take to converge.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -242,6 +247,186 @@ async fn the_postgres_store_passes_the_store_checks() -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// Group commit, shared by both stores
+// ---------------------------------------------------------------------------
+
+/// Opens (again) the store a group-commit check runs on.
+type Open = Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Store>>> + Send>> + Send + Sync>;
+
+/// Tasks committing at once, and the distinct namespaces each creates.
+const TASKS: usize = 64;
+const EACH: usize = 8;
+
+/// What one committing task was told.
+struct Told {
+    acknowledged: Vec<(String, u64)>,
+    contested: Committed,
+    room: Committed,
+}
+
+async fn commit_from_one_task(store: Arc<dyn Store>, task: usize) -> anyhow::Result<Told> {
+    let s = store.as_ref();
+    let mut acknowledged = Vec::new();
+    for i in 0..EACH {
+        let name = format!("many/t{task:02}-{i}");
+        let audit = vec![event("many", &name, "CreateNamespace")];
+        let condition = Condition::Namespace { name: name.clone(), revision: 0 };
+        acknowledged.push((name.clone(), committed(s, vec![condition], vec![namespace(&name, 0)], audit).await));
+    }
+    // Every task races for one name, and for a tenant's ten places.
+    let contested = Condition::Namespace { name: "race/one".into(), revision: 0 };
+    let contested = commit(s, vec![contested], vec![namespace("race/one", 0)], vec![]).await;
+    let room = Condition::NamespaceRoom { tenant: "room".into(), limit: 10 };
+    let room = commit(s, vec![room], vec![namespace(&format!("room/t{task:02}"), 0)], vec![]).await;
+    // Refusals are audited through the same queue.
+    s.append_audit(vec![event("many", "many", "Refused")]).await?;
+    Ok(Told { acknowledged, contested, room })
+}
+
+/// `TASKS` tasks commit at once on a fresh store: every acknowledged
+/// commit has its own revision with none skipped, the subscription
+/// delivers each once in order, conflicting commits have exactly the
+/// winners their conditions allow, audit sequences stay contiguous, the
+/// live-namespace counts follow, and after reopening the store every
+/// acknowledged commit is there.
+async fn group_commit_behaves(open: Open) -> anyhow::Result<()> {
+    let store = open().await?;
+    assert_eq!(store.revision().await?, 0, "a fresh store");
+    let mut live = store.subscribe();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        tasks.spawn(commit_from_one_task(store.clone(), task));
+    }
+    let told = tasks.join_all().await.into_iter().collect::<anyhow::Result<Vec<Told>>>()?;
+
+    let contested = Condition::Namespace { name: "race/one".into(), revision: 0 };
+    let room = Condition::NamespaceRoom { tenant: "room".into(), limit: 10 };
+    let mut revisions = Vec::new();
+    let (mut contested_won, mut room_won) = (0, 0);
+    for t in &told {
+        revisions.extend(t.acknowledged.iter().map(|(_, r)| *r));
+        for (outcome, condition, won) in
+            [(&t.contested, &contested, &mut contested_won), (&t.room, &room, &mut room_won)]
+        {
+            match outcome {
+                Committed::Ok(delta) => {
+                    revisions.push(delta.revision);
+                    *won += 1;
+                }
+                Committed::Conflict(c) => assert_eq!(c, condition),
+            }
+        }
+    }
+    assert_eq!((contested_won, room_won), (1, 10), "one name has one winner; ten places have ten");
+    revisions.sort_unstable();
+    let last = (TASKS * EACH + 1 + 10) as u64;
+    assert_eq!(revisions, (1..=last).collect::<Vec<_>>(), "one revision per commit, none skipped");
+    assert_eq!(store.revision().await?, last);
+
+    let mut delivered = Vec::new();
+    while delivered.last() != Some(&last) {
+        let delta = tokio::time::timeout(CONVERGE, live.recv()).await.context("broadcast")??;
+        delivered.push(delta.revision);
+    }
+    assert_eq!(delivered, (1..=last).collect::<Vec<_>>(), "each commit delivered once, in order");
+
+    let sequences: Vec<u64> =
+        store.list_audit(AuditFilter::default(), 10_000).await?.iter().map(|e| e.sequence).collect();
+    let events = (TASKS * EACH + TASKS) as u64;
+    assert_eq!(sequences, (1..=events).rev().collect::<Vec<_>>(), "audit sequences contiguous");
+
+    let count = |tenant: &'static str| {
+        let store = store.clone();
+        async move { store.live_namespaces(tenant).await }
+    };
+    assert_eq!((count("many").await?, count("race").await?, count("room").await?), ((TASKS * EACH) as u64, 1, 10));
+    assert_eq!(count("nobody").await?, 0);
+    let s = store.as_ref();
+    let exactly = |count| Condition::LiveNamespaces { tenant: "room".into(), count };
+    assert_eq!(committed(s, vec![exactly(10)], vec![tenant("room", "Room")], vec![]).await, last + 1);
+    assert!(matches!(commit(s, vec![exactly(9)], vec![tenant("room", "Room")], vec![]).await, Committed::Conflict(_)));
+    // A DELETED namespace no longer counts; an update of a live one does
+    // not count twice.
+    let room_member = s.list_namespaces("room", "", 1).await?.remove(0);
+    let mut deleted = room_member.clone();
+    deleted.status = NamespaceStatus::Deleted as i32;
+    let puts = vec![Put::Namespace(deleted), namespace("many/t00-0", 1)];
+    committed(s, vec![], puts, vec![]).await;
+    assert_eq!((count("room").await?, count("many").await?), (9, (TASKS * EACH) as u64));
+
+    // Reopened, every acknowledged commit is there at its revision.
+    let final_revision = store.revision().await?;
+    drop((live, store));
+    let store = eventually(CONVERGE, &open).await?;
+    assert_eq!(store.revision().await?, final_revision);
+    for (name, revision) in told.iter().flat_map(|t| &t.acknowledged) {
+        let ns = store.get_namespace(name).await?.with_context(|| format!("{name} after reopening"))?;
+        if name != "many/t00-0" {
+            assert_eq!(ns.revision, *revision, "{name}");
+        }
+    }
+    assert_eq!(store.live_namespaces("room").await?, 9);
+    assert_eq!(store.live_namespaces("many").await?, (TASKS * EACH) as u64);
+    Ok(())
+}
+
+/// The store options of the group-commit checks: every delta stays in the
+/// log and in a subscriber's buffer.
+fn group_options() -> Options {
+    Options { watch_buffer: 4096, retention: 100_000, ..Options::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_store_groups_concurrent_commits() -> anyhow::Result<()> {
+    let dir = Arc::new(tempfile::tempdir()?);
+    group_commit_behaves(Box::new(move || {
+        let dir = dir.clone();
+        Box::pin(async move { Ok(Arc::new(FileStore::open_with(dir.path(), &group_options())?) as Arc<dyn Store>) })
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_store_commits_alone_with_a_group_of_one() -> anyhow::Result<()> {
+    let dir = Arc::new(tempfile::tempdir()?);
+    group_commit_behaves(Box::new(move || {
+        let dir = dir.clone();
+        let options = Options { max_commit_group: 1, ..group_options() };
+        Box::pin(async move { Ok(Arc::new(FileStore::open_with(dir.path(), &options)?) as Arc<dyn Store>) })
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_groups_concurrent_commits() -> anyhow::Result<()> {
+    let server = server_or_skip!();
+    let dsn = server.dsn();
+    let open: Open = Box::new(move || {
+        let dsn = dsn.clone();
+        Box::pin(async move {
+            Ok(Arc::new(PgStore::open_with(&dsn, "group commit", &group_options()).await?) as Arc<dyn Store>)
+        })
+    });
+    group_commit_behaves(open).await?;
+
+    // A store written before the counts existed is counted when opened.
+    let (client, connection) = tokio_postgres::connect(&server.dsn(), tokio_postgres::NoTls).await?;
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute(
+            "UPDATE \"group commit\".meta SET live_counted = false;
+             DELETE FROM \"group commit\".live_namespaces;",
+        )
+        .await?;
+    let store = PgStore::open_with(&server.dsn(), "group commit", &group_options()).await?;
+    assert_eq!(store.live_namespaces("room").await?, 9);
+    assert_eq!(store.live_namespaces("many").await?, (TASKS * EACH) as u64);
+    drop(client);
+    connection.abort();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_is_unavailable_and_names_no_dsn() -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -251,6 +436,78 @@ async fn an_unreachable_database_is_unavailable_and_names_no_dsn() -> anyhow::Re
     let report = e.report();
     assert!(!report.message.contains("secret") && !report.message.contains(&port.to_string()), "{report:?}");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Streamed snapshots, shared by both stores
+// ---------------------------------------------------------------------------
+
+/// Namespaces in the streamed-snapshot checks: more than two parts.
+const STREAMED: usize = 2 * SNAPSHOT_PART + 7;
+
+/// A snapshot larger than a part is streamed in parts at one revision: the
+/// first holds the revision, tenants and shards; the others at most
+/// [`SNAPSHOT_PART`] namespaces each, in name order; commits made while
+/// it is read are not in it; a receiver that goes away ends the read
+/// without an error.
+async fn snapshot_streams_in_parts(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let s = store.as_ref();
+    committed(s, vec![], vec![tenant("big", "Big")], vec![]).await;
+    for chunk in (0..STREAMED).collect::<Vec<_>>().chunks(100) {
+        let puts = chunk.iter().map(|i| namespace(&format!("big/ns-{i:05}"), 0)).collect();
+        committed(s, vec![], puts, vec![]).await;
+    }
+    let at = store.revision().await?;
+
+    // A channel of one part: the read waits for the receiver after each.
+    let (tx, mut parts) = mpsc::channel::<SnapshotPart>(1);
+    let read = tokio::spawn({
+        let store = store.clone();
+        async move { store.stream_snapshot(tx).await }
+    });
+    let first = parts.recv().await.context("a first part")?;
+    assert_eq!((first.revision, first.tenants.len(), first.namespaces.len()), (at, 1, 0));
+    // Written while the snapshot is read: not in it.
+    committed(s, vec![], vec![namespace("big/ns-late", 0)], vec![]).await;
+    let mut names = Vec::new();
+    let mut sizes = Vec::new();
+    while let Some(part) = parts.recv().await {
+        assert_eq!(part.revision, at);
+        assert!(part.tenants.is_empty() && part.shards.is_empty());
+        sizes.push(part.namespaces.len());
+        names.extend(part.namespaces.into_iter().map(|n| n.name));
+    }
+    read.await??;
+    assert!(sizes.iter().all(|n| (1..=SNAPSHOT_PART).contains(n)), "{sizes:?}");
+    assert_eq!(sizes.len(), STREAMED.div_ceil(SNAPSHOT_PART));
+    assert_eq!(names, (0..STREAMED).map(|i| format!("big/ns-{i:05}")).collect::<Vec<_>>());
+
+    // The whole snapshot, collected from the parts, has the late one.
+    let whole = store.snapshot().await?;
+    assert_eq!((whole.revision, whole.namespaces.len()), (at + 1, STREAMED + 1));
+
+    // A receiver that leaves after the first part ends the read quietly.
+    let (tx, mut parts) = mpsc::channel::<SnapshotPart>(1);
+    let read = tokio::spawn({
+        let store = store.clone();
+        async move { store.stream_snapshot(tx).await }
+    });
+    parts.recv().await.context("a first part")?;
+    drop(parts);
+    tokio::time::timeout(CONVERGE, read).await.context("the read ends")???;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_store_streams_a_snapshot_in_parts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    snapshot_streams_in_parts(Arc::new(FileStore::open_with(dir.path(), &group_options())?)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_streams_a_snapshot_in_parts() -> anyhow::Result<()> {
+    let server = server_or_skip!();
+    snapshot_streams_in_parts(Arc::new(PgStore::open_with(&server.dsn(), "streamed", &group_options()).await?)).await
 }
 
 // ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{create_tenant, refused, start_with};
@@ -48,6 +49,33 @@ async fn register(c: &mut ControlPlaneClient, shard: &str, endpoint: &str) -> an
         })
         .await?;
     Ok(r.into_inner().instance_id)
+}
+
+/// The instances a [`keep_alive`] task heartbeats.
+type Beating = Arc<Mutex<Vec<(&'static str, String)>>>;
+
+/// Heartbeats every instance in the returned list every 50 ms until the
+/// task is aborted: a test with a short lease keeps its instances while
+/// it sets up, however slow the machine (remove one to let it lapse).
+fn keep_alive(
+    c: &ControlPlaneClient,
+    instances: Vec<(&'static str, String)>,
+) -> (Beating, tokio::task::JoinHandle<()>) {
+    let beating: Beating = Arc::new(Mutex::new(instances));
+    let task = tokio::spawn({
+        let (mut c, beating) = (c.clone(), beating.clone());
+        async move {
+            loop {
+                let now: Vec<_> = beating.lock().expect("not poisoned").clone();
+                for (shard, instance_id) in now {
+                    // A failed beat is tried again at the next tick.
+                    let _ = c.heartbeat(HeartbeatRequest { shard_id: shard.into(), instance_id }).await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    (beating, task)
 }
 
 async fn create(c: &mut ControlPlaneClient, name: &str, spec: NamespaceSpec) -> anyhow::Result<Namespace> {
@@ -168,12 +196,16 @@ async fn an_expired_lease_removes_the_instance_and_its_namespaces_move() -> anyh
     create_tenant(&mut c, "acme").await?;
     let kept = register(&mut c, "shard-a", "10.0.0.1:7401").await?;
     let from = common::revision(&mut c).await?;
-    register(&mut c, "shard-b", "10.0.0.2:7401").await?;
+    let silent = register(&mut c, "shard-b", "10.0.0.2:7401").await?;
+    // Both heartbeat while the namespaces are created (twenty fsynced
+    // commits can outlast a 400 ms lease on a loaded machine).
+    let (beating, heartbeats) = keep_alive(&c, vec![("shard-a", kept.clone()), ("shard-b", silent)]);
     for i in 0..20 {
         create(&mut c, &format!("acme/ns-{i}"), shared_spec()).await?;
     }
     assert!(owners(&mut c).await?.values().any(|s| s == "shard-b"));
     // shard-a heartbeats; shard-b falls silent and is swept.
+    beating.lock().expect("not poisoned").retain(|(shard, _)| *shard == "shard-a");
     let mut watch = c.watch(WatchRequest { from_revision: from }).await?.into_inner();
     let mut hb = c.clone();
     eventually(Duration::from_secs(10), || {
@@ -189,6 +221,7 @@ async fn an_expired_lease_removes_the_instance_and_its_namespaces_move() -> anyh
     .await?;
     hb.heartbeat(HeartbeatRequest { shard_id: "shard-a".into(), instance_id: kept }).await?;
     assert!(owners(&mut c).await?.values().all(|s| s == "shard-a"));
+    heartbeats.abort();
     // Watchers saw shard-b come and go.
     let mut removed = false;
     while !removed {
@@ -367,7 +400,8 @@ async fn an_owner_whose_lease_expires_leaves_its_namespaces_degraded() -> anyhow
     let (_cp, mut c) = start_with(config(400)).await?;
     create_tenant(&mut c, "acme").await?;
     let kept = register_store(&mut c, "shard-a", "10.0.0.1:7401", "store-1").await?;
-    register_store(&mut c, "shard-a", "10.0.0.2:7401", "store-2").await?;
+    let silent = register_store(&mut c, "shard-a", "10.0.0.2:7401", "store-2").await?;
+    let (beating, heartbeats) = keep_alive(&c, vec![("shard-a", kept.clone()), ("shard-a", silent.clone())]);
     let mut lost = Vec::new();
     for i in 0..8 {
         let ns = create(&mut c, &format!("acme/e{i}"), embedded_spec()).await?;
@@ -378,6 +412,7 @@ async fn an_owner_whose_lease_expires_leaves_its_namespaces_degraded() -> anyhow
     }
     assert!(!lost.is_empty());
     // store-1 heartbeats; store-2 falls silent and is swept.
+    beating.lock().expect("not poisoned").retain(|(_, instance)| *instance != silent);
     eventually(Duration::from_secs(10), || {
         let (mut c, kept, lost) = (c.clone(), kept.clone(), lost.clone());
         async move {
@@ -391,6 +426,7 @@ async fn an_owner_whose_lease_expires_leaves_its_namespaces_degraded() -> anyhow
         }
     })
     .await?;
+    heartbeats.abort();
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use anyhow::{Context, bail, ensure};
 use common::{create_namespace, create_tenant, kv_spec, revision, start, start_with};
 use prism_client::ControlPlaneClient;
 use prism_control_plane::ControlPlaneConfig;
+use prism_control_plane::store::{Put, Txn};
 use prism_proto::control::{
     Access, AccessLevel, Capacity, CreateNamespaceRequest, DeleteNamespaceRequest, GrantAccessRequest,
     ListNamespacesRequest, ListTenantsRequest, Namespace, NamespaceStatus, ReportNamespaceStatusRequest, Tenant,
@@ -430,6 +431,44 @@ async fn commits(c: &mut ControlPlaneClient, n: usize) -> anyhow::Result<u64> {
 async fn first_message(c: &mut ControlPlaneClient, from: u64) -> anyhow::Result<Event> {
     let mut stream = watch(c, from).await?;
     stream.message().await?.and_then(|m| m.event).context("no first message")
+}
+
+/// A snapshot of more namespaces than a store part and a watch chunk hold
+/// is streamed in several chunks at one revision while commits go on;
+/// the watcher then follows with exactly the deltas after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_snapshot_streams_in_chunks_while_commits_go_on() -> anyhow::Result<()> {
+    let (cp, mut c) = start(&[]).await?;
+    create_tenant(&mut c, "acme").await?;
+    let store = cp.plane.store();
+    let (blocks, each) = (13, 100);
+    for block in 0..blocks {
+        let puts = (0..each)
+            .map(|i| Put::Namespace(Namespace { name: format!("acme/ns-{block:02}-{i:03}"), ..Namespace::default() }))
+            .collect();
+        store.commit(Txn { puts, ..Txn::default() }).await?;
+    }
+    let mut stream = watch(&mut c, 0).await?;
+    let first = stream.message().await?.context("a first message")?;
+    let Some(Event::Snapshot(chunk)) = &first.event else { bail!("a watch from 0 starts with a snapshot: {first:?}") };
+    let at = chunk.revision;
+    assert_eq!(at, 1 + blocks);
+    let mut applier = Applier::default();
+    applier.apply(first)?;
+    // Commits while the rest of the snapshot is streamed.
+    let last = commits(&mut c, 5).await?;
+    let mut chunks = 1;
+    while applier.in_snapshot.is_some() {
+        applier.apply(stream.message().await?.context("the stream ended inside the snapshot")?)?;
+        chunks += 1;
+    }
+    assert_eq!(applier.view.revision, at, "the snapshot is at the revision it started at");
+    assert_eq!(applier.view.namespaces.len(), blocks as usize * each);
+    assert!(chunks >= (blocks as usize * each).div_ceil(prism_control_plane::watch::SNAPSHOT_CHUNK), "{chunks} chunks");
+    follow_to(&mut stream, &mut applier, last).await?;
+    assert_eq!(applier.applied, (at + 1..=last).collect(), "then exactly the deltas after it");
+    assert_eq!(applier.view, View::of(&cp).await?);
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

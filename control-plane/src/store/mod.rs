@@ -7,17 +7,57 @@
 //! atomically (optimistic concurrency), writes objects, appends one
 //! [`Delta`] to the change log and its audit events, and is announced to
 //! subscribers in revision order.
+//!
+//! Both stores *group* commits ([`group`]): the commits that arrive while
+//! one group is being made durable form the next, which is written with
+//! one fsync (file store) or in one database transaction (Postgres). Each
+//! commit of a group still gets its own revision, checks its conditions
+//! against everything committed before it (earlier commits of the same
+//! group included) and is announced on its own; a caller hears of its
+//! commit only once the whole group is durable.
+//!
+//! Besides the objects, both stores keep how many *live* (not DELETED)
+//! namespaces each tenant has, updated by every namespace put, so a quota
+//! check is one read and one [`Condition::NamespaceRoom`], not a listing.
 
 pub mod file;
+pub mod group;
 pub mod postgres;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_proto::control::{AuditEvent, Delta, Namespace, Shard, Tenant};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::error::Result;
+
+/// How a store is opened (every store takes the same).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Deltas buffered per subscriber.
+    pub watch_buffer: usize,
+    /// Revisions the change log keeps.
+    pub retention: u64,
+    /// Most writes committed together ([`group`]); 1 commits each alone.
+    pub max_commit_group: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { watch_buffer: 1024, retention: 100_000, max_commit_group: group::DEFAULT_MAX_GROUP }
+    }
+}
+
+impl Options {
+    pub fn from_config(config: &crate::ControlPlaneConfig) -> Self {
+        Self {
+            watch_buffer: config.watch_buffer,
+            retention: config.change_log_retention,
+            max_commit_group: config.max_commit_group,
+        }
+    }
+}
 
 /// A precondition of a commit, checked atomically with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,17 +68,39 @@ pub enum Condition {
     Namespace { name: String, revision: u64 },
     /// The shard's revision is this one; 0 = it must not exist.
     Shard { id: String, revision: u64 },
+    /// The tenant has fewer than `limit` live namespaces: room for one
+    /// more (a `max_namespaces` quota). Concurrent creates in one tenant
+    /// conflict only when the last place is taken, not on every commit.
+    NamespaceRoom { tenant: String, limit: u64 },
+    /// The tenant has exactly `count` live namespaces: none was created
+    /// since they were listed (a tenant deletion, which conditions each
+    /// listed namespace on its revision, must also see no new one).
+    LiveNamespaces { tenant: String, count: u64 },
 }
 
 impl Condition {
-    /// The revision the condition expects.
-    pub fn revision(&self) -> u64 {
+    /// Whether the condition holds when the value it is about (a revision,
+    /// 0 for an absent object, or a tenant's live namespace count) is
+    /// `current`.
+    pub fn holds(&self, current: u64) -> bool {
         match self {
             Self::Tenant { revision, .. } | Self::Namespace { revision, .. } | Self::Shard { revision, .. } => {
-                *revision
+                current == *revision
             }
+            Self::NamespaceRoom { limit, .. } => current < *limit,
+            Self::LiveNamespaces { count, .. } => current == *count,
         }
     }
+}
+
+/// The tenant a namespace name belongs to (the part before its `/`).
+pub fn tenant_of_name(name: &str) -> &str {
+    name.split_once('/').map_or(name, |(tenant, _)| tenant)
+}
+
+/// Whether a namespace counts towards its tenant's live namespaces.
+pub fn is_live(ns: &Namespace) -> bool {
+    ns.status != prism_proto::control::NamespaceStatus::Deleted as i32
 }
 
 /// A write of the store's objects.
@@ -83,6 +145,20 @@ pub struct Snapshot {
     pub shards: Vec<Shard>,
 }
 
+/// Namespaces per [`SnapshotPart`].
+pub const SNAPSHOT_PART: usize = 512;
+
+/// A snapshot as it is read ([`Store::stream_snapshot`]): the first part
+/// holds the revision, every tenant and every shard; the others hold the
+/// namespaces, at most [`SNAPSHOT_PART`] each, in name order.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotPart {
+    pub revision: u64,
+    pub tenants: Vec<Tenant>,
+    pub shards: Vec<Shard>,
+    pub namespaces: Vec<Namespace>,
+}
+
 /// The changes after a revision, read from the change log.
 #[derive(Debug, Clone)]
 pub enum Changes {
@@ -119,10 +195,35 @@ pub trait Store: Send + Sync + 'static {
     async fn list_namespaces(&self, tenant: &str, after: &str, limit: usize) -> Result<Vec<Namespace>>;
     /// Every registered shard (with at least one instance), in id order.
     async fn list_shards(&self) -> Result<Vec<Shard>>;
-    /// Atomically checks the conditions and applies the transaction.
+    /// How many live (not DELETED) namespaces the tenant has: one read of
+    /// the count every namespace put keeps, not a listing.
+    async fn live_namespaces(&self, tenant: &str) -> Result<u64>;
+    /// Atomically checks the conditions and applies the transaction;
+    /// returns once it is durable (it may share that with concurrent
+    /// commits, see [`group`]).
     async fn commit(&self, txn: Txn) -> Result<Committed>;
-    /// Every object, read at one revision.
-    async fn snapshot(&self) -> Result<Snapshot>;
+    /// Every object, read at one revision, sent on `parts` as it is read
+    /// (see [`SnapshotPart`]): a snapshot of a million namespaces is never
+    /// whole in memory, only the parts the bounded channel holds. The read
+    /// view is held until the last part is taken (or the receiver is
+    /// dropped, which ends the read without an error).
+    async fn stream_snapshot(&self, parts: mpsc::Sender<SnapshotPart>) -> Result<()>;
+    /// Every object, read at one revision, whole.
+    async fn snapshot(&self) -> Result<Snapshot> {
+        let (tx, mut parts) = mpsc::channel::<SnapshotPart>(2);
+        let collect = async {
+            let mut snapshot = Snapshot::default();
+            while let Some(part) = parts.recv().await {
+                snapshot.revision = part.revision;
+                snapshot.tenants.extend(part.tenants);
+                snapshot.shards.extend(part.shards);
+                snapshot.namespaces.extend(part.namespaces);
+            }
+            snapshot
+        };
+        let (read, snapshot) = tokio::join!(self.stream_snapshot(tx), collect);
+        read.map(|()| snapshot)
+    }
     /// The deltas after `revision`, at most `limit` of them.
     async fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes>;
     /// Records audit events that changed nothing (refusals).

@@ -4,23 +4,37 @@
 //!
 //! # Layout
 //!
-//! Five tables in one schema (default `prism_control`), created on open
+//! Seven tables in one schema (default `prism_control`), created on open
 //! (idempotently, under an advisory lock, so replicas starting together do
-//! not race): `meta` (one row: revision, compacted, audit_sequence),
-//! `tenants` and `namespaces` (key, revision, encoded protobuf), `changes`
-//! (revision → encoded delta) and `audit` (sequence → encoded event, plus
-//! the columns the listing filters on). Keys are `text COLLATE "C"`, so
+//! not race): `meta` (one row: revision, compacted, audit_sequence,
+//! live_counted), `tenants`, `namespaces` and `shards` (key, revision,
+//! encoded protobuf), `changes` (revision → encoded delta), `audit`
+//! (sequence → encoded event, plus the columns the listing filters on) and
+//! `live_namespaces` (tenant → how many of its namespaces are live). Keys are `text COLLATE "C"`, so
 //! they sort by bytes, as the file store's do.
 //!
 //! # Commits
 //!
-//! A commit is one `READ COMMITTED` transaction that first increments the
-//! revision in `meta` (`UPDATE … RETURNING`): the row lock serialises
-//! commits across every replica, and each later statement sees what the
-//! previous committer wrote. Then it checks the conditions, writes the
-//! objects, the delta, the compaction and the audit events exactly as the
-//! file store does, `pg_notify`s the revision and commits. A failed
-//! condition rolls back, increment included: revisions stay contiguous.
+//! Commits are grouped ([`super::group`]): one committer task per store
+//! writes each group in one `READ COMMITTED` transaction. It first locks
+//! the one `meta` row (`SELECT … FOR UPDATE`): the row lock serialises the
+//! groups of every replica, and each later statement sees what the
+//! previous holder committed. Then it reads, in one round trip per table,
+//! the current revision of every object the group's conditions name and
+//! the live state of every namespace it writes; checks each commit's
+//! conditions in order, in memory, against those values as updated by the
+//! commits before it in the group; and writes the outcome with one
+//! statement per table (objects, deltas, audit events, live-namespace
+//! counts, compaction), the new revision and sequence in `meta`, one
+//! `pg_notify` of the last revision, and `COMMIT`: one flush for the whole
+//! group. A failed condition writes nothing and takes no revision:
+//! revisions stay contiguous.
+//!
+//! `live_namespaces` (tenant → live namespace count) is filled from the
+//! namespaces when a store written before it existed is first opened, and
+//! kept by every commit. Every replica sharing a database must therefore
+//! run a version that keeps it: an older replica's namespace commits would
+//! not be counted.
 //!
 //! # Ordered broadcast
 //!
@@ -35,6 +49,7 @@
 //!
 //! Connection failures are UNAVAILABLE and never name the DSN.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -42,12 +57,13 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use prism_proto::control::{AuditEvent, Change, Delta, Namespace, Shard, Tenant, change};
 use prost::Message;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
 
-use super::{AuditFilter, Changes, Committed, Condition, Put, Snapshot, Store, Txn};
+use super::group::{self, Failure, Groups, Queue, Write};
+use super::{AuditFilter, Changes, Committed, Condition, Options, Put, SNAPSHOT_PART, SnapshotPart, Store, Txn};
 use crate::error::{ControlPlaneError, Result};
 
 /// The schema when the configuration names none.
@@ -79,10 +95,9 @@ struct Inner {
     pool: Pool,
     tables: Tables,
     deltas: broadcast::Sender<Arc<Delta>>,
-    /// Wakes the broadcaster (a local commit).
-    wake: Arc<Notify>,
-    retention: u64,
     broadcaster: JoinHandle<()>,
+    /// To the committer task, which stops when this is dropped.
+    writes: Queue,
 }
 
 impl Drop for Inner {
@@ -101,6 +116,7 @@ struct Tables {
     shards: String,
     changes: String,
     audit: String,
+    live: String,
 }
 
 impl Tables {
@@ -114,12 +130,13 @@ impl Tables {
             shards: t("shards"),
             changes: t("changes"),
             audit: t("audit"),
+            live: t("live_namespaces"),
             schema: q,
         }
     }
 
     fn ddl(&self) -> String {
-        let Self { schema, meta, tenants, namespaces, shards, changes, audit } = self;
+        let Self { schema, meta, tenants, namespaces, shards, changes, audit, live } = self;
         format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};
             CREATE TABLE IF NOT EXISTS {meta} (
@@ -157,7 +174,12 @@ impl Tables {
                 action text NOT NULL,
                 time_seconds bigint NOT NULL,
                 body bytea NOT NULL
-            );"
+            );
+            CREATE TABLE IF NOT EXISTS {live} (
+                tenant text COLLATE \"C\" PRIMARY KEY,
+                live bigint NOT NULL
+            );
+            ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS live_counted boolean NOT NULL DEFAULT false;"
         )
     }
 }
@@ -240,16 +262,21 @@ impl PgStore {
     /// per subscriber; `retention` is how many revisions the change log
     /// keeps.
     pub async fn open(dsn: &str, schema: &str, watch_buffer: usize, retention: u64) -> Result<Self> {
+        Self::open_with(dsn, schema, &Options { watch_buffer, retention, ..Options::default() }).await
+    }
+
+    /// [`open`](Self::open) with every option.
+    pub async fn open_with(dsn: &str, schema: &str, options: &Options) -> Result<Self> {
         let mut config = parse_dsn(dsn)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let timeout = format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis());
-        let options = match config.get_options() {
+        let options_flag = match config.get_options() {
             Some(given) if !given.trim().is_empty() => format!("{given} {timeout}"),
             _ => timeout,
         };
-        config.options(options);
+        config.options(options_flag);
         if config.get_application_name().is_none() {
             config.application_name("prism-control-plane");
         }
@@ -272,17 +299,25 @@ impl PgStore {
             // Replicas starting together would race on the catalog.
             t.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&schema]).await.map_err(db)?;
             t.batch_execute(&tables.ddl()).await.map_err(db)?;
-            let row =
-                t.query_one(&format!("SELECT revision FROM {} WHERE id = 1", tables.meta), &[]).await.map_err(db)?;
+            let sql = format!("SELECT revision, live_counted FROM {} WHERE id = 1 FOR UPDATE", tables.meta);
+            let row = t.query_one(&sql, &[]).await.map_err(db)?;
+            if !row.get::<_, bool>(1) {
+                count_live_namespaces(&t, &tables).await?;
+            }
             t.commit().await.map_err(db)?;
             from_db(row.get(0))?
         };
-        let (deltas, _) = broadcast::channel(watch_buffer.max(1));
+        let (deltas, _) = broadcast::channel(options.watch_buffer.max(1));
         let wake = Arc::new(Notify::new());
         let broadcaster =
             Broadcaster { config, tables: tables.clone(), deltas: deltas.clone(), wake: wake.clone(), last: revision };
         let broadcaster = tokio::spawn(broadcaster.run());
-        Ok(Self { inner: Arc::new(Inner { pool, tables, deltas, wake, retention: retention.max(1), broadcaster }) })
+        let (writes, groups) = group::queue(options.max_commit_group);
+        // The committer wakes the broadcaster after each group.
+        let committer =
+            Committer { pool: pool.clone(), tables: tables.clone(), retention: options.retention.max(1), wake };
+        tokio::spawn(committer.run(groups));
+        Ok(Self { inner: Arc::new(Inner { pool, tables, deltas, broadcaster, writes }) })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -394,150 +429,385 @@ impl Broadcaster {
     }
 }
 
-impl PgStore {
-    async fn commit_txn(&self, txn: Txn) -> Result<Committed> {
-        let Tables { meta, tenants, namespaces, shards, changes, audit, .. } = &self.inner.tables;
-        let mut client = self.client().await?;
-        let t = client.transaction().await.map_err(db)?;
-        // The row lock serialises every commit of every replica.
-        let row = t
-            .query_one(
-                &format!("UPDATE {meta} SET revision = revision + 1 WHERE id = 1 RETURNING revision, compacted, audit_sequence"),
-                &[],
-            )
-            .await
-            .map_err(db)?;
-        let revision = from_db(row.get(0))?;
-        let compacted = from_db(row.get(1))?;
-        let mut sequence = from_db(row.get(2))?;
+/// Fills the (empty) live-namespace counts from every stored namespace,
+/// inside the open transaction that holds the `meta` row lock.
+async fn count_live_namespaces(t: &deadpool_postgres::Transaction<'_>, tables: &Tables) -> Result<()> {
+    let mut counts = BTreeMap::<String, i64>::new();
+    for row in t.query(&format!("SELECT body FROM {}", tables.namespaces), &[]).await.map_err(db)? {
+        let ns = decode_namespace(row.get(0))?;
+        if super::is_live(&ns) {
+            *counts.entry(super::tenant_of_name(&ns.name).to_owned()).or_default() += 1;
+        }
+    }
+    let (tenants, live): (Vec<String>, Vec<i64>) = counts.into_iter().unzip();
+    let Tables { meta, live: table, .. } = tables;
+    t.execute(
+        &format!(
+            "INSERT INTO {table} (tenant, live) SELECT * FROM UNNEST($1::text[], $2::bigint[])
+             ON CONFLICT (tenant) DO UPDATE SET live = EXCLUDED.live"
+        ),
+        &[&tenants, &live],
+    )
+    .await
+    .map_err(db)?;
+    t.execute(&format!("UPDATE {meta} SET live_counted = true WHERE id = 1"), &[]).await.map_err(db)?;
+    Ok(())
+}
 
-        for condition in &txn.conditions {
-            let (sql, key, expected) = match condition {
-                Condition::Tenant { id, revision } => {
-                    (format!("SELECT revision FROM {tenants} WHERE id = $1"), id, *revision)
-                }
-                Condition::Namespace { name, revision } => {
-                    (format!("SELECT revision FROM {namespaces} WHERE name = $1"), name, *revision)
-                }
-                Condition::Shard { id, revision } => {
-                    (format!("SELECT revision FROM {shards} WHERE id = $1"), id, *revision)
-                }
-            };
-            let current = match t.query_opt(&sql, &[key]).await.map_err(db)? {
-                Some(row) => from_db(row.get(0))?,
-                None => 0,
-            };
-            if current != expected {
-                t.rollback().await.map_err(db)?;
-                return Ok(Committed::Conflict(condition.clone()));
+/// Writes the queue's groups, one database transaction each.
+struct Committer {
+    pool: Pool,
+    tables: Tables,
+    retention: u64,
+    /// Wakes the broadcaster after each group.
+    wake: Arc<Notify>,
+}
+
+/// The state a group's conditions are checked against: what the database
+/// held when the group took the lock, updated by each commit of the group
+/// as it is accepted.
+#[derive(Default)]
+struct Known {
+    /// Revision by id (absent: 0).
+    tenants: HashMap<String, u64>,
+    /// Revision and liveness by name (absent: 0, not live).
+    namespaces: HashMap<String, (u64, bool)>,
+    shards: HashMap<String, u64>,
+    /// Live namespaces by tenant (absent: 0).
+    live: HashMap<String, u64>,
+}
+
+impl Known {
+    fn current(&self, condition: &Condition) -> u64 {
+        match condition {
+            Condition::Tenant { id, .. } => self.tenants.get(id).copied().unwrap_or(0),
+            Condition::Namespace { name, .. } => self.namespaces.get(name).map_or(0, |(revision, _)| *revision),
+            Condition::Shard { id, .. } => self.shards.get(id).copied().unwrap_or(0),
+            Condition::NamespaceRoom { tenant, .. } | Condition::LiveNamespaces { tenant, .. } => {
+                self.live.get(tenant).copied().unwrap_or(0)
             }
         }
+    }
+}
 
-        let db_revision = to_db(revision)?;
-        let now = SystemTime::now();
-        let mut delta = Delta { revision, changes: Vec::with_capacity(txn.puts.len()), commit_time: Some(now.into()) };
-        let put_tenant = format!(
-            "INSERT INTO {tenants} (id, revision, body) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET revision = EXCLUDED.revision, body = EXCLUDED.body"
-        );
-        let put_namespace = format!(
-            "INSERT INTO {namespaces} (name, revision, body) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET revision = EXCLUDED.revision, body = EXCLUDED.body"
-        );
-        let put_shard = format!(
-            "INSERT INTO {shards} (id, revision, body) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET revision = EXCLUDED.revision, body = EXCLUDED.body"
-        );
-        for put in txn.puts {
-            match put {
-                Put::Tenant(mut tenant) => {
-                    tenant.revision = revision;
-                    t.execute(&put_tenant, &[&tenant.id, &db_revision, &tenant.encode_to_vec()]).await.map_err(db)?;
-                    delta.changes.push(Change { change: Some(change::Change::Tenant(tenant)) });
-                }
-                Put::Namespace(mut ns) => {
-                    ns.revision = revision;
-                    if ns.create_revision == 0 {
-                        ns.create_revision = revision;
+/// What a group writes: the last version of each object it put, every
+/// delta and audit event, and the counts it changed.
+#[derive(Default)]
+struct Rows {
+    tenants: BTreeMap<String, (i64, Vec<u8>)>,
+    namespaces: BTreeMap<String, (i64, Vec<u8>)>,
+    /// `None`: removed.
+    shards: BTreeMap<String, Option<(i64, Vec<u8>)>>,
+    changes: Vec<(i64, Vec<u8>)>,
+    audit: Vec<AuditEvent>,
+    live: BTreeMap<String, u64>,
+}
+
+/// The keys a group's conditions and namespace puts read.
+#[derive(Default)]
+struct Keys {
+    tenants: Vec<String>,
+    namespaces: Vec<String>,
+    shards: Vec<String>,
+    live: Vec<String>,
+}
+
+impl Keys {
+    fn of(writes: &[&Write]) -> Self {
+        let mut keys = Self::default();
+        for write in writes {
+            let Write::Commit(txn) = write else { continue };
+            for condition in &txn.conditions {
+                match condition {
+                    Condition::Tenant { id, .. } => keys.tenants.push(id.clone()),
+                    Condition::Namespace { name, .. } => keys.namespaces.push(name.clone()),
+                    Condition::Shard { id, .. } => keys.shards.push(id.clone()),
+                    Condition::NamespaceRoom { tenant, .. } | Condition::LiveNamespaces { tenant, .. } => {
+                        keys.live.push(tenant.clone())
                     }
-                    t.execute(&put_namespace, &[&ns.name, &db_revision, &ns.encode_to_vec()]).await.map_err(db)?;
-                    delta.changes.push(Change { change: Some(change::Change::Namespace(ns)) });
                 }
-                Put::Shard(shard) if shard.instances.is_empty() => {
-                    t.execute(&format!("DELETE FROM {shards} WHERE id = $1"), &[&shard.shard_id]).await.map_err(db)?;
-                    delta.changes.push(Change { change: Some(change::Change::ShardRemoved(shard.shard_id)) });
-                }
-                Put::Shard(mut shard) => {
-                    shard.revision = revision;
-                    t.execute(&put_shard, &[&shard.shard_id, &db_revision, &shard.encode_to_vec()])
-                        .await
-                        .map_err(db)?;
-                    delta.changes.push(Change { change: Some(change::Change::Shard(shard)) });
+            }
+            for put in &txn.puts {
+                if let Put::Namespace(ns) = put {
+                    keys.namespaces.push(ns.name.clone());
+                    keys.live.push(super::tenant_of_name(&ns.name).to_owned());
                 }
             }
         }
-        t.execute(
-            &format!("INSERT INTO {changes} (revision, body) VALUES ($1, $2)"),
-            &[&db_revision, &delta.encode_to_vec()],
-        )
-        .await
-        .map_err(db)?;
+        for list in [&mut keys.tenants, &mut keys.namespaces, &mut keys.shards, &mut keys.live] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        keys
+    }
+}
+
+/// An error before the commit: the transaction is rolled back.
+fn nothing(e: ControlPlaneError) -> Failure {
+    Failure::NothingWritten(e)
+}
+
+impl Committer {
+    /// One group after another until the store is dropped.
+    async fn run(self, mut groups: Groups) {
+        while let Some(group) = groups.next().await {
+            let outcome = self.commit_group(&group::writes(&group)).await;
+            for alone in group::answer(group, outcome) {
+                let outcome = self.commit_group(&[&alone.write]).await;
+                group::answer(vec![alone], outcome);
+            }
+        }
+    }
+
+    async fn commit_group(&self, writes: &[&Write]) -> Result<Vec<Committed>, Failure> {
+        let mut client = self.pool.get().await.map_err(|e| nothing(pool_error(e)))?;
+        let t = client.transaction().await.map_err(|e| nothing(db(e)))?;
+        // On an error the transaction is dropped, which rolls it back.
+        let (committed, wrote) = self.apply(&t, writes).await.map_err(nothing)?;
+        if !wrote {
+            // Only conflicts: nothing to write.
+            t.rollback().await.map_err(|e| nothing(db(e)))?;
+            return Ok(committed);
+        }
+        t.commit().await.map_err(|e| Failure::Commit(db(e)))?;
+        // The broadcaster sends the deltas, in order with every other
+        // replica's.
+        self.wake.notify_one();
+        Ok(committed)
+    }
+
+    /// The group's writes inside `t`; returns each commit's outcome and
+    /// whether anything is to be committed.
+    async fn apply(&self, t: &deadpool_postgres::Transaction<'_>, writes: &[&Write]) -> Result<(Vec<Committed>, bool)> {
+        let meta = &self.tables.meta;
+        // The row lock serialises every group of every replica; it is
+        // taken before anything is read.
+        let sql = format!("SELECT revision, compacted, audit_sequence FROM {meta} WHERE id = 1 FOR UPDATE");
+        let row = t.query_one(&sql, &[]).await.map_err(db)?;
+        let (first, compacted, first_sequence) = (from_db(row.get(0))?, from_db(row.get(1))?, from_db(row.get(2))?);
+        let mut known = self.read(t, &Keys::of(writes)).await?;
+        let (mut revision, mut sequence) = (first, first_sequence);
+        let mut rows = Rows::default();
+        let mut committed = Vec::with_capacity(writes.len());
+        for write in writes {
+            match write {
+                Write::Commit(txn) => {
+                    if let Some(failed) = txn.conditions.iter().find(|c| !c.holds(known.current(c))) {
+                        committed.push(Committed::Conflict(failed.clone()));
+                        continue;
+                    }
+                    revision += 1;
+                    let delta = accept(txn, revision, &mut sequence, &mut known, &mut rows)?;
+                    committed.push(Committed::Ok(Arc::new(delta)));
+                }
+                Write::Audit(events) => {
+                    for event in events {
+                        sequence += 1;
+                        rows.audit.push(AuditEvent { sequence, ..event.clone() });
+                    }
+                }
+            }
+        }
+        if revision == first && sequence == first_sequence {
+            return Ok((committed, false));
+        }
         // As the file store: the log keeps `retention` revisions, and the
         // mark only moves forward (a longer retention cannot bring dropped
         // deltas back; a shorter one drops all it no longer keeps).
         let mut new_compacted = compacted;
-        if revision > self.inner.retention {
-            let drop_through = revision - self.inner.retention;
-            if drop_through > compacted {
-                t.execute(
-                    &format!("DELETE FROM {changes} WHERE revision > $1 AND revision <= $2"),
-                    &[&to_db(compacted)?, &to_db(drop_through)?],
-                )
+        if revision > first && revision > self.retention {
+            new_compacted = compacted.max(revision - self.retention);
+        }
+        // Deltas this very group compacts are not written at all.
+        rows.changes.retain(|(r, _)| u64::try_from(*r).is_ok_and(|r| r > new_compacted));
+        self.write(t, rows, (compacted, new_compacted)).await?;
+        let sql = format!("UPDATE {meta} SET revision = $1, compacted = $2, audit_sequence = $3 WHERE id = 1");
+        t.execute(&sql, &[&to_db(revision)?, &to_db(new_compacted)?, &to_db(sequence)?]).await.map_err(db)?;
+        if revision > first {
+            t.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &revision.to_string()]).await.map_err(db)?;
+        }
+        Ok((committed, true))
+    }
+
+    /// What the database holds for `keys`: one query per table. The cost
+    /// is per group, not per commit.
+    async fn read(&self, t: &deadpool_postgres::Transaction<'_>, keys: &Keys) -> Result<Known> {
+        let Tables { tenants, namespaces, shards, live, .. } = &self.tables;
+        let mut known = Known::default();
+        for row in rows(t, format!("SELECT id, revision FROM {tenants} WHERE id = ANY($1)"), &keys.tenants).await? {
+            known.tenants.insert(row.get(0), from_db(row.get(1))?);
+        }
+        let sql = format!("SELECT name, revision, body FROM {namespaces} WHERE name = ANY($1)");
+        for row in rows(t, sql, &keys.namespaces).await? {
+            let live = super::is_live(&decode_namespace(row.get(2))?);
+            known.namespaces.insert(row.get(0), (from_db(row.get(1))?, live));
+        }
+        for row in rows(t, format!("SELECT id, revision FROM {shards} WHERE id = ANY($1)"), &keys.shards).await? {
+            known.shards.insert(row.get(0), from_db(row.get(1))?);
+        }
+        for row in rows(t, format!("SELECT tenant, live FROM {live} WHERE tenant = ANY($1)"), &keys.live).await? {
+            known.live.insert(row.get(0), from_db(row.get(1))?);
+        }
+        Ok(known)
+    }
+
+    /// Writes a group's rows: one statement per table (the cost is per
+    /// group, not per commit).
+    async fn write(
+        &self,
+        t: &deadpool_postgres::Transaction<'_>,
+        rows: Rows,
+        (compacted, new_compacted): (u64, u64),
+    ) -> Result<()> {
+        let Tables { tenants, namespaces, shards, changes, audit, live, .. } = &self.tables;
+        let upsert = |table: &str, key: &str, objects: BTreeMap<String, (i64, Vec<u8>)>| {
+            let sql = format!(
+                "INSERT INTO {table} ({key}, revision, body)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[])
+                 ON CONFLICT ({key}) DO UPDATE SET revision = EXCLUDED.revision, body = EXCLUDED.body"
+            );
+            async move {
+                if objects.is_empty() {
+                    return Ok(());
+                }
+                let (mut keys, mut revisions, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+                for (key, (revision, body)) in objects {
+                    keys.push(key);
+                    revisions.push(revision);
+                    bodies.push(body);
+                }
+                t.execute(&sql, &[&keys, &revisions, &bodies]).await.map(drop).map_err(db)
+            }
+        };
+        upsert(tenants, "id", rows.tenants).await?;
+        upsert(namespaces, "name", rows.namespaces).await?;
+        let (removed, kept): (Vec<_>, Vec<_>) = rows.shards.into_iter().partition(|(_, shard)| shard.is_none());
+        upsert(shards, "id", kept.into_iter().filter_map(|(id, shard)| shard.map(|s| (id, s))).collect()).await?;
+        if !removed.is_empty() {
+            let removed: Vec<String> = removed.into_iter().map(|(id, _)| id).collect();
+            t.execute(&format!("DELETE FROM {shards} WHERE id = ANY($1)"), &[&removed]).await.map_err(db)?;
+        }
+        if new_compacted > compacted {
+            let sql = format!("DELETE FROM {changes} WHERE revision > $1 AND revision <= $2");
+            t.execute(&sql, &[&to_db(compacted)?, &to_db(new_compacted)?]).await.map_err(db)?;
+        }
+        if !rows.changes.is_empty() {
+            let (revisions, bodies): (Vec<i64>, Vec<Vec<u8>>) = rows.changes.into_iter().unzip();
+            let sql = format!("INSERT INTO {changes} (revision, body) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])");
+            t.execute(&sql, &[&revisions, &bodies]).await.map_err(db)?;
+        }
+        if !rows.audit.is_empty() {
+            let n = rows.audit.len();
+            let (mut sequences, mut tenant_ids, mut targets, mut principals, mut actions, mut times, mut bodies) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for event in &rows.audit {
+                sequences.push(to_db(event.sequence)?);
+                tenant_ids.push(event.tenant_id.as_str());
+                targets.push(event.target.as_str());
+                principals.push(event.principal.as_str());
+                actions.push(event.action.as_str());
+                times.push(event.time.as_ref().map_or(0, |t| t.seconds));
+                bodies.push(event.encode_to_vec());
+            }
+            let sql = format!(
+                "INSERT INTO {audit} (sequence, tenant_id, target, principal, action, time_seconds, body)
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                      $6::bigint[], $7::bytea[])"
+            );
+            t.execute(&sql, &[&sequences, &tenant_ids, &targets, &principals, &actions, &times, &bodies])
                 .await
                 .map_err(db)?;
-                new_compacted = drop_through;
-            }
         }
-        for mut event in txn.audit {
-            sequence += 1;
-            event.sequence = sequence;
-            event.revision = revision;
-            insert_audit(&t, audit, &event).await?;
+        if !rows.live.is_empty() {
+            let (tenant_ids, counts): (Vec<String>, Vec<i64>) = rows
+                .live
+                .into_iter()
+                .map(|(tenant, n)| to_db(n).map(|n| (tenant, n)))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .unzip();
+            let sql = format!(
+                "INSERT INTO {live} (tenant, live) SELECT * FROM UNNEST($1::text[], $2::bigint[])
+                 ON CONFLICT (tenant) DO UPDATE SET live = EXCLUDED.live"
+            );
+            t.execute(&sql, &[&tenant_ids, &counts]).await.map_err(db)?;
         }
-        t.execute(
-            &format!("UPDATE {meta} SET compacted = $1, audit_sequence = $2 WHERE id = 1"),
-            &[&to_db(new_compacted)?, &to_db(sequence)?],
-        )
-        .await
-        .map_err(db)?;
-        t.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &revision.to_string()]).await.map_err(db)?;
-        t.commit().await.map_err(db)?;
-        // The broadcaster sends it, in order with every other replica's.
-        self.inner.wake.notify_one();
-        Ok(Committed::Ok(Arc::new(delta)))
+        Ok(())
     }
 }
 
-async fn insert_audit(t: &deadpool_postgres::Transaction<'_>, table: &str, event: &AuditEvent) -> Result<()> {
-    let seconds = event.time.as_ref().map_or(0, |t| t.seconds);
-    t.execute(
-        &format!(
-            "INSERT INTO {table} (sequence, tenant_id, target, principal, action, time_seconds, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        ),
-        &[
-            &to_db(event.sequence)?,
-            &event.tenant_id,
-            &event.target,
-            &event.principal,
-            &event.action,
-            &seconds,
-            &event.encode_to_vec(),
-        ],
-    )
-    .await
-    .map_err(db)?;
-    Ok(())
+/// The rows of `sql` (one `= ANY($1)` over `keys`); none for no keys.
+async fn rows(
+    t: &deadpool_postgres::Transaction<'_>,
+    sql: String,
+    keys: &[String],
+) -> Result<Vec<tokio_postgres::Row>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    t.query(&sql, &[&keys]).await.map_err(db)
+}
+
+/// Accepts one commit whose conditions hold, at `revision`: its objects,
+/// delta and audit events go to `rows`, and `known` learns what it wrote
+/// (for the conditions of the commits after it).
+fn accept(txn: &Txn, revision: u64, sequence: &mut u64, known: &mut Known, rows: &mut Rows) -> Result<Delta> {
+    let db_revision = to_db(revision)?;
+    let now = SystemTime::now();
+    let mut delta = Delta { revision, changes: Vec::with_capacity(txn.puts.len()), commit_time: Some(now.into()) };
+    for put in &txn.puts {
+        match put {
+            Put::Tenant(tenant) => {
+                let mut tenant = tenant.clone();
+                tenant.revision = revision;
+                known.tenants.insert(tenant.id.clone(), revision);
+                rows.tenants.insert(tenant.id.clone(), (db_revision, tenant.encode_to_vec()));
+                delta.changes.push(Change { change: Some(change::Change::Tenant(tenant)) });
+            }
+            Put::Namespace(ns) => {
+                let mut ns = ns.clone();
+                ns.revision = revision;
+                if ns.create_revision == 0 {
+                    ns.create_revision = revision;
+                }
+                let live = super::is_live(&ns);
+                let was_live = known.namespaces.insert(ns.name.clone(), (revision, live)).is_some_and(|(_, l)| l);
+                if was_live != live {
+                    let tenant = super::tenant_of_name(&ns.name);
+                    let count = known.live.entry(tenant.to_owned()).or_default();
+                    *count = if live { *count + 1 } else { count.saturating_sub(1) };
+                    rows.live.insert(tenant.to_owned(), *count);
+                }
+                rows.namespaces.insert(ns.name.clone(), (db_revision, ns.encode_to_vec()));
+                delta.changes.push(Change { change: Some(change::Change::Namespace(ns)) });
+            }
+            Put::Shard(shard) if shard.instances.is_empty() => {
+                known.shards.insert(shard.shard_id.clone(), 0);
+                rows.shards.insert(shard.shard_id.clone(), None);
+                delta.changes.push(Change { change: Some(change::Change::ShardRemoved(shard.shard_id.clone())) });
+            }
+            Put::Shard(shard) => {
+                let mut shard = shard.clone();
+                shard.revision = revision;
+                known.shards.insert(shard.shard_id.clone(), revision);
+                rows.shards.insert(shard.shard_id.clone(), Some((db_revision, shard.encode_to_vec())));
+                delta.changes.push(Change { change: Some(change::Change::Shard(shard)) });
+            }
+        }
+    }
+    rows.changes.push((db_revision, delta.encode_to_vec()));
+    for event in &txn.audit {
+        *sequence += 1;
+        rows.audit.push(AuditEvent { sequence: *sequence, revision, ..event.clone() });
+    }
+    Ok(delta)
 }
 
 #[async_trait]
@@ -593,11 +863,17 @@ impl Store for PgStore {
         rows.iter().map(|row| decode_shard(row.get(0))).collect()
     }
 
-    async fn commit(&self, txn: Txn) -> Result<Committed> {
-        self.commit_txn(txn).await
+    async fn live_namespaces(&self, tenant: &str) -> Result<u64> {
+        let client = self.client().await?;
+        let sql = format!("SELECT live FROM {} WHERE tenant = $1", self.inner.tables.live);
+        client.query_opt(&sql, &[&tenant]).await.map_err(db)?.map_or(Ok(0), |row| from_db(row.get(0)))
     }
 
-    async fn snapshot(&self) -> Result<Snapshot> {
+    async fn commit(&self, txn: Txn) -> Result<Committed> {
+        self.inner.writes.commit(txn).await
+    }
+
+    async fn stream_snapshot(&self, parts: mpsc::Sender<SnapshotPart>) -> Result<()> {
         let Tables { meta, tenants, namespaces, shards, .. } = &self.inner.tables;
         let mut client = self.client().await?;
         // One MVCC snapshot for every read: the objects at one revision.
@@ -610,18 +886,34 @@ impl Store for PgStore {
             .map_err(db)?;
         let revision =
             from_db(t.query_one(&format!("SELECT revision FROM {meta} WHERE id = 1"), &[]).await.map_err(db)?.get(0))?;
-        let mut snapshot = Snapshot { revision, ..Snapshot::default() };
+        let mut first = SnapshotPart { revision, ..SnapshotPart::default() };
         for row in t.query(&format!("SELECT body FROM {tenants} ORDER BY id"), &[]).await.map_err(db)? {
-            snapshot.tenants.push(decode_tenant(row.get(0))?);
-        }
-        for row in t.query(&format!("SELECT body FROM {namespaces} ORDER BY name"), &[]).await.map_err(db)? {
-            snapshot.namespaces.push(decode_namespace(row.get(0))?);
+            first.tenants.push(decode_tenant(row.get(0))?);
         }
         for row in t.query(&format!("SELECT body FROM {shards} ORDER BY id"), &[]).await.map_err(db)? {
-            snapshot.shards.push(decode_shard(row.get(0))?);
+            first.shards.push(decode_shard(row.get(0))?);
         }
-        t.commit().await.map_err(db)?;
-        Ok(snapshot)
+        if parts.send(first).await.is_err() {
+            return Ok(());
+        }
+        // A portal reads the namespaces a part at a time.
+        let statement = t.prepare(&format!("SELECT body FROM {namespaces} ORDER BY name")).await.map_err(db)?;
+        let portal = t.bind(&statement, &[]).await.map_err(db)?;
+        let page = i32::try_from(SNAPSHOT_PART).unwrap_or(i32::MAX);
+        loop {
+            let rows = t.query_portal(&portal, page).await.map_err(db)?;
+            let done = rows.len() < SNAPSHOT_PART;
+            if !rows.is_empty() {
+                let namespaces = rows.iter().map(|row| decode_namespace(row.get(0))).collect::<Result<_>>()?;
+                if parts.send(SnapshotPart { revision, namespaces, ..SnapshotPart::default() }).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        t.commit().await.map_err(db)
     }
 
     async fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes> {
@@ -651,20 +943,7 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<()> {
-        let Tables { meta, audit, .. } = &self.inner.tables;
-        let n = to_db(events.len() as u64)?;
-        let mut client = self.client().await?;
-        let t = client.transaction().await.map_err(db)?;
-        let sql =
-            format!("UPDATE {meta} SET audit_sequence = audit_sequence + $1 WHERE id = 1 RETURNING audit_sequence");
-        let last = from_db(t.query_one(&sql, &[&n]).await.map_err(db)?.get(0))?;
-        let mut sequence = last - events.len() as u64;
-        for mut event in events {
-            sequence += 1;
-            event.sequence = sequence;
-            insert_audit(&t, audit, &event).await?;
-        }
-        t.commit().await.map_err(db)
+        self.inner.writes.append_audit(events).await
     }
 
     async fn list_audit(&self, filter: AuditFilter, limit: usize) -> Result<Vec<AuditEvent>> {
