@@ -355,6 +355,10 @@ impl Kafka {
         clients: &Arc<Clients>,
     ) -> Result<Vec<BackendSetting>> {
         const FIELD: &str = "spec.policies.retention";
+        // The topic is there (made again if it vanished from a broker
+        // that lost it): a config change to a missing topic would be
+        // reported as the broker's refusal.
+        let partitions = self.partitions(ns, topic, settings, clients).await?;
         let wanted = settings.retention_ms();
         let mut held = self.describe(clients, topic).await?;
         if held.get("retention.ms") != Some(&wanted) {
@@ -380,10 +384,6 @@ impl Kafka {
                 description: format!("the kafka broker holds retention.ms={retention:?} after being sent {wanted}"),
             });
         }
-        let partitions = match self.lookup(clients, topic).await? {
-            Some(partitions) => partitions,
-            None => return Err(KafkaError::NotProvisioned(ns.name.clone())),
-        };
         let deletes = if wanted == "-1" {
             "the broker keeps every event".to_owned()
         } else {
