@@ -185,6 +185,11 @@ pub fn namespace(n: &Namespace) -> Value {
         "owner_store_id": n.owner_store_id,
         "status": enum_value(names::namespace_status(n.status), n.status),
         "status_reason": n.status_reason,
+        "backend_settings": n.backend_settings.iter().map(|s| json!({
+            "name": s.name,
+            "value": s.value,
+            "detail": s.detail,
+        })).collect::<Vec<_>>(),
         "create_time": timestamp(n.create_time.as_ref()),
         "update_time": timestamp(n.update_time.as_ref()),
     })

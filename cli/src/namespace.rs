@@ -115,7 +115,14 @@ pub struct UpdateArgs {
 pub fn show(format: Format, ns: &Namespace) -> anyhow::Result<()> {
     match format {
         Format::Json => output::print_json(&json::namespace(ns)),
-        Format::Table => Ok(output::print(&output::namespaces_table(std::slice::from_ref(ns)).render())?),
+        Format::Table => {
+            output::print(&output::namespaces_table(std::slice::from_ref(ns)).render())?;
+            // What the backend holds of the spec, when the owner reported it.
+            if !ns.backend_settings.is_empty() {
+                output::print(&output::backend_settings_table(&ns.backend_settings).render())?;
+            }
+            Ok(())
+        }
     }
 }
 

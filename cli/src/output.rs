@@ -8,7 +8,7 @@ use std::io::Write;
 
 use prism_proto::capabilities;
 use prism_proto::control::{
-    Abstraction, AuditEvent, Backend, Namespace, Tenant, WatchResponse, change, watch_response,
+    Abstraction, AuditEvent, Backend, BackendSetting, Namespace, Tenant, WatchResponse, change, watch_response,
 };
 use serde_json::Value;
 
@@ -169,6 +169,16 @@ pub fn namespaces_table(namespaces: &[Namespace]) -> Table {
             ns.revision.to_string(),
             ns.status_reason.clone(),
         ]);
+    }
+    t
+}
+
+/// What a namespace's backend holds of its spec
+/// (`Namespace.backend_settings`).
+pub fn backend_settings_table(settings: &[BackendSetting]) -> Table {
+    let mut t = Table::new(&["BACKEND SETTING", "VALUE", "DETAIL"]);
+    for s in settings {
+        t.push(vec![s.name.clone(), s.value.clone(), s.detail.clone()]);
     }
     t
 }

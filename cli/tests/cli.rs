@@ -182,6 +182,7 @@ async fn report(cp: &ControlPlaneHandle, name: &str, status: NamespaceStatus, re
         create_revision: ns.create_revision,
         status: status as i32,
         reason: reason.into(),
+        ..Default::default()
     };
     client.report_namespace_status(req).await?;
     Ok(())

@@ -563,6 +563,20 @@ impl ControlPlane {
                 let tenant = self.get_tenant(tenant_of(name)).await?;
                 let mut stored = resolved(spec.clone());
                 validate::within_quotas(name, &mut stored, tenant.quotas.as_ref())?;
+                // What the backend cannot do or undo (another partition
+                // count for a Kafka topic) is refused here, before the
+                // owner tries.
+                if let Some(description) =
+                    prism_proto::control::Backend::try_from(spec.backend).ok().and_then(prism_proto::backends::describe)
+                {
+                    description
+                        .check_change(
+                            old.backend_config.as_deref(),
+                            spec.backend_config.as_deref(),
+                            "spec.backend_config",
+                        )
+                        .map_err(|e| ControlPlaneError::invalid(e.field, e.description))?;
+                }
                 let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
                 if old.backend_config != spec.backend_config && !ns.shard_id.is_empty() {
                     // The owning shard must apply (and check) the new settings.
@@ -619,6 +633,7 @@ impl ControlPlane {
                 if req.reason.len() > MAX_REASON_LEN {
                     return Err(ControlPlaneError::invalid("reason", format!("is longer than {MAX_REASON_LEN} bytes")));
                 }
+                validate::backend_settings("backend_settings", &req.backend_settings)?;
                 let mut ns = self.get_namespace(name).await?;
                 if ns.shard_id != req.shard_id {
                     return Err(ControlPlaneError::FailedPrecondition(format!(
@@ -653,6 +668,12 @@ impl ControlPlane {
                 ns.status = status as i32;
                 ns.status_reason.clone_from(&req.reason);
                 ns.update_time = now;
+                // What the backend holds is replaced by every report that
+                // says something about it; a DEGRADED report without any
+                // (the backend unreachable) leaves what was known.
+                if !req.backend_settings.is_empty() || status != NamespaceStatus::Degraded {
+                    ns.backend_settings.clone_from(&req.backend_settings);
+                }
                 txn.puts.push(Put::Namespace(ns));
                 if status == NamespaceStatus::Deleted {
                     self.finish_tenant_erasure(tenant_id, name, &mut txn).await?;

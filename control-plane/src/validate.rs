@@ -201,6 +201,30 @@ pub fn namespace_spec(spec: &NamespaceSpec, known_shards: &[String]) -> Result<(
     Ok(())
 }
 
+/// Most settings one report may say a backend holds.
+pub const MAX_BACKEND_SETTINGS: usize = 32;
+
+/// What a shard reports its backend holds: bounded, so a report cannot
+/// grow the metadata every watcher receives.
+pub fn backend_settings(field: &str, settings: &[prism_proto::control::BackendSetting]) -> Result<()> {
+    if settings.len() > MAX_BACKEND_SETTINGS {
+        return Err(invalid(field, format!("holds more than {MAX_BACKEND_SETTINGS} settings")));
+    }
+    for (i, s) in settings.iter().enumerate() {
+        let checks =
+            [("name", s.name.as_str(), 128), ("value", s.value.as_str(), 1024), ("detail", s.detail.as_str(), 1024)];
+        for (part, value, max) in checks {
+            if value.len() > max {
+                return Err(invalid(format!("{field}[{i}].{part}"), format!("is longer than {max} bytes")));
+            }
+        }
+        if s.name.is_empty() {
+            return Err(invalid(format!("{field}[{i}].name"), "is required"));
+        }
+    }
+    Ok(())
+}
+
 /// A gateway's endpoint: `host:port`, or `https://host:port` for one that
 /// serves TLS (clients dial what they are told).
 pub fn endpoint(field: &str, endpoint: &str) -> Result<()> {

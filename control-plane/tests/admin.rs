@@ -50,6 +50,7 @@ fn report(ns: &Namespace, shard: &str, status: NamespaceStatus, reason: &str) ->
         create_revision: ns.create_revision,
         status: status as i32,
         reason: reason.into(),
+        ..Default::default()
     }
 }
 
@@ -349,7 +350,12 @@ async fn partitions_and_retention_are_capped_by_quotas() -> anyhow::Result<()> {
         refused_unwritten(&mut probe, c.update_namespace(update(kafka(16, None))), Code::ResourceExhausted, None)
             .await?;
     assert!(violation(&status).1.contains("spec.backend_config.kafka.partitions"));
-    c.update_namespace(update(kafka(2, Some(3600)))).await?;
+    c.update_namespace(update(kafka(4, Some(3600)))).await?;
+    // Within them, another partition count is still refused: a series'
+    // partition depends on it (`prism_proto::backends::kafka::PARTITIONS`).
+    let partitions = Some("spec.backend_config.kafka.partitions");
+    refused_unwritten(&mut probe, c.update_namespace(update(kafka(2, Some(3600)))), Code::InvalidArgument, partitions)
+        .await?;
 
     // A namespace's own quota caps it as well.
     let mut own = kafka(4, Some(7200));

@@ -152,6 +152,7 @@ async fn a_joining_shard_takes_its_rendezvous_share_and_embedded_data_stays() ->
         create_revision: local.create_revision,
         status: NamespaceStatus::Active as i32,
         reason: String::new(),
+        ..Default::default()
     };
     c.report_namespace_status(report).await?;
     let pinned = create(
@@ -320,6 +321,7 @@ async fn report_active(c: &mut ControlPlaneClient, ns: &Namespace) -> anyhow::Re
         create_revision: ns.create_revision,
         status: NamespaceStatus::Active as i32,
         reason: "provisioned".into(),
+        ..Default::default()
     })
     .await?;
     Ok(())

@@ -576,6 +576,7 @@ async fn a_restart_keeps_every_object_and_revision_and_watchers_resume_exactly()
         create_revision: ns.create_revision,
         status: NamespaceStatus::Active as i32,
         reason: String::new(),
+        ..Default::default()
     };
     c.report_namespace_status(report).await?;
     create_namespace(&mut c, "acme/sessions").await?;

@@ -59,6 +59,22 @@ pub struct Local {
     /// the backend resources are there (0: never): a namespace that moves
     /// here ACTIVE (another shard provisioned it) is checked once.
     pub adopted_epoch: AtomicU64,
+    /// The [`policy_fingerprint`] of the spec whose settings this gateway
+    /// last pushed into the backend (0: none yet), so a changed spec is
+    /// applied once, and a restarted gateway applies it again.
+    pub applied_policy: AtomicU64,
+}
+
+/// What of a spec the backend may hold — its policies and its backend
+/// settings — hashed (xxHash64 of their encoding; never 0). A spec whose
+/// fingerprint differs from [`Local::applied_policy`] is due to be
+/// applied (`background/provision.rs`).
+pub fn policy_fingerprint(spec: &prism_proto::control::NamespaceSpec) -> u64 {
+    use prost::Message;
+    let mut bytes = spec.policies.as_ref().map(|p| p.encode_to_vec()).unwrap_or_default();
+    bytes.push(0xff); // where one part ends
+    bytes.extend(spec.backend_config.as_ref().map(|c| c.encode_to_vec()).unwrap_or_default());
+    twox_hash::XxHash64::oneshot(0, &bytes).max(1)
 }
 
 /// A namespace as the gateway routes it.
@@ -83,6 +99,10 @@ pub struct NamespaceEntry {
     /// empty when every instance serves it. A boxed `str`: no heap and 16
     /// bytes for the many namespaces without one.
     pub owner_store: Box<str>,
+    /// What the backend holds of the spec, as last reported
+    /// (`Namespace.backend_settings`): the provisioner reports only what
+    /// changes it.
+    pub backend_settings: Box<[prism_proto::control::BackendSetting]>,
     /// What this gateway keeps for the namespace's incarnation, shared by
     /// every snapshot's entry of it (a new snapshot does not lose it).
     pub local: Arc<Local>,
@@ -132,6 +152,7 @@ impl NamespaceEntry {
             status: NamespaceStatus::try_from(meta.status).unwrap_or(NamespaceStatus::Unspecified),
             status_reason: meta.status_reason,
             owner_store: meta.owner_store_id.into_boxed_str(),
+            backend_settings: meta.backend_settings.into_boxed_slice(),
             local,
             opened: OnceLock::new(),
         }

@@ -31,6 +31,16 @@ async fn a_gateway_serves_a_pulsar_namespace() {
     let cluster = prism_testkit::Cluster::start().await.expect("start a control plane and two gateways");
     let name = "acme/pulsar-events";
     let gateway = cluster.active_namespace(name, spec).await.expect("the namespace becomes ACTIVE");
+    // The namespace shows that the broker holds none of its policies:
+    // Prism enforces retention itself (`plugins/pulsar/src/lib.rs`).
+    let mut cp = cluster.control_plane.client().await.expect("control plane client");
+    let ns = cp
+        .get_namespace(prism_proto::control::GetNamespaceRequest { name: name.into() })
+        .await
+        .expect("get the namespace")
+        .into_inner();
+    let retention = ns.backend_settings.iter().find(|s| s.name == "retention").expect("a retention setting");
+    assert!(retention.value.starts_with("not pushed"), "{retention:?}");
     let mut ts =
         prism_client::time_series(&gateway.endpoint(), Some(&prism_testkit::admin_token())).await.expect("client");
 

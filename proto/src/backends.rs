@@ -171,7 +171,21 @@ pub struct Text {
 pub struct Count {
     pub default: u32,
     pub max: u32,
+    /// How an update may change it.
+    pub change: Change,
     pub field: Field<u32, u32>,
+}
+
+/// How an `UpdateNamespace` may change a setting, checked by the control
+/// plane against the stored spec ([`BackendDescription::check_change`]):
+/// what the backend cannot do, or cannot undo, is refused before it
+/// reaches the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// To any valid value.
+    Any,
+    /// Never, once created (`why` says why, for the refusal).
+    Fixed { why: &'static str },
 }
 
 /// On or off (a `bool` field), default off.
@@ -289,6 +303,33 @@ impl BackendDescription {
         };
         let given = config.and_then(|c| c.config.as_ref()).and_then(|c| (count.field.get)(c)).copied();
         (count.resolve(given.unwrap_or(0)).unwrap_or(count.max), Some(*field))
+    }
+
+    /// Checks that an update from `old` to `new` (both already valid)
+    /// changes its settings only as each one's [`Change`] allows; the
+    /// error names the field as the client wrote it (at `path`).
+    pub fn check_change(
+        &'static self,
+        old: Option<&BackendConfig>,
+        new: Option<&BackendConfig>,
+        path: &str,
+    ) -> Result<(), Invalid> {
+        let value = |config: Option<&BackendConfig>, count: &Count| {
+            let given = config.and_then(|c| c.config.as_ref()).and_then(|c| (count.field.get)(c)).copied();
+            count.resolve(given.unwrap_or(0)).unwrap_or(count.max)
+        };
+        for setting in self.settings {
+            let Kind::Count(count) = &setting.kind else { continue };
+            let (was, asked) = (value(old, count), value(new, count));
+            let field = format!("{path}.{}.{}", self.name, setting.field);
+            match count.change {
+                Change::Fixed { why } if asked != was => {
+                    return Err(invalid(field, format!("cannot change from {was} to {asked}: {why}")));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Checks that `config` (the spec's `backend_config`, at `path`, e.g.

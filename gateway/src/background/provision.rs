@@ -4,18 +4,32 @@
 //! DELETING namespace it drains the requests already admitted (new ones
 //! are refused by authorization), removes the resources and reports
 //! DELETED. DEGRADED namespaces are retried periodically.
+//!
+//! **Policies in the backend.** After provisioning, and whenever the spec
+//! of a namespace it holds changes what the backend may hold (its policies
+//! or backend settings: [`policy_fingerprint`]), the owner calls the
+//! plugin's `apply_policies` — a Kafka topic's `retention.ms`, a
+//! PostgreSQL TimeSeries' day partitions past retention dropped — and
+//! reports what the backend holds (`Namespace.backend_settings`) with
+//! ACTIVE, without leaving ACTIVE meanwhile; a backend that refuses makes
+//! the namespace DEGRADED with the plugin's reason, naming the field, and
+//! it is retried periodically like any DEGRADED namespace. Applying is
+//! idempotent, so every replica of the shard applies (the same settings)
+//! and a restarted gateway applies again; a report is sent only when it
+//! changes what the metadata says (status, reason or settings), so a
+//! report's own delta, or a second replica, causes none.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use prism_proto::control::{Backend, NamespaceStatus, ReportNamespaceStatusRequest};
+use prism_proto::control::{Backend, BackendSetting, NamespaceStatus, ReportNamespaceStatusRequest};
 use tokio::sync::watch;
 
 use super::ControlPlane;
 use super::watcher::Changes;
 use crate::plugins::Plugins;
-use crate::snapshot::{Metadata, NamespaceEntry};
+use crate::snapshot::{Metadata, NamespaceEntry, policy_fingerprint};
 use crate::tail::TailHub;
 
 /// How often DEGRADED namespaces are retried and missed work is redone.
@@ -76,14 +90,23 @@ pub async fn run(parts: Provisioning, changes: Arc<Changes>, mut shutdown: watch
 
 /// Whether `entry` needs the provisioner: pending (PROVISIONING or
 /// DELETING) at a revision not acted on yet, ACTIVE at an owner epoch not
-/// checked yet (it moved here), or DEGRADED at a periodic retry.
+/// checked yet (it moved here), ACTIVE or DEGRADED with a spec whose
+/// settings were not pushed into the backend yet, or DEGRADED at a
+/// periodic retry.
 fn due(entry: &NamespaceEntry, periodic: bool) -> bool {
     let local = &entry.local;
     let retry_degraded = periodic && entry.status == NamespaceStatus::Degraded;
     let pending = matches!(entry.status, NamespaceStatus::Provisioning | NamespaceStatus::Deleting);
     let already_handled = local.handled_revision.load(Ordering::Acquire) == entry.revision;
     let adopting = entry.status == NamespaceStatus::Active && !adopted(entry);
-    retry_degraded || adopting || (pending && !already_handled)
+    retry_degraded || adopting || reapplying(entry) || (pending && !already_handled)
+}
+
+/// Whether `entry` is served (ACTIVE or DEGRADED) with a spec whose
+/// settings this gateway has not pushed into the backend.
+fn reapplying(entry: &NamespaceEntry) -> bool {
+    matches!(entry.status, NamespaceStatus::Active | NamespaceStatus::Degraded)
+        && entry.local.applied_policy.load(Ordering::Acquire) != policy_fingerprint(&entry.ns.spec)
 }
 
 /// Whether this shard made sure of `entry`'s resources at its owner epoch.
@@ -107,10 +130,17 @@ impl Provisioner {
     async fn handle(&self, entry: &NamespaceEntry, periodic: bool) -> Result<(), tonic::Status> {
         let retry_degraded = periodic && entry.status == NamespaceStatus::Degraded;
         let adopting = entry.status == NamespaceStatus::Active && !adopted(entry);
+        // An ACTIVE namespace whose resources are known to be there only
+        // has its changed settings applied.
+        let only_apply = entry.status == NamespaceStatus::Active && !adopting;
         let epoch = if entry.status != NamespaceStatus::Deleting { entry.owner_since } else { 0 };
         entry.local.adopted_epoch.store(epoch, Ordering::Release);
         let backend = Backend::try_from(entry.ns.spec.backend).unwrap_or(Backend::Unspecified);
         let plugin = self.parts.plugins.get(backend).cloned();
+        // The fingerprint of what was applied, kept once the outcome is
+        // reported (or needs no report): a report that fails is retried.
+        let mut applied = None;
+        let mut settings = Vec::new();
         let (status, reason) = match (entry.status, plugin) {
             (NamespaceStatus::Deleting, Some(plugin)) => {
                 self.parts.tails.close(&entry.ns.name);
@@ -132,22 +162,54 @@ impl Provisioner {
                     name = prism_proto::capabilities::backend_name(backend),
                 ),
             ),
-            (_, Some(plugin)) => match plugin.provision(&entry.ns).await {
-                Ok(()) => (NamespaceStatus::Active, format!("provisioned by shard {}", self.parts.shard_id)),
-                Err(e) => {
-                    tracing::warn!(namespace = %entry.ns.name, error = %e, "provisioning failed");
-                    (NamespaceStatus::Degraded, e.report().message)
+            (_, Some(plugin)) => {
+                let fingerprint = policy_fingerprint(&entry.ns.spec);
+                let provisioned = if only_apply { Ok(()) } else { plugin.provision(&entry.ns).await };
+                match provisioned {
+                    Ok(()) => match plugin.apply_policies(&entry.ns).await {
+                        Ok(held) => {
+                            applied = Some(fingerprint);
+                            settings = held;
+                            let reason = if only_apply && entry.status_reason.starts_with("provisioned by") {
+                                entry.status_reason.clone()
+                            } else {
+                                format!("provisioned by shard {}", self.parts.shard_id)
+                            };
+                            (NamespaceStatus::Active, reason)
+                        }
+                        Err(e) => {
+                            tracing::warn!(namespace = %entry.ns.name, error = %e, "applying the spec to the backend failed");
+                            (NamespaceStatus::Degraded, e.report().message)
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(namespace = %entry.ns.name, error = %e, "provisioning failed");
+                        (NamespaceStatus::Degraded, e.report().message)
+                    }
                 }
-            },
+            }
         };
-        if retry_degraded && status == NamespaceStatus::Degraded {
-            return Ok(()); // still failing: nothing new to report
+        // Report only what changes the metadata: a report is a commit
+        // every watcher receives, and its own delta must not cause another.
+        let pending = matches!(entry.status, NamespaceStatus::Provisioning | NamespaceStatus::Deleting);
+        let settings_changed = status == NamespaceStatus::Active && *entry.backend_settings != *settings;
+        let unchanged = status == entry.status && reason == entry.status_reason && !settings_changed;
+        let keep_applied = || {
+            if let Some(fingerprint) = applied {
+                entry.local.applied_policy.store(fingerprint, Ordering::Release);
+            }
+        };
+        if !pending && (unchanged || (retry_degraded && status == NamespaceStatus::Degraded)) {
+            keep_applied();
+            return Ok(()); // still failing, or nothing new to report
         }
-        if adopting && status == NamespaceStatus::Active {
+        if adopting && status == NamespaceStatus::Active && !settings_changed {
             tracing::info!(namespace = %entry.ns.name, "took over namespace; backend resources are in place");
+            keep_applied();
             return Ok(()); // already ACTIVE: nothing to report
         }
-        self.report(entry, status, reason).await?;
+        self.report(entry, status, reason, settings).await?;
+        keep_applied();
         entry.local.handled_revision.store(entry.revision, Ordering::Release);
         Ok(())
     }
@@ -167,6 +229,7 @@ impl Provisioner {
         entry: &NamespaceEntry,
         status: NamespaceStatus,
         reason: String,
+        backend_settings: Vec<BackendSetting>,
     ) -> Result<(), tonic::Status> {
         let mut client = self.parts.link.client().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let request = ReportNamespaceStatusRequest {
@@ -175,6 +238,7 @@ impl Provisioner {
             create_revision: entry.ns.create_revision,
             status: status as i32,
             reason,
+            backend_settings,
         };
         match client.report_namespace_status(request).await {
             Ok(_) => {

@@ -13,6 +13,11 @@ pub enum PluginError {
     /// The namespace has no resources here (not provisioned, or removed).
     #[error("namespace {0} is not provisioned on this backend")]
     NotProvisioned(String),
+    /// The backend refused to hold a setting of the namespace's spec
+    /// (`field`, as the spec names it): the namespace cannot be served as
+    /// specified until the spec or the backend changes.
+    #[error("{field}: {description}")]
+    Refused { field: String, description: String },
     /// The backend is down, overloaded or timed out: retry later.
     /// `public` is safe to show; `source` stays in the server log.
     #[error("{public}: {source}")]
@@ -35,6 +40,10 @@ impl PluginError {
         Self::InvalidArgument { field: field.into(), description: description.into() }
     }
 
+    pub fn refused(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::Refused { field: field.into(), description: description.into() }
+    }
+
     pub fn unavailable(public: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Unavailable { public: public.into(), source: source.into() }
     }
@@ -46,7 +55,7 @@ impl PluginError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::InvalidArgument { .. } => ErrorKind::InvalidArgument,
-            Self::NotProvisioned(_) => ErrorKind::FailedPrecondition,
+            Self::NotProvisioned(_) | Self::Refused { .. } => ErrorKind::FailedPrecondition,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Internal { .. } => ErrorKind::Internal,
         }
@@ -60,7 +69,7 @@ impl PluginError {
     pub fn report(&self) -> Report {
         match self {
             Self::InvalidArgument { field, description } => Report::bad_field(field.clone(), description.clone()),
-            Self::NotProvisioned(_) => Report::new(self.kind(), self.to_string()),
+            Self::NotProvisioned(_) | Self::Refused { .. } => Report::new(self.kind(), self.to_string()),
             Self::Unavailable { public, .. } | Self::Internal { public, .. } => {
                 Report::new(self.kind(), public.clone())
             }

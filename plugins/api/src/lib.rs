@@ -48,7 +48,9 @@
 //!
 //! # What else is here
 //!
-//! - [`Plugin`]: capabilities, `provision`, `deprovision`, and
+//! - [`Plugin`]: capabilities, `provision`, `deprovision`,
+//!   `apply_policies` (the spec's settings pushed into the backend and
+//!   read back, [`BackendSetting`]), and
 //!   [`Plugin::client_stats`] (pool and producer-queue gauges the gateway
 //!   turns into metrics: plugins know no metrics library).
 //! - [`kv`]: every KeyValue write is one `mutate` of one record: atomic,
@@ -81,6 +83,7 @@ pub mod ts;
 pub mod conformance;
 
 use async_trait::async_trait;
+pub use prism_proto::control::BackendSetting;
 use prism_proto::control::{Abstraction, Backend, NamespaceSpec};
 
 pub use error::{PluginError, Result};
@@ -142,6 +145,21 @@ pub trait Plugin: Send + Sync + 'static {
     /// Removes the namespace's resources and every byte of its data.
     /// Idempotent: removing what is gone succeeds.
     async fn deprovision(&self, ns: &Namespace) -> Result<()>;
+
+    /// Makes the settings the backend itself holds for `ns` (a Kafka
+    /// topic's `retention.ms`; the day partitions a PostgreSQL TimeSeries
+    /// keeps) what its spec says now, and returns them as read back from
+    /// the backend, for `Namespace.backend_settings`. The owning shard
+    /// calls it after [`provision`](Self::provision), and again whenever
+    /// the namespace's spec changes or the shard takes the namespace over.
+    /// Idempotent: applying what the backend already holds changes
+    /// nothing. A setting the backend refuses is [`PluginError::Refused`],
+    /// naming the spec's field. By default the backend holds nothing of
+    /// the spec (embedded: the gateway applies every policy itself).
+    async fn apply_policies(&self, ns: &Namespace) -> Result<Vec<BackendSetting>> {
+        let _ = ns;
+        Ok(Vec::new())
+    }
 
     /// The KeyValue store, when the plugin serves KEY_VALUE.
     fn key_value(&self) -> Option<&dyn kv::KeyValue> {

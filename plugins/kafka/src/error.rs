@@ -27,6 +27,17 @@ pub enum KafkaError {
         #[source]
         source: ClientError,
     },
+    /// A connection of the plugin's own ([`crate::admin`]) failed `what`.
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The broker refused to hold a setting of the namespace's spec;
+    /// `field` names it as the spec does.
+    #[error("{field}: {description}")]
+    Refused { field: String, description: String },
     /// A step ran past the plugin's request timeout.
     #[error("{0} timed out")]
     Timeout(&'static str),
@@ -80,6 +91,8 @@ impl From<KafkaError> for PluginError {
                 PluginError::invalid(field, description)
             }
             KafkaError::NotProvisioned(ns) => PluginError::NotProvisioned(ns),
+            KafkaError::Refused { field, description } => PluginError::refused(field, description),
+            KafkaError::Io { .. } => PluginError::unavailable("the kafka backend is unavailable", e),
             KafkaError::Corrupt(_) => PluginError::internal("the kafka backend holds data this gateway cannot read", e),
             KafkaError::Client { .. } | KafkaError::Timeout(_) => match e.code().and_then(invalid_message) {
                 Some(message) => PluginError::invalid("events", message),

@@ -17,10 +17,29 @@
 //! Provisioning creates the incarnation's topic with the namespace's
 //! partitions, replication factor and `retention.ms` (−1 without
 //! retention; an existing topic is fine); deprovisioning deletes it (a
-//! missing one is fine). A topic the plugin had that vanishes (a broker
+//! missing one is fine).
+//!
+//! **Policies in the broker.** [`Plugin::apply_policies`] makes the
+//! topic's `retention.ms` the namespace's retention now, so the broker
+//! itself deletes events past it (whole segments, `segment.ms` = 1 h),
+//! and the bytes of events Prism already hides on read do not stay: it
+//! reads the topic's configs back (DescribeConfigs), sets `retention.ms`
+//! alone when it differs (IncrementalAlterConfigs, [`admin`] says why by
+//! hand), and reads them back again, so what the namespace shows is what
+//! the broker holds. A broker that refuses, or keeps another value, is
+//! [`KafkaError::Refused`] naming `spec.policies.retention`. Partitions
+//! and replication factor are fixed once created (the control plane
+//! refuses a change, `prism_proto::backends::kafka::PARTITIONS` says
+//! why); they are reported as the broker's metadata has them. The accept
+//! window is not pushed: Kafka's `message.timestamp.before.max.ms` would
+//! hold direct producers to it too, but only brokers from 3.6 know it
+//! (older ones refuse the unknown config, tansu ignores it), and a broker
+//! whose clock is behind the gateway's would refuse events the gateway
+//! accepted; the gateway refuses late events itself. A topic the plugin had that vanishes (a broker
 //! that lost its data) is created again, empty, on next use; one it never
 //! had is `NotProvisioned`.
 
+pub mod admin;
 pub mod codec;
 pub mod config;
 pub mod error;
@@ -32,10 +51,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prism_plugin_api::ts::TimeSeries;
-use prism_plugin_api::{Capabilities, Micros, Namespace, Plugin, PluginError, PluginSettings};
+use prism_plugin_api::{BackendSetting, Capabilities, Micros, Namespace, Plugin, PluginError, PluginSettings};
 use prism_proto::control::Backend;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, Producer};
@@ -301,6 +320,85 @@ impl Kafka {
         }
     }
 
+    /// The configs of `topic` as the brokers hold them (DescribeConfigs).
+    async fn describe(&self, clients: &Arc<Clients>, topic: &str) -> Result<HashMap<String, String>> {
+        let resource = ResourceSpecifier::Topic(topic);
+        let described = tokio::time::timeout(
+            self.config.request_timeout * 2,
+            clients.admin.describe_configs([&resource], &self.admin_options()),
+        )
+        .await
+        .map_err(|_| KafkaError::Timeout("describe topic configs"))?
+        .map_err(KafkaError::client("describe topic configs"))?;
+        let mut configs = HashMap::new();
+        for result in described {
+            let resource = result.map_err(|code| KafkaError::Client {
+                what: "describe topic configs",
+                source: rdkafka::error::KafkaError::AdminOp(code),
+            })?;
+            for entry in resource.entries {
+                if let Some(value) = entry.value {
+                    configs.insert(entry.name, value);
+                }
+            }
+        }
+        Ok(configs)
+    }
+
+    /// Makes the topic's `retention.ms` the namespace's and returns what
+    /// the broker holds ([`Plugin::apply_policies`]).
+    async fn apply(
+        &self,
+        ns: &Namespace,
+        topic: &str,
+        settings: &NamespaceSettings,
+        clients: &Arc<Clients>,
+    ) -> Result<Vec<BackendSetting>> {
+        const FIELD: &str = "spec.policies.retention";
+        // The topic is there (made again if it vanished from a broker
+        // that lost it): a config change to a missing topic would be
+        // reported as the broker's refusal.
+        let partitions = self.partitions(ns, topic, settings, clients).await?;
+        let wanted = settings.retention_ms();
+        let mut held = self.describe(clients, topic).await?;
+        if held.get("retention.ms") != Some(&wanted) {
+            let set = [("retention.ms", wanted.as_str())];
+            match admin::set_topic_configs(&settings.bootstrap, topic, &set, self.config.request_timeout).await {
+                Ok(()) => {}
+                Err(admin::Outcome::Refused(code, message)) => {
+                    let message = if message.is_empty() { String::new() } else { format!(" ({message})") };
+                    return Err(KafkaError::Refused {
+                        field: FIELD.into(),
+                        description: format!("the kafka broker refused retention.ms={wanted}: {code}{message}"),
+                    });
+                }
+                Err(admin::Outcome::Failed(e)) => return Err(e),
+            }
+            held = self.describe(clients, topic).await?;
+            tracing::info!(namespace = %ns.name, retention_ms = %wanted, "set the kafka topic's retention.ms");
+        }
+        let retention = held.get("retention.ms").cloned().unwrap_or_default();
+        if retention != wanted {
+            return Err(KafkaError::Refused {
+                field: FIELD.into(),
+                description: format!("the kafka broker holds retention.ms={retention:?} after being sent {wanted}"),
+            });
+        }
+        let deletes = if wanted == "-1" {
+            "the broker keeps every event".to_owned()
+        } else {
+            "the broker deletes events past it, a whole segment (segment.ms) at a time".to_owned()
+        };
+        let mut shown = vec![
+            BackendSetting { name: "partitions".into(), value: partitions.to_string(), detail: String::new() },
+            BackendSetting { name: "retention.ms".into(), value: retention, detail: deletes },
+        ];
+        if let Some(segment) = held.get("segment.ms") {
+            shown.push(BackendSetting { name: "segment.ms".into(), value: segment.clone(), detail: String::new() });
+        }
+        Ok(shown)
+    }
+
     fn remember(&self, topic: &str, partitions: i32) {
         lock(&self.topics).insert(topic.to_owned(), TopicState { partitions, verified: true });
     }
@@ -380,6 +478,12 @@ impl Plugin for KafkaPlugin {
         let clients = self.kafka.clients(&settings)?;
         self.kafka.create_topic(ns, &settings, &clients).await?;
         Ok(())
+    }
+
+    async fn apply_policies(&self, ns: &Namespace) -> prism_plugin_api::Result<Vec<BackendSetting>> {
+        let settings = NamespaceSettings::of(ns)?;
+        let clients = self.kafka.clients(&settings)?;
+        Ok(self.kafka.apply(ns, &codec::topic(ns), &settings, &clients).await?)
     }
 
     async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {

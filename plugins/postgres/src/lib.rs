@@ -315,6 +315,18 @@ impl Plugin for PostgresPlugin {
         })
     }
 
+    /// A TimeSeries namespace's retention is the day partitions it keeps:
+    /// those wholly past it are dropped now ([`ts::apply`]), and what is
+    /// left is reported. KeyValue tables hold nothing of the spec.
+    async fn apply_policies(&self, ns: &Namespace) -> prism_plugin_api::Result<Vec<prism_plugin_api::BackendSetting>> {
+        if ns.spec.abstraction != prism_proto::control::Abstraction::TimeSeries as i32 {
+            return Ok(Vec::new());
+        }
+        let opened = self.opened(ns)?;
+        let now = prism_plugin_api::now_micros();
+        opened.run("applying policies", ts::apply(&opened.target, now, opened.retention)).await
+    }
+
     async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
         let target = match self.target(ns) {
             Ok(target) => target,

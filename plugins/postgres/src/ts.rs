@@ -55,7 +55,11 @@
 //! `reclaim(now)` drops the day partitions (both tables) wholly older than
 //! `now - retention`, under the partition lock, counting their events
 //! from the planner's estimate; then deletes the older rows of the
-//! partitions the cutoff falls in (and of `_elo`), in batches.
+//! partitions the cutoff falls in (and of `_elo`), in batches. When the
+//! owner applies a spec (`Plugin::apply_policies`: at provisioning, and
+//! when the retention changes), the whole partitions past the new
+//! retention are dropped at once, and the day partitions left are what
+//! the namespace shows the backend holds.
 
 mod filter;
 
@@ -529,6 +533,38 @@ async fn reclaim(t: &Target, now: Micros, retention: Option<Micros>) -> Result<u
         return Ok(0);
     };
     let cutoff = now.saturating_sub(retention);
+    let mut removed = drop_partitions(t, &mut client, cutoff).await?;
+    // What is left past the cutoff: the partition it falls in, and `_elo`.
+    let deletes = [
+        (t.ts_items(), "time_series_id, event_time, event_id, key", false),
+        (t.ts_events(), "time_series_id, event_time, event_id", true),
+    ];
+    for (table, identity, counted) in deletes {
+        loop {
+            let deleted = client
+                .execute_typed(
+                    &format!(
+                        "DELETE FROM {table} WHERE event_time < $1 AND ({identity}) IN (
+                            SELECT {identity} FROM {table} WHERE event_time < $1 LIMIT $2)"
+                    ),
+                    &[(&cutoff, Type::INT8), (&RECLAIM_BATCH, Type::INT8)],
+                )
+                .await?;
+            if counted {
+                removed += deleted;
+            }
+            if deleted < RECLAIM_BATCH.unsigned_abs() {
+                break;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Drops the day partitions (both tables) wholly older than `cutoff`,
+/// each under the partition lock; returns the planner's estimate of their
+/// events.
+async fn drop_partitions(t: &Target, client: &mut deadpool_postgres::Object, cutoff: Micros) -> Result<u64> {
     let mut removed = 0u64;
     let partitions = client
         .query_typed(
@@ -559,31 +595,73 @@ async fn reclaim(t: &Target, now: Micros, retention: Option<Micros>) -> Result<u
         t.known_days().remove(&day);
         removed += estimate;
     }
-    // What is left past the cutoff: the partition it falls in, and `_elo`.
-    let deletes = [
-        (t.ts_items(), "time_series_id, event_time, event_id, key", false),
-        (t.ts_events(), "time_series_id, event_time, event_id", true),
-    ];
-    for (table, identity, counted) in deletes {
-        loop {
-            let deleted = client
-                .execute_typed(
-                    &format!(
-                        "DELETE FROM {table} WHERE event_time < $1 AND ({identity}) IN (
-                            SELECT {identity} FROM {table} WHERE event_time < $1 LIMIT $2)"
-                    ),
-                    &[(&cutoff, Type::INT8), (&RECLAIM_BATCH, Type::INT8)],
-                )
-                .await?;
-            if counted {
-                removed += deleted;
-            }
-            if deleted < RECLAIM_BATCH.unsigned_abs() {
-                break;
-            }
+    Ok(removed)
+}
+
+/// Drops the day partitions wholly past `retention` at `now` and returns
+/// what the database then holds: its day partitions
+/// ([`prism_plugin_api::Plugin::apply_policies`]). Run when the owner
+/// applies a spec, so a shorter retention frees the space at once rather
+/// than at the next reclamation. Only whole partitions (a few DDL
+/// statements): the rows past retention in the day the cutoff falls in
+/// are left to [`reclaim`], whose batched deletes may take long.
+pub(crate) async fn apply(
+    t: &Target,
+    now: Micros,
+    retention: Option<Micros>,
+) -> Result<Vec<prism_plugin_api::BackendSetting>> {
+    let mut client = t.pool.get().await?;
+    // Also checks the namespace exists.
+    client.query_typed(&format!("SELECT 1 FROM {} WHERE false", t.ts_events()), &[]).await?;
+    let dropped = match retention {
+        Some(retention) => drop_partitions(t, &mut client, now.saturating_sub(retention)).await?,
+        None => 0,
+    };
+    let partitions = client
+        .query_typed(
+            "SELECT c.relname::text FROM pg_inherits h
+             JOIN pg_class c ON c.oid = h.inhrelid WHERE h.inhparent = to_regclass($1)",
+            &[(&t.ts_events(), Type::TEXT)],
+        )
+        .await?;
+    let mut days = Vec::new();
+    for row in &partitions {
+        if let Some(day) = partition_day(&t.names, &row.try_get::<_, String>(0)?) {
+            days.push(day);
         }
     }
-    Ok(removed)
+    days.sort_unstable();
+    tracing::debug!(namespace = %t.name, dropped, days = days.len(), "applied the retention to the day partitions");
+    let enforced = match retention {
+        Some(_) => {
+            "dropped whole once wholly past retention, by the owning gateway when the spec changes and at every reclamation"
+        }
+        None => "no retention: every day is kept",
+    };
+    let setting = |name: &str, value: String, detail: &str| prism_plugin_api::BackendSetting {
+        name: name.into(),
+        value,
+        detail: detail.into(),
+    };
+    Ok(vec![
+        setting("day_partitions", days.len().to_string(), enforced),
+        setting("oldest_day_partition", days.first().map_or_else(|| "none".to_owned(), |d| date(*d)), "UTC"),
+    ])
+}
+
+/// `YYYY-MM-DD` of a day since the epoch (Howard Hinnant's
+/// `civil_from_days`).
+fn date(day: i64) -> String {
+    let z = day + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 #[async_trait]
@@ -607,6 +685,14 @@ mod tests {
     use prism_plugin_api::ts::read_window as window;
 
     use super::*;
+
+    #[test]
+    fn dates_of_days() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(19_876), "2024-06-02");
+        assert_eq!(date(11_016), "2000-02-29");
+        assert_eq!(date(99_999), "2243-10-16");
+    }
 
     #[test]
     fn days_and_partition_names() {

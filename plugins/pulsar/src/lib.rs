@@ -29,6 +29,30 @@
 //! same holds for reclamation: a `Reclaimed` marker hides events past
 //! retention; Pulsar's namespace retention policy is what frees the space.
 //!
+//! **Policies.** What a namespace's spec could ask of the broker —
+//! retention (Pulsar's namespace retention policy or message TTL), and
+//! deleting a deleted namespace's topics — is set only through Pulsar's
+//! admin REST API (`/admin/v2/namespaces/{tenant}/{ns}/retention`,
+//! `DELETE /admin/v2/persistent/…`), not through the binary protocol this
+//! plugin speaks: its commands (`PulsarApi.proto`) connect, look topics
+//! up, produce, subscribe, flow, acknowledge, seek and close, and none
+//! sets a policy or deletes a topic. pulsar-lite, the broker the tests
+//! run, has no admin API at all and serves only Connect, Lookup,
+//! PartitionedMetadata, Producer, Send, CloseProducer, Subscribe, Flow,
+//! Ack, Redeliver, CloseConsumer and Ping. So nothing is pushed
+//! (`apply_policies` reports it, and the namespace shows it), and
+//! retention is Prism's: reads never return events past it, and
+//! `reclaim` publishes a `Reclaimed` marker. The one lever the protocol
+//! has is acknowledgement: on a real Pulsar whose namespace retention
+//! policy is 0, messages acknowledged by every durable subscription are
+//! deleted at the next ledger roll-over, so a durable subscription
+//! acknowledged up to the retention cutoff would let the broker free
+//! them. It is not built (nor checked whether pulsar-lite frees
+//! anything on acknowledgement); and since Prism's reads use non-durable
+//! readers, a real deployment must already keep a retention policy of at least
+//! the namespace's retention (or infinite) for Prism's data to survive at
+//! all — an operator's setting, checked nowhere by Prism.
+//!
 //! **Relay.** Readers reach a `pulsar://` broker through an in-process
 //! loopback relay (`src/relay.rs`) that adds the payload checksum the
 //! `pulsar` crate requires and the protocol does not (pulsar-lite delivers
@@ -658,6 +682,25 @@ impl Plugin for PulsarPlugin {
             tracing::warn!(namespace = %ns.name, error = %e, "provisioning pulsar topics failed");
             e.into()
         })
+    }
+
+    /// Nothing of the spec can be pushed into a Pulsar broker from here
+    /// (the crate docs, "Policies", say why): the namespace shows that
+    /// the broker holds no retention of Prism's, so it is plain that
+    /// Prism enforces it.
+    async fn apply_policies(&self, ns: &Namespace) -> prism_plugin_api::Result<Vec<prism_plugin_api::BackendSetting>> {
+        let held = match prism_plugin_api::ts::retention(ns) {
+            Some(_) => {
+                "events past retention are hidden on read by prism; their bytes stay until the broker's own \
+                        retention policy, set by its operator, removes them"
+            }
+            None => "every event is kept by prism; the broker's own retention policy must keep them too",
+        };
+        Ok(vec![prism_plugin_api::BackendSetting {
+            name: "retention".into(),
+            value: "not pushed: the pulsar binary protocol has no command for it".into(),
+            detail: held.into(),
+        }])
     }
 
     /// Marks the incarnation deprovisioned: its events are never read

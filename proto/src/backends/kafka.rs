@@ -2,14 +2,36 @@
 //! namespace incarnation. The plugin (`prism-plugin-kafka`) reads its
 //! defaults and limits from the constants here.
 
-use super::{BackendDescription, Count, Kind, List, Presence, Setting, Telemetry, field};
+use super::{BackendDescription, Change, Count, Kind, List, Presence, Setting, Telemetry, field};
 use crate::control::backend_config::Config;
 use crate::control::{Abstraction, Backend, KafkaConfig};
 
 /// Partitions of a namespace's topic: 0 means 1, at most 1024.
-pub const PARTITIONS: Count = Count { default: 1, max: 1024, field: field!(Kafka.partitions: u32, u32) };
+///
+/// Fixed once created. Fewer partitions: Kafka cannot remove any. More:
+/// the broker could add them (CreatePartitions), but a series lives in the
+/// partition its hash picks modulo the count (`prism-plugin-kafka`'s
+/// codec), so a series read would look in its new partition and miss its
+/// older events; growing needs the plugin to remember the counts a topic
+/// had, which it does not yet.
+pub const PARTITIONS: Count = Count {
+    default: 1,
+    max: 1024,
+    change: Change::Fixed {
+        why: "a series is placed by its hash modulo the partitions, so another count would hide its older events; \
+              create a new namespace with the partitions wanted",
+    },
+    field: field!(Kafka.partitions: u32, u32),
+};
 /// Replication factor of the topic: 0 means 1, at most 16.
-pub const REPLICATION_FACTOR: Count = Count { default: 1, max: 16, field: field!(Kafka.replication_factor: u32, u32) };
+pub const REPLICATION_FACTOR: Count = Count {
+    default: 1,
+    max: 16,
+    change: Change::Fixed {
+        why: "changing a topic's replication factor takes a partition reassignment, which prism does not do",
+    },
+    field: field!(Kafka.replication_factor: u32, u32),
+};
 /// Most brokers one namespace may list.
 pub const MAX_BOOTSTRAP_SERVERS: usize = 64;
 

@@ -3,12 +3,13 @@
 //! the plugin (`prism-plugin-postgres`) reads its defaults and limits from
 //! the constants here and checks what only a connection could tell.
 
-use super::{BackendDescription, Count, Kind, Presence, Setting, Switch, Telemetry, Text, field};
+use super::{BackendDescription, Change, Count, Kind, Presence, Setting, Switch, Telemetry, Text, field};
 use crate::control::backend_config::Config;
 use crate::control::{Abstraction, Backend, PostgresConfig};
 
 /// Connections of a namespace's pool: 0 means 16, at most 1024.
-pub const POOL_SIZE: Count = Count { default: 16, max: 1024, field: field!(Postgres.pool_size: u32, u32) };
+pub const POOL_SIZE: Count =
+    Count { default: 16, max: 1024, change: Change::Any, field: field!(Postgres.pool_size: u32, u32) };
 /// The schema of a namespace whose settings name none.
 pub const DEFAULT_SCHEMA: &str = "public";
 /// Longest DSN, in bytes.
