@@ -796,8 +796,12 @@ pub async fn flood_once(addr: &str, streams: usize, tally: &Tally, stop: &Atomic
 /// `closed_by_server` and how long that took.
 pub async fn hold_silent(addr: &str, preface: bool) -> std::io::Result<(&'static str, Option<Duration>)> {
     use tokio::io::AsyncWriteExt;
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    // Timed from before the connect: the server's handshake timer starts
+    // at its accept, which can come before this task is polled again
+    // after the connect (by 3 ms in a CI run), so a clock started after
+    // it could read less than the timeout the server kept.
     let start = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     if preface {
         stream.write_all(raw::PREFACE).await?;
     }
