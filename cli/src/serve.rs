@@ -321,6 +321,10 @@ pub struct DevArgs {
     /// Serve no metrics (and count no requests per namespace)
     #[arg(long, conflicts_with = "metrics_port")]
     pub no_metrics: bool,
+    /// Bytes of each shard's embedded store page cache (a gateway's
+    /// `cache.store_bytes`; default 256 MiB)
+    #[arg(long, value_name = "BYTES")]
+    pub store_cache_bytes: Option<u64>,
 }
 
 /// The dev token's lifetime.
@@ -410,6 +414,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             ..GatewayConfig::default()
         };
         config.auth.hs256_secret = Some(secret.as_str().into());
+        if let Some(bytes) = args.store_cache_bytes {
+            config.cache.store_bytes = bytes;
+        }
         // Each shard calls the control plane (watch, status reports) as itself.
         config.control_plane_token =
             Some(prism_gateway::auth::mint_hs256(&secret, shard, None, &["shard"], DEV_TOKEN_SECONDS)?.into());

@@ -124,11 +124,17 @@ pub struct CacheConfig {
     pub max_bytes: u64,
     /// Records larger than this are not cached. Default 1 MiB.
     pub max_record_bytes: u64,
+    /// Bytes of the embedded store's own page cache (redb's) at most: the
+    /// pages it read or wrote last, kept in memory; the rest are read from
+    /// the file (and the OS's page cache). Resident memory grows with the
+    /// stored data until this is full. Default 256 MiB; range
+    /// 1 MiB..=1 TiB.
+    pub store_bytes: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { max_bytes: 64 << 20, max_record_bytes: 1 << 20 }
+        Self { max_bytes: 64 << 20, max_record_bytes: 1 << 20, store_bytes: 256 << 20 }
     }
 }
 
@@ -396,6 +402,9 @@ impl GatewayConfig {
         if self.cache.max_record_bytes > self.cache.max_bytes && self.cache.max_bytes > 0 {
             return Err(bad("cache.max_record_bytes", "must not exceed cache.max_bytes"));
         }
+        if !(1 << 20..=1 << 40).contains(&self.cache.store_bytes) {
+            return Err(bad("cache.store_bytes", "must be within 1 MiB..=1 TiB"));
+        }
         if self.limits.max_in_flight == 0 {
             return Err(bad("limits.max_in_flight", "must be at least 1"));
         }
@@ -547,5 +556,14 @@ mod tests {
         assert!(e.to_string().contains("unknown field `shard`"), "{e}");
         let e = GatewayConfig::from_toml("shard_id = \"S0\"").expect_err("bad id");
         assert!(e.to_string().contains("shard_id"), "{e}");
+        let e =
+            GatewayConfig::from_toml("shard_id = \"s0\"\n[auth]\nallow_anonymous = true\n[cache]\nstore_bytes = 4096")
+                .expect_err("small store cache");
+        assert!(e.to_string().contains("cache.store_bytes"), "{e}");
+        let c = GatewayConfig::from_toml(
+            "shard_id = \"s0\"\n[auth]\nallow_anonymous = true\n[cache]\nstore_bytes = 16777216",
+        )
+        .expect("a store cache of 16 MiB");
+        assert_eq!(c.cache.store_bytes, 16 << 20);
     }
 }

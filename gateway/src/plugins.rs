@@ -80,6 +80,7 @@ fn settings(config: &GatewayConfig) -> PluginSettings {
     PluginSettings {
         data_dir: config.data_dir(),
         chunk_threshold_bytes: config.limits.chunk_threshold_bytes,
+        store_cache_bytes: config.cache.store_bytes,
         request_timeout: config.request_timeout(),
         // A namespace's secret reference resolves only to what is declared.
         secrets: Arc::new(Secrets::new(config.secrets.clone())),

@@ -31,6 +31,10 @@ pub struct PluginSettings {
     /// size, by the plugins that store values (the gateway's
     /// `limits.chunk_threshold_bytes`).
     pub chunk_threshold_bytes: u64,
+    /// Memory a plugin that caches its own store's pages may use for them
+    /// (the gateway's `cache.store_bytes`): the embedded store's redb page
+    /// cache, which otherwise grows with the data up to redb's 1 GiB.
+    pub store_cache_bytes: u64,
     /// How long one request may take at the gateway (its
     /// `limits.request_timeout_ms`): a plugin that bounds its own calls
     /// should not let one outlive it. Pulsar bounds every call by it; the

@@ -42,6 +42,10 @@ pub struct EmbeddedConfig {
     /// transaction at a time, so they wait asynchronously, one running.
     /// Default 64. Range 1..=1024.
     pub max_concurrent_reads: usize,
+    /// Bytes of redb's page cache: the pages read or written last, kept in
+    /// memory. Resident memory grows with the data until it is full.
+    /// Default 256 MiB. Range 1 MiB..=1 TiB.
+    pub cache_bytes: u64,
 }
 
 impl Default for EmbeddedConfig {
@@ -59,6 +63,7 @@ impl EmbeddedConfig {
             tombstone_retention: Duration::from_secs(60 * 60),
             token_retention: Duration::from_secs(24 * 60 * 60),
             max_concurrent_reads: 64,
+            cache_bytes: 256 << 20,
         }
     }
 
@@ -88,6 +93,9 @@ impl EmbeddedConfig {
         }
         if !(1..=1024).contains(&self.max_concurrent_reads) {
             return Err(bad("max_concurrent_reads", format!("{} is outside 1..=1024", self.max_concurrent_reads)));
+        }
+        if !(1 << 20..=1 << 40).contains(&self.cache_bytes) {
+            return Err(bad("cache_bytes", format!("{} is outside 1 MiB..=1 TiB", self.cache_bytes)));
         }
         Ok(())
     }
@@ -134,6 +142,7 @@ mod tests {
             "tombstone_retention"
         );
         assert_eq!(field(EmbeddedConfig { token_retention: Duration::MAX, ..base.clone() }), "token_retention");
-        assert_eq!(field(EmbeddedConfig { max_concurrent_reads: 0, ..base }), "max_concurrent_reads");
+        assert_eq!(field(EmbeddedConfig { max_concurrent_reads: 0, ..base.clone() }), "max_concurrent_reads");
+        assert_eq!(field(EmbeddedConfig { cache_bytes: 4096, ..base }), "cache_bytes");
     }
 }

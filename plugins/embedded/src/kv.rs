@@ -532,7 +532,8 @@ impl Store {
     pub(crate) fn open(config: &EmbeddedConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| EmbeddedError::DataDir { path: config.data_dir.clone(), source })?;
-        let db = Database::create(config.data_dir.join(FILE_NAME)).map_err(storage)?;
+        let cache = usize::try_from(config.cache_bytes).unwrap_or(usize::MAX);
+        let db = Database::builder().set_cache_size(cache).create(config.data_dir.join(FILE_NAME)).map_err(storage)?;
         let w = db.begin_write().map_err(storage)?;
         // Every table exists from the start, so read transactions never
         // meet a missing one.

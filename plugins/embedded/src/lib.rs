@@ -69,6 +69,7 @@ pub fn open(settings: &PluginSettings) -> prism_plugin_api::Result<Arc<dyn Plugi
     let config = EmbeddedConfig {
         data_dir: settings.data_dir.clone(),
         chunk_threshold_bytes: settings.chunk_threshold_bytes,
+        cache_bytes: settings.store_cache_bytes,
         ..EmbeddedConfig::default()
     };
     let plugin =
