@@ -63,6 +63,11 @@ impl KafkaError {
         move |source| Self::Client { what, source }
     }
 
+    /// The error the brokers gave one item (a topic) of an admin request.
+    pub(crate) fn admin_op(what: &'static str, code: RDKafkaErrorCode) -> Self {
+        Self::Client { what, source: ClientError::AdminOp(code) }
+    }
+
     /// The broker's (or librdkafka's) error code, when there is one.
     pub fn code(&self) -> Option<RDKafkaErrorCode> {
         match self {

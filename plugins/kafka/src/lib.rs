@@ -251,6 +251,19 @@ impl Kafka {
             .operation_timeout(Some(self.config.request_timeout))
     }
 
+    /// Runs one admin request (`call` given [`Self::admin_options`]),
+    /// bounded by twice the request timeout (librdkafka's own bound is
+    /// the request and then the operation), errors named `what`.
+    async fn admin<T, F>(&self, what: &'static str, call: impl FnOnce(AdminOptions) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = rdkafka::error::KafkaResult<T>>,
+    {
+        tokio::time::timeout(self.config.request_timeout * 2, call(self.admin_options()))
+            .await
+            .map_err(|_| KafkaError::Timeout(what))?
+            .map_err(KafkaError::client(what))
+    }
+
     /// The partitions of `topic` as the brokers say; `None` when it does
     /// not exist.
     async fn lookup(&self, clients: &Arc<Clients>, topic: &str) -> Result<Option<i32>> {
@@ -284,23 +297,13 @@ impl Kafka {
             // the events past retention that linger small.
             .set("segment.ms", "3600000")
             .set("message.timestamp.type", "CreateTime");
-        let created = tokio::time::timeout(
-            self.config.request_timeout * 2,
-            clients.admin.create_topics([&new], &self.admin_options()),
-        )
-        .await
-        .map_err(|_| KafkaError::Timeout("create topic"))?
-        .map_err(KafkaError::client("create topic"))?;
+        let created = self
+            .admin("create topic", |options| async move { clients.admin.create_topics([&new], &options).await })
+            .await?;
         for result in created {
             match result {
-                Ok(_) => {}
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => {
-                    return Err(KafkaError::Client {
-                        what: "create topic",
-                        source: rdkafka::error::KafkaError::AdminOp(code),
-                    });
-                }
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(KafkaError::admin_op("create topic", code)),
             }
         }
         // Creation is asynchronous on some brokers: wait (bounded) until
@@ -323,19 +326,13 @@ impl Kafka {
     /// The configs of `topic` as the brokers hold them (DescribeConfigs).
     async fn describe(&self, clients: &Arc<Clients>, topic: &str) -> Result<HashMap<String, String>> {
         let resource = ResourceSpecifier::Topic(topic);
-        let described = tokio::time::timeout(
-            self.config.request_timeout * 2,
-            clients.admin.describe_configs([&resource], &self.admin_options()),
-        )
-        .await
-        .map_err(|_| KafkaError::Timeout("describe topic configs"))?
-        .map_err(KafkaError::client("describe topic configs"))?;
+        let what = "describe topic configs";
+        let described = self
+            .admin(what, |options| async move { clients.admin.describe_configs([&resource], &options).await })
+            .await?;
         let mut configs = HashMap::new();
         for result in described {
-            let resource = result.map_err(|code| KafkaError::Client {
-                what: "describe topic configs",
-                source: rdkafka::error::KafkaError::AdminOp(code),
-            })?;
+            let resource = result.map_err(|code| KafkaError::admin_op(what, code))?;
             for entry in resource.entries {
                 if let Some(value) = entry.value {
                     configs.insert(entry.name, value);
@@ -493,23 +490,15 @@ impl Plugin for KafkaPlugin {
         // Forget first: a write racing the deletion must not create the
         // topic again.
         lock(&self.kafka.topics).remove(&topic);
-        let deleted = tokio::time::timeout(
-            self.kafka.config.request_timeout * 2,
-            clients.admin.delete_topics(&[&topic], &self.kafka.admin_options()),
-        )
-        .await
-        .map_err(|_| KafkaError::Timeout("delete topic"))?
-        .map_err(KafkaError::client("delete topic"))?;
+        let name = topic.as_str();
+        let deleted = self
+            .kafka
+            .admin("delete topic", |options| async move { clients.admin.delete_topics(&[name], &options).await })
+            .await?;
         for result in deleted {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((_, code)) => {
-                    return Err(KafkaError::Client {
-                        what: "delete topic",
-                        source: rdkafka::error::KafkaError::AdminOp(code),
-                    }
-                    .into());
-                }
+                Err((_, code)) => return Err(KafkaError::admin_op("delete topic", code).into()),
             }
         }
         lock(&self.kafka.floors).remove(&topic);
