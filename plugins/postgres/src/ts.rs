@@ -610,7 +610,7 @@ pub(crate) async fn apply(
     now: Micros,
     retention: Option<Micros>,
 ) -> Result<Vec<prism_plugin_api::BackendSetting>> {
-    let mut client = t.pool.get().await?;
+    let mut client = crate::lease::lease(&t.pool).await?;
     // Also checks the namespace exists.
     client.query_typed(&format!("SELECT 1 FROM {} WHERE false", t.ts_events()), &[]).await?;
     let dropped = match retention {
