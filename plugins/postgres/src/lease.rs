@@ -27,6 +27,13 @@
 //! read opens another lane; the old one is closed once its last reader
 //! lets go). A lease taken outside any operation behaves as a plain
 //! pooled connection.
+//!
+//! An operation that takes a connection again (a write run again after a
+//! conflict or a lost prepared statement, a TimeSeries write after making
+//! its partitions) gets back the one it let go of, if it has one of that
+//! pool: otherwise each attempt would hold one connection idle while it
+//! waits for another, and as many such operations as the pool has
+//! connections would wait on each other until the pool's timeout.
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -57,11 +64,20 @@ struct Operation {
     parked: Mutex<Parked>,
 }
 
-/// The connections an operation's leases let go of before it ended.
+/// The connections an operation's leases let go of before it ended, each
+/// pooled one with its pool ([`PoolKey`]).
 #[derive(Default)]
 struct Parked {
-    pooled: Vec<Object>,
+    pooled: Vec<(PoolKey, Object)>,
     lanes: Vec<Arc<Shared>>,
+}
+
+/// Which pool a connection came from: the pool's address, stable while
+/// the operation borrows it (an operation runs on one namespace's target).
+type PoolKey = usize;
+
+fn key(pool: &Pool) -> PoolKey {
+    std::ptr::from_ref(pool) as usize
 }
 
 impl Operation {
@@ -76,6 +92,13 @@ impl Operation {
             return;
         }
         keep(&mut self.parked.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    /// A connection of `pool` this operation let go of, to use again.
+    fn unpark(&self, pool: PoolKey) -> Option<Object> {
+        let mut parked = self.parked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = parked.pooled.iter().position(|(from, _)| *from == pool)?;
+        Some(parked.pooled.swap_remove(at).1)
     }
 
     /// The operation is done: its connections go back.
@@ -99,7 +122,7 @@ impl Drop for Operation {
                 "closing the connections of an operation left unfinished"
             );
         }
-        for object in parked.pooled {
+        for (_, object) in parked.pooled {
             // Out of the pool; dropping it closes the connection.
             drop(Object::take(object));
         }
@@ -109,21 +132,29 @@ impl Drop for Operation {
     }
 }
 
-/// A connection of `pool` for the current operation.
+/// A connection of `pool` for the current operation: one it let go of
+/// already, or one from the pool.
 pub(crate) async fn lease(pool: &Pool) -> Result<Lease> {
-    Ok(Lease::new(pool.get().await?))
+    lease_with(pool, |object| object).await
+}
+
+/// [`lease`], with `fresh` applied to a connection just taken from the
+/// pool.
+pub(crate) async fn lease_with(pool: &Pool, fresh: impl FnOnce(Object) -> Object) -> Result<Lease> {
+    let operation = Operation::current();
+    let pool_key = key(pool);
+    let object = match operation.as_ref().and_then(|o| o.unpark(pool_key)) {
+        Some(object) => object,
+        None => fresh(pool.get().await?),
+    };
+    Ok(Lease { object: Some(object), pool: pool_key, operation })
 }
 
 /// A connection of the pool, taken for one operation.
 pub(crate) struct Lease {
     object: Option<Object>,
+    pool: PoolKey,
     operation: Option<Arc<Operation>>,
-}
-
-impl Lease {
-    pub(crate) fn new(object: Object) -> Self {
-        Self { object: Some(object), operation: Operation::current() }
-    }
 }
 
 impl Deref for Lease {
@@ -144,7 +175,7 @@ impl DerefMut for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let (Some(object), Some(operation)) = (self.object.take(), &self.operation) {
-            operation.park(|parked| parked.pooled.push(object));
+            operation.park(|parked| parked.pooled.push((self.pool, object)));
         }
     }
 }
@@ -279,5 +310,27 @@ mod tests {
         });
         assert!(tokio::time::timeout(patience, abandoned).await.is_err(), "the statement outlives the call");
         assert_ne!(operation(lane_pid(&lanes)).await, used, "a lane an unfinished call used is replaced");
+    }
+
+    /// An operation that takes a connection again (a write run again)
+    /// gets back the one it let go of: with one connection in the pool it
+    /// does not wait on itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_operation_taking_a_connection_again_gets_its_own_back() {
+        let Some(server) = PostgresServer::start_or_skip().expect("start PostgreSQL") else {
+            println!("{}", skip_reason());
+            return;
+        };
+        let config: tokio_postgres::Config = server.dsn().parse().expect("dsn");
+        let pool = Pool::builder(Manager::new(config, NoTls)).max_size(1).build().expect("pool");
+        let twice = operation(async {
+            let first = pid(&lease(&pool).await.expect("lease")).await;
+            let second = pid(&lease(&pool).await.expect("lease again")).await;
+            (first, second)
+        });
+        // A hang detector, not a timing assertion.
+        let (first, second) = tokio::time::timeout(Duration::from_secs(30), twice).await.expect("no wait on itself");
+        assert_eq!(first, second, "the same connection, taken again");
+        assert_eq!((pool.status().size, pool.status().available), (1, 1), "back in the pool once finished");
     }
 }

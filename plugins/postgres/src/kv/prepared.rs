@@ -28,7 +28,7 @@ const CHECK_EVERY: usize = 32;
 /// A connection of `pool` for one operation ([`Lease`]), its statement
 /// cache within bounds.
 pub(crate) async fn connection(pool: &Pool) -> Result<Lease> {
-    Ok(Lease::new(bounded_cache(pool.get().await?)))
+    crate::lease::lease_with(pool, bounded_cache).await
 }
 
 /// A connection of `pool` to share as a lane, its statement cache within
