@@ -48,6 +48,10 @@ pub struct ControlPlaneConfig {
     /// or database transaction (PostgreSQL). 1 writes every commit on its
     /// own. Default: 256. Range 1..=10 000.
     pub max_commit_group: usize,
+    /// Bytes of the embedded store's page cache (redb's pages read or
+    /// written last); the rest of the store is read from its file. Unused
+    /// when `store` names a database. Default: 256 MiB. Range 1 MiB..=1 TiB.
+    pub store_cache_bytes: u64,
     /// Bearer-token authentication of every call. With `hs256_secret` or a
     /// JWKS set, a call needs a valid token unless `allow_anonymous`, and
     /// each RPC is authorized (the table in `prism_proto::access`, "Who
@@ -80,6 +84,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("watch_buffer", &self.watch_buffer)
             .field("change_log_retention", &self.change_log_retention)
             .field("max_commit_group", &self.max_commit_group)
+            .field("store_cache_bytes", &self.store_cache_bytes)
             .field("auth.hs256_secret", &self.auth.hs256_secret.as_ref().map(|_| "<redacted>"))
             .field("auth.hs256_secret_file", &self.auth.hs256_secret_file)
             .field("auth.jwks_file", &self.auth.jwks_file)
@@ -110,6 +115,7 @@ impl Default for ControlPlaneConfig {
             watch_buffer: 1024,
             change_log_retention: 100_000,
             max_commit_group: crate::store::group::DEFAULT_MAX_GROUP,
+            store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             auth: prism_auth::AuthConfig::default(),
             metrics_listen: None,
             insecure_no_auth: false,
@@ -192,6 +198,9 @@ impl ControlPlaneConfig {
         if !(1..=10_000).contains(&self.max_commit_group) {
             return Err(bad("max_commit_group", format!("{} is outside 1..=10000", self.max_commit_group)));
         }
+        if !(1 << 20..=1 << 40).contains(&self.store_cache_bytes) {
+            return Err(bad("store_cache_bytes", format!("{} is outside 1 MiB..=1 TiB", self.store_cache_bytes)));
+        }
         if let Some(addr) = &self.metrics_listen {
             prism_telemetry::http::parse_listen(addr).map_err(|d| bad("metrics_listen", d))?;
         }
@@ -229,6 +238,7 @@ mod tests {
         assert_eq!(c.shards, ["a", "b"]);
         assert_eq!(c.watch_buffer, 1024);
         assert_eq!(c.max_commit_group, 256);
+        assert_eq!(c.store_cache_bytes, 256 << 20);
     }
 
     #[test]
@@ -244,6 +254,8 @@ mod tests {
         assert!(e.to_string().contains("watch_buffer"), "{e}");
         let e = ControlPlaneConfig::from_toml("insecure_no_auth = true\nmax_commit_group = 0").expect_err("zero");
         assert!(e.to_string().contains("max_commit_group"), "{e}");
+        let e = ControlPlaneConfig::from_toml("insecure_no_auth = true\nstore_cache_bytes = 4096").expect_err("small");
+        assert!(e.to_string().contains("store_cache_bytes"), "{e}");
         let e = ControlPlaneConfig::from_toml("store = \"mysql://u:secret@h/db\"").expect_err("not postgres");
         assert!(e.to_string().contains("store") && !e.to_string().contains("secret"), "{e}");
         let c = ControlPlaneConfig::from_toml("insecure_no_auth = true\nstore = \"postgres://u@h:5432/db\"")

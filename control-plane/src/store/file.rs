@@ -93,7 +93,8 @@ impl FileStore {
     /// [`open`](Self::open) with every option.
     pub fn open_with(dir: &Path, options: &Options) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| storage(redb::StorageError::Io(e)))?;
-        let db = Database::create(dir.join(FILE_NAME)).map_err(storage)?;
+        let cache = usize::try_from(options.cache_bytes).unwrap_or(usize::MAX);
+        let db = Database::builder().set_cache_size(cache).create(dir.join(FILE_NAME)).map_err(storage)?;
         let w = db.begin_write().map_err(storage)?;
         {
             let mut meta = w.open_table(META).map_err(storage)?;

@@ -41,11 +41,22 @@ pub struct Options {
     pub retention: u64,
     /// Most writes committed together ([`group`]); 1 commits each alone.
     pub max_commit_group: usize,
+    /// Bytes of the file store's page cache (unused by PostgreSQL).
+    pub cache_bytes: u64,
 }
+
+/// The file store's page cache unless configured: redb's own default is
+/// 1 GiB, which a control plane holding a million namespaces filled.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 impl Default for Options {
     fn default() -> Self {
-        Self { watch_buffer: 1024, retention: 100_000, max_commit_group: group::DEFAULT_MAX_GROUP }
+        Self {
+            watch_buffer: 1024,
+            retention: 100_000,
+            max_commit_group: group::DEFAULT_MAX_GROUP,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
     }
 }
 
@@ -55,6 +66,7 @@ impl Options {
             watch_buffer: config.watch_buffer,
             retention: config.change_log_retention,
             max_commit_group: config.max_commit_group,
+            cache_bytes: config.store_cache_bytes,
         }
     }
 }
