@@ -60,6 +60,9 @@ pub struct ControlPlane {
     /// When this replica started: no lease ends before a lease after it
     /// (`crate::registry`, "Leases across a restart").
     started: SystemTime,
+    /// What the shard map left to settle (`crate::registry`, "Bounded
+    /// rebalances").
+    settle: Arc<crate::registry::SettleState>,
 }
 
 fn not_found_tenant(id: &str) -> ControlPlaneError {
@@ -146,7 +149,18 @@ impl ControlPlane {
         let metrics = Arc::new(crate::metrics::ControlPlaneMetrics::default());
         // Every store operation is counted (errors, commit latency).
         let store: Arc<dyn Store> = Arc::new(crate::metrics::ObservedStore::new(store, metrics.clone()));
-        Self { store, config: Arc::new(config), usage: Arc::default(), metrics, started: SystemTime::now() }
+        Self {
+            store,
+            config: Arc::new(config),
+            usage: Arc::default(),
+            metrics,
+            started: SystemTime::now(),
+            settle: Arc::default(),
+        }
+    }
+
+    pub(crate) fn settle_state(&self) -> &crate::registry::SettleState {
+        &self.settle
     }
 
     /// When this replica started.

@@ -46,12 +46,31 @@
 //! (ACTIVE stays ACTIVE: a shared backend already has its resources); one
 //! still PROVISIONING is provisioned by its new owner. That embedded
 //! namespaces wait for their shard to come back is also why a replicated
-//! shard should use a shared backend. A rebalance rewrites every moved
-//! namespace in one commit, a cost linear in the number of namespaces
-//! (fine at 10⁵). A namespace's `shard_id` therefore changes only in a
-//! commit that also changes the set of live shards (or in its creation):
-//! the assignment is a function of the published metadata, never of a
-//! replica's memory.
+//! shard should use a shared backend. A namespace's `shard_id` changes
+//! only to its placement among the live shards as published at the
+//! revision of that commit (or in its creation): the assignment is a
+//! function of the published metadata, never of a replica's memory.
+//!
+//! # Bounded rebalances
+//!
+//! The commit that changes the live shards also moves the namespaces it
+//! finds misplaced, but at most [`SETTLE_BATCH`] of them (and owner-store
+//! changes count the same): a million namespaces are not rewritten in one
+//! commit that every watcher must swallow whole, nor read into memory at
+//! once (they are read in pages). What it leaves, the settler
+//! ([`ControlPlane::settle_pending`], run by every replica whose last
+//! settled shard map differs from the stored one: at start, when woken by
+//! such a commit, and every quarter lease) moves in further commits of at
+//! most [`SETTLE_BATCH`], each conditioned on every registered shard's
+//! revision as it read them. A commit that changes the live set rewrites
+//! every shard (bumping their revisions), so a settling commit planned
+//! against an older map always conflicts and is planned again; a
+//! heartbeat renewal makes it re-plan too, harmlessly. Until the settler
+//! reaches it, a namespace stays on its recorded shard: served there if
+//! that shard is still live (and forwarded from the new owner), or
+//! answered UNAVAILABLE by its old owner's absence for the few commits it
+//! takes to reach it. Any replica may settle; conditions make concurrent
+//! runs harmless.
 //!
 //! # Handover
 //!
@@ -96,13 +115,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use prism_proto::control::{
-    Backend, HeartbeatResponse, Namespace, NamespaceSpec, NamespaceStatus, RegisterShardResponse,
+    AuditEvent, Backend, HeartbeatResponse, Namespace, NamespaceSpec, NamespaceStatus, RegisterShardResponse,
     ResolveNamespaceResponse, Shard, ShardInstance,
 };
 
 use crate::assign;
 use crate::error::{ControlPlaneError, Result};
-use crate::plane::{ControlPlane, Plan, Target};
+use crate::plane::{ControlPlane, MAX_ATTEMPTS, Plan, Target};
 use crate::store::{Committed, Condition, Put, Txn};
 use crate::validate;
 
@@ -230,6 +249,51 @@ pub fn placement(ns: &Namespace, live: &BTreeSet<String>) -> Option<String> {
     assign::rendezvous(&ns.name, live.iter().map(String::as_str)).map(str::to_owned)
 }
 
+/// Most namespaces one commit settles against the shard map; a rebalance
+/// that changes more continues in further commits of this size.
+pub const SETTLE_BATCH: usize = 1000;
+
+/// Namespaces read at a time while settling.
+const SETTLE_PAGE: usize = 1000;
+
+/// The shard map a settling pass places against.
+struct Map<'a> {
+    live: &'a BTreeSet<String>,
+    /// Whether namespaces move (else only owner stores settle).
+    placing: bool,
+    stores: &'a Stores,
+}
+
+/// What placement depends on: the live shards and their store ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapKey(BTreeSet<String>, Stores);
+
+impl MapKey {
+    fn of(static_shards: &[String], registered: &[Shard]) -> Self {
+        Self(live_shards(static_shards, registered), stores_of(registered))
+    }
+}
+
+/// The shard map this replica last finished settling against, and a wake-up
+/// for the settler when a commit left namespaces unsettled.
+#[derive(Debug, Default)]
+pub struct SettleState {
+    settled: std::sync::Mutex<Option<MapKey>>,
+    pub(crate) wake: tokio::sync::Notify,
+}
+
+impl SettleState {
+    fn settled(&self, key: Option<MapKey>) {
+        if let Ok(mut s) = self.settled.lock() {
+            *s = key;
+        }
+    }
+
+    fn is_settled(&self, key: &MapKey) -> bool {
+        self.settled.lock().is_ok_and(|s| s.as_ref() == Some(key))
+    }
+}
+
 impl ControlPlane {
     fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.config().shard_lease_ttl_ms)
@@ -276,52 +340,80 @@ impl ControlPlane {
     /// Adds to `txn` what the shard map going from `before` to `after`
     /// changes in namespaces: the reassignment of every namespace whose
     /// shard changes with the live shards, and the owner stores (and their
-    /// ACTIVE / DEGRADED status) of embedded namespaces ([`settle_owner`]).
-    /// Returns how many namespaces moved and how many changed owner store
-    /// or status.
-    async fn settle(&self, before: &[Shard], after: &[Shard], txn: &mut Txn) -> Result<(usize, usize)> {
+    /// ACTIVE / DEGRADED status) of embedded namespaces ([`settle_owner`]),
+    /// at most [`SETTLE_BATCH`] of them. Returns how many namespaces moved,
+    /// how many changed owner store or status, and whether that was all
+    /// (otherwise the settler finishes, "Bounded rebalances").
+    async fn settle(&self, before: &[Shard], after: &[Shard], txn: &mut Txn) -> Result<(usize, usize, bool)> {
         let (live_before, live_after) =
             (live_shards(&self.config().shards, before), live_shards(&self.config().shards, after));
         let placing = live_before != live_after && !live_after.is_empty();
         let stores = stores_of(after);
         if !placing && stores == stores_of(before) {
-            return Ok((0, 0));
+            return Ok((0, 0, true));
         }
         let last_endpoint = |store: &str| {
             before.iter().flat_map(|s| &s.instances).find(|i| i.store_id == store).map(|i| i.endpoint.as_str())
         };
+        let map = Map { live: &live_after, placing, stores: &stores };
+        let (moved, owners, next) = self.settle_page("", &map, last_endpoint, txn).await?;
+        Ok((moved, owners, next.is_none()))
+    }
+
+    /// Settles namespaces after `start` against `map` into `txn` until
+    /// [`SETTLE_BATCH`] changed or none is left; returns how many moved,
+    /// how many changed owner store or status, and the last name looked
+    /// at unless every namespace was.
+    async fn settle_page<'a>(
+        &self,
+        start: &str,
+        map: &Map<'_>,
+        last_endpoint: impl Fn(&str) -> Option<&'a str> + Copy,
+        txn: &mut Txn,
+    ) -> Result<(usize, usize, Option<String>)> {
         let now = Some(SystemTime::now().into());
         let (mut moved, mut owners) = (0, 0);
-        for mut ns in self.store().list_namespaces("", "", usize::MAX).await? {
-            let read_at = ns.revision;
-            let mut changed = false;
-            if let Some(owner) = placement(&ns, &live_after).filter(|o| placing && *o != ns.shard_id) {
-                let from = std::mem::replace(&mut ns.shard_id, owner);
-                ns.status_reason = if ns.status == NamespaceStatus::Provisioning as i32 {
-                    format!("waiting for shard {} to provision the backend", ns.shard_id)
-                } else {
-                    format!("moved from shard {from:?} to {} as shards changed", ns.shard_id)
-                };
-                moved += 1;
-                changed = true;
+        let mut after = start.to_owned();
+        loop {
+            let page = self.store().list_namespaces("", &after, SETTLE_PAGE).await?;
+            let last_page = page.len() < SETTLE_PAGE;
+            for mut ns in page {
+                after.clone_from(&ns.name);
+                let read_at = ns.revision;
+                let mut changed = false;
+                if let Some(owner) = placement(&ns, map.live).filter(|o| map.placing && *o != ns.shard_id) {
+                    let from = std::mem::replace(&mut ns.shard_id, owner);
+                    ns.status_reason = if ns.status == NamespaceStatus::Provisioning as i32 {
+                        format!("waiting for shard {} to provision the backend", ns.shard_id)
+                    } else {
+                        format!("moved from shard {from:?} to {} as shards changed", ns.shard_id)
+                    };
+                    moved += 1;
+                    changed = true;
+                }
+                if settle_owner(&mut ns, map.stores, last_endpoint) {
+                    owners += 1;
+                    changed = true;
+                }
+                if changed {
+                    txn.conditions.push(Condition::Namespace { name: ns.name.clone(), revision: read_at });
+                    ns.update_time = now;
+                    txn.puts.push(Put::Namespace(ns));
+                    if moved + owners >= SETTLE_BATCH {
+                        return Ok((moved, owners, Some(after)));
+                    }
+                }
             }
-            if settle_owner(&mut ns, &stores, last_endpoint) {
-                owners += 1;
-                changed = true;
-            }
-            if changed {
-                txn.conditions.push(Condition::Namespace { name: ns.name.clone(), revision: read_at });
-                ns.update_time = now;
-                txn.puts.push(Put::Namespace(ns));
+            if last_page {
+                return Ok((moved, owners, None));
             }
         }
-        Ok((moved, owners))
     }
 
     /// Plans a change of the shard map: `edit` gets every registered shard
     /// and returns the shard to write (no instances = remove it); what that
     /// changes in namespaces (placement, owner stores) is in the same
-    /// commit.
+    /// commit, up to [`SETTLE_BATCH`] namespaces.
     async fn plan_shard_change(
         &self,
         id: &str,
@@ -335,8 +427,18 @@ impl ControlPlane {
         txn.conditions.push(Condition::Shard { id: id.to_owned(), revision: read_at });
         registered.retain(|s| s.shard_id != id);
         registered.push(shard.clone());
+        registered.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+        if live_shards(&self.config().shards, &before) != live_shards(&self.config().shards, &registered) {
+            // Every shard's revision moves with the live set, so a settling
+            // commit planned against the old one (conditioned on them) is
+            // planned again.
+            for other in before.iter().filter(|s| s.shard_id != id) {
+                txn.conditions.push(Condition::Shard { id: other.shard_id.clone(), revision: other.revision });
+                txn.puts.push(Put::Shard(other.clone()));
+            }
+        }
         txn.puts.push(Put::Shard(shard));
-        let (moved, owners) = self.settle(&before, &registered, &mut txn).await?;
+        let (moved, owners, complete) = self.settle(&before, &registered, &mut txn).await?;
         let mut detail = detail;
         if moved > 0 {
             detail = format!("{detail}; {moved} namespaces moved");
@@ -344,7 +446,99 @@ impl ControlPlane {
         if owners > 0 {
             detail = format!("{detail}; {owners} embedded namespaces changed owner store or status");
         }
+        if complete {
+            self.settle_state().settled(Some(MapKey::of(&self.config().shards, &registered)));
+        } else {
+            self.settle_state().settled(None);
+            detail = format!("{detail}; the rest follow in commits of at most {SETTLE_BATCH}");
+        }
         Ok(Plan { txn, detail })
+    }
+
+    /// Finishes settling namespaces against the shard map (moves and owner
+    /// stores) that the commits changing it left, in commits of at most
+    /// [`SETTLE_BATCH`] namespaces, each conditioned on every registered
+    /// shard as read: one planned against a shard map that changed since is
+    /// planned again. Returns how many namespaces changed. Any replica may
+    /// run it: conditions make concurrent runs harmless.
+    pub async fn settle_pending(&self) -> Result<usize> {
+        let mut start = String::new();
+        // The map this pass settles against; when it changes, the pass
+        // starts again (what it settled before was placed by the old one).
+        let mut pass: Option<MapKey> = None;
+        let mut total = 0;
+        loop {
+            let mut attempt = 0;
+            let (changed, next) = loop {
+                attempt += 1;
+                let registered = self.store().list_shards().await?;
+                let key = MapKey::of(&self.config().shards, &registered);
+                if pass.as_ref() != Some(&key) {
+                    start.clear();
+                    pass = Some(key);
+                }
+                let live = live_shards(&self.config().shards, &registered);
+                let stores = stores_of(&registered);
+                let map = Map { live: &live, placing: !live.is_empty(), stores: &stores };
+                let mut txn = Txn::default();
+                for s in &registered {
+                    txn.conditions.push(Condition::Shard { id: s.shard_id.clone(), revision: s.revision });
+                }
+                let (moved, owners, next) = self.settle_page(&start, &map, |_| None, &mut txn).await?;
+                if moved + owners == 0 {
+                    break (0, next);
+                }
+                let names: Vec<&str> = txn
+                    .puts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Put::Namespace(ns) => Some(ns.name.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                let target = format!("{}..={}", names.first().unwrap_or(&""), names.last().unwrap_or(&""));
+                txn.audit.push(AuditEvent {
+                    time: Some(SystemTime::now().into()),
+                    principal: SYSTEM_PRINCIPAL.to_owned(),
+                    action: "SettleShardMap".to_owned(),
+                    target,
+                    result: "ok".to_owned(),
+                    detail: format!(
+                        "{moved} namespaces moved, {owners} embedded namespaces changed owner store or status, \
+                         following the shard map ({} live shards)",
+                        live.len()
+                    ),
+                    ..AuditEvent::default()
+                });
+                match self.store().commit(txn).await? {
+                    Committed::Ok(_) => break (moved + owners, next),
+                    Committed::Conflict(condition) if attempt < MAX_ATTEMPTS => {
+                        tracing::debug!(?condition, "a settling commit lost a race, re-planning");
+                    }
+                    Committed::Conflict(condition) => {
+                        return Err(ControlPlaneError::Conflict(format!(
+                            "settling namespaces after {start:?} kept conflicting ({condition:?}); gave up after \
+                             {MAX_ATTEMPTS} attempts"
+                        )));
+                    }
+                }
+            };
+            total += changed;
+            match next {
+                Some(name) => start = name,
+                None => {
+                    self.settle_state().settled(pass);
+                    return Ok(total);
+                }
+            }
+        }
+    }
+
+    /// Whether the shard map has changed since namespaces were last
+    /// settled against it by this replica (or it never settled).
+    pub async fn unsettled(&self) -> Result<bool> {
+        let registered = self.store().list_shards().await?;
+        Ok(!self.settle_state().is_settled(&MapKey::of(&self.config().shards, &registered)))
     }
 
     /// Registers an instance of `shard` at `endpoint` with its `store_id`
@@ -405,6 +599,7 @@ impl ControlPlane {
             .await
         })
         .await?;
+        self.settle_state().wake.notify_one();
         Ok(RegisterShardResponse { instance_id, lease_ttl: prost_types::Duration::try_from(ttl).ok() })
     }
 
@@ -433,8 +628,9 @@ impl ControlPlane {
             })
             .await
         })
-        .await
-        .map(|_| ())
+        .await?;
+        self.settle_state().wake.notify_one();
+        Ok(())
     }
 
     /// Keeps an instance's lease alive. NOT_FOUND when the instance is not

@@ -4,7 +4,8 @@
 //!
 //! Reflection lists exactly the services served. The server also runs the
 //! lease sweeper (every quarter lease: any replica's sweep removes expired
-//! shard instances, and conditions make concurrent sweeps harmless), serves
+//! shard instances, and conditions make concurrent sweeps harmless) and the
+//! settler (namespaces a rebalance left for later commits), serves
 //! TLS when `tls` is configured ([`load_tls`] reads the files before
 //! anything is served) and, given a metrics listener, `/metrics`,
 //! `/healthz` and `/readyz`. [`open`] reads secret files
@@ -99,6 +100,7 @@ pub async fn serve_with(
     health.set_serving::<ControlPlaneServiceServer<Service>>().await;
     let (stop_watchers, watchers_stop) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_leases(plane.clone(), watchers_stop.clone()));
+    let settler = tokio::spawn(settle_namespaces(plane.clone(), watchers_stop.clone()));
     let follower =
         tokio::spawn(crate::metrics::follow(plane.store().clone(), plane.metrics().clone(), watchers_stop.clone()));
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -158,6 +160,7 @@ pub async fn serve_with(
         None => router.serve_with_incoming_shutdown(incoming(listener), shutdown).await,
     };
     let _ = sweeper.await;
+    let _ = settler.await;
     let _ = follower.await;
     let _ = metrics_stop.send(true);
     if let Some(server) = metrics_server {
@@ -198,6 +201,36 @@ async fn sweep_leases(plane: ControlPlane, mut stop: tokio::sync::watch::Receive
                 tracing::info!(shards = n, "removed gateway instances whose lease expired");
             }
             Err(e) => tracing::warn!(error = %e, "sweeping expired shard leases failed"),
+        }
+    }
+}
+
+/// Settles namespaces against the shard map whenever it changed without
+/// them being settled here: at start, when a rebalance was larger than one
+/// commit, or after another replica's change (`crate::registry`, "Bounded
+/// rebalances"); checked every quarter lease and when a commit wakes it.
+async fn settle_namespaces(plane: ControlPlane, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let period = std::time::Duration::from_millis(plane.config().shard_lease_ttl_ms / 4);
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = plane.settle_state().wake.notified() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        match plane.unsettled().await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the shard map to settle namespaces failed");
+                continue;
+            }
+        }
+        match plane.settle_pending().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(namespaces = n, "settled namespaces against the shard map"),
+            Err(e) => tracing::warn!(error = %e, "settling namespaces against the shard map failed"),
         }
     }
 }

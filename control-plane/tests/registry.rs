@@ -494,3 +494,92 @@ async fn a_restart_keeps_the_leases_that_ran_out_while_it_was_down() -> anyhow::
     assert_eq!(get(&mut c, "acme/local").await?.status, NamespaceStatus::Active as i32);
     Ok(())
 }
+
+/// Every namespace's shard, by name, read page by page.
+async fn all_owners(c: &mut ControlPlaneClient) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut all = BTreeMap::new();
+    let mut page_token = String::new();
+    loop {
+        let req = prism_proto::control::ListNamespacesRequest { page_size: 1000, page_token, ..Default::default() };
+        let list = c.list_namespaces(req).await?.into_inner();
+        all.extend(list.namespaces.into_iter().map(|n| (n.name, n.shard_id)));
+        if list.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = list.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_larger_than_one_commit_moves_in_bounded_commits_that_watchers_follow() -> anyhow::Result<()> {
+    use prism_control_plane::registry::SETTLE_BATCH;
+    use prism_proto::control::{CreateTenantRequest, QuotaProfile, QuotaSet};
+
+    let (_cp, mut c) = start_with(config(60_000)).await?;
+    let quotas = QuotaSet { profile: QuotaProfile::Custom as i32, ..Default::default() };
+    c.create_tenant(CreateTenantRequest { tenant_id: "acme".into(), quotas: Some(quotas), ..Default::default() })
+        .await?;
+    register(&mut c, "shard-a", "10.0.0.1:7401").await?;
+    // Enough that about half of them (those shard-b wins) need several
+    // commits of SETTLE_BATCH.
+    let total = SETTLE_BATCH * 5 / 2;
+    let mut creators = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let mut c = c.clone();
+        creators.spawn(async move {
+            for i in (w..total).step_by(8) {
+                create(&mut c, &format!("acme/ns-{i:05}"), shared_spec()).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = creators.join_next().await {
+        done??;
+    }
+    let from_revision = common::revision(&mut c).await?;
+    let mut stream = c.watch(WatchRequest { from_revision }).await?.into_inner();
+
+    register(&mut c, "shard-b", "10.0.0.2:7401").await?;
+    let want: BTreeMap<String, String> = (0..total)
+        .map(|i| {
+            let name = format!("acme/ns-{i:05}");
+            let shard = prism_control_plane::assign::rendezvous(&name, ["shard-a", "shard-b"]).unwrap_or_default();
+            (name, shard.to_owned())
+        })
+        .collect();
+    let moving = want.values().filter(|s| *s == "shard-b").count();
+    assert!(moving > SETTLE_BATCH, "only {moving} of {total} move: the test needs more than one commit");
+
+    // The watch sees every move, in commits of at most SETTLE_BATCH
+    // namespaces, the first of them the shard map's own.
+    let (mut seen, mut commits) = (std::collections::BTreeSet::new(), 0);
+    while seen.len() < moving {
+        let Some(Event::Delta(delta)) = stream_next(&mut stream).await? else { anyhow::bail!("deltas only") };
+        let namespaces: Vec<&Namespace> = delta
+            .changes
+            .iter()
+            .filter_map(|ch| match &ch.change {
+                Some(change::Change::Namespace(ns)) => Some(ns),
+                _ => None,
+            })
+            .collect();
+        if namespaces.is_empty() {
+            continue;
+        }
+        assert!(namespaces.len() <= SETTLE_BATCH, "a commit rewrote {} namespaces", namespaces.len());
+        for ns in namespaces {
+            assert_eq!(ns.shard_id, "shard-b", "{} moved elsewhere", ns.name);
+            seen.insert(ns.name.clone());
+        }
+        commits += 1;
+    }
+    assert!(commits >= moving.div_ceil(SETTLE_BATCH), "{moving} moves in {commits} commits");
+    assert_eq!(all_owners(&mut c).await?, want);
+
+    // The settling commits are audited as the control plane's own.
+    let req = prism_proto::control::ListAuditEventsRequest { action: "SettleShardMap".into(), ..Default::default() };
+    let audit = c.list_audit_events(req).await?.into_inner().events;
+    assert!(!audit.is_empty(), "no SettleShardMap audit event");
+    assert!(audit.iter().all(|e| e.principal == "control-plane" && e.result == "ok"), "{audit:?}");
+    Ok(())
+}
