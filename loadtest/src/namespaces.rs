@@ -11,6 +11,13 @@
 //! - `--watch-probes N`: N more creates, one at a time, each timed until
 //!   its delta arrives on a Watch stream opened before (the delta latency
 //!   a gateway sees), and until the create was acknowledged.
+//! - `--join-shard ID`: a rebalance. Registers an instance of a new shard
+//!   (and heartbeats it), then follows the watch until every namespace
+//!   that shard wins (by the control plane's rendezvous hashing over the
+//!   live shards) has arrived there: the number of commits that moved
+//!   them, the largest, the time until the last, and how far behind the
+//!   commits the watcher was. Needs `--shared`: embedded namespaces never
+//!   move.
 //!
 //! Namespaces are `<tenant-prefix>-<t>/<prefix>-<i>`, spread evenly over
 //! `--tenants` tenants (each created with a `max_namespaces` quota large
@@ -27,9 +34,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use prism_proto::control::backend_config::Config;
 use prism_proto::control::control_plane_service_client::ControlPlaneServiceClient;
 use prism_proto::control::{
-    Abstraction, Backend, CreateNamespaceRequest, CreateTenantRequest, NamespaceSpec, QuotaSet, WatchRequest, change,
+    Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, HeartbeatRequest,
+    ListShardsRequest, NamespaceSpec, PostgresConfig, QuotaSet, RegisterShardRequest, WatchRequest, change,
     watch_response,
 };
 use prost::Message;
@@ -65,9 +74,18 @@ pub struct NamespacesArgs {
     /// First part of each namespace's local name.
     #[arg(long, default_value = "ns")]
     pub prefix: String,
-    /// Abstraction of every namespace (embedded backend).
+    /// Abstraction of every namespace.
     #[arg(long, value_enum, default_value_t = Kind::KeyValue)]
     pub abstraction: Kind,
+    /// Put the namespaces on a shared backend (a PostgreSQL DSN nothing
+    /// connects to while no gateway serves the shards) instead of the
+    /// embedded one, so they move when shards change.
+    #[arg(long)]
+    pub shared: bool,
+    /// Then register an instance of this new shard and measure the
+    /// rebalance it causes (see the module docs).
+    #[arg(long, value_name = "SHARD_ID", requires = "shared")]
+    pub join_shard: Option<String>,
     /// Then read a full snapshot, as a new gateway does, and report its
     /// size and the time it took.
     #[arg(long)]
@@ -95,6 +113,22 @@ pub struct NamespacesResult {
     /// Create acknowledged → delta at a watcher (0 when the delta came
     /// first), microseconds: p50, p99, max.
     pub delta_after_ack_us: Option<[u64; 3]>,
+    pub rebalance: Option<RebalanceMeasure>,
+}
+
+/// A shard joining, as a watcher sees it.
+#[derive(Debug, Clone, Default)]
+pub struct RebalanceMeasure {
+    /// Namespaces the joining shard wins, all of which arrived.
+    pub moved: u64,
+    /// Commits that moved them, and the most one moved.
+    pub commits: u64,
+    pub largest_commit: u64,
+    /// Registration sent → the last move's delta at the watcher.
+    pub elapsed: Duration,
+    /// Commit time → delta at the watcher, microseconds: p50, p99, max
+    /// (wall clocks of one machine).
+    pub lag_us: [u64; 3],
 }
 
 /// A full snapshot as a new watcher receives it.
@@ -211,15 +245,123 @@ pub async fn run(args: &NamespacesArgs) -> anyhow::Result<NamespacesResult> {
         result.delta_us = Some(delta);
         result.delta_after_ack_us = Some(after_ack);
     }
+    if let Some(shard) = &args.join_shard {
+        let r = join_shard(args, &client, shard).await?;
+        println!(
+            "shard {shard} joined: {} namespaces moved in {} commits (largest {}), the last at the watcher {:.2} s \
+             after the registration; commit -> watcher p50 {} us, p99 {} us, max {} us",
+            r.moved,
+            r.commits,
+            r.largest_commit,
+            r.elapsed.as_secs_f64(),
+            r.lag_us[0],
+            r.lag_us[1],
+            r.lag_us[2]
+        );
+        result.rebalance = Some(r);
+    }
     Ok(result)
 }
 
-fn spec(kind: Kind) -> NamespaceSpec {
-    let abstraction = match kind {
+fn spec(args: &NamespacesArgs) -> NamespaceSpec {
+    let abstraction = match args.abstraction {
         Kind::KeyValue => Abstraction::KeyValue,
         Kind::TimeSeries => Abstraction::TimeSeries,
     };
+    if args.shared {
+        let postgres = PostgresConfig { dsn: "postgres://db.invalid/prism".into(), ..Default::default() };
+        return NamespaceSpec {
+            abstraction: abstraction as i32,
+            backend: Backend::Postgres as i32,
+            backend_config: Some(Box::new(BackendConfig { config: Some(Config::Postgres(postgres)) })),
+            ..Default::default()
+        };
+    }
     NamespaceSpec { abstraction: abstraction as i32, backend: Backend::Embedded as i32, ..Default::default() }
+}
+
+/// The name of the `i`th namespace created.
+fn name(args: &NamespacesArgs, i: u64) -> String {
+    format!("{}-{}/{}-{i}", args.tenant_prefix, i % args.tenants, args.prefix)
+}
+
+/// Registers an instance of `shard`, keeps it alive, and follows the
+/// watch until every created namespace it wins has moved to it.
+async fn join_shard(args: &NamespacesArgs, client: &Client, shard: &str) -> anyhow::Result<RebalanceMeasure> {
+    let token = args.token.as_deref();
+    let live = client.clone().list_shards(request(ListShardsRequest {}, token)?).await?.into_inner().shards;
+    let mut ids: Vec<String> = live.iter().map(|s| s.shard_id.clone()).collect();
+    ids.push(shard.to_owned());
+    let mut waiting: std::collections::HashSet<String> = (0..args.count)
+        .map(|i| name(args, i))
+        .filter(|n| prism_control_plane::assign::rendezvous(n, ids.iter().map(String::as_str)) == Some(shard))
+        .collect();
+    let mut measure = RebalanceMeasure { moved: waiting.len() as u64, ..RebalanceMeasure::default() };
+    let from = {
+        // The revision to follow from: a fresh snapshot's, without keeping it.
+        let mut req = request(WatchRequest { from_revision: 0 }, token)?;
+        req.set_timeout(Duration::from_secs(3600));
+        let mut stream = client.clone().watch(req).await.context("watch")?.into_inner();
+        loop {
+            match stream.message().await?.and_then(|m| m.event) {
+                Some(watch_response::Event::Snapshot(chunk)) if chunk.last => break chunk.revision,
+                Some(watch_response::Event::Snapshot(_)) => {}
+                other => bail!("a watch from revision 0 must start with a snapshot, got {other:?}"),
+            }
+        }
+    };
+    let mut req = request(WatchRequest { from_revision: from }, token)?;
+    req.set_timeout(Duration::from_secs(3600));
+    let mut stream = client.clone().watch(req).await.context("watch")?.into_inner();
+    let started = Instant::now();
+    let register =
+        RegisterShardRequest { shard_id: shard.to_owned(), endpoint: "127.0.0.1:9".into(), ..Default::default() };
+    let instance_id = client.clone().register_shard(request(register, token)?).await?.into_inner().instance_id;
+    let beat = tokio::spawn({
+        let (mut client, token, shard) = (client.clone(), args.token.clone(), shard.to_owned());
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let beat = HeartbeatRequest { shard_id: shard.clone(), instance_id: instance_id.clone() };
+                if let Ok(req) = request(beat, token.as_deref()) {
+                    // A lost beat is sent again at the next tick.
+                    let _ = client.heartbeat(req).await;
+                }
+            }
+        }
+    });
+    let mut lag = histogram()?;
+    let outcome = async {
+        while !waiting.is_empty() {
+            let message = tokio::time::timeout(Duration::from_secs(120), stream.message())
+                .await
+                .with_context(|| format!("no delta within 120 s; {} namespaces have not moved", waiting.len()))??
+                .context("the watch ended")?;
+            let Some(watch_response::Event::Delta(delta)) = message.event else { continue };
+            let arrived = std::time::SystemTime::now();
+            let moved = delta
+                .changes
+                .iter()
+                .filter(|c| matches!(&c.change, Some(change::Change::Namespace(ns)) if ns.shard_id == shard && waiting.remove(&ns.name)))
+                .count() as u64;
+            if moved == 0 {
+                continue;
+            }
+            measure.commits += 1;
+            measure.largest_commit = measure.largest_commit.max(moved);
+            let committed = delta.commit_time.and_then(|t| std::time::SystemTime::try_from(t).ok());
+            if let Some(lagged) = committed.and_then(|c| arrived.duration_since(c).ok()) {
+                lag.record(micros(lagged)).context("record")?;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    beat.abort();
+    outcome?;
+    measure.elapsed = started.elapsed();
+    measure.lag_us = percentiles(&lag);
+    Ok(measure)
 }
 
 /// The namespaces, `--concurrency` at a time.
@@ -237,8 +379,8 @@ async fn create_all(args: &NamespacesArgs, client: &Client) -> anyhow::Result<Na
                 if i >= args.count {
                     return anyhow::Ok(latencies);
                 }
-                let name = format!("{}-{}/{}-{i}", args.tenant_prefix, i % args.tenants, args.prefix);
-                let spec = spec(args.abstraction);
+                let name = name(&args, i);
+                let spec = spec(&args);
                 // ABORTED is a lost race with a concurrent creation in the
                 // same tenant (a control plane without group commit):
                 // tried again.
@@ -315,8 +457,7 @@ async fn watch_probes(args: &NamespacesArgs, client: &Client) -> anyhow::Result<
     // The watch starts after a first, unmeasured probe, at its revision:
     // from revision 0 it would begin with a snapshot, which `--snapshot`
     // measures and which is not what is measured here.
-    let first =
-        CreateNamespaceRequest { name: format!("{tenant}/probe-{run}-first"), spec: Some(spec(args.abstraction)) };
+    let first = CreateNamespaceRequest { name: format!("{tenant}/probe-{run}-first"), spec: Some(spec(args)) };
     let revision = client.clone().create_namespace(request(first, token)?).await?.into_inner().revision;
     let mut req = request(WatchRequest { from_revision: revision }, token)?;
     req.set_timeout(Duration::from_secs(3600));
@@ -324,7 +465,7 @@ async fn watch_probes(args: &NamespacesArgs, client: &Client) -> anyhow::Result<
     let (mut from_start, mut from_ack) = (histogram()?, histogram()?);
     for i in 0..args.watch_probes {
         let name = format!("{tenant}/probe-{run}-{i}");
-        let message = CreateNamespaceRequest { name: name.clone(), spec: Some(spec(args.abstraction)) };
+        let message = CreateNamespaceRequest { name: name.clone(), spec: Some(spec(args)) };
         let (mut c, token) = (client.clone(), args.token.clone());
         let started = Instant::now();
         let create = tokio::spawn(async move {

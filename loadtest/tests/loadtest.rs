@@ -662,6 +662,8 @@ async fn the_metadata_scenario_creates_reads_the_snapshot_and_times_deltas() -> 
         tenant_prefix: "meta".into(),
         prefix: "ns".into(),
         abstraction: prism_loadtest::namespaces::Kind::KeyValue,
+        shared: false,
+        join_shard: None,
         snapshot: true,
         watch_probes: 5,
     };
@@ -681,5 +683,39 @@ async fn the_metadata_scenario_creates_reads_the_snapshot_and_times_deltas() -> 
     })
     .await?;
     assert_eq!(again.created, 300);
+    Ok(())
+}
+
+/// The rebalance scenario: shared namespaces over two static shards, then
+/// a third joins; every namespace it wins arrives at the watcher, in
+/// commits of at most the control plane's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rebalance_scenario_follows_a_joining_shard_commit_by_commit() -> anyhow::Result<()> {
+    use prism_control_plane::registry::SETTLE_BATCH;
+    let config = prism_control_plane::ControlPlaneConfig {
+        shards: vec!["s-a".into(), "s-b".into()],
+        ..prism_control_plane::ControlPlaneConfig::default()
+    };
+    let cp = prism_testkit::ControlPlaneHandle::start_with(config).await?;
+    let args = prism_loadtest::namespaces::NamespacesArgs {
+        control_plane: cp.endpoint(),
+        token: None,
+        count: 3500,
+        tenants: 7,
+        concurrency: 32,
+        tenant_prefix: "move".into(),
+        prefix: "ns".into(),
+        abstraction: prism_loadtest::namespaces::Kind::KeyValue,
+        shared: true,
+        join_shard: Some("s-c".into()),
+        snapshot: false,
+        watch_probes: 0,
+    };
+    let r = prism_loadtest::namespaces::run(&args).await?.rebalance.expect("asked for");
+    // About a third of them: more than one commit's worth.
+    assert!((1000..=1400).contains(&r.moved), "{r:?}");
+    assert!(r.largest_commit <= SETTLE_BATCH as u64, "{r:?}");
+    assert!(r.commits >= r.moved.div_ceil(SETTLE_BATCH as u64), "{r:?}");
+    assert!(r.lag_us[0] >= 1 && r.lag_us[0] <= r.lag_us[2], "{r:?}");
     Ok(())
 }
