@@ -209,6 +209,7 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
                 event_id: event_id.clone(),
                 items,
                 tags: tags.into_iter().collect(),
+                schema_version: 0,
             };
             let request = ts::WriteEventRecordsRequest { namespace, events: vec![event] };
             let accepted = if buffered {

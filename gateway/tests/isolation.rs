@@ -296,6 +296,7 @@ fn now() -> prost_types::Timestamp {
 
 fn event() -> ts::Event {
     ts::Event {
+        schema_version: 0,
         time_series_id: "s".into(),
         event_time: Some(now()),
         event_id: "e".into(),

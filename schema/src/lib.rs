@@ -115,8 +115,12 @@ impl Check {
             Some(Kind::Int64(_)) => Self::Int64,
             Some(Kind::Float64(_)) => Self::Float64,
             Some(Kind::Bool(_)) => Self::Bool,
-            Some(Kind::Json(json)) => Self::Json(json_validator(&format!("{field}.json.json_schema"), &json.json_schema)?),
-            Some(Kind::Protobuf(pb)) => Self::Protobuf(message_descriptor(field, &pb.descriptor_set, &pb.message_name)?),
+            Some(Kind::Json(json)) => {
+                Self::Json(json_validator(&format!("{field}.json.json_schema"), &json.json_schema)?)
+            }
+            Some(Kind::Protobuf(pb)) => {
+                Self::Protobuf(message_descriptor(field, &pb.descriptor_set, &pb.message_name)?)
+            }
         })
     }
 
@@ -136,9 +140,9 @@ impl Check {
                 let document: serde_json::Value =
                     serde_json::from_slice(value).map_err(|e| format!("is not JSON: {e}"))?;
                 match validator {
-                    Some(v) => v.validate(&document).map_err(|e| {
-                        format!("does not match its JSON Schema at `{}`: {e}", e.instance_path())
-                    }),
+                    Some(v) => v
+                        .validate(&document)
+                        .map_err(|e| format!("does not match its JSON Schema at `{}`: {e}", e.instance_path())),
                     None => Ok(()),
                 }
             }
@@ -241,7 +245,10 @@ impl Compiled {
             }
             let check = Check::compile(&format!("{at}.type"), item.r#type.as_ref().and_then(|t| t.kind.as_ref()))?;
             if items.insert(item.key.clone(), check).is_some() {
-                return Err(Violation::new(format!("{at}.key"), format!("item {} is declared twice", show_key(&item.key))));
+                return Err(Violation::new(
+                    format!("{at}.key"),
+                    format!("item {} is declared twice", show_key(&item.key)),
+                ));
             }
             if item.required {
                 required_items.push(item.key.clone());
@@ -265,25 +272,26 @@ impl Compiled {
         self.version
     }
 
-    /// Whether `event` (at `field`, e.g. `events[3]`) is valid under this
+    /// Whether `event`, `events[index]` of a write, is valid under this
     /// version: every item declared and of its type, every required item
-    /// and tag present, no undeclared tag.
-    pub fn check_event(&self, field: &str, event: &Event) -> Result<(), Violation> {
+    /// and tag present, no undeclared tag. Field paths are only formatted
+    /// for a refusal: the write path allocates nothing for a valid event.
+    pub fn check_event(&self, index: usize, event: &Event) -> Result<(), Violation> {
         let version = self.version;
         for (j, item) in event.items.iter().enumerate() {
             let Some(check) = self.items.get(&item.key) else {
                 return Err(Violation::new(
-                    format!("{field}.items[{j}]"),
+                    format!("events[{index}].items[{j}]"),
                     format!("item {} is not declared by schema version {version}", show_key(&item.key)),
                 ));
             };
-            check
-                .check(&item.value)
-                .map_err(|why| Violation::new(format!("{field}.items[{j}]"), format!("item {} {why}", show_key(&item.key))))?;
+            check.check(&item.value).map_err(|why| {
+                Violation::new(format!("events[{index}].items[{j}]"), format!("item {} {why}", show_key(&item.key)))
+            })?;
         }
         if let Some(missing) = self.required_items.iter().find(|key| !event.items.iter().any(|i| &i.key == *key)) {
             return Err(Violation::new(
-                format!("{field}.items"),
+                format!("events[{index}].items"),
                 format!("lacks item {}, required by schema version {version}", show_key(missing)),
             ));
         }
@@ -291,13 +299,13 @@ impl Compiled {
         // the map's order.
         if let Some(tag) = event.tags.keys().filter(|t| !self.declared_tags.contains(*t)).min() {
             return Err(Violation::new(
-                format!("{field}.tags[{tag}]"),
+                format!("events[{index}].tags[{tag}]"),
                 format!("tag {tag:?} is not declared by schema version {version}"),
             ));
         }
         if let Some(missing) = self.required_tags.iter().find(|t| !event.tags.contains_key(*t)) {
             return Err(Violation::new(
-                format!("{field}.tags"),
+                format!("events[{index}].tags"),
                 format!("lacks tag {missing:?}, required by schema version {version}"),
             ));
         }

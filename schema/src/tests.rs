@@ -80,7 +80,7 @@ fn valid_events_pass_and_each_kind_of_bad_one_is_named() {
         b
     };
     let ok = event(&[("temp", &temp), ("doc", br#"{"a":"x"}"#), ("pb", &pb)], &[("region", "eu"), ("host", "h")]);
-    compiled.check_event("events[0]", &ok).expect("valid");
+    compiled.check_event(0, &ok).expect("valid");
 
     let cases: Vec<(Event, &str, &str)> = vec![
         (event(&[("temp", b"abc")], &[("region", "eu")]), "events[1].items[0]", "\"temp\""),
@@ -93,7 +93,7 @@ fn valid_events_pass_and_each_kind_of_bad_one_is_named() {
         (event(&[("temp", &temp), ("pb", &[0x09, 1])], &[("region", "eu")]), "events[1].items[1]", "acme.v1.Reading"),
     ];
     for (e, field, mention) in cases {
-        let v = compiled.check_event("events[1]", &e).expect_err("refused");
+        let v = compiled.check_event(1, &e).expect_err("refused");
         assert_eq!(v.field, field, "{v}");
         assert!(v.description.contains(mention), "{v}");
     }
@@ -114,7 +114,10 @@ fn bad_schemas_are_refused_with_the_field() {
         )],
         ..Default::default()
     };
-    assert_eq!(Compiled::compile(1, &s, "schema").expect_err("bad").field, "schema.items[0].type.protobuf.message_name");
+    assert_eq!(
+        Compiled::compile(1, &s, "schema").expect_err("bad").field,
+        "schema.items[0].type.protobuf.message_name"
+    );
     let s = EventSchema { required_tags: vec![VERSION_TAG.into()], ..Default::default() };
     assert_eq!(Compiled::compile(1, &s, "schema").expect_err("reserved").field, "schema.required_tags[0]");
 }
