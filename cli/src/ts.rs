@@ -148,6 +148,7 @@ fn event_json(e: &ts::Event) -> Value {
         "event_id": e.event_id,
         "items": items,
         "tags": tags.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "schema_version": e.schema_version,
     })
 }
 
