@@ -1,3 +1,6 @@
+//! The schema rules on events and versions built here: each kind of bad
+//! event and bad schema named by its field, and compatibility per mode.
+
 use prism_proto::control::{Compatibility, EventSchema, ItemSchema, ItemType, JsonType, ProtobufType, item_type::Kind};
 use prism_proto::timeseries::{Event, EventItem};
 use prost::Message;
