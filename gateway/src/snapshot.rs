@@ -565,6 +565,30 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_version_is_compiled_once_across_snapshots() {
+        use prism_proto::control::{SchemaHistory, SchemaVersion};
+        let with = |rev: u64, create: u64, versions: &[u32]| {
+            let history = SchemaHistory {
+                versions: versions.iter().map(|v| SchemaVersion { version: *v, ..Default::default() }).collect(),
+                ..Default::default()
+            };
+            change::Change::Namespace(Namespace { schema: Some(Box::new(history)), ..ns("a/x", rev, create) })
+        };
+        let (s1, _) = Snapshot::default().apply(&delta(1, vec![with(1, 1, &[1])]));
+        let (s2, _) = s1.apply(&delta(2, vec![with(2, 1, &[1])]));
+        let (s3, _) = s2.apply(&delta(3, vec![with(3, 1, &[1, 2])]));
+        let (s4, _) = s3.apply(&delta(4, vec![with(4, 4, &[1, 2])]));
+        let (s5, _) = s4.apply(&delta(5, vec![change::Change::Namespace(ns("a/x", 5, 4))]));
+        let slot = |s: &Snapshot| s.namespace("a/x").and_then(|e| e.schema.clone());
+        let [v1, v1_again, v2, v2_reborn] = [&s1, &s2, &s3, &s4].map(|s| slot(s).expect("a schema"));
+        v1.compiled().expect("compiles");
+        assert!(Arc::ptr_eq(&v1, &v1_again), "a change that is not a new version compiles nothing");
+        assert_eq!((v2.version, Arc::ptr_eq(&v1, &v2)), (2, false));
+        assert!(!Arc::ptr_eq(&v2, &v2_reborn), "a new incarnation starts afresh");
+        assert!(slot(&s5).is_none());
+    }
+
+    #[test]
     fn the_owner_epoch_moves_only_with_the_shard() {
         let on = |rev: u64, create: u64, shard: &str| {
             change::Change::Namespace(Namespace { shard_id: shard.into(), ..ns("a/x", rev, create) })

@@ -376,5 +376,15 @@ async fn schemas_validate_writes_and_reads_tell_each_events_version() -> anyhow:
     assert!(events.iter().all(|e| !e.tags.keys().any(|k| k.starts_with("prism:"))), "{events:?}");
     let good_2 = events.iter().find(|e| e.event_id == "good-2");
     assert_eq!(good_2.and_then(|e| e.tags.get("host")).map(String::as_str), Some("h1"));
+
+    // Buffered writes are validated before they are accepted too.
+    let lossy = "acme/lossy-sensors";
+    let gw = cluster.active_namespace(lossy, ts_spec(true)).await?;
+    let mut c = client(gw).await?;
+    let set = SetSchemaRequest { name: lossy.into(), ..set(sensor_schema()) };
+    gw.caught_up(cp.set_schema(set).await?.into_inner().revision).await?;
+    let bad = write(lossy, vec![reading("ok", &[], &[("region", "eu")]), reading("bad", &[], &[])]);
+    let e = c.write_event_records(authed(bad)).await.expect_err("refused");
+    assert_eq!((e.code(), bad_field(&e).as_str()), (Code::InvalidArgument, "events[1].tags"));
     Ok(())
 }
