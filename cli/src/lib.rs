@@ -6,6 +6,7 @@
 //!   (configured by [`config_file`], the environment and flags).
 //! - [`tenant`], [`namespace`], [`shard`], [`audit`]: admin commands over
 //!   gRPC.
+//! - [`schema`]: `prism schema set|get|history`, TimeSeries event schemas.
 //! - [`kv`], [`ts`]: KeyValue and TimeSeries calls, routed by
 //!   `prism-client` to the gateway shard that owns the namespace.
 //! - [`token`]: `prism token create`, signing HS256 tokens locally.
@@ -33,6 +34,7 @@ pub mod json;
 pub mod kv;
 pub mod namespace;
 pub mod output;
+pub mod schema;
 pub mod serve;
 pub mod shard;
 pub mod spec_file;
@@ -155,6 +157,9 @@ pub enum Command {
     /// Write, read, search and tail TimeSeries events
     #[command(subcommand)]
     Ts(ts::TsCommand),
+    /// Set and read a TimeSeries namespace's versioned event schema
+    #[command(subcommand)]
+    Schema(schema::SchemaCommand),
     /// Sign bearer tokens with the deployment's HS256 secret
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -191,6 +196,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::run(&cli.global, cmd).await,
         Command::Kv(cmd) => kv::run(&cli.global, cmd).await,
         Command::Ts(cmd) => ts::run(&cli.global, cmd).await,
+        Command::Schema(cmd) => schema::run(&cli.global, cmd).await,
         Command::Token(cmd) => token::run(cli.global.output, cmd),
     }
 }

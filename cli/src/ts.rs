@@ -148,6 +148,7 @@ fn event_json(e: &ts::Event) -> Value {
         "event_id": e.event_id,
         "items": items,
         "tags": tags.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "schema_version": e.schema_version,
     })
 }
 
@@ -209,6 +210,7 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
                 event_id: event_id.clone(),
                 items,
                 tags: tags.into_iter().collect(),
+                schema_version: 0,
             };
             let request = ts::WriteEventRecordsRequest { namespace, events: vec![event] };
             let accepted = if buffered {

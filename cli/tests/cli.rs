@@ -292,3 +292,70 @@ async fn pins_round_trip_and_shard_list_prints_the_servers_answer() -> anyhow::R
     assert_eq!(json["shards"].as_array().map(Vec::len), Some(2), "{json}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_set_get_and_history() -> anyhow::Result<()> {
+    let cp = start().await?;
+    let ep = || cp.endpoint();
+    prism(ep(), &["tenant", "create", "acme"]).await?.ok()?;
+    prism(ep(), &["namespace", "create", "acme/events", "--abstraction", "time-series", "--backend", "embedded"])
+        .await?
+        .ok()?;
+
+    let dir = tempfile::tempdir()?;
+    let write = |name: &str, text: &str| -> anyhow::Result<String> {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text)?;
+        Ok(file.to_str().context("utf-8 path")?.to_owned())
+    };
+    let v1 = write(
+        "v1.json",
+        r#"{ "items": [ { "key": "temp", "type": "float64", "required": true },
+                        { "key": "doc", "type": "json", "json_schema": { "type": "object" } } ],
+             "required_tags": [ "region" ], "allowed_tags": [ "host" ] }"#,
+    )?;
+    let set = prism(ep(), &["schema", "set", "acme/events", "--file", &v1, "--compatibility", "full"]).await?.ok()?;
+    ensure!(set.stdout.contains("acme/events schema version 1 set (FULL compatibility)"), "{}", set.stdout);
+
+    // A version that breaks FULL: refused, naming what breaks, exit 1.
+    let breaking = write(
+        "v2.json",
+        r#"{ "items": [ { "key": "temp", "type": "utf8", "required": true } ], "required_tags": [ "region" ] }"#,
+    )?;
+    prism(ep(), &["schema", "set", "acme/events", "-f", &breaking])
+        .await?
+        .failed(1, "FAILED_PRECONDITION")?
+        .failed(1, "item \"temp\" changes type from float64 to utf8")?;
+    // A file that is not a schema is a local error.
+    let typo = write("typo.json", r#"{ "items": [ { "key": "t", "type": "float" } ] }"#)?;
+    prism(ep(), &["schema", "set", "acme/events", "-f", &typo]).await?.failed(1, "is not one of")?;
+
+    // A compatible version: one optional item more.
+    let v2 = write(
+        "v2ok.json",
+        r#"{ "items": [ { "key": "temp", "type": "float64", "required": true },
+                        { "key": "doc", "type": "json", "json_schema": { "type": "object" } },
+                        { "key": "note", "type": "utf8" } ],
+             "required_tags": [ "region" ], "allowed_tags": [ "host" ] }"#,
+    )?;
+    prism(ep(), &["schema", "set", "acme/events", "-f", &v2]).await?.ok()?;
+
+    let latest = prism(ep(), &["schema", "get", "acme/events", "-o", "json"]).await?.ok()?.json()?;
+    assert_eq!(latest["compatibility"], "FULL");
+    assert_eq!(latest["version"]["version"], 2);
+    assert_eq!(latest["version"]["items"][2]["key"], "note");
+    assert_eq!(latest["version"]["items"][1]["json_schema"]["type"], "object");
+    let table = prism(ep(), &["schema", "get", "acme/events", "1"]).await?.ok()?;
+    ensure!(table.stdout.starts_with("acme/events schema version 1 (FULL compatibility)"), "{}", table.stdout);
+    ensure!(table.stdout.contains("temp") && table.stdout.contains("float64"), "{}", table.stdout);
+    ensure!(!table.stdout.contains("note"), "{}", table.stdout);
+
+    let history = prism(ep(), &["schema", "history", "acme/events", "-o", "json"]).await?.ok()?.json()?;
+    let versions: Vec<&Value> = history["versions"].as_array().context("versions")?.iter().collect();
+    assert_eq!(versions.iter().map(|v| v["version"].as_u64()).collect::<Vec<_>>(), [Some(1), Some(2)]);
+    let table = prism(ep(), &["schema", "history", "acme/events"]).await?.ok()?;
+    ensure!(table.stdout.lines().nth(1).is_some_and(|l| l.starts_with("VERSION")), "{}", table.stdout);
+
+    prism(ep(), &["schema", "get", "acme/none"]).await?.failed(1, "NOT_FOUND")?;
+    Ok(())
+}

@@ -201,6 +201,7 @@ impl Writer {
             Write::Event(ts::WriteEventRecordsRequest {
                 namespace: TS_NS.into(),
                 events: vec![ts::Event {
+                    schema_version: 0,
                     time_series_id: format!("s{n}"),
                     event_time: Some(timestamp(self.generation)),
                     event_id: name.clone(),

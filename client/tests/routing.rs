@@ -152,6 +152,7 @@ async fn each_namespace_is_served_by_its_owner_with_or_without_the_watch() -> an
     // TimeSeries, through the same client.
     let prism = d.client(true, RetryPolicy::default())?;
     let event = ts::Event {
+        schema_version: 0,
         time_series_id: "user-1".into(),
         event_time: Some(prost_types_now()),
         event_id: "e1".into(),

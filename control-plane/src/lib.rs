@@ -5,6 +5,7 @@
 //!
 //! - [`plane`]: the rules (transport-free).
 //! - [`authz`]: who may call what.
+//! - [`schemas`]: TimeSeries event schemas, versioned per namespace.
 //! - [`registry`]: shard instances, leases, and the assignment they drive.
 //! - [`store`]: where metadata lives ([`store::file`], the default, or
 //!   [`store::postgres`], shared by several replicas).
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod page_token;
 pub mod plane;
 pub mod registry;
+pub mod schemas;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -73,7 +73,7 @@ fn not_found_namespace(name: &str) -> ControlPlaneError {
     ControlPlaneError::NotFound(format!("namespace {name} not found"))
 }
 
-fn check_expected(kind: &str, key: &str, expected: u64, current: u64) -> Result<()> {
+pub(crate) fn check_expected(kind: &str, key: &str, expected: u64, current: u64) -> Result<()> {
     if expected != 0 && expected != current {
         return Err(ControlPlaneError::Conflict(format!(
             "{kind} {key} is at revision {current}, not the expected {expected}"
@@ -91,7 +91,7 @@ fn page_size(requested: u32) -> usize {
 
 /// The tenant part of a namespace name, or `""` when it is not a valid id
 /// (so the audit log never records an invalid tenant).
-fn tenant_of(namespace: &str) -> &str {
+pub(crate) fn tenant_of(namespace: &str) -> &str {
     valid_tenant(namespace.split_once('/').map_or(namespace, |(t, _)| t))
 }
 
@@ -111,7 +111,7 @@ fn written_tenant(delta: &Delta, id: &str) -> Result<Tenant> {
         .ok_or_else(|| ControlPlaneError::Corrupt(format!("commit {} lacks tenant {id}", delta.revision)))
 }
 
-fn written_namespace(delta: &Delta, name: &str) -> Result<Namespace> {
+pub(crate) fn written_namespace(delta: &Delta, name: &str) -> Result<Namespace> {
     delta
         .changes
         .iter()
@@ -507,7 +507,7 @@ impl ControlPlane {
     }
 
     /// The namespace, refused unless it is neither DELETING nor DELETED.
-    async fn live_namespace(&self, name: &str) -> Result<Namespace> {
+    pub(crate) async fn live_namespace(&self, name: &str) -> Result<Namespace> {
         let ns = self.get_namespace(name).await?;
         match NamespaceStatus::try_from(ns.status) {
             Ok(NamespaceStatus::Deleted) => Err(not_found_namespace(name)),

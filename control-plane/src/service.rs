@@ -187,6 +187,26 @@ impl ControlPlaneService for Service {
         reply(self.plane.revoke_access(&who.name(), req.get_ref()).await)
     }
 
+    async fn set_schema(&self, req: Request<SetSchemaRequest>) -> Reply<SchemaResponse> {
+        // A schema governs every writer of the namespace: its admins set
+        // it, as they update its spec.
+        let name = &req.get_ref().name;
+        let who = self.allow(&req, "SetSchema", name, Need::NamespaceAdmin(name)).await?;
+        reply(self.plane.set_schema(&who.name(), req.get_ref()).await)
+    }
+
+    async fn get_schema(&self, req: Request<GetSchemaRequest>) -> Reply<SchemaResponse> {
+        let name = &req.get_ref().name;
+        self.allow(&req, "GetSchema", name, Need::NamespaceUser(name)).await?;
+        reply(self.plane.get_schema(req.get_ref()).await)
+    }
+
+    async fn list_schema_history(&self, req: Request<ListSchemaHistoryRequest>) -> Reply<ListSchemaHistoryResponse> {
+        let name = &req.get_ref().name;
+        self.allow(&req, "ListSchemaHistory", name, Need::NamespaceUser(name)).await?;
+        reply(self.plane.list_schema_history(req.get_ref()).await)
+    }
+
     async fn register_shard(&self, req: Request<RegisterShardRequest>) -> Reply<RegisterShardResponse> {
         let who = self.allow(&req, "RegisterShard", "", Need::Shard).await?;
         let r = req.get_ref();

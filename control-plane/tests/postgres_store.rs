@@ -830,3 +830,78 @@ async fn three_replicas_watchers_see_every_change_once_in_order_across_a_restart
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// TimeSeries schemas, kept by both stores
+// ---------------------------------------------------------------------------
+
+/// A schema history set through the control plane is what a store opened
+/// again reads back, by name and in a snapshot (what gateways watch).
+async fn schemas_survive_reopening(open: Open) -> anyhow::Result<()> {
+    use prism_proto::control::{
+        Compatibility, EventSchema, GetSchemaRequest, ItemSchema, ItemType, ListSchemaHistoryRequest, SetSchemaRequest,
+        item_type::Kind,
+    };
+    let plane = prism_control_plane::ControlPlane::new(open().await?, ControlPlaneConfig::default());
+    plane.create_tenant("root", "acme", "", &[], None).await?;
+    let spec = NamespaceSpec {
+        abstraction: Abstraction::TimeSeries as i32,
+        backend: Backend::Embedded as i32,
+        ..NamespaceSpec::default()
+    };
+    plane.create_namespace("root", "acme/events", Some(&spec)).await?;
+    let item = |key: &str, required| ItemSchema {
+        key: key.into(),
+        r#type: Some(ItemType { kind: Some(Kind::Int64(Default::default())) }),
+        required,
+    };
+    let v1 = EventSchema { items: vec![item("n", true)], required_tags: vec!["region".into()], allowed_tags: vec![] };
+    let v2 = EventSchema { items: vec![item("n", true), item("m", false)], ..v1.clone() };
+    for schema in [v1, v2.clone()] {
+        let req = SetSchemaRequest {
+            name: "acme/events".into(),
+            schema: Some(schema),
+            compatibility: Compatibility::Full as i32,
+            expected_revision: 0,
+        };
+        plane.set_schema("root", &req).await?;
+    }
+    // The file store is one opener's at a time: it opens again once the
+    // first one's committer has let go.
+    drop(plane);
+
+    let plane =
+        prism_control_plane::ControlPlane::new(eventually(CONVERGE, &open).await?, ControlPlaneConfig::default());
+    let history = plane.list_schema_history(&ListSchemaHistoryRequest { name: "acme/events".into() }).await?;
+    assert_eq!(history.compatibility, Compatibility::Full as i32);
+    assert_eq!(history.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
+    let latest = plane.get_schema(&GetSchemaRequest { name: "acme/events".into(), version: 0 }).await?;
+    assert_eq!(latest.version.and_then(|v| v.schema), Some(v2));
+    let snapshot = plane.store().snapshot().await?;
+    let ns = snapshot.namespaces.iter().find(|n| n.name == "acme/events").context("in the snapshot")?;
+    assert_eq!(ns.schema.as_ref().map(|s| s.versions.len()), Some(2));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_store_keeps_schema_histories() -> anyhow::Result<()> {
+    let dir = Arc::new(tempfile::tempdir()?);
+    schemas_survive_reopening(Box::new(move || {
+        let dir = dir.clone();
+        Box::pin(async move { Ok(Arc::new(FileStore::open(dir.path(), 64, 100)?) as Arc<dyn Store>) })
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_keeps_schema_histories() -> anyhow::Result<()> {
+    let server = server_or_skip!();
+    let dsn = server.dsn();
+    schemas_survive_reopening(Box::new(move || {
+        let dsn = dsn.clone();
+        Box::pin(
+            async move { Ok(Arc::new(PgStore::open(&dsn, "store \"schemas\"", 64, 100).await?) as Arc<dyn Store>) },
+        )
+    }))
+    .await
+}

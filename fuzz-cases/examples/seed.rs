@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
     let item = |k: &str, v: &str| kv::Item { key: k.into(), value: v.into(), ttl: None };
     let token = Some(kv::IdempotencyToken { generation_time: time(1_700_000_000), token: "0b5e-7c1d".into() });
     let event = |series: &str, id: &str| ts::Event {
+        schema_version: 0,
         time_series_id: series.into(),
         event_time: time(1_700_000_000),
         event_id: id.into(),

@@ -77,6 +77,38 @@ pub fn policy_fingerprint(spec: &prism_proto::control::NamespaceSpec) -> u64 {
     twox_hash::XxHash64::oneshot(0, &bytes).max(1)
 }
 
+/// The latest version of a namespace's event schema, as the owner
+/// validates writes against it: compiled (JSON Schema validators, protobuf
+/// descriptors) by the first write that needs it, and shared by every
+/// snapshot's entry of the namespace while it stays the latest version,
+/// so a metadata change that is not a new schema compiles nothing.
+#[derive(Debug)]
+pub struct SchemaSlot {
+    pub version: u32,
+    schema: prism_proto::control::EventSchema,
+    compiled: OnceLock<std::result::Result<Arc<prism_schema::Compiled>, String>>,
+}
+
+impl SchemaSlot {
+    fn new(version: prism_proto::control::SchemaVersion) -> Self {
+        Self { version: version.version, schema: version.schema.unwrap_or_default(), compiled: OnceLock::new() }
+    }
+
+    /// The compiled version. The control plane compiled it before storing
+    /// it, so a failure here is a disagreement between the two (another
+    /// release): writes are refused as INTERNAL rather than let through.
+    pub fn compiled(&self) -> Result<&prism_schema::Compiled> {
+        let compiled = self.compiled.get_or_init(|| {
+            prism_schema::Compiled::compile(self.version, &self.schema, "schema")
+                .map(Arc::new)
+                .map_err(|v| v.to_string())
+        });
+        compiled.as_deref().map_err(|e| {
+            GatewayError::Internal(format!("schema version {} does not compile on this gateway: {e}", self.version))
+        })
+    }
+}
+
 /// A namespace as the gateway routes it.
 #[derive(Debug)]
 pub struct NamespaceEntry {
@@ -103,6 +135,10 @@ pub struct NamespaceEntry {
     /// (`Namespace.backend_settings`): the provisioner reports only what
     /// changes it.
     pub backend_settings: Box<[prism_proto::control::BackendSetting]>,
+    /// The latest version of the namespace's event schema, if it has one
+    /// (only the latest: older versions are not needed to write, and reads
+    /// find an event's version stored with it).
+    pub schema: Option<Arc<SchemaSlot>>,
     /// What this gateway keeps for the namespace's incarnation, shared by
     /// every snapshot's entry of it (a new snapshot does not lose it).
     pub local: Arc<Local>,
@@ -139,7 +175,13 @@ impl NamespaceEntry {
         // Names come validated from the control plane; one without a `/`
         // is its own tenant, as `prism_plugin_api::Namespace::tenant` says.
         let slash = meta.name.find('/').unwrap_or(meta.name.len());
+        let latest = meta.schema.and_then(|history| history.versions.into_iter().last());
+        let schema = latest.map(|latest| {
+            let kept = same_incarnation.and_then(|p| p.schema.clone()).filter(|s| s.version == latest.version);
+            kept.unwrap_or_else(|| Arc::new(SchemaSlot::new(latest)))
+        });
         Self {
+            schema,
             slash,
             ns: prism_plugin_api::Namespace {
                 name: meta.name,
@@ -520,6 +562,30 @@ mod tests {
         let [e1, e2, e3] = [&s1, &s2, &s3].map(|s| s.namespace("a/x").cloned().expect("present"));
         assert!(Arc::ptr_eq(&e1.local, &e2.local));
         assert!(!Arc::ptr_eq(&e2.local, &e3.local));
+    }
+
+    #[test]
+    fn a_schema_version_is_compiled_once_across_snapshots() {
+        use prism_proto::control::{SchemaHistory, SchemaVersion};
+        let with = |rev: u64, create: u64, versions: &[u32]| {
+            let history = SchemaHistory {
+                versions: versions.iter().map(|v| SchemaVersion { version: *v, ..Default::default() }).collect(),
+                ..Default::default()
+            };
+            change::Change::Namespace(Namespace { schema: Some(Box::new(history)), ..ns("a/x", rev, create) })
+        };
+        let (s1, _) = Snapshot::default().apply(&delta(1, vec![with(1, 1, &[1])]));
+        let (s2, _) = s1.apply(&delta(2, vec![with(2, 1, &[1])]));
+        let (s3, _) = s2.apply(&delta(3, vec![with(3, 1, &[1, 2])]));
+        let (s4, _) = s3.apply(&delta(4, vec![with(4, 4, &[1, 2])]));
+        let (s5, _) = s4.apply(&delta(5, vec![change::Change::Namespace(ns("a/x", 5, 4))]));
+        let slot = |s: &Snapshot| s.namespace("a/x").and_then(|e| e.schema.clone());
+        let [v1, v1_again, v2, v2_reborn] = [&s1, &s2, &s3, &s4].map(|s| slot(s).expect("a schema"));
+        v1.compiled().expect("compiles");
+        assert!(Arc::ptr_eq(&v1, &v1_again), "a change that is not a new version compiles nothing");
+        assert_eq!((v2.version, Arc::ptr_eq(&v1, &v2)), (2, false));
+        assert!(!Arc::ptr_eq(&v2, &v2_reborn), "a new incarnation starts afresh");
+        assert!(slot(&s5).is_none());
     }
 
     #[test]

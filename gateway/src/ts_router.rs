@@ -30,24 +30,62 @@ fn timestamp(us: Micros) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: us.div_euclid(1_000_000), nanos: (us.rem_euclid(1_000_000) * 1_000) as i32 }
 }
 
-fn to_plugin(e: &ts::Event) -> pts::Event {
+/// An event as its plugin stores it; `schema_version` (when the namespace
+/// has a schema) goes with it as the reserved tag
+/// [`prism_schema::VERSION_TAG`]: tags round-trip on every backend (the
+/// conformance suite checks it), so reads find the version an event was
+/// written under whatever stored it.
+fn to_plugin(e: &ts::Event, schema_version: Option<u32>) -> pts::Event {
+    let mut tags: Vec<(String, String)> = e.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(version) = schema_version {
+        tags.push((prism_schema::VERSION_TAG.to_owned(), version.to_string()));
+    }
     pts::Event {
         time_series_id: e.time_series_id.clone(),
         event_time: e.event_time.as_ref().map_or(0, micros),
         event_id: e.event_id.clone(),
         items: e.items.iter().map(|i| (i.key.clone(), i.value.clone())).collect(),
-        tags: e.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        tags: tags.into_iter().collect(),
     }
 }
 
+/// An event as clients see it: the reserved version tag becomes
+/// `schema_version` (0: written while the namespace had no schema).
 fn to_proto(e: pts::Event) -> ts::Event {
+    let mut schema_version = 0;
+    let tags = e
+        .tags
+        .into_iter()
+        .filter(|(k, v)| {
+            let reserved = k == prism_schema::VERSION_TAG;
+            if reserved {
+                schema_version = v.parse().unwrap_or(0);
+            }
+            !reserved
+        })
+        .collect();
     ts::Event {
         time_series_id: e.time_series_id,
         event_time: Some(timestamp(e.event_time)),
         event_id: e.event_id,
         items: e.items.into_iter().map(|(key, value)| ts::EventItem { key, value }).collect(),
-        tags: e.tags.into_iter().collect(),
+        tags,
+        schema_version,
     }
+}
+
+/// Validates every event of a write against the namespace's latest
+/// schema, before anything is stored; answers the version they are
+/// written under (`None`: the namespace has no schema).
+fn check_schema(entry: &NamespaceEntry, events: &[ts::Event]) -> Result<Option<u32>> {
+    let Some(slot) = &entry.schema else {
+        return Ok(None);
+    };
+    let compiled = slot.compiled()?;
+    for (i, e) in events.iter().enumerate() {
+        compiled.check_event(i, e).map_err(|v| GatewayError::invalid(v.field, v.description))?;
+    }
+    Ok(Some(slot.version))
 }
 
 /// A validated proto filter as the plugins' filter.
@@ -131,7 +169,8 @@ pub async fn execute(
         Request::WriteSync(r) => {
             let plugin = entry.time_series(&ops.plugins)?;
             accept_window(entry, &r.events, now)?;
-            let events: Vec<_> = r.events.iter().map(to_plugin).collect();
+            let version = check_schema(entry, &r.events)?;
+            let events: Vec<_> = r.events.iter().map(|e| to_plugin(e, version)).collect();
             let events = &events;
             observed(&ops.metrics, entry, Op::Write, |span| {
                 let context = write_context(span, caller);
@@ -153,7 +192,8 @@ pub async fn execute(
                 )));
             }
             accept_window(entry, &r.events, now)?;
-            let events: Vec<_> = r.events.iter().map(to_plugin).collect();
+            let version = check_schema(entry, &r.events)?;
+            let events: Vec<_> = r.events.iter().map(|e| to_plugin(e, version)).collect();
             let n = events.len() as u32;
             let published = ops.tails.watched(entry).then(|| events.iter().cloned().map(to_proto).collect());
             // Written later, outside this request: the events keep its

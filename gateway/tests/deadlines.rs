@@ -133,6 +133,7 @@ async fn time_series(gw: &GatewayHandle, ns: &str) -> anyhow::Result<()> {
     let now = now_secs();
     let at = |ago: i64| Some(prost_types::Timestamp { seconds: now - ago, nanos: 0 });
     let event = |series: &str, i: usize| ts::Event {
+        schema_version: 0,
         time_series_id: series.into(),
         event_time: at(i as i64),
         event_id: format!("e{i:02}"),

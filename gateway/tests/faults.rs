@@ -113,6 +113,7 @@ impl Subject {
             Self::Ts { client, ns, seconds } => {
                 // Identity fixed by `n`, so a write sent again is the same event.
                 let event = ts::Event {
+                    schema_version: 0,
                     time_series_id: record.into(),
                     event_time: Some(prost_types::Timestamp { seconds: *seconds, nanos: n as i32 * 1_000_000 }),
                     event_id: format!("e{n}"),

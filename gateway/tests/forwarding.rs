@@ -56,6 +56,7 @@ fn get(ns: &str, id: &str) -> kv::GetItemsRequest {
 
 fn event(series: &str, id: &str) -> ts::Event {
     ts::Event {
+        schema_version: 0,
         time_series_id: series.into(),
         event_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
         event_id: id.into(),

@@ -222,6 +222,9 @@ enum Op {
     DeleteNamespace,
     GrantAccess,
     RevokeAccess,
+    SetSchema,
+    GetSchema,
+    ListSchemaHistory,
     ReportNamespaceStatus,
     RegisterShard,
     Heartbeat,
@@ -232,7 +235,7 @@ enum Op {
     ListAuditEvents,
 }
 
-const OPS: [Op; 32] = [
+const OPS: [Op; 35] = [
     Op::Put,
     Op::Get,
     Op::Delete,
@@ -257,6 +260,9 @@ const OPS: [Op; 32] = [
     Op::DeleteNamespace,
     Op::GrantAccess,
     Op::RevokeAccess,
+    Op::SetSchema,
+    Op::GetSchema,
+    Op::ListSchemaHistory,
     Op::ReportNamespaceStatus,
     Op::RegisterShard,
     Op::Heartbeat,
@@ -280,8 +286,10 @@ fn allowed(op: Op, who: Who) -> bool {
         Op::GetTenant | Op::UpdateTenant | Op::CreateNamespace | Op::DeleteNamespace | Op::ListAuditEvents => {
             tenant_admin
         }
-        Op::UpdateNamespace | Op::GrantAccess | Op::RevokeAccess => tenant_admin || who == Owner,
-        Op::GetNamespace | Op::ResolveNamespace => tenant_admin || reader || writer || matches!(who, Owner | Shard),
+        Op::UpdateNamespace | Op::GrantAccess | Op::RevokeAccess | Op::SetSchema => tenant_admin || who == Owner,
+        Op::GetNamespace | Op::ResolveNamespace | Op::GetSchema | Op::ListSchemaHistory => {
+            tenant_admin || reader || writer || matches!(who, Owner | Shard)
+        }
         Op::ReportNamespaceStatus | Op::RegisterShard | Op::Heartbeat | Op::DeregisterShard | Op::Watch => {
             matches!(who, Admin | Shard)
         }
@@ -296,6 +304,7 @@ fn now() -> prost_types::Timestamp {
 
 fn event() -> ts::Event {
     ts::Event {
+        schema_version: 0,
         time_series_id: "s".into(),
         event_time: Some(now()),
         event_id: "e".into(),
@@ -458,6 +467,23 @@ async fn call(c: &mut Clients, op: Op, tenant: &str) -> Code {
             })
             .await
             .map(drop),
+        ),
+        Op::SetSchema => code(
+            // A stale revision: ABORTED once allowed, nothing written.
+            c.cp.set_schema(prism_proto::control::SetSchemaRequest {
+                name: ts_ns,
+                schema: Some(Default::default()),
+                compatibility: 0,
+                expected_revision: STALE,
+            })
+            .await
+            .map(drop),
+        ),
+        Op::GetSchema => {
+            code(c.cp.get_schema(prism_proto::control::GetSchemaRequest { name: ts_ns, version: 0 }).await.map(drop))
+        }
+        Op::ListSchemaHistory => code(
+            c.cp.list_schema_history(prism_proto::control::ListSchemaHistoryRequest { name: ts_ns }).await.map(drop),
         ),
         Op::ReportNamespaceStatus => code(
             c.cp.report_namespace_status(ReportNamespaceStatusRequest {

@@ -415,6 +415,7 @@ async fn a_writes_trace_context_reaches_kafka_record_headers() -> anyhow::Result
     let mut client = prism_client::time_series(&gw.endpoint(), Some(&admin_token())).await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let event = ts::Event {
+        schema_version: 0,
         time_series_id: "s".into(),
         event_time: Some(prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: 0 }),
         event_id: "e1".into(),

@@ -170,6 +170,7 @@ async fn kafka_retention_changes_the_topics_retention_ms() -> anyhow::Result<()>
     // And the namespace served throughout.
     let mut c = prism_client::time_series(&gw.endpoint(), Some(&admin_token())).await?;
     let event = ts::Event {
+        schema_version: 0,
         time_series_id: "s".into(),
         event_time: Some(prost_types::Timestamp { seconds: now_secs(), nanos: 0 }),
         event_id: "e".into(),
@@ -221,6 +222,7 @@ async fn postgres_retention_drops_the_partitions_past_it() -> anyhow::Result<()>
     let now = now_secs();
     let mut c = prism_client::time_series(&gw.endpoint(), Some(&admin_token())).await?;
     let event = |ago: i64, id: &str| ts::Event {
+        schema_version: 0,
         time_series_id: "s".into(),
         event_time: Some(prost_types::Timestamp { seconds: now - ago, nanos: 0 }),
         event_id: id.into(),

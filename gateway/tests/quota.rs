@@ -210,6 +210,7 @@ fn now_secs() -> i64 {
 fn batch(ns: &str, n: u64, first: u64) -> ts::WriteEventRecordsRequest {
     let events = (first..first + n)
         .map(|i| ts::Event {
+            schema_version: 0,
             time_series_id: format!("s{}", i % 7),
             event_time: Some(prost_types::Timestamp { seconds: now_secs(), nanos: 0 }),
             event_id: format!("e{i}"),

@@ -27,6 +27,7 @@ fn now_secs() -> i64 {
 
 fn event(series: &str, secs_ago: i64, id: &str, tags: &[(&str, &str)]) -> ts::Event {
     ts::Event {
+        schema_version: 0,
         time_series_id: series.into(),
         event_time: Some(prost_types::Timestamp { seconds: now_secs() - secs_ago, nanos: 0 }),
         event_id: id.into(),
@@ -229,5 +230,161 @@ async fn tails_stream_new_events_of_their_series() -> anyhow::Result<()> {
         .await
         .expect_err("kv");
     assert_eq!((e.code(), bad_field(&e).as_str()), (Code::InvalidArgument, "namespace"));
+    Ok(())
+}
+
+/// A descriptor set of `acme.v1.Reading { double celsius = 1; }`.
+fn reading_descriptor_set() -> Vec<u8> {
+    use prost::Message;
+    use prost_types::field_descriptor_proto::{Label, Type};
+    prost_types::FileDescriptorSet {
+        file: vec![prost_types::FileDescriptorProto {
+            name: Some("reading.proto".into()),
+            package: Some("acme.v1".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![prost_types::DescriptorProto {
+                name: Some("Reading".into()),
+                field: vec![prost_types::FieldDescriptorProto {
+                    name: Some("celsius".into()),
+                    number: Some(1),
+                    r#type: Some(Type::Double as i32),
+                    label: Some(Label::Optional as i32),
+                    json_name: Some("celsius".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+fn sensor_schema() -> prism_proto::control::EventSchema {
+    use prism_proto::control::{ItemSchema, ItemType, JsonType, ProtobufType, item_type::Kind};
+    let item = |key: &str, kind: Kind, required: bool| ItemSchema {
+        key: key.into(),
+        r#type: Some(ItemType { kind: Some(kind) }),
+        required,
+    };
+    prism_proto::control::EventSchema {
+        items: vec![
+            item("temp", Kind::Float64(Default::default()), true),
+            item("doc", Kind::Json(JsonType { json_schema: r#"{"type":"object","required":["a"]}"#.into() }), false),
+            item(
+                "pb",
+                Kind::Protobuf(ProtobufType {
+                    descriptor_set: reading_descriptor_set(),
+                    message_name: "acme.v1.Reading".into(),
+                }),
+                false,
+            ),
+        ],
+        required_tags: vec!["region".into()],
+        allowed_tags: vec!["host".into()],
+    }
+}
+
+/// An event of `acme/sensors`: `temp` plus `extra` items, and `tags`.
+fn reading(id: &str, extra: &[(&str, &[u8])], tags: &[(&str, &str)]) -> ts::Event {
+    let mut e = event("probe-1", 5, id, tags);
+    e.items = vec![ts::EventItem { key: b"temp".to_vec(), value: 21.5f64.to_be_bytes().to_vec() }];
+    e.items.extend(extra.iter().map(|(k, v)| ts::EventItem { key: k.as_bytes().to_vec(), value: v.to_vec() }));
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_validate_writes_and_reads_tell_each_events_version() -> anyhow::Result<()> {
+    use prism_proto::control::{Compatibility, SetSchemaRequest};
+    let cluster = Cluster::start().await?;
+    let ns = "acme/sensors";
+    let gw = cluster.active_namespace(ns, ts_spec(false)).await?;
+    let mut c = client(gw).await?;
+    let mut cp = cluster.control_plane.client().await?;
+
+    // Before any schema: anything goes, and the event has no version.
+    c.write_event_records_sync(authed(write(ns, vec![event("probe-1", 9, "before", &[])]))).await?;
+
+    let set = |schema| SetSchemaRequest {
+        name: ns.into(),
+        schema: Some(schema),
+        compatibility: Compatibility::Backward as i32,
+        expected_revision: 0,
+    };
+    let v1 = cp.set_schema(set(sensor_schema())).await?.into_inner();
+    gw.caught_up(v1.revision).await?;
+
+    let pb = [&[0x09u8][..], &3.5f64.to_le_bytes()].concat();
+    let good = vec![
+        reading("good-1", &[("doc", br#"{"a":1}"#)], &[("region", "eu")]),
+        reading("good-2", &[("pb", &pb)], &[("region", "eu"), ("host", "h1")]),
+    ];
+    let written = c.write_event_records_sync(authed(write(ns, good.clone()))).await?.into_inner();
+    assert_eq!(written.accepted, 2);
+
+    // Each kind of bad event, second in its request after a good one:
+    // refused naming events[1] and the item or tag, nothing stored.
+    let mut missing_temp = reading("bad", &[], &[("region", "eu")]);
+    missing_temp.items.clear();
+    let mut wrong_type = reading("bad", &[], &[("region", "eu")]);
+    wrong_type.items[0].value = b"hot".to_vec();
+    let cases = vec![
+        (wrong_type, "events[1].items[0]", "\"temp\""),
+        (missing_temp, "events[1].items", "\"temp\""),
+        (reading("bad", &[("other", b"x")], &[("region", "eu")]), "events[1].items[1]", "\"other\""),
+        (reading("bad", &[("doc", b"{\"b\":1}")], &[("region", "eu")]), "events[1].items[1]", "JSON Schema"),
+        (reading("bad", &[("doc", b"not json")], &[("region", "eu")]), "events[1].items[1]", "not JSON"),
+        (reading("bad", &[("pb", &[0x09, 0x01])], &[("region", "eu")]), "events[1].items[1]", "acme.v1.Reading"),
+        (reading("bad", &[], &[("region", "eu"), ("zone", "a")]), "events[1].tags[zone]", "\"zone\""),
+        (reading("bad", &[], &[]), "events[1].tags", "\"region\""),
+        (
+            reading("bad", &[], &[("region", "eu"), ("prism:schema-version", "9")]),
+            "events[1].tags[prism:schema-version]",
+            "reserved",
+        ),
+    ];
+    for (bad, field, named) in cases {
+        let request = write(ns, vec![reading("ok-too", &[], &[("region", "eu")]), bad]);
+        let e = c.write_event_records_sync(authed(request)).await.expect_err("refused");
+        assert_eq!((e.code(), bad_field(&e).as_str()), (Code::InvalidArgument, field), "{e:?}");
+        let description = e.get_details_bad_request().and_then(|b| b.field_violations.first().cloned());
+        assert!(description.is_some_and(|v| v.description.contains(named)), "{field}: {e:?}");
+    }
+
+    // A compatible version 2 (an optional item more); later events are
+    // written under it, and each event reads back with its own version.
+    let mut next = sensor_schema();
+    next.items.push(prism_proto::control::ItemSchema {
+        key: b"note".to_vec(),
+        r#type: Some(prism_proto::control::ItemType {
+            kind: Some(prism_proto::control::item_type::Kind::Utf8(Default::default())),
+        }),
+        required: false,
+    });
+    let v2 = cp.set_schema(set(next)).await?.into_inner();
+    gw.caught_up(v2.revision).await?;
+    let mut late = reading("late", &[("note", b"hello")], &[("region", "us")]);
+    late.event_time = Some(prost_types::Timestamp { seconds: now_secs() - 1, nanos: 0 });
+    c.write_event_records_sync(authed(write(ns, vec![late]))).await?;
+
+    let read =
+        ts::ReadEventRecordsRequest { namespace: ns.into(), time_series_id: "probe-1".into(), ..Default::default() };
+    let events = c.read_event_records(authed(read)).await?.into_inner().events;
+    let mut seen: Vec<(&str, u32)> = events.iter().map(|e| (e.event_id.as_str(), e.schema_version)).collect();
+    seen.sort();
+    assert_eq!(seen, [("before", 0), ("good-1", 1), ("good-2", 1), ("late", 2)], "nothing of a refused request");
+    assert!(events.iter().all(|e| !e.tags.keys().any(|k| k.starts_with("prism:"))), "{events:?}");
+    let good_2 = events.iter().find(|e| e.event_id == "good-2");
+    assert_eq!(good_2.and_then(|e| e.tags.get("host")).map(String::as_str), Some("h1"));
+
+    // Buffered writes are validated before they are accepted too.
+    let lossy = "acme/lossy-sensors";
+    let gw = cluster.active_namespace(lossy, ts_spec(true)).await?;
+    let mut c = client(gw).await?;
+    let set = SetSchemaRequest { name: lossy.into(), ..set(sensor_schema()) };
+    gw.caught_up(cp.set_schema(set).await?.into_inner().revision).await?;
+    let bad = write(lossy, vec![reading("ok", &[], &[("region", "eu")]), reading("bad", &[], &[])]);
+    let e = c.write_event_records(authed(bad)).await.expect_err("refused");
+    assert_eq!((e.code(), bad_field(&e).as_str()), (Code::InvalidArgument, "events[1].tags"));
     Ok(())
 }

@@ -99,6 +99,7 @@ fn request(args: &FrameArgs) -> Request {
                     event_id: format!("frame-{}", now.as_micros()),
                     items: vec![ts::EventItem { key: args.key.clone().into_bytes(), value }],
                     tags: Default::default(),
+                    schema_version: 0,
                 }],
             })
         }

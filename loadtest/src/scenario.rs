@@ -323,6 +323,7 @@ impl Workload {
             event_time: Some(now_timestamp()),
             event_id,
             tags: Default::default(),
+            schema_version: 0,
         };
         let request = ts::WriteEventRecordsRequest { namespace: self.namespace.clone(), events: vec![event] };
         let response = match clients {

@@ -504,6 +504,7 @@ impl Workload {
             event_time: Some(timestamp(stamp)),
             event_id: format!("e-{stamp}"),
             tags: Default::default(),
+            schema_version: 0,
         };
         let request = ts::WriteEventRecordsRequest { namespace: self.ts_namespace.clone(), events: vec![event] };
         let response = match clients {

@@ -57,8 +57,8 @@
 //! | KV Put/Delete/Mutate, TS WriteSync/Write | ✓ | ✓ | | ✓ | ✓ | | | |
 //! | CreateTenant, DeleteTenant, SetTenantState, UpdateTenant with quotas | ✓ | | | | | | | |
 //! | GetTenant, UpdateTenant, CreateNamespace, DeleteNamespace, ListAuditEvents of the tenant | ✓ | ✓ | | | | | | |
-//! | UpdateNamespace, GrantAccess, RevokeAccess | ✓ | ✓ | | ✓ | | | | |
-//! | GetNamespace, ResolveNamespace | ✓ | ✓ | | ✓ | ✓ | ✓ | ✓ | |
+//! | UpdateNamespace, GrantAccess, RevokeAccess, SetSchema | ✓ | ✓ | | ✓ | | | | |
+//! | GetNamespace, ResolveNamespace, GetSchema, ListSchemaHistory | ✓ | ✓ | | ✓ | ✓ | ✓ | ✓ | |
 //! | RegisterShard, Heartbeat, DeregisterShard, ReportNamespaceStatus, Watch, ReportUsage, AppendAudit | ✓ | | | | | | ✓ | |
 //! | GetUsage of a tenant (of a namespace) | ✓ | ✓ | | (✓) | | | | |
 //! | ListTenants, ListNamespaces, ListShards | all | filtered | filtered | filtered | filtered | filtered | filtered | filtered |

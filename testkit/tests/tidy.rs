@@ -166,6 +166,10 @@ fn the_crate_graph_keeps_the_architecture_invariants() {
             } else if krate.name == "prism-client" {
                 (!dev && (is_plugin(&ws, dep) || dep == GATEWAY || dep == CONTROL_PLANE))
                     .then_some("the client is a pure gRPC client: no gateway, control-plane or plugin crate")
+            } else if krate.name == "prism-schema" {
+                (is_prism(dep) && dep != PROTO).then_some(
+                    "the schema rules know no Prism crate but prism-proto: both sides of the watch share them",
+                )
             } else if ["prism-auth", "prism-tls", "prism-telemetry"].contains(&krate.name.as_str()) {
                 (!dev && is_prism(dep)).then_some("auth, tls and telemetry know no other Prism crate")
             } else {
@@ -181,7 +185,7 @@ fn the_crate_graph_keeps_the_architecture_invariants() {
             }
         }
     }
-    for name in [PLUGIN_API, "prism-plugin-kafka", CONTROL_PLANE, "prism-client", "prism-auth"] {
+    for name in [PLUGIN_API, "prism-plugin-kafka", CONTROL_PLANE, "prism-client", "prism-auth", "prism-schema"] {
         assert!(checked.contains(name), "{name} is not in `cargo metadata`: the rules above name a crate that moved");
     }
     assert!(broken.is_empty(), "ARCHITECTURE.md's dependency rules are broken:\n  {}", broken.join("\n  "));

@@ -169,6 +169,13 @@ fn event(field: &str, e: &prism_proto::timeseries::Event) -> Result<()> {
                 format!("tag keys must be 1..={MAX_TAG_BYTES} bytes, values at most {MAX_TAG_BYTES}"),
             ));
         }
+        // Prism's own (the schema version an event is stored with).
+        if k.starts_with(prism_schema::RESERVED_TAG_PREFIX) {
+            return Err(invalid(
+                format!("{field}.tags[{k}]"),
+                format!("tag keys starting with {:?} are reserved", prism_schema::RESERVED_TAG_PREFIX),
+            ));
+        }
     }
     Ok(())
 }

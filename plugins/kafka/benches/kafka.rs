@@ -103,6 +103,7 @@ fn event(series: &str, time: i64, id: String) -> Event {
 
 fn to_proto(e: &Event) -> ts::Event {
     ts::Event {
+        schema_version: 0,
         time_series_id: e.time_series_id.clone(),
         event_time: Some(prost_types::Timestamp {
             seconds: e.event_time.div_euclid(1_000_000),

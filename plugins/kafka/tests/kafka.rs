@@ -137,6 +137,7 @@ fn now_secs() -> i64 {
 
 fn proto_event(series: &str, secs_ago: i64, id: &str, tags: &[(&str, &str)]) -> ts::Event {
     ts::Event {
+        schema_version: 0,
         time_series_id: series.into(),
         event_time: Some(prost_types::Timestamp { seconds: now_secs() - secs_ago, nanos: 1_000 }),
         event_id: id.into(),
