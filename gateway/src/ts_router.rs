@@ -1,7 +1,8 @@
 //! TimeSeries operations on the namespace's plugin: what is the same for
 //! every backend, once — the accept window, buffered versus durable
 //! writes, sealed page tokens, reads ended early before the call's
-//! deadline, conversions, and handing durable events to tails.
+//! deadline, conversions, and handing durable events to tails (of backends that do not
+//! follow their own writes, `tail.rs`).
 
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::PageLimits;
@@ -40,7 +41,8 @@ fn to_plugin(e: &ts::Event) -> pts::Event {
     }
 }
 
-fn to_proto(e: pts::Event) -> ts::Event {
+/// An event as a read (and a tail) returns it.
+pub(crate) fn to_proto(e: pts::Event) -> ts::Event {
     ts::Event {
         time_series_id: e.time_series_id,
         event_time: Some(timestamp(e.event_time)),
@@ -138,14 +140,14 @@ pub async fn execute(
                 async move { plugin.write_with(events, &context).await }
             })
             .await?;
-            if ops.tails.watched(entry) {
+            if ops.tails.watched(entry, plugin) {
                 // As stored (microseconds), so a tail and a read agree.
                 ops.tails.publish(entry, events.iter().cloned().map(to_proto).collect());
             }
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: events.len() as u32 }))
         }
         Request::WriteBuffered(r) => {
-            entry.time_series(&ops.plugins)?;
+            let plugin = entry.time_series(&ops.plugins)?;
             if !entry.ns.spec.policies.as_deref().is_some_and(|p| p.accept_loss) {
                 return Err(GatewayError::FailedPrecondition(format!(
                     "namespace {} does not accept loss; use WriteEventRecordsSync",
@@ -155,7 +157,7 @@ pub async fn execute(
             accept_window(entry, &r.events, now)?;
             let events: Vec<_> = r.events.iter().map(to_plugin).collect();
             let n = events.len() as u32;
-            let published = ops.tails.watched(entry).then(|| events.iter().cloned().map(to_proto).collect());
+            let published = ops.tails.watched(entry, plugin).then(|| events.iter().cloned().map(to_proto).collect());
             // Written later, outside this request: the events keep its
             // trace context (the request span's when exported).
             let context = write_context(&tracing::Span::current(), caller);
@@ -205,9 +207,9 @@ pub async fn execute(
             Ok(Response::Search(ts::SearchEventRecordsResponse { events, next_page_token }))
         }
         Request::Tail(r) => {
-            entry.time_series(&ops.plugins)?;
+            let plugin = entry.time_series(&ops.plugins)?;
             let tag_filter = r.filter.as_ref().and_then(filter);
-            Ok(Response::Tail(ops.tails.subscribe(entry, r.time_series_id, tag_filter)))
+            Ok(Response::Tail(ops.tails.subscribe(entry, plugin, r.time_series_id, tag_filter).await?))
         }
         _ => Err(GatewayError::Internal("a KeyValue request reached the TimeSeries router".into())),
     }
