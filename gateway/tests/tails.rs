@@ -1,7 +1,7 @@
 //! Tails see every acknowledged write of their namespace, whoever wrote
 //! it: through real servers in process (a control plane, two gateway
 //! replicas of one shard, each with its own data directory) and real
-//! backends (tansu).
+//! backends (tansu, PostgreSQL).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,7 +12,7 @@ use prism_control_plane::ControlPlaneConfig;
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{
     Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, KafkaConfig,
-    ListShardsRequest, NamespaceSpec, NamespaceStatus, Placement,
+    ListShardsRequest, NamespaceSpec, NamespaceStatus, Placement, PostgresConfig,
 };
 use prism_proto::timeseries::{self as ts, tag_filter};
 use prism_testkit::{Cluster, ControlPlaneHandle, GatewayHandle, TEST_SECRET, admin_token, eventually};
@@ -194,6 +194,19 @@ async fn kafka_tails_see_other_replicas_and_direct_producers() -> anyhow::Result
     ensure!(ids(&got) == ["d1"], "produced directly: {:?}", ids(&got));
     let time = got[0].event_time.context("a time")?;
     ensure!(time.nanos == 7_000, "the exact microsecond, as a read returns it: {time:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tails_see_other_replicas() -> anyhow::Result<()> {
+    let Some(server) = prism_testkit::postgres::PostgresServer::start_or_skip()? else {
+        println!("{}", prism_testkit::postgres::skip_reason());
+        return Ok(());
+    };
+    let ns = "acme/orders";
+    let config = Config::Postgres(PostgresConfig { dsn: server.dsn(), ..Default::default() });
+    let r = replicas(ns, spec(Backend::Postgres, Some(config))).await?;
+    a_tail_sees_the_other_replica(&r, ns).await?;
     Ok(())
 }
 
