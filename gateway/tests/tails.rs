@@ -210,6 +210,52 @@ async fn postgres_tails_see_other_replicas() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pulsar (with the gateway's `pulsar` feature): a tail on replica A sees
+/// replica B's writes, and events a bare producer publishes to the topic
+/// (encoded as the plugin does).
+#[cfg(feature = "pulsar")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulsar_tails_see_other_replicas_and_direct_producers() -> anyhow::Result<()> {
+    use prism_proto::control::PulsarConfig;
+    let broker = prism_testkit::pulsar::PulsarBroker::start()?;
+    let ns = "acme/rides";
+    let config = Config::Pulsar(PulsarConfig { service_url: broker.service_url(), topic: String::new() });
+    let r = replicas(ns, spec(Backend::Pulsar, Some(config))).await?;
+    let mut tail = a_tail_sees_the_other_replica(&r, ns).await?;
+
+    let got = r.cp.client().await?.get_namespace(GetNamespaceRequest { name: ns.into() }).await?.into_inner();
+    let plugin_ns = prism_plugin_api::Namespace {
+        name: ns.into(),
+        create_revision: got.create_revision,
+        spec: got.spec.unwrap_or_default(),
+    };
+    // A bare producer, encoding as the plugin does (first epoch: 1).
+    use prism_plugin_pulsar::codec::{self, StoredEvent, record};
+    use prism_plugin_pulsar::pulsar;
+    let topic = prism_plugin_pulsar::Topics::of(&plugin_ns)?.data;
+    let client = pulsar::Pulsar::builder(broker.service_url(), pulsar::TokioExecutor).build().await?;
+    let mut producer = client.producer().with_topic(topic).build().await?;
+    for (series, id, site) in [("other", "x3", "a"), ("wanted", "d1", "a"), ("wanted", "x4", "b")] {
+        let e = prism_plugin_api::ts::Event {
+            time_series_id: series.into(),
+            event_time: now_secs() * 1_000_000 + 7,
+            event_id: id.into(),
+            items: vec![(b"v".to_vec(), id.as_bytes().to_vec())],
+            tags: [("site".to_owned(), site.to_owned())].into(),
+        };
+        let message = pulsar::producer::Message {
+            payload: codec::encode(record::Body::Event(StoredEvent::of(&e, 1))),
+            partition_key: Some(series.into()),
+            properties: [("prism-epoch".to_owned(), "1".to_owned())].into(),
+            ..Default::default()
+        };
+        producer.send_non_blocking(message).await?.await?;
+    }
+    let got = next_events(&mut tail, 1).await?;
+    ensure!(ids(&got) == ["d1"], "published directly: {:?}", ids(&got));
+    Ok(())
+}
+
 /// Embedded keeps one writer: a tail on the replica that does not own
 /// the namespace is forwarded to the owner like every other call, so it
 /// sees what either replica writes.
