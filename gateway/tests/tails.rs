@@ -11,8 +11,8 @@ use anyhow::{Context, ensure};
 use prism_control_plane::ControlPlaneConfig;
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{
-    Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, KafkaConfig,
-    ListShardsRequest, NamespaceSpec, NamespaceStatus, Placement, PostgresConfig,
+    Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, DeleteNamespaceRequest,
+    GetNamespaceRequest, KafkaConfig, ListShardsRequest, NamespaceSpec, NamespaceStatus, Placement, PostgresConfig,
 };
 use prism_proto::timeseries::{self as ts, tag_filter};
 use prism_testkit::{Cluster, ControlPlaneHandle, GatewayHandle, TEST_SECRET, admin_token, eventually};
@@ -162,7 +162,7 @@ async fn kafka_tails_see_other_replicas_and_direct_producers() -> anyhow::Result
     let ns = "acme/clicks";
     let config = Config::Kafka(KafkaConfig { bootstrap_servers: vec![broker.bootstrap()], ..Default::default() });
     let r = replicas(ns, spec(Backend::Kafka, Some(config))).await?;
-    let mut tail = a_tail_sees_the_other_replica(&r, ns).await?;
+    let mut on_a = a_tail_sees_the_other_replica(&r, ns).await?;
 
     // A producer writing to the topic itself, encoding as the plugin does.
     let got = r.cp.client().await?.get_namespace(GetNamespaceRequest { name: ns.into() }).await?.into_inner();
@@ -190,10 +190,30 @@ async fn kafka_tails_see_other_replicas_and_direct_producers() -> anyhow::Result
             .partition(prism_plugin_kafka::codec::partition(series, partitions));
         producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
     }
-    let got = next_events(&mut tail, 1).await?;
+    let got = next_events(&mut on_a, 1).await?;
     ensure!(ids(&got) == ["d1"], "produced directly: {:?}", ids(&got));
     let time = got[0].event_time.context("a time")?;
     ensure!(time.nanos == 7_000, "the exact microsecond, as a read returns it: {time:?}");
+
+    // Deleting the namespace ends its tails on every replica, and their
+    // readers stop before the topic goes (a fetch in flight on a deleted
+    // topic crashes librdkafka: this process, which runs both gateways).
+    let mut on_b = tail(&mut client(&r.gateways[1]).await?, ns, "").await?;
+    r.cp.client().await?.delete_namespace(DeleteNamespaceRequest { name: ns.into(), expected_revision: 0 }).await?;
+    for (replica, t) in [("A", &mut on_a), ("B", &mut on_b)] {
+        let end = tokio::time::timeout(WAIT, t.next()).await.with_context(|| format!("replica {replica}'s tail"))?;
+        ensure!(end.is_none(), "replica {replica}'s tail ends: {end:?}");
+    }
+    eventually(WAIT, || async {
+        let got = r.cp.client().await?.get_namespace(GetNamespaceRequest { name: ns.into() }).await;
+        let gone = match &got {
+            Err(s) => s.code() == Code::NotFound,
+            Ok(n) => n.get_ref().status == NamespaceStatus::Deleted as i32,
+        };
+        ensure!(gone, "the topic is not deleted yet: {got:?}");
+        Ok(())
+    })
+    .await?;
     Ok(())
 }
 
@@ -206,7 +226,20 @@ async fn postgres_tails_see_other_replicas() -> anyhow::Result<()> {
     let ns = "acme/orders";
     let config = Config::Postgres(PostgresConfig { dsn: server.dsn(), ..Default::default() });
     let r = replicas(ns, spec(Backend::Postgres, Some(config))).await?;
-    a_tail_sees_the_other_replica(&r, ns).await?;
+    let mut tail = a_tail_sees_the_other_replica(&r, ns).await?;
+
+    // The listening connection dies: the tail ends with UNAVAILABLE
+    // naming the cause, instead of going quiet.
+    let (admin, connection) = tokio_postgres::connect(&server.dsn(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let killed =
+        admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'", &[]).await?;
+    ensure!(killed.len() == 1, "{} listeners", killed.len());
+    let end = tokio::time::timeout(WAIT, tail.next()).await.context("the tail ends")?;
+    let status = end.context("ends with a status")?.expect_err("a status, not events");
+    ensure!(status.code() == Code::Unavailable, "{status:?}");
+    ensure!(status.message().contains("listener lost its connection"), "{}", status.message());
+    ensure!(!status.message().contains(&server.port().to_string()), "names no address: {}", status.message());
     Ok(())
 }
 
