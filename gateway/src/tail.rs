@@ -34,7 +34,7 @@ use tokio::sync::{OnceCell, broadcast};
 use crate::call::TailStream;
 use crate::error::{GatewayError, Result};
 use crate::snapshot::NamespaceEntry;
-use crate::ts_router::to_proto;
+use crate::ts_event::to_proto;
 
 /// Batches of events buffered per namespace for its slowest tail reader.
 pub const TAIL_BUFFER: usize = 1024;

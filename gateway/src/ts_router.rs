@@ -1,8 +1,8 @@
 //! TimeSeries operations on the namespace's plugin: what is the same for
 //! every backend, once — the accept window, buffered versus durable
 //! writes, sealed page tokens, reads ended early before the call's
-//! deadline, conversions, and handing durable events to tails (of backends that do not
-//! follow their own writes, `tail.rs`).
+//! deadline, and handing durable events to the tails of backends that do
+//! not follow their own writes (`tail.rs`); events convert in `ts_event.rs`.
 
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::PageLimits;
@@ -19,38 +19,10 @@ use crate::metrics::Op;
 use crate::operations::Operations;
 use crate::page_token;
 use crate::snapshot::NamespaceEntry;
+use crate::ts_event::{micros, to_plugin, to_proto};
 
 /// How far back an event may be when a namespace sets no accept limit.
 pub const DEFAULT_ACCEPT_LIMIT_MICROS: i64 = 3_600_000_000;
-
-fn micros(t: &prost_types::Timestamp) -> Micros {
-    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos) / 1_000)
-}
-
-fn timestamp(us: Micros) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: us.div_euclid(1_000_000), nanos: (us.rem_euclid(1_000_000) * 1_000) as i32 }
-}
-
-fn to_plugin(e: &ts::Event) -> pts::Event {
-    pts::Event {
-        time_series_id: e.time_series_id.clone(),
-        event_time: e.event_time.as_ref().map_or(0, micros),
-        event_id: e.event_id.clone(),
-        items: e.items.iter().map(|i| (i.key.clone(), i.value.clone())).collect(),
-        tags: e.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-    }
-}
-
-/// An event as a read (and a tail) returns it.
-pub(crate) fn to_proto(e: pts::Event) -> ts::Event {
-    ts::Event {
-        time_series_id: e.time_series_id,
-        event_time: Some(timestamp(e.event_time)),
-        event_id: e.event_id,
-        items: e.items.into_iter().map(|(key, value)| ts::EventItem { key, value }).collect(),
-        tags: e.tags.into_iter().collect(),
-    }
-}
 
 /// A validated proto filter as the plugins' filter.
 pub fn filter(f: &ts::TagFilter) -> Option<TagFilter> {
@@ -218,6 +190,7 @@ pub async fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ts_event::timestamp;
 
     #[test]
     fn cursors_and_times_round_trip() {
