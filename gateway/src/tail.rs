@@ -182,13 +182,14 @@ impl TailHub {
         if plugin.follows() {
             // The receiver exists before the feed starts, so it misses
             // nothing the feed sends.
+            // A feed that cannot start is the call's error, as the
+            // backend reports it.
             feed.get_or_try_init(|| async {
-                let stream = plugin.follow().await.map_err(|e| feed_failed(e.into()))?;
+                let stream = plugin.follow().await?;
                 let task = tokio::spawn(pump(stream, tx, self.channels.clone(), k, id));
-                Ok::<_, tonic::Status>(FeedTask(task.abort_handle()))
+                Ok::<_, GatewayError>(FeedTask(task.abort_handle()))
             })
-            .await
-            .map_err(GatewayError::Relayed)?;
+            .await?;
         } else {
             drop(tx);
         }
