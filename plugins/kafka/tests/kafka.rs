@@ -356,3 +356,29 @@ async fn a_feed_sees_every_producer_of_the_topic() {
     let end = tokio::time::timeout(Duration::from_secs(30), futures_util::StreamExt::next(&mut feed)).await;
     assert!(matches!(end, Ok(None)), "the feed ends once its reader stopped");
 }
+
+/// A feed whose broker goes away does not wait silently: once the broker
+/// has failed for longer than the request timeout, it ends with
+/// Unavailable, naming no address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_ends_unavailable_when_its_broker_stays_away() {
+    use futures_util::StreamExt;
+    let mut broker = own_broker_or_skip!();
+    let config = KafkaPluginConfig {
+        message_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(2),
+        ..KafkaPluginConfig::default()
+    };
+    let subject = subject(settings(&broker.bootstrap(), 1), config);
+    let c = Case::provision_ts(&subject, "follow-outage").await;
+    let mut feed = c.ts().follow().await.expect("follow");
+    broker.stop();
+    let end = tokio::time::timeout(Duration::from_secs(60), feed.next()).await.expect("the feed ends within 60 s");
+    match end {
+        Some(Err(e @ PluginError::Unavailable { .. })) => {
+            let message = e.report().message;
+            assert!(!message.contains(&broker.port().to_string()), "the message names the broker: {message}");
+        }
+        other => panic!("the feed ends with Unavailable: {other:?}"),
+    }
+}
