@@ -329,10 +329,13 @@ async fn write_once(t: &Target, rows: &Rows<'_>) -> Result<()> {
         let items = tx
             .query_typed(
                 &format!(
-                    "INSERT INTO {} (time_series_id, event_time, event_id, key, value)
-                     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::bytea[])
-                     ON CONFLICT DO NOTHING
-                     RETURNING time_series_id, event_time, event_id",
+                    // One row back per event, not per item.
+                    "WITH stored AS (
+                        INSERT INTO {} (time_series_id, event_time, event_id, key, value)
+                        SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::bytea[])
+                        ON CONFLICT DO NOTHING
+                        RETURNING time_series_id, event_time, event_id)
+                     SELECT DISTINCT time_series_id, event_time, event_id FROM stored",
                     t.ts_items()
                 ),
                 &[
