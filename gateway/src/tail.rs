@@ -7,9 +7,9 @@
 //! What feeds the channel depends on the backend:
 //!
 //! - A backend that **follows** its writes ([`TimeSeriesHandle::follows`]:
-//!   Kafka, Postgres) feeds it: the first subscriber starts one backend
-//!   feed ([`TimeSeriesHandle::follow`]) for the namespace, on this
-//!   gateway, and the last one to leave stops it. So a tail sees every
+//!   Kafka, PostgreSQL, Pulsar) feeds it: the first subscriber starts
+//!   one backend feed ([`TimeSeriesHandle::follow`]) for the namespace,
+//!   on this gateway, and the last one to leave stops it. So a tail sees every
 //!   write, whatever gateway replica or producer made it, and the
 //!   gateway's write path publishes nothing (no event twice). A
 //!   subscription returns once the feed has its place: a write
