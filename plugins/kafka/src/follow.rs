@@ -13,7 +13,8 @@
 //! - **Order.** Per partition, log order: per series, the order of its
 //!   writes. Each message is one event as written, decoded as a read
 //!   decodes it, but not merged with other writes of the same identity (a
-//!   tail delivers writes; a read merges them, first write wins). A message
+//!   tail delivers writes; a read merges them, first write wins), its
+//!   items in the order written, a key repeated kept once. A message
 //!   that is not an event (someone else's producer) is skipped and logged;
 //!   a read of it would fail instead.
 //! - **Ends.** When the feed is dropped (its last tail left, the
@@ -170,7 +171,13 @@ fn run(
                     }
                     next.insert(p, message.offset() + 1);
                     match codec::decode(message.key(), message.payload()) {
-                        Ok(event) => batch.push(event),
+                        Ok(mut event) => {
+                            // Within one message, too, the first write of
+                            // an item key wins, as on read.
+                            let mut keys = std::collections::HashSet::new();
+                            event.items.retain(|(k, _)| keys.insert(k.clone()));
+                            batch.push(event);
+                        }
                         Err(error) => {
                             tracing::warn!(%topic, partition = p, offset = message.offset(), %error, "tail skipped a message")
                         }
