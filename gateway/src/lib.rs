@@ -48,6 +48,7 @@ pub mod snapshot;
 pub mod store_id;
 pub mod tail;
 pub mod transport;
+pub mod ts_event;
 pub mod ts_router;
 pub mod ts_service;
 

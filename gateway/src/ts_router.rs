@@ -1,7 +1,8 @@
 //! TimeSeries operations on the namespace's plugin: what is the same for
 //! every backend, once — the accept window, buffered versus durable
 //! writes, sealed page tokens, reads ended early before the call's
-//! deadline, conversions, and handing durable events to tails.
+//! deadline, and handing durable events to the tails of backends that do
+//! not follow their own writes (`tail.rs`); events convert in `ts_event.rs`.
 
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::PageLimits;
@@ -18,61 +19,10 @@ use crate::metrics::Op;
 use crate::operations::Operations;
 use crate::page_token;
 use crate::snapshot::NamespaceEntry;
+use crate::ts_event::{micros, to_plugin, to_proto};
 
 /// How far back an event may be when a namespace sets no accept limit.
 pub const DEFAULT_ACCEPT_LIMIT_MICROS: i64 = 3_600_000_000;
-
-fn micros(t: &prost_types::Timestamp) -> Micros {
-    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos) / 1_000)
-}
-
-fn timestamp(us: Micros) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: us.div_euclid(1_000_000), nanos: (us.rem_euclid(1_000_000) * 1_000) as i32 }
-}
-
-/// An event as its plugin stores it; `schema_version` (when the namespace
-/// has a schema) goes with it as the reserved tag
-/// [`prism_schema::VERSION_TAG`]: tags round-trip on every backend (the
-/// conformance suite checks it), so reads find the version an event was
-/// written under whatever stored it.
-fn to_plugin(e: &ts::Event, schema_version: Option<u32>) -> pts::Event {
-    let mut tags: Vec<(String, String)> = e.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    if let Some(version) = schema_version {
-        tags.push((prism_schema::VERSION_TAG.to_owned(), version.to_string()));
-    }
-    pts::Event {
-        time_series_id: e.time_series_id.clone(),
-        event_time: e.event_time.as_ref().map_or(0, micros),
-        event_id: e.event_id.clone(),
-        items: e.items.iter().map(|i| (i.key.clone(), i.value.clone())).collect(),
-        tags: tags.into_iter().collect(),
-    }
-}
-
-/// An event as clients see it: the reserved version tag becomes
-/// `schema_version` (0: written while the namespace had no schema).
-fn to_proto(e: pts::Event) -> ts::Event {
-    let mut schema_version = 0;
-    let tags = e
-        .tags
-        .into_iter()
-        .filter(|(k, v)| {
-            let reserved = k == prism_schema::VERSION_TAG;
-            if reserved {
-                schema_version = v.parse().unwrap_or(0);
-            }
-            !reserved
-        })
-        .collect();
-    ts::Event {
-        time_series_id: e.time_series_id,
-        event_time: Some(timestamp(e.event_time)),
-        event_id: e.event_id,
-        items: e.items.into_iter().map(|(key, value)| ts::EventItem { key, value }).collect(),
-        tags,
-        schema_version,
-    }
-}
 
 /// Validates every event of a write against the namespace's latest
 /// schema, before anything is stored; answers the version they are
@@ -177,14 +127,14 @@ pub async fn execute(
                 async move { plugin.write_with(events, &context).await }
             })
             .await?;
-            if ops.tails.watched(entry) {
+            if ops.tails.watched(entry, plugin) {
                 // As stored (microseconds), so a tail and a read agree.
                 ops.tails.publish(entry, events.iter().cloned().map(to_proto).collect());
             }
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: events.len() as u32 }))
         }
         Request::WriteBuffered(r) => {
-            entry.time_series(&ops.plugins)?;
+            let plugin = entry.time_series(&ops.plugins)?;
             if !entry.ns.spec.policies.as_deref().is_some_and(|p| p.accept_loss) {
                 return Err(GatewayError::FailedPrecondition(format!(
                     "namespace {} does not accept loss; use WriteEventRecordsSync",
@@ -195,7 +145,7 @@ pub async fn execute(
             let version = check_schema(entry, &r.events)?;
             let events: Vec<_> = r.events.iter().map(|e| to_plugin(e, version)).collect();
             let n = events.len() as u32;
-            let published = ops.tails.watched(entry).then(|| events.iter().cloned().map(to_proto).collect());
+            let published = ops.tails.watched(entry, plugin).then(|| events.iter().cloned().map(to_proto).collect());
             // Written later, outside this request: the events keep its
             // trace context (the request span's when exported).
             let context = write_context(&tracing::Span::current(), caller);
@@ -245,9 +195,9 @@ pub async fn execute(
             Ok(Response::Search(ts::SearchEventRecordsResponse { events, next_page_token }))
         }
         Request::Tail(r) => {
-            entry.time_series(&ops.plugins)?;
+            let plugin = entry.time_series(&ops.plugins)?;
             let tag_filter = r.filter.as_ref().and_then(filter);
-            Ok(Response::Tail(ops.tails.subscribe(entry, r.time_series_id, tag_filter)))
+            Ok(Response::Tail(ops.tails.subscribe(entry, plugin, r.time_series_id, tag_filter).await?))
         }
         _ => Err(GatewayError::Internal("a KeyValue request reached the TimeSeries router".into())),
     }
@@ -256,6 +206,7 @@ pub async fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ts_event::timestamp;
 
     #[test]
     fn cursors_and_times_round_trip() {

@@ -53,6 +53,7 @@ async fn a_gateway_serves_a_pulsar_namespace() {
             event_id: format!("e{i}"),
             items: vec![pb::EventItem { key: b"temp".to_vec(), value: format!("{}", 20 + i).into_bytes() }],
             tags: [("site".to_owned(), "lab".to_owned())].into(),
+            schema_version: 0,
         })
         .collect();
     let write = pb::WriteEventRecordsRequest { namespace: name.into(), events: events.clone() };
@@ -103,6 +104,7 @@ async fn pulsar_pages_end_at_the_callers_deadline() {
             event_id: format!("e{i}"),
             items: vec![pb::EventItem { key: b"temp".to_vec(), value: b"20".to_vec() }],
             tags: Default::default(),
+            schema_version: 0,
         })
         .collect();
     let write = pb::WriteEventRecordsRequest { namespace: name.into(), events: events.clone() };

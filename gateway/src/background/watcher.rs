@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prism_proto::control::{WatchRequest, watch_response};
+use prism_proto::control::{NamespaceStatus, WatchRequest, watch_response};
 use tokio::sync::{Notify, watch};
 
 use super::ControlPlane;
@@ -197,7 +197,7 @@ async fn follow(watcher: &Watcher, changes: &Changes, backoff: &mut Duration) ->
 /// store): their cached records are dropped and their tails closed, so
 /// nothing this instance no longer serves is served from memory. New
 /// requests are already forwarded (or refused) by authorization once
-/// `after` is stored.
+/// `after` is stored. The tails of a namespace turning DELETING end too.
 fn release_lost(watcher: &Watcher, before: &Snapshot, after: &Snapshot, names: &[String]) {
     let (me, store) = (watcher.shard_id.as_str(), &*watcher.store_id);
     for name in names {
@@ -206,6 +206,15 @@ fn release_lost(watcher: &Watcher, before: &Snapshot, after: &Snapshot, names: &
         if owned_before && !owned_after {
             tracing::info!(namespace = %name, "namespace no longer served here; dropping its cache and tails");
             watcher.cache.drop_namespace(name);
+            watcher.tails.close(name);
+        } else if owned_after
+            && after.namespace(name).is_some_and(|e| e.status == NamespaceStatus::Deleting)
+            && before.namespace(name).is_none_or(|e| e.status != NamespaceStatus::Deleting)
+        {
+            // Every replica, not only the owner that deprovisions: a tail
+            // fed by the backend stops following it before its topic or
+            // tables go.
+            tracing::info!(namespace = %name, "namespace deleting; ending its tails");
             watcher.tails.close(name);
         }
     }

@@ -237,6 +237,7 @@ macro_rules! __time_series_cases {
             deprovision_removes_everything
             provision_is_idempotent
             unprovisioned_namespace_is_refused
+            a_feed_sees_what_is_written_after_it_started
         }
     };
 }

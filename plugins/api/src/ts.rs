@@ -6,9 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 
 use crate::kv::PageLimits;
-use crate::{Micros, Namespace, Result};
+use crate::{Micros, Namespace, PluginError, Result};
+
+/// The new events of a namespace as its backend holds them, in batches
+/// ([`TimeSeriesHandle::follow`]). An `Err` ends it: the follower lost
+/// its place and may have missed events.
+pub type Feed = BoxStream<'static, Result<Vec<Event>>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -208,4 +214,23 @@ pub trait TimeSeriesHandle: Send + Sync {
     /// Removes the namespace's events past its retention at `now`.
     /// Returns how many events (or an estimate, for partition drops) went.
     async fn reclaim(&self, now: Micros) -> Result<u64>;
+
+    /// Whether [`follow`](Self::follow) sees every write of the
+    /// namespace, whoever made it (another gateway, a producer writing
+    /// to the backend directly). When it does, the gateway feeds tails
+    /// from it alone; when not, from its own write path (the backend
+    /// has one writer, or nothing to follow).
+    fn follows(&self) -> bool {
+        false
+    }
+
+    /// The events written from now on, by anyone, each as a read would
+    /// decode it (not merged with other writes of the same identity), in
+    /// the backend's order (per series, the order they were written).
+    /// Returns once the feed has its place: every write acknowledged
+    /// after that is in it. Ends with an error when the backend cannot
+    /// follow on (never silently).
+    async fn follow(&self) -> Result<Feed> {
+        Err(PluginError::internal("this backend does not follow writes", "TimeSeriesHandle::follow"))
+    }
 }

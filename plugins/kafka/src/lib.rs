@@ -2,7 +2,8 @@
 //! on the brokers its typed `backend_config` names, with its partitions,
 //! replication factor and retention. Events are keyed by series and
 //! stamped with their event time; reads seek by time and filter. The
-//! layout is in [`codec`], reads and writes in [`ts`].
+//! layout is in [`codec`], reads and writes in [`ts`], tails follow the
+//! topic from its end (`follow`).
 //!
 //! Nothing connects until a namespace needs it, so a gateway registers
 //! this plugin whether or not a broker exists. Clients (one idempotent
@@ -43,6 +44,7 @@ pub mod admin;
 pub mod codec;
 pub mod config;
 pub mod error;
+mod follow;
 pub mod ts;
 
 use std::collections::HashMap;
@@ -93,6 +95,9 @@ pub(crate) struct Kafka {
     floors: Mutex<HashMap<String, Micros>>,
     /// Messages whose send failed (metrics: [`Plugin::client_stats`]).
     send_errors: std::sync::atomic::AtomicU64,
+    /// The readers following each topic for tails (`follow`), stopped and
+    /// awaited before the topic is deleted.
+    followers: follow::Followers,
 }
 
 impl std::fmt::Debug for KafkaPlugin {
@@ -225,6 +230,7 @@ impl KafkaPlugin {
             topics: Mutex::default(),
             floors: Mutex::default(),
             send_errors: Default::default(),
+            followers: follow::Followers::default(),
         };
         Ok(Self { kafka: Arc::new(kafka) })
     }
@@ -490,6 +496,10 @@ impl Plugin for KafkaPlugin {
         // Forget first: a write racing the deletion must not create the
         // topic again.
         lock(&self.kafka.topics).remove(&topic);
+        // No reader of ours may have a fetch in flight when the topic
+        // goes (librdkafka crashes on tansu's answer to it, see
+        // `Clients::reader`).
+        self.kafka.followers.stop(&topic, self.kafka.config.request_timeout).await;
         let name = topic.as_str();
         let deleted = self
             .kafka

@@ -64,7 +64,7 @@ use async_trait::async_trait;
 use futures_util::future::join_all;
 use prism_plugin_api::kv::PageLimits;
 use prism_plugin_api::pace::{CancelOnDrop, Pace};
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeriesHandle, WriteContext};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Feed, Query, TagFilter, TimeSeriesHandle, WriteContext};
 use prism_plugin_api::{Micros, Namespace};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as ClientError;
@@ -193,6 +193,16 @@ impl TimeSeriesHandle for Opened {
 
     async fn query(&self, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
         Ok(self.query_topic(query, now).await?)
+    }
+
+    fn follows(&self) -> bool {
+        true
+    }
+
+    /// Every message appended from now on ([`crate::follow`]).
+    async fn follow(&self) -> prism_plugin_api::Result<Feed> {
+        let partitions = self.partitions().await?;
+        Ok(crate::follow::follow(&self.kafka, self.clients.clone(), self.topic.clone(), partitions).await?)
     }
 
     async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {

@@ -300,3 +300,86 @@ async fn an_unreachable_broker_degrades_the_namespace_without_naming_it() {
     assert!(reason.contains("unavailable"), "{reason}");
     assert!(!reason.contains(&port.to_string()), "the reason names the broker: {reason}");
 }
+
+/// Events from a feed until `n` arrived (or it failed or went quiet).
+async fn from_feed(feed: &mut prism_plugin_api::ts::Feed, n: usize) -> Vec<prism_plugin_api::ts::Event> {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let batch = tokio::time::timeout(Duration::from_secs(30), feed.next())
+            .await
+            .expect("the feed delivers within 30 s")
+            .expect("the feed goes on")
+            .expect("the feed does not fail");
+        got.extend(batch);
+    }
+    got
+}
+
+/// A feed follows the topic from its end: it sees, in order per series,
+/// what this plugin, another plugin (another gateway) and a bare producer
+/// (encoding as the plugin does) append after it started, each event
+/// whole; nothing written before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_sees_every_producer_of_the_topic() {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::util::Timeout;
+
+    let broker = broker_or_skip!();
+    let subject = subject(settings(&broker.bootstrap(), 2), KafkaPluginConfig::default());
+    let c = Case::provision_ts(&subject, "follow").await;
+    let t = c.base - MINUTE;
+    c.write(&[event("s", t, "before", &[("k", "v")], &[])]).await;
+    assert!(c.ts().follows());
+    let mut feed = c.ts().follow().await.expect("follow");
+
+    let here = event("s", t + 1, "here", &[("k", "1")], &[("site", "a")]);
+    c.write(std::slice::from_ref(&here)).await;
+    let other_gateway = support::subject(settings(&broker.bootstrap(), 2), KafkaPluginConfig::default());
+    let other = other_gateway.plugin.time_series().expect("time series").open(&c.ns).expect("open");
+    let there = event("s", t + 2, "there", &[("k", "2")], &[]);
+    other.write(std::slice::from_ref(&there)).await.expect("write through another plugin");
+    let direct = event("s", t + 3, "direct", &[("k", "3"), ("j", "4")], &[("site", "b")]);
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().expect("a producer");
+    let topic = prism_plugin_kafka::codec::topic(&c.ns);
+    let payload = prism_plugin_kafka::codec::encode(&direct);
+    let record =
+        FutureRecord::to(&topic).key("s").payload(&payload).partition(prism_plugin_kafka::codec::partition("s", 2));
+    producer.send(record, Timeout::After(Duration::from_secs(10))).await.expect("a direct produce");
+
+    let got = from_feed(&mut feed, 3).await;
+    assert_eq!(got, vec![here, there, direct]);
+    // Deleting the topic stops the feed's reader first (a fetch in
+    // flight on a deleted topic crashes librdkafka), feed dropped or not.
+    c.finish().await;
+    let end = tokio::time::timeout(Duration::from_secs(30), futures_util::StreamExt::next(&mut feed)).await;
+    assert!(matches!(end, Ok(None)), "the feed ends once its reader stopped");
+}
+
+/// A feed whose broker goes away does not wait silently: once the broker
+/// has failed for longer than the request timeout, it ends with
+/// Unavailable, naming no address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_ends_unavailable_when_its_broker_stays_away() {
+    use futures_util::StreamExt;
+    let mut broker = own_broker_or_skip!();
+    let config = KafkaPluginConfig {
+        message_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(2),
+        ..KafkaPluginConfig::default()
+    };
+    let subject = subject(settings(&broker.bootstrap(), 1), config);
+    let c = Case::provision_ts(&subject, "follow-outage").await;
+    let mut feed = c.ts().follow().await.expect("follow");
+    broker.stop();
+    let end = tokio::time::timeout(Duration::from_secs(60), feed.next()).await.expect("the feed ends within 60 s");
+    match end {
+        Some(Err(e @ PluginError::Unavailable { .. })) => {
+            let message = e.report().message;
+            assert!(!message.contains(&broker.port().to_string()), "the message names the broker: {message}");
+        }
+        other => panic!("the feed ends with Unavailable: {other:?}"),
+    }
+}

@@ -232,11 +232,15 @@ impl NamespaceSettings {
         (self.dsn.clone(), self.pool_size, self.require_tls, self.password.clone())
     }
 
-    /// A pool for these settings; connects only when a connection is
-    /// asked for. Every connection carries the plugin's timeouts, and is
-    /// TLS through `tls` (the gateway's trusted CAs) if the namespace
-    /// requires it; without `tls` such a namespace is not served.
-    pub(crate) fn make_pool(&self, config: &PostgresPluginConfig, tls: Option<&MakeRustlsConnect>) -> Result<Pool> {
+    /// How a connection for these settings is made: the plugin's
+    /// timeouts on every one, and TLS through `tls` (the gateway's
+    /// trusted CAs) if the namespace requires it (`Some` then); without
+    /// `tls` such a namespace is not served.
+    pub(crate) fn connection(
+        &self,
+        config: &PostgresPluginConfig,
+        tls: Option<&MakeRustlsConnect>,
+    ) -> Result<(tokio_postgres::Config, Option<MakeRustlsConnect>)> {
         let mut pg = parse_dsn(&self.dsn)?.config;
         if let Some(password) = &self.password {
             pg.password(password.as_bytes());
@@ -256,16 +260,25 @@ impl NamespaceSettings {
         }
         // A peer that vanished without closing is noticed.
         pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
-        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
-        let manager = match (self.require_tls, tls) {
-            (false, _) => Manager::from_config(pg, NoTls, recycling),
+        match (self.require_tls, tls) {
+            (false, _) => Ok((pg, None)),
             (true, Some(tls)) => {
                 // `verify-*` was read as `require`, and a `prefer` DSN with
                 // `require_tls` must not fall back to plaintext.
                 pg.ssl_mode(SslMode::Require);
-                Manager::from_config(pg, tls.clone(), recycling)
+                Ok((pg, Some(tls.clone())))
             }
-            (true, None) => return Err(PostgresError::NoTlsRoots),
+            (true, None) => Err(PostgresError::NoTlsRoots),
+        }
+    }
+
+    /// A pool for these settings ([`Self::connection`]); connects only
+    /// when a connection is asked for.
+    pub(crate) fn make_pool(&self, config: &PostgresPluginConfig, tls: Option<&MakeRustlsConnect>) -> Result<Pool> {
+        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match self.connection(config, tls)? {
+            (pg, None) => Manager::from_config(pg, NoTls, recycling),
+            (pg, Some(tls)) => Manager::from_config(pg, tls, recycling),
         };
         Pool::builder(manager)
             .max_size(self.pool_size)

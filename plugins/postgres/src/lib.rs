@@ -149,6 +149,9 @@ pub(crate) struct Opened {
     request_timeout: std::time::Duration,
     /// The TimeSeries retention of the spec it was opened with.
     pub(crate) retention: Option<prism_plugin_api::Micros>,
+    /// What a tail's own listening connection is made with
+    /// ([`ts::follow`]): the plugin's settings and TLS.
+    pub(crate) listen: (PostgresPluginConfig, Option<MakeRustlsConnect>),
 }
 
 impl Opened {
@@ -242,6 +245,7 @@ impl PostgresPlugin {
             registry: self.registry.clone(),
             request_timeout: self.config.request_timeout,
             retention: prism_plugin_api::ts::retention(ns),
+            listen: (self.config.clone(), self.tls.clone()),
         })
     }
 

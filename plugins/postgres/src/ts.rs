@@ -36,7 +36,9 @@
 //! a new item key of a stored event is added. Rows are deduplicated (first
 //! wins) and sorted by identity in Rust, so concurrent writers lock in one
 //! order. A deadlock, or a partition dropped by a concurrent reclamation,
-//! runs the write again, a few times at most.
+//! runs the write again, a few times at most. Before it commits, the
+//! transaction notifies the incarnation's tails of the events it stored
+//! anything new of ([`follow`]).
 //!
 //! # Reads
 //!
@@ -62,6 +64,7 @@
 //! the namespace shows the backend holds.
 
 mod filter;
+pub(crate) mod follow;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::PoisonError;
@@ -69,7 +72,7 @@ use std::sync::PoisonError;
 use async_trait::async_trait;
 use prism_plugin_api::Micros;
 use prism_plugin_api::pace::Pace;
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TimeSeriesHandle};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Feed, Query, TimeSeriesHandle};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, Row, Transaction};
@@ -212,6 +215,8 @@ async fn ensure_partitions(t: &Target, days: &HashSet<i64>) -> Result<()> {
 /// A write's rows: heads and items, deduplicated (first wins) and sorted
 /// by identity.
 struct Rows<'a> {
+    /// Every event's identity, in the write's order, for tails.
+    identities: Vec<(&'a str, i64, &'a str)>,
     series: Vec<&'a str>,
     times: Vec<i64>,
     ids: Vec<&'a str>,
@@ -235,6 +240,7 @@ impl<'a> Rows<'a> {
             }
         }
         let mut rows = Rows {
+            identities: events.iter().map(|e| (e.time_series_id.as_str(), e.event_time, e.event_id.as_str())).collect(),
             series: Vec::with_capacity(heads.len()),
             times: Vec::with_capacity(heads.len()),
             ids: Vec::with_capacity(heads.len()),
@@ -295,37 +301,63 @@ async fn write(t: &Target, events: &[Event]) -> Result<()> {
 async fn write_once(t: &Target, rows: &Rows<'_>) -> Result<()> {
     let mut client = crate::lease::lease(&t.pool).await?;
     let tx = client.build_transaction().start().await?;
-    tx.execute_typed(
-        &format!(
-            "INSERT INTO {} (time_series_id, event_time, event_id, tags)
-             SELECT h.s, h.t, h.e, h.tags::jsonb FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[])
-                AS h (s, t, e, tags)
-             ON CONFLICT DO NOTHING",
-            t.ts_events()
-        ),
-        &[
-            (&rows.series, Type::TEXT_ARRAY),
-            (&rows.times, Type::INT8_ARRAY),
-            (&rows.ids, Type::TEXT_ARRAY),
-            (&rows.tags, Type::TEXT_ARRAY),
-        ],
-    )
-    .await?;
-    if !rows.keys.is_empty() {
-        tx.execute_typed(
+    let identity = |row: &Row| -> Result<follow::Identity> { Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)) };
+    // What this write stored anything new of, for tails.
+    let mut fresh = HashSet::new();
+    let heads = tx
+        .query_typed(
             &format!(
-                "INSERT INTO {} (time_series_id, event_time, event_id, key, value)
-                 SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::bytea[])
-                 ON CONFLICT DO NOTHING",
-                t.ts_items()
+                "INSERT INTO {} (time_series_id, event_time, event_id, tags)
+                 SELECT h.s, h.t, h.e, h.tags::jsonb FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[])
+                    AS h (s, t, e, tags)
+                 ON CONFLICT DO NOTHING
+                 RETURNING time_series_id, event_time, event_id",
+                t.ts_events()
             ),
             &[
-                (&rows.item_series, Type::TEXT_ARRAY),
-                (&rows.item_times, Type::INT8_ARRAY),
-                (&rows.item_ids, Type::TEXT_ARRAY),
-                (&rows.keys, Type::BYTEA_ARRAY),
-                (&rows.values, Type::BYTEA_ARRAY),
+                (&rows.series, Type::TEXT_ARRAY),
+                (&rows.times, Type::INT8_ARRAY),
+                (&rows.ids, Type::TEXT_ARRAY),
+                (&rows.tags, Type::TEXT_ARRAY),
             ],
+        )
+        .await?;
+    for row in &heads {
+        fresh.insert(identity(row)?);
+    }
+    if !rows.keys.is_empty() {
+        let items = tx
+            .query_typed(
+                &format!(
+                    // One row back per event, not per item.
+                    "WITH stored AS (
+                        INSERT INTO {} (time_series_id, event_time, event_id, key, value)
+                        SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::bytea[])
+                        ON CONFLICT DO NOTHING
+                        RETURNING time_series_id, event_time, event_id)
+                     SELECT DISTINCT time_series_id, event_time, event_id FROM stored",
+                    t.ts_items()
+                ),
+                &[
+                    (&rows.item_series, Type::TEXT_ARRAY),
+                    (&rows.item_times, Type::INT8_ARRAY),
+                    (&rows.item_ids, Type::TEXT_ARRAY),
+                    (&rows.keys, Type::BYTEA_ARRAY),
+                    (&rows.values, Type::BYTEA_ARRAY),
+                ],
+            )
+            .await?;
+        for row in &items {
+            fresh.insert(identity(row)?);
+        }
+    }
+    // Delivered to listeners at commit, in commit order (`follow`), in
+    // the array's order (the order `unnest` yields and `pg_notify` runs).
+    let payloads = follow::payloads(follow::fresh_in_order(&rows.identities, &fresh))?;
+    if !payloads.is_empty() {
+        tx.execute_typed(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS u (p)",
+            &[(&follow::channel(t), Type::TEXT), (&payloads, Type::TEXT_ARRAY)],
         )
         .await?;
     }
@@ -677,6 +709,17 @@ impl TimeSeriesHandle for Opened {
 
     async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
         self.run("reclaim", reclaim(&self.target, now, self.retention)).await
+    }
+
+    fn follows(&self) -> bool {
+        true
+    }
+
+    /// Every write committed from now on, by any writer that notifies
+    /// ([`follow`]).
+    async fn follow(&self) -> prism_plugin_api::Result<Feed> {
+        let started = follow::follow(self.target.clone(), &self.listen, self.request_timeout);
+        self.run("follow", started).await
     }
 }
 

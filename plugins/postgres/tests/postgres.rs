@@ -906,3 +906,68 @@ async fn an_untrusted_server_certificate_is_refused() {
         assert!(!leaks_dsn(&message, server.port()), "{what}: the message leaks the DSN: {message}");
     }
 }
+
+/// The next `n` events of a feed (it must not fail or go quiet).
+async fn from_feed(feed: &mut prism_plugin_api::ts::Feed, n: usize) -> Vec<Event> {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let batch = tokio::time::timeout(Duration::from_secs(30), feed.next())
+            .await
+            .expect("the feed delivers within 30 s")
+            .expect("the feed goes on")
+            .expect("the feed does not fail");
+        got.extend(batch);
+    }
+    got
+}
+
+/// A feed listens from when it started: it gets, in commit order and as
+/// a read returns them, the events this plugin and another one (another
+/// gateway) write after that; a write of nothing new is not delivered;
+/// and a listener whose connection is killed ends the feed with
+/// Unavailable rather than going quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_sees_every_gateways_writes_and_ends_when_its_listener_dies() {
+    use prism_plugin_api::conformance::support::event;
+    let server = server_or_skip!();
+    let plugin = subject(settings(&server.dsn(), "public"), PostgresPluginConfig::default());
+    let c = Case::provision_ts(&plugin, "follow").await;
+    let t = c.base - 60_000_000;
+    c.write(&[event("s", t, "before", &[("k", "v")], &[])]).await;
+    assert!(c.ts().follows());
+    let mut feed = c.ts().follow().await.expect("follow");
+
+    let here = event("s", t + 1, "here", &[("b", "2"), ("a", "1")], &[("site", "a")]);
+    c.write(std::slice::from_ref(&here)).await;
+    let other_gateway = subject(settings(&server.dsn(), "public"), PostgresPluginConfig::default());
+    let other = other_gateway.plugin.time_series().expect("time series").open(&c.ns).expect("open");
+    let there = event("s", t + 2, "there", &[("k", "2")], &[]);
+    other.write(std::slice::from_ref(&there)).await.expect("write through another plugin");
+    // Nothing new: not delivered.
+    c.write(std::slice::from_ref(&here)).await;
+    let got = from_feed(&mut feed, 2).await;
+    let read_here = event("s", t + 1, "here", &[("a", "1"), ("b", "2")], &[("site", "a")]);
+    assert_eq!(got, vec![read_here, there]);
+    // A new item of a stored event: the event as a read has it.
+    c.write(&[event("s", t + 1, "here", &[("c", "3")], &[("site", "ignored")])]).await;
+    let merged = event("s", t + 1, "here", &[("a", "1"), ("b", "2"), ("c", "3")], &[("site", "a")]);
+    assert_eq!(from_feed(&mut feed, 1).await, vec![merged]);
+
+    // Kill the listening connection: the feed says so.
+    let admin = sql(server).await;
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("terminate the listener");
+    assert_eq!(killed.len(), 1, "one listener");
+    let end = tokio::time::timeout(Duration::from_secs(30), futures_util::StreamExt::next(&mut feed))
+        .await
+        .expect("the feed ends within 30 s");
+    assert!(matches!(end, Some(Err(PluginError::Unavailable { .. }))), "{end:?}");
+    drop(feed);
+    c.finish().await;
+}

@@ -84,6 +84,7 @@
 pub mod codec;
 pub mod config;
 pub mod error;
+mod follow;
 pub mod relay;
 pub mod ts;
 

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use prism_plugin_api::Micros;
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeriesHandle, WriteContext};
+use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Feed, Query, TagFilter, TimeSeriesHandle, WriteContext};
 use pulsar::producer;
 
 use crate::codec::{self, LifecycleKind, StoredEvent, record};
@@ -58,7 +58,7 @@ use crate::{PulsarState, Topics};
 pub const MAX_MESSAGE_BYTES: usize = (5 << 20) - (16 << 10);
 
 /// The message property holding the epoch an event was written in.
-const EPOCH_PROPERTY: &str = "prism-epoch";
+pub(crate) const EPOCH_PROPERTY: &str = "prism-epoch";
 
 const HOUR: Micros = 3_600_000_000;
 
@@ -242,6 +242,19 @@ impl TimeSeriesHandle for Opened {
 
     async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
         Ok(self.pulsar.bounded("reclaiming events", self.reclaim_events(now)).await?)
+    }
+
+    fn follows(&self) -> bool {
+        true
+    }
+
+    /// Every event published from now on ([`crate::follow`]).
+    async fn follow(&self) -> prism_plugin_api::Result<Feed> {
+        let started = async {
+            let (epoch, _) = self.pulsar.epoch(&self.name, &self.topics).await?;
+            crate::follow::follow(&self.pulsar, &self.topics, epoch).await
+        };
+        Ok(self.pulsar.bounded("following events", started).await?)
     }
 }
 

@@ -185,3 +185,54 @@ async fn a_write_of_many_events_is_acknowledged_whole() {
     let events = read_all(plugin.as_ref(), "s", now).await.expect("read");
     assert_eq!(events.len(), written.len());
 }
+
+/// A feed reads the data topic from its latest message: it sees, in
+/// topic order, what this plugin, another plugin (another gateway) and a
+/// bare producer (encoding as the plugin does, in the current epoch)
+/// publish after it started; nothing published before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_sees_every_producer_of_the_topic() {
+    use futures_util::StreamExt;
+    use prism_plugin_pulsar::codec::{self, StoredEvent, record};
+
+    let broker = PulsarBroker::start().expect("start pulsar-lite");
+    let subject = subject(settings(&broker.service_url()), config());
+    let ns = ts_namespace(&subject, "follow", None);
+    subject.plugin.provision(&ns).await.expect("provision");
+    let plugin = open(&subject, &ns);
+    let now = now_micros();
+    plugin.write(&[event("s", now, "before", &[("k", "v")], &[])]).await.expect("write");
+    assert!(plugin.follows());
+    let mut feed = plugin.follow().await.expect("follow");
+
+    let here = event("s", now + 1, "here", &[("b", "2"), ("a", "1")], &[("site", "a")]);
+    plugin.write(std::slice::from_ref(&here)).await.expect("write");
+    let other = support::subject(settings(&broker.service_url()), config());
+    let there = event("s", now + 2, "there", &[("k", "2")], &[]);
+    open(&other, &ns).write(std::slice::from_ref(&there)).await.expect("write through another plugin");
+    let direct = event("s", now + 3, "direct", &[("k", "3")], &[("site", "b")]);
+    let client = pulsar::Pulsar::builder(broker.service_url(), pulsar::TokioExecutor).build().await.expect("client");
+    let topic = prism_plugin_pulsar::config::Topics::of(&ns).expect("topics").data;
+    let mut producer = client.producer().with_topic(topic).build().await.expect("a producer");
+    let payload = codec::encode(record::Body::Event(StoredEvent::of(&direct, 1)));
+    let message = pulsar::producer::Message {
+        payload,
+        partition_key: Some("s".into()),
+        properties: [("prism-epoch".to_owned(), "1".to_owned())].into(),
+        ..Default::default()
+    };
+    producer.send_non_blocking(message).await.expect("send").await.expect("a direct publish");
+
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let batch = tokio::time::timeout(Duration::from_secs(30), feed.next())
+            .await
+            .expect("the feed delivers within 30 s")
+            .expect("the feed goes on")
+            .expect("the feed does not fail");
+        got.extend(batch);
+    }
+    let mut here_sorted = here;
+    here_sorted.items.sort();
+    assert_eq!(got, vec![here_sorted, there, direct]);
+}

@@ -908,3 +908,45 @@ pub async fn unprovisioned_namespace_is_refused(subject: Subject) {
     assert_not_provisioned("reclaim", ts.reclaim(c.base).await);
     c.plugin.deprovision(&c.ns).await.expect("deprovisioning what never was succeeds");
 }
+
+/// A backend that follows its writes ([`crate::ts::TimeSeriesHandle::follows`])
+/// feeds every event written after `follow` returned — through this
+/// handle or another opening of the namespace — each whole (items
+/// compared sorted), in write order for one series, and nothing written
+/// before. One that does not refuses to follow.
+pub async fn a_feed_sees_what_is_written_after_it_started(subject: Subject) {
+    use futures_util::StreamExt;
+    let c = Case::provision_ts(&subject, "a_feed_sees_what_is_written_after_it_started").await;
+    let t = c.base - MINUTE;
+    c.write(&[event("s", t, "before", &[("k", "v")], &[])]).await;
+    if !c.ts().follows() {
+        assert!(c.ts().follow().await.is_err(), "a backend that does not follow refuses to");
+        c.finish().await;
+        return;
+    }
+    let mut feed = c.ts().follow().await.expect("follow");
+    let here = event("s", t + 1, "here", &[("b", "2"), ("a", "1")], &[("site", "x")]);
+    c.write(std::slice::from_ref(&here)).await;
+    let other = subject.plugin.time_series().expect("time series").open(&c.ns).expect("open again");
+    let there = event("s", t + 2, "there", &[("k", "2")], &[]);
+    other.write(std::slice::from_ref(&there)).await.expect("write through another opening");
+    let mut got: Vec<Event> = Vec::new();
+    while got.len() < 2 {
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(30), feed.next())
+            .await
+            .expect("the feed delivers within 30 s")
+            .expect("the feed goes on")
+            .expect("the feed does not fail");
+        got.extend(batch);
+    }
+    for e in &mut got {
+        e.items.sort();
+    }
+    let mut want = vec![here, there];
+    for e in &mut want {
+        e.items.sort();
+    }
+    assert_eq!(got, want);
+    drop(feed);
+    c.finish().await;
+}

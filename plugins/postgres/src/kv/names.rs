@@ -110,6 +110,12 @@ impl TableNames {
         self.name("tsit")
     }
 
+    /// The LISTEN/NOTIFY channel of the incarnation's tails, unquoted
+    /// (as `pg_notify` takes it).
+    pub fn tail_channel(&self) -> String {
+        self.name("tail")
+    }
+
     /// The partitions of [`Self::ts_events`] (`e`) or [`Self::ts_items`]
     /// (`i`) for `day` (days since the epoch, `0..100_000`): `_e01234`.
     pub fn ts_partition(&self, table: char, day: i64) -> String {
