@@ -2,7 +2,13 @@
 //! `prism-client`, routed to the gateway shard that owns the namespace
 //! like `prism kv`. Times are RFC 3339
 //! (`2026-11-22T10:00:00Z`), `now`, or an age (`15m` = 15 minutes ago).
+//!
+//! Item values are text. When the namespace's latest schema declares an
+//! item int64, float64 or bool, `write` encodes its text as the schema
+//! says (`temp=21.5` becomes 8 bytes big-endian) and the tables show such
+//! values as text again; JSON output keeps the stored bytes.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
@@ -130,6 +136,67 @@ pub enum TsCommand {
     },
 }
 
+/// A fixed-width type the latest schema gives an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Typed {
+    Int64,
+    Float64,
+    Bool,
+}
+
+/// The fixed-width item types of a namespace's latest schema, by key.
+#[derive(Debug, Default)]
+struct Types(HashMap<Vec<u8>, Typed>);
+
+impl Types {
+    /// Read from the control plane. Empty when the namespace has no schema
+    /// or the caller may not read it: values then go as text, and the
+    /// gateway still checks every write.
+    async fn of(global: &Global, namespace: &str) -> Self {
+        use prism_proto::control::item_type::Kind;
+        let request = prism_proto::control::GetSchemaRequest { name: namespace.to_owned(), version: 0 };
+        let Ok(mut client) = global.connect().await else { return Self::default() };
+        let Ok(found) = client.get_schema(request).await else { return Self::default() };
+        let schema = found.into_inner().version.and_then(|v| v.schema).unwrap_or_default();
+        let typed = schema.items.into_iter().filter_map(|i| {
+            let t = match i.r#type.and_then(|t| t.kind)? {
+                Kind::Int64(_) => Typed::Int64,
+                Kind::Float64(_) => Typed::Float64,
+                Kind::Bool(_) => Typed::Bool,
+                _ => return None,
+            };
+            Some((i.key, t))
+        });
+        Self(typed.collect())
+    }
+
+    /// The bytes of item `key` written as `value`.
+    fn encode(&self, key: &str, value: &str) -> anyhow::Result<Vec<u8>> {
+        let bad = |what: &str| usage(format!("item {key}: {value:?} is not {what}, as the namespace's schema says"));
+        Ok(match self.0.get(key.as_bytes()) {
+            None => value.as_bytes().to_vec(),
+            Some(Typed::Int64) => value.parse::<i64>().map_err(|_| bad("an int64"))?.to_be_bytes().to_vec(),
+            Some(Typed::Float64) => value.parse::<f64>().map_err(|_| bad("a float64"))?.to_be_bytes().to_vec(),
+            Some(Typed::Bool) => match value {
+                "true" | "1" => vec![1],
+                "false" | "0" => vec![0],
+                _ => return Err(bad("a bool (true, false, 1 or 0)")),
+            },
+        })
+    }
+
+    /// Item `key`'s value as text: decoded when the schema types it and it
+    /// has that type's width (an event written before may not).
+    fn show(&self, key: &[u8], value: &[u8]) -> String {
+        match (self.0.get(key), <[u8; 8]>::try_from(value), value) {
+            (Some(Typed::Int64), Ok(b), _) => i64::from_be_bytes(b).to_string(),
+            (Some(Typed::Float64), Ok(b), _) => f64::from_be_bytes(b).to_string(),
+            (Some(Typed::Bool), _, [b @ (0 | 1)]) => (*b == 1).to_string(),
+            _ => text(value),
+        }
+    }
+}
+
 fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
@@ -152,10 +219,11 @@ fn event_json(e: &ts::Event) -> Value {
     })
 }
 
-fn events_table(events: &[ts::Event]) -> String {
+fn events_table(events: &[ts::Event], types: &Types) -> String {
     let mut table = Table::new(&["TIME", "SERIES", "EVENT", "ITEMS", "TAGS"]);
     for e in events {
-        let items: Vec<String> = e.items.iter().map(|i| format!("{}={}", text(&i.key), text(&i.value))).collect();
+        let items: Vec<String> =
+            e.items.iter().map(|i| format!("{}={}", text(&i.key), types.show(&i.key, &i.value))).collect();
         let mut tags: Vec<String> = e.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         tags.sort();
         table.push(vec![
@@ -169,13 +237,13 @@ fn events_table(events: &[ts::Event]) -> String {
     table.render()
 }
 
-fn show(format: Format, events: &[ts::Event], next: &str) -> anyhow::Result<()> {
+fn show(format: Format, events: &[ts::Event], next: &str, types: &Types) -> anyhow::Result<()> {
     match format {
         Format::Json => {
             print_json(&json!({ "events": events.iter().map(event_json).collect::<Vec<_>>(), "next_page_token": next }))
         }
         Format::Table => {
-            print(&events_table(events))?;
+            print(&events_table(events, types))?;
             next_hint(next)
         }
     }
@@ -190,13 +258,18 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
     };
     let client = target.prism(global)?.ts();
     let namespace = target.namespace.clone();
+    // Typed values matter to what is written, and to tables only.
+    let types = match (&command, global.output) {
+        (TsCommand::Write { .. }, _) | (_, Format::Table) => Types::of(global, &namespace).await,
+        _ => Types::default(),
+    };
     match command {
         TsCommand::Write { series, items, event_id, time, tags, buffered, .. } => {
             let items = items
                 .iter()
                 .map(|i| {
                     let (k, v) = i.split_once('=').ok_or_else(|| usage(format!("{i:?} is not KEY=VALUE")))?;
-                    Ok(ts::EventItem { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec() })
+                    Ok(ts::EventItem { key: k.as_bytes().to_vec(), value: types.encode(k, v)? })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let time = time.unwrap_or_else(SystemTime::now);
@@ -243,7 +316,7 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
                 }
                 request.page_token = page.next_page_token;
             };
-            show(global.output, &events, &next)
+            show(global.output, &events, &next, &types)
         }
         TsCommand::Search { interval, filter, paging, .. } => {
             let mut request = ts::SearchEventRecordsRequest {
@@ -264,7 +337,7 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
                 }
                 request.page_token = page.next_page_token;
             };
-            show(global.output, &events, &next)
+            show(global.output, &events, &next, &types)
         }
         TsCommand::Tail { series, filter, .. } => {
             let request = ts::TailEventRecordsRequest {
@@ -285,7 +358,7 @@ pub async fn run(global: &Global, command: TsCommand) -> anyhow::Result<()> {
                             print_json_line(&event_json(e))?;
                         }
                     }
-                    Format::Table => print(&events_table(&batch.events))?,
+                    Format::Table => print(&events_table(&batch.events, &types))?,
                 }
             }
         }

@@ -126,6 +126,59 @@ async fn prism_ts_writes_reads_and_searches_events() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `prism ts` with a schema: `write` encodes an int64, float64 or bool
+/// item's text as the schema says, a table shows it as text again, and a
+/// value that is not of its type is a local usage error naming the item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prism_ts_writes_and_shows_typed_items_as_the_schema_says() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let cp = cluster.control_plane.endpoint();
+    ok(&cp, &["tenant", "create", "acme"]).await?;
+    ok(&cp, &["namespace", "create", "acme/temps", "--abstraction", "time-series", "--wait", "--timeout", "20s"])
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("schema.json");
+    std::fs::write(
+        &file,
+        r#"{ "items": [ { "key": "temp", "type": "float64", "required": true },
+                        { "key": "count", "type": "int64" }, { "key": "ok", "type": "bool" },
+                        { "key": "note", "type": "utf8" } ] }"#,
+    )?;
+    ok(&cp, &["schema", "set", "acme/temps", "-f", file.to_str().context("utf-8 path")?]).await?;
+    let ns: Value = serde_json::from_str(&ok(&cp, &["namespace", "get", "acme/temps", "-o", "json"]).await?)?;
+    let gateway = cluster.gateway(ns["shard_id"].as_str().context("shard_id")?).context("owner")?.endpoint();
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.extend(["--gateway".to_owned(), gateway.clone()]);
+        all
+    };
+
+    // The owner validates against the schema once its delta arrives.
+    eventually(Duration::from_secs(5), || async {
+        let args = run(&["ts", "write", "acme/temps", "s1", "temp=21.5", "count=-3", "ok=true", "note=fine"]);
+        ok(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>()).await.map(drop)
+    })
+    .await?;
+    let args = run(&["ts", "read", "acme/temps", "s1", "--start", "10m", "-o", "json"]);
+    let read: Value = serde_json::from_str(&ok(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?)?;
+    let event = &read["events"][0];
+    assert_eq!(event["schema_version"], 1);
+    let items = event["items"].as_array().context("items")?;
+    let temp = items.iter().find(|i| i["key"] == "temp").context("temp")?;
+    // Stored as the schema says: 8 bytes big-endian, kept as bytes in JSON.
+    assert_eq!(temp["value_base64"], "QDWAAAAAAAA=", "21.5 as float64");
+    let args = run(&["ts", "read", "acme/temps", "s1", "--start", "10m"]);
+    let table = ok(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    for shown in ["temp=21.5", "count=-3", "ok=true", "note=fine"] {
+        ensure!(table.contains(shown), "{shown} in {table}");
+    }
+
+    let args = run(&["ts", "write", "acme/temps", "s1", "temp=warm"]);
+    let (code, _, err) = prism(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    ensure!(code == 2 && err.contains("item temp") && err.contains("float64"), "{code}: {err}");
+    Ok(())
+}
+
 /// `prism kv` without `--gateway`: the control plane says which shard owns
 /// each namespace and the client routes there. Gateways do not register
 /// themselves yet, so the control plane is restarted with static

@@ -130,8 +130,8 @@ impl Check {
             Self::Bytes => Ok(()),
             Self::Utf8 => std::str::from_utf8(value).map(drop).map_err(|_| "is not valid UTF-8".to_owned()),
             Self::Int64 | Self::Float64 if value.len() != 8 => {
-                let name = if matches!(self, Self::Int64) { "int64" } else { "float64" };
-                Err(format!("is not an {name} (8 bytes big-endian): it has {} bytes", value.len()))
+                let name = if matches!(self, Self::Int64) { "an int64" } else { "a float64" };
+                Err(format!("is not {name} (8 bytes big-endian): it has {} bytes", value.len()))
             }
             Self::Int64 | Self::Float64 => Ok(()),
             Self::Bool if value.len() == 1 && value[0] <= 1 => Ok(()),
@@ -140,9 +140,11 @@ impl Check {
                 let document: serde_json::Value =
                     serde_json::from_slice(value).map_err(|e| format!("is not JSON: {e}"))?;
                 match validator {
-                    Some(v) => v
-                        .validate(&document)
-                        .map_err(|e| format!("does not match its JSON Schema at `{}`: {e}", e.instance_path())),
+                    Some(v) => v.validate(&document).map_err(|e| {
+                        let at = e.instance_path().to_string();
+                        let at = if at.is_empty() { "the top level".to_owned() } else { format!("`{at}`") };
+                        format!("does not match its JSON Schema at {at}: {e}")
+                    }),
                     None => Ok(()),
                 }
             }
