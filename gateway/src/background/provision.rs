@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use prism_proto::control::{Backend, BackendSetting, NamespaceStatus, ReportNamespaceStatusRequest};
+use prism_proto::control::{Abstraction, Backend, BackendSetting, NamespaceStatus, ReportNamespaceStatusRequest};
 use tokio::sync::watch;
 
 use super::ControlPlane;
@@ -36,6 +36,13 @@ use crate::tail::TailHub;
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// How often a draining namespace's in-flight count is checked.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How long the owner of a TimeSeries namespace on a shared backend waits,
+/// once it is DELETING, before removing the backend's resources: the
+/// other replicas see the same delta at about the same time and stop
+/// their tails' backend readers first (a reader's fetch of a deleted
+/// topic crashes librdkafka under tansu, `plugins/kafka/src/follow.rs`).
+/// A replica whose watch lags by more still races the deletion.
+const DELETE_GRACE: Duration = Duration::from_secs(1);
 
 /// What the provisioner uses: the snapshot it follows, the plugins that
 /// create and remove resources, the tails it closes, and how long to wait
@@ -145,6 +152,11 @@ impl Provisioner {
             (NamespaceStatus::Deleting, Some(plugin)) => {
                 self.parts.tails.close(&entry.ns.name);
                 self.drain(entry).await;
+                let followed_elsewhere = entry.ns.spec.abstraction == Abstraction::TimeSeries as i32
+                    && entry.ns.spec.backend != Backend::Embedded as i32;
+                if followed_elsewhere {
+                    tokio::time::sleep(DELETE_GRACE).await;
+                }
                 match plugin.deprovision(&entry.ns).await {
                     Ok(()) => (NamespaceStatus::Deleted, "backend resources removed".to_owned()),
                     // Keep DELETING and retry: the data must really go.

@@ -24,7 +24,9 @@
 //!   crashes on tansu's answer to a fetch of a deleted topic
 //!   ([`Clients::reader`]). That holds for the readers of this gateway;
 //!   another replica's closes when its watcher sees the namespace
-//!   deleting, which may come after the owner deleted the topic. When the broker keeps failing for longer
+//!   deleting, and the owner waits a grace second after that delta
+//!   before deleting (`gateway/src/background/provision.rs`), so only a
+//!   replica whose watch lags by more still races the deletion. When the broker keeps failing for longer
 //!   than `request_timeout` with no message in between, the feed ends with
 //!   that error rather than waiting silently.
 
