@@ -229,10 +229,34 @@ async fn postgres_tails_see_other_replicas() -> anyhow::Result<()> {
     let r = replicas(ns, spec(Backend::Postgres, Some(config))).await?;
     let mut tail = a_tail_sees_the_other_replica(&r, ns).await?;
 
-    // The listening connection dies: the tail ends with UNAVAILABLE
-    // naming the cause, instead of going quiet.
+    // A row another writer inserts straight into the database (no
+    // gateway involved) reaches the tail too: the tables notify.
     let (admin, connection) = tokio_postgres::connect(&server.dsn(), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
+    let query = "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables
+                 WHERE tablename LIKE '%\\_' || $1";
+    let mut tables = Vec::new();
+    for suffix in ["tsev", "tsit"] {
+        let rows = admin.query(query, &[&suffix]).await?;
+        ensure!(rows.len() == 1, "one {suffix} table, not {}", rows.len());
+        tables.push(rows[0].get::<_, String>(0));
+    }
+    let (heads, items) = (&tables[0], &tables[1]);
+    let micros = now_secs() * 1_000_000;
+    admin
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO {heads} VALUES ('wanted', {micros}, 'by-hand', '{{\"site\": \"a\"}}');
+             INSERT INTO {items} VALUES ('wanted', {micros}, 'by-hand', 'v', 'typed');
+             COMMIT;"
+        ))
+        .await?;
+    let got = next_events(&mut tail, 1).await?;
+    ensure!(ids(&got) == ["by-hand"], "inserted by hand: {:?}", ids(&got));
+    ensure!(got[0].items == [ts::EventItem { key: b"v".to_vec(), value: b"typed".to_vec() }], "{:?}", got[0]);
+
+    // The listening connection dies: the tail ends with UNAVAILABLE
+    // naming the cause, instead of going quiet.
     let killed =
         admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'", &[]).await?;
     ensure!(killed.len() == 1, "{} listeners", killed.len());

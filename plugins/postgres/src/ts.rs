@@ -123,7 +123,9 @@ pub(crate) fn ddl(names: &TableNames) -> String {
         CREATE TABLE IF NOT EXISTS {elo} PARTITION OF {events} FOR VALUES FROM (MINVALUE) TO (0);
         CREATE TABLE IF NOT EXISTS {ilo} PARTITION OF {items} FOR VALUES FROM (MINVALUE) TO (0);
         CREATE TABLE IF NOT EXISTS {ehi} PARTITION OF {events} FOR VALUES FROM ({high}) TO (MAXVALUE);
-        CREATE TABLE IF NOT EXISTS {ihi} PARTITION OF {items} FOR VALUES FROM ({high}) TO (MAXVALUE);",
+        CREATE TABLE IF NOT EXISTS {ihi} PARTITION OF {items} FOR VALUES FROM ({high}) TO (MAXVALUE);
+        {notify}",
+        notify = follow::ddl(names),
         epk = names.object("tepk"),
         etime = names.object("tetm"),
         etags = names.object("tetg"),
@@ -215,8 +217,6 @@ async fn ensure_partitions(t: &Target, days: &HashSet<i64>) -> Result<()> {
 /// A write's rows: heads and items, deduplicated (first wins) and sorted
 /// by identity.
 struct Rows<'a> {
-    /// Every event's identity, in the write's order, for tails.
-    identities: Vec<(&'a str, i64, &'a str)>,
     series: Vec<&'a str>,
     times: Vec<i64>,
     ids: Vec<&'a str>,
@@ -240,7 +240,6 @@ impl<'a> Rows<'a> {
             }
         }
         let mut rows = Rows {
-            identities: events.iter().map(|e| (e.time_series_id.as_str(), e.event_time, e.event_id.as_str())).collect(),
             series: Vec::with_capacity(heads.len()),
             times: Vec::with_capacity(heads.len()),
             ids: Vec::with_capacity(heads.len()),
@@ -301,63 +300,39 @@ async fn write(t: &Target, events: &[Event]) -> Result<()> {
 async fn write_once(t: &Target, rows: &Rows<'_>) -> Result<()> {
     let mut client = crate::lease::lease(&t.pool).await?;
     let tx = client.build_transaction().start().await?;
-    let identity = |row: &Row| -> Result<follow::Identity> { Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)) };
-    // What this write stored anything new of, for tails.
-    let mut fresh = HashSet::new();
-    let heads = tx
-        .query_typed(
+    // Each statement's trigger notifies tails of what it stored
+    // (`follow`), delivered at commit.
+    tx.execute_typed(
+        &format!(
+            "INSERT INTO {} (time_series_id, event_time, event_id, tags)
+             SELECT h.s, h.t, h.e, h.tags::jsonb FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[])
+                AS h (s, t, e, tags)
+             ON CONFLICT DO NOTHING",
+            t.ts_events()
+        ),
+        &[
+            (&rows.series, Type::TEXT_ARRAY),
+            (&rows.times, Type::INT8_ARRAY),
+            (&rows.ids, Type::TEXT_ARRAY),
+            (&rows.tags, Type::TEXT_ARRAY),
+        ],
+    )
+    .await?;
+    if !rows.keys.is_empty() {
+        tx.execute_typed(
             &format!(
-                "INSERT INTO {} (time_series_id, event_time, event_id, tags)
-                 SELECT h.s, h.t, h.e, h.tags::jsonb FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[])
-                    AS h (s, t, e, tags)
-                 ON CONFLICT DO NOTHING
-                 RETURNING time_series_id, event_time, event_id",
-                t.ts_events()
+                "INSERT INTO {} (time_series_id, event_time, event_id, key, value)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::bytea[])
+                 ON CONFLICT DO NOTHING",
+                t.ts_items()
             ),
             &[
-                (&rows.series, Type::TEXT_ARRAY),
-                (&rows.times, Type::INT8_ARRAY),
-                (&rows.ids, Type::TEXT_ARRAY),
-                (&rows.tags, Type::TEXT_ARRAY),
+                (&rows.item_series, Type::TEXT_ARRAY),
+                (&rows.item_times, Type::INT8_ARRAY),
+                (&rows.item_ids, Type::TEXT_ARRAY),
+                (&rows.keys, Type::BYTEA_ARRAY),
+                (&rows.values, Type::BYTEA_ARRAY),
             ],
-        )
-        .await?;
-    for row in &heads {
-        fresh.insert(identity(row)?);
-    }
-    if !rows.keys.is_empty() {
-        let items = tx
-            .query_typed(
-                &format!(
-                    // One row back per event, not per item.
-                    "WITH stored AS (
-                        INSERT INTO {} (time_series_id, event_time, event_id, key, value)
-                        SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::bytea[])
-                        ON CONFLICT DO NOTHING
-                        RETURNING time_series_id, event_time, event_id)
-                     SELECT DISTINCT time_series_id, event_time, event_id FROM stored",
-                    t.ts_items()
-                ),
-                &[
-                    (&rows.item_series, Type::TEXT_ARRAY),
-                    (&rows.item_times, Type::INT8_ARRAY),
-                    (&rows.item_ids, Type::TEXT_ARRAY),
-                    (&rows.keys, Type::BYTEA_ARRAY),
-                    (&rows.values, Type::BYTEA_ARRAY),
-                ],
-            )
-            .await?;
-        for row in &items {
-            fresh.insert(identity(row)?);
-        }
-    }
-    // Delivered to listeners at commit, in commit order (`follow`), in
-    // the array's order (the order `unnest` yields and `pg_notify` runs).
-    let payloads = follow::payloads(follow::fresh_in_order(&rows.identities, &fresh))?;
-    if !payloads.is_empty() {
-        tx.execute_typed(
-            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS u (p)",
-            &[(&follow::channel(t), Type::TEXT), (&payloads, Type::TEXT_ARRAY)],
         )
         .await?;
     }

@@ -924,7 +924,8 @@ async fn from_feed(feed: &mut prism_plugin_api::ts::Feed, n: usize) -> Vec<Event
 
 /// A feed listens from when it started: it gets, in commit order and as
 /// a read returns them, the events this plugin and another one (another
-/// gateway) write after that; a write of nothing new is not delivered;
+/// gateway) write after that, and rows inserted by hand; a write of
+/// nothing new is not delivered;
 /// and a listener whose connection is killed ends the feed with
 /// Unavailable rather than going quiet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -954,8 +955,27 @@ async fn a_feed_sees_every_gateways_writes_and_ends_when_its_listener_dies() {
     let merged = event("s", t + 1, "here", &[("a", "1"), ("b", "2"), ("c", "3")], &[("site", "a")]);
     assert_eq!(from_feed(&mut feed, 1).await, vec![merged]);
 
-    // Kill the listening connection: the feed says so.
+    // Rows another writer inserts by hand, head and items in one
+    // transaction: the tables' triggers notify, once per event.
     let admin = sql(server).await;
+    let names = TableNames::of(&c.ns, "public").expect("names");
+    admin
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO {events} VALUES ('s', {t3}, 'by-hand', '{{\"site\": \"b\"}}'), ('s', {t4}, 'bare', '{{}}');
+             INSERT INTO {items} VALUES ('s', {t3}, 'by-hand', 'k', 'v'), ('s', {t3}, 'by-hand', 'l', 'w');
+             COMMIT;",
+            events = names.qualified(&names.ts_events()),
+            items = names.qualified(&names.ts_items()),
+            t3 = t + 3,
+            t4 = t + 4,
+        ))
+        .await
+        .expect("insert by hand");
+    let by_hand = event("s", t + 3, "by-hand", &[("k", "v"), ("l", "w")], &[("site", "b")]);
+    assert_eq!(from_feed(&mut feed, 2).await, vec![by_hand, event("s", t + 4, "bare", &[], &[])]);
+
+    // Kill the listening connection: the feed says so.
     let killed = admin
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()",

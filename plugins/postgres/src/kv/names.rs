@@ -116,6 +116,12 @@ impl TableNames {
         self.name("tail")
     }
 
+    /// The trigger function that notifies [`Self::tail_channel`] of the
+    /// events a statement stored (`crate::ts::follow`).
+    pub fn tail_function(&self) -> String {
+        self.name("tailn")
+    }
+
     /// The partitions of [`Self::ts_events`] (`e`) or [`Self::ts_items`]
     /// (`i`) for `day` (days since the epoch, `0..100_000`): `_e01234`.
     pub fn ts_partition(&self, table: char, day: i64) -> String {

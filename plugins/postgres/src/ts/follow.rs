@@ -2,24 +2,29 @@
 //! ([`TimeSeriesHandle::follow`](prism_plugin_api::ts::TimeSeriesHandle::follow))
 //! with LISTEN/NOTIFY.
 //!
-//! - **Writers notify.** Every write's transaction, before it commits,
-//!   sends the identities `(time_series_id, event_time, event_id)` of the
-//!   events it stored anything new of (a head or an item: a write of
-//!   nothing new is no write), in the write's order, as JSON on the
+//! - **The tables notify.** A statement-level `AFTER INSERT` trigger on
+//!   the events table and on the items table ([`ddl`]) sends the
+//!   identities `(time_series_id, event_time, event_id)` of the events the
+//!   statement stored anything new of (a head, or an item), in the order
+//!   it stored them, with the transaction's id, as JSON on the
 //!   incarnation's channel `<base>_tail`, in payloads under PostgreSQL's
-//!   8000 bytes ([`payloads`]). PostgreSQL delivers a notification at its
-//!   transaction's commit, in commit order, to every session listening by
-//!   then; a rolled-back write sends nothing. So every gateway replica's
-//!   writes, and any other writer that notifies the same way, reach every
-//!   listener. (A writer that inserts rows without notifying is not seen:
-//!   there is no insertion order to poll by.)
+//!   8000 bytes. PostgreSQL delivers a notification at its transaction's
+//!   commit, in commit order (one transaction's together), to every
+//!   session listening by then; a rolled-back write sends nothing; a
+//!   write of nothing new stores no row and sends nothing. So every
+//!   gateway replica's writes, and rows any other writer inserts into the
+//!   tables, reach every listener. A gateway stores a write's events
+//!   sorted by identity, so within one write a series' events arrive in
+//!   time order.
 //! - **A follower listens.** `follow` opens a connection of its own (not
 //!   the pool's: a pooled connection's notifications are dropped) and
 //!   returns once its `LISTEN` is done: every write acknowledged after
-//!   that is delivered. Each notification's events are read back through
-//!   the pool — heads and items, items in key order — so a tail delivers
-//!   an event as a read returns it (merged, first write wins); an event
-//!   gone since (reclaimed) is skipped.
+//!   that is delivered. An event named twice by one transaction (its head
+//!   and its items) is delivered once. Each notification's events are
+//!   read back through the pool — heads and items, items in key order —
+//!   so a tail delivers an event as a read returns it (merged, first
+//!   write wins); an event gone since (reclaimed) is skipped, and one
+//!   given a new item later is delivered again, as a read then has it.
 //! - **It never goes quiet silently.** The listening connection is polled
 //!   every [`PING`] (`SELECT 1`, bounded by the request timeout) besides
 //!   TCP keepalives: a connection that failed or closed ends the feed
@@ -45,8 +50,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::PostgresPluginConfig;
 use crate::error::{PostgresError, Result};
-use crate::kv::Target;
 use crate::kv::names::quote_ident;
+use crate::kv::{TableNames, Target};
 
 /// PostgreSQL refuses a notification payload of 8000 bytes or more.
 const MAX_PAYLOAD: usize = 7999;
@@ -63,32 +68,60 @@ pub(crate) fn channel(t: &Target) -> String {
     t.names.tail_channel()
 }
 
-/// `identities` as notification payloads, each a JSON array of `[series,
-/// time, id]` under [`MAX_PAYLOAD`] bytes, in order. An identity too long
-/// for a payload of its own (ids far past the gateway's 256 bytes) is
-/// refused.
-pub(crate) fn payloads<'a>(identities: impl IntoIterator<Item = (&'a str, i64, &'a str)>) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut current = String::from("[");
-    for (series, time, id) in identities {
-        let one = serde_json::to_string(&(series, time, id)).map_err(|e| PostgresError::Corrupt(e.to_string()))?;
-        if one.len() + 2 > MAX_PAYLOAD {
-            return Err(PostgresError::invalid("event_id", "with its time_series_id is too long to notify tails"));
-        }
-        if current.len() + one.len() + 2 > MAX_PAYLOAD {
-            current.push(']');
-            out.push(std::mem::replace(&mut current, String::from("[")));
-        }
-        if current.len() > 1 {
-            current.push(',');
-        }
-        current.push_str(&one);
-    }
-    if current.len() > 1 {
-        current.push(']');
-        out.push(current);
-    }
-    Ok(out)
+/// The trigger function and the triggers that notify [`channel`] of what
+/// each insert into `names`' events and items tables stored (idempotent;
+/// run with the tables' DDL). Each payload is `{"x": txid, "e": [[series,
+/// time, id], ...]}` under [`MAX_PAYLOAD`] bytes.
+pub(crate) fn ddl(names: &TableNames) -> String {
+    let function = names.qualified(&names.tail_function());
+    let trigger = names.object("tail");
+    let channel = names.tail_channel().replace('\'', "''");
+    let on = |table: &str| {
+        let table = names.qualified(table);
+        format!(
+            "DROP TRIGGER IF EXISTS {trigger} ON {table};
+             CREATE TRIGGER {trigger} AFTER INSERT ON {table} REFERENCING NEW TABLE AS fresh
+                FOR EACH STATEMENT EXECUTE FUNCTION {function}('{channel}');"
+        )
+    };
+    format!(
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $prism$
+         DECLARE
+             head text := '{{\"x\":' || txid_current() || ',\"e\":[';
+             chunk text := '';
+             one text;
+         BEGIN
+             FOR one IN
+                 SELECT json_build_array(s, t, e)::text FROM (
+                     SELECT time_series_id AS s, event_time AS t, event_id AS e, min(n) AS first
+                     FROM (SELECT time_series_id, event_time, event_id, row_number() OVER () AS n FROM fresh) r
+                     GROUP BY 1, 2, 3) g
+                 ORDER BY first
+             LOOP
+                 IF chunk <> '' AND octet_length(head) + octet_length(chunk) + octet_length(one) + 3 > {MAX_PAYLOAD} THEN
+                     PERFORM pg_notify(TG_ARGV[0], head || chunk || ']}}');
+                     chunk := '';
+                 END IF;
+                 chunk := CASE WHEN chunk = '' THEN one ELSE chunk || ',' || one END;
+             END LOOP;
+             IF chunk <> '' THEN
+                 PERFORM pg_notify(TG_ARGV[0], head || chunk || ']}}');
+             END IF;
+             RETURN NULL;
+         END
+         $prism$;
+         {events}
+         {items}",
+        events = on(&names.ts_events()),
+        items = on(&names.ts_items()),
+    )
+}
+
+/// One notification: the transaction that sent it and what it stored.
+#[derive(serde::Deserialize)]
+struct Note {
+    x: u64,
+    e: Vec<Identity>,
 }
 
 fn lost(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> PluginError {
@@ -108,20 +141,27 @@ pub(crate) async fn follow(
         Some(tls) => listen(&pg, tls).await?,
     };
     client.batch_execute(&format!("LISTEN {}", quote_ident(&channel(&t)))).await?;
-    let state = Some((client, notes, t));
+    // The transaction of the last notification and what it named: one
+    // transaction's notifications come together, and may name an event
+    // twice (its head and its items).
+    let state = Some((client, notes, t, (0_u64, HashSet::<Identity>::new())));
     Ok(futures_util::stream::unfold(state, move |state| async move {
-        let (client, mut notes, t) = state?;
+        let (client, mut notes, t, mut seen) = state?;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING, PING);
         loop {
             tokio::select! {
                 note = notes.recv() => {
                     let result = match note {
-                        Some(Ok(payload)) => events(&t, &payload, request_timeout).await,
+                        Some(Ok(payload)) => match fresh(&payload, &mut seen) {
+                            Ok(identities) if identities.is_empty() => continue,
+                            Ok(identities) => events(&t, &identities, request_timeout).await,
+                            Err(e) => Err(e.into()),
+                        },
                         Some(Err(e)) => Err(lost(e)),
                         None => Err(lost("closed")),
                     };
                     return match result {
-                        Ok(events) => Some((Ok(events), Some((client, notes, t)))),
+                        Ok(events) => Some((Ok(events), Some((client, notes, t, seen)))),
                         Err(e) => Some((Err(e), None)),
                     };
                 }
@@ -136,6 +176,17 @@ pub(crate) async fn follow(
         }
     })
     .boxed())
+}
+
+/// The identities a notification names that its transaction has not
+/// named before (`seen`: the last transaction and what it named).
+fn fresh(payload: &str, seen: &mut (u64, HashSet<Identity>)) -> Result<Vec<Identity>> {
+    let note: Note = serde_json::from_str(payload)
+        .map_err(|e| PostgresError::Corrupt(format!("a tail notification that is not ours: {e}")))?;
+    if note.x != seen.0 {
+        *seen = (note.x, HashSet::new());
+    }
+    Ok(note.e.into_iter().filter(|i| seen.1.insert(i.clone())).collect())
 }
 
 /// A connection of its own whose notifications' payloads arrive on the
@@ -172,9 +223,7 @@ where
 
 /// The events a notification names, as a read returns them, in its
 /// order; those gone since are skipped.
-async fn events(t: &Target, payload: &str, timeout: Duration) -> prism_plugin_api::Result<Vec<Event>> {
-    let identities: Vec<Identity> = serde_json::from_str(payload)
-        .map_err(|e| PostgresError::Corrupt(format!("a tail notification that is not ours: {e}")))?;
+async fn events(t: &Target, identities: &[Identity], timeout: Duration) -> prism_plugin_api::Result<Vec<Event>> {
     let read = async {
         let series: Vec<&str> = identities.iter().map(|i| i.0.as_str()).collect();
         let times: Vec<i64> = identities.iter().map(|i| i.1).collect();
@@ -234,37 +283,20 @@ async fn events(t: &Target, payload: &str, timeout: Duration) -> prism_plugin_ap
     }
 }
 
-/// The identities of `identities` (in order, once each) that `fresh`
-/// holds: what a write stored anything new of.
-pub(crate) fn fresh_in_order<'a>(
-    identities: &'a [(&'a str, i64, &'a str)],
-    fresh: &HashSet<Identity>,
-) -> impl Iterator<Item = (&'a str, i64, &'a str)> {
-    let mut seen = HashSet::new();
-    identities
-        .iter()
-        .copied()
-        .filter(move |(s, t, e)| fresh.contains(&((*s).to_owned(), *t, (*e).to_owned())) && seen.insert((*s, *t, *e)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn payloads_stay_under_the_limit_in_order() {
-        let ids: Vec<String> = (0..400).map(|i| format!("event-{i:04}-{}", "x".repeat(40))).collect();
-        let all: Vec<(&str, i64, &str)> = ids.iter().map(|id| ("series\"1", 7_i64, id.as_str())).collect();
-        let out = payloads(all.iter().copied()).expect("payloads");
-        assert!(out.len() > 1, "split into {}", out.len());
-        let mut back: Vec<Identity> = Vec::new();
-        for p in &out {
-            assert!(p.len() <= MAX_PAYLOAD, "{}", p.len());
-            back.extend(serde_json::from_str::<Vec<Identity>>(p).expect("json"));
-        }
-        let want: Vec<Identity> = all.iter().map(|(s, t, e)| ((*s).to_owned(), *t, (*e).to_owned())).collect();
-        assert_eq!(back, want);
-        assert!(payloads([("s", 1, "x".repeat(MAX_PAYLOAD).as_str())]).is_err());
-        assert!(payloads([]).expect("empty").is_empty());
+    fn a_transaction_naming_an_event_twice_delivers_it_once() {
+        let mut seen = (0, HashSet::new());
+        let a = r#"{"x":7,"e":[["s",1,"a"],["s",2,"b"]]}"#;
+        let again = r#"{"x":7,"e":[["s",2,"b"],["s",3,"c"]]}"#;
+        let next = r#"{"x":8,"e":[["s",2,"b"]]}"#;
+        let ids = |v: Vec<Identity>| v.into_iter().map(|i| i.2).collect::<Vec<_>>();
+        assert_eq!(ids(fresh(a, &mut seen).expect("ours")), ["a", "b"]);
+        assert_eq!(ids(fresh(again, &mut seen).expect("ours")), ["c"]);
+        assert_eq!(ids(fresh(next, &mut seen).expect("ours")), ["b"], "another transaction");
+        assert!(fresh("[]", &mut seen).is_err());
     }
 }
