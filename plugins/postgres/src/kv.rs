@@ -328,9 +328,15 @@ impl Target {
         }
     }
 
+    /// Drops the incarnation's tables and the function of their tail
+    /// triggers (`ts::follow`), which dropping the tables leaves.
     fn drop_tables(names: &TableNames) -> String {
         let tables: Vec<String> = names.all_tables().iter().map(|t| names.qualified(t)).collect();
-        format!("DROP TABLE IF EXISTS {}", tables.join(", "))
+        format!(
+            "DROP TABLE IF EXISTS {}; DROP FUNCTION IF EXISTS {}()",
+            tables.join(", "),
+            names.qualified(&names.tail_function())
+        )
     }
 }
 

@@ -990,4 +990,11 @@ async fn a_feed_sees_every_gateways_writes_and_ends_when_its_listener_dies() {
     assert!(matches!(end, Some(Err(PluginError::Unavailable { .. }))), "{end:?}");
     drop(feed);
     c.finish().await;
+    // Deprovisioning drops the triggers' function with the tables.
+    let left: i64 = admin
+        .query_one("SELECT count(*) FROM pg_proc WHERE proname = $1", &[&names.tail_function()])
+        .await
+        .expect("pg_proc")
+        .get(0);
+    assert_eq!(left, 0, "the tail trigger function is dropped");
 }
