@@ -109,3 +109,5 @@ cargo clippy -p prism-gateway --features pulsar --all-targets --locked -- -D war
 cargo test -p prism-gateway --features pulsar --locked --test pulsar
 # The Pulsar case of the network-fault tests (the others ran above).
 cargo test -p prism-gateway --features pulsar --locked --test faults pulsar
+# The Pulsar case of the backend-fed tails (the others ran above).
+cargo test -p prism-gateway --features pulsar --locked --test tails pulsar
