@@ -25,6 +25,9 @@
 //!   so a tail delivers an event as a read returns it (merged, first
 //!   write wins); an event gone since (reclaimed) is skipped, and one
 //!   given a new item later is delivered again, as a read then has it.
+//!   The notifications already queued when one arrives are read back
+//!   with it, in one read of up to [`READ_BATCH`] events, so the feed
+//!   keeps up with concurrent writers.
 //! - **It never goes quiet silently.** The listening connection is polled
 //!   every [`PING`] (`SELECT 1`, bounded by the request timeout) besides
 //!   TCP keepalives: a connection that failed or closed ends the feed
@@ -59,6 +62,8 @@ const MAX_PAYLOAD: usize = 7999;
 pub(crate) const PING: Duration = Duration::from_secs(5);
 /// Notifications waiting between the connection and the feed.
 const IN_FLIGHT: usize = 64;
+/// Identities read back at once, from the notifications already queued.
+const READ_BATCH: usize = 1024;
 
 /// One event's identity as notified.
 pub(crate) type Identity = (String, i64, String);
@@ -144,24 +149,51 @@ pub(crate) async fn follow(
     // The transaction of the last notification and what it named: one
     // transaction's notifications come together, and may name an event
     // twice (its head and its items).
-    let state = Some((client, notes, t, (0_u64, HashSet::<Identity>::new())));
+    let state = Some((client, notes, t, (0_u64, HashSet::<Identity>::new()), None));
     Ok(futures_util::stream::unfold(state, move |state| async move {
-        let (client, mut notes, t, mut seen) = state?;
+        let (client, mut notes, t, mut seen, failed) = state?;
+        if let Some(e) = failed {
+            return Some((Err(e), None));
+        }
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING, PING);
         loop {
             tokio::select! {
                 note = notes.recv() => {
-                    let result = match note {
+                    let mut identities = match note {
                         Some(Ok(payload)) => match fresh(&payload, &mut seen) {
-                            Ok(identities) if identities.is_empty() => continue,
-                            Ok(identities) => events(&t, &identities, request_timeout).await,
-                            Err(e) => Err(e.into()),
+                            Ok(identities) => identities,
+                            Err(e) => return Some((Err(e.into()), None)),
                         },
-                        Some(Err(e)) => Err(lost(e)),
-                        None => Err(lost("closed")),
+                        Some(Err(e)) => return Some((Err(lost(e)), None)),
+                        None => return Some((Err(lost("closed")), None)),
                     };
-                    return match result {
-                        Ok(events) => Some((Ok(events), Some((client, notes, t, seen)))),
+                    // The notifications already queued are read back
+                    // with this one, in one read: one read per write
+                    // would fall behind concurrent writers.
+                    let mut failed = None;
+                    while identities.len() < READ_BATCH {
+                        match notes.try_recv() {
+                            Ok(Ok(payload)) => match fresh(&payload, &mut seen) {
+                                Ok(more) => identities.extend(more),
+                                Err(e) => {
+                                    failed = Some(e.into());
+                                    break;
+                                }
+                            },
+                            Ok(Err(e)) => {
+                                failed = Some(lost(e));
+                                break;
+                            }
+                            // Empty, or closed: the next `recv` says which.
+                            Err(_) => break,
+                        }
+                    }
+                    if identities.is_empty() && failed.is_none() {
+                        continue;
+                    }
+                    // What was read goes out before a failure met after it.
+                    return match events(&t, &identities, request_timeout).await {
+                        Ok(events) => Some((Ok(events), Some((client, notes, t, seen, failed)))),
                         Err(e) => Some((Err(e), None)),
                     };
                 }
