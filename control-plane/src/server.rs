@@ -183,12 +183,19 @@ fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
 pub const REFLECTION_SERVICES: [&str; 2] =
     ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
-/// Removes instances whose lease expired, every quarter lease, until
-/// shutdown.
-async fn sweep_leases(plane: ControlPlane, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Ticks every quarter lease, the first at once; a late tick delays the
+/// next ones rather than bunching them.
+fn every_quarter_lease(plane: &ControlPlane) -> tokio::time::Interval {
     let period = std::time::Duration::from_millis(plane.config().shard_lease_ttl_ms / 4);
     let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every
+}
+
+/// Removes instances whose lease expired, every quarter lease, until
+/// shutdown.
+async fn sweep_leases(plane: ControlPlane, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every = every_quarter_lease(&plane);
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -210,9 +217,7 @@ async fn sweep_leases(plane: ControlPlane, mut stop: tokio::sync::watch::Receive
 /// commit, or after another replica's change (`crate::registry`, "Bounded
 /// rebalances"); checked every quarter lease and when a commit wakes it.
 async fn settle_namespaces(plane: ControlPlane, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let period = std::time::Duration::from_millis(plane.config().shard_lease_ttl_ms / 4);
-    let mut every = tokio::time::interval(period);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = every_quarter_lease(&plane);
     loop {
         tokio::select! {
             _ = every.tick() => {}

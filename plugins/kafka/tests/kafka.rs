@@ -301,21 +301,6 @@ async fn an_unreachable_broker_degrades_the_namespace_without_naming_it() {
     assert!(!reason.contains(&port.to_string()), "the reason names the broker: {reason}");
 }
 
-/// Events from a feed until `n` arrived (or it failed or went quiet).
-async fn from_feed(feed: &mut prism_plugin_api::ts::Feed, n: usize) -> Vec<prism_plugin_api::ts::Event> {
-    use futures_util::StreamExt;
-    let mut got = Vec::new();
-    while got.len() < n {
-        let batch = tokio::time::timeout(Duration::from_secs(30), feed.next())
-            .await
-            .expect("the feed delivers within 30 s")
-            .expect("the feed goes on")
-            .expect("the feed does not fail");
-        got.extend(batch);
-    }
-    got
-}
-
 /// A feed follows the topic from its end: it sees, in order per series,
 /// what this plugin, another plugin (another gateway) and a bare producer
 /// (encoding as the plugin does) append after it started, each event
@@ -349,7 +334,7 @@ async fn a_feed_sees_every_producer_of_the_topic() {
         FutureRecord::to(&topic).key("s").payload(&payload).partition(prism_plugin_kafka::codec::partition("s", 2));
     producer.send(record, Timeout::After(Duration::from_secs(10))).await.expect("a direct produce");
 
-    let got = from_feed(&mut feed, 3).await;
+    let got = prism_plugin_api::conformance::support::from_feed(&mut feed, 3).await;
     assert_eq!(got, vec![here, there, direct]);
     // Deleting the topic stops the feed's reader first (a fetch in
     // flight on a deleted topic crashes librdkafka), feed dropped or not.

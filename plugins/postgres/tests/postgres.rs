@@ -907,21 +907,6 @@ async fn an_untrusted_server_certificate_is_refused() {
     }
 }
 
-/// The next `n` events of a feed (it must not fail or go quiet).
-async fn from_feed(feed: &mut prism_plugin_api::ts::Feed, n: usize) -> Vec<Event> {
-    use futures_util::StreamExt;
-    let mut got = Vec::new();
-    while got.len() < n {
-        let batch = tokio::time::timeout(Duration::from_secs(30), feed.next())
-            .await
-            .expect("the feed delivers within 30 s")
-            .expect("the feed goes on")
-            .expect("the feed does not fail");
-        got.extend(batch);
-    }
-    got
-}
-
 /// A feed listens from when it started: it gets, in commit order and as
 /// a read returns them, the events this plugin and another one (another
 /// gateway) write after that, and rows inserted by hand; a write of
@@ -947,13 +932,13 @@ async fn a_feed_sees_every_gateways_writes_and_ends_when_its_listener_dies() {
     other.write(std::slice::from_ref(&there)).await.expect("write through another plugin");
     // Nothing new: not delivered.
     c.write(std::slice::from_ref(&here)).await;
-    let got = from_feed(&mut feed, 2).await;
+    let got = prism_plugin_api::conformance::support::from_feed(&mut feed, 2).await;
     let read_here = event("s", t + 1, "here", &[("a", "1"), ("b", "2")], &[("site", "a")]);
     assert_eq!(got, vec![read_here, there]);
     // A new item of a stored event: the event as a read has it.
     c.write(&[event("s", t + 1, "here", &[("c", "3")], &[("site", "ignored")])]).await;
     let merged = event("s", t + 1, "here", &[("a", "1"), ("b", "2"), ("c", "3")], &[("site", "a")]);
-    assert_eq!(from_feed(&mut feed, 1).await, vec![merged]);
+    assert_eq!(prism_plugin_api::conformance::support::from_feed(&mut feed, 1).await, vec![merged]);
 
     // Rows another writer inserts by hand, head and items in one
     // transaction: the tables' triggers notify, once per event.
@@ -973,7 +958,10 @@ async fn a_feed_sees_every_gateways_writes_and_ends_when_its_listener_dies() {
         .await
         .expect("insert by hand");
     let by_hand = event("s", t + 3, "by-hand", &[("k", "v"), ("l", "w")], &[("site", "b")]);
-    assert_eq!(from_feed(&mut feed, 2).await, vec![by_hand, event("s", t + 4, "bare", &[], &[])]);
+    assert_eq!(
+        prism_plugin_api::conformance::support::from_feed(&mut feed, 2).await,
+        vec![by_hand, event("s", t + 4, "bare", &[], &[])]
+    );
 
     // Kill the listening connection: the feed says so.
     let killed = admin

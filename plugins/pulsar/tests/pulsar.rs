@@ -192,7 +192,6 @@ async fn a_write_of_many_events_is_acknowledged_whole() {
 /// publish after it started; nothing published before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_sees_every_producer_of_the_topic() {
-    use futures_util::StreamExt;
     use prism_plugin_pulsar::codec::{self, StoredEvent, record};
 
     let broker = PulsarBroker::start().expect("start pulsar-lite");
@@ -223,15 +222,7 @@ async fn a_feed_sees_every_producer_of_the_topic() {
     };
     producer.send_non_blocking(message).await.expect("send").await.expect("a direct publish");
 
-    let mut got = Vec::new();
-    while got.len() < 3 {
-        let batch = tokio::time::timeout(Duration::from_secs(30), feed.next())
-            .await
-            .expect("the feed delivers within 30 s")
-            .expect("the feed goes on")
-            .expect("the feed does not fail");
-        got.extend(batch);
-    }
+    let got = prism_plugin_api::conformance::support::from_feed(&mut feed, 3).await;
     let mut here_sorted = here;
     here_sorted.items.sort();
     assert_eq!(got, vec![here_sorted, there, direct]);

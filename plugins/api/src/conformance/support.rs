@@ -119,6 +119,22 @@ pub fn namespace_of(subject: &Subject, case: &str, abstraction: Abstraction) -> 
 
 /// `len` bytes that differ with `seed` and with position, so a misplaced
 /// chunk or byte shows.
+/// Events from a feed until `n` arrived; panics if it fails, ends or
+/// delivers nothing for 30 s.
+pub async fn from_feed(feed: &mut crate::ts::Feed, n: usize) -> Vec<Event> {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(30), feed.next())
+            .await
+            .expect("the feed delivers within 30 s")
+            .expect("the feed goes on")
+            .expect("the feed does not fail");
+        got.extend(batch);
+    }
+    got
+}
+
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i.wrapping_mul(31) ^ (i >> 11)).wrapping_add(usize::from(seed)) as u8).collect()
 }

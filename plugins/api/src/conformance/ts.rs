@@ -12,7 +12,7 @@ use prism_proto::control::Abstraction;
 use super::Subject;
 use super::support::{
     Case, DAY, HOUR, MIB, MINUTE, UNLIMITED, assert_gave_up, assert_not_provisioned, check_capabilities, check_paced,
-    cursor, event, event_bytes, newest_first, overdue, paced, pattern, ts_namespace,
+    cursor, event, event_bytes, from_feed, newest_first, overdue, paced, pattern, ts_namespace,
 };
 use crate::kv::PageLimits;
 use crate::ts::{Event, EventCursor, Query, TagFilter};
@@ -915,7 +915,6 @@ pub async fn unprovisioned_namespace_is_refused(subject: Subject) {
 /// compared sorted), in write order for one series, and nothing written
 /// before. One that does not refuses to follow.
 pub async fn a_feed_sees_what_is_written_after_it_started(subject: Subject) {
-    use futures_util::StreamExt;
     let c = Case::provision_ts(&subject, "a_feed_sees_what_is_written_after_it_started").await;
     let t = c.base - MINUTE;
     c.write(&[event("s", t, "before", &[("k", "v")], &[])]).await;
@@ -930,15 +929,7 @@ pub async fn a_feed_sees_what_is_written_after_it_started(subject: Subject) {
     let other = subject.plugin.time_series().expect("time series").open(&c.ns).expect("open again");
     let there = event("s", t + 2, "there", &[("k", "2")], &[]);
     other.write(std::slice::from_ref(&there)).await.expect("write through another opening");
-    let mut got: Vec<Event> = Vec::new();
-    while got.len() < 2 {
-        let batch = tokio::time::timeout(std::time::Duration::from_secs(30), feed.next())
-            .await
-            .expect("the feed delivers within 30 s")
-            .expect("the feed goes on")
-            .expect("the feed does not fail");
-        got.extend(batch);
-    }
+    let mut got = from_feed(&mut feed, 2).await;
     for e in &mut got {
         e.items.sort();
     }
