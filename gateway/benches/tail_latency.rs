@@ -29,7 +29,6 @@
 //! Without `--bench` (`cargo test --benches`) it runs once, briefly, as a
 //! smoke test. See `docs/benchmarks.md`, "Tail delivery across replicas".
 
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, ensure};
@@ -37,11 +36,10 @@ use hdrhistogram::Histogram;
 use prism_control_plane::ControlPlaneConfig;
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{
-    Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, KafkaConfig,
-    ListShardsRequest, NamespaceSpec, NamespaceStatus, Placement, PostgresConfig,
+    Abstraction, Backend, BackendConfig, KafkaConfig, NamespaceSpec, Placement, PostgresConfig,
 };
 use prism_proto::timeseries as ts;
-use prism_testkit::{ControlPlaneHandle, GatewayHandle, TEST_SECRET, admin_token, eventually};
+use prism_testkit::{ControlPlaneHandle, GatewayHandle, TEST_SECRET, admin_token};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
@@ -165,49 +163,24 @@ async fn write(c: &mut Client, i: usize) -> anyhow::Result<()> {
 }
 
 /// Two replicas of one shard serving [`NAMESPACE`] (pinned to it), ACTIVE
-/// and seen by both; set up as `gateway/tests/tails.rs` does.
+/// and seen by both, as `gateway/tests/tails.rs` sets them up.
 struct Replicas {
     _cp: ControlPlaneHandle,
     gateways: [GatewayHandle; 2],
     /// Which of `gateways` owns the namespace, when its backend has an
     /// owner (embedded).
     owner: Option<usize>,
-    _dirs: [tempfile::TempDir; 2],
-}
-
-async fn replica(cp: &str, data_dir: &Path) -> anyhow::Result<GatewayHandle> {
-    let dir = data_dir.to_owned();
-    GatewayHandle::start_with(cp, SHARD, move |c| c.data_dir = Some(dir)).await
 }
 
 async fn replicas(spec: NamespaceSpec) -> anyhow::Result<Replicas> {
     let mut config = ControlPlaneConfig::default();
     config.auth.hs256_secret = Some(TEST_SECRET.into());
     let cp = ControlPlaneHandle::start_with(config).await?;
-    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    let gateways = [replica(&cp.endpoint(), dirs[0].path()).await?, replica(&cp.endpoint(), dirs[1].path()).await?];
-    eventually(WAIT, || async {
-        let shards = cp.client().await?.list_shards(ListShardsRequest {}).await?.into_inner().shards;
-        let n = shards.iter().find(|s| s.shard_id == SHARD).map_or(0, |s| s.instances.len());
-        ensure!(n == 2, "{n} instances of {SHARD} registered");
-        Ok(())
-    })
-    .await?;
-    let mut admin = cp.client().await?;
-    admin.create_tenant(CreateTenantRequest { tenant_id: "bench".into(), ..Default::default() }).await?;
-    admin.create_namespace(CreateNamespaceRequest { name: NAMESPACE.into(), spec: Some(spec) }).await?;
-    let ns = eventually(WAIT, || async {
-        let ns = cp.client().await?.get_namespace(GetNamespaceRequest { name: NAMESPACE.into() }).await?.into_inner();
-        ensure!(ns.status == NamespaceStatus::Active as i32, "namespace is {:?}", NamespaceStatus::try_from(ns.status));
-        Ok(ns)
-    })
-    .await?;
-    for g in &gateways {
-        g.caught_up(ns.revision).await?;
-    }
+    let gateways = GatewayHandle::start_replicas(&cp, SHARD).await?;
+    let ns = cp.create_active(NAMESPACE, spec, &[&gateways[0], &gateways[1]]).await?;
     let owner =
         gateways.iter().position(|g| !ns.owner_store_id.is_empty() && *g.gateway.store_id == *ns.owner_store_id);
-    Ok(Replicas { _cp: cp, gateways, owner, _dirs: dirs })
+    Ok(Replicas { _cp: cp, gateways, owner })
 }
 
 /// One delivery: (tail's replica, event index, when it was received).

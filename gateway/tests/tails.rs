@@ -4,15 +4,14 @@
 //! backends (tansu, PostgreSQL).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, ensure};
 use prism_control_plane::ControlPlaneConfig;
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{
-    Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, DeleteNamespaceRequest,
-    GetNamespaceRequest, KafkaConfig, ListShardsRequest, NamespaceSpec, NamespaceStatus, Placement, PostgresConfig,
+    Abstraction, Backend, BackendConfig, DeleteNamespaceRequest, GetNamespaceRequest, KafkaConfig, NamespaceSpec,
+    NamespaceStatus, Placement, PostgresConfig,
 };
 use prism_proto::timeseries::{self as ts, tag_filter};
 use prism_testkit::{Cluster, ControlPlaneHandle, GatewayHandle, TEST_SECRET, admin_token, eventually};
@@ -94,12 +93,6 @@ fn ids(events: &[ts::Event]) -> Vec<&str> {
 struct Replicas {
     cp: ControlPlaneHandle,
     gateways: [GatewayHandle; 2],
-    _dirs: [tempfile::TempDir; 2],
-}
-
-async fn replica(cp: &str, data_dir: &Path) -> anyhow::Result<GatewayHandle> {
-    let dir = data_dir.to_owned();
-    GatewayHandle::start_with(cp, SHARD, move |c| c.data_dir = Some(dir)).await
 }
 
 /// Two replicas of one shard serving `name` (pinned to it), ACTIVE and
@@ -108,28 +101,9 @@ async fn replicas(name: &str, spec: NamespaceSpec) -> anyhow::Result<Replicas> {
     let mut config = ControlPlaneConfig::default();
     config.auth.hs256_secret = Some(TEST_SECRET.into());
     let cp = ControlPlaneHandle::start_with(config).await?;
-    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    let gateways = [replica(&cp.endpoint(), dirs[0].path()).await?, replica(&cp.endpoint(), dirs[1].path()).await?];
-    eventually(WAIT, || async {
-        let shards = cp.client().await?.list_shards(ListShardsRequest {}).await?.into_inner().shards;
-        let n = shards.iter().find(|s| s.shard_id == SHARD).map_or(0, |s| s.instances.len());
-        ensure!(n == 2, "{n} instances of {SHARD} registered");
-        Ok(())
-    })
-    .await?;
-    let mut admin = cp.client().await?;
-    admin.create_tenant(CreateTenantRequest { tenant_id: "acme".into(), ..Default::default() }).await?;
-    admin.create_namespace(CreateNamespaceRequest { name: name.into(), spec: Some(spec) }).await?;
-    let ns = eventually(WAIT, || async {
-        let ns = cp.client().await?.get_namespace(GetNamespaceRequest { name: name.into() }).await?.into_inner();
-        ensure!(ns.status == NamespaceStatus::Active as i32, "namespace is {:?}", NamespaceStatus::try_from(ns.status));
-        Ok(ns)
-    })
-    .await?;
-    for g in &gateways {
-        g.caught_up(ns.revision).await?;
-    }
-    Ok(Replicas { cp, gateways, _dirs: dirs })
+    let gateways = GatewayHandle::start_replicas(&cp, SHARD).await?;
+    cp.create_active(name, spec, &[&gateways[0], &gateways[1]]).await?;
+    Ok(Replicas { cp, gateways })
 }
 
 /// A tail opened on replica A gets, exactly once and in order, the

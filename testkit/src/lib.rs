@@ -141,6 +141,43 @@ impl ControlPlaneHandle {
         &self.data_dir
     }
 
+    /// Creates `name` with `spec` (and its tenant, if missing), waits
+    /// until it is ACTIVE and every one of `gateways` has caught up to
+    /// that revision, and returns it.
+    pub async fn create_active(
+        &self,
+        name: &str,
+        spec: prism_proto::control::NamespaceSpec,
+        gateways: &[&GatewayHandle],
+    ) -> anyhow::Result<prism_proto::control::Namespace> {
+        use prism_proto::control::{CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, NamespaceStatus};
+        let mut cp = self.client().await?;
+        let tenant = name.split_once('/').map_or(name, |(t, _)| t);
+        let created = cp.create_tenant(CreateTenantRequest { tenant_id: tenant.into(), ..Default::default() }).await;
+        if let Err(s) = created {
+            anyhow::ensure!(s.code() == tonic::Code::AlreadyExists, "create tenant: {s}");
+        }
+        cp.create_namespace(CreateNamespaceRequest { name: name.into(), spec: Some(spec) }).await?;
+        let ns = eventually(Duration::from_secs(20), || {
+            let mut cp = cp.clone();
+            async move {
+                let ns = cp.get_namespace(GetNamespaceRequest { name: name.into() }).await?.into_inner();
+                anyhow::ensure!(
+                    ns.status == NamespaceStatus::Active as i32,
+                    "namespace is {:?}: {}",
+                    NamespaceStatus::try_from(ns.status),
+                    ns.status_reason
+                );
+                Ok(ns)
+            }
+        })
+        .await?;
+        for g in gateways {
+            g.caught_up(ns.revision).await?;
+        }
+        Ok(ns)
+    }
+
     /// A gRPC client of this control plane, as the superuser when it
     /// checks tokens.
     pub async fn client(&self) -> anyhow::Result<ControlPlaneClient> {
@@ -281,6 +318,21 @@ impl GatewayHandle {
     /// Starts shard `shard_id` watching `control_plane`.
     pub async fn start(control_plane: &str, shard_id: &str) -> anyhow::Result<Self> {
         Self::start_with(control_plane, shard_id, |_| {}).await
+    }
+
+    /// Starts two instances (replicas) of shard `shard_id`, each with a
+    /// data directory of its own, and waits until both are registered.
+    pub async fn start_replicas(cp: &ControlPlaneHandle, shard_id: &str) -> anyhow::Result<[Self; 2]> {
+        let gateways = [Self::start(&cp.endpoint(), shard_id).await?, Self::start(&cp.endpoint(), shard_id).await?];
+        eventually(Duration::from_secs(20), || async {
+            let req = prism_proto::control::ListShardsRequest {};
+            let shards = cp.client().await?.list_shards(req).await?.into_inner().shards;
+            let n = shards.iter().find(|s| s.shard_id == shard_id).map_or(0, |s| s.instances.len());
+            anyhow::ensure!(n == 2, "{n} instances of {shard_id} registered");
+            Ok(())
+        })
+        .await?;
+        Ok(gateways)
     }
 
     /// As [`start`](Self::start), with `adjust` applied to the config.
@@ -471,28 +523,7 @@ impl Cluster {
         name: &str,
         spec: prism_proto::control::NamespaceSpec,
     ) -> anyhow::Result<&GatewayHandle> {
-        use prism_proto::control::{CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, NamespaceStatus};
-        let mut cp = self.control_plane.client().await?;
-        let tenant = name.split_once('/').map_or(name, |(t, _)| t);
-        let created = cp.create_tenant(CreateTenantRequest { tenant_id: tenant.into(), ..Default::default() }).await;
-        if let Err(s) = created {
-            anyhow::ensure!(s.code() == tonic::Code::AlreadyExists, "create tenant: {s}");
-        }
-        cp.create_namespace(CreateNamespaceRequest { name: name.into(), spec: Some(spec) }).await?;
-        let ns = eventually(Duration::from_secs(20), || {
-            let mut cp = cp.clone();
-            async move {
-                let ns = cp.get_namespace(GetNamespaceRequest { name: name.into() }).await?.into_inner();
-                anyhow::ensure!(
-                    ns.status == NamespaceStatus::Active as i32,
-                    "namespace is {:?}: {}",
-                    NamespaceStatus::try_from(ns.status),
-                    ns.status_reason
-                );
-                Ok(ns)
-            }
-        })
-        .await?;
+        let ns = self.control_plane.create_active(name, spec, &[]).await?;
         let gateway = self.gateway(&ns.shard_id).context("owning gateway")?;
         gateway.caught_up(ns.revision).await?;
         Ok(gateway)
