@@ -21,17 +21,18 @@ pub(crate) fn timestamp(us: Micros) -> prost_types::Timestamp {
 /// reserved tag [`prism_schema::VERSION_TAG`]: tags round-trip on every
 /// backend (the conformance suite checks it), so reads find the version an
 /// event was written under whatever stored it.
-pub(crate) fn to_plugin(e: &ts::Event, schema_version: Option<u32>) -> pts::Event {
-    let mut tags: Vec<(String, String)> = e.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+pub(crate) fn to_plugin(e: &ts::Event, schema_version: Option<&str>) -> pts::Event {
+    let mut tags: std::collections::BTreeMap<String, String> =
+        e.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     if let Some(version) = schema_version {
-        tags.push((prism_schema::VERSION_TAG.to_owned(), version.to_string()));
+        tags.insert(prism_schema::VERSION_TAG.to_owned(), version.to_owned());
     }
     pts::Event {
         time_series_id: e.time_series_id.clone(),
         event_time: e.event_time.as_ref().map_or(0, micros),
         event_id: e.event_id.clone(),
         items: e.items.iter().map(|i| (i.key.clone(), i.value.clone())).collect(),
-        tags: tags.into_iter().collect(),
+        tags,
     }
 }
 

@@ -26,8 +26,9 @@ pub const DEFAULT_ACCEPT_LIMIT_MICROS: i64 = 3_600_000_000;
 
 /// Validates every event of a write against the namespace's latest
 /// schema, before anything is stored; answers the version they are
-/// written under (`None`: the namespace has no schema).
-fn check_schema(entry: &NamespaceEntry, events: &[ts::Event]) -> Result<Option<u32>> {
+/// written under, as its tag holds it (`None`: the namespace has no
+/// schema).
+fn check_schema(entry: &NamespaceEntry, events: &[ts::Event]) -> Result<Option<String>> {
     let Some(slot) = &entry.schema else {
         return Ok(None);
     };
@@ -35,7 +36,7 @@ fn check_schema(entry: &NamespaceEntry, events: &[ts::Event]) -> Result<Option<u
     for (i, e) in events.iter().enumerate() {
         compiled.check_event(i, e).map_err(|v| GatewayError::invalid(v.field, v.description))?;
     }
-    Ok(Some(slot.version))
+    Ok(Some(slot.version.to_string()))
 }
 
 /// A validated proto filter as the plugins' filter.
@@ -120,7 +121,7 @@ pub async fn execute(
             let plugin = entry.time_series(&ops.plugins)?;
             accept_window(entry, &r.events, now)?;
             let version = check_schema(entry, &r.events)?;
-            let events: Vec<_> = r.events.iter().map(|e| to_plugin(e, version)).collect();
+            let events: Vec<_> = r.events.iter().map(|e| to_plugin(e, version.as_deref())).collect();
             let events = &events;
             observed(&ops.metrics, entry, Op::Write, |span| {
                 let context = write_context(span, caller);
@@ -143,7 +144,7 @@ pub async fn execute(
             }
             accept_window(entry, &r.events, now)?;
             let version = check_schema(entry, &r.events)?;
-            let events: Vec<_> = r.events.iter().map(|e| to_plugin(e, version)).collect();
+            let events: Vec<_> = r.events.iter().map(|e| to_plugin(e, version.as_deref())).collect();
             let n = events.len() as u32;
             let published = ops.tails.watched(entry, plugin).then(|| events.iter().cloned().map(to_proto).collect());
             // Written later, outside this request: the events keep its
