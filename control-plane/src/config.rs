@@ -40,6 +40,10 @@ pub struct ControlPlaneConfig {
     /// Deltas buffered for each watcher; a watcher further behind is cut
     /// off and resumes from its revision. Default: 1024. Range 1..=1 000 000.
     pub watch_buffer: usize,
+    /// Encoded bytes of the deltas kept for watchers: a watcher further
+    /// behind than this is cut off too, whatever the count, so a slow
+    /// watcher never holds more. Default: 32 MiB. Range 1 MiB..=4 GiB.
+    pub watch_buffer_bytes: usize,
     /// Revisions kept in the change log, so a reconnecting watcher can
     /// resume without a full snapshot. Default: 100 000. At least 1.
     pub change_log_retention: u64,
@@ -82,6 +86,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("shard_endpoints", &self.shard_endpoints)
             .field("shard_lease_ttl_ms", &self.shard_lease_ttl_ms)
             .field("watch_buffer", &self.watch_buffer)
+            .field("watch_buffer_bytes", &self.watch_buffer_bytes)
             .field("change_log_retention", &self.change_log_retention)
             .field("max_commit_group", &self.max_commit_group)
             .field("store_cache_bytes", &self.store_cache_bytes)
@@ -113,6 +118,7 @@ impl Default for ControlPlaneConfig {
             shard_endpoints: BTreeMap::new(),
             shard_lease_ttl_ms: 10_000,
             watch_buffer: 1024,
+            watch_buffer_bytes: crate::store::bus::DEFAULT_BYTES,
             change_log_retention: 100_000,
             max_commit_group: crate::store::group::DEFAULT_MAX_GROUP,
             store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
@@ -172,6 +178,12 @@ impl ControlPlaneConfig {
         }
         if !(1..=1_000_000).contains(&self.watch_buffer) {
             return Err(bad("watch_buffer", format!("{} is outside 1..=1000000", self.watch_buffer)));
+        }
+        if !((1 << 20)..=(4 << 30)).contains(&self.watch_buffer_bytes) {
+            return Err(bad(
+                "watch_buffer_bytes",
+                format!("{} is outside 1048576..=4294967296 (1 MiB to 4 GiB)", self.watch_buffer_bytes),
+            ));
         }
         if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.validate() {
             return Err(bad(&format!("auth.{field}"), description));
@@ -252,6 +264,8 @@ mod tests {
         assert!(e.to_string().contains("metrics_listen"), "{e}");
         let e = ControlPlaneConfig::from_toml("watch_buffer = 0").expect_err("zero");
         assert!(e.to_string().contains("watch_buffer"), "{e}");
+        let e = ControlPlaneConfig::from_toml("watch_buffer_bytes = 1000").expect_err("too small");
+        assert!(e.to_string().contains("watch_buffer_bytes"), "{e}");
         let e = ControlPlaneConfig::from_toml("insecure_no_auth = true\nmax_commit_group = 0").expect_err("zero");
         assert!(e.to_string().contains("max_commit_group"), "{e}");
         let e = ControlPlaneConfig::from_toml("insecure_no_auth = true\nstore_cache_bytes = 4096").expect_err("small");

@@ -29,9 +29,10 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::error::Result;
+use crate::store::bus::Recv;
 use crate::store::{AuditFilter, Changes, Committed, SnapshotPart, Store, Txn};
 
 const CODES: usize = prism_telemetry::GRPC_CODES.len();
@@ -209,10 +210,10 @@ pub async fn follow(
         loop {
             tokio::select! {
                 delta = deltas.recv() => match delta {
-                    Ok(delta) => metrics.applied(&delta),
+                    Recv::Delta(delta) => metrics.applied(&delta),
                     // Fell behind: read the state again.
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Recv::Lagged => break,
+                    Recv::Closed => return,
                 },
                 _ = stop.wait_for(|s| *s) => return,
             }
@@ -292,7 +293,7 @@ impl Store for ObservedStore {
         self.counted("list_audit", self.inner.list_audit(filter, limit).await)
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Delta>> {
+    fn subscribe(&self) -> crate::store::bus::Receiver {
         self.inner.subscribe()
     }
 }

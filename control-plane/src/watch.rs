@@ -16,16 +16,19 @@
 //! So a watcher that resumes from revision *r* receives exactly the deltas
 //! after *r* (or a snapshot when the log no longer reaches back): nothing
 //! missed, nothing twice. "A whole buffer" is `watch_buffer` deltas
-//! (default 1 024); the refusal's `ErrorInfo` reason is `WATCH_LAGGED`.
+//! (default 1 024) or `watch_buffer_bytes` of them (default 32 MiB),
+//! whichever is reached first ([`crate::store::bus`]); the refusal's
+//! `ErrorInfo` reason is `WATCH_LAGGED`.
 
 use std::sync::Arc;
 
 use prism_proto::control::{Delta, Namespace, SnapshotChunk, Tenant, WatchResponse, watch_response};
 use prost::Message;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ControlPlaneError, Result};
+use crate::store::bus::Recv;
 use crate::store::{Changes, SnapshotPart, Store};
 
 /// Most objects per snapshot message.
@@ -95,11 +98,9 @@ async fn run(store: Arc<dyn Store>, from_revision: u64, tx: &mpsc::Sender<Result
     };
     loop {
         let delta = match live.recv().await {
-            Ok(delta) => delta,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                return Err(ControlPlaneError::WatchLagged { resume_from: last });
-            }
-            Err(broadcast::error::RecvError::Closed) => return Err(ControlPlaneError::ShuttingDown),
+            Recv::Delta(delta) => delta,
+            Recv::Lagged => return Err(ControlPlaneError::WatchLagged { resume_from: last }),
+            Recv::Closed => return Err(ControlPlaneError::ShuttingDown),
         };
         if delta.revision <= last {
             continue; // already sent from the snapshot or the log

@@ -353,7 +353,24 @@ async fn reconnecting_watchers_see_every_change_once_in_order() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_is_cut_off_without_blocking_writers_and_resumes() -> anyhow::Result<()> {
-    let (_cp, mut c) = start_with(ControlPlaneConfig { watch_buffer: 8, ..Default::default() }).await?;
+    slow_watcher_is_cut_off(ControlPlaneConfig { watch_buffer: 8, ..Default::default() }).await
+}
+
+/// The same, bounded by bytes alone: a million deltas may be kept, but
+/// only 1 MiB of them (about 20 of these), so a watcher of large deltas
+/// cannot hold the control plane's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_of_large_deltas_is_cut_off_by_the_byte_bound() -> anyhow::Result<()> {
+    slow_watcher_is_cut_off(ControlPlaneConfig {
+        watch_buffer: 1_000_000,
+        watch_buffer_bytes: 1 << 20,
+        ..Default::default()
+    })
+    .await
+}
+
+async fn slow_watcher_is_cut_off(config: ControlPlaneConfig) -> anyhow::Result<()> {
+    let (_cp, mut c) = start_with(config).await?;
     create_tenant(&mut c, "acme").await?;
     // Big deltas (~50 KiB each: every change carries the whole namespace)
     // so that the transport's buffers (HTTP/2 windows, socket buffers) fill

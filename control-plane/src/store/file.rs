@@ -35,8 +35,9 @@ use async_trait::async_trait;
 use prism_proto::control::{AuditEvent, Change, Delta, Namespace, Shard, Tenant, change};
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
+use super::bus;
 use super::group::{self, Failure, Groups, Queue, Write};
 use super::{AuditFilter, Changes, Committed, Condition, Options, Put, SNAPSHOT_PART, SnapshotPart, Store, Txn};
 use crate::error::{ControlPlaneError, Result};
@@ -70,7 +71,7 @@ pub struct FileStore {
 
 struct Inner {
     db: Database,
-    deltas: broadcast::Sender<Arc<Delta>>,
+    deltas: bus::Bus,
     retention: u64,
 }
 
@@ -110,7 +111,7 @@ impl FileStore {
             }
         }
         w.commit().map_err(storage)?;
-        let (deltas, _) = broadcast::channel(options.watch_buffer.max(1));
+        let deltas = bus::Bus::new(options.watch_buffer, options.watch_buffer_bytes);
         let inner = Arc::new(Inner { db, deltas, retention: options.retention.max(1) });
         let (writes, groups) = group::queue(options.max_commit_group);
         let committer = inner.clone();
@@ -307,7 +308,7 @@ impl Inner {
         for outcome in &committed {
             if let Committed::Ok(delta) = outcome {
                 // No subscriber is not an error: watchers come and go.
-                let _ = self.deltas.send(delta.clone());
+                self.deltas.send(delta.clone());
             }
         }
         Ok(committed)
@@ -558,7 +559,7 @@ impl Store for FileStore {
         self.blocking(move |s| s.list_audit(&filter, limit)).await
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Delta>> {
+    fn subscribe(&self) -> bus::Receiver {
         self.inner.deltas.subscribe()
     }
 }

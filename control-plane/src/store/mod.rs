@@ -20,6 +20,7 @@
 //! namespaces each tenant has, updated by every namespace put, so a quota
 //! check is one read and one [`Condition::NamespaceRoom`], not a listing.
 
+pub mod bus;
 pub mod file;
 pub mod group;
 pub mod postgres;
@@ -28,15 +29,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_proto::control::{AuditEvent, Delta, Namespace, Shard, Tenant};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::error::Result;
 
 /// How a store is opened (every store takes the same).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    /// Deltas buffered per subscriber.
+    /// Deltas kept for subscribers ([`bus`]).
     pub watch_buffer: usize,
+    /// Encoded bytes of deltas kept for subscribers ([`bus`]).
+    pub watch_buffer_bytes: usize,
     /// Revisions the change log keeps.
     pub retention: u64,
     /// Most writes committed together ([`group`]); 1 commits each alone.
@@ -53,6 +56,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             watch_buffer: 1024,
+            watch_buffer_bytes: bus::DEFAULT_BYTES,
             retention: 100_000,
             max_commit_group: group::DEFAULT_MAX_GROUP,
             cache_bytes: DEFAULT_CACHE_BYTES,
@@ -64,6 +68,7 @@ impl Options {
     pub fn from_config(config: &crate::ControlPlaneConfig) -> Self {
         Self {
             watch_buffer: config.watch_buffer,
+            watch_buffer_bytes: config.watch_buffer_bytes,
             retention: config.change_log_retention,
             max_commit_group: config.max_commit_group,
             cache_bytes: config.store_cache_bytes,
@@ -244,6 +249,6 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit(&self, filter: AuditFilter, limit: usize) -> Result<Vec<AuditEvent>>;
     /// Every committed delta, in revision order, from the moment of the
     /// call. A subscriber that falls more than the buffer behind receives
-    /// `Lagged` and must catch up from the change log.
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Delta>>;
+    /// [`bus::Recv::Lagged`] and must catch up from the change log.
+    fn subscribe(&self) -> bus::Receiver;
 }

@@ -57,11 +57,12 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use prism_proto::control::{AuditEvent, Change, Delta, Namespace, Shard, Tenant, change};
 use prost::Message;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
 
+use super::bus;
 use super::group::{self, Failure, Groups, Queue, Write};
 use super::{AuditFilter, Changes, Committed, Condition, Options, Put, SNAPSHOT_PART, SnapshotPart, Store, Txn};
 use crate::error::{ControlPlaneError, Result};
@@ -94,7 +95,7 @@ pub struct PgStore {
 struct Inner {
     pool: Pool,
     tables: Tables,
-    deltas: broadcast::Sender<Arc<Delta>>,
+    deltas: Arc<bus::Bus>,
     broadcaster: JoinHandle<()>,
     /// To the committer task, which stops when this is dropped.
     writes: Queue,
@@ -307,7 +308,7 @@ impl PgStore {
             t.commit().await.map_err(db)?;
             from_db(row.get(0))?
         };
-        let (deltas, _) = broadcast::channel(options.watch_buffer.max(1));
+        let deltas = Arc::new(bus::Bus::new(options.watch_buffer, options.watch_buffer_bytes));
         let wake = Arc::new(Notify::new());
         let broadcaster =
             Broadcaster { config, tables: tables.clone(), deltas: deltas.clone(), wake: wake.clone(), last: revision };
@@ -329,7 +330,7 @@ impl PgStore {
 struct Broadcaster {
     config: tokio_postgres::Config,
     tables: Tables,
-    deltas: broadcast::Sender<Arc<Delta>>,
+    deltas: Arc<bus::Bus>,
     wake: Arc<Notify>,
     /// The last revision sent (or known to every subscriber: the revision
     /// when the store was opened).
@@ -406,7 +407,7 @@ impl Broadcaster {
                 }
                 let delta = decode_delta(row.get(1))?;
                 // No subscriber is not an error: watchers come and go.
-                let _ = self.deltas.send(Arc::new(delta));
+                self.deltas.send(Arc::new(delta));
                 self.last = revision;
             }
             if gap || rows.is_empty() {
@@ -980,7 +981,7 @@ impl Store for PgStore {
             .collect()
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Delta>> {
+    fn subscribe(&self) -> bus::Receiver {
         self.inner.deltas.subscribe()
     }
 }
