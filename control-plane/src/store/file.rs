@@ -122,6 +122,16 @@ impl FileStore {
         Ok(Self { inner, writes })
     }
 
+    /// Runs a point read (one key, or the small shard map) on the calling
+    /// task. redb's reads never wait for the writer (MVCC), and one key is
+    /// a few page reads, most from redb's cache: handing such a read to the
+    /// blocking pool cost more than the read (two thread handoffs; the
+    /// four reads of a namespace create were most of its futex calls).
+    /// Scans and snapshots still go to the pool ([`Self::blocking`]).
+    fn point<T>(&self, f: impl FnOnce(&Inner) -> Result<T>) -> Result<T> {
+        f(&self.inner)
+    }
+
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner)).await?
@@ -478,31 +488,26 @@ fn list_shards(r: &redb::ReadTransaction) -> Result<Vec<Shard>> {
 #[async_trait]
 impl Store for FileStore {
     async fn revision(&self) -> Result<u64> {
-        self.blocking(|s| {
+        self.point(|s| {
             let r = s.db.begin_read().map_err(storage)?;
             meta_get(&r.open_table(META).map_err(storage)?, REVISION)
         })
-        .await
     }
 
     async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>> {
-        let id = id.to_owned();
-        self.blocking(move |s| {
+        self.point(|s| {
             let r = s.db.begin_read().map_err(storage)?;
             let table = r.open_table(TENANTS).map_err(storage)?;
-            table.get(id.as_str()).map_err(storage)?.map(|v| decode_tenant(v.value())).transpose()
+            table.get(id).map_err(storage)?.map(|v| decode_tenant(v.value())).transpose()
         })
-        .await
     }
 
     async fn get_namespace(&self, name: &str) -> Result<Option<Namespace>> {
-        let name = name.to_owned();
-        self.blocking(move |s| {
+        self.point(|s| {
             let r = s.db.begin_read().map_err(storage)?;
             let table = r.open_table(NAMESPACES).map_err(storage)?;
-            table.get(name.as_str()).map_err(storage)?.map(|v| decode_namespace(v.value())).transpose()
+            table.get(name).map_err(storage)?.map(|v| decode_namespace(v.value())).transpose()
         })
-        .await
     }
 
     async fn list_tenants(&self, after: &str, limit: usize) -> Result<Vec<Tenant>> {
@@ -526,17 +531,15 @@ impl Store for FileStore {
     }
 
     async fn list_shards(&self) -> Result<Vec<Shard>> {
-        self.blocking(|s| list_shards(&s.db.begin_read().map_err(storage)?)).await
+        self.point(|s| list_shards(&s.db.begin_read().map_err(storage)?))
     }
 
     async fn live_namespaces(&self, tenant: &str) -> Result<u64> {
-        let tenant = tenant.to_owned();
-        self.blocking(move |s| {
+        self.point(|s| {
             let r = s.db.begin_read().map_err(storage)?;
             let table = r.open_table(LIVE_NAMESPACES).map_err(storage)?;
-            Ok(table.get(tenant.as_str()).map_err(storage)?.map_or(0, |v| v.value()))
+            Ok(table.get(tenant).map_err(storage)?.map_or(0, |v| v.value()))
         })
-        .await
     }
 
     async fn commit(&self, txn: Txn) -> Result<Committed> {
