@@ -607,8 +607,10 @@ async fn usage_page(c: &Console, headers: &HeaderMap, raw: RawParams) -> Result<
                     tr {
                         td { a href=(format!("/console/usage?tenant={id}")) { (id) } }
                         td { (amount("requests", *rps)) }
-                        td { (top.as_ref().map(|q| q.quota.clone()).unwrap_or_default()) }
-                        td { @if let Some(q) = top { (meter(q.utilization_percent)) } }
+                        @match top {
+                            Some(q) => { td { (q.quota) } td { (meter(q.utilization_percent)) } }
+                            None => { td.muted { "no limit set" } td {} }
+                        }
                     }
                 }
             }
