@@ -98,6 +98,20 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
     apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# Chromium and its WebDriver (Debian's chromium-driver) for the operator
+# console's browser test (control-plane/tests/console.rs), which drives a
+# headless chromium against a test cluster. As root only, like the others.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "Chromium is missing: run 'apt-get update && apt-get install -y chromium chromium-driver' as root" >&2
+        exit 1
+    fi
+    echo "== installing chromium and chromium-driver"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+
 echo "== format"
 cargo fmt --all --check
 echo "== lints"

@@ -44,6 +44,9 @@ pub struct ControlPlaneArgs {
     /// Address (ip:port) to serve /metrics, /healthz and /readyz on (overrides the file)
     #[arg(long, value_name = "ADDR", env = "PRISM_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Address (ip:port) to serve the operator console on (overrides the file; default: on the metrics listener)
+    #[arg(long, value_name = "ADDR", env = "PRISM_CONSOLE_LISTEN")]
+    pub console_listen: Option<String>,
     /// Serve without any key: every caller may do everything (INSECURE; tests and experiments only)
     #[arg(long)]
     pub insecure_no_auth: bool,
@@ -138,6 +141,9 @@ impl ControlPlaneArgs {
         if let Some(addr) = &self.metrics_listen {
             config.metrics_listen = Some(addr.clone());
         }
+        if let Some(addr) = &self.console_listen {
+            config.console_listen = Some(addr.clone());
+        }
         config.insecure_no_auth |= self.insecure_no_auth;
         config.tls = self.tls.apply(config.tls.take())?;
         self.secret.apply(&mut config.auth);
@@ -154,6 +160,17 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("listener address")?;
     let metrics = bind_metrics(config.metrics_listen.as_deref()).await?;
+    let console = match config.console_listen.as_deref().filter(|_| config.console) {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (console_listen)"))?)
+        }
+        None => None,
+    };
+    let console_at = match (&console, &metrics) {
+        _ if !config.console => None,
+        (Some(l), _) | (None, Some(l)) => l.local_addr().ok(),
+        (None, None) => None,
+    };
     // Read before saying where it serves: a bad file stops it here.
     let tls = server::load_tls(&config).map_err(|e| usage(e.to_string()))?;
     let plane = if config.store.is_some() {
@@ -165,8 +182,12 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open the metadata store in {}", data_dir.display()))?
     };
     let scheme = if tls.is_some() { "https://" } else { "" };
-    crate::output::print(&format!("control plane serving on {scheme}{addr}\n{}", metrics_line(metrics.as_ref())))?;
-    server::serve_with(plane, listener, tls, metrics, shutdown_signal()).await?;
+    let console_line = console_at.map(|a| format!("console on {}\n", console_url(a))).unwrap_or_default();
+    crate::output::print(&format!(
+        "control plane serving on {scheme}{addr}\n{}{console_line}",
+        metrics_line(metrics.as_ref())
+    ))?;
+    server::serve_all(plane, listener, tls, server::HttpListeners { metrics, console }, shutdown_signal()).await?;
     tracing::info!("control plane stopped");
     Ok(())
 }
@@ -294,6 +315,11 @@ async fn bind_metrics(addr: Option<&str>) -> anyhow::Result<Option<TcpListener>>
     let listener =
         TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
     Ok(Some(listener))
+}
+
+/// Where the console of a control plane whose console is on `addr` is.
+fn console_url(addr: SocketAddr) -> String {
+    format!("http://{addr}{}/", prism_control_plane::console::PREFIX)
 }
 
 /// "metrics on …" for a server's start-up lines.
@@ -435,6 +461,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             "  metrics          http://{cp}/metrics (control plane), http://{s0}/metrics (shard-0), \
              http://{s1}/metrics (shard-1); /healthz and /readyz on each"
         ));
+        lines.push(format!("  console          {} (sign in with the PRISM_TOKEN below)", console_url(cp)));
     }
     let endpoint = if cp_addr.to_string() == DEFAULT_LISTEN {
         String::new()
@@ -483,6 +510,7 @@ mod tests {
             shards: Vec::new(),
             store: None,
             metrics_listen: None,
+            console_listen: None,
             insecure_no_auth: true,
             tls: ServerTlsArgs::default(),
             secret: AuthSecretArgs::default(),

@@ -111,6 +111,19 @@ impl ControlPlane {
         Err(ControlPlaneError::PermissionDenied(message))
     }
 
+    /// Whether `caller` has `need`, by the same rule as [`authorize`]
+    /// but without auditing a refusal: for the console, which asks before
+    /// offering a part of a page (a namespace's usage, its status history)
+    /// rather than on a caller's request.
+    ///
+    /// [`authorize`]: Self::authorize
+    pub async fn permits(&self, caller: &Caller, need: Need<'_>) -> Result<bool> {
+        match caller.principal() {
+            None => Ok(true),
+            Some(who) => Ok(self::caller(who).is_superuser() || self.allows(who, need).await?),
+        }
+    }
+
     async fn allows(&self, who: &Principal, need: Need<'_>) -> Result<bool> {
         let is_shard = caller(who).is_shard();
         Ok(match need {

@@ -65,6 +65,15 @@ pub struct ControlPlaneConfig {
     /// `ip:port` of the metrics listener: `/metrics` (Prometheus text
     /// format), `/healthz`, `/readyz`. Default: none.
     pub metrics_listen: Option<String>,
+    /// Serve the operator console (read-only HTML pages under
+    /// `/console/`, signed in with the API's bearer tokens; see
+    /// `docs/console.md`): on `console_listen` when set, else on the
+    /// metrics listener. Default true.
+    pub console: bool,
+    /// `ip:port` of a listener of the console's own (plain HTTP), so the
+    /// pages need not share the metrics port. Default: none (the console
+    /// is on the metrics listener, when there is one).
+    pub console_listen: Option<String>,
     /// Serve without any key: every caller, token or not, is an unchecked
     /// `anonymous` that may do everything (tests, local experiments;
     /// warned at startup). Default false. Ignored when a key is configured.
@@ -98,6 +107,8 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("auth.audience", &self.auth.audience)
             .field("auth.allow_anonymous", &self.auth.allow_anonymous)
             .field("metrics_listen", &self.metrics_listen)
+            .field("console", &self.console)
+            .field("console_listen", &self.console_listen)
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("tls", &self.tls)
             .finish()
@@ -124,6 +135,8 @@ impl Default for ControlPlaneConfig {
             store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             auth: prism_auth::AuthConfig::default(),
             metrics_listen: None,
+            console: true,
+            console_listen: None,
             insecure_no_auth: false,
             tls: None,
         }
@@ -216,6 +229,9 @@ impl ControlPlaneConfig {
         if let Some(addr) = &self.metrics_listen {
             prism_telemetry::http::parse_listen(addr).map_err(|d| bad("metrics_listen", d))?;
         }
+        if let Some(addr) = &self.console_listen {
+            prism_telemetry::http::parse_listen(addr).map_err(|d| bad("console_listen", d))?;
+        }
         Ok(())
     }
 }
@@ -262,6 +278,9 @@ mod tests {
         let e = ControlPlaneConfig::from_toml("insecure_no_auth = true\nmetrics_listen = \"localhost\"")
             .expect_err("no port");
         assert!(e.to_string().contains("metrics_listen"), "{e}");
+        let e =
+            ControlPlaneConfig::from_toml("insecure_no_auth = true\nconsole_listen = \"nope\"").expect_err("no port");
+        assert!(e.to_string().contains("console_listen"), "{e}");
         let e = ControlPlaneConfig::from_toml("watch_buffer = 0").expect_err("zero");
         assert!(e.to_string().contains("watch_buffer"), "{e}");
         let e = ControlPlaneConfig::from_toml("watch_buffer_bytes = 1000").expect_err("too small");

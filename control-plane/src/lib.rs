@@ -12,10 +12,13 @@
 //! - [`watch`]: snapshot + ordered deltas.
 //! - [`service`] / [`server`]: the gRPC edge.
 //! - [`metrics`]: what `/metrics` shows.
+//! - [`console`]: the operator console (read-only HTML, through the same
+//!   service and authorization as the API).
 
 pub mod assign;
 pub mod authz;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod metrics;
 pub mod page_token;

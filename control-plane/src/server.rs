@@ -8,7 +8,8 @@
 //! settler (namespaces a rebalance left for later commits), serves
 //! TLS when `tls` is configured ([`load_tls`] reads the files before
 //! anything is served) and, given a metrics listener, `/metrics`,
-//! `/healthz` and `/readyz`. [`open`] reads secret files
+//! `/healthz` and `/readyz`, with the console ([`crate::console`]) there
+//! or on a listener of its own ([`HttpListeners`]). [`open`] reads secret files
 //! (`auth.hs256_secret_file`) and blanks passwords that namespaces stored
 //! by older versions still hold in their DSN
 //! ([`ControlPlane::redact_stored_passwords`](crate::plane::ControlPlane::redact_stored_passwords));
@@ -90,6 +91,28 @@ pub async fn serve_with(
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    serve_all(plane, listener, tls, HttpListeners { metrics, console: None }, shutdown).await
+}
+
+/// The HTTP listeners beside the gRPC port, bound by the caller.
+#[derive(Debug, Default)]
+pub struct HttpListeners {
+    /// `/metrics`, `/healthz`, `/readyz`, and the console unless it has
+    /// its own listener (or is switched off: `console = false`).
+    pub metrics: Option<TcpListener>,
+    /// The console's own listener (`console_listen`).
+    pub console: Option<TcpListener>,
+}
+
+/// As [`serve_with`], with the console on `http.console` when given.
+pub async fn serve_all(
+    plane: ControlPlane,
+    listener: TcpListener,
+    tls: Option<prism_tls::ServerTls>,
+    http: HttpListeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let HttpListeners { metrics, console } = http;
     if !plane.config().auth.verifies_tokens() {
         tracing::warn!(
             "insecure_no_auth: no auth.hs256_secret, auth.jwks_file or auth.jwks_url is configured, every \
@@ -105,15 +128,38 @@ pub async fn serve_with(
         tokio::spawn(crate::metrics::follow(plane.store().clone(), plane.metrics().clone(), watchers_stop.clone()));
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    // The console reads through the very service the gRPC port serves.
+    let service = Service::new(plane.clone(), watchers_stop.clone());
+    let console_routes = plane.config().console.then(|| crate::console::router(service.clone()));
+    let (console_routes, console_server) = match (console_routes, console) {
+        (Some(routes), Some(console_listener)) => {
+            tracing::info!(addr = ?console_listener.local_addr().ok(), "control plane console serving");
+            let mut until = metrics_stopped.clone();
+            let server = tokio::spawn(async move {
+                axum::serve(console_listener, routes)
+                    .with_graceful_shutdown(async move {
+                        let _ = until.wait_for(|s| *s).await;
+                    })
+                    .await
+            });
+            (None, Some(server))
+        }
+        (routes, _) => (routes, None),
+    };
     let metrics_server = metrics.map(|metrics_listener| {
-        tracing::info!(addr = ?metrics_listener.local_addr().ok(), "control plane metrics serving");
+        tracing::info!(
+            addr = ?metrics_listener.local_addr().ok(),
+            console = console_routes.is_some(),
+            "control plane metrics serving"
+        );
         let registry = Arc::new(crate::metrics::registry(plane.metrics()));
         let ready = ready.clone();
         let mut until = metrics_stopped;
-        tokio::spawn(prism_telemetry::http::serve(
+        tokio::spawn(prism_telemetry::http::serve_with_routes(
             metrics_listener,
             registry,
             Arc::new(move || ready.load(std::sync::atomic::Ordering::Relaxed)),
+            console_routes.unwrap_or_default(),
             async move {
                 let _ = until.wait_for(|s| *s).await;
             },
@@ -128,7 +174,7 @@ pub async fn serve_with(
         let _ = stop_watchers.send(true);
     };
     let rpc_metrics = crate::metrics::RpcMetricsLayer::new(plane.metrics().clone());
-    let service = ControlPlaneServiceServer::new(Service::new(plane, watchers_stop))
+    let service = ControlPlaneServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Reflection (v1, and v1alpha for the tools that still ask it first)
@@ -163,10 +209,11 @@ pub async fn serve_with(
     let _ = settler.await;
     let _ = follower.await;
     let _ = metrics_stop.send(true);
-    if let Some(server) = metrics_server {
+    for (what, server) in [("metrics", metrics_server), ("console", console_server)] {
+        let Some(server) = server else { continue };
         match server.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener failed"),
-            Err(e) => tracing::warn!(error = %e, "the metrics listener task failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, listener = what, "an HTTP listener failed"),
+            Err(e) => tracing::warn!(error = %e, listener = what, "an HTTP listener task failed"),
             Ok(Ok(())) => {}
         }
     }

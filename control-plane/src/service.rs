@@ -83,6 +83,21 @@ impl Service {
         }
     }
 
+    /// Who presents `req`'s credentials: the same verification every RPC
+    /// makes (the console asks it before it offers parts of a page).
+    pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        self.who(req)
+    }
+
+    /// Whether tokens are verified at all (a key is configured).
+    pub fn verifies_tokens(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    pub fn plane(&self) -> &ControlPlane {
+        &self.plane
+    }
+
     /// Authenticates and authorizes `req` for `action`.
     async fn allow<T>(
         &self,

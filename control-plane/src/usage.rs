@@ -26,10 +26,18 @@
 //!   once); the answer says `storage_full` when that reaches the tenant's
 //!   `storage_bytes` quota, and the gateway refuses writes that add bytes
 //!   (`prism_gateway::quota` has the bound).
+//! - **History.** For the console's charts, the book also keeps a short
+//!   history: at most every [`SAMPLE_EVERY`], when a report arrives, the
+//!   sum of fresh reports per namespace (requests, read and write bytes per
+//!   second), the last [`HISTORY_SAMPLES`] of them. Only namespaces with
+//!   traffic are kept in a sample, so it is bounded by the namespaces that
+//!   have any times the samples kept. Like the reports, it is this
+//!   replica's memory and starts empty.
 
+use std::collections::VecDeque;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use prism_proto::control::{
     Abstraction, Backend, GetUsageResponse, NamespaceSpec, NamespaceStatus, NamespaceUsage, QuotaSet, QuotaUtilization,
@@ -49,16 +57,40 @@ pub const MAX_NAMESPACES_PER_REPORT: usize = 100_000;
 /// just starting is not starved.
 const EVEN_PART: f64 = 0.1;
 
+/// Samples of the usage history kept (with [`SAMPLE_EVERY`], ten minutes).
+pub const HISTORY_SAMPLES: usize = 60;
+/// The least time between two samples of the usage history.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 struct Report {
     at: Instant,
     namespaces: Vec<NamespaceUsage>,
 }
 
-/// The latest report of every instance.
+/// One sample of the usage history: per namespace with traffic, requests,
+/// read bytes and write bytes per second summed over fresh reports.
+#[derive(Debug)]
+struct Sample {
+    at: SystemTime,
+    taken: Instant,
+    rates: HashMap<Arc<str>, [f32; 3]>,
+}
+
+/// A point of a usage chart: when, and the rates summed over what it is of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UsagePoint {
+    pub at: SystemTime,
+    pub requests_per_second: f64,
+    pub read_bytes_per_second: f64,
+    pub write_bytes_per_second: f64,
+}
+
+/// The latest report of every instance, and a short history of their sums.
 #[derive(Debug, Default)]
 pub struct UsageBook {
     reports: Mutex<HashMap<String, Report>>,
+    history: Mutex<VecDeque<Sample>>,
 }
 
 impl UsageBook {
@@ -66,13 +98,60 @@ impl UsageBook {
         self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn samples(&self) -> std::sync::MutexGuard<'_, VecDeque<Sample>> {
+        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Stores `namespaces` as `instance`'s latest report and returns every
-    /// fresh report (this one included).
+    /// fresh report (this one included); samples the history when the
+    /// last sample is [`SAMPLE_EVERY`] old.
     fn record(&self, instance: &str, namespaces: Vec<NamespaceUsage>, now: Instant) -> Vec<(String, Report)> {
-        let mut reports = self.reports();
-        reports.retain(|_, r| now.duration_since(r.at) < FRESH_FOR);
-        reports.insert(instance.to_owned(), Report { at: now, namespaces });
-        reports.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        let fresh: Vec<(String, Report)> = {
+            let mut reports = self.reports();
+            reports.retain(|_, r| now.duration_since(r.at) < FRESH_FOR);
+            reports.insert(instance.to_owned(), Report { at: now, namespaces });
+            reports.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let due = self.samples().back().is_none_or(|last| now.duration_since(last.taken) >= SAMPLE_EVERY);
+        if due {
+            let mut rates: HashMap<Arc<str>, [f32; 3]> = HashMap::new();
+            for u in fresh.iter().flat_map(|(_, r)| r.namespaces.iter()) {
+                if u.requests_per_second > 0.0 || u.read_bytes_per_second > 0.0 || u.write_bytes_per_second > 0.0 {
+                    let e = rates.entry(Arc::from(u.namespace.as_str())).or_default();
+                    e[0] += u.requests_per_second as f32;
+                    e[1] += u.read_bytes_per_second as f32;
+                    e[2] += u.write_bytes_per_second as f32;
+                }
+            }
+            let mut samples = self.samples();
+            if samples.len() >= HISTORY_SAMPLES {
+                samples.pop_front();
+            }
+            samples.push_back(Sample { at: SystemTime::now(), taken: now, rates });
+        }
+        fresh
+    }
+
+    /// The history of the namespaces `wanted` accepts, summed, oldest
+    /// first.
+    pub fn history(&self, wanted: impl Fn(&str) -> bool) -> Vec<UsagePoint> {
+        self.samples()
+            .iter()
+            .map(|s| {
+                let mut p = UsagePoint {
+                    at: s.at,
+                    requests_per_second: 0.0,
+                    read_bytes_per_second: 0.0,
+                    write_bytes_per_second: 0.0,
+                };
+                for (_, r) in s.rates.iter().filter(|(ns, _)| wanted(ns)) {
+                    p.requests_per_second += f64::from(r[0]);
+                    p.read_bytes_per_second += f64::from(r[1]);
+                    p.write_bytes_per_second += f64::from(r[2]);
+                }
+                p
+            })
+            .collect()
     }
 
     fn fresh(&self, now: Instant) -> Vec<Report> {
@@ -251,6 +330,15 @@ impl ControlPlane {
         Ok(ReportUsageResponse { tenant_shares: shares })
     }
 
+    /// The recent usage history of a tenant (`acme`) or a namespace
+    /// (`acme/orders`), oldest first. Unauthorized: the console shows it
+    /// only beside a [`get_usage`](Self::get_usage) answer the caller was
+    /// allowed.
+    pub fn usage_history(&self, target: &str) -> Vec<UsagePoint> {
+        let namespace = target.contains('/');
+        self.usage_book().history(|name| if namespace { name == target } else { tenant_of(name) == target })
+    }
+
     /// Usage of a tenant (`acme`) or a namespace (`acme/orders`) summed over
     /// fresh reports, with the utilization of every quota.
     pub async fn get_usage(&self, target: &str) -> Result<GetUsageResponse> {
@@ -331,6 +419,24 @@ mod tests {
         assert_eq!(share("i-1", "globex"), Some(1.0));
         // Only tenants in the reporter's own report are answered.
         assert_eq!(share("i-3", "acme"), None);
+    }
+
+    #[test]
+    fn history_samples_at_most_every_interval_and_keeps_the_last_ones() {
+        let book = UsageBook::default();
+        let start = Instant::now();
+        book.record("i-1", vec![usage("acme/a", 10.0), usage("globex/x", 1.0)], start);
+        // Within the interval: no second sample.
+        book.record("i-2", vec![usage("acme/b", 5.0)], start + Duration::from_secs(1));
+        assert_eq!(book.history(|_| true).len(), 1);
+        let acme = |ns: &str| tenant_of(ns) == "acme";
+        book.record("i-2", vec![usage("acme/b", 5.0)], start + SAMPLE_EVERY);
+        let points = book.history(acme);
+        assert_eq!(points.iter().map(|p| p.requests_per_second).collect::<Vec<_>>(), [10.0, 15.0]);
+        for i in 0..2 * HISTORY_SAMPLES as u32 {
+            book.record("i-1", vec![usage("acme/a", 1.0)], start + SAMPLE_EVERY * (i + 2));
+        }
+        assert_eq!(book.history(acme).len(), HISTORY_SAMPLES);
     }
 
     #[test]

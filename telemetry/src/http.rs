@@ -8,7 +8,8 @@
 //!   503 otherwise, for Kubernetes probes and load balancers.
 //!
 //! HTTP/1 only (what scrapers and probes speak), served by axum, which is
-//! already in the build through tonic.
+//! already in the build through tonic. A server may mount more routes on
+//! the same listener ([`serve_with_routes`]: the control plane's console).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,11 +43,24 @@ pub async fn serve(
     ready: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_routes(listener, registry, ready, axum::Router::new(), shutdown).await
+}
+
+/// As [`serve`], with `routes` served beside `/metrics`, `/healthz` and
+/// `/readyz` (which they must not name).
+pub async fn serve_with_routes(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    ready: Readiness,
+    routes: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Served { registry, ready });
+        .with_state(Served { registry, ready })
+        .merge(routes);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 

@@ -24,7 +24,8 @@
 //!   link, a blackhole, half-open connections, resets), `grpc` (gRPC
 //!   clients that send a deadline without enforcing it, to see what a
 //!   server answers and when), `h2load` (drives a gateway with h2load for
-//!   the benches).
+//!   the benches), `browser` (headless Debian chromium driven over
+//!   WebDriver, for the console's tests).
 //!
 //! A test whose server binary is missing fails with the install command
 //! when `PRISM_REQUIRE_SERVERS` is set (CI sets it), and skips, saying why,
@@ -529,6 +530,7 @@ impl Cluster {
         Ok(gateway)
     }
 }
+pub mod browser;
 pub mod cpu;
 pub mod grpc;
 pub mod h2load;
