@@ -147,9 +147,13 @@ fn screenshots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
 }
 
+/// The text of `css`, waiting for it to appear: a click that submits a
+/// form returns before the next page has loaded.
 async fn text(b: &Browser, css: &str) -> anyhow::Result<String> {
     b.client
-        .find(Locator::Css(css))
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
         .await
         .with_context(|| format!("no {css} on the page"))?
         .text()
@@ -157,16 +161,27 @@ async fn text(b: &Browser, css: &str) -> anyhow::Result<String> {
         .context("text")
 }
 
+/// Clicks `css` (a form's button) and waits until the page it submitted
+/// replaced this one: the click returns before the next page has loaded,
+/// and a `goto` issued before the response set its cookie would race it.
+async fn submit(b: &Browser, css: &str) -> anyhow::Result<()> {
+    let page = b.client.find(Locator::Css("html")).await?;
+    b.client.find(Locator::Css(css)).await?.click().await?;
+    eventually(Duration::from_secs(10), || async {
+        ensure!(page.tag_name().await.is_err(), "the page was not replaced yet");
+        Ok(())
+    })
+    .await
+}
+
 async fn sign_in(b: &Browser, base: &str, token: &str) -> anyhow::Result<()> {
     b.client.goto(&format!("{base}/console/signin")).await?;
     b.client.find(Locator::Css("#token")).await?.send_keys(token).await?;
-    b.client.find(Locator::Css("#signin")).await?.click().await?;
-    Ok(())
+    submit(b, "#signin").await
 }
 
 async fn sign_out(b: &Browser) -> anyhow::Result<()> {
-    b.client.find(Locator::Css("header form button")).await?.click().await?;
-    Ok(())
+    submit(b, "header form button").await
 }
 
 /// No script ran: an XSS probe that executed would have opened an alert.
@@ -231,7 +246,7 @@ async fn a_browser_sees_what_its_principal_may_see() -> anyhow::Result<()> {
 
     // The audit page filters by namespace.
     b.client.find(Locator::Css("#filter-namespace")).await?.send_keys("acme/orders").await?;
-    b.client.find(Locator::Css("#filter")).await?.click().await?;
+    submit(&b, "#filter").await?;
     // The click submits the form; the filtered page replaces this one.
     eventually(Duration::from_secs(10), || async {
         let url = b.client.current_url().await?;
