@@ -9,39 +9,39 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages, installed only when what they provide is missing, and
+# only as root (as CI runs); anyone else is told the command.
+#   need_packages WHAT CHECK PACKAGE...
+# CHECK is a command that succeeds when WHAT is present; it is checked
+# again after installing.
+need_packages() {
+    local what="$1" check="$2"
+    shift 2
+    "$check" && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "$what is missing: run 'apt-get update && apt-get install -y $*' as root" >&2
+        exit 1
+    fi
+    echo "== installing $*"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    "$check" || { echo "$* installed, but $what is still not where expected" >&2; exit 1; }
+}
+
 # PostgreSQL's server binaries (initdb, pg_ctl, postgres) for the postgres
 # plugin's tests, which start their own throwaway server: on PATH or where
-# Debian puts them. Installed only when missing, and only as root (as CI
-# runs); anyone else is told the command.
+# Debian puts them.
 have_postgres() {
     command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 && return 0
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
 }
-if ! have_postgres; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "PostgreSQL is missing: run 'apt-get update && apt-get install -y postgresql' as root" >&2
-        exit 1
-    fi
-    echo "== installing postgresql"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-    have_postgres || { echo "PostgreSQL was installed but initdb is not where expected" >&2; exit 1; }
-fi
+need_packages PostgreSQL have_postgres postgresql
 
 # PgBouncer, for the postgres plugin's test behind a pooler in transaction
-# mode (it starts its own with scripts/pgbouncer.sh). As root only, like
-# PostgreSQL; anyone else is told the command.
-if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "PgBouncer is missing: run 'apt-get update && apt-get install -y pgbouncer' as root" >&2
-        exit 1
-    fi
-    echo "== installing pgbouncer"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null
-fi
+# mode (it starts its own with scripts/pgbouncer.sh).
+have_pgbouncer() { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; }
+need_packages PgBouncer have_pgbouncer pgbouncer
 
 # Pulsar (gateway/CLI feature `pulsar`, crate plugins/pulsar): its client's
 # build script needs a system protoc, and its tests a pulsar-lite broker.
@@ -50,16 +50,8 @@ fi
 # the workspace checks the gateway and CLI as plain `cargo build` makes
 # them; the gateway's Pulsar code, its end-to-end test and its bench are
 # linted and run with the feature at the end.
-if ! command -v protoc >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "protoc is missing: run 'apt-get update && apt-get install -y protobuf-compiler' as root" >&2
-        exit 1
-    fi
-    echo "== installing protobuf-compiler"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
-fi
+have_protoc() { command -v protoc >/dev/null 2>&1; }
+need_packages protoc have_protoc protobuf-compiler
 if ! command -v pulsar-lite >/dev/null 2>&1 && ! python3 -c 'import pulsar_lite' >/dev/null 2>&1; then
     echo "== installing pulsar-lite"
     python3 -m pip install -q pulsar-lite
@@ -87,30 +79,14 @@ fi
 # Prometheus (the server and promtool) for the observability tests: a
 # real Prometheus scrapes a test cluster, and promtool checks the shipped
 # rules and scrape configuration (deploy/prometheus).
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "Prometheus is missing: run 'apt-get update && apt-get install -y prometheus' as root" >&2
-        exit 1
-    fi
-    echo "== installing prometheus"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-fi
+have_prometheus() { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; }
+need_packages Prometheus have_prometheus prometheus
 
 # Chromium and its WebDriver (Debian's chromium-driver) for the operator
 # console's browser test (control-plane/tests/console.rs), which drives a
-# headless chromium against a test cluster. As root only, like the others.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "Chromium is missing: run 'apt-get update && apt-get install -y chromium chromium-driver' as root" >&2
-        exit 1
-    fi
-    echo "== installing chromium and chromium-driver"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
-fi
+# headless chromium against a test cluster.
+have_chromium() { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }
+need_packages Chromium have_chromium chromium chromium-driver
 
 echo "== format"
 cargo fmt --all --check
