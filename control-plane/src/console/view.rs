@@ -39,8 +39,8 @@ pre { background: #fff; border: 1px solid #e3e6ec; padding: .6em; overflow-x: au
 nav.pages { margin: .6em 0; }
 "#;
 
-/// The frame of every signed-in page.
-pub fn page(title: &str, who: &str, body: Markup) -> Markup {
+/// A whole document: `title` in the tab, `body` as the page's body.
+fn document(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -49,65 +49,59 @@ pub fn page(title: &str, who: &str, body: Markup) -> Markup {
                 title { (title) " · Prism console" }
                 link rel="stylesheet" href="/console/style.css";
             }
-            body {
-                header {
-                    strong { "Prism" }
-                    a href="/console/" { "Overview" }
-                    a href="/console/tenants" { "Tenants" }
-                    a href="/console/namespaces" { "Namespaces" }
-                    a href="/console/usage" { "Usage" }
-                    a href="/console/audit" { "Audit" }
-                    span.who { "signed in as " (who) }
-                    form method="post" action="/console/signout" { button type="submit" { "Sign out" } }
-                }
-                main { h1 { (title) } (body) }
-            }
+            body { (body) }
         }
     }
+}
+
+/// The frame of every signed-in page.
+pub fn page(title: &str, who: &str, body: Markup) -> Markup {
+    document(
+        title,
+        html! {
+            header {
+                strong { "Prism" }
+                a href="/console/" { "Overview" }
+                a href="/console/tenants" { "Tenants" }
+                a href="/console/namespaces" { "Namespaces" }
+                a href="/console/usage" { "Usage" }
+                a href="/console/audit" { "Audit" }
+                span.who { "signed in as " (who) }
+                form method="post" action="/console/signout" { button type="submit" { "Sign out" } }
+            }
+            main { h1 { (title) } (body) }
+        },
+    )
 }
 
 pub fn signin_page(why: Option<&str>) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { "Sign in · Prism console" }
-                link rel="stylesheet" href="/console/style.css";
-            }
-            body {
-                div.signin {
-                    h1 { "Prism console" }
-                    @if let Some(why) = why { p.error id="signin-error" { (why) } }
-                    p { "Paste a bearer token (what " code { "PRISM_TOKEN" } " holds for the CLI). You see what its principal may see through the API, read-only." }
-                    form method="post" action="/console/signin" {
-                        textarea name="token" id="token" required autocomplete="off" spellcheck="false" {}
-                        p { button type="submit" id="signin" { "Sign in" } }
-                    }
+    document(
+        "Sign in",
+        html! {
+            div.signin {
+                h1 { "Prism console" }
+                @if let Some(why) = why { p.error id="signin-error" { (why) } }
+                p { "Paste a bearer token (what " code { "PRISM_TOKEN" } " holds for the CLI). You see what its principal may see through the API, read-only." }
+                form method="post" action="/console/signin" {
+                    textarea name="token" id="token" required autocomplete="off" spellcheck="false" {}
+                    p { button type="submit" id="signin" { "Sign in" } }
                 }
             }
-        }
-    }
+        },
+    )
 }
 
 pub fn message_page(title: &str, message: &str) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { (title) " · Prism console" }
-                link rel="stylesheet" href="/console/style.css";
+    document(
+        title,
+        html! {
+            main {
+                h1 { (title) }
+                p.error id="message" { (message) }
+                p { a href="/console/" { "Back to the overview" } " · " a href="/console/signin" { "Sign in" } }
             }
-            body {
-                main {
-                    h1 { (title) }
-                    p.error id="message" { (message) }
-                    p { a href="/console/" { "Back to the overview" } " · " a href="/console/signin" { "Sign in" } }
-                }
-            }
-        }
-    }
+        },
+    )
 }
 
 /// `ACTIVE`, `DEGRADED`, … (the number for a status this build does not
