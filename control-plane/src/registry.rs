@@ -545,16 +545,20 @@ impl ControlPlane {
     /// (may be empty). An instance already registered at that endpoint (a
     /// restarted gateway) is replaced, in whatever shard it was; so is one
     /// of the shard with the same store id (restarted at another address).
+    /// `features` say what the instance can do beyond serving
+    /// (`crate::migration`).
     pub async fn register_shard(
         &self,
         principal: &str,
         shard: &str,
         endpoint: &str,
         store_id: &str,
+        features: &[String],
     ) -> Result<RegisterShardResponse> {
         let valid = shard_id("shard_id", shard).is_ok()
             && validate::endpoint("endpoint", endpoint).is_ok()
-            && validate::store_id("store_id", store_id).is_ok();
+            && validate::store_id("store_id", store_id).is_ok()
+            && validate::features("features", features).is_ok();
         if valid {
             let elsewhere = self
                 .store()
@@ -581,6 +585,7 @@ impl ControlPlane {
             shard_id("shard_id", shard)?;
             validate::endpoint("endpoint", endpoint)?;
             validate::store_id("store_id", store_id)?;
+            validate::features("features", features)?;
             self.plan_shard_change(shard, |all| {
                 let mut s = take(all, shard);
                 s.instances.retain(|i| i.endpoint != endpoint && (store_id.is_empty() || i.store_id != store_id));
@@ -591,6 +596,7 @@ impl ControlPlane {
                     lease_expire_time: Some((now + ttl).into()),
                     register_time: Some(now.into()),
                     store_id: store_id.to_owned(),
+                    features: features.to_vec(),
                 });
                 s.instances.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
                 let store = if store_id.is_empty() { String::new() } else { format!(", store {store_id}") };

@@ -210,7 +210,7 @@ impl ControlPlaneService for Service {
     async fn register_shard(&self, req: Request<RegisterShardRequest>) -> Reply<RegisterShardResponse> {
         let who = self.allow(&req, "RegisterShard", "", Need::Shard).await?;
         let r = req.get_ref();
-        reply(self.plane.register_shard(&who.name(), &r.shard_id, &r.endpoint, &r.store_id).await)
+        reply(self.plane.register_shard(&who.name(), &r.shard_id, &r.endpoint, &r.store_id, &r.features).await)
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Reply<HeartbeatResponse> {

@@ -240,6 +240,22 @@ pub fn store_id(field: &str, id: &str) -> Result<()> {
     names::validate_part(id).map_err(|e| invalid(field, format!("store id {e}")))
 }
 
+/// Most features one instance may advertise.
+pub const MAX_FEATURES: usize = 32;
+
+/// What an instance advertises it can do (`RegisterShardRequest.features`):
+/// at most [`MAX_FEATURES`] name parts, `[a-z0-9][a-z0-9-]{0,62}`; bounded,
+/// because every watcher receives them.
+pub fn features(field: &str, features: &[String]) -> Result<()> {
+    if features.len() > MAX_FEATURES {
+        return Err(invalid(field, format!("holds more than {MAX_FEATURES} features")));
+    }
+    for (i, f) in features.iter().enumerate() {
+        names::validate_part(f).map_err(|e| invalid(format!("{field}[{i}]"), format!("feature {e}")))?;
+    }
+    Ok(())
+}
+
 /// An instance id the registry handed out: 1 to 64 printable ASCII bytes.
 pub fn instance_id(field: &str, id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {

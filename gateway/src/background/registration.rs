@@ -64,6 +64,9 @@ impl Member {
             shard_id: self.shard_id.clone(),
             endpoint: self.endpoint.clone(),
             store_id: self.store_id.clone(),
+            // No migration is performed by this gateway yet (issue 16):
+            // it advertises none, so the control plane starts none.
+            features: Vec::new(),
         };
         let mut client = self.client().await?;
         let response = answered(REGISTER_TIMEOUT, client.register_shard(request)).await?.into_inner();
