@@ -77,8 +77,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::{
-    Item, ItemsPage, KeyValue, KeyValueHandle, Mutation, PageLimits, Record, RecordsPage, ScanCursor, Selector,
-    WriteStamp,
+    Item, ItemsPage, KeyRange, KeyValue, KeyValueHandle, Mutation, PageLimits, Record, RecordVersions, RecordsPage,
+    ScanCursor, Selector, Version, VersionCursor, VersionsPage, WriteStamp, restore_plan,
 };
 use prism_plugin_api::pace::{Cancelled, Pace};
 use prism_plugin_api::{Micros, Namespace, now_micros};
@@ -744,6 +744,126 @@ impl Store {
         Ok(page)
     }
 
+    /// One page of every version: items and point tombstones in (id, key)
+    /// order, then range tombstones record by record (see
+    /// [`VersionCursor`]). The ranges table's key is the record key, which
+    /// sorts before the record's items, so one raw lower bound serves both.
+    fn scan_versions(
+        &self,
+        ns: &Incarnation,
+        after: Option<&VersionCursor>,
+        limits: PageLimits,
+        cancelled: &Cancelled,
+    ) -> Result<VersionsPage> {
+        let mut pager = Pager::new(limits, cancelled);
+        pager.check()?;
+        let r = self.db.begin_read().map_err(storage)?;
+        registered(&r.open_table(NAMESPACES).map_err(storage)?, ns)?;
+        let end = prefix_end(&ns.prefix);
+        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = VersionsPage::default();
+        let push = |page: &mut VersionsPage, id: &str, version: Version| match page.records.last_mut() {
+            Some(record) if record.id == id => record.versions.push(version),
+            _ => page.records.push(RecordVersions { id: id.to_owned(), versions: vec![version] }),
+        };
+        let ranges_after = match after {
+            None | Some(VersionCursor::Item { .. }) => {
+                let items = r.open_table(ITEMS).map_err(storage)?;
+                let chunks = r.open_table(CHUNKS).map_err(storage)?;
+                let lower = match after {
+                    Some(VersionCursor::Item { id, key }) => Bound::Excluded(join(&record_key(&ns.prefix, id)?, key)),
+                    _ => Bound::Included(ns.prefix.clone()),
+                };
+                for entry in items.range::<&[u8]>((lower.as_ref().map(Vec::as_slice), upper)).map_err(storage)? {
+                    pager.check()?;
+                    if pager.full() {
+                        pager.more = true;
+                        break;
+                    }
+                    let (item_key, stored) = entry.map_err(storage)?;
+                    let item_key = item_key.value();
+                    let (header, inline) = Header::decode(stored.value())?;
+                    let (id, key) = split_item(item_key.get(ns.prefix.len()..).unwrap_or_default())?;
+                    let version = if header.tombstone {
+                        Version::Tombstone { key: key.to_vec(), generation: header.generation }
+                    } else {
+                        let value = read_value(&header, inline, item_key, &chunks)?;
+                        Version::Item {
+                            key: key.to_vec(),
+                            value,
+                            expires_at: header.expires_at,
+                            generation: header.generation,
+                        }
+                    };
+                    pager.add(version.bytes() as usize);
+                    push(&mut page, id, version);
+                }
+                if pager.more {
+                    page.next = page.records.last().and_then(|r| {
+                        r.versions.last().map(|v| match v {
+                            Version::Item { key, .. } | Version::Tombstone { key, .. } => {
+                                VersionCursor::Item { id: r.id.clone(), key: key.clone() }
+                            }
+                            // Not met in this pass.
+                            Version::Range { .. } => VersionCursor::Ranges { after: None },
+                        })
+                    });
+                    return Ok(page);
+                }
+                // The items are done: the ranges follow, on this page if
+                // it has room.
+                page.next = Some(VersionCursor::Ranges { after: None });
+                None
+            }
+            Some(VersionCursor::Ranges { after }) => after.as_deref(),
+        };
+        let ranges = r.open_table(RANGES).map_err(storage)?;
+        let lower = match ranges_after {
+            Some(id) => Bound::Excluded(record_key(&ns.prefix, id)?),
+            None => Bound::Included(ns.prefix.clone()),
+        };
+        let mut more = false;
+        for entry in ranges.range::<&[u8]>((lower.as_ref().map(Vec::as_slice), upper)).map_err(storage)? {
+            pager.check()?;
+            if pager.full() {
+                more = true;
+                break;
+            }
+            let (record, stored) = entry.map_err(storage)?;
+            let (id, _) = split_item(record.value().get(ns.prefix.len()..).unwrap_or_default())?;
+            for range in RangeTombstone::decode_all(stored.value())? {
+                let version = Version::Range {
+                    range: KeyRange { start: range.start, end: range.end },
+                    generation: range.generation,
+                };
+                pager.add(version.bytes() as usize);
+                push(&mut page, id, version);
+            }
+            page.next = Some(VersionCursor::Ranges { after: Some(id.to_owned()) });
+        }
+        if !more {
+            page.next = None;
+        }
+        Ok(page)
+    }
+
+    /// Writes `versions` into record `id`, each at its own generation,
+    /// with a mutate's rules, in one transaction.
+    fn restore(&self, ns: &Incarnation, id: &str, versions: &[Version]) -> Result<()> {
+        let record = record_key(&ns.prefix, id)?;
+        let w = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = Tables::open(&w)?;
+            registered(&t.namespaces, ns)?;
+            let mut scope = Scope::new(&mut t, &ns.prefix, self);
+            for (generation, mutations) in restore_plan(versions) {
+                scope.apply(&record, &mutations, generation)?;
+            }
+            scope.finish()?;
+        }
+        w.commit().map_err(storage)
+    }
+
     #[cfg(test)]
     fn reclaim(&self, now: Micros) -> Result<u64> {
         let mut removed = 0;
@@ -868,5 +988,22 @@ impl KeyValueHandle for Opened {
     async fn storage_bytes(&self) -> prism_plugin_api::Result<u64> {
         let ns = self.ns.clone();
         Ok(self.turns.read_turn(move |s| s.storage_bytes(&ns)).await?)
+    }
+
+    async fn scan_versions(
+        &self,
+        after: Option<&VersionCursor>,
+        limits: PageLimits,
+    ) -> prism_plugin_api::Result<VersionsPage> {
+        let (ns, after) = (self.ns.clone(), after.cloned());
+        Ok(self
+            .turns
+            .read_turn_cancellable(move |s, cancelled| s.scan_versions(&ns, after.as_ref(), limits, cancelled))
+            .await?)
+    }
+
+    async fn restore(&self, id: &str, versions: &[Version]) -> prism_plugin_api::Result<()> {
+        let (ns, id, versions) = (self.ns.clone(), id.to_owned(), versions.to_vec());
+        Ok(self.turns.write_turn(move |s| s.restore(&ns, &id, &versions)).await?)
     }
 }

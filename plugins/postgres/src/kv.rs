@@ -193,7 +193,7 @@ use deadpool_postgres::Pool;
 use futures_util::future::{join4, try_join};
 use prism_plugin_api::kv::{
     ItemsPage, KeyRange, KeyValue, KeyValueHandle, Mutation, NewItem, PageLimits, RecordsPage, ScanCursor, Selector,
-    WriteStamp,
+    Version, VersionCursor, VersionsPage, WriteStamp, restore_plan,
 };
 use prism_plugin_api::{Micros, Namespace, now_micros};
 use prism_proto::control::PostgresConfig;
@@ -795,6 +795,17 @@ async fn delete_ranges(
     Ok(())
 }
 
+/// Writes `versions` into record `id`: one mutate per generation time
+/// ([`restore_plan`]), whose SQL keeps last-writer-wins, without a token.
+/// Each is its own transaction: restoring is idempotent, so a restore cut
+/// short is simply run again.
+async fn restore(t: &Target, id: &str, versions: &[Version]) -> Result<()> {
+    for (generation, mutations) in restore_plan(versions) {
+        mutate(t, id, &mutations, &WriteStamp { generation_time: generation, token: None }).await?;
+    }
+    Ok(())
+}
+
 /// Reclaims one incarnation; returns the expired items removed.
 async fn reclaim_one(t: &Target, now: Micros) -> Result<u64> {
     let client = crate::lease::lease(&t.pool).await?;
@@ -904,5 +915,17 @@ impl KeyValueHandle for Opened {
 
     async fn storage_bytes(&self) -> prism_plugin_api::Result<u64> {
         self.run("storage_bytes", storage_bytes(&self.target)).await
+    }
+
+    async fn scan_versions(
+        &self,
+        after: Option<&VersionCursor>,
+        limits: PageLimits,
+    ) -> prism_plugin_api::Result<VersionsPage> {
+        self.run("scan_versions", read::scan_versions(&self.target, after, limits)).await
+    }
+
+    async fn restore(&self, id: &str, versions: &[Version]) -> prism_plugin_api::Result<()> {
+        self.run("restore", restore(&self.target, id, versions)).await
     }
 }
