@@ -341,6 +341,13 @@ impl ControlPlane {
                 Ok(Plan { txn: Txn { conditions, puts: vec![Put::Namespace(ns)], ..Txn::default() }, detail })
             })
             .await?;
-        written_namespace(&delta, name)
+        let written = written_namespace(&delta, name)?;
+        if written.migration.is_none() {
+            // The settler left the namespace where it was while it
+            // migrated (`registry::placement`); the shard map may have
+            // moved on since.
+            self.settle_state().resettle();
+        }
+        Ok(written)
     }
 }

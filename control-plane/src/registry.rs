@@ -233,7 +233,17 @@ pub fn settle_owner<'a>(ns: &mut Namespace, stores: &Stores, last_endpoint: impl
 }
 
 /// Where `ns` belongs among `live` shards, or `None` to leave it be.
+///
+/// A namespace being migrated is left where it is: its migration was
+/// planned against this placement (the source's holders dual-write and
+/// run the backfill, the target was placed beside it), and moving it
+/// midway would hand the source to gateways that never took part in the
+/// migration's steps. Its placement changes at the cutover, or not at all
+/// if it is aborted, and the settler places it then.
 pub fn placement(ns: &Namespace, live: &BTreeSet<String>) -> Option<String> {
+    if ns.migration.is_some() {
+        return None;
+    }
     let spec = ns.spec.as_ref();
     let pin = spec.and_then(|s| s.placement.as_deref()).map(|p| p.pinned_shard.as_str()).unwrap_or_default();
     if !pin.is_empty() {
@@ -283,6 +293,14 @@ pub struct SettleState {
 }
 
 impl SettleState {
+    /// Makes the settler look at every namespace again soon: one that the
+    /// settler had to leave where it was (a migration running) may be
+    /// placed now.
+    pub(crate) fn resettle(&self) {
+        self.settled(None);
+        self.wake.notify_one();
+    }
+
     fn settled(&self, key: Option<MapKey>) {
         if let Ok(mut s) = self.settled.lock() {
             *s = key;

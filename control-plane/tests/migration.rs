@@ -9,7 +9,10 @@
 mod common;
 
 use common::{create_tenant, kv_spec, refused, revision, start};
+use std::time::Duration;
+
 use prism_client::ControlPlaneClient;
+use prism_control_plane::assign::rendezvous;
 use prism_control_plane::migration::MIGRATE_KEY_VALUE;
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{
@@ -18,6 +21,7 @@ use prism_proto::control::{
     MigrationStep, MigrationTarget, Namespace, NamespaceSpec, NamespaceStatus, Placement, PostgresConfig,
     RegisterShardRequest, ReportMigrationRequest, ReportNamespaceStatusRequest, WatchRequest, watch_response::Event,
 };
+use prism_testkit::eventually;
 use tonic::Code;
 
 async fn register(c: &mut ControlPlaneClient, shard: &str, store: &str, migrates: bool) -> anyhow::Result<String> {
@@ -296,5 +300,63 @@ async fn a_backend_migration_places_the_target_as_a_create_would() -> anyhow::Re
     assert_eq!((m.target_shard_id.as_str(), m.target_owner_store_id.as_str()), ("shard-a", ""));
     assert_eq!(m.target, Some(target));
     assert_eq!(ns.spec.map(|s| s.backend), Some(Backend::Embedded as i32), "the spec is the source's until cutover");
+    Ok(())
+}
+
+/// The shard map settling never moves a namespace while it migrates (its
+/// steps are planned against its placement), and places it once an abort
+/// ends the migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_the_shard_map_leaves_a_migrating_namespace_in_place() -> anyhow::Result<()> {
+    let (_cp, mut c) = start(&[]).await?;
+    let a = register(&mut c, "shard-a", "store-a", true).await?;
+    create_tenant(&mut c, "acme").await?;
+    // Two shared-backend namespaces that shard-b wins once it joins: one
+    // migrates, the other shows that the shard map does move namespaces.
+    let movers: Vec<String> = (0..)
+        .map(|i| format!("acme/orders-{i}"))
+        .filter(|n| rendezvous(n, ["shard-a", "shard-b"]) == Some("shard-b"))
+        .take(2)
+        .collect();
+    let (migrating, control) = (movers[0].as_str(), movers[1].as_str());
+    let spec = NamespaceSpec {
+        backend: Backend::Postgres as i32,
+        backend_config: Some(Box::new(postgres("postgres://db.invalid/prism"))),
+        ..kv_spec()
+    };
+    for name in [migrating, control] {
+        active(&mut c, name, spec.clone(), "shard-a").await?;
+    }
+    let to_embedded = MigrationTarget { backend: Backend::Embedded as i32, ..Default::default() };
+    let ns = c.migrate_namespace(migrate(migrating, to_embedded)).await?.into_inner();
+    assert_eq!(ns.shard_id, "shard-a");
+
+    // shard-b joins: its commit settles the control namespace, not the
+    // migrating one; nor does the settler afterwards.
+    register(&mut c, "shard-b", "store-b", true).await?;
+    let get = |name: &str| GetNamespaceRequest { name: name.into() };
+    assert_eq!(c.get_namespace(get(control)).await?.into_inner().shard_id, "shard-b");
+    let ns = c.get_namespace(get(migrating)).await?.into_inner();
+    assert_eq!((ns.shard_id.as_str(), step(&ns)), ("shard-a", Some(MigrationStep::Prepare)));
+    let settled = c.list_audit_events(ListAuditEventsRequest::default()).await?.into_inner();
+    assert!(
+        !settled.events.iter().any(|e| e.action == "SettleShardMap" && e.target.contains(migrating)),
+        "{settled:?}"
+    );
+
+    // The abort ends the migration; the settler then places it.
+    let abort = AbortMigrationRequest { name: migrating.into(), expected_revision: 0 };
+    let ns = c.abort_migration(abort).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Aborting, true)).await?.into_inner();
+    assert_eq!(ns.migration, None);
+    eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move {
+            let shard = c.get_namespace(get(migrating)).await?.into_inner().shard_id;
+            anyhow::ensure!(shard == "shard-b", "still on {shard}");
+            Ok(())
+        }
+    })
+    .await?;
     Ok(())
 }
