@@ -135,6 +135,9 @@ pub struct NamespaceEntry {
     /// (`Namespace.backend_settings`): the provisioner reports only what
     /// changes it.
     pub backend_settings: Box<[prism_proto::control::BackendSetting]>,
+    /// The namespace's migration, while one runs (`Namespace.migration`,
+    /// ARCHITECTURE.md "The life of a migration").
+    pub migration: Option<Box<prism_proto::control::Migration>>,
     /// The latest version of the namespace's event schema, if it has one
     /// (only the latest: older versions are not needed to write, and reads
     /// find an event's version stored with it).
@@ -195,6 +198,7 @@ impl NamespaceEntry {
             status_reason: meta.status_reason,
             owner_store: meta.owner_store_id.into_boxed_str(),
             backend_settings: meta.backend_settings.into_boxed_slice(),
+            migration: meta.migration,
             local,
             opened: OnceLock::new(),
         }

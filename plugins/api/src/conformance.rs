@@ -190,6 +190,7 @@ macro_rules! __key_value_cases {
             restore_never_overwrites_newer
             restoring_twice_changes_nothing
             restore_carries_expiry
+            reclaim_keeps_the_deletes_of_held_namespaces
         }
     };
 }

@@ -322,6 +322,36 @@ pub fn restore_plan(versions: &[Version]) -> Vec<(Micros, Vec<Mutation>)> {
         .collect()
 }
 
+/// Namespaces whose deletes [`KeyValue::reclaim`] keeps for now: those
+/// being migrated, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held(std::collections::BTreeSet<String>);
+
+impl Held {
+    /// No namespace held.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>) {
+        self.0.insert(name.into());
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<S: Into<String>> FromIterator<S> for Held {
+    fn from_iter<I: IntoIterator<Item = S>>(names: I) -> Self {
+        Self(names.into_iter().map(Into::into).collect())
+    }
+}
+
 /// A backend's KeyValue store: opens namespaces, and keeps every one of
 /// them tidy.
 #[async_trait]
@@ -342,7 +372,14 @@ pub trait KeyValue: Send + Sync {
 
     /// Removes items expired at `now`, tombstones and idempotency tokens
     /// past their retention, in every namespace. Returns the items removed.
-    async fn reclaim(&self, now: Micros) -> Result<u64>;
+    ///
+    /// The namespaces in `held` (by name, every incarnation) keep every
+    /// delete they remember, point or range, however old, and an item of
+    /// theirs that expires becomes a tombstone with its generation time
+    /// rather than going: a migration's backfill must copy each delete, or
+    /// a write older than it, dual-written to the target, would outlive it
+    /// there.
+    async fn reclaim(&self, now: Micros, held: &Held) -> Result<u64>;
 }
 
 /// One namespace of a [`KeyValue`] store, opened.

@@ -77,8 +77,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::{
-    Item, ItemsPage, KeyRange, KeyValue, KeyValueHandle, Mutation, PageLimits, Record, RecordVersions, RecordsPage,
-    ScanCursor, Selector, Version, VersionCursor, VersionsPage, WriteStamp, restore_plan,
+    Held, Item, ItemsPage, KeyRange, KeyValue, KeyValueHandle, Mutation, PageLimits, Record, RecordVersions,
+    RecordsPage, ScanCursor, Selector, Version, VersionCursor, VersionsPage, WriteStamp, restore_plan,
 };
 use prism_plugin_api::pace::{Cancelled, Pace};
 use prism_plugin_api::{Micros, Namespace, now_micros};
@@ -477,7 +477,9 @@ impl<'a, 't> Scope<'a, 't> {
 
     /// Handles one due entry of `kind` naming `prefix ‖ rest`; returns how
     /// many expired items it removed.
-    fn settle(&mut self, kind: Due, rest: &[u8], now: Micros) -> Result<u64> {
+    /// A `held` namespace keeps its deletes ([`KeyValue::reclaim`]): an
+    /// expired item always becomes a tombstone.
+    fn settle(&mut self, kind: Due, rest: &[u8], now: Micros, held: bool) -> Result<u64> {
         let key = join(self.prefix, rest);
         let retention = self.store.tombstone_retention;
         match kind {
@@ -486,7 +488,7 @@ impl<'a, 't> Scope<'a, 't> {
                     && !h.tombstone
                     && h.expires_at.is_some_and(|at| at <= now)
                 {
-                    if h.generation.saturating_add(retention) > now {
+                    if held || h.generation.saturating_add(retention) > now {
                         self.store(&key, Header::tombstone(h.generation), &[])?;
                     } else {
                         self.remove(&key)?;
@@ -868,7 +870,7 @@ impl Store {
     fn reclaim(&self, now: Micros) -> Result<u64> {
         let mut removed = 0;
         loop {
-            let (n, more) = self.reclaim_batch(now, RECLAIM_BATCH)?;
+            let (n, more) = self.reclaim_batch(now, RECLAIM_BATCH, &Held::none())?;
             removed += n;
             if !more {
                 return Ok(removed);
@@ -877,8 +879,9 @@ impl Store {
     }
 
     /// One transaction of reclamation: at most `budget` due entries.
-    /// Returns the expired items removed and whether more may be due.
-    pub(crate) fn reclaim_batch(&self, now: Micros, budget: usize) -> Result<(u64, bool)> {
+    /// Returns the expired items removed and whether more may be due. The
+    /// deletes of `held` namespaces stay, their due entries with them.
+    pub(crate) fn reclaim_batch(&self, now: Micros, budget: usize, held: &Held) -> Result<(u64, bool)> {
         let w = self.db.begin_write().map_err(storage)?;
         let (removed, more) = {
             let mut t = Tables::open(&w)?;
@@ -888,8 +891,14 @@ impl Store {
             }
             let (mut removed, mut left) = (0, budget);
             for prefix in &prefixes {
+                // `name ‖ 0x00 ‖ create_revision`: the name is all but 9 bytes.
+                let name = prefix.get(..prefix.len().saturating_sub(9)).unwrap_or_default();
+                let held = std::str::from_utf8(name).is_ok_and(|name| held.contains(name));
                 let mut scope = Scope::new(&mut t, prefix, self);
                 for kind in Due::ALL {
+                    if held && matches!(kind, Due::Tombstone | Due::RangeTombstone) {
+                        continue;
+                    }
                     let lower = due_key(prefix, kind, i64::MIN, b"");
                     // Everything due at or before `now`.
                     let upper = match now.checked_add(1) {
@@ -905,7 +914,7 @@ impl Store {
                     left -= due.len();
                     for key in due {
                         scope.t.due.remove(key.as_slice()).map_err(storage)?;
-                        removed += scope.settle(kind, due_rest(prefix.len(), &key)?, now)?;
+                        removed += scope.settle(kind, due_rest(prefix.len(), &key)?, now, held)?;
                     }
                     if left == 0 {
                         break;
@@ -935,11 +944,12 @@ impl KeyValue for EmbeddedPlugin {
         Ok(Arc::new(Opened::of(&self.turns, ns)?))
     }
 
-    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
+    async fn reclaim(&self, now: Micros, held: &Held) -> prism_plugin_api::Result<u64> {
         // One transaction per batch, each taking its turn among writers.
         let mut removed = 0;
         loop {
-            let (n, more) = self.write_turn(move |s| s.reclaim_batch(now, RECLAIM_BATCH)).await?;
+            let held = held.clone();
+            let (n, more) = self.write_turn(move |s| s.reclaim_batch(now, RECLAIM_BATCH, &held)).await?;
             removed += n;
             if !more {
                 return Ok(removed);

@@ -6,8 +6,8 @@ use prism_proto::control::Abstraction;
 
 use super::Subject;
 use super::support::{
-    Case, HOUR, KIB, MIB, UNLIMITED, assert_gave_up, assert_not_provisioned, check_capabilities, check_paced, delete,
-    namespace, overdue, paced, pairs, pattern, put, put_expiring,
+    Case, DAY, HOUR, KIB, MIB, UNLIMITED, assert_gave_up, assert_not_provisioned, check_capabilities, check_paced,
+    delete, namespace, overdue, paced, pairs, pattern, put, put_expiring,
 };
 use crate::kv::{Item, KeyRange, Mutation, PageLimits, Selector, Version};
 use crate::{PluginError, now_micros};
@@ -1037,4 +1037,31 @@ pub async fn restore_carries_expiry(subject: Subject) {
     assert_eq!(target.read("r", &Selector::All, UNLIMITED, expires_at).await.len(), 1, "expired at its time");
     source.finish().await;
     target.finish().await;
+}
+
+/// While a namespace is held (a migration copies it), reclamation keeps
+/// its deletes however old, and an expired item becomes a tombstone; once
+/// released they go as usual.
+pub async fn reclaim_keeps_the_deletes_of_held_namespaces(subject: Subject) {
+    let c = Case::provision(&subject, "reclaim_keeps_the_deletes_of_held_namespaces").await;
+    // Two days old: past any tombstone retention the suite runs with.
+    let old = -2 * DAY;
+    c.mutate("r", &[delete("gone")], &c.at(old)).await;
+    c.mutate("r", &[put_expiring("expired", "v", now_micros() - 1), put("kept", "v")], &c.at(old)).await;
+    c.mutate("s", &[Mutation::DeleteRange(KeyRange::all())], &c.at(old)).await;
+    c.reclaim_holding(now_micros()).await;
+    let held = sorted(c.versions(UNLIMITED).await);
+    let tombstone = |key: &str| Version::Tombstone { key: key.as_bytes().to_vec(), generation: c.base + old };
+    let kept =
+        Version::Item { key: b"kept".to_vec(), value: b"v".to_vec(), expires_at: None, generation: c.base + old };
+    let want = sorted(vec![
+        ("r".into(), tombstone("expired")),
+        ("r".into(), tombstone("gone")),
+        ("r".into(), kept.clone()),
+        ("s".into(), Version::Range { range: KeyRange::all(), generation: c.base + old }),
+    ]);
+    assert_eq!(held, want, "held: every delete stays");
+    c.reclaim_expired(now_micros()).await;
+    assert_eq!(c.versions(UNLIMITED).await, vec![("r".into(), kept)], "released: old deletes go");
+    c.finish().await;
 }

@@ -13,7 +13,7 @@ use prism_proto::control::{Abstraction, NamespaceSpec, Policies};
 
 use super::Subject;
 use crate::kv::{
-    Item, KeyValueHandle, Mutation, NewItem, PageLimits, ScanCursor, Selector, Version, VersionCursor, WriteStamp,
+    Held, Item, KeyValueHandle, Mutation, NewItem, PageLimits, ScanCursor, Selector, Version, VersionCursor, WriteStamp,
 };
 use crate::pace::StopBy;
 use crate::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeriesHandle};
@@ -267,10 +267,17 @@ impl Case {
         })
     }
 
+    /// Reclaims at `now` in every namespace of the plugin but this one's,
+    /// whose deletes are held (a migration runs).
+    pub async fn reclaim_holding(&self, now: Micros) -> u64 {
+        let kv = self.plugin.key_value().expect("a plugin under the KeyValue suite serves KeyValue");
+        kv.reclaim(now, &[self.ns.name.as_str()].into_iter().collect()).await.expect("reclaim")
+    }
+
     /// Reclaims expired items in every namespace of the plugin, at `now`.
     pub async fn reclaim_expired(&self, now: Micros) -> u64 {
         let kv = self.plugin.key_value().expect("a plugin under the KeyValue suite serves KeyValue");
-        kv.reclaim(now).await.expect("reclaim")
+        kv.reclaim(now, &Held::none()).await.expect("reclaim")
     }
 
     /// A write stamped `base + offset`, without a token.
