@@ -67,7 +67,7 @@ fn check_performers(registered: &[Shard], shards: &[&str], feature: &str) -> Res
     }
     Err(ControlPlaneError::FailedPrecondition(format!(
         "no gateway would carry out this migration: {} do not perform {feature} \
-         (gateways do not migrate namespaces yet, issue 16)",
+         (gateways take part in migrations only with experimental_migrations set, issue 16)",
         missing.join(", ")
     )))
 }
