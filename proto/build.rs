@@ -25,8 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .boxed(".prism.control.v1.NamespaceSpec.policies")
         .boxed(".prism.control.v1.NamespaceSpec.access")
         .boxed(".prism.control.v1.NamespaceSpec.placement")
-        // Most namespaces have no schema.
+        // Most namespaces have no schema, and no migration running.
         .boxed(".prism.control.v1.Namespace.schema")
+        .boxed(".prism.control.v1.Namespace.migration")
         .server_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
         .client_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
         .compile_fds(fds)?;

@@ -148,6 +148,7 @@ mod tests {
             register_time: at(now - Duration::from_secs(registered_secs)),
             lease_expire_time: at(now + Duration::from_secs(lease_secs)),
             store_id: String::new(),
+            features: Vec::new(),
         };
         let shards = vec![
             Shard { shard_id: "shard-1".into(), instances: vec![instance("i-3", "10.0.0.3:7401", 30, 9)], revision: 0 },

@@ -6,6 +6,7 @@
 //! - [`plane`]: the rules (transport-free).
 //! - [`authz`]: who may call what.
 //! - [`schemas`]: TimeSeries event schemas, versioned per namespace.
+//! - [`migration`]: live migration's recorded steps.
 //! - [`registry`]: shard instances, leases, and the assignment they drive.
 //! - [`store`]: where metadata lives ([`store::file`], the default, or
 //!   [`store::postgres`], shared by several replicas).
@@ -21,6 +22,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod metrics;
+pub mod migration;
 pub mod page_token;
 pub mod plane;
 pub mod registry;

@@ -568,7 +568,7 @@ impl ControlPlane {
                 {
                     return Err(ControlPlaneError::invalid(
                         "spec.placement.pinned_shard",
-                        "cannot change after creation: moving a namespace between shards is not supported yet",
+                        "cannot change after creation: move the namespace to another shard with MigrateNamespace",
                     ));
                 }
                 // The tenant's quotas cap what the spec asks for (read
@@ -614,6 +614,14 @@ impl ControlPlane {
             .mutate(principal, target, || async {
                 let mut ns = self.live_namespace(name).await?;
                 check_expected("namespace", name, expected_revision, ns.revision)?;
+                if let Some(m) = &ns.migration {
+                    // The target's resources are removed by aborting
+                    // (`crate::migration`); deleting first would leave them.
+                    return Err(ControlPlaneError::FailedPrecondition(format!(
+                        "namespace {name} is migrating (migration {}): abort the migration before deleting it",
+                        m.id
+                    )));
+                }
                 let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
                 mark_deleting(&mut ns, &format!("deleted by {principal}"));
                 ns.update_time = Some(SystemTime::now().into());

@@ -233,7 +233,17 @@ pub fn settle_owner<'a>(ns: &mut Namespace, stores: &Stores, last_endpoint: impl
 }
 
 /// Where `ns` belongs among `live` shards, or `None` to leave it be.
+///
+/// A namespace being migrated is left where it is: its migration was
+/// planned against this placement (the source's holders dual-write and
+/// run the backfill, the target was placed beside it), and moving it
+/// midway would hand the source to gateways that never took part in the
+/// migration's steps. Its placement changes at the cutover, or not at all
+/// if it is aborted, and the settler places it then.
 pub fn placement(ns: &Namespace, live: &BTreeSet<String>) -> Option<String> {
+    if ns.migration.is_some() {
+        return None;
+    }
     let spec = ns.spec.as_ref();
     let pin = spec.and_then(|s| s.placement.as_deref()).map(|p| p.pinned_shard.as_str()).unwrap_or_default();
     if !pin.is_empty() {
@@ -283,6 +293,14 @@ pub struct SettleState {
 }
 
 impl SettleState {
+    /// Makes the settler look at every namespace again soon: one that the
+    /// settler had to leave where it was (a migration running) may be
+    /// placed now.
+    pub(crate) fn resettle(&self) {
+        self.settled(None);
+        self.wake.notify_one();
+    }
+
     fn settled(&self, key: Option<MapKey>) {
         if let Ok(mut s) = self.settled.lock() {
             *s = key;
@@ -545,16 +563,20 @@ impl ControlPlane {
     /// (may be empty). An instance already registered at that endpoint (a
     /// restarted gateway) is replaced, in whatever shard it was; so is one
     /// of the shard with the same store id (restarted at another address).
+    /// `features` say what the instance can do beyond serving
+    /// (`crate::migration`).
     pub async fn register_shard(
         &self,
         principal: &str,
         shard: &str,
         endpoint: &str,
         store_id: &str,
+        features: &[String],
     ) -> Result<RegisterShardResponse> {
         let valid = shard_id("shard_id", shard).is_ok()
             && validate::endpoint("endpoint", endpoint).is_ok()
-            && validate::store_id("store_id", store_id).is_ok();
+            && validate::store_id("store_id", store_id).is_ok()
+            && validate::features("features", features).is_ok();
         if valid {
             let elsewhere = self
                 .store()
@@ -581,6 +603,7 @@ impl ControlPlane {
             shard_id("shard_id", shard)?;
             validate::endpoint("endpoint", endpoint)?;
             validate::store_id("store_id", store_id)?;
+            validate::features("features", features)?;
             self.plan_shard_change(shard, |all| {
                 let mut s = take(all, shard);
                 s.instances.retain(|i| i.endpoint != endpoint && (store_id.is_empty() || i.store_id != store_id));
@@ -591,6 +614,7 @@ impl ControlPlane {
                     lease_expire_time: Some((now + ttl).into()),
                     register_time: Some(now.into()),
                     store_id: store_id.to_owned(),
+                    features: features.to_vec(),
                 });
                 s.instances.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
                 let store = if store_id.is_empty() { String::new() } else { format!(", store {store_id}") };

@@ -190,6 +190,31 @@ impl ControlPlaneService for Service {
         reply(self.plane.report_namespace_status(&who.name(), req.get_ref()).await)
     }
 
+    async fn migrate_namespace(&self, req: Request<MigrateNamespaceRequest>) -> Reply<Namespace> {
+        // Moving a namespace to another backend or shard is choosing its
+        // backend and placement again: who may create it may move it.
+        let name = &req.get_ref().name;
+        let who = self.allow(&req, "MigrateNamespace", name, Need::TenantAdmin(tenant_of(name))).await?;
+        reply(self.plane.migrate_namespace(&who.name(), req.get_ref()).await)
+    }
+
+    async fn get_migration(&self, req: Request<GetMigrationRequest>) -> Reply<GetMigrationResponse> {
+        let name = &req.get_ref().name;
+        self.allow(&req, "GetMigration", name, Need::NamespaceUser(name)).await?;
+        reply(self.plane.get_migration(req.get_ref()).await)
+    }
+
+    async fn abort_migration(&self, req: Request<AbortMigrationRequest>) -> Reply<Namespace> {
+        let name = &req.get_ref().name;
+        let who = self.allow(&req, "AbortMigration", name, Need::TenantAdmin(tenant_of(name))).await?;
+        reply(self.plane.abort_migration(&who.name(), req.get_ref()).await)
+    }
+
+    async fn report_migration(&self, req: Request<ReportMigrationRequest>) -> Reply<Namespace> {
+        let who = self.allow(&req, "ReportMigration", &req.get_ref().name, Need::Shard).await?;
+        reply(self.plane.report_migration(&who.name(), req.get_ref()).await)
+    }
+
     async fn grant_access(&self, req: Request<GrantAccessRequest>) -> Reply<Namespace> {
         let who =
             self.allow(&req, "GrantAccess", &req.get_ref().name, Need::NamespaceAdmin(&req.get_ref().name)).await?;
@@ -225,7 +250,7 @@ impl ControlPlaneService for Service {
     async fn register_shard(&self, req: Request<RegisterShardRequest>) -> Reply<RegisterShardResponse> {
         let who = self.allow(&req, "RegisterShard", "", Need::Shard).await?;
         let r = req.get_ref();
-        reply(self.plane.register_shard(&who.name(), &r.shard_id, &r.endpoint, &r.store_id).await)
+        reply(self.plane.register_shard(&who.name(), &r.shard_id, &r.endpoint, &r.store_id, &r.features).await)
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Reply<HeartbeatResponse> {

@@ -240,6 +240,72 @@ pub fn store_id(field: &str, id: &str) -> Result<()> {
     names::validate_part(id).map_err(|e| invalid(field, format!("store id {e}")))
 }
 
+/// Most features one instance may advertise.
+pub const MAX_FEATURES: usize = 32;
+
+/// What an instance advertises it can do (`RegisterShardRequest.features`):
+/// at most [`MAX_FEATURES`] name parts, `[a-z0-9][a-z0-9-]{0,62}`; bounded,
+/// because every watcher receives them.
+pub fn features(field: &str, features: &[String]) -> Result<()> {
+    if features.len() > MAX_FEATURES {
+        return Err(invalid(field, format!("holds more than {MAX_FEATURES} features")));
+    }
+    for (i, f) in features.iter().enumerate() {
+        names::validate_part(f).map_err(|e| invalid(format!("{field}[{i}]"), format!("feature {e}")))?;
+    }
+    Ok(())
+}
+
+/// The spec a namespace whose spec is `source` would have on a migration's
+/// `target`, checked by shape as a namespace spec is, every refusal naming
+/// the request's field (`target.backend`, `target.backend_config.…`,
+/// `target.pinned_shard`). Refuses a target that is the source itself.
+pub fn migration_target(
+    source: &NamespaceSpec,
+    target: Option<&prism_proto::control::MigrationTarget>,
+    known_shards: &[String],
+) -> Result<NamespaceSpec> {
+    let target = target.ok_or_else(|| invalid("target", "is required"))?;
+    let abstraction = Abstraction::try_from(source.abstraction).unwrap_or(Abstraction::Unspecified);
+    let mut spec = source.clone();
+    if target.backend != Backend::Unspecified as i32 {
+        let Some(backend) = Backend::try_from(target.backend).ok().and_then(backends::describe) else {
+            return Err(invalid("target.backend", format!("must be one of {}", backends::names())));
+        };
+        if !backend.abstractions.contains(&abstraction) {
+            return Err(invalid(
+                "target.backend",
+                format!(
+                    "backend {} cannot serve {}, which the namespace uses",
+                    backend.name,
+                    capabilities::abstraction_name(abstraction)
+                ),
+            ));
+        }
+        spec.backend = target.backend;
+        spec.backend_config = target.backend_config.clone().map(Box::new);
+    } else if target.backend_config.is_some() {
+        spec.backend_config = target.backend_config.clone().map(Box::new);
+    }
+    let backend = Backend::try_from(spec.backend).ok().and_then(backends::describe);
+    let backend = backend.ok_or_else(|| invalid("target.backend", "the source's backend is not known here"))?;
+    backend
+        .check_config(spec.backend_config.as_deref(), "target.backend_config")
+        .map_err(|e| invalid(e.field, e.description))?;
+    if !target.pinned_shard.is_empty() {
+        let field = "target.pinned_shard";
+        names::validate_part(&target.pinned_shard).map_err(|e| invalid(field, format!("shard id {e}")))?;
+        if !known_shards.contains(&target.pinned_shard) {
+            return Err(invalid(field, format!("shard {:?} does not exist", target.pinned_shard)));
+        }
+        spec.placement.get_or_insert_with(Default::default).pinned_shard.clone_from(&target.pinned_shard);
+    }
+    if spec == *source {
+        return Err(invalid("target", "is the namespace's current backend, settings and placement"));
+    }
+    Ok(spec)
+}
+
 /// An instance id the registry handed out: 1 to 64 printable ASCII bytes.
 pub fn instance_id(field: &str, id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {

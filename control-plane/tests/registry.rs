@@ -306,7 +306,12 @@ async fn register_store(
     endpoint: &str,
     store: &str,
 ) -> anyhow::Result<String> {
-    let req = RegisterShardRequest { shard_id: shard.into(), endpoint: endpoint.into(), store_id: store.into() };
+    let req = RegisterShardRequest {
+        shard_id: shard.into(),
+        endpoint: endpoint.into(),
+        store_id: store.into(),
+        ..Default::default()
+    };
     Ok(c.register_shard(req).await?.into_inner().instance_id)
 }
 
@@ -391,9 +396,20 @@ async fn an_embedded_namespace_has_one_owner_store_and_is_degraded_while_it_is_a
             shard_id: "shard-a".into(),
             endpoint: "10.0.0.5:7401".into(),
             store_id: "Not An Id".into(),
+            ..Default::default()
         })
         .await;
     refused(r, Code::InvalidArgument, Some("store_id"));
+    // So do bad features.
+    let r = c
+        .register_shard(RegisterShardRequest {
+            shard_id: "shard-a".into(),
+            endpoint: "10.0.0.5:7401".into(),
+            features: vec!["migrate-key-value".into(), "Not A Feature".into()],
+            ..Default::default()
+        })
+        .await;
+    refused(r, Code::InvalidArgument, Some("features[1]"));
     Ok(())
 }
 

@@ -82,6 +82,13 @@ pub struct GatewayConfig {
     /// milliseconds. Default 0; at most 600 000.
     pub drain_delay_ms: u64,
     pub forwarding: ForwardingConfig,
+    /// Experimental (issue 16): take part in KeyValue migrations, and say
+    /// so when registering (`migrate-key-value`), so the control plane
+    /// starts them. Only embedded → postgres targets are carried out (any
+    /// other target stays at PREPARE with a reason), and a migration ends
+    /// at VERIFY (no cutover yet) until it is aborted. Default `false`:
+    /// the control plane refuses every migration, naming this gateway.
+    pub experimental_migrations: bool,
 }
 
 /// The `[gateway.forwarding]` table: what this gateway does with a call for
@@ -302,6 +309,7 @@ impl Default for GatewayConfig {
             metrics_max_namespaces: 1000,
             drain_delay_ms: 0,
             forwarding: ForwardingConfig::default(),
+            experimental_migrations: false,
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod kv_service;
 pub mod layers;
 pub mod limits;
 pub mod metrics;
+pub mod migration;
 pub mod operations;
 pub mod page_token;
 pub mod plugins;

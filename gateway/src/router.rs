@@ -179,6 +179,13 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
 
 /// Writes, then invalidates the cached record whatever the outcome (a
 /// timed-out write may still have been applied).
+///
+/// While the namespace migrates (from DUAL_WRITE on), the write goes to
+/// the source, then to the target with the same stamp, and is
+/// acknowledged only when both applied it: a failed target write fails
+/// the call, and the client's retry carries the same stamp (with a token,
+/// the source applies it once; without, last-writer-wins by the same
+/// generation time makes it the same write).
 async fn write(
     ops: &Operations,
     kv: &dyn KeyValueHandle,
@@ -187,11 +194,19 @@ async fn write(
     mutations: &[Mutation],
     stamp: &WriteStamp,
 ) -> Result<()> {
-    let outcome = observed(&ops.metrics, entry, Op::Mutate, |_| kv.mutate(id, mutations, stamp)).await;
+    let outcome = async {
+        let target = entry.dual_write_target(&ops.plugins)?;
+        observed(&ops.metrics, entry, Op::Mutate, |_| kv.mutate(id, mutations, stamp)).await?;
+        if let Some(target) = target {
+            observed(&ops.metrics, entry, Op::Mutate, |_| target.mutate(id, mutations, stamp)).await?;
+        }
+        Ok::<_, GatewayError>(())
+    }
+    .await;
     if entry.ns.spec.policies.as_deref().is_some_and(|p| p.cache_enabled) {
         ops.cache.invalidate(entry, id).await;
     }
-    Ok(outcome?)
+    outcome
 }
 
 fn selector(r: &kv::GetItemsRequest) -> Selector {

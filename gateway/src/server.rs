@@ -20,6 +20,7 @@ use prism_proto::timeseries::time_series_service_server::TimeSeriesServiceServer
 use tokio::net::TcpListener;
 
 use crate::audit::AuditSink;
+use crate::background::migrate::{self, Migrating};
 use crate::background::provision::{self, Provisioning};
 use crate::background::reclaim::{self, Reclaim};
 use crate::background::registration::{self, Member, Registration};
@@ -260,6 +261,13 @@ impl Gateway {
             shard_id: shard_id(),
             store_id: gw.store_id.to_string(),
             endpoint,
+            // Migrations are experimental (issue 16): advertised only when
+            // configured, so by default the control plane starts none.
+            features: if config.experimental_migrations {
+                vec![crate::background::migrate::MIGRATE_KEY_VALUE.to_owned()]
+            } else {
+                Vec::new()
+            },
             registration: gw.registration.clone(),
             readiness: gw.readiness.clone(),
         };
@@ -293,6 +301,15 @@ impl Gateway {
             tails: gw.tails.clone(),
             request_timeout: config.request_timeout(),
         };
+        let migrating = Migrating {
+            link: gw.control_plane.clone(),
+            metadata: gw.metadata.clone(),
+            shard_id: shard_id(),
+            store_id: gw.store_id.clone(),
+            plugins: gw.plugins.clone(),
+            registration: gw.registration.clone(),
+            request_timeout: config.request_timeout(),
+        };
         let reclaim = Reclaim {
             metadata: gw.metadata.clone(),
             shard_id: shard_id(),
@@ -322,6 +339,7 @@ impl Gateway {
             tokio::spawn(watcher::run(watcher, changes.clone(), stopped.clone())),
             tokio::spawn(provision::run(provisioning, changes, stopped.clone())),
             tokio::spawn(reclaim::run(reclaim, stopped.clone())),
+            tokio::spawn(migrate::run(migrating, stopped.clone())),
             tokio::spawn(crate::quota::sweeper(
                 gw.quotas.clone(),
                 {

@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use prism_plugin_api::kv::KeyValueHandle;
 use prism_plugin_api::ts::TimeSeriesHandle;
 use prism_proto::control::{
-    Backend, Delta, Namespace, NamespaceStatus, Shard, SnapshotChunk, Tenant, TenantState, change,
+    Backend, Delta, MigrationStep, Namespace, NamespaceStatus, Shard, SnapshotChunk, Tenant, TenantState, change,
 };
 
 use crate::error::{GatewayError, Result};
@@ -135,6 +135,9 @@ pub struct NamespaceEntry {
     /// (`Namespace.backend_settings`): the provisioner reports only what
     /// changes it.
     pub backend_settings: Box<[prism_proto::control::BackendSetting]>,
+    /// The namespace's migration, while one runs (`Namespace.migration`,
+    /// ARCHITECTURE.md "The life of a migration").
+    pub migration: Option<Box<prism_proto::control::Migration>>,
     /// The latest version of the namespace's event schema, if it has one
     /// (only the latest: older versions are not needed to write, and reads
     /// find an event's version stored with it).
@@ -149,6 +152,9 @@ pub struct NamespaceEntry {
     /// opens its own on first use. Lazily, because a gateway holds every
     /// namespace and calls few of them (see `prism_plugin_api`'s docs).
     opened: OnceLock<Opened>,
+    /// The migration's target opened as KeyValue on its plugin, once a
+    /// dual write needed it ([`Self::dual_write_target`]).
+    target: OnceLock<Opened>,
 }
 
 /// A namespace opened on its plugin, as the abstraction it was opened for.
@@ -195,8 +201,10 @@ impl NamespaceEntry {
             status_reason: meta.status_reason,
             owner_store: meta.owner_store_id.into_boxed_str(),
             backend_settings: meta.backend_settings.into_boxed_slice(),
+            migration: meta.migration,
             local,
             opened: OnceLock::new(),
+            target: OnceLock::new(),
         }
     }
 
@@ -232,6 +240,47 @@ impl NamespaceEntry {
         match self.opened.get() {
             Some(Opened::KeyValue(handle)) => Ok(handle.as_ref()),
             _ => Err(GatewayError::Internal(format!("namespace {} is not open as KEY_VALUE", self.ns.name))),
+        }
+    }
+
+    /// The migration's step, while one runs.
+    pub fn migration_step(&self) -> Option<MigrationStep> {
+        self.migration.as_ref().map(|m| MigrationStep::try_from(m.step).unwrap_or(MigrationStep::Unspecified))
+    }
+
+    /// Where writes go besides the source while the namespace migrates:
+    /// the target, opened as KeyValue on its plugin, from DUAL_WRITE until
+    /// the migration ends or is aborted (ARCHITECTURE.md, "The life of a
+    /// migration"); `None` at any other step. A target on one instance's
+    /// disk (an embedded target) would have to be written through the
+    /// forwarder, which this gateway does not do yet: it fails the write
+    /// rather than write a store that is not the target's (its PREPARE
+    /// refuses such a target, so the step is never reached through it).
+    pub fn dual_write_target(&self, plugins: &Plugins) -> Result<Option<&dyn KeyValueHandle>> {
+        let Some(migration) = self.migration.as_deref() else { return Ok(None) };
+        let dual = matches!(
+            self.migration_step(),
+            Some(MigrationStep::DualWrite | MigrationStep::Backfill | MigrationStep::Verify)
+        );
+        if !dual {
+            return Ok(None);
+        }
+        if !migration.target_owner_store_id.is_empty() {
+            return Err(GatewayError::Unavailable(format!(
+                "namespace {} is migrating to a store of one instance ({}), which this gateway cannot write yet",
+                self.ns.name, migration.target_owner_store_id
+            )));
+        }
+        if self.target.get().is_none() {
+            let target = crate::migration::target_namespace(&self.ns, migration);
+            let backend = Backend::try_from(target.spec.backend).unwrap_or(Backend::Unspecified);
+            let plugin = plugins.get(backend).and_then(|p| p.key_value());
+            let handle = plugin.ok_or_else(|| not_served(backend, "KEY_VALUE"))?.open(&target)?;
+            let _ = self.target.set(Opened::KeyValue(handle));
+        }
+        match self.target.get() {
+            Some(Opened::KeyValue(handle)) => Ok(Some(handle.as_ref())),
+            _ => Err(GatewayError::Internal(format!("the target of {} is not open as KEY_VALUE", self.ns.name))),
         }
     }
 

@@ -225,6 +225,10 @@ enum Op {
     SetSchema,
     GetSchema,
     ListSchemaHistory,
+    MigrateNamespace,
+    GetMigration,
+    AbortMigration,
+    ReportMigration,
     ReportNamespaceStatus,
     RegisterShard,
     Heartbeat,
@@ -235,7 +239,7 @@ enum Op {
     ListAuditEvents,
 }
 
-const OPS: [Op; 35] = [
+const OPS: [Op; 39] = [
     Op::Put,
     Op::Get,
     Op::Delete,
@@ -263,6 +267,10 @@ const OPS: [Op; 35] = [
     Op::SetSchema,
     Op::GetSchema,
     Op::ListSchemaHistory,
+    Op::MigrateNamespace,
+    Op::GetMigration,
+    Op::AbortMigration,
+    Op::ReportMigration,
     Op::ReportNamespaceStatus,
     Op::RegisterShard,
     Op::Heartbeat,
@@ -283,14 +291,23 @@ fn allowed(op: Op, who: Who) -> bool {
         Op::Get | Op::Scan | Op::Read | Op::Search | Op::Tail => tenant_admin || who == Owner || reader || writer,
         Op::Put | Op::Delete | Op::Mutate | Op::WriteSync | Op::Write => tenant_admin || who == Owner || writer,
         Op::CreateTenant | Op::SetTenantState | Op::DeleteTenant | Op::UpdateTenantQuotas => who == Admin,
-        Op::GetTenant | Op::UpdateTenant | Op::CreateNamespace | Op::DeleteNamespace | Op::ListAuditEvents => {
-            tenant_admin
-        }
+        Op::GetTenant
+        | Op::UpdateTenant
+        | Op::CreateNamespace
+        | Op::DeleteNamespace
+        | Op::MigrateNamespace
+        | Op::AbortMigration
+        | Op::ListAuditEvents => tenant_admin,
         Op::UpdateNamespace | Op::GrantAccess | Op::RevokeAccess | Op::SetSchema => tenant_admin || who == Owner,
-        Op::GetNamespace | Op::ResolveNamespace | Op::GetSchema | Op::ListSchemaHistory => {
+        Op::GetNamespace | Op::ResolveNamespace | Op::GetSchema | Op::ListSchemaHistory | Op::GetMigration => {
             tenant_admin || reader || writer || matches!(who, Owner | Shard)
         }
-        Op::ReportNamespaceStatus | Op::RegisterShard | Op::Heartbeat | Op::DeregisterShard | Op::Watch => {
+        Op::ReportNamespaceStatus
+        | Op::ReportMigration
+        | Op::RegisterShard
+        | Op::Heartbeat
+        | Op::DeregisterShard
+        | Op::Watch => {
             matches!(who, Admin | Shard)
         }
         Op::ListTenants | Op::ListNamespaces | Op::ListShards => true,
@@ -484,6 +501,38 @@ async fn call(c: &mut Clients, op: Op, tenant: &str) -> Code {
         }
         Op::ListSchemaHistory => code(
             c.cp.list_schema_history(prism_proto::control::ListSchemaHistoryRequest { name: ts_ns }).await.map(drop),
+        ),
+        // Stale revisions and absent migrations: ABORTED or NOT_FOUND once
+        // allowed, nothing written.
+        Op::MigrateNamespace => code(
+            c.cp.migrate_namespace(prism_proto::control::MigrateNamespaceRequest {
+                name: kv_ns,
+                target: Some(prism_proto::control::MigrationTarget {
+                    pinned_shard: "shard-9".into(),
+                    ..Default::default()
+                }),
+                expected_revision: STALE,
+            })
+            .await
+            .map(drop),
+        ),
+        Op::GetMigration => {
+            code(c.cp.get_migration(prism_proto::control::GetMigrationRequest { name: kv_ns }).await.map(drop))
+        }
+        Op::AbortMigration => code(
+            c.cp.abort_migration(prism_proto::control::AbortMigrationRequest { name: kv_ns, expected_revision: STALE })
+                .await
+                .map(drop),
+        ),
+        Op::ReportMigration => code(
+            c.cp.report_migration(prism_proto::control::ReportMigrationRequest {
+                name: kv_ns,
+                shard_id: "no-such-shard".into(),
+                instance_id: "nobody".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         ),
         Op::ReportNamespaceStatus => code(
             c.cp.report_namespace_status(ReportNamespaceStatusRequest {

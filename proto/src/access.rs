@@ -56,10 +56,10 @@
 //! | KV Get/Scan, TS Read/Search/Tail | ✓ | ✓ | | ✓ | ✓ | ✓ | | |
 //! | KV Put/Delete/Mutate, TS WriteSync/Write | ✓ | ✓ | | ✓ | ✓ | | | |
 //! | CreateTenant, DeleteTenant, SetTenantState, UpdateTenant with quotas | ✓ | | | | | | | |
-//! | GetTenant, UpdateTenant, CreateNamespace, DeleteNamespace, ListAuditEvents of the tenant | ✓ | ✓ | | | | | | |
+//! | GetTenant, UpdateTenant, CreateNamespace, DeleteNamespace, MigrateNamespace, AbortMigration, ListAuditEvents of the tenant | ✓ | ✓ | | | | | | |
 //! | UpdateNamespace, GrantAccess, RevokeAccess, SetSchema | ✓ | ✓ | | ✓ | | | | |
-//! | GetNamespace, ResolveNamespace, GetSchema, ListSchemaHistory | ✓ | ✓ | | ✓ | ✓ | ✓ | ✓ | |
-//! | RegisterShard, Heartbeat, DeregisterShard, ReportNamespaceStatus, Watch, ReportUsage, AppendAudit | ✓ | | | | | | ✓ | |
+//! | GetNamespace, ResolveNamespace, GetSchema, ListSchemaHistory, GetMigration | ✓ | ✓ | | ✓ | ✓ | ✓ | ✓ | |
+//! | RegisterShard, Heartbeat, DeregisterShard, ReportNamespaceStatus, ReportMigration, Watch, ReportUsage, AppendAudit | ✓ | | | | | | ✓ | |
 //! | GetUsage of a tenant (of a namespace) | ✓ | ✓ | | (✓) | | | | |
 //! | ListTenants, ListNamespaces, ListShards | all | filtered | filtered | filtered | filtered | filtered | filtered | filtered |
 //!

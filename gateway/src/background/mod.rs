@@ -5,6 +5,8 @@
 //! - [`registration`] keeps this instance in the shard registry;
 //! - [`provision`] creates and removes backend resources and reports the
 //!   namespaces' status;
+//! - [`migrate`] does this instance's part of the migrations it takes
+//!   part in, and reports each step;
 //! - [`usage`] reports what the namespaces used and applies tenant shares;
 //! - [`audit`] ships the audit sink's events to the audit log;
 //! - [`reclaim`] removes expired items and events past retention.
@@ -14,6 +16,7 @@
 //! snapshot, quota shares) through the values they share.
 
 pub mod audit;
+pub mod migrate;
 pub mod provision;
 pub mod reclaim;
 pub mod registration;

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prism_plugin_api::kv::Held;
+
 use crate::error::GatewayError;
 use crate::plugins::Plugins;
 use crate::snapshot::Metadata;
@@ -29,9 +31,20 @@ pub async fn run(task: Reclaim, mut stopped: tokio::sync::watch::Receiver<bool>)
             _ = every.tick() => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
+        // A migration's backfill copies deletes: reclamation keeps those of
+        // every namespace being migrated (plugins hold them by name, which
+        // covers the source and the target's incarnation alike).
+        let held: Held = task
+            .metadata
+            .load()
+            .namespaces
+            .values()
+            .filter(|e| e.migration.is_some())
+            .map(|e| e.ns.name.clone())
+            .collect();
         for plugin in task.plugins.all() {
             if let Some(kv) = plugin.key_value() {
-                match kv.reclaim(prism_plugin_api::now_micros()).await {
+                match kv.reclaim(prism_plugin_api::now_micros(), &held).await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(removed = n, "reclaimed expired items"),
                     Err(e) => tracing::warn!(error = %e, "reclaiming expired items failed"),

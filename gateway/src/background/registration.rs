@@ -49,6 +49,8 @@ pub struct Member {
     pub store_id: String,
     /// The endpoint it registers.
     pub endpoint: String,
+    /// What it does beyond serving (`RegisterShardRequest.features`).
+    pub features: Vec<String>,
     pub registration: Arc<Registration>,
     pub readiness: Arc<Readiness>,
 }
@@ -64,6 +66,7 @@ impl Member {
             shard_id: self.shard_id.clone(),
             endpoint: self.endpoint.clone(),
             store_id: self.store_id.clone(),
+            features: self.features.clone(),
         };
         let mut client = self.client().await?;
         let response = answered(REGISTER_TIMEOUT, client.register_shard(request)).await?.into_inner();

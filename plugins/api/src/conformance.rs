@@ -185,6 +185,12 @@ macro_rules! __key_value_cases {
             deprovision_removes_everything
             provision_is_idempotent
             unprovisioned_namespace_is_refused
+            versions_include_values_and_deletes
+            restore_copies_every_version
+            restore_never_overwrites_newer
+            restoring_twice_changes_nothing
+            restore_carries_expiry
+            reclaim_keeps_the_deletes_of_held_namespaces
         }
     };
 }

@@ -77,8 +77,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use prism_plugin_api::kv::{
-    Item, ItemsPage, KeyValue, KeyValueHandle, Mutation, PageLimits, Record, RecordsPage, ScanCursor, Selector,
-    WriteStamp,
+    Held, Item, ItemsPage, KeyRange, KeyValue, KeyValueHandle, Mutation, PageLimits, Record, RecordVersions,
+    RecordsPage, ScanCursor, Selector, Version, VersionCursor, VersionsPage, WriteStamp, restore_plan,
 };
 use prism_plugin_api::pace::{Cancelled, Pace};
 use prism_plugin_api::{Micros, Namespace, now_micros};
@@ -477,7 +477,9 @@ impl<'a, 't> Scope<'a, 't> {
 
     /// Handles one due entry of `kind` naming `prefix ‖ rest`; returns how
     /// many expired items it removed.
-    fn settle(&mut self, kind: Due, rest: &[u8], now: Micros) -> Result<u64> {
+    /// A `held` namespace keeps its deletes ([`KeyValue::reclaim`]): an
+    /// expired item always becomes a tombstone.
+    fn settle(&mut self, kind: Due, rest: &[u8], now: Micros, held: bool) -> Result<u64> {
         let key = join(self.prefix, rest);
         let retention = self.store.tombstone_retention;
         match kind {
@@ -486,7 +488,7 @@ impl<'a, 't> Scope<'a, 't> {
                     && !h.tombstone
                     && h.expires_at.is_some_and(|at| at <= now)
                 {
-                    if h.generation.saturating_add(retention) > now {
+                    if held || h.generation.saturating_add(retention) > now {
                         self.store(&key, Header::tombstone(h.generation), &[])?;
                     } else {
                         self.remove(&key)?;
@@ -744,11 +746,131 @@ impl Store {
         Ok(page)
     }
 
+    /// One page of every version: items and point tombstones in (id, key)
+    /// order, then range tombstones record by record (see
+    /// [`VersionCursor`]). The ranges table's key is the record key, which
+    /// sorts before the record's items, so one raw lower bound serves both.
+    fn scan_versions(
+        &self,
+        ns: &Incarnation,
+        after: Option<&VersionCursor>,
+        limits: PageLimits,
+        cancelled: &Cancelled,
+    ) -> Result<VersionsPage> {
+        let mut pager = Pager::new(limits, cancelled);
+        pager.check()?;
+        let r = self.db.begin_read().map_err(storage)?;
+        registered(&r.open_table(NAMESPACES).map_err(storage)?, ns)?;
+        let end = prefix_end(&ns.prefix);
+        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = VersionsPage::default();
+        let push = |page: &mut VersionsPage, id: &str, version: Version| match page.records.last_mut() {
+            Some(record) if record.id == id => record.versions.push(version),
+            _ => page.records.push(RecordVersions { id: id.to_owned(), versions: vec![version] }),
+        };
+        let ranges_after = match after {
+            None | Some(VersionCursor::Item { .. }) => {
+                let items = r.open_table(ITEMS).map_err(storage)?;
+                let chunks = r.open_table(CHUNKS).map_err(storage)?;
+                let lower = match after {
+                    Some(VersionCursor::Item { id, key }) => Bound::Excluded(join(&record_key(&ns.prefix, id)?, key)),
+                    _ => Bound::Included(ns.prefix.clone()),
+                };
+                for entry in items.range::<&[u8]>((lower.as_ref().map(Vec::as_slice), upper)).map_err(storage)? {
+                    pager.check()?;
+                    if pager.full() {
+                        pager.more = true;
+                        break;
+                    }
+                    let (item_key, stored) = entry.map_err(storage)?;
+                    let item_key = item_key.value();
+                    let (header, inline) = Header::decode(stored.value())?;
+                    let (id, key) = split_item(item_key.get(ns.prefix.len()..).unwrap_or_default())?;
+                    let version = if header.tombstone {
+                        Version::Tombstone { key: key.to_vec(), generation: header.generation }
+                    } else {
+                        let value = read_value(&header, inline, item_key, &chunks)?;
+                        Version::Item {
+                            key: key.to_vec(),
+                            value,
+                            expires_at: header.expires_at,
+                            generation: header.generation,
+                        }
+                    };
+                    pager.add(version.bytes() as usize);
+                    push(&mut page, id, version);
+                }
+                if pager.more {
+                    page.next = page.records.last().and_then(|r| {
+                        r.versions.last().map(|v| match v {
+                            Version::Item { key, .. } | Version::Tombstone { key, .. } => {
+                                VersionCursor::Item { id: r.id.clone(), key: key.clone() }
+                            }
+                            // Not met in this pass.
+                            Version::Range { .. } => VersionCursor::Ranges { after: None },
+                        })
+                    });
+                    return Ok(page);
+                }
+                // The items are done: the ranges follow, on this page if
+                // it has room.
+                page.next = Some(VersionCursor::Ranges { after: None });
+                None
+            }
+            Some(VersionCursor::Ranges { after }) => after.as_deref(),
+        };
+        let ranges = r.open_table(RANGES).map_err(storage)?;
+        let lower = match ranges_after {
+            Some(id) => Bound::Excluded(record_key(&ns.prefix, id)?),
+            None => Bound::Included(ns.prefix.clone()),
+        };
+        let mut more = false;
+        for entry in ranges.range::<&[u8]>((lower.as_ref().map(Vec::as_slice), upper)).map_err(storage)? {
+            pager.check()?;
+            if pager.full() {
+                more = true;
+                break;
+            }
+            let (record, stored) = entry.map_err(storage)?;
+            let (id, _) = split_item(record.value().get(ns.prefix.len()..).unwrap_or_default())?;
+            for range in RangeTombstone::decode_all(stored.value())? {
+                let version = Version::Range {
+                    range: KeyRange { start: range.start, end: range.end },
+                    generation: range.generation,
+                };
+                pager.add(version.bytes() as usize);
+                push(&mut page, id, version);
+            }
+            page.next = Some(VersionCursor::Ranges { after: Some(id.to_owned()) });
+        }
+        if !more {
+            page.next = None;
+        }
+        Ok(page)
+    }
+
+    /// Writes `versions` into record `id`, each at its own generation,
+    /// with a mutate's rules, in one transaction.
+    fn restore(&self, ns: &Incarnation, id: &str, versions: &[Version]) -> Result<()> {
+        let record = record_key(&ns.prefix, id)?;
+        let w = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = Tables::open(&w)?;
+            registered(&t.namespaces, ns)?;
+            let mut scope = Scope::new(&mut t, &ns.prefix, self);
+            for (generation, mutations) in restore_plan(versions) {
+                scope.apply(&record, &mutations, generation)?;
+            }
+            scope.finish()?;
+        }
+        w.commit().map_err(storage)
+    }
+
     #[cfg(test)]
     fn reclaim(&self, now: Micros) -> Result<u64> {
         let mut removed = 0;
         loop {
-            let (n, more) = self.reclaim_batch(now, RECLAIM_BATCH)?;
+            let (n, more) = self.reclaim_batch(now, RECLAIM_BATCH, &Held::none())?;
             removed += n;
             if !more {
                 return Ok(removed);
@@ -757,8 +879,9 @@ impl Store {
     }
 
     /// One transaction of reclamation: at most `budget` due entries.
-    /// Returns the expired items removed and whether more may be due.
-    pub(crate) fn reclaim_batch(&self, now: Micros, budget: usize) -> Result<(u64, bool)> {
+    /// Returns the expired items removed and whether more may be due. The
+    /// deletes of `held` namespaces stay, their due entries with them.
+    pub(crate) fn reclaim_batch(&self, now: Micros, budget: usize, held: &Held) -> Result<(u64, bool)> {
         let w = self.db.begin_write().map_err(storage)?;
         let (removed, more) = {
             let mut t = Tables::open(&w)?;
@@ -768,8 +891,14 @@ impl Store {
             }
             let (mut removed, mut left) = (0, budget);
             for prefix in &prefixes {
+                // `name ‖ 0x00 ‖ create_revision`: the name is all but 9 bytes.
+                let name = prefix.get(..prefix.len().saturating_sub(9)).unwrap_or_default();
+                let held = std::str::from_utf8(name).is_ok_and(|name| held.contains(name));
                 let mut scope = Scope::new(&mut t, prefix, self);
                 for kind in Due::ALL {
+                    if held && matches!(kind, Due::Tombstone | Due::RangeTombstone) {
+                        continue;
+                    }
                     let lower = due_key(prefix, kind, i64::MIN, b"");
                     // Everything due at or before `now`.
                     let upper = match now.checked_add(1) {
@@ -785,7 +914,7 @@ impl Store {
                     left -= due.len();
                     for key in due {
                         scope.t.due.remove(key.as_slice()).map_err(storage)?;
-                        removed += scope.settle(kind, due_rest(prefix.len(), &key)?, now)?;
+                        removed += scope.settle(kind, due_rest(prefix.len(), &key)?, now, held)?;
                     }
                     if left == 0 {
                         break;
@@ -815,11 +944,12 @@ impl KeyValue for EmbeddedPlugin {
         Ok(Arc::new(Opened::of(&self.turns, ns)?))
     }
 
-    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
+    async fn reclaim(&self, now: Micros, held: &Held) -> prism_plugin_api::Result<u64> {
         // One transaction per batch, each taking its turn among writers.
         let mut removed = 0;
         loop {
-            let (n, more) = self.write_turn(move |s| s.reclaim_batch(now, RECLAIM_BATCH)).await?;
+            let held = held.clone();
+            let (n, more) = self.write_turn(move |s| s.reclaim_batch(now, RECLAIM_BATCH, &held)).await?;
             removed += n;
             if !more {
                 return Ok(removed);
@@ -868,5 +998,22 @@ impl KeyValueHandle for Opened {
     async fn storage_bytes(&self) -> prism_plugin_api::Result<u64> {
         let ns = self.ns.clone();
         Ok(self.turns.read_turn(move |s| s.storage_bytes(&ns)).await?)
+    }
+
+    async fn scan_versions(
+        &self,
+        after: Option<&VersionCursor>,
+        limits: PageLimits,
+    ) -> prism_plugin_api::Result<VersionsPage> {
+        let (ns, after) = (self.ns.clone(), after.cloned());
+        Ok(self
+            .turns
+            .read_turn_cancellable(move |s, cancelled| s.scan_versions(&ns, after.as_ref(), limits, cancelled))
+            .await?)
+    }
+
+    async fn restore(&self, id: &str, versions: &[Version]) -> prism_plugin_api::Result<()> {
+        let (ns, id, versions) = (self.ns.clone(), id.to_owned(), versions.to_vec());
+        Ok(self.turns.write_turn(move |s| s.restore(&ns, &id, &versions)).await?)
     }
 }

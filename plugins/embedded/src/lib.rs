@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use prism_plugin_api::kv::KeyValue;
+use prism_plugin_api::kv::{Held, KeyValue};
 use prism_plugin_api::pace::{CancelOnDrop, Cancelled};
 use prism_plugin_api::ts::TimeSeries;
 use prism_plugin_api::{Capabilities, Namespace, Plugin, PluginError, PluginSettings, now_micros};
@@ -144,7 +144,9 @@ impl EmbeddedPlugin {
     /// Failures are logged and retried on the next tick. TimeSeries
     /// retention is not reclaimed here: it is a namespace policy the store
     /// does not keep, so the gateway reclaims each opened namespace
-    /// ([`prism_plugin_api::ts::TimeSeriesHandle::reclaim`]).
+    /// ([`prism_plugin_api::ts::TimeSeriesHandle::reclaim`]). It holds no
+    /// namespace's deletes: it knows no migrations (the gateway runs its
+    /// own reclamation, which does).
     pub fn spawn_reclaimer(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let plugin = Arc::downgrade(self);
         let every = every.max(Duration::from_millis(1));
@@ -156,7 +158,7 @@ impl EmbeddedPlugin {
                 // Holding only a weak reference lets the plugin (and its
                 // file lock) go when its owner drops it.
                 let Some(plugin) = plugin.upgrade() else { return };
-                match KeyValue::reclaim(plugin.as_ref(), now_micros()).await {
+                match KeyValue::reclaim(plugin.as_ref(), now_micros(), &Held::none()).await {
                     Ok(0) => {}
                     Ok(removed) => tracing::debug!(removed, "reclaimed expired items"),
                     Err(error) => tracing::warn!(%error, "reclaiming expired items failed"),

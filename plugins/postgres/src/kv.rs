@@ -192,8 +192,8 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use futures_util::future::{join4, try_join};
 use prism_plugin_api::kv::{
-    ItemsPage, KeyRange, KeyValue, KeyValueHandle, Mutation, NewItem, PageLimits, RecordsPage, ScanCursor, Selector,
-    WriteStamp,
+    Held, ItemsPage, KeyRange, KeyValue, KeyValueHandle, Mutation, NewItem, PageLimits, RecordsPage, ScanCursor,
+    Selector, Version, VersionCursor, VersionsPage, WriteStamp, restore_plan,
 };
 use prism_plugin_api::{Micros, Namespace, now_micros};
 use prism_proto::control::PostgresConfig;
@@ -795,10 +795,23 @@ async fn delete_ranges(
     Ok(())
 }
 
+/// Writes `versions` into record `id`: one mutate per generation time
+/// ([`restore_plan`]), whose SQL keeps last-writer-wins, without a token.
+/// Each is its own transaction: restoring is idempotent, so a restore cut
+/// short is simply run again.
+async fn restore(t: &Target, id: &str, versions: &[Version]) -> Result<()> {
+    for (generation, mutations) in restore_plan(versions) {
+        mutate(t, id, &mutations, &WriteStamp { generation_time: generation, token: None }).await?;
+    }
+    Ok(())
+}
+
 /// Reclaims one incarnation; returns the expired items removed.
-async fn reclaim_one(t: &Target, now: Micros) -> Result<u64> {
+/// A `held` namespace keeps its deletes ([`KeyValue::reclaim`]): every
+/// expired item becomes a tombstone, and no tombstone or range is swept.
+async fn reclaim_one(t: &Target, now: Micros, held: bool) -> Result<u64> {
     let client = crate::lease::lease(&t.pool).await?;
-    let tombstone_cut = now.saturating_sub(t.tombstone_retention);
+    let tombstone_cut = if held { Micros::MIN } else { now.saturating_sub(t.tombstone_retention) };
     let mut removed = 0u64;
     // Expired items: a tombstone with the item's generation while that is
     // within retention, else gone (chunks cascade, or are freed here).
@@ -815,6 +828,8 @@ async fn reclaim_one(t: &Target, now: Micros) -> Result<u64> {
             break;
         }
     }
+    // Held: the cut is before any generation, so the sweeps of deletes
+    // find nothing.
     let sweeps =
         [(&t.sql.sweep_tombstones, tombstone_cut), (&t.sql.sweep_ranges, tombstone_cut), (&t.sql.sweep_tokens, now)];
     for (sweep, cut) in sweeps {
@@ -842,7 +857,7 @@ impl KeyValue for PostgresPlugin {
         Ok(Arc::new(self.opened(ns)?))
     }
 
-    async fn reclaim(&self, now: Micros) -> prism_plugin_api::Result<u64> {
+    async fn reclaim(&self, now: Micros, held: &Held) -> prism_plugin_api::Result<u64> {
         let mut removed = 0;
         let mut first_error = None;
         // Servers that could not be reached this round: their other
@@ -855,7 +870,7 @@ impl KeyValue for PostgresPlugin {
             if unreachable.contains(&pool) {
                 continue;
             }
-            match self.bounded("reclaim", reclaim_one(&t, now)).await {
+            match self.bounded("reclaim", reclaim_one(&t, now, held.contains(&t.name))).await {
                 Ok(n) => removed += n,
                 Err(e) if e.is_missing_table() => self.forget(&t),
                 Err(e) => {
@@ -904,5 +919,17 @@ impl KeyValueHandle for Opened {
 
     async fn storage_bytes(&self) -> prism_plugin_api::Result<u64> {
         self.run("storage_bytes", storage_bytes(&self.target)).await
+    }
+
+    async fn scan_versions(
+        &self,
+        after: Option<&VersionCursor>,
+        limits: PageLimits,
+    ) -> prism_plugin_api::Result<VersionsPage> {
+        self.run("scan_versions", read::scan_versions(&self.target, after, limits)).await
+    }
+
+    async fn restore(&self, id: &str, versions: &[Version]) -> prism_plugin_api::Result<()> {
+        self.run("restore", restore(&self.target, id, versions)).await
     }
 }

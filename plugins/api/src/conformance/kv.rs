@@ -6,10 +6,10 @@ use prism_proto::control::Abstraction;
 
 use super::Subject;
 use super::support::{
-    Case, HOUR, KIB, MIB, UNLIMITED, assert_gave_up, assert_not_provisioned, check_capabilities, check_paced, delete,
-    namespace, overdue, paced, pairs, pattern, put, put_expiring,
+    Case, DAY, HOUR, KIB, MIB, UNLIMITED, assert_gave_up, assert_not_provisioned, check_capabilities, check_paced,
+    delete, namespace, overdue, paced, pairs, pattern, put, put_expiring,
 };
-use crate::kv::{Item, KeyRange, Mutation, PageLimits, Selector};
+use crate::kv::{Item, KeyRange, Mutation, PageLimits, Selector, Version};
 use crate::{PluginError, now_micros};
 
 /// Every case's name, in the macro's order.
@@ -870,6 +870,9 @@ pub async fn deprovision_removes_everything(subject: Subject) {
     let kv = c.kv();
     assert_not_provisioned("get", kv.get("r", &Selector::All, None, UNLIMITED, c.base).await);
     assert_not_provisioned("scan", kv.scan(None, UNLIMITED, c.base).await);
+    assert_not_provisioned("scan_versions", kv.scan_versions(None, UNLIMITED).await);
+    let version = Version::Tombstone { key: b"k".to_vec(), generation: c.base };
+    assert_not_provisioned("restore", kv.restore("r", &[version]).await);
     assert_not_provisioned("mutate", kv.mutate("r", &[put("k", "v")], &c.at(20)).await);
     match kv.storage_bytes().await {
         Ok(0) | Err(PluginError::NotProvisioned(_)) => {}
@@ -904,9 +907,161 @@ pub async fn unprovisioned_namespace_is_refused(subject: Subject) {
     assert_not_provisioned("mutate", kv.mutate("r", &[put("k", "v")], &c.at(1)).await);
     assert_not_provisioned("get", kv.get("r", &Selector::All, None, UNLIMITED, c.base).await);
     assert_not_provisioned("scan", kv.scan(None, UNLIMITED, c.base).await);
+    assert_not_provisioned("scan_versions", kv.scan_versions(None, UNLIMITED).await);
+    let version = Version::Tombstone { key: b"k".to_vec(), generation: c.base };
+    assert_not_provisioned("restore", kv.restore("r", &[version]).await);
     match kv.storage_bytes().await {
         Ok(0) | Err(PluginError::NotProvisioned(_)) => {}
         other => panic!("storage_bytes of an unprovisioned namespace: want 0 or NotProvisioned, got {other:?}"),
     }
     c.plugin.deprovision(&c.ns).await.expect("deprovisioning what never was succeeds");
+}
+
+/// `versions` in a fixed order, for comparing two scans.
+fn sorted(mut versions: Vec<(String, Version)>) -> Vec<(String, Version)> {
+    versions.sort_by_cached_key(|(id, v)| (id.clone(), format!("{v:?}")));
+    versions
+}
+
+/// What the versions cases store in a source: values (one expiring, one
+/// chunked on every backend), a point delete, a range delete, and a
+/// record whose whole delete left nothing but its range.
+async fn write_versioned(c: &Case, big: &[u8]) {
+    c.put("r", &[("a", "1"), ("b", "2")], 1).await;
+    c.mutate("r", &[put_expiring("t", "x", c.base + HOUR), put("big", big)], &c.at(2)).await;
+    c.mutate("r", &[delete("b")], &c.at(3)).await;
+    c.mutate("s", &[Mutation::DeleteRange(range("m", Some("p")))], &c.at(4)).await;
+    c.put("gone", &[("k", "v")], 1).await;
+    c.mutate("gone", &[Mutation::DeleteRange(KeyRange::all())], &c.at(5)).await;
+}
+
+/// A versions scan returns every value with its generation time and
+/// expiry, every point delete and every range delete, page by page.
+pub async fn versions_include_values_and_deletes(subject: Subject) {
+    let c = Case::provision(&subject, "versions_include_values_and_deletes").await;
+    let big = pattern(MIB + 3 * KIB, 4);
+    write_versioned(&c, &big).await;
+    let item = |key: &str, value: &[u8], expires_at, offset| Version::Item {
+        key: key.as_bytes().to_vec(),
+        value: value.to_vec(),
+        expires_at,
+        generation: c.base + offset,
+    };
+    let want = sorted(vec![
+        ("r".into(), item("a", b"1", None, 1)),
+        ("r".into(), item("big", &big, None, 2)),
+        ("r".into(), item("t", b"x", Some(c.base + HOUR), 2)),
+        ("r".into(), Version::Tombstone { key: b"b".to_vec(), generation: c.base + 3 }),
+        ("s".into(), Version::Range { range: range("m", Some("p")), generation: c.base + 4 }),
+        ("gone".into(), Version::Range { range: KeyRange::all(), generation: c.base + 5 }),
+    ]);
+    assert_eq!(sorted(c.versions(UNLIMITED).await), want, "one page");
+    assert_eq!(sorted(c.versions(PageLimits::new(1, Some(1))).await), want, "a version a page");
+    assert_eq!(sorted(c.versions(PageLimits::new(2 * KIB as u64, Some(3))).await), want, "pages by bytes");
+    c.finish().await;
+}
+
+/// Copying every version into another namespace gives it the same
+/// versions, so the same reads and the same last-writer-wins answers to
+/// writes that come late.
+pub async fn restore_copies_every_version(subject: Subject) {
+    let source = Case::provision(&subject, "restore_copies_every_version").await;
+    let target = source.beside(&subject, "restore_copies_every_version").await;
+    let big = pattern(MIB + 3 * KIB, 5);
+    write_versioned(&source, &big).await;
+    source.copy_to(&target, PageLimits::new(2 * KIB as u64, Some(2))).await;
+    assert_eq!(sorted(target.versions(UNLIMITED).await), sorted(source.versions(UNLIMITED).await));
+    for id in ["r", "s", "gone"] {
+        assert_eq!(target.entries(id).await, source.entries(id).await, "record {id}");
+    }
+    // Writes older than what was copied lose on both sides alike.
+    for c in [&source, &target] {
+        c.put("r", &[("b", "late")], 2).await;
+        c.put("s", &[("n", "late")], 3).await;
+        c.put("gone", &[("k", "late")], 4).await;
+        assert_eq!(c.entries("s").await, vec![]);
+        assert_eq!(c.entries("gone").await, vec![]);
+    }
+    assert_eq!(target.entries("r").await, source.entries("r").await);
+    source.finish().await;
+    target.finish().await;
+}
+
+/// A version older than (or as old as) what the target stores — a dual
+/// write that arrived first — changes nothing; a newer one wins, deletes
+/// included.
+pub async fn restore_never_overwrites_newer(subject: Subject) {
+    let source = Case::provision(&subject, "restore_never_overwrites_newer").await;
+    let target = source.beside(&subject, "restore_never_overwrites_newer").await;
+    source.put("r", &[("k", "old"), ("j", "old")], 5).await;
+    source.mutate("r", &[delete("d")], &source.at(10)).await;
+    source.mutate("r", &[Mutation::DeleteRange(range("x", Some("y")))], &source.at(10)).await;
+    source.put("r", &[("e", "source")], 7).await;
+    target.put("r", &[("k", "new")], 10).await;
+    target.mutate("r", &[delete("j")], &target.at(10)).await;
+    target.put("r", &[("d", "old"), ("x1", "old")], 5).await;
+    target.put("r", &[("x2", "new")], 20).await;
+    target.put("r", &[("e", "target")], 7).await;
+    source.copy_to(&target, UNLIMITED).await;
+    assert_eq!(target.entries("r").await, pairs(&[("e", "target"), ("k", "new"), ("x2", "new")]));
+    source.finish().await;
+    target.finish().await;
+}
+
+/// A page copied again (a backfill resumed from an older cursor) changes
+/// nothing.
+pub async fn restoring_twice_changes_nothing(subject: Subject) {
+    let source = Case::provision(&subject, "restoring_twice_changes_nothing").await;
+    let target = source.beside(&subject, "restoring_twice_changes_nothing").await;
+    write_versioned(&source, &pattern(MIB + 3 * KIB, 6)).await;
+    source.copy_to(&target, UNLIMITED).await;
+    let (versions, storage) = (sorted(target.versions(UNLIMITED).await), target.storage().await);
+    source.copy_to(&target, PageLimits::new(KIB as u64, Some(1))).await;
+    assert_eq!(sorted(target.versions(UNLIMITED).await), versions);
+    assert_eq!(target.storage().await, storage);
+    source.finish().await;
+    target.finish().await;
+}
+
+/// A copied value keeps its expiry: the target stops returning it when
+/// the source does.
+pub async fn restore_carries_expiry(subject: Subject) {
+    let source = Case::provision(&subject, "restore_carries_expiry").await;
+    let target = source.beside(&subject, "restore_carries_expiry").await;
+    let expires_at = now_micros() + 2 * HOUR;
+    source.mutate("r", &[put_expiring("k", "v", expires_at), put("stays", "v")], &source.at(1)).await;
+    source.copy_to(&target, UNLIMITED).await;
+    let want = Item { key: b"k".to_vec(), value: b"v".to_vec(), expires_at: Some(expires_at) };
+    let items = target.read("r", &keys(&["k"]), UNLIMITED, target.base).await;
+    assert_eq!(items, vec![want]);
+    assert_eq!(target.read("r", &Selector::All, UNLIMITED, expires_at).await.len(), 1, "expired at its time");
+    source.finish().await;
+    target.finish().await;
+}
+
+/// While a namespace is held (a migration copies it), reclamation keeps
+/// its deletes however old, and an expired item becomes a tombstone; once
+/// released they go as usual.
+pub async fn reclaim_keeps_the_deletes_of_held_namespaces(subject: Subject) {
+    let c = Case::provision(&subject, "reclaim_keeps_the_deletes_of_held_namespaces").await;
+    // Two days old: past any tombstone retention the suite runs with.
+    let old = -2 * DAY;
+    c.mutate("r", &[delete("gone")], &c.at(old)).await;
+    c.mutate("r", &[put_expiring("expired", "v", now_micros() - 1), put("kept", "v")], &c.at(old)).await;
+    c.mutate("s", &[Mutation::DeleteRange(KeyRange::all())], &c.at(old)).await;
+    c.reclaim_holding(now_micros()).await;
+    let held = sorted(c.versions(UNLIMITED).await);
+    let tombstone = |key: &str| Version::Tombstone { key: key.as_bytes().to_vec(), generation: c.base + old };
+    let kept =
+        Version::Item { key: b"kept".to_vec(), value: b"v".to_vec(), expires_at: None, generation: c.base + old };
+    let want = sorted(vec![
+        ("r".into(), tombstone("expired")),
+        ("r".into(), tombstone("gone")),
+        ("r".into(), kept.clone()),
+        ("s".into(), Version::Range { range: KeyRange::all(), generation: c.base + old }),
+    ]);
+    assert_eq!(held, want, "held: every delete stays");
+    c.reclaim_expired(now_micros()).await;
+    assert_eq!(c.versions(UNLIMITED).await, vec![("r".into(), kept)], "released: old deletes go");
+    c.finish().await;
 }

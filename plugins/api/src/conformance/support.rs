@@ -12,7 +12,9 @@ use std::sync::{Arc, OnceLock};
 use prism_proto::control::{Abstraction, NamespaceSpec, Policies};
 
 use super::Subject;
-use crate::kv::{Item, KeyValueHandle, Mutation, NewItem, PageLimits, ScanCursor, Selector, WriteStamp};
+use crate::kv::{
+    Held, Item, KeyValueHandle, Mutation, NewItem, PageLimits, ScanCursor, Selector, Version, VersionCursor, WriteStamp,
+};
 use crate::pace::StopBy;
 use crate::ts::{Event, EventCursor, EventsPage, Query, TagFilter, TimeSeriesHandle};
 use crate::{Micros, Namespace, Plugin, PluginError, now_micros};
@@ -237,6 +239,15 @@ impl Case {
         case
     }
 
+    /// Another fresh key-value namespace named after `case`, provisioned,
+    /// on this case's clock: a migration's target, whose versions carry
+    /// the source's generation times.
+    pub async fn beside(&self, subject: &Subject, case: &str) -> Self {
+        let mut other = Self::provision(subject, case).await;
+        other.base = self.base;
+        other
+    }
+
     /// A case on `ns`, which the caller provisions (or not).
     pub fn unprovisioned(subject: &Subject, ns: Namespace) -> Self {
         Self::resume(subject.plugin.clone(), ns, now_micros())
@@ -256,10 +267,17 @@ impl Case {
         })
     }
 
+    /// Reclaims at `now` in every namespace of the plugin but this one's,
+    /// whose deletes are held (a migration runs).
+    pub async fn reclaim_holding(&self, now: Micros) -> u64 {
+        let kv = self.plugin.key_value().expect("a plugin under the KeyValue suite serves KeyValue");
+        kv.reclaim(now, &[self.ns.name.as_str()].into_iter().collect()).await.expect("reclaim")
+    }
+
     /// Reclaims expired items in every namespace of the plugin, at `now`.
     pub async fn reclaim_expired(&self, now: Micros) -> u64 {
         let kv = self.plugin.key_value().expect("a plugin under the KeyValue suite serves KeyValue");
-        kv.reclaim(now).await.expect("reclaim")
+        kv.reclaim(now, &Held::none()).await.expect("reclaim")
     }
 
     /// A write stamped `base + offset`, without a token.
@@ -365,6 +383,67 @@ impl Case {
 
     pub async fn storage(&self) -> u64 {
         self.kv().storage_bytes().await.expect("storage_bytes")
+    }
+
+    /// Every page of a versions scan, flattened to `(id, version)`;
+    /// checks that pages keep their bounds and that the cursor moves on.
+    pub async fn versions(&self, limits: PageLimits) -> Vec<(String, Version)> {
+        let mut out = Vec::new();
+        let mut after: Option<VersionCursor> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self.kv().scan_versions(after.as_ref(), limits).await.expect("scan_versions");
+            let sizes: Vec<u64> = page
+                .records
+                .iter()
+                .flat_map(|r| r.versions.iter())
+                .filter(|v| !matches!(v, Version::Range { .. }))
+                .map(Version::bytes)
+                .collect();
+            if let Some(max) = limits.max_items {
+                // Range deletes come a record at a time, so only the
+                // items' pass is bounded by count exactly.
+                let items = page
+                    .records
+                    .iter()
+                    .flat_map(|r| r.versions.iter())
+                    .filter(|v| !matches!(v, Version::Range { .. }))
+                    .count();
+                assert!(items <= max.max(1) as usize, "scan_versions: {items} items on a page of {max}");
+            }
+            assert!(
+                sizes.iter().rev().skip(1).sum::<u64>() < limits.max_bytes.max(1) || sizes.len() <= 1,
+                "scan_versions: a page of items went on past its byte bound"
+            );
+            for record in page.records {
+                assert!(!record.versions.is_empty(), "scan_versions: record {:?} came with nothing", record.id);
+                out.extend(record.versions.into_iter().map(|v| (record.id.clone(), v)));
+            }
+            match page.next {
+                Some(next) => {
+                    assert_ne!(after.as_ref(), Some(&next), "scan_versions: the cursor did not move");
+                    after = Some(next);
+                }
+                None => return out,
+            }
+        }
+        panic!("scan_versions: no end after {MAX_PAGES} pages");
+    }
+
+    /// Copies every version of this namespace into `target` a page at a
+    /// time, as a migration's backfill does.
+    pub async fn copy_to(&self, target: &Case, limits: PageLimits) {
+        let mut after: Option<VersionCursor> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self.kv().scan_versions(after.as_ref(), limits).await.expect("scan_versions");
+            for record in &page.records {
+                target.kv().restore(&record.id, &record.versions).await.expect("restore");
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return,
+            }
+        }
+        panic!("copy: no end after {MAX_PAGES} pages");
     }
 
     /// Deprovisions the namespace.

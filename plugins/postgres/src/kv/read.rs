@@ -8,14 +8,17 @@ use std::collections::HashMap;
 
 use deadpool_postgres::ClientWrapper;
 use prism_plugin_api::Micros;
-use prism_plugin_api::kv::{Item, ItemsPage, PageLimits, Record, RecordsPage, ScanCursor, Selector};
+use prism_plugin_api::kv::{
+    Item, ItemsPage, KeyRange, PageLimits, Record, RecordVersions, RecordsPage, ScanCursor, Selector, Version,
+    VersionCursor, VersionsPage,
+};
 use prism_plugin_api::pace::Pace;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::Target;
 use super::prepared::{self, Stmt};
-use super::statements::{GET_KEYS_TYPES, READ_BATCH};
+use super::statements::{GET_KEYS_TYPES, READ_BATCH, VERSION_RANGES_TYPES, VERSIONS_TYPES};
 use crate::error::{PostgresError, Result};
 
 type Param<'a> = &'a (dyn ToSql + Sync);
@@ -449,4 +452,140 @@ pub(super) async fn scan(
     fill_values(&tx, t, &mut metas).await?;
     tx.commit().await?;
     records_page(metas, pager.more)
+}
+
+/// Adds `version` of record `id` to the page.
+fn push_version(page: &mut VersionsPage, id: String, version: Version) {
+    match page.records.last_mut() {
+        Some(record) if record.id == id => record.versions.push(version),
+        _ => page.records.push(RecordVersions { id, versions: vec![version] }),
+    }
+}
+
+fn text_id(id: Vec<u8>) -> Result<String> {
+    String::from_utf8(id).map_err(|_| PostgresError::Corrupt("a record id is not UTF-8".into()))
+}
+
+/// One page of every version (`KeyValueHandle::scan_versions`): the item
+/// rows (values and point deletes) in (id, key) order, then the range
+/// deletes record by record, in one `REPEATABLE READ READ ONLY`
+/// transaction. Not a hot path: statements go unnamed.
+pub(super) async fn scan_versions(
+    t: &Target,
+    after: Option<&VersionCursor>,
+    limits: PageLimits,
+) -> Result<VersionsPage> {
+    let mut pager = Pager::new(limits);
+    pager.check()?;
+    let mut client = crate::lease::lease(&t.pool).await?;
+    let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+    let mut page = VersionsPage::default();
+    let ranges_after = match after {
+        None | Some(VersionCursor::Item { .. }) => {
+            let mut cursor: Option<(Vec<u8>, Vec<u8>)> = match after {
+                Some(VersionCursor::Item { id, key }) => Some((id.as_bytes().to_vec(), key.clone())),
+                _ => None,
+            };
+            let batch = pager.batch();
+            let limit = batch as i64;
+            // (meta, generation, tombstone) of each row on the page.
+            let mut rows_of_page: Vec<(Meta, i64, bool)> = Vec::new();
+            'rows: loop {
+                pager.check()?;
+                let shape = usize::from(cursor.is_some());
+                let params: Vec<Param<'_>> = match &cursor {
+                    Some((id, key)) => vec![id, key, &limit],
+                    None => vec![&limit],
+                };
+                let typed: Vec<(Param<'_>, Type)> =
+                    params.into_iter().zip(VERSIONS_TYPES[shape].iter().cloned()).collect();
+                let rows = tx.query_typed(&t.sql.versions[shape], &typed).await?;
+                let fetched = rows.len();
+                for row in &rows {
+                    let mut meta = Meta::from_row(row, None)?;
+                    let (generation, tombstone): (i64, bool) = (row.try_get(6)?, row.try_get(7)?);
+                    if tombstone {
+                        meta.value = Some(Vec::new());
+                    }
+                    if !pager.offer(&meta) {
+                        break 'rows;
+                    }
+                    rows_of_page.push((meta, generation, tombstone));
+                }
+                if fetched < batch {
+                    break;
+                }
+                cursor = rows_of_page.last().map(|(m, ..)| (m.id.clone(), m.key.clone()));
+            }
+            let (mut metas, stamps): (Vec<Meta>, Vec<(i64, bool)>) =
+                rows_of_page.into_iter().map(|(m, g, t)| (m, (g, t))).unzip();
+            fill_values(&tx, t, &mut metas).await?;
+            for (meta, (generation, tombstone)) in metas.into_iter().zip(stamps) {
+                let id = text_id(meta.id.clone())?;
+                let version = if tombstone {
+                    Version::Tombstone { key: meta.key, generation }
+                } else {
+                    let item = meta.into_item()?;
+                    Version::Item { key: item.key, value: item.value, expires_at: item.expires_at, generation }
+                };
+                push_version(&mut page, id, version);
+            }
+            if pager.more {
+                page.next = page.records.last().and_then(|r| match r.versions.last() {
+                    Some(Version::Item { key, .. } | Version::Tombstone { key, .. }) => {
+                        Some(VersionCursor::Item { id: r.id.clone(), key: key.clone() })
+                    }
+                    _ => None,
+                });
+                tx.commit().await?;
+                return Ok(page);
+            }
+            // The items are done: the range deletes follow, on this page
+            // if it has room.
+            page.next = Some(VersionCursor::Ranges { after: None });
+            None
+        }
+        Some(VersionCursor::Ranges { after }) => after.as_ref().map(|id| id.as_bytes().to_vec()),
+    };
+    if !pager.full() {
+        // A record's range deletes come whole; the records come a batch
+        // at a time, the page cut after the record that fills it.
+        let records = pager.batch().min(READ_BATCH) as i64;
+        let shape = usize::from(ranges_after.is_some());
+        let params: Vec<Param<'_>> = match &ranges_after {
+            Some(id) => vec![id, &records],
+            None => vec![&records],
+        };
+        let typed: Vec<(Param<'_>, Type)> =
+            params.into_iter().zip(VERSION_RANGES_TYPES[shape].iter().cloned()).collect();
+        let rows = tx.query_typed(&t.sql.version_ranges[shape], &typed).await?;
+        let mut seen = 0usize;
+        let mut last: Option<String> = None;
+        let mut cut = false;
+        for row in &rows {
+            let id = text_id(row.try_get(0)?)?;
+            if last.as_deref() != Some(id.as_str()) {
+                if pager.full() {
+                    cut = true;
+                    break;
+                }
+                seen += 1;
+                last = Some(id.clone());
+            }
+            let range = KeyRange { start: row.try_get(1)?, end: row.try_get(2)? };
+            let version = Version::Range { range, generation: row.try_get(3)? };
+            let bytes = version.bytes();
+            pager.bytes = pager.bytes.saturating_add(bytes);
+            pager.items += 1;
+            push_version(&mut page, id, version);
+        }
+        let more = cut || seen as i64 == records;
+        page.next = match (more, last) {
+            (true, Some(id)) => Some(VersionCursor::Ranges { after: Some(id) }),
+            (true, None) => page.next.take(),
+            (false, _) => None,
+        };
+    }
+    tx.commit().await?;
+    Ok(page)
 }

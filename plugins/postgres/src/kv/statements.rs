@@ -72,6 +72,11 @@ const GET_RANGE_TYPES: [&[Type]; 4] = [
 /// The parameters of [`KvStatements::scan`]: now, then the cursor's id and
 /// key if there is one, then the limit.
 const SCAN_TYPES: [&[Type]; 2] = [&[Type::INT8, Type::INT8], &[Type::INT8, Type::BYTEA, Type::BYTEA, Type::INT8]];
+/// Parameters of [`KvStatements::versions`]: [cursor id, cursor key],
+/// limit.
+pub const VERSIONS_TYPES: [&[Type]; 2] = [&[Type::INT8], &[Type::BYTEA, Type::BYTEA, Type::INT8]];
+/// Parameters of [`KvStatements::version_ranges`]: [after id], records.
+pub const VERSION_RANGES_TYPES: [&[Type]; 2] = [&[Type::INT8], &[Type::BYTEA, Type::INT8]];
 
 /// The texts of one incarnation's statements, placeholders numbered in
 /// the order their `*_TYPES` list them.
@@ -126,6 +131,13 @@ pub struct KvStatements {
     pub sweep_tokens: String,
     /// The bytes the incarnation stores, with `$1` bytes per row.
     pub storage_bytes: String,
+    /// Every item row — values (expired or not) and point deletes — with
+    /// its generation, from the start or after a cursor
+    /// ([`VERSIONS_TYPES`]; a migration's backfill, `read::scan_versions`).
+    pub versions: [String; 2],
+    /// The range deletes of the next `$n` records that remember some,
+    /// from the start or after a record ([`VERSION_RANGES_TYPES`]).
+    pub version_ranges: [String; 2],
 }
 
 /// The columns [`KvStatements::get_keys`] and its siblings read after the
@@ -217,7 +229,25 @@ impl KvStatements {
                     SELECT ctid FROM {table} WHERE {condition} LIMIT $2 FOR UPDATE SKIP LOCKED))"
             )
         };
+        let versions = |cursor: bool| {
+            format!(
+                "SELECT id, key, {}, generation, tombstone FROM {items} {} ORDER BY id, key LIMIT {}",
+                meta_columns(),
+                if cursor { "WHERE (id, key) > ($1, $2)" } else { "" },
+                if cursor { "$3" } else { "$1" },
+            )
+        };
+        let version_ranges = |cursor: bool| {
+            let (after, limit) = if cursor { ("WHERE id > $1", "$2") } else { ("", "$1") };
+            format!(
+                "SELECT id, start_key, end_key, generation FROM {ranges}
+                 WHERE id IN (SELECT DISTINCT id FROM {ranges} {after} ORDER BY id LIMIT {limit})
+                 ORDER BY id, start_key, generation"
+            )
+        };
         Self {
+            versions: [versions(false), versions(true)],
+            version_ranges: [version_ranges(false), version_ranges(true)],
             ddl: ddl(names, &items, &chunks, &ranges, &tokens),
             token: format!(
                 "INSERT INTO {tokens} (id, token, forget_after) VALUES ($1, $2, $3)

@@ -1,0 +1,353 @@
+//! Live namespace migration, the control plane's part (ARCHITECTURE.md,
+//! "The life of a migration"): `MigrateNamespace` checks the target and
+//! records a [`Migration`] in the namespace, `GetMigration` reads it,
+//! `AbortMigration` turns it back, and `ReportMigration` — gateways
+//! reporting their part of a step — advances it.
+//!
+//! Like a schema history, the migration is part of the namespace object:
+//! both stores keep it with no schema of their own, every step is one
+//! namespace commit through [`ControlPlane::mutate`] (authorized,
+//! conditioned, audited), and the watch stream publishes it to every
+//! gateway. The control plane keeps nothing of it in memory and runs no
+//! timer: steps advance only on reports.
+//!
+//! Nothing starts that no gateway would carry out: an instance says in its
+//! registration which migrations it performs ([`MIGRATE_KEY_VALUE`]), and
+//! a migration is refused with FAILED_PRECONDITION, naming them, while an
+//! instance of the source's or target's shard does not. TimeSeries
+//! migrations are refused outright until their dual write and backfill
+//! exist, and so is the cutover, the step after VERIFY.
+
+use std::time::SystemTime;
+
+use prism_proto::control::{
+    AbortMigrationRequest, Abstraction, GetMigrationRequest, GetMigrationResponse, MigrateNamespaceRequest, Migration,
+    MigrationStep, Namespace, NamespaceStatus, ReportMigrationRequest, Shard,
+};
+
+use crate::error::{ControlPlaneError, Result};
+use crate::plane::{ControlPlane, Plan, Target, check_expected, tenant_of, written_namespace};
+use crate::store::{Condition, Put, Txn};
+use crate::validate;
+
+/// The feature of an instance that performs its part of KeyValue
+/// migrations (`RegisterShardRequest.features`).
+pub const MIGRATE_KEY_VALUE: &str = "migrate-key-value";
+
+/// Longest reason a report may give.
+const MAX_REASON_LEN: usize = 1024;
+/// Longest backfill cursor a report may record: it is metadata every
+/// watcher receives.
+pub const MAX_CURSOR_LEN: usize = 4096;
+
+fn step_name(step: i32) -> &'static str {
+    MigrationStep::try_from(step).map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("MIGRATION_STEP_"))
+}
+
+/// The instances of `shard` (`registered`), or none.
+fn instances<'a>(registered: &'a [Shard], shard: &str) -> &'a [prism_proto::control::ShardInstance] {
+    registered.iter().find(|s| s.shard_id == shard).map(|s| s.instances.as_slice()).unwrap_or_default()
+}
+
+/// Refuses unless every instance of `shards` is registered and performs
+/// `feature`, naming every one that does not.
+fn check_performers(registered: &[Shard], shards: &[&str], feature: &str) -> Result<()> {
+    let mut missing = Vec::new();
+    for shard in shards {
+        let here = instances(registered, shard);
+        if here.is_empty() {
+            missing.push(format!("shard {shard} (no instance registered)"));
+        }
+        for i in here.iter().filter(|i| !i.features.iter().any(|f| f == feature)) {
+            missing.push(format!("instance {} of shard {shard} at {}", i.instance_id, i.endpoint));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ControlPlaneError::FailedPrecondition(format!(
+        "no gateway would carry out this migration: {} do not perform {feature} \
+         (gateways take part in migrations only with experimental_migrations set, issue 16)",
+        missing.join(", ")
+    )))
+}
+
+fn no_migration(name: &str) -> ControlPlaneError {
+    ControlPlaneError::NotFound(format!("namespace {name} has no migration running"))
+}
+
+impl ControlPlane {
+    /// Starts migrating a KEY_VALUE namespace to `req.target` (module docs):
+    /// records the migration at step PREPARE, for the target's holder to
+    /// provision.
+    pub async fn migrate_namespace(&self, principal: &str, req: &MigrateNamespaceRequest) -> Result<Namespace> {
+        let name = req.name.as_str();
+        let target = Target { action: "MigrateNamespace", tenant: tenant_of(name), target: name };
+        let delta = self
+            .mutate(principal, target, || async {
+                validate::namespace_name("name", name)?;
+                let mut ns = self.live_namespace(name).await?;
+                check_expected("namespace", name, req.expected_revision, ns.revision)?;
+                if let Some(running) = &ns.migration {
+                    return Err(ControlPlaneError::FailedPrecondition(format!(
+                        "namespace {name} is already migrating (migration {}, step {}); abort it first",
+                        running.id,
+                        step_name(running.step)
+                    )));
+                }
+                if ns.status != NamespaceStatus::Active as i32 {
+                    return Err(ControlPlaneError::FailedPrecondition(format!(
+                        "namespace {name} is {}: a migration starts from an ACTIVE namespace",
+                        NamespaceStatus::try_from(ns.status).map_or("UNKNOWN", |s| s.as_str_name())
+                    )));
+                }
+                let source = ns.spec.clone().unwrap_or_default();
+                if source.abstraction == Abstraction::TimeSeries as i32 {
+                    return Err(ControlPlaneError::FailedPrecondition(format!(
+                        "namespace {name} is TIME_SERIES: migrating TimeSeries namespaces is not supported yet \
+                         (issue 16; only KEY_VALUE has dual write and backfill)"
+                    )));
+                }
+                let registered = self.store().list_shards().await?;
+                let spec =
+                    validate::migration_target(&source, req.target.as_ref(), &self.known_shards_of(&registered))?;
+                let (shard, owner) = self.place_new(name, &spec, &registered);
+                if shard.is_empty() {
+                    return Err(ControlPlaneError::FailedPrecondition(
+                        "no shard is available to hold the migration's target".into(),
+                    ));
+                }
+                if shard == ns.shard_id
+                    && spec.backend == source.backend
+                    && spec.backend_config == source.backend_config
+                {
+                    return Err(ControlPlaneError::invalid(
+                        "target",
+                        format!("places the namespace where it is: backend and settings unchanged, on shard {shard}"),
+                    ));
+                }
+                check_performers(&registered, &[ns.shard_id.as_str(), shard.as_str()], MIGRATE_KEY_VALUE)?;
+                let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
+                let now = Some(SystemTime::now().into());
+                let detail = format!("migration {} to shard {shard} started", ns.revision);
+                ns.migration = Some(Box::new(Migration {
+                    // Unique among the namespace's migrations (the next
+                    // one starts from a later revision), and never its
+                    // data's incarnation: an ACTIVE namespace changed
+                    // after it was created.
+                    id: ns.revision,
+                    target: req.target.clone(),
+                    target_shard_id: shard,
+                    target_owner_store_id: owner,
+                    step: MigrationStep::Prepare as i32,
+                    principal: principal.to_owned(),
+                    start_time: now,
+                    step_time: now,
+                    ..Migration::default()
+                }));
+                ns.update_time = now;
+                Ok(Plan {
+                    txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
+                    detail,
+                })
+            })
+            .await?;
+        written_namespace(&delta, name)
+    }
+
+    /// The namespace's running migration; NOT_FOUND when it has none.
+    pub async fn get_migration(&self, req: &GetMigrationRequest) -> Result<GetMigrationResponse> {
+        let name = req.name.as_str();
+        let ns = self.live_namespace(name).await?;
+        let migration = ns.migration.ok_or_else(|| no_migration(name))?;
+        Ok(GetMigrationResponse { name: ns.name, revision: ns.revision, migration: Some(*migration) })
+    }
+
+    /// Aborts the namespace's migration (any step before CUTOVER: the
+    /// source never stopped being authoritative): the step becomes
+    /// ABORTING, gateways stop writing to the target, and its holder
+    /// removes it and reports.
+    pub async fn abort_migration(&self, principal: &str, req: &AbortMigrationRequest) -> Result<Namespace> {
+        let name = req.name.as_str();
+        let target = Target { action: "AbortMigration", tenant: tenant_of(name), target: name };
+        let delta = self
+            .mutate(principal, target, || async {
+                validate::namespace_name("name", name)?;
+                let mut ns = self.live_namespace(name).await?;
+                check_expected("namespace", name, req.expected_revision, ns.revision)?;
+                let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
+                let migration = ns.migration.as_deref_mut().ok_or_else(|| no_migration(name))?;
+                let step = MigrationStep::try_from(migration.step).unwrap_or(MigrationStep::Unspecified);
+                match step {
+                    MigrationStep::Prepare
+                    | MigrationStep::DualWrite
+                    | MigrationStep::Backfill
+                    | MigrationStep::Verify => {}
+                    MigrationStep::Aborting => {
+                        return Err(ControlPlaneError::FailedPrecondition(format!(
+                            "migration {} of {name} is already being aborted",
+                            migration.id
+                        )));
+                    }
+                    _ => {
+                        return Err(ControlPlaneError::FailedPrecondition(format!(
+                            "migration {} of {name} is at step {}: it can no longer be aborted",
+                            migration.id,
+                            step_name(migration.step)
+                        )));
+                    }
+                }
+                let now = Some(SystemTime::now().into());
+                migration.step = MigrationStep::Aborting as i32;
+                migration.step_time = now;
+                migration.reported.clear();
+                migration.reason = format!("aborted by {principal} at step {}", step_name(step as i32));
+                let detail = format!("migration {} aborted at step {}", migration.id, step_name(step as i32));
+                ns.update_time = now;
+                Ok(Plan {
+                    txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
+                    detail,
+                })
+            })
+            .await?;
+        written_namespace(&delta, name)
+    }
+
+    /// A gateway reports its part of the current step (module docs): a
+    /// failure is recorded as the migration's reason; PREPARE done by the
+    /// target's holder starts DUAL_WRITE; DUAL_WRITE done by every instance
+    /// of the source's shard starts BACKFILL; the backfill's progress is
+    /// recorded, its end starts VERIFY; ABORTING done by the target's
+    /// holder ends the migration.
+    pub async fn report_migration(&self, principal: &str, req: &ReportMigrationRequest) -> Result<Namespace> {
+        let name = req.name.as_str();
+        let target = Target { action: "ReportMigration", tenant: tenant_of(name), target: name };
+        let delta = self
+            .mutate(principal, target, || async {
+                validate::namespace_name("name", name)?;
+                prism_proto::names::validate_part(&req.shard_id)
+                    .map_err(|e| ControlPlaneError::invalid("shard_id", format!("shard id {e}")))?;
+                validate::instance_id("instance_id", &req.instance_id)?;
+                if req.reason.len() > MAX_REASON_LEN {
+                    return Err(ControlPlaneError::invalid("reason", format!("is longer than {MAX_REASON_LEN} bytes")));
+                }
+                if req.progress.as_ref().is_some_and(|p| p.cursor.len() > MAX_CURSOR_LEN) {
+                    return Err(ControlPlaneError::invalid(
+                        "progress.cursor",
+                        format!("is longer than {MAX_CURSOR_LEN} bytes"),
+                    ));
+                }
+                let mut ns = self.get_namespace(name).await?;
+                let mut conditions = vec![Condition::Namespace { name: name.to_owned(), revision: ns.revision }];
+                let source_shard = ns.shard_id.clone();
+                let migration = ns.migration.as_deref_mut().ok_or_else(|| no_migration(name))?;
+                if migration.id != req.migration_id || migration.step != req.step {
+                    return Err(ControlPlaneError::Conflict(format!(
+                        "namespace {name} is at migration {} step {}; the report is about migration {} step {}",
+                        migration.id,
+                        step_name(migration.step),
+                        req.migration_id,
+                        step_name(req.step)
+                    )));
+                }
+                let step = MigrationStep::try_from(migration.step).unwrap_or(MigrationStep::Unspecified);
+                // Who does the step: the target's holder prepares and
+                // removes the target; the source's shard does the rest.
+                let doer = match step {
+                    MigrationStep::Prepare | MigrationStep::Aborting => migration.target_shard_id.clone(),
+                    _ => source_shard,
+                };
+                let registered = self.store().list_shards().await?;
+                let shard = registered.iter().find(|s| s.shard_id == doer);
+                let instance = shard.and_then(|s| s.instances.iter().find(|i| i.instance_id == req.instance_id));
+                let Some((shard, instance)) = shard.zip(instance).filter(|_| req.shard_id == doer) else {
+                    return Err(ControlPlaneError::FailedPrecondition(format!(
+                        "instance {} of shard {} does not do step {} of {name}'s migration (shard {doer} does)",
+                        req.instance_id,
+                        req.shard_id,
+                        step_name(req.step)
+                    )));
+                };
+                let holder = matches!(step, MigrationStep::Prepare | MigrationStep::Aborting)
+                    && !migration.target_owner_store_id.is_empty();
+                if holder && instance.store_id != migration.target_owner_store_id {
+                    return Err(ControlPlaneError::FailedPrecondition(format!(
+                        "instance {} does not hold the migration's target (store {} does)",
+                        req.instance_id, migration.target_owner_store_id
+                    )));
+                }
+                let now = Some(SystemTime::now().into());
+                if let Some(progress) = &req.progress {
+                    let mut progress = progress.clone();
+                    progress.update_time = now;
+                    migration.progress = Some(progress);
+                }
+                let id = migration.id;
+                let detail;
+                if !req.done {
+                    // A progress report, or a failure that keeps the step.
+                    migration.reason.clone_from(&req.reason);
+                    detail = match req.reason.as_str() {
+                        "" => format!("migration {id} progress at step {}", step_name(step as i32)),
+                        why => format!("migration {id} step {} failed: {why}", step_name(step as i32)),
+                    };
+                } else {
+                    migration.reason.clear();
+                    let next = match step {
+                        MigrationStep::Prepare => Some(MigrationStep::DualWrite),
+                        MigrationStep::DualWrite => {
+                            if !migration.reported.contains(&req.instance_id) {
+                                migration.reported.push(req.instance_id.clone());
+                            }
+                            // Every instance must have reached the step:
+                            // conditioned on the shard's instances as read.
+                            conditions.push(Condition::Shard { id: shard.shard_id.clone(), revision: shard.revision });
+                            let all = shard.instances.iter().all(|i| migration.reported.contains(&i.instance_id));
+                            all.then_some(MigrationStep::Backfill)
+                        }
+                        MigrationStep::Backfill => Some(MigrationStep::Verify),
+                        MigrationStep::Verify => {
+                            return Err(ControlPlaneError::FailedPrecondition(format!(
+                                "migration {id} of {name} is verified, but cutover is not supported yet (issue 16): \
+                                 it stays at VERIFY until it is, or is aborted"
+                            )));
+                        }
+                        MigrationStep::Aborting => None,
+                        _ => {
+                            return Err(ControlPlaneError::FailedPrecondition(format!(
+                                "migration {id} of {name} is at step {}, which no report advances",
+                                step_name(step as i32)
+                            )));
+                        }
+                    };
+                    match (step, next) {
+                        (MigrationStep::Aborting, _) => {
+                            ns.migration = None;
+                            detail = format!("migration {id} aborted; target removed");
+                        }
+                        (_, Some(next)) => {
+                            migration.step = next as i32;
+                            migration.step_time = now;
+                            migration.reported.clear();
+                            detail = format!("migration {id} now at step {}", step_name(next as i32));
+                        }
+                        (_, None) => {
+                            detail =
+                                format!("migration {id} step {} done by {}", step_name(step as i32), req.instance_id);
+                        }
+                    }
+                }
+                ns.update_time = now;
+                Ok(Plan { txn: Txn { conditions, puts: vec![Put::Namespace(ns)], ..Txn::default() }, detail })
+            })
+            .await?;
+        let written = written_namespace(&delta, name)?;
+        if written.migration.is_none() {
+            // The settler left the namespace where it was while it
+            // migrated (`registry::placement`); the shard map may have
+            // moved on since.
+            self.settle_state().resettle();
+        }
+        Ok(written)
+    }
+}

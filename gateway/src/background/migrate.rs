@@ -1,0 +1,323 @@
+//! This gateway's part of the KeyValue migrations it takes part in
+//! (ARCHITECTURE.md, "The life of a migration"), each step reported to
+//! the control plane, which advances the migration:
+//!
+//! - `PREPARE`, on the target's shard: provisions the target (the
+//!   migration's incarnation of the namespace on the target's backend);
+//! - `DUAL_WRITE`, on every instance of the source's shard: the router
+//!   dual-writes from the revision this instance applied; once every
+//!   request admitted before it has ended (at most the request timeout),
+//!   no write can land in the source alone any more, and it reports;
+//! - `BACKFILL`, on the source's holders: copies the source into the
+//!   target page by page from the recorded cursor
+//!   ([`crate::migration::backfill_page`]), reporting the cursor as it
+//!   goes, then the end;
+//! - `VERIFY`, on the source's holders: compares the digests of both
+//!   sides ([`crate::migration::digest`]) and reports a match (the control
+//!   plane refuses the cutover, which does not exist yet), or the
+//!   mismatch as the reason, and compares again later;
+//! - `ABORTING`, on the target's shard: once the writes admitted before
+//!   the abort have ended (at most the request timeout; they may still
+//!   be writing the target), removes the target and reports.
+//!
+//! One task does it all, one step at a time: a long backfill holds back
+//! the other migrations' steps on this instance until it ends.
+//!
+//! Supported targets, for now: another backend than the source's, shared
+//! by the shard's instances (embedded → postgres). A target on the
+//! source's own backend could share its store, where provisioning the
+//! newer incarnation would remove the source's data; an embedded target
+//! on one instance's disk would need dual writes through the forwarder.
+//! PREPARE refuses both with a reason, so such a migration stays at
+//! PREPARE, serving from its source, until it is aborted.
+//!
+//! Nothing is kept but in memory of this task, keyed by the migration's
+//! id and step: a restarted gateway does its part again (provisioning,
+//! restoring and reporting are idempotent; the backfill resumes from the
+//! recorded cursor).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prism_plugin_api::kv::{PageLimits, VersionCursor};
+use prism_plugin_api::now_micros;
+use prism_proto::control::{Backend, Migration, MigrationProgress, MigrationStep, ReportMigrationRequest};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::ControlPlane;
+use super::registration::Registration;
+use crate::migration::{backfill_page, digest, target_namespace};
+use crate::plugins::Plugins;
+use crate::snapshot::{Metadata, NamespaceEntry};
+
+/// The feature a gateway registers when it takes part in KeyValue
+/// migrations (`prism_control_plane::migration::MIGRATE_KEY_VALUE`: the
+/// gateway does not depend on the control plane's crate).
+pub const MIGRATE_KEY_VALUE: &str = "migrate-key-value";
+
+/// How often the task looks for migration work.
+const TICK: Duration = Duration::from_millis(200);
+/// How long a failed step waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(2);
+/// One page of the backfill and of the digest.
+const PAGE: PageLimits = PageLimits::new(256 << 10, Some(512));
+/// The backfill reports its cursor at most this often: each report is a
+/// commit every watcher receives.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What the migration task uses.
+#[derive(Debug)]
+pub struct Migrating {
+    pub link: Arc<ControlPlane>,
+    pub metadata: Arc<Metadata>,
+    pub shard_id: String,
+    pub store_id: Arc<str>,
+    pub plugins: Plugins,
+    pub registration: Arc<Registration>,
+    /// `request_timeout_ms`: how long requests admitted before DUAL_WRITE
+    /// may still run.
+    pub request_timeout: Duration,
+}
+
+/// Where this instance is with one step of one migration.
+#[derive(Debug, Clone, Copy)]
+enum Progress {
+    /// First seen then (DUAL_WRITE drains from there).
+    Seen(Instant),
+    /// Failed; try again from then.
+    Retry(Instant),
+    /// Reported: nothing more to do at this step.
+    Done,
+}
+
+pub async fn run(parts: Migrating, mut shutdown: watch::Receiver<bool>) {
+    let mut steps: HashMap<(String, u64, i32), Progress> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let Some(instance_id) = parts.registration.instance_id() else { continue };
+        let migrating: Vec<Arc<NamespaceEntry>> =
+            parts.metadata.load().namespaces.values().filter(|e| e.migration.is_some()).cloned().collect();
+        // Forget the steps no migration is at any more.
+        steps.retain(|(name, id, step), _| {
+            migrating
+                .iter()
+                .any(|e| e.ns.name == *name && e.migration.as_deref().is_some_and(|m| m.id == *id && m.step == *step))
+        });
+        for entry in migrating {
+            let Some(migration) = entry.migration.as_deref() else { continue };
+            let key = (entry.ns.name.clone(), migration.id, migration.step);
+            let now = Instant::now();
+            let progress = *steps.entry(key.clone()).or_insert(Progress::Seen(now));
+            match progress {
+                Progress::Done => continue,
+                Progress::Retry(at) if at > now => continue,
+                _ => {}
+            }
+            let outcome = tokio::select! {
+                outcome = parts.step(&entry, migration, &instance_id, progress) => outcome,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            match outcome {
+                Ok(true) => {
+                    steps.insert(key, Progress::Done);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(namespace = %entry.ns.name, migration = migration.id, error = %e, "a migration step failed; will retry");
+                    steps.insert(key, Progress::Retry(now + RETRY));
+                }
+            }
+        }
+    }
+}
+
+/// Whether the target is one this gateway migrates to (module docs); the
+/// reason when not.
+fn unsupported(entry: &NamespaceEntry, migration: &Migration) -> Option<String> {
+    let target = target_namespace(&entry.ns, migration);
+    if target.spec.backend == entry.ns.spec.backend {
+        return Some(
+            "target.backend: a migration to the source's own backend is not supported yet (its store may be the \
+             source's, where provisioning the target would remove the source's data)"
+                .to_owned(),
+        );
+    }
+    if !migration.target_owner_store_id.is_empty() {
+        return Some(
+            "target.backend: a target on one instance's disk (embedded) is not supported yet (dual writes would go \
+             through the forwarder)"
+                .to_owned(),
+        );
+    }
+    None
+}
+
+impl Migrating {
+    /// Does this instance's part of `migration`'s current step, if it has
+    /// one; `Ok(true)` once that part is done and reported.
+    async fn step(
+        &self,
+        entry: &NamespaceEntry,
+        migration: &Migration,
+        instance_id: &str,
+        progress: Progress,
+    ) -> Result<bool, String> {
+        let step = MigrationStep::try_from(migration.step).unwrap_or(MigrationStep::Unspecified);
+        let on_target = migration.target_shard_id == self.shard_id
+            && (migration.target_owner_store_id.is_empty() || *migration.target_owner_store_id == *self.store_id);
+        let on_source = entry.shard_id == self.shard_id;
+        let holds_source = entry.held_by(&self.shard_id, &self.store_id);
+        let report = |done: bool, reason: String, progress: Option<MigrationProgress>| ReportMigrationRequest {
+            name: entry.ns.name.clone(),
+            shard_id: self.shard_id.clone(),
+            instance_id: instance_id.to_owned(),
+            migration_id: migration.id,
+            step: migration.step,
+            done,
+            reason,
+            progress,
+        };
+        match step {
+            MigrationStep::Prepare if on_target => {
+                if let Some(reason) = unsupported(entry, migration) {
+                    self.report(report(false, reason, None)).await?;
+                    return Ok(true);
+                }
+                let target = target_namespace(&entry.ns, migration);
+                let outcome = match self.plugins.get(backend(&target.spec.backend)) {
+                    Some(plugin) => plugin.provision(&target).await.map_err(|e| e.report().message),
+                    None => Err(format!("target.backend: this gateway has no {:?} plugin", target.spec.backend)),
+                };
+                match outcome {
+                    Ok(()) => self.report(report(true, String::new(), None)).await?,
+                    Err(reason) => {
+                        self.report(report(false, reason.clone(), None)).await?;
+                        return Err(reason);
+                    }
+                }
+                Ok(true)
+            }
+            MigrationStep::DualWrite if on_source => {
+                // Requests admitted before this instance applied the step
+                // ran without dual writes; they end within the request
+                // timeout (the deadline layer).
+                // A retry (its report failed) has drained already.
+                if let Progress::Seen(since) = progress
+                    && since.elapsed() < self.request_timeout
+                {
+                    return Ok(false);
+                }
+                self.report(report(true, String::new(), None)).await?;
+                Ok(true)
+            }
+            MigrationStep::Backfill if holds_source => {
+                self.backfill(entry, migration, |done, progress| report(done, String::new(), Some(progress))).await?;
+                Ok(true)
+            }
+            MigrationStep::Verify if holds_source => {
+                let source = entry.key_value(&self.plugins).map_err(|e| e.to_string())?;
+                let target = entry.dual_write_target(&self.plugins).map_err(|e| e.to_string())?;
+                let target = target.ok_or("the target is not open at VERIFY")?;
+                let now = now_micros();
+                let (a, b) = (digest(source, PAGE, now).await, digest(target, PAGE, now).await);
+                let (a, b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
+                if a == b {
+                    let mut progress = migration.progress.clone().unwrap_or_default();
+                    progress.records_verified = a.items;
+                    progress.records_differing = 0;
+                    self.report(report(true, String::new(), Some(progress))).await?;
+                    Ok(true)
+                } else {
+                    // Live writes race the comparison: compare again later.
+                    Err(format!("the digests differ: {} live items in the source, {} in the target", a.items, b.items))
+                }
+            }
+            MigrationStep::Aborting if on_target => {
+                // Writes admitted before the abort may still be writing
+                // the target: removing it under them would fail them.
+                if let Progress::Seen(since) = progress
+                    && since.elapsed() < self.request_timeout
+                {
+                    return Ok(false);
+                }
+                let target = target_namespace(&entry.ns, migration);
+                if unsupported(entry, migration).is_none()
+                    && let Some(plugin) = self.plugins.get(backend(&target.spec.backend))
+                {
+                    plugin.deprovision(&target).await.map_err(|e| e.report().message)?;
+                }
+                self.report(report(true, String::new(), None)).await?;
+                Ok(true)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// Copies the source into the target from the recorded cursor,
+    /// reporting the cursor at most every [`PROGRESS_EVERY`], then the end.
+    async fn backfill(
+        &self,
+        entry: &NamespaceEntry,
+        migration: &Migration,
+        report: impl Fn(bool, MigrationProgress) -> ReportMigrationRequest,
+    ) -> Result<(), String> {
+        let source = entry.key_value(&self.plugins).map_err(|e| e.to_string())?;
+        let target = entry.dual_write_target(&self.plugins).map_err(|e| e.to_string())?;
+        let target = target.ok_or("the target is not open at BACKFILL")?;
+        let mut progress = migration.progress.clone().unwrap_or_default();
+        let mut cursor = VersionCursor::decode(&progress.cursor).map_err(|e| e.to_string())?;
+        let mut reported = Instant::now();
+        loop {
+            let copied = backfill_page(source, target, cursor.as_ref(), PAGE).await.map_err(|e| e.to_string())?;
+            progress.records_copied += copied.records;
+            progress.bytes_copied += copied.bytes;
+            cursor = copied.next;
+            progress.cursor = cursor.as_ref().map(VersionCursor::encode).unwrap_or_default();
+            if cursor.is_none() {
+                return self.report(report(true, progress)).await;
+            }
+            if reported.elapsed() >= PROGRESS_EVERY {
+                self.report(report(false, progress.clone())).await?;
+                reported = Instant::now();
+            }
+        }
+    }
+
+    async fn report(&self, request: ReportMigrationRequest) -> Result<(), String> {
+        let mut client = self.link.client().await.map_err(|e| e.to_string())?;
+        let (name, step, done) = (request.name.clone(), request.step, request.done);
+        match client.report_migration(request).await {
+            Ok(_) => {
+                tracing::info!(namespace = %name, step, done, "reported a migration step");
+                Ok(())
+            }
+            // The migration moved on (another instance reported, it was
+            // aborted) or refuses the next step (the cutover): the next
+            // snapshot says what to do.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::Aborted | tonic::Code::NotFound
+                ) =>
+            {
+                tracing::info!(namespace = %name, step, status = %s.message(), "migration report no longer applies");
+                Ok(())
+            }
+            Err(s) => {
+                self.link.reset().await;
+                Err(s.message().to_owned())
+            }
+        }
+    }
+}
+
+fn backend(backend: &i32) -> Backend {
+    Backend::try_from(*backend).unwrap_or(Backend::Unspecified)
+}

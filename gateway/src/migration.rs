@@ -1,0 +1,158 @@
+//! A gateway's part of a live KeyValue migration (ARCHITECTURE.md, "The
+//! life of a migration"), the pieces that do not depend on who runs them:
+//! the target as its plugin sees it ([`target_namespace`]), one page of
+//! the backfill ([`backfill_page`]) and the verify digest ([`digest`]).
+//!
+//! Not wired yet (issue 16): the provisioner's PREPARE and ABORTING, the
+//! router's dual write, the backfill and verify runners. Until they are,
+//! gateways do not advertise `migrate-key-value`, and the control plane
+//! starts no migration.
+
+use prism_plugin_api::kv::{KeyValueHandle, PageLimits, ScanCursor, VersionCursor};
+use prism_plugin_api::{Micros, Namespace};
+use prism_proto::control::{Backend, Migration, Placement};
+use std::hash::Hasher;
+use twox_hash::XxHash64;
+
+use crate::error::Result;
+
+/// The migration's target as a plugin sees it: the source's name and
+/// spec, with the target's backend, settings and pin, and the migration's
+/// id as its incarnation, so its data shares nothing with the source's.
+///
+/// The target's backend UNSPECIFIED is the source's backend, and then
+/// unset settings are the source's settings (`MigrationTarget`).
+pub fn target_namespace(source: &Namespace, migration: &Migration) -> Namespace {
+    let mut spec = source.spec.clone();
+    let target = migration.target.clone().unwrap_or_default();
+    if target.backend == Backend::Unspecified as i32 {
+        if let Some(config) = target.backend_config {
+            spec.backend_config = Some(Box::new(config));
+        }
+    } else {
+        spec.backend = target.backend;
+        spec.backend_config = target.backend_config.map(Box::new);
+    }
+    if !target.pinned_shard.is_empty() {
+        spec.placement = Some(Box::new(Placement { pinned_shard: target.pinned_shard }));
+    }
+    Namespace { name: source.name.clone(), create_revision: migration.id, spec }
+}
+
+/// What one page of the backfill copied, and where the next one starts
+/// (`None`: the backfill is complete).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Copied {
+    pub records: u64,
+    pub versions: u64,
+    pub bytes: u64,
+    pub next: Option<VersionCursor>,
+}
+
+/// Copies one page of `source`'s versions, from `after`, into `target`,
+/// each only where it is newer than what the target holds (a dual write
+/// that got there first wins): a page copied twice changes nothing, so a
+/// runner resumes from the last cursor it recorded.
+pub async fn backfill_page(
+    source: &dyn KeyValueHandle,
+    target: &dyn KeyValueHandle,
+    after: Option<&VersionCursor>,
+    limits: PageLimits,
+) -> Result<Copied> {
+    let page = source.scan_versions(after, limits).await?;
+    let mut copied = Copied { next: page.next, ..Copied::default() };
+    for record in &page.records {
+        target.restore(&record.id, &record.versions).await?;
+        copied.records += 1;
+        copied.versions += record.versions.len() as u64;
+        copied.bytes += record.versions.iter().map(|v| v.bytes()).sum::<u64>();
+    }
+    Ok(copied)
+}
+
+/// What a side of a migration serves, summed up: how many live items,
+/// and a hash of every one of them — record id, key, value and expiry —
+/// in order. Two sides that serve the same reads have the same digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Digest {
+    pub items: u64,
+    pub hash: u64,
+}
+
+/// The digest of what `handle` serves at `now`, read a page of `limits`
+/// at a time. Live writes race it: a mismatch means "compare again", not
+/// "differs" (the verify runner reads a differing side again).
+pub async fn digest(handle: &dyn KeyValueHandle, limits: PageLimits, now: Micros) -> Result<Digest> {
+    let mut hasher = XxHash64::with_seed(0);
+    let mut items = 0u64;
+    let mut after: Option<ScanCursor> = None;
+    loop {
+        let page = handle.scan(after.as_ref(), limits, now).await?;
+        for record in &page.records {
+            for item in &record.items {
+                // Lengths first, so no two different sequences of fields
+                // hash the same bytes.
+                for field in [record.id.as_bytes(), &item.key, &item.value] {
+                    hasher.write_u64(field.len() as u64);
+                    hasher.write(field);
+                }
+                hasher.write_i64(item.expires_at.unwrap_or(Micros::MIN));
+                items += 1;
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(Digest { items, hash: hasher.finish() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prism_proto::control::backend_config::Config;
+    use prism_proto::control::{BackendConfig, MigrationTarget, NamespaceSpec, PostgresConfig};
+
+    use super::*;
+
+    fn postgres(dsn: &str) -> BackendConfig {
+        BackendConfig { config: Some(Config::Postgres(PostgresConfig { dsn: dsn.into(), ..Default::default() })) }
+    }
+
+    #[test]
+    fn the_target_is_the_source_with_the_targets_backend_under_the_migrations_id() {
+        let source = Namespace {
+            name: "acme/orders".into(),
+            create_revision: 7,
+            spec: NamespaceSpec {
+                backend: Backend::Postgres as i32,
+                backend_config: Some(Box::new(postgres("postgres://a/db"))),
+                ..NamespaceSpec::default()
+            },
+        };
+        let migration = |target: MigrationTarget| Migration { id: 42, target: Some(target), ..Migration::default() };
+
+        // To embedded: the backend and its (absent) settings change.
+        let t = target_namespace(
+            &source,
+            &migration(MigrationTarget { backend: Backend::Embedded as i32, ..Default::default() }),
+        );
+        assert_eq!((t.name.as_str(), t.create_revision), ("acme/orders", 42));
+        assert_eq!((t.spec.backend, t.spec.backend_config), (Backend::Embedded as i32, None));
+
+        // Same backend, other settings.
+        let t = target_namespace(
+            &source,
+            &migration(MigrationTarget { backend_config: Some(postgres("postgres://b/db")), ..Default::default() }),
+        );
+        assert_eq!(t.spec.backend, Backend::Postgres as i32);
+        assert_eq!(t.spec.backend_config.map(|c| *c), Some(postgres("postgres://b/db")));
+
+        // Another shard only: everything else is the source's.
+        let t = target_namespace(
+            &source,
+            &migration(MigrationTarget { pinned_shard: "shard-b".into(), ..Default::default() }),
+        );
+        assert_eq!(t.spec.backend_config, source.spec.backend_config);
+        assert_eq!(t.spec.placement.map(|p| p.pinned_shard), Some("shard-b".into()));
+    }
+}

@@ -1,0 +1,497 @@
+//! The data path of a KeyValue migration, embedded → PostgreSQL (a real
+//! server), below the gateway's wiring (`gateway/src/migration.rs`):
+//! writers dual-write every mutation to both sides with one stamp —
+//! tokens, deletes, range deletes, retries and writes that arrive late
+//! with old generation times among them — while the backfill copies the
+//! source in small pages; afterwards both sides serve the same thing, by
+//! digest and record by record. Removing the target (an abort) leaves the
+//! source intact.
+
+use std::sync::Arc;
+
+use prism_gateway::migration::{backfill_page, digest, target_namespace};
+use prism_plugin_api::kv::{KeyRange, KeyValueHandle, Mutation, NewItem, PageLimits, Selector, WriteStamp};
+use prism_plugin_api::{Namespace, Plugin, PluginError, now_micros};
+use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
+use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
+use prism_proto::control::backend_config::Config;
+use prism_proto::control::{
+    Abstraction, Backend, BackendConfig, Migration, MigrationTarget, NamespaceSpec, PostgresConfig,
+};
+use prism_testkit::postgres::{PostgresServer, skip_reason};
+
+const RECORDS: usize = 12;
+const KEYS: usize = 8;
+const WRITERS: usize = 4;
+const WRITES: usize = 150;
+/// Small pages, so the backfill interleaves with the writers many times.
+const PAGE: PageLimits = PageLimits::new(600, Some(5));
+const WHOLE: PageLimits = PageLimits::new(1 << 20, None);
+
+fn put(key: String, value: String) -> Mutation {
+    Mutation::Put(NewItem { key: key.into_bytes(), value: value.into_bytes(), expires_at: None })
+}
+
+/// A deterministic mix of writes of `k` keys: mostly puts, some deletes,
+/// a few range deletes.
+fn mutation(writer: usize, n: usize) -> (String, Vec<Mutation>) {
+    let id = format!("r{}", (writer * 7 + n) % RECORDS);
+    let key = format!("k{}", (n * 3 + writer) % KEYS);
+    let mutations = match n % 23 {
+        // Every `k` key: `p` keys are the late writes' (see `preload`).
+        0 => vec![Mutation::DeleteRange(KeyRange { start: b"k".to_vec(), end: Some(b"l".to_vec()) })],
+        5 => vec![Mutation::DeleteRange(KeyRange { start: b"k2".to_vec(), end: Some(b"k5".to_vec()) })],
+        m if m % 7 == 1 => vec![Mutation::Delete(key.into_bytes())],
+        _ => vec![put(key, format!("w{writer}-{n}")), put(format!("k{}", n % KEYS), format!("also-{writer}-{n}"))],
+    };
+    (id, mutations)
+}
+
+struct Sides {
+    source: Arc<dyn KeyValueHandle>,
+    target: Arc<dyn KeyValueHandle>,
+    target_plugin: Arc<dyn Plugin>,
+    target_ns: Namespace,
+}
+
+async fn sides(server: &PostgresServer, dir: &std::path::Path, case: &str) -> anyhow::Result<Sides> {
+    let source_plugin: Arc<dyn Plugin> = Arc::new(EmbeddedPlugin::open(EmbeddedConfig::new(dir))?);
+    let source_ns = Namespace {
+        name: format!("acme/{case}"),
+        create_revision: 3,
+        spec: NamespaceSpec {
+            abstraction: Abstraction::KeyValue as i32,
+            backend: Backend::Embedded as i32,
+            ..NamespaceSpec::default()
+        },
+    };
+    let config = PostgresConfig { dsn: server.dsn(), schema: "migration".into(), ..Default::default() };
+    let migration = Migration {
+        id: 11,
+        target: Some(MigrationTarget {
+            backend: Backend::Postgres as i32,
+            backend_config: Some(BackendConfig { config: Some(Config::Postgres(config)) }),
+            ..Default::default()
+        }),
+        ..Migration::default()
+    };
+    let target_ns = target_namespace(&source_ns, &migration);
+    let target_plugin: Arc<dyn Plugin> = Arc::new(PostgresPlugin::new(PostgresPluginConfig::default())?);
+    source_plugin.provision(&source_ns).await?;
+    target_plugin.provision(&target_ns).await?;
+    let open = |plugin: &Arc<dyn Plugin>, ns: &Namespace| -> anyhow::Result<Arc<dyn KeyValueHandle>> {
+        let kv = plugin.key_value().ok_or_else(|| anyhow::anyhow!("no KeyValue"))?;
+        Ok(kv.open(ns)?)
+    };
+    Ok(Sides {
+        source: open(&source_plugin, &source_ns)?,
+        target: open(&target_plugin, &target_ns)?,
+        target_plugin,
+        target_ns,
+    })
+}
+
+/// Writes to the source alone, as before the migration; returns the
+/// generation time its `p` keys were written at. Besides the mixed
+/// writes, every record gets `p0..p7`, then point deletes of `p1` and
+/// `p3` and a range delete of `[p5, p7)`: keys no later write touches but
+/// the late ones, so only a faithful copy of those deletes keeps the late
+/// writes out of the target.
+async fn preload(source: &dyn KeyValueHandle) -> anyhow::Result<i64> {
+    let base = now_micros();
+    let at = |offset: i64| WriteStamp { generation_time: base + offset, token: None };
+    for r in 0..RECORDS {
+        let id = format!("r{r}");
+        let puts: Vec<Mutation> = (0..KEYS).map(|k| put(format!("p{k}"), format!("pre-{r}-{k}"))).collect();
+        source.mutate(&id, &puts, &at(0)).await?;
+        let deletes = [Mutation::Delete(b"p1".to_vec()), Mutation::Delete(b"p3".to_vec())];
+        source.mutate(&id, &deletes, &at(1)).await?;
+        let range = KeyRange { start: b"p5".to_vec(), end: Some(b"p7".to_vec()) };
+        source.mutate(&id, &[Mutation::DeleteRange(range)], &at(2)).await?;
+    }
+    for n in 0..200 {
+        let (id, mutations) = mutation(WRITERS, n);
+        source.mutate(&id, &mutations, &at(3 + n as i64)).await?;
+    }
+    Ok(base)
+}
+
+/// Dual-writes as the router does from DUAL_WRITE on: the source, then
+/// the target with the same stamp. Every seventh write is retried (same
+/// token), and every eleventh is a late one: a write of a `p` key stamped
+/// before the preload (a client's retry arriving long after), which loses
+/// on both sides.
+async fn dual_writer(
+    source: Arc<dyn KeyValueHandle>,
+    target: Arc<dyn KeyValueHandle>,
+    writer: usize,
+    preloaded_at: i64,
+) -> anyhow::Result<()> {
+    for n in 0..WRITES {
+        let (id, mutations, generation_time) = if n % 11 == 0 {
+            let late = vec![put(format!("p{}", (n + writer) % KEYS), format!("late-{writer}-{n}"))];
+            (format!("r{}", (n / 11 + writer) % RECORDS), late, preloaded_at - 1_000_000)
+        } else {
+            let (id, mutations) = mutation(writer, n);
+            (id, mutations, now_micros())
+        };
+        let stamp = WriteStamp { generation_time, token: Some(format!("w{writer}-{n}")) };
+        let tries = if n % 7 == 0 { 2 } else { 1 };
+        for _ in 0..tries {
+            source.mutate(&id, &mutations, &stamp).await?;
+            target.mutate(&id, &mutations, &stamp).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn backfill(source: &dyn KeyValueHandle, target: &dyn KeyValueHandle) -> anyhow::Result<u64> {
+    let (mut cursor, mut pages) = (None, 0u64);
+    loop {
+        let copied = backfill_page(source, target, cursor.as_ref(), PAGE).await?;
+        pages += 1;
+        match copied.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(pages),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_racing_dual_writes_leaves_the_target_equal_to_the_source() -> anyhow::Result<()> {
+    let Some(server) = PostgresServer::start_or_skip()? else {
+        println!("{}", skip_reason());
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let s = sides(&server, dir.path(), "racing").await?;
+    let preloaded_at = preload(s.source.as_ref()).await?;
+
+    let writers: Vec<_> =
+        (0..WRITERS).map(|w| tokio::spawn(dual_writer(s.source.clone(), s.target.clone(), w, preloaded_at))).collect();
+    let pages = backfill(s.source.as_ref(), s.target.as_ref()).await?;
+    for writer in writers {
+        writer.await??;
+    }
+    assert!(pages > 10, "the backfill took {pages} pages: too few to interleave with the writers");
+
+    let now = now_micros();
+    let (source, target) = (digest(s.source.as_ref(), PAGE, now).await?, digest(s.target.as_ref(), PAGE, now).await?);
+    assert!(source.items > 0);
+    assert_eq!(target, source, "the target serves what the source does");
+    for r in 0..RECORDS {
+        let id = format!("r{r}");
+        let read = |kv: Arc<dyn KeyValueHandle>| {
+            let id = id.clone();
+            async move { kv.get(&id, &Selector::All, None, WHOLE, now).await.map(|p| p.items) }
+        };
+        assert_eq!(read(s.target.clone()).await?, read(s.source.clone()).await?, "record {id}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_target_leaves_the_source_intact() -> anyhow::Result<()> {
+    let Some(server) = PostgresServer::start_or_skip()? else {
+        println!("{}", skip_reason());
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let s = sides(&server, dir.path(), "aborted").await?;
+    let preloaded_at = preload(s.source.as_ref()).await?;
+    let before = digest(s.source.as_ref(), PAGE, now_micros()).await?;
+    // Aborted midway: dual writes happened and part of the backfill ran.
+    dual_writer(s.source.clone(), s.target.clone(), 0, preloaded_at).await?;
+    let after_writes = digest(s.source.as_ref(), PAGE, now_micros()).await?;
+    assert_ne!(after_writes, before);
+    backfill_page(s.source.as_ref(), s.target.as_ref(), None, PAGE).await?;
+
+    s.target_plugin.deprovision(&s.target_ns).await?;
+    let gone = s.target.get("r1", &Selector::All, None, WHOLE, now_micros()).await;
+    assert!(matches!(gone, Err(PluginError::NotProvisioned(_))), "{gone:?}");
+    assert_eq!(digest(s.source.as_ref(), PAGE, now_micros()).await?, after_writes, "the source is untouched");
+    Ok(())
+}
+
+/// Through real servers: a control plane, two gateways that take part in
+/// migrations (`experimental_migrations`), PostgreSQL. A client keeps
+/// writing (with idempotency tokens) and reading its writes back while
+/// the namespace migrates from embedded to postgres.
+mod end_to_end {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use prism_gateway::migration::target_namespace;
+    use prism_plugin_api::kv::ScanCursor;
+    use prism_plugin_api::{Namespace, Plugin, PluginError, now_micros};
+    use prism_plugin_postgres::{PostgresPlugin, PostgresPluginConfig};
+    use prism_proto::control::backend_config::Config;
+    use prism_proto::control::{
+        AbortMigrationRequest, Abstraction, Backend, BackendConfig, GetNamespaceRequest, MigrateNamespaceRequest,
+        MigrationStep, MigrationTarget, NamespaceSpec, Placement, PostgresConfig,
+    };
+    use prism_proto::kv;
+    use prism_testkit::postgres::{PostgresServer, skip_reason};
+    use prism_testkit::{Cluster, admin_token, eventually};
+
+    use super::WHOLE;
+
+    const NS: &str = "acme/orders";
+    const WAIT: Duration = Duration::from_secs(60);
+
+    /// What the client saw: acknowledged writes (the last value per
+    /// record), failed requests, and reads that missed a write.
+    #[derive(Default)]
+    struct Load {
+        acknowledged: std::sync::Mutex<BTreeMap<String, String>>,
+        writes: AtomicU64,
+        failed: AtomicU64,
+        stale_reads: AtomicU64,
+        stop: AtomicBool,
+    }
+
+    /// Client `me`: put `c{me}-r{n % 40}` = `v{n}` with a token of its
+    /// own, then read it back (read-your-writes: the records are this
+    /// client's alone), until stopped.
+    async fn client(mut c: prism_client::KeyValueClient, me: usize, load: Arc<Load>) {
+        let mut n = 0u64;
+        while !load.stop.load(Ordering::Relaxed) {
+            let id = format!("c{me}-r{}", n % 40);
+            let value = format!("v{n}");
+            let now = now_micros();
+            let put = kv::PutItemsRequest {
+                namespace: NS.into(),
+                id: id.clone(),
+                items: vec![kv::Item { key: b"k".to_vec(), value: value.clone().into_bytes(), ttl: None }],
+                idempotency_token: Some(kv::IdempotencyToken {
+                    generation_time: Some(prost_types::Timestamp {
+                        seconds: now / 1_000_000,
+                        nanos: (now % 1_000_000 * 1_000) as i32,
+                    }),
+                    token: format!("c{me}-t{n}"),
+                }),
+            };
+            match c.put_items(put).await {
+                Ok(_) => {
+                    load.writes.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut acked) = load.acknowledged.lock() {
+                        acked.insert(id.clone(), value.clone());
+                    }
+                }
+                Err(s) => {
+                    eprintln!("put {id} failed: {s}");
+                    load.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let get = kv::GetItemsRequest { namespace: NS.into(), id: id.clone(), ..Default::default() };
+            match c.get_items(get).await {
+                Ok(r) => {
+                    let read = r.into_inner().items.first().map(|i| String::from_utf8_lossy(&i.value).into_owned());
+                    if read.as_deref() != Some(value.as_str()) {
+                        load.stale_reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(s) => {
+                    eprintln!("get {id} failed: {s}");
+                    load.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            n += 1;
+        }
+    }
+
+    /// Every record's `k` as the gateway serves it (the source).
+    async fn served(c: &mut prism_client::KeyValueClient) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        let mut token = String::new();
+        loop {
+            let req = kv::ScanItemsRequest { namespace: NS.into(), page_token: token, ..Default::default() };
+            let page = c.scan_items(req).await?.into_inner();
+            for record in page.records {
+                for item in record.items {
+                    out.insert(record.id.clone(), String::from_utf8_lossy(&item.value).into_owned());
+                }
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Every record's `k` in the target, read from PostgreSQL directly.
+    async fn in_target(target: &dyn prism_plugin_api::kv::KeyValueHandle) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        let mut after: Option<ScanCursor> = None;
+        loop {
+            let page = target.scan(after.as_ref(), WHOLE, now_micros()).await?;
+            for record in page.records {
+                for item in record.items {
+                    out.insert(record.id.clone(), String::from_utf8_lossy(&item.value).into_owned());
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    struct Running {
+        cluster: Cluster,
+        load: Arc<Load>,
+        clients: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    async fn start(server: &PostgresServer, schema: &str) -> anyhow::Result<Running> {
+        let cluster = Cluster::start_with(|c| {
+            c.experimental_migrations = true;
+            // DUAL_WRITE waits this long for requests admitted before it.
+            c.limits.request_timeout_ms = 2_000;
+        })
+        .await?;
+        let spec = NamespaceSpec {
+            abstraction: Abstraction::KeyValue as i32,
+            backend: Backend::Embedded as i32,
+            placement: Some(Box::new(Placement { pinned_shard: "shard-0".into() })),
+            ..Default::default()
+        };
+        let gw = cluster.active_namespace(NS, spec).await?;
+        let load = Arc::new(Load::default());
+        let mut clients = Vec::new();
+        for me in 0..2 {
+            clients.push(tokio::spawn(client(gw.kv(Some(&admin_token())).await?, me, load.clone())));
+        }
+        // Some history before the migration starts.
+        eventually(WAIT, || async {
+            anyhow::ensure!(load.writes.load(Ordering::Relaxed) >= 200, "few writes yet");
+            Ok(())
+        })
+        .await?;
+        let target_config = PostgresConfig { dsn: server.dsn(), schema: schema.into(), ..Default::default() };
+        let migrate = MigrateNamespaceRequest {
+            name: NS.into(),
+            target: Some(MigrationTarget {
+                backend: Backend::Postgres as i32,
+                backend_config: Some(BackendConfig { config: Some(Config::Postgres(target_config)) }),
+                ..Default::default()
+            }),
+            expected_revision: 0,
+        };
+        cluster.control_plane.client().await?.migrate_namespace(migrate).await?;
+        Ok(Running { cluster, load, clients })
+    }
+
+    /// Waits until the migration is at `step`; returns the namespace.
+    async fn at_step(cluster: &Cluster, step: MigrationStep) -> anyhow::Result<prism_proto::control::Namespace> {
+        eventually(WAIT, || async {
+            let mut cp = cluster.control_plane.client().await?;
+            let ns = cp.get_namespace(GetNamespaceRequest { name: NS.into() }).await?.into_inner();
+            let m = ns.migration.as_deref().context("no migration")?;
+            anyhow::ensure!(m.step == step as i32, "at step {:?} ({})", MigrationStep::try_from(m.step), m.reason);
+            Ok(ns)
+        })
+        .await
+    }
+
+    /// The target as the test reads it: the migration's incarnation on a
+    /// plugin of its own.
+    fn target_of(ns: &prism_proto::control::Namespace) -> anyhow::Result<(Arc<dyn Plugin>, Namespace)> {
+        let source = Namespace {
+            name: ns.name.clone(),
+            create_revision: ns.create_revision,
+            spec: ns.spec.clone().unwrap_or_default(),
+        };
+        let migration = ns.migration.as_deref().context("no migration")?;
+        let plugin: Arc<dyn Plugin> = Arc::new(PostgresPlugin::new(PostgresPluginConfig::default())?);
+        Ok((plugin, target_namespace(&source, migration)))
+    }
+
+    async fn stop(running: &mut Running) -> anyhow::Result<()> {
+        running.load.stop.store(true, Ordering::Relaxed);
+        for c in running.clients.drain(..) {
+            c.await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_to_postgres_under_load_loses_no_write() -> anyhow::Result<()> {
+        let Some(server) = PostgresServer::start_or_skip()? else {
+            println!("{}", skip_reason());
+            return Ok(());
+        };
+        let mut running = start(&server, "e2e_migrated").await?;
+        // Through DUAL_WRITE and BACKFILL to VERIFY, where the migration
+        // waits (no cutover yet), the clients writing all along.
+        let ns = at_step(&running.cluster, MigrationStep::Verify).await?;
+        let writes_at_verify = running.load.writes.load(Ordering::Relaxed);
+        eventually(WAIT, || async {
+            let more = running.load.writes.load(Ordering::Relaxed) - writes_at_verify;
+            anyhow::ensure!(more >= 100, "{more} writes since VERIFY");
+            Ok(())
+        })
+        .await?;
+        stop(&mut running).await?;
+        let load = &running.load;
+        assert_eq!(load.failed.load(Ordering::Relaxed), 0, "failed requests");
+        assert_eq!(load.stale_reads.load(Ordering::Relaxed), 0, "reads that missed the client's own write");
+        let progress = ns.migration.as_deref().and_then(|m| m.progress.clone()).unwrap_or_default();
+        assert!(progress.records_copied > 0, "{progress:?}");
+
+        let gw = running.cluster.gateway("shard-0").context("shard-0")?;
+        let source = served(&mut gw.kv(Some(&admin_token())).await?).await?;
+        let acknowledged = load.acknowledged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+        assert_eq!(source, acknowledged, "the source holds every acknowledged write");
+        let (plugin, target) = target_of(&ns)?;
+        let handle = plugin.key_value().context("KeyValue")?.open(&target)?;
+        assert_eq!(in_target(handle.as_ref()).await?, source, "the target equals the source");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abort_during_the_migration_keeps_the_source_and_removes_the_target() -> anyhow::Result<()> {
+        let Some(server) = PostgresServer::start_or_skip()? else {
+            println!("{}", skip_reason());
+            return Ok(());
+        };
+        let mut running = start(&server, "e2e_aborted").await?;
+        // Aborted while it dual-writes (or later, if it got further).
+        let ns = eventually(WAIT, || async {
+            let mut cp = running.cluster.control_plane.client().await?;
+            let ns = cp.get_namespace(GetNamespaceRequest { name: NS.into() }).await?.into_inner();
+            let step = ns.migration.as_deref().map(|m| m.step).unwrap_or_default();
+            anyhow::ensure!(step >= MigrationStep::DualWrite as i32, "at step {step}");
+            Ok(ns)
+        })
+        .await?;
+        let mut cp = running.cluster.control_plane.client().await?;
+        cp.abort_migration(AbortMigrationRequest { name: NS.into(), expected_revision: 0 }).await?;
+        eventually(WAIT, || {
+            let mut cp = cp.clone();
+            async move {
+                let ns = cp.get_namespace(GetNamespaceRequest { name: NS.into() }).await?.into_inner();
+                anyhow::ensure!(ns.migration.is_none(), "still migrating");
+                Ok(())
+            }
+        })
+        .await?;
+        stop(&mut running).await?;
+        let load = &running.load;
+        assert_eq!(load.failed.load(Ordering::Relaxed), 0, "failed requests");
+        assert_eq!(load.stale_reads.load(Ordering::Relaxed), 0, "reads that missed the client's own write");
+
+        let gw = running.cluster.gateway("shard-0").context("shard-0")?;
+        let source = served(&mut gw.kv(Some(&admin_token())).await?).await?;
+        let acknowledged = load.acknowledged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+        assert_eq!(source, acknowledged, "the source holds every acknowledged write");
+        let (plugin, target) = target_of(&ns)?;
+        let handle = plugin.key_value().context("KeyValue")?.open(&target)?;
+        let gone = handle.get("r1", &prism_plugin_api::kv::Selector::All, None, WHOLE, now_micros()).await;
+        assert!(matches!(gone, Err(PluginError::NotProvisioned(_))), "the target is removed: {gone:?}");
+        Ok(())
+    }
+}
