@@ -3,10 +3,9 @@
 //! the target as its plugin sees it ([`target_namespace`]), one page of
 //! the backfill ([`backfill_page`]) and the verify digest ([`digest`]).
 //!
-//! Not wired yet (issue 16): the provisioner's PREPARE and ABORTING, the
-//! router's dual write, the backfill and verify runners. Until they are,
-//! gateways do not advertise `migrate-key-value`, and the control plane
-//! starts no migration.
+//! Who runs them: `background/migrate.rs` (PREPARE, BACKFILL, VERIFY,
+//! ABORTING) and the router's dual write, on a gateway that sets
+//! `experimental_migrations` (it then advertises `migrate-key-value`).
 
 use prism_plugin_api::kv::{KeyValueHandle, PageLimits, ScanCursor, VersionCursor};
 use prism_plugin_api::{Micros, Namespace};

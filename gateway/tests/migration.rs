@@ -78,7 +78,7 @@ async fn sides(server: &PostgresServer, dir: &std::path::Path, case: &str) -> an
     let target_ns = target_namespace(&source_ns, &migration);
     let target_plugin: Arc<dyn Plugin> = Arc::new(PostgresPlugin::new(PostgresPluginConfig::default())?);
     source_plugin.provision(&source_ns).await?;
-    target_plugin.provision(&target_ns).await?;
+    target_plugin.provision_beside(&target_ns, &[source_ns.create_revision]).await?;
     let open = |plugin: &Arc<dyn Plugin>, ns: &Namespace| -> anyhow::Result<Arc<dyn KeyValueHandle>> {
         let kv = plugin.key_value().ok_or_else(|| anyhow::anyhow!("no KeyValue"))?;
         Ok(kv.open(ns)?)
@@ -346,16 +346,39 @@ mod end_to_end {
         clients: Vec<tokio::task::JoinHandle<()>>,
     }
 
-    async fn start(server: &PostgresServer, schema: &str) -> anyhow::Result<Running> {
+    /// PostgreSQL settings: `dsn` and `schema`, defaults for the rest.
+    fn at(dsn: String, schema: &str) -> PostgresConfig {
+        PostgresConfig { dsn, schema: schema.into(), ..Default::default() }
+    }
+
+    /// Where the namespace starts.
+    enum Source {
+        Embedded,
+        /// PostgreSQL, at this DSN and schema.
+        Postgres(String, String),
+    }
+
+    /// Starts the cluster and the clients on a namespace at `source`, and
+    /// once they have written a while, migrates it to PostgreSQL with the
+    /// `target` settings.
+    async fn start(source: Source, target: PostgresConfig) -> anyhow::Result<Running> {
         let cluster = Cluster::start_with(|c| {
             c.experimental_migrations = true;
             // DUAL_WRITE waits this long for requests admitted before it.
             c.limits.request_timeout_ms = 2_000;
         })
         .await?;
+        let (backend, backend_config) = match source {
+            Source::Embedded => (Backend::Embedded, None),
+            Source::Postgres(dsn, schema) => {
+                let config = at(dsn, &schema);
+                (Backend::Postgres, Some(Box::new(BackendConfig { config: Some(Config::Postgres(config)) })))
+            }
+        };
         let spec = NamespaceSpec {
             abstraction: Abstraction::KeyValue as i32,
-            backend: Backend::Embedded as i32,
+            backend: backend as i32,
+            backend_config,
             placement: Some(Box::new(Placement { pinned_shard: "shard-0".into() })),
             ..Default::default()
         };
@@ -371,12 +394,11 @@ mod end_to_end {
             Ok(())
         })
         .await?;
-        let target_config = PostgresConfig { dsn: server.dsn(), schema: schema.into(), ..Default::default() };
         let migrate = MigrateNamespaceRequest {
             name: NS.into(),
             target: Some(MigrationTarget {
                 backend: Backend::Postgres as i32,
-                backend_config: Some(BackendConfig { config: Some(Config::Postgres(target_config)) }),
+                backend_config: Some(BackendConfig { config: Some(Config::Postgres(target)) }),
                 ..Default::default()
             }),
             expected_revision: 0,
@@ -424,7 +446,51 @@ mod end_to_end {
             println!("{}", skip_reason());
             return Ok(());
         };
-        let mut running = start(&server, "e2e_migrated").await?;
+        let running = start(Source::Embedded, at(server.dsn(), "e2e_migrated")).await?;
+        through_verify(running).await
+    }
+
+    /// PostgreSQL to another database of the same server (the issue's
+    /// "postgres → postgres (another database)"): the same backend, which
+    /// PREPARE refused while provisioning a target could remove its
+    /// source's data.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_to_another_database_under_load_loses_no_write() -> anyhow::Result<()> {
+        let Some(server) = PostgresServer::start_or_skip()? else {
+            println!("{}", skip_reason());
+            return Ok(());
+        };
+        let (admin, connection) = tokio_postgres::connect(&server.dsn(), tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(connection);
+        admin.batch_execute("CREATE DATABASE migrated").await?;
+        drop(admin);
+        connection.await??;
+        let target_dsn = server.dsn().rsplit_once('/').map(|(base, _)| format!("{base}/migrated")).context("dsn")?;
+        let source = Source::Postgres(server.dsn(), "e2e_source".into());
+        let running = start(source, at(target_dsn, "e2e_source")).await?;
+        through_verify(running).await
+    }
+
+    /// PostgreSQL to the very schema it is in, only its pool size changed:
+    /// the target's tables sit beside the source's, registered in the same
+    /// registry, as a newer incarnation of the name, which a plain
+    /// provisioning would have removed the source's tables for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_to_its_own_schema_under_load_loses_no_write() -> anyhow::Result<()> {
+        let Some(server) = PostgresServer::start_or_skip()? else {
+            println!("{}", skip_reason());
+            return Ok(());
+        };
+        let source = Source::Postgres(server.dsn(), "e2e_shared".into());
+        let target = PostgresConfig { pool_size: 3, ..at(server.dsn(), "e2e_shared") };
+        let running = start(source, target).await?;
+        through_verify(running).await
+    }
+
+    /// Runs the migration through DUAL_WRITE and BACKFILL to VERIFY under
+    /// the clients' load, then checks that no request failed, the source
+    /// holds every acknowledged write, and the target equals the source.
+    async fn through_verify(mut running: Running) -> anyhow::Result<()> {
         // Through DUAL_WRITE and BACKFILL to VERIFY, where the migration
         // waits (no cutover yet), the clients writing all along.
         let ns = at_step(&running.cluster, MigrationStep::Verify).await?;
@@ -458,7 +524,7 @@ mod end_to_end {
             println!("{}", skip_reason());
             return Ok(());
         };
-        let mut running = start(&server, "e2e_aborted").await?;
+        let mut running = start(Source::Embedded, at(server.dsn(), "e2e_aborted")).await?;
         // Aborted while it dual-writes (or later, if it got further).
         let ns = eventually(WAIT, || async {
             let mut cp = running.cluster.control_plane.client().await?;

@@ -23,13 +23,16 @@
 //! One task does it all, one step at a time: a long backfill holds back
 //! the other migrations' steps on this instance until it ends.
 //!
-//! Supported targets, for now: another backend than the source's, shared
-//! by the shard's instances (embedded → postgres). A target on the
-//! source's own backend could share its store, where provisioning the
-//! newer incarnation would remove the source's data; an embedded target
-//! on one instance's disk would need dual writes through the forwarder.
-//! PREPARE refuses both with a reason, so such a migration stays at
-//! PREPARE, serving from its source, until it is aborted.
+//! Supported targets, for now: a backend shared by the shard's instances
+//! (postgres), whatever the source's backend (embedded → postgres,
+//! postgres → postgres in another database or schema, or the same one).
+//! The target may be in the source's very store: it is a newer
+//! incarnation of the name, provisioned with the source's named live
+//! (`Plugin::provision_beside`), so the plugin removes nothing of the
+//! source. An embedded target on one instance's disk would need dual
+//! writes through the forwarder: PREPARE refuses it with a reason, so
+//! such a migration stays at PREPARE, serving from its source, until it
+//! is aborted.
 //!
 //! Nothing is kept but in memory of this task, keyed by the migration's
 //! id and step: a restarted gateway does its part again (provisioning,
@@ -140,15 +143,7 @@ pub async fn run(parts: Migrating, mut shutdown: watch::Receiver<bool>) {
 
 /// Whether the target is one this gateway migrates to (module docs); the
 /// reason when not.
-fn unsupported(entry: &NamespaceEntry, migration: &Migration) -> Option<String> {
-    let target = target_namespace(&entry.ns, migration);
-    if target.spec.backend == entry.ns.spec.backend {
-        return Some(
-            "target.backend: a migration to the source's own backend is not supported yet (its store may be the \
-             source's, where provisioning the target would remove the source's data)"
-                .to_owned(),
-        );
-    }
+fn unsupported(migration: &Migration) -> Option<String> {
     if !migration.target_owner_store_id.is_empty() {
         return Some(
             "target.backend: a target on one instance's disk (embedded) is not supported yet (dual writes would go \
@@ -186,13 +181,16 @@ impl Migrating {
         };
         match step {
             MigrationStep::Prepare if on_target => {
-                if let Some(reason) = unsupported(entry, migration) {
+                if let Some(reason) = unsupported(migration) {
                     self.report(report(false, reason, None)).await?;
                     return Ok(true);
                 }
                 let target = target_namespace(&entry.ns, migration);
+                // The source is live, maybe in the very store the target
+                // goes to: its incarnation must stay.
+                let live = [entry.ns.create_revision];
                 let outcome = match self.plugins.get(backend(&target.spec.backend)) {
-                    Some(plugin) => plugin.provision(&target).await.map_err(|e| e.report().message),
+                    Some(plugin) => plugin.provision_beside(&target, &live).await.map_err(|e| e.report().message),
                     None => Err(format!("target.backend: this gateway has no {:?} plugin", target.spec.backend)),
                 };
                 match outcome {
@@ -248,7 +246,7 @@ impl Migrating {
                     return Ok(false);
                 }
                 let target = target_namespace(&entry.ns, migration);
-                if unsupported(entry, migration).is_none()
+                if unsupported(migration).is_none()
                     && let Some(plugin) = self.plugins.get(backend(&target.spec.backend))
                 {
                     plugin.deprovision(&target).await.map_err(|e| e.report().message)?;

@@ -182,6 +182,7 @@ macro_rules! __key_value_cases {
             storage_bytes_counts_data
             namespaces_are_isolated
             recreated_namespace_starts_empty
+            a_newer_incarnation_beside_a_live_one_keeps_it
             deprovision_removes_everything
             provision_is_idempotent
             unprovisioned_namespace_is_refused

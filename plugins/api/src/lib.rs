@@ -48,7 +48,8 @@
 //!
 //! # What else is here
 //!
-//! - [`Plugin`]: capabilities, `provision`, `deprovision`,
+//! - [`Plugin`]: capabilities, `provision` (and `provision_beside`, for a
+//!   migration's target beside its live source), `deprovision`,
 //!   `apply_policies` (the spec's settings pushed into the backend and
 //!   read back, [`BackendSetting`]), and
 //!   [`Plugin::client_stats`] (pool and producer-queue gauges the gateway
@@ -140,7 +141,25 @@ pub trait Plugin: Send + Sync + 'static {
     /// Creates the namespace's backend resources (tables, topics) and checks
     /// that the backend is reachable with the namespace's settings.
     /// Idempotent: provisioning an existing namespace succeeds.
-    async fn provision(&self, ns: &Namespace) -> Result<()>;
+    ///
+    /// The incarnations of the name older than `ns` were deleted (a name
+    /// is created again only once its previous incarnation is gone): a
+    /// plugin may remove whatever of them it still finds in the same store.
+    /// Same as `provision_beside(ns, &[])`.
+    async fn provision(&self, ns: &Namespace) -> Result<()> {
+        self.provision_beside(ns, &[]).await
+    }
+
+    /// Provisions `ns` as [`provision`](Self::provision) does, while the
+    /// incarnations of its name whose create revisions are in `live` are
+    /// in use: a migration's target (its incarnation is the migration's
+    /// id) beside its source, which may be in the very same store. Those
+    /// incarnations and every byte of their data are left alone, however
+    /// old; only the other older ones may be removed.
+    ///
+    /// Required, with no default: a plugin that removes older
+    /// incarnations when it provisions must know which ones to keep.
+    async fn provision_beside(&self, ns: &Namespace, live: &[u64]) -> Result<()>;
 
     /// Removes the namespace's resources and every byte of its data.
     /// Idempotent: removing what is gone succeeds.

@@ -168,6 +168,13 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// The create revision an incarnation's prefix ends with
+/// (`name ‖ 0x00 ‖ create_revision`, u64 BE).
+fn revision_of(prefix: &[u8]) -> u64 {
+    let tail: [u8; 8] = prefix[prefix.len().saturating_sub(8)..].try_into().unwrap_or_default();
+    u64::from_be_bytes(tail)
+}
+
 /// Removes every key of `table` starting with `prefix`; returns the bytes
 /// (keys and values) it held.
 pub(crate) fn purge_range<V: redb::Value + 'static>(table: &mut Table<'_, Bytes, V>, prefix: &[u8]) -> Result<u64> {
@@ -550,7 +557,11 @@ impl Store {
         })
     }
 
-    pub(crate) fn provision(&self, ns: &Incarnation) -> Result<()> {
+    /// Registers the incarnation `ns`, removing what is left of the older
+    /// incarnations of its name (deleted ones) but those whose create
+    /// revisions are in `live` (a migration's source, while `ns` is its
+    /// target): they and their data stay.
+    pub(crate) fn provision(&self, ns: &Incarnation, live: &[u64]) -> Result<()> {
         let w = self.db.begin_write().map_err(storage)?;
         {
             let mut t = Tables::open(&w)?;
@@ -558,7 +569,8 @@ impl Store {
                 return Ok(());
             }
             // An older incarnation of the name was deleted before this one
-            // was created: whatever of it is left goes now.
+            // was created: whatever of it is left goes now. Not a live one:
+            // a migration's target is provisioned beside its source.
             let end = prefix_end(&ns.name_prefix);
             let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             let mut older = Vec::new();
@@ -566,7 +578,7 @@ impl Store {
                 t.namespaces.range::<&[u8]>((Bound::Included(ns.name_prefix.as_slice()), upper)).map_err(storage)?
             {
                 let prefix = entry.map_err(storage)?.0.value().to_vec();
-                if prefix.len() == ns.prefix.len() && prefix < ns.prefix {
+                if prefix.len() == ns.prefix.len() && prefix < ns.prefix && !live.contains(&revision_of(&prefix)) {
                     older.push(prefix);
                 }
             }

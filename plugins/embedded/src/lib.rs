@@ -232,9 +232,10 @@ impl Plugin for EmbeddedPlugin {
         }
     }
 
-    async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+    async fn provision_beside(&self, ns: &Namespace, live: &[u64]) -> prism_plugin_api::Result<()> {
         let ns = Incarnation::of(ns)?;
-        Ok(self.write_turn(move |s| s.provision(&ns)).await?)
+        let live = live.to_vec();
+        Ok(self.write_turn(move |s| s.provision(&ns, &live)).await?)
     }
 
     async fn deprovision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {

@@ -476,7 +476,9 @@ impl Plugin for KafkaPlugin {
         }
     }
 
-    async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+    /// Each incarnation has a topic of its own, and provisioning one
+    /// touches no other: `live` changes nothing.
+    async fn provision_beside(&self, ns: &Namespace, _live: &[u64]) -> prism_plugin_api::Result<()> {
         let settings = NamespaceSettings::of(ns)?;
         let clients = self.kafka.clients(&settings)?;
         self.kafka.create_topic(ns, &settings, &clients).await?;

@@ -28,7 +28,8 @@
 //!
 //! `prism_kv_namespaces` in the same schema registers each incarnation's
 //! base name: provisioning an incarnation drops the tables of older ones
-//! of the same name, and a base name taken by another namespace (a hash
+//! of the same name (deleted ones: not those the caller names live, a
+//! migration's source beside its target, `Plugin::provision_beside`), and a base name taken by another namespace (a hash
 //! collision) is refused. Provisioning and deprovisioning are one
 //! transaction each (DDL is transactional), under an advisory lock per
 //! schema. Values and chunks are stored `EXTERNAL`: out of line and not
@@ -341,8 +342,9 @@ impl Target {
 }
 
 /// Creates the incarnation's tables (and its schema and the registry if
-/// needed), dropping older incarnations of the same name.
-pub(crate) async fn provision(plugin: &PostgresPlugin, t: &Target) -> Result<()> {
+/// needed), dropping older incarnations of the same name but the `live`
+/// ones (a migration's source, while `t` is its target).
+pub(crate) async fn provision(plugin: &PostgresPlugin, t: &Target, live: &[i64]) -> Result<()> {
     let mut client = crate::lease::lease(&t.pool).await?;
     let tx = client.build_transaction().start().await?;
     let schema = &t.settings.schema;
@@ -363,10 +365,12 @@ pub(crate) async fn provision(plugin: &PostgresPlugin, t: &Target) -> Result<()>
         t.registry
     ))
     .await?;
+    // The older incarnations of the name were deleted, but the live ones.
+    let dead = "name = $1 AND create_revision < $2 AND create_revision <> ALL($3)";
     let older = tx
         .query_typed(
-            &format!("SELECT base FROM {} WHERE name = $1 AND create_revision < $2", t.registry),
-            &[(&t.name, Type::TEXT), (&t.revision, Type::INT8)],
+            &format!("SELECT base FROM {} WHERE {dead}", t.registry),
+            &[(&t.name, Type::TEXT), (&t.revision, Type::INT8), (&live, Type::INT8_ARRAY)],
         )
         .await?;
     for row in older {
@@ -375,8 +379,8 @@ pub(crate) async fn provision(plugin: &PostgresPlugin, t: &Target) -> Result<()>
         tx.batch_execute(&Target::drop_tables(&TableNames::from_base(schema, base))).await?;
     }
     tx.execute_typed(
-        &format!("DELETE FROM {} WHERE name = $1 AND create_revision < $2", t.registry),
-        &[(&t.name, Type::TEXT), (&t.revision, Type::INT8)],
+        &format!("DELETE FROM {} WHERE {dead}", t.registry),
+        &[(&t.name, Type::TEXT), (&t.revision, Type::INT8), (&live, Type::INT8_ARRAY)],
     )
     .await?;
     let holder = tx
@@ -413,7 +417,7 @@ pub(crate) async fn provision(plugin: &PostgresPlugin, t: &Target) -> Result<()>
         .await?;
     }
     tx.commit().await?;
-    plugin.forget_older(&t.name, t.revision);
+    plugin.forget_older(&t.name, t.revision, live);
     Ok(())
 }
 

@@ -273,10 +273,10 @@ impl PostgresPlugin {
         lock(&self.registry.known).values().cloned().collect()
     }
 
-    /// Forgets the incarnations of `name` older than `revision`: their
-    /// tables were dropped.
-    pub(crate) fn forget_older(&self, name: &str, revision: i64) {
-        lock(&self.registry.known).retain(|(n, r), _| n != name || *r >= revision);
+    /// Forgets the incarnations of `name` older than `revision` but the
+    /// `live` ones: their tables were dropped.
+    pub(crate) fn forget_older(&self, name: &str, revision: i64, live: &[i64]) {
+        lock(&self.registry.known).retain(|(n, r), _| n != name || *r >= revision || live.contains(r));
     }
 
     /// Runs `call`, failing it as timed out after the request timeout: a
@@ -309,9 +309,11 @@ impl Plugin for PostgresPlugin {
         prism_plugin_api::ClientStats { pools: Some(stats), producers: None }
     }
 
-    async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+    async fn provision_beside(&self, ns: &Namespace, live: &[u64]) -> prism_plugin_api::Result<()> {
         let target = self.target(ns)?;
-        self.bounded("provisioning", kv::provision(self, &target)).await.map_err(|e| {
+        // Revisions past i64 name no incarnation (`Target` refuses them).
+        let live: Vec<i64> = live.iter().filter_map(|r| i64::try_from(*r).ok()).collect();
+        self.bounded("provisioning", kv::provision(self, &target, &live)).await.map_err(|e| {
             tracing::warn!(namespace = %ns.name, error = %e, "provisioning postgres tables failed");
             // Not provisioned: nothing for reclamation to visit.
             self.forget(&target);

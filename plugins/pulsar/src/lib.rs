@@ -670,7 +670,9 @@ impl Plugin for PulsarPlugin {
     /// provisioned (once: provisioning again changes nothing). Pulsar
     /// creates topics on first use; with pulsar-lite, tenants and
     /// namespaces need no creation either.
-    async fn provision(&self, ns: &Namespace) -> prism_plugin_api::Result<()> {
+    /// Each incarnation has topics of its own, and provisioning one touches
+    /// no other: `live` changes nothing.
+    async fn provision_beside(&self, ns: &Namespace, _live: &[u64]) -> prism_plugin_api::Result<()> {
         let topics = Topics::of(ns)?;
         let provision = async {
             let state = self.pulsar.reload(&topics).await?;

@@ -858,6 +858,59 @@ pub async fn recreated_namespace_starts_empty(subject: Subject) {
     second.finish().await;
 }
 
+/// A migration's target is a newer incarnation of the source's name,
+/// perhaps in the source's own store: provisioned beside the live source
+/// (`provision_beside`), it leaves every byte of the source alone —
+/// values, large values, tombstones, range deletes, tokens — and so does
+/// removing it (an abort). Once no incarnation is named live, a newer one
+/// removes both, as a namespace created again does.
+pub async fn a_newer_incarnation_beside_a_live_one_keeps_it(subject: Subject) {
+    let source = Case::provision(&subject, "a_newer_incarnation_beside_a_live_one_keeps_it").await;
+    let big = pattern(MIB + 3 * KIB, 7);
+    write_versioned(&source, &big).await;
+    source.mutate("tok", &[put("k", "once")], &source.token(6, "tok")).await;
+    let versions = sorted(source.versions(UNLIMITED).await);
+
+    let mut ns = source.ns.clone();
+    ns.create_revision += 10;
+    let target = Case::resume(source.plugin.clone(), ns.clone(), source.base);
+    let live = [source.ns.create_revision];
+    target.plugin.provision_beside(&target.ns, &live).await.expect("provision the target");
+    target.plugin.provision_beside(&target.ns, &live).await.expect("provisioning the target is idempotent");
+    assert_eq!(target.versions(UNLIMITED).await, vec![], "the target starts empty");
+    assert_eq!(sorted(source.versions(UNLIMITED).await), versions, "the live source keeps every version");
+    // Both serve, each its own data.
+    target.put("r", &[("a", "target")], 10).await;
+    source.put("r", &[("a", "source")], 10).await;
+    assert_eq!(target.entries("r").await, pairs(&[("a", "target")]));
+    assert_eq!(source.entries_of("r", &keys(&["a"])).await, pairs(&[("a", "source")]));
+    // The source's token is still known: its retry applies nothing.
+    source.mutate("tok", &[put("k", "twice")], &source.token(6, "tok")).await;
+    assert_eq!(source.entries("tok").await, pairs(&[("k", "once")]));
+    // The source provisioned again (a shard taking it over) keeps the target.
+    source.plugin.provision(&source.ns).await.expect("provision the source again");
+    assert_eq!(target.entries("r").await, pairs(&[("a", "target")]));
+
+    // Aborted: removing the target leaves the source whole.
+    target.plugin.deprovision(&target.ns).await.expect("deprovision the target");
+    assert_eq!(source.entries_of("r", &keys(&["a"])).await, pairs(&[("a", "source")]));
+    assert_eq!(source.entries("tok").await, pairs(&[("k", "once")]));
+
+    // A target again, then an incarnation created with none live: both
+    // older ones are removed.
+    target.plugin.provision_beside(&target.ns, &live).await.expect("provision the target again");
+    target.put("r", &[("a", "target")], 11).await;
+    ns.create_revision += 1;
+    let newer = Case::unprovisioned(&subject, ns);
+    newer.plugin.provision(&newer.ns).await.expect("provision a newer incarnation");
+    assert_eq!(newer.versions(UNLIMITED).await, vec![], "the newer incarnation starts empty");
+    assert_not_provisioned("the source", source.kv().get("r", &Selector::All, None, UNLIMITED, source.base).await);
+    assert_not_provisioned("the target", target.kv().get("r", &Selector::All, None, UNLIMITED, target.base).await);
+    newer.finish().await;
+    target.finish().await;
+    source.finish().await;
+}
+
 /// Deprovisioning removes every byte: data, tombstones, tokens. It is
 /// idempotent, and a namespace provisioned again starts empty.
 pub async fn deprovision_removes_everything(subject: Subject) {

@@ -68,7 +68,7 @@ fn counted(store: &Store, ns: &Incarnation) -> u64 {
 fn a_failing_mutate_applies_nothing() {
     let (store, _dir) = open();
     let ns = incarnation("t/atomic", 1);
-    store.provision(&ns).expect("provision");
+    store.provision(&ns, &[]).expect("provision");
     store.mutate(&ns, "r", &[put("b", b"old", None)], &at(1)).expect("mutate");
     let before = store.storage_bytes(&ns).expect("storage");
 
@@ -98,7 +98,7 @@ fn a_failing_mutate_applies_nothing() {
 fn storage_counter_matches_the_tables() {
     let (store, _dir) = open();
     let ns = incarnation("t/counter", 1);
-    store.provision(&ns).expect("provision");
+    store.provision(&ns, &[]).expect("provision");
     let check = |what: &str| assert_eq!(store.storage_bytes(&ns).expect("storage"), counted(&store, &ns), "{what}");
     let big = vec![3; 5000];
     store.mutate(&ns, "r", &[put("a", &big, None), put("b", b"x", Some(10))], &at(1)).expect("mutate");
@@ -122,7 +122,7 @@ fn storage_counter_matches_the_tables() {
 fn reclaim_forgets_everything_past_retention() {
     let (store, _dir) = open();
     let ns = incarnation("t/retention", 1);
-    store.provision(&ns).expect("provision");
+    store.provision(&ns, &[]).expect("provision");
     let now = now_micros();
     let stamp = WriteStamp { generation_time: now, token: Some("tok".into()) };
     let mutations = [
@@ -153,7 +153,7 @@ fn reclaim_forgets_everything_past_retention() {
 fn reclaim_works_through_many_batches() {
     let (store, _dir) = open();
     let ns = incarnation("t/batches", 1);
-    store.provision(&ns).expect("provision");
+    store.provision(&ns, &[]).expect("provision");
     let n = RECLAIM_BATCH * 2 + 10;
     let mutations: Vec<Mutation> = (0..n).map(|i| put(&format!("k{i:05}"), b"v", Some(100))).collect();
     store.mutate(&ns, "r", &mutations, &at(1)).expect("mutate");
@@ -166,7 +166,7 @@ fn reclaim_works_through_many_batches() {
 fn the_due_index_follows_rewrites() {
     let (store, _dir) = open();
     let ns = incarnation("t/due", 1);
-    store.provision(&ns).expect("provision");
+    store.provision(&ns, &[]).expect("provision");
     store.mutate(&ns, "r", &[put("a", b"1", Some(100)), put("b", b"1", Some(100))], &at(1)).expect("mutate");
     assert_eq!(rows(&store, DUE, &ns), 2);
     store.mutate(&ns, "r", &[put("a", b"2", None), put("b", b"2", Some(200))], &at(2)).expect("mutate");
@@ -182,21 +182,45 @@ fn a_newer_incarnation_removes_older_ones() {
     let new = incarnation("t/again", 2);
     let other = incarnation("t/again-not", 1);
     for ns in [&old, &other] {
-        store.provision(ns).expect("provision");
+        store.provision(ns, &[]).expect("provision");
         store.mutate(ns, "r", &[put("k", &[1; 4000], None)], &at(1)).expect("mutate");
     }
-    store.provision(&new).expect("provision");
+    store.provision(&new, &[]).expect("provision");
     assert_eq!(rows(&store, ITEMS, &old), 0);
     assert_eq!(rows(&store, CHUNKS, &old), 0);
     assert!(matches!(store.storage_bytes(&old), Err(EmbeddedError::NotProvisioned(_))));
     assert_eq!(keys(&store, &other, "r", 0), ["k"], "a name the old one prefixes is untouched");
 }
 
+/// A migration's target (a newer incarnation) provisioned beside its live
+/// source keeps the source whole; an older incarnation that is not live
+/// still goes.
+#[test]
+fn a_newer_incarnation_beside_a_live_one_keeps_it() {
+    let (store, _dir) = open();
+    let dead = incarnation("t/moving", 1);
+    let source = incarnation("t/moving", 2);
+    let target = incarnation("t/moving", 9);
+    // The newer first: provisioning the source would remove the dead one.
+    for ns in [&source, &dead] {
+        store.provision(ns, &[]).expect("provision");
+    }
+    store.mutate(&dead, "r", &[put("k", &[1; 4000], None)], &at(1)).expect("mutate");
+    store.mutate(&source, "r", &[put("k", &[2; 4000], None), put("small", b"s", None)], &at(1)).expect("mutate");
+    let bytes = store.storage_bytes(&source).expect("storage bytes");
+    store.provision(&target, &[2]).expect("provision the target");
+    assert_eq!(keys(&store, &source, "r", 0), ["k", "small"], "the live source keeps its data");
+    assert_eq!(store.storage_bytes(&source).expect("still provisioned"), bytes);
+    assert_eq!(rows(&store, ITEMS, &dead), 0, "a dead incarnation still goes");
+    assert!(matches!(store.storage_bytes(&dead), Err(EmbeddedError::NotProvisioned(_))));
+    assert_eq!(keys(&store, &target, "r", 0), Vec::<String>::new());
+}
+
 #[test]
 fn zero_limits_still_make_progress() {
     let (store, _dir) = open();
     let ns = incarnation("t/limits", 1);
-    store.provision(&ns).expect("provision");
+    store.provision(&ns, &[]).expect("provision");
     store.mutate(&ns, "r", &[put("a", b"1", None), put("b", b"2", None)], &at(1)).expect("mutate");
     let limits = PageLimits::new(0, Some(0));
     let page = store.get(&ns, "r", &Selector::All, None, limits, 0, &Cancelled::default()).expect("get");
@@ -214,7 +238,7 @@ fn zero_limits_still_make_progress() {
 fn a_dropped_read_stops() {
     let (store, _dir) = open();
     let ns = incarnation("t/cancel", 1);
-    store.provision(&ns).expect("provision");
+    store.provision(&ns, &[]).expect("provision");
     let items: Vec<Mutation> = (0..100).map(|i| put(&format!("k{i:03}"), b"v", None)).collect();
     store.mutate(&ns, "r", &items, &at(1)).expect("mutate");
     let (guard, cancelled) = CancelOnDrop::new();
