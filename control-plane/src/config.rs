@@ -44,6 +44,11 @@ pub struct ControlPlaneConfig {
     /// behind than this is cut off too, whatever the count, so a slow
     /// watcher never holds more. Default: 32 MiB. Range 1 MiB..=4 GiB.
     pub watch_buffer_bytes: usize,
+    /// How long a migrated namespace's source is kept after the commit
+    /// that makes its target the namespace's placement (the migration's
+    /// CLEANUP step), in milliseconds, before its holder removes it.
+    /// Default 3 600 000 (an hour); range 0..=2 592 000 000 (30 days).
+    pub migration_cleanup_grace_ms: u64,
     /// Revisions kept in the change log, so a reconnecting watcher can
     /// resume without a full snapshot. Default: 100 000. At least 1.
     pub change_log_retention: u64,
@@ -96,6 +101,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("shard_lease_ttl_ms", &self.shard_lease_ttl_ms)
             .field("watch_buffer", &self.watch_buffer)
             .field("watch_buffer_bytes", &self.watch_buffer_bytes)
+            .field("migration_cleanup_grace_ms", &self.migration_cleanup_grace_ms)
             .field("change_log_retention", &self.change_log_retention)
             .field("max_commit_group", &self.max_commit_group)
             .field("store_cache_bytes", &self.store_cache_bytes)
@@ -115,6 +121,9 @@ impl std::fmt::Debug for ControlPlaneConfig {
     }
 }
 
+/// Longest `migration_cleanup_grace_ms`: 30 days.
+const MAX_CLEANUP_GRACE_MS: u64 = 30 * 24 * 3_600_000;
+
 /// The setting that lets a control plane serve without a key; its flag is
 /// `--insecure-no-auth`.
 pub const INSECURE_NO_AUTH: &str = "insecure_no_auth";
@@ -130,6 +139,7 @@ impl Default for ControlPlaneConfig {
             shard_lease_ttl_ms: 10_000,
             watch_buffer: 1024,
             watch_buffer_bytes: crate::store::bus::DEFAULT_BYTES,
+            migration_cleanup_grace_ms: 3_600_000,
             change_log_retention: 100_000,
             max_commit_group: crate::store::group::DEFAULT_MAX_GROUP,
             store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
@@ -196,6 +206,12 @@ impl ControlPlaneConfig {
             return Err(bad(
                 "watch_buffer_bytes",
                 format!("{} is outside 1048576..=4294967296 (1 MiB to 4 GiB)", self.watch_buffer_bytes),
+            ));
+        }
+        if self.migration_cleanup_grace_ms > MAX_CLEANUP_GRACE_MS {
+            return Err(bad(
+                "migration_cleanup_grace_ms",
+                format!("{} is outside 0..={MAX_CLEANUP_GRACE_MS} (30 days)", self.migration_cleanup_grace_ms),
             ));
         }
         if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.validate() {

@@ -16,13 +16,20 @@
 //! a migration is refused with FAILED_PRECONDITION, naming them, while an
 //! instance of the source's or target's shard does not. TimeSeries
 //! migrations are refused outright until their dual write and backfill
-//! exist, and so is the cutover, the step after VERIFY.
+//! exist.
+//!
+//! The steps: PREPARE (the target's holder provisions it), DUAL_WRITE
+//! (every instance of the source's shard writes both sides), BACKFILL and
+//! VERIFY (the source's holder copies and compares), CUTOVER (reads move
+//! to the target; every instance drains), CLEANUP (one commit makes the
+//! target the namespace's placement, [`cut_over`]; the source's holder
+//! removes the source after the grace), or ABORTING before CUTOVER.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use prism_proto::control::{
     AbortMigrationRequest, Abstraction, GetMigrationRequest, GetMigrationResponse, MigrateNamespaceRequest, Migration,
-    MigrationStep, Namespace, NamespaceStatus, ReportMigrationRequest, Shard,
+    MigrationSource, MigrationStep, Namespace, NamespaceStatus, ReportMigrationRequest, Shard,
 };
 
 use crate::error::{ControlPlaneError, Result};
@@ -70,6 +77,30 @@ fn check_performers(registered: &[Shard], shards: &[&str], feature: &str) -> Res
          (gateways take part in migrations only with experimental_migrations set, issue 16)",
         missing.join(", ")
     )))
+}
+
+/// The cleanup commit (ARCHITECTURE.md, "The life of a migration", step
+/// 6): the target becomes the namespace's placement — spec, shard, owner
+/// store and data incarnation — and the source is kept in the migration
+/// until its holder removes it, after `grace`.
+fn cut_over(ns: &mut Namespace, migration: &mut Migration, now: SystemTime, grace: Duration) {
+    let spec = ns.spec.take().unwrap_or_default();
+    let target = migration.target.clone().unwrap_or_default();
+    ns.spec = Some(prism_proto::migration::target_spec(&spec, &target));
+    let data_revision = if ns.data_revision == 0 { ns.create_revision } else { ns.data_revision };
+    migration.source = Some(MigrationSource {
+        spec: Some(spec),
+        shard_id: std::mem::replace(&mut ns.shard_id, migration.target_shard_id.clone()),
+        owner_store_id: std::mem::replace(&mut ns.owner_store_id, migration.target_owner_store_id.clone()),
+        data_revision,
+    });
+    ns.data_revision = migration.id;
+    // What the source's backend held: the target's holder reports its own.
+    ns.backend_settings.clear();
+    migration.step = MigrationStep::Cleanup as i32;
+    migration.step_time = Some(now.into());
+    migration.cleanup_after = Some((now + grace).into());
+    migration.reported.clear();
 }
 
 fn no_migration(name: &str) -> ControlPlaneError {
@@ -164,7 +195,8 @@ impl ControlPlane {
     }
 
     /// Aborts the namespace's migration (any step before CUTOVER: the
-    /// source never stopped being authoritative): the step becomes
+    /// source never stopped being authoritative, and no instance read the
+    /// target; from CUTOVER on it is refused): the step becomes
     /// ABORTING, gateways stop writing to the target, and its holder
     /// removes it and reports.
     pub async fn abort_migration(&self, principal: &str, req: &AbortMigrationRequest) -> Result<Namespace> {
@@ -187,6 +219,14 @@ impl ControlPlane {
                         return Err(ControlPlaneError::FailedPrecondition(format!(
                             "migration {} of {name} is already being aborted",
                             migration.id
+                        )));
+                    }
+                    MigrationStep::Cutover => {
+                        return Err(ControlPlaneError::FailedPrecondition(format!(
+                            "migration {} of {name} is cutting over: its target serves reads already, and the \
+                             migration moves on to CLEANUP by itself once every instance of shard {} has drained \
+                             (at most the request timeout); it can no longer be aborted",
+                            migration.id, ns.shard_id
                         )));
                     }
                     _ => {
@@ -217,8 +257,11 @@ impl ControlPlane {
     /// failure is recorded as the migration's reason; PREPARE done by the
     /// target's holder starts DUAL_WRITE; DUAL_WRITE done by every instance
     /// of the source's shard starts BACKFILL; the backfill's progress is
-    /// recorded, its end starts VERIFY; ABORTING done by the target's
-    /// holder ends the migration.
+    /// recorded, its end starts VERIFY; VERIFY done starts CUTOVER;
+    /// CUTOVER done by every instance of the source's shard is the cleanup
+    /// commit; CLEANUP done by the source's holder, not before
+    /// `cleanup_after`, and ABORTING done by the target's holder end the
+    /// migration.
     pub async fn report_migration(&self, principal: &str, req: &ReportMigrationRequest) -> Result<Namespace> {
         let name = req.name.as_str();
         let target = Target { action: "ReportMigration", tenant: tenant_of(name), target: name };
@@ -239,8 +282,7 @@ impl ControlPlane {
                 }
                 let mut ns = self.get_namespace(name).await?;
                 let mut conditions = vec![Condition::Namespace { name: name.to_owned(), revision: ns.revision }];
-                let source_shard = ns.shard_id.clone();
-                let migration = ns.migration.as_deref_mut().ok_or_else(|| no_migration(name))?;
+                let mut migration = ns.migration.take().ok_or_else(|| no_migration(name))?;
                 if migration.id != req.migration_id || migration.step != req.step {
                     return Err(ControlPlaneError::Conflict(format!(
                         "namespace {name} is at migration {} step {}; the report is about migration {} step {}",
@@ -251,11 +293,17 @@ impl ControlPlane {
                     )));
                 }
                 let step = MigrationStep::try_from(migration.step).unwrap_or(MigrationStep::Unspecified);
-                // Who does the step: the target's holder prepares and
-                // removes the target; the source's shard does the rest.
-                let doer = match step {
-                    MigrationStep::Prepare | MigrationStep::Aborting => migration.target_shard_id.clone(),
-                    _ => source_shard,
+                let source = migration.source.clone().unwrap_or_default();
+                // Who does the step, and the one instance store that must
+                // when the side is on one instance's disk: the target's
+                // holder prepares and removes the target, the source's
+                // removes the source, the source's shard does the rest.
+                let (doer, holder) = match step {
+                    MigrationStep::Prepare | MigrationStep::Aborting => {
+                        (migration.target_shard_id.clone(), migration.target_owner_store_id.clone())
+                    }
+                    MigrationStep::Cleanup => (source.shard_id.clone(), source.owner_store_id.clone()),
+                    _ => (ns.shard_id.clone(), String::new()),
                 };
                 let registered = self.store().list_shards().await?;
                 let shard = registered.iter().find(|s| s.shard_id == doer);
@@ -268,18 +316,17 @@ impl ControlPlane {
                         step_name(req.step)
                     )));
                 };
-                let holder = matches!(step, MigrationStep::Prepare | MigrationStep::Aborting)
-                    && !migration.target_owner_store_id.is_empty();
-                if holder && instance.store_id != migration.target_owner_store_id {
+                if !holder.is_empty() && instance.store_id != holder {
                     return Err(ControlPlaneError::FailedPrecondition(format!(
-                        "instance {} does not hold the migration's target (store {} does)",
-                        req.instance_id, migration.target_owner_store_id
+                        "instance {} does not hold the side of the migration this step removes or prepares \
+                         (store {holder} does)",
+                        req.instance_id
                     )));
                 }
-                let now = Some(SystemTime::now().into());
+                let now = SystemTime::now();
                 if let Some(progress) = &req.progress {
                     let mut progress = progress.clone();
-                    progress.update_time = now;
+                    progress.update_time = Some(now.into());
                     migration.progress = Some(progress);
                 }
                 let id = migration.id;
@@ -291,26 +338,34 @@ impl ControlPlane {
                         "" => format!("migration {id} progress at step {}", step_name(step as i32)),
                         why => format!("migration {id} step {} failed: {why}", step_name(step as i32)),
                     };
+                    ns.migration = Some(migration);
                 } else {
                     migration.reason.clear();
                     let next = match step {
                         MigrationStep::Prepare => Some(MigrationStep::DualWrite),
-                        MigrationStep::DualWrite => {
+                        // Every instance of the source's shard must have
+                        // reached the step and drained what it admitted
+                        // before: conditioned on the instances as read.
+                        MigrationStep::DualWrite | MigrationStep::Cutover => {
                             if !migration.reported.contains(&req.instance_id) {
                                 migration.reported.push(req.instance_id.clone());
                             }
-                            // Every instance must have reached the step:
-                            // conditioned on the shard's instances as read.
                             conditions.push(Condition::Shard { id: shard.shard_id.clone(), revision: shard.revision });
                             let all = shard.instances.iter().all(|i| migration.reported.contains(&i.instance_id));
-                            all.then_some(MigrationStep::Backfill)
+                            let next =
+                                if step == MigrationStep::DualWrite { MigrationStep::Backfill } else { MigrationStep::Cleanup };
+                            all.then_some(next)
                         }
                         MigrationStep::Backfill => Some(MigrationStep::Verify),
-                        MigrationStep::Verify => {
-                            return Err(ControlPlaneError::FailedPrecondition(format!(
-                                "migration {id} of {name} is verified, but cutover is not supported yet (issue 16): \
-                                 it stays at VERIFY until it is, or is aborted"
-                            )));
+                        MigrationStep::Verify => Some(MigrationStep::Cutover),
+                        MigrationStep::Cleanup => {
+                            let after = migration.cleanup_after.and_then(|t| SystemTime::try_from(t).ok());
+                            if after.is_some_and(|after| now < after) {
+                                return Err(ControlPlaneError::FailedPrecondition(format!(
+                                    "migration {id} of {name}: its source is kept until its cleanup time"
+                                )));
+                            }
+                            None
                         }
                         MigrationStep::Aborting => None,
                         _ => {
@@ -322,21 +377,39 @@ impl ControlPlane {
                     };
                     match (step, next) {
                         (MigrationStep::Aborting, _) => {
-                            ns.migration = None;
                             detail = format!("migration {id} aborted; target removed");
+                        }
+                        (MigrationStep::Cleanup, _) => {
+                            detail = format!(
+                                "migration {id} done; source removed (shard {}, data incarnation {})",
+                                source.shard_id, source.data_revision
+                            );
+                        }
+                        (_, Some(MigrationStep::Cleanup)) => {
+                            let grace = Duration::from_millis(self.config().migration_cleanup_grace_ms);
+                            detail = format!(
+                                "migration {id} cut over: the namespace is on shard {} now; its source is removed after {}s",
+                                migration.target_shard_id,
+                                grace.as_secs()
+                            );
+                            cut_over(&mut ns, &mut migration, now, grace);
+                            ns.migration = Some(migration);
                         }
                         (_, Some(next)) => {
                             migration.step = next as i32;
-                            migration.step_time = now;
+                            migration.step_time = Some(now.into());
                             migration.reported.clear();
                             detail = format!("migration {id} now at step {}", step_name(next as i32));
+                            ns.migration = Some(migration);
                         }
                         (_, None) => {
                             detail =
                                 format!("migration {id} step {} done by {}", step_name(step as i32), req.instance_id);
+                            ns.migration = Some(migration);
                         }
                     }
                 }
+                let now = Some(now.into());
                 ns.update_time = now;
                 Ok(Plan { txn: Txn { conditions, puts: vec![Put::Namespace(ns)], ..Txn::default() }, detail })
             })

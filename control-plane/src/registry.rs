@@ -238,8 +238,9 @@ pub fn settle_owner<'a>(ns: &mut Namespace, stores: &Stores, last_endpoint: impl
 /// planned against this placement (the source's holders dual-write and
 /// run the backfill, the target was placed beside it), and moving it
 /// midway would hand the source to gateways that never took part in the
-/// migration's steps. Its placement changes at the cutover, or not at all
-/// if it is aborted, and the settler places it then.
+/// migration's steps. Its placement changes at the cleanup commit (the
+/// target's, placed when the migration started), or not at all if it is
+/// aborted; the settler places it again once the migration ends.
 pub fn placement(ns: &Namespace, live: &BTreeSet<String>) -> Option<String> {
     if ns.migration.is_some() {
         return None;

@@ -267,7 +267,6 @@ pub fn migration_target(
 ) -> Result<NamespaceSpec> {
     let target = target.ok_or_else(|| invalid("target", "is required"))?;
     let abstraction = Abstraction::try_from(source.abstraction).unwrap_or(Abstraction::Unspecified);
-    let mut spec = source.clone();
     if target.backend != Backend::Unspecified as i32 {
         let Some(backend) = Backend::try_from(target.backend).ok().and_then(backends::describe) else {
             return Err(invalid("target.backend", format!("must be one of {}", backends::names())));
@@ -282,11 +281,8 @@ pub fn migration_target(
                 ),
             ));
         }
-        spec.backend = target.backend;
-        spec.backend_config = target.backend_config.clone().map(Box::new);
-    } else if target.backend_config.is_some() {
-        spec.backend_config = target.backend_config.clone().map(Box::new);
     }
+    let spec = prism_proto::migration::target_spec(source, target);
     let backend = Backend::try_from(spec.backend).ok().and_then(backends::describe);
     let backend = backend.ok_or_else(|| invalid("target.backend", "the source's backend is not known here"))?;
     backend
@@ -298,7 +294,6 @@ pub fn migration_target(
         if !known_shards.contains(&target.pinned_shard) {
             return Err(invalid(field, format!("shard {:?} does not exist", target.pinned_shard)));
         }
-        spec.placement.get_or_insert_with(Default::default).pinned_shard.clone_from(&target.pinned_shard);
     }
     if spec == *source {
         return Err(invalid("target", "is the namespace's current backend, settings and placement"));

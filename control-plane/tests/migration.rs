@@ -243,14 +243,6 @@ async fn a_migration_is_recorded_advanced_by_reports_and_aborted() -> anyhow::Re
     assert!(recorded.update_time.is_some());
     let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Backfill, true)).await?.into_inner();
     assert_eq!(step(&ns), Some(MigrationStep::Verify));
-    // Cutover does not exist yet: said, not faked.
-    let status = refused(
-        c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Verify, true)).await,
-        Code::FailedPrecondition,
-        None,
-    );
-    assert!(status.message().contains("cutover is not supported yet"), "{status:?}");
-
     // Abort: the target's holder removes the target and reports; the
     // migration is gone, the source never moved.
     let abort = AbortMigrationRequest { name: name.into(), expected_revision: 0 };
@@ -277,6 +269,96 @@ async fn a_migration_is_recorded_advanced_by_reports_and_aborted() -> anyhow::Re
         ["started", "now at step DUAL_WRITE", "now at step BACKFILL", "aborted at step VERIFY", "target removed"]
     {
         assert!(actions.iter().any(|(_, d)| d.contains(wanted)), "no {wanted:?} in {actions:?}");
+    }
+    Ok(())
+}
+
+/// From VERIFY on: the cutover (reads move to the target, the placement
+/// stays) once verified, the cleanup commit (the target becomes the
+/// namespace's placement, the source kept in the migration) once every
+/// instance of the source's shard drained, and the end once the source's
+/// holder removed it after the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_migration_cuts_over_and_cleans_up() -> anyhow::Result<()> {
+    let grace = Duration::from_millis(1_500);
+    let (_cp, mut c) = common::start_with(prism_control_plane::config::ControlPlaneConfig {
+        migration_cleanup_grace_ms: grace.as_millis() as u64,
+        ..Default::default()
+    })
+    .await?;
+    let a = register(&mut c, "shard-a", "store-a", true).await?;
+    let a2 = register(&mut c, "shard-a", "store-a2", true).await?;
+    let b = register(&mut c, "shard-b", "store-b", true).await?;
+    create_tenant(&mut c, "acme").await?;
+    let name = "acme/orders";
+    let source = active(&mut c, name, pinned(kv_spec(), "shard-a"), "shard-a").await?;
+    let target = MigrationTarget {
+        backend: Backend::Postgres as i32,
+        backend_config: Some(postgres("postgres://db.invalid/prism")),
+        pinned_shard: "shard-b".into(),
+    };
+    let ns = c.migrate_namespace(migrate(name, target)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-b", &b, MigrationStep::Prepare, true)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::DualWrite, true)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a2, MigrationStep::DualWrite, true)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Backfill, true)).await?.into_inner();
+    assert_eq!(step(&ns), Some(MigrationStep::Verify));
+
+    // Verified: CUTOVER, the placement still the source's.
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Verify, true)).await?.into_inner();
+    assert_eq!(step(&ns), Some(MigrationStep::Cutover));
+    assert_eq!(
+        (ns.shard_id.as_str(), ns.owner_store_id.as_str()),
+        (source.shard_id.as_str(), source.owner_store_id.as_str())
+    );
+    assert_eq!(ns.spec.as_ref().map(|s| s.backend), Some(Backend::Embedded as i32));
+    // No abort once the target serves reads: it ends by itself.
+    let abort = AbortMigrationRequest { name: name.into(), expected_revision: 0 };
+    let status = refused(c.abort_migration(abort.clone()).await, Code::FailedPrecondition, None);
+    assert!(status.message().contains("cutting over"), "{status:?}");
+
+    // Every instance of the source's shard drains, then the cleanup
+    // commit makes the target the namespace's placement.
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Cutover, true)).await?.into_inner();
+    assert_eq!(step(&ns), Some(MigrationStep::Cutover));
+    let ns = c.report_migration(report(&ns, "shard-a", &a2, MigrationStep::Cutover, true)).await?.into_inner();
+    assert_eq!(step(&ns), Some(MigrationStep::Cleanup));
+    let m = ns.migration.as_deref().expect("still migrating until the source is removed");
+    assert_eq!((ns.shard_id.as_str(), ns.owner_store_id.as_str()), ("shard-b", ""));
+    let spec = ns.spec.clone().unwrap_or_default();
+    assert_eq!(spec.backend, Backend::Postgres as i32);
+    assert_eq!(spec.placement.map(|p| p.pinned_shard), Some("shard-b".into()));
+    assert_eq!((ns.data_revision, ns.create_revision), (m.id, source.create_revision));
+    let kept = m.source.clone().expect("the source is kept in the migration");
+    assert_eq!((kept.shard_id.as_str(), kept.data_revision), ("shard-a", source.create_revision));
+    assert_eq!(kept.owner_store_id, source.owner_store_id);
+    assert_eq!(kept.spec.map(|s| s.backend), Some(Backend::Embedded as i32));
+    assert!(m.cleanup_after.is_some(), "{m:?}");
+    refused(c.abort_migration(abort).await, Code::FailedPrecondition, None);
+
+    // The source's holder removes it, not before the grace.
+    let holder = if source.owner_store_id == "store-a" { &a } else { &a2 };
+    let other = if holder == &a { &a2 } else { &a };
+    refused(
+        c.report_migration(report(&ns, "shard-a", other, MigrationStep::Cleanup, true)).await,
+        Code::FailedPrecondition,
+        None,
+    );
+    let early = refused(
+        c.report_migration(report(&ns, "shard-a", holder, MigrationStep::Cleanup, true)).await,
+        Code::FailedPrecondition,
+        None,
+    );
+    assert!(early.message().contains("cleanup time"), "{early:?}");
+    tokio::time::sleep(grace).await;
+    let ns = c.report_migration(report(&ns, "shard-a", holder, MigrationStep::Cleanup, true)).await?.into_inner();
+    assert_eq!(ns.migration, None);
+    assert_eq!((ns.shard_id.as_str(), ns.data_revision), ("shard-b", m.id));
+
+    let audit = c.list_audit_events(ListAuditEventsRequest::default()).await?.into_inner();
+    let details: Vec<&str> = audit.events.iter().filter(|e| e.result == "ok").map(|e| e.detail.as_str()).collect();
+    for wanted in ["now at step CUTOVER", "cut over: the namespace is on shard shard-b", "done; source removed"] {
+        assert!(details.iter().any(|d| d.contains(wanted)), "no {wanted:?} in {details:?}");
     }
     Ok(())
 }

@@ -84,10 +84,10 @@ pub struct GatewayConfig {
     pub forwarding: ForwardingConfig,
     /// Experimental (issue 16): take part in KeyValue migrations, and say
     /// so when registering (`migrate-key-value`), so the control plane
-    /// starts them. Only embedded → postgres targets are carried out (any
-    /// other target stays at PREPARE with a reason), and a migration ends
-    /// at VERIFY (no cutover yet) until it is aborted. Default `false`:
-    /// the control plane refuses every migration, naming this gateway.
+    /// starts them. Only postgres targets are carried out, from embedded
+    /// or postgres (an embedded target stays at PREPARE with a reason
+    /// until it is aborted). Default `false`: the control plane refuses
+    /// every migration, naming this gateway.
     pub experimental_migrations: bool,
 }
 

@@ -9,7 +9,7 @@
 
 use prism_plugin_api::kv::{KeyValueHandle, PageLimits, ScanCursor, VersionCursor};
 use prism_plugin_api::{Micros, Namespace};
-use prism_proto::control::{Backend, Migration, Placement};
+use prism_proto::control::Migration;
 use std::hash::Hasher;
 use twox_hash::XxHash64;
 
@@ -22,19 +22,8 @@ use crate::error::Result;
 /// The target's backend UNSPECIFIED is the source's backend, and then
 /// unset settings are the source's settings (`MigrationTarget`).
 pub fn target_namespace(source: &Namespace, migration: &Migration) -> Namespace {
-    let mut spec = source.spec.clone();
     let target = migration.target.clone().unwrap_or_default();
-    if target.backend == Backend::Unspecified as i32 {
-        if let Some(config) = target.backend_config {
-            spec.backend_config = Some(Box::new(config));
-        }
-    } else {
-        spec.backend = target.backend;
-        spec.backend_config = target.backend_config.map(Box::new);
-    }
-    if !target.pinned_shard.is_empty() {
-        spec.placement = Some(Box::new(Placement { pinned_shard: target.pinned_shard }));
-    }
+    let spec = prism_proto::migration::target_spec(&source.spec, &target);
     Namespace { name: source.name.clone(), create_revision: migration.id, spec }
 }
 
@@ -109,7 +98,7 @@ pub async fn digest(handle: &dyn KeyValueHandle, limits: PageLimits, now: Micros
 #[cfg(test)]
 mod tests {
     use prism_proto::control::backend_config::Config;
-    use prism_proto::control::{BackendConfig, MigrationTarget, NamespaceSpec, PostgresConfig};
+    use prism_proto::control::{Backend, BackendConfig, MigrationTarget, NamespaceSpec, PostgresConfig};
 
     use super::*;
 

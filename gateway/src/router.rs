@@ -135,8 +135,9 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
     let resolved = resolved(call.resolved)?;
     let entry = resolved.entry();
     let now = now_micros();
-    // Opened once per metadata change, kept with the entry.
-    let kv = entry.key_value(&ops.plugins)?;
+    // Opened once per metadata change, kept with the entry; a migrating
+    // namespace's writes go to both sides.
+    let (kv, also) = entry.key_value_sides(&ops.plugins)?;
     let policies = entry.ns.spec.policies.as_deref();
     let default_ttl = policies.and_then(|p| p.default_item_ttl.as_ref()).map(micros).filter(|t| *t > 0);
     let skew = ops.max_clock_skew;
@@ -144,7 +145,7 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
         Request::Put(r) => {
             let stamp = stamp(r.idempotency_token, now, skew)?;
             let mutations: Vec<_> = r.items.into_iter().map(|i| Mutation::Put(new_item(i, now, default_ttl))).collect();
-            write(ops, kv, entry, &r.id, &mutations, &stamp).await?;
+            write(ops, (kv, also), entry, &r.id, &mutations, &stamp).await?;
             Ok(Response::Put(kv::PutItemsResponse {}))
         }
         Request::Delete(r) => {
@@ -154,7 +155,7 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
                 Some(kv::delete_items_request::Selector::Range(rg)) => vec![Mutation::DeleteRange(range(rg))],
                 None => vec![Mutation::DeleteRange(KeyRange::all())],
             };
-            write(ops, kv, entry, &r.id, &mutations, &stamp).await?;
+            write(ops, (kv, also), entry, &r.id, &mutations, &stamp).await?;
             Ok(Response::Delete(kv::DeleteItemsResponse {}))
         }
         Request::Mutate(r) => {
@@ -168,7 +169,7 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
                     kv::mutation::Operation::DeleteRange(rg) => Some(Mutation::DeleteRange(range(rg))),
                 })
                 .collect();
-            write(ops, kv, entry, &r.id, &mutations, &stamp).await?;
+            write(ops, (kv, also), entry, &r.id, &mutations, &stamp).await?;
             Ok(Response::Mutate(kv::MutateItemsResponse {}))
         }
         Request::Get(r) => get(ops, kv, entry, r, call.stop_by, now).await.map(Response::Get),
@@ -181,24 +182,25 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
 /// timed-out write may still have been applied).
 ///
 /// While the namespace migrates (from DUAL_WRITE on), the write goes to
-/// the source, then to the target with the same stamp, and is
-/// acknowledged only when both applied it: a failed target write fails
-/// the call, and the client's retry carries the same stamp (with a token,
-/// the source applies it once; without, last-writer-wins by the same
+/// both `sides` (the source first; from CUTOVER the target first:
+/// [`NamespaceEntry::key_value_sides`]) with the same stamp, and is
+/// acknowledged only when both applied it: a failed write to either
+/// fails the call, and the client's retry carries the same stamp (with a
+/// token, a side applies it once; without, last-writer-wins by the same
 /// generation time makes it the same write).
 async fn write(
     ops: &Operations,
-    kv: &dyn KeyValueHandle,
+    sides: (&dyn KeyValueHandle, Option<&dyn KeyValueHandle>),
     entry: &NamespaceEntry,
     id: &str,
     mutations: &[Mutation],
     stamp: &WriteStamp,
 ) -> Result<()> {
+    let (first, also) = sides;
     let outcome = async {
-        let target = entry.dual_write_target(&ops.plugins)?;
-        observed(&ops.metrics, entry, Op::Mutate, |_| kv.mutate(id, mutations, stamp)).await?;
-        if let Some(target) = target {
-            observed(&ops.metrics, entry, Op::Mutate, |_| target.mutate(id, mutations, stamp)).await?;
+        observed(&ops.metrics, entry, Op::Mutate, |_| first.mutate(id, mutations, stamp)).await?;
+        if let Some(second) = also {
+            observed(&ops.metrics, entry, Op::Mutate, |_| second.mutate(id, mutations, stamp)).await?;
         }
         Ok::<_, GatewayError>(())
     }
@@ -224,7 +226,7 @@ fn selector(r: &kv::GetItemsRequest) -> Selector {
 
 /// Fingerprint of what a GetItems page token continues.
 fn get_binding(entry: &NamespaceEntry, r: &kv::GetItemsRequest) -> u64 {
-    let rev = entry.ns.create_revision.to_be_bytes();
+    let rev = entry.incarnation.to_be_bytes();
     let mut parts: Vec<&[u8]> = vec![entry.ns.name.as_bytes(), &rev, b"get", r.id.as_bytes()];
     match &r.selector {
         Some(kv::get_items_request::Selector::Keys(k)) => {
@@ -332,7 +334,7 @@ async fn scan(
     stop_by: Option<StopBy>,
     now: Micros,
 ) -> Result<kv::ScanItemsResponse> {
-    let rev = entry.ns.create_revision.to_be_bytes();
+    let rev = entry.incarnation.to_be_bytes();
     let binding = page_token::binding(&[entry.ns.name.as_bytes(), &rev, b"scan"]);
     let after = page_token::decode(binding, &r.page_token)?
         .map(|p| page_token::parse_scan_position(&p).map(|(id, key)| pkv::ScanCursor { id, key }))

@@ -112,8 +112,13 @@ impl SchemaSlot {
 /// A namespace as the gateway routes it.
 #[derive(Debug)]
 pub struct NamespaceEntry {
-    /// What plugins see: name, incarnation, spec.
+    /// What plugins see: name, the incarnation its data is keyed by
+    /// (`data_revision`, else `create_revision`), spec.
     pub ns: prism_plugin_api::Namespace,
+    /// The namespace's own incarnation (`create_revision`): what the
+    /// control plane knows it by, and page tokens are bound to (they
+    /// continue across a migration's cutover).
+    pub incarnation: u64,
     /// Where the name's `/` is, found once when the entry is built: the
     /// request path reads the tenant without splitting the name.
     slash: usize,
@@ -174,7 +179,14 @@ impl std::fmt::Debug for Opened {
 
 impl NamespaceEntry {
     fn new(meta: Namespace, previous: Option<&NamespaceEntry>) -> Self {
-        let same_incarnation = previous.filter(|p| p.ns.create_revision == meta.create_revision);
+        // The incarnation plugins key the data by: the namespace's, or a
+        // migration's target once it cleaned up (`Namespace.data_revision`).
+        let data_revision = if meta.data_revision == 0 { meta.create_revision } else { meta.data_revision };
+        // What this gateway keeps goes with the data: a migrated namespace
+        // starts afresh (its policies applied to the target, its resources
+        // adopted, its cache keyed anew).
+        let same_incarnation =
+            previous.filter(|p| p.incarnation == meta.create_revision && p.ns.create_revision == data_revision);
         let local = same_incarnation.map_or_else(Default::default, |p| p.local.clone());
         let owner_since =
             same_incarnation.filter(|p| p.shard_id == meta.shard_id).map_or(meta.revision, |p| p.owner_since);
@@ -191,9 +203,10 @@ impl NamespaceEntry {
             slash,
             ns: prism_plugin_api::Namespace {
                 name: meta.name,
-                create_revision: meta.create_revision,
+                create_revision: data_revision,
                 spec: meta.spec.unwrap_or_default(),
             },
+            incarnation: meta.create_revision,
             revision: meta.revision,
             shard_id: meta.shard_id,
             owner_since,
@@ -249,18 +262,18 @@ impl NamespaceEntry {
     }
 
     /// Where writes go besides the source while the namespace migrates:
-    /// the target, opened as KeyValue on its plugin, from DUAL_WRITE until
-    /// the migration ends or is aborted (ARCHITECTURE.md, "The life of a
-    /// migration"); `None` at any other step. A target on one instance's
-    /// disk (an embedded target) would have to be written through the
-    /// forwarder, which this gateway does not do yet: it fails the write
-    /// rather than write a store that is not the target's (its PREPARE
-    /// refuses such a target, so the step is never reached through it).
+    /// the target, opened as KeyValue on its plugin, from DUAL_WRITE
+    /// through CUTOVER (ARCHITECTURE.md, "The life of a migration");
+    /// `None` at any other step. A target on one instance's disk (an
+    /// embedded target) would have to be written through the forwarder,
+    /// which this gateway does not do yet: it fails the write rather than
+    /// write a store that is not the target's (its PREPARE refuses such a
+    /// target, so the step is never reached through it).
     pub fn dual_write_target(&self, plugins: &Plugins) -> Result<Option<&dyn KeyValueHandle>> {
         let Some(migration) = self.migration.as_deref() else { return Ok(None) };
         let dual = matches!(
             self.migration_step(),
-            Some(MigrationStep::DualWrite | MigrationStep::Backfill | MigrationStep::Verify)
+            Some(MigrationStep::DualWrite | MigrationStep::Backfill | MigrationStep::Verify | MigrationStep::Cutover)
         );
         if !dual {
             return Ok(None);
@@ -282,6 +295,31 @@ impl NamespaceEntry {
             Some(Opened::KeyValue(handle)) => Ok(Some(handle.as_ref())),
             _ => Err(GatewayError::Internal(format!("the target of {} is not open as KEY_VALUE", self.ns.name))),
         }
+    }
+
+    /// The sides a KeyValue call uses: the one it reads (and writes
+    /// first) and the one it also writes, if any. The source, then the
+    /// target while the namespace migrates; from CUTOVER the target reads
+    /// and is written first, the source written after it, so a gateway
+    /// still before the cutover, reading the source, sees every
+    /// acknowledged write.
+    pub fn key_value_sides(&self, plugins: &Plugins) -> Result<(&dyn KeyValueHandle, Option<&dyn KeyValueHandle>)> {
+        let source = self.key_value(plugins)?;
+        match self.dual_write_target(plugins)? {
+            Some(target) if self.migration_step() == Some(MigrationStep::Cutover) => Ok((target, Some(source))),
+            target => Ok((source, target)),
+        }
+    }
+
+    /// A migrated namespace's source as its plugin sees it, from the
+    /// cleanup commit until the source is removed (`Migration.source`).
+    pub fn migration_source(&self) -> Option<prism_plugin_api::Namespace> {
+        let source = self.migration.as_deref()?.source.as_ref()?;
+        Some(prism_plugin_api::Namespace {
+            name: self.ns.name.clone(),
+            create_revision: source.data_revision,
+            spec: source.spec.clone().unwrap_or_default(),
+        })
     }
 
     /// As [`Self::key_value`], as TimeSeries.

@@ -115,7 +115,7 @@ pub async fn execute(
     now: Micros,
 ) -> Result<Response> {
     let entry = resolved.entry();
-    let rev = entry.ns.create_revision.to_be_bytes();
+    let rev = entry.incarnation.to_be_bytes();
     match request {
         Request::WriteSync(r) => {
             let plugin = entry.time_series(&ops.plugins)?;

@@ -362,11 +362,21 @@ mod end_to_end {
     /// once they have written a while, migrates it to PostgreSQL with the
     /// `target` settings.
     async fn start(source: Source, target: PostgresConfig) -> anyhow::Result<Running> {
-        let cluster = Cluster::start_with(|c| {
-            c.experimental_migrations = true;
-            // DUAL_WRITE waits this long for requests admitted before it.
-            c.limits.request_timeout_ms = 2_000;
-        })
+        start_to(source, target, "").await
+    }
+
+    /// As [`start`], to the shard `pin` (empty: the source's).
+    async fn start_to(source: Source, target: PostgresConfig, pin: &str) -> anyhow::Result<Running> {
+        let cluster = Cluster::start_configured(
+            // The source is removed this long after the cleanup commit.
+            |c| c.migration_cleanup_grace_ms = 1_000,
+            |c| {
+                c.experimental_migrations = true;
+                // DUAL_WRITE and CUTOVER wait this long for requests
+                // admitted before them.
+                c.limits.request_timeout_ms = 2_000;
+            },
+        )
         .await?;
         let (backend, backend_config) = match source {
             Source::Embedded => (Backend::Embedded, None),
@@ -399,24 +409,12 @@ mod end_to_end {
             target: Some(MigrationTarget {
                 backend: Backend::Postgres as i32,
                 backend_config: Some(BackendConfig { config: Some(Config::Postgres(target)) }),
-                ..Default::default()
+                pinned_shard: pin.into(),
             }),
             expected_revision: 0,
         };
         cluster.control_plane.client().await?.migrate_namespace(migrate).await?;
         Ok(Running { cluster, load, clients })
-    }
-
-    /// Waits until the migration is at `step`; returns the namespace.
-    async fn at_step(cluster: &Cluster, step: MigrationStep) -> anyhow::Result<prism_proto::control::Namespace> {
-        eventually(WAIT, || async {
-            let mut cp = cluster.control_plane.client().await?;
-            let ns = cp.get_namespace(GetNamespaceRequest { name: NS.into() }).await?.into_inner();
-            let m = ns.migration.as_deref().context("no migration")?;
-            anyhow::ensure!(m.step == step as i32, "at step {:?} ({})", MigrationStep::try_from(m.step), m.reason);
-            Ok(ns)
-        })
-        .await
     }
 
     /// The target as the test reads it: the migration's incarnation on a
@@ -447,7 +445,20 @@ mod end_to_end {
             return Ok(());
         };
         let running = start(Source::Embedded, at(server.dsn(), "e2e_migrated")).await?;
-        through_verify(running).await
+        to_the_end(running).await
+    }
+
+    /// Embedded on shard-0 to PostgreSQL pinned to shard-1: from the
+    /// cleanup commit shard-1 serves it, and the clients, connected to
+    /// shard-0, are forwarded there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_to_postgres_on_another_shard_under_load_loses_no_write() -> anyhow::Result<()> {
+        let Some(server) = PostgresServer::start_or_skip()? else {
+            println!("{}", skip_reason());
+            return Ok(());
+        };
+        let running = start_to(Source::Embedded, at(server.dsn(), "e2e_moved"), "shard-1").await?;
+        to_the_end(running).await
     }
 
     /// PostgreSQL to another database of the same server (the issue's
@@ -468,7 +479,7 @@ mod end_to_end {
         let target_dsn = server.dsn().rsplit_once('/').map(|(base, _)| format!("{base}/migrated")).context("dsn")?;
         let source = Source::Postgres(server.dsn(), "e2e_source".into());
         let running = start(source, at(target_dsn, "e2e_source")).await?;
-        through_verify(running).await
+        to_the_end(running).await
     }
 
     /// PostgreSQL to the very schema it is in, only its pool size changed:
@@ -484,20 +495,43 @@ mod end_to_end {
         let source = Source::Postgres(server.dsn(), "e2e_shared".into());
         let target = PostgresConfig { pool_size: 3, ..at(server.dsn(), "e2e_shared") };
         let running = start(source, target).await?;
-        through_verify(running).await
+        to_the_end(running).await
     }
 
-    /// Runs the migration through DUAL_WRITE and BACKFILL to VERIFY under
-    /// the clients' load, then checks that no request failed, the source
-    /// holds every acknowledged write, and the target equals the source.
-    async fn through_verify(mut running: Running) -> anyhow::Result<()> {
-        // Through DUAL_WRITE and BACKFILL to VERIFY, where the migration
-        // waits (no cutover yet), the clients writing all along.
-        let ns = at_step(&running.cluster, MigrationStep::Verify).await?;
-        let writes_at_verify = running.load.writes.load(Ordering::Relaxed);
+    /// Runs the migration through every step under the clients' load:
+    /// at VERIFY the target equals the source; at the end the namespace's
+    /// placement is the target, no request failed, no read missed the
+    /// client's own write, the gateway serves every acknowledged write, and
+    /// the source is removed.
+    async fn to_the_end(mut running: Running) -> anyhow::Result<()> {
+        // The clients write on through every step, the cutover, the
+        // cleanup commit and the source's removal. The last step seen
+        // before the end is CUTOVER or CLEANUP (each lasts at least the
+        // request timeout), with the backfill's counts.
+        let seen = std::sync::Mutex::new(None);
+        let done = eventually(WAIT, || async {
+            let mut cp = running.cluster.control_plane.client().await?;
+            let ns = cp.get_namespace(GetNamespaceRequest { name: NS.into() }).await?.into_inner();
+            if let Some(m) = ns.migration.as_deref() {
+                let step = m.step;
+                if step >= MigrationStep::Cutover as i32 && m.source.is_none() {
+                    *seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(ns.clone());
+                }
+                anyhow::bail!("at step {:?} ({})", MigrationStep::try_from(step), m.reason);
+            }
+            Ok(ns)
+        })
+        .await?;
+        let ns = seen.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?.context("CUTOVER never seen")?;
+        let migration = ns.migration.as_deref().cloned().context("no migration")?;
+        let progress = migration.progress.clone().unwrap_or_default();
+        assert!(progress.records_copied > 0, "{progress:?}");
+        assert_eq!(progress.records_differing, 0, "{progress:?}");
+        let writes_at_end = running.load.writes.load(Ordering::Relaxed);
+        running.cluster.gateway("shard-0").context("shard-0")?.caught_up(done.revision).await?;
         eventually(WAIT, || async {
-            let more = running.load.writes.load(Ordering::Relaxed) - writes_at_verify;
-            anyhow::ensure!(more >= 100, "{more} writes since VERIFY");
+            let more = running.load.writes.load(Ordering::Relaxed) - writes_at_end;
+            anyhow::ensure!(more >= 100, "{more} writes since the end");
             Ok(())
         })
         .await?;
@@ -505,16 +539,32 @@ mod end_to_end {
         let load = &running.load;
         assert_eq!(load.failed.load(Ordering::Relaxed), 0, "failed requests");
         assert_eq!(load.stale_reads.load(Ordering::Relaxed), 0, "reads that missed the client's own write");
-        let progress = ns.migration.as_deref().and_then(|m| m.progress.clone()).unwrap_or_default();
-        assert!(progress.records_copied > 0, "{progress:?}");
 
+        // The target is the namespace now, and holds every acknowledged
+        // write.
+        assert_eq!(done.spec.as_ref().map(|s| s.backend), Some(Backend::Postgres as i32));
+        assert_eq!(done.shard_id, migration.target_shard_id);
+        assert_eq!((done.data_revision, done.create_revision), (migration.id, ns.create_revision));
         let gw = running.cluster.gateway("shard-0").context("shard-0")?;
-        let source = served(&mut gw.kv(Some(&admin_token())).await?).await?;
+        let served = served(&mut gw.kv(Some(&admin_token())).await?).await?;
         let acknowledged = load.acknowledged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-        assert_eq!(source, acknowledged, "the source holds every acknowledged write");
+        assert_eq!(served, acknowledged, "the target holds every acknowledged write");
         let (plugin, target) = target_of(&ns)?;
         let handle = plugin.key_value().context("KeyValue")?.open(&target)?;
-        assert_eq!(in_target(handle.as_ref()).await?, source, "the target equals the source");
+        assert_eq!(in_target(handle.as_ref()).await?, served, "what is served is the target's");
+
+        // The source is gone (a PostgreSQL one is seen from here; an
+        // embedded one is in the gateway's own store).
+        if ns.spec.as_ref().is_some_and(|s| s.backend == Backend::Postgres as i32) {
+            let source = Namespace {
+                name: NS.into(),
+                create_revision: ns.create_revision,
+                spec: ns.spec.clone().unwrap_or_default(),
+            };
+            let handle = plugin.key_value().context("KeyValue")?.open(&source)?;
+            let gone = handle.get("c0-r1", &prism_plugin_api::kv::Selector::All, None, WHOLE, now_micros()).await;
+            assert!(matches!(gone, Err(PluginError::NotProvisioned(_))), "the source is removed: {gone:?}");
+        }
         Ok(())
     }
 
@@ -525,12 +575,13 @@ mod end_to_end {
             return Ok(());
         };
         let mut running = start(Source::Embedded, at(server.dsn(), "e2e_aborted")).await?;
-        // Aborted while it dual-writes (or later, if it got further).
+        // Aborted while it dual-writes (the step lasts the request
+        // timeout, its drain): from CUTOVER on, abort is refused.
         let ns = eventually(WAIT, || async {
             let mut cp = running.cluster.control_plane.client().await?;
             let ns = cp.get_namespace(GetNamespaceRequest { name: NS.into() }).await?.into_inner();
             let step = ns.migration.as_deref().map(|m| m.step).unwrap_or_default();
-            anyhow::ensure!(step >= MigrationStep::DualWrite as i32, "at step {step}");
+            anyhow::ensure!(step == MigrationStep::DualWrite as i32, "at step {step}");
             Ok(ns)
         })
         .await?;

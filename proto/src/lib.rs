@@ -7,6 +7,7 @@ pub mod access;
 pub mod backends;
 pub mod capabilities;
 pub mod error;
+pub mod migration;
 pub mod names;
 pub mod quotas;
 pub mod secrets;

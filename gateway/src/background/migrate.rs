@@ -13,9 +13,16 @@
 //!   ([`crate::migration::backfill_page`]), reporting the cursor as it
 //!   goes, then the end;
 //! - `VERIFY`, on the source's holders: compares the digests of both
-//!   sides ([`crate::migration::digest`]) and reports a match (the control
-//!   plane refuses the cutover, which does not exist yet), or the
+//!   sides ([`crate::migration::digest`]) and reports a match, or the
 //!   mismatch as the reason, and compares again later;
+//! - `CUTOVER`, on every instance of the source's shard: the router reads
+//!   the target and writes it first from the revision this instance
+//!   applied; once every request admitted before it (which may read the
+//!   source) has ended, it reports;
+//! - `CLEANUP`, on the source's holder: once the recorded
+//!   `cleanup_after` has passed (and at least the request timeout since
+//!   this instance saw the step: an instance still at CUTOVER writes the
+//!   source), removes the source's incarnation and reports;
 //! - `ABORTING`, on the target's shard: once the writes admitted before
 //!   the abort have ended (at most the request timeout; they may still
 //!   be writing the target), removes the target and reports.
@@ -66,6 +73,9 @@ const TICK: Duration = Duration::from_millis(200);
 const RETRY: Duration = Duration::from_secs(2);
 /// One page of the backfill and of the digest.
 const PAGE: PageLimits = PageLimits::new(256 << 10, Some(512));
+/// How often an instance reports again a step every instance of its
+/// shard must reach, while the migration waits there.
+const REPORT_AGAIN: Duration = Duration::from_secs(10);
 /// The backfill reports its cursor at most this often: each report is a
 /// commit every watcher receives.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -128,6 +138,15 @@ pub async fn run(parts: Migrating, mut shutdown: watch::Receiver<bool>) {
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
             match outcome {
+                // A step every instance of the shard must reach is
+                // reported again while the migration waits at it: an
+                // instance that left the shard since the others reported
+                // no longer holds it up once someone reports again.
+                Ok(true)
+                    if [MigrationStep::DualWrite as i32, MigrationStep::Cutover as i32].contains(&migration.step) =>
+                {
+                    steps.insert(key, Progress::Retry(now + REPORT_AGAIN));
+                }
                 Ok(true) => {
                     steps.insert(key, Progress::Done);
                 }
@@ -202,10 +221,11 @@ impl Migrating {
                 }
                 Ok(true)
             }
-            MigrationStep::DualWrite if on_source => {
-                // Requests admitted before this instance applied the step
-                // ran without dual writes; they end within the request
-                // timeout (the deadline layer).
+            // DUAL_WRITE: requests admitted before this instance applied
+            // the step ran without dual writes. CUTOVER: they read the
+            // source, which the cleanup commit stops writing. Either way
+            // they end within the request timeout (the deadline layer).
+            MigrationStep::DualWrite | MigrationStep::Cutover if on_source => {
                 // A retry (its report failed) has drained already.
                 if let Progress::Seen(since) = progress
                     && since.elapsed() < self.request_timeout
@@ -236,6 +256,33 @@ impl Migrating {
                     // Live writes race the comparison: compare again later.
                     Err(format!("the digests differ: {} live items in the source, {} in the target", a.items, b.items))
                 }
+            }
+            MigrationStep::Cleanup => {
+                let Some(source) = entry.migration_source() else { return Ok(true) };
+                let holder = migration.source.as_ref().is_some_and(|s| {
+                    s.shard_id == self.shard_id && (s.owner_store_id.is_empty() || *s.owner_store_id == *self.store_id)
+                });
+                if !holder {
+                    return Ok(true);
+                }
+                // Kept for the grace period, and at least the request
+                // timeout after this instance saw the step: an instance
+                // still before the cleanup commit writes the source too.
+                let after = migration.cleanup_after.and_then(|t| std::time::SystemTime::try_from(t).ok());
+                let drained = match progress {
+                    Progress::Seen(since) => since.elapsed() >= self.request_timeout,
+                    _ => true,
+                };
+                if !drained || after.is_some_and(|after| std::time::SystemTime::now() < after) {
+                    return Ok(false);
+                }
+                let plugin = self.plugins.get(backend(&source.spec.backend));
+                let plugin =
+                    plugin.ok_or_else(|| format!("source: this gateway has no {:?} plugin", source.spec.backend))?;
+                plugin.deprovision(&source).await.map_err(|e| e.report().message)?;
+                tracing::info!(namespace = %entry.ns.name, migration = migration.id, "removed the migrated namespace's source");
+                self.report(report(true, String::new(), None)).await?;
+                Ok(true)
             }
             MigrationStep::Aborting if on_target => {
                 // Writes admitted before the abort may still be writing
@@ -297,7 +344,7 @@ impl Migrating {
                 Ok(())
             }
             // The migration moved on (another instance reported, it was
-            // aborted) or refuses the next step (the cutover): the next
+            // aborted) or refuses the report (too early): the next
             // snapshot says what to do.
             Err(s)
                 if matches!(

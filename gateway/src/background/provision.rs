@@ -176,7 +176,13 @@ impl Provisioner {
             ),
             (_, Some(plugin)) => {
                 let fingerprint = policy_fingerprint(&entry.ns.spec);
-                let provisioned = if only_apply { Ok(()) } else { plugin.provision(&entry.ns).await };
+                // A migrated namespace's source stays until its cleanup removes
+                // it, maybe in the very store its target is in.
+                let provisioned = match (only_apply, entry.migration_source()) {
+                    (true, _) => Ok(()),
+                    (false, Some(source)) => plugin.provision_beside(&entry.ns, &[source.create_revision]).await,
+                    (false, None) => plugin.provision(&entry.ns).await,
+                };
                 match provisioned {
                     Ok(()) => match plugin.apply_policies(&entry.ns).await {
                         Ok(held) => {
@@ -247,7 +253,7 @@ impl Provisioner {
         let request = ReportNamespaceStatusRequest {
             name: entry.ns.name.clone(),
             shard_id: self.parts.shard_id.clone(),
-            create_revision: entry.ns.create_revision,
+            create_revision: entry.incarnation,
             status: status as i32,
             reason,
             backend_settings,
