@@ -49,6 +49,15 @@ pub struct ControlPlaneConfig {
     /// CLEANUP step), in milliseconds, before its holder removes it.
     /// Default 3 600 000 (an hour); range 0..=2 592 000 000 (30 days).
     pub migration_cleanup_grace_ms: u64,
+    /// The fraction of a migrating namespace's live reads that its
+    /// gateways also send to the target during the migration's VERIFY
+    /// step, comparing the answers (shadow reads). Default 0.01; range
+    /// 0..=1 (0: none).
+    pub migration_shadow_read_fraction: f64,
+    /// How long each gateway of a migrating namespace's shard shadow-reads
+    /// at VERIFY before it reports, in milliseconds: the least time a
+    /// migration spends verifying. Default 30 000; range 0..=86 400 000.
+    pub migration_verify_window_ms: u64,
     /// Revisions kept in the change log, so a reconnecting watcher can
     /// resume without a full snapshot. Default: 100 000. At least 1.
     pub change_log_retention: u64,
@@ -102,6 +111,8 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("watch_buffer", &self.watch_buffer)
             .field("watch_buffer_bytes", &self.watch_buffer_bytes)
             .field("migration_cleanup_grace_ms", &self.migration_cleanup_grace_ms)
+            .field("migration_shadow_read_fraction", &self.migration_shadow_read_fraction)
+            .field("migration_verify_window_ms", &self.migration_verify_window_ms)
             .field("change_log_retention", &self.change_log_retention)
             .field("max_commit_group", &self.max_commit_group)
             .field("store_cache_bytes", &self.store_cache_bytes)
@@ -140,6 +151,8 @@ impl Default for ControlPlaneConfig {
             watch_buffer: 1024,
             watch_buffer_bytes: crate::store::bus::DEFAULT_BYTES,
             migration_cleanup_grace_ms: 3_600_000,
+            migration_shadow_read_fraction: 0.01,
+            migration_verify_window_ms: 30_000,
             change_log_retention: 100_000,
             max_commit_group: crate::store::group::DEFAULT_MAX_GROUP,
             store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
@@ -212,6 +225,18 @@ impl ControlPlaneConfig {
             return Err(bad(
                 "migration_cleanup_grace_ms",
                 format!("{} is outside 0..={MAX_CLEANUP_GRACE_MS} (30 days)", self.migration_cleanup_grace_ms),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.migration_shadow_read_fraction) {
+            return Err(bad(
+                "migration_shadow_read_fraction",
+                format!("{} is outside 0..=1", self.migration_shadow_read_fraction),
+            ));
+        }
+        if self.migration_verify_window_ms > 86_400_000 {
+            return Err(bad(
+                "migration_verify_window_ms",
+                format!("{} is outside 0..=86400000 (a day)", self.migration_verify_window_ms),
             ));
         }
         if let Err(prism_auth::AuthError::Config { field, description }) = self.auth.validate() {

@@ -171,6 +171,11 @@ impl ControlPlane {
                     target_shard_id: shard,
                     target_owner_store_id: owner,
                     step: MigrationStep::Prepare as i32,
+                    shadow_read_fraction: self.config().migration_shadow_read_fraction,
+                    verify_window: Some(prost_types::Duration {
+                        seconds: (self.config().migration_verify_window_ms / 1000) as i64,
+                        nanos: (self.config().migration_verify_window_ms % 1000 * 1_000_000) as i32,
+                    }),
                     principal: principal.to_owned(),
                     start_time: now,
                     step_time: now,
@@ -324,14 +329,39 @@ impl ControlPlane {
                     )));
                 }
                 let now = SystemTime::now();
-                if let Some(progress) = &req.progress {
-                    let mut progress = progress.clone();
+                if let Some(reported) = &req.progress {
+                    let progress = migration.progress.get_or_insert_with(Default::default);
+                    if step == MigrationStep::Verify {
+                        // Each instance reports its own shadow reads, a
+                        // window at a time; the holder, the digest's counts.
+                        progress.shadow_reads = progress.shadow_reads.saturating_add(reported.shadow_reads);
+                        progress.shadow_mismatches =
+                            progress.shadow_mismatches.saturating_add(reported.shadow_mismatches);
+                        if reported.records_verified != 0 {
+                            progress.records_verified = reported.records_verified;
+                            progress.records_differing = reported.records_differing;
+                        }
+                    } else {
+                        *progress = reported.clone();
+                    }
                     progress.update_time = Some(now.into());
-                    migration.progress = Some(progress);
                 }
+                // An instance whose shadow reads differed has not verified:
+                // the step stays, saying so, and it reads another window.
+                let mismatched = step == MigrationStep::Verify
+                    && req.progress.as_ref().is_some_and(|p| p.shadow_mismatches > 0);
                 let id = migration.id;
                 let detail;
-                if !req.done {
+                if mismatched {
+                    let p = req.progress.clone().unwrap_or_default();
+                    migration.reason = format!(
+                        "instance {} of shard {}: {} of {} shadow reads differed between source and target",
+                        req.instance_id, req.shard_id, p.shadow_mismatches, p.shadow_reads
+                    );
+                    migration.reported.retain(|i| *i != req.instance_id);
+                    detail = format!("migration {id} step VERIFY: {}", migration.reason);
+                    ns.migration = Some(migration);
+                } else if !req.done {
                     // A progress report, or a failure that keeps the step.
                     migration.reason.clone_from(&req.reason);
                     detail = match req.reason.as_str() {
@@ -346,18 +376,20 @@ impl ControlPlane {
                         // Every instance of the source's shard must have
                         // reached the step and drained what it admitted
                         // before: conditioned on the instances as read.
-                        MigrationStep::DualWrite | MigrationStep::Cutover => {
+                        MigrationStep::DualWrite | MigrationStep::Verify | MigrationStep::Cutover => {
                             if !migration.reported.contains(&req.instance_id) {
                                 migration.reported.push(req.instance_id.clone());
                             }
                             conditions.push(Condition::Shard { id: shard.shard_id.clone(), revision: shard.revision });
                             let all = shard.instances.iter().all(|i| migration.reported.contains(&i.instance_id));
-                            let next =
-                                if step == MigrationStep::DualWrite { MigrationStep::Backfill } else { MigrationStep::Cleanup };
+                            let next = match step {
+                                MigrationStep::DualWrite => MigrationStep::Backfill,
+                                MigrationStep::Verify => MigrationStep::Cutover,
+                                _ => MigrationStep::Cleanup,
+                            };
                             all.then_some(next)
                         }
                         MigrationStep::Backfill => Some(MigrationStep::Verify),
-                        MigrationStep::Verify => Some(MigrationStep::Cutover),
                         MigrationStep::Cleanup => {
                             let after = migration.cleanup_after.and_then(|t| SystemTime::try_from(t).ok());
                             if after.is_some_and(|after| now < after) {

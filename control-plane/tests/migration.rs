@@ -304,9 +304,38 @@ async fn a_verified_migration_cuts_over_and_cleans_up() -> anyhow::Result<()> {
     let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Backfill, true)).await?.into_inner();
     assert_eq!(step(&ns), Some(MigrationStep::Verify));
 
+    // VERIFY: every instance of the source's shard reports its shadow
+    // reads (summed), the holder its digest's count too; one whose shadow
+    // reads differed has not verified, and says so.
+    let m = ns.migration.as_deref().expect("migrating");
+    assert_eq!(m.shadow_read_fraction, 0.01, "the control plane's default, recorded");
+    assert_eq!(m.verify_window.map(|w| w.seconds), Some(30));
+    let verify = |instance: &str, reads: u64, mismatches: u64, verified: u64| {
+        let mut r = report(&ns, "shard-a", instance, MigrationStep::Verify, true);
+        r.progress = Some(MigrationProgress {
+            shadow_reads: reads,
+            shadow_mismatches: mismatches,
+            records_verified: verified,
+            ..Default::default()
+        });
+        r
+    };
+    let ns = c.report_migration(verify(&a, 10, 0, 500)).await?.into_inner();
+    assert_eq!(step(&ns), Some(MigrationStep::Verify));
+    let ns = c.report_migration(verify(&a2, 7, 2, 0)).await?.into_inner();
+    let m = ns.migration.as_deref().expect("migrating");
+    assert_eq!(step(&ns), Some(MigrationStep::Verify), "a mismatch holds the step");
+    assert!(m.reason.contains("2 of 7 shadow reads differed"), "{m:?}");
+    assert_eq!(m.reported, vec![a.clone()]);
+    let ns = c.report_migration(verify(&a2, 5, 0, 0)).await?.into_inner();
     // Verified: CUTOVER, the placement still the source's.
-    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Verify, true)).await?.into_inner();
     assert_eq!(step(&ns), Some(MigrationStep::Cutover));
+    let progress = ns.migration.as_deref().and_then(|m| m.progress.clone()).unwrap_or_default();
+    assert_eq!(
+        (progress.shadow_reads, progress.shadow_mismatches, progress.records_verified),
+        (22, 2, 500),
+        "{progress:?}"
+    );
     assert_eq!(
         (ns.shard_id.as_str(), ns.owner_store_id.as_str()),
         (source.shard_id.as_str(), source.owner_store_id.as_str())

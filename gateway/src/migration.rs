@@ -7,7 +7,7 @@
 //! ABORTING) and the router's dual write, on a gateway that sets
 //! `experimental_migrations` (it then advertises `migrate-key-value`).
 
-use prism_plugin_api::kv::{KeyValueHandle, PageLimits, ScanCursor, VersionCursor};
+use prism_plugin_api::kv::{KeyValueHandle, PageLimits, ScanCursor, Selector, VersionCursor};
 use prism_plugin_api::{Micros, Namespace};
 use prism_proto::control::Migration;
 use std::hash::Hasher;
@@ -56,6 +56,74 @@ pub async fn backfill_page(
         copied.bytes += record.versions.iter().map(|v| v.bytes()).sum::<u64>();
     }
     Ok(copied)
+}
+
+/// The most items a shadow read compares: a sample, not a scan.
+const SHADOW_PAGE: PageLimits = PageLimits::new(1 << 20, Some(64));
+
+/// One shadow read (VERIFY): reads record `id`'s items selected by
+/// `selector` from both sides and says whether they served the same
+/// (keys, values and expiries; the first page of each). Live writes race
+/// the two reads, so a difference is read again, and only one that is
+/// still there counts: `Ok(false)`.
+pub async fn shadow_read(
+    source: &dyn KeyValueHandle,
+    target: &dyn KeyValueHandle,
+    id: &str,
+    selector: &Selector,
+) -> Result<bool> {
+    for _ in 0..2 {
+        let now = prism_plugin_api::now_micros();
+        let a = source.get(id, selector, None, SHADOW_PAGE, now).await?;
+        let b = target.get(id, selector, None, SHADOW_PAGE, now).await?;
+        // Pages may end at different places (a backend's own byte
+        // accounting); what both returned must agree, and one that ended
+        // without more must not have fewer.
+        let n = a.items.len().min(b.items.len());
+        let complete = a.items.len() == b.items.len() || a.next.is_some() || b.next.is_some();
+        if a.items[..n] == b.items[..n] && complete {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A migrating namespace's shadow reads on this gateway since its last
+/// VERIFY report (`snapshot::Local`): counted by the reads' tasks, taken
+/// by the report.
+#[derive(Debug, Default)]
+pub struct ShadowCounts {
+    inner: std::sync::Mutex<(u64, u64, u64)>,
+}
+
+impl ShadowCounts {
+    /// Counts one shadow read of migration `id`; a count of another
+    /// migration (an aborted one) is dropped.
+    pub fn count(&self, id: u64, same: bool) {
+        let mut c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.0 != id {
+            *c = (id, 0, 0);
+        }
+        c.1 += 1;
+        c.2 += u64::from(!same);
+    }
+
+    /// Takes migration `id`'s counts (reads, mismatches), leaving none.
+    pub fn take(&self, id: u64) -> (u64, u64) {
+        let mut c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counts = if c.0 == id { (c.1, c.2) } else { (0, 0) };
+        *c = (id, 0, 0);
+        counts
+    }
+
+    /// Gives back counts a failed report took.
+    pub fn restore(&self, id: u64, reads: u64, mismatches: u64) {
+        let mut c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.0 == id {
+            c.1 += reads;
+            c.2 += mismatches;
+        }
+    }
 }
 
 /// What a side of a migration serves, summed up: how many live items,

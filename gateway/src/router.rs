@@ -172,10 +172,39 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
             write(ops, (kv, also), entry, &r.id, &mutations, &stamp).await?;
             Ok(Response::Mutate(kv::MutateItemsResponse {}))
         }
-        Request::Get(r) => get(ops, kv, entry, r, call.stop_by, now).await.map(Response::Get),
+        Request::Get(r) => {
+            if entry.shadow_sampled() {
+                shadow(ops, resolved.entry().clone(), r.id.clone(), selector(&r));
+            }
+            get(ops, kv, entry, r, call.stop_by, now).await.map(Response::Get)
+        }
         Request::Scan(r) => scan(ops, kv, entry, r, call.stop_by, now).await.map(Response::Scan),
         _ => Err(GatewayError::Internal("a TimeSeries request reached the KeyValue router".into())),
     }
+}
+
+/// Sends a sampled read to both sides of the namespace's migration, off
+/// the request's path, and counts whether they agreed (ARCHITECTURE.md,
+/// "The life of a migration", VERIFY).
+fn shadow(ops: &Operations, entry: Arc<NamespaceEntry>, id: String, selector: Selector) {
+    let plugins = ops.plugins.clone();
+    tokio::spawn(async move {
+        let Some(migration) = entry.migration.as_deref().map(|m| m.id) else { return };
+        let (source, target) = match (entry.key_value(&plugins), entry.dual_write_target(&plugins)) {
+            (Ok(source), Ok(Some(target))) => (source, target),
+            _ => return,
+        };
+        match crate::migration::shadow_read(source, target, &id, &selector).await {
+            Ok(same) => {
+                if !same {
+                    tracing::warn!(namespace = %entry.ns.name, migration, record = %id, "a shadow read differed between source and target");
+                }
+                entry.local.shadow.count(migration, same);
+            }
+            // A side that fails to answer says nothing about its data.
+            Err(e) => tracing::debug!(namespace = %entry.ns.name, error = %e, "a shadow read failed"),
+        }
+    });
 }
 
 /// Writes, then invalidates the cached record whatever the outcome (a

@@ -63,6 +63,11 @@ pub struct Local {
     /// last pushed into the backend (0: none yet), so a changed spec is
     /// applied once, and a restarted gateway applies it again.
     pub applied_policy: AtomicU64,
+    /// Shadow reads of the namespace's migration at VERIFY, until this
+    /// gateway reports them.
+    pub shadow: crate::migration::ShadowCounts,
+    /// Reads of the namespace seen while shadow-reading, for sampling.
+    pub shadow_seen: AtomicU64,
 }
 
 /// What of a spec the backend may hold — its policies and its backend
@@ -295,6 +300,21 @@ impl NamespaceEntry {
             Some(Opened::KeyValue(handle)) => Ok(Some(handle.as_ref())),
             _ => Err(GatewayError::Internal(format!("the target of {} is not open as KEY_VALUE", self.ns.name))),
         }
+    }
+
+    /// Whether this read is one of the sampled fraction a migration at
+    /// VERIFY also sends to its target (`Migration.shadow_read_fraction`):
+    /// every n-th read of the namespace on this gateway.
+    pub fn shadow_sampled(&self) -> bool {
+        let Some(m) = self.migration.as_deref() else { return false };
+        if m.step != MigrationStep::Verify as i32
+            || !m.shadow_read_fraction.is_finite()
+            || m.shadow_read_fraction <= 0.0
+        {
+            return false;
+        }
+        let every = (1.0 / m.shadow_read_fraction.min(1.0)).round().max(1.0) as u64;
+        self.local.shadow_seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(every)
     }
 
     /// The sides a KeyValue call uses: the one it reads (and writes

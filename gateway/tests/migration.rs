@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use prism_gateway::migration::{backfill_page, digest, target_namespace};
+use prism_gateway::migration::{backfill_page, digest, shadow_read, target_namespace};
 use prism_plugin_api::kv::{KeyRange, KeyValueHandle, Mutation, NewItem, PageLimits, Selector, WriteStamp};
 use prism_plugin_api::{Namespace, Plugin, PluginError, now_micros};
 use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
@@ -187,6 +187,41 @@ async fn a_backfill_racing_dual_writes_leaves_the_target_equal_to_the_source() -
         };
         assert_eq!(read(s.target.clone()).await?, read(s.source.clone()).await?, "record {id}");
     }
+    Ok(())
+}
+
+/// A shadow read agrees where both sides hold the same, whatever the
+/// selector, and counts a record whose target lost a write or holds a
+/// stray value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_read_tells_a_differing_record() -> anyhow::Result<()> {
+    let Some(server) = PostgresServer::start_or_skip()? else {
+        println!("{}", skip_reason());
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let s = sides(&server, dir.path(), "shadowed").await?;
+    preload(s.source.as_ref()).await?;
+    backfill(s.source.as_ref(), s.target.as_ref()).await?;
+    let (source, target) = (s.source.as_ref(), s.target.as_ref());
+    let p2 = Selector::Keys(vec![b"p2".to_vec()]);
+    let range = Selector::Range(KeyRange { start: b"k".to_vec(), end: Some(b"q".to_vec()) });
+    for r in 0..RECORDS {
+        let id = format!("r{r}");
+        for selector in [&Selector::All, &p2, &range] {
+            assert!(shadow_read(source, target, &id, selector).await?, "{id} {selector:?}");
+        }
+    }
+    assert!(shadow_read(source, target, "absent", &Selector::All).await?, "absent on both sides");
+
+    // The target lost a write; then holds a value the source never had.
+    let stamp = || WriteStamp { generation_time: now_micros(), token: None };
+    source.mutate("r1", &[put("p2".into(), "only-in-source".into())], &stamp()).await?;
+    assert!(!shadow_read(source, target, "r1", &Selector::All).await?);
+    assert!(!shadow_read(source, target, "r1", &p2).await?);
+    assert!(shadow_read(source, target, "r2", &Selector::All).await?, "another record still agrees");
+    target.mutate("r3", &[put("z".into(), "stray".into())], &stamp()).await?;
+    assert!(!shadow_read(source, target, "r3", &Selector::All).await?);
     Ok(())
 }
 
@@ -368,8 +403,13 @@ mod end_to_end {
     /// As [`start`], to the shard `pin` (empty: the source's).
     async fn start_to(source: Source, target: PostgresConfig, pin: &str) -> anyhow::Result<Running> {
         let cluster = Cluster::start_configured(
-            // The source is removed this long after the cleanup commit.
-            |c| c.migration_cleanup_grace_ms = 1_000,
+            |c| {
+                // The source is removed this long after the cleanup commit.
+                c.migration_cleanup_grace_ms = 1_000;
+                // Every read at VERIFY is a shadow read, for a second.
+                c.migration_shadow_read_fraction = 1.0;
+                c.migration_verify_window_ms = 1_000;
+            },
             |c| {
                 c.experimental_migrations = true;
                 // DUAL_WRITE and CUTOVER wait this long for requests
@@ -527,6 +567,8 @@ mod end_to_end {
         let progress = migration.progress.clone().unwrap_or_default();
         assert!(progress.records_copied > 0, "{progress:?}");
         assert_eq!(progress.records_differing, 0, "{progress:?}");
+        assert!(progress.shadow_reads > 0, "{progress:?}");
+        assert_eq!(progress.shadow_mismatches, 0, "{progress:?}");
         let writes_at_end = running.load.writes.load(Ordering::Relaxed);
         running.cluster.gateway("shard-0").context("shard-0")?.caught_up(done.revision).await?;
         eventually(WAIT, || async {

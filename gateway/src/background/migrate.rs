@@ -12,9 +12,12 @@
 //!   target page by page from the recorded cursor
 //!   ([`crate::migration::backfill_page`]), reporting the cursor as it
 //!   goes, then the end;
-//! - `VERIFY`, on the source's holders: compares the digests of both
-//!   sides ([`crate::migration::digest`]) and reports a match, or the
-//!   mismatch as the reason, and compares again later;
+//! - `VERIFY`, on every instance of the source's shard: the router sends
+//!   a sampled fraction of reads to both sides for the migration's window
+//!   ([`crate::migration::shadow_read`]); then the source's holders also
+//!   compare the digests of both sides ([`crate::migration::digest`]),
+//!   comparing again later while they differ, and each instance reports
+//!   its shadow reads, again after another window while any differed;
 //! - `CUTOVER`, on every instance of the source's shard: the router reads
 //!   the target and writes it first from the revision this instance
 //!   applied; once every request admitted before it (which may read the
@@ -94,6 +97,18 @@ pub struct Migrating {
     pub request_timeout: Duration,
 }
 
+/// What became of this instance's part of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Done and reported.
+    Done,
+    /// Not yet: try again at the next tick.
+    Waiting,
+    /// Reported, but not done: do it again from the step's start (a
+    /// VERIFY window whose shadow reads differed).
+    Again,
+}
+
 /// Where this instance is with one step of one migration.
 #[derive(Debug, Clone, Copy)]
 enum Progress {
@@ -142,15 +157,21 @@ pub async fn run(parts: Migrating, mut shutdown: watch::Receiver<bool>) {
                 // reported again while the migration waits at it: an
                 // instance that left the shard since the others reported
                 // no longer holds it up once someone reports again.
-                Ok(true)
-                    if [MigrationStep::DualWrite as i32, MigrationStep::Cutover as i32].contains(&migration.step) =>
+                Ok(Part::Done)
+                    if [MigrationStep::DualWrite, MigrationStep::Verify, MigrationStep::Cutover]
+                        .iter()
+                        .any(|s| *s as i32 == migration.step) =>
                 {
                     steps.insert(key, Progress::Retry(now + REPORT_AGAIN));
                 }
-                Ok(true) => {
+                Ok(Part::Done) => {
                     steps.insert(key, Progress::Done);
                 }
-                Ok(false) => {}
+                Ok(Part::Waiting) => {}
+                // From the start of the step again (its wait).
+                Ok(Part::Again) => {
+                    steps.insert(key, Progress::Seen(Instant::now()));
+                }
                 Err(e) => {
                     tracing::warn!(namespace = %entry.ns.name, migration = migration.id, error = %e, "a migration step failed; will retry");
                     steps.insert(key, Progress::Retry(now + RETRY));
@@ -175,14 +196,14 @@ fn unsupported(migration: &Migration) -> Option<String> {
 
 impl Migrating {
     /// Does this instance's part of `migration`'s current step, if it has
-    /// one; `Ok(true)` once that part is done and reported.
+    /// one, and where that part is.
     async fn step(
         &self,
         entry: &NamespaceEntry,
         migration: &Migration,
         instance_id: &str,
         progress: Progress,
-    ) -> Result<bool, String> {
+    ) -> Result<Part, String> {
         let step = MigrationStep::try_from(migration.step).unwrap_or(MigrationStep::Unspecified);
         let on_target = migration.target_shard_id == self.shard_id
             && (migration.target_owner_store_id.is_empty() || *migration.target_owner_store_id == *self.store_id);
@@ -202,7 +223,7 @@ impl Migrating {
             MigrationStep::Prepare if on_target => {
                 if let Some(reason) = unsupported(migration) {
                     self.report(report(false, reason, None)).await?;
-                    return Ok(true);
+                    return Ok(Part::Done);
                 }
                 let target = target_namespace(&entry.ns, migration);
                 // The source is live, maybe in the very store the target
@@ -219,7 +240,7 @@ impl Migrating {
                         return Err(reason);
                     }
                 }
-                Ok(true)
+                Ok(Part::Done)
             }
             // DUAL_WRITE: requests admitted before this instance applied
             // the step ran without dual writes. CUTOVER: they read the
@@ -230,40 +251,63 @@ impl Migrating {
                 if let Progress::Seen(since) = progress
                     && since.elapsed() < self.request_timeout
                 {
-                    return Ok(false);
+                    return Ok(Part::Waiting);
                 }
                 self.report(report(true, String::new(), None)).await?;
-                Ok(true)
+                Ok(Part::Done)
             }
             MigrationStep::Backfill if holds_source => {
                 self.backfill(entry, migration, |done, progress| report(done, String::new(), Some(progress))).await?;
-                Ok(true)
+                Ok(Part::Done)
             }
-            MigrationStep::Verify if holds_source => {
-                let source = entry.key_value(&self.plugins).map_err(|e| e.to_string())?;
-                let target = entry.dual_write_target(&self.plugins).map_err(|e| e.to_string())?;
-                let target = target.ok_or("the target is not open at VERIFY")?;
-                let now = now_micros();
-                let (a, b) = (digest(source, PAGE, now).await, digest(target, PAGE, now).await);
-                let (a, b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
-                if a == b {
-                    let mut progress = migration.progress.clone().unwrap_or_default();
-                    progress.records_verified = a.items;
-                    progress.records_differing = 0;
-                    self.report(report(true, String::new(), Some(progress))).await?;
-                    Ok(true)
-                } else {
-                    // Live writes race the comparison: compare again later.
-                    Err(format!("the digests differ: {} live items in the source, {} in the target", a.items, b.items))
+            MigrationStep::Verify if on_source => {
+                // Shadow reads for the migration's window first (the
+                // router samples them while the step lasts).
+                let window =
+                    migration.verify_window.map_or(Duration::ZERO, |w| Duration::try_from(w).unwrap_or(Duration::ZERO));
+                if let Progress::Seen(since) = progress
+                    && since.elapsed() < window
+                {
+                    return Ok(Part::Waiting);
                 }
+                let mut verified = MigrationProgress::default();
+                if holds_source {
+                    let source = entry.key_value(&self.plugins).map_err(|e| e.to_string())?;
+                    let target = entry.dual_write_target(&self.plugins).map_err(|e| e.to_string())?;
+                    let target = target.ok_or("the target is not open at VERIFY")?;
+                    let now = now_micros();
+                    let (a, b) = (digest(source, PAGE, now).await, digest(target, PAGE, now).await);
+                    let (a, b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
+                    if a != b {
+                        // Live writes race the comparison: compare again later.
+                        return Err(format!(
+                            "the digests differ: {} live items in the source, {} in the target",
+                            a.items, b.items
+                        ));
+                    }
+                    verified.records_verified = a.items;
+                }
+                let (reads, mismatches) = entry.local.shadow.take(migration.id);
+                verified.shadow_reads = reads;
+                verified.shadow_mismatches = mismatches;
+                if let Err(e) = self.report(report(true, String::new(), Some(verified))).await {
+                    entry.local.shadow.restore(migration.id, reads, mismatches);
+                    return Err(e);
+                }
+                if mismatches > 0 {
+                    // Not verified: a whole window again, then report again.
+                    tracing::warn!(namespace = %entry.ns.name, migration = migration.id, mismatches, reads, "shadow reads differed; verifying another window");
+                    return Ok(Part::Again);
+                }
+                Ok(Part::Done)
             }
             MigrationStep::Cleanup => {
-                let Some(source) = entry.migration_source() else { return Ok(true) };
+                let Some(source) = entry.migration_source() else { return Ok(Part::Done) };
                 let holder = migration.source.as_ref().is_some_and(|s| {
                     s.shard_id == self.shard_id && (s.owner_store_id.is_empty() || *s.owner_store_id == *self.store_id)
                 });
                 if !holder {
-                    return Ok(true);
+                    return Ok(Part::Done);
                 }
                 // Kept for the grace period, and at least the request
                 // timeout after this instance saw the step: an instance
@@ -274,7 +318,7 @@ impl Migrating {
                     _ => true,
                 };
                 if !drained || after.is_some_and(|after| std::time::SystemTime::now() < after) {
-                    return Ok(false);
+                    return Ok(Part::Waiting);
                 }
                 let plugin = self.plugins.get(backend(&source.spec.backend));
                 let plugin =
@@ -282,7 +326,7 @@ impl Migrating {
                 plugin.deprovision(&source).await.map_err(|e| e.report().message)?;
                 tracing::info!(namespace = %entry.ns.name, migration = migration.id, "removed the migrated namespace's source");
                 self.report(report(true, String::new(), None)).await?;
-                Ok(true)
+                Ok(Part::Done)
             }
             MigrationStep::Aborting if on_target => {
                 // Writes admitted before the abort may still be writing
@@ -290,7 +334,7 @@ impl Migrating {
                 if let Progress::Seen(since) = progress
                     && since.elapsed() < self.request_timeout
                 {
-                    return Ok(false);
+                    return Ok(Part::Waiting);
                 }
                 let target = target_namespace(&entry.ns, migration);
                 if unsupported(migration).is_none()
@@ -299,9 +343,9 @@ impl Migrating {
                     plugin.deprovision(&target).await.map_err(|e| e.report().message)?;
                 }
                 self.report(report(true, String::new(), None)).await?;
-                Ok(true)
+                Ok(Part::Done)
             }
-            _ => Ok(true),
+            _ => Ok(Part::Done),
         }
     }
 
