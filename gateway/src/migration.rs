@@ -1,7 +1,8 @@
 //! A gateway's part of a live KeyValue migration (ARCHITECTURE.md, "The
 //! life of a migration"), the pieces that do not depend on who runs them:
 //! the target as its plugin sees it ([`target_namespace`]), one page of
-//! the backfill ([`backfill_page`]) and the verify digest ([`digest`]).
+//! the backfill ([`backfill_page`]) and the verify comparison
+//! ([`compare`]; [`digest`] sums a side up).
 //!
 //! Who runs them: `background/migrate.rs` (PREPARE, BACKFILL, VERIFY,
 //! ABORTING) and the router's dual write, on a gateway that sets
@@ -159,6 +160,196 @@ pub async fn digest(handle: &dyn KeyValueHandle, limits: PageLimits, now: Micros
         match page.next {
             Some(next) => after = Some(next),
             None => return Ok(Digest { items, hash: hasher.finish() }),
+        }
+    }
+}
+
+/// Reads `handle`'s live items in order, (record id, item) at a time, a
+/// page of `limits` at a time.
+struct Items<'a> {
+    handle: &'a dyn KeyValueHandle,
+    limits: PageLimits,
+    now: Micros,
+    page: std::vec::IntoIter<(String, prism_plugin_api::kv::Item)>,
+    next: Option<ScanCursor>,
+    started: bool,
+}
+
+impl<'a> Items<'a> {
+    fn new(handle: &'a dyn KeyValueHandle, limits: PageLimits, now: Micros) -> Self {
+        Self { handle, limits, now, page: Vec::new().into_iter(), next: None, started: false }
+    }
+
+    async fn next(&mut self) -> Result<Option<(String, prism_plugin_api::kv::Item)>> {
+        loop {
+            if let Some(item) = self.page.next() {
+                return Ok(Some(item));
+            }
+            if self.started && self.next.is_none() {
+                return Ok(None);
+            }
+            self.started = true;
+            let page = self.handle.scan(self.next.as_ref(), self.limits, self.now).await?;
+            self.next = page.next;
+            let items: Vec<_> =
+                page.records.into_iter().flat_map(|r| r.items.into_iter().map(move |i| (r.id.clone(), i))).collect();
+            self.page = items.into_iter();
+        }
+    }
+}
+
+/// What VERIFY found comparing both sides of a migration ([`compare`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Compared {
+    /// The live items the source served.
+    pub items: u64,
+    /// Records that still differed when read again, and the first of
+    /// them, described.
+    pub differing: u64,
+    pub first: Option<String>,
+}
+
+/// Records that differed in the scan and are read again, at most: more
+/// than this and the sides are not converging (a runner compares again
+/// later).
+const RECHECK_AT_MOST: usize = 10_000;
+/// How often a differing record is read again before it counts.
+const RECHECK_TIMES: usize = 3;
+
+/// Compares everything both sides serve, item by item in order (record
+/// id, key, value, expiry), reading them in lockstep a page at a time.
+/// Live writes race the comparison (each lands on both sides, one after
+/// the other), so a record that differs in the scan is read again from
+/// both sides, a few times, and only one that still differs counts.
+pub async fn compare(source: &dyn KeyValueHandle, target: &dyn KeyValueHandle, limits: PageLimits) -> Result<Compared> {
+    let now = prism_plugin_api::now_micros();
+    let (mut a, mut b) = (Items::new(source, limits, now), Items::new(target, limits, now));
+    let (mut x, mut y) = (a.next().await?, b.next().await?);
+    let mut suspects = std::collections::BTreeSet::new();
+    let mut compared = Compared::default();
+    loop {
+        let order = match (&x, &y) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((i, p)), Some((j, q))) => (i, &p.key).cmp(&(j, &q.key)),
+        };
+        match order {
+            std::cmp::Ordering::Equal => {
+                if let (Some((id, p)), Some((_, q))) = (&x, &y)
+                    && p != q
+                {
+                    suspects.insert(id.clone());
+                }
+                compared.items += 1;
+                (x, y) = (a.next().await?, b.next().await?);
+            }
+            // An item only the source serves, or only the target.
+            std::cmp::Ordering::Less => {
+                if let Some((id, _)) = x.take() {
+                    suspects.insert(id);
+                }
+                compared.items += 1;
+                x = a.next().await?;
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some((id, _)) = y.take() {
+                    suspects.insert(id);
+                }
+                y = b.next().await?;
+            }
+        }
+        if suspects.len() > RECHECK_AT_MOST {
+            compared.differing = suspects.len() as u64;
+            compared.first = Some(format!("more than {RECHECK_AT_MOST} records differ in one scan"));
+            return Ok(compared);
+        }
+    }
+    for id in suspects {
+        if let Some(what) = recheck(source, target, &id, limits).await? {
+            compared.differing += 1;
+            compared.first.get_or_insert(what);
+        }
+    }
+    Ok(compared)
+}
+
+/// Reads record `id` from both sides again, a few times: `None` once they
+/// serve the same, else how they differed the last time.
+async fn recheck(
+    source: &dyn KeyValueHandle,
+    target: &dyn KeyValueHandle,
+    id: &str,
+    limits: PageLimits,
+) -> Result<Option<String>> {
+    let mut what = None;
+    for attempt in 0..RECHECK_TIMES {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let now = prism_plugin_api::now_micros();
+        let (p, q) = (record(source, id, limits, now).await?, record(target, id, limits, now).await?);
+        if p == q {
+            return Ok(None);
+        }
+        what = Some(describe(id, &p, &q));
+    }
+    Ok(what)
+}
+
+/// Every live item of record `id` at `now`.
+async fn record(
+    handle: &dyn KeyValueHandle,
+    id: &str,
+    limits: PageLimits,
+    now: Micros,
+) -> Result<Vec<prism_plugin_api::kv::Item>> {
+    let mut items = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = handle.get(id, &Selector::All, after.as_deref(), limits, now).await?;
+        items.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// How record `id`'s items differ between the source (`p`) and the
+/// target (`q`): the first item that does.
+fn describe(id: &str, p: &[prism_plugin_api::kv::Item], q: &[prism_plugin_api::kv::Item]) -> String {
+    let key = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+    let (mut i, mut j) = (p.iter().peekable(), q.iter().peekable());
+    loop {
+        match (i.peek(), j.peek()) {
+            (Some(x), Some(y)) if x == y => {
+                i.next();
+                j.next();
+            }
+            (Some(x), Some(y)) if x.key == y.key => {
+                return if x.value != y.value {
+                    format!(
+                        "record {id} key {:?}: the values differ ({} and {} bytes)",
+                        key(&x.key),
+                        x.value.len(),
+                        y.value.len()
+                    )
+                } else {
+                    format!(
+                        "record {id} key {:?}: the expiries differ ({:?} and {:?})",
+                        key(&x.key),
+                        x.expires_at,
+                        y.expires_at
+                    )
+                };
+            }
+            (Some(x), Some(y)) if x.key < y.key => {
+                return format!("record {id} key {:?}: in the source only", key(&x.key));
+            }
+            (Some(x), None) => return format!("record {id} key {:?}: in the source only", key(&x.key)),
+            (_, Some(y)) => return format!("record {id} key {:?}: in the target only", key(&y.key)),
+            (None, None) => return format!("record {id}: read differently"),
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use prism_gateway::migration::{backfill_page, digest, shadow_read, target_namespace};
+use prism_gateway::migration::{backfill_page, compare, digest, shadow_read, target_namespace};
 use prism_plugin_api::kv::{KeyRange, KeyValueHandle, Mutation, NewItem, PageLimits, Selector, WriteStamp};
 use prism_plugin_api::{Namespace, Plugin, PluginError, now_micros};
 use prism_plugin_embedded::{EmbeddedConfig, EmbeddedPlugin};
@@ -192,7 +192,8 @@ async fn a_backfill_racing_dual_writes_leaves_the_target_equal_to_the_source() -
 
 /// A shadow read agrees where both sides hold the same, whatever the
 /// selector, and counts a record whose target lost a write or holds a
-/// stray value.
+/// stray value; so does VERIFY's full comparison, which live writes do
+/// not fool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_read_tells_a_differing_record() -> anyhow::Result<()> {
     let Some(server) = PostgresServer::start_or_skip()? else {
@@ -201,9 +202,17 @@ async fn a_shadow_read_tells_a_differing_record() -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let s = sides(&server, dir.path(), "shadowed").await?;
-    preload(s.source.as_ref()).await?;
+    let preloaded_at = preload(s.source.as_ref()).await?;
     backfill(s.source.as_ref(), s.target.as_ref()).await?;
     let (source, target) = (s.source.as_ref(), s.target.as_ref());
+    let same = compare(source, target, PAGE).await?;
+    assert!(same.items > 0 && same.differing == 0 && same.first.is_none(), "{same:?}");
+    // Writes landing on both sides, one after the other, while VERIFY
+    // compares: what differed in the scan is read again, and agrees.
+    let writer = tokio::spawn(dual_writer(s.source.clone(), s.target.clone(), 0, preloaded_at));
+    let racing = compare(source, target, PAGE).await?;
+    writer.await??;
+    assert_eq!(racing.differing, 0, "{racing:?}");
     let p2 = Selector::Keys(vec![b"p2".to_vec()]);
     let range = Selector::Range(KeyRange { start: b"k".to_vec(), end: Some(b"q".to_vec()) });
     for r in 0..RECORDS {
@@ -222,6 +231,10 @@ async fn a_shadow_read_tells_a_differing_record() -> anyhow::Result<()> {
     assert!(shadow_read(source, target, "r2", &Selector::All).await?, "another record still agrees");
     target.mutate("r3", &[put("z".into(), "stray".into())], &stamp()).await?;
     assert!(!shadow_read(source, target, "r3", &Selector::All).await?);
+    // The full comparison counts both records, naming the first.
+    let differing = compare(source, target, PAGE).await?;
+    assert_eq!(differing.differing, 2, "{differing:?}");
+    assert!(differing.first.as_deref().is_some_and(|f| f.starts_with("record r1 key \"p2\"")), "{differing:?}");
     Ok(())
 }
 

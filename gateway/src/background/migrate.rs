@@ -15,8 +15,8 @@
 //! - `VERIFY`, on every instance of the source's shard: the router sends
 //!   a sampled fraction of reads to both sides for the migration's window
 //!   ([`crate::migration::shadow_read`]); then the source's holders also
-//!   compare the digests of both sides ([`crate::migration::digest`]),
-//!   comparing again later while they differ, and each instance reports
+//!   compare both sides item by item ([`crate::migration::compare`]),
+//!   comparing again later while any record differs, and each instance reports
 //!   its shadow reads, again after another window while any differed;
 //! - `CUTOVER`, on every instance of the source's shard: the router reads
 //!   the target and writes it first from the revision this instance
@@ -54,14 +54,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prism_plugin_api::kv::{PageLimits, VersionCursor};
-use prism_plugin_api::now_micros;
 use prism_proto::control::{Backend, Migration, MigrationProgress, MigrationStep, ReportMigrationRequest};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ControlPlane;
 use super::registration::Registration;
-use crate::migration::{backfill_page, digest, target_namespace};
+use crate::migration::{backfill_page, compare, target_namespace};
 use crate::plugins::Plugins;
 use crate::snapshot::{Metadata, NamespaceEntry};
 
@@ -275,17 +274,35 @@ impl Migrating {
                     let source = entry.key_value(&self.plugins).map_err(|e| e.to_string())?;
                     let target = entry.dual_write_target(&self.plugins).map_err(|e| e.to_string())?;
                     let target = target.ok_or("the target is not open at VERIFY")?;
-                    let now = now_micros();
-                    let (a, b) = (digest(source, PAGE, now).await, digest(target, PAGE, now).await);
-                    let (a, b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
-                    if a != b {
-                        // Live writes race the comparison: compare again later.
-                        return Err(format!(
-                            "the digests differ: {} live items in the source, {} in the target",
-                            a.items, b.items
-                        ));
+                    let compared = compare(source, target, PAGE).await.map_err(|e| e.to_string())?;
+                    if compared.differing > 0 {
+                        // Read again and still different: recorded, with
+                        // where, and compared again later (a migration
+                        // that never converges waits here until aborted).
+                        let mut reason = format!(
+                            "{} of {} records differ between the source and the target; first: {}",
+                            compared.differing,
+                            compared.items,
+                            compared.first.as_deref().unwrap_or("?")
+                        );
+                        // The control plane records at most 1 KiB.
+                        if reason.len() > 1000 {
+                            let mut cut = 1000;
+                            while !reason.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            reason.truncate(cut);
+                            reason.push('…');
+                        }
+                        let counts = MigrationProgress {
+                            records_verified: compared.items.max(1),
+                            records_differing: compared.differing,
+                            ..MigrationProgress::default()
+                        };
+                        self.report(report(false, reason.clone(), Some(counts))).await?;
+                        return Err(reason);
                     }
-                    verified.records_verified = a.items;
+                    verified.records_verified = compared.items;
                 }
                 let (reads, mismatches) = entry.local.shadow.take(migration.id);
                 verified.shadow_reads = reads;
