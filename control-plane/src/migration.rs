@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use prism_proto::control::{
     AbortMigrationRequest, Abstraction, GetMigrationRequest, GetMigrationResponse, MigrateNamespaceRequest, Migration,
-    MigrationSource, MigrationStep, Namespace, NamespaceStatus, ReportMigrationRequest, Shard,
+    MigrationSource, MigrationStep, MigrationTarget, Namespace, NamespaceStatus, ReportMigrationRequest, Shard,
 };
 
 use crate::error::{ControlPlaneError, Result};
@@ -119,69 +119,9 @@ impl ControlPlane {
                 validate::namespace_name("name", name)?;
                 let mut ns = self.live_namespace(name).await?;
                 check_expected("namespace", name, req.expected_revision, ns.revision)?;
-                if let Some(running) = &ns.migration {
-                    return Err(ControlPlaneError::FailedPrecondition(format!(
-                        "namespace {name} is already migrating (migration {}, step {}); abort it first",
-                        running.id,
-                        step_name(running.step)
-                    )));
-                }
-                if ns.status != NamespaceStatus::Active as i32 {
-                    return Err(ControlPlaneError::FailedPrecondition(format!(
-                        "namespace {name} is {}: a migration starts from an ACTIVE namespace",
-                        NamespaceStatus::try_from(ns.status).map_or("UNKNOWN", |s| s.as_str_name())
-                    )));
-                }
-                let source = ns.spec.clone().unwrap_or_default();
-                if source.abstraction == Abstraction::TimeSeries as i32 {
-                    return Err(ControlPlaneError::FailedPrecondition(format!(
-                        "namespace {name} is TIME_SERIES: migrating TimeSeries namespaces is not supported yet \
-                         (issue 16; only KEY_VALUE has dual write and backfill)"
-                    )));
-                }
-                let registered = self.store().list_shards().await?;
-                let spec =
-                    validate::migration_target(&source, req.target.as_ref(), &self.known_shards_of(&registered))?;
-                let (shard, owner) = self.place_new(name, &spec, &registered);
-                if shard.is_empty() {
-                    return Err(ControlPlaneError::FailedPrecondition(
-                        "no shard is available to hold the migration's target".into(),
-                    ));
-                }
-                if shard == ns.shard_id
-                    && spec.backend == source.backend
-                    && spec.backend_config == source.backend_config
-                {
-                    return Err(ControlPlaneError::invalid(
-                        "target",
-                        format!("places the namespace where it is: backend and settings unchanged, on shard {shard}"),
-                    ));
-                }
-                check_performers(&registered, &[ns.shard_id.as_str(), shard.as_str()], MIGRATE_KEY_VALUE)?;
                 let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
-                let now = Some(SystemTime::now().into());
-                let detail = format!("migration {} to shard {shard} started", ns.revision);
-                ns.migration = Some(Box::new(Migration {
-                    // Unique among the namespace's migrations (the next
-                    // one starts from a later revision), and never its
-                    // data's incarnation: an ACTIVE namespace changed
-                    // after it was created.
-                    id: ns.revision,
-                    target: req.target.clone(),
-                    target_shard_id: shard,
-                    target_owner_store_id: owner,
-                    step: MigrationStep::Prepare as i32,
-                    shadow_read_fraction: self.config().migration_shadow_read_fraction,
-                    verify_window: Some(prost_types::Duration {
-                        seconds: (self.config().migration_verify_window_ms / 1000) as i64,
-                        nanos: (self.config().migration_verify_window_ms % 1000 * 1_000_000) as i32,
-                    }),
-                    principal: principal.to_owned(),
-                    start_time: now,
-                    step_time: now,
-                    ..Migration::default()
-                }));
-                ns.update_time = now;
+                let detail = self.begin_migration(&mut ns, req.target.as_ref(), principal).await?;
+                ns.update_time = Some(SystemTime::now().into());
                 Ok(Plan {
                     txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
                     detail,
@@ -189,6 +129,76 @@ impl ControlPlane {
             })
             .await?;
         written_namespace(&delta, name)
+    }
+
+    /// Records a migration of `ns` to `target` at step PREPARE, after
+    /// every check `MigrateNamespace` makes (also `UpdateNamespace`'s
+    /// when it changes the pin); returns the audit detail.
+    pub(crate) async fn begin_migration(
+        &self,
+        ns: &mut Namespace,
+        target: Option<&MigrationTarget>,
+        principal: &str,
+    ) -> Result<String> {
+        let name = ns.name.clone();
+        if let Some(running) = &ns.migration {
+            return Err(ControlPlaneError::FailedPrecondition(format!(
+                "namespace {name} is already migrating (migration {}, step {}); abort it first",
+                running.id,
+                step_name(running.step)
+            )));
+        }
+        if ns.status != NamespaceStatus::Active as i32 {
+            return Err(ControlPlaneError::FailedPrecondition(format!(
+                "namespace {name} is {}: a migration starts from an ACTIVE namespace",
+                NamespaceStatus::try_from(ns.status).map_or("UNKNOWN", |s| s.as_str_name())
+            )));
+        }
+        let source = ns.spec.clone().unwrap_or_default();
+        if source.abstraction == Abstraction::TimeSeries as i32 {
+            return Err(ControlPlaneError::FailedPrecondition(format!(
+                "namespace {name} is TIME_SERIES: migrating TimeSeries namespaces is not supported yet \
+                 (issue 16; only KEY_VALUE has dual write and backfill)"
+            )));
+        }
+        let registered = self.store().list_shards().await?;
+        let spec = validate::migration_target(&source, target, &self.known_shards_of(&registered))?;
+        let (shard, owner) = self.place_new(&name, &spec, &registered);
+        if shard.is_empty() {
+            return Err(ControlPlaneError::FailedPrecondition(
+                "no shard is available to hold the migration's target".into(),
+            ));
+        }
+        if shard == ns.shard_id && spec.backend == source.backend && spec.backend_config == source.backend_config {
+            return Err(ControlPlaneError::invalid(
+                "target",
+                format!("places the namespace where it is: backend and settings unchanged, on shard {shard}"),
+            ));
+        }
+        check_performers(&registered, &[ns.shard_id.as_str(), shard.as_str()], MIGRATE_KEY_VALUE)?;
+        let now = Some(SystemTime::now().into());
+        let detail = format!("migration {} to shard {shard} started", ns.revision);
+        ns.migration = Some(Box::new(Migration {
+            // Unique among the namespace's migrations (the next
+            // one starts from a later revision), and never its
+            // data's incarnation: an ACTIVE namespace changed
+            // after it was created.
+            id: ns.revision,
+            target: target.cloned(),
+            target_shard_id: shard,
+            target_owner_store_id: owner,
+            step: MigrationStep::Prepare as i32,
+            shadow_read_fraction: self.config().migration_shadow_read_fraction,
+            verify_window: Some(prost_types::Duration {
+                seconds: (self.config().migration_verify_window_ms / 1000) as i64,
+                nanos: (self.config().migration_verify_window_ms % 1000 * 1_000_000) as i32,
+            }),
+            principal: principal.to_owned(),
+            start_time: now,
+            step_time: now,
+            ..Migration::default()
+        }));
+        Ok(detail)
     }
 
     /// The namespace's running migration; NOT_FOUND when it has none.

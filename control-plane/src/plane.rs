@@ -563,13 +563,44 @@ impl ControlPlane {
                 if old.backend != spec.backend {
                     return Err(ControlPlaneError::invalid("spec.backend", "cannot change after creation"));
                 }
-                if old.placement.unwrap_or_default().pinned_shard
-                    != spec.placement.clone().unwrap_or_default().pinned_shard
+                // A new pin moves the namespace: a migration to that shard
+                // (same backend and settings), which makes the pin the
+                // spec's at its cleanup commit; the spec keeps the old one
+                // until then. A pin to where it already is just records it.
+                let old_pin = old.placement.clone().unwrap_or_default().pinned_shard;
+                let new_pin = spec.placement.clone().unwrap_or_default().pinned_shard;
+                if let Some(m) = &ns.migration
+                    && old.backend_config != spec.backend_config
                 {
-                    return Err(ControlPlaneError::invalid(
-                        "spec.placement.pinned_shard",
-                        "cannot change after creation: move the namespace to another shard with MigrateNamespace",
-                    ));
+                    return Err(ControlPlaneError::FailedPrecondition(format!(
+                        "namespace {name} is migrating (migration {}): its backend settings are the target's once \
+                         it ends; change them after, or abort it",
+                        m.id
+                    )));
+                }
+                let mut moving = None;
+                if old_pin != new_pin && new_pin != ns.shard_id {
+                    if new_pin.is_empty() {
+                        return Err(ControlPlaneError::invalid(
+                            "spec.placement.pinned_shard",
+                            format!(
+                                "removing the pin would move the namespace off shard {}: pin it to the shard it \
+                                 should move to instead (it migrates there), or keep the pin",
+                                ns.shard_id
+                            ),
+                        ));
+                    }
+                    if old.backend_config != spec.backend_config {
+                        return Err(ControlPlaneError::invalid(
+                            "spec.placement.pinned_shard",
+                            "a new pin moves the namespace: change it alone, not with the backend settings \
+                             (or move both with MigrateNamespace)",
+                        ));
+                    }
+                    moving = Some(prism_proto::control::MigrationTarget {
+                        pinned_shard: new_pin.clone(),
+                        ..Default::default()
+                    });
                 }
                 // The tenant's quotas cap what the spec asks for (read
                 // without a condition: a quota changed meanwhile applies
@@ -597,11 +628,17 @@ impl ControlPlane {
                     ns.status = NamespaceStatus::Provisioning as i32;
                     ns.status_reason = format!("waiting for shard {} to apply new backend settings", ns.shard_id);
                 }
+                let mut detail = with_cross_tenant("updated".into(), tenant_of(name), spec_principals(spec));
+                if let Some(target) = &moving {
+                    detail = format!("{detail}; {}", self.begin_migration(&mut ns, Some(target), principal).await?);
+                    // The placement moves at the migration's cleanup.
+                    stored.placement = old.placement.clone();
+                }
                 ns.spec = Some(stored);
                 ns.update_time = Some(SystemTime::now().into());
                 Ok(Plan {
                     txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
-                    detail: with_cross_tenant("updated".into(), tenant_of(name), spec_principals(spec)),
+                    detail,
                 })
             })
             .await?;

@@ -19,7 +19,8 @@ use prism_proto::control::{
     AbortMigrationRequest, Abstraction, Backend, BackendConfig, CreateNamespaceRequest, DeleteNamespaceRequest,
     GetMigrationRequest, GetNamespaceRequest, ListAuditEventsRequest, MigrateNamespaceRequest, MigrationProgress,
     MigrationStep, MigrationTarget, Namespace, NamespaceSpec, NamespaceStatus, Placement, PostgresConfig,
-    RegisterShardRequest, ReportMigrationRequest, ReportNamespaceStatusRequest, WatchRequest, watch_response::Event,
+    RegisterShardRequest, ReportMigrationRequest, ReportNamespaceStatusRequest, UpdateNamespaceRequest, WatchRequest,
+    watch_response::Event,
 };
 use prism_testkit::eventually;
 use tonic::Code;
@@ -469,5 +470,69 @@ async fn settling_the_shard_map_leaves_a_migrating_namespace_in_place() -> anyho
         }
     })
     .await?;
+    Ok(())
+}
+
+/// Changing a namespace's pin (`UpdateNamespace`) moves it: the update
+/// starts a migration to the new shard with the same backend and
+/// settings, the spec keeps the old pin until the cleanup commit makes
+/// the new one its placement. What would move it off its shard otherwise
+/// (removing the pin, new settings with the pin) is refused, naming the
+/// field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pin_migrates_the_namespace_there() -> anyhow::Result<()> {
+    let (_cp, mut c) = start(&[]).await?;
+    let a = register(&mut c, "shard-a", "store-a", true).await?;
+    let b = register(&mut c, "shard-b", "store-b", true).await?;
+    create_tenant(&mut c, "acme").await?;
+    let name = "acme/orders";
+    let spec = NamespaceSpec {
+        backend: Backend::Postgres as i32,
+        backend_config: Some(Box::new(postgres("postgres://db.invalid/prism"))),
+        ..pinned(kv_spec(), "shard-a")
+    };
+    let source = active(&mut c, name, spec.clone(), "shard-a").await?;
+    let update =
+        |spec: NamespaceSpec| UpdateNamespaceRequest { name: name.into(), spec: Some(spec), expected_revision: 0 };
+
+    let unpinned = NamespaceSpec { placement: None, ..spec.clone() };
+    let status =
+        refused(c.update_namespace(update(unpinned)).await, Code::InvalidArgument, Some("spec.placement.pinned_shard"));
+    assert!(status.message().contains("removing the pin"), "{status:?}");
+    let elsewhere = NamespaceSpec {
+        backend_config: Some(Box::new(postgres("postgres://other.invalid/prism"))),
+        ..pinned(spec.clone(), "shard-b")
+    };
+    refused(c.update_namespace(update(elsewhere)).await, Code::InvalidArgument, Some("spec.placement.pinned_shard"));
+    assert_eq!(
+        c.get_namespace(GetNamespaceRequest { name: name.into() }).await?.into_inner().revision,
+        source.revision
+    );
+
+    // The new pin, with a policy change in the same update.
+    let mut moved = pinned(spec.clone(), "shard-b");
+    moved.policies = Some(Box::new(prism_proto::control::Policies { cache_enabled: true, ..Default::default() }));
+    let ns = c.update_namespace(update(moved.clone())).await?.into_inner();
+    let m = ns.migration.as_deref().expect("the new pin starts a migration");
+    assert_eq!(m.target_shard_id, "shard-b");
+    assert_eq!(m.target, Some(to_shard("shard-b")), "same backend and settings, the new shard");
+    let stored = ns.spec.clone().unwrap_or_default();
+    assert_eq!(stored.placement.map(|p| p.pinned_shard), Some("shard-a".into()), "the old pin until cleanup");
+    assert!(stored.policies.is_some_and(|p| p.cache_enabled), "the rest of the update applies at once");
+    // Once migrating: the same update again, or new settings, wait.
+    refused(c.update_namespace(update(moved)).await, Code::FailedPrecondition, None);
+    let settings = NamespaceSpec { backend_config: Some(Box::new(postgres("postgres://x.invalid/p"))), ..spec };
+    refused(c.update_namespace(update(settings)).await, Code::FailedPrecondition, None);
+
+    let ns = c.report_migration(report(&ns, "shard-b", &b, MigrationStep::Prepare, true)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::DualWrite, true)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Backfill, true)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Verify, true)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Cutover, true)).await?.into_inner();
+    assert_eq!(step(&ns), Some(MigrationStep::Cleanup));
+    assert_eq!(ns.shard_id, "shard-b");
+    let spec = ns.spec.unwrap_or_default();
+    assert_eq!(spec.placement.map(|p| p.pinned_shard), Some("shard-b".into()), "the new pin is the placement");
+    assert_eq!(spec.backend_config, Some(Box::new(postgres("postgres://db.invalid/prism"))));
     Ok(())
 }
