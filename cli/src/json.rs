@@ -8,8 +8,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use prism_proto::control::{
     Abstraction, AccessLevel, AuditEvent, Backend, BackendConfig, Capacity, Change, Consistency, Delta,
-    ListAuditEventsResponse, ListNamespacesResponse, ListTenantsResponse, Namespace, NamespaceSpec, NamespaceStatus,
-    Policies, QuotaProfile, QuotaSet, Shard, SnapshotChunk, Tenant, TenantState, WatchResponse, change, watch_response,
+    ListAuditEventsResponse, ListNamespacesResponse, ListTenantsResponse, Migration, MigrationStep, Namespace,
+    NamespaceSpec, NamespaceStatus, Policies, QuotaProfile, QuotaSet, Shard, SnapshotChunk, Tenant, TenantState,
+    WatchResponse, change, watch_response,
 };
 use serde_json::{Map, Value, json};
 
@@ -50,6 +51,10 @@ pub mod names {
 
     pub fn access_level(v: i32) -> String {
         or_number(short(AccessLevel::try_from(v).ok().map(|e| e.as_str_name()), "ACCESS_LEVEL_"), v)
+    }
+
+    pub fn migration_step(v: i32) -> String {
+        or_number(short(MigrationStep::try_from(v).ok().map(|e| e.as_str_name()), "MIGRATION_STEP_"), v)
     }
 
     pub fn quota_profile(v: i32) -> String {
@@ -192,6 +197,40 @@ pub fn namespace(n: &Namespace) -> Value {
         })).collect::<Vec<_>>(),
         "create_time": timestamp(n.create_time.as_ref()),
         "update_time": timestamp(n.update_time.as_ref()),
+    })
+}
+
+/// A running migration (`Namespace.migration`, `GetMigration`).
+pub fn migration(m: &Migration) -> Value {
+    let target = m.target.clone().unwrap_or_default();
+    let p = m.progress.clone().unwrap_or_default();
+    json!({
+        "id": m.id,
+        "step": enum_value(names::migration_step(m.step), m.step),
+        "reason": m.reason,
+        "target": {
+            "backend": enum_value(names::backend(target.backend), target.backend),
+            "backend_config": target.backend_config.as_ref().map_or(Value::Null, backend_config),
+            "pinned_shard": target.pinned_shard,
+        },
+        "target_shard_id": m.target_shard_id,
+        "target_owner_store_id": m.target_owner_store_id,
+        "principal": m.principal,
+        "start_time": timestamp(m.start_time.as_ref()),
+        "step_time": timestamp(m.step_time.as_ref()),
+        "progress": {
+            "records_copied": p.records_copied,
+            "bytes_copied": p.bytes_copied,
+            "shadow_reads": p.shadow_reads,
+            "shadow_mismatches": p.shadow_mismatches,
+            "records_verified": p.records_verified,
+            "records_differing": p.records_differing,
+            "update_time": timestamp(p.update_time.as_ref()),
+        },
+        "reported": m.reported,
+        "shadow_read_fraction": m.shadow_read_fraction,
+        "verify_window": duration(m.verify_window.as_ref()),
+        "cleanup_after": timestamp(m.cleanup_after.as_ref()),
     })
 }
 

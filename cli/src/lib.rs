@@ -4,7 +4,7 @@
 //!
 //! - [`serve`]: `prism dev`, `prism control-plane`, `prism gateway`
 //!   (configured by [`config_file`], the environment and flags).
-//! - [`tenant`], [`namespace`], [`shard`], [`audit`]: admin commands over
+//! - [`tenant`], [`namespace`] (and [`migrate`]), [`shard`], [`audit`]: admin commands over
 //!   gRPC.
 //! - [`schema`]: `prism schema set|get|history`, TimeSeries event schemas.
 //! - [`kv`], [`ts`]: KeyValue and TimeSeries calls, routed by
@@ -32,6 +32,7 @@ pub mod error;
 pub mod flags;
 pub mod json;
 pub mod kv;
+pub mod migrate;
 pub mod namespace;
 pub mod output;
 pub mod schema;

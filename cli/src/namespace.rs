@@ -1,6 +1,6 @@
 //! `prism namespace …`: create (from flags or a spec file, optionally
-//! waiting for ACTIVE), read, list, update, delete, grant, revoke and
-//! watch namespaces.
+//! waiting for ACTIVE), read, list, update, delete, grant, revoke,
+//! migrate (`crate::migrate`) and watch namespaces.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,6 +64,8 @@ pub enum NamespaceCommand {
     },
     /// Revoke a principal's grant
     Revoke { name: String, principal: String },
+    /// Move a namespace to another backend or shard while it serves; `migrate status|abort NAME`
+    Migrate(crate::migrate::MigrateArgs),
     /// Print metadata changes as they happen (until Ctrl-C)
     Watch {
         /// Start after this revision (0 = a snapshot first)
@@ -140,6 +142,7 @@ pub async fn run(global: &Global, cmd: NamespaceCommand) -> anyhow::Result<()> {
         NamespaceCommand::Create(args) => create(global, args).await,
         NamespaceCommand::Update(args) => update(global, args).await,
         NamespaceCommand::Watch { from_revision } => watch(global, from_revision).await,
+        NamespaceCommand::Migrate(args) => crate::migrate::run(global, args).await,
         NamespaceCommand::List { tenant, page, include_deleted } => {
             let client = global.connect().await?;
             let (namespaces, next_page_token) = pages(page.all_pages, |page_token| {

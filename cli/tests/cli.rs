@@ -359,3 +359,34 @@ async fn schema_set_get_and_history() -> anyhow::Result<()> {
     prism(ep(), &["schema", "get", "acme/none"]).await?.failed(1, "NOT_FOUND")?;
     Ok(())
 }
+
+/// `namespace migrate`: refusals name what is wrong (a usage error for
+/// the flags, the control plane's reason otherwise) and `status` of a
+/// namespace with none says so. A migration that runs is followed
+/// through real processes in `migration_faults.rs`.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_refusals_name_the_cause_and_status_says_when_none_runs() -> anyhow::Result<()> {
+    let cp = start().await?;
+    let ep = || cp.endpoint();
+    prism(ep(), &["tenant", "create", "acme"]).await?.ok()?;
+    prism(ep(), &["namespace", "create", "acme/a", "--abstraction", "key-value", "--pin", "shard-0"]).await?.ok()?;
+
+    prism(ep(), &["namespace", "migrate", "acme/a"]).await?.failed(2, "nothing to migrate to")?;
+    // The namespace is embedded: settings of PostgreSQL need --backend.
+    prism(ep(), &["namespace", "migrate", "acme/a", "--dsn", "host=db"]).await?.failed(2, "--dsn")?;
+    prism(ep(), &["namespace", "migrate", "acme/a", "--pin", "shard-1"])
+        .await?
+        .failed(1, "a migration starts from an ACTIVE namespace")?;
+    report(&cp, "acme/a", NamespaceStatus::Active, "").await?;
+    prism(ep(), &["namespace", "migrate", "acme/a", "--pin", "shard-9"]).await?.failed(1, "target.pinned_shard")?;
+    // No gateway of either shard takes part in migrations.
+    prism(ep(), &["namespace", "migrate", "acme/a", "--pin", "shard-1"]).await?.failed(1, "no instance registered")?;
+
+    let none = prism(ep(), &["namespace", "migrate", "status", "acme/a"]).await?.ok()?;
+    ensure!(none.stdout.starts_with("acme/a: no migration running; it is embedded on shard-0"), "{}", none.stdout);
+    let none = prism(ep(), &["namespace", "migrate", "status", "acme/a", "-o", "json"]).await?.ok()?.json()?;
+    assert_eq!((none["outcome"].as_str(), none["namespace"]["name"].as_str()), (Some("none"), Some("acme/a")));
+    prism(ep(), &["namespace", "migrate", "status", "acme/nope"]).await?.failed(1, "acme/nope")?;
+    prism(ep(), &["namespace", "migrate", "abort", "acme/a"]).await?.failed(1, "has no migration running")?;
+    Ok(())
+}

@@ -504,6 +504,35 @@ fi"#;
         Ok(format!("postgres://{role}@127.0.0.1:{}/{role}", self.port))
     }
 
+    /// Runs `sql` in `database` as the superuser and returns what it
+    /// selected: rows a line each, columns separated by `|` (psql's
+    /// unaligned, tuples-only output).
+    pub fn query(&self, database: &str, sql: &str) -> anyhow::Result<String> {
+        let args: Vec<String> = vec![
+            "-X".into(),
+            "-q".into(),
+            "-A".into(),
+            "-t".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "-h".into(),
+            self.root.join("socket").display().to_string(),
+            "-p".into(),
+            self.port.to_string(),
+            "-U".into(),
+            SUPERUSER.into(),
+            "-d".into(),
+            database.into(),
+            "-c".into(),
+            sql.into(),
+        ];
+        let output = self.run_as.command(&self.psql()?, &args, &self.root).output().context("run psql")?;
+        if !output.status.success() {
+            bail!("psql failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
     /// `psql`: beside `initdb` (following its link), else on `PATH`.
     fn psql(&self) -> anyhow::Result<PathBuf> {
         let beside = |dir: &Path| Some(dir.join("psql")).filter(|p| p.is_file());
