@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use prism_proto::control::{
-    Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest, Namespace,
-    NamespaceSpec, NamespaceStatus, PostgresConfig, backend_config,
+    Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest,
+    MigrateNamespaceRequest, MigrationTarget, Namespace, NamespaceSpec, NamespaceStatus, PostgresConfig,
+    backend_config,
 };
 use prism_testkit::browser::{self, Browser, fantoccini::Locator};
 use prism_testkit::{Cluster, admin_token, eventually, token};
@@ -282,4 +283,33 @@ async fn a_browser_sees_what_its_principal_may_see() -> anyhow::Result<()> {
     ensure!(listed.contains("globex/secret-ns") && listed.contains("acme/orders"), "the superuser's list: {listed}");
     no_alert(&b).await?;
     b.close().await
+}
+
+/// A namespace's page shows its migration while one runs: here stuck at
+/// PREPARE, its target's PostgreSQL unreachable, with the reason.
+#[tokio::test]
+async fn a_namespace_page_shows_its_migration() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(|c| c.experimental_migrations = true).await?;
+    let mut cp = cluster.control_plane.client().await?;
+    cp.create_tenant(CreateTenantRequest { tenant_id: "acme".into(), ..Default::default() }).await?;
+    cluster.active_namespace("acme/moving", kv_spec()).await?;
+    let unreachable = unreachable_spec();
+    let target = MigrationTarget {
+        backend: unreachable.backend,
+        backend_config: unreachable.backend_config.map(|c| *c),
+        ..Default::default()
+    };
+    let req = MigrateNamespaceRequest { name: "acme/moving".into(), target: Some(target), expected_revision: 0 };
+    cp.migrate_namespace(req).await?;
+    let at = cluster.control_plane.metrics_addr;
+    let body = eventually(Duration::from_secs(30), || async {
+        let (status, body) = get(at, "/console/namespaces/acme/moving", Some(&tenant_admin())).await?;
+        ensure!(status == 200, "{status}: {body}");
+        ensure!(body.contains("id=\"migration-step\">PREPARE<"), "no step: {body}");
+        ensure!(!body.contains("id=\"migration-reason\"></td>"), "no reason yet");
+        Ok(body)
+    })
+    .await?;
+    assert!(body.contains("postgres on shard-"), "{body}");
+    Ok(())
 }

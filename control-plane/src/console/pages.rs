@@ -506,6 +506,9 @@ async fn namespace_page(c: &Console, headers: &HeaderMap, name: &str, raw: RawPa
             tr { th { "owners" } td { (access.owners.join(", ")) } }
             tr { th { "consumers" } td { @for g in &access.consumers { (g.principal) " (" (prism_proto::control::AccessLevel::try_from(g.level).map_or("?", |l| l.as_str_name())) ") " } } }
         }
+        @if let Some(m) = ns.migration.as_deref() {
+            (migration(m, &spec))
+        }
         h2 { "Quotas and utilization" }
         @match &usage {
             Some((usage, points)) => {
@@ -532,6 +535,32 @@ async fn namespace_page(c: &Console, headers: &HeaderMap, name: &str, raw: RawPa
         pre id="spec" { (format!("{spec:#?}")) }
     };
     Ok(Page { who: s.name(), title: format!("Namespace {name}"), body })
+}
+
+/// A running migration's step and progress (`prism namespace migrate
+/// status` says the same, with a rate and an ETA).
+fn migration(m: &prism_proto::control::Migration, spec: &prism_proto::control::NamespaceSpec) -> Markup {
+    let step = prism_proto::control::MigrationStep::try_from(m.step)
+        .map_or_else(|_| m.step.to_string(), |s| s.as_str_name().trim_start_matches("MIGRATION_STEP_").to_owned());
+    let target = m.target.clone().unwrap_or_default();
+    let to = if target.backend == 0 { spec.backend } else { target.backend };
+    let p = m.progress.clone().unwrap_or_default();
+    html! {
+        h2 { "Migration" }
+        table id="migration" {
+            tr { th { "step" } td id="migration-step" { (step) } }
+            tr { th { "reason" } td.reason id="migration-reason" { (m.reason) } }
+            tr { th { "to" } td { (backend(to)) " on " (m.target_shard_id) } }
+            tr { th { "started" } td { (time(m.start_time.as_ref())) " by " (m.principal) } }
+            tr { th { "step since" } td { (time(m.step_time.as_ref())) } }
+            tr { th { "copied" } td { (p.records_copied) " records, " (amount("bytes", p.bytes_copied as f64)) } }
+            tr { th { "shadow reads" } td { (p.shadow_reads) " (" (p.shadow_mismatches) " mismatched)" } }
+            tr { th { "verified" } td { (p.records_verified) " records (" (p.records_differing) " differ)" } }
+            @if m.cleanup_after.is_some() {
+                tr { th { "source removed after" } td { (time(m.cleanup_after.as_ref())) } }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------
