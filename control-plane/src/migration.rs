@@ -41,6 +41,11 @@ use crate::validate;
 /// migrations (`RegisterShardRequest.features`).
 pub const MIGRATE_KEY_VALUE: &str = "migrate-key-value";
 
+/// The feature of an instance that also takes part in KeyValue
+/// migrations to embedded storage (a target on one instance's disk,
+/// reached through the forwarder). No gateway performs it yet.
+pub const MIGRATE_TO_EMBEDDED: &str = "migrate-key-value-to-embedded";
+
 /// Longest reason a report may give.
 const MAX_REASON_LEN: usize = 1024;
 /// Longest backfill cursor a report may record: it is metadata every
@@ -176,6 +181,17 @@ impl ControlPlane {
             ));
         }
         check_performers(&registered, &[ns.shard_id.as_str(), shard.as_str()], MIGRATE_KEY_VALUE)?;
+        if spec.backend == prism_proto::control::Backend::Embedded as i32
+            && !instances(&registered, &shard).iter().all(|i| i.features.iter().any(|f| f == MIGRATE_TO_EMBEDDED))
+        {
+            // Its dual writes, backfill and comparison go through the
+            // forwarder to the one instance holding it: refused here
+            // rather than left waiting at PREPARE.
+            return Err(ControlPlaneError::FailedPrecondition(format!(
+                "target.backend: the gateways of shard {shard} do not migrate to embedded storage (one instance's \
+                 disk) yet ({MIGRATE_TO_EMBEDDED}); a migration's target is postgres for now"
+            )));
+        }
         let now = Some(SystemTime::now().into());
         let detail = format!("migration {} to shard {shard} started", ns.revision);
         ns.migration = Some(Box::new(Migration {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use prism_client::ControlPlaneClient;
 use prism_control_plane::assign::rendezvous;
-use prism_control_plane::migration::MIGRATE_KEY_VALUE;
+use prism_control_plane::migration::{MIGRATE_KEY_VALUE, MIGRATE_TO_EMBEDDED};
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{
     AbortMigrationRequest, Abstraction, Backend, BackendConfig, CreateNamespaceRequest, DeleteNamespaceRequest,
@@ -30,7 +30,9 @@ async fn register(c: &mut ControlPlaneClient, shard: &str, store: &str, migrates
         shard_id: shard.into(),
         endpoint: format!("{store}.invalid:7401"),
         store_id: store.into(),
-        features: if migrates { vec![MIGRATE_KEY_VALUE.into()] } else { Vec::new() },
+        // The control plane's steps do not depend on the target's
+        // backend: these instances say they migrate to embedded too.
+        features: if migrates { vec![MIGRATE_KEY_VALUE.into(), MIGRATE_TO_EMBEDDED.into()] } else { Vec::new() },
     };
     Ok(c.register_shard(req).await?.into_inner().instance_id)
 }
@@ -140,6 +142,19 @@ async fn bad_targets_are_refused_naming_the_field() -> anyhow::Result<()> {
     // An unknown namespace; one not ACTIVE yet; a TimeSeries one.
     refused(c.migrate_namespace(migrate("acme/nope", to_shard("shard-b"))).await, Code::NotFound, None);
     assert_eq!(revision(&mut c).await?, before, "refusals write nothing");
+    // Embedded on a shard whose gateways do not migrate to embedded.
+    let d = RegisterShardRequest {
+        shard_id: "shard-d".into(),
+        endpoint: "store-d.invalid:7401".into(),
+        store_id: "store-d".into(),
+        features: vec![MIGRATE_KEY_VALUE.into()],
+    };
+    c.register_shard(d).await?;
+    let status = refused(c.migrate_namespace(migrate(name, to_shard("shard-d"))).await, Code::FailedPrecondition, None);
+    assert!(
+        status.message().starts_with("target.backend:") && status.message().contains(MIGRATE_TO_EMBEDDED),
+        "{status:?}"
+    );
 
     let fresh = CreateNamespaceRequest { name: "acme/fresh".into(), spec: Some(pinned(kv_spec(), "shard-a")) };
     c.create_namespace(fresh).await?;
