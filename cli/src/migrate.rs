@@ -170,7 +170,9 @@ fn show(format: Format, m: &GetMigrationResponse, storage: Option<u64>) -> anyho
 /// Reads the migration every [`WATCH_INTERVAL`] until it ends: on a
 /// terminal one line redrawn in place (a progress bar during BACKFILL),
 /// elsewhere a line (or a JSON object) whenever it changed. Ends with how
-/// it ended: done (the namespace is on the target) or aborted.
+/// it ended: done (the namespace is on the target: CLEANUP, whose
+/// removal of the source after the grace period is not waited for) or
+/// aborted.
 async fn follow(global: &Global, name: &str) -> anyhow::Result<()> {
     let mut client = global.connect().await?;
     let redraw = global.output == Format::Table && std::io::stdout().is_terminal();
@@ -195,6 +197,14 @@ async fn follow(global: &Global, name: &str) -> anyhow::Result<()> {
             return ended(global.output, &mut client, name, last_step).await;
         };
         last_step = Some(migration.step);
+        // From CLEANUP on the namespace is on its target: what is left is
+        // removing the source after the grace period.
+        if migration.step == MigrationStep::Cleanup as i32 {
+            if redraw && !last_line.is_empty() {
+                output::print("\n")?;
+            }
+            return ended(global.output, &mut client, name, last_step).await;
+        }
         let storage =
             if migration.step == MigrationStep::Backfill as i32 { stored_bytes(&mut client, name).await } else { None };
         match global.output {
@@ -238,6 +248,8 @@ async fn ended(
 ) -> anyhow::Result<()> {
     let ns = client.get_namespace(GetNamespaceRequest { name: name.to_owned() }).await?.into_inner();
     let spec = ns.spec.clone().unwrap_or_default();
+    // At CLEANUP: when the source goes.
+    let source_removed = ns.migration.as_deref().and_then(|m| m.cleanup_after.as_ref()).map(|t| time(Some(t)));
     let outcome = match last_step {
         None => "none",
         Some(s) if s == MigrationStep::Aborting as i32 => "aborted",
@@ -246,8 +258,9 @@ async fn ended(
     match format {
         Format::Json => output::print_json_line(&json!({
             "name": name,
-            "migration": Value::Null,
+            "migration": ns.migration.as_deref().map_or(Value::Null, json::migration),
             "outcome": outcome,
+            "source_removed_after": source_removed,
             "namespace": json::namespace(&ns),
         })),
         Format::Table => {
@@ -256,7 +269,12 @@ async fn ended(
             let line = match outcome {
                 "none" => format!("{name}: no migration running; it is {whereabouts}\n"),
                 "aborted" => format!("{name}: migration aborted; it stays {whereabouts}\n"),
-                _ => format!("{name}: migration done; it is now {whereabouts}\n"),
+                _ => match &source_removed {
+                    Some(after) => format!(
+                        "{name}: migration done; it is now {whereabouts}; its source is removed after {after}\n"
+                    ),
+                    None => format!("{name}: migration done; it is now {whereabouts}\n"),
+                },
             };
             Ok(output::print(&line)?)
         }

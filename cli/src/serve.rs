@@ -351,6 +351,9 @@ pub struct DevArgs {
     /// `cache.store_bytes`; default 256 MiB)
     #[arg(long, value_name = "BYTES")]
     pub store_cache_bytes: Option<u64>,
+    /// Let the shards take part in live migrations (`prism namespace migrate`; issue 16, to PostgreSQL)
+    #[arg(long)]
+    pub experimental_migrations: bool,
 }
 
 /// The dev token's lifetime.
@@ -443,6 +446,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         if let Some(bytes) = args.store_cache_bytes {
             config.cache.store_bytes = bytes;
         }
+        config.experimental_migrations = args.experimental_migrations;
         // Each shard calls the control plane (watch, status reports) as itself.
         config.control_plane_token =
             Some(prism_gateway::auth::mint_hs256(&secret, shard, None, &["shard"], DEV_TOKEN_SECONDS)?.into());
