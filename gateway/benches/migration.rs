@@ -40,7 +40,9 @@
 //!
 //! `PRISM_BENCH_RECORDS` (default 20 000), `PRISM_BENCH_CONCURRENCY`
 //! (default 8), `PRISM_BENCH_ROUNDS` (default 3) and
-//! `PRISM_BENCH_BASELINE_SECS` (default 10) change the sample. Without a
+//! `PRISM_BENCH_BASELINE_SECS` (default 10) change the sample;
+//! `PRISM_BENCH_BACKFILL_PARALLELISM` (default 4, the gateway's default
+//! `migration_backfill_parallelism`) the records restored at once. Without a
 //! PostgreSQL server it is skipped with a line saying so (unless
 //! `PRISM_REQUIRE_SERVERS`). Without `--bench` (`cargo test --benches`)
 //! it runs once, briefly, as a smoke test. See `docs/benchmarks.md`,
@@ -103,6 +105,9 @@ struct Params {
     rounds: usize,
     /// How long the baseline runs, and the writers after the end.
     baseline: Duration,
+    /// Records the backfill restores at once (the gateway's
+    /// `migration_backfill_parallelism`).
+    parallelism: usize,
     warm_up: Duration,
 }
 
@@ -115,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             rounds: env("PRISM_BENCH_ROUNDS", 3).max(1),
             baseline: Duration::from_secs(env("PRISM_BENCH_BASELINE_SECS", 10).max(1) as u64),
+            parallelism: env("PRISM_BENCH_BACKFILL_PARALLELISM", 4).clamp(1, 64),
             warm_up: WARM_UP,
         }
     } else {
@@ -123,6 +129,7 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             rounds: 1,
             baseline: Duration::from_secs(1),
+            parallelism: 4,
             warm_up: Duration::from_millis(200),
         }
     };
@@ -219,11 +226,12 @@ async fn backfill_against_plain(server: &PostgresServer, p: &Params) -> anyhow::
     ensure!(expected.items == p.records as u64, "the source holds {} items, not {}", expected.items, p.records);
     println!(
         "\n## 1. Backfill against a plain copy\n\n{} records of one {VALUE_BYTES}-byte item in an embedded source \
-         (loaded in {:.1} s); pages of {} KiB / {} items\n",
+         (loaded in {:.1} s); pages of {} KiB / {} items; the backfill restores {} records at once\n",
         p.records,
         started.elapsed().as_secs_f64(),
         PAGE.max_bytes >> 10,
         PAGE.max_items.unwrap_or(0),
+        p.parallelism,
     );
 
     let (pg, connection) = tokio_postgres::connect(&server.dsn(), tokio_postgres::NoTls).await?;
@@ -233,7 +241,8 @@ async fn backfill_against_plain(server: &PostgresServer, p: &Params) -> anyhow::
     let mut ratios = Vec::new();
     for round in 0..p.rounds {
         let plain = plain_copy(&pg, source.as_ref(), round, p.records).await.context("plain copy")?;
-        let backfill = backfill(server, &source_ns, source.as_ref(), round, p.records).await.context("backfill")?;
+        let backfill =
+            backfill(server, &source_ns, source.as_ref(), round, p.records, p.parallelism).await.context("backfill")?;
         ensure!(backfill.1 == expected, "the target's digest {:?} is not the source's {expected:?}", backfill.1);
         let backfill = backfill.0;
         let ratio = backfill.per_second() / plain.per_second();
@@ -313,6 +322,7 @@ async fn backfill(
     source: &dyn KeyValueHandle,
     round: usize,
     expected: usize,
+    parallelism: usize,
 ) -> anyhow::Result<(Copy, prism_gateway::migration::Digest)> {
     let config = PostgresConfig { dsn: server.dsn(), schema: format!("backfill_{round}"), ..Default::default() };
     let migration =
@@ -324,7 +334,7 @@ async fn backfill(
     let started = Instant::now();
     let (mut cursor, mut copy) = (None, Copy { records: 0, pages: 0, took: Duration::ZERO });
     loop {
-        let copied = backfill_page(source, target.as_ref(), cursor.as_ref(), PAGE).await?;
+        let copied = backfill_page(source, target.as_ref(), cursor.as_ref(), PAGE, parallelism).await?;
         copy.records += copied.records;
         copy.pages += 1;
         match copied.next {
@@ -382,6 +392,7 @@ async fn through_a_migration(server: &PostgresServer, p: &Params) -> anyhow::Res
         },
         |c| {
             c.experimental_migrations = true;
+            c.migration_backfill_parallelism = p.parallelism;
             // DUAL_WRITE and CUTOVER wait this long for requests admitted
             // before them.
             c.limits.request_timeout_ms = 2_000;

@@ -85,10 +85,16 @@ pub struct GatewayConfig {
     /// Experimental (issue 16): take part in KeyValue migrations, and say
     /// so when registering (`migrate-key-value`), so the control plane
     /// starts them. Only postgres targets are carried out, from embedded
-    /// or postgres (an embedded target stays at PREPARE with a reason
-    /// until it is aborted). Default `false`: the control plane refuses
-    /// every migration, naming this gateway.
+    /// or postgres (the control plane refuses an embedded target). Default
+    /// `false`: the control plane refuses every migration, naming this
+    /// gateway.
     pub experimental_migrations: bool,
+    /// How many records a migration's backfill restores into its target
+    /// at once (each a round trip; on PostgreSQL, a pool connection the
+    /// target's live dual writes then wait for). More copies faster and
+    /// slows live writes more (docs/benchmarks.md, "Live migration").
+    /// Default 4; range 1..=64.
+    pub migration_backfill_parallelism: usize,
 }
 
 /// The `[gateway.forwarding]` table: what this gateway does with a call for
@@ -310,6 +316,7 @@ impl Default for GatewayConfig {
             drain_delay_ms: 0,
             forwarding: ForwardingConfig::default(),
             experimental_migrations: false,
+            migration_backfill_parallelism: 4,
         }
     }
 }
@@ -372,6 +379,9 @@ impl GatewayConfig {
         prism_proto::names::validate_endpoint(&self.control_plane).map_err(|d| bad("control_plane", &d))?;
         if !(100..=600_000).contains(&self.usage_report_interval_ms) {
             return Err(bad("usage_report_interval_ms", "must be within 100..=600000"));
+        }
+        if !(1..=64).contains(&self.migration_backfill_parallelism) {
+            return Err(bad("migration_backfill_parallelism", "must be within 1..=64"));
         }
         let tls_error = |e: prism_tls::TlsError, table: &str| {
             let e = e.within(table);

@@ -309,6 +309,7 @@ impl Gateway {
             plugins: gw.plugins.clone(),
             registration: gw.registration.clone(),
             request_timeout: config.request_timeout(),
+            backfill_parallelism: config.migration_backfill_parallelism,
         };
         let reclaim = Reclaim {
             metadata: gw.metadata.clone(),

@@ -148,7 +148,7 @@ async fn dual_writer(
 async fn backfill(source: &dyn KeyValueHandle, target: &dyn KeyValueHandle) -> anyhow::Result<u64> {
     let (mut cursor, mut pages) = (None, 0u64);
     loop {
-        let copied = backfill_page(source, target, cursor.as_ref(), PAGE).await?;
+        let copied = backfill_page(source, target, cursor.as_ref(), PAGE, 4).await?;
         pages += 1;
         match copied.next {
             Some(next) => cursor = Some(next),
@@ -252,7 +252,7 @@ async fn removing_the_target_leaves_the_source_intact() -> anyhow::Result<()> {
     dual_writer(s.source.clone(), s.target.clone(), 0, preloaded_at).await?;
     let after_writes = digest(s.source.as_ref(), PAGE, now_micros()).await?;
     assert_ne!(after_writes, before);
-    backfill_page(s.source.as_ref(), s.target.as_ref(), None, PAGE).await?;
+    backfill_page(s.source.as_ref(), s.target.as_ref(), None, PAGE, 1).await?;
 
     s.target_plugin.deprovision(&s.target_ns).await?;
     let gone = s.target.get("r1", &Selector::All, None, WHOLE, now_micros()).await;

@@ -94,6 +94,8 @@ pub struct Migrating {
     /// `request_timeout_ms`: how long requests admitted before DUAL_WRITE
     /// may still run.
     pub request_timeout: Duration,
+    /// `migration_backfill_parallelism`: records restored at once.
+    pub backfill_parallelism: usize,
 }
 
 /// What became of this instance's part of a step.
@@ -381,7 +383,9 @@ impl Migrating {
         let mut cursor = VersionCursor::decode(&progress.cursor).map_err(|e| e.to_string())?;
         let mut reported = Instant::now();
         loop {
-            let copied = backfill_page(source, target, cursor.as_ref(), PAGE).await.map_err(|e| e.to_string())?;
+            let copied = backfill_page(source, target, cursor.as_ref(), PAGE, self.backfill_parallelism)
+                .await
+                .map_err(|e| e.to_string())?;
             progress.records_copied += copied.records;
             progress.bytes_copied += copied.bytes;
             cursor = copied.next;
