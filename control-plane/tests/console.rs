@@ -286,13 +286,14 @@ async fn a_browser_sees_what_its_principal_may_see() -> anyhow::Result<()> {
 }
 
 /// A namespace's page shows its migration while one runs: here stuck at
-/// PREPARE, its target's PostgreSQL unreachable, with the reason.
+/// PREPARE, its target's PostgreSQL unreachable, with the reason naming
+/// the field (`target.backend_config`); the source keeps serving.
 #[tokio::test]
 async fn a_namespace_page_shows_its_migration() -> anyhow::Result<()> {
     let cluster = Cluster::start_with(|c| c.experimental_migrations = true).await?;
     let mut cp = cluster.control_plane.client().await?;
     cp.create_tenant(CreateTenantRequest { tenant_id: "acme".into(), ..Default::default() }).await?;
-    cluster.active_namespace("acme/moving", kv_spec()).await?;
+    let gw = cluster.active_namespace("acme/moving", kv_spec()).await?;
     let unreachable = unreachable_spec();
     let target = MigrationTarget {
         backend: unreachable.backend,
@@ -306,10 +307,23 @@ async fn a_namespace_page_shows_its_migration() -> anyhow::Result<()> {
         let (status, body) = get(at, "/console/namespaces/acme/moving", Some(&tenant_admin())).await?;
         ensure!(status == 200, "{status}: {body}");
         ensure!(body.contains("id=\"migration-step\">PREPARE<"), "no step: {body}");
-        ensure!(!body.contains("id=\"migration-reason\"></td>"), "no reason yet");
+        ensure!(body.contains("id=\"migration-reason\">target.backend_config: "), "no reason naming the field yet");
         Ok(body)
     })
     .await?;
     assert!(body.contains("postgres on shard-"), "{body}");
+    // The source serves meanwhile.
+    let mut kv = gw.kv(Some(&admin_token())).await?;
+    let item = prism_proto::kv::Item { key: b"k".to_vec(), value: b"v".to_vec(), ttl: None };
+    let put = prism_proto::kv::PutItemsRequest {
+        namespace: "acme/moving".into(),
+        id: "r".into(),
+        items: vec![item],
+        ..Default::default()
+    };
+    kv.put_items(put).await?;
+    let get =
+        prism_proto::kv::GetItemsRequest { namespace: "acme/moving".into(), id: "r".into(), ..Default::default() };
+    assert_eq!(kv.get_items(get).await?.into_inner().items.len(), 1);
     Ok(())
 }

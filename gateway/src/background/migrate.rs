@@ -182,6 +182,21 @@ pub async fn run(parts: Migrating, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Why the target's plugin failed, naming the migration's field: a field
+/// of the target's spec (`spec.…`) as the migration's `target.…`, and
+/// anything else (an unreachable server, a refusal) as its backend
+/// settings, `target.backend_config`.
+fn target_reason(e: &prism_plugin_api::PluginError) -> String {
+    let report = e.report();
+    match &report.detail {
+        prism_proto::error::Detail::BadRequest { field, description } => {
+            let field = field.strip_prefix("spec.").map_or_else(|| field.clone(), |f| format!("target.{f}"));
+            format!("{field}: {description}")
+        }
+        _ => format!("target.backend_config: {}", report.message),
+    }
+}
+
 /// Whether the target is one this gateway migrates to (module docs); the
 /// reason when not.
 fn unsupported(migration: &Migration) -> Option<String> {
@@ -231,7 +246,7 @@ impl Migrating {
                 // goes to: its incarnation must stay.
                 let live = [entry.ns.create_revision];
                 let outcome = match self.plugins.get(backend(&target.spec.backend)) {
-                    Some(plugin) => plugin.provision_beside(&target, &live).await.map_err(|e| e.report().message),
+                    Some(plugin) => plugin.provision_beside(&target, &live).await.map_err(|e| target_reason(&e)),
                     None => Err(format!("target.backend: this gateway has no {:?} plugin", target.spec.backend)),
                 };
                 match outcome {
@@ -359,7 +374,7 @@ impl Migrating {
                 if unsupported(migration).is_none()
                     && let Some(plugin) = self.plugins.get(backend(&target.spec.backend))
                 {
-                    plugin.deprovision(&target).await.map_err(|e| e.report().message)?;
+                    plugin.deprovision(&target).await.map_err(|e| target_reason(&e))?;
                 }
                 self.report(report(true, String::new(), None)).await?;
                 Ok(Part::Done)
