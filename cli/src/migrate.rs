@@ -68,6 +68,9 @@ pub enum MigrateCommand {
         /// Abort only if the namespace is at this revision
         #[arg(long, value_name = "N")]
         expected_revision: Option<u64>,
+        /// End a migration stuck ABORTING now, leaving its target's resources for you to remove
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -82,9 +85,10 @@ pub async fn run(global: &Global, args: MigrateArgs) -> anyhow::Result<()> {
             let storage = stored_bytes(&mut client, &name).await;
             show(global.output, &m, storage)
         }
-        Some(MigrateCommand::Abort { name, expected_revision }) => {
+        Some(MigrateCommand::Abort { name, expected_revision, force }) => {
             let mut client = global.connect().await?;
-            let req = AbortMigrationRequest { name: name.clone(), expected_revision: expected_revision.unwrap_or(0) };
+            let req =
+                AbortMigrationRequest { name: name.clone(), expected_revision: expected_revision.unwrap_or(0), force };
             client.abort_migration(req).await?;
             match migration(&mut client, &name).await? {
                 Some(m) => show(global.output, &m, None),

@@ -241,6 +241,35 @@ impl ControlPlane {
                 let condition = Condition::Namespace { name: name.to_owned(), revision: ns.revision };
                 let migration = ns.migration.as_deref_mut().ok_or_else(|| no_migration(name))?;
                 let step = MigrationStep::try_from(migration.step).unwrap_or(MigrationStep::Unspecified);
+                if req.force {
+                    if step != MigrationStep::Aborting {
+                        return Err(ControlPlaneError::FailedPrecondition(format!(
+                            "migration {} of {name} is at step {}: force only ends a migration already ABORTING \
+                             whose target cannot be removed; abort it first",
+                            migration.id,
+                            step_name(migration.step)
+                        )));
+                    }
+                    let target = migration.target.clone().unwrap_or_default();
+                    let spec = prism_proto::migration::target_spec(&ns.spec.clone().unwrap_or_default(), &target);
+                    let backend = prism_proto::control::Backend::try_from(spec.backend)
+                        .map_or("UNKNOWN", |b| b.as_str_name().trim_start_matches("BACKEND_"));
+                    let detail = format!(
+                        "migration {} force-ended at ABORTING by {principal}; the target may remain: {backend} \
+                         incarnation {} of {name} on shard {}{}{}",
+                        migration.id,
+                        migration.id,
+                        migration.target_shard_id,
+                        if migration.reason.is_empty() { "" } else { "; last reason: " },
+                        migration.reason
+                    );
+                    ns.migration = None;
+                    ns.update_time = Some(SystemTime::now().into());
+                    return Ok(Plan {
+                        txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
+                        detail,
+                    });
+                }
                 match step {
                     MigrationStep::Prepare
                     | MigrationStep::DualWrite
@@ -248,7 +277,8 @@ impl ControlPlane {
                     | MigrationStep::Verify => {}
                     MigrationStep::Aborting => {
                         return Err(ControlPlaneError::FailedPrecondition(format!(
-                            "migration {} of {name} is already being aborted",
+                            "migration {} of {name} is already being aborted (force ends it now if its target \
+                             cannot be removed)",
                             migration.id
                         )));
                     }

@@ -261,7 +261,7 @@ async fn a_migration_is_recorded_advanced_by_reports_and_aborted() -> anyhow::Re
     assert_eq!(step(&ns), Some(MigrationStep::Verify));
     // Abort: the target's holder removes the target and reports; the
     // migration is gone, the source never moved.
-    let abort = AbortMigrationRequest { name: name.into(), expected_revision: 0 };
+    let abort = AbortMigrationRequest { name: name.into(), expected_revision: 0, force: false };
     let ns = c.abort_migration(abort.clone()).await?.into_inner();
     assert_eq!(step(&ns), Some(MigrationStep::Aborting));
     refused(c.abort_migration(abort.clone()).await, Code::FailedPrecondition, None);
@@ -358,7 +358,7 @@ async fn a_verified_migration_cuts_over_and_cleans_up() -> anyhow::Result<()> {
     );
     assert_eq!(ns.spec.as_ref().map(|s| s.backend), Some(Backend::Embedded as i32));
     // No abort once the target serves reads: it ends by itself.
-    let abort = AbortMigrationRequest { name: name.into(), expected_revision: 0 };
+    let abort = AbortMigrationRequest { name: name.into(), expected_revision: 0, force: false };
     let status = refused(c.abort_migration(abort.clone()).await, Code::FailedPrecondition, None);
     assert!(status.message().contains("cutting over"), "{status:?}");
 
@@ -472,7 +472,7 @@ async fn settling_the_shard_map_leaves_a_migrating_namespace_in_place() -> anyho
     );
 
     // The abort ends the migration; the settler then places it.
-    let abort = AbortMigrationRequest { name: migrating.into(), expected_revision: 0 };
+    let abort = AbortMigrationRequest { name: migrating.into(), expected_revision: 0, force: false };
     let ns = c.abort_migration(abort).await?.into_inner();
     let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Aborting, true)).await?.into_inner();
     assert_eq!(ns.migration, None);
@@ -549,5 +549,42 @@ async fn a_new_pin_migrates_the_namespace_there() -> anyhow::Result<()> {
     let spec = ns.spec.unwrap_or_default();
     assert_eq!(spec.placement.map(|p| p.pinned_shard), Some("shard-b".into()), "the new pin is the placement");
     assert_eq!(spec.backend_config, Some(Box::new(postgres("postgres://db.invalid/prism"))));
+    Ok(())
+}
+
+/// A migration whose target cannot be removed (its holder keeps failing
+/// at ABORTING) is ended by `force`, which says in the audit log what
+/// may remain; force is refused at any other step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_stuck_aborting_is_ended_by_force() -> anyhow::Result<()> {
+    let (_cp, mut c) = start(&[]).await?;
+    register(&mut c, "shard-a", "store-a", true).await?;
+    let b = register(&mut c, "shard-b", "store-b", true).await?;
+    create_tenant(&mut c, "acme").await?;
+    let name = "acme/orders";
+    active(&mut c, name, pinned(kv_spec(), "shard-a"), "shard-a").await?;
+    c.migrate_namespace(migrate(name, to_shard("shard-b"))).await?;
+    let abort = |force| AbortMigrationRequest { name: name.into(), expected_revision: 0, force };
+    let status = refused(c.abort_migration(abort(true)).await, Code::FailedPrecondition, None);
+    assert!(status.message().contains("abort it first"), "{status:?}");
+    let ns = c.abort_migration(abort(false)).await?.into_inner();
+    let mut failed = report(&ns, "shard-b", &b, MigrationStep::Aborting, false);
+    failed.reason = "cannot remove the target yet: target.backend_config: the postgres backend is unreachable".into();
+    let ns = c.report_migration(failed.clone()).await?.into_inner();
+    assert_eq!(ns.migration.as_ref().map(|m| m.reason.as_str()), Some(failed.reason.as_str()));
+    let status = refused(c.abort_migration(abort(false)).await, Code::FailedPrecondition, None);
+    assert!(status.message().contains("force"), "{status:?}");
+
+    let ns = c.abort_migration(abort(true)).await?.into_inner();
+    assert_eq!(ns.migration, None);
+    assert_eq!((ns.shard_id.as_str(), ns.status), ("shard-a", NamespaceStatus::Active as i32));
+    let audit = c
+        .list_audit_events(ListAuditEventsRequest { action: "AbortMigration".into(), ..Default::default() })
+        .await?
+        .into_inner();
+    let ended = audit.events.iter().find(|e| e.detail.contains("force-ended")).expect("audited");
+    assert!(ended.detail.contains("the target may remain") && ended.detail.contains("unreachable"), "{ended:?}");
+    // A new migration can start.
+    c.migrate_namespace(migrate(name, to_shard("shard-b"))).await?;
     Ok(())
 }

@@ -520,9 +520,13 @@ async fn call(c: &mut Clients, op: Op, tenant: &str) -> Code {
             code(c.cp.get_migration(prism_proto::control::GetMigrationRequest { name: kv_ns }).await.map(drop))
         }
         Op::AbortMigration => code(
-            c.cp.abort_migration(prism_proto::control::AbortMigrationRequest { name: kv_ns, expected_revision: STALE })
-                .await
-                .map(drop),
+            c.cp.abort_migration(prism_proto::control::AbortMigrationRequest {
+                name: kv_ns,
+                expected_revision: STALE,
+                force: false,
+            })
+            .await
+            .map(drop),
         ),
         Op::ReportMigration => code(
             c.cp.report_migration(prism_proto::control::ReportMigrationRequest {

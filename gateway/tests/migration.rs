@@ -641,7 +641,7 @@ mod end_to_end {
         })
         .await?;
         let mut cp = running.cluster.control_plane.client().await?;
-        cp.abort_migration(AbortMigrationRequest { name: NS.into(), expected_revision: 0 }).await?;
+        cp.abort_migration(AbortMigrationRequest { name: NS.into(), expected_revision: 0, force: false }).await?;
         eventually(WAIT, || {
             let mut cp = cp.clone();
             async move {

@@ -96,6 +96,10 @@ pub struct Migrating {
     pub request_timeout: Duration,
     /// `migration_backfill_parallelism`: records restored at once.
     pub backfill_parallelism: usize,
+    /// The failure last reported per (namespace, migration, step): a step
+    /// that keeps failing the same way (retried every [`RETRY`]) is not
+    /// reported again, as each report is a commit every watcher receives.
+    pub failures: std::sync::Mutex<HashMap<(String, u64, i32), String>>,
 }
 
 /// What became of this instance's part of a step.
@@ -134,11 +138,13 @@ pub async fn run(parts: Migrating, mut shutdown: watch::Receiver<bool>) {
         let migrating: Vec<Arc<NamespaceEntry>> =
             parts.metadata.load().namespaces.values().filter(|e| e.migration.is_some()).cloned().collect();
         // Forget the steps no migration is at any more.
-        steps.retain(|(name, id, step), _| {
+        let current = |(name, id, step): &(String, u64, i32)| {
             migrating
                 .iter()
                 .any(|e| e.ns.name == *name && e.migration.as_deref().is_some_and(|m| m.id == *id && m.step == *step))
-        });
+        };
+        steps.retain(|key, _| current(key));
+        parts.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|key, _| current(key));
         for entry in migrating {
             let Some(migration) = entry.migration.as_deref() else { continue };
             let key = (entry.ns.name.clone(), migration.id, migration.step);
@@ -357,7 +363,12 @@ impl Migrating {
                 let plugin = self.plugins.get(backend(&source.spec.backend));
                 let plugin =
                     plugin.ok_or_else(|| format!("source: this gateway has no {:?} plugin", source.spec.backend))?;
-                plugin.deprovision(&source).await.map_err(|e| e.report().message)?;
+                if let Err(e) = plugin.deprovision(&source).await {
+                    // Said in the migration, so `status` shows why it waits.
+                    let reason = format!("cannot remove the source yet: {}", e.report().message);
+                    self.report(report(false, reason.clone(), None)).await?;
+                    return Err(reason);
+                }
                 tracing::info!(namespace = %entry.ns.name, migration = migration.id, "removed the migrated namespace's source");
                 self.report(report(true, String::new(), None)).await?;
                 Ok(Part::Done)
@@ -373,8 +384,13 @@ impl Migrating {
                 let target = target_namespace(&entry.ns, migration);
                 if unsupported(migration).is_none()
                     && let Some(plugin) = self.plugins.get(backend(&target.spec.backend))
+                    && let Err(e) = plugin.deprovision(&target).await
                 {
-                    plugin.deprovision(&target).await.map_err(|e| target_reason(&e))?;
+                    // Said in the migration, so `status` shows why it
+                    // waits (and `abort --force` can end it).
+                    let reason = format!("cannot remove the target yet: {}", target_reason(&e));
+                    self.report(report(false, reason.clone(), None)).await?;
+                    return Err(reason);
                 }
                 self.report(report(true, String::new(), None)).await?;
                 Ok(Part::Done)
@@ -416,11 +432,24 @@ impl Migrating {
     }
 
     async fn report(&self, request: ReportMigrationRequest) -> Result<(), String> {
+        let key = (request.name.clone(), request.migration_id, request.step);
+        let failure = (!request.done && !request.reason.is_empty()).then(|| request.reason.clone());
+        {
+            let failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if failure.is_some() && failures.get(&key) == failure.as_ref() {
+                return Ok(());
+            }
+        }
         let mut client = self.link.client().await.map_err(|e| e.to_string())?;
         let (name, step, done) = (request.name.clone(), request.step, request.done);
         match client.report_migration(request).await {
             Ok(_) => {
                 tracing::info!(namespace = %name, step, done, "reported a migration step");
+                let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match failure {
+                    Some(reason) => failures.insert(key, reason),
+                    None => failures.remove(&key),
+                };
                 Ok(())
             }
             // The migration moved on (another instance reported, it was
