@@ -120,8 +120,16 @@ async fn answered<T>(
 }
 
 /// Keeps this gateway registered as `endpoint` until `shutdown`, then
-/// deregisters it.
+/// deregisters it. It registers once it holds its first metadata
+/// snapshot: registering gives it namespaces (a joining shard takes its
+/// share) and sends clients its way, and a gateway that does not know a
+/// namespace yet answers NOT_FOUND, which clients do not retry.
 pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
+    let mut state = member.readiness.subscribe();
+    tokio::select! {
+        loaded = state.wait_for(|s| s.snapshot) => if loaded.is_err() { return },
+        _ = shutdown.wait_for(|stop| *stop) => return,
+    }
     let mut backoff = MIN_BACKOFF;
     // The heartbeat period while registered.
     let mut registered: Option<Duration> = None;
