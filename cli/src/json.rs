@@ -228,6 +228,7 @@ pub fn migration(m: &Migration) -> Value {
             "update_time": timestamp(p.update_time.as_ref()),
         },
         "reported": m.reported,
+        "runner_instance_id": m.runner_instance_id,
         "shadow_read_fraction": m.shadow_read_fraction,
         "verify_window": duration(m.verify_window.as_ref()),
         "cleanup_after": timestamp(m.cleanup_after.as_ref()),

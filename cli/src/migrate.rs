@@ -380,6 +380,9 @@ fn text(r: &GetMigrationResponse, storage: Option<u64>) -> String {
         ("STARTED", format!("{} by {}", time(m.start_time.as_ref()), m.principal)),
         ("COPIED", format!("{} records, {}", p.records_copied, bytes(p.bytes_copied))),
     ];
+    if !m.runner_instance_id.is_empty() {
+        rows.push(("RUNNER", format!("instance {} copies and compares", m.runner_instance_id)));
+    }
     if let Some((records, bytes_per_s)) = rate(m).filter(|_| m.step == MigrationStep::Backfill as i32) {
         rows.push(("RATE", format!("{records:.0} records/s, {}/s", bytes(bytes_per_s as u64))));
     }

@@ -384,6 +384,19 @@ impl ControlPlane {
                         req.instance_id
                     )));
                 }
+                // One runner copies: another instance's report is refused
+                // while the runner is registered, and makes it the runner
+                // once it is not (it left, or its lease expired).
+                if step == MigrationStep::Backfill && migration.runner_instance_id != req.instance_id {
+                    let runner = &migration.runner_instance_id;
+                    if !runner.is_empty() && shard.instances.iter().any(|i| i.instance_id == *runner) {
+                        return Err(ControlPlaneError::FailedPrecondition(format!(
+                            "instance {} does not run the backfill of {name}'s migration (instance {runner} does)",
+                            req.instance_id
+                        )));
+                    }
+                    migration.runner_instance_id.clone_from(&req.instance_id);
+                }
                 let now = SystemTime::now();
                 if let Some(reported) = &req.progress {
                     let progress = migration.progress.get_or_insert_with(Default::default);
@@ -484,6 +497,15 @@ impl ControlPlane {
                             ns.migration = Some(migration);
                         }
                         (_, Some(next)) => {
+                            if next == MigrationStep::Backfill {
+                                // The runner: the source's owner, or (a
+                                // shared backend) this instance, alive.
+                                let owner = shard.instances.iter().find(|i| i.store_id == ns.owner_store_id);
+                                migration.runner_instance_id = match owner {
+                                    Some(i) if !ns.owner_store_id.is_empty() => i.instance_id.clone(),
+                                    _ => req.instance_id.clone(),
+                                };
+                            }
                             migration.step = next as i32;
                             migration.step_time = Some(now.into());
                             migration.reported.clear();

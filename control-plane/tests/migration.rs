@@ -17,10 +17,10 @@ use prism_control_plane::migration::{MIGRATE_KEY_VALUE, MIGRATE_TO_EMBEDDED};
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{
     AbortMigrationRequest, Abstraction, Backend, BackendConfig, CreateNamespaceRequest, DeleteNamespaceRequest,
-    GetMigrationRequest, GetNamespaceRequest, ListAuditEventsRequest, MigrateNamespaceRequest, MigrationProgress,
-    MigrationStep, MigrationTarget, Namespace, NamespaceSpec, NamespaceStatus, Placement, PostgresConfig,
-    RegisterShardRequest, ReportMigrationRequest, ReportNamespaceStatusRequest, UpdateNamespaceRequest, WatchRequest,
-    watch_response::Event,
+    DeregisterShardRequest, GetMigrationRequest, GetNamespaceRequest, ListAuditEventsRequest, MigrateNamespaceRequest,
+    MigrationProgress, MigrationStep, MigrationTarget, Namespace, NamespaceSpec, NamespaceStatus, Placement,
+    PostgresConfig, RegisterShardRequest, ReportMigrationRequest, ReportNamespaceStatusRequest, UpdateNamespaceRequest,
+    WatchRequest, watch_response::Event,
 };
 use prism_testkit::eventually;
 use tonic::Code;
@@ -317,7 +317,10 @@ async fn a_verified_migration_cuts_over_and_cleans_up() -> anyhow::Result<()> {
     let ns = c.report_migration(report(&ns, "shard-b", &b, MigrationStep::Prepare, true)).await?.into_inner();
     let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::DualWrite, true)).await?.into_inner();
     let ns = c.report_migration(report(&ns, "shard-a", &a2, MigrationStep::DualWrite, true)).await?.into_inner();
-    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Backfill, true)).await?.into_inner();
+    // The embedded source's owner runs the backfill.
+    let holder = if source.owner_store_id == "store-a" { &a } else { &a2 };
+    assert_eq!(ns.migration.as_ref().map(|m| m.runner_instance_id.as_str()), Some(holder.as_str()));
+    let ns = c.report_migration(report(&ns, "shard-a", holder, MigrationStep::Backfill, true)).await?.into_inner();
     assert_eq!(step(&ns), Some(MigrationStep::Verify));
 
     // VERIFY: every instance of the source's shard reports its shadow
@@ -382,7 +385,6 @@ async fn a_verified_migration_cuts_over_and_cleans_up() -> anyhow::Result<()> {
     refused(c.abort_migration(abort).await, Code::FailedPrecondition, None);
 
     // The source's holder removes it, not before the grace.
-    let holder = if source.owner_store_id == "store-a" { &a } else { &a2 };
     let other = if holder == &a { &a2 } else { &a };
     refused(
         c.report_migration(report(&ns, "shard-a", other, MigrationStep::Cleanup, true)).await,
@@ -586,5 +588,47 @@ async fn a_migration_stuck_aborting_is_ended_by_force() -> anyhow::Result<()> {
     assert!(ended.detail.contains("the target may remain") && ended.detail.contains("unreachable"), "{ended:?}");
     // A new migration can start.
     c.migrate_namespace(migrate(name, to_shard("shard-b"))).await?;
+    Ok(())
+}
+
+/// A source on a backend its shard's instances share is copied by one of
+/// them, the runner (the instance whose report completed DUAL_WRITE):
+/// another's backfill report is refused while the runner is registered,
+/// and makes it the runner once it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_runs_the_backfill_of_a_shared_source_and_another_takes_over() -> anyhow::Result<()> {
+    let (_cp, mut c) = start(&[]).await?;
+    let a = register(&mut c, "shard-a", "store-a", true).await?;
+    let a2 = register(&mut c, "shard-a", "store-a2", true).await?;
+    create_tenant(&mut c, "acme").await?;
+    let name = "acme/orders";
+    let spec = NamespaceSpec {
+        backend: Backend::Postgres as i32,
+        backend_config: Some(Box::new(postgres("postgres://db.invalid/prism"))),
+        ..pinned(kv_spec(), "shard-a")
+    };
+    active(&mut c, name, spec, "shard-a").await?;
+    let target =
+        MigrationTarget { backend_config: Some(postgres("postgres://other.invalid/prism")), ..Default::default() };
+    let ns = c.migrate_namespace(migrate(name, target)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::Prepare, true)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a, MigrationStep::DualWrite, true)).await?.into_inner();
+    let ns = c.report_migration(report(&ns, "shard-a", &a2, MigrationStep::DualWrite, true)).await?.into_inner();
+    assert_eq!(step(&ns), Some(MigrationStep::Backfill));
+    assert_eq!(ns.migration.as_ref().map(|m| m.runner_instance_id.as_str()), Some(a2.as_str()));
+
+    let progress = |instance: &str, copied: u64| {
+        let mut r = report(&ns, "shard-a", instance, MigrationStep::Backfill, false);
+        r.progress = Some(MigrationProgress { records_copied: copied, ..Default::default() });
+        r
+    };
+    c.report_migration(progress(&a2, 10)).await?;
+    let status = refused(c.report_migration(progress(&a, 5)).await, Code::FailedPrecondition, None);
+    assert!(status.message().contains("does not run the backfill"), "{status:?}");
+    // The runner leaves: the other instance's report takes over.
+    c.deregister_shard(DeregisterShardRequest { shard_id: "shard-a".into(), instance_id: a2.clone() }).await?;
+    let ns = c.report_migration(progress(&a, 12)).await?.into_inner();
+    let m = ns.migration.as_deref().expect("migrating");
+    assert_eq!((m.runner_instance_id.as_str(), m.progress.as_ref().map(|p| p.records_copied)), (a.as_str(), Some(12)));
     Ok(())
 }

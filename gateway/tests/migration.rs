@@ -415,7 +415,19 @@ mod end_to_end {
 
     /// As [`start`], to the shard `pin` (empty: the source's).
     async fn start_to(source: Source, target: PostgresConfig, pin: &str) -> anyhow::Result<Running> {
-        let cluster = Cluster::start_configured(
+        start_on(source, target, pin, false).await
+    }
+
+    /// As [`start_to`]; with `replica`, shard-0 has a second instance, and
+    /// the second client writes through it.
+    async fn start_on(source: Source, target: PostgresConfig, pin: &str, replica: bool) -> anyhow::Result<Running> {
+        let gateway_config = |c: &mut prism_gateway::GatewayConfig| {
+            c.experimental_migrations = true;
+            // DUAL_WRITE and CUTOVER wait this long for requests
+            // admitted before them.
+            c.limits.request_timeout_ms = 2_000;
+        };
+        let mut cluster = Cluster::start_configured(
             |c| {
                 // The source is removed this long after the cleanup commit.
                 c.migration_cleanup_grace_ms = 1_000;
@@ -423,14 +435,23 @@ mod end_to_end {
                 c.migration_shadow_read_fraction = 1.0;
                 c.migration_verify_window_ms = 1_000;
             },
-            |c| {
-                c.experimental_migrations = true;
-                // DUAL_WRITE and CUTOVER wait this long for requests
-                // admitted before them.
-                c.limits.request_timeout_ms = 2_000;
-            },
+            gateway_config,
         )
         .await?;
+        if replica {
+            let endpoint = cluster.control_plane.endpoint();
+            cluster
+                .gateways
+                .push(prism_testkit::GatewayHandle::start_with(&endpoint, "shard-0", gateway_config).await?);
+            eventually(WAIT, || async {
+                let req = prism_proto::control::ListShardsRequest {};
+                let shards = cluster.control_plane.client().await?.list_shards(req).await?.into_inner().shards;
+                let n = shards.iter().find(|s| s.shard_id == "shard-0").map_or(0, |s| s.instances.len());
+                anyhow::ensure!(n == 2, "{n} instances of shard-0");
+                Ok(())
+            })
+            .await?;
+        }
         let (backend, backend_config) = match source {
             Source::Embedded => (Backend::Embedded, None),
             Source::Postgres(dsn, schema) => {
@@ -448,7 +469,19 @@ mod end_to_end {
         let gw = cluster.active_namespace(NS, spec).await?;
         let load = Arc::new(Load::default());
         let mut clients = Vec::new();
-        for me in 0..2 {
+        let second = cluster.gateways.iter().filter(|g| g.gateway.config.shard_id == "shard-0").nth(1);
+        for (me, gw) in [gw, second.filter(|_| replica).unwrap_or(gw)].into_iter().enumerate() {
+            if let Some(revision) = cluster
+                .control_plane
+                .client()
+                .await?
+                .get_namespace(GetNamespaceRequest { name: NS.into() })
+                .await
+                .ok()
+                .map(|n| n.into_inner().revision)
+            {
+                gw.caught_up(revision).await?;
+            }
             clients.push(tokio::spawn(client(gw.kv(Some(&admin_token())).await?, me, load.clone())));
         }
         // Some history before the migration starts.
@@ -535,6 +568,19 @@ mod end_to_end {
         to_the_end(running).await
     }
 
+    /// PostgreSQL served by two instances of its shard, to another schema:
+    /// both dual-write, one (the runner) copies and compares.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_on_two_replicas_is_copied_by_one_under_load_loses_no_write() -> anyhow::Result<()> {
+        let Some(server) = PostgresServer::start_or_skip()? else {
+            println!("{}", skip_reason());
+            return Ok(());
+        };
+        let source = Source::Postgres(server.dsn(), "e2e_replicated".into());
+        let running = start_on(source, at(server.dsn(), "e2e_replicated_to"), "", true).await?;
+        to_the_end(running).await
+    }
+
     /// PostgreSQL to the very schema it is in, only its pool size changed:
     /// the target's tables sit beside the source's, registered in the same
     /// registry, as a newer incarnation of the name, which a plain
@@ -562,11 +608,23 @@ mod end_to_end {
         // before the end is CUTOVER or CLEANUP (each lasts at least the
         // request timeout), with the backfill's counts.
         let seen = std::sync::Mutex::new(None);
+        // BACKFILL as polled: one runner, whose count never goes back.
+        let backfill = std::sync::Mutex::new((None::<String>, 0u64, Vec::<String>::new()));
         let done = eventually(WAIT, || async {
             let mut cp = running.cluster.control_plane.client().await?;
             let ns = cp.get_namespace(GetNamespaceRequest { name: NS.into() }).await?.into_inner();
             if let Some(m) = ns.migration.as_deref() {
                 let step = m.step;
+                if step == MigrationStep::Backfill as i32 {
+                    let copied = m.progress.as_ref().map_or(0, |p| p.records_copied);
+                    let mut b = backfill.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                    let runner = b.0.get_or_insert_with(|| m.runner_instance_id.clone()).clone();
+                    if runner != m.runner_instance_id || copied < b.1 {
+                        let before = b.1;
+                        b.2.push(format!("runner {} copied {copied} after {runner} {before}", m.runner_instance_id));
+                    }
+                    b.1 = b.1.max(copied);
+                }
                 if step >= MigrationStep::Cutover as i32 && m.source.is_none() {
                     *seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(ns.clone());
                 }
@@ -576,6 +634,8 @@ mod end_to_end {
         })
         .await?;
         let ns = seen.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?.context("CUTOVER never seen")?;
+        let (_, _, went_back) = backfill.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        assert!(went_back.is_empty(), "the backfill changed runner or went back: {went_back:?}");
         let migration = ns.migration.as_deref().cloned().context("no migration")?;
         let progress = migration.progress.clone().unwrap_or_default();
         assert!(progress.records_copied > 0, "{progress:?}");

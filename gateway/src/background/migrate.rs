@@ -231,6 +231,20 @@ impl Migrating {
             && (migration.target_owner_store_id.is_empty() || *migration.target_owner_store_id == *self.store_id);
         let on_source = entry.shard_id == self.shard_id;
         let holds_source = entry.held_by(&self.shard_id, &self.store_id);
+        // Of the instances holding a shared source, one copies and
+        // compares: the runner, or any while it is not registered.
+        let runs = holds_source
+            && (entry.owner().is_some() || {
+                let runner = &migration.runner_instance_id;
+                runner.is_empty()
+                    || runner == instance_id
+                    || !self
+                        .metadata
+                        .load()
+                        .shards
+                        .get(&self.shard_id)
+                        .is_some_and(|s| s.instances.iter().any(|i| i.instance_id == *runner))
+            });
         let report = |done: bool, reason: String, progress: Option<MigrationProgress>| ReportMigrationRequest {
             name: entry.ns.name.clone(),
             shard_id: self.shard_id.clone(),
@@ -278,7 +292,7 @@ impl Migrating {
                 self.report(report(true, String::new(), None)).await?;
                 Ok(Part::Done)
             }
-            MigrationStep::Backfill if holds_source => {
+            MigrationStep::Backfill if runs => {
                 self.backfill(entry, migration, |done, progress| report(done, String::new(), Some(progress))).await?;
                 Ok(Part::Done)
             }
@@ -293,7 +307,7 @@ impl Migrating {
                     return Ok(Part::Waiting);
                 }
                 let mut verified = MigrationProgress::default();
-                if holds_source {
+                if runs {
                     let source = entry.key_value(&self.plugins).map_err(|e| e.to_string())?;
                     let target = entry.dual_write_target(&self.plugins).map_err(|e| e.to_string())?;
                     let target = target.ok_or("the target is not open at VERIFY")?;
