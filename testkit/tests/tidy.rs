@@ -338,6 +338,12 @@ fn crate_paths(module: &Module, children: &BTreeSet<String>, code: &str) -> Vec<
     let mut out = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
+        // Inside a multi-byte character (non-ASCII text in a string or a
+        // comment): no path starts here.
+        if !code.is_char_boundary(at) {
+            at += 1;
+            continue;
+        }
         let boundary = at == 0 || !(is_ident(bytes[at - 1]) || bytes[at - 1] == b':');
         let word_end = bytes[at..].iter().position(|b| !is_ident(*b)).map_or(bytes.len(), |n| at + n);
         let word = &code[at..word_end];
