@@ -402,11 +402,12 @@ impl ControlPlane {
                     let progress = migration.progress.get_or_insert_with(Default::default);
                     if step == MigrationStep::Verify {
                         // Each instance reports its own shadow reads, a
-                        // window at a time; the holder, the digest's counts.
+                        // window at a time; the runner, the comparison's
+                        // counts.
                         progress.shadow_reads = progress.shadow_reads.saturating_add(reported.shadow_reads);
                         progress.shadow_mismatches =
                             progress.shadow_mismatches.saturating_add(reported.shadow_mismatches);
-                        if reported.records_verified != 0 {
+                        if reported.records_verified != 0 || reported.records_differing != 0 {
                             progress.records_verified = reported.records_verified;
                             progress.records_differing = reported.records_differing;
                         }

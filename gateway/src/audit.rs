@@ -105,7 +105,7 @@ impl AuditSink {
 
 /// At most `max` bytes of `s`, cut at a character boundary, with control
 /// characters replaced (the audit log refuses them).
-fn truncate(s: String, max: usize) -> String {
+pub(crate) fn truncate(s: String, max: usize) -> String {
     let mut s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if s.len() > max {
         let mut end = max;

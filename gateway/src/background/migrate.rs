@@ -75,6 +75,9 @@ const TICK: Duration = Duration::from_millis(200);
 const RETRY: Duration = Duration::from_secs(2);
 /// One page of the backfill and of the digest.
 const PAGE: PageLimits = PageLimits::new(256 << 10, Some(512));
+/// The longest reason the control plane records in a migration
+/// (`prism_control_plane::migration`'s limit).
+const MAX_REASON_BYTES: usize = 1024;
 /// How often an instance reports again a step every instance of its
 /// shard must reach, while the migration waits there.
 const REPORT_AGAIN: Duration = Duration::from_secs(10);
@@ -316,23 +319,14 @@ impl Migrating {
                         // Read again and still different: recorded, with
                         // where, and compared again later (a migration
                         // that never converges waits here until aborted).
-                        let mut reason = format!(
+                        let reason = format!(
                             "{} of {} records differ between the source and the target; first: {}",
                             compared.differing,
                             compared.items,
                             compared.first.as_deref().unwrap_or("?")
                         );
-                        // The control plane records at most 1 KiB.
-                        if reason.len() > 1000 {
-                            let mut cut = 1000;
-                            while !reason.is_char_boundary(cut) {
-                                cut -= 1;
-                            }
-                            reason.truncate(cut);
-                            reason.push('…');
-                        }
                         let counts = MigrationProgress {
-                            records_verified: compared.items.max(1),
+                            records_verified: compared.items,
                             records_differing: compared.differing,
                             ..MigrationProgress::default()
                         };
@@ -445,7 +439,10 @@ impl Migrating {
         }
     }
 
-    async fn report(&self, request: ReportMigrationRequest) -> Result<(), String> {
+    async fn report(&self, mut request: ReportMigrationRequest) -> Result<(), String> {
+        // A reason may quote a key or a backend's message: the control
+        // plane records at most MAX_REASON_BYTES.
+        request.reason = crate::audit::truncate(std::mem::take(&mut request.reason), MAX_REASON_BYTES);
         let key = (request.name.clone(), request.migration_id, request.step);
         let failure = (!request.done && !request.reason.is_empty()).then(|| request.reason.clone());
         {
