@@ -307,10 +307,6 @@ fn eta(m: &Migration, storage: Option<u64>) -> Option<(f64, Option<Duration>)> {
     Some((done, eta))
 }
 
-fn step_name(step: i32) -> String {
-    names::migration_step(step)
-}
-
 fn bar(done: f64) -> String {
     const WIDTH: usize = 24;
     let filled = ((done * WIDTH as f64).round() as usize).min(WIDTH);
@@ -320,7 +316,7 @@ fn bar(done: f64) -> String {
 /// One line: the step, then what it has done.
 fn one_line(m: &Migration, storage: Option<u64>) -> String {
     let p = m.progress.clone().unwrap_or_default();
-    let mut line = format!("{:<10}", step_name(m.step));
+    let mut line = format!("{:<10}", names::migration_step(m.step));
     if m.step == MigrationStep::Backfill as i32 {
         if let Some((done, eta)) = eta(m, storage) {
             line.push_str(&format!(" {}", bar(done)));
@@ -375,7 +371,7 @@ fn text(r: &GetMigrationResponse, storage: Option<u64>) -> String {
     let mut rows = vec![
         ("NAMESPACE", r.name.clone()),
         ("MIGRATION", m.id.to_string()),
-        ("STEP", format!("{} since {}", step_name(m.step), time(m.step_time.as_ref()))),
+        ("STEP", format!("{} since {}", names::migration_step(m.step), time(m.step_time.as_ref()))),
         ("TARGET", format!("{backend} on {}", m.target_shard_id)),
         ("STARTED", format!("{} by {}", time(m.start_time.as_ref()), m.principal)),
         ("COPIED", format!("{} records, {}", p.records_copied, bytes(p.bytes_copied))),
@@ -410,12 +406,13 @@ fn to_json(r: &GetMigrationResponse, storage: Option<u64>) -> Value {
     let Some(m) = r.migration.as_ref() else {
         return json!({ "name": r.name, "revision": r.revision, "migration": Value::Null });
     };
+    let rate = rate(m);
     json!({
         "name": r.name,
         "revision": r.revision,
         "migration": json::migration(m),
-        "records_per_second": rate(m).map(|(r, _)| r),
-        "bytes_per_second": rate(m).map(|(_, b)| b),
+        "records_per_second": rate.map(|(r, _)| r),
+        "bytes_per_second": rate.map(|(_, b)| b),
         "stored_bytes": storage,
         "eta_seconds": eta(m, storage).and_then(|(_, e)| e).map(|d| d.as_secs()),
     })
