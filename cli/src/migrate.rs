@@ -333,7 +333,7 @@ fn one_line(m: &Migration, storage: Option<u64>) -> String {
         line.push_str(&format!(" shadow reads {} ({} mismatched)", p.shadow_reads, p.shadow_mismatches));
     }
     if p.records_verified > 0 || p.records_differing > 0 {
-        line.push_str(&format!(", {} records verified ({} differ)", p.records_verified, p.records_differing));
+        line.push_str(&format!(" {} records verified ({} differ)", p.records_verified, p.records_differing));
     }
     if !m.reason.is_empty() {
         line.push_str(&format!(" — {}", m.reason.replace(['\n', '\r'], " ")));
@@ -449,6 +449,13 @@ mod tests {
         assert_eq!(eta(&m, None), None);
         let line = one_line(&m, Some(100_000));
         assert!(line.starts_with("BACKFILL"), "{line}");
+        // Past VERIFY without shadow reads: no stray separator.
+        let verified = Migration {
+            step: MigrationStep::Cutover as i32,
+            progress: Some(MigrationProgress { records_verified: 50, ..MigrationProgress::default() }),
+            ..Migration::default()
+        };
+        assert_eq!(one_line(&verified, None), "CUTOVER    50 records verified (0 differ)");
         assert!(line.contains("40%") && line.contains("ETA 15s") && line.contains("100 records/s"), "{line}");
     }
 
