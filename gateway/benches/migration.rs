@@ -42,7 +42,7 @@
 //! (default 8), `PRISM_BENCH_ROUNDS` (default 3) and
 //! `PRISM_BENCH_BASELINE_SECS` (default 10) change the sample;
 //! `PRISM_BENCH_BACKFILL_PARALLELISM` (default 4, the gateway's default
-//! `migration_backfill_parallelism`) the records restored at once. Without a
+//! `migration_backfill_parallelism`) the batches restored at once. Without a
 //! PostgreSQL server it is skipped with a line saying so (unless
 //! `PRISM_REQUIRE_SERVERS`). Without `--bench` (`cargo test --benches`)
 //! it runs once, briefly, as a smoke test. See `docs/benchmarks.md`,
@@ -105,7 +105,7 @@ struct Params {
     rounds: usize,
     /// How long the baseline runs, and the writers after the end.
     baseline: Duration,
-    /// Records the backfill restores at once (the gateway's
+    /// Batches of a page the backfill restores at once (the gateway's
     /// `migration_backfill_parallelism`).
     parallelism: usize,
     warm_up: Duration,

@@ -89,10 +89,11 @@ pub struct GatewayConfig {
     /// `false`: the control plane refuses every migration, naming this
     /// gateway.
     pub experimental_migrations: bool,
-    /// How many records a migration's backfill restores into its target
-    /// at once (each a round trip; on PostgreSQL, a pool connection the
-    /// target's live dual writes then wait for). More copies faster and
-    /// slows live writes more (docs/benchmarks.md, "Live migration").
+    /// How many batches of a page a migration's backfill restores into
+    /// its target at once (each a round trip, a transaction on
+    /// PostgreSQL, holding a pool connection the target's live dual writes
+    /// then wait for). More copies faster and slows live writes more
+    /// (docs/benchmarks.md, "Live migration").
     /// Default 4; range 1..=64.
     pub migration_backfill_parallelism: usize,
 }

@@ -97,7 +97,8 @@ pub struct Migrating {
     /// `request_timeout_ms`: how long requests admitted before DUAL_WRITE
     /// may still run.
     pub request_timeout: Duration,
-    /// `migration_backfill_parallelism`: records restored at once.
+    /// `migration_backfill_parallelism`: batches of a page restored at
+    /// once.
     pub backfill_parallelism: usize,
     /// The failure last reported per (namespace, migration, step): a step
     /// that keeps failing the same way (retried every [`RETRY`]) is not

@@ -189,6 +189,7 @@ macro_rules! __key_value_cases {
             versions_include_values_and_deletes
             restore_copies_every_version
             restore_never_overwrites_newer
+            restore_records_restores_as_restore_does
             restoring_twice_changes_nothing
             restore_carries_expiry
             reclaim_keeps_the_deletes_of_held_namespaces

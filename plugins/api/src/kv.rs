@@ -418,6 +418,20 @@ pub trait KeyValueHandle: Send + Sync {
     /// than (or as old as) what the key stores, or covered by a newer
     /// range delete, changes nothing. No idempotency token is recorded.
     async fn restore(&self, id: &str, versions: &[Version]) -> Result<()>;
+
+    /// Restores each record of `records` as [`Self::restore`] does. Each
+    /// record stands alone: a failure may leave some restored and others
+    /// not, and restoring one again changes nothing, so the caller simply
+    /// restores them all again. By default one record after the other; a
+    /// backend may restore many in one round trip (PostgreSQL writes the
+    /// records without range deletes or chunked values in one
+    /// transaction).
+    async fn restore_records(&self, records: &[RecordVersions]) -> Result<()> {
+        for record in records {
+            self.restore(&record.id, &record.versions).await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -193,8 +193,8 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use futures_util::future::{join4, try_join};
 use prism_plugin_api::kv::{
-    Held, ItemsPage, KeyRange, KeyValue, KeyValueHandle, Mutation, NewItem, PageLimits, RecordsPage, ScanCursor,
-    Selector, Version, VersionCursor, VersionsPage, WriteStamp, restore_plan,
+    Held, ItemsPage, KeyRange, KeyValue, KeyValueHandle, Mutation, NewItem, PageLimits, RecordVersions, RecordsPage,
+    ScanCursor, Selector, Version, VersionCursor, VersionsPage, WriteStamp, restore_plan,
 };
 use prism_plugin_api::{Micros, Namespace, now_micros};
 use prism_proto::control::PostgresConfig;
@@ -205,7 +205,7 @@ pub use self::names::TableNames;
 use self::names::{REGISTRY_TABLE, quote_ident, schema_lock};
 use self::prepared::Stmt;
 pub use self::statements::KvStatements;
-use self::statements::{LOCK, LOCK_TYPES, UPSERT_ONCE_TYPES, UPSERT_TYPES};
+use self::statements::{LOCK, LOCK_MANY, LOCK_TYPES, RESTORE_TYPES, UPSERT_ONCE_TYPES, UPSERT_TYPES};
 use crate::config::{NamespaceSettings, PostgresPluginConfig};
 use crate::error::{PostgresError, Result};
 use crate::{Opened, PostgresPlugin};
@@ -810,6 +810,115 @@ async fn restore(t: &Target, id: &str, versions: &[Version]) -> Result<()> {
     Ok(())
 }
 
+/// Restores `records` (`KeyValueHandle::restore_records`). Those whose
+/// versions are values stored inline and point deletes, in key order
+/// (what `scan_versions` pages hold but for range deletes and large
+/// values), go in one transaction: their records' locks, in order, then
+/// one last-writer-wins upsert of every row across them
+/// (`KvStatements::restore`), the rule a mutate applies, row by row. The
+/// others go one by one, as [`restore`]. A backfill thus pays a round trip
+/// per page, not per record (docs/benchmarks.md, "Live migration").
+async fn restore_records(t: &Target, records: &[RecordVersions]) -> Result<()> {
+    let (rows, others): (Vec<&RecordVersions>, Vec<&RecordVersions>) =
+        records.iter().partition(|r| RestoreRows::fits(r, t.chunk_threshold));
+    if !rows.is_empty() {
+        let rows = RestoreRows::of(t, &rows);
+        let mut attempt = 1;
+        loop {
+            match restore_rows_once(t, &rows).await {
+                Err(e) if e.is_transient() && attempt < MUTATE_ATTEMPTS => {
+                    tracing::debug!(namespace = %t.name, error = %e, attempt, "restore conflicted; running it again");
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        }
+    }
+    for record in others {
+        restore(t, &record.id, &record.versions).await?;
+    }
+    Ok(())
+}
+
+/// The columns of [`KvStatements::restore`], and the records' locks.
+struct RestoreRows<'a> {
+    locks: Vec<i64>,
+    ids: Vec<&'a [u8]>,
+    keys: Vec<&'a [u8]>,
+    generations: Vec<i64>,
+    tombstones: Vec<bool>,
+    expires: Vec<Option<i64>>,
+    values: Vec<Option<&'a [u8]>>,
+    lens: Vec<i64>,
+}
+
+impl<'a> RestoreRows<'a> {
+    /// Whether `record` restores as rows: only values of at most
+    /// `threshold` bytes (larger ones are chunked) and point deletes, keys
+    /// strictly ascending (the upsert must not meet a key twice) and short
+    /// enough to store ([`check_sizes`] refuses the others on their way).
+    fn fits(record: &RecordVersions, threshold: usize) -> bool {
+        let mut last: Option<&[u8]> = None;
+        record.versions.iter().all(|version| {
+            let key = match version {
+                Version::Item { key, value, .. } if value.len() <= threshold => key,
+                Version::Tombstone { key, .. } => key,
+                _ => return false,
+            };
+            let ascending = last.is_none_or(|last| last < key.as_slice());
+            last = Some(key);
+            ascending && record.id.len() + key.len() <= MAX_ID_AND_KEY_BYTES
+        })
+    }
+
+    fn of(t: &Target, records: &[&'a RecordVersions]) -> Self {
+        let n = records.iter().map(|r| r.versions.len()).sum();
+        let mut rows = Self {
+            locks: records.iter().map(|r| t.names.record_lock(r.id.as_bytes())).collect(),
+            ids: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            generations: Vec::with_capacity(n),
+            tombstones: Vec::with_capacity(n),
+            expires: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+            lens: Vec::with_capacity(n),
+        };
+        rows.locks.sort_unstable();
+        rows.locks.dedup();
+        for record in records {
+            for version in &record.versions {
+                let (key, tombstone, expires_at, value) = match version {
+                    Version::Item { key, value, expires_at, .. } => (key, false, *expires_at, Some(value.as_slice())),
+                    Version::Tombstone { key, .. } => (key, true, None, None),
+                    // `fits` let none through: restored one record at a
+                    // time, by `restore`.
+                    Version::Range { .. } => continue,
+                };
+                rows.ids.push(record.id.as_bytes());
+                rows.keys.push(key);
+                rows.generations.push(version.generation());
+                rows.tombstones.push(tombstone);
+                rows.expires.push(expires_at);
+                rows.lens.push(value.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)));
+                rows.values.push(value);
+            }
+        }
+        rows
+    }
+}
+
+async fn restore_rows_once(t: &Target, rows: &RestoreRows<'_>) -> Result<()> {
+    let mut client = prepared::connection(&t.pool).await?;
+    let tx = client.build_transaction().start().await?;
+    tx.execute_typed(LOCK_MANY, &[(&rows.locks, Type::INT8_ARRAY)]).await?;
+    let columns: [&(dyn ToSql + Sync); 7] =
+        [&rows.ids, &rows.keys, &rows.generations, &rows.tombstones, &rows.expires, &rows.values, &rows.lens];
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = columns.into_iter().zip(RESTORE_TYPES.iter().cloned()).collect();
+    tx.execute_typed(&t.sql.restore, &params).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Reclaims one incarnation; returns the expired items removed.
 /// A `held` namespace keeps its deletes ([`KeyValue::reclaim`]): every
 /// expired item becomes a tombstone, and no tombstone or range is swept.
@@ -935,5 +1044,9 @@ impl KeyValueHandle for Opened {
 
     async fn restore(&self, id: &str, versions: &[Version]) -> prism_plugin_api::Result<()> {
         self.run("restore", restore(&self.target, id, versions)).await
+    }
+
+    async fn restore_records(&self, records: &[RecordVersions]) -> prism_plugin_api::Result<()> {
+        self.run("restore_records", restore_records(&self.target, records)).await
     }
 }

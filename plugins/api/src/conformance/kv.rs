@@ -1040,6 +1040,46 @@ pub async fn restore_copies_every_version(subject: Subject) {
     target.finish().await;
 }
 
+/// Restoring a page's records together ends where restoring them one by
+/// one does, on targets that already hold newer and older versions (dual
+/// writes), with range deletes, point deletes, expiries and large values
+/// among them.
+pub async fn restore_records_restores_as_restore_does(subject: Subject) {
+    let name = "restore_records_restores_as_restore_does";
+    let source = Case::provision(&subject, name).await;
+    let one_by_one = source.beside(&subject, name).await;
+    let together = source.beside(&subject, name).await;
+    write_versioned(&source, &pattern(MIB + 3 * KIB, 7)).await;
+    for i in 0..40 {
+        let id = format!("rec-{i:02}");
+        source.put(&id, &[("k", "source"), ("j", "source")], 5).await;
+        source.mutate(&id, &[delete("d")], &source.at(6)).await;
+    }
+    for target in [&one_by_one, &together] {
+        // A dual write newer than the copy, one older, a newer delete and
+        // a newer range delete over a copied key.
+        target.put("rec-01", &[("k", "dual")], 9).await;
+        target.put("rec-02", &[("k", "dual")], 2).await;
+        target.mutate("rec-03", &[delete("j")], &target.at(9)).await;
+        target.mutate("rec-04", &[Mutation::DeleteRange(range("a", Some("z")))], &target.at(9)).await;
+        target.put("rec-05", &[("d", "dual")], 3).await;
+    }
+    source.copy_record_by_record(&one_by_one, PageLimits::new(64 * KIB as u64, Some(7))).await;
+    source.copy_to(&together, PageLimits::new(64 * KIB as u64, Some(7))).await;
+    assert_eq!(sorted(together.versions(UNLIMITED).await), sorted(one_by_one.versions(UNLIMITED).await));
+    assert_eq!(together.entries("rec-01").await, pairs(&[("j", "source"), ("k", "dual")]));
+    assert_eq!(together.entries("rec-02").await, pairs(&[("j", "source"), ("k", "source")]));
+    assert_eq!(together.entries("rec-03").await, pairs(&[("k", "source")]));
+    assert_eq!(together.entries("rec-04").await, vec![]);
+    assert_eq!(together.entries("rec-05").await, pairs(&[("j", "source"), ("k", "source")]));
+    for id in ["r", "s", "gone", "rec-00", "rec-39"] {
+        assert_eq!(together.entries(id).await, source.entries(id).await, "record {id}");
+    }
+    source.finish().await;
+    one_by_one.finish().await;
+    together.finish().await;
+}
+
 /// A version older than (or as old as) what the target stores — a dual
 /// write that arrived first — changes nothing; a newer one wins, deletes
 /// included.

@@ -430,13 +430,26 @@ impl Case {
     }
 
     /// Copies every version of this namespace into `target` a page at a
-    /// time, as a migration's backfill does.
+    /// time, as a migration's backfill does (`restore_records`).
     pub async fn copy_to(&self, target: &Case, limits: PageLimits) {
+        self.copy(target, limits, true).await;
+    }
+
+    /// [`Self::copy_to`], restoring one record at a time (`restore`).
+    pub async fn copy_record_by_record(&self, target: &Case, limits: PageLimits) {
+        self.copy(target, limits, false).await;
+    }
+
+    async fn copy(&self, target: &Case, limits: PageLimits, together: bool) {
         let mut after: Option<VersionCursor> = None;
         for _ in 0..MAX_PAGES {
             let page = self.kv().scan_versions(after.as_ref(), limits).await.expect("scan_versions");
-            for record in &page.records {
-                target.kv().restore(&record.id, &record.versions).await.expect("restore");
+            if together {
+                target.kv().restore_records(&page.records).await.expect("restore_records");
+            } else {
+                for record in &page.records {
+                    target.kv().restore(&record.id, &record.versions).await.expect("restore");
+                }
             }
             match page.next {
                 Some(next) => after = Some(next),

@@ -42,6 +42,23 @@ pub const UPSERT_TYPES: &[Type] = &[
     Type::INT8_ARRAY,
 ];
 
+/// Takes the advisory locks `$1` (an array, sorted so that two takers
+/// never wait on each other in a cycle) until the transaction ends.
+pub const LOCK_MANY: &str = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k";
+
+/// The parameters of [`KvStatements::restore`]: one array per column of
+/// the restored rows (record id, key, generation, tombstone, expires_at,
+/// value, length).
+pub const RESTORE_TYPES: &[Type] = &[
+    Type::BYTEA_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::INT8_ARRAY,
+    Type::BOOL_ARRAY,
+    Type::INT8_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::INT8_ARRAY,
+];
+
 /// [`UPSERT_TYPES`], then the idempotency token and when to forget it.
 pub const UPSERT_ONCE_TYPES: &[Type] = &[
     Type::BYTEA,
@@ -95,6 +112,10 @@ pub struct KvStatements {
     /// ([`UPSERT_ONCE_TYPES`]): the token is recorded, and the items are
     /// written only if it was not recorded before.
     pub upsert_once: String,
+    /// [`Self::upsert`] across records, each row at its own generation
+    /// ([`RESTORE_TYPES`]; a migration's backfill, `kv::restore_records`):
+    /// values stored inline and point deletes only; returns how many won.
+    pub restore: String,
     /// Inserts the chunks of the values that won (`$1` id, arrays of keys,
     /// indexes and data).
     pub insert_chunks: String,
@@ -254,6 +275,26 @@ impl KvStatements {
                      ON CONFLICT (id, token) DO NOTHING RETURNING 1"
             ),
             upsert: upsert("", ""),
+            restore: format!(
+                "WITH won AS (
+                    INSERT INTO {items} AS s (id, key, generation, tombstone, expires_at, value, chunks, len)
+                    SELECT w.id, w.key, w.generation, w.tombstone, w.expires_at, w.value, 0, w.len
+                    FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bool[], $5::int8[], $6::bytea[], $7::int8[])
+                        AS w (id, key, generation, tombstone, expires_at, value, len)
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM {ranges} r
+                        WHERE r.id = w.id AND r.generation >= w.generation
+                          AND r.start_key <= w.key AND (r.end_key IS NULL OR w.key < r.end_key))
+                    ON CONFLICT (id, key) DO UPDATE
+                    SET generation = EXCLUDED.generation, tombstone = EXCLUDED.tombstone,
+                        expires_at = EXCLUDED.expires_at, value = EXCLUDED.value,
+                        chunks = EXCLUDED.chunks, len = EXCLUDED.len
+                    WHERE s.generation < EXCLUDED.generation
+                    RETURNING id, key),
+                freed AS (
+                    DELETE FROM {chunks} c USING won WHERE c.id = won.id AND c.key = won.key)
+                SELECT count(*) FROM won"
+            ),
             upsert_once: upsert(&fresh, "EXISTS (SELECT 1 FROM fresh) AND "),
             insert_chunks: format!(
                 "INSERT INTO {chunks} (id, key, idx, data)
