@@ -68,7 +68,7 @@ pub enum MigrateCommand {
         /// Abort only if the namespace is at this revision
         #[arg(long, value_name = "N")]
         expected_revision: Option<u64>,
-        /// End a migration stuck ABORTING now, leaving its target's resources for you to remove
+        /// End a migration stuck removing what it leaves (ABORTING: its target; CLEANUP: its source) now, leaving those resources for you to remove
         #[arg(long)]
         force: bool,
     },
@@ -87,12 +87,21 @@ pub async fn run(global: &Global, args: MigrateArgs) -> anyhow::Result<()> {
         }
         Some(MigrateCommand::Abort { name, expected_revision, force }) => {
             let mut client = global.connect().await?;
+            // A forced end at CLEANUP leaves the namespace on its target.
+            let before = match force {
+                true => migration(&mut client, &name).await?.and_then(|m| m.migration).map(|m| m.step),
+                false => None,
+            };
             let req =
                 AbortMigrationRequest { name: name.clone(), expected_revision: expected_revision.unwrap_or(0), force };
             client.abort_migration(req).await?;
+            let last = match before {
+                Some(step) if step == MigrationStep::Cleanup as i32 => SOURCE_LEFT,
+                _ => MigrationStep::Aborting as i32,
+            };
             match migration(&mut client, &name).await? {
                 Some(m) => show(global.output, &m, None),
-                None => ended(global.output, &mut client, &name, Some(MigrationStep::Aborting as i32)).await,
+                None => ended(global.output, &mut client, &name, Some(last)).await,
             }
         }
         None => start(global, args).await,
@@ -244,6 +253,10 @@ async fn follow(global: &Global, name: &str) -> anyhow::Result<()> {
 
 /// How a followed migration ended, from the last step seen: after
 /// ABORTING the source serves; otherwise the namespace is where it went.
+/// `ended`'s last step for a migration force-ended at CLEANUP: done, its
+/// source left in place.
+const SOURCE_LEFT: i32 = -1;
+
 async fn ended(
     format: Format,
     client: &mut ControlPlaneClient,
@@ -257,6 +270,7 @@ async fn ended(
     let outcome = match last_step {
         None => "none",
         Some(s) if s == MigrationStep::Aborting as i32 => "aborted",
+        Some(SOURCE_LEFT) => "done_source_left",
         Some(_) => "done",
     };
     match format {
@@ -273,6 +287,10 @@ async fn ended(
             let line = match outcome {
                 "none" => format!("{name}: no migration running; it is {whereabouts}\n"),
                 "aborted" => format!("{name}: migration aborted; it stays {whereabouts}\n"),
+                "done_source_left" => format!(
+                    "{name}: migration ended; it is now {whereabouts}; its source was left in place for you to \
+                     remove (the audit log names it)\n"
+                ),
                 _ => match &source_removed {
                     Some(after) => format!(
                         "{name}: migration done; it is now {whereabouts}; its source is removed after {after}\n"

@@ -242,32 +242,52 @@ impl ControlPlane {
                 let migration = ns.migration.as_deref_mut().ok_or_else(|| no_migration(name))?;
                 let step = MigrationStep::try_from(migration.step).unwrap_or(MigrationStep::Unspecified);
                 if req.force {
-                    if step != MigrationStep::Aborting {
-                        return Err(ControlPlaneError::FailedPrecondition(format!(
-                            "migration {} of {name} is at step {}: force only ends a migration already ABORTING \
-                             whose target cannot be removed; abort it first",
-                            migration.id,
-                            step_name(migration.step)
-                        )));
-                    }
-                    let target = migration.target.clone().unwrap_or_default();
-                    let spec = prism_proto::migration::target_spec(&ns.spec.clone().unwrap_or_default(), &target);
-                    let backend = prism_proto::control::Backend::try_from(spec.backend)
-                        .map_or("UNKNOWN", |b| b.as_str_name().trim_start_matches("BACKEND_"));
-                    let detail = format!(
-                        "migration {} force-ended at ABORTING by {principal}; the target may remain: {backend} \
-                         incarnation {} of {name} on shard {}{}{}",
-                        migration.id,
-                        migration.id,
-                        migration.target_shard_id,
-                        if migration.reason.is_empty() { "" } else { "; last reason: " },
-                        migration.reason
-                    );
+                    let detail = match step {
+                        MigrationStep::Aborting => {
+                            let target = migration.target.clone().unwrap_or_default();
+                            let spec =
+                                prism_proto::migration::target_spec(&ns.spec.clone().unwrap_or_default(), &target);
+                            format!(
+                                "migration {id} force-ended at ABORTING by {principal}; the target may remain: {} \
+                                 incarnation {id} of {name} on shard {}",
+                                backend_name(spec.backend),
+                                migration.target_shard_id,
+                                id = migration.id,
+                            )
+                        }
+                        // The cleanup commit made the target the namespace:
+                        // only the source's removal is left, and it is given up.
+                        MigrationStep::Cleanup => {
+                            let source = migration.source.clone().unwrap_or_default();
+                            let backend = source.spec.as_ref().map_or(0, |s| s.backend);
+                            format!(
+                                "migration {} force-ended at CLEANUP by {principal}; the namespace stays on its \
+                                 target, and the source may remain: {} incarnation {} of {name} on shard {}",
+                                migration.id,
+                                backend_name(backend),
+                                source.data_revision,
+                                source.shard_id,
+                            )
+                        }
+                        _ => {
+                            return Err(ControlPlaneError::FailedPrecondition(format!(
+                                "migration {} of {name} is at step {}: force only ends a migration stuck removing \
+                                 what it leaves behind (ABORTING: its target; CLEANUP: its source); abort it first",
+                                migration.id,
+                                step_name(migration.step)
+                            )));
+                        }
+                    };
+                    let last = if migration.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last reason: {}", migration.reason)
+                    };
                     ns.migration = None;
                     ns.update_time = Some(SystemTime::now().into());
                     return Ok(Plan {
                         txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
-                        detail,
+                        detail: detail + &last,
                     });
                 }
                 match step {
@@ -277,7 +297,7 @@ impl ControlPlane {
                     | MigrationStep::Verify => {}
                     MigrationStep::Aborting => {
                         return Err(ControlPlaneError::FailedPrecondition(format!(
-                            "migration {} of {name} is already being aborted (force ends it now if its target \
+                            "migration {} of {name} is already being aborted (--force ends it now if its target \
                              cannot be removed)",
                             migration.id
                         )));
@@ -288,6 +308,14 @@ impl ControlPlane {
                              migration moves on to CLEANUP by itself once every instance of shard {} has drained \
                              (at most the request timeout); it can no longer be aborted",
                             migration.id, ns.shard_id
+                        )));
+                    }
+                    MigrationStep::Cleanup => {
+                        return Err(ControlPlaneError::FailedPrecondition(format!(
+                            "migration {} of {name} is cleaning up: the namespace is on its target already, and the \
+                             migration ends once its source is removed; it can no longer be aborted (--force ends it \
+                             now, leaving the source, if the source cannot be removed)",
+                            migration.id
                         )));
                     }
                     _ => {
@@ -534,4 +562,10 @@ impl ControlPlane {
         }
         Ok(written)
     }
+}
+
+/// A backend's name as the audit log says it (`POSTGRES`).
+fn backend_name(backend: i32) -> &'static str {
+    prism_proto::control::Backend::try_from(backend)
+        .map_or("UNKNOWN", |b| b.as_str_name().trim_start_matches("BACKEND_"))
 }

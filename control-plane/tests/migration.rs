@@ -568,7 +568,7 @@ async fn a_migration_stuck_aborting_is_ended_by_force() -> anyhow::Result<()> {
     c.migrate_namespace(migrate(name, to_shard("shard-b"))).await?;
     let abort = |force| AbortMigrationRequest { name: name.into(), expected_revision: 0, force };
     let status = refused(c.abort_migration(abort(true)).await, Code::FailedPrecondition, None);
-    assert!(status.message().contains("abort it first"), "{status:?}");
+    assert!(status.message().contains("abort it first") && status.message().contains("CLEANUP"), "{status:?}");
     let ns = c.abort_migration(abort(false)).await?.into_inner();
     let mut failed = report(&ns, "shard-b", &b, MigrationStep::Aborting, false);
     failed.reason = "cannot remove the target yet: target.backend_config: the postgres backend is unreachable".into();
@@ -588,6 +588,56 @@ async fn a_migration_stuck_aborting_is_ended_by_force() -> anyhow::Result<()> {
     assert!(ended.detail.contains("the target may remain") && ended.detail.contains("unreachable"), "{ended:?}");
     // A new migration can start.
     c.migrate_namespace(migrate(name, to_shard("shard-b"))).await?;
+    Ok(())
+}
+
+/// A migration whose source cannot be removed (its holder keeps failing
+/// at CLEANUP) is ended by `force`: the namespace stays on its target,
+/// and the audit log names the source that may remain. Without force,
+/// the abort is refused and says `--force` ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_stuck_cleaning_up_is_ended_by_force() -> anyhow::Result<()> {
+    let (_cp, mut c) = start(&[]).await?;
+    let a = register(&mut c, "shard-a", "store-a", true).await?;
+    let b = register(&mut c, "shard-b", "store-b", true).await?;
+    create_tenant(&mut c, "acme").await?;
+    let name = "acme/orders";
+    let source = active(&mut c, name, pinned(kv_spec(), "shard-a"), "shard-a").await?;
+    let target = MigrationTarget {
+        backend: Backend::Postgres as i32,
+        backend_config: Some(postgres("postgres://db.invalid/prism")),
+        pinned_shard: "shard-b".into(),
+    };
+    let mut ns = c.migrate_namespace(migrate(name, target)).await?.into_inner();
+    for (shard, instance, step) in [
+        ("shard-b", &b, MigrationStep::Prepare),
+        ("shard-a", &a, MigrationStep::DualWrite),
+        ("shard-a", &a, MigrationStep::Backfill),
+        ("shard-a", &a, MigrationStep::Verify),
+        ("shard-a", &a, MigrationStep::Cutover),
+    ] {
+        ns = c.report_migration(report(&ns, shard, instance, step, true)).await?.into_inner();
+    }
+    assert_eq!(step(&ns), Some(MigrationStep::Cleanup));
+    let mut failed = report(&ns, "shard-a", &a, MigrationStep::Cleanup, false);
+    failed.reason = "cannot remove the source yet: the embedded store is read-only".into();
+    c.report_migration(failed).await?;
+
+    let abort = |force| AbortMigrationRequest { name: name.into(), expected_revision: 0, force };
+    let status = refused(c.abort_migration(abort(false)).await, Code::FailedPrecondition, None);
+    assert!(status.message().contains("cleaning up") && status.message().contains("--force"), "{status:?}");
+    let ns = c.abort_migration(abort(true)).await?.into_inner();
+    assert_eq!(ns.migration, None);
+    let spec = ns.spec.clone().unwrap_or_default();
+    assert_eq!((ns.shard_id.as_str(), spec.backend), ("shard-b", Backend::Postgres as i32), "stays on its target");
+    let audit = c
+        .list_audit_events(ListAuditEventsRequest { action: "AbortMigration".into(), ..Default::default() })
+        .await?
+        .into_inner();
+    let ended = audit.events.iter().find(|e| e.detail.contains("force-ended at CLEANUP")).expect("audited");
+    let remains =
+        format!("the source may remain: EMBEDDED incarnation {} of {name} on shard shard-a", source.create_revision);
+    assert!(ended.detail.contains(&remains) && ended.detail.contains("read-only"), "{ended:?}");
     Ok(())
 }
 
