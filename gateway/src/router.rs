@@ -188,6 +188,7 @@ async fn execute(ops: Arc<Operations>, call: Call) -> Result<Response> {
 /// "The life of a migration", VERIFY).
 fn shadow(ops: &Operations, entry: Arc<NamespaceEntry>, id: String, selector: Selector) {
     let plugins = ops.plugins.clone();
+    let metrics = ops.metrics.clone();
     tokio::spawn(async move {
         let Some(migration) = entry.migration.as_deref().map(|m| m.id) else { return };
         let (source, target) = match (entry.key_value(&plugins), entry.dual_write_target(&plugins)) {
@@ -200,6 +201,7 @@ fn shadow(ops: &Operations, entry: Arc<NamespaceEntry>, id: String, selector: Se
                     tracing::warn!(namespace = %entry.ns.name, migration, record = %id, "a shadow read differed between source and target");
                 }
                 entry.local.shadow.count(migration, same);
+                metrics.migration.shadow_read(same);
             }
             // A side that fails to answer says nothing about its data.
             Err(e) => tracing::debug!(namespace = %entry.ns.name, error = %e, "a shadow read failed"),

@@ -310,6 +310,7 @@ impl Gateway {
             registration: gw.registration.clone(),
             request_timeout: config.request_timeout(),
             backfill_parallelism: config.migration_backfill_parallelism,
+            metrics: gw.metrics.clone(),
             failures: std::sync::Mutex::default(),
         };
         let reclaim = Reclaim {

@@ -642,6 +642,18 @@ mod end_to_end {
         assert_eq!(progress.records_differing, 0, "{progress:?}");
         assert!(progress.shadow_reads > 0, "{progress:?}");
         assert_eq!(progress.shadow_mismatches, 0, "{progress:?}");
+        // What the source's gateways did shows in their metrics.
+        let (mut copied, mut shadow, mut compared) = (0u64, 0u64, 0u64);
+        for gw in running.cluster.gateways.iter().filter(|g| g.gateway.config.shard_id == "shard-0") {
+            let text = gw.metrics().await?;
+            copied += sample(&text, "prism_gateway_migration_copied_records_total")?;
+            shadow += sample(&text, "prism_gateway_migration_shadow_reads_total{result=\"same\"}")?;
+            compared += sample(&text, "prism_gateway_migration_comparisons_total{result=\"same\"}")?;
+            assert_eq!(sample(&text, "prism_gateway_migration_shadow_reads_total{result=\"differ\"}")?, 0);
+        }
+        assert!(copied >= progress.records_copied, "{copied} copied records counted, {progress:?}");
+        assert!(shadow >= progress.shadow_reads, "{shadow} shadow reads counted, {progress:?}");
+        assert!(compared >= 1, "no comparison counted");
         let writes_at_end = running.load.writes.load(Ordering::Relaxed);
         running.cluster.gateway("shard-0").context("shard-0")?.caught_up(done.revision).await?;
         eventually(WAIT, || async {
@@ -681,6 +693,14 @@ mod end_to_end {
             assert!(matches!(gone, Err(PluginError::NotProvisioned(_))), "the source is removed: {gone:?}");
         }
         Ok(())
+    }
+
+    /// The value of the sample `series` (name and labels, as exposed) in
+    /// a `/metrics` text.
+    fn sample(text: &str, series: &str) -> anyhow::Result<u64> {
+        let line = text.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')));
+        let value = line.and_then(|l| l.rsplit(' ').next()).with_context(|| format!("no {series} in {text}"))?;
+        Ok(value.parse::<f64>().with_context(|| format!("{series} = {value}"))? as u64)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,8 +71,11 @@ pub const MIGRATE_KEY_VALUE: &str = "migrate-key-value";
 
 /// How often the task looks for migration work.
 const TICK: Duration = Duration::from_millis(200);
-/// How long a failed step waits before it is tried again.
+/// How long a failed step waits before it is tried again, the first
+/// time; each next failure of the same step doubles it, up to
+/// [`MAX_RETRY`] ([`retry_after`]).
 const RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(30);
 /// One page of the backfill and of the digest.
 const PAGE: PageLimits = PageLimits::new(256 << 10, Some(512));
 /// The longest reason the control plane records in a migration
@@ -100,6 +103,8 @@ pub struct Migrating {
     /// `migration_backfill_parallelism`: batches of a page restored at
     /// once.
     pub backfill_parallelism: usize,
+    /// Where copies, failures and comparisons are counted.
+    pub metrics: Arc<crate::metrics::GatewayMetrics>,
     /// The failure last reported per (namespace, migration, step): a step
     /// that keeps failing the same way (retried every [`RETRY`]) is not
     /// reported again, as each report is a commit every watcher receives.
@@ -123,8 +128,8 @@ enum Part {
 enum Progress {
     /// First seen then (DUAL_WRITE drains from there).
     Seen(Instant),
-    /// Failed; try again from then.
-    Retry(Instant),
+    /// Failed this many times in a row; try again from then.
+    Retry(Instant, u32),
     /// Reported: nothing more to do at this step.
     Done,
 }
@@ -156,7 +161,7 @@ pub async fn run(parts: Migrating, mut shutdown: watch::Receiver<bool>) {
             let progress = *steps.entry(key.clone()).or_insert(Progress::Seen(now));
             match progress {
                 Progress::Done => continue,
-                Progress::Retry(at) if at > now => continue,
+                Progress::Retry(at, _) if at > now => continue,
                 _ => {}
             }
             let outcome = tokio::select! {
@@ -173,7 +178,7 @@ pub async fn run(parts: Migrating, mut shutdown: watch::Receiver<bool>) {
                         .iter()
                         .any(|s| *s as i32 == migration.step) =>
                 {
-                    steps.insert(key, Progress::Retry(now + REPORT_AGAIN));
+                    steps.insert(key, Progress::Retry(now + REPORT_AGAIN, 0));
                 }
                 Ok(Part::Done) => {
                     steps.insert(key, Progress::Done);
@@ -184,12 +189,30 @@ pub async fn run(parts: Migrating, mut shutdown: watch::Receiver<bool>) {
                     steps.insert(key, Progress::Seen(Instant::now()));
                 }
                 Err(e) => {
-                    tracing::warn!(namespace = %entry.ns.name, migration = migration.id, error = %e, "a migration step failed; will retry");
-                    steps.insert(key, Progress::Retry(now + RETRY));
+                    let failures = match progress {
+                        Progress::Retry(_, n) => n.saturating_add(1),
+                        _ => 1,
+                    };
+                    // A comparison that keeps differing is not run back
+                    // to back: its next try waits at least as long as it
+                    // took. (A backfill that failed resumes where it got.)
+                    let took =
+                        if migration.step == MigrationStep::Verify as i32 { now.elapsed() } else { Duration::ZERO };
+                    let wait = retry_after(failures, took);
+                    parts.metrics.migration.step_failed(migration.step);
+                    tracing::warn!(namespace = %entry.ns.name, migration = migration.id, error = %e, failures, retry_in = ?wait, "a migration step failed; will retry");
+                    steps.insert(key, Progress::Retry(Instant::now() + wait, failures));
                 }
             }
         }
     }
+}
+
+/// How long a step that failed `failures` times in a row (at least one)
+/// waits before it is tried again: at least `took`.
+fn retry_after(failures: u32, took: Duration) -> Duration {
+    let doubled = RETRY.saturating_mul(1u32 << failures.saturating_sub(1).min(8));
+    doubled.min(MAX_RETRY).max(took)
 }
 
 /// Why the target's plugin failed, naming the migration's field: a field
@@ -316,6 +339,7 @@ impl Migrating {
                     let target = entry.dual_write_target(&self.plugins).map_err(|e| e.to_string())?;
                     let target = target.ok_or("the target is not open at VERIFY")?;
                     let compared = compare(source, target, PAGE).await.map_err(|e| e.to_string())?;
+                    self.metrics.migration.compared(compared.differing == 0);
                     if compared.differing > 0 {
                         // Read again and still different: recorded, with
                         // where, and compared again later (a migration
@@ -428,6 +452,9 @@ impl Migrating {
                 .map_err(|e| e.to_string())?;
             progress.records_copied += copied.records;
             progress.bytes_copied += copied.bytes;
+            let counted = &self.metrics.migration;
+            counted.records_copied.fetch_add(copied.records, std::sync::atomic::Ordering::Relaxed);
+            counted.bytes_copied.fetch_add(copied.bytes, std::sync::atomic::Ordering::Relaxed);
             cursor = copied.next;
             progress.cursor = cursor.as_ref().map(VersionCursor::encode).unwrap_or_default();
             if cursor.is_none() {
@@ -486,4 +513,17 @@ impl Migrating {
 
 fn backend(backend: &i32) -> Backend {
     Backend::try_from(*backend).unwrap_or(Backend::Unspecified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_step_waits_twice_as_long_each_time_up_to_the_cap_and_never_less_than_it_took() {
+        let waits: Vec<u64> = (1..=6).map(|n| retry_after(n, Duration::ZERO).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 30, 30]);
+        assert_eq!(retry_after(u32::MAX, Duration::ZERO), MAX_RETRY);
+        assert_eq!(retry_after(1, Duration::from_secs(90)), Duration::from_secs(90));
+    }
 }

@@ -160,9 +160,13 @@ impl Collector for GatewayCollector {
         let snapshot = shared.metadata.load();
         // This shard's namespaces by status, in one pass.
         let mut by_status = [0u64; OWNED_STATUSES.len()];
+        let mut migrating = [0u64; MIGRATION_STEPS.len()];
         for e in snapshot.namespaces.values().filter(|e| e.shard_id == shard) {
             if let Some(i) = OWNED_STATUSES.iter().position(|(s, _)| *s == e.status) {
                 by_status[i] += 1;
+            }
+            if let Some(n) = e.migration.as_deref().and_then(|m| migrating.get_mut(usize::try_from(m.step).ok()?)) {
+                *n += 1;
             }
         }
         let owned: u64 = by_status.iter().sum();
@@ -220,6 +224,7 @@ impl Collector for GatewayCollector {
         for ((_, label), n) in OWNED_STATUSES.iter().zip(by_status) {
             statuses.gauge([("status", label)], n as f64)?;
         }
+        self.encode_migrations(&mut encoder, &migrating)?;
         family(
             &mut encoder,
             "prism_gateway_metadata_watch_reconnects",
@@ -331,6 +336,56 @@ impl GatewayCollector {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Live migrations: this shard's namespaces migrating, by step
+    /// (`by_step`, counted in the scrape's pass over the snapshot), and
+    /// what this gateway did for them.
+    fn encode_migrations(&self, encoder: &mut DescriptorEncoder, by_step: &[u64]) -> Result<(), std::fmt::Error> {
+        let m = &self.sources.metrics.migration;
+        let mut steps = family(
+            encoder,
+            "prism_gateway_migrations",
+            "Namespaces of this gateway's shard being migrated, by step",
+            MetricType::Gauge,
+        )?;
+        for (step, n) in MIGRATION_STEPS.iter().zip(by_step).skip(1) {
+            steps.gauge([("step", step)], *n as f64)?;
+        }
+        let mut failures = family(
+            encoder,
+            "prism_gateway_migration_step_failures",
+            "Attempts at this gateway's part of a migration step that failed and will be retried, by step \
+             (the migration's reason says why)",
+            MetricType::Counter,
+        )?;
+        for (i, step) in MIGRATION_STEPS.iter().enumerate().skip(1) {
+            failures.counter([("step", step)], m.step_failures(i))?;
+        }
+        let counters = [
+            ("prism_gateway_migration_copied_records", "Records this gateway's backfills copied", &m.records_copied),
+            ("prism_gateway_migration_copied_bytes", "Bytes this gateway's backfills copied", &m.bytes_copied),
+        ];
+        for (name, help, n) in counters {
+            family(encoder, name, help, MetricType::Counter)?.counter([], n.load(Ordering::Relaxed))?;
+        }
+        let mut shadow = family(
+            encoder,
+            "prism_gateway_migration_shadow_reads",
+            "Reads sent to both sides of a migration at VERIFY, by result (differ: still different when read again)",
+            MetricType::Counter,
+        )?;
+        shadow.counter([("result", "same")], m.shadow_same.load(Ordering::Relaxed))?;
+        shadow.counter([("result", "differ")], m.shadow_differ.load(Ordering::Relaxed))?;
+        let mut compared = family(
+            encoder,
+            "prism_gateway_migration_comparisons",
+            "Full comparisons of a migration's sides at VERIFY this gateway ran, by result",
+            MetricType::Counter,
+        )?;
+        compared.counter([("result", "same")], m.compared_same.load(Ordering::Relaxed))?;
+        compared.counter([("result", "differ")], m.compared_differ.load(Ordering::Relaxed))?;
         Ok(())
     }
 

@@ -385,6 +385,58 @@ pub struct GatewayMetrics {
     requests: AtomicBool,
     /// Forwarded calls that got no answer from the owner, by why.
     forward_failures: [AtomicU64; ForwardFailure::ALL.len()],
+    /// This gateway's part of live migrations.
+    pub migration: MigrationMetrics,
+}
+
+/// The migration steps as the `step` label, indexed by
+/// `MigrationStep`'s value (0, unspecified, is never counted).
+pub const MIGRATION_STEPS: [&str; 8] =
+    ["unspecified", "prepare", "dual_write", "backfill", "verify", "cutover", "cleanup", "aborting"];
+
+/// What this gateway did for live migrations (ARCHITECTURE.md, "The life
+/// of a migration"): counted by the migration task and the shadow reads,
+/// never per request otherwise.
+#[derive(Debug, Default)]
+pub struct MigrationMetrics {
+    /// Records and bytes this gateway's backfills copied.
+    pub records_copied: AtomicU64,
+    pub bytes_copied: AtomicU64,
+    /// Attempts of this gateway's part of a step that failed (and are
+    /// retried), by step.
+    step_failures: [AtomicU64; MIGRATION_STEPS.len()],
+    /// Shadow reads sent at VERIFY whose sides agreed, and differed.
+    pub shadow_same: AtomicU64,
+    pub shadow_differ: AtomicU64,
+    /// Full comparisons at VERIFY that found the sides the same, and
+    /// found records differing.
+    pub compared_same: AtomicU64,
+    pub compared_differ: AtomicU64,
+}
+
+impl MigrationMetrics {
+    /// Counts a failed attempt at step `step` (`MigrationStep`'s value).
+    pub fn step_failed(&self, step: i32) {
+        if let Some(n) = usize::try_from(step).ok().and_then(|s| self.step_failures.get(s)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn step_failures(&self, step: usize) -> u64 {
+        self.step_failures.get(step).map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// Counts one shadow read, by whether its sides agreed.
+    pub fn shadow_read(&self, same: bool) {
+        let n = if same { &self.shadow_same } else { &self.shadow_differ };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one full comparison, by whether the sides were the same.
+    pub fn compared(&self, same: bool) {
+        let n = if same { &self.compared_same } else { &self.compared_differ };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a forwarded call got no answer from its owner.
@@ -420,6 +472,7 @@ impl GatewayMetrics {
             delta_apply: LatencyHistogram::default(),
             requests: AtomicBool::new(false),
             forward_failures: Default::default(),
+            migration: MigrationMetrics::default(),
         }
     }
 
