@@ -226,7 +226,7 @@ async fn backfill_against_plain(server: &PostgresServer, p: &Params) -> anyhow::
     ensure!(expected.items == p.records as u64, "the source holds {} items, not {}", expected.items, p.records);
     println!(
         "\n## 1. Backfill against a plain copy\n\n{} records of one {VALUE_BYTES}-byte item in an embedded source \
-         (loaded in {:.1} s); pages of {} KiB / {} items; the backfill restores {} records at once\n",
+         (loaded in {:.1} s); pages of {} KiB / {} items; the backfill restores a page in {} batches at once\n",
         p.records,
         started.elapsed().as_secs_f64(),
         PAGE.max_bytes >> 10,
