@@ -8,6 +8,9 @@ use prost::Message;
 const PROTOS: &[&str] =
     &["prism/control/v1/control.proto", "prism/kv/v1/kv.proto", "prism/timeseries/v1/timeseries.proto"];
 
+/// Services gateways call on each other, not part of the public API.
+const INTERNAL: &[&str] = &["prism/peer/v1/peer.proto"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let fds = protox::compile(PROTOS, ["."])?;
@@ -31,7 +34,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .server_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
         .client_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
         .compile_fds(fds)?;
-    for proto in PROTOS {
+    // Between gateways only: compiled apart, so reflection never
+    // describes it.
+    tonic_prost_build::configure()
+        .server_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
+        .client_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
+        .compile_fds(protox::compile(INTERNAL, ["."])?)?;
+    for proto in PROTOS.iter().chain(INTERNAL) {
         println!("cargo:rerun-if-changed={proto}");
     }
     Ok(())

@@ -181,15 +181,19 @@ impl ControlPlane {
             ));
         }
         check_performers(&registered, &[ns.shard_id.as_str(), shard.as_str()], MIGRATE_KEY_VALUE)?;
+        // An embedded target is on one instance's disk: the source's
+        // holders reach it through that instance (dual writes, backfill,
+        // comparison), so both shards' gateways must do their part; refused
+        // here rather than left waiting at PREPARE.
+        let lacking = [ns.shard_id.as_str(), shard.as_str()]
+            .into_iter()
+            .find(|s| !instances(&registered, s).iter().all(|i| i.features.iter().any(|f| f == MIGRATE_TO_EMBEDDED)));
         if spec.backend == prism_proto::control::Backend::Embedded as i32
-            && !instances(&registered, &shard).iter().all(|i| i.features.iter().any(|f| f == MIGRATE_TO_EMBEDDED))
+            && let Some(lacking) = lacking
         {
-            // Its dual writes, backfill and comparison go through the
-            // forwarder to the one instance holding it: refused here
-            // rather than left waiting at PREPARE.
             return Err(ControlPlaneError::FailedPrecondition(format!(
-                "target.backend: the gateways of shard {shard} do not migrate to embedded storage (one instance's \
-                 disk) yet ({MIGRATE_TO_EMBEDDED}); a migration's target is postgres for now"
+                "target.backend: the gateways of shard {lacking} do not migrate to embedded storage (one \
+                 instance's disk; feature {MIGRATE_TO_EMBEDDED}): upgrade them and set experimental_migrations"
             )));
         }
         let now = Some(SystemTime::now().into());

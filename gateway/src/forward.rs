@@ -115,18 +115,29 @@ impl Forwarder {
                 peers.next.insert(shard.to_owned(), chosen + 1);
             }
         }
-        let endpoint = &endpoints[chosen];
-        if let Some(channel) = peers.channels.get(endpoint) {
-            return Ok((endpoint.clone(), channel.clone()));
-        }
-        let channel = prism_client::tls::lazy_channel(endpoint, &self.tls).map_err(|e| {
-            GatewayError::Unavailable(format!("shard {shard}'s instance {endpoint} cannot be reached: {e}"))
+        let endpoint = endpoints[chosen].clone();
+        drop(peers);
+        let channel = self.channel(&endpoint).map_err(|e| match e {
+            GatewayError::Unavailable(why) => GatewayError::Unavailable(format!("shard {shard}'s instance {why}")),
+            other => other,
         })?;
+        Ok((endpoint, channel))
+    }
+
+    /// A channel to `endpoint` (a peer's registered endpoint), shared with
+    /// the forwarded calls.
+    pub fn channel(&self, endpoint: &str) -> Result<Channel> {
+        let mut peers = self.peers();
+        if let Some(channel) = peers.channels.get(endpoint) {
+            return Ok(channel.clone());
+        }
+        let channel = prism_client::tls::lazy_channel(endpoint, &self.tls)
+            .map_err(|e| GatewayError::Unavailable(format!("{endpoint} cannot be reached: {e}")))?;
         if peers.channels.len() >= MAX_CHANNELS {
             peers.channels.clear();
         }
-        peers.channels.insert(endpoint.clone(), channel.clone());
-        Ok((endpoint.clone(), channel))
+        peers.channels.insert(endpoint.to_owned(), channel.clone());
+        Ok(channel)
     }
 
     fn mark_down(&self, endpoint: &str) {

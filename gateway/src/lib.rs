@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod migration;
 pub mod operations;
 pub mod page_token;
+pub mod peer;
 pub mod plugins;
 pub mod quota;
 pub mod request;

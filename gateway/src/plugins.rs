@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use prism_plugin_api::kv::KeyValueHandle;
 use prism_plugin_api::secrets::Secrets;
 use prism_plugin_api::{Open, Plugin, PluginSettings};
 use prism_proto::control::Backend;
@@ -29,28 +30,62 @@ pub const REGISTERED: &[(Backend, Open)] = &[
     (Backend::Pulsar, prism_plugin_pulsar::open),
 ];
 
+/// Reaches a migration's target held by another instance (an embedded
+/// target on its disk). `crate::peer::Peers` is the one implementation;
+/// the trait is here, below the snapshot, so that a snapshot entry can
+/// open such a target without importing the peer module (which reads the
+/// snapshot).
+pub trait RemoteTargets: Send + Sync + std::fmt::Debug {
+    /// Says which store is this instance's, once it is open.
+    fn set_store_id(&self, store_id: Arc<str>);
+    /// Whether the store `store_id` is this instance's.
+    fn is_local(&self, store_id: &str) -> bool;
+    /// The target of `migration` of namespace `name`, on the instance
+    /// whose store is `migration.target_owner_store_id`.
+    fn target(&self, name: &str, migration: &prism_proto::control::Migration) -> Arc<dyn KeyValueHandle>;
+}
+
 /// The backend plugins of this gateway, by backend.
 #[derive(Clone, Default)]
-pub struct Plugins(HashMap<i32, Arc<dyn Plugin>>);
+pub struct Plugins {
+    backends: HashMap<i32, Arc<dyn Plugin>>,
+    /// Where a migration's target held by another instance is reached
+    /// (`crate::peer`); none in gateways built without one.
+    peers: Option<Arc<dyn RemoteTargets>>,
+}
 
 impl std::fmt::Debug for Plugins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.keys()).finish()
+        f.debug_list().entries(self.backends.keys()).finish()
     }
 }
 
 impl Plugins {
     pub fn insert(&mut self, plugin: Arc<dyn Plugin>) {
-        self.0.insert(plugin.capabilities().backend as i32, plugin);
+        self.backends.insert(plugin.capabilities().backend as i32, plugin);
     }
 
     pub fn get(&self, backend: Backend) -> Option<&Arc<dyn Plugin>> {
-        self.0.get(&(backend as i32))
+        self.backends.get(&(backend as i32))
     }
 
     /// Every plugin of this gateway.
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Plugin>> {
-        self.0.values()
+        self.backends.values()
+    }
+
+    /// Reaches targets held by other instances through `peers`.
+    pub fn set_peers(&mut self, peers: Arc<dyn RemoteTargets>) {
+        self.peers = Some(peers);
+    }
+
+    pub fn peers(&self) -> Option<&Arc<dyn RemoteTargets>> {
+        self.peers.as_ref()
+    }
+
+    /// Whether the store `store_id` is this instance's.
+    pub fn is_local_store(&self, store_id: &str) -> bool {
+        self.peers.as_ref().is_some_and(|p| p.is_local(store_id))
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prism_proto::kv::key_value_service_server::KeyValueServiceServer;
+use prism_proto::peer::migration_peer_server::MigrationPeerServer;
 use prism_proto::timeseries::time_series_service_server::TimeSeriesServiceServer;
 use tokio::net::TcpListener;
 
@@ -107,14 +108,18 @@ impl Gateway {
         let plugins = crate::plugins::open(&config)?;
         // Read after the embedded store is open: its file lock makes this
         // gateway the only one running on the directory.
-        let store_id = crate::store_id::load_or_create(&config.data_dir())?;
-        Ok(Self { store_id: store_id.into(), ..Self::with_plugins(config, plugins)? })
+        let store_id: Arc<str> = crate::store_id::load_or_create(&config.data_dir())?.into();
+        let gw = Self::with_plugins(config, plugins)?;
+        if let Some(peers) = gw.plugins.peers() {
+            peers.set_store_id(store_id.clone());
+        }
+        Ok(Self { store_id, ..gw })
     }
 
     /// Builds the gateway's parts over the given plugins (tests, other
     /// backends), reading the TLS files (a bad one stops the gateway here,
     /// naming the setting and the file).
-    pub fn with_plugins(config: GatewayConfig, plugins: Plugins) -> Result<Self> {
+    pub fn with_plugins(config: GatewayConfig, mut plugins: Plugins) -> Result<Self> {
         let tls_error = |e: prism_tls::TlsError, table: &str| {
             let e = e.within(table);
             GatewayError::Config { field: e.field().to_owned(), description: e.description().to_owned() }
@@ -142,12 +147,18 @@ impl Gateway {
             None => control_plane_tls.clone(),
         };
         let metrics = Arc::new(GatewayMetrics::new(config.metrics_max_namespaces));
-        let forwarder = Forwarder::new(&config.shard_id, peer_tls, config.request_timeout(), metrics.clone());
+        let forwarder = Arc::new(Forwarder::new(&config.shard_id, peer_tls, config.request_timeout(), metrics.clone()));
+        let metadata = Arc::new(Metadata::default());
+        // A migration's target held by another instance is reached through
+        // it, as this gateway (`crate::peer`).
+        let token = config.control_plane_token.as_deref();
+        let peers = crate::peer::Peers::new(forwarder.clone(), metadata.clone(), token, config.request_timeout());
+        plugins.set_peers(Arc::new(peers));
         let control_plane =
             ControlPlane::new(config.control_plane.clone(), config.control_plane_token.clone(), control_plane_tls);
         Ok(Self {
             store_id: Arc::from(""),
-            metadata: Arc::new(Metadata::default()),
+            metadata,
             plugins,
             cache: Arc::new(ReadCache::new(&config.cache)),
             tails: Arc::default(),
@@ -161,7 +172,7 @@ impl Gateway {
             readiness: Arc::default(),
             tls,
             control_plane: Arc::new(control_plane),
-            forwarder: Arc::new(forwarder),
+            forwarder,
             connections: Arc::new(ConnectionStats::new(config.limits.max_connections)),
             config: Arc::new(config),
         })
@@ -264,7 +275,8 @@ impl Gateway {
             // Migrations are experimental (issue 16): advertised only when
             // configured, so by default the control plane starts none.
             features: if config.experimental_migrations {
-                vec![crate::background::migrate::MIGRATE_KEY_VALUE.to_owned()]
+                use crate::background::migrate::{MIGRATE_KEY_VALUE, MIGRATE_TO_EMBEDDED};
+                vec![MIGRATE_KEY_VALUE.to_owned(), MIGRATE_TO_EMBEDDED.to_owned()]
             } else {
                 Vec::new()
             },
@@ -368,6 +380,17 @@ impl Gateway {
         let ts = TimeSeriesServiceServer::new(TsService::new(pipeline))
             .max_decoding_message_size(limits.max_message_bytes)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // Between gateways (a migration's target on this instance): not
+        // in reflection, not for clients.
+        let peer = MigrationPeerServer::new(crate::peer::PeerService::new(
+            gw.metadata.clone(),
+            gw.plugins.clone(),
+            gw.config.shard_id.clone(),
+            gw.store_id.clone(),
+            &gw.config.auth,
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
         // Reflection lists exactly what this server answers.
         let (reflection, reflection_v1alpha) =
             reflection([service_name(&health_service), service_name(&kv), service_name(&ts)])?;
@@ -380,6 +403,7 @@ impl Gateway {
         let services = Services {
             kv,
             ts,
+            peer,
             rest: tonic::service::Routes::new(health_service)
                 .add_service(reflection)
                 .add_service(reflection_v1alpha)
@@ -437,6 +461,7 @@ impl Gateway {
 struct Services {
     kv: KeyValueServiceServer<KvService>,
     ts: TimeSeriesServiceServer<TsService>,
+    peer: MigrationPeerServer<crate::peer::PeerService>,
     rest: tonic::service::Routes,
     /// Every request body is held to the message limits; the generated
     /// servers take any body, so KeyValue and TimeSeries bodies are not
@@ -484,6 +509,9 @@ impl tower::Service<HttpRequest> for Services {
             }
             TimeSeriesServiceServer::<TsService>::NAME => {
                 Either::Left(self.ts.call(req.map(|body| self.read.limit(body))).map_ok(refine))
+            }
+            MigrationPeerServer::<crate::peer::PeerService>::NAME => {
+                Either::Left(self.peer.call(req.map(|body| self.read.limit(body))).map_ok(refine))
             }
             _ => Either::Right(self.rest.call(req.map(|body| tonic::body::Body::new(self.read.limit(body))))),
         }

@@ -23,7 +23,8 @@ use arc_swap::ArcSwap;
 use prism_plugin_api::kv::KeyValueHandle;
 use prism_plugin_api::ts::TimeSeriesHandle;
 use prism_proto::control::{
-    Backend, Delta, MigrationStep, Namespace, NamespaceStatus, Shard, SnapshotChunk, Tenant, TenantState, change,
+    Backend, Delta, Migration, MigrationStep, Namespace, NamespaceStatus, Shard, SnapshotChunk, Tenant, TenantState,
+    change,
 };
 
 use crate::error::{GatewayError, Result};
@@ -248,6 +249,16 @@ impl NamespaceEntry {
     /// by the first call, kept for the calls after. A failure to open is
     /// not kept: each call tries again, and answers it.
     pub fn key_value(&self, plugins: &Plugins) -> Result<&dyn KeyValueHandle> {
+        Ok(self.open_key_value(plugins)?.as_ref())
+    }
+
+    /// [`Self::key_value`], shared (for a call that outlives the snapshot
+    /// it found the entry in).
+    pub fn key_value_arc(&self, plugins: &Plugins) -> Result<Arc<dyn KeyValueHandle>> {
+        Ok(self.open_key_value(plugins)?.clone())
+    }
+
+    fn open_key_value(&self, plugins: &Plugins) -> Result<&Arc<dyn KeyValueHandle>> {
         if self.opened.get().is_none() {
             let backend = self.backend();
             let plugin = plugins.get(backend).and_then(|p| p.key_value());
@@ -256,7 +267,7 @@ impl NamespaceEntry {
             let _ = self.opened.set(Opened::KeyValue(handle));
         }
         match self.opened.get() {
-            Some(Opened::KeyValue(handle)) => Ok(handle.as_ref()),
+            Some(Opened::KeyValue(handle)) => Ok(handle),
             _ => Err(GatewayError::Internal(format!("namespace {} is not open as KEY_VALUE", self.ns.name))),
         }
     }
@@ -267,37 +278,53 @@ impl NamespaceEntry {
     }
 
     /// Where writes go besides the source while the namespace migrates:
-    /// the target, opened as KeyValue on its plugin, from DUAL_WRITE
-    /// through CUTOVER (ARCHITECTURE.md, "The life of a migration");
-    /// `None` at any other step. A target on one instance's disk (an
-    /// embedded target) would have to be written through the forwarder,
-    /// which this gateway does not do yet: it fails the write rather than
-    /// write a store that is not the target's (its PREPARE refuses such a
-    /// target, so the step is never reached through it).
+    /// the target ([`Self::migration_target`]), from DUAL_WRITE through
+    /// CUTOVER (ARCHITECTURE.md, "The life of a migration"); `None` at any
+    /// other step.
     pub fn dual_write_target(&self, plugins: &Plugins) -> Result<Option<&dyn KeyValueHandle>> {
-        let Some(migration) = self.migration.as_deref() else { return Ok(None) };
         let dual = matches!(
             self.migration_step(),
             Some(MigrationStep::DualWrite | MigrationStep::Backfill | MigrationStep::Verify | MigrationStep::Cutover)
         );
-        if !dual {
-            return Ok(None);
+        match self.migration.as_deref() {
+            Some(migration) if dual => Ok(Some(self.open_target(plugins, migration)?.as_ref())),
+            _ => Ok(None),
         }
-        if !migration.target_owner_store_id.is_empty() {
-            return Err(GatewayError::Unavailable(format!(
-                "namespace {} is migrating to a store of one instance ({}), which this gateway cannot write yet",
-                self.ns.name, migration.target_owner_store_id
-            )));
+    }
+
+    /// The migration's target as KeyValue, whatever the step (`None`
+    /// without a migration): opened on its plugin, or, held by another
+    /// instance (an embedded target on another instance's disk), reached
+    /// through it ([`crate::peer::RemoteTarget`]). Opened once, by the
+    /// first call that needs it.
+    pub fn migration_target(&self, plugins: &Plugins) -> Result<Option<Arc<dyn KeyValueHandle>>> {
+        match self.migration.as_deref() {
+            Some(migration) => Ok(Some(self.open_target(plugins, migration)?.clone())),
+            None => Ok(None),
         }
+    }
+
+    fn open_target(&self, plugins: &Plugins, migration: &Migration) -> Result<&Arc<dyn KeyValueHandle>> {
         if self.target.get().is_none() {
-            let target = crate::migration::target_namespace(&self.ns, migration);
-            let backend = Backend::try_from(target.spec.backend).unwrap_or(Backend::Unspecified);
-            let plugin = plugins.get(backend).and_then(|p| p.key_value());
-            let handle = plugin.ok_or_else(|| not_served(backend, "KEY_VALUE"))?.open(&target)?;
+            let owner = migration.target_owner_store_id.as_str();
+            let handle: Arc<dyn KeyValueHandle> = if owner.is_empty() || plugins.is_local_store(owner) {
+                let target = crate::migration::target_namespace(&self.ns, migration);
+                let backend = Backend::try_from(target.spec.backend).unwrap_or(Backend::Unspecified);
+                let plugin = plugins.get(backend).and_then(|p| p.key_value());
+                plugin.ok_or_else(|| not_served(backend, "KEY_VALUE"))?.open(&target)?
+            } else {
+                let peers = plugins.peers().ok_or_else(|| {
+                    GatewayError::Unavailable(format!(
+                        "namespace {} is migrating to a store of one instance ({owner}), which this gateway cannot reach",
+                        self.ns.name
+                    ))
+                })?;
+                peers.target(&self.ns.name, migration)
+            };
             let _ = self.target.set(Opened::KeyValue(handle));
         }
         match self.target.get() {
-            Some(Opened::KeyValue(handle)) => Ok(Some(handle.as_ref())),
+            Some(Opened::KeyValue(handle)) => Ok(handle),
             _ => Err(GatewayError::Internal(format!("the target of {} is not open as KEY_VALUE", self.ns.name))),
         }
     }

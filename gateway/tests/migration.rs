@@ -413,14 +413,24 @@ mod end_to_end {
         start_to(source, target, "").await
     }
 
-    /// As [`start`], to the shard `pin` (empty: the source's).
-    async fn start_to(source: Source, target: PostgresConfig, pin: &str) -> anyhow::Result<Running> {
-        start_on(source, target, pin, false).await
+    /// As [`start`], to the embedded store of shard `pin`'s instance.
+    async fn start_to_embedded(source: Source, pin: &str) -> anyhow::Result<Running> {
+        start_on(source, None, pin, false).await
     }
 
-    /// As [`start_to`]; with `replica`, shard-0 has a second instance, and
-    /// the second client writes through it.
-    async fn start_on(source: Source, target: PostgresConfig, pin: &str, replica: bool) -> anyhow::Result<Running> {
+    /// As [`start`], to the shard `pin` (empty: the source's).
+    async fn start_to(source: Source, target: PostgresConfig, pin: &str) -> anyhow::Result<Running> {
+        start_on(source, Some(target), pin, false).await
+    }
+
+    /// As [`start_to`] (`target` `None`: embedded); with `replica`, shard-0
+    /// has a second instance, and the second client writes through it.
+    async fn start_on(
+        source: Source,
+        target: Option<PostgresConfig>,
+        pin: &str,
+        replica: bool,
+    ) -> anyhow::Result<Running> {
         let gateway_config = |c: &mut prism_gateway::GatewayConfig| {
             c.experimental_migrations = true;
             // DUAL_WRITE and CUTOVER wait this long for requests
@@ -493,8 +503,8 @@ mod end_to_end {
         let migrate = MigrateNamespaceRequest {
             name: NS.into(),
             target: Some(MigrationTarget {
-                backend: Backend::Postgres as i32,
-                backend_config: Some(BackendConfig { config: Some(Config::Postgres(target)) }),
+                backend: if target.is_some() { Backend::Postgres } else { Backend::Embedded } as i32,
+                backend_config: target.map(|t| BackendConfig { config: Some(Config::Postgres(t)) }),
                 pinned_shard: pin.into(),
             }),
             expected_revision: 0,
@@ -547,6 +557,62 @@ mod end_to_end {
         to_the_end(running).await
     }
 
+    /// Embedded on shard-0 to embedded on shard-1 (the issue's "embedded
+    /// on shard A → embedded on shard B", and a shard being retired): the
+    /// target is on shard-1's instance's disk, so shard-0 dual-writes,
+    /// copies and compares through that instance (`prism.peer.v1`), reads
+    /// it at CUTOVER, and from the cleanup commit forwards the clients to
+    /// it. No PostgreSQL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_to_embedded_on_another_shard_under_load_loses_no_write() -> anyhow::Result<()> {
+        let running = start_to_embedded(Source::Embedded, "shard-1").await?;
+        to_the_end(running).await
+    }
+
+    /// The internal service a migration's target answers through refuses
+    /// whoever is not a gateway (role `shard`), and a target the instance
+    /// does not hold, each with the code that says so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_peer_service_answers_only_gateways_and_only_for_targets_it_holds() -> anyhow::Result<()> {
+        use prism_proto::peer::migration_peer_client::MigrationPeerClient;
+        use prism_proto::peer::{GetRequest, PageLimits as Limits, Selector as Sel, TargetRef, selector};
+        let cluster = Cluster::start_configured(|_| {}, |c| c.experimental_migrations = true).await?;
+        let spec = NamespaceSpec {
+            abstraction: Abstraction::KeyValue as i32,
+            backend: Backend::Embedded as i32,
+            placement: Some(Box::new(Placement { pinned_shard: "shard-0".into(), ..Default::default() })),
+            ..Default::default()
+        };
+        let gw = cluster.active_namespace(NS, spec).await?;
+        let mut peer = MigrationPeerClient::new(gw.channel().await?);
+        let get = |token: &str, migration_id: u64| {
+            let mut request = tonic::Request::new(GetRequest {
+                target: Some(TargetRef { namespace: NS.into(), migration_id }),
+                id: "r".into(),
+                selector: Some(Sel { selector: Some(selector::Selector::All(true)) }),
+                after: None,
+                limits: Some(Limits { max_bytes: 1 << 20, max_items: None }),
+                now: now_micros(),
+            });
+            let header = format!("Bearer {token}").parse().expect("ascii");
+            request.metadata_mut().insert("authorization", header);
+            request
+        };
+        let owner = prism_testkit::token("alice", Some("acme"), &[]);
+        let refused = peer.get(get(&owner, 1)).await.expect_err("a user is not a gateway");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("role shard"), "{refused:?}");
+        let shard = prism_testkit::token("shard-9", None, &["shard"]);
+        let refused = peer.get(get(&shard, 1)).await.expect_err("no such migration");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("does not hold the target of migration 1"), "{refused:?}");
+        let mut unnamed = get(&shard, 1);
+        unnamed.get_mut().target = None;
+        let refused = peer.get(unnamed).await.expect_err("no target named");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        Ok(())
+    }
+
     /// PostgreSQL to another database of the same server (the issue's
     /// "postgres → postgres (another database)"): the same backend, which
     /// PREPARE refused while provisioning a target could remove its
@@ -577,7 +643,7 @@ mod end_to_end {
             return Ok(());
         };
         let source = Source::Postgres(server.dsn(), "e2e_replicated".into());
-        let running = start_on(source, at(server.dsn(), "e2e_replicated_to"), "", true).await?;
+        let running = start_on(source, Some(at(server.dsn(), "e2e_replicated_to")), "", true).await?;
         to_the_end(running).await
     }
 
@@ -669,13 +735,18 @@ mod end_to_end {
 
         // The target is the namespace now, and holds every acknowledged
         // write.
-        assert_eq!(done.spec.as_ref().map(|s| s.backend), Some(Backend::Postgres as i32));
+        let backend = migration.target.as_ref().map_or(0, |t| t.backend);
+        assert_eq!(done.spec.as_ref().map(|s| s.backend), Some(backend));
         assert_eq!(done.shard_id, migration.target_shard_id);
         assert_eq!((done.data_revision, done.create_revision), (migration.id, ns.create_revision));
         let gw = running.cluster.gateway("shard-0").context("shard-0")?;
         let served = served(&mut gw.kv(Some(&admin_token())).await?).await?;
         let acknowledged = load.acknowledged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
         assert_eq!(served, acknowledged, "the target holds every acknowledged write");
+        if backend == Backend::Embedded as i32 {
+            // On the target instance's disk: what it serves is all there is.
+            return Ok(());
+        }
         let (plugin, target) = target_of(&ns)?;
         let handle = plugin.key_value().context("KeyValue")?.open(&target)?;
         assert_eq!(in_target(handle.as_ref()).await?, served, "what is served is the target's");

@@ -30,6 +30,13 @@ pub mod timeseries {
     include!(concat!(env!("OUT_DIR"), "/prism.timeseries.v1.rs"));
 }
 
+/// `prism.peer.v1`: what gateways call on each other (a migration's
+/// target on one instance); not for clients, and not in reflection.
+pub mod peer {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/prism.peer.v1.rs"));
+}
+
 /// The encoded `FileDescriptorSet` of every Prism service, for gRPC
 /// server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/prism_descriptor.bin"));

@@ -33,16 +33,15 @@
 //! One task does it all, one step at a time: a long backfill holds back
 //! the other migrations' steps on this instance until it ends.
 //!
-//! Supported targets, for now: a backend shared by the shard's instances
-//! (postgres), whatever the source's backend (embedded → postgres,
-//! postgres → postgres in another database or schema, or the same one).
-//! The target may be in the source's very store: it is a newer
-//! incarnation of the name, provisioned with the source's named live
-//! (`Plugin::provision_beside`), so the plugin removes nothing of the
-//! source. An embedded target on one instance's disk would need dual
-//! writes through the forwarder: PREPARE refuses it with a reason, so
-//! such a migration stays at PREPARE, serving from its source, until it
-//! is aborted.
+//! Targets: a backend shared by the shard's instances (postgres), or one
+//! instance's disk (embedded, `Migration.target_owner_store_id`: that
+//! instance provisions and removes it, and the source's holders reach it
+//! through it, `crate::peer`), whatever the source's backend (embedded →
+//! postgres or → embedded on another shard, postgres → postgres in
+//! another database or schema, or the same one). The target may be in
+//! the source's very store: it is a newer incarnation of the name,
+//! provisioned with the source's named live (`Plugin::provision_beside`),
+//! so the plugin removes nothing of the source.
 //!
 //! Nothing is kept but in memory of this task, keyed by the migration's
 //! id and step: a restarted gateway does its part again (provisioning,
@@ -68,6 +67,11 @@ use crate::snapshot::{Metadata, NamespaceEntry};
 /// migrations (`prism_control_plane::migration::MIGRATE_KEY_VALUE`: the
 /// gateway does not depend on the control plane's crate).
 pub const MIGRATE_KEY_VALUE: &str = "migrate-key-value";
+
+/// The feature a gateway registers when it also holds migration targets
+/// on its own disk (embedded), reached by the source's holders through
+/// it (`crate::peer`; `prism_control_plane::migration::MIGRATE_TO_EMBEDDED`).
+pub const MIGRATE_TO_EMBEDDED: &str = "migrate-key-value-to-embedded";
 
 /// How often the task looks for migration work.
 const TICK: Duration = Duration::from_millis(200);
@@ -230,19 +234,6 @@ fn target_reason(e: &prism_plugin_api::PluginError) -> String {
     }
 }
 
-/// Whether the target is one this gateway migrates to (module docs); the
-/// reason when not.
-fn unsupported(migration: &Migration) -> Option<String> {
-    if !migration.target_owner_store_id.is_empty() {
-        return Some(
-            "target.backend: a target on one instance's disk (embedded) is not supported yet (dual writes would go \
-             through the forwarder)"
-                .to_owned(),
-        );
-    }
-    None
-}
-
 impl Migrating {
     /// Does this instance's part of `migration`'s current step, if it has
     /// one, and where that part is.
@@ -284,10 +275,6 @@ impl Migrating {
         };
         match step {
             MigrationStep::Prepare if on_target => {
-                if let Some(reason) = unsupported(migration) {
-                    self.report(report(false, reason, None)).await?;
-                    return Ok(Part::Done);
-                }
                 let target = target_namespace(&entry.ns, migration);
                 // The source is live, maybe in the very store the target
                 // goes to: its incarnation must stay.
@@ -415,8 +402,7 @@ impl Migrating {
                     return Ok(Part::Waiting);
                 }
                 let target = target_namespace(&entry.ns, migration);
-                if unsupported(migration).is_none()
-                    && let Some(plugin) = self.plugins.get(backend(&target.spec.backend))
+                if let Some(plugin) = self.plugins.get(backend(&target.spec.backend))
                     && let Err(e) = plugin.deprovision(&target).await
                 {
                     // Said in the migration, so `status` shows why it
