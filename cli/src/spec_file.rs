@@ -283,10 +283,9 @@ impl SpecFile {
                 })
             }),
             quotas: self.quotas.as_ref().map(QuotasFile::to_proto),
-            placement: self
-                .placement
-                .as_ref()
-                .map(|p| Box::new(Placement { pinned_shard: p.pinned_shard.clone().unwrap_or_default() })),
+            placement: self.placement.as_ref().map(|p| {
+                Box::new(Placement { pinned_shard: p.pinned_shard.clone().unwrap_or_default(), ..Default::default() })
+            }),
         })
     }
 }

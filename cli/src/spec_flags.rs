@@ -133,7 +133,7 @@ impl SpecArgs {
             spec.access.get_or_insert_default().consumers.clone_from(&self.consumers);
         }
         if let Some(pin) = &self.pinned_shard {
-            spec.placement = Some(Box::new(Placement { pinned_shard: pin.clone() }));
+            spec.placement = Some(Box::new(Placement { pinned_shard: pin.clone(), ..Default::default() }));
         }
         if let Some(q) = self.quotas.to_quotas(spec.quotas.as_ref()) {
             spec.quotas = Some(q);

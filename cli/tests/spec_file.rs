@@ -84,7 +84,7 @@ fn expected() -> NamespaceSpec {
             requests_per_second: Some(1000),
             ..QuotaSet::default()
         }),
-        placement: Some(Box::new(Placement { pinned_shard: "shard-1".into() })),
+        placement: Some(Box::new(Placement { pinned_shard: "shard-1".into(), ..Default::default() })),
     }
 }
 

@@ -191,6 +191,9 @@ pub fn namespace_spec(spec: &NamespaceSpec, known_shards: &[String]) -> Result<(
     if let Some(q) = &spec.quotas {
         quotas("spec.quotas", q)?;
     }
+    if spec.placement.as_deref().is_some_and(|p| p.dedicated && p.pinned_shard.is_empty()) {
+        return Err(invalid("spec.placement.dedicated", "requires spec.placement.pinned_shard: the shard to dedicate"));
+    }
     if let Some(p) = spec.placement.as_deref().filter(|p| !p.pinned_shard.is_empty()) {
         let field = "spec.placement.pinned_shard";
         names::validate_part(&p.pinned_shard).map_err(|e| invalid(field, format!("shard id {e}")))?;

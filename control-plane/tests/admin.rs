@@ -469,13 +469,14 @@ async fn pinned_namespaces_go_to_their_shard() -> anyhow::Result<()> {
     // Pin to the shard the hash would not choose.
     let hashed = assign::rendezvous("acme/pinned", SHARDS).expect("shards");
     let pin = other_shard(hashed);
-    spec.placement = Some(Box::new(prism_proto::control::Placement { pinned_shard: pin.into() }));
+    spec.placement = Some(Box::new(prism_proto::control::Placement { pinned_shard: pin.into(), ..Default::default() }));
     let ns = c
         .create_namespace(CreateNamespaceRequest { name: "acme/pinned".into(), spec: Some(spec.clone()) })
         .await?
         .into_inner();
     assert_eq!(ns.shard_id, pin);
-    spec.placement = Some(Box::new(prism_proto::control::Placement { pinned_shard: "shard-7".into() }));
+    spec.placement =
+        Some(Box::new(prism_proto::control::Placement { pinned_shard: "shard-7".into(), ..Default::default() }));
     let req = CreateNamespaceRequest { name: "acme/nowhere".into(), spec: Some(spec) };
     refused(c.create_namespace(req).await, Code::InvalidArgument, Some("spec.placement.pinned_shard"));
     Ok(())

@@ -38,7 +38,7 @@ async fn register(c: &mut ControlPlaneClient, shard: &str, store: &str, migrates
 }
 
 fn pinned(spec: NamespaceSpec, shard: &str) -> NamespaceSpec {
-    NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: shard.into() })), ..spec }
+    NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: shard.into(), ..Default::default() })), ..spec }
 }
 
 fn postgres(dsn: &str) -> BackendConfig {

@@ -158,7 +158,10 @@ async fn a_joining_shard_takes_its_rendezvous_share_and_embedded_data_stays() ->
     let pinned = create(
         &mut c,
         "acme/pinned",
-        NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: "shard-a".into() })), ..shared_spec() },
+        NamespaceSpec {
+            placement: Some(Box::new(Placement { pinned_shard: "shard-a".into(), ..Default::default() })),
+            ..shared_spec()
+        },
     )
     .await?;
     assert_eq!(pinned.shard_id, "shard-a");
@@ -184,8 +187,10 @@ async fn a_joining_shard_takes_its_rendezvous_share_and_embedded_data_stays() ->
     };
     let ids: Vec<&str> = first.shards.iter().map(|s| s.shard_id.as_str()).collect();
     assert_eq!(ids, ["shard-a", "shard-b", "shard-c"]);
-    let bad =
-        NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: "shard-z".into() })), ..shared_spec() };
+    let bad = NamespaceSpec {
+        placement: Some(Box::new(Placement { pinned_shard: "shard-z".into(), ..Default::default() })),
+        ..shared_spec()
+    };
     let e = c.create_namespace(CreateNamespaceRequest { name: "acme/p2".into(), spec: Some(bad) }).await;
     refused(e, Code::InvalidArgument, Some("spec.placement.pinned_shard"));
     Ok(())
@@ -381,8 +386,10 @@ async fn an_embedded_namespace_has_one_owner_store_and_is_degraded_while_it_is_a
     // A namespace placed where no instance has a store id is unowned
     // until one registers; with no data yet, its owner may change.
     register(&mut c, "shard-b", "10.0.1.1:7401").await?;
-    let pinned =
-        NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: "shard-b".into() })), ..embedded_spec() };
+    let pinned = NamespaceSpec {
+        placement: Some(Box::new(Placement { pinned_shard: "shard-b".into(), ..Default::default() })),
+        ..embedded_spec()
+    };
     assert_eq!(create(&mut c, "acme/late", pinned).await?.owner_store_id, "");
     let b9 = register_store(&mut c, "shard-b", "10.0.1.9:7401", "store-9").await?;
     assert_eq!(get(&mut c, "acme/late").await?.owner_store_id, "store-9");
@@ -462,8 +469,10 @@ async fn a_restart_keeps_the_leases_that_ran_out_while_it_was_down() -> anyhow::
     create_tenant(&mut c, "acme").await?;
     let alive = register_store(&mut c, "shard-a", "10.0.0.1:7401", "store-1").await?;
     register_store(&mut c, "shard-b", "10.0.0.2:7401", "store-2").await?;
-    let pinned =
-        NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: "shard-a".into() })), ..embedded_spec() };
+    let pinned = NamespaceSpec {
+        placement: Some(Box::new(Placement { pinned_shard: "shard-a".into(), ..Default::default() })),
+        ..embedded_spec()
+    };
     let ns = create(&mut c, "acme/local", pinned).await?;
     report_active(&mut c, &ns).await?;
     let ends: Vec<std::time::SystemTime> = c

@@ -170,7 +170,7 @@ fn kv_spec(backend: Backend, config: Option<Config>, pin: &str) -> NamespaceSpec
         abstraction: Abstraction::KeyValue as i32,
         backend: backend as i32,
         backend_config: config.map(|config| Box::new(BackendConfig { config: Some(config) })),
-        placement: (!pin.is_empty()).then(|| Box::new(Placement { pinned_shard: pin.into() })),
+        placement: (!pin.is_empty()).then(|| Box::new(Placement { pinned_shard: pin.into(), ..Default::default() })),
         ..Default::default()
     }
 }

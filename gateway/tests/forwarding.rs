@@ -24,7 +24,7 @@ fn spec(abstraction: Abstraction, shard: &str) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: abstraction as i32,
         backend: Backend::Embedded as i32,
-        placement: Some(Box::new(Placement { pinned_shard: shard.into() })),
+        placement: Some(Box::new(Placement { pinned_shard: shard.into(), ..Default::default() })),
         policies: Some(Box::new(Policies { accept_loss, ..Default::default() })),
         ..Default::default()
     }

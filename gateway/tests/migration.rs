@@ -473,7 +473,7 @@ mod end_to_end {
             abstraction: Abstraction::KeyValue as i32,
             backend: backend as i32,
             backend_config,
-            placement: Some(Box::new(Placement { pinned_shard: "shard-0".into() })),
+            placement: Some(Box::new(Placement { pinned_shard: "shard-0".into(), ..Default::default() })),
             ..Default::default()
         };
         let gw = cluster.active_namespace(NS, spec).await?;

@@ -28,7 +28,7 @@ fn spec() -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Embedded as i32,
-        placement: Some(Box::new(Placement { pinned_shard: SHARD.into() })),
+        placement: Some(Box::new(Placement { pinned_shard: SHARD.into(), ..Default::default() })),
         ..Default::default()
     }
 }

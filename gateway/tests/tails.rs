@@ -29,7 +29,7 @@ fn spec(backend: Backend, config: Option<Config>) -> NamespaceSpec {
         abstraction: Abstraction::TimeSeries as i32,
         backend: backend as i32,
         backend_config: config.map(|config| Box::new(BackendConfig { config: Some(config) })),
-        placement: Some(Box::new(Placement { pinned_shard: SHARD.into() })),
+        placement: Some(Box::new(Placement { pinned_shard: SHARD.into(), ..Default::default() })),
         ..Default::default()
     }
 }

@@ -20,7 +20,7 @@ fn on(shard: &str) -> NamespaceSpec {
     NamespaceSpec {
         abstraction: Abstraction::KeyValue as i32,
         backend: Backend::Embedded as i32,
-        placement: Some(Box::new(Placement { pinned_shard: shard.into() })),
+        placement: Some(Box::new(Placement { pinned_shard: shard.into(), ..Default::default() })),
         ..Default::default()
     }
 }

@@ -94,7 +94,7 @@ fn a_complete_valid_spec_passes() {
     }));
     spec.quotas =
         Some(QuotaSet { requests_per_second: Some(UNLIMITED), storage_bytes: Some(0), ..QuotaSet::default() });
-    spec.placement = Some(Box::new(Placement { pinned_shard: "shard-1".into() }));
+    spec.placement = Some(Box::new(Placement { pinned_shard: "shard-1".into(), ..Default::default() }));
     let shards = ["shard-0".to_owned(), "shard-1".to_owned()];
     namespace_spec(&spec, &shards).expect("valid spec");
     // Embedded may be given its (empty) settings explicitly too.
@@ -472,7 +472,7 @@ fn owners_and_consumers_are_unique_valid_principals() {
 fn pinned_shards() {
     let pinned = |shard: &str| {
         let mut s = kv_embedded();
-        s.placement = Some(Box::new(Placement { pinned_shard: shard.into() }));
+        s.placement = Some(Box::new(Placement { pinned_shard: shard.into(), ..Default::default() }));
         s
     };
     let known = ["shard-0".to_owned(), "shard-1".to_owned()];
@@ -486,6 +486,20 @@ fn pinned_shards() {
         assert_eq!(field_of(namespace_spec(&pinned(bad), &[])), "spec.placement.pinned_shard", "{bad:?}");
         assert_eq!(field_of(namespace_spec(&pinned(bad), &known)), "spec.placement.pinned_shard", "{bad:?}");
     }
+}
+
+#[test]
+fn a_dedicated_placement_needs_a_pin() {
+    let placed = |shard: &str, dedicated: bool| {
+        let mut s = kv_embedded();
+        s.placement = Some(Box::new(Placement { pinned_shard: shard.into(), dedicated }));
+        s
+    };
+    let known = ["shard-0".to_owned(), "shard-1".to_owned()];
+    namespace_spec(&placed("shard-1", true), &known).expect("dedicated to a known shard");
+    assert_eq!(field_of(namespace_spec(&placed("", true), &known)), "spec.placement.dedicated");
+    // The pin is checked as any pin.
+    assert_eq!(field_of(namespace_spec(&placed("shard-9", true), &known)), "spec.placement.pinned_shard");
 }
 
 #[test]
