@@ -8,6 +8,7 @@
 //! - [`schemas`]: TimeSeries event schemas, versioned per namespace.
 //! - [`migration`]: live migration's recorded steps.
 //! - [`registry`]: shard instances, leases, and the assignment they drive.
+//! - [`dedicated`]: pins, and the shards a namespace holds exclusively.
 //! - [`store`]: where metadata lives ([`store::file`], the default, or
 //!   [`store::postgres`], shared by several replicas).
 //! - [`watch`]: snapshot + ordered deltas.
@@ -20,6 +21,7 @@ pub mod assign;
 pub mod authz;
 pub mod config;
 pub mod console;
+pub mod dedicated;
 pub mod error;
 pub mod metrics;
 pub mod migration;

@@ -168,7 +168,17 @@ impl ControlPlane {
         }
         let registered = self.store().list_shards().await?;
         let spec = validate::migration_target(&source, target, &self.known_shards_of(&registered))?;
-        let (shard, owner) = self.place_new(&name, &spec, &registered);
+        let pins = self.pins().await?;
+        let dedicated = pins.dedicated();
+        if let Some(pin) = crate::dedicated::Pin::of_spec(&spec) {
+            // The target's placement becomes the namespace's: it may not
+            // take another's dedicated shard, nor dedicate a used one.
+            let shared = self.shared_shards_of(&registered, &dedicated);
+            let was = crate::dedicated::Pin::of_spec(&source).filter(|p| p.dedicated).map(|p| p.shard);
+            let fields = ["target.pinned_shard"; 2];
+            self.check_pin(&name, &pin, fields, &pins, &shared, was.as_deref()).await?;
+        }
+        let (shard, owner) = self.place_new(&name, &spec, &registered, &dedicated);
         if shard.is_empty() {
             return Err(ControlPlaneError::FailedPrecondition(
                 "no shard is available to hold the migration's target".into(),

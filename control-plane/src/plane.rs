@@ -24,10 +24,14 @@ use prism_proto::control::{
 use prism_proto::quotas;
 
 use crate::config::ControlPlaneConfig;
+use crate::dedicated::{Pin, Pins, touch};
 use crate::error::{ControlPlaneError, Result};
 use crate::page_token::{self, Listing};
 use crate::store::{AuditFilter, Committed, Condition, Put, Store, Txn, is_live};
 use crate::validate;
+
+/// The fields a namespace spec's pin and dedication are refused by.
+const SPEC_PIN_FIELDS: [&str; 2] = ["spec.placement.pinned_shard", "spec.placement.dedicated"];
 
 /// Re-plans of one mutation that lost a race before it gives up.
 pub const MAX_ATTEMPTS: usize = 16;
@@ -63,6 +67,8 @@ pub struct ControlPlane {
     /// What the shard map left to settle (`crate::registry`, "Bounded
     /// rebalances").
     settle: Arc<crate::registry::SettleState>,
+    /// The pinned namespaces, kept up to date (`crate::dedicated`).
+    pins: Arc<crate::dedicated::PinIndex>,
 }
 
 fn not_found_tenant(id: &str) -> ControlPlaneError {
@@ -156,7 +162,12 @@ impl ControlPlane {
             metrics,
             started: SystemTime::now(),
             settle: Arc::default(),
+            pins: Arc::default(),
         }
+    }
+
+    pub(crate) fn pin_index(&self) -> &crate::dedicated::PinIndex {
+        &self.pins
     }
 
     pub(crate) fn settle_state(&self) -> &crate::registry::SettleState {
@@ -440,6 +451,13 @@ impl ControlPlane {
                 // placement and the owner store.
                 let registered = self.store.list_shards().await?;
                 validate::namespace_spec(spec, &self.known_shards_of(&registered))?;
+                let pins = self.pins().await?;
+                let dedicated = pins.dedicated();
+                let pin = Pin::of_spec(spec);
+                if let Some(pin) = &pin {
+                    let shared = self.shared_shards_of(&registered, &dedicated);
+                    self.check_pin(name, pin, SPEC_PIN_FIELDS, &pins, &shared, None).await?;
+                }
                 let tenant = self.live_tenant(tenant_id).await?;
                 if tenant.state != TenantState::Active as i32 {
                     return Err(ControlPlaneError::FailedPrecondition(format!("tenant {tenant_id} is suspended")));
@@ -470,7 +488,7 @@ impl ControlPlane {
                 }
                 let mut stored = resolved(spec.clone());
                 validate::within_quotas(name, &mut stored, tenant.quotas.as_ref())?;
-                let (shard_id, owner_store_id) = self.place_new(name, spec, &registered);
+                let (shard_id, owner_store_id) = self.place_new(name, spec, &registered, &dedicated);
                 let status_reason = if shard_id.is_empty() {
                     "no shard is available to own the namespace".to_owned()
                 } else {
@@ -488,17 +506,30 @@ impl ControlPlane {
                     owner_store_id,
                     ..Namespace::default()
                 };
+                let mut txn = Txn { conditions, puts: vec![Put::Namespace(ns)], ..Txn::default() };
+                if !shard_id.is_empty() {
+                    // A pin rewrites its shard; a hashed namespace only
+                    // conditions on its shard (`crate::dedicated`).
+                    touch(&mut txn, &registered, &shard_id, pin.is_some());
+                }
+                let dedicated = if pin.is_some_and(|p| p.dedicated) { ", dedicated" } else { "" };
                 Ok(Plan {
-                    txn: Txn { conditions, puts: vec![Put::Namespace(ns)], ..Txn::default() },
+                    txn,
                     detail: with_cross_tenant(
-                        format!("created on shard {shard_id:?}"),
+                        format!("created on shard {shard_id:?}{dedicated}"),
                         tenant_id,
                         spec_principals(spec),
                     ),
                 })
             })
             .await?;
-        written_namespace(&delta, name)
+        let ns = written_namespace(&delta, name)?;
+        if Pins::of(&ns).is_some_and(|p| p.dedicated) {
+            // Hashed namespaces on the shard move off it: the settler
+            // follows the new dedicated set (`crate::registry`).
+            self.settle_state().wake.notify_one();
+        }
+        Ok(ns)
     }
 
     pub async fn get_namespace(&self, name: &str) -> Result<Namespace> {
@@ -553,10 +584,28 @@ impl ControlPlane {
             .mutate(principal, target, || async {
                 validate::namespace_name("name", name)?;
                 let spec = req.spec.as_ref().ok_or_else(|| ControlPlaneError::invalid("spec", "is required"))?;
-                validate::namespace_spec(spec, &self.known_shards().await?)?;
+                let registered = self.store.list_shards().await?;
+                validate::namespace_spec(spec, &self.known_shards_of(&registered))?;
                 let mut ns = self.live_namespace(name).await?;
                 check_expected("namespace", name, req.expected_revision, ns.revision)?;
                 let old = ns.spec.clone().unwrap_or_default();
+                let (old_place, new_place) = (Pin::of_spec(&old), Pin::of_spec(spec));
+                let dedicated_of = |p: &Option<Pin>| p.as_ref().is_some_and(|p| p.dedicated);
+                let shard_of = |p: &Option<Pin>| p.as_ref().map(|p| p.shard.clone()).unwrap_or_default();
+                if dedicated_of(&old_place) != dedicated_of(&new_place) && shard_of(&old_place) != shard_of(&new_place)
+                {
+                    // A new pin is a migration, which carries the pin only.
+                    return Err(ControlPlaneError::invalid(
+                        "spec.placement.dedicated",
+                        "a new pin moves the namespace: change the dedication alone, before or after the move",
+                    ));
+                }
+                let pins = self.pins().await?;
+                if let Some(pin) = &new_place {
+                    let shared = self.shared_shards_of(&registered, &pins.dedicated());
+                    let was = old_place.as_ref().filter(|p| p.dedicated).map(|p| p.shard.as_str());
+                    self.check_pin(name, pin, SPEC_PIN_FIELDS, &pins, &shared, was).await?;
+                }
                 if old.abstraction != spec.abstraction {
                     return Err(ControlPlaneError::invalid("spec.abstraction", "cannot change after creation"));
                 }
@@ -636,13 +685,30 @@ impl ControlPlane {
                 }
                 ns.spec = Some(stored);
                 ns.update_time = Some(SystemTime::now().into());
-                Ok(Plan {
-                    txn: Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() },
-                    detail,
-                })
+                let mut txn = Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() };
+                if old_place != new_place {
+                    // Pins and dedications of one shard conflict with each
+                    // other (`crate::dedicated`); so does a settling
+                    // commit planned before the dedication changed.
+                    let mut shards: Vec<&str> = new_place.iter().map(|p| p.shard.as_str()).collect();
+                    shards.extend(old_place.iter().filter(|p| p.dedicated).map(|p| p.shard.as_str()));
+                    shards.dedup();
+                    for shard in shards {
+                        touch(&mut txn, &registered, shard, true);
+                    }
+                    if dedicated_of(&old_place) != dedicated_of(&new_place) {
+                        let now = if dedicated_of(&new_place) { "dedicated" } else { "shared" };
+                        detail = format!("{detail}; shard {} is {now}", shard_of(&new_place));
+                    }
+                }
+                Ok(Plan { txn, detail })
             })
             .await?;
-        written_namespace(&delta, name)
+        let ns = written_namespace(&delta, name)?;
+        // A dedication added or removed: the settler moves hashed
+        // namespaces off the shard, or lets them back.
+        self.settle_state().wake.notify_one();
+        Ok(ns)
     }
 
     pub async fn delete_namespace(&self, principal: &str, name: &str, expected_revision: u64) -> Result<Namespace> {

@@ -39,8 +39,16 @@
 //! # Assignment
 //!
 //! A new namespace goes to its pin, else to the rendezvous winner among
-//! live shards ([`crate::assign`]); with none live it waits unassigned in
-//! PROVISIONING. When a shard joins N others about 1/(N+1) of the
+//! the *shared* live shards: those no namespace holds as dedicated
+//! (`Placement.dedicated`, [`crate::dedicated`]). With none — no shard
+//! live, or every live one dedicated — it waits unassigned in
+//! PROVISIONING: to hashed namespaces a dedicated shard is as if it were
+//! not live. The dedicated set is part of the shard map the settler
+//! compares, so when a shard becomes dedicated the settler moves the
+//! hashed namespaces on it to their new winners (its embedded ones, whose
+//! data is on its disk, must be moved or deleted before it may), and when
+//! the dedication ends about 1/N of them move back, as when a shard
+//! joins. When a shard joins N others about 1/(N+1) of the
 //! namespaces move (measured in `docs/benchmarks.md`); when one leaves,
 //! only its own. Pins always win. A moved namespace keeps its status
 //! (ACTIVE stays ACTIVE: a shared backend already has its resources); one
@@ -154,6 +162,12 @@ fn live_shards(static_shards: &[String], registered: &[Shard]) -> BTreeSet<Strin
         .collect()
 }
 
+/// The shards hashed namespaces are assigned over: the live ones but
+/// those a namespace holds as dedicated ([`crate::dedicated`]).
+fn shared_shards(live: BTreeSet<String>, dedicated: &BTreeSet<String>) -> BTreeSet<String> {
+    live.into_iter().filter(|s| !dedicated.contains(s)).collect()
+}
+
 /// The store ids registered for each shard.
 type Stores = std::collections::BTreeMap<String, Vec<String>>;
 
@@ -232,7 +246,9 @@ pub fn settle_owner<'a>(ns: &mut Namespace, stores: &Stores, last_endpoint: impl
     }
 }
 
-/// Where `ns` belongs among `live` shards, or `None` to leave it be.
+/// Where `ns` belongs, or `None` to leave it be: its pin, else the
+/// rendezvous winner among `shared` (the live shards no namespace holds as
+/// dedicated).
 ///
 /// A namespace being migrated is left where it is: its migration was
 /// planned against this placement (the source's holders dual-write and
@@ -241,7 +257,7 @@ pub fn settle_owner<'a>(ns: &mut Namespace, stores: &Stores, last_endpoint: impl
 /// migration's steps. Its placement changes at the cleanup commit (the
 /// target's, placed when the migration started), or not at all if it is
 /// aborted; the settler places it again once the migration ends.
-pub fn placement(ns: &Namespace, live: &BTreeSet<String>) -> Option<String> {
+pub fn placement(ns: &Namespace, shared: &BTreeSet<String>) -> Option<String> {
     if ns.migration.is_some() {
         return None;
     }
@@ -257,7 +273,7 @@ pub fn placement(ns: &Namespace, live: &BTreeSet<String>) -> Option<String> {
     {
         return None;
     }
-    assign::rendezvous(&ns.name, live.iter().map(String::as_str)).map(str::to_owned)
+    assign::rendezvous(&ns.name, shared.iter().map(String::as_str)).map(str::to_owned)
 }
 
 /// Most namespaces one commit settles against the shard map; a rebalance
@@ -269,19 +285,21 @@ const SETTLE_PAGE: usize = 1000;
 
 /// The shard map a settling pass places against.
 struct Map<'a> {
-    live: &'a BTreeSet<String>,
+    /// The shards hashed namespaces go to ([`shared_shards`]).
+    shared: &'a BTreeSet<String>,
     /// Whether namespaces move (else only owner stores settle).
     placing: bool,
     stores: &'a Stores,
 }
 
-/// What placement depends on: the live shards and their store ids.
+/// What placement depends on: the live shards, their store ids and the
+/// dedicated ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MapKey(BTreeSet<String>, Stores);
+pub struct MapKey(BTreeSet<String>, Stores, BTreeSet<String>);
 
 impl MapKey {
-    fn of(static_shards: &[String], registered: &[Shard]) -> Self {
-        Self(live_shards(static_shards, registered), stores_of(registered))
+    fn of(static_shards: &[String], registered: &[Shard], dedicated: BTreeSet<String>) -> Self {
+        Self(live_shards(static_shards, registered), stores_of(registered), dedicated)
     }
 }
 
@@ -325,26 +343,34 @@ impl ControlPlane {
         to_system_time(instance.lease_expire_time.as_ref()).max(self.started() + self.lease_ttl())
     }
 
-    /// Static and registered shard ids: what a pin may name.
-    pub(crate) async fn known_shards(&self) -> Result<Vec<String>> {
-        let registered = self.store().list_shards().await?;
-        Ok(self.known_shards_of(&registered))
-    }
-
-    /// [`known_shards`](Self::known_shards), given the registered shards.
+    /// Static and registered shard ids, given the registered shards: what a
+    /// pin may name.
     pub(crate) fn known_shards_of(&self, registered: &[Shard]) -> Vec<String> {
         live_shards(&self.config().shards, registered).into_iter().collect()
     }
 
-    /// Where a new namespace goes, given the registered shards: its pin,
-    /// or the rendezvous choice among live shards (empty while there is
-    /// none); and its owner store, empty unless it keeps its data on one
-    /// gateway's disk (see the module docs).
-    pub(crate) fn place_new(&self, name: &str, spec: &NamespaceSpec, registered: &[Shard]) -> (String, String) {
+    /// The shards hashed namespaces are assigned over, given the registered
+    /// shards and the `dedicated` ones.
+    pub(crate) fn shared_shards_of(&self, registered: &[Shard], dedicated: &BTreeSet<String>) -> BTreeSet<String> {
+        shared_shards(live_shards(&self.config().shards, registered), dedicated)
+    }
+
+    /// Where a new namespace goes, given the registered shards and the
+    /// `dedicated` ones: its pin, or the rendezvous choice among the live
+    /// shards not dedicated (empty while there is none); and its owner
+    /// store, empty unless it keeps its data on one gateway's disk (see
+    /// the module docs).
+    pub(crate) fn place_new(
+        &self,
+        name: &str,
+        spec: &NamespaceSpec,
+        registered: &[Shard],
+        dedicated: &BTreeSet<String>,
+    ) -> (String, String) {
         let pin = spec.placement.as_deref().map(|p| p.pinned_shard.as_str()).unwrap_or_default();
         let shard = if pin.is_empty() {
-            let live = live_shards(&self.config().shards, registered);
-            assign::rendezvous(name, live.iter().map(String::as_str)).unwrap_or_default().to_owned()
+            let shared = shared_shards(live_shards(&self.config().shards, registered), dedicated);
+            assign::rendezvous(name, shared.iter().map(String::as_str)).unwrap_or_default().to_owned()
         } else {
             pin.to_owned()
         };
@@ -363,10 +389,17 @@ impl ControlPlane {
     /// at most [`SETTLE_BATCH`] of them. Returns how many namespaces moved,
     /// how many changed owner store or status, and whether that was all
     /// (otherwise the settler finishes, "Bounded rebalances").
-    async fn settle(&self, before: &[Shard], after: &[Shard], txn: &mut Txn) -> Result<(usize, usize, bool)> {
+    async fn settle(
+        &self,
+        before: &[Shard],
+        after: &[Shard],
+        dedicated: &BTreeSet<String>,
+        txn: &mut Txn,
+    ) -> Result<(usize, usize, bool)> {
         let (live_before, live_after) =
             (live_shards(&self.config().shards, before), live_shards(&self.config().shards, after));
         let placing = live_before != live_after && !live_after.is_empty();
+        let shared = shared_shards(live_after, dedicated);
         let stores = stores_of(after);
         if !placing && stores == stores_of(before) {
             return Ok((0, 0, true));
@@ -374,7 +407,7 @@ impl ControlPlane {
         let last_endpoint = |store: &str| {
             before.iter().flat_map(|s| &s.instances).find(|i| i.store_id == store).map(|i| i.endpoint.as_str())
         };
-        let map = Map { live: &live_after, placing, stores: &stores };
+        let map = Map { shared: &shared, placing, stores: &stores };
         let (moved, owners, next) = self.settle_page("", &map, last_endpoint, txn).await?;
         Ok((moved, owners, next.is_none()))
     }
@@ -400,7 +433,7 @@ impl ControlPlane {
                 after.clone_from(&ns.name);
                 let read_at = ns.revision;
                 let mut changed = false;
-                if let Some(owner) = placement(&ns, map.live).filter(|o| map.placing && *o != ns.shard_id) {
+                if let Some(owner) = placement(&ns, map.shared).filter(|o| map.placing && *o != ns.shard_id) {
                     let from = std::mem::replace(&mut ns.shard_id, owner);
                     ns.status_reason = if ns.status == NamespaceStatus::Provisioning as i32 {
                         format!("waiting for shard {} to provision the backend", ns.shard_id)
@@ -439,6 +472,7 @@ impl ControlPlane {
         edit: impl FnOnce(&mut Vec<Shard>) -> Result<(Shard, String)>,
     ) -> Result<Plan> {
         let mut registered = self.store().list_shards().await?;
+        let dedicated = self.pins().await?.dedicated();
         let before = registered.clone();
         let read_at = registered.iter().find(|s| s.shard_id == id).map_or(0, |s| s.revision);
         let (shard, detail) = edit(&mut registered)?;
@@ -457,7 +491,7 @@ impl ControlPlane {
             }
         }
         txn.puts.push(Put::Shard(shard));
-        let (moved, owners, complete) = self.settle(&before, &registered, &mut txn).await?;
+        let (moved, owners, complete) = self.settle(&before, &registered, &dedicated, &mut txn).await?;
         let mut detail = detail;
         if moved > 0 {
             detail = format!("{detail}; {moved} namespaces moved");
@@ -466,7 +500,7 @@ impl ControlPlane {
             detail = format!("{detail}; {owners} embedded namespaces changed owner store or status");
         }
         if complete {
-            self.settle_state().settled(Some(MapKey::of(&self.config().shards, &registered)));
+            self.settle_state().settled(Some(MapKey::of(&self.config().shards, &registered, dedicated)));
         } else {
             self.settle_state().settled(None);
             detail = format!("{detail}; the rest follow in commits of at most {SETTLE_BATCH}");
@@ -491,14 +525,16 @@ impl ControlPlane {
             let (changed, next) = loop {
                 attempt += 1;
                 let registered = self.store().list_shards().await?;
-                let key = MapKey::of(&self.config().shards, &registered);
+                let dedicated = self.pins().await?.dedicated();
+                let key = MapKey::of(&self.config().shards, &registered, dedicated.clone());
                 if pass.as_ref() != Some(&key) {
                     start.clear();
                     pass = Some(key);
                 }
                 let live = live_shards(&self.config().shards, &registered);
+                let shared = shared_shards(live.clone(), &dedicated);
                 let stores = stores_of(&registered);
-                let map = Map { live: &live, placing: !live.is_empty(), stores: &stores };
+                let map = Map { shared: &shared, placing: !live.is_empty(), stores: &stores };
                 let mut txn = Txn::default();
                 for s in &registered {
                     txn.conditions.push(Condition::Shard { id: s.shard_id.clone(), revision: s.revision });
@@ -524,8 +560,9 @@ impl ControlPlane {
                     result: "ok".to_owned(),
                     detail: format!(
                         "{moved} namespaces moved, {owners} embedded namespaces changed owner store or status, \
-                         following the shard map ({} live shards)",
-                        live.len()
+                         following the shard map ({} live shards, {} dedicated)",
+                        live.len(),
+                        live.intersection(&dedicated).count()
                     ),
                     ..AuditEvent::default()
                 });
@@ -557,7 +594,8 @@ impl ControlPlane {
     /// settled against it by this replica (or it never settled).
     pub async fn unsettled(&self) -> Result<bool> {
         let registered = self.store().list_shards().await?;
-        Ok(!self.settle_state().is_settled(&MapKey::of(&self.config().shards, &registered)))
+        let dedicated = self.pins().await?.dedicated();
+        Ok(!self.settle_state().is_settled(&MapKey::of(&self.config().shards, &registered, dedicated)))
     }
 
     /// Registers an instance of `shard` at `endpoint` with its `store_id`

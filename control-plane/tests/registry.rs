@@ -608,3 +608,142 @@ async fn a_rebalance_larger_than_one_commit_moves_in_bounded_commits_that_watche
     assert!(audit.iter().all(|e| e.principal == "control-plane" && e.result == "ok"), "{audit:?}");
     Ok(())
 }
+
+fn pinned(shard: &str, dedicated: bool, spec: NamespaceSpec) -> NamespaceSpec {
+    NamespaceSpec { placement: Some(Box::new(Placement { pinned_shard: shard.into(), dedicated })), ..spec }
+}
+
+async fn update(c: &mut ControlPlaneClient, name: &str, spec: NamespaceSpec) -> anyhow::Result<Namespace> {
+    let req =
+        prism_proto::control::UpdateNamespaceRequest { name: name.into(), spec: Some(spec), expected_revision: 0 };
+    Ok(c.update_namespace(req).await?.into_inner())
+}
+
+/// Polls until every namespace is where `want` says.
+async fn settled_as(c: &ControlPlaneClient, want: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move {
+            let got = all_owners(&mut c).await?;
+            let wrong: Vec<_> = want.iter().filter(|(n, s)| got.get(*n) != Some(*s)).collect();
+            anyhow::ensure!(wrong.is_empty(), "not yet where they belong: {wrong:?}");
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_shard_sheds_its_hashed_namespaces_and_takes_its_share_back_when_shared() -> anyhow::Result<()> {
+    use prism_control_plane::assign::rendezvous;
+
+    let (_cp, mut c) = start_with(config(60_000)).await?;
+    create_tenant(&mut c, "acme").await?;
+    for (shard, at) in [("shard-a", "10.0.0.1:7401"), ("shard-b", "10.0.0.2:7401"), ("shard-c", "10.0.0.3:7401")] {
+        register(&mut c, shard, at).await?;
+    }
+    for i in 0..60 {
+        create(&mut c, &format!("acme/shared-{i}"), shared_spec()).await?;
+    }
+    let before = all_owners(&mut c).await?;
+    let on_c = before.values().filter(|s| *s == "shard-c").count();
+    assert!(on_c > 0, "the test needs hashed namespaces on shard-c: {before:?}");
+
+    let solo = create(&mut c, "acme/solo", pinned("shard-c", true, shared_spec())).await?;
+    assert_eq!(solo.shard_id, "shard-c");
+    // The hashed ones on shard-c go to their winner among the others; the
+    // rest stay where they were.
+    let mut want: BTreeMap<String, String> = before
+        .iter()
+        .map(|(n, s)| {
+            let to = if s == "shard-c" { rendezvous(n, ["shard-a", "shard-b"]).unwrap_or_default() } else { s };
+            (n.clone(), to.to_owned())
+        })
+        .collect();
+    want.insert("acme/solo".into(), "shard-c".into());
+    settled_as(&c, &want).await?;
+    // A new hashed namespace never lands there either.
+    for i in 60..80 {
+        let ns = create(&mut c, &format!("acme/shared-{i}"), shared_spec()).await?;
+        assert_ne!(ns.shard_id, "shard-c", "{} on the dedicated shard", ns.name);
+        want.insert(ns.name, ns.shard_id);
+    }
+
+    // Shared again: the hash takes its share back, as when a shard joins.
+    update(&mut c, "acme/solo", pinned("shard-c", false, shared_spec())).await?;
+    let all = ["shard-a", "shard-b", "shard-c"];
+    for (n, s) in want.iter_mut().filter(|(n, _)| *n != "acme/solo") {
+        *s = rendezvous(n, all).unwrap_or_default().to_owned();
+    }
+    assert!(want.values().filter(|s| *s == "shard-c").count() > 1, "some move back: {want:?}");
+    settled_as(&c, &want).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_shard_is_refused_while_others_use_it_and_refuses_them_after() -> anyhow::Result<()> {
+    use prism_proto::control::{MigrateNamespaceRequest, MigrationTarget};
+
+    let (_cp, mut c) = start_with(config(60_000)).await?;
+    create_tenant(&mut c, "acme").await?;
+    for (shard, at) in [("shard-a", "10.0.0.1:7401"), ("shard-b", "10.0.0.2:7401"), ("shard-c", "10.0.0.3:7401")] {
+        register(&mut c, shard, at).await?;
+    }
+    let message = |status: tonic::Status| status.message().to_owned();
+
+    // A dedication names the shard it dedicates.
+    let e = c.create_namespace(CreateNamespaceRequest {
+        name: "acme/loose".into(),
+        spec: Some(NamespaceSpec {
+            placement: Some(Box::new(Placement { dedicated: true, ..Default::default() })),
+            ..shared_spec()
+        }),
+    });
+    refused(e.await, Code::InvalidArgument, Some("spec.placement.dedicated"));
+
+    // Once shard-b is dedicated, no other namespace is pinned there: not
+    // by a create, not by a migration.
+    create(&mut c, "acme/solo", pinned("shard-b", true, shared_spec())).await?;
+    for dedicated in [false, true] {
+        let spec = pinned("shard-b", dedicated, shared_spec());
+        let e = c.create_namespace(CreateNamespaceRequest { name: "acme/other".into(), spec: Some(spec) }).await;
+        let why = message(refused(e, Code::FailedPrecondition, None));
+        assert!(why.starts_with("spec.placement.pinned_shard: ") && why.contains("acme/solo"), "{why}");
+    }
+    let mover = create(&mut c, "acme/mover", pinned("shard-a", false, shared_spec())).await?;
+    report_active(&mut c, &mover).await?;
+    let target = MigrationTarget { pinned_shard: "shard-b".into(), ..Default::default() };
+    let req = MigrateNamespaceRequest { name: "acme/mover".into(), target: Some(target), expected_revision: 0 };
+    let why = message(refused(c.migrate_namespace(req).await, Code::FailedPrecondition, None));
+    assert!(why.starts_with("target.pinned_shard: ") && why.contains("acme/solo"), "{why}");
+
+    // shard-a has two other pins: dedicating it is refused naming one.
+    create(&mut c, "acme/pin-2", pinned("shard-a", false, shared_spec())).await?;
+    create(&mut c, "acme/pin-3", pinned("shard-a", false, shared_spec())).await?;
+    let req = prism_proto::control::UpdateNamespaceRequest {
+        name: "acme/mover".into(),
+        spec: Some(pinned("shard-a", true, shared_spec())),
+        expected_revision: 0,
+    };
+    let why = message(refused(c.update_namespace(req).await, Code::FailedPrecondition, None));
+    assert!(why.starts_with("spec.placement.dedicated: ") && why.contains("acme/pin-2 and 1 other"), "{why}");
+
+    // shard-c holds a provisioned, hashed embedded namespace: its data is
+    // on that shard's disk, so dedicating shard-c waits for it to go.
+    let local = (0..)
+        .map(|i| format!("acme/local-{i}"))
+        .find(|n| prism_control_plane::assign::rendezvous(n, ["shard-a", "shard-c"]) == Some("shard-c"))
+        .unwrap_or_default();
+    let local = create(&mut c, &local, embedded_spec()).await?;
+    assert_eq!(local.shard_id, "shard-c");
+    report_active(&mut c, &local).await?;
+    let e = c.create_namespace(CreateNamespaceRequest {
+        name: "acme/solo-c".into(),
+        spec: Some(pinned("shard-c", true, shared_spec())),
+    });
+    let why = message(refused(e.await, Code::FailedPrecondition, None));
+    assert!(why.starts_with("spec.placement.dedicated: ") && why.contains(&local.name), "{why}");
+    assert!(why.contains("move or delete"), "{why}");
+    assert_eq!(get(&mut c, &local.name).await?.shard_id, "shard-c", "it stays");
+    Ok(())
+}
