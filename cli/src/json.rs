@@ -176,7 +176,10 @@ pub fn spec(s: &NamespaceSpec) -> Value {
             })).collect::<Vec<_>>(),
         })),
         "quotas": s.quotas.as_ref().map_or(Value::Null, quotas),
-        "placement": s.placement.as_deref().map_or(Value::Null, |p| json!({ "pinned_shard": p.pinned_shard })),
+        "placement": s.placement.as_deref().map_or(Value::Null, |p| json!({
+            "pinned_shard": p.pinned_shard,
+            "dedicated": p.dedicated,
+        })),
     })
 }
 

@@ -160,11 +160,14 @@ pub fn namespaces_table(namespaces: &[Namespace]) -> Table {
     let mut t = Table::new(&["NAME", "ABSTRACTION", "BACKEND", "SHARD", "STATUS", "REVISION", "REASON"]);
     for ns in namespaces {
         let spec = ns.spec.clone().unwrap_or_default();
+        // A dedicated shard says so where the namespace is: one word, so
+        // the columns still split on spaces.
+        let dedicated = spec.placement.as_deref().is_some_and(|p| p.dedicated && p.pinned_shard == ns.shard_id);
         t.push(vec![
             ns.name.clone(),
             abstraction_name(spec.abstraction),
             backend_name(spec.backend),
-            ns.shard_id.clone(),
+            if dedicated { format!("{}(dedicated)", ns.shard_id) } else { ns.shard_id.clone() },
             names::namespace_status(ns.status),
             ns.revision.to_string(),
             ns.status_reason.clone(),

@@ -14,7 +14,7 @@
 //!   consumers:
 //!     - { principal: user-api, access: read-write }
 //! quotas: { profile: pro, requests_per_second: 1000 }
-//! placement: { pinned_shard: shard-1 }
+//! placement: { pinned_shard: shard-1, dedicated: false }
 //! backend_config:
 //!   postgres: { dsn: "postgres://prism@prod-postgres-1/prism", password_ref: "env:PG_PASSWORD", pool_size: 20 }
 //! ```
@@ -199,6 +199,8 @@ pub struct QuotasFile {
 pub struct PlacementFile {
     /// Pin to this shard instead of the hash-chosen one.
     pub pinned_shard: Option<String>,
+    /// The pinned shard serves this namespace only (default false).
+    pub dedicated: Option<bool>,
 }
 
 /// Parses a spec file's text. Errors are usage errors naming the field
@@ -284,7 +286,10 @@ impl SpecFile {
             }),
             quotas: self.quotas.as_ref().map(QuotasFile::to_proto),
             placement: self.placement.as_ref().map(|p| {
-                Box::new(Placement { pinned_shard: p.pinned_shard.clone().unwrap_or_default(), ..Default::default() })
+                Box::new(Placement {
+                    pinned_shard: p.pinned_shard.clone().unwrap_or_default(),
+                    dedicated: p.dedicated.unwrap_or_default(),
+                })
             }),
         })
     }

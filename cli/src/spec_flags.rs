@@ -98,6 +98,9 @@ pub struct SpecArgs {
     /// Pin the namespace to this shard instead of the hash-chosen one
     #[arg(long = "pin", value_name = "SHARD", help_heading = "Placement")]
     pub pinned_shard: Option<String>,
+    /// Make the pinned shard serve this namespace only: no hashed namespace is assigned to it and no other may be pinned to it (`--dedicated=false` to share it again)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Placement")]
+    pub dedicated: Option<bool>,
 
     #[command(flatten)]
     pub quotas: NamespaceQuotaArgs,
@@ -132,8 +135,13 @@ impl SpecArgs {
         if !self.consumers.is_empty() {
             spec.access.get_or_insert_default().consumers.clone_from(&self.consumers);
         }
+        // Each flag changes its own field: `--pin` keeps a dedication,
+        // `--dedicated` keeps the pin.
         if let Some(pin) = &self.pinned_shard {
-            spec.placement = Some(Box::new(Placement { pinned_shard: pin.clone(), ..Default::default() }));
+            spec.placement.get_or_insert_with(|| Box::new(Placement::default())).pinned_shard.clone_from(pin);
+        }
+        if let Some(dedicated) = self.dedicated {
+            spec.placement.get_or_insert_with(|| Box::new(Placement::default())).dedicated = dedicated;
         }
         if let Some(q) = self.quotas.to_quotas(spec.quotas.as_ref()) {
             spec.quotas = Some(q);

@@ -262,6 +262,40 @@ async fn watch_prints_the_snapshot_then_each_change() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_dedicated_pin_round_trips_and_keeps_other_pins_off_its_shard() -> anyhow::Result<()> {
+    let cp = start().await?;
+    let ep = || cp.endpoint();
+    prism(ep(), &["tenant", "create", "acme"]).await?.ok()?;
+    let create = ["namespace", "create", "acme/solo", "--abstraction", "key-value", "--pin", "shard-1", "--dedicated"];
+    let created = prism(ep(), &[&create[..], &["-o", "json"]].concat()).await?.ok()?.json()?;
+    assert_eq!(created["spec"]["placement"]["pinned_shard"], "shard-1", "{created}");
+    assert_eq!(created["spec"]["placement"]["dedicated"], true, "{created}");
+    assert_eq!(created["shard_id"], "shard-1", "{created}");
+    let table = prism(ep(), &["namespace", "get", "acme/solo"]).await?.ok()?.stdout;
+    ensure!(table.lines().nth(1).is_some_and(|l| l.contains("shard-1(dedicated)")), "the SHARD column: {table}");
+
+    // Another pin to it, and a dedication without a pin, are refused by
+    // the control plane naming the field.
+    prism(ep(), &["namespace", "create", "acme/other", "--abstraction", "key-value", "--pin", "shard-1"])
+        .await?
+        .failed(1, "spec.placement.pinned_shard")?
+        .failed(1, "acme/solo")?;
+    prism(ep(), &["namespace", "create", "acme/loose", "--abstraction", "key-value", "--dedicated"])
+        .await?
+        .failed(1, "spec.placement.dedicated")?;
+
+    // `--dedicated false` shares it again and keeps the pin.
+    let updated =
+        prism(ep(), &["namespace", "update", "acme/solo", "--dedicated", "false", "-o", "json"]).await?.ok()?.json()?;
+    assert_eq!(updated["spec"]["placement"]["dedicated"], false, "{updated}");
+    assert_eq!(updated["spec"]["placement"]["pinned_shard"], "shard-1", "{updated}");
+    prism(ep(), &["namespace", "create", "acme/other", "--abstraction", "key-value", "--pin", "shard-1"])
+        .await?
+        .ok()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn pins_round_trip_and_shard_list_prints_the_servers_answer() -> anyhow::Result<()> {
     let cp = start().await?;
     let ep = || cp.endpoint();

@@ -168,3 +168,17 @@ fn names_and_formats_are_checked() -> anyhow::Result<()> {
     assert_eq!(spec_file::read(&path)?.to_spec()?, expected());
     Ok(())
 }
+
+#[test]
+fn a_placement_may_dedicate_its_shard() -> anyhow::Result<()> {
+    let placement = |text: &str| -> anyhow::Result<Option<Placement>> {
+        let spec = parse(&format!("abstraction: key-value\nbackend: embedded\n{text}"), Format::Yaml)?.to_spec()?;
+        Ok(spec.placement.map(|p| *p))
+    };
+    let dedicated = placement("placement: { pinned_shard: shard-1, dedicated: true }")?;
+    assert_eq!(dedicated, Some(Placement { pinned_shard: "shard-1".into(), dedicated: true }));
+    // Unsaid is shared.
+    let shared = placement("placement: { pinned_shard: shard-1 }")?;
+    assert_eq!(shared, Some(Placement { pinned_shard: "shard-1".into(), dedicated: false }));
+    Ok(())
+}
