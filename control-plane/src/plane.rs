@@ -512,11 +512,11 @@ impl ControlPlane {
                     // conditions on its shard (`crate::dedicated`).
                     touch(&mut txn, &registered, &shard_id, pin.is_some());
                 }
-                let dedicated = if pin.is_some_and(|p| p.dedicated) { ", dedicated" } else { "" };
+                let how = if pin.is_some_and(|p| p.dedicated) { ", dedicated" } else { "" };
                 Ok(Plan {
                     txn,
                     detail: with_cross_tenant(
-                        format!("created on shard {shard_id:?}{dedicated}"),
+                        format!("created on shard {shard_id:?}{how}"),
                         tenant_id,
                         spec_principals(spec),
                     ),
@@ -580,6 +580,9 @@ impl ControlPlane {
     ) -> Result<Namespace> {
         let name = req.name.as_str();
         let target = Target { action: "UpdateNamespace", tenant: tenant_of(name), target: name };
+        // Whether the committed plan changed a dedication (the settler
+        // then has namespaces to move).
+        let rededicated = std::sync::atomic::AtomicBool::new(false);
         let delta = self
             .mutate(principal, target, || async {
                 validate::namespace_name("name", name)?;
@@ -592,9 +595,11 @@ impl ControlPlane {
                 let (old_place, new_place) = (Pin::of_spec(&old), Pin::of_spec(spec));
                 let dedicated_of = |p: &Option<Pin>| p.as_ref().is_some_and(|p| p.dedicated);
                 let shard_of = |p: &Option<Pin>| p.as_ref().map(|p| p.shard.clone()).unwrap_or_default();
-                if dedicated_of(&old_place) != dedicated_of(&new_place) && shard_of(&old_place) != shard_of(&new_place)
-                {
-                    // A new pin is a migration, which carries the pin only.
+                let (old_shard, new_shard) = (shard_of(&old_place), shard_of(&new_place));
+                let moves = old_shard != new_shard && !new_shard.is_empty() && new_shard != ns.shard_id;
+                if moves && dedicated_of(&old_place) != dedicated_of(&new_place) {
+                    // A new pin is a migration, which carries the pin only
+                    // (removing a pin is refused below).
                     return Err(ControlPlaneError::invalid(
                         "spec.placement.dedicated",
                         "a new pin moves the namespace: change the dedication alone, before or after the move",
@@ -686,6 +691,8 @@ impl ControlPlane {
                 ns.spec = Some(stored);
                 ns.update_time = Some(SystemTime::now().into());
                 let mut txn = Txn { conditions: vec![condition], puts: vec![Put::Namespace(ns)], ..Txn::default() };
+                let changed = dedicated_of(&old_place) != dedicated_of(&new_place);
+                rededicated.store(changed, std::sync::atomic::Ordering::Relaxed);
                 if old_place != new_place {
                     // Pins and dedications of one shard conflict with each
                     // other (`crate::dedicated`); so does a settling
@@ -696,19 +703,20 @@ impl ControlPlane {
                     for shard in shards {
                         touch(&mut txn, &registered, shard, true);
                     }
-                    if dedicated_of(&old_place) != dedicated_of(&new_place) {
+                    if changed {
                         let now = if dedicated_of(&new_place) { "dedicated" } else { "shared" };
-                        detail = format!("{detail}; shard {} is {now}", shard_of(&new_place));
+                        detail = format!("{detail}; shard {new_shard} is {now}");
                     }
                 }
                 Ok(Plan { txn, detail })
             })
             .await?;
-        let ns = written_namespace(&delta, name)?;
-        // A dedication added or removed: the settler moves hashed
-        // namespaces off the shard, or lets them back.
-        self.settle_state().wake.notify_one();
-        Ok(ns)
+        if rededicated.load(std::sync::atomic::Ordering::Relaxed) {
+            // The settler moves hashed namespaces off the shard, or lets
+            // them back.
+            self.settle_state().wake.notify_one();
+        }
+        written_namespace(&delta, name)
     }
 
     pub async fn delete_namespace(&self, principal: &str, name: &str, expected_revision: u64) -> Result<Namespace> {
