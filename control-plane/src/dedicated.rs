@@ -260,6 +260,8 @@ impl ControlPlane {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use prism_proto::control::{NamespaceSpec, Placement};
 
     use super::*;
@@ -272,6 +274,36 @@ mod tests {
             status: NamespaceStatus::Active as i32,
             ..Default::default()
         }
+    }
+
+    async fn put(store: &crate::store::file::FileStore, ns: Namespace) -> anyhow::Result<()> {
+        use crate::store::Store;
+        let committed = store.commit(Txn { puts: vec![Put::Namespace(ns)], ..Txn::default() }).await?;
+        anyhow::ensure!(matches!(committed, crate::store::Committed::Ok(_)), "{committed:?}");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_index_catches_up_from_the_log_and_reads_again_once_it_is_compacted() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(crate::store::file::FileStore::open(dir.path(), 8, 3)?);
+        put(&store, ns("acme/a", "shard-1", true)).await?;
+        let plane = ControlPlane::new(store.clone(), crate::ControlPlaneConfig::default());
+        assert_eq!(plane.pins().await?.dedicated(), BTreeSet::from(["shard-1".to_owned()]), "read whole");
+        // Two commits: within the log's reach.
+        put(&store, ns("acme/b", "shard-2", true)).await?;
+        put(&store, ns("acme/a", "shard-1", false)).await?;
+        assert_eq!(plane.pins().await?.dedicated(), BTreeSet::from(["shard-2".to_owned()]), "from the log");
+        // More commits than the log keeps: read whole again.
+        put(&store, ns("acme/c", "shard-3", true)).await?;
+        for i in 0..5 {
+            put(&store, ns(&format!("acme/hashed-{i}"), "", false)).await?;
+        }
+        let gone = crate::store::Store::changes_since(store.as_ref(), 3, 10).await?;
+        assert!(matches!(gone, Changes::Compacted), "the test needs a compacted log");
+        let want = BTreeSet::from(["shard-2".to_owned(), "shard-3".to_owned()]);
+        assert_eq!(plane.pins().await?.dedicated(), want, "after compaction");
+        Ok(())
     }
 
     #[test]

@@ -717,6 +717,14 @@ async fn a_dedicated_shard_is_refused_while_others_use_it_and_refuses_them_after
     let why = message(refused(c.migrate_namespace(req).await, Code::FailedPrecondition, None));
     assert!(why.starts_with("target.pinned_shard: ") && why.contains("acme/solo"), "{why}");
 
+    // A move to a new pin carries the pin only: a dedication changes alone.
+    let req = prism_proto::control::UpdateNamespaceRequest {
+        name: "acme/mover".into(),
+        spec: Some(pinned("shard-c", true, shared_spec())),
+        expected_revision: 0,
+    };
+    refused(c.update_namespace(req).await, Code::InvalidArgument, Some("spec.placement.dedicated"));
+
     // shard-a has two other pins: dedicating it is refused naming one.
     create(&mut c, "acme/pin-2", pinned("shard-a", false, shared_spec())).await?;
     create(&mut c, "acme/pin-3", pinned("shard-a", false, shared_spec())).await?;
@@ -745,5 +753,26 @@ async fn a_dedicated_shard_is_refused_while_others_use_it_and_refuses_them_after
     assert!(why.starts_with("spec.placement.dedicated: ") && why.contains(&local.name), "{why}");
     assert!(why.contains("move or delete"), "{why}");
     assert_eq!(get(&mut c, &local.name).await?.shard_id, "shard-c", "it stays");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedication_survives_a_restart() -> anyhow::Result<()> {
+    let (cp, mut c) = start_with(config(60_000)).await?;
+    create_tenant(&mut c, "acme").await?;
+    register(&mut c, "shard-a", "10.0.0.1:7401").await?;
+    register(&mut c, "shard-b", "10.0.0.2:7401").await?;
+    create(&mut c, "acme/solo", pinned("shard-b", true, shared_spec())).await?;
+    // A new replica reads the pins whole (not from the change log).
+    let cp = cp.restart(config(60_000)).await?;
+    let mut c = cp.client().await?;
+    let spec = pinned("shard-b", false, shared_spec());
+    let e = c.create_namespace(CreateNamespaceRequest { name: "acme/other".into(), spec: Some(spec) }).await;
+    let why = refused(e, Code::FailedPrecondition, None).message().to_owned();
+    assert!(why.contains("acme/solo"), "{why}");
+    for i in 0..20 {
+        let ns = create(&mut c, &format!("acme/shared-{i}"), shared_spec()).await?;
+        assert_eq!(ns.shard_id, "shard-a", "{} placed on the dedicated shard", ns.name);
+    }
     Ok(())
 }
