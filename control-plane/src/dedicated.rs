@@ -196,7 +196,7 @@ impl ControlPlane {
             return Err(refuse(
                 field,
                 format!(
-                    "namespace {} pinned to shard {shard}: a dedicated shard serves one namespace only; pin them                      elsewhere first",
+                    "namespace {} pinned to shard {shard}: a dedicated shard serves one namespace only; pin them elsewhere first",
                     one_of(first, others.len())
                 ),
             ));
@@ -227,7 +227,7 @@ impl ControlPlane {
             return Err(refuse(
                 field,
                 format!(
-                    "shard {shard} holds hashed embedded namespace {}, whose data is on its disk and cannot be                      moved to another shard by the control plane: move or delete them first",
+                    "shard {shard} holds hashed embedded namespace {}, whose data is on its disk and cannot be moved to another shard by the control plane: move or delete them first",
                     one_of(first, embedded.len())
                 ),
             ));

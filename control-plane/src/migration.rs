@@ -102,6 +102,9 @@ fn cut_over(ns: &mut Namespace, migration: &mut Migration, now: SystemTime, grac
     ns.data_revision = migration.id;
     // What the source's backend held: the target's holder reports its own.
     ns.backend_settings.clear();
+    // The last word was the source's provisioning; the target's holder
+    // provisioned the target (PREPARE).
+    ns.status_reason = format!("migrated to shard {} by migration {}", ns.shard_id, migration.id);
     migration.step = MigrationStep::Cleanup as i32;
     migration.step_time = Some(now.into());
     migration.cleanup_after = Some((now + grace).into());
