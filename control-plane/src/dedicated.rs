@@ -14,7 +14,9 @@
 //! to date from the change log ([`crate::store::Store::changes_since`]);
 //! only when the log no longer reaches back is it read whole again.
 //! Pinned namespaces are few (a pin is an operator's decision), so the
-//! index is small.
+//! index is small. Catching up reads the deltas the store announces to
+//! its watchers (its bus: decoded once, in memory); only a gap there (a
+//! subscription that lagged) sends it to the log.
 //!
 //! Two commits about one shard must not both pass their checks unseen by
 //! each other (a pin and a dedication of shard X, planned concurrently).
@@ -33,6 +35,7 @@ use prism_proto::control::{Backend, Namespace, NamespaceSpec, NamespaceStatus, S
 
 use crate::error::{ControlPlaneError, Result};
 use crate::plane::ControlPlane;
+use crate::store::bus::Recv;
 use crate::store::{Changes, Condition, Put, Txn};
 
 /// Namespaces read at a time when the index is read whole.
@@ -127,19 +130,70 @@ fn refuse(field: &str, why: String) -> ControlPlaneError {
 
 /// The index a replica keeps; see the module docs.
 #[derive(Debug, Default)]
-pub struct PinIndex(tokio::sync::Mutex<Pins>);
+pub struct PinIndex(tokio::sync::Mutex<Index>);
+
+#[derive(Default)]
+struct Index {
+    pins: Pins,
+    /// The store's announced deltas, already decoded: most catch-ups need
+    /// nothing else (a create under load would otherwise read and decode
+    /// from the log every delta since the last create).
+    live: Option<crate::store::bus::Receiver>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("pins", &self.pins).finish_non_exhaustive()
+    }
+}
+
+impl Index {
+    /// Applies the announced deltas that follow the index's revision,
+    /// up to `now`; stops at a gap (a delta evicted, or announced before
+    /// the subscription), which the change log fills.
+    fn catch_up_live(&mut self, now: u64) {
+        let Some(live) = self.live.as_mut() else { return };
+        while self.pins.revision < now {
+            match live.try_recv() {
+                Some(Recv::Delta(delta)) if delta.revision <= self.pins.revision => {}
+                Some(Recv::Delta(delta)) if delta.revision == self.pins.revision + 1 => {
+                    for c in &delta.changes {
+                        if let Some(change::Change::Namespace(ns)) = &c.change {
+                            self.pins.apply(ns);
+                        }
+                    }
+                    self.pins.revision = delta.revision;
+                }
+                // A gap: the log has what is missing (and this delta).
+                Some(Recv::Delta(_)) => return,
+                Some(Recv::Lagged) => {
+                    self.live = None;
+                    return;
+                }
+                Some(Recv::Closed) | None => return,
+            }
+        }
+    }
+}
 
 impl ControlPlane {
     /// The pinned namespaces as of the store's current revision (or later).
     pub(crate) async fn pins(&self) -> Result<Pins> {
-        let mut pins = self.pin_index().0.lock().await;
+        let mut index = self.pin_index().0.lock().await;
+        if index.live.is_none() {
+            // Subscribed before reading: nothing committed after the read
+            // can be missed (what came before is skipped by revision).
+            index.live = Some(self.store().subscribe());
+        }
         let mut now = self.store().revision().await?;
-        if !pins.loaded {
-            *pins = self.read_pins(now).await?;
-            // Commits made while reading are applied from the log below
-            // (applying one twice is harmless: the last state wins).
+        if !index.pins.loaded {
+            index.pins = self.read_pins(now).await?;
+            // Commits made while reading are applied below (applying one
+            // twice is harmless: the last state wins).
             now = self.store().revision().await?;
         }
+        index.catch_up_live(now);
+        let pins = &mut index.pins;
         while pins.revision < now {
             match self.store().changes_since(pins.revision, CATCH_UP).await? {
                 Changes::Compacted => {
@@ -285,8 +339,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_index_catches_up_from_the_log_and_reads_again_once_it_is_compacted() -> anyhow::Result<()> {
+        // A bus of one delta: the index's subscription lags behind two
+        // commits, so it catches up from the log.
         let dir = tempfile::tempdir()?;
-        let store = Arc::new(crate::store::file::FileStore::open(dir.path(), 8, 3)?);
+        let store = Arc::new(crate::store::file::FileStore::open(dir.path(), 1, 3)?);
         put(&store, ns("acme/a", "shard-1", true)).await?;
         let plane = ControlPlane::new(store.clone(), crate::ControlPlaneConfig::default());
         assert_eq!(plane.pins().await?.dedicated(), BTreeSet::from(["shard-1".to_owned()]), "read whole");
@@ -303,6 +359,28 @@ mod tests {
         assert!(matches!(gone, Changes::Compacted), "the test needs a compacted log");
         let want = BTreeSet::from(["shard-2".to_owned(), "shard-3".to_owned()]);
         assert_eq!(plane.pins().await?.dedicated(), want, "after compaction");
+        Ok(())
+    }
+
+    /// The same commits, announced on a bus that keeps them all: the index
+    /// follows the bus, and agrees with the log at every step.
+    #[tokio::test]
+    async fn the_index_follows_the_announced_deltas() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(crate::store::file::FileStore::open(dir.path(), 64, 3)?);
+        put(&store, ns("acme/a", "shard-1", true)).await?;
+        let plane = ControlPlane::new(store.clone(), crate::ControlPlaneConfig::default());
+        assert_eq!(plane.pins().await?.dedicated(), BTreeSet::from(["shard-1".to_owned()]));
+        put(&store, ns("acme/b", "shard-2", true)).await?;
+        put(&store, ns("acme/a", "shard-1", false)).await?;
+        assert_eq!(plane.pins().await?.dedicated(), BTreeSet::from(["shard-2".to_owned()]));
+        put(&store, ns("acme/c", "shard-3", true)).await?;
+        for i in 0..5 {
+            put(&store, ns(&format!("acme/hashed-{i}"), "", false)).await?;
+        }
+        let pins = plane.pins().await?;
+        assert_eq!(pins.dedicated(), BTreeSet::from(["shard-2".to_owned(), "shard-3".to_owned()]));
+        assert_eq!(pins.revision, crate::store::Store::revision(store.as_ref()).await?, "caught up");
         Ok(())
     }
 
