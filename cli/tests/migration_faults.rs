@@ -39,11 +39,16 @@ const SHARD: &str = "shard-0";
 const WAIT: Duration = Duration::from_secs(120);
 /// Records written before the migration starts: enough that the backfill
 /// takes a while, so the gateway is killed in the middle of it.
-const PRELOAD: usize = 6_000;
+const PRELOAD: usize = 4_000;
 /// Records written before a migration that is aborted during its
 /// backfill: enough that the backfill lasts seconds after the first
 /// progress report.
-const ABORT_PRELOAD: usize = 20_000;
+const ABORT_PRELOAD: usize = 4_000;
+/// The gateway's backfill rate (`migration_backfill_records_per_second`):
+/// a page of 512 records at once, then one every 1.3 s, so a backfill of
+/// the preloaded records lasts seconds (unlimited, it lasts a fraction of
+/// one, before its first progress report).
+const BACKFILL_RATE: u64 = 400;
 const WRITERS: usize = 2;
 const LOG: &str = "error";
 
@@ -77,7 +82,10 @@ fn gateway(dir: &Path, cp: &str, listen: &str) -> anyhow::Result<Process> {
     let config = dir.join("gateway.toml");
     std::fs::write(
         &config,
-        "[gateway]\nexperimental_migrations = true\n[gateway.limits]\nrequest_timeout_ms = 2000\n",
+        format!(
+            "[gateway]\nexperimental_migrations = true\nmigration_backfill_records_per_second = {BACKFILL_RATE}\n\
+             [gateway.limits]\nrequest_timeout_ms = 2000\n"
+        ),
     )?;
     let token_file = dir.join("shard.token");
     std::fs::write(&token_file, format!("{}\n", token(SHARD, None, &["shard"])))?;

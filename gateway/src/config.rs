@@ -96,6 +96,10 @@ pub struct GatewayConfig {
     /// (docs/benchmarks.md, "Live migration").
     /// Default 4; range 1..=64.
     pub migration_backfill_parallelism: usize,
+    /// The most records a migration's backfill copies per second on this
+    /// gateway, so that a large copy leaves room for the live traffic of
+    /// the source and the target; 0 (default): as fast as it goes.
+    pub migration_backfill_records_per_second: u64,
 }
 
 /// The `[gateway.forwarding]` table: what this gateway does with a call for
@@ -318,6 +322,7 @@ impl Default for GatewayConfig {
             forwarding: ForwardingConfig::default(),
             experimental_migrations: false,
             migration_backfill_parallelism: 4,
+            migration_backfill_records_per_second: 0,
         }
     }
 }

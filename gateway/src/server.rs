@@ -322,6 +322,7 @@ impl Gateway {
             registration: gw.registration.clone(),
             request_timeout: config.request_timeout(),
             backfill_parallelism: config.migration_backfill_parallelism,
+            backfill_rate: config.migration_backfill_records_per_second,
             metrics: gw.metrics.clone(),
             failures: std::sync::Mutex::default(),
         };

@@ -107,6 +107,9 @@ pub struct Migrating {
     /// `migration_backfill_parallelism`: batches of a page restored at
     /// once.
     pub backfill_parallelism: usize,
+    /// `migration_backfill_records_per_second`: the most records copied a
+    /// second (0: no limit).
+    pub backfill_rate: u64,
     /// Where copies, failures and comparisons are counted.
     pub metrics: Arc<crate::metrics::GatewayMetrics>,
     /// The failure last reported per (namespace, migration, step): a step
@@ -432,11 +435,13 @@ impl Migrating {
         let mut progress = migration.progress.clone().unwrap_or_default();
         let mut cursor = VersionCursor::decode(&progress.cursor).map_err(|e| e.to_string())?;
         let mut reported = Instant::now();
+        let (started, mut copied_here) = (Instant::now(), 0u64);
         loop {
             let copied = backfill_page(source, target, cursor.as_ref(), PAGE, self.backfill_parallelism)
                 .await
                 .map_err(|e| e.to_string())?;
             progress.records_copied += copied.records;
+            copied_here += copied.records;
             progress.bytes_copied += copied.bytes;
             let counted = &self.metrics.migration;
             counted.records_copied.fetch_add(copied.records, std::sync::atomic::Ordering::Relaxed);
@@ -449,6 +454,12 @@ impl Migrating {
             if reported.elapsed() >= PROGRESS_EVERY {
                 self.report(report(false, progress.clone())).await?;
                 reported = Instant::now();
+            }
+            if self.backfill_rate > 0 {
+                // Not ahead of the rate: the next page waits until the
+                // records copied so far were due.
+                let due = Duration::from_secs_f64(copied_here as f64 / self.backfill_rate as f64);
+                tokio::time::sleep_until(started + due).await;
             }
         }
     }
