@@ -300,6 +300,16 @@ impl PeerService {
                 && m.target_shard_id == self.shard_id
                 && *m.target_owner_store_id == *self.store_id
         });
+        // The target opens here, never through a peer (which would call
+        // this service again): refused while this instance does not know
+        // its store as its own.
+        if !self.plugins.is_local_store(&self.store_id) {
+            return Err(GatewayError::Unavailable(format!(
+                "this instance's store ({}) is not open for migration targets yet",
+                self.store_id
+            ))
+            .into_status());
+        }
         let opened = if holds_target {
             entry.migration_target(&self.plugins).map_err(GatewayError::into_status)?
         } else if entry.ns.create_revision == target.migration_id && entry.held_by(&self.shard_id, &self.store_id) {
