@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use prism_proto::control::{
     Abstraction, Backend, BackendConfig, CreateNamespaceRequest, CreateTenantRequest, GetNamespaceRequest,
-    MigrateNamespaceRequest, MigrationTarget, Namespace, NamespaceSpec, NamespaceStatus, PostgresConfig,
+    MigrateNamespaceRequest, MigrationTarget, Namespace, NamespaceSpec, NamespaceStatus, Placement, PostgresConfig,
     backend_config,
 };
 use prism_testkit::browser::{self, Browser, fantoccini::Locator};
@@ -312,6 +312,15 @@ async fn a_namespace_page_shows_its_migration() -> anyhow::Result<()> {
     })
     .await?;
     assert!(body.contains("postgres on shard-"), "{body}");
+    assert!(body.contains("id=\"placement\">hashed over the shared shards<"), "{body}");
+    // A namespace holding the other shard alone says so.
+    let other = if gw.gateway.config.shard_id == "shard-0" { "shard-1" } else { "shard-0" };
+    let placement = Placement { pinned_shard: other.into(), dedicated: true };
+    let spec = NamespaceSpec { placement: Some(Box::new(placement)), ..kv_spec() };
+    cp.create_namespace(CreateNamespaceRequest { name: "acme/alone".into(), spec: Some(spec) }).await?;
+    let (_, alone) = get(at, "/console/namespaces/acme/alone", Some(&tenant_admin())).await?;
+    let want = format!("id=\"placement\">pinned to {other}, dedicated (no other namespace on it)<");
+    assert!(alone.contains(&want), "{alone}");
     // The source serves meanwhile.
     let mut kv = gw.kv(Some(&admin_token())).await?;
     let item = prism_proto::kv::Item { key: b"k".to_vec(), value: b"v".to_vec(), ttl: None };

@@ -498,6 +498,7 @@ async fn namespace_page(c: &Console, headers: &HeaderMap, name: &str, raw: RawPa
             tr { th { "status" } td { (status(&st)) } }
             tr { th { "reason" } td.reason id="status-reason" { (ns.status_reason) } }
             tr { th { "owning shard" } td { (ns.shard_id) @if !ns.owner_store_id.is_empty() { " (store " (ns.owner_store_id) ")" } } }
+            tr { th { "placement" } td id="placement" { (placement(&spec)) } }
             tr { th { "abstraction" } td { (abstraction(spec.abstraction)) } }
             tr { th { "backend" } td { (backend(spec.backend)) } }
             tr { th { "revision" } td { (ns.revision) " (created at " (ns.create_revision) ")" } }
@@ -759,5 +760,15 @@ fn audit_table(events: &[AuditEvent]) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// How the namespace is placed: hashed, pinned, or pinned to a shard it
+/// holds alone.
+fn placement(spec: &prism_proto::control::NamespaceSpec) -> String {
+    match spec.placement.as_deref().filter(|p| !p.pinned_shard.is_empty()) {
+        Some(p) if p.dedicated => format!("pinned to {}, dedicated (no other namespace on it)", p.pinned_shard),
+        Some(p) => format!("pinned to {}", p.pinned_shard),
+        None => "hashed over the shared shards".to_owned(),
     }
 }
