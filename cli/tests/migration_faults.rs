@@ -6,7 +6,9 @@
 //!   migration goes on from the recorded step;
 //! - the gateway is killed during BACKFILL and restarted on its data
 //!   directory: it reads the step from its snapshot and the backfill
-//!   resumes from the recorded cursor (the copied count never goes back).
+//!   resumes from the recorded cursor (the copied count never goes back);
+//! - migrating embedded → embedded on another shard, the target's gateway
+//!   (the target's only holder) is killed during BACKFILL and restarted.
 //!
 //! The writers send every write with an idempotency token and send it
 //! again, the same, until it is acknowledged (the kill fails the ones in
@@ -79,6 +81,12 @@ fn control_plane(dir: &Path, listen: &str) -> anyhow::Result<Process> {
 /// part in migrations; requests last at most 2 s, so the steps that drain
 /// them (DUAL_WRITE, CUTOVER) wait that long.
 fn gateway(dir: &Path, cp: &str, listen: &str) -> anyhow::Result<Process> {
+    gateway_of(dir, cp, listen, SHARD, "gateway")
+}
+
+/// A gateway of `shard` as [`gateway`] starts shard-0's, its data in
+/// `dir/data`.
+fn gateway_of(dir: &Path, cp: &str, listen: &str, shard: &str, data: &str) -> anyhow::Result<Process> {
     let config = dir.join("gateway.toml");
     std::fs::write(
         &config,
@@ -87,8 +95,8 @@ fn gateway(dir: &Path, cp: &str, listen: &str) -> anyhow::Result<Process> {
              [gateway.limits]\nrequest_timeout_ms = 2000\n"
         ),
     )?;
-    let token_file = dir.join("shard.token");
-    std::fs::write(&token_file, format!("{}\n", token(SHARD, None, &["shard"])))?;
+    let token_file = dir.join(format!("{shard}.token"));
+    std::fs::write(&token_file, format!("{}\n", token(shard, None, &["shard"])))?;
     let (config, token_file) =
         (config.to_str().context("utf-8 path")?.to_owned(), token_file.to_str().context("utf-8 path")?.to_owned());
     let secret = secret_file(dir)?;
@@ -96,7 +104,7 @@ fn gateway(dir: &Path, cp: &str, listen: &str) -> anyhow::Result<Process> {
         &[
             "gateway",
             "--shard-id",
-            SHARD,
+            shard,
             "--control-plane",
             cp,
             "--listen",
@@ -108,7 +116,7 @@ fn gateway(dir: &Path, cp: &str, listen: &str) -> anyhow::Result<Process> {
             "--config",
             &config,
         ],
-        &dir.join("gateway"),
+        &dir.join(data),
         LOG,
     )
 }
@@ -242,11 +250,15 @@ async fn served(addr: &str) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 async fn registered(cp: &mut ControlPlaneClient) -> anyhow::Result<()> {
+    registered_shard(cp, SHARD).await
+}
+
+async fn registered_shard(cp: &mut ControlPlaneClient, shard: &str) -> anyhow::Result<()> {
     eventually(WAIT, || {
         let mut cp = cp.clone();
         async move {
             let shards = cp.list_shards(ListShardsRequest::default()).await?.into_inner().shards;
-            anyhow::ensure!(shards.iter().any(|s| s.shard_id == SHARD && !s.instances.is_empty()), "not registered");
+            anyhow::ensure!(shards.iter().any(|s| s.shard_id == shard && !s.instances.is_empty()), "not registered");
             Ok(())
         }
     })
@@ -409,6 +421,58 @@ async fn a_migration_resumes_after_its_control_plane_and_its_gateway_are_killed(
     println!(
         "{writes} writes acknowledged during the migration ({retries} sends again after a failure), {PRELOAD} \
          preloaded, {copied_at_kill} records copied when the gateway was killed"
+    );
+    Ok(())
+}
+
+/// Embedded on shard-0 to embedded on shard-1 (the target on shard-1's
+/// disk, reached through its gateway), and that gateway, the target's
+/// only holder, killed during BACKFILL and restarted on its data
+/// directory: the runner's copies and the dual writes fail while it is
+/// away (the writers send theirs again), the backfill resumes from the
+/// recorded cursor, and at the end shard-1 serves every acknowledged
+/// write, forwarded from shard-0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_migration_to_another_shard_survives_its_target_gateway_killed() -> anyhow::Result<()> {
+    let Some(rig) = Rig::start(PRELOAD).await? else { return Ok(()) };
+    let cp = rig.cp.clone();
+    // Shard-1 joins once the namespace is on shard-0 (an embedded
+    // namespace stays where its data is).
+    let mut target = gateway_of(rig.dir.path(), &cp, "127.0.0.1:0", "shard-1", "gateway-1")?;
+    let target_addr = target.addr.clone();
+    registered_shard(&mut prism_client::control_plane(&cp, Some(&admin_token())).await?, "shard-1").await?;
+    let started = prism(&cp, &["namespace", "migrate", NS, "--pin", "shard-1"])?;
+    anyhow::ensure!(started.contains("own backend on shard-1"), "{started}");
+    let before = at(&cp, MigrationStep::Backfill, |ns| copied(ns) > 0).await?;
+    target.kill();
+    let copied_at_kill = copied(&before);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let target = gateway_of(rig.dir.path(), &cp, &target_addr, "shard-1", "gateway-1")?;
+    let lowest = AtomicU64::new(u64::MAX);
+    let done = eventually(WAIT, || async {
+        let ns = namespace(&cp).await?;
+        if step(&ns) == Some(MigrationStep::Backfill) {
+            lowest.fetch_min(copied(&ns), Ordering::Relaxed);
+        }
+        if let Some(m) = ns.migration.as_deref() {
+            anyhow::bail!("at {:?}: {} {:?}", step(&ns), m.reason, m.progress);
+        }
+        Ok(ns)
+    })
+    .await?;
+    let lowest = lowest.into_inner();
+    anyhow::ensure!(
+        lowest == u64::MAX || lowest >= copied_at_kill,
+        "records copied went back: {lowest} < {copied_at_kill}"
+    );
+    assert_eq!(done.shard_id, "shard-1", "on shard-1 now");
+    assert_eq!(done.spec.as_ref().map(|s| s.backend), Some(Backend::Embedded as i32));
+    let retries = rig.ledger.retries.load(Ordering::Relaxed);
+    let writes = rig.check().await?;
+    drop(target);
+    println!(
+        "{writes} writes acknowledged ({retries} sent again after a failure), {PRELOAD} preloaded, \
+         {copied_at_kill} records copied when the target's gateway was killed"
     );
     Ok(())
 }
