@@ -558,11 +558,22 @@ async fn mutate(t: &Target, id: &str, mutations: &[Mutation], stamp: &WriteStamp
     check_sizes(id, mutations, stamp)?;
     let plan = Plan::new(mutations);
     let columns = Columns::of(&plan, t.chunk_threshold)?;
+    again_if_conflicted(t, "mutate", || t.unless_unprepared(|| mutate_once(t, id, &plan, &columns, stamp))).await
+}
+
+/// Runs `call` (a transaction named `what` in the log) up to
+/// [`MUTATE_ATTEMPTS`] times while it meets a deadlock or a serialization
+/// failure.
+async fn again_if_conflicted<T, F, Fut>(t: &Target, what: &str, call: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let mut attempt = 1;
     loop {
-        match t.unless_unprepared(|| mutate_once(t, id, &plan, &columns, stamp)).await {
+        match call().await {
             Err(e) if e.is_transient() && attempt < MUTATE_ATTEMPTS => {
-                tracing::debug!(namespace = %t.name, error = %e, attempt, "mutate conflicted; running it again");
+                tracing::debug!(namespace = %t.name, error = %e, attempt, "{what} conflicted; running it again");
                 attempt += 1;
             }
             other => return other,
@@ -823,16 +834,7 @@ async fn restore_records(t: &Target, records: &[RecordVersions]) -> Result<()> {
         records.iter().partition(|r| RestoreRows::fits(r, t.chunk_threshold));
     if !rows.is_empty() {
         let rows = RestoreRows::of(t, &rows);
-        let mut attempt = 1;
-        loop {
-            match restore_rows_once(t, &rows).await {
-                Err(e) if e.is_transient() && attempt < MUTATE_ATTEMPTS => {
-                    tracing::debug!(namespace = %t.name, error = %e, attempt, "restore conflicted; running it again");
-                    attempt += 1;
-                }
-                other => break other?,
-            }
-        }
+        again_if_conflicted(t, "restore", || restore_rows_once(t, &rows)).await?;
     }
     for record in others {
         restore(t, &record.id, &record.versions).await?;
