@@ -225,6 +225,30 @@ async fn at(cp: &str, wanted: MigrationStep, also: impl Fn(&Namespace) -> bool) 
     .await
 }
 
+/// Waits for a migration whose gateway was killed with `copied_at_kill`
+/// records copied to end, and checks that its backfill resumed: the
+/// count never went back. Returns the namespace as it ended.
+async fn resumed_to_the_end(cp: &str, copied_at_kill: u64) -> anyhow::Result<Namespace> {
+    let lowest = AtomicU64::new(u64::MAX);
+    let done = eventually(WAIT, || async {
+        let ns = namespace(cp).await?;
+        if step(&ns) == Some(MigrationStep::Backfill) {
+            lowest.fetch_min(copied(&ns), Ordering::Relaxed);
+        }
+        if let Some(m) = ns.migration.as_deref() {
+            anyhow::bail!("at {:?}: {} {:?}", step(&ns), m.reason, m.progress);
+        }
+        Ok(ns)
+    })
+    .await?;
+    let lowest = lowest.into_inner();
+    anyhow::ensure!(
+        lowest == u64::MAX || lowest >= copied_at_kill,
+        "records copied went back: {lowest} < {copied_at_kill}"
+    );
+    Ok(done)
+}
+
 fn copied(ns: &Namespace) -> u64 {
     ns.migration.as_deref().and_then(|m| m.progress.as_ref()).map_or(0, |p| p.records_copied)
 }
@@ -395,24 +419,7 @@ async fn a_migration_resumes_after_its_control_plane_and_its_gateway_are_killed(
         serde_json::from_str(&prism(&cp, &["--output", "json", "namespace", "migrate", "status", NS])?)?;
     anyhow::ensure!(status["migration"]["progress"]["records_copied"].as_u64() >= Some(copied_at_kill), "{status}");
     rig.gw = gateway(rig.dir.path(), &cp, &addr)?;
-    // The backfill resumed: the count never went back.
-    let lowest = AtomicU64::new(u64::MAX);
-    let done = eventually(WAIT, || async {
-        let ns = namespace(&cp).await?;
-        if step(&ns) == Some(MigrationStep::Backfill) {
-            lowest.fetch_min(copied(&ns), Ordering::Relaxed);
-        }
-        if let Some(m) = ns.migration.as_deref() {
-            anyhow::bail!("at {:?}: {} {:?}", step(&ns), m.reason, m.progress);
-        }
-        Ok(ns)
-    })
-    .await?;
-    let lowest = lowest.into_inner();
-    anyhow::ensure!(
-        lowest == u64::MAX || lowest >= copied_at_kill,
-        "records copied went back: {lowest} < {copied_at_kill}"
-    );
+    let done = resumed_to_the_end(&cp, copied_at_kill).await?;
     assert_eq!(done.spec.as_ref().map(|s| s.backend), Some(Backend::Postgres as i32), "on PostgreSQL now");
     let status = prism(&cp, &["namespace", "migrate", "status", NS])?;
     anyhow::ensure!(status.contains("no migration running; it is postgres on shard-0"), "{status}");
@@ -446,25 +453,8 @@ async fn an_embedded_migration_to_another_shard_survives_its_target_gateway_kill
     let before = at(&cp, MigrationStep::Backfill, |ns| copied(ns) > 0).await?;
     target.kill();
     let copied_at_kill = copied(&before);
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
     let target = gateway_of(rig.dir.path(), &cp, &target_addr, "shard-1", "gateway-1")?;
-    let lowest = AtomicU64::new(u64::MAX);
-    let done = eventually(WAIT, || async {
-        let ns = namespace(&cp).await?;
-        if step(&ns) == Some(MigrationStep::Backfill) {
-            lowest.fetch_min(copied(&ns), Ordering::Relaxed);
-        }
-        if let Some(m) = ns.migration.as_deref() {
-            anyhow::bail!("at {:?}: {} {:?}", step(&ns), m.reason, m.progress);
-        }
-        Ok(ns)
-    })
-    .await?;
-    let lowest = lowest.into_inner();
-    anyhow::ensure!(
-        lowest == u64::MAX || lowest >= copied_at_kill,
-        "records copied went back: {lowest} < {copied_at_kill}"
-    );
+    let done = resumed_to_the_end(&cp, copied_at_kill).await?;
     assert_eq!(done.shard_id, "shard-1", "on shard-1 now");
     assert_eq!(done.spec.as_ref().map(|s| s.backend), Some(Backend::Embedded as i32));
     let retries = rig.ledger.retries.load(Ordering::Relaxed);
