@@ -443,9 +443,7 @@ impl Migrating {
             progress.records_copied += copied.records;
             copied_here += copied.records;
             progress.bytes_copied += copied.bytes;
-            let counted = &self.metrics.migration;
-            counted.records_copied.fetch_add(copied.records, std::sync::atomic::Ordering::Relaxed);
-            counted.bytes_copied.fetch_add(copied.bytes, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.migration.copied(copied.records, copied.bytes);
             cursor = copied.next;
             progress.cursor = cursor.as_ref().map(VersionCursor::encode).unwrap_or_default();
             if cursor.is_none() {

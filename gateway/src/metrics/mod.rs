@@ -426,6 +426,12 @@ impl MigrationMetrics {
         self.step_failures.get(step).map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
+    /// Counts one backfill page's records and bytes.
+    pub fn copied(&self, records: u64, bytes: u64) {
+        self.records_copied.fetch_add(records, Ordering::Relaxed);
+        self.bytes_copied.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Counts one shadow read, by whether its sides agreed.
     pub fn shadow_read(&self, same: bool) {
         let n = if same { &self.shadow_same } else { &self.shadow_differ };
