@@ -101,3 +101,5 @@ cargo test -p prism-gateway --features pulsar --locked --test pulsar
 cargo test -p prism-gateway --features pulsar --locked --test faults pulsar
 # The Pulsar case of the backend-fed tails (the others ran above).
 cargo test -p prism-gateway --features pulsar --locked --test tails pulsar
+# A TimeSeries namespace migrated from Kafka to Pulsar under load.
+cargo test -p prism-gateway --features pulsar --locked --test migration_ts

@@ -14,9 +14,12 @@
 //! Nothing starts that no gateway would carry out: an instance says in its
 //! registration which migrations it performs ([`MIGRATE_KEY_VALUE`]), and
 //! a migration is refused with FAILED_PRECONDITION, naming them, while an
-//! instance of the source's or target's shard does not. TimeSeries
-//! migrations are refused outright until their dual write and backfill
-//! exist.
+//! instance of the source's or target's shard does not: KeyValue
+//! namespaces need [`MIGRATE_KEY_VALUE`] (and [`MIGRATE_TO_EMBEDDED`] to
+//! go to embedded storage), TimeSeries ones [`MIGRATE_TIME_SERIES`]. A
+//! TimeSeries namespace cannot go to embedded storage yet (the peer
+//! service that reaches a target on another instance's disk carries
+//! KeyValue only).
 //!
 //! The steps: PREPARE (the target's holder provisions it), DUAL_WRITE
 //! (every instance of the source's shard writes both sides), BACKFILL and
@@ -43,8 +46,13 @@ pub const MIGRATE_KEY_VALUE: &str = "migrate-key-value";
 
 /// The feature of an instance that also takes part in KeyValue
 /// migrations to embedded storage (a target on one instance's disk,
-/// reached through the forwarder). No gateway performs it yet.
+/// reached through that instance's peer service).
 pub const MIGRATE_TO_EMBEDDED: &str = "migrate-key-value-to-embedded";
+
+/// The feature of an instance that performs its part of TimeSeries
+/// migrations (dual writes of events, buffered ones included; a backfill
+/// and a comparison by time range; tails moved at CUTOVER).
+pub const MIGRATE_TIME_SERIES: &str = "migrate-time-series";
 
 /// Longest reason a report may give.
 const MAX_REASON_LEN: usize = 1024;
@@ -163,14 +171,19 @@ impl ControlPlane {
             )));
         }
         let source = ns.spec.clone().unwrap_or_default();
-        if source.abstraction == Abstraction::TimeSeries as i32 {
-            return Err(ControlPlaneError::FailedPrecondition(format!(
-                "namespace {name} is TIME_SERIES: migrating TimeSeries namespaces is not supported yet \
-                 (issue 16; only KEY_VALUE has dual write and backfill)"
-            )));
-        }
+        let time_series = source.abstraction == Abstraction::TimeSeries as i32;
         let registered = self.store().list_shards().await?;
         let spec = validate::migration_target(&source, target, &self.known_shards_of(&registered))?;
+        if time_series && spec.backend == prism_proto::control::Backend::Embedded as i32 {
+            return Err(ControlPlaneError::invalid(
+                "target.backend",
+                format!(
+                    "namespace {name} is TIME_SERIES: it cannot migrate to EMBEDDED storage yet (a target on one \
+                     instance's disk is reached through a peer service that carries KeyValue only); choose KAFKA \
+                     or PULSAR"
+                ),
+            ));
+        }
         let pins = self.pins().await?;
         let dedicated = pins.dedicated();
         if let Some(pin) = crate::dedicated::Pin::of_spec(&spec) {
@@ -193,7 +206,8 @@ impl ControlPlane {
                 format!("places the namespace where it is: backend and settings unchanged, on shard {shard}"),
             ));
         }
-        check_performers(&registered, &[ns.shard_id.as_str(), shard.as_str()], MIGRATE_KEY_VALUE)?;
+        let feature = if time_series { MIGRATE_TIME_SERIES } else { MIGRATE_KEY_VALUE };
+        check_performers(&registered, &[ns.shard_id.as_str(), shard.as_str()], feature)?;
         // An embedded target is on one instance's disk: the source's
         // holders reach it through that instance (dual writes, backfill,
         // comparison), so both shards' gateways must do their part; refused

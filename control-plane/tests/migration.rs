@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use prism_client::ControlPlaneClient;
 use prism_control_plane::assign::rendezvous;
-use prism_control_plane::migration::{MIGRATE_KEY_VALUE, MIGRATE_TO_EMBEDDED};
+use prism_control_plane::migration::{MIGRATE_KEY_VALUE, MIGRATE_TIME_SERIES, MIGRATE_TO_EMBEDDED};
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{
     AbortMigrationRequest, Abstraction, Backend, BackendConfig, CreateNamespaceRequest, DeleteNamespaceRequest,
-    DeregisterShardRequest, GetMigrationRequest, GetNamespaceRequest, ListAuditEventsRequest, MigrateNamespaceRequest,
-    MigrationProgress, MigrationStep, MigrationTarget, Namespace, NamespaceSpec, NamespaceStatus, Placement,
-    PostgresConfig, RegisterShardRequest, ReportMigrationRequest, ReportNamespaceStatusRequest, UpdateNamespaceRequest,
-    WatchRequest, watch_response::Event,
+    DeregisterShardRequest, GetMigrationRequest, GetNamespaceRequest, KafkaConfig, ListAuditEventsRequest,
+    MigrateNamespaceRequest, MigrationProgress, MigrationStep, MigrationTarget, Namespace, NamespaceSpec,
+    NamespaceStatus, Placement, PostgresConfig, RegisterShardRequest, ReportMigrationRequest,
+    ReportNamespaceStatusRequest, UpdateNamespaceRequest, WatchRequest, watch_response::Event,
 };
 use prism_testkit::eventually;
 use tonic::Code;
@@ -163,9 +163,26 @@ async fn bad_targets_are_refused_naming_the_field() -> anyhow::Result<()> {
     assert!(status.message().contains("PROVISIONING"), "{status:?}");
     let ts = NamespaceSpec { abstraction: Abstraction::TimeSeries as i32, ..pinned(kv_spec(), "shard-a") };
     active(&mut c, "acme/events", ts, "shard-a").await?;
-    let status =
-        refused(c.migrate_namespace(migrate("acme/events", to_shard("shard-b"))).await, Code::FailedPrecondition, None);
-    assert!(status.message().contains("TIME_SERIES") && status.message().contains("not supported yet"), "{status:?}");
+    // A TimeSeries namespace: not to embedded storage (another
+    // instance's disk), and only where gateways migrate TimeSeries.
+    let status = refused(
+        c.migrate_namespace(migrate("acme/events", to_shard("shard-b"))).await,
+        Code::InvalidArgument,
+        Some("target.backend"),
+    );
+    assert!(status.message().contains("TIME_SERIES") && status.message().contains("EMBEDDED"), "{status:?}");
+    let to_kafka = MigrationTarget {
+        backend: Backend::Kafka as i32,
+        backend_config: Some(BackendConfig {
+            config: Some(Config::Kafka(KafkaConfig {
+                bootstrap_servers: vec!["kafka.invalid:9092".into()],
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    let status = refused(c.migrate_namespace(migrate("acme/events", to_kafka)).await, Code::FailedPrecondition, None);
+    assert!(status.message().contains(MIGRATE_TIME_SERIES) && status.message().contains("shard-a"), "{status:?}");
 
     // Every refusal was audited with its status.
     let audit = c

@@ -44,6 +44,10 @@ pub struct BufferStats {
 }
 
 pub struct WriteBuffer {
+    /// When the flusher's write now under way started (`None`: none is):
+    /// a migration step waits for writes that started before it
+    /// ([`Self::writing_since`]).
+    writing: std::sync::Mutex<Option<tokio::time::Instant>>,
     permits: Arc<Semaphore>,
     capacity: usize,
     tx: mpsc::UnboundedSender<Pending>,
@@ -61,6 +65,7 @@ impl WriteBuffer {
     pub fn new(capacity_events: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
+            writing: std::sync::Mutex::new(None),
             permits: Arc::new(Semaphore::new(capacity_events)),
             capacity: capacity_events,
             tx,
@@ -94,6 +99,19 @@ impl WriteBuffer {
         Ok(())
     }
 
+    /// When the write the flusher is making now started, if it is making
+    /// one. A write starts from the metadata of its time, so once none
+    /// that started before a migration step was applied is under way,
+    /// every buffered event is written as that step says (DUAL_WRITE: to
+    /// both sides).
+    pub fn writing_since(&self) -> Option<tokio::time::Instant> {
+        *self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_writing(&self, since: Option<tokio::time::Instant>) {
+        *self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = since;
+    }
+
     /// Events accepted and not yet written.
     pub fn depth(&self) -> usize {
         self.capacity.saturating_sub(self.permits.available_permits())
@@ -109,10 +127,13 @@ impl WriteBuffer {
 }
 
 /// What the flusher writes with: the plugins, the tails that get the
-/// events once durable, and the metrics its plugin calls are timed into.
+/// events once durable, the metrics its plugin calls are timed into, and
+/// the metadata it looks its namespaces up in again when it writes (a
+/// namespace may have started migrating since its events were accepted).
 #[derive(Debug, Clone)]
 pub struct Flusher {
     pub buffer: Arc<WriteBuffer>,
+    pub metadata: Arc<crate::snapshot::Metadata>,
     pub plugins: Plugins,
     pub tails: Arc<TailHub>,
     pub metrics: Arc<GatewayMetrics>,
@@ -157,30 +178,37 @@ pub async fn flush(flusher: Flusher, mut stopped: tokio::sync::watch::Receiver<b
 
 async fn write(flusher: &Flusher, pending: Pending) {
     let n = pending.events.len() as u64;
-    let entry = &pending.entry;
-    let backend = entry.backend();
+    let backend = pending.entry.backend();
     if flusher.plugins.get(backend).and_then(|p| p.time_series()).is_none() {
         flusher.buffer.stats.dropped.fetch_add(n, Ordering::Relaxed);
-        tracing::error!(namespace = %entry.ns.name, events = n, "buffered events dropped: no TimeSeries backend");
+        tracing::error!(namespace = %pending.entry.ns.name, events = n, "buffered events dropped: no TimeSeries backend");
         return;
     }
     let mut pause = Duration::from_millis(50);
     for attempt in 1..=MAX_ATTEMPTS {
+        flusher.buffer.set_writing(Some(tokio::time::Instant::now()));
+        // The namespace as the metadata has it now (its sides may have
+        // changed: a migration), else as it was accepted (a deleted one
+        // fails as its backend says).
+        let current = flusher.metadata.load().namespace(&pending.entry.ns.name).cloned();
+        let entry = current.filter(|e| e.incarnation == pending.entry.incarnation).unwrap_or(pending.entry.clone());
         // Opened once per metadata change, kept with the entry; a failure
         // to open is tried again like a failed write.
-        let written = match entry.time_series(&flusher.plugins) {
-            Ok(ts) => crate::backend::observed(&flusher.metrics, entry, crate::metrics::Op::Write, |_| {
-                ts.write_with(&pending.events, &pending.context)
+        let written =
+            crate::ts_router::write_sides(&flusher.plugins, &flusher.metrics, &entry, &pending.events, |_| {
+                pending.context.clone()
             })
-            .await
-            .map_err(GatewayError::from),
-            Err(e) => Err(e),
-        };
+            .await;
+        flusher.buffer.set_writing(None);
         match written {
             Ok(()) => {
                 flusher.buffer.stats.flushed.fetch_add(n, Ordering::Relaxed);
-                if let Some(events) = pending.published {
-                    flusher.tails.publish(entry, events);
+                // Only to tails this gateway feeds itself: once the side
+                // read follows its writes (a migration's target at
+                // CUTOVER), its feed has them.
+                let fed = entry.time_series_sides(&flusher.plugins).is_ok_and(|(first, _)| first.follows());
+                if let Some(events) = pending.published.filter(|_| !fed) {
+                    flusher.tails.publish(&entry, events);
                 }
                 return;
             }

@@ -51,6 +51,7 @@ pub mod store_id;
 pub mod tail;
 pub mod transport;
 pub mod ts_event;
+pub mod ts_migration;
 pub mod ts_router;
 pub mod ts_service;
 

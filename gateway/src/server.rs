@@ -275,8 +275,8 @@ impl Gateway {
             // Migrations are experimental (issue 16): advertised only when
             // configured, so by default the control plane starts none.
             features: if config.experimental_migrations {
-                use crate::background::migrate::{MIGRATE_KEY_VALUE, MIGRATE_TO_EMBEDDED};
-                vec![MIGRATE_KEY_VALUE.to_owned(), MIGRATE_TO_EMBEDDED.to_owned()]
+                use crate::background::migrate::{MIGRATE_KEY_VALUE, MIGRATE_TIME_SERIES, MIGRATE_TO_EMBEDDED};
+                [MIGRATE_KEY_VALUE, MIGRATE_TO_EMBEDDED, MIGRATE_TIME_SERIES].map(str::to_owned).to_vec()
             } else {
                 Vec::new()
             },
@@ -323,6 +323,7 @@ impl Gateway {
             request_timeout: config.request_timeout(),
             backfill_parallelism: config.migration_backfill_parallelism,
             backfill_rate: config.migration_backfill_records_per_second,
+            buffer: gw.buffer.clone(),
             metrics: gw.metrics.clone(),
             failures: std::sync::Mutex::default(),
         };
@@ -347,6 +348,7 @@ impl Gateway {
         };
         let flusher = Flusher {
             buffer: gw.buffer.clone(),
+            metadata: gw.metadata.clone(),
             plugins: gw.plugins.clone(),
             tails: gw.tails.clone(),
             metrics: gw.metrics.clone(),

@@ -304,6 +304,73 @@ impl NamespaceEntry {
         }
     }
 
+    /// As [`Self::dual_write_target`], as TimeSeries: where events are
+    /// written besides the source, from DUAL_WRITE through CUTOVER.
+    pub fn time_series_target(&self, plugins: &Plugins) -> Result<Option<&dyn TimeSeriesHandle>> {
+        let dual = matches!(
+            self.migration_step(),
+            Some(MigrationStep::DualWrite | MigrationStep::Backfill | MigrationStep::Verify | MigrationStep::Cutover)
+        );
+        match self.migration.as_deref() {
+            Some(migration) if dual => Ok(Some(self.open_time_series_target(plugins, migration)?.as_ref())),
+            _ => Ok(None),
+        }
+    }
+
+    /// The sides a TimeSeries call uses, as [`Self::key_value_sides`]:
+    /// the one it reads (and writes first) and the one it also writes.
+    /// From CUTOVER the target reads; events are idempotent by identity,
+    /// so the order of the two writes matters only to reads, and a
+    /// gateway still before the cutover, reading the source, sees every
+    /// acknowledged write.
+    pub fn time_series_sides(
+        &self,
+        plugins: &Plugins,
+    ) -> Result<(&dyn TimeSeriesHandle, Option<&dyn TimeSeriesHandle>)> {
+        let source = self.time_series(plugins)?;
+        match self.time_series_target(plugins)? {
+            Some(target) if self.migration_step() == Some(MigrationStep::Cutover) => Ok((target, Some(source))),
+            target => Ok((source, target)),
+        }
+    }
+
+    /// The incarnation the namespace's reads are served from: the
+    /// migration's target from CUTOVER on (it becomes the namespace's own
+    /// at the cleanup commit, under the same incarnation), else the
+    /// namespace's data. Tails are keyed by it (`tail.rs`): one that
+    /// followed the source ends at CUTOVER, one that follows the target
+    /// goes on after the cleanup commit.
+    pub fn reading_revision(&self) -> u64 {
+        match self.migration.as_deref() {
+            Some(m) if m.step == MigrationStep::Cutover as i32 => m.id,
+            _ => self.ns.create_revision,
+        }
+    }
+
+    fn open_time_series_target(&self, plugins: &Plugins, migration: &Migration) -> Result<&Arc<dyn TimeSeriesHandle>> {
+        if self.target.get().is_none() {
+            let owner = migration.target_owner_store_id.as_str();
+            if !owner.is_empty() && !plugins.is_local_store(owner) {
+                // The control plane starts no such migration: the peer
+                // service carries KeyValue only.
+                return Err(GatewayError::FailedPrecondition(format!(
+                    "namespace {} is migrating to a store of one instance ({owner}); TimeSeries targets there are \
+                     not supported",
+                    self.ns.name
+                )));
+            }
+            let target = crate::migration::target_namespace(&self.ns, migration);
+            let backend = Backend::try_from(target.spec.backend).unwrap_or(Backend::Unspecified);
+            let plugin = plugins.get(backend).and_then(|p| p.time_series());
+            let handle = plugin.ok_or_else(|| not_served(backend, "TIME_SERIES"))?.open(&target)?;
+            let _ = self.target.set(Opened::TimeSeries(handle));
+        }
+        match self.target.get() {
+            Some(Opened::TimeSeries(handle)) => Ok(handle),
+            _ => Err(GatewayError::Internal(format!("the target of {} is not open as TIME_SERIES", self.ns.name))),
+        }
+    }
+
     fn open_target(&self, plugins: &Plugins, migration: &Migration) -> Result<&Arc<dyn KeyValueHandle>> {
         if self.target.get().is_none() {
             let owner = migration.target_owner_store_id.as_str();

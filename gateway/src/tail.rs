@@ -72,8 +72,11 @@ pub struct TailHub {
     ids: AtomicU64,
 }
 
+/// The channel of the incarnation the namespace's reads are served from
+/// (`NamespaceEntry::reading_revision`): a migrating namespace's target
+/// from CUTOVER on, which the cleanup commit makes its own.
 fn key(entry: &NamespaceEntry) -> Key {
-    (entry.ns.name.clone(), entry.ns.create_revision)
+    (entry.ns.name.clone(), entry.reading_revision())
 }
 
 fn tags_match(filter: Option<&TagFilter>, event: &ts::Event) -> bool {
@@ -155,6 +158,26 @@ impl TailHub {
         if let Ok(mut channels) = self.channels.lock() {
             channels.retain(|(n, _), _| n != name);
         }
+    }
+
+    /// Ends every tail of namespace `name` but those of incarnation
+    /// `revision`, stopping their feeds: the namespace's reads moved to
+    /// `revision` (a migration's CUTOVER), or the incarnation they moved
+    /// to became its data (the cleanup commit), so the other ones' feeds
+    /// will miss writes. Each ends with UNAVAILABLE; tailing again
+    /// follows `revision`.
+    pub fn keep_only(&self, name: &str, revision: u64) {
+        let Ok(mut channels) = self.channels.lock() else { return };
+        channels.retain(|(n, r), channel| {
+            let keep = n != name || *r == revision;
+            if !keep {
+                let status = tonic::Status::unavailable(format!(
+                    "namespace {name} moved to its migration's target (incarnation {revision}); tail again"
+                ));
+                let _ = channel.tx.send(Arc::new(Err(status)));
+            }
+            keep
+        });
     }
 
     /// A stream of the namespace's new events, optionally of one series

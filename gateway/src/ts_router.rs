@@ -80,21 +80,27 @@ fn limits(page_size_bytes: u64, limit: u32, stop_by: Option<StopBy>) -> PageLimi
     .stopping(stop_by)
 }
 
-fn cursor_bytes(c: &EventCursor) -> Vec<u8> {
+/// Where a newest-first walk continues, as bytes (a page token's
+/// content, a migration's backfill cursor).
+pub(crate) fn cursor_bytes(c: &EventCursor) -> Vec<u8> {
     let mut out = c.event_time.to_be_bytes().to_vec();
     out.extend_from_slice(&page_token::scan_position(&c.time_series_id, c.event_id.as_bytes()));
     out
 }
 
-fn parse_cursor(bytes: &[u8]) -> Result<EventCursor> {
-    let bad = || GatewayError::invalid("page_token", "is not a page token of this request");
-    let (time, rest) = bytes.split_first_chunk::<8>().ok_or_else(bad)?;
-    let (series, event_id) = page_token::parse_scan_position(rest)?;
-    Ok(EventCursor {
+/// [`cursor_bytes`] read back; `None` when they are not a cursor.
+pub(crate) fn decode_cursor(bytes: &[u8]) -> Option<EventCursor> {
+    let (time, rest) = bytes.split_first_chunk::<8>()?;
+    let (series, event_id) = page_token::parse_scan_position(rest).ok()?;
+    Some(EventCursor {
         event_time: i64::from_be_bytes(*time),
         time_series_id: series,
-        event_id: String::from_utf8(event_id).map_err(|_| bad())?,
+        event_id: String::from_utf8(event_id).ok()?,
     })
+}
+
+fn parse_cursor(bytes: &[u8]) -> Result<EventCursor> {
+    decode_cursor(bytes).ok_or_else(|| GatewayError::invalid("page_token", "is not a page token of this request"))
 }
 
 fn interval(start: Option<&prost_types::Timestamp>, end: Option<&prost_types::Timestamp>) -> (Micros, Micros) {
@@ -118,24 +124,19 @@ pub async fn execute(
     let rev = entry.incarnation.to_be_bytes();
     match request {
         Request::WriteSync(r) => {
-            let plugin = entry.time_series(&ops.plugins)?;
+            let (first, _) = entry.time_series_sides(&ops.plugins)?;
             accept_window(entry, &r.events, now)?;
             let version = check_schema(entry, &r.events)?;
             let events: Vec<_> = r.events.iter().map(|e| to_plugin(e, version.as_deref())).collect();
-            let events = &events;
-            observed(&ops.metrics, entry, Op::Write, |span| {
-                let context = write_context(span, caller);
-                async move { plugin.write_with(events, &context).await }
-            })
-            .await?;
-            if ops.tails.watched(entry, plugin) {
+            write_sides(&ops.plugins, &ops.metrics, entry, &events, |span| write_context(span, caller)).await?;
+            if ops.tails.watched(entry, first) {
                 // As stored (microseconds), so a tail and a read agree.
                 ops.tails.publish(entry, events.iter().cloned().map(to_proto).collect());
             }
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: events.len() as u32 }))
         }
         Request::WriteBuffered(r) => {
-            let plugin = entry.time_series(&ops.plugins)?;
+            let (first, _) = entry.time_series_sides(&ops.plugins)?;
             if !entry.ns.spec.policies.as_deref().is_some_and(|p| p.accept_loss) {
                 return Err(GatewayError::FailedPrecondition(format!(
                     "namespace {} does not accept loss; use WriteEventRecordsSync",
@@ -146,7 +147,7 @@ pub async fn execute(
             let version = check_schema(entry, &r.events)?;
             let events: Vec<_> = r.events.iter().map(|e| to_plugin(e, version.as_deref())).collect();
             let n = events.len() as u32;
-            let published = ops.tails.watched(entry, plugin).then(|| events.iter().cloned().map(to_proto).collect());
+            let published = ops.tails.watched(entry, first).then(|| events.iter().cloned().map(to_proto).collect());
             // Written later, outside this request: the events keep its
             // trace context (the request span's when exported).
             let context = write_context(&tracing::Span::current(), caller);
@@ -156,7 +157,7 @@ pub async fn execute(
             Ok(Response::Write(ts::WriteEventRecordsResponse { accepted: n }))
         }
         Request::Read(r) => {
-            let plugin = entry.time_series(&ops.plugins)?;
+            let (plugin, also) = entry.time_series_sides(&ops.plugins)?;
             let (start, end) = interval(r.start.as_ref(), r.end.as_ref());
             let binding = page_token::binding(&[
                 entry.ns.name.as_bytes(),
@@ -171,12 +172,15 @@ pub async fn execute(
                 after,
                 ..Query::series(r.time_series_id, (start, end), limits(r.page_size_bytes, r.limit, stop_by))
             };
+            if also.is_some() && entry.shadow_sampled() {
+                shadow(ops, resolved.entry().clone(), query.clone(), now);
+            }
             let got = observed(&ops.metrics, entry, Op::Read, |_| plugin.query(&query, now)).await?;
             let (events, next_page_token) = page(binding, got);
             Ok(Response::Read(ts::ReadEventRecordsResponse { events, next_page_token }))
         }
         Request::Search(r) => {
-            let plugin = entry.time_series(&ops.plugins)?;
+            let (plugin, _) = entry.time_series_sides(&ops.plugins)?;
             let (start, end) = interval(r.start.as_ref(), r.end.as_ref());
             let encoded_filter = r.filter.as_ref().map(prost::Message::encode_to_vec).unwrap_or_default();
             let binding = page_token::binding(&[
@@ -196,12 +200,59 @@ pub async fn execute(
             Ok(Response::Search(ts::SearchEventRecordsResponse { events, next_page_token }))
         }
         Request::Tail(r) => {
-            let plugin = entry.time_series(&ops.plugins)?;
+            let (plugin, _) = entry.time_series_sides(&ops.plugins)?;
             let tag_filter = r.filter.as_ref().and_then(filter);
             Ok(Response::Tail(ops.tails.subscribe(entry, plugin, r.time_series_id, tag_filter).await?))
         }
         _ => Err(GatewayError::Internal("a KeyValue request reached the TimeSeries router".into())),
     }
+}
+
+/// Writes `events` to the namespace's sides (`NamespaceEntry::time_series_sides`):
+/// the one it reads, then, while it migrates, the other. Durable on both
+/// when it returns; a failure of either is the write's (the caller
+/// writes again: events are idempotent by identity). `context` is the
+/// trace context stored with them, given each backend call's span.
+pub(crate) async fn write_sides(
+    plugins: &crate::plugins::Plugins,
+    metrics: &crate::metrics::GatewayMetrics,
+    entry: &NamespaceEntry,
+    events: &[pts::Event],
+    context: impl Fn(&tracing::Span) -> pts::WriteContext,
+) -> Result<()> {
+    let (first, also) = entry.time_series_sides(plugins)?;
+    for side in std::iter::once(first).chain(also) {
+        observed(metrics, entry, Op::Write, |span| {
+            let context = context(span);
+            async move { side.write_with(events, &context).await }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sends a sampled read to both sides of the namespace's migration, off
+/// the request's path, and counts whether they served the same
+/// (ARCHITECTURE.md, "The life of a migration", VERIFY).
+fn shadow(ops: &Operations, entry: std::sync::Arc<NamespaceEntry>, query: Query, now: Micros) {
+    let (plugins, metrics) = (ops.plugins.clone(), ops.metrics.clone());
+    tokio::spawn(async move {
+        let Some(migration) = entry.migration.as_deref().map(|m| m.id) else { return };
+        let (source, target) = match entry.time_series_sides(&plugins) {
+            Ok((source, Some(target))) => (source, target),
+            _ => return,
+        };
+        match crate::ts_migration::shadow_read(source, target, &query, now).await {
+            Ok(same) => {
+                if !same {
+                    tracing::warn!(namespace = %entry.ns.name, migration, series = ?query.series, "a shadow read differed between source and target");
+                }
+                entry.local.shadow.count(migration, same);
+                metrics.migration.shadow_read(same);
+            }
+            Err(e) => tracing::debug!(namespace = %entry.ns.name, error = %e, "a shadow read failed"),
+        }
+    });
 }
 
 #[cfg(test)]

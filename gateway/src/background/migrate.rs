@@ -53,7 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prism_plugin_api::kv::{PageLimits, VersionCursor};
-use prism_proto::control::{Backend, Migration, MigrationProgress, MigrationStep, ReportMigrationRequest};
+use prism_proto::control::{Abstraction, Backend, Migration, MigrationProgress, MigrationStep, ReportMigrationRequest};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -73,6 +73,10 @@ pub const MIGRATE_KEY_VALUE: &str = "migrate-key-value";
 /// it (`crate::peer`; `prism_control_plane::migration::MIGRATE_TO_EMBEDDED`).
 pub const MIGRATE_TO_EMBEDDED: &str = "migrate-key-value-to-embedded";
 
+/// The feature a gateway registers when it also takes part in TimeSeries
+/// migrations (`prism_control_plane::migration::MIGRATE_TIME_SERIES`).
+pub const MIGRATE_TIME_SERIES: &str = "migrate-time-series";
+
 /// How often the task looks for migration work.
 const TICK: Duration = Duration::from_millis(200);
 /// How long a failed step waits before it is tried again, the first
@@ -82,6 +86,10 @@ const RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// One page of the backfill and of the digest.
 const PAGE: PageLimits = PageLimits::new(256 << 10, Some(512));
+/// One page of a TimeSeries backfill and comparison: larger, as a Kafka
+/// or Pulsar query reads its topic from the window's start for every
+/// page (`plugins/kafka/src/ts.rs`, `plugins/pulsar/src/ts.rs`).
+const EVENTS_PAGE: PageLimits = PageLimits::new(8 << 20, Some(10_000));
 /// The longest reason the control plane records in a migration
 /// (`prism_control_plane::migration`'s limit).
 const MAX_REASON_BYTES: usize = 1024;
@@ -107,9 +115,12 @@ pub struct Migrating {
     /// `migration_backfill_parallelism`: batches of a page restored at
     /// once.
     pub backfill_parallelism: usize,
-    /// `migration_backfill_records_per_second`: the most records copied a
-    /// second (0: no limit).
+    /// `migration_backfill_records_per_second`: the most records (or
+    /// events) copied a second (0: no limit).
     pub backfill_rate: u64,
+    /// The `WriteEventRecords` buffer: DUAL_WRITE and CUTOVER also wait
+    /// for the write it had under way when they were applied.
+    pub buffer: Arc<crate::buffer::WriteBuffer>,
     /// Where copies, failures and comparisons are counted.
     pub metrics: Arc<crate::metrics::GatewayMetrics>,
     /// The failure last reported per (namespace, migration, step): a step
@@ -299,10 +310,14 @@ impl Migrating {
             // the step ran without dual writes. CUTOVER: they read the
             // source, which the cleanup commit stops writing. Either way
             // they end within the request timeout (the deadline layer).
+            // Buffered events (`WriteEventRecords`) are written by the
+            // flusher, each write with the metadata of its start: the
+            // one under way when the step was applied must end too.
             MigrationStep::DualWrite | MigrationStep::Cutover if on_source => {
                 // A retry (its report failed) has drained already.
                 if let Progress::Seen(since) = progress
-                    && since.elapsed() < self.request_timeout
+                    && (since.elapsed() < self.request_timeout
+                        || self.buffer.writing_since().is_some_and(|started| started <= since))
                 {
                     return Ok(Part::Waiting);
                 }
@@ -325,30 +340,28 @@ impl Migrating {
                 }
                 let mut verified = MigrationProgress::default();
                 if runs {
-                    let source = entry.key_value(&self.plugins).map_err(|e| e.to_string())?;
-                    let target = entry.dual_write_target(&self.plugins).map_err(|e| e.to_string())?;
-                    let target = target.ok_or("the target is not open at VERIFY")?;
-                    let compared = compare(source, target, PAGE).await.map_err(|e| e.to_string())?;
+                    let compared = self.compare(entry).await?;
                     self.metrics.migration.compared(compared.differing == 0);
                     if compared.differing > 0 {
                         // Read again and still different: recorded, with
                         // where, and compared again later (a migration
                         // that never converges waits here until aborted).
                         let reason = format!(
-                            "{} of {} records differ between the source and the target; first: {}",
+                            "{} of {} {} differ between the source and the target; first: {}",
                             compared.differing,
-                            compared.items,
+                            compared.of,
+                            compared.what,
                             compared.first.as_deref().unwrap_or("?")
                         );
                         let counts = MigrationProgress {
-                            records_verified: compared.items,
+                            records_verified: compared.verified,
                             records_differing: compared.differing,
                             ..MigrationProgress::default()
                         };
                         self.report(report(false, reason.clone(), Some(counts))).await?;
                         return Err(reason);
                     }
-                    verified.records_verified = compared.items;
+                    verified.records_verified = compared.verified;
                 }
                 let (reads, mismatches) = entry.local.shadow.take(migration.id);
                 verified.shadow_reads = reads;
@@ -421,6 +434,36 @@ impl Migrating {
         }
     }
 
+    /// Compares both sides of the migration: KeyValue item by item,
+    /// TimeSeries by time range (`crate::ts_migration::compare`).
+    async fn compare(&self, entry: &NamespaceEntry) -> Result<Comparison, String> {
+        if entry.ns.spec.abstraction == Abstraction::TimeSeries as i32 {
+            let source = entry.time_series(&self.plugins).map_err(|e| e.to_string())?;
+            let target = entry.time_series_target(&self.plugins).map_err(|e| e.to_string())?;
+            let target = target.ok_or("the target is not open at VERIFY")?;
+            let compared =
+                crate::ts_migration::compare(source, target, EVENTS_PAGE).await.map_err(|e| e.to_string())?;
+            return Ok(Comparison {
+                verified: compared.events,
+                differing: compared.differing,
+                of: compared.ranges,
+                what: "hours of events",
+                first: compared.first,
+            });
+        }
+        let source = entry.key_value(&self.plugins).map_err(|e| e.to_string())?;
+        let target = entry.dual_write_target(&self.plugins).map_err(|e| e.to_string())?;
+        let target = target.ok_or("the target is not open at VERIFY")?;
+        let compared = compare(source, target, PAGE).await.map_err(|e| e.to_string())?;
+        Ok(Comparison {
+            verified: compared.items,
+            differing: compared.differing,
+            of: compared.items,
+            what: "records",
+            first: compared.first,
+        })
+    }
+
     /// Copies the source into the target from the recorded cursor,
     /// reporting the cursor at most every [`PROGRESS_EVERY`], then the end.
     async fn backfill(
@@ -429,23 +472,19 @@ impl Migrating {
         migration: &Migration,
         report: impl Fn(bool, MigrationProgress) -> ReportMigrationRequest,
     ) -> Result<(), String> {
-        let source = entry.key_value(&self.plugins).map_err(|e| e.to_string())?;
-        let target = entry.dual_write_target(&self.plugins).map_err(|e| e.to_string())?;
-        let target = target.ok_or("the target is not open at BACKFILL")?;
+        let mut pages = Pages::open(entry, &self.plugins, self.backfill_parallelism)?;
         let mut progress = migration.progress.clone().unwrap_or_default();
-        let mut cursor = VersionCursor::decode(&progress.cursor).map_err(|e| e.to_string())?;
+        let mut cursor = pages.decode(&progress.cursor)?;
         let mut reported = Instant::now();
         let (started, mut copied_here) = (Instant::now(), 0u64);
         loop {
-            let copied = backfill_page(source, target, cursor.as_ref(), PAGE, self.backfill_parallelism)
-                .await
-                .map_err(|e| e.to_string())?;
+            let copied = pages.copy(cursor.as_ref()).await?;
             progress.records_copied += copied.records;
             copied_here += copied.records;
             progress.bytes_copied += copied.bytes;
             self.metrics.migration.copied(copied.records, copied.bytes);
             cursor = copied.next;
-            progress.cursor = cursor.as_ref().map(VersionCursor::encode).unwrap_or_default();
+            progress.cursor = cursor.clone().unwrap_or_default();
             if cursor.is_none() {
                 return self.report(report(true, progress)).await;
             }
@@ -501,6 +540,78 @@ impl Migrating {
             Err(s) => {
                 self.link.reset().await;
                 Err(s.message().to_owned())
+            }
+        }
+    }
+}
+
+/// What VERIFY's comparison found, for either abstraction.
+struct Comparison {
+    /// Records (KeyValue) or events (TimeSeries) the source served.
+    verified: u64,
+    /// Parts that still differed when read again: records, or hours of
+    /// events; of how many.
+    differing: u64,
+    of: u64,
+    what: &'static str,
+    first: Option<String>,
+}
+
+/// What one page of a backfill copied, and its next cursor as the
+/// migration records it (`None`: done).
+struct Page {
+    records: u64,
+    bytes: u64,
+    next: Option<Vec<u8>>,
+}
+
+/// The two sides of a backfill, opened as the namespace's abstraction.
+enum Pages<'a> {
+    KeyValue(&'a dyn prism_plugin_api::kv::KeyValueHandle, &'a dyn prism_plugin_api::kv::KeyValueHandle, usize),
+    TimeSeries(&'a dyn prism_plugin_api::ts::TimeSeriesHandle, &'a dyn prism_plugin_api::ts::TimeSeriesHandle),
+}
+
+impl<'a> Pages<'a> {
+    fn open(entry: &'a NamespaceEntry, plugins: &Plugins, parallelism: usize) -> Result<Self, String> {
+        if entry.ns.spec.abstraction == Abstraction::TimeSeries as i32 {
+            let source = entry.time_series(plugins).map_err(|e| e.to_string())?;
+            let target = entry.time_series_target(plugins).map_err(|e| e.to_string())?;
+            return Ok(Self::TimeSeries(source, target.ok_or("the target is not open at BACKFILL")?));
+        }
+        let source = entry.key_value(plugins).map_err(|e| e.to_string())?;
+        let target = entry.dual_write_target(plugins).map_err(|e| e.to_string())?;
+        Ok(Self::KeyValue(source, target.ok_or("the target is not open at BACKFILL")?, parallelism))
+    }
+
+    /// The cursor a report recorded (empty: from the start).
+    fn decode(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let valid = match self {
+            Self::KeyValue(..) => VersionCursor::decode(bytes).map_err(|e| e.to_string())?.is_some(),
+            Self::TimeSeries(..) if bytes.is_empty() => false,
+            Self::TimeSeries(..) => crate::ts_router::decode_cursor(bytes)
+                .map(|_| true)
+                .ok_or("the recorded backfill cursor is not a TimeSeries cursor")?,
+        };
+        Ok(valid.then(|| bytes.to_vec()))
+    }
+
+    async fn copy(&mut self, after: Option<&Vec<u8>>) -> Result<Page, String> {
+        match self {
+            Self::KeyValue(source, target, parallelism) => {
+                let after = after.map(|b| VersionCursor::decode(b)).transpose().map_err(|e| e.to_string())?.flatten();
+                let copied = backfill_page(*source, *target, after.as_ref(), PAGE, *parallelism)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let next = copied.next.as_ref().map(VersionCursor::encode);
+                Ok(Page { records: copied.records, bytes: copied.bytes, next })
+            }
+            Self::TimeSeries(source, target) => {
+                let after = after.and_then(|b| crate::ts_router::decode_cursor(b));
+                let copied = crate::ts_migration::backfill_page(*source, *target, after.as_ref(), EVENTS_PAGE)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let next = copied.next.as_ref().map(crate::ts_router::cursor_bytes);
+                Ok(Page { records: copied.events, bytes: copied.bytes, next })
             }
         }
     }

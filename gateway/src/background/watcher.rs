@@ -162,7 +162,9 @@ async fn follow(watcher: &Watcher, changes: &Changes, backoff: &mut Duration) ->
                     let names: Vec<String> = previous.namespaces.keys().map(str::to_owned).collect();
                     release_lost(watcher, &previous, &snapshot, &names);
                     share_among_replicas(watcher, &previous, &snapshot);
+                    let moved = tails_moved(&previous, &snapshot, &names);
                     watcher.metadata.store(snapshot);
+                    end_moved_tails(watcher, moved);
                     watcher.readiness.snapshot_loaded();
                     changes.mark_all();
                 }
@@ -182,7 +184,9 @@ async fn follow(watcher: &Watcher, changes: &Changes, backoff: &mut Duration) ->
                 let (next, changed) = current.apply(&delta);
                 release_lost(watcher, &current, &next, &changed);
                 share_among_replicas(watcher, &current, &next);
+                let moved = tails_moved(&current, &next, &changed);
                 watcher.metadata.store(next);
+                end_moved_tails(watcher, moved);
                 watcher.metrics.delta_apply.observe(started.elapsed());
                 changes.mark(changed);
             }
@@ -217,6 +221,34 @@ fn release_lost(watcher: &Watcher, before: &Snapshot, after: &Snapshot, names: &
             tracing::info!(namespace = %name, "namespace deleting; ending its tails");
             watcher.tails.close(name);
         }
+    }
+}
+
+/// Namespaces among `names` whose reads moved to another incarnation
+/// between `before` and `after` (a migration's CUTOVER), or whose data
+/// became the one they had moved to (its cleanup commit): each with the
+/// incarnation its tails follow now.
+fn tails_moved(before: &Snapshot, after: &Snapshot, names: &[String]) -> Vec<(String, u64)> {
+    let sides = |e: &crate::snapshot::NamespaceEntry| (e.reading_revision(), e.ns.create_revision);
+    names
+        .iter()
+        .filter_map(|name| {
+            let (was, now) = (before.namespace(name)?, after.namespace(name)?);
+            (was.incarnation == now.incarnation && sides(was) != sides(now))
+                .then(|| (name.clone(), now.reading_revision()))
+        })
+        .collect()
+}
+
+/// Ends the tails that follow what a namespace no longer reads
+/// ([`tails_moved`]): once the new snapshot is stored, so a tail started
+/// after this follows the new side. A tail on the source until CUTOVER
+/// missed nothing (every write reached the source until the cleanup
+/// commit), and tailing again follows the target.
+fn end_moved_tails(watcher: &Watcher, moved: Vec<(String, u64)>) {
+    for (name, revision) in moved {
+        tracing::info!(namespace = %name, revision, "namespace reads moved; ending the tails of the other side");
+        watcher.tails.keep_only(&name, revision);
     }
 }
 
