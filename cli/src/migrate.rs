@@ -83,7 +83,8 @@ pub async fn run(global: &Global, args: MigrateArgs) -> anyhow::Result<()> {
                 return ended(global.output, &mut client, &name, None).await;
             };
             let storage = stored_bytes(&mut client, &name).await;
-            show(global.output, &m, storage)
+            let of = Of::read(&mut client, &name).await;
+            show(global.output, &m, storage, &of)
         }
         Some(MigrateCommand::Abort { name, expected_revision, force }) => {
             let mut client = global.connect().await?;
@@ -100,7 +101,7 @@ pub async fn run(global: &Global, args: MigrateArgs) -> anyhow::Result<()> {
                 _ => MigrationStep::Aborting as i32,
             };
             match migration(&mut client, &name).await? {
-                Some(m) => show(global.output, &m, None),
+                Some(m) => show(global.output, &m, None, &Of::read(&mut client, &name).await),
                 None => ended(global.output, &mut client, &name, Some(last)).await,
             }
         }
@@ -144,7 +145,7 @@ async fn start(global: &Global, args: MigrateArgs) -> anyhow::Result<()> {
         return follow(global, &name).await;
     }
     match migration(&mut client, &name).await? {
-        Some(m) => show(global.output, &m, None),
+        Some(m) => show(global.output, &m, None, &Of::read(&mut client, &name).await),
         // Already over (it cannot be, this fast, but say what is).
         None => ended(global.output, &mut client, &name, Some(MigrationStep::Cleanup as i32)).await,
     }
@@ -172,11 +173,39 @@ async fn stored_bytes(client: &mut ControlPlaneClient, name: &str) -> Option<u64
     u64::try_from(bytes).ok().filter(|b| *b > 0)
 }
 
+/// What a migration's counts are of — records (KeyValue) or events
+/// (TimeSeries) — and the namespace's backend, which a target that only
+/// changes the shard keeps: read once from the namespace.
+#[derive(Debug, Clone, Copy)]
+struct Of {
+    unit: &'static str,
+    backend: i32,
+}
+
+impl Default for Of {
+    fn default() -> Self {
+        Self { unit: "records", backend: Backend::Unspecified as i32 }
+    }
+}
+
+impl Of {
+    /// Of namespace `name`; the default (records, backend unknown) when
+    /// it cannot be read (the status still shows).
+    async fn read(client: &mut ControlPlaneClient, name: &str) -> Self {
+        let Ok(ns) = client.get_namespace(GetNamespaceRequest { name: name.to_owned() }).await else {
+            return Self::default();
+        };
+        let spec = ns.into_inner().spec.unwrap_or_default();
+        let time_series = spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32;
+        Self { unit: if time_series { "events" } else { "records" }, backend: spec.backend }
+    }
+}
+
 /// Prints one reading of a migration.
-fn show(format: Format, m: &GetMigrationResponse, storage: Option<u64>) -> anyhow::Result<()> {
+fn show(format: Format, m: &GetMigrationResponse, storage: Option<u64>, of: &Of) -> anyhow::Result<()> {
     match format {
         Format::Json => output::print_json(&to_json(m, storage)),
-        Format::Table => Ok(output::print(&text(m, storage))?),
+        Format::Table => Ok(output::print(&text(m, storage, of))?),
     }
 }
 
@@ -193,6 +222,7 @@ async fn follow(global: &Global, name: &str) -> anyhow::Result<()> {
     tokio::pin!(stop);
     let mut last_step: Option<i32> = None;
     let mut last_line = String::new();
+    let of = Of::read(&mut client, name).await;
     loop {
         let read = match migration(&mut client, name).await {
             // A control plane restarting is not the migration failing.
@@ -230,7 +260,7 @@ async fn follow(global: &Global, name: &str) -> anyhow::Result<()> {
                 }
             }
             Format::Table => {
-                let line = one_line(migration, storage);
+                let line = one_line(migration, storage, &of);
                 if redraw {
                     output::print(&format!("\r\x1b[2K{line}"))?;
                 } else if line != last_line {
@@ -332,7 +362,7 @@ fn bar(done: f64) -> String {
 }
 
 /// One line: the step, then what it has done.
-fn one_line(m: &Migration, storage: Option<u64>) -> String {
+fn one_line(m: &Migration, storage: Option<u64>, of: &Of) -> String {
     let p = m.progress.clone().unwrap_or_default();
     let mut line = format!("{:<10}", names::migration_step(m.step));
     if m.step == MigrationStep::Backfill as i32 {
@@ -342,16 +372,17 @@ fn one_line(m: &Migration, storage: Option<u64>) -> String {
                 line.push_str(&format!(" ETA {}", humantime::format_duration(Duration::from_secs(eta.as_secs()))));
             }
         }
-        line.push_str(&format!(" {} records, {} copied", p.records_copied, bytes(p.bytes_copied)));
+        line.push_str(&format!(" {} {}, {} copied", p.records_copied, of.unit, bytes(p.bytes_copied)));
         if let Some((records, _)) = rate(m) {
-            line.push_str(&format!(" ({records:.0} records/s)"));
+            line.push_str(&format!(" ({records:.0} {}/s)", of.unit));
         }
     }
     if m.step == MigrationStep::Verify as i32 || p.shadow_reads > 0 {
         line.push_str(&format!(" shadow reads {} ({} mismatched)", p.shadow_reads, p.shadow_mismatches));
     }
     if p.records_verified > 0 || p.records_differing > 0 {
-        line.push_str(&format!(" {} records verified ({} differ)", p.records_verified, p.records_differing));
+        line.push_str(&format!(" {} {} verified", p.records_verified, of.unit));
+        line.push_str(&format!(" ({} {} differ)", p.records_differing, differing(of)));
     }
     if !m.reason.is_empty() {
         line.push_str(&format!(" — {}", m.reason.replace(['\n', '\r'], " ")));
@@ -375,16 +406,23 @@ fn time(ts: Option<&prost_types::Timestamp>) -> String {
 }
 
 /// The status as text, a field per line.
-fn text(r: &GetMigrationResponse, storage: Option<u64>) -> String {
+/// What differs when a comparison finds a difference: records, or hours
+/// of events (a TimeSeries comparison goes by time range).
+fn differing(of: &Of) -> &'static str {
+    if of.unit == "events" { "hours" } else { "records" }
+}
+
+fn text(r: &GetMigrationResponse, storage: Option<u64>, of: &Of) -> String {
     let Some(m) = r.migration.as_ref() else {
         return format!("{}: no migration running (revision {})\n", r.name, r.revision);
     };
     let target = m.target.clone().unwrap_or_default();
     let p = m.progress.clone().unwrap_or_default();
-    let backend = if target.backend == 0 {
-        "the namespace's own backend".to_owned()
-    } else {
-        names::backend(target.backend).to_lowercase()
+    // A target that only changes the shard keeps the namespace's backend.
+    let backend = match (target.backend, of.backend) {
+        (0, 0) => "the namespace's own backend".to_owned(),
+        (0, own) => format!("{} (the namespace's own backend)", names::backend(own).to_lowercase()),
+        (backend, _) => names::backend(backend).to_lowercase(),
     };
     let mut rows = vec![
         ("NAMESPACE", r.name.clone()),
@@ -392,13 +430,13 @@ fn text(r: &GetMigrationResponse, storage: Option<u64>) -> String {
         ("STEP", format!("{} since {}", names::migration_step(m.step), time(m.step_time.as_ref()))),
         ("TARGET", format!("{backend} on {}", m.target_shard_id)),
         ("STARTED", format!("{} by {}", time(m.start_time.as_ref()), m.principal)),
-        ("COPIED", format!("{} records, {}", p.records_copied, bytes(p.bytes_copied))),
+        ("COPIED", format!("{} {}, {}", p.records_copied, of.unit, bytes(p.bytes_copied))),
     ];
     if !m.runner_instance_id.is_empty() {
         rows.push(("RUNNER", format!("instance {} copies and compares", m.runner_instance_id)));
     }
     if let Some((records, bytes_per_s)) = rate(m).filter(|_| m.step == MigrationStep::Backfill as i32) {
-        rows.push(("RATE", format!("{records:.0} records/s, {}/s", bytes(bytes_per_s as u64))));
+        rows.push(("RATE", format!("{records:.0} {}/s, {}/s", of.unit, bytes(bytes_per_s as u64))));
     }
     if let Some((done, eta)) = eta(m, storage).filter(|_| m.step == MigrationStep::Backfill as i32) {
         let eta =
@@ -406,7 +444,10 @@ fn text(r: &GetMigrationResponse, storage: Option<u64>) -> String {
         rows.push(("PROGRESS", format!("{} ETA {eta} (of {} stored)", bar(done), bytes(storage.unwrap_or(0)))));
     }
     rows.push(("SHADOW", format!("{} reads, {} mismatched", p.shadow_reads, p.shadow_mismatches)));
-    rows.push(("VERIFIED", format!("{} records, {} differ", p.records_verified, p.records_differing)));
+    rows.push((
+        "VERIFIED",
+        format!("{} {}, {} {} differ", p.records_verified, of.unit, p.records_differing, differing(of)),
+    ));
     if let Some(after) = m.cleanup_after.as_ref() {
         rows.push(("CLEANUP", format!("the source is removed after {}", time(Some(after)))));
     }
@@ -465,7 +506,7 @@ mod tests {
         // Copied more than was reported stored: not done until it says so.
         assert_eq!(eta(&m, Some(10_000)).map(|(d, _)| d), Some(0.99));
         assert_eq!(eta(&m, None), None);
-        let line = one_line(&m, Some(100_000));
+        let line = one_line(&m, Some(100_000), &Of::default());
         assert!(line.starts_with("BACKFILL"), "{line}");
         // Past VERIFY without shadow reads: no stray separator.
         let verified = Migration {
@@ -473,14 +514,16 @@ mod tests {
             progress: Some(MigrationProgress { records_verified: 50, ..MigrationProgress::default() }),
             ..Migration::default()
         };
-        assert_eq!(one_line(&verified, None), "CUTOVER    50 records verified (0 differ)");
+        assert_eq!(one_line(&verified, None, &Of::default()), "CUTOVER    50 records verified (0 records differ)");
+        let events = Of { unit: "events", backend: Backend::Kafka as i32 };
+        assert_eq!(one_line(&verified, None, &events), "CUTOVER    50 events verified (0 hours differ)");
         assert!(line.contains("40%") && line.contains("ETA 15s") && line.contains("100 records/s"), "{line}");
     }
 
     #[test]
     fn no_migration_reads_as_such() {
         let r = GetMigrationResponse { name: "acme/a".into(), revision: 7, migration: None };
-        assert_eq!(text(&r, None), "acme/a: no migration running (revision 7)\n");
+        assert_eq!(text(&r, None, &Of::default()), "acme/a: no migration running (revision 7)\n");
         assert_eq!(to_json(&r, None)["migration"], Value::Null);
     }
 }

@@ -351,7 +351,7 @@ pub struct DevArgs {
     /// `cache.store_bytes`; default 256 MiB)
     #[arg(long, value_name = "BYTES")]
     pub store_cache_bytes: Option<u64>,
-    /// Let the shards take part in live migrations (`prism namespace migrate`; issue 16, to PostgreSQL)
+    /// Let the shards take part in live migrations (`prism namespace migrate`; issue 16)
     #[arg(long)]
     pub experimental_migrations: bool,
 }

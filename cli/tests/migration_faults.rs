@@ -449,7 +449,7 @@ async fn an_embedded_migration_to_another_shard_survives_its_target_gateway_kill
     let target_addr = target.addr.clone();
     registered_shard(&mut prism_client::control_plane(&cp, Some(&admin_token())).await?, "shard-1").await?;
     let started = prism(&cp, &["namespace", "migrate", NS, "--pin", "shard-1"])?;
-    anyhow::ensure!(started.contains("own backend on shard-1"), "{started}");
+    anyhow::ensure!(started.contains("embedded (the namespace's own backend) on shard-1"), "{started}");
     let before = at(&cp, MigrationStep::Backfill, |ns| copied(ns) > 0).await?;
     target.kill();
     let copied_at_kill = copied(&before);

@@ -82,12 +82,12 @@ pub struct GatewayConfig {
     /// milliseconds. Default 0; at most 600 000.
     pub drain_delay_ms: u64,
     pub forwarding: ForwardingConfig,
-    /// Experimental (issue 16): take part in KeyValue migrations, and say
-    /// so when registering (`migrate-key-value`), so the control plane
-    /// starts them. Only postgres targets are carried out, from embedded
-    /// or postgres (the control plane refuses an embedded target). Default
-    /// `false`: the control plane refuses every migration, naming this
-    /// gateway.
+    /// Experimental (issue 16): take part in migrations, and say so when
+    /// registering (`migrate-key-value`, `migrate-key-value-to-embedded`,
+    /// `migrate-time-series`), so the control plane starts them: KeyValue
+    /// to postgres or to embedded storage on another instance, TimeSeries
+    /// to any TimeSeries backend but embedded. Default `false`: the
+    /// control plane refuses every migration, naming this gateway.
     pub experimental_migrations: bool,
     /// How many batches of a page a migration's backfill restores into
     /// its target at once (each a round trip, a transaction on
