@@ -57,8 +57,9 @@ pub const MIGRATE_TIME_SERIES: &str = "migrate-time-series";
 /// Longest reason a report may give.
 const MAX_REASON_LEN: usize = 1024;
 /// Longest backfill cursor a report may record: it is metadata every
-/// watcher receives.
-pub const MAX_CURSOR_LEN: usize = 4096;
+/// watcher receives. A Kafka source's export cursor holds an offset per
+/// partition: 6 KiB and a byte at the most partitions (1024).
+pub const MAX_CURSOR_LEN: usize = 8 << 10;
 
 fn step_name(step: i32) -> &'static str {
     MigrationStep::try_from(step).map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("MIGRATION_STEP_"))

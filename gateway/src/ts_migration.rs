@@ -12,14 +12,17 @@
 //! tombstone to carry: retention removes events, on both sides by the
 //! same rule (the target has the source's policies).
 //!
-//! The walk is newest first ([`Query::search`] over every series and all
-//! time, after an [`EventCursor`]): the order every backend serves.
+//! The backfill walks the source as it exports itself
+//! (`TimeSeriesHandle::export`: Kafka its log, partition by partition;
+//! other backends a search of all time, newest first); the comparison
+//! reads both sides newest first ([`Query::search`]), the order every
+//! backend serves.
 
 use std::collections::BTreeMap;
 use std::hash::Hasher;
 
 use prism_plugin_api::kv::PageLimits;
-use prism_plugin_api::ts::{Event, EventCursor, Query, TimeSeriesHandle};
+use prism_plugin_api::ts::{Event, Query, TimeSeriesHandle};
 use prism_plugin_api::{Micros, now_micros};
 use twox_hash::XxHash64;
 
@@ -28,17 +31,24 @@ use crate::error::Result;
 /// Every event time.
 const ALL_TIME: (Micros, Micros) = (Micros::MIN, Micros::MAX);
 
+/// One page of a backfill and of a comparison (`background/migrate.rs`):
+/// large, as a Kafka or Pulsar query reads its topic from the window's
+/// start for every page (`plugins/kafka/src/ts.rs`,
+/// `plugins/pulsar/src/ts.rs`).
+pub const PAGE: PageLimits = PageLimits::new(8 << 20, Some(10_000));
+
 /// The time ranges [`compare`] sums up and compares: an hour each
 /// (aligned to the hour; TimeSeries partitions and reclaims by the hour).
 pub const RANGE: Micros = 3_600_000_000;
 
 /// What one page of the backfill copied, and where the next one starts
-/// (`None`: the backfill is complete).
+/// (`None`: the backfill is complete): the source's export cursor
+/// (`TimeSeriesHandle::export`), opaque here.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Copied {
     pub events: u64,
     pub bytes: u64,
-    pub next: Option<EventCursor>,
+    pub next: Option<Vec<u8>>,
 }
 
 /// An event's size as a page counts it: its keys, values, tags, series
@@ -49,18 +59,19 @@ fn bytes(e: &Event) -> u64 {
     (items + tags + e.time_series_id.len() + e.event_id.len()) as u64
 }
 
-/// Copies one page of `source`'s events, newest first from `after`, into
-/// `target`: a page copied twice, or an event the dual write got there
+/// Copies one page of `source`'s export (`TimeSeriesHandle::export`: its
+/// events as it holds them, in its own order), from `after`, into
+/// `target`, in that order, so the first write of each item stays the
+/// first: a page copied twice, or an event the dual write got there
 /// first, changes nothing, so a runner resumes from the last cursor it
-/// recorded. Events past retention are not read, so not copied.
+/// recorded. Events past retention are not exported, so not copied.
 pub async fn backfill_page(
     source: &dyn TimeSeriesHandle,
     target: &dyn TimeSeriesHandle,
-    after: Option<&EventCursor>,
+    after: Option<&[u8]>,
     limits: PageLimits,
 ) -> Result<Copied> {
-    let query = Query { after: after.cloned(), ..Query::search(None, ALL_TIME, limits) };
-    let page = source.query(&query, now_micros()).await?;
+    let page = source.export(after, limits, now_micros()).await?;
     if !page.events.is_empty() {
         target.write(&page.events).await?;
     }

@@ -80,16 +80,13 @@ fn limits(page_size_bytes: u64, limit: u32, stop_by: Option<StopBy>) -> PageLimi
     .stopping(stop_by)
 }
 
-/// Where a newest-first walk continues, as bytes (a page token's
-/// content, a migration's backfill cursor).
-pub(crate) fn cursor_bytes(c: &EventCursor) -> Vec<u8> {
+fn cursor_bytes(c: &EventCursor) -> Vec<u8> {
     let mut out = c.event_time.to_be_bytes().to_vec();
     out.extend_from_slice(&page_token::scan_position(&c.time_series_id, c.event_id.as_bytes()));
     out
 }
 
-/// [`cursor_bytes`] read back; `None` when they are not a cursor.
-pub(crate) fn decode_cursor(bytes: &[u8]) -> Option<EventCursor> {
+fn decode_cursor(bytes: &[u8]) -> Option<EventCursor> {
     let (time, rest) = bytes.split_first_chunk::<8>()?;
     let (series, event_id) = page_token::parse_scan_position(rest).ok()?;
     Some(EventCursor {

@@ -105,7 +105,7 @@ async fn dual_writer(
 async fn backfill(source: &dyn TimeSeriesHandle, target: &dyn TimeSeriesHandle) -> anyhow::Result<(u64, u64)> {
     let (mut cursor, mut pages, mut events) = (None, 0u64, 0u64);
     loop {
-        let copied = backfill_page(source, target, cursor.as_ref(), PAGE).await?;
+        let copied = backfill_page(source, target, cursor.as_deref(), PAGE).await?;
         pages += 1;
         events += copied.events;
         match copied.next {

@@ -86,10 +86,8 @@ const RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// One page of the backfill and of the digest.
 const PAGE: PageLimits = PageLimits::new(256 << 10, Some(512));
-/// One page of a TimeSeries backfill and comparison: larger, as a Kafka
-/// or Pulsar query reads its topic from the window's start for every
-/// page (`plugins/kafka/src/ts.rs`, `plugins/pulsar/src/ts.rs`).
-const EVENTS_PAGE: PageLimits = PageLimits::new(8 << 20, Some(10_000));
+/// One page of a TimeSeries backfill and comparison.
+const EVENTS_PAGE: PageLimits = crate::ts_migration::PAGE;
 /// The longest reason the control plane records in a migration
 /// (`prism_control_plane::migration`'s limit).
 const MAX_REASON_BYTES: usize = 1024;
@@ -587,10 +585,8 @@ impl<'a> Pages<'a> {
     fn decode(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
         let valid = match self {
             Self::KeyValue(..) => VersionCursor::decode(bytes).map_err(|e| e.to_string())?.is_some(),
-            Self::TimeSeries(..) if bytes.is_empty() => false,
-            Self::TimeSeries(..) => crate::ts_router::decode_cursor(bytes)
-                .map(|_| true)
-                .ok_or("the recorded backfill cursor is not a TimeSeries cursor")?,
+            // The source's export cursor: its plugin checks it.
+            Self::TimeSeries(..) => !bytes.is_empty(),
         };
         Ok(valid.then(|| bytes.to_vec()))
     }
@@ -606,12 +602,11 @@ impl<'a> Pages<'a> {
                 Ok(Page { records: copied.records, bytes: copied.bytes, next })
             }
             Self::TimeSeries(source, target) => {
-                let after = after.and_then(|b| crate::ts_router::decode_cursor(b));
-                let copied = crate::ts_migration::backfill_page(*source, *target, after.as_ref(), EVENTS_PAGE)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let next = copied.next.as_ref().map(crate::ts_router::cursor_bytes);
-                Ok(Page { records: copied.events, bytes: copied.bytes, next })
+                let copied =
+                    crate::ts_migration::backfill_page(*source, *target, after.map(Vec::as_slice), EVENTS_PAGE)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                Ok(Page { records: copied.events, bytes: copied.bytes, next: copied.next })
             }
         }
     }

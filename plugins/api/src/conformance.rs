@@ -235,6 +235,7 @@ macro_rules! __time_series_cases {
             pages_end_early_at_the_soft_deadline
             reads_past_the_hard_deadline_give_up
             reads_continue_after_cursor
+            export_walks_every_event_in_pages
             large_events_round_trip
             concurrent_writes_of_one_event_store_it_once
             retention_hides_events_past_it

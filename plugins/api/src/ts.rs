@@ -77,6 +77,44 @@ pub struct EventCursor {
     pub event_id: String,
 }
 
+impl EventCursor {
+    /// The cursor as bytes, for [`TimeSeriesHandle::export`]'s default
+    /// ([`Self::decode`] reads it back).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + self.time_series_id.len() + self.event_id.len());
+        out.extend_from_slice(&self.event_time.to_be_bytes());
+        out.extend_from_slice(&(self.time_series_id.len() as u32).to_be_bytes());
+        out.extend_from_slice(self.time_series_id.as_bytes());
+        out.extend_from_slice(self.event_id.as_bytes());
+        out
+    }
+
+    /// [`Self::encode`]'s bytes read back; `None` when they are not a
+    /// cursor.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (time, rest) = bytes.split_first_chunk::<8>()?;
+        let (len, rest) = rest.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        if rest.len() < len {
+            return None;
+        }
+        let (series, id) = rest.split_at(len);
+        Some(Self {
+            event_time: i64::from_be_bytes(*time),
+            time_series_id: String::from_utf8(series.to_vec()).ok()?,
+            event_id: String::from_utf8(id.to_vec()).ok()?,
+        })
+    }
+}
+
+/// A page of [`TimeSeriesHandle::export`]: events as the backend holds
+/// them, and where the next page starts (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExportPage {
+    pub events: Vec<Event>,
+    pub next: Option<Vec<u8>>,
+}
+
 /// What a TimeSeries query selects: the events with `start <= event_time <
 /// end`, of one series or of all, matching a tag filter or not, newest
 /// first, one page after the cursor.
@@ -210,6 +248,40 @@ pub trait TimeSeriesHandle: Send + Sync {
     /// The page of events `query` selects at `now`, newest first;
     /// nothing past retention at `now`.
     async fn query(&self, query: &Query, now: Micros) -> Result<EventsPage>;
+
+    /// Every event of the namespace, a page at a time, in the backend's
+    /// own order, for copying them to another store (a migration's
+    /// backfill, which records `next` and resumes from it, maybe in
+    /// another process):
+    ///
+    /// - from `after = None` to the page whose `next` is `None`, every
+    ///   event the namespace held when the walk began, and still within
+    ///   retention at `now`, is returned; an event may come in parts (its
+    ///   writes as stored, each with the items it wrote) and a part more
+    ///   than once, so writing every page to a store in order stores
+    ///   each event as this one serves it (the first write of an item
+    ///   wins);
+    /// - a page holds at most `limits.max_items` events (it may end
+    ///   sooner, and be empty while more follow);
+    /// - `after` is a `next` this backend's export returned: opaque, and
+    ///   refused (INVALID_ARGUMENT, naming `cursor`) when it is not one.
+    ///
+    /// The default pages through a search of all time, newest first, its
+    /// cursor an [`EventCursor`]: right for a backend whose query reads
+    /// only what it returns. One whose query reads the log from a point
+    /// on (Kafka, Pulsar) should walk its log instead, or every page
+    /// reads it again.
+    async fn export(&self, after: Option<&[u8]>, limits: PageLimits, now: Micros) -> Result<ExportPage> {
+        let after = after
+            .map(|bytes| {
+                EventCursor::decode(bytes)
+                    .ok_or_else(|| PluginError::invalid("cursor", "is not an export cursor of this backend"))
+            })
+            .transpose()?;
+        let query = Query { after, ..Query::search(None, (Micros::MIN, Micros::MAX), limits) };
+        let page = self.query(&query, now).await?;
+        Ok(ExportPage { events: page.events, next: page.next.map(|c| c.encode()) })
+    }
 
     /// Removes the namespace's events past its retention at `now`.
     /// Returns how many events (or an estimate, for partition drops) went.

@@ -64,7 +64,9 @@ use async_trait::async_trait;
 use futures_util::future::join_all;
 use prism_plugin_api::kv::PageLimits;
 use prism_plugin_api::pace::{CancelOnDrop, Pace};
-use prism_plugin_api::ts::{Event, EventCursor, EventsPage, Feed, Query, TagFilter, TimeSeriesHandle, WriteContext};
+use prism_plugin_api::ts::{
+    Event, EventCursor, EventsPage, ExportPage, Feed, Query, TagFilter, TimeSeriesHandle, WriteContext,
+};
 use prism_plugin_api::{Micros, Namespace};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as ClientError;
@@ -140,6 +142,238 @@ impl Opened {
     }
 }
 
+impl Opened {
+    async fn export_topic(&self, after: Option<&[u8]>, limits: PageLimits, now: Micros) -> Result<ExportPage> {
+        let pace = limits.pace();
+        pace.check().map_err(KafkaError::GaveUp)?;
+        let partitions = usize::try_from(self.partitions().await?).unwrap_or_default();
+        let next = match after {
+            None => vec![Some(FROM_THE_START); partitions],
+            Some(bytes) => ExportCursor::decode(bytes, partitions)
+                .ok_or_else(|| KafkaError::invalid("cursor", "is not an export cursor of this namespace's topic"))?,
+        };
+        let export =
+            Export { topic: self.topic.clone(), next, max: limits.max_items.map_or(usize::MAX, |m| m as usize) };
+        let (config, clients) = (self.kafka.config.clone(), self.clients.clone());
+        let (_guard, cancelled) = CancelOnDrop::new();
+        let export_pace = pace.cancelled_by(cancelled);
+        let read = tokio::task::spawn_blocking(move || {
+            let reader = clients.reader(&config)?;
+            export.read(&reader, config.request_timeout, &export_pace)
+        })
+        .await
+        .map_err(|_| KafkaError::Timeout("export"))?;
+        let (raw, next) = match read {
+            Ok(read) => read,
+            Err(e @ KafkaError::GaveUp(_)) => return Err(e),
+            Err(e) => {
+                self.kafka.suspect(&self.topic);
+                return Err(e);
+            }
+        };
+        // Retention as a read applies it: at `now`, and this gateway's
+        // floor (what `reclaim` hid).
+        let mut oldest = self.settings.retention.map_or(Micros::MIN, |r| now.saturating_sub(r));
+        if let Some(floor) = self.kafka.floor(&self.topic) {
+            oldest = oldest.max(floor);
+        }
+        let mut events = Vec::with_capacity(raw.len());
+        for (key, value) in raw {
+            let event = codec::decode(key.as_deref(), value.as_deref())?;
+            if event.event_time >= oldest {
+                events.push(event);
+            }
+        }
+        let next = next.iter().any(Option::is_some).then(|| ExportCursor::encode(&next));
+        Ok(ExportPage { events, next })
+    }
+}
+
+/// An export cursor's offset of a partition not read yet: its start.
+const FROM_THE_START: i64 = -1;
+
+/// How long an export waits with nothing from the broker before it seeks
+/// the partitions it has not heard from further back ([`Export::read`]).
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Where an export goes on, per partition in order: the next offset to
+/// read ([`FROM_THE_START`] before the first), or `None` once read to its
+/// end. As bytes: `K`, then per partition a LEB128 number, the offset + 2
+/// (0: at its end; 1: from the start), so a topic of the most partitions
+/// (1024) at offsets below 2^42 takes 6 KiB and a byte.
+struct ExportCursor;
+
+impl ExportCursor {
+    fn encode(next: &[Option<i64>]) -> Vec<u8> {
+        let mut out = vec![b'K'];
+        for n in next {
+            let mut v = n.map_or(0, |o| (o.max(FROM_THE_START) + 2) as u64);
+            loop {
+                let byte = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    out.push(byte);
+                    break;
+                }
+                out.push(byte | 0x80);
+            }
+        }
+        out
+    }
+
+    /// The cursor of a topic of `partitions` partitions; a topic that
+    /// gained partitions since reads the new ones from their start.
+    /// `None` when `bytes` are not a cursor of it.
+    fn decode(bytes: &[u8], partitions: usize) -> Option<Vec<Option<i64>>> {
+        let mut rest = bytes.strip_prefix(b"K")?;
+        let mut next = Vec::new();
+        while !rest.is_empty() {
+            let (mut v, mut shift) = (0u64, 0u32);
+            loop {
+                let (&byte, tail) = rest.split_first()?;
+                rest = tail;
+                if shift > 56 {
+                    return None;
+                }
+                v |= u64::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            next.push(match v {
+                0 => None,
+                v => Some(i64::try_from(v).ok()? - 2),
+            });
+        }
+        if next.len() > partitions {
+            return None;
+        }
+        next.resize(partitions, Some(FROM_THE_START));
+        Some(next)
+    }
+}
+
+/// One page of an export: from each partition's cursor, messages in the
+/// order the fetches bring them, until `max` or every partition's end.
+struct Export {
+    topic: String,
+    next: Vec<Option<i64>>,
+    max: usize,
+}
+
+impl Export {
+    /// Blocking, as [`Scan::read`]: the messages read, and the cursor
+    /// after them.
+    fn read(mut self, reader: &BaseConsumer, timeout: Duration, pace: &Pace) -> Result<(Vec<Raw>, Vec<Option<i64>>)> {
+        let mut assignment = TopicPartitionList::new();
+        for (p, next) in self.next.iter().enumerate() {
+            let Some(next) = *next else { continue };
+            // From the last message read, which exists (skipped below): a
+            // fetch at the log's very end gets no answer from some brokers
+            // (tansu), neither a message nor its end.
+            let offset = if next <= 0 { Offset::Beginning } else { Offset::Offset(next - 1) };
+            let p = i32::try_from(p).map_err(|_| KafkaError::invalid("cursor", "has too many partitions"))?;
+            assignment.add_partition_offset(&self.topic, p, offset).map_err(KafkaError::client("assign"))?;
+        }
+        let mut out = Vec::new();
+        if assignment.count() == 0 {
+            return Ok((out, self.next));
+        }
+        reader.assign(&assignment).map_err(KafkaError::client("assign"))?;
+        // Per partition: whether its first message showed the fetch
+        // started at or before the cursor, and how far back it was last
+        // sent. A broker may answer a fetch from inside a batch with the
+        // next batch (tansu does), which would skip the rest of that
+        // batch, or with nothing at all inside the last one: then the
+        // partition is sought further back, eight times as far each
+        // time, until a fetch starts at or before the cursor (or at the
+        // log's start), and what comes before the cursor is skipped.
+        let mut checked = vec![false; self.next.len()];
+        let mut back = vec![0i64; self.next.len()];
+        let seek_back = |p: usize, want: i64, back: &mut i64| -> Result<()> {
+            *back = if *back == 0 { 64 } else { back.saturating_mul(8) };
+            let at = Offset::Offset(want.saturating_sub(*back).max(0));
+            let partition = i32::try_from(p).map_err(|_| KafkaError::invalid("cursor", "has too many partitions"))?;
+            reader.seek(&self.topic, partition, at, timeout).map_err(KafkaError::client("seek"))
+        };
+        // A partition ends at its end as the fetch sees it (see `Scan`).
+        let mut active = assignment.count();
+        let (mut idle_since, mut quiet_since) = (Instant::now(), Instant::now());
+        while active > 0 && out.len() < self.max {
+            pace.check().map_err(KafkaError::GaveUp)?;
+            if idle_since.elapsed() > timeout {
+                return Err(KafkaError::Timeout("export"));
+            }
+            // Nothing for a while: a partition still unchecked may be
+            // fetching from inside its last batch.
+            if quiet_since.elapsed() > QUIET {
+                quiet_since = Instant::now();
+                for p in 0..self.next.len() {
+                    if let Some(want) = self.next[p].filter(|w| *w > 0 && !checked[p] && *w > back[p]) {
+                        seek_back(p, want, &mut back[p])?;
+                    }
+                }
+            }
+            match reader.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(message)) => {
+                    let Some(p) = usize::try_from(message.partition()).ok().filter(|p| *p < self.next.len()) else {
+                        continue;
+                    };
+                    let Some(want) = self.next[p] else { continue };
+                    if message.topic() != self.topic {
+                        continue;
+                    }
+                    (idle_since, quiet_since) = (Instant::now(), Instant::now());
+                    let offset = message.offset();
+                    if !checked[p] {
+                        let from_the_start = want == FROM_THE_START || (back[p] > 0 && want <= back[p]);
+                        if offset > want && !from_the_start {
+                            seek_back(p, want, &mut back[p])?;
+                            continue;
+                        }
+                        checked[p] = true;
+                    }
+                    if want != FROM_THE_START && offset < want {
+                        continue;
+                    }
+                    out.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
+                    self.next[p] = Some(offset + 1);
+                }
+                Some(Err(ClientError::PartitionEOF(p))) => {
+                    (idle_since, quiet_since) = (Instant::now(), Instant::now());
+                    if let Some(slot) = usize::try_from(p).ok().and_then(|p| self.next.get_mut(p))
+                        && slot.take().is_some()
+                    {
+                        active -= 1;
+                    }
+                }
+                Some(Err(error)) => tracing::debug!(%error, "kafka export"),
+            }
+        }
+        // A full page may have ended a partition: its end is the next
+        // thing the fetch brings, so a page that read to the end says so
+        // and the walk needs no page more (a message seen here is not
+        // taken: the next page reads it).
+        let peek_until = Instant::now() + Duration::from_millis(100);
+        while active > 0 && Instant::now() < peek_until {
+            match reader.poll(Duration::from_millis(10)) {
+                Some(Err(ClientError::PartitionEOF(p))) => {
+                    if let Some(slot) = usize::try_from(p).ok().and_then(|p| self.next.get_mut(p))
+                        && slot.take().is_some()
+                    {
+                        active -= 1;
+                    }
+                }
+                Some(Ok(_)) => break,
+                _ => {}
+            }
+        }
+        Ok((out, self.next))
+    }
+}
+
 #[async_trait]
 impl TimeSeriesHandle for Opened {
     async fn write(&self, events: &[Event]) -> prism_plugin_api::Result<()> {
@@ -193,6 +427,19 @@ impl TimeSeriesHandle for Opened {
 
     async fn query(&self, query: &Query, now: Micros) -> prism_plugin_api::Result<EventsPage> {
         Ok(self.query_topic(query, now).await?)
+    }
+
+    /// The log itself, partition by partition from its start, a page of
+    /// messages at a time ([`Export`]): each page reads only what it
+    /// returns, where a query would read the log from the window's start
+    /// again.
+    async fn export(
+        &self,
+        after: Option<&[u8]>,
+        limits: PageLimits,
+        now: Micros,
+    ) -> prism_plugin_api::Result<ExportPage> {
+        Ok(self.export_topic(after, limits, now).await?)
     }
 
     fn follows(&self) -> bool {
@@ -443,6 +690,22 @@ mod tests {
         ];
         let merged = merge(writes.iter().map(raw).collect(), Some("s"), (0, 10)).expect("merge");
         assert_eq!(merged, vec![ev("s", 5, "e", &[("a", "1"), ("b", "4")])]);
+    }
+
+    #[test]
+    fn export_cursors_round_trip_and_refuse_what_they_are_not() {
+        let next = vec![Some(FROM_THE_START), None, Some(0), Some(127), Some(1 << 40)];
+        let bytes = ExportCursor::encode(&next);
+        assert_eq!(ExportCursor::decode(&bytes, 5), Some(next.clone()));
+        // A topic that gained a partition reads it from its start.
+        let mut grown = next.clone();
+        grown.push(Some(FROM_THE_START));
+        assert_eq!(ExportCursor::decode(&bytes, 6), Some(grown));
+        assert_eq!(ExportCursor::decode(&bytes, 4), None, "more partitions than the topic has");
+        assert_eq!(ExportCursor::decode(b"X\x01", 1), None);
+        assert_eq!(ExportCursor::decode(b"K\x80", 1), None, "a number cut short");
+        assert_eq!(ExportCursor::decode(&[b'K', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], 1), None);
+        assert!(ExportCursor::encode(&vec![Some(1 << 41); 1024]).len() <= (6 << 10) + 1);
     }
 
     #[test]

@@ -655,6 +655,70 @@ pub async fn reads_continue_after_cursor(subject: Subject) {
     c.finish().await;
 }
 
+/// An export, page by page from no cursor to the page without a next,
+/// returns every event within retention: folded in the order returned
+/// (the first part of an item key wins), they are what a search of all
+/// time serves. Pages hold at most `max_items` events. A cursor that is
+/// not one is refused, naming `cursor`.
+pub async fn export_walks_every_event_in_pages(subject: Subject) {
+    let c = Case::provision_ts_retaining(&subject, "export_walks_every_event_in_pages", Some(DAY)).await;
+    let t = c.base - HOUR;
+    let written: Vec<Event> = (0..23)
+        .map(|i| {
+            let site = if i % 2 == 0 { "a" } else { "b" };
+            event(
+                &format!("s{}", i % 4),
+                t - i * 7 * MINUTE,
+                &format!("e{i}"),
+                &[("k", &format!("v{i}"))],
+                &[("site", site)],
+            )
+        })
+        .collect();
+    for batch in written.chunks(6) {
+        c.write(batch).await;
+    }
+    // Written again (nothing changes), written with another item (added),
+    // and past retention (never exported).
+    c.write(&[written[3].clone(), event("s1", t - 7 * MINUTE, "e1", &[("extra", "x")], &[("site", "b")])]).await;
+    c.write(&[plain("s0", c.base - 2 * DAY, "old")]).await;
+    let ts = c.ts();
+    let mut folded: BTreeMap<(Micros, String, String), Event> = BTreeMap::new();
+    let (mut after, mut pages) = (None::<Vec<u8>>, 0);
+    loop {
+        let page = ts.export(after.as_deref(), count_limit(5), c.base).await.expect("export");
+        assert!(page.events.len() <= 5, "a page of {} events", page.events.len());
+        pages += 1;
+        for part in page.events {
+            let key = (part.event_time, part.time_series_id.clone(), part.event_id.clone());
+            match folded.get_mut(&key) {
+                Some(event) => {
+                    for (k, v) in part.items {
+                        if !event.items.iter().any(|(have, _)| *have == k) {
+                            event.items.push((k, v));
+                        }
+                    }
+                }
+                None => {
+                    folded.insert(key, part);
+                }
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(pages < 100, "the export ends");
+    }
+    assert!(pages >= 5, "23 events, five a page: {pages} pages");
+    let exported: Vec<Event> = folded.into_values().collect();
+    assert_eq!(newest_first(&exported), c.matching(None).await, "the export holds what a search serves");
+    let refused = ts.export(Some(b"\xffnot a cursor"), count_limit(5), c.base).await.expect_err("a bad cursor");
+    assert_eq!(refused.kind(), prism_proto::error::ErrorKind::InvalidArgument, "{refused:?}");
+    assert!(format!("{:?}", refused.report()).contains("cursor"), "{refused:?}");
+    c.finish().await;
+}
+
 /// Events of megabytes come back byte for byte, whole, on pages of any
 /// size.
 pub async fn large_events_round_trip(subject: Subject) {
