@@ -113,7 +113,9 @@ fn cut_over(ns: &mut Namespace, migration: &mut Migration, now: SystemTime, grac
     ns.backend_settings.clear();
     // The last word was the source's provisioning; the target's holder
     // provisioned the target (PREPARE).
-    ns.status_reason = format!("migrated to shard {} by migration {}", ns.shard_id, migration.id);
+    let backend = ns.spec.as_ref().map_or(0, |s| s.backend);
+    ns.status_reason =
+        format!("migrated to {} on shard {} by migration {}", backend_name(backend), ns.shard_id, migration.id);
     migration.step = MigrationStep::Cleanup as i32;
     migration.step_time = Some(now.into());
     migration.cleanup_after = Some((now + grace).into());

@@ -390,7 +390,7 @@ async fn a_verified_migration_cuts_over_and_cleans_up() -> anyhow::Result<()> {
     assert_eq!(step(&ns), Some(MigrationStep::Cleanup));
     let m = ns.migration.as_deref().expect("still migrating until the source is removed");
     assert_eq!((ns.shard_id.as_str(), ns.owner_store_id.as_str()), ("shard-b", ""));
-    assert_eq!(ns.status_reason, format!("migrated to shard shard-b by migration {}", m.id));
+    assert_eq!(ns.status_reason, format!("migrated to POSTGRES on shard shard-b by migration {}", m.id));
     let spec = ns.spec.clone().unwrap_or_default();
     assert_eq!(spec.backend, Backend::Postgres as i32);
     assert_eq!(spec.placement.map(|p| p.pinned_shard), Some("shard-b".into()));

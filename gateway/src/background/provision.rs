@@ -188,7 +188,12 @@ impl Provisioner {
                         Ok(held) => {
                             applied = Some(fingerprint);
                             settings = held;
-                            let reason = if only_apply && entry.status_reason.starts_with("provisioned by") {
+                            // The cleanup commit's word on a migrated
+                            // namespace stays: its target was provisioned
+                            // at PREPARE, and this is its adoption.
+                            let kept = entry.status_reason.starts_with("migrated to ")
+                                || (only_apply && entry.status_reason.starts_with("provisioned by"));
+                            let reason = if kept {
                                 entry.status_reason.clone()
                             } else {
                                 format!("provisioned by shard {}", self.parts.shard_id)
