@@ -116,3 +116,26 @@ pub fn write_context(span: &tracing::Span, caller: Option<&TraceParent>) -> Writ
         },
     }
 }
+
+/// Writes `events` to the namespace's sides (`NamespaceEntry::time_series_sides`):
+/// the one it reads, then, while it migrates, the other. Durable on both
+/// when it returns; a failure of either is the write's (the caller
+/// writes again: events are idempotent by identity). `context` is the
+/// trace context stored with them, given each backend call's span.
+pub async fn write_events(
+    plugins: &crate::plugins::Plugins,
+    metrics: &GatewayMetrics,
+    entry: &NamespaceEntry,
+    events: &[prism_plugin_api::ts::Event],
+    context: impl Fn(&tracing::Span) -> WriteContext,
+) -> crate::error::Result<()> {
+    let (first, also) = entry.time_series_sides(plugins)?;
+    for side in std::iter::once(first).chain(also) {
+        observed(metrics, entry, Op::Write, |span| {
+            let context = context(span);
+            async move { side.write_with(events, &context).await }
+        })
+        .await?;
+    }
+    Ok(())
+}

@@ -194,11 +194,10 @@ async fn write(flusher: &Flusher, pending: Pending) {
         let entry = current.filter(|e| e.incarnation == pending.entry.incarnation).unwrap_or(pending.entry.clone());
         // Opened once per metadata change, kept with the entry; a failure
         // to open is tried again like a failed write.
-        let written =
-            crate::ts_router::write_sides(&flusher.plugins, &flusher.metrics, &entry, &pending.events, |_| {
-                pending.context.clone()
-            })
-            .await;
+        let written = crate::backend::write_events(&flusher.plugins, &flusher.metrics, &entry, &pending.events, |_| {
+            pending.context.clone()
+        })
+        .await;
         flusher.buffer.set_writing(None);
         match written {
             Ok(()) => {

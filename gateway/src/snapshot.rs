@@ -282,14 +282,20 @@ impl NamespaceEntry {
     /// CUTOVER (ARCHITECTURE.md, "The life of a migration"); `None` at any
     /// other step.
     pub fn dual_write_target(&self, plugins: &Plugins) -> Result<Option<&dyn KeyValueHandle>> {
+        match self.dual_writing() {
+            Some(migration) => Ok(Some(self.open_target(plugins, migration)?.as_ref())),
+            None => Ok(None),
+        }
+    }
+
+    /// The migration whose target writes also go to: from DUAL_WRITE
+    /// through CUTOVER.
+    fn dual_writing(&self) -> Option<&Migration> {
         let dual = matches!(
             self.migration_step(),
             Some(MigrationStep::DualWrite | MigrationStep::Backfill | MigrationStep::Verify | MigrationStep::Cutover)
         );
-        match self.migration.as_deref() {
-            Some(migration) if dual => Ok(Some(self.open_target(plugins, migration)?.as_ref())),
-            _ => Ok(None),
-        }
+        self.migration.as_deref().filter(|_| dual)
     }
 
     /// The migration's target as KeyValue, whatever the step (`None`
@@ -307,13 +313,9 @@ impl NamespaceEntry {
     /// As [`Self::dual_write_target`], as TimeSeries: where events are
     /// written besides the source, from DUAL_WRITE through CUTOVER.
     pub fn time_series_target(&self, plugins: &Plugins) -> Result<Option<&dyn TimeSeriesHandle>> {
-        let dual = matches!(
-            self.migration_step(),
-            Some(MigrationStep::DualWrite | MigrationStep::Backfill | MigrationStep::Verify | MigrationStep::Cutover)
-        );
-        match self.migration.as_deref() {
-            Some(migration) if dual => Ok(Some(self.open_time_series_target(plugins, migration)?.as_ref())),
-            _ => Ok(None),
+        match self.dual_writing() {
+            Some(migration) => Ok(Some(self.open_time_series_target(plugins, migration)?.as_ref())),
+            None => Ok(None),
         }
     }
 

@@ -125,7 +125,10 @@ pub async fn execute(
             accept_window(entry, &r.events, now)?;
             let version = check_schema(entry, &r.events)?;
             let events: Vec<_> = r.events.iter().map(|e| to_plugin(e, version.as_deref())).collect();
-            write_sides(&ops.plugins, &ops.metrics, entry, &events, |span| write_context(span, caller)).await?;
+            crate::backend::write_events(&ops.plugins, &ops.metrics, entry, &events, |span| {
+                write_context(span, caller)
+            })
+            .await?;
             if ops.tails.watched(entry, first) {
                 // As stored (microseconds), so a tail and a read agree.
                 ops.tails.publish(entry, events.iter().cloned().map(to_proto).collect());
@@ -203,29 +206,6 @@ pub async fn execute(
         }
         _ => Err(GatewayError::Internal("a KeyValue request reached the TimeSeries router".into())),
     }
-}
-
-/// Writes `events` to the namespace's sides (`NamespaceEntry::time_series_sides`):
-/// the one it reads, then, while it migrates, the other. Durable on both
-/// when it returns; a failure of either is the write's (the caller
-/// writes again: events are idempotent by identity). `context` is the
-/// trace context stored with them, given each backend call's span.
-pub(crate) async fn write_sides(
-    plugins: &crate::plugins::Plugins,
-    metrics: &crate::metrics::GatewayMetrics,
-    entry: &NamespaceEntry,
-    events: &[pts::Event],
-    context: impl Fn(&tracing::Span) -> pts::WriteContext,
-) -> Result<()> {
-    let (first, also) = entry.time_series_sides(plugins)?;
-    for side in std::iter::once(first).chain(also) {
-        observed(metrics, entry, Op::Write, |span| {
-            let context = context(span);
-            async move { side.write_with(events, &context).await }
-        })
-        .await?;
-    }
-    Ok(())
 }
 
 /// Sends a sampled read to both sides of the namespace's migration, off

@@ -23,8 +23,8 @@ use prism_plugin_api::ts::{Query, TimeSeriesHandle};
 use prism_plugin_api::{Namespace, now_micros};
 use prism_proto::control::backend_config::Config;
 use prism_proto::control::{
-    Abstraction, Backend, BackendConfig, GetNamespaceRequest, KafkaConfig, MigrateNamespaceRequest, MigrationStep,
-    MigrationTarget, NamespaceSpec, Placement, Policies, PulsarConfig,
+    Abstraction, Backend, BackendConfig, GetNamespaceRequest, KafkaConfig, MigrateNamespaceRequest, Migration,
+    MigrationStep, MigrationTarget, NamespaceSpec, Placement, Policies, PulsarConfig,
 };
 use prism_proto::timeseries as ts;
 use prism_testkit::kafka::KafkaBroker;
@@ -189,14 +189,11 @@ fn sample(metrics: &str, series: &str, labels: &str) -> f64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_to_pulsar_under_load_loses_no_event_and_moves_the_tails() -> anyhow::Result<()> {
-    let Some(kafka) = KafkaBroker::start_or_skip()? else {
-        println!("{}", prism_testkit::kafka::skip_reason());
-        return Ok(());
-    };
-    let pulsar = PulsarBroker::start()?;
-    let cluster = Cluster::start_configured(
+/// A control plane and two gateways that take part in migrations, whose
+/// DUAL_WRITE and CUTOVER wait `request_timeout_ms` for the requests
+/// admitted before them.
+async fn cluster(request_timeout_ms: u64) -> anyhow::Result<Cluster> {
+    Cluster::start_configured(
         |c| {
             // The source is removed this long after the cleanup commit.
             c.migration_cleanup_grace_ms = 1_000;
@@ -206,13 +203,15 @@ async fn kafka_to_pulsar_under_load_loses_no_event_and_moves_the_tails() -> anyh
         },
         |c| {
             c.experimental_migrations = true;
-            // DUAL_WRITE and CUTOVER wait this long for requests
-            // admitted before them.
-            c.limits.request_timeout_ms = 2_000;
+            c.limits.request_timeout_ms = request_timeout_ms;
         },
     )
-    .await?;
-    let spec = NamespaceSpec {
+    .await
+}
+
+/// The namespace on `kafka`, pinned to shard-0, taking buffered writes too.
+fn on_kafka(kafka: &KafkaBroker) -> NamespaceSpec {
+    NamespaceSpec {
         abstraction: Abstraction::TimeSeries as i32,
         backend: Backend::Kafka as i32,
         backend_config: Some(Box::new(BackendConfig {
@@ -222,10 +221,113 @@ async fn kafka_to_pulsar_under_load_loses_no_event_and_moves_the_tails() -> anyh
             })),
         })),
         placement: Some(Box::new(Placement { pinned_shard: "shard-0".into(), ..Default::default() })),
-        // Buffered writes too.
         policies: Some(Box::new(Policies { accept_loss: true, ..Default::default() })),
         ..Default::default()
+    }
+}
+
+fn to_pulsar(pulsar: &PulsarBroker) -> MigrateNamespaceRequest {
+    MigrateNamespaceRequest {
+        name: NS.into(),
+        target: Some(MigrationTarget {
+            backend: Backend::Pulsar as i32,
+            backend_config: Some(BackendConfig {
+                config: Some(Config::Pulsar(PulsarConfig { service_url: pulsar.service_url(), topic: String::new() })),
+            }),
+            pinned_shard: String::new(),
+        }),
+        expected_revision: 0,
+    }
+}
+
+/// The migration's target, opened on a Pulsar plugin of the test's own.
+fn target_of(ns: &prism_proto::control::Namespace, migration: &Migration) -> anyhow::Result<Arc<dyn TimeSeriesHandle>> {
+    let source = Namespace {
+        name: ns.name.clone(),
+        create_revision: ns.create_revision,
+        spec: ns.spec.clone().unwrap_or_default(),
     };
+    let target = prism_gateway::migration::target_namespace(&source, migration);
+    let plugin = prism_plugin_pulsar::PulsarPlugin::new(prism_plugin_pulsar::PulsarPluginConfig::default());
+    Ok(prism_plugin_api::Plugin::time_series(&plugin).context("pulsar serves TimeSeries")?.open(&target)?)
+}
+
+/// Aborted at DUAL_WRITE (which waits 10 s for earlier requests here)
+/// while a client writes through it: no request fails, the namespace is
+/// back on Kafka alone with every acknowledged event, and the target's
+/// topic on Pulsar, which held the dual writes, is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_migration_leaves_the_source_whole_and_removes_the_target() -> anyhow::Result<()> {
+    let Some(kafka) = KafkaBroker::start_or_skip()? else {
+        println!("{}", prism_testkit::kafka::skip_reason());
+        return Ok(());
+    };
+    let pulsar = PulsarBroker::start()?;
+    let cluster = cluster(10_000).await?;
+    let gw = cluster.active_namespace(NS, on_kafka(&kafka)).await?;
+    let token = admin_token();
+    let load = Arc::new(Load::default());
+    let _stop = StopOnDrop(load.clone());
+    let c = prism_client::time_series(&gw.endpoint(), Some(&token)).await?;
+    let writer = tokio::spawn(durable_writer(c, 0, load.clone()));
+    let cp = cluster.control_plane.client().await?;
+    eventually(WAIT, || async {
+        anyhow::ensure!(load.writes.load(Ordering::Relaxed) >= 50, "few writes yet");
+        Ok(())
+    })
+    .await?;
+    let started = cp.clone().migrate_namespace(to_pulsar(&pulsar)).await?.into_inner();
+    let migration = started.migration.as_deref().context("the migration is recorded")?.clone();
+    // Dual-writing: the target holds the writes since.
+    let target = target_of(&started, &migration)?;
+    let at_dual_write = eventually(WAIT, || async {
+        let ns = cp.clone().get_namespace(GetNamespaceRequest { name: NS.into() }).await?.into_inner();
+        let step = ns.migration.as_deref().map(|m| m.step);
+        anyhow::ensure!(step == Some(MigrationStep::DualWrite as i32), "at {step:?}");
+        Ok(load.writes.load(Ordering::Relaxed))
+    })
+    .await?;
+    eventually(WAIT, || async {
+        anyhow::ensure!(load.writes.load(Ordering::Relaxed) >= at_dual_write + 20, "few dual writes yet");
+        anyhow::ensure!(!held(target.as_ref()).await?.is_empty(), "nothing in the target yet");
+        Ok(())
+    })
+    .await?;
+    let abort = prism_proto::control::AbortMigrationRequest { name: NS.into(), ..Default::default() };
+    cp.clone().abort_migration(abort).await?;
+    let ns = eventually(WAIT, || async {
+        let ns = cp.clone().get_namespace(GetNamespaceRequest { name: NS.into() }).await?.into_inner();
+        anyhow::ensure!(ns.migration.is_none(), "still migrating: {:?}", ns.migration);
+        Ok(ns)
+    })
+    .await?;
+    load.stop.store(true, Ordering::Relaxed);
+    writer.await?;
+    assert_eq!(ns.spec.as_ref().map(|s| s.backend), Some(Backend::Kafka as i32), "{ns:?}");
+    assert_eq!(ns.data_revision, 0, "the namespace's data is its own incarnation's");
+    assert_eq!((load.failed.load(Ordering::Relaxed), load.stale_reads.load(Ordering::Relaxed)), (0, 0));
+    let durable = load.durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut c = prism_client::time_series(&gw.endpoint(), Some(&token)).await?;
+    assert_eq!(served(&mut c).await?, durable, "the source serves every acknowledged event, and only those");
+    // Read afresh (a plugin keeps what it learnt of an incarnation's
+    // lifecycle): the gateway removed it.
+    let everything = Query::search(None, (0, i64::MAX), PageLimits::new(1 << 20, None));
+    match target_of(&started, &migration)?.query(&everything, now_micros()).await {
+        Err(prism_plugin_api::PluginError::NotProvisioned(_)) => {}
+        other => anyhow::bail!("the target's topic should be gone: {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_to_pulsar_under_load_loses_no_event_and_moves_the_tails() -> anyhow::Result<()> {
+    let Some(kafka) = KafkaBroker::start_or_skip()? else {
+        println!("{}", prism_testkit::kafka::skip_reason());
+        return Ok(());
+    };
+    let pulsar = PulsarBroker::start()?;
+    let cluster = cluster(2_000).await?;
+    let spec = on_kafka(&kafka);
     let gw = cluster.active_namespace(NS, spec).await?;
     let token = admin_token();
     let load = Arc::new(Load::default());
@@ -260,19 +362,8 @@ async fn kafka_to_pulsar_under_load_loses_no_event_and_moves_the_tails() -> anyh
         Ok(())
     })
     .await?;
-    let migrate = MigrateNamespaceRequest {
-        name: NS.into(),
-        target: Some(MigrationTarget {
-            backend: Backend::Pulsar as i32,
-            backend_config: Some(BackendConfig {
-                config: Some(Config::Pulsar(PulsarConfig { service_url: pulsar.service_url(), topic: String::new() })),
-            }),
-            pinned_shard: String::new(),
-        }),
-        expected_revision: 0,
-    };
     let mut cp = cluster.control_plane.client().await?;
-    let started = cp.migrate_namespace(migrate).await?.into_inner();
+    let started = cp.migrate_namespace(to_pulsar(&pulsar)).await?.into_inner();
     let migration = started.migration.as_deref().context("the migration is recorded")?.clone();
 
     // Until the migration has ended: on Pulsar, its source removed.
@@ -350,10 +441,7 @@ async fn kafka_to_pulsar_under_load_loses_no_event_and_moves_the_tails() -> anyh
     assert_eq!(served_now.len(), durable.len() + buffered.len(), "nothing served that no client wrote");
 
     // The target, read from Pulsar itself, holds exactly what is served.
-    let target =
-        Namespace { name: NS.into(), create_revision: ns.data_revision, spec: ns.spec.clone().unwrap_or_default() };
-    let plugin = prism_plugin_pulsar::PulsarPlugin::new(prism_plugin_pulsar::PulsarPluginConfig::default());
-    let handle = prism_plugin_api::Plugin::time_series(&plugin).context("pulsar serves TimeSeries")?.open(&target)?;
+    let handle = target_of(&started, &migration)?;
     assert_eq!(held(handle.as_ref()).await?, served_now, "the target holds exactly what is served");
 
     // The migration was seen on its way, and its work was counted.
