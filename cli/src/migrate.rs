@@ -176,28 +176,36 @@ async fn stored_bytes(client: &mut ControlPlaneClient, name: &str) -> Option<u64
 /// What a migration's counts are of — records (KeyValue) or events
 /// (TimeSeries) — and the namespace's backend, which a target that only
 /// changes the shard keeps: read once from the namespace.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Of {
-    unit: &'static str,
+    time_series: bool,
+    /// `Backend` (0: not known).
     backend: i32,
 }
 
-impl Default for Of {
-    fn default() -> Self {
-        Self { unit: "records", backend: Backend::Unspecified as i32 }
-    }
-}
-
 impl Of {
-    /// Of namespace `name`; the default (records, backend unknown) when
+    /// Of namespace `name`; the default (KeyValue, backend unknown) when
     /// it cannot be read (the status still shows).
     async fn read(client: &mut ControlPlaneClient, name: &str) -> Self {
         let Ok(ns) = client.get_namespace(GetNamespaceRequest { name: name.to_owned() }).await else {
             return Self::default();
         };
         let spec = ns.into_inner().spec.unwrap_or_default();
-        let time_series = spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32;
-        Self { unit: if time_series { "events" } else { "records" }, backend: spec.backend }
+        Self {
+            time_series: spec.abstraction == prism_proto::control::Abstraction::TimeSeries as i32,
+            backend: spec.backend,
+        }
+    }
+
+    /// What is copied and verified.
+    fn unit(&self) -> &'static str {
+        if self.time_series { "events" } else { "records" }
+    }
+
+    /// What differs when a comparison finds a difference: records, or
+    /// hours of events (a TimeSeries comparison goes by time range).
+    fn differing(&self) -> &'static str {
+        if self.time_series { "hours" } else { "records" }
     }
 }
 
@@ -372,17 +380,17 @@ fn one_line(m: &Migration, storage: Option<u64>, of: &Of) -> String {
                 line.push_str(&format!(" ETA {}", humantime::format_duration(Duration::from_secs(eta.as_secs()))));
             }
         }
-        line.push_str(&format!(" {} {}, {} copied", p.records_copied, of.unit, bytes(p.bytes_copied)));
+        line.push_str(&format!(" {} {}, {} copied", p.records_copied, of.unit(), bytes(p.bytes_copied)));
         if let Some((records, _)) = rate(m) {
-            line.push_str(&format!(" ({records:.0} {}/s)", of.unit));
+            line.push_str(&format!(" ({records:.0} {}/s)", of.unit()));
         }
     }
     if m.step == MigrationStep::Verify as i32 || p.shadow_reads > 0 {
         line.push_str(&format!(" shadow reads {} ({} mismatched)", p.shadow_reads, p.shadow_mismatches));
     }
     if p.records_verified > 0 || p.records_differing > 0 {
-        line.push_str(&format!(" {} {} verified", p.records_verified, of.unit));
-        line.push_str(&format!(" ({} {} differ)", p.records_differing, differing(of)));
+        line.push_str(&format!(" {} {} verified", p.records_verified, of.unit()));
+        line.push_str(&format!(" ({} {} differ)", p.records_differing, of.differing()));
     }
     if !m.reason.is_empty() {
         line.push_str(&format!(" — {}", m.reason.replace(['\n', '\r'], " ")));
@@ -406,12 +414,6 @@ fn time(ts: Option<&prost_types::Timestamp>) -> String {
 }
 
 /// The status as text, a field per line.
-/// What differs when a comparison finds a difference: records, or hours
-/// of events (a TimeSeries comparison goes by time range).
-fn differing(of: &Of) -> &'static str {
-    if of.unit == "events" { "hours" } else { "records" }
-}
-
 fn text(r: &GetMigrationResponse, storage: Option<u64>, of: &Of) -> String {
     let Some(m) = r.migration.as_ref() else {
         return format!("{}: no migration running (revision {})\n", r.name, r.revision);
@@ -430,13 +432,13 @@ fn text(r: &GetMigrationResponse, storage: Option<u64>, of: &Of) -> String {
         ("STEP", format!("{} since {}", names::migration_step(m.step), time(m.step_time.as_ref()))),
         ("TARGET", format!("{backend} on {}", m.target_shard_id)),
         ("STARTED", format!("{} by {}", time(m.start_time.as_ref()), m.principal)),
-        ("COPIED", format!("{} {}, {}", p.records_copied, of.unit, bytes(p.bytes_copied))),
+        ("COPIED", format!("{} {}, {}", p.records_copied, of.unit(), bytes(p.bytes_copied))),
     ];
     if !m.runner_instance_id.is_empty() {
         rows.push(("RUNNER", format!("instance {} copies and compares", m.runner_instance_id)));
     }
     if let Some((records, bytes_per_s)) = rate(m).filter(|_| m.step == MigrationStep::Backfill as i32) {
-        rows.push(("RATE", format!("{records:.0} {}/s, {}/s", of.unit, bytes(bytes_per_s as u64))));
+        rows.push(("RATE", format!("{records:.0} {}/s, {}/s", of.unit(), bytes(bytes_per_s as u64))));
     }
     if let Some((done, eta)) = eta(m, storage).filter(|_| m.step == MigrationStep::Backfill as i32) {
         let eta =
@@ -446,7 +448,7 @@ fn text(r: &GetMigrationResponse, storage: Option<u64>, of: &Of) -> String {
     rows.push(("SHADOW", format!("{} reads, {} mismatched", p.shadow_reads, p.shadow_mismatches)));
     rows.push((
         "VERIFIED",
-        format!("{} {}, {} {} differ", p.records_verified, of.unit, p.records_differing, differing(of)),
+        format!("{} {}, {} {} differ", p.records_verified, of.unit(), p.records_differing, of.differing()),
     ));
     if let Some(after) = m.cleanup_after.as_ref() {
         rows.push(("CLEANUP", format!("the source is removed after {}", time(Some(after)))));
@@ -515,7 +517,7 @@ mod tests {
             ..Migration::default()
         };
         assert_eq!(one_line(&verified, None, &Of::default()), "CUTOVER    50 records verified (0 records differ)");
-        let events = Of { unit: "events", backend: Backend::Kafka as i32 };
+        let events = Of { time_series: true, backend: Backend::Kafka as i32 };
         assert_eq!(one_line(&verified, None, &events), "CUTOVER    50 events verified (0 hours differ)");
         assert!(line.contains("40%") && line.contains("ETA 15s") && line.contains("100 records/s"), "{line}");
     }

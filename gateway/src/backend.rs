@@ -139,3 +139,27 @@ pub async fn write_events(
     }
     Ok(())
 }
+
+/// Counts one shadow read (VERIFY) of `entry`'s migration `migration`:
+/// in the namespace's counts its VERIFY report takes, and in the
+/// metrics. A difference is logged, saying `what` was read; a read that
+/// failed counts for nothing (a side that fails to answer says nothing
+/// about its data).
+pub fn count_shadow_read(
+    metrics: &GatewayMetrics,
+    entry: &NamespaceEntry,
+    migration: u64,
+    outcome: crate::error::Result<bool>,
+    what: std::fmt::Arguments<'_>,
+) {
+    match outcome {
+        Ok(same) => {
+            if !same {
+                tracing::warn!(namespace = %entry.ns.name, migration, read = %what, "a shadow read differed between source and target");
+            }
+            entry.local.shadow.count(migration, same);
+            metrics.migration.shadow_read(same);
+        }
+        Err(e) => tracing::debug!(namespace = %entry.ns.name, error = %e, "a shadow read failed"),
+    }
+}

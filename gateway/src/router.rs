@@ -195,17 +195,8 @@ fn shadow(ops: &Operations, entry: Arc<NamespaceEntry>, id: String, selector: Se
             (Ok(source), Ok(Some(target))) => (source, target),
             _ => return,
         };
-        match crate::migration::shadow_read(source, target, &id, &selector).await {
-            Ok(same) => {
-                if !same {
-                    tracing::warn!(namespace = %entry.ns.name, migration, record = %id, "a shadow read differed between source and target");
-                }
-                entry.local.shadow.count(migration, same);
-                metrics.migration.shadow_read(same);
-            }
-            // A side that fails to answer says nothing about its data.
-            Err(e) => tracing::debug!(namespace = %entry.ns.name, error = %e, "a shadow read failed"),
-        }
+        let outcome = crate::migration::shadow_read(source, target, &id, &selector).await;
+        crate::backend::count_shadow_read(&metrics, &entry, migration, outcome, format_args!("record {id}"));
     });
 }
 

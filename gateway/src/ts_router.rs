@@ -86,18 +86,15 @@ fn cursor_bytes(c: &EventCursor) -> Vec<u8> {
     out
 }
 
-fn decode_cursor(bytes: &[u8]) -> Option<EventCursor> {
-    let (time, rest) = bytes.split_first_chunk::<8>()?;
-    let (series, event_id) = page_token::parse_scan_position(rest).ok()?;
-    Some(EventCursor {
+fn parse_cursor(bytes: &[u8]) -> Result<EventCursor> {
+    let bad = || GatewayError::invalid("page_token", "is not a page token of this request");
+    let (time, rest) = bytes.split_first_chunk::<8>().ok_or_else(bad)?;
+    let (series, event_id) = page_token::parse_scan_position(rest)?;
+    Ok(EventCursor {
         event_time: i64::from_be_bytes(*time),
         time_series_id: series,
-        event_id: String::from_utf8(event_id).ok()?,
+        event_id: String::from_utf8(event_id).map_err(|_| bad())?,
     })
-}
-
-fn parse_cursor(bytes: &[u8]) -> Result<EventCursor> {
-    decode_cursor(bytes).ok_or_else(|| GatewayError::invalid("page_token", "is not a page token of this request"))
 }
 
 fn interval(start: Option<&prost_types::Timestamp>, end: Option<&prost_types::Timestamp>) -> (Micros, Micros) {
@@ -219,16 +216,9 @@ fn shadow(ops: &Operations, entry: std::sync::Arc<NamespaceEntry>, query: Query,
             Ok((source, Some(target))) => (source, target),
             _ => return,
         };
-        match crate::ts_migration::shadow_read(source, target, &query, now).await {
-            Ok(same) => {
-                if !same {
-                    tracing::warn!(namespace = %entry.ns.name, migration, series = ?query.series, "a shadow read differed between source and target");
-                }
-                entry.local.shadow.count(migration, same);
-                metrics.migration.shadow_read(same);
-            }
-            Err(e) => tracing::debug!(namespace = %entry.ns.name, error = %e, "a shadow read failed"),
-        }
+        let outcome = crate::ts_migration::shadow_read(source, target, &query, now).await;
+        let series = query.series.as_deref().unwrap_or_default();
+        crate::backend::count_shadow_read(&metrics, &entry, migration, outcome, format_args!("series {series}"));
     });
 }
 

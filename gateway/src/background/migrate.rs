@@ -86,8 +86,6 @@ const RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// One page of the backfill and of the digest.
 const PAGE: PageLimits = PageLimits::new(256 << 10, Some(512));
-/// One page of a TimeSeries backfill and comparison.
-const EVENTS_PAGE: PageLimits = crate::ts_migration::PAGE;
 /// The longest reason the control plane records in a migration
 /// (`prism_control_plane::migration`'s limit).
 const MAX_REASON_BYTES: usize = 1024;
@@ -439,8 +437,9 @@ impl Migrating {
             let source = entry.time_series(&self.plugins).map_err(|e| e.to_string())?;
             let target = entry.time_series_target(&self.plugins).map_err(|e| e.to_string())?;
             let target = target.ok_or("the target is not open at VERIFY")?;
-            let compared =
-                crate::ts_migration::compare(source, target, EVENTS_PAGE).await.map_err(|e| e.to_string())?;
+            let compared = crate::ts_migration::compare(source, target, crate::ts_migration::PAGE)
+                .await
+                .map_err(|e| e.to_string())?;
             return Ok(Comparison {
                 verified: compared.events,
                 differing: compared.differing,
@@ -470,13 +469,13 @@ impl Migrating {
         migration: &Migration,
         report: impl Fn(bool, MigrationProgress) -> ReportMigrationRequest,
     ) -> Result<(), String> {
-        let mut pages = Pages::open(entry, &self.plugins, self.backfill_parallelism)?;
+        let pages = Pages::open(entry, &self.plugins, self.backfill_parallelism)?;
         let mut progress = migration.progress.clone().unwrap_or_default();
         let mut cursor = pages.decode(&progress.cursor)?;
         let mut reported = Instant::now();
         let (started, mut copied_here) = (Instant::now(), 0u64);
         loop {
-            let copied = pages.copy(cursor.as_ref()).await?;
+            let copied = pages.copy(cursor.as_deref()).await?;
             progress.records_copied += copied.records;
             copied_here += copied.records;
             progress.bytes_copied += copied.bytes;
@@ -591,10 +590,10 @@ impl<'a> Pages<'a> {
         Ok(valid.then(|| bytes.to_vec()))
     }
 
-    async fn copy(&mut self, after: Option<&Vec<u8>>) -> Result<Page, String> {
+    async fn copy(&self, after: Option<&[u8]>) -> Result<Page, String> {
         match self {
             Self::KeyValue(source, target, parallelism) => {
-                let after = after.map(|b| VersionCursor::decode(b)).transpose().map_err(|e| e.to_string())?.flatten();
+                let after = after.map(VersionCursor::decode).transpose().map_err(|e| e.to_string())?.flatten();
                 let copied = backfill_page(*source, *target, after.as_ref(), PAGE, *parallelism)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -602,10 +601,9 @@ impl<'a> Pages<'a> {
                 Ok(Page { records: copied.records, bytes: copied.bytes, next })
             }
             Self::TimeSeries(source, target) => {
-                let copied =
-                    crate::ts_migration::backfill_page(*source, *target, after.map(Vec::as_slice), EVENTS_PAGE)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                let copied = crate::ts_migration::backfill_page(*source, *target, after, crate::ts_migration::PAGE)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(Page { records: copied.events, bytes: copied.bytes, next: copied.next })
             }
         }
